@@ -1,0 +1,3 @@
+"""celgate: an MCP policy gateway."""
+
+__version__ = "0.1.0"

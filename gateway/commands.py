@@ -1,0 +1,8 @@
+"""Registry of CLI commands that live beside the parts they drive (run, keys, approvals...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+REGISTER: list[Callable[[Any], None]] = []

@@ -1,0 +1,197 @@
+"""``decide(policy, call, now) -> Decision``: pure, synchronous, no I/O, no logging.
+
+The CEL activation is built lazily: a variable is converted only when a rule reads it, and
+at most once per call. Any evaluation error denies the call with its own error code and the
+expression that failed (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.errors import PolicyEvalError
+from gateway.policy.cel import DEFAULT_ENGINE, Engine, Program
+from gateway.policy.matching import candidates
+from gateway.policy.model import (
+    AppliedLimit,
+    Call,
+    CompiledPolicy,
+    Decision,
+    Effect,
+    LimitSpec,
+    Rule,
+    ShadowResult,
+    ToolEntry,
+)
+
+
+class _Context:
+    """The call's CEL variables, converted on first use."""
+
+    __slots__ = ("_cache", "call", "engine", "now")
+
+    def __init__(self, call: Call, now: datetime, engine: Engine) -> None:
+        self.call = call
+        self.now = now
+        self.engine = engine
+        self._cache: dict[str, Any] = {}
+
+    def activation(self, program: Program) -> dict[str, Any]:
+        cache = self._cache
+        for name in program.variables:
+            if name not in cache:
+                cache[name] = self._convert(name)
+        return cache
+
+    def _convert(self, name: str) -> Any:
+        if name == "now":
+            return self.engine.timestamp(self.now)
+        try:
+            return self.engine.convert(self._plain(name))
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise PolicyEvalError("cel.bad_value", name, f"cannot convert {name}: {exc}") from None
+
+    def _plain(self, name: str) -> Any:
+        call = self.call
+        if name == "args":
+            return dict(call.args)
+        if name == "tool":
+            info = call.info
+            return {
+                "name": call.tool,
+                "server": call.server,
+                "risk": info.risk,
+                "kind": info.kind,
+                "annotations": dict(info.annotations),
+            }
+        if name == "agent":
+            ident = call.identity
+            return {
+                "id": ident.agent,
+                "grant": ident.grant,
+                "roles": list(ident.roles),
+                "attrs": dict(ident.attrs),
+            }
+        if name == "session":
+            return {"id": call.session}
+        # request
+        return {"time": self.now.isoformat(), "ip": call.client_ip}
+
+
+def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
+    scope = spec.scope
+    if scope == "grant":
+        value = call.identity.grant
+    elif scope == "agent":
+        value = call.identity.agent
+    elif scope == "session":
+        value = call.session or "-"
+    elif scope == "tool":
+        value = f"{call.server}/{call.tool}" if call.server else call.tool
+    else:
+        value = "*"
+    return AppliedLimit(spec.counter, scope, value, spec.max, spec.window, spec.failure_mode)
+
+
+def _default_reason(effect: Effect, call: Call, label: str) -> str:
+    if effect == "allow":
+        return f"allowed by {label}"
+    if effect == "require_approval":
+        return f"calling {call.tool!r} requires human approval ({label})"
+    return f"calling {call.tool!r} is denied by policy ({label})"
+
+
+class _Decider:
+    def __init__(self, policy: CompiledPolicy, call: Call, now: datetime, engine: Engine) -> None:
+        self.policy = policy
+        self.call = call
+        self.ctx = _Context(call, now, engine)
+        self.shadow: list[ShadowResult] = []
+
+    def make(
+        self,
+        effect: Effect,
+        label: str,
+        reason: str | None,
+        entry: ToolEntry | None,
+        rule: Rule | None = None,
+    ) -> Decision:
+        limits: tuple[AppliedLimit, ...] = ()
+        if entry is not None and effect != "deny":
+            limits = tuple(_bind(spec, self.call) for spec in entry.limits)
+        approval = None
+        if effect == "require_approval":
+            approval = (rule.approval if rule else None) or (entry.approval if entry else None)
+        return Decision(
+            effect=effect,
+            rule=label,
+            reason=reason or _default_reason(effect, self.call, label),
+            revision=self.policy.revision,
+            entry=entry.key if entry else None,
+            limits=limits,
+            approval=approval,
+            shadow=tuple(self.shadow),
+            decided_at=self.ctx.now,
+        )
+
+    def error(self, exc: PolicyEvalError, label: str, entry: ToolEntry) -> Decision:
+        reason = f"policy condition could not be evaluated ({exc.code}: {exc.detail}); denied"
+        base = self.make("deny", label, reason, entry)
+        return _replace_error(base, exc)
+
+    def default(self, entry: ToolEntry | None) -> Decision:
+        policy = self.policy
+        if policy.default == "deny":
+            reason = f"tool {self.call.tool!r} is not allowed by policy (default deny)"
+            return self.make("deny", "default", reason, None)
+        return self.make("allow", "default", "allowed by the policy default", entry)
+
+    def entry(self, entry: ToolEntry) -> Decision:
+        for rule in entry.rules:
+            try:
+                holds = rule.when is None or rule.when.evaluate(self.ctx.activation(rule.when))
+            except PolicyEvalError as exc:
+                if rule.mode == "shadow":
+                    self.shadow.append(ShadowResult(rule.label, "deny", exc.detail, exc.code))
+                    continue
+                return self.error(exc, rule.label, entry)
+            if not holds:
+                continue
+            if rule.mode == "shadow":
+                reason = rule.reason or _default_reason(rule.action, self.call, rule.label)
+                self.shadow.append(ShadowResult(rule.label, rule.action, reason))
+                continue
+            return self.make(rule.action, rule.label, rule.reason, entry, rule)
+        if entry.action is not None:
+            return self.make(entry.action, str(entry.where), entry.reason, entry)
+        if entry.rules:
+            return self.default(entry)
+        return self.make("allow", str(entry.where), entry.reason, entry)
+
+    def run(self) -> Decision:
+        for entry in candidates(self.policy, self.call.server, self.call.tool):
+            decision = self.entry(entry)
+            if entry.mode == "shadow":
+                self.shadow.append(
+                    ShadowResult(decision.rule, decision.effect, decision.reason, decision.error)
+                )
+                continue
+            return decision
+        return self.default(None)
+
+
+def _replace_error(decision: Decision, exc: PolicyEvalError) -> Decision:
+    return replace(decision, error=exc.code, expression=exc.expression)
+
+
+def decide(
+    policy: CompiledPolicy,
+    call: Call,
+    now: datetime | None = None,
+    engine: Engine = DEFAULT_ENGINE,
+) -> Decision:
+    """Decide one call. ``now`` is passed in so that time-based rules are testable."""
+    when = now if now is not None else datetime.now(UTC)
+    return _Decider(policy, call, when, engine).run()

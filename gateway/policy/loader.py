@@ -1,0 +1,312 @@
+"""Load rule files (JSON or YAML, one file or a folder merged) into a ``CompiledPolicy``.
+
+Every problem is collected with its ``file:line`` and field, and the policy is rejected as a
+whole if there is any: nothing half-loads. CEL conditions are compiled here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from gateway.errors import ConfigError, Problem, SourceLocation
+from gateway.located import Node, parse_file
+from gateway.policy.cel import DEFAULT_ENGINE, CelCompileError, Engine
+from gateway.policy.matching import glob_regex, globs_overlap, is_glob, split_key
+from gateway.policy.model import (
+    EFFECTS,
+    SCOPES,
+    WINDOWS,
+    Approval,
+    CompiledPolicy,
+    Effect,
+    LimitSpec,
+    Rule,
+    ToolEntry,
+)
+from gateway.policy.schema import Fields
+
+RULE_SUFFIXES = (".yaml", ".yml", ".json")
+#: Policy test files live beside rules (``celgate test``) and are not rules themselves.
+TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
+
+_TOP = {"version", "default", "tools", "mode", "description"}
+_ENTRY = {"action", "reason", "rules", "limits", "approval", "risk", "kind", "mode", "description"}
+_RULE = {"id", "when", "action", "reason", "mode", "approval", "description"}
+_LIMIT = {"counter", "window", "max", "scope", "failure_mode"}
+_APPROVAL = {"mode", "timeout"}
+_RISKS = ("low", "medium", "high")
+_KINDS = ("read", "write", "delete", "execute")
+
+
+def rule_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """Expand files and folders into (path, display name), folders sorted and recursive."""
+    out: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                name = child.name
+                wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
+                if child.is_file() and wanted and not name.startswith("."):
+                    out.append((child, str(child)))
+        else:
+            out.append((path, str(path)))
+    return out
+
+
+class _Loader:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.problems: list[Problem] = []
+        self.entries: dict[tuple[str | None, str], ToolEntry] = {}
+        self.default: tuple[Effect, SourceLocation] | None = None
+        self.counters: dict[str, LimitSpec] = {}
+        self.rule_ids: dict[str, SourceLocation] = {}
+        self.plain_tools: dict[str, Any] = {}
+
+    def problem(self, where: SourceLocation, field: str, message: str) -> None:
+        self.problems.append(Problem(where, field, message))
+
+    def load_file(self, path: Path, display: str) -> None:
+        if not path.exists():
+            self.problem(SourceLocation(display, 1), "", "no such file or folder")
+            return
+        root = parse_file(path, self.problems, display)
+        if root is None:
+            return
+        top = Fields(root, "", self.problems)
+        if not top.ok:
+            return
+        top.check_known(_TOP)
+        version = top.get("version")
+        if version is not None and str(version.value) != "1":
+            self.problem(
+                version.where, "version", f'unsupported version {version.value!r} (use "1")'
+            )
+        file_mode = top.choice("mode", ("enforce", "shadow"), "enforce") or "enforce"
+        self._default(top)
+        tools = top.get("tools")
+        if tools is None:
+            return
+        if not isinstance(tools.value, dict):
+            self.problem(tools.where, "tools", "must be a mapping of tool names to entries")
+            return
+        for key, node in tools.value.items():
+            line = tools.key_lines.get(key, node.where.line)
+            self._entry(key, node, SourceLocation(display, line), file_mode)
+
+    def _default(self, top: Fields) -> None:
+        node = top.get("default")
+        if node is None:
+            return
+        effect = cast(Effect | None, top.choice("default", ("allow", "deny"), None))
+        if effect is None:
+            return
+        if self.default is not None and self.default[0] != effect:
+            first = self.default[1]
+            self.problem(
+                node.where, "default", f"{effect!r} contradicts {self.default[0]!r} set at {first}"
+            )
+            return
+        self.default = (effect, node.where)
+
+    def _entry(self, key: str, node: Node, where: SourceLocation, file_mode: str) -> None:
+        path = f"tools.{key}"
+        server, pattern = split_key(key)
+        if not pattern or (server is not None and (not server or is_glob(server))):
+            self.problem(
+                where, path, "a key is `tool`, `server/tool` or a glob; servers are plain names"
+            )
+            return
+        if node.value is None:
+            node = Node({}, node.where)
+        entry = Fields(node, path, self.problems)
+        if not entry.ok:
+            return
+        entry.check_known(_ENTRY)
+        previous = self.entries.get((server, pattern))
+        if previous is not None:
+            self.problem(where, path, f"defined twice: here and at {previous.where}")
+            return
+        self.plain_tools[key] = node.plain()
+        action = entry.choice("action", EFFECTS, None)
+        rules = tuple(self._rules(entry, path, file_mode))
+        built = ToolEntry(
+            key=key,
+            server=server,
+            pattern=pattern,
+            is_glob=is_glob(pattern),
+            where=where,
+            action=action,  # type: ignore[arg-type]
+            reason=entry.string("reason"),
+            rules=rules,
+            limits=tuple(self._limits(entry, path)),
+            approval=self._approval(entry, path),
+            risk=entry.choice("risk", _RISKS, None),
+            kind=entry.choice("kind", _KINDS, None),
+            mode=entry.choice("mode", ("enforce", "shadow"), file_mode),  # type: ignore[arg-type]
+            matcher=glob_regex(pattern) if is_glob(pattern) else None,
+        )
+        self.entries[(server, pattern)] = built
+
+    def _rules(self, entry: Fields, path: str, file_mode: str) -> Iterable[Rule]:
+        node = entry.get("rules")
+        if node is None:
+            return
+        if not isinstance(node.value, list):
+            self.problem(node.where, f"{path}.rules", "must be a list of rules")
+            return
+        for i, item in enumerate(node.value):
+            rule = self._rule(item, f"{path}.rules[{i}]", file_mode)
+            if rule is not None:
+                yield rule
+
+    def _rule(self, item: Node, path: str, file_mode: str) -> Rule | None:
+        fields = Fields(item, path, self.problems)
+        if not fields.ok:
+            return None
+        fields.check_known(_RULE)
+        rule_id = fields.string("id")
+        if rule_id is not None:
+            seen = self.rule_ids.get(rule_id)
+            if seen is not None:
+                self.problem(item.where, f"{path}.id", f"rule id {rule_id!r} also used at {seen}")
+            self.rule_ids[rule_id] = item.where
+        action = fields.choice("action", EFFECTS, None)
+        if action is None and fields.get("action") is None:
+            self.problem(item.where, f"{path}.action", "a rule needs an action")
+        return Rule(
+            action=action or "deny",  # type: ignore[arg-type]
+            where=item.where,
+            id=rule_id,
+            when=self._condition(fields, path),
+            reason=fields.string("reason"),
+            mode=fields.choice("mode", ("enforce", "shadow"), file_mode),  # type: ignore[arg-type]
+            approval=self._approval(fields, path),
+        )
+
+    def _condition(self, fields: Fields, path: str) -> Any:
+        node = fields.get("when")
+        if node is None:
+            return None
+        if not isinstance(node.value, str) or not node.value.strip():
+            self.problem(node.where, f"{path}.when", "must be a CEL expression (a string)")
+            return None
+        try:
+            return self.engine.compile(node.value)
+        except CelCompileError as exc:
+            # Block scalars start on the line after the key; CEL lines count from there.
+            line = node.where.line + exc.line - 1
+            where = SourceLocation(node.where.file, line)
+            column = f" (column {exc.column})" if exc.message.startswith("does not parse") else ""
+            self.problem(where, f"{path}.when", f"CEL: {exc.message}{column}")
+            return None
+
+    def _limits(self, entry: Fields, path: str) -> Iterable[LimitSpec]:
+        node = entry.get("limits")
+        if node is None:
+            return
+        if not isinstance(node.value, list):
+            self.problem(node.where, f"{path}.limits", "must be a list of limits")
+            return
+        for i, item in enumerate(node.value):
+            spec = self._limit(item, f"{path}.limits[{i}]")
+            if spec is not None:
+                yield spec
+
+    def _limit(self, item: Node, path: str) -> LimitSpec | None:
+        fields = Fields(item, path, self.problems)
+        if not fields.ok:
+            return None
+        fields.check_known(_LIMIT)
+        counter = fields.string("counter", required=True)
+        maximum = fields.positive_int("max", required=True)
+        window = self._window(fields, path)
+        scope = fields.choice("scope", SCOPES, "grant")
+        failure = fields.choice("failure_mode", ("closed", "open"), "closed")
+        if counter is None or maximum is None or window is None or scope is None:
+            return None
+        spec = LimitSpec(counter, window, maximum, scope, failure, item.where)  # type: ignore[arg-type]
+        first = self.counters.setdefault(counter, spec)
+        if (first.max, first.window, first.scope) != (spec.max, spec.window, spec.scope):
+            self.problem(
+                item.where, path, f"counter {counter!r} is defined differently at {first.where}"
+            )
+        return spec
+
+    def _window(self, fields: Fields, path: str) -> float | None:
+        node = fields.get("window")
+        if node is None:
+            self.problem(
+                fields.node.where, f"{path}.window", "missing (second|minute|hour|day or seconds)"
+            )
+            return None
+        value = node.value
+        if isinstance(value, str) and value in WINDOWS:
+            return WINDOWS[value]
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        words = "|".join(WINDOWS)
+        self.problem(
+            node.where, f"{path}.window", f"unknown window {value!r} (use {words} or seconds > 0)"
+        )
+        return None
+
+    def _approval(self, fields: Fields, path: str) -> Approval | None:
+        node = fields.get("approval")
+        if node is None:
+            return None
+        sub = Fields(node, f"{path}.approval", self.problems)
+        if not sub.ok:
+            return None
+        sub.check_known(_APPROVAL)
+        mode = sub.choice("mode", ("wait", "retry"), "wait")
+        timeout = sub.positive_number("timeout")
+        return Approval(mode or "wait", timeout or 300.0)  # type: ignore[arg-type]
+
+    def check_globs(self) -> None:
+        globs = [e for e in self.entries.values() if e.is_glob]
+        for i, a in enumerate(globs):
+            for b in globs[i + 1 :]:
+                same_level = a.server == b.server and a.specificity == b.specificity
+                if same_level and globs_overlap(a.pattern, b.pattern):
+                    msg = f"ties with {b.key!r} at {b.where}: equally specific globs that overlap"
+                    self.problem(a.where, f"tools.{a.key}", msg)
+
+    def build(self, sources: Sequence[str]) -> CompiledPolicy:
+        default: Effect = self.default[0] if self.default else "deny"
+        normal = {"version": "1", "default": default, "tools": self.plain_tools}
+        canonical = json.dumps(normal, sort_keys=True, separators=(",", ":"), default=str)
+        revision = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        exact = {k: e for k, e in self.entries.items() if not e.is_glob}
+        globs = sorted(
+            (e for e in self.entries.values() if e.is_glob),
+            key=lambda e: e.specificity,
+            reverse=True,
+        )
+        return CompiledPolicy(
+            default=default,
+            exact=exact,
+            globs=tuple(globs),
+            revision=revision,
+            sources=tuple(sources),
+            default_where=self.default[1] if self.default else None,
+        )
+
+
+def load_policy(paths: Iterable[str | Path], engine: Engine = DEFAULT_ENGINE) -> CompiledPolicy:
+    """Load and compile rule files; raise ``ConfigError`` listing every problem."""
+    loader = _Loader(engine)
+    files = rule_files(paths)
+    if not files:
+        raise ConfigError([Problem(SourceLocation("<policy>", 1), "", "no rule files given")])
+    for path, display in files:
+        loader.load_file(path, display)
+    loader.check_globs()
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return loader.build([display for _, display in files])

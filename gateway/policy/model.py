@@ -1,0 +1,257 @@
+"""The compiled policy and the values that go in and out of ``decide``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from gateway.errors import SourceLocation
+from gateway.policy.cel import Program
+
+Effect = Literal["allow", "deny", "require_approval"]
+Scope = Literal["grant", "agent", "session", "tool", "global"]
+FailureMode = Literal["closed", "open"]
+Mode = Literal["enforce", "shadow"]
+ApprovalMode = Literal["wait", "retry"]
+
+EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
+SCOPES: tuple[Scope, ...] = ("grant", "agent", "session", "tool", "global")
+WINDOWS: Mapping[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """A token bucket as written: ``max`` calls per ``window`` seconds, keyed by ``scope``."""
+
+    counter: str
+    window: float
+    max: int
+    scope: Scope
+    failure_mode: FailureMode
+    where: SourceLocation
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """How a held call waits: keep the request open (``wait``) or answer at once (``retry``)."""
+
+    mode: ApprovalMode = "wait"
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ordered rule of an entry; ``when=None`` always holds."""
+
+    action: Effect
+    where: SourceLocation
+    id: str | None = None
+    when: Program | None = None
+    reason: str | None = None
+    mode: Mode = "enforce"
+    approval: Approval | None = None
+
+    @property
+    def label(self) -> str:
+        return self.id or str(self.where)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEntry:
+    """A ``tools`` entry: its key, how it matches, and what it says."""
+
+    key: str
+    server: str | None
+    pattern: str
+    is_glob: bool
+    where: SourceLocation
+    action: Effect | None = None
+    reason: str | None = None
+    rules: tuple[Rule, ...] = ()
+    limits: tuple[LimitSpec, ...] = ()
+    approval: Approval | None = None
+    risk: str | None = None
+    kind: str | None = None
+    mode: Mode = "enforce"
+    matcher: re.Pattern[str] | None = None
+
+    def matches(self, tool: str) -> bool:
+        if self.matcher is None:
+            return tool == self.pattern
+        return self.matcher.fullmatch(tool) is not None
+
+    @property
+    def specificity(self) -> tuple[int, int, int]:
+        """Sort key, highest first: server-qualified, then exact, then literal characters."""
+        literal = sum(1 for ch in self.pattern if ch not in "*?")
+        return (self.server is not None, not self.is_glob, literal)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """A loaded policy: entries indexed for matching, the default, and its revision hash."""
+
+    default: Effect
+    exact: Mapping[tuple[str | None, str], ToolEntry]
+    globs: tuple[ToolEntry, ...]
+    revision: str
+    sources: tuple[str, ...]
+    default_where: SourceLocation | None = None
+
+    @property
+    def entries(self) -> tuple[ToolEntry, ...]:
+        return (*self.exact.values(), *self.globs)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    """What the gateway knows of an upstream tool (for ``tool.*`` in CEL)."""
+
+    risk: str = "unknown"
+    kind: str = "unknown"
+    annotations: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: a grant and what it carries."""
+
+    grant: str = "anonymous"
+    agent: str = "anonymous"
+    roles: tuple[str, ...] = ()
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+ANONYMOUS = Identity()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One ``tools/call`` as the policy sees it."""
+
+    tool: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    server: str | None = None
+    identity: Identity = ANONYMOUS
+    session: str | None = None
+    client_ip: str | None = None
+    info: ToolInfo = field(default_factory=ToolInfo)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedLimit:
+    """A limit bound to this call: the bucket key is the counter plus the scope's value."""
+
+    counter: str
+    scope: Scope
+    scope_value: str
+    max: int
+    window: float
+    failure_mode: FailureMode
+
+    @property
+    def key(self) -> str:
+        return f"{self.counter}|{self.scope}={self.scope_value}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """What the limiter said: remaining tokens per counter, and when to retry if refused."""
+
+    remaining: Mapping[str, float]
+    refused_by: str | None = None
+    retry_after: float | None = None
+    backend_error: bool = False
+    failed_open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The one answer for a call, used both to reply to the agent and to write the record."""
+
+    effect: Effect
+    rule: str
+    reason: str
+    revision: str
+    entry: str | None = None
+    limits: tuple[AppliedLimit, ...] = ()
+    error: str | None = None
+    expression: str | None = None
+    approval: Approval | None = None
+    limit_state: LimitState | None = None
+    shadow: tuple[ShadowResult, ...] = ()
+    decided_at: datetime | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+    def with_limit_state(self, state: LimitState, refused_reason: str | None) -> Decision:
+        """The same decision after the limiter ran: a refusal turns it into a deny."""
+        if refused_reason is None:
+            return replace(self, limit_state=state)
+        return replace(
+            self, effect="deny", reason=refused_reason, limit_state=state, error="rate_limited"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (CLI output, structured denials, decision records)."""
+        out: dict[str, Any] = {
+            "effect": self.effect,
+            "rule": self.rule,
+            "reason": self.reason,
+            "revision": self.revision,
+            "entry": self.entry,
+            "limits": [
+                {
+                    "counter": lim.counter,
+                    "scope": lim.scope,
+                    "key": lim.key,
+                    "max": lim.max,
+                    "window": lim.window,
+                    "failure_mode": lim.failure_mode,
+                }
+                for lim in self.limits
+            ],
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.expression:
+            out["expression"] = self.expression
+        if self.approval:
+            out["approval"] = {"mode": self.approval.mode, "timeout": self.approval.timeout}
+        if self.limit_state:
+            st = self.limit_state
+            out["limit_state"] = {
+                "remaining": dict(st.remaining),
+                "refused_by": st.refused_by,
+                "retry_after": st.retry_after,
+                "backend_error": st.backend_error,
+                "failed_open": st.failed_open,
+            }
+        if self.shadow:
+            out["shadow"] = [s.to_dict() for s in self.shadow]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """What a rule in shadow mode would have done; logged, never enforced."""
+
+    rule: str
+    would_effect: Effect
+    reason: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rule": self.rule,
+            "would_effect": self.would_effect,
+            "reason": self.reason,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
