@@ -1,0 +1,111 @@
+"""Token buckets in this process's memory: the embedded default, exact for one replica only.
+
+There is no ``await`` between reading and writing a bucket, so the whole check-and-take runs
+synchronously on the event loop and no lock is needed. Full buckets carry no information (a
+missing bucket *is* a full one), so they are dropped: on access, and by a sweep at most once
+per ``sweep_interval`` seconds, which keeps the dict bounded by the buckets that are actually
+draining.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from gateway.ratelimit.base import (
+    EPSILON,
+    Bucket,
+    BucketState,
+    LimitResult,
+    check_cost,
+    refill,
+    refusal,
+    seconds_to_full,
+    state,
+    unique,
+)
+
+Clock = Callable[[], float]
+
+# Per key: [tokens, stamp, full_at, max, window]. A list, not a dataclass: this is the hot path
+# and list indexing is the cheapest mutable record in CPython.
+_TOKENS, _STAMP, _FULL_AT, _MAX, _WINDOW = range(5)
+
+
+class MemoryRateLimiter:
+    """In-process token buckets with an injectable clock (``time.monotonic`` by default)."""
+
+    def __init__(self, clock: Clock | None = None, *, sweep_interval: float = 1.0) -> None:
+        self._clock: Clock = clock or time.monotonic
+        self._buckets: dict[str, list[float]] = {}
+        self._sweep_interval = sweep_interval
+        self._next_sweep = self._clock() + sweep_interval
+
+    def __len__(self) -> int:
+        """Buckets currently held (full ones may linger until the next sweep)."""
+        return len(self._buckets)
+
+    async def acquire(self, buckets: Sequence[Bucket], cost: int = 1) -> LimitResult:
+        """Take ``cost`` from every bucket or from none; see :meth:`acquire_now`."""
+        return self.acquire_now(buckets, cost)
+
+    def acquire_now(self, buckets: Sequence[Bucket], cost: int = 1) -> LimitResult:
+        """The synchronous check-and-take (usable where no event loop runs)."""
+        check_cost(cost)
+        now = self._clock()
+        if now >= self._next_sweep:
+            self.sweep(now)
+        buckets = unique(buckets)
+        levels = [self._level(b, now) for b in buckets]
+        for level in levels:
+            if level + EPSILON < cost:
+                return refusal(buckets, levels, cost)
+        states = []
+        for bucket, level in zip(buckets, levels, strict=True):
+            left = max(0.0, level - cost)
+            self._store(bucket, left, now)
+            states.append(state(bucket, left))
+        return LimitResult(True, tuple(states))
+
+    async def peek(self, buckets: Sequence[Bucket]) -> tuple[BucketState, ...]:
+        """Current tokens of each bucket; nothing is taken."""
+        now = self._clock()
+        return tuple(state(b, self._level(b, now)) for b in buckets)
+
+    async def scan(self, prefix: str = "") -> list[tuple[str, float]]:
+        """Draining buckets whose key starts with ``prefix``, sorted by key."""
+        now = self._clock()
+        self.sweep(now)
+        return sorted(
+            (key, refill(e[_TOKENS], now - e[_STAMP], int(e[_MAX]), e[_WINDOW]))
+            for key, e in self._buckets.items()
+            if key.startswith(prefix)
+        )
+
+    async def close(self) -> None:
+        """Forget every bucket."""
+        self._buckets.clear()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop every bucket that has refilled to full; returns how many were dropped."""
+        now = self._clock() if now is None else now
+        full = [key for key, e in self._buckets.items() if e[_FULL_AT] <= now]
+        for key in full:
+            del self._buckets[key]
+        self._next_sweep = now + self._sweep_interval
+        return len(full)
+
+    def _level(self, bucket: Bucket, now: float) -> float:
+        """Tokens in ``bucket`` now; a bucket found full is dropped on the way."""
+        entry = self._buckets.get(bucket.key)
+        if entry is None:
+            return float(bucket.max)
+        level = refill(entry[_TOKENS], now - entry[_STAMP], bucket.max, bucket.window)
+        if level >= bucket.max:
+            del self._buckets[bucket.key]
+        return level
+
+    def _store(self, bucket: Bucket, tokens: float, now: float) -> None:
+        """Record ``tokens`` at ``now`` with the instant the bucket will be full again."""
+        full_at = now + seconds_to_full(tokens, bucket.max, bucket.window)
+        self._buckets[bucket.key] = [tokens, now, full_at, bucket.max, bucket.window]

@@ -1,0 +1,168 @@
+"""Token buckets in Valkey: exact across every gateway replica that shares the server.
+
+All buckets of one call are checked and taken by one ``EVALSHA`` of ``token_bucket.lua``, on
+the server's clock, so replicas whose clocks disagree still share one notion of time. The
+script is loaded on first use and again whenever the server answers NOSCRIPT (it forgets
+scripts on restart or SCRIPT FLUSH).
+
+When Valkey cannot be reached, ``acquire`` never raises: each bucket's ``failure_mode`` decides
+(see :func:`gateway.ratelimit.base.backend_failure`). Timeouts are short so a dead server
+costs a call at most about half a second, and the pool reconnects by itself once the server
+is back. ``peek`` and ``scan`` serve operators, not calls, and raise ``BackendUnavailable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Sequence
+from importlib.resources import files
+from typing import Any, cast
+
+import structlog
+from valkey.asyncio import BlockingConnectionPool, Valkey
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import NoScriptError, ValkeyError
+
+from gateway.errors import BackendUnavailable
+from gateway.ratelimit.base import (
+    Bucket,
+    BucketState,
+    LimitResult,
+    backend_failure,
+    check_cost,
+    refill,
+    refusal,
+    state,
+    unique,
+)
+
+DEFAULT_PREFIX = "celgate:rl:"
+SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
+_MGET_CHUNK = 500
+
+log = structlog.get_logger(__name__)
+
+
+class ValkeyRateLimiter:
+    """Token buckets shared through Valkey; one pooled client per limiter, never per call."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 0.5,
+        max_connections: int = 64,
+    ) -> None:
+        self._prefix = prefix
+        self._client: Valkey = Valkey.from_pool(_make_pool(url, timeout, max_connections))
+
+    async def acquire(self, buckets: Sequence[Bucket], cost: int = 1) -> LimitResult:
+        """Take ``cost`` from every bucket or from none, in one round trip."""
+        check_cost(cost)
+        buckets = unique(buckets)
+        if not buckets:
+            return LimitResult(True, ())
+        try:
+            admitted, levels = await self._run(buckets, cost, "take")
+        except (ValkeyError, OSError) as exc:
+            log.warning("ratelimit.backend_error", error=type(exc).__name__, detail=str(exc))
+            return backend_failure(buckets)
+        if not admitted:
+            return refusal(buckets, levels, cost)
+        return LimitResult(True, tuple(map(state, buckets, levels)))
+
+    async def peek(self, buckets: Sequence[Bucket]) -> tuple[BucketState, ...]:
+        """Current tokens of each bucket; the script runs read-only."""
+        if not buckets:
+            return ()
+        try:
+            _, levels = await self._run(buckets, 1, "peek")
+        except (ValkeyError, OSError) as exc:
+            raise BackendUnavailable(f"valkey: {type(exc).__name__}") from exc
+        return tuple(map(state, buckets, levels))
+
+    async def scan(self, prefix: str = "") -> list[tuple[str, float]]:
+        """Draining buckets whose key starts with ``prefix`` (unprefixed), sorted by key."""
+        try:
+            return await self._scan(prefix)
+        except (ValkeyError, OSError) as exc:
+            raise BackendUnavailable(f"valkey: {type(exc).__name__}") from exc
+
+    async def load(self) -> None:
+        """Load the script now (optional warm-up; ``acquire`` also loads it on demand)."""
+        sha = await self._client.script_load(SCRIPT)
+        if sha != SCRIPT_SHA:  # would mean the server hashes differently: fail loudly
+            raise BackendUnavailable(f"valkey: script sha {sha} != {SCRIPT_SHA}")
+
+    async def close(self) -> None:
+        """Close the client and its pool."""
+        await self._client.aclose()
+
+    async def _run(
+        self, buckets: Sequence[Bucket], cost: int, mode: str
+    ) -> tuple[bool, list[float]]:
+        """One EVALSHA for all buckets; loads the script and retries once on NOSCRIPT."""
+        keys = [self._prefix + b.key for b in buckets]
+        args: list[Any] = [cost, mode]
+        for b in buckets:
+            args += (b.max, repr(b.window * 1000.0))
+        try:
+            reply = await self._evalsha(keys, args)
+        except NoScriptError:
+            await self.load()
+            reply = await self._evalsha(keys, args)
+        return reply[0] == 1, [float(x) for x in reply[1:]]
+
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> list[Any]:
+        # valkey-py types evalsha for its sync and async clients at once; this one is async.
+        pending = cast(Awaitable[Any], self._client.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
+        return list(await pending)
+
+    async def _scan(self, prefix: str) -> list[tuple[str, float]]:
+        match = _glob_escape(self._prefix + prefix) + "*"
+        keys: list[bytes] = [k async for k in self._client.scan_iter(match=match, count=1000)]
+        sec, usec = await self._client.time()
+        now_ms = sec * 1000 + usec / 1000
+        found: list[tuple[str, float]] = []
+        for start in range(0, len(keys), _MGET_CHUNK):
+            chunk = keys[start : start + _MGET_CHUNK]
+            values = await self._client.mget(chunk)
+            for key, value in zip(chunk, values, strict=True):
+                if value is not None:  # expired between SCAN and MGET
+                    found.append((key.decode()[len(self._prefix) :], _level(value, now_ms)))
+        return sorted(found)
+
+
+def _make_pool(url: str, timeout: float, max_connections: int) -> BlockingConnectionPool:
+    """A bounded pool with short timeouts and one immediate retry on a broken connection.
+
+    The retry is what lets the limiter recover by itself after a restart: the first command
+    on each stale pooled connection fails, the connection is dropped, and the retry opens a
+    fresh one. Timeouts are not retried (that would double the wait on a hung server). A retry
+    after the server ran the script but before its reply arrived would take twice, which errs
+    on the strict side.
+    """
+    return BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[ValkeyConnectionError],
+    )
+
+
+def _level(value: bytes, now_ms: float) -> float:
+    """Tokens now of a stored "<tokens> <stamp_ms> <max> <window_ms>" value."""
+    tokens, stamp, max_, window = value.split()[:4]
+    return refill(float(tokens), (now_ms - float(stamp)) / 1000, int(max_), float(window) / 1000)
+
+
+def _glob_escape(text: str) -> str:
+    """Escape SCAN MATCH metacharacters so a prefix matches literally."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
