@@ -8,6 +8,7 @@ a process-wide parser, so the compiled environment is created at import, before 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,11 +83,18 @@ class _CelpyProgram:
             value = self.runner.evaluate(activation)
         except CELEvalError as exc:
             raise _eval_error(self.source, exc) from None
-        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as exc:
+        except (
+            TypeError,
+            ValueError,
+            KeyError,
+            IndexError,
+            ZeroDivisionError,
+            RecursionError,
+        ) as exc:
             raise PolicyEvalError("cel.error", self.source, type(exc).__name__) from None
         if isinstance(value, CELEvalError):
             raise _eval_error(self.source, value)
-        if not isinstance(value, celtypes.BoolType):
+        if not isinstance(value, celtypes.BoolType | bool):
             kind = type(value).__name__.removesuffix("Type").lower()
             raise PolicyEvalError("cel.not_bool", self.source, f"result is {kind}, not bool")
         return bool(value)
@@ -147,6 +155,24 @@ def _first_ident(exprlist: Any) -> set[str]:
     return set(found[:1])
 
 
+# cel-python 0.5's transpiler emits `has(...)` as a Python bool, which its own `&&`, `||` and
+# `!` reject ("no such overload"): `!has(args.x)` always errors and `has(args.x) && ...`
+# errors whenever the key is absent. Wrapping the emitted test in BoolType restores CEL.
+_HAS_LINE = re.compile(
+    r"^(ex_\d+ = lambda activation: )"
+    r"(not isinstance\(celpy\.evaluation\.result\(activation, ex_\d+_h\), CELEvalError\))$",
+    re.MULTILINE,
+)
+
+
+def _fix_has(runner: Any) -> None:
+    source = runner.tp.source_text
+    fixed = _HAS_LINE.sub(r"\1celpy.celtypes.BoolType(\2)", source)
+    if fixed != source:
+        runner.tp.source_text = fixed
+        runner.tp.executable_code = compile(fixed, "<cel>", "exec")
+
+
 class CelPythonEngine:
     """cel-python with its compiled runner."""
 
@@ -169,6 +195,7 @@ class CelPythonEngine:
         if unknown_calls:
             raise CelCompileError(f"unknown function {unknown_calls[0]!r}")
         runner = _ENV.program(tree)
+        _fix_has(runner)
         return _CelpyProgram(expr, frozenset(free), runner)
 
     def convert(self, value: Any) -> Any:

@@ -27,7 +27,7 @@ from gateway.policy.model import (
 )
 
 
-class _Context:
+class Context:
     """The call's CEL variables, converted on first use."""
 
     __slots__ = ("_cache", "call", "engine", "now")
@@ -50,7 +50,7 @@ class _Context:
             return self.engine.timestamp(self.now)
         try:
             return self.engine.convert(self._plain(name))
-        except (ValueError, TypeError, OverflowError) as exc:
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise PolicyEvalError("cel.bad_value", name, f"cannot convert {name}: {exc}") from None
 
     def _plain(self, name: str) -> Any:
@@ -107,7 +107,7 @@ class _Decider:
     def __init__(self, policy: CompiledPolicy, call: Call, now: datetime, engine: Engine) -> None:
         self.policy = policy
         self.call = call
-        self.ctx = _Context(call, now, engine)
+        self.ctx = Context(call, now, engine)
         self.shadow: list[ShadowResult] = []
 
     def make(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -199,9 +200,7 @@ class _Loader:
         try:
             return self.engine.compile(node.value)
         except CelCompileError as exc:
-            # Block scalars start on the line after the key; CEL lines count from there.
-            line = node.where.line + exc.line - 1
-            where = SourceLocation(node.where.file, line)
+            where = SourceLocation(node.where.file, _cel_error_line(node, exc))
             column = f" (column {exc.column})" if exc.message.startswith("does not parse") else ""
             self.problem(where, f"{path}.when", f"CEL: {exc.message}{column}")
             return None
@@ -296,6 +295,35 @@ class _Loader:
             sources=tuple(sources),
             default_where=self.default[1] if self.default else None,
         )
+
+
+_BLOCK_HEADER = re.compile(r"[|>][0-9+-]*\s*(#.*)?$")
+
+
+def _cel_error_line(node: Node, exc: CelCompileError) -> int:
+    """The file line of a CEL error. A block scalar (``when: >-`` or ``|``) starts on the line
+    after its key and a folded one joins its lines, so the error's offset in the expression is
+    mapped back onto the source lines (read again, on this error path only)."""
+    first = node.where.line
+    try:
+        source = Path(node.where.file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return first + exc.line - 1
+    if first > len(source) or not _BLOCK_HEADER.search(source[first - 1]):
+        return first + exc.line - 1
+    expr: str = node.value
+    lines = expr.split("\n")
+    offset = sum(len(text) + 1 for text in lines[: exc.line - 1]) + exc.column - 1
+    found, pos = first + 1, 0
+    for number, raw in enumerate(source[first:], start=first + 1):
+        piece = raw.strip()
+        if not piece:
+            continue
+        at = expr.find(piece, pos)
+        if at < 0 or at > offset:
+            break
+        found, pos = number, at + len(piece)
+    return found
 
 
 def load_policy(paths: Iterable[str | Path], engine: Engine = DEFAULT_ENGINE) -> CompiledPolicy:
