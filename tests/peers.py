@@ -198,7 +198,7 @@ def start_demo_server(
 
 
 def stdio_upstream_command() -> tuple[str, list[str]]:
-    """(command, args) that run the test upstream over stdio, for configs and StdioServerParameters."""
+    """(command, args) running the test upstream over stdio (configs, StdioServerParameters)."""
     return sys.executable, ["-m", "tests.servers.upstream", "--stdio"]
 
 
