@@ -120,7 +120,7 @@ def _eval_error(source: str, exc: BaseException) -> PolicyEvalError:
     message, kind = _innermost(exc)
     if kind in {"KeyError", "IndexError"} or ("no such" in message and "member" in message):
         return PolicyEvalError("cel.missing_key", source, message)
-    if kind == "TypeError" or "overload" in message:
+    if kind in {"TypeError", "AttributeError"} or "overload" in message:
         return PolicyEvalError("cel.type_error", source, message)
     if kind == "ZeroDivisionError" or "divide" in message:
         return PolicyEvalError("cel.arithmetic", source, message)

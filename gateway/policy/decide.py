@@ -42,16 +42,17 @@ class Context:
         cache = self._cache
         for name in program.variables:
             if name not in cache:
-                cache[name] = self._convert(name)
+                cache[name] = self._convert(name, program.source)
         return cache
 
-    def _convert(self, name: str) -> Any:
+    def _convert(self, name: str, source: str) -> Any:
         if name == "now":
             return self.engine.timestamp(self.now)
         try:
             return self.engine.convert(self._plain(name))
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            raise PolicyEvalError("cel.bad_value", name, f"cannot convert {name}: {exc}") from None
+            detail = f"cannot convert {name}: {exc}"
+            raise PolicyEvalError("cel.bad_value", source, detail) from None
 
     def _plain(self, name: str) -> Any:
         call = self.call
