@@ -112,7 +112,10 @@ def run_suite(
         outputs.append(out)
         if verbose:
             print(out)
+        before = (result.passed, result.failed)
         result.parsed = _parse(out, result) or result.parsed
+        if extra[0] == "--scenario" and extra[1] not in result.scenarios:
+            result.scenarios[extra[1]] = (result.passed - before[0], result.failed - before[1])
     result.output = "\n".join(outputs)
     return result
 

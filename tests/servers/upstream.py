@@ -527,7 +527,7 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
         return [UserMessage(f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'")]
 
     @server.prompt(description="A prompt that embeds a resource")
-    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:  # noqa: N803
+    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:
         return [
             UserMessage(
                 types.EmbeddedResource(
