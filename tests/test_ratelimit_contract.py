@@ -8,6 +8,7 @@ second) and waits for a state are polls bounded by a deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import valkey
 
 from gateway.ratelimit import (
     Bucket,
+    BucketState,
     LimitResult,
     MemoryRateLimiter,
     RateLimiter,
@@ -25,8 +27,6 @@ from gateway.ratelimit import (
 )
 from gateway.ratelimit.valkey import DEFAULT_PREFIX
 from tests.valkey_server import ValkeyProcess
-
-pytest_plugins = ["tests.valkey_server"]
 
 
 class FakeClock:
@@ -120,6 +120,16 @@ class TestAdmission:
         await take(h, [b], 4)
         (state,) = await h.limiter.peek([b])
         assert state.remaining == pytest.approx(0.0, abs=0.01)
+
+    async def test_admission_is_an_ordinary_frozen_value(self, h: Harness) -> None:
+        """Admissions are built through slot descriptors for speed; they must not differ."""
+        b = bucket(max_=5)
+        result = await h.limiter.acquire([b])
+        remaining = result.states[0].remaining
+        expected = LimitResult(True, (BucketState("calls", b.key, 5, 60.0, remaining),))
+        assert result == expected and hash(result) == hash(expected)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            result.admitted = False  # type: ignore[misc]
 
     async def test_no_buckets_is_admitted(self, h: Harness) -> None:
         result = await h.limiter.acquire([])

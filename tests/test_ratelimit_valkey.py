@@ -16,8 +16,6 @@ from gateway.ratelimit import Bucket, ValkeyRateLimiter
 from gateway.ratelimit.valkey import SCRIPT_SHA
 from tests.valkey_server import HOST, ValkeyProcess
 
-pytest_plugins = ["tests.valkey_server"]
-
 CLOSED = Bucket("closed_c", "closed_c|grant=a", max=5, window=60.0, failure_mode="closed")
 OPEN = Bucket("open_c", "open_c|grant=a", max=5, window=60.0, failure_mode="open")
 
@@ -65,6 +63,19 @@ class TestOutage:
             back = await limiter.acquire([b])
             assert back.admitted and not back.backend_error and not back.failed_open
             assert back.states[0].remaining == pytest.approx(4.0, abs=0.01)
+
+    async def test_stale_pooled_connections_after_restart(
+        self, limiter: ValkeyRateLimiter, valkey_db: ValkeyProcess
+    ) -> None:
+        """A restart between two calls is invisible: every stale connection is replaced."""
+        b = Bucket("c", "c|global", max=1000, window=60.0)
+        warm = await asyncio.gather(*(limiter.acquire([b]) for _ in range(20)))
+        assert all(r.admitted for r in warm)  # the pool now holds ~20 connections
+        valkey_db.stop()
+        valkey_db.start()
+        after = await asyncio.gather(*(limiter.acquire([b]) for _ in range(20)))
+        assert [r.backend_error for r in after] == [False] * 20
+        assert all(r.admitted for r in after)
 
     async def test_hung_server_times_out(self) -> None:
         """A peer that accepts but never answers costs about the read timeout, not forever."""

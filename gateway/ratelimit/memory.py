@@ -17,10 +17,10 @@ from gateway.ratelimit.base import (
     Bucket,
     BucketState,
     LimitResult,
+    admission,
     check_cost,
     refill,
     refusal,
-    seconds_to_full,
     state,
     unique,
 )
@@ -55,17 +55,29 @@ class MemoryRateLimiter:
         now = self._clock()
         if now >= self._next_sweep:
             self.sweep(now)
-        buckets = unique(buckets)
+        if len(buckets) == 1:  # the common case, kept lean: this is the per-call hot path
+            return self._acquire_one(buckets[0], cost, now)
+        return self._acquire_many(unique(buckets), cost, now)
+
+    def _acquire_one(self, bucket: Bucket, cost: int, now: float) -> LimitResult:
+        level = self._level(bucket, now)
+        if level + EPSILON < cost:
+            return refusal((bucket,), (level,), cost)
+        left = level - cost if level > cost else 0.0
+        self._store(bucket, left, now)
+        return admission((state(bucket, left),))
+
+    def _acquire_many(self, buckets: Sequence[Bucket], cost: int, now: float) -> LimitResult:
         levels = [self._level(b, now) for b in buckets]
         for level in levels:
             if level + EPSILON < cost:
                 return refusal(buckets, levels, cost)
         states = []
         for bucket, level in zip(buckets, levels, strict=True):
-            left = max(0.0, level - cost)
+            left = level - cost if level > cost else 0.0
             self._store(bucket, left, now)
             states.append(state(bucket, left))
-        return LimitResult(True, tuple(states))
+        return admission(tuple(states))
 
     async def peek(self, buckets: Sequence[Bucket]) -> tuple[BucketState, ...]:
         """Current tokens of each bucket; nothing is taken."""
@@ -96,16 +108,19 @@ class MemoryRateLimiter:
         return len(full)
 
     def _level(self, bucket: Bucket, now: float) -> float:
-        """Tokens in ``bucket`` now; a bucket found full is dropped on the way."""
+        """Tokens in ``bucket`` now (``refill``, inlined); a full bucket is dropped on the way."""
         entry = self._buckets.get(bucket.key)
         if entry is None:
             return float(bucket.max)
-        level = refill(entry[_TOKENS], now - entry[_STAMP], bucket.max, bucket.window)
+        level, elapsed = entry[_TOKENS], now - entry[_STAMP]
+        if elapsed > 0:
+            level += elapsed * bucket.max / bucket.window
         if level >= bucket.max:
             del self._buckets[bucket.key]
+            return float(bucket.max)
         return level
 
     def _store(self, bucket: Bucket, tokens: float, now: float) -> None:
         """Record ``tokens`` at ``now`` with the instant the bucket will be full again."""
-        full_at = now + seconds_to_full(tokens, bucket.max, bucket.window)
+        full_at = now + (bucket.max - tokens) * bucket.window / bucket.max
         self._buckets[bucket.key] = [tokens, now, full_at, bucket.max, bucket.window]

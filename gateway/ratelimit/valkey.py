@@ -30,6 +30,7 @@ from gateway.ratelimit.base import (
     Bucket,
     BucketState,
     LimitResult,
+    admission,
     backend_failure,
     check_cost,
     refill,
@@ -73,7 +74,7 @@ class ValkeyRateLimiter:
             return backend_failure(buckets)
         if not admitted:
             return refusal(buckets, levels, cost)
-        return LimitResult(True, tuple(map(state, buckets, levels)))
+        return admission(tuple(map(state, buckets, levels)))
 
     async def peek(self, buckets: Sequence[Bucket]) -> tuple[BucketState, ...]:
         """Current tokens of each bucket; the script runs read-only."""
