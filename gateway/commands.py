@@ -5,4 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-REGISTER: list[Callable[[Any], None]] = []
+from gateway import serve, trycmd
+
+REGISTER: list[Callable[[Any], None]] = [serve.register, trycmd.register]

@@ -1,0 +1,49 @@
+"""The Litestar application: the MCP relay mounted at ``/mcp``, health, admin and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Response, asgi, get
+from litestar.types import Receive, Scope, Send
+
+from gateway.edge.relay import Relay
+from gateway.runtime import Gateway
+
+
+def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
+    relay = Relay(gateway)
+
+    @asgi("/mcp", is_mount=True, copy_scope=False)
+    async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await relay(scope, receive, send)  # type: ignore[arg-type]
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @get("/readyz")
+    async def readyz() -> Response[dict[str, Any]]:
+        names = list(gateway.upstreams)
+        results = await asyncio.gather(*(gateway.upstreams[n].probe() for n in names))
+        upstreams = {n: ("up" if ok else "down") for n, ok in zip(names, results, strict=True)}
+        ready = all(results)
+        body = {
+            "status": "ready" if ready else "not ready",
+            "policy_revision": gateway.policy.revision,
+            "upstreams": upstreams,
+        }
+        return Response(body, status_code=200 if ready else 503)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    handlers: list[Any] = [mcp_endpoint, healthz, readyz, *(extra_handlers or [])]
+    return Litestar(route_handlers=handlers, lifespan=[lifespan], openapi_config=None)

@@ -1,0 +1,91 @@
+"""Risk catalogue: every upstream tool gets a ``kind`` and a ``risk``.
+
+In order of authority: the operator's override in the policy (``risk:``/``kind:`` on the
+tool's entry), the tool's MCP annotations, then the verb its name starts with. A tool we know
+nothing about is ``execute``/``high``: unknown is never treated as harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.policy.matching import candidates
+from gateway.policy.model import CompiledPolicy, ToolInfo
+
+_VERBS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("read", frozenset({"list", "get", "describe", "search", "read", "show", "find", "fetch"})),
+    ("write", frozenset({"create", "update", "put", "set", "write", "add", "insert", "edit"})),
+    ("delete", frozenset({"delete", "drop", "remove", "terminate", "reset", "destroy", "purge"})),
+    ("execute", frozenset({"execute", "run", "invoke", "query", "exec", "call", "eval"})),
+)
+_RISK_OF_KIND = {"read": "low", "write": "medium", "delete": "high", "execute": "high"}
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    kind: str
+    risk: str
+    why: str
+
+
+def _name_verb(name: str) -> str | None:
+    words = [w.lower() for w in _WORD.findall(name)]
+    for word in words:
+        for kind, verbs in _VERBS:
+            if word in verbs:
+                return kind
+    return None
+
+
+def from_annotations(annotations: Mapping[str, Any]) -> Classified | None:
+    if annotations.get("destructiveHint") is True and annotations.get("readOnlyHint") is not True:
+        return Classified("delete", "high", "annotation destructiveHint")
+    if annotations.get("readOnlyHint") is True:
+        risk = "medium" if annotations.get("openWorldHint") is True else "low"
+        return Classified("read", risk, "annotation readOnlyHint")
+    if annotations.get("destructiveHint") is False:
+        idempotent = annotations.get("idempotentHint") is True
+        return Classified(
+            "write", "medium" if not idempotent else "low", "annotation destructiveHint=false"
+        )
+    return None
+
+
+def classify(
+    name: str,
+    annotations: Mapping[str, Any] | None,
+    override: tuple[str | None, str | None] = (None, None),
+) -> Classified:
+    """Kind and risk of one tool, with the reason that decided them."""
+    kind_o, risk_o = override
+    base = from_annotations(annotations or {})
+    if base is None:
+        verb = _name_verb(name)
+        if verb is not None:
+            base = Classified(verb, _RISK_OF_KIND[verb], f"name verb ({verb})")
+        else:
+            base = Classified("execute", "high", "unknown: no annotations, no known verb")
+    if kind_o or risk_o:
+        kind = kind_o or base.kind
+        risk = risk_o or (_RISK_OF_KIND[kind] if kind_o else base.risk)
+        return Classified(kind, risk, "policy override")
+    return base
+
+
+def override_for(policy: CompiledPolicy, server: str, tool: str) -> tuple[str | None, str | None]:
+    for entry in candidates(policy, server, tool):
+        if entry.kind or entry.risk:
+            return entry.kind, entry.risk
+    return None, None
+
+
+def tool_info(policy: CompiledPolicy, server: str, tool: Mapping[str, Any]) -> ToolInfo:
+    name = str(tool.get("name", ""))
+    annotations = tool.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    found = classify(name, annotations, override_for(policy, server, name))
+    return ToolInfo(risk=found.risk, kind=found.kind, annotations=annotations)

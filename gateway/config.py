@@ -1,0 +1,368 @@
+"""The gateway config file (DESIGN.md, "Gateway config"), validated like rule files.
+
+Paths are relative to the file; ``${VAR}`` takes a value from the environment, and a missing
+variable is an error (a secret must never silently become an empty string).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, Problem, SourceLocation
+from gateway.located import Node, parse_file
+from gateway.policy.schema import Fields
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+_TOP = {
+    "listen",
+    "policy",
+    "servers",
+    "limits",
+    "grants",
+    "admin",
+    "audit",
+    "security",
+    "sessions",
+    "pins",
+    "aggregate",
+    "approvals",
+}
+_HTTP_SERVER = {"url", "headers", "timeout"}
+_STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """An upstream MCP server: Streamable HTTP (``url``) or stdio (``command``)."""
+
+    name: str
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 30.0
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    max_processes: int = 16
+    idle_timeout: float = 600.0
+
+    @property
+    def is_stdio(self) -> bool:
+        return self.command is not None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantConfig:
+    """Who may connect: a hashed key and what CEL sees as ``agent``."""
+
+    id: str
+    key_sha256: str
+    agent: str
+    roles: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """DNS-rebinding protection and request limits of the MCP endpoint."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything ``celgate run`` needs."""
+
+    source: str
+    host: str = "127.0.0.1"
+    port: int = 8787
+    policy_paths: tuple[Path, ...] = ()
+    servers: dict[str, ServerConfig] = field(default_factory=dict)
+    limits_backend: str = "memory"
+    grants: dict[str, GrantConfig] = field(default_factory=dict)
+    admin_token_sha256: str | None = None
+    log_arguments: bool = False
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    session_secret: str | None = None
+    pins_file: Path | None = None
+    accept_tool_changes: bool = False
+    aggregate_separator: str = "__"
+    anonymous: bool = False
+
+
+def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
+    """Replace ``${VAR}`` in every string, in place."""
+    value = node.value
+    if isinstance(value, dict):
+        for child in value.values():
+            _expand(child, env, problems)
+    elif isinstance(value, list):
+        for child in value:
+            _expand(child, env, problems)
+    elif isinstance(value, str) and "${" in value:
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(Problem(node.where, "", f"environment variable {name} is not set"))
+                return ""
+            return env[name]
+
+        node.value = _VAR.sub(sub, value)
+
+
+class _ConfigLoader:
+    def __init__(self, path: Path, display: str) -> None:
+        self.base = path.parent
+        self.display = display
+        self.problems: list[Problem] = []
+        self.out: dict[str, Any] = {"source": display}
+
+    def err(self, where: SourceLocation, field_: str, message: str) -> None:
+        self.problems.append(Problem(where, field_, message))
+
+    def load(self, root: Node) -> None:
+        top = Fields(root, "", self.problems)
+        if not top.ok:
+            return
+        top.check_known(_TOP)
+        self._listen(top)
+        self._policy(top)
+        self._servers(top)
+        self._limits(top)
+        self._grants(top)
+        self._admin(top)
+        self._audit(top)
+        self._security(top)
+        self._sessions(top)
+        self._pins(top)
+        self._aggregate(top)
+
+    def _sub(self, top: Fields, name: str, known: set[str]) -> Fields | None:
+        node = top.get(name)
+        if node is None:
+            return None
+        sub = Fields(node, name, self.problems)
+        if not sub.ok:
+            return None
+        sub.check_known(known)
+        return sub
+
+    def _listen(self, top: Fields) -> None:
+        sub = self._sub(top, "listen", {"host", "port"})
+        if sub is None:
+            return
+        self.out["host"] = sub.string("host") or "127.0.0.1"
+        port = sub.positive_int("port")
+        if port is not None and port > 65535:
+            self.err(sub.where("port"), "listen.port", f"{port} is not a TCP port")
+        elif port is not None:
+            self.out["port"] = port
+
+    def _path(self, raw: str) -> Path:
+        path = Path(raw)
+        return path if path.is_absolute() else self.base / path
+
+    def _policy(self, top: Fields) -> None:
+        node = top.get("policy")
+        if node is None:
+            self.err(top.node.where, "policy", "missing (a rule file or a folder of them)")
+            return
+        raws = node.value if isinstance(node.value, list) else [node]
+        paths: list[Path] = []
+        for item in raws:
+            item_node = item if isinstance(item, Node) else node
+            if not isinstance(item_node.value, str) or not item_node.value:
+                self.err(item_node.where, "policy", "must be a path or a list of paths")
+                continue
+            path = self._path(item_node.value)
+            if not path.exists():
+                self.err(item_node.where, "policy", f"{item_node.value}: no such file or folder")
+            paths.append(path)
+        self.out["policy_paths"] = tuple(paths)
+
+    def _servers(self, top: Fields) -> None:
+        node = top.get("servers")
+        if node is None:
+            self.err(top.node.where, "servers", "missing (at least one upstream MCP server)")
+            return
+        if not isinstance(node.value, dict) or not node.value:
+            self.err(node.where, "servers", "must be a mapping of names to servers")
+            return
+        servers: dict[str, ServerConfig] = {}
+        for name, sub_node in node.value.items():
+            server = self._server(name, sub_node)
+            if server is not None:
+                servers[name] = server
+        self.out["servers"] = servers
+
+    def _server(self, name: str, node: Node) -> ServerConfig | None:
+        path = f"servers.{name}"
+        if not _SERVER_NAME.match(name):
+            self.err(node.where, path, "a server name is letters, digits, '_', '-' or '.'")
+        sub = Fields(node, path, self.problems)
+        if not sub.ok:
+            return None
+        is_stdio = sub.get("command") is not None
+        if is_stdio == (sub.get("url") is not None):
+            self.err(node.where, path, "give either `url` (Streamable HTTP) or `command` (stdio)")
+            return None
+        sub.check_known(_STDIO_SERVER if is_stdio else _HTTP_SERVER)
+        if is_stdio:
+            return self._stdio_server(name, sub)
+        url = sub.string("url") or ""
+        if not url.startswith(("http://", "https://")):
+            self.err(sub.where("url"), f"{path}.url", "must be an http:// or https:// URL")
+        timeout = sub.positive_number("timeout") or 30.0
+        return ServerConfig(name, url=url, headers=self._str_map(sub, "headers"), timeout=timeout)
+
+    def _stdio_server(self, name: str, sub: Fields) -> ServerConfig:
+        args = self._str_list(sub, "args")
+        cwd = sub.string("cwd")
+        return ServerConfig(
+            name,
+            command=sub.string("command"),
+            args=tuple(args),
+            env=self._str_map(sub, "env"),
+            cwd=str(self._path(cwd)) if cwd else None,
+            max_processes=sub.positive_int("max_processes") or 16,
+            idle_timeout=sub.positive_number("idle_timeout") or 600.0,
+        )
+
+    def _str_map(self, sub: Fields, name: str) -> dict[str, str]:
+        node = sub.get(name)
+        if node is None:
+            return {}
+        if not isinstance(node.value, dict):
+            self.err(node.where, f"{sub.path}.{name}", "must be a mapping of strings")
+            return {}
+        out: dict[str, str] = {}
+        for key, item in node.value.items():
+            if isinstance(item.value, str | int | float) and not isinstance(item.value, bool):
+                out[key] = str(item.value).strip()
+            else:
+                self.err(item.where, f"{sub.path}.{name}.{key}", "must be a string")
+        return out
+
+    def _str_list(self, sub: Fields, name: str) -> list[str]:
+        node = sub.get(name)
+        if node is None:
+            return []
+        if not isinstance(node.value, list):
+            self.err(node.where, f"{sub.path}.{name}", "must be a list of strings")
+            return []
+        return [str(item.value) for item in node.value]
+
+    def _limits(self, top: Fields) -> None:
+        sub = self._sub(top, "limits", {"backend"})
+        if sub is None:
+            return
+        backend = sub.string("backend") or "memory"
+        if backend not in ("memory", "memory://") and not backend.startswith(
+            ("valkey://", "valkeys://", "redis://", "rediss://")
+        ):
+            msg = f"unknown backend {backend!r} (use memory or valkey://host:port/db)"
+            self.err(sub.where("backend"), "limits.backend", msg)
+        self.out["limits_backend"] = backend
+
+    def _grants(self, top: Fields) -> None:
+        node = top.get("grants")
+        if node is None:
+            return
+        if not isinstance(node.value, dict):
+            self.err(node.where, "grants", "must be a mapping of grant ids to grants")
+            return
+        grants: dict[str, GrantConfig] = {}
+        for gid, gnode in node.value.items():
+            sub = Fields(gnode, f"grants.{gid}", self.problems)
+            if not sub.ok:
+                continue
+            sub.check_known({"key_sha256", "agent", "roles", "attrs"})
+            digest = self._digest(sub, "key_sha256")
+            attrs = sub.get("attrs")
+            if attrs is not None and not isinstance(attrs.value, dict):
+                self.err(attrs.where, f"grants.{gid}.attrs", "must be a mapping")
+            grants[gid] = GrantConfig(
+                id=gid,
+                key_sha256=digest or "",
+                agent=sub.string("agent") or gid,
+                roles=tuple(self._str_list(sub, "roles")),
+                attrs=attrs.plain() if attrs is not None and isinstance(attrs.value, dict) else {},
+            )
+        self.out["grants"] = grants
+
+    def _digest(self, sub: Fields, name: str) -> str | None:
+        value = sub.string(name, required=True)
+        if value is not None and not _HEX64.match(value):
+            self.err(sub.where(name), f"{sub.path}.{name}", "must be 64 lowercase hex characters")
+            return None
+        return value
+
+    def _admin(self, top: Fields) -> None:
+        sub = self._sub(top, "admin", {"token_sha256"})
+        if sub is not None:
+            self.out["admin_token_sha256"] = self._digest(sub, "token_sha256")
+
+    def _audit(self, top: Fields) -> None:
+        sub = self._sub(top, "audit", {"log_arguments"})
+        if sub is not None:
+            self.out["log_arguments"] = sub.boolean("log_arguments", False)
+
+    def _security(self, top: Fields) -> None:
+        sub = self._sub(top, "security", {"allowed_hosts", "allowed_origins", "max_body_bytes"})
+        if sub is None:
+            return
+        self.out["security"] = SecurityConfig(
+            allowed_hosts=tuple(self._str_list(sub, "allowed_hosts")),
+            allowed_origins=tuple(self._str_list(sub, "allowed_origins")),
+            max_body_bytes=sub.positive_int("max_body_bytes") or 4 * 1024 * 1024,
+        )
+
+    def _sessions(self, top: Fields) -> None:
+        sub = self._sub(top, "sessions", {"secret"})
+        if sub is not None:
+            secret = sub.string("secret")
+            if secret is not None and len(secret) < 16:
+                self.err(sub.where("secret"), "sessions.secret", "use at least 16 characters")
+            self.out["session_secret"] = secret
+
+    def _pins(self, top: Fields) -> None:
+        sub = self._sub(top, "pins", {"file", "accept_changes"})
+        if sub is None:
+            return
+        file = sub.string("file")
+        self.out["pins_file"] = self._path(file) if file else None
+        self.out["accept_tool_changes"] = sub.boolean("accept_changes", False)
+
+    def _aggregate(self, top: Fields) -> None:
+        sub = self._sub(top, "aggregate", {"separator"})
+        if sub is not None:
+            self.out["aggregate_separator"] = sub.string("separator") or "__"
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayConfig:
+    """Load and validate a gateway config; raise ``ConfigError`` with every problem."""
+    file = Path(path)
+    display = str(path)
+    problems: list[Problem] = []
+    if not file.is_file():
+        raise ConfigError([Problem(SourceLocation(display, 1), "", "no such config file")])
+    root = parse_file(file, problems, display)
+    if root is None:
+        raise ConfigError(problems)
+    _expand(root, dict(os.environ) if env is None else env, problems)
+    loader = _ConfigLoader(file.resolve(), display)
+    loader.problems = problems
+    loader.load(root)
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(**loader.out)

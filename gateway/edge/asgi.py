@@ -1,0 +1,77 @@
+"""Small helpers over raw ASGI: the incoming request and the replies the gateway writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Incoming:
+    """The parts of an HTTP request the relay reads; header names lowercased."""
+
+    __slots__ = ("client_ip", "headers", "method", "path", "raw_headers", "receive")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.raw_headers: list[tuple[bytes, bytes]] = list(scope["headers"])
+        headers: dict[str, str] = {}
+        for name, value in self.raw_headers:
+            key = name.decode("latin-1").lower()
+            if key not in headers:
+                headers[key] = value.decode("latin-1").strip()
+        self.headers = headers
+        client = scope.get("client")
+        self.client_ip: str | None = client[0] if client else None
+        self.receive = receive
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def count(self, name: str) -> int:
+        wanted = name.encode()
+        return sum(1 for key, _ in self.raw_headers if key.lower() == wanted)
+
+    async def body(self, limit: int) -> bytes | None:
+        """The whole body, or None when it is larger than ``limit`` bytes."""
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+async def reply(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def reply_json(send: Send, status: int, payload: Any) -> None:
+    await reply(send, status, json.dumps(payload).encode())

@@ -1,0 +1,193 @@
+"""Forward one request to an upstream and stream its answer back, never buffering a stream.
+
+The body goes on byte for byte. The answer's bytes are relayed as they arrive; only a
+``tools/list`` answer is rewritten (JSON parsed whole, SSE event by event). The upstream
+response is released in a ``finally`` with no ``await`` in it, so cancellation cannot skip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import anyio
+
+from gateway.edge.asgi import Incoming, Receive, Send, reply
+from gateway.edge.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
+from gateway.edge.sse import SseRewriter, Transform
+from gateway.upstream.http import HttpUpstream
+
+# Hop-by-hop and framing headers are the connection's own, not the message's.
+_DROP_REQUEST = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "authorization",
+        "content-length",
+        "accept-encoding",
+        "mcp-session-id",
+        "cookie",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-encoding", "mcp-session-id"}
+)
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+@dataclass(slots=True)
+class Forward:
+    """What to send upstream and how to treat the answer."""
+
+    upstream: HttpUpstream
+    session_id: str | None  # the upstream's own id (already unwrapped)
+    body: bytes | None
+    msg_id: Any = None
+    transform: Transform | None = None
+    wrap_session: Callable[[str], str] | None = None
+
+
+def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
+    headers = {k: v for k, v in incoming.headers.items() if k not in _DROP_REQUEST}
+    headers["accept-encoding"] = (
+        "identity"  # a compressed stream cannot be rewritten or relayed as is
+    )
+    if fwd.session_id is not None:
+        headers["mcp-session-id"] = fwd.session_id
+    headers.update(fwd.upstream.headers)
+    return headers
+
+
+def _response_headers(resp: aiohttp.ClientResponse, fwd: Forward) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in resp.raw_headers:
+        key = name.decode("latin-1").lower()
+        if key in _DROP_RESPONSE or (fwd.transform is not None and key == "content-length"):
+            continue
+        if key == "cache-control" and fwd.transform is not None:
+            value = value.replace(b"public", b"private")
+        out.append((name, value))
+    sid = resp.headers.get("mcp-session-id")
+    if sid is not None and fwd.wrap_session is not None:
+        out.append((b"mcp-session-id", fwd.wrap_session(sid.strip()).encode()))
+    return out
+
+
+async def _unavailable(send: Send, fwd: Forward, why: str) -> None:
+    fwd.upstream.last_error = why
+    message = f"upstream {fwd.upstream.name!r} is unavailable"
+    await reply(send, 502, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+
+
+def _sse_error(fwd: Forward) -> bytes:
+    message = f"upstream {fwd.upstream.name!r} failed while answering"
+    data = error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message).decode()
+    return f"event: message\ndata: {data}\n\n".encode()
+
+
+async def forward(incoming: Incoming, send: Send, fwd: Forward) -> aiohttp.ClientResponse | None:
+    """Relay one request; returns the upstream response (already released) or None if down."""
+    upstream = fwd.upstream
+    try:
+        resp = await upstream.session.request(
+            incoming.method,
+            upstream.url,
+            headers=request_headers(incoming, fwd),
+            data=fwd.body,
+        )
+    except UPSTREAM_ERRORS as exc:
+        await _unavailable(send, fwd, type(exc).__name__)
+        return None
+    try:
+        await _relay(incoming, send, resp, fwd)
+    finally:
+        resp.close()
+    return resp
+
+
+async def _relay(
+    incoming: Incoming, send: Send, resp: aiohttp.ClientResponse, fwd: Forward
+) -> None:
+    content_type = resp.headers.get("content-type", "")
+    is_sse = content_type.startswith("text/event-stream")
+    if fwd.transform is not None and not is_sse and content_type.startswith("application/json"):
+        await _relay_json(send, resp, fwd)
+        return
+    start = {"type": "http.response.start", "status": resp.status}
+    start["headers"] = _response_headers(resp, fwd)
+    await send(start)
+    if is_sse:
+        await _watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd))
+    else:
+        await _relay_bytes(send, resp)
+
+
+async def _relay_json(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) -> None:
+    try:
+        raw = await resp.read()
+    except UPSTREAM_ERRORS as exc:
+        await _unavailable(send, fwd, type(exc).__name__)
+        return
+    body = raw
+    assert fwd.transform is not None
+    try:
+        message = json.loads(raw)
+        if isinstance(message, dict):
+            changed = fwd.transform(message)
+            if changed is not None:
+                body = json.dumps(changed, ensure_ascii=False).encode()
+    except ValueError:
+        pass
+    headers = _response_headers(resp, fwd)
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _relay_bytes(send: Send, resp: aiohttp.ClientResponse) -> None:
+    try:
+        async for chunk in resp.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UPSTREAM_ERRORS:
+        pass  # the client sees a truncated body; nothing else can be said mid-message
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _relay_sse(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) -> None:
+    rewriter = SseRewriter(fwd.transform) if fwd.transform is not None else None
+    try:
+        async for chunk in resp.content.iter_any():
+            data = rewriter.feed(chunk) if rewriter is not None else chunk
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+    except UPSTREAM_ERRORS:
+        # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
+        if fwd.msg_id is not None:
+            await send({"type": "http.response.body", "body": _sse_error(fwd), "more_body": True})
+    tail = rewriter.close() if rewriter is not None else b""
+    await send({"type": "http.response.body", "body": tail})
+
+
+async def _watching_disconnect(receive: Receive, work: Any) -> None:
+    """Run ``work`` until it ends or the client goes away (then the upstream is dropped)."""
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        await work
+        tg.cancel_scope.cancel()

@@ -1,0 +1,83 @@
+"""DNS-rebinding protection for the MCP endpoint, and signed session ids.
+
+A web page on an attacker's domain that resolves to 127.0.0.1 reaches a local gateway with its
+own ``Host`` and ``Origin``: both are checked against allow-lists (loopback names by default).
+
+Session ids handed to clients are the upstream's id plus an HMAC over (server, grant, id), so
+any replica holding the same secret can tell a real session from a made-up one without shared
+state, and one grant cannot ride another grant's session.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+class HostGuard:
+    """Host and Origin allow-lists; ``*`` in a list allows anything."""
+
+    def __init__(self, hosts: Iterable[str], origins: Iterable[str], listen_host: str) -> None:
+        names = set(LOOPBACK_NAMES)
+        if listen_host not in ("0.0.0.0", "::"):
+            names.add(listen_host)
+        self.hosts = {h.lower() for h in hosts} or names
+        self.any_host = "*" in self.hosts
+        self.origins = {o.lower().rstrip("/") for o in origins}
+        self.any_origin = "*" in self.origins
+        self.origin_names = set(LOOPBACK_NAMES) if not self.origins else set()
+
+    def host_ok(self, host: str | None) -> bool:
+        if self.any_host:
+            return True
+        if not host:
+            return False
+        host = host.lower()
+        if host in self.hosts:
+            return True
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name in self.hosts
+
+    def origin_ok(self, origin: str | None) -> bool:
+        """No Origin (non-browser clients) is fine; a browser's Origin must be allowed."""
+        if origin is None or self.any_origin:
+            return True
+        origin = origin.lower().rstrip("/")
+        if origin in self.origins:
+            return True
+        parts = urlsplit(origin)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return parts.scheme in ("http", "https") and host in self.origin_names
+
+
+class SessionSigner:
+    """Wraps upstream session ids as ``<id>.<mac>`` and checks them on the way back."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.key = (secret or secrets.token_hex(32)).encode()
+        self.shared = secret is not None
+
+    def _mac(self, server: str, grant: str, sid: str) -> str:
+        msg = f"{server}\x00{grant}\x00{sid}".encode()
+        digest = hmac.new(self.key, msg, hashlib.sha256).digest()[:18]
+        return base64.urlsafe_b64encode(digest).decode()
+
+    def wrap(self, server: str, grant: str, sid: str) -> str:
+        return f"{sid}.{self._mac(server, grant, sid)}"
+
+    def unwrap(self, server: str, grant: str, presented: str) -> str | None:
+        """The upstream id, or None when the presented id was not issued here for this grant."""
+        sid, dot, mac = presented.strip().rpartition(".")
+        if not dot or not sid:
+            return None
+        if not hmac.compare_digest(mac, self._mac(server, grant, sid)):
+            return None
+        return sid

@@ -1,0 +1,188 @@
+"""The MCP relay at ``/mcp/{server}``: one choke point where policy applies.
+
+Order of checks for every request (each failure answered before anything else is looked at):
+Host/Origin, authentication, method and content type, body size, JSON and envelope, routing
+headers against the body, session. Only then is a ``tools/call`` decided, so a caller without
+a key or a session learns nothing of the policy. Everything but ``tools/call`` and
+``tools/list`` is forwarded untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mcp.shared.inbound import decode_header_value
+
+from gateway.audit import new_decision_id
+from gateway.edge import jsonrpc as rpc
+from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.edge.forward import Forward, forward
+from gateway.edge.jsonrpc import BadMessage, Message
+from gateway.edge.replies import denial
+from gateway.edge.toolsfilter import tools_list_transform
+from gateway.enforce import enforce
+from gateway.policy import Call, Identity, decide
+from gateway.runtime import Gateway
+from gateway.upstream.http import HttpUpstream
+
+_WWW_AUTH = [(b"www-authenticate", b'Bearer realm="celgate", error="invalid_token"')]
+
+
+class Relay:
+    """Raw ASGI app for ``/mcp/{server}``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        incoming = Incoming(scope, receive)
+        try:
+            await self._handle(incoming, send)
+        except BadMessage as exc:
+            body = rpc.error_body(exc.msg_id, exc.code, exc.message)
+            await reply(send, exc.status, body)
+
+    async def _handle(self, incoming: Incoming, send: Send) -> None:
+        guard = self.gw.guard
+        if not guard.host_ok(incoming.header("host")):
+            raise BadMessage(rpc.INVALID_REQUEST, "Host not allowed", status=421)
+        if not guard.origin_ok(incoming.header("origin")):
+            raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
+        upstream = self._upstream(incoming)
+        identity = self.gw.auth.authenticate(incoming.header("authorization"))
+        if identity is None:
+            body = rpc.error_body(None, rpc.INVALID_REQUEST, "missing or invalid bearer key")
+            await reply(send, 401, body, extra=_WWW_AUTH)
+            return
+        if incoming.method == "POST":
+            await self._post(incoming, send, upstream, identity)
+        elif incoming.method in ("GET", "DELETE"):
+            session = self._session(incoming, upstream, identity, required=True)
+            await forward(incoming, send, Forward(upstream, session, None))
+        else:
+            raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
+
+    def _upstream(self, incoming: Incoming) -> HttpUpstream:
+        name = incoming.path.strip("/")  # mounted at /mcp: the path is what follows
+        upstream = self.gw.upstreams.get(name)
+        if upstream is None:
+            raise BadMessage(rpc.INVALID_REQUEST, f"no MCP server named {name!r}", status=404)
+        return upstream
+
+    def _session(
+        self, incoming: Incoming, upstream: HttpUpstream, identity: Identity, *, required: bool
+    ) -> str | None:
+        """The upstream's session id behind the one presented; checked before any policy."""
+        if incoming.count("mcp-session-id") > 1:
+            raise BadMessage(rpc.INVALID_REQUEST, "Mcp-Session-Id given twice")
+        presented = incoming.header("mcp-session-id")
+        if presented is None:
+            if required and upstream.stateful:
+                raise BadMessage(rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id is required")
+            return None
+        sid = self.gw.signer.unwrap(upstream.name, identity.grant, presented)
+        if sid is None:
+            raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404)
+        return sid
+
+    async def _post(
+        self, incoming: Incoming, send: Send, upstream: HttpUpstream, identity: Identity
+    ) -> None:
+        content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            msg = "Content-Type must be application/json"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=415)
+        body = await incoming.body(self.gw.config.security.max_body_bytes)
+        if body is None:
+            raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
+        message = rpc.classify(rpc.parse_body(body))
+        _check_routing_headers(incoming, message)
+        modern = message.protocol_version in rpc.MODERN_VERSIONS
+        initializing = message.method == "initialize"
+        needs_session = message.method is not None and not modern and not initializing
+        session = self._session(incoming, upstream, identity, required=needs_session)
+        fwd = Forward(upstream, session, body, message.msg_id)
+        fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.grant, sid)
+        if message.method == "tools/call" and message.is_request:
+            await self._call(incoming, send, fwd, message, identity)
+            return
+        if message.method == "tools/list" and message.is_request:
+            fwd.transform = tools_list_transform(self.gw, upstream.name, identity, message.msg_id)
+        resp = await forward(incoming, send, fwd)
+        if initializing and resp is not None and resp.status < 400:
+            upstream.stateful = "mcp-session-id" in resp.headers
+
+    async def _call(
+        self,
+        incoming: Incoming,
+        send: Send,
+        fwd: Forward,
+        message: Message,
+        identity: Identity,
+    ) -> None:
+        started = time.perf_counter()
+        call = _call_of(message, fwd, identity, incoming, self.gw)
+        decision = decide(self.gw.policy, call, self.gw.now())
+        decision_id = new_decision_id()
+        decision = await enforce(self.gw, call, decision, decision_id, message)
+        latency = (time.perf_counter() - started) * 1000
+        self.gw.decisions.record(decision_id, call, decision, latency)
+        metrics = self.gw.metrics
+        if metrics is not None:
+            metrics.decision(call, decision, latency / 1000)
+        if not decision.allowed:
+            version = message.protocol_version or incoming.header("mcp-protocol-version")
+            await reply(send, 200, denial(message.msg_id, decision, decision_id, version))
+            return
+        upstream_started = time.perf_counter()
+        await forward(incoming, send, fwd)
+        if metrics is not None:
+            metrics.upstream(call, time.perf_counter() - upstream_started)
+
+
+def _check_routing_headers(incoming: Incoming, message: Message) -> None:
+    """``Mcp-Method`` and ``Mcp-Name`` are trusted only when they say what the body says."""
+    for name in ("mcp-method", "mcp-name", "mcp-protocol-version"):
+        if incoming.count(name) > 1:
+            raise BadMessage(
+                rpc.HEADER_MISMATCH, f"{name} header given twice", msg_id=message.msg_id
+            )
+    declared = incoming.header("mcp-method")
+    if declared is not None and declared != message.method:
+        raise BadMessage(
+            rpc.HEADER_MISMATCH, "Mcp-Method header does not match the body", msg_id=message.msg_id
+        )
+    name = incoming.header("mcp-name")
+    if name is not None and message.method in ("tools/call", "prompts/get", "resources/read"):
+        key = "uri" if message.method == "resources/read" else "name"
+        if decode_header_value(name) != message.params.get(key):
+            raise BadMessage(
+                rpc.HEADER_MISMATCH,
+                "Mcp-Name header does not match the body",
+                msg_id=message.msg_id,
+            )
+
+
+def _call_of(
+    message: Message, fwd: Forward, identity: Identity, incoming: Incoming, gw: Gateway
+) -> Call:
+    params = message.params
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadMessage(rpc.INVALID_PARAMS, "tools/call needs a tool name", 200, message.msg_id)
+    args: Any = params.get("arguments", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadMessage(rpc.INVALID_PARAMS, "arguments must be an object", 200, message.msg_id)
+    server = fwd.upstream.name
+    return Call(
+        tool=name,
+        args=args,
+        server=server,
+        identity=identity,
+        session=fwd.session_id,
+        client_ip=incoming.client_ip,
+        info=gw.tool_info(server, name),
+    )

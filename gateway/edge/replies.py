@@ -1,0 +1,62 @@
+"""What the agent is told when the gateway answers a call itself, in the caller's protocol.
+
+A denial is a tool result with ``isError: true``: the official SDK clients hand it to the
+model, which can read the reason and act on it (a JSON-RPC error would surface as an
+exception in the host instead). The structured part carries the decision for programs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.edge.jsonrpc import MODERN_VERSIONS, result_body
+from gateway.policy.model import Decision
+
+
+def decision_payload(decision: Decision, decision_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "effect": decision.effect,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "revision": decision.revision,
+        "decision_id": decision_id,
+    }
+    if decision.error:
+        out["error"] = decision.error
+    state = decision.limit_state
+    if state is not None and state.refused_by is not None:
+        out["counter"] = state.refused_by
+        if state.retry_after is not None:
+            out["retry_after"] = round(state.retry_after, 3)
+    return out
+
+
+def denial_text(decision: Decision) -> str:
+    text = f"celgate refused this call: {decision.reason} (rule: {decision.rule})."
+    state = decision.limit_state
+    if state is not None and state.retry_after is not None:
+        text += f" Retry after {state.retry_after:.1f} s."
+    return text
+
+
+def tool_result(
+    msg_id: Any,
+    text: str,
+    structured: dict[str, Any],
+    protocol_version: str | None,
+    *,
+    is_error: bool = True,
+) -> bytes:
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": {"celgate": structured},
+        "isError": is_error,
+    }
+    if protocol_version in MODERN_VERSIONS:
+        result["resultType"] = "complete"
+    return result_body(msg_id, result)
+
+
+def denial(msg_id: Any, decision: Decision, decision_id: str, version: str | None) -> bytes:
+    payload = decision_payload(decision, decision_id)
+    return tool_result(msg_id, denial_text(decision), payload, version)

@@ -1,0 +1,65 @@
+"""After ``decide``: approvals for held calls, then rate limits for what may go ahead.
+
+Limits apply to what is allowed or approved, so a call still waiting for a human takes no
+tokens, and a denied call takes none either.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.policy.model import Call, Decision, LimitState
+from gateway.ratelimit.base import Bucket, LimitResult
+
+if TYPE_CHECKING:
+    from gateway.edge.jsonrpc import Message
+    from gateway.runtime import Gateway
+
+
+def _state(result: LimitResult) -> LimitState:
+    remaining = {s.counter: round(s.remaining, 3) for s in result.states}
+    return LimitState(
+        remaining=remaining,
+        refused_by=result.refused_by,
+        retry_after=result.retry_after,
+        backend_error=result.backend_error,
+        failed_open=result.failed_open,
+    )
+
+
+def _refusal(decision: Decision, result: LimitResult) -> str | None:
+    if result.admitted:
+        return None
+    if result.backend_error:
+        return "rate limit backend unavailable"
+    limit = next((lim for lim in decision.limits if lim.counter == result.refused_by), None)
+    if limit is None:
+        return f"rate limit {result.refused_by} exceeded"
+    return (
+        f"rate limit {limit.counter!r} exceeded: at most {limit.max} calls per "
+        f"{limit.window:g} s ({limit.scope} {limit.scope_value})"
+    )
+
+
+async def apply_limits(gw: Gateway, decision: Decision) -> Decision:
+    if not decision.allowed or not decision.limits:
+        return decision
+    buckets = [
+        Bucket(lim.counter, lim.key, lim.max, lim.window, lim.failure_mode)
+        for lim in decision.limits
+    ]
+    result = await gw.limiter.acquire(buckets)
+    if gw.metrics is not None:
+        gw.metrics.limiter(result)
+    return decision.with_limit_state(_state(result), _refusal(decision, result))
+
+
+async def enforce(
+    gw: Gateway, call: Call, decision: Decision, decision_id: str, message: Message
+) -> Decision:
+    """The final decision for a call: approval resolved, limits taken."""
+    if decision.effect == "require_approval":
+        if gw.approvals is None:
+            return decision
+        decision = await gw.approvals.resolve(call, decision, decision_id, message)
+    return await apply_limits(gw, decision)

@@ -1,0 +1,67 @@
+"""Prometheus metrics, one registry per gateway (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.policy.model import Call, Decision
+from gateway.ratelimit.base import LimitResult
+
+_FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
+_SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.calls = Counter(
+            "celgate_calls", "tools/call decisions", ["server", "tool", "effect"], registry=reg
+        )
+        self.decision_seconds = Histogram(
+            "celgate_decision_seconds", "time to decide a call", buckets=_FAST, registry=reg
+        )
+        self.upstream_seconds = Histogram(
+            "celgate_upstream_seconds",
+            "upstream time of allowed calls",
+            ["server"],
+            buckets=_SLOW,
+            registry=reg,
+        )
+        self.limiter_results = Counter(
+            "celgate_limiter", "rate-limiter outcomes", ["result"], registry=reg
+        )
+        self.approvals = Counter("celgate_approvals", "approval events", ["event"], registry=reg)
+        self.upstream_up = Gauge(
+            "celgate_upstream_up",
+            "1 when the upstream answered its last probe",
+            ["server"],
+            registry=reg,
+        )
+        self.policy_info = Gauge(
+            "celgate_policy_info", "the loaded policy revision", ["revision"], registry=reg
+        )
+
+    def decision(self, call: Call, decision: Decision, seconds: float) -> None:
+        self.calls.labels(call.server or "", call.tool, decision.effect).inc()
+        self.decision_seconds.observe(seconds)
+
+    def upstream(self, call: Call, seconds: float) -> None:
+        self.upstream_seconds.labels(call.server or "").observe(seconds)
+
+    def limiter(self, result: LimitResult) -> None:
+        if result.backend_error:
+            outcome = "failed_open" if result.failed_open else "backend_error"
+        else:
+            outcome = "admitted" if result.admitted else "refused"
+        self.limiter_results.labels(outcome).inc()
+
+    def approval(self, event: str) -> None:
+        self.approvals.labels(event).inc()
+
+    def set_policy(self, revision: str) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(revision).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,146 @@
+"""``celgate run``: load config (or the embedded default) and serve the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+
+from gateway.audit import configure_logging
+from gateway.config import GatewayConfig, ServerConfig, load_config
+from gateway.errors import ConfigError
+
+log = structlog.get_logger("celgate")
+
+DEMO_PORT = 8787
+
+
+def rules_dir() -> Path:
+    """The example rules: package data in a wheel, the repository's ``rules/`` otherwise."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_rules"
+    return packaged if packaged.is_dir() else here.parent / "rules"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"celgate: the demo server exited with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit("celgate: the demo server did not start within 20 s")
+
+
+@contextlib.contextmanager
+def demo_upstream() -> Iterator[str]:
+    """Start the packaged demo MCP server as a local Streamable HTTP process."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd)
+    try:
+        _wait_port(port, proc, time.monotonic() + 20)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def demo_config(upstream_url: str, port: int) -> GatewayConfig:
+    return GatewayConfig(
+        source="<embedded default>",
+        port=port,
+        policy_paths=(rules_dir() / "demo.yaml",),
+        servers={"demo": ServerConfig("demo", url=upstream_url)},
+        anonymous=True,
+    )
+
+
+def _banner(config: GatewayConfig) -> None:
+    base = f"http://{config.host}:{config.port}"
+    print(f"celgate {config.source}: serving on {base}", flush=True)
+    for name in config.servers:
+        print(f"  MCP endpoint  {base}/mcp/{name}", flush=True)
+    if not config.grants:
+        print("  WARNING: no grants configured: anonymous callers, loopback only", flush=True)
+    first = next(iter(config.servers))
+    print(f"  try it:       celgate try {base}/mcp/{first}", flush=True)
+
+
+def serve(config: GatewayConfig) -> int:
+    from gateway.app import build_app
+    from gateway.runtime import build_gateway
+
+    if not config.grants and config.host not in ("127.0.0.1", "localhost", "::1"):
+        print("celgate: refusing to serve anonymously on a non-loopback address", file=sys.stderr)
+        return 2
+    try:
+        gateway = build_gateway(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    app = build_app(gateway)
+    _banner(config)
+    uv = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    asyncio.run(uvicorn.Server(uv).serve())
+    return 0
+
+
+def run_command(ns: argparse.Namespace) -> int:
+    configure_logging(json_logs=ns.json_logs)
+    if ns.config is None:
+        with demo_upstream() as url:
+            return serve(demo_config(url, ns.port or DEMO_PORT))
+    try:
+        config = load_config(ns.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if ns.port:
+        config = _with_port(config, ns.port)
+    return serve(config)
+
+
+def _with_port(config: GatewayConfig, port: int) -> GatewayConfig:
+    from dataclasses import replace
+
+    return replace(config, port=port)
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser("run", help="serve the gateway (no --config: the embedded demo)")
+    run.add_argument("--config", help="gateway config file (YAML)")
+    run.add_argument("--port", type=int, help="override listen.port")
+    run.add_argument(
+        "--json-logs", action="store_true", default=None, help="JSON log lines even on a TTY"
+    )
+    run.set_defaults(func=run_command)

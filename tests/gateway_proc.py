@@ -1,0 +1,107 @@
+"""Run celgate as a real process on a free loopback port, with a config written for the test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from tests.peers import PeerProcess, free_port, start_process
+
+
+@dataclass
+class GatewayProcess:
+    peer: PeerProcess
+    port: int
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, server: str) -> str:
+        return f"{self.base}/mcp/{server}"
+
+    def records(self, event: str = "policy.decision") -> list[dict[str, Any]]:
+        """Structured log lines the gateway wrote so far, of one event."""
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    out.append(record)
+        return out
+
+
+def write_config(
+    directory: Path,
+    policy: Mapping[str, Any] | str,
+    servers: Mapping[str, Any],
+    port: int,
+    **extra: Any,
+) -> Path:
+    policy_path = directory / "policy.yaml"
+    text = policy if isinstance(policy, str) else yaml.safe_dump(dict(policy))
+    policy_path.write_text(text)
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "policy": "policy.yaml",
+        "servers": dict(servers),
+        **extra,
+    }
+    path = directory / "celgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wait_healthy(port: int, proc: PeerProcess, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    url = f"http://127.0.0.1:{port}/healthz"
+    while time.monotonic() < end:
+        if not proc.alive():
+            raise RuntimeError(f"gateway exited:\n{proc.output()}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=0.5) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not become healthy:\n{proc.output()}")
+
+
+@contextlib.contextmanager
+def run_gateway(
+    directory: Path,
+    policy: Mapping[str, Any] | str,
+    servers: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Iterator[GatewayProcess]:
+    port = free_port()
+    config = write_config(directory, policy, servers, port, **extra)
+    log_path = directory / f"gateway-{port}.log"
+    cmd = [sys.executable, "-m", "gateway.cli", "run", "--config", str(config), "--json-logs"]
+    peer = start_process(cmd, port=None, url="", extra_env=env, log_path=log_path)
+    try:
+        wait_healthy(port, peer)
+        yield GatewayProcess(peer, port, log_path)
+    finally:
+        peer.stop()
+
+
+def client(url: str, key: str | None = None, **kwargs: Any) -> Client:
+    """The SDK's client over real HTTP, optionally with an agent key; no response cache."""
+    kwargs.setdefault("cache", None)
+    if key is None:
+        return Client(url, **kwargs)
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    return Client(streamable_http_client(url, http_client=http), **kwargs)

@@ -1,0 +1,311 @@
+"""The relay end to end: the SDK's client over real HTTP, celgate and the test upstream as
+real processes. Both protocol eras: ``legacy`` (initialize, sessions) and ``auto``
+(2026-07-28, stateless)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import mcp_types as types
+import pytest
+
+from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.peers import PeerProcess, http_upstream
+from tests.servers.test_servers_smoke import elicitation_answering, sampling_answering
+
+MODES = ["legacy", "auto"]
+
+POLICY = r"""
+version: "1"
+default: deny
+tools:
+  echo: {action: allow}
+  add: {}
+  slow_progress: {action: allow}
+  ask_user: {action: allow}
+  sample: {action: allow}
+  crash: {action: allow}
+  calls_seen: {action: allow}
+  execute_query:
+    rules:
+      - id: read-only
+        when: 'args.sql.matches("(?i)^\\s*select\\b")'
+        action: allow
+      - id: no-writes
+        action: deny
+        reason: only SELECT statements are allowed
+  delete_item:
+    action: deny
+    reason: deleting items is not allowed here
+"""
+
+
+def called(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+@pytest.fixture(scope="module")
+def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calls") / "calls.jsonl"
+
+
+@pytest.fixture(scope="module")
+def upstream(call_log: Path) -> Iterator[PeerProcess]:
+    with http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(call_log)}) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    directory = tmp_path_factory.mktemp("gw")
+    with run_gateway(directory, POLICY, {"up": {"url": upstream.url}}) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize("mode", MODES)
+class TestPolicyThroughTheRelay:
+    async def test_tools_list_is_filtered_to_what_may_be_called(
+        self, gateway: GatewayProcess, mode: str
+    ) -> None:
+        async with client(gateway.url("up"), mode=mode) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+        assert {"echo", "add", "execute_query", "slow_progress"} <= names
+        assert "delete_item" not in names  # denied whatever the arguments
+        assert "write_file" not in names  # not named: default deny
+        assert "hang" not in names
+
+    async def test_listed_tools_keep_their_fields(self, gateway: GatewayProcess, mode: str) -> None:
+        async with client(gateway.url("up"), mode=mode) as c:
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+        assert tools["echo"].input_schema["properties"]["text"]["type"] == "string"
+
+    async def test_allowed_call_reaches_the_upstream(
+        self, gateway: GatewayProcess, mode: str, call_log: Path
+    ) -> None:
+        async with client(gateway.url("up"), mode=mode) as c:
+            result = await c.call_tool("echo", {"text": f"hello {mode}"})
+        assert not result.is_error
+        assert f"hello {mode}" in text_of(result)
+        assert any(c["arguments"] == {"text": f"hello {mode}"} for c in called(call_log))
+
+    async def test_denied_call_never_reaches_the_upstream(
+        self, gateway: GatewayProcess, mode: str, call_log: Path
+    ) -> None:
+        async with client(gateway.url("up"), mode=mode) as c:
+            result = await c.call_tool("delete_item", {"id": f"x-{mode}"})
+        assert result.is_error
+        assert "deleting items is not allowed here" in text_of(result)
+        verdict = result.structured_content["celgate"]  # type: ignore[index]
+        assert verdict["effect"] == "deny"
+        assert verdict["rule"].endswith("policy.yaml:20")
+        assert len(verdict["revision"]) == 16
+        assert not any(c["tool"] == "delete_item" for c in called(call_log))
+
+    async def test_argument_conditions_decide(
+        self, gateway: GatewayProcess, mode: str, call_log: Path
+    ) -> None:
+        async with client(gateway.url("up"), mode=mode) as c:
+            ok = await c.call_tool("execute_query", {"sql": f"SELECT '{mode}'"})
+            refused = await c.call_tool("execute_query", {"sql": f"DROP TABLE t_{mode}"})
+        assert not ok.is_error
+        assert refused.is_error
+        assert "only SELECT statements" in text_of(refused)
+        assert refused.structured_content["celgate"]["rule"] == "no-writes"  # type: ignore[index]
+        sqls = [c["arguments"].get("sql") for c in called(call_log)]
+        assert f"SELECT '{mode}'" in sqls
+        assert f"DROP TABLE t_{mode}" not in sqls
+
+    async def test_unknown_tool_is_denied_by_default(
+        self, gateway: GatewayProcess, mode: str
+    ) -> None:
+        async with client(gateway.url("up"), mode=mode) as c:
+            result = await c.call_tool("no_such_tool", {})
+        assert result.is_error
+        assert "default deny" in text_of(result)
+
+    async def test_progress_is_streamed(self, gateway: GatewayProcess, mode: str) -> None:
+        seen: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+
+        async with client(gateway.url("up"), mode=mode) as c:
+            result = await c.call_tool(
+                "slow_progress", {"steps": 4, "delay_ms": 20}, progress_callback=on_progress
+            )
+        assert not result.is_error
+        assert seen == sorted(seen) and len(seen) == 4
+
+    async def test_elicitation_is_relayed(self, gateway: GatewayProcess, mode: str) -> None:
+        asked: list[Any] = []
+        answer = elicitation_answering(f"blue-{mode}", asked)
+        async with client(gateway.url("up"), mode=mode, elicitation_callback=answer) as c:
+            result = await c.call_tool("ask_user", {"question": "favourite colour?"})
+        assert not result.is_error
+        assert f"blue-{mode}" in text_of(result)
+        assert asked and "favourite colour?" in asked[0].message
+
+    async def test_sampling_is_relayed(self, gateway: GatewayProcess, mode: str) -> None:
+        seen: list[Any] = []
+        answer = sampling_answering(f"sampled-{mode}", seen)
+        async with client(gateway.url("up"), mode=mode, sampling_callback=answer) as c:
+            result = await c.call_tool("sample", {"prompt": "say hi"})
+        assert not result.is_error
+        assert f"sampled-{mode}" in text_of(result)
+        assert len(seen) == 1
+
+
+class TestDecisionRecords:
+    async def test_one_record_per_call_with_the_decision(self, gateway: GatewayProcess) -> None:
+        async with client(gateway.url("up"), mode="legacy") as c:
+            await c.call_tool("delete_item", {"id": "record-me"})
+        await anyio.sleep(0.2)  # let the gateway's log line reach the file
+        records = [r for r in gateway.records() if r["tool"] == "delete_item"]
+        assert records
+        rec = records[-1]
+        assert rec["effect"] == "deny"
+        assert rec["server"] == "up"
+        assert rec["grant"] == "anonymous"
+        assert rec["args_digest"].startswith("sha256:")
+        assert "record-me" not in json.dumps(rec)  # arguments only as a digest
+        assert rec["session"]  # the legacy era carries a session
+
+
+def raw_post(gw: GatewayProcess, body: bytes | str, **headers: str) -> httpx.Response:
+    base = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2025-11-25",
+    }
+    base.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return httpx.post(gw.url("up"), content=body, headers=base, timeout=10)
+
+
+def call_body(name: str, arguments: Any, msg_id: int = 1) -> str:
+    params = {"name": name, "arguments": arguments}
+    return json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params})
+
+
+class TestBadInput:
+    """Each bad request gets the right status and a JSON-RPC error, and nothing else breaks."""
+
+    def test_malformed_json(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, b'{"jsonrpc": "2.0", "id": 1, "method": ')
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == -32700
+
+    def test_duplicate_keys_are_rejected(self, gateway: GatewayProcess) -> None:
+        params = '{"name":"echo","name":"delete_item"}'
+        body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + params + "}"
+        resp = raw_post(gateway, body)
+        assert resp.status_code == 400
+        assert "duplicate key" in resp.json()["error"]["message"]
+
+    def test_wrong_content_type(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, call_body("echo", {}), content_type="text/plain")
+        assert resp.status_code == 415
+
+    def test_oversized_body(self, gateway: GatewayProcess) -> None:
+        big = call_body("echo", {"text": "x" * (5 * 1024 * 1024)})
+        resp = raw_post(gateway, big)
+        assert resp.status_code == 413
+
+    def test_batch_is_refused(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, "[" + call_body("echo", {}) + "]")
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == -32600
+
+    def test_arguments_must_be_an_object(self, gateway: GatewayProcess) -> None:
+        body = call_body("echo", ["not", "an", "object"], msg_id=7)
+        resp = raw_post(gateway, body, mcp_session_id=_session(gateway))
+        assert resp.json()["error"]["code"] == -32602
+        assert resp.json()["id"] == 7
+
+    def test_unknown_session(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, call_body("delete_item", {}), mcp_session_id="made-up.abc")
+        assert resp.status_code == 404
+
+    def test_sessionless_call_is_refused_before_any_denial(self, gateway: GatewayProcess) -> None:
+        _session(gateway)  # the upstream has shown that it issues sessions
+        resp = raw_post(gateway, call_body("delete_item", {}))
+        assert resp.status_code == 400
+        assert "deleting" not in resp.text  # the deny list is not revealed
+
+    def test_foreign_host_is_refused(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, call_body("echo", {}), host="evil.example.com")
+        assert resp.status_code == 421
+
+    def test_foreign_origin_is_refused(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, call_body("echo", {}), origin="http://evil.example.com")
+        assert resp.status_code == 403
+
+    def test_mcp_name_must_match_the_body(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, call_body("delete_item", {}), mcp_name="echo")
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == -32020
+
+    def test_mcp_method_must_match_the_body(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(gateway, call_body("echo", {}), mcp_method="tools/list")
+        assert resp.json()["error"]["code"] == -32020
+
+    def test_unknown_server(self, gateway: GatewayProcess) -> None:
+        resp = httpx.post(f"{gateway.base}/mcp/nope", content=b"{}", timeout=5)
+        assert resp.status_code == 404
+
+    async def test_gateway_keeps_serving_after_bad_input(self, gateway: GatewayProcess) -> None:
+        raw_post(gateway, b"\xff\xfe garbage")
+        async with client(gateway.url("up"), mode="legacy") as c:
+            result = await c.call_tool("echo", {"text": "still here"})
+        assert "still here" in text_of(result)
+
+
+def _session(gw: GatewayProcess) -> str:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    resp = raw_post(gw, json.dumps(init))
+    assert resp.status_code == 200, resp.text
+    return resp.headers["mcp-session-id"]
+
+
+class TestUpstreamFailure:
+    async def test_upstream_killed_mid_call_gives_an_error_not_a_hang(self, tmp_path: Path) -> None:
+        with (
+            http_upstream() as up,
+            run_gateway(tmp_path, POLICY, {"up": {"url": up.url}}) as gw,
+        ):
+            async with client(gw.url("up"), mode="legacy") as c:
+                with anyio.fail_after(20):
+                    with pytest.raises(BaseException) as caught:
+                        await c.call_tool("crash", {})
+                assert "cancel" not in type(caught.value).__name__.lower()
+            assert not up.alive()
+            # A later call gets a clear error at once, and the gateway is still alive.
+            with anyio.fail_after(20), pytest.raises(BaseException) as later:
+                async with client(gw.url("up"), mode="auto") as c2:
+                    await c2.call_tool("echo", {"text": "anyone?"})
+            assert "unavailable" in repr(later.value) or "502" in repr(later.value)
+            async with httpx.AsyncClient(base_url=gw.base, timeout=5) as http:
+                health = await http.get("/healthz")
+                ready = await http.get("/readyz")
+            assert health.status_code == 200
+            assert ready.status_code == 503
+            assert ready.json()["upstreams"] == {"up": "down"}
