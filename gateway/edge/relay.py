@@ -143,11 +143,10 @@ class Relay:
 
 def _check_routing_headers(incoming: Incoming, message: Message) -> None:
     """``Mcp-Method`` and ``Mcp-Name`` are trusted only when they say what the body says."""
-    for name in ("mcp-method", "mcp-name", "mcp-protocol-version"):
-        if incoming.count(name) > 1:
-            raise BadMessage(
-                rpc.HEADER_MISMATCH, f"{name} header given twice", msg_id=message.msg_id
-            )
+    for header in ("mcp-method", "mcp-name", "mcp-protocol-version"):
+        if incoming.count(header) > 1:
+            msg = f"{header} header given twice"
+            raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=message.msg_id)
     declared = incoming.header("mcp-method")
     if declared is not None and declared != message.method:
         raise BadMessage(
