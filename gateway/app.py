@@ -8,8 +8,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Response, asgi, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import Receive, Scope, Send
 
+from gateway import __version__
+from gateway.admin import admin_router
 from gateway.edge.relay import Relay
 from gateway.runtime import Gateway
 
@@ -17,15 +21,20 @@ from gateway.runtime import Gateway
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
     relay = Relay(gateway)
 
-    @asgi("/mcp", is_mount=True, copy_scope=False)
+    @asgi("/mcp", is_mount=True, copy_scope=False, include_in_schema=False)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await relay(scope, receive, send)  # type: ignore[arg-type]
 
-    @get("/healthz", sync_to_thread=False)
+    @get("/metrics", sync_to_thread=False, include_in_schema=False)
+    def metrics() -> Response[bytes]:
+        body = gateway.metrics.render() if gateway.metrics is not None else b""
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    @get("/healthz", sync_to_thread=False, include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @get("/readyz")
+    @get("/readyz", include_in_schema=False)
     async def readyz() -> Response[dict[str, Any]]:
         names = list(gateway.upstreams)
         results = await asyncio.gather(*(gateway.upstreams[n].probe() for n in names))
@@ -45,5 +54,12 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
         finally:
             await gateway.close()
 
-    handlers: list[Any] = [mcp_endpoint, healthz, readyz, *(extra_handlers or [])]
-    return Litestar(route_handlers=handlers, lifespan=[lifespan], openapi_config=None)
+    handlers: list[Any] = [mcp_endpoint, healthz, readyz, metrics, admin_router(gateway)]
+    handlers.extend(extra_handlers or [])
+    openapi = OpenAPIConfig(
+        title="celgate admin API",
+        version=__version__,
+        path="/openapi",
+        render_plugins=[JsonRenderPlugin()],
+    )
+    return Litestar(route_handlers=handlers, lifespan=[lifespan], openapi_config=openapi)

@@ -99,6 +99,8 @@ class DecisionLog:
                 "backend_error": state.backend_error,
                 "failed_open": state.failed_open,
             }
+        if decision.approval_id:
+            fields["approval_id"] = decision.approval_id
         if decision.shadow:
             fields["shadow"] = [s.to_dict() for s in decision.shadow]
         fields.update(extra)

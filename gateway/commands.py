@@ -5,6 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway import serve, trycmd
+from gateway import opscmd, serve, trycmd
 
-REGISTER: list[Callable[[Any], None]] = [serve.register, trycmd.register]
+REGISTER: list[Callable[[Any], None]] = [serve.register, trycmd.register, opscmd.register]

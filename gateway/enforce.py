@@ -12,7 +12,6 @@ from gateway.policy.model import Call, Decision, LimitState
 from gateway.ratelimit.base import Bucket, LimitResult
 
 if TYPE_CHECKING:
-    from gateway.edge.jsonrpc import Message
     from gateway.runtime import Gateway
 
 
@@ -54,12 +53,11 @@ async def apply_limits(gw: Gateway, decision: Decision) -> Decision:
     return decision.with_limit_state(_state(result), _refusal(decision, result))
 
 
-async def enforce(
-    gw: Gateway, call: Call, decision: Decision, decision_id: str, message: Message
-) -> Decision:
-    """The final decision for a call: approval resolved, limits taken."""
+async def enforce(gw: Gateway, call: Call, decision: Decision, decision_id: str) -> Decision:
+    """The final decision for a call: approval resolved (``retry``, or ``wait`` without a
+    stream to keep alive), limits taken. Without an approval service a held call stays held."""
     if decision.effect == "require_approval":
         if gw.approvals is None:
             return decision
-        decision = await gw.approvals.resolve(call, decision, decision_id, message)
+        decision = await gw.approvals.resolve(call, decision, decision_id)
     return await apply_limits(gw, decision)

@@ -42,8 +42,10 @@ class Metrics:
             "celgate_policy_info", "the loaded policy revision", ["revision"], registry=reg
         )
 
-    def decision(self, call: Call, decision: Decision, seconds: float) -> None:
-        self.calls.labels(call.server or "", call.tool, decision.effect).inc()
+    def decision(self, call: Call, decision: Decision, seconds: float, known: bool) -> None:
+        # Unknown tool names come from callers: label them together to bound cardinality.
+        tool = call.tool if known else "<unknown>"
+        self.calls.labels(call.server or "", tool, decision.effect).inc()
         self.decision_seconds.observe(seconds)
 
     def upstream(self, call: Call, seconds: float) -> None:

@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gateway.approval_stores import make_store
+from gateway.approvals import ApprovalService
 from gateway.audit import DecisionLog
 from gateway.config import GatewayConfig
 from gateway.edge.guard import HostGuard, SessionSigner
 from gateway.identity import Authenticator
+from gateway.metrics import Metrics
 from gateway.policy import CompiledPolicy, ToolInfo, load_policy
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.factory import make_limiter
 from gateway.upstream.http import HttpUpstream
-
-if TYPE_CHECKING:
-    from gateway.approvals import Approvals
-    from gateway.metrics import Metrics
 
 
 def utcnow() -> datetime:
@@ -38,7 +37,7 @@ class Gateway:
     signer: SessionSigner
     guard: HostGuard
     now: Callable[[], datetime] = utcnow
-    approvals: Approvals | None = None
+    approvals: ApprovalService | None = None
     metrics: Metrics | None = None
     catalog: dict[tuple[str, str], ToolInfo] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +49,8 @@ class Gateway:
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.limiter.close()
+        if self.approvals is not None:
+            await self.approvals.store.close()
 
 
 def build_gateway(config: GatewayConfig, *, anonymous: bool | None = None) -> Gateway:
@@ -71,4 +72,8 @@ def build_gateway(config: GatewayConfig, *, anonymous: bool | None = None) -> Ga
             config.security.allowed_hosts, config.security.allowed_origins, config.host
         ),
     )
+    gateway.metrics = Metrics()
+    gateway.metrics.set_policy(policy.revision)
+    store = make_store(config.limits_backend)
+    gateway.approvals = ApprovalService(store, on_event=gateway.metrics.approval)
     return gateway

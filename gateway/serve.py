@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import uvicorn
 from gateway.audit import configure_logging
 from gateway.config import GatewayConfig, ServerConfig, load_config
 from gateway.errors import ConfigError
+from gateway.identity import hash_key
 
 log = structlog.get_logger("celgate")
 
@@ -66,13 +69,15 @@ def demo_upstream() -> Iterator[str]:
             proc.wait()
 
 
-def demo_config(upstream_url: str, port: int) -> GatewayConfig:
+def demo_config(upstream_url: str, port: int, admin_token: str | None = None) -> GatewayConfig:
+    digest = hash_key(admin_token) if admin_token else None
     return GatewayConfig(
         source="<embedded default>",
         port=port,
         policy_paths=(rules_dir() / "demo.yaml",),
         servers={"demo": ServerConfig("demo", url=upstream_url)},
         anonymous=True,
+        admin_token_sha256=digest,
     )
 
 
@@ -118,8 +123,12 @@ def serve(config: GatewayConfig) -> int:
 def run_command(ns: argparse.Namespace) -> int:
     configure_logging(json_logs=ns.json_logs)
     if ns.config is None:
+        token = os.environ.get("CELGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
         with demo_upstream() as url:
-            return serve(demo_config(url, ns.port or DEMO_PORT))
+            config = demo_config(url, ns.port or DEMO_PORT, token)
+            if "CELGATE_ADMIN_TOKEN" not in os.environ:
+                print(f"  admin token for this run: export CELGATE_ADMIN_TOKEN={token}")
+            return serve(config)
     try:
         config = load_config(ns.config)
     except ConfigError as exc:

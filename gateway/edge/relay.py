@@ -18,11 +18,12 @@ from gateway.audit import new_decision_id
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.forward import Forward, forward
+from gateway.edge.held import accepts_sse, held_call
 from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
 from gateway.edge.toolsfilter import tools_list_transform
 from gateway.enforce import enforce
-from gateway.policy import Call, Identity, decide
+from gateway.policy import Call, Decision, Identity, decide
 from gateway.runtime import Gateway
 from gateway.upstream.http import HttpUpstream
 
@@ -121,24 +122,40 @@ class Relay:
         message: Message,
         identity: Identity,
     ) -> None:
+        gw = self.gw
         started = time.perf_counter()
-        call = _call_of(message, fwd, identity, incoming, self.gw)
-        decision = decide(self.gw.policy, call, self.gw.now())
+        call = _call_of(message, fwd, identity, incoming, gw)
+        decision = decide(gw.policy, call, gw.now())
         decision_id = new_decision_id()
-        decision = await enforce(self.gw, call, decision, decision_id, message)
-        latency = (time.perf_counter() - started) * 1000
-        self.gw.decisions.record(decision_id, call, decision, latency)
-        metrics = self.gw.metrics
-        if metrics is not None:
-            metrics.decision(call, decision, latency / 1000)
+        if _held_in_stream(gw, decision, incoming):
+            final = await held_call(gw, incoming, send, fwd, message, call, decision, decision_id)
+            self._record(decision_id, call, final, started)
+            return
+        decision = await enforce(gw, call, decision, decision_id)
+        self._record(decision_id, call, decision, started)
         if not decision.allowed:
             version = message.protocol_version or incoming.header("mcp-protocol-version")
             await reply(send, 200, denial(message.msg_id, decision, decision_id, version))
             return
         upstream_started = time.perf_counter()
         await forward(incoming, send, fwd)
-        if metrics is not None:
-            metrics.upstream(call, time.perf_counter() - upstream_started)
+        if gw.metrics is not None:
+            gw.metrics.upstream(call, time.perf_counter() - upstream_started)
+
+    def _record(self, decision_id: str, call: Call, decision: Decision, started: float) -> None:
+        latency = (time.perf_counter() - started) * 1000
+        self.gw.decisions.record(decision_id, call, decision, latency)
+        if self.gw.metrics is not None:
+            known = (call.server or "", call.tool) in self.gw.catalog
+            self.gw.metrics.decision(call, decision, latency / 1000, known=known)
+
+
+def _held_in_stream(gw: Gateway, decision: Decision, incoming: Incoming) -> bool:
+    """A ``wait`` approval is answered as a stream (kept alive) when the client takes SSE."""
+    if decision.effect != "require_approval" or gw.approvals is None:
+        return False
+    mode = decision.approval.mode if decision.approval else "wait"
+    return mode == "wait" and accepts_sse(incoming)
 
 
 def _check_routing_headers(incoming: Incoming, message: Message) -> None:

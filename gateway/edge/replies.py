@@ -23,6 +23,8 @@ def decision_payload(decision: Decision, decision_id: str) -> dict[str, Any]:
     }
     if decision.error:
         out["error"] = decision.error
+    if decision.approval_id:
+        out["approval_id"] = decision.approval_id
     state = decision.limit_state
     if state is not None and state.refused_by is not None:
         out["counter"] = state.refused_by

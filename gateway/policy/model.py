@@ -184,6 +184,7 @@ class Decision:
     limit_state: LimitState | None = None
     shadow: tuple[ShadowResult, ...] = ()
     decided_at: datetime | None = None
+    approval_id: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -234,6 +235,8 @@ class Decision:
             }
         if self.shadow:
             out["shadow"] = [s.to_dict() for s in self.shadow]
+        if self.approval_id:
+            out["approval_id"] = self.approval_id
         return out
 
 

@@ -1,0 +1,141 @@
+"""The admin API under ``/admin``: its own bearer token (stored hashed), never an agent key.
+
+Policy revision and sources, approvals (list, approve, deny), recent decisions, tools with
+their risk, and rate-limit buckets. Litestar generates its OpenAPI schema (``/openapi``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
+from litestar.handlers.base import BaseRouteHandler
+
+from gateway.catalog import classify, override_for
+from gateway.errors import ApprovalError, BackendUnavailable
+from gateway.identity import bearer, token_matches
+from gateway.runtime import Gateway
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="celgate-admin"'}
+
+
+@dataclass
+class ApprovalDecisionBody:
+    """Who decided, and an optional note shown to the agent on a refusal."""
+
+    by: str = "admin"
+    note: str | None = None
+
+
+def _guard(gateway: Gateway) -> Any:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        token = bearer(connection.headers.get("authorization"))
+        if token_matches(token, gateway.config.admin_token_sha256):
+            return
+        if token is not None and gateway.auth.authenticate(f"Bearer {token}") is not None:
+            raise PermissionDeniedException("agent keys cannot use the admin API")
+        if token is not None:
+            raise NotAuthorizedException("invalid admin token", headers=_CHALLENGE)
+        raise NotAuthorizedException("admin token required", headers=_CHALLENGE)
+
+    return guard
+
+
+def _policy_view(gateway: Gateway) -> dict[str, Any]:
+    policy = gateway.policy
+    entries = [
+        {
+            "key": e.key,
+            "where": str(e.where),
+            "action": e.action,
+            "rules": [{"id": r.id, "where": str(r.where), "action": r.action} for r in e.rules],
+            "limits": [
+                {"counter": lim.counter, "max": lim.max, "window": lim.window, "scope": lim.scope}
+                for lim in e.limits
+            ],
+            "mode": e.mode,
+        }
+        for e in policy.entries
+    ]
+    return {
+        "revision": policy.revision,
+        "sources": list(policy.sources),
+        "default": policy.default,
+        "entries": entries,
+    }
+
+
+def admin_router(gateway: Gateway) -> Router:
+    @get("/policy", summary="The loaded policy: revision, sources and entries")
+    async def policy_info() -> dict[str, Any]:
+        return _policy_view(gateway)
+
+    @get("/approvals", summary="Approval requests, newest first")
+    async def approvals(status: str | None = None) -> list[dict[str, Any]]:
+        service = _service(gateway)
+        items = await _backend(service.list())
+        return [r.to_dict() for r in items if status is None or r.status == status]
+
+    @post("/approvals/{approval_id:str}/approve", summary="Approve a pending request")
+    async def approve(approval_id: str, data: ApprovalDecisionBody) -> dict[str, Any]:
+        return await _decide(gateway, approval_id, True, data)
+
+    @post("/approvals/{approval_id:str}/deny", summary="Refuse a pending request")
+    async def deny(approval_id: str, data: ApprovalDecisionBody) -> dict[str, Any]:
+        return await _decide(gateway, approval_id, False, data)
+
+    @get("/decisions", summary="The most recent decision records of this replica")
+    async def decisions(limit: int = 50) -> list[dict[str, Any]]:
+        return list(gateway.decisions.recent)[-max(1, min(limit, 500)) :]
+
+    @get("/tools", summary="Tools seen on upstreams, with kind and risk")
+    async def tools() -> list[dict[str, Any]]:
+        out = []
+        for (server, name), info in sorted(gateway.catalog.items()):
+            why = classify(name, info.annotations, override_for(gateway.policy, server, name)).why
+            row = {"server": server, "tool": name, "kind": info.kind, "risk": info.risk}
+            out.append({**row, "why": why})
+        return out
+
+    @get("/limits", summary="Rate-limit buckets that are not full, and their tokens")
+    async def limits(request: Request[Any, Any, Any], grant: str | None = None) -> list[Any]:
+        rows = await _backend(gateway.limiter.scan(""))
+        if grant is not None:
+            rows = [r for r in rows if r[0].endswith(f"|grant={grant}")]
+        return [{"key": key, "remaining": round(tokens, 3)} for key, tokens in rows]
+
+    handlers = [policy_info, approvals, approve, deny, decisions, tools, limits]
+    return Router(path="/admin", route_handlers=handlers, guards=[_guard(gateway)], tags=["admin"])
+
+
+def _service(gateway: Gateway) -> Any:
+    if gateway.approvals is None:
+        raise NotFoundException("approvals are not enabled")
+    return gateway.approvals
+
+
+async def _backend(coro: Any) -> Any:
+    try:
+        return await coro
+    except BackendUnavailable as exc:
+        raise HTTPException("state backend unavailable", status_code=503) from exc
+
+
+async def _decide(
+    gateway: Gateway, approval_id: str, approve: bool, data: ApprovalDecisionBody
+) -> dict[str, Any]:
+    service = _service(gateway)
+    try:
+        request = await _backend(service.decide(approval_id, approve, data.by, data.note))
+    except ApprovalError as exc:
+        raise HTTPException(str(exc), status_code=409) from exc
+    result: dict[str, Any] = request.to_dict()
+    return result

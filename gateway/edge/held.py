@@ -1,0 +1,131 @@
+"""A call held for human approval in ``wait`` mode, answered as an SSE stream.
+
+The stream opens at once; while the approval is pending, progress notifications (when the
+client sent a progress token) or SSE comments keep it alive and name the approval id. Once
+decided, the stream carries either the denial or the upstream's own answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from gateway.audit import log
+from gateway.edge.asgi import Incoming, Send
+from gateway.edge.forward import UPSTREAM_ERRORS, Forward, _watching_disconnect, request_headers
+from gateway.edge.jsonrpc import UPSTREAM_UNAVAILABLE, Message, error_body
+from gateway.edge.replies import denial
+from gateway.enforce import apply_limits
+from gateway.policy.model import Call, Decision
+from gateway.runtime import Gateway
+
+KEEPALIVE_SECONDS = 5.0
+
+
+def accepts_sse(incoming: Incoming) -> bool:
+    return "text/event-stream" in (incoming.header("accept") or "")
+
+
+def _event(data: bytes) -> bytes:
+    return b"event: message\ndata: " + data + b"\n\n"
+
+
+class _Keepalive:
+    def __init__(self, send: Send, message: Message, approval_hint: str) -> None:
+        self.send = send
+        meta = message.params.get("_meta")
+        self.token = meta.get("progressToken") if isinstance(meta, dict) else None
+        self.hint = approval_hint
+        self.last = 0.0
+
+    async def __call__(self, elapsed: float) -> None:
+        if elapsed - self.last < KEEPALIVE_SECONDS:
+            return
+        self.last = elapsed
+        if self.token is None:
+            chunk = f": {self.hint} ({elapsed:.0f} s)\n\n".encode()
+        else:
+            note: dict[str, Any] = {
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": {
+                    "progressToken": self.token,
+                    "progress": round(elapsed, 1),
+                    "message": f"{self.hint} ({elapsed:.0f} s)",
+                },
+            }
+            chunk = _event(json.dumps(note).encode())
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def held_call(
+    gw: Gateway,
+    incoming: Incoming,
+    send: Send,
+    fwd: Forward,
+    message: Message,
+    call: Call,
+    decision: Decision,
+    decision_id: str,
+) -> Decision:
+    """Hold, stream keep-alives, then answer; returns the final decision (for the record)."""
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    approvals = gw.approvals
+    assert approvals is not None
+    tick = _Keepalive(send, message, "waiting for a human to approve this call")
+    final = decision
+
+    async def work() -> None:
+        nonlocal final
+        final = await approvals.resolve(call, decision, decision_id, tick)
+        final = await apply_limits(gw, final)
+        version = message.protocol_version or incoming.header("mcp-protocol-version")
+        if not final.allowed:
+            body = denial(message.msg_id, final, decision_id, version)
+            await send({"type": "http.response.body", "body": _event(body), "more_body": True})
+            return
+        await _forward_into_stream(incoming, send, fwd)
+
+    await _watching_disconnect(incoming.receive, work())
+    await send({"type": "http.response.body", "body": b""})
+    return final
+
+
+async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> None:
+    upstream = fwd.upstream
+    started = time.perf_counter()
+    try:
+        resp = await upstream.session.request(
+            "POST", upstream.url, headers=request_headers(incoming, fwd), data=fwd.body
+        )
+    except UPSTREAM_ERRORS:
+        await _send_error(send, fwd)
+        return
+    try:
+        await _pipe(send, resp, fwd)
+    finally:
+        resp.close()
+        log.debug("approval.forwarded", seconds=time.perf_counter() - started)
+
+
+async def _pipe(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) -> None:
+    is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+    try:
+        if is_sse:
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            body = await resp.read()
+            await send({"type": "http.response.body", "body": _event(body), "more_body": True})
+    except UPSTREAM_ERRORS:
+        await _send_error(send, fwd)
+
+
+async def _send_error(send: Send, fwd: Forward) -> None:
+    message = f"upstream {fwd.upstream.name!r} is unavailable"
+    body = _event(error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+    await send({"type": "http.response.body", "body": body, "more_body": True})
