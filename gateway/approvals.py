@@ -93,8 +93,10 @@ class ApprovalService:
         store: ApprovalStore,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str], None] | None = None,
+        poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self.store = store
+        self.poll_seconds = poll_seconds
         self.clock = clock
         self.on_event = on_event or (lambda _event: None)
 
@@ -174,7 +176,7 @@ class ApprovalService:
                 return _refused(decision, current or replace(request, status="expired"))
             if tick is not None:
                 await tick(now - started)
-            await anyio.sleep(POLL_SECONDS)
+            await anyio.sleep(self.poll_seconds)
 
     async def decide(
         self, approval_id: str, approve: bool, by: str, note: str | None

@@ -1,0 +1,337 @@
+"""Grants, approvals, limits, admin API, decision records and metrics, end to end: two gateway
+processes sharing one real Valkey, the SDK client over HTTP, the test upstream as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import mcp_types as types
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.identity import hash_key
+from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.peers import PeerProcess, http_upstream
+from tests.valkey_server import ValkeyProcess
+
+ANALYST_KEY = "cgk_test-analyst-key-0123456789"
+INTERN_KEY = "cgk_test-intern-key-0123456789"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+
+POLICY = r"""
+version: "1"
+default: deny
+tools:
+  echo:
+    limits:
+      - {counter: echo_rate, window: minute, max: 3, scope: grant}
+  add:
+    limits:
+      - {counter: add_burst, window: hour, max: 30, scope: global}
+  calls_seen: {action: allow}
+  execute_query:
+    rules:
+      - id: analysts-only
+        when: '"analyst" in agent.roles && agent.attrs.team == "finance"'
+        action: allow
+      - id: others-refused
+        action: deny
+        reason: only finance analysts may query
+  delete_item:
+    action: require_approval
+    reason: deleting needs a human
+    approval: {mode: retry, timeout: 600}
+  write_file:
+    action: require_approval
+    reason: writing files needs a human
+    approval: {mode: wait, timeout: 60}
+  slow_progress:
+    limits:
+      - {counter: slow_open, window: minute, max: 100, scope: grant, failure_mode: open}
+"""
+
+
+def grants() -> dict[str, Any]:
+    return {
+        "analyst-bot": {
+            "key_sha256": hash_key(ANALYST_KEY),
+            "roles": ["analyst"],
+            "attrs": {"team": "finance"},
+        },
+        "intern-bot": {"key_sha256": hash_key(INTERN_KEY), "agent": "intern"},
+    }
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def celgate_part(result: types.CallToolResult) -> dict[str, Any]:
+    assert result.structured_content is not None
+    part: dict[str, Any] = result.structured_content["celgate"]
+    return part
+
+
+@pytest.fixture(scope="module")
+def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calls") / "calls.jsonl"
+
+
+@pytest.fixture(scope="module")
+def upstream(call_log: Path) -> Iterator[PeerProcess]:
+    with http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(call_log)}) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def pair(
+    upstream: PeerProcess,
+    valkey_server: ValkeyProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two replicas: same config, same Valkey, same session secret."""
+    extra = {
+        "grants": grants(),
+        "admin": {"token_sha256": hash_key(ADMIN_TOKEN)},
+        "limits": {"backend": valkey_server.url},
+        "sessions": {"secret": "shared-secret-for-replicas-0123"},
+    }
+    servers = {"up": {"url": upstream.url}}
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(
+            run_gateway(tmp_path_factory.mktemp("gw1"), POLICY, servers, **extra)
+        )
+        two = stack.enter_context(
+            run_gateway(tmp_path_factory.mktemp("gw2"), POLICY, servers, **extra)
+        )
+        yield one, two
+
+
+def calls(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+
+
+def admin(gw: GatewayProcess, method: str, path: str, token: str | None = ADMIN_TOKEN) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(method, gw.base + path, headers=headers, json={}, timeout=10)
+
+
+class TestAuthentication:
+    def test_no_key_is_401_with_a_challenge(self, pair: Any, call_log: Path) -> None:
+        gw = pair[0]
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}}
+        resp = httpx.post(gw.url("up"), json=body, timeout=5)
+        assert resp.status_code == 401
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+        assert resp.json()["error"]["message"] == "missing or invalid bearer key"
+
+    async def test_wrong_key_is_401(self, pair: Any) -> None:
+        with pytest.raises(BaseException) as caught:  # noqa: PT011
+            async with client(pair[0].url("up"), key="cgk_wrong") as c:
+                await c.list_tools()
+        assert "missing or invalid bearer key" in repr(caught.value)
+
+
+class TestRolesAndAttributes:
+    async def test_cel_reads_roles_and_attrs(self, pair: Any, call_log: Path) -> None:
+        async with client(pair[0].url("up"), key=ANALYST_KEY) as c:
+            ok = await c.call_tool("execute_query", {"sql": "select 'analyst'"})
+        async with client(pair[0].url("up"), key=INTERN_KEY) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            refused = await c.call_tool("execute_query", {"sql": "select 'intern'"})
+        assert not ok.is_error
+        assert refused.is_error and celgate_part(refused)["rule"] == "others-refused"
+        sqls = [c["arguments"].get("sql") for c in calls(call_log)]
+        assert "select 'analyst'" in sqls and "select 'intern'" not in sqls
+        # the role condition is fixed for this caller: the intern never sees the tool
+        assert "execute_query" not in names
+
+
+class TestRetryApproval:
+    async def test_approved_on_another_replica_passes_once(self, pair: Any, call_log: Path) -> None:
+        one, two = pair
+        args = {"id": "item-42"}
+        async with client(one.url("up"), key=ANALYST_KEY) as c:
+            pending = await c.call_tool("delete_item", args)
+            approval_id = celgate_part(pending)["approval_id"]
+            assert pending.is_error and "pending approval" in text_of(pending)
+            listed = admin(two, "GET", "/admin/approvals?status=pending").json()
+            assert approval_id in [r["id"] for r in listed]
+            assert admin(two, "POST", f"/admin/approvals/{approval_id}/approve").status_code == 201
+            other_args = await c.call_tool("delete_item", {"id": "item-43"})
+            assert other_args.is_error  # an approval never covers different arguments
+            passed = await c.call_tool("delete_item", args)
+            assert not passed.is_error, text_of(passed)
+            again = await c.call_tool("delete_item", args)
+        assert again.is_error and celgate_part(again)["approval_id"] != approval_id
+        deleted = [x for x in calls(call_log) if x["tool"] == "delete_item"]
+        assert [x["arguments"] for x in deleted] == [args]
+
+    async def test_refused_stays_refused(self, pair: Any, call_log: Path) -> None:
+        one, two = pair
+        args = {"id": "item-refused"}
+        async with client(one.url("up"), key=ANALYST_KEY) as c:
+            pending = await c.call_tool("delete_item", args)
+            approval_id = celgate_part(pending)["approval_id"]
+            resp = httpx.post(
+                f"{two.base}/admin/approvals/{approval_id}/deny",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                json={"by": "alice", "note": "not today"},
+                timeout=5,
+            )
+            assert resp.status_code == 201
+            refused = await c.call_tool("delete_item", args)
+        assert refused.is_error
+        assert "refused by alice: not today" in text_of(refused)
+        assert celgate_part(refused)["error"] == "approval_refused"
+        assert not any(x["arguments"] == args for x in calls(call_log))
+        twice = admin(two, "POST", f"/admin/approvals/{approval_id}/approve")
+        assert twice.status_code == 409
+
+
+class TestWaitApproval:
+    async def _pending_id(self, gw: GatewayProcess, tool: str) -> str:
+        with anyio.fail_after(15):
+            while True:
+                items = admin(gw, "GET", "/admin/approvals?status=pending").json()
+                found = [r["id"] for r in items if r["tool"] == tool]
+                if found:
+                    return str(found[0])
+                await anyio.sleep(0.05)
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_held_call_goes_through_once_approved(
+        self, pair: Any, call_log: Path, mode: str
+    ) -> None:
+        one, two = pair
+        path = f"/tmp/approved-{mode}.txt"
+        async with client(one.url("up"), key=ANALYST_KEY, mode=mode) as c:
+            task = asyncio.create_task(c.call_tool("write_file", {"path": path, "content": "x"}))
+            approval_id = await self._pending_id(two, "write_file")
+            assert not task.done()
+            admin(two, "POST", f"/admin/approvals/{approval_id}/approve")
+            with anyio.fail_after(15):
+                result = await task
+        assert not result.is_error, text_of(result)
+        assert any(x["arguments"].get("path") == path for x in calls(call_log))
+
+    async def test_held_call_refused(self, pair: Any, call_log: Path) -> None:
+        one, two = pair
+        path = "/tmp/refused.txt"
+        async with client(one.url("up"), key=ANALYST_KEY, mode="legacy") as c:
+            task = asyncio.create_task(c.call_tool("write_file", {"path": path, "content": "x"}))
+            approval_id = await self._pending_id(two, "write_file")
+            admin(two, "POST", f"/admin/approvals/{approval_id}/deny")
+            with anyio.fail_after(15):
+                result = await task
+        assert result.is_error and "refused" in text_of(result)
+        assert not any(x["arguments"].get("path") == path for x in calls(call_log))
+
+
+class TestLimitsAcrossReplicas:
+    async def test_limit_is_shared_and_says_when_to_retry(self, pair: Any) -> None:
+        one, two = pair
+        results = []
+        async with (
+            client(one.url("up"), key=INTERN_KEY) as c1,
+            client(two.url("up"), key=INTERN_KEY) as c2,
+        ):
+            for i in range(5):
+                target = c1 if i % 2 == 0 else c2
+                results.append(await target.call_tool("echo", {"text": f"n{i}"}))
+        admitted = [r for r in results if not r.is_error]
+        refused = [r for r in results if r.is_error]
+        assert len(admitted) == 3 and len(refused) == 2
+        part = celgate_part(refused[0])
+        assert part["counter"] == "echo_rate"
+        assert 0 < part["retry_after"] <= 20.0  # one token every 20 s
+        assert "rate limit 'echo_rate' exceeded" in text_of(refused[0])
+
+    async def test_200_concurrent_calls_admit_exactly_30(self, pair: Any) -> None:
+        one, two = pair
+
+        async def burst(gw: GatewayProcess) -> list[bool]:
+            async with client(gw.url("up"), key=ANALYST_KEY) as c:
+                got = await asyncio.gather(
+                    *(c.call_tool("add", {"a": i, "b": 1}) for i in range(100))
+                )
+            return [not r.is_error for r in got]
+
+        first, second = await asyncio.gather(burst(one), burst(two))
+        assert sum(first) + sum(second) == 30
+
+
+class TestAdminApi:
+    def test_no_token_wrong_token_and_agent_key(self, pair: Any) -> None:
+        gw = pair[0]
+        none = admin(gw, "GET", "/admin/policy", token=None)
+        wrong = admin(gw, "GET", "/admin/policy", token="nope")
+        agent = admin(gw, "GET", "/admin/policy", token=ANALYST_KEY)
+        assert none.status_code == 401 and "www-authenticate" in none.headers
+        assert wrong.status_code == 401
+        assert agent.status_code == 403
+        ok = admin(gw, "GET", "/admin/policy")
+        assert ok.status_code == 200 and len(ok.json()["revision"]) == 16
+
+    def test_openapi_schema_lists_admin_paths(self, pair: Any) -> None:
+        schema = httpx.get(pair[0].base + "/openapi/openapi.json", timeout=5).json()
+        assert "/admin/approvals/{approval_id}/approve" in schema["paths"]
+
+
+class TestRecordsAndMetrics:
+    async def test_decision_record_fields(self, pair: Any) -> None:
+        gw = pair[0]
+        async with client(gw.url("up"), key=ANALYST_KEY, mode="legacy") as c:
+            await c.call_tool("execute_query", {"sql": "select 'record'"})
+        await anyio.sleep(0.2)
+        rec = [r for r in gw.records() if r["tool"] == "execute_query"][-1]
+        assert rec["grant"] == "analyst-bot"
+        assert rec["agent"] == "analyst-bot"
+        assert rec["effect"] == "allow" and rec["rule"] == "analysts-only"
+        assert rec["server"] == "up" and rec["session"]
+        assert rec["args_digest"].startswith("sha256:") and "args" not in rec
+        assert rec["latency_ms"] >= 0 and len(rec["decision_id"]) == 32
+        assert rec["revision"] == admin(gw, "GET", "/admin/policy").json()["revision"]
+
+    async def test_metrics_are_scraped_and_parsed(self, pair: Any) -> None:
+        gw = pair[0]
+        async with client(gw.url("up"), key=ANALYST_KEY) as c:
+            await c.call_tool("calls_seen", {})
+        text = httpx.get(gw.base + "/metrics", timeout=5).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = [s for s in families["celgate_calls"].samples if s.name == "celgate_calls_total"]
+        assert any(
+            s.labels == {"server": "up", "tool": "calls_seen", "effect": "allow"} for s in samples
+        )
+        assert "celgate_decision_seconds" in families
+        assert "celgate_upstream_seconds" in families
+        approvals = families["celgate_approvals"].samples
+        assert any(s.labels.get("event") == "requested" for s in approvals)
+
+
+class TestValkeyOutage:
+    async def test_closed_denies_open_admits_and_both_recover(
+        self, pair: Any, valkey_server: ValkeyProcess
+    ) -> None:
+        gw = pair[0]
+        async with client(gw.url("up"), key=ANALYST_KEY) as c:
+            valkey_server.stop()
+            try:
+                closed = await c.call_tool("add", {"a": 1, "b": 2})
+                opened = await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})
+            finally:
+                valkey_server.start()
+            assert closed.is_error
+            assert "rate limit backend unavailable" in text_of(closed)
+            assert not opened.is_error
+            recovered = await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})
+        assert not recovered.is_error
