@@ -135,7 +135,7 @@ class TestAuthentication:
         assert resp.json()["error"]["message"] == "missing or invalid bearer key"
 
     async def test_wrong_key_is_401(self, pair: Any) -> None:
-        with pytest.raises(BaseException) as caught:  # noqa: PT011
+        with pytest.raises(BaseException) as caught:
             async with client(pair[0].url("up"), key="cgk_wrong") as c:
                 await c.list_tools()
         assert "missing or invalid bearer key" in repr(caught.value)
