@@ -14,15 +14,21 @@ from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import admin_router
+from gateway.aggregate import Aggregate
 from gateway.edge.relay import Relay
 from gateway.runtime import Gateway
+from gateway.upstream.stdio import running_bridges
 
 
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
     relay = Relay(gateway)
+    aggregate = Aggregate(gateway)
 
     @asgi("/mcp", is_mount=True, copy_scope=False, include_in_schema=False)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        if not scope["path"].strip("/"):  # /mcp itself: every server behind one endpoint
+            await aggregate(scope, receive, send)  # type: ignore[arg-type]
+            return
         await relay(scope, receive, send)  # type: ignore[arg-type]
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
@@ -50,7 +56,8 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
-            yield
+            async with running_bridges(gateway.upstreams), aggregate.running():
+                yield
         finally:
             await gateway.close()
 

@@ -18,6 +18,7 @@ from gateway.policy import CompiledPolicy, ToolInfo, load_policy
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.factory import make_limiter
 from gateway.upstream.http import HttpUpstream
+from gateway.upstream.stdio import StdioUpstream
 
 
 def utcnow() -> datetime:
@@ -57,7 +58,8 @@ def build_gateway(config: GatewayConfig, *, anonymous: bool | None = None) -> Ga
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
     policy = load_policy(config.policy_paths)
     upstreams = {
-        name: HttpUpstream(server) for name, server in config.servers.items() if server.url
+        name: StdioUpstream(server) if server.is_stdio else HttpUpstream(server)
+        for name, server in config.servers.items()
     }
     allow_anonymous = (not config.grants) if anonymous is None else anonymous
     gateway = Gateway(

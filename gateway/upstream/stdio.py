@@ -1,0 +1,659 @@
+"""stdio upstreams: each stdio MCP server served as a local Streamable HTTP endpoint.
+
+A ``StdioBridge`` listens on ``127.0.0.1:<free port>/mcp`` inside the gateway process; the
+relay fronts it as an ordinary Streamable HTTP upstream, so policy stays at one choke point.
+The bridge does not terminate MCP: JSON-RPC messages pass between HTTP and the child's
+stdin/stdout unchanged (the SDK's ``StreamableHTTPServerTransport`` does the HTTP framing:
+SSE streams, session ids, priming events, resumption).
+
+How client sessions map onto processes (docs/stdio-and-aggregate.md):
+
+* handshake era (``initialize``, ``Mcp-Session-Id``): one process per client session, at most
+  ``max_processes`` per server, ended by DELETE or after ``idle_timeout`` without traffic.
+  Server-to-client requests (elicitation, sampling, roots) can only belong to that session.
+* 2026-07-28 era (stateless, each request carries its own envelope, and servers never send
+  requests mid-call): one shared process per server; request ids and progress tokens are
+  remapped so answers go back to the HTTP request that asked.
+
+A child that exits is restarted with backoff (the session's ``initialize`` is replayed to the
+new process); requests in flight get a JSON-RPC error at once. Children run in their own
+process group and get SIGTERM when the gateway dies (``PR_SET_PDEATHSIG``); ``stop`` kills
+every one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import mcp_types as types
+import structlog
+import uvicorn
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.client.stdio import get_default_environment
+from mcp.server.streamable_http import (
+    EventCallback,
+    EventMessage,
+    EventStore,
+    StreamableHTTPServerTransport,
+)
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from gateway.config import ServerConfig
+from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.edge.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND, UPSTREAM_UNAVAILABLE
+from gateway.edge.jsonrpc import error_body as rpc_error
+from gateway.upstream.http import HttpUpstream
+
+log = structlog.get_logger("celgate.stdio")
+
+LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long lines
+BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
+KILL_GRACE = 2.0
+OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """One supervised stdio process: JSON lines in and out, restarted with backoff."""
+
+    def __init__(self, config: ServerConfig, label: str, on_message: OnMessage) -> None:
+        self.config = config
+        self.label = label
+        self.on_message = on_message
+        self.on_exit: Callable[[], Awaitable[None]] | None = None
+        self.on_start: Callable[[], Awaitable[None]] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = anyio.Event()
+        self.stopping = False
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        assert self.config.command is not None
+        env = {**get_default_environment(), **self.config.env}
+        return await asyncio.create_subprocess_exec(
+            self.config.command,
+            *self.config.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=self.config.cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            limit=LINE_LIMIT,
+        )
+
+    async def run(self) -> None:
+        """Start the process and keep it running until ``stop``; never raises for a crash."""
+        delay = BACKOFF_FIRST
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                self.proc = await self._spawn()
+            except OSError as exc:
+                log.error("stdio.spawn_failed", server=self.label, error=str(exc))
+            else:
+                log.info("stdio.started", server=self.label, pid=self.proc.pid)
+                if self.on_start is not None:
+                    await self.on_start()
+                self.ready.set()
+                await self._read(self.proc)
+                self.ready = anyio.Event()
+                code = await self._reap(self.proc)
+                if self.on_exit is not None:
+                    await self.on_exit()
+                if self.stopping:
+                    return
+                log.warning("stdio.exited", server=self.label, pid=self.proc.pid, code=code)
+            if time.monotonic() - started > HEALTHY_AFTER:
+                delay = BACKOFF_FIRST
+            await anyio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            self.restarts += 1
+            log.info("stdio.restarting", server=self.label, attempt=self.restarts)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except (ValueError, OSError) as exc:  # a line over the limit, a broken pipe
+                log.error("stdio.read_failed", server=self.label, error=str(exc))
+                return
+            if not line:
+                return
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning(
+                    "stdio.not_json", server=self.label, line=line[:200].decode(errors="replace")
+                )
+                continue
+            if isinstance(message, dict):
+                await self.on_message(message)
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> int | None:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(KILL_GRACE):
+                await proc.wait()
+            if proc.returncode is None:
+                _kill_group(proc)
+            await proc.wait()
+        return proc.returncode
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Write one message; False when there is no live process to take it."""
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return False
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (ConnectionError, OSError):
+            return False
+        return True
+
+    async def wait_ready(self, within: float) -> bool:
+        with anyio.move_on_after(within):
+            await self.ready.wait()
+            return True
+        return False
+
+    def stop(self) -> None:
+        """Close stdin (a polite stdio server exits on EOF), then SIGTERM the group."""
+        self.stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _error(msg_id: Any, message: str) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "error": {"code": UPSTREAM_UNAVAILABLE, "message": message},
+    }
+
+
+def _progress_token(message: dict[str, Any]) -> Any:
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return None
+    if message.get("method") == "notifications/progress":
+        return params.get("progressToken")
+    meta = params.get("_meta")
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+class MemoryEvents(EventStore):
+    """A bounded per-session event store, so SSE streams can resume with Last-Event-ID."""
+
+    def __init__(self, max_events: int = 2000) -> None:
+        self._events: OrderedDict[str, tuple[str, types.JSONRPCMessage | None]] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._max = max_events
+
+    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
+        event_id = str(next(self._ids))
+        self._events[event_id] = (stream_id, message)
+        while len(self._events) > self._max:
+            self._events.popitem(last=False)
+        return event_id
+
+    async def replay_events_after(
+        self, last_event_id: str, send_callback: EventCallback
+    ) -> str | None:
+        if last_event_id not in self._events:
+            return None
+        stream_id = self._events[last_event_id][0]
+        after = False
+        for event_id, (sid, message) in list(self._events.items()):
+            if after and sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+            after = after or event_id == last_event_id
+        return stream_id
+
+
+class SessionLink:
+    """One handshake-era client session and its own process.
+
+    stdio carries no request correlation, so a message from the child is put on the stream
+    of: its request (answers), the request that gave its progress token (progress), the most
+    recent request still in flight (server-to-client requests, log messages), else the GET
+    stream. With one process per session, every one of them reaches the right client.
+    """
+
+    def __init__(self, bridge: StdioBridge, session_id: str) -> None:
+        self.bridge = bridge
+        self.session_id = session_id
+        config = bridge.config
+        self.transport = StreamableHTTPServerTransport(
+            session_id,
+            event_store=MemoryEvents(),
+            retry_interval=1000,
+            idle_timeout=config.idle_timeout,
+        )
+        self.child = Child(config, f"{config.name}[{session_id[:8]}]", self._from_child)
+        self.child.on_exit = self._child_exited
+        self.child.on_start = self._replay_handshake
+        self.in_flight: dict[Any, ServerMessageMetadata | None] = {}
+        self.tokens: dict[Any, Any] = {}
+        self.handshake: list[dict[str, Any]] = []
+        self.replaying: set[str] = set()
+        self.write: Any = None
+        self.started = time.monotonic()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with self.transport.connect() as (read, write), anyio.create_task_group() as tg:
+                self.write = write
+                tg.start_soon(self.child.run)
+                task_status.started()
+                scope = self.transport.idle_scope or anyio.CancelScope()
+                with scope:
+                    await self._pump(read)
+                if scope.cancelled_caught:
+                    log.info(
+                        "stdio.session_idle",
+                        server=self.bridge.config.name,
+                        session=self.session_id,
+                    )
+                self.child.stop()
+        finally:
+            self.child.stop()
+            self.bridge.sessions.pop(self.session_id, None)
+            with anyio.CancelScope(shield=True):
+                await self.transport.terminate()
+
+    async def _pump(self, read: Any) -> None:
+        try:
+            async for item in read:
+                if isinstance(item, SessionMessage):
+                    await self._to_child(item)
+        except (anyio.ClosedResourceError, anyio.EndOfStream):
+            pass  # the session was terminated (DELETE)
+        except Exception:  # one broken session must never take the bridge down
+            log.exception("stdio.session_failed", server=self.bridge.config.name)
+
+    async def _to_child(self, item: SessionMessage) -> None:
+        message = item.message.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        method, msg_id = message.get("method"), message.get("id")
+        if method is not None and msg_id is not None:  # a request from the client
+            self.in_flight[msg_id] = (
+                item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
+            )
+            token = _progress_token(message)
+            if token is not None:
+                self.tokens[token] = msg_id
+        if method in ("initialize", "notifications/initialized"):
+            self.handshake.append(message)
+        if method == "notifications/cancelled":
+            await self._end_cancelled(message)
+        if not self.child.ready.is_set():
+            await self.child.wait_ready(10.0)
+        if not await self.child.send(message) and msg_id is not None and method is not None:
+            await self._answer(
+                _error(msg_id, f"stdio server {self.bridge.config.name!r} is not running")
+            )
+
+    async def _end_cancelled(self, message: dict[str, Any]) -> None:
+        params = message.get("params") or {}
+        meta = self.in_flight.pop(params.get("requestId"), None)
+        if meta is not None and meta.on_request_unanswered is not None:
+            await meta.on_request_unanswered()
+
+    async def _from_child(self, message: dict[str, Any]) -> None:
+        msg_id = message.get("id")
+        if "method" not in message:  # an answer
+            if isinstance(msg_id, str) and msg_id in self.replaying:
+                self.replaying.discard(msg_id)
+                return
+            if msg_id not in self.in_flight:
+                return  # answered already (cancelled, or failed when the child died)
+            self.in_flight.pop(msg_id, None)
+            await self._answer(message)
+            return
+        await self._send(message, self._related(message))
+
+    def _related(self, message: dict[str, Any]) -> Any:
+        token = _progress_token(message)
+        if token is not None and token in self.tokens:
+            return self.tokens[token]
+        method = str(message.get("method"))
+        if method.startswith("notifications/") and method != "notifications/message":
+            return None  # list changes, resource updates: the session's GET stream
+        return next(reversed(self.in_flight), None)
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        for token, owner in list(self.tokens.items()):
+            if owner == message.get("id"):
+                del self.tokens[token]
+        await self._send(message, None)
+
+    async def _send(self, message: dict[str, Any], related: Any) -> None:
+        parsed = types.jsonrpc_message_adapter.validate_python(message, by_name=False)
+        meta = ServerMessageMetadata(related_request_id=related) if related is not None else None
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self.write.send(SessionMessage(parsed, metadata=meta))
+
+    async def _child_exited(self) -> None:
+        name = self.bridge.config.name
+        why = f"stdio server {name!r} exited before answering; it is being restarted"
+        for msg_id in list(self.in_flight):
+            self.in_flight.pop(msg_id, None)
+            await self._send(_error(msg_id, why), None)
+        self.tokens.clear()
+
+    async def _replay_handshake(self) -> None:
+        """A restarted child gets the session's initialize again; its answer is swallowed."""
+        if self.child.restarts == 0:
+            return
+        for message in self.handshake:
+            if "id" in message:
+                message = {**message, "id": f"celgate-replay-{uuid.uuid4().hex}"}
+                self.replaying.add(message["id"])
+            await self.child.send(message)
+
+
+class SharedLink:
+    """The 2026-07-28 era: one process for every stateless request, ids remapped."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.child = Child(config, f"{config.name}[shared]", self._from_child)
+        self.child.on_exit = self._child_exited
+        self.ids = itertools.count(1)
+        self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[dict[str, Any]]]] = {}
+        self.tokens: dict[str, str] = {}
+        self.name = config.name
+
+    async def handle(self, incoming: Incoming, send: Send, message: dict[str, Any]) -> None:
+        if not self.child.ready.is_set() and not await self.child.wait_ready(10.0):
+            await reply(
+                send,
+                502,
+                rpc_error(message.get("id"), UPSTREAM_UNAVAILABLE, "stdio server is not running"),
+            )
+            return
+        if "id" not in message or "method" not in message:
+            await self.child.send(message)  # notifications (client answers never come here)
+            await reply(send, 202, b"")
+            return
+        inner = f"c{next(self.ids)}"
+        original_id = message["id"]
+        outgoing = {**message, "id": inner}
+        token = _progress_token(message)
+        if token is not None:
+            params = dict(message["params"])
+            params["_meta"] = {**params["_meta"], "progressToken": inner}
+            outgoing["params"] = params
+            self.tokens[inner] = inner
+        sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](64)
+        self.waiting[inner] = (original_id, token, sender)
+        try:
+            if not await self.child.send(outgoing):
+                await sender.send(_error(inner, f"stdio server {self.name!r} is not running"))
+            await _stream_answer(incoming, send, receiver, original_id, token, self._cancel(inner))
+        finally:
+            self.waiting.pop(inner, None)
+            self.tokens.pop(inner, None)
+
+    def _cancel(self, inner: str) -> Callable[[], Awaitable[None]]:
+        async def cancel() -> None:
+            if inner in self.waiting:
+                note = {"requestId": inner, "reason": "the client went away"}
+                await self.child.send(
+                    {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": note}
+                )
+
+        return cancel
+
+    async def _from_child(self, message: dict[str, Any]) -> None:
+        key = message.get("id") if "method" not in message else _progress_token(message)
+        entry = self.waiting.get(str(key)) if key is not None else None
+        if entry is None and "method" in message and len(self.waiting) == 1:
+            entry = next(iter(self.waiting.values()))  # a log line while one call runs
+        if entry is not None:
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                entry[2].send_nowait(message)
+
+    async def _child_exited(self) -> None:
+        for inner, (_, _, sender) in list(self.waiting.items()):
+            why = f"stdio server {self.name!r} exited before answering; it is being restarted"
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                sender.send_nowait(_error(inner, why))
+
+
+async def _stream_answer(
+    incoming: Incoming,
+    send: Send,
+    receiver: MemoryObjectReceiveStream[dict[str, Any]],
+    original_id: Any,
+    token: Any,
+    cancel: Callable[[], Awaitable[None]],
+) -> None:
+    """SSE when the client takes it (progress arrives as it happens), JSON otherwise."""
+    sse = "text/event-stream" in (incoming.header("accept") or "")
+    if sse:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+    finished = False
+    try:
+        async for message in receiver:
+            final = "method" not in message
+            if final:
+                message = {**message, "id": original_id}
+            elif token is not None and _progress_token(message) is not None:
+                message = _with_token(message, token)
+            body = json.dumps(message, ensure_ascii=False).encode()
+            if not sse:
+                if final:
+                    finished = True
+                    await reply(send, 200, body)
+                    return
+                continue
+            event = b"event: message\ndata: " + body + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": not final})
+            if final:
+                finished = True
+                return
+    finally:
+        if not finished:
+            with anyio.CancelScope(shield=True):
+                await cancel()
+
+
+def _with_token(message: dict[str, Any], token: Any) -> dict[str, Any]:
+    params = dict(message["params"])
+    if message.get("method") == "notifications/progress":
+        params["progressToken"] = token
+    else:
+        params["_meta"] = {**params["_meta"], "progressToken": token}
+    return {**message, "params": params}
+
+
+class StdioBridge:
+    """The local Streamable HTTP endpoint of one stdio server (raw ASGI)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.sessions: dict[str, SessionLink] = {}
+        self.shared = SharedLink(config)
+        # Bound now, so the relay knows the URL before anything is served.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._server: uvicorn.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def pids(self) -> list[int]:
+        children = [link.child for link in self.sessions.values()] + [self.shared.child]
+        return [
+            c.pid for c in children if c.pid is not None and c.proc and c.proc.returncode is None
+        ]
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen on a free loopback port and serve until cancelled; then end every child."""
+        sock = self.sock
+        config = uvicorn.Config(self, lifespan="off", log_level="warning", access_log=False)
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        self._server = server
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self.shared.child.run)
+                await server.startup(sockets=[sock])  # not serve(): the gateway owns the signals
+                log.info("stdio.bridge", server=self.config.name, url=self.url)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop(server, sock)
+
+    async def _stop(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        children = [link.child for link in list(self.sessions.values())] + [self.shared.child]
+        for child in children:
+            child.stop()
+        server.force_exit = True
+        if server.started:
+            await server.shutdown(sockets=[sock])
+        with anyio.move_on_after(KILL_GRACE):
+            for child in children:
+                if child.proc is not None:
+                    await child.proc.wait()
+        for child in children:
+            if child.proc is not None and child.proc.returncode is None:
+                _kill_group(child.proc)
+        log.info("stdio.stopped", server=self.config.name, processes=len(children))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        incoming = Incoming(scope, receive)
+        sid = incoming.header("mcp-session-id")
+        if sid is not None:
+            link = self.sessions.get(sid)
+            if link is None:
+                await reply(send, 404, rpc_error(None, SESSION_NOT_FOUND, "Session not found"))
+                return
+            await link.transport.handle_request(scope, receive, send)
+            return
+        version = incoming.header("mcp-protocol-version")
+        if (
+            incoming.method == "POST"
+            and version is not None
+            and version not in HANDSHAKE_PROTOCOL_VERSIONS
+        ):
+            await self._modern(incoming, send)
+            return
+        await self._open_session(scope, receive, send)
+
+    async def _modern(self, incoming: Incoming, send: Send) -> None:
+        body = await incoming.body(LINE_LIMIT)
+        try:
+            message = json.loads(body or b"")
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            await reply(
+                send, 400, rpc_error(None, INVALID_REQUEST, "one JSON-RPC message per request")
+            )
+            return
+        await self.shared.handle(incoming, send, message)
+
+    async def _open_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request without a session: only ``initialize`` opens one (and a process)."""
+        if len(self.sessions) >= self.config.max_processes:
+            msg = (
+                f"stdio server {self.config.name!r} is at max_processes={self.config.max_processes}"
+            )
+            log.warning(
+                "stdio.at_capacity",
+                server=self.config.name,
+                max_processes=self.config.max_processes,
+            )
+            await reply(send, 503, rpc_error(None, UPSTREAM_UNAVAILABLE, msg))
+            return
+        assert self._tg is not None
+        link = SessionLink(self, uuid.uuid4().hex)
+        self.sessions[link.session_id] = link
+        await self._tg.start(link.run)
+        status: list[int] = []
+
+        async def watch(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        try:
+            await link.transport.handle_request(scope, receive, watch)
+        finally:
+            if not status or status[0] >= 400:  # nothing was opened: no session, no process
+                link.child.stop()
+                with anyio.CancelScope(shield=True):
+                    await link.transport.terminate()
+
+
+class StdioUpstream(HttpUpstream):
+    """The relay's view of a stdio server: an HTTP upstream at its bridge's loopback URL."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        bridge = StdioBridge(config)
+        super().__init__(replace(config, url=bridge.url))
+        self.bridge = bridge
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the bridge until cancelled (a task of the gateway-wide task group)."""
+        await self.bridge.run(task_status=task_status)
+
+
+@asynccontextmanager
+async def running_bridges(upstreams: Mapping[str, HttpUpstream]) -> AsyncIterator[None]:
+    """Serve every stdio upstream's bridge for the life of the block (one task group)."""
+    async with anyio.create_task_group() as tg:
+        for upstream in upstreams.values():
+            if isinstance(upstream, StdioUpstream):
+                await tg.start(upstream.run)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
