@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import secrets
@@ -116,7 +115,7 @@ def serve(config: GatewayConfig) -> int:
         access_log=False,
         lifespan="on",
     )
-    asyncio.run(uvicorn.Server(uv).serve())
+    uvicorn.Server(uv).run()  # run(), not asyncio.run(serve()): only run() installs uvloop
     return 0
 
 
