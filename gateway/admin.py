@@ -112,7 +112,15 @@ def admin_router(gateway: Gateway) -> Router:
             rows = [r for r in rows if r[0].endswith(f"|grant={grant}")]
         return [{"key": key, "remaining": round(tokens, 3)} for key, tokens in rows]
 
-    handlers = [policy_info, approvals, approve, deny, decisions, tools, limits]
+    @post("/reload", summary="Reload the rule files now (as SIGHUP does)")
+    async def reload() -> dict[str, Any]:
+        reloader = gateway.extras.get("reloader")
+        if reloader is None:
+            raise NotFoundException("reload is not running")
+        ok = reloader.reload("admin API")
+        return {"reloaded": ok, "revision": gateway.policy.revision}
+
+    handlers = [policy_info, approvals, approve, deny, decisions, tools, limits, reload]
     return Router(path="/admin", route_handlers=handlers, guards=[_guard(gateway)], tags=["admin"])
 
 

@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
 from gateway.edge.relay import Relay
+from gateway.lifecycle import background
 from gateway.runtime import Gateway
 from gateway.upstream.stdio import running_bridges
 
@@ -56,7 +57,11 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
-            async with running_bridges(gateway.upstreams), aggregate.running():
+            async with (
+                running_bridges(gateway.upstreams),
+                aggregate.running(),
+                background(gateway),
+            ):
                 yield
         finally:
             await gateway.close()

@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway import opscmd, serve, trycmd
+from gateway import catalogcmd, opscmd, policytest, serve, trycmd
 
-REGISTER: list[Callable[[Any], None]] = [serve.register, trycmd.register, opscmd.register]
+REGISTER: list[Callable[[Any], None]] = [
+    serve.register,
+    trycmd.register,
+    opscmd.register,
+    policytest.register,
+    catalogcmd.register,
+]

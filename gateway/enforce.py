@@ -6,6 +6,7 @@ tokens, and a denied call takes none either.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gateway.policy.model import Call, Decision, LimitState
@@ -37,6 +38,18 @@ def _refusal(decision: Decision, result: LimitResult) -> str | None:
     return (
         f"rate limit {limit.counter!r} exceeded: at most {limit.max} calls per "
         f"{limit.window:g} s ({limit.scope} {limit.scope_value})"
+    )
+
+
+def check_pin(gw: Gateway, call: Call, decision: Decision) -> Decision:
+    """A tool whose definition changed since it was pinned is refused, whatever the rules say."""
+    if decision.effect == "deny":
+        return decision
+    why = gw.pins.refusal(call.server or "", call.tool)
+    if why is None:
+        return decision
+    return replace(
+        decision, effect="deny", rule="pins", reason=why, error="tool_changed", limits=()
     )
 
 

@@ -10,10 +10,12 @@ from typing import Any
 from gateway.approval_stores import make_store
 from gateway.approvals import ApprovalService
 from gateway.audit import DecisionLog
+from gateway.catalog import tool_info as catalog_info
 from gateway.config import GatewayConfig
 from gateway.edge.guard import HostGuard, SessionSigner
 from gateway.identity import Authenticator
 from gateway.metrics import Metrics
+from gateway.pins import Pins
 from gateway.policy import CompiledPolicy, ToolInfo, load_policy
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.factory import make_limiter
@@ -41,10 +43,22 @@ class Gateway:
     approvals: ApprovalService | None = None
     metrics: Metrics | None = None
     catalog: dict[tuple[str, str], ToolInfo] = field(default_factory=dict)
+    pins: Pins = field(default_factory=Pins)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
-        return self.catalog.get((server, tool)) or ToolInfo()
+        """What CEL sees as ``tool``; a tool not listed yet is classified by its name."""
+        known = self.catalog.get((server, tool))
+        if known is not None:
+            return known
+        return catalog_info(self.policy, server, {"name": tool})
+
+    def observe(self, server: str, tool: dict[str, Any]) -> ToolInfo:
+        """Record a tool definition seen on the wire: its risk, and its pin."""
+        info = catalog_info(self.policy, server, tool)
+        self.catalog[(server, str(tool.get("name", "")))] = info
+        self.pins.observe(server, tool)
+        return info
 
     async def close(self) -> None:
         for upstream in self.upstreams.values():
@@ -74,6 +88,7 @@ def build_gateway(config: GatewayConfig, *, anonymous: bool | None = None) -> Ga
             config.security.allowed_hosts, config.security.allowed_origins, config.host
         ),
     )
+    gateway.pins = Pins.load(config.pins_file, config.accept_tool_changes)
     gateway.metrics = Metrics()
     gateway.metrics.set_policy(policy.revision)
     store = make_store(config.limits_backend)

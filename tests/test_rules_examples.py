@@ -76,7 +76,7 @@ class TestSeed:
 class TestRedshiftReadOnly:
     @pytest.fixture(scope="class")
     def policy(self) -> CompiledPolicy:
-        return load_policy([RULES / "redshift-readonly.yaml"])
+        return load_policy([RULES / "redshift.yaml"])
 
     def _query(self, policy: CompiledPolicy, sql: str) -> Decision:
         return _decide(policy, "execute_query", server="redshift", args={"sql": sql})

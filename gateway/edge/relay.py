@@ -22,7 +22,7 @@ from gateway.edge.held import accepts_sse, held_call
 from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
 from gateway.edge.toolsfilter import tools_list_transform
-from gateway.enforce import enforce
+from gateway.enforce import check_pin, enforce
 from gateway.policy import Call, Decision, Identity, decide
 from gateway.runtime import Gateway
 from gateway.upstream.http import HttpUpstream
@@ -125,7 +125,7 @@ class Relay:
         gw = self.gw
         started = time.perf_counter()
         call = _call_of(message, fwd, identity, incoming, gw)
-        decision = decide(gw.policy, call, gw.now())
+        decision = check_pin(gw, call, decide(gw.policy, call, gw.now()))
         decision_id = new_decision_id()
         if _held_in_stream(gw, decision, incoming):
             final = await held_call(gw, incoming, send, fwd, message, call, decision, decision_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.catalog import tool_info
 from gateway.edge.sse import Transform
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
@@ -28,8 +27,7 @@ def tools_list_transform(gw: Gateway, server: str, identity: Identity, msg_id: A
         for tool in result["tools"]:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
-            info = tool_info(policy, server, tool)
-            gw.catalog[(server, tool["name"])] = info
+            info = gw.observe(server, tool)
             call = Call(tool=tool["name"], server=server, identity=identity, info=info)
             if visible(policy, call, now):
                 kept.append(tool)

@@ -564,7 +564,10 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
 
     read_only = types.ToolAnnotations(read_only_hint=True)
 
-    @server.tool(description="Echoes the text back", annotations=read_only)
+    # Tests of tool pinning restart the upstream with another description for ``echo``.
+    echo_description = os.environ.get("UPSTREAM_ECHO_DESCRIPTION", "Echoes the text back")
+
+    @server.tool(description=echo_description, annotations=read_only)
     def echo(text: str) -> str:
         return text
 

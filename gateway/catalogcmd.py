@@ -1,0 +1,113 @@
+"""``celgate catalog`` (what agents could call, with kind and risk) and ``celgate pins update``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.catalog import classify, override_for
+from gateway.config import GatewayConfig, load_config
+from gateway.discovery import list_all
+from gateway.errors import ConfigError
+from gateway.pins import write_pins
+from gateway.policy import ANONYMOUS, Call, CompiledPolicy, Identity, ToolInfo, decide, load_policy
+from gateway.policy.visibility import visible
+
+
+def _identity(config: GatewayConfig, grant: str | None) -> Identity:
+    if grant is None:
+        return ANONYMOUS
+    found = config.grants.get(grant)
+    if found is None:
+        raise SystemExit(f"celgate: no grant named {grant!r} in {config.source}")
+    return Identity(grant=found.id, agent=found.agent, roles=found.roles, attrs=found.attrs)
+
+
+def _effect(policy: CompiledPolicy, call: Call) -> str:
+    """The effect with no arguments; 'conditional' when it depends on the arguments."""
+    decision = decide(policy, call)
+    if decision.error and decision.error.startswith("cel."):
+        return "conditional" if visible(policy, call) else "deny"
+    if decision.effect == "deny" and visible(policy, call):
+        return "conditional"
+    return decision.effect
+
+
+def catalog_rows(
+    config: GatewayConfig, policy: CompiledPolicy, tools: dict[str, Any], identity: Identity
+) -> list[dict[str, Any]]:
+    rows = []
+    for server, items in sorted(tools.items()):
+        if items is None:
+            rows.append({"server": server, "tool": "-", "error": "unreachable"})
+            continue
+        for tool in sorted(items, key=lambda t: t["name"]):
+            name = tool["name"]
+            found = classify(name, tool.get("annotations"), override_for(policy, server, name))
+            info = ToolInfo(found.risk, found.kind, tool.get("annotations") or {})
+            call = Call(tool=name, server=server, identity=identity, info=info)
+            row = {"server": server, "tool": name, "kind": found.kind, "risk": found.risk}
+            rows.append({**row, "why": found.why, "effect": _effect(policy, call)})
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    cols = ["server", "tool", "kind", "risk", "effect", "why"]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in cols).rstrip())
+
+
+def _load(ns: argparse.Namespace) -> tuple[GatewayConfig, CompiledPolicy]:
+    try:
+        config = load_config(ns.config)
+        return config, load_policy(config.policy_paths)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def catalog_command(ns: argparse.Namespace) -> int:
+    config, policy = _load(ns)
+    identity = _identity(config, ns.grant)
+    tools = asyncio.run(list_all(config.servers))
+    rows = catalog_rows(config, policy, tools, identity)
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows)
+    return 0 if all(items is not None for items in tools.values()) else 2
+
+
+def pins_command(ns: argparse.Namespace) -> int:
+    config, _ = _load(ns)
+    target = Path(ns.out) if ns.out else config.pins_file
+    if target is None:
+        raise SystemExit("celgate: set `pins: {file: ...}` in the config, or pass --out")
+    tools = asyncio.run(list_all(config.servers))
+    down = [name for name, items in tools.items() if items is None]
+    if down:
+        print(f"celgate: cannot list tools of {', '.join(down)}; pins unchanged", file=sys.stderr)
+        return 1
+    count = write_pins(target, {k: v for k, v in tools.items() if v is not None})
+    print(f"pinned {count} tools in {target}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    cat = sub.add_parser("catalog", help="list upstream tools with kind, risk and effect")
+    cat.add_argument("--config", required=True)
+    cat.add_argument("--grant", help="show the effect for this grant (default: anonymous)")
+    cat.add_argument("--json", action="store_true")
+    cat.set_defaults(func=catalog_command)
+
+    pins = sub.add_parser("pins", help="tool definition pins")
+    pins.add_argument("action", choices=["update"])
+    pins.add_argument("--config", required=True)
+    pins.add_argument("--out", help="pins file (default: the config's pins.file)")
+    pins.set_defaults(func=pins_command)

@@ -1,0 +1,65 @@
+"""Ask each upstream for its tools with the SDK's client: the risk catalogue, the pins, and
+``tool.risk``/``tool.kind`` for CEL before any agent has listed tools."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from gateway.audit import log
+from gateway.config import ServerConfig
+
+LIST_TIMEOUT = 15.0
+
+
+def _target(server: ServerConfig, url: str | None) -> Any:
+    url = url or server.url
+    if url is not None:
+        if not server.headers:
+            return url
+        http = create_mcp_http_client(headers=dict(server.headers))
+        return streamable_http_client(url, http_client=http)
+    assert server.command is not None
+    return StdioServerParameters(
+        command=server.command, args=list(server.args), env=server.env or None, cwd=server.cwd
+    )
+
+
+async def list_tools(server: ServerConfig, url: str | None = None) -> list[dict[str, Any]]:
+    """The server's tools as wire JSON (camelCase), following pagination."""
+    async with Client(_target(server, url), mode="legacy", cache=None) as client:
+        tools: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = await client.list_tools(cursor=cursor) if cursor else await client.list_tools()
+            tools.extend(
+                t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in page.tools
+            )
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+
+
+async def list_all(
+    servers: Mapping[str, ServerConfig], urls: Mapping[str, str] | None = None
+) -> dict[str, list[dict[str, Any]] | None]:
+    """Tools per server; None for a server that could not be asked (logged)."""
+    urls = urls or {}
+
+    async def one(name: str) -> list[dict[str, Any]] | None:
+        try:
+            async with asyncio.timeout(LIST_TIMEOUT):
+                return await list_tools(servers[name], urls.get(name))
+        except Exception as exc:  # any failure of one upstream: logged, others go on
+            log.warning("catalog.list_failed", server=name, error=type(exc).__name__)
+            return None
+
+    names = list(servers)
+    results = await asyncio.gather(*(one(n) for n in names))
+    return dict(zip(names, results, strict=True))

@@ -1,0 +1,43 @@
+"""Background work of a running gateway: the tool catalogue refreshed from the upstreams, and
+policy hot reload."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from gateway.discovery import list_all
+from gateway.reload import reloading
+from gateway.runtime import Gateway
+
+CATALOG_SECONDS = 300.0
+
+
+async def refresh_catalog(gateway: Gateway) -> int:
+    """Ask every upstream for its tools; returns how many were seen."""
+    urls = {name: up.url for name, up in gateway.upstreams.items()}
+    found = await list_all(gateway.config.servers, urls)
+    seen = 0
+    for server, tools in found.items():
+        for tool in tools or []:
+            gateway.observe(server, tool)
+            seen += 1
+    return seen
+
+
+async def _refresh_forever(gateway: Gateway) -> None:
+    while True:
+        await refresh_catalog(gateway)
+        await anyio.sleep(CATALOG_SECONDS)
+
+
+@asynccontextmanager
+async def background(gateway: Gateway) -> AsyncIterator[None]:
+    async with reloading(gateway), anyio.create_task_group() as tg:
+        tg.start_soon(_refresh_forever, gateway)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()

@@ -1,0 +1,105 @@
+"""Tool pinning: a digest of each tool's definition, so a server cannot quietly change a tool.
+
+The digest covers name, description, input schema and annotations (canonical JSON, ``None``
+dropped). Pins live in a YAML file the operator commits (``celgate pins update`` writes it).
+A tool whose definition differs from its pin is refused until it is re-pinned, or unless the
+config accepts changes. A tool with no pin is pinned in memory when first seen (trust on first
+use) and logged; ``celgate pins update`` makes that permanent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.audit import log
+
+_FIELDS = ("name", "description", "inputSchema", "annotations")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def tool_digest(tool: Mapping[str, Any]) -> str:
+    """sha256 of the tool's definition as the wire shows it (camelCase field names)."""
+    picked = {k: _clean(tool.get(k)) for k in _FIELDS}
+    picked = {k: v for k, v in picked.items() if v not in (None, {}, "")}
+    canonical = json.dumps(picked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    pinned: str
+    seen: str
+
+
+@dataclass
+class Pins:
+    """Pinned digests per (server, tool), what changed, and where the file is."""
+
+    path: Path | None = None
+    accept_changes: bool = False
+    pinned: dict[tuple[str, str], str] = field(default_factory=dict)
+    changed: dict[tuple[str, str], Change] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None, accept_changes: bool = False) -> Pins:
+        pins = cls(path, accept_changes)
+        if path is not None and path.exists():
+            data = yaml.safe_load(path.read_text()) or {}
+            for server, tools in (data.get("servers") or {}).items():
+                for tool, digest in (tools or {}).items():
+                    pins.pinned[(str(server), str(tool))] = str(digest)
+        return pins
+
+    def observe(self, server: str, tool: Mapping[str, Any]) -> None:
+        """Compare a tool definition seen on the wire with its pin."""
+        name = str(tool.get("name", ""))
+        key = (server, name)
+        digest = tool_digest(tool)
+        pinned = self.pinned.get(key)
+        if pinned is None:
+            self.pinned[key] = digest
+            log.info("pins.first_seen", server=server, tool=name, digest=digest)
+        elif pinned != digest:
+            if key not in self.changed or self.changed[key].seen != digest:
+                log.warning("pins.changed", server=server, tool=name, pinned=pinned, seen=digest)
+            self.changed[key] = Change(pinned, digest)
+        else:
+            self.changed.pop(key, None)
+
+    def refusal(self, server: str, tool: str) -> str | None:
+        """Why a call must be refused (the definition changed), or None."""
+        if self.accept_changes:
+            return None
+        change = self.changed.get((server, tool))
+        if change is None:
+            return None
+        return (
+            f"the definition of {server}/{tool} changed since it was pinned "
+            f"(pinned {change.pinned[:19]}…, now {change.seen[:19]}…); "
+            "an operator must review it and run `celgate pins update`"
+        )
+
+
+def write_pins(path: Path, tools: Mapping[str, list[dict[str, Any]]]) -> int:
+    """Write the pins file from the tools each server lists now; returns how many were pinned."""
+    servers = {
+        server: {str(t["name"]): tool_digest(t) for t in sorted(items, key=lambda t: t["name"])}
+        for server, items in sorted(tools.items())
+    }
+    header = "# celgate tool pins: `celgate pins update` rewrites this file. Commit it.\n"
+    path.write_text(header + yaml.safe_dump({"servers": servers}, sort_keys=True))
+    return sum(len(v) for v in servers.values())

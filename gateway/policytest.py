@@ -1,0 +1,165 @@
+"""Policy tests beside the rules (``*_test.yaml``), run by ``celgate test rules/``.
+
+Each file holds ``cases``: a call (tool, server, args, who calls, tool risk/kind, time) and what
+the policy must answer (effect, and optionally rule, error code, words of the reason). The
+policy under test is the folder the file sits in, or the files its ``policy:`` names.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, Problem, SourceLocation
+from gateway.located import Node, parse_file
+from gateway.policy import Call, CompiledPolicy, Decision, Identity, ToolInfo, decide, load_policy
+from gateway.policy.loader import TEST_SUFFIXES
+from gateway.policy.schema import Fields
+
+_CASE = {
+    "name", "tool", "server", "args", "grant", "agent", "roles", "attrs", "session",
+    "risk", "kind", "now", "expect",
+}  # fmt: skip
+_EXPECT = {"effect", "rule", "error", "reason_contains"}
+DEFAULT_NOW = "2026-01-05T10:00:00+00:00"  # a Monday morning, so time rules are predictable
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    where: SourceLocation
+    call: Call
+    now: datetime
+    expect: dict[str, Any]
+
+
+def find_test_files(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(p for p in sorted(path.rglob("*")) if p.name.endswith(TEST_SUFFIXES))
+        elif path.name.endswith(TEST_SUFFIXES):
+            out.append(path)
+    return out
+
+
+def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
+    fields = Fields(node, f"cases[{index}]", problems)
+    if not fields.ok:
+        return None
+    fields.check_known(_CASE)
+    tool = fields.string("tool", required=True)
+    expect = fields.get("expect")
+    if expect is None or not isinstance(expect.value, dict):
+        problems.append(Problem(node.where, f"cases[{index}].expect", "missing (effect, rule...)"))
+        return None
+    Fields(expect, f"cases[{index}].expect", problems).check_known(_EXPECT)
+    plain = node.plain()
+    grant = str(plain.get("grant", "anonymous"))
+    identity = Identity(
+        grant=grant,
+        agent=str(plain.get("agent", grant)),
+        roles=tuple(plain.get("roles") or ()),
+        attrs=dict(plain.get("attrs") or {}),
+    )
+    info = ToolInfo(risk=str(plain.get("risk", "unknown")), kind=str(plain.get("kind", "unknown")))
+    args = plain.get("args") or {}
+    if tool is None or not isinstance(args, dict):
+        if not isinstance(args, dict):
+            problems.append(Problem(node.where, f"cases[{index}].args", "must be a mapping"))
+        return None
+    call = Call(
+        tool=tool,
+        server=plain.get("server"),
+        args=args,
+        identity=identity,
+        session=plain.get("session"),
+        info=info,
+    )
+    now = datetime.fromisoformat(str(plain.get("now", DEFAULT_NOW)))
+    name = str(plain.get("name", f"case {index + 1}"))
+    return Case(name, node.where, call, now.astimezone(UTC), expect.plain())
+
+
+def load_cases(path: Path) -> tuple[list[Case], list[str] | None]:
+    """The cases of one test file and the policy paths it names (None: its folder)."""
+    problems: list[Problem] = []
+    root = parse_file(path, problems)
+    cases: list[Case] = []
+    policy: list[str] | None = None
+    if root is not None:
+        top = Fields(root, "", problems)
+        top.check_known({"cases", "policy", "description"})
+        named = top.get("policy")
+        if named is not None:
+            raw = named.plain()
+            policy = [str(path.parent / p) for p in (raw if isinstance(raw, list) else [raw])]
+        items = top.get("cases")
+        for i, item in enumerate(items.value if items and isinstance(items.value, list) else []):
+            case = _case(item, i, problems)
+            if case is not None:
+                cases.append(case)
+    if problems:
+        raise ConfigError(problems)
+    return cases, policy
+
+
+def failure(case: Case, decision: Decision) -> str | None:
+    want = case.expect
+    got = {"effect": decision.effect, "rule": decision.rule, "error": decision.error}
+    for key in ("effect", "rule", "error"):
+        if key in want and str(want[key]) != str(got[key]):
+            return f"expected {key} {want[key]!r}, got {got[key]!r} ({decision.reason})"
+    words = want.get("reason_contains")
+    if words is not None and str(words) not in decision.reason:
+        return f"expected the reason to contain {words!r}, got {decision.reason!r}"
+    return None
+
+
+def run_file(path: Path, cache: dict[tuple[str, ...], CompiledPolicy]) -> tuple[int, list[str]]:
+    """Run one test file: (cases run, failure lines)."""
+    cases, named = load_cases(path)
+    policy_paths = named or [str(path.parent)]
+    key = tuple(policy_paths)
+    if key not in cache:
+        cache[key] = load_policy(policy_paths)
+    policy = cache[key]
+    failures = []
+    for case in cases:
+        why = failure(case, decide(policy, case.call, case.now))
+        if why is not None:
+            failures.append(f"{case.where}: {case.name}: {why}")
+    return len(cases), failures
+
+
+def run_tests_command(ns: argparse.Namespace) -> int:
+    files = find_test_files(ns.paths)
+    if not files:
+        print("no policy test files (*_test.yaml) found")
+        return 1
+    total, failed = 0, 0
+    cache: dict[tuple[str, ...], CompiledPolicy] = {}
+    for path in files:
+        try:
+            count, failures = run_file(path, cache)
+        except ConfigError as exc:
+            print(exc)
+            failed += 1
+            continue
+        total += count
+        failed += len(failures)
+        for line in failures:
+            print(f"FAIL {line}")
+    status = "ok" if failed == 0 else "FAILED"
+    print(f"{status}: {total - failed} passed, {failed} failed, in {len(files)} file(s)")
+    return 0 if failed == 0 else 1
+
+
+def register(sub: Any) -> None:
+    cmd = sub.add_parser("test", help="run policy tests (*_test.yaml) beside the rules")
+    cmd.add_argument("paths", nargs="+", help="folders or test files")
+    cmd.set_defaults(func=run_tests_command)

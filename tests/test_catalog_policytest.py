@@ -1,0 +1,144 @@
+"""Risk classification, tool digests, and ``celgate test`` on passing and failing policy tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog import classify, tool_info
+from gateway.cli import main
+from gateway.pins import Pins, tool_digest
+from gateway.policy import load_policy
+
+
+class TestClassification:
+    @pytest.mark.parametrize(
+        ("name", "annotations", "kind", "risk"),
+        [
+            ("list_tables", None, "read", "low"),
+            ("describe_cluster", {}, "read", "low"),
+            ("create_user", None, "write", "medium"),
+            ("put_object", None, "write", "medium"),
+            ("delete_bucket", None, "delete", "high"),
+            ("git_reset", None, "delete", "high"),
+            ("terminateInstance", None, "delete", "high"),
+            ("execute_query", None, "execute", "high"),
+            ("runReport", None, "execute", "high"),
+            ("frobnicate", None, "execute", "high"),  # unknown is never harmless
+            ("write_query", None, "write", "medium"),  # not low risk without annotations
+        ],
+    )
+    def test_name_verbs(self, name: str, annotations: dict | None, kind: str, risk: str) -> None:
+        found = classify(name, annotations)
+        assert (found.kind, found.risk) == (kind, risk)
+
+    def test_annotations_beat_names(self) -> None:
+        assert classify("delete_cache", {"readOnlyHint": True}).kind == "read"
+        assert classify("get_and_purge", {"destructiveHint": True}).risk == "high"
+        found = classify("list_things", {"readOnlyHint": True, "openWorldHint": True})
+        assert (found.kind, found.risk, found.why) == ("read", "medium", "annotation readOnlyHint")
+
+    def test_overrides_beat_annotations_and_names(self) -> None:
+        found = classify("delete_cache", {"destructiveHint": True}, ("write", "low"))
+        assert (found.kind, found.risk, found.why) == ("write", "low", "policy override")
+        only_risk = classify("list_secrets", {"readOnlyHint": True}, (None, "high"))
+        assert (only_risk.kind, only_risk.risk) == ("read", "high")
+
+    def test_policy_override_reaches_cel(self, tmp_path: Path) -> None:
+        rules = tmp_path / "p.yaml"
+        rules.write_text(
+            "tools:\n"
+            "  db/list_secrets:\n"
+            "    risk: high\n"
+            "    rules:\n"
+            "      - {when: 'tool.risk == \"high\"', action: require_approval}\n"
+            "    action: allow\n"
+        )
+        policy = load_policy([rules])
+        info = tool_info(
+            policy, "db", {"name": "list_secrets", "annotations": {"readOnlyHint": True}}
+        )
+        assert (info.kind, info.risk) == ("read", "high")
+
+
+class TestPins:
+    def test_digest_covers_the_definition_only(self) -> None:
+        tool = {"name": "echo", "description": "Echoes", "inputSchema": {"type": "object"}}
+        noisy = {**tool, "title": None, "annotations": {"readOnlyHint": None}, "_meta": {"x": 1}}
+        assert tool_digest(tool) == tool_digest(noisy)
+        assert tool_digest(tool) != tool_digest({**tool, "description": "Echoes!"})
+
+    def test_changed_tool_is_refused_until_repinned(self, tmp_path: Path) -> None:
+        pins = Pins(tmp_path / "pins.yaml")
+        v1 = {"name": "echo", "description": "one"}
+        v2 = {"name": "echo", "description": "two"}
+        pins.observe("up", v1)
+        assert pins.refusal("up", "echo") is None
+        pins.observe("up", v2)
+        why = pins.refusal("up", "echo")
+        assert why is not None and "changed since it was pinned" in why
+        pins.pinned[("up", "echo")] = tool_digest(v2)  # what `celgate pins update` records
+        pins.observe("up", v2)
+        assert pins.refusal("up", "echo") is None
+
+    def test_accepting_changes_is_a_setting(self) -> None:
+        pins = Pins(None, accept_changes=True)
+        pins.observe("up", {"name": "echo", "description": "one"})
+        pins.observe("up", {"name": "echo", "description": "two"})
+        assert pins.refusal("up", "echo") is None
+
+
+POLICY = """\
+version: "1"
+default: deny
+tools:
+  query:
+    rules:
+      - id: reads
+        when: 'args.sql.startsWith("select")'
+        action: allow
+"""
+
+
+class TestPolicyTests:
+    def test_passing_and_failing_cases(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        (tmp_path / "policy_test.yaml").write_text(
+            "cases:\n"
+            "  - name: select passes\n"
+            "    tool: query\n"
+            "    args: {sql: select 1}\n"
+            "    expect: {effect: allow, rule: reads}\n"
+            "  - name: wrong expectation\n"
+            "    tool: query\n"
+            "    args: {sql: drop table t}\n"
+            "    expect: {effect: allow}\n"
+        )
+        assert main(["test", str(tmp_path)]) == 1
+        out = capsys.readouterr().out
+        assert f"FAIL {tmp_path / 'policy_test.yaml'}:6: wrong expectation: expected effect" in out
+        assert "1 passed, 1 failed" in out
+
+    def test_all_passing_exits_zero(self, tmp_path: Path) -> None:
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        (tmp_path / "more_test.yaml").write_text(
+            "cases:\n  - {tool: other, expect: {effect: deny, rule: default}}\n"
+        )
+        assert main(["test", str(tmp_path)]) == 0
+
+    def test_bad_test_file_names_the_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        (tmp_path / "bad_test.yaml").write_text("cases:\n  - tool: query\n    expext: {}\n")
+        assert main(["test", str(tmp_path)]) == 1
+        assert f"{tmp_path / 'bad_test.yaml'}:3: cases[0].expext: unknown field" in (
+            capsys.readouterr().out
+        )
+
+    def test_shipped_rules_pass_their_tests(self) -> None:
+        rules = Path(__file__).resolve().parent.parent / "rules"
+        assert main(["test", str(rules)]) == 0
