@@ -275,7 +275,7 @@ class SessionLink:
         self.handshake: list[dict[str, Any]] = []
         self.replaying: set[str] = set()
         self.write: Any = None
-        self.started = time.monotonic()
+        self.last_used = time.monotonic()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -310,6 +310,7 @@ class SessionLink:
             log.exception("stdio.session_failed", server=self.bridge.config.name)
 
     async def _to_child(self, item: SessionMessage) -> None:
+        self.last_used = time.monotonic()
         message = item.message.model_dump(by_alias=True, exclude_unset=True, mode="json")
         method, msg_id = message.get("method"), message.get("id")
         if method is not None and msg_id is not None:  # a request from the client
@@ -585,6 +586,10 @@ class StdioBridge:
         ):
             await self._modern(incoming, send)
             return
+        if incoming.method != "POST":
+            msg = "Bad Request: Mcp-Session-Id is required"
+            await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
+            return
         await self._open_session(scope, receive, send)
 
     async def _modern(self, incoming: Incoming, send: Send) -> None:
@@ -600,8 +605,21 @@ class StdioBridge:
             return
         await self.shared.handle(incoming, send, message)
 
+    async def _evict_idle(self) -> None:
+        """At the cap, the least recently used session with no call in flight gives way."""
+        idle = [link for link in self.sessions.values() if not link.in_flight]
+        if not idle:
+            return
+        victim = min(idle, key=lambda link: link.last_used)
+        self.sessions.pop(victim.session_id, None)
+        log.info("stdio.session_evicted", server=self.config.name, session=victim.session_id)
+        victim.child.stop()
+        await victim.transport.terminate()
+
     async def _open_session(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request without a session: only ``initialize`` opens one (and a process)."""
+        if len(self.sessions) >= self.config.max_processes:
+            await self._evict_idle()
         if len(self.sessions) >= self.config.max_processes:
             msg = (
                 f"stdio server {self.config.name!r} is at max_processes={self.config.max_processes}"
