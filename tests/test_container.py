@@ -1,0 +1,210 @@
+"""The container, tested without Docker: the Dockerfile and compose file say what the issue
+asks (multi-stage slim build, the wheel installed, a non-root user, the entry command, a
+health check on ``/healthz``, the config mounted at ``/etc/celgate``), the mounted config loads,
+and the wheel, installed into a fresh virtual environment, serves that config with the
+container's exact entry command."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import load_config
+from tests.gateway_proc import client, wait_healthy
+from tests.peers import REPO_ROOT, PeerProcess, free_port, start_demo_server, start_process
+from tests.valkey_server import running_valkey
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+COMPOSE = REPO_ROOT / "compose.yaml"
+DEPLOY = REPO_ROOT / "deploy"
+ENTRY = ["celgate", "run", "--config", "/etc/celgate/config.yaml"]
+KEY = "cgk_container-test-key"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def deploy_env(**values: str) -> dict[str, str]:
+    return {
+        "CELGATE_DEMO_URL": "http://127.0.0.1:9/mcp",
+        "CELGATE_LIMITS_BACKEND": "memory",
+        "CELGATE_AGENT_KEY_SHA256": hashlib.sha256(KEY.encode()).hexdigest(),
+        "CELGATE_SESSION_SECRET": "s" * 32,
+        **values,
+    }
+
+
+class TestDockerfile:
+    """Multi-stage, slim, wheel-installed, non-root, with the entry command and health check."""
+
+    def test_two_stages_on_slim_python(self) -> None:
+        bases = [args for word, args in instructions() if word == "FROM"]
+        assert len(bases) >= 2
+        assert all(re.match(r"python:3\.\d+-slim\b", b) for b in bases)
+
+    def test_final_stage_installs_the_wheel_from_the_build_stage(self) -> None:
+        final = instructions()[[w for w, _ in instructions()].index("FROM", 1) :]
+        copies = [a for w, a in final if w == "COPY"]
+        assert any("--from=build" in c and ".whl" in c for c in copies)
+        assert any("pip install" in a and ".whl" in a for w, a in final if w == "RUN")
+
+    def test_runs_as_a_non_root_user(self) -> None:
+        users = [a for w, a in instructions() if w == "USER"]
+        assert users
+        assert users[-1].split(":")[0] not in ("root", "0")
+
+    def test_entry_point_is_celgate_run_with_the_mounted_config(self) -> None:
+        entry = [a for w, a in instructions() if w == "ENTRYPOINT"]
+        assert json.loads(entry[-1]) == ENTRY
+
+    def test_healthcheck_probes_healthz_on_the_exposed_port(self) -> None:
+        health = next(a for w, a in instructions() if w == "HEALTHCHECK")
+        exposed = next(a for w, a in instructions() if w == "EXPOSE")
+        assert f"127.0.0.1:{exposed}/healthz" in health
+        assert load_config_from_deploy().port == int(exposed)
+
+
+def load_config_from_deploy() -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in deploy_env().items():
+            mp.setenv(name, value)
+        return load_config(DEPLOY / "config.yaml")
+
+
+class TestCompose:
+    """celgate and Valkey, the deploy folder mounted, every config variable provided."""
+
+    def test_services(self) -> None:
+        assert {"celgate", "valkey"} <= set(compose()["services"])
+
+    def test_celgate_mounts_deploy_at_etc_celgate_and_publishes_the_port(self) -> None:
+        svc = compose()["services"]["celgate"]
+        assert "./deploy:/etc/celgate:ro" in svc["volumes"]
+        assert any(p.endswith(f":{load_config_from_deploy().port}") for p in svc["ports"])
+
+    def test_limits_go_to_the_valkey_service(self) -> None:
+        svc = compose()["services"]["celgate"]
+        assert svc["environment"]["CELGATE_LIMITS_BACKEND"].startswith("valkey://valkey:")
+        assert svc["depends_on"]["valkey"]["condition"] == "service_healthy"
+
+    def test_every_variable_of_the_config_is_set_by_compose(self) -> None:
+        used = set(re.findall(r"\$\{(\w+)\}", (DEPLOY / "config.yaml").read_text()))
+        assert used <= set(compose()["services"]["celgate"]["environment"])
+
+
+class TestDeployConfig:
+    """The mounted config: all interfaces, grants required, hosts guarded, the rules load."""
+
+    def test_loads_and_is_not_anonymous(self) -> None:
+        config = load_config_from_deploy()
+        assert config.host == "0.0.0.0"
+        assert config.grants
+        assert config.security.allowed_hosts
+        assert "demo" in config.servers
+
+
+# ----------------------------------------------------------------- the wheel, installed
+
+
+def _build_wheel(out: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO_ROOT)]
+    if importlib.util.find_spec("hatchling") is not None:
+        cmd.insert(4, "--no-build-isolation")
+    subprocess.run(cmd, check=True, timeout=120)
+    return next(out.glob("celgate-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv (system site-packages for the dependencies) with only the wheel added."""
+    root = tmp_path_factory.mktemp("wheel")
+    wheel = _build_wheel(root / "dist")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps"]
+    subprocess.run([*pip, "--force-reinstall", str(wheel)], check=True, timeout=120)
+    return venv
+
+
+def _container_config(folder: Path, port: int) -> Path:
+    """deploy/ as mounted, but listening on loopback: tests never bind other addresses."""
+    (folder / "rules").mkdir()
+    for rule in (DEPLOY / "rules").iterdir():
+        (folder / "rules" / rule.name).write_bytes(rule.read_bytes())
+    text = (DEPLOY / "config.yaml").read_text()
+    text, n = re.subn(r"(?m)^listen:.*$", f"listen: {{host: 127.0.0.1, port: {port}}}", text)
+    assert n == 1
+    path = folder / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def container(installed: Path, tmp_path: Path) -> Iterator[tuple[PeerProcess, int]]:
+    port = free_port()
+    config = _container_config(tmp_path, port)
+    with running_valkey() as valkey:
+        demo = start_demo_server()
+        env = deploy_env(CELGATE_DEMO_URL=demo.url, CELGATE_LIMITS_BACKEND=valkey.url)
+        argv = [str(installed / "bin" / ENTRY[0]), *ENTRY[1:3], str(config)]
+        proc = start_process(argv, port=None, url="", extra_env=env, log_path=tmp_path / "log")
+        try:
+            wait_healthy(port, proc)
+            yield proc, port
+        finally:
+            proc.stop()
+            demo.stop()
+
+
+class TestInstalledWheel:
+    """The container's entry command, run from the wheel in a fresh venv, serves the config."""
+
+    def test_the_venv_imports_the_wheel_not_the_checkout(self, installed: Path) -> None:
+        code = "import gateway; print(gateway.__file__)"
+        out = subprocess.run(
+            [str(installed / "bin/python"), "-c", code], capture_output=True, text=True, cwd="/"
+        )
+        assert out.stdout.startswith(str(installed)), out.stdout + out.stderr
+
+    def test_the_rules_ship_in_the_wheel(self, installed: Path) -> None:
+        assert list(installed.glob("lib/python*/site-packages/gateway/_rules/demo.yaml"))
+
+    async def test_entry_command_serves_health_and_mcp(
+        self, container: tuple[PeerProcess, int]
+    ) -> None:
+        _, port = container
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            assert json.loads(resp.read()) == {"status": "alive"}
+        async with client(f"http://127.0.0.1:{port}/mcp/demo", key=KEY) as mcp:
+            names = {tool.name for tool in (await mcp.list_tools()).tools}
+            assert "list_notes" in names
+            result = await mcp.call_tool("list_notes", {})
+            assert not result.is_error
+
+    def test_entry_command_words(self) -> None:
+        assert shlex.join(ENTRY) == "celgate run --config /etc/celgate/config.yaml"
