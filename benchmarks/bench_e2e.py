@@ -77,6 +77,7 @@ class Target:
     name: str
     url: str
     pid: int | None  # the proxy process whose CPU is counted; None for direct
+    share: float = 1.0  # of the calls: a proxy 20x slower gets fewer, or the run takes hours
     latencies_ns: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
     cpu_ticks: int = 0
@@ -162,8 +163,8 @@ async def worker(session: McpSession, calls: int, out: list[int], tag: str) -> N
 
 
 async def batch(target: Target, sessions: list[McpSession], calls: int, record: bool) -> None:
-    """``calls`` calls spread over the given sessions, all at once."""
-    per = max(1, calls // len(sessions))
+    """``calls`` (times the target's share) spread over the given sessions, all at once."""
+    per = max(1, int(calls * target.share) // len(sessions))
     lat: list[int] = []
     before = cpu_ticks(target.pid) if target.pid else 0
     start, client_cpu = time.perf_counter(), time.process_time()
@@ -275,7 +276,8 @@ def stack(ns: argparse.Namespace) -> Iterator[list[Target]]:
         if not ns.no_fastmcp:
             peer, port = start_fastmcp(folder, up.url)
             stop.callback(peer.stop)
-            targets.append(Target("fastmcp proxy", f"http://127.0.0.1:{port}/mcp", peer.pid))
+            fastmcp = Target("fastmcp proxy", f"http://127.0.0.1:{port}/mcp", peer.pid, 0.05)
+            targets.append(fastmcp)
         yield targets
 
 
