@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from gateway.catalog import classify, tool_info
 from gateway.cli import main
 from gateway.pins import Pins, tool_digest
 from gateway.policy import load_policy
+from tests.peers import demo_server
 
 
 class TestClassification:
@@ -142,3 +144,25 @@ class TestPolicyTests:
     def test_shipped_rules_pass_their_tests(self) -> None:
         rules = Path(__file__).resolve().parent.parent / "rules"
         assert main(["test", str(rules)]) == 0
+
+
+class TestCatalogCommand:
+    def test_lists_demo_tools_with_kind_risk_and_effect(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        rules = Path(__file__).resolve().parent.parent / "rules" / "demo.yaml"
+        with demo_server() as demo:
+            config = tmp_path / "celgate.yaml"
+            config.write_text(f"policy: {rules}\nservers:\n  demo: {{url: '{demo.url}'}}\n")
+            assert main(["catalog", "--config", str(config), "--json"]) == 0
+        rows = {r["tool"]: r for r in json.loads(capsys.readouterr().out)}
+        assert rows["delete_note"] == {
+            "server": "demo",
+            "tool": "delete_note",
+            "kind": "delete",
+            "risk": "high",
+            "why": "annotation destructiveHint",
+            "effect": "require_approval",
+        }
+        assert (rows["list_notes"]["kind"], rows["list_notes"]["effect"]) == ("read", "allow")
+        assert rows["run_report"]["effect"] == "conditional"  # allowed for some arguments only
