@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,74 @@ class TestProcesses:
                 await eventually(lambda: not gw.peer.alive(), 15)
         await eventually(lambda: not any(alive(p) for p in pids), 5)
         assert gw.peer.proc.returncode is not None
+
+
+def redshift_command() -> str | None:
+    """The Redshift MCP server, if installed (it pins its own deps: use a separate venv and
+    point ``CELGATE_REDSHIFT_MCP`` at its ``awslabs.redshift-mcp-server``)."""
+    found = os.environ.get("CELGATE_REDSHIFT_MCP") or shutil.which("awslabs.redshift-mcp-server")
+    return found if found and Path(found).exists() else None
+
+
+REDSHIFT_POLICY = r"""
+version: "1"
+default: deny
+tools:
+  redshift/list_clusters: {action: allow}
+  redshift/execute_query:
+    rules:
+      - id: no-drop
+        when: 'args.sql.matches("(?i)^\\s*drop\\b")'
+        action: deny
+        reason: DROP is never allowed through celgate
+      - action: allow
+"""
+
+
+@pytest.mark.skipif(redshift_command() is None, reason="awslabs-redshift-mcp-server not installed")
+class TestRedshift:
+    """The real Redshift MCP server runs behind celgate unchanged. Offline, with no AWS
+    credentials, every call that reaches it answers "Unable to locate credentials"."""
+
+    @pytest.fixture(scope="class")
+    def redshift(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+        env = {
+            "ACCESS_MODE": "read-write",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # no metadata-service probe: offline at once
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+            "AWS_CONFIG_FILE": "/nonexistent",
+        }
+        server = {"command": redshift_command(), "env": env}
+        directory = tmp_path_factory.mktemp("redshift")
+        with run_gateway(directory, REDSHIFT_POLICY, {"redshift": server}) as gw:
+            yield gw
+
+    async def test_list_and_call_reach_the_server(self, redshift: GatewayProcess) -> None:
+        async with client(redshift.url("redshift"), mode="legacy") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            result = await c.call_tool("list_clusters", {})
+        assert names == {"list_clusters", "execute_query"}
+        assert "Unable to locate credentials" in text_of(result)
+
+    async def test_write_is_confirmed_through_elicitation(self, redshift: GatewayProcess) -> None:
+        asked: list[Any] = []
+
+        async def confirm(context: Any, params: Any) -> types.ElicitResult:
+            asked.append(params)
+            return types.ElicitResult(action="accept", content={"confirmed": True})
+
+        args = {
+            "cluster_identifier": "c1",
+            "cluster_type": "provisioned",
+            "database_name": "dev",
+            "sql": "INSERT INTO t VALUES (1)",
+        }
+        async with client(
+            redshift.url("redshift"), mode="legacy", elicitation_callback=confirm
+        ) as c:
+            result = await c.call_tool("execute_query", args)
+            refused = await c.call_tool("execute_query", {**args, "sql": "DROP TABLE t"})
+        assert len(asked) == 1 and "INSERT INTO t" in asked[0].message
+        assert "Unable to locate credentials" in text_of(result)
+        assert refused.is_error and "DROP is never allowed" in text_of(refused)
