@@ -41,7 +41,7 @@ def configure_logging(*, json_logs: bool | None = None, level: int = logging.INF
         cache_logger_on_first_use=True,
     )
     # Libraries log every request at INFO; the decision record is the log.
-    for noisy in ("httpx", "httpcore", "aiohttp.access", "uvicorn.access", "mcp"):
+    for noisy in ("httpx", "httpx2", "httpcore", "aiohttp.access", "uvicorn.access", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

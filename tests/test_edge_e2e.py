@@ -89,6 +89,9 @@ class TestPolicyThroughTheRelay:
         async with client(gateway.url("up"), mode=mode) as c:
             tools = {t.name: t for t in (await c.list_tools()).tools}
         assert tools["echo"].input_schema["properties"]["text"]["type"] == "string"
+        assert tools["echo"].annotations is not None and tools["echo"].annotations.read_only_hint
+        meta = tools["echo"].meta or {}
+        assert (meta["io.celgate/kind"], meta["io.celgate/risk"]) == ("read", "low")
 
     async def test_allowed_call_reaches_the_upstream(
         self, gateway: GatewayProcess, mode: str, call_log: Path
