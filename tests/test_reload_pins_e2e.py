@@ -112,9 +112,10 @@ class TestPinning:
                     assert refused.is_error
                     assert "changed since it was pinned" in text_of(refused)
                     assert refused.structured_content["celgate"]["rule"] == "pins"  # type: ignore[index]
+                    reloads = len(gw.records("policy.reloaded"))
                     assert pins_update(config).returncode == 0
                     # the pins file changed: the watcher reloads it with the rules
-                    await until(lambda: len(gw.records("policy.reloaded")) > 0)
+                    await until(lambda: len(gw.records("policy.reloaded")) > reloads)
                     async with client(gw.url("up"), mode="legacy") as c:
                         allowed = await c.call_tool("echo", {"text": "hi again"})
                     assert not allowed.is_error, text_of(allowed)

@@ -57,9 +57,11 @@ class ValkeyRateLimiter:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = 0.5,
         max_connections: int = 64,
+        pool_wait: float = 5.0,
     ) -> None:
         self._prefix = prefix
-        self._client: Valkey = Valkey.from_pool(_make_pool(url, timeout, max_connections))
+        pool = _make_pool(url, timeout, max_connections, pool_wait)
+        self._client: Valkey = Valkey.from_pool(pool)
 
     async def acquire(self, buckets: Sequence[Bucket], cost: int = 1) -> LimitResult:
         """Take ``cost`` from every bucket or from none, in one round trip."""
@@ -138,7 +140,9 @@ class ValkeyRateLimiter:
         return sorted(found)
 
 
-def _make_pool(url: str, timeout: float, max_connections: int) -> BlockingConnectionPool:
+def _make_pool(
+    url: str, timeout: float, max_connections: int, pool_wait: float
+) -> BlockingConnectionPool:
     """A bounded pool with short timeouts and one immediate retry on a broken connection.
 
     The retry is what lets the limiter recover by itself after a restart: the first command
@@ -146,11 +150,14 @@ def _make_pool(url: str, timeout: float, max_connections: int) -> BlockingConnec
     fresh one. Timeouts are not retried (that would double the wait on a hung server). A retry
     after the server ran the script but before its reply arrived would take twice, which errs
     on the strict side.
+
+    Waiting for a free pooled connection (``pool_wait``) is queueing behind other calls of a
+    burst, not an outage: it gets seconds, while a silent server gets ``timeout``.
     """
     return BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=timeout,
+        timeout=pool_wait,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
