@@ -38,11 +38,10 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
 from gateway.audit import new_decision_id
-from gateway.catalog import tool_info
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.replies import decision_payload, denial_text
-from gateway.enforce import apply_limits
+from gateway.enforce import check_pin, enforce
 from gateway.policy import Call, Identity, decide
 from gateway.policy.visibility import visible
 from gateway.runtime import Gateway
@@ -141,6 +140,10 @@ class Link:
         return answer
 
 
+LINK_IDLE_SECONDS = 600.0  # as the SDK's session idle timeout below
+LINK_REAP_SECONDS = 30.0
+
+
 class Aggregate:
     """The aggregated endpoint: authentication, guard and era check, then the SDK server."""
 
@@ -162,12 +165,15 @@ class Aggregate:
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
         )
-        self.manager = StreamableHTTPSessionManager(app=self.server, session_idle_timeout=600)
+        self.manager = StreamableHTTPSessionManager(
+            app=self.server, session_idle_timeout=LINK_IDLE_SECONDS
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with self.manager.run(), anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self._reap_idle)
             try:
                 yield
             finally:
@@ -203,6 +209,17 @@ class Aggregate:
         scope[IDENTITY_KEY] = identity
         scope["path"], scope["raw_path"] = "/", b"/"
         await self.manager.handle_request(scope, receive, send)
+
+    async def _reap_idle(self) -> None:
+        """Close the upstream links of sessions a client abandoned (no DELETE, no calls): each
+        holds a session, and a process, on every stdio upstream."""
+        while True:
+            await anyio.sleep(LINK_REAP_SECONDS)
+            horizon = time.monotonic() - LINK_IDLE_SECONDS
+            for key, link in list(self.links.items()):
+                if link.last_used < horizon and not link.calls:
+                    link.closed.set()
+                    self.links.pop(key, None)
 
     # ------------------------------------------------------------------ links and names
 
@@ -252,8 +269,7 @@ class Aggregate:
         for server, listed in lists.items():
             for tool in listed.tools:
                 raw = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-                info = tool_info(policy, server, raw)
-                self.gw.catalog[(server, tool.name)] = info
+                info = self.gw.observe(server, raw)
                 call = Call(tool=tool.name, server=server, identity=identity, info=info)
                 if visible(policy, call, now):
                     tools.append(tool.model_copy(update={"name": server + self.sep + tool.name}))
@@ -276,9 +292,11 @@ class Aggregate:
             client_ip=request.client.host if request.client else None,
             info=self.gw.tool_info(server, tool),
         )
-        decision = decide(self.gw.policy, call, self.gw.now())
+        decision = check_pin(self.gw, call, decide(self.gw.policy, call, self.gw.now()))
         decision_id = new_decision_id()
-        decision = await apply_limits(self.gw, decision)
+        # Approvals as on the relay: ``retry`` answers at once; ``wait`` holds the call (the
+        # SDK's server keeps the stream open; there is no keep-alive on this path).
+        decision = await enforce(self.gw, call, decision, decision_id)
         latency = (time.perf_counter() - started) * 1000
         self.gw.decisions.record(decision_id, call, decision, latency)
         if self.gw.metrics is not None:
