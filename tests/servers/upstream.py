@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import itertools
 import json
 import os
 import struct
@@ -39,16 +38,16 @@ import threading
 import warnings
 import wave
 import zlib
-from collections import OrderedDict
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, UserMessage
-from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway.upstream.stdio import MemoryEvents
 
 SERVER_NAME = "celgate-test-upstream"
 CALL_LOG_ENV = "UPSTREAM_CALL_LOG"
@@ -110,34 +109,11 @@ class CallLog:
 # --------------------------------------------------------------------------- event store
 
 
-class MemoryEventStore(EventStore):
-    """A bounded in-memory event store, so SSE streams can be resumed with Last-Event-ID."""
+class MemoryEventStore(MemoryEvents):
+    """The gateway's own bounded in-memory event store (resumption with Last-Event-ID)."""
 
     def __init__(self, max_events: int = 10_000) -> None:
-        self._events: OrderedDict[str, tuple[str, types.JSONRPCMessage | None]] = OrderedDict()
-        self._ids = itertools.count(1)
-        self._max = max_events
-
-    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
-        event_id = str(next(self._ids))
-        self._events[event_id] = (stream_id, message)
-        while len(self._events) > self._max:
-            self._events.popitem(last=False)
-        return event_id
-
-    async def replay_events_after(
-        self, last_event_id: str, send_callback: EventCallback
-    ) -> str | None:
-        if last_event_id not in self._events:
-            return None
-        stream_id = self._events[last_event_id][0]
-        after = False
-        for event_id, (sid, message) in list(self._events.items()):
-            if after and sid == stream_id and message is not None:
-                await send_callback(EventMessage(message, event_id))
-            if event_id == last_event_id:
-                after = True
-        return stream_id
+        super().__init__(max_events)
 
 
 # --------------------------------------------------------------------------- helpers
