@@ -178,7 +178,8 @@ async def batch(target: Target, sessions: list[McpSession], calls: int, record: 
 
 
 async def run_level(targets: list[Target], clients: int, calls: int, rounds: int) -> list[Row]:
-    connector = aiohttp.TCPConnector(limit=0)
+    # Idle connections are closed before the server (uvicorn: 5 s) can close them under us.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     async with aiohttp.ClientSession(connector=connector) as http:
         sessions = {t.name: [McpSession(http, t.url) for _ in range(clients)] for t in targets}
         for group in sessions.values():
