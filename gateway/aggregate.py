@@ -173,12 +173,14 @@ class Aggregate:
     async def running(self) -> AsyncIterator[None]:
         async with self.manager.run(), anyio.create_task_group() as tg:
             self._tg = tg
-            tg.start_soon(self._reap_idle)
-            try:
-                yield
-            finally:
-                for link in list(self.links.values()):
-                    link.closed.set()
+            async with anyio.create_task_group() as reaper:
+                reaper.start_soon(self._reap_idle)
+                try:
+                    yield
+                finally:
+                    reaper.cancel_scope.cancel()
+                    for link in list(self.links.values()):
+                        link.closed.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = Incoming(scope, receive)

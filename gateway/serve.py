@@ -25,6 +25,7 @@ from gateway.identity import hash_key
 log = structlog.get_logger("celgate")
 
 DEMO_PORT = 8787
+GRACEFUL_SECONDS = 5
 
 
 def rules_dir() -> Path:
@@ -114,6 +115,9 @@ def serve(config: GatewayConfig) -> int:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        # Open SSE streams never end by themselves: on SIGTERM, give requests a few seconds,
+        # then close, so a deploy or a container stop is never held up by an idle agent.
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
     uvicorn.Server(uv).run()  # run(), not asyncio.run(serve()): only run() installs uvloop
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mcp_types as types
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -96,6 +97,18 @@ def run_gateway(
         yield GatewayProcess(peer, port, log_path)
     finally:
         peer.stop()
+
+
+def text_of(result: types.CallToolResult) -> str:
+    """The text parts of a tool result, joined."""
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def calls_in(log: Path) -> list[dict[str, Any]]:
+    """The tools/call requests the test upstream wrote to its ``UPSTREAM_CALL_LOG``."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def client(url: str, key: str | None = None, **kwargs: Any) -> Client:

@@ -11,10 +11,9 @@ from typing import Any
 
 import anyio
 import httpx
-import mcp_types as types
 import pytest
 
-from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, http_upstream
 from tests.servers.test_servers_smoke import elicitation_answering, sampling_answering
 
@@ -43,27 +42,6 @@ tools:
     action: deny
     reason: deleting items is not allowed here
 """
-
-
-def called(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-
-
-def text_of(result: types.CallToolResult) -> str:
-    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-@pytest.fixture(scope="module")
-def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("calls") / "calls.jsonl"
-
-
-@pytest.fixture(scope="module")
-def upstream(call_log: Path) -> Iterator[PeerProcess]:
-    with http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(call_log)}) as up:
-        yield up
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +78,7 @@ class TestPolicyThroughTheRelay:
             result = await c.call_tool("echo", {"text": f"hello {mode}"})
         assert not result.is_error
         assert f"hello {mode}" in text_of(result)
-        assert any(c["arguments"] == {"text": f"hello {mode}"} for c in called(call_log))
+        assert any(c["arguments"] == {"text": f"hello {mode}"} for c in calls_in(call_log))
 
     async def test_denied_call_never_reaches_the_upstream(
         self, gateway: GatewayProcess, mode: str, call_log: Path
@@ -113,7 +91,7 @@ class TestPolicyThroughTheRelay:
         assert verdict["effect"] == "deny"
         assert verdict["rule"].endswith("policy.yaml:20")
         assert len(verdict["revision"]) == 16
-        assert not any(c["tool"] == "delete_item" for c in called(call_log))
+        assert not any(c["tool"] == "delete_item" for c in calls_in(call_log))
 
     async def test_argument_conditions_decide(
         self, gateway: GatewayProcess, mode: str, call_log: Path
@@ -125,7 +103,7 @@ class TestPolicyThroughTheRelay:
         assert refused.is_error
         assert "only SELECT statements" in text_of(refused)
         assert refused.structured_content["celgate"]["rule"] == "no-writes"  # type: ignore[index]
-        sqls = [c["arguments"].get("sql") for c in called(call_log)]
+        sqls = [c["arguments"].get("sql") for c in calls_in(call_log)]
         assert f"SELECT '{mode}'" in sqls
         assert f"DROP TABLE t_{mode}" not in sqls
 

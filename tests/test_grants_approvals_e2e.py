@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.identity import hash_key
-from tests.gateway_proc import GatewayProcess, client, run_gateway
-from tests.peers import PeerProcess, http_upstream
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
+from tests.peers import PeerProcess
 from tests.valkey_server import ValkeyProcess
 
 ANALYST_KEY = "cgk_test-analyst-key-0123456789"
@@ -69,25 +68,10 @@ def grants() -> dict[str, Any]:
     }
 
 
-def text_of(result: types.CallToolResult) -> str:
-    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
 def celgate_part(result: types.CallToolResult) -> dict[str, Any]:
     assert result.structured_content is not None
     part: dict[str, Any] = result.structured_content["celgate"]
     return part
-
-
-@pytest.fixture(scope="module")
-def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("calls") / "calls.jsonl"
-
-
-@pytest.fixture(scope="module")
-def upstream(call_log: Path) -> Iterator[PeerProcess]:
-    with http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(call_log)}) as up:
-        yield up
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +96,6 @@ def pair(
             run_gateway(tmp_path_factory.mktemp("gw2"), POLICY, servers, **extra)
         )
         yield one, two
-
-
-def calls(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
 
 
 def admin(gw: GatewayProcess, method: str, path: str, token: str | None = ADMIN_TOKEN) -> Any:
@@ -150,7 +128,7 @@ class TestRolesAndAttributes:
             refused = await c.call_tool("execute_query", {"sql": "select 'intern'"})
         assert not ok.is_error
         assert refused.is_error and celgate_part(refused)["rule"] == "others-refused"
-        sqls = [c["arguments"].get("sql") for c in calls(call_log)]
+        sqls = [c["arguments"].get("sql") for c in calls_in(call_log)]
         assert "select 'analyst'" in sqls and "select 'intern'" not in sqls
         # the role condition is fixed for this caller: the intern never sees the tool
         assert "execute_query" not in names
@@ -173,7 +151,7 @@ class TestRetryApproval:
             assert not passed.is_error, text_of(passed)
             again = await c.call_tool("delete_item", args)
         assert again.is_error and celgate_part(again)["approval_id"] != approval_id
-        deleted = [x for x in calls(call_log) if x["tool"] == "delete_item"]
+        deleted = [x for x in calls_in(call_log) if x["tool"] == "delete_item"]
         assert [x["arguments"] for x in deleted] == [args]
 
     async def test_refused_stays_refused(self, pair: Any, call_log: Path) -> None:
@@ -193,7 +171,7 @@ class TestRetryApproval:
         assert refused.is_error
         assert "refused by alice: not today" in text_of(refused)
         assert celgate_part(refused)["error"] == "approval_refused"
-        assert not any(x["arguments"] == args for x in calls(call_log))
+        assert not any(x["arguments"] == args for x in calls_in(call_log))
         twice = admin(two, "POST", f"/admin/approvals/{approval_id}/approve")
         assert twice.status_code == 409
 
@@ -222,7 +200,7 @@ class TestWaitApproval:
             with anyio.fail_after(15):
                 result = await task
         assert not result.is_error, text_of(result)
-        assert any(x["arguments"].get("path") == path for x in calls(call_log))
+        assert any(x["arguments"].get("path") == path for x in calls_in(call_log))
 
     async def test_held_call_refused(self, pair: Any, call_log: Path) -> None:
         one, two = pair
@@ -234,7 +212,7 @@ class TestWaitApproval:
             with anyio.fail_after(15):
                 result = await task
         assert result.is_error and "refused" in text_of(result)
-        assert not any(x["arguments"].get("path") == path for x in calls(call_log))
+        assert not any(x["arguments"].get("path") == path for x in calls_in(call_log))
 
 
 class TestLimitsAcrossReplicas:

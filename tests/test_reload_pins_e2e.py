@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import mcp_types as types
 import pytest
 
-from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
 from tests.peers import REPO_ROOT, http_upstream
 
 ALLOW = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
@@ -87,10 +86,6 @@ class TestHotReload:
 def pins_update(config: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "gateway.cli", "pins", "update", "--config", str(config)]
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-
-
-def text_of(result: types.CallToolResult) -> str:
-    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 class TestPinning:
