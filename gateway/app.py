@@ -74,4 +74,11 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
         path="/openapi",
         render_plugins=[JsonRenderPlugin()],
     )
-    return Litestar(route_handlers=handlers, lifespan=[lifespan], openapi_config=openapi)
+    # logging_config=None: structlog is the one logging setup (gateway.audit); Litestar's
+    # default adds a queue-listener thread and handlers of its own.
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        openapi_config=openapi,
+        logging_config=None,
+    )

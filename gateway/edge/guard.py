@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -64,8 +65,10 @@ class SessionSigner:
     def __init__(self, secret: str | None) -> None:
         self.key = (secret or secrets.token_hex(32)).encode()
         self.shared = secret is not None
+        # Every request and answer of a session carries its id: remember recent MACs.
+        self._mac = lru_cache(maxsize=4096)(self._compute_mac)
 
-    def _mac(self, server: str, grant: str, sid: str) -> str:
+    def _compute_mac(self, server: str, grant: str, sid: str) -> str:
         msg = f"{server}\x00{grant}\x00{sid}".encode()
         digest = hmac.new(self.key, msg, hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(digest).decode()

@@ -14,7 +14,7 @@ from typing import Any
 
 from mcp.shared.inbound import decode_header_value
 
-from gateway.audit import new_decision_id
+from gateway.audit import log, new_decision_id
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.forward import Forward, forward
@@ -38,11 +38,22 @@ class Relay:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = Incoming(scope, receive)
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self._handle(incoming, send)
+            await self._handle(incoming, tracking_send)
         except BadMessage as exc:
             body = rpc.error_body(exc.msg_id, exc.code, exc.message)
             await reply(send, exc.status, body)
+        except Exception:  # the boundary: logged in full here, never shown to the client
+            log.exception("relay.internal_error", path=incoming.path, method=incoming.method)
+            if not started:
+                await reply(send, 500, rpc.error_body(None, rpc.INTERNAL_ERROR, "internal error"))
 
     async def _handle(self, incoming: Incoming, send: Send) -> None:
         guard = self.gw.guard
