@@ -33,6 +33,7 @@ _TOP = {
     "pins",
     "aggregate",
     "approvals",
+    "cel",
 }
 _HTTP_SERVER = {"url", "headers", "timeout"}
 _STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout"}
@@ -97,6 +98,7 @@ class GatewayConfig:
     accept_tool_changes: bool = False
     aggregate_separator: str = "__"
     anonymous: bool = False
+    cel_engine: str = "cel-python"
 
 
 def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
@@ -146,6 +148,7 @@ class _ConfigLoader:
         self._sessions(top)
         self._pins(top)
         self._aggregate(top)
+        self._cel(top)
 
     def _sub(self, top: Fields, name: str, known: set[str]) -> Fields | None:
         node = top.get(name)
@@ -343,10 +346,21 @@ class _ConfigLoader:
         self.out["pins_file"] = self._path(file) if file else None
         self.out["accept_tool_changes"] = sub.boolean("accept_changes", False)
 
+    def _cel(self, top: Fields) -> None:
+        sub = self._sub(top, "cel", {"engine"})
+        if sub is not None:
+            self.out["cel_engine"] = sub.choice("engine", _cel_engines(), "cel-python")
+
     def _aggregate(self, top: Fields) -> None:
         sub = self._sub(top, "aggregate", {"separator"})
         if sub is not None:
             self.out["aggregate_separator"] = sub.string("separator") or "__"
+
+
+def _cel_engines() -> tuple[str, ...]:
+    from gateway.policy.engines import ENGINES
+
+    return ENGINES
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayConfig:

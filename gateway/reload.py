@@ -45,7 +45,7 @@ class Reloader:
         """Load the rule files again; swap the policy only if all of it loads."""
         old = self.gw.policy.revision
         try:
-            policy = load_policy(self.paths)
+            policy = load_policy(self.paths, self.gw.policy.engine)
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]
             log.error("policy.reload_failed", why=why, revision=old, problems=problems)

@@ -17,6 +17,7 @@ from gateway.identity import Authenticator
 from gateway.metrics import Metrics
 from gateway.pins import Pins
 from gateway.policy import CompiledPolicy, ToolInfo, load_policy
+from gateway.policy.engines import get_engine
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.factory import make_limiter
 from gateway.upstream.http import HttpUpstream
@@ -70,7 +71,7 @@ class Gateway:
 
 def build_gateway(config: GatewayConfig, *, anonymous: bool | None = None) -> Gateway:
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
-    policy = load_policy(config.policy_paths)
+    policy = load_policy(config.policy_paths, get_engine(config.cel_engine))
     upstreams = {
         name: StdioUpstream(server) if server.is_stdio else HttpUpstream(server)
         for name, server in config.servers.items()

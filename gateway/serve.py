@@ -104,6 +104,9 @@ def serve(config: GatewayConfig) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except ImportError as exc:
+        print(f"celgate: CEL engine {config.cel_engine!r} is not installed: {exc}", file=sys.stderr)
+        return 1
     app = build_app(gateway)
     _banner(config)
     uv = uvicorn.Config(

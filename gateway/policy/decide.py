@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import PolicyEvalError
-from gateway.policy.cel import DEFAULT_ENGINE, Engine, Program
+from gateway.policy.cel import Engine, Program
 from gateway.policy.matching import candidates
 from gateway.policy.model import (
     AppliedLimit,
@@ -191,8 +191,8 @@ def decide(
     policy: CompiledPolicy,
     call: Call,
     now: datetime | None = None,
-    engine: Engine = DEFAULT_ENGINE,
+    engine: Engine | None = None,
 ) -> Decision:
     """Decide one call. ``now`` is passed in so that time-based rules are testable."""
     when = now if now is not None else datetime.now(UTC)
-    return _Decider(policy, call, when, engine).run()
+    return _Decider(policy, call, when, engine or policy.engine).run()

@@ -288,6 +288,7 @@ class _Loader:
             reverse=True,
         )
         return CompiledPolicy(
+            engine=self.engine,
             default=default,
             exact=exact,
             globs=tuple(globs),

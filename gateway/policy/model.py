@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from gateway.errors import SourceLocation
-from gateway.policy.cel import Program
+from gateway.policy.cel import DEFAULT_ENGINE, Engine, Program
 
 Effect = Literal["allow", "deny", "require_approval"]
 Scope = Literal["grant", "agent", "session", "tool", "global"]
@@ -100,6 +100,7 @@ class CompiledPolicy:
     revision: str
     sources: tuple[str, ...]
     default_where: SourceLocation | None = None
+    engine: Engine = DEFAULT_ENGINE  # the engine its conditions were compiled with
 
     @property
     def entries(self) -> tuple[ToolEntry, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from gateway.errors import PolicyEvalError
-from gateway.policy.cel import DEFAULT_ENGINE, Engine
+from gateway.policy.cel import Engine
 from gateway.policy.decide import Context
 from gateway.policy.matching import candidates
 from gateway.policy.model import Call, CompiledPolicy, Rule, ToolEntry
@@ -51,10 +51,10 @@ def visible(
     policy: CompiledPolicy,
     call: Call,
     now: datetime | None = None,
-    engine: Engine = DEFAULT_ENGINE,
+    engine: Engine | None = None,
 ) -> bool:
     """Could ``call.tool`` on ``call.server`` be allowed (or approved) for this caller?"""
-    ctx = Context(call, now or datetime.now(UTC), engine)
+    ctx = Context(call, now or datetime.now(UTC), engine or policy.engine)
     for entry in candidates(policy, call.server, call.tool):
         if entry.mode != "shadow":
             return _may_allow(policy, entry, ctx)

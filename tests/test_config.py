@@ -1,0 +1,122 @@
+"""The gateway config: every error with file:line, ``${VAR}`` from the environment, engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.identity import hash_key
+from gateway.policy import Call, Identity, decide
+from gateway.runtime import build_gateway
+
+GOOD_KEY = hash_key("cgk_example")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "p.yaml").write_text(
+        'default: deny\ntools:\n  echo:\n    rules:\n      - when: \'size(args.text) < 4\'\n'
+        "        action: allow\n"
+    )
+    path = tmp_path / "celgate.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env or {})
+    return [str(p) for p in caught.value.problems]
+
+
+class TestConfigErrors:
+    def test_every_error_with_file_and_line(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "listen: {host: 127.0.0.1, port: 70000}\n"  # 1
+            "policy: rules/\n"  # 2
+            "servers:\n"  # 3
+            "  up: {url: 'ftp://x'}\n"  # 4
+            "  both: {url: 'http://127.0.0.1:1/mcp', command: x}\n"  # 5
+            "  st: {command: python, colour: red}\n"  # 6
+            "limits: {backend: 'valky://127.0.0.1:6379'}\n"  # 7
+            "grants:\n"  # 8
+            "  bot: {key_sha256: nothex}\n"  # 9
+            "sessions: {secret: short}\n"  # 10
+            "frobnicate: true\n",  # 11
+        )
+        found = problems(path)
+        p = str(path)
+        assert found == [
+            f"{p}:1: listen.port: 70000 is not a TCP port",
+            f"{p}:4: servers.up.url: must be an http:// or https:// URL",
+            f"{p}:5: servers.both: give either `url` (Streamable HTTP) or `command` (stdio)",
+            f"{p}:6: servers.st.colour: unknown field",
+            f"{p}:7: limits.backend: unknown backend 'valky://127.0.0.1:6379' "
+            "(use memory or valkey://host:port/db)",
+            f"{p}:9: grants.bot.key_sha256: must be 64 lowercase hex characters",
+            f"{p}:10: sessions.secret: use at least 16 characters",
+            f"{p}:11: frobnicate: unknown field",
+        ]
+
+    def test_missing_environment_variable_is_an_error(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "policy: rules/\nservers:\n"
+            "  up: {url: 'http://127.0.0.1:1/mcp', headers: {Authorization: 'Bearer ${TOKEN}'}}\n",
+        )
+        assert problems(path) == [f"{path}:3: environment variable TOKEN is not set"]
+        config = load_config(path, env={"TOKEN": "s3cret"})
+        assert config.servers["up"].headers == {"Authorization": "Bearer s3cret"}
+
+    def test_paths_are_relative_to_the_file(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n")
+        config = load_config(path, env={})
+        assert config.policy_paths == (tmp_path / "rules",)
+
+    def test_missing_policy_folder(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "policy: nope/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n")
+        assert problems(path) == [f"{path}:1: policy: nope/: no such file or folder"]
+
+    def test_grants_and_admin(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+            f"grants:\n  bot: {{key_sha256: {GOOD_KEY}, roles: [a], attrs: {{team: x}}}}\n"
+            f"admin: {{token_sha256: {GOOD_KEY}}}\n",
+        )
+        config = load_config(path, env={})
+        assert config.grants["bot"].roles == ("a",)
+        assert config.grants["bot"].attrs == {"team": "x"}
+        assert config.admin_token_sha256 == GOOD_KEY
+
+
+class TestEngineByConfig:
+    def test_unknown_engine(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+            "cel: {engine: fastest}\n",
+        )
+        assert problems(path) == [
+            f"{path}:4: cel.engine: unknown value 'fastest' (use cel-python | cel-google)"
+        ]
+
+    @pytest.mark.parametrize("engine", ["cel-python", "cel-google"])
+    def test_the_configured_engine_decides(self, tmp_path: Path, engine: str) -> None:
+        if engine == "cel-google":
+            pytest.importorskip("cel_expr_python")
+        path = write(
+            tmp_path,
+            "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+            f"cel: {{engine: {engine}}}\n",
+        )
+        gateway = build_gateway(load_config(path, env={}))
+        assert gateway.policy.engine.name == engine
+        # size() counts code points on both engines: "héé" is 3, so it is allowed
+        allowed = decide(gateway.policy, Call("echo", {"text": "héé"}, identity=Identity()))
+        refused = decide(gateway.policy, Call("echo", {"text": "héééé"}, identity=Identity()))
+        assert (allowed.effect, refused.effect) == ("allow", "deny")
