@@ -30,26 +30,46 @@ from gateway.policy.model import (
 class Context:
     """The call's CEL variables, converted on first use."""
 
-    __slots__ = ("_cache", "call", "engine", "now")
+    __slots__ = ("_args", "_cache", "call", "engine", "now")
 
     def __init__(self, call: Call, now: datetime, engine: Engine) -> None:
         self.call = call
         self.now = now
         self.engine = engine
         self._cache: dict[str, Any] = {}
+        self._args: dict[frozenset[str], Any] = {}
 
     def activation(self, program: Program) -> dict[str, Any]:
+        """The variables ``program`` reads; of the arguments, only the fields it names."""
         cache = self._cache
+        fields: frozenset[str] | None = getattr(program, "args_fields", None)
+        out: dict[str, Any] = {}
         for name in program.variables:
+            if name == "args" and fields is not None:
+                out[name] = self._some_args(fields, program.source)
+                continue
             if name not in cache:
                 cache[name] = self._convert(name, program.source)
-        return cache
+            out[name] = cache[name]
+        return out
+
+    def _some_args(self, fields: frozenset[str], source: str) -> Any:
+        """Only the named top-level fields: a large argument a rule never reads costs nothing."""
+        found = self._args.get(fields)
+        if found is None:
+            args = self.call.args
+            picked = {k: args[k] for k in fields if k in args}
+            found = self._args[fields] = self._convert_value("args", picked, source)
+        return found
 
     def _convert(self, name: str, source: str) -> Any:
         if name == "now":
             return self.engine.timestamp(self.now)
+        return self._convert_value(name, self._plain(name), source)
+
+    def _convert_value(self, name: str, value: Any, source: str) -> Any:
         try:
-            return self.engine.convert(self._plain(name))
+            return self.engine.convert(value)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             detail = f"cannot convert {name}: {exc}"
             raise PolicyEvalError("cel.bad_value", source, detail) from None
