@@ -19,6 +19,7 @@ from gateway.policy.schema import Fields
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _TOP = {
     "listen",
@@ -34,6 +35,7 @@ _TOP = {
     "aggregate",
     "approvals",
     "cel",
+    "anonymous",
 }
 _HTTP_SERVER = {"url", "headers", "timeout"}
 _STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout"}
@@ -149,6 +151,7 @@ class _ConfigLoader:
         self._pins(top)
         self._aggregate(top)
         self._cel(top)
+        self._anonymous(top)
 
     def _sub(self, top: Fields, name: str, known: set[str]) -> Fields | None:
         node = top.get(name)
@@ -345,6 +348,18 @@ class _ConfigLoader:
         file = sub.string("file")
         self.out["pins_file"] = self._path(file) if file else None
         self.out["accept_tool_changes"] = sub.boolean("accept_changes", False)
+
+    def _anonymous(self, top: Fields) -> None:
+        """Keyless callers only by explicit choice, and only on loopback."""
+        anonymous = top.boolean("anonymous", False)
+        self.out["anonymous"] = anonymous
+        host = self.out.get("host", "127.0.0.1")
+        if anonymous and host not in LOOPBACK_HOSTS:
+            msg = f"anonymous access is for local use: listen on loopback, not {host}"
+            self.err(top.where("anonymous"), "anonymous", msg)
+        if not anonymous and not self.out.get("grants") and "grants" not in top.node.value:
+            msg = "no grants: give agents keys (`celgate keys new`), or `anonymous: true` locally"
+            self.err(top.node.where, "grants", msg)
 
     def _cel(self, top: Fields) -> None:
         sub = self._sub(top, "cel", {"engine"})

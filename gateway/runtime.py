@@ -69,19 +69,18 @@ class Gateway:
             await self.approvals.store.close()
 
 
-def build_gateway(config: GatewayConfig, *, anonymous: bool | None = None) -> Gateway:
+def build_gateway(config: GatewayConfig) -> Gateway:
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
     policy = load_policy(config.policy_paths, get_engine(config.cel_engine))
     upstreams = {
         name: StdioUpstream(server) if server.is_stdio else HttpUpstream(server)
         for name, server in config.servers.items()
     }
-    allow_anonymous = (not config.grants) if anonymous is None else anonymous
     gateway = Gateway(
         config=config,
         policy=policy,
         upstreams=upstreams,
-        auth=Authenticator.from_grants(config.grants, allow_anonymous),
+        auth=Authenticator.from_grants(config.grants, config.anonymous),
         limiter=make_limiter(config.limits_backend),
         decisions=DecisionLog(log_arguments=config.log_arguments),
         signer=SessionSigner(config.session_secret),

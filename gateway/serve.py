@@ -18,7 +18,7 @@ import structlog
 import uvicorn
 
 from gateway.audit import configure_logging
-from gateway.config import GatewayConfig, ServerConfig, load_config
+from gateway.config import LOOPBACK_HOSTS, GatewayConfig, ServerConfig, load_config
 from gateway.errors import ConfigError
 from gateway.identity import hash_key
 
@@ -86,8 +86,12 @@ def _banner(config: GatewayConfig) -> None:
     print(f"celgate {config.source}: serving on {base}", flush=True)
     for name in config.servers:
         print(f"  MCP endpoint  {base}/mcp/{name}", flush=True)
-    if not config.grants:
-        print("  WARNING: no grants configured: anonymous callers, loopback only", flush=True)
+    if config.anonymous:
+        print(
+            "  WARNING: anonymous access is ON: any local process may call tools as "
+            "'anonymous' (loopback only; give agents keys for anything else)",
+            flush=True,
+        )
     first = next(iter(config.servers))
     print(f"  try it:       celgate try {base}/mcp/{first}", flush=True)
 
@@ -96,7 +100,7 @@ def serve(config: GatewayConfig) -> int:
     from gateway.app import build_app
     from gateway.runtime import build_gateway
 
-    if not config.grants and config.host not in ("127.0.0.1", "localhost", "::1"):
+    if config.anonymous and config.host not in LOOPBACK_HOSTS:
         print("celgate: refusing to serve anonymously on a non-loopback address", file=sys.stderr)
         return 2
     try:

@@ -159,7 +159,7 @@ def gateway_config(tmp: Path, port: int, upstream_url: str | None) -> Path:
         )
     config = tmp / "celgate.yaml"
     config.write_text(
-        f"listen: {{host: {HOST}, port: {port}}}\n"
+        f"listen: {{host: {HOST}, port: {port}}}\nanonymous: true\n"
         f"policy: {json.dumps(str(policy))}\n"
         "servers:\n" + server
     )

@@ -61,6 +61,8 @@ def write_config(
         "servers": dict(servers),
         **extra,
     }
+    if "grants" not in extra:
+        config.setdefault("anonymous", True)  # local tests without keys opt in, as users must
     path = directory / "celgate.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -153,7 +153,8 @@ class TestCatalogCommand:
         rules = Path(__file__).resolve().parent.parent / "rules" / "demo.yaml"
         with demo_server() as demo:
             config = tmp_path / "celgate.yaml"
-            config.write_text(f"policy: {rules}\nservers:\n  demo: {{url: '{demo.url}'}}\n")
+            servers = f"servers:\n  demo: {{url: '{demo.url}'}}\n"
+            config.write_text(f"policy: {rules}\n{servers}anonymous: true\n")
             assert main(["catalog", "--config", str(config), "--json"]) == 0
         rows = {r["tool"]: r for r in json.loads(capsys.readouterr().out)}
         assert rows["delete_note"] == {

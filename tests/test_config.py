@@ -18,11 +18,11 @@ GOOD_KEY = hash_key("cgk_example")
 def write(tmp_path: Path, text: str) -> Path:
     (tmp_path / "rules").mkdir(exist_ok=True)
     (tmp_path / "rules" / "p.yaml").write_text(
-        'default: deny\ntools:\n  echo:\n    rules:\n      - when: \'size(args.text) < 4\'\n'
+        "default: deny\ntools:\n  echo:\n    rules:\n      - when: 'size(args.text) < 4'\n"
         "        action: allow\n"
     )
     path = tmp_path / "celgate.yaml"
-    path.write_text(text)
+    path.write_text(text if "grants:" in text else text + "anonymous: true\n")
     return path
 
 
@@ -120,3 +120,26 @@ class TestEngineByConfig:
         allowed = decide(gateway.policy, Call("echo", {"text": "héé"}, identity=Identity()))
         refused = decide(gateway.policy, Call("echo", {"text": "héééé"}, identity=Identity()))
         assert (allowed.effect, refused.effect) == ("allow", "deny")
+
+
+class TestAnonymousAccess:
+    def test_no_grants_needs_an_explicit_choice(self, tmp_path: Path) -> None:
+        path = tmp_path / "celgate.yaml"
+        (tmp_path / "p.yaml").write_text("default: deny\n")
+        path.write_text("policy: p.yaml\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n")
+        assert problems(path) == [
+            f"{path}:1: grants: no grants: give agents keys (`celgate keys new`), "
+            "or `anonymous: true` locally"
+        ]
+
+    def test_anonymous_is_loopback_only(self, tmp_path: Path) -> None:
+        path = tmp_path / "celgate.yaml"
+        (tmp_path / "p.yaml").write_text("default: deny\n")
+        path.write_text(
+            "listen: {host: 0.0.0.0, port: 8787}\npolicy: p.yaml\n"
+            "servers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\nanonymous: true\n"
+        )
+        assert problems(path) == [
+            f"{path}:5: anonymous: anonymous access is for local use: listen on loopback, "
+            "not 0.0.0.0"
+        ]
