@@ -271,7 +271,7 @@ class Aggregate:
         for server, listed in lists.items():
             for tool in listed.tools:
                 raw = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-                info = self.gw.observe(server, raw)
+                info, _pin = self.gw.observe(server, raw)
                 call = Call(tool=tool.name, server=server, identity=identity, info=info)
                 if visible(policy, call, now):
                     tools.append(tool.model_copy(update={"name": server + self.sep + tool.name}))

@@ -3,11 +3,13 @@ policy hot reload."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 
+from gateway.audit import log
 from gateway.discovery import list_all
 from gateway.reload import reloading
 from gateway.runtime import Gateway
@@ -21,9 +23,17 @@ async def refresh_catalog(gateway: Gateway) -> int:
     found = await list_all(gateway.config.servers, urls)
     seen = 0
     for server, tools in found.items():
-        for tool in tools or []:
-            gateway.observe(server, tool)
-            seen += 1
+        if tools is None:
+            continue
+        pins = Counter(gateway.observe(server, tool)[1] for tool in tools)
+        seen += len(tools)
+        log.info(
+            "catalog.refreshed",
+            server=server,
+            tools=len(tools),
+            newly_pinned=pins["new"],
+            changed=pins["changed"],
+        )
     return seen
 
 

@@ -64,21 +64,23 @@ class Pins:
                     pins.pinned[(str(server), str(tool))] = str(digest)
         return pins
 
-    def observe(self, server: str, tool: Mapping[str, Any]) -> None:
-        """Compare a tool definition seen on the wire with its pin."""
+    def observe(self, server: str, tool: Mapping[str, Any]) -> str:
+        """Compare a tool definition seen on the wire with its pin: new, same or changed."""
         name = str(tool.get("name", ""))
         key = (server, name)
         digest = tool_digest(tool)
         pinned = self.pinned.get(key)
         if pinned is None:
             self.pinned[key] = digest
-            log.info("pins.first_seen", server=server, tool=name, digest=digest)
-        elif pinned != digest:
+            log.debug("pins.first_seen", server=server, tool=name, digest=digest)
+            return "new"
+        if pinned != digest:
             if key not in self.changed or self.changed[key].seen != digest:
                 log.warning("pins.changed", server=server, tool=name, pinned=pinned, seen=digest)
             self.changed[key] = Change(pinned, digest)
-        else:
-            self.changed.pop(key, None)
+            return "changed"
+        self.changed.pop(key, None)
+        return "same"
 
     def refusal(self, server: str, tool: str) -> str | None:
         """Why a call must be refused (the definition changed), or None."""

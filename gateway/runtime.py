@@ -54,12 +54,12 @@ class Gateway:
             return known
         return catalog_info(self.policy, server, {"name": tool})
 
-    def observe(self, server: str, tool: dict[str, Any]) -> ToolInfo:
-        """Record a tool definition seen on the wire: its risk, and its pin."""
+    def observe(self, server: str, tool: dict[str, Any]) -> tuple[ToolInfo, str]:
+        """Record a tool definition seen on the wire: its risk, and its pin (new, same or
+        changed)."""
         info = catalog_info(self.policy, server, tool)
         self.catalog[(server, str(tool.get("name", "")))] = info
-        self.pins.observe(server, tool)
-        return info
+        return info, self.pins.observe(server, tool)
 
     async def close(self) -> None:
         for upstream in self.upstreams.values():

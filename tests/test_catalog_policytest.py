@@ -75,13 +75,13 @@ class TestPins:
         pins = Pins(tmp_path / "pins.yaml")
         v1 = {"name": "echo", "description": "one"}
         v2 = {"name": "echo", "description": "two"}
-        pins.observe("up", v1)
+        assert pins.observe("up", v1) == "new"
         assert pins.refusal("up", "echo") is None
-        pins.observe("up", v2)
+        assert pins.observe("up", v2) == "changed"
         why = pins.refusal("up", "echo")
         assert why is not None and "changed since it was pinned" in why
         pins.pinned[("up", "echo")] = tool_digest(v2)  # what `celgate pins update` records
-        pins.observe("up", v2)
+        assert pins.observe("up", v2) == "same"
         assert pins.refusal("up", "echo") is None
 
     def test_accepting_changes_is_a_setting(self) -> None:

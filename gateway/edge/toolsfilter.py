@@ -32,7 +32,7 @@ def tools_list_transform(gw: Gateway, server: str, identity: Identity, msg_id: A
         for tool in result["tools"]:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
-            info = gw.observe(server, tool)
+            info, _ = gw.observe(server, tool)
             call = Call(tool=tool["name"], server=server, identity=identity, info=info)
             if visible(policy, call, now):
                 meta = tool.get("_meta")
