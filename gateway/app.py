@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,7 @@ from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
 from gateway.edge.relay import Relay
-from gateway.lifecycle import background
+from gateway.lifecycle import background, check_upstreams
 from gateway.runtime import Gateway
 from gateway.upstream.stdio import running_bridges
 
@@ -43,10 +42,9 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
 
     @get("/readyz", include_in_schema=False)
     async def readyz() -> Response[dict[str, Any]]:
-        names = list(gateway.upstreams)
-        results = await asyncio.gather(*(gateway.upstreams[n].probe() for n in names))
-        upstreams = {n: ("up" if ok else "down") for n, ok in zip(names, results, strict=True)}
-        ready = all(results)
+        health = await check_upstreams(gateway)
+        upstreams = {n: ("up" if ok else "down") for n, ok in health.items()}
+        ready = all(health.values())
         body = {
             "status": "ready" if ready else "not ready",
             "policy_revision": gateway.policy.revision,

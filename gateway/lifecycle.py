@@ -3,6 +3,7 @@ policy hot reload."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from gateway.reload import reloading
 from gateway.runtime import Gateway
 
 CATALOG_SECONDS = 300.0
+HEALTH_SECONDS = 15.0
 
 
 async def refresh_catalog(gateway: Gateway) -> int:
@@ -37,6 +39,23 @@ async def refresh_catalog(gateway: Gateway) -> int:
     return seen
 
 
+async def check_upstreams(gateway: Gateway) -> dict[str, bool]:
+    """Probe every upstream; the result feeds ``celgate_upstream_up`` and ``/readyz``."""
+    names = list(gateway.upstreams)
+    results = await asyncio.gather(*(gateway.upstreams[n].probe() for n in names))
+    health = dict(zip(names, results, strict=True))
+    if gateway.metrics is not None:
+        for name, up in health.items():
+            gateway.metrics.upstream_up.labels(name).set(1 if up else 0)
+    return health
+
+
+async def _health_forever(gateway: Gateway) -> None:
+    while True:
+        await check_upstreams(gateway)
+        await anyio.sleep(HEALTH_SECONDS)
+
+
 async def _refresh_forever(gateway: Gateway) -> None:
     while True:
         await refresh_catalog(gateway)
@@ -47,6 +66,7 @@ async def _refresh_forever(gateway: Gateway) -> None:
 async def background(gateway: Gateway) -> AsyncIterator[None]:
     async with reloading(gateway), anyio.create_task_group() as tg:
         tg.start_soon(_refresh_forever, gateway)
+        tg.start_soon(_health_forever, gateway)
         try:
             yield
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import mcp_types as types
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.cli import main
 from gateway.identity import hash_key
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess
@@ -291,6 +293,8 @@ class TestRecordsAndMetrics:
             s.labels == {"server": "up", "tool": "calls_seen", "effect": "allow"} for s in samples
         )
         assert "celgate_decision_seconds" in families
+        health = families["celgate_upstream_up"].samples
+        assert [(s.labels, s.value) for s in health] == [({"server": "up"}, 1.0)]
         assert "celgate_upstream_seconds" in families
         approvals = families["celgate_approvals"].samples
         assert any(s.labels.get("event") == "requested" for s in approvals)
@@ -313,3 +317,39 @@ class TestValkeyOutage:
             assert not opened.is_error
             recovered = await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})
         assert not recovered.is_error
+
+
+class TestOperatorCommands:
+    def test_keys_new_prints_a_key_once_with_its_config_line(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["keys", "new", "--grant", "bot"]) == 0
+        out = capsys.readouterr().out
+        found = re.search(r"(cgk_\S+)", out)
+        assert found is not None
+        assert f"  bot:\n    key_sha256: {hash_key(found.group(1))}" in out
+
+    async def test_approvals_and_limits_from_the_command_line(
+        self,
+        pair: Any,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        one, two = pair
+        monkeypatch.setenv("CELGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        args = {"id": "from-the-cli"}
+        async with client(one.url("up"), key=ANALYST_KEY) as c:
+            pending = await c.call_tool("delete_item", args)
+            approval_id = celgate_part(pending)["approval_id"]
+            assert main(["approvals", "list", "--url", two.base]) == 0
+            assert approval_id in capsys.readouterr().out
+            approve = ["approvals", "approve", approval_id, "--url", two.base, "--by", "carol"]
+            assert main(approve) == 0
+            assert f"{approval_id}: approved by carol" in capsys.readouterr().out
+            passed = await c.call_tool("delete_item", args)
+            await c.call_tool("echo", {"text": "take a token"})
+        assert not passed.is_error
+        assert main(["limits", "show", "--grant", "analyst-bot", "--url", one.base]) == 0
+        assert "echo_rate|grant=analyst-bot  remaining" in capsys.readouterr().out
+        with pytest.raises(SystemExit, match="401"):
+            main(["approvals", "list", "--url", two.base, "--token", "wrong"])
