@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from gateway.edge.asgi import Incoming, Receive, Send, reply
 from gateway.edge.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
 from gateway.edge.sse import SseRewriter, Transform
+from gateway.upstream.h1 import H1Response, UpstreamIOError
 from gateway.upstream.http import HttpUpstream
 
 # Hop-by-hop and framing headers are the connection's own, not the message's.
@@ -40,7 +39,7 @@ _DROP_REQUEST = frozenset(
 _DROP_RESPONSE = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-encoding", "mcp-session-id"}
 )
-UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+UPSTREAM_ERRORS = (UpstreamIOError, asyncio.TimeoutError, OSError)
 
 
 @dataclass(slots=True)
@@ -66,7 +65,7 @@ def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
     return headers
 
 
-def _response_headers(resp: aiohttp.ClientResponse, fwd: Forward) -> list[tuple[bytes, bytes]]:
+def _response_headers(resp: H1Response, fwd: Forward) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     for name, value in resp.raw_headers:
         key = name.decode("latin-1").lower()
@@ -93,15 +92,12 @@ def _sse_error(fwd: Forward) -> bytes:
     return f"event: message\ndata: {data}\n\n".encode()
 
 
-async def forward(incoming: Incoming, send: Send, fwd: Forward) -> aiohttp.ClientResponse | None:
+async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | None:
     """Relay one request; returns the upstream response (already released) or None if down."""
     upstream = fwd.upstream
     try:
-        resp = await upstream.session.request(
-            incoming.method,
-            upstream.url,
-            headers=request_headers(incoming, fwd),
-            data=fwd.body,
+        resp = await upstream.pool.request(
+            incoming.method, request_headers(incoming, fwd), fwd.body
         )
     except UPSTREAM_ERRORS as exc:
         await _unavailable(send, fwd, type(exc).__name__)
@@ -113,9 +109,7 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> aiohttp.Clien
     return resp
 
 
-async def _relay(
-    incoming: Incoming, send: Send, resp: aiohttp.ClientResponse, fwd: Forward
-) -> None:
+async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward) -> None:
     content_type = resp.headers.get("content-type", "")
     is_sse = content_type.startswith("text/event-stream")
     if fwd.transform is not None and not is_sse and content_type.startswith("application/json"):
@@ -130,7 +124,7 @@ async def _relay(
         await _relay_bytes(send, resp)
 
 
-async def _relay_json(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) -> None:
+async def _relay_json(send: Send, resp: H1Response, fwd: Forward) -> None:
     try:
         raw = await resp.read()
     except UPSTREAM_ERRORS as exc:
@@ -152,19 +146,19 @@ async def _relay_json(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) ->
     await send({"type": "http.response.body", "body": body})
 
 
-async def _relay_bytes(send: Send, resp: aiohttp.ClientResponse) -> None:
+async def _relay_bytes(send: Send, resp: H1Response) -> None:
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.iter_chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UPSTREAM_ERRORS:
         pass  # the client sees a truncated body; nothing else can be said mid-message
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _relay_sse(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) -> None:
+async def _relay_sse(send: Send, resp: H1Response, fwd: Forward) -> None:
     rewriter = SseRewriter(fwd.transform) if fwd.transform is not None else None
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.iter_chunks():
             data = rewriter.feed(chunk) if rewriter is not None else chunk
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})

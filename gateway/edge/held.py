@@ -11,8 +11,6 @@ import json
 import time
 from typing import Any
 
-import aiohttp
-
 from gateway.audit import log
 from gateway.edge.asgi import Incoming, Send
 from gateway.edge.forward import UPSTREAM_ERRORS, Forward, _watching_disconnect, request_headers
@@ -21,6 +19,7 @@ from gateway.edge.replies import denial
 from gateway.enforce import apply_limits
 from gateway.policy.model import Call, Decision
 from gateway.runtime import Gateway
+from gateway.upstream.h1 import H1Response
 
 KEEPALIVE_SECONDS = 5.0
 
@@ -99,9 +98,7 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
     upstream = fwd.upstream
     started = time.perf_counter()
     try:
-        resp = await upstream.session.request(
-            "POST", upstream.url, headers=request_headers(incoming, fwd), data=fwd.body
-        )
+        resp = await upstream.pool.request("POST", request_headers(incoming, fwd), fwd.body)
     except UPSTREAM_ERRORS:
         await _send_error(send, fwd)
         return
@@ -112,11 +109,11 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
         log.debug("approval.forwarded", seconds=time.perf_counter() - started)
 
 
-async def _pipe(send: Send, resp: aiohttp.ClientResponse, fwd: Forward) -> None:
+async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
     is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
     try:
         if is_sse:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         else:
             body = await resp.read()

@@ -1,16 +1,12 @@
-"""One pooled HTTP client per Streamable HTTP upstream (aiohttp: a third of httpx's CPU per
-call on the relay, measured in EDGE.md)."""
+"""One pooled HTTP client per Streamable HTTP upstream (``gateway.upstream.h1``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-import aiohttp
-
 from gateway.config import ServerConfig
-
-# SSE streams hold a connection each for as long as they are open: size the pool for them.
-POOL_SIZE = 512
+from gateway.upstream.h1 import H1Pool, UpstreamIOError
 
 
 class HttpUpstream:
@@ -25,39 +21,21 @@ class HttpUpstream:
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
         self.last_error: str | None = None
         self.last_ok: float | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=POOL_SIZE, limit_per_host=POOL_SIZE)
-            # No read timeout: an SSE stream may be quiet for minutes and is still healthy.
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=timeout,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            )
-        return self._session
+        self.pool = H1Pool(self.url, self.connect_timeout)
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Reachable when it answers HTTP at all (a 4xx to a bare GET still means it is up)."""
+        headers = {"accept": "text/event-stream", **self.headers}
         try:
-            client_timeout = aiohttp.ClientTimeout(total=wait)
-            headers = {"Accept": "text/event-stream", **self.headers}
-            async with self.session.get(self.url, headers=headers, timeout=client_timeout) as r:
-                r.close()
-            self.last_ok = time.time()
-            self.last_error = None
-            return True
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            async with asyncio.timeout(wait):
+                response = await self.pool.request("GET", headers)
+        except (UpstreamIOError, TimeoutError, OSError) as exc:
             self.last_error = type(exc).__name__
             return False
+        response.close()  # an SSE stream it may have opened is dropped with the connection
+        self.last_ok = time.time()
+        self.last_error = None
+        return True
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
