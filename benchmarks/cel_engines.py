@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 from gateway.policy import Call, Identity, ToolInfo, decide, load_policy  # noqa: E402
 from gateway.policy.cel import CelPythonEngine, Engine  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_policy  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "cel_engines.json"
 NOW = datetime(2026, 3, 14, 13, 30, tzinfo=UTC)
 SQL = "SELECT id, total FROM sales WHERE day = '2026-03-14'"
@@ -129,21 +132,8 @@ def rust_row(expr: str, expected: bool, n: int) -> dict[str, Any]:
     }
 
 
-THREE_RULES = """\
-default: deny
-tools:
-  execute_query:
-    rules:
-      - id: own-only
-        when: 'has(args.owner) && args.owner != agent.id'
-        action: deny
-      - id: high-risk
-        when: 'tool.risk == "high"'
-        action: require_approval
-      - id: read-only-sql
-        when: 'args.sql.matches("(?i)^\\\\s*(select|with|show|explain)\\\\b")'
-        action: allow
-"""
+# The same typical tool as bench_policy.py, so the two figures compare.
+THREE_RULES = bench_policy.THREE_RULES
 
 
 def decide_row(engine: Engine, n: int) -> float:

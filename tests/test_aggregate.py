@@ -8,7 +8,6 @@ whose call caused it; authentication and the Host guard come first.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import httpx
 import mcp_types as types
 import pytest
 
-from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, http_upstream
 from tests.servers.test_servers_smoke import elicitation_answering
 from tests.test_stdio_bridge import stdio_server
@@ -35,16 +34,6 @@ tools:
     action: deny
     reason: no deleting on the stdio server
 """
-
-
-def text_of(result: types.CallToolResult) -> str:
-    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-def called(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +78,8 @@ class TestAggregate:
             a = await c.call_tool("web__echo", {"text": "to web"})
             b = await c.call_tool("st__echo", {"text": "to stdio"})
         assert (text_of(a), text_of(b)) == ("to web", "to stdio")
-        assert any(r.get("arguments") == {"text": "to web"} for r in called(logs["web"]))
-        assert any(r.get("arguments") == {"text": "to stdio"} for r in called(logs["st"]))
+        assert any(r.get("arguments") == {"text": "to web"} for r in calls_in(logs["web"]))
+        assert any(r.get("arguments") == {"text": "to stdio"} for r in calls_in(logs["st"]))
 
     async def test_policy_applies_per_server(
         self, gateway: GatewayProcess, logs: dict[str, Path]
@@ -103,7 +92,7 @@ class TestAggregate:
         assert "no deleting on the stdio server" in text_of(refused)
         verdict = refused.structured_content["celgate"]  # type: ignore[index]
         assert verdict["effect"] == "deny" and verdict["decision_id"]
-        assert not any(r.get("tool") == "delete_item" for r in called(logs["st"]))
+        assert not any(r.get("tool") == "delete_item" for r in calls_in(logs["st"]))
         await anyio.sleep(0.2)
         records = [r for r in gateway.records() if r["tool"] == "delete_item"]
         assert {(r["server"], r["effect"]) for r in records} >= {("web", "allow"), ("st", "deny")}

@@ -6,7 +6,6 @@ of the gateway. Children are found through ``/proc`` (no psutil needed).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ import anyio
 import mcp_types as types
 import pytest
 
-from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import REPO_ROOT, stdio_upstream_command
 from tests.servers.test_servers_smoke import elicitation_answering, eventually, leaves
 
@@ -75,16 +74,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def text_of(result: types.CallToolResult) -> str:
-    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-def called(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="module")
 def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stdio-calls") / "calls.jsonl"
@@ -113,7 +102,7 @@ class TestStdioThroughTheRelay:
             result = await c.call_tool("echo", {"text": f"stdio {mode}"})
         assert not result.is_error
         assert text_of(result) == f"stdio {mode}"
-        assert any(r.get("arguments") == {"text": f"stdio {mode}"} for r in called(call_log))
+        assert any(r.get("arguments") == {"text": f"stdio {mode}"} for r in calls_in(call_log))
 
     async def test_denied_call_never_reaches_the_process(
         self, gateway: GatewayProcess, mode: str, call_log: Path
@@ -122,7 +111,7 @@ class TestStdioThroughTheRelay:
             result = await c.call_tool("delete_item", {"id": f"stdio-{mode}"})
         assert result.is_error
         assert "deleting items is not allowed here" in text_of(result)
-        assert not any(r.get("tool") == "delete_item" for r in called(call_log))
+        assert not any(r.get("tool") == "delete_item" for r in calls_in(call_log))
 
 
 class TestElicitationRouting:
