@@ -259,7 +259,7 @@ class H1Pool:
         response = self._send(await self._connect(), payload)
         try:
             await response.head
-        except BaseException:
+        except BaseException:  # failed or cancelled: drop the connection, then re-raise
             response.close()
             raise
         return response
