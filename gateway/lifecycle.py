@@ -64,6 +64,8 @@ async def _refresh_forever(gateway: Gateway) -> None:
 
 @asynccontextmanager
 async def background(gateway: Gateway) -> AsyncIterator[None]:
+    # Before serving: which upstreams issue sessions (see HttpUpstream.learn_sessions).
+    await asyncio.gather(*(up.learn_sessions() for up in gateway.upstreams.values()))
     async with reloading(gateway), anyio.create_task_group() as tg:
         tg.start_soon(_refresh_forever, gateway)
         tg.start_soon(_health_forever, gateway)

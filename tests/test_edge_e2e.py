@@ -223,6 +223,15 @@ class TestBadInput:
         assert resp.status_code == 400
         assert "deleting" not in resp.text  # the deny list is not revealed
 
+    def test_a_fresh_replica_knows_the_upstream_issues_sessions(self, tmp_path: Path) -> None:
+        with (
+            http_upstream() as up,
+            run_gateway(tmp_path, POLICY, {"up": {"url": up.url}}) as fresh,
+        ):
+            resp = raw_post(fresh, call_body("delete_item", {}))  # no initialize relayed yet
+        assert resp.status_code == 400
+        assert "deleting" not in resp.text
+
     def test_foreign_host_is_refused(self, gateway: GatewayProcess) -> None:
         resp = raw_post(gateway, call_body("echo", {}), host="evil.example.com")
         assert resp.status_code == 421

@@ -172,9 +172,8 @@ class TestSupervision:
 
 
 def _discovered(gw: GatewayProcess) -> bool:
-    """The start-up discovery session has come and gone (its process was started and ended)."""
-    started = gw.records("stdio.started")
-    return len([r for r in started if "shared" not in r["server"]]) >= 1 and not children_busy(gw)
+    """The start-up sessions (the session probe, then tool discovery) have come and gone."""
+    return bool(gw.records("catalog.refreshed")) and not children_busy(gw)
 
 
 def children_busy(gw: GatewayProcess) -> bool:
@@ -206,8 +205,8 @@ class TestProcesses:
         servers = {"st": stdio_server(max_processes=1)}
         policy = POLICY + "  hang: {action: allow}\n"
         with run_gateway(tmp_path, policy, servers) as gw:
-            # The gateway's own tool discovery at start holds the one slot for a moment.
-            await eventually(lambda: bool(gw.records("stdio.stopped")) or _discovered(gw), 20)
+            # The gateway's own start-up sessions hold the one slot for a moment.
+            await eventually(lambda: _discovered(gw), 20)
             async with client(gw.url("st"), mode="legacy") as first:
                 await first.call_tool("echo", {"text": "one"})
                 async with client(gw.url("st"), mode="legacy") as second:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from gateway.config import ServerConfig
@@ -36,6 +37,45 @@ class HttpUpstream:
         self.last_ok = time.time()
         self.last_error = None
         return True
+
+    async def learn_sessions(self, wait: float = 5.0) -> bool | None:
+        """Ask the upstream, with a throwaway initialize, whether it issues session ids.
+
+        Every replica learns it at start, so a legacy-era call without a session is refused
+        before any policy answer even on a replica that has not relayed an initialize yet.
+        """
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": "celgate-probe",
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "celgate", "version": "probe"},
+                },
+            }
+        ).encode()
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            **self.headers,
+        }
+        try:
+            async with asyncio.timeout(wait):
+                response = await self.pool.request("POST", headers, body)
+                sid = response.headers.get("mcp-session-id")
+                response.close()
+                if response.status < 400 and self.stateful is None:
+                    self.stateful = sid is not None
+                if sid is not None:
+                    ended = await self.pool.request(
+                        "DELETE", {**self.headers, "mcp-session-id": sid}
+                    )
+                    ended.close()
+        except (UpstreamIOError, TimeoutError, OSError):
+            return None
+        return self.stateful
 
     async def close(self) -> None:
         self.pool.close()
