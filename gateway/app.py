@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Response, asgi, get
+from litestar import Litestar, Request, Response, asgi, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import Receive, Scope, Send
@@ -15,6 +15,7 @@ from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
 from gateway.edge.relay import Relay
+from gateway.identity import bearer, token_matches
 from gateway.lifecycle import background, check_upstreams
 from gateway.runtime import Gateway
 from gateway.upstream.stdio import running_bridges
@@ -32,7 +33,15 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
         await relay(scope, receive, send)  # type: ignore[arg-type]
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
-    def metrics() -> Response[bytes]:
+    def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Tool names and call counts are operator data: the admin token is asked for, unless
+        ``admin.metrics_public`` says the scrape network is trusted."""
+        config = gateway.config
+        if config.admin_token_sha256 and not config.metrics_public:
+            presented = bearer(request.headers.get("authorization"))
+            if not token_matches(presented, config.admin_token_sha256):
+                challenge = {"WWW-Authenticate": 'Bearer realm="celgate-admin"'}
+                return Response(b"admin token required\n", status_code=401, headers=challenge)
         body = gateway.metrics.render() if gateway.metrics is not None else b""
         return Response(body, media_type="text/plain; version=0.0.4")
 

@@ -101,6 +101,7 @@ class GatewayConfig:
     aggregate_separator: str = "__"
     anonymous: bool = False
     cel_engine: str = "cel-python"
+    metrics_public: bool = False
 
 
 def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
@@ -314,9 +315,10 @@ class _ConfigLoader:
         return value
 
     def _admin(self, top: Fields) -> None:
-        sub = self._sub(top, "admin", {"token_sha256"})
+        sub = self._sub(top, "admin", {"token_sha256", "metrics_public"})
         if sub is not None:
             self.out["admin_token_sha256"] = self._digest(sub, "token_sha256")
+            self.out["metrics_public"] = sub.boolean("metrics_public", False)
 
     def _audit(self, top: Fields) -> None:
         sub = self._sub(top, "audit", {"log_arguments"})

@@ -286,7 +286,10 @@ class TestRecordsAndMetrics:
         gw = pair[0]
         async with client(gw.url("up"), key=ANALYST_KEY) as c:
             await c.call_tool("calls_seen", {})
-        text = httpx.get(gw.base + "/metrics", timeout=5).text
+            await c.call_tool("delete_item", {"id": "for-the-metrics"})  # an approval request
+        assert httpx.get(gw.base + "/metrics", timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        text = httpx.get(gw.base + "/metrics", headers=auth, timeout=5).text
         families = {f.name: f for f in text_string_to_metric_families(text)}
         samples = [s for s in families["celgate_calls"].samples if s.name == "celgate_calls_total"]
         assert any(
