@@ -45,7 +45,8 @@ class TestSeed:
     """The operator's policy.json: default deny, one tool allowed at 30 calls a minute per grant."""
 
     @pytest.fixture(scope="class")
-    def seed(self) -> CompiledPolicy:
+    @classmethod
+    def seed(cls) -> CompiledPolicy:
         return load_policy([RULES / "seed-policy.json"])
 
     def test_copy_is_verbatim(self) -> None:
@@ -75,7 +76,8 @@ class TestSeed:
 
 class TestRedshiftReadOnly:
     @pytest.fixture(scope="class")
-    def policy(self) -> CompiledPolicy:
+    @classmethod
+    def policy(cls) -> CompiledPolicy:
         return load_policy([RULES / "redshift.yaml"])
 
     def _query(self, policy: CompiledPolicy, sql: str) -> Decision:
@@ -128,7 +130,8 @@ class TestRedshiftReadOnly:
 
 class TestApproveDestructive:
     @pytest.fixture(scope="class")
-    def policy(self) -> CompiledPolicy:
+    @classmethod
+    def policy(cls) -> CompiledPolicy:
         return load_policy([RULES / "approve-destructive.yaml"])
 
     def test_delete_waits(self, policy: CompiledPolicy) -> None:
@@ -152,7 +155,8 @@ class TestApproveDestructive:
 
 class TestDailyCap:
     @pytest.fixture(scope="class")
-    def policy(self) -> CompiledPolicy:
+    @classmethod
+    def policy(cls) -> CompiledPolicy:
         return load_policy([RULES / "daily-cap.yaml"])
 
     def test_create_capped_per_agent_and_globally(self, policy: CompiledPolicy) -> None:
