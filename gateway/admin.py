@@ -21,10 +21,10 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.catalog import classify, override_for
 from gateway.errors import ApprovalError, BackendUnavailable
-from gateway.identity import bearer, token_matches
+from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.runtime import Gateway
 
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="celgate-admin"'}
+_CHALLENGE = {"WWW-Authenticate": ADMIN_CHALLENGE}
 
 
 @dataclass

@@ -42,6 +42,7 @@ from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.replies import decision_payload, denial_text
 from gateway.enforce import check_pin, enforce
+from gateway.identity import AGENT_CHALLENGE
 from gateway.policy import Call, Identity, decide
 from gateway.policy.visibility import visible
 from gateway.runtime import Gateway
@@ -49,7 +50,7 @@ from gateway.runtime import Gateway
 log = structlog.get_logger("celgate.aggregate")
 
 IDENTITY_KEY = "celgate.identity"
-_WWW_AUTH = [(b"www-authenticate", b'Bearer realm="celgate", error="invalid_token"')]
+_WWW_AUTH = [(b"www-authenticate", AGENT_CHALLENGE.encode())]
 Ctx = ServerRequestContext[Any, Any]
 T = TypeVar("T")
 

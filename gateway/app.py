@@ -15,7 +15,7 @@ from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
 from gateway.edge.relay import Relay
-from gateway.identity import bearer, token_matches
+from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.lifecycle import background, check_upstreams
 from gateway.runtime import Gateway
 from gateway.upstream.stdio import running_bridges
@@ -40,7 +40,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
         if config.admin_token_sha256 and not config.metrics_public:
             presented = bearer(request.headers.get("authorization"))
             if not token_matches(presented, config.admin_token_sha256):
-                challenge = {"WWW-Authenticate": 'Bearer realm="celgate-admin"'}
+                challenge = {"WWW-Authenticate": ADMIN_CHALLENGE}
                 return Response(b"admin token required\n", status_code=401, headers=challenge)
         body = gateway.metrics.render() if gateway.metrics is not None else b""
         return Response(body, media_type="text/plain; version=0.0.4")

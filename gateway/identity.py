@@ -16,6 +16,9 @@ from gateway.config import GrantConfig
 from gateway.policy.model import Identity
 
 KEY_PREFIX = "cgk_"
+#: What a 401 says about how to authenticate: agents on the MCP endpoints, operators on admin.
+AGENT_CHALLENGE = 'Bearer realm="celgate", error="invalid_token"'
+ADMIN_CHALLENGE = 'Bearer realm="celgate-admin"'
 ANONYMOUS_LOCAL = Identity(grant="anonymous", agent="anonymous", roles=("anonymous",))
 
 

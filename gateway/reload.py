@@ -22,6 +22,7 @@ from gateway.policy import load_policy, rule_files
 from gateway.runtime import Gateway
 
 WATCH_SECONDS = 1.0
+SETTLE_SECONDS = 0.25
 
 
 def _snapshot(paths: list[Path]) -> dict[str, float]:
@@ -79,8 +80,15 @@ class Reloader:
     async def watch(self) -> None:
         while True:
             await anyio.sleep(WATCH_SECONDS)
-            if self.changed():
-                self.reload("files changed")
+            if not self.changed():
+                continue
+            # A file caught mid-write (truncated, half written) must not load as a policy:
+            # wait until the files have stopped changing, then read them.
+            settled = False
+            while not settled:
+                await anyio.sleep(SETTLE_SECONDS)
+                settled = not self.changed()
+            self.reload("files changed")
 
 
 @asynccontextmanager

@@ -80,14 +80,14 @@ def _response_headers(resp: H1Response, fwd: Forward) -> list[tuple[bytes, bytes
     return out
 
 
-async def _unavailable(send: Send, fwd: Forward, why: str) -> None:
-    fwd.upstream.last_error = why
+async def _unavailable(send: Send, fwd: Forward) -> None:
     message = f"upstream {fwd.upstream.name!r} is unavailable"
     await reply(send, 502, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
 
 
-def _sse_error(fwd: Forward) -> bytes:
-    message = f"upstream {fwd.upstream.name!r} failed while answering"
+def sse_error(fwd: Forward, what: str = "failed while answering") -> bytes:
+    """An SSE event carrying the JSON-RPC error for the request the upstream left unanswered."""
+    message = f"upstream {fwd.upstream.name!r} {what}"
     data = error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message).decode()
     return f"event: message\ndata: {data}\n\n".encode()
 
@@ -99,8 +99,8 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
         resp = await upstream.pool.request(
             incoming.method, request_headers(incoming, fwd), fwd.body
         )
-    except UPSTREAM_ERRORS as exc:
-        await _unavailable(send, fwd, type(exc).__name__)
+    except UPSTREAM_ERRORS:
+        await _unavailable(send, fwd)
         return None
     try:
         await _relay(incoming, send, resp, fwd)
@@ -119,7 +119,7 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
     start["headers"] = _response_headers(resp, fwd)
     await send(start)
     if is_sse:
-        await _watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd))
+        await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd))
     else:
         await _relay_bytes(send, resp)
 
@@ -127,8 +127,8 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
 async def _relay_json(send: Send, resp: H1Response, fwd: Forward) -> None:
     try:
         raw = await resp.read()
-    except UPSTREAM_ERRORS as exc:
-        await _unavailable(send, fwd, type(exc).__name__)
+    except UPSTREAM_ERRORS:
+        await _unavailable(send, fwd)
         return
     body = raw
     assert fwd.transform is not None
@@ -165,12 +165,12 @@ async def _relay_sse(send: Send, resp: H1Response, fwd: Forward) -> None:
     except UPSTREAM_ERRORS:
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
         if fwd.msg_id is not None:
-            await send({"type": "http.response.body", "body": _sse_error(fwd), "more_body": True})
+            await send({"type": "http.response.body", "body": sse_error(fwd), "more_body": True})
     tail = rewriter.close() if rewriter is not None else b""
     await send({"type": "http.response.body", "body": tail})
 
 
-async def _watching_disconnect(receive: Receive, work: Any) -> None:
+async def watching_disconnect(receive: Receive, work: Any) -> None:
     """Run ``work`` until it ends or the client goes away (then the upstream is dropped).
 
     A plain asyncio watcher task, not a task group: this runs on every streamed answer, and

@@ -64,7 +64,6 @@ class SessionSigner:
 
     def __init__(self, secret: str | None) -> None:
         self.key = (secret or secrets.token_hex(32)).encode()
-        self.shared = secret is not None
         # Every request and answer of a session carries its id: remember recent MACs.
         self._mac = lru_cache(maxsize=4096)(self._compute_mac)
 

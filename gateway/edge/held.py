@@ -8,13 +8,17 @@ decided, the stream carries either the denial or the upstream's own answer.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from gateway.audit import log
 from gateway.edge.asgi import Incoming, Send
-from gateway.edge.forward import UPSTREAM_ERRORS, Forward, _watching_disconnect, request_headers
-from gateway.edge.jsonrpc import UPSTREAM_UNAVAILABLE, Message, error_body
+from gateway.edge.forward import (
+    UPSTREAM_ERRORS,
+    Forward,
+    request_headers,
+    sse_error,
+    watching_disconnect,
+)
+from gateway.edge.jsonrpc import Message
 from gateway.edge.replies import denial
 from gateway.enforce import apply_limits
 from gateway.policy.model import Call, Decision
@@ -89,14 +93,13 @@ async def held_call(
             return
         await _forward_into_stream(incoming, send, fwd)
 
-    await _watching_disconnect(incoming.receive, work())
+    await watching_disconnect(incoming.receive, work())
     await send({"type": "http.response.body", "body": b""})
     return final
 
 
 async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> None:
     upstream = fwd.upstream
-    started = time.perf_counter()
     try:
         resp = await upstream.pool.request("POST", request_headers(incoming, fwd), fwd.body)
     except UPSTREAM_ERRORS:
@@ -106,7 +109,6 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
         await _pipe(send, resp, fwd)
     finally:
         resp.close()
-        log.debug("approval.forwarded", seconds=time.perf_counter() - started)
 
 
 async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
@@ -123,6 +125,5 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
 
 
 async def _send_error(send: Send, fwd: Forward) -> None:
-    message = f"upstream {fwd.upstream.name!r} is unavailable"
-    body = _event(error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+    body = sse_error(fwd, "is unavailable")
     await send({"type": "http.response.body", "body": body, "more_body": True})

@@ -23,11 +23,12 @@ from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
 from gateway.edge.toolsfilter import tools_list_transform
 from gateway.enforce import check_pin, enforce
+from gateway.identity import AGENT_CHALLENGE
 from gateway.policy import Call, Decision, Identity, decide
 from gateway.runtime import Gateway
 from gateway.upstream.http import HttpUpstream
 
-_WWW_AUTH = [(b"www-authenticate", b'Bearer realm="celgate", error="invalid_token"')]
+_WWW_AUTH = [(b"www-authenticate", AGENT_CHALLENGE.encode())]
 
 
 class Relay:

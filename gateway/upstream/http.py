@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from gateway.config import ServerConfig
 from gateway.upstream.h1 import H1Pool, UpstreamIOError
@@ -20,8 +19,6 @@ class HttpUpstream:
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
-        self.last_error: str | None = None
-        self.last_ok: float | None = None
         self.pool = H1Pool(self.url, self.connect_timeout)
 
     async def probe(self, wait: float = 2.0) -> bool:
@@ -30,12 +27,9 @@ class HttpUpstream:
         try:
             async with asyncio.timeout(wait):
                 response = await self.pool.request("GET", headers)
-        except (UpstreamIOError, TimeoutError, OSError) as exc:
-            self.last_error = type(exc).__name__
+        except (UpstreamIOError, TimeoutError, OSError):
             return False
         response.close()  # an SSE stream it may have opened is dropped with the connection
-        self.last_ok = time.time()
-        self.last_error = None
         return True
 
     async def learn_sessions(self, wait: float = 5.0) -> bool | None:
