@@ -239,6 +239,14 @@ def start_celgate(
     return peer, port
 
 
+def start_bare_relay(folder: Path, upstream: str) -> tuple[PeerProcess, int]:
+    port = free_port()
+    script = ROOT / "benchmarks" / "bare_relay.py"
+    argv = [sys.executable, str(script), "--upstream", upstream, "--port", str(port)]
+    peer = start_process(argv, port=port, url="", log_path=folder / "bare_relay.log")
+    return peer, port
+
+
 def fastmcp_python() -> Path:
     """The FastMCP venv's interpreter, created on first use (its pins clash with ours)."""
     python = FASTMCP_VENV / "bin" / "python"
@@ -264,6 +272,9 @@ def stack(ns: argparse.Namespace) -> Iterator[list[Target]]:
         up = start_http_upstream(log_path=folder / "upstream.log")
         stop.callback(up.stop)
         targets = [Target("direct", up.url, None)]
+        bare, bare_port = start_bare_relay(folder, up.url)
+        stop.callback(bare.stop)
+        targets.append(Target("bare relay (floor)", f"http://127.0.0.1:{bare_port}/mcp", bare.pid))
         servers = ["uvicorn", "granian"] if ns.server == "both" else [ns.server]
         for server in servers:
             suffix = "" if len(servers) == 1 else f"/{server}"
@@ -324,7 +335,8 @@ def markdown(rows: list[Row]) -> str:
 
 def verdict(rows: list[Row]) -> dict[str, Any]:
     single = [r for r in rows if r.clients == 1 and r.target.startswith("celgate")]
-    return {
+    floor = next((r for r in rows if r.clients == 1 and r.target.startswith("bare")), None)
+    out: dict[str, Any] = {
         "target_added_median_ms": TARGET_ADDED_MEDIAN_MS,
         "target_cpu_us_per_call": TARGET_CPU_US,
         "meets_target": {
@@ -333,6 +345,18 @@ def verdict(rows: list[Row]) -> dict[str, Any]:
             for r in single
         },
     }
+    if floor is not None and floor.proxy_cpu_us_per_call:
+        # What celgate adds over a relay that only moves bytes, measured in the same run.
+        out["over_bare_relay"] = {
+            r.target: {
+                "added_median_ms": round(r.median_ms - floor.median_ms, 3),
+                "cpu_us_per_call": round(
+                    (r.proxy_cpu_us_per_call or 0) - floor.proxy_cpu_us_per_call, 1
+                ),
+            }
+            for r in single
+        }
+    return out
 
 
 def run(ns: argparse.Namespace) -> dict[str, Any]:
@@ -411,7 +435,10 @@ def main() -> None:
     ns.output.parent.mkdir(parents=True, exist_ok=True)
     ns.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(markdown([Row(**r) for r in report["rows"]]))
-    print(f"\nmeets target (1 client): {report['meets_target']}; wrote {ns.output}")
+    print(f"\nmeets target (1 client): {report['meets_target']}")
+    if "over_bare_relay" in report:
+        print(f"celgate over the bare relay (1 client): {report['over_bare_relay']}")
+    print(f"wrote {ns.output}")
 
 
 if __name__ == "__main__":

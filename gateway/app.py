@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response, asgi, get
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import Receive, Scope, Send
@@ -21,7 +22,31 @@ from gateway.runtime import Gateway
 from gateway.upstream.stdio import running_bridges
 
 
-def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
+class EdgeApp:
+    """The ASGI app that is served: ``/mcp/{server}`` straight to the relay, the rest to
+    Litestar.
+
+    The relay is a raw ASGI app with its own error boundary, and it is the one path on which
+    every tool call travels. Litestar's routing and middleware in front of it cost more CPU per
+    call than the relay's own checks, so relay paths are dispatched here first; ``/mcp`` (the
+    aggregate), admin, health and metrics stay Litestar's.
+    """
+
+    def __init__(self, litestar: Litestar, relay: Relay) -> None:
+        self.litestar = litestar
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            path: str = scope["path"]
+            if path.startswith("/mcp/") and path[5:].strip("/"):
+                scope["path"] = path[4:]  # what the relay reads: the part after /mcp
+                await self.relay(scope, receive, send)  # type: ignore[arg-type]
+                return
+        await self.litestar(scope, receive, send)
+
+
+def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> EdgeApp:
     relay = Relay(gateway)
     aggregate = Aggregate(gateway)
 
@@ -83,9 +108,10 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
     )
     # logging_config=None: structlog is the one logging setup (gateway.audit); Litestar's
     # default adds a queue-listener thread and handlers of its own.
-    return Litestar(
+    litestar = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
         openapi_config=openapi,
         logging_config=None,
     )
+    return EdgeApp(litestar, relay)

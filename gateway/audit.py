@@ -6,16 +6,22 @@ digest of their canonical JSON unless ``audit.log_arguments`` is on.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import hashlib
+import itertools
 import json
 import logging
+import os
+import secrets
 import sys
-import uuid
+import threading
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
+import msgspec
 import structlog
 
 from gateway.policy.model import Call, Decision
@@ -23,12 +29,77 @@ from gateway.policy.model import Call, Decision
 log = structlog.get_logger("celgate")
 
 
+class LineSink:
+    """Log lines to a binary stream, written once per event-loop pass.
+
+    Every record is written whole. Inside a running event loop the lines written during one
+    pass are joined and written together at the end of that pass (``call_soon``): with many
+    calls in flight that is one write instead of one per record, and a record is never held
+    longer than the pass that made it. Outside a loop (the CLI, another thread) a line is
+    written at once. Whatever is pending at exit is written by an ``atexit`` hook.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        atexit.register(self.flush_now)
+
+    def write(self, line: bytes) -> None:
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            with self._lock:
+                self._pending.append(line)
+            self.flush_now()
+            return
+        with self._lock:
+            self._pending.append(line)
+            first = len(self._pending) == 1
+        if first:
+            loop.call_soon(self.flush_now)
+
+    def flush(self) -> None:
+        """Called by structlog after every line: the write is already scheduled."""
+
+    def flush_now(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return
+            try:
+                self.stream.write(b"".join(pending))
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed under us: nothing left to tell
+                pass
+
+
+def _json_fallback(obj: Any) -> Any:
+    return repr(obj)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_json_fallback)
+
+
+def _render_json(event_dict: Any, **_: Any) -> bytes:
+    return _ENCODER.encode(event_dict)
+
+
+_SINK: LineSink | None = None
+
+
 def configure_logging(*, json_logs: bool | None = None, level: int = logging.INFO) -> None:
     """JSON lines when not on a TTY (or when asked); the console renderer otherwise."""
+    global _SINK
     as_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
-    )
+    logger_factory: Any
+    if as_json:
+        renderer: Any = structlog.processors.JSONRenderer(serializer=_render_json)
+        if _SINK is None or _SINK.stream is not sys.stderr.buffer:
+            _SINK = LineSink(sys.stderr.buffer)
+        logger_factory = structlog.BytesLoggerFactory(file=_SINK)  # type: ignore[arg-type]
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        logger_factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -37,7 +108,7 @@ def configure_logging(*, json_logs: bool | None = None, level: int = logging.INF
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
     # Libraries log every request at INFO; the decision record is the log.
@@ -50,8 +121,14 @@ def args_digest(args: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Decision ids only need to be unique (approval ids, which are capabilities, come from
+# ``secrets``): 64 random bits per process, then a counter. 32 hex digits like a uuid4.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def new_decision_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 class DecisionLog:

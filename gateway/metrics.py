@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.policy.model import Call, Decision
@@ -41,22 +43,32 @@ class Metrics:
         self.policy_info = Gauge(
             "celgate_policy_info", "the loaded policy revision", ["revision"], registry=reg
         )
+        # labels() takes a lock and builds a key on every call: the hot path keeps the
+        # children it has already asked for. Bounded: servers x known tools x effects.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def decision(self, call: Call, decision: Decision, seconds: float, known: bool) -> None:
         # Unknown tool names come from callers: label them together to bound cardinality.
         tool = call.tool if known else "<unknown>"
-        self.calls.labels(call.server or "", tool, decision.effect).inc()
+        self._child(self.calls, call.server or "", tool, decision.effect).inc()
         self.decision_seconds.observe(seconds)
 
     def upstream(self, call: Call, seconds: float) -> None:
-        self.upstream_seconds.labels(call.server or "").observe(seconds)
+        self._child(self.upstream_seconds, call.server or "").observe(seconds)
 
     def limiter(self, result: LimitResult) -> None:
         if result.backend_error:
             outcome = "failed_open" if result.failed_open else "backend_error"
         else:
             outcome = "admitted" if result.admitted else "refused"
-        self.limiter_results.labels(outcome).inc()
+        self._child(self.limiter_results, outcome).inc()
 
     def approval(self, event: str) -> None:
         self.approvals.labels(event).inc()

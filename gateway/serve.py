@@ -98,6 +98,7 @@ def _banner(config: GatewayConfig) -> None:
 
 def serve(config: GatewayConfig) -> int:
     from gateway.app import build_app
+    from gateway.edge.coalesce import CoalescingHttpToolsProtocol
     from gateway.runtime import build_gateway
 
     if config.anonymous and config.host not in LOOPBACK_HOSTS:
@@ -118,9 +119,12 @@ def serve(config: GatewayConfig) -> int:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         log_level="warning",
         access_log=False,
+        server_header=False,
+        # client_ip (visible to CEL) is the socket's peer: X-Forwarded-For is not trusted.
+        proxy_headers=False,
         lifespan="on",
         # Open SSE streams never end by themselves: on SIGTERM, give requests a few seconds,
         # then close, so a deploy or a container stop is never held up by an idle agent.

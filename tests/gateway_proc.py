@@ -37,7 +37,9 @@ class GatewayProcess:
     def records(self, event: str = "policy.decision") -> list[dict[str, Any]]:
         """Structured log lines the gateway wrote so far, of one event."""
         out = []
-        for line in self.log_path.read_text().splitlines():
+        text = self.log_path.read_text()
+        # The gateway may be writing as we read: a last line without its newline is not whole.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             if line.startswith("{"):
                 record = json.loads(line)
                 if record.get("event") == event:

@@ -253,6 +253,30 @@ class TestBadInput:
         resp = httpx.post(f"{gateway.base}/mcp/nope", content=b"{}", timeout=5)
         assert resp.status_code == 404
 
+    def test_relayed_answer_has_one_date_and_no_server_software(
+        self, gateway: GatewayProcess
+    ) -> None:
+        resp = raw_post(
+            gateway, call_body("echo", {"text": "hdr"}), mcp_session_id=_session(gateway)
+        )
+        assert resp.status_code == 200 and "hdr" in resp.text
+        names = [name.lower() for name, _ in resp.headers.multi_items()]
+        assert names.count("date") == 1  # the upstream's Date is not added to the gateway's
+        assert "server" not in names  # neither uvicorn nor the upstream is advertised
+
+    def test_forwarded_for_is_not_trusted(self, tmp_path: Path, upstream: PeerProcess) -> None:
+        """``request.ip`` is the socket's peer, whatever X-Forwarded-For claims."""
+        policy = (
+            'version: "1"\ndefault: deny\ntools:\n  echo:\n    rules:\n'
+            "      - when: 'request.ip == \"203.0.113.9\"'\n        action: allow\n"
+        )
+        with run_gateway(tmp_path, policy, {"up": {"url": upstream.url}}) as gw:
+            body = call_body("echo", {"text": "xff"})
+            resp = raw_post(gw, body, mcp_session_id=_session(gw), x_forwarded_for="203.0.113.9")
+            assert resp.status_code == 200
+            assert resp.json()["result"]["isError"] is True  # denied: the claim was ignored
+            assert [r["effect"] for r in gw.records()] == ["deny"]
+
     async def test_gateway_keeps_serving_after_bad_input(self, gateway: GatewayProcess) -> None:
         raw_post(gateway, b"\xff\xfe garbage")
         async with client(gateway.url("up"), mode="legacy") as c:

@@ -15,18 +15,22 @@ Send = Callable[[Message], Awaitable[None]]
 class Incoming:
     """The parts of an HTTP request the relay reads; header names lowercased."""
 
-    __slots__ = ("client_ip", "headers", "method", "path", "raw_headers", "receive")
+    __slots__ = ("client_ip", "headers", "method", "path", "raw_headers", "receive", "repeated")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.raw_headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         headers: dict[str, str] = {}
+        repeated: set[str] = set()
         for name, value in self.raw_headers:
             key = name.decode("latin-1").lower()
-            if key not in headers:
+            if key in headers:
+                repeated.add(key)
+            else:
                 headers[key] = value.decode("latin-1").strip()
         self.headers = headers
+        self.repeated = repeated  # names given more than once
         client = scope.get("client")
         self.client_ip: str | None = client[0] if client else None
         self.receive = receive
@@ -35,8 +39,10 @@ class Incoming:
         return self.headers.get(name)
 
     def count(self, name: str) -> int:
-        wanted = name.encode()
-        return sum(1 for key, _ in self.raw_headers if key.lower() == wanted)
+        """How many times a header is given: 0, 1, or 2 meaning "more than once"."""
+        if name in self.repeated:
+            return 2
+        return 1 if name in self.headers else 0
 
     async def body(self, limit: int) -> bytes | None:
         """The whole body, or None when it is larger than ``limit`` bytes."""

@@ -36,8 +36,18 @@ _DROP_REQUEST = frozenset(
         "cookie",
     }
 )
+# date: the gateway's server adds its own (two Date headers confuse caches); server: the
+# upstream's software is nobody else's business.
 _DROP_RESPONSE = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-encoding", "mcp-session-id"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-encoding",
+        "mcp-session-id",
+        "date",
+        "server",
+    }
 )
 UPSTREAM_ERRORS = (UpstreamIOError, asyncio.TimeoutError, OSError)
 
@@ -170,16 +180,23 @@ async def _relay_sse(send: Send, resp: H1Response, fwd: Forward) -> None:
     await send({"type": "http.response.body", "body": tail})
 
 
+# Most answers are over within a few milliseconds; the watcher starts only for those that
+# are still streaming after this long, so a quick answer costs a timer, not a task.
+WATCH_AFTER_SECONDS = 0.05
+
+
 async def watching_disconnect(receive: Receive, work: Any) -> None:
     """Run ``work`` until it ends or the client goes away (then the upstream is dropped).
 
-    A plain asyncio watcher task, not a task group: this runs on every streamed answer, and
-    a task group cost more than the rest of the relaying. When the client disconnects, the
-    watcher cancels this task; that cancellation is taken back here and the work just ends.
+    A plain asyncio watcher task, not a task group, started only once the work has run for
+    ``WATCH_AFTER_SECONDS``: this runs on every streamed answer, and a task group (or even a
+    task per answer) cost more than the rest of the relaying. When the client disconnects,
+    the watcher cancels this task; that cancellation is taken back here and the work ends.
     """
     current = asyncio.current_task()
     assert current is not None
     gone = False
+    watcher: asyncio.Future[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -190,7 +207,11 @@ async def watching_disconnect(receive: Receive, work: Any) -> None:
                 current.cancel("client disconnected")
                 return
 
-    watcher = asyncio.ensure_future(watch())
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, start)
     try:
         await work
     except asyncio.CancelledError:
@@ -198,4 +219,6 @@ async def watching_disconnect(receive: Receive, work: Any) -> None:
             raise
         current.uncancel()
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
