@@ -91,6 +91,7 @@ class GatewayConfig:
     policy_paths: tuple[Path, ...] = ()
     servers: dict[str, ServerConfig] = field(default_factory=dict)
     limits_backend: str = "memory"
+    limits_busy_poll_us: int | None = None  # None: the Valkey limiter's default
     grants: dict[str, GrantConfig] = field(default_factory=dict)
     admin_token_sha256: str | None = None
     log_arguments: bool = False
@@ -270,7 +271,7 @@ class _ConfigLoader:
         return [str(item.value) for item in node.value]
 
     def _limits(self, top: Fields) -> None:
-        sub = self._sub(top, "limits", {"backend"})
+        sub = self._sub(top, "limits", {"backend", "busy_poll_us"})
         if sub is None:
             return
         backend = sub.string("backend") or "memory"
@@ -280,6 +281,14 @@ class _ConfigLoader:
             msg = f"unknown backend {backend!r} (use memory or valkey://host:port/db)"
             self.err(sub.where("backend"), "limits.backend", msg)
         self.out["limits_backend"] = backend
+        node = sub.get("busy_poll_us")
+        if node is not None:
+            value = node.value
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+                msg = "must be a whole number of microseconds from 0 to 10000"
+                self.err(node.where, "limits.busy_poll_us", msg)
+            else:
+                self.out["limits_busy_poll_us"] = value
 
     def _grants(self, top: Fields) -> None:
         node = top.get("grants")

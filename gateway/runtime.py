@@ -81,7 +81,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         policy=policy,
         upstreams=upstreams,
         auth=Authenticator.from_grants(config.grants, config.anonymous),
-        limiter=make_limiter(config.limits_backend),
+        limiter=make_limiter(config.limits_backend, busy_poll_us=config.limits_busy_poll_us),
         decisions=DecisionLog(log_arguments=config.log_arguments),
         signer=SessionSigner(config.session_secret),
         guard=HostGuard(

@@ -62,6 +62,17 @@ class TestConfigErrors:
             f"{p}:11: frobnicate: unknown field",
         ]
 
+    def test_busy_poll_is_microseconds_in_range(self, tmp_path: Path) -> None:
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        path = write(tmp_path, base + "limits: {backend: memory, busy_poll_us: -5}\n")
+        assert problems(path) == [
+            f"{path}:4: limits.busy_poll_us: must be a whole number of microseconds from 0 to 10000"
+        ]
+        path = write(tmp_path, base + "limits: {backend: memory, busy_poll_us: 0}\n")
+        assert load_config(path, env={}).limits_busy_poll_us == 0
+        path = write(tmp_path, base)
+        assert load_config(path, env={}).limits_busy_poll_us is None  # the limiter's default
+
     def test_missing_environment_variable_is_an_error(self, tmp_path: Path) -> None:
         path = write(
             tmp_path,

@@ -77,6 +77,14 @@ class TestOutage:
         assert [r.backend_error for r in after] == [False] * 20
         assert all(r.admitted for r in after)
 
+    async def test_exact_without_busy_polling(self, valkey_db: ValkeyProcess) -> None:
+        """Busy polling only changes how the reply is waited for, never what is admitted."""
+        lim = ValkeyRateLimiter(valkey_db.url, busy_poll=0)
+        b = Bucket("nb", "nb|global", max=7, window=60.0)
+        results = await asyncio.gather(*(lim.acquire([b]) for _ in range(30)))
+        await lim.close()
+        assert sum(r.admitted for r in results) == 7
+
     async def test_hung_server_times_out(self) -> None:
         """A peer that accepts but never answers costs about the read timeout, not forever."""
         with socket.socket() as silent:

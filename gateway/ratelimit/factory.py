@@ -16,15 +16,20 @@ from gateway.ratelimit.valkey import ValkeyRateLimiter
 _EXPECTED = "expected 'memory', 'memory://', 'valkey://host:port/db' or 'valkeys://host:port/db'"
 
 
-def make_limiter(url: str, *, clock: Clock | None = None) -> RateLimiter:
-    """The limiter ``url`` names; ``clock`` only applies to the in-memory one."""
+def make_limiter(
+    url: str, *, clock: Clock | None = None, busy_poll_us: int | None = None
+) -> RateLimiter:
+    """The limiter ``url`` names; ``clock`` only applies to the in-memory one, ``busy_poll_us``
+    only to Valkey (None: the default)."""
     text = url.strip()
     if text in ("memory", "memory://"):
         return MemoryRateLimiter(clock)
     scheme = text.partition("://")[0].lower() if "://" in text else ""
     if scheme in ("valkey", "valkeys"):
         check_valkey_url(text)
-        return ValkeyRateLimiter(text)
+        if busy_poll_us is None:
+            return ValkeyRateLimiter(text)
+        return ValkeyRateLimiter(text, busy_poll=busy_poll_us / 1e6)
     raise ValueError(f"unknown rate-limit backend {url!r}: {_EXPECTED}")
 
 
