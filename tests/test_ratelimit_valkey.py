@@ -85,6 +85,23 @@ class TestOutage:
         await lim.close()
         assert sum(r.admitted for r in results) == 7
 
+    async def test_busy_polling_backs_off_when_it_does_not_pay(
+        self, valkey_db: ValkeyProcess
+    ) -> None:
+        """Once polled exchanges have been slow, only one exchange in 32 polls (a probe)."""
+        lim = ValkeyRateLimiter(valkey_db.url, busy_poll=0.0002)
+        b = Bucket("bp", "bp|global", max=10**9, window=60.0)
+        assert (await lim.acquire([b])).admitted  # connects; that exchange polled
+        lane = lim._lane
+        lane._recent = 1.0  # as if the server had been answering in a second
+        lane._exchanges = 0
+        for _ in range(64):
+            assert (await lim.acquire([b])).admitted
+        await lim.close()
+        # Exchanges 32 and 64 polled, each pulling the average down by a tenth; the other 62
+        # did not touch it. Any extra polled exchange would have pulled it below 0.729.
+        assert 0.80 < lane._recent <= 0.81 + 0.001
+
     async def test_hung_server_times_out(self) -> None:
         """A peer that accepts but never answers costs about the read timeout, not forever."""
         with socket.socket() as silent:

@@ -56,6 +56,7 @@ _MGET_CHUNK = 500
 # Busy-poll budget per acquire (seconds); see _Lane. ``limits.busy_poll_us`` in the config.
 DEFAULT_BUSY_POLL = 0.0002
 _COMMAND_CACHE = 4096
+_REPROBE = 32  # while polling does not pay, one exchange in this many still polls
 
 log = structlog.get_logger(__name__)
 
@@ -211,9 +212,10 @@ class _Lane:
     ``busy_poll`` seconds instead of going to sleep. Other work on the loop runs as usual. On
     the 2-core VMs this was measured on, a process that sleeps for a loopback round trip takes
     about 90 µs to wake up, several times the round trip itself, and the wake-up also costs
-    CPU; polling for the answer was both faster and about as cheap. It applies only while
-    Valkey has recently answered within the budget (a moving average of exchange times), so a
-    distant or slow server is never spun for. ``busy_poll=0`` turns it off.
+    CPU; polling for the answer was both faster and about as cheap. It applies while polled
+    exchanges have recently finished within the budget (a moving average of their times); once
+    they do not (a distant or slow server), only one exchange in ``_REPROBE`` polls, to notice
+    when the server is fast again. ``busy_poll=0`` turns it off.
     """
 
     def __init__(
@@ -234,7 +236,8 @@ class _Lane:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[AbstractConnection] = []
         self._busy_poll = busy_poll
-        self._recent = 0.0  # moving average of exchange times, seconds
+        self._recent = 0.0  # moving average of polled exchanges' times, seconds
+        self._exchanges = 0
         self._inflight = 0
         self._spin_until = 0.0
         self._spinning = False
@@ -260,12 +263,16 @@ class _Lane:
     async def _exchange(self, conn: AbstractConnection, command: bytes) -> Any:
         started = time.perf_counter()
         self._inflight += 1
+        self._exchanges += 1
+        polled = bool(self._busy_poll) and (
+            self._recent < self._busy_poll or self._exchanges % _REPROBE == 0
+        )
         try:
             async with asyncio.timeout(self._timeout):
                 if not conn.is_connected:
                     await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_packed_command(command, check_health=False)
-                if self._busy_poll and self._recent < self._busy_poll:
+                if polled:
                     self._start_polling(started)
                 reply = await conn.read_response()
         except ResponseError:  # an error reply (NOSCRIPT...): the connection is fine
@@ -277,8 +284,9 @@ class _Lane:
         finally:
             self._inflight -= 1
         self._idle.append(conn)
-        took = time.perf_counter() - started
-        self._recent = took if not self._recent else 0.9 * self._recent + 0.1 * took
+        if polled:
+            took = time.perf_counter() - started
+            self._recent = took if not self._recent else 0.9 * self._recent + 0.1 * took
         return reply
 
     def _start_polling(self, now: float) -> None:
