@@ -1,8 +1,10 @@
 """``decide(policy, call, now) -> Decision``: pure, synchronous, no I/O, no logging.
 
 The CEL activation is built lazily: a variable is converted only when a rule reads it, and
-at most once per call. Any evaluation error denies the call with its own error code and the
-expression that failed (fail closed).
+at most once per call. ``agent`` and ``tool`` are the same for every call of one grant to one
+tool, so their converted forms are kept across calls (keyed by the identity and tool-info
+objects themselves, which the gateway keeps while they are current). Any evaluation error
+denies the call with its own error code and the expression that failed (fail closed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from gateway.policy.model import (
     ShadowResult,
     ToolEntry,
 )
+
+# (engine, variable, key) -> (the object the value was made from, the converted value).
+# A hit counts only if that object is the very one the call carries, so an id reused after
+# garbage collection can never return another caller's values. Cleared when it grows large.
+_SHARED: dict[tuple[int, str, Any], tuple[Any, Any]] = {}
+_SHARED_MAX = 4096
 
 
 class Context:
@@ -65,7 +73,24 @@ class Context:
     def _convert(self, name: str, source: str) -> Any:
         if name == "now":
             return self.engine.timestamp(self.now)
-        return self._convert_value(name, self._plain(name), source)
+        call = self.call
+        if name == "agent":
+            anchor: Any = call.identity
+            key: Any = id(anchor)
+        elif name == "tool":
+            anchor = call.info
+            key = (call.tool, call.server, id(anchor))
+        else:
+            return self._convert_value(name, self._plain(name), source)
+        slot = (id(self.engine), name, key)
+        hit = _SHARED.get(slot)
+        if hit is not None and hit[0] is anchor:
+            return hit[1]
+        value = self._convert_value(name, self._plain(name), source)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[slot] = (anchor, value)
+        return value
 
     def _convert_value(self, name: str, value: Any, source: str) -> Any:
         try:
