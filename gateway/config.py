@@ -6,6 +6,7 @@ variable is an error (a secret must never silently become an empty string).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ class GatewayConfig:
 
     source: str
     host: str = "127.0.0.1"
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (load balancers); from
+    # anyone else the headers are ignored and request.ip is the TCP peer.
+    trusted_proxies: tuple[str, ...] = ()
     port: int = 8787
     policy_paths: tuple[Path, ...] = ()
     servers: dict[str, ServerConfig] = field(default_factory=dict)
@@ -166,10 +170,18 @@ class _ConfigLoader:
         return sub
 
     def _listen(self, top: Fields) -> None:
-        sub = self._sub(top, "listen", {"host", "port"})
+        sub = self._sub(top, "listen", {"host", "port", "trusted_proxies"})
         if sub is None:
             return
         self.out["host"] = sub.string("host") or "127.0.0.1"
+        proxies = self._str_list(sub, "trusted_proxies")
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                msg = f"{proxy!r} is not an IP address or network"
+                self.err(sub.where("trusted_proxies"), "listen.trusted_proxies", msg)
+        self.out["trusted_proxies"] = tuple(proxies)
         port = sub.positive_int("port")
         if port is not None and port > 65535:
             self.err(sub.where("port"), "listen.port", f"{port} is not a TCP port")

@@ -123,8 +123,10 @@ def serve(config: GatewayConfig) -> int:
         log_level="warning",
         access_log=False,
         server_header=False,
-        # client_ip (visible to CEL) is the socket's peer: X-Forwarded-For is not trusted.
-        proxy_headers=False,
+        # request.ip (visible to CEL) is the socket's peer unless that peer is a proxy the
+        # config names (listen.trusted_proxies): X-Forwarded-For is believed from it alone.
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies) or None,
         lifespan="on",
         # Open SSE streams never end by themselves: on SIGTERM, give requests a few seconds,
         # then close, so a deploy or a container stop is never held up by an idle agent.

@@ -57,12 +57,8 @@ def write_config(
     policy_path = directory / "policy.yaml"
     text = policy if isinstance(policy, str) else yaml.safe_dump(dict(policy))
     policy_path.write_text(text)
-    config = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "policy": "policy.yaml",
-        "servers": dict(servers),
-        **extra,
-    }
+    listen = {"host": "127.0.0.1", "port": port, **extra.pop("listen", {})}
+    config = {"listen": listen, "policy": "policy.yaml", "servers": dict(servers), **extra}
     if "grants" not in extra:
         config.setdefault("anonymous", True)  # local tests without keys opt in, as users must
     path = directory / "celgate.yaml"

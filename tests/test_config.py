@@ -73,6 +73,16 @@ class TestConfigErrors:
         path = write(tmp_path, base)
         assert load_config(path, env={}).limits_busy_poll_us is None  # the limiter's default
 
+    def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        listen = "listen: {host: 127.0.0.1, port: 8787, trusted_proxies: [%s]}\n"
+        path = write(tmp_path, base + listen % "'10.0.0.0/8', lb.example")
+        assert problems(path) == [
+            f"{path}:4: listen.trusted_proxies: 'lb.example' is not an IP address or network"
+        ]
+        path = write(tmp_path, base + listen % "'10.0.0.0/8', '127.0.0.1'")
+        assert load_config(path, env={}).trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+
     def test_missing_environment_variable_is_an_error(self, tmp_path: Path) -> None:
         path = write(
             tmp_path,

@@ -264,18 +264,23 @@ class TestBadInput:
         assert names.count("date") == 1  # the upstream's Date is not added to the gateway's
         assert "server" not in names  # neither uvicorn nor the upstream is advertised
 
-    def test_forwarded_for_is_not_trusted(self, tmp_path: Path, upstream: PeerProcess) -> None:
-        """``request.ip`` is the socket's peer, whatever X-Forwarded-For claims."""
+    @pytest.mark.parametrize("trusted", [False, True])
+    def test_forwarded_for_only_from_a_trusted_proxy(
+        self, tmp_path: Path, upstream: PeerProcess, trusted: bool
+    ) -> None:
+        """``request.ip`` is the socket's peer, unless that peer is a configured proxy."""
         policy = (
             'version: "1"\ndefault: deny\ntools:\n  echo:\n    rules:\n'
             "      - when: 'request.ip == \"203.0.113.9\"'\n        action: allow\n"
         )
-        with run_gateway(tmp_path, policy, {"up": {"url": upstream.url}}) as gw:
+        extra = {"listen": {"trusted_proxies": ["127.0.0.0/8"]}} if trusted else {}
+        with run_gateway(tmp_path, policy, {"up": {"url": upstream.url}}, **extra) as gw:
             body = call_body("echo", {"text": "xff"})
             resp = raw_post(gw, body, mcp_session_id=_session(gw), x_forwarded_for="203.0.113.9")
             assert resp.status_code == 200
-            assert resp.json()["result"]["isError"] is True  # denied: the claim was ignored
-            assert [r["effect"] for r in gw.records()] == ["deny"]
+            expected = "allow" if trusted else "deny"
+            assert [r["effect"] for r in gw.records()] == [expected]
+            assert ("celgate refused this call" in resp.text) is not trusted
 
     async def test_gateway_keeps_serving_after_bad_input(self, gateway: GatewayProcess) -> None:
         raw_post(gateway, b"\xff\xfe garbage")
