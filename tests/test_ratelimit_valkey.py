@@ -115,6 +115,25 @@ class TestOutage:
         assert result.backend_error and not result.admitted
         assert 0.25 < elapsed < 0.9
 
+    async def test_cancelling_a_waiting_acquire_is_a_cancellation(self) -> None:
+        """A caller that goes away (a client disconnect) is not reported as a Valkey timeout,
+        and the deadline watchdog stops once nothing is in flight."""
+        with socket.socket() as silent:
+            silent.bind((HOST, 0))
+            silent.listen(16)
+            lim = ValkeyRateLimiter(f"valkey://{HOST}:{silent.getsockname()[1]}/0", timeout=5)
+            task = asyncio.ensure_future(lim.acquire([CLOSED]))
+            for _ in range(50):  # until the exchange is in flight
+                await asyncio.sleep(0.01)
+                if lim._lane._deadlines:
+                    break
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not lim._lane._deadlines and not lim._lane._expired
+            await lim.close()
+            assert lim._lane._watchdog is None
+
 
 class TestScriptCache:
     """The script is loaded on demand and again after the server forgot it."""
