@@ -38,7 +38,7 @@ _TOP = {
     "cel",
     "anonymous",
 }
-_HTTP_SERVER = {"url", "headers", "timeout"}
+_HTTP_SERVER = {"url", "headers", "timeout", "ca_file"}
 _STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout"}
 
 
@@ -56,6 +56,7 @@ class ServerConfig:
     cwd: str | None = None
     max_processes: int = 16
     idle_timeout: float = 600.0
+    ca_file: str | None = None  # https:// upstreams: trust this CA bundle, not the system's
 
     @property
     def is_stdio(self) -> bool:
@@ -243,7 +244,16 @@ class _ConfigLoader:
         if not url.startswith(("http://", "https://")):
             self.err(sub.where("url"), f"{path}.url", "must be an http:// or https:// URL")
         timeout = sub.positive_number("timeout") or 30.0
-        return ServerConfig(name, url=url, headers=self._str_map(sub, "headers"), timeout=timeout)
+        ca_file = sub.string("ca_file")
+        ca_path: str | None = None
+        if ca_file:
+            ca_path = str(self._path(ca_file))
+            if not url.startswith("https://"):
+                self.err(sub.where("ca_file"), f"{path}.ca_file", "only applies to https:// URLs")
+            elif not Path(ca_path).is_file():
+                self.err(sub.where("ca_file"), f"{path}.ca_file", f"{ca_file}: no such file")
+        headers = self._str_map(sub, "headers")
+        return ServerConfig(name, url=url, headers=headers, timeout=timeout, ca_file=ca_path)
 
     def _stdio_server(self, name: str, sub: Fields) -> ServerConfig:
         args = self._str_list(sub, "args")

@@ -186,7 +186,14 @@ class H1Response:
 class H1Pool:
     """Keep-alive connections to one upstream origin."""
 
-    def __init__(self, url: str, connect_timeout: float = 10.0, max_idle: int = 64) -> None:
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: float = 10.0,
+        max_idle: int = 64,
+        *,
+        ca_file: str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"
@@ -197,7 +204,8 @@ class H1Pool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle: list[_Conn] = []
-        self.ssl_context = ssl.create_default_context() if self.tls else None
+        # https: the certificate is verified, against the system's CAs or the given bundle.
+        self.ssl_context = ssl.create_default_context(cafile=ca_file) if self.tls else None
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ class HttpUpstream:
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
-        self.pool = H1Pool(self.url, self.connect_timeout)
+        self.pool = H1Pool(self.url, self.connect_timeout, ca_file=config.ca_file)
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Reachable when it answers HTTP at all (a 4xx to a bare GET still means it is up)."""

@@ -633,6 +633,8 @@ def main(argv: list[str] | None = None) -> None:
         "--stateless", action="store_true", help="stateless HTTP with JSON responses (no sessions)"
     )
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
 
@@ -642,6 +644,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.port:
         parser.error("--http needs --port")
+    if args.ssl_certfile:
+        _serve_https(server, args)
+        return
     server.run(
         "streamable-http",
         host="127.0.0.1",
@@ -651,6 +656,25 @@ def main(argv: list[str] | None = None) -> None:
         json_response=args.stateless,
         event_store=None if args.stateless else MemoryEventStore(),
         retry_interval=1000,
+    )
+
+
+def _serve_https(server: Any, args: argparse.Namespace) -> None:
+    """The same Streamable HTTP app over TLS (the SDK's ``run`` has no TLS options)."""
+    import uvicorn
+
+    app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        event_store=MemoryEventStore(),
+        retry_interval=1000,
+    )
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        log_level="warning",
     )
 
 

@@ -1,0 +1,97 @@
+"""An https:// upstream: the certificate is verified, against the CA bundle the config names.
+
+The upstream is the test MCP server serving TLS with a certificate from a throwaway CA
+(trustme); the client is the SDK's, through celgate, over real HTTP.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.gateway_proc import client, run_gateway, text_of
+from tests.peers import HOST, PeerProcess, free_port, start_process
+
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
+
+
+@pytest.fixture(scope="module")
+def ca_and_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert(HOST, "localhost")
+    ca_file, cert_file, key_file = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.upstream", "--http", "--port", str(port)]
+    argv += ["--ssl-certfile", str(cert_file), "--ssl-keyfile", str(key_file)]
+    peer: PeerProcess = start_process(
+        argv, port=port, url=f"https://{HOST}:{port}/mcp", log_path=folder / "upstream.log"
+    )
+    try:
+        yield ca_file, peer.url
+    finally:
+        peer.stop()
+
+
+async def test_calls_reach_an_https_upstream_that_the_ca_vouches_for(
+    ca_and_upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    ca_file, url = ca_and_upstream
+    servers = {"up": {"url": url, "ca_file": str(ca_file)}}
+    with run_gateway(tmp_path, POLICY, servers) as gw:
+        async with client(gw.url("up"), mode="legacy") as c:
+            names = [t.name for t in (await c.list_tools()).tools]
+            result = await c.call_tool("echo", {"text": "over tls"})
+    assert names == ["echo"]  # filtered as usual
+    assert "over tls" in text_of(result)
+
+
+def test_an_unverified_certificate_is_refused(
+    ca_and_upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Without the CA, the system's trust store does not know the certificate: nothing is sent
+    to the upstream, the caller gets a clear error, and the gateway keeps serving."""
+    _, url = ca_and_upstream
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    headers = {"accept": "application/json, text/event-stream"}
+    with run_gateway(tmp_path, POLICY, {"up": {"url": url}}) as gw:
+        for _ in range(2):
+            resp = httpx.post(gw.url("up"), json=init, headers=headers, timeout=10)
+            assert resp.status_code == 502
+            assert resp.json()["error"]["message"] == "upstream 'up' is unavailable"
+        assert httpx.get(f"{gw.base}/healthz", timeout=5).status_code == 200
+
+
+def test_ca_file_must_exist_and_needs_https(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "anonymous: true\npolicy: rules/\nservers:\n"
+        "  a: {url: 'https://127.0.0.1:1/mcp', ca_file: missing.pem}\n"
+        "  b: {url: 'http://127.0.0.1:1/mcp', ca_file: missing.pem}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:4: servers.a.ca_file: missing.pem: no such file",
+        f"{path}:5: servers.b.ca_file: only applies to https:// URLs",
+    ]
