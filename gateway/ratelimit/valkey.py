@@ -54,7 +54,7 @@ SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encod
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 _MGET_CHUNK = 500
 # Busy-poll budget per acquire (seconds); see _Lane. ``limits.busy_poll_us`` in the config.
-DEFAULT_BUSY_POLL = 0.0002
+DEFAULT_BUSY_POLL = 0.0003
 _COMMAND_CACHE = 4096
 _WATCH_STEPS = 4  # deadline checks per timeout
 _REPROBE = 32  # while polling does not pay, one exchange in this many still polls
