@@ -29,7 +29,7 @@ class EdgeApp:
     The relay is a raw ASGI app with its own error boundary, and it is the one path on which
     every tool call travels. Litestar's routing and middleware in front of it cost more CPU per
     call than the relay's own checks, so relay paths are dispatched here first; ``/mcp`` (the
-    aggregate), admin, health and metrics stay Litestar's.
+    aggregate, under Litestar's exception handling), admin, health and metrics stay Litestar's.
     """
 
     def __init__(self, litestar: Litestar, relay: Relay) -> None:
@@ -50,12 +50,11 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     relay = Relay(gateway)
     aggregate = Aggregate(gateway)
 
+    # /mcp itself: every server behind one endpoint. (/mcp/{server} never gets here: EdgeApp
+    # hands those to the relay.)
     @asgi("/mcp", is_mount=True, copy_scope=False, include_in_schema=False)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        if not scope["path"].strip("/"):  # /mcp itself: every server behind one endpoint
-            await aggregate(scope, receive, send)  # type: ignore[arg-type]
-            return
-        await relay(scope, receive, send)  # type: ignore[arg-type]
+        await aggregate(scope, receive, send)  # type: ignore[arg-type]
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
     def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:

@@ -161,16 +161,20 @@ def start_http_upstream(
     stateless: bool = False,
     log_path: Path | None = None,
     timeout: float = DEFAULT_START_TIMEOUT,
+    tls: tuple[Path, Path] | None = None,
 ) -> PeerProcess:
-    """``python -m tests.servers.upstream --http --port N``; returns once the port accepts."""
+    """``python -m tests.servers.upstream --http --port N``; returns once the port accepts.
+    ``tls``: (certificate, key) PEM files to serve HTTPS with."""
     port = port or free_port()
     argv = [sys.executable, "-m", "tests.servers.upstream", "--http", "--port", str(port)]
     if stateless:
         argv.append("--stateless")
+    if tls is not None:
+        argv += ["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])]
     return start_process(
         argv,
         port=port,
-        url=f"http://{HOST}:{port}/mcp",
+        url=f"{'https' if tls else 'http'}://{HOST}:{port}/mcp",
         extra_env=extra_env,
         log_path=log_path,
         timeout=timeout,

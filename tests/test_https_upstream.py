@@ -6,7 +6,6 @@ The upstream is the test MCP server serving TLS with a certificate from a throwa
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import trustme
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from tests.gateway_proc import client, run_gateway, text_of
-from tests.peers import HOST, PeerProcess, free_port, start_process
+from tests.peers import HOST, start_http_upstream
 
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
 
@@ -31,12 +30,7 @@ def ca_and_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
     ca.cert_pem.write_to_path(str(ca_file))
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    port = free_port()
-    argv = [sys.executable, "-m", "tests.servers.upstream", "--http", "--port", str(port)]
-    argv += ["--ssl-certfile", str(cert_file), "--ssl-keyfile", str(key_file)]
-    peer: PeerProcess = start_process(
-        argv, port=port, url=f"https://{HOST}:{port}/mcp", log_path=folder / "upstream.log"
-    )
+    peer = start_http_upstream(log_path=folder / "upstream.log", tls=(cert_file, key_file))
     try:
         yield ca_file, peer.url
     finally:

@@ -7,9 +7,8 @@ measured on, a write that wakes the peer costs 40 µs or more of CPU on each sid
 protocol here keeps uvicorn's parser and ASGI handling and only changes the transport it
 writes to: bytes written during one pass of the event loop are joined and sent together at
 the end of that pass (``call_soon``), or as soon as the response is complete, so the answer
-above leaves in one write. Nothing waits
-for more data: a chunk that arrives on its own is sent on the very next pass, so streams stay
-unbuffered.
+above leaves in one write. Nothing waits for more data: a chunk that arrives on its own is
+sent on the very next pass, so streams stay unbuffered.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.memory import Clock, MemoryRateLimiter
-from gateway.ratelimit.valkey import ValkeyRateLimiter
+from gateway.ratelimit.valkey import DEFAULT_BUSY_POLL, ValkeyRateLimiter
 
 _EXPECTED = "expected 'memory', 'memory://', 'valkey://host:port/db' or 'valkeys://host:port/db'"
 
@@ -27,9 +27,8 @@ def make_limiter(
     scheme = text.partition("://")[0].lower() if "://" in text else ""
     if scheme in ("valkey", "valkeys"):
         check_valkey_url(text)
-        if busy_poll_us is None:
-            return ValkeyRateLimiter(text)
-        return ValkeyRateLimiter(text, busy_poll=busy_poll_us / 1e6)
+        busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
+        return ValkeyRateLimiter(text, busy_poll=busy_poll)
     raise ValueError(f"unknown rate-limit backend {url!r}: {_EXPECTED}")
 
 
