@@ -56,7 +56,7 @@ class TestConfigErrors:
             f"{p}:5: servers.both: give either `url` (Streamable HTTP) or `command` (stdio)",
             f"{p}:6: servers.st.colour: unknown field",
             f"{p}:7: limits.backend: unknown backend 'valky://127.0.0.1:6379' "
-            "(use memory or valkey://host:port/db)",
+            "(use memory, valkey://host:port/db, valkeys:// for TLS or unix:///path)",
             f"{p}:9: grants.bot.key_sha256: must be 64 lowercase hex characters",
             f"{p}:10: sessions.secret: use at least 16 characters",
             f"{p}:11: frobnicate: unknown field",
@@ -72,6 +72,35 @@ class TestConfigErrors:
         assert load_config(path, env={}).limits_busy_poll_us == 0
         path = write(tmp_path, base)
         assert load_config(path, env={}).limits_busy_poll_us is None  # the limiter's default
+
+    @pytest.mark.parametrize(
+        ("url", "problem"),
+        [
+            ("valkey://127.0.0.1:notaport/0", "Port could not be cast to integer value"),
+            ("valkey://127.0.0.1:6379/zero", "the database must be a number"),
+            ("valkeys://h:6380/0?ssl_cert_reqs=sometimes", "Certificate Requirements"),
+            ("valkeys://h:6380/0?ssl_ca_certs=missing-ca.pem", "No such file"),
+            ("http://user:hunter2@h/0", "unknown backend 'http://user:***@h/0'"),
+        ],
+    )
+    def test_valkey_url_is_read_at_load(self, tmp_path: Path, url: str, problem: str) -> None:
+        """A backend URL the limiter could not use fails at load, at its line, without the
+        password; the ones it can use (TCP, TLS, a Unix socket) load."""
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        path = write(tmp_path, base + f"limits: {{backend: '{url}'}}\n")
+        [found] = problems(path)
+        assert found.startswith(f"{path}:4: limits.backend: ") and problem in found
+        assert "hunter2" not in found
+
+    def test_usable_valkey_urls_load(self, tmp_path: Path) -> None:
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        for url in (
+            "valkey://u:p@127.0.0.1:6379/3",
+            "valkeys://127.0.0.1:6380/0?ssl_cert_reqs=none",
+            "unix:///run/valkey.sock?db=2",
+        ):
+            path = write(tmp_path, base + f"limits: {{backend: '{url}'}}\n")
+            assert load_config(path, env={}).limits_backend == url
 
     def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
         base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"

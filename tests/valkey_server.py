@@ -43,7 +43,7 @@ def ping(port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # up, maybe with a password
     except OSError:
         return False
 
@@ -51,9 +51,10 @@ def ping(port: int, timeout: float = 0.2) -> bool:
 class ValkeyProcess:
     """One valkey-server process that can be stopped and started again on the same port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="celgate-valkey-"))
+        self.extra = extra  # more server arguments (--requirepass, --unixsocket...)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -105,13 +106,19 @@ class ValkeyProcess:
             "--appendonly", "no",
             "--dir", str(self._dir),
             "--protected-mode", "yes",
+            *self.extra,
         ]  # fmt: skip
+
+    @property
+    def dir(self) -> Path:
+        """The server's own working directory (removed by ``cleanup``)."""
+        return self._dir
 
 
 @contextlib.contextmanager
-def running_valkey() -> Iterator[ValkeyProcess]:
+def running_valkey(*extra: str) -> Iterator[ValkeyProcess]:
     """A started server for the length of a ``with`` block (used by the benchmark)."""
-    server = ValkeyProcess()
+    server = ValkeyProcess(extra=extra)
     server.start()
     try:
         yield server

