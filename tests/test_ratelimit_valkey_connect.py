@@ -26,10 +26,12 @@ OPEN = Bucket("o", "o|grant=a", max=5, window=60.0, failure_mode="open")
 
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[ValkeyProcess]:
-    """A server with a default password and an ACL user limited to celgate's keys."""
+    """A server with a default password and an ACL user with exactly the keys and commands
+    the README says the limiter needs."""
     with running_valkey(
         "--requirepass", "default-secret",
-        "--user", "limiter", "on", ">limiter-secret", "~celgate:rl:*", "+@all",
+        "--user", "limiter", "on", ">limiter-secret", "~celgate:rl:*",
+        "+evalsha", "+script|load", "+get", "+set", "+time", "+scan", "+mget",
     ) as server:  # fmt: skip
         yield server
 
@@ -58,8 +60,15 @@ class TestCredentials:
         await lim.close()
 
     async def test_acl_user(self, guarded: ValkeyProcess) -> None:
-        lim = await _admits(f"valkey://limiter:limiter-secret@{HOST}:{guarded.port}/0")
-        assert (await lim.peek([B]))[0].remaining < 5
+        """Every limiter operation works with the README's ACL, the script load included."""
+        url = f"valkey://limiter:limiter-secret@{HOST}:{guarded.port}/0"
+        with valkey.Valkey.from_url(f"valkey://:default-secret@{HOST}:{guarded.port}/0") as c:
+            c.script_flush()
+        acl = Bucket("acl", "acl|grant=a", max=5, window=60.0)
+        lim = await _admits(url, acl)
+        assert (await lim.peek([acl]))[0].remaining == pytest.approx(4.0, abs=0.01)
+        assert [k for k, _ in await lim.scan("acl|")] == ["acl|grant=a"]
+        await lim.load()
         await lim.close()
 
     async def test_acl_user_confined_to_its_keys(self, guarded: ValkeyProcess) -> None:
