@@ -1,12 +1,13 @@
 """End-to-end ``tools/call`` latency, throughput and proxy CPU: direct vs through celgate vs
 FastMCP's proxy, one client, one upstream, interleaved in one run.
 
-    python benchmarks/bench_e2e.py [--quick] [--levels 1,8,16,32] [--no-fastmcp]
+    python benchmarks/bench_e2e.py [--quick] [--levels 1,8,16,32] [--no-fastmcp] [--no-valkey]
                                    [--server uvicorn|granian|both] [--profile]
 
 Targets: the test upstream (``tests.servers.upstream``, Streamable HTTP, stateful, SSE
 answers) called directly; celgate with an allow-all policy; celgate with a realistic policy
-(3 CEL rules and a rate limit, memory limiter); FastMCP's proxy, installed in its own virtual
+(3 CEL rules and two rate limits, memory limiter), and the same with its limits in a loopback
+valkey-server (``--no-valkey`` skips it); FastMCP's proxy, installed in its own virtual
 environment (``benchmarks/fastmcp_proxy.py``). The client is a lean aiohttp JSON-RPC client
 (one MCP session per concurrent worker, ``initialize`` outside the timer) so that it costs as
 little CPU as possible on a machine it shares with the servers. At each concurrency level the
@@ -224,12 +225,12 @@ def add_ratios(rows: list[Row]) -> None:
 
 
 def start_celgate(
-    folder: Path, name: str, policy: str, upstream: str, server: str
+    folder: Path, name: str, policy: str, upstream: str, server: str, **extra: Any
 ) -> tuple[PeerProcess, int]:
     port = free_port()
     sub = folder / name
     sub.mkdir()
-    config = write_config(sub, policy, {"up": {"url": upstream}}, port)
+    config = write_config(sub, policy, {"up": {"url": upstream}}, port, **extra)
     if server == "granian":
         argv = [sys.executable, str(Path(__file__).resolve()), "--serve-granian", str(config)]
     else:
@@ -285,6 +286,16 @@ def stack(ns: argparse.Namespace) -> Iterator[list[Target]]:
                 )
                 stop.callback(peer.stop)
                 targets.append(Target(name, f"http://127.0.0.1:{port}/mcp/up", peer.pid))
+        if not ns.no_valkey:  # the same policy with its limits shared through Valkey
+            from tests.valkey_server import running_valkey
+
+            valkey = stop.enter_context(running_valkey())
+            name = "celgate 3 rules+limits/valkey"
+            peer, port = start_celgate(
+                folder, "valkey", REALISTIC, up.url, "uvicorn", limits={"backend": valkey.url}
+            )
+            stop.callback(peer.stop)
+            targets.append(Target(name, f"http://127.0.0.1:{port}/mcp/up", peer.pid))
         if not ns.no_fastmcp:
             peer, port = start_fastmcp(folder, up.url)
             stop.callback(peer.stop)
@@ -424,6 +435,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds per level")
     parser.add_argument("--server", choices=["uvicorn", "granian", "both"], default="uvicorn")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip FastMCP's proxy")
+    parser.add_argument("--no-valkey", action="store_true", help="skip the Valkey-backed target")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway (10 s)")
     parser.add_argument("--serve-granian", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS)

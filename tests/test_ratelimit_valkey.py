@@ -13,6 +13,7 @@ import valkey
 
 from gateway.errors import BackendUnavailable
 from gateway.ratelimit import Bucket, ValkeyRateLimiter
+from gateway.ratelimit.lane import BusyPoll
 from gateway.ratelimit.valkey import SCRIPT_SHA
 from tests.valkey_server import HOST, ValkeyProcess
 
@@ -88,19 +89,16 @@ class TestOutage:
     async def test_busy_polling_backs_off_when_it_does_not_pay(
         self, valkey_db: ValkeyProcess
     ) -> None:
-        """Once polled exchanges have been slow, only one exchange in 32 polls (a probe)."""
-        lim = ValkeyRateLimiter(valkey_db.url, busy_poll=0.0002)
+        """With a budget no reply can meet (1 ns), polling stops after seven late replies and
+        then only one exchange in 32 polls (a probe)."""
+        lim = ValkeyRateLimiter(valkey_db.url, busy_poll=1e-9)
         b = Bucket("bp", "bp|global", max=10**9, window=60.0)
-        assert (await lim.acquire([b])).admitted  # connects; that exchange polled
-        lane = lim._lane
-        lane._recent = 1.0  # as if the server had been answering in a second
-        lane._exchanges = 0
         for _ in range(64):
             assert (await lim.acquire([b])).admitted
         await lim.close()
-        # Exchanges 32 and 64 polled, each pulling the average down by a tenth; the other 62
-        # did not touch it. Any extra polled exchange would have pulled it below 0.729.
-        assert 0.80 < lane._recent <= 0.81 + 0.001
+        polling = lim._lane.polling
+        assert (polling.exchanges, polling.polled) == (64, 7 + 2)  # 1-7, then 32 and 64
+        assert polling.share == pytest.approx(0.9**9)
 
     async def test_hung_server_times_out(self) -> None:
         """A peer that accepts but never answers costs about the read timeout, not forever."""
@@ -225,3 +223,34 @@ async def _spawn_child(url: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+class TestBusyPollRule:
+    """When to poll, from how the polled replies went (the rule alone, durations given)."""
+
+    def test_one_slow_reply_does_not_stop_polling(self) -> None:
+        rule = BusyPoll(0.0003)
+        assert rule.wanted()
+        rule.record(0.5)  # a cold start: half a second
+        assert all(rule.wanted() for _ in range(5))
+        assert rule.share == pytest.approx(0.9)
+
+    def test_a_slow_server_stops_it_and_a_quick_probe_brings_it_back(self) -> None:
+        rule = BusyPoll(0.0003)
+        misses = 0
+        while rule.wanted():
+            rule.record(0.001)
+            misses += 1
+        assert (misses, rule.exchanges) == (7, 8)  # 0.9 ** 7 < 0.5 <= 0.9 ** 6
+        assert [rule.wanted() for _ in range(24)] == [False] * 23 + [True]  # 9..31, then 32
+        rule.record(0.001)  # a slow probe: still off
+        assert [rule.wanted() for _ in range(32)] == [False] * 31 + [True]  # 64
+        rule.record(0.0001)  # a quick probe: on again at once
+        assert rule.share == 0.5 and all(rule.wanted() for _ in range(10))
+        rule.record(0.001)  # and one miss right after turns it off again
+        assert not rule.wanted()
+
+    def test_zero_budget_never_polls(self) -> None:
+        rule = BusyPoll(0.0)
+        assert not any(rule.wanted() for _ in range(100))
+        assert (rule.exchanges, rule.polled) == (100, 0)

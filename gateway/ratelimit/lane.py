@@ -38,6 +38,7 @@ from valkey.exceptions import (
 
 _WATCH_STEPS = 4  # deadline checks per timeout
 _REPROBE = 32  # while polling does not pay, one exchange in this many still polls
+_KEEP = 0.9  # weight of the past in the share of polled replies that came within budget
 _AUTH_ERRORS = ("WRONGPASS", "NOAUTH", "invalid password", "invalid username")
 
 
@@ -127,6 +128,7 @@ class Wire(asyncio.Protocol):
         self.waiter: asyncio.Future[Any] | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.arrived = 0.0  # perf_counter() when the last complete reply came in
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -144,6 +146,7 @@ class Wire(asyncio.Protocol):
             waiter.set_exception(ValkeyConnectionError(f"bad reply from valkey: {exc}"))
             return
         if reply is not False:
+            self.arrived = time.perf_counter()
             self.waiter = None
             waiter.set_result(reply)
 
@@ -204,6 +207,44 @@ async def connect(endpoint: Endpoint) -> Wire:
     return wire
 
 
+class BusyPoll:
+    """Whether the next exchange polls for its reply, from how the polled ones went.
+
+    Polling pays when the reply comes within the budget: the loop spun and caught it. When
+    it comes later, the spin was wasted and the process slept anyway. So this keeps the share
+    of polled replies that arrived within the budget (weighted to the recent ones) and polls
+    while at least half of them did. One slow reply (a cold start, a server pause) costs a
+    tenth of the share, not the polling; a server that is slow for good turns it off after
+    seven misses in a row. Then one exchange in ``_REPROBE`` still polls, and the first of
+    those probes whose reply comes within the budget turns polling back on.
+    """
+
+    __slots__ = ("budget", "exchanges", "polled", "share")
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget  # seconds; 0 never polls
+        self.share = 1.0
+        self.exchanges = 0
+        self.polled = 0
+
+    def wanted(self) -> bool:
+        """Called once per exchange, as it starts."""
+        self.exchanges += 1
+        if self.budget and (self.share >= 0.5 or self.exchanges % _REPROBE == 0):
+            self.polled += 1
+            return True
+        return False
+
+    def record(self, took: float) -> None:
+        """How long a polled exchange waited for its reply."""
+        if took > self.budget:
+            self.share *= _KEEP
+        elif self.share < 0.5:
+            self.share = 0.5  # a probe came back in time: the server is fast again
+        else:
+            self.share = _KEEP * self.share + (1 - _KEEP)
+
+
 class Lane:
     """Connections for ``acquire``: reused while healthy, dropped at the first sign of trouble.
 
@@ -221,9 +262,7 @@ class Lane:
     the 2-core VMs this was measured on, a process that sleeps for a loopback round trip takes
     about 90 µs to wake up, several times the round trip itself, and the wake-up also costs
     CPU; polling for the answer was both faster and about as cheap. It applies while polled
-    exchanges have recently finished within the budget (a moving average of their times); once
-    they do not (a distant or slow server), only one exchange in ``_REPROBE`` polls, to notice
-    when the server is fast again. ``busy_poll=0`` turns it off.
+    replies keep arriving within the budget (:class:`BusyPoll`). ``busy_poll=0`` turns it off.
     """
 
     def __init__(
@@ -240,9 +279,7 @@ class Lane:
         self._free = max_connections  # exchange slots not in use
         self._queue: deque[asyncio.Future[None]] = deque()  # callers waiting for a slot
         self._idle: list[Wire] = []
-        self._busy_poll = busy_poll
-        self._recent = 0.0  # moving average of polled exchanges' times, seconds
-        self._exchanges = 0
+        self.polling = BusyPoll(busy_poll)
         self._inflight = 0
         self._spin_until = 0.0
         self._spinning = False
@@ -281,10 +318,7 @@ class Lane:
                     reply = wire.send(command)
                     started = time.perf_counter()
                     self._inflight += 1
-                    self._exchanges += 1
-                    polled = bool(self._busy_poll) and (
-                        self._recent < self._busy_poll or self._exchanges % _REPROBE == 0
-                    )
+                    polled = self.polling.wanted()
                     if polled:
                         self._start_polling(started)
                     self._deadlines[task] = started + self._timeout
@@ -302,8 +336,7 @@ class Lane:
                     continue
                 self._idle.append(wire)
                 if polled:
-                    took = time.perf_counter() - started
-                    self._recent = took if not self._recent else 0.9 * self._recent + 0.1 * took
+                    self.polling.record(wire.arrived - started)
                 return check(reply)
         except asyncio.CancelledError:
             if wire is not None:
@@ -362,7 +395,7 @@ class Lane:
             self._arm_watchdog()
 
     def _start_polling(self, now: float) -> None:
-        self._spin_until = now + self._busy_poll
+        self._spin_until = now + self.polling.budget
         if not self._spinning:
             self._spinning = True
             loop = asyncio.get_running_loop()
