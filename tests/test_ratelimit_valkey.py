@@ -14,7 +14,7 @@ import valkey
 from gateway.errors import BackendUnavailable
 from gateway.ratelimit import Bucket, ValkeyRateLimiter
 from gateway.ratelimit.lane import BusyPoll
-from gateway.ratelimit.valkey import SCRIPT_SHA
+from gateway.ratelimit.valkey import SCRIPT_SHA, Outage
 from tests.valkey_server import HOST, ValkeyProcess
 
 CLOSED = Bucket("closed_c", "closed_c|grant=a", max=5, window=60.0, failure_mode="closed")
@@ -58,12 +58,14 @@ class TestOutage:
             await limiter.peek([CLOSED])
         with pytest.raises(BackendUnavailable):
             await limiter.scan()
+        assert limiter._outage.since is not None and limiter._outage.calls == 3  # acquires
 
         valkey_db.start()  # same port, empty, no scripts loaded
         for b in (CLOSED, OPEN):
             back = await limiter.acquire([b])
             assert back.admitted and not back.backend_error and not back.failed_open
             assert back.states[0].remaining == pytest.approx(4.0, abs=0.01)
+        assert limiter._outage.since is None and limiter._outage.calls == 0
 
     async def test_stale_pooled_connections_after_restart(
         self, limiter: ValkeyRateLimiter, valkey_db: ValkeyProcess
@@ -223,6 +225,56 @@ async def _spawn_child(url: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, object]]] = []
+
+    def error(self, event: str, **fields: object) -> None:
+        self.lines.append(("error", event, fields))
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.lines.append(("warning", event, fields))
+
+
+class TestOutageRecords:
+    """An outage is logged when it starts, every 30 s (or when the error changes) while it
+    lasts, and when it ends; never once per failed call."""
+
+    def test_start_reminders_and_end(self) -> None:
+        now = [100.0]
+        records = _Records()
+        outage = Outage(clock=lambda: now[0], logger=records)
+        refused = ConnectionRefusedError(111, "Connect call failed")
+        for _ in range(500):  # a burst of calls in the first second
+            outage.failed(refused)
+        now[0] = 129.0
+        outage.failed(refused)
+        now[0] = 130.5
+        outage.failed(refused)  # 30 s since the first record
+        now[0] = 131.0
+        outage.failed(TimeoutError("valkey did not answer within 0.5 s"))  # a new kind
+        now[0] = 140.0
+        outage.recovered()
+        assert [(level, event) for level, event, _ in records.lines] == [
+            ("error", "ratelimit.backend_down"),
+            ("error", "ratelimit.backend_still_down"),
+            ("error", "ratelimit.backend_still_down"),
+            ("warning", "ratelimit.backend_recovered"),
+        ]
+        assert records.lines[0][2]["error"] == "ConnectionRefusedError"
+        assert records.lines[1][2] == {
+            "error": "ConnectionRefusedError",
+            "detail": "[Errno 111] Connect call failed",
+            "down_s": 30.5,
+            "failed_calls": 502,
+        }
+        assert records.lines[2][2]["error"] == "TimeoutError"
+        assert records.lines[3][2] == {"down_s": 40.0, "failed_calls": 503}
+        assert outage.since is None and outage.calls == 0
+        outage.failed(refused)  # the next outage is logged afresh
+        assert records.lines[-1][1] == "ratelimit.backend_down"
 
 
 class TestBusyPollRule:

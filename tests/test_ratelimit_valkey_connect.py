@@ -18,6 +18,7 @@ import valkey
 
 from gateway.errors import BackendUnavailable
 from gateway.ratelimit import Bucket, ValkeyRateLimiter
+from gateway.ratelimit.lane import Endpoint
 from tests.valkey_server import HOST, ValkeyProcess, running_valkey
 
 B = Bucket("c", "c|grant=a", max=5, window=60.0)
@@ -54,6 +55,15 @@ async def _admits(url: str, bucket: Bucket = B) -> ValkeyRateLimiter:
 
 
 class TestCredentials:
+    def test_password_never_in_a_repr(self) -> None:
+        endpoint = Endpoint.from_url("valkey://limiter:limiter-secret@127.0.0.1:1/2")
+        assert (endpoint.username, endpoint.password, endpoint.db) == (
+            "limiter",
+            "limiter-secret",
+            2,
+        )
+        assert "limiter-secret" not in repr(endpoint)
+
     async def test_password(self, guarded: ValkeyProcess) -> None:
         lim = await _admits(f"valkey://:default-secret@{HOST}:{guarded.port}/0")
         assert [k for k, _ in await lim.scan()] == ["c|grant=a"]  # the pooled client too

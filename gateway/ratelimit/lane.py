@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -61,7 +61,7 @@ class Endpoint:
     path: str | None = None  # a Unix socket instead of host:port
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     tls: ssl.SSLContext | None = None
 
     @classmethod

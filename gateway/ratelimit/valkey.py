@@ -19,7 +19,8 @@ neighbours ``scan`` and ``load``) use the ``valkey`` package's pooled async clie
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -76,6 +77,7 @@ class ValkeyRateLimiter:
         self._lane = Lane(url, timeout, max_connections, pool_wait, busy_poll)
         # The same buckets make the same command: framed once (keys are per grant/agent/...).
         self._commands: dict[tuple[Any, ...], bytes] = {}
+        self._outage = Outage()
 
     async def acquire(self, buckets: Sequence[Bucket], cost: int = 1) -> LimitResult:
         """Take ``cost`` from every bucket or from none, in one round trip.
@@ -94,8 +96,10 @@ class ValkeyRateLimiter:
             except NoScriptError:
                 reply = await self._reload_and_execute(command)
         except (ValkeyError, OSError) as exc:
-            log.warning("ratelimit.backend_error", error=type(exc).__name__, detail=str(exc))
+            self._outage.failed(exc)
             return backend_failure(buckets)
+        if self._outage.since is not None:
+            self._outage.recovered()
         levels = [float(x) for x in reply[1:]]
         if reply[0] != 1:
             return refusal(buckets, levels, cost)
@@ -171,6 +175,51 @@ class ValkeyRateLimiter:
                 if value is not None:  # expired between SCAN and MGET
                     found.append((key.decode()[len(self._prefix) :], _level(value, now_ms)))
         return sorted(found)
+
+
+class Outage:
+    """Logs a Valkey outage as it starts, while it lasts and when it ends, not once per call:
+    during an outage every limited call fails the same way, and each decision record already
+    says so (``backend_error``). ``clock`` and ``logger`` are injectable for tests."""
+
+    REMIND = 30.0  # seconds between "still down" records
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, logger: Any = None) -> None:
+        self.clock = clock
+        self.log = logger or log
+        self.since: float | None = None  # when the current outage began
+        self.calls = 0  # calls that failed in it
+        self._reminded = 0.0
+        self._last_error = ""
+
+    def failed(self, exc: BaseException) -> None:
+        now = self.clock()
+        error, detail = type(exc).__name__, str(exc)
+        self.calls += 1
+        if self.since is None:
+            self.since = self._reminded = now
+            self._last_error = error
+            self.log.error("ratelimit.backend_down", error=error, detail=detail)
+        elif now - self._reminded >= self.REMIND or error != self._last_error:
+            self._reminded = now
+            self._last_error = error
+            self.log.error(
+                "ratelimit.backend_still_down",
+                error=error,
+                detail=detail,
+                down_s=round(now - self.since, 1),
+                failed_calls=self.calls,
+            )
+
+    def recovered(self) -> None:
+        assert self.since is not None
+        self.log.warning(
+            "ratelimit.backend_recovered",
+            down_s=round(self.clock() - self.since, 1),
+            failed_calls=self.calls,
+        )
+        self.since = None
+        self.calls = 0
 
 
 def _make_pool(
