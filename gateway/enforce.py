@@ -7,6 +7,7 @@ tokens, and a denied call takes none either.
 from __future__ import annotations
 
 from dataclasses import replace
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gateway.policy.model import Call, Decision, LimitState
@@ -60,9 +61,10 @@ async def apply_limits(gw: Gateway, decision: Decision) -> Decision:
         Bucket(lim.counter, lim.key, lim.max, lim.window, lim.failure_mode)
         for lim in decision.limits
     ]
+    started = perf_counter()
     result = await gw.limiter.acquire(buckets)
     if gw.metrics is not None:
-        gw.metrics.limiter(result)
+        gw.metrics.limiter(result, perf_counter() - started)
     return decision.with_limit_state(_state(result), _refusal(decision, result))
 
 

@@ -33,6 +33,18 @@ class Metrics:
         self.limiter_results = Counter(
             "celgate_limiter", "rate-limiter outcomes", ["result"], registry=reg
         )
+        self.limiter_seconds = Histogram(
+            "celgate_limiter_seconds",
+            "time to take a call's tokens (a Valkey round trip with that backend)",
+            buckets=_FAST,
+            registry=reg,
+        )
+        self.limiter_backend_up = Gauge(
+            "celgate_limiter_backend_up",
+            "1 when the rate-limit backend answered the last call that needed it, else 0",
+            registry=reg,
+        )
+        self._backend_up: bool | None = None
         self.approvals = Counter("celgate_approvals", "approval events", ["event"], registry=reg)
         self.upstream_up = Gauge(
             "celgate_upstream_up",
@@ -63,12 +75,17 @@ class Metrics:
     def upstream(self, call: Call, seconds: float) -> None:
         self._child(self.upstream_seconds, call.server or "").observe(seconds)
 
-    def limiter(self, result: LimitResult) -> None:
+    def limiter(self, result: LimitResult, seconds: float) -> None:
         if result.backend_error:
             outcome = "failed_open" if result.failed_open else "backend_error"
         else:
             outcome = "admitted" if result.admitted else "refused"
         self._child(self.limiter_results, outcome).inc()
+        self.limiter_seconds.observe(seconds)
+        up = not result.backend_error
+        if up is not self._backend_up:
+            self._backend_up = up
+            self.limiter_backend_up.set(1 if up else 0)
 
     def approval(self, event: str) -> None:
         self.approvals.labels(event).inc()

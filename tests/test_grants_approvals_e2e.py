@@ -287,6 +287,7 @@ class TestRecordsAndMetrics:
         async with client(gw.url("up"), key=ANALYST_KEY) as c:
             await c.call_tool("calls_seen", {})
             await c.call_tool("delete_item", {"id": "for-the-metrics"})  # an approval request
+            await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})  # a limited call
         assert httpx.get(gw.base + "/metrics", timeout=5).status_code == 401
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         text = httpx.get(gw.base + "/metrics", headers=auth, timeout=5).text
@@ -301,6 +302,9 @@ class TestRecordsAndMetrics:
         assert "celgate_upstream_seconds" in families
         approvals = families["celgate_approvals"].samples
         assert any(s.labels.get("event") == "requested" for s in approvals)
+        timed = families["celgate_limiter_seconds"].samples
+        assert next(s.value for s in timed if s.name == "celgate_limiter_seconds_count") >= 1
+        assert families["celgate_limiter_backend_up"].samples[0].value == 1.0
 
 
 class TestValkeyOutage:
@@ -313,6 +317,7 @@ class TestValkeyOutage:
             try:
                 closed = await c.call_tool("add", {"a": 1, "b": 2})
                 opened = await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})
+                assert _backend_up(gw) == 0.0
             finally:
                 valkey_server.start()
             assert closed.is_error
@@ -320,6 +325,14 @@ class TestValkeyOutage:
             assert not opened.is_error
             recovered = await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})
         assert not recovered.is_error
+        assert _backend_up(gw) == 1.0
+
+
+def _backend_up(gw: Any) -> float:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    text = httpx.get(gw.base + "/metrics", headers=auth, timeout=5).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return float(families["celgate_limiter_backend_up"].samples[0].value)
 
 
 class TestOperatorCommands:
