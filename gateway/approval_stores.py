@@ -17,6 +17,8 @@ from valkey.exceptions import ValkeyError
 
 from gateway.approvals import KEEP_SECONDS, ApprovalRequest, Status
 from gateway.errors import ApprovalError, BackendUnavailable
+from gateway.ratelimit.factory import MEMORY, backend_problem
+from gateway.ratelimit.lane import client_defaults
 
 _TRANSITION = """
 local raw = redis.call('GET', KEYS[1])
@@ -110,6 +112,7 @@ class ValkeyApprovalStore:
             socket_connect_timeout=0.5,
             socket_timeout=0.5,
             max_connections=32,
+            **client_defaults(url),  # TLS checked as by the limiter
         )
         self.prefix = prefix
         self.clock = clock
@@ -182,6 +185,12 @@ def _decode(raw: bytes | None) -> ApprovalRequest | None:
 
 
 def make_store(backend: str, clock: Callable[[], float] = time.time) -> Any:
-    if backend.startswith(("valkey://", "valkeys://", "redis://", "rediss://")):
-        return ValkeyApprovalStore(backend, clock=clock)
-    return MemoryApprovalStore(clock)
+    """Approvals live where the limits do: memory, or the Valkey that ``limits.backend``
+    names (a bad URL is an error, never a quiet fall back to per-process memory)."""
+    text = backend.strip()
+    if text in MEMORY:
+        return MemoryApprovalStore(clock)
+    problem = backend_problem(text)
+    if problem:
+        raise ValueError(f"approval store: {problem}")
+    return ValkeyApprovalStore(text, clock=clock)

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy.schema import Fields
+from gateway.ratelimit.factory import backend_problem
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -298,10 +298,9 @@ class _ConfigLoader:
         if sub is None:
             return
         backend = sub.string("backend") or "memory"
-        if backend not in ("memory", "memory://"):
-            problem = _valkey_url_problem(backend)
-            if problem:
-                self.err(sub.where("backend"), "limits.backend", problem)
+        problem = backend_problem(backend)
+        if problem:
+            self.err(sub.where("backend"), "limits.backend", problem)
         self.out["limits_backend"] = backend
         node = sub.get("busy_poll_us")
         if node is not None:
@@ -428,31 +427,3 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayC
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(**loader.out)
-
-
-def _valkey_url_problem(url: str) -> str | None:
-    """Why ``url`` is not a usable Valkey URL (scheme, port, db, TLS options, CA files), or
-    None. Read exactly as the limiter will read it, so a typo fails at load with file:line
-    rather than as denied calls later. A password in the URL never appears in the message."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-
-    def redact(text: str) -> str:
-        return text.replace(password, "***") if password else text
-
-    if not url.startswith(("valkey://", "valkeys://", "unix://", "redis://", "rediss://")):
-        return (
-            f"unknown backend {redact(url)!r} "
-            "(use memory, valkey://host:port/db, valkeys:// for TLS or unix:///path)"
-        )
-    from valkey.exceptions import ValkeyError  # the valkey package only when configured
-
-    from gateway.ratelimit.lane import Endpoint
-
-    try:
-        Endpoint.from_url(url)
-    except (ValueError, OSError, ValkeyError) as exc:
-        return f"not a usable Valkey URL: {redact(str(exc))}"
-    return None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.approval_stores import MemoryApprovalStore, ValkeyApprovalStore
+from gateway.approval_stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
 from gateway.approvals import ApprovalService
 from gateway.errors import ApprovalError
 from gateway.policy import Call, Decision, Identity
@@ -122,3 +122,38 @@ class TestApprovalService:
         assert [(r.id, r.status) for r in items] == [(first.approval_id, "pending")]
         clock.now += 60
         assert (await svc.list())[0].status == "expired"
+
+
+class TestStoreFromBackend:
+    """Approvals live where the limits do; a URL the limiter would refuse is refused here
+    too, never quietly turned into per-process memory."""
+
+    @pytest.mark.parametrize("url", ["memory", "memory://"])
+    def test_memory(self, url: str) -> None:
+        assert isinstance(make_store(url), MemoryApprovalStore)
+
+    @pytest.mark.parametrize(
+        "url", ["valkey://127.0.0.1:6399/0", "valkeys://127.0.0.1:6399/0", "unix:///run/v.sock"]
+    )
+    async def test_valkey(self, url: str) -> None:
+        store = make_store(url)
+        assert isinstance(store, ValkeyApprovalStore)
+        await store.close()
+
+    @pytest.mark.parametrize("url", ["valky://127.0.0.1:6379", "redis://h:6379/0", "valkey://"])
+    def test_rejected(self, url: str) -> None:
+        with pytest.raises(ValueError, match="approval store: "):
+            make_store(url)
+
+    async def test_unix_socket_store_works(self, tmp_path: Any) -> None:
+        from tests.valkey_server import running_valkey
+
+        sock = tmp_path / "v.sock"
+        with running_valkey("--unixsocket", str(sock)):
+            clock = Clock()
+            store = make_store(f"unix://{sock}", clock=clock)
+            svc = ApprovalService(store, clock=clock, poll_seconds=0)
+            first = await svc.resolve(CALL, held(), "d1")
+            assert [r.status for r in await svc.list()] == ["pending"]
+            assert first.approval_id
+            await store.close()

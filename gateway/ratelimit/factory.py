@@ -2,7 +2,8 @@
 
 A typo must not quietly become per-process memory (limits would stop being shared between
 replicas without anyone noticing), so anything but a well-formed memory or Valkey URL is a
-``ValueError`` that says what was expected.
+``ValueError`` that says what was expected. The config loader asks :func:`backend_problem`
+the same question, so a bad URL fails at load with ``file:line``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.memory import Clock, MemoryRateLimiter
 from gateway.ratelimit.valkey import DEFAULT_BUSY_POLL, ValkeyRateLimiter
 
-_EXPECTED = "expected 'memory', 'memory://', 'valkey://host:port/db' or 'valkeys://host:port/db'"
+_EXPECTED = "use memory, valkey://host:port/db, valkeys:// for TLS or unix:///path"
+MEMORY = ("memory", "memory://")
 
 
 def make_limiter(
@@ -22,25 +24,41 @@ def make_limiter(
     """The limiter ``url`` names; ``clock`` only applies to the in-memory one, ``busy_poll_us``
     only to Valkey (None: the default)."""
     text = url.strip()
-    if text in ("memory", "memory://"):
+    if text in MEMORY:
         return MemoryRateLimiter(clock)
-    scheme = text.partition("://")[0].lower() if "://" in text else ""
-    if scheme in ("valkey", "valkeys"):
-        check_valkey_url(text)
-        busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
-        return ValkeyRateLimiter(text, busy_poll=busy_poll)
-    raise ValueError(f"unknown rate-limit backend {url!r}: {_EXPECTED}")
+    problem = backend_problem(text)
+    if problem:
+        raise ValueError(f"rate-limit backend: {problem}")
+    busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
+    return ValkeyRateLimiter(text, busy_poll=busy_poll)
 
 
-def check_valkey_url(url: str) -> None:
-    """Raise ValueError unless ``url`` has a host, a numeric port (if any) and a numeric db."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError(f"rate-limit backend {url!r} has no host: {_EXPECTED}")
+def backend_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable backend (scheme, host, port, db, TLS options, CA files), or
+    None. Valkey URLs are read exactly as the limiter will read them. A password in the URL
+    never appears in the message."""
+    if url in MEMORY:
+        return None
     try:
-        parts.port  # noqa: B018 - urlsplit validates the port lazily, on access
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:
-        raise ValueError(f"rate-limit backend {url!r} has a bad port: {_EXPECTED}") from None
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ValueError(f"rate-limit backend {url!r}: db must be a number, got {db!r}")
+        parts, password = None, None
+
+    def redact(text: str) -> str:
+        return text.replace(password, "***") if password else text
+
+    scheme = parts.scheme.lower() if parts else ""
+    if scheme not in ("valkey", "valkeys", "unix"):
+        return f"unknown backend {redact(url)!r} ({_EXPECTED})"
+    if scheme != "unix" and not (parts and parts.hostname):
+        return f"{redact(url)!r} has no host ({_EXPECTED})"
+    from valkey.exceptions import ValkeyError
+
+    from gateway.ratelimit.lane import Endpoint
+
+    try:
+        Endpoint.from_url(url)
+    except (ValueError, OSError, ValkeyError) as exc:
+        return f"{redact(url)!r} is not a usable Valkey URL: {redact(str(exc))}"
+    return None

@@ -115,6 +115,13 @@ def tls_defaults(opts: dict[str, Any]) -> dict[str, Any]:
     return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": cert_reqs != "none"}
 
 
+def client_defaults(url: str) -> dict[str, Any]:
+    """Keyword arguments for the ``valkey`` package's ``from_url`` that give its clients the
+    same TLS checks as the lane (the URL's own settings still win there)."""
+    opts = parse_url(url)
+    return tls_defaults(opts) if opts.get("connection_class") is SSLConnection else {}
+
+
 class Wire(asyncio.Protocol):
     """One connection: bytes in are parsed in C; a complete reply wakes the waiting exchange.
 

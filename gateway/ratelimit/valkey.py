@@ -26,7 +26,6 @@ from typing import Any
 
 import structlog
 from valkey.asyncio import BlockingConnectionPool, Valkey
-from valkey.asyncio.connection import SSLConnection, parse_url
 from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
@@ -45,7 +44,7 @@ from gateway.ratelimit.base import (
     state,
     unique,
 )
-from gateway.ratelimit.lane import Lane, resp_command, tls_defaults
+from gateway.ratelimit.lane import Lane, client_defaults, resp_command
 
 DEFAULT_PREFIX = "celgate:rl:"
 SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
@@ -239,8 +238,6 @@ def _make_pool(
     Over TLS the server's name is checked against its certificate unless the URL says
     ``ssl_check_hostname=false`` (the ``valkey`` package alone would not check it).
     """
-    opts = parse_url(url)
-    extra = tls_defaults(opts) if opts.get("connection_class") is SSLConnection else {}
     return BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -249,7 +246,7 @@ def _make_pool(
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[ValkeyConnectionError],
-        **extra,
+        **client_defaults(url),
     )
 
 
