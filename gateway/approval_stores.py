@@ -17,7 +17,7 @@ from valkey.exceptions import ValkeyError
 
 from gateway.approvals import KEEP_SECONDS, ApprovalRequest, Status
 from gateway.errors import ApprovalError, BackendUnavailable
-from gateway.ratelimit.factory import MEMORY, backend_problem
+from gateway.ratelimit.factory import valkey_url
 from gateway.ratelimit.lane import client_defaults
 
 _TRANSITION = """
@@ -187,10 +187,7 @@ def _decode(raw: bytes | None) -> ApprovalRequest | None:
 def make_store(backend: str, clock: Callable[[], float] = time.time) -> Any:
     """Approvals live where the limits do: memory, or the Valkey that ``limits.backend``
     names (a bad URL is an error, never a quiet fall back to per-process memory)."""
-    text = backend.strip()
-    if text in MEMORY:
+    valkey = valkey_url(backend, "approval store")
+    if valkey is None:
         return MemoryApprovalStore(clock)
-    problem = backend_problem(text)
-    if problem:
-        raise ValueError(f"approval store: {problem}")
-    return ValkeyApprovalStore(text, clock=clock)
+    return ValkeyApprovalStore(valkey, clock=clock)

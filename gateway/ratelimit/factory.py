@@ -23,14 +23,23 @@ def make_limiter(
 ) -> RateLimiter:
     """The limiter ``url`` names; ``clock`` only applies to the in-memory one, ``busy_poll_us``
     only to Valkey (None: the default)."""
+    valkey = valkey_url(url, "rate-limit backend")
+    if valkey is None:
+        return MemoryRateLimiter(clock)
+    busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
+    return ValkeyRateLimiter(valkey, busy_poll=busy_poll)
+
+
+def valkey_url(url: str, what: str) -> str | None:
+    """The Valkey URL ``url`` names (stripped), None for memory; a ValueError naming ``what``
+    for anything else."""
     text = url.strip()
     if text in MEMORY:
-        return MemoryRateLimiter(clock)
+        return None
     problem = backend_problem(text)
     if problem:
-        raise ValueError(f"rate-limit backend: {problem}")
-    busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
-    return ValkeyRateLimiter(text, busy_poll=busy_poll)
+        raise ValueError(f"{what}: {problem}")
+    return text
 
 
 def backend_problem(url: str) -> str | None:
