@@ -105,12 +105,16 @@ class MemoryApprovalStore:
 
 class ValkeyApprovalStore:
     def __init__(
-        self, url: str, prefix: str = "celgate:ap:", clock: Callable[[], float] = time.time
+        self,
+        url: str,
+        prefix: str = "celgate:ap:",
+        clock: Callable[[], float] = time.time,
+        timeout: float = 0.5,
     ) -> None:
         self.client = avalkey.Valkey.from_url(
             url,
-            socket_connect_timeout=0.5,
-            socket_timeout=0.5,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
             max_connections=32,
             **client_defaults(url),  # TLS checked as by the limiter
         )
@@ -184,10 +188,18 @@ def _decode(raw: bytes | None) -> ApprovalRequest | None:
     return ApprovalRequest(**{k: v for k, v in data.items() if k in fields})
 
 
-def make_store(backend: str, clock: Callable[[], float] = time.time) -> Any:
+def make_store(
+    backend: str,
+    clock: Callable[[], float] = time.time,
+    *,
+    key_prefix: str = "celgate:",
+    timeout_ms: int = 500,
+) -> Any:
     """Approvals live where the limits do: memory, or the Valkey that ``limits.backend``
     names (a bad URL is an error, never a quiet fall back to per-process memory)."""
     valkey = valkey_url(backend, "approval store")
     if valkey is None:
         return MemoryApprovalStore(clock)
-    return ValkeyApprovalStore(valkey, clock=clock)
+    return ValkeyApprovalStore(
+        valkey, prefix=key_prefix + "ap:", clock=clock, timeout=timeout_ms / 1000
+    )

@@ -21,6 +21,7 @@ from gateway.ratelimit.factory import backend_problem
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _TOP = {
@@ -98,6 +99,8 @@ class GatewayConfig:
     servers: dict[str, ServerConfig] = field(default_factory=dict)
     limits_backend: str = "memory"
     limits_busy_poll_us: int | None = None  # None: the Valkey limiter's default
+    limits_timeout_ms: int = 500  # one Valkey exchange, connecting included
+    limits_key_prefix: str = "celgate:"  # Valkey keys: <prefix>rl:... and <prefix>ap:...
     grants: dict[str, GrantConfig] = field(default_factory=dict)
     admin_token_sha256: str | None = None
     log_arguments: bool = False
@@ -294,7 +297,8 @@ class _ConfigLoader:
         return [str(item.value) for item in node.value]
 
     def _limits(self, top: Fields) -> None:
-        sub = self._sub(top, "limits", {"backend", "busy_poll_us"})
+        known = {"backend", "busy_poll_us", "timeout_ms", "key_prefix"}
+        sub = self._sub(top, "limits", known)
         if sub is None:
             return
         backend = sub.string("backend") or "memory"
@@ -302,14 +306,27 @@ class _ConfigLoader:
         if problem:
             self.err(sub.where("backend"), "limits.backend", problem)
         self.out["limits_backend"] = backend
-        node = sub.get("busy_poll_us")
+        self._whole(sub, "busy_poll_us", 0, 10_000, "microseconds", "limits_busy_poll_us")
+        self._whole(sub, "timeout_ms", 10, 10_000, "milliseconds", "limits_timeout_ms")
+        node = sub.get("key_prefix")
         if node is not None:
-            value = node.value
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
-                msg = "must be a whole number of microseconds from 0 to 10000"
-                self.err(node.where, "limits.busy_poll_us", msg)
+            if isinstance(node.value, str) and _KEY_PREFIX.fullmatch(node.value):
+                self.out["limits_key_prefix"] = node.value
             else:
-                self.out["limits_busy_poll_us"] = value
+                msg = "must be 1 to 64 letters, digits or _ . : - { } (no spaces or globs)"
+                self.err(node.where, "limits.key_prefix", msg)
+
+    def _whole(self, sub: Fields, name: str, low: int, high: int, unit: str, out: str) -> None:
+        """An optional whole number of ``unit`` from ``low`` to ``high``, stored as ``out``."""
+        node = sub.get(name)
+        if node is None:
+            return
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            msg = f"must be a whole number of {unit} from {low} to {high}"
+            self.err(node.where, f"{sub.path}.{name}", msg)
+        else:
+            self.out[out] = value
 
     def _grants(self, top: Fields) -> None:
         node = top.get("grants")

@@ -81,7 +81,12 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         policy=policy,
         upstreams=upstreams,
         auth=Authenticator.from_grants(config.grants, config.anonymous),
-        limiter=make_limiter(config.limits_backend, busy_poll_us=config.limits_busy_poll_us),
+        limiter=make_limiter(
+            config.limits_backend,
+            busy_poll_us=config.limits_busy_poll_us,
+            timeout_ms=config.limits_timeout_ms,
+            key_prefix=config.limits_key_prefix,
+        ),
         decisions=DecisionLog(log_arguments=config.log_arguments),
         signer=SessionSigner(config.session_secret),
         guard=HostGuard(
@@ -91,6 +96,10 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     gateway.pins = Pins.load(config.pins_file, config.accept_tool_changes)
     gateway.metrics = Metrics()
     gateway.metrics.set_policy(policy.revision)
-    store = make_store(config.limits_backend)
+    store = make_store(
+        config.limits_backend,
+        key_prefix=config.limits_key_prefix,
+        timeout_ms=config.limits_timeout_ms,
+    )
     gateway.approvals = ApprovalService(store, on_event=gateway.metrics.approval)
     return gateway

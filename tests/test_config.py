@@ -92,6 +92,25 @@ class TestConfigErrors:
         assert found.startswith(f"{path}:4: limits.backend: ") and problem in found
         assert "hunter2" not in found
 
+    def test_limits_timeout_and_key_prefix(self, tmp_path: Path) -> None:
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        config = load_config(write(tmp_path, base), env={})
+        assert (config.limits_timeout_ms, config.limits_key_prefix) == (500, "celgate:")
+        good = "limits: {timeout_ms: 250, key_prefix: 'staging:{cg}:'}\n"
+        config = load_config(write(tmp_path, base + good), env={})
+        assert (config.limits_timeout_ms, config.limits_key_prefix) == (250, "staging:{cg}:")
+        for bad, problem in (
+            ("timeout_ms: 0", "limits.timeout_ms: must be a whole number of milliseconds from 10"),
+            ("timeout_ms: 1.5", "limits.timeout_ms: must be a whole number"),
+            ("key_prefix: 'has space'", "limits.key_prefix: must be 1 to 64 letters"),
+            ("key_prefix: 'glob*'", "limits.key_prefix: must be 1 to 64 letters"),
+            ("key_prefix: ''", "limits.key_prefix: must be 1 to 64 letters"),
+            ("key_prefix: 7", "limits.key_prefix: must be 1 to 64 letters"),
+        ):
+            path = write(tmp_path, base + f"limits: {{{bad}}}\n")
+            [found] = problems(path)
+            assert found.startswith(f"{path}:4: {problem}"), found
+
     def test_usable_valkey_urls_load(self, tmp_path: Path) -> None:
         base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
         for url in (

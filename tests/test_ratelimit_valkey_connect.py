@@ -16,13 +16,25 @@ import pytest
 import trustme
 import valkey
 
+from gateway.approval_stores import make_store
+from gateway.approvals import ApprovalService
 from gateway.errors import BackendUnavailable
-from gateway.ratelimit import Bucket, ValkeyRateLimiter
+from gateway.policy import Call, Decision, Identity
+from gateway.policy.model import Approval
+from gateway.ratelimit import Bucket, ValkeyRateLimiter, make_limiter
 from gateway.ratelimit.lane import Endpoint
 from tests.valkey_server import HOST, ValkeyProcess, running_valkey
 
 B = Bucket("c", "c|grant=a", max=5, window=60.0)
 OPEN = Bucket("o", "o|grant=a", max=5, window=60.0, failure_mode="open")
+CALL = Call(tool="drop", server="db", args={}, identity=Identity("g1", "bot"))
+HELD = Decision(
+    effect="require_approval",
+    rule="r",
+    reason="risky",
+    revision="1",
+    approval=Approval("retry", 60),
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +43,8 @@ def guarded() -> Iterator[ValkeyProcess]:
     the README says the limiter needs."""
     with running_valkey(
         "--requirepass", "default-secret",
-        "--user", "limiter", "on", ">limiter-secret", "~celgate:rl:*",
-        "+evalsha", "+script|load", "+get", "+set", "+time", "+scan", "+mget",
+        "--user", "limiter", "on", ">limiter-secret", "~celgate:*",
+        "+@read", "+@write", "+@scripting", "+@transaction", "+time",
     ) as server:  # fmt: skip
         yield server
 
@@ -80,6 +92,12 @@ class TestCredentials:
         assert [k for k, _ in await lim.scan("acl|")] == ["acl|grant=a"]
         await lim.load()
         await lim.close()
+        store = make_store(url)  # approvals, with the same user
+        clock = lambda: 1_800_000_000.0  # noqa: E731
+        service = ApprovalService(store, clock=clock, poll_seconds=0)
+        held = await service.resolve(CALL, HELD, "d1")
+        assert [r.id for r in await service.list()] == [held.approval_id]
+        await store.close()
 
     async def test_acl_user_confined_to_its_keys(self, guarded: ValkeyProcess) -> None:
         """The user may only touch celgate:rl:*; another prefix is refused by the server,
@@ -116,6 +134,29 @@ class TestWhere:
             assert zero.keys("*") == []
         with valkey.Valkey(host=HOST, port=valkey_db.port, db=3) as three:
             three.flushdb()
+
+    async def test_key_prefix_keeps_deployments_apart(self, valkey_db: ValkeyProcess) -> None:
+        """Two deployments sharing one Valkey (``limits.key_prefix``) have their own buckets
+        and approvals; the timeout reaches the limiter."""
+        one = make_limiter(valkey_db.url, key_prefix="prod:", timeout_ms=250)
+        two = make_limiter(valkey_db.url, key_prefix="staging:")
+        tight = Bucket("t", "t|global", max=1, window=3600.0)
+        assert (await one.acquire([tight])).admitted and (await two.acquire([tight])).admitted
+        assert not (await one.acquire([tight])).admitted
+        assert isinstance(one, ValkeyRateLimiter) and one._lane._timeout == 0.25
+        await one.close()
+        await two.close()
+        store = make_store(valkey_db.url, key_prefix="prod:")
+        clock = lambda: 1_800_000_000.0  # noqa: E731
+        await ApprovalService(store, clock=clock, poll_seconds=0).resolve(CALL, HELD, "d1")
+        await store.close()
+        with valkey.Valkey.from_url(valkey_db.url) as c:
+            keys = sorted(k.decode() for k in c.keys("*"))
+        assert [k for k in keys if not k.startswith("prod:ap:")] == [
+            "prod:rl:t|global",
+            "staging:rl:t|global",
+        ]
+        assert any(k.startswith("prod:ap:") for k in keys)
 
     async def test_unix_socket(self, unix_server: tuple[ValkeyProcess, Path]) -> None:
         server, path = unix_server

@@ -19,15 +19,22 @@ MEMORY = ("memory", "memory://")
 
 
 def make_limiter(
-    url: str, *, clock: Clock | None = None, busy_poll_us: int | None = None
+    url: str,
+    *,
+    clock: Clock | None = None,
+    busy_poll_us: int | None = None,
+    timeout_ms: int = 500,
+    key_prefix: str = "celgate:",
 ) -> RateLimiter:
-    """The limiter ``url`` names; ``clock`` only applies to the in-memory one, ``busy_poll_us``
-    only to Valkey (None: the default)."""
+    """The limiter ``url`` names; ``clock`` only applies to the in-memory one, the rest only
+    to Valkey (``busy_poll_us`` None: the default; bucket keys are ``<key_prefix>rl:...``)."""
     valkey = valkey_url(url, "rate-limit backend")
     if valkey is None:
         return MemoryRateLimiter(clock)
     busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
-    return ValkeyRateLimiter(valkey, busy_poll=busy_poll)
+    return ValkeyRateLimiter(
+        valkey, prefix=key_prefix + "rl:", timeout=timeout_ms / 1000, busy_poll=busy_poll
+    )
 
 
 def valkey_url(url: str, what: str) -> str | None:
