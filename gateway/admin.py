@@ -1,7 +1,8 @@
 """The admin API under ``/admin``: its own bearer token (stored hashed), never an agent key.
 
 Policy revision and sources, approvals (list, approve, deny), recent decisions, tools with
-their risk, and rate-limit buckets. Litestar generates its OpenAPI schema (``/openapi``).
+their risk, and rate-limit buckets (shown, or refilled by an operator). Litestar generates
+its OpenAPI schema (``/openapi``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from litestar import Request, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
@@ -25,6 +27,14 @@ from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.runtime import Gateway
 
 _CHALLENGE = {"WWW-Authenticate": ADMIN_CHALLENGE}
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class LimitsResetBody:
+    grant: str | None = None
+    counter: str | None = None
+    all: bool = False
 
 
 @dataclass
@@ -107,10 +117,24 @@ def admin_router(gateway: Gateway) -> Router:
 
     @get("/limits", summary="Rate-limit buckets that are not full, and their tokens")
     async def limits(request: Request[Any, Any, Any], grant: str | None = None) -> list[Any]:
-        rows = await _backend(gateway.limiter.scan(""))
-        if grant is not None:
-            rows = [r for r in rows if r[0].endswith(f"|grant={grant}")]
+        rows = _of_grant(await _backend(gateway.limiter.scan("")), grant)
         return [{"key": key, "remaining": round(tokens, 3)} for key, tokens in rows]
+
+    @post(
+        "/limits/reset",
+        summary="Refill buckets at once: a grant's, a counter's, or (all: true) every one",
+        status_code=200,
+    )
+    async def limits_reset(data: LimitsResetBody) -> dict[str, Any]:
+        if data.grant is None and data.counter is None and not data.all:
+            raise HTTPException("name a grant or a counter, or say all: true", status_code=400)
+        rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))
+        keys = [
+            key for key, _ in rows if data.grant is None or key.endswith(f"|grant={data.grant}")
+        ]
+        refilled = await _backend(gateway.limiter.reset(keys))
+        log.warning("admin.limits_reset", grant=data.grant, counter=data.counter, refilled=refilled)
+        return {"refilled": refilled, "keys": keys}
 
     @post("/reload", summary="Reload the rule files now (as SIGHUP does)")
     async def reload() -> dict[str, Any]:
@@ -120,7 +144,17 @@ def admin_router(gateway: Gateway) -> Router:
         ok = reloader.reload("admin API")
         return {"reloaded": ok, "revision": gateway.policy.revision}
 
-    handlers = [policy_info, approvals, approve, deny, decisions, tools, limits, reload]
+    handlers = [
+        policy_info,
+        approvals,
+        approve,
+        deny,
+        decisions,
+        tools,
+        limits,
+        limits_reset,
+        reload,
+    ]
     return Router(path="/admin", route_handlers=handlers, guards=[_guard(gateway)], tags=["admin"])
 
 
@@ -128,6 +162,11 @@ def _service(gateway: Gateway) -> Any:
     if gateway.approvals is None:
         raise NotFoundException("approvals are not enabled")
     return gateway.approvals
+
+
+def _of_grant(rows: list[tuple[str, float]], grant: str | None) -> list[tuple[str, float]]:
+    """The buckets scoped to ``grant`` (all of them for None)."""
+    return rows if grant is None else [r for r in rows if r[0].endswith(f"|grant={grant}")]
 
 
 async def _backend(coro: Any) -> Any:

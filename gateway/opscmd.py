@@ -1,4 +1,4 @@
-"""Operator commands: ``celgate keys new``, ``celgate approvals ...``, ``celgate limits show``.
+"""Operator commands: ``celgate keys new``, ``celgate approvals ...``, ``celgate limits ...``.
 
 The approval and limit commands talk to a running gateway's admin API, so they work the same
 against any replica (the state is shared through the backend).
@@ -61,6 +61,15 @@ def _approvals(ns: argparse.Namespace) -> int:
 
 
 def _limits(ns: argparse.Namespace) -> int:
+    if ns.action == "reset":
+        if not (ns.grant or ns.counter or ns.all):
+            raise SystemExit("celgate: limits reset needs --grant, --counter or --all")
+        body = {"grant": ns.grant, "counter": ns.counter, "all": ns.all}
+        result = _admin(ns, "POST", "/admin/limits/reset", body)
+        print(f"refilled {result['refilled']} bucket(s)")
+        for key in result["keys"]:
+            print(f"  {key}")
+        return 0
     query = f"?grant={ns.grant}" if ns.grant else ""
     rows = _admin(ns, "GET", "/admin/limits" + query)
     if not rows:
@@ -93,7 +102,9 @@ def register(sub: Any) -> None:
     appr.set_defaults(func=_approvals)
 
     limits = sub.add_parser("limits", help="rate-limit buckets")
-    limits.add_argument("action", choices=["show"])
+    limits.add_argument("action", choices=["show", "reset"])
     limits.add_argument("--grant")
+    limits.add_argument("--counter", help="reset: only this counter's buckets")
+    limits.add_argument("--all", action="store_true", help="reset: every bucket")
     _admin_args(limits)
     limits.set_defaults(func=_limits)

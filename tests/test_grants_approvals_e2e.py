@@ -367,5 +367,19 @@ class TestOperatorCommands:
         assert not passed.is_error
         assert main(["limits", "show", "--grant", "analyst-bot", "--url", one.base]) == 0
         assert "echo_rate|grant=analyst-bot  remaining" in capsys.readouterr().out
+        with pytest.raises(SystemExit, match="needs --grant, --counter or --all"):
+            main(["limits", "reset", "--url", two.base])
+        reset = ["limits", "reset", "--grant", "analyst-bot", "--counter", "echo_rate"]
+        assert main([*reset, "--url", two.base]) == 0  # the other replica: shared state
+        out = capsys.readouterr().out
+        assert "refilled 1 bucket(s)" in out and "echo_rate|grant=analyst-bot" in out
+        assert main(["limits", "show", "--grant", "analyst-bot", "--url", one.base]) == 0
+        assert "echo_rate|grant=analyst-bot" not in capsys.readouterr().out
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        vague = httpx.post(one.base + "/admin/limits/reset", json={}, headers=auth, timeout=5)
+        assert vague.status_code == 400 and "name a grant or a counter" in vague.text
+        agent = {"Authorization": f"Bearer {ANALYST_KEY}"}
+        as_agent = httpx.post(one.base + "/admin/limits/reset", json={"all": 1}, headers=agent)
+        assert as_agent.status_code == 403  # an agent key is never an admin token
         with pytest.raises(SystemExit, match="401"):
             main(["approvals", "list", "--url", two.base, "--token", "wrong"])

@@ -236,6 +236,22 @@ class TestPeekAndScan:
         assert await h.limiter.scan("nothing") == []
 
 
+class TestReset:
+    """An operator refills chosen buckets at once; the others keep their level."""
+
+    async def test_reset_refills_only_the_named_buckets(self, h: Harness) -> None:
+        a, b = bucket("c1|grant=a", max_=2), bucket("c1|grant=b", max_=2)
+        assert [r.admitted for r in await take(h, [a], 3)] == [True, True, False]
+        await take(h, [b], 1)
+        assert await h.limiter.reset(["c1|grant=a", "c1|grant=a", "never|grant=z"]) == 1
+        assert [s.remaining for s in await h.limiter.peek([a])] == [2]
+        (kept,) = await h.limiter.peek([b])
+        assert kept.remaining == pytest.approx(1.0, abs=0.01)
+        assert [k for k, _ in await h.limiter.scan()] == ["c1|grant=b"]
+        assert [r.admitted for r in await take(h, [a], 3)] == [True, True, False]
+        assert await h.limiter.reset([]) == 0
+
+
 class TestExpiry:
     """A bucket's state lives exactly as long as it takes to refill; full buckets vanish."""
 

@@ -83,6 +83,10 @@ class RateLimiter(Protocol):
         """Existing (not full) bucket keys starting with ``prefix`` and their tokens."""
         ...
 
+    async def reset(self, keys: Sequence[str]) -> int:
+        """Refill these buckets at once (an operator's remedy); how many were not full."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the limiter is unusable afterwards."""
         ...

@@ -94,6 +94,10 @@ class MemoryRateLimiter:
             if key.startswith(prefix)
         )
 
+    async def reset(self, keys: Sequence[str]) -> int:
+        """Refill these buckets: a bucket that is not stored is full."""
+        return sum(self._buckets.pop(key, None) is not None for key in set(keys))
+
     async def close(self) -> None:
         """Forget every bucket."""
         self._buckets.clear()

@@ -125,6 +125,17 @@ class ValkeyRateLimiter:
         except (ValkeyError, OSError) as exc:
             raise BackendUnavailable(f"valkey: {type(exc).__name__}") from exc
 
+    async def reset(self, keys: Sequence[str]) -> int:
+        """Refill these buckets: delete their keys (a full bucket is not stored)."""
+        names = sorted({self._prefix + key for key in keys})
+        try:
+            removed = 0
+            for start in range(0, len(names), _MGET_CHUNK):
+                removed += await self._client.delete(*names[start : start + _MGET_CHUNK])
+        except (ValkeyError, OSError) as exc:
+            raise BackendUnavailable(f"valkey: {type(exc).__name__}") from exc
+        return removed
+
     async def load(self) -> None:
         """Load the script now (optional warm-up; ``acquire`` also loads it on demand)."""
         sha = await self._client.script_load(SCRIPT)
