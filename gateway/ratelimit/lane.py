@@ -268,8 +268,12 @@ class Lane:
     ``busy_poll`` seconds instead of going to sleep. Other work on the loop runs as usual. On
     the 2-core VMs this was measured on, a process that sleeps for a loopback round trip takes
     about 90 µs to wake up, several times the round trip itself, and the wake-up also costs
-    CPU; polling for the answer was both faster and about as cheap. It applies while polled
-    replies keep arriving within the budget (:class:`BusyPoll`). ``busy_poll=0`` turns it off.
+    CPU; polling for the answer was both faster and about as cheap when calls come back to
+    back. When they are spread out (one agent, a call every few ms), both processes' vCPUs halt
+    in between and the reply is slow whether or not the loop polls (the guest scheduler may
+    even put the server on the polling vCPU); ``BusyPoll`` then turns polling off, as the paced
+    rows of ``bench_limiter.py`` show. It applies while polled replies keep arriving within the
+    budget (:class:`BusyPoll`). ``busy_poll=0`` turns it off.
     """
 
     def __init__(
