@@ -321,22 +321,18 @@ class Lane:
         try:
             while True:
                 if wire is None:
-                    self._deadlines[task] = time.perf_counter() + self._timeout
-                    if self._watchdog is None:
-                        self._arm_watchdog()
+                    self._set_deadline(task, time.perf_counter())
                     wire = await connect(self._endpoint)
                 try:
-                    reply = wire.send(command)
+                    pending = wire.send(command)
                     started = time.perf_counter()
                     self._inflight += 1
                     polled = self.polling.wanted()
                     if polled:
                         self._start_polling(started)
-                    self._deadlines[task] = started + self._timeout
-                    if self._watchdog is None:
-                        self._arm_watchdog()
+                    self._set_deadline(task, started)
                     try:
-                        reply = await reply
+                        reply = await pending
                     finally:
                         self._inflight -= 1
                 except ValkeyConnectionError:
@@ -349,15 +345,12 @@ class Lane:
                 if polled:
                     self.polling.record(wire.arrived - started)
                 return check(reply)
-        except asyncio.CancelledError:
-            if wire is not None:
+        except BaseException as exc:  # cleanup, then re-raised: close the connection (its
+            if wire is not None:  # reply may still come); acquire() applies failure_mode
                 wire.close()
-            if self._expired.pop(task, False) and task.uncancel() == 0:
+            expired = isinstance(exc, asyncio.CancelledError) and self._expired.pop(task, False)
+            if expired and task.uncancel() == 0:  # our deadline, not the caller's cancel
                 raise TimeoutError(f"valkey did not answer within {self._timeout} s") from None
-            raise
-        except BaseException:  # not handled here: close the connection (a reply may follow)
-            if wire is not None:  # and re-raise; acquire() turns it into failure_mode
-                wire.close()
             raise
         finally:
             self._deadlines.pop(task, None)
@@ -384,6 +377,11 @@ class Lane:
                 waiter.set_result(None)
                 return
         self._free += 1
+
+    def _set_deadline(self, task: asyncio.Task[Any], now: float) -> None:
+        self._deadlines[task] = now + self._timeout
+        if self._watchdog is None:
+            self._arm_watchdog()
 
     def _arm_watchdog(self) -> None:
         loop = asyncio.get_running_loop()

@@ -49,7 +49,7 @@ from gateway.ratelimit.lane import Lane, client_defaults, resp_command
 DEFAULT_PREFIX = "celgate:rl:"
 SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
-_MGET_CHUNK = 500
+_CHUNK = 500  # keys per MGET or DEL
 # Busy-poll budget per acquire (seconds); see lane.Lane. ``limits.busy_poll_us`` in the config.
 DEFAULT_BUSY_POLL = 0.0003
 _COMMAND_CACHE = 4096
@@ -130,8 +130,8 @@ class ValkeyRateLimiter:
         names = sorted({self._prefix + key for key in keys})
         try:
             removed = 0
-            for start in range(0, len(names), _MGET_CHUNK):
-                removed += await self._client.delete(*names[start : start + _MGET_CHUNK])
+            for start in range(0, len(names), _CHUNK):
+                removed += await self._client.delete(*names[start : start + _CHUNK])
         except (ValkeyError, OSError) as exc:
             raise BackendUnavailable(f"valkey: {type(exc).__name__}") from exc
         return removed
@@ -178,8 +178,8 @@ class ValkeyRateLimiter:
         sec, usec = await self._client.time()
         now_ms = sec * 1000 + usec / 1000
         found: list[tuple[str, float]] = []
-        for start in range(0, len(keys), _MGET_CHUNK):
-            chunk = keys[start : start + _MGET_CHUNK]
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
             values = await self._client.mget(chunk)
             for key, value in zip(chunk, values, strict=True):
                 if value is not None:  # expired between SCAN and MGET
