@@ -19,7 +19,7 @@ LIST_TIMEOUT = 15.0
 
 
 def _target(server: ServerConfig, url: str | None) -> Any:
-    url = url or server.url
+    url = None if server.is_stdio else url or server.url  # stdio: its own process, no bridge
     if url is not None:
         if not server.headers:
             return url

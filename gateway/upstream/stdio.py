@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hmac
 import itertools
 import json
 import os
+import secrets
 import signal
 import socket
 import time
@@ -209,6 +211,28 @@ def _error(msg_id: Any, message: str) -> dict[str, Any]:
     }
 
 
+def _too_slow(name: str, timeout: float, msg_id: Any) -> dict[str, Any]:
+    return _error(msg_id, f"stdio server {name!r} did not answer within {timeout:g} s")
+
+
+def _cancelled(inner: Any, reason: str) -> dict[str, Any]:
+    params = {"requestId": inner, "reason": reason}
+    return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+
+
+async def _deadline(
+    within: float, last_sign: Callable[[], float | None], expire: Callable[[], Awaitable[None]]
+) -> None:
+    """Expire a request after ``within`` seconds without a sign of life from the child
+    (``last_sign`` gives its time, or None once the request is answered)."""
+    while (seen := last_sign()) is not None:
+        left = seen + within - time.monotonic()
+        if left <= 0:
+            await expire()
+            return
+        await anyio.sleep(left)
+
+
 def _progress_token(message: dict[str, Any]) -> Any:
     params = message.get("params")
     if not isinstance(params, dict):
@@ -271,16 +295,20 @@ class SessionLink:
         self.child.on_exit = self._child_exited
         self.child.on_start = self._replay_handshake
         self.in_flight: dict[Any, ServerMessageMetadata | None] = {}
+        self.heard: dict[Any, float] = {}  # per request in flight: the child's last sign of life
+        self.asking: set[Any] = set()  # the child's own requests the client has not answered
         self.tokens: dict[Any, Any] = {}
         self.handshake: list[dict[str, Any]] = []
         self.replaying: set[str] = set()
         self.write: Any = None
+        self.tg: anyio.abc.TaskGroup | None = None
         self.last_used = time.monotonic()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             async with self.transport.connect() as (read, write), anyio.create_task_group() as tg:
                 self.write = write
+                self.tg = tg
                 tg.start_soon(self.child.run)
                 task_status.started()
                 scope = self.transport.idle_scope or anyio.CancelScope()
@@ -320,6 +348,11 @@ class SessionLink:
             token = _progress_token(message)
             if token is not None:
                 self.tokens[token] = msg_id
+            self.heard[msg_id] = time.monotonic()
+            assert self.tg is not None
+            self.tg.start_soon(self._watch, msg_id)
+        elif method is None:  # the client's answer to one of the child's requests
+            self.asking.discard(msg_id)
         if method in ("initialize", "notifications/initialized"):
             self.handshake.append(message)
         if method == "notifications/cancelled":
@@ -330,6 +363,21 @@ class SessionLink:
             await self._answer(
                 _error(msg_id, f"stdio server {self.bridge.config.name!r} is not running")
             )
+
+    async def _watch(self, msg_id: Any) -> None:
+        def last_sign() -> float | None:
+            if msg_id not in self.in_flight:
+                return None
+            # While the client is being asked (a person may be answering), the clock stops.
+            return time.monotonic() if self.asking else self.heard.get(msg_id, 0.0)
+
+        async def expire() -> None:
+            self.in_flight.pop(msg_id, None)
+            timeout = self.bridge.config.timeout
+            await self.child.send(_cancelled(msg_id, f"no answer within {timeout:g} s"))
+            await self._answer(_too_slow(self.bridge.config.name, timeout, msg_id))
+
+        await _deadline(self.bridge.config.timeout, last_sign, expire)
 
     async def _end_cancelled(self, message: dict[str, Any]) -> None:
         params = message.get("params") or {}
@@ -344,11 +392,17 @@ class SessionLink:
                 self.replaying.discard(msg_id)
                 return
             if msg_id not in self.in_flight:
-                return  # answered already (cancelled, or failed when the child died)
+                return  # answered already (cancelled, expired, or failed when the child died)
             self.in_flight.pop(msg_id, None)
+            self.heard.pop(msg_id, None)
             await self._answer(message)
             return
-        await self._send(message, self._related(message))
+        if msg_id is not None:
+            self.asking.add(msg_id)
+        related = self._related(message)
+        if related in self.heard:
+            self.heard[related] = time.monotonic()
+        await self._send(message, related)
 
     def _related(self, message: dict[str, Any]) -> Any:
         token = _progress_token(message)
@@ -378,6 +432,8 @@ class SessionLink:
             self.in_flight.pop(msg_id, None)
             await self._send(_error(msg_id, why), None)
         self.tokens.clear()
+        self.heard.clear()
+        self.asking.clear()
 
     async def _replay_handshake(self) -> None:
         """A restarted child gets the session's initialize again; its answer is swallowed."""
@@ -399,7 +455,9 @@ class SharedLink:
         self.ids = itertools.count(1)
         self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[dict[str, Any]]]] = {}
         self.tokens: dict[str, str] = {}
+        self.heard: dict[str, float] = {}
         self.name = config.name
+        self.timeout = config.timeout
 
     async def handle(self, incoming: Incoming, send: Send, message: dict[str, Any]) -> None:
         if not self.child.ready.is_set() and not await self.child.wait_ready(10.0):
@@ -410,7 +468,7 @@ class SharedLink:
             )
             return
         if "id" not in message or "method" not in message:
-            await self.child.send(message)  # notifications (client answers never come here)
+            await self._notify(message)
             await reply(send, 202, b"")
             return
         inner = f"c{next(self.ids)}"
@@ -424,32 +482,64 @@ class SharedLink:
             self.tokens[inner] = inner
         sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](64)
         self.waiting[inner] = (original_id, token, sender)
+        self.heard[inner] = time.monotonic()
         try:
-            if not await self.child.send(outgoing):
-                await sender.send(_error(inner, f"stdio server {self.name!r} is not running"))
-            await _stream_answer(incoming, send, receiver, original_id, token, self._cancel(inner))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    _deadline, self.timeout, lambda: self.heard.get(inner), self._expire(inner)
+                )
+                if not await self.child.send(outgoing):
+                    await sender.send(_error(inner, f"stdio server {self.name!r} is not running"))
+                cancel = self._cancel(inner, "the client went away")
+                await _stream_answer(incoming, send, receiver, original_id, token, cancel)
+                tg.cancel_scope.cancel()
         finally:
             self.waiting.pop(inner, None)
             self.tokens.pop(inner, None)
+            self.heard.pop(inner, None)
 
-    def _cancel(self, inner: str) -> Callable[[], Awaitable[None]]:
+    async def _notify(self, message: dict[str, Any]) -> None:
+        """A client notification (client answers never come here: no requests mid-call).
+
+        ``notifications/cancelled`` names a request id of the sender's own; the ids the child
+        knows are ours, and a notification's exchange has no request of its own to map one to.
+        So it is dropped: a caller cancels by closing its request's stream (as the 2026 wire
+        says), which cancels that request's own inner id (``_cancel``), never another's.
+        """
+        if message.get("method") == "notifications/cancelled":
+            log.debug("stdio.cancel_dropped", server=self.name)
+            return
+        await self.child.send(message)
+
+    def _cancel(self, inner: str, reason: str) -> Callable[[], Awaitable[None]]:
         async def cancel() -> None:
             if inner in self.waiting:
-                note = {"requestId": inner, "reason": "the client went away"}
-                await self.child.send(
-                    {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": note}
-                )
+                await self.child.send(_cancelled(inner, reason))
 
         return cancel
 
+    def _expire(self, inner: str) -> Callable[[], Awaitable[None]]:
+        async def expire() -> None:
+            await self._cancel(inner, f"no answer within {self.timeout:g} s")()
+            self.heard.pop(inner, None)
+            entry = self.waiting.get(inner)
+            if entry is not None:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                    entry[2].send_nowait(_too_slow(self.name, self.timeout, inner))
+
+        return expire
+
     async def _from_child(self, message: dict[str, Any]) -> None:
         key = message.get("id") if "method" not in message else _progress_token(message)
-        entry = self.waiting.get(str(key)) if key is not None else None
-        if entry is None and "method" in message and len(self.waiting) == 1:
-            entry = next(iter(self.waiting.values()))  # a log line while one call runs
-        if entry is not None:
-            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                entry[2].send_nowait(message)
+        inner = str(key) if key is not None and str(key) in self.waiting else None
+        if inner is None and "method" in message and len(self.waiting) == 1:
+            inner = next(iter(self.waiting))  # a log line while one call runs
+        if inner is None:
+            return
+        if inner in self.heard:
+            self.heard[inner] = time.monotonic()
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+            self.waiting[inner][2].send_nowait(message)
 
     async def _child_exited(self) -> None:
         for inner, (_, _, sender) in list(self.waiting.items()):
@@ -507,7 +597,13 @@ def _with_token(message: dict[str, Any], token: Any) -> dict[str, Any]:
 
 
 class StdioBridge:
-    """The local Streamable HTTP endpoint of one stdio server (raw ASGI)."""
+    """The local Streamable HTTP endpoint of one stdio server (raw ASGI).
+
+    It serves the gateway alone: every request must carry the bridge's secret (made at start,
+    known only to this process) and the bridge's own ``Host``, or it is refused before any
+    child process is touched. Any local process can reach a loopback port, and a web page can
+    through DNS rebinding; neither knows the secret, and a rebound page sends its own Host.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -517,12 +613,34 @@ class StdioBridge:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
+        self._secret = secrets.token_urlsafe(32)  # 32 random bytes
+        self._authorization = f"Bearer {self._secret}".encode()
+        self._host = f"127.0.0.1:{self.port}".encode()
         self._tg: anyio.abc.TaskGroup | None = None
         self._server: uvicorn.Server | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the bridge must carry (the relay sends it last, over the
+        client's own ``authorization``, which it drops)."""
+        return {"authorization": f"Bearer {self._secret}"}
+
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """Why a request is not the gateway's own, or None when it is."""
+        given: dict[bytes, list[bytes]] = {b"authorization": [], b"host": []}
+        for name, value in scope["headers"]:
+            if name.lower() in given:
+                given[name.lower()].append(value)
+        auth = given[b"authorization"]
+        if len(auth) != 1 or not hmac.compare_digest(auth[0], self._authorization):
+            return 401, "the stdio bridge serves the gateway only"
+        if given[b"host"] != [self._host]:
+            return 403, "Host not allowed"
+        return None
 
     def pids(self) -> list[int]:
         children = [link.child for link in self.sessions.values()] + [self.shared.child]
@@ -568,6 +686,14 @@ class StdioBridge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        refused = self._refusal(scope)
+        if refused is not None:
+            status, why = refused
+            client = scope.get("client")
+            peer = f"{client[0]}:{client[1]}" if client else None
+            log.warning("stdio.bridge_refused", server=self.config.name, status=status, peer=peer)
+            await reply(send, status, rpc_error(None, INVALID_REQUEST, why))
             return
         incoming = Incoming(scope, receive)
         sid = incoming.header("mcp-session-id")
@@ -656,7 +782,7 @@ class StdioUpstream(HttpUpstream):
 
     def __init__(self, config: ServerConfig) -> None:
         bridge = StdioBridge(config)
-        super().__init__(replace(config, url=bridge.url))
+        super().__init__(replace(config, url=bridge.url, headers=bridge.headers))
         self.bridge = bridge
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
