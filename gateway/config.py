@@ -41,7 +41,7 @@ _TOP = {
     "anonymous",
 }
 _HTTP_SERVER = {"url", "headers", "timeout", "ca_file"}
-_STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout"}
+_STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout", "timeout"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +270,7 @@ class _ConfigLoader:
             cwd=str(self._path(cwd)) if cwd else None,
             max_processes=sub.positive_int("max_processes") or 16,
             idle_timeout=sub.positive_number("idle_timeout") or 600.0,
+            timeout=sub.positive_number("timeout") or 30.0,  # an answer's deadline
         )
 
     def _str_map(self, sub: Fields, name: str) -> dict[str, str]:
