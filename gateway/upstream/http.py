@@ -19,7 +19,11 @@ class HttpUpstream:
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
-        self.pool = H1Pool(self.url, self.connect_timeout, ca_file=config.ca_file)
+        # servers.X.timeout bounds every request's wait for its answer's head (relay, probe,
+        # learn_sessions); a stream may then idle.
+        self.pool = H1Pool(
+            self.url, self.connect_timeout, ca_file=config.ca_file, head_timeout=config.timeout
+        )
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Reachable when it answers HTTP at all (a 4xx to a bare GET still means it is up)."""
