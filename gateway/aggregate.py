@@ -40,7 +40,7 @@ from starlette.requests import Request
 from gateway.audit import new_decision_id
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
-from gateway.edge.replies import decision_payload, denial_text
+from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text
 from gateway.enforce import check_pin, enforce
 from gateway.identity import AGENT_CHALLENGE
 from gateway.policy import Call, Identity, decide
@@ -55,11 +55,12 @@ Ctx = ServerRequestContext[Any, Any]
 T = TypeVar("T")
 
 
-def _text_result(text: str, structured: dict[str, Any] | None = None) -> types.CallToolResult:
+def _text_result(text: str, decision: dict[str, Any] | None = None) -> types.CallToolResult:
+    """An error result; the decision for programs goes in ``_meta`` (see edge.replies)."""
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
-        structured_content=structured,
         is_error=True,
+        _meta={DECISION_KEY: decision} if decision is not None else None,
     )
 
 
@@ -306,7 +307,7 @@ class Aggregate:
             known = (server, tool) in self.gw.catalog
             self.gw.metrics.decision(call, decision, latency / 1000, known=known)
         if not decision.allowed:
-            payload = {"celgate": decision_payload(decision, decision_id)}
+            payload = decision_payload(decision, decision_id)
             return _text_result(denial_text(decision), payload)
         return await self._forward_call(ctx, link, server, tool, params.arguments)
 

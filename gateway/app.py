@@ -15,6 +15,7 @@ from litestar.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
+from gateway.edge.asgi import reply
 from gateway.edge.relay import Relay
 from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.lifecycle import background, check_upstreams
@@ -32,9 +33,10 @@ class EdgeApp:
     aggregate, under Litestar's exception handling), admin, health and metrics stay Litestar's.
     """
 
-    def __init__(self, litestar: Litestar, relay: Relay) -> None:
+    def __init__(self, litestar: Litestar, relay: Relay, gateway: Gateway) -> None:
         self.litestar = litestar
         self.relay = relay
+        self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
@@ -43,7 +45,38 @@ class EdgeApp:
                 scope["path"] = path[4:]  # what the relay reads: the part after /mcp
                 await self.relay(scope, receive, send)  # type: ignore[arg-type]
                 return
+            if path.startswith("/openapi") and not _operator(self.gateway, scope):
+                await _refuse_operator_page(self.gateway, send)
+                return
         await self.litestar(scope, receive, send)
+
+
+def _operator(gateway: Gateway, scope: Scope) -> bool:
+    """Operator pages (metrics, the admin API's schema) need the admin token, unless
+    ``admin.metrics_public`` says the network they are served on is trusted. With no admin
+    token configured they are closed."""
+    config = gateway.config
+    if config.metrics_public:
+        return True
+    authorization = None
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    return token_matches(bearer(authorization), config.admin_token_sha256)
+
+
+async def _refuse_operator_page(gateway: Gateway, send: Send) -> None:
+    status, body, headers = _operator_refusal(gateway)
+    extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await reply(send, status, body, b"text/plain", extra)  # type: ignore[arg-type]
+
+
+def _operator_refusal(gateway: Gateway) -> tuple[int, bytes, dict[str, str]]:
+    if gateway.config.admin_token_sha256 is None:
+        body = b"closed: set admin.token_sha256, or admin.metrics_public on a trusted network\n"
+        return 403, body, {}
+    return 401, b"admin token required\n", {"WWW-Authenticate": ADMIN_CHALLENGE}
 
 
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> EdgeApp:
@@ -60,12 +93,9 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Tool names and call counts are operator data: the admin token is asked for, unless
         ``admin.metrics_public`` says the scrape network is trusted."""
-        config = gateway.config
-        if config.admin_token_sha256 and not config.metrics_public:
-            presented = bearer(request.headers.get("authorization"))
-            if not token_matches(presented, config.admin_token_sha256):
-                challenge = {"WWW-Authenticate": ADMIN_CHALLENGE}
-                return Response(b"admin token required\n", status_code=401, headers=challenge)
+        if not _operator(gateway, request.scope):
+            status, text, headers = _operator_refusal(gateway)
+            return Response(text, status_code=status, headers=headers)
         body = gateway.metrics.render() if gateway.metrics is not None else b""
         return Response(body, media_type="text/plain; version=0.0.4")
 
@@ -113,4 +143,4 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         openapi_config=openapi,
         logging_config=None,
     )
-    return EdgeApp(litestar, relay)
+    return EdgeApp(litestar, relay, gateway)

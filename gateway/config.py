@@ -39,8 +39,18 @@ _TOP = {
     "approvals",
     "cel",
     "anonymous",
+    "relay",
 }
 _HTTP_SERVER = {"url", "headers", "timeout", "ca_file"}
+# security: fields bounding client connections, and whether each is a whole number
+_CONNECTION_LIMITS = {
+    "max_head_bytes": True,
+    "max_headers": True,
+    "head_timeout": False,
+    "body_timeout": False,
+    "keepalive_timeout": False,
+    "max_connections": True,
+}
 _STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout", "timeout"}
 
 
@@ -112,6 +122,8 @@ class GatewayConfig:
     anonymous: bool = False
     cel_engine: str = "cel-python"
     metrics_public: bool = False
+    # JSON-RPC request methods the relay forwards beyond the ones it knows (gateway.edge.methods)
+    relay_extra_methods: frozenset[str] = frozenset()
 
 
 def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
@@ -163,6 +175,7 @@ class _ConfigLoader:
         self._aggregate(top)
         self._cel(top)
         self._anonymous(top)
+        self._relay(top)
 
     def _sub(self, top: Fields, name: str, known: set[str]) -> Fields | None:
         node = top.get(name)
@@ -410,6 +423,18 @@ class _ConfigLoader:
         if not anonymous and not self.out.get("grants") and "grants" not in top.node.value:
             msg = "no grants: give agents keys (`celgate keys new`), or `anonymous: true` locally"
             self.err(top.node.where, "grants", msg)
+
+    def _relay(self, top: Fields) -> None:
+        """Request methods the relay does not know are refused unless named here."""
+        sub = self._sub(top, "relay", {"extra_methods"})
+        if sub is None:
+            return
+        methods = self._str_list(sub, "extra_methods")
+        for method in methods:
+            if not method or method.startswith("notifications/") or method != method.strip():
+                msg = f"{method!r} is not a request method name"
+                self.err(sub.where("extra_methods"), "relay.extra_methods", msg)
+        self.out["relay_extra_methods"] = frozenset(methods)
 
     def _cel(self, top: Fields) -> None:
         sub = self._sub(top, "cel", {"engine"})

@@ -104,6 +104,15 @@ def text_of(result: types.CallToolResult) -> str:
     return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
+def decision_of(result: types.CallToolResult) -> dict[str, Any]:
+    """The decision the gateway put in a result it wrote itself (``_meta``, never the
+    structured content, which clients check against the tool's output schema)."""
+    assert result.structured_content is None
+    assert result.meta is not None
+    part: dict[str, Any] = result.meta["io.celgate/decision"]
+    return part
+
+
 def calls_in(log: Path) -> list[dict[str, Any]]:
     """The tools/call requests the test upstream wrote to its ``UPSTREAM_CALL_LOG``."""
     if not log.exists():

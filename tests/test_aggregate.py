@@ -17,7 +17,7 @@ import httpx
 import mcp_types as types
 import pytest
 
-from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
+from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
 from tests.peers import PeerProcess, http_upstream
 from tests.servers.test_servers_smoke import elicitation_answering
 from tests.test_stdio_bridge import stdio_server
@@ -90,7 +90,7 @@ class TestAggregate:
         assert not ok.is_error
         assert refused.is_error
         assert "no deleting on the stdio server" in text_of(refused)
-        verdict = refused.structured_content["celgate"]  # type: ignore[index]
+        verdict = decision_of(refused)
         assert verdict["effect"] == "deny" and verdict["decision_id"]
         assert not any(r.get("tool") == "delete_item" for r in calls_in(logs["st"]))
         await anyio.sleep(0.2)

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
+from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
 from tests.peers import PeerProcess, http_upstream
 from tests.servers.test_servers_smoke import elicitation_answering, sampling_answering
 
@@ -87,7 +87,7 @@ class TestPolicyThroughTheRelay:
             result = await c.call_tool("delete_item", {"id": f"x-{mode}"})
         assert result.is_error
         assert "deleting items is not allowed here" in text_of(result)
-        verdict = result.structured_content["celgate"]  # type: ignore[index]
+        verdict = decision_of(result)
         assert verdict["effect"] == "deny"
         assert verdict["rule"].endswith("policy.yaml:20")
         assert len(verdict["revision"]) == 16
@@ -102,7 +102,7 @@ class TestPolicyThroughTheRelay:
         assert not ok.is_error
         assert refused.is_error
         assert "only SELECT statements" in text_of(refused)
-        assert refused.structured_content["celgate"]["rule"] == "no-writes"  # type: ignore[index]
+        assert decision_of(refused)["rule"] == "no-writes"
         sqls = [c["arguments"].get("sql") for c in calls_in(call_log)]
         assert f"SELECT '{mode}'" in sqls
         assert f"DROP TABLE t_{mode}" not in sqls

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli import main
 from gateway.identity import hash_key
-from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
+from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
 from tests.peers import PeerProcess
 from tests.valkey_server import ValkeyProcess
 
@@ -71,9 +71,7 @@ def grants() -> dict[str, Any]:
 
 
 def celgate_part(result: types.CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None
-    part: dict[str, Any] = result.structured_content["celgate"]
-    return part
+    return decision_of(result)
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +260,14 @@ class TestAdminApi:
         ok = admin(gw, "GET", "/admin/policy")
         assert ok.status_code == 200 and len(ok.json()["revision"]) == 16
 
-    def test_openapi_schema_lists_admin_paths(self, pair: Any) -> None:
-        schema = httpx.get(pair[0].base + "/openapi/openapi.json", timeout=5).json()
+    def test_openapi_schema_is_the_operators(self, pair: Any) -> None:
+        """The admin API's schema is operator data: behind the admin token like /metrics."""
+        url = pair[0].base + "/openapi/openapi.json"
+        assert httpx.get(url, timeout=5).status_code == 401
+        agent = {"Authorization": f"Bearer {ANALYST_KEY}"}
+        assert httpx.get(url, headers=agent, timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        schema = httpx.get(url, headers=auth, timeout=5).json()
         assert "/admin/approvals/{approval_id}/approve" in schema["paths"]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
+from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway, text_of
 from tests.peers import REPO_ROOT, http_upstream
 
 ALLOW = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
@@ -106,7 +106,7 @@ class TestPinning:
                         refused = await c.call_tool("echo", {"text": "hi"})
                     assert refused.is_error
                     assert "changed since it was pinned" in text_of(refused)
-                    assert refused.structured_content["celgate"]["rule"] == "pins"  # type: ignore[index]
+                    assert decision_of(refused)["rule"] == "pins"
                     reloads = len(gw.records("policy.reloaded"))
                     assert pins_update(config).returncode == 0
                     # the pins file changed: the watcher reloads it with the rules

@@ -8,41 +8,53 @@ response is released in a ``finally`` with no ``await`` in it, so cancellation c
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.edge.asgi import Incoming, Receive, Send, reply
+from gateway.edge.clientview import ClientView
 from gateway.edge.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
-from gateway.edge.sse import SseRewriter, Transform
+from gateway.edge.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.upstream.h1 import H1Response, UpstreamIOError
 from gateway.upstream.http import HttpUpstream
 
-# Hop-by-hop and framing headers are the connection's own, not the message's.
+# Hop-by-hop and framing headers are the connection's own, not the message's (RFC 9110
+# 7.6.1; also proxy-* and whatever Connection names, see request_headers). expect: an
+# upstream's 100 Continue must never stand for an answer.
 _DROP_REQUEST = frozenset(
     {
         "host",
         "connection",
         "keep-alive",
+        "proxy-connection",
         "transfer-encoding",
         "te",
+        "trailer",
         "upgrade",
+        "expect",
         "proxy-authorization",
         "authorization",
         "content-length",
         "accept-encoding",
         "mcp-session-id",
         "cookie",
+        "last-event-id",  # set from the caller's own, checked id only (Forward.last_event_id)
     }
 )
+# The h1 client already takes hop-by-hop headers out of an answer; listed here as well.
 # date: the gateway's server adds its own (two Date headers confuse caches); server: the
 # upstream's software is nobody else's business.
 _DROP_RESPONSE = frozenset(
     {
         "connection",
         "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
         "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
         "content-encoding",
         "mcp-session-id",
         "date",
@@ -60,17 +72,29 @@ class Forward:
     session_id: str | None  # the upstream's own id (already unwrapped)
     body: bytes | None
     msg_id: Any = None
-    transform: Transform | None = None
+    view: ClientView | None = None  # every message back passes the caller's view
     wrap_session: Callable[[str], str] | None = None
+    last_event_id: str | None = None  # the upstream's own event id (already unwrapped)
 
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
-    headers = {k: v for k, v in incoming.headers.items() if k not in _DROP_REQUEST}
+    named: set[str] = set()  # names the caller's Connection header lists: hop-by-hop too
+    if "connection" in incoming.headers:
+        for name, value in incoming.raw_headers:
+            if name.lower() == b"connection":
+                named.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+    headers = {
+        k: v
+        for k, v in incoming.headers.items()
+        if k not in _DROP_REQUEST and k not in named and not k.startswith("proxy-")
+    }
     headers["accept-encoding"] = (
         "identity"  # a compressed stream cannot be rewritten or relayed as is
     )
     if fwd.session_id is not None:
         headers["mcp-session-id"] = fwd.session_id
+    if fwd.last_event_id is not None:
+        headers["last-event-id"] = fwd.last_event_id
     headers.update(fwd.upstream.headers)
     return headers
 
@@ -79,10 +103,10 @@ def _response_headers(resp: H1Response, fwd: Forward) -> list[tuple[bytes, bytes
     out: list[tuple[bytes, bytes]] = []
     for name, value in resp.raw_headers:
         key = name.decode("latin-1").lower()
-        if key in _DROP_RESPONSE or (fwd.transform is not None and key == "content-length"):
+        if key in _DROP_RESPONSE or key == "content-length":
             continue
-        if key == "cache-control" and fwd.transform is not None:
-            value = value.replace(b"public", b"private")
+        if key == "cache-control":
+            value = value.replace(b"public", b"private")  # what a caller sees is per caller
         out.append((name, value))
     sid = resp.headers.get("mcp-session-id")
     if sid is not None and fwd.wrap_session is not None:
@@ -109,6 +133,10 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
         resp = await upstream.pool.request(
             incoming.method, request_headers(incoming, fwd), fwd.body
         )
+    except TimeoutError:  # no head within servers.X.timeout; the connection was dropped
+        message = f"upstream {upstream.name!r} did not answer in time"
+        await reply(send, 504, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+        return None
     except UPSTREAM_ERRORS:
         await _unavailable(send, fwd)
         return None
@@ -119,65 +147,70 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
     return resp
 
 
+#: A JSON answer is read whole to pass the caller's view; past this it is refused.
+MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
+
+
 async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward) -> None:
-    content_type = resp.headers.get("content-type", "")
-    is_sse = content_type.startswith("text/event-stream")
-    if fwd.transform is not None and not is_sse and content_type.startswith("application/json"):
-        await _relay_json(send, resp, fwd)
-        return
-    start = {"type": "http.response.start", "status": resp.status}
-    start["headers"] = _response_headers(resp, fwd)
-    await send(start)
-    if is_sse:
+    if fwd.view is not None and fwd.view.session is None:
+        sid = resp.headers.get("mcp-session-id")  # an initialize: events belong to the new one
+        fwd.view.session = sid.strip() if sid is not None else None
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        start = {"type": "http.response.start", "status": resp.status}
+        start["headers"] = _response_headers(resp, fwd)
+        await send(start)
         await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd))
     else:
-        await _relay_bytes(send, resp)
+        await _relay_whole(send, resp, fwd)
 
 
-async def _relay_json(send: Send, resp: H1Response, fwd: Forward) -> None:
+async def _relay_whole(send: Send, resp: H1Response, fwd: Forward) -> None:
+    """Anything but a stream: read whole (bounded), passed through the view if JSON."""
     try:
-        raw = await resp.read()
+        body = await _read_bounded(resp)
     except UPSTREAM_ERRORS:
         await _unavailable(send, fwd)
         return
-    body = raw
-    assert fwd.transform is not None
-    try:
-        message = json.loads(raw)
-        if isinstance(message, dict):
-            changed = fwd.transform(message)
-            if changed is not None:
-                body = json.dumps(changed, ensure_ascii=False).encode()
-    except ValueError:
-        pass
+    if body is None:
+        await _unavailable(send, fwd)
+        return
+    if fwd.view is not None and body:
+        changed = filtered(body, fwd.view)
+        if changed is DROP:
+            await _unavailable(send, fwd)
+            return
+        if changed is not None:
+            body = changed
     headers = _response_headers(resp, fwd)
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _relay_bytes(send: Send, resp: H1Response) -> None:
-    try:
-        async for chunk in resp.iter_chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except UPSTREAM_ERRORS:
-        pass  # the client sees a truncated body; nothing else can be said mid-message
-    await send({"type": "http.response.body", "body": b""})
+async def _read_bounded(resp: H1Response) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.iter_chunks():
+        size += len(chunk)
+        if size > MAX_JSON_ANSWER_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _relay_sse(send: Send, resp: H1Response, fwd: Forward) -> None:
-    rewriter = SseRewriter(fwd.transform) if fwd.transform is not None else None
+    assert fwd.view is not None
+    rewriter = SseRewriter(fwd.view)
     try:
         async for chunk in resp.iter_chunks():
-            data = rewriter.feed(chunk) if rewriter is not None else chunk
+            data = rewriter.feed(chunk)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
-    except UPSTREAM_ERRORS:
+    except (*UPSTREAM_ERRORS, StreamTooLarge):
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
         if fwd.msg_id is not None:
             await send({"type": "http.response.body", "body": sse_error(fwd), "more_body": True})
-    tail = rewriter.close() if rewriter is not None else b""
-    await send({"type": "http.response.body", "body": tail})
+    await send({"type": "http.response.body", "body": rewriter.close()})
 
 
 # Most answers are over within a few milliseconds; the watcher starts only for those that

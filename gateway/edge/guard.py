@@ -83,3 +83,23 @@ class SessionSigner:
         if not hmac.compare_digest(mac, self._mac(server, grant, sid)):
             return None
         return sid
+
+    def wrap_event(self, server: str, grant: str, session: str | None, event_id: str) -> str:
+        """An SSE event id bound to (server, grant, session), as ``<id>.<mac>``."""
+        return f"{event_id}.{self._event_mac(server, grant, session or '', event_id)}"
+
+    def unwrap_event(
+        self, server: str, grant: str, session: str | None, presented: str
+    ) -> str | None:
+        """The upstream's event id, or None when it was not given to this caller."""
+        event_id, dot, mac = presented.strip().rpartition(".")
+        if not dot or not event_id:
+            return None
+        if not hmac.compare_digest(mac, self._event_mac(server, grant, session or "", event_id)):
+            return None
+        return event_id
+
+    def _event_mac(self, server: str, grant: str, session: str, event_id: str) -> str:
+        msg = f"event\x00{server}\x00{grant}\x00{session}\x00{event_id}".encode()
+        digest = hmac.new(self.key, msg, hashlib.sha256).digest()[:18]
+        return base64.urlsafe_b64encode(digest).decode()

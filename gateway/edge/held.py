@@ -20,6 +20,7 @@ from gateway.edge.forward import (
 )
 from gateway.edge.jsonrpc import Message
 from gateway.edge.replies import denial
+from gateway.edge.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.enforce import apply_limits
 from gateway.policy.model import Call, Decision
 from gateway.runtime import Gateway
@@ -112,15 +113,25 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
 
 
 async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
+    """The upstream's answer into the held stream, through the caller's view either way."""
+    assert fwd.view is not None
     is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
     try:
         if is_sse:
+            rewriter = SseRewriter(fwd.view)
             async for chunk in resp.iter_chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        else:
-            body = await resp.read()
-            await send({"type": "http.response.body", "body": _event(body), "more_body": True})
-    except UPSTREAM_ERRORS:
+                data = rewriter.feed(chunk)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            return
+        body = await resp.read()
+        changed = filtered(body, fwd.view)
+        if changed is DROP:
+            await _send_error(send, fwd)
+        elif body.strip():
+            out = _event(changed if changed is not None else body)
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+    except (*UPSTREAM_ERRORS, StreamTooLarge):
         await _send_error(send, fwd)
 
 

@@ -7,9 +7,10 @@ body could mean one tool to the gateway and another to the upstream.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -46,31 +47,92 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# A \uD800-\uDFFF escape: a surrogate, paired (fine) or lone (not text: refused).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_body(body: bytes) -> Any:
-    """Parse a request body, rejecting invalid UTF-8, invalid JSON and duplicate keys."""
+    """Parse a request body, rejecting invalid UTF-8, invalid JSON, duplicate keys and
+    strings that are not text (a lone surrogate cannot be encoded again, so no record or
+    upstream could take it)."""
     try:
         text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
         raise BadMessage(PARSE_ERROR, "body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadMessage(PARSE_ERROR, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except RecursionError:
         raise BadMessage(PARSE_ERROR, "JSON nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(body) is not None and not _all_text(value):
+        raise BadMessage(PARSE_ERROR, "a string holds a lone UTF-16 surrogate")
+    return value
+
+
+def _all_text(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+#: Request methods a client may send, in both protocol eras and the spec's extensions (tasks,
+#: subscriptions). Anything else is refused unless the operator lists it (``relay.extra_methods``).
+CLIENT_REQUEST_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+        "subscriptions/listen",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+    }
+)
+NOTIFICATION_PREFIX = "notifications/"
+#: Integer ids a JavaScript peer cannot hold exactly (``JSON.parse`` rounds past 2**53).
+MAX_SAFE_ID = 2**53 - 1
+_ENVELOPE = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+
+Kind = Literal["request", "notification", "response"]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One JSON-RPC message from the client."""
+    """One JSON-RPC message from the client, classified: a request of a method the relay
+    knows, a ``notifications/*`` notification, or an answer to a request the server sent."""
 
     raw: Mapping[str, Any]
     method: str | None
     msg_id: Any
     params: Mapping[str, Any]
+    kind: Kind = "request"
 
     @property
     def is_request(self) -> bool:
-        return self.method is not None and "id" in self.raw
+        return self.kind == "request"
 
     @property
     def protocol_version(self) -> str | None:
@@ -81,24 +143,74 @@ class Message:
         return None
 
 
-def classify(value: Any) -> Message:
-    """Check the JSON-RPC envelope of one message (batches were removed in 2025-06-18)."""
+def _check_id(value: Mapping[str, Any]) -> Any:
+    """The message's id, which must survive a round trip through any JSON peer unchanged."""
+    if "id" not in value:
+        return None
+    msg_id = value["id"]
+    if isinstance(msg_id, bool) or not isinstance(msg_id, str | int):
+        raise BadMessage(INVALID_REQUEST, "id must be a string or an integer")
+    if isinstance(msg_id, int) and abs(msg_id) > MAX_SAFE_ID:
+        raise BadMessage(INVALID_REQUEST, "integer id out of range (|id| must be below 2**53)")
+    return msg_id
+
+
+def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message:
+    """Check the envelope of one message and say what it is; refuse every other shape.
+
+    Batches were removed in 2025-06-18. A method without an id must be a notification
+    (``notifications/*``): a ``tools/call`` "notification" would otherwise skip policy at a
+    server that runs notifications as JSON-RPC says it may.
+    """
     if isinstance(value, list):
         raise BadMessage(INVALID_REQUEST, "JSON-RPC batches are not supported")
     if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
         raise BadMessage(INVALID_REQUEST, "not a JSON-RPC 2.0 message")
-    msg_id = value.get("id")
-    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
-        raise BadMessage(INVALID_REQUEST, "id must be a string or an integer")
-    method = value.get("method")
-    if method is not None and not isinstance(method, str):
+    msg_id = _check_id(value)
+    unknown = value.keys() - _ENVELOPE
+    if unknown:
+        msg = f"unexpected member {sorted(unknown)[0]!r} in a JSON-RPC message"
+        raise BadMessage(INVALID_REQUEST, msg, msg_id=msg_id)
+    if "method" not in value:
+        return _response(value, msg_id)
+    method = value["method"]
+    if not isinstance(method, str):
         raise BadMessage(INVALID_REQUEST, "method must be a string", msg_id=msg_id)
+    if "result" in value or "error" in value:
+        raise BadMessage(INVALID_REQUEST, "a request cannot carry a result", msg_id=msg_id)
     params = value.get("params", {})
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise BadMessage(INVALID_REQUEST, "params must be an object", msg_id=msg_id)
-    return Message(value, method, msg_id, params)
+    if "id" not in value:
+        if not method.startswith(NOTIFICATION_PREFIX):
+            msg = f"{method!r} without an id: only notifications/* may omit the id"
+            raise BadMessage(INVALID_REQUEST, msg)
+        return Message(value, method, None, params, "notification")
+    if method not in CLIENT_REQUEST_METHODS and method not in extra_methods:
+        raise BadMessage(METHOD_NOT_FOUND, "Method not found", status=200, msg_id=msg_id)
+    return Message(value, method, msg_id, params, "request")
+
+
+def _response(value: Mapping[str, Any], msg_id: Any) -> Message:
+    """An answer to a request the server sent (elicitation, sampling, roots, ping)."""
+    if "id" not in value:
+        raise BadMessage(INVALID_REQUEST, "a message needs a method or an id")
+    if "params" in value or ("result" in value) == ("error" in value):
+        msg = "an answer carries exactly one of result and error"
+        raise BadMessage(INVALID_REQUEST, msg, msg_id=msg_id)
+    if "result" in value and not isinstance(value["result"], dict):
+        raise BadMessage(INVALID_REQUEST, "result must be an object", msg_id=msg_id)
+    error = value.get("error")
+    if "error" in value and not (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), int)
+        and isinstance(error.get("message"), str)
+    ):
+        msg = "error must be an object with an integer code and a message"
+        raise BadMessage(INVALID_REQUEST, msg, msg_id=msg_id)
+    return Message(value, None, msg_id, {}, "response")
 
 
 def error_body(msg_id: Any, code: int, message: str, data: Any = None) -> bytes:

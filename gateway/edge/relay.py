@@ -17,11 +17,11 @@ from mcp.shared.inbound import decode_header_value
 from gateway.audit import log, new_decision_id
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.edge.clientview import ClientView
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import accepts_sse, held_call
 from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
-from gateway.edge.toolsfilter import tools_list_transform
 from gateway.enforce import check_pin, enforce
 from gateway.identity import AGENT_CHALLENGE
 from gateway.policy import Call, Decision, Identity, decide
@@ -71,8 +71,7 @@ class Relay:
         if incoming.method == "POST":
             await self._post(incoming, send, upstream, identity)
         elif incoming.method in ("GET", "DELETE"):
-            session = self._session(incoming, upstream, identity, required=True)
-            await forward(incoming, send, Forward(upstream, session, None))
+            await self._stream(incoming, send, upstream, identity)
         else:
             raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
 
@@ -99,6 +98,23 @@ class Relay:
             raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404)
         return sid
 
+    async def _stream(
+        self, incoming: Incoming, send: Send, upstream: HttpUpstream, identity: Identity
+    ) -> None:
+        """GET (the server's stream, or a resumed one) and DELETE: no body, the same view."""
+        session = self._session(incoming, upstream, identity, required=True)
+        view = ClientView(self.gw, upstream.name, identity, session)
+        fwd = Forward(upstream, session, None, view=view)
+        if incoming.count("last-event-id") > 1:
+            raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
+        presented = incoming.header("last-event-id")
+        if presented is not None:
+            event_id = view.unwrap_event_id(presented)
+            if event_id is None:  # not an event this caller was given: nothing to replay
+                raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID not recognised", status=400)
+            fwd.last_event_id = event_id
+        await forward(incoming, send, fwd)
+
     async def _post(
         self, incoming: Incoming, send: Send, upstream: HttpUpstream, identity: Identity
     ) -> None:
@@ -109,19 +125,18 @@ class Relay:
         body = await incoming.body(self.gw.config.security.max_body_bytes)
         if body is None:
             raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
-        message = rpc.classify(rpc.parse_body(body))
+        message = rpc.classify(rpc.parse_body(body), self.gw.config.relay_extra_methods)
         _check_routing_headers(incoming, message)
         modern = message.protocol_version in rpc.MODERN_VERSIONS
         initializing = message.method == "initialize"
-        needs_session = message.method is not None and not modern and not initializing
+        needs_session = not modern and not initializing
         session = self._session(incoming, upstream, identity, required=needs_session)
-        fwd = Forward(upstream, session, body, message.msg_id)
+        view = ClientView(self.gw, upstream.name, identity, session)
+        fwd = Forward(upstream, session, body, message.msg_id, view)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.grant, sid)
         if message.method == "tools/call" and message.is_request:
             await self._call(incoming, send, fwd, message, identity)
             return
-        if message.method == "tools/list" and message.is_request:
-            fwd.transform = tools_list_transform(self.gw, upstream.name, identity, message.msg_id)
         resp = await forward(incoming, send, fwd)
         if initializing and resp is not None and resp.status < 400:
             upstream.stateful = "mcp-session-id" in resp.headers

@@ -2,7 +2,10 @@
 
 A denial is a tool result with ``isError: true``: the official SDK clients hand it to the
 model, which can read the reason and act on it (a JSON-RPC error would surface as an
-exception in the host instead). The structured part carries the decision for programs.
+exception in the host instead). The decision for programs (effect, rule, reason, decision id,
+counter, ``retry_after``, approval id) is in the result's ``_meta`` under ``DECISION_KEY``,
+never in ``structuredContent``: clients check that against the tool's ``outputSchema``, even
+on an error result, and would show a schema error instead of the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from typing import Any
 
 from gateway.edge.jsonrpc import MODERN_VERSIONS, result_body
 from gateway.policy.model import Decision
+
+#: Where a result the gateway wrote carries its decision (``_meta`` keys are reverse-DNS).
+DECISION_KEY = "io.celgate/decision"
 
 
 def decision_payload(decision: Decision, decision_id: str) -> dict[str, Any]:
@@ -51,8 +57,8 @@ def tool_result(
 ) -> bytes:
     result: dict[str, Any] = {
         "content": [{"type": "text", "text": text}],
-        "structuredContent": {"celgate": structured},
         "isError": is_error,
+        "_meta": {DECISION_KEY: structured},
     }
     if protocol_version in MODERN_VERSIONS:
         result["resultType"] = "complete"

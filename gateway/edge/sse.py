@@ -1,54 +1,103 @@
-"""Rewrite JSON-RPC messages inside a Server-Sent Events stream without buffering it.
+"""Every Server-Sent Event to a caller, passed through that caller's view without buffering.
 
-Events are emitted as soon as their blank line arrives; an event whose message the transform
-leaves alone is passed on byte for byte, so ``id:`` fields (and ``Last-Event-ID`` resumption)
-are untouched. Line ends may be CRLF, LF or CR, and an event may arrive split across chunks.
+Events are emitted as soon as their blank line arrives. Each event's ``id:`` is replaced by an
+id bound to the caller (see ``ClientView.wrap_event_id``), so ``Last-Event-ID`` resumption
+works for the caller who received the event and for nobody else. Each event's data is offered
+to the view's filter: an event whose message the filter leaves alone keeps its data bytes as
+they came. Line ends may be CRLF, LF or CR, and an event may arrive split across chunks.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
 _EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 _LINE = re.compile(rb"\r\n|\r|\n")
 
-Transform = Callable[[dict[str, Any]], dict[str, Any] | None]
+#: An upstream that never ends an event would make the rewriter hold its bytes forever.
+MAX_EVENT_BYTES = 32 * 1024 * 1024
 
 
-def _rewrite_event(event: bytes, transform: Transform) -> bytes:
+class StreamTooLarge(Exception):
+    """An SSE event grew past ``MAX_EVENT_BYTES`` without ending."""
+
+
+class View(Protocol):
+    def filter(self, message: Any) -> Any | None:
+        """The message the caller may see, or None when it may see it unchanged."""
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        """The event id the caller is given for the upstream's ``event_id``."""
+
+
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    name, colon, value = line.partition(b":")
+    return name, value.removeprefix(b" ") if colon else b""
+
+
+def rewrite_event(event: bytes, view: View) -> bytes:
+    """One whole event (with its closing blank line) as the caller receives it."""
     lines = _LINE.split(event)
-    data = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
-    if not data:
-        return event
-    try:
-        message = json.loads(b"\n".join(data))
-    except (ValueError, UnicodeDecodeError):
-        return event
-    if not isinstance(message, dict):
-        return event
-    changed = transform(message)
-    if changed is None:
-        return event
+    data: list[bytes] = []
     out: list[bytes] = []
+    data_at = -1
     for line in lines:
-        if line.startswith(b"data:"):
-            if changed is not None:
-                out.append(b"data: " + json.dumps(changed, ensure_ascii=False).encode())
-                changed = None
-        elif line:
+        if not line:
+            continue
+        name, value = _field(line)
+        if name == b"data":
+            data.append(value)
+            if data_at < 0:
+                data_at = len(out)
+                out.append(b"")
+        elif name == b"id":
+            out.append(b"id: " + view.wrap_event_id(value) if value else b"id:")
+        else:
             out.append(line)
-    return b"\n".join(out) + b"\n\n"
+    if data_at >= 0:
+        out[data_at] = b"data: " + b"\ndata: ".join(data)
+        changed = filtered(b"\n".join(data), view)
+        if changed is DROP:
+            return b""
+        if changed is not None:
+            out[data_at] = b"data: " + changed
+    return b"\n".join(out) + b"\n\n" if out else b""
+
+
+DROP = b"\x00drop"
+
+
+def filtered(data: bytes, view: View) -> bytes | None:
+    """A message's bytes rewritten by the view; None when they stay as they came, ``DROP``
+    when they might hold something to filter but cannot be read strictly (not JSON, nested
+    too deeply, duplicate keys): another parser could still read a tools list in them."""
+    if b'"tools"' not in data and b"\\u" not in data:
+        return None  # cannot hold a tools list (a key spelled with escapes is still parsed)
+    try:
+        message = json.loads(data, object_pairs_hook=_strict_object)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return DROP
+    changed = view.filter(message)
+    if changed is None:
+        return None
+    return json.dumps(changed, ensure_ascii=False).encode()
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
 
 
 class SseRewriter:
     """Feed chunks in, get the bytes to send on at once."""
 
-    def __init__(self, transform: Transform) -> None:
-        self.transform = transform
+    def __init__(self, view: View) -> None:
+        self.view = view
         self.buffer = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -59,10 +108,13 @@ class SseRewriter:
             if match is None:
                 break
             event, self.buffer = self.buffer[: match.end()], self.buffer[match.end() :]
-            out.append(_rewrite_event(event, self.transform))
+            out.append(rewrite_event(event, self.view))
+        if len(self.buffer) > MAX_EVENT_BYTES:
+            raise StreamTooLarge(f"an SSE event over {MAX_EVENT_BYTES} bytes")
         return b"".join(out)
 
     def close(self) -> bytes:
-        """Whatever was left without a closing blank line, passed on unchanged."""
-        rest, self.buffer = self.buffer, b""
-        return rest
+        """An event left without its closing blank line is dropped: it was never dispatched
+        (a client discards it too), and passing it unfiltered would be a way around the view."""
+        self.buffer = b""
+        return b""

@@ -1,0 +1,83 @@
+"""What one caller may see of what an upstream sends: every message back passes through here.
+
+A tools list is recognised by its content (a result with ``tools``), wherever it arrives: the
+answer to a POST, a GET stream, a resumed stream, whatever id the upstream echoed (an upstream
+that rounds or retypes ids must not get a whole list through). It is filtered to what this
+caller could ever be allowed to call, each kept tool gets its risk and kind under ``_meta``,
+and a public cache hint becomes private (the list is per caller).
+
+SSE event ids are bound to (server, grant, session) the way session ids are, so a
+``Last-Event-ID`` from one grant cannot replay another grant's events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.policy import Call, Identity
+from gateway.policy.visibility import visible
+from gateway.runtime import Gateway
+
+#: Where a listed tool carries its risk and kind (MCP ``_meta`` keys are reverse-DNS prefixed).
+RISK_KEY = "io.celgate/risk"
+KIND_KEY = "io.celgate/kind"
+
+
+class ClientView:
+    """One caller's view of one upstream (``session`` may be learned from ``initialize``)."""
+
+    __slots__ = ("gw", "identity", "server", "session")
+
+    def __init__(
+        self, gw: Gateway, server: str, identity: Identity, session: str | None = None
+    ) -> None:
+        self.gw = gw
+        self.server = server
+        self.identity = identity
+        self.session = session
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        raw = event_id.decode("utf-8", "replace")
+        wrapped = self.gw.signer.wrap_event(self.server, self.identity.grant, self.session, raw)
+        return wrapped.encode()
+
+    def unwrap_event_id(self, presented: str) -> str | None:
+        grant = self.identity.grant
+        return self.gw.signer.unwrap_event(self.server, grant, self.session, presented)
+
+    def filter(self, message: Any) -> Any | None:
+        """The message as this caller may see it, or None when it is fine as it is."""
+        if isinstance(message, list):  # a batch of answers: each one on its own
+            items = [self.filter(item) for item in message]
+            if all(item is None for item in items):
+                return None
+            pairs = zip(items, message, strict=True)
+            return [new if new is not None else old for new, old in pairs]
+        if not isinstance(message, dict):
+            return None
+        result = message.get("result")
+        if not isinstance(result, dict) or "tools" not in result:
+            return None
+        return {**message, "result": self._tools_result(result)}
+
+    def _tools_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        tools = result["tools"]
+        kept: list[dict[str, Any]] = []
+        if isinstance(tools, list):
+            policy = self.gw.policy
+            now = self.gw.now()
+            for tool in tools:
+                if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                    continue
+                info, _ = self.gw.observe(self.server, tool)
+                name = tool["name"]
+                call = Call(tool=name, server=self.server, identity=self.identity, info=info)
+                if visible(policy, call, now):
+                    meta = tool.get("_meta")
+                    meta = meta if isinstance(meta, dict) else {}
+                    risk = {RISK_KEY: info.risk, KIND_KEY: info.kind}
+                    kept.append({**tool, "_meta": {**meta, **risk}})
+        out = {**result, "tools": kept}
+        if out.get("cacheScope") == "public":
+            out["cacheScope"] = "private"
+        return out
