@@ -51,6 +51,15 @@ _CONNECTION_LIMITS = {
     "keepalive_timeout": False,
     "max_connections": True,
 }
+# security: fields bounding client connections, and whether each is a whole number
+_CONNECTION_LIMITS = {
+    "max_head_bytes": True,
+    "max_headers": True,
+    "head_timeout": False,
+    "body_timeout": False,
+    "keepalive_timeout": False,
+    "max_connections": True,
+}
 _STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout", "timeout"}
 
 
@@ -93,6 +102,13 @@ class SecurityConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
+    # What one client connection may cost before it is authenticated (gateway.edge.protocol).
+    max_head_bytes: int = 32 * 1024  # request line and headers, as sent
+    max_headers: int = 100
+    head_timeout: float = 10.0  # seconds for a whole head, from connect or a request's 1st byte
+    body_timeout: float = 30.0  # seconds for a whole body, from the end of its head
+    keepalive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
+    max_connections: int = 1000  # open client connections, SSE streams included
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,14 +403,25 @@ class _ConfigLoader:
             self.out["log_arguments"] = sub.boolean("log_arguments", False)
 
     def _security(self, top: Fields) -> None:
-        sub = self._sub(top, "security", {"allowed_hosts", "allowed_origins", "max_body_bytes"})
+        known = {"allowed_hosts", "allowed_origins", "max_body_bytes", *_CONNECTION_LIMITS}
+        sub = self._sub(top, "security", known)
         if sub is None:
             return
         self.out["security"] = SecurityConfig(
             allowed_hosts=tuple(self._str_list(sub, "allowed_hosts")),
             allowed_origins=tuple(self._str_list(sub, "allowed_origins")),
             max_body_bytes=sub.positive_int("max_body_bytes") or 4 * 1024 * 1024,
+            **self._connection_limits(sub),
         )
+
+    def _connection_limits(self, sub: Fields) -> dict[str, Any]:
+        """The ``security`` limits given (file:line if not positive); the rest keep defaults."""
+        out: dict[str, Any] = {}
+        for name, whole in _CONNECTION_LIMITS.items():
+            value = sub.positive_int(name) if whole else sub.positive_number(name)
+            if value is not None:
+                out[name] = value
+        return out
 
     def _sessions(self, top: Fields) -> None:
         sub = self._sub(top, "sessions", {"secret"})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import resource
 import secrets
 import socket
 import subprocess
@@ -98,7 +100,7 @@ def _banner(config: GatewayConfig) -> None:
 
 def serve(config: GatewayConfig) -> int:
     from gateway.app import build_app
-    from gateway.edge.coalesce import CoalescingHttpToolsProtocol
+    from gateway.edge.protocol import protocol_class
     from gateway.runtime import build_gateway
 
     if config.anonymous and config.host not in LOOPBACK_HOSTS:
@@ -114,12 +116,18 @@ def serve(config: GatewayConfig) -> int:
         return 1
     app = build_app(gateway)
     _banner(config)
+    _raise_fd_limit(config.security.max_connections)
     uv = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        # uvicorn's httptools protocol with client connections bounded (security: in the
+        # config), writing once per event-loop pass; no WebSocket: the gateway serves none.
+        # The protocol keeps connections alive for exactly security.keepalive_timeout.
+        http=protocol_class(config.security),
+        ws="none",
+        timeout_keep_alive=math.ceil(config.security.keepalive_timeout),
         log_level="warning",
         access_log=False,
         server_header=False,
@@ -134,6 +142,25 @@ def serve(config: GatewayConfig) -> int:
     )
     uvicorn.Server(uv).run()  # run(), not asyncio.run(serve()): only run() installs uvloop
     return 0
+
+
+# Descriptors beyond client connections: upstream connections, stdio servers, logs, Valkey.
+FD_RESERVE = 256
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Let the process hold ``max_connections`` clients: raise the soft descriptor limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < want:
+        print(
+            f"  WARNING: security.max_connections is {max_connections} but this process may "
+            f"open only {soft} files; lower it or raise the limit (ulimit -n)",
+            flush=True,
+        )
 
 
 def run_command(ns: argparse.Namespace) -> int:

@@ -1,0 +1,218 @@
+"""The HTTP/1.1 protocol the gateway serves with: uvicorn's httptools parser, bounded.
+
+uvicorn bounds little on its own: a request head may be sent as slowly and grow as large as a
+client likes (httptools joins a header's pieces until the header ends, so a 16 MiB header is
+held whole before any callback sees it), and only idle keep-alive connections time out. Before
+any client is authenticated, this protocol bounds what one connection may cost:
+
+- the head (request line and headers, as sent) is held until its blank line and only then
+  given to the parser; a head that has not ended within ``max_head_bytes`` is answered 431
+  and closed, so no more than that is ever held;
+- more than ``max_headers`` headers: 431 and close;
+- a head must be complete within ``head_timeout`` of the connection opening or of the first
+  byte of the next request on a kept-alive connection, and a body within ``body_timeout`` of
+  its head: otherwise 408 and close;
+- an idle kept-alive connection closes after ``keepalive_timeout`` (uvicorn's own timer);
+- past ``max_connections`` open connections (long SSE streams count), a new connection is
+  answered 503 and closed at once.
+
+Writes still go through :class:`CoalescingTransport` (one write per event-loop pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import http
+from typing import Any, ClassVar, Protocol
+
+from gateway.edge.coalesce import CoalescingHttpToolsProtocol
+
+
+class ConnectionLimits(Protocol):
+    """The bounds, as ``security:`` in the config gives them (``SecurityConfig``)."""
+
+    @property
+    def max_head_bytes(self) -> int: ...
+    @property
+    def max_headers(self) -> int: ...
+    @property
+    def head_timeout(self) -> float: ...
+    @property
+    def body_timeout(self) -> float: ...
+    @property
+    def keepalive_timeout(self) -> float: ...
+    @property
+    def max_connections(self) -> int: ...
+
+
+class _Stage(enum.Enum):
+    HEAD = "head"  # waiting for the rest of a request head
+    BODY = "body"  # head parsed, body not yet complete
+    DONE = "done"  # request whole; what comes next starts another request
+
+
+def _plain_response(status: int, text: str) -> bytes:
+    body = text.encode("ascii")
+    phrase = http.HTTPStatus(status).phrase
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+class _TooManyHeaders(Exception):
+    """Raised inside the parser's callback to stop it; answered 431."""
+
+
+class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds above. Use :func:`protocol_class`."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
+        self._refused = False  # over the connection cap: never joined the server's set
+        self._stage = _Stage.HEAD
+        self._head_bytes = 0
+        self._header_count = 0
+        self._held = bytearray()  # a head received in part, before the parser sees it
+        self._parsing_head = False  # the parser holds part of a (pipelined) head
+        self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.connections) >= self.limits.max_connections:
+            self._refused = True
+            transport.write(_plain_response(503, "too many connections"))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm(self.limits.head_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().connection_lost(exc)
+
+    # Feeding the parser
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused or self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()  # uvicorn's, cancelled only once bytes reach it
+        if self._stage is _Stage.DONE:
+            self._begin_head()
+        if self._stage is _Stage.HEAD and not self._parsing_head:
+            whole = self._whole_head(data)
+            if whole is None:
+                return
+            super().data_received(whole)  # type: ignore[arg-type]
+        else:
+            if self._stage is _Stage.HEAD:  # the rest of a head pipelined behind a request
+                self._head_bytes += len(data)
+            super().data_received(data)
+        if self._stage is _Stage.HEAD and self._head_bytes >= self.limits.max_head_bytes:
+            self._close_with(431, "request head too large")
+        elif self._stage is _Stage.BODY and self._timer is None:
+            self._arm(self.limits.body_timeout, self._body_timed_out)
+
+    def _whole_head(self, data: bytes) -> bytes | bytearray | None:
+        """The head and what follows it once the head has ended; None while it has not.
+
+        A head is held here until its blank line, not in the parser: httptools joins the
+        pieces of a header (and uvicorn those of the URL) by copying, which costs quadratic
+        time for a head that trickles in; a head that has ended is then parsed in one piece.
+        """
+        limit = self.limits.max_head_bytes
+        start = max(0, len(self._held) - 3)  # the blank line may straddle two pieces
+        buf: bytes | bytearray = data
+        if self._held:
+            self._held += data
+            buf = self._held
+        self._head_bytes = len(buf)
+        if buf.find(b"\r\n\r\n", start, limit) >= 0:
+            self._held = bytearray()
+            return buf
+        if len(buf) >= limit:
+            self._close_with(431, "request head too large")
+        elif buf is data:
+            self._held = bytearray(data)
+        return None
+
+    def send_400_response(self, msg: str) -> None:
+        if self._header_count > self.limits.max_headers:
+            self._close_with(431, "too many request headers")
+        else:
+            super().send_400_response(msg)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        if self._stage is _Stage.DONE:  # pipelined: began inside the chunk that ended the last
+            self._begin_head()
+        self._parsing_head = True
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            raise _TooManyHeaders  # the parser stops; feed_data raises HttpParserCallbackError
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stage = _Stage.BODY
+        self._parsing_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._stage = _Stage.DONE
+        self._disarm()
+        super().on_message_complete()
+
+    # Deadlines
+
+    def _begin_head(self) -> None:
+        self._stage = _Stage.HEAD
+        self._head_bytes = 0
+        self._header_count = 0
+        self._arm(self.limits.head_timeout, self._head_timed_out)
+
+    def _arm(self, seconds: float, handler: Any) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, handler)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._head_bytes:
+            self._close_with(408, "request head not complete in time")
+        elif not self.transport.is_closing():
+            self.transport.close()  # nothing was asked: nothing to answer
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        if self.cycle is not None and not self.cycle.response_started:
+            self._close_with(408, "request body not complete in time")
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def _close_with(self, status: int, text: str) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        self.transport.write(_plain_response(status, text))
+        self.transport.close()
+
+
+def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpProtocol]:
+    """A :class:`GuardedHttpProtocol` bound to ``limits``, for ``uvicorn.Config(http=...)``."""
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
