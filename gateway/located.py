@@ -1,8 +1,21 @@
 """YAML and JSON documents loaded with the line of every value, for errors with file:line.
 
 Both formats go through PyYAML's composer (JSON is read as YAML flow style), so one walker
-gives every mapping key, list item and scalar its 1-based line. Duplicate mapping keys are an
-error here: parsers disagree on which one wins, and an operator's typo must not pass silently.
+gives every mapping key, list item and scalar its 1-based line. Whatever the input, parsing
+ends in a ``Node`` or in problems, never in an exception:
+
+- Duplicate mapping keys are an error: parsers disagree on which one wins, and an operator's
+  typo must not pass silently.
+- Merge keys (``<<:``) are refused rather than merged: what a merged entry says should be
+  readable where it is written.
+- Keys are strings. A key YAML reads as something else (``2001-01-01``, ``404``, ``yes``,
+  ``~``) is an error asking for quotes, never converted: ``on`` read as ``True`` and turned back
+  into ``"True"`` would name another tool.
+- Values are str, int, float, bool or null; a date, bytes (``!!binary``), a set, an ordered
+  map or any other tag is an error, as is a value PyYAML cannot build (``2001-13-45``).
+- Nesting is capped (``MAX_DEPTH``), and so is the number of values after aliases are
+  expanded (``MAX_VALUES``), so a deep document or an alias bomb is a problem, not a
+  RecursionError or a stalled process.
 """
 
 from __future__ import annotations
@@ -15,6 +28,16 @@ from typing import Any
 import yaml
 
 from gateway.errors import Problem, SourceLocation
+
+#: Mappings and lists nested deeper than this are refused (rule files need about 6).
+MAX_DEPTH = 64
+#: Values in one document, aliases expanded: far above any real rule file.
+MAX_VALUES = 200_000
+
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass(slots=True)
@@ -34,30 +57,116 @@ class Node:
         return self.value
 
 
+class _TooDeep(yaml.MarkedYAMLError):
+    """Raised by the composer past ``MAX_DEPTH``, before Python's own recursion limit."""
+
+
+class _Composer(yaml.SafeLoader):
+    """PyYAML's safe loader with the nesting depth counted while the tree is built."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _TooDeep(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Stop(Exception):
+    """The document expands past ``MAX_VALUES``: the walk ends with that one problem."""
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "binary data"
+    return type(value).__name__
+
+
 class _Walker:
     def __init__(self, file: str, problems: list[Problem]) -> None:
         self.file = file
         self.problems = problems
+        self.values = 0
         self._scalars = yaml.SafeLoader("")
 
     def where(self, node: yaml.Node) -> SourceLocation:
         return SourceLocation(self.file, node.start_mark.line + 1)
 
-    def walk(self, node: yaml.Node, path: str) -> Node:
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            items = [self.walk(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-            return Node(items, self.where(node))
-        return Node(self._scalars.construct_object(node), self.where(node))
+    def problem(self, node: yaml.Node, path: str, message: str) -> None:
+        self.problems.append(Problem(self.where(node), path, message))
 
-    def _mapping(self, node: yaml.MappingNode, path: str) -> Node:
+    def walk(self, node: yaml.Node, path: str, depth: int = 1) -> Node:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.problem(node, path, f"more than {MAX_VALUES} values (aliases expanded)")
+            raise _Stop
+        if depth > MAX_DEPTH:  # reached through aliases: the composer counted the rest
+            self.problem(node, path, f"nested deeper than {MAX_DEPTH} levels")
+            return Node(None, self.where(node))
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP:
+                return self._bad_tag(node, path)
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ:
+                return self._bad_tag(node, path)
+            items = [self.walk(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node.value)]
+            return Node(items, self.where(node))
+        return Node(self._scalar(node, path), self.where(node))
+
+    def _bad_tag(self, node: yaml.Node, path: str) -> Node:
+        self.problem(node, path or "(top level)", f"unsupported tag {node.tag!r}")
+        return Node(None, self.where(node))
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        """A plain value, or None with a problem added."""
+        shown = path or "(top level)"
+        if node.tag == _MERGE:
+            self.problem(node, shown, "merge keys (<<) are not supported; write the fields out")
+            return None
+        try:
+            value = self._scalars.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            reason = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+            self.problem(node, shown, f"cannot read {node.value!r}: {reason}")
+            return None
+        if not isinstance(value, _SCALARS):
+            message = f"{_kind(value)} is not allowed here (quote it to make it a string)"
+            self.problem(node, shown, message)
+            return None
+        return value
+
+    def _key(self, node: yaml.Node, path: str) -> str | None:
+        if not isinstance(node, yaml.ScalarNode):
+            self.problem(node, path or "(top level)", "a key must be a string, not a collection")
+            return None
+        if node.tag == _MERGE:
+            self._scalar(node, path)
+            return None
+        key = self._scalar(node, path)
+        if key is None and node.tag != "tag:yaml.org,2002:null":
+            return None  # already reported
+        if not isinstance(key, str):
+            self.problem(
+                node, path or "(top level)", f"key {node.value!r} must be a string; quote it"
+            )
+            return None
+        return key
+
+    def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> Node:
         out: dict[str, Node] = {}
         lines: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = self._scalars.construct_object(key_node)
-            if not isinstance(key, str):
-                key = str(key)
+            key = self._key(key_node, path)
+            if key is None:
+                continue
             sub = f"{path}.{key}" if path else key
             if key in out:
                 first = lines[key]
@@ -65,22 +174,50 @@ class _Walker:
                 self.problems.append(Problem(self.where(key_node), sub, msg))
                 continue
             lines[key] = key_node.start_mark.line + 1
-            out[key] = self.walk(value_node, sub)
+            out[key] = self.walk(value_node, sub, depth + 1)
         return Node(out, self.where(node), lines)
 
 
-def parse_text(text: str, file: str, problems: list[Problem]) -> Node | None:
-    """Parse YAML or JSON text; syntax errors are added to ``problems`` and give None."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
+def _syntax_problem(exc: yaml.YAMLError, text: str, file: str) -> Problem:
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        problems.append(Problem(SourceLocation(file, line), "", f"syntax error: {exc.problem}"))
+        return Problem(SourceLocation(file, line), "", f"syntax error: {exc.problem}")
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        char = exc.character
+        code = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        return Problem(SourceLocation(file, line), "", f"character {code} is not allowed")
+    return Problem(SourceLocation(file, 1), "", f"syntax error: {type(exc).__name__}")
+
+
+def parse_text(text: str, file: str, problems: list[Problem]) -> Node | None:
+    """Parse YAML or JSON text; every problem is added to ``problems``.
+
+    None when the text does not parse (or expands past ``MAX_VALUES``); a Node otherwise,
+    with any value that could not be read replaced by null and reported.
+    An empty document (nothing, or only comments) gives an empty mapping.
+    """
+    composer = _Composer(text)
+    try:
+        root = composer.get_single_node()
+    except yaml.YAMLError as exc:
+        problems.append(_syntax_problem(exc, text, file))
         return None
+    except RecursionError:  # below MAX_DEPTH when the caller's stack is already deep
+        problems.append(Problem(SourceLocation(file, 1), "", "nested too deeply"))
+        return None
+    finally:
+        composer.dispose()
     if root is None:
         return Node({}, SourceLocation(file, 1))
-    return _Walker(file, problems).walk(root, "")
+    try:
+        return _Walker(file, problems).walk(root, "")
+    except _Stop:
+        return None
+    except RecursionError:
+        problems.append(Problem(SourceLocation(file, 1), "", "nested too deeply"))
+        return None
 
 
 def parse_file(path: Path, problems: list[Problem], display: str | None = None) -> Node | None:
@@ -89,14 +226,24 @@ def parse_file(path: Path, problems: list[Problem], display: str | None = None) 
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(SourceLocation(name, 1), "", f"cannot read: {exc}"))
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        problems.append(Problem(SourceLocation(name, 1), "", f"cannot read: {reason}"))
         return None
-    if path.suffix == ".json":
+    return parse_source(text, path.suffix == ".json", name, problems)
+
+
+def parse_source(text: str, is_json: bool, file: str, problems: list[Problem]) -> Node | None:
+    """Parse text already read; ``is_json`` adds the strict JSON parser's check."""
+    if is_json:
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
             problems.append(
-                Problem(SourceLocation(name, exc.lineno), "", f"invalid JSON: {exc.msg}")
+                Problem(SourceLocation(file, exc.lineno), "", f"invalid JSON: {exc.msg}")
             )
             return None
-    return parse_text(text, name, problems)
+        except (ValueError, RecursionError) as exc:  # 5000-digit numbers, 100k-deep arrays
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            problems.append(Problem(SourceLocation(file, 1), "", f"invalid JSON: {reason}"))
+            return None
+    return parse_text(text, file, problems)

@@ -100,9 +100,18 @@ class _Vars:
         return getattr(self, name)
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is our error to report, not a line on stderr
+
+
 @lru_cache(maxsize=1024)
 def _regex(pattern: str) -> Any:
-    return re2.compile(pattern)
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def _re2_message(exc: Exception) -> str:
+    raw = exc.args[0] if exc.args else ""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 def _matches(text: Any, pattern: Any) -> Any:
@@ -302,12 +311,164 @@ def _to_cel(value: Any) -> Any:
     return json_to_cel(value)  # anything else (subclasses, datetimes): the library decides
 
 
+#: Longest condition accepted, and deepest bracket nesting: beyond these the parser and the
+#: transpiled Python recurse past their limits (a clear load error instead of a crash).
+MAX_CEL_CHARS = 8192
+MAX_CEL_NESTING = 32
+_TOO_DEEP = "is nested too deeply for the engine; split it into several rules"
+
+
+def cel_shape_problem(expr: str) -> str | None:
+    """Why ``expr`` is too long or too deeply bracketed to compile, or None. Checked before
+    any engine sees it; brackets inside string literals do not count."""
+    if len(expr) > MAX_CEL_CHARS:
+        return f"expression is {len(expr)} characters long (at most {MAX_CEL_CHARS})"
+    depth, deepest, quote, i = 0, 0, "", 0
+    while i < len(expr):
+        ch = expr[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif expr.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif ch in "\"'":
+            quote = ch * 3 if expr.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        elif ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth -= 1
+        i += 1
+    if deepest > MAX_CEL_NESTING:
+        return f"brackets nested {deepest} deep (at most {MAX_CEL_NESTING})"
+    return None
+
+
+_EXPR_NODES = frozenset(
+    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
+    | {"unary", "member", "primary"}
+)
+
+
+def _constant(tree: Tree[Token]) -> bool:
+    return not any(n.data == "ident" for n in tree.iter_subtrees())
+
+
+def _constant_value(text: str) -> Any:
+    """Evaluate an expression that reads no variable; PolicyEvalError when it fails."""
+    tree = _ENV.compile(text)
+    source = _fix_has(_ENV.program(tree).tp.source_text)  # type: ignore[attr-defined]
+    try:
+        value = _runner(source)(_Vars({}))
+    except CELEvalError as exc:
+        raise _eval_error(text, exc) from None
+    except Exception as exc:  # the transpiled code is Python: any error is a CEL error
+        raise _eval_error(text, CELEvalError("evaluation error", type(exc), exc.args)) from None
+    if isinstance(value, CELEvalError):
+        raise _eval_error(text, value)
+    return value
+
+
+def _text_of(expr: str, node: Tree[Token]) -> str | None:
+    """The source text of a sub-tree, or None when it cannot be told for sure.
+
+    cel-python's parser leaves some positions unset, so a candidate (the span it recorded, or
+    the one token of a literal) counts only if it parses back to this very sub-tree."""
+    meta = node.meta
+    tokens = [v for v in node.scan_values(lambda v: isinstance(v, Token))]
+    if not meta.empty and meta.start_pos is not None and meta.end_pos is not None:
+        text = expr[meta.start_pos : meta.end_pos]
+    elif len(tokens) == 1:
+        text = str(tokens[0])
+    else:
+        return None
+    try:
+        parsed: Any = _ENV.compile(text)
+    except CELParseError:
+        return None
+    while parsed.data != node.data and len(parsed.children) == 1:
+        parsed = parsed.children[0]
+        if not isinstance(parsed, Tree):
+            return None
+    return text if parsed == node else None
+
+
+def _check_constants(expr: str, tree: Tree[Token]) -> None:
+    """Parts that read no variable are evaluated now: one that always fails (``1 + "a"``,
+    ``1 / 0``) and a regex literal that does not compile are load errors, not denials later.
+    Parts whose text cannot be told for sure are left to fail at call time."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        text = _text_of(expr, node) if node.data in _EXPR_NODES and _constant(node) else None
+        if text is not None:
+            try:
+                _constant_value(text)
+            except PolicyEvalError as exc:
+                raise CelCompileError(f"`{text}` always fails ({exc.code})") from None
+            continue
+        _check_pattern(expr, node)
+        todo.extend(child for child in node.children if isinstance(child, Tree))
+
+
+def _check_pattern(expr: str, node: Tree[Token]) -> None:
+    """``x.matches("lit")`` and ``matches(x, "lit")``: the pattern must compile (RE2)."""
+    if node.data == "member_dot_arg" and str(node.children[1]) == "matches":
+        args = node.children[2:3]
+    elif node.data == "ident_arg" and str(node.children[0]) == "matches":
+        args = node.children[1:2]
+    else:
+        return
+    exprs = args[0].children if args and isinstance(args[0], Tree) else []
+    pattern = exprs[-1] if exprs else None
+    if not isinstance(pattern, Tree) or not _constant(pattern):
+        return
+    text = _text_of(expr, pattern)
+    if text is None:
+        return
+    try:
+        value = _constant_value(text)
+    except PolicyEvalError:
+        return  # the constant check reports it
+    if not isinstance(value, str):
+        return  # a wrong type is the constant check's or the call's to report
+    try:
+        _regex(str(value))
+    except re2.error as exc:
+        message = f"matches(): bad regular expression {str(value)!r}: {_re2_message(exc)}"
+        raise CelCompileError(message) from None
+
+
+def pattern_problem(expr: str) -> str | None:
+    """A ``matches()`` regex literal of ``expr`` that does not compile, for engines without
+    that check (cel-cpp compiles patterns when called). None if none, or if cel-python's
+    parser reads the expression differently."""
+    try:
+        tree = _ENV.compile(expr)
+        for node in tree.iter_subtrees():
+            _check_pattern(expr, node)
+    except CelCompileError as exc:
+        return exc.message
+    except Exception:  # the engine that compiled it has the last word
+        return None
+    return None
+
+
 class CelPythonEngine:
     """cel-python with its compiled runner."""
 
     name = "cel-python"
 
     def compile(self, expr: str) -> Program:
+        try:
+            return self._compile(expr)
+        except (RecursionError, SyntaxError, MemoryError):
+            # lark's tree walks and Python's own parser of the transpiled code have limits.
+            raise CelCompileError(f"expression {_TOO_DEEP}") from None
+
+    def _compile(self, expr: str) -> Program:
         try:
             tree = _ENV.compile(expr)
         except CELParseError as exc:
@@ -323,8 +484,15 @@ class CelPythonEngine:
         unknown_calls = sorted(calls - _FUNCTIONS)
         if unknown_calls:
             raise CelCompileError(f"unknown function {unknown_calls[0]!r}")
+        _check_constants(expr, tree)
         source = _fix_has(_ENV.program(tree).tp.source_text)  # type: ignore[attr-defined]
-        return _CelpyProgram(expr, frozenset(free), _runner(source), args_fields(tree))
+        program = _CelpyProgram(expr, frozenset(free), _runner(source), args_fields(tree))
+        if not free:  # a constant condition: its one result is known now
+            try:
+                program.evaluate({})
+            except PolicyEvalError as exc:
+                raise CelCompileError(f"always fails ({exc.code})") from None
+        return program
 
     def convert(self, value: Any) -> Any:
         return _to_cel(value)

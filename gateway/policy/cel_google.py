@@ -19,7 +19,7 @@ from typing import Any
 from cel_expr_python import cel  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 from gateway.errors import PolicyEvalError
-from gateway.policy.cel import CONTEXT_VARIABLES, CelCompileError, Program
+from gateway.policy.cel import CONTEXT_VARIABLES, CelCompileError, Program, pattern_problem
 
 _INT64 = (-(2**63), 2**63 - 1)
 _WHERE = re.compile(r"<input>:(\d+):(\d+): ([^\n]*)")
@@ -81,13 +81,25 @@ class CelGoogleEngine:
     def compile(self, expr: str) -> Program:
         try:
             expression = _ENV.compile(expr)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError, TypeError, RecursionError) as exc:
             found = _WHERE.search(str(exc))
             if found is None:
-                raise CelCompileError(str(exc).strip().splitlines()[0]) from None
+                first = str(exc).strip().splitlines()
+                raise CelCompileError(first[0] if first else type(exc).__name__) from None
             line, column, message = int(found[1]), int(found[2]), found[3]
+            if line < 1:  # cel-cpp's own limits (recursion depth) have no position
+                raise CelCompileError(message.removeprefix("ERROR: ")) from None
             raise CelCompileError(message.removeprefix("Syntax error: "), line, column) from None
-        return _GoogleProgram(expr, _referenced(expr), expression)
+        variables = _referenced(expr)
+        kind = expression.return_type().name()
+        # Only a constant is refused for its type: cel-python cannot type `args.n + 1` before
+        # a call, and both engines must accept the same rule files.
+        if not variables and kind not in ("BOOL", "DYN"):
+            raise CelCompileError(f"always fails (cel.not_bool: result is {kind.lower()})")
+        bad_pattern = pattern_problem(expr)
+        if bad_pattern is not None:
+            raise CelCompileError(bad_pattern)
+        return _GoogleProgram(expr, variables, expression)
 
     def convert(self, value: Any) -> Any:
         _check_ints(value)

@@ -5,11 +5,15 @@ at most once per call. ``agent`` and ``tool`` are the same for every call of one
 tool, so their converted forms are kept across calls (keyed by the identity and tool-info
 objects themselves, which the gateway keeps while they are current). Any evaluation error
 denies the call with its own error code and the expression that failed (fail closed).
+
+What an agent is told names a rule by its id or by ``file:line`` relative to the policy root
+(the loader labels them so), and an evaluation error by its code only: the engine's own text
+(Python exception messages, reprs) stays in ``error_detail``, for the decision record.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,7 +137,9 @@ def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
     elif scope == "agent":
         value = call.identity.agent
     elif scope == "session":
-        value = call.session or "-"
+        # A caller without a session (every 2026-07-28 call) is keyed by its grant: one
+        # bucket shared by every sessionless caller would let one agent drain all of them.
+        value = f"s:{call.session}" if call.session else f"g:{call.identity.grant}"
     elif scope == "tool":
         value = f"{call.server}/{call.tool}" if call.server else call.tool
     else:
@@ -183,9 +189,8 @@ class _Decider:
         )
 
     def error(self, exc: PolicyEvalError, label: str, entry: ToolEntry) -> Decision:
-        reason = f"policy condition could not be evaluated ({exc.code}: {exc.detail}); denied"
-        base = self.make("deny", label, reason, entry)
-        return _replace_error(base, exc)
+        reason = f"policy condition {label} could not be evaluated ({exc.code}); denied"
+        return _with_error(self.make("deny", label, reason, entry), exc)
 
     def default(self, entry: ToolEntry | None) -> Decision:
         policy = self.policy
@@ -228,8 +233,24 @@ class _Decider:
         return self.default(None)
 
 
-def _replace_error(decision: Decision, exc: PolicyEvalError) -> Decision:
-    return replace(decision, error=exc.code, expression=exc.expression)
+@dataclass(frozen=True, slots=True)
+class EvalErrorDecision(Decision):
+    """A denial because a condition could not be evaluated. ``error_detail`` is the engine's
+    message: for the decision record and the operator, never for the agent."""
+
+    error_detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Decision.to_dict(self)
+        if self.error_detail:
+            out["error_detail"] = self.error_detail
+        return out
+
+
+def _with_error(decision: Decision, exc: PolicyEvalError) -> Decision:
+    fields = {name: getattr(decision, name) for name in Decision.__dataclass_fields__}
+    fields.update(error=exc.code, expression=exc.expression)
+    return EvalErrorDecision(**fields, error_detail=exc.detail)
 
 
 def decide(

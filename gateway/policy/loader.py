@@ -1,7 +1,16 @@
 """Load rule files (JSON or YAML, one file or a folder merged) into a ``CompiledPolicy``.
 
 Every problem is collected with its ``file:line`` and field, and the policy is rejected as a
-whole if there is any: nothing half-loads. CEL conditions are compiled here, once.
+whole if there is any: nothing half-loads. CEL conditions are compiled here, once. Whatever the
+files hold, ``load_policy`` returns a policy or raises ``ConfigError``, nothing else.
+
+A cut-off file must not load as a policy that allows more: an entry with no body
+(``delete_note:`` and nothing after) and a file with neither ``tools`` nor ``default`` (empty,
+only comments) are errors. ``{}`` is the way to write "allowed, no conditions".
+
+Problems name files as they were given (to find them); the compiled entries and rules are
+labelled relative to their policy root (the folder given, or the file's own folder), since
+those labels reach agents in denials.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Any, cast
 
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
-from gateway.policy.cel import DEFAULT_ENGINE, CelCompileError, Engine
+from gateway.policy.cel import DEFAULT_ENGINE, CelCompileError, Engine, cel_shape_problem
 from gateway.policy.matching import glob_regex, globs_overlap, is_glob, split_key
 from gateway.policy.model import (
     EFFECTS,
@@ -41,21 +50,35 @@ _LIMIT = {"counter", "window", "max", "scope", "failure_mode"}
 _APPROVAL = {"mode", "timeout"}
 _RISKS = ("low", "medium", "high")
 _KINDS = ("read", "write", "delete", "execute")
+#: Longer tool keys are refused: MCP tool names are short, and glob overlap checks recurse.
+MAX_KEY_CHARS = 200
+_NO_BODY = "entry has no body; write {} for allowed with no conditions"
+_EMPTY_FILE = (
+    "no `tools` and no `default`: an empty or cut-off rule file is refused "
+    "(write `tools: {}` for a file that is meant to be empty)"
+)
 
 
 def rule_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     """Expand files and folders into (path, display name), folders sorted and recursive."""
-    out: list[tuple[Path, str]] = []
+    return [(path, display) for path, display, _ in _labelled_files(paths)]
+
+
+def _labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
+    """(path, display name, label name): the label is relative to the folder given, or the
+    file's own name when a file is given."""
+    out: list[tuple[Path, str, str]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
                 name = child.name
                 wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
-                if child.is_file() and wanted and not name.startswith("."):
-                    out.append((child, str(child)))
+                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+                if child.is_file() and wanted and not hidden:
+                    out.append((child, str(child), child.relative_to(path).as_posix()))
         else:
-            out.append((path, str(path)))
+            out.append((path, str(path), path.name))
     return out
 
 
@@ -68,11 +91,26 @@ class _Loader:
         self.counters: dict[str, LimitSpec] = {}
         self.rule_ids: dict[str, SourceLocation] = {}
         self.plain_tools: dict[str, Any] = {}
+        self.entry_where: dict[tuple[str | None, str], SourceLocation] = {}
+        self.label = ""  # the current file's name relative to its policy root
+
+    def labelled(self, where: SourceLocation) -> SourceLocation:
+        """The same line, named as agents may see it."""
+        return SourceLocation(self.label, where.line)
 
     def problem(self, where: SourceLocation, field: str, message: str) -> None:
         self.problems.append(Problem(where, field, message))
 
-    def load_file(self, path: Path, display: str) -> None:
+    def load_file(self, path: Path, display: str, label: str) -> None:
+        """One file; an unexpected error is reported as a problem of that file, not raised."""
+        self.label = label
+        try:
+            self._load_file(path, display)
+        except Exception as exc:  # the contract: problems, never a raise
+            message = f"could not be loaded ({type(exc).__name__})"
+            self.problem(SourceLocation(display, 1), "", message)
+
+    def _load_file(self, path: Path, display: str) -> None:
         if not path.exists():
             self.problem(SourceLocation(display, 1), "", "no such file or folder")
             return
@@ -81,6 +119,9 @@ class _Loader:
             return
         top = Fields(root, "", self.problems)
         if not top.ok:
+            return
+        if top.get("tools") is None and top.get("default") is None:
+            self.problem(root.where, "", _EMPTY_FILE)
             return
         top.check_known(_TOP)
         version = top.get("version")
@@ -123,16 +164,21 @@ class _Loader:
                 where, path, "a key is `tool`, `server/tool` or a glob; servers are plain names"
             )
             return
+        if len(key) > MAX_KEY_CHARS:
+            self.problem(where, path, f"a key is at most {MAX_KEY_CHARS} characters")
+            return
         if node.value is None:
-            node = Node({}, node.where)
+            self.problem(where, path, _NO_BODY)
+            return
         entry = Fields(node, path, self.problems)
         if not entry.ok:
             return
         entry.check_known(_ENTRY)
-        previous = self.entries.get((server, pattern))
+        previous = self.entry_where.get((server, pattern))
         if previous is not None:
-            self.problem(where, path, f"defined twice: here and at {previous.where}")
+            self.problem(where, path, f"defined twice: here and at {previous}")
             return
+        self.entry_where[(server, pattern)] = where
         self.plain_tools[key] = node.plain()
         action = entry.choice("action", EFFECTS, None)
         rules = tuple(self._rules(entry, path, file_mode))
@@ -141,7 +187,7 @@ class _Loader:
             server=server,
             pattern=pattern,
             is_glob=is_glob(pattern),
-            where=where,
+            where=self.labelled(where),
             action=action,  # type: ignore[arg-type]
             reason=entry.string("reason"),
             rules=rules,
@@ -182,7 +228,7 @@ class _Loader:
             self.problem(item.where, f"{path}.action", "a rule needs an action")
         return Rule(
             action=action or "deny",  # type: ignore[arg-type]
-            where=item.where,
+            where=self.labelled(item.where),
             id=rule_id,
             when=self._condition(fields, path),
             reason=fields.string("reason"),
@@ -196,6 +242,10 @@ class _Loader:
             return None
         if not isinstance(node.value, str) or not node.value.strip():
             self.problem(node.where, f"{path}.when", "must be a CEL expression (a string)")
+            return None
+        shape = cel_shape_problem(node.value)
+        if shape is not None:
+            self.problem(node.where, f"{path}.when", f"CEL: {shape}")
             return None
         try:
             return self.engine.compile(node.value)
@@ -273,8 +323,9 @@ class _Loader:
             for b in globs[i + 1 :]:
                 same_level = a.server == b.server and a.specificity == b.specificity
                 if same_level and globs_overlap(a.pattern, b.pattern):
-                    msg = f"ties with {b.key!r} at {b.where}: equally specific globs that overlap"
-                    self.problem(a.where, f"tools.{a.key}", msg)
+                    b_where = self.entry_where[(b.server, b.pattern)]
+                    msg = f"ties with {b.key!r} at {b_where}: equally specific globs that overlap"
+                    self.problem(self.entry_where[(a.server, a.pattern)], f"tools.{a.key}", msg)
 
     def build(self, sources: Sequence[str]) -> CompiledPolicy:
         default: Effect = self.default[0] if self.default else "deny"
@@ -330,12 +381,12 @@ def _cel_error_line(node: Node, exc: CelCompileError) -> int:
 def load_policy(paths: Iterable[str | Path], engine: Engine = DEFAULT_ENGINE) -> CompiledPolicy:
     """Load and compile rule files; raise ``ConfigError`` listing every problem."""
     loader = _Loader(engine)
-    files = rule_files(paths)
+    files = _labelled_files(paths)
     if not files:
         raise ConfigError([Problem(SourceLocation("<policy>", 1), "", "no rule files given")])
-    for path, display in files:
-        loader.load_file(path, display)
+    for path, display, label in files:
+        loader.load_file(path, display, label)
     loader.check_globs()
     if loader.problems:
         raise ConfigError(loader.problems)
-    return loader.build([display for _, display in files])
+    return loader.build([display for _, display, _ in files])

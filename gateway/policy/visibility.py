@@ -3,12 +3,15 @@
 A tool is listed unless the policy denies it for this caller whatever the arguments. Conditions
 that read only ``agent``, ``tool`` and ``session`` are evaluated now (they cannot change for
 this caller); conditions on ``args``, ``now`` or ``request`` are unknown, so a tool allowed
-only under some argument conditions stays listed. Pure, like ``decide``.
+only under some argument conditions stays listed. A fixed condition that fails to evaluate
+denies every call that reaches it (fail closed), so it hides the tool as a deny would. Pure,
+like ``decide``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from gateway.errors import PolicyEvalError
 from gateway.policy.cel import Engine
@@ -17,10 +20,12 @@ from gateway.policy.matching import candidates
 from gateway.policy.model import Call, CompiledPolicy, Rule, ToolEntry
 
 _STATIC = frozenset({"agent", "tool", "session"})
+Truth = bool | None | Literal["error"]
 
 
-def _truth(rule: Rule, ctx: Context) -> bool | None:
-    """True or False when the condition is fixed for this caller, None when it depends."""
+def _truth(rule: Rule, ctx: Context) -> Truth:
+    """True or False when the condition is fixed for this caller, None when it depends,
+    "error" when it is fixed and cannot be evaluated."""
     program = rule.when
     if program is None:
         return True
@@ -29,7 +34,7 @@ def _truth(rule: Rule, ctx: Context) -> bool | None:
     try:
         return program.evaluate(ctx.activation(program))
     except PolicyEvalError:
-        return None
+        return "error"
 
 
 def _may_allow(policy: CompiledPolicy, entry: ToolEntry, ctx: Context) -> bool:
@@ -37,6 +42,8 @@ def _may_allow(policy: CompiledPolicy, entry: ToolEntry, ctx: Context) -> bool:
         if rule.mode == "shadow":
             continue
         holds = _truth(rule, ctx)
+        if holds == "error":
+            return False  # every call that gets this far is denied
         if holds is False:
             continue
         if rule.action != "deny":
