@@ -51,15 +51,6 @@ _CONNECTION_LIMITS = {
     "keepalive_timeout": False,
     "max_connections": True,
 }
-# security: fields bounding client connections, and whether each is a whole number
-_CONNECTION_LIMITS = {
-    "max_head_bytes": True,
-    "max_headers": True,
-    "head_timeout": False,
-    "body_timeout": False,
-    "keepalive_timeout": False,
-    "max_connections": True,
-}
 _STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout", "timeout"}
 
 
