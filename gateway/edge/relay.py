@@ -83,19 +83,26 @@ class Relay:
         return upstream
 
     def _session(
-        self, incoming: Incoming, upstream: HttpUpstream, identity: Identity, *, required: bool
+        self,
+        incoming: Incoming,
+        upstream: HttpUpstream,
+        identity: Identity,
+        *,
+        required: bool,
+        msg_id: Any = None,
     ) -> str | None:
         """The upstream's session id behind the one presented; checked before any policy."""
         if incoming.count("mcp-session-id") > 1:
-            raise BadMessage(rpc.INVALID_REQUEST, "Mcp-Session-Id given twice")
+            raise BadMessage(rpc.INVALID_REQUEST, "Mcp-Session-Id given twice", msg_id=msg_id)
         presented = incoming.header("mcp-session-id")
         if presented is None:
             if required and upstream.stateful:
-                raise BadMessage(rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id is required")
+                msg = "Bad Request: Mcp-Session-Id is required"
+                raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
             return None
         sid = self.gw.signer.unwrap(upstream.name, identity.grant, presented)
         if sid is None:
-            raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404)
+            raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404, msg_id=msg_id)
         return sid
 
     async def _stream(
@@ -127,10 +134,15 @@ class Relay:
             raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
         message = rpc.classify(rpc.parse_body(body), self.gw.config.relay_extra_methods)
         _check_routing_headers(incoming, message)
-        modern = message.protocol_version in rpc.MODERN_VERSIONS
+        # 2026-07-28 by the body's _meta or by the header: a request without _meta is the
+        # upstream's to answer (it says -32602 with the id), not ours to refuse for a session.
+        version = message.protocol_version or incoming.header("mcp-protocol-version")
+        modern = version in rpc.MODERN_VERSIONS
         initializing = message.method == "initialize"
         needs_session = not modern and not initializing
-        session = self._session(incoming, upstream, identity, required=needs_session)
+        session = self._session(
+            incoming, upstream, identity, required=needs_session, msg_id=message.msg_id
+        )
         view = ClientView(self.gw, upstream.name, identity, session)
         fwd = Forward(upstream, session, body, message.msg_id, view)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.grant, sid)

@@ -1,0 +1,142 @@
+"""An MCP server that follows JSON-RPC to the letter, written by hand for the attack corpus.
+
+It serves Streamable HTTP at ``/mcp`` (stateless, JSON answers) and runs every message that
+names a method, notifications included: JSON-RPC 2.0 says the server processes a notification
+and only sends no answer. A ``tools/call`` "notification" therefore runs here, which is what a
+gateway that gates policy on the presence of an id would miss. Every call that ran is written
+to ``UPSTREAM_CALL_LOG`` (one JSON line, flushed at once), with ``"notification": true`` when
+it came without an id.
+
+``LITERAL_ID_MODE`` makes the answers' ids lie the way real peers do: ``float`` echoes integer
+ids as a JavaScript ``JSON.parse`` peer would (rounded through a double, written with ``.0``),
+``string`` echoes them as strings. A gateway that filters ``tools/list`` by the echoed id lets
+the whole list through to such a peer's callers.
+
+    python -m tests.servers.literal --port 9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOOLS = [
+    {"name": name, "description": f"{name} (literal server)", "inputSchema": {"type": "object"}}
+    for name in ("echo", "add", "delete_item", "write_file", "calls_seen")
+]
+_lock = threading.Lock()
+
+
+def _log_call(params: dict[str, Any], notification: bool) -> None:
+    path = os.environ.get("UPSTREAM_CALL_LOG")
+    if not path:
+        return
+    record = {
+        "tool": params.get("name"),
+        "arguments": params.get("arguments"),
+        "notification": notification,
+        "pid": os.getpid(),
+    }
+    with _lock, open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _echo_id(msg_id: Any) -> Any:
+    mode = os.environ.get("LITERAL_ID_MODE", "")
+    if isinstance(msg_id, int) and not isinstance(msg_id, bool):
+        if mode == "float":
+            return float(msg_id)
+        if mode == "string":
+            return str(msg_id)
+    return msg_id
+
+
+def run(method: str, params: dict[str, Any], notification: bool) -> dict[str, Any] | None:
+    """The result of one method, or None when the method is unknown."""
+    if method == "initialize":
+        return {
+            "protocolVersion": params.get("protocolVersion", "2025-11-25"),
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "literal", "version": "1.0.0"},
+        }
+    if method == "server/discover":
+        return {
+            "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "literal", "version": "1.0.0"},
+            "resultType": "complete",
+        }
+    if method == "tools/list":
+        return {"tools": TOOLS, "cacheScope": "public"}
+    if method == "tools/call":
+        _log_call(params, notification)
+        text = json.dumps(params.get("arguments"))
+        return {"content": [{"type": "text", "text": text}], "isError": False}
+    if method == "ping" or method.startswith("notifications/"):
+        return {}
+    return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _answer(self, status: int, payload: Any = None) -> None:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer(
+            405, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no"}}
+        )
+
+    do_DELETE = do_GET
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        try:
+            message = json.loads(self.rfile.read(length))
+        except ValueError:
+            self._answer(
+                400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse"}}
+            )
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+            self._answer(202)  # an answer to a request of ours (we send none), or junk
+            return
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        notification = "id" not in message
+        result = run(message["method"], params, notification)
+        if notification:
+            self._answer(202)
+            return
+        msg_id = _echo_id(message["id"])
+        if result is None:
+            error = {"code": -32601, "message": "Method not found"}
+            self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "error": error})
+            return
+        self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "result": result})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.literal")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
