@@ -176,6 +176,32 @@ class TestHeadSize:
         assert _healthz(quick) == 200
 
 
+class TestHeadsInPieces:
+    """Heads held until they end still reach the parser whole, however they were cut."""
+
+    def test_blank_line_split_across_packets(self, quick: GatewayProcess) -> None:
+        with open_slow(quick.port, HEALTHZ[:-1]) as sock:
+            assert still_open(sock)
+            sock.sendall(HEALTHZ[-1:])
+            assert _status(sock.recv(65536)) == 200
+
+    def test_byte_by_byte(self, quick: GatewayProcess) -> None:
+        with socket.create_connection(("127.0.0.1", quick.port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for byte in HEALTHZ:
+                sock.sendall(bytes([byte]))
+            assert _status(sock.recv(65536)) == 200
+
+    def test_pipelined_requests_the_second_cut_short(self, quick: GatewayProcess) -> None:
+        with open_slow(quick.port, HEALTHZ + HEALTHZ[:12]) as sock:
+            sock.sendall(HEALTHZ[12:])
+            replies = b""
+            while replies.count(b"HTTP/1.1 200") < 2:
+                chunk = sock.recv(65536)
+                assert chunk, replies
+                replies += chunk
+
+
 def _stream_headers(socks: list[socket.socket], size: int, pid: int) -> dict[str, float]:
     """Send ``size`` bytes of header value on every socket, in turns, until each is cut off."""
     chunk = b"a" * (64 * 1024)
