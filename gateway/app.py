@@ -107,12 +107,18 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     async def readyz() -> Response[dict[str, Any]]:
         health = await check_upstreams(gateway)
         upstreams = {n: ("up" if ok else "down") for n, ok in health.items()}
-        ready = all(health.values())
+        # Background components (gateway.lifecycle.Components): one stopped for good is 503.
+        registry = gateway.extras.get("components")
+        stopped = registry.stopped() if registry is not None else []
+        ready = all(health.values()) and not stopped
         body = {
             "status": "ready" if ready else "not ready",
             "policy_revision": gateway.policy.revision,
             "upstreams": upstreams,
+            "components": registry.report() if registry is not None else {},
         }
+        if stopped:
+            body["stopped"] = stopped
         return Response(body, status_code=200 if ready else 503)
 
     @asynccontextmanager

@@ -1,22 +1,103 @@
-"""Background work of a running gateway: the tool catalogue refreshed from the upstreams, and
-policy hot reload."""
+"""Background work of a running gateway: the tool catalogue refreshed from the upstreams, the
+upstream health probe and the policy file watcher.
+
+Each runs under ``supervise``: an exception is logged (``background.failed``, with the
+exception) and the step is retried with backoff, and it never cancels the task group the
+components share, so a failing watcher cannot take the relay down. Each component's state is
+kept in a ``Components`` registry on ``gateway.extras["components"]``; ``/readyz`` answers 503
+naming any component that has stopped for good.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 from gateway.audit import log
 from gateway.discovery import list_all
-from gateway.reload import reloading
+from gateway.reload import exception_fields, reloading
 from gateway.runtime import Gateway
 
 CATALOG_SECONDS = 300.0
 HEALTH_SECONDS = 15.0
+#: Retry delays after a failure: doubling from the first, capped.
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+@dataclass
+class ComponentState:
+    """``running`` (last step fine), ``retrying`` (last step failed) or ``stopped``."""
+
+    state: str = "running"
+    failures: int = 0  # consecutive
+    last_error: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {"state": self.state, "failures": self.failures, "last_error": self.last_error}
+
+
+class Components:
+    """Health of the background components, by name, for ``/readyz``."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, ComponentState] = {}
+
+    def add(self, name: str) -> ComponentState:
+        state = self.states[name] = ComponentState()
+        return state
+
+    def stopped(self) -> list[str]:
+        return sorted(name for name, s in self.states.items() if s.state == "stopped")
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        return {name: s.view() for name, s in sorted(self.states.items())}
+
+
+def components(gateway: Gateway) -> Components:
+    found = gateway.extras.get("components")
+    if not isinstance(found, Components):
+        found = gateway.extras["components"] = Components()
+    return found
+
+
+def backoff(failures: int) -> float:
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 16)))
+
+
+async def supervise(
+    gateway: Gateway, name: str, step: Callable[[], Awaitable[Any]], every: float
+) -> None:
+    """Run ``step`` then wait ``every`` seconds, forever; failures are logged and retried."""
+    state = components(gateway).add(name)
+    try:
+        while True:
+            try:
+                await step()
+            except Exception as exc:
+                state.state, state.failures = "retrying", state.failures + 1
+                state.last_error = type(exc).__name__
+                fields = exception_fields(exc)
+                log.error("background.failed", component=name, failures=state.failures, **fields)
+                await anyio.sleep(backoff(state.failures))
+                continue
+            state.state, state.failures = "running", 0
+            await anyio.sleep(every)
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:
+        # Not an Exception and not a cancellation: the component is gone for good. The
+        # others keep running; /readyz says which one stopped.
+        state.state, state.last_error = "stopped", type(exc).__name__
+        log.critical("background.stopped", component=name, **exception_fields(exc))
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
 
 
 async def refresh_catalog(gateway: Gateway) -> int:
@@ -50,26 +131,28 @@ async def check_upstreams(gateway: Gateway) -> dict[str, bool]:
     return health
 
 
-async def _health_forever(gateway: Gateway) -> None:
-    while True:
-        await check_upstreams(gateway)
-        await anyio.sleep(HEALTH_SECONDS)
-
-
-async def _refresh_forever(gateway: Gateway) -> None:
-    while True:
-        await refresh_catalog(gateway)
-        await anyio.sleep(CATALOG_SECONDS)
-
-
 @asynccontextmanager
 async def background(gateway: Gateway) -> AsyncIterator[None]:
     # Before serving: which upstreams issue sessions (see HttpUpstream.learn_sessions).
     await asyncio.gather(*(up.learn_sessions() for up in gateway.upstreams.values()))
-    async with reloading(gateway), anyio.create_task_group() as tg:
-        tg.start_soon(_refresh_forever, gateway)
-        tg.start_soon(_health_forever, gateway)
+    async with reloading(gateway) as reloader, anyio.create_task_group() as tg:
+        tg.start_soon(
+            supervise, gateway, "catalog_refresh", _bound(refresh_catalog, gateway), CATALOG_SECONDS
+        )
+        tg.start_soon(
+            supervise, gateway, "upstream_health", _bound(check_upstreams, gateway), HEALTH_SECONDS
+        )
+        tg.start_soon(supervise, gateway, "policy_watcher", reloader.watch_once, 0.0)
         try:
             yield
         finally:
             tg.cancel_scope.cancel()
+
+
+def _bound(
+    fn: Callable[[Gateway], Awaitable[Any]], gateway: Gateway
+) -> Callable[[], Awaitable[Any]]:
+    async def step() -> Any:
+        return await fn(gateway)
+
+    return step

@@ -1,37 +1,64 @@
 """Hot reload: rule files (and the pins file) are watched, and SIGHUP reloads at once.
 
-A new policy that fails to load is refused: the old one keeps serving and every problem is
-logged with its file:line. A call in flight finishes under the revision it started with,
+A new policy that fails to load is refused, whatever the failure: the old one keeps serving
+and the failure is logged (``policy.reload_failed``, with every problem's file:line). Only a
+complete, stable set of files is applied: the files are stat'ed (mtime and size) before and
+after they are read, and read again until the two agree, so a file being written while it is
+read never becomes the policy. A call in flight finishes under the revision it started with,
 because the relay reads ``gateway.policy`` once per call.
+
+The watcher is one step (``Reloader.watch_once``) that ``gateway.lifecycle`` runs under its
+supervisor, so an error in it is logged and retried and never reaches other components.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from gateway.audit import log
 from gateway.errors import ConfigError
 from gateway.pins import Pins
-from gateway.policy import load_policy, rule_files
+from gateway.policy import CompiledPolicy, load_policy, rule_files
 from gateway.runtime import Gateway
 
 WATCH_SECONDS = 1.0
 SETTLE_SECONDS = 0.25
+#: Reads of a file set that keeps changing before the reload gives up (and is retried on the
+#: next change).
+READ_ATTEMPTS = 5
+
+Snapshot = dict[str, tuple[int, int]]
 
 
-def _snapshot(paths: list[Path]) -> dict[str, float]:
-    files = [p for p, _ in rule_files(paths)]
-    out: dict[str, float] = {}
-    for path in files:
+def _snapshot(paths: list[Path]) -> Snapshot:
+    """(mtime_ns, size) of every rule file now, by path: the file set itself counts too."""
+    out: Snapshot = {}
+    for path, _ in rule_files(paths):
         with suppress(OSError):
-            out[str(path)] = path.stat().st_mtime_ns
+            st = path.stat()
+            out[str(path)] = (st.st_mtime_ns, st.st_size)
     return out
+
+
+class _Unsettled(Exception):
+    """The files changed during every read."""
+
+
+def exception_fields(exc: BaseException) -> dict[str, Any]:
+    """How an unexpected exception is logged: its type, message and traceback."""
+    return {
+        "error_type": type(exc).__name__,
+        "error": str(exc),
+        "exception": "".join(traceback.format_exception(exc)),
+    }
 
 
 class Reloader:
@@ -42,17 +69,39 @@ class Reloader:
         self.pin_paths = [pins] if pins is not None else []
         self.seen = _snapshot(self.paths + self.pin_paths)
 
+    def load_stable(self) -> CompiledPolicy:
+        """Load the rule files; read again while they change under the read."""
+        before = _snapshot(self.paths)
+        for _ in range(READ_ATTEMPTS):
+            try:
+                result: CompiledPolicy | Exception = load_policy(self.paths, self.gw.policy.engine)
+            except Exception as exc:  # judged only once the read is known to be whole
+                result = exc
+            after = _snapshot(self.paths)
+            if after == before:
+                if isinstance(result, Exception):
+                    raise result
+                return result
+            before = after
+        raise _Unsettled(f"the rule files changed during each of {READ_ATTEMPTS} reads")
+
     def reload(self, why: str) -> bool:
         """Load the rule files again; swap the policy only if all of it loads."""
         old = self.gw.policy.revision
         try:
-            policy = load_policy(self.paths, self.gw.policy.engine)
+            policy = self.load_stable()
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]
             log.error("policy.reload_failed", why=why, revision=old, problems=problems)
             return False
+        except Exception as exc:
+            log.error("policy.reload_failed", why=why, revision=old, **exception_fields(exc))
+            return False
         self.gw.policy = policy
-        self._reload_pins()
+        try:
+            self._reload_pins()
+        except Exception as exc:
+            log.error("pins.reload_failed", why=why, **exception_fields(exc))
         if self.gw.metrics is not None:
             self.gw.metrics.set_policy(policy.revision)
         log.info("policy.reloaded", why=why, old_revision=old, revision=policy.revision)
@@ -77,31 +126,33 @@ class Reloader:
         self.seen = now
         return True
 
-    async def watch(self) -> None:
-        while True:
-            await anyio.sleep(WATCH_SECONDS)
-            if not self.changed():
-                continue
-            # A file caught mid-write (truncated, half written) must not load as a policy:
-            # wait until the files have stopped changing, then read them.
-            settled = False
-            while not settled:
-                await anyio.sleep(SETTLE_SECONDS)
-                settled = not self.changed()
-            self.reload("files changed")
+    async def watch_once(self) -> None:
+        """One look at the files; after a change, let them settle and reload."""
+        await anyio.sleep(WATCH_SECONDS)
+        if not self.changed():
+            return
+        # A file caught mid-write (truncated, half written) must not load as a policy:
+        # wait until the files have stopped changing, then read them.
+        settled = False
+        while not settled:
+            await anyio.sleep(SETTLE_SECONDS)
+            settled = not self.changed()
+        self.reload("files changed")
 
 
 @asynccontextmanager
 async def reloading(gateway: Gateway) -> AsyncIterator[Reloader]:
-    """Watch files and listen for SIGHUP for the life of the block."""
+    """SIGHUP reloads for the life of the block; the watcher is the caller's to run."""
     reloader = Reloader(gateway)
     gateway.extras["reloader"] = reloader
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(reloader.watch)
-        with suppress(NotImplementedError, RuntimeError, ValueError):
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
-        try:
-            yield reloader
-        finally:
-            tg.cancel_scope.cancel()
+    loop = asyncio.get_running_loop()
+    installed = False
+    with suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        installed = True
+    try:
+        yield reloader
+    finally:
+        if installed:
+            with suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
