@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
-from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway, text_of
+from gateway import lifecycle
+from tests.gateway_proc import (
+    GatewayProcess,
+    calls_in,
+    client,
+    decision_of,
+    run_gateway,
+    text_of,
+)
 from tests.peers import REPO_ROOT, http_upstream
 
 ALLOW = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
@@ -151,3 +164,117 @@ class TestShadowMode:
                 "reason": "texts over 5 characters",
             }
         ]
+
+
+GUARDED = (
+    'version: "1"\ndefault: deny\ntools:\n  echo: {}\n'
+    "  delete_item: {action: deny, reason: no deletes here}\n"
+)
+# Each tries to let delete_item through, or would have crashed the reload before.
+HOSTILE = {
+    "merge-key": "default: deny\ntools:\n  base: &b {}\n  echo: {}\n  delete_item:\n    <<: *b\n",
+    "date-key": "default: deny\ntools:\n  echo: {}\n  delete_item: {}\n  2001-13-45: {}\n",
+    "deep-cel": (
+        "default: deny\ntools:\n  echo: {}\n  delete_item:\n    rules:\n"
+        f"      - {{when: '{'(' * 3000}true{')' * 3000}', action: allow}}\n"
+    ),
+    "truncated": "default: deny\ntools:\n  echo: {}\n  delete_item:\n",
+    "empty": "",
+}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """As docs/rules.md says: a hidden temp file in the same folder, renamed over."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class TestHostileReload:
+    async def test_old_policy_keeps_serving(self, tmp_path: Path) -> None:
+        """Hostile and cut-off files on hot reload are refused one by one; the gateway keeps
+        the old policy (delete_item never reaches the upstream), stays alive and ready."""
+        call_log = tmp_path / "calls.jsonl"
+        with (
+            http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(call_log)}) as up,
+            run_gateway(tmp_path, GUARDED, {"up": {"url": up.url}}) as gw,
+        ):
+            policy = tmp_path / "policy.yaml"
+            for name, text in HOSTILE.items():
+                failed = len(gw.records("policy.reload_failed"))
+                write_atomically(policy, text)
+                os.kill(gw.peer.pid, signal.SIGHUP)
+                await until(lambda n=failed: len(gw.records("policy.reload_failed")) > n)
+                async with client(gw.url("up"), mode="legacy") as c:
+                    refused = await c.call_tool("delete_item", {"id": name})
+                    echoed = await c.call_tool("echo", {"text": name})
+                assert refused.is_error and "no deletes here" in text_of(refused), name
+                assert not echoed.is_error, name
+            health = await anyio.to_thread.run_sync(get_json, f"{gw.base}/healthz")
+            ready = await anyio.to_thread.run_sync(get_json, f"{gw.base}/readyz")
+            assert gw.peer.alive()
+        assert health == (200, {"status": "alive"})
+        assert ready[0] == 200 and "stopped" not in ready[1], ready
+        assert set(ready[1]["components"]) == {
+            "catalog_refresh",
+            "upstream_health",
+            "policy_watcher",
+        }
+        assert not [c for c in calls_in(call_log) if c.get("tool") == "delete_item"]
+        assert any(c.get("tool") == "echo" for c in calls_in(call_log))
+        failures = [p for r in gw.records("policy.reload_failed") for p in r["problems"]]
+        assert any("policy.yaml:6: tools.delete_item: merge keys" in p for p in failures)
+        assert any("policy.yaml:4: tools.delete_item: entry has no body" in p for p in failures)
+        assert any("policy.yaml:1: no `tools` and no `default`" in p for p in failures)
+        assert gw.records("policy.reloaded") == []
+        decisions = {d["revision"] for d in gw.records("policy.decision")}
+        assert len(decisions) == 1  # one policy served throughout
+
+
+class _Fatal(BaseException):
+    """Neither an Exception nor a cancellation: what a component cannot recover from."""
+
+
+class TestSupervisor:
+    """A failing background step is logged and retried; one that dies for good is reported as
+    stopped, and neither touches the other components of the task group."""
+
+    async def test_failure_retried_and_death_contained(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(lifecycle, "BACKOFF_FIRST", 0.0)
+        gateway: Any = SimpleNamespace(extras={})
+        runs = {"flaky": 0, "steady": 0}
+
+        async def flaky() -> None:
+            runs["flaky"] += 1
+            if runs["flaky"] == 1:
+                raise RuntimeError("first run fails")
+            if runs["flaky"] == 3:
+                raise _Fatal
+
+        async def steady() -> None:
+            runs["steady"] += 1
+
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lifecycle.supervise, gateway, "flaky", flaky, 0.0)
+                tg.start_soon(lifecycle.supervise, gateway, "steady", steady, 0.0)
+                registry = lifecycle.components(gateway)
+                await until(lambda: registry.stopped() == ["flaky"] and runs["steady"] > 50)
+                tg.cancel_scope.cancel()
+        report = registry.report()
+        assert report["flaky"] == {"state": "stopped", "failures": 0, "last_error": "_Fatal"}
+        assert report["steady"]["state"] == "running"
+        failed = [e for e in logs if e["event"] == "background.failed"]
+        assert failed[0]["component"] == "flaky" and failed[0]["error"] == "first run fails"
+        assert "RuntimeError: first run fails" in failed[0]["exception"]
+        assert [e["component"] for e in logs if e["event"] == "background.stopped"] == ["flaky"]
