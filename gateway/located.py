@@ -191,6 +191,15 @@ def _syntax_problem(exc: yaml.YAMLError, text: str, file: str) -> Problem:
     return Problem(SourceLocation(file, 1), "", f"syntax error: {type(exc).__name__}")
 
 
+def _compose(text: str) -> yaml.Node | None:
+    composer = _Composer(text)  # the reader refuses control characters here
+    try:
+        node: yaml.Node | None = composer.get_single_node()
+    finally:
+        composer.dispose()
+    return node
+
+
 def parse_text(text: str, file: str, problems: list[Problem]) -> Node | None:
     """Parse YAML or JSON text; every problem is added to ``problems``.
 
@@ -198,17 +207,14 @@ def parse_text(text: str, file: str, problems: list[Problem]) -> Node | None:
     with any value that could not be read replaced by null and reported.
     An empty document (nothing, or only comments) gives an empty mapping.
     """
-    composer = _Composer(text)
     try:
-        root = composer.get_single_node()
+        root = _compose(text)
     except yaml.YAMLError as exc:
         problems.append(_syntax_problem(exc, text, file))
         return None
     except RecursionError:  # below MAX_DEPTH when the caller's stack is already deep
         problems.append(Problem(SourceLocation(file, 1), "", "nested too deeply"))
         return None
-    finally:
-        composer.dispose()
     if root is None:
         return Node({}, SourceLocation(file, 1))
     try:
