@@ -47,12 +47,6 @@ class ClientView:
 
     def filter(self, message: Any) -> Any | None:
         """The message as this caller may see it, or None when it is fine as it is."""
-        if isinstance(message, list):  # a batch of answers: each one on its own
-            items = [self.filter(item) for item in message]
-            if all(item is None for item in items):
-                return None
-            pairs = zip(items, message, strict=True)
-            return [new if new is not None else old for new, old in pairs]
         if not isinstance(message, dict):
             return None
         result = message.get("result")

@@ -80,9 +80,16 @@ def filtered(data: bytes, view: View) -> bytes | None:
         message = json.loads(data, object_pairs_hook=_strict_object)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return DROP
-    changed = view.filter(message)
-    if changed is None:
-        return None
+    if isinstance(message, list):  # a batch of answers: each one on its own
+        items = [view.filter(item) for item in message]
+        if all(item is None for item in items):
+            return None
+        pairs = zip(items, message, strict=True)
+        changed: Any = [new if new is not None else old for new, old in pairs]
+    else:
+        changed = view.filter(message)
+        if changed is None:
+            return None
     return json.dumps(changed, ensure_ascii=False).encode()
 
 

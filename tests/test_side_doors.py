@@ -1,0 +1,326 @@
+"""Side doors of the relay, closed: every message back passes the caller's view, resumed
+streams included; event ids belong to the caller they were given to; operator pages are the
+operator's; and a fuzz of bodies and headers never gets a denied call to an upstream that
+would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.edge.sse import DROP, SseRewriter, filtered
+from tests.gateway_proc import GatewayProcess, calls_in, run_gateway
+from tests.peers import PeerProcess, free_port, start_process
+
+KEY_A = "key-grant-a-0123456789abcdef"
+KEY_B = "key-grant-b-0123456789abcdef"
+GRANTS = {
+    "a": {"key_sha256": hashlib.sha256(KEY_A.encode()).hexdigest(), "roles": ["reader"]},
+    "b": {"key_sha256": hashlib.sha256(KEY_B.encode()).hexdigest(), "roles": ["admin"]},
+}
+POLICY = """
+version: "1"
+default: deny
+tools:
+  echo: {}
+  add: {}
+  delete_item:
+    rules:
+      - when: '"admin" in agent.roles'
+        action: allow
+"""
+ACCEPT = "application/json, text/event-stream"
+
+
+def _headers(key: str, session: str | None = None, **extra: str) -> dict[str, str]:
+    out = {"authorization": f"Bearer {key}", "content-type": "application/json", "accept": ACCEPT}
+    out["mcp-protocol-version"] = "2025-11-25"
+    if session is not None:
+        out["mcp-session-id"] = session
+    out.update(extra)
+    return out
+
+
+def _events(text: str) -> list[tuple[str | None, dict[str, Any] | None]]:
+    """(id, message) of each SSE event."""
+    out: list[tuple[str | None, dict[str, Any] | None]] = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        if not block.strip():
+            continue
+        event_id = None
+        data: list[str] = []
+        for line in block.split("\n"):
+            if line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+        joined = "\n".join(data).strip()
+        out.append((event_id, json.loads(joined) if joined else None))
+    return out
+
+
+def _open_session(http: httpx.Client, url: str, key: str) -> str:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "side-doors", "version": "1"},
+        },
+    }
+    resp = http.post(url, json=init, headers=_headers(key))
+    session = resp.headers["mcp-session-id"]
+    done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert http.post(url, json=done, headers=_headers(key, session)).status_code == 202
+    return session
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("side-doors")
+    with run_gateway(tmp, POLICY, {"up": {"url": upstream.url}}, grants=GRANTS) as gw:
+        yield gw
+
+
+class TestResumedStreams:
+    def _listed(self, gw: GatewayProcess) -> tuple[httpx.Client, str, list[Any]]:
+        http = httpx.Client(timeout=10)
+        session = _open_session(http, gw.url("up"), KEY_A)
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        resp = http.post(gw.url("up"), json=body, headers=_headers(KEY_A, session))
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        return http, session, _events(resp.text)
+
+    def test_a_resumed_tools_list_is_filtered_too(self, gw: GatewayProcess) -> None:
+        """GET with the Last-Event-ID of a filtered list replays it filtered, not whole."""
+        http, session, events = self._listed(gw)
+        listed = [m for _, m in events if m is not None and "result" in m]
+        assert {t["name"] for t in listed[0]["result"]["tools"]} >= {"echo", "add"}
+        assert "delete_item" not in {t["name"] for t in listed[0]["result"]["tools"]}
+        first_id = events[0][0]
+        assert first_id is not None and "." in first_id  # a priming event, id bound to us
+        headers = _headers(KEY_A, session, **{"last-event-id": first_id})
+        headers["accept"] = "text/event-stream"
+        with http.stream("GET", gw.url("up"), headers=headers) as resp:
+            assert resp.status_code == 200
+            text = ""
+            for chunk in resp.iter_text():
+                text += chunk
+                if "tools" in text and text.endswith("\n\n"):
+                    break
+        replayed = [m for _, m in _events(text) if m is not None and "result" in m]
+        assert replayed, text
+        names = {t["name"] for t in replayed[0]["result"]["tools"]}
+        assert "delete_item" not in names and "echo" in names
+
+    def test_another_grants_event_id_replays_nothing(self, gw: GatewayProcess) -> None:
+        http, _, events = self._listed(gw)
+        first_id = events[0][0]
+        assert first_id is not None
+        session_b = _open_session(http, gw.url("up"), KEY_B)
+        headers = _headers(KEY_B, session_b, **{"last-event-id": first_id})
+        resp = http.get(gw.url("up"), headers=headers)
+        assert resp.status_code == 400
+        assert resp.json()["error"]["message"] == "Last-Event-ID not recognised"
+
+    def test_a_made_up_event_id_replays_nothing(self, gw: GatewayProcess) -> None:
+        http, session, events = self._listed(gw)
+        first_id = events[0][0]
+        assert first_id is not None
+        raw = first_id.rpartition(".")[0]
+        for forged in (raw, raw + ".AAAA", "0", first_id + "x"):
+            headers = _headers(KEY_A, session, **{"last-event-id": forged})
+            assert http.get(gw.url("up"), headers=headers).status_code == 400, forged
+
+
+class TestOperatorPages:
+    def test_closed_without_an_admin_token(self, upstream: PeerProcess, tmp_path: Path) -> None:
+        with run_gateway(tmp_path, POLICY, {"up": {"url": upstream.url}}) as gw:
+            assert httpx.get(gw.base + "/metrics", timeout=5).status_code == 403
+            assert httpx.get(gw.base + "/openapi/openapi.json", timeout=5).status_code == 403
+
+    def test_open_when_the_operator_says_so(self, upstream: PeerProcess, tmp_path: Path) -> None:
+        servers = {"up": {"url": upstream.url}}
+        with run_gateway(
+            tmp_path, POLICY, servers, admin={"metrics_public": True, "token_sha256": "0" * 64}
+        ) as gw:
+            assert httpx.get(gw.base + "/metrics", timeout=5).status_code == 200
+            assert httpx.get(gw.base + "/openapi/openapi.json", timeout=5).status_code == 200
+
+
+class _View:
+    """A view that hides ``secret`` and binds ids by prefixing them."""
+
+    def filter(self, message: Any) -> Any | None:
+        if isinstance(message, dict) and isinstance(message.get("result"), dict):
+            tools = message["result"].get("tools")
+            if tools is not None:
+                kept = [t for t in tools if t.get("name") != "secret"]
+                return {**message, "result": {**message["result"], "tools": kept}}
+        return None
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        return b"bound-" + event_id
+
+
+LIST = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"},{"name":"echo"}]}}'
+
+
+class TestSseRewriter:
+    def _run(self, chunks: list[bytes]) -> bytes:
+        rewriter = SseRewriter(_View())
+        return b"".join(rewriter.feed(c) for c in chunks) + rewriter.close()
+
+    @pytest.mark.parametrize("split", [1, 7, 20, 64])
+    def test_split_events_and_line_ends(self, split: int) -> None:
+        stream = b"id: 5\r\nevent: message\r\ndata: " + LIST + b"\r\n\r\n: ping\n\n"
+        out = self._run([stream[i : i + split] for i in range(0, len(stream), split)])
+        assert b"secret" not in out and b"echo" in out
+        assert b"id: bound-5\n" in out and b": ping" in out
+
+    def test_a_key_spelled_with_escapes_is_still_a_tools_list(self) -> None:
+        escaped = LIST.replace(b'"tools"', b'"tool\\u0073"')
+        assert b"secret" not in self._run([b"data: " + escaped + b"\n\n"])
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b'{"result":{"tools":[]},"result":{"tools":[{"name":"secret"}]}}',  # duplicate keys
+            b'{"result":{"tools":[{"name":"secret","x":' + b"[" * 5000 + b"]" * 5000 + b"}]}}",
+            b'{"result":{"tools":[{"name":"secret"}]}',  # cut short
+        ],
+    )
+    def test_unreadable_tools_data_is_dropped(self, data: bytes) -> None:
+        assert filtered(data, _View()) is DROP
+        assert b"secret" not in self._run([b"id: 1\ndata: " + data + b"\n\n"])
+
+    def test_an_event_left_unfinished_is_not_passed_on(self) -> None:
+        assert self._run([b"data: " + LIST]) == b""
+
+    def test_data_split_over_lines_is_one_message(self) -> None:
+        half = LIST.index(b'{"name":"echo"}')  # a line break is JSON white space here
+        out = self._run([b"data: " + LIST[:half] + b"\ndata: " + LIST[half:] + b"\n\n"])
+        assert b"secret" not in out
+
+    def test_a_batch_of_answers_is_filtered_each(self) -> None:
+        out = self._run([b"data: [" + LIST + b"," + LIST + b"]\n\n"])
+        assert b"secret" not in out and out.count(b"echo") == 2
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+@contextlib.contextmanager
+def _literal(log: Path) -> Iterator[PeerProcess]:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.literal", "--port", str(port)]
+    env = {"UPSTREAM_CALL_LOG": str(log)}
+    peer = start_process(argv, port=port, url=f"http://127.0.0.1:{port}/mcp", extra_env=env)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="module")
+def fuzzed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[GatewayProcess, Path, httpx.Client]]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    log = tmp / "calls.jsonl"
+    policy = 'version: "1"\ndefault: deny\ntools:\n  echo: {}\n'
+    with (
+        _literal(log) as literal,
+        run_gateway(tmp, policy, {"lit": {"url": literal.url}}) as gw,
+        httpx.Client(timeout=10) as http,
+    ):
+        yield gw, log, http
+
+
+METHODS = st.sampled_from(
+    [
+        "tools/call",
+        "tools/list",
+        "Tools/call",
+        "tools/call ",
+        "notifications/cancelled",
+        "notifications/tools/call",
+        "ping",
+        "initialize",
+        "resources/read",
+        "x",
+    ]
+)
+NAMES = st.sampled_from(["echo", "delete_item", "write_file", "echo\x00", "*", "ech\u043e"])
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+IDS = st.none() | st.integers(min_value=-(2**60), max_value=2**60) | st.text(max_size=4) | SCALARS
+PARAMS = st.fixed_dictionaries(
+    {"name": NAMES},
+    optional={
+        "arguments": st.dictionaries(st.text(max_size=4), SCALARS, max_size=3),
+        "_meta": st.just({"io.modelcontextprotocol/protocolVersion": "2026-07-28"}),
+    },
+)
+MESSAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "2.0", "1.0"]),
+        "id": IDS,
+        "method": METHODS,
+        "params": PARAMS | SCALARS,
+        "result": st.just({}),
+        "error": st.just({"code": 1, "message": "x"}),
+        "extra": SCALARS,
+    },
+)
+BODIES = (
+    MESSAGES.map(lambda m: json.dumps(m).encode())
+    | st.lists(MESSAGES, max_size=2).map(lambda m: json.dumps(m).encode())
+    | st.binary(max_size=64)
+)
+HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "content-type": st.sampled_from(["application/json", "text/plain", "application/json; x"]),
+        "mcp-method": METHODS.filter(lambda m: m == m.strip()),
+        "mcp-name": NAMES.filter(lambda n: "\x00" not in n and n.isascii()),
+        "mcp-protocol-version": st.sampled_from(["2025-11-25", "2026-07-28", "bogus"]),
+        "accept": st.sampled_from([ACCEPT, "text/event-stream", "*/*"]),
+        "expect": st.just("100-continue"),
+        "last-event-id": st.text(alphabet="abc.0123", max_size=8),
+    },
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=BODIES, headers=HEADERS, verb=st.sampled_from(["POST", "POST", "POST", "GET", "DELETE"])
+)
+def test_fuzz_never_errs_and_never_leaks(
+    fuzzed: tuple[GatewayProcess, Path, httpx.Client],
+    body: bytes,
+    headers: dict[str, str],
+    verb: str,
+) -> None:
+    """No 5xx, an answer within the client's timeout, and (read from the upstream that would
+    run them) no call but ``echo`` ever arrived, notifications included."""
+    gw, log, http = fuzzed
+    content = body if verb == "POST" else None
+    resp = http.request(verb, gw.url("lit"), content=content, headers=headers)
+    assert resp.status_code < 500, (resp.status_code, resp.text)
+    ran = {c["tool"] for c in calls_in(log)}
+    assert ran <= {"echo"}, ran
