@@ -68,6 +68,7 @@ log = structlog.get_logger("celgate.stdio")
 LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long lines
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
 KILL_GRACE = 2.0
+STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
 OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -89,6 +90,9 @@ class Child:
         self.ready = anyio.Event()
         self.stopping = False
         self.restarts = 0
+        # Silence counts against a request from here on: the child's first word since its
+        # start, or STARTUP_GRACE after the start if it has said nothing yet.
+        self.warm_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -114,6 +118,7 @@ class Child:
         delay = BACKOFF_FIRST
         while not self.stopping:
             started = time.monotonic()
+            self.warm_at = started + STARTUP_GRACE
             try:
                 self.proc = await self._spawn()
             except OSError as exc:
@@ -148,6 +153,7 @@ class Child:
                 return
             if not line:
                 return
+            self.warm_at = min(self.warm_at, time.monotonic())
             try:
                 message = json.loads(line)
             except ValueError:
@@ -348,9 +354,6 @@ class SessionLink:
             token = _progress_token(message)
             if token is not None:
                 self.tokens[token] = msg_id
-            self.heard[msg_id] = time.monotonic()
-            assert self.tg is not None
-            self.tg.start_soon(self._watch, msg_id)
         elif method is None:  # the client's answer to one of the child's requests
             self.asking.discard(msg_id)
         if method in ("initialize", "notifications/initialized"):
@@ -359,17 +362,27 @@ class SessionLink:
             await self._end_cancelled(message)
         if not self.child.ready.is_set():
             await self.child.wait_ready(10.0)
-        if not await self.child.send(message) and msg_id is not None and method is not None:
+        sent = await self.child.send(message)
+        if msg_id is None or method is None:
+            return
+        if not sent:
+            self.in_flight.pop(msg_id, None)
             await self._answer(
                 _error(msg_id, f"stdio server {self.bridge.config.name!r} is not running")
             )
+        elif msg_id in self.in_flight:  # the clock starts once the child has the request
+            self.heard[msg_id] = time.monotonic()
+            assert self.tg is not None
+            self.tg.start_soon(self._watch, msg_id)
 
     async def _watch(self, msg_id: Any) -> None:
         def last_sign() -> float | None:
             if msg_id not in self.in_flight:
                 return None
             # While the client is being asked (a person may be answering), the clock stops.
-            return time.monotonic() if self.asking else self.heard.get(msg_id, 0.0)
+            if self.asking:
+                return time.monotonic()
+            return max(self.heard.get(msg_id, 0.0), self.child.warm_at)
 
         async def expire() -> None:
             self.in_flight.pop(msg_id, None)
@@ -485,9 +498,7 @@ class SharedLink:
         self.heard[inner] = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    _deadline, self.timeout, lambda: self.heard.get(inner), self._expire(inner)
-                )
+                tg.start_soon(_deadline, self.timeout, self._last_sign(inner), self._expire(inner))
                 if not await self.child.send(outgoing):
                     await sender.send(_error(inner, f"stdio server {self.name!r} is not running"))
                 cancel = self._cancel(inner, "the client went away")
@@ -517,6 +528,13 @@ class SharedLink:
                 await self.child.send(_cancelled(inner, reason))
 
         return cancel
+
+    def _last_sign(self, inner: str) -> Callable[[], float | None]:
+        def last_sign() -> float | None:
+            heard = self.heard.get(inner)
+            return None if heard is None else max(heard, self.child.warm_at)
+
+        return last_sign
 
     def _expire(self, inner: str) -> Callable[[], Awaitable[None]]:
         async def expire() -> None:
@@ -635,11 +653,11 @@ class StdioBridge:
         for name, value in scope["headers"]:
             if name.lower() in given:
                 given[name.lower()].append(value)
+        if given[b"host"] != [self._host]:  # a DNS-rebinding page sends its own name
+            return 403, "Host not allowed"
         auth = given[b"authorization"]
         if len(auth) != 1 or not hmac.compare_digest(auth[0], self._authorization):
             return 401, "the stdio bridge serves the gateway only"
-        if given[b"host"] != [self._host]:
-            return 403, "Host not allowed"
         return None
 
     def pids(self) -> list[int]:
