@@ -176,6 +176,36 @@ class TestHeadSize:
         assert _healthz(quick) == 200
 
 
+class TestTrailers:
+    """Trailers of a chunked body are bounded like a head (httptools holds them too)."""
+
+    def test_endless_trailer_is_cut_off(
+        self, quick: GatewayProcess, record_property: Record
+    ) -> None:
+        head = (
+            b"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: "
+        )
+        before = rss_mib(quick.peer.pid)
+        socks = [open_slow(quick.port, head) for _ in range(5)]
+        sent = _stream_headers(socks, 64 * MiB, quick.peer.pid)
+        peak = sent.pop("peak_rss")
+        close_all(socks)
+        _report(record_property, "endless trailers: RSS before (MiB)", before)
+        _report(record_property, "endless trailers: peak RSS, 5 x 64 MiB trailer (MiB)", peak)
+        assert all(n < 64 * MiB for n in sent.values()), sent
+        assert peak - before < 20
+
+    def test_chunked_body_with_a_trailer_still_works(self, quick: GatewayProcess) -> None:
+        raw = (
+            b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\nX-Trailer: yes\r\n\r\n"
+        )
+        sock, reply = request(quick.port, raw)
+        with sock:
+            assert _status(reply) is not None and _status(reply) != 431
+
+
 class TestHeadsInPieces:
     """Heads held until they end still reach the parser whole, however they were cut."""
 

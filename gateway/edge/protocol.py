@@ -8,7 +8,8 @@ any client is authenticated, this protocol bounds what one connection may cost:
 - the head (request line and headers, as sent) is held until its blank line and only then
   given to the parser; a head that has not ended within ``max_head_bytes`` is answered 431
   and closed, so no more than that is ever held;
-- more than ``max_headers`` headers: 431 and close;
+- more than ``max_headers`` headers: 431 and close; the trailers of a chunked body (which
+  httptools holds the same way) count against both limits;
 - a head must be complete within ``head_timeout`` of the connection opening or of the first
   byte of the next request on a kept-alive connection, and a body within ``body_timeout`` of
   its head: otherwise 408 and close;
@@ -77,6 +78,9 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._stage = _Stage.HEAD
         self._head_bytes = 0
         self._header_count = 0
+        self._body_got = 0  # body bytes the parser gave, this request
+        self._in_trailers = False  # a chunk header without body yet: maybe the last chunk
+        self._trailer_bytes = 0
         self._held = bytearray()  # a head received in part, before the parser sees it
         self._parsing_head = False  # the parser holds part of a (pipelined) head
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
@@ -108,15 +112,21 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             self._begin_head()
         if self._stage is _Stage.HEAD and not self._parsing_head:
             whole = self._whole_head(data)
-            if whole is None:
-                return
-            super().data_received(whole)  # type: ignore[arg-type]
-        else:
-            if self._stage is _Stage.HEAD:  # the rest of a head pipelined behind a request
-                self._head_bytes += len(data)
+            if whole is not None:
+                super().data_received(whole)  # type: ignore[arg-type]
+        elif self._stage is _Stage.HEAD:  # the rest of a head pipelined behind a request
+            self._head_bytes += len(data)
             super().data_received(data)
+        else:
+            self._feed_body(data)
+        if self.transport.is_closing():
+            return
+        # Deadlines are set only for what is still missing: most heads and bodies are whole
+        # in the piece that began them, and then no timer is needed.
         if self._stage is _Stage.HEAD and self._head_bytes >= self.limits.max_head_bytes:
             self._close_with(431, "request head too large")
+        elif self._stage is _Stage.HEAD and self._timer is None:
+            self._arm(self.limits.head_timeout, self._head_timed_out)
         elif self._stage is _Stage.BODY and self._timer is None:
             self._arm(self.limits.body_timeout, self._body_timed_out)
 
@@ -143,6 +153,19 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             self._held = bytearray(data)
         return None
 
+    def _feed_body(self, data: bytes) -> None:
+        """Feed body bytes; bound the trailers of a chunked body as a head is bounded.
+
+        httptools joins a trailer's pieces as it does a header's, and no body flow control
+        applies to them: past the last chunk, what is not body counts against max_head_bytes.
+        """
+        got = self._body_got
+        super().data_received(data)
+        if self._in_trailers and self._stage is _Stage.BODY:
+            self._trailer_bytes += len(data) - (self._body_got - got)
+            if self._trailer_bytes >= self.limits.max_head_bytes:
+                self._cut_body(431, "request trailers too large")
+
     def send_400_response(self, msg: str) -> None:
         if self._header_count > self.limits.max_headers:
             self._close_with(431, "too many request headers")
@@ -163,6 +186,15 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             raise _TooManyHeaders  # the parser stops; feed_data raises HttpParserCallbackError
         super().on_header(name, value)
 
+    def on_chunk_header(self) -> None:
+        self._in_trailers = True  # until body bytes follow: only the last chunk has none
+
+    def on_body(self, body: bytes) -> None:
+        self._body_got += len(body)
+        self._in_trailers = False
+        self._trailer_bytes = 0
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
         self._stage = _Stage.BODY
         self._parsing_head = False
@@ -178,9 +210,9 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def _begin_head(self) -> None:
         self._stage = _Stage.HEAD
-        self._head_bytes = 0
-        self._header_count = 0
-        self._arm(self.limits.head_timeout, self._head_timed_out)
+        self._head_bytes = self._header_count = 0
+        self._body_got = self._trailer_bytes = 0
+        self._in_trailers = False
 
     def _arm(self, seconds: float, handler: Any) -> None:
         self._disarm()
@@ -200,9 +232,14 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._timer = None
+        self._cut_body(408, "request body not complete in time")
+
+    def _cut_body(self, status: int, text: str) -> None:
+        """Answer ``status`` unless the application already answered; close either way."""
         if self.cycle is not None and not self.cycle.response_started:
-            self._close_with(408, "request body not complete in time")
+            self._close_with(status, text)
         elif not self.transport.is_closing():
+            self._disarm()
             self.transport.close()
 
     def _close_with(self, status: int, text: str) -> None:
