@@ -165,6 +165,8 @@ class DecisionLog:
             fields["args"] = dict(call.args)
         if decision.error:
             fields["error"] = decision.error
+        if decision.error_detail:
+            fields["error_detail"] = decision.error_detail
         if decision.expression:
             fields["expression"] = decision.expression
         state = decision.limit_state

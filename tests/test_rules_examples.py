@@ -57,7 +57,7 @@ class TestSeed:
     def test_listed_tool_allowed_with_limit(self, seed: CompiledPolicy) -> None:
         d = _decide(seed, "CreateCodeConnection", identity=Identity(grant="g1", agent="a"))
         assert d.effect == "allow"
-        assert d.rule == f"{RULES / 'seed-policy.json'}:5"
+        assert d.rule == "seed-policy.json:5"  # relative to the policy root: no paths to agents
         [limit] = d.limits
         assert (limit.counter, limit.max, limit.window) == ("createcodeconnection_rate", 30, 60.0)
         assert (limit.scope, limit.key) == ("grant", "createcodeconnection_rate|grant=g1")

@@ -13,7 +13,7 @@ What an agent is told names a rule by its id or by ``file:line`` relative to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -233,24 +233,8 @@ class _Decider:
         return self.default(None)
 
 
-@dataclass(frozen=True, slots=True)
-class EvalErrorDecision(Decision):
-    """A denial because a condition could not be evaluated. ``error_detail`` is the engine's
-    message: for the decision record and the operator, never for the agent."""
-
-    error_detail: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = Decision.to_dict(self)
-        if self.error_detail:
-            out["error_detail"] = self.error_detail
-        return out
-
-
 def _with_error(decision: Decision, exc: PolicyEvalError) -> Decision:
-    fields = {name: getattr(decision, name) for name in Decision.__dataclass_fields__}
-    fields.update(error=exc.code, expression=exc.expression)
-    return EvalErrorDecision(**fields, error_detail=exc.detail)
+    return replace(decision, error=exc.code, expression=exc.expression, error_detail=exc.detail)
 
 
 def decide(

@@ -181,6 +181,8 @@ class Decision:
     limits: tuple[AppliedLimit, ...] = ()
     error: str | None = None
     expression: str | None = None
+    # The engine's own message for an evaluation error: for the record, never for the agent.
+    error_detail: str | None = None
     approval: Approval | None = None
     limit_state: LimitState | None = None
     shadow: tuple[ShadowResult, ...] = ()
@@ -223,6 +225,8 @@ class Decision:
             out["error"] = self.error
         if self.expression:
             out["expression"] = self.expression
+        if self.error_detail:
+            out["error_detail"] = self.error_detail
         if self.approval:
             out["approval"] = {"mode": self.approval.mode, "timeout": self.approval.timeout}
         if self.limit_state:
