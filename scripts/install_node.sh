@@ -42,3 +42,20 @@ else
     "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION"
   echo "conformance: $(installed_version) installed in $SUITE_PREFIX"
 fi
+
+# The TypeScript SDK (what Claude Code, Cursor and most hosts are built on): the tests run its
+# client against the gateway and one upstream written with it (tests/peers_ts/).
+TS_SDK_VERSION="${TS_SDK_VERSION:-1.32.2}"
+TS_PREFIX="$CACHE/ts-sdk"
+TS_PKG="$TS_PREFIX/node_modules/@modelcontextprotocol/sdk/package.json"
+ts_version() {
+  "$NODE_BIN" -p "require(process.argv[1]).version" "$TS_PKG" 2>/dev/null || true
+}
+if [[ -f "$TS_PKG" && "$(ts_version)" == "$TS_SDK_VERSION" ]]; then
+  echo "ts-sdk: $TS_SDK_VERSION already in $TS_PREFIX"
+else
+  mkdir -p "$TS_PREFIX"
+  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$TS_PREFIX" \
+    "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "zod@3"
+  echo "ts-sdk: $(ts_version) installed in $TS_PREFIX"
+fi

