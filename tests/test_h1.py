@@ -43,8 +43,11 @@ class Server:
             writer.close()
 
 
+Serve = Callable[..., Awaitable[tuple[Server, H1Pool]]]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, H1Pool]]]]:
+async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
 
     async def start(handler: Handler, **pool_options: Any) -> tuple[Server, H1Pool]:
@@ -72,9 +75,9 @@ def keep_alive_json(state_requests: list[bytes]) -> Handler:
 
 
 class TestH1Pool:
-    async def test_request_line_headers_and_body(self, serve: Callable[..., object]) -> None:
+    async def test_request_line_headers_and_body(self, serve: Serve) -> None:
         requests: list[bytes] = []
-        _, pool = await serve(keep_alive_json(requests))  # type: ignore[misc]
+        _, pool = await serve(keep_alive_json(requests))
         resp = await pool.request("POST", {"content-type": "application/json"}, b'{"a":1}')
         assert (resp.status, await resp.read()) == (200, b"{}")
         resp.close()
@@ -82,18 +85,16 @@ class TestH1Pool:
         assert sent.startswith(b"POST /mcp?x=1 HTTP/1.1\r\nhost: 127.0.0.1:")
         assert b"content-length: 7\r\n" in sent and sent.endswith(b'{"a":1}')
 
-    async def test_connections_are_kept_alive(self, serve: Callable[..., object]) -> None:
+    async def test_connections_are_kept_alive(self, serve: Serve) -> None:
         requests: list[bytes] = []
-        state, pool = await serve(keep_alive_json(requests))  # type: ignore[misc]
+        state, pool = await serve(keep_alive_json(requests))
         for _ in range(5):
             resp = await pool.request("POST", {}, b"{}")
             await resp.read()
             resp.close()
-        assert len(requests) == 5 and state.connections == 1  # type: ignore[attr-defined]
+        assert len(requests) == 5 and state.connections == 1
 
-    async def test_chunked_stream_arrives_chunk_by_chunk(
-        self, serve: Callable[..., object]
-    ) -> None:
+    async def test_chunked_stream_arrives_chunk_by_chunk(self, serve: Serve) -> None:
         release = asyncio.Event()
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -106,7 +107,7 @@ class TestH1Pool:
             writer.write(b"a\r\ndata: two\n\r\n0\r\n\r\n")
             await writer.drain()
 
-        _, pool = await serve(handler)  # type: ignore[misc]
+        _, pool = await serve(handler)
         resp = await pool.request("GET", {})
         chunks = resp.iter_chunks()
         assert await chunks.__anext__() == b"data: one\n"  # before the server sends more
@@ -114,39 +115,37 @@ class TestH1Pool:
         assert [c async for c in chunks] == [b"data: two\n"]
         assert resp.complete
 
-    async def test_body_ending_with_the_connection(self, serve: Callable[..., object]) -> None:
+    async def test_body_ending_with_the_connection(self, serve: Serve) -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
             await writer.drain()
 
-        _, pool = await serve(handler)  # type: ignore[misc]
+        _, pool = await serve(handler)
         resp = await pool.request("GET", {})
         assert await resp.read() == b"all of it"
 
-    async def test_cut_mid_answer_is_an_error(self, serve: Callable[..., object]) -> None:
+    async def test_cut_mid_answer_is_an_error(self, serve: Serve) -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a part")
             await writer.drain()
 
-        _, pool = await serve(handler)  # type: ignore[misc]
+        _, pool = await serve(handler)
         resp = await pool.request("POST", {}, b"{}")
         with pytest.raises(UpstreamIOError, match="closed"):
             await resp.read()
         resp.close()
         assert pool.idle == []  # a broken connection is never reused
 
-    async def test_stale_kept_alive_connection_is_replaced(
-        self, serve: Callable[..., object]
-    ) -> None:
+    async def test_stale_kept_alive_connection_is_replaced(self, serve: Serve) -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
             await writer.drain()
             # then the server drops the idle connection without saying Connection: close
 
-        state, pool = await serve(handler)  # type: ignore[misc]
+        state, pool = await serve(handler)
         first = await pool.request("POST", {}, b"{}")
         await first.read()
         first.close()
@@ -155,22 +154,21 @@ class TestH1Pool:
                 await asyncio.sleep(0)
         second = await pool.request("POST", {}, b"{}")
         assert await second.read() == b"{}"
-        assert state.connections == 2  # type: ignore[attr-defined]
+        assert state.connections == 2
 
     async def test_unreachable_upstream(self) -> None:
         pool = H1Pool("http://127.0.0.1:9/mcp", connect_timeout=1)
         with pytest.raises(OSError):
             await pool.request("POST", {}, b"{}")
 
-    async def test_header_injection_is_refused(self, serve: Callable[..., object]) -> None:
+    async def test_header_injection_is_refused(self, serve: Serve) -> None:
         requests: list[bytes] = []
-        _, pool = await serve(keep_alive_json(requests))  # type: ignore[misc]
+        _, pool = await serve(keep_alive_json(requests))
         with pytest.raises(UpstreamIOError, match="line break"):
             await pool.request("POST", {"x-evil": "a\r\nx-admin: yes"}, b"{}")
         assert requests == []
 
 
-Serve = Callable[..., Awaitable[tuple[Server, H1Pool]]]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
 
 

@@ -1,0 +1,157 @@
+"""A hand-written HTTP/1.1 MCP-ish upstream that can be told to misbehave.
+
+Plain asyncio streams, no framework: a framework would refuse to do what these tests need.
+
+    python -m tests.servers.raw_upstream --port N
+
+It serves JSON (never SSE), stateless (no session ids), on any path:
+
+* POST ``initialize``: a 2025-11-25 result with the tools capability;
+* POST ``notifications/*``: 202, no body;
+* POST ``tools/list``: one tool, ``echo``;
+* POST ``tools/call``: ``echo`` answers ``{id} {text}`` as text, so a caller can tell whose
+  answer it got; anything else is a JSON-RPC error;
+* GET, DELETE: 405.
+
+``RAW_UPSTREAM_LOG``: every request is appended as one JSON line, flushed before any answer:
+``{"conn": n, "method": "POST", "rpc": "tools/call", "id": ..., "expect": ...}`` (``conn``
+numbers the TCP connections from 1; ``expect`` is the request's Expect header or null).
+
+``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect`` touch ``tools/call`` only, so
+the gateway's start-up probes still work:
+
+* ``expect``: honour ``Expect: 100-continue`` (send ``100 Continue`` before reading the body);
+* ``continue``: send ``100 Continue`` first, then the answer ``RAW_UPSTREAM_DELAY_MS`` later
+  (default 20), as a server busy with the call would;
+* ``hang``: never answer (the connection stays open until the peer drops it);
+* ``close``: close the connection after reading the request, without answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+from typing import Any
+
+MISBEHAVE = frozenset(filter(None, os.environ.get("RAW_UPSTREAM_MISBEHAVE", "").split(",")))
+DELAY = int(os.environ.get("RAW_UPSTREAM_DELAY_MS", "20")) / 1000
+LOG = os.environ.get("RAW_UPSTREAM_LOG")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_conn_ids = itertools.count(1)
+
+ECHO = {
+    "name": "echo",
+    "description": "Echo the text back, prefixed with the request id.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "required": ["text"],
+    },
+    "annotations": {"readOnlyHint": True},
+}
+
+
+def log(record: dict[str, Any]) -> None:
+    if LOG is not None:
+        with open(LOG, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def result_for(message: dict[str, Any]) -> dict[str, Any]:
+    method, params = message.get("method"), message.get("params") or {}
+    if method == "initialize":
+        return {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "raw-upstream", "version": "1"},
+        }
+    if method == "tools/list":
+        return {"tools": [ECHO]}
+    if method == "tools/call" and params.get("name") == "echo":
+        text = f"{message.get('id')} {params.get('arguments', {}).get('text', '')}"
+        return {"content": [{"type": "text", "text": text}], "isError": False}
+    raise LookupError(method)
+
+
+def answer(status: str, body: bytes = b"", content_type: str = "application/json") -> bytes:
+    head = f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}"
+    return f"{head}\r\n\r\n".encode() + body
+
+
+def reply_to(message: dict[str, Any]) -> bytes:
+    if "id" not in message:
+        return answer("202 Accepted")
+    try:
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": result_for(message)}
+    except LookupError:
+        error = {"code": -32601, "message": "method not found"}
+        body = {"jsonrpc": "2.0", "id": message["id"], "error": error}
+    return answer("200 OK", json.dumps(body).encode())
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
+    lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return lines[0].split(" ")[0], headers
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int) -> bool:
+    """One request and its answer (or misbehaviour); False when the connection is to end."""
+    method, headers = await read_head(reader)
+    expect = headers.get("expect")
+    if "expect" in MISBEHAVE and (expect or "").lower() == "100-continue":
+        writer.write(CONTINUE)
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    if method != "POST":
+        log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
+        writer.write(answer("405 Method Not Allowed"))
+        return True
+    message = json.loads(body)
+    rpc = message.get("method")
+    log({"conn": conn, "method": method, "rpc": rpc, "id": message.get("id"), "expect": expect})
+    if rpc == "tools/call":
+        if "close" in MISBEHAVE:
+            return False
+        if "hang" in MISBEHAVE:
+            await reader.read()  # until the gateway gives up on us
+            return False
+        if "continue" in MISBEHAVE:
+            writer.write(CONTINUE)
+            await writer.drain()
+            await asyncio.sleep(DELAY)  # the call takes a while
+    writer.write(reply_to(message))
+    await writer.drain()
+    return True
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    conn = next(_conn_ids)
+    try:
+        while await exchange(reader, writer, conn):
+            pass
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def main(port: int) -> None:
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(main(parser.parse_args().port))
