@@ -19,27 +19,22 @@ from gateway.edge.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.upstream.h1 import H1Response, UpstreamIOError
 from gateway.upstream.http import HttpUpstream
 
-# Hop-by-hop and framing headers are the connection's own, not the message's (RFC 9110
-# 7.6.1; also proxy-* and whatever Connection names, see request_headers). expect: an
-# upstream's 100 Continue must never stand for an answer.
-_DROP_REQUEST = frozenset(
+# The request headers that travel upstream: what describes the message itself. Everything else
+# stays here: hop-by-hop and framing headers (the connection's own; ``expect`` above all: an
+# upstream's 100 Continue must never stand for an answer), the caller's credentials, cookies,
+# Origin and forwarding headers (checked here, not the upstream's to judge), and any header the
+# relay does not know. Mcp-Session-Id and Last-Event-ID are set from the caller's own, checked
+# values only; Mcp-Method and Mcp-Name were checked against the body.
+_FORWARD_REQUEST = frozenset(
     {
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "proxy-authorization",
-        "authorization",
-        "content-length",
-        "accept-encoding",
-        "mcp-session-id",
-        "cookie",
-        "last-event-id",  # set from the caller's own, checked id only (Forward.last_event_id)
+        "accept",
+        "content-type",
+        "user-agent",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+        "traceparent",
+        "tracestate",
     }
 )
 # The h1 client already takes hop-by-hop headers out of an answer; listed here as well.
@@ -78,19 +73,8 @@ class Forward:
 
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
-    named: set[str] = set()  # names the caller's Connection header lists: hop-by-hop too
-    if "connection" in incoming.headers:
-        for name, value in incoming.raw_headers:
-            if name.lower() == b"connection":
-                named.update(t.strip().lower() for t in value.decode("latin-1").split(","))
-    headers = {
-        k: v
-        for k, v in incoming.headers.items()
-        if k not in _DROP_REQUEST and k not in named and not k.startswith("proxy-")
-    }
-    headers["accept-encoding"] = (
-        "identity"  # a compressed stream cannot be rewritten or relayed as is
-    )
+    headers = {k: v for k, v in incoming.headers.items() if k in _FORWARD_REQUEST}
+    headers["accept-encoding"] = "identity"  # a compressed stream cannot be rewritten
     if fwd.session_id is not None:
         headers["mcp-session-id"] = fwd.session_id
     if fwd.last_event_id is not None:
