@@ -1,8 +1,9 @@
 """The admin API under ``/admin``: its own bearer token (stored hashed), never an agent key.
 
-Policy revision and sources, approvals (list, approve, deny), recent decisions, tools with
-their risk, and rate-limit buckets (shown, or refilled by an operator). Litestar generates
-its OpenAPI schema (``/openapi``).
+Policy revision and sources, approvals (list with the held call's arguments, approve, deny:
+each decision logged as ``approval.decided`` and counted), recent decisions, tools with their
+risk, and rate-limit buckets (shown, or refilled by an operator). Litestar generates its
+OpenAPI schema (``/openapi``). The console (``gateway.console``) is a page over this API.
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ def admin_router(gateway: Gateway) -> Router:
     async def policy_info() -> dict[str, Any]:
         return _policy_view(gateway)
 
-    @get("/approvals", summary="Approval requests, newest first")
+    @get(
+        "/approvals",
+        summary="Approval requests, newest first, with the held call's arguments (long values "
+        "cut, marked '[celgate: cut]'; args_digest binds the exact call)",
+    )
     async def approvals(status: str | None = None) -> list[dict[str, Any]]:
         service = _service(gateway)
         items = await _backend(service.list())
@@ -184,5 +189,17 @@ async def _decide(
         request = await _backend(service.decide(approval_id, approve, data.by, data.note))
     except ApprovalError as exc:
         raise HTTPException(str(exc), status_code=409) from exc
+    log.info(
+        "approval.decided",
+        approval_id=request.id,
+        decision=request.status,
+        by=request.decided_by,
+        note=request.note,
+        server=request.server,
+        tool=request.tool,
+        grant=request.grant,
+        agent=request.agent,
+        args_digest=request.args_digest,
+    )
     result: dict[str, Any] = request.to_dict()
     return result

@@ -1,7 +1,13 @@
 """Where approval requests live: process memory, or Valkey shared by every replica.
 
 State changes (pending -> approved/denied, approved -> used) are compare-and-set: in Valkey one
-Lua script reads, checks and writes, so two replicas can never both use one approval.
+Lua script reads, checks and writes, so two replicas can never both use one approval. Queueing
+is one script too: it drops what has expired from the pending sets (per grant, and in all),
+counts them against the caps and only then stores the request, so replicas share one cap.
+
+Memory stays bounded: a pending request lives until it expires (plus a short grace, to be
+listed as expired) and is then evicted; decided ones are kept a day for the listing, at most
+``KEEP_DECIDED`` of them.
 """
 
 from __future__ import annotations
@@ -15,11 +21,41 @@ from typing import Any
 import valkey.asyncio as avalkey
 from valkey.exceptions import ValkeyError
 
-from gateway.approvals import KEEP_SECONDS, ApprovalRequest, Status
+from gateway.approvals import (
+    GRACE_SECONDS,
+    KEEP_DECIDED,
+    KEEP_SECONDS,
+    Admission,
+    ApprovalCaps,
+    ApprovalRequest,
+    Status,
+)
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.ratelimit.factory import valkey_url
 from gateway.ratelimit.lane import client_defaults
 
+# KEYS: request, match, index, pending of the grant, pending of all
+# ARGV: request JSON, id, created, expires, now, per-grant cap, total cap, request TTL,
+#       match TTL, index size (the index of recent requests keeps the newest so many)
+_CREATE = """
+local now = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then return 'grant_full' end
+if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'total_full' end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[8])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[9])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[10]) - 1)
+for i = 4, 5 do
+  redis.call('ZADD', KEYS[i], ARGV[4], ARGV[2])
+  if redis.call('TTL', KEYS[i]) < tonumber(ARGV[9]) then redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+end
+return 'ok'
+"""
+
+# KEYS: request, pending of its grant, pending of all
+# ARGV: before, after, now, decided_by, note, TTL from now on ('' keeps it)
 _TRANSITION = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing', ''} end
@@ -35,7 +71,15 @@ req.decided_at = now
 if ARGV[4] ~= '' then req.decided_by = ARGV[4] end
 if ARGV[5] ~= '' then req.note = ARGV[5] end
 local out = cjson.encode(req)
-redis.call('SET', KEYS[1], out, 'KEEPTTL')
+if ARGV[6] == '' then
+  redis.call('SET', KEYS[1], out, 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], out, 'EX', ARGV[6])
+end
+if ARGV[1] == 'pending' then
+  redis.call('ZREM', KEYS[2], req.id)
+  redis.call('ZREM', KEYS[3], req.id)
+end
 return {'ok', out}
 """
 
@@ -51,11 +95,21 @@ class MemoryApprovalStore:
         self.clock = clock
         self.requests: dict[str, ApprovalRequest] = {}
         self.matches: dict[str, str] = {}
+        self.pending: dict[str, ApprovalRequest] = {}  # by id; a subset of ``requests``
+        self.swept = float("-inf")
 
-    async def create(self, request: ApprovalRequest) -> None:
+    async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
         self._sweep()
+        now = self.clock()
+        live = [r for r in self.pending.values() if r.expires > now]
+        if sum(1 for r in live if r.grant == request.grant) >= caps.per_grant:
+            return "grant_full"
+        if len(live) >= caps.total:
+            return "total_full"
         self.requests[request.id] = request
+        self.pending[request.id] = request
         self.matches[request.match] = request.id
+        return "ok"
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
         return self.requests.get(approval_id)
@@ -82,6 +136,7 @@ class MemoryApprovalStore:
             note=note or request.note,
         )
         self.requests[approval_id] = changed
+        self.pending.pop(approval_id, None)
         return changed
 
     async def forget_match(self, match: str) -> None:
@@ -95,12 +150,27 @@ class MemoryApprovalStore:
         return None
 
     def _sweep(self) -> None:
-        horizon = self.clock() - KEEP_SECONDS
-        for approval_id, request in list(self.requests.items()):
-            if request.expires < horizon:
-                del self.requests[approval_id]
-                if self.matches.get(request.match) == approval_id:
-                    del self.matches[request.match]
+        """Evict undecided requests past their grace, and decided ones past a day (or past
+        the newest ``KEEP_DECIDED``); at most once a second, as a flood of held calls comes
+        here every time."""
+        now = self.clock()
+        if now - self.swept < 1.0:
+            return
+        self.swept = now
+        for request in list(self.pending.values()):
+            if _evict_at(request) <= now:
+                self._drop(request)
+        decided = [r for r in self.requests.values() if r.id not in self.pending]
+        decided.sort(key=lambda r: r.decided_at or r.created, reverse=True)
+        for rank, request in enumerate(decided):
+            if rank >= KEEP_DECIDED or (request.decided_at or 0) + KEEP_SECONDS <= now:
+                self._drop(request)
+
+    def _drop(self, request: ApprovalRequest) -> None:
+        del self.requests[request.id]
+        self.pending.pop(request.id, None)
+        if self.matches.get(request.match) == request.id:
+            del self.matches[request.match]
 
 
 class ValkeyApprovalStore:
@@ -121,6 +191,7 @@ class ValkeyApprovalStore:
         self.prefix = prefix
         self.clock = clock
         self.script = self.client.register_script(_TRANSITION)
+        self.queue = self.client.register_script(_CREATE)
 
     def _req(self, approval_id: str) -> str:
         return f"{self.prefix}req:{approval_id}"
@@ -128,22 +199,39 @@ class ValkeyApprovalStore:
     def _match(self, match: str) -> str:
         return f"{self.prefix}match:{match}"
 
+    def _pending(self, grant: str | None = None) -> str:
+        return f"{self.prefix}pending" + ("" if grant is None else f":{grant}")
+
     async def _do(self, coro: Any) -> Any:
         try:
             return await coro
         except (ValkeyError, OSError) as exc:
             raise BackendUnavailable("approval backend unavailable") from exc
 
-    async def create(self, request: ApprovalRequest) -> None:
-        ttl = max(1, int(request.expires - self.clock() + KEEP_SECONDS))
-        match_ttl = max(1, int(request.expires - self.clock()) + 1)
-        raw = json.dumps(asdict(request))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self._req(request.id), raw, ex=ttl)
-        pipe.set(self._match(request.match), request.id, ex=match_ttl)
-        pipe.zadd(f"{self.prefix}index", {request.id: request.created})
-        pipe.zremrangebyscore(f"{self.prefix}index", "-inf", self.clock() - KEEP_SECONDS)
-        await self._do(pipe.execute())
+    async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
+        now = self.clock()
+        keys = [
+            self._req(request.id),
+            self._match(request.match),
+            f"{self.prefix}index",
+            self._pending(request.grant),
+            self._pending(),
+        ]
+        args = [
+            _encode(request),
+            request.id,
+            repr(request.created),
+            repr(request.expires),
+            repr(now),
+            caps.per_grant,
+            caps.total,
+            max(1, int(_evict_at(request) - now) + 1),
+            max(1, int(request.expires - now) + 1),
+            KEEP_DECIDED,
+        ]
+        outcome = await self._do(self.queue(keys=keys, args=args))
+        admission: Admission = outcome.decode()
+        return admission
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
         raw = await self._do(self.client.get(self._req(approval_id)))
@@ -158,8 +246,14 @@ class ValkeyApprovalStore:
     async def transition(
         self, approval_id: str, before: Status, after: Status, by: str | None, note: str | None
     ) -> ApprovalRequest:
-        args = [before, after, repr(self.clock()), by or "", note or ""]
-        outcome, payload = await self._do(self.script(keys=[self._req(approval_id)], args=args))
+        grant = ""
+        if before == "pending":  # to take it off its grant's pending set (a grant never changes)
+            current = await self.get(approval_id)
+            grant = current.grant if current is not None else ""
+        keep = str(int(KEEP_SECONDS)) if before == "pending" else ""
+        args = [before, after, repr(self.clock()), by or "", note or "", keep]
+        keys = [self._req(approval_id), self._pending(grant), self._pending()]
+        outcome, payload = await self._do(self.script(keys=keys, args=args))
         if outcome != b"ok":
             raise _conflict(approval_id, before, payload.decode() or "missing")
         request = _decode(payload)
@@ -170,20 +264,40 @@ class ValkeyApprovalStore:
         await self._do(self.client.delete(self._match(match)))
 
     async def list(self) -> list[ApprovalRequest]:
-        ids = await self._do(self.client.zrevrange(f"{self.prefix}index", 0, 199))
+        """Every live pending request, and the newest 200 of the rest."""
+        pending = self.client.zrangebyscore(self._pending(), repr(self.clock()), "+inf")
+        ids = set(await self._do(pending))
+        ids.update(await self._do(self.client.zrevrange(f"{self.prefix}index", 0, 199)))
         if not ids:
             return []
         raws = await self._do(self.client.mget([self._req(i.decode()) for i in ids]))
-        return [r for r in (_decode(raw) for raw in raws) if r is not None]
+        found = [r for r in (_decode(raw) for raw in raws) if r is not None]
+        return sorted(found, key=lambda r: r.created, reverse=True)
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _evict_at(request: ApprovalRequest) -> float:
+    """When an undecided request is forgotten: a while after it expired, no longer than it
+    could wait (so requests in their grace never outnumber the ones that count)."""
+    return request.expires + min(GRACE_SECONDS, request.expires - request.created)
+
+
+def _encode(request: ApprovalRequest) -> str:
+    """The arguments travel as a JSON string inside the record: the scripts' cjson would turn
+    an empty list into an object and round long numbers."""
+    data = asdict(request)
+    data["args_json"] = json.dumps(data.pop("args"))
+    return json.dumps(data)
 
 
 def _decode(raw: bytes | None) -> ApprovalRequest | None:
     if raw is None:
         return None
     data = json.loads(raw)
+    data["args"] = json.loads(data.pop("args_json", "null"))
+    data.setdefault("args_truncated", False)
     fields = ApprovalRequest.__dataclass_fields__
     return ApprovalRequest(**{k: v for k, v in data.items() if k in fields})
 

@@ -8,6 +8,12 @@ backend as limits (memory, or Valkey so that any replica can approve a call anot
 Two ways for the agent's call, chosen per rule (``approval: {mode: wait|retry}``):
 ``wait`` holds the request open until decided or timed out; ``retry`` answers "pending
 approval ID" at once, and the identical call made again after approval passes, once.
+
+The approver sees what they approve: a request keeps a bounded copy of the call's arguments
+(``preview_args``; long values cut with a visible marker, the digest still binds the exact
+call). What can wait is bounded too (``ApprovalCaps``): past the pending cap of a grant, or of
+the whole gateway, a new held call is refused (``approval_queue_full``) and nothing is queued;
+a pending request that expires is evicted.
 """
 
 from __future__ import annotations
@@ -27,8 +33,26 @@ from gateway.policy.model import Approval, Call, Decision
 
 Status = Literal["pending", "approved", "denied", "used", "expired"]
 Tick = Callable[[float], Awaitable[None]]
+Admission = Literal["ok", "grant_full", "total_full"]
 POLL_SECONDS = 0.25
 KEEP_SECONDS = 86400.0  # decided requests stay listable for a day
+GRACE_SECONDS = 60.0  # an undecided request is listed as expired this long, then evicted
+KEEP_DECIDED = 5000  # at most this many decided requests are kept for the listing
+
+# What a request keeps of the call's arguments: enough for a human to tell two calls apart.
+PREVIEW_STRING = 2000  # characters of one string value
+PREVIEW_ITEMS = 50  # items of one list, keys of one object
+PREVIEW_DEPTH = 8  # nesting levels
+PREVIEW_BUDGET = 16384  # characters of strings and keys, over the whole preview
+CUT = "[celgate: cut]"  # every truncation marker starts with this
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalCaps:
+    """How many requests may be pending at once, per grant and in all (``approvals:``)."""
+
+    per_grant: int = 20
+    total: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +64,8 @@ class ApprovalRequest:
     server: str
     tool: str
     args_digest: str
+    args: Any
+    args_truncated: bool
     revision: str
     rule: str
     reason: str
@@ -61,7 +87,9 @@ class ApprovalRequest:
 
 
 class ApprovalStore(Protocol):
-    async def create(self, request: ApprovalRequest) -> None: ...
+    async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
+        """Queue ``request`` unless a cap is reached (then nothing is stored)."""
+        ...
 
     async def get(self, approval_id: str) -> ApprovalRequest | None: ...
 
@@ -94,8 +122,10 @@ class ApprovalService:
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str], None] | None = None,
         poll_seconds: float = POLL_SECONDS,
+        caps: ApprovalCaps | None = None,
     ) -> None:
         self.store = store
+        self.caps = caps or ApprovalCaps()
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.on_event = on_event or (lambda _event: None)
@@ -112,7 +142,9 @@ class ApprovalService:
         if request is not None and request.status == "denied":
             return _refused(decision, request)
         if request is None:
-            request = await self._create(call, decision, match, settings)
+            request, admission = await self._create(call, decision, match, settings)
+            if request is None:
+                return _queue_full(decision, call, admission, self.caps)
         if settings.mode == "retry":
             return _pending(decision, request)
         return await self._wait(request, decision, tick)
@@ -129,8 +161,9 @@ class ApprovalService:
 
     async def _create(
         self, call: Call, decision: Decision, match: str, settings: Approval
-    ) -> ApprovalRequest:
+    ) -> tuple[ApprovalRequest | None, Admission]:
         now = self.clock()
+        args, truncated = preview_args(call.args)
         request = ApprovalRequest(
             id="apr_" + secrets.token_urlsafe(9),
             match=match,
@@ -139,6 +172,8 @@ class ApprovalService:
             server=call.server or "",
             tool=call.tool,
             args_digest=args_digest(call.args),
+            args=args,
+            args_truncated=truncated,
             revision=decision.revision,
             rule=decision.rule,
             reason=decision.reason,
@@ -146,9 +181,12 @@ class ApprovalService:
             created=now,
             expires=now + settings.timeout,
         )
-        await self.store.create(request)
+        admission = await self.store.create(request, self.caps)
+        if admission != "ok":
+            self.on_event("queue_full")
+            return None, admission
         self.on_event("requested")
-        return request
+        return request, admission
 
     async def _consume(self, request: ApprovalRequest, decision: Decision) -> Decision:
         try:
@@ -200,6 +238,20 @@ def _pending(decision: Decision, request: ApprovalRequest) -> Decision:
     return replace(decision, reason=reason, approval_id=request.id, error="approval_pending")
 
 
+def _queue_full(
+    decision: Decision, call: Call, admission: Admission, caps: ApprovalCaps
+) -> Decision:
+    if admission == "grant_full":
+        whose = f"grant {call.identity.grant} already has {caps.per_grant}"
+    else:
+        whose = f"the gateway already has {caps.total}"
+    reason = (
+        f"not queued for approval: {whose} calls waiting for an operator. "
+        "Try again once some are decided or expired"
+    )
+    return replace(decision, effect="deny", reason=reason, error="approval_queue_full")
+
+
 def _refused(decision: Decision, request: ApprovalRequest) -> Decision:
     if request.status == "denied":
         who = request.decided_by or "an operator"
@@ -213,3 +265,65 @@ def _refused(decision: Decision, request: ApprovalRequest) -> Decision:
             "approval_expired",
         )
     return replace(decision, effect="deny", reason=reason, approval_id=request.id, error=code)
+
+
+def preview_args(args: Any) -> tuple[Any, bool]:
+    """A bounded copy of a call's arguments for the approver, and whether anything was cut.
+
+    Long strings, long lists, wide objects and deep nesting are cut, each cut marked with
+    text starting with ``[celgate: cut]`` that says how much is missing; a shared budget
+    bounds the whole copy, so what is stored per request stays small."""
+    state = _Preview(PREVIEW_BUDGET)
+    return state.value(args, 0), state.truncated
+
+
+class _Preview:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.truncated = False
+
+    def cut(self, what: str) -> str:
+        self.truncated = True
+        return f"{CUT} {what}"
+
+    def value(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return self.string(value)
+        if isinstance(value, bool | int | float) or value is None:
+            return value
+        if depth >= PREVIEW_DEPTH:
+            return self.cut("nested deeper than this is not shown")
+        if isinstance(value, dict):
+            return self.mapping(value, depth)
+        if isinstance(value, list | tuple):
+            return self.sequence(list(value), depth)
+        return self.string(repr(value))
+
+    def string(self, text: str) -> str:
+        keep = max(0, min(len(text), PREVIEW_STRING, self.budget))
+        self.budget -= keep
+        if keep == len(text):
+            return text
+        return text[:keep] + self.cut(f"{len(text) - keep} more characters not shown")
+
+    def mapping(self, value: dict[Any, Any], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        items = list(value.items())
+        for key, item in items[:PREVIEW_ITEMS]:
+            if self.budget <= 0:
+                break
+            name = self.string(str(key))  # before the value, which may spend the budget
+            out[name] = self.value(item, depth + 1)
+        if len(out) < len(items):
+            out[CUT] = self.cut(f"{len(items) - len(out)} more keys not shown")
+        return out
+
+    def sequence(self, value: list[Any], depth: int) -> list[Any]:
+        out: list[Any] = []
+        for item in value[:PREVIEW_ITEMS]:
+            if self.budget <= 0:
+                break
+            out.append(self.value(item, depth + 1))
+        if len(out) < len(value):
+            out.append(self.cut(f"{len(value) - len(out)} more items not shown"))
+        return out

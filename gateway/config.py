@@ -120,6 +120,9 @@ class GatewayConfig:
     limits_key_prefix: str = "celgate:"  # Valkey keys: <prefix>rl:... and <prefix>ap:...
     grants: dict[str, GrantConfig] = field(default_factory=dict)
     admin_token_sha256: str | None = None
+    # Held calls that may wait for a human at once, per grant and in all (gateway.approvals)
+    approvals_max_pending_per_grant: int = 20
+    approvals_max_pending: int = 1000
     log_arguments: bool = False
     security: SecurityConfig = field(default_factory=SecurityConfig)
     session_secret: str | None = None
@@ -175,6 +178,7 @@ class _ConfigLoader:
         self._limits(top)
         self._grants(top)
         self._admin(top)
+        self._approvals(top)
         self._audit(top)
         self._security(top)
         self._sessions(top)
@@ -387,6 +391,13 @@ class _ConfigLoader:
         if sub is not None:
             self.out["admin_token_sha256"] = self._digest(sub, "token_sha256")
             self.out["metrics_public"] = sub.boolean("metrics_public", False)
+
+    def _approvals(self, top: Fields) -> None:
+        sub = self._sub(top, "approvals", {"max_pending_per_grant", "max_pending"})
+        if sub is not None:
+            per_grant, out = "max_pending_per_grant", "approvals_max_pending_per_grant"
+            self._whole(sub, per_grant, 1, 100_000, "requests", out)
+            self._whole(sub, "max_pending", 1, 1_000_000, "requests", "approvals_max_pending")
 
     def _audit(self, top: Fields) -> None:
         sub = self._sub(top, "audit", {"log_arguments"})

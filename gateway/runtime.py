@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.approval_stores import make_store
-from gateway.approvals import ApprovalService
+from gateway.approvals import ApprovalCaps, ApprovalService
 from gateway.audit import DecisionLog
 from gateway.catalog import tool_info as catalog_info
 from gateway.config import GatewayConfig
@@ -101,5 +101,6 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         key_prefix=config.limits_key_prefix,
         timeout_ms=config.limits_timeout_ms,
     )
-    gateway.approvals = ApprovalService(store, on_event=gateway.metrics.approval)
+    caps = ApprovalCaps(config.approvals_max_pending_per_grant, config.approvals_max_pending)
+    gateway.approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=caps)
     return gateway

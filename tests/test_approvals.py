@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from gateway.approval_stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
-from gateway.approvals import ApprovalService
+from gateway.approvals import CUT, ApprovalCaps, ApprovalService, preview_args
+from gateway.audit import args_digest
 from gateway.errors import ApprovalError
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval
@@ -32,7 +34,8 @@ async def service(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Approva
     else:
         server: ValkeyProcess = request.getfixturevalue("valkey_db")
         store = ValkeyApprovalStore(server.url, prefix="test:ap:", clock=clock)
-    yield ApprovalService(store, clock=clock, poll_seconds=0), clock
+    caps = ApprovalCaps(per_grant=3, total=5)
+    yield ApprovalService(store, clock=clock, poll_seconds=0, caps=caps), clock
     await store.close()
 
 
@@ -120,8 +123,118 @@ class TestApprovalService:
         first = await svc.resolve(CALL, held(timeout=30), "d1")
         items = await svc.list()
         assert [(r.id, r.status) for r in items] == [(first.approval_id, "pending")]
-        clock.now += 60
+        clock.now += 31
         assert (await svc.list())[0].status == "expired"
+
+
+def call_of(grant: str, **args: Any) -> Call:
+    return Call(tool="delete_note", server="notes", args=args, identity=Identity(grant, grant))
+
+
+class TestWhatTheApproverSees:
+    """A request keeps the call's arguments (bounded): two calls of one tool differ."""
+
+    async def test_two_deletes_show_their_own_arguments(self, service: Any) -> None:
+        svc, _ = service
+        await svc.resolve(call_of("g1", note_id="groceries"), held(), "d1")
+        await svc.resolve(call_of("g1", note_id="taxes-2024", tags=[], n=2**60 + 1), held(), "d2")
+        listed = {r.args["note_id"]: r for r in await svc.list()}
+        assert set(listed) == {"groceries", "taxes-2024"}
+        taxes = listed["taxes-2024"]
+        assert taxes.args == {"note_id": "taxes-2024", "tags": [], "n": 2**60 + 1}
+        assert not taxes.args_truncated
+        assert taxes.args_digest == args_digest(
+            {"note_id": "taxes-2024", "tags": [], "n": 2**60 + 1}
+        )
+
+    async def test_large_arguments_are_cut_with_a_marker_and_the_digest_kept(
+        self, service: Any
+    ) -> None:
+        svc, _ = service
+        args = {"body": "x" * 100_000, "ids": list(range(500))}
+        await svc.resolve(call_of("g1", **args), held(), "d1")
+        (request,) = await svc.list()
+        assert request.args_truncated and request.args_digest == args_digest(args)
+        assert request.args["body"].startswith("x" * 100)
+        assert request.args["body"].endswith(f"{CUT} 98000 more characters not shown")
+        assert request.args["ids"][-1] == f"{CUT} 450 more items not shown"
+
+
+class TestPreview:
+    def test_small_arguments_are_kept_whole(self) -> None:
+        args = {"a": [1, 2.5, None, True], "b": {"c": "d"}}
+        assert preview_args(args) == (args, False)
+
+    def test_deep_wide_and_oversized_values_are_bounded(self) -> None:
+        deep: Any = "bottom"
+        for _ in range(20):
+            deep = {"down": deep}
+        wide = {f"k{i}": i for i in range(80)}
+        many = {f"s{i}": "y" * 2000 for i in range(40)}
+        preview, cut = preview_args({"deep": deep, "wide": wide, "many": many})
+        assert cut
+        text = json.dumps(preview)
+        assert len(text) < 20_000
+        assert f"{CUT} nested deeper than this is not shown" in text
+        assert preview["wide"][CUT] == f"{CUT} 30 more keys not shown"
+        assert "more keys not shown" in str(preview["many"].get(CUT))
+
+
+class TestPendingCaps:
+    """Past the cap (3 per grant, 5 in all here) a held call is refused and nothing queued;
+    a decision or an expiry frees a place."""
+
+    async def test_a_grant_past_its_cap_is_refused(self, service: Any) -> None:
+        svc, _ = service
+        for i in range(3):
+            queued = await svc.resolve(call_of("g1", note_id=i), held(), f"d{i}")
+            assert queued.error == "approval_pending"
+        full = await svc.resolve(call_of("g1", note_id=99), held(), "d9")
+        assert full.effect == "deny" and full.error == "approval_queue_full"
+        assert "grant g1 already has 3 calls waiting" in full.reason
+        assert full.approval_id is None
+        assert len(await svc.list()) == 3
+        # the same call again still finds its own request: no new place is needed
+        again = await svc.resolve(call_of("g1", note_id=0), held(), "d10")
+        assert again.error == "approval_pending"
+        other = await svc.resolve(call_of("g2", note_id=99), held(), "d11")
+        assert other.error == "approval_pending"
+
+    async def test_the_gateway_cap_holds_across_grants(self, service: Any) -> None:
+        svc, _ = service
+        for i in range(5):
+            await svc.resolve(call_of(f"g{i % 3}", note_id=i), held(), f"d{i}")
+        full = await svc.resolve(call_of("g9", note_id=1), held(), "dx")
+        assert full.error == "approval_queue_full"
+        assert "the gateway already has 5" in full.reason
+
+    async def test_a_decision_frees_a_place(self, service: Any) -> None:
+        svc, _ = service
+        first = await svc.resolve(call_of("g1", note_id=0), held(), "d0")
+        for i in range(1, 3):
+            await svc.resolve(call_of("g1", note_id=i), held(), f"d{i}")
+        await svc.decide(first.approval_id, False, "alice", None)
+        fourth = await svc.resolve(call_of("g1", note_id=3), held(), "d3")
+        assert fourth.error == "approval_pending"
+
+    async def test_expired_requests_free_their_place_and_are_evicted(self, service: Any) -> None:
+        svc, clock = service
+        for i in range(3):
+            await svc.resolve(call_of("g1", note_id=i), held(timeout=30), f"d{i}")
+        clock.now += 31
+        fresh = await svc.resolve(call_of("g1", note_id=3), held(timeout=30), "d3")
+        assert fresh.error == "approval_pending"
+        if isinstance(svc.store, MemoryApprovalStore):  # Valkey evicts by its own TTL clock
+            clock.now += 30
+            assert [r.id for r in await svc.list()] == [fresh.approval_id]
+
+    async def test_a_flood_of_held_calls_stays_bounded(self, service: Any) -> None:
+        svc, _ = service
+        refused = 0
+        for i in range(3000):
+            result = await svc.resolve(call_of("flood", note_id=i), held(), f"d{i}")
+            refused += result.error == "approval_queue_full"
+        assert refused == 2997 and len(await svc.list()) == 3
 
 
 class TestStoreFromBackend:
