@@ -1,4 +1,5 @@
-"""Policy tests beside the rules (``*_test.yaml``), run by ``celgate test rules/``.
+"""Policy tests beside the rules (``*_test.yaml``), run by ``celgate test rules/``
+(gateway/cli/policy.py prints the results).
 
 Each file holds ``cases``: a call (tool, server, args, who calls, tool risk/kind, time) and what
 the policy must answer (effect, and optionally rule, error code, words of the reason). The
@@ -7,7 +8,6 @@ policy under test is the folder the file sits in, or the files its ``policy:`` n
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,32 +134,3 @@ def run_file(path: Path, cache: dict[tuple[str, ...], CompiledPolicy]) -> tuple[
         if why is not None:
             failures.append(f"{case.where}: {case.name}: {why}")
     return len(cases), failures
-
-
-def run_tests_command(ns: argparse.Namespace) -> int:
-    files = find_test_files(ns.paths)
-    if not files:
-        print("no policy test files (*_test.yaml) found")
-        return 1
-    total, failed = 0, 0
-    cache: dict[tuple[str, ...], CompiledPolicy] = {}
-    for path in files:
-        try:
-            count, failures = run_file(path, cache)
-        except ConfigError as exc:
-            print(exc)
-            failed += 1
-            continue
-        total += count
-        failed += len(failures)
-        for line in failures:
-            print(f"FAIL {line}")
-    status = "ok" if failed == 0 else "FAILED"
-    print(f"{status}: {total - failed} passed, {failed} failed, in {len(files)} file(s)")
-    return 0 if failed == 0 else 1
-
-
-def register(sub: Any) -> None:
-    cmd = sub.add_parser("test", help="run policy tests (*_test.yaml) beside the rules")
-    cmd.add_argument("paths", nargs="+", help="folders or test files")
-    cmd.set_defaults(func=run_tests_command)

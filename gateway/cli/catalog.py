@@ -99,15 +99,18 @@ def pins_command(ns: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
-    cat = sub.add_parser("catalog", help="list upstream tools with kind, risk and effect")
-    cat.add_argument("--config", required=True)
-    cat.add_argument("--grant", help="show the effect for this grant (default: anonymous)")
-    cat.add_argument("--json", action="store_true")
-    cat.set_defaults(func=catalog_command)
+def _configure_catalog(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--grant", help="show the effect for this grant (default: anonymous)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=catalog_command)
 
-    pins = sub.add_parser("pins", help="tool definition pins")
-    pins.add_argument("action", choices=["update"])
-    pins.add_argument("--config", required=True)
-    pins.add_argument("--out", help="pins file (default: the config's pins.file)")
-    pins.set_defaults(func=pins_command)
+
+def _configure_pins(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["update"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", help="pins file (default: the config's pins.file)")
+    parser.set_defaults(func=pins_command)
+
+
+PARSERS = {"catalog": _configure_catalog, "pins": _configure_pins}

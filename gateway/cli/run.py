@@ -1,22 +1,29 @@
-"""``celgate run``: load config (or the embedded default) and serve the gateway."""
+"""``celgate run``: load config (or the embedded default) and serve the gateway.
+
+The listening socket is bound first, so a taken port is one line before any banner or admin
+token. SIGTERM, like Ctrl-C, unwinds through the ``finally`` that stops the embedded demo
+server: uvicorn re-raises the signal it caught once it has shut down, and our handler turns it
+into ``SystemExit`` instead of the default immediate death.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import os
 import resource
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
-import structlog
 import uvicorn
 
 from gateway.audit import configure_logging
@@ -24,15 +31,14 @@ from gateway.config import LOOPBACK_HOSTS, GatewayConfig, ServerConfig, load_con
 from gateway.errors import ConfigError
 from gateway.identity import hash_key
 
-log = structlog.get_logger("celgate")
-
 DEMO_PORT = 8787
 GRACEFUL_SECONDS = 5
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def rules_dir() -> Path:
     """The example rules: package data in a wheel, the repository's ``rules/`` otherwise."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # gateway/
     packaged = here / "_rules"
     return packaged if packaged.is_dir() else here.parent / "rules"
 
@@ -95,10 +101,11 @@ def _banner(config: GatewayConfig) -> None:
             flush=True,
         )
     first = next(iter(config.servers))
-    print(f"  try it:       celgate try {base}/mcp/{first}", flush=True)
+    key = "" if config.anonymous else " --key <agent key>"
+    print(f"  try it:       celgate try {base}/mcp/{first}{key}", flush=True)
 
 
-def serve(config: GatewayConfig) -> int:
+def serve(config: GatewayConfig, sock: socket.socket) -> int:
     from gateway.app import build_app
     from gateway.edge.protocol import protocol_class
     from gateway.runtime import build_gateway
@@ -140,7 +147,8 @@ def serve(config: GatewayConfig) -> int:
         # then close, so a deploy or a container stop is never held up by an idle agent.
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
-    uvicorn.Server(uv).run()  # run(), not asyncio.run(serve()): only run() installs uvloop
+    # run(), not asyncio.run(serve()): only run() installs uvloop
+    uvicorn.Server(uv).run(sockets=[sock])
     return 0
 
 
@@ -163,15 +171,30 @@ def _raise_fd_limit(max_connections: int) -> None:
         )
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound now (uvicorn listens on it), or one line saying
+    why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise SystemExit(f"celgate: cannot listen on {host}:{port}: {why}") from None
+    return sock
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(EXIT_TERMINATED)
+
+
 def run_command(ns: argparse.Namespace) -> int:
     configure_logging(json_logs=ns.json_logs)
+    signal.signal(signal.SIGTERM, _terminated)
     if ns.config is None:
-        token = os.environ.get("CELGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
-        with demo_upstream() as url:
-            config = demo_config(url, ns.port or DEMO_PORT, token)
-            if "CELGATE_ADMIN_TOKEN" not in os.environ:
-                print(f"  admin token for this run: export CELGATE_ADMIN_TOKEN={token}")
-            return serve(config)
+        return _run_demo(ns.port or DEMO_PORT)
     try:
         config = load_config(ns.config)
     except ConfigError as exc:
@@ -179,7 +202,18 @@ def run_command(ns: argparse.Namespace) -> int:
         return 1
     if ns.port:
         config = _with_port(config, ns.port)
-    return serve(config)
+    with bind(config.host, config.port) as sock:
+        return serve(config, sock)
+
+
+def _run_demo(port: int) -> int:
+    with bind("127.0.0.1", port) as sock:
+        token = os.environ.get("CELGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+        with demo_upstream() as url:
+            config = demo_config(url, port, token)
+            if "CELGATE_ADMIN_TOKEN" not in os.environ:
+                print(f"  admin token for this run: export CELGATE_ADMIN_TOKEN={token}")
+            return serve(config, sock)
 
 
 def _with_port(config: GatewayConfig, port: int) -> GatewayConfig:
@@ -188,11 +222,13 @@ def _with_port(config: GatewayConfig, port: int) -> GatewayConfig:
     return replace(config, port=port)
 
 
-def register(sub: Any) -> None:
-    run = sub.add_parser("run", help="serve the gateway (no --config: the embedded demo)")
-    run.add_argument("--config", help="gateway config file (YAML)")
-    run.add_argument("--port", type=int, help="override listen.port")
-    run.add_argument(
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="gateway config file (YAML)")
+    parser.add_argument("--port", type=int, help="override listen.port")
+    parser.add_argument(
         "--json-logs", action="store_true", default=None, help="JSON log lines even on a TTY"
     )
-    run.set_defaults(func=run_command)
+    parser.set_defaults(func=run_command)
+
+
+PARSERS = {"run": _configure}

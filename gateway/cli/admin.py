@@ -1,0 +1,194 @@
+"""Commands that talk to a running gateway's admin API: ``approvals ...`` and ``limits ...``.
+
+Which gateway: ``--url``, else the listen address of ``--config``, else ``$CELGATE_URL``, else
+``http://127.0.0.1:8787``. Every way it can go wrong ends in one line naming the URL: nothing
+listening, something that is not a celgate gateway (a celgate admin API answers a refused
+token with its own ``WWW-Authenticate`` realm and JSON), a refused token, an admin error. The
+state is shared through the backend, so any replica will do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+ADMIN_REALM = 'realm="celgate-admin"'
+TIMEOUT_SECONDS = 10.0
+# What a listener on every interface is reached at from this host.
+_LOCAL_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def _expand(value: Any, path: Path, field: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise SystemExit(f"celgate: {path}: {field} uses ${{{name}}}, which is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{(\w+)\}", one, str(value))
+
+
+def url_from_config(path: Path) -> str:
+    """The base URL of the gateway a config file describes (only ``listen:`` is read, so the
+    secrets the rest of the file names need not be set here)."""
+    import yaml
+
+    try:
+        top = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"celgate: cannot read {path}: {exc}") from None
+    listen = top.get("listen") if isinstance(top, dict) else None
+    listen = listen if isinstance(listen, dict) else {}
+    host = _expand(listen.get("host", "127.0.0.1"), path, "listen.host")
+    port = _expand(listen.get("port", 8787), path, "listen.port")
+    host = _LOCAL_FOR.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def gateway_url(ns: argparse.Namespace) -> str:
+    if ns.url:
+        return str(ns.url).rstrip("/")
+    if ns.config:
+        return url_from_config(Path(ns.config))
+    return os.environ.get("CELGATE_URL", DEFAULT_URL).rstrip("/")
+
+
+class AdminClient:
+    """One admin API, each answer checked to come from a celgate gateway."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            resp = httpx.request(
+                method, self.url + path, headers=headers, json=body, timeout=TIMEOUT_SECONDS
+            )
+        except httpx.ConnectError:
+            raise SystemExit(f"celgate: no gateway at {self.url} (nothing answers there)") from None
+        except httpx.HTTPError as exc:
+            why = str(exc) or type(exc).__name__
+            raise SystemExit(f"celgate: no answer from {self.url}: {why}") from None
+        return self._read(resp, f"{method} {path}")
+
+    def _read(self, resp: Any, what: str) -> Any:
+        body = _json_or_none(resp)
+        realm = ADMIN_REALM in resp.headers.get("www-authenticate", "")
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if resp.status_code in (401, 403) and (realm or detail == _AGENT_KEY_REFUSED):
+            raise SystemExit(
+                f"celgate: the gateway at {self.url} refused the admin token ({detail}); "
+                "is CELGATE_ADMIN_TOKEN the one of this gateway's admin.token_sha256?"
+            )
+        if body is None or (resp.status_code == 404 and detail == "Not Found"):
+            raise SystemExit(
+                f"celgate: {self.url} is not a celgate gateway ({what} answered "
+                f"HTTP {resp.status_code}); name one with --url, CELGATE_URL or --config"
+            )
+        if resp.status_code >= 400:
+            raise SystemExit(f"celgate: {self.url}: HTTP {resp.status_code}: {detail or body}")
+        return body
+
+
+_AGENT_KEY_REFUSED = "agent keys cannot use the admin API"
+
+
+def _json_or_none(resp: Any) -> Any:
+    if "json" not in resp.headers.get("content-type", ""):
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _client(ns: argparse.Namespace) -> AdminClient:
+    token = ns.token or os.environ.get("CELGATE_ADMIN_TOKEN")
+    if not token:
+        raise SystemExit("celgate: an admin token is needed (--token or CELGATE_ADMIN_TOKEN)")
+    return AdminClient(gateway_url(ns), token)
+
+
+def _approvals(ns: argparse.Namespace) -> int:
+    admin = _client(ns)
+    if ns.action == "list":
+        return _list_approvals(admin, ns)
+    if not ns.id:
+        raise SystemExit(f"celgate: approvals {ns.action} needs an approval ID")
+    body = {"by": ns.by, "note": ns.note}
+    result = admin.call("POST", f"/admin/approvals/{ns.id}/{ns.action}", body)
+    print(f"{result['id']}: {result['status']} by {result['decided_by']}")
+    return 0
+
+
+def _list_approvals(admin: AdminClient, ns: argparse.Namespace) -> int:
+    items = admin.call("GET", "/admin/approvals" + ("" if ns.all else "?status=pending"))
+    if ns.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print("no approval requests" if ns.all else "no pending approval requests")
+    for r in items:
+        target = f"{r['server']}/{r['tool']}"
+        print(f"{r['id']}  {r['status']:<8} {r['grant']} -> {target}  {r['reason']}")
+    return 0
+
+
+def _limits(ns: argparse.Namespace) -> int:
+    admin = _client(ns)
+    if ns.action == "reset":
+        if not (ns.grant or ns.counter or ns.all):
+            raise SystemExit("celgate: limits reset needs --grant, --counter or --all")
+        body = {"grant": ns.grant, "counter": ns.counter, "all": ns.all}
+        result = admin.call("POST", "/admin/limits/reset", body)
+        print(f"refilled {result['refilled']} bucket(s)")
+        for key in result["keys"]:
+            print(f"  {key}")
+        return 0
+    rows = admin.call("GET", "/admin/limits" + (f"?grant={ns.grant}" if ns.grant else ""))
+    if not rows:
+        print("every bucket is full (no recent calls under a limit)")
+    for row in rows:
+        print(f"{row['key']}  remaining {row['remaining']}")
+    return 0
+
+
+def add_gateway_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url", help=f"the gateway's base URL (default: $CELGATE_URL, {DEFAULT_URL})"
+    )
+    where.add_argument("--config", help="reach the gateway at this config file's listen address")
+    parser.add_argument("--token", help="admin token (default: $CELGATE_ADMIN_TOKEN)")
+
+
+def _configure_approvals(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["list", "approve", "deny"])
+    parser.add_argument("id", nargs="?")
+    parser.add_argument("--by", default=os.environ.get("USER", "admin"))
+    parser.add_argument("--note")
+    parser.add_argument("--all", action="store_true", help="list decided requests too")
+    parser.add_argument("--json", action="store_true")
+    add_gateway_args(parser)
+    parser.set_defaults(func=_approvals)
+
+
+def _configure_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["show", "reset"])
+    parser.add_argument("--grant")
+    parser.add_argument("--counter", help="reset: only this counter's buckets")
+    parser.add_argument("--all", action="store_true", help="reset: every bucket")
+    add_gateway_args(parser)
+    parser.set_defaults(func=_limits)
+
+
+PARSERS = {"approvals": _configure_approvals, "limits": _configure_limits}

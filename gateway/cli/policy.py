@@ -1,0 +1,161 @@
+"""Offline policy commands: ``check``, ``decide`` and ``test``. No server, no network.
+
+``decide --config`` reads the gateway config for the grant's roles and attrs (and its policy
+when no rule path is given), so a decision is made as the running gateway would make it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import ConfigError
+from gateway.policy import CompiledPolicy, Identity
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+
+def _report(exc: ConfigError, what: str = "policy") -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(exc.problems)} error(s); {what} rejected", file=sys.stderr)
+    return 1
+
+
+def _check(ns: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+
+    try:
+        policy = load_policy(ns.paths)
+    except ConfigError as exc:
+        return _report(exc)
+    entries = len(policy.entries)
+    rules = sum(len(e.rules) for e in policy.entries)
+    limits = sum(len(e.limits) for e in policy.entries)
+    print(
+        f"ok: {len(policy.sources)} file(s), {entries} tool entries, {rules} rules, "
+        f"{limits} limits, default {policy.default}, revision {policy.revision}"
+    )
+    return 0
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"celgate: {what} is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"celgate: {what} must be a JSON object")
+    return value
+
+
+def _flag_identity(ns: argparse.Namespace) -> Identity:
+    roles = tuple(r for r in (ns.roles or "").split(",") if r)
+    attrs = _json_object(ns.attrs or "{}", "--attrs")
+    return Identity(grant=ns.grant, agent=ns.agent or ns.grant, roles=roles, attrs=attrs)
+
+
+def _config_identity(ns: argparse.Namespace, config: GatewayConfig) -> Identity:
+    """The grant as the config defines it; --roles, --attrs and --agent replace its values."""
+    found = config.grants.get(ns.grant)
+    if found is None:
+        known = ", ".join(sorted(config.grants)) or "none"
+        raise SystemExit(f"celgate: no grant {ns.grant!r} in {config.source} (grants: {known})")
+    roles = found.roles if ns.roles is None else tuple(r for r in ns.roles.split(",") if r)
+    attrs = found.attrs if ns.attrs is None else _json_object(ns.attrs, "--attrs")
+    return Identity(grant=found.id, agent=ns.agent or found.agent, roles=roles, attrs=attrs)
+
+
+def _policy_and_identity(ns: argparse.Namespace) -> tuple[CompiledPolicy, Identity]:
+    from gateway.policy import load_policy
+
+    if ns.config is None:
+        if ns.path is None:
+            raise SystemExit("celgate: decide needs a rule path, or --config")
+        return load_policy([ns.path]), _flag_identity(ns)
+    from gateway.config import load_config
+
+    config = load_config(ns.config)
+    paths = [ns.path] if ns.path else list(config.policy_paths)
+    identity = _config_identity(ns, config) if ns.grant != "anonymous" else _flag_identity(ns)
+    return load_policy(paths), identity
+
+
+def _decide(ns: argparse.Namespace) -> int:
+    from gateway.policy import Call, ToolInfo, decide
+
+    try:
+        policy, identity = _policy_and_identity(ns)
+    except ConfigError as exc:
+        return _report(exc, "config or policy" if ns.config else "policy")
+    call = Call(
+        tool=ns.tool,
+        server=ns.server,
+        args=_json_object(ns.args, "--args"),
+        identity=identity,
+        session=ns.session,
+        info=ToolInfo(risk=ns.risk, kind=ns.kind),
+    )
+    now = datetime.fromisoformat(ns.now) if ns.now else datetime.now(UTC)
+    print(json.dumps(decide(policy, call, now).to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _test(ns: argparse.Namespace) -> int:
+    from gateway.policytest import find_test_files, run_file
+
+    files = find_test_files(ns.paths)
+    if not files:
+        print("no policy test files (*_test.yaml) found")
+        return 1
+    total, failed = 0, 0
+    cache: dict[tuple[str, ...], CompiledPolicy] = {}
+    for path in files:
+        try:
+            count, failures = run_file(Path(path), cache)
+        except ConfigError as exc:
+            print(exc)
+            failed += 1
+            continue
+        total += count
+        failed += len(failures)
+        for line in failures:
+            print(f"FAIL {line}")
+    status = "ok" if failed == 0 else "FAILED"
+    print(f"{status}: {total - failed} passed, {failed} failed, in {len(files)} file(s)")
+    return 0 if failed == 0 else 1
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", help="rule files or folders")
+    parser.set_defaults(func=_check)
+
+
+def _configure_decide(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", nargs="?", help="a rule file or folder (default: --config's)")
+    parser.add_argument("--config", help="gateway config: the grant's roles, attrs and policy")
+    parser.add_argument("--tool", required=True)
+    parser.add_argument("--server")
+    parser.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
+    parser.add_argument("--grant", default="anonymous")
+    parser.add_argument("--agent", help="agent name (default: the grant's)")
+    parser.add_argument("--roles", help="comma-separated roles (default: the grant's)")
+    parser.add_argument("--attrs", help="grant attributes as a JSON object (default: the grant's)")
+    parser.add_argument("--session")
+    parser.add_argument("--risk", default="unknown", help="tool.risk as CEL sees it")
+    parser.add_argument("--kind", default="unknown", help="tool.kind as CEL sees it")
+    parser.add_argument("--now", help="ISO 8601 time to decide at (default: now)")
+    parser.set_defaults(func=_decide)
+
+
+def _configure_test(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", help="folders or test files")
+    parser.set_defaults(func=_test)
+
+
+PARSERS = {"check": _configure_check, "decide": _configure_decide, "test": _configure_test}
