@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shlex
+import site
 import subprocess
 import sys
+import sysconfig
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +35,7 @@ COMPOSE = REPO_ROOT / "compose.yaml"
 DEPLOY = REPO_ROOT / "deploy"
 ENTRY = ["celgate", "run", "--config", "/etc/celgate/config.yaml"]
 KEY = "cgk_container-test-key"
+ADMIN_TOKEN = "cga_container-test-admin-token"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -54,6 +59,7 @@ def deploy_env(**values: str) -> dict[str, str]:
         "CELGATE_DEMO_URL": "http://127.0.0.1:9/mcp",
         "CELGATE_LIMITS_BACKEND": "memory",
         "CELGATE_AGENT_KEY_SHA256": hashlib.sha256(KEY.encode()).hexdigest(),
+        "CELGATE_ADMIN_TOKEN_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
         "CELGATE_SESSION_SECRET": "s" * 32,
         **values,
     }
@@ -127,6 +133,17 @@ class TestDeployConfig:
         assert config.security.allowed_hosts
         assert "demo" in config.servers
 
+    def test_admin_token_from_the_environment_and_metrics_private(self) -> None:
+        config = load_config_from_deploy()
+        assert config.admin_token_sha256 == deploy_env()["CELGATE_ADMIN_TOKEN_SHA256"]
+        assert not config.metrics_public
+
+    def test_example_env_sets_every_variable_compose_requires(self) -> None:
+        example = (DEPLOY / "example.env").read_text()
+        names = set(re.findall(r"(?m)^(\w+)=", example))
+        required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+        assert required <= names
+
 
 # ----------------------------------------------------------------- the wheel, installed
 
@@ -135,19 +152,53 @@ def _build_wheel(out: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO_ROOT)]
     if importlib.util.find_spec("hatchling") is not None:
         cmd.insert(4, "--no-build-isolation")
-    subprocess.run(cmd, check=True, timeout=120)
+    built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if built.returncode != 0 and importlib.util.find_spec("hatchling") is None:
+        # pip fetches the build backend (hatchling) into an isolated environment: offline,
+        # with no hatchling here either, there is nothing to build the wheel with.
+        pytest.skip(f"cannot build the wheel (no hatchling, index unreachable?): {built.stderr}")
+    assert built.returncode == 0, built.stderr
     return next(out.glob("celgate-*.whl"))
+
+
+def _dependency_dirs() -> list[str]:
+    """Where this interpreter finds celgate's dependencies: its site-packages, in order."""
+    dirs = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def venv_env(venv: Path) -> dict[str, str]:
+    """The environment of a process of the venv: nothing of the checkout on its path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return {**env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"}
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv (system site-packages for the dependencies) with only the wheel added."""
+    """A fresh venv (no system site-packages) with the wheel installed, and the dependencies
+    of the environment running the tests behind it.
+
+    The dependencies are made visible by a ``.pth`` file listing this environment's
+    site-packages directories, which Python appends after the venv's own: the wheel's
+    ``gateway`` comes first, and the ``.pth`` files inside those directories (among them an
+    editable install of this checkout) are not run, so the checkout is never on the path.
+    This works whether the tests run in a venv or a base interpreter, and needs no network.
+    """
     root = tmp_path_factory.mktemp("wheel")
     wheel = _build_wheel(root / "dist")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps"]
-    subprocess.run([*pip, "--force-reinstall", str(wheel)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin/python")
+    # The wheel first, while the venv sees nothing else: pip finds no celgate installed.
+    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(pip, check=True, timeout=300, env=venv_env(venv), cwd="/")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, env=venv_env(venv), cwd="/",
+    ).stdout.strip()  # fmt: skip
+    (Path(purelib) / "zz_celgate_test_deps.pth").write_text("\n".join(_dependency_dirs()) + "\n")
     return venv
 
 
@@ -170,7 +221,11 @@ def container(installed: Path, tmp_path: Path) -> Iterator[tuple[PeerProcess, in
     config = _container_config(tmp_path, port)
     with running_valkey() as valkey:
         demo = start_demo_server()
-        env = deploy_env(CELGATE_DEMO_URL=demo.url, CELGATE_LIMITS_BACKEND=valkey.url)
+        env = {
+            **venv_env(installed),
+            "PYTHONPATH": "",  # empty: Python ignores it; the checkout stays off the path
+            **deploy_env(CELGATE_DEMO_URL=demo.url, CELGATE_LIMITS_BACKEND=valkey.url),
+        }
         argv = [str(installed / "bin" / ENTRY[0]), *ENTRY[1:3], str(config)]
         proc = start_process(argv, port=None, url="", extra_env=env, log_path=tmp_path / "log")
         try:
@@ -186,9 +241,9 @@ class TestInstalledWheel:
 
     def test_the_venv_imports_the_wheel_not_the_checkout(self, installed: Path) -> None:
         code = "import gateway; print(gateway.__file__)"
-        out = subprocess.run(
-            [str(installed / "bin/python"), "-c", code], capture_output=True, text=True, cwd="/"
-        )
+        python = str(installed / "bin/python")
+        env = venv_env(installed)
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/", env=env)
         assert out.stdout.startswith(str(installed)), out.stdout + out.stderr
 
     def test_the_rules_ship_in_the_wheel(self, installed: Path) -> None:
@@ -205,6 +260,32 @@ class TestInstalledWheel:
             assert "list_notes" in names
             result = await mcp.call_tool("list_notes", {})
             assert not result.is_error
+
+    def test_metrics_need_the_admin_token(self, container: tuple[PeerProcess, int]) -> None:
+        _, port = container
+        url = f"http://127.0.0.1:{port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=2)
+        assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            assert b"celgate_" in resp.read()
+
+    def test_the_wheels_cli_reaches_the_admin_api(
+        self, installed: Path, container: tuple[PeerProcess, int], tmp_path: Path
+    ) -> None:
+        # the container config (written by the fixture into tmp_path) names its listen address
+        env = {**venv_env(installed), "CELGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+        argv = [
+            str(installed / "bin/celgate"),
+            "approvals",
+            "list",
+            "--config",
+            str(tmp_path / "config.yaml"),
+        ]
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/", timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "no pending approval requests"
 
     def test_entry_command_words(self) -> None:
         assert shlex.join(ENTRY) == "celgate run --config /etc/celgate/config.yaml"
