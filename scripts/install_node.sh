@@ -59,3 +59,17 @@ else
     "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "zod@3"
   echo "ts-sdk: $(ts_version) installed in $TS_PREFIX"
 fi
+
+# The 0.2 line of the suite: scenarios for both protocol eras, run by revision
+# (scripts/conformance.py --requirements 2025-11-25 / 2026-07-28).
+NEXT_VERSION="${CONFORMANCE_NEXT_VERSION:-0.2.0-alpha.12}"
+NEXT_PREFIX="$CACHE/conformance-next"
+NEXT_PKG="$NEXT_PREFIX/node_modules/@modelcontextprotocol/conformance/package.json"
+if [[ -f "$NEXT_PKG" ]] && [[ "$("$NODE_BIN" -p "require(process.argv[1]).version" "$NEXT_PKG")" == "$NEXT_VERSION" ]]; then
+  echo "conformance-next: $NEXT_VERSION already in $NEXT_PREFIX"
+else
+  mkdir -p "$NEXT_PREFIX"
+  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$NEXT_PREFIX" \
+    "@modelcontextprotocol/conformance@$NEXT_VERSION"
+  echo "conformance-next: $NEXT_VERSION installed in $NEXT_PREFIX"
+fi

@@ -22,6 +22,8 @@ UPSTREAM_UNAVAILABLE = -32001  # server-defined range: the upstream is down or f
 SESSION_NOT_FOUND = -32002
 
 MODERN_VERSIONS = frozenset({"2026-07-28"})
+#: Versions of the handshake era (initialize, Mcp-Session-Id).
+HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 
 
@@ -141,6 +143,13 @@ class Message:
             version = meta.get(PROTOCOL_VERSION_META_KEY)
             return version if isinstance(version, str) else None
         return None
+
+
+def echo_id(value: Any) -> Any:
+    """An id fit to echo in an error: the request's own when it is one, else null."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return value if not isinstance(value, int) or abs(value) <= MAX_SAFE_ID else None
 
 
 def _check_id(value: Mapping[str, Any]) -> Any:

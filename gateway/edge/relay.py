@@ -132,12 +132,15 @@ class Relay:
         body = await incoming.body(self.gw.config.security.max_body_bytes)
         if body is None:
             raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
-        message = rpc.classify(rpc.parse_body(body), self.gw.config.relay_extra_methods)
+        value = rpc.parse_body(body)
+        modern = _stateless_era(incoming, value)
+        try:
+            message = rpc.classify(value, self.gw.config.relay_extra_methods)
+        except BadMessage as exc:
+            if exc.code == rpc.METHOD_NOT_FOUND and modern:
+                exc.status = 404  # 2026-07-28 answers an unknown method with 404 over HTTP
+            raise
         _check_routing_headers(incoming, message)
-        # 2026-07-28 by the body's _meta or by the header: a request without _meta is the
-        # upstream's to answer (it says -32602 with the id), not ours to refuse for a session.
-        version = message.protocol_version or incoming.header("mcp-protocol-version")
-        modern = version in rpc.MODERN_VERSIONS
         initializing = message.method == "initialize"
         needs_session = not modern and not initializing
         session = self._session(
@@ -195,6 +198,25 @@ def _held_in_stream(gw: Gateway, decision: Decision, incoming: Incoming) -> bool
         return False
     mode = decision.approval.mode if decision.approval else "wait"
     return mode == "wait" and accepts_sse(incoming)
+
+
+def _stateless_era(incoming: Incoming, value: Any) -> bool:
+    """Whether a request is of the stateless era (2026-07-28 or any version the handshake era
+    does not know): it needs no session, and what the upstream would answer differently (a
+    missing ``_meta``, an unsupported version) is the upstream's to answer. A ``_meta``
+    version that contradicts the ``Mcp-Protocol-Version`` header is refused here."""
+    header = incoming.header("mcp-protocol-version")
+    stated = None
+    if isinstance(value, dict) and isinstance(value.get("params"), dict):
+        meta = value["params"].get("_meta")
+        if isinstance(meta, dict):
+            stated = meta.get(rpc.PROTOCOL_VERSION_META_KEY)
+    if stated is not None and header is not None and stated != header:
+        msg_id = value.get("id") if isinstance(value, dict) else None
+        msg = "Mcp-Protocol-Version header does not match the body's protocol version"
+        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
+    version = stated if stated is not None else header
+    return version is not None and version not in rpc.HANDSHAKE_VERSIONS
 
 
 def _check_routing_headers(incoming: Incoming, message: Message) -> None:
