@@ -23,6 +23,7 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.catalog import classify, override_for
+from gateway.console.origin import refusal
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.runtime import Gateway
@@ -48,6 +49,10 @@ class ApprovalDecisionBody:
 
 def _guard(gateway: Gateway) -> Any:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        headers = connection.headers
+        refused = refusal(gateway, headers.get("host"), headers.get("origin"))
+        if refused is not None:  # DNS rebinding, or a page of another site
+            raise HTTPException(refused[1], status_code=refused[0])
         token = bearer(connection.headers.get("authorization"))
         if token_matches(token, gateway.config.admin_token_sha256):
             return

@@ -1,4 +1,5 @@
-"""The Litestar application: the MCP relay mounted at ``/mcp``, health, admin and metrics."""
+"""The Litestar application: the MCP relay mounted at ``/mcp``, health, admin, the console and
+metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from litestar.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
+from gateway.console import console_handlers
 from gateway.edge.asgi import reply
 from gateway.edge.relay import Relay
 from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
@@ -134,6 +136,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
             await gateway.close()
 
     handlers: list[Any] = [mcp_endpoint, healthz, readyz, metrics, admin_router(gateway)]
+    handlers.extend(console_handlers(gateway))
     handlers.extend(extra_handlers or [])
     openapi = OpenAPIConfig(
         title="celgate admin API",

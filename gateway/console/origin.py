@@ -1,0 +1,30 @@
+"""Host and Origin checks for the operator's pages (the console and the admin API).
+
+The MCP endpoint's ``HostGuard`` decides which Host names this gateway answers to and which
+foreign Origins may call it. For the operator's pages a browser's request from the page's own
+origin (Origin naming exactly the allowed Host it was sent to) is accepted too, so a console
+opened at ``http://celgate:8787`` works where ``security.allowed_hosts`` names ``celgate``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from gateway.runtime import Gateway
+
+
+def refusal(gateway: Gateway, host: str | None, origin: str | None) -> tuple[int, str] | None:
+    """(status, message) when the request must be refused, else None."""
+    guard = gateway.guard
+    if not guard.host_ok(host):
+        return 421, "Host not allowed (security.allowed_hosts)"
+    if guard.origin_ok(origin) or _same_origin(origin, host):
+        return None
+    return 403, "Origin not allowed (security.allowed_origins)"
+
+
+def _same_origin(origin: str | None, host: str | None) -> bool:
+    if origin is None or host is None:
+        return False
+    parts = urlsplit(origin.strip().lower())
+    return parts.scheme in ("http", "https") and parts.netloc == host.strip().lower()

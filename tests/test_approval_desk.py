@@ -1,0 +1,213 @@
+"""The approval desk over HTTP, end to end: a real gateway process on a real Valkey, the test
+upstream as a process, the SDK client as the agent. What the approver is shown, the pending
+caps, the record of each decision, and what the console and admin API refuse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import load_config
+from gateway.console import CSP
+from gateway.errors import ConfigError
+from gateway.identity import hash_key
+from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway
+from tests.peers import PeerProcess
+from tests.valkey_server import ValkeyProcess
+
+BOT_KEY = "cgk_desk-bot-key-0123456789"
+OTHER_KEY = "cgk_desk-other-key-0123456789"
+ADMIN_TOKEN = "desk-admin-token-0123456789abcdef"
+POLICY = """
+version: "1"
+default: deny
+tools:
+  delete_item:
+    action: require_approval
+    reason: deleting needs a human
+    approval: {mode: retry, timeout: 600}
+"""
+
+
+@pytest.fixture(scope="module")
+def desk(
+    upstream: PeerProcess, valkey_server: ValkeyProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """Caps of 3 pending per grant and 5 in all, approvals in a real Valkey."""
+    extra = {
+        "grants": {
+            "bot": {"key_sha256": hash_key(BOT_KEY)},
+            "other": {"key_sha256": hash_key(OTHER_KEY)},
+        },
+        "admin": {"token_sha256": hash_key(ADMIN_TOKEN)},
+        "limits": {"backend": valkey_server.url, "key_prefix": "desk:"},
+        "approvals": {"max_pending_per_grant": 3, "max_pending": 5},
+    }
+    servers = {"up": {"url": upstream.url}}
+    with run_gateway(tmp_path_factory.mktemp("desk"), POLICY, servers, **extra) as gw:
+        yield gw
+
+
+def admin(gw: GatewayProcess, method: str, path: str, **headers: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", **headers}
+    return httpx.request(method, gw.base + path, headers=headers, json={}, timeout=10)
+
+
+def pending(gw: GatewayProcess) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = admin(gw, "GET", "/admin/approvals?status=pending").json()
+    return items
+
+
+def deny_all(gw: GatewayProcess) -> None:
+    for item in pending(gw):
+        admin(gw, "POST", f"/admin/approvals/{item['id']}/deny")
+
+
+class TestWhatTheApproverSees:
+    async def test_two_deletes_of_different_notes_look_different(
+        self, desk: GatewayProcess
+    ) -> None:
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            first = await agent.call_tool("delete_item", {"id": "groceries"})
+            second = await agent.call_tool("delete_item", {"id": "taxes-2024"})
+        ids = {decision_of(first)["approval_id"], decision_of(second)["approval_id"]}
+        listed = {r["id"]: r for r in pending(desk) if r["id"] in ids}
+        assert sorted(r["args"]["id"] for r in listed.values()) == ["groceries", "taxes-2024"]
+        for row in listed.values():
+            assert (row["server"], row["tool"], row["grant"], row["agent"]) == (
+                "up",
+                "delete_item",
+                "bot",
+                "bot",
+            )
+            assert row["expires"] - row["created"] == 600 and row["args_digest"]
+            assert row["args_truncated"] is False
+        deny_all(desk)
+
+    async def test_a_huge_argument_is_listed_cut_with_a_marker(self, desk: GatewayProcess) -> None:
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            held = await agent.call_tool("delete_item", {"id": "z" * 200_000})
+        approval_id = decision_of(held)["approval_id"]
+        response = admin(desk, "GET", "/admin/approvals?status=pending")
+        assert len(response.content) < 30_000
+        (row,) = [r for r in response.json() if r["id"] == approval_id]
+        assert row["args_truncated"] is True
+        assert row["args"]["id"].endswith("[celgate: cut] 198000 more characters not shown")
+        deny_all(desk)
+
+
+class TestPendingCaps:
+    async def test_past_the_caps_held_calls_are_refused_and_nothing_is_queued(
+        self, desk: GatewayProcess
+    ) -> None:
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            for i in range(3):
+                held = await agent.call_tool("delete_item", {"id": f"cap-{i}"})
+                assert decision_of(held)["error"] == "approval_pending"
+            full = await agent.call_tool("delete_item", {"id": "cap-3"})
+        part = decision_of(full)
+        assert full.is_error and part["error"] == "approval_queue_full"
+        assert "grant bot already has 3 calls waiting" in part["reason"]
+        async with client(desk.url("up"), key=OTHER_KEY) as other:
+            results = [await other.call_tool("delete_item", {"id": f"o-{i}"}) for i in range(3)]
+        assert [decision_of(r)["error"] for r in results] == [
+            "approval_pending",
+            "approval_pending",
+            "approval_queue_full",
+        ]
+        assert "the gateway already has 5" in decision_of(results[-1])["reason"]
+        assert len(pending(desk)) == 5
+        deny_all(desk)
+        metrics = admin(desk, "GET", "/metrics").text
+        samples = {
+            s.labels.get("event"): s.value
+            for f in text_string_to_metric_families(metrics)
+            if f.name == "celgate_approvals"
+            for s in f.samples
+            if s.name.endswith("_total")
+        }
+        assert samples["queue_full"] >= 2 and samples["denied"] >= 5
+
+
+class TestDecisionRecords:
+    async def test_every_decision_is_logged_with_who_what_and_why(
+        self, desk: GatewayProcess
+    ) -> None:
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            held = await agent.call_tool("delete_item", {"id": "logged"})
+        approval_id = decision_of(held)["approval_id"]
+        body = {"by": "dana", "note": "not this one"}
+        url = f"{desk.base}/admin/approvals/{approval_id}/deny"
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert httpx.post(url, json=body, headers=auth, timeout=10).status_code == 201
+        (record,) = [r for r in desk.records("approval.decided") if r["approval_id"] == approval_id]
+        assert record["decision"] == "denied" and record["by"] == "dana"
+        assert (record["note"], record["tool"], record["grant"]) == (
+            "not this one",
+            "delete_item",
+            "bot",
+        )
+
+
+class TestOperatorPagesRefuseOtherSites:
+    """The console and admin API: DNS rebinding (a foreign Host) and cross-site requests (a
+    foreign Origin) are refused before the token is looked at; no cookie is ever accepted."""
+
+    def test_console_is_served_with_a_strict_policy(self, desk: GatewayProcess) -> None:
+        page = httpx.get(desk.base + "/console", timeout=10)
+        assert page.status_code == 200 and page.headers["content-security-policy"] == CSP
+        assert "'unsafe-inline'" not in CSP and "require-trusted-types-for 'script'" in CSP
+        assert "<script>" not in page.text and 'src="/console/app.js"' in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        script = httpx.get(desk.base + "/console/app.js", timeout=10)
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "innerHTML" not in script.text.replace("an innerHTML assignment", "")
+
+    @pytest.mark.parametrize("path", ["/console", "/admin/approvals"])
+    def test_a_rebinding_host_is_refused(self, desk: GatewayProcess, path: str) -> None:
+        response = admin(desk, "GET", path, Host="attacker.example")
+        assert response.status_code == 421
+
+    def test_a_cross_site_approval_is_refused(self, desk: GatewayProcess) -> None:
+        url = "/admin/approvals/apr_x/approve"
+        foreign = admin(desk, "POST", url, Origin="http://attacker.example")
+        assert foreign.status_code == 403
+        same_site = admin(desk, "POST", url, Origin=desk.base)
+        assert same_site.status_code == 409  # past the guards: the id is unknown
+        cookie_only = httpx.post(
+            desk.base + url, json={}, headers={"Cookie": f"token={ADMIN_TOKEN}"}, timeout=10
+        )
+        assert cookie_only.status_code == 401
+
+
+class TestConfig:
+    def test_caps_are_checked_with_file_and_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "celgate.yaml"
+        (tmp_path / "p.yaml").write_text('version: "1"\ndefault: deny\ntools: {}\n')
+        path.write_text(
+            "policy: p.yaml\nanonymous: true\napprovals:\n"
+            "  max_pending_per_grant: 0\n  max_pending: many\n  max_pendng: 3\n"
+        )
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        text = str(err.value)
+        assert "celgate.yaml:4" in text and "approvals.max_pending_per_grant" in text
+        assert "celgate.yaml:5" in text and "approvals.max_pending" in text
+        assert "max_pendng" in text
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        path = tmp_path / "celgate.yaml"
+        (tmp_path / "p.yaml").write_text('version: "1"\ndefault: deny\ntools: {}\n')
+        path.write_text(
+            "policy: p.yaml\nanonymous: true\nservers: {up: {url: 'http://127.0.0.1:9/mcp'}}\n"
+        )
+        config = load_config(path)
+        assert (config.approvals_max_pending_per_grant, config.approvals_max_pending) == (
+            20,
+            1000,
+        )

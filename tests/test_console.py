@@ -1,0 +1,194 @@
+"""The operator's console in a real browser: Debian's chromium driven by Playwright, a real
+gateway process, the test upstream as a process and the SDK client as the agent.
+
+Skipped only when chromium or Playwright is not installed, and never in CI (``.ci/run``
+installs both): there a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.identity import hash_key
+from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
+from tests.peers import PeerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+AGENT_KEY = "cgk_console-test-agent-0123456789"
+ADMIN_TOKEN = "console-admin-token-0123456789abcdef"
+POLICY = """
+version: "1"
+default: deny
+tools:
+  delete_item:
+    action: require_approval
+    reason: deleting needs a human
+    approval: {mode: retry, timeout: 600}
+"""
+
+
+def _chromium() -> tuple[str | None, str]:
+    """The browser's path, or None and why not."""
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return None, "Playwright for Python is not installed (pip install -e '.[test]')"
+    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    return path, "Debian's chromium is not installed (apt-get install -y chromium; .ci/run does)"
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    extra = {
+        "grants": {"notes-bot": {"key_sha256": hash_key(AGENT_KEY)}},
+        "admin": {"token_sha256": hash_key(ADMIN_TOKEN)},
+    }
+    servers = {"up": {"url": upstream.url}}
+    with run_gateway(tmp_path_factory.mktemp("console"), POLICY, servers, **extra) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    """A fresh headless chromium page; console errors (a CSP violation included) and dialogs
+    are collected on it for the test to check."""
+    path, missing = _chromium()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test must run in CI: {missing}")
+        pytest.skip(missing)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            tab = await browser.new_page()
+            tab.problems = []
+            tab.on("console", lambda m: m.type == "error" and tab.problems.append(m.text))
+            tab.on("pageerror", lambda e: tab.problems.append(str(e)))
+            tab.on("dialog", lambda d: tab.problems.append(f"dialog: {d.message}"))
+            yield tab
+        finally:
+            await browser.close()
+
+
+async def sign_in(page: Any, gw: GatewayProcess, token: str = ADMIN_TOKEN) -> None:
+    await page.goto(gw.base + "/console")
+    await page.fill("#token", token)
+    await page.fill("#operator", "carol")
+    await page.click("#sign-in")
+
+
+class TestApproveInTheBrowser:
+    async def test_operator_sees_the_arguments_and_approves(
+        self, gateway: GatewayProcess, page: Any, call_log: Path
+    ) -> None:
+        """The held call shows with its arguments; Approve lets the agent's retry pass, once."""
+        from playwright.async_api import expect
+
+        args = {"id": "note-from-the-console"}
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            held = await agent.call_tool("delete_item", args)
+            approval_id = decision_of(held)["approval_id"]
+            await sign_in(page, gateway)
+            card = page.locator(f'article[data-approval-id="{approval_id}"]')
+            await expect(card.locator("pre.args")).to_have_text(
+                '{\n  "id": "note-from-the-console"\n}'
+            )
+            await expect(card.locator("h3")).to_have_text("up/delete_item")
+            await expect(card).to_contain_text("notes-bot")
+            await card.locator("button.approve").click()
+            status = page.locator("#status")
+            await expect(status).to_have_text(f"{approval_id} (up/delete_item): approved by carol")
+            await expect(card).to_have_count(0)
+            passed = await agent.call_tool("delete_item", args)
+            assert not passed.is_error, text_of(passed)
+        deleted = [c for c in calls_in(call_log) if c["tool"] == "delete_item"]
+        assert [c["arguments"] for c in deleted].count(args) == 1
+        (record,) = [
+            r for r in gateway.records("approval.decided") if r["approval_id"] == approval_id
+        ]
+        assert (record["decision"], record["by"], record["tool"]) == (
+            "approved",
+            "carol",
+            "delete_item",
+        )
+        decided = page.locator("#decided tbody tr", has_text=approval_id)
+        await expect(decided).to_contain_text("approved")
+        assert page.problems == []
+
+    async def test_deny_with_a_note_reaches_the_agent(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        from playwright.async_api import expect
+
+        args = {"id": "keep-this-one"}
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            approval_id = decision_of(await agent.call_tool("delete_item", args))["approval_id"]
+            await sign_in(page, gateway)
+            card = page.locator(f'article[data-approval-id="{approval_id}"]')
+            await card.locator("input.note").fill("that note is still needed")
+            await card.locator("button.deny").click()
+            await expect(page.locator("#status")).to_contain_text("denied by carol")
+            refused = await agent.call_tool("delete_item", args)
+        assert refused.is_error
+        assert "refused by carol: that note is still needed" in text_of(refused)
+
+
+class TestHostileArguments:
+    async def test_markup_in_arguments_is_shown_as_text_and_never_runs(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        from playwright.async_api import expect
+
+        payload = '<img src=x onerror="window.__pwned=1;alert(1)">'
+        closing = "</pre><script>window.__pwned=2</script>"
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            held = await agent.call_tool("delete_item", {"id": payload, closing: closing})
+            approval_id = decision_of(held)["approval_id"]
+        await sign_in(page, gateway)
+        card = page.locator(f'article[data-approval-id="{approval_id}"]')
+        text = await card.locator("pre.args").text_content()
+        assert '"id": "<img src=x onerror=\\"window.__pwned=1;alert(1)\\">"' in text
+        assert f'"{closing}": "{closing}"' in text
+        await expect(page.locator("#pending img")).to_have_count(0)
+        await expect(page.locator("body script")).to_have_count(0)
+        assert await page.evaluate("window.__pwned") is None
+        assert page.problems == []
+
+
+class TestSignIn:
+    async def test_a_wrong_token_is_refused(self, gateway: GatewayProcess, page: Any) -> None:
+        from playwright.async_api import expect
+
+        await sign_in(page, gateway, token="not-the-admin-token")
+        await expect(page.locator("#status")).to_have_text("Refused: invalid admin token")
+        await expect(page.locator("#desk")).to_be_hidden()
+        assert await page.evaluate("sessionStorage.getItem('celgate.adminToken')") is None
+
+    async def test_upstreams_and_revision_are_shown(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        from playwright.async_api import expect
+
+        await sign_in(page, gateway)
+        await expect(page.locator("#upstreams tbody tr")).to_have_text(["upup"])
+        await expect(page.locator("#revision")).to_contain_text("policy revision ")
