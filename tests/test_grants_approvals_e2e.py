@@ -143,7 +143,7 @@ class TestRetryApproval:
             approval_id = celgate_part(pending)["approval_id"]
             assert pending.is_error and "pending approval" in text_of(pending)
             listed = admin(two, "GET", "/admin/approvals?status=pending").json()
-            assert approval_id in [r["id"] for r in listed]
+            assert [r["args"] for r in listed if r["id"] == approval_id] == [args]
             assert admin(two, "POST", f"/admin/approvals/{approval_id}/approve").status_code == 201
             other_args = await c.call_tool("delete_item", {"id": "item-43"})
             assert other_args.is_error  # an approval never covers different arguments
