@@ -37,13 +37,12 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
-from gateway.audit import new_decision_id
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text
-from gateway.enforce import check_pin, enforce
 from gateway.identity import AGENT_CHALLENGE
-from gateway.policy import Call, Identity, decide
+from gateway.pipeline import admit, timed_upstream
+from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.runtime import Gateway
 
@@ -285,7 +284,6 @@ class Aggregate:
         if parts is None or parts[0] not in link.clients:
             return _text_result(f"no tool named {params.name!r} on the aggregated endpoint")
         server, tool = parts
-        started = time.perf_counter()
         request = _http(ctx)
         call = Call(
             tool=tool,
@@ -296,20 +294,14 @@ class Aggregate:
             client_ip=request.client.host if request.client else None,
             info=self.gw.tool_info(server, tool),
         )
-        decision = check_pin(self.gw, call, decide(self.gw.policy, call, self.gw.now()))
-        decision_id = new_decision_id()
         # Approvals as on the relay: ``retry`` answers at once; ``wait`` holds the call (the
         # SDK's server keeps the stream open; there is no keep-alive on this path).
-        decision = await enforce(self.gw, call, decision, decision_id)
-        latency = (time.perf_counter() - started) * 1000
-        self.gw.decisions.record(decision_id, call, decision, latency)
-        if self.gw.metrics is not None:
-            known = (server, tool) in self.gw.catalog
-            self.gw.metrics.decision(call, decision, latency / 1000, known=known)
-        if not decision.allowed:
-            payload = decision_payload(decision, decision_id)
-            return _text_result(denial_text(decision), payload)
-        return await self._forward_call(ctx, link, server, tool, params.arguments)
+        admission = await admit(self.gw, call)
+        if not admission.allowed:
+            payload = decision_payload(admission.decision, admission.decision_id)
+            return _text_result(denial_text(admission.decision), payload)
+        async with timed_upstream(self.gw, call):
+            return await self._forward_call(ctx, link, server, tool, params.arguments)
 
     async def _forward_call(
         self, ctx: Ctx, link: Link, server: str, tool: str, arguments: dict[str, Any] | None

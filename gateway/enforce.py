@@ -1,4 +1,5 @@
-"""After ``decide``: approvals for held calls, then rate limits for what may go ahead.
+"""After ``decide``: the pin check, and rate limits for what may go ahead (``gateway.pipeline``
+runs them in order, with the approval between).
 
 Limits apply to what is allowed or approved, so a call still waiting for a human takes no
 tokens, and a denied call takes none either.
@@ -66,13 +67,3 @@ async def apply_limits(gw: Gateway, decision: Decision) -> Decision:
     if gw.metrics is not None:
         gw.metrics.limiter(result, perf_counter() - started)
     return decision.with_limit_state(_state(result), _refusal(decision, result))
-
-
-async def enforce(gw: Gateway, call: Call, decision: Decision, decision_id: str) -> Decision:
-    """The final decision for a call: approval resolved (``retry``, or ``wait`` without a
-    stream to keep alive), limits taken. Without an approval service a held call stays held."""
-    if decision.effect == "require_approval":
-        if gw.approvals is None:
-            return decision
-        decision = await gw.approvals.resolve(call, decision, decision_id)
-    return await apply_limits(gw, decision)

@@ -11,6 +11,7 @@ from gateway.ratelimit.base import LimitResult
 
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 _SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_HUMAN = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 class Metrics:
@@ -21,11 +22,20 @@ class Metrics:
             "celgate_calls", "tools/call decisions", ["server", "tool", "effect"], registry=reg
         )
         self.decision_seconds = Histogram(
-            "celgate_decision_seconds", "time to decide a call", buckets=_FAST, registry=reg
+            "celgate_decision_seconds",
+            "the gateway's time to decide a call (a human's approval wait not included)",
+            buckets=_FAST,
+            registry=reg,
+        )
+        self.approval_wait_seconds = Histogram(
+            "celgate_approval_wait_seconds",
+            "time a call held in wait mode waited for a human to decide",
+            buckets=_HUMAN,
+            registry=reg,
         )
         self.upstream_seconds = Histogram(
             "celgate_upstream_seconds",
-            "upstream time of allowed calls",
+            "time forwarding an allowed call to its upstream, the answer relayed included",
             ["server"],
             buckets=_SLOW,
             registry=reg,
@@ -71,6 +81,9 @@ class Metrics:
         tool = call.tool if known else "<unknown>"
         self._child(self.calls, call.server or "", tool, decision.effect).inc()
         self.decision_seconds.observe(seconds)
+
+    def approval_wait(self, seconds: float) -> None:
+        self.approval_wait_seconds.observe(seconds)
 
     def upstream(self, call: Call, seconds: float) -> None:
         self._child(self.upstream_seconds, call.server or "").observe(seconds)

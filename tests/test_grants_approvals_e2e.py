@@ -301,6 +301,7 @@ class TestRecordsAndMetrics:
             s.labels == {"server": "up", "tool": "calls_seen", "effect": "allow"} for s in samples
         )
         assert "celgate_decision_seconds" in families
+        assert "celgate_approval_wait_seconds" in families  # a human's wait, timed apart
         health = families["celgate_upstream_up"].samples
         assert [(s.labels, s.value) for s in health] == [({"server": "up"}, 1.0)]
         assert "celgate_upstream_seconds" in families

@@ -1,8 +1,9 @@
 """A call held for human approval in ``wait`` mode, answered as an SSE stream.
 
-The stream opens at once; while the approval is pending, progress notifications (when the
-client sent a progress token) or SSE comments keep it alive and name the approval id. Once
-decided, the stream carries either the denial or the upstream's own answer.
+The stream opens as soon as the call is held; while the approval is pending, progress
+notifications (when the client sent a progress token) or SSE comments keep it alive and name
+the approval id. Once decided, the stream carries either the denial or the upstream's own
+answer. Deciding, limits and the record are ``gateway.pipeline.admit``'s; this is the wire.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gateway.edge.forward import (
 from gateway.edge.jsonrpc import Message
 from gateway.edge.replies import denial
 from gateway.edge.sse import DROP, SseRewriter, StreamTooLarge, filtered
-from gateway.enforce import apply_limits
+from gateway.pipeline import Admission, Wait, timed_upstream
 from gateway.policy.model import Call, Decision
 from gateway.runtime import Gateway
 from gateway.upstream.h1 import H1Response
@@ -65,38 +66,52 @@ class _Keepalive:
         await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
-async def held_call(
-    gw: Gateway,
-    incoming: Incoming,
-    send: Send,
-    fwd: Forward,
-    message: Message,
-    call: Call,
-    decision: Decision,
-    decision_id: str,
-) -> Decision:
-    """Hold, stream keep-alives, then answer; returns the final decision (for the record)."""
-    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    approvals = gw.approvals
-    assert approvals is not None
-    tick = _Keepalive(send, message, "waiting for a human to approve this call")
-    final = decision
+class HeldStream:
+    """The relay's ``hold`` for a client that takes SSE (see ``gateway.pipeline.admit``).
 
-    async def work() -> None:
-        nonlocal final
-        final = await approvals.resolve(call, decision, decision_id, tick)
-        final = await apply_limits(gw, final)
-        version = message.protocol_version or incoming.header("mcp-protocol-version")
-        if not final.allowed:
-            body = denial(message.msg_id, final, decision_id, version)
-            await send({"type": "http.response.body", "body": _event(body), "more_body": True})
+    ``hold`` opens the stream and keeps it alive while the approval waits; after ``admit``,
+    ``answer`` writes the denial or the upstream's answer into it and closes it. A client
+    that goes away ends the wait; the call is then recorded as still held.
+    """
+
+    __slots__ = ("gone", "incoming", "message", "opened", "send")
+
+    def __init__(self, incoming: Incoming, send: Send, message: Message) -> None:
+        self.incoming = incoming
+        self.send = send
+        self.message = message
+        self.opened = False
+        self.gone = False
+
+    async def hold(self, decision: Decision, wait: Wait) -> Decision:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        self.opened = True
+        tick = _Keepalive(self.send, self.message, "waiting for a human to approve this call")
+        final: Decision | None = None
+
+        async def work() -> None:
+            nonlocal final
+            final = await wait(tick)
+
+        await watching_disconnect(self.incoming.receive, work())
+        self.gone = final is None
+        return decision if final is None else final
+
+    async def answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:
+        if not self.gone:
+            await watching_disconnect(self.incoming.receive, self._answer(gw, call, fwd, admission))
+        await self.send({"type": "http.response.body", "body": b""})
+
+    async def _answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:
+        if not admission.allowed:
+            message = self.message
+            version = message.protocol_version or self.incoming.header("mcp-protocol-version")
+            body = denial(message.msg_id, admission.decision, admission.decision_id, version)
+            await self.send({"type": "http.response.body", "body": _event(body), "more_body": True})
             return
-        await _forward_into_stream(incoming, send, fwd)
-
-    await watching_disconnect(incoming.receive, work())
-    await send({"type": "http.response.body", "body": b""})
-    return final
+        async with timed_upstream(gw, call):
+            await _forward_into_stream(self.incoming, self.send, fwd)
 
 
 async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> None:

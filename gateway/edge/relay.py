@@ -9,22 +9,21 @@ a key or a session learns nothing of the policy. Everything but ``tools/call`` a
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mcp.shared.inbound import decode_header_value
 
-from gateway.audit import log, new_decision_id
+from gateway.audit import log
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import accepts_sse, held_call
+from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
-from gateway.enforce import check_pin, enforce
 from gateway.identity import AGENT_CHALLENGE
-from gateway.policy import Call, Decision, Identity, decide
+from gateway.pipeline import admit, timed_upstream
+from gateway.policy import Call, Identity
 from gateway.runtime import Gateway
 from gateway.upstream.http import HttpUpstream
 
@@ -165,39 +164,20 @@ class Relay:
         identity: Identity,
     ) -> None:
         gw = self.gw
-        started = time.perf_counter()
         call = _call_of(message, fwd, identity, incoming, gw)
-        decision = check_pin(gw, call, decide(gw.policy, call, gw.now()))
-        decision_id = new_decision_id()
-        if _held_in_stream(gw, decision, incoming):
-            final = await held_call(gw, incoming, send, fwd, message, call, decision, decision_id)
-            self._record(decision_id, call, final, started)
+        # A ``wait`` approval is answered as a stream (kept alive) when the client takes SSE.
+        held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
+        admission = await admit(gw, call, hold=held.hold if held is not None else None)
+        if held is not None and held.opened:
+            await held.answer(gw, call, fwd, admission)
             return
-        decision = await enforce(gw, call, decision, decision_id)
-        self._record(decision_id, call, decision, started)
-        if not decision.allowed:
+        if not admission.allowed:
             version = message.protocol_version or incoming.header("mcp-protocol-version")
-            await reply(send, 200, denial(message.msg_id, decision, decision_id, version))
+            body = denial(message.msg_id, admission.decision, admission.decision_id, version)
+            await reply(send, 200, body)
             return
-        upstream_started = time.perf_counter()
-        await forward(incoming, send, fwd)
-        if gw.metrics is not None:
-            gw.metrics.upstream(call, time.perf_counter() - upstream_started)
-
-    def _record(self, decision_id: str, call: Call, decision: Decision, started: float) -> None:
-        latency = (time.perf_counter() - started) * 1000
-        self.gw.decisions.record(decision_id, call, decision, latency)
-        if self.gw.metrics is not None:
-            known = (call.server or "", call.tool) in self.gw.catalog
-            self.gw.metrics.decision(call, decision, latency / 1000, known=known)
-
-
-def _held_in_stream(gw: Gateway, decision: Decision, incoming: Incoming) -> bool:
-    """A ``wait`` approval is answered as a stream (kept alive) when the client takes SSE."""
-    if decision.effect != "require_approval" or gw.approvals is None:
-        return False
-    mode = decision.approval.mode if decision.approval else "wait"
-    return mode == "wait" and accepts_sse(incoming)
+        async with timed_upstream(gw, call):
+            await forward(incoming, send, fwd)
 
 
 def _stateless_era(incoming: Incoming, value: Any) -> bool:

@@ -1,0 +1,178 @@
+"""Steps 3 to 7 of a ``tools/call`` written once, for every face (relay, held stream, aggregate).
+
+``admit`` takes a call through decide, the pin check, approval and limits, then writes the
+call's one decision record and its metrics once the final effect is known. The faces keep
+only their wire format: how a held call is kept alive (``hold``), how a denial is written,
+how the call is forwarded; ``timed_upstream`` around that forward times the upstream on
+every face.
+
+Two clocks are kept apart: the decision latency (``latency_ms``, ``celgate_decision_seconds``)
+is the gateway's own time; a human's approval wait is measured on its own
+(``approval_wait_ms``, ``celgate_approval_wait_seconds``), so one slow approver does not make
+every decision look slow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from gateway.audit import new_decision_id
+from gateway.enforce import apply_limits, check_pin
+from gateway.policy import Call, Decision, decide
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+Clock = Callable[[], float]
+#: Called between polls while a human decides, with the seconds waited so far.
+Tick = Callable[[float], Awaitable[None]]
+#: Waits for the human (calling the tick given, if any) and returns the resolved decision.
+Wait = Callable[[Tick | None], Awaitable[Decision]]
+#: A face's way to hold a ``wait``-mode call: given the held decision and ``wait``, it opens
+#: whatever keeps the caller waiting, runs ``wait`` and returns its decision (or the held
+#: decision unchanged when the caller went away first).
+Hold = Callable[[Decision, Wait], Awaitable[Decision]]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The final decision for one call, as recorded."""
+
+    decision: Decision
+    decision_id: str
+    latency: float  # seconds of the gateway's own time
+    approval_wait: float | None  # seconds a human kept the call waiting, if one did
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+async def admit(
+    gw: Gateway, call: Call, *, hold: Hold | None = None, clock: Clock = time.perf_counter
+) -> Admission:
+    """Decide, check the pin, resolve an approval, take the limits, then record once.
+
+    An approval in ``retry`` mode answers at once; in ``wait`` mode the call waits, inside
+    ``hold`` when the face gives one. Without an approval service a held call stays held.
+    If the call is interrupted (the caller cancels, a store fails), the record still gets
+    written, with the decision as far as it got, and the exception goes on.
+    """
+    started = clock()
+    decision = check_pin(gw, call, decide(gw.policy, call, gw.now()))
+    decision_id = new_decision_id()
+    timer = _WaitTimer(clock)
+    try:
+        if decision.effect == "require_approval" and gw.approvals is not None:
+            decision = await _approve(gw, call, decision, decision_id, hold, timer)
+        decision = await apply_limits(gw, decision)
+    except BaseException:
+        _record(gw, call, decision, decision_id, clock() - started, timer.waited)
+        raise
+    return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
+
+
+async def _approve(
+    gw: Gateway,
+    call: Call,
+    decision: Decision,
+    decision_id: str,
+    hold: Hold | None,
+    timer: _WaitTimer,
+) -> Decision:
+    approvals = gw.approvals
+    assert approvals is not None
+
+    async def wait(tick: Tick | None) -> Decision:
+        return await timer.run(approvals.resolve(call, decision, decision_id, timer.ticking(tick)))
+
+    mode = decision.approval.mode if decision.approval else "wait"
+    if hold is not None and mode == "wait":
+        return await hold(decision, wait)
+    return await wait(None)
+
+
+class _WaitTimer:
+    """Times the approval step, and knows whether a human was waited for: the approval
+    service ticks only between polls of a pending request, so one tick means a wait. An
+    approval found already decided (or answered at once in ``retry`` mode) is a store
+    lookup, part of the decision's own time."""
+
+    __slots__ = ("_clock", "_seconds", "_ticked")
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._ticked = False
+        self._seconds = 0.0
+
+    def ticking(self, tick: Tick | None) -> Tick:
+        async def on_tick(elapsed: float) -> None:
+            self._ticked = True
+            if tick is not None:
+                await tick(elapsed)
+
+        return on_tick
+
+    async def run(self, work: Coroutine[Any, Any, Decision]) -> Decision:
+        begun = self._clock()
+        try:
+            return await work
+        finally:
+            self._seconds += self._clock() - begun
+
+    @property
+    def waited(self) -> float | None:
+        return self._seconds if self._ticked else None
+
+
+def _record(
+    gw: Gateway,
+    call: Call,
+    decision: Decision,
+    decision_id: str,
+    elapsed: float,
+    wait: float | None,
+) -> Admission:
+    latency = max(elapsed - (wait or 0.0), 0.0)
+    if wait is None:
+        gw.decisions.record(decision_id, call, decision, latency * 1000)
+    else:
+        wait_ms = round(wait * 1000, 3)
+        gw.decisions.record(decision_id, call, decision, latency * 1000, approval_wait_ms=wait_ms)
+    metrics = gw.metrics
+    if metrics is not None:
+        known = (call.server or "", call.tool) in gw.catalog
+        metrics.decision(call, decision, latency, known=known)
+        if wait is not None:
+            metrics.approval_wait(wait)
+    return Admission(decision, decision_id, latency, wait)
+
+
+class timed_upstream:  # lower case: it reads as the function it stands for
+    """Around a face's forward: the upstream's time (its answer relayed included) goes to
+    ``celgate_upstream_seconds``, whether the forward ends well or not. A class rather than
+    ``@asynccontextmanager``: it is on every forwarded call."""
+
+    __slots__ = ("_call", "_clock", "_gw", "_started")
+
+    def __init__(self, gw: Gateway, call: Call, *, clock: Clock = time.perf_counter) -> None:
+        self._gw = gw
+        self._call = call
+        self._clock = clock
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = self._clock()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._gw.metrics is not None:
+            self._gw.metrics.upstream(self._call, self._clock() - self._started)

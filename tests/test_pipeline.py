@@ -1,0 +1,353 @@
+"""One admission pipeline (``gateway.pipeline``) behind every face.
+
+``admit`` on a real gateway object with the in-memory limiter and approval store on an
+injected clock: a human's wait is measured apart from the decision. Then end to end through
+a real gateway process: the relay, the held SSE call and the aggregated endpoint each write
+one record per call and time their upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.approval_stores import MemoryApprovalStore
+from gateway.approvals import ApprovalService
+from gateway.config import load_config
+from gateway.identity import hash_key
+from gateway.pipeline import Admission, Tick, Wait, admit, timed_upstream
+from gateway.policy import Call, Decision, Identity
+from gateway.ratelimit.memory import MemoryRateLimiter
+from gateway.runtime import Gateway, build_gateway
+from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of, write_config
+from tests.peers import PeerProcess, free_port
+
+KEY = "cgk_pipeline-test-key-0123456789"
+ADMIN_TOKEN = "admin-token-for-pipeline-0123456789"
+POLICY = r"""
+version: "1"
+default: deny
+tools:
+  echo: {action: allow}
+  write_file:
+    action: require_approval
+    reason: writing files needs a human
+    approval: {mode: wait, timeout: 600}
+    limits:
+      - {counter: writes, window: hour, max: 5, scope: grant}
+  delete_item:
+    action: require_approval
+    reason: deleting needs a human
+    approval: {mode: retry, timeout: 600}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sample(gw: Gateway, name: str, labels: dict[str, str] | None = None) -> float:
+    assert gw.metrics is not None
+    value = gw.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def call_of(tool: str, **args: Any) -> Call:
+    return Call(tool=tool, server="up", args=args, identity=Identity("bot", "bot"), session="s1")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, clock: Clock) -> Any:
+    """A gateway built from a config file, its limiter and approvals on the test's clock."""
+    servers = {"up": {"url": "http://127.0.0.1:9/mcp"}}  # never reached: admit does not forward
+    gateway = build_gateway(load_config(write_config(tmp_path, POLICY, servers, free_port())))
+    await gateway.limiter.close()
+    assert gateway.approvals is not None and gateway.metrics is not None
+    await gateway.approvals.store.close()
+    gateway.limiter = MemoryRateLimiter(clock)
+    gateway.approvals = ApprovalService(
+        MemoryApprovalStore(clock), clock=clock, poll_seconds=0, on_event=gateway.metrics.approval
+    )
+    yield gateway
+    await gateway.close()
+
+
+async def operator(gw: Gateway, clock: Clock, seconds: float, approve: bool = True) -> None:
+    """A human who finds the pending request, takes ``seconds`` (injected) and decides."""
+    assert gw.approvals is not None
+    while not (pending := [r for r in await gw.approvals.list() if r.status == "pending"]):
+        await anyio.lowlevel.checkpoint()
+    clock.now += seconds
+    await gw.approvals.decide(pending[0].id, approve, "ops", None)
+
+
+class TestAdmit:
+    async def test_a_wait_is_timed_apart_from_the_decision(self, gw: Gateway, clock: Clock) -> None:
+        """Approved after 42 injected seconds: the wait is the approval's, not the decision's;
+        limits are taken after the approval, and the call is recorded once, allowed."""
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(operator, gw, clock, 42.0)
+                admission = await admit(gw, call_of("write_file", path="/tmp/a"), clock=clock)
+        assert admission.allowed and admission.approval_wait == 42.0
+        assert admission.latency == 0.0
+        (record,) = gw.decisions.recent
+        assert record["decision_id"] == admission.decision_id
+        assert record["effect"] == "allow" and record["approval_id"].startswith("apr_")
+        assert record["latency_ms"] == 0.0 and record["approval_wait_ms"] == 42000.0
+        assert record["limits"]["remaining"] == {"writes": 4.0}
+        assert sample(gw, "celgate_approval_wait_seconds_sum") == 42.0
+        assert sample(gw, "celgate_approval_wait_seconds_count") == 1.0
+        assert sample(gw, "celgate_decision_seconds_sum") == 0.0
+        assert sample(gw, "celgate_decision_seconds_count") == 1.0
+
+    async def test_retry_mode_answers_at_once_with_no_wait(self, gw: Gateway, clock: Clock) -> None:
+        admission = await admit(gw, call_of("delete_item", id="x"), clock=clock)
+        assert admission.decision.effect == "require_approval"
+        assert admission.decision.error == "approval_pending"
+        assert admission.approval_wait is None
+        (record,) = gw.decisions.recent
+        assert "approval_wait_ms" not in record and record["error"] == "approval_pending"
+        assert sample(gw, "celgate_approval_wait_seconds_count") == 0.0
+
+    async def test_refused_after_a_wait_takes_no_tokens(self, gw: Gateway, clock: Clock) -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(operator, gw, clock, 7.0, False)
+                admission = await admit(gw, call_of("write_file", path="/tmp/b"), clock=clock)
+        assert admission.decision.error == "approval_refused"
+        (record,) = gw.decisions.recent
+        assert record["approval_wait_ms"] == 7000.0 and "limits" not in record
+
+    async def test_the_face_holds_and_ticks(self, gw: Gateway, clock: Clock) -> None:
+        """A face's ``hold`` gets the held decision and runs the wait with its keep-alive."""
+        held: list[Decision] = []
+        ticks: list[float] = []
+
+        async def keepalive(elapsed: float) -> None:
+            ticks.append(elapsed)
+            clock.now += 5.0  # each poll of the pending request takes five injected seconds
+            if len(ticks) == 3:
+                await operator(gw, clock, 0.0)
+
+        async def hold(decision: Decision, wait: Wait) -> Decision:
+            held.append(decision)
+            tick: Tick = keepalive
+            return await wait(tick)
+
+        with anyio.fail_after(10):
+            call = call_of("write_file", path="/tmp/c")
+            admission = await admit(gw, call, hold=hold, clock=clock)
+        assert [d.effect for d in held] == ["require_approval"]
+        assert ticks == [0.0, 5.0, 10.0]
+        assert admission.allowed and admission.approval_wait == 15.0 and admission.latency == 0.0
+
+    async def test_a_caller_gone_is_recorded_as_held(self, gw: Gateway, clock: Clock) -> None:
+        async def hold(decision: Decision, wait: Wait) -> Decision:
+            return decision  # the client went away before anyone decided
+
+        admission = await admit(gw, call_of("write_file", path="/tmp/d"), hold=hold, clock=clock)
+        assert admission.decision.effect == "require_approval" and not admission.allowed
+        assert [r["effect"] for r in gw.decisions.recent] == ["require_approval"]
+
+    async def test_a_cancelled_wait_still_writes_its_record(
+        self, gw: Gateway, clock: Clock
+    ) -> None:
+        result: list[Admission] = []
+
+        async def call() -> None:
+            result.append(await admit(gw, call_of("write_file", path="/tmp/e"), clock=clock))
+
+        task = asyncio.create_task(call())
+        assert gw.approvals is not None
+        while not await gw.approvals.list():
+            await anyio.lowlevel.checkpoint()
+        clock.now += 3.0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (record,) = gw.decisions.recent
+        assert record["effect"] == "require_approval" and record["approval_wait_ms"] == 3000.0
+        assert not result
+
+    async def test_timed_upstream_records_every_forward(self, gw: Gateway, clock: Clock) -> None:
+        call = call_of("echo", text="x")
+        async with timed_upstream(gw, call, clock=clock):
+            clock.now += 0.25
+        with pytest.raises(OSError):
+            async with timed_upstream(gw, call, clock=clock):
+                clock.now += 0.5
+                raise OSError("upstream went away")
+        labels = {"server": "up"}
+        assert sample(gw, "celgate_upstream_seconds_count", labels) == 2.0
+        assert sample(gw, "celgate_upstream_seconds_sum", labels) == 0.75
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    extra = {
+        "grants": {"bot": {"key_sha256": hash_key(KEY)}},
+        "admin": {"token_sha256": hash_key(ADMIN_TOKEN)},
+        "audit": {"log_arguments": True},  # records are matched to calls by their arguments
+    }
+    servers = {"up": {"url": upstream.url}}
+    with run_gateway(tmp_path_factory.mktemp("pipeline"), POLICY, servers, **extra) as gw:
+        yield gw
+
+
+def admin(gw: GatewayProcess, method: str, path: str) -> Any:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    return httpx.request(method, gw.base + path, headers=headers, json={}, timeout=10)
+
+
+def scrape(gw: GatewayProcess) -> dict[str, float]:
+    """Every sample of /metrics, by name and labels (read with the admin token)."""
+    resp = admin(gw, "GET", "/metrics")
+    assert resp.status_code == 200
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+UPSTREAM_COUNT = "celgate_upstream_seconds_count{server=up}"
+WAIT_COUNT = "celgate_approval_wait_seconds_count{}"
+
+
+def rpc(msg_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
+
+
+async def records_for(gw: GatewayProcess, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The decision records of calls made with ``args``, once the log holds one."""
+    with anyio.fail_after(10):
+        while True:
+            found = [r for r in gw.records() if r.get("args") == args]
+            if found:
+                return found
+            await anyio.sleep(0.02)
+
+
+async def approve_when_pending(gw: GatewayProcess, tool: str) -> None:
+    with anyio.fail_after(15):
+        while True:
+            items = admin(gw, "GET", "/admin/approvals?status=pending").json()
+            found = [r["id"] for r in items if r["tool"] == tool]
+            if found:
+                admin(gw, "POST", f"/admin/approvals/{found[0]}/approve")
+                return
+            await anyio.sleep(0.05)
+
+
+class TestEveryFace:
+    async def test_relay(self, gateway: GatewayProcess) -> None:
+        before = scrape(gateway)
+        args = {"text": "through the relay"}
+        async with client(gateway.url("up"), key=KEY) as c:
+            result = await c.call_tool("echo", args)
+        assert text_of(result) == "through the relay"
+        (record,) = await records_for(gateway, args)
+        assert record["effect"] == "allow" and "approval_wait_ms" not in record
+        after = scrape(gateway)
+        assert after[UPSTREAM_COUNT] == before.get(UPSTREAM_COUNT, 0.0) + 1
+
+    async def test_held_stream(self, gateway: GatewayProcess) -> None:
+        before = scrape(gateway)
+        args = {"path": "/tmp/pipeline-held.txt", "content": "x"}
+        async with client(gateway.url("up"), key=KEY) as c:
+            task = asyncio.create_task(c.call_tool("write_file", args))
+            await approve_when_pending(gateway, "write_file")
+            with anyio.fail_after(15):
+                result = await task
+        assert not result.is_error, text_of(result)
+        (record,) = await records_for(gateway, args)
+        assert record["effect"] == "allow" and record["approval_id"].startswith("apr_")
+        assert record["approval_wait_ms"] > record["latency_ms"]
+        after = scrape(gateway)
+        assert after[UPSTREAM_COUNT] == before.get(UPSTREAM_COUNT, 0.0) + 1
+        assert after[WAIT_COUNT] == before.get(WAIT_COUNT, 0.0) + 1
+
+    async def test_held_call_is_answered_as_a_stream(self, gateway: GatewayProcess) -> None:
+        """Raw HTTP, to see the wire: the held call's answer is the SSE stream opened while
+        it waited, carrying the upstream's answer; the call is recorded once."""
+        headers = {
+            "Authorization": f"Bearer {KEY}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        info = {"name": "raw", "version": "0"}
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": info}
+        args = {"path": "/tmp/pipeline-raw.txt", "content": "z"}
+        call = {"name": "write_file", "arguments": args}
+        async with httpx.AsyncClient(headers=headers, timeout=15) as http:
+            url = gateway.url("up")
+            resp = await http.post(url, json=rpc(0, "initialize", init))
+            http.headers["mcp-session-id"] = resp.headers["mcp-session-id"]
+            await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+            async with http.stream("POST", url, json=rpc(1, "tools/call", call)) as stream:
+                assert stream.headers["content-type"] == "text/event-stream"
+                await approve_when_pending(gateway, "write_file")
+                body = (await stream.aread()).decode()
+        assert '"id":1' in body.replace(" ", "") and "pipeline-raw" in body
+        (record,) = await records_for(gateway, args)
+        assert record["effect"] == "allow" and record["approval_wait_ms"] > 0
+
+    async def test_aggregate(self, gateway: GatewayProcess) -> None:
+        before = scrape(gateway)
+        args = {"text": "through the aggregate"}
+        async with client(f"{gateway.base}/mcp", key=KEY) as c:
+            result = await c.call_tool("up__echo", args)
+        assert text_of(result) == "through the aggregate"
+        (record,) = await records_for(gateway, args)
+        assert record["effect"] == "allow" and record["server"] == "up"
+        after = scrape(gateway)
+        assert after[UPSTREAM_COUNT] == before.get(UPSTREAM_COUNT, 0.0) + 1
+
+    async def test_aggregate_wait_is_timed_apart(self, gateway: GatewayProcess) -> None:
+        before = scrape(gateway)
+        args = {"path": "/tmp/pipeline-aggregate.txt", "content": "y"}
+        async with client(f"{gateway.base}/mcp", key=KEY) as c:
+            task = asyncio.create_task(c.call_tool("up__write_file", args))
+            await approve_when_pending(gateway, "write_file")
+            with anyio.fail_after(15):
+                result = await task
+        assert not result.is_error, text_of(result)
+        (record,) = await records_for(gateway, args)
+        assert record["approval_wait_ms"] > record["latency_ms"]
+        after = scrape(gateway)
+        assert after[UPSTREAM_COUNT] == before.get(UPSTREAM_COUNT, 0.0) + 1
+        assert after[WAIT_COUNT] == before.get(WAIT_COUNT, 0.0) + 1
+
+    async def test_a_denial_is_recorded_once_and_not_forwarded(
+        self, gateway: GatewayProcess
+    ) -> None:
+        before = scrape(gateway)
+        args = {"id": "pipeline-retry"}
+        async with client(gateway.url("up"), key=KEY) as c:
+            result = await c.call_tool("delete_item", args)
+        assert result.is_error and "pending approval" in text_of(result)
+        (record,) = await records_for(gateway, args)
+        assert record["error"] == "approval_pending"
+        assert scrape(gateway).get(UPSTREAM_COUNT, 0.0) == before.get(UPSTREAM_COUNT, 0.0)
