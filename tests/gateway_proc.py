@@ -46,6 +46,18 @@ class GatewayProcess:
                     out.append(record)
         return out
 
+    def wait_records(
+        self, count: int, event: str = "policy.decision", within: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The records once at least ``count`` are written (a record can reach the log a
+        moment after the answer reached the client)."""
+        deadline = time.monotonic() + within
+        while True:
+            found = self.records(event)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
 
 def write_config(
     directory: Path,

@@ -279,7 +279,7 @@ class TestBadInput:
             resp = raw_post(gw, body, mcp_session_id=_session(gw), x_forwarded_for="203.0.113.9")
             assert resp.status_code == 200
             expected = "allow" if trusted else "deny"
-            assert [r["effect"] for r in gw.records()] == [expected]
+            assert [r["effect"] for r in gw.wait_records(1)] == [expected]
             assert ("celgate refused this call" in resp.text) is not trusted
 
     async def test_gateway_keeps_serving_after_bad_input(self, gateway: GatewayProcess) -> None:
