@@ -86,7 +86,8 @@ class AdminClient:
         detail = body.get("detail") if isinstance(body, dict) else None
         if resp.status_code in (401, 403) and (realm or detail == _AGENT_KEY_REFUSED):
             raise SystemExit(
-                f"celgate: the gateway at {self.url} refused the admin token ({detail}); "
+                f"celgate: the gateway at {self.url} refused the admin token "
+                f"(HTTP {resp.status_code}: {detail}); "
                 "is CELGATE_ADMIN_TOKEN the one of this gateway's admin.token_sha256?"
             )
         if body is None or (resp.status_code == 404 and detail == "Not Found"):
