@@ -14,8 +14,11 @@ rounds so drift hits them alike (sessions are opened outside the timer):
     aggregate web__    /mcp, routed to web
     aggregate st__     /mcp, routed to st
 
-Added latency = median(target) - median(its direct baseline). Writes
-``benchmarks/results/stdio_aggregate.json`` and a Markdown table beside it.
+Added latency = median(target) - median(its direct baseline). Gateway CPU per call is the
+gateway process's own utime + stime (``/proc/<pid>/stat``, every thread, not its stdio
+children) over a target's calls, divided by their number; a direct target costs the gateway
+nothing but its idle timers. Writes ``benchmarks/results/stdio_aggregate.json`` and a Markdown
+table beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -49,6 +53,15 @@ BASELINE = {
     "aggregate web__echo": "http direct",
     "aggregate st__echo": "stdio direct",
 }
+
+
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` (all its threads, not its children): /proc/PID/stat 14, 15."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 async def timed_calls(c: Client, tool: str, n: int) -> list[float]:
@@ -88,6 +101,7 @@ async def measure(calls: int, rounds: int) -> dict[str, Any]:
     command, args = stdio_upstream_command()
     st = {"command": command, "args": args, "env": {"PYTHONPATH": str(REPO_ROOT)}}
     samples: dict[str, list[float]] = {}
+    ticks: dict[str, int] = {}
     with (
         tempfile.TemporaryDirectory() as tmp,
         http_upstream() as up,
@@ -96,7 +110,9 @@ async def measure(calls: int, rounds: int) -> dict[str, Any]:
         async with clients(up.url, gw.base) as targets:
             for _ in range(rounds):
                 for label, (c, tool) in targets.items():
+                    before = cpu_ticks(gw.peer.pid)
                     samples.setdefault(label, []).extend(await timed_calls(c, tool, calls))
+                    ticks[label] = ticks.get(label, 0) + cpu_ticks(gw.peer.pid) - before
     medians = {k: statistics.median(v) for k, v in samples.items()}
     added = {k: medians[k] - medians[base] for k, base in BASELINE.items()}
     return {
@@ -104,25 +120,29 @@ async def measure(calls: int, rounds: int) -> dict[str, Any]:
         "median_ms": {k: round(v, 3) for k, v in medians.items()},
         "p90_ms": {k: round(statistics.quantiles(v, n=10)[8], 3) for k, v in samples.items()},
         "added_median_ms": {k: round(v, 3) for k, v in added.items()},
+        "gateway_cpu_us_per_call": {
+            k: round(t * TICK_US / len(samples[k])) for k, t in ticks.items()
+        },
         "machine": {"python": platform.python_version(), "cpus": _cpus()},
     }
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| target | median ms | p90 ms | added median ms (vs baseline) |",
-        "|---|---:|---:|---:|",
+        "| target | median ms | p90 ms | added median ms (vs baseline) | gateway CPU µs/call |",
+        "|---|---:|---:|---:|---:|",
     ]
     for label, median in result["median_ms"].items():
         added = result["added_median_ms"].get(label)
         extra = f"{added:+.3f} (vs {BASELINE[label]})" if added is not None else "baseline"
-        lines.append(f"| {label} | {median:.3f} | {result['p90_ms'][label]:.3f} | {extra} |")
+        cpu = result["gateway_cpu_us_per_call"][label]
+        lines.append(
+            f"| {label} | {median:.3f} | {result['p90_ms'][label]:.3f} | {extra} | {cpu} |"
+        )
     return "\n".join(lines)
 
 

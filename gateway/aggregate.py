@@ -31,7 +31,6 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -85,7 +84,7 @@ class Link:
         try:
             async with AsyncExitStack() as stack:
                 for name, upstream in self.agg.gw.upstreams.items():
-                    http = create_mcp_http_client(headers=dict(upstream.headers))
+                    http = upstream.sdk_client()  # a stdio bridge: in process, no socket
                     client = Client(
                         streamable_http_client(upstream.url, http_client=http),
                         mode="legacy",

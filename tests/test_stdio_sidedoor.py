@@ -1,9 +1,10 @@
-"""The stdio bridge is no side door: it serves the gateway alone.
+"""The stdio bridge is no side door: nothing listens but the gateway's own port.
 
-A stdio server's bridge listens on a loopback port inside the gateway process. Any local
-process can reach that port, so it must refuse everyone but the gateway (a secret only the
-gateway knows, and its own ``Host`` against DNS rebinding), before a child process is touched.
-The bridge port is found the way an attacker would: among the gateway's listening sockets.
+A stdio server's bridge is an ASGI app the gateway calls in process
+(``gateway.upstream.inproc``), bound to no socket: no local process, and no web page through
+DNS rebinding, can reach a stdio server except through the gateway and its policy. Looked for
+the way an attacker would: every listening socket (TCP, TCP6, Unix) of the gateway process and
+of each of its children, while sessions, the shared process and the aggregate are in use.
 
 Also here: on the shared 2026-07-28 process a caller cannot cancel another caller's call, and
 a call the child never answers gets an error after ``servers.X.timeout``.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,28 +30,49 @@ from tests.test_stdio_bridge import POLICY, children, stdio_server
 MODERN = "2026-07-28"
 TIMEOUT = 3.0  # servers.st.timeout of the impatient gateway: TestDeadline waits this long
 SIDEDOOR_POLICY = POLICY + "  hang: {action: allow}\n  slow_progress: {action: allow}\n"
-MARKER = "through the side door"
+SO_ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
 
 
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports ``pid`` listens on: its socket inodes matched in /proc/<pid>/net/tcp."""
+def _socket_inodes(pid: int) -> set[str]:
     inodes: set[str] = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return inodes  # the process is gone
+    for fd in fds:
         try:
             target = os.readlink(fd)
         except OSError:
             continue  # closed meanwhile
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _rows(pid: int, table: str) -> list[list[str]]:
+    try:
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split() for line in lines]
+
+
+def listening(pid: int) -> tuple[set[int], set[str]]:
+    """The TCP ports and Unix sockets ``pid`` listens on: its socket inodes (from
+    /proc/<pid>/fd) matched in /proc/<pid>/net/{tcp,tcp6,unix}."""
+    inodes = _socket_inodes(pid)
     ports: set[int] = set()
     for table in ("tcp", "tcp6"):
-        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        for line in lines:
-            fields = line.split()
+        for fields in _rows(pid, table):
             local, state, inode = fields[1], fields[3], fields[9]
             if state == "0A" and inode in inodes:  # 0A: LISTEN
                 ports.add(int(local.rsplit(":", 1)[1], 16))
-    return ports
+    unix: set[str] = set()
+    for fields in _rows(pid, "unix"):
+        flags, inode = int(fields[3], 16), fields[6]
+        if flags & SO_ACCEPTCON and inode in inodes:
+            unix.add(fields[7] if len(fields) > 7 else f"(unnamed, inode {inode})")
+    return ports, unix
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +87,6 @@ def gateway(call_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield gw
 
 
-@pytest.fixture(scope="module")
-def bridge_port(gateway: GatewayProcess) -> int:
-    ports = listening_ports(gateway.peer.pid) - {gateway.port}
-    logged = {
-        int(r["url"].rsplit(":", 1)[1].split("/")[0]) for r in gateway.records("stdio.bridge")
-    }
-    assert ports == logged and len(ports) == 1, (ports, logged)
-    return ports.pop()
-
-
 def _rpc(method: str, msg_id: int | None, params: dict[str, Any]) -> bytes:
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
     if msg_id is not None:
@@ -81,25 +94,6 @@ def _rpc(method: str, msg_id: int | None, params: dict[str, Any]) -> bytes:
     return json.dumps(message).encode()
 
 
-INITIALIZE = _rpc(
-    "initialize",
-    1,
-    {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "intruder", "version": "0"},
-    },
-)
-CALL = _rpc("tools/call", 2, {"name": "echo", "arguments": {"text": MARKER}})
-MODERN_CALL = _rpc(
-    "tools/call",
-    3,
-    {
-        "name": "echo",
-        "arguments": {"text": MARKER},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN},
-    },
-)
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
@@ -109,13 +103,13 @@ async def _post(url: str, body: bytes, **headers: str) -> httpx.Response:
 
 
 class TestTheGatewaysOwnTraffic:
-    """The gateway's own requests (session probe, health probes, relay) carry the secret."""
+    """The gateway's own requests to the bridge (start-up probes, relay, aggregate) work."""
 
-    async def test_start_up_was_never_refused(self, gateway: GatewayProcess) -> None:
+    async def test_start_up_reached_the_server(self, gateway: GatewayProcess) -> None:
         await eventually(lambda: bool(gateway.records("catalog.refreshed")), 20)
-        assert not gateway.records("stdio.bridge_refused")
         refreshed = [r for r in gateway.records("catalog.refreshed") if r["server"] == "st"]
         assert refreshed and refreshed[-1]["tools"] > 0
+        assert not gateway.records("inproc.app_failed")
 
     @pytest.mark.parametrize("mode", ["legacy", "auto"])
     async def test_calls_through_the_gateway_work(
@@ -132,51 +126,35 @@ class TestTheGatewaysOwnTraffic:
         assert text_of(result) == "aggregate"
 
 
-class TestTheSideDoor:
-    """Requests straight to the bridge port are refused before any child is touched."""
+class TestNothingListens:
+    def test_the_detector_sees_a_listening_unix_socket(self, tmp_path: Path) -> None:
+        """The check below would notice a bridge moved to a Unix socket."""
+        path = tmp_path / "s.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.bind(str(path))
+            assert str(path) not in listening(os.getpid())[1]
+            sock.listen()
+            assert str(path) in listening(os.getpid())[1]
 
-    @pytest.mark.parametrize(
-        ("body", "headers"),
-        [
-            (INITIALIZE, {}),
-            (CALL, {"mcp-session-id": "guessed"}),
-            (MODERN_CALL, {"mcp-protocol-version": MODERN}),
-        ],
-        ids=["initialize", "call-in-session", "stateless-call"],
-    )
-    async def test_without_the_secret(
-        self,
-        gateway: GatewayProcess,
-        bridge_port: int,
-        call_log: Path,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> None:
-        before = children(gateway.peer.pid)
-        url = f"http://127.0.0.1:{bridge_port}/mcp"
-        for auth in (None, "Bearer guessed", "Bearer " + "A" * 43, "Basic Y2VsZ2F0ZQ=="):
-            extra = {**headers, **({"authorization": auth} if auth else {})}
-            response = await _post(url, body, **extra)
-            assert response.status_code == 401, response.text
-            assert response.json()["error"]["message"]
-        assert not any(r.get("arguments") == {"text": MARKER} for r in calls_in(call_log))
-        assert children(gateway.peer.pid) <= before  # no process was started for it
-
-    async def test_a_foreign_host(self, gateway: GatewayProcess, bridge_port: int) -> None:
-        """A DNS-rebinding page names its own host: refused, whatever else it sends."""
-        url = f"http://127.0.0.1:{bridge_port}/mcp"
-        for host in ("attacker.example", f"attacker.example:{bridge_port}", "localhost"):
-            response = await _post(url, INITIALIZE, host=host)
-            assert response.status_code == 403, (host, response.text)
-        refused = gateway.records("stdio.bridge_refused")
-        assert {r["status"] for r in refused} >= {403}
-
-    async def test_other_methods_too(self, bridge_port: int) -> None:
-        async with httpx.AsyncClient(timeout=10) as http:
-            url = f"http://127.0.0.1:{bridge_port}/mcp"
-            for method in ("GET", "DELETE", "OPTIONS", "PUT"):
-                response = await http.request(method, url, headers={"mcp-session-id": "x"})
-                assert response.status_code == 401, method
+    async def test_only_the_gateways_port(self, gateway: GatewayProcess) -> None:
+        """With a session's process, the shared process and an aggregate session's process
+        all running, the one listening socket among them is the gateway's configured port."""
+        async with (
+            client(gateway.url("st"), mode="legacy") as legacy,
+            client(gateway.url("st"), mode="auto") as modern,
+            client(f"{gateway.base}/mcp", mode="legacy") as aggregate,
+        ):
+            await legacy.call_tool("echo", {"text": "session"})
+            await modern.call_tool("echo", {"text": "shared"})
+            await aggregate.call_tool("st__echo", {"text": "aggregate"})
+            pids = {gateway.peer.pid} | children(gateway.peer.pid)
+            found = {pid: listening(pid) for pid in pids}
+        assert len(pids) >= 4, pids  # the gateway and three stdio processes
+        ports = {port for tcp, _ in found.values() for port in tcp}
+        unix = {path for _, paths in found.values() for path in paths}
+        assert ports == {gateway.port}, found
+        assert listening(gateway.peer.pid)[0] == {gateway.port}
+        assert not unix, found
 
 
 async def _modern_cancel(gateway: GatewayProcess, request_id: str) -> int:

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from typing import Protocol
+
+import httpx2
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.config import ServerConfig
-from gateway.upstream.h1 import H1Pool, UpstreamIOError
+from gateway.upstream.h1 import H1Pool, H1Response, UpstreamIOError
+
+
+class Pool(Protocol):
+    """How an upstream is asked: ``H1Pool`` over HTTP, ``AsgiPool`` for a stdio bridge."""
+
+    async def request(
+        self, method: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> H1Response: ...
+
+    def close(self) -> None: ...
 
 
 class HttpUpstream:
@@ -21,9 +36,13 @@ class HttpUpstream:
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
         # servers.X.timeout bounds every request's wait for its answer's head (relay, probe,
         # learn_sessions); a stream may then idle.
-        self.pool = H1Pool(
+        self.pool: Pool = H1Pool(
             self.url, self.connect_timeout, ca_file=config.ca_file, head_timeout=config.timeout
         )
+
+    def sdk_client(self) -> httpx2.AsyncClient:
+        """An httpx2 client for the SDK's ``streamable_http_client(self.url, ...)``."""
+        return create_mcp_http_client(headers=dict(self.headers))
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Reachable when it answers HTTP at all (a 4xx to a bare GET still means it is up)."""

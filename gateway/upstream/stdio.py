@@ -1,10 +1,12 @@
-"""stdio upstreams: each stdio MCP server served as a local Streamable HTTP endpoint.
+"""stdio upstreams: each stdio MCP server served as a Streamable HTTP endpoint in process.
 
-A ``StdioBridge`` listens on ``127.0.0.1:<free port>/mcp`` inside the gateway process; the
-relay fronts it as an ordinary Streamable HTTP upstream, so policy stays at one choke point.
-The bridge does not terminate MCP: JSON-RPC messages pass between HTTP and the child's
-stdin/stdout unchanged (the SDK's ``StreamableHTTPServerTransport`` does the HTTP framing:
-SSE streams, session ids, priming events, resumption).
+A ``StdioBridge`` is a raw ASGI app inside the gateway process, bound to no socket: the relay
+reaches it through an ``AsgiPool`` (``gateway.upstream.inproc``, the ``H1Pool`` interface) and
+the aggregate through an httpx2 transport over the same pool, so it fronts a stdio server as
+an ordinary Streamable HTTP upstream and policy stays at one choke point. The bridge does not
+terminate MCP: JSON-RPC messages pass between HTTP and the child's stdin/stdout unchanged (the
+SDK's ``StreamableHTTPServerTransport`` does the HTTP framing: SSE streams, session ids,
+priming events, resumption).
 
 How client sessions map onto processes (docs/stdio-and-aggregate.md):
 
@@ -26,13 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hmac
 import itertools
 import json
 import os
-import secrets
 import signal
-import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -42,9 +41,9 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import structlog
-import uvicorn
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.stdio import get_default_environment
@@ -62,6 +61,7 @@ from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND, UPSTREAM_UNAVAILABLE
 from gateway.edge.jsonrpc import error_body as rpc_error
 from gateway.upstream.http import HttpUpstream
+from gateway.upstream.inproc import AsgiPool, AsgiTransport
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -69,6 +69,10 @@ LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
 KILL_GRACE = 2.0
 STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
+# What the bridge is called in URLs and Host headers: a reserved name (RFC 2606) that no
+# resolver answers, so nothing can reach a stdio server by it over a network.
+BRIDGE_AUTHORITY = "stdio.invalid"
+BRIDGE_URL = f"http://{BRIDGE_AUTHORITY}/mcp"
 OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -314,12 +318,16 @@ class SessionLink:
         try:
             async with self.transport.connect() as (read, write), anyio.create_task_group() as tg:
                 self.write = write
-                self.tg = tg
                 tg.start_soon(self.child.run)
-                task_status.started()
                 scope = self.transport.idle_scope or anyio.CancelScope()
-                with scope:
-                    await self._pump(read)
+                # The requests' deadline watchers end with the session, not at their next
+                # wake-up (up to ``timeout`` later, with the session still counted).
+                async with anyio.create_task_group() as watchers:
+                    self.tg = watchers
+                    task_status.started()
+                    with scope:
+                        await self._pump(read)
+                    watchers.cancel_scope.cancel()
                 if scope.cancelled_caught:
                     log.info(
                         "stdio.session_idle",
@@ -615,50 +623,18 @@ def _with_token(message: dict[str, Any], token: Any) -> dict[str, Any]:
 
 
 class StdioBridge:
-    """The local Streamable HTTP endpoint of one stdio server (raw ASGI).
+    """The Streamable HTTP endpoint of one stdio server: a raw ASGI app on no socket.
 
-    It serves the gateway alone: every request must carry the bridge's secret (made at start,
-    known only to this process) and the bridge's own ``Host``, or it is refused before any
-    child process is touched. Any local process can reach a loopback port, and a web page can
-    through DNS rebinding; neither knows the secret, and a rebound page sends its own Host.
+    Only code in the gateway process holding the bridge can call it (the relay and the
+    aggregate, through ``StdioUpstream.pool``): no other local process, and no web page
+    through DNS rebinding, has a port to reach. So it checks no secret and no ``Host``.
     """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.sessions: dict[str, SessionLink] = {}
         self.shared = SharedLink(config)
-        # Bound now, so the relay knows the URL before anything is served.
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self._secret = secrets.token_urlsafe(32)  # 32 random bytes
-        self._authorization = f"Bearer {self._secret}".encode()
-        self._host = f"127.0.0.1:{self.port}".encode()
         self._tg: anyio.abc.TaskGroup | None = None
-        self._server: uvicorn.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """What every request to the bridge must carry (the relay sends it last, over the
-        client's own ``authorization``, which it drops)."""
-        return {"authorization": f"Bearer {self._secret}"}
-
-    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
-        """Why a request is not the gateway's own, or None when it is."""
-        given: dict[bytes, list[bytes]] = {b"authorization": [], b"host": []}
-        for name, value in scope["headers"]:
-            if name.lower() in given:
-                given[name.lower()].append(value)
-        if given[b"host"] != [self._host]:  # a DNS-rebinding page sends its own name
-            return 403, "Host not allowed"
-        auth = given[b"authorization"]
-        if len(auth) != 1 or not hmac.compare_digest(auth[0], self._authorization):
-            return 401, "the stdio bridge serves the gateway only"
-        return None
 
     def pids(self) -> list[int]:
         children = [link.child for link in self.sessions.values()] + [self.shared.child]
@@ -667,32 +643,23 @@ class StdioBridge:
         ]
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listen on a free loopback port and serve until cancelled; then end every child."""
-        sock = self.sock
-        config = uvicorn.Config(self, lifespan="off", log_level="warning", access_log=False)
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        self._server = server
+        """Hold the sessions' task group until cancelled; then end every child."""
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self.shared.child.run)
-                await server.startup(sockets=[sock])  # not serve(): the gateway owns the signals
-                log.info("stdio.bridge", server=self.config.name, url=self.url)
+                log.info("stdio.bridge", server=self.config.name, listening=False)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
+            self._tg = None
             with anyio.CancelScope(shield=True):
-                await self._stop(server, sock)
+                await self._stop()
 
-    async def _stop(self, server: uvicorn.Server, sock: socket.socket) -> None:
+    async def _stop(self) -> None:
         children = [link.child for link in list(self.sessions.values())] + [self.shared.child]
         for child in children:
             child.stop()
-        server.force_exit = True
-        if server.started:
-            await server.shutdown(sockets=[sock])
         with anyio.move_on_after(KILL_GRACE):
             for child in children:
                 if child.proc is not None:
@@ -704,14 +671,6 @@ class StdioBridge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return
-        refused = self._refusal(scope)
-        if refused is not None:
-            status, why = refused
-            client = scope.get("client")
-            peer = f"{client[0]}:{client[1]}" if client else None
-            log.warning("stdio.bridge_refused", server=self.config.name, status=status, peer=peer)
-            await reply(send, status, rpc_error(None, INVALID_REQUEST, why))
             return
         incoming = Incoming(scope, receive)
         sid = incoming.header("mcp-session-id")
@@ -775,7 +734,10 @@ class StdioBridge:
             )
             await reply(send, 503, rpc_error(None, UPSTREAM_UNAVAILABLE, msg))
             return
-        assert self._tg is not None
+        if self._tg is None:  # not running (yet, or any more)
+            msg = f"stdio server {self.config.name!r} is not running"
+            await reply(send, 503, rpc_error(None, UPSTREAM_UNAVAILABLE, msg))
+            return
         link = SessionLink(self, uuid.uuid4().hex)
         self.sessions[link.session_id] = link
         await self._tg.start(link.run)
@@ -796,16 +758,33 @@ class StdioBridge:
 
 
 class StdioUpstream(HttpUpstream):
-    """The relay's view of a stdio server: an HTTP upstream at its bridge's loopback URL."""
+    """The relay's view of a stdio server: an HTTP upstream whose pool is its bridge, called
+    in process (``BRIDGE_URL`` names it, but no socket serves it)."""
 
     def __init__(self, config: ServerConfig) -> None:
-        bridge = StdioBridge(config)
-        super().__init__(replace(config, url=bridge.url, headers=bridge.headers))
-        self.bridge = bridge
+        super().__init__(replace(config, url=BRIDGE_URL, headers={}))
+        self.bridge = StdioBridge(config)
+        pool = AsgiPool(
+            self.bridge,
+            f"stdio server {config.name!r}",
+            authority=BRIDGE_AUTHORITY,
+            head_timeout=config.timeout,
+        )
+        self.pool = pool
+        self.transport = AsgiTransport(pool)
+
+    def sdk_client(self) -> httpx2.AsyncClient:
+        """An httpx2 client for the SDK's ``streamable_http_client(self.url, ...)``: it reaches
+        the bridge in process (its timeouts are the pool's, not httpx2's)."""
+        return httpx2.AsyncClient(transport=self.transport, headers=self.headers)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve the bridge until cancelled (a task of the gateway-wide task group)."""
-        await self.bridge.run(task_status=task_status)
+        """Run the bridge until cancelled (a task of the gateway-wide task group); then
+        cancel the requests still running on it."""
+        try:
+            await self.bridge.run(task_status=task_status)
+        finally:
+            self.pool.close()
 
 
 @asynccontextmanager

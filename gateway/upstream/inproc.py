@@ -1,0 +1,277 @@
+"""HTTP to an ASGI app in this process, with no socket: how the stdio bridges are reached.
+
+``AsgiPool`` has ``H1Pool``'s interface (``request(method, headers, body)`` gives an answer
+whose head is there at once and whose body comes as it is sent), so the relay fronts a stdio
+server exactly as it fronts a Streamable HTTP one. ``AsgiTransport`` is the same for httpx2,
+the SDK client's library (the aggregate uses it); httpx2's own ``ASGITransport`` hands back a
+response only once the app has finished it, which never happens on an SSE stream.
+
+Each request runs the app in a task of its own, fed by a ``receive`` that yields the body
+once and then waits for the answer to be closed (``http.disconnect``), and a ``send`` that
+feeds the answer:
+
+* the head is the caller's as soon as ``http.response.start`` is sent, within ``head_timeout``
+  (else ``UpstreamTimeout``, and the app task is cancelled);
+* body chunks are queued as sent, never joined; a sender more than ``_PAUSE_AT`` chunks ahead
+  of its reader waits until the reader has caught up;
+* an answer closed before it was whole cancels the app task (that is how a caller's
+  going away reaches the bridge); closed whole, the app finishes on its own;
+* an app that raises, or returns without a whole answer, fails the answer with
+  ``UpstreamIOError`` (before the head or mid-body), never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+
+import httpx2
+import structlog
+
+from gateway.edge.asgi import Message, Receive, Scope, Send
+from gateway.upstream.h1 import (
+    H1Response,
+    UpstreamIOError,
+    UpstreamTimeout,
+    connection_named,
+    is_hop_by_hop,
+)
+
+log = structlog.get_logger("celgate.inproc")
+
+# A reader this many chunks behind pauses its sender until it is down to _RESUME_AT.
+_PAUSE_AT = 64
+_RESUME_AT = 8
+# Never taken from the caller: this transport frames the request itself.
+_OWN = frozenset({b"host", b"content-length"})
+
+Headers = list[tuple[bytes, bytes]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AsgiResponse(H1Response):
+    """An in-process answer, with ``H1Response``'s interface (the relay types its answers as
+    one); there is no connection behind it, so pausing and releasing are the app task's."""
+
+    def __init__(self) -> None:  # not H1Response's: no connection, no pool
+        self.status = 0
+        self.raw_headers: Headers = []
+        self.complete = False
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.Event()  # the app's receive() answers http.disconnect after it
+        self.task: asyncio.Task[None] | None = None
+        self._chunks: deque[bytes | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._released = False
+        self._headers: dict[str, str] | None = None
+
+    def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """``http.response.start``: the head, without the connection's own headers."""
+        if self.head.done():
+            return
+        lowered = [(bytes(name).lower(), bytes(value)) for name, value in headers]
+        named = connection_named(v.decode("latin-1") for k, v in lowered if k == b"connection")
+        self.status = status
+        self.raw_headers = [(k, v) for k, v in lowered if not is_hop_by_hop(k.decode(), named)]
+        self.head.set_result(None)
+
+    async def feed(self, body: bytes, more: bool) -> None:
+        """``http.response.body``: queue the chunk; wait while the reader is far behind."""
+        if self._released or self.complete or not self.head.done():
+            return
+        if body:
+            self._chunks.append(body)
+        if not more:
+            self.complete = True
+            self._chunks.append(None)
+        self._wake()
+        while len(self._chunks) >= _PAUSE_AT and not self._released:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+
+    def fail(self, error: BaseException) -> None:
+        if not self._released:  # nobody would ever retrieve it
+            super().fail(error)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks as they come; raises UpstreamIOError if the answer is cut short."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                if len(self._chunks) <= _RESUME_AT:
+                    _settle(self._room)
+                if chunk is None:
+                    return
+                yield chunk
+                continue
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+
+    def close(self) -> None:
+        """Done with the answer. Cut short, the app task is cancelled. No await."""
+        if self._released:
+            return
+        self._released = True
+        self.closed.set()
+        _settle(self._room)
+        if not self.complete and self.task is not None:
+            self.task.cancel()
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+class AsgiPool:
+    """Requests to one ASGI app in this process (``H1Pool``'s interface, no connections).
+
+    ``authority`` is the ``Host`` the app sees; ``head_timeout`` bounds each request's wait
+    for its answer's head (``None``: no limit).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        *,
+        authority: str = "localhost",
+        path: str = "/mcp",
+        head_timeout: float | None = None,
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.authority = authority.encode("latin-1")
+        self.path = path
+        self.head_timeout = head_timeout
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def request(
+        self, method: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> AsgiResponse:
+        """Start the app on the request and wait for the answer's head (``H1Pool.request``).
+
+        Raises UpstreamTimeout when the head is late, UpstreamIOError when the app fails."""
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        return await self.send(method, raw, body)
+
+    async def send(self, method: str, headers: Headers, body: bytes | None) -> AsgiResponse:
+        """``request`` with headers as (lower-case name, value) bytes, repeats allowed."""
+        response = AsgiResponse()
+        scope = self._scope(method, headers, body)
+        task = asyncio.create_task(self._run(scope, body or b"", response))
+        response.task = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        deadline = asyncio.timeout(self.head_timeout)
+        try:
+            async with deadline:
+                await response.head
+        except BaseException as exc:  # failed, late or cancelled: the app task goes too
+            response.close()
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                late = f"{self.name} sent no answer within {self.head_timeout} s"
+                raise UpstreamTimeout(late) from None
+            raise
+        return response
+
+    def _scope(self, method: str, headers: Headers, body: bytes | None) -> Scope:
+        named = connection_named(v.decode("latin-1") for k, v in headers if k == b"connection")
+        raw = [(b"host", self.authority)]
+        raw += [
+            (k, v) for k, v in headers if k not in _OWN and not is_hop_by_hop(k.decode(), named)
+        ]
+        if body is not None:
+            raw.append((b"content-length", str(len(body)).encode()))
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": raw,
+            "server": None,
+            "client": None,
+        }
+
+    async def _run(self, scope: Scope, body: bytes, response: AsgiResponse) -> None:
+        unread = [body]
+
+        async def receive() -> Message:
+            if unread:
+                return {"type": "http.request", "body": unread.pop(), "more_body": False}
+            await response.closed.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response.start(int(message["status"]), message.get("headers", ()))
+            elif message["type"] == "http.response.body":
+                await response.feed(message.get("body", b""), message.get("more_body", False))
+
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            response.fail(UpstreamIOError(f"{self.name}: the request was cancelled"))
+            raise
+        except Exception as exc:  # the app's bug must reach the caller as a failed answer
+            log.exception("inproc.app_failed", upstream=self.name, error=type(exc).__name__)
+            response.fail(UpstreamIOError(f"{self.name} failed while answering"))
+        else:
+            response.fail(UpstreamIOError(f"{self.name} ended without a whole answer"))
+
+    def close(self) -> None:
+        """Cancel every request still running (the gateway is stopping)."""
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class AsgiTransport(httpx2.AsyncBaseTransport):
+    """An httpx2 transport over an ``AsgiPool``: the SDK's HTTP client, with no socket.
+
+    Unlike httpx2's ``ASGITransport``, the response comes back at its head and its body
+    streams, so SSE works. httpx2's timeouts are not applied (they are the socket's); the
+    pool's ``head_timeout`` is.
+    """
+
+    def __init__(self, pool: AsgiPool) -> None:
+        self.pool = pool
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        headers = [(k.lower(), v) for k, v in request.headers.raw]
+        try:
+            answer = await self.pool.send(request.method, headers, body)
+        except UpstreamTimeout as exc:
+            raise httpx2.ReadTimeout(str(exc), request=request) from exc
+        except UpstreamIOError as exc:
+            raise httpx2.ReadError(str(exc), request=request) from exc
+        return httpx2.Response(
+            answer.status, headers=answer.raw_headers, stream=_Body(answer, request)
+        )
+
+
+class _Body(httpx2.AsyncByteStream):
+    def __init__(self, answer: AsgiResponse, request: httpx2.Request) -> None:
+        self.answer = answer
+        self.request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.answer.iter_chunks():
+                yield chunk
+        except UpstreamIOError as exc:
+            raise httpx2.ReadError(str(exc), request=self.request) from exc
+
+    async def aclose(self) -> None:
+        self.answer.close()
