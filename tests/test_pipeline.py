@@ -9,7 +9,8 @@ one record per call and time their upstream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.approval_stores import MemoryApprovalStore
 from gateway.approvals import ApprovalService
+from gateway.audit import args_digest
 from gateway.config import load_config
 from gateway.identity import hash_key
 from gateway.pipeline import Admission, Tick, Wait, admit, timed_upstream
@@ -240,6 +242,24 @@ def rpc(msg_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
 
 
+@contextlib.asynccontextmanager
+async def raw_session(gw: GatewayProcess) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """An initialized 2025-11-25 session on the relay, over plain HTTP, taking SSE."""
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    info = {"name": "raw", "version": "0"}
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": info}
+    async with httpx.AsyncClient(headers=headers, timeout=15) as http:
+        url = gw.url("up")
+        resp = await http.post(url, json=rpc(0, "initialize", init))
+        http.headers["mcp-session-id"] = resp.headers["mcp-session-id"]
+        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        yield http, url
+
+
 async def records_for(gw: GatewayProcess, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The decision records of calls made with ``args``, once the log holds one."""
     with anyio.fail_after(10):
@@ -250,15 +270,21 @@ async def records_for(gw: GatewayProcess, args: dict[str, Any]) -> list[dict[str
             await anyio.sleep(0.02)
 
 
-async def approve_when_pending(gw: GatewayProcess, tool: str) -> None:
+async def pending_request(gw: GatewayProcess, args: dict[str, Any]) -> str:
+    """The id of the pending approval request of the call made with ``args``."""
+    digest = args_digest(args)
     with anyio.fail_after(15):
         while True:
             items = admin(gw, "GET", "/admin/approvals?status=pending").json()
-            found = [r["id"] for r in items if r["tool"] == tool]
+            found = [r["id"] for r in items if r["args_digest"] == digest]
             if found:
-                admin(gw, "POST", f"/admin/approvals/{found[0]}/approve")
-                return
+                return str(found[0])
             await anyio.sleep(0.05)
+
+
+async def approve_when_pending(gw: GatewayProcess, args: dict[str, Any]) -> None:
+    approval_id = await pending_request(gw, args)
+    admin(gw, "POST", f"/admin/approvals/{approval_id}/approve")
 
 
 class TestEveryFace:
@@ -278,7 +304,7 @@ class TestEveryFace:
         args = {"path": "/tmp/pipeline-held.txt", "content": "x"}
         async with client(gateway.url("up"), key=KEY) as c:
             task = asyncio.create_task(c.call_tool("write_file", args))
-            await approve_when_pending(gateway, "write_file")
+            await approve_when_pending(gateway, args)
             with anyio.fail_after(15):
                 result = await task
         assert not result.is_error, text_of(result)
@@ -292,27 +318,30 @@ class TestEveryFace:
     async def test_held_call_is_answered_as_a_stream(self, gateway: GatewayProcess) -> None:
         """Raw HTTP, to see the wire: the held call's answer is the SSE stream opened while
         it waited, carrying the upstream's answer; the call is recorded once."""
-        headers = {
-            "Authorization": f"Bearer {KEY}",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2025-11-25",
-        }
-        info = {"name": "raw", "version": "0"}
-        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": info}
         args = {"path": "/tmp/pipeline-raw.txt", "content": "z"}
-        call = {"name": "write_file", "arguments": args}
-        async with httpx.AsyncClient(headers=headers, timeout=15) as http:
-            url = gateway.url("up")
-            resp = await http.post(url, json=rpc(0, "initialize", init))
-            http.headers["mcp-session-id"] = resp.headers["mcp-session-id"]
-            await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        async with raw_session(gateway) as (http, url):
+            call = {"name": "write_file", "arguments": args}
             async with http.stream("POST", url, json=rpc(1, "tools/call", call)) as stream:
                 assert stream.headers["content-type"] == "text/event-stream"
-                await approve_when_pending(gateway, "write_file")
+                await approve_when_pending(gateway, args)
                 body = (await stream.aread()).decode()
         assert '"id":1' in body.replace(" ", "") and "pipeline-raw" in body
         (record,) = await records_for(gateway, args)
         assert record["effect"] == "allow" and record["approval_wait_ms"] > 0
+
+    async def test_a_held_caller_gone_is_recorded_once(self, gateway: GatewayProcess) -> None:
+        """The client hangs up while its call waits: the wait ends, nothing is forwarded, and
+        the one record says the call was still held."""
+        before = scrape(gateway)
+        args = {"path": "/tmp/pipeline-gone.txt", "content": "w"}
+        async with raw_session(gateway) as (http, url):
+            call = {"name": "write_file", "arguments": args}
+            async with http.stream("POST", url, json=rpc(1, "tools/call", call)) as stream:
+                assert stream.headers["content-type"] == "text/event-stream"
+                await pending_request(gateway, args)
+        (record,) = await records_for(gateway, args)
+        assert record["effect"] == "require_approval" and "approval_wait_ms" in record
+        assert scrape(gateway).get(UPSTREAM_COUNT, 0.0) == before.get(UPSTREAM_COUNT, 0.0)
 
     async def test_aggregate(self, gateway: GatewayProcess) -> None:
         before = scrape(gateway)
@@ -330,7 +359,7 @@ class TestEveryFace:
         args = {"path": "/tmp/pipeline-aggregate.txt", "content": "y"}
         async with client(f"{gateway.base}/mcp", key=KEY) as c:
             task = asyncio.create_task(c.call_tool("up__write_file", args))
-            await approve_when_pending(gateway, "write_file")
+            await approve_when_pending(gateway, args)
             with anyio.fail_after(15):
                 result = await task
         assert not result.is_error, text_of(result)
