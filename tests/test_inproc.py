@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+import structlog
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -134,6 +135,20 @@ class TestAsgiPool:
             (b"mcp-session-id", b"abc"),
             (b"content-length", b"2"),
         ]
+
+    async def test_the_app_runs_in_a_context_of_its_own(self) -> None:
+        """A decision id the caller bound for its log lines must not follow the sessions
+        and processes a request starts."""
+        seen: list[dict[str, Any]] = []
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append(structlog.contextvars.get_contextvars())
+            await start(send, headers=[])
+            await body(send, b"")
+
+        with structlog.contextvars.bound_contextvars(decision_id="d-1"):
+            (await AsgiPool(app, "app").request("GET", {})).close()
+        assert seen == [{}]
 
     async def test_hop_by_hop_answer_headers_are_dropped(self) -> None:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:

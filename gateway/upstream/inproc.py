@@ -6,9 +6,9 @@ server exactly as it fronts a Streamable HTTP one. ``AsgiTransport`` is the same
 the SDK client's library (the aggregate uses it); httpx2's own ``ASGITransport`` hands back a
 response only once the app has finished it, which never happens on an SSE stream.
 
-Each request runs the app in a task of its own, fed by a ``receive`` that yields the body
-once and then waits for the answer to be closed (``http.disconnect``), and a ``send`` that
-feeds the answer:
+Each request runs the app in a task of its own (in an empty context, as a server would), fed
+by a ``receive`` that yields the body once and then waits for the answer to be closed
+(``http.disconnect``), and a ``send`` that feeds the answer:
 
 * the head is the caller's as soon as ``http.response.start`` is sent, within ``head_timeout``
   (else ``UpstreamTimeout``, and the app task is cancelled);
@@ -23,6 +23,7 @@ feeds the answer:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
@@ -165,7 +166,10 @@ class AsgiPool:
         """``request`` with headers as (lower-case name, value) bytes, repeats allowed."""
         response = AsgiResponse()
         scope = self._scope(method, headers, body)
-        task = asyncio.create_task(self._run(scope, body or b"", response))
+        # A context of its own, as a server's would be: the caller's (a decision id bound for
+        # its log lines) must not follow the sessions and processes the request starts.
+        run = self._run(scope, body or b"", response)
+        task = asyncio.create_task(run, context=contextvars.Context())
         response.task = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
