@@ -7,7 +7,7 @@ import json
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,17 @@ class GatewayProcess:
         return out
 
     def wait_records(
-        self, count: int, event: str = "policy.decision", within: float = 10.0
+        self,
+        count: int,
+        event: str = "policy.decision",
+        within: float = 10.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
     ) -> list[dict[str, Any]]:
-        """The records once at least ``count`` are written (a record can reach the log a
-        moment after the answer reached the client)."""
+        """The records (those ``where`` accepts) once at least ``count`` are written: a record
+        can reach the log a moment after the answer reached the client."""
         deadline = time.monotonic() + within
         while True:
-            found = self.records(event)
+            found = [r for r in self.records(event) if where is None or where(r)]
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.02)

@@ -145,7 +145,9 @@ class TestDecisionRecords:
         url = f"{desk.base}/admin/approvals/{approval_id}/deny"
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         assert httpx.post(url, json=body, headers=auth, timeout=10).status_code == 201
-        (record,) = [r for r in desk.records("approval.decided") if r["approval_id"] == approval_id]
+        (record,) = desk.wait_records(
+            1, "approval.decided", where=lambda r: r["approval_id"] == approval_id
+        )
         assert record["decision"] == "denied" and record["by"] == "dana"
         assert (record["note"], record["tool"], record["grant"]) == (
             "not this one",

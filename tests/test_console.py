@@ -123,9 +123,9 @@ class TestApproveInTheBrowser:
             assert not passed.is_error, text_of(passed)
         deleted = [c for c in calls_in(call_log) if c["tool"] == "delete_item"]
         assert [c["arguments"] for c in deleted].count(args) == 1
-        (record,) = [
-            r for r in gateway.records("approval.decided") if r["approval_id"] == approval_id
-        ]
+        (record,) = gateway.wait_records(
+            1, "approval.decided", where=lambda r: r["approval_id"] == approval_id
+        )
         assert (record["decision"], record["by"], record["tool"]) == (
             "approved",
             "carol",
