@@ -97,6 +97,7 @@ class MemoryApprovalStore:
         self.matches: dict[str, str] = {}
         self.pending: dict[str, ApprovalRequest] = {}  # by id; a subset of ``requests``
         self.swept = float("-inf")
+        self.used: dict[str, float] = {}  # single-use tokens, until they expire
 
     async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
         self._sweep()
@@ -141,6 +142,17 @@ class MemoryApprovalStore:
 
     async def forget_match(self, match: str) -> None:
         self.matches.pop(match, None)
+
+    async def consume_once(self, token: str, ttl: float) -> bool:
+        """True the first time ``token`` (an in-band approval's nonce) is used, within ``ttl``
+        seconds; False on any replay (``gateway.edge.inband``)."""
+        now = self.clock()
+        if len(self.used) > 4 * KEEP_DECIDED:
+            self.used = {k: until for k, until in self.used.items() if until > now}
+        if self.used.get(token, float("-inf")) > now:
+            return False
+        self.used[token] = now + ttl
+        return True
 
     async def list(self) -> list[ApprovalRequest]:
         self._sweep()
@@ -262,6 +274,12 @@ class ValkeyApprovalStore:
 
     async def forget_match(self, match: str) -> None:
         await self._do(self.client.delete(self._match(match)))
+
+    async def consume_once(self, token: str, ttl: float) -> bool:
+        """One ``SET NX`` shared by every replica: only the first use of ``token`` wins."""
+        key = f"{self.prefix}once:{token}"
+        done = self.client.set(key, b"1", nx=True, ex=max(1, int(ttl) + 1))
+        return bool(await self._do(done))
 
     async def list(self) -> list[ApprovalRequest]:
         """Every live pending request, and the newest 200 of the rest."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,10 @@ Wait = Callable[[Tick | None], Awaitable[Decision]]
 #: whatever keeps the caller waiting, runs ``wait`` and returns its decision (or the held
 #: decision unchanged when the caller went away first).
 Hold = Callable[[Decision, Wait], Awaitable[Decision]]
+#: A face's way to ask the human at the client (``approval: {mode: elicit}``): given the held
+#: decision and a tick to call once a human was waited for, it returns the decision after
+#: asking (allowed, denied, or still held when the answer comes on a later request).
+Elicit = Callable[[Decision, Tick], Coroutine[Any, Any, Decision]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +57,19 @@ class Admission:
 
 
 async def admit(
-    gw: Gateway, call: Call, *, hold: Hold | None = None, clock: Clock = time.perf_counter
+    gw: Gateway,
+    call: Call,
+    *,
+    hold: Hold | None = None,
+    elicit: Elicit | None = None,
+    clock: Clock = time.perf_counter,
 ) -> Admission:
     """Decide, check the pin, resolve an approval, take the limits, then record once.
 
     An approval in ``retry`` mode answers at once; in ``wait`` mode the call waits, inside
-    ``hold`` when the face gives one. Without an approval service a held call stays held.
+    ``hold`` when the face gives one; in ``elicit`` mode the face asks the client's human
+    (``elicit``), or, when it cannot (no such face, a client without elicitation), the rule's
+    ``fallback`` mode applies. Without an approval service a held call stays held.
     If the call is interrupted (the caller cancels, a store fails), the record still gets
     written, with the decision as far as it got, and the exception goes on.
     """
@@ -67,7 +78,12 @@ async def admit(
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
     try:
-        if decision.effect == "require_approval" and gw.approvals is not None:
+        if _in_band(decision):
+            if elicit is None:
+                decision = _fallback(decision)
+            else:  # asked (or still being asked) at the client: no out-of-band request
+                decision = await timer.run(elicit(decision, timer.ticking(None)))
+        if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
             decision = await _approve(gw, call, decision, decision_id, hold, timer)
         decision = await apply_limits(gw, decision)
     except BaseException:
@@ -94,6 +110,19 @@ async def _approve(
     if hold is not None and mode == "wait":
         return await hold(decision, wait)
     return await wait(None)
+
+
+def _in_band(decision: Decision) -> bool:
+    approval = decision.approval
+    return (
+        decision.effect == "require_approval" and approval is not None and approval.mode == "elicit"
+    )
+
+
+def _fallback(decision: Decision) -> Decision:
+    """An ``elicit`` approval the client cannot be asked for: its out-of-band mode."""
+    assert decision.approval is not None
+    return replace(decision, approval=replace(decision.approval, mode=decision.approval.fallback))
 
 
 class _WaitTimer:

@@ -118,7 +118,7 @@ class TestFields:
             """
         )
         assert errors == [
-            "r.yaml:3: tools.t.approval.mode: unknown value 'later' (use wait | retry)",
+            "r.yaml:3: tools.t.approval.mode: unknown value 'later' (use wait | retry | elicit)",
             "r.yaml:5: tools.t.rules[0].action: a rule needs an action",
         ]
 

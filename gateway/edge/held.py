@@ -9,6 +9,7 @@ answer. Deciding, limits and the record are ``gateway.pipeline.admit``'s; this i
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 from gateway.edge.asgi import Incoming, Send
@@ -34,7 +35,8 @@ def accepts_sse(incoming: Incoming) -> bool:
     return "text/event-stream" in (incoming.header("accept") or "")
 
 
-def _event(data: bytes) -> bytes:
+def event(data: bytes) -> bytes:
+    """One SSE ``message`` event carrying a JSON-RPC message."""
     return b"event: message\ndata: " + data + b"\n\n"
 
 
@@ -62,7 +64,7 @@ class _Keepalive:
                     "message": f"{self.hint} ({elapsed:.0f} s)",
                 },
             }
-            chunk = _event(json.dumps(note).encode())
+            chunk = event(json.dumps(note).encode())
         await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
@@ -83,10 +85,31 @@ class HeldStream:
         self.opened = False
         self.gone = False
 
-    async def hold(self, decision: Decision, wait: Wait) -> Decision:
+    async def open(self) -> None:
+        """Start the SSE answer (once)."""
+        if self.opened:
+            return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         self.opened = True
+
+    async def write(self, chunk: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def watching(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` unless the client goes away first (then ``gone`` is set)."""
+        done = False
+
+        async def run() -> None:
+            nonlocal done
+            await work
+            done = True
+
+        await watching_disconnect(self.incoming.receive, run())
+        self.gone = not done
+
+    async def hold(self, decision: Decision, wait: Wait) -> Decision:
+        await self.open()
         tick = _Keepalive(self.send, self.message, "waiting for a human to approve this call")
         final: Decision | None = None
 
@@ -94,8 +117,7 @@ class HeldStream:
             nonlocal final
             final = await wait(tick)
 
-        await watching_disconnect(self.incoming.receive, work())
-        self.gone = final is None
+        await self.watching(work())
         return decision if final is None else final
 
     async def answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:
@@ -108,7 +130,7 @@ class HeldStream:
             message = self.message
             version = message.protocol_version or self.incoming.header("mcp-protocol-version")
             body = denial(message.msg_id, admission.decision, admission.decision_id, version)
-            await self.send({"type": "http.response.body", "body": _event(body), "more_body": True})
+            await self.send({"type": "http.response.body", "body": event(body), "more_body": True})
             return
         async with timed_upstream(gw, call):
             await _forward_into_stream(self.incoming, self.send, fwd)
@@ -144,7 +166,7 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
         if changed is DROP:
             await _send_error(send, fwd)
         elif body.strip():
-            out = _event(changed if changed is not None else body)
+            out = event(changed if changed is not None else body)
             await send({"type": "http.response.body", "body": out, "more_body": True})
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         await _send_error(send, fwd)

@@ -17,8 +17,10 @@ from gateway.audit import log
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.clientview import ClientView
+from gateway.edge.elicit import ElicitFace, deliver, remember_client
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
+from gateway.edge.inband import is_gateway_id
 from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
 from gateway.identity import AGENT_CHALLENGE
@@ -145,6 +147,9 @@ class Relay:
         session = self._session(
             incoming, upstream, identity, required=needs_session, msg_id=message.msg_id
         )
+        if message.kind == "response" and is_gateway_id(message.msg_id):
+            await deliver(self.gw, send, upstream.name, identity, session, message)
+            return  # an answer to the gateway's own request (elicit.py), never the upstream's
         view = ClientView(self.gw, upstream.name, identity, session)
         fwd = Forward(upstream, session, body, message.msg_id, view)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.grant, sid)
@@ -154,6 +159,7 @@ class Relay:
         resp = await forward(incoming, send, fwd)
         if initializing and resp is not None and resp.status < 400:
             upstream.stateful = "mcp-session-id" in resp.headers
+            remember_client(self.gw, upstream.name, identity, view.session, message)
 
     async def _call(
         self,
@@ -165,14 +171,23 @@ class Relay:
     ) -> None:
         gw = self.gw
         call = _call_of(message, fwd, identity, incoming, gw)
-        # A ``wait`` approval is answered as a stream (kept alive) when the client takes SSE.
+        version = message.protocol_version or incoming.header("mcp-protocol-version")
+        # A ``wait`` approval is answered as a stream (kept alive) when the client takes SSE;
+        # an ``elicit`` one asks the client's human on that stream, or by ``input_required``.
         held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
-        admission = await admit(gw, call, hold=held.hold if held is not None else None)
+        face = ElicitFace(gw, message, version, identity, held)
+        fwd.body = face.upstream_body(fwd.body)
+        elicit = face.elicitor(call, fwd) if face.available(fwd) else None
+        hold = held.hold if held is not None else None
+        admission = await admit(gw, call, hold=hold, elicit=elicit)
         if held is not None and held.opened:
             await held.answer(gw, call, fwd, admission)
             return
+        if face.pending is not None and not admission.allowed:
+            body = face.answer_body(message.msg_id, admission.decision, admission.decision_id)
+            await reply(send, 200, body)
+            return
         if not admission.allowed:
-            version = message.protocol_version or incoming.header("mcp-protocol-version")
             body = denial(message.msg_id, admission.decision, admission.decision_id, version)
             await reply(send, 200, body)
             return

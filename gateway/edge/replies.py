@@ -68,3 +68,16 @@ def tool_result(
 def denial(msg_id: Any, decision: Decision, decision_id: str, version: str | None) -> bytes:
     payload = decision_payload(decision, decision_id)
     return tool_result(msg_id, denial_text(decision), payload, version)
+
+
+def input_required(
+    msg_id: Any, asked: dict[str, Any], decision: Decision, decision_id: str
+) -> bytes:
+    """A 2026-07-28 ``input_required`` result: the gateway's own question (``inputRequests``,
+    ``requestState``), with the held decision in ``_meta`` as on a denial."""
+    result: dict[str, Any] = {
+        "resultType": "input_required",
+        **asked,
+        "_meta": {DECISION_KEY: decision_payload(decision, decision_id)},
+    }
+    return result_body(msg_id, result)

@@ -47,7 +47,7 @@ _TOP = {"version", "default", "tools", "mode", "description"}
 _ENTRY = {"action", "reason", "rules", "limits", "approval", "risk", "kind", "mode", "description"}
 _RULE = {"id", "when", "action", "reason", "mode", "approval", "description"}
 _LIMIT = {"counter", "window", "max", "scope", "failure_mode"}
-_APPROVAL = {"mode", "timeout"}
+_APPROVAL = {"mode", "timeout", "fallback"}
 _RISKS = ("low", "medium", "high")
 _KINDS = ("read", "write", "delete", "execute")
 #: Longer tool keys are refused: MCP tool names are short, and glob overlap checks recurse.
@@ -313,9 +313,14 @@ class _Loader:
         if not sub.ok:
             return None
         sub.check_known(_APPROVAL)
-        mode = sub.choice("mode", ("wait", "retry"), "wait")
+        mode = sub.choice("mode", ("wait", "retry", "elicit"), "wait")
         timeout = sub.positive_number("timeout")
-        return Approval(mode or "wait", timeout or 300.0)  # type: ignore[arg-type]
+        fallback = sub.choice("fallback", ("wait", "retry"), "retry")
+        given = sub.get("fallback")
+        if given is not None and mode != "elicit":
+            msg = "fallback applies to mode: elicit only (what to do when a client cannot be asked)"
+            self.problem(given.where, f"{path}.approval.fallback", msg)
+        return Approval(mode or "wait", timeout or 300.0, fallback or "retry")  # type: ignore[arg-type]
 
     def check_globs(self) -> None:
         globs = [e for e in self.entries.values() if e.is_glob]

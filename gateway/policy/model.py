@@ -15,7 +15,9 @@ Effect = Literal["allow", "deny", "require_approval"]
 Scope = Literal["grant", "agent", "session", "tool", "global"]
 FailureMode = Literal["closed", "open"]
 Mode = Literal["enforce", "shadow"]
-ApprovalMode = Literal["wait", "retry"]
+ApprovalMode = Literal["wait", "retry", "elicit"]
+#: Out-of-band mode for an ``elicit`` approval when the client cannot be asked in band.
+FallbackMode = Literal["wait", "retry"]
 
 EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
 SCOPES: tuple[Scope, ...] = ("grant", "agent", "session", "tool", "global")
@@ -36,10 +38,12 @@ class LimitSpec:
 
 @dataclass(frozen=True, slots=True)
 class Approval:
-    """How a held call waits: keep the request open (``wait``) or answer at once (``retry``)."""
+    """How a held call waits: keep the request open (``wait``), answer at once (``retry``), or
+    ask the human at the client in band (``elicit``; ``fallback`` when the client cannot)."""
 
     mode: ApprovalMode = "wait"
     timeout: float = 300.0
+    fallback: FallbackMode = "retry"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,250 @@
+"""In-band approval on the relay: the human at the client approves a held call in the client.
+
+A rule with ``approval: {mode: elicit}`` asks through the client's elicitation (a form with
+one boolean, ``approve``), showing the tool, the server, a readable copy of the arguments and
+the reason. Accepted with ``approve: true``, the call goes on through the pipeline (limits,
+record) to the upstream; declined (``approval_declined``) or dismissed (``approval_cancelled``)
+it is a denial with its reason. How the question travels depends on the caller's era:
+
+- 2025-11-25: the call's POST is answered as an SSE stream carrying the gateway's own
+  ``elicitation/create``; the answer arrives as a separate POST (``deliver``), recognised by
+  its id and never forwarded upstream.
+- 2026-07-28: the call is answered ``input_required`` with the elicitation and a signed
+  ``requestState``; the client's retry carries the answer and the state, checked and used once.
+
+A client that cannot be asked (no elicitation capability, no SSE) gets the rule's
+``fallback`` mode (``gateway.pipeline``). Tokens and process-local state: ``gateway.edge.inband``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+import anyio
+
+from gateway.approvals import preview_args
+from gateway.edge import inband
+from gateway.edge.asgi import Send, reply
+from gateway.edge.forward import Forward
+from gateway.edge.held import HeldStream, event
+from gateway.edge.jsonrpc import (
+    INVALID_REQUEST,
+    MODERN_VERSIONS,
+    Message,
+    error_body,
+)
+from gateway.edge.replies import input_required
+from gateway.pipeline import Elicit, Tick
+from gateway.policy.model import Call, Decision, Identity
+from gateway.runtime import Gateway
+
+#: The key of the gateway's question in ``inputRequests`` / ``inputResponses`` (2026-07-28).
+INPUT_KEY = "celgate-approval"
+CAPABILITIES_META_KEY = "io.modelcontextprotocol/clientCapabilities"
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "approve": {
+            "type": "boolean",
+            "title": "Approve this call",
+            "description": "true lets this one call through; false refuses it",
+        }
+    },
+    "required": ["approve"],
+}
+ARGS_VIEW_CHARS = 4000  # of the arguments shown in the question
+
+
+def question(call: Call, decision: Decision) -> dict[str, Any]:
+    """The ``elicitation/create`` params: what is asked, and the one-field form."""
+    shown, _ = preview_args(dict(call.args))
+    args = json.dumps(shown, indent=2, ensure_ascii=False, sort_keys=True)
+    if len(args) > ARGS_VIEW_CHARS:
+        args = args[:ARGS_VIEW_CHARS] + "\n[celgate: cut]"
+    message = (
+        f"celgate holds a tool call for your approval.\n"
+        f"Tool: {call.tool} (server {call.server})\n"
+        f"Why: {decision.reason}\n"
+        f"Arguments:\n{args}"
+    )
+    return {"mode": "form", "message": message, "requestedSchema": SCHEMA}
+
+
+def answered(decision: Decision, answer: dict[str, Any] | None, approval_id: str) -> Decision:
+    """The decision after the client's answer (an ElicitResult, or None when there was none)."""
+    action = answer.get("action") if isinstance(answer, dict) else None
+    content = answer.get("content") if isinstance(answer, dict) else None
+    approve = isinstance(content, dict) and content.get("approve") is True
+    if action == "accept" and approve:
+        reason = f"approved in the client by its user ({approval_id})"
+        return replace(decision, effect="allow", reason=reason, approval_id=approval_id)
+    if action in ("accept", "decline"):
+        reason, code = "the user declined this call in the client", "approval_declined"
+    else:
+        reason = "the approval question was dismissed in the client without an answer"
+        code = "approval_cancelled"
+    return replace(decision, effect="deny", reason=reason, approval_id=approval_id, error=code)
+
+
+def _refused(decision: Decision, code: str) -> Decision:
+    reasons = {
+        "approval_state_invalid": "the approval state was not issued by this gateway",
+        "approval_state_mismatch": "the approval state was issued for another call",
+        "approval_expired": "the approval question expired before it was answered",
+        "approval_replayed": "this approval was already used: ask again",
+        "approval_unavailable": "approvals are not available on this gateway",
+    }
+    return replace(decision, effect="deny", reason=reasons[code], error=code)
+
+
+class ElicitFace:
+    """One ``tools/call`` on the relay that may be approved in band (see the module doc)."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        message: Message,
+        version: str | None,
+        identity: Identity,
+        held: HeldStream | None,
+    ) -> None:
+        self.gw = gw
+        self.message = message
+        self.version = version
+        self.identity = identity
+        self.held = held
+        self.modern = version in MODERN_VERSIONS
+        self.state = message.params.get("requestState")
+        self.ours = inband.is_gateway_state(self.state)
+        self.pending: dict[str, Any] | None = None  # the input_required result to answer with
+
+    def available(self, fwd: Forward) -> bool:
+        """Whether this client can be asked in band."""
+        if self.modern:
+            meta = self.message.params.get("_meta")
+            caps = meta.get(CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
+            return self.ours or (
+                isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+            )
+        if self.held is None:  # the question travels on the call's SSE stream
+            return False
+        clients = inband.in_band(self.gw.extras).clients
+        return clients.elicits(fwd.upstream.name, self.identity.grant, fwd.session_id)
+
+    def upstream_body(self, body: bytes | None) -> bytes | None:
+        """The body the upstream gets: without the gateway's own state and answer."""
+        if not self.ours or body is None:
+            return body
+        value = json.loads(body)
+        params = value["params"]
+        params.pop("requestState", None)
+        responses = params.get("inputResponses")
+        if isinstance(responses, dict):
+            responses.pop(INPUT_KEY, None)
+            if not responses:
+                params.pop("inputResponses")
+        return json.dumps(value, ensure_ascii=False).encode()
+
+    def elicitor(self, call: Call, fwd: Forward) -> Elicit:
+        """The pipeline's ``elicit`` for this call, bound to it."""
+
+        async def elicit(decision: Decision, tick: Tick) -> Decision:
+            if self.modern:
+                return await self._stateless(call, decision)
+            return await self._on_stream(call, fwd, decision, tick)
+
+        return elicit
+
+    # -------------------------------------------------------------- 2026-07-28
+
+    async def _stateless(self, call: Call, decision: Decision) -> Decision:
+        key = self.gw.signer.key
+        now = time.time()
+        if not self.ours:
+            timeout = decision.approval.timeout if decision.approval else 300.0
+            state = inband.issue_state(key, call, decision.revision, now + timeout)
+            self.pending = {"inputRequests": {INPUT_KEY: self._request(call, decision)}}
+            self.pending["requestState"] = state
+            reason = f"asking the user in the client: {decision.reason}"
+            return replace(decision, reason=reason, error="approval_input_required")
+        checked = inband.check_state(key, str(self.state), call, decision.revision, now)
+        if isinstance(checked, str):
+            return _refused(decision, checked)
+        store = self.gw.approvals.store if self.gw.approvals is not None else None
+        if not isinstance(store, inband.OnceStore):
+            return _refused(decision, "approval_unavailable")
+        if not await store.consume_once("elicit:" + checked.nonce, checked.expires - now + 1):
+            return _refused(decision, "approval_replayed")
+        responses = self.message.params.get("inputResponses")
+        answer = responses.get(INPUT_KEY) if isinstance(responses, dict) else None
+        return answered(decision, answer, "elc_" + checked.nonce[:16])
+
+    def _request(self, call: Call, decision: Decision) -> dict[str, Any]:
+        return {"method": "elicitation/create", "params": question(call, decision)}
+
+    # -------------------------------------------------------------- 2025-11-25
+
+    async def _on_stream(
+        self, call: Call, fwd: Forward, decision: Decision, tick: Tick
+    ) -> Decision:
+        held = self.held
+        assert held is not None and fwd.session_id is not None
+        key, server = self.gw.signer.key, fwd.upstream.name
+        msg_id, nonce = inband.mint_id(key, server, self.identity.grant, fwd.session_id)
+        waiters = inband.in_band(self.gw.extras).waiters
+        future = waiters.expect(nonce)
+        request = {"jsonrpc": "2.0", "id": msg_id, **self._request(call, decision)}
+        timeout = decision.approval.timeout if decision.approval else 300.0
+        started = time.monotonic()
+        answer: dict[str, Any] | None = None
+
+        async def ask() -> None:
+            nonlocal answer
+            await held.open()
+            await held.write(event(json.dumps(request, ensure_ascii=False).encode()))
+            with anyio.move_on_after(timeout):
+                answer = await future
+
+        try:
+            await held.watching(ask())
+        finally:
+            waiters.forget(nonce)
+        await tick(time.monotonic() - started)
+        if held.gone:
+            return decision  # still held: the caller went away first
+        if answer is None:
+            return _refused(decision, "approval_expired")
+        return answered(decision, answer.get("result"), "elc_" + nonce[:16])
+
+    def answer_body(self, msg_id: Any, decision: Decision, decision_id: str) -> bytes:
+        assert self.pending is not None
+        return input_required(msg_id, self.pending, decision, decision_id)
+
+
+async def deliver(
+    gw: Gateway, send: Send, server: str, identity: Identity, session: str | None, msg: Message
+) -> None:
+    """A client's answer to the gateway's own request: to the waiting call, never upstream."""
+    nonce = None
+    if session is not None:
+        nonce = inband.check_id(gw.signer.key, str(msg.msg_id), server, identity.grant, session)
+    if nonce is None or not inband.in_band(gw.extras).waiters.deliver(nonce, dict(msg.raw)):
+        body = error_body(None, INVALID_REQUEST, "no request of this gateway waits for this answer")
+        await reply(send, 404, body)
+        return
+    await send({"type": "http.response.start", "status": 202, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def remember_client(
+    gw: Gateway, server: str, identity: Identity, session: str | None, msg: Message
+) -> None:
+    """At ``initialize`` (2025-11-25): whether this session's client takes elicitation."""
+    if session is None:
+        return
+    caps = msg.params.get("capabilities")
+    elicits = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+    inband.in_band(gw.extras).clients.remember(server, identity.grant, session, elicits)

@@ -1,0 +1,182 @@
+"""What in-band approval (``approval: {mode: elicit}``) keeps and checks, apart from the wire.
+
+Two kinds of token, both HMAC-SHA256 with the session secret (``gw.signer.key``), each with
+its own domain label so one can never stand for the other or for a session id:
+
+- the id of the gateway's own ``elicitation/create`` request (2025-11-25), bound to server,
+  grant, session and a random nonce: ``celgate-<nonce>.<mac>``. Only the caller that was asked
+  can answer it, and it cannot be guessed;
+- the ``requestState`` of an ``input_required`` answer (2026-07-28), bound to grant, server,
+  tool, argument digest, policy revision and expiry: ``celgate.v1.<payload>.<mac>``. It is
+  used once: its nonce is consumed in the approval store (memory, or Valkey for every replica).
+
+``Waiters`` (2025-11-25 only) is where a held call waits for its answer: process memory. With
+several replicas the answer's POST must reach the replica that holds the stream (route by
+``Mcp-Session-Id``); anywhere else the id is unknown, the answer is refused and the held call
+ends as ``approval_expired`` when its timeout passes. ``ClientCapabilities`` remembers, per
+session, whether the client declared elicitation at ``initialize``; a session begun on another
+replica is not known here, and its held calls use the rule's out-of-band ``fallback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from gateway.audit import args_digest
+from gateway.policy.model import Call
+
+ID_PREFIX = "celgate-"
+STATE_PREFIX = "celgate.v1."
+StateProblem = Literal["approval_state_invalid", "approval_state_mismatch", "approval_expired"]
+
+
+def _mac(key: bytes, label: str, *parts: str) -> str:
+    msg = "\x00".join((label, *parts)).encode()
+    return base64.urlsafe_b64encode(hmac.new(key, msg, hashlib.sha256).digest()[:24]).decode()
+
+
+# ----------------------------------------------------------------- 2025-11-25: request ids
+
+
+def is_gateway_id(msg_id: Any) -> bool:
+    """Whether an answer's id names a request the gateway sent (never forwarded upstream)."""
+    return isinstance(msg_id, str) and msg_id.startswith(ID_PREFIX)
+
+
+def mint_id(key: bytes, server: str, grant: str, session: str) -> tuple[str, str]:
+    """A fresh request id and its nonce."""
+    nonce = secrets.token_urlsafe(16)
+    return f"{ID_PREFIX}{nonce}.{_mac(key, 'elicit-id', server, grant, session, nonce)}", nonce
+
+
+def check_id(key: bytes, msg_id: str, server: str, grant: str, session: str) -> str | None:
+    """The nonce of an id minted here for this server, grant and session; else None."""
+    nonce, dot, mac = msg_id.removeprefix(ID_PREFIX).rpartition(".")
+    if not dot or not nonce:
+        return None
+    expected = _mac(key, "elicit-id", server, grant, session, nonce)
+    return nonce if hmac.compare_digest(mac, expected) else None
+
+
+# ------------------------------------------------------------- 2026-07-28: requestState
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A checked ``requestState``: its nonce (single use) and when it expires."""
+
+    nonce: str
+    expires: float
+
+
+def is_gateway_state(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(STATE_PREFIX)
+
+
+def _binding(call: Call, revision: str) -> dict[str, str]:
+    return {
+        "g": call.identity.grant,
+        "s": call.server or "",
+        "t": call.tool,
+        "d": args_digest(call.args),
+        "r": revision,
+    }
+
+
+def issue_state(key: bytes, call: Call, revision: str, expires: float) -> str:
+    payload = {"n": secrets.token_urlsafe(16), "e": round(expires, 3), **_binding(call, revision)}
+    body = base64.urlsafe_b64encode(json.dumps(payload, sort_keys=True).encode()).decode()
+    return f"{STATE_PREFIX}{body}.{_mac(key, 'elicit-state', body)}"
+
+
+def check_state(
+    key: bytes, token: str, call: Call, revision: str, now: float
+) -> State | StateProblem:
+    """The state if it was issued here for exactly this call and has not expired."""
+    body, dot, mac = token.removeprefix(STATE_PREFIX).rpartition(".")
+    if not dot or not hmac.compare_digest(mac, _mac(key, "elicit-state", body)):
+        return "approval_state_invalid"
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(body.encode()))
+        nonce, expires = str(payload["n"]), float(payload["e"])
+        bound = {k: payload[k] for k in ("g", "s", "t", "d", "r")}
+    except (ValueError, KeyError, TypeError):
+        return "approval_state_invalid"  # cannot happen with a valid MAC, but fail closed
+    if bound != _binding(call, revision):
+        return "approval_state_mismatch"
+    if now >= expires:
+        return "approval_expired"
+    return State(nonce, expires)
+
+
+@runtime_checkable
+class OnceStore(Protocol):
+    """The approval store's single-use check (``gateway.approval_stores``)."""
+
+    async def consume_once(self, token: str, ttl: float) -> bool: ...
+
+
+# ----------------------------------------------------------------- process-local parts
+
+
+class Waiters:
+    """Held calls (2025-11-25) waiting for their client's answer, by nonce."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def expect(self, nonce: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._futures[nonce] = future
+        return future
+
+    def forget(self, nonce: str) -> None:
+        self._futures.pop(nonce, None)
+
+    def deliver(self, nonce: str, answer: dict[str, Any]) -> bool:
+        """Hand an answer to its waiting call; False when none waits (answered, gone)."""
+        future = self._futures.pop(nonce, None)
+        if future is None or future.done():
+            return False
+        future.set_result(answer)
+        return True
+
+
+class ClientCapabilities:
+    """Whether each session's client declared elicitation at ``initialize`` (bounded)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._known: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
+        self._size = size
+
+    def remember(self, server: str, grant: str, session: str, elicits: bool) -> None:
+        self._known[(server, grant, session)] = elicits
+        self._known.move_to_end((server, grant, session))
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+
+    def elicits(self, server: str, grant: str, session: str | None) -> bool:
+        return session is not None and self._known.get((server, grant, session), False)
+
+
+@dataclass(slots=True)
+class InBand:
+    """The gateway's process-local in-band state (kept in ``Gateway.extras``)."""
+
+    waiters: Waiters
+    clients: ClientCapabilities
+
+
+def in_band(extras: dict[str, Any]) -> InBand:
+    found = extras.get("celgate.in_band")
+    if not isinstance(found, InBand):
+        found = extras["celgate.in_band"] = InBand(Waiters(), ClientCapabilities())
+    return found
