@@ -73,3 +73,32 @@ else
     "@modelcontextprotocol/conformance@$NEXT_VERSION"
   echo "conformance-next: $NEXT_VERSION installed in $NEXT_PREFIX"
 fi
+
+# The MCP Inspector's CLI (a client nobody here wrote, on the TypeScript SDK 2.x line; both eras
+# with --protocol-era legacy|modern): the client matrix (tests/test_client_matrix.py) runs it.
+# It needs Node >= 22.19.
+INSPECTOR_VERSION="${INSPECTOR_VERSION:-2.12.0}"
+INSPECTOR_PREFIX="$CACHE/inspector"
+INSPECTOR_PKG="$INSPECTOR_PREFIX/node_modules/@modelcontextprotocol/inspector/package.json"
+if [[ -f "$INSPECTOR_PKG" ]] && [[ "$("$NODE_BIN" -p "require(process.argv[1]).version" "$INSPECTOR_PKG")" == "$INSPECTOR_VERSION" ]]; then
+  echo "inspector: $INSPECTOR_VERSION already in $INSPECTOR_PREFIX"
+else
+  mkdir -p "$INSPECTOR_PREFIX"
+  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$INSPECTOR_PREFIX" \
+    "@modelcontextprotocol/inspector@$INSPECTOR_VERSION"
+  echo "inspector: $INSPECTOR_VERSION installed in $INSPECTOR_PREFIX"
+fi
+
+# A real authorization server for the OAuth tests (tests/peers_ts/authserver.mjs): it signs
+# RS256 JWTs with a key pair of its own and serves its JWKS and OpenID metadata.
+OAUTH_MOCK_VERSION="${OAUTH_MOCK_VERSION:-9.3.0}"
+OAUTH_PREFIX="$CACHE/oauth2-mock-server"
+OAUTH_PKG="$OAUTH_PREFIX/node_modules/oauth2-mock-server/package.json"
+if [[ -f "$OAUTH_PKG" ]] && [[ "$("$NODE_BIN" -p "require(process.argv[1]).version" "$OAUTH_PKG")" == "$OAUTH_MOCK_VERSION" ]]; then
+  echo "oauth2-mock-server: $OAUTH_MOCK_VERSION already in $OAUTH_PREFIX"
+else
+  mkdir -p "$OAUTH_PREFIX"
+  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$OAUTH_PREFIX" \
+    "oauth2-mock-server@$OAUTH_MOCK_VERSION"
+  echo "oauth2-mock-server: $OAUTH_MOCK_VERSION installed in $OAUTH_PREFIX"
+fi

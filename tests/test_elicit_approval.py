@@ -1,0 +1,332 @@
+"""In-band approval (``approval: {mode: elicit}``) end to end: a real gateway, the real test
+upstream (its call log says what reached it), the Python SDK client in both eras and the
+TypeScript SDK client (2025-11-25), each answering the gateway's question as told."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+
+from gateway.approval_stores import MemoryApprovalStore, ValkeyApprovalStore
+from gateway.edge import inband
+from gateway.errors import ConfigError
+from gateway.policy import load_policy
+from gateway.policy.model import Call, Identity
+from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
+from tests.peers import NODE, REPO_ROOT, TS_DIR, TS_SDK, PeerProcess, ts_sdk_ready
+from tests.valkey_server import ValkeyProcess
+
+KEY = "elicit-agent-key-0123456789abcdef"
+POLICY = """
+version: "1"
+default: deny
+tools:
+  echo: {}
+  delete_item:
+    action: require_approval
+    reason: deleting needs a human
+    approval: {mode: elicit, timeout: 120}
+  write_file:
+    action: require_approval
+    approval: {mode: elicit, fallback: retry, timeout: 120}
+    limits:
+      - {counter: writes, window: hour, max: 1, scope: grant}
+"""
+ERAS = ["legacy", "2026-07-28"]
+Answer = tuple[str, bool | None]  # (action, approve)
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    grants = {"agent": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}
+    directory = tmp_path_factory.mktemp("elicit")
+    with run_gateway(directory, POLICY, {"up": {"url": upstream.url}}, grants=grants) as gw:
+        yield gw
+
+
+def answering(answer: Answer, asked: list[types.ElicitRequestParams]) -> Any:
+    action, approve = answer
+
+    async def callback(_ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        content = {"approve": approve} if approve is not None else None
+        return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]
+
+    return callback
+
+
+def reached(log: Path, item: str) -> int:
+    return sum(1 for c in calls_in(log) if (c.get("arguments") or {}).get("id") == item)
+
+
+@pytest.mark.parametrize("era", ERAS)
+class TestPythonClient:
+    async def test_accept_reaches_the_upstream_once(
+        self, gw: GatewayProcess, call_log: Path, era: str
+    ) -> None:
+        """The question names tool, server, arguments and reason; on approve the call runs."""
+        asked: list[types.ElicitRequestParams] = []
+        item = f"py-accept-{era}"
+        callback = answering(("accept", True), asked)
+        async with client(gw.url("up"), KEY, mode=era, elicitation_callback=callback) as c:
+            result = await c.call_tool("delete_item", {"id": item})
+        assert not result.is_error, text_of(result)
+        assert text_of(result) == f"deleted {item}"
+        [question] = asked
+        assert "delete_item" in question.message and "server up" in question.message
+        assert item in question.message and "deleting needs a human" in question.message
+        assert reached(call_log, item) == 1
+        [record] = gw.wait_records(
+            1,
+            where=lambda r: (
+                r.get("effect") == "allow"
+                and str(r.get("approval_id", "")).startswith("elc_")
+                and r["args_digest"] == _digest({"id": item})
+            ),
+        )
+        assert "approved in the client" in record["reason"]
+
+    @pytest.mark.parametrize(
+        ("answer", "code"),
+        [
+            (("decline", None), "approval_declined"),
+            (("accept", False), "approval_declined"),
+            (("cancel", None), "approval_cancelled"),
+        ],
+    )
+    async def test_decline_and_cancel_are_denials_with_a_reason(
+        self, gw: GatewayProcess, call_log: Path, era: str, answer: Answer, code: str
+    ) -> None:
+        item = f"py-{answer[0]}-{answer[1]}-{era}"
+        callback = answering(answer, [])
+        async with client(gw.url("up"), KEY, mode=era, elicitation_callback=callback) as c:
+            result = await c.call_tool("delete_item", {"id": item})
+        assert result.is_error
+        assert decision_of(result)["error"] == code
+        assert "celgate refused this call" in text_of(result)
+        assert reached(call_log, item) == 0
+
+    async def test_a_client_without_elicitation_gets_the_fallback(
+        self, gw: GatewayProcess, call_log: Path, era: str
+    ) -> None:
+        item = f"py-nocap-{era}"
+        async with client(gw.url("up"), KEY, mode=era) as c:
+            result = await c.call_tool("delete_item", {"id": item})
+        decision = decision_of(result)
+        assert decision["error"] == "approval_pending" and decision["approval_id"].startswith(
+            "apr_"
+        )
+        assert "An operator must approve it" in text_of(result)
+        assert reached(call_log, item) == 0
+
+    async def test_an_approved_call_still_takes_its_limits(
+        self, gw: GatewayProcess, era: str
+    ) -> None:
+        """Approval comes before limits: the second approved write is refused by the limit."""
+        callback = answering(("accept", True), [])
+        outcomes = []
+        async with client(gw.url("up"), KEY, mode=era, elicitation_callback=callback) as c:
+            for n in range(2):
+                args = {"path": f"/tmp/{era}-{n}", "content": "x"}
+                outcomes.append(await c.call_tool("write_file", args))
+        errors = [decision_of(r).get("error") if r.is_error else None for r in outcomes]
+        if era == ERAS[0]:
+            assert errors == [None, "rate_limited"], [text_of(r) for r in outcomes]
+        else:  # the counter is the grant's: the legacy run already spent it
+            assert errors == ["rate_limited", "rate_limited"]
+
+
+def _digest(args: dict[str, Any]) -> str:
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class TestRequestStateUnder20260728:
+    """The client's retry is checked: issued here, for this call, not expired, used once."""
+
+    async def _first(self, c: Any, item: str) -> types.InputRequiredResult:
+        first = await c.session.call_tool("delete_item", {"id": item}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult), first
+        assert first.request_state and first.request_state.startswith("celgate.v1.")
+        return first
+
+    async def test_replayed_tampered_and_moved_states_are_refused(
+        self, gw: GatewayProcess, call_log: Path
+    ) -> None:
+        item = "py-state"
+        yes = {"celgate-approval": types.ElicitResult(action="accept", content={"approve": True})}
+        callback = answering(("accept", True), [])
+        async with client(gw.url("up"), KEY, mode="2026-07-28", elicitation_callback=callback) as c:
+            first = await self._first(c, item)
+            state = first.request_state
+            assert state is not None
+            body, _, mac = state.rpartition(".")
+            tampered = body[:-2] + ("AA" if body[-2:] != "AA" else "BB") + "." + mac
+            refused = {}
+            for name, args, token in [
+                ("tampered", {"id": item}, tampered),
+                ("moved", {"id": "another-item"}, state),
+            ]:
+                result = await c.session.call_tool(
+                    "delete_item", args, input_responses=yes, request_state=token
+                )
+                refused[name] = decision_of(result)["error"]
+            ok = await c.session.call_tool(
+                "delete_item", {"id": item}, input_responses=yes, request_state=state
+            )
+            replay = await c.session.call_tool(
+                "delete_item", {"id": item}, input_responses=yes, request_state=state
+            )
+        assert refused == {
+            "tampered": "approval_state_invalid",
+            "moved": "approval_state_mismatch",
+        }
+        assert not ok.is_error and text_of(ok) == f"deleted {item}"
+        assert replay.is_error and decision_of(replay)["error"] == "approval_replayed"
+        assert reached(call_log, item) == 1 and reached(call_log, "another-item") == 0
+
+    async def test_the_upstream_never_sees_the_gateways_state(
+        self, gw: GatewayProcess, call_log: Path
+    ) -> None:
+        callback = answering(("accept", True), [])
+        async with client(gw.url("up"), KEY, mode="2026-07-28", elicitation_callback=callback) as c:
+            await c.call_tool("delete_item", {"id": "py-clean"})
+        [call] = [
+            c for c in calls_in(call_log) if (c.get("arguments") or {}).get("id") == "py-clean"
+        ]
+        assert "celgate" not in json.dumps(call)
+
+
+class TestTypeScriptClient:
+    """The TypeScript SDK 1.32 (2025-11-25) answers the gateway's elicitation/create."""
+
+    @pytest.fixture(autouse=True)
+    def _ts(self) -> None:
+        why = ts_sdk_ready()
+        if why is not None:
+            pytest.skip(why)
+
+    def test_accept_reaches_the_upstream_once(self, gw: GatewayProcess, call_log: Path) -> None:
+        item = "ts-accept"
+        out = ts_client_eliciting(
+            gw, [{"name": "delete_item", "arguments": {"id": item}}], "accept"
+        )
+        [call] = out["calls"]
+        assert call["result"].get("isError") in (None, False), call
+        assert call["result"]["content"][0]["text"] == f"deleted {item}"
+        [question] = out["elicited"]
+        assert "delete_item" in question and item in question
+        assert reached(call_log, item) == 1
+
+    @pytest.mark.parametrize(
+        ("how", "code"),
+        [
+            ("decline", "approval_declined"),
+            ("reject", "approval_declined"),
+            ("cancel", "approval_cancelled"),
+        ],
+    )
+    def test_decline_is_a_denial_with_its_reason(
+        self, gw: GatewayProcess, call_log: Path, how: str, code: str
+    ) -> None:
+        item = f"ts-{how}"
+        out = ts_client_eliciting(gw, [{"name": "delete_item", "arguments": {"id": item}}], how)
+        [call] = out["calls"]
+        assert "error" not in call, call
+        assert call["result"]["isError"] is True
+        assert call["result"]["_meta"]["io.celgate/decision"]["error"] == code
+        assert "celgate refused this call" in call["result"]["content"][0]["text"]
+        assert reached(call_log, item) == 0
+
+
+def ts_client_eliciting(
+    gw: GatewayProcess, calls: list[dict[str, Any]], how: str
+) -> dict[str, Any]:
+    argv = [
+        str(NODE),
+        str(TS_DIR / "client.mjs"),
+        str(TS_SDK),
+        gw.url("up"),
+        KEY,
+        json.dumps(calls),
+        how,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "fatal" not in out, out
+    return out
+
+
+class TestTokens:
+    """The ids and states the gateway issues are bound to what they were issued for."""
+
+    KEY = b"k" * 32
+
+    def test_an_answer_id_is_bound_to_server_grant_and_session(self) -> None:
+        msg_id, nonce = inband.mint_id(self.KEY, "up", "g1", "s1")
+        assert inband.is_gateway_id(msg_id)
+        assert inband.check_id(self.KEY, msg_id, "up", "g1", "s1") == nonce
+        for other in [("up", "g2", "s1"), ("up", "g1", "s2"), ("other", "g1", "s1")]:
+            assert inband.check_id(self.KEY, msg_id, *other) is None
+        assert inband.check_id(b"x" * 32, msg_id, "up", "g1", "s1") is None
+        assert inband.check_id(self.KEY, "celgate-guess.mac", "up", "g1", "s1") is None
+
+    def test_a_state_is_bound_to_the_call_revision_and_expiry(self) -> None:
+        call = Call("t", {"a": 1}, "up", Identity("g1"))
+        state = inband.issue_state(self.KEY, call, "rev1", 1000.0)
+        assert isinstance(inband.check_state(self.KEY, state, call, "rev1", 999.0), inband.State)
+        other_grant = Call("t", {"a": 1}, "up", Identity("g2"))
+        assert (
+            inband.check_state(self.KEY, state, other_grant, "rev1", 0) == "approval_state_mismatch"
+        )
+        assert inband.check_state(self.KEY, state, call, "rev2", 0) == "approval_state_mismatch"
+        assert inband.check_state(self.KEY, state, call, "rev1", 1000.0) == "approval_expired"
+        assert inband.check_state(b"x" * 32, state, call, "rev1", 0) == "approval_state_invalid"
+
+
+class TestSingleUse:
+    """``consume_once`` in every approval store: the first use wins, a replay loses."""
+
+    async def _contract(self, store: Any) -> None:
+        token = f"elicit:{time.time_ns()}"
+        assert await store.consume_once(token, 60) is True
+        assert await store.consume_once(token, 60) is False
+        assert await store.consume_once(token + "-other", 60) is True
+
+    async def test_memory(self) -> None:
+        await self._contract(MemoryApprovalStore())
+
+    async def test_valkey(self, valkey_db: ValkeyProcess) -> None:
+        store = ValkeyApprovalStore(valkey_db.url)
+        try:
+            await self._contract(store)
+        finally:
+            await store.close()
+
+
+class TestPolicyFile:
+    def test_fallback_belongs_to_elicit_and_is_checked(self, tmp_path: Path) -> None:
+        path = tmp_path / "p.yaml"
+        path.write_text(
+            "tools:\n"
+            "  a:\n"
+            "    action: require_approval\n"
+            "    approval: {mode: wait, fallback: retry}\n"
+            "  b:\n"
+            "    action: require_approval\n"
+            "    approval: {mode: elicit, fallback: later}\n"
+        )
+        with pytest.raises(ConfigError) as info:
+            load_policy([str(path)])
+        problems = [str(p) for p in info.value.problems]
+        assert any(":4:" in p and "fallback applies to mode: elicit only" in p for p in problems)
+        assert any(":7:" in p and "unknown value 'later' (use wait | retry)" in p for p in problems)
