@@ -1,6 +1,6 @@
 """Added latency of a stdio upstream and of the aggregated endpoint, next to the relay.
 
-    python benchmarks/bench_stdio_aggregate.py [--calls 300] [--rounds 5]
+    python benchmarks/bench_stdio_aggregate.py [--calls 300] [--rounds 5] [--against DIR]
 
 One celgate process (allow-all policy) with two servers: ``web`` (the test upstream over
 Streamable HTTP) and ``st`` (the same server over stdio, behind the bridge). The SDK's client
@@ -13,6 +13,11 @@ rounds so drift hits them alike (sessions are opened outside the timer):
     relay  /mcp/st     celgate's relay to the stdio bridge
     aggregate web__    /mcp, routed to web
     aggregate st__     /mcp, routed to st
+
+``--against DIR`` starts a second gateway, same config, from another checkout (a git worktree
+of an earlier commit, say) and adds its ``/mcp/st`` and ``st__echo`` to the rounds, marked
+``[against]``: a before/after comparison under the same drifting load, which two runs one after
+the other on a shared machine are not.
 
 Added latency = median(target) - median(its direct baseline). Gateway CPU per call is the
 gateway process's own utime + stime (``/proc/<pid>/stat``, every thread, not its stdio
@@ -29,10 +34,11 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +49,14 @@ from mcp.client.stdio import StdioServerParameters
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.gateway_proc import run_gateway  # noqa: E402
-from tests.peers import REPO_ROOT, http_upstream, stdio_upstream_command  # noqa: E402
+from tests.gateway_proc import run_gateway, wait_healthy, write_config  # noqa: E402
+from tests.peers import (  # noqa: E402
+    REPO_ROOT,
+    PeerProcess,
+    free_port,
+    http_upstream,
+    stdio_upstream_command,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "stdio_aggregate.json"
 BASELINE = {
@@ -53,6 +65,11 @@ BASELINE = {
     "aggregate web__echo": "http direct",
     "aggregate st__echo": "stdio direct",
 }
+AGAINST = {
+    "relay /mcp/st [against]": "stdio direct",
+    "aggregate st__echo [against]": "stdio direct",
+}
+Target = tuple[Any, str, int | None]  # (URL or stdio parameters, tool, gateway pid or None)
 
 
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
@@ -76,45 +93,70 @@ async def timed_calls(c: Client, tool: str, n: int) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def clients(up_url: str, gw_base: str) -> AsyncIterator[dict[str, tuple[Client, str]]]:
-    command, args = stdio_upstream_command()
-    stdio = StdioServerParameters(command=command, args=args, env={"PYTHONPATH": str(REPO_ROOT)})
-    targets: dict[str, tuple[Any, str]] = {
-        "http direct": (up_url, "echo"),
-        "relay /mcp/web": (f"{gw_base}/mcp/web", "echo"),
-        "stdio direct": (stdio, "echo"),
-        "relay /mcp/st": (f"{gw_base}/mcp/st", "echo"),
-        "aggregate web__echo": (f"{gw_base}/mcp", "web__echo"),
-        "aggregate st__echo": (f"{gw_base}/mcp", "st__echo"),
-    }
+async def clients(targets: dict[str, Target]) -> AsyncIterator[dict[str, tuple[Client, Target]]]:
     async with contextlib.AsyncExitStack() as stack:
         out = {}
-        for label, (server, tool) in targets.items():
-            c = await stack.enter_async_context(Client(server, mode="legacy", cache=None))
-            await c.call_tool(tool, {"text": "warm"})
-            out[label] = (c, tool)
+        for label, target in targets.items():
+            c = await stack.enter_async_context(Client(target[0], mode="legacy", cache=None))
+            await c.call_tool(target[1], {"text": "warm"})
+            out[label] = (c, target)
         yield out
 
 
-async def measure(calls: int, rounds: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def other_gateway(tree: Path, directory: Path, policy: str, servers: Any) -> Iterator[PeerProcess]:
+    """The gateway of another checkout (``--against``), with the same config."""
+    port = free_port()
+    config = write_config(directory, policy, servers, port)
+    log_path = directory / "against.log"
+    argv = [sys.executable, "-m", "gateway.cli", "run", "--config", str(config), "--json-logs"]
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+    peer = PeerProcess(proc, port, f"http://127.0.0.1:{port}", argv, log_path)
+    try:
+        wait_healthy(port, peer)
+        yield peer
+    finally:
+        peer.stop()
+
+
+async def measure(calls: int, rounds: int, against: Path | None) -> dict[str, Any]:
     policy = 'version: "1"\ndefault: allow\n'
     command, args = stdio_upstream_command()
     st = {"command": command, "args": args, "env": {"PYTHONPATH": str(REPO_ROOT)}}
+    stdio = StdioServerParameters(command=command, args=args, env={"PYTHONPATH": str(REPO_ROOT)})
     samples: dict[str, list[float]] = {}
     ticks: dict[str, int] = {}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        http_upstream() as up,
-        run_gateway(Path(tmp), policy, {"web": {"url": up.url}, "st": st}) as gw,
-    ):
-        async with clients(up.url, gw.base) as targets:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        up = stack.enter_context(http_upstream())
+        servers = {"web": {"url": up.url}, "st": st}
+        gw = stack.enter_context(run_gateway(tmp, policy, servers))
+        pid, base = gw.peer.pid, gw.base
+        targets: dict[str, Target] = {
+            "http direct": (up.url, "echo", None),
+            "relay /mcp/web": (f"{base}/mcp/web", "echo", pid),
+            "stdio direct": (stdio, "echo", None),
+            "relay /mcp/st": (f"{base}/mcp/st", "echo", pid),
+            "aggregate web__echo": (f"{base}/mcp", "web__echo", pid),
+            "aggregate st__echo": (f"{base}/mcp", "st__echo", pid),
+        }
+        if against is not None:
+            (tmp / "against").mkdir()
+            other = stack.enter_context(other_gateway(against, tmp / "against", policy, servers))
+            targets["relay /mcp/st [against]"] = (f"{other.url}/mcp/st", "echo", other.pid)
+            targets["aggregate st__echo [against]"] = (f"{other.url}/mcp", "st__echo", other.pid)
+        async with clients(targets) as running:
             for _ in range(rounds):
-                for label, (c, tool) in targets.items():
-                    before = cpu_ticks(gw.peer.pid)
+                for label, (c, (_, tool, gw_pid)) in running.items():
+                    before = cpu_ticks(gw_pid) if gw_pid else 0
                     samples.setdefault(label, []).extend(await timed_calls(c, tool, calls))
-                    ticks[label] = ticks.get(label, 0) + cpu_ticks(gw.peer.pid) - before
+                    spent = cpu_ticks(gw_pid) - before if gw_pid else 0
+                    ticks[label] = ticks.get(label, 0) + spent
     medians = {k: statistics.median(v) for k, v in samples.items()}
-    added = {k: medians[k] - medians[base] for k, base in BASELINE.items()}
+    baselines = {k: v for k, v in (BASELINE | AGAINST).items() if k in medians}
+    added = {k: medians[k] - medians[base] for k, base in baselines.items()}
     return {
         "calls_per_target": calls * rounds,
         "median_ms": {k: round(v, 3) for k, v in medians.items()},
@@ -138,7 +180,8 @@ def table(result: dict[str, Any]) -> str:
     ]
     for label, median in result["median_ms"].items():
         added = result["added_median_ms"].get(label)
-        extra = f"{added:+.3f} (vs {BASELINE[label]})" if added is not None else "baseline"
+        base = (BASELINE | AGAINST).get(label)
+        extra = f"{added:+.3f} (vs {base})" if added is not None else "baseline"
         cpu = result["gateway_cpu_us_per_call"][label]
         lines.append(
             f"| {label} | {median:.3f} | {result['p90_ms'][label]:.3f} | {extra} | {cpu} |"
@@ -150,8 +193,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=300, help="calls per target per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--against", type=Path, help="another checkout whose gateway runs interleaved with this one"
+    )
     ns = parser.parse_args()
-    result = anyio.run(measure, ns.calls, ns.rounds)
+    result = anyio.run(measure, ns.calls, ns.rounds, ns.against)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     md = table(result)
