@@ -36,10 +36,11 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
+from gateway.auth.tokens import Refusal
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text
-from gateway.identity import AGENT_CHALLENGE
+from gateway.identity import refusal_answer
 from gateway.pipeline import admit, timed_upstream
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
@@ -48,7 +49,6 @@ from gateway.runtime import Gateway
 log = structlog.get_logger("celgate.aggregate")
 
 IDENTITY_KEY = "celgate.identity"
-_WWW_AUTH = [(b"www-authenticate", AGENT_CHALLENGE.encode())]
 Ctx = ServerRequestContext[Any, Any]
 T = TypeVar("T")
 
@@ -191,10 +191,11 @@ class Aggregate:
         if not guard.origin_ok(incoming.header("origin")):
             await reply(send, 403, rpc.error_body(None, rpc.INVALID_REQUEST, "Origin not allowed"))
             return
-        identity = self.gw.auth.authenticate(incoming.header("authorization"))
-        if identity is None:
-            body = rpc.error_body(None, rpc.INVALID_REQUEST, "missing or invalid bearer key")
-            await reply(send, 401, body, extra=_WWW_AUTH)
+        identity = await self.gw.auth.resolve(incoming.header("authorization"), "/mcp")
+        if isinstance(identity, Refusal):
+            status, message, challenge = refusal_answer(identity)
+            body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
+            await reply(send, status, body, extra=challenge)
             return
         version = incoming.header("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:

@@ -16,6 +16,7 @@ from litestar.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
+from gateway.auth.resource import WELL_KNOWN, document_at
 from gateway.console import console_handlers
 from gateway.edge.asgi import reply
 from gateway.edge.relay import Relay
@@ -101,6 +102,16 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         body = gateway.metrics.render() if gateway.metrics is not None else b""
         return Response(body, media_type="text/plain; version=0.0.4")
 
+    @get([WELL_KNOWN, WELL_KNOWN + "/{rest:path}"], sync_to_thread=False, include_in_schema=False)
+    def protected_resource(rest: str = "") -> Response[Any]:
+        """Protected Resource Metadata (RFC 9728) of each MCP endpoint, when tokens are taken.
+        Public, as the spec means it to be; any origin may read it (browser-based clients)."""
+        oauth = gateway.auth.oauth
+        doc = document_at(oauth.config, oauth.endpoints, rest) if oauth is not None else None
+        if doc is None:
+            return Response({"error": "not found"}, status_code=404)
+        return Response(doc, headers={"access-control-allow-origin": "*"})
+
     @get("/healthz", sync_to_thread=False, include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -136,6 +147,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
             await gateway.close()
 
     handlers: list[Any] = [mcp_endpoint, healthz, readyz, metrics, admin_router(gateway)]
+    handlers.append(protected_resource)
     handlers.extend(console_handlers(gateway))
     handlers.extend(extra_handlers or [])
     openapi = OpenAPIConfig(

@@ -153,6 +153,8 @@ class DecisionLog:
             "time": datetime.now(UTC).isoformat(),
             "grant": call.identity.grant,
             "agent": call.identity.agent,
+            # how the agent proved it: key, token, introspection or anonymous (never the token)
+            "auth": getattr(call.identity, "auth", "key"),
             "session": call.session,
             "server": call.server,
             "tool": call.tool,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.auth.settings import OAuthConfig, parse_oauth
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy.schema import Fields
@@ -40,6 +41,7 @@ _TOP = {
     "cel",
     "anonymous",
     "relay",
+    "oauth",
 }
 _HTTP_SERVER = {"url", "headers", "timeout", "ca_file"}
 # security: fields bounding client connections, and whether each is a whole number
@@ -134,6 +136,8 @@ class GatewayConfig:
     metrics_public: bool = False
     # JSON-RPC request methods the relay forwards beyond the ones it knows (gateway.edge.methods)
     relay_extra_methods: frozenset[str] = frozenset()
+    # Access tokens from an identity provider, beside the keys of ``grants`` (docs/oauth.md)
+    oauth: OAuthConfig | None = None
 
 
 def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
@@ -185,6 +189,7 @@ class _ConfigLoader:
         self._pins(top)
         self._aggregate(top)
         self._cel(top)
+        self._oauth(top)
         self._anonymous(top)
         self._relay(top)
 
@@ -449,7 +454,8 @@ class _ConfigLoader:
         if anonymous and host not in LOOPBACK_HOSTS:
             msg = f"anonymous access is for local use: listen on loopback, not {host}"
             self.err(top.where("anonymous"), "anonymous", msg)
-        if not anonymous and not self.out.get("grants") and "grants" not in top.node.value:
+        no_grants = not self.out.get("grants") and "grants" not in top.node.value
+        if not anonymous and no_grants and "oauth" not in top.node.value:
             msg = "no grants: give agents keys (`celgate keys new`), or `anonymous: true` locally"
             self.err(top.node.where, "grants", msg)
 
@@ -464,6 +470,12 @@ class _ConfigLoader:
                 msg = f"{method!r} is not a request method name"
                 self.err(sub.where("extra_methods"), "relay.extra_methods", msg)
         self.out["relay_extra_methods"] = frozenset(methods)
+
+    def _oauth(self, top: Fields) -> None:
+        node = top.get("oauth")
+        if node is not None:
+            servers = set(self.out.get("servers", {}))
+            self.out["oauth"] = parse_oauth(node, servers, self.problems)
 
     def _cel(self, top: Fields) -> None:
         sub = self._sub(top, "cel", {"engine"})

@@ -1,7 +1,9 @@
-"""Who is calling: ``Authorization: Bearer <key>`` resolved to a grant.
+"""Who is calling: ``Authorization: Bearer <key or token>`` resolved to a grant.
 
 Keys are never stored: the config holds their sha256, and a presented key is hashed and
 looked up by digest (the lookup compares digests, so its timing says nothing about keys).
+With an ``oauth:`` section, a credential that is no configured key is checked as an access
+token from the identity provider (gateway.auth); keys keep working beside tokens.
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.config import GrantConfig
+from gateway.auth.agent import Agent
+from gateway.auth.http import IssuerHttp
+from gateway.auth.resource import challenge
+from gateway.auth.tokens import Refusal, TokenAuthority
+from gateway.config import GatewayConfig, GrantConfig
 from gateway.policy.model import Identity
 
 KEY_PREFIX = "cgk_"
 #: What a 401 says about how to authenticate: agents on the MCP endpoints, operators on admin.
 AGENT_CHALLENGE = 'Bearer realm="celgate", error="invalid_token"'
 ADMIN_CHALLENGE = 'Bearer realm="celgate-admin"'
-ANONYMOUS_LOCAL = Identity(grant="anonymous", agent="anonymous", roles=("anonymous",))
+ANONYMOUS_LOCAL = Agent(
+    grant="anonymous", agent="anonymous", roles=("anonymous",), auth="anonymous"
+)
 
 
 def hash_key(key: str) -> str:
@@ -44,24 +52,83 @@ def bearer(authorization: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Authenticator:
-    """Maps a presented key to an Identity; ``anonymous`` lets keyless callers in."""
+    """Maps a presented key (or, with ``oauth``, a token) to an Identity; ``anonymous`` lets
+    keyless callers in."""
 
     by_digest: Mapping[str, Identity]
     anonymous: bool = False
+    oauth: TokenAuthority | None = None
+    http: IssuerHttp | None = None
 
     @classmethod
-    def from_grants(cls, grants: Mapping[str, GrantConfig], anonymous: bool) -> Authenticator:
-        table = {
-            g.key_sha256: Identity(grant=g.id, agent=g.agent, roles=g.roles, attrs=g.attrs)
+    def from_grants(
+        cls,
+        grants: Mapping[str, GrantConfig],
+        anonymous: bool,
+        oauth: TokenAuthority | None = None,
+        http: IssuerHttp | None = None,
+    ) -> Authenticator:
+        table: dict[str, Identity] = {
+            g.key_sha256: Agent(grant=g.id, agent=g.agent, roles=g.roles, attrs=g.attrs)
             for g in grants.values()
         }
-        return cls(table, anonymous)
+        return cls(table, anonymous, oauth, http)
 
     def authenticate(self, authorization: str | None) -> Identity | None:
+        """A configured key (or anonymous access): no tokens, no I/O (the admin API asks)."""
         token = bearer(authorization)
         if token is None:
             return ANONYMOUS_LOCAL if self.anonymous else None
         return self.by_digest.get(hash_key(token))
+
+    async def resolve(self, authorization: str | None, path: str) -> Identity | Refusal:
+        """Who calls the MCP endpoint at ``path`` (``/mcp`` or ``/mcp/<server>``), or why no
+        one: a key, then a token; a token's refusal names the endpoint's metadata."""
+        found = self.authenticate(authorization)
+        if found is not None:
+            return found
+        oauth = self.oauth
+        endpoint = oauth.endpoint(path) if oauth is not None else None
+        token = bearer(authorization)
+        if token is None:
+            return Refusal(401, "", "missing bearer credentials", endpoint)
+        if oauth is None:
+            return Refusal(401, "invalid_token", "invalid bearer key", None)
+        return await oauth.authenticate(token, path)
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+
+def build_authenticator(config: GatewayConfig) -> Authenticator:
+    """Keys from ``grants``; tokens too when the config has an ``oauth`` section."""
+    if config.oauth is None:
+        return Authenticator.from_grants(config.grants, config.anonymous)
+    http = IssuerHttp()
+    oauth = TokenAuthority(config.oauth, list(config.servers), http.get)
+    if config.oauth.introspection is not None:
+        from gateway.auth.introspect import Introspector
+
+        oauth.introspector = Introspector(config.oauth.introspection, oauth, http.post_form)
+    return Authenticator.from_grants(config.grants, config.anonymous, oauth, http)
+
+
+def refusal_answer(refusal: Refusal) -> tuple[int, str, list[tuple[bytes, bytes]]]:
+    """Status, JSON-RPC error message and ``WWW-Authenticate`` of a refused caller."""
+    if refusal.endpoint is None:
+        value = AGENT_CHALLENGE
+    elif refusal.error:
+        value = challenge(refusal.endpoint, refusal.error, refusal.description)
+    else:
+        value = challenge(refusal.endpoint)
+    message = {
+        "": "missing bearer credentials",
+        "insufficient_scope": "insufficient scope",
+    }.get(refusal.error, f"invalid bearer credentials: {refusal.description}")
+    if refusal.endpoint is None and refusal.status == 401:
+        message = "missing or invalid bearer key"
+    return refusal.status, message, [(b"www-authenticate", value.encode())]
 
 
 def token_matches(presented: str | None, digest: str | None) -> bool:

@@ -13,7 +13,7 @@ from gateway.audit import DecisionLog
 from gateway.catalog import tool_info as catalog_info
 from gateway.config import GatewayConfig
 from gateway.edge.guard import HostGuard, SessionSigner
-from gateway.identity import Authenticator
+from gateway.identity import Authenticator, build_authenticator
 from gateway.metrics import Metrics
 from gateway.pins import Pins
 from gateway.policy import CompiledPolicy, ToolInfo, load_policy
@@ -65,6 +65,7 @@ class Gateway:
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.limiter.close()
+        await self.auth.close()
         if self.approvals is not None:
             await self.approvals.store.close()
 
@@ -80,7 +81,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         config=config,
         policy=policy,
         upstreams=upstreams,
-        auth=Authenticator.from_grants(config.grants, config.anonymous),
+        auth=build_authenticator(config),
         limiter=make_limiter(
             config.limits_backend,
             busy_poll_us=config.limits_busy_poll_us,

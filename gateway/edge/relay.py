@@ -14,6 +14,7 @@ from typing import Any
 from mcp.shared.inbound import decode_header_value
 
 from gateway.audit import log
+from gateway.auth.tokens import Refusal
 from gateway.edge import jsonrpc as rpc
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.clientview import ClientView
@@ -23,13 +24,11 @@ from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
-from gateway.identity import AGENT_CHALLENGE
+from gateway.identity import refusal_answer
 from gateway.pipeline import admit, timed_upstream
 from gateway.policy import Call, Identity
 from gateway.runtime import Gateway
 from gateway.upstream.http import HttpUpstream
-
-_WWW_AUTH = [(b"www-authenticate", AGENT_CHALLENGE.encode())]
 
 
 class Relay:
@@ -64,10 +63,12 @@ class Relay:
         if not guard.origin_ok(incoming.header("origin")):
             raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
         upstream = self._upstream(incoming)
-        identity = self.gw.auth.authenticate(incoming.header("authorization"))
-        if identity is None:
-            body = rpc.error_body(None, rpc.INVALID_REQUEST, "missing or invalid bearer key")
-            await reply(send, 401, body, extra=_WWW_AUTH)
+        auth = self.gw.auth
+        identity = await auth.resolve(incoming.header("authorization"), "/mcp/" + upstream.name)
+        if isinstance(identity, Refusal):
+            status, message, challenge = refusal_answer(identity)
+            body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
+            await reply(send, status, body, extra=challenge)
             return
         if incoming.method == "POST":
             await self._post(incoming, send, upstream, identity)

@@ -123,6 +123,8 @@ class Context:
                 "grant": ident.grant,
                 "roles": list(ident.roles),
                 "attrs": dict(ident.attrs),
+                # an access token's claims (gateway.auth.agent.Agent); a key has none
+                "claims": dict(getattr(ident, "claims", None) or {}),
             }
         if name == "session":
             return {"id": call.session}

@@ -1,0 +1,219 @@
+"""Access tokens from the identity provider, checked and turned into an Agent.
+
+``verify`` checks what holds for the token everywhere (signature with an allowed algorithm
+against the issuer's key, ``iss``, ``exp``/``nbf`` with leeway, an ``aud`` this gateway
+accepts) and maps its claims to a grant; ``admit`` checks what depends on the endpoint (its
+resource URI among the audiences, its scopes) and the time again. A verified token is kept
+until it expires (or the key set changes), so a client's next call costs a dict look-up and
+its Agent is the same object (which CEL's per-identity conversion cache relies on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from joserfc import jws, jwt
+from joserfc.errors import ClaimError, ExpiredTokenError, JoseError
+from joserfc.jwt import JWTClaimsRegistry
+
+from gateway.auth.agent import Agent, AuthMethod
+from gateway.auth.jwks import Clock, Fetch, KeySource
+from gateway.auth.resource import Endpoint, endpoints
+from gateway.auth.settings import ClaimMap, OAuthConfig
+
+log = structlog.get_logger("celgate.oauth")
+MAX_VERIFIED = 10_000
+MAX_TOKEN = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What a valid token proved, independent of the endpoint it is shown to."""
+
+    agent: Agent
+    expires: float
+    not_before: float
+    audiences: frozenset[str]
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a token is not accepted here: 401 ``invalid_token`` or 403 ``insufficient_scope``."""
+
+    status: int
+    error: str
+    description: str
+    endpoint: Endpoint | None
+
+
+def claim(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by name, or by a dotted path into nested objects; None when absent."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """``scope`` (RFC 9068, space-separated) or ``scp`` (a list, as some IdPs write it)."""
+    raw = claims.get("scope", claims.get("scp"))
+    if isinstance(raw, str):
+        return frozenset(raw.split())
+    if isinstance(raw, list):
+        return frozenset(s for s in raw if isinstance(s, str))
+    return frozenset()
+
+
+def agent_of(claims: Mapping[str, Any], mapping: ClaimMap, auth: AuthMethod) -> Agent | str:
+    """The Agent the claims describe, or why they describe none."""
+    ids = []
+    for name in (mapping.grant, mapping.agent):
+        value = claim(claims, name)
+        if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+            return f"token lacks the {name} claim"
+        ids.append(str(value))
+    roles: tuple[str, ...] = ()
+    if mapping.roles is not None:
+        raw = claim(claims, mapping.roles)
+        if isinstance(raw, str):
+            roles = tuple(raw.split())
+        elif isinstance(raw, list) and all(isinstance(r, str) for r in raw):
+            roles = tuple(raw)
+        elif raw is not None:
+            return f"the {mapping.roles} claim is not a list of roles"
+    attrs = {name: claim(claims, path) for name, path in mapping.attrs.items()}
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+    return Agent(ids[0], ids[1], roles, attrs, auth=auth, claims=dict(claims))
+
+
+class TokenAuthority:
+    """Verifies bearer tokens for the endpoints of one gateway."""
+
+    def __init__(
+        self, config: OAuthConfig, servers: list[str], fetch: Fetch, clock: Clock = time.time
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.endpoints = endpoints(config, servers)
+        self.keys = KeySource(config, fetch, clock)
+        self.verified: dict[str, Verified] = {}
+        self._generation = 0
+        audiences = set().union(*(e.audiences for e in self.endpoints.values()))
+        self.registry = JWTClaimsRegistry(
+            now=lambda: int(self.clock()),
+            leeway=config.leeway,
+            iss={"essential": True, "value": config.issuer},
+            aud={"essential": True, "values": sorted(audiences)},
+            exp={"essential": True},
+        )
+        self.introspector: Any = None  # gateway.auth.introspect.Introspector, when configured
+
+    def endpoint(self, path: str) -> Endpoint | None:
+        return self.endpoints.get(path.rstrip("/"))
+
+    async def authenticate(self, token: str, path: str) -> Agent | Refusal:
+        endpoint = self.endpoint(path)
+        verified = await self.verify(token)
+        if isinstance(verified, str):
+            log.info("oauth.refused", path=path, reason=verified)
+            return Refusal(401, "invalid_token", verified, endpoint)
+        return self.admit(verified, endpoint)
+
+    def admit(self, token: Verified, endpoint: Endpoint | None) -> Agent | Refusal:
+        """The endpoint-dependent checks, on every call (a kept token may have expired)."""
+        now, leeway = self.clock(), self.config.leeway
+        problem = None
+        if endpoint is None:
+            problem = "not a protected endpoint"
+        elif now > token.expires + leeway:
+            problem = "token expired"
+        elif now < token.not_before - leeway:
+            problem = "token not yet valid"
+        elif not token.audiences & endpoint.audiences:
+            problem = "token is for another resource"
+        if problem is not None:
+            return Refusal(401, "invalid_token", problem, endpoint)
+        assert endpoint is not None
+        if not token.scopes.issuperset(endpoint.scopes):
+            return Refusal(403, "insufficient_scope", "token lacks a required scope", endpoint)
+        return token.agent
+
+    async def verify(self, token: str) -> Verified | str:
+        """The token's proof, or the reason it proves nothing."""
+        if self.keys.generation != self._generation:
+            self.verified.clear()  # keys left the set: what they signed is checked again
+            self._generation = self.keys.generation
+        known = self.verified.get(token)
+        if known is not None and self.clock() <= known.expires + self.config.leeway:
+            return known
+        self.verified.pop(token, None)  # expired: checked again (and refused, or re-introspected)
+        if len(token) > MAX_TOKEN:
+            return "token too large"
+        if token.count(".") == 2:
+            result = await self._jwt(token)
+        elif self.introspector is not None:
+            result = await self.introspector.check(token)
+        else:
+            return "not a JWT"
+        if isinstance(result, Verified):
+            self._keep(token, result)
+        return result
+
+    def _keep(self, token: str, verified: Verified) -> None:
+        if self.keys.generation != self._generation:  # the set changed while it was checked
+            self.verified.clear()
+            self._generation = self.keys.generation
+        if len(self.verified) >= MAX_VERIFIED:
+            now = self.clock()
+            for old in [t for t, v in self.verified.items() if v.expires < now]:
+                del self.verified[old]
+            while len(self.verified) >= MAX_VERIFIED:
+                del self.verified[next(iter(self.verified))]  # the oldest kept
+        self.verified[token] = verified
+
+    async def _jwt(self, token: str) -> Verified | str:
+        try:
+            header = jws.extract_compact(token.encode()).headers()
+        except (JoseError, ValueError, TypeError):
+            return "malformed token"
+        alg = header.get("alg")
+        if alg not in self.config.algorithms:
+            return "signature algorithm not allowed"
+        kid = header.get("kid")
+        key = await self.keys.key_for(kid if isinstance(kid, str) else None)
+        if key is None:
+            return "unknown signing key"
+        if key.alg is not None and key.alg != alg:
+            return "signature algorithm does not match the key"
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg]).claims
+            self.registry.validate(claims)
+        except ExpiredTokenError:
+            return "token expired"
+        except ClaimError as exc:
+            return f"invalid {getattr(exc, 'claim', 'claim')} claim"
+        except (JoseError, ValueError, TypeError):
+            return "bad signature"
+        return self.verified_of(claims, "token")
+
+    def verified_of(self, claims: Mapping[str, Any], auth: AuthMethod) -> Verified | str:
+        agent = agent_of(claims, self.config.claims, auth)
+        if isinstance(agent, str):
+            return agent
+        aud = claims.get("aud")
+        audiences = frozenset([aud] if isinstance(aud, str) else aud or ())
+        expires = claims.get("exp")
+        not_before = claims.get("nbf", 0)
+        if not isinstance(expires, int | float) or not isinstance(not_before, int | float):
+            return "invalid exp claim"
+        scopes = scopes_of(claims)
+        return Verified(agent, float(expires), float(not_before), audiences, scopes)
