@@ -23,9 +23,14 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.catalog import classify, override_for
+from gateway.console.feed import masked
+from gateway.console.login import sessions_of
 from gateway.console.origin import refusal
+from gateway.console.sessions import COOKIE, csrf_problem
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
+from gateway.policy.model import LimitSpec
+from gateway.ratelimit.base import Bucket
 from gateway.runtime import Gateway
 
 _CHALLENGE = {"WWW-Authenticate": ADMIN_CHALLENGE}
@@ -48,6 +53,9 @@ class ApprovalDecisionBody:
 
 
 def _guard(gateway: Gateway) -> Any:
+    """The admin token as a bearer header (the CLI), or a console session's cookie (with its
+    CSRF token and Origin on anything that changes state)."""
+
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         headers = connection.headers
         refused = refusal(gateway, headers.get("host"), headers.get("origin"))
@@ -56,6 +64,8 @@ def _guard(gateway: Gateway) -> Any:
         token = bearer(connection.headers.get("authorization"))
         if token_matches(token, gateway.config.admin_token_sha256):
             return
+        if token is None and _console_session(gateway, connection):
+            return
         if token is not None and gateway.auth.authenticate(f"Bearer {token}") is not None:
             raise PermissionDeniedException("agent keys cannot use the admin API")
         if token is not None:
@@ -63,6 +73,21 @@ def _guard(gateway: Gateway) -> Any:
         raise NotAuthorizedException("admin token required", headers=_CHALLENGE)
 
     return guard
+
+
+def _console_session(gateway: Gateway, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """True for a live console session's request (its operator noted on the connection);
+    a session's request that fails the CSRF checks is refused here."""
+    session = sessions_of(gateway).get(connection.cookies.get(COOKIE))
+    if session is None:
+        return False
+    method = str(connection.scope.get("method", "GET"))
+    problem = csrf_problem(session, method, connection.headers, connection.headers.get("host"))
+    if problem is not None:
+        log.warning("console.csrf_refused", operator=session.operator, reason=problem)
+        raise PermissionDeniedException(problem)
+    connection.state["console_operator"] = session.operator
+    return True
 
 
 def _policy_view(gateway: Gateway) -> dict[str, Any]:
@@ -78,14 +103,17 @@ def _policy_view(gateway: Gateway) -> dict[str, Any]:
                 for lim in e.limits
             ],
             "mode": e.mode,
+            "secret_args": list(e.secret_args),
         }
         for e in policy.entries
     ]
+    reloader = gateway.extras.get("reloader")
     return {
         "revision": policy.revision,
         "sources": list(policy.sources),
         "default": policy.default,
         "entries": entries,
+        "last_reload": getattr(reloader, "last", None),
     }
 
 
@@ -104,26 +132,34 @@ def admin_router(gateway: Gateway) -> Router:
         items = await _backend(service.list())
         return [r.to_dict() for r in items if status is None or r.status == status]
 
-    @post("/approvals/{approval_id:str}/approve", summary="Approve a pending request")
-    async def approve(approval_id: str, data: ApprovalDecisionBody) -> dict[str, Any]:
-        return await _decide(gateway, approval_id, True, data)
+    @post(
+        "/approvals/{approval_id:str}/approve",
+        summary="Approve a pending request (from the console, `by` is the signed-in operator)",
+    )
+    async def approve(
+        approval_id: str, data: ApprovalDecisionBody, request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        return await _decide(gateway, approval_id, True, _by(request, data), data.note)
 
     @post("/approvals/{approval_id:str}/deny", summary="Refuse a pending request")
-    async def deny(approval_id: str, data: ApprovalDecisionBody) -> dict[str, Any]:
-        return await _decide(gateway, approval_id, False, data)
+    async def deny(
+        approval_id: str, data: ApprovalDecisionBody, request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        return await _decide(gateway, approval_id, False, _by(request, data), data.note)
 
     @get("/decisions", summary="The most recent decision records of this replica")
     async def decisions(limit: int = 50) -> list[dict[str, Any]]:
-        return list(gateway.decisions.recent)[-max(1, min(limit, 500)) :]
+        recent = list(gateway.decisions.recent)[-max(1, min(limit, 500)) :]
+        return [masked(gateway, r) for r in recent]
 
-    @get("/tools", summary="Tools seen on upstreams, with kind and risk")
+    @get("/tools", summary="Tools seen on upstreams, with kind, risk and pin")
     async def tools() -> list[dict[str, Any]]:
-        out = []
-        for (server, name), info in sorted(gateway.catalog.items()):
-            why = classify(name, info.annotations, override_for(gateway.policy, server, name)).why
-            row = {"server": server, "tool": name, "kind": info.kind, "risk": info.risk}
-            out.append({**row, "why": why})
-        return out
+        return [_tool_row(gateway, server, name) for server, name in sorted(gateway.catalog)]
+
+    @get("/counters", summary="Rate-limit counters as configured, with their buckets now")
+    async def counters() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await _backend(_counters(gateway))
+        return rows
 
     @get("/limits", summary="Rate-limit buckets that are not full, and their tokens")
     async def limits(request: Request[Any, Any, Any], grant: str | None = None) -> list[Any]:
@@ -161,6 +197,7 @@ def admin_router(gateway: Gateway) -> Router:
         deny,
         decisions,
         tools,
+        counters,
         limits,
         limits_reset,
         reload,
@@ -186,12 +223,68 @@ async def _backend(coro: Any) -> Any:
         raise HTTPException("state backend unavailable", status_code=503) from exc
 
 
+def _by(request: Request[Any, Any, Any], data: ApprovalDecisionBody) -> str:
+    """Who decides: the console session's operator (named at sign-in, kept server side), else
+    the name the caller gives."""
+    operator = request.state.get("console_operator")
+    return str(operator) if operator else data.by
+
+
+def _tool_row(gateway: Gateway, server: str, name: str) -> dict[str, Any]:
+    info = gateway.catalog[(server, name)]
+    why = classify(name, info.annotations, override_for(gateway.policy, server, name)).why
+    pinned = gateway.pins.pinned.get((server, name))
+    change = gateway.pins.changed.get((server, name))
+    pin = "changed" if change is not None else ("pinned" if pinned else "none")
+    return {
+        "server": server,
+        "tool": name,
+        "kind": info.kind,
+        "risk": info.risk,
+        "why": why,
+        "pin": pin,
+        "pinned_digest": pinned,
+        "seen_digest": change.seen if change is not None else pinned,
+    }
+
+
+async def _counters(gateway: Gateway) -> list[dict[str, Any]]:
+    """Each counter once (a counter is defined the same everywhere), the entries using it,
+    and its buckets: a global one peeked (full or not), the others as scanned (only those
+    that are not full are stored)."""
+    specs: dict[str, tuple[LimitSpec, list[str]]] = {}
+    for entry in gateway.policy.entries:
+        for spec in entry.limits:
+            specs.setdefault(spec.counter, (spec, []))[1].append(entry.key)
+    rows = []
+    for counter, (spec, entries) in sorted(specs.items()):
+        if spec.scope == "global":
+            key = f"{counter}|global=*"
+            (state,) = await gateway.limiter.peek([Bucket(counter, key, spec.max, spec.window)])
+            buckets = [(key, state.remaining)]
+        else:
+            buckets = await gateway.limiter.scan(f"{counter}|")
+        rows.append(
+            {
+                "counter": counter,
+                "max": spec.max,
+                "window": spec.window,
+                "scope": spec.scope,
+                "failure_mode": spec.failure_mode,
+                "entries": entries,
+                "where": str(spec.where),
+                "buckets": [{"key": k, "remaining": round(v, 3)} for k, v in buckets],
+            }
+        )
+    return rows
+
+
 async def _decide(
-    gateway: Gateway, approval_id: str, approve: bool, data: ApprovalDecisionBody
+    gateway: Gateway, approval_id: str, approve: bool, by: str, note: str | None
 ) -> dict[str, Any]:
     service = _service(gateway)
     try:
-        request = await _backend(service.decide(approval_id, approve, data.by, data.note))
+        request = await _backend(service.decide(approval_id, approve, by, note))
     except ApprovalError as exc:
         raise HTTPException(str(exc), status_code=409) from exc
     log.info(

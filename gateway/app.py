@@ -128,6 +128,8 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
             "status": "ready" if ready else "not ready",
             "policy_revision": gateway.policy.revision,
             "upstreams": upstreams,
+            # Each upstream's URL (no credentials) or command, and the cause when down.
+            "upstream_health": {n: gateway.upstreams[n].health_view() for n in health},
             "components": registry.report() if registry is not None else {},
         }
         if stopped:

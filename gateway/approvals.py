@@ -11,9 +11,11 @@ approval ID" at once, and the identical call made again after approval passes, o
 
 The approver sees what they approve: a request keeps a bounded copy of the call's arguments
 (``preview_args``; long values cut with a visible marker, the digest still binds the exact
-call). What can wait is bounded too (``ApprovalCaps``): past the pending cap of a grant, or of
-the whole gateway, a new held call is refused (``approval_queue_full``) and nothing is queued;
-a pending request that expires is evicted.
+call). Fields the policy marks secret (``secret_args``) are masked before anything is kept
+(``mask_args``); the digest is of the real values. What can wait is bounded too
+(``ApprovalCaps``): past the pending cap of a grant, or of the whole gateway, a new held call
+is refused (``approval_queue_full``) and nothing is queued; a pending request that expires is
+evicted.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -45,6 +47,7 @@ PREVIEW_ITEMS = 50  # items of one list, keys of one object
 PREVIEW_DEPTH = 8  # nesting levels
 PREVIEW_BUDGET = 16384  # characters of strings and keys, over the whole preview
 CUT = "[celgate: cut]"  # every truncation marker starts with this
+SECRET = "[celgate: secret]"  # what a masked value is replaced with
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +166,7 @@ class ApprovalService:
         self, call: Call, decision: Decision, match: str, settings: Approval
     ) -> tuple[ApprovalRequest | None, Admission]:
         now = self.clock()
-        args, truncated = preview_args(call.args)
+        args, truncated = preview_args(mask_args(call.args, decision.secret_args))
         request = ApprovalRequest(
             id="apr_" + secrets.token_urlsafe(9),
             match=match,
@@ -265,6 +268,26 @@ def _refused(decision: Decision, request: ApprovalRequest) -> Decision:
             "approval_expired",
         )
     return replace(decision, effect="deny", reason=reason, approval_id=request.id, error=code)
+
+
+def mask_args(args: Any, paths: tuple[str, ...]) -> Any:
+    """A copy of ``args`` with the value at each dotted path replaced by ``SECRET``.
+
+    A path goes through lists item by item (``users.password`` masks every user's), and a
+    path that is not there masks nothing."""
+    for path in paths:
+        args = _mask(args, path.split("."))
+    return args
+
+
+def _mask(value: Any, path: list[str]) -> Any:
+    if isinstance(value, list | tuple):
+        return [_mask(item, path) for item in value]
+    if not isinstance(value, Mapping) or path[0] not in value:
+        return value
+    head, rest = path[0], path[1:]
+    inner = SECRET if not rest else _mask(value[head], rest)
+    return {**value, head: inner}
 
 
 def preview_args(args: Any) -> tuple[Any, bool]:

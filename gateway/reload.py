@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -68,6 +69,17 @@ class Reloader:
         pins = gateway.config.pins_file
         self.pin_paths = [pins] if pins is not None else []
         self.seen = _snapshot(self.paths + self.pin_paths)
+        # The last reload's outcome, for the admin API and the console (None: none yet).
+        self.last: dict[str, Any] | None = None
+
+    def _result(self, why: str, ok: bool, revision: str, problems: list[str]) -> None:
+        self.last = {
+            "ok": ok,
+            "why": why,
+            "at": time.time(),
+            "revision": revision,
+            "problems": problems,
+        }
 
     def load_stable(self) -> CompiledPolicy:
         """Load the rule files; read again while they change under the read."""
@@ -93,11 +105,14 @@ class Reloader:
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]
             log.error("policy.reload_failed", why=why, revision=old, problems=problems)
+            self._result(why, False, old, problems)
             return False
         except Exception as exc:
             log.error("policy.reload_failed", why=why, revision=old, **exception_fields(exc))
+            self._result(why, False, old, [f"{type(exc).__name__}: {exc}"])
             return False
         self.gw.policy = policy
+        self._result(why, True, policy.revision, [])
         try:
             self._reload_pins()
         except Exception as exc:

@@ -4,18 +4,24 @@ caps, the record of each decision, and what the console and admin API refuse."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.audit import args_digest
 from gateway.config import load_config
 from gateway.console import CSP
+from gateway.console.sessions import IDLE_SECONDS, MAX_SECONDS, MAX_SESSIONS, ConsoleSessions
 from gateway.errors import ConfigError
 from gateway.identity import hash_key
+from gateway.policy import load_policy
 from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway
 from tests.peers import PeerProcess
 from tests.valkey_server import ValkeyProcess
@@ -31,6 +37,7 @@ tools:
     action: require_approval
     reason: deleting needs a human
     approval: {mode: retry, timeout: 600}
+    secret_args: [password, auth.token]
 """
 
 
@@ -213,3 +220,212 @@ class TestConfig:
             20,
             1000,
         )
+
+
+def login(gw: GatewayProcess, token: str = ADMIN_TOKEN, **headers: str) -> httpx.Response:
+    headers = {"Origin": gw.base, **headers}
+    body = {"token": token, "operator": "erin"}
+    return httpx.post(gw.base + "/console/login", json=body, headers=headers, timeout=10)
+
+
+def signed_in(gw: GatewayProcess) -> tuple[httpx.Client, str]:
+    """A client holding a console session's cookie, and the session's CSRF token."""
+    response = login(gw)
+    assert response.status_code == 200, response.text
+    http = httpx.Client(base_url=gw.base, cookies=response.cookies, timeout=10)
+    return http, response.json()["csrf"]
+
+
+class TestConsoleLogin:
+    """The admin token is posted once; the session is a random id in an HttpOnly,
+    SameSite=Strict cookie, and each state-changing request needs its CSRF token and Origin."""
+
+    def test_a_wrong_token_is_refused_and_sets_no_cookie(self, desk: GatewayProcess) -> None:
+        response = login(desk, token="not-the-token")
+        assert response.status_code == 401 and "set-cookie" not in response.headers
+        assert desk.wait_records(1, "console.login_refused")
+
+    def test_the_cookie_is_http_only_strict_and_not_the_token(self, desk: GatewayProcess) -> None:
+        cookie = login(desk).headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert "Secure" not in cookie  # plain http on loopback
+        assert ADMIN_TOKEN not in cookie and hash_key(ADMIN_TOKEN) not in cookie
+        https = login(desk, Origin=desk.base.replace("http://", "https://"))
+        assert "Secure" in https.headers["set-cookie"]
+
+    def test_a_login_needs_its_own_origin(self, desk: GatewayProcess) -> None:
+        assert login(desk, Origin="http://attacker.example").status_code == 403
+        no_origin = httpx.post(
+            desk.base + "/console/login", json={"token": ADMIN_TOKEN}, timeout=10
+        )
+        assert no_origin.status_code == 403
+
+    def test_the_session_reads_and_acts_with_csrf_and_origin(self, desk: GatewayProcess) -> None:
+        http, csrf = signed_in(desk)
+        with http:
+            assert http.get("/admin/approvals").status_code == 200
+            url = "/admin/approvals/apr_unknown/approve"
+            checks = {
+                "no csrf": http.post(url, json={}, headers={"Origin": desk.base}),
+                "wrong csrf": http.post(
+                    url, json={}, headers={"Origin": desk.base, "X-CSRF-Token": "x" * 43}
+                ),
+                "no origin": http.post(url, json={}, headers={"X-CSRF-Token": csrf}),
+                "cross-site fetch": http.post(
+                    url,
+                    json={},
+                    headers={
+                        "Origin": desk.base,
+                        "X-CSRF-Token": csrf,
+                        "Sec-Fetch-Site": "cross-site",
+                    },
+                ),
+            }
+            assert {k: r.status_code for k, r in checks.items()} == dict.fromkeys(checks, 403)
+            ok = http.post(url, json={}, headers={"Origin": desk.base, "X-CSRF-Token": csrf})
+            assert ok.status_code == 409  # past every check: the id is unknown
+
+    async def test_the_decision_is_recorded_under_the_signed_in_name(
+        self, desk: GatewayProcess
+    ) -> None:
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            held = await agent.call_tool("delete_item", {"id": "by-session"})
+        approval_id = decision_of(held)["approval_id"]
+        http, csrf = signed_in(desk)
+        with http:
+            response = http.post(
+                f"/admin/approvals/{approval_id}/deny",
+                json={"by": "someone-else", "note": "from the console"},
+                headers={"Origin": desk.base, "X-CSRF-Token": csrf},
+            )
+        assert response.status_code == 201 and response.json()["decided_by"] == "erin"
+        (record,) = desk.wait_records(
+            1, "approval.decided", where=lambda r: r["approval_id"] == approval_id
+        )
+        assert (record["by"], record["note"]) == ("erin", "from the console")
+
+    def test_logout_ends_the_session(self, desk: GatewayProcess) -> None:
+        http, csrf = signed_in(desk)
+        with http:
+            refused = http.post("/console/logout", headers={"Origin": desk.base})
+            assert refused.status_code == 403  # no CSRF token
+            out = http.post("/console/logout", headers={"Origin": desk.base, "X-CSRF-Token": csrf})
+            assert out.status_code == 200 and "Max-Age=0" in out.headers["set-cookie"]
+            assert http.get("/admin/approvals").status_code == 401
+            assert http.get("/console/session").json() == {"signed_in": False}
+
+    def test_the_bearer_header_still_works_and_a_cookie_with_the_token_does_not(
+        self, desk: GatewayProcess
+    ) -> None:
+        assert admin(desk, "GET", "/admin/approvals").status_code == 200
+        forged = httpx.get(
+            desk.base + "/admin/approvals",
+            headers={"Cookie": f"celgate_console={ADMIN_TOKEN}"},
+            timeout=10,
+        )
+        assert forged.status_code == 401
+
+
+class TestConsoleSessions:
+    """Sessions are bounded in time (idle and absolute) and in number, on an injected clock."""
+
+    def test_idle_and_absolute_deadlines(self) -> None:
+        now = [1000.0]
+        sessions = ConsoleSessions(clock=lambda: now[0])
+        idle_id, _ = sessions.open("ann")
+        busy_id, _ = sessions.open("bob")
+        now[0] += IDLE_SECONDS - 1
+        assert sessions.get(busy_id) is not None
+        now[0] += 2
+        assert sessions.get(idle_id) is None  # idle too long
+        assert sessions.get(busy_id) is not None
+        while now[0] < 1000.0 + MAX_SECONDS:
+            assert sessions.get(busy_id) is not None
+            now[0] += IDLE_SECONDS / 2
+        assert sessions.get(busy_id) is None  # past the absolute deadline, however busy
+
+    def test_at_most_so_many_the_least_recently_used_ends(self) -> None:
+        sessions = ConsoleSessions(clock=lambda: 0.0)
+        ids = [sessions.open(f"op{i}")[0] for i in range(MAX_SESSIONS)]
+        assert sessions.get(ids[0]) is not None  # now the most recently used
+        sessions.open("one more")
+        assert len(sessions.live) == MAX_SESSIONS
+        assert sessions.get(ids[1]) is None and sessions.get(ids[0]) is not None
+
+
+class TestLiveStream:
+    async def test_the_stream_needs_a_session_and_filters(self, desk: GatewayProcess) -> None:
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert httpx.get(desk.base + "/console/events", headers=bearer).status_code == 401
+        cookies = login(desk).cookies
+        seen: list[dict[str, Any]] = []
+        async with httpx.AsyncClient(base_url=desk.base, cookies=cookies, timeout=10) as http:
+            query = {"grant": "other", "tool": "up/not_in_policy", "effect": "deny"}
+            async with http.stream("GET", "/console/events", params=query) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                async with client(desk.url("up"), key=BOT_KEY) as bot:
+                    await bot.call_tool("not_in_policy", {"marker": 1})  # another grant
+                async with client(desk.url("up"), key=OTHER_KEY) as other:
+                    await other.call_tool("not_in_policy", {"marker": 2})
+                with anyio.fail_after(10):
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: "):
+                            seen.append(json.loads(line[6:]))
+                            break
+        (record,) = seen
+        assert (record["grant"], record["tool"], record["effect"]) == (
+            "other",
+            "not_in_policy",
+            "deny",
+        )
+
+
+class TestSecretArguments:
+    async def test_marked_fields_are_masked_and_the_digest_covers_the_real_values(
+        self, desk: GatewayProcess
+    ) -> None:
+        args = {"id": "acct", "password": "hunter2", "auth": {"token": "tok-123", "user": "u"}}
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            held = await agent.call_tool("delete_item", args)
+        approval_id = decision_of(held)["approval_id"]
+        listing = admin(desk, "GET", "/admin/approvals?status=pending")
+        assert "hunter2" not in listing.text and "tok-123" not in listing.text
+        (row,) = [r for r in listing.json() if r["id"] == approval_id]
+        assert row["args"] == {
+            "id": "acct",
+            "password": "[celgate: secret]",
+            "auth": {"token": "[celgate: secret]", "user": "u"},
+        }
+        assert row["args_digest"] == args_digest(args)
+        deny_all(desk)
+
+    def test_a_bad_path_is_a_load_error_with_file_and_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "rules.yaml"
+        path.write_text(
+            'version: "1"\ntools:\n  t:\n    secret_args:\n      - ok.path\n'
+            '      - "a..b"\n      - 3\n  u:\n    secret_args: password\n'
+        )
+        with pytest.raises(ConfigError) as err:
+            load_policy([path])
+        text = str(err.value)
+        assert "rules.yaml:6" in text and "tools.t.secret_args[1]" in text
+        assert "rules.yaml:7" in text and "tools.t.secret_args[2]" in text
+        assert "rules.yaml:9" in text and "tools.u.secret_args" in text
+
+
+class TestApprovalsListText:
+    async def test_two_deletes_of_different_notes_look_different(
+        self, desk: GatewayProcess
+    ) -> None:
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            await agent.call_tool("delete_item", {"id": "note-groceries"})
+            await agent.call_tool("delete_item", {"id": "note-taxes\u001b[2J"})
+        argv = [sys.executable, "-m", "gateway.cli", "approvals", "list", "--url", desk.base]
+        with anyio.fail_after(60):
+            done = await anyio.run_process([*argv, "--token", ADMIN_TOKEN], check=False)
+        stdout = done.stdout.decode()
+        assert done.returncode == 0, done.stderr.decode()
+        assert 'args: {"id": "note-groceries"}' in stdout
+        assert 'args: {"id": "note-taxes\\u001b[2J"}' in stdout
+        assert "\x1b" not in stdout
+        deny_all(desk)

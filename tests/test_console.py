@@ -40,7 +40,12 @@ tools:
     action: require_approval
     reason: deleting needs a human
     approval: {mode: retry, timeout: 600}
+    secret_args: [auth.token]
+    limits:
+      - {counter: deletes, max: 50, window: hour}
 """
+#: Screenshots of the main pages go here when set (docs/ when the docs are refreshed).
+SHOTS = os.environ.get("CELGATE_SCREENSHOTS")
 
 
 def _chromium() -> tuple[str | None, str]:
@@ -119,6 +124,13 @@ class TestApproveInTheBrowser:
             status = page.locator("#status")
             await expect(status).to_have_text(f"{approval_id} (up/delete_item): approved by carol")
             await expect(card).to_have_count(0)
+            (cookie,) = await page.context.cookies()
+            assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+                "celgate_console",
+                True,
+                "Strict",
+            )
+            assert ADMIN_TOKEN not in cookie["value"]
             passed = await agent.call_tool("delete_item", args)
             assert not passed.is_error, text_of(passed)
         deleted = [c for c in calls_in(call_log) if c["tool"] == "delete_item"]
@@ -182,13 +194,128 @@ class TestSignIn:
         await sign_in(page, gateway, token="not-the-admin-token")
         await expect(page.locator("#status")).to_have_text("Refused: invalid admin token")
         await expect(page.locator("#desk")).to_be_hidden()
-        assert await page.evaluate("sessionStorage.getItem('celgate.adminToken')") is None
+        assert await page.context.cookies() == []
+        storage = await page.evaluate(
+            "JSON.stringify(sessionStorage) + JSON.stringify(localStorage)"
+        )
+        assert "not-the-admin-token" not in storage
 
-    async def test_upstreams_and_revision_are_shown(
+    async def test_a_reload_keeps_the_session_and_sign_out_ends_it(
         self, gateway: GatewayProcess, page: Any
     ) -> None:
         from playwright.async_api import expect
 
         await sign_in(page, gateway)
-        await expect(page.locator("#upstreams tbody tr")).to_have_text(["upup"])
+        await expect(page.locator("#who")).to_have_text("signed in as carol")
+        await page.reload()
+        await expect(page.locator("#desk")).to_be_visible()
+        storage = await page.evaluate(
+            "JSON.stringify(sessionStorage) + JSON.stringify(localStorage)"
+        )
+        assert ADMIN_TOKEN not in storage
+        await page.click("#sign-out")
+        await expect(page.locator("#login")).to_be_visible()
+        await page.reload()
+        await expect(page.locator("#login")).to_be_visible()
+        await expect(page.locator("#desk")).to_be_hidden()
+        assert page.problems == []
+
+    async def test_upstreams_policy_limits_and_tools_are_shown(
+        self, gateway: GatewayProcess, upstream: PeerProcess, page: Any
+    ) -> None:
+        from playwright.async_api import expect
+
+        await sign_in(page, gateway)
+        await page.click("button[data-tab=system]")
+        up = page.locator("#upstreams tbody tr")
+        await expect(up).to_have_count(1)
+        await expect(up).to_contain_text("up")
+        await expect(up).to_contain_text(upstream.url)
         await expect(page.locator("#revision")).to_contain_text("policy revision ")
+        await expect(page.locator("#policy")).to_contain_text("none since start")
+        counters = page.locator("#counters tbody tr")
+        await expect(counters).to_contain_text("deletes")
+        await expect(counters).to_contain_text("50 per 3600 s")
+        await page.click("button[data-tab=tools]")
+        tool = page.locator("#tools tbody tr", has_text="delete_item")
+        await expect(tool).to_contain_text("pinned")
+        assert page.problems == []
+
+
+class TestLiveDecisions:
+    async def test_decisions_stream_in_filtered_by_effect(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """Opened with effect=deny, the stream shows the refused call as it happens and not
+        the held one."""
+        from playwright.async_api import expect
+
+        await sign_in(page, gateway)
+        await page.click("button[data-tab=decisions]")
+        await page.select_option("#f-effect", "deny")
+        await page.fill("#f-tool", "")
+        await page.click("#stream-filter button[type=submit]")
+        await expect(page.locator("#stream-state")).to_have_text("(live)")
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            await agent.call_tool("delete_item", {"id": "streamed-held"})
+            await agent.call_tool("not_in_policy", {"x": 1})
+        rows = page.locator("#decisions tbody tr", has_text="up/not_in_policy")
+        await expect(rows.first).to_contain_text("deny")
+        await expect(page.locator("#decisions td.effect-require_approval")).to_have_count(0)
+        await expect(page.locator("#decisions td.effect-allow")).to_have_count(0)
+        assert page.problems == []
+
+
+class TestSecretArguments:
+    async def test_a_secret_field_is_masked_on_the_card(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        from playwright.async_api import expect
+
+        args = {"id": "with-a-secret", "auth": {"token": "s3cret-value", "user": "ann"}}
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            approval_id = decision_of(await agent.call_tool("delete_item", args))["approval_id"]
+        await sign_in(page, gateway)
+        card = page.locator(f'article[data-approval-id="{approval_id}"]')
+        await expect(card.locator("pre.args")).to_contain_text('"token": "[celgate: secret]"')
+        await expect(card.locator("pre.args")).to_contain_text('"user": "ann"')
+        assert "s3cret-value" not in (await page.content())
+        await card.locator("button.deny").click()
+        await expect(card).to_have_count(0)
+
+
+class TestScreenshots:
+    async def test_main_pages(self, gateway: GatewayProcess, page: Any, tmp_path: Path) -> None:
+        """The sign-in page, the approval desk with a held call, the live decisions and the
+        system page, as PNGs (into ``$CELGATE_SCREENSHOTS`` when set, for docs/)."""
+        from playwright.async_api import expect
+
+        out = Path(SHOTS) if SHOTS else tmp_path
+        await page.set_viewport_size({"width": 1200, "height": 820})
+        await page.goto(gateway.base + "/console")
+        await page.fill("#operator", "carol")
+        await page.screenshot(path=str(out / "console-sign-in.png"))
+        args = {"id": "quarterly-report", "auth": {"token": "hidden", "user": "ann"}}
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            approval_id = decision_of(await agent.call_tool("delete_item", args))["approval_id"]
+            await agent.call_tool("not_in_policy", {"x": 1})
+            await sign_in(page, gateway)
+            card = page.locator(f'article[data-approval-id="{approval_id}"]')
+            await expect(card).to_be_visible()
+            await page.screenshot(path=str(out / "console-approvals.png"), full_page=True)
+            await page.click("button[data-tab=decisions]")
+            await expect(page.locator("#decisions tbody tr").first).to_be_visible()
+            await page.screenshot(path=str(out / "console-decisions.png"), full_page=True)
+            await page.click("button[data-tab=system]")
+            await expect(page.locator("#counters tbody tr")).to_have_count(1)
+            await page.screenshot(path=str(out / "console-system.png"), full_page=True)
+            await page.click("button[data-tab=approvals]")
+            await card.locator("button.deny").click()
+            await expect(card).to_have_count(0)
+        names = sorted(p.name for p in out.glob("console-*.png"))
+        assert names == [
+            "console-approvals.png",
+            "console-decisions.png",
+            "console-sign-in.png",
+            "console-system.png",
+        ]

@@ -141,7 +141,20 @@ def _list_approvals(admin: AdminClient, ns: argparse.Namespace) -> int:
     for r in items:
         target = f"{r['server']}/{r['tool']}"
         print(f"{r['id']}  {r['status']:<8} {r['grant']} -> {target}  {r['reason']}")
+        print(f"    args: {_args_line(r.get('args'))}")
     return 0
+
+
+ARGS_CHARS = 300  # of the arguments on one line; --json shows the whole stored copy
+_CONTROLS = {i: " " for i in (*range(32), *range(127, 160))}
+
+
+def _args_line(args: Any) -> str:
+    text = json.dumps(args, ensure_ascii=False, separators=(", ", ": "))
+    text = text.translate(_CONTROLS)  # a value must not drive the operator's terminal
+    if len(text) > ARGS_CHARS:
+        return text[:ARGS_CHARS] + f"... ({len(text) - ARGS_CHARS} more characters; --json)"
+    return text
 
 
 def _limits(ns: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
 """The operator's console: one static page over the admin API, served at ``/console``.
 
-The page holds no data and no secret: it asks for the admin token, keeps it in the tab's
-``sessionStorage`` and sends it as a bearer header to ``/admin``, so an approval cannot be
-forged from another site (no cookie rides along with a cross-site request). Everything is
-served from the package: no external asset, a strict Content-Security-Policy (scripts only
-from this origin, no inline script, Trusted Types required so that no string can ever become
-HTML), and the Host/Origin checks of the MCP endpoint against DNS rebinding.
+The page holds no data and no secret: the admin token is posted once to ``/console/login``
+(``gateway.console.login``), which sets an ``HttpOnly``, ``SameSite=Strict`` session cookie
+(a random id, ``gateway.console.sessions``); every state-changing request also carries the
+session's CSRF token and its own Origin. Live decisions come as server-sent events
+(``/console/events``). Everything is served from the package: no external asset, a strict
+Content-Security-Policy (scripts only from this origin, no inline script, Trusted Types
+required so that no string can ever become HTML), and the Host/Origin checks of the MCP
+endpoint against DNS rebinding.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 
+from gateway.console.login import login_handlers
 from gateway.console.origin import refusal
 from gateway.runtime import Gateway
 
@@ -73,4 +76,4 @@ def console_handlers(gateway: Gateway) -> list[Any]:
     def icon(request: Request[Any, Any, Any]) -> Response[bytes]:
         return serve("favicon.svg", request)
 
-    return [page, script, style, icon]
+    return [page, script, style, icon, *login_handlers(gateway)]

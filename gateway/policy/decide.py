@@ -188,6 +188,7 @@ class _Decider:
             approval=approval,
             shadow=tuple(self.shadow),
             decided_at=self.ctx.now,
+            secret_args=entry.secret_args if entry else (),
         )
 
     def error(self, exc: PolicyEvalError, label: str, entry: ToolEntry) -> Decision:

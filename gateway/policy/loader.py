@@ -44,7 +44,18 @@ RULE_SUFFIXES = (".yaml", ".yml", ".json")
 TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
 
 _TOP = {"version", "default", "tools", "mode", "description"}
-_ENTRY = {"action", "reason", "rules", "limits", "approval", "risk", "kind", "mode", "description"}
+_ENTRY = {
+    "action",
+    "reason",
+    "rules",
+    "limits",
+    "approval",
+    "risk",
+    "kind",
+    "mode",
+    "description",
+    "secret_args",
+}
 _RULE = {"id", "when", "action", "reason", "mode", "approval", "description"}
 _LIMIT = {"counter", "window", "max", "scope", "failure_mode"}
 _APPROVAL = {"mode", "timeout", "fallback"}
@@ -197,6 +208,7 @@ class _Loader:
             kind=entry.choice("kind", _KINDS, None),
             mode=entry.choice("mode", ("enforce", "shadow"), file_mode),  # type: ignore[arg-type]
             matcher=glob_regex(pattern) if is_glob(pattern) else None,
+            secret_args=self._secret_args(entry, path),
         )
         self.entries[(server, pattern)] = built
 
@@ -304,6 +316,27 @@ class _Loader:
             node.where, f"{path}.window", f"unknown window {value!r} (use {words} or seconds > 0)"
         )
         return None
+
+    def _secret_args(self, entry: Fields, path: str) -> tuple[str, ...]:
+        """``secret_args: [password, auth.token]``: dotted paths into the arguments."""
+        node = entry.get("secret_args")
+        if node is None:
+            return ()
+        if not isinstance(node.value, list):
+            self.problem(node.where, f"{path}.secret_args", "must be a list of argument paths")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(node.value):
+            value = item.value
+            if not isinstance(value, str) or not all(value.split(".")):
+                self.problem(
+                    item.where,
+                    f"{path}.secret_args[{i}]",
+                    f"must be an argument path like password or auth.token, not {value!r}",
+                )
+                continue
+            out.append(value)
+        return tuple(out)
 
     def _approval(self, fields: Fields, path: str) -> Approval | None:
         node = fields.get("approval")

@@ -81,6 +81,8 @@ class ToolEntry:
     kind: str | None = None
     mode: Mode = "enforce"
     matcher: re.Pattern[str] | None = None
+    # Argument paths (``password``, ``auth.token``) whose values no approver or listing sees.
+    secret_args: tuple[str, ...] = ()
 
     def matches(self, tool: str) -> bool:
         if self.matcher is None:
@@ -192,6 +194,8 @@ class Decision:
     shadow: tuple[ShadowResult, ...] = ()
     decided_at: datetime | None = None
     approval_id: str | None = None
+    # The deciding entry's ``secret_args``: masked in what an approval request keeps.
+    secret_args: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:

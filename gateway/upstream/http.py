@@ -1,13 +1,19 @@
-"""One pooled HTTP client per Streamable HTTP upstream (``gateway.upstream.h1``)."""
+"""One pooled HTTP client per Streamable HTTP upstream (``gateway.upstream.h1``), and its
+health as last probed (``UpstreamHealth``: up or down, and why, for ``/readyz`` and the
+console; a change of state is logged once, naming the URL)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
+import structlog
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.config import ServerConfig
@@ -24,6 +30,38 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
+log = structlog.get_logger("celgate.upstream")
+
+
+@dataclass
+class UpstreamHealth:
+    """The last probe's answer: ``up`` (None before the first probe), the cause when down,
+    and since when it has been so."""
+
+    up: bool | None = None
+    error: str | None = None
+    since: float | None = None
+
+
+def shown_url(url: str) -> str:
+    """A URL as shown to operators and in logs: no user info, no query (either may hold a
+    credential)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def probe_error(exc: BaseException) -> str:
+    """Why a probe failed, in one line."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer in time"
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class HttpUpstream:
     """A Streamable HTTP upstream: its URL, its fixed headers and its connection pool."""
 
@@ -34,6 +72,7 @@ class HttpUpstream:
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
+        self.health = UpstreamHealth()
         # servers.X.timeout bounds every request's wait for its answer's head (relay, probe,
         # learn_sessions); a stream may then idle.
         self.pool: Pool = H1Pool(
@@ -50,10 +89,35 @@ class HttpUpstream:
         try:
             async with asyncio.timeout(wait):
                 response = await self.pool.request("GET", headers)
-        except (UpstreamIOError, TimeoutError, OSError):
-            return False
+        except (UpstreamIOError, TimeoutError, OSError) as exc:
+            return self.report(False, probe_error(exc))
         response.close()  # an SSE stream it may have opened is dropped with the connection
-        return True
+        return self.report(True, None)
+
+    def target(self) -> dict[str, str]:
+        """What this upstream is, for operators: its transport and URL."""
+        return {"transport": "http", "url": shown_url(self.url)}
+
+    def report(self, up: bool, error: str | None, quiet: bool = False) -> bool:
+        """Keep a probe's result; a change of state or cause is logged once (unless
+        ``quiet``: the stdio supervisor logs its own)."""
+        health = self.health
+        if (up, error) != (health.up, health.error):
+            health.since = time.time()
+            if not quiet and up and health.up is not None:
+                log.info("upstream.up", server=self.name, **self.target())
+            elif not quiet and not up:
+                log.error("upstream.down", server=self.name, error=error, **self.target())
+        health.up, health.error = up, error
+        return up
+
+    def health_view(self) -> dict[str, Any]:
+        """For ``/readyz`` and the console."""
+        state = {True: "up", False: "down", None: "unknown"}[self.health.up]
+        view: dict[str, Any] = {"state": state, **self.target(), "since": self.health.since}
+        if self.health.error is not None:
+            view["error"] = self.health.error
+        return view
 
     async def learn_sessions(self, wait: float = 5.0) -> bool | None:
         """Ask the upstream, with a throwaway initialize, whether it issues session ids.

@@ -94,6 +94,12 @@ class Child:
         self.ready = anyio.Event()
         self.stopping = False
         self.restarts = 0
+        # Supervision state: failed starts or exits in a row, the last one's cause, and when
+        # the current process started. A streak is logged when it begins, when its cause
+        # changes and when it ends (``stdio.recovered``), never once per attempt.
+        self.failures = 0
+        self.last_error: str | None = None
+        self.started_at = 0.0
         # Silence counts against a request from here on: the child's first word since its
         # start, or STARTUP_GRACE after the start if it has said nothing yet.
         self.warm_at = 0.0
@@ -121,14 +127,16 @@ class Child:
         """Start the process and keep it running until ``stop``; never raises for a crash."""
         delay = BACKOFF_FIRST
         while not self.stopping:
-            started = time.monotonic()
+            started = self.started_at = time.monotonic()
             self.warm_at = started + STARTUP_GRACE
             try:
                 self.proc = await self._spawn()
             except OSError as exc:
-                log.error("stdio.spawn_failed", server=self.label, error=str(exc))
+                error = spawn_error(exc, self.config.command)
+                self._failed("stdio.spawn_failed", error, started)
             else:
-                log.info("stdio.started", server=self.label, pid=self.proc.pid)
+                level = log.debug if self.failures else log.info
+                level("stdio.started", server=self.label, pid=self.proc.pid)
                 if self.on_start is not None:
                     await self.on_start()
                 self.ready.set()
@@ -139,13 +147,46 @@ class Child:
                     await self.on_exit()
                 if self.stopping:
                     return
-                log.warning("stdio.exited", server=self.label, pid=self.proc.pid, code=code)
+                self._failed("stdio.exited", f"exited with code {code}", started, code=code)
             if time.monotonic() - started > HEALTHY_AFTER:
                 delay = BACKOFF_FIRST
+            if self.failures == 1:
+                log.info("stdio.restarting", server=self.label, backoff=delay)
             await anyio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
             self.restarts += 1
-            log.info("stdio.restarting", server=self.label, attempt=self.restarts)
+
+    def _failed(self, event: str, error: str, started: float, **fields: Any) -> None:
+        """One more failed start or exit; logged when a streak begins or its cause changes."""
+        if self.failures and time.monotonic() - started > HEALTHY_AFTER:
+            self._recovered()  # it ran well for a while: this is a new streak
+        self.failures += 1
+        if self.failures == 1 or error != self.last_error:
+            log.error(
+                event,
+                server=self.label,
+                command=self.config.command,
+                error=error,
+                failures=self.failures,
+                **fields,
+            )
+        self.last_error = error
+
+    def _recovered(self) -> None:
+        if self.failures:
+            log.info("stdio.recovered", server=self.label, failures=self.failures)
+        self.failures, self.last_error = 0, None
+
+    def health(self) -> tuple[bool, str | None]:
+        """Up while a process runs and is not in a streak of failures (one that has run well
+        for ``HEALTHY_AFTER`` seconds ends its streak); else down, with the last cause."""
+        proc = self.proc
+        running = proc is not None and proc.returncode is None and self.ready.is_set()
+        if running and self.failures and time.monotonic() - self.started_at > HEALTHY_AFTER:
+            self._recovered()
+        if running and not self.failures:
+            return True, None
+        return False, self.last_error or "not started yet"
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -158,6 +199,8 @@ class Child:
             if not line:
                 return
             self.warm_at = min(self.warm_at, time.monotonic())
+            if self.failures:
+                self._recovered()  # it speaks: the streak is over
             try:
                 message = json.loads(line)
             except ValueError:
@@ -206,6 +249,14 @@ class Child:
             proc.stdin.close()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
+
+
+def spawn_error(exc: OSError, command: str | None) -> str:
+    """A start failure as an operator reads it: "No such file or directory: 'cmd'" (an exec
+    that fails in the forked child reports no file name: the command is the one)."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    filename = exc.filename or command
+    return f"{text}: {filename!r}" if filename else text
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -777,6 +828,19 @@ class StdioUpstream(HttpUpstream):
         """An httpx2 client for the SDK's ``streamable_http_client(self.url, ...)``: it reaches
         the bridge in process (its timeouts are the pool's, not httpx2's)."""
         return httpx2.AsyncClient(transport=self.transport, headers=self.headers)
+
+    async def probe(self, wait: float = 2.0) -> bool:
+        """Up while its shared process runs: a command that cannot start, or one that keeps
+        exiting, is down with the cause (the child logs it; the probe does not again)."""
+        up, error = self.bridge.shared.child.health()
+        return self.report(up, error, quiet=True)
+
+    def target(self) -> dict[str, str]:
+        return {"transport": "stdio", "command": self.bridge.config.command or ""}
+
+    def health_view(self) -> dict[str, Any]:
+        child = self.bridge.shared.child
+        return {**super().health_view(), "failures": child.failures, "restarts": child.restarts}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the bridge until cancelled (a task of the gateway-wide task group); then

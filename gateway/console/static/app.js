@@ -1,13 +1,16 @@
-// celgate console: a page over the admin API. It holds no data of its own; the admin token
-// lives in this tab's sessionStorage and goes out only as a bearer header to this origin.
-// Every value from the gateway is written with textContent, never parsed as HTML (the page's
+// celgate console: a page over the admin API. The admin token is posted once to
+// /console/login; from then on the browser holds only an HttpOnly session cookie, and this
+// script holds the session's CSRF token in memory (asked for again after a reload). Every value
+// from the gateway is written with textContent, never parsed as HTML (the page's
 // Content-Security-Policy requires Trusted Types, so an innerHTML assignment would throw).
 "use strict";
 
-const TOKEN = "celgate.adminToken";
-const OPERATOR = "celgate.operator";
 const REFRESH_MS = 3000;
+const MAX_ROWS = 200; // live decisions kept on the page
+let session = null; // {operator, csrf, expires}
 let timer = null;
+let stream = null;
+let tab = "approvals";
 
 const $ = (id) => document.getElementById(id);
 
@@ -34,36 +37,35 @@ function when(seconds) {
   return new Date(seconds * 1000).toLocaleString();
 }
 
+function span(seconds) {
+  const s = Math.abs(Math.round(seconds));
+  if (s < 90) return `${s} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
 function relative(seconds) {
-  const delta = Math.round(seconds - Date.now() / 1000);
-  const span = Math.abs(delta);
-  const text = span < 90 ? `${span} s` : span < 5400 ? `${Math.round(span / 60)} min`
-    : `${Math.round(span / 3600)} h`;
-  return delta >= 0 ? `in ${text}` : `${text} ago`;
+  const delta = seconds - Date.now() / 1000;
+  return delta >= 0 ? `in ${span(delta)}` : `${span(delta)} ago`;
 }
 
 class Refused extends Error {}
 
-async function api(method, path, body) {
-  const token = sessionStorage.getItem(TOKEN);
-  const headers = { Authorization: `Bearer ${token}` };
+async function call(method, path, body) {
+  const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && session) headers["X-CSRF-Token"] = session.csrf;
   const resp = await fetch(path, {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: "omit",
+    credentials: "same-origin",
     cache: "no-store",
     redirect: "error",
   });
-  if (resp.status === 401 || resp.status === 403) {
-    const detail = await resp.json().catch(() => ({}));
-    throw new Refused(detail.detail || `refused (${resp.status})`);
-  }
-  if (!resp.ok) {
-    const detail = await resp.json().catch(() => ({}));
-    throw new Error(detail.detail || `${resp.status} ${resp.statusText}`);
-  }
+  const detail = await resp.clone().json().catch(() => ({}));
+  if (resp.status === 401) throw new Refused(detail.detail || "refused (401)");
+  if (!resp.ok) throw new Error(detail.detail || `${resp.status} ${resp.statusText}`);
   return resp.json();
 }
 
@@ -82,7 +84,7 @@ function card(item) {
   fact("grant", item.grant);
   fact("agent", item.agent);
   fact("rule", `${item.rule}: ${item.reason}`);
-  fact("requested", when(item.created));
+  fact("requested", "", "age");
   fact("expires", "", "expires");
   article.append(facts);
   article.append(node("pre", JSON.stringify(item.args, null, 2), "args"));
@@ -90,10 +92,14 @@ function card(item) {
     article.append(node("p", "Long values are cut where marked [celgate: cut]; the approval "
       + `binds the exact arguments (${item.args_digest}).`, "cut"));
   }
+  if (JSON.stringify(item.args).includes("[celgate: secret]")) {
+    article.append(node("p", "Fields the policy marks secret are masked; the approval binds "
+      + "their real values.", "cut"));
+  }
   const actions = node("div", null, "actions");
   const note = node("input", null, "note");
   note.type = "text";
-  note.placeholder = "note (shown to the agent on a refusal)";
+  note.placeholder = "note (recorded; shown to the agent on a refusal)";
   note.maxLength = 500;
   const approve = node("button", "Approve", "approve");
   const deny = node("button", "Deny", "deny");
@@ -115,7 +121,10 @@ function showPending(items) {
       article = card(item);
       box.append(article);
     }
-    article.querySelector(".expires").textContent = `${when(item.expires)} (${relative(item.expires)})`;
+    article.querySelector(".age").textContent =
+      `${when(item.created)} (${span(Date.now() / 1000 - item.created)} ago)`;
+    article.querySelector(".expires").textContent =
+      `${when(item.expires)} (${relative(item.expires)})`;
   }
   for (const article of [...box.children]) {
     if (!seen.has(article.dataset.approvalId)) article.remove();
@@ -127,10 +136,9 @@ function showPending(items) {
 async function decide(item, approve, note, article) {
   for (const button of article.querySelectorAll("button")) button.disabled = true;
   const verb = approve ? "approve" : "deny";
-  const body = { by: sessionStorage.getItem(OPERATOR) || "console", note: note || null };
   try {
-    const result = await api("POST", `/admin/approvals/${encodeURIComponent(item.id)}/${verb}`,
-      body);
+    const result = await call("POST",
+      `/admin/approvals/${encodeURIComponent(item.id)}/${verb}`, { note: note || null });
     say(`${result.id} (${item.server}/${item.tool}): ${result.status} by ${result.decided_by}`);
     article.remove();
   } catch (err) {
@@ -140,8 +148,6 @@ async function decide(item, approve, note, article) {
   refresh();
 }
 
-// --- the rest of the desk ---
-
 function showDecided(items) {
   const rows = items.filter((r) => r.status !== "pending").slice(0, 20).map((r) => row([
     when(r.decided_at || r.created), r.id, `${r.server}/${r.tool}`, r.grant, r.status,
@@ -150,44 +156,116 @@ function showDecided(items) {
   $("decided").tBodies[0].replaceChildren(...rows);
 }
 
-function showDecisions(records) {
-  const filter = $("filter").value.trim().toLowerCase();
-  const rows = [];
-  for (const r of records.slice().reverse()) {
-    const call = `${r.server || ""}/${r.tool}`;
-    const text = `${r.grant} ${call} ${r.effect} ${r.error || ""} ${r.reason}`.toLowerCase();
-    if (filter && !text.includes(filter)) continue;
-    const effect = node("td", r.error ? `${r.effect} (${r.error})` : r.effect,
-      `effect-${r.effect}`);
-    rows.push(row([new Date(r.time).toLocaleTimeString(), r.grant, call, effect, r.reason]));
-  }
-  $("decisions").tBodies[0].replaceChildren(...rows);
+// --- live decisions: server-sent events, filtered by the gateway ---
+
+function decisionRow(r) {
+  const effect = node("td", r.error ? `${r.effect} (${r.error})` : r.effect,
+    `effect-${r.effect}`);
+  const tr = row([new Date(r.time).toLocaleTimeString(), r.grant, `${r.server || ""}/${r.tool}`,
+    effect, r.rule, r.reason]);
+  tr.dataset.decisionId = r.decision_id;
+  return tr;
 }
+
+function openStream() {
+  closeStream();
+  const query = new URLSearchParams();
+  for (const [name, id] of [["grant", "f-grant"], ["tool", "f-tool"], ["effect", "f-effect"]]) {
+    const value = $(id).value.trim();
+    if (value) query.set(name, value);
+  }
+  $("decisions").tBodies[0].replaceChildren();
+  stream = new EventSource(`/console/events?${query}`);
+  stream.addEventListener("open", () => { $("stream-state").textContent = "(live)"; });
+  stream.addEventListener("error", () => { $("stream-state").textContent = "(reconnecting)"; });
+  stream.addEventListener("decision", (event) => {
+    const body = $("decisions").tBodies[0];
+    body.prepend(decisionRow(JSON.parse(event.data)));
+    while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
+  });
+  stream.addEventListener("gap", (event) => {
+    const missed = JSON.parse(event.data).dropped;
+    $("decisions").tBodies[0].prepend(row([node("td", `${missed} decisions not shown (this page `
+      + "fell behind)", "cut")]));
+  });
+  stream.addEventListener("signed-out", () => signOut("The console session ended."));
+}
+
+function closeStream() {
+  if (stream) stream.close();
+  stream = null;
+  $("stream-state").textContent = "";
+}
+
+// --- upstreams, policy, limits, tools ---
 
 async function showHealth() {
   const resp = await fetch("/readyz", { credentials: "omit", cache: "no-store" });
   const body = await resp.json();
-  const rows = Object.entries(body.upstreams || {}).map(([name, state]) =>
-    row([name, node("td", state, state === "up" ? "up" : "down")]));
+  const details = body.upstream_health || {};
+  const rows = Object.entries(body.upstreams || {}).map(([name, state]) => {
+    const d = details[name] || {};
+    return row([name, node("td", state, state === "up" ? "up" : "down"),
+      d.transport === "stdio" ? `stdio: ${d.command}` : (d.url || ""), d.error || "",
+      d.since ? relative(d.since) : ""]);
+  });
   $("upstreams").tBodies[0].replaceChildren(...rows);
   const stopped = (body.stopped || []).join(", ");
   $("readiness").textContent = `gateway: ${body.status}` + (stopped ? `; stopped: ${stopped}` : "");
   $("revision").textContent = `policy revision ${body.policy_revision}`;
 }
 
-let decisions = [];
+function showPolicy(policy) {
+  const facts = [["revision", policy.revision], ["sources", policy.sources.join(", ")],
+    ["default", policy.default], ["entries", String(policy.entries.length)]];
+  const last = policy.last_reload;
+  const reload = last ? `${last.ok ? "loaded" : "refused"} (${last.why}, ${relative(last.at)})`
+    : "none since start";
+  facts.push(["last reload", reload]);
+  const list = $("policy");
+  list.replaceChildren();
+  for (const [name, value] of facts) {
+    list.append(node("dt", name));
+    list.append(node("dd", value, name === "last reload" && last && !last.ok ? "down" : ""));
+  }
+  $("reload-problems").replaceChildren(...(last ? last.problems : []).map((p) => node("li", p)));
+}
+
+function showCounters(counters) {
+  const rows = counters.map((c) => {
+    const buckets = c.buckets.length
+      ? c.buckets.map((b) => `${b.key}: ${b.remaining}`).join("\n")
+      : "all full";
+    return row([c.counter, `${c.max} per ${c.window} s`, c.scope, c.entries.join(", "),
+      node("td", buckets, "buckets")]);
+  });
+  $("counters").tBodies[0].replaceChildren(...rows);
+}
+
+function showTools(tools) {
+  const rows = tools.map((t) => row([t.server, t.tool, t.kind, node("td", t.risk, `risk-${t.risk}`),
+    t.why, node("td", t.pin, t.pin === "changed" ? "down" : "")]));
+  $("tools").tBodies[0].replaceChildren(...rows);
+}
 
 async function refresh() {
   try {
-    const [pending, all, recent] = await Promise.all([
-      api("GET", "/admin/approvals?status=pending"),
-      api("GET", "/admin/approvals"),
-      api("GET", "/admin/decisions?limit=100"),
-    ]);
-    showPending(pending);
-    showDecided(all);
-    decisions = recent;
-    showDecisions(decisions);
+    if (tab === "approvals") {
+      const [pending, all] = await Promise.all([
+        call("GET", "/admin/approvals?status=pending"),
+        call("GET", "/admin/approvals"),
+      ]);
+      showPending(pending);
+      showDecided(all);
+    } else if (tab === "system") {
+      const [policy, counters] = await Promise.all([
+        call("GET", "/admin/policy"), call("GET", "/admin/counters"),
+      ]);
+      showPolicy(policy);
+      showCounters(counters);
+    } else if (tab === "tools") {
+      showTools(await call("GET", "/admin/tools"));
+    }
     await showHealth();
   } catch (err) {
     handle(err);
@@ -196,28 +274,36 @@ async function refresh() {
 
 function handle(err) {
   if (err instanceof Refused) {
-    signOut(`The gateway refused the admin token: ${err.message}`);
+    signOut(`Signed out: ${err.message}`);
   } else {
     say(`Could not reach the admin API: ${err.message}`, true);
   }
+}
+
+function show(name) {
+  tab = name;
+  for (const button of $("tabs").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.tab === name));
+  }
+  for (const panel of document.querySelectorAll("[data-panel]")) {
+    panel.hidden = panel.dataset.panel !== name;
+  }
+  if (name === "decisions") openStream(); else closeStream();
+  refresh();
 }
 
 // --- signing in and out ---
 
 async function signIn(event) {
   event.preventDefault();
-  sessionStorage.setItem(TOKEN, $("token").value);
-  sessionStorage.setItem(OPERATOR, $("operator").value.trim());
+  const body = { token: $("token").value, operator: $("operator").value.trim() };
   $("token").value = "";
   try {
-    await api("GET", "/admin/policy");
+    session = await call("POST", "/console/login", body);
   } catch (err) {
-    if (err instanceof Refused) {
-      signOut(`Refused: ${err.message}`);
-    } else {
-      sessionStorage.removeItem(TOKEN);
-      say(`Could not reach the admin API: ${err.message}`, true);
-    }
+    session = null;
+    say(err instanceof Refused ? `Refused: ${err.message}` : `Could not sign in: ${err.message}`,
+      true);
     return;
   }
   say("");
@@ -227,25 +313,53 @@ async function signIn(event) {
 function enter() {
   $("login").hidden = true;
   $("desk").hidden = false;
+  $("tabs").hidden = false;
   $("sign-out").hidden = false;
-  refresh();
+  $("who").textContent = `signed in as ${session.operator}`;
+  show(tab);
   clearInterval(timer);
   timer = setInterval(refresh, REFRESH_MS);
 }
 
 function signOut(message) {
   clearInterval(timer);
-  sessionStorage.removeItem(TOKEN);
+  closeStream();
+  session = null;
   $("pending").replaceChildren();
   $("desk").hidden = true;
+  $("tabs").hidden = true;
   $("sign-out").hidden = true;
+  $("who").textContent = "";
   $("login").hidden = false;
   say(message || "", Boolean(message));
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+async function logOut() {
+  try {
+    await call("POST", "/console/logout");
+  } catch (err) {
+    // the session may have ended already; either way this page forgets it
+  }
+  signOut("");
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
   $("login-form").addEventListener("submit", signIn);
-  $("sign-out").addEventListener("click", () => signOut(""));
-  $("filter").addEventListener("input", () => showDecisions(decisions));
-  if (sessionStorage.getItem(TOKEN)) enter();
+  $("sign-out").addEventListener("click", logOut);
+  $("stream-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    openStream();
+  });
+  for (const button of $("tabs").querySelectorAll("button")) {
+    button.addEventListener("click", () => show(button.dataset.tab));
+  }
+  try {
+    const current = await call("GET", "/console/session");
+    if (current.signed_in) {
+      session = current;
+      enter();
+    }
+  } catch (err) {
+    say(`Could not reach the gateway: ${err.message}`, true);
+  }
 });

@@ -1,0 +1,103 @@
+"""Live decisions for the console: the decision log's recent records, handed to subscribers.
+
+``DecisionFeed`` takes the place of ``DecisionLog.recent`` (a bounded deque): every record
+appended is also pushed to each subscriber's own bounded buffer. A subscriber that falls
+behind loses its oldest records and is told how many (``dropped``), so a slow page never holds
+memory or slows the relay. At most ``MAX_STREAMS`` subscribers at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import anyio
+
+from gateway.approvals import mask_args
+from gateway.policy.matching import candidates
+from gateway.runtime import Gateway
+
+BUFFER = 256  # records one subscriber may have waiting
+MAX_STREAMS = 8
+Record = dict[str, Any]
+
+
+class Subscriber:
+    def __init__(self, limit: int = BUFFER) -> None:
+        self.buffer: deque[Record] = deque(maxlen=limit)
+        self.dropped = 0
+        self.event = anyio.Event()
+
+    def push(self, record: Record) -> None:
+        if len(self.buffer) == self.buffer.maxlen:
+            self.dropped += 1
+        self.buffer.append(record)
+        self.event.set()
+
+    async def take(self, within: float) -> tuple[list[Record], int]:
+        """What arrived (waiting up to ``within`` seconds for something), and how many were
+        dropped since the last take."""
+        if not self.buffer:
+            with anyio.move_on_after(within):
+                await self.event.wait()
+        self.event = anyio.Event()
+        items, dropped = list(self.buffer), self.dropped
+        self.buffer.clear()
+        self.dropped = 0
+        return items, dropped
+
+
+class DecisionFeed(deque[Record]):
+    """A bounded deque of records that also feeds subscribers."""
+
+    def __init__(self, items: Iterable[Record], maxlen: int | None) -> None:
+        super().__init__(items, maxlen)
+        self.subscribers: set[Subscriber] = set()
+
+    def append(self, record: Record) -> None:
+        super().append(record)
+        for subscriber in list(self.subscribers):
+            subscriber.push(record)
+
+    def subscribe(self) -> Subscriber | None:
+        """A new subscriber, or None when ``MAX_STREAMS`` are already listening."""
+        if len(self.subscribers) >= MAX_STREAMS:
+            return None
+        subscriber = Subscriber()
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+
+def install_feed(gateway: Gateway) -> DecisionFeed:
+    """Put a feed in place of the decision log's recent records (once)."""
+    recent = gateway.decisions.recent
+    if isinstance(recent, DecisionFeed):
+        return recent
+    feed = DecisionFeed(recent, recent.maxlen)
+    gateway.decisions.recent = feed
+    return feed
+
+
+def matches(record: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+    """``filters``: grant, tool (``tool`` or ``server/tool``) and effect, each exact."""
+    for name, wanted in filters.items():
+        if name == "tool":
+            if wanted not in (record.get("tool"), f"{record.get('server')}/{record.get('tool')}"):
+                return False
+        elif record.get(name) != wanted:
+            return False
+    return True
+
+
+def masked(gateway: Gateway, record: Record) -> Record:
+    """A record as operators see it: logged arguments (``log_arguments``) with the fields any
+    matching entry marks secret masked."""
+    if "args" not in record:
+        return record
+    entries = candidates(gateway.policy, record.get("server"), str(record.get("tool", "")))
+    paths = tuple(p for e in entries for p in e.secret_args)
+    return {**record, "args": mask_args(record["args"], paths)} if paths else record

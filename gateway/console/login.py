@@ -1,0 +1,166 @@
+"""Signing in to the console, out of it, and the live decision stream (which needs a session).
+
+``POST /console/login`` takes the admin token once (JSON, from the page's own origin) and sets
+the session cookie; the token is never stored, nor put in the cookie. ``GET /console/session``
+gives the page its CSRF token and operator name back after a reload; ``POST /console/logout``
+ends the session. ``GET /console/events`` streams decision records as server-sent events,
+filtered by grant, tool and effect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from litestar import Request, Response, get, post
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from gateway.console.feed import DecisionFeed, install_feed, masked, matches
+from gateway.console.origin import refusal
+from gateway.console.sessions import (
+    COOKIE,
+    MAX_SECONDS,
+    ConsoleSession,
+    ConsoleSessions,
+    cookie_header,
+    csrf_problem,
+)
+from gateway.identity import token_matches
+from gateway.runtime import Gateway
+
+log = structlog.get_logger(__name__)
+KEEPALIVE_SECONDS = 15.0
+BACKLOG = 100  # recent matching records sent when a stream opens
+FILTERS = ("grant", "tool", "effect")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@dataclass
+class LoginBody:
+    token: str = ""
+    operator: str = ""
+
+
+def sessions_of(gateway: Gateway) -> ConsoleSessions:
+    found = gateway.extras.get("console_sessions")
+    if not isinstance(found, ConsoleSessions):
+        found = gateway.extras["console_sessions"] = ConsoleSessions()
+    return found
+
+
+def session_of(gateway: Gateway, request: Request[Any, Any, Any]) -> ConsoleSession | None:
+    return sessions_of(gateway).get(request.cookies.get(COOKIE))
+
+
+def _json(body: Any, status: int = 200, cookie: str | None = None) -> Response[Any]:
+    headers = {**_NO_STORE, **({"Set-Cookie": cookie} if cookie is not None else {})}
+    return Response(body, status_code=status, headers=headers)
+
+
+def _refused(
+    gateway: Gateway, request: Request[Any, Any, Any], unsafe: bool
+) -> Response[Any] | None:
+    """Host and Origin checks; a state-changing request must name its Origin too."""
+    origin = request.headers.get("origin")
+    refused = refusal(gateway, request.headers.get("host"), origin)
+    if refused is not None:
+        return _json({"detail": refused[1]}, refused[0])
+    if unsafe and (origin is None or request.headers.get("sec-fetch-site") == "cross-site"):
+        return _json({"detail": "a console action needs the Origin of the console's page"}, 403)
+    return None
+
+
+def login_handlers(gateway: Gateway) -> list[Any]:
+    sessions = sessions_of(gateway)
+    feed = install_feed(gateway)
+
+    @post("/console/login", include_in_schema=False, status_code=200)
+    async def login(request: Request[Any, Any, Any], data: LoginBody) -> Response[Any]:
+        refused = _refused(gateway, request, unsafe=True)
+        if refused is not None:
+            return refused
+        if not token_matches(data.token or None, gateway.config.admin_token_sha256):
+            client = request.client.host if request.client else None
+            log.warning("console.login_refused", client=client)
+            return _json({"detail": "invalid admin token"}, 401)
+        session_id, session = sessions.open(data.operator)
+        secure = request.url.scheme == "https" or (
+            request.headers.get("origin", "").startswith("https://")
+        )
+        log.info("console.login", operator=session.operator)
+        cookie = cookie_header(session_id, secure, int(MAX_SECONDS))
+        return _json(session.view(), cookie=cookie)
+
+    @get("/console/session", include_in_schema=False, sync_to_thread=False)
+    def current(request: Request[Any, Any, Any]) -> Response[Any]:
+        refused = _refused(gateway, request, unsafe=False)
+        if refused is not None:
+            return refused
+        session = session_of(gateway, request)
+        # 200 either way: the page asks on every load, and a 401 would read as an error.
+        return _json({"signed_in": False} if session is None else session.view())
+
+    @post("/console/logout", include_in_schema=False, status_code=200, sync_to_thread=False)
+    def logout(request: Request[Any, Any, Any]) -> Response[Any]:
+        refused = _refused(gateway, request, unsafe=True)
+        if refused is not None:
+            return refused
+        session = session_of(gateway, request)
+        if session is not None:
+            problem = csrf_problem(session, "POST", request.headers, request.headers.get("host"))
+            if problem is not None:
+                return _json({"detail": problem}, 403)
+            sessions.close(request.cookies.get(COOKIE))
+            log.info("console.logout", operator=session.operator)
+        return _json({"signed_out": True}, cookie=cookie_header("", False, 0))
+
+    @get("/console/events", include_in_schema=False, sync_to_thread=False)
+    def events(request: Request[Any, Any, Any]) -> Response[Any] | ServerSentEvent:
+        refused = _refused(gateway, request, unsafe=False)
+        if refused is not None:
+            return refused
+        if session_of(gateway, request) is None:
+            return _json({"detail": "sign in to the console first"}, 401)
+        filters = {k: v for k in FILTERS if (v := request.query_params.get(k))}
+        subscriber = feed.subscribe()
+        if subscriber is None:
+            return _json({"detail": "too many live streams open"}, 503)
+        cookie = request.cookies.get(COOKIE)
+        stream = _stream(gateway, feed, subscriber, filters, cookie)
+        return ServerSentEvent(stream, headers=_NO_STORE)
+
+    return [login, current, logout, events]
+
+
+async def _stream(
+    gateway: Gateway,
+    feed: DecisionFeed,
+    subscriber: Any,
+    filters: dict[str, str],
+    cookie: str | None,
+) -> AsyncIterator[ServerSentEventMessage]:
+    """The backlog, then each new record; ends when the session does."""
+    try:
+        backlog = [r for r in list(feed) if matches(r, filters)][-BACKLOG:]
+        for record in backlog:
+            yield _message(gateway, record)
+        while sessions_of(gateway).get(cookie) is not None:
+            records, dropped = await subscriber.take(KEEPALIVE_SECONDS)
+            if dropped:
+                yield ServerSentEventMessage(data=json.dumps({"dropped": dropped}), event="gap")
+            for record in records:
+                if matches(record, filters):
+                    yield _message(gateway, record)
+            if not records and not dropped:
+                yield ServerSentEventMessage(comment="keep-alive")
+        yield ServerSentEventMessage(data="{}", event="signed-out")
+    finally:
+        feed.unsubscribe(subscriber)
+
+
+def _message(gateway: Gateway, record: dict[str, Any]) -> ServerSentEventMessage:
+    data = json.dumps(masked(gateway, record), default=str)
+    return ServerSentEventMessage(data=data, event="decision")

@@ -1,0 +1,111 @@
+"""``/readyz`` tells the truth: a stdio server whose command does not exist and an HTTP
+upstream where nothing listens are ``down`` with their command or URL and the error, the
+gateway is not ready (503), and the log names them. A stdio server that cannot start is
+logged once for the whole restart loop, with a count, not once per attempt."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import PeerProcess, free_port, stdio_upstream_command
+
+POLICY = 'version: "1"\ndefault: allow\ntools: {}\n'
+
+
+def poll(fetch: Callable[[], Any], until: Callable[[Any], bool], within: float = 20.0) -> Any:
+    """``fetch()`` again until ``until`` accepts it, or the deadline passes (then the last)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = fetch()
+        if until(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, str]]:
+    """A missing stdio command and an HTTP URL on a port where nothing listens."""
+    dead_url = f"http://127.0.0.1:{free_port()}/mcp"
+    servers = {
+        "ghost": {"command": "nonexistent-cmd", "args": ["--serve"]},
+        "nowhere": {"url": dead_url},
+    }
+    with run_gateway(tmp_path_factory.mktemp("ready"), POLICY, servers) as gw:
+        yield gw, dead_url
+
+
+def readyz(gw: GatewayProcess) -> httpx.Response:
+    return httpx.get(gw.base + "/readyz", timeout=10)
+
+
+class TestDownUpstreams:
+    def test_readyz_is_503_and_names_each_cause(self, broken: tuple[GatewayProcess, str]) -> None:
+        gw, dead_url = broken
+        response = readyz(gw)
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "not ready"
+        assert body["upstreams"] == {"ghost": "down", "nowhere": "down"}
+        ghost = body["upstream_health"]["ghost"]
+        assert (ghost["state"], ghost["transport"], ghost["command"]) == (
+            "down",
+            "stdio",
+            "nonexistent-cmd",
+        )
+        assert ghost["error"] == "No such file or directory: 'nonexistent-cmd'"
+        nowhere = body["upstream_health"]["nowhere"]
+        assert (nowhere["state"], nowhere["transport"], nowhere["url"]) == (
+            "down",
+            "http",
+            dead_url,
+        )
+        assert "refused" in nowhere["error"].lower() or "connect" in nowhere["error"].lower()
+
+    def test_the_log_names_the_command_and_the_url(
+        self, broken: tuple[GatewayProcess, str]
+    ) -> None:
+        gw, dead_url = broken
+        readyz(gw)
+        spawn = gw.wait_records(1, "stdio.spawn_failed")[0]
+        assert spawn["command"] == "nonexistent-cmd"
+        assert spawn["error"] == "No such file or directory: 'nonexistent-cmd'"
+        down = gw.wait_records(1, "upstream.down", where=lambda r: r["server"] == "nowhere")
+        assert down and down[0]["url"] == dead_url and down[0]["error"]
+
+    def test_a_restart_loop_is_logged_once_with_a_count(
+        self, broken: tuple[GatewayProcess, str]
+    ) -> None:
+        """Several failed starts later: one spawn_failed and one restarting line, and the
+        count of failures is on /readyz."""
+        gw, _ = broken
+        body = poll(
+            lambda: readyz(gw).json(),
+            lambda b: b["upstream_health"]["ghost"]["failures"] >= 4,
+        )
+        assert body["upstream_health"]["ghost"]["failures"] >= 4
+        shared = "ghost[shared]"  # the server's own process (each client session has its own)
+        assert [r["server"] for r in gw.records("stdio.spawn_failed")].count(shared) == 1
+        assert [r["server"] for r in gw.records("stdio.restarting")].count(shared) == 1
+        probes = [r for r in gw.records("upstream.down") if r["server"] == "nowhere"]
+        assert len(probes) == 1  # every probe since found it down: no new line
+
+
+class TestHealthyUpstreams:
+    def test_ready_with_where_each_upstream_is(
+        self, upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        command, args = stdio_upstream_command()
+        servers = {"st": {"command": command, "args": args}, "up": {"url": upstream.url}}
+        with run_gateway(tmp_path_factory.mktemp("ok"), POLICY, servers) as gw:
+            response = poll(lambda: readyz(gw), lambda r: r.status_code == 200)
+            assert response.status_code == 200, response.text
+            health = response.json()["upstream_health"]
+        assert health["st"]["state"] == "up" and health["st"]["command"] == command
+        assert health["up"] == {**health["up"], "state": "up", "url": upstream.url}
+        assert "error" not in health["up"]
