@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.identity import hash_key
@@ -240,6 +241,29 @@ class TestSignIn:
         tool = page.locator("#tools tbody tr", has_text="delete_item")
         await expect(tool).to_contain_text("pinned")
         assert page.problems == []
+
+    async def test_a_refused_reload_shows_each_problem_with_file_and_line(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        from playwright.async_api import expect
+
+        policy = gateway.log_path.parent / "policy.yaml"
+        good = policy.read_text()
+        line = len(good.splitlines()) + 2
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=gateway.base, headers=bearer, timeout=10) as http:
+            try:
+                policy.write_text(good + "  bad_entry:\n    action: maybe\n")
+                assert (await http.post("/admin/reload")).json()["reloaded"] is False
+                await sign_in(page, gateway)
+                await page.click("button[data-tab=system]")
+                await expect(page.locator("#policy")).to_contain_text("refused (")
+                problem = page.locator("#reload-problems li")
+                await expect(problem).to_contain_text(f"policy.yaml:{line}")
+                await expect(problem).to_contain_text("tools.bad_entry.action")
+            finally:
+                policy.write_text(good)
+                assert (await http.post("/admin/reload")).json()["reloaded"] is True
 
 
 class TestLiveDecisions:

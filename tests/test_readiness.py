@@ -5,15 +5,19 @@ logged once for the whole restart loop, with a count, not once per attempt."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.gateway_proc import GatewayProcess, run_gateway
-from tests.peers import PeerProcess, free_port, stdio_upstream_command
+from tests.peers import REPO_ROOT, PeerProcess, free_port, stdio_upstream_command
 
 POLICY = 'version: "1"\ndefault: allow\ntools: {}\n'
 
@@ -109,3 +113,26 @@ class TestHealthyUpstreams:
         assert health["st"]["state"] == "up" and health["st"]["command"] == command
         assert health["up"] == {**health["up"], "state": "up", "url": upstream.url}
         assert "error" not in health["up"]
+
+
+class TestComposeHealthcheck:
+    """compose.yaml's check asks /healthz on the port the mounted config listens on."""
+
+    def run_check(self, config: Path) -> int:
+        compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+        test = compose["services"]["celgate"]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"]
+        code = test[3].replace("/etc/celgate/config.yaml", str(config))
+        argv = [sys.executable, "-c", code]
+        return subprocess.run(argv, capture_output=True, timeout=30, cwd=REPO_ROOT).returncode
+
+    def test_healthy_on_the_configured_port_and_not_elsewhere(
+        self, broken: tuple[GatewayProcess, str], tmp_path: Path
+    ) -> None:
+        gw, _ = broken
+        assert gw.port != 8787
+        config = tmp_path / "config.yaml"
+        config.write_text(f"listen: {{host: 0.0.0.0, port: {gw.port}}}\n")
+        assert self.run_check(config) == 0
+        config.write_text(f"listen: {{host: 0.0.0.0, port: {free_port()}}}\n")
+        assert self.run_check(config) != 0
