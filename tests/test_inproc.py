@@ -332,6 +332,8 @@ class TestTheRealBridge:
 
     async def test_probe_and_learn_sessions(self) -> None:
         async with stdio_upstream() as upstream:
+            # Up once the shared process runs (it starts beside the bridge, not before it).
+            await eventually(lambda: upstream.bridge.shared.child.health()[0], 15)
             assert await upstream.probe()
             assert await upstream.learn_sessions() is True
             # the probe's session was ended (its process goes as the DELETE returns)

@@ -53,12 +53,23 @@ from mcp.server.streamable_http import (
     EventStore,
     StreamableHTTPServerTransport,
 )
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+)
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.config import ServerConfig
 from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
-from gateway.edge.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND, UPSTREAM_UNAVAILABLE
+from gateway.edge.jsonrpc import (
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PROTOCOL_VERSION_META_KEY,
+    SESSION_NOT_FOUND,
+    UPSTREAM_UNAVAILABLE,
+)
 from gateway.edge.jsonrpc import error_body as rpc_error
 from gateway.upstream.http import HttpUpstream
 from gateway.upstream.inproc import AsgiPool, AsgiTransport
@@ -524,6 +535,7 @@ class SharedLink:
     def __init__(self, config: ServerConfig) -> None:
         self.child = Child(config, f"{config.name}[shared]", self._from_child)
         self.child.on_exit = self._child_exited
+        self.child.on_start = self._discover
         self.ids = itertools.count(1)
         self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[dict[str, Any]]]] = {}
         self.tokens: dict[str, str] = {}
@@ -538,6 +550,15 @@ class SharedLink:
                 502,
                 rpc_error(message.get("id"), UPSTREAM_UNAVAILABLE, "stdio server is not running"),
             )
+            return
+        if message.get("method") in _HANDSHAKE_ONLY:
+            # The shared child serves the stateless era: a handshake would switch its one
+            # connection to the other era for every caller. The era has no such method.
+            if "id" in message:
+                error = rpc_error(message["id"], METHOD_NOT_FOUND, "Method not found")
+                await reply(send, 404, error)
+            else:
+                await reply(send, 202, b"")
             return
         if "id" not in message or "method" not in message:
             await self._notify(message)
@@ -567,6 +588,29 @@ class SharedLink:
             self.waiting.pop(inner, None)
             self.tokens.pop(inner, None)
             self.heard.pop(inner, None)
+
+    async def _discover(self) -> None:
+        """A server on stdio takes its connection's era from the first message it reads: a
+        caller's malformed first request must not set it for every caller after. So each
+        (re)started child first hears a well-formed ``server/discover``; its answer, with an
+        id no caller has, is dropped."""
+        await self.child.send(
+            {
+                "jsonrpc": "2.0",
+                "id": "celgate-discover",
+                "method": "server/discover",
+                "params": {
+                    "_meta": {
+                        PROTOCOL_VERSION_META_KEY: "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo": {
+                            "name": "celgate",
+                            "version": "stdio-shared",
+                        },
+                    }
+                },
+            }
+        )
 
     async def _notify(self, message: dict[str, Any]) -> None:
         """A client notification (client answers never come here: no requests mid-call).
@@ -625,6 +669,10 @@ class SharedLink:
                 sender.send_nowait(_error(inner, why))
 
 
+#: Methods of the handshake era only; never sent to the shared (stateless-era) child.
+_HANDSHAKE_ONLY = frozenset({"initialize", "notifications/initialized"})
+
+
 async def _stream_answer(
     incoming: Incoming,
     send: Send,
@@ -633,11 +681,11 @@ async def _stream_answer(
     token: Any,
     cancel: Callable[[], Awaitable[None]],
 ) -> None:
-    """SSE when the client takes it (progress arrives as it happens), JSON otherwise."""
+    """SSE when the client takes it (progress arrives as it happens), JSON otherwise. The
+    stream opens at the first message that is not the answer: an answer that comes alone goes
+    as JSON, an error with the status the stateless era's HTTP binding gives it."""
     sse = "text/event-stream" in (incoming.header("accept") or "")
-    if sse:
-        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+    started = False
     finished = False
     try:
         async for message in receiver:
@@ -647,12 +695,16 @@ async def _stream_answer(
             elif token is not None and _progress_token(message) is not None:
                 message = _with_token(message, token)
             body = json.dumps(message, ensure_ascii=False).encode()
+            if final and not started:
+                finished = True
+                await reply(send, _answer_status(message), body)
+                return
             if not sse:
-                if final:
-                    finished = True
-                    await reply(send, 200, body)
-                    return
                 continue
+            if not started:
+                started = True
+                headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
             event = b"event: message\ndata: " + body + b"\n\n"
             await send({"type": "http.response.body", "body": event, "more_body": not final})
             if final:
@@ -662,6 +714,12 @@ async def _stream_answer(
         if not finished:
             with anyio.CancelScope(shield=True):
                 await cancel()
+
+
+def _answer_status(message: dict[str, Any]) -> int:
+    error = message.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
 def _with_token(message: dict[str, Any], token: Any) -> dict[str, Any]:
@@ -757,6 +815,14 @@ class StdioBridge:
                 send, 400, rpc_error(None, INVALID_REQUEST, "one JSON-RPC message per request")
             )
             return
+        if "id" in message and "method" in message:
+            # What the SDK's HTTP transport checks before a request reaches a server, which a
+            # stdio child cannot: the envelope, the routing headers, the version.
+            verdict = classify_inbound_request(message, headers=incoming.headers)
+            if isinstance(verdict, InboundLadderRejection):
+                error = rpc_error(message["id"], verdict.code, verdict.message, verdict.data)
+                await reply(send, ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), error)
+                return
         await self.shared.handle(incoming, send, message)
 
     async def _evict_idle(self) -> None:
@@ -808,6 +874,10 @@ class StdioBridge:
                     await link.transport.terminate()
 
 
+#: How much later than the bridge's own deadline the in-process head deadline fires.
+BRIDGE_DEADLINE_SLACK = 2.0
+
+
 class StdioUpstream(HttpUpstream):
     """The relay's view of a stdio server: an HTTP upstream whose pool is its bridge, called
     in process (``BRIDGE_URL`` names it, but no socket serves it)."""
@@ -819,7 +889,9 @@ class StdioUpstream(HttpUpstream):
             self.bridge,
             f"stdio server {config.name!r}",
             authority=BRIDGE_AUTHORITY,
-            head_timeout=config.timeout,
+            # The bridge keeps each request's deadline itself (and says which request and how
+            # long); the head deadline is the backstop behind it, so it comes a little later.
+            head_timeout=config.timeout + BRIDGE_DEADLINE_SLACK,
         )
         self.pool = pool
         self.transport = AsgiTransport(pool)
