@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -49,6 +49,7 @@ from gateway.runtime import Gateway
 log = structlog.get_logger("celgate.aggregate")
 
 IDENTITY_KEY = "celgate.identity"
+AGGREGATE_KEY = "/mcp"  # the "server" aggregate session ids are signed for (no server has "/")
 Ctx = ServerRequestContext[Any, Any]
 T = TypeVar("T")
 
@@ -202,7 +203,20 @@ class Aggregate:
             msg = "the aggregated endpoint serves the initialize handshake only"
             await reply(send, 400, rpc.error_body(None, rpc.METHOD_NOT_FOUND, msg))
             return
-        sid = incoming.header("mcp-session-id")
+        # Session ids are bound to the grant that created them, from the answer that creates
+        # them on (signed like the relay's): another grant holding an id has nothing.
+        presented = incoming.header("mcp-session-id")
+        sid = None
+        if presented is not None:
+            sid = self.gw.signer.unwrap(AGGREGATE_KEY, identity.grant, presented)
+            if sid is None or incoming.count("mcp-session-id") > 1:
+                body = rpc.error_body(None, rpc.SESSION_NOT_FOUND, "Session not found")
+                await reply(send, 404, body)
+                return
+            scope["headers"] = [
+                (k, sid.encode() if k.lower() == b"mcp-session-id" else v)
+                for k, v in scope["headers"]
+            ]
         link = self.links.get(sid) if sid else None
         if link is not None and link.grant != identity.grant:
             await reply(send, 404, rpc.error_body(None, rpc.SESSION_NOT_FOUND, "Session not found"))
@@ -211,7 +225,19 @@ class Aggregate:
             link.closed.set()
         scope[IDENTITY_KEY] = identity
         scope["path"], scope["raw_path"] = "/", b"/"
-        await self.manager.handle_request(scope, receive, send)
+        signer, grant = self.gw.signer, identity.grant
+
+        async def signed_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    (k, signer.wrap(AGGREGATE_KEY, grant, v.decode()).encode())
+                    if k.lower() == b"mcp-session-id"
+                    else (k, v)
+                    for k, v in message.get("headers", [])
+                ]
+            await send(message)
+
+        await self.manager.handle_request(scope, receive, signed_send)
 
     async def _reap_idle(self) -> None:
         """Close the upstream links of sessions a client abandoned (no DELETE, no calls): each

@@ -23,6 +23,7 @@ from tests.servers.test_servers_smoke import elicitation_answering
 from tests.test_stdio_bridge import stdio_server
 
 KEY = "cgk_aggregate-test-key"
+OTHER_KEY = "cgk_aggregate-other-grant-key"
 POLICY = r"""
 version: "1"
 default: deny
@@ -54,7 +55,10 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     directory = tmp_path_factory.mktemp("agg-gw")
     servers = {"web": {"url": web.url}, "st": stdio_server(logs["st"])}
-    grants = {"bot": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}
+    grants = {
+        "bot": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()},
+        "other": {"key_sha256": hashlib.sha256(OTHER_KEY.encode()).hexdigest()},
+    }
     with run_gateway(directory, POLICY, servers, grants=grants) as gw:
         yield gw
 
@@ -134,6 +138,38 @@ class TestAggregate:
         resp = httpx.post(f"{gateway.base}/mcp", json=body, timeout=5)
         assert resp.status_code == 401
         assert "bearer" in resp.headers["www-authenticate"].lower()
+
+    def test_a_session_belongs_to_the_grant_that_opened_it(self, gateway: GatewayProcess) -> None:
+        """From the answer that creates it: another grant holding the id (before any list or
+        call) gets 404, and so does a made-up or unsigned id."""
+        url = f"{gateway.base}/mcp"
+        base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "takeover", "version": "1"},
+            },
+        }
+        opened = httpx.post(url, json=init, headers={**base, "authorization": f"Bearer {KEY}"})
+        sid = opened.headers["mcp-session-id"]
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+        for key, presented in (
+            (OTHER_KEY, sid),
+            (KEY, sid.rpartition(".")[0]),
+            (KEY, sid + "x"),
+        ):
+            headers = {**base, "authorization": f"Bearer {key}", "mcp-session-id": presented}
+            refused = httpx.post(url, json=listing, headers=headers, timeout=10)
+            assert refused.status_code == 404, (key, presented, refused.text)
+        headers = {**base, "authorization": f"Bearer {KEY}", "mcp-session-id": sid}
+        done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert httpx.post(url, json=done, headers=headers, timeout=10).status_code == 202
+        owned = httpx.post(url, json=listing, headers=headers, timeout=10)
+        assert owned.status_code == 200 and "web__echo" in owned.text
 
     def test_foreign_host_is_refused(self, gateway: GatewayProcess) -> None:
         headers = {"authorization": f"Bearer {KEY}", "host": "evil.example.com"}
