@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import uvicorn
 
-from gateway.edge.coalesce import CoalescingHttpToolsProtocol
 from gateway.upstream.h1 import H1Pool
+from gateway.wire.coalesce import CoalescingHttpToolsProtocol
 
 _DROP = {b"host", b"content-length", b"connection", b"transfer-encoding"}
 

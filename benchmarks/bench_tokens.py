@@ -33,10 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.auth.agent import Agent  # noqa: E402
-from gateway.auth.settings import OAuthConfig  # noqa: E402
+from gateway.auth.identity import Authenticator  # noqa: E402
+from gateway.auth.settings import GrantConfig, OAuthConfig  # noqa: E402
 from gateway.auth.tokens import TokenAuthority  # noqa: E402
-from gateway.config import GrantConfig  # noqa: E402
-from gateway.identity import Authenticator  # noqa: E402
 
 ISSUER = "https://idp.example"
 BASE = "https://gw.example"

@@ -36,15 +36,15 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
+from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
-from gateway.edge import jsonrpc as rpc
-from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text
-from gateway.identity import refusal_answer
 from gateway.pipeline import admit, timed_upstream
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.runtime import Gateway
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 
 log = structlog.get_logger("celgate.aggregate")
 

@@ -16,14 +16,14 @@ from litestar.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.admin import admin_router
 from gateway.aggregate import Aggregate
+from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.auth.resource import WELL_KNOWN, document_at
 from gateway.console import console_handlers
-from gateway.edge.asgi import reply
 from gateway.edge.relay import Relay
-from gateway.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.lifecycle import background, check_upstreams
 from gateway.runtime import Gateway
 from gateway.upstream.stdio import running_bridges
+from gateway.wire.asgi import reply
 
 
 class EdgeApp:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.auth.settings import OAuthConfig, parse_oauth
+from gateway.auth.settings import GrantConfig, OAuthConfig, parse_oauth
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy.schema import Fields
@@ -78,24 +78,13 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class GrantConfig:
-    """Who may connect: a hashed key and what CEL sees as ``agent``."""
-
-    id: str
-    key_sha256: str
-    agent: str
-    roles: tuple[str, ...] = ()
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     """DNS-rebinding protection and request limits of the MCP endpoint."""
 
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
-    # What one client connection may cost before it is authenticated (gateway.edge.protocol).
+    # What one client connection may cost before it is authenticated (gateway.wire.protocol).
     max_head_bytes: int = 32 * 1024  # request line and headers, as sent
     max_headers: int = 100
     head_timeout: float = 10.0  # seconds for a whole head, from connect or a request's 1st byte

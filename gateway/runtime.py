@@ -10,10 +10,10 @@ from typing import Any
 from gateway.approval_stores import make_store
 from gateway.approvals import ApprovalCaps, ApprovalService
 from gateway.audit import DecisionLog
+from gateway.auth.guard import HostGuard, SessionSigner
+from gateway.auth.identity import Authenticator, build_authenticator
 from gateway.catalog import tool_info as catalog_info
 from gateway.config import GatewayConfig
-from gateway.edge.guard import HostGuard, SessionSigner
-from gateway.identity import Authenticator, build_authenticator
 from gateway.metrics import Metrics
 from gateway.pins import Pins
 from gateway.policy import CompiledPolicy, ToolInfo, load_policy
@@ -81,7 +81,9 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         config=config,
         policy=policy,
         upstreams=upstreams,
-        auth=build_authenticator(config),
+        auth=build_authenticator(
+            config.grants, config.anonymous, config.oauth, list(config.servers)
+        ),
         limiter=make_limiter(
             config.limits_backend,
             busy_poll_us=config.limits_busy_poll_us,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.auth.identity import hash_key
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.identity import hash_key
 from gateway.policy import Call, Identity, decide
 from gateway.runtime import build_gateway
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.identity import hash_key
+from gateway.auth.identity import hash_key
 from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
 from tests.peers import PeerProcess
 

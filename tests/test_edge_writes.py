@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from gateway.audit import LineSink
-from gateway.edge.coalesce import CoalescingTransport
+from gateway.wire.coalesce import CoalescingTransport
 
 
 class CountingTransport:

@@ -16,8 +16,8 @@ import mcp_types as types
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.auth.identity import hash_key
 from gateway.cli import main
-from gateway.identity import hash_key
 from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
 from tests.peers import PeerProcess
 from tests.valkey_server import ValkeyProcess

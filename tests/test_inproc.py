@@ -21,10 +21,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import ServerConfig
-from gateway.edge.asgi import Message, Receive, Scope, Send
 from gateway.upstream.h1 import UpstreamIOError, UpstreamTimeout
 from gateway.upstream.inproc import _PAUSE_AT, AsgiPool, AsgiTransport
 from gateway.upstream.stdio import BRIDGE_URL, StdioUpstream
+from gateway.wire.asgi import Message, Receive, Scope, Send
 from tests.gateway_proc import text_of
 from tests.peers import REPO_ROOT, stdio_upstream_command
 from tests.servers.test_servers_smoke import elicitation_answering, eventually

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.approval_stores import MemoryApprovalStore
 from gateway.approvals import ApprovalService
 from gateway.audit import args_digest
+from gateway.auth.identity import hash_key
 from gateway.config import load_config
-from gateway.identity import hash_key
 from gateway.pipeline import Admission, Tick, Wait, admit, timed_upstream
 from gateway.policy import Call, Decision, Identity
 from gateway.ratelimit.memory import MemoryRateLimiter

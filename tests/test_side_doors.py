@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.edge.sse import DROP, SseRewriter, filtered
+from gateway.wire.sse import DROP, SseRewriter, filtered
 from tests.gateway_proc import GatewayProcess, calls_in, run_gateway
 from tests.peers import PeerProcess, free_port, start_process
 

@@ -21,7 +21,7 @@ from typing import Any
 import httptools
 import pytest
 
-from gateway.identity import hash_key
+from gateway.auth.identity import hash_key
 from tests.gateway_proc import GatewayProcess, run_gateway
 from tests.peers import PeerProcess, free_port, start_process
 

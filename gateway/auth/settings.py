@@ -1,4 +1,5 @@
-"""The ``oauth:`` section of the gateway config: celgate as an OAuth 2.1 protected resource.
+"""The ``oauth:`` section of the gateway config (celgate as an OAuth 2.1 protected resource),
+and ``GrantConfig``, the type of one entry of ``grants:`` (a key and its agent).
 
 Validated like the rest of the config (every problem with its ``file:line``): the issuer and
 the resource URL are https outside loopback, the algorithms are asymmetric ones only, and every
@@ -257,3 +258,14 @@ def parse_oauth(node: Node, servers: set[str], problems: list[Problem]) -> OAuth
     if resource is None or issuer is None:
         return None
     return OAuthConfig(resource=resource, issuer=issuer, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantConfig:
+    """Who may connect: a hashed key and what CEL sees as ``agent``."""
+
+    id: str
+    key_sha256: str
+    agent: str
+    roles: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)

@@ -27,9 +27,9 @@ from types import FrameType
 import uvicorn
 
 from gateway.audit import configure_logging
+from gateway.auth.identity import hash_key
 from gateway.config import LOOPBACK_HOSTS, GatewayConfig, ServerConfig, load_config
 from gateway.errors import ConfigError
-from gateway.identity import hash_key
 
 DEMO_PORT = 8787
 GRACEFUL_SECONDS = 5
@@ -107,8 +107,8 @@ def _banner(config: GatewayConfig) -> None:
 
 def serve(config: GatewayConfig, sock: socket.socket) -> int:
     from gateway.app import build_app
-    from gateway.edge.protocol import protocol_class
     from gateway.runtime import build_gateway
+    from gateway.wire.protocol import protocol_class
 
     if config.anonymous and config.host not in LOOPBACK_HOSTS:
         print("celgate: refusing to serve anonymously on a non-loopback address", file=sys.stderr)

@@ -18,6 +18,7 @@ import structlog
 from litestar import Request, Response, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from gateway.auth.identity import token_matches
 from gateway.console.feed import DecisionFeed, install_feed, masked, matches
 from gateway.console.origin import refusal
 from gateway.console.sessions import (
@@ -28,7 +29,6 @@ from gateway.console.sessions import (
     cookie_header,
     csrf_problem,
 )
-from gateway.identity import token_matches
 from gateway.runtime import Gateway
 
 log = structlog.get_logger(__name__)

@@ -27,19 +27,19 @@ import anyio
 
 from gateway.approvals import preview_args
 from gateway.edge import inband
-from gateway.edge.asgi import Send, reply
 from gateway.edge.forward import Forward
 from gateway.edge.held import HeldStream, event
-from gateway.edge.jsonrpc import (
+from gateway.edge.replies import input_required
+from gateway.pipeline import Elicit, Tick
+from gateway.policy.model import Call, Decision, Identity
+from gateway.runtime import Gateway
+from gateway.wire.asgi import Send, reply
+from gateway.wire.jsonrpc import (
     INVALID_REQUEST,
     MODERN_VERSIONS,
     Message,
     error_body,
 )
-from gateway.edge.replies import input_required
-from gateway.pipeline import Elicit, Tick
-from gateway.policy.model import Call, Decision, Identity
-from gateway.runtime import Gateway
 
 #: The key of the gateway's question in ``inputRequests`` / ``inputResponses`` (2026-07-28).
 INPUT_KEY = "celgate-approval"

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.edge.asgi import Incoming, Receive, Send, reply
 from gateway.edge.clientview import ClientView
-from gateway.edge.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
-from gateway.edge.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.upstream.h1 import H1Response, UpstreamIOError
 from gateway.upstream.http import HttpUpstream
+from gateway.wire.asgi import Incoming, Receive, Send, reply
+from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
+from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
 
 # The request headers that travel upstream: what describes the message itself. Everything else
 # stays here: hop-by-hop and framing headers (the connection's own; ``expect`` above all: an

@@ -12,7 +12,6 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.edge.asgi import Incoming, Send
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
@@ -20,13 +19,14 @@ from gateway.edge.forward import (
     sse_error,
     watching_disconnect,
 )
-from gateway.edge.jsonrpc import Message
 from gateway.edge.replies import denial
-from gateway.edge.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.pipeline import Admission, Wait, timed_upstream
 from gateway.policy.model import Call, Decision
 from gateway.runtime import Gateway
 from gateway.upstream.h1 import H1Response
+from gateway.wire.asgi import Incoming, Send
+from gateway.wire.jsonrpc import Message
+from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
 
 KEEPALIVE_SECONDS = 5.0
 

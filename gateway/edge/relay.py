@@ -14,21 +14,21 @@ from typing import Any
 from mcp.shared.inbound import decode_header_value
 
 from gateway.audit import log
+from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
-from gateway.edge import jsonrpc as rpc
-from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import ElicitFace, deliver, remember_client
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.inband import is_gateway_id
-from gateway.edge.jsonrpc import BadMessage, Message
 from gateway.edge.replies import denial
-from gateway.identity import refusal_answer
 from gateway.pipeline import admit, timed_upstream
 from gateway.policy import Call, Identity
 from gateway.runtime import Gateway
 from gateway.upstream.http import HttpUpstream
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.jsonrpc import BadMessage, Message
 
 
 class Relay:

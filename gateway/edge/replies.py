@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.edge.jsonrpc import MODERN_VERSIONS, result_body
 from gateway.policy.model import Decision
+from gateway.wire.jsonrpc import MODERN_VERSIONS, result_body
 
 #: Where a result the gateway wrote carries its decision (``_meta`` keys are reverse-DNS).
 DECISION_KEY = "io.celgate/decision"

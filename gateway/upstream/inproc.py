@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 import httpx2
 import structlog
 
-from gateway.edge.asgi import Message, Receive, Scope, Send
 from gateway.upstream.h1 import (
     H1Response,
     UpstreamIOError,
@@ -38,6 +37,7 @@ from gateway.upstream.h1 import (
     connection_named,
     is_hop_by_hop,
 )
+from gateway.wire.asgi import Message, Receive, Scope, Send
 
 log = structlog.get_logger("celgate.inproc")
 

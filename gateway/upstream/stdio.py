@@ -62,17 +62,17 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.config import ServerConfig
-from gateway.edge.asgi import Incoming, Receive, Scope, Send, reply
-from gateway.edge.jsonrpc import (
+from gateway.upstream.http import HttpUpstream
+from gateway.upstream.inproc import AsgiPool, AsgiTransport
+from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.jsonrpc import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
     SESSION_NOT_FOUND,
     UPSTREAM_UNAVAILABLE,
 )
-from gateway.edge.jsonrpc import error_body as rpc_error
-from gateway.upstream.http import HttpUpstream
-from gateway.upstream.inproc import AsgiPool, AsgiTransport
+from gateway.wire.jsonrpc import error_body as rpc_error
 
 log = structlog.get_logger("celgate.stdio")
 

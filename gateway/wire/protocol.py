@@ -27,7 +27,7 @@ import enum
 import http
 from typing import Any, ClassVar, Protocol
 
-from gateway.edge.coalesce import CoalescingHttpToolsProtocol
+from gateway.wire.coalesce import CoalescingHttpToolsProtocol
 
 
 class ConnectionLimits(Protocol):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from gateway.auth.agent import Agent
 from gateway.auth.http import IssuerHttp
 from gateway.auth.resource import challenge
+from gateway.auth.settings import GrantConfig, OAuthConfig
 from gateway.auth.tokens import Refusal, TokenAuthority
-from gateway.config import GatewayConfig, GrantConfig
 from gateway.policy.model import Identity
 
 KEY_PREFIX = "cgk_"
@@ -101,17 +101,22 @@ class Authenticator:
             await self.http.close()
 
 
-def build_authenticator(config: GatewayConfig) -> Authenticator:
+def build_authenticator(
+    grants: Mapping[str, GrantConfig],
+    anonymous: bool,
+    oauth_config: OAuthConfig | None,
+    servers: list[str],
+) -> Authenticator:
     """Keys from ``grants``; tokens too when the config has an ``oauth`` section."""
-    if config.oauth is None:
-        return Authenticator.from_grants(config.grants, config.anonymous)
+    if oauth_config is None:
+        return Authenticator.from_grants(grants, anonymous)
     http = IssuerHttp()
-    oauth = TokenAuthority(config.oauth, list(config.servers), http.get)
-    if config.oauth.introspection is not None:
+    oauth = TokenAuthority(oauth_config, servers, http.get)
+    if oauth_config.introspection is not None:
         from gateway.auth.introspect import Introspector
 
-        oauth.introspector = Introspector(config.oauth.introspection, oauth, http.post_form)
-    return Authenticator.from_grants(config.grants, config.anonymous, oauth, http)
+        oauth.introspector = Introspector(oauth_config.introspection, oauth, http.post_form)
+    return Authenticator.from_grants(grants, anonymous, oauth, http)
 
 
 def refusal_answer(refusal: Refusal) -> tuple[int, str, list[tuple[bytes, bytes]]]:
