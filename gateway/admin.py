@@ -23,12 +23,12 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
-from gateway.catalog import classify, override_for
 from gateway.console.feed import masked
 from gateway.console.login import sessions_of
 from gateway.console.origin import refusal
 from gateway.console.sessions import COOKIE, csrf_problem
 from gateway.errors import ApprovalError, BackendUnavailable
+from gateway.inventory.catalog import classify, override_for
 from gateway.policy.model import LimitSpec
 from gateway.ratelimit.base import Bucket
 from gateway.runtime import Gateway

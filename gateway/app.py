@@ -15,10 +15,10 @@ from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import admin_router
-from gateway.aggregate import Aggregate
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.auth.resource import WELL_KNOWN, document_at
 from gateway.console import console_handlers
+from gateway.edge.aggregate import Aggregate
 from gateway.edge.relay import Relay
 from gateway.lifecycle import background, check_upstreams
 from gateway.runtime import Gateway
@@ -158,7 +158,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         path="/openapi",
         render_plugins=[JsonRenderPlugin()],
     )
-    # logging_config=None: structlog is the one logging setup (gateway.audit); Litestar's
+    # logging_config=None: structlog is the one logging setup (gateway.telemetry.audit); Litestar's
     # default adds a queue-listener thread and handlers of its own.
     litestar = Litestar(
         route_handlers=handlers,

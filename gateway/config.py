@@ -111,7 +111,7 @@ class GatewayConfig:
     limits_key_prefix: str = "celgate:"  # Valkey keys: <prefix>rl:... and <prefix>ap:...
     grants: dict[str, GrantConfig] = field(default_factory=dict)
     admin_token_sha256: str | None = None
-    # Held calls that may wait for a human at once, per grant and in all (gateway.approvals)
+    # Held calls that may wait for a human at once, per grant and in all (gateway.approvals.service)
     approvals_max_pending_per_grant: int = 20
     approvals_max_pending: int = 1000
     log_arguments: bool = False

@@ -19,10 +19,10 @@ from typing import Any
 
 import anyio
 
-from gateway.audit import log
-from gateway.discovery import list_all
+from gateway.inventory.discovery import list_all
 from gateway.reload import exception_fields, reloading
 from gateway.runtime import Gateway
+from gateway.telemetry.audit import log
 
 CATALOG_SECONDS = 300.0
 HEALTH_SECONDS = 15.0

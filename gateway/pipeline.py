@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit import new_decision_id
 from gateway.enforce import apply_limits, check_pin
 from gateway.policy import Call, Decision, decide
+from gateway.telemetry.audit import new_decision_id
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway

@@ -24,11 +24,11 @@ from typing import Any
 
 import anyio
 
-from gateway.audit import log
 from gateway.errors import ConfigError
-from gateway.pins import Pins
+from gateway.inventory.pins import Pins
 from gateway.policy import CompiledPolicy, load_policy, rule_files
 from gateway.runtime import Gateway
+from gateway.telemetry.audit import log
 
 WATCH_SECONDS = 1.0
 SETTLE_SECONDS = 0.25

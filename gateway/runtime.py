@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.approval_stores import make_store
-from gateway.approvals import ApprovalCaps, ApprovalService
-from gateway.audit import DecisionLog
+from gateway.approvals.service import ApprovalCaps, ApprovalService
+from gateway.approvals.stores import make_store
 from gateway.auth.guard import HostGuard, SessionSigner
 from gateway.auth.identity import Authenticator, build_authenticator
-from gateway.catalog import tool_info as catalog_info
 from gateway.config import GatewayConfig
-from gateway.metrics import Metrics
-from gateway.pins import Pins
+from gateway.inventory.catalog import tool_info as catalog_info
+from gateway.inventory.pins import Pins
 from gateway.policy import CompiledPolicy, ToolInfo, load_policy
 from gateway.policy.engines import get_engine
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.factory import make_limiter
+from gateway.telemetry.audit import DecisionLog
+from gateway.telemetry.metrics import Metrics
 from gateway.upstream.http import HttpUpstream
 from gateway.upstream.stdio import StdioUpstream
 

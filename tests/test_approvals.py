@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from gateway.approval_stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
-from gateway.approvals import CUT, ApprovalCaps, ApprovalService, preview_args
-from gateway.audit import args_digest
+from gateway.approvals.service import CUT, ApprovalCaps, ApprovalService, preview_args
+from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
 from gateway.errors import ApprovalError
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval
+from gateway.telemetry.audit import args_digest
 from tests.valkey_server import ValkeyProcess
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import classify, tool_info
 from gateway.cli import main
-from gateway.pins import Pins, tool_digest
+from gateway.inventory.catalog import classify, tool_info
+from gateway.inventory.pins import Pins, tool_digest
 from gateway.policy import load_policy
 from tests.peers import demo_server
 

@@ -12,7 +12,7 @@ import json
 import socket
 from typing import Any
 
-from gateway.audit import LineSink
+from gateway.telemetry.audit import LineSink
 from gateway.wire.coalesce import CoalescingTransport
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 
-from gateway.approval_stores import MemoryApprovalStore, ValkeyApprovalStore
+from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore
 from gateway.edge import inband
 from gateway.errors import ConfigError
 from gateway.policy import load_policy

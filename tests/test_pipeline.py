@@ -20,15 +20,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.approval_stores import MemoryApprovalStore
-from gateway.approvals import ApprovalService
-from gateway.audit import args_digest
+from gateway.approvals.service import ApprovalService
+from gateway.approvals.stores import MemoryApprovalStore
 from gateway.auth.identity import hash_key
 from gateway.config import load_config
 from gateway.pipeline import Admission, Tick, Wait, admit, timed_upstream
 from gateway.policy import Call, Decision, Identity
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.runtime import Gateway, build_gateway
+from gateway.telemetry.audit import args_digest
 from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of, write_config
 from tests.peers import PeerProcess, free_port
 

@@ -16,8 +16,8 @@ import pytest
 import trustme
 import valkey
 
-from gateway.approval_stores import make_store
-from gateway.approvals import ApprovalService
+from gateway.approvals.service import ApprovalService
+from gateway.approvals.stores import make_store
 from gateway.errors import BackendUnavailable
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.catalog import classify, override_for
 from gateway.config import GatewayConfig, load_config
-from gateway.discovery import list_all
 from gateway.errors import ConfigError
-from gateway.pins import write_pins
+from gateway.inventory.catalog import classify, override_for
+from gateway.inventory.discovery import list_all
+from gateway.inventory.pins import write_pins
 from gateway.policy import ANONYMOUS, Call, CompiledPolicy, Identity, ToolInfo, decide, load_policy
 from gateway.policy.visibility import visible
 

@@ -107,7 +107,7 @@ def _decide(ns: argparse.Namespace) -> int:
 
 
 def _test(ns: argparse.Namespace) -> int:
-    from gateway.policytest import find_test_files, run_file
+    from gateway.policy.tester import find_test_files, run_file
 
     files = find_test_files(ns.paths)
     if not files:

@@ -26,10 +26,10 @@ from types import FrameType
 
 import uvicorn
 
-from gateway.audit import configure_logging
 from gateway.auth.identity import hash_key
 from gateway.config import LOOPBACK_HOSTS, GatewayConfig, ServerConfig, load_config
 from gateway.errors import ConfigError
+from gateway.telemetry.audit import configure_logging
 
 DEMO_PORT = 8787
 GRACEFUL_SECONDS = 5

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from gateway.approvals import mask_args
+from gateway.approvals.service import mask_args
 from gateway.policy.matching import candidates
 from gateway.runtime import Gateway
 

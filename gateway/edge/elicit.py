@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from gateway.approvals import preview_args
+from gateway.approvals.service import preview_args
 from gateway.edge import inband
 from gateway.edge.forward import Forward
 from gateway.edge.held import HeldStream, event

@@ -30,8 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from gateway.audit import args_digest
 from gateway.policy.model import Call
+from gateway.telemetry.audit import args_digest
 
 ID_PREFIX = "celgate-"
 STATE_PREFIX = "celgate.v1."
@@ -119,7 +119,7 @@ def check_state(
 
 @runtime_checkable
 class OnceStore(Protocol):
-    """The approval store's single-use check (``gateway.approval_stores``)."""
+    """The approval store's single-use check (``gateway.approvals.stores``)."""
 
     async def consume_once(self, token: str, ttl: float) -> bool: ...
 

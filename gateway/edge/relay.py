@@ -13,7 +13,6 @@ from typing import Any
 
 from mcp.shared.inbound import decode_header_value
 
-from gateway.audit import log
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.clientview import ClientView
@@ -25,6 +24,7 @@ from gateway.edge.replies import denial
 from gateway.pipeline import admit, timed_upstream
 from gateway.policy import Call, Identity
 from gateway.runtime import Gateway
+from gateway.telemetry.audit import log
 from gateway.upstream.http import HttpUpstream
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply

@@ -1,4 +1,5 @@
-"""The policy core: rule files compiled to CEL, and a pure ``decide``.
+"""3 decide: rule files compiled to CEL, a pure ``decide``, and the policy test runner
+(``tester``, behind ``celgate policy test``).
 
 It imports nothing of the edge."""
 

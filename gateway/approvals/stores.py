@@ -21,7 +21,7 @@ from typing import Any
 import valkey.asyncio as avalkey
 from valkey.exceptions import ValkeyError
 
-from gateway.approvals import (
+from gateway.approvals.service import (
     GRACE_SECONDS,
     KEEP_DECIDED,
     KEEP_SECONDS,

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from gateway.audit import log
+from gateway.telemetry.audit import log
 
 _FIELDS = ("name", "description", "inputSchema", "annotations")
 

@@ -12,8 +12,8 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from gateway.audit import log
 from gateway.config import ServerConfig
+from gateway.telemetry.audit import log
 
 LIST_TIMEOUT = 15.0
 

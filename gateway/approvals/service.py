@@ -29,9 +29,9 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
-from gateway.audit import args_digest
 from gateway.errors import ApprovalError
 from gateway.policy.model import Approval, Call, Decision
+from gateway.telemetry.audit import args_digest
 
 Status = Literal["pending", "approved", "denied", "used", "expired"]
 Tick = Callable[[float], Awaitable[None]]

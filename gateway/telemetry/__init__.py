@@ -1,0 +1,1 @@
+"""7 record: decision records and logging set-up (audit), Prometheus metrics."""
