@@ -395,9 +395,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
 def granian_app() -> Any:
     """The app factory granian's worker imports: ``celgate run`` minus the server."""
-    from gateway.app import build_app
     from gateway.config import load_config
-    from gateway.runtime import build_gateway
+    from gateway.server.app import build_app
+    from gateway.server.build import build_gateway
     from gateway.telemetry.audit import configure_logging
 
     configure_logging(json_logs=True)

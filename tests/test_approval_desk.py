@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.identity import hash_key
 from gateway.config import load_config
-from gateway.console import CSP
-from gateway.console.sessions import IDLE_SECONDS, MAX_SECONDS, MAX_SESSIONS, ConsoleSessions
 from gateway.errors import ConfigError
 from gateway.policy import load_policy
+from gateway.server.console import CSP
+from gateway.server.console.sessions import IDLE_SECONDS, MAX_SECONDS, MAX_SESSIONS, ConsoleSessions
 from gateway.telemetry.audit import args_digest
 from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway
 from tests.peers import PeerProcess

@@ -10,7 +10,7 @@ from gateway.auth.identity import hash_key
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.policy import Call, Identity, decide
-from gateway.runtime import build_gateway
+from gateway.server.build import build_gateway
 
 GOOD_KEY = hash_key("cgk_example")
 

@@ -1,4 +1,4 @@
-"""One admission pipeline (``gateway.pipeline``) behind every face.
+"""One admission pipeline (``gateway.pipeline.admission``) behind every face.
 
 ``admit`` on a real gateway object with the in-memory limiter and approval store on an
 injected clock: a human's wait is measured apart from the decision. Then end to end through
@@ -24,10 +24,11 @@ from gateway.approvals.service import ApprovalService
 from gateway.approvals.stores import MemoryApprovalStore
 from gateway.auth.identity import hash_key
 from gateway.config import load_config
-from gateway.pipeline import Admission, Tick, Wait, admit, timed_upstream
+from gateway.pipeline.admission import Admission, Tick, Wait, admit, timed_upstream
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Decision, Identity
 from gateway.ratelimit.memory import MemoryRateLimiter
-from gateway.runtime import Gateway, build_gateway
+from gateway.server.build import build_gateway
 from gateway.telemetry.audit import args_digest
 from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of, write_config
 from tests.peers import PeerProcess, free_port

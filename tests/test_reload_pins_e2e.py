@@ -18,7 +18,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import lifecycle
+from gateway.server import lifecycle
 from tests.gateway_proc import (
     GatewayProcess,
     calls_in,

@@ -106,8 +106,8 @@ def _banner(config: GatewayConfig) -> None:
 
 
 def serve(config: GatewayConfig, sock: socket.socket) -> int:
-    from gateway.app import build_app
-    from gateway.runtime import build_gateway
+    from gateway.server.app import build_app
+    from gateway.server.build import build_gateway
     from gateway.wire.protocol import protocol_class
 
     if config.anonymous and config.host not in LOOPBACK_HOSTS:

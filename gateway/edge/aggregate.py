@@ -39,10 +39,10 @@ from starlette.requests import Request
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text
-from gateway.pipeline import admit, timed_upstream
+from gateway.pipeline.admission import admit, timed_upstream
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
-from gateway.runtime import Gateway
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
-from gateway.runtime import Gateway
 
 #: Where a listed tool carries its risk and kind (MCP ``_meta`` keys are reverse-DNS prefixed).
 RISK_KEY = "io.celgate/risk"

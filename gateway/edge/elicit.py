@@ -13,7 +13,8 @@ it is a denial with its reason. How the question travels depends on the caller's
   ``requestState``; the client's retry carries the answer and the state, checked and used once.
 
 A client that cannot be asked (no elicitation capability, no SSE) gets the rule's
-``fallback`` mode (``gateway.pipeline``). Tokens and process-local state: ``gateway.edge.inband``.
+``fallback`` mode (``gateway.pipeline.admission``). Tokens and process-local state:
+``gateway.edge.inband``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from gateway.edge import inband
 from gateway.edge.forward import Forward
 from gateway.edge.held import HeldStream, event
 from gateway.edge.replies import input_required
-from gateway.pipeline import Elicit, Tick
+from gateway.pipeline.admission import Elicit, Tick
+from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
-from gateway.runtime import Gateway
 from gateway.wire.asgi import Send, reply
 from gateway.wire.jsonrpc import (
     INVALID_REQUEST,

@@ -3,7 +3,8 @@
 The stream opens as soon as the call is held; while the approval is pending, progress
 notifications (when the client sent a progress token) or SSE comments keep it alive and name
 the approval id. Once decided, the stream carries either the denial or the upstream's own
-answer. Deciding, limits and the record are ``gateway.pipeline.admit``'s; this is the wire.
+answer. Deciding, limits and the record are ``gateway.pipeline.admission.admit``'s; this is
+the wire.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from gateway.edge.forward import (
     watching_disconnect,
 )
 from gateway.edge.replies import denial
-from gateway.pipeline import Admission, Wait, timed_upstream
+from gateway.pipeline.admission import Admission, Wait, timed_upstream
+from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision
-from gateway.runtime import Gateway
 from gateway.upstream.h1 import H1Response
 from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import Message
@@ -69,7 +70,7 @@ class _Keepalive:
 
 
 class HeldStream:
-    """The relay's ``hold`` for a client that takes SSE (see ``gateway.pipeline.admit``).
+    """The relay's ``hold`` for a client that takes SSE (see ``gateway.pipeline.admission.admit``).
 
     ``hold`` opens the stream and keeps it alive while the approval waits; after ``admit``,
     ``answer`` writes the denial or the upstream's answer into it and closes it. A client

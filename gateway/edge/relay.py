@@ -21,9 +21,9 @@ from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.replies import denial
-from gateway.pipeline import admit, timed_upstream
+from gateway.pipeline.admission import admit, timed_upstream
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
-from gateway.runtime import Gateway
 from gateway.telemetry.audit import log
 from gateway.upstream.http import HttpUpstream
 from gateway.wire import jsonrpc as rpc

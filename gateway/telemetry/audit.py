@@ -3,7 +3,7 @@
 One JSON line per decision, event ``policy.decision``. Arguments appear only as a sha256
 digest of their canonical JSON unless ``audit.log_arguments`` is on. ``latency_ms`` is the
 gateway's own time; a call held for a human also has ``approval_wait_ms`` (the records are
-written by ``gateway.pipeline.admit``, once per call).
+written by ``gateway.pipeline.admission.admit``, once per call).
 """
 
 from __future__ import annotations

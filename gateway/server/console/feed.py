@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 
 from gateway.approvals.service import mask_args
+from gateway.pipeline.gateway import Gateway
 from gateway.policy.matching import candidates
-from gateway.runtime import Gateway
 
 BUFFER = 256  # records one subscriber may have waiting
 MAX_STREAMS = 8

@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 
 from gateway.inventory.discovery import list_all
-from gateway.reload import exception_fields, reloading
-from gateway.runtime import Gateway
+from gateway.pipeline.gateway import Gateway
+from gateway.server.reload import exception_fields, reloading
 from gateway.telemetry.audit import log
 
 CATALOG_SECONDS = 300.0

@@ -14,14 +14,14 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.admin import admin_router
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.auth.resource import WELL_KNOWN, document_at
-from gateway.console import console_handlers
 from gateway.edge.aggregate import Aggregate
 from gateway.edge.relay import Relay
-from gateway.lifecycle import background, check_upstreams
-from gateway.runtime import Gateway
+from gateway.pipeline.gateway import Gateway
+from gateway.server.admin import admin_router
+from gateway.server.console import console_handlers
+from gateway.server.lifecycle import background, check_upstreams
 from gateway.upstream.stdio import running_bridges
 from gateway.wire.asgi import reply
 
@@ -120,7 +120,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     async def readyz() -> Response[dict[str, Any]]:
         health = await check_upstreams(gateway)
         upstreams = {n: ("up" if ok else "down") for n, ok in health.items()}
-        # Background components (gateway.lifecycle.Components): one stopped for good is 503.
+        # Background components (gateway.server.lifecycle.Components): one stopped for good is 503.
         registry = gateway.extras.get("components")
         stopped = registry.stopped() if registry is not None else []
         ready = all(health.values()) and not stopped

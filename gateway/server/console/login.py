@@ -19,9 +19,10 @@ from litestar import Request, Response, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from gateway.auth.identity import token_matches
-from gateway.console.feed import DecisionFeed, install_feed, masked, matches
-from gateway.console.origin import refusal
-from gateway.console.sessions import (
+from gateway.pipeline.gateway import Gateway
+from gateway.server.console.feed import DecisionFeed, install_feed, masked, matches
+from gateway.server.console.origin import refusal
+from gateway.server.console.sessions import (
     COOKIE,
     MAX_SECONDS,
     ConsoleSession,
@@ -29,7 +30,6 @@ from gateway.console.sessions import (
     cookie_header,
     csrf_problem,
 )
-from gateway.runtime import Gateway
 
 log = structlog.get_logger(__name__)
 KEEPALIVE_SECONDS = 15.0

@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gateway.enforce import apply_limits, check_pin
+from gateway.pipeline.enforce import apply_limits, check_pin
 from gateway.policy import Call, Decision, decide
 from gateway.telemetry.audit import new_decision_id
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.pipeline.gateway import Gateway
 
 Clock = Callable[[], float]
 #: Called between polls while a human decides, with the seconds waited so far.

@@ -1,5 +1,5 @@
-"""After ``decide``: the pin check, and rate limits for what may go ahead (``gateway.pipeline``
-runs them in order, with the approval between).
+"""After ``decide``: the pin check, and rate limits for what may go ahead
+(``gateway.pipeline.admission`` runs them in order, with the approval between).
 
 Limits apply to what is allowed or approved, so a call still waiting for a human takes no
 tokens, and a denied call takes none either.
@@ -15,7 +15,7 @@ from gateway.policy.model import Call, Decision, LimitState
 from gateway.ratelimit.base import Bucket, LimitResult
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.pipeline.gateway import Gateway
 
 
 def _state(result: LimitResult) -> LimitState:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from gateway.runtime import Gateway
+from gateway.pipeline.gateway import Gateway
 
 
 def refusal(gateway: Gateway, host: str | None, origin: str | None) -> tuple[int, str] | None:

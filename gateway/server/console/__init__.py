@@ -1,8 +1,8 @@
 """The operator's console: one static page over the admin API, served at ``/console``.
 
 The page holds no data and no secret: the admin token is posted once to ``/console/login``
-(``gateway.console.login``), which sets an ``HttpOnly``, ``SameSite=Strict`` session cookie
-(a random id, ``gateway.console.sessions``); every state-changing request also carries the
+(``gateway.server.console.login``), which sets an ``HttpOnly``, ``SameSite=Strict`` session cookie
+(a random id, ``gateway.server.console.sessions``); every state-changing request also carries the
 session's CSRF token and its own Origin. Live decisions come as server-sent events
 (``/console/events``). Everything is served from the package: no external asset, a strict
 Content-Security-Policy (scripts only from this origin, no inline script, Trusted Types
@@ -17,9 +17,9 @@ from typing import Any
 
 from litestar import Request, Response, get
 
-from gateway.console.login import login_handlers
-from gateway.console.origin import refusal
-from gateway.runtime import Gateway
+from gateway.pipeline.gateway import Gateway
+from gateway.server.console.login import login_handlers
+from gateway.server.console.origin import refusal
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -44,7 +44,7 @@ _ASSETS = {
 
 
 def _load() -> dict[str, tuple[bytes, str]]:
-    static = files("gateway.console") / "static"
+    static = files("gateway.server.console") / "static"
     return {name: (static.joinpath(f).read_bytes(), kind) for name, (f, kind) in _ASSETS.items()}
 
 

@@ -7,7 +7,7 @@ after they are read, and read again until the two agree, so a file being written
 read never becomes the policy. A call in flight finishes under the revision it started with,
 because the relay reads ``gateway.policy`` once per call.
 
-The watcher is one step (``Reloader.watch_once``) that ``gateway.lifecycle`` runs under its
+The watcher is one step (``Reloader.watch_once``) that ``gateway.server.lifecycle`` runs under its
 supervisor, so an error in it is logged and retried and never reaches other components.
 """
 
@@ -26,8 +26,8 @@ import anyio
 
 from gateway.errors import ConfigError
 from gateway.inventory.pins import Pins
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import CompiledPolicy, load_policy, rule_files
-from gateway.runtime import Gateway
 from gateway.telemetry.audit import log
 
 WATCH_SECONDS = 1.0

@@ -3,7 +3,7 @@
 Policy revision and sources, approvals (list with the held call's arguments, approve, deny:
 each decision logged as ``approval.decided`` and counted), recent decisions, tools with their
 risk, and rate-limit buckets (shown, or refilled by an operator). Litestar generates its
-OpenAPI schema (``/openapi``). The console (``gateway.console``) is a page over this API.
+OpenAPI schema (``/openapi``). The console (``gateway.server.console``) is a page over this API.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
-from gateway.console.feed import masked
-from gateway.console.login import sessions_of
-from gateway.console.origin import refusal
-from gateway.console.sessions import COOKIE, csrf_problem
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.inventory.catalog import classify, override_for
+from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import LimitSpec
 from gateway.ratelimit.base import Bucket
-from gateway.runtime import Gateway
+from gateway.server.console.feed import masked
+from gateway.server.console.login import sessions_of
+from gateway.server.console.origin import refusal
+from gateway.server.console.sessions import COOKIE, csrf_problem
 
 _CHALLENGE = {"WWW-Authenticate": ADMIN_CHALLENGE}
 log = structlog.get_logger(__name__)

@@ -1,0 +1,58 @@
+"""The composition root: a ``Gateway`` built once from config (policy, upstreams, keys,
+limits, approvals, records), then handed to the app and the background components."""
+
+from __future__ import annotations
+
+from gateway.approvals.service import ApprovalCaps, ApprovalService
+from gateway.approvals.stores import make_store
+from gateway.auth.guard import HostGuard, SessionSigner
+from gateway.auth.identity import build_authenticator
+from gateway.config import GatewayConfig
+from gateway.inventory.pins import Pins
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import load_policy
+from gateway.policy.engines import get_engine
+from gateway.ratelimit.factory import make_limiter
+from gateway.telemetry.audit import DecisionLog
+from gateway.telemetry.metrics import Metrics
+from gateway.upstream.http import HttpUpstream
+from gateway.upstream.stdio import StdioUpstream
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
+    """Load the policy and wire the parts; raises ConfigError on a bad policy."""
+    policy = load_policy(config.policy_paths, get_engine(config.cel_engine))
+    upstreams = {
+        name: StdioUpstream(server) if server.is_stdio else HttpUpstream(server)
+        for name, server in config.servers.items()
+    }
+    gateway = Gateway(
+        config=config,
+        policy=policy,
+        upstreams=upstreams,
+        auth=build_authenticator(
+            config.grants, config.anonymous, config.oauth, list(config.servers)
+        ),
+        limiter=make_limiter(
+            config.limits_backend,
+            busy_poll_us=config.limits_busy_poll_us,
+            timeout_ms=config.limits_timeout_ms,
+            key_prefix=config.limits_key_prefix,
+        ),
+        decisions=DecisionLog(log_arguments=config.log_arguments),
+        signer=SessionSigner(config.session_secret),
+        guard=HostGuard(
+            config.security.allowed_hosts, config.security.allowed_origins, config.host
+        ),
+    )
+    gateway.pins = Pins.load(config.pins_file, config.accept_tool_changes)
+    gateway.metrics = Metrics()
+    gateway.metrics.set_policy(policy.revision)
+    store = make_store(
+        config.limits_backend,
+        key_prefix=config.limits_key_prefix,
+        timeout_ms=config.limits_timeout_ms,
+    )
+    caps = ApprovalCaps(config.approvals_max_pending_per_grant, config.approvals_max_pending)
+    gateway.approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=caps)
+    return gateway
