@@ -5,12 +5,22 @@
     GatewayError
      ├── ConfigError              a rule file or config file is wrong (every problem listed)
      ├── PolicyEvalError          a CEL condition failed at call time (the call is denied)
-     ├── BackendUnavailable       Valkey (limits, approvals) cannot be reached
+     ├── BackendUnavailable       Valkey (limits, approvals) cannot be reached or answered an
+     │                            error (ValkeyError, OSError mapped where they arise)
+     ├── KeySetUnavailable        the identity provider's metadata or keys cannot be had
      ├── UpstreamError            an upstream MCP server is down, refused or died mid-stream
+     │    └── UpstreamIOError     the connection failed or closed early (also an OSError)
+     │         └── UpstreamTimeout   the answer's head came too late (also a TimeoutError)
      └── ApprovalError            an approval id is unknown, expired or already decided
 
-Only the messages of these classes are ever shown to a client, and only where the edge says
-so; an unexpected exception is logged and answered with a generic internal error.
+Beside the tree, at the wire (which imports nothing of gateway): ``gateway.wire.jsonrpc``'s
+``BadMessage`` (a request refused with its JSON-RPC code and HTTP status, the parser's errors
+mapped to it where they arise) and ``gateway.wire.sse.StreamTooLarge``. Load-time problems
+(YAML/JSON, CEL that does not compile) are collected into one ``ConfigError``.
+
+``gateway.edge.replies.error_reply`` turns any of them into a JSON-RPC error; only the
+messages of these classes are ever shown to a client, and an unexpected exception is logged
+and answered with a generic internal error.
 """
 
 from __future__ import annotations
@@ -70,6 +80,18 @@ class BackendUnavailable(GatewayError):
 
 class UpstreamError(GatewayError):
     """An upstream MCP server could not be reached or failed while answering."""
+
+
+class UpstreamIOError(UpstreamError, OSError):
+    """The upstream connection failed or closed before the answer was complete."""
+
+
+class UpstreamTimeout(UpstreamIOError, TimeoutError):
+    """The answer's head did not come in time; the connection was dropped."""
+
+
+class KeySetUnavailable(GatewayError):
+    """The identity provider's metadata or key set could not be fetched or read."""
 
 
 class ApprovalError(GatewayError):

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.upstream.h1 import H1Pool, UpstreamIOError, UpstreamTimeout
+from gateway.errors import UpstreamIOError, UpstreamTimeout
+from gateway.upstream.h1 import H1Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -21,7 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import ServerConfig
-from gateway.upstream.h1 import UpstreamIOError, UpstreamTimeout
+from gateway.errors import UpstreamIOError, UpstreamTimeout
 from gateway.upstream.inproc import _PAUSE_AT, AsgiPool, AsgiTransport
 from gateway.upstream.stdio import BRIDGE_URL, StdioUpstream
 from gateway.wire.asgi import Message, Receive, Scope, Send

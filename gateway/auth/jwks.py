@@ -23,6 +23,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from gateway.auth.settings import OAuthConfig, is_loopback
+from gateway.errors import KeySetUnavailable
 
 log = structlog.get_logger("celgate.oauth")
 MAX_DOCUMENT = 1024 * 1024
@@ -31,10 +32,6 @@ _ASYMMETRIC = {"RSA", "EC", "OKP"}
 #: GET a URL, answer (status, body); the gateway's is httpx2, tests may pass their own.
 Fetch = Callable[[str], Awaitable[tuple[int, bytes]]]
 Clock = Callable[[], float]
-
-
-class KeySetUnavailable(Exception):
-    """The key set could not be fetched or read (the reason is logged, not sent to clients)."""
 
 
 def discovery_urls(issuer: str) -> list[str]:

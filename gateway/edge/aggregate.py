@@ -38,13 +38,14 @@ from starlette.requests import Request
 
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
-from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text
+from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text, error_reply
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.jsonrpc import BadMessage
 
 log = structlog.get_logger("celgate.aggregate")
 
@@ -184,14 +185,18 @@ class Aggregate:
                         link.closed.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._handle(scope, receive, send)
+        except BadMessage as exc:
+            await reply(send, *error_reply(exc))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = Incoming(scope, receive)
         guard = self.gw.guard
         if not guard.host_ok(incoming.header("host")):
-            await reply(send, 421, rpc.error_body(None, rpc.INVALID_REQUEST, "Host not allowed"))
-            return
+            raise BadMessage(rpc.INVALID_REQUEST, "Host not allowed", status=421)
         if not guard.origin_ok(incoming.header("origin")):
-            await reply(send, 403, rpc.error_body(None, rpc.INVALID_REQUEST, "Origin not allowed"))
-            return
+            raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
         identity = await self.gw.auth.resolve(incoming.header("authorization"), "/mcp")
         if isinstance(identity, Refusal):
             status, message, challenge = refusal_answer(identity)
@@ -201,8 +206,7 @@ class Aggregate:
         version = incoming.header("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             msg = "the aggregated endpoint serves the initialize handshake only"
-            await reply(send, 400, rpc.error_body(None, rpc.METHOD_NOT_FOUND, msg))
-            return
+            raise BadMessage(rpc.METHOD_NOT_FOUND, msg)
         # Session ids are bound to the grant that created them, from the answer that creates
         # them on (signed like the relay's): another grant holding an id has nothing.
         presented = incoming.header("mcp-session-id")
@@ -210,17 +214,14 @@ class Aggregate:
         if presented is not None:
             sid = self.gw.signer.unwrap(AGGREGATE_KEY, identity.grant, presented)
             if sid is None or incoming.count("mcp-session-id") > 1:
-                body = rpc.error_body(None, rpc.SESSION_NOT_FOUND, "Session not found")
-                await reply(send, 404, body)
-                return
+                raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404)
             scope["headers"] = [
                 (k, sid.encode() if k.lower() == b"mcp-session-id" else v)
                 for k, v in scope["headers"]
             ]
         link = self.links.get(sid) if sid else None
         if link is not None and link.grant != identity.grant:
-            await reply(send, 404, rpc.error_body(None, rpc.SESSION_NOT_FOUND, "Session not found"))
-            return
+            raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404)
         if sid and incoming.method == "DELETE" and link is not None:
             link.closed.set()
         scope[IDENTITY_KEY] = identity

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.edge.clientview import ClientView
-from gateway.upstream.h1 import H1Response, UpstreamIOError
+from gateway.errors import UpstreamIOError
+from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, reply
 from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body

@@ -20,7 +20,7 @@ from gateway.edge.elicit import ElicitFace, deliver, remember_client
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.inband import is_gateway_id
-from gateway.edge.replies import denial
+from gateway.edge.replies import denial, error_reply
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -49,12 +49,11 @@ class Relay:
         try:
             await self._handle(incoming, tracking_send)
         except BadMessage as exc:
-            body = rpc.error_body(exc.msg_id, exc.code, exc.message)
-            await reply(send, exc.status, body)
-        except Exception:  # the boundary: logged in full here, never shown to the client
+            await reply(send, *error_reply(exc))
+        except Exception as exc:  # the boundary: logged in full here, never shown to the client
             log.exception("relay.internal_error", path=incoming.path, method=incoming.method)
             if not started:
-                await reply(send, 500, rpc.error_body(None, rpc.INTERNAL_ERROR, "internal error"))
+                await reply(send, *error_reply(exc))
 
     async def _handle(self, incoming: Incoming, send: Send) -> None:
         guard = self.gw.guard

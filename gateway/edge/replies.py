@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
 from gateway.policy.model import Decision
-from gateway.wire.jsonrpc import MODERN_VERSIONS, result_body
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.jsonrpc import MODERN_VERSIONS, BadMessage, result_body
 
 #: Where a result the gateway wrote carries its decision (``_meta`` keys are reverse-DNS).
 DECISION_KEY = "io.celgate/decision"
@@ -81,3 +83,20 @@ def input_required(
         "_meta": {DECISION_KEY: decision_payload(decision, decision_id)},
     }
     return result_body(msg_id, result)
+
+
+def error_reply(exc: BaseException, msg_id: Any = None) -> tuple[int, bytes]:
+    """The HTTP status and JSON-RPC error body that answer ``exc``: the one place a refusal or
+    a gateway error becomes a JSON-RPC error. Only ``BadMessage`` shows its own message; an
+    error of the tree says what kind of failure it was, and anything else is an internal
+    error (logged in full by the caller, never shown)."""
+    if isinstance(exc, BadMessage):
+        return exc.status, rpc.error_body(exc.msg_id, exc.code, exc.message)
+    if isinstance(exc, UpstreamTimeout):
+        message = "upstream did not answer in time"
+        return 504, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, message)
+    if isinstance(exc, UpstreamError):
+        return 502, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, "upstream is unavailable")
+    if isinstance(exc, BackendUnavailable):
+        return 503, rpc.error_body(msg_id, rpc.INTERNAL_ERROR, "backend unavailable")
+    return 500, rpc.error_body(msg_id, rpc.INTERNAL_ERROR, "internal error")

@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.errors import UpstreamIOError, UpstreamTimeout
+
 # A slow reader pauses the socket rather than letting chunks pile up without bound.
 _PAUSE_AT = 64
 _RESUME_AT = 8
@@ -62,14 +64,6 @@ def connection_named(values: Iterable[str]) -> set[str]:
 def is_hop_by_hop(name: str, named: Container[str] = ()) -> bool:
     """``name`` (lower case) belongs to the connection, not the message."""
     return name in HOP_BY_HOP or name.startswith("proxy-") or name in named
-
-
-class UpstreamIOError(OSError):
-    """The upstream connection failed or closed before the answer was complete."""
-
-
-class UpstreamTimeout(UpstreamIOError, TimeoutError):
-    """The answer's head did not come in time; the connection was dropped."""
 
 
 class _Stop(Exception):

@@ -17,7 +17,8 @@ import structlog
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.config import ServerConfig
-from gateway.upstream.h1 import H1Pool, H1Response, UpstreamIOError
+from gateway.errors import UpstreamIOError
+from gateway.upstream.h1 import H1Pool, H1Response
 
 
 class Pool(Protocol):

@@ -30,13 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 import httpx2
 import structlog
 
-from gateway.upstream.h1 import (
-    H1Response,
-    UpstreamIOError,
-    UpstreamTimeout,
-    connection_named,
-    is_hop_by_hop,
-)
+from gateway.errors import UpstreamIOError, UpstreamTimeout
+from gateway.upstream.h1 import H1Response, connection_named, is_hop_by_hop
 from gateway.wire.asgi import Message, Receive, Scope, Send
 
 log = structlog.get_logger("celgate.inproc")
