@@ -193,6 +193,9 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 def run_command(ns: argparse.Namespace) -> int:
     configure_logging(json_logs=ns.json_logs)
     signal.signal(signal.SIGTERM, _terminated)
+    # Ctrl-C ends the run with 130 even when started where SIGINT is ignored (a background
+    # job of a non-interactive shell): uvicorn restores the handler it found, then re-raises.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if ns.config is None:
         return _run_demo(ns.port or DEMO_PORT)
     try:
