@@ -1,0 +1,216 @@
+"""A supervised stdio MCP server process: JSON lines in and out, restarted with backoff.
+
+Children run in their own process group and get SIGTERM when the gateway dies
+(``PR_SET_PDEATHSIG``); a restart streak is logged when it begins, when its cause changes and
+when it ends, never once per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from mcp.client.stdio import get_default_environment
+
+from gateway.config import ServerConfig
+
+log = structlog.get_logger("celgate.stdio")
+
+LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long lines
+BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
+KILL_GRACE = 2.0
+STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
+OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """One supervised stdio process: JSON lines in and out, restarted with backoff."""
+
+    def __init__(self, config: ServerConfig, label: str, on_message: OnMessage) -> None:
+        self.config = config
+        self.label = label
+        self.on_message = on_message
+        self.on_exit: Callable[[], Awaitable[None]] | None = None
+        self.on_start: Callable[[], Awaitable[None]] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = anyio.Event()
+        self.stopping = False
+        self.restarts = 0
+        # Supervision state: failed starts or exits in a row, the last one's cause, and when
+        # the current process started. A streak is logged when it begins, when its cause
+        # changes and when it ends (``stdio.recovered``), never once per attempt.
+        self.failures = 0
+        self.last_error: str | None = None
+        self.started_at = 0.0
+        # Silence counts against a request from here on: the child's first word since its
+        # start, or STARTUP_GRACE after the start if it has said nothing yet.
+        self.warm_at = 0.0
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        assert self.config.command is not None
+        env = {**get_default_environment(), **self.config.env}
+        return await asyncio.create_subprocess_exec(
+            self.config.command,
+            *self.config.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=self.config.cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            limit=LINE_LIMIT,
+        )
+
+    async def run(self) -> None:
+        """Start the process and keep it running until ``stop``; never raises for a crash."""
+        delay = BACKOFF_FIRST
+        while not self.stopping:
+            started = self.started_at = time.monotonic()
+            self.warm_at = started + STARTUP_GRACE
+            try:
+                self.proc = await self._spawn()
+            except OSError as exc:
+                error = spawn_error(exc, self.config.command)
+                self._failed("stdio.spawn_failed", error, started)
+            else:
+                level = log.debug if self.failures else log.info
+                level("stdio.started", server=self.label, pid=self.proc.pid)
+                if self.on_start is not None:
+                    await self.on_start()
+                self.ready.set()
+                await self._read(self.proc)
+                self.ready = anyio.Event()
+                code = await self._reap(self.proc)
+                if self.on_exit is not None:
+                    await self.on_exit()
+                if self.stopping:
+                    return
+                self._failed("stdio.exited", f"exited with code {code}", started, code=code)
+            if time.monotonic() - started > HEALTHY_AFTER:
+                delay = BACKOFF_FIRST
+            if self.failures == 1:
+                log.info("stdio.restarting", server=self.label, backoff=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            self.restarts += 1
+
+    def _failed(self, event: str, error: str, started: float, **fields: Any) -> None:
+        """One more failed start or exit; logged when a streak begins or its cause changes."""
+        if self.failures and time.monotonic() - started > HEALTHY_AFTER:
+            self._recovered()  # it ran well for a while: this is a new streak
+        self.failures += 1
+        if self.failures == 1 or error != self.last_error:
+            log.error(
+                event,
+                server=self.label,
+                command=self.config.command,
+                error=error,
+                failures=self.failures,
+                **fields,
+            )
+        self.last_error = error
+
+    def _recovered(self) -> None:
+        if self.failures:
+            log.info("stdio.recovered", server=self.label, failures=self.failures)
+        self.failures, self.last_error = 0, None
+
+    def health(self) -> tuple[bool, str | None]:
+        """Up while a process runs and is not in a streak of failures (one that has run well
+        for ``HEALTHY_AFTER`` seconds ends its streak); else down, with the last cause."""
+        proc = self.proc
+        running = proc is not None and proc.returncode is None and self.ready.is_set()
+        if running and self.failures and time.monotonic() - self.started_at > HEALTHY_AFTER:
+            self._recovered()
+        if running and not self.failures:
+            return True, None
+        return False, self.last_error or "not started yet"
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except (ValueError, OSError) as exc:  # a line over the limit, a broken pipe
+                log.error("stdio.read_failed", server=self.label, error=str(exc))
+                return
+            if not line:
+                return
+            self.warm_at = min(self.warm_at, time.monotonic())
+            if self.failures:
+                self._recovered()  # it speaks: the streak is over
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning(
+                    "stdio.not_json", server=self.label, line=line[:200].decode(errors="replace")
+                )
+                continue
+            if isinstance(message, dict):
+                await self.on_message(message)
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> int | None:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(KILL_GRACE):
+                await proc.wait()
+            if proc.returncode is None:
+                kill_group(proc)
+            await proc.wait()
+        return proc.returncode
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Write one message; False when there is no live process to take it."""
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return False
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (ConnectionError, OSError):
+            return False
+        return True
+
+    async def wait_ready(self, within: float) -> bool:
+        with anyio.move_on_after(within):
+            await self.ready.wait()
+            return True
+        return False
+
+    def stop(self) -> None:
+        """Close stdin (a polite stdio server exits on EOF), then SIGTERM the group."""
+        self.stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
+def spawn_error(exc: OSError, command: str | None) -> str:
+    """A start failure as an operator reads it: "No such file or directory: 'cmd'" (an exec
+    that fails in the forked child reports no file name: the command is the one)."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    filename = exc.filename or command
+    return f"{text}: {filename!r}" if filename else text
+
+
+def kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,240 @@
+"""The 2026-07-28 era on stdio: one shared process per server (``SharedLink``).
+
+Requests are stateless and servers never send requests mid-call, so one process serves every
+caller; request ids and progress tokens are remapped so answers go back to the HTTP request
+that asked, and a caller cancels only its own requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
+
+from gateway.config import ServerConfig
+from gateway.upstream.stdio_child import Child, log
+from gateway.upstream.stdio_messages import (
+    cancelled,
+    deadline,
+    progress_token,
+    too_slow,
+    unavailable,
+)
+from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.jsonrpc import (
+    METHOD_NOT_FOUND,
+    PROTOCOL_VERSION_META_KEY,
+    UPSTREAM_UNAVAILABLE,
+)
+from gateway.wire.jsonrpc import error_body as rpc_error
+
+
+class SharedLink:
+    """The 2026-07-28 era: one process for every stateless request, ids remapped."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.child = Child(config, f"{config.name}[shared]", self._from_child)
+        self.child.on_exit = self._child_exited
+        self.child.on_start = self._discover
+        self.ids = itertools.count(1)
+        self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[dict[str, Any]]]] = {}
+        self.tokens: dict[str, str] = {}
+        self.heard: dict[str, float] = {}
+        self.name = config.name
+        self.timeout = config.timeout
+
+    async def handle(self, incoming: Incoming, send: Send, message: dict[str, Any]) -> None:
+        if not self.child.ready.is_set() and not await self.child.wait_ready(10.0):
+            await reply(
+                send,
+                502,
+                rpc_error(message.get("id"), UPSTREAM_UNAVAILABLE, "stdio server is not running"),
+            )
+            return
+        if message.get("method") in _HANDSHAKE_ONLY:
+            # The shared child serves the stateless era: a handshake would switch its one
+            # connection to the other era for every caller. The era has no such method.
+            if "id" in message:
+                error = rpc_error(message["id"], METHOD_NOT_FOUND, "Method not found")
+                await reply(send, 404, error)
+            else:
+                await reply(send, 202, b"")
+            return
+        if "id" not in message or "method" not in message:
+            await self._notify(message)
+            await reply(send, 202, b"")
+            return
+        inner = f"c{next(self.ids)}"
+        original_id = message["id"]
+        outgoing = {**message, "id": inner}
+        token = progress_token(message)
+        if token is not None:
+            params = dict(message["params"])
+            params["_meta"] = {**params["_meta"], "progressToken": inner}
+            outgoing["params"] = params
+            self.tokens[inner] = inner
+        sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](64)
+        self.waiting[inner] = (original_id, token, sender)
+        self.heard[inner] = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(deadline, self.timeout, self._last_sign(inner), self._expire(inner))
+                if not await self.child.send(outgoing):
+                    await sender.send(
+                        unavailable(inner, f"stdio server {self.name!r} is not running")
+                    )
+                cancel = self._cancel(inner, "the client went away")
+                await _stream_answer(incoming, send, receiver, original_id, token, cancel)
+                tg.cancel_scope.cancel()
+        finally:
+            self.waiting.pop(inner, None)
+            self.tokens.pop(inner, None)
+            self.heard.pop(inner, None)
+
+    async def _discover(self) -> None:
+        """A server on stdio takes its connection's era from the first message it reads: a
+        caller's malformed first request must not set it for every caller after. So each
+        (re)started child first hears a well-formed ``server/discover``; its answer, with an
+        id no caller has, is dropped."""
+        await self.child.send(
+            {
+                "jsonrpc": "2.0",
+                "id": "celgate-discover",
+                "method": "server/discover",
+                "params": {
+                    "_meta": {
+                        PROTOCOL_VERSION_META_KEY: "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo": {
+                            "name": "celgate",
+                            "version": "stdio-shared",
+                        },
+                    }
+                },
+            }
+        )
+
+    async def _notify(self, message: dict[str, Any]) -> None:
+        """A client notification (client answers never come here: no requests mid-call).
+
+        ``notifications/cancelled`` names a request id of the sender's own; the ids the child
+        knows are ours, and a notification's exchange has no request of its own to map one to.
+        So it is dropped: a caller cancels by closing its request's stream (as the 2026 wire
+        says), which cancels that request's own inner id (``_cancel``), never another's.
+        """
+        if message.get("method") == "notifications/cancelled":
+            log.debug("stdio.cancel_dropped", server=self.name)
+            return
+        await self.child.send(message)
+
+    def _cancel(self, inner: str, reason: str) -> Callable[[], Awaitable[None]]:
+        async def cancel() -> None:
+            if inner in self.waiting:
+                await self.child.send(cancelled(inner, reason))
+
+        return cancel
+
+    def _last_sign(self, inner: str) -> Callable[[], float | None]:
+        def last_sign() -> float | None:
+            heard = self.heard.get(inner)
+            return None if heard is None else max(heard, self.child.warm_at)
+
+        return last_sign
+
+    def _expire(self, inner: str) -> Callable[[], Awaitable[None]]:
+        async def expire() -> None:
+            await self._cancel(inner, f"no answer within {self.timeout:g} s")()
+            self.heard.pop(inner, None)
+            entry = self.waiting.get(inner)
+            if entry is not None:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                    entry[2].send_nowait(too_slow(self.name, self.timeout, inner))
+
+        return expire
+
+    async def _from_child(self, message: dict[str, Any]) -> None:
+        key = message.get("id") if "method" not in message else progress_token(message)
+        inner = str(key) if key is not None and str(key) in self.waiting else None
+        if inner is None and "method" in message and len(self.waiting) == 1:
+            inner = next(iter(self.waiting))  # a log line while one call runs
+        if inner is None:
+            return
+        if inner in self.heard:
+            self.heard[inner] = time.monotonic()
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+            self.waiting[inner][2].send_nowait(message)
+
+    async def _child_exited(self) -> None:
+        for inner, (_, _, sender) in list(self.waiting.items()):
+            why = f"stdio server {self.name!r} exited before answering; it is being restarted"
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                sender.send_nowait(unavailable(inner, why))
+
+
+#: Methods of the handshake era only; never sent to the shared (stateless-era) child.
+_HANDSHAKE_ONLY = frozenset({"initialize", "notifications/initialized"})
+
+
+async def _stream_answer(
+    incoming: Incoming,
+    send: Send,
+    receiver: MemoryObjectReceiveStream[dict[str, Any]],
+    original_id: Any,
+    token: Any,
+    cancel: Callable[[], Awaitable[None]],
+) -> None:
+    """SSE when the client takes it (progress arrives as it happens), JSON otherwise. The
+    stream opens at the first message that is not the answer: an answer that comes alone goes
+    as JSON, an error with the status the stateless era's HTTP binding gives it."""
+    sse = "text/event-stream" in (incoming.header("accept") or "")
+    started = False
+    finished = False
+    try:
+        async for message in receiver:
+            final = "method" not in message
+            if final:
+                message = {**message, "id": original_id}
+            elif token is not None and progress_token(message) is not None:
+                message = _with_token(message, token)
+            body = json.dumps(message, ensure_ascii=False).encode()
+            if final and not started:
+                finished = True
+                await reply(send, _answer_status(message), body)
+                return
+            if not sse:
+                continue
+            if not started:
+                started = True
+                headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+            event = b"event: message\ndata: " + body + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": not final})
+            if final:
+                finished = True
+                return
+    finally:
+        if not finished:
+            with anyio.CancelScope(shield=True):
+                await cancel()
+
+
+def _answer_status(message: dict[str, Any]) -> int:
+    error = message.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
+
+
+def _with_token(message: dict[str, Any], token: Any) -> dict[str, Any]:
+    params = dict(message["params"])
+    if message.get("method") == "notifications/progress":
+        params["progressToken"] = token
+    else:
+        params["_meta"] = {**params["_meta"], "progressToken": token}
+    return {**message, "params": params}
