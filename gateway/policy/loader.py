@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +24,7 @@ from typing import Any, cast
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy.cel import DEFAULT_ENGINE, CelCompileError, Engine, cel_shape_problem
+from gateway.policy.files import TEST_SUFFIXES, cel_error_line, labelled_files, rule_files
 from gateway.policy.matching import glob_regex, globs_overlap, is_glob, split_key
 from gateway.policy.model import (
     EFFECTS,
@@ -39,9 +39,7 @@ from gateway.policy.model import (
 )
 from gateway.policy.schema import Fields
 
-RULE_SUFFIXES = (".yaml", ".yml", ".json")
-#: Policy test files live beside rules (``celgate test``) and are not rules themselves.
-TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
+__all__ = ["TEST_SUFFIXES", "load_policy", "rule_files"]
 
 _TOP = {"version", "default", "tools", "mode", "description"}
 _ENTRY = {
@@ -68,29 +66,6 @@ _EMPTY_FILE = (
     "no `tools` and no `default`: an empty or cut-off rule file is refused "
     "(write `tools: {}` for a file that is meant to be empty)"
 )
-
-
-def rule_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
-    """Expand files and folders into (path, display name), folders sorted and recursive."""
-    return [(path, display) for path, display, _ in _labelled_files(paths)]
-
-
-def _labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
-    """(path, display name, label name): the label is relative to the folder given, or the
-    file's own name when a file is given."""
-    out: list[tuple[Path, str, str]] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                name = child.name
-                wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
-                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-                if child.is_file() and wanted and not hidden:
-                    out.append((child, str(child), child.relative_to(path).as_posix()))
-        else:
-            out.append((path, str(path), path.name))
-    return out
 
 
 class _Loader:
@@ -262,7 +237,7 @@ class _Loader:
         try:
             return self.engine.compile(node.value)
         except CelCompileError as exc:
-            where = SourceLocation(node.where.file, _cel_error_line(node, exc))
+            where = SourceLocation(node.where.file, cel_error_line(node, exc))
             column = f" (column {exc.column})" if exc.message.startswith("does not parse") else ""
             self.problem(where, f"{path}.when", f"CEL: {exc.message}{column}")
             return None
@@ -387,39 +362,10 @@ class _Loader:
         )
 
 
-_BLOCK_HEADER = re.compile(r"[|>][0-9+-]*\s*(#.*)?$")
-
-
-def _cel_error_line(node: Node, exc: CelCompileError) -> int:
-    """The file line of a CEL error. A block scalar (``when: >-`` or ``|``) starts on the line
-    after its key and a folded one joins its lines, so the error's offset in the expression is
-    mapped back onto the source lines (read again, on this error path only)."""
-    first = node.where.line
-    try:
-        source = Path(node.where.file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return first + exc.line - 1
-    if first > len(source) or not _BLOCK_HEADER.search(source[first - 1]):
-        return first + exc.line - 1
-    expr: str = node.value
-    lines = expr.split("\n")
-    offset = sum(len(text) + 1 for text in lines[: exc.line - 1]) + exc.column - 1
-    found, pos = first + 1, 0
-    for number, raw in enumerate(source[first:], start=first + 1):
-        piece = raw.strip()
-        if not piece:
-            continue
-        at = expr.find(piece, pos)
-        if at < 0 or at > offset:
-            break
-        found, pos = number, at + len(piece)
-    return found
-
-
 def load_policy(paths: Iterable[str | Path], engine: Engine = DEFAULT_ENGINE) -> CompiledPolicy:
     """Load and compile rule files; raise ``ConfigError`` listing every problem."""
     loader = _Loader(engine)
-    files = _labelled_files(paths)
+    files = labelled_files(paths)
     if not files:
         raise ConfigError([Problem(SourceLocation("<policy>", 1), "", "no rule files given")])
     for path, display, label in files:

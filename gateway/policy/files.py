@@ -1,0 +1,66 @@
+"""Rule files: which files of a folder are rules, and lines in them for CEL errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from gateway.located import Node
+from gateway.policy.cel import CelCompileError
+
+RULE_SUFFIXES = (".yaml", ".yml", ".json")
+#: Policy test files live beside rules (``celgate test``) and are not rules themselves.
+TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
+
+
+def rule_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """Expand files and folders into (path, display name), folders sorted and recursive."""
+    return [(path, display) for path, display, _ in labelled_files(paths)]
+
+
+def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
+    """(path, display name, label name): the label is relative to the folder given, or the
+    file's own name when a file is given."""
+    out: list[tuple[Path, str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                name = child.name
+                wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
+                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+                if child.is_file() and wanted and not hidden:
+                    out.append((child, str(child), child.relative_to(path).as_posix()))
+        else:
+            out.append((path, str(path), path.name))
+    return out
+
+
+_BLOCK_HEADER = re.compile(r"[|>][0-9+-]*\s*(#.*)?$")
+
+
+def cel_error_line(node: Node, exc: CelCompileError) -> int:
+    """The file line of a CEL error. A block scalar (``when: >-`` or ``|``) starts on the line
+    after its key and a folded one joins its lines, so the error's offset in the expression is
+    mapped back onto the source lines (read again, on this error path only)."""
+    first = node.where.line
+    try:
+        source = Path(node.where.file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return first + exc.line - 1
+    if first > len(source) or not _BLOCK_HEADER.search(source[first - 1]):
+        return first + exc.line - 1
+    expr: str = node.value
+    lines = expr.split("\n")
+    offset = sum(len(text) + 1 for text in lines[: exc.line - 1]) + exc.column - 1
+    found, pos = first + 1, 0
+    for number, raw in enumerate(source[first:], start=first + 1):
+        piece = raw.strip()
+        if not piece:
+            continue
+        at = expr.find(piece, pos)
+        if at < 0 or at > offset:
+            break
+        found, pos = number, at + len(piece)
+    return found
