@@ -4,6 +4,13 @@ One JSON line per decision, event ``policy.decision``. Arguments appear only as 
 digest of their canonical JSON unless ``audit.log_arguments`` is on. ``latency_ms`` is the
 gateway's own time; a call held for a human also has ``approval_wait_ms`` (the records are
 written by ``gateway.pipeline.admission.admit``, once per call).
+
+The record is on every call, so it has a fast path: with JSON logs at INFO or below,
+``configure_logging`` installs a ``_RecordWriter`` that encodes the record once (msgspec,
+straight into a buffer) and hands the line to the ``LineSink``, the same line structlog's
+processors would make (``event``, ``level``, ``timestamp`` and any bound context variables)
+at a fraction of their cost. Otherwise (console logs, structlog never configured, tests that
+capture logs) the record goes through structlog.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -87,11 +95,39 @@ def _render_json(event_dict: Any, **_: Any) -> bytes:
 
 
 _SINK: LineSink | None = None
+_WRITER: _RecordWriter | None = None
+
+
+class _RecordWriter:
+    """Writes a decision record as the JSON line structlog would, without its processors."""
+
+    __slots__ = ("_sink",)
+
+    _TAIL = b',"event":"policy.decision","level":"info","timestamp":"'
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+
+    def write(self, fields: dict[str, Any], stamp: str) -> None:
+        context = structlog.contextvars.get_contextvars()
+        line = bytearray()
+        _ENCODER.encode_into({**context, **fields} if context else fields, line)
+        del line[-1]  # the closing brace: the fields are never empty
+        line += self._TAIL
+        line += stamp.encode()  # digits and punctuation only: nothing to escape
+        line += b'"}\n'
+        self._sink.write(line)  # type: ignore[arg-type]  # joined with bytes by the sink
+
+
+def flush_logs() -> None:
+    """Write what the sink holds now (at shutdown: the atexit hook is the last resort)."""
+    if _SINK is not None:
+        _SINK.flush_now()
 
 
 def configure_logging(*, json_logs: bool | None = None, level: int = logging.INFO) -> None:
     """JSON lines when not on a TTY (or when asked); the console renderer otherwise."""
-    global _SINK
+    global _SINK, _WRITER
     as_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
     logger_factory: Any
     if as_json:
@@ -99,7 +135,9 @@ def configure_logging(*, json_logs: bool | None = None, level: int = logging.INF
         if _SINK is None or _SINK.stream is not sys.stderr.buffer:
             _SINK = LineSink(sys.stderr.buffer)
         logger_factory = structlog.BytesLoggerFactory(file=_SINK)  # type: ignore[arg-type]
+        _WRITER = _RecordWriter(_SINK) if level <= logging.INFO else None
     else:
+        _WRITER = None
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
@@ -118,10 +156,39 @@ def configure_logging(*, json_logs: bool | None = None, level: int = logging.INF
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def args_digest(args: Mapping[str, Any]) -> str:
-    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) makes, without
+# building an encoder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
+
+def args_digest(args: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the arguments: it binds an approval to the exact call,
+    so it must not depend on how the caller ordered or spaced them."""
+    return "sha256:" + hashlib.sha256(_CANONICAL.encode(args).encode()).hexdigest()
+
+
+class _UtcClock:
+    """``datetime.now(UTC).isoformat()`` for every record, with the date and time of day
+    formatted once per second rather than once per call."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def iso(self) -> str:
+        second, ns = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            moment = datetime.fromtimestamp(second, UTC)
+            self._prefix, self._second = moment.strftime("%Y-%m-%dT%H:%M:%S"), second
+        micros = ns // 1000
+        if micros == 0:  # as isoformat(): no fraction on a whole second
+            return self._prefix + "+00:00"
+        return f"{self._prefix}.{micros:06d}+00:00"
+
+
+_CLOCK = _UtcClock()
 
 # Decision ids only need to be unique (approval ids, which are capabilities, come from
 # ``secrets``): 64 random bits per process, then a counter. 32 hex digits like a uuid4.
@@ -148,9 +215,10 @@ class DecisionLog:
         latency_ms: float,
         **extra: Any,
     ) -> dict[str, Any]:
+        stamp = _CLOCK.iso()
         fields: dict[str, Any] = {
             "decision_id": decision_id,
-            "time": datetime.now(UTC).isoformat(),
+            "time": stamp,
             "grant": call.identity.grant,
             "agent": call.identity.agent,
             # how the agent proved it: key, token, introspection or anonymous (never the token)
@@ -186,7 +254,12 @@ class DecisionLog:
             fields["approval_id"] = decision.approval_id
         if decision.shadow:
             fields["shadow"] = [s.to_dict() for s in decision.shadow]
-        fields.update(extra)
+        if extra:
+            fields.update(extra)
         self.recent.append(fields)
-        log.info("policy.decision", **fields)
+        writer = _WRITER
+        if writer is not None:
+            writer.write(fields, stamp[:-6] + "Z")
+        else:
+            log.info("policy.decision", **fields)
         return fields
