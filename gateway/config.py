@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ _TOP = {
     "relay",
     "oauth",
 }
-_HTTP_SERVER = {"url", "headers", "timeout", "ca_file"}
+_HTTP_SERVER = {"url", "headers", "timeout", "ca_file", "prefix"}
 # security: fields bounding client connections, and whether each is a whole number
 _CONNECTION_LIMITS = {
     "max_head_bytes": True,
@@ -53,7 +53,18 @@ _CONNECTION_LIMITS = {
     "keepalive_timeout": False,
     "max_connections": True,
 }
-_STDIO_SERVER = {"command", "args", "env", "cwd", "max_processes", "idle_timeout", "timeout"}
+_STDIO_SERVER = {
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "max_processes",
+    "idle_timeout",
+    "timeout",
+    "prefix",
+}
+# A tool or prompt name prefix on /mcp (``<prefix><sep><name>``); empty: names as they are.
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,11 @@ class ServerConfig:
     max_processes: int = 16
     idle_timeout: float = 600.0
     ca_file: str | None = None  # https:// upstreams: trust this CA bundle, not the system's
+    prefix: str | None = None  # names on /mcp: ``<prefix><sep><name>``; None: the server's name
+
+    @property
+    def name_prefix(self) -> str:
+        return self.name if self.prefix is None else self.prefix
 
     @property
     def is_stdio(self) -> bool:
@@ -120,6 +136,11 @@ class GatewayConfig:
     pins_file: Path | None = None
     accept_tool_changes: bool = False
     aggregate_separator: str = "__"
+    # /mcp sessions of the handshake era: at most this many per grant and in all, and closed
+    # after this many idle seconds (gateway.edge.agg)
+    aggregate_max_sessions_per_grant: int = 64
+    aggregate_max_sessions: int = 1024
+    aggregate_idle_timeout: float = 600.0
     anonymous: bool = False
     cel_engine: str = "cel-python"
     metrics_public: bool = False
@@ -242,11 +263,31 @@ class _ConfigLoader:
             self.err(node.where, "servers", "must be a mapping of names to servers")
             return
         servers: dict[str, ServerConfig] = {}
+        prefixes: dict[str, str] = {}
         for name, sub_node in node.value.items():
             server = self._server(name, sub_node)
             if server is not None:
-                servers[name] = server
+                servers[name] = self._prefixed(server, sub_node, prefixes)
         self.out["servers"] = servers
+
+    def _prefixed(self, server: ServerConfig, node: Node, seen: dict[str, str]) -> ServerConfig:
+        """``prefix:``: a name prefix no other server uses (an empty one may be shared; the
+        aggregate refuses names that then collide when it builds its catalogue)."""
+        path = f"servers.{server.name}.prefix"
+        prefix_node = node.value.get("prefix") if isinstance(node.value, dict) else None
+        prefix = server.name
+        if prefix_node is not None:
+            if not isinstance(prefix_node.value, str) or not _PREFIX.match(prefix_node.value):
+                msg = "a prefix is up to 64 letters, digits, '_', '-' or '.' (or empty)"
+                self.err(prefix_node.where, path, msg)
+                return server
+            prefix = prefix_node.value
+            server = replace(server, prefix=prefix)
+        where = prefix_node.where if prefix_node is not None else node.where
+        if prefix and prefix in seen:
+            self.err(where, path, f"prefix {prefix!r} is also servers.{seen[prefix]}'s")
+        seen.setdefault(prefix, server.name)
+        return server
 
     def _server(self, name: str, node: Node) -> ServerConfig | None:
         path = f"servers.{name}"
@@ -472,9 +513,17 @@ class _ConfigLoader:
             self.out["cel_engine"] = sub.choice("engine", _cel_engines(), "cel-python")
 
     def _aggregate(self, top: Fields) -> None:
-        sub = self._sub(top, "aggregate", {"separator"})
-        if sub is not None:
-            self.out["aggregate_separator"] = sub.string("separator") or "__"
+        known = {"separator", "max_sessions_per_grant", "max_sessions", "idle_timeout"}
+        sub = self._sub(top, "aggregate", known)
+        if sub is None:
+            return
+        self.out["aggregate_separator"] = sub.string("separator") or "__"
+        per_grant = "max_sessions_per_grant"
+        self._whole(sub, per_grant, 1, 1_000_000, "sessions", "aggregate_" + per_grant)
+        self._whole(sub, "max_sessions", 1, 10_000_000, "sessions", "aggregate_max_sessions")
+        idle = sub.positive_number("idle_timeout")
+        if idle is not None:
+            self.out["aggregate_idle_timeout"] = idle
 
 
 def _cel_engines() -> tuple[str, ...]:

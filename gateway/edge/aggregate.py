@@ -38,6 +38,9 @@ from starlette.requests import Request
 
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
+from gateway.edge.agg.names import Names
+from gateway.edge.agg.stateless import Stateless
+from gateway.edge.relay import _stateless_era
 from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text, error_reply
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
@@ -156,6 +159,9 @@ class Aggregate:
         self.sep = gw.config.aggregate_separator
         self.links: dict[str, Link] = {}
         self.resource_owner: dict[str, str] = {}
+        prefixes = {n: gw.config.servers[n].name_prefix for n in gw.upstreams}
+        self.names = Names(prefixes, self.sep)
+        self.stateless = Stateless(gw, self.names)
         self._tg: TaskGroup | None = None
         self.server: Server[Any] = Server(
             "celgate",
@@ -203,10 +209,9 @@ class Aggregate:
             body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
             await reply(send, status, body, extra=challenge)
             return
-        version = incoming.header("mcp-protocol-version")
-        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            msg = "the aggregated endpoint serves the initialize handshake only"
-            raise BadMessage(rpc.METHOD_NOT_FOUND, msg)
+        replayed = await self._modern_or_replay(incoming, send, identity)
+        if replayed is None:
+            return  # a 2026-07-28 request, answered without any session
         # Session ids are bound to the grant that created them, from the answer that creates
         # them on (signed like the relay's): another grant holding an id has nothing.
         presented = incoming.header("mcp-session-id")
@@ -238,7 +243,29 @@ class Aggregate:
                 ]
             await send(message)
 
-        await self.manager.handle_request(scope, receive, signed_send)
+        await self.manager.handle_request(scope, replayed, signed_send)
+
+    async def _modern_or_replay(
+        self, incoming: Incoming, send: Send, identity: Identity
+    ) -> Receive | None:
+        """Serve a 2026-07-28 request here (None); or the ``receive`` the SDK's server is to
+        read a handshake-era request from (the body, read once, handed back)."""
+        version = incoming.header("mcp-protocol-version")
+        modern = version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS
+        if incoming.method != "POST":
+            if modern:
+                raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
+            return incoming.receive
+        content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
+        body = await incoming.body(self.gw.config.security.max_body_bytes)
+        if body is None:
+            raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
+        if content_type == "application/json":
+            value = rpc.parse_body(body)
+            if _stateless_era(incoming, value):
+                await self.stateless.post(incoming, send, identity, body, value)
+                return None
+        return _replay(body, incoming.receive)
 
     async def _reap_idle(self) -> None:
         """Close the upstream links of sessions a client abandoned (no DELETE, no calls): each
@@ -265,13 +292,9 @@ class Aggregate:
         link.last_used = time.monotonic()
         return link, identity
 
-    def split(self, name: str) -> tuple[str, str] | None:
-        """``server<sep>tool`` back into its parts (the longest server name that fits)."""
-        for server in sorted(self.gw.upstreams, key=len, reverse=True):
-            prefix = server + self.sep
-            if name.startswith(prefix) and len(name) > len(prefix):
-                return server, name[len(prefix) :]
-        return None
+    def split(self, name: str, kind: str = "tool") -> tuple[str, str] | None:
+        """``<prefix><sep>name`` back into (server, name) (gateway.edge.agg.names)."""
+        return self.names.inward(kind, name)
 
     async def _each(self, link: Link, fetch: Callable[[str, Client], Awaitable[T]]) -> dict[str, T]:
         out: dict[str, T] = {}
@@ -302,7 +325,8 @@ class Aggregate:
                 info, _pin = self.gw.observe(server, raw)
                 call = Call(tool=tool.name, server=server, identity=identity, info=info)
                 if visible(policy, call, now):
-                    tools.append(tool.model_copy(update={"name": server + self.sep + tool.name}))
+                    outward = self.names.outward(server, tool.name)
+                    tools.append(tool.model_copy(update={"name": outward}))
         return types.ListToolsResult(tools=tools)
 
     async def _call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> Any:
@@ -395,7 +419,7 @@ class Aggregate:
         link, _identity = await self._link(ctx)
         lists = await self._each(link, lambda _, c: c.list_prompts())
         prompts = [
-            p.model_copy(update={"name": server + self.sep + p.name})
+            p.model_copy(update={"name": self.names.outward(server, p.name)})
             for server, listed in lists.items()
             for p in listed.prompts
         ]
@@ -405,8 +429,22 @@ class Aggregate:
         self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
         link, _identity = await self._link(ctx)
-        parts = self.split(params.name)
+        parts = self.split(params.name, "prompt")
         if parts is None or parts[0] not in link.clients:
             raise MCPError(code=rpc.INVALID_PARAMS, message=f"unknown prompt {params.name!r}")
         server, name = parts
         return await link.clients[server].get_prompt(name, params.arguments)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` giving ``body`` once, then the connection's own (a disconnect)."""
+    sent = False
+
+    async def replayed() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
