@@ -71,6 +71,10 @@ class SharedLink:
             await self._notify(message)
             await reply(send, 202, b"")
             return
+        await self._call(incoming, send, message)
+
+    async def _call(self, incoming: Incoming, send: Send, message: dict[str, Any]) -> None:
+        """A request under an id of ours (its progress token too), answered to its caller."""
         inner = f"c{next(self.ids)}"
         original_id = message["id"]
         outgoing = {**message, "id": inner}
