@@ -173,9 +173,13 @@ class Aggregate:
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
         )
+        config = gw.config
         self.manager = StreamableHTTPSessionManager(
-            app=self.server, session_idle_timeout=LINK_IDLE_SECONDS
+            app=self.server,
+            session_idle_timeout=config.aggregate_idle_timeout,
+            max_sessions=config.aggregate_max_sessions,
         )
+        self.grant_of: dict[str, str] = {}  # live handshake-era session id -> its grant
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -224,6 +228,8 @@ class Aggregate:
                 (k, sid.encode() if k.lower() == b"mcp-session-id" else v)
                 for k, v in scope["headers"]
             ]
+        if sid is None and incoming.method == "POST":
+            self._check_caps(identity.grant)
         link = self.links.get(sid) if sid else None
         if link is not None and link.grant != identity.grant:
             raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404)
@@ -235,6 +241,9 @@ class Aggregate:
 
         async def signed_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                for k, v in message.get("headers", []):
+                    if k.lower() == b"mcp-session-id":
+                        self.grant_of.setdefault(v.decode(), grant)
                 message["headers"] = [
                     (k, signer.wrap(AGGREGATE_KEY, grant, v.decode()).encode())
                     if k.lower() == b"mcp-session-id"
@@ -244,6 +253,26 @@ class Aggregate:
             await send(message)
 
         await self.manager.handle_request(scope, replayed, signed_send)
+
+    def _check_caps(self, grant: str) -> None:
+        """A new session only within ``aggregate.max_sessions_per_grant`` and ``max_sessions``
+        (sessions the SDK has ended, by DELETE or idle timeout, are forgotten here first)."""
+        live = self.manager._server_instances  # the SDK's own table of live sessions
+        for sid in [s for s in self.grant_of if s not in live]:
+            del self.grant_of[sid]
+        config = self.gw.config
+        if len(self.grant_of) >= config.aggregate_max_sessions:
+            cap = config.aggregate_max_sessions
+            msg = f"/mcp holds {cap} sessions (aggregate.max_sessions): close one first"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
+        held = sum(1 for g in self.grant_of.values() if g == grant)
+        cap = config.aggregate_max_sessions_per_grant
+        if held >= cap:
+            msg = (
+                f"grant {grant!r} holds {cap} sessions on /mcp "
+                f"(aggregate.max_sessions_per_grant): close one (DELETE) first"
+            )
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
 
     async def _modern_or_replay(
         self, incoming: Incoming, send: Send, identity: Identity

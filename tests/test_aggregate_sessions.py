@@ -1,0 +1,108 @@
+"""Handshake-era sessions on ``/mcp``: capped per grant (``aggregate.max_sessions_per_grant``)
+with a clear error, and the memory 200 opened and closed sessions held is given back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import PeerProcess, http_upstream
+from tests.test_stdio_bridge import stdio_server
+
+KEY = "cgk_aggregate-sessions-key"
+OTHER = "cgk_aggregate-sessions-other"
+CAP = 200
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "many", "version": "1"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[PeerProcess]:
+    with http_upstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def gateway(web: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("aggs-gw")
+    servers = {"web": {"url": web.url}, "st": stdio_server()}
+    grants = {
+        "bot": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()},
+        "other": {"key_sha256": hashlib.sha256(OTHER.encode()).hexdigest()},
+    }
+    aggregate = {"max_sessions_per_grant": CAP, "max_sessions": 1000}
+    with run_gateway(
+        directory, 'version: "1"\ndefault: allow\n', servers, grants=grants, aggregate=aggregate
+    ) as gw:
+        yield gw
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def open_session(http: httpx.Client, key: str) -> httpx.Response:
+    return http.post("/mcp", json=INIT, headers={**HEADERS, "authorization": f"Bearer {key}"})
+
+
+class TestSessions:
+    def test_200_sessions_capped_per_grant_and_given_back(self, gateway: GatewayProcess) -> None:
+        with httpx.Client(base_url=gateway.base, timeout=20) as http:
+            warm = open_session(http, KEY)  # the first session's one-off costs (imports, caches)
+            sid = warm.headers["mcp-session-id"]
+            auth = {"authorization": f"Bearer {KEY}", "mcp-session-id": sid}
+            assert http.delete("/mcp", headers=auth).status_code == 200
+            before = rss_kib(gateway.peer.pid)
+            sids = []
+            for _ in range(CAP):
+                opened = open_session(http, KEY)
+                assert opened.status_code == 200, opened.text
+                sids.append(opened.headers["mcp-session-id"])
+            refused = open_session(http, KEY)
+            assert refused.status_code == 429
+            error = refused.json()["error"]
+            assert "grant 'bot' holds 200 sessions" in error["message"]
+            assert "max_sessions_per_grant" in error["message"]
+            assert open_session(http, OTHER).status_code == 200  # another grant is not held up
+            for sid in sids:
+                auth = {"authorization": f"Bearer {KEY}", "mcp-session-id": sid}
+                assert http.delete("/mcp", headers=auth).status_code == 200
+            after = rss_kib(gateway.peer.pid)
+            assert open_session(http, KEY).status_code == 200  # room again once closed
+        assert after - before <= 10 * 1024, (before, after)
+
+
+def test_caps_are_checked_at_load(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "anonymous: true\npolicy: p.yaml\nservers:\n  a: {url: 'http://127.0.0.1:1/mcp'}\n"
+        "  b: {url: 'http://127.0.0.1:2/mcp', prefix: a}\n"
+        "aggregate:\n  max_sessions_per_grant: 0\n  max_sessions: many\n"
+    )
+    (tmp_path / "p.yaml").write_text('version: "1"\ndefault: deny\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert "celgate.yaml:5: servers.b.prefix: prefix 'a' is also servers.a's" in text
+    assert "celgate.yaml:7: aggregate.max_sessions_per_grant" in text
+    assert "celgate.yaml:8: aggregate.max_sessions: must be" in text
