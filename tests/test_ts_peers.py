@@ -108,20 +108,21 @@ class TestTypeScriptClientReadsEveryAnswer:
         assert "write_file" not in out["tools"] and "crash" not in out["tools"]
 
 
-class TestTypeScriptServerBehindTheGateway:
-    @pytest.fixture(scope="class")
-    def ts_gw(
-        self, ts_ready: None, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[tuple[GatewayProcess, Path]]:
-        tmp = tmp_path_factory.mktemp("ts-upstream")
-        log = tmp / "calls.jsonl"
-        peer = start_ts_upstream({"UPSTREAM_CALL_LOG": str(log)})
-        try:
-            with run_gateway(tmp, POLICY, {"ts": {"url": peer.url}}, grants=_grants()) as gw:
-                yield gw, log
-        finally:
-            peer.stop()
+@pytest.fixture(scope="module")
+def ts_gw(
+    ts_ready: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, Path]]:
+    tmp = tmp_path_factory.mktemp("ts-upstream")
+    log = tmp / "calls.jsonl"
+    peer = start_ts_upstream({"UPSTREAM_CALL_LOG": str(log)})
+    try:
+        with run_gateway(tmp, POLICY, {"ts": {"url": peer.url}}, grants=_grants()) as gw:
+            yield gw, log
+    finally:
+        peer.stop()
 
+
+class TestTypeScriptServerBehindTheGateway:
     def test_python_and_typescript_clients_call_through(
         self, ts_gw: tuple[GatewayProcess, Path]
     ) -> None:
