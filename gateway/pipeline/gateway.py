@@ -18,7 +18,7 @@ from gateway.inventory.catalog import tool_info as catalog_info
 from gateway.inventory.pins import Pins
 from gateway.policy import CompiledPolicy, ToolInfo
 from gateway.ratelimit.base import RateLimiter
-from gateway.telemetry.audit import DecisionLog
+from gateway.telemetry.audit import DecisionLog, flush_logs
 from gateway.telemetry.metrics import Metrics
 from gateway.upstream.http import HttpUpstream
 
@@ -67,3 +67,4 @@ class Gateway:
         await self.auth.close()
         if self.approvals is not None:
             await self.approvals.store.close()
+        flush_logs()  # the records of the last loop pass, before the loop stops
