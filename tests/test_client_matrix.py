@@ -93,8 +93,7 @@ NOT_APPLICABLE = "n/a: "
 
 
 def _cannot(row: Row) -> str | None:
-    if row.face == "aggregate" and row.era == "2026-07-28":
-        return "the aggregate serves the handshake era only"
+    """Every client, face and era is served now; kept for a cell a client cannot do."""
     return None
 
 
