@@ -40,8 +40,8 @@ from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.stateless import Stateless
-from gateway.edge.relay import _stateless_era
 from gateway.edge.replies import DECISION_KEY, decision_payload, denial_text, error_reply
+from gateway.edge.routing import stateless_era
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -291,7 +291,7 @@ class Aggregate:
             raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
         if content_type == "application/json":
             value = rpc.parse_body(body)
-            if _stateless_era(incoming, value):
+            if stateless_era(incoming, value):
                 await self.stateless.post(incoming, send, identity, body, value)
                 return None
         return _replay(body, incoming.receive)

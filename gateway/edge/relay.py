@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcp.shared.inbound import decode_header_value
-
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.clientview import ClientView
@@ -21,6 +19,7 @@ from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.replies import denial, error_reply
+from gateway.edge.routing import check_routing_headers, stateless_era
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -134,14 +133,14 @@ class Relay:
         if body is None:
             raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
         value = rpc.parse_body(body)
-        modern = _stateless_era(incoming, value)
+        modern = stateless_era(incoming, value)
         try:
             message = rpc.classify(value, self.gw.config.relay_extra_methods)
         except BadMessage as exc:
             if exc.code == rpc.METHOD_NOT_FOUND and modern:
                 exc.status = 404  # 2026-07-28 answers an unknown method with 404 over HTTP
             raise
-        _check_routing_headers(incoming, message)
+        check_routing_headers(incoming, message)
         initializing = message.method == "initialize"
         needs_session = not modern and not initializing
         session = self._session(
@@ -193,47 +192,6 @@ class Relay:
             return
         async with timed_upstream(gw, call):
             await forward(incoming, send, fwd)
-
-
-def _stateless_era(incoming: Incoming, value: Any) -> bool:
-    """Whether a request is of the stateless era (2026-07-28 or any version the handshake era
-    does not know): it needs no session, and what the upstream would answer differently (a
-    missing ``_meta``, an unsupported version) is the upstream's to answer. A ``_meta``
-    version that contradicts the ``Mcp-Protocol-Version`` header is refused here."""
-    header = incoming.header("mcp-protocol-version")
-    stated = None
-    if isinstance(value, dict) and isinstance(value.get("params"), dict):
-        meta = value["params"].get("_meta")
-        if isinstance(meta, dict):
-            stated = meta.get(rpc.PROTOCOL_VERSION_META_KEY)
-    if stated is not None and header is not None and stated != header:
-        msg_id = value.get("id") if isinstance(value, dict) else None
-        msg = "Mcp-Protocol-Version header does not match the body's protocol version"
-        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
-    version = stated if stated is not None else header
-    return version is not None and version not in rpc.HANDSHAKE_VERSIONS
-
-
-def _check_routing_headers(incoming: Incoming, message: Message) -> None:
-    """``Mcp-Method`` and ``Mcp-Name`` are trusted only when they say what the body says."""
-    for header in ("mcp-method", "mcp-name", "mcp-protocol-version"):
-        if incoming.count(header) > 1:
-            msg = f"{header} header given twice"
-            raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=message.msg_id)
-    declared = incoming.header("mcp-method")
-    if declared is not None and declared != message.method:
-        raise BadMessage(
-            rpc.HEADER_MISMATCH, "Mcp-Method header does not match the body", msg_id=message.msg_id
-        )
-    name = incoming.header("mcp-name")
-    if name is not None and message.method in ("tools/call", "prompts/get", "resources/read"):
-        key = "uri" if message.method == "resources/read" else "name"
-        if decode_header_value(name) != message.params.get(key):
-            raise BadMessage(
-                rpc.HEADER_MISMATCH,
-                "Mcp-Name header does not match the body",
-                msg_id=message.msg_id,
-            )
 
 
 def _call_of(

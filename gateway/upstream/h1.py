@@ -239,13 +239,17 @@ class H1Response:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _drained(self) -> None:
+        """The reader has caught up: let the sender go on (a paused socket reads again)."""
+        self.conn.resume()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Body chunks as they come; raises UpstreamIOError if the answer is cut short."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 if len(self._chunks) <= _RESUME_AT:
-                    self.conn.resume()
+                    self._drained()
                 if chunk is None:
                     return
                 yield chunk

@@ -92,22 +92,9 @@ class AsgiResponse(H1Response):
         if not self._released:  # nobody would ever retrieve it
             super().fail(error)
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """Body chunks as they come; raises UpstreamIOError if the answer is cut short."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                if len(self._chunks) <= _RESUME_AT:
-                    _settle(self._room)
-                if chunk is None:
-                    return
-                yield chunk
-                continue
-            if self._error is not None:
-                raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
+    def _drained(self) -> None:
+        """The reader has caught up: an app waiting for room goes on."""
+        _settle(self._room)
 
     def close(self) -> None:
         """Done with the answer. Cut short, the app task is cancelled. No await."""

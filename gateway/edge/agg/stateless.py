@@ -12,13 +12,14 @@ import asyncio
 import json
 from typing import Any
 
-from mcp.shared.inbound import decode_header_value, encode_header_value
+from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.agg.names import Collision, Names
 from gateway.edge.agg.upcall import UpcallFailed, upcall
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import Forward, forward
 from gateway.edge.replies import denial
+from gateway.edge.routing import check_routing_headers
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -58,7 +59,7 @@ class Stateless:
         if message.kind != "request":
             await reply(send, 202, b"")  # cancellation is closing the stream in this era
             return
-        self._check_headers(incoming, message)
+        check_routing_headers(incoming, message)  # names as on /mcp
         version = _version(incoming, message)
         method = message.method
         assert method is not None
@@ -267,30 +268,6 @@ class Stateless:
             body = original  # untouched: forwarded byte for byte
         view = ClientView(self.gw, server, identity)
         return Forward(upstream, None, body, message.msg_id, view)
-
-    def _check_headers(self, incoming: Incoming, message: Message) -> None:
-        """``Mcp-Method`` and ``Mcp-Name`` must say what the body says (names as on /mcp)."""
-        for header in ("mcp-method", "mcp-name", "mcp-protocol-version"):
-            if incoming.count(header) > 1:
-                raise BadMessage(
-                    rpc.HEADER_MISMATCH, f"{header} header given twice", msg_id=message.msg_id
-                )
-        declared = incoming.header("mcp-method")
-        if declared is not None and declared != message.method:
-            raise BadMessage(
-                rpc.HEADER_MISMATCH,
-                "Mcp-Method header does not match the body",
-                msg_id=message.msg_id,
-            )
-        name = incoming.header("mcp-name")
-        if name is not None and message.method in ("tools/call", "prompts/get", "resources/read"):
-            key = "uri" if message.method == "resources/read" else "name"
-            if decode_header_value(name) != message.params.get(key):
-                raise BadMessage(
-                    rpc.HEADER_MISMATCH,
-                    "Mcp-Name header does not match the body",
-                    msg_id=message.msg_id,
-                )
 
 
 def _version(incoming: Incoming, message: Message) -> str:

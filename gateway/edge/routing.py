@@ -1,0 +1,57 @@
+"""The routing headers of a request, checked against its body (both faces use this).
+
+``Mcp-Method`` and ``Mcp-Name`` are trusted only when they say what the body says, and the
+protocol version in ``_meta`` must agree with ``Mcp-Protocol-Version``; which era a request
+belongs to decides whether it needs a session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.shared.inbound import decode_header_value
+
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming
+from gateway.wire.jsonrpc import BadMessage, Message
+
+
+def stateless_era(incoming: Incoming, value: Any) -> bool:
+    """Whether a request is of the stateless era (2026-07-28 or any version the handshake era
+    does not know): it needs no session, and what the upstream would answer differently (a
+    missing ``_meta``, an unsupported version) is the upstream's to answer. A ``_meta``
+    version that contradicts the ``Mcp-Protocol-Version`` header is refused here."""
+    header = incoming.header("mcp-protocol-version")
+    stated = None
+    if isinstance(value, dict) and isinstance(value.get("params"), dict):
+        meta = value["params"].get("_meta")
+        if isinstance(meta, dict):
+            stated = meta.get(rpc.PROTOCOL_VERSION_META_KEY)
+    if stated is not None and header is not None and stated != header:
+        msg_id = value.get("id") if isinstance(value, dict) else None
+        msg = "Mcp-Protocol-Version header does not match the body's protocol version"
+        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
+    version = stated if stated is not None else header
+    return version is not None and version not in rpc.HANDSHAKE_VERSIONS
+
+
+def check_routing_headers(incoming: Incoming, message: Message) -> None:
+    """``Mcp-Method`` and ``Mcp-Name`` are trusted only when they say what the body says."""
+    for header in ("mcp-method", "mcp-name", "mcp-protocol-version"):
+        if incoming.count(header) > 1:
+            msg = f"{header} header given twice"
+            raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=message.msg_id)
+    declared = incoming.header("mcp-method")
+    if declared is not None and declared != message.method:
+        raise BadMessage(
+            rpc.HEADER_MISMATCH, "Mcp-Method header does not match the body", msg_id=message.msg_id
+        )
+    name = incoming.header("mcp-name")
+    if name is not None and message.method in ("tools/call", "prompts/get", "resources/read"):
+        key = "uri" if message.method == "resources/read" else "name"
+        if decode_header_value(name) != message.params.get(key):
+            raise BadMessage(
+                rpc.HEADER_MISMATCH,
+                "Mcp-Name header does not match the body",
+                msg_id=message.msg_id,
+            )
