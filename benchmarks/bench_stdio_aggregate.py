@@ -1,11 +1,13 @@
 """Added latency of a stdio upstream and of the aggregated endpoint, next to the relay.
 
     python benchmarks/bench_stdio_aggregate.py [--calls 300] [--rounds 5] [--against DIR]
+                                               [--profile LABEL]
 
 One celgate process (allow-all policy) with two servers: ``web`` (the test upstream over
 Streamable HTTP) and ``st`` (the same server over stdio, behind the bridge). The SDK's client
-(``mcp.Client``, legacy handshake, no cache) calls ``echo`` on six targets, which take turns in
-rounds so drift hits them alike (sessions are opened outside the timer):
+(``mcp.Client``, no cache) calls ``echo`` on these targets, which take turns in rounds so drift
+hits them alike (sessions are opened outside the timer); ``mode="legacy"`` (the 2025-11-25
+handshake) unless marked ``(2026)``, ``mode="auto"``, which negotiates 2026-07-28:
 
     http direct        the HTTP upstream itself
     relay  /mcp/web    celgate's relay to it
@@ -13,11 +15,15 @@ rounds so drift hits them alike (sessions are opened outside the timer):
     relay  /mcp/st     celgate's relay to the stdio bridge
     aggregate web__    /mcp, routed to web
     aggregate st__     /mcp, routed to st
+    stdio direct (2026), relay /mcp/st (2026)   the same two in the stateless era
 
 ``--against DIR`` starts a second gateway, same config, from another checkout (a git worktree
 of an earlier commit, say) and adds its ``/mcp/st`` and ``st__echo`` to the rounds, marked
 ``[against]``: a before/after comparison under the same drifting load, which two runs one after
 the other on a shared machine are not.
+
+``--profile LABEL`` records the gateway behind one target with py-spy (raw collapsed stacks,
+``benchmarks/results/stdio-profile-LABEL.txt``) while that target alone is called.
 
 Added latency = median(target) - median(its direct baseline). Gateway CPU per call is the
 gateway process's own utime + stime (``/proc/<pid>/stat``, every thread, not its stdio
@@ -33,6 +39,8 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,11 +73,15 @@ BASELINE = {
     "aggregate web__echo": "http direct",
     "aggregate st__echo": "stdio direct",
 }
+MODERN = {"relay /mcp/st (2026)": "stdio direct (2026)"}
 AGAINST = {
     "relay /mcp/st [against]": "stdio direct",
     "aggregate st__echo [against]": "stdio direct",
+    "relay /mcp/st (2026) [against]": "stdio direct (2026)",
 }
-Target = tuple[Any, str, int | None]  # (URL or stdio parameters, tool, gateway pid or None)
+BASELINES = BASELINE | MODERN | AGAINST
+# (URL or stdio parameters, tool, gateway pid or None, client mode)
+Target = tuple[Any, str, int | None, str]
 
 
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
@@ -97,7 +109,8 @@ async def clients(targets: dict[str, Target]) -> AsyncIterator[dict[str, tuple[C
     async with contextlib.AsyncExitStack() as stack:
         out = {}
         for label, target in targets.items():
-            c = await stack.enter_async_context(Client(target[0], mode="legacy", cache=None))
+            client = Client(target[0], mode=target[3], cache=None)  # type: ignore[arg-type]
+            c = await stack.enter_async_context(client)
             await c.call_tool(target[1], {"text": "warm"})
             out[label] = (c, target)
         yield out
@@ -121,7 +134,9 @@ def other_gateway(tree: Path, directory: Path, policy: str, servers: Any) -> Ite
         peer.stop()
 
 
-async def measure(calls: int, rounds: int, against: Path | None) -> dict[str, Any]:
+async def measure(
+    calls: int, rounds: int, against: Path | None, profile: str | None = None
+) -> dict[str, Any]:
     policy = 'version: "1"\ndefault: allow\n'
     command, args = stdio_upstream_command()
     st = {"command": command, "args": args, "env": {"PYTHONPATH": str(REPO_ROOT)}}
@@ -135,27 +150,33 @@ async def measure(calls: int, rounds: int, against: Path | None) -> dict[str, An
         gw = stack.enter_context(run_gateway(tmp, policy, servers))
         pid, base = gw.peer.pid, gw.base
         targets: dict[str, Target] = {
-            "http direct": (up.url, "echo", None),
-            "relay /mcp/web": (f"{base}/mcp/web", "echo", pid),
-            "stdio direct": (stdio, "echo", None),
-            "relay /mcp/st": (f"{base}/mcp/st", "echo", pid),
-            "aggregate web__echo": (f"{base}/mcp", "web__echo", pid),
-            "aggregate st__echo": (f"{base}/mcp", "st__echo", pid),
+            "http direct": (up.url, "echo", None, "legacy"),
+            "relay /mcp/web": (f"{base}/mcp/web", "echo", pid, "legacy"),
+            "stdio direct": (stdio, "echo", None, "legacy"),
+            "relay /mcp/st": (f"{base}/mcp/st", "echo", pid, "legacy"),
+            "aggregate web__echo": (f"{base}/mcp", "web__echo", pid, "legacy"),
+            "aggregate st__echo": (f"{base}/mcp", "st__echo", pid, "legacy"),
+            "stdio direct (2026)": (stdio, "echo", None, "auto"),
+            "relay /mcp/st (2026)": (f"{base}/mcp/st", "echo", pid, "auto"),
         }
         if against is not None:
             (tmp / "against").mkdir()
             other = stack.enter_context(other_gateway(against, tmp / "against", policy, servers))
-            targets["relay /mcp/st [against]"] = (f"{other.url}/mcp/st", "echo", other.pid)
-            targets["aggregate st__echo [against]"] = (f"{other.url}/mcp", "st__echo", other.pid)
+            url = f"{other.url}/mcp"
+            targets["relay /mcp/st [against]"] = (f"{url}/st", "echo", other.pid, "legacy")
+            targets["aggregate st__echo [against]"] = (url, "st__echo", other.pid, "legacy")
+            targets["relay /mcp/st (2026) [against]"] = (f"{url}/st", "echo", other.pid, "auto")
+        if profile is not None:
+            return await _profiled(targets, profile, calls * rounds)
         async with clients(targets) as running:
             for _ in range(rounds):
-                for label, (c, (_, tool, gw_pid)) in running.items():
+                for label, (c, (_, tool, gw_pid, _)) in running.items():
                     before = cpu_ticks(gw_pid) if gw_pid else 0
                     samples.setdefault(label, []).extend(await timed_calls(c, tool, calls))
                     spent = cpu_ticks(gw_pid) - before if gw_pid else 0
                     ticks[label] = ticks.get(label, 0) + spent
     medians = {k: statistics.median(v) for k, v in samples.items()}
-    baselines = {k: v for k, v in (BASELINE | AGAINST).items() if k in medians}
+    baselines = {k: v for k, v in BASELINES.items() if k in medians}
     added = {k: medians[k] - medians[base] for k, base in baselines.items()}
     return {
         "calls_per_target": calls * rounds,
@@ -169,6 +190,24 @@ async def measure(calls: int, rounds: int, against: Path | None) -> dict[str, An
     }
 
 
+async def _profiled(targets: dict[str, Target], label: str, calls: int) -> dict[str, Any]:
+    """py-spy on the gateway behind ``label`` while that target alone takes ``calls`` calls."""
+    target = targets[label]
+    assert target[2] is not None and shutil.which("py-spy"), "a gateway target, and py-spy"
+    out = RESULTS.parent / f"stdio-profile-{label.replace('/', '_').replace(' ', '_')}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    async with clients({label: target}) as running:
+        cmd = ["py-spy", "record", "--pid", str(target[2]), "--rate", "500", "--format", "raw"]
+        cmd += ["--output", str(out), "--nonblocking"]
+        spy = await anyio.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await anyio.sleep(1)  # py-spy attaches
+        await timed_calls(running[label][0], target[1], calls)
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+        with anyio.fail_after(30):
+            await spy.wait()
+    return {"profile": str(out)}
+
+
 def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -180,7 +219,7 @@ def table(result: dict[str, Any]) -> str:
     ]
     for label, median in result["median_ms"].items():
         added = result["added_median_ms"].get(label)
-        base = (BASELINE | AGAINST).get(label)
+        base = BASELINES.get(label)
         extra = f"{added:+.3f} (vs {base})" if added is not None else "baseline"
         cpu = result["gateway_cpu_us_per_call"][label]
         lines.append(
@@ -196,8 +235,12 @@ def main() -> None:
     parser.add_argument(
         "--against", type=Path, help="another checkout whose gateway runs interleaved with this one"
     )
+    parser.add_argument("--profile", metavar="LABEL", help="py-spy the gateway behind one target")
     ns = parser.parse_args()
-    result = anyio.run(measure, ns.calls, ns.rounds, ns.against)
+    result = anyio.run(measure, ns.calls, ns.rounds, ns.against, ns.profile)
+    if ns.profile:
+        print(result["profile"])
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     md = table(result)

@@ -4,9 +4,9 @@ A ``StdioBridge`` is a raw ASGI app inside the gateway process, bound to no sock
 reaches it through an ``AsgiPool`` (``gateway.upstream.inproc``, the ``H1Pool`` interface) and
 the aggregate through an httpx2 transport over the same pool, so it fronts a stdio server as
 an ordinary Streamable HTTP upstream and policy stays at one choke point. The bridge does not
-terminate MCP: JSON-RPC messages pass between HTTP and the child's stdin/stdout unchanged (the
-SDK's ``StreamableHTTPServerTransport`` does the HTTP framing: SSE streams, session ids,
-priming events, resumption).
+terminate MCP: JSON-RPC messages pass between HTTP and the child's stdin/stdout unchanged, and
+the bridge frames the HTTP side itself (``stdio_wire``: an answer that comes alone as JSON,
+else an SSE stream; session ids, priming events, resumption), with no HTTP server stack.
 
 How client sessions map onto processes (docs/stdio-and-aggregate.md):
 
@@ -19,8 +19,9 @@ How client sessions map onto processes (docs/stdio-and-aggregate.md):
 
 The parts, by what they do: ``stdio_child`` supervises one process (restart with backoff,
 process groups, no orphans), ``stdio_session`` links a handshake-era session to its own
-process, ``stdio_shared`` serves the 2026-07-28 era on the shared one, ``stdio_messages``
-holds the messages and deadline both links make; this module is the bridge app that routes
+process, ``stdio_shared`` serves the 2026-07-28 era on the shared one, ``stdio_wire`` frames
+their HTTP answers, ``stdio_messages`` holds the messages and deadline both links make,
+``stdio_events`` the events a session may replay; this module is the bridge app that routes
 requests between them, and ``StdioUpstream``, the relay's view of it.
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -47,8 +48,10 @@ from gateway.config import ServerConfig
 from gateway.upstream.http import HttpUpstream
 from gateway.upstream.inproc import AsgiPool, AsgiTransport
 from gateway.upstream.stdio_child import KILL_GRACE, LINE_LIMIT, kill_group, log
-from gateway.upstream.stdio_session import MemoryEvents, SessionLink
+from gateway.upstream.stdio_events import MemoryEvents
+from gateway.upstream.stdio_session import SessionLink
 from gateway.upstream.stdio_shared import SharedLink
+from gateway.upstream.stdio_wire import read_post
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND, UPSTREAM_UNAVAILABLE
 from gateway.wire.jsonrpc import error_body as rpc_error
@@ -119,7 +122,7 @@ class StdioBridge:
             if link is None:
                 await reply(send, 404, rpc_error(None, SESSION_NOT_FOUND, "Session not found"))
                 return
-            await link.transport.handle_request(scope, receive, send)
+            await link.handle(incoming, send)
             return
         version = incoming.header("mcp-protocol-version")
         if (
@@ -133,7 +136,7 @@ class StdioBridge:
             msg = "Bad Request: Mcp-Session-Id is required"
             await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
             return
-        await self._open_session(scope, receive, send)
+        await self._open_session(incoming, send)
 
     async def _modern(self, incoming: Incoming, send: Send) -> None:
         body = await incoming.body(LINE_LIMIT)
@@ -164,11 +167,18 @@ class StdioBridge:
         victim = min(idle, key=lambda link: link.last_used)
         self.sessions.pop(victim.session_id, None)
         log.info("stdio.session_evicted", server=self.config.name, session=victim.session_id)
-        victim.child.stop()
-        await victim.transport.terminate()
+        victim.end()
 
-    async def _open_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _open_session(self, incoming: Incoming, send: Send) -> None:
         """A request without a session: only ``initialize`` opens one (and a process)."""
+        read = await read_post(incoming, send)
+        if read is None:
+            return
+        message, body = read
+        if message.get("method") != "initialize" or "id" not in message:
+            msg = "Bad Request: Missing session ID"
+            await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
+            return
         if len(self.sessions) >= self.config.max_processes:
             await self._evict_idle()
         if len(self.sessions) >= self.config.max_processes:
@@ -189,20 +199,7 @@ class StdioBridge:
         link = SessionLink(self, uuid.uuid4().hex)
         self.sessions[link.session_id] = link
         await self._tg.start(link.run)
-        status: list[int] = []
-
-        async def watch(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status.append(int(message["status"]))
-            await send(message)
-
-        try:
-            await link.transport.handle_request(scope, receive, watch)
-        finally:
-            if not status or status[0] >= 400:  # nothing was opened: no session, no process
-                link.child.stop()
-                with anyio.CancelScope(shield=True):
-                    await link.transport.terminate()
+        await link.handle(incoming, send, message, body)
 
 
 #: How much later than the bridge's own deadline the in-process head deadline fires.

@@ -29,7 +29,8 @@ LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
 KILL_GRACE = 2.0
 STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
-OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
+# A message from the child, and its line as read (passed on as is where nothing changes).
+OnMessage = Callable[[dict[str, Any], bytes], Awaitable[None]]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -161,7 +162,7 @@ class Child:
                 )
                 continue
             if isinstance(message, dict):
-                await self.on_message(message)
+                await self.on_message(message, line.rstrip(b"\r\n"))
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> int | None:
         with anyio.CancelScope(shield=True):
@@ -174,10 +175,15 @@ class Child:
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Write one message; False when there is no live process to take it."""
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        return await self.send_line(data)
+
+    async def send_line(self, data: bytes) -> bool:
+        """Write one message already in JSON (with no newline in it)."""
         proc = self.proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             return False
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        data += b"\n"
         try:
             proc.stdin.write(data)
             await proc.stdin.drain()

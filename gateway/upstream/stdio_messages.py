@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import anyio
 
 from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE
 
@@ -28,17 +27,45 @@ def cancelled(inner: Any, reason: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
 
 
-async def deadline(
-    within: float, last_sign: Callable[[], float | None], expire: Callable[[], Awaitable[None]]
-) -> None:
+class Deadline:
     """Expire a request after ``within`` seconds without a sign of life from the child
-    (``last_sign`` gives its time, or None once the request is answered)."""
-    while (seen := last_sign()) is not None:
-        left = seen + within - time.monotonic()
-        if left <= 0:
-            await expire()
+    (``last_sign`` gives its time, or None once the request is answered).
+
+    A timer on the loop, re-armed from the last sign, not a task per request: most requests
+    are answered long before it fires, and ``cancel`` then drops it.
+    """
+
+    _expiring: set[asyncio.Task[None]] = set()  # strong references until each has run
+
+    def __init__(
+        self,
+        within: float,
+        last_sign: Callable[[], float | None],
+        expire: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.within = within
+        self.last_sign = last_sign
+        self.expire = expire
+        self.loop = asyncio.get_running_loop()
+        self.timer = self.loop.call_later(within, self._check)
+
+    def _check(self) -> None:
+        seen = self.last_sign()
+        if seen is None:
             return
-        await anyio.sleep(left)
+        left = seen + self.within - time.monotonic()
+        if left > 0:
+            self.timer = self.loop.call_later(left, self._check)
+            return
+        task = self.loop.create_task(self._expire())
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self) -> None:
+        await self.expire()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def progress_token(message: dict[str, Any]) -> Any:

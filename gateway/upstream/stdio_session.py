@@ -1,5 +1,9 @@
 """The handshake era on stdio: one process per client session (``SessionLink``).
 
+The session's Streamable HTTP wire is served here, straight onto its child's pipes: a POST
+carries one message to the child; a request's answer comes back as JSON when nothing comes
+before it, as an SSE stream when the child sends something for it first (or is slow); GET
+opens the stream for what belongs to no request; DELETE ends the session and its process.
 Server-to-client requests (elicitation, sampling, roots) can only belong to that session. A
 restarted child gets the session's ``initialize`` replayed; requests in flight when it exits
 get a JSON-RPC error at once.
@@ -8,63 +12,58 @@ get a JSON-RPC error at once.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import math
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import mcp_types as types
 from anyio.abc import TaskStatus
-from mcp.server.streamable_http import (
-    EventCallback,
-    EventMessage,
-    EventStore,
-    StreamableHTTPServerTransport,
-)
-from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from gateway.upstream.stdio_child import Child, log
+from gateway.upstream.stdio_events import EventLog
 from gateway.upstream.stdio_messages import (
+    Deadline,
     cancelled,
-    deadline,
     progress_token,
     too_slow,
     unavailable,
 )
+from gateway.upstream.stdio_wire import Item, accepts, encode, open_stream, read_post, respond
+from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.jsonrpc import INVALID_REQUEST
+from gateway.wire.jsonrpc import error_body as rpc_error
 
 if TYPE_CHECKING:
     from gateway.upstream.stdio import StdioBridge
 
+#: Messages kept for a request's stream beyond its answer; past this, while nobody reads
+#: them (the caller went away), notifications are dropped. The answer never is.
+BACKLOG = 256
+GET_STREAM = ("get",)  # the event-log key of the session's GET stream (no request id is a tuple)
 
-class MemoryEvents(EventStore):
-    """A bounded per-session event store, so SSE streams can resume with Last-Event-ID."""
 
-    def __init__(self, max_events: int = 2000) -> None:
-        self._events: OrderedDict[str, tuple[str, types.JSONRPCMessage | None]] = OrderedDict()
-        self._ids = itertools.count(1)
-        self._max = max_events
+class Pending:
+    """One request in flight: the stream its answer goes out on, and its deadline."""
 
-    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
-        event_id = str(next(self._ids))
-        self._events[event_id] = (stream_id, message)
-        while len(self._events) > self._max:
-            self._events.popitem(last=False)
-        return event_id
+    __slots__ = ("clock", "heard", "reading", "receiver", "sender", "token")
 
-    async def replay_events_after(
-        self, last_event_id: str, send_callback: EventCallback
-    ) -> str | None:
-        if last_event_id not in self._events:
-            return None
-        stream_id = self._events[last_event_id][0]
-        after = False
-        for event_id, (sid, message) in list(self._events.items()):
-            if after and sid == stream_id and message is not None:
-                await send_callback(EventMessage(message, event_id))
-            after = after or event_id == last_event_id
-        return stream_id
+    def __init__(self, token: Any) -> None:
+        self.sender: MemoryObjectSendStream[Item]
+        self.receiver: MemoryObjectReceiveStream[Item]
+        self.sender, self.receiver = anyio.create_memory_object_stream[Item](math.inf)
+        self.token = token
+        self.heard = time.monotonic()  # the child's last sign of life for it
+        self.clock: Deadline | None = None
+        self.reading = False  # an HTTP answer is sending its stream
+
+
+def push(sender: MemoryObjectSendStream[Item], item: Item, final: bool = False) -> None:
+    if final or sender.statistics().current_buffer_used < BACKLOG:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            sender.send_nowait(item)
 
 
 class SessionLink:
@@ -79,136 +78,249 @@ class SessionLink:
     def __init__(self, bridge: StdioBridge, session_id: str) -> None:
         self.bridge = bridge
         self.session_id = session_id
-        config = bridge.config
-        self.transport = StreamableHTTPServerTransport(
-            session_id,
-            event_store=MemoryEvents(),
-            retry_interval=1000,
-            idle_timeout=config.idle_timeout,
-        )
-        self.child = Child(config, f"{config.name}[{session_id[:8]}]", self._from_child)
+        self.name = bridge.config.name
+        self.child = Child(bridge.config, f"{self.name}[{session_id[:8]}]", self._from_child)
         self.child.on_exit = self._child_exited
         self.child.on_start = self._replay_handshake
-        self.in_flight: dict[Any, ServerMessageMetadata | None] = {}
-        self.heard: dict[Any, float] = {}  # per request in flight: the child's last sign of life
+        self.in_flight: dict[Any, Pending] = {}
         self.asking: set[Any] = set()  # the child's own requests the client has not answered
         self.tokens: dict[Any, Any] = {}
         self.handshake: list[dict[str, Any]] = []
         self.replaying: set[str] = set()
-        self.write: Any = None
-        self.tg: anyio.abc.TaskGroup | None = None
+        self.get_stream: MemoryObjectSendStream[Item] | None = None
+        self.events = EventLog()
+        self.headers = [(b"mcp-session-id", session_id.encode())]
+        self.serving = 0  # HTTP requests being answered (an open GET stream among them)
         self.last_used = time.monotonic()
+        self.ended = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the child until the session ends (DELETE, eviction, idle), then stop it."""
         try:
-            async with self.transport.connect() as (read, write), anyio.create_task_group() as tg:
-                self.write = write
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(self.child.run)
-                scope = self.transport.idle_scope or anyio.CancelScope()
-                # The requests' deadline watchers end with the session, not at their next
-                # wake-up (up to ``timeout`` later, with the session still counted).
-                async with anyio.create_task_group() as watchers:
-                    self.tg = watchers
-                    task_status.started()
-                    with scope:
-                        await self._pump(read)
-                    watchers.cancel_scope.cancel()
-                if scope.cancelled_caught:
-                    log.info(
-                        "stdio.session_idle",
-                        server=self.bridge.config.name,
-                        session=self.session_id,
-                    )
-                self.child.stop()
+                task_status.started()
+                await self._until_idle()
+                self.end()  # the group waits for the child to exit
         finally:
-            self.child.stop()
-            self.bridge.sessions.pop(self.session_id, None)
-            with anyio.CancelScope(shield=True):
-                await self.transport.terminate()
+            self.end()
 
-    async def _pump(self, read: Any) -> None:
+    async def _until_idle(self) -> None:
+        idle_timeout = self.bridge.config.idle_timeout
+        while not self.ended.is_set():
+            left = idle_timeout
+            if not self.serving:
+                left = self.last_used + idle_timeout - time.monotonic()
+                if left <= 0:
+                    log.info("stdio.session_idle", server=self.name, session=self.session_id)
+                    return
+            with anyio.move_on_after(left):
+                await self.ended.wait()
+
+    def end(self) -> None:
+        """End the session: its process, and every stream still open on it. No await."""
+        self.ended.set()
+        self.child.stop()
+        self.bridge.sessions.pop(self.session_id, None)
+        for pending in self.in_flight.values():
+            if pending.clock is not None:
+                pending.clock.cancel()
+            pending.sender.close()
+        self.in_flight.clear()
+        if self.get_stream is not None:
+            self.get_stream.close()
+
+    # --- HTTP, from the bridge
+
+    async def handle(
+        self,
+        incoming: Incoming,
+        send: Send,
+        message: dict[str, Any] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """One HTTP request on this session (``message``: a POST's, already read)."""
+        self.serving += 1
         try:
-            async for item in read:
-                if isinstance(item, SessionMessage):
-                    await self._to_child(item)
-        except (anyio.ClosedResourceError, anyio.EndOfStream):
-            pass  # the session was terminated (DELETE)
-        except Exception:  # one broken session must never take the bridge down
-            log.exception("stdio.session_failed", server=self.bridge.config.name)
+            if self.ended.is_set():
+                await reply(send, 404, rpc_error(None, INVALID_REQUEST, "Session not found"))
+            elif incoming.method == "POST":
+                await self._post(incoming, send, message, body)
+            elif incoming.method == "GET":
+                await self._get(incoming, send)
+            elif incoming.method == "DELETE":
+                self.end()
+                await reply(send, 200, b"", extra=self.headers)
+            else:
+                error = rpc_error(None, INVALID_REQUEST, "Method Not Allowed")
+                await reply(send, 405, error, extra=[(b"allow", b"GET, POST, DELETE")])
+        finally:
+            self.serving -= 1
+            self.last_used = time.monotonic()
 
-    async def _to_child(self, item: SessionMessage) -> None:
+    async def _post(
+        self, incoming: Incoming, send: Send, message: dict[str, Any] | None, body: bytes | None
+    ) -> None:
+        if message is None:
+            read = await read_post(incoming, send)
+            if read is None:
+                return
+            message, body = read
         self.last_used = time.monotonic()
-        message = item.message.model_dump(by_alias=True, exclude_unset=True, mode="json")
         method, msg_id = message.get("method"), message.get("id")
-        if method is not None and msg_id is not None:  # a request from the client
-            self.in_flight[msg_id] = (
-                item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
-            )
-            token = progress_token(message)
-            if token is not None:
-                self.tokens[token] = msg_id
-        elif method is None:  # the client's answer to one of the child's requests
-            self.asking.discard(msg_id)
-        if method in ("initialize", "notifications/initialized"):
+        if method is None or "id" not in message:  # a notification, or the client's answer
+            await reply(send, 202, b"", extra=self.headers)
+            await self._notify(message, body)
+            return
+        if method == "initialize":
             self.handshake.append(message)
-        if method == "notifications/cancelled":
-            await self._end_cancelled(message)
+        pending = self._begin(msg_id, message)
+        if await self._to_child(message, body):
+            pending.heard = time.monotonic()  # the clock starts once the child has it
+            pending.clock = Deadline(
+                self.bridge.config.timeout, self._last_sign(msg_id), self._expire(msg_id)
+            )
+        else:
+            self._answer(encode(unavailable(msg_id, f"stdio server {self.name!r} is not running")))
+        version = incoming.header("mcp-protocol-version") or _offered(message)
+        await self._respond(send, msg_id, pending, accepts(incoming)[1], version >= "2025-11-25")
+
+    def _begin(self, msg_id: Any, message: dict[str, Any]) -> Pending:
+        old = self.in_flight.pop(msg_id, None)
+        if old is not None:  # the same id again: the earlier answer could not be told apart
+            old.sender.close()
+        pending = self.in_flight[msg_id] = Pending(progress_token(message))
+        if pending.token is not None:
+            self.tokens[pending.token] = msg_id
+        return pending
+
+    async def _respond(
+        self, send: Send, key: Any, pending: Pending, sse: bool, prime: bool
+    ) -> None:
+        pending.reading = True
+        try:
+            await respond(
+                send,
+                pending.receiver,
+                sse=sse,
+                headers=self.headers,
+                priming=(lambda: self.events.priming(key)) if prime else (lambda: b""),
+                framed=lambda body: self.events.framed(key, body),
+            )
+        finally:
+            pending.reading = False
+
+    async def _get(self, incoming: Incoming, send: Send) -> None:
+        if not accepts(incoming)[1]:
+            msg = "Not Acceptable: Client must accept text/event-stream"
+            await reply(send, 406, rpc_error(None, INVALID_REQUEST, msg))
+            return
+        last = incoming.header("last-event-id")
+        if last is not None:
+            await self._resume(last, send)
+            return
+        if self.get_stream is not None:
+            msg = "Conflict: Only one SSE stream is allowed per session"
+            await reply(send, 409, rpc_error(None, INVALID_REQUEST, msg))
+            return
+        await open_stream(send, self.headers)
+        await self._serve_get(send)
+
+    async def _serve_get(self, send: Send) -> None:
+        sender, receiver = anyio.create_memory_object_stream[Item](BACKLOG)
+        self.get_stream = sender
+        try:
+            async for _, body in receiver:
+                framed = self.events.framed(GET_STREAM, body)
+                await send({"type": "http.response.body", "body": framed, "more_body": True})
+        finally:
+            if self.get_stream is sender:
+                self.get_stream = None
+            sender.close()
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _resume(self, last: str, send: Send) -> None:
+        """Replay a stream's events after ``last``; then go on with it if it is still live."""
+        stream = self.events.stream_of(last)
+        await open_stream(send, self.headers)
+        for framed in self.events.after(last):
+            await send({"type": "http.response.body", "body": framed, "more_body": True})
+        if stream == GET_STREAM and self.get_stream is None:
+            await self._serve_get(send)
+            return
+        pending = self.in_flight.get(stream)
+        if pending is not None and not pending.reading:
+            await self._respond(send, stream, pending, True, False)
+            return
+        await send({"type": "http.response.body", "body": b""})
+
+    # --- to the child
+
+    async def _notify(self, message: dict[str, Any], body: bytes | None) -> None:
+        method = message.get("method")
+        if method is None:  # the client's answer to one of the child's requests
+            self.asking.discard(message.get("id"))
+        elif method == "notifications/initialized":
+            self.handshake.append(message)
+        elif method == "notifications/cancelled":
+            self._end_cancelled(message)
+        await self._to_child(message, body)
+
+    async def _to_child(self, message: dict[str, Any], body: bytes | None) -> bool:
         if not self.child.ready.is_set():
             await self.child.wait_ready(10.0)
-        sent = await self.child.send(message)
-        if msg_id is None or method is None:
-            return
-        if not sent:
-            self.in_flight.pop(msg_id, None)
-            await self._answer(
-                unavailable(msg_id, f"stdio server {self.bridge.config.name!r} is not running")
-            )
-        elif msg_id in self.in_flight:  # the clock starts once the child has the request
-            self.heard[msg_id] = time.monotonic()
-            assert self.tg is not None
-            self.tg.start_soon(self._watch, msg_id)
+        if body is not None and b"\n" not in body:
+            return await self.child.send_line(body)  # as the client wrote it: one line
+        return await self.child.send(message)
 
-    async def _watch(self, msg_id: Any) -> None:
+    def _end_cancelled(self, message: dict[str, Any]) -> None:
+        """The client cancelled a request of its own: its stream ends with no answer."""
+        params = message.get("params")
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        pending = self.in_flight.pop(request_id, None) if request_id is not None else None
+        if pending is not None:
+            self._done(pending)
+
+    def _last_sign(self, msg_id: Any) -> Callable[[], float | None]:
         def last_sign() -> float | None:
-            if msg_id not in self.in_flight:
+            pending = self.in_flight.get(msg_id)
+            if pending is None:
                 return None
             # While the client is being asked (a person may be answering), the clock stops.
             if self.asking:
                 return time.monotonic()
-            return max(self.heard.get(msg_id, 0.0), self.child.warm_at)
+            return max(pending.heard, self.child.warm_at)
 
+        return last_sign
+
+    def _expire(self, msg_id: Any) -> Callable[[], Awaitable[None]]:
         async def expire() -> None:
-            self.in_flight.pop(msg_id, None)
             timeout = self.bridge.config.timeout
             await self.child.send(cancelled(msg_id, f"no answer within {timeout:g} s"))
-            await self._answer(too_slow(self.bridge.config.name, timeout, msg_id))
+            self._answer(encode(too_slow(self.name, timeout, msg_id)))
 
-        await deadline(self.bridge.config.timeout, last_sign, expire)
+        return expire
 
-    async def _end_cancelled(self, message: dict[str, Any]) -> None:
-        params = message.get("params") or {}
-        meta = self.in_flight.pop(params.get("requestId"), None)
-        if meta is not None and meta.on_request_unanswered is not None:
-            await meta.on_request_unanswered()
+    # --- from the child
 
-    async def _from_child(self, message: dict[str, Any]) -> None:
+    async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
         msg_id = message.get("id")
         if "method" not in message:  # an answer
             if isinstance(msg_id, str) and msg_id in self.replaying:
                 self.replaying.discard(msg_id)
                 return
-            if msg_id not in self.in_flight:
-                return  # answered already (cancelled, expired, or failed when the child died)
-            self.in_flight.pop(msg_id, None)
-            self.heard.pop(msg_id, None)
-            await self._answer(message)
+            self._answer((message, line))
             return
         if msg_id is not None:
             self.asking.add(msg_id)
-        related = self._related(message)
-        if related in self.heard:
-            self.heard[related] = time.monotonic()
-        await self._send(message, related)
+        pending = self.in_flight.get(self._related(message))
+        if pending is not None:
+            pending.heard = time.monotonic()
+            push(pending.sender, (message, line))
+        elif self.get_stream is not None:
+            push(self.get_stream, (message, line))
+        else:
+            log.debug("stdio.no_stream", server=self.name, method=message.get("method"))
 
     def _related(self, message: dict[str, Any]) -> Any:
         token = progress_token(message)
@@ -219,26 +331,25 @@ class SessionLink:
             return None  # list changes, resource updates: the session's GET stream
         return next(reversed(self.in_flight), None)
 
-    async def _answer(self, message: dict[str, Any]) -> None:
-        for token, owner in list(self.tokens.items()):
-            if owner == message.get("id"):
-                del self.tokens[token]
-        await self._send(message, None)
+    def _answer(self, item: Item) -> None:
+        """The answer goes on its request's stream, which then ends (once only)."""
+        pending = self.in_flight.pop(item[0].get("id"), None)
+        if pending is not None:  # else answered already (cancelled, expired, child died)
+            push(pending.sender, item, final=True)
+            self._done(pending)
 
-    async def _send(self, message: dict[str, Any], related: Any) -> None:
-        parsed = types.jsonrpc_message_adapter.validate_python(message, by_name=False)
-        meta = ServerMessageMetadata(related_request_id=related) if related is not None else None
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self.write.send(SessionMessage(parsed, metadata=meta))
+    def _done(self, pending: Pending) -> None:
+        if pending.token is not None:
+            self.tokens.pop(pending.token, None)
+        if pending.clock is not None:
+            pending.clock.cancel()
+        pending.sender.close()
 
     async def _child_exited(self) -> None:
-        name = self.bridge.config.name
-        why = f"stdio server {name!r} exited before answering; it is being restarted"
+        why = f"stdio server {self.name!r} exited before answering; it is being restarted"
         for msg_id in list(self.in_flight):
-            self.in_flight.pop(msg_id, None)
-            await self._send(unavailable(msg_id, why), None)
+            self._answer(encode(unavailable(msg_id, why)))
         self.tokens.clear()
-        self.heard.clear()
         self.asking.clear()
 
     async def _replay_handshake(self) -> None:
@@ -250,3 +361,10 @@ class SessionLink:
                 message = {**message, "id": f"celgate-replay-{uuid.uuid4().hex}"}
                 self.replaying.add(message["id"])
             await self.child.send(message)
+
+
+def _offered(message: dict[str, Any]) -> str:
+    """The protocol version an ``initialize`` offers ("" for any other request)."""
+    params = message.get("params")
+    version = params.get("protocolVersion") if isinstance(params, dict) else None
+    return version if isinstance(version, str) else ""

@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
 
 from gateway.config import ServerConfig
 from gateway.upstream.stdio_child import Child, log
 from gateway.upstream.stdio_messages import (
+    Deadline,
     cancelled,
-    deadline,
     progress_token,
     too_slow,
     unavailable,
 )
+from gateway.upstream.stdio_wire import Item, encode, respond
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import (
     METHOD_NOT_FOUND,
@@ -44,7 +44,7 @@ class SharedLink:
         self.child.on_exit = self._child_exited
         self.child.on_start = self._discover
         self.ids = itertools.count(1)
-        self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[dict[str, Any]]]] = {}
+        self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[Item]]] = {}
         self.tokens: dict[str, str] = {}
         self.heard: dict[str, float] = {}
         self.name = config.name
@@ -84,23 +84,24 @@ class SharedLink:
             params["_meta"] = {**params["_meta"], "progressToken": inner}
             outgoing["params"] = params
             self.tokens[inner] = inner
-        sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](64)
+        sender, receiver = anyio.create_memory_object_stream[Item](64)
         self.waiting[inner] = (original_id, token, sender)
         self.heard[inner] = time.monotonic()
+        clock = Deadline(self.timeout, self._last_sign(inner), self._expire(inner))
+        answered = False
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(deadline, self.timeout, self._last_sign(inner), self._expire(inner))
-                if not await self.child.send(outgoing):
-                    await sender.send(
-                        unavailable(inner, f"stdio server {self.name!r} is not running")
-                    )
-                cancel = self._cancel(inner, "the client went away")
-                await _stream_answer(incoming, send, receiver, original_id, token, cancel)
-                tg.cancel_scope.cancel()
+            if not await self.child.send(outgoing):
+                self._route(inner, unavailable(inner, f"stdio server {self.name!r} is not running"))
+            sse = "text/event-stream" in (incoming.header("accept") or "")
+            answered = await respond(send, receiver, sse=sse, headers=[], status=_answer_status)
         finally:
+            clock.cancel()
             self.waiting.pop(inner, None)
             self.tokens.pop(inner, None)
             self.heard.pop(inner, None)
+            if not answered:
+                with anyio.CancelScope(shield=True):
+                    await self.child.send(cancelled(inner, "the client went away"))
 
     async def _discover(self) -> None:
         """A server on stdio takes its connection's era from the first message it reads: a
@@ -131,19 +132,12 @@ class SharedLink:
         ``notifications/cancelled`` names a request id of the sender's own; the ids the child
         knows are ours, and a notification's exchange has no request of its own to map one to.
         So it is dropped: a caller cancels by closing its request's stream (as the 2026 wire
-        says), which cancels that request's own inner id (``_cancel``), never another's.
+        says), which cancels that request's own inner id (``_call``), never another's.
         """
         if message.get("method") == "notifications/cancelled":
             log.debug("stdio.cancel_dropped", server=self.name)
             return
         await self.child.send(message)
-
-    def _cancel(self, inner: str, reason: str) -> Callable[[], Awaitable[None]]:
-        async def cancel() -> None:
-            if inner in self.waiting:
-                await self.child.send(cancelled(inner, reason))
-
-        return cancel
 
     def _last_sign(self, inner: str) -> Callable[[], float | None]:
         def last_sign() -> float | None:
@@ -154,16 +148,14 @@ class SharedLink:
 
     def _expire(self, inner: str) -> Callable[[], Awaitable[None]]:
         async def expire() -> None:
-            await self._cancel(inner, f"no answer within {self.timeout:g} s")()
+            if inner in self.waiting:
+                await self.child.send(cancelled(inner, f"no answer within {self.timeout:g} s"))
             self.heard.pop(inner, None)
-            entry = self.waiting.get(inner)
-            if entry is not None:
-                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                    entry[2].send_nowait(too_slow(self.name, self.timeout, inner))
+            self._route(inner, too_slow(self.name, self.timeout, inner))
 
         return expire
 
-    async def _from_child(self, message: dict[str, Any]) -> None:
+    async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
         key = message.get("id") if "method" not in message else progress_token(message)
         inner = str(key) if key is not None and str(key) in self.waiting else None
         if inner is None and "method" in message and len(self.waiting) == 1:
@@ -172,61 +164,29 @@ class SharedLink:
             return
         if inner in self.heard:
             self.heard[inner] = time.monotonic()
+        self._route(inner, message)
+
+    def _route(self, inner: str, message: dict[str, Any]) -> None:
+        """To the caller of ``inner``, under the caller's own id and progress token."""
+        entry = self.waiting.get(inner)
+        if entry is None:
+            return
+        original_id, token, sender = entry
+        if "method" not in message:
+            message = {**message, "id": original_id}
+        elif token is not None and progress_token(message) is not None:
+            message = _with_token(message, token)
         with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-            self.waiting[inner][2].send_nowait(message)
+            sender.send_nowait(encode(message))
 
     async def _child_exited(self) -> None:
-        for inner, (_, _, sender) in list(self.waiting.items()):
-            why = f"stdio server {self.name!r} exited before answering; it is being restarted"
-            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                sender.send_nowait(unavailable(inner, why))
+        why = f"stdio server {self.name!r} exited before answering; it is being restarted"
+        for inner in list(self.waiting):
+            self._route(inner, unavailable(inner, why))
 
 
 #: Methods of the handshake era only; never sent to the shared (stateless-era) child.
 _HANDSHAKE_ONLY = frozenset({"initialize", "notifications/initialized"})
-
-
-async def _stream_answer(
-    incoming: Incoming,
-    send: Send,
-    receiver: MemoryObjectReceiveStream[dict[str, Any]],
-    original_id: Any,
-    token: Any,
-    cancel: Callable[[], Awaitable[None]],
-) -> None:
-    """SSE when the client takes it (progress arrives as it happens), JSON otherwise. The
-    stream opens at the first message that is not the answer: an answer that comes alone goes
-    as JSON, an error with the status the stateless era's HTTP binding gives it."""
-    sse = "text/event-stream" in (incoming.header("accept") or "")
-    started = False
-    finished = False
-    try:
-        async for message in receiver:
-            final = "method" not in message
-            if final:
-                message = {**message, "id": original_id}
-            elif token is not None and progress_token(message) is not None:
-                message = _with_token(message, token)
-            body = json.dumps(message, ensure_ascii=False).encode()
-            if final and not started:
-                finished = True
-                await reply(send, _answer_status(message), body)
-                return
-            if not sse:
-                continue
-            if not started:
-                started = True
-                headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-            event = b"event: message\ndata: " + body + b"\n\n"
-            await send({"type": "http.response.body", "body": event, "more_body": not final})
-            if final:
-                finished = True
-                return
-    finally:
-        if not finished:
-            with anyio.CancelScope(shield=True):
-                await cancel()
 
 
 def _answer_status(message: dict[str, Any]) -> int:

@@ -1,0 +1,90 @@
+"""Event stores: the handshake-era links' own (``EventLog``), and one for the SDK's transport.
+
+``EventLog`` keeps the SSE events a session sent (as framed), so a client that lost a stream
+resumes it with ``Last-Event-ID``; only streamed answers and the GET stream write to it (an
+answer sent as JSON has no event to resume). ``MemoryEvents`` is the same idea behind the
+SDK's ``EventStore`` interface, for servers run on the SDK's own transport (the test upstream).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator
+
+import mcp_types as types
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+
+#: The reconnection delay a priming event asks for, in milliseconds.
+RETRY_MS = 1000
+
+
+class EventLog:
+    """The last ``max_events`` SSE events of one session, each under the stream it was on."""
+
+    def __init__(self, max_events: int = 2000) -> None:
+        self._events: OrderedDict[str, tuple[Hashable, bytes | None]] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._max = max_events
+
+    def _store(self, stream: Hashable, framed: bytes | None) -> str:
+        event_id = str(next(self._ids))
+        self._events[event_id] = (stream, framed)
+        while len(self._events) > self._max:
+            self._events.popitem(last=False)
+        return event_id
+
+    def priming(self, stream: Hashable) -> bytes:
+        """An event with an id and no data: a client can resume a stream cut before its
+        first message."""
+        event_id = self._store(stream, None)
+        return f"id: {event_id}\nretry: {RETRY_MS}\ndata: \n\n".encode()
+
+    def framed(self, stream: Hashable, body: bytes) -> bytes:
+        """One message as an SSE event with an id of its own, kept for replay."""
+        event_id = self._store(stream, None)
+        framed = f"id: {event_id}\nevent: message\n".encode() + b"data: " + body + b"\n\n"
+        self._events[event_id] = (stream, framed)
+        return framed
+
+    def stream_of(self, event_id: str) -> Hashable | None:
+        entry = self._events.get(event_id)
+        return None if entry is None else entry[0]
+
+    def after(self, event_id: str) -> Iterator[bytes]:
+        """The events of ``event_id``'s stream that came after it, in order."""
+        stream = self.stream_of(event_id)
+        seen = False
+        for each, (where, framed) in list(self._events.items()):
+            if seen and where == stream and framed is not None:
+                yield framed
+            seen = seen or each == event_id
+
+
+class MemoryEvents(EventStore):
+    """A bounded per-session event store, so SSE streams can resume with Last-Event-ID."""
+
+    def __init__(self, max_events: int = 2000) -> None:
+        self._events: OrderedDict[str, tuple[str, types.JSONRPCMessage | None]] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._max = max_events
+
+    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
+        event_id = str(next(self._ids))
+        self._events[event_id] = (stream_id, message)
+        while len(self._events) > self._max:
+            self._events.popitem(last=False)
+        return event_id
+
+    async def replay_events_after(
+        self, last_event_id: str, send_callback: EventCallback
+    ) -> str | None:
+        if last_event_id not in self._events:
+            return None
+        stream_id = self._events[last_event_id][0]
+        after = False
+        for event_id, (sid, message) in list(self._events.items()):
+            if after and sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+            after = after or event_id == last_event_id
+        return stream_id

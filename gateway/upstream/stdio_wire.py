@@ -1,0 +1,132 @@
+"""Streamable HTTP framing for the stdio links, written straight onto the ASGI ``send``.
+
+One request's answer goes out as JSON when the answer comes alone (the common, cheap case),
+and as an SSE stream once anything else comes first (progress, a log line, a question to the
+client) or the answer is slow: a stream's head goes out at once, so a caller (and the
+in-process head deadline) sees the request is being worked on. The links put ``Item``\\ s, a
+message and its JSON text, on a request's memory stream; this module frames them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from gateway.upstream.stdio_child import LINE_LIMIT
+from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR
+from gateway.wire.jsonrpc import error_body as rpc_error
+
+Item = tuple[dict[str, Any], bytes]  # a message, and its JSON text as it goes on the wire
+Headers = list[tuple[bytes, bytes]]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+]
+#: An answer not there this long opens the SSE stream (its head), so a slow call is seen as
+#: going on: a caller's head deadline never fires on it, and a going-away client is noticed.
+HEAD_AFTER = 1.0
+
+
+def accepts(incoming: Incoming) -> tuple[bool, bool]:
+    """(JSON, SSE) for the request's Accept header, wildcards included (as the SDK reads it)."""
+    types = {
+        part.split(";")[0].strip().lower() for part in (incoming.header("accept") or "").split(",")
+    }
+    anything = "*/*" in types
+    json_ok = anything or bool(types & {"application/json", "application/*"})
+    sse_ok = anything or bool(types & {"text/event-stream", "text/*"})
+    return json_ok, sse_ok
+
+
+async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], bytes] | None:
+    """A handshake-era POST's one message and its body; None once refused (as the SDK's
+    transport refuses: 406, 415, 413, 400)."""
+    json_ok, sse_ok = accepts(incoming)
+    content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
+    body = None
+    if not (json_ok and sse_ok):
+        status, code = 406, INVALID_REQUEST
+        msg = "Not Acceptable: Client must accept both application/json and text/event-stream"
+    elif content_type != "application/json":
+        status, code = 415, INVALID_REQUEST
+        msg = "Unsupported Media Type: Content-Type must be application/json"
+    elif (body := await incoming.body(LINE_LIMIT)) is None:
+        status, code, msg = 413, INVALID_REQUEST, "Payload Too Large"
+    else:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and message.get("jsonrpc") == "2.0":
+            return message, body
+        status, code, msg = 400, PARSE_ERROR, "Parse error: one JSON-RPC message per request"
+    await reply(send, status, rpc_error(None, code, msg))
+    return None
+
+
+def encode(message: dict[str, Any]) -> Item:
+    return message, json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def event(body: bytes) -> bytes:
+    return b"event: message\ndata: " + body + b"\n\n"
+
+
+async def open_stream(send: Send, headers: Headers, first: bytes = b"") -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+    if first:
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+
+
+async def respond(
+    send: Send,
+    receiver: MemoryObjectReceiveStream[Item],
+    *,
+    sse: bool,
+    headers: Headers,
+    status: Callable[[dict[str, Any]], int] = lambda message: 200,
+    priming: Callable[[], bytes] = lambda: b"",
+    framed: Callable[[bytes], bytes] = event,
+) -> bool:
+    """Send one request's answer, and what comes before it; True once the answer went out.
+
+    ``priming`` gives the first bytes of an SSE stream (an event id to resume from), ``framed``
+    an event's bytes (with its id). Without SSE (the client takes JSON only) what comes before
+    the answer is dropped. The receiver ending with no answer (the request was cancelled)
+    ends the stream empty.
+    """
+    started = False
+    while True:
+        item: Item | None = None
+        with anyio.move_on_after(math.inf if started or not sse else HEAD_AFTER):
+            try:
+                item = await receiver.receive()
+            except anyio.EndOfStream:
+                break
+        if item is None:  # slow: the stream opens now
+            started = True
+            await open_stream(send, headers, priming())
+            continue
+        message, body = item
+        final = "method" not in message
+        if final and not started:
+            await reply(send, status(message), body, extra=headers)
+            return True
+        if not sse:
+            continue
+        if not started:
+            started = True
+            await open_stream(send, headers, priming())
+        await send({"type": "http.response.body", "body": framed(body), "more_body": not final})
+        if final:
+            return True
+    if not started:
+        await open_stream(send, headers)
+    await send({"type": "http.response.body", "body": b""})
+    return False
