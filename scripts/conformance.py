@@ -5,13 +5,16 @@
     python scripts/conformance.py                # direct, then through the gateway
     python scripts/conformance.py --direct-only  # only against the test upstream
     python scripts/conformance.py --stdio        # gateway fronts the upstream as a stdio server
+    python scripts/conformance.py --aggregate    # through /mcp (one server, empty prefix)
     CELGATE_CONFORMANCE_DIR=.cache/conformance-next \
         python scripts/conformance.py --requirements 2026-07-28   # one revision's requirements
 
 (a) direct: the test upstream (``python -m tests.servers.upstream --http``) is tested as is.
 (b) celgate: ``python -m gateway.cli run --config <tmp>/celgate.yaml`` relays to the upstream
     (HTTP, or with ``--stdio`` a stdio command) under an allow-all policy; the suite is pointed at
-    ``http://127.0.0.1:<port>/mcp/upstream`` once ``GET /healthz`` answers 200.
+    ``http://127.0.0.1:<port>/mcp/upstream`` once ``GET /healthz`` answers 200; with
+    ``--aggregate``, at the aggregated endpoint ``/mcp``, the one server given an empty
+    prefix so its names are the names the suite expects.
 
 Exit status: 0 when celgate passes, scenario by scenario, every check the direct run passes
 (and the output of every run could be read), 1 otherwise, 2 when the suite is not installed.
@@ -150,7 +153,7 @@ def _parse(out: str, result: SuiteResult) -> bool:
 # --------------------------------------------------------------------------- the gateway
 
 
-def gateway_config(tmp: Path, port: int, upstream_url: str | None) -> Path:
+def gateway_config(tmp: Path, port: int, upstream_url: str | None, aggregate: bool = False) -> Path:
     """Write ``celgate.yaml`` and the allow-all policy; ``upstream_url=None`` means stdio."""
     policy = tmp / "allow-all.yaml"
     policy.write_text('version: "1"\ndefault: allow\n')
@@ -163,6 +166,8 @@ def gateway_config(tmp: Path, port: int, upstream_url: str | None) -> Path:
             f"  {SERVER_NAME}:\n    command: {json.dumps(command)}\n    args: {json.dumps(args)}\n"
             f"    env: {{PYTHONPATH: {json.dumps(str(REPO_ROOT))}}}\n"
         )
+    if aggregate:
+        server += '    prefix: ""\n'
     config = tmp / "celgate.yaml"
     config.write_text(
         f"listen: {{host: {HOST}, port: {port}}}\nanonymous: true\n"
@@ -194,19 +199,22 @@ def wait_healthy(peer: PeerProcess, port: int, timeout: float) -> None:
 
 @contextlib.contextmanager
 def running_gateway(
-    tmp: Path, upstream_url: str | None, timeout: float, command: str | None = None
+    tmp: Path,
+    upstream_url: str | None,
+    timeout: float,
+    command: str | None = None,
+    aggregate: bool = False,
 ) -> Iterator[str]:
     """Start the gateway; yield its MCP URL for the upstream; always stop it."""
     port = free_port()
-    config = gateway_config(tmp, port, upstream_url)
+    config = gateway_config(tmp, port, upstream_url, aggregate)
     if command:
         argv = shlex.split(command.format(config=config, python=sys.executable))
     else:
         argv = [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)]
     log = tmp / "gateway.log"
-    peer = start_process(
-        argv, port=None, url=f"http://{HOST}:{port}/mcp/{SERVER_NAME}", log_path=log
-    )
+    path = "/mcp" if aggregate else f"/mcp/{SERVER_NAME}"
+    peer = start_process(argv, port=None, url=f"http://{HOST}:{port}{path}", log_path=log)
     try:
         try:
             wait_healthy(peer, port, timeout)
@@ -239,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--direct-only", action="store_true", help="run only against the upstream")
     parser.add_argument(
         "--stdio", action="store_true", help="the gateway runs the upstream as a stdio server"
+    )
+    parser.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="through the aggregated endpoint /mcp (the one server with an empty prefix)",
     )
     parser.add_argument(
         "--scenario", action="append", default=[], help="run only this scenario (repeatable)"
@@ -285,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.direct_only:
             via = None if args.stdio else upstream.url
             label = "celgate(stdio)" if args.stdio else "celgate"
+            label += " /mcp" if args.aggregate else ""
+            gateway_run = (tmp, via, args.start_timeout, args.gateway_command, args.aggregate)
             try:
-                with running_gateway(tmp, via, args.start_timeout, args.gateway_command) as url:
+                with running_gateway(*gateway_run) as url:
                     results.append(run_suite(label, url, **run))  # type: ignore[arg-type]
             except (RuntimeError, TimeoutError) as exc:
                 print(f"gateway: {exc}", file=sys.stderr)

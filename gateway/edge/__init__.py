@@ -1,7 +1,8 @@
 """2 parse, and the MCP faces a client talks to; each keeps only its own wire format.
 
 relay       ``/mcp/<server>``: the choke point (guard, keys, session ids, then the pipeline)
-aggregate   ``/mcp``: one MCP server over every upstream (the SDK's low-level server)
+aggregate   ``/mcp``: one endpoint over every upstream, a multiplexing relay (agg/: its
+            two eras' faces, sessions, names, merged lists, streams)
 held        a ``wait``-mode call answered as an SSE stream while a human decides
 elicit      in-band approval: the client's human asked through elicitation
 inband      the tokens and waiters of in-band approval, apart from the wire

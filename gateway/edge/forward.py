@@ -18,7 +18,7 @@ from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, reply
 from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
-from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
+from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, View, filtered
 
 # The request headers that travel upstream: what describes the message itself. Everything else
 # stays here: hop-by-hop and framing headers (the connection's own; ``expect`` above all: an
@@ -68,7 +68,7 @@ class Forward:
     session_id: str | None  # the upstream's own id (already unwrapped)
     body: bytes | None
     msg_id: Any = None
-    view: ClientView | None = None  # every message back passes the caller's view
+    view: View | None = None  # every message back passes the caller's view
     wrap_session: Callable[[str], str] | None = None
     last_event_id: str | None = None  # the upstream's own event id (already unwrapped)
 
@@ -137,7 +137,7 @@ MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward) -> None:
-    if fwd.view is not None and fwd.view.session is None:
+    if isinstance(fwd.view, ClientView) and fwd.view.session is None:
         sid = resp.headers.get("mcp-session-id")  # an initialize: events belong to the new one
         fwd.view.session = sid.strip() if sid is not None else None
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
@@ -152,7 +152,7 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
 async def _relay_whole(send: Send, resp: H1Response, fwd: Forward) -> None:
     """Anything but a stream: read whole (bounded), passed through the view if JSON."""
     try:
-        body = await _read_bounded(resp)
+        body = await read_bounded(resp)
     except UPSTREAM_ERRORS:
         await _unavailable(send, fwd)
         return
@@ -172,7 +172,7 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_bounded(resp: H1Response) -> bytes | None:
+async def read_bounded(resp: H1Response) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.iter_chunks():

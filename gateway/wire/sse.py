@@ -14,8 +14,8 @@ import re
 from typing import Any, Protocol
 
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
-_EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
-_LINE = re.compile(rb"\r\n|\r|\n")
+EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
+LINE = re.compile(rb"\r\n|\r|\n")
 
 #: An upstream that never ends an event would make the rewriter hold its bytes forever.
 MAX_EVENT_BYTES = 32 * 1024 * 1024
@@ -26,6 +26,9 @@ class StreamTooLarge(Exception):
 
 
 class View(Protocol):
+    def wants(self, data: bytes) -> bool:
+        """Whether a message's bytes could be something this view changes (read only then)."""
+
     def filter(self, message: Any) -> Any | None:
         """The message the caller may see, or None when it may see it unchanged."""
 
@@ -40,7 +43,7 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
 
 def rewrite_event(event: bytes, view: View) -> bytes:
     """One whole event (with its closing blank line) as the caller receives it."""
-    lines = _LINE.split(event)
+    lines = LINE.split(event)
     data: list[bytes] = []
     out: list[bytes] = []
     data_at = -1
@@ -74,8 +77,8 @@ def filtered(data: bytes, view: View) -> bytes | None:
     """A message's bytes rewritten by the view; None when they stay as they came, ``DROP``
     when they might hold something to filter but cannot be read strictly (not JSON, nested
     too deeply, duplicate keys): another parser could still read a tools list in them."""
-    if b'"tools"' not in data and b"\\u" not in data:
-        return None  # cannot hold a tools list (a key spelled with escapes is still parsed)
+    if not view.wants(data):
+        return None
     try:
         message = json.loads(data, object_pairs_hook=_strict_object)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -111,7 +114,7 @@ class SseRewriter:
         self.buffer += chunk
         out: list[bytes] = []
         while True:
-            match = _EVENT_END.search(self.buffer)
+            match = EVENT_END.search(self.buffer)
             if match is None:
                 break
             event, self.buffer = self.buffer[: match.end()], self.buffer[match.end() :]

@@ -4,57 +4,92 @@ forwards are), the answer read as JSON or as the SSE event that carries it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
-from gateway.edge.forward import UPSTREAM_ERRORS, _read_bounded
+from gateway.edge.forward import UPSTREAM_ERRORS, read_bounded
 from gateway.upstream.http import HttpUpstream
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.sse import _LINE
+from gateway.wire.sse import LINE
 
-#: The id the aggregate's own requests carry upstream (never seen by a client).
+#: The ids the aggregate's own requests carry upstream (never seen by a client): each one
+#: new, as two requests in flight on one upstream session must not share an id.
 UPCALL_ID = "celgate-agg"
+_numbers = itertools.count(1)
 
 
 class UpcallFailed(Exception):
     """The upstream did not answer this request usefully (down, timed out, not JSON-RPC)."""
 
 
-def _headers(upstream: HttpUpstream, method: str, version: str) -> dict[str, str]:
-    return {
+def _headers(
+    upstream: HttpUpstream, method: str | None, version: str, session: str | None
+) -> dict[str, str]:
+    headers = {
         "content-type": "application/json",
         "accept": "application/json, text/event-stream",
         "accept-encoding": "identity",
         "mcp-protocol-version": version,
-        "mcp-method": method,
         **upstream.headers,
     }
+    if method:
+        headers["mcp-method"] = method
+    if session is not None:
+        headers["mcp-session-id"] = session
+    return headers
 
 
-def body_of(method: str, params: dict[str, Any], version: str, meta: Any) -> bytes:
+def body_of(
+    method: str, params: dict[str, Any], version: str, meta: Any, msg_id: Any = UPCALL_ID
+) -> bytes:
     """The request, carrying the caller's own ``_meta`` (its envelope: client info and
-    capabilities, which a 2026-07-28 server requires)."""
-    meta = {**(meta if isinstance(meta, dict) else {}), rpc.PROTOCOL_VERSION_META_KEY: version}
-    request = {
-        "jsonrpc": "2.0",
-        "id": UPCALL_ID,
-        "method": method,
-        "params": {**params, "_meta": meta},
-    }
+    capabilities, which a 2026-07-28 server requires; a handshake-era one has it from
+    ``initialize``). ``msg_id`` None makes it a notification."""
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    if version not in rpc.HANDSHAKE_VERSIONS:
+        meta[rpc.PROTOCOL_VERSION_META_KEY] = version
+    request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if msg_id is not None:
+        request["id"] = msg_id
+    if meta or params:
+        request["params"] = {**params, "_meta": meta} if meta else params
     return json.dumps(request).encode()
 
 
 async def upcall(
-    upstream: HttpUpstream, method: str, params: dict[str, Any], version: str, meta: Any = None
+    upstream: HttpUpstream,
+    method: str,
+    params: dict[str, Any],
+    version: str,
+    meta: Any = None,
+    *,
+    session: str | None = None,
 ) -> dict[str, Any]:
     """The upstream's answer (a JSON-RPC response object, result or error)."""
-    headers = _headers(upstream, method, version)
+    message, _ = await exchange(upstream, method, params, version, meta, session=session)
+    return message
+
+
+async def exchange(
+    upstream: HttpUpstream,
+    method: str,
+    params: dict[str, Any],
+    version: str,
+    meta: Any = None,
+    *,
+    session: str | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The upstream's answer and the HTTP headers it came with."""
+    headers = _headers(upstream, method, version, session)
+    msg_id = f"{UPCALL_ID}-{next(_numbers)}"
+    body = body_of(method, params, version, meta, msg_id)
     try:
-        resp = await upstream.pool.request("POST", headers, body_of(method, params, version, meta))
+        resp = await upstream.pool.request("POST", headers, body)
     except (*UPSTREAM_ERRORS, TimeoutError) as exc:
         raise UpcallFailed(f"upstream {upstream.name!r} is unavailable") from exc
     try:
-        data = await _read_bounded(resp)
+        data = await read_bounded(resp)
     except UPSTREAM_ERRORS as exc:
         raise UpcallFailed(f"upstream {upstream.name!r} failed while answering") from exc
     finally:
@@ -63,9 +98,32 @@ async def upcall(
         raise UpcallFailed(f"upstream {upstream.name!r} answered too much")
     sse = resp.headers.get("content-type", "").startswith("text/event-stream")
     for message in _messages(data, sse):
-        if isinstance(message, dict) and message.get("id") == UPCALL_ID:
-            return message
+        if isinstance(message, dict) and message.get("id") == msg_id:
+            return message, dict(resp.headers)
     raise UpcallFailed(f"upstream {upstream.name!r} gave no answer (HTTP {resp.status})")
+
+
+async def post_once(
+    upstream: HttpUpstream,
+    method: str | None,
+    body: bytes,
+    version: str,
+    session: str | None,
+    verb: str = "POST",
+) -> int:
+    """Send a notification, an answer or a DELETE; the upstream's HTTP status (0: down)."""
+    headers = _headers(upstream, method, version, session)
+    try:
+        resp = await upstream.pool.request(verb, headers, body if verb == "POST" else None)
+    except (*UPSTREAM_ERRORS, TimeoutError):
+        return 0
+    try:
+        await read_bounded(resp)
+    except UPSTREAM_ERRORS:
+        return 0
+    finally:
+        resp.close()
+    return resp.status
 
 
 def _messages(data: bytes, sse: bool) -> list[Any]:
@@ -73,7 +131,7 @@ def _messages(data: bytes, sse: bool) -> list[Any]:
         return [_loads(data)]
     out: list[Any] = []
     event: list[bytes] = []
-    for line in [*_LINE.split(data), b""]:
+    for line in [*LINE.split(data), b""]:
         if line.startswith(b"data:"):
             event.append(line[5:].removeprefix(b" "))
         elif not line and event:

@@ -1,0 +1,366 @@
+"""``/mcp`` in the handshake era (2025-11-25 and before): a multiplexing relay.
+
+The client's ``initialize`` is answered here with the merged capabilities and instructions of
+the servers behind ``/mcp`` (learned from the first upstream session opened to each), and
+opens a gateway session bound to the caller's grant. Upstream sessions are opened per server
+on first use, with the client's own capabilities and client info. Each message is parsed once:
+
+- a request for one server (``tools/call``, ``prompts/get``, ``resources/*``,
+  ``completion/complete``) is forwarded on that server's session, renamed only when a name
+  changes, and its answer streamed back through the caller's view (``AggView``: tools
+  filtered, the server's own requests under ids of ours);
+- lists are merged from every server, one page from each per page of ours;
+- the client's answers to a server's request go back to that server under its own id; a
+  cancellation goes to the server that has the request; other notifications to every server;
+- ``GET`` merges the servers' own streams into one; ``DELETE`` ends every upstream session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+from gateway import __version__
+from gateway.edge.agg.links import Links
+from gateway.edge.agg.merge import (
+    LISTS,
+    SERVED_CAPABILITIES,
+    Catalogue,
+    decode_cursor,
+    joined_instructions,
+    merge_capabilities,
+)
+from gateway.edge.agg.names import Collision, Names
+from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
+from gateway.edge.agg.sessions import AggSession, Sessions
+from gateway.edge.agg.streams import merged_stream, resumed_stream
+from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
+from gateway.edge.agg.view import AggView
+from gateway.edge.clientview import ClientView
+from gateway.edge.forward import Forward, forward
+from gateway.edge.held import HeldStream, accepts_sse, event
+from gateway.edge.replies import denial
+from gateway.edge.routing import check_routing_headers
+from gateway.pipeline.admission import admit, timed_upstream
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Identity
+from gateway.telemetry.audit import log
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.jsonrpc import BadMessage, Message
+
+AGGREGATE_KEY = "/mcp"  # the "server" session ids are signed for (no server name has "/")
+
+
+class Handshake:
+    """The handshake-era face of ``/mcp``."""
+
+    def __init__(self, gw: Gateway, names: Names, catalogue: Catalogue) -> None:
+        self.gw = gw
+        self.names = names
+        self.catalogue = catalogue
+        config = gw.config
+        self.sessions = Sessions(
+            config.aggregate_max_sessions,
+            config.aggregate_max_sessions_per_grant,
+            config.aggregate_idle_timeout,
+        )
+        self.links = Links(gw, self.sessions)
+
+    # ------------------------------------------------------------------ entry points
+
+    async def post(
+        self, incoming: Incoming, send: Send, identity: Identity, body: bytes, value: Any
+    ) -> None:
+        message = rpc.classify(value, self.gw.config.relay_extra_methods)
+        check_routing_headers(incoming, message)
+        if message.method == "initialize" and message.is_request:
+            if incoming.header("mcp-session-id") is not None:
+                msg = "initialize opens a session: send it without Mcp-Session-Id"
+                raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
+            await self._initialize(send, message, identity)
+            return
+        session = self._session(incoming, identity, message.msg_id)
+        if message.kind == "response":
+            await self._answer(send, session, message)
+        elif message.kind == "notification":
+            await self._notify(send, session, message, body)
+        else:
+            await self._request(incoming, send, session, identity, message, body)
+
+    async def stream(self, incoming: Incoming, send: Send, identity: Identity) -> None:
+        """GET (the servers' own streams, merged, or one of them resumed) and DELETE."""
+        session = self._session(incoming, identity, None)
+        if incoming.method == "DELETE":
+            await self.links.close(session)
+            await reply(send, 200, b"")
+            return
+        if not accepts_sse(incoming):
+            msg = "Not Acceptable: Client must accept text/event-stream"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=406)
+        if incoming.count("last-event-id") > 1:
+            raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
+        presented = incoming.header("last-event-id")
+        if presented is not None:
+            await resumed_stream(self, incoming, send, session, identity, presented)
+            return
+        if session.streaming:
+            msg = "Conflict: only one stream per session"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=409)
+        await merged_stream(self, incoming, send, session, identity)
+
+    def view(self, session: AggSession, server: str, identity: Identity) -> AggView:
+        return AggView(ClientView(self.gw, server, identity, session.sid), self.names, session)
+
+    def _session(self, incoming: Incoming, identity: Identity, msg_id: Any) -> AggSession:
+        if incoming.count("mcp-session-id") > 1:
+            raise BadMessage(rpc.INVALID_REQUEST, "Mcp-Session-Id given twice", msg_id=msg_id)
+        presented = incoming.header("mcp-session-id")
+        if presented is None:
+            msg = "Bad Request: Mcp-Session-Id is required"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
+        sid = self.gw.signer.unwrap(AGGREGATE_KEY, identity.grant, presented)
+        session = self.sessions.get(sid, identity.grant) if sid is not None else None
+        if session is None:
+            raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404, msg_id=msg_id)
+        return session
+
+    # ------------------------------------------------------------------ sessions and links
+
+    async def _initialize(self, send: Send, message: Message, identity: Identity) -> None:
+        params = message.params
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            msg = "initialize needs a protocolVersion"
+            raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
+        version = requested if requested in rpc.HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
+        client = {
+            "capabilities": params.get("capabilities") or {},
+            "clientInfo": params.get("clientInfo") or {"name": "unknown", "version": "0"},
+        }
+        session = self.sessions.create(identity.grant, client, version)
+        # The first session to each server tells what it offers; later ones open on first use.
+        missing = [name for name in self.gw.upstreams if name not in self.links.known]
+        await asyncio.gather(*(self.links.link(session, name) for name in missing))
+        known = {n: r for n, r in self.links.known.items() if n in self.gw.upstreams}
+        caps = [r.get("capabilities") for r in known.values()]
+        result: dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": merge_capabilities(caps, SERVED_CAPABILITIES),
+            "serverInfo": {"name": "celgate", "version": __version__},
+        }
+        instructions = joined_instructions(known)
+        if instructions is not None:
+            result["instructions"] = instructions
+        wrapped = self.gw.signer.wrap(AGGREGATE_KEY, identity.grant, session.sid)
+        body = rpc.result_body(message.msg_id, result)
+        await reply(send, 200, body, extra=[(b"mcp-session-id", wrapped.encode())])
+
+    # ------------------------------------------------------------------ client messages
+
+    async def _answer(self, send: Send, session: AggSession, message: Message) -> None:
+        """The client's answer to a server's request: to that server, under its own id."""
+        found = session.answered(message.msg_id)
+        link = session.links.get(found[0]) if found is not None else None
+        if found is None or link is None:
+            msg = "no request of this id is waiting for an answer"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=400)
+        body = json.dumps({**message.raw, "id": found[1]}, ensure_ascii=False).encode()
+        upstream = self.gw.upstreams[link.server]
+        status = await post_once(upstream, None, body, link.version, link.sid)
+        await reply(send, 202 if 200 <= status < 300 else 502, b"")
+
+    async def _notify(self, send: Send, session: AggSession, message: Message, body: bytes) -> None:
+        method = message.method
+        links = list(session.links.values())
+        if method == "notifications/initialized":
+            links = []  # each upstream session had its own
+        elif method == "notifications/cancelled":
+            rid = message.params.get("requestId")
+            owner = session.inflight.get(json.dumps(rid))
+            links = [session.links[owner]] if owner in session.links else []
+        await asyncio.gather(
+            *(
+                post_once(self.gw.upstreams[link.server], method, body, link.version, link.sid)
+                for link in links
+            )
+        )
+        await reply(send, 202, b"")
+
+    async def _request(
+        self,
+        incoming: Incoming,
+        send: Send,
+        session: AggSession,
+        identity: Identity,
+        message: Message,
+        body: bytes,
+    ) -> None:
+        method = message.method
+        if method == "ping":
+            await reply(send, 200, rpc.result_body(message.msg_id, {}))
+        elif method in LISTS:
+            await self._list(incoming, send, session, identity, message)
+        elif method == "logging/setLevel":
+            await self._everywhere(send, session, message)
+        else:
+            if method not in ROUTED:
+                msg = f"{method} is not served on /mcp; use /mcp/<server>"
+                raise BadMessage(rpc.METHOD_NOT_FOUND, msg, status=200, msg_id=message.msg_id)
+            servers = len(self.gw.upstreams)
+            server, changed = target(self.names, self.catalogue, servers, message)
+            if server is None and by_uri(message):
+                await self._learn_resources(session, identity, message.params.get("_meta"))
+                server, changed = target(self.names, self.catalogue, servers, message)
+            await self._routed(incoming, send, session, identity, message, body, server, changed)
+
+    async def _routed(
+        self,
+        incoming: Incoming,
+        send: Send,
+        session: AggSession,
+        identity: Identity,
+        message: Message,
+        body: bytes,
+        server: str | None,
+        changed: dict[str, Any],
+    ) -> None:
+        msg_id = message.msg_id
+        if server is None or server not in self.gw.upstreams:
+            if message.method == "tools/call":  # a tool error the model reads
+                name = message.params.get("name")
+                text = f"no tool named {name!r} on /mcp"
+                result = {"content": [{"type": "text", "text": text}], "isError": True}
+                await reply(send, 200, rpc.result_body(msg_id, result))
+                return
+            raise unknown(message)
+        link = await self.links.link(session, server)
+        if link is None:
+            msg = f"upstream {server!r} is unavailable"
+            await reply(send, 502, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
+            return
+        incoming.headers["mcp-protocol-version"] = link.version
+        view = self.view(session, server, identity)
+        fwd = routed(self.gw, incoming, server, message, changed, body, view, link.sid)
+        if message.method == "tools/call":
+            await self._call(incoming, send, session, identity, message, fwd, changed["name"])
+            return
+        await self._forward(incoming, send, session, message, fwd)
+
+    async def _call(
+        self,
+        incoming: Incoming,
+        send: Send,
+        session: AggSession,
+        identity: Identity,
+        message: Message,
+        fwd: Forward,
+        tool: str,
+    ) -> None:
+        gw = self.gw
+        server = fwd.upstream.name
+        call = tool_call(gw, incoming, message, server, tool, identity, session.sid)
+        held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
+        admission = await admit(gw, call, hold=held.hold if held is not None else None)
+        key = session.track(message.msg_id, server)
+        try:
+            if held is not None and held.opened:
+                await held.answer(gw, call, fwd, admission)
+            elif not admission.allowed:
+                version = incoming.header("mcp-protocol-version")
+                answer = denial(message.msg_id, admission.decision, admission.decision_id, version)
+                await reply(send, 200, answer)
+            else:
+                async with timed_upstream(gw, call):
+                    await forward(incoming, send, fwd)
+        finally:
+            if key is not None:
+                session.inflight.pop(key, None)
+
+    async def _forward(
+        self, incoming: Incoming, send: Send, session: AggSession, message: Message, fwd: Forward
+    ) -> None:
+        key = session.track(message.msg_id, fwd.upstream.name)
+        try:
+            await forward(incoming, send, fwd)
+        finally:
+            if key is not None:
+                session.inflight.pop(key, None)
+
+    # ------------------------------------------------------------------ every server
+
+    async def _answers(
+        self, session: AggSession, method: str, each: dict[str, dict[str, Any]], meta: Any
+    ) -> dict[str, dict[str, Any]]:
+        """Each named server's result for ``method`` with its params (those that fail are
+        left out, logged)."""
+
+        async def one(server: str, params: dict[str, Any]) -> dict[str, Any] | None:
+            link = await self.links.link(session, server)
+            if link is None:
+                return None
+            upstream = self.gw.upstreams[server]
+            try:
+                answer = await upcall(
+                    upstream, method, params, link.version, meta, session=link.sid
+                )
+            except UpcallFailed:
+                log.warning("aggregate.upstream_failed", server=server, method=method)
+                return None
+            result = answer.get("result")
+            return result if isinstance(result, dict) else None
+
+        names = list(each)
+        results = await asyncio.gather(*(one(n, each[n]) for n in names))
+        return {n: r for n, r in zip(names, results, strict=True) if r is not None}
+
+    async def _list(
+        self,
+        incoming: Incoming,
+        send: Send,
+        session: AggSession,
+        identity: Identity,
+        message: Message,
+    ) -> None:
+        method = message.method
+        assert method is not None
+        positions = decode_cursor(message.params.get("cursor"), self.gw.upstreams, message.msg_id)
+        each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
+        results = await self._answers(session, method, each, message.params.get("_meta"))
+        try:
+            page = self.catalogue.page(method, identity, results)
+        except Collision as exc:
+            log.error("aggregate.name_collision", detail=str(exc))
+            raise BadMessage(rpc.INTERNAL_ERROR, str(exc), 200, message.msg_id) from exc
+        await answer(incoming, send, rpc.result_body(message.msg_id, page))
+
+    async def _learn_resources(self, session: AggSession, identity: Identity, meta: Any) -> None:
+        for method in ("resources/list", "resources/templates/list"):
+            each: dict[str, dict[str, Any]] = {s: {} for s in self.gw.upstreams}
+            results = await self._answers(session, method, each, meta)
+            self.catalogue.page(method, identity, results)
+
+    async def _everywhere(self, send: Send, session: AggSession, message: Message) -> None:
+        """``logging/setLevel``: every server is told; answered once any one took it."""
+        method = message.method
+        assert method is not None
+        params = {k: v for k, v in message.params.items() if k != "_meta"}
+        each = dict.fromkeys(self.gw.upstreams, params)
+        results = await self._answers(session, method, each, message.params.get("_meta"))
+        if not results:
+            msg = "no server behind /mcp took this request"
+            raise BadMessage(rpc.INTERNAL_ERROR, msg, status=200, msg_id=message.msg_id)
+        await reply(send, 200, rpc.result_body(message.msg_id, {}))
+
+
+async def answer(incoming: Incoming, send: Send, body: bytes) -> None:
+    """An answer made here, as the client prefers it: an SSE stream of one event when its
+    ``Accept`` names ``text/event-stream`` first, else JSON (either is the client's to read)."""
+    accept = incoming.header("accept") or ""
+    if accept.split(",")[0].split(";")[0].strip().lower() != "text/event-stream":
+        await reply(send, 200, body)
+        return
+    await reply(send, 200, event(body), content_type=b"text/event-stream")

@@ -1,0 +1,88 @@
+"""The upstream sessions of handshake-era ``/mcp`` sessions: opened per server on first use
+with the client's own capabilities and client info (what the first one answers is what
+``initialize`` tells later clients), ended with the client's session or after it idled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gateway.edge.agg.sessions import AggSession, Link, Sessions
+from gateway.edge.agg.upcall import UpcallFailed, body_of, exchange, post_once
+from gateway.pipeline.gateway import Gateway
+from gateway.telemetry.audit import log
+from gateway.wire import jsonrpc as rpc
+
+REAP_SECONDS = 30.0
+
+
+class Links:
+    """Every session's links to the upstreams, and what each server said it offers."""
+
+    def __init__(self, gw: Gateway, sessions: Sessions) -> None:
+        self.gw = gw
+        self.sessions = sessions
+        self.known: dict[str, dict[str, Any]] = {}  # each server's initialize result
+
+    async def link(self, session: AggSession, server: str) -> Link | None:
+        """This session's upstream session with ``server``, opened once on first use
+        (concurrent first uses wait for the one opening); None while it cannot be opened."""
+        found = session.links.get(server)
+        if found is not None:
+            return found
+        pending = session.opening.get(server)
+        if pending is None:
+            pending = asyncio.ensure_future(self._open(session, server))
+            session.opening[server] = pending
+        return await asyncio.shield(pending)
+
+    async def _open(self, session: AggSession, server: str) -> Link | None:
+        upstream = self.gw.upstreams[server]
+        params = {"protocolVersion": session.version, **session.client}
+        try:
+            answer, headers = await exchange(upstream, "initialize", params, session.version)
+            result = answer.get("result")
+            if not isinstance(result, dict):
+                raise UpcallFailed(f"upstream {server!r} refused initialize")
+            agreed = result.get("protocolVersion")
+            version = agreed if agreed in rpc.HANDSHAKE_VERSIONS else session.version
+            sid = headers.get("mcp-session-id")
+            link = Link(server, sid.strip() if sid else None, version)
+            self.known[server] = result
+            done = body_of("notifications/initialized", {}, version, None, None)
+            await post_once(upstream, "notifications/initialized", done, version, link.sid)
+        except UpcallFailed as exc:
+            log.warning("aggregate.upstream_down", server=server, error=str(exc))
+            return None
+        finally:
+            session.opening.pop(server, None)
+        if session.sid not in self.sessions.table:  # closed while this was opening
+            await self._end_link(link)
+            return None
+        session.links[server] = link
+        if session.on_link is not None:
+            session.on_link(link)
+        return link
+
+    async def close(self, session: AggSession) -> None:
+        """End the session and every upstream session it opened."""
+        self.sessions.drop(session.sid)
+        if session.stop is not None:
+            session.stop()
+        links = list(session.links.values())
+        session.links.clear()
+        await asyncio.gather(*(self._end_link(link) for link in links))
+
+    async def _end_link(self, link: Link) -> None:
+        if link.sid is not None:
+            upstream = self.gw.upstreams.get(link.server)
+            if upstream is not None:
+                await post_once(upstream, None, b"", link.version, link.sid, verb="DELETE")
+
+    async def reap(self) -> None:
+        """Close sessions a client abandoned (no DELETE, nothing in flight, no stream)."""
+        while True:
+            await asyncio.sleep(REAP_SECONDS)
+            for session in self.sessions.idle(time.monotonic()):
+                await self.close(session)

@@ -1,0 +1,211 @@
+"""``subscriptions/listen`` on ``/mcp`` (2026-07-28): one stream of every server's events.
+
+The client's request goes to every server (a resource subscription only to the server that
+has the resource), each with the client's own id, so every server tags its events with the
+subscription id the client chose. The client's stream opens with one acknowledgement: what
+the servers together honour. Each server's events follow through that server's view for the
+caller, until the client goes away or every server's stream has ended. A server that refuses
+to listen is left out; when all refuse, the client gets the first refusal as it came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.edge.agg.merge import Catalogue
+from gateway.edge.clientview import ClientView
+from gateway.edge.forward import (
+    UPSTREAM_ERRORS,
+    Forward,
+    read_bounded,
+    request_headers,
+    watching_disconnect,
+)
+from gateway.edge.held import event
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Identity
+from gateway.upstream.h1 import H1Response
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.jsonrpc import Message
+from gateway.wire.sse import EVENT_END, LINE, StreamTooLarge, rewrite_event
+
+ACK = "notifications/subscriptions/acknowledged"
+SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
+ACK_SECONDS = 10.0  # how long the servers' acknowledgements are waited for
+QUEUE_EVENTS = 64
+MAX_PENDING_BYTES = 1024 * 1024  # an event not ended within this is a broken stream
+
+
+@dataclass
+class _Server:
+    name: str
+    resp: H1Response | None = None
+    honoured: dict[str, Any] | None = None
+    refusal: tuple[int, bytes] | None = None
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def listen(
+    gw: Gateway,
+    catalogue: Catalogue,
+    incoming: Incoming,
+    send: Send,
+    message: Message,
+    identity: Identity,
+) -> None:
+    wanted = message.params.get("notifications")
+    wanted = wanted if isinstance(wanted, dict) else {}
+    servers = [_Server(name) for name in gw.upstreams]
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
+    pumps = [
+        asyncio.ensure_future(
+            _pump(gw, incoming, message, _for_server(catalogue, s.name, wanted), s, identity, queue)
+        )
+        for s in servers
+    ]
+    try:
+        await _acknowledged(servers)
+        honoured = [s.honoured for s in servers if s.honoured is not None]
+        if not honoured:
+            refusals = [s.refusal for s in servers if s.refusal is not None]
+            status, body = refusals[0] if refusals else (502, _unavailable(message))
+            await reply(send, status, body)
+            return
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": _ack(message, honoured), "more_body": True}
+        )
+
+        async def relay() -> None:
+            while True:
+                chunk = await queue.get()
+                if chunk is None:
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        ender = asyncio.ensure_future(_end_when_all_done(pumps, queue))
+        try:
+            await watching_disconnect(incoming.receive, relay())
+        finally:
+            ender.cancel()
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        for server in servers:
+            if server.resp is not None:
+                server.resp.close()
+
+
+async def _acknowledged(servers: list[_Server]) -> None:
+    waits = [asyncio.ensure_future(s.acked.wait()) for s in servers]
+    try:
+        await asyncio.wait(waits, timeout=ACK_SECONDS)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _end_when_all_done(
+    pumps: Sequence[asyncio.Future[None]], queue: asyncio.Queue[bytes | None]
+) -> None:
+    await asyncio.gather(*pumps, return_exceptions=True)
+    await queue.put(None)
+
+
+def _for_server(catalogue: Catalogue, server: str, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The filter one server is asked for: only the resources it has (or is not known not to)."""
+    uris = wanted.get("resourceSubscriptions")
+    if not isinstance(uris, list):
+        return wanted
+    mine = [u for u in uris if isinstance(u, str) and catalogue.owner(u) in (server, None)]
+    out = {k: v for k, v in wanted.items() if k != "resourceSubscriptions"}
+    if mine:
+        out["resourceSubscriptions"] = mine
+    return out
+
+
+async def _pump(
+    gw: Gateway,
+    incoming: Incoming,
+    message: Message,
+    wanted: dict[str, Any],
+    server: _Server,
+    identity: Identity,
+    queue: asyncio.Queue[bytes | None],
+) -> None:
+    upstream = gw.upstreams[server.name]
+    params = {**message.params, "notifications": wanted}
+    body = json.dumps({**message.raw, "params": params}, ensure_ascii=False).encode()
+    fwd = Forward(upstream, None, body, message.msg_id)
+    view = ClientView(gw, server.name, identity)
+    try:
+        resp = await upstream.pool.request("POST", request_headers(incoming, fwd), body)
+    except (*UPSTREAM_ERRORS, TimeoutError):
+        server.acked.set()
+        return
+    server.resp = resp
+    try:
+        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+            data = await read_bounded(resp)
+            server.refusal = (resp.status, data) if data is not None else None
+            return
+        pending = b""
+        async for chunk in resp.iter_chunks():
+            pending += chunk
+            while (found := EVENT_END.search(pending)) is not None:
+                raw, pending = pending[: found.end()], pending[found.end() :]
+                await _one_event(raw, server, view, queue)
+            if len(pending) > MAX_PENDING_BYTES:
+                raise StreamTooLarge("an SSE event too large")
+    except (*UPSTREAM_ERRORS, StreamTooLarge):
+        pass
+    finally:
+        server.acked.set()
+
+
+async def _one_event(
+    raw: bytes, server: _Server, view: ClientView, queue: asyncio.Queue[bytes | None]
+) -> None:
+    data = b"\n".join(
+        line[5:].removeprefix(b" ") for line in LINE.split(raw) if line.startswith(b"data:")
+    )
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and value.get("method") == ACK and not server.acked.is_set():
+        params = value.get("params")
+        notes = params.get("notifications") if isinstance(params, dict) else None
+        server.honoured = notes if isinstance(notes, dict) else {}
+        server.acked.set()
+        return
+    if isinstance(value, dict) and ("result" in value or "error" in value):
+        return  # the end of this server's stream; the client's ends when all have
+    out = rewrite_event(raw, view)
+    if out:
+        await queue.put(out)
+
+
+def _ack(message: Message, honoured: list[dict[str, Any]]) -> bytes:
+    merged: dict[str, Any] = {}
+    for notes in honoured:
+        for key, value in notes.items():
+            if isinstance(value, bool):
+                merged[key] = merged.get(key) is True or value
+            elif isinstance(value, list):
+                merged[key] = [*merged.get(key, []), *value]
+    meta = {SUBSCRIPTION_ID_KEY: message.msg_id}
+    note = {"jsonrpc": "2.0", "method": ACK, "params": {"notifications": merged, "_meta": meta}}
+    return event(json.dumps(note, ensure_ascii=False).encode())
+
+
+def _unavailable(message: Message) -> bytes:
+    msg = "no server behind /mcp answered"
+    return rpc.error_body(message.msg_id, rpc.UPSTREAM_UNAVAILABLE, msg)

@@ -1,0 +1,177 @@
+"""What ``/mcp`` makes of several servers' answers: one list page (with a cursor that carries
+each server's own), one set of capabilities, one ``server/discover`` result. Both eras use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.edge.agg.names import Names
+from gateway.edge.clientview import ClientView
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Identity
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.jsonrpc import BadMessage
+
+#: What each merged list holds, by method: the result's key and the kind of name it carries.
+LISTS: dict[str, tuple[str, str | None]] = {
+    "tools/list": ("tools", "tool"),
+    "prompts/list": ("prompts", "prompt"),
+    "resources/list": ("resources", None),
+    "resources/templates/list": ("resourceTemplates", None),
+}
+MAX_CURSOR_CHARS = 16 * 1024
+MAX_OWNED = 100_000  # resource URIs remembered for routing
+#: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
+SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
+
+
+def encode_cursor(positions: Mapping[str, str]) -> str | None:
+    """The merged list's ``nextCursor``: each unfinished server's own cursor."""
+    if not positions:
+        return None
+    raw = json.dumps(dict(positions), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: Any, servers: Mapping[str, Any], msg_id: Any) -> dict[str, str | None]:
+    """Where each server's next page starts: None for its first page (no cursor given), or
+    the positions a cursor of ours carries (a cursor not ours is refused, never guessed at)."""
+    if cursor is None:
+        return dict.fromkeys(servers)
+    bad = BadMessage(rpc.INVALID_PARAMS, "invalid cursor", status=200, msg_id=msg_id)
+    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS:
+        raise bad
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise bad from exc
+    if not isinstance(value, dict) or not value:
+        raise bad
+    if not all(k in servers and isinstance(v, str) for k, v in value.items()):
+        raise bad
+    return dict(value)
+
+
+class Catalogue:
+    """The names and resource owners ``/mcp`` learned from the lists it merged."""
+
+    def __init__(self, gw: Gateway, names: Names) -> None:
+        self.gw = gw
+        self.names = names
+        self.resource_owner: dict[str, str] = {}
+        self.templates: dict[str, str] = {}  # a URI template's literal head -> its server
+
+    def page(
+        self,
+        method: str,
+        identity: Identity,
+        results: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """One merged page of ``method`` from each server's page (tools through the caller's
+        view, names made outward); ``nextCursor`` carries the servers with more to give.
+        Raises ``Collision`` when two servers would show the same name."""
+        key, kind = LISTS[method]
+        items: list[dict[str, Any]] = []
+        pairs: list[tuple[str, str]] = []
+        positions: dict[str, str] = {}
+        for server, result in results.items():
+            listed = [i for i in result.get(key) or [] if isinstance(i, dict)]
+            if kind == "tool":
+                shown = ClientView(self.gw, server, identity).filter({"result": {"tools": listed}})
+                listed = shown["result"]["tools"] if shown is not None else listed
+            for item in listed:
+                items.append(self._outward(server, item, kind, pairs))
+            cursor = result.get("nextCursor")
+            if isinstance(cursor, str) and cursor:
+                positions[server] = cursor
+        if kind is not None:
+            self.names.learn(kind, pairs)
+        out: dict[str, Any] = {key: items}
+        cursor = encode_cursor(positions)
+        if cursor is not None:
+            out["nextCursor"] = cursor
+        return out
+
+    def _outward(
+        self, server: str, item: dict[str, Any], kind: str | None, pairs: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        if kind is None:
+            self.learn_uri(server, item)
+            return item
+        outward = self.names.outward(server, str(item.get("name", "")))
+        pairs.append((server, outward))
+        return {**item, "name": outward}
+
+    def learn_uri(self, server: str, item: Mapping[str, Any]) -> None:
+        if len(self.resource_owner) + len(self.templates) >= MAX_OWNED:
+            return
+        uri = item.get("uri")
+        if isinstance(uri, str):
+            self.resource_owner.setdefault(uri, server)
+        template = item.get("uriTemplate")
+        if isinstance(template, str):
+            head = template.split("{", 1)[0]
+            if head:
+                self.templates.setdefault(head, server)
+
+    def owner(self, uri: str) -> str | None:
+        """The server that listed ``uri``, or whose template's literal head it starts with
+        (the longest head wins)."""
+        server = self.resource_owner.get(uri)
+        if server is not None:
+            return server
+        heads = [h for h in self.templates if uri.startswith(h)]
+        return self.templates[max(heads, key=len)] if heads else None
+
+
+def merge_capabilities(
+    capabilities: list[Any], keep: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The capabilities of several servers as one (a flag set if any server sets it); only
+    those in ``keep`` when it is given."""
+    out: dict[str, Any] = {}
+    for caps in capabilities:
+        if not isinstance(caps, dict):
+            continue
+        for key, value in caps.items():
+            if keep is not None and key not in keep:
+                continue
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                merged = dict(out[key])
+                for k, v in value.items():
+                    merged[k] = (merged.get(k) is True or v is True) if isinstance(v, bool) else v
+                out[key] = merged
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def joined_instructions(results: Mapping[str, Mapping[str, Any]]) -> str | None:
+    notes = [f"{n}: {r['instructions']}" for n, r in results.items() if r.get("instructions")]
+    return "\n\n".join(notes) if notes else None
+
+
+def merge_discover(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One ``server/discover`` result for every server: capabilities joined, instructions
+    each under its server's name, the versions every server supports."""
+    versions: list[str] | None = None
+    for result in results.values():
+        theirs = [v for v in result.get("supportedVersions") or [] if isinstance(v, str)]
+        versions = theirs if versions is None else [v for v in versions if v in theirs]
+    out: dict[str, Any] = {
+        "capabilities": merge_capabilities([r.get("capabilities") for r in results.values()]),
+        "supportedVersions": versions or [],
+        "resultType": "complete",
+        "cacheScope": "private",
+        "ttlMs": min(int(r.get("ttlMs") or 0) for r in results.values()),
+        "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "celgate", "version": "1"}},
+    }
+    instructions = joined_instructions(results)
+    if instructions is not None:
+        out["instructions"] = instructions
+    return out

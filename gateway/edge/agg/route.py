@@ -1,0 +1,126 @@
+"""A request ``/mcp`` routes to one server, in either era: the call the pipeline decides, and
+the request as the server is to see it (renamed in the body and in ``Mcp-Name`` only when a
+name changes; otherwise forwarded byte for byte)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp.shared.inbound import encode_header_value
+
+from gateway.edge.agg.merge import Catalogue
+from gateway.edge.agg.names import Names
+from gateway.edge.forward import Forward
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Call, Identity
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming
+from gateway.wire.jsonrpc import BadMessage, Message
+from gateway.wire.sse import View
+
+
+def tool_call(
+    gw: Gateway,
+    incoming: Incoming,
+    message: Message,
+    server: str,
+    tool: str,
+    identity: Identity,
+    session: str | None = None,
+) -> Call:
+    """The call a ``tools/call`` to ``server``'s ``tool`` is (its real name, not ours)."""
+    args: Any = message.params.get("arguments", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadMessage(rpc.INVALID_PARAMS, "arguments must be an object", 200, message.msg_id)
+    return Call(
+        tool=tool,
+        args=args,
+        server=server,
+        identity=identity,
+        session=session,
+        client_ip=incoming.client_ip,
+        info=gw.tool_info(server, tool),
+    )
+
+
+def routed(
+    gw: Gateway,
+    incoming: Incoming,
+    server: str,
+    message: Message,
+    changed: dict[str, Any],
+    original: bytes,
+    view: View,
+    session: str | None = None,
+) -> Forward:
+    """The request as ``server`` is to see it, on the upstream session ``session``."""
+    upstream = gw.upstreams[server]
+    if any(message.params.get(k) != v for k, v in changed.items()):
+        value = {**message.raw, "params": {**message.params, **changed}}
+        body = json.dumps(value, ensure_ascii=False).encode()
+        if "mcp-name" in incoming.headers and "name" in changed:
+            incoming.headers["mcp-name"] = encode_header_value(changed["name"])
+    else:
+        body = original
+    return Forward(upstream, session, body, message.msg_id, view)
+
+
+#: What ``target`` routes: the methods of one server, by name, by URI, or by either.
+ROUTED = frozenset(
+    {
+        "tools/call",
+        "prompts/get",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+    }
+)
+
+
+def target(
+    names: Names, catalogue: Catalogue, servers: int, message: Message
+) -> tuple[str | None, dict[str, Any]]:
+    """The server a routed request goes to and what of its params changes on the way
+    (server None: a name or URI no server is known to have)."""
+    method, params = message.method, message.params
+    if method in ("tools/call", "prompts/get"):
+        kind = "tool" if method == "tools/call" else "prompt"
+        name = params.get("name")
+        parts = names.inward(kind, name) if isinstance(name, str) else None
+        return (parts[0], {"name": parts[1]}) if parts else (None, {})
+    if method == "completion/complete":
+        ref = params.get("ref")
+        if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+            name = ref.get("name")
+            parts = names.inward("prompt", name) if isinstance(name, str) else None
+            return (parts[0], {"ref": {**ref, "name": parts[1]}}) if parts else (None, {})
+        uri = ref.get("uri") if isinstance(ref, dict) else None
+    else:
+        uri = params.get("uri")
+    if not isinstance(uri, str):
+        return None, {}
+    owner = catalogue.owner(uri)
+    if owner is None and servers == 1:
+        owner = next(iter(catalogue.gw.upstreams))
+    return owner, {}
+
+
+def by_uri(message: Message) -> bool:
+    """Whether a routed request names a resource (its owner may be learned from lists)."""
+    return message.method not in ("tools/call", "prompts/get")
+
+
+def unknown(message: Message) -> BadMessage:
+    """The error for a routed request no server is known to take."""
+    params = message.params
+    if message.method == "prompts/get":
+        what = f"unknown prompt {params.get('name')!r}"
+    elif message.method == "completion/complete":
+        what = "no server behind /mcp has the prompt or resource this completion refers to"
+    else:
+        what = f"unknown resource {params.get('uri')!r}"
+    return BadMessage(rpc.INVALID_PARAMS, what, status=200, msg_id=message.msg_id)

@@ -1,0 +1,146 @@
+"""Handshake-era sessions on ``/mcp``: what the gateway holds for one client session.
+
+A session is created by the client's ``initialize`` and bound to its grant from that answer
+on. It holds, per server, the upstream session it opened on first use (``Link``); the client's
+requests in flight (a cancellation goes to the server that has the request); and the
+server-to-client requests waiting for the client's answer, under ids of the gateway's making
+(two servers both asking "id 0" must not meet at the client). Sessions are capped per grant
+and in total, and ended by DELETE or after ``aggregate.idle_timeout`` without use; all they
+hold is a few small tables, bounded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.jsonrpc import BadMessage
+
+#: Server-to-client requests one session keeps waiting for answers (the oldest is forgotten).
+MAX_UPCALLS = 256
+#: Client requests one session tracks for cancellation.
+MAX_INFLIGHT = 1024
+UPCALL_PREFIX = "agg-"
+
+
+@dataclass(slots=True)
+class Link:
+    """This client session's session with one upstream."""
+
+    server: str
+    sid: str | None  # None: the upstream holds no sessions
+    version: str  # the protocol version the upstream agreed to
+
+
+@dataclass(slots=True)
+class AggSession:
+    sid: str
+    grant: str
+    client: dict[str, Any]  # the client's initialize params: capabilities, clientInfo
+    version: str
+    last_used: float
+    links: dict[str, Link] = field(default_factory=dict)
+    opening: dict[str, asyncio.Future[Link | None]] = field(default_factory=dict)
+    inflight: dict[str, str] = field(default_factory=dict)  # request id (JSON) -> server
+    upcalls: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ours -> (server, id)
+    upcall_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # reverse
+    counter: int = 0
+    streaming: bool = False  # a GET stream is open
+    on_link: Callable[[Link], None] | None = None  # a GET stream's hook for new links
+    stop: Callable[[], None] | None = None  # ends the GET stream (the session is closing)
+
+    def outward_upcall(self, server: str, upstream_id: Any) -> str:
+        """The id the client sees for a server's request (the same id again for a repeat)."""
+        key = (server, json.dumps(upstream_id))
+        known = self.upcall_ids.get(key)
+        if known is not None:
+            return known
+        self.counter += 1
+        ours = f"{UPCALL_PREFIX}{self.counter}"
+        if len(self.upcalls) >= MAX_UPCALLS:
+            oldest = next(iter(self.upcalls))
+            server_old, id_old = self.upcalls.pop(oldest)
+            self.upcall_ids.pop((server_old, json.dumps(id_old)), None)
+        self.upcalls[ours] = (server, upstream_id)
+        self.upcall_ids[key] = ours
+        return ours
+
+    def known_upcall(self, server: str, upstream_id: Any) -> str | None:
+        return self.upcall_ids.get((server, json.dumps(upstream_id)))
+
+    def answered(self, ours: Any) -> tuple[str, Any] | None:
+        """The (server, its id) a client's answer belongs to, forgotten once taken."""
+        if not isinstance(ours, str):
+            return None
+        found = self.upcalls.pop(ours, None)
+        if found is not None:
+            self.upcall_ids.pop((found[0], json.dumps(found[1])), None)
+        return found
+
+    def track(self, msg_id: Any, server: str) -> str | None:
+        key = json.dumps(msg_id)
+        if len(self.inflight) >= MAX_INFLIGHT:
+            return None
+        self.inflight[key] = server
+        return key
+
+
+class Sessions:
+    """Every live handshake-era session on ``/mcp``, with the caps."""
+
+    def __init__(self, max_total: int, max_per_grant: int, idle_seconds: float) -> None:
+        self.max_total = max_total
+        self.max_per_grant = max_per_grant
+        self.idle_seconds = idle_seconds
+        self.table: dict[str, AggSession] = {}
+        self.per_grant: dict[str, int] = {}
+
+    def create(self, grant: str, client: dict[str, Any], version: str) -> AggSession:
+        if len(self.table) >= self.max_total:
+            cap = self.max_total
+            msg = f"/mcp holds {cap} sessions (aggregate.max_sessions): close one first"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
+        held = self.per_grant.get(grant, 0)
+        if held >= self.max_per_grant:
+            msg = (
+                f"grant {grant!r} holds {self.max_per_grant} sessions on /mcp "
+                f"(aggregate.max_sessions_per_grant): close one (DELETE) first"
+            )
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
+        sid = secrets.token_urlsafe(18)
+        session = AggSession(sid, grant, client, version, time.monotonic())
+        self.table[sid] = session
+        self.per_grant[grant] = held + 1
+        return session
+
+    def get(self, sid: str, grant: str) -> AggSession | None:
+        session = self.table.get(sid)
+        if session is None or session.grant != grant:
+            return None
+        session.last_used = time.monotonic()
+        return session
+
+    def drop(self, sid: str) -> AggSession | None:
+        session = self.table.pop(sid, None)
+        if session is not None:
+            left = self.per_grant.get(session.grant, 1) - 1
+            if left > 0:
+                self.per_grant[session.grant] = left
+            else:
+                self.per_grant.pop(session.grant, None)
+        return session
+
+    def idle(self, now: float) -> list[AggSession]:
+        """Sessions unused for ``idle_seconds`` with nothing in flight and no stream open."""
+        horizon = now - self.idle_seconds
+        return [
+            s
+            for s in self.table.values()
+            if s.last_used < horizon and not s.inflight and not s.streaming
+        ]

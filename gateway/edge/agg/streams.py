@@ -1,0 +1,118 @@
+"""The ``GET`` stream of a handshake-era ``/mcp`` session: every server's own stream (for
+messages not tied to a request: list changes, resource updates, requests of its own) merged
+into one, each event through that server's view for this caller; or, with ``Last-Event-ID``,
+the one server stream that event came from, resumed.
+
+Event ids are bound to (server, grant, session) as on the relay, so the id alone says which
+server to resume from; an id bound to anything else is refused. Each server's stream is read
+by a task of its own into one bounded queue: a slow client holds the servers back rather than
+the gateway's memory growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from gateway.edge.agg.sessions import AggSession, Link
+from gateway.edge.forward import UPSTREAM_ERRORS, Forward, forward, watching_disconnect
+from gateway.policy import Identity
+from gateway.telemetry.audit import log
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming, Send
+from gateway.wire.jsonrpc import BadMessage
+from gateway.wire.sse import SseRewriter, StreamTooLarge
+
+if TYPE_CHECKING:
+    from gateway.edge.agg.handshake import Handshake
+
+QUEUE_EVENTS = 64
+
+
+async def resumed_stream(
+    face: Handshake,
+    incoming: Incoming,
+    send: Send,
+    session: AggSession,
+    identity: Identity,
+    presented: str,
+) -> None:
+    for server, link in session.links.items():
+        view = face.view(session, server, identity)
+        event_id = view.inner.unwrap_event_id(presented)
+        if event_id is not None:
+            incoming.headers["mcp-protocol-version"] = link.version
+            upstream = face.gw.upstreams[server]
+            fwd = Forward(upstream, link.sid, None, view=view, last_event_id=event_id)
+            await forward(incoming, send, fwd)
+            return
+    raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID not recognised", status=400)
+
+
+async def merged_stream(
+    face: Handshake, incoming: Incoming, send: Send, session: AggSession, identity: Identity
+) -> None:
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
+    pumps: list[asyncio.Task[None]] = []
+
+    def attach(link: Link) -> None:
+        if link.sid is not None:  # a server without sessions has no stream of its own
+            pumps.append(asyncio.ensure_future(_pump(face, session, identity, link, queue)))
+
+    session.streaming = True
+    session.on_link = attach
+    session.stop = lambda: queue.put_nowait(None) if not queue.full() else None
+    for link in list(session.links.values()):
+        attach(link)
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def relay() -> None:
+        while session.sid in face.sessions.table:
+            chunk = await queue.get()
+            if chunk is None:
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    try:
+        await watching_disconnect(incoming.receive, relay())
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        session.streaming = False
+        session.on_link = session.stop = None
+        for pump in pumps:
+            pump.cancel()
+
+
+async def _pump(
+    face: Handshake,
+    session: AggSession,
+    identity: Identity,
+    link: Link,
+    queue: asyncio.Queue[bytes | None],
+) -> None:
+    upstream = face.gw.upstreams[link.server]
+    headers = {
+        "accept": "text/event-stream",
+        "accept-encoding": "identity",
+        "mcp-protocol-version": link.version,
+        **upstream.headers,
+    }
+    if link.sid is not None:
+        headers["mcp-session-id"] = link.sid
+    try:
+        resp = await upstream.pool.request("GET", headers, None)
+    except (*UPSTREAM_ERRORS, TimeoutError):
+        return
+    try:
+        if resp.status != 200 or "text/event-stream" not in resp.headers.get("content-type", ""):
+            return
+        rewriter = SseRewriter(face.view(session, link.server, identity))
+        async for chunk in resp.iter_chunks():
+            data = rewriter.feed(chunk)
+            if data:
+                await queue.put(data)
+    except (*UPSTREAM_ERRORS, StreamTooLarge):
+        log.warning("aggregate.stream_ended", server=link.server)
+    finally:
+        resp.close()

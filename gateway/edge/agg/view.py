@@ -1,0 +1,56 @@
+"""What one ``/mcp`` client sees of one upstream: the relay's view (a tools list filtered to
+what the caller may call), names made outward, and the server's own requests under ids of the
+gateway's making (``AggSession.outward_upcall``), with a server's cancellation of one of them
+following the same mapping. Every message from the upstream is read here, as the server's
+requests must be; the answer to the client's own request passes with its id untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.edge.agg.names import Names
+from gateway.edge.agg.sessions import AggSession
+from gateway.edge.clientview import ClientView
+
+
+class AggView:
+    __slots__ = ("inner", "names", "session")
+
+    def __init__(self, inner: ClientView, names: Names, session: AggSession) -> None:
+        self.inner = inner
+        self.names = names
+        self.session = session
+
+    def wants(self, data: bytes) -> bool:
+        return b'"method"' in data or self.inner.wants(data)
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        return self.inner.wrap_event_id(event_id)
+
+    def filter(self, message: Any) -> Any | None:
+        if not isinstance(message, dict):
+            return None
+        method = message.get("method")
+        server = self.inner.server
+        if isinstance(method, str):
+            if "id" in message:  # the server asks the client: under an id of ours
+                return {**message, "id": self.session.outward_upcall(server, message["id"])}
+            if method == "notifications/cancelled":
+                return self._cancelled(message)
+            return None
+        shown = self.inner.filter(message)
+        if shown is None:
+            return None
+        tools = shown["result"]["tools"]
+        renamed = [{**t, "name": self.names.outward(server, t["name"])} for t in tools]
+        return {**shown, "result": {**shown["result"], "tools": renamed}}
+
+    def _cancelled(self, message: dict[str, Any]) -> Any | None:
+        params = message.get("params")
+        if not isinstance(params, dict) or "requestId" not in params:
+            return None
+        ours = self.session.known_upcall(self.inner.server, params["requestId"])
+        if ours is None:
+            return None
+        return {**message, "params": {**params, "requestId": ours}}

@@ -1,0 +1,249 @@
+"""``/mcp`` as a multiplexing relay, in both protocol eras, over two servers (one HTTP, one
+stdio): the SDK client in ``mode="legacy"`` and ``mode="auto"`` calls tools on both, with
+progress, elicitation and sampling round-tripping; concurrent first calls on a brand-new
+session all reach their servers; the server's own requests reach the client under ids of the
+gateway's making and the answers go back; the merged stream and DELETE; merged lists page with
+a cursor that carries each server's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mcp_types as types
+import pytest
+
+from gateway.edge.agg.merge import Catalogue, decode_cursor, encode_cursor
+from gateway.edge.agg.names import Names
+from gateway.wire.jsonrpc import BadMessage
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
+from tests.peers import PeerProcess, http_upstream
+from tests.servers.test_servers_smoke import elicitation_answering, sampling_answering
+from tests.test_stdio_bridge import stdio_server
+
+KEY = "cgk_aggregate-relay-key"
+POLICY = 'version: "1"\ndefault: allow\n'
+JSON_SSE = "application/json, text/event-stream"
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("aggr-calls")
+    return {"web": base / "web.jsonl", "st": base / "st.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def web(logs: dict[str, Path]) -> Iterator[PeerProcess]:
+    with http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(logs["web"])}) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    web: PeerProcess, logs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("aggr-gw")
+    servers = {"web": {"url": web.url}, "st": stdio_server(logs["st"])}
+    grants = {"bot": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}
+    with run_gateway(directory, POLICY, servers, grants=grants) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_sdk_client_calls_both_servers_with_progress_elicitation_and_sampling(
+    gateway: GatewayProcess, logs: dict[str, Path], mode: str
+) -> None:
+    asked: list[types.ElicitRequestParams] = []
+    sampled: list[types.CreateMessageRequestParams] = []
+    updates: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append(progress)
+
+    tag = f"{mode}-both"
+    async with client(
+        f"{gateway.base}/mcp",
+        KEY,
+        mode=mode,
+        elicitation_callback=elicitation_answering(f"yes-{mode}", asked),
+        sampling_callback=sampling_answering(f"llm-{mode}", sampled),
+    ) as c:
+        assert c.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+        a = await c.call_tool("web__echo", {"text": f"{tag} web"})
+        b = await c.call_tool("st__echo", {"text": f"{tag} st"})
+        p = await c.call_tool(
+            "st__slow_progress", {"steps": 3, "delay_ms": 5}, progress_callback=on_progress
+        )
+        q = await c.call_tool(
+            "web__slow_progress", {"steps": 2, "delay_ms": 5}, progress_callback=on_progress
+        )
+        e1 = await c.call_tool("web__ask_user", {"question": "web?"})
+        e2 = await c.call_tool("st__ask_user", {"question": "st?"})
+        s1 = await c.call_tool("st__sample", {"prompt": "hello"})
+    assert (text_of(a), text_of(b)) == (f"{tag} web", f"{tag} st")
+    assert not p.is_error and not q.is_error
+    assert updates == [1, 2, 3, 1, 2]
+    assert (text_of(e1), text_of(e2)) == (f"yes-{mode}", f"yes-{mode}")
+    assert [x.message for x in asked] == ["web?", "st?"]
+    assert f"llm-{mode}" in text_of(s1) and len(sampled) == 1
+    assert any(r.get("arguments") == {"text": f"{tag} web"} for r in calls_in(logs["web"]))
+    assert any(r.get("arguments") == {"text": f"{tag} st"} for r in calls_in(logs["st"]))
+
+
+def _init() -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"elicitation": {}},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+
+
+async def _open(http: httpx.AsyncClient) -> dict[str, str]:
+    """A new session's headers (initialize, then initialized)."""
+    base = {"authorization": f"Bearer {KEY}", "accept": JSON_SSE}
+    opened = await http.post("/mcp", json=_init(), headers=base)
+    assert opened.status_code == 200, opened.text
+    headers = {**base, "mcp-session-id": opened.headers["mcp-session-id"]}
+    done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await http.post("/mcp", json=done, headers=headers)).status_code == 202
+    return headers
+
+
+def _messages(resp: httpx.Response) -> list[Any]:
+    if resp.headers["content-type"].startswith("application/json"):
+        return [resp.json()]
+    data = [x[5:].strip() for x in resp.text.splitlines() if x.startswith("data:")]
+    return [json.loads(x) for x in data if x]
+
+
+async def test_concurrent_first_calls_on_a_new_session_all_reach_their_servers(
+    gateway: GatewayProcess,
+) -> None:
+    """No call may find its server's link half made (each is opened once, others wait)."""
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=30) as http:
+        headers = await _open(http)
+
+        async def call(i: int) -> str:
+            server = "web" if i % 2 else "st"
+            body = {
+                "jsonrpc": "2.0",
+                "id": i + 1,
+                "method": "tools/call",
+                "params": {"name": f"{server}__echo", "arguments": {"text": f"c{i}"}},
+            }
+            resp = await http.post("/mcp", json=body, headers=headers)
+            answer = next(m for m in _messages(resp) if m.get("id") == i + 1)
+            return str(answer["result"]["content"][0]["text"])
+
+        texts = await asyncio.gather(*(call(i) for i in range(8)))
+        assert texts == [f"c{i}" for i in range(8)]
+        assert (await http.delete("/mcp", headers=headers)).status_code == 200
+
+
+async def test_server_requests_come_under_our_ids_and_answers_go_back(
+    gateway: GatewayProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=30) as http:
+        headers = await _open(http)
+        body = {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "tools/call",
+            "params": {"name": "st__ask_user", "arguments": {"question": "raw?"}},
+        }
+        async with http.stream("POST", "/mcp", json=body, headers=headers) as resp:
+            lines = resp.aiter_lines()
+            request = None
+            async for line in lines:
+                if line.startswith("data:") and '"elicitation/create"' in line:
+                    request = json.loads(line[5:])
+                    break
+            assert request is not None
+            assert str(request["id"]).startswith("agg-")  # never the server's own id
+            answer = {
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "result": {"action": "accept", "content": {"answer": "from raw"}},
+            }
+            took = await http.post("/mcp", json=answer, headers=headers)
+            assert took.status_code == 202
+            final = None
+            async for line in lines:
+                if line.startswith("data:") and '"id":5' in line.replace(" ", ""):
+                    final = json.loads(line[5:])
+                    break
+        assert final is not None and final["result"]["content"][0]["text"] == "from raw"
+        again = await http.post("/mcp", json=answer, headers=headers)
+        assert again.status_code == 400  # answered once: nothing waits for it any more
+
+
+async def test_one_merged_stream_per_session_ended_by_delete(gateway: GatewayProcess) -> None:
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=30) as http:
+        headers = await _open(http)
+        listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        assert (await http.post("/mcp", json=listing, headers=headers)).status_code == 200
+        get = {**headers, "accept": "text/event-stream"}
+        async with http.stream("GET", "/mcp", headers=get) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            second = await http.get("/mcp", headers=get)
+            assert second.status_code == 409
+            assert (await http.delete("/mcp", headers=headers)).status_code == 200
+            rest = [chunk async for chunk in stream.aiter_bytes()]  # ends: the session is gone
+        assert b"error" not in b"".join(rest)
+        gone = await http.post("/mcp", json=listing, headers=headers)
+        assert gone.status_code == 404
+
+
+def test_initialize_answers_the_merged_capabilities(gateway: GatewayProcess) -> None:
+    headers = {"authorization": f"Bearer {KEY}", "accept": JSON_SSE}
+    opened = httpx.post(f"{gateway.base}/mcp", json=_init(), headers=headers, timeout=30)
+    result = opened.json()["result"]
+    assert result["protocolVersion"] == "2025-11-25"
+    assert result["serverInfo"]["name"] == "celgate"
+    assert {"tools", "prompts", "resources"} <= set(result["capabilities"])
+    assert "tasks" not in result["capabilities"]  # not routed on /mcp: not offered
+
+
+class TestMergedPages:
+    """A merged list's cursor carries each unfinished server's own cursor, and only ours is
+    taken back (pure functions; the catalogue of names and owners it learns)."""
+
+    def test_cursor_round_trip_and_refusals(self) -> None:
+        servers = {"a": 1, "b": 2}
+        cursor = encode_cursor({"a": "page-2"})
+        assert cursor is not None
+        assert decode_cursor(cursor, servers, 1) == {"a": "page-2"}
+        assert decode_cursor(None, servers, 1) == {"a": None, "b": None}
+        assert encode_cursor({}) is None
+        forged = encode_cursor({"z": "x"})
+        for bad in ("not base64 at all!", forged, 7, "e30"):
+            with pytest.raises(BadMessage):
+                decode_cursor(bad, servers, 1)
+
+    def test_page_renames_and_carries_positions(self) -> None:
+        names = Names({"a": "a", "b": ""}, "__")
+        catalogue = Catalogue(None, names)  # type: ignore[arg-type]  # no tools: no gateway
+        results = {
+            "a": {"prompts": [{"name": "p1"}], "nextCursor": "a2"},
+            "b": {"prompts": [{"name": "q1"}]},
+        }
+        page = catalogue.page("prompts/list", None, results)  # type: ignore[arg-type]
+        assert [p["name"] for p in page["prompts"]] == ["a__p1", "q1"]
+        assert decode_cursor(page["nextCursor"], {"a": 1, "b": 1}, 1) == {"a": "a2"}
+        assert names.inward("prompt", "q1") == ("b", "q1")
+        templates = {"a": {"resourceTemplates": [{"uriTemplate": "mem://a/{id}"}]}}
+        catalogue.page("resources/templates/list", None, templates)  # type: ignore[arg-type]
+        assert catalogue.owner("mem://a/42") == "a"
+        assert catalogue.owner("mem://elsewhere") is None
