@@ -247,3 +247,13 @@ class TestMergedPages:
         catalogue.page("resources/templates/list", None, templates)  # type: ignore[arg-type]
         assert catalogue.owner("mem://a/42") == "a"
         assert catalogue.owner("mem://elsewhere") is None
+
+
+def test_an_oversized_client_description_opens_no_session(gateway: GatewayProcess) -> None:
+    """What a session keeps of ``initialize`` is bounded (it lives as long as the session)."""
+    init = _init()
+    init["params"]["clientInfo"] = {"name": "x" * 70_000, "version": "1"}
+    headers = {"authorization": f"Bearer {KEY}", "accept": JSON_SSE}
+    refused = httpx.post(f"{gateway.base}/mcp", json=init, headers=headers, timeout=30)
+    assert "mcp-session-id" not in refused.headers
+    assert "over 65536 bytes" in refused.json()["error"]["message"]

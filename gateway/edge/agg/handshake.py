@@ -52,6 +52,8 @@ from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message
 
+#: What a session keeps of the client's initialize (replayed to each upstream it opens).
+MAX_CLIENT_BYTES = 64 * 1024
 AGGREGATE_KEY = "/mcp"  # the "server" session ids are signed for (no server name has "/")
 
 
@@ -141,6 +143,9 @@ class Handshake:
             "capabilities": params.get("capabilities") or {},
             "clientInfo": params.get("clientInfo") or {"name": "unknown", "version": "0"},
         }
+        if len(json.dumps(client)) > MAX_CLIENT_BYTES:  # held for the session's whole life
+            msg = f"capabilities and clientInfo together over {MAX_CLIENT_BYTES} bytes"
+            raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
         session = self.sessions.create(identity.grant, client, version)
         # The first session to each server tells what it offers; later ones open on first use.
         missing = [name for name in self.gw.upstreams if name not in self.links.known]
