@@ -11,8 +11,6 @@ get a JSON-RPC error at once.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from gateway.upstream.stdio_child import Child, log
 from gateway.upstream.stdio_events import EventLog
@@ -31,7 +28,15 @@ from gateway.upstream.stdio_messages import (
     too_slow,
     unavailable,
 )
-from gateway.upstream.stdio_wire import Item, accepts, encode, open_stream, read_post, respond
+from gateway.upstream.stdio_wire import (
+    Inbox,
+    Item,
+    accepts,
+    encode,
+    open_stream,
+    read_post,
+    respond,
+)
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST
 from gateway.wire.jsonrpc import error_body as rpc_error
@@ -39,31 +44,20 @@ from gateway.wire.jsonrpc import error_body as rpc_error
 if TYPE_CHECKING:
     from gateway.upstream.stdio import StdioBridge
 
-#: Messages kept for a request's stream beyond its answer; past this, while nobody reads
-#: them (the caller went away), notifications are dropped. The answer never is.
-BACKLOG = 256
 GET_STREAM = ("get",)  # the event-log key of the session's GET stream (no request id is a tuple)
 
 
 class Pending:
     """One request in flight: the stream its answer goes out on, and its deadline."""
 
-    __slots__ = ("clock", "heard", "reading", "receiver", "sender", "token")
+    __slots__ = ("clock", "heard", "inbox", "reading", "token")
 
     def __init__(self, token: Any) -> None:
-        self.sender: MemoryObjectSendStream[Item]
-        self.receiver: MemoryObjectReceiveStream[Item]
-        self.sender, self.receiver = anyio.create_memory_object_stream[Item](math.inf)
+        self.inbox = Inbox()
         self.token = token
         self.heard = time.monotonic()  # the child's last sign of life for it
         self.clock: Deadline | None = None
         self.reading = False  # an HTTP answer is sending its stream
-
-
-def push(sender: MemoryObjectSendStream[Item], item: Item, final: bool = False) -> None:
-    if final or sender.statistics().current_buffer_used < BACKLOG:
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            sender.send_nowait(item)
 
 
 class SessionLink:
@@ -87,7 +81,7 @@ class SessionLink:
         self.tokens: dict[Any, Any] = {}
         self.handshake: list[dict[str, Any]] = []
         self.replaying: set[str] = set()
-        self.get_stream: MemoryObjectSendStream[Item] | None = None
+        self.get_stream: Inbox | None = None
         self.events = EventLog()
         self.headers = [(b"mcp-session-id", session_id.encode())]
         self.serving = 0  # HTTP requests being answered (an open GET stream among them)
@@ -125,7 +119,7 @@ class SessionLink:
         for pending in self.in_flight.values():
             if pending.clock is not None:
                 pending.clock.cancel()
-            pending.sender.close()
+            pending.inbox.close()
         self.in_flight.clear()
         if self.get_stream is not None:
             self.get_stream.close()
@@ -188,7 +182,7 @@ class SessionLink:
     def _begin(self, msg_id: Any, message: dict[str, Any]) -> Pending:
         old = self.in_flight.pop(msg_id, None)
         if old is not None:  # the same id again: the earlier answer could not be told apart
-            old.sender.close()
+            old.inbox.close()
         pending = self.in_flight[msg_id] = Pending(progress_token(message))
         if pending.token is not None:
             self.tokens[pending.token] = msg_id
@@ -201,7 +195,7 @@ class SessionLink:
         try:
             await respond(
                 send,
-                pending.receiver,
+                pending.inbox,
                 sse=sse,
                 headers=self.headers,
                 priming=(lambda: self.events.priming(key)) if prime else (lambda: b""),
@@ -227,16 +221,20 @@ class SessionLink:
         await self._serve_get(send)
 
     async def _serve_get(self, send: Send) -> None:
-        sender, receiver = anyio.create_memory_object_stream[Item](BACKLOG)
-        self.get_stream = sender
+        inbox = self.get_stream = Inbox()
         try:
-            async for _, body in receiver:
-                framed = self.events.framed(GET_STREAM, body)
+            while True:
+                try:
+                    item = await inbox.get()
+                except anyio.EndOfStream:
+                    break
+                assert item is not None  # no time limit
+                framed = self.events.framed(GET_STREAM, item[1])
                 await send({"type": "http.response.body", "body": framed, "more_body": True})
         finally:
-            if self.get_stream is sender:
+            if self.get_stream is inbox:
                 self.get_stream = None
-            sender.close()
+            inbox.close()
         await send({"type": "http.response.body", "body": b""})
 
     async def _resume(self, last: str, send: Send) -> None:
@@ -316,9 +314,9 @@ class SessionLink:
         pending = self.in_flight.get(self._related(message))
         if pending is not None:
             pending.heard = time.monotonic()
-            push(pending.sender, (message, line))
+            pending.inbox.put((message, line))
         elif self.get_stream is not None:
-            push(self.get_stream, (message, line))
+            self.get_stream.put((message, line))
         else:
             log.debug("stdio.no_stream", server=self.name, method=message.get("method"))
 
@@ -335,7 +333,7 @@ class SessionLink:
         """The answer goes on its request's stream, which then ends (once only)."""
         pending = self.in_flight.pop(item[0].get("id"), None)
         if pending is not None:  # else answered already (cancelled, expired, child died)
-            push(pending.sender, item, final=True)
+            pending.inbox.put(item, final=True)
             self._done(pending)
 
     def _done(self, pending: Pending) -> None:
@@ -343,7 +341,7 @@ class SessionLink:
             self.tokens.pop(pending.token, None)
         if pending.clock is not None:
             pending.clock.cancel()
-        pending.sender.close()
+        pending.inbox.close()
 
     async def _child_exited(self) -> None:
         why = f"stdio server {self.name!r} exited before answering; it is being restarted"

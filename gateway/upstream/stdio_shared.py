@@ -7,14 +7,12 @@ that asked, and a caller cancels only its own requests.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
 
 from gateway.config import ServerConfig
@@ -26,7 +24,7 @@ from gateway.upstream.stdio_messages import (
     too_slow,
     unavailable,
 )
-from gateway.upstream.stdio_wire import Item, encode, respond
+from gateway.upstream.stdio_wire import Inbox, encode, respond
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import (
     METHOD_NOT_FOUND,
@@ -44,7 +42,7 @@ class SharedLink:
         self.child.on_exit = self._child_exited
         self.child.on_start = self._discover
         self.ids = itertools.count(1)
-        self.waiting: dict[str, tuple[Any, Any, MemoryObjectSendStream[Item]]] = {}
+        self.waiting: dict[str, tuple[Any, Any, Inbox]] = {}
         self.tokens: dict[str, str] = {}
         self.heard: dict[str, float] = {}
         self.name = config.name
@@ -84,8 +82,8 @@ class SharedLink:
             params["_meta"] = {**params["_meta"], "progressToken": inner}
             outgoing["params"] = params
             self.tokens[inner] = inner
-        sender, receiver = anyio.create_memory_object_stream[Item](64)
-        self.waiting[inner] = (original_id, token, sender)
+        inbox = Inbox()
+        self.waiting[inner] = (original_id, token, inbox)
         self.heard[inner] = time.monotonic()
         clock = Deadline(self.timeout, self._last_sign(inner), self._expire(inner))
         answered = False
@@ -93,7 +91,7 @@ class SharedLink:
             if not await self.child.send(outgoing):
                 self._route(inner, unavailable(inner, f"stdio server {self.name!r} is not running"))
             sse = "text/event-stream" in (incoming.header("accept") or "")
-            answered = await respond(send, receiver, sse=sse, headers=[], status=_answer_status)
+            answered = await respond(send, inbox, sse=sse, headers=[], status=_answer_status)
         finally:
             clock.cancel()
             self.waiting.pop(inner, None)
@@ -171,13 +169,13 @@ class SharedLink:
         entry = self.waiting.get(inner)
         if entry is None:
             return
-        original_id, token, sender = entry
-        if "method" not in message:
+        original_id, token, inbox = entry
+        final = "method" not in message
+        if final:
             message = {**message, "id": original_id}
         elif token is not None and progress_token(message) is not None:
             message = _with_token(message, token)
-        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-            sender.send_nowait(encode(message))
+        inbox.put(encode(message), final)
 
     async def _child_exited(self) -> None:
         why = f"stdio server {self.name!r} exited before answering; it is being restarted"

@@ -4,18 +4,19 @@ One request's answer goes out as JSON when the answer comes alone (the common, c
 and as an SSE stream once anything else comes first (progress, a log line, a question to the
 client) or the answer is slow: a stream's head goes out at once, so a caller (and the
 in-process head deadline) sees the request is being worked on. The links put ``Item``\\ s, a
-message and its JSON text, on a request's memory stream; this module frames them.
+message and its JSON text, in a request's ``Inbox``; this module frames them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, reply
@@ -31,6 +32,65 @@ SSE_HEADERS: Headers = [
 #: An answer not there this long opens the SSE stream (its head), so a slow call is seen as
 #: going on: a caller's head deadline never fires on it, and a going-away client is noticed.
 HEAD_AFTER = 1.0
+#: Messages an inbox keeps beyond its answer; past this, while nobody reads them (the caller
+#: went away), notifications are dropped. The answer never is.
+BACKLOG = 256
+
+
+class Inbox:
+    """The messages on their way to one HTTP answer: put without waiting, taken by one reader.
+
+    Not a memory object stream: a reader cancelled (its caller went away, or its wait for the
+    head ran out) while a message was being handed over would lose it, and with it maybe the
+    answer. Here a message leaves the inbox only when it is taken, with no await between.
+    """
+
+    __slots__ = ("_waiter", "closed", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[Item] = deque()
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Item, final: bool = False) -> None:
+        if self.closed or (not final and len(self.items) >= BACKLOG):
+            return
+        self.items.append(item)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self, within: float = math.inf) -> Item | None:
+        """The next message; None when ``within`` seconds pass first; EndOfStream once the
+        inbox is closed and empty."""
+        if not self.items:
+            if self.closed:
+                raise anyio.EndOfStream
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if within == math.inf else loop.call_later(within, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self.items:
+                if self.closed:
+                    raise anyio.EndOfStream
+                return None
+        return self.items.popleft()
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def accepts(incoming: Incoming) -> tuple[bool, bool]:
@@ -86,7 +146,7 @@ async def open_stream(send: Send, headers: Headers, first: bytes = b"") -> None:
 
 async def respond(
     send: Send,
-    receiver: MemoryObjectReceiveStream[Item],
+    inbox: Inbox,
     *,
     sse: bool,
     headers: Headers,
@@ -98,17 +158,15 @@ async def respond(
 
     ``priming`` gives the first bytes of an SSE stream (an event id to resume from), ``framed``
     an event's bytes (with its id). Without SSE (the client takes JSON only) what comes before
-    the answer is dropped. The receiver ending with no answer (the request was cancelled)
-    ends the stream empty.
+    the answer is dropped. The inbox closing with no answer (the request was cancelled) ends
+    the stream empty.
     """
     started = False
     while True:
-        item: Item | None = None
-        with anyio.move_on_after(math.inf if started or not sse else HEAD_AFTER):
-            try:
-                item = await receiver.receive()
-            except anyio.EndOfStream:
-                break
+        try:
+            item = await inbox.get(math.inf if started or not sse else HEAD_AFTER)
+        except anyio.EndOfStream:
+            break
         if item is None:  # slow: the stream opens now
             started = True
             await open_stream(send, headers, priming())

@@ -1,0 +1,190 @@
+"""The Streamable HTTP wire of a handshake-era stdio session, as the bridge serves it by hand.
+
+In process, against the test upstream over stdio, through the bridge's own pool (what the
+relay calls): an answer that comes alone is JSON; anything the child sends for a request first
+(or a slow answer) opens an SSE stream with a priming event; a cut stream resumes from its
+Last-Event-ID; GET opens the stream for the rest, once; DELETE, idleness or a request with no
+session leave no process behind; a client cancels its own request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from gateway.config import ServerConfig
+from gateway.upstream import stdio_wire
+from gateway.upstream.inproc import AsgiResponse
+from gateway.upstream.stdio import StdioUpstream
+from tests.peers import REPO_ROOT, stdio_upstream_command
+from tests.servers.test_servers_smoke import eventually
+
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"elicitation": {}},
+        "clientInfo": {"name": "wire-test", "version": "1"},
+    },
+}
+
+
+@contextlib.asynccontextmanager
+async def bridge(**config: Any) -> AsyncIterator[StdioUpstream]:
+    command, args = stdio_upstream_command()
+    server = ServerConfig(
+        name="st", command=command, args=tuple(args), env={"PYTHONPATH": str(REPO_ROOT)}, **config
+    )
+    upstream = StdioUpstream(server)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(upstream.run)
+            yield upstream
+            tg.cancel_scope.cancel()
+
+
+def call(msg_id: int, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    if meta:
+        params["_meta"] = meta
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
+
+
+async def post(
+    upstream: StdioUpstream, message: dict[str, Any], sid: str | None = None
+) -> AsgiResponse:
+    headers = dict(HEADERS)
+    if sid is not None:
+        headers |= {"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    return await upstream.pool.request("POST", headers, json.dumps(message).encode())
+
+
+async def opened(upstream: StdioUpstream) -> str:
+    answer = await post(upstream, INIT)
+    await answer.read()
+    sid = answer.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await post(upstream, note, sid)).status == 202
+    return sid
+
+
+async def events(answer: AsgiResponse, until: int) -> list[tuple[str | None, str]]:
+    """(id, data) of each SSE event, until the answer with JSON-RPC id ``until`` is read."""
+    out: list[tuple[str | None, str]] = []
+    text = ""
+    async with contextlib.aclosing(answer.iter_chunks()) as chunks:
+        async for chunk in chunks:
+            text += chunk.decode()
+            while "\n\n" in text:
+                block, text = text.split("\n\n", 1)
+                fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+                out.append((fields.get("id"), fields.get("data", "")))
+                if out[-1][1] and json.loads(out[-1][1]).get("id") == until:
+                    return out
+    return out
+
+
+class TestAnswers:
+    async def test_an_answer_that_comes_alone_is_json(self) -> None:
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            answer = await post(upstream, call(1, "echo", {"text": "plain"}), sid)
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.headers["mcp-session-id"] == sid
+            body = json.loads(await answer.read())
+            assert body["id"] == 1 and body["result"]["content"][0]["text"] == "plain"
+
+    async def test_progress_first_opens_a_stream_with_a_priming_event(self) -> None:
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            message = call(2, "test_tool_with_progress", {}, progressToken="p")
+            answer = await post(upstream, message, sid)
+            assert answer.headers["content-type"] == "text/event-stream"
+            got = await events(answer, until=2)
+            assert got[0][0] is not None and got[0][1] == ""  # priming: an id, no data
+            sent = [json.loads(data) for _, data in got[1:]]
+            assert [m["params"]["progressToken"] for m in sent[:-1]] == ["p", "p", "p"]
+            assert sent[-1]["id"] == 2 and "result" in sent[-1]
+            assert all(event_id is not None for event_id, _ in got)
+
+    async def test_a_slow_answer_opens_the_stream_first(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(stdio_wire, "HEAD_AFTER", 0.0)
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            answer = await post(upstream, call(3, "echo", {"text": "late"}), sid)
+            assert answer.headers["content-type"] == "text/event-stream"
+            got = await events(answer, until=3)
+            assert json.loads(got[-1][1])["result"]["content"][0]["text"] == "late"
+
+    async def test_a_cut_stream_resumes_from_its_last_event_id(self) -> None:
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            message = call(4, "test_tool_with_progress", {}, progressToken="r")
+            answer = await post(upstream, message, sid)
+            async with contextlib.aclosing(answer.iter_chunks()) as chunks:
+                first = await anext(chunks)  # the priming event, then the caller is gone
+            answer.close()
+            last = first.decode().split("id: ", 1)[1].split("\n", 1)[0]
+            headers = {"accept": "text/event-stream", "mcp-session-id": sid, "last-event-id": last}
+            resumed = await upstream.pool.request("GET", headers)
+            sent = [json.loads(data) for _, data in await events(resumed, until=4) if data]
+            assert sent[-1]["id"] == 4 and "result" in sent[-1]
+
+
+class TestSessions:
+    async def test_one_get_stream_then_delete_ends_the_process(self) -> None:
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            headers = {"accept": "text/event-stream", "mcp-session-id": sid}
+            stream = await upstream.pool.request("GET", headers)
+            assert stream.status == 200
+            assert (await upstream.pool.request("GET", headers)).status == 409
+            child = upstream.bridge.sessions[sid].child
+            assert (await upstream.pool.request("DELETE", {"mcp-session-id": sid})).status == 200
+            assert [c async for c in stream.iter_chunks()] == []  # the GET stream ended
+            assert (await post(upstream, call(5, "echo", {"text": "x"}), sid)).status == 404
+            await eventually(lambda: child.proc is not None and child.proc.returncode is not None)
+
+    async def test_a_request_without_a_session_starts_no_process(self) -> None:
+        async with bridge() as upstream:
+            answer = await post(upstream, call(6, "echo", {"text": "x"}))
+            assert answer.status == 400
+            assert not upstream.bridge.sessions
+
+    async def test_an_idle_session_ends_with_its_process(self) -> None:
+        async with bridge(idle_timeout=0.3) as upstream:
+            sid = await opened(upstream)
+            child = upstream.bridge.sessions[sid].child
+            await eventually(lambda: not upstream.bridge.sessions, 10)
+            await eventually(lambda: child.proc is not None and child.proc.returncode is not None)
+
+    async def test_the_client_cancels_its_own_request(self) -> None:
+        """A question to the client opens the call's stream; the client's cancellation of its
+        own request ends that stream, with no answer."""
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            message = call(7, "test_elicitation", {"message": "name?"})
+            answer = await post(upstream, message, sid)
+            cancel = {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": 7, "reason": "changed my mind"},
+            }
+            async with contextlib.aclosing(answer.iter_chunks()) as chunks:
+                text = ""
+                while "elicitation/create" not in text:
+                    text += (await anext(chunks)).decode()
+                assert (await post(upstream, cancel, sid)).status == 202
+                rest = b"".join([c async for c in chunks])
+            assert b'"id":7' not in rest and b'"id": 7' not in rest
+            assert not upstream.bridge.sessions[sid].in_flight
