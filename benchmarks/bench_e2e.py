@@ -415,8 +415,8 @@ def serve_granian(config_path: str) -> None:
     os.environ["CELGATE_BENCH_CONFIG"] = config_path
     server = Server(
         "bench_e2e:granian_app",
-        address=config.host,
-        port=config.port,
+        address=config.listen.host,
+        port=config.listen.port,
         interface=Interfaces.ASGI,
         loop=Loops.uvloop,
         workers=1,

@@ -216,7 +216,7 @@ class TestConfig:
             "policy: p.yaml\nanonymous: true\nservers: {up: {url: 'http://127.0.0.1:9/mcp'}}\n"
         )
         config = load_config(path)
-        assert (config.approvals_max_pending_per_grant, config.approvals_max_pending) == (
+        assert (config.approvals.max_pending_per_grant, config.approvals.max_pending) == (
             20,
             1000,
         )

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals.service import CUT, ApprovalCaps, ApprovalService, preview_args
+from gateway.approvals.service import CUT, ApprovalService, preview_args
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
+from gateway.config import ApprovalsConfig
 from gateway.errors import ApprovalError
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval
@@ -34,7 +35,7 @@ async def service(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Approva
     else:
         server: ValkeyProcess = request.getfixturevalue("valkey_db")
         store = ValkeyApprovalStore(server.url, prefix="test:ap:", clock=clock)
-    caps = ApprovalCaps(per_grant=3, total=5)
+    caps = ApprovalsConfig(max_pending_per_grant=3, max_pending=5)
     yield ApprovalService(store, clock=clock, poll_seconds=0, caps=caps), clock
     await store.close()
 

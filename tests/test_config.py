@@ -69,9 +69,9 @@ class TestConfigErrors:
             f"{path}:4: limits.busy_poll_us: must be a whole number of microseconds from 0 to 10000"
         ]
         path = write(tmp_path, base + "limits: {backend: memory, busy_poll_us: 0}\n")
-        assert load_config(path, env={}).limits_busy_poll_us == 0
+        assert load_config(path, env={}).limits.busy_poll_us == 0
         path = write(tmp_path, base)
-        assert load_config(path, env={}).limits_busy_poll_us is None  # the limiter's default
+        assert load_config(path, env={}).limits.busy_poll_us is None  # the limiter's default
 
     @pytest.mark.parametrize(
         ("url", "problem"),
@@ -95,10 +95,10 @@ class TestConfigErrors:
     def test_limits_timeout_and_key_prefix(self, tmp_path: Path) -> None:
         base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
         config = load_config(write(tmp_path, base), env={})
-        assert (config.limits_timeout_ms, config.limits_key_prefix) == (500, "celgate:")
+        assert (config.limits.timeout_ms, config.limits.key_prefix) == (500, "celgate:")
         good = "limits: {timeout_ms: 250, key_prefix: 'staging:{cg}:'}\n"
         config = load_config(write(tmp_path, base + good), env={})
-        assert (config.limits_timeout_ms, config.limits_key_prefix) == (250, "staging:{cg}:")
+        assert (config.limits.timeout_ms, config.limits.key_prefix) == (250, "staging:{cg}:")
         for bad, problem in (
             ("timeout_ms: 0", "limits.timeout_ms: must be a whole number of milliseconds from 10"),
             ("timeout_ms: 1.5", "limits.timeout_ms: must be a whole number"),
@@ -119,7 +119,7 @@ class TestConfigErrors:
             "unix:///run/valkey.sock?db=2",
         ):
             path = write(tmp_path, base + f"limits: {{backend: '{url}'}}\n")
-            assert load_config(path, env={}).limits_backend == url
+            assert load_config(path, env={}).limits.backend == url
 
     def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
         base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
@@ -129,7 +129,7 @@ class TestConfigErrors:
             f"{path}:4: listen.trusted_proxies: 'lb.example' is not an IP address or network"
         ]
         path = write(tmp_path, base + listen % "'10.0.0.0/8', '127.0.0.1'")
-        assert load_config(path, env={}).trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+        assert load_config(path, env={}).listen.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
 
     def test_missing_environment_variable_is_an_error(self, tmp_path: Path) -> None:
         path = write(
@@ -144,7 +144,7 @@ class TestConfigErrors:
     def test_paths_are_relative_to_the_file(self, tmp_path: Path) -> None:
         path = write(tmp_path, "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n")
         config = load_config(path, env={})
-        assert config.policy_paths == (tmp_path / "rules",)
+        assert config.policy == (tmp_path / "rules",)
 
     def test_missing_policy_folder(self, tmp_path: Path) -> None:
         path = write(tmp_path, "policy: nope/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n")
@@ -160,7 +160,7 @@ class TestConfigErrors:
         config = load_config(path, env={})
         assert config.grants["bot"].roles == ("a",)
         assert config.grants["bot"].attrs == {"team": "x"}
-        assert config.admin_token_sha256 == GOOD_KEY
+        assert config.admin.token_sha256 == GOOD_KEY
 
 
 class TestEngineByConfig:

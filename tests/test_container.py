@@ -92,7 +92,7 @@ class TestDockerfile:
         health = next(a for w, a in instructions() if w == "HEALTHCHECK")
         exposed = next(a for w, a in instructions() if w == "EXPOSE")
         assert f"127.0.0.1:{exposed}/healthz" in health
-        assert load_config_from_deploy().port == int(exposed)
+        assert load_config_from_deploy().listen.port == int(exposed)
 
 
 def load_config_from_deploy() -> Any:
@@ -111,7 +111,7 @@ class TestCompose:
     def test_celgate_mounts_deploy_at_etc_celgate_and_publishes_the_port(self) -> None:
         svc = compose()["services"]["celgate"]
         assert "./deploy:/etc/celgate:ro" in svc["volumes"]
-        assert any(p.endswith(f":{load_config_from_deploy().port}") for p in svc["ports"])
+        assert any(p.endswith(f":{load_config_from_deploy().listen.port}") for p in svc["ports"])
 
     def test_limits_go_to_the_valkey_service(self) -> None:
         svc = compose()["services"]["celgate"]
@@ -128,15 +128,15 @@ class TestDeployConfig:
 
     def test_loads_and_is_not_anonymous(self) -> None:
         config = load_config_from_deploy()
-        assert config.host == "0.0.0.0"
+        assert config.listen.host == "0.0.0.0"
         assert config.grants
         assert config.security.allowed_hosts
         assert "demo" in config.servers
 
     def test_admin_token_from_the_environment_and_metrics_private(self) -> None:
         config = load_config_from_deploy()
-        assert config.admin_token_sha256 == deploy_env()["CELGATE_ADMIN_TOKEN_SHA256"]
-        assert not config.metrics_public
+        assert config.admin.token_sha256 == deploy_env()["CELGATE_ADMIN_TOKEN_SHA256"]
+        assert not config.admin.metrics_public
 
     def test_example_env_sets_every_variable_compose_requires(self) -> None:
         example = (DEPLOY / "example.env").read_text()

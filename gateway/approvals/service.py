@@ -12,10 +12,10 @@ approval ID" at once, and the identical call made again after approval passes, o
 The approver sees what they approve: a request keeps a bounded copy of the call's arguments
 (``preview_args``; long values cut with a visible marker, the digest still binds the exact
 call). Fields the policy marks secret (``secret_args``) are masked before anything is kept
-(``mask_args``); the digest is of the real values. What can wait is bounded too
-(``ApprovalCaps``): past the pending cap of a grant, or of the whole gateway, a new held call
-is refused (``approval_queue_full``) and nothing is queued; a pending request that expires is
-evicted.
+(``mask_args``); the digest is of the real values. What can wait is bounded too (``approvals:``
+in the config, ``ApprovalsConfig``): past the pending cap of a grant, or of the whole gateway,
+a new held call is refused (``approval_queue_full``) and nothing is queued; a pending request
+that expires is evicted.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
+from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError
 from gateway.policy.model import Approval, Call, Decision
 from gateway.telemetry.audit import args_digest
@@ -48,14 +49,6 @@ PREVIEW_DEPTH = 8  # nesting levels
 PREVIEW_BUDGET = 16384  # characters of strings and keys, over the whole preview
 CUT = "[celgate: cut]"  # every truncation marker starts with this
 SECRET = "[celgate: secret]"  # what a masked value is replaced with
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalCaps:
-    """How many requests may be pending at once, per grant and in all (``approvals:``)."""
-
-    per_grant: int = 20
-    total: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +83,7 @@ class ApprovalRequest:
 
 
 class ApprovalStore(Protocol):
-    async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
+    async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
         """Queue ``request`` unless a cap is reached (then nothing is stored)."""
         ...
 
@@ -125,10 +118,10 @@ class ApprovalService:
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str], None] | None = None,
         poll_seconds: float = POLL_SECONDS,
-        caps: ApprovalCaps | None = None,
+        caps: ApprovalsConfig | None = None,
     ) -> None:
         self.store = store
-        self.caps = caps or ApprovalCaps()
+        self.caps = caps or ApprovalsConfig()
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.on_event = on_event or (lambda _event: None)
@@ -242,12 +235,12 @@ def _pending(decision: Decision, request: ApprovalRequest) -> Decision:
 
 
 def _queue_full(
-    decision: Decision, call: Call, admission: Admission, caps: ApprovalCaps
+    decision: Decision, call: Call, admission: Admission, caps: ApprovalsConfig
 ) -> Decision:
     if admission == "grant_full":
-        whose = f"grant {call.identity.grant} already has {caps.per_grant}"
+        whose = f"grant {call.identity.grant} already has {caps.max_pending_per_grant}"
     else:
-        whose = f"the gateway already has {caps.total}"
+        whose = f"the gateway already has {caps.max_pending}"
     reason = (
         f"not queued for approval: {whose} calls waiting for an operator. "
         "Try again once some are decided or expired"

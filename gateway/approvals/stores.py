@@ -26,10 +26,10 @@ from gateway.approvals.service import (
     KEEP_DECIDED,
     KEEP_SECONDS,
     Admission,
-    ApprovalCaps,
     ApprovalRequest,
     Status,
 )
+from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.ratelimit.factory import valkey_url
 from gateway.ratelimit.lane import client_defaults
@@ -99,13 +99,13 @@ class MemoryApprovalStore:
         self.swept = float("-inf")
         self.used: dict[str, float] = {}  # single-use tokens, until they expire
 
-    async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
+    async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
         self._sweep()
         now = self.clock()
         live = [r for r in self.pending.values() if r.expires > now]
-        if sum(1 for r in live if r.grant == request.grant) >= caps.per_grant:
+        if sum(1 for r in live if r.grant == request.grant) >= caps.max_pending_per_grant:
             return "grant_full"
-        if len(live) >= caps.total:
+        if len(live) >= caps.max_pending:
             return "total_full"
         self.requests[request.id] = request
         self.pending[request.id] = request
@@ -220,7 +220,7 @@ class ValkeyApprovalStore:
         except (ValkeyError, OSError) as exc:
             raise BackendUnavailable("approval backend unavailable") from exc
 
-    async def create(self, request: ApprovalRequest, caps: ApprovalCaps) -> Admission:
+    async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
         now = self.clock()
         keys = [
             self._req(request.id),
@@ -235,8 +235,8 @@ class ValkeyApprovalStore:
             repr(request.created),
             repr(request.expires),
             repr(now),
-            caps.per_grant,
-            caps.total,
+            caps.max_pending_per_grant,
+            caps.max_pending,
             max(1, int(_evict_at(request) - now) + 1),
             max(1, int(request.expires - now) + 1),
             KEEP_DECIDED,

@@ -38,14 +38,17 @@ def url_from_config(path: Path) -> str:
     secrets the rest of the file names need not be set here)."""
     import yaml
 
+    from gateway.config import ListenConfig
+
     try:
         top = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SystemExit(f"celgate: cannot read {path}: {exc}") from None
     listen = top.get("listen") if isinstance(top, dict) else None
     listen = listen if isinstance(listen, dict) else {}
-    host = _expand(listen.get("host", "127.0.0.1"), path, "listen.host")
-    port = _expand(listen.get("port", 8787), path, "listen.port")
+    default = ListenConfig()
+    host = _expand(listen.get("host", default.host), path, "listen.host")
+    port = _expand(listen.get("port", default.port), path, "listen.port")
     host = _LOCAL_FOR.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

@@ -66,7 +66,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def _load(ns: argparse.Namespace) -> tuple[GatewayConfig, CompiledPolicy]:
     try:
         config = load_config(ns.config)
-        return config, load_policy(config.policy_paths)
+        return config, load_policy(config.policy)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
@@ -86,7 +86,7 @@ def catalog_command(ns: argparse.Namespace) -> int:
 
 def pins_command(ns: argparse.Namespace) -> int:
     config, _ = _load(ns)
-    target = Path(ns.out) if ns.out else config.pins_file
+    target = Path(ns.out) if ns.out else config.pins.file
     if target is None:
         raise SystemExit("celgate: set `pins: {file: ...}` in the config, or pass --out")
     tools = asyncio.run(list_all(config.servers))

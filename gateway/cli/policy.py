@@ -81,7 +81,7 @@ def _policy_and_identity(ns: argparse.Namespace) -> tuple[CompiledPolicy, Identi
     from gateway.config import load_config
 
     config = load_config(ns.config)
-    paths = [ns.path] if ns.path else list(config.policy_paths)
+    paths = [ns.path] if ns.path else list(config.policy)
     identity = _config_identity(ns, config) if ns.grant != "anonymous" else _flag_identity(ns)
     return load_policy(paths), identity
 

@@ -27,7 +27,14 @@ from types import FrameType
 import uvicorn
 
 from gateway.auth.identity import hash_key
-from gateway.config import LOOPBACK_HOSTS, GatewayConfig, ServerConfig, load_config
+from gateway.config import (
+    LOOPBACK_HOSTS,
+    AdminConfig,
+    GatewayConfig,
+    ListenConfig,
+    ServerConfig,
+    load_config,
+)
 from gateway.errors import ConfigError
 from gateway.telemetry.audit import configure_logging
 
@@ -81,16 +88,16 @@ def demo_config(upstream_url: str, port: int, admin_token: str | None = None) ->
     digest = hash_key(admin_token) if admin_token else None
     return GatewayConfig(
         source="<embedded default>",
-        port=port,
-        policy_paths=(rules_dir() / "demo.yaml",),
+        listen=ListenConfig(port=port),
+        policy=(rules_dir() / "demo.yaml",),
         servers={"demo": ServerConfig("demo", url=upstream_url)},
         anonymous=True,
-        admin_token_sha256=digest,
+        admin=AdminConfig(token_sha256=digest),
     )
 
 
 def _banner(config: GatewayConfig) -> None:
-    base = f"http://{config.host}:{config.port}"
+    base = f"http://{config.listen.host}:{config.listen.port}"
     print(f"celgate {config.source}: serving on {base}", flush=True)
     for name in config.servers:
         print(f"  MCP endpoint  {base}/mcp/{name}", flush=True)
@@ -110,7 +117,7 @@ def serve(config: GatewayConfig, sock: socket.socket) -> int:
     from gateway.server.build import build_gateway
     from gateway.wire.protocol import protocol_class
 
-    if config.anonymous and config.host not in LOOPBACK_HOSTS:
+    if config.anonymous and config.listen.host not in LOOPBACK_HOSTS:
         print("celgate: refusing to serve anonymously on a non-loopback address", file=sys.stderr)
         return 2
     try:
@@ -119,15 +126,15 @@ def serve(config: GatewayConfig, sock: socket.socket) -> int:
         print(exc, file=sys.stderr)
         return 1
     except ImportError as exc:
-        print(f"celgate: CEL engine {config.cel_engine!r} is not installed: {exc}", file=sys.stderr)
+        print(f"celgate: CEL engine {config.cel.engine!r} is not installed: {exc}", file=sys.stderr)
         return 1
     app = build_app(gateway)
     _banner(config)
     _raise_fd_limit(config.security.max_connections)
     uv = uvicorn.Config(
         app,
-        host=config.host,
-        port=config.port,
+        host=config.listen.host,
+        port=config.listen.port,
         loop="uvloop",
         # uvicorn's httptools protocol with client connections bounded (security: in the
         # config), writing once per event-loop pass; no WebSocket: the gateway serves none.
@@ -140,8 +147,8 @@ def serve(config: GatewayConfig, sock: socket.socket) -> int:
         server_header=False,
         # request.ip (visible to CEL) is the socket's peer unless that peer is a proxy the
         # config names (listen.trusted_proxies): X-Forwarded-For is believed from it alone.
-        proxy_headers=bool(config.trusted_proxies),
-        forwarded_allow_ips=list(config.trusted_proxies) or None,
+        proxy_headers=bool(config.listen.trusted_proxies),
+        forwarded_allow_ips=list(config.listen.trusted_proxies) or None,
         lifespan="on",
         # Open SSE streams never end by themselves: on SIGTERM, give requests a few seconds,
         # then close, so a deploy or a container stop is never held up by an idle agent.
@@ -205,7 +212,7 @@ def run_command(ns: argparse.Namespace) -> int:
         return 1
     if ns.port:
         config = _with_port(config, ns.port)
-    with bind(config.host, config.port) as sock:
+    with bind(config.listen.host, config.listen.port) as sock:
         return serve(config, sock)
 
 
@@ -222,7 +229,7 @@ def _run_demo(port: int) -> int:
 def _with_port(config: GatewayConfig, port: int) -> GatewayConfig:
     from dataclasses import replace
 
-    return replace(config, port=port)
+    return replace(config, listen=replace(config.listen, port=port))
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

@@ -135,7 +135,7 @@ class Relay:
         value = rpc.parse_body(body)
         modern = stateless_era(incoming, value)
         try:
-            message = rpc.classify(value, self.gw.config.relay_extra_methods)
+            message = rpc.classify(value, self.gw.config.relay.extra_methods)
         except BadMessage as exc:
             if exc.code == rpc.METHOD_NOT_FOUND and modern:
                 exc.status = 404  # 2026-07-28 answers an unknown method with 404 over HTTP

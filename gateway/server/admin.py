@@ -62,7 +62,7 @@ def _guard(gateway: Gateway) -> Any:
         if refused is not None:  # DNS rebinding, or a page of another site
             raise HTTPException(refused[1], status_code=refused[0])
         token = bearer(connection.headers.get("authorization"))
-        if token_matches(token, gateway.config.admin_token_sha256):
+        if token_matches(token, gateway.config.admin.token_sha256):
             return
         if token is None and _console_session(gateway, connection):
             return

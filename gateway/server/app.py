@@ -59,14 +59,14 @@ def _operator(gateway: Gateway, scope: Scope) -> bool:
     ``admin.metrics_public`` says the network they are served on is trusted. With no admin
     token configured they are closed."""
     config = gateway.config
-    if config.metrics_public:
+    if config.admin.metrics_public:
         return True
     authorization = None
     for name, value in scope["headers"]:
         if name.lower() == b"authorization":
             authorization = value.decode("latin-1")
             break
-    return token_matches(bearer(authorization), config.admin_token_sha256)
+    return token_matches(bearer(authorization), config.admin.token_sha256)
 
 
 async def _refuse_operator_page(gateway: Gateway, send: Send) -> None:
@@ -76,7 +76,7 @@ async def _refuse_operator_page(gateway: Gateway, send: Send) -> None:
 
 
 def _operator_refusal(gateway: Gateway) -> tuple[int, bytes, dict[str, str]]:
-    if gateway.config.admin_token_sha256 is None:
+    if gateway.config.admin.token_sha256 is None:
         body = b"closed: set admin.token_sha256, or admin.metrics_public on a trusted network\n"
         return 403, body, {}
     return 401, b"admin token required\n", {"WWW-Authenticate": ADMIN_CHALLENGE}

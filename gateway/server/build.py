@@ -3,7 +3,7 @@ limits, approvals, records), then handed to the app and the background component
 
 from __future__ import annotations
 
-from gateway.approvals.service import ApprovalCaps, ApprovalService
+from gateway.approvals.service import ApprovalService
 from gateway.approvals.stores import make_store
 from gateway.auth.guard import HostGuard, SessionSigner
 from gateway.auth.identity import build_authenticator
@@ -21,7 +21,7 @@ from gateway.upstream.stdio import StdioUpstream
 
 def build_gateway(config: GatewayConfig) -> Gateway:
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
-    policy = load_policy(config.policy_paths, get_engine(config.cel_engine))
+    policy = load_policy(config.policy, get_engine(config.cel.engine))
     upstreams = {
         name: StdioUpstream(server) if server.is_stdio else HttpUpstream(server)
         for name, server in config.servers.items()
@@ -34,25 +34,25 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             config.grants, config.anonymous, config.oauth, list(config.servers)
         ),
         limiter=make_limiter(
-            config.limits_backend,
-            busy_poll_us=config.limits_busy_poll_us,
-            timeout_ms=config.limits_timeout_ms,
-            key_prefix=config.limits_key_prefix,
+            config.limits.backend,
+            busy_poll_us=config.limits.busy_poll_us,
+            timeout_ms=config.limits.timeout_ms,
+            key_prefix=config.limits.key_prefix,
         ),
-        decisions=DecisionLog(log_arguments=config.log_arguments),
-        signer=SessionSigner(config.session_secret),
+        decisions=DecisionLog(log_arguments=config.audit.log_arguments),
+        signer=SessionSigner(config.sessions.secret),
         guard=HostGuard(
-            config.security.allowed_hosts, config.security.allowed_origins, config.host
+            config.security.allowed_hosts, config.security.allowed_origins, config.listen.host
         ),
     )
-    gateway.pins = Pins.load(config.pins_file, config.accept_tool_changes)
+    gateway.pins = Pins.load(config.pins.file, config.pins.accept_changes)
     gateway.metrics = Metrics()
     gateway.metrics.set_policy(policy.revision)
     store = make_store(
-        config.limits_backend,
-        key_prefix=config.limits_key_prefix,
-        timeout_ms=config.limits_timeout_ms,
+        config.limits.backend,
+        key_prefix=config.limits.key_prefix,
+        timeout_ms=config.limits.timeout_ms,
     )
-    caps = ApprovalCaps(config.approvals_max_pending_per_grant, config.approvals_max_pending)
-    gateway.approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=caps)
+    approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=config.approvals)
+    gateway.approvals = approvals
     return gateway

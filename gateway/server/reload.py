@@ -65,8 +65,8 @@ def exception_fields(exc: BaseException) -> dict[str, Any]:
 class Reloader:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
-        self.paths = list(gateway.config.policy_paths)
-        pins = gateway.config.pins_file
+        self.paths = list(gateway.config.policy)
+        pins = gateway.config.pins.file
         self.pin_paths = [pins] if pins is not None else []
         self.seen = _snapshot(self.paths + self.pin_paths)
         # The last reload's outcome, for the admin API and the console (None: none yet).
@@ -124,9 +124,9 @@ class Reloader:
 
     def _reload_pins(self) -> None:
         config = self.gw.config
-        if config.pins_file is None:
+        if config.pins.file is None:
             return
-        fresh = Pins.load(config.pins_file, config.accept_tool_changes)
+        fresh = Pins.load(config.pins.file, config.pins.accept_changes)
         self.gw.pins.pinned.update(fresh.pinned)
         # A re-pinned tool is trusted again; it is re-checked on the next listing.
         for key, digest in fresh.pinned.items():

@@ -82,7 +82,7 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         refused = _refused(gateway, request, unsafe=True)
         if refused is not None:
             return refused
-        if not token_matches(data.token or None, gateway.config.admin_token_sha256):
+        if not token_matches(data.token or None, gateway.config.admin.token_sha256):
             client = request.client.host if request.client else None
             log.warning("console.login_refused", client=client)
             return _json({"detail": "invalid admin token"}, 401)

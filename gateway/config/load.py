@@ -1,0 +1,345 @@
+"""``load_config``: the file read with positions, ``${VAR}`` expanded, every section validated,
+and one ``ConfigError`` listing every problem in the order the sections are read."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from gateway.auth.settings import GrantConfig, parse_oauth
+from gateway.config.model import GatewayConfig
+from gateway.config.read import Reader, build
+from gateway.config.sections import (
+    AdminConfig,
+    AggregateConfig,
+    ApprovalsConfig,
+    AuditConfig,
+    CelConfig,
+    LimitsConfig,
+    ListenConfig,
+    PinsConfig,
+    RelayConfig,
+    SecurityConfig,
+    SessionsConfig,
+)
+from gateway.config.servers import read_servers
+from gateway.errors import ConfigError, Problem, SourceLocation
+from gateway.located import Node, parse_file
+from gateway.policy.schema import Fields
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+_TOP = {
+    "listen",
+    "policy",
+    "servers",
+    "limits",
+    "grants",
+    "admin",
+    "audit",
+    "security",
+    "sessions",
+    "pins",
+    "aggregate",
+    "approvals",
+    "cel",
+    "anonymous",
+    "relay",
+    "oauth",
+}
+# security: the fields bounding client connections, and whether each is a whole number
+_CONNECTION_LIMITS = {
+    "max_head_bytes": True,
+    "max_headers": True,
+    "head_timeout": False,
+    "body_timeout": False,
+    "keepalive_timeout": False,
+    "max_connections": True,
+}
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayConfig:
+    """Load and validate a gateway config; raise ``ConfigError`` with every problem."""
+    file = Path(path)
+    display = str(path)
+    problems: list[Problem] = []
+    if not file.is_file():
+        raise ConfigError([Problem(SourceLocation(display, 1), "", "no such config file")])
+    root = parse_file(file, problems, display)
+    if root is None:
+        raise ConfigError(problems)
+    _expand(root, dict(os.environ) if env is None else env, problems)
+    loader = _ConfigLoader(file.resolve().parent, problems)
+    loader.load(root)
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(source=display, **loader.out)
+
+
+def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
+    """Replace ``${VAR}`` in every string, in place."""
+    value = node.value
+    if isinstance(value, dict):
+        for child in value.values():
+            _expand(child, env, problems)
+    elif isinstance(value, list):
+        for child in value:
+            _expand(child, env, problems)
+    elif isinstance(value, str) and "${" in value:
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(Problem(node.where, "", f"environment variable {name} is not set"))
+                return ""
+            return env[name]
+
+        node.value = _VAR.sub(sub, value)
+
+
+class _ConfigLoader(Reader):
+    """Reads each section into ``out``: the GatewayConfig fields the file gives."""
+
+    def __init__(self, base: Path, problems: list[Problem]) -> None:
+        super().__init__(base, problems)
+        self.out: dict[str, Any] = {}
+
+    def load(self, root: Node) -> None:
+        top = Fields(root, "", self.problems)
+        if not top.ok:
+            return
+        top.check_known(_TOP)
+        self._listen(top)
+        self._policy(top)
+        self.out["servers"] = read_servers(self, top)
+        self._limits(top)
+        self._grants(top)
+        self._admin(top)
+        self._approvals(top)
+        self._audit(top)
+        self._security(top)
+        self._sessions(top)
+        self._pins(top)
+        self._aggregate(top)
+        self._cel(top)
+        self._oauth(top)
+        self._anonymous(top)
+        self._relay(top)
+        self.out = {name: value for name, value in self.out.items() if value is not None}
+
+    def _listen(self, top: Fields) -> None:
+        sub = self.section(top, "listen", ListenConfig)
+        if sub is None:
+            return
+        host = sub.string("host")
+        proxies = self.str_list(sub, "trusted_proxies")
+        for proxy in proxies or ():
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                msg = f"{proxy!r} is not an IP address or network"
+                self.err(sub.where("trusted_proxies"), "listen.trusted_proxies", msg)
+        port = sub.positive_int("port")
+        if port is not None and port > 65535:
+            self.err(sub.where("port"), "listen.port", f"{port} is not a TCP port")
+        listen = build(ListenConfig, host=host, port=port, trusted_proxies=proxies)
+        self.out["listen"] = listen
+
+    def _policy(self, top: Fields) -> None:
+        node = top.get("policy")
+        if node is None:
+            self.err(top.node.where, "policy", "missing (a rule file or a folder of them)")
+            return
+        raws = node.value if isinstance(node.value, list) else [node]
+        paths: list[Path] = []
+        for item in raws:
+            item_node = item if isinstance(item, Node) else node
+            if not isinstance(item_node.value, str) or not item_node.value:
+                self.err(item_node.where, "policy", "must be a path or a list of paths")
+                continue
+            path = self.path(item_node.value)
+            if not path.exists():
+                self.err(item_node.where, "policy", f"{item_node.value}: no such file or folder")
+            paths.append(path)
+        self.out["policy"] = tuple(paths)
+
+    def _limits(self, top: Fields) -> None:
+        sub = self.section(top, "limits", LimitsConfig)
+        if sub is None:
+            return
+        backend = sub.string("backend")
+        problem = _backend_problem(backend) if backend is not None else None
+        if problem:
+            self.err(sub.where("backend"), "limits.backend", problem)
+        self.out["limits"] = build(
+            LimitsConfig,
+            backend=backend,
+            busy_poll_us=self.whole(sub, "busy_poll_us", 0, 10_000, "microseconds"),
+            timeout_ms=self.whole(sub, "timeout_ms", 10, 10_000, "milliseconds"),
+            key_prefix=self._key_prefix(sub),
+        )
+
+    def _key_prefix(self, sub: Fields) -> str | None:
+        node = sub.get("key_prefix")
+        if node is None:
+            return None
+        if isinstance(node.value, str) and _KEY_PREFIX.fullmatch(node.value):
+            return node.value
+        msg = "must be 1 to 64 letters, digits or _ . : - { } (no spaces or globs)"
+        self.err(node.where, "limits.key_prefix", msg)
+        return None
+
+    def _grants(self, top: Fields) -> None:
+        node = top.get("grants")
+        if node is None:
+            return
+        if not isinstance(node.value, dict):
+            self.err(node.where, "grants", "must be a mapping of grant ids to grants")
+            return
+        grants: dict[str, GrantConfig] = {}
+        for gid, gnode in node.value.items():
+            sub = Fields(gnode, f"grants.{gid}", self.problems)
+            if sub.ok:
+                grants[gid] = self._grant(gid, sub)
+        self.out["grants"] = grants
+
+    def _grant(self, gid: str, sub: Fields) -> GrantConfig:
+        sub.check_known({"key_sha256", "agent", "roles", "attrs"})
+        digest = self.digest(sub, "key_sha256")
+        attrs = sub.get("attrs")
+        if attrs is not None and not isinstance(attrs.value, dict):
+            self.err(attrs.where, f"grants.{gid}.attrs", "must be a mapping")
+        return build(
+            GrantConfig,
+            id=gid,
+            key_sha256=digest or "",  # only when a problem is noted: never served
+            agent=sub.string("agent") or gid,
+            roles=self.str_list(sub, "roles"),
+            attrs=attrs.plain() if attrs is not None and isinstance(attrs.value, dict) else None,
+        )
+
+    def _admin(self, top: Fields) -> None:
+        sub = self.section(top, "admin", AdminConfig)
+        if sub is not None:
+            token = self.digest(sub, "token_sha256")
+            metrics_public = self.flag(sub, "metrics_public")
+            self.out["admin"] = build(
+                AdminConfig, token_sha256=token, metrics_public=metrics_public
+            )
+
+    def _approvals(self, top: Fields) -> None:
+        sub = self.section(top, "approvals", ApprovalsConfig)
+        if sub is not None:
+            self.out["approvals"] = build(
+                ApprovalsConfig,
+                max_pending_per_grant=self.whole(
+                    sub, "max_pending_per_grant", 1, 100_000, "requests"
+                ),
+                max_pending=self.whole(sub, "max_pending", 1, 1_000_000, "requests"),
+            )
+
+    def _audit(self, top: Fields) -> None:
+        sub = self.section(top, "audit", AuditConfig)
+        if sub is not None:
+            self.out["audit"] = build(AuditConfig, log_arguments=self.flag(sub, "log_arguments"))
+
+    def _security(self, top: Fields) -> None:
+        sub = self.section(top, "security", SecurityConfig)
+        if sub is None:
+            return
+        self.out["security"] = build(
+            SecurityConfig,
+            allowed_hosts=self.str_list(sub, "allowed_hosts"),
+            allowed_origins=self.str_list(sub, "allowed_origins"),
+            max_body_bytes=sub.positive_int("max_body_bytes"),
+            **{
+                name: sub.positive_int(name) if whole else sub.positive_number(name)
+                for name, whole in _CONNECTION_LIMITS.items()
+            },
+        )
+
+    def _sessions(self, top: Fields) -> None:
+        sub = self.section(top, "sessions", SessionsConfig)
+        if sub is not None:
+            secret = sub.string("secret")
+            if secret is not None and len(secret) < 16:
+                self.err(sub.where("secret"), "sessions.secret", "use at least 16 characters")
+            self.out["sessions"] = build(SessionsConfig, secret=secret)
+
+    def _pins(self, top: Fields) -> None:
+        sub = self.section(top, "pins", PinsConfig)
+        if sub is not None:
+            file = sub.string("file")
+            self.out["pins"] = build(
+                PinsConfig,
+                file=self.path(file) if file else None,
+                accept_changes=self.flag(sub, "accept_changes"),
+            )
+
+    def _aggregate(self, top: Fields) -> None:
+        sub = self.section(top, "aggregate", AggregateConfig)
+        if sub is not None:
+            self.out["aggregate"] = build(
+                AggregateConfig,
+                separator=sub.string("separator"),
+                max_sessions_per_grant=self.whole(
+                    sub, "max_sessions_per_grant", 1, 1_000_000, "sessions"
+                ),
+                max_sessions=self.whole(sub, "max_sessions", 1, 10_000_000, "sessions"),
+                idle_timeout=sub.positive_number("idle_timeout"),
+            )
+
+    def _cel(self, top: Fields) -> None:
+        sub = self.section(top, "cel", CelConfig)
+        if sub is not None:
+            self.out["cel"] = build(CelConfig, engine=sub.choice("engine", _cel_engines(), None))
+
+    def _oauth(self, top: Fields) -> None:
+        node = top.get("oauth")
+        if node is not None:
+            servers = set(self.out.get("servers") or ())
+            self.out["oauth"] = parse_oauth(node, servers, self.problems)
+
+    def _anonymous(self, top: Fields) -> None:
+        """Keyless callers only by explicit choice, and only on loopback."""
+        anonymous = self.flag(top, "anonymous")
+        self.out["anonymous"] = anonymous
+        host = self.out.get("listen", ListenConfig()).host
+        if anonymous and host not in LOOPBACK_HOSTS:
+            msg = f"anonymous access is for local use: listen on loopback, not {host}"
+            self.err(top.where("anonymous"), "anonymous", msg)
+        no_grants = not self.out.get("grants") and "grants" not in top.node.value
+        if not anonymous and no_grants and "oauth" not in top.node.value:
+            msg = "no grants: give agents keys (`celgate keys new`), or `anonymous: true` locally"
+            self.err(top.node.where, "grants", msg)
+
+    def _relay(self, top: Fields) -> None:
+        """Request methods the relay does not know are refused unless named here."""
+        sub = self.section(top, "relay", RelayConfig)
+        if sub is None:
+            return
+        methods = self.str_list(sub, "extra_methods")
+        for method in methods or ():
+            if not method or method.startswith("notifications/") or method != method.strip():
+                msg = f"{method!r} is not a request method name"
+                self.err(sub.where("extra_methods"), "relay.extra_methods", msg)
+        extra = frozenset(methods) if methods is not None else None
+        self.out["relay"] = build(RelayConfig, extra_methods=extra)
+
+
+def _backend_problem(url: str) -> str | None:
+    # imported here: the Valkey client is only loaded for a config that names a backend
+    from gateway.ratelimit.factory import backend_problem
+
+    return backend_problem(url)
+
+
+def _cel_engines() -> tuple[str, ...]:
+    from gateway.policy.engines import ENGINES
+
+    return ENGINES

@@ -1,0 +1,100 @@
+"""Located readers the config's sections share; every problem is kept with its ``file:line``.
+
+A reader returns None for a field the file does not give (or gives wrongly, the problem noted),
+and ``build`` leaves such fields out, so a section's defaults are its dataclass's alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import Problem, SourceLocation
+from gateway.policy.schema import Fields
+
+T = TypeVar("T")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def build(cls: type[T], **given: Any) -> T:
+    """``cls`` from the fields given; a None keeps the field's default."""
+    return cls(**{name: value for name, value in given.items() if value is not None})
+
+
+class Reader:
+    """Problems go to one shared list; relative paths are taken from the config's folder."""
+
+    def __init__(self, base: Path, problems: list[Problem]) -> None:
+        self.base = base
+        self.problems = problems
+
+    def err(self, where: SourceLocation, field: str, message: str) -> None:
+        self.problems.append(Problem(where, field, message))
+
+    def section(self, top: Fields, name: str, cls: type[Any]) -> Fields | None:
+        """The mapping under ``name``; its keys are the fields of the dataclass ``cls``, and
+        any other is refused. None if the section is absent or not a mapping."""
+        node = top.get(name)
+        if node is None:
+            return None
+        sub = Fields(node, name, self.problems)
+        if not sub.ok:
+            return None
+        sub.check_known(field.name for field in fields(cls))
+        return sub
+
+    def path(self, raw: str) -> Path:
+        path = Path(raw)
+        return path if path.is_absolute() else self.base / path
+
+    def str_map(self, sub: Fields, name: str) -> dict[str, str] | None:
+        node = sub.get(name)
+        if node is None:
+            return None
+        if not isinstance(node.value, dict):
+            self.err(node.where, f"{sub.path}.{name}", "must be a mapping of strings")
+            return None
+        out: dict[str, str] = {}
+        for key, item in node.value.items():
+            if isinstance(item.value, str | int | float) and not isinstance(item.value, bool):
+                out[key] = str(item.value).strip()
+            else:
+                self.err(item.where, f"{sub.path}.{name}.{key}", "must be a string")
+        return out
+
+    def str_list(self, sub: Fields, name: str) -> tuple[str, ...] | None:
+        node = sub.get(name)
+        if node is None:
+            return None
+        if not isinstance(node.value, list):
+            self.err(node.where, f"{sub.path}.{name}", "must be a list of strings")
+            return None
+        return tuple(str(item.value) for item in node.value)
+
+    def whole(self, sub: Fields, name: str, low: int, high: int, unit: str) -> int | None:
+        """A whole number of ``unit`` from ``low`` to ``high``."""
+        node = sub.get(name)
+        if node is None:
+            return None
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            msg = f"must be a whole number of {unit} from {low} to {high}"
+            self.err(node.where, f"{sub.path}.{name}", msg)
+            return None
+        return value
+
+    def digest(self, sub: Fields, name: str) -> str | None:
+        """A required SHA-256 digest, as 64 lowercase hex characters."""
+        value = sub.string(name, required=True)
+        if value is not None and not _HEX64.match(value):
+            self.err(sub.where(name), f"{sub.path}.{name}", "must be 64 lowercase hex characters")
+            return None
+        return value
+
+    @staticmethod
+    def flag(sub: Fields, name: str) -> bool | None:
+        if sub.get(name) is None:
+            return None
+        return sub.boolean(name, False)  # a non-boolean is a problem at its line

@@ -1,0 +1,118 @@
+"""``servers:``: each upstream, Streamable HTTP (``url``) or stdio (``command``), and the name
+prefixes they take on the aggregate ``/mcp``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.config.read import Reader, build
+from gateway.config.sections import ServerConfig
+from gateway.located import Node
+from gateway.policy.schema import Fields
+
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HTTP_SERVER = {"url", "headers", "timeout", "ca_file", "prefix"}
+_STDIO_SERVER = {
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "max_processes",
+    "idle_timeout",
+    "timeout",
+    "prefix",
+}
+# A tool or prompt name prefix on /mcp (``<prefix><sep><name>``); empty: names as they are.
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+def read_servers(read: Reader, top: Fields) -> dict[str, ServerConfig] | None:
+    """Every server that could be read; None (a problem noted) if the section is unusable."""
+    node = top.get("servers")
+    if node is None:
+        read.err(top.node.where, "servers", "missing (at least one upstream MCP server)")
+        return None
+    if not isinstance(node.value, dict) or not node.value:
+        read.err(node.where, "servers", "must be a mapping of names to servers")
+        return None
+    servers: dict[str, ServerConfig] = {}
+    prefixes: dict[str, str] = {}
+    for name, sub_node in node.value.items():
+        server = _server(read, name, sub_node)
+        if server is not None:
+            servers[name] = _prefixed(read, server, sub_node, prefixes)
+    return servers
+
+
+def _server(read: Reader, name: str, node: Node) -> ServerConfig | None:
+    path = f"servers.{name}"
+    if not _SERVER_NAME.match(name):
+        read.err(node.where, path, "a server name is letters, digits, '_', '-' or '.'")
+    sub = Fields(node, path, read.problems)
+    if not sub.ok:
+        return None
+    is_stdio = sub.get("command") is not None
+    if is_stdio == (sub.get("url") is not None):
+        read.err(node.where, path, "give either `url` (Streamable HTTP) or `command` (stdio)")
+        return None
+    sub.check_known(_STDIO_SERVER if is_stdio else _HTTP_SERVER)
+    return _stdio_server(read, name, sub) if is_stdio else _http_server(read, name, sub)
+
+
+def _http_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
+    url = sub.string("url") or ""
+    if not url.startswith(("http://", "https://")):
+        read.err(sub.where("url"), f"{sub.path}.url", "must be an http:// or https:// URL")
+    ca_file = sub.string("ca_file")
+    ca_path: str | None = None
+    if ca_file:
+        ca_path = str(read.path(ca_file))
+        if not url.startswith("https://"):
+            read.err(sub.where("ca_file"), f"{sub.path}.ca_file", "only applies to https:// URLs")
+        elif not Path(ca_path).is_file():
+            read.err(sub.where("ca_file"), f"{sub.path}.ca_file", f"{ca_file}: no such file")
+    return build(
+        ServerConfig,
+        name=name,
+        url=url,
+        headers=read.str_map(sub, "headers"),
+        timeout=sub.positive_number("timeout"),
+        ca_file=ca_path,
+    )
+
+
+def _stdio_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
+    cwd = sub.string("cwd")
+    return build(
+        ServerConfig,
+        name=name,
+        command=sub.string("command"),
+        args=read.str_list(sub, "args"),
+        env=read.str_map(sub, "env"),
+        cwd=str(read.path(cwd)) if cwd else None,
+        max_processes=sub.positive_int("max_processes"),
+        idle_timeout=sub.positive_number("idle_timeout"),
+        timeout=sub.positive_number("timeout"),  # an answer's deadline
+    )
+
+
+def _prefixed(read: Reader, server: ServerConfig, node: Node, seen: dict[str, str]) -> ServerConfig:
+    """``prefix:``: a name prefix no other server uses (an empty one may be shared; the
+    aggregate refuses names that then collide when it builds its catalogue)."""
+    path = f"servers.{server.name}.prefix"
+    prefix_node = node.value.get("prefix") if isinstance(node.value, dict) else None
+    prefix = server.name
+    if prefix_node is not None:
+        if not isinstance(prefix_node.value, str) or not _PREFIX.match(prefix_node.value):
+            msg = "a prefix is up to 64 letters, digits, '_', '-' or '.' (or empty)"
+            read.err(prefix_node.where, path, msg)
+            return server
+        prefix = prefix_node.value
+        server = replace(server, prefix=prefix)
+    where = prefix_node.where if prefix_node is not None else node.where
+    if prefix and prefix in seen:
+        read.err(where, path, f"prefix {prefix!r} is also servers.{seen[prefix]}'s")
+    seen.setdefault(prefix, server.name)
+    return server
