@@ -172,8 +172,8 @@ class _Reader:
         if not sub.ok:
             return ClaimMap()
         sub.check_known(_CLAIMS)
-        grant = self.claim_name(sub, "grant") or "sub"
-        agent = self.claim_name(sub, "agent") or "sub"
+        grant = self.claim_name(sub, "grant")
+        agent = self.claim_name(sub, "agent")
         attrs_node = sub.get("attrs")
         attrs: dict[str, str] = {}
         if attrs_node is not None and not isinstance(attrs_node.value, dict):
@@ -184,7 +184,8 @@ class _Reader:
                 claim = self.claim_name(attr_fields, attr)
                 if claim is not None:
                     attrs[attr] = claim
-        return ClaimMap(grant, agent, self.claim_name(sub, "roles"), attrs)
+        roles = self.claim_name(sub, "roles")
+        return ClaimMap(**_given(grant=grant, agent=agent, roles=roles, attrs=attrs))
 
     def claim_name(self, sub: Fields, name: str) -> str | None:
         """A claim name, or a dotted path into nested claims (``realm_access.roles``)."""
@@ -198,10 +199,10 @@ class _Reader:
             return None
         return value
 
-    def seconds(self, name: str, low: float, high: float, default: float) -> float:
+    def seconds(self, name: str, low: float, high: float) -> float | None:
         node = self.sub.get(name)
         if node is None:
-            return default
+            return None
         value = node.value
         if (
             isinstance(value, bool)
@@ -209,7 +210,7 @@ class _Reader:
             or not low <= value <= high
         ):
             self.err(node, f"oauth.{name}", f"must be a number of seconds from {low:g} to {high:g}")
-            return default
+            return None
         return float(value)
 
     def introspection(self) -> IntrospectionConfig | None:
@@ -223,10 +224,11 @@ class _Reader:
         endpoint = _Reader(sub, self.servers).url("endpoint", required=False, what="")
         client_id = sub.string("client_id", required=True)
         secret = sub.string("client_secret", required=True)
-        max_cache = sub.positive_number("max_cache") or 300.0
+        max_cache = sub.positive_number("max_cache")
         if client_id is None or secret is None:
             return None
-        return IntrospectionConfig(client_id, secret, endpoint, max_cache)
+        given = _given(endpoint=endpoint, max_cache=max_cache)
+        return IntrospectionConfig(client_id, secret, **given)
 
 
 def parse_oauth(node: Node, servers: set[str], problems: list[Problem]) -> OAuthConfig | None:
@@ -242,22 +244,29 @@ def parse_oauth(node: Node, servers: set[str], problems: list[Problem]) -> OAuth
     what_iss = "the authorization server's issuer URL"
     issuer = read.url("issuer", required=True, what=what_iss, strip=False)
     jwks_uri = read.url("jwks_uri", required=False, what="")
-    kwargs: dict[str, Any] = {
-        "audience": read.strings("audience"),
-        "jwks_uri": jwks_uri,
-        "algorithms": read.algorithms(),
-        "leeway": int(read.seconds("leeway", 0, 300, 30)),
-        "scopes": read.strings("scopes"),
-        "server_scopes": read.server_scopes(),
-        "claims": read.claims(),
-        "jwks_cooldown": read.seconds("jwks_cooldown", 0, 3600, 30),
-        "jwks_max_age": read.seconds("jwks_max_age", 60, 86400 * 7, 3600),
-        "introspection": read.introspection(),
-        "resource_name": sub.string("resource_name") or "celgate",
-    }
+    leeway = read.seconds("leeway", 0, 300)
+    kwargs = _given(
+        audience=read.strings("audience"),
+        jwks_uri=jwks_uri,
+        algorithms=read.algorithms(),
+        leeway=int(leeway) if leeway is not None else None,
+        scopes=read.strings("scopes"),
+        server_scopes=read.server_scopes(),
+        claims=read.claims(),
+        jwks_cooldown=read.seconds("jwks_cooldown", 0, 3600),
+        jwks_max_age=read.seconds("jwks_max_age", 60, 86400 * 7),
+        introspection=read.introspection(),
+        resource_name=sub.string("resource_name"),
+    )
     if resource is None or issuer is None:
         return None
     return OAuthConfig(resource=resource, issuer=issuer, **kwargs)
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields the file gives; a None (absent, or a problem noted) keeps the dataclass's
+    default, which is stated there alone."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)
