@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -61,6 +62,13 @@ class GatewayProcess:
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.02)
+
+
+#: ``admin:`` for a gateway whose operator pages (metrics, /readyz's details) a test reads.
+OPERATOR = {
+    "token_sha256": hashlib.sha256(b"celgate-test-operator").hexdigest(),
+    "metrics_public": True,
+}
 
 
 def write_config(

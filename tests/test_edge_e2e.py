@@ -13,7 +13,15 @@ import anyio
 import httpx
 import pytest
 
-from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
+from tests.gateway_proc import (
+    OPERATOR,
+    GatewayProcess,
+    calls_in,
+    client,
+    decision_of,
+    run_gateway,
+    text_of,
+)
 from tests.peers import PeerProcess, http_upstream
 from tests.servers.test_servers_smoke import elicitation_answering, sampling_answering
 
@@ -309,7 +317,7 @@ class TestUpstreamFailure:
     async def test_upstream_killed_mid_call_gives_an_error_not_a_hang(self, tmp_path: Path) -> None:
         with (
             http_upstream() as up,
-            run_gateway(tmp_path, POLICY, {"up": {"url": up.url}}) as gw,
+            run_gateway(tmp_path, POLICY, {"up": {"url": up.url}}, admin=OPERATOR) as gw,
         ):
             async with client(gw.url("up"), mode="legacy") as c:
                 with anyio.fail_after(20):

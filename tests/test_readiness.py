@@ -5,6 +5,7 @@ logged once for the whole restart loop, with a count, not once per attempt."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.gateway_proc import OPERATOR, GatewayProcess, run_gateway
 from tests.peers import REPO_ROOT, PeerProcess, free_port, stdio_upstream_command
 
 POLICY = 'version: "1"\ndefault: allow\ntools: {}\n'
@@ -40,7 +41,9 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
         "ghost": {"command": "nonexistent-cmd", "args": ["--serve"]},
         "nowhere": {"url": dead_url},
     }
-    with run_gateway(tmp_path_factory.mktemp("ready"), POLICY, servers) as gw:
+    # as an operator: the causes behind the status are operator data (metrics_public: trusted)
+    directory = tmp_path_factory.mktemp("ready")
+    with run_gateway(directory, POLICY, servers, admin=OPERATOR) as gw:
         yield gw, dead_url
 
 
@@ -99,6 +102,23 @@ class TestDownUpstreams:
         probes = [r for r in gw.records("upstream.down") if r["server"] == "nowhere"]
         assert len(probes) == 1  # every probe since found it down: no new line
 
+    def test_without_the_admin_token_only_the_status(
+        self, upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """A probe needs the status code; names, URLs, commands and causes are for operators."""
+        servers = {"up": {"url": upstream.url}, "ghost": {"command": "nonexistent-cmd"}}
+        token = "admin-token-for-readyz"
+        admin = {"token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+        with run_gateway(tmp_path_factory.mktemp("pub"), POLICY, servers, admin=admin) as gw:
+            public = readyz(gw)
+            operator = httpx.get(
+                gw.base + "/readyz", headers={"authorization": f"Bearer {token}"}, timeout=10
+            )
+        assert public.status_code == 503 and public.json() == {"status": "not ready"}
+        assert upstream.url not in public.text and "nonexistent-cmd" not in public.text
+        assert operator.status_code == 503
+        assert operator.json()["upstream_health"]["ghost"]["command"] == "nonexistent-cmd"
+
 
 class TestHealthyUpstreams:
     def test_ready_with_where_each_upstream_is(
@@ -106,7 +126,8 @@ class TestHealthyUpstreams:
     ) -> None:
         command, args = stdio_upstream_command()
         servers = {"st": {"command": command, "args": args}, "up": {"url": upstream.url}}
-        with run_gateway(tmp_path_factory.mktemp("ok"), POLICY, servers) as gw:
+        directory = tmp_path_factory.mktemp("ok")
+        with run_gateway(directory, POLICY, servers, admin=OPERATOR) as gw:
             response = poll(lambda: readyz(gw), lambda r: r.status_code == 200)
             assert response.status_code == 200, response.text
             health = response.json()["upstream_health"]

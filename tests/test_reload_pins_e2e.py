@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from gateway.server import lifecycle
 from tests.gateway_proc import (
+    OPERATOR,
     GatewayProcess,
     calls_in,
     client,
@@ -205,7 +206,7 @@ class TestHostileReload:
         call_log = tmp_path / "calls.jsonl"
         with (
             http_upstream(extra_env={"UPSTREAM_CALL_LOG": str(call_log)}) as up,
-            run_gateway(tmp_path, GUARDED, {"up": {"url": up.url}}) as gw,
+            run_gateway(tmp_path, GUARDED, {"up": {"url": up.url}}, admin=OPERATOR) as gw,
         ):
             policy = tmp_path / "policy.yaml"
             for name, text in HOSTILE.items():

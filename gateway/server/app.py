@@ -117,13 +117,18 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         return {"status": "alive"}
 
     @get("/readyz", include_in_schema=False)
-    async def readyz() -> Response[dict[str, Any]]:
+    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """The status for anyone (a probe needs no more); what is behind it (server names,
+        URLs, commands, causes, components) for operators only, as metrics are."""
         health = await check_upstreams(gateway)
         upstreams = {n: ("up" if ok else "down") for n, ok in health.items()}
         # Background components (gateway.server.lifecycle.Components): one stopped for good is 503.
         registry = gateway.extras.get("components")
         stopped = registry.stopped() if registry is not None else []
         ready = all(health.values()) and not stopped
+        status = 200 if ready else 503
+        if not _operator(gateway, request.scope):
+            return Response({"status": "ready" if ready else "not ready"}, status_code=status)
         body = {
             "status": "ready" if ready else "not ready",
             "policy_revision": gateway.policy.revision,
@@ -134,7 +139,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         }
         if stopped:
             body["stopped"] = stopped
-        return Response(body, status_code=200 if ready else 503)
+        return Response(body, status_code=status)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
