@@ -22,7 +22,7 @@ from gateway.errors import BackendUnavailable
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval
 from gateway.ratelimit import Bucket, ValkeyRateLimiter, make_limiter
-from gateway.ratelimit.lane import Endpoint
+from gateway.ratelimit.endpoint import Endpoint
 from tests.valkey_server import HOST, ValkeyProcess, running_valkey
 
 B = Bucket("c", "c|grant=a", max=5, window=60.0)

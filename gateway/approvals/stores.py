@@ -31,8 +31,8 @@ from gateway.approvals.service import (
 )
 from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError, BackendUnavailable
+from gateway.ratelimit.endpoint import client_defaults
 from gateway.ratelimit.factory import valkey_url
-from gateway.ratelimit.lane import client_defaults
 
 # KEYS: request, match, index, pending of the grant, pending of all
 # ARGV: request JSON, id, created, expires, now, per-grant cap, total cap, request TTL,

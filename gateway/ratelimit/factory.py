@@ -71,7 +71,7 @@ def backend_problem(url: str) -> str | None:
         return f"{redact(url)!r} has no host ({_EXPECTED})"
     from valkey.exceptions import ValkeyError
 
-    from gateway.ratelimit.lane import Endpoint
+    from gateway.ratelimit.endpoint import Endpoint
 
     try:
         Endpoint.from_url(url)

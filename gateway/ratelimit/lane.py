@@ -2,11 +2,9 @@
 
 Every limited call waits for one ``EVALSHA``, so this path is kept to what that needs: an
 ``asyncio.Protocol`` per connection that feeds the bytes it receives to libvalkey's C reply
-parser and wakes the one waiting exchange; connections kept in a plain list; one deadline per
-exchange, kept by a single watchdog timer; optional bounded busy polling. The URL means what it
-means to the ``valkey`` client the limiter uses for everything else (host, port, Unix socket,
-database, username, password, TLS and its ``ssl_*`` options): it is read by that package's
-``parse_url``, and TLS contexts are built by its ``ValkeySSLContext``.
+parser and wakes the one waiting exchange (``gateway.ratelimit.resp``); connections opened as
+the ``valkey`` client would open them (``gateway.ratelimit.endpoint``) and kept in a plain
+list; one deadline per exchange, kept by a single watchdog timer; optional bounded busy polling.
 
 Measured on the 2-core VMs this project runs on, valkey-py's own connection (a stream reader,
 a pool that probes each connection for stray bytes on checkout, a timer per read) cost 10-20 µs
@@ -16,202 +14,18 @@ more per exchange than this, on an exchange of 100-150 µs; ``benchmarks/bench_l
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
-import libvalkey
-from valkey.asyncio.connection import SSLConnection, ValkeySSLContext, parse_url
-from valkey.exceptions import (
-    AuthenticationError,
-    NoPermissionError,
-    NoScriptError,
-    ResponseError,
-)
-from valkey.exceptions import (
-    ConnectionError as ValkeyConnectionError,
-)
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+
+from gateway.ratelimit.endpoint import Endpoint, connect
+from gateway.ratelimit.resp import Wire, check
 
 _WATCH_STEPS = 4  # deadline checks per timeout
 _REPROBE = 32  # while polling does not pay, one exchange in this many still polls
 _KEEP = 0.9  # weight of the past in the share of polled replies that came within budget
-_AUTH_ERRORS = ("WRONGPASS", "NOAUTH", "invalid password", "invalid username")
-
-
-def resp_command(parts: Sequence[Any]) -> bytes:
-    """One command in RESP framing: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and how to connect, read from a ``valkey://``, ``valkeys://`` or ``unix://`` URL
-    (``redis://`` and ``rediss://`` too) exactly as the ``valkey`` client reads it."""
-
-    host: str = "localhost"
-    port: int = 6379
-    path: str | None = None  # a Unix socket instead of host:port
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # never in a log line
-    tls: ssl.SSLContext | None = None
-
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        """Raises ValueError (or the ``valkey`` package's errors, or OSError for a missing
-        CA file) for a URL that cannot be used."""
-        opts = parse_url(url)
-        parts = urlsplit(url)
-        database = parts.path.strip("/")
-        if parts.scheme != "unix" and database and not database.isdigit():
-            raise ValueError(f"the database must be a number, not {database!r}")
-        tls = None
-        if opts.get("connection_class") is SSLConnection:
-            opts = {**tls_defaults(opts), **opts}
-            tls = ValkeySSLContext(
-                keyfile=opts.get("ssl_keyfile"),
-                certfile=opts.get("ssl_certfile"),
-                cert_reqs=opts["ssl_cert_reqs"],
-                ca_certs=opts.get("ssl_ca_certs"),
-                ca_data=opts.get("ssl_ca_data"),
-                check_hostname=opts["ssl_check_hostname"],
-                min_version=opts.get("ssl_min_version"),
-                ciphers=opts.get("ssl_ciphers"),
-            ).get()
-        return cls(
-            host=opts.get("host") or "localhost",
-            port=int(opts.get("port") or 6379),
-            path=opts.get("path"),
-            db=int(opts.get("db") or 0),
-            username=opts.get("username"),
-            password=opts.get("password"),
-            tls=tls,
-        )
-
-    def handshake(self) -> list[bytes]:
-        """The commands a new connection sends before its first exchange."""
-        commands = []
-        if self.password is not None:
-            auth = [self.username, self.password] if self.username else [self.password]
-            commands.append(resp_command(["AUTH", *auth]))
-        if self.db:
-            commands.append(resp_command(["SELECT", self.db]))
-        return commands
-
-
-def tls_defaults(opts: dict[str, Any]) -> dict[str, Any]:
-    """TLS settings a ``valkeys://`` URL gets unless it says otherwise: the certificate is
-    verified and, when it is, the server's name is checked against it (the ``valkey`` package
-    alone would not check the name)."""
-    cert_reqs = opts.get("ssl_cert_reqs", "required")
-    return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": cert_reqs != "none"}
-
-
-def client_defaults(url: str) -> dict[str, Any]:
-    """Keyword arguments for the ``valkey`` package's ``from_url`` that give its clients the
-    same TLS checks as the lane (the URL's own settings still win there)."""
-    opts = parse_url(url)
-    return tls_defaults(opts) if opts.get("connection_class") is SSLConnection else {}
-
-
-class Wire(asyncio.Protocol):
-    """One connection: bytes in are parsed in C; a complete reply wakes the waiting exchange.
-
-    Replies are strictly one per request, and a connection carries one exchange at a time, so
-    bytes that arrive while nobody waits can only be the late answer of an abandoned exchange;
-    such a connection is never reused (the lane drops it), and this closes it as well.
-    """
-
-    def __init__(self) -> None:
-        self.reader = libvalkey.Reader()
-        self.waiter: asyncio.Future[Any] | None = None
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.arrived = 0.0  # perf_counter() when the last complete reply came in
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            self.close()
-            return
-        try:
-            self.reader.feed(data)
-            reply = self.reader.gets()
-        except Exception as exc:  # a protocol error: this connection is finished
-            self.close()
-            waiter.set_exception(ValkeyConnectionError(f"bad reply from valkey: {exc}"))
-            return
-        if reply is not False:
-            self.arrived = time.perf_counter()
-            self.waiter = None
-            waiter.set_result(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ValkeyConnectionError("valkey closed the connection"))
-
-    def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Write one command; the returned future gets its reply (error replies included)."""
-        assert self.transport is not None
-        if self.closed:
-            raise ValkeyConnectionError("valkey closed the connection")
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(command)
-        return waiter
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-def check(reply: Any) -> Any:
-    """The reply, or the error it carries raised as the ``valkey`` package's exception."""
-    if isinstance(reply, libvalkey.ReplyError):
-        message = str(reply)
-        if message.startswith("NOSCRIPT"):
-            raise NoScriptError(message)
-        if message.startswith(_AUTH_ERRORS):
-            raise AuthenticationError(message)
-        if message.startswith("NOPERM"):  # an ACL user without the script, command or key
-            raise NoPermissionError(message)
-        raise ResponseError(message)
-    return reply
-
-
-async def connect(endpoint: Endpoint) -> Wire:
-    """Open a connection and run the handshake (AUTH, SELECT); no deadline of its own."""
-    loop = asyncio.get_running_loop()
-    if endpoint.path is not None:
-        _, wire = await loop.create_unix_connection(Wire, endpoint.path, ssl=endpoint.tls)
-    else:
-        _, wire = await loop.create_connection(
-            Wire,
-            endpoint.host,
-            endpoint.port,
-            ssl=endpoint.tls,
-            server_hostname=endpoint.host if endpoint.tls else None,
-        )
-    try:
-        for command in endpoint.handshake():
-            check(await wire.send(command))
-    except BaseException:
-        wire.close()
-        raise
-    return wire
 
 
 class BusyPoll:

@@ -44,7 +44,9 @@ from gateway.ratelimit.base import (
     state,
     unique,
 )
-from gateway.ratelimit.lane import Lane, client_defaults, resp_command
+from gateway.ratelimit.endpoint import client_defaults
+from gateway.ratelimit.lane import Lane
+from gateway.ratelimit.resp import resp_command
 
 DEFAULT_PREFIX = "celgate:rl:"
 SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
