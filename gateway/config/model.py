@@ -44,28 +44,3 @@ class GatewayConfig:
     relay: RelayConfig = field(default_factory=RelayConfig)
     # Access tokens from an identity provider, beside the keys of ``grants`` (docs/oauth.md)
     oauth: OAuthConfig | None = None
-
-    # alias until edge/aggregate and upstream/stdio move over
-    @property
-    def aggregate_separator(self) -> str:
-        return self.aggregate.separator
-
-    # alias until edge/aggregate and upstream/stdio move over
-    @property
-    def aggregate_max_sessions(self) -> int:
-        return self.aggregate.max_sessions
-
-    # alias until edge/aggregate and upstream/stdio move over
-    @property
-    def aggregate_max_sessions_per_grant(self) -> int:
-        return self.aggregate.max_sessions_per_grant
-
-    # alias until edge/aggregate and upstream/stdio move over
-    @property
-    def aggregate_idle_timeout(self) -> float:
-        return self.aggregate.idle_timeout
-
-    # alias until edge/aggregate and upstream/stdio move over
-    @property
-    def relay_extra_methods(self) -> frozenset[str]:
-        return self.relay.extra_methods

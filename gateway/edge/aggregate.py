@@ -37,7 +37,7 @@ class Aggregate:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         prefixes = {n: gw.config.servers[n].name_prefix for n in gw.upstreams}
-        self.names = Names(prefixes, gw.config.aggregate_separator)
+        self.names = Names(prefixes, gw.config.aggregate.separator)
         self.catalogue = Catalogue(gw, self.names)
         self.stateless = Stateless(gw, self.names, self.catalogue)
         self.handshake = Handshake(gw, self.names, self.catalogue)

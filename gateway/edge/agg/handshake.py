@@ -66,9 +66,9 @@ class Handshake:
         self.catalogue = catalogue
         config = gw.config
         self.sessions = Sessions(
-            config.aggregate_max_sessions,
-            config.aggregate_max_sessions_per_grant,
-            config.aggregate_idle_timeout,
+            config.aggregate.max_sessions,
+            config.aggregate.max_sessions_per_grant,
+            config.aggregate.idle_timeout,
         )
         self.links = Links(gw, self.sessions)
 
@@ -77,7 +77,7 @@ class Handshake:
     async def post(
         self, incoming: Incoming, send: Send, identity: Identity, body: bytes, value: Any
     ) -> None:
-        message = rpc.classify(value, self.gw.config.relay_extra_methods)
+        message = rpc.classify(value, self.gw.config.relay.extra_methods)
         check_routing_headers(incoming, message)
         if message.method == "initialize" and message.is_request:
             if incoming.header("mcp-session-id") is not None:

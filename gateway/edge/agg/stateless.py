@@ -53,7 +53,7 @@ class Stateless:
         self, incoming: Incoming, send: Send, identity: Identity, body: bytes, value: Any
     ) -> None:
         try:
-            message = rpc.classify(value, self.gw.config.relay_extra_methods)
+            message = rpc.classify(value, self.gw.config.relay.extra_methods)
         except BadMessage as exc:
             if exc.code == rpc.METHOD_NOT_FOUND:
                 exc.status = 404
