@@ -3,7 +3,9 @@
     python benchmarks/run_all.py [--quick] [--skip e2e,limiter,...]
 
 Sections: policy (compile and decide, rules and argument-size sweeps), CEL engines, limiter
-(memory and Valkey), end to end (direct, celgate, FastMCP's proxy; 1, 8, 16 and 32 clients).
+(memory and Valkey), end to end (direct, celgate, FastMCP's proxy; 1, 8, 16 and 32 clients),
+peers (celgate's paths beside FastMCP, mcp-policy-gateway and ContextForge, each peer in its
+own venv), the Valkey client end to end.
 Each section is its own process, so one's imports and event loop do not colour the next; each
 writes its JSON to ``benchmarks/results/`` and its Markdown, captured here, to the summary.
 """
@@ -27,6 +29,14 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
     "e2e": (
         "End to end: tools/call direct, through celgate, through FastMCP's proxy",
         ["bench_e2e.py", "--levels", "1,8,16,32"],
+    ),
+    "peers": (
+        "Side by side: celgate and the gateways users would pick instead (SDK client)",
+        ["bench_peers.py"],
+    ),
+    "valkey-client": (
+        "Valkey client end to end: the hand-written lane vs valkey-py's pooled client",
+        ["bench_valkey_client.py"],
     ),
 }
 

