@@ -30,8 +30,9 @@ from gateway.policy.model import LimitSpec
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
 from gateway.server.console.login import sessions_of
-from gateway.server.console.origin import refusal
+from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.console.sessions import COOKIE, csrf_problem
+from gateway.server.lifecycle import readiness
 
 _CHALLENGE = {"WWW-Authenticate": ADMIN_CHALLENGE}
 log = structlog.get_logger(__name__)
@@ -56,12 +57,22 @@ def _guard(gateway: Gateway) -> Any:
     """The admin token as a bearer header (the CLI), or a console session's cookie (with its
     CSRF token and Origin on anything that changes state)."""
 
+    throttle = admin_throttle(gateway)
+
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         headers = connection.headers
         refused = refusal(gateway, headers.get("host"), headers.get("origin"))
         if refused is not None:  # DNS rebinding, or a page of another site
             raise HTTPException(refused[1], status_code=refused[0])
         token = bearer(connection.headers.get("authorization"))
+        client = connection.client.host if connection.client else None
+        if token is not None:
+            wait = throttle.wait(client)
+            if wait is not None:  # too many wrong tokens from here: not even checked
+                retry = {"Retry-After": str(int(wait) + 1)}
+                raise HTTPException(
+                    "too many wrong tokens: try later", status_code=429, headers=retry
+                )
         if token_matches(token, gateway.config.admin.token_sha256):
             return
         if token is None and _console_session(gateway, connection):
@@ -69,6 +80,7 @@ def _guard(gateway: Gateway) -> Any:
         if token is not None and gateway.auth.authenticate(f"Bearer {token}") is not None:
             raise PermissionDeniedException("agent keys cannot use the admin API")
         if token is not None:
+            throttle.failed(client)
             raise NotAuthorizedException("invalid admin token", headers=_CHALLENGE)
         raise NotAuthorizedException("admin token required", headers=_CHALLENGE)
 
@@ -118,6 +130,11 @@ def _policy_view(gateway: Gateway) -> dict[str, Any]:
 
 
 def admin_router(gateway: Gateway) -> Router:
+    @get("/health", summary="Readiness and what is behind it (as /readyz tells operators)")
+    async def health() -> dict[str, Any]:
+        _ready, body = await readiness(gateway)
+        return body
+
     @get("/policy", summary="The loaded policy: revision, sources and entries")
     async def policy_info() -> dict[str, Any]:
         return _policy_view(gateway)
@@ -191,6 +208,7 @@ def admin_router(gateway: Gateway) -> Router:
         return {"reloaded": ok, "revision": gateway.policy.revision}
 
     handlers = [
+        health,
         policy_info,
         approvals,
         approve,

@@ -21,7 +21,7 @@ from gateway.edge.relay import Relay
 from gateway.pipeline.gateway import Gateway
 from gateway.server.admin import admin_router
 from gateway.server.console import console_handlers
-from gateway.server.lifecycle import background, check_upstreams
+from gateway.server.lifecycle import background, readiness
 from gateway.upstream.stdio import running_bridges
 from gateway.wire.asgi import reply
 
@@ -120,26 +120,10 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """The status for anyone (a probe needs no more); what is behind it (server names,
         URLs, commands, causes, components) for operators only, as metrics are."""
-        health = await check_upstreams(gateway)
-        upstreams = {n: ("up" if ok else "down") for n, ok in health.items()}
-        # Background components (gateway.server.lifecycle.Components): one stopped for good is 503.
-        registry = gateway.extras.get("components")
-        stopped = registry.stopped() if registry is not None else []
-        ready = all(health.values()) and not stopped
-        status = 200 if ready else 503
+        ready, body = await readiness(gateway)
         if not _operator(gateway, request.scope):
-            return Response({"status": "ready" if ready else "not ready"}, status_code=status)
-        body = {
-            "status": "ready" if ready else "not ready",
-            "policy_revision": gateway.policy.revision,
-            "upstreams": upstreams,
-            # Each upstream's URL (no credentials) or command, and the cause when down.
-            "upstream_health": {n: gateway.upstreams[n].health_view() for n in health},
-            "components": registry.report() if registry is not None else {},
-        }
-        if stopped:
-            body["stopped"] = stopped
-        return Response(body, status_code=status)
+            body = {"status": body["status"]}
+        return Response(body, status_code=200 if ready else 503)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

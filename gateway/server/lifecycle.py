@@ -120,6 +120,27 @@ async def refresh_catalog(gateway: Gateway) -> int:
     return seen
 
 
+async def readiness(gateway: Gateway) -> tuple[bool, dict[str, Any]]:
+    """Whether the gateway is ready, and what is behind it: each upstream's state, its URL
+    (no credentials) or command and the cause when down, the background components. The
+    details are operator data (``/readyz`` shows them to operators, ``/admin/health`` always)."""
+    health = await check_upstreams(gateway)
+    # Background components (Components): one stopped for good is not ready.
+    registry = gateway.extras.get("components")
+    stopped = registry.stopped() if isinstance(registry, Components) else []
+    ready = all(health.values()) and not stopped
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "not ready",
+        "policy_revision": gateway.policy.revision,
+        "upstreams": {n: ("up" if ok else "down") for n, ok in health.items()},
+        "upstream_health": {n: gateway.upstreams[n].health_view() for n in health},
+        "components": registry.report() if isinstance(registry, Components) else {},
+    }
+    if stopped:
+        body["stopped"] = stopped
+    return ready, body
+
+
 async def check_upstreams(gateway: Gateway) -> dict[str, bool]:
     """Probe every upstream; the result feeds ``celgate_upstream_up`` and ``/readyz``."""
     names = list(gateway.upstreams)

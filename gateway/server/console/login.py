@@ -21,7 +21,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from gateway.auth.identity import token_matches
 from gateway.pipeline.gateway import Gateway
 from gateway.server.console.feed import DecisionFeed, install_feed, masked, matches
-from gateway.server.console.origin import refusal
+from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.console.sessions import (
     COOKIE,
     MAX_SECONDS,
@@ -76,14 +76,23 @@ def _refused(
 def login_handlers(gateway: Gateway) -> list[Any]:
     sessions = sessions_of(gateway)
     feed = install_feed(gateway)
+    throttle = admin_throttle(gateway)
 
     @post("/console/login", include_in_schema=False, status_code=200)
     async def login(request: Request[Any, Any, Any], data: LoginBody) -> Response[Any]:
         refused = _refused(gateway, request, unsafe=True)
         if refused is not None:
             return refused
+        client = request.client.host if request.client else None
+        wait = throttle.wait(client)
+        if wait is not None:  # too many wrong tokens from here: not even checked
+            log.warning("console.login_throttled", client=client)
+            headers = {"Retry-After": str(int(wait) + 1)}
+            return Response(
+                {"detail": "too many wrong tokens: try later"}, status_code=429, headers=headers
+            )
         if not token_matches(data.token or None, gateway.config.admin.token_sha256):
-            client = request.client.host if request.client else None
+            throttle.failed(client)
             log.warning("console.login_refused", client=client)
             return _json({"detail": "invalid admin token"}, 401)
         session_id, session = sessions.open(data.operator)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from gateway.auth.throttle import FailureThrottle
 from gateway.pipeline.gateway import Gateway
 
 
@@ -28,3 +29,11 @@ def _same_origin(origin: str | None, host: str | None) -> bool:
         return False
     parts = urlsplit(origin.strip().lower())
     return parts.scheme in ("http", "https") and parts.netloc == host.strip().lower()
+
+
+def admin_throttle(gateway: Gateway) -> FailureThrottle:
+    """The one count of wrong admin tokens, shared by the console's sign-in and the admin API."""
+    found = gateway.extras.get("admin_throttle")
+    if not isinstance(found, FailureThrottle):
+        found = gateway.extras["admin_throttle"] = FailureThrottle()
+    return found

@@ -200,8 +200,7 @@ function closeStream() {
 // --- upstreams, policy, limits, tools ---
 
 async function showHealth() {
-  const resp = await fetch("/readyz", { credentials: "omit", cache: "no-store" });
-  const body = await resp.json();
+  const body = await call("GET", "/admin/health");
   const details = body.upstream_health || {};
   const rows = Object.entries(body.upstreams || {}).map(([name, state]) => {
     const d = details[name] || {};

@@ -1,0 +1,73 @@
+"""Guessing the admin token is slow: after ten wrong tokens from one address, the console's
+sign-in and the admin API answer 429 with Retry-After without checking even the right token,
+and one more try comes back every few seconds (the clock injected here, no waiting)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.auth.throttle import FailureThrottle
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import PeerProcess, http_upstream
+
+TOKEN = "cga_throttle-test-admin-token"
+
+
+class TestThrottle:
+    def test_burst_then_one_try_per_refill(self) -> None:
+        now = [100.0]
+        throttle = FailureThrottle(burst=3, refill_seconds=6.0, clock=lambda: now[0])
+        for _ in range(3):
+            assert throttle.wait("10.0.0.1") is None
+            throttle.failed("10.0.0.1")
+        assert throttle.wait("10.0.0.1") == pytest.approx(6.0)
+        assert throttle.wait("10.0.0.2") is None  # another address is not held up
+        now[0] += 6.0
+        assert throttle.wait("10.0.0.1") is None
+        throttle.failed("10.0.0.1")
+        assert throttle.wait("10.0.0.1") == pytest.approx(6.0)
+
+    def test_memory_is_bounded(self) -> None:
+        throttle = FailureThrottle(burst=1, max_clients=100, clock=lambda: 0.0)
+        for i in range(1000):
+            throttle.failed(f"10.0.{i // 256}.{i % 256}")
+        assert len(throttle._tries) == 100
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[PeerProcess]:
+    with http_upstream() as up:
+        yield up
+
+
+@pytest.fixture
+def gateway(upstream: PeerProcess, tmp_path: Path) -> Iterator[GatewayProcess]:
+    admin = {"token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
+    policy = 'version: "1"\ndefault: allow\n'
+    with run_gateway(tmp_path, policy, {"up": {"url": upstream.url}}, admin=admin) as gw:
+        yield gw
+
+
+def test_admin_api_then_console_are_throttled(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.base, timeout=10) as http:
+        wrong = {"authorization": "Bearer cga_not-the-token"}
+        assert [http.get("/admin/policy", headers=wrong).status_code for _ in range(10)] == [
+            401
+        ] * 10
+        held = http.get("/admin/policy", headers={"authorization": f"Bearer {TOKEN}"})
+        assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1
+        origin = {"origin": gateway.base}
+        login = http.post("/console/login", json={"token": TOKEN}, headers=origin)
+        assert login.status_code == 429 and "try later" in login.text
+        assert http.get("/healthz").status_code == 200  # nothing else is held up
+
+
+def test_the_right_token_is_not_counted(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.base, timeout=10) as http:
+        right = {"authorization": f"Bearer {TOKEN}"}
+        assert all(http.get("/admin/policy", headers=right).status_code == 200 for _ in range(15))
