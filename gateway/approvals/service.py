@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -32,6 +32,7 @@ import anyio
 from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError
 from gateway.policy.model import Approval, Call, Decision
+from gateway.policy.secrets import mask_args
 from gateway.telemetry.audit import args_digest
 
 Status = Literal["pending", "approved", "denied", "used", "expired"]
@@ -48,7 +49,6 @@ PREVIEW_ITEMS = 50  # items of one list, keys of one object
 PREVIEW_DEPTH = 8  # nesting levels
 PREVIEW_BUDGET = 16384  # characters of strings and keys, over the whole preview
 CUT = "[celgate: cut]"  # every truncation marker starts with this
-SECRET = "[celgate: secret]"  # what a masked value is replaced with
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,26 +261,6 @@ def _refused(decision: Decision, request: ApprovalRequest) -> Decision:
             "approval_expired",
         )
     return replace(decision, effect="deny", reason=reason, approval_id=request.id, error=code)
-
-
-def mask_args(args: Any, paths: tuple[str, ...]) -> Any:
-    """A copy of ``args`` with the value at each dotted path replaced by ``SECRET``.
-
-    A path goes through lists item by item (``users.password`` masks every user's), and a
-    path that is not there masks nothing."""
-    for path in paths:
-        args = _mask(args, path.split("."))
-    return args
-
-
-def _mask(value: Any, path: list[str]) -> Any:
-    if isinstance(value, list | tuple):
-        return [_mask(item, path) for item in value]
-    if not isinstance(value, Mapping) or path[0] not in value:
-        return value
-    head, rest = path[0], path[1:]
-    inner = SECRET if not rest else _mask(value[head], rest)
-    return {**value, head: inner}
 
 
 def preview_args(args: Any) -> tuple[Any, bool]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.pipeline.enforce import apply_limits, check_pin
 from gateway.policy import Call, Decision, decide
+from gateway.policy.secrets import secret_paths
 from gateway.telemetry.audit import new_decision_id
 
 if TYPE_CHECKING:
@@ -167,11 +168,13 @@ def _record(
     wait: float | None,
 ) -> Admission:
     latency = max(elapsed - (wait or 0.0), 0.0)
+    log = gw.decisions
+    secret = secret_paths(gw.policy, call.server, call.tool) if log.log_arguments else ()
     if wait is None:
-        gw.decisions.record(decision_id, call, decision, latency * 1000)
+        log.record(decision_id, call, decision, latency * 1000, secret)
     else:
         wait_ms = round(wait * 1000, 3)
-        gw.decisions.record(decision_id, call, decision, latency * 1000, approval_wait_ms=wait_ms)
+        log.record(decision_id, call, decision, latency * 1000, secret, approval_wait_ms=wait_ms)
     metrics = gw.metrics
     if metrics is not None:
         known = (call.server or "", call.tool) in gw.catalog

@@ -35,6 +35,7 @@ import msgspec
 import structlog
 
 from gateway.policy.model import Call, Decision
+from gateway.policy.secrets import mask_args
 
 log = structlog.get_logger("celgate")
 
@@ -213,6 +214,7 @@ class DecisionLog:
         call: Call,
         decision: Decision,
         latency_ms: float,
+        secret: tuple[str, ...] = (),
         **extra: Any,
     ) -> dict[str, Any]:
         stamp = _CLOCK.iso()
@@ -233,8 +235,8 @@ class DecisionLog:
             "revision": decision.revision,
             "latency_ms": round(latency_ms, 3),
         }
-        if self.log_arguments:
-            fields["args"] = dict(call.args)
+        if self.log_arguments:  # the values a rule marks secret never reach the log
+            fields["args"] = mask_args(dict(call.args), secret) if secret else dict(call.args)
         if decision.error:
             fields["error"] = decision.error
         if decision.error_detail:

@@ -14,9 +14,8 @@ from typing import Any
 
 import anyio
 
-from gateway.approvals.service import mask_args
 from gateway.pipeline.gateway import Gateway
-from gateway.policy.matching import candidates
+from gateway.policy.secrets import mask_args, secret_paths
 
 BUFFER = 256  # records one subscriber may have waiting
 MAX_STREAMS = 8
@@ -98,6 +97,5 @@ def masked(gateway: Gateway, record: Record) -> Record:
     matching entry marks secret masked."""
     if "args" not in record:
         return record
-    entries = candidates(gateway.policy, record.get("server"), str(record.get("tool", "")))
-    paths = tuple(p for e in entries for p in e.secret_args)
+    paths = secret_paths(gateway.policy, record.get("server"), str(record.get("tool", "")))
     return {**record, "args": mask_args(record["args"], paths)} if paths else record

@@ -1,0 +1,44 @@
+"""With ``audit.log_arguments`` on, the values a rule marks secret (``secret_args``) are
+masked in the decision record written to the log, as in a held call and the console."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.policy.secrets import SECRET
+from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.peers import http_upstream
+
+POLICY = r"""
+version: "1"
+default: deny
+tools:
+  echo:
+    action: allow
+    secret_args: [token, auth.key]
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with http_upstream() as up:
+        directory: Path = tmp_path_factory.mktemp("secret-log")
+        audit = {"log_arguments": True}
+        with run_gateway(directory, POLICY, {"up": {"url": up.url}}, audit=audit) as gw:
+            yield gw
+
+
+async def test_secret_values_never_reach_the_log(gateway: GatewayProcess) -> None:
+    args = {"text": "visible", "token": "hunter2", "auth": {"key": "k-123", "user": "ann"}}
+    async with client(gateway.url("up"), mode="auto") as c:
+        await c.call_tool("echo", args)
+    record = gateway.wait_records(1, where=lambda r: r.get("tool") == "echo")[0]
+    assert record["args"] == {
+        "text": "visible",
+        "token": SECRET,
+        "auth": {"key": SECRET, "user": "ann"},
+    }
+    assert "hunter2" not in gateway.peer.output() and "k-123" not in gateway.peer.output()
