@@ -10,6 +10,8 @@ hits them alike (sessions are opened outside the timer); ``mode="legacy"`` (the 
 handshake) unless marked ``(2026)``, ``mode="auto"``, which negotiates 2026-07-28:
 
     http direct        the HTTP upstream itself
+    http direct, JSON  the same server stateless, answering in JSON (the SDK client's own cost
+                       of an HTTP leg with JSON answers, as the stdio bridge gives them)
     relay  /mcp/web    celgate's relay to it
     stdio direct       the SDK's stdio client to its own child process
     relay  /mcp/st     celgate's relay to the stdio bridge
@@ -146,11 +148,13 @@ async def measure(
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         up = stack.enter_context(http_upstream())
+        plain = stack.enter_context(http_upstream(stateless=True))
         servers = {"web": {"url": up.url}, "st": st}
         gw = stack.enter_context(run_gateway(tmp, policy, servers))
         pid, base = gw.peer.pid, gw.base
         targets: dict[str, Target] = {
             "http direct": (up.url, "echo", None, "legacy"),
+            "http direct, JSON": (plain.url, "echo", None, "legacy"),
             "relay /mcp/web": (f"{base}/mcp/web", "echo", pid, "legacy"),
             "stdio direct": (stdio, "echo", None, "legacy"),
             "relay /mcp/st": (f"{base}/mcp/st", "echo", pid, "legacy"),

@@ -164,6 +164,13 @@ class Child:
             if isinstance(message, dict):
                 await self.on_message(message, line.rstrip(b"\r\n"))
 
+    async def reap(self) -> None:
+        """Once stopped: wait for the process to exit (SIGKILL after ``KILL_GRACE``), even
+        when its supervisor was cancelled before it could (the gateway is stopping)."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            await self._reap(proc)
+
     async def _reap(self, proc: asyncio.subprocess.Process) -> int | None:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(KILL_GRACE):

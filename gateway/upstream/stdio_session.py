@@ -98,6 +98,7 @@ class SessionLink:
                 self.end()  # the group waits for the child to exit
         finally:
             self.end()
+            await self.child.reap()  # cancelled (the bridge is stopping): no orphan, no zombie
 
     async def _until_idle(self) -> None:
         idle_timeout = self.bridge.config.idle_timeout

@@ -157,9 +157,10 @@ async def respond(
     """Send one request's answer, and what comes before it; True once the answer went out.
 
     ``priming`` gives the first bytes of an SSE stream (an event id to resume from), ``framed``
-    an event's bytes (with its id). Without SSE (the client takes JSON only) what comes before
-    the answer is dropped. The inbox closing with no answer (the request was cancelled) ends
-    the stream empty.
+    an event's bytes (with its id); a stream's head, priming event and first event go out
+    together. Without SSE (the client takes JSON only) what comes before the answer is
+    dropped. The inbox closing with no answer (the request was cancelled) ends the stream
+    empty.
     """
     started = False
     while True:
@@ -178,10 +179,15 @@ async def respond(
             return True
         if not sse:
             continue
+        first = b""
         if not started:
             started = True
-            await open_stream(send, headers, priming())
-        await send({"type": "http.response.body", "body": framed(body), "more_body": not final})
+            first = priming()  # its id comes before the event's
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers}
+            )
+        chunk = first + framed(body)
+        await send({"type": "http.response.body", "body": chunk, "more_body": not final})
         if final:
             return True
     if not started:
