@@ -154,7 +154,8 @@ class TestAggregate:
                 "clientInfo": {"name": "takeover", "version": "1"},
             },
         }
-        opened = httpx.post(url, json=init, headers={**base, "authorization": f"Bearer {KEY}"})
+        auth = {**base, "authorization": f"Bearer {KEY}"}
+        opened = httpx.post(url, json=init, headers=auth, timeout=30)
         sid = opened.headers["mcp-session-id"]
         listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
         for key, presented in (

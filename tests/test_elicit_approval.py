@@ -68,6 +68,29 @@ def reached(log: Path, item: str) -> int:
 
 
 @pytest.mark.parametrize("era", ERAS)
+class TestThroughTheAggregate:
+    """The same question on ``/mcp``: the call named ``up__delete_item`` there, the question
+    naming the tool's real name, the answer going to the gateway (never to the server)."""
+
+    @pytest.mark.parametrize(("answer", "runs"), [(("accept", True), 1), (("decline", None), 0)])
+    async def test_asked_and_answered_on_mcp(
+        self, gw: GatewayProcess, call_log: Path, era: str, answer: Answer, runs: int
+    ) -> None:
+        asked: list[types.ElicitRequestParams] = []
+        item = f"agg-{answer[0]}-{era}"
+        callback = answering(answer, asked)
+        async with client(f"{gw.base}/mcp", KEY, mode=era, elicitation_callback=callback) as c:
+            result = await c.call_tool("up__delete_item", {"id": item})
+        [question] = asked
+        assert "delete_item (server up)" in question.message and item in question.message
+        assert reached(call_log, item) == runs
+        if runs:
+            assert text_of(result) == f"deleted {item}"
+        else:
+            assert result.is_error and decision_of(result)["error"] == "approval_declined"
+
+
+@pytest.mark.parametrize("era", ERAS)
 class TestPythonClient:
     async def test_accept_reaches_the_upstream_once(
         self, gw: GatewayProcess, call_log: Path, era: str

@@ -47,6 +47,7 @@ class Aggregate:
         """The idle-session reaper runs while the gateway serves; sessions end with it."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.handshake.links.reap)
+            tg.start_soon(self.handshake.links.learn)
             try:
                 yield
             finally:

@@ -13,14 +13,13 @@ from typing import Any
 
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
+from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
-from gateway.edge.elicit import ElicitFace, deliver, remember_client
+from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.inband import is_gateway_id
-from gateway.edge.replies import denial, error_reply
+from gateway.edge.replies import error_reply
 from gateway.edge.routing import check_routing_headers, stateless_era
-from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.telemetry.audit import log
@@ -168,30 +167,9 @@ class Relay:
         message: Message,
         identity: Identity,
     ) -> None:
-        gw = self.gw
-        call = _call_of(message, fwd, identity, incoming, gw)
+        call = _call_of(message, fwd, identity, incoming, self.gw)
         version = message.protocol_version or incoming.header("mcp-protocol-version")
-        # A ``wait`` approval is answered as a stream (kept alive) when the client takes SSE;
-        # an ``elicit`` one asks the client's human on that stream, or by ``input_required``.
-        held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
-        face = ElicitFace(gw, message, version, identity, held)
-        fwd.body = face.upstream_body(fwd.body)
-        elicit = face.elicitor(call, fwd) if face.available(fwd) else None
-        hold = held.hold if held is not None else None
-        admission = await admit(gw, call, hold=hold, elicit=elicit)
-        if held is not None and held.opened:
-            await held.answer(gw, call, fwd, admission)
-            return
-        if face.pending is not None and not admission.allowed:
-            body = face.answer_body(message.msg_id, admission.decision, admission.decision_id)
-            await reply(send, 200, body)
-            return
-        if not admission.allowed:
-            body = denial(message.msg_id, admission.decision, admission.decision_id, version)
-            await reply(send, 200, body)
-            return
-        async with timed_upstream(gw, call):
-            await forward(incoming, send, fwd)
+        await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
 
 
 def _call_of(

@@ -39,12 +39,13 @@ from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
 from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
 from gateway.edge.agg.view import AggView
+from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
+from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import HeldStream, accepts_sse, event
-from gateway.edge.replies import denial
+from gateway.edge.held import accepts_sse, event
+from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.routing import check_routing_headers
-from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
@@ -87,7 +88,7 @@ class Handshake:
             return
         session = self._session(incoming, identity, message.msg_id)
         if message.kind == "response":
-            await self._answer(send, session, message)
+            await self._answer(send, session, identity, message)
         elif message.kind == "notification":
             await self._notify(send, session, message, body)
         else:
@@ -166,8 +167,18 @@ class Handshake:
 
     # ------------------------------------------------------------------ client messages
 
-    async def _answer(self, send: Send, session: AggSession, message: Message) -> None:
-        """The client's answer to a server's request: to that server, under its own id."""
+    async def _answer(
+        self, send: Send, session: AggSession, identity: Identity, message: Message
+    ) -> None:
+        """The client's answer to a server's request: to that server, under its own id; or
+        to the gateway's own question (an in-band approval), never to a server."""
+        if is_gateway_id(message.msg_id):
+            key, grant = self.gw.signer.key, identity.grant
+            for server, open_link in session.links.items():
+                sid = open_link.sid
+                if sid is not None and check_id(key, message.msg_id, server, grant, sid):
+                    await deliver(self.gw, send, server, identity, sid, message)
+                    return
         found = session.answered(message.msg_id)
         link = session.links.get(found[0]) if found is not None else None
         if found is None or link is None:
@@ -268,19 +279,10 @@ class Handshake:
         gw = self.gw
         server = fwd.upstream.name
         call = tool_call(gw, incoming, message, server, tool, identity, session.sid)
-        held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
-        admission = await admit(gw, call, hold=held.hold if held is not None else None)
+        version = incoming.header("mcp-protocol-version")
         key = session.track(message.msg_id, server)
         try:
-            if held is not None and held.opened:
-                await held.answer(gw, call, fwd, admission)
-            elif not admission.allowed:
-                version = incoming.header("mcp-protocol-version")
-                answer = denial(message.msg_id, admission.decision, admission.decision_id, version)
-                await reply(send, 200, answer)
-            else:
-                async with timed_upstream(gw, call):
-                    await forward(incoming, send, fwd)
+            await call_through(gw, incoming, send, message, call, fwd, identity, version)
         finally:
             if key is not None:
                 session.inflight.pop(key, None)

@@ -8,8 +8,11 @@ import asyncio
 import time
 from typing import Any
 
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
 from gateway.edge.agg.upcall import UpcallFailed, body_of, exchange, post_once
+from gateway.edge.inband import in_band
 from gateway.pipeline.gateway import Gateway
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
@@ -61,9 +64,39 @@ class Links:
             await self._end_link(link)
             return None
         session.links[server] = link
+        if link.sid is not None:  # in-band approvals ask a client that takes elicitation
+            caps = session.client.get("capabilities")
+            elicits = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+            in_band(self.gw.extras).clients.remember(server, session.grant, link.sid, elicits)
         if session.on_link is not None:
             session.on_link(link)
         return link
+
+    async def learn(self) -> None:
+        """At start: what each server offers, from a session opened for that alone and ended
+        at once, so that the first client's ``initialize`` need not wait for every server
+        (a server down now is asked again by the first session that needs it)."""
+
+        async def one(server: str) -> None:
+            upstream = self.gw.upstreams[server]
+            version = LATEST_HANDSHAKE_VERSION
+            params: dict[str, Any] = {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "celgate", "version": "1"},
+            }
+            try:
+                answer, headers = await exchange(upstream, "initialize", params, version)
+            except UpcallFailed:
+                return
+            result = answer.get("result")
+            if isinstance(result, dict):
+                self.known.setdefault(server, result)
+            sid = headers.get("mcp-session-id")
+            if sid:
+                await post_once(upstream, None, b"", version, sid.strip(), verb="DELETE")
+
+        await asyncio.gather(*(one(s) for s in self.gw.upstreams if s not in self.known))
 
     async def close(self, session: AggSession) -> None:
         """End the session and every upstream session it opened."""

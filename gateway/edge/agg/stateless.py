@@ -24,11 +24,10 @@ from gateway.edge.agg.merge import LISTS, Catalogue, decode_cursor, merge_discov
 from gateway.edge.agg.names import Collision, Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
 from gateway.edge.agg.upcall import UpcallFailed, upcall
+from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
-from gateway.edge.replies import denial
 from gateway.edge.routing import check_routing_headers
-from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
@@ -184,13 +183,7 @@ class Stateless:
             await forward(incoming, send, fwd)
             return
         call = tool_call(self.gw, incoming, message, server, changed["name"], identity)
-        admission = await admit(self.gw, call)
-        if not admission.allowed:
-            answer = denial(msg_id, admission.decision, admission.decision_id, version)
-            await reply(send, 200, answer)
-            return
-        async with timed_upstream(self.gw, call):
-            await forward(incoming, send, fwd)
+        await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
 
     async def _learn_resources(self, identity: Identity, version: str, meta: Any) -> None:
         for method in ("resources/list", "resources/templates/list"):
