@@ -159,7 +159,7 @@ class StdioBridge:
                 return
         await self.shared.handle(incoming, send, message)
 
-    async def _evict_idle(self) -> None:
+    def _evict_idle(self) -> None:
         """At the cap, the least recently used session with no call in flight gives way."""
         idle = [link for link in self.sessions.values() if not link.in_flight]
         if not idle:
@@ -180,7 +180,7 @@ class StdioBridge:
             await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
             return
         if len(self.sessions) >= self.config.max_processes:
-            await self._evict_idle()
+            self._evict_idle()
         if len(self.sessions) >= self.config.max_processes:
             msg = (
                 f"stdio server {self.config.name!r} is at max_processes={self.config.max_processes}"

@@ -38,7 +38,7 @@ from gateway.upstream.stdio_wire import (
     respond,
 )
 from gateway.wire.asgi import Incoming, Send, reply
-from gateway.wire.jsonrpc import INVALID_REQUEST
+from gateway.wire.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND
 from gateway.wire.jsonrpc import error_body as rpc_error
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class SessionLink:
         self.serving += 1
         try:
             if self.ended.is_set():
-                await reply(send, 404, rpc_error(None, INVALID_REQUEST, "Session not found"))
+                await reply(send, 404, rpc_error(None, SESSION_NOT_FOUND, "Session not found"))
             elif incoming.method == "POST":
                 await self._post(incoming, send, message, body)
             elif incoming.method == "GET":
@@ -164,8 +164,8 @@ class SessionLink:
         self.last_used = time.monotonic()
         method, msg_id = message.get("method"), message.get("id")
         if method is None or "id" not in message:  # a notification, or the client's answer
+            await self._notify(message, body)  # with the child before the client goes on
             await reply(send, 202, b"", extra=self.headers)
-            await self._notify(message, body)
             return
         if method == "initialize":
             self.handshake.append(message)
