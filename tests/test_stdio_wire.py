@@ -140,6 +140,14 @@ class TestAnswers:
             sent = [json.loads(data) for _, data in await events(resumed, until=4) if data]
             assert sent[-1]["id"] == 4 and "result" in sent[-1]
 
+    async def test_an_event_id_not_ours_replays_nothing(self) -> None:
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            headers = {"accept": "text/event-stream", "mcp-session-id": sid, "last-event-id": "9"}
+            resumed = await upstream.pool.request("GET", headers)
+            assert resumed.status == 200
+            assert [c async for c in resumed.iter_chunks()] == []
+
 
 class TestSessions:
     async def test_one_get_stream_then_delete_ends_the_process(self) -> None:

@@ -54,6 +54,8 @@ class EventLog:
     def after(self, event_id: str) -> Iterator[bytes]:
         """The events of ``event_id``'s stream that came after it, in order."""
         stream = self.stream_of(event_id)
+        if stream is None:  # not an id of ours (or long gone): nothing to replay
+            return
         seen = False
         for each, (where, framed) in list(self._events.items()):
             if seen and where == stream and framed is not None:

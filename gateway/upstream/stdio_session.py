@@ -247,7 +247,7 @@ class SessionLink:
         if stream == GET_STREAM and self.get_stream is None:
             await self._serve_get(send)
             return
-        pending = self.in_flight.get(stream)
+        pending = self.in_flight.get(stream) if stream is not None else None
         if pending is not None and not pending.reading:
             await self._respond(send, stream, pending, True, False)
             return
