@@ -102,14 +102,21 @@ def stack(rev: str) -> Iterator[list[Target]]:
             "lane, no poll": ({"backend": valkey.url, "busy_poll_us": 0}, None),
             "valkey-py": ({"backend": valkey.url}, switch),
         }
-        targets = []
+        targets, logs = [], []
         for i, (name, (limits, argv)) in enumerate(variants.items()):
             extra = {"limits": limits} if limits else {}
             gw = pl.start_celgate(tree, folder / f"gw{i}", CEL_LIMIT, servers, argv, **extra)
             st.callback(gw.stop)
             url = f"http://127.0.0.1:{gw.port}/mcp/up"
             targets.append(Target(name, url, "modern", gw.pid))
+            logs.append(gw)
         yield targets
+        # A limiter that lost Valkey admits by its failure mode: the figures would be hollow.
+        down = [
+            t.name for t, gw in zip(targets, logs, strict=True) if "backend_down" in gw.output()
+        ]
+        if down:
+            raise RuntimeError(f"Valkey unreachable during the run for {down}")
 
 
 def rows(levels: dict[str, dict[int, Level]]) -> list[dict[str, Any]]:
