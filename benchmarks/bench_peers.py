@@ -397,7 +397,7 @@ def main() -> None:
         md,
         fails,
         benchmark="peers",
-        celgate_rev=ns.rev,
+        celgate_rev=pl.short_rev(ns.rev),
         client=client,
         failed=failed,
         rows=table,

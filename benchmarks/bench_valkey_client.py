@@ -185,7 +185,7 @@ def main() -> None:
         markdown(table),
         note,
         benchmark="valkey_client",
-        celgate_rev=ns.rev,
+        celgate_rev=pl.short_rev(ns.rev),
         rows=table,
         library_minus_lane=verdicts,
     )

@@ -102,6 +102,14 @@ def launch(
 # --------------------------------------------------------------------------- celgate
 
 
+def short_rev(rev: str) -> str:
+    """The commit ``rev`` names, as the report records it (``worktree`` stays as it is)."""
+    if rev == "worktree":
+        return rev
+    argv = ["git", "-C", str(ROOT), "rev-parse", "--short", rev]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def unpack_tree(rev: str, into: Path) -> Path:
     """``gateway/`` and ``tests/`` as of ``rev`` (``worktree``: this checkout as it is)."""
     if rev == "worktree":
