@@ -183,32 +183,30 @@ async def valkey_sequential(
     as a gateway serving one agent sees it (a call every few ms): on this project's VMs both
     processes' vCPUs halt in the gap and are slow to wake.
 
-    - ``valkey``: the limiter as ``celgate run`` builds it (busy polling on, 300 µs).
-    - ``valkey-no-busy-poll``: ``limits.busy_poll_us: 0``.
+    - ``valkey``: the limiter as ``celgate run`` builds it (the ``valkey`` package's pooled
+      asyncio client, libvalkey's parser).
     - ``valkey-unix-socket``: the limiter on ``unix://`` to the same server.
-    - ``valkey-py-client``: the same EVALSHA through the ``valkey`` package's pooled async
-      client, which the limiter uses for operator commands only.
-    - ``valkey-raw-protocol``: the same EVALSHA over a bare asyncio protocol, no client code
-      and no busy polling: this machine's loopback round trip for the script.
+    - ``valkey-py-client``: the same EVALSHA through a client built the same way, with no
+      limiter around it: what the limiter's own code adds.
+    - ``valkey-raw-protocol``: the same EVALSHA over a bare asyncio protocol, no client code:
+      this machine's loopback round trip for the script.
     """
-    from valkey.asyncio import Valkey
-
-    from gateway.ratelimit.valkey import SCRIPT_SHA, resp_command
+    from gateway.ratelimit.client import valkey_client
+    from gateway.ratelimit.valkey import SCRIPT_SHA
 
     tcp, unix = urls
     bucket = make_buckets(1)
     limiters = {
         "valkey": ValkeyRateLimiter(tcp),
-        "valkey-no-busy-poll": ValkeyRateLimiter(tcp, busy_poll=0),
         "valkey-unix-socket": ValkeyRateLimiter(unix),
     }
     await limiters["valkey"].load()
-    client = Valkey.from_url(tcp)
+    client = valkey_client(tcp)
     key = "celgate:rl:" + bucket[0].key
     loop = asyncio.get_running_loop()
     host, port = tcp.split("//")[1].split("/")[0].split(":")
     transport, proto = await loop.create_connection(_OneReply, host, int(port))
-    command = resp_command(["EVALSHA", SCRIPT_SHA, 1, key, 1, "take", 10**12, "1000.0"])
+    command = _resp(["EVALSHA", SCRIPT_SHA, 1, key, 1, "take", 10**12, "1000.0"])
 
     async def raw() -> None:
         proto.waiter = loop.create_future()
@@ -259,6 +257,15 @@ async def valkey_sequential(
         await lim.close()
     mode = f"paced-{gap * 1000:g}ms" if gap else "sequential"
     return [_row(name, mode, 1, lat, elapsed[name] / 1e9) for name, lat in latencies.items()]
+
+
+def _resp(parts: list[object]) -> bytes:
+    """One command in RESP framing: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class _OneReply(asyncio.Protocol):

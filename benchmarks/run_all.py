@@ -35,7 +35,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
         ["bench_peers.py"],
     ),
     "valkey-client": (
-        "Valkey client end to end: the hand-written lane vs valkey-py's pooled client",
+        "Valkey client end to end: limits in Valkey vs in memory",
         ["bench_valkey_client.py"],
     ),
 }

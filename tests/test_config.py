@@ -62,16 +62,15 @@ class TestConfigErrors:
             f"{p}:11: frobnicate: unknown field",
         ]
 
-    def test_busy_poll_is_microseconds_in_range(self, tmp_path: Path) -> None:
+    def test_busy_poll_is_gone_with_a_located_reason(self, tmp_path: Path) -> None:
+        """The setting served the hand-written Valkey layer (removed): a file that still has it
+        is refused at its line, saying why, not as a bare unknown field."""
         base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
-        path = write(tmp_path, base + "limits: {backend: memory, busy_poll_us: -5}\n")
+        path = write(tmp_path, base + "limits:\n  backend: memory\n  busy_poll_us: 300\n")
         assert problems(path) == [
-            f"{path}:4: limits.busy_poll_us: must be a whole number of microseconds from 0 to 10000"
+            f"{path}:6: limits.busy_poll_us: no longer a setting: the Valkey client does not "
+            "poll for replies (issue 19); delete this line"
         ]
-        path = write(tmp_path, base + "limits: {backend: memory, busy_poll_us: 0}\n")
-        assert load_config(path, env={}).limits.busy_poll_us == 0
-        path = write(tmp_path, base)
-        assert load_config(path, env={}).limits.busy_poll_us is None  # the limiter's default
 
     @pytest.mark.parametrize(
         ("url", "problem"),

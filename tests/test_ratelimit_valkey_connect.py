@@ -22,7 +22,8 @@ from gateway.errors import BackendUnavailable
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval
 from gateway.ratelimit import Bucket, ValkeyRateLimiter, make_limiter
-from gateway.ratelimit.endpoint import Endpoint
+from gateway.ratelimit.client import valkey_client
+from gateway.ratelimit.factory import shared_client
 from tests.valkey_server import HOST, ValkeyProcess, running_valkey
 
 B = Bucket("c", "c|grant=a", max=5, window=60.0)
@@ -67,14 +68,16 @@ async def _admits(url: str, bucket: Bucket = B) -> ValkeyRateLimiter:
 
 
 class TestCredentials:
-    def test_password_never_in_a_repr(self) -> None:
-        endpoint = Endpoint.from_url("valkey://limiter:limiter-secret@127.0.0.1:1/2")
-        assert (endpoint.username, endpoint.password, endpoint.db) == (
+    async def test_password_never_in_a_repr(self) -> None:
+        client = valkey_client("valkey://limiter:limiter-secret@127.0.0.1:1/2")
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["username"], kwargs["password"], kwargs["db"]) == (
             "limiter",
             "limiter-secret",
             2,
         )
-        assert "limiter-secret" not in repr(endpoint)
+        assert "limiter-secret" not in repr(client)
+        await client.aclose()
 
     async def test_password(self, guarded: ValkeyProcess) -> None:
         lim = await _admits(f"valkey://:default-secret@{HOST}:{guarded.port}/0")
@@ -143,7 +146,9 @@ class TestWhere:
         tight = Bucket("t", "t|global", max=1, window=3600.0)
         assert (await one.acquire([tight])).admitted and (await two.acquire([tight])).admitted
         assert not (await one.acquire([tight])).admitted
-        assert isinstance(one, ValkeyRateLimiter) and one._lane._timeout == 0.25
+        assert isinstance(one, ValkeyRateLimiter)
+        kwargs = one._client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
         await one.close()
         await two.close()
         store = make_store(valkey_db.url, key_prefix="prod:")
@@ -157,6 +162,24 @@ class TestWhere:
             "staging:rl:t|global",
         ]
         assert any(k.startswith("prod:ap:") for k in keys)
+
+    async def test_limits_and_approvals_share_one_pool(self, valkey_db: ValkeyProcess) -> None:
+        """As ``build_gateway`` wires them: one client, one pool, one connection when calls
+        come one at a time, whoever makes them."""
+        client = shared_client(valkey_db.url, timeout_ms=300)
+        assert client is not None
+        limiter = make_limiter(valkey_db.url, client=client)
+        store = make_store(valkey_db.url, client=client)
+        assert (await limiter.acquire([B])).admitted
+        clock = lambda: 1_800_000_000.0  # noqa: E731
+        await ApprovalService(store, clock=clock, poll_seconds=0).resolve(CALL, HELD, "d1")
+        assert (await limiter.acquire([B])).admitted
+        pool = client.connection_pool
+        assert len(pool._available_connections) == 1  # type: ignore[attr-defined]
+        assert pool.connection_kwargs["socket_timeout"] == 0.3
+        await limiter.close()
+        await store.close()
+        assert shared_client("memory") is None
 
     async def test_unix_socket(self, unix_server: tuple[ValkeyProcess, Path]) -> None:
         server, path = unix_server
@@ -256,7 +279,9 @@ class TestConnections:
         results = await asyncio.gather(*(lim.acquire([b]) for _ in range(200)))
         assert sum(r.admitted for r in results) == 50
         assert not any(r.backend_error for r in results)
-        assert len(lim._lane._idle) <= 2 and lim._lane._free == 2
+        pool = lim._client.connection_pool
+        assert len(pool._available_connections) <= 2  # type: ignore[attr-defined]
+        assert not pool._in_use_connections  # type: ignore[attr-defined]
         await lim.close()
 
     async def test_waiting_for_a_connection_is_bounded(self) -> None:
@@ -269,9 +294,10 @@ class TestConnections:
             silent.listen(16)
             url = f"valkey://{HOST}:{silent.getsockname()[1]}/0"
             lim = ValkeyRateLimiter(url, max_connections=1, timeout=0.6, pool_wait=0.1)
+            pool = lim._client.connection_pool
             stuck = asyncio.ensure_future(lim.acquire([B]))
-            for _ in range(100):  # until the first exchange holds the only slot
-                if lim._lane._free == 0:
+            for _ in range(100):  # until the first exchange holds the only connection
+                if pool._in_use_connections:  # type: ignore[attr-defined]
                     break
                 await asyncio.sleep(0.005)
             started = time.monotonic()
@@ -279,7 +305,7 @@ class TestConnections:
             assert time.monotonic() - started < 0.5
             assert (queued.admitted, queued.backend_error) == (False, True)
             assert (await stuck).backend_error
-            assert lim._lane._free == 1 and not lim._lane._queue
+            assert not pool._in_use_connections  # type: ignore[attr-defined]
             await lim.close()
 
     async def test_connection_killed_while_idle(self, valkey_db: ValkeyProcess) -> None:

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-import valkey.asyncio as avalkey
-from valkey.exceptions import ValkeyError
+from valkey.asyncio import Valkey
 
 from gateway.approvals.service import (
     GRACE_SECONDS,
@@ -31,7 +30,7 @@ from gateway.approvals.service import (
 )
 from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError, BackendUnavailable
-from gateway.ratelimit.endpoint import client_defaults
+from gateway.ratelimit.client import BACKEND_ERRORS, valkey_client
 from gateway.ratelimit.factory import valkey_url
 
 # KEYS: request, match, index, pending of the grant, pending of all
@@ -186,20 +185,19 @@ class MemoryApprovalStore:
 
 
 class ValkeyApprovalStore:
+    """Approvals in Valkey; ``backend`` is a URL (a pool of its own) or the process's shared
+    client (:func:`gateway.ratelimit.factory.shared_client`)."""
+
     def __init__(
         self,
-        url: str,
+        backend: str | Valkey,
         prefix: str = "celgate:ap:",
         clock: Callable[[], float] = time.time,
         timeout: float = 0.5,
     ) -> None:
-        self.client = avalkey.Valkey.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            max_connections=32,
-            **client_defaults(url),  # TLS checked as by the limiter
-        )
+        if isinstance(backend, str):
+            backend = valkey_client(backend, timeout=timeout, max_connections=32)
+        self.client = backend
         self.prefix = prefix
         self.clock = clock
         self.script = self.client.register_script(_TRANSITION)
@@ -217,7 +215,7 @@ class ValkeyApprovalStore:
     async def _do(self, coro: Any) -> Any:
         try:
             return await coro
-        except (ValkeyError, OSError) as exc:
+        except BACKEND_ERRORS as exc:
             raise BackendUnavailable("approval backend unavailable") from exc
 
     async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
@@ -229,7 +227,7 @@ class ValkeyApprovalStore:
             self._pending(request.grant),
             self._pending(),
         ]
-        args = [
+        args: list[str | int] = [
             _encode(request),
             request.id,
             repr(request.created),
@@ -326,12 +324,14 @@ def make_store(
     *,
     key_prefix: str = "celgate:",
     timeout_ms: int = 500,
+    client: Valkey | None = None,
 ) -> Any:
     """Approvals live where the limits do: memory, or the Valkey that ``limits.backend``
-    names (a bad URL is an error, never a quiet fall back to per-process memory)."""
+    names (a bad URL is an error, never a quiet fall back to per-process memory), through
+    ``client`` (the process's shared one) when given."""
     valkey = valkey_url(backend, "approval store")
     if valkey is None:
         return MemoryApprovalStore(clock)
     return ValkeyApprovalStore(
-        valkey, prefix=key_prefix + "ap:", clock=clock, timeout=timeout_ms / 1000
+        client or valkey, prefix=key_prefix + "ap:", clock=clock, timeout=timeout_ms / 1000
     )

@@ -169,7 +169,7 @@ class _ConfigLoader(Reader):
         self.out["policy"] = tuple(paths)
 
     def _limits(self, top: Fields) -> None:
-        sub = self.section(top, "limits", LimitsConfig)
+        sub = self.section(top, "limits", LimitsConfig, removed=_REMOVED_LIMITS)
         if sub is None:
             return
         backend = sub.string("backend")
@@ -179,7 +179,6 @@ class _ConfigLoader(Reader):
         self.out["limits"] = build(
             LimitsConfig,
             backend=backend,
-            busy_poll_us=self.whole(sub, "busy_poll_us", 0, 10_000, "microseconds"),
             timeout_ms=self.whole(sub, "timeout_ms", 10, 10_000, "milliseconds"),
             key_prefix=self._key_prefix(sub),
         )
@@ -330,6 +329,12 @@ class _ConfigLoader(Reader):
                 self.err(sub.where("extra_methods"), "relay.extra_methods", msg)
         extra = frozenset(methods) if methods is not None else None
         self.out["relay"] = build(RelayConfig, extra_methods=extra)
+
+
+_REMOVED_LIMITS = {
+    "busy_poll_us": "no longer a setting: the Valkey client does not poll for replies "
+    "(issue 19); delete this line"
+}
 
 
 def _backend_problem(url: str) -> str | None:

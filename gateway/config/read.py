@@ -7,6 +7,7 @@ and ``build`` leaves such fields out, so a section's defaults are its dataclass'
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,16 +34,23 @@ class Reader:
     def err(self, where: SourceLocation, field: str, message: str) -> None:
         self.problems.append(Problem(where, field, message))
 
-    def section(self, top: Fields, name: str, cls: type[Any]) -> Fields | None:
+    def section(
+        self, top: Fields, name: str, cls: type[Any], removed: Mapping[str, str] | None = None
+    ) -> Fields | None:
         """The mapping under ``name``; its keys are the fields of the dataclass ``cls``, and
-        any other is refused. None if the section is absent or not a mapping."""
+        any other is refused; a key in ``removed`` (a setting that no longer exists) is
+        refused with the reason given. None if the section is absent or not a mapping."""
         node = top.get(name)
         if node is None:
             return None
         sub = Fields(node, name, self.problems)
         if not sub.ok:
             return None
-        sub.check_known(field.name for field in fields(cls))
+        gone = removed or {}
+        sub.check_known([*(field.name for field in fields(cls)), *gone])
+        for key, why in gone.items():
+            if sub.get(key) is not None:
+                self.err(sub.where(key), f"{name}.{key}", why)
         return sub
 
     def path(self, raw: str) -> Path:

@@ -52,7 +52,6 @@ class LimitsConfig:
     """``limits:``: where the token buckets (and held approvals) live."""
 
     backend: str = "memory"  # or valkey://, valkeys://, unix://
-    busy_poll_us: int | None = None  # None: the Valkey limiter's default
     timeout_ms: int = 500  # one Valkey exchange, connecting included
     key_prefix: str = "celgate:"  # Valkey keys: <prefix>rl:... and <prefix>ap:...
 

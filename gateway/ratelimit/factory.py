@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from valkey.asyncio import Valkey
+from valkey.exceptions import ValkeyError
+
 from gateway.ratelimit.base import RateLimiter
+from gateway.ratelimit.client import check_url, valkey_client
 from gateway.ratelimit.memory import Clock, MemoryRateLimiter
-from gateway.ratelimit.valkey import DEFAULT_BUSY_POLL, ValkeyRateLimiter
+from gateway.ratelimit.valkey import ValkeyRateLimiter
 
 _EXPECTED = "use memory, valkey://host:port/db, valkeys:// for TLS or unix:///path"
 MEMORY = ("memory", "memory://")
@@ -22,19 +26,25 @@ def make_limiter(
     url: str,
     *,
     clock: Clock | None = None,
-    busy_poll_us: int | None = None,
     timeout_ms: int = 500,
     key_prefix: str = "celgate:",
+    client: Valkey | None = None,
 ) -> RateLimiter:
     """The limiter ``url`` names; ``clock`` only applies to the in-memory one, the rest only
-    to Valkey (``busy_poll_us`` None: the default; bucket keys are ``<key_prefix>rl:...``)."""
+    to Valkey (bucket keys are ``<key_prefix>rl:...``; ``client``, from :func:`shared_client`,
+    is the process's one pool, else the limiter opens its own)."""
     valkey = valkey_url(url, "rate-limit backend")
     if valkey is None:
         return MemoryRateLimiter(clock)
-    busy_poll = DEFAULT_BUSY_POLL if busy_poll_us is None else busy_poll_us / 1e6
-    return ValkeyRateLimiter(
-        valkey, prefix=key_prefix + "rl:", timeout=timeout_ms / 1000, busy_poll=busy_poll
-    )
+    backend = client or valkey_client(valkey, timeout=timeout_ms / 1000)
+    return ValkeyRateLimiter(backend, prefix=key_prefix + "rl:")
+
+
+def shared_client(url: str, *, timeout_ms: int = 500) -> Valkey | None:
+    """The one Valkey client (and pool) a gateway process gives its limiter and its approval
+    store, or None for memory."""
+    valkey = valkey_url(url, "rate-limit backend")
+    return None if valkey is None else valkey_client(valkey, timeout=timeout_ms / 1000)
 
 
 def valkey_url(url: str, what: str) -> str | None:
@@ -69,12 +79,8 @@ def backend_problem(url: str) -> str | None:
         return f"unknown backend {redact(url)!r} ({_EXPECTED})"
     if scheme != "unix" and not (parts and parts.hostname):
         return f"{redact(url)!r} has no host ({_EXPECTED})"
-    from valkey.exceptions import ValkeyError
-
-    from gateway.ratelimit.endpoint import Endpoint
-
     try:
-        Endpoint.from_url(url)
+        check_url(url)
     except (ValueError, OSError, ValkeyError) as exc:
         return f"{redact(url)!r} is not a usable Valkey URL: {redact(str(exc))}"
     return None

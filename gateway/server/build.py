@@ -12,7 +12,7 @@ from gateway.inventory.pins import Pins
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import load_policy
 from gateway.policy.engines import get_engine
-from gateway.ratelimit.factory import make_limiter
+from gateway.ratelimit.factory import make_limiter, shared_client
 from gateway.telemetry.audit import DecisionLog
 from gateway.telemetry.metrics import Metrics
 from gateway.upstream.http import HttpUpstream
@@ -22,6 +22,8 @@ from gateway.upstream.stdio import StdioUpstream
 def build_gateway(config: GatewayConfig) -> Gateway:
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
     policy = load_policy(config.policy, get_engine(config.cel.engine))
+    limits = config.limits
+    valkey = shared_client(limits.backend, timeout_ms=limits.timeout_ms)  # one pool, or None
     upstreams = {
         name: StdioUpstream(server) if server.is_stdio else HttpUpstream(server)
         for name, server in config.servers.items()
@@ -33,12 +35,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         auth=build_authenticator(
             config.grants, config.anonymous, config.oauth, list(config.servers)
         ),
-        limiter=make_limiter(
-            config.limits.backend,
-            busy_poll_us=config.limits.busy_poll_us,
-            timeout_ms=config.limits.timeout_ms,
-            key_prefix=config.limits.key_prefix,
-        ),
+        limiter=make_limiter(limits.backend, key_prefix=limits.key_prefix, client=valkey),
         decisions=DecisionLog(log_arguments=config.audit.log_arguments),
         signer=SessionSigner(config.sessions.secret),
         guard=HostGuard(
@@ -48,11 +45,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     gateway.pins = Pins.load(config.pins.file, config.pins.accept_changes)
     gateway.metrics = Metrics()
     gateway.metrics.set_policy(policy.revision)
-    store = make_store(
-        config.limits.backend,
-        key_prefix=config.limits.key_prefix,
-        timeout_ms=config.limits.timeout_ms,
-    )
+    store = make_store(limits.backend, key_prefix=limits.key_prefix, client=valkey)
     approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=config.approvals)
     gateway.approvals = approvals
     return gateway

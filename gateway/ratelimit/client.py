@@ -1,0 +1,93 @@
+"""The Valkey client the limiter and the approval store share: one pool per gateway process.
+
+A ``limits.backend`` URL is read exactly as the ``valkey`` package reads it (host, port, Unix
+socket, database, username, password, TLS and its ``ssl_*`` options, by its ``parse_url``).
+:func:`valkey_client` is the one place a client is built, so a Sentinel or Cluster client
+would be picked there by the URL's scheme. Foreign errors are mapped to the gateway's tree by
+:func:`unavailable` where a caller meets them (``BACKEND_ERRORS``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from valkey.asyncio import BlockingConnectionPool, Valkey
+from valkey.asyncio.connection import SSLConnection, ValkeySSLContext, parse_url
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import ValkeyError
+
+from gateway.errors import BackendUnavailable
+
+#: What a Valkey call can raise when the server is down, slow, refuses or answers an error.
+BACKEND_ERRORS = (ValkeyError, OSError)
+
+
+def unavailable(exc: BaseException) -> BackendUnavailable:
+    """The gateway's error for a Valkey failure; names the kind, never the URL or password."""
+    return BackendUnavailable(f"valkey: {type(exc).__name__}")
+
+
+def valkey_client(
+    url: str, *, timeout: float = 0.5, max_connections: int = 64, pool_wait: float = 5.0
+) -> Valkey:
+    """A client over a bounded pool with short timeouts and one retry on a broken connection.
+
+    ``timeout`` bounds connecting and each reply (the handshake's too); waiting for a free
+    pooled connection (``pool_wait``) is queueing behind other calls of a burst, not an
+    outage, so it gets seconds. The retry is what makes a restart invisible: the first command
+    on a stale pooled connection fails, the connection is dropped, the retry opens a fresh
+    one. Timeouts are not retried (that would double the wait on a hung server). A retry after
+    the server ran a script but before its reply arrived would run it twice; for a token
+    bucket that errs on the strict side. Over TLS the server's name is checked against its
+    certificate unless the URL says ``ssl_check_hostname=false``. No ``CLIENT SETINFO`` on
+    connect: a new connection costs AUTH and SELECT only, and an ACL user needs no more.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_wait,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(ValkeyConnectionError,)),
+        retry_on_error=[ValkeyConnectionError],  # the client retries only what this lists
+        lib_name=None,
+        lib_version=None,
+        **client_defaults(url),
+    )
+    return Valkey.from_pool(pool)
+
+
+def client_defaults(url: str) -> dict[str, Any]:
+    """Keyword arguments for ``from_url``: TLS settings a ``valkeys://`` URL gets unless it
+    says otherwise (the certificate verified and, when it is, the server's name checked; the
+    ``valkey`` package alone would not check the name)."""
+    opts = parse_url(url)
+    if opts.get("connection_class") is not SSLConnection:
+        return {}
+    cert_reqs = opts.get("ssl_cert_reqs", "required")
+    return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": cert_reqs != "none"}
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError (or the ``valkey`` package's errors, or OSError for a missing CA
+    file) for a URL the client could not use; builds the TLS context it would build."""
+    opts = parse_url(url)
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ValueError(f"the database must be a number, not {database!r}")
+    if opts.get("connection_class") is SSLConnection:
+        opts = {**client_defaults(url), **opts}
+        ValkeySSLContext(
+            keyfile=opts.get("ssl_keyfile"),
+            certfile=opts.get("ssl_certfile"),
+            cert_reqs=opts["ssl_cert_reqs"],
+            ca_certs=opts.get("ssl_ca_certs"),
+            ca_data=opts.get("ssl_ca_data"),
+            check_hostname=opts["ssl_check_hostname"],
+            min_version=opts.get("ssl_min_version"),
+            ciphers=opts.get("ssl_ciphers"),
+        ).get()
