@@ -196,3 +196,19 @@ class TestSessions:
                 rest = b"".join([c async for c in chunks])
             assert b'"id":7' not in rest and b'"id": 7' not in rest
             assert not upstream.bridge.sessions[sid].in_flight
+
+
+def test_a_client_naming_sse_first_gets_a_stream() -> None:
+    """Accept order is the client's preference: ``text/event-stream`` first asks for a stream
+    even for an answer that comes alone (the conformance suite asks so); JSON otherwise."""
+    from gateway.upstream.stdio_wire import prefers_sse
+    from gateway.wire.asgi import Incoming
+
+    def incoming(accept: str) -> Incoming:
+        headers = [(b"accept", accept.encode())]
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+        return Incoming(scope, None)  # type: ignore[arg-type]
+
+    assert prefers_sse(incoming("text/event-stream, application/json"))
+    assert not prefers_sse(incoming("application/json, text/event-stream"))
+    assert not prefers_sse(incoming(""))

@@ -34,6 +34,7 @@ from gateway.upstream.stdio_wire import (
     accepts,
     encode,
     open_stream,
+    prefers_sse,
     read_post,
     respond,
 )
@@ -178,7 +179,9 @@ class SessionLink:
         else:
             self._answer(encode(unavailable(msg_id, f"stdio server {self.name!r} is not running")))
         version = incoming.header("mcp-protocol-version") or _offered(message)
-        await self._respond(send, msg_id, pending, accepts(incoming)[1], version >= "2025-11-25")
+        sse = accepts(incoming)[1]
+        prime = version >= "2025-11-25"
+        await self._respond(send, msg_id, pending, sse, prime, prefers_sse(incoming))
 
     def _begin(self, msg_id: Any, message: dict[str, Any]) -> Pending:
         old = self.in_flight.pop(msg_id, None)
@@ -190,7 +193,7 @@ class SessionLink:
         return pending
 
     async def _respond(
-        self, send: Send, key: Any, pending: Pending, sse: bool, prime: bool
+        self, send: Send, key: Any, pending: Pending, sse: bool, prime: bool, now: bool = False
     ) -> None:
         pending.reading = True
         try:
@@ -201,6 +204,7 @@ class SessionLink:
                 headers=self.headers,
                 priming=(lambda: self.events.priming(key)) if prime else (lambda: b""),
                 framed=lambda body: self.events.framed(key, body),
+                stream_now=now,
             )
         finally:
             pending.reading = False

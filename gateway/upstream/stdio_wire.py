@@ -104,6 +104,13 @@ def accepts(incoming: Incoming) -> tuple[bool, bool]:
     return json_ok, sse_ok
 
 
+def prefers_sse(incoming: Incoming) -> bool:
+    """Whether the client names ``text/event-stream`` first in Accept: then every answer is
+    a stream, as it asks (JSON, the cheaper, otherwise)."""
+    first = (incoming.header("accept") or "").split(",")[0].split(";")[0]
+    return first.strip().lower() == "text/event-stream"
+
+
 async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], bytes] | None:
     """A handshake-era POST's one message and its body; None once refused (as the SDK's
     transport refuses: 406, 415, 413, 400)."""
@@ -153,6 +160,7 @@ async def respond(
     status: Callable[[dict[str, Any]], int] = lambda message: 200,
     priming: Callable[[], bytes] = lambda: b"",
     framed: Callable[[bytes], bytes] = event,
+    stream_now: bool = False,
 ) -> bool:
     """Send one request's answer, and what comes before it; True once the answer went out.
 
@@ -160,9 +168,12 @@ async def respond(
     an event's bytes (with its id); a stream's head, priming event and first event go out
     together. Without SSE (the client takes JSON only) what comes before the answer is
     dropped. The inbox closing with no answer (the request was cancelled) ends the stream
-    empty.
+    empty. ``stream_now``: the stream opens at once (the client prefers SSE).
     """
     started = False
+    if stream_now and sse:
+        started = True
+        await open_stream(send, headers, priming())
     while True:
         try:
             item = await inbox.get(math.inf if started or not sse else HEAD_AFTER)
