@@ -33,7 +33,8 @@ class ServerConfig:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
-    max_processes: int = 16
+    max_processes: int = 16  # stdio: processes (one per handshake-era session), all grants
+    max_processes_per_grant: int = 8  # stdio: of those, at most this many for one grant
     idle_timeout: float = 600.0
     ca_file: str | None = None  # https:// upstreams: trust this CA bundle, not the system's
     prefix: str | None = None  # names on /mcp: ``<prefix><sep><name>``; None: the server's name

@@ -20,6 +20,7 @@ _STDIO_SERVER = {
     "env",
     "cwd",
     "max_processes",
+    "max_processes_per_grant",
     "idle_timeout",
     "timeout",
     "prefix",
@@ -93,6 +94,7 @@ def _stdio_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
         env=read.str_map(sub, "env"),
         cwd=str(read.path(cwd)) if cwd else None,
         max_processes=sub.positive_int("max_processes"),
+        max_processes_per_grant=sub.positive_int("max_processes_per_grant"),
         idle_timeout=sub.positive_number("idle_timeout"),
         timeout=sub.positive_number("timeout"),  # an answer's deadline
     )

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.edge.clientview import ClientView
 from gateway.errors import UpstreamIOError
 from gateway.upstream.h1 import H1Response
-from gateway.upstream.http import HttpUpstream
+from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, reply
 from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
 from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, View, filtered
@@ -71,6 +71,7 @@ class Forward:
     view: View | None = None  # every message back passes the caller's view
     wrap_session: Callable[[str], str] | None = None
     last_event_id: str | None = None  # the upstream's own event id (already unwrapped)
+    grant: str | None = None  # the caller's, for an upstream in this process (its quotas)
 
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
@@ -81,6 +82,8 @@ def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
     if fwd.last_event_id is not None:
         headers["last-event-id"] = fwd.last_event_id
     headers.update(fwd.upstream.headers)
+    if fwd.grant is not None and fwd.upstream.takes_grant:
+        headers[GRANT_HEADER] = fwd.grant
     return headers
 
 

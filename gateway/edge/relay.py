@@ -110,7 +110,7 @@ class Relay:
         """GET (the server's stream, or a resumed one) and DELETE: no body, the same view."""
         session = self._session(incoming, upstream, identity, required=True)
         view = ClientView(self.gw, upstream.name, identity, session)
-        fwd = Forward(upstream, session, None, view=view)
+        fwd = Forward(upstream, session, None, view=view, grant=identity.grant)
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
         presented = incoming.header("last-event-id")
@@ -149,7 +149,7 @@ class Relay:
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
         view = ClientView(self.gw, upstream.name, identity, session)
-        fwd = Forward(upstream, session, body, message.msg_id, view)
+        fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.grant)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.grant, sid)
         if message.method == "tools/call" and message.is_request:
             await self._call(incoming, send, fwd, message, identity)

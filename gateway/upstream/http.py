@@ -63,6 +63,11 @@ def probe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: The caller's grant, on requests to an upstream in this process (never a client's header:
+#: the relay forwards only an allow-list of those).
+GRANT_HEADER = "x-celgate-grant"
+
+
 class HttpUpstream:
     """A Streamable HTTP upstream: its URL, its fixed headers and its connection pool."""
 
@@ -73,6 +78,9 @@ class HttpUpstream:
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
+        # Whether requests carry the caller's grant (GRANT_HEADER): only an upstream in this
+        # process (a stdio bridge, which counts processes per grant), never one on a network.
+        self.takes_grant = False
         self.health = UpstreamHealth()
         # servers.X.timeout bounds every request's wait for its answer's head (relay, probe,
         # learn_sessions); a stream may then idle.

@@ -45,7 +45,7 @@ from mcp.shared.inbound import (
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.config import ServerConfig
-from gateway.upstream.http import HttpUpstream
+from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.upstream.inproc import AsgiPool, AsgiTransport
 from gateway.upstream.stdio_child import KILL_GRACE, LINE_LIMIT, kill_group, log
 from gateway.upstream.stdio_events import MemoryEvents
@@ -159,15 +159,38 @@ class StdioBridge:
                 return
         await self.shared.handle(incoming, send, message)
 
-    def _evict_idle(self) -> None:
-        """At the cap, the least recently used session with no call in flight gives way."""
-        idle = [link for link in self.sessions.values() if not link.in_flight]
+    def _evict_idle(self, grant: str) -> None:
+        """At a cap, the grant's own least recently used session with no call in flight gives
+        way (never another grant's)."""
+        idle = [
+            link for link in self.sessions.values() if link.grant == grant and not link.in_flight
+        ]
         if not idle:
             return
         victim = min(idle, key=lambda link: link.last_used)
         self.sessions.pop(victim.session_id, None)
         log.info("stdio.session_evicted", server=self.config.name, session=victim.session_id)
         victim.end()
+
+    def _held_by(self, grant: str) -> int:
+        return sum(1 for link in self.sessions.values() if link.grant == grant)
+
+    def _refusal(self, grant: str) -> tuple[int, str] | None:
+        """Room for one more process of ``grant``, making it from the grant's own idle
+        sessions if need be; else why not."""
+        config = self.config
+        if self._held_by(grant) >= config.max_processes_per_grant:
+            self._evict_idle(grant)
+        if len(self.sessions) >= config.max_processes:
+            self._evict_idle(grant)
+        if self._held_by(grant) >= config.max_processes_per_grant:
+            return 429, (
+                f"grant {grant!r} holds {config.max_processes_per_grant} processes of stdio "
+                f"server {config.name!r}, all busy (max_processes_per_grant): end a session first"
+            )
+        if len(self.sessions) >= config.max_processes:
+            return 503, f"stdio server {config.name!r} is at max_processes={config.max_processes}"
+        return None
 
     async def _open_session(self, incoming: Incoming, send: Send) -> None:
         """A request without a session: only ``initialize`` opens one (and a process)."""
@@ -179,24 +202,18 @@ class StdioBridge:
             msg = "Bad Request: Missing session ID"
             await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
             return
-        if len(self.sessions) >= self.config.max_processes:
-            self._evict_idle()
-        if len(self.sessions) >= self.config.max_processes:
-            msg = (
-                f"stdio server {self.config.name!r} is at max_processes={self.config.max_processes}"
-            )
-            log.warning(
-                "stdio.at_capacity",
-                server=self.config.name,
-                max_processes=self.config.max_processes,
-            )
-            await reply(send, 503, rpc_error(None, UPSTREAM_UNAVAILABLE, msg))
+        grant = incoming.header(GRANT_HEADER) or ""
+        refused = self._refusal(grant)
+        if refused is not None:
+            status, msg = refused
+            log.warning("stdio.at_capacity", server=self.config.name, grant=grant, detail=msg)
+            await reply(send, status, rpc_error(message.get("id"), UPSTREAM_UNAVAILABLE, msg))
             return
         if self._tg is None:  # not running (yet, or any more)
             msg = f"stdio server {self.config.name!r} is not running"
             await reply(send, 503, rpc_error(None, UPSTREAM_UNAVAILABLE, msg))
             return
-        link = SessionLink(self, uuid.uuid4().hex)
+        link = SessionLink(self, uuid.uuid4().hex, grant)
         self.sessions[link.session_id] = link
         await self._tg.start(link.run)
         await link.handle(incoming, send, message, body)
@@ -213,6 +230,7 @@ class StdioUpstream(HttpUpstream):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(replace(config, url=BRIDGE_URL, headers={}))
         self.bridge = StdioBridge(config)
+        self.takes_grant = True
         pool = AsgiPool(
             self.bridge,
             f"stdio server {config.name!r}",

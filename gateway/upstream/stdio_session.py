@@ -70,9 +70,10 @@ class SessionLink:
     stream. With one process per session, every one of them reaches the right client.
     """
 
-    def __init__(self, bridge: StdioBridge, session_id: str) -> None:
+    def __init__(self, bridge: StdioBridge, session_id: str, grant: str = "") -> None:
         self.bridge = bridge
         self.session_id = session_id
+        self.grant = grant  # whose process this is (quotas: StdioBridge._refusal)
         self.name = bridge.config.name
         self.child = Child(bridge.config, f"{self.name}[{session_id[:8]}]", self._from_child)
         self.child.on_exit = self._child_exited

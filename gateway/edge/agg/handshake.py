@@ -260,7 +260,9 @@ class Handshake:
             return
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
-        fwd = routed(self.gw, incoming, server, message, changed, body, view, link.sid)
+        fwd = routed(
+            self.gw, incoming, server, message, changed, body, view, link.sid, identity.grant
+        )
         if message.method == "tools/call":
             await self._call(incoming, send, session, identity, message, fwd, changed["name"])
             return

@@ -44,7 +44,9 @@ class Links:
         upstream = self.gw.upstreams[server]
         params = {"protocolVersion": session.version, **session.client}
         try:
-            answer, headers = await exchange(upstream, "initialize", params, session.version)
+            answer, headers = await exchange(
+                upstream, "initialize", params, session.version, grant=session.grant
+            )
             result = answer.get("result")
             if not isinstance(result, dict):
                 raise UpcallFailed(f"upstream {server!r} refused initialize")

@@ -55,6 +55,7 @@ def routed(
     original: bytes,
     view: View,
     session: str | None = None,
+    grant: str | None = None,
 ) -> Forward:
     """The request as ``server`` is to see it, on the upstream session ``session``."""
     upstream = gw.upstreams[server]
@@ -65,7 +66,7 @@ def routed(
             incoming.headers["mcp-name"] = encode_header_value(changed["name"])
     else:
         body = original
-    return Forward(upstream, session, body, message.msg_id, view)
+    return Forward(upstream, session, body, message.msg_id, view, grant=grant)
 
 
 #: What ``target`` routes: the methods of one server, by name, by URI, or by either.

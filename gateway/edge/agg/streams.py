@@ -43,7 +43,9 @@ async def resumed_stream(
         if event_id is not None:
             incoming.headers["mcp-protocol-version"] = link.version
             upstream = face.gw.upstreams[server]
-            fwd = Forward(upstream, link.sid, None, view=view, last_event_id=event_id)
+            fwd = Forward(
+                upstream, link.sid, None, view=view, last_event_id=event_id, grant=session.grant
+            )
             await forward(incoming, send, fwd)
             return
     raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID not recognised", status=400)

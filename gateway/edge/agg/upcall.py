@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from gateway.edge.forward import UPSTREAM_ERRORS, read_bounded
-from gateway.upstream.http import HttpUpstream
+from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.sse import LINE
 
@@ -24,7 +24,11 @@ class UpcallFailed(Exception):
 
 
 def _headers(
-    upstream: HttpUpstream, method: str | None, version: str, session: str | None
+    upstream: HttpUpstream,
+    method: str | None,
+    version: str,
+    session: str | None,
+    grant: str | None = None,
 ) -> dict[str, str]:
     headers = {
         "content-type": "application/json",
@@ -37,6 +41,8 @@ def _headers(
         headers["mcp-method"] = method
     if session is not None:
         headers["mcp-session-id"] = session
+    if grant is not None and upstream.takes_grant:  # an in-process stdio bridge's quotas
+        headers[GRANT_HEADER] = grant
     return headers
 
 
@@ -79,9 +85,10 @@ async def exchange(
     meta: Any = None,
     *,
     session: str | None = None,
+    grant: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The upstream's answer and the HTTP headers it came with."""
-    headers = _headers(upstream, method, version, session)
+    headers = _headers(upstream, method, version, session, grant)
     msg_id = f"{UPCALL_ID}-{next(_numbers)}"
     body = body_of(method, params, version, meta, msg_id)
     try:
@@ -110,9 +117,10 @@ async def post_once(
     version: str,
     session: str | None,
     verb: str = "POST",
+    grant: str | None = None,
 ) -> int:
     """Send a notification, an answer or a DELETE; the upstream's HTTP status (0: down)."""
-    headers = _headers(upstream, method, version, session)
+    headers = _headers(upstream, method, version, session, grant)
     try:
         resp = await upstream.pool.request(verb, headers, body if verb == "POST" else None)
     except (*UPSTREAM_ERRORS, TimeoutError):
