@@ -272,10 +272,9 @@ def _check(row: Row, out: dict[str, dict[str, Any]]) -> None:
     assert held["is_error"] and held["decision"]["approval_id"].startswith("apr_")
     assert "An operator must approve it" in held["text"]
     in_band = out["approval_in_band"]
-    if row.face == "aggregate" or in_band.get("no_elicitation"):
-        # No in-band face on the aggregate, no elicitation in the Inspector CLI: the fallback.
+    if in_band.get("no_elicitation"):
+        # No elicitation in the Inspector CLI: the fallback.
         assert in_band["decision"]["error"] == "approval_pending", in_band
-        in_band["fallback"] = True
     else:
         assert not in_band["is_error"] and "deleted matrix" in in_band["text"], in_band
 
@@ -316,8 +315,6 @@ def render(seen_rows: dict[str, dict[str, dict[str, Any]]]) -> str:
             words = cell_text(cell, out[cell])
             if out[cell].get("no_elicitation"):
                 words = "n/a (no elicitation handler); fallback to retry: " + words
-            elif out[cell].get("fallback"):
-                words = "n/a (no in-band face); fallback to retry: " + words
             cells.append(words)
         lines.append("| " + " | ".join([row.client, row.face, row.era, *cells]) + " |")
     return "\n".join(lines) + "\n"

@@ -27,19 +27,23 @@ from gateway.wire.asgi import reply
 
 
 class EdgeApp:
-    """The ASGI app that is served: ``/mcp/{server}`` straight to the relay, the rest to
-    Litestar.
+    """The ASGI app that is served: ``/mcp/{server}`` straight to the relay, ``/mcp`` to the
+    aggregate, the rest to Litestar.
 
     The relay is a raw ASGI app with its own error boundary, and it is the one path on which
     every tool call travels. Litestar's routing and middleware in front of it cost more CPU per
-    call than the relay's own checks, so relay paths are dispatched here first; ``/mcp`` (the
-    aggregate, under Litestar's exception handling), admin, health and metrics stay Litestar's.
+    call than the relay's own checks, so relay paths are dispatched here first, and ``/mcp``
+    (the aggregate, a raw ASGI app with its own boundary too); admin, health and metrics stay
+    Litestar's.
     """
 
-    def __init__(self, litestar: Litestar, relay: Relay, gateway: Gateway) -> None:
+    def __init__(
+        self, litestar: Litestar, relay: Relay, gateway: Gateway, aggregate: Aggregate
+    ) -> None:
         self.litestar = litestar
         self.relay = relay
         self.gateway = gateway
+        self.aggregate = aggregate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
@@ -47,6 +51,10 @@ class EdgeApp:
             if path.startswith("/mcp/") and path[5:].strip("/"):
                 scope["path"] = path[4:]  # what the relay reads: the part after /mcp
                 await self.relay(scope, receive, send)  # type: ignore[arg-type]
+                return
+            if path == "/mcp" or path == "/mcp/":
+                scope["path"] = "/"  # as mounted: nothing follows /mcp
+                await self.aggregate(scope, receive, send)  # type: ignore[arg-type]
                 return
             if path.startswith("/openapi") and not _operator(self.gateway, scope):
                 await _refuse_operator_page(self.gateway, send)
@@ -155,4 +163,4 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         openapi_config=openapi,
         logging_config=None,
     )
-    return EdgeApp(litestar, relay, gateway)
+    return EdgeApp(litestar, relay, gateway, aggregate)
