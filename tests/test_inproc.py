@@ -22,10 +22,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import ServerConfig
 from gateway.errors import UpstreamIOError, UpstreamTimeout
-from gateway.upstream.inproc import _PAUSE_AT, AsgiPool, AsgiTransport
+from gateway.upstream.inproc import _PAUSE_AT, AsgiPool
 from gateway.upstream.stdio import BRIDGE_URL, StdioUpstream
 from gateway.wire.asgi import Message, Receive, Scope, Send
 from tests.gateway_proc import text_of
+from tests.inproc_transport import AsgiTransport
 from tests.peers import REPO_ROOT, stdio_upstream_command
 from tests.servers.test_servers_smoke import elicitation_answering, eventually
 
@@ -322,7 +323,8 @@ class TestTheRealBridge:
         answer = elicitation_answering("blue", asked)
         with anyio.fail_after(30):
             async with stdio_upstream() as upstream:
-                link = streamable_http_client(BRIDGE_URL, http_client=upstream.sdk_client())
+                http = httpx2.AsyncClient(transport=AsgiTransport(upstream.pool))
+                link = streamable_http_client(BRIDGE_URL, http_client=http)
                 async with Client(link, mode="legacy", elicitation_callback=answer) as c:
                     echoed = await c.call_tool("echo", {"text": "in process"})
                     result = await c.call_tool("ask_user", {"question": "colour?"})

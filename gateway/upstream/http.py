@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx2
 import structlog
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.config import ServerConfig
 from gateway.errors import UpstreamIOError
@@ -87,10 +85,6 @@ class HttpUpstream:
         self.pool: Pool = H1Pool(
             self.url, self.connect_timeout, ca_file=config.ca_file, head_timeout=config.timeout
         )
-
-    def sdk_client(self) -> httpx2.AsyncClient:
-        """An httpx2 client for the SDK's ``streamable_http_client(self.url, ...)``."""
-        return create_mcp_http_client(headers=dict(self.headers))
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Reachable when it answers HTTP at all (a 4xx to a bare GET still means it is up)."""

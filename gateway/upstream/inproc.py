@@ -2,9 +2,7 @@
 
 ``AsgiPool`` has ``H1Pool``'s interface (``request(method, headers, body)`` gives an answer
 whose head is there at once and whose body comes as it is sent), so the relay fronts a stdio
-server exactly as it fronts a Streamable HTTP one. ``AsgiTransport`` is the same for httpx2,
-the SDK client's library (the aggregate uses it); httpx2's own ``ASGITransport`` hands back a
-response only once the app has finished it, which never happens on an SSE stream.
+server exactly as it fronts a Streamable HTTP one (the aggregate too).
 
 Each request runs the app in a task of its own (in an empty context, as a server would), fed
 by a ``receive`` that yields the body once and then waits for the answer to be closed
@@ -25,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-import httpx2
 import structlog
 
 from gateway.errors import UpstreamIOError, UpstreamTimeout
@@ -220,44 +217,3 @@ class AsgiPool:
         """Cancel every request still running (the gateway is stopping)."""
         for task in list(self.tasks):
             task.cancel()
-
-
-class AsgiTransport(httpx2.AsyncBaseTransport):
-    """An httpx2 transport over an ``AsgiPool``: the SDK's HTTP client, with no socket.
-
-    Unlike httpx2's ``ASGITransport``, the response comes back at its head and its body
-    streams, so SSE works. httpx2's timeouts are not applied (they are the socket's); the
-    pool's ``head_timeout`` is.
-    """
-
-    def __init__(self, pool: AsgiPool) -> None:
-        self.pool = pool
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        body = await request.aread()
-        headers = [(k.lower(), v) for k, v in request.headers.raw]
-        try:
-            answer = await self.pool.send(request.method, headers, body)
-        except UpstreamTimeout as exc:
-            raise httpx2.ReadTimeout(str(exc), request=request) from exc
-        except UpstreamIOError as exc:
-            raise httpx2.ReadError(str(exc), request=request) from exc
-        return httpx2.Response(
-            answer.status, headers=answer.raw_headers, stream=_Body(answer, request)
-        )
-
-
-class _Body(httpx2.AsyncByteStream):
-    def __init__(self, answer: AsgiResponse, request: httpx2.Request) -> None:
-        self.answer = answer
-        self.request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.answer.iter_chunks():
-                yield chunk
-        except UpstreamIOError as exc:
-            raise httpx2.ReadError(str(exc), request=self.request) from exc
-
-    async def aclose(self) -> None:
-        self.answer.close()

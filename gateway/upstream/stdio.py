@@ -1,9 +1,9 @@
 """stdio upstreams: each stdio MCP server served as a Streamable HTTP endpoint in process.
 
 A ``StdioBridge`` is a raw ASGI app inside the gateway process, bound to no socket: the relay
-reaches it through an ``AsgiPool`` (``gateway.upstream.inproc``, the ``H1Pool`` interface) and
-the aggregate through an httpx2 transport over the same pool, so it fronts a stdio server as
-an ordinary Streamable HTTP upstream and policy stays at one choke point. The bridge does not
+and the aggregate reach it through an ``AsgiPool`` (``gateway.upstream.inproc``, the ``H1Pool``
+interface), so it fronts a stdio server as an ordinary Streamable HTTP upstream and policy
+stays at one choke point. The bridge does not
 terminate MCP: JSON-RPC messages pass between HTTP and the child's stdin/stdout unchanged, and
 the bridge frames the HTTP side itself (``stdio_wire``: an answer that comes alone as JSON,
 else an SSE stream; session ids, priming events, resumption), with no HTTP server stack.
@@ -35,7 +35,6 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
-import httpx2
 from anyio.abc import TaskStatus
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
@@ -46,7 +45,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.config import ServerConfig
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
-from gateway.upstream.inproc import AsgiPool, AsgiTransport
+from gateway.upstream.inproc import AsgiPool
 from gateway.upstream.stdio_child import KILL_GRACE, LINE_LIMIT, kill_group, log
 from gateway.upstream.stdio_events import MemoryEvents
 from gateway.upstream.stdio_session import SessionLink
@@ -240,12 +239,6 @@ class StdioUpstream(HttpUpstream):
             head_timeout=config.timeout + BRIDGE_DEADLINE_SLACK,
         )
         self.pool = pool
-        self.transport = AsgiTransport(pool)
-
-    def sdk_client(self) -> httpx2.AsyncClient:
-        """An httpx2 client for the SDK's ``streamable_http_client(self.url, ...)``: it reaches
-        the bridge in process (its timeouts are the pool's, not httpx2's)."""
-        return httpx2.AsyncClient(transport=self.transport, headers=self.headers)
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Up while its shared process runs: a command that cannot start, or one that keeps
