@@ -6,6 +6,12 @@ shape; an admitted call forwarded, its upstream time measured."""
 
 from __future__ import annotations
 
+from mcp.shared.inbound import (
+    mcp_param_headers,
+    validate_mcp_param_headers,
+    x_mcp_header_map,
+)
+
 from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
@@ -13,8 +19,9 @@ from gateway.edge.replies import denial
 from gateway.pipeline.admission import admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
+from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
-from gateway.wire.jsonrpc import Message
+from gateway.wire.jsonrpc import MODERN_VERSIONS, BadMessage, Message
 
 
 async def call_through(
@@ -27,6 +34,7 @@ async def call_through(
     identity: Identity,
     version: str | None,
 ) -> None:
+    fwd.params = param_headers(gw, incoming, call, version, message)
     held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
     face = ElicitFace(gw, message, version, identity, held)
     fwd.body = face.upstream_body(fwd.body)
@@ -46,3 +54,24 @@ async def call_through(
         return
     async with timed_upstream(gw, call):
         await forward(incoming, send, fwd)
+
+
+def param_headers(
+    gw: Gateway, incoming: Incoming, call: Call, version: str | None, message: Message
+) -> dict[str, str] | None:
+    """The ``Mcp-Param-*`` headers (SEP-2243) the upstream gets for a tool whose schema
+    declares them: made here from the body's arguments, never the client's copied (so header
+    and body cannot differ upstream). A 2026-07-28 client's own must agree with its body, as
+    the server would check: a mismatch is refused before any policy is looked at."""
+    schema = gw.param_schemas.get((call.server or "", call.tool))
+    if schema is None:
+        return None
+    sent = {k: v for k, v in incoming.headers.items() if k.startswith("mcp-param-")}
+    if any(k in incoming.repeated for k in sent):
+        msg = "an Mcp-Param header given twice"
+        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=message.msg_id)
+    if version in MODERN_VERSIONS or sent:
+        refused = validate_mcp_param_headers(schema, call.args, sent)
+        if refused is not None:
+            raise BadMessage(rpc.HEADER_MISMATCH, refused.message, msg_id=message.msg_id)
+    return mcp_param_headers(x_mcp_header_map(schema), call.args)

@@ -72,6 +72,7 @@ class Forward:
     wrap_session: Callable[[str], str] | None = None
     last_event_id: str | None = None  # the upstream's own event id (already unwrapped)
     grant: str | None = None  # the caller's, for an upstream in this process (its quotas)
+    params: dict[str, str] | None = None  # Mcp-Param-* headers, made here from the body
 
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
@@ -84,6 +85,8 @@ def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
     headers.update(fwd.upstream.headers)
     if fwd.grant is not None and fwd.upstream.takes_grant:
         headers[GRANT_HEADER] = fwd.grant
+    if fwd.params:
+        headers.update(fwd.params)
     return headers
 
 

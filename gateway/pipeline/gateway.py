@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+
 from gateway.approvals.service import ApprovalService
 from gateway.auth.guard import HostGuard, SessionSigner
 from gateway.auth.identity import Authenticator
@@ -43,6 +45,8 @@ class Gateway:
     approvals: ApprovalService | None = None
     metrics: Metrics | None = None
     catalog: dict[tuple[str, str], ToolInfo] = field(default_factory=dict)
+    # the input schemas of tools whose arguments travel as Mcp-Param-* headers too
+    param_schemas: dict[tuple[str, str], Any] = field(default_factory=dict)
     pins: Pins = field(default_factory=Pins)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -57,7 +61,13 @@ class Gateway:
         """Record a tool definition seen on the wire: its risk, and its pin (new, same or
         changed)."""
         info = catalog_info(self.policy, server, tool)
-        self.catalog[(server, str(tool.get("name", "")))] = info
+        name = str(tool.get("name", ""))
+        self.catalog[(server, name)] = info
+        schema = tool.get("inputSchema")
+        if x_mcp_header_map(schema) and find_invalid_x_mcp_header(schema) is None:
+            self.param_schemas[(server, name)] = schema  # its Mcp-Param-* headers (SEP-2243)
+        else:
+            self.param_schemas.pop((server, name), None)
         return info, self.pins.observe(server, tool)
 
     async def close(self) -> None:

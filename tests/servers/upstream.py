@@ -38,7 +38,7 @@ import threading
 import warnings
 import wave
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import mcp_types as types
@@ -46,6 +46,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, UserMessage
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import Field
 
 from gateway.upstream.stdio import MemoryEvents
 
@@ -602,6 +603,14 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(17)
+
+    if os.environ.get("UPSTREAM_PARAM_HEADERS"):  # a 2026-07-28 tool routed by a header
+
+        @server.tool(description="Says the region its Mcp-Param-Region header named")
+        def locate(
+            region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+        ) -> str:
+            return f"region {region}"
 
     @server.tool(description="Never answers until cancelled")
     async def hang() -> str:
