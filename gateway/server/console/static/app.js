@@ -200,6 +200,7 @@ function closeStream() {
 // --- upstreams, policy, limits, tools ---
 
 async function showHealth() {
+  if (!session) return; // signed out while a refresh was under way: nothing to ask
   const body = await call("GET", "/admin/health");
   const details = body.upstream_health || {};
   const rows = Object.entries(body.upstreams || {}).map(([name, state]) => {
