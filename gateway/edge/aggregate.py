@@ -12,22 +12,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 
-from gateway.auth.identity import refusal_answer
-from gateway.auth.tokens import Refusal
 from gateway.edge.agg.handshake import Handshake
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.stateless import Stateless
-from gateway.edge.replies import error_reply
+from gateway.edge.boundary import caller, check_guard, json_body, serve
 from gateway.edge.routing import stateless_era
 from gateway.pipeline.gateway import Gateway
-from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.asgi import Incoming, Receive, Scope, Send
 from gateway.wire.jsonrpc import HANDSHAKE_VERSIONS, BadMessage
 
 
@@ -57,37 +53,14 @@ class Aggregate:
                         await self.handshake.links.close(session)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        incoming = Incoming(scope, receive)
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self._handle(incoming, tracking_send)
-        except BadMessage as exc:
-            if not started:
-                await reply(send, *error_reply(exc))
-        except Exception as exc:  # the boundary: logged in full here, never shown to the client
-            log.exception("aggregate.internal_error", method=incoming.method)
-            if not started:
-                await reply(send, *error_reply(exc))
+        await serve(self._handle, scope, receive, send, "aggregate.internal_error")
 
     async def _handle(self, incoming: Incoming, send: Send) -> None:
-        guard = self.gw.guard
-        if not guard.host_ok(incoming.header("host")):
-            raise BadMessage(rpc.INVALID_REQUEST, "Host not allowed", status=421)
-        if not guard.origin_ok(incoming.header("origin")):
-            raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
+        check_guard(self.gw, incoming)
         if incoming.path.strip("/"):
             raise BadMessage(rpc.INVALID_REQUEST, "not found", status=404)
-        identity = await self.gw.auth.resolve(incoming.header("authorization"), "/mcp")
-        if isinstance(identity, Refusal):
-            status, message, challenge = refusal_answer(identity)
-            body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
-            await reply(send, status, body, extra=challenge)
+        identity = await caller(self.gw, incoming, send, "/mcp")
+        if identity is None:
             return
         if incoming.method in ("GET", "DELETE"):
             version = incoming.header("mcp-protocol-version")
@@ -97,13 +70,7 @@ class Aggregate:
             return
         if incoming.method != "POST":
             raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
-        content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            msg = "Content-Type must be application/json"
-            raise BadMessage(rpc.INVALID_REQUEST, msg, status=415)
-        read = await incoming.body(self.gw.config.security.max_body_bytes)
-        if read is None:
-            raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
+        read = await json_body(self.gw, incoming)
         value = rpc.parse_body(read)
         if stateless_era(incoming, value):
             await self.stateless.post(incoming, send, identity, read, value)

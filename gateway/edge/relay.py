@@ -11,21 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.auth.identity import refusal_answer
-from gateway.auth.tokens import Refusal
+from gateway.edge.boundary import caller, check_guard, json_body, serve
 from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, forward
 from gateway.edge.inband import is_gateway_id
-from gateway.edge.replies import error_reply
 from gateway.edge.routing import check_routing_headers, stateless_era
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
-from gateway.telemetry.audit import log
 from gateway.upstream.http import HttpUpstream
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.asgi import Incoming, Receive, Scope, Send
 from gateway.wire.jsonrpc import BadMessage, Message
 
 
@@ -36,36 +33,13 @@ class Relay:
         self.gw = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        incoming = Incoming(scope, receive)
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self._handle(incoming, tracking_send)
-        except BadMessage as exc:
-            await reply(send, *error_reply(exc))
-        except Exception as exc:  # the boundary: logged in full here, never shown to the client
-            log.exception("relay.internal_error", path=incoming.path, method=incoming.method)
-            if not started:
-                await reply(send, *error_reply(exc))
+        await serve(self._handle, scope, receive, send, "relay.internal_error")
 
     async def _handle(self, incoming: Incoming, send: Send) -> None:
-        guard = self.gw.guard
-        if not guard.host_ok(incoming.header("host")):
-            raise BadMessage(rpc.INVALID_REQUEST, "Host not allowed", status=421)
-        if not guard.origin_ok(incoming.header("origin")):
-            raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
+        check_guard(self.gw, incoming)
         upstream = self._upstream(incoming)
-        auth = self.gw.auth
-        identity = await auth.resolve(incoming.header("authorization"), "/mcp/" + upstream.name)
-        if isinstance(identity, Refusal):
-            status, message, challenge = refusal_answer(identity)
-            body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
-            await reply(send, status, body, extra=challenge)
+        identity = await caller(self.gw, incoming, send, "/mcp/" + upstream.name)
+        if identity is None:
             return
         if incoming.method == "POST":
             await self._post(incoming, send, upstream, identity)
@@ -124,13 +98,7 @@ class Relay:
     async def _post(
         self, incoming: Incoming, send: Send, upstream: HttpUpstream, identity: Identity
     ) -> None:
-        content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            msg = "Content-Type must be application/json"
-            raise BadMessage(rpc.INVALID_REQUEST, msg, status=415)
-        body = await incoming.body(self.gw.config.security.max_body_bytes)
-        if body is None:
-            raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
+        body = await json_body(self.gw, incoming)
         value = rpc.parse_body(body)
         modern = stateless_era(incoming, value)
         try:

@@ -71,8 +71,9 @@ async def admit(
     ``hold`` when the face gives one; in ``elicit`` mode the face asks the client's human
     (``elicit``), or, when it cannot (no such face, a client without elicitation), the rule's
     ``fallback`` mode applies. Without an approval service a held call stays held.
-    If the call is interrupted (the caller cancels, a store fails), the record still gets
-    written, with the decision as far as it got, and the exception goes on.
+    If the call is interrupted the record still gets written and the exception goes on: a
+    cancelled call (the caller went away) with the decision as far as it got, a failure (a
+    store, say) as a deny with ``error: internal_error``.
     """
     started = clock()
     decision = check_pin(gw, call, decide(gw.policy, call, gw.now()))
@@ -87,7 +88,19 @@ async def admit(
         if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
             decision = await _approve(gw, call, decision, decision_id, hold, timer)
         decision = await apply_limits(gw, decision)
-    except BaseException:
+    except Exception as exc:
+        # A failure on the way (a store, an elicitation): the call goes no further, and its
+        # record says so rather than showing the decision as far as it got (an allow, say).
+        failed = replace(
+            decision,
+            effect="deny",
+            reason="the gateway failed while deciding this call",
+            error="internal_error",
+            error_detail=type(exc).__name__,
+        )
+        _record(gw, call, failed, decision_id, clock() - started, timer.waited)
+        raise
+    except BaseException:  # cancelled (the caller went away): recorded as far as it got
         _record(gw, call, decision, decision_id, clock() - started, timer.waited)
         raise
     return _record(gw, call, decision, decision_id, clock() - started, timer.waited)

@@ -1,0 +1,77 @@
+"""What both MCP faces (the relay and ``/mcp``) do first and last, written once: the error
+boundary (a refusal answered with its own message; anything else logged in full here and
+answered as an internal error, never shown), the Host and Origin guard, the caller's
+credentials, and a JSON body read within its bound."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.auth.identity import refusal_answer
+from gateway.auth.tokens import Refusal
+from gateway.edge.replies import error_reply
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Identity
+from gateway.telemetry.audit import log
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.jsonrpc import BadMessage
+
+
+async def serve(
+    handle: Callable[[Incoming, Send], Awaitable[None]],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    event: str,
+) -> None:
+    """Run ``handle`` inside the boundary; ``event`` names its internal errors in the log."""
+    incoming = Incoming(scope, receive)
+    started = False
+
+    async def tracking_send(message: Any) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await handle(incoming, tracking_send)
+    except BadMessage as exc:
+        if not started:
+            await reply(send, *error_reply(exc))
+    except Exception as exc:  # the boundary: logged in full here, never shown to the client
+        log.exception(event, path=incoming.path, method=incoming.method)
+        if not started:
+            await reply(send, *error_reply(exc))
+
+
+def check_guard(gw: Gateway, incoming: Incoming) -> None:
+    """DNS rebinding and foreign pages are refused before anything else is looked at."""
+    if not gw.guard.host_ok(incoming.header("host")):
+        raise BadMessage(rpc.INVALID_REQUEST, "Host not allowed", status=421)
+    if not gw.guard.origin_ok(incoming.header("origin")):
+        raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
+
+
+async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> Identity | None:
+    """Who is calling ``resource``; None once refused (401/403 with its challenge, answered)."""
+    identity = await gw.auth.resolve(incoming.header("authorization"), resource)
+    if isinstance(identity, Refusal):
+        status, message, challenge = refusal_answer(identity)
+        body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
+        await reply(send, status, body, extra=challenge)
+        return None
+    return identity
+
+
+async def json_body(gw: Gateway, incoming: Incoming) -> bytes:
+    """A POST's body: JSON only (415), within ``security.max_body_bytes`` (413)."""
+    content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        msg = "Content-Type must be application/json"
+        raise BadMessage(rpc.INVALID_REQUEST, msg, status=415)
+    body = await incoming.body(gw.config.security.max_body_bytes)
+    if body is None:
+        raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
+    return body
