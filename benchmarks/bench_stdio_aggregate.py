@@ -30,8 +30,10 @@ the other on a shared machine are not.
 Added latency = median(target) - median(its direct baseline). Gateway CPU per call is the
 gateway process's own utime + stime (``/proc/<pid>/stat``, every thread, not its stdio
 children) over a target's calls, divided by their number; a direct target costs the gateway
-nothing but its idle timers. Writes ``benchmarks/results/stdio_aggregate.json`` and a Markdown
-table beside it.
+nothing but its idle timers. Client CPU per call is the benchmark process's own CPU time
+(``time.process_time``) over a target's calls: what the SDK client spends on one transport or
+the other (a stdio child's CPU is in neither column). Writes
+``benchmarks/results/stdio_aggregate.json`` and a Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ async def measure(
     stdio = StdioServerParameters(command=command, args=args, env={"PYTHONPATH": str(REPO_ROOT)})
     samples: dict[str, list[float]] = {}
     ticks: dict[str, int] = {}
+    client_s: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         up = stack.enter_context(http_upstream())
@@ -176,9 +179,11 @@ async def measure(
             for _ in range(rounds):
                 for label, (c, (_, tool, gw_pid, _)) in running.items():
                     before = cpu_ticks(gw_pid) if gw_pid else 0
+                    own = time.process_time()
                     samples.setdefault(label, []).extend(await timed_calls(c, tool, calls))
                     spent = cpu_ticks(gw_pid) - before if gw_pid else 0
                     ticks[label] = ticks.get(label, 0) + spent
+                    client_s[label] = client_s.get(label, 0.0) + time.process_time() - own
     medians = {k: statistics.median(v) for k, v in samples.items()}
     baselines = {k: v for k, v in BASELINES.items() if k in medians}
     added = {k: medians[k] - medians[base] for k, base in baselines.items()}
@@ -189,6 +194,9 @@ async def measure(
         "added_median_ms": {k: round(v, 3) for k, v in added.items()},
         "gateway_cpu_us_per_call": {
             k: round(t * TICK_US / len(samples[k])) for k, t in ticks.items()
+        },
+        "client_cpu_us_per_call": {
+            k: round(t * 1e6 / len(samples[k])) for k, t in client_s.items()
         },
         "machine": {"python": platform.python_version(), "cpus": _cpus()},
     }
@@ -218,17 +226,18 @@ def _cpus() -> int:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| target | median ms | p90 ms | added median ms (vs baseline) | gateway CPU µs/call |",
-        "|---|---:|---:|---:|---:|",
+        "| target | median ms | p90 ms | added median ms (vs baseline) | gateway CPU µs/call"
+        " | client CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, median in result["median_ms"].items():
         added = result["added_median_ms"].get(label)
         base = BASELINES.get(label)
         extra = f"{added:+.3f} (vs {base})" if added is not None else "baseline"
         cpu = result["gateway_cpu_us_per_call"][label]
-        lines.append(
-            f"| {label} | {median:.3f} | {result['p90_ms'][label]:.3f} | {extra} | {cpu} |"
-        )
+        own = result["client_cpu_us_per_call"][label]
+        p90 = result["p90_ms"][label]
+        lines.append(f"| {label} | {median:.3f} | {p90:.3f} | {extra} | {cpu} | {own} |")
     return "\n".join(lines)
 
 

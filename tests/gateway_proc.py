@@ -71,6 +71,18 @@ OPERATOR = {
 }
 
 
+def initialize_body(
+    name: str, version: str = "2025-11-25", msg_id: int = 1, **capabilities: Any
+) -> dict[str, Any]:
+    """A client's ``initialize`` request, for tests that speak the wire themselves."""
+    params = {
+        "protocolVersion": version,
+        "capabilities": capabilities,
+        "clientInfo": {"name": name, "version": "1"},
+    }
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "initialize", "params": params}
+
+
 def write_config(
     directory: Path,
     policy: Mapping[str, Any] | str,

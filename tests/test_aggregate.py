@@ -17,7 +17,15 @@ import httpx
 import mcp_types as types
 import pytest
 
-from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
+from tests.gateway_proc import (
+    GatewayProcess,
+    calls_in,
+    client,
+    decision_of,
+    initialize_body,
+    run_gateway,
+    text_of,
+)
 from tests.peers import PeerProcess, http_upstream
 from tests.servers.test_servers_smoke import elicitation_answering
 from tests.test_stdio_bridge import stdio_server
@@ -144,16 +152,7 @@ class TestAggregate:
         call) gets 404, and so does a made-up or unsigned id."""
         url = f"{gateway.base}/mcp"
         base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "takeover", "version": "1"},
-            },
-        }
+        init = initialize_body("takeover")
         auth = {**base, "authorization": f"Bearer {KEY}"}
         opened = httpx.post(url, json=init, headers=auth, timeout=30)
         sid = opened.headers["mcp-session-id"]

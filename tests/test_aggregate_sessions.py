@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
 from tests.peers import PeerProcess, http_upstream
 from tests.test_stdio_bridge import stdio_server
 
@@ -18,16 +18,7 @@ KEY = "cgk_aggregate-sessions-key"
 OTHER = "cgk_aggregate-sessions-other"
 CAP = 200
 HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "many", "version": "1"},
-    },
-}
+INIT = initialize_body("many")
 
 
 @pytest.fixture(scope="module")

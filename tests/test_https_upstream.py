@@ -15,7 +15,7 @@ import trustme
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from tests.gateway_proc import client, run_gateway, text_of
+from tests.gateway_proc import client, initialize_body, run_gateway, text_of
 from tests.peers import HOST, start_http_upstream
 
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
@@ -56,16 +56,7 @@ def test_an_unverified_certificate_is_refused(
     """Without the CA, the system's trust store does not know the certificate: nothing is sent
     to the upstream, the caller gets a clear error, and the gateway keeps serving."""
     _, url = ca_and_upstream
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
+    init = initialize_body("raw")
     headers = {"accept": "application/json, text/event-stream"}
     with run_gateway(tmp_path, POLICY, {"up": {"url": url}}) as gw:
         for _ in range(2):

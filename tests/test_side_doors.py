@@ -99,7 +99,10 @@ class TestResumedStreams:
         http = httpx.Client(timeout=10)
         session = _open_session(http, gw.url("up"), KEY_A)
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
-        resp = http.post(gw.url("up"), json=body, headers=_headers(KEY_A, session))
+        # A client that names the stream first gets the upstream's stream, ids and all (an
+        # answer that comes alone goes as JSON otherwise, with no event id to resume from).
+        headers = _headers(KEY_A, session, accept="text/event-stream, application/json")
+        resp = http.post(gw.url("up"), json=body, headers=headers)
         assert resp.headers["content-type"].startswith("text/event-stream")
         return http, session, _events(resp.text)
 

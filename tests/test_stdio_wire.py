@@ -201,8 +201,7 @@ class TestSessions:
 def test_a_client_naming_sse_first_gets_a_stream() -> None:
     """Accept order is the client's preference: ``text/event-stream`` first asks for a stream
     even for an answer that comes alone (the conformance suite asks so); JSON otherwise."""
-    from gateway.upstream.stdio_wire import prefers_sse
-    from gateway.wire.asgi import Incoming
+    from gateway.wire.asgi import Incoming, prefers_sse
 
     def incoming(accept: str) -> Incoming:
         headers = [(b"accept", accept.encode())]

@@ -16,9 +16,17 @@ from gateway.edge.clientview import ClientView
 from gateway.errors import UpstreamIOError
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
-from gateway.wire.asgi import Incoming, Receive, Send, reply
+from gateway.wire.asgi import Incoming, Receive, Send, reply, wants_json
 from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
-from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, View, filtered
+from gateway.wire.sse import (
+    DROP,
+    SseRewriter,
+    StreamTooLarge,
+    View,
+    answer_alone,
+    filtered,
+    has_data,
+)
 
 # The request headers that travel upstream: what describes the message itself. Everything else
 # stays here: hop-by-hop and framing headers (the connection's own; ``expect`` above all: an
@@ -149,8 +157,16 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
         start = {"type": "http.response.start", "status": resp.status}
         start["headers"] = _response_headers(resp, fwd)
-        await send(start)
-        await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd))
+        # An answer that comes alone may go as JSON (the client's choice of the two the
+        # protocol allows): a stream costs both ends more, and the SDK's client drops the
+        # connection of every stream it stops reading at the answer.
+        alone = (
+            fwd.msg_id is not None
+            and resp.status == 200
+            and incoming.method == "POST"
+            and wants_json(incoming)
+        )
+        await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd, start, alone))
     else:
         await _relay_whole(send, resp, fwd)
 
@@ -189,19 +205,72 @@ async def read_bounded(resp: H1Response) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _relay_sse(send: Send, resp: H1Response, fwd: Forward) -> None:
+async def _relay_sse(
+    send: Send, resp: H1Response, fwd: Forward, start: dict[str, Any], alone: bool
+) -> None:
+    """The stream, event by event through the caller's view.
+
+    With ``alone``, the head waits for the first event that carries a message (events before
+    it without one, such as a priming event with only an id, wait with it): when that message
+    is the request's answer and nothing came after it, the answer goes as JSON and the rest of
+    the upstream's stream (its end) is not waited for. Otherwise the stream starts with every
+    event held so far.
+    """
     assert fwd.view is not None
     rewriter = SseRewriter(fwd.view)
+    pending: dict[str, Any] | None = start if alone else None
+    held: list[bytes] = []
+    if pending is None:
+        await send(start)
     try:
         async for chunk in resp.iter_chunks():
-            data = rewriter.feed(chunk)
+            events = rewriter.split(chunk)
+            if pending is not None:
+                held += events
+                carrying = [event for event in events if has_data(event)]
+                if not carrying:
+                    continue
+                if events[-1] is carrying[0]:
+                    data = answer_alone(carrying[0], fwd.msg_id)
+                    if data is not None:
+                        await _answer_json(send, resp, fwd, data)
+                        return
+                await send(pending)
+                pending, events, held = None, held, []
+            data = rewriter.rewrite(events)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
-        if fwd.msg_id is not None:
-            await send({"type": "http.response.body", "body": sse_error(fwd), "more_body": True})
+        tail = sse_error(fwd) if fwd.msg_id is not None else b""
+        await _flush(send, pending, rewriter.rewrite(held) + tail)
+        pending = None
+    await _flush(send, pending, rewriter.rewrite(held))
     await send({"type": "http.response.body", "body": rewriter.close()})
+
+
+async def _flush(send: Send, pending: dict[str, Any] | None, data: bytes) -> None:
+    """The head if it still waits, then ``data`` if any."""
+    if pending is not None:
+        await send(pending)
+    if data:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def _answer_json(send: Send, resp: H1Response, fwd: Forward, data: bytes) -> None:
+    """A streamed answer that came alone, sent as one JSON body (through the view)."""
+    assert fwd.view is not None
+    resp.release_when_done()
+    changed = filtered(data, fwd.view)
+    if changed is DROP:
+        await _unavailable(send, fwd)
+        return
+    body = data if changed is None else changed
+    headers = [(k, v) for k, v in _response_headers(resp, fwd) if k.lower() != b"content-type"]
+    headers.append((b"content-type", b"application/json"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # Most answers are over within a few milliseconds; the watcher starts only for those that

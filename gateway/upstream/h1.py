@@ -194,6 +194,7 @@ class H1Response:
         self._error: BaseException | None = None
         self._released = False
         self._headers: dict[str, str] | None = None
+        self._discard: asyncio.TimerHandle | None = None  # see release_when_done
 
     @property
     def headers(self) -> dict[str, str]:
@@ -220,6 +221,10 @@ class H1Response:
             self.head.set_result(None)
 
     def push(self, chunk: bytes | None) -> None:
+        if self._discard is not None:  # nobody reads on: only the end matters
+            if chunk is None:
+                self._stop_discarding()
+            return
         self._chunks.append(chunk)
         if len(self._chunks) >= _PAUSE_AT:
             self.conn.pause()
@@ -228,6 +233,10 @@ class H1Response:
     def fail(self, error: BaseException) -> None:
         """The first failure is the one reported; an answer already whole stays whole."""
         if self.complete or self._error is not None:
+            return
+        if self._discard is not None:
+            self._error = error
+            self._stop_discarding()
             return
         self._error = error
         if not self.head.done():
@@ -263,9 +272,29 @@ class H1Response:
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
+    def release_when_done(self, within: float = 5.0) -> None:
+        """The reader needs no more of this answer (it has what it came for): what is left is
+        dropped as it arrives, and the connection goes back to the pool once the answer ends,
+        or is dropped if it has not ended within ``within`` seconds. No await; ``close`` does
+        nothing meanwhile."""
+        if self._released or self._discard is not None:
+            return
+        self._chunks.clear()
+        if self.complete or self._error is not None:
+            self.close()
+            return
+        self._discard = asyncio.get_running_loop().call_later(within, self._stop_discarding)
+        self._drained()
+
+    def _stop_discarding(self) -> None:
+        if self._discard is not None:
+            self._discard.cancel()
+            self._discard = None
+        self.close()
+
     def close(self) -> None:
         """Give the connection back if the answer was read whole, else drop it. No await."""
-        if self._released:
+        if self._released or self._discard is not None:
             return
         self._released = True
         conn = self.conn

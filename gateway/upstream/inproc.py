@@ -60,6 +60,7 @@ class AsgiResponse(H1Response):
         self._error: BaseException | None = None
         self._released = False
         self._headers: dict[str, str] | None = None
+        self._discard: asyncio.TimerHandle | None = None
 
     def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """``http.response.start``: the head, without the connection's own headers."""
@@ -74,6 +75,11 @@ class AsgiResponse(H1Response):
     async def feed(self, body: bytes, more: bool) -> None:
         """``http.response.body``: queue the chunk; wait while the reader is far behind."""
         if self._released or self.complete or not self.head.done():
+            return
+        if self._discard is not None:  # nobody reads on: only the end matters
+            if not more:
+                self.complete = True
+                self._stop_discarding()
             return
         if body:
             self._chunks.append(body)
@@ -95,7 +101,7 @@ class AsgiResponse(H1Response):
 
     def close(self) -> None:
         """Done with the answer. Cut short, the app task is cancelled. No await."""
-        if self._released:
+        if self._released or self._discard is not None:
             return
         self._released = True
         self.closed.set()

@@ -31,14 +31,12 @@ from gateway.upstream.stdio_messages import (
 from gateway.upstream.stdio_wire import (
     Inbox,
     Item,
-    accepts,
     encode,
     open_stream,
-    prefers_sse,
     read_post,
     respond,
 )
-from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.asgi import Incoming, Send, accepts, prefers_sse, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND
 from gateway.wire.jsonrpc import error_body as rpc_error
 

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from gateway.upstream.stdio_child import LINE_LIMIT
-from gateway.wire.asgi import Incoming, Send, reply
+from gateway.wire.asgi import Incoming, Send, accepts, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR
 from gateway.wire.jsonrpc import error_body as rpc_error
 
@@ -91,24 +91,6 @@ class Inbox:
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def accepts(incoming: Incoming) -> tuple[bool, bool]:
-    """(JSON, SSE) for the request's Accept header, wildcards included (as the SDK reads it)."""
-    types = {
-        part.split(";")[0].strip().lower() for part in (incoming.header("accept") or "").split(",")
-    }
-    anything = "*/*" in types
-    json_ok = anything or bool(types & {"application/json", "application/*"})
-    sse_ok = anything or bool(types & {"text/event-stream", "text/*"})
-    return json_ok, sse_ok
-
-
-def prefers_sse(incoming: Incoming) -> bool:
-    """Whether the client names ``text/event-stream`` first in Accept: then every answer is
-    a stream, as it asks (JSON, the cheaper, otherwise)."""
-    first = (incoming.header("accept") or "").split(",")[0].split(";")[0]
-    return first.strip().lower() == "text/event-stream"
 
 
 async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], bytes] | None:

@@ -65,6 +65,30 @@ class Incoming:
         return b"".join(chunks)
 
 
+def accepts(incoming: Incoming) -> tuple[bool, bool]:
+    """(JSON, SSE) for the request's Accept header, wildcards included (as the SDK reads it)."""
+    types = {
+        part.split(";")[0].strip().lower() for part in (incoming.header("accept") or "").split(",")
+    }
+    anything = "*/*" in types
+    json_ok = anything or bool(types & {"application/json", "application/*"})
+    sse_ok = anything or bool(types & {"text/event-stream", "text/*"})
+    return json_ok, sse_ok
+
+
+def prefers_sse(incoming: Incoming) -> bool:
+    """Whether the client names ``text/event-stream`` first in Accept: then every answer is
+    a stream, as it asks (JSON, the cheaper, otherwise)."""
+    first = (incoming.header("accept") or "").split(",")[0].split(";")[0]
+    return first.strip().lower() == "text/event-stream"
+
+
+def wants_json(incoming: Incoming) -> bool:
+    """An answer may go as JSON rather than as a stream: the client accepts it and does not
+    name ``text/event-stream`` first."""
+    return accepts(incoming)[0] and not prefers_sse(incoming)
+
+
 async def reply(
     send: Send,
     status: int,

@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any, Protocol
 
+import msgspec
+
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
 EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 LINE = re.compile(rb"\r\n|\r|\n")
@@ -96,6 +98,57 @@ def filtered(data: bytes, view: View) -> bytes | None:
     return json.dumps(changed, ensure_ascii=False).encode()
 
 
+def has_data(event: bytes) -> bool:
+    """Whether an event is dispatched with data (a message): a priming event (an id, with no
+    ``data`` or an empty one) is not."""
+    fields = [_field(line) for line in LINE.split(event) if line]
+    data = [value for name, value in fields if name == b"data"]
+    return len(data) > 1 or bool(data and data[0])
+
+
+def answer_alone(event: bytes, msg_id: Any) -> bytes | None:
+    """The data of ``event`` when it is a plain ``message`` event holding the final answer
+    (result or error) to the request ``msg_id``, else None. Such an event, coming first, may go
+    to the caller as a JSON answer instead of a stream: nothing else belongs to that request."""
+    data: list[bytes] = []
+    for line in LINE.split(event):
+        if not line:
+            continue
+        name, value = _field(line)
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            if value != b"message":
+                return None
+        elif name not in (b"id", b"retry", b""):
+            return None
+    if not data:
+        return None
+    joined = b"\n".join(data)
+    try:
+        head = _ANSWER_HEAD.decode(joined)
+    except msgspec.DecodeError:
+        return None
+    if head.method is not msgspec.UNSET:
+        return None
+    if type(head.id) is not type(msg_id) or head.id != msg_id:  # 1 is not True
+        return None
+    final = (head.result is msgspec.UNSET) != (head.error is msgspec.UNSET)
+    return joined if final else None
+
+
+class _AnswerHead(msgspec.Struct):
+    """What tells an answer from the rest; the result itself is skipped, not built."""
+
+    id: Any = None
+    method: Any = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_ANSWER_HEAD = msgspec.json.Decoder(_AnswerHead)
+
+
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -111,6 +164,10 @@ class SseRewriter:
         self.buffer = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        return self.rewrite(self.split(chunk))
+
+    def split(self, chunk: bytes) -> list[bytes]:
+        """The events ``chunk`` completes, as they came (each with its closing blank line)."""
         self.buffer += chunk
         out: list[bytes] = []
         while True:
@@ -118,10 +175,14 @@ class SseRewriter:
             if match is None:
                 break
             event, self.buffer = self.buffer[: match.end()], self.buffer[match.end() :]
-            out.append(rewrite_event(event, self.view))
+            out.append(event)
         if len(self.buffer) > MAX_EVENT_BYTES:
             raise StreamTooLarge(f"an SSE event over {MAX_EVENT_BYTES} bytes")
-        return b"".join(out)
+        return out
+
+    def rewrite(self, events: list[bytes]) -> bytes:
+        """Events from ``split`` as the caller receives them."""
+        return b"".join([rewrite_event(event, self.view) for event in events])
 
     def close(self) -> bytes:
         """An event left without its closing blank line is dropped: it was never dispatched
