@@ -254,7 +254,9 @@ def stack(ns: argparse.Namespace, failed: dict[str, str]) -> Iterator[list[Targe
         allow = _celgate(tree, folder / "allow", ALLOW, {"up": {"url": up.url}}, st, **room)
         cel = _celgate(tree, folder / "cel", CEL_LIMIT, {"up": {"url": up.url}}, st)
         # Its own process: each legacy session on a stdio relay is a child process of its own.
-        stdio_cap = {**stdio, "max_processes": ns.clients + 1}  # the default 16 would evict one
+        # One legacy session is one process: the defaults (16 in all, 8 a grant) would evict.
+        cap = ns.clients + 1
+        stdio_cap = {**stdio, "max_processes": cap, "max_processes_per_grant": cap}
         on_stdio = _celgate(tree, folder / "stdio", ALLOW, {"st": stdio_cap}, st)
         stdio_relay = gateway_target("celgate relay to stdio", on_stdio)
         stdio_relay.baseline, stdio_relay.memory["skip"] = "stdio direct", "a child per session"

@@ -27,43 +27,18 @@ import asyncio
 import select
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Container, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
 from gateway.errors import UpstreamIOError, UpstreamTimeout
+from gateway.upstream.hop import OWN_HEADERS, connection_named, is_hop_by_hop
 
 # A slow reader pauses the socket rather than letting chunks pile up without bound.
 _PAUSE_AT = 64
 _RESUME_AT = 8
-
-# The connection's own headers. ``expect``: this client never waits for a 100 Continue.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-    }
-)
-# Never taken from the caller: this client frames the request itself.
-_OWN_HEADERS = HOP_BY_HOP | {"host", "content-length"}
-
-
-def connection_named(values: Iterable[str]) -> set[str]:
-    """The header names a ``Connection`` header lists: hop-by-hop for that message only."""
-    return {token.strip().lower() for value in values for token in value.split(",")} - {""}
-
-
-def is_hop_by_hop(name: str, named: Container[str] = ()) -> bool:
-    """``name`` (lower case) belongs to the connection, not the message."""
-    return name in HOP_BY_HOP or name.startswith("proxy-") or name in named
 
 
 class _Stop(Exception):
@@ -370,7 +345,7 @@ class H1Pool:
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise UpstreamIOError(f"header {name!r} has a line break")
-            if name.lower() not in _OWN_HEADERS:
+            if name.lower() not in OWN_HEADERS:
                 lines.append(f"{name}: {value}")
         if body is not None:
             lines.append(f"content-length: {len(body)}")

@@ -28,7 +28,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 import structlog
 
 from gateway.errors import UpstreamIOError, UpstreamTimeout
-from gateway.upstream.h1 import H1Response, connection_named, is_hop_by_hop
+from gateway.upstream.h1 import H1Response
+from gateway.upstream.hop import connection_named, is_hop_by_hop
 from gateway.wire.asgi import Message, Receive, Scope, Send
 
 log = structlog.get_logger("celgate.inproc")
