@@ -1,6 +1,6 @@
 """The relay at ``/mcp/<server>``, this tree against an older one, interleaved in one run.
 
-    python benchmarks/bench_relay.py [--against REV] [--calls N] [--rounds R]
+    python benchmarks/bench_relay.py [--against REV] [--calls N] [--rounds R] [--sdk]
                                      [--profile NAME] [--output FILE]
 
 Targets, all in front of one upstream (``tests.servers.upstream``, Streamable HTTP,
@@ -8,7 +8,8 @@ stateful, SSE answers): the upstream itself (``direct``); celgate from this tree
 ``REV`` (``git archive`` of that commit into a temporary folder, default ``HEAD``), each with
 an allow-all policy and with a CEL rule + two rate limits (memory limiter). Each target is
 called in both protocol eras (2025-11-25 with a session; 2026-07-28 without one) by a lean
-aiohttp JSON-RPC client, one call at a time; targets take turns in rounds so drift on a shared
+aiohttp JSON-RPC client (``--sdk``: the SDK's own ``mcp.Client``, ``legacy`` and ``auto``),
+one call at a time; targets take turns in rounds so drift on a shared
 machine hits all alike. Gateway CPU per call is ``utime + stime`` from ``/proc/<pid>/stat``
 around each batch. Reports medians and the added median over direct.
 
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from mcp import Client as McpClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -134,7 +136,29 @@ class Client:
             raise RuntimeError(f"tools/call on {self.url}: {status} {body[:300]!r}")
 
 
-async def batch(client: Client, target: Target, calls: int, record: bool) -> None:
+class SdkClient:
+    """The SDK's own client (``mcp.Client``, no cache): ``legacy`` for the 2025-11-25 era,
+    ``auto`` (which negotiates 2026-07-28) for the modern one. What most agents run."""
+
+    def __init__(self, target: Target) -> None:
+        self.client = McpClient(
+            target.url, mode="legacy" if target.era == "legacy" else "auto", cache=None
+        )
+        self.session: Any = None
+
+    async def open(self) -> None:
+        self.session = await self.client.__aenter__()
+
+    async def close(self) -> None:
+        await self.client.__aexit__(None, None, None)
+
+    async def echo(self, text: str) -> None:
+        result = await self.session.call_tool("echo", {"text": text})
+        if result.is_error or result.content[0].text != text:
+            raise RuntimeError(f"tools/call on {self.client}: {result}")
+
+
+async def batch(client: Client | SdkClient, target: Target, calls: int, record: bool) -> None:
     clock = time.perf_counter_ns
     before = cpu_ticks(target.pid) if target.pid else 0
     lat = []
@@ -147,10 +171,10 @@ async def batch(client: Client, target: Target, calls: int, record: bool) -> Non
         target.cpu_ticks += (cpu_ticks(target.pid) - before) if target.pid else 0
 
 
-async def run(targets: list[Target], calls: int, rounds: int) -> None:
+async def run(targets: list[Target], calls: int, rounds: int, sdk: bool = False) -> None:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     async with aiohttp.ClientSession(connector=connector) as http:
-        clients = {t.name: Client(http, t) for t in targets}
+        clients = {t.name: SdkClient(t) if sdk else Client(http, t) for t in targets}
         for t in targets:
             await clients[t.name].open()
             await batch(clients[t.name], t, 200, record=False)  # warm up
@@ -159,6 +183,9 @@ async def run(targets: list[Target], calls: int, rounds: int) -> None:
             shift = r % len(targets)
             for t in targets[shift:] + targets[:shift]:
                 await batch(clients[t.name], t, per, record=True)
+        for client in reversed(clients.values()):
+            if isinstance(client, SdkClient):
+                await client.close()
 
 
 # --------------------------------------------------------------------------- processes
@@ -269,6 +296,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="NAME", help="py-spy one target, e.g. new/cel+limit/modern"
     )
+    parser.add_argument(
+        "--sdk", action="store_true", help="call with the SDK's client, not the lean one"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     ns = parser.parse_args()
     rev = subprocess.run(
@@ -278,7 +308,7 @@ def main() -> None:
         text=True,
     ).stdout.strip()
     with stack(ns.against) as targets:
-        asyncio.run(run(targets, ns.calls, ns.rounds))
+        asyncio.run(run(targets, ns.calls, ns.rounds, ns.sdk))
         profile_file = profile(targets, ns.profile) if ns.profile else None
     table = rows(targets)
     report = {
