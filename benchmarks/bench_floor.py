@@ -94,7 +94,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per target")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few calls")
     ns = parser.parse_args()
+    if ns.quick:
+        ns.calls, ns.rounds = 200, 2
     with stack() as targets:
         asyncio.run(run(targets, ns.calls, ns.rounds))
     table = rows(targets)

@@ -30,6 +30,11 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
         "End to end: tools/call direct, through celgate, through FastMCP's proxy",
         ["bench_e2e.py", "--levels", "1,8,16,32"],
     ),
+    "floor": (
+        "What each layer under the relay costs: raw relay, bare relay, celgate",
+        ["bench_floor.py"],
+    ),
+    "inproc": ("celgate's own work per call, in process", ["bench_inproc.py"]),
     "peers": (
         "Side by side: celgate and the gateways users would pick instead (SDK client)",
         ["bench_peers.py"],
