@@ -12,6 +12,7 @@ front of the SDK's own server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tests.gateway_proc import initialize_body, run_gateway
 from tests.peers import http_upstream
 from tests.test_h1 import Serve, read_request, until
 from tests.test_h1 import serve as serve
+from tests.test_upstream_hostile import raw_upstream, seen
 
 ANSWER = b'{"jsonrpc":"2.0","id":7,"result":{"content":[]}}'
 
@@ -199,3 +201,77 @@ class TestThroughTheRelay:
                 assert resp.headers["content-type"] == "application/json"
                 names = [tool["name"] for tool in resp.json()["result"]["tools"]]
                 assert names == ["echo"]
+
+
+STREAMING = ("sse", "sse-cut", "sse-linger", "sse-after")
+
+
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One gateway in front of raw upstreams that answer ``tools/call`` with streams, each in
+    its own way (``tests/servers/raw_upstream.py``); (gateway, the upstreams' request logs)."""
+    directory = tmp_path_factory.mktemp("streaming")
+    logs = {how: directory / f"{how}.jsonl" for how in STREAMING}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for how in STREAMING:
+            peer = stack.enter_context(raw_upstream(how, how, logs[how]))
+            servers[how] = {"url": peer.url}
+        policy = 'version: "1"\ndefault: allow\n'
+        yield stack.enter_context(run_gateway(directory, policy, servers)), logs
+
+
+def echo(client: httpx.Client, url: str, msg_id: int) -> httpx.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "hi"}},
+    }
+    headers = {**HEADERS, "accept": JSON_FIRST}
+    return client.post(url, json=body, headers=headers, timeout=10)
+
+
+class TestStreamsFromHandWrittenUpstreams:
+    """Upstreams written by hand, answering each call with a stream (stateless, no session)."""
+
+    def test_the_upstream_connection_is_reused(self, streaming: Any) -> None:
+        gateway, logs = streaming
+        with httpx.Client() as client:
+            for msg_id in (11, 12, 13):
+                resp = echo(client, gateway.url("sse"), msg_id)
+                assert resp.headers["content-type"] == "application/json"
+                assert resp.json()["result"]["content"][0]["text"] == f"{msg_id} hi"
+        calls = [r for r in seen(logs["sse"]) if r["rpc"] == "tools/call"]
+        assert len(calls) == 3 and len({r["conn"] for r in calls}) == 1
+
+    def test_a_stream_cut_before_the_answer_tells_the_caller_once(self, streaming: Any) -> None:
+        """The priming event held for a JSON answer is sent once, then the error event."""
+        gateway, _ = streaming
+        with httpx.Client() as client:
+            resp = echo(client, gateway.url("sse-cut"), 21)
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.text.count("id: ") == 1
+        (error,) = messages_of(resp.text)
+        assert error["id"] == 21 and "error" in error
+
+    def test_an_answer_comes_at_once_though_the_stream_stays_open(self, streaming: Any) -> None:
+        gateway, logs = streaming
+        with httpx.Client() as client:
+            for msg_id in (31, 32):
+                resp = echo(client, gateway.url("sse-linger"), msg_id)
+                assert resp.json()["result"]["content"][0]["text"] == f"{msg_id} hi"
+        calls = [r for r in seen(logs["sse-linger"]) if r["rpc"] == "tools/call"]
+        assert len({r["conn"] for r in calls}) == 2  # the open one was not reused
+
+    def test_a_message_after_the_answer_does_not_reach_the_next_call(self, streaming: Any) -> None:
+        """The rest of a stream whose answer went as JSON is read and dropped: never taken
+        for the next caller's answer on the reused connection."""
+        gateway, logs = streaming
+        with httpx.Client() as client:
+            for msg_id in (41, 42, 43):
+                resp = echo(client, gateway.url("sse-after"), msg_id)
+                assert resp.json()["id"] == msg_id
+                assert resp.json()["result"]["content"][0]["text"] == f"{msg_id} hi"
+        calls = [r for r in seen(logs["sse-after"]) if r["rpc"] == "tools/call"]
+        assert len({r["conn"] for r in calls}) == 1

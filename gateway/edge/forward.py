@@ -244,7 +244,7 @@ async def _relay_sse(
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
         tail = sse_error(fwd) if fwd.msg_id is not None else b""
         await _flush(send, pending, rewriter.rewrite(held) + tail)
-        pending = None
+        pending, held = None, []
     await _flush(send, pending, rewriter.rewrite(held))
     await send({"type": "http.response.body", "body": rewriter.close()})
 

@@ -24,7 +24,12 @@ the gateway's start-up probes still work:
 * ``continue``: send ``100 Continue`` first, then the answer ``RAW_UPSTREAM_DELAY_MS`` later
   (default 20), as a server busy with the call would;
 * ``hang``: never answer (the connection stays open until the peer drops it);
-* ``close``: close the connection after reading the request, without answering.
+* ``close``: close the connection after reading the request, without answering;
+* ``sse``: answer as an SSE stream, the way the SDK's server does: a priming event (an id and
+  an empty ``data``), the answer's event, the end of the stream;
+* ``sse-cut``: the priming event, then close the connection (no answer);
+* ``sse-linger``: the answer's event, then keep the stream open (never end it);
+* ``sse-after``: the answer's event, then a notification on the same stream, then the end.
 """
 
 from __future__ import annotations
@@ -127,7 +132,38 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             writer.write(CONTINUE)
             await writer.drain()
             await asyncio.sleep(DELAY)  # the call takes a while
+        streamed = MISBEHAVE & {"sse", "sse-cut", "sse-linger", "sse-after"}
+        if streamed:
+            return await stream_answer(reader, writer, message, min(streamed))
     writer.write(reply_to(message))
+    await writer.drain()
+    return True
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def stream_answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: dict[str, Any], how: str
+) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+    writer.write(b"transfer-encoding: chunked\r\n\r\n")
+    answer_event = b"event: message\ndata: " + reply_to(message).split(b"\r\n\r\n", 1)[1]
+    if how != "sse-linger":
+        writer.write(chunk(b"id: 1\ndata: \n\n"))
+        await writer.drain()
+    if how == "sse-cut":
+        return False  # closes the connection: no answer, no end of stream
+    writer.write(chunk(b"id: 2\n" + answer_event + b"\n\n"))
+    await writer.drain()
+    if how == "sse-linger":
+        await reader.read()  # the stream stays open until the gateway drops the connection
+        return False
+    if how == "sse-after":
+        note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info"}}
+        writer.write(chunk(b"data: " + json.dumps(note).encode() + b"\n\n"))
+    writer.write(b"0\r\n\r\n")
     await writer.drain()
     return True
 
