@@ -24,6 +24,9 @@ from gateway.telemetry.audit import DecisionLog, flush_logs
 from gateway.telemetry.metrics import Metrics
 from gateway.upstream.http import HttpUpstream
 
+#: Tool names not listed by any upstream whose classification is kept (callers choose them).
+MAX_UNLISTED = 1024
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -49,13 +52,31 @@ class Gateway:
     param_schemas: dict[tuple[str, str], Any] = field(default_factory=dict)
     pins: Pins = field(default_factory=Pins)
     extras: dict[str, Any] = field(default_factory=dict)
+    # Tools not listed yet, classified by name once per policy (names come from callers:
+    # bounded), and the policy the catalogue was classified under (a reload may override a
+    # kind or a risk: everything is classified again, once).
+    unlisted: dict[tuple[str, str], ToolInfo] = field(default_factory=dict, repr=False)
+    classified_under: CompiledPolicy | None = field(default=None, repr=False)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
         """What CEL sees as ``tool``; a tool not listed yet is classified by its name."""
-        known = self.catalog.get((server, tool))
+        if self.classified_under is not self.policy:
+            self._classify_again()
+        known = self.catalog.get((server, tool)) or self.unlisted.get((server, tool))
         if known is not None:
             return known
-        return catalog_info(self.policy, server, {"name": tool})
+        known = catalog_info(self.policy, server, {"name": tool})
+        if len(self.unlisted) < MAX_UNLISTED:
+            self.unlisted[(server, tool)] = known
+        return known
+
+    def _classify_again(self) -> None:
+        """Kinds and risks under the policy now in force (its overrides may have changed)."""
+        self.classified_under = self.policy
+        self.unlisted.clear()
+        for (server, name), info in self.catalog.items():
+            tool = {"name": name, "annotations": info.annotations}
+            self.catalog[(server, name)] = catalog_info(self.policy, server, tool)
 
     def observe(self, server: str, tool: dict[str, Any]) -> tuple[ToolInfo, str]:
         """Record a tool definition seen on the wire: its risk, and its pin (new, same or

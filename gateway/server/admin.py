@@ -249,7 +249,7 @@ def _by(request: Request[Any, Any, Any], data: ApprovalDecisionBody) -> str:
 
 
 def _tool_row(gateway: Gateway, server: str, name: str) -> dict[str, Any]:
-    info = gateway.catalog[(server, name)]
+    info = gateway.tool_info(server, name)  # classified under the policy in force
     why = classify(name, info.annotations, override_for(gateway.policy, server, name)).why
     pinned = gateway.pins.pinned.get((server, name))
     change = gateway.pins.changed.get((server, name))

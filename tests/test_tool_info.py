@@ -1,0 +1,71 @@
+"""``tool.kind`` and ``tool.risk``, as CEL sees them, follow the policy in force.
+
+A tool is classified once per policy, not on every call: from its listed definition, or, for a
+name no upstream has listed, from the name alone (kept for at most ``MAX_UNLISTED`` names,
+since callers choose them). A reload whose rule files override a kind or a risk classifies
+everything again, listed or not; the admin API's tool rows say the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.pipeline.gateway import MAX_UNLISTED, Gateway
+from gateway.policy import load_policy
+from gateway.server.build import build_gateway
+from tests.gateway_proc import write_config
+from tests.peers import free_port
+
+BEFORE = 'version: "1"\ndefault: allow\n'
+AFTER = """\
+version: "1"
+default: allow
+tools:
+  purge_cache:
+    risk: low
+  list_orders:
+    kind: delete
+"""
+
+
+def gateway_at(tmp_path: Path) -> Gateway:
+    servers = {"up": {"url": "http://127.0.0.1:9/mcp"}}  # never reached
+    return build_gateway(load_config(write_config(tmp_path, BEFORE, servers, free_port())))
+
+
+def reload_with(gw: Gateway, tmp_path: Path, text: str) -> None:
+    path = tmp_path / "after.yaml"
+    path.write_text(text)
+    gw.policy = load_policy([path])  # as the reloader swaps it
+
+
+def test_a_listed_tool_follows_a_reloaded_override(tmp_path: Path) -> None:
+    gw = gateway_at(tmp_path)
+    gw.observe("up", {"name": "purge_cache", "annotations": {"destructiveHint": True}})
+    assert (gw.tool_info("up", "purge_cache").kind, gw.tool_info("up", "purge_cache").risk) == (
+        "delete",
+        "high",
+    )
+    reload_with(gw, tmp_path, AFTER)
+    info = gw.tool_info("up", "purge_cache")
+    assert (info.kind, info.risk) == ("delete", "low")  # the override, the annotation kept
+    assert info.annotations == {"destructiveHint": True}
+
+
+def test_an_unlisted_tool_is_classified_once_per_policy(tmp_path: Path) -> None:
+    gw = gateway_at(tmp_path)
+    first = gw.tool_info("up", "list_orders")
+    assert (first.kind, first.risk) == ("read", "low")  # by its name's verb
+    assert gw.tool_info("up", "list_orders") is first  # not classified again
+    reload_with(gw, tmp_path, AFTER)
+    again = gw.tool_info("up", "list_orders")
+    assert again.kind == "delete" and again is not first
+
+
+def test_names_kept_are_bounded(tmp_path: Path) -> None:
+    gw = gateway_at(tmp_path)
+    for n in range(MAX_UNLISTED + 50):
+        assert gw.tool_info("up", f"made_up_{n}").kind == "execute"
+    assert len(gw.unlisted) == MAX_UNLISTED
+    assert gw.tool_info("up", f"made_up_{MAX_UNLISTED + 10}").risk == "high"  # still answered
