@@ -203,7 +203,7 @@ class TestThroughTheRelay:
                 assert names == ["echo"]
 
 
-STREAMING = ("sse", "sse-cut", "sse-linger", "sse-after")
+STREAMING = ("sse", "sse-cut", "sse-linger", "sse-after", "sse-keepalive")
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +275,41 @@ class TestStreamsFromHandWrittenUpstreams:
                 assert resp.json()["result"]["content"][0]["text"] == f"{msg_id} hi"
         calls = [r for r in seen(logs["sse-after"]) if r["rpc"] == "tools/call"]
         assert len({r["conn"] for r in calls}) == 1
+
+    def test_a_keep_alive_before_the_answer_makes_it_a_stream(self, streaming: Any) -> None:
+        """More than the priming event without a message: the client gets the stream (and so
+        the keep-alives as they come), not a head held back until the answer."""
+        gateway, _ = streaming
+        with httpx.Client() as client:
+            resp = echo(client, gateway.url("sse-keepalive"), 51)
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.text.startswith("id: ") and ": keep-alive" in resp.text
+        (answer,) = messages_of(resp.text)
+        assert answer["result"]["content"][0]["text"] == "51 hi"
+
+
+class TestTheHeadWaitsAWhileOnly:
+    async def test_past_the_wait_the_stream_starts(
+        self, serve: Serve, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An upstream that sends its priming event and then works on: once ``HOLD_SECONDS``
+        have passed (none, here) the head goes, with the priming event, so the client holds
+        an event id to resume from."""
+        from gateway.edge import forward
+        from gateway.wire.sse import SseRewriter
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"id: 1\ndata: \n\n"))
+            await reader.read()  # the call runs on
+
+        monkeypatch.setattr(forward, "HOLD_SECONDS", 0.0)
+        _, pool = await serve(handler)
+        resp = await pool.request("POST", {}, b"{}")
+        held: list[bytes] = []
+        try:
+            rewriter = SseRewriter(None)  # type: ignore[arg-type]  # split() reads no view
+            assert await forward._hold(resp, rewriter, held) is False
+        finally:
+            resp.close()
+        assert forward._alone(held, 7) is None

@@ -205,48 +205,77 @@ async def read_bounded(resp: H1Response) -> bytes | None:
     return b"".join(chunks)
 
 
+#: How long the head of a streamed answer may wait to become a JSON answer: the stdio
+#: bridge's rule too. A call still running after this is answered as a stream, its priming
+#: event first, so the client holds an event id to resume from.
+HOLD_SECONDS = 1.0
+
+
 async def _relay_sse(
     send: Send, resp: H1Response, fwd: Forward, start: dict[str, Any], alone: bool
 ) -> None:
     """The stream, event by event through the caller's view.
 
-    With ``alone``, the head waits for the first event that carries a message (events before
-    it without one, such as a priming event with only an id, wait with it): when that message
+    With ``alone``, the head waits (``HOLD_SECONDS`` at most) for the first event that carries
+    a message, holding one event without one (a priming event) meanwhile: when that message
     is the request's answer and nothing came after it, the answer goes as JSON and the rest of
-    the upstream's stream (its end) is not waited for. Otherwise the stream starts with every
-    event held so far.
+    the upstream's stream (its end) is not waited for. Anything else (a second event with no
+    message, such as a keep-alive, or a message that is not the answer, or the time running
+    out) starts the stream, with the event held first.
     """
     assert fwd.view is not None
     rewriter = SseRewriter(fwd.view)
-    pending: dict[str, Any] | None = start if alone else None
+    pending: dict[str, Any] | None = start
     held: list[bytes] = []
-    if pending is None:
-        await send(start)
+    ended = False
     try:
-        async for chunk in resp.iter_chunks():
-            events = rewriter.split(chunk)
-            if pending is not None:
-                held += events
-                carrying = [event for event in events if has_data(event)]
-                if not carrying:
-                    continue
-                if events[-1] is carrying[0]:
-                    data = answer_alone(carrying[0], fwd.msg_id)
-                    if data is not None:
-                        await _answer_json(send, resp, fwd, data)
-                        return
-                await send(pending)
-                pending, events, held = None, held, []
-            data = rewriter.rewrite(events)
+        if alone:
+            ended = await _hold(resp, rewriter, held)
+            data = _alone(held, fwd.msg_id)
+            if data is not None:
+                await _answer_json(send, resp, fwd, data)
+                return
+        await _flush(send, pending, rewriter.rewrite(held))
+        pending, held = None, []
+        while not ended:
+            chunk = await resp.next_chunk()
+            if chunk is None:
+                break
+            data = rewriter.feed(chunk)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
         tail = sse_error(fwd) if fwd.msg_id is not None else b""
         await _flush(send, pending, rewriter.rewrite(held) + tail)
-        pending, held = None, []
-    await _flush(send, pending, rewriter.rewrite(held))
     await send({"type": "http.response.body", "body": rewriter.close()})
+
+
+def _alone(held: list[bytes], msg_id: Any) -> bytes | None:
+    """The answer's data when the held events are the answer, after one event with no
+    message at most."""
+    if not held or len(held) > 2 or any(has_data(event) for event in held[:-1]):
+        return None
+    return answer_alone(held[-1], msg_id)
+
+
+async def _hold(resp: H1Response, rewriter: SseRewriter, held: list[bytes]) -> bool:
+    """Read events into ``held`` while the head waits: until one carries a message, a second
+    without one comes, the stream ends (True) or ``HOLD_SECONDS`` pass. What is held is the
+    upstream's first chunks: at most one event without a message, and the chunk that ended
+    the wait. Kept in ``held`` as read, so that an upstream dying meanwhile loses nothing."""
+    deadline = asyncio.get_running_loop().time() + HOLD_SECONDS
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await resp.next_chunk()
+        except TimeoutError:
+            return False
+        if chunk is None:
+            return True
+        held += rewriter.split(chunk)
+        if len(held) > 1 or any(has_data(event) for event in held):
+            return False
 
 
 async def _flush(send: Send, pending: dict[str, Any] | None, data: bytes) -> None:

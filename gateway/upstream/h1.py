@@ -229,20 +229,25 @@ class H1Response:
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Body chunks as they come; raises UpstreamIOError if the answer is cut short."""
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        """The next body chunk, None once the answer has ended (ask no more after that).
+        Safe to cancel (a timeout around it): a chunk that arrives meanwhile is kept."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 if len(self._chunks) <= _RESUME_AT:
                     self._drained()
-                if chunk is None:
-                    return
-                yield chunk
-                continue
+                return chunk
             if self._error is not None:
                 raise self._error
             self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])

@@ -29,7 +29,8 @@ the gateway's start-up probes still work:
   an empty ``data``), the answer's event, the end of the stream;
 * ``sse-cut``: the priming event, then close the connection (no answer);
 * ``sse-linger``: the answer's event, then keep the stream open (never end it);
-* ``sse-after``: the answer's event, then a notification on the same stream, then the end.
+* ``sse-after``: the answer's event, then a notification on the same stream, then the end;
+* ``sse-keepalive``: the priming event, a keep-alive comment, the answer's event, the end.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             writer.write(CONTINUE)
             await writer.drain()
             await asyncio.sleep(DELAY)  # the call takes a while
-        streamed = MISBEHAVE & {"sse", "sse-cut", "sse-linger", "sse-after"}
+        streamed = MISBEHAVE & {"sse", "sse-cut", "sse-linger", "sse-after", "sse-keepalive"}
         if streamed:
             return await stream_answer(reader, writer, message, min(streamed))
     writer.write(reply_to(message))
@@ -155,6 +156,9 @@ async def stream_answer(
         await writer.drain()
     if how == "sse-cut":
         return False  # closes the connection: no answer, no end of stream
+    if how == "sse-keepalive":
+        writer.write(chunk(b": keep-alive\n\n"))
+        await writer.drain()
     writer.write(chunk(b"id: 2\n" + answer_event + b"\n\n"))
     await writer.drain()
     if how == "sse-linger":
