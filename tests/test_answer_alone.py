@@ -23,6 +23,7 @@ import pytest
 from gateway.wire.sse import answer_alone, has_data
 from tests.gateway_proc import initialize_body, run_gateway
 from tests.peers import http_upstream
+from tests.servers.raw_upstream import chunk
 from tests.test_h1 import Serve, read_request, until
 from tests.test_h1 import serve as serve
 from tests.test_upstream_hostile import raw_upstream, seen
@@ -68,10 +69,6 @@ class TestClassifier:
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class TestPoolAfterAnAnswerAlone:
