@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from gateway.policy.model import Call, Decision
 from gateway.ratelimit.base import LimitResult
+from gateway.telemetry.counters import FastCounter as Counter
+from gateway.telemetry.counters import FastHistogram as Histogram
 
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 _SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -65,35 +65,25 @@ class Metrics:
         self.policy_info = Gauge(
             "celgate_policy_info", "the loaded policy revision", ["revision"], registry=reg
         )
-        # labels() takes a lock and builds a key on every call: the hot path keeps the
-        # children it has already asked for. Bounded: servers x known tools x effects.
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def decision(self, call: Call, decision: Decision, seconds: float, known: bool) -> None:
         # Unknown tool names come from callers: label them together to bound cardinality.
         tool = call.tool if known else "<unknown>"
-        self._child(self.calls, call.server or "", tool, decision.effect).inc()
+        self.calls.labels(call.server or "", tool, decision.effect).inc()
         self.decision_seconds.observe(seconds)
 
     def approval_wait(self, seconds: float) -> None:
         self.approval_wait_seconds.observe(seconds)
 
     def upstream(self, call: Call, seconds: float) -> None:
-        self._child(self.upstream_seconds, call.server or "").observe(seconds)
+        self.upstream_seconds.labels(call.server or "").observe(seconds)
 
     def limiter(self, result: LimitResult, seconds: float) -> None:
         if result.backend_error:
             outcome = "failed_open" if result.failed_open else "backend_error"
         else:
             outcome = "admitted" if result.admitted else "refused"
-        self._child(self.limiter_results, outcome).inc()
+        self.limiter_results.labels(outcome).inc()
         self.limiter_seconds.observe(seconds)
         up = not result.backend_error
         if up is not self._backend_up:
