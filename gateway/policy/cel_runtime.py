@@ -12,6 +12,7 @@ becomes a ``PolicyEvalError`` with its code.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,26 @@ def _matches(text: Any, pattern: Any) -> Any:
     return celtypes.BoolType(found is not None)
 
 
+def _size(container: Any) -> Any:
+    """CEL ``size()`` as cel-python's, without the debug log line it formats on every call."""
+    if container is None:
+        return celtypes.IntType(0)
+    return celtypes.IntType(len(container))
+
+
+#: cel-python's functions the transpiled code calls, and ours in their place. Its comparison
+#: operators (``bool_lt`` and the rest) wrap ``operator.lt`` in a new decorated function on
+#: every call; the same wrapper made once gives the same result.
+_SWAPPED: dict[str, Callable[..., Any]] = {
+    "function_matches": _matches,
+    "function_size": _size,
+    **{
+        f"bool_{name}": evaluation.boolean(getattr(operator, name))
+        for name in ("lt", "le", "gt", "ge", "eq", "ne")
+    },
+}
+
+
 def runner(source: str) -> Callable[[Vars], Any]:
     """The transpiled statements as one function of the activation.
 
@@ -92,9 +113,11 @@ def runner(source: str) -> Callable[[Vars], Any]:
     """
     body = "\n".join("    " + line for line in source.splitlines())
     text = f"def _cel(base_activation):\n{body}\n    return CEL\n"
-    text = text.replace("celpy.evaluation.function_matches(", "_cel_matches(")
     namespace = dict(evaluation.result.__globals__)
-    namespace["_cel_matches"] = _matches
+    for library, ours in _SWAPPED.items():
+        if library in text:
+            text = text.replace(f"celpy.evaluation.{library}(", f"_cel_{library}(")
+            namespace[f"_cel_{library}"] = ours
     exec(compile(text, "<cel>", "exec"), namespace)
     fn: Callable[[Vars], Any] = namespace["_cel"]
     return fn
