@@ -98,8 +98,11 @@ def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
     return headers
 
 
-def _response_headers(resp: H1Response, fwd: Forward) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
+Header = tuple[bytes, bytes]
+
+
+def _response_headers(resp: H1Response, fwd: Forward) -> list[Header]:
+    out: list[Header] = []
     for name, value in resp.raw_headers:
         key = name.decode("latin-1").lower()
         if key in _DROP_RESPONSE or key == "content-length":
@@ -233,7 +236,7 @@ async def _relay_sse(
             ended = await _hold(resp, rewriter, held)
             data = _alone(held, fwd.msg_id)
             if data is not None:
-                await _answer_json(send, resp, fwd, data)
+                await _answer_json(send, resp, fwd, data, start["headers"])
                 return
         await _flush(send, pending, rewriter.rewrite(held))
         pending, held = None, []
@@ -264,18 +267,17 @@ async def _hold(resp: H1Response, rewriter: SseRewriter, held: list[bytes]) -> b
     without one comes, the stream ends (True) or ``HOLD_SECONDS`` pass. What is held is the
     upstream's first chunks: at most one event without a message, and the chunk that ended
     the wait. Kept in ``held`` as read, so that an upstream dying meanwhile loses nothing."""
-    deadline = asyncio.get_running_loop().time() + HOLD_SECONDS
-    while True:
-        try:
-            async with asyncio.timeout_at(deadline):
+    try:
+        async with asyncio.timeout(HOLD_SECONDS):  # one deadline over every read: each is
+            while True:  # safe to cancel (a chunk is taken only when it is returned)
                 chunk = await resp.next_chunk()
-        except TimeoutError:
-            return False
-        if chunk is None:
-            return True
-        held += rewriter.split(chunk)
-        if len(held) > 1 or any(has_data(event) for event in held):
-            return False
+                if chunk is None:
+                    return True
+                held += rewriter.split(chunk)
+                if len(held) > 1 or any(has_data(event) for event in held):
+                    return False
+    except TimeoutError:
+        return False
 
 
 async def _flush(send: Send, pending: dict[str, Any] | None, data: bytes) -> None:
@@ -286,8 +288,11 @@ async def _flush(send: Send, pending: dict[str, Any] | None, data: bytes) -> Non
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-async def _answer_json(send: Send, resp: H1Response, fwd: Forward, data: bytes) -> None:
-    """A streamed answer that came alone, sent as one JSON body (through the view)."""
+async def _answer_json(
+    send: Send, resp: H1Response, fwd: Forward, data: bytes, stream_headers: list[Header]
+) -> None:
+    """A streamed answer that came alone, sent as one JSON body (through the view), with
+    the stream's response headers but its content type."""
     assert fwd.view is not None
     resp.release_when_done()
     changed = filtered(data, fwd.view)
@@ -295,7 +300,7 @@ async def _answer_json(send: Send, resp: H1Response, fwd: Forward, data: bytes) 
         await _unavailable(send, fwd)
         return
     body = data if changed is None else changed
-    headers = [(k, v) for k, v in _response_headers(resp, fwd) if k.lower() != b"content-type"]
+    headers = [(k, v) for k, v in stream_headers if k.lower() != b"content-type"]
     headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -67,26 +68,41 @@ class Incoming:
 
 def accepts(incoming: Incoming) -> tuple[bool, bool]:
     """(JSON, SSE) for the request's Accept header, wildcards included (as the SDK reads it)."""
-    types = {
-        part.split(";")[0].strip().lower() for part in (incoming.header("accept") or "").split(",")
-    }
-    anything = "*/*" in types
-    json_ok = anything or bool(types & {"application/json", "application/*"})
-    sse_ok = anything or bool(types & {"text/event-stream", "text/*"})
+    json_ok, sse_ok, _ = _accept(incoming.header("accept") or "")
     return json_ok, sse_ok
 
 
 def prefers_sse(incoming: Incoming) -> bool:
     """Whether the client names ``text/event-stream`` first in Accept: then every answer is
     a stream, as it asks (JSON, the cheaper, otherwise)."""
-    first = (incoming.header("accept") or "").split(",")[0].split(";")[0]
-    return first.strip().lower() == "text/event-stream"
+    return _accept(incoming.header("accept") or "")[2]
 
 
 def wants_json(incoming: Incoming) -> bool:
     """An answer may go as JSON rather than as a stream: the client accepts it and does not
     name ``text/event-stream`` first."""
-    return accepts(incoming)[0] and not prefers_sse(incoming)
+    json_ok, _, sse_first = _accept(incoming.header("accept") or "")
+    return json_ok and not sse_first
+
+
+def _accept(header: str) -> tuple[bool, bool, bool]:
+    """(JSON, SSE, SSE named first): a client sends the same Accept on every call, so the
+    short ones are read once (the cache holds 256 of at most 200 characters each)."""
+    if len(header) > 200:
+        return _read_accept(header)
+    return _read_accept_cached(header)
+
+
+def _read_accept(header: str) -> tuple[bool, bool, bool]:
+    named = [part.split(";")[0].strip().lower() for part in header.split(",")]
+    types = set(named)
+    anything = "*/*" in types
+    json_ok = anything or bool(types & {"application/json", "application/*"})
+    sse_ok = anything or bool(types & {"text/event-stream", "text/*"})
+    return json_ok, sse_ok, named[0] == "text/event-stream"
+
+
+_read_accept_cached = functools.lru_cache(maxsize=256)(_read_accept)
 
 
 async def reply(

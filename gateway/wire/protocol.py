@@ -180,12 +180,6 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._parsing_head = True
         super().on_message_begin()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _TooManyHeaders  # the parser stops; feed_data raises HttpParserCallbackError
-        super().on_header(name, value)
-
     def on_chunk_header(self) -> None:
         self._in_trailers = True  # until body bytes follow: only the last chunk has none
 
@@ -196,6 +190,11 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
+        # Counted once the head is whole (it is held whole before parsing, within
+        # max_head_bytes, so counting each header as parsed would bound nothing more).
+        self._header_count = len(self.headers)
+        if self._header_count > self.limits.max_headers:
+            raise _TooManyHeaders  # the parser stops; feed_data raises HttpParserCallbackError
         self._stage = _Stage.BODY
         self._parsing_head = False
         self._disarm()
