@@ -12,6 +12,7 @@ scenarios plus ``echo``; Streamable HTTP, or stdio for the stdio rows):
     celgate relay stdio    /mcp/st, the same upstream over stdio      } process
     celgate aggregate      /mcp, tool up__echo                        }
     celgate relay CEL      /mcp/up, CEL rule + two limits (memory)      another one
+    bare relay             ``bare_relay.py``: celgate's server stack relaying bytes, no policy
     fastmcp / mcp-policy-gateway / contextforge    see ``peers_launch.py``
 
 celgate and the upstream come from ``git archive REV`` (others may be editing the working
@@ -260,7 +261,10 @@ def stack(ns: argparse.Namespace, failed: dict[str, str]) -> Iterator[list[Targe
         on_stdio = _celgate(tree, folder / "stdio", ALLOW, {"st": stdio_cap}, st)
         stdio_relay = gateway_target("celgate relay to stdio", on_stdio)
         stdio_relay.baseline, stdio_relay.memory["skip"] = "stdio direct", "a child per session"
+        floor = pl.start_bare_relay(folder, up.url)
+        st.callback(floor.peer.stop)
         targets += [
+            gateway_target("bare relay (no policy: the floor)", floor),
             gateway_target("celgate relay, allow-all", allow),
             gateway_target("celgate relay, CEL rule + limit", cel),
             stdio_relay,

@@ -165,6 +165,16 @@ def start_celgate(
     return launch([*argv, str(path), "--json-logs"], folder / "gateway.log", port, tree_env(tree))
 
 
+def start_bare_relay(folder: Path, upstream: str) -> Started:
+    """``bare_relay.py``: celgate's server stack relaying bytes and nothing else (the floor
+    a relay costs here before any policy, record or check; not a gateway to deploy)."""
+    port = free_port()
+    script = ROOT / "benchmarks" / "bare_relay.py"
+    argv = [sys.executable, str(script), "--upstream", upstream, "--port", str(port)]
+    peer = launch(argv, folder / "bare_relay.log", port)
+    return Started(peer, f"http://127.0.0.1:{port}/mcp")
+
+
 # --------------------------------------------------------------------------- peers
 
 
