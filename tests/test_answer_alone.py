@@ -306,7 +306,7 @@ class TestTheHeadWaitsAWhileOnly:
         held: list[bytes] = []
         try:
             rewriter = SseRewriter(None)  # type: ignore[arg-type]  # split() reads no view
-            assert await forward._hold(resp, rewriter, held) is False
+            assert await forward._hold(resp, rewriter, held) == (False, True)
         finally:
             resp.close()
-        assert forward._alone(held, 7) is None
+        assert forward._alone(held, 7, quiet=True) is None

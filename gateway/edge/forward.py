@@ -233,8 +233,8 @@ async def _relay_sse(
     ended = False
     try:
         if alone:
-            ended = await _hold(resp, rewriter, held)
-            data = _alone(held, fwd.msg_id)
+            ended, quiet = await _hold(resp, rewriter, held)
+            data = _alone(held, fwd.msg_id, quiet)
             if data is not None:
                 await _answer_json(send, resp, fwd, data, start["headers"])
                 return
@@ -254,30 +254,38 @@ async def _relay_sse(
     await send({"type": "http.response.body", "body": rewriter.close()})
 
 
-def _alone(held: list[bytes], msg_id: Any) -> bytes | None:
+def _alone(held: list[bytes], msg_id: Any, quiet: bool = False) -> bytes | None:
     """The answer's data when the held events are the answer, after one event with no
-    message at most."""
-    if not held or len(held) > 2 or any(has_data(event) for event in held[:-1]):
+    message at most (``quiet``: the first is already known to have none)."""
+    if not held or len(held) > 2:
+        return None
+    if len(held) == 2 and not quiet and has_data(held[0]):
         return None
     return answer_alone(held[-1], msg_id)
 
 
-async def _hold(resp: H1Response, rewriter: SseRewriter, held: list[bytes]) -> bool:
+async def _hold(resp: H1Response, rewriter: SseRewriter, held: list[bytes]) -> tuple[bool, bool]:
     """Read events into ``held`` while the head waits: until one carries a message, a second
-    without one comes, the stream ends (True) or ``HOLD_SECONDS`` pass. What is held is the
+    without one comes, the stream ends or ``HOLD_SECONDS`` pass. What is held is the
     upstream's first chunks: at most one event without a message, and the chunk that ended
-    the wait. Kept in ``held`` as read, so that an upstream dying meanwhile loses nothing."""
+    the wait. Kept in ``held`` as read, so that an upstream dying meanwhile loses nothing.
+    Returns (the stream ended, the first event was seen to carry no message)."""
+    quiet = False
     try:
         async with asyncio.timeout(HOLD_SECONDS):  # one deadline over every read: each is
             while True:  # safe to cancel (a chunk is taken only when it is returned)
                 chunk = await resp.next_chunk()
                 if chunk is None:
-                    return True
+                    return True, quiet
                 held += rewriter.split(chunk)
-                if len(held) > 1 or any(has_data(event) for event in held):
-                    return False
+                if len(held) > 1:
+                    return False, quiet
+                if held:  # one event: a message ends the wait, a priming event is held
+                    if has_data(held[0]):
+                        return False, False
+                    quiet = True
     except TimeoutError:
-        return False
+        return False, quiet
 
 
 async def _flush(send: Send, pending: dict[str, Any] | None, data: bytes) -> None:
