@@ -24,7 +24,6 @@ from gateway.approvals.service import ApprovalService
 from gateway.approvals.stores import MemoryApprovalStore
 from gateway.auth.identity import hash_key
 from gateway.config import load_config
-from gateway.pipeline import admission as admission_module
 from gateway.pipeline.admission import Admission, Tick, Wait, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Decision, Identity
@@ -52,8 +51,6 @@ tools:
     reason: deleting needs a human
     approval: {mode: retry, timeout: 600}
 """
-
-LABELS_ECHO = {"server": "up", "tool": "<unknown>", "effect": "allow"}
 
 
 class Clock:
@@ -172,40 +169,6 @@ class TestAdmit:
         admission = await admit(gw, call_of("write_file", path="/tmp/d"), hold=hold, clock=clock)
         assert admission.decision.effect == "require_approval" and not admission.allowed
         assert [r["effect"] for r in gw.decisions.recent] == ["require_approval"]
-
-    async def test_an_overlapped_record_is_written_on_the_next_turn(
-        self, gw: Gateway, clock: Clock
-    ) -> None:
-        """A face that forwards at once has an allowed call recorded while the upstream
-        works (the loop's next turn), a refused one at once; each exactly once."""
-        admission = await admit(gw, call_of("echo", text="hi"), clock=clock, overlap=True)
-        assert admission.allowed and list(gw.decisions.recent) == []
-        assert sample(gw, "celgate_calls_total", LABELS_ECHO) == 0.0
-        await anyio.lowlevel.checkpoint()
-        (record,) = gw.decisions.recent
-        assert record["decision_id"] == admission.decision_id and record["effect"] == "allow"
-        assert sample(gw, "celgate_calls_total", LABELS_ECHO) == 1.0
-        refused = await admit(gw, call_of("rm", path="/"), clock=clock, overlap=True)
-        assert [r["effect"] for r in gw.decisions.recent] == ["allow", "deny"]
-        assert refused.decision_id == gw.decisions.recent[-1]["decision_id"]
-        await anyio.lowlevel.checkpoint()
-        assert len(gw.decisions.recent) == 2
-
-    async def test_an_overlapped_record_that_fails_is_logged_not_raised(
-        self, gw: Gateway, clock: Clock, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        def broken(*_: Any, **__: Any) -> dict[str, Any]:
-            raise RuntimeError("disk gone")
-
-        monkeypatch.setattr(gw.decisions, "record", broken)
-        failures: list[dict[str, Any]] = []
-        monkeypatch.setattr(
-            admission_module.log, "exception", lambda event, **kw: failures.append(kw)
-        )
-        admission = await admit(gw, call_of("echo", text="hi"), clock=clock, overlap=True)
-        await anyio.lowlevel.checkpoint()
-        assert admission.allowed
-        assert failures == [{"decision_id": admission.decision_id}]
 
     async def test_a_cancelled_wait_still_writes_its_record(
         self, gw: Gateway, clock: Clock

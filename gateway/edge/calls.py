@@ -40,7 +40,7 @@ async def call_through(
     fwd.body = face.upstream_body(fwd.body)
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None
     hold = held.hold if held is not None else None
-    admission = await admit(gw, call, hold=hold, elicit=elicit, overlap=True)
+    admission = await admit(gw, call, hold=hold, elicit=elicit)
     if held is not None and held.opened:
         await held.answer(gw, call, fwd, admission)
         return

@@ -14,21 +14,16 @@ every decision look slow.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from gateway.pipeline.enforce import apply_limits, check_pin
 from gateway.policy import Call, Decision, decide
 from gateway.policy.secrets import secret_paths
 from gateway.telemetry.audit import new_decision_id
-
-log = structlog.get_logger("celgate.admission")
 
 if TYPE_CHECKING:
     from gateway.pipeline.gateway import Gateway
@@ -69,7 +64,6 @@ async def admit(
     hold: Hold | None = None,
     elicit: Elicit | None = None,
     clock: Clock = time.perf_counter,
-    overlap: bool = False,
 ) -> Admission:
     """Decide, check the pin, resolve an approval, take the limits, then record once.
 
@@ -80,11 +74,6 @@ async def admit(
     If the call is interrupted the record still gets written and the exception goes on: a
     cancelled call (the caller went away) with the decision as far as it got, a failure (a
     store, say) as a deny with ``error: internal_error``.
-
-    ``overlap``: a face that forwards an allowed call at once has its record and metrics
-    written on the event loop's next turn, which comes when the forward first waits for the
-    upstream: the record is made while the upstream works instead of before the upstream is
-    asked, and still before its answer is relayed. A refused call is recorded at once.
     """
     started = clock()
     decision = check_pin(gw, call, decide(gw.policy, call, gw.now()))
@@ -114,21 +103,7 @@ async def admit(
     except BaseException:  # cancelled (the caller went away): recorded as far as it got
         _record(gw, call, decision, decision_id, clock() - started, timer.waited)
         raise
-    elapsed, waited = clock() - started, timer.waited
-    if overlap and decision.allowed:
-        loop = asyncio.get_running_loop()
-        loop.call_soon(_logged, _record, gw, call, decision, decision_id, elapsed, waited)
-        return Admission(decision, decision_id, max(elapsed - (waited or 0.0), 0.0), waited)
-    return _record(gw, call, decision, decision_id, elapsed, waited)
-
-
-def _logged(record: Callable[..., object], *args: object) -> None:
-    """A record written as a loop callback: a failure is logged as the record's own (the
-    call it belongs to was allowed and is on its way; nothing here can change that)."""
-    try:
-        record(*args)
-    except Exception:  # a callback has no caller to raise to
-        log.exception("decision.record_failed", decision_id=args[3])
+    return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
 
 
 async def _approve(
