@@ -201,6 +201,24 @@ class TestBadInput:
         assert resp.status_code == 400
         assert "duplicate key" in resp.json()["error"]["message"]
 
+    @pytest.mark.parametrize(
+        "number",
+        ["NaN", "Infinity", "-Infinity", "1e999", "-2.5E400", "1" * 5000],
+        ids=["NaN", "Infinity", "-Infinity", "1e999", "-2.5E400", "5000 digits"],
+    )
+    def test_numbers_json_has_not_are_refused(self, gateway: GatewayProcess, number: str) -> None:
+        """Python's parser reads them; a rule comparing NaN is false both ways, so a limit
+        on an amount would be passed, and the upstream's parser may read them otherwise."""
+        before = len(gateway.records())
+        params = '{"name":"delete_item","arguments":{"id":' + number + "}}"
+        body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + params + "}"
+        resp = raw_post(gateway, body)
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == -32700
+        # Refused before any policy: the next call's record is the only one added.
+        raw_post(gateway, call_body("echo", {"text": "after"}), mcp_session_id=_session(gateway))
+        assert [r["tool"] for r in gateway.wait_records(before + 1)[before:]] == ["echo"]
+
     def test_wrong_content_type(self, gateway: GatewayProcess) -> None:
         resp = raw_post(gateway, call_body("echo", {}), content_type="text/plain")
         assert resp.status_code == 415

@@ -7,6 +7,7 @@ body could mean one tool to the gateway and another to the upstream.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,23 +50,44 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _not_json(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity``, which Python's parser takes but JSON has not:
+    a rule comparing such a number is false both ways (a limit on an amount is passed by
+    ``NaN``), and an upstream's parser may read them otherwise or not at all."""
+    raise BadMessage(PARSE_ERROR, f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A number with a fraction or an exponent, refused past a double's range (``1e999``
+    would be read as infinity here, and as anything at all by another parser)."""
+    value = float(text)
+    if math.isinf(value):
+        raise BadMessage(PARSE_ERROR, "a number is out of range")
+    return value
+
+
 # A \uD800-\uDFFF escape: a surrogate, paired (fine) or lone (not text: refused).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def parse_body(body: bytes) -> Any:
-    """Parse a request body, rejecting invalid UTF-8, invalid JSON, duplicate keys and
-    strings that are not text (a lone surrogate cannot be encoded again, so no record or
-    upstream could take it)."""
+    """Parse a request body, rejecting invalid UTF-8, invalid JSON (``NaN``, the
+    infinities and numbers past a double's range included), duplicate keys and strings that
+    are not text (a lone surrogate cannot be encoded again, so no record or upstream could
+    take it)."""
     try:
         text = body.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates)
+        value = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_not_json, parse_float=_finite
+        )
     except UnicodeDecodeError:
         raise BadMessage(PARSE_ERROR, "body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadMessage(PARSE_ERROR, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except RecursionError:
         raise BadMessage(PARSE_ERROR, "JSON nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise BadMessage(PARSE_ERROR, "a number has too many digits") from None
     if _SURROGATE_ESCAPE.search(body) is not None and not _all_text(value):
         raise BadMessage(PARSE_ERROR, "a string holds a lone UTF-16 surrogate")
     return value
