@@ -35,6 +35,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
         ["bench_floor.py"],
     ),
     "inproc": ("celgate's own work per call, in process", ["bench_inproc.py"]),
+    "stages": ("What each stage of a relayed call costs, served", ["bench_stages.py"]),
     "peers": (
         "Side by side: celgate and the gateways users would pick instead (SDK client)",
         ["bench_peers.py"],
