@@ -22,12 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import platform
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_relay import ERAS, POLICIES, Target, rows, run, start_gateway  # noqa: E402
+from bench_relay import ERAS, POLICIES, Target, rows, run, start_gateway, write_results  # noqa: E402
 
 from tests.peers import PeerProcess, free_port, start_http_upstream, start_process  # noqa: E402
 
@@ -101,18 +97,8 @@ def main() -> None:
     with stack() as targets:
         asyncio.run(run(targets, ns.calls, ns.rounds))
     table = rows(targets)
-    report = {
-        "benchmark": "floor",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "command": " ".join(["python", "benchmarks/bench_floor.py", *sys.argv[1:]]),
-        "rows": table,
-    }
-    ns.output.parent.mkdir(parents=True, exist_ok=True)
-    ns.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     md = markdown(table)
-    ns.output.with_suffix(".md").write_text(f"`{report['command']}`\n\n{md}\n", encoding="utf-8")
+    write_results("floor", table, md, ns.output)
     print(md)
 
 

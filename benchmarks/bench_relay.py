@@ -269,6 +269,26 @@ def rows(targets: list[Target]) -> list[dict[str, Any]]:
     return out
 
 
+def write_results(
+    benchmark: str, table: list[dict[str, Any]], md: str, output: Path, **extra: Any
+) -> dict[str, Any]:
+    """``output`` (JSON: the rows and how they were measured) and its Markdown beside it."""
+    script = Path(sys.argv[0]).name
+    report = {
+        "benchmark": benchmark,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+        **extra,
+        "rows": table,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    output.with_suffix(".md").write_text(f"`{report['command']}`\n\n{md}\n", encoding="utf-8")
+    return report
+
+
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = [
         "| target | calls | median ms | added median ms | gateway CPU µs/call | CPU new/old |",

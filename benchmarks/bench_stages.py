@@ -29,13 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,23 +161,13 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.quick:
         ns.calls, ns.rounds = 200, 2
-    from bench_relay import rows, run
+    from bench_relay import rows, run, write_results
 
     with stack() as targets:
         asyncio.run(run(targets, ns.calls, ns.rounds))
     table = rows(targets)
-    report = {
-        "benchmark": "stages",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "command": " ".join(["python", "benchmarks/bench_stages.py", *sys.argv[1:]]),
-        "rows": table,
-    }
-    ns.output.parent.mkdir(parents=True, exist_ok=True)
-    ns.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     md = markdown(table)
-    ns.output.with_suffix(".md").write_text(f"`{report['command']}`\n\n{md}\n", encoding="utf-8")
+    write_results("stages", table, md, ns.output)
     print(md)
 
 
