@@ -209,6 +209,13 @@ def fix_has(source: str) -> str:
     return _HAS_LINE.sub(r"\1celpy.celtypes.BoolType(\2)", source)
 
 
+# What StringType(text) and MapType(items) make for a str and a dict, without their type checks.
+_new_str = str.__new__
+_STRING = celtypes.StringType
+_MAP = celtypes.MapType
+_fill = dict.update
+
+
 def to_cel(value: Any) -> Any:
     """JSON-like Python values to cel-python's types.
 
@@ -218,9 +225,11 @@ def to_cel(value: Any) -> Any:
     """
     kind = type(value)
     if kind is str:
-        return celtypes.StringType(value)
+        return _new_str(_STRING, value)
     if kind is dict:
-        return celtypes.MapType({to_cel(k): to_cel(v) for k, v in value.items()})
+        out = _MAP()  # filled as dicts are: its __init__ asks isinstance(..., Sequence) first
+        _fill(out, {to_cel(k): to_cel(v) for k, v in value.items()})
+        return out
     if kind is bool:
         return celtypes.BoolType(value)
     if kind is int:
