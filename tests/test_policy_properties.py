@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from celpy.adapter import json_to_cel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.policy import Call, CompiledPolicy, Identity, decide, load_policy
+from gateway.policy.cel_runtime import to_cel
 
 NOW = datetime(2026, 3, 14, 13, 30, tzinfo=UTC)
 
@@ -129,3 +131,37 @@ class TestDefaultDeny:
         assert decide(policy, Call(tool=tool, server="srv", identity=ident), NOW).allowed
         assert not decide(policy, Call(tool=tool, server="other", identity=ident), NOW).allowed
         assert not decide(policy, Call(tool=tool, identity=ident), NOW).allowed
+
+
+def _same_cel(ours: object, theirs: object) -> None:
+    assert type(ours) is type(theirs)
+    assert ours == theirs
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        assert [type(k) for k in ours] == [type(k) for k in theirs]
+        for key in ours:
+            _same_cel(ours[key], theirs[key])
+    elif isinstance(ours, list) and isinstance(theirs, list):
+        for a, b in zip(ours, theirs, strict=True):
+            _same_cel(a, b)
+
+
+_in_range = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        _in_range,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_arguments_become_the_cel_values_cel_python_makes(value: object) -> None:
+    """``to_cel`` skips the library's type checks; the values and their types stay its own."""
+    _same_cel(to_cel(value), json_to_cel(value))
