@@ -223,6 +223,22 @@ class TestBadInput:
         resp = raw_post(gateway, call_body("echo", {}), content_type="text/plain")
         assert resp.status_code == 415
 
+    @pytest.mark.parametrize("charset", ["latin-1", "utf-16", "ISO-8859-1"])
+    def test_a_charset_other_than_utf8_is_refused(
+        self, gateway: GatewayProcess, charset: str
+    ) -> None:
+        """The gateway reads the body as UTF-8; an upstream could read it in the charset the
+        header names, and see another call than the one decided on."""
+        content_type = f"application/json; charset={charset}"
+        resp = raw_post(gateway, call_body("echo", {}), content_type=content_type)
+        assert resp.status_code == 415
+
+    def test_utf8_named_is_json(self, gateway: GatewayProcess) -> None:
+        body = call_body("echo", {"text": "h\u00e9"})
+        content_type = 'application/json; charset="UTF-8"'
+        resp = raw_post(gateway, body, content_type=content_type, mcp_session_id=_session(gateway))
+        assert resp.status_code == 200 and "h\u00e9" in resp.text
+
     def test_oversized_body(self, gateway: GatewayProcess) -> None:
         big = call_body("echo", {"text": "x" * (5 * 1024 * 1024)})
         resp = raw_post(gateway, big)

@@ -15,7 +15,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
+from gateway.wire.asgi import Incoming, Receive, Scope, Send, is_json_type, reply
 from gateway.wire.jsonrpc import BadMessage
 
 
@@ -67,9 +67,8 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
 
 async def json_body(gw: Gateway, incoming: Incoming) -> bytes:
     """A POST's body: JSON only (415), within ``security.max_body_bytes`` (413)."""
-    content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        msg = "Content-Type must be application/json"
+    if not is_json_type(incoming.header("content-type")):
+        msg = "Content-Type must be application/json (UTF-8)"
         raise BadMessage(rpc.INVALID_REQUEST, msg, status=415)
     body = await incoming.body(gw.config.security.max_body_bytes)
     if body is None:

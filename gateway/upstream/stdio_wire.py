@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from gateway.upstream.stdio_child import LINE_LIMIT
-from gateway.wire.asgi import Incoming, Send, accepts, reply
+from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR
 from gateway.wire.jsonrpc import error_body as rpc_error
 
@@ -97,12 +97,11 @@ async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], byt
     """A handshake-era POST's one message and its body; None once refused (as the SDK's
     transport refuses: 406, 415, 413, 400)."""
     json_ok, sse_ok = accepts(incoming)
-    content_type = (incoming.header("content-type") or "").split(";")[0].strip().lower()
     body = None
     if not (json_ok and sse_ok):
         status, code = 406, INVALID_REQUEST
         msg = "Not Acceptable: Client must accept both application/json and text/event-stream"
-    elif content_type != "application/json":
+    elif not is_json_type(incoming.header("content-type")):
         status, code = 415, INVALID_REQUEST
         msg = "Unsupported Media Type: Content-Type must be application/json"
     elif (body := await incoming.body(LINE_LIMIT)) is None:

@@ -66,6 +66,20 @@ class Incoming:
         return b"".join(chunks)
 
 
+def is_json_type(content_type: str | None) -> bool:
+    """``application/json``, with no charset or UTF-8 (JSON between systems is UTF-8: a body
+    the upstream would read in another charset is not one this gateway has read)."""
+    media, _, params = (content_type or "").partition(";")
+    if media.strip().lower() != "application/json":
+        return False
+    charsets = [
+        value.strip().strip('"').lower()
+        for name, _, value in (param.partition("=") for param in params.split(";"))
+        if name.strip().lower() == "charset"
+    ]
+    return all(charset in ("utf-8", "utf8") for charset in charsets)
+
+
 def accepts(incoming: Incoming) -> tuple[bool, bool]:
     """(JSON, SSE) for the request's Accept header, wildcards included (as the SDK reads it)."""
     json_ok, sse_ok, _ = _accept(incoming.header("accept") or "")
