@@ -59,13 +59,24 @@ class HostGuard:
         return parts.scheme in ("http", "https") and host in self.origin_names
 
 
+#: Session ids longer than this are checked without being remembered.
+MAX_CACHED_ID = 256
+
+
 class SessionSigner:
     """Wraps upstream session ids as ``<id>.<mac>`` and checks them on the way back."""
 
     def __init__(self, secret: str | None) -> None:
         self.key = (secret or secrets.token_hex(32)).encode()
-        # Every request and answer of a session carries its id: remember recent MACs.
-        self._mac = lru_cache(maxsize=4096)(self._compute_mac)
+        # Every request and answer of a session carries its id: remember recent MACs, of ids
+        # of a sane length only (callers present them: a cache of long ones would hold
+        # 4,096 heads' worth of bytes).
+        self._recent_mac = lru_cache(maxsize=4096)(self._compute_mac)
+
+    def _mac(self, server: str, grant: str, sid: str) -> str:
+        if len(sid) > MAX_CACHED_ID:
+            return self._compute_mac(server, grant, sid)
+        return self._recent_mac(server, grant, sid)
 
     def _compute_mac(self, server: str, grant: str, sid: str) -> str:
         msg = f"{server}\x00{grant}\x00{sid}".encode()

@@ -26,6 +26,9 @@ from gateway.upstream.http import HttpUpstream
 
 #: Tool names not listed by any upstream whose classification is kept (callers choose them).
 MAX_UNLISTED = 1024
+#: Of names up to this long (MCP's longest recommended tool name): 1,024 names of a body's
+#: size each would be gigabytes.
+MAX_CACHED_NAME = 128
 
 
 def utcnow() -> datetime:
@@ -66,7 +69,7 @@ class Gateway:
         if known is not None:
             return known
         known = catalog_info(self.policy, server, {"name": tool})
-        if len(self.unlisted) < MAX_UNLISTED:
+        if len(self.unlisted) < MAX_UNLISTED and len(tool) <= MAX_CACHED_NAME:
             self.unlisted[(server, tool)] = known
         return known
 

@@ -64,8 +64,16 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a bad pattern is our error to report, not a line on stderr
 
 
-@lru_cache(maxsize=1024)
 def regex(pattern: str) -> Any:
+    """The compiled pattern; the last 1,024 of up to 1,024 characters are kept (a rule may
+    match against a pattern the caller sends: long ones are compiled each time)."""
+    if len(pattern) > 1024:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    return _regex_cached(pattern)
+
+
+@lru_cache(maxsize=1024)
+def _regex_cached(pattern: str) -> Any:
     return re2.compile(pattern, _RE2_OPTIONS)
 
 

@@ -37,6 +37,7 @@ from gateway.policy.model import (
 # garbage collection can never return another caller's values. Cleared when it grows large.
 _SHARED: dict[tuple[int, str, Any], tuple[Any, Any]] = {}
 _SHARED_MAX = 4096
+MAX_SHARED_NAME = 128
 
 
 class Context:
@@ -91,6 +92,8 @@ class Context:
         if hit is not None and hit[0] is anchor:
             return hit[1]
         value = self._convert_value(name, self._plain(name), source)
+        if name == "tool" and len(call.tool) > MAX_SHARED_NAME:
+            return value  # a caller's long name is not kept (4,096 of them would be gigabytes)
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         _SHARED[slot] = (anchor, value)
