@@ -117,6 +117,17 @@ class TestModernEra:
         assert {"web__test_simple_prompt", "local__test_simple_prompt"} <= prompts
         assert read.contents
 
+    async def test_a_tool_name_past_1024_characters_is_refused(
+        self, gateway: GatewayProcess
+    ) -> None:
+        """Before any policy: such a name is in no catalogue, and would be in every record."""
+        before = len(gateway.records())
+        async with agg(gateway, mode="auto") as c:
+            with pytest.raises(MCPError, match="at most 1024 characters"):
+                await c.call_tool("web__" + "e" * 1025, {"text": "x"})
+            await c.call_tool("web__echo", {"text": "after"})
+        assert [r["tool"] for r in gateway.wait_records(before + 1)[before:]] == ["echo"]
+
     def test_mcp_name_header_must_match_the_prefixed_name(self, gateway: GatewayProcess) -> None:
         body = {
             "jsonrpc": "2.0",

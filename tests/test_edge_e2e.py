@@ -219,6 +219,14 @@ class TestBadInput:
         raw_post(gateway, call_body("echo", {"text": "after"}), mcp_session_id=_session(gateway))
         assert [r["tool"] for r in gateway.wait_records(before + 1)[before:]] == ["echo"]
 
+    def test_a_tool_name_past_1024_characters_is_refused(self, gateway: GatewayProcess) -> None:
+        resp = raw_post(
+            gateway, call_body("e" * 1025, {}, msg_id=9), mcp_session_id=_session(gateway)
+        )
+        error = resp.json()["error"]
+        assert error["code"] == -32602 and resp.json()["id"] == 9
+        assert "at most 1024 characters" in error["message"]
+
     def test_wrong_content_type(self, gateway: GatewayProcess) -> None:
         resp = raw_post(gateway, call_body("echo", {}), content_type="text/plain")
         assert resp.status_code == 415

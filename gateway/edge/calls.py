@@ -56,6 +56,21 @@ async def call_through(
         await forward(incoming, send, fwd)
 
 
+#: A tool name past this is refused before any policy: MCP recommends 128 characters at most,
+#: and the name is in every record kept (500 in memory) and in every line logged.
+MAX_TOOL_NAME = 1024
+
+
+def tool_name(name: object, msg_id: object) -> str:
+    """The ``name`` of a ``tools/call``, refused (invalid params) when it is not a name."""
+    if not isinstance(name, str) or not name:
+        raise BadMessage(rpc.INVALID_PARAMS, "tools/call needs a tool name", 200, msg_id)
+    if len(name) > MAX_TOOL_NAME:
+        msg = f"a tool name is at most {MAX_TOOL_NAME} characters"
+        raise BadMessage(rpc.INVALID_PARAMS, msg, 200, msg_id)
+    return name
+
+
 def param_headers(
     gw: Gateway, incoming: Incoming, call: Call, version: str | None, message: Message
 ) -> dict[str, str] | None:

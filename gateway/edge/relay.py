@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.edge.boundary import caller, check_guard, json_body, serve
-from gateway.edge.calls import call_through
+from gateway.edge.calls import call_through, tool_name
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, forward
@@ -144,9 +144,7 @@ def _call_of(
     message: Message, fwd: Forward, identity: Identity, incoming: Incoming, gw: Gateway
 ) -> Call:
     params = message.params
-    name = params.get("name")
-    if not isinstance(name, str) or not name:
-        raise BadMessage(rpc.INVALID_PARAMS, "tools/call needs a tool name", 200, message.msg_id)
+    name = tool_name(params.get("name"), message.msg_id)
     args: Any = params.get("arguments", {})
     if args is None:
         args = {}

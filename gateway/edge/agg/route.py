@@ -11,6 +11,7 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
+from gateway.edge.calls import tool_name
 from gateway.edge.forward import Forward
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -30,6 +31,7 @@ def tool_call(
     session: str | None = None,
 ) -> Call:
     """The call a ``tools/call`` to ``server``'s ``tool`` is (its real name, not ours)."""
+    tool = tool_name(tool, message.msg_id)
     args: Any = message.params.get("arguments", {})
     if args is None:
         args = {}
