@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -99,12 +99,48 @@ def _size(container: Any) -> Any:
     return celtypes.IntType(len(container))
 
 
+#: Iterations of the macros (``all``, ``exists``, ``exists_one``, ``map``, ``filter``) one
+#: evaluation may run, all nested ones counted: the lists come from callers, and two nested
+#: macros over a 100,000-item argument would hold the event loop, and every other call, for
+#: minutes. Past it the condition fails (``cel.too_costly``): the rule's error, a deny.
+MAX_ITERATIONS = 10_000
+_left = [MAX_ITERATIONS]
+
+
+class CelTooCostly(Exception):
+    """Raised through the transpiled code (not one of the errors CEL takes as a value)."""
+
+
+def _start_budget() -> None:
+    _left[0] = MAX_ITERATIONS
+
+
+def _budgeted(macro: Callable[..., Any]) -> Callable[..., Any]:
+    """``macro`` with each item it takes from its source counted against the budget."""
+
+    def run(activation: Any, bind: str, expr: Any, source: Callable[[Any], Any]) -> Any:
+        def counted(act: Any) -> Iterator[Any]:
+            for item in source(act):
+                _left[0] -= 1
+                if _left[0] < 0:
+                    raise CelTooCostly
+                yield item
+
+        return macro(activation, bind, expr, counted)
+
+    return run
+
+
 #: cel-python's functions the transpiled code calls, and ours in their place. Its comparison
 #: operators (``bool_lt`` and the rest) wrap ``operator.lt`` in a new decorated function on
 #: every call; the same wrapper made once gives the same result.
 _SWAPPED: dict[str, Callable[..., Any]] = {
     "function_matches": _matches,
     "function_size": _size,
+    **{
+        f"macro_{name}": _budgeted(getattr(evaluation, f"macro_{name}"))
+        for name in ("all", "exists", "exists_one", "map", "filter")
+    },
     **{
         f"bool_{name}": evaluation.boolean(getattr(operator, name))
         for name in ("lt", "le", "gt", "ge", "eq", "ne")
@@ -120,8 +156,9 @@ def runner(source: str) -> Callable[[Vars], Any]:
     (so evaluations cannot see each other's variables) and without re-``exec``.
     """
     body = "\n".join("    " + line for line in source.splitlines())
-    text = f"def _cel(base_activation):\n{body}\n    return CEL\n"
+    text = f"def _cel(base_activation):\n    _cel_start_budget()\n{body}\n    return CEL\n"
     namespace = dict(evaluation.result.__globals__)
+    namespace["_cel_start_budget"] = _start_budget
     for library, ours in _SWAPPED.items():
         if library in text:
             text = text.replace(f"celpy.evaluation.{library}(", f"_cel_{library}(")
@@ -145,6 +182,9 @@ class CelpyProgram:
             raise eval_error(self.source, exc) from None
         except RecursionError:
             raise PolicyEvalError("cel.error", self.source, "RecursionError") from None
+        except CelTooCostly:
+            detail = f"its macros ran more than {MAX_ITERATIONS} iterations"
+            raise PolicyEvalError("cel.too_costly", self.source, detail) from None
         except Exception as exc:  # the transpiled code is Python: any error is a CEL error
             wrapped = CELEvalError("evaluation error", type(exc), exc.args)
             raise eval_error(self.source, wrapped) from None
@@ -224,19 +264,39 @@ _MAP = celtypes.MapType
 _fill = dict.update
 
 
+#: Items (of every list and object, nested ones included) one value may hold to become CEL:
+#: converting is the slowest step of a decision (a microsecond an item), and a caller's
+#: argument of a million numbers would hold the event loop for a second. Past it the value
+#: cannot be read by a rule (``cel.bad_value``: the rule's error, a deny).
+MAX_CEL_ITEMS = 50_000
+_items_left = [MAX_CEL_ITEMS]
+
+
 def to_cel(value: Any) -> Any:
-    """JSON-like Python values to cel-python's types.
+    """JSON-like Python values to cel-python's types, at most ``MAX_CEL_ITEMS`` items.
 
     Same result as ``celpy.adapter.json_to_cel`` for JSON values, dispatched on the exact
     type: the library's version tests ``isinstance`` against ``typing`` generics, which was a
-    fifth of ``decide()``'s time.
+    fifth of ``decide()``'s time. Raises ValueError past the size bound.
     """
+    _items_left[0] = MAX_CEL_ITEMS
+    return _to_cel(value)
+
+
+def _count(items: int) -> None:
+    _items_left[0] -= items
+    if _items_left[0] < 0:
+        raise ValueError(f"more than {MAX_CEL_ITEMS} items in lists and objects")
+
+
+def _to_cel(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         return _new_str(_STRING, value)
     if kind is dict:
+        _count(len(value))
         out = _MAP()  # filled as dicts are: its __init__ asks isinstance(..., Sequence) first
-        _fill(out, {to_cel(k): to_cel(v) for k, v in value.items()})
+        _fill(out, {_to_cel(k): _to_cel(v) for k, v in value.items()})
         return out
     if kind is bool:
         return celtypes.BoolType(value)
@@ -245,7 +305,8 @@ def to_cel(value: Any) -> Any:
     if kind is float:
         return celtypes.DoubleType(value)
     if kind is list or kind is tuple:
-        return celtypes.ListType([to_cel(item) for item in value])
+        _count(len(value))
+        return celtypes.ListType([_to_cel(item) for item in value])
     if value is None:
         return None
     return json_to_cel(value)  # anything else (subclasses, datetimes): the library decides
