@@ -15,7 +15,6 @@ capture logs) the record goes through structlog.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import hashlib
 import itertools
@@ -41,13 +40,13 @@ log = structlog.get_logger("celgate")
 
 
 class LineSink:
-    """Log lines to a binary stream, written once per event-loop pass.
+    """Log lines to a binary stream, each written whole and at once.
 
-    Every record is written whole. Inside a running event loop the lines written during one
-    pass are joined and written together at the end of that pass (``call_soon``): with many
-    calls in flight that is one write instead of one per record, and a record is never held
-    longer than the pass that made it. Outside a loop (the CLI, another thread) a line is
-    written at once. Whatever is pending at exit is written by an ``atexit`` hook.
+    Lines used to be joined and written once per event-loop pass (``call_soon``). Measured
+    served, that turn of the loop cost a call 30 µs of CPU and of latency with one client, and
+    saved nothing with sixteen (a write of a line costs about a microsecond): each line is now
+    written as it comes, under a lock (other threads log too). ``flush_now`` and the
+    ``atexit`` hook stay for what a stream may buffer.
     """
 
     def __init__(self, stream: BinaryIO) -> None:
@@ -57,20 +56,12 @@ class LineSink:
         atexit.register(self.flush_now)
 
     def write(self, line: bytes) -> None:
-        loop = asyncio._get_running_loop()
-        if loop is None:
-            with self._lock:
-                self._pending.append(line)
-            self.flush_now()
-            return
         with self._lock:
             self._pending.append(line)
-            first = len(self._pending) == 1
-        if first:
-            loop.call_soon(self.flush_now)
+        self.flush_now()
 
     def flush(self) -> None:
-        """Called by structlog after every line: the write is already scheduled."""
+        """Called by structlog after every line: the line is already written."""
 
     def flush_now(self) -> None:
         with self._lock:
