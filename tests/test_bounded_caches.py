@@ -13,7 +13,9 @@ from gateway.config import load_config
 from gateway.pipeline.gateway import MAX_CACHED_NAME
 from gateway.policy import Call, Identity, decide, load_policy
 from gateway.policy.cel_runtime import _regex_cached, regex
+from gateway.policy.model import Decision
 from gateway.server.build import build_gateway
+from gateway.telemetry.audit import MAX_KEPT_ARGS, DecisionLog, args_digest
 from tests.gateway_proc import write_config
 from tests.peers import free_port
 
@@ -68,3 +70,19 @@ def test_long_patterns_are_compiled_without_being_kept() -> None:
     pattern = "(a|b)" * 300
     assert regex(pattern).search("ab" * 300) is not None
     assert _regex_cached.cache_info().currsize == before
+
+
+def test_large_arguments_stay_in_the_log_line_not_in_memory() -> None:
+    """With ``log_arguments`` on, the 500 records kept in memory hold small arguments only."""
+    log = DecisionLog(log_arguments=True)
+    decision = Decision(effect="allow", rule="default", reason="ok", revision="r")
+    small = Call(tool="echo", server="up", args={"text": "hi"}, identity=Identity("bot", "bot"))
+    big_text = "x" * (MAX_KEPT_ARGS + 1)
+    big = Call(tool="echo", server="up", args={"text": big_text}, identity=small.identity)
+    assert log.record("d1", small, decision, 0.1)["args"] == {"text": "hi"}
+    written = log.record("d2", big, decision, 0.1)
+    assert written["args"] == {"text": big_text}  # what the line is made of
+    kept_small, kept_big = log.recent
+    assert kept_small["args"] == {"text": "hi"}
+    assert "omitted" in kept_big["args"] and big_text not in str(kept_big)
+    assert kept_big["args_digest"] == written["args_digest"] == args_digest(big.args)

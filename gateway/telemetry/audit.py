@@ -156,7 +156,11 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 def args_digest(args: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the arguments: it binds an approval to the exact call,
     so it must not depend on how the caller ordered or spaced them."""
-    return "sha256:" + hashlib.sha256(_CANONICAL.encode(args).encode()).hexdigest()
+    return _digest(_CANONICAL.encode(args))
+
+
+def _digest(canonical: str) -> str:
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _UtcClock:
@@ -192,6 +196,12 @@ def new_decision_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+#: With ``audit.log_arguments`` on, the records kept in memory (the admin API's, the console's
+#: live feed: 500 of them) hold arguments up to this many characters of JSON; larger ones are
+#: in the log line only (500 bodies of 4 MB would be 2 GB held).
+MAX_KEPT_ARGS = 64 * 1024
+
+
 class DecisionLog:
     """Writes decision records and keeps the most recent ones for the admin API."""
 
@@ -209,6 +219,7 @@ class DecisionLog:
         **extra: Any,
     ) -> dict[str, Any]:
         stamp = _CLOCK.iso()
+        canonical = _CANONICAL.encode(call.args)
         fields: dict[str, Any] = {
             "decision_id": decision_id,
             "time": stamp,
@@ -219,7 +230,7 @@ class DecisionLog:
             "session": call.session,
             "server": call.server,
             "tool": call.tool,
-            "args_digest": args_digest(call.args),
+            "args_digest": _digest(canonical),
             "effect": decision.effect,
             "rule": decision.rule,
             "reason": decision.reason,
@@ -249,7 +260,10 @@ class DecisionLog:
             fields["shadow"] = [s.to_dict() for s in decision.shadow]
         if extra:
             fields.update(extra)
-        self.recent.append(fields)
+        kept = fields
+        if "args" in fields and len(canonical) > MAX_KEPT_ARGS:  # the line has them all
+            kept = {**fields, "args": {"omitted": f"{len(canonical)} characters of JSON"}}
+        self.recent.append(kept)
         writer = _WRITER
         if writer is not None:
             writer.write(fields, stamp[:-6] + "Z")
