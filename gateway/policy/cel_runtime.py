@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -104,7 +105,18 @@ def _size(container: Any) -> Any:
 #: macros over a 100,000-item argument would hold the event loop, and every other call, for
 #: minutes. Past it the condition fails (``cel.too_costly``): the rule's error, a deny.
 MAX_ITERATIONS = 10_000
-_left = [MAX_ITERATIONS]
+
+
+class _Budgets(threading.local):
+    """What the evaluation running on this thread may still spend (one per thread: the
+    counts of two threads' evaluations must not mix)."""
+
+    def __init__(self) -> None:
+        self.iterations = MAX_ITERATIONS
+        self.items = 0
+
+
+_budget = _Budgets()
 
 
 class CelTooCostly(Exception):
@@ -112,7 +124,7 @@ class CelTooCostly(Exception):
 
 
 def _start_budget() -> None:
-    _left[0] = MAX_ITERATIONS
+    _budget.iterations = MAX_ITERATIONS
 
 
 def _budgeted(macro: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,9 +132,10 @@ def _budgeted(macro: Callable[..., Any]) -> Callable[..., Any]:
 
     def run(activation: Any, bind: str, expr: Any, source: Callable[[Any], Any]) -> Any:
         def counted(act: Any) -> Iterator[Any]:
+            budget = _budget
             for item in source(act):
-                _left[0] -= 1
-                if _left[0] < 0:
+                budget.iterations -= 1
+                if budget.iterations < 0:
                     raise CelTooCostly
                 yield item
 
@@ -269,7 +282,6 @@ _fill = dict.update
 #: argument of a million numbers would hold the event loop for a second. Past it the value
 #: cannot be read by a rule (``cel.bad_value``: the rule's error, a deny).
 MAX_CEL_ITEMS = 50_000
-_items_left = [MAX_CEL_ITEMS]
 
 
 def to_cel(value: Any) -> Any:
@@ -279,13 +291,13 @@ def to_cel(value: Any) -> Any:
     type: the library's version tests ``isinstance`` against ``typing`` generics, which was a
     fifth of ``decide()``'s time. Raises ValueError past the size bound.
     """
-    _items_left[0] = MAX_CEL_ITEMS
+    _budget.items = MAX_CEL_ITEMS
     return _to_cel(value)
 
 
 def _count(items: int) -> None:
-    _items_left[0] -= items
-    if _items_left[0] < 0:
+    _budget.items -= items
+    if _budget.items < 0:
         raise ValueError(f"more than {MAX_CEL_ITEMS} items in lists and objects")
 
 
