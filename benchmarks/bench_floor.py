@@ -1,6 +1,6 @@
 """What each layer under celgate's relay costs, in one interleaved run.
 
-    python benchmarks/bench_floor.py [--calls 3000] [--rounds 10]
+    python benchmarks/bench_floor.py [--calls 3000] [--rounds 10] [--clients 1]
 
 Targets, all in front of one upstream (``tests.servers.upstream``, Streamable HTTP), called in
 both eras by ``bench_relay.py``'s lean aiohttp client (keep-alive, one call at a time):
@@ -14,7 +14,9 @@ both eras by ``bench_relay.py``'s lean aiohttp client (keep-alive, one call at a
 Gateway CPU per call is utime + stime of the relay's process from ``/proc`` around each batch.
 The raw relay is the least any relay written in Python costs on this machine (two sockets,
 one request parsed, one forwarded); what the bare relay adds is the ASGI server's; what
-celgate adds on top is its own. Writes ``benchmarks/results/floor.json`` and ``floor.md``.
+celgate adds on top is its own. ``--clients 16``: sixteen clients call each target at once
+(the calls shared among them), and calls/s against direct is throughput. Writes
+``benchmarks/results/floor.json`` and ``floor.md``.
 """
 
 from __future__ import annotations
@@ -73,15 +75,16 @@ def markdown(table: list[dict[str, Any]]) -> str:
         if r["target"].startswith("raw relay/")
     }
     lines = [
-        "| target | median ms | added median ms | CPU µs/call | CPU / raw relay |",
-        "|---|---:|---:|---:|---:|",
+        "| target | median ms | added median | CPU µs/call | CPU / raw relay | calls/s x direct |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         cpu, base = r["cpu_us_per_call"], floor.get(r["target"].split("/")[1])
         ratio = f"{cpu / base:.2f}" if cpu and base else ""
         shown = "" if cpu is None else f"{cpu:.0f}"
         added = r["added_median_ms"]
-        lines.append(f"| {r['target']} | {r['median_ms']:.3f} | {added:+.3f} | {shown} | {ratio} |")
+        cells = f"{r['median_ms']:.3f} | {added:+.3f} | {shown} | {ratio} | {r['throughput_x']:.2f}"
+        lines.append(f"| {r['target']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -90,12 +93,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per target")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--clients", type=int, default=1, help="clients calling at once")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few calls")
     ns = parser.parse_args()
     if ns.quick:
         ns.calls, ns.rounds = 200, 2
     with stack() as targets:
-        asyncio.run(run(targets, ns.calls, ns.rounds))
+        asyncio.run(run(targets, ns.calls, ns.rounds, clients=ns.clients))
     table = rows(targets)
     md = markdown(table)
     write_results("floor", table, md, ns.output)

@@ -76,6 +76,7 @@ class Target:
     pid: int | None
     latencies_ns: list[int] = field(default_factory=list)
     cpu_ticks: int = 0
+    wall_ns: int = 0  # time its recorded batches took, end to end (throughput)
 
 
 def cpu_ticks(pid: int) -> int:
@@ -158,34 +159,52 @@ class SdkClient:
             raise RuntimeError(f"tools/call on {self.client}: {result}")
 
 
-async def batch(client: Client | SdkClient, target: Target, calls: int, record: bool) -> None:
+async def batch(
+    clients: list[Client | SdkClient], target: Target, calls: int, record: bool
+) -> None:
+    """``calls`` calls, shared by ``clients`` calling at once (each one call at a time)."""
     clock = time.perf_counter_ns
     before = cpu_ticks(target.pid) if target.pid else 0
-    lat = []
-    for i in range(calls):
-        start = clock()
-        await client.echo(f"bench-{i}")
-        lat.append(clock() - start)
+    lat: list[int] = []
+
+    async def one(client: Client | SdkClient, count: int) -> None:
+        for i in range(count):
+            start = clock()
+            await client.echo(f"bench-{i}")
+            lat.append(clock() - start)
+
+    began = clock()
+    each = max(1, calls // len(clients))
+    await asyncio.gather(*(one(client, each) for client in clients))
     if record:
+        target.wall_ns += clock() - began
         target.latencies_ns += lat
         target.cpu_ticks += (cpu_ticks(target.pid) - before) if target.pid else 0
 
 
-async def run(targets: list[Target], calls: int, rounds: int, sdk: bool = False) -> None:
+async def run(
+    targets: list[Target], calls: int, rounds: int, sdk: bool = False, clients: int = 1
+) -> None:
+    """``calls`` per target over ``rounds`` interleaved rounds, by ``clients`` clients at once."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     async with aiohttp.ClientSession(connector=connector) as http:
-        clients = {t.name: SdkClient(t) if sdk else Client(http, t) for t in targets}
+        made: dict[str, list[Client | SdkClient]] = {
+            t.name: [SdkClient(t) if sdk else Client(http, t) for _ in range(clients)]
+            for t in targets
+        }
         for t in targets:
-            await clients[t.name].open()
-            await batch(clients[t.name], t, 200, record=False)  # warm up
+            for client in made[t.name]:
+                await client.open()
+            await batch(made[t.name], t, 200 * clients, record=False)  # warm up
         per = max(1, calls // rounds)
         for r in range(rounds):
             shift = r % len(targets)
             for t in targets[shift:] + targets[:shift]:
-                await batch(clients[t.name], t, per, record=True)
-        for client in reversed(clients.values()):
-            if isinstance(client, SdkClient):
-                await client.close()
+                await batch(made[t.name], t, per, record=True)
+        for group in reversed(made.values()):
+            for client in group:
+                if isinstance(client, SdkClient):
+                    await client.close()
 
 
 # --------------------------------------------------------------------------- processes
@@ -252,18 +271,22 @@ def profile(targets: list[Target], name: str, seconds: int = 10) -> str:
 
 
 def rows(targets: list[Target]) -> list[dict[str, Any]]:
-    direct = {t.era: statistics.median(t.latencies_ns) for t in targets if t.pid is None}
+    direct = {t.era: t for t in targets if t.pid is None}
     out = []
     for t in targets:
         n = len(t.latencies_ns)
         median = statistics.median(t.latencies_ns)
+        rate = n / (t.wall_ns / 1e9)
+        base = direct[t.era]
         out.append(
             {
                 "target": t.name,
                 "calls": n,
                 "median_ms": round(median / 1e6, 3),
-                "added_median_ms": round((median - direct[t.era]) / 1e6, 3),
+                "added_median_ms": round((median - statistics.median(base.latencies_ns)) / 1e6, 3),
                 "cpu_us_per_call": round(t.cpu_ticks / TICK / n * 1e6, 1) if t.pid else None,
+                "calls_per_s": round(rate),
+                "throughput_x": round(rate / (len(base.latencies_ns) / (base.wall_ns / 1e9)), 2),
             }
         )
     return out

@@ -61,7 +61,7 @@ async def many(clients: list[Client], target: Target, calls: int, out: Level) ->
     assert target.pid is not None
     before, start = cpu_ticks(target.pid), time.perf_counter()
     target.latencies_ns = []
-    await asyncio.gather(*(batch(c, target, calls, record=True) for c in clients))
+    await batch(list(clients), target, calls * len(clients), record=True)
     out.seconds += time.perf_counter() - start
     out.ticks += cpu_ticks(target.pid) - before
     out.lat += target.latencies_ns
