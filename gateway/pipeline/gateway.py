@@ -101,4 +101,4 @@ class Gateway:
         await self.auth.close()
         if self.approvals is not None:
             await self.approvals.store.close()
-        flush_logs()  # the records of the last loop pass, before the loop stops
+        flush_logs()  # whatever the log stream still buffers, before the loop stops
