@@ -20,10 +20,18 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.policy import load_policy
 from gateway.server.console import CSP
-from gateway.server.console.sessions import IDLE_SECONDS, MAX_SECONDS, MAX_SESSIONS, ConsoleSessions
+from gateway.ratelimit.client import valkey_client
+from gateway.server.console.sessions import (
+    IDLE_SECONDS,
+    MAX_SECONDS,
+    MAX_SESSIONS,
+    ConsoleSessions,
+    SessionStoreDown,
+    make_sessions,
+)
 from gateway.telemetry.audit import args_digest
 from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway
-from tests.peers import PeerProcess
+from tests.peers import PeerProcess, free_port
 from tests.valkey_server import ValkeyProcess
 
 BOT_KEY = "cgk_desk-bot-key-0123456789"
@@ -327,30 +335,73 @@ class TestConsoleLogin:
 
 
 class TestConsoleSessions:
-    """Sessions are bounded in time (idle and absolute) and in number, on an injected clock."""
+    """Sessions are bounded in time (idle and absolute) on an injected clock, in this process
+    and in Valkey alike; in this process, also in number."""
 
-    def test_idle_and_absolute_deadlines(self) -> None:
+    @pytest.fixture(params=["memory", "valkey"])
+    async def store(self, request: Any, valkey_db: ValkeyProcess) -> Any:
         now = [1000.0]
-        sessions = ConsoleSessions(clock=lambda: now[0])
-        idle_id, _ = sessions.open("ann")
-        busy_id, _ = sessions.open("bob")
-        now[0] += IDLE_SECONDS - 1
-        assert sessions.get(busy_id) is not None
-        now[0] += 2
-        assert sessions.get(idle_id) is None  # idle too long
-        assert sessions.get(busy_id) is not None
-        while now[0] < 1000.0 + MAX_SECONDS:
-            assert sessions.get(busy_id) is not None
-            now[0] += IDLE_SECONDS / 2
-        assert sessions.get(busy_id) is None  # past the absolute deadline, however busy
+        if request.param == "memory":
+            yield ConsoleSessions(clock=lambda: now[0]), now
+            return
+        client = valkey_client(valkey_db.url)
+        yield make_sessions(client, "t:", clock=lambda: now[0]), now
+        await client.aclose()
 
-    def test_at_most_so_many_the_least_recently_used_ends(self) -> None:
+    async def test_idle_and_absolute_deadlines(self, store: Any) -> None:
+        sessions, now = store
+        idle_id, _ = await sessions.open("ann")
+        busy_id, _ = await sessions.open("bob")
+        now[0] += IDLE_SECONDS - 1
+        assert await sessions.get(busy_id) is not None
+        now[0] += 2
+        assert await sessions.get(idle_id) is None  # idle too long
+        assert await sessions.get(busy_id) is not None
+        while now[0] < 1000.0 + MAX_SECONDS:
+            assert await sessions.get(busy_id) is not None
+            now[0] += IDLE_SECONDS / 2
+        assert await sessions.get(busy_id) is None  # past the absolute deadline, however busy
+
+    async def test_a_session_is_its_own_and_closing_ends_it(self, store: Any) -> None:
+        sessions, _ = store
+        one, first = await sessions.open("  ann\n  lee ")
+        two, _ = await sessions.open("bob")
+        found = await sessions.get(one)
+        assert found is not None and found.operator == "ann lee" and found.csrf == first.csrf
+        for forged in ("", "x" * 43, one + "x", "x" * 10_000, None):
+            assert await sessions.get(forged) is None
+        await sessions.close(one)
+        assert await sessions.get(one) is None and await sessions.get(two) is not None
+
+    async def test_at_most_so_many_the_least_recently_used_ends(self) -> None:
         sessions = ConsoleSessions(clock=lambda: 0.0)
-        ids = [sessions.open(f"op{i}")[0] for i in range(MAX_SESSIONS)]
-        assert sessions.get(ids[0]) is not None  # now the most recently used
-        sessions.open("one more")
+        ids = [(await sessions.open(f"op{i}"))[0] for i in range(MAX_SESSIONS)]
+        assert await sessions.get(ids[0]) is not None  # now the most recently used
+        await sessions.open("one more")
         assert len(sessions.live) == MAX_SESSIONS
-        assert sessions.get(ids[1]) is None and sessions.get(ids[0]) is not None
+        assert await sessions.get(ids[1]) is None and await sessions.get(ids[0]) is not None
+
+    async def test_valkey_holds_only_the_hash_and_forgets_at_the_deadline(
+        self, valkey_db: ValkeyProcess
+    ) -> None:
+        client = valkey_client(valkey_db.url)
+        try:
+            session_id, _ = await make_sessions(client, "t:").open("ann")
+            keys = [k.decode() for k in await client.keys("t:cs:*")]
+            assert len(keys) == 1 and session_id not in keys[0]
+            assert 0 < await client.ttl(keys[0]) <= IDLE_SECONDS
+        finally:
+            await client.aclose()
+
+    async def test_valkey_down_is_refused_never_signed_in(self) -> None:
+        client = valkey_client(f"valkey://127.0.0.1:{free_port()}/0", timeout=0.2)
+        try:
+            with pytest.raises(SessionStoreDown):
+                await make_sessions(client).get("x" * 43)
+            with pytest.raises(SessionStoreDown):
+                await make_sessions(client).open("ann")
+        finally:
+            await client.aclose()
 
 
 class TestLiveStream:

@@ -176,6 +176,41 @@ class TestRetryApproval:
         assert twice.status_code == 409
 
 
+
+class TestConsoleAcrossReplicas:
+    async def test_signed_in_on_one_replica_approves_on_the_other(
+        self, pair: Any, call_log: Path
+    ) -> None:
+        """The console session lives in Valkey: the load balancer may send each request to
+        any replica, and signing out on one ends the session on all."""
+        one, two = pair
+        login = httpx.post(
+            one.base + "/console/login",
+            json={"token": ADMIN_TOKEN, "operator": "erin"},
+            headers={"Origin": one.base},
+            timeout=10,
+        )
+        assert login.status_code == 200, login.text
+        cookie = {"Cookie": f"celgate_console={login.cookies['celgate_console']}"}
+        csrf = {"X-CSRF-Token": login.json()["csrf"], "Origin": two.base, **cookie}
+        args = {"id": "item-console"}
+        async with client(one.url("up"), key=ANALYST_KEY) as c:
+            approval_id = celgate_part(await c.call_tool("delete_item", args))["approval_id"]
+            seen = httpx.get(two.base + "/console/session", headers=cookie, timeout=10).json()
+            assert seen["signed_in"] and seen["operator"] == "erin"
+            url = f"{two.base}/admin/approvals/{approval_id}/approve"
+            unsafe = httpx.post(url, headers=cookie, json={}, timeout=10)
+            assert unsafe.status_code == 403  # no CSRF token: refused there too
+            approved = httpx.post(url, headers=csrf, json={"by": "erin"}, timeout=10)
+            assert approved.status_code == 201, approved.text
+            assert not (await c.call_tool("delete_item", args)).is_error
+        out = httpx.post(two.base + "/console/logout", headers=csrf, timeout=10)
+        assert out.status_code == 200
+        after = httpx.get(one.base + "/admin/approvals", headers=cookie, timeout=10)
+        assert after.status_code == 401
+        gone = httpx.get(one.base + "/console/session", headers=cookie, timeout=10).json()
+        assert gone == {"signed_in": False}
+
 class TestWaitApproval:
     async def _pending_id(self, gw: GatewayProcess, tool: str) -> str:
         with anyio.fail_after(15):

@@ -31,7 +31,7 @@ from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
 from gateway.server.console.login import sessions_of
 from gateway.server.console.origin import admin_throttle, refusal
-from gateway.server.console.sessions import COOKIE, csrf_problem
+from gateway.server.console.sessions import COOKIE, SessionStoreDown, csrf_problem
 from gateway.server.lifecycle import readiness
 
 _CHALLENGE = {"WWW-Authenticate": ADMIN_CHALLENGE}
@@ -59,7 +59,7 @@ def _guard(gateway: Gateway) -> Any:
 
     throttle = admin_throttle(gateway)
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         headers = connection.headers
         refused = refusal(gateway, headers.get("host"), headers.get("origin"))
         if refused is not None:  # DNS rebinding, or a page of another site
@@ -75,7 +75,7 @@ def _guard(gateway: Gateway) -> Any:
                 )
         if token_matches(token, gateway.config.admin.token_sha256):
             return
-        if token is None and _console_session(gateway, connection):
+        if token is None and await _console_session(gateway, connection):
             return
         if token is not None and gateway.auth.authenticate(f"Bearer {token}") is not None:
             raise PermissionDeniedException("agent keys cannot use the admin API")
@@ -87,10 +87,16 @@ def _guard(gateway: Gateway) -> Any:
     return guard
 
 
-def _console_session(gateway: Gateway, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+async def _console_session(
+    gateway: Gateway, connection: ASGIConnection[Any, Any, Any, Any]
+) -> bool:
     """True for a live console session's request (its operator noted on the connection);
-    a session's request that fails the CSRF checks is refused here."""
-    session = sessions_of(gateway).get(connection.cookies.get(COOKIE))
+    a session's request that fails the CSRF checks is refused here, and one that cannot be
+    looked up (the shared store down) with 503."""
+    try:
+        session = await sessions_of(gateway).get(connection.cookies.get(COOKIE))
+    except SessionStoreDown as exc:
+        raise HTTPException(str(exc), status_code=503) from exc
     if session is None:
         return False
     method = str(connection.scope.get("method", "GET"))

@@ -13,6 +13,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import load_policy
 from gateway.policy.engines import get_engine
 from gateway.ratelimit.factory import make_limiter, shared_client
+from gateway.server.console.sessions import make_sessions
 from gateway.telemetry.audit import DecisionLog
 from gateway.telemetry.metrics import Metrics
 from gateway.upstream.http import HttpUpstream
@@ -48,4 +49,5 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     store = make_store(limits.backend, key_prefix=limits.key_prefix, client=valkey)
     approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=config.approvals)
     gateway.approvals = approvals
+    gateway.extras["console_sessions"] = make_sessions(valkey, limits.key_prefix)
     return gateway

@@ -27,6 +27,8 @@ from gateway.server.console.sessions import (
     MAX_SECONDS,
     ConsoleSession,
     ConsoleSessions,
+    SessionStore,
+    SessionStoreDown,
     cookie_header,
     csrf_problem,
 )
@@ -44,15 +46,20 @@ class LoginBody:
     operator: str = ""
 
 
-def sessions_of(gateway: Gateway) -> ConsoleSessions:
-    found = gateway.extras.get("console_sessions")
-    if not isinstance(found, ConsoleSessions):
+def sessions_of(gateway: Gateway) -> SessionStore:
+    """The gateway's console sessions (``build_gateway`` picks shared or local), else local."""
+    found: SessionStore | None = gateway.extras.get("console_sessions")
+    if found is None:
         found = gateway.extras["console_sessions"] = ConsoleSessions()
     return found
 
 
-def session_of(gateway: Gateway, request: Request[Any, Any, Any]) -> ConsoleSession | None:
-    return sessions_of(gateway).get(request.cookies.get(COOKIE))
+async def session_of(gateway: Gateway, request: Request[Any, Any, Any]) -> ConsoleSession | None:
+    return await sessions_of(gateway).get(request.cookies.get(COOKIE))
+
+
+def _store_down(exc: SessionStoreDown) -> Response[Any]:
+    return _json({"detail": str(exc)}, 503)
 
 
 def _json(body: Any, status: int = 200, cookie: str | None = None) -> Response[Any]:
@@ -95,7 +102,10 @@ def login_handlers(gateway: Gateway) -> list[Any]:
             throttle.failed(client)
             log.warning("console.login_refused", client=client)
             return _json({"detail": "invalid admin token"}, 401)
-        session_id, session = sessions.open(data.operator)
+        try:
+            session_id, session = await sessions.open(data.operator)
+        except SessionStoreDown as exc:
+            return _store_down(exc)
         secure = request.url.scheme == "https" or (
             request.headers.get("origin", "").startswith("https://")
         )
@@ -103,35 +113,47 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         cookie = cookie_header(session_id, secure, int(MAX_SECONDS))
         return _json(session.view(), cookie=cookie)
 
-    @get("/console/session", include_in_schema=False, sync_to_thread=False)
-    def current(request: Request[Any, Any, Any]) -> Response[Any]:
+    @get("/console/session", include_in_schema=False)
+    async def current(request: Request[Any, Any, Any]) -> Response[Any]:
         refused = _refused(gateway, request, unsafe=False)
         if refused is not None:
             return refused
-        session = session_of(gateway, request)
+        try:
+            session = await session_of(gateway, request)
+        except SessionStoreDown as exc:
+            return _store_down(exc)
         # 200 either way: the page asks on every load, and a 401 would read as an error.
         return _json({"signed_in": False} if session is None else session.view())
 
-    @post("/console/logout", include_in_schema=False, status_code=200, sync_to_thread=False)
-    def logout(request: Request[Any, Any, Any]) -> Response[Any]:
+    @post("/console/logout", include_in_schema=False, status_code=200)
+    async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
         refused = _refused(gateway, request, unsafe=True)
         if refused is not None:
             return refused
-        session = session_of(gateway, request)
+        try:
+            session = await session_of(gateway, request)
+            if session is not None:
+                host = request.headers.get("host")
+                problem = csrf_problem(session, "POST", request.headers, host)
+                if problem is not None:
+                    return _json({"detail": problem}, 403)
+                await sessions.close(request.cookies.get(COOKIE))
+        except SessionStoreDown as exc:
+            return _store_down(exc)
         if session is not None:
-            problem = csrf_problem(session, "POST", request.headers, request.headers.get("host"))
-            if problem is not None:
-                return _json({"detail": problem}, 403)
-            sessions.close(request.cookies.get(COOKIE))
             log.info("console.logout", operator=session.operator)
         return _json({"signed_out": True}, cookie=cookie_header("", False, 0))
 
-    @get("/console/events", include_in_schema=False, sync_to_thread=False)
-    def events(request: Request[Any, Any, Any]) -> Response[Any] | ServerSentEvent:
+    @get("/console/events", include_in_schema=False)
+    async def events(request: Request[Any, Any, Any]) -> Response[Any] | ServerSentEvent:
         refused = _refused(gateway, request, unsafe=False)
         if refused is not None:
             return refused
-        if session_of(gateway, request) is None:
+        try:
+            session = await session_of(gateway, request)
+        except SessionStoreDown as exc:
+            return _store_down(exc)
+        if session is None:
             return _json({"detail": "sign in to the console first"}, 401)
         filters = {k: v for k in FILTERS if (v := request.query_params.get(k))}
         subscriber = feed.subscribe()
@@ -156,7 +178,7 @@ async def _stream(
         backlog = [r for r in list(feed) if matches(r, filters)][-BACKLOG:]
         for record in backlog:
             yield _message(gateway, record)
-        while sessions_of(gateway).get(cookie) is not None:
+        while await _still_signed_in(gateway, cookie):
             records, dropped = await subscriber.take(KEEPALIVE_SECONDS)
             if dropped:
                 yield ServerSentEventMessage(data=json.dumps({"dropped": dropped}), event="gap")
@@ -168,6 +190,15 @@ async def _stream(
         yield ServerSentEventMessage(data="{}", event="signed-out")
     finally:
         feed.unsubscribe(subscriber)
+
+
+async def _still_signed_in(gateway: Gateway, cookie: str | None) -> bool:
+    """Whether the stream's session lives on; a store that does not answer ends the stream
+    (the page reconnects, and is asked to sign in only if the session is really gone)."""
+    try:
+        return await sessions_of(gateway).get(cookie) is not None
+    except SessionStoreDown:
+        return False
 
 
 def _message(gateway: Gateway, record: dict[str, Any]) -> ServerSentEventMessage:

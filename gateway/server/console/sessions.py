@@ -3,9 +3,12 @@
 A session is a random id (the cookie, ``HttpOnly``, ``SameSite=Strict``, ``Secure`` over
 HTTPS), kept here by its SHA-256 with the operator's name, a CSRF token and two deadlines: idle
 (``IDLE_SECONDS`` without a request) and absolute (``MAX_SECONDS`` after sign-in). At most
-``MAX_SESSIONS`` live at once; past that the least recently used one is ended. Sessions live
-in this process: with several replicas, a browser must stay on one (sticky routing), or sign in
-again where it lands.
+``MAX_SESSIONS`` live at once in one process; past that the least recently used one is ended.
+With a Valkey backend (``limits.backend``) the sessions live there instead
+(``<key_prefix>cs:<sha256>``, each gone from Valkey when its deadline passes), so a browser
+signed in on one replica is signed in on every replica behind the same load balancer, and
+signing out anywhere ends it everywhere. A console request that cannot reach Valkey is refused
+with 503 (``SessionStoreDown``): never taken as signed in.
 
 A state-changing request made with the cookie must also carry the session's CSRF token in
 ``X-CSRF-Token`` and an ``Origin`` of the page's own origin (``csrf_problem``): ``SameSite``
@@ -17,12 +20,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
+
+import structlog
+from valkey.asyncio import Valkey
+
+from gateway.ratelimit.client import BACKEND_ERRORS
+
+log = structlog.get_logger(__name__)
 
 COOKIE = "celgate_console"
 CSRF_HEADER = "x-csrf-token"
@@ -57,28 +70,50 @@ def _key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
+#: The longest cookie value looked up: ours are 43 characters.
+MAX_ID_CHARS = 128
+
+
+def _new(operator: str, now: float) -> tuple[str, ConsoleSession]:
+    session_id = secrets.token_urlsafe(32)
+    name = " ".join(operator.split())[:OPERATOR_CHARS] or "console"
+    return session_id, ConsoleSession(name, secrets.token_urlsafe(32), now, now, now + MAX_SECONDS)
+
+
+class SessionStoreDown(Exception):
+    """The shared session store did not answer: the request is refused (503), never taken
+    as signed in or out."""
+
+
+class SessionStore(Protocol):
+    async def open(self, operator: str) -> tuple[str, ConsoleSession]: ...
+
+    async def get(self, session_id: str | None) -> ConsoleSession | None: ...
+
+    async def close(self, session_id: str | None) -> None: ...
+
+
 class ConsoleSessions:
-    """Live console sessions by the hash of their id, least recently used first."""
+    """Live console sessions of this process by the hash of their id, least recently used
+    first."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.live: OrderedDict[str, ConsoleSession] = OrderedDict()
 
-    def open(self, operator: str) -> tuple[str, ConsoleSession]:
+    async def open(self, operator: str) -> tuple[str, ConsoleSession]:
         """A new session: its id (for the cookie only) and its state."""
         now = self.clock()
         self._sweep(now)
         while len(self.live) >= MAX_SESSIONS:
             self.live.popitem(last=False)
-        session_id = secrets.token_urlsafe(32)
-        name = " ".join(operator.split())[:OPERATOR_CHARS] or "console"
-        session = ConsoleSession(name, secrets.token_urlsafe(32), now, now, now + MAX_SECONDS)
+        session_id, session = _new(operator, now)
         self.live[_key(session_id)] = session
         return session_id, session
 
-    def get(self, session_id: str | None) -> ConsoleSession | None:
+    async def get(self, session_id: str | None) -> ConsoleSession | None:
         """The live session of a cookie value (its idle deadline pushed back), or None."""
-        if not session_id:
+        if not session_id or len(session_id) > MAX_ID_CHARS:
             return None
         key = _key(session_id)
         session = self.live.get(key)
@@ -90,13 +125,87 @@ class ConsoleSessions:
         self.live.move_to_end(key)
         return session
 
-    def close(self, session_id: str | None) -> None:
+    async def close(self, session_id: str | None) -> None:
         if session_id:
             self.live.pop(_key(session_id), None)
 
     def _sweep(self, now: float) -> None:
         for key in [k for k, s in self.live.items() if s.expires() <= now]:
             del self.live[key]
+
+
+class ValkeyConsoleSessions:
+    """Console sessions shared by every replica through Valkey: one JSON value per session,
+    rewritten with a fresh expiry on each use, so Valkey drops it at its idle or absolute
+    deadline. The deadlines are also checked here against ``clock``."""
+
+    def __init__(
+        self, client: Valkey, prefix: str = "celgate:cs:", clock: Callable[[], float] = time.time
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.clock = clock
+
+    async def open(self, operator: str) -> tuple[str, ConsoleSession]:
+        session_id, session = _new(operator, self.clock())
+        await self._put(self.prefix + _key(session_id), session)
+        return session_id, session
+
+    async def get(self, session_id: str | None) -> ConsoleSession | None:
+        if not session_id or len(session_id) > MAX_ID_CHARS:
+            return None
+        key = self.prefix + _key(session_id)
+        raw = await self._do(self.client.get(key))
+        session = _decode(raw)
+        now = self.clock()
+        if session is None or session.expires() <= now:
+            if raw is not None:
+                await self._do(self.client.delete(key))
+            return None
+        session.seen = now
+        await self._put(key, session)
+        return session
+
+    async def close(self, session_id: str | None) -> None:
+        if session_id and len(session_id) <= MAX_ID_CHARS:
+            await self._do(self.client.delete(self.prefix + _key(session_id)))
+
+    async def _put(self, key: str, session: ConsoleSession) -> None:
+        ttl = max(1, math.ceil(session.expires() - self.clock()))
+        await self._do(self.client.set(key, json.dumps(asdict(session)), ex=ttl))
+
+    async def _do(self, pending: object) -> object:
+        try:
+            return await pending  # type: ignore[misc]
+        except BACKEND_ERRORS as exc:
+            log.warning("console.session_store_down", error=type(exc).__name__)
+            raise SessionStoreDown("console sessions are unavailable: try again") from exc
+
+
+def _decode(raw: object) -> ConsoleSession | None:
+    """A stored session, or None for nothing or anything that is not one."""
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        fields = json.loads(raw)
+        return ConsoleSession(
+            operator=str(fields["operator"]),
+            csrf=str(fields["csrf"]),
+            created=float(fields["created"]),
+            seen=float(fields["seen"]),
+            ends=float(fields["ends"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def make_sessions(
+    client: Valkey | None, key_prefix: str = "celgate:", clock: Callable[[], float] = time.time
+) -> SessionStore:
+    """Shared sessions when the gateway has a Valkey client, this process's otherwise."""
+    if client is None:
+        return ConsoleSessions(clock)
+    return ValkeyConsoleSessions(client, prefix=key_prefix + "cs:", clock=clock)
 
 
 def csrf_problem(
