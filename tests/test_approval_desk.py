@@ -19,8 +19,8 @@ from gateway.auth.identity import hash_key
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.policy import load_policy
-from gateway.server.console import CSP
 from gateway.ratelimit.client import valkey_client
+from gateway.server.console import CSP
 from gateway.server.console.sessions import (
     IDLE_SECONDS,
     MAX_SECONDS,

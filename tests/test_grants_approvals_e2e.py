@@ -176,7 +176,6 @@ class TestRetryApproval:
         assert twice.status_code == 409
 
 
-
 class TestConsoleAcrossReplicas:
     async def test_signed_in_on_one_replica_approves_on_the_other(
         self, pair: Any, call_log: Path
@@ -210,6 +209,7 @@ class TestConsoleAcrossReplicas:
         assert after.status_code == 401
         gone = httpx.get(one.base + "/console/session", headers=cookie, timeout=10).json()
         assert gone == {"signed_in": False}
+
 
 class TestWaitApproval:
     async def _pending_id(self, gw: GatewayProcess, tool: str) -> str:
