@@ -182,7 +182,8 @@ class TestOperatorPagesRefuseOtherSites:
         assert "<script>" not in page.text and 'src="/console/app.js"' in page.text
         assert page.headers["x-frame-options"] == "DENY"
         script = httpx.get(desk.base + "/console/app.js", timeout=10)
-        assert script.headers["content-type"].startswith("text/javascript")
+        assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "innerHTML" not in script.text.replace("an innerHTML assignment", "")
 
     @pytest.mark.parametrize("path", ["/console", "/admin/approvals"])

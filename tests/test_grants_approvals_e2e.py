@@ -294,6 +294,7 @@ class TestAdminApi:
         assert agent.status_code == 403
         ok = admin(gw, "GET", "/admin/policy")
         assert ok.status_code == 200 and len(ok.json()["revision"]) == 16
+        assert ok.headers["cache-control"] == "no-store"
 
     def test_openapi_schema_is_the_operators(self, pair: Any) -> None:
         """The admin API's schema is operator data: behind the admin token like /metrics."""

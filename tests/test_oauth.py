@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,28 @@ class TestIntrospection:
                 records = gw.wait_records(2, where=lambda r: r["grant"] == "reader")
                 assert {r["auth"] for r in records} == {"introspection"}
                 assert call(gw.url("up"), "0" * 48).status_code == 401  # not active
+
+    def test_what_anyone_can_make_the_issuer_do_is_bounded(
+        self, ready: None, sink: tuple[str, list[dict[str, str]]], tmp_path: Path
+    ) -> None:
+        """A refused token is not asked about again for a while, and the same token sent many
+        times at once is asked about once."""
+        with auth_server(CLIENTS) as auth:
+            extra = {"introspection": {"client_id": "celgate", "client_secret": "s3cret"}}
+            with _start(tmp_path, auth, sink[0], **extra) as gw:
+                before = auth.stats()["introspect"]
+                for _ in range(20):
+                    assert call(gw.url("up"), "1" * 48).status_code == 401
+                assert auth.stats()["introspect"] == before + 1
+                bogus = "2" * 48
+                with ThreadPoolExecutor(16) as pool:
+                    codes = list(
+                        pool.map(lambda _: call(gw.url("up"), bogus).status_code, range(32))
+                    )
+                assert set(codes) == {401}
+                assert auth.stats()["introspect"] <= before + 1 + 16  # one per wave at most
+                good = auth.opaque("reader", resource=gw.url("up"))
+                assert call(gw.url("up"), good).status_code == 200  # others unaffected
 
 
 # ----------------------------------------------------------------------------- unit level

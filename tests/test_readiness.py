@@ -157,3 +157,41 @@ class TestComposeHealthcheck:
         assert self.run_check(config) == 0
         config.write_text(f"listen: {{host: 0.0.0.0, port: {free_port()}}}\n")
         assert self.run_check(config) != 0
+
+
+class _CountingUpstream:
+    """An upstream's probe, counted; it answers only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+        self.release: Any = None
+
+    async def probe(self) -> bool:
+        self.probes += 1
+        await self.release.wait()
+        return True
+
+
+class TestProbesAreShared:
+    async def test_many_asking_at_once_or_soon_after_make_one_round(self) -> None:
+        """Anyone may ask /readyz: callers at once share one round of probes, and a round
+        answers for a second; after that, the next caller starts a new one."""
+        import asyncio
+        from types import SimpleNamespace
+
+        from gateway.server.lifecycle import HEALTH_FRESH_SECONDS, _RecentHealth, recent_health
+
+        now = [100.0]
+        upstream = _CountingUpstream()
+        upstream.release = asyncio.Event()
+        gateway: Any = SimpleNamespace(upstreams={"up": upstream}, metrics=None, extras={})
+        gateway.extras["recent_health"] = _RecentHealth(lambda: now[0])
+        waiting = [asyncio.ensure_future(recent_health(gateway)) for _ in range(50)]
+        await asyncio.sleep(0)
+        upstream.release.set()
+        assert [await w for w in waiting] == [{"up": True}] * 50
+        assert upstream.probes == 1
+        now[0] += HEALTH_FRESH_SECONDS - 0.01
+        assert await recent_health(gateway) == {"up": True} and upstream.probes == 1
+        now[0] += 0.02
+        assert await recent_health(gateway) == {"up": True} and upstream.probes == 2

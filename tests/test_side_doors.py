@@ -154,6 +154,32 @@ class TestOperatorPages:
             assert httpx.get(gw.base + "/metrics", timeout=5).status_code == 403
             assert httpx.get(gw.base + "/openapi/openapi.json", timeout=5).status_code == 403
 
+    def test_guarded_whatever_the_path_host_or_number_of_guesses(
+        self, upstream: PeerProcess, tmp_path: Path
+    ) -> None:
+        """The schema however its path is written; a DNS-rebinding page (a foreign Host) reads
+        no operator page; wrong tokens on any operator page are counted and throttled as on
+        the admin API, so guessing there is no faster."""
+        token = "operator-pages-token-0123456789"
+        admin = {"token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+        with run_gateway(tmp_path, POLICY, {"up": {"url": upstream.url}}, admin=admin) as gw:
+            for path in ("//openapi/openapi.json", "///openapi", "//openapi", "/openapi/"):
+                assert httpx.get(gw.base + path, timeout=5).status_code in (401, 404), path
+            good = {"authorization": f"Bearer {token}"}
+            evil = {"host": "evil.example:8787", **good}
+            for path in ("/metrics", "/openapi/openapi.json"):
+                assert httpx.get(gw.base + path, headers=evil, timeout=5).status_code == 421
+            foreign = httpx.get(gw.base + "/readyz", headers=evil, timeout=5)
+            assert foreign.json() == {"status": "ready"}  # a probe's Host may be anything
+            codes = []
+            for n in range(12):
+                wrong = {"authorization": f"Bearer guess-{n}"}
+                path = ("/metrics", "/openapi/openapi.json", "/readyz")[n % 3]
+                codes.append(httpx.get(gw.base + path, headers=wrong, timeout=5).status_code)
+            assert 429 in codes[-3:]
+            locked = httpx.get(gw.base + "/admin/policy", headers=good, timeout=5)
+            assert locked.status_code == 429  # one count, shared with the admin API
+
     def test_open_when_the_operator_says_so(self, upstream: PeerProcess, tmp_path: Path) -> None:
         servers = {"up": {"url": upstream.url}}
         with run_gateway(

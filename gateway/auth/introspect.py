@@ -3,11 +3,19 @@
 The answer is kept for the token's lifetime (``exp``), and never longer than ``max_cache``
 seconds, so a revoked token is refused at most that long after. An answer without ``aud`` is
 refused: the gateway cannot tell the token was minted for it.
+
+Anyone may present a token, so what one presented token can make the issuer do is bounded: a
+token the issuer refused is refused again without asking for ``REFUSED_SECONDS`` (kept by its
+SHA-256, at most ``MAX_REFUSED``), the same token presented again while it is being asked about
+waits for that one answer, and at most ``MAX_IN_FLIGHT`` questions are open at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +25,11 @@ if TYPE_CHECKING:
     from gateway.auth.tokens import TokenAuthority, Verified
 
 Post = Callable[[str, dict[str, str], tuple[str, str]], Awaitable[tuple[int, bytes]]]
+REFUSED_SECONDS = 30.0
+MAX_REFUSED = 4096
+MAX_IN_FLIGHT = 8
+#: Reasons that say nothing of the token (the issuer was not reached): never kept.
+_TRANSIENT = frozenset({"introspection failed", "no introspection endpoint"})
 
 
 class Introspector:
@@ -25,8 +38,44 @@ class Introspector:
         self.authority = authority
         self.post = post
         self.endpoint = config.endpoint
+        self.refused: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self.asking: dict[bytes, asyncio.Future[Verified | str]] = {}
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def check(self, token: str) -> Verified | str:
+        """The issuer's word on ``token``: a refusal kept a while, one question at a time for
+        the same token, a few questions at once in all."""
+        digest = hashlib.sha256(token.encode()).digest()
+        kept = self.refused.get(digest)
+        if kept is not None:
+            if self.authority.clock() < kept[1]:
+                return kept[0]
+            del self.refused[digest]
+        pending = self.asking.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self.asking[digest] = asyncio.get_running_loop().create_future()
+        try:
+            async with self.slots:
+                result = await self._ask(token)
+            if isinstance(result, str) and result not in _TRANSIENT:
+                self._refuse(digest, result)
+            pending.set_result(result)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved here: a future nobody else awaits stays quiet
+            raise
+        finally:
+            del self.asking[digest]
+        return result
+
+    def _refuse(self, digest: bytes, reason: str) -> None:
+        self.refused[digest] = (reason, self.authority.clock() + REFUSED_SECONDS)
+        self.refused.move_to_end(digest)
+        while len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
+
+    async def _ask(self, token: str) -> Verified | str:
         endpoint = self.endpoint or await self._discover()
         if endpoint is None:
             return "no introspection endpoint"

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from litestar import Request, Router, get, post
 from litestar.connection import ASGIConnection
+from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -226,7 +227,14 @@ def admin_router(gateway: Gateway) -> Router:
         limits_reset,
         reload,
     ]
-    return Router(path="/admin", route_handlers=handlers, guards=[_guard(gateway)], tags=["admin"])
+    # Held calls' arguments, policy and limits are operator data: no cache keeps a copy.
+    return Router(
+        path="/admin",
+        route_handlers=handlers,
+        guards=[_guard(gateway)],
+        tags=["admin"],
+        cache_control=CacheControlHeader(no_store=True),
+    )
 
 
 def _service(gateway: Gateway) -> Any:

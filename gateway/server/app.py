@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request, Response, asgi, get
+from litestar import Litestar, Request, Response, Router, asgi, get
+from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import Receive, Scope, Send
@@ -21,9 +24,9 @@ from gateway.edge.relay import Relay
 from gateway.pipeline.gateway import Gateway
 from gateway.server.admin import admin_router
 from gateway.server.console import console_handlers
+from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.lifecycle import background, readiness
 from gateway.upstream.stdio import running_bridges
-from gateway.wire.asgi import reply
 
 
 class EdgeApp:
@@ -56,38 +59,60 @@ class EdgeApp:
                 scope["path"] = "/"  # as mounted: nothing follows /mcp
                 await self.aggregate(scope, receive, send)  # type: ignore[arg-type]
                 return
-            if path.startswith("/openapi") and not _operator(self.gateway, scope):
-                await _refuse_operator_page(self.gateway, send)
-                return
         await self.litestar(scope, receive, send)
 
 
-def _operator(gateway: Gateway, scope: Scope) -> bool:
-    """Operator pages (metrics, the admin API's schema) need the admin token, unless
-    ``admin.metrics_public`` says the network they are served on is trusted. With no admin
-    token configured they are closed."""
+Refusal = tuple[int, str, dict[str, str]]
+CLOSED = "closed: set admin.token_sha256, or admin.metrics_public on a trusted network"
+
+
+def operator_refusal(
+    gateway: Gateway, request: ASGIConnection[Any, Any, Any, Any]
+) -> Refusal | None:
+    """Why an operator page (metrics, the admin API's schema, ``/readyz``'s details) is
+    refused to this request, or None. The Host and Origin are checked as for the admin API
+    (a DNS-rebinding page reads nothing); then the admin token is asked for, unless
+    ``admin.metrics_public`` says the network they are served on is trusted, with wrong
+    tokens counted and throttled by the one count the admin API and the console's sign-in
+    share. With no admin token configured the pages are closed."""
+    headers = request.headers
+    refused = refusal(gateway, headers.get("host"), headers.get("origin"))
+    if refused is not None:
+        return refused[0], refused[1], {}
     config = gateway.config
     if config.admin.metrics_public:
-        return True
-    authorization = None
-    for name, value in scope["headers"]:
-        if name.lower() == b"authorization":
-            authorization = value.decode("latin-1")
-            break
-    return token_matches(bearer(authorization), config.admin.token_sha256)
+        return None
+    token = bearer(headers.get("authorization"))
+    client = request.client.host if request.client else None
+    throttle = admin_throttle(gateway)
+    if token is not None:
+        wait = throttle.wait(client)
+        if wait is not None:  # too many wrong tokens from here: not even checked
+            return 429, "too many wrong tokens: try later", {"Retry-After": str(int(wait) + 1)}
+    if token_matches(token, config.admin.token_sha256):
+        return None
+    if token is not None:
+        throttle.failed(client)
+    if config.admin.token_sha256 is None:
+        return (
+            403,
+            "closed: set admin.token_sha256, or admin.metrics_public on a trusted network",
+            {},
+        )
+    return 401, "admin token required", {"WWW-Authenticate": ADMIN_CHALLENGE}
 
 
-async def _refuse_operator_page(gateway: Gateway, send: Send) -> None:
-    status, body, headers = _operator_refusal(gateway)
-    extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await reply(send, status, body, b"text/plain", extra)  # type: ignore[arg-type]
+def _operator_guard(gateway: Gateway) -> Any:
+    """The guard of the admin API's schema (``/openapi`` and whatever path Litestar routes
+    there)."""
 
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        refused = operator_refusal(gateway, connection)
+        if refused is not None:
+            status, detail, headers = refused
+            raise HTTPException(detail, status_code=status, headers=headers)
 
-def _operator_refusal(gateway: Gateway) -> tuple[int, bytes, dict[str, str]]:
-    if gateway.config.admin.token_sha256 is None:
-        body = b"closed: set admin.token_sha256, or admin.metrics_public on a trusted network\n"
-        return 403, body, {}
-    return 401, b"admin token required\n", {"WWW-Authenticate": ADMIN_CHALLENGE}
+    return guard
 
 
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> EdgeApp:
@@ -104,9 +129,10 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Tool names and call counts are operator data: the admin token is asked for, unless
         ``admin.metrics_public`` says the scrape network is trusted."""
-        if not _operator(gateway, request.scope):
-            status, text, headers = _operator_refusal(gateway)
-            return Response(text, status_code=status, headers=headers)
+        refused = operator_refusal(gateway, request)
+        if refused is not None:
+            status, text, headers = refused
+            return Response((text + "\n").encode(), status_code=status, headers=headers)
         body = gateway.metrics.render() if gateway.metrics is not None else b""
         return Response(body, media_type="text/plain; version=0.0.4")
 
@@ -126,10 +152,11 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
 
     @get("/readyz", include_in_schema=False)
     async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """The status for anyone (a probe needs no more); what is behind it (server names,
-        URLs, commands, causes, components) for operators only, as metrics are."""
+        """The status for anyone, whatever its Host (a probe needs no more); what is behind it
+        (server names, URLs, commands, causes, components) for operators only, as metrics
+        are."""
         ready, body = await readiness(gateway)
-        if not _operator(gateway, request.scope):
+        if operator_refusal(gateway, request) is not None:
             body = {"status": body["status"]}
         return Response(body, status_code=200 if ready else 503)
 
@@ -152,8 +179,8 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
     openapi = OpenAPIConfig(
         title="celgate admin API",
         version=__version__,
-        path="/openapi",
         render_plugins=[JsonRenderPlugin()],
+        openapi_router=Router("/openapi", route_handlers=[], guards=[_operator_guard(gateway)]),
     )
     # logging_config=None: structlog is the one logging setup (gateway.telemetry.audit); Litestar's
     # default adds a queue-listener thread and handlers of its own.

@@ -11,6 +11,7 @@ naming any component that has stopped for good.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -124,7 +125,7 @@ async def readiness(gateway: Gateway) -> tuple[bool, dict[str, Any]]:
     """Whether the gateway is ready, and what is behind it: each upstream's state, its URL
     (no credentials) or command and the cause when down, the background components. The
     details are operator data (``/readyz`` shows them to operators, ``/admin/health`` always)."""
-    health = await check_upstreams(gateway)
+    health = await recent_health(gateway)
     # Background components (Components): one stopped for good is not ready.
     registry = gateway.extras.get("components")
     stopped = registry.stopped() if isinstance(registry, Components) else []
@@ -150,6 +151,43 @@ async def check_upstreams(gateway: Gateway) -> dict[str, bool]:
         for name, up in health.items():
             gateway.metrics.upstream_up.labels(name).set(1 if up else 0)
     return health
+
+
+#: How long one round of probes answers ``/readyz``: anyone may ask, as often as they like,
+#: and each round is a request to every upstream (with the gateway's own credentials).
+HEALTH_FRESH_SECONDS = 1.0
+
+
+class _RecentHealth:
+    """The last round of probes and when it ended, and the round under way: callers meanwhile
+    share it, so upstreams see at most one round a second however many ask."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.at = float("-inf")
+        self.health: dict[str, bool] = {}
+        self.round: asyncio.Future[dict[str, bool]] | None = None
+
+    async def get(self, gateway: Gateway) -> dict[str, bool]:
+        if self.round is not None:
+            return await asyncio.shield(self.round)
+        if self.clock() - self.at < HEALTH_FRESH_SECONDS:
+            return self.health
+        self.round = asyncio.ensure_future(check_upstreams(gateway))
+        try:
+            self.health = await asyncio.shield(self.round)
+            self.at = self.clock()
+        finally:
+            self.round = None
+        return self.health
+
+
+async def recent_health(gateway: Gateway) -> dict[str, bool]:
+    """Each upstream's health from a round of probes at most ``HEALTH_FRESH_SECONDS`` old."""
+    found = gateway.extras.get("recent_health")
+    if not isinstance(found, _RecentHealth):
+        found = gateway.extras["recent_health"] = _RecentHealth(time.monotonic)
+    return await found.get(gateway)
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@
 // Test controls beside the server's own endpoints (the library has no key removal, so a
 // rotation is a new issuer object at the same URL, with a new key):
 //   POST /_rotate            the signing key is replaced (kid k1 -> k2 -> ...)
-//   GET  /_stats             {"jwks": n, "metadata": n} requests served so far
+//   GET  /_stats             {"jwks": n, "metadata": n, "introspect": n} requests served so far
 //   POST /_token             a token for {"client", "ttl", "iss", "resource"} (json body)
 //   POST /_opaque            an opaque token for {"client", "resource", "ttl"}, for introspection
 //   POST /introspect         RFC 7662 over the opaque tokens issued here (basic auth required)
@@ -23,7 +23,7 @@ const { OAuth2Issuer, OAuth2Service, Events } = lib;
 const clients = JSON.parse(clientsArg || "{}");
 const port = Number(portArg);
 const url = `http://127.0.0.1:${port}`;
-const stats = { jwks: 0, metadata: 0 };
+const stats = { jwks: 0, metadata: 0, introspect: 0 };
 const opaque = new Map();
 let generation = 0;
 let service;
@@ -102,6 +102,7 @@ async function control(req, res, pathname) {
     return send(res, 200, { access_token: token });
   }
   if (pathname === "/introspect") {
+    stats.introspect += 1;
     if (!(req.headers.authorization || "").startsWith("Basic ")) {
       return send(res, 401, { error: "invalid_client" });
     }

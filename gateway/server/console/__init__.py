@@ -36,9 +36,9 @@ _HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _ASSETS = {
-    "console": ("index.html", "text/html; charset=utf-8"),
-    "app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "app.css": ("app.css", "text/css; charset=utf-8"),
+    "console": ("index.html", "text/html"),
+    "app.js": ("app.js", "text/javascript"),
+    "app.css": ("app.css", "text/css"),
     "favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 
