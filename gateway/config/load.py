@@ -25,7 +25,7 @@ from gateway.config.sections import (
     SecurityConfig,
     SessionsConfig,
 )
-from gateway.config.servers import read_servers
+from gateway.config.servers import check_prefix_overlap, read_servers
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy.schema import Fields
@@ -126,6 +126,9 @@ class _ConfigLoader(Reader):
         self._sessions(top)
         self._pins(top)
         self._aggregate(top)
+        if self.out["servers"]:
+            aggregate = self.out.get("aggregate") or AggregateConfig()
+            check_prefix_overlap(self, top, self.out["servers"], aggregate.separator)
         self._cel(top)
         self._oauth(top)
         self._anonymous(top)

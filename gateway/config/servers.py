@@ -118,3 +118,25 @@ def _prefixed(read: Reader, server: ServerConfig, node: Node, seen: dict[str, st
         read.err(where, path, f"prefix {prefix!r} is also servers.{seen[prefix]}'s")
     seen.setdefault(prefix, server.name)
     return server
+
+
+def check_prefix_overlap(
+    read: Reader, top: Fields, servers: dict[str, ServerConfig], sep: str
+) -> None:
+    """On ``/mcp`` a name goes to the server whose prefix and separator it starts with: when
+    one server's ``<prefix><sep>`` begins another's (``a`` and ``a__b``), a tool ``b__c`` of
+    the first would show as ``a__b__c`` and be routed to the second. Refused at load."""
+    node = top.get("servers")
+    if node is None or not isinstance(node.value, dict):
+        return
+    heads = {n: s.name_prefix + sep for n, s in servers.items() if s.name_prefix}
+    for name, head in heads.items():
+        for other, other_head in heads.items():
+            if other != name and other_head.startswith(head):
+                sub = node.value.get(other)
+                where = sub.where if sub is not None else node.where
+                msg = (
+                    f"prefix {servers[other].name_prefix!r} begins with servers.{name}'s prefix "
+                    f"and the separator {sep!r}: names on /mcp would be ambiguous"
+                )
+                read.err(where, f"servers.{other}.prefix", msg)

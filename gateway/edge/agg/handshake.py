@@ -33,7 +33,7 @@ from gateway.edge.agg.merge import (
     joined_instructions,
     merge_capabilities,
 )
-from gateway.edge.agg.names import Collision, Names
+from gateway.edge.agg.names import Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
 from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
@@ -339,11 +339,7 @@ class Handshake:
         positions = decode_cursor(message.params.get("cursor"), self.gw.upstreams, message.msg_id)
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         results = await self._answers(session, method, each, message.params.get("_meta"))
-        try:
-            page = self.catalogue.page(method, identity, results)
-        except Collision as exc:
-            log.error("aggregate.name_collision", detail=str(exc))
-            raise BadMessage(rpc.INTERNAL_ERROR, str(exc), 200, message.msg_id) from exc
+        page = self.catalogue.page(method, identity, results)
         await answer(incoming, send, rpc.result_body(message.msg_id, page))
 
     async def _learn_resources(self, session: AggSession, identity: Identity, meta: Any) -> None:

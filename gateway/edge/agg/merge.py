@@ -10,12 +10,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
+
 from gateway.edge.agg.names import Names
 from gateway.edge.clientview import ClientView
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.jsonrpc import BadMessage
+
+log = structlog.get_logger(__name__)
 
 #: What each merged list holds, by method: the result's key and the kind of name it carries.
 LISTS: dict[str, tuple[str, str | None]] = {
@@ -65,6 +69,7 @@ class Catalogue:
         self.names = names
         self.resource_owner: dict[str, str] = {}
         self.templates: dict[str, str] = {}  # a URI template's literal head -> its server
+        self.unroutable: set[tuple[str, str]] = set()  # names not shown, each logged once
 
     def page(
         self,
@@ -74,23 +79,36 @@ class Catalogue:
     ) -> dict[str, Any]:
         """One merged page of ``method`` from each server's page (tools through the caller's
         view, names made outward); ``nextCursor`` carries the servers with more to give.
-        Raises ``Collision`` when two servers would show the same name."""
+        A name that would not route back to the tool listed is left out."""
         key, kind = LISTS[method]
+        lists = {
+            server: [i for i in result.get(key) or [] if isinstance(i, dict)]
+            for server, result in results.items()
+        }
+        if kind is not None:
+            # Who owns a name is learned from each server's whole list, never from what this
+            # caller may see: routing and collisions must not depend on the caller.
+            self.names.learn(
+                kind,
+                [
+                    (server, self.names.outward(server, str(i.get("name", ""))))
+                    for server, listed in lists.items()
+                    for i in listed
+                ],
+            )
         items: list[dict[str, Any]] = []
-        pairs: list[tuple[str, str]] = []
         positions: dict[str, str] = {}
-        for server, result in results.items():
-            listed = [i for i in result.get(key) or [] if isinstance(i, dict)]
+        for server, listed in lists.items():
             if kind == "tool":
                 shown = ClientView(self.gw, server, identity).filter({"result": {"tools": listed}})
                 listed = shown["result"]["tools"] if shown is not None else listed
             for item in listed:
-                items.append(self._outward(server, item, kind, pairs))
-            cursor = result.get("nextCursor")
+                shown_item = self._outward(server, item, kind)
+                if shown_item is not None:
+                    items.append(shown_item)
+            cursor = results[server].get("nextCursor")
             if isinstance(cursor, str) and cursor:
                 positions[server] = cursor
-        if kind is not None:
-            self.names.learn(kind, pairs)
         out: dict[str, Any] = {key: items}
         cursor = encode_cursor(positions)
         if cursor is not None:
@@ -98,13 +116,19 @@ class Catalogue:
         return out
 
     def _outward(
-        self, server: str, item: dict[str, Any], kind: str | None, pairs: list[tuple[str, str]]
-    ) -> dict[str, Any]:
+        self, server: str, item: dict[str, Any], kind: str | None
+    ) -> dict[str, Any] | None:
+        """The item as ``/mcp`` shows it, or None for a name that would be routed elsewhere."""
         if kind is None:
             self.learn_uri(server, item)
             return item
-        outward = self.names.outward(server, str(item.get("name", "")))
-        pairs.append((server, outward))
+        name = str(item.get("name", ""))
+        outward = self.names.outward(server, name)
+        if self.names.inward(kind, outward) != (server, name):
+            if len(self.unroutable) < MAX_OWNED and (server, name) not in self.unroutable:
+                self.unroutable.add((server, name))
+                log.warning("aggregate.name_unroutable", server=server, kind=kind, name=name[:128])
+            return None
         return {**item, "name": outward}
 
     def learn_uri(self, server: str, item: Mapping[str, Any]) -> None:

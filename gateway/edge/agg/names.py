@@ -1,25 +1,22 @@
 """Names on ``/mcp``: ``<prefix><sep><name>`` for tools and prompts, the prefix being the
 server's name unless its config sets another (an empty one leaves names as they are).
 
-Routing a name back goes by the longest non-empty prefix that fits; a name no prefix fits goes
-to the server with an empty prefix, or, when several have one, to the server that listed it
-(the catalogue, learned from lists). Two servers listing the same name is a ``Collision``.
+Routing a name back goes by the longest non-empty prefix that fits (the config refuses a
+prefix that begins with another's and the separator); a name no prefix fits goes to the
+server with an empty prefix, or, when several have one, to the server that listed it (learned
+from each server's whole list, never from what one caller may see). A name two servers with
+an empty prefix both list is ambiguous: it is shown to nobody and routed nowhere, and each
+one is logged once (``aggregate.name_collision``), so one server's new tool cannot take
+another's calls, nor take the list down for everyone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import structlog
 
-class Collision(Exception):
-    """Two servers would show the same name on ``/mcp``."""
-
-    def __init__(self, kind: str, name: str, servers: tuple[str, str]) -> None:
-        first, second = servers
-        super().__init__(
-            f"{kind} name {name!r} on /mcp is both servers.{first}'s and servers.{second}'s: "
-            f"give one of them a prefix (servers.<name>.prefix)"
-        )
+log = structlog.get_logger(__name__)
 
 
 class Names:
@@ -34,6 +31,7 @@ class Names:
         )
         self._bare = [s for s, p in self.prefixes.items() if not p]
         self._owner: dict[tuple[str, str], str] = {}
+        self.ambiguous: set[tuple[str, str]] = set()
 
     def outward(self, server: str, name: str) -> str:
         prefix = self.prefixes[server]
@@ -44,6 +42,8 @@ class Names:
         for head, server in self._ordered:
             if name.startswith(head) and len(name) > len(head):
                 return server, name[len(head) :]
+        if (kind, name) in self.ambiguous:
+            return None
         owner = self._owner.get((kind, name))
         if owner is not None:
             return owner, name
@@ -52,12 +52,23 @@ class Names:
         return None
 
     def learn(self, kind: str, listed: Iterable[tuple[str, str]]) -> None:
-        """Record (server, outward name) pairs of one merged list; refuse a collision."""
+        """Record who owns each name of the servers with an empty prefix, from (server,
+        outward name) pairs of their whole lists; a name two of them list is ambiguous."""
         seen: dict[str, str] = {}
         for server, name in listed:
+            if self.prefixes[server]:
+                continue
             other = seen.setdefault(name, server)
-            if other != server:
-                raise Collision(kind, name, (other, server))
+            if other != server and (kind, name) not in self.ambiguous:
+                self.ambiguous.add((kind, name))
+                self._owner.pop((kind, name), None)
+                log.error(
+                    "aggregate.name_collision",
+                    kind=kind,
+                    name=name[:128],
+                    servers=[other, server],
+                    fix="give one of them a prefix (servers.<name>.prefix)",
+                )
         for name, server in seen.items():
-            if not self.prefixes[server]:
+            if (kind, name) not in self.ambiguous:
                 self._owner[(kind, name)] = server

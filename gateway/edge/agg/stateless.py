@@ -21,7 +21,7 @@ from mcp.shared.inbound import (
 
 from gateway.edge.agg.listen import listen
 from gateway.edge.agg.merge import LISTS, Catalogue, decode_cursor, merge_discover
-from gateway.edge.agg.names import Collision, Names
+from gateway.edge.agg.names import Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
 from gateway.edge.agg.upcall import UpcallFailed, upcall
 from gateway.edge.calls import call_through
@@ -143,12 +143,7 @@ class Stateless:
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         answers = await self._each(method, each, version, message.params.get("_meta"))
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
-        try:
-            page = self.catalogue.page(method, identity, results)
-        except Collision as exc:
-            log.error("aggregate.name_collision", detail=str(exc))
-            await reply(send, 200, rpc.error_body(message.msg_id, rpc.INTERNAL_ERROR, str(exc)))
-            return
+        page = self.catalogue.page(method, identity, results)
         result = {**page, "resultType": "complete", "cacheScope": "private", "ttlMs": 0}
         await reply(send, 200, rpc.result_body(message.msg_id, result))
 
