@@ -115,6 +115,24 @@ class TestPolicyThroughTheRelay:
         assert f"SELECT '{mode}'" in sqls
         assert f"DROP TABLE t_{mode}" not in sqls
 
+    async def test_an_argument_of_a_type_the_schema_does_not_allow_is_refused(
+        self, gateway: GatewayProcess, mode: str, call_log: Path
+    ) -> None:
+        """The SDK server would convert ``"1000"`` into a number and run it: the rules would
+        have decided on a string. So the type is checked against the listed inputSchema."""
+        gateway.wait_records(1, "catalog.refreshed")
+        async with client(gateway.url("up"), mode=mode) as c:
+            refused = await c.call_tool("add", {"a": "1000", "b": 1})
+            nested = await c.call_tool("slow_progress", {"steps": True, "delay_ms": 1})
+            fine = await c.call_tool("add", {"a": 1000, "b": 0.5})
+        assert refused.is_error and decision_of(refused)["error"] == "argument_type"
+        assert "argument a is a string; the tool's inputSchema says number" in text_of(refused)
+        assert decision_of(refused)["rule"] == "schema"
+        assert nested.is_error and "steps is a boolean" in text_of(nested)
+        assert not fine.is_error and "1000.5" in text_of(fine)
+        adds = [c["arguments"] for c in calls_in(call_log) if c["tool"] == "add"]
+        assert {"a": "1000", "b": 1} not in adds and {"a": 1000, "b": 0.5} in adds
+
     async def test_unknown_tool_is_denied_by_default(
         self, gateway: GatewayProcess, mode: str
     ) -> None:

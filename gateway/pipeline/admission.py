@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gateway.pipeline.enforce import apply_limits, check_pin
+from gateway.pipeline.enforce import apply_limits, check_arg_types, check_pin
 from gateway.policy import Call, Decision, decide
 from gateway.policy.secrets import secret_paths
 from gateway.telemetry.audit import new_decision_id
@@ -76,7 +76,7 @@ async def admit(
     store, say) as a deny with ``error: internal_error``.
     """
     started = clock()
-    decision = check_pin(gw, call, decide(gw.policy, call, gw.now()))
+    decision = check_arg_types(gw, call, check_pin(gw, call, decide(gw.policy, call, gw.now())))
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
     try:

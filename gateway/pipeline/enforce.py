@@ -11,6 +11,7 @@ from dataclasses import replace
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from gateway.inventory.shapes import MAX_CHECKED, TooManyValues, mismatch
 from gateway.policy.model import Call, Decision, LimitState
 from gateway.ratelimit.base import Bucket, LimitResult
 
@@ -52,6 +53,26 @@ def check_pin(gw: Gateway, call: Call, decision: Decision) -> Decision:
         return decision
     return replace(
         decision, effect="deny", rule="pins", reason=why, error="tool_changed", limits=()
+    )
+
+
+def check_arg_types(gw: Gateway, call: Call, decision: Decision) -> Decision:
+    """An argument whose JSON type its tool's ``inputSchema`` does not allow is refused,
+    whatever the rules say: the upstream would convert it (``"true"`` to ``true``) and run
+    a call the rules never saw (``gateway.inventory.shapes``)."""
+    if decision.effect == "deny":
+        return decision
+    shape = gw.arg_shapes.get((call.server or "", call.tool))
+    if shape is None:
+        return decision
+    try:
+        why = mismatch(shape, call.args)
+    except TooManyValues:
+        why = f"the arguments hold more than {MAX_CHECKED} values to check"
+    if why is None:
+        return decision
+    return replace(
+        decision, effect="deny", rule="schema", reason=why, error="argument_type", limits=()
     )
 
 

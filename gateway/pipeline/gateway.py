@@ -18,6 +18,7 @@ from gateway.auth.identity import Authenticator
 from gateway.config import GatewayConfig
 from gateway.inventory.catalog import tool_info as catalog_info
 from gateway.inventory.pins import Pins
+from gateway.inventory.shapes import Shape, shape_of
 from gateway.policy import CompiledPolicy, ToolInfo
 from gateway.ratelimit.base import RateLimiter
 from gateway.telemetry.audit import DecisionLog, flush_logs
@@ -53,6 +54,8 @@ class Gateway:
     catalog: dict[tuple[str, str], ToolInfo] = field(default_factory=dict)
     # the input schemas of tools whose arguments travel as Mcp-Param-* headers too
     param_schemas: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # the JSON types each listed tool's inputSchema declares for its arguments
+    arg_shapes: dict[tuple[str, str], Shape] = field(default_factory=dict)
     pins: Pins = field(default_factory=Pins)
     extras: dict[str, Any] = field(default_factory=dict)
     # Tools not listed yet, classified by name once per policy (names come from callers:
@@ -88,6 +91,11 @@ class Gateway:
         name = str(tool.get("name", ""))
         self.catalog[(server, name)] = info
         schema = tool.get("inputSchema")
+        shape = shape_of(schema)
+        if shape is not None:
+            self.arg_shapes[(server, name)] = shape
+        else:
+            self.arg_shapes.pop((server, name), None)
         if x_mcp_header_map(schema) and find_invalid_x_mcp_header(schema) is None:
             self.param_schemas[(server, name)] = schema  # its Mcp-Param-* headers (SEP-2243)
         else:

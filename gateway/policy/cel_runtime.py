@@ -127,13 +127,32 @@ def _start_budget() -> None:
     _budget.iterations = MAX_ITERATIONS
 
 
+#: What CEL's macros and ``in`` range over: lists, and maps (their keys). cel-python also
+#: ranges over a string's characters, so ``"prod" in args.envs`` was false, not an error,
+#: for ``envs`` sent as the string ``'["prod"]'``, which a server may well parse into a list.
+_RANGES = (celtypes.ListType, celtypes.MapType)
+
+
+def _not_a_range(value: Any) -> CELEvalError:
+    return CELEvalError(
+        "no such overload", TypeError, (f"cannot range over {type(value).__name__}",)
+    )
+
+
 def _budgeted(macro: Callable[..., Any]) -> Callable[..., Any]:
-    """``macro`` with each item it takes from its source counted against the budget."""
+    """``macro`` over a list or a map only, with each item it takes from its source counted
+    against the budget."""
 
     def run(activation: Any, bind: str, expr: Any, source: Callable[[Any], Any]) -> Any:
-        def counted(act: Any) -> Iterator[Any]:
+        items = source(activation)
+        if isinstance(items, CELEvalError):
+            return items
+        if not isinstance(items, _RANGES):
+            return _not_a_range(items)
+
+        def counted(_: Any) -> Iterator[Any]:
             budget = _budget
-            for item in source(act):
+            for item in items:
                 budget.iterations -= 1
                 if budget.iterations < 0:
                     raise CelTooCostly
@@ -144,12 +163,20 @@ def _budgeted(macro: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _in(item: Any, container: Any) -> Any:
+    """CEL's ``in``, for a list or a map only (an error otherwise, so the rule fails closed)."""
+    if not isinstance(container, _RANGES) and not isinstance(container, CELEvalError):
+        return _not_a_range(container)
+    return evaluation.operator_in(item, container)
+
+
 #: cel-python's functions the transpiled code calls, and ours in their place. Its comparison
 #: operators (``bool_lt`` and the rest) wrap ``operator.lt`` in a new decorated function on
 #: every call; the same wrapper made once gives the same result.
 _SWAPPED: dict[str, Callable[..., Any]] = {
     "function_matches": _matches,
     "function_size": _size,
+    "operator_in": _in,
     **{
         f"macro_{name}": _budgeted(getattr(evaluation, f"macro_{name}"))
         for name in ("all", "exists", "exists_one", "map", "filter")

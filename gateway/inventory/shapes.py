@@ -1,0 +1,171 @@
+"""The JSON types a tool's ``inputSchema`` declares for its arguments, checked before policy.
+
+A server built on a typed SDK converts what it is sent into what its parameters declare:
+``"true"`` into ``True``, ``"5"`` into ``5``, the string ``'["prod"]'`` into a list. A rule
+reads the value as sent, so ``args.recursive == true`` is false for ``"true"`` (CEL compares
+values of different types as unequal), and the upstream then runs with ``recursive=True``.
+The policy must decide on the value the upstream will run; so an argument whose JSON type is
+not one its schema allows is refused before any rule is looked at.
+
+Only types are checked (``type``, ``enum``/``const`` values, ``anyOf``/``oneOf`` branches,
+local ``$ref``s, ``properties`` and ``items``, nested); the rest of JSON Schema (required
+fields, ranges, patterns, formats) is the upstream's to enforce, since no conversion comes
+from it. A schema part this does not understand checks nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Nesting followed into a schema, and values looked at in one call's arguments: past the
+#: last, the call is refused (its arguments cannot be checked whole).
+MAX_DEPTH = 16
+MAX_CHECKED = 50_000
+KINDS = frozenset({"string", "integer", "number", "boolean", "array", "object", "null"})
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a value may be: its JSON kinds (None: any), and the shapes of its members."""
+
+    kinds: frozenset[str] | None = None
+    properties: Mapping[str, Shape] | None = None
+    items: Shape | None = None
+
+
+ANY = Shape()
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def shape_of(schema: Any) -> Shape | None:
+    """The shape of a tool's ``inputSchema``, or None when it declares no argument's type."""
+    shape = _shape(schema, schema, 0)
+    return shape if shape.properties else None
+
+
+def _shape(schema: Any, root: Any, depth: int) -> Shape:
+    if not isinstance(schema, Mapping) or depth > MAX_DEPTH:
+        return ANY
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return _shape(_resolve(ref, root), root, depth + 1)
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if "type" not in schema and isinstance(branches, list) and branches:
+        return _either([_shape(b, root, depth + 1) for b in branches])
+    properties = schema.get("properties")
+    items = schema.get("items")
+    return Shape(
+        kinds=_kinds(schema),
+        properties=(
+            {k: _shape(v, root, depth + 1) for k, v in properties.items()}
+            if isinstance(properties, Mapping)
+            else None
+        ),
+        items=_shape(items, root, depth + 1) if isinstance(items, Mapping) else None,
+    )
+
+
+def _kinds(schema: Mapping[str, Any]) -> frozenset[str] | None:
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        declared = [declared]
+    if isinstance(declared, list) and declared and all(k in KINDS for k in declared):
+        kinds = set(declared)
+        if "number" in kinds:
+            kinds.add("integer")  # an integer is a number
+        return frozenset(kinds)
+    values = schema["enum"] if isinstance(schema.get("enum"), list) else None
+    if "const" in schema:
+        values = [schema["const"]]
+    if values:
+        return frozenset(kind_of(v) for v in values) | (
+            {"number"} if any(kind_of(v) == "integer" for v in values) else set()
+        )
+    return None
+
+
+def _either(shapes: list[Shape]) -> Shape:
+    """A value of any of the branches: their kinds together (any, if one allows any); the
+    members of the one branch that is an array or an object, when only one is."""
+    if any(s.kinds is None for s in shapes):
+        return ANY
+    kinds = frozenset().union(*(s.kinds or () for s in shapes))
+    arrays = [s for s in shapes if s.items is not None]
+    objects = [s for s in shapes if s.properties is not None]
+    return Shape(
+        kinds=kinds,
+        properties=objects[0].properties if len(objects) == 1 else None,
+        items=arrays[0].items if len(arrays) == 1 else None,
+    )
+
+
+def _resolve(ref: str, root: Any) -> Any:
+    """A local reference (``#/$defs/Name``); anything else resolves to nothing."""
+    if not ref.startswith("#/"):
+        return None
+    node = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class TooManyValues(Exception):
+    """The arguments hold more values than are checked."""
+
+
+def mismatch(shape: Shape, args: Mapping[str, Any]) -> str | None:
+    """Why ``args`` do not have the types ``shape`` declares (the first argument found, by
+    its path), or None. Raises TooManyValues past ``MAX_CHECKED`` values."""
+    budget = [MAX_CHECKED]
+    return _check(shape, dict(args), "", budget)
+
+
+def _check(shape: Shape, value: Any, path: str, budget: list[int]) -> str | None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TooManyValues
+    kind = kind_of(value)
+    if shape.kinds is not None and kind not in shape.kinds:
+        return _why(shape.kinds, kind, path)
+    if shape.properties is not None and isinstance(value, dict):
+        for key, member in value.items():
+            inner = shape.properties.get(key)
+            if inner is not None and inner != ANY:
+                found = _check(inner, member, f"{path}.{key[:64]}", budget)
+                if found is not None:
+                    return found
+    if shape.items is not None and shape.items != ANY and isinstance(value, list):
+        for index, member in enumerate(value):
+            found = _check(shape.items, member, f"{path}[{index}]", budget)
+            if found is not None:
+                return found
+    return None
+
+
+_ARTICLES = {"null": "null", "array": "an array", "object": "an object", "integer": "an integer"}
+
+
+def _why(kinds: frozenset[str], kind: str, path: str) -> str:
+    shown = kinds - {"integer"} if "number" in kinds else kinds
+    expected = " or ".join(sorted(shown))
+    where = path.lstrip(".") or "(the arguments)"
+    got = _ARTICLES.get(kind, f"a {kind}")
+    return f"argument {where} is {got}; the tool's inputSchema says {expected}"

@@ -1,0 +1,111 @@
+"""Argument types against a tool's inputSchema (``gateway.inventory.shapes``): the schemas the
+SDKs write (pydantic's ``anyOf`` for optional values, ``$defs`` references, enums), what each
+refuses and allows, and the bound on what one call can make it look at."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.inventory.shapes import MAX_CHECKED, TooManyValues, mismatch, shape_of
+
+
+class Target(BaseModel):
+    host: str
+    port: int
+
+
+class Params(BaseModel):
+    recursive: bool
+    envs: list[str]
+    limit: int | None = None
+    ratio: float = 1.0
+    mode: Literal["fast", "safe"] = "safe"
+    target: Target | None = None
+    targets: list[Target] = []
+    anything: Any = None
+
+
+SCHEMA = Params.model_json_schema()
+SHAPE = shape_of(SCHEMA)
+GOOD: dict[str, Any] = {"recursive": False, "envs": ["dev"]}
+
+
+def why(**args: Any) -> str | None:
+    assert SHAPE is not None
+    return mismatch(SHAPE, {**GOOD, **args})
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            {"recursive": "true"},
+            "argument recursive is a string; SAYS boolean",
+        ),
+        ({"recursive": 1}, "argument recursive is an integer; SAYS boolean"),
+        ({"envs": '["prod"]'}, "argument envs is a string; SAYS array"),
+        (
+            {"envs": ["dev", 7]},
+            "argument envs[1] is an integer; SAYS string",
+        ),
+        (
+            {"limit": "10"},
+            "argument limit is a string; SAYS integer or null",
+        ),
+        ({"limit": 2.5}, "argument limit is a number; SAYS integer or null"),
+        ({"ratio": "0.5"}, "argument ratio is a string; SAYS number"),
+        ({"mode": 1}, "argument mode is an integer; SAYS string"),
+        ({"target": {"host": "h", "port": "80"}}, "argument target.port is a string"),
+        ({"targets": [{"host": "h", "port": 1}, {"host": 2, "port": 1}]}, "targets[1].host"),
+        (
+            {"target": "h:80"},
+            "argument target is a string; SAYS null or object",
+        ),
+    ],
+)
+def test_a_type_the_upstream_would_convert_is_refused(args: dict[str, Any], expected: str) -> None:
+    found = why(**args)
+    assert found is not None and expected.replace("SAYS", "the tool's inputSchema says") in found
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},
+        {"limit": None, "ratio": 2, "mode": "fast"},
+        {"limit": 3.0},  # an integral number is an integer to JSON Schema (and to pydantic)
+        {"target": None, "targets": [{"host": "h", "port": 1, "extra": "kept"}]},
+        {"anything": {"deep": ["x", 1, None]}, "unknown_key": "the upstream decides"},
+    ],
+)
+def test_what_the_schema_allows_passes(args: dict[str, Any]) -> None:
+    assert why(**args) is None
+
+
+def test_schemas_that_say_nothing_check_nothing() -> None:
+    assert shape_of({"type": "object"}) is None
+    assert shape_of(None) is None
+    assert (
+        shape_of({"type": "object", "properties": {"x": {"$ref": "https://far/away"}}}) is not None
+    )
+    loose = shape_of({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {}]}}})
+    assert loose is not None and mismatch(loose, {"x": 5}) is None
+    odd = shape_of({"type": "object", "properties": {"x": {"type": "strnig"}}})
+    assert odd is not None and mismatch(odd, {"x": 5}) is None
+
+
+def test_a_self_referencing_schema_ends() -> None:
+    schema = {"$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}}}}
+    schema.update({"$ref": "#/$defs/N"})
+    shape = shape_of(schema)
+    assert shape is not None and mismatch(shape, {"next": {"next": {"next": 1}}}) is not None
+
+
+def test_what_one_call_makes_it_look_at_is_bounded() -> None:
+    assert SHAPE is not None
+    mismatch(SHAPE, {**GOOD, "envs": ["x"] * (MAX_CHECKED - 10)})
+    with pytest.raises(TooManyValues):
+        mismatch(SHAPE, {**GOOD, "envs": ["x"] * MAX_CHECKED})
