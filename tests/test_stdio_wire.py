@@ -211,3 +211,60 @@ def test_a_client_naming_sse_first_gets_a_stream() -> None:
     assert prefers_sse(incoming("text/event-stream, application/json"))
     assert not prefers_sse(incoming("application/json, text/event-stream"))
     assert not prefers_sse(incoming(""))
+
+
+MODERN = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2026-07-28",
+}
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "wire-test", "version": "1"},
+}
+
+
+async def post_modern(upstream: StdioUpstream, message: dict[str, Any]) -> AsgiResponse:
+    message["params"] = {**message.get("params", {}), "_meta": MODERN_META}
+    headers = {**MODERN, "mcp-method": message["method"]}
+    if message["method"] == "tools/call":
+        headers["mcp-name"] = message["params"]["name"]
+    return await upstream.pool.request("POST", headers, json.dumps(message).encode())
+
+
+class TestSharedProcessListens:
+    """``subscriptions/listen`` on the one 2026-07-28 process: its frames are routed by their
+    subscription id (whoever else has a call running), under the caller's own id, and the
+    request timeout does not end it."""
+
+    async def test_a_listen_is_acknowledged_under_its_own_id_while_another_call_runs(
+        self,
+    ) -> None:
+        async with bridge(timeout=0.5) as upstream, anyio.create_task_group() as tg:
+            shared = upstream.bridge.shared
+
+            async def hang() -> None:
+                await post_modern(upstream, call(1, "hang", {}))
+
+            tg.start_soon(hang)
+            await eventually(lambda: len(shared.waiting) == 1)
+            listen = {
+                "jsonrpc": "2.0",
+                "id": "alice-sub",
+                "method": "subscriptions/listen",
+                "params": {"notifications": {"toolsListChanged": True}},
+            }
+            answer = await post_modern(upstream, listen)
+            assert answer.headers["content-type"] == "text/event-stream"
+            async with contextlib.aclosing(answer.iter_chunks()) as chunks:
+                text = ""
+                while "acknowledged" not in text:
+                    text += (await anext(chunks)).decode()
+            ack = json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])
+            assert ack["method"] == "notifications/subscriptions/acknowledged"
+            assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "alice-sub"
+            inner = next(i for i in shared.listens)
+            assert inner in shared.waiting  # open, with no deadline to end it
+            answer.close()
+            tg.cancel_scope.cancel()

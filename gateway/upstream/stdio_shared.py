@@ -1,8 +1,13 @@
 """The 2026-07-28 era on stdio: one shared process per server (``SharedLink``).
 
 Requests are stateless and servers never send requests mid-call, so one process serves every
-caller; request ids and progress tokens are remapped so answers go back to the HTTP request
-that asked, and a caller cancels only its own requests.
+caller; request ids, progress tokens and subscription ids are remapped so answers go back to
+the HTTP request that asked, and a caller cancels only its own requests.
+
+A ``subscriptions/listen`` is a request whose answer is a stream: every frame of it (the
+acknowledgement first) names the listen's id in ``_meta["io.modelcontextprotocol/
+subscriptionId"]``, which routes it, whoever else has a call running; it has no deadline (it
+ends when its caller goes away), and it never receives another call's untagged messages.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class SharedLink:
         self.waiting: dict[str, tuple[Any, Any, Inbox]] = {}
         self.tokens: dict[str, str] = {}
         self.heard: dict[str, float] = {}
+        self.listens: set[str] = set()  # inner ids of subscriptions/listen requests
         self.name = config.name
         self.timeout = config.timeout
 
@@ -85,7 +91,12 @@ class SharedLink:
         inbox = Inbox()
         self.waiting[inner] = (original_id, token, inbox)
         self.heard[inner] = time.monotonic()
-        clock = Deadline(self.timeout, self._last_sign(inner), self._expire(inner))
+        listen = message.get("method") == LISTEN
+        if listen:
+            self.listens.add(inner)
+        clock = None
+        if not listen:  # a listen's answer is a stream that lasts as long as its caller
+            clock = Deadline(self.timeout, self._last_sign(inner), self._expire(inner))
         answered = False
         try:
             if not await self.child.send(outgoing):
@@ -93,7 +104,9 @@ class SharedLink:
             sse = "text/event-stream" in (incoming.header("accept") or "")
             answered = await respond(send, inbox, sse=sse, headers=[], status=_answer_status)
         finally:
-            clock.cancel()
+            if clock is not None:
+                clock.cancel()
+            self.listens.discard(inner)
             self.waiting.pop(inner, None)
             self.tokens.pop(inner, None)
             self.heard.pop(inner, None)
@@ -154,10 +167,16 @@ class SharedLink:
         return expire
 
     async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
-        key = message.get("id") if "method" not in message else progress_token(message)
+        if "method" not in message:
+            key = message.get("id")
+        else:
+            key = progress_token(message)
+            key = key if key is not None else subscription_id(message)
         inner = str(key) if key is not None and str(key) in self.waiting else None
-        if inner is None and "method" in message and len(self.waiting) == 1:
-            inner = next(iter(self.waiting))  # a log line while one call runs
+        if inner is None and "method" in message:
+            calls = [i for i in self.waiting if i not in self.listens]
+            if len(calls) == 1:
+                inner = calls[0]  # a log line while one call runs
         if inner is None:
             return
         if inner in self.heard:
@@ -175,12 +194,26 @@ class SharedLink:
             message = {**message, "id": original_id}
         elif token is not None and progress_token(message) is not None:
             message = _with_token(message, token)
+        elif subscription_id(message) == inner:
+            meta = {**message["params"]["_meta"], SUBSCRIPTION_ID_META_KEY: original_id}
+            message = {**message, "params": {**message["params"], "_meta": meta}}
         inbox.put(encode(message), final)
 
     async def _child_exited(self) -> None:
         why = f"stdio server {self.name!r} exited before answering; it is being restarted"
         for inner in list(self.waiting):
             self._route(inner, unavailable(inner, why))
+
+
+LISTEN = "subscriptions/listen"
+SUBSCRIPTION_ID_META_KEY = "io.modelcontextprotocol/subscriptionId"
+
+
+def subscription_id(message: dict[str, Any]) -> Any:
+    """The listen a server's message belongs to, by its ``_meta``, or None."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta.get(SUBSCRIPTION_ID_META_KEY) if isinstance(meta, dict) else None
 
 
 #: Methods of the handshake era only; never sent to the shared (stateless-era) child.
