@@ -64,5 +64,16 @@ async def test_quota_per_grant_and_eviction_of_the_grants_own(tmp_path: Path) ->
             assert c1.status_code == 503
             assert "max_processes=3" in c1.json()["error"]["message"]
             assert _alive(http, "a", a2) and _alive(http, "a", a3) and _alive(http, "b", b2)
+            # on /mcp too the caller is told which cap it met, not that the server is down
+            auth = {**HEADERS, "authorization": f"Bearer {KEYS['c']}"}
+            opened = http.post("/mcp", json=INIT, headers=auth)
+            assert opened.status_code == 200, opened.text
+            auth["mcp-session-id"] = opened.headers["mcp-session-id"]
+            echo = {"name": "st__echo", "arguments": {"text": "hi"}}
+            body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": echo}
+            refused = http.post("/mcp", json=body, headers=auth)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["id"] == 5
+            assert "max_processes=3" in refused.json()["error"]["message"]
         evicted = gw.records("stdio.session_evicted")
         assert len(evicted) == 2

@@ -255,8 +255,8 @@ class Handshake:
             raise unknown(message)
         link = await self.links.link(session, server)
         if link is None:
-            msg = f"upstream {server!r} is unavailable"
-            await reply(send, 502, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
+            status, msg = session.refused.pop(server, (502, f"upstream {server!r} is unavailable"))
+            await reply(send, status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
             return
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)

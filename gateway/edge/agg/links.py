@@ -11,7 +11,7 @@ from typing import Any
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
-from gateway.edge.agg.upcall import UpcallFailed, body_of, exchange, post_once
+from gateway.edge.agg.upcall import UpcallFailed, UpcallRefused, body_of, exchange, post_once
 from gateway.edge.inband import in_band
 from gateway.pipeline.gateway import Gateway
 from gateway.telemetry.audit import log
@@ -57,6 +57,10 @@ class Links:
             self.known[server] = result
             done = body_of("notifications/initialized", {}, version, None, None)
             await post_once(upstream, "notifications/initialized", done, version, link.sid)
+        except UpcallRefused as exc:
+            log.warning("aggregate.upstream_full", server=server, error=str(exc))
+            session.refused[server] = (exc.status, str(exc))
+            return None
         except UpcallFailed as exc:
             log.warning("aggregate.upstream_down", server=server, error=str(exc))
             return None

@@ -47,6 +47,8 @@ class AggSession:
     last_used: float
     links: dict[str, Link] = field(default_factory=dict)
     opening: dict[str, asyncio.Future[Link | None]] = field(default_factory=dict)
+    # servers that refused a link for now (a quota): the status and message, for the caller
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     inflight: dict[str, str] = field(default_factory=dict)  # request id (JSON) -> server
     upcalls: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ours -> (server, id)
     upcall_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # reverse

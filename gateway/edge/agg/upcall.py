@@ -23,6 +23,15 @@ class UpcallFailed(Exception):
     """The upstream did not answer this request usefully (down, timed out, not JSON-RPC)."""
 
 
+class UpcallRefused(UpcallFailed):
+    """The upstream answered 429 or 503: full for now (its message says which setting), not
+    down. ``/mcp`` passes the status and the message on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _headers(
     upstream: HttpUpstream,
     method: str | None,
@@ -106,6 +115,8 @@ async def exchange(
     sse = resp.headers.get("content-type", "").startswith("text/event-stream")
     for message in _messages(data, sse):
         if isinstance(message, dict) and message.get("id") == msg_id:
+            if resp.status in (429, 503):
+                raise UpcallRefused(resp.status, _error_text(message, upstream.name))
             return message, dict(resp.headers)
     raise UpcallFailed(f"upstream {upstream.name!r} gave no answer (HTTP {resp.status})")
 
@@ -153,3 +164,9 @@ def _loads(data: bytes) -> Any:
         return json.loads(data)
     except ValueError:
         return None
+
+
+def _error_text(message: dict[str, Any], server: str) -> str:
+    error = message.get("error")
+    text = error.get("message") if isinstance(error, dict) else None
+    return text[:300] if isinstance(text, str) else f"upstream {server!r} is full"
