@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 
-from gateway.inventory.shapes import MAX_CHECKED, TooManyValues, mismatch, shape_of
+from gateway.inventory.shapes import MAX_CHECKED, MAX_DEPTH, TooManyValues, mismatch, shape_of
 
 
 class Target(BaseModel):
@@ -104,8 +104,23 @@ def test_a_self_referencing_schema_ends() -> None:
     assert shape is not None and mismatch(shape, {"next": {"next": {"next": 1}}}) is not None
 
 
+def test_a_schema_whose_references_branch_is_made_in_bounded_work() -> None:
+    """Ten properties each referring back: 10**16 parts if followed to the depth bound."""
+    node = {"type": "object", "properties": {f"p{i}": {"$ref": "#/$defs/N"} for i in range(10)}}
+    shape = shape_of({"$defs": {"N": node}, **node})
+    assert shape is not None and mismatch(shape, {"p1": {"p2": "not an object"}}) is not None
+
+
 def test_what_one_call_makes_it_look_at_is_bounded() -> None:
     assert SHAPE is not None
     mismatch(SHAPE, {**GOOD, "envs": ["x"] * (MAX_CHECKED - 10)})
     with pytest.raises(TooManyValues):
         mismatch(SHAPE, {**GOOD, "envs": ["x"] * MAX_CHECKED})
+    nested = {"$defs": {"N": {"type": "object", "properties": {"n": {"$ref": "#/$defs/N"}}}}}
+    deep: dict[str, Any] = {}
+    for _ in range(MAX_DEPTH + 5):
+        deep = {"n": deep}
+    shape = shape_of({**nested, "$ref": "#/$defs/N"})
+    assert shape is not None
+    with pytest.raises(TooManyValues):
+        mismatch(shape, deep)

@@ -19,20 +19,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: Nesting followed into a schema, and values looked at in one call's arguments: past the
-#: last, the call is refused (its arguments cannot be checked whole).
-MAX_DEPTH = 16
+#: Nesting followed into a schema, parts of one schema made into shapes (a schema comes from
+#: an upstream: references that branch could otherwise make billions), and values looked at
+#: in one call's arguments: past the last, the call is refused (it cannot be checked whole).
+MAX_DEPTH = 64
+MAX_PARTS = 10_000
 MAX_CHECKED = 50_000
 KINDS = frozenset({"string", "integer", "number", "boolean", "array", "object", "null"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Shape:
-    """What a value may be: its JSON kinds (None: any), and the shapes of its members."""
+    """What a value may be: its JSON kinds (None: any), and the shapes of its members. Shapes
+    form a graph as the schema does: a ``$ref`` back to an enclosing part is the same shape."""
 
     kinds: frozenset[str] | None = None
-    properties: Mapping[str, Shape] | None = None
+    properties: dict[str, Shape] | None = None
     items: Shape | None = None
+
+    @property
+    def checks_nothing(self) -> bool:
+        return self.kinds is None and self.properties is None and self.items is None
 
 
 ANY = Shape()
@@ -54,30 +61,48 @@ def kind_of(value: Any) -> str:
 
 def shape_of(schema: Any) -> Shape | None:
     """The shape of a tool's ``inputSchema``, or None when it declares no argument's type."""
-    shape = _shape(schema, schema, 0)
+    shape = _Maker(schema).shape(schema, 0)
     return shape if shape.properties else None
 
 
-def _shape(schema: Any, root: Any, depth: int) -> Shape:
-    if not isinstance(schema, Mapping) or depth > MAX_DEPTH:
-        return ANY
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        return _shape(_resolve(ref, root), root, depth + 1)
-    branches = schema.get("anyOf") or schema.get("oneOf")
-    if "type" not in schema and isinstance(branches, list) and branches:
-        return _either([_shape(b, root, depth + 1) for b in branches])
-    properties = schema.get("properties")
-    items = schema.get("items")
-    return Shape(
-        kinds=_kinds(schema),
-        properties=(
-            {k: _shape(v, root, depth + 1) for k, v in properties.items()}
-            if isinstance(properties, Mapping)
-            else None
-        ),
-        items=_shape(items, root, depth + 1) if isinstance(items, Mapping) else None,
-    )
+class _Maker:
+    """One shape per part of one schema (at most ``MAX_PARTS``; the rest check nothing)."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.made: dict[int, Shape] = {}
+        self.left = MAX_PARTS
+
+    def shape(self, schema: Any, depth: int) -> Shape:
+        if not isinstance(schema, Mapping) or depth > MAX_DEPTH:
+            return ANY
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return self.shape(_resolve(ref, self.root), depth + 1)
+        known = self.made.get(id(schema))
+        if known is not None:
+            return known
+        self.left -= 1
+        if self.left < 0:
+            return ANY
+        branches = schema.get("anyOf") or schema.get("oneOf")
+        if "type" not in schema and isinstance(branches, list) and branches:
+            either = self.made[id(schema)] = Shape()
+            merged = _either([self.shape(b, depth + 1) for b in branches])
+            either.kinds, either.properties, either.items = (
+                merged.kinds,
+                merged.properties,
+                merged.items,
+            )
+            return either
+        shape = self.made[id(schema)] = Shape(kinds=_kinds(schema))
+        properties = schema.get("properties")
+        if isinstance(properties, Mapping):
+            shape.properties = {k: self.shape(v, depth + 1) for k, v in properties.items()}
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            shape.items = self.shape(items, depth + 1)
+        return shape
 
 
 def _kinds(schema: Mapping[str, Any]) -> frozenset[str] | None:
@@ -133,14 +158,15 @@ class TooManyValues(Exception):
 
 def mismatch(shape: Shape, args: Mapping[str, Any]) -> str | None:
     """Why ``args`` do not have the types ``shape`` declares (the first argument found, by
-    its path), or None. Raises TooManyValues past ``MAX_CHECKED`` values."""
+    its path), or None. Raises TooManyValues past ``MAX_CHECKED`` values, or values nested
+    deeper than ``MAX_DEPTH`` where the schema still has something to check."""
     budget = [MAX_CHECKED]
-    return _check(shape, dict(args), "", budget)
+    return _check(shape, dict(args), "", budget, 0)
 
 
-def _check(shape: Shape, value: Any, path: str, budget: list[int]) -> str | None:
+def _check(shape: Shape, value: Any, path: str, budget: list[int], depth: int) -> str | None:
     budget[0] -= 1
-    if budget[0] < 0:
+    if budget[0] < 0 or depth > MAX_DEPTH:
         raise TooManyValues
     kind = kind_of(value)
     if shape.kinds is not None and kind not in shape.kinds:
@@ -148,13 +174,13 @@ def _check(shape: Shape, value: Any, path: str, budget: list[int]) -> str | None
     if shape.properties is not None and isinstance(value, dict):
         for key, member in value.items():
             inner = shape.properties.get(key)
-            if inner is not None and inner != ANY:
-                found = _check(inner, member, f"{path}.{key[:64]}", budget)
+            if inner is not None and not inner.checks_nothing:
+                found = _check(inner, member, f"{path}.{key[:64]}", budget, depth + 1)
                 if found is not None:
                     return found
-    if shape.items is not None and shape.items != ANY and isinstance(value, list):
+    if shape.items is not None and not shape.items.checks_nothing and isinstance(value, list):
         for index, member in enumerate(value):
-            found = _check(shape.items, member, f"{path}[{index}]", budget)
+            found = _check(shape.items, member, f"{path}[{index}]", budget, depth + 1)
             if found is not None:
                 return found
     return None

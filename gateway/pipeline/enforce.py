@@ -68,7 +68,7 @@ def check_arg_types(gw: Gateway, call: Call, decision: Decision) -> Decision:
     try:
         why = mismatch(shape, call.args)
     except TooManyValues:
-        why = f"the arguments hold more than {MAX_CHECKED} values to check"
+        why = f"the arguments hold more than {MAX_CHECKED} values, or are nested too deep, to check"
     if why is None:
         return decision
     return replace(
