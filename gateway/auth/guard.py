@@ -16,7 +16,7 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -35,15 +35,14 @@ class HostGuard:
         self.origin_names = set(LOOPBACK_NAMES) if not self.origins else set()
 
     def host_ok(self, host: str | None) -> bool:
+        """An allowed name, alone or with a port (any number: a rebinding page changes the
+        name, not the port), or an allowed ``name:port`` as given."""
         if self.any_host:
             return True
         if not host:
             return False
         host = host.lower()
-        if host in self.hosts:
-            return True
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name in self.hosts
+        return host in self.hosts or host_name(host) in self.hosts
 
     def origin_ok(self, origin: str | None) -> bool:
         """No Origin (non-browser clients) is fine; a browser's Origin must be allowed."""
@@ -53,10 +52,33 @@ class HostGuard:
         if origin in self.origins:
             return True
         parts = urlsplit(origin)
+        if not _port_ok(parts):
+            return False
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
         return parts.scheme in ("http", "https") and host in self.origin_names
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host value that carries a port (``name:port``, ``[v6]:port``), or None
+    when what follows the last colon is not a port: ``localhost:evil.example`` names no
+    loopback host, though the part before its colon does."""
+    name, colon, port = host.rpartition(":")
+    if not colon or not (0 < len(port) <= 5 and port.isascii() and port.isdigit()):
+        return None
+    if name.startswith("["):
+        return name if name.endswith("]") and "]" not in name[:-1] else None
+    return name if "]" not in name and ":" not in name else None
+
+
+def _port_ok(parts: SplitResult) -> bool:
+    """No port, or a number: ``hostname`` alone would read ``http://localhost:evil.example``
+    as localhost (``port`` raises on what is not a port)."""
+    try:
+        return parts.port is None or parts.port >= 0
+    except ValueError:
+        return False
 
 
 #: Session ids longer than this are checked without being remembered.

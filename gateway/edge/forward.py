@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.edge.clientview import ClientView
 from gateway.errors import UpstreamIOError
+from gateway.telemetry.audit import log
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, reply, wants_json
@@ -46,23 +47,19 @@ _FORWARD_REQUEST = frozenset(
         "tracestate",
     }
 )
-# The h1 client already takes hop-by-hop headers out of an answer; listed here as well.
-# date: the gateway's server adds its own (two Date headers confuse caches); server: the
-# upstream's software is nobody else's business.
-_DROP_RESPONSE = frozenset(
+# The answer headers that reach the caller: those that describe the MCP message, as for a
+# request. Every other header an upstream sets would speak for the gateway's own origin: a
+# cookie (the console's among them), an auth challenge (the caller's OAuth discovery sent where
+# the upstream likes), CORS, HSTS, Alt-Svc, Location; framing, Date and Server are the gateway's
+# own. Mcp-Session-Id goes back wrapped (see _response_headers); cache-control is made private.
+_PASS_RESPONSE = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-encoding",
-        "mcp-session-id",
-        "date",
-        "server",
+        "content-type",
+        "cache-control",
+        "content-language",
+        "mcp-protocol-version",
+        "retry-after",
+        "allow",  # a 405's methods: what the relay path takes is what the upstream takes
     }
 )
 UPSTREAM_ERRORS = (UpstreamIOError, asyncio.TimeoutError, OSError)
@@ -105,7 +102,7 @@ def _response_headers(resp: H1Response, fwd: Forward) -> list[Header]:
     out: list[Header] = []
     for name, value in resp.raw_headers:
         key = name.decode("latin-1").lower()
-        if key in _DROP_RESPONSE or key == "content-length":
+        if key not in _PASS_RESPONSE:
             continue
         if key == "cache-control":
             value = value.replace(b"public", b"private")  # what a caller sees is per caller
@@ -143,10 +140,23 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
         await _unavailable(send, fwd)
         return None
     try:
-        await _relay(incoming, send, resp, fwd)
+        if resp.status == 401:
+            await _upstream_unauthorized(send, fwd)
+        else:
+            await _relay(incoming, send, resp, fwd)
     finally:
         resp.close()
     return resp
+
+
+async def _upstream_unauthorized(send: Send, fwd: Forward) -> None:
+    """An upstream's 401 refuses the credentials the gateway sends it (the caller's never
+    travel), which no caller can mend: relayed, it would read as the gateway's own challenge
+    and send an OAuth client to sign in again here, or where the upstream's challenge points.
+    Answered 502, and logged for the operator, whose configuration it is."""
+    log.warning("upstream.unauthorized", server=fwd.upstream.name)
+    message = f"upstream {fwd.upstream.name!r} refused the gateway's credentials"
+    await reply(send, 502, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
 
 
 #: A JSON answer is read whole to pass the caller's view; past this it is refused.

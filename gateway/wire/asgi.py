@@ -7,10 +7,21 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from gateway.wire.jsonrpc import INVALID_REQUEST, BadMessage
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyCut(BadMessage):
+    """The client went away before its body ended (fewer bytes than Content-Length, or no
+    last chunk): what came is part of a request, and a part is neither decided nor sent on.
+    A refusal like any other, so the boundary answers it (nobody may be left to read it)."""
+
+    def __init__(self) -> None:
+        super().__init__(INVALID_REQUEST, "request body incomplete", status=400)
 
 
 class Incoming:
@@ -46,7 +57,8 @@ class Incoming:
         return 1 if name in self.headers else 0
 
     async def body(self, limit: int) -> bytes | None:
-        """The whole body, or None when it is larger than ``limit`` bytes."""
+        """The whole body, or None when it is larger than ``limit`` bytes; raises
+        :class:`BodyCut` when the client disconnects before the body has ended."""
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return None
@@ -55,7 +67,7 @@ class Incoming:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                break
+                raise BodyCut
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -17,6 +17,11 @@ any client is authenticated, this protocol bounds what one connection may cost:
 - past ``max_connections`` open connections (long SSE streams count), a new connection is
   answered 503 and closed at once.
 
+A head whose framing or addressing the application would read otherwise than a proxy or the
+client meant is refused before the application sees it (:func:`head_refusal`): a transfer
+coding other than ``chunked`` (501), ``Transfer-Encoding`` in HTTP/1.0, more than one Host or
+Origin, a request target naming another authority than Host (400); then closed.
+
 Writes still go through :class:`CoalescingTransport` (one write per event-loop pass).
 """
 
@@ -25,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import http
+import re
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 from gateway.wire.coalesce import CoalescingHttpToolsProtocol
@@ -62,8 +69,65 @@ def _plain_response(status: int, text: str) -> bytes:
     ).encode("ascii") + body
 
 
-class _TooManyHeaders(Exception):
-    """Raised inside the parser's callback to stop it; answered 431."""
+class _Refused(Exception):
+    """Raised inside the parser's callback to stop it; answered with the refusal noted."""
+
+
+Refusal = tuple[int, str]
+_AUTHORITY_END = re.compile(rb"[/?#]")
+
+
+def head_refusal(
+    headers: Sequence[tuple[bytes, bytes]], target: bytes, method: bytes, version: str
+) -> Refusal | None:
+    """Why a parsed head is refused, or None; header names lower case, as uvicorn gives them.
+
+    Each is a head that two readers may take for two different requests (RFC 9112 3.2, 3.2.2,
+    6.1; RFC 9110 7.2): the Host and Origin guards read one value, so a second is not the
+    guard's to pick; a transfer coding the parser does not undo would leave the body coded
+    while it is read as JSON; an absolute-form target's authority replaces Host, which the
+    guard would otherwise check in its place.
+    """
+    hosts = [value.strip() for name, value in headers if name == b"host"]
+    if len(hosts) > 1:
+        return 400, "more than one Host header"
+    if sum(name == b"origin" for name, _ in headers) > 1:
+        return 400, "more than one Origin header"
+    refused = _coding_refusal(headers, version)
+    if refused is None and not _target_ok(target, method, hosts[0] if hosts else None):
+        refused = 400, "request target is not on this server"
+    return refused
+
+
+def _coding_refusal(headers: Sequence[tuple[bytes, bytes]], version: str) -> Refusal | None:
+    """Only ``chunked``, once, which the parser takes off: any other coding would reach the
+    application still applied (RFC 9112 6.1: a coding not understood is 501). HTTP/1.0 has
+    no transfer codings, so a Transfer-Encoding there leaves the framing in doubt."""
+    values = [value for name, value in headers if name == b"transfer-encoding"]
+    if not values:
+        return None
+    if version == "1.0":
+        return 400, "Transfer-Encoding in an HTTP/1.0 request"
+    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    if any(coding != b"chunked" for coding in codings):
+        return 501, "transfer coding not implemented"
+    if codings != [b"chunked"]:
+        return 400, "chunked must be given once"
+    return None
+
+
+def _target_ok(target: bytes, method: bytes, host: bytes | None) -> bool:
+    """Origin-form; ``*`` for OPTIONS; absolute-form only when its authority is the Host
+    given (this is an origin server, not a proxy: another authority is not served here)."""
+    if target.startswith(b"/"):
+        return True
+    if target == b"*":
+        return method == b"OPTIONS"
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https") or host is None:
+        return False
+    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
+    return authority.lower() == host.lower()
 
 
 class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
@@ -77,7 +141,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._refused = False  # over the connection cap: never joined the server's set
         self._stage = _Stage.HEAD
         self._head_bytes = 0
-        self._header_count = 0
+        self._refusal: Refusal | None = None  # why the parser was stopped, to answer it
         self._body_got = 0  # body bytes the parser gave, this request
         self._in_trailers = False  # a chunk header without body yet: maybe the last chunk
         self._trailer_bytes = 0
@@ -167,8 +231,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
                 self._cut_body(431, "request trailers too large")
 
     def send_400_response(self, msg: str) -> None:
-        if self._header_count > self.limits.max_headers:
-            self._close_with(431, "too many request headers")
+        if self._refusal is not None:  # the parser was stopped here, not by a parse error
+            self._close_with(*self._refusal)
         else:
             super().send_400_response(msg)
 
@@ -192,9 +256,15 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # Counted once the head is whole (it is held whole before parsing, within
         # max_head_bytes, so counting each header as parsed would bound nothing more).
-        self._header_count = len(self.headers)
-        if self._header_count > self.limits.max_headers:
-            raise _TooManyHeaders  # the parser stops; feed_data raises HttpParserCallbackError
+        if len(self.headers) > self.limits.max_headers:
+            self._refusal = 431, "too many request headers"
+        else:
+            parser = self.parser
+            self._refusal = head_refusal(
+                self.headers, self.url, parser.get_method(), parser.get_http_version()
+            )
+        if self._refusal is not None:
+            raise _Refused  # the parser stops; feed_data raises HttpParserCallbackError
         self._stage = _Stage.BODY
         self._parsing_head = False
         self._disarm()
@@ -209,7 +279,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def _begin_head(self) -> None:
         self._stage = _Stage.HEAD
-        self._head_bytes = self._header_count = 0
+        self._head_bytes = 0
+        self._refusal = None
         self._body_got = self._trailer_bytes = 0
         self._in_trailers = False
 
