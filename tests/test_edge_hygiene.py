@@ -415,3 +415,42 @@ class TestAnswerHeaders:
         assert _status(answer) == 403, answer
         for name in HOSTILE:
             assert name.lower() not in _headers(answer), name
+
+
+class _Answer:
+    """An answer's body as the h1 client yields it, in chunks, pausing between them."""
+
+    def __init__(self, chunks: int, size: int, gate: Any) -> None:
+        self.chunks, self.size, self.gate = chunks, size, gate
+
+    async def iter_chunks(self) -> Any:
+        import asyncio
+
+        for _ in range(self.chunks):
+            await self.gate.wait()
+            await asyncio.sleep(0)  # the other readers take their turn: all are mid-read
+            yield b"x" * self.size
+
+
+class TestAnswersHeldWhole:
+    async def test_what_all_answers_read_whole_may_hold_is_bounded(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each answer under its own cap, but together past the process's: the ones that
+        would go past are refused, and what they held is given back."""
+        import asyncio
+
+        from gateway.edge import forward
+
+        monkeypatch.setattr(forward, "MAX_HELD_ANSWER_BYTES", 10_000)
+        gate = asyncio.Event()
+        reads = [
+            asyncio.ensure_future(forward.read_bounded(_Answer(4, 1000, gate))) for _ in range(4)
+        ]
+        await asyncio.sleep(0)
+        gate.set()
+        bodies = await asyncio.gather(*reads)
+        assert sum(b is None for b in bodies) >= 1
+        assert all(b is None or len(b) == 4000 for b in bodies)
+        assert forward._Held.total == 0
+        assert await forward.read_bounded(_Answer(4, 1000, gate)) == b"x" * 4000

@@ -207,15 +207,33 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: What all the answers being read whole may hold at once: each may be large, and a thousand
+#: callers at a time could each have one read. Past it an answer is refused, as one past
+#: ``MAX_JSON_ANSWER_BYTES`` is, rather than the process growing without bound.
+MAX_HELD_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+class _Held:
+    """Bytes held right now by answers being read whole (one event loop: no lock)."""
+
+    total = 0
+
+
 async def read_bounded(resp: H1Response) -> bytes | None:
+    """The whole answer, or None past its own cap or past what all answers may hold."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.iter_chunks():
-        size += len(chunk)
-        if size > MAX_JSON_ANSWER_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in resp.iter_chunks():
+            size += len(chunk)
+            _Held.total += len(chunk)
+            if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
+                log.warning("upstream.answer_too_large", size=size, held=_Held.total)
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        _Held.total -= size
 
 
 #: How long the head of a streamed answer may wait to become a JSON answer: the stdio
