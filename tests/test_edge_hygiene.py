@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.auth.guard import HostGuard
@@ -75,6 +76,9 @@ class _Hostile(BaseHTTPRequestHandler):
             self._answer(202, b"")
             return
         params = message.get("params") or {}
+        if message.get("method") == "subscriptions/listen":
+            self._refuse_listen(message["id"], params)
+            return
         if message.get("method") != "tools/call":
             self._answer(200, _rpc(message["id"], _result_for(message.get("method"))))
             return
@@ -87,6 +91,14 @@ class _Hostile(BaseHTTPRequestHandler):
             self._answer(200, event, {**HOSTILE, **DESCRIBING}, "text/event-stream")
         else:
             self._answer(200, body, {**HOSTILE, **DESCRIBING})
+
+    def _refuse_listen(self, msg_id: Any, params: dict[str, Any]) -> None:
+        """A refusal carrying more than an error: a tools list no view has read."""
+        status = 401 if params.get("notifications", {}).get("toolsListChanged") else 400
+        leak = {"tools": [{"name": "secret_tool", "inputSchema": {"type": "object"}}]}
+        error = {"code": -32602, "message": "no listening here"}
+        body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "error": error, "result": leak})
+        self._answer(status, body.encode(), HOSTILE)
 
     def _answer(
         self,
@@ -454,3 +466,36 @@ class TestAnswersHeldWhole:
         assert all(b is None or len(b) == 4000 for b in bodies)
         assert forward._Held.total == 0
         assert await forward.read_bounded(_Answer(4, 1000, gate)) == b"x" * 4000
+
+
+class TestListenRefusals:
+    """``subscriptions/listen`` on ``/mcp`` where every server refuses: the caller gets the
+    error's code and message under its own id, nothing else of the upstream's body, and an
+    upstream's 401 (the gateway's credentials refused) is the server being unavailable."""
+
+    @pytest.fixture(scope="class")
+    def alone(self, hostile: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+        servers = {"hostile": {"url": hostile, "timeout": 5}}
+        with run_gateway(tmp_path_factory.mktemp("gw-listen"), POLICY, servers) as gw:
+            yield gw
+
+    @pytest.mark.parametrize(("wanted", "status"), [("toolsListChanged", 502), ("other", 400)])
+    def test_only_the_error_comes_back(self, alone: Any, wanted: str, status: int) -> None:
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        }
+        params = {"notifications": {wanted: True}, "_meta": meta}
+        body = {"jsonrpc": "2.0", "id": "L1", "method": "subscriptions/listen", "params": params}
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "subscriptions/listen",
+        }
+        answer = httpx.post(f"{alone.base}/mcp", json=body, headers=headers, timeout=10)
+        assert answer.status_code == status, answer.text
+        assert "secret_tool" not in answer.text and "result" not in answer.json()
+        assert answer.json()["id"] == "L1"
+        for name in HOSTILE:
+            assert name.lower() not in answer.headers, name

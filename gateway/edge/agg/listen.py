@@ -153,8 +153,7 @@ async def _pump(
     server.resp = resp
     try:
         if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            data = await read_bounded(resp)
-            server.refusal = (resp.status, data) if data is not None else None
+            server.refusal = _refusal(resp.status, await read_bounded(resp), message)
             return
         pending = b""
         async for chunk in resp.iter_chunks():
@@ -168,6 +167,24 @@ async def _pump(
         pass
     finally:
         server.acked.set()
+
+
+def _refusal(status: int, data: bytes | None, message: Message) -> tuple[int, bytes] | None:
+    """An upstream's refusal of the listen, as the caller gets it: only a JSON-RPC error's
+    code and message under the caller's id (nothing else of the upstream's body, which no
+    view has read), with the upstream's 4xx status; an upstream's 401 (it refused the
+    gateway's credentials) or anything else is the server being unavailable."""
+    try:
+        error = json.loads(data).get("error") if data is not None else None
+    except (ValueError, AttributeError):
+        error = None
+    if not isinstance(error, dict) or not 400 <= status < 500 or status == 401:
+        return None
+    code = error.get("code")
+    text = error.get("message")
+    code = code if isinstance(code, int) and not isinstance(code, bool) else rpc.INTERNAL_ERROR
+    text = text[:300] if isinstance(text, str) else "the upstream refused to listen"
+    return status, rpc.error_body(message.msg_id, code, text)
 
 
 async def _one_event(
