@@ -19,6 +19,12 @@ One connection carries answers for many agents in turn, so it trusts the upstrea
 * The answer's head must come within ``head_timeout``; after it, a stream may idle.
 * Hop-by-hop headers (RFC 9110 7.6.1) are never written, and are taken out of the answer's
   headers (the connection's own, and any named in its ``Connection`` header).
+* An answer's head (status lines and headers, interim heads included) may take at most
+  ``MAX_HEAD_BYTES`` and hold at most ``MAX_HEADERS`` fields; its trailers count against both
+  and are dropped. httptools holds a header whole until it ends, so without a bound one
+  endless header (or endless headers) would grow the gateway without limit. Past either
+  bound the answer fails as a malformed one (``UpstreamIOError``) and the connection is
+  dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from gateway.upstream.hop import OWN_HEADERS, connection_named, is_hop_by_hop
 _PAUSE_AT = 64
 _RESUME_AT = 8
 
+#: Bounds on an answer's head; real servers send a few hundred bytes and a dozen headers.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+
 
 class _Stop(Exception):
     """Raised in a parser callback to stop the parser: bytes after the answer, or a 101."""
@@ -55,6 +65,18 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.interim = False  # parsing a 1xx message, which is skipped
+        self.head_room = MAX_HEAD_BYTES  # bytes the head and trailers may still take
+        self.fields_left = MAX_HEADERS
+        self.in_trailers = False  # a chunk header came with no body after it: maybe the last
+        self.quiet = False  # this piece has carried no body yet
+
+    def begin(self, response: H1Response) -> None:
+        """A fresh parser and fresh bounds for the exchange of ``response``."""
+        self.response = response
+        self.parser = httptools.HttpResponseParser(self)
+        self.interim = self.in_trailers = False
+        self.head_room = MAX_HEAD_BYTES
+        self.fields_left = MAX_HEADERS
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,10 +91,42 @@ class _Conn(asyncio.Protocol):
             self.abort()
             return
         try:
-            self.parser.feed_data(data)
+            if response.head.done():
+                self._feed_body(data)
+            else:
+                self._feed_head(data, response)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             response.fail(UpstreamIOError(f"bad HTTP from upstream: {exc}"))
             self.abort()
+
+    def _feed_head(self, data: bytes, response: H1Response) -> None:
+        """Feed no more than the head may still take; the rest only once the head has ended."""
+        room = self.head_room
+        self.parser.feed_data(data if len(data) <= room else data[:room])
+        if response.head.done():  # the head ended in this piece: the rest is body
+            if len(data) > room:
+                self._feed_body(data[room:])
+            return
+        self.head_room -= min(room, len(data))
+        if len(data) > room:
+            self._refuse(response, f"an answer head over {MAX_HEAD_BYTES} bytes")
+
+    def _feed_body(self, data: bytes) -> None:
+        """Feed body bytes. A piece that carries nothing past the last chunk's header (bar
+        the answer's end) holds trailers, which httptools joins as it does headers: such
+        pieces count against what the head left of ``MAX_HEAD_BYTES``."""
+        self.quiet = self.in_trailers
+        self.parser.feed_data(data)
+        response = self.response
+        if not self.quiet or response is None or response.complete:
+            return
+        self.head_room -= len(data)
+        if self.head_room < 0:
+            self._refuse(response, f"answer trailers over {MAX_HEAD_BYTES} bytes")
+
+    def _refuse(self, response: H1Response, what: str) -> None:
+        response.fail(UpstreamIOError(f"bad HTTP from upstream: {what}"))
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -92,8 +146,14 @@ class _Conn(asyncio.Protocol):
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.raw_headers.append((name, value))
+        response = self.response
+        assert response is not None
+        self.fields_left -= 1
+        if self.fields_left < 0:
+            response.fail(UpstreamIOError(f"bad HTTP from upstream: over {MAX_HEADERS} headers"))
+            raise _Stop
+        if not response.head.done():  # a trailer comes after the head went on: dropped
+            response.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -108,8 +168,12 @@ class _Conn(asyncio.Protocol):
             return
         response.take_head(status, self.parser.should_keep_alive())
 
+    def on_chunk_header(self) -> None:
+        self.in_trailers = True  # until body follows: only the last chunk has none
+
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
+        self.in_trailers = self.quiet = False
         self.response.push(body)
 
     def on_message_complete(self) -> None:
@@ -384,9 +448,7 @@ class H1Pool:
 
     def _send(self, conn: _Conn, payload: bytes) -> H1Response:
         response = H1Response(conn, self)
-        conn.response = response
-        conn.parser = httptools.HttpResponseParser(conn)
-        conn.interim = False
+        conn.begin(response)
         assert conn.transport is not None
         if conn.closed or conn.transport.is_closing():
             response.fail(UpstreamIOError("upstream connection is closed"))

@@ -157,28 +157,47 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class SseRewriter:
-    """Feed chunks in, get the bytes to send on at once."""
+    """Feed chunks in, get the bytes to send on at once.
+
+    The bytes of an event not yet ended are kept as the pieces they came in, and each chunk is
+    searched once, with the last few bytes before it (an event's end may straddle two chunks):
+    joining and searching the whole of a pending event on every chunk would cost time in the
+    square of its size, and one large event would hold up every other caller's events.
+    """
 
     def __init__(self, view: View) -> None:
         self.view = view
-        self.buffer = b""
+        self._pending: list[bytes] = []  # the event not yet ended, as it came
+        self._pending_bytes = 0
+        self._tail = b""  # its last bytes, where the next chunk's event end may begin
 
     def feed(self, chunk: bytes) -> bytes:
         return self.rewrite(self.split(chunk))
 
     def split(self, chunk: bytes) -> list[bytes]:
         """The events ``chunk`` completes, as they came (each with its closing blank line)."""
-        self.buffer += chunk
+        # The pending bytes hold no event end, and one is at most 4 bytes long: any end found
+        # now begins at most 3 bytes before the chunk, and none can end before the chunk.
+        window = self._tail + chunk
+        known = len(self._tail)  # window[:known] is already pending
         out: list[bytes] = []
-        while True:
-            match = EVENT_END.search(self.buffer)
-            if match is None:
-                break
-            event, self.buffer = self.buffer[: match.end()], self.buffer[match.end() :]
-            out.append(event)
-        if len(self.buffer) > MAX_EVENT_BYTES:
+        start = 0  # where the pending event begins in window
+        while (match := EVENT_END.search(window, start)) is not None:
+            self._pending.append(window[max(start, known) : match.end()])
+            out.append(b"".join(self._pending))
+            self._pending, self._pending_bytes = [], 0
+            start = match.end()
+        self._keep(window, max(start, known), start)
+        if self._pending_bytes > MAX_EVENT_BYTES:
             raise StreamTooLarge(f"an SSE event over {MAX_EVENT_BYTES} bytes")
         return out
+
+    def _keep(self, window: bytes, new: int, start: int) -> None:
+        """Keep ``window[new:]``, the rest of an event that began at ``window[start]``."""
+        if new < len(window):
+            self._pending.append(window[new:])
+            self._pending_bytes += len(window) - new
+        self._tail = window[max(start, len(window) - 3) :]
 
     def rewrite(self, events: list[bytes]) -> bytes:
         """Events from ``split`` as the caller receives them."""
@@ -187,5 +206,5 @@ class SseRewriter:
     def close(self) -> bytes:
         """An event left without its closing blank line is dropped: it was never dispatched
         (a client discards it too), and passing it unfiltered would be a way around the view."""
-        self.buffer = b""
+        self._pending, self._pending_bytes, self._tail = [], 0, b""
         return b""
