@@ -174,6 +174,11 @@ class SseRewriter:
     def feed(self, chunk: bytes) -> bytes:
         return self.rewrite(self.split(chunk))
 
+    @property
+    def pending_bytes(self) -> int:
+        """The size of the event not yet ended."""
+        return self._pending_bytes
+
     def split(self, chunk: bytes) -> list[bytes]:
         """The events ``chunk`` completes, as they came (each with its closing blank line)."""
         # The pending bytes hold no event end, and one is at most 4 bytes long: any end found

@@ -32,7 +32,7 @@ from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import Message
-from gateway.wire.sse import EVENT_END, LINE, StreamTooLarge, rewrite_event
+from gateway.wire.sse import LINE, SseRewriter, StreamTooLarge, rewrite_event
 
 ACK = "notifications/subscriptions/acknowledged"
 SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
@@ -155,13 +155,11 @@ async def _pump(
         if not resp.headers.get("content-type", "").startswith("text/event-stream"):
             server.refusal = _refusal(resp.status, await read_bounded(resp), message)
             return
-        pending = b""
+        events = SseRewriter(view)  # its split only: each event is filtered in _one_event
         async for chunk in resp.iter_chunks():
-            pending += chunk
-            while (found := EVENT_END.search(pending)) is not None:
-                raw, pending = pending[: found.end()], pending[found.end() :]
+            for raw in events.split(chunk):
                 await _one_event(raw, server, view, queue)
-            if len(pending) > MAX_PENDING_BYTES:
+            if events.pending_bytes > MAX_PENDING_BYTES:
                 raise StreamTooLarge("an SSE event too large")
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         pass
