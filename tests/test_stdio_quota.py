@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,6 +32,10 @@ INIT = {
 def _open(http: httpx.Client, grant: str) -> httpx.Response:
     auth = {**HEADERS, "authorization": f"Bearer {KEYS[grant]}"}
     return http.post("/mcp/st", json=INIT, headers=auth)
+
+
+def _post(http: httpx.Client, path: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+    return http.post(path, json=body, headers=headers)
 
 
 def _alive(http: httpx.Client, grant: str, opened: httpx.Response) -> bool:
@@ -66,12 +71,12 @@ async def test_quota_per_grant_and_eviction_of_the_grants_own(tmp_path: Path) ->
             assert _alive(http, "a", a2) and _alive(http, "a", a3) and _alive(http, "b", b2)
             # on /mcp too the caller is told which cap it met, not that the server is down
             auth = {**HEADERS, "authorization": f"Bearer {KEYS['c']}"}
-            opened = http.post("/mcp", json=INIT, headers=auth)
+            opened = _post(http, "/mcp", INIT, auth)
             assert opened.status_code == 200, opened.text
             auth["mcp-session-id"] = opened.headers["mcp-session-id"]
             echo = {"name": "st__echo", "arguments": {"text": "hi"}}
             body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": echo}
-            refused = http.post("/mcp", json=body, headers=auth)
+            refused = _post(http, "/mcp", body, auth)
             assert refused.status_code == 503, refused.text
             assert refused.json()["id"] == 5
             assert "max_processes=3" in refused.json()["error"]["message"]
