@@ -34,6 +34,9 @@ tools:
     action: require_approval
     reason: deleting needs a human
     approval: {mode: elicit, timeout: 120}
+  ask_user:
+    action: require_approval
+    approval: {mode: elicit, timeout: 120}
   write_file:
     action: require_approval
     approval: {mode: elicit, fallback: retry, timeout: 120}
@@ -170,6 +173,32 @@ class TestPythonClient:
 def _digest(args: dict[str, Any]) -> str:
     canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("era", ERAS)
+class TestApprovedToolThatAsksItself:
+    async def test_approved_once_then_the_tools_own_question(
+        self, gw: GatewayProcess, call_log: Path, era: str
+    ) -> None:
+        """The human approves once; the tool's own question (``input_required`` under
+        2026-07-28) then goes to the client and its answer to the tool, not asked again."""
+        asked: list[str] = []
+
+        async def callback(_ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            ours = params.message.startswith("celgate holds")
+            asked.append("approval" if ours else "tool")
+            content: dict[str, Any] = {"approve": True} if ours else {"answer": f"42-{era}"}
+            return types.ElicitResult(action="accept", content=content)
+
+        question = f"the answer, {era}?"
+        async with client(gw.url("up"), KEY, mode=era, elicitation_callback=callback) as c:
+            result = await c.call_tool("ask_user", {"question": question})
+        assert not result.is_error and text_of(result) == f"42-{era}", text_of(result)
+        assert asked == ["approval", "tool"]
+        runs = [
+            x for x in calls_in(call_log) if (x.get("arguments") or {}) == {"question": question}
+        ]
+        assert 1 <= len(runs) <= 2  # 2026-07-28: asked, then answered
 
 
 class TestRequestStateUnder20260728:
@@ -314,6 +343,19 @@ class TestTokens:
         assert inband.check_state(self.KEY, state, call, "rev2", 0) == "approval_state_mismatch"
         assert inband.check_state(self.KEY, state, call, "rev1", 1000.0) == "approval_expired"
         assert inband.check_state(b"x" * 32, state, call, "rev1", 0) == "approval_state_invalid"
+
+    def test_a_continuation_carries_its_approval_and_the_upstreams_state(self) -> None:
+        call = Call("ask_user", {"question": "q"}, "up", Identity("g1"))
+        plain = inband.issue_state(self.KEY, call, "rev1", 1000.0)
+        carried = inband.issue_state(self.KEY, call, "rev1", 1000.0, "elc_x", "theirs")
+        checked = inband.check_state(self.KEY, carried, call, "rev1", 999.0)
+        assert isinstance(checked, inband.State)
+        assert (checked.approval, checked.upstream) == ("elc_x", "theirs")
+        assert inband.upstream_state(self.KEY, carried) == "theirs"
+        assert inband.upstream_state(self.KEY, plain) is None
+        assert inband.upstream_state(b"x" * 32, carried) is None  # not ours: nothing carried
+        other = Call("ask_user", {"question": "other"}, "up", Identity("g1"))
+        assert inband.check_state(self.KEY, carried, other, "rev1", 0) == "approval_state_mismatch"
 
 
 class TestSingleUse:

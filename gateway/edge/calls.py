@@ -52,6 +52,7 @@ async def call_through(
         body = denial(message.msg_id, admission.decision, admission.decision_id, version)
         await reply(send, 200, body)
         return
+    fwd.view = face.continuing(fwd.view, call, admission.decision)
     async with timed_upstream(gw, call):
         await forward(incoming, send, fwd)
 

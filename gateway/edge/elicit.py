@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -41,6 +42,7 @@ from gateway.wire.jsonrpc import (
     Message,
     error_body,
 )
+from gateway.wire.sse import View
 
 #: The key of the gateway's question in ``inputRequests`` / ``inputResponses`` (2026-07-28).
 INPUT_KEY = "celgate-approval"
@@ -136,12 +138,16 @@ class ElicitFace:
         return clients.elicits(fwd.upstream.name, self.identity.grant, fwd.session_id)
 
     def upstream_body(self, body: bytes | None) -> bytes | None:
-        """The body the upstream gets: without the gateway's own state and answer."""
+        """The body the upstream gets: without the gateway's own state and answer (with the
+        upstream's own state back in place, for a continuation)."""
         if not self.ours or body is None:
             return body
         value = json.loads(body)
         params = value["params"]
         params.pop("requestState", None)
+        carried = inband.upstream_state(self.gw.signer.key, str(self.state))
+        if carried is not None:
+            params["requestState"] = carried
         responses = params.get("inputResponses")
         if isinstance(responses, dict):
             responses.pop(INPUT_KEY, None)
@@ -179,9 +185,29 @@ class ElicitFace:
             return _refused(decision, "approval_unavailable")
         if not await store.consume_once("elicit:" + checked.nonce, checked.expires - now + 1):
             return _refused(decision, "approval_replayed")
+        if checked.approval is not None:  # the approved call, answering its upstream's question
+            reason = f"approved in the client by its user ({checked.approval}), continuing"
+            return replace(decision, effect="allow", reason=reason, approval_id=checked.approval)
         responses = self.message.params.get("inputResponses")
         answer = responses.get(INPUT_KEY) if isinstance(responses, dict) else None
         return answered(decision, answer, "elc_" + checked.nonce[:16])
+
+    def continuing(self, view: View | None, call: Call, decision: Decision) -> View | None:
+        """The view an approved 2026-07-28 call's answer passes: when the upstream asks the
+        client for input (``input_required``), its ``requestState`` is carried inside one of
+        the gateway's, bound to this call and this approval, so the retry with the client's
+        answer goes on without asking the human again (and only that retry: used once)."""
+        approval = decision.approval_id or ""
+        if not (self.modern and decision.allowed and approval.startswith("elc_")):
+            return view
+        timeout = decision.approval.timeout if decision.approval else 300.0
+        key, revision = self.gw.signer.key, decision.revision
+
+        def wrap(upstream: str | None) -> str:
+            expires = time.time() + timeout
+            return inband.issue_state(key, call, revision, expires, approval, upstream)
+
+        return Continuing(view, wrap)
 
     def _request(self, call: Call, decision: Decision) -> dict[str, Any]:
         return {"method": "elicitation/create", "params": question(call, decision)}
@@ -223,6 +249,34 @@ class ElicitFace:
     def answer_body(self, msg_id: Any, decision: Decision, decision_id: str) -> bytes:
         assert self.pending is not None
         return input_required(msg_id, self.pending, decision, decision_id)
+
+
+class Continuing:
+    """A caller's view that also carries an upstream's ``requestState`` inside the gateway's
+    (see ``ElicitFace.continuing``)."""
+
+    def __init__(self, inner: View | None, wrap: Callable[[str | None], str]) -> None:
+        self.inner = inner
+        self.wrap = wrap
+
+    def wants(self, data: bytes) -> bool:
+        return b"input_required" in data or (self.inner is not None and self.inner.wants(data))
+
+    def filter(self, message: Any) -> Any | None:
+        changed = self.inner.filter(message) if self.inner is not None else None
+        current = changed if changed is not None else message
+        result = current.get("result") if isinstance(current, dict) else None
+        if not isinstance(result, dict) or result.get("resultType") != "input_required":
+            return changed
+        upstream = result.get("requestState")
+        if upstream is not None and (
+            not isinstance(upstream, str) or len(upstream) > inband.MAX_UPSTREAM_STATE
+        ):
+            return changed  # not carried: the retry is asked about again
+        return {**current, "result": {**result, "requestState": self.wrap(upstream)}}
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        return self.inner.wrap_event_id(event_id) if self.inner is not None else event_id
 
 
 async def deliver(

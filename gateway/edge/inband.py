@@ -71,10 +71,18 @@ def check_id(key: bytes, msg_id: str, server: str, grant: str, session: str) -> 
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """A checked ``requestState``: its nonce (single use) and when it expires."""
+    """A checked ``requestState``: its nonce (single use) and when it expires; for a
+    continuation (an approved call whose upstream asked the client for input), the approval
+    it continues and the upstream's own state (None when it gave none)."""
 
     nonce: str
     expires: float
+    approval: str | None = None
+    upstream: str | None = None
+
+
+#: An upstream's own ``requestState`` longer than this is not carried in the gateway's.
+MAX_UPSTREAM_STATE = 16 * 1024
 
 
 def is_gateway_state(value: Any) -> bool:
@@ -91,8 +99,25 @@ def _binding(call: Call, revision: str) -> dict[str, str]:
     }
 
 
-def issue_state(key: bytes, call: Call, revision: str, expires: float) -> str:
-    payload = {"n": secrets.token_urlsafe(16), "e": round(expires, 3), **_binding(call, revision)}
+def issue_state(
+    key: bytes,
+    call: Call,
+    revision: str,
+    expires: float,
+    approval: str | None = None,
+    upstream: str | None = None,
+) -> str:
+    """A state bound to ``call``: a question's, or with ``approval`` a continuation's (the
+    approved call goes on without being asked again, carrying ``upstream``'s state)."""
+    payload: dict[str, Any] = {
+        "n": secrets.token_urlsafe(16),
+        "e": round(expires, 3),
+        **_binding(call, revision),
+    }
+    if approval is not None:
+        payload["a"] = approval
+        if upstream is not None:
+            payload["u"] = upstream
     body = base64.urlsafe_b64encode(json.dumps(payload, sort_keys=True).encode()).decode()
     return f"{STATE_PREFIX}{body}.{_mac(key, 'elicit-state', body)}"
 
@@ -108,13 +133,27 @@ def check_state(
         payload = json.loads(base64.urlsafe_b64decode(body.encode()))
         nonce, expires = str(payload["n"]), float(payload["e"])
         bound = {k: payload[k] for k in ("g", "s", "t", "d", "r")}
+        approval, upstream = payload.get("a"), payload.get("u")
     except (ValueError, KeyError, TypeError):
         return "approval_state_invalid"  # cannot happen with a valid MAC, but fail closed
     if bound != _binding(call, revision):
         return "approval_state_mismatch"
     if now >= expires:
         return "approval_expired"
-    return State(nonce, expires)
+    return State(nonce, expires, approval, upstream)
+
+
+def upstream_state(key: bytes, token: str) -> str | None:
+    """The upstream's own state a continuation issued here carries, or None (no such state,
+    or not one of ours: the call is decided, and refused, before anything is forwarded)."""
+    body, dot, mac = token.removeprefix(STATE_PREFIX).rpartition(".")
+    if not dot or not hmac.compare_digest(mac, _mac(key, "elicit-state", body)):
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(body.encode())).get("u")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 @runtime_checkable
