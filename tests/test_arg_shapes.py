@@ -26,6 +26,8 @@ class Params(BaseModel):
     target: Target | None = None
     targets: list[Target] = []
     anything: Any = None
+    quotas: dict[str, int] = {}
+    pair: tuple[int, str] | None = None
 
 
 SCHEMA = Params.model_json_schema()
@@ -79,6 +81,7 @@ def test_a_type_the_upstream_would_convert_is_refused(args: dict[str, Any], expe
         {"limit": 3.0},  # an integral number is an integer to JSON Schema (and to pydantic)
         {"target": None, "targets": [{"host": "h", "port": 1, "extra": "kept"}]},
         {"anything": {"deep": ["x", 1, None]}, "unknown_key": "the upstream decides"},
+        {"quotas": {"cpu": 8, "mem": 2}, "pair": [1, "x"]},
     ],
 )
 def test_what_the_schema_allows_passes(args: dict[str, Any]) -> None:

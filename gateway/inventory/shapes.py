@@ -35,11 +35,19 @@ class Shape:
 
     kinds: frozenset[str] | None = None
     properties: dict[str, Shape] | None = None
+    others: Shape | None = None  # ``additionalProperties``: the keys ``properties`` does not name
     items: Shape | None = None
+    positions: list[Shape] | None = None  # ``prefixItems``: a tuple's items, by position
 
     @property
     def checks_nothing(self) -> bool:
-        return self.kinds is None and self.properties is None and self.items is None
+        return (
+            self.kinds is None
+            and self.properties is None
+            and self.others is None
+            and self.items is None
+            and self.positions is None
+        )
 
 
 ANY = Shape()
@@ -62,7 +70,7 @@ def kind_of(value: Any) -> str:
 def shape_of(schema: Any) -> Shape | None:
     """The shape of a tool's ``inputSchema``, or None when it declares no argument's type."""
     shape = _Maker(schema).shape(schema, 0)
-    return shape if shape.properties else None
+    return shape if shape.properties or shape.others else None
 
 
 class _Maker:
@@ -89,20 +97,26 @@ class _Maker:
         if "type" not in schema and isinstance(branches, list) and branches:
             either = self.made[id(schema)] = Shape()
             merged = _either([self.shape(b, depth + 1) for b in branches])
-            either.kinds, either.properties, either.items = (
-                merged.kinds,
-                merged.properties,
-                merged.items,
-            )
+            for name in _MEMBERS:
+                setattr(either, name, getattr(merged, name))
             return either
         shape = self.made[id(schema)] = Shape(kinds=_kinds(schema))
         properties = schema.get("properties")
         if isinstance(properties, Mapping):
             shape.properties = {k: self.shape(v, depth + 1) for k, v in properties.items()}
+        others = schema.get("additionalProperties")
+        if isinstance(others, Mapping):
+            shape.others = self.shape(others, depth + 1)
         items = schema.get("items")
         if isinstance(items, Mapping):
             shape.items = self.shape(items, depth + 1)
+        positions = schema.get("prefixItems")
+        if isinstance(positions, list):
+            shape.positions = [self.shape(p, depth + 1) for p in positions]
         return shape
+
+
+_MEMBERS = ("kinds", "properties", "others", "items", "positions")
 
 
 def _kinds(schema: Mapping[str, Any]) -> frozenset[str] | None:
@@ -130,13 +144,14 @@ def _either(shapes: list[Shape]) -> Shape:
     if any(s.kinds is None for s in shapes):
         return ANY
     kinds = frozenset().union(*(s.kinds or () for s in shapes))
-    arrays = [s for s in shapes if s.items is not None]
-    objects = [s for s in shapes if s.properties is not None]
-    return Shape(
-        kinds=kinds,
-        properties=objects[0].properties if len(objects) == 1 else None,
-        items=arrays[0].items if len(arrays) == 1 else None,
-    )
+    objects = [s for s in shapes if s.properties is not None or s.others is not None]
+    arrays = [s for s in shapes if s.items is not None or s.positions is not None]
+    merged = Shape(kinds=kinds)
+    if len(objects) == 1:
+        merged.properties, merged.others = objects[0].properties, objects[0].others
+    if len(arrays) == 1:
+        merged.items, merged.positions = arrays[0].items, arrays[0].positions
+    return merged
 
 
 def _resolve(ref: str, root: Any) -> Any:
@@ -171,18 +186,22 @@ def _check(shape: Shape, value: Any, path: str, budget: list[int], depth: int) -
     kind = kind_of(value)
     if shape.kinds is not None and kind not in shape.kinds:
         return _why(shape.kinds, kind, path)
-    if shape.properties is not None and isinstance(value, dict):
+    if isinstance(value, dict) and (shape.properties is not None or shape.others is not None):
+        named = shape.properties or {}
         for key, member in value.items():
-            inner = shape.properties.get(key)
+            inner = named.get(key, shape.others)
             if inner is not None and not inner.checks_nothing:
                 found = _check(inner, member, f"{path}.{key[:64]}", budget, depth + 1)
                 if found is not None:
                     return found
-    if shape.items is not None and not shape.items.checks_nothing and isinstance(value, list):
+    if isinstance(value, list) and (shape.items is not None or shape.positions is not None):
+        placed = shape.positions or []
         for index, member in enumerate(value):
-            found = _check(shape.items, member, f"{path}[{index}]", budget, depth + 1)
-            if found is not None:
-                return found
+            inner = placed[index] if index < len(placed) else shape.items
+            if inner is not None and not inner.checks_nothing:
+                found = _check(inner, member, f"{path}[{index}]", budget, depth + 1)
+                if found is not None:
+                    return found
     return None
 
 
