@@ -17,6 +17,14 @@ class Target(BaseModel):
     port: int
 
 
+class Force(BaseModel):
+    force: bool
+
+
+class Named(BaseModel):
+    name: str
+
+
 class Params(BaseModel):
     recursive: bool
     envs: list[str]
@@ -28,6 +36,10 @@ class Params(BaseModel):
     anything: Any = None
     quotas: dict[str, int] = {}
     pair: tuple[int, str] | None = None
+    opts: Force | Named | None = None
+    jobs: list[Force | Named] = []
+    branch: str | None = None
+    names: str | list[str] = "x"
 
 
 SCHEMA = Params.model_json_schema()
@@ -82,6 +94,9 @@ def test_a_type_the_upstream_would_convert_is_refused(args: dict[str, Any], expe
         {"target": None, "targets": [{"host": "h", "port": 1, "extra": "kept"}]},
         {"anything": {"deep": ["x", 1, None]}, "unknown_key": "the upstream decides"},
         {"quotas": {"cpu": 8, "mem": 2}, "pair": [1, "x"]},
+        {"opts": {"force": True}, "jobs": [{"name": "a"}, {"force": False}], "branch": "dev"},
+        {"names": ["a"], "branch": None, "opts": None},
+        {"names": "[not json", "branch": "nullable"},
     ],
 )
 def test_what_the_schema_allows_passes(args: dict[str, Any]) -> None:

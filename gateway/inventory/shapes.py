@@ -15,6 +15,7 @@ from it. A schema part this does not understand checks nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ class Shape:
     others: Shape | None = None  # ``additionalProperties``: the keys ``properties`` does not name
     items: Shape | None = None
     positions: list[Shape] | None = None  # ``prefixItems``: a tuple's items, by position
+    branches: list[Shape] | None = None  # ``anyOf``/``oneOf``: a value fits one of them
 
     @property
     def checks_nothing(self) -> bool:
@@ -47,6 +49,7 @@ class Shape:
             and self.others is None
             and self.items is None
             and self.positions is None
+            and self.branches is None
         )
 
 
@@ -96,9 +99,10 @@ class _Maker:
         branches = schema.get("anyOf") or schema.get("oneOf")
         if "type" not in schema and isinstance(branches, list) and branches:
             either = self.made[id(schema)] = Shape()
-            merged = _either([self.shape(b, depth + 1) for b in branches])
-            for name in _MEMBERS:
-                setattr(either, name, getattr(merged, name))
+            made = [self.shape(b, depth + 1) for b in branches]
+            if not any(b.kinds is None for b in made):  # one that allows anything: any
+                either.kinds = frozenset().union(*(b.kinds or () for b in made))
+                either.branches = made
             return either
         shape = self.made[id(schema)] = Shape(kinds=_kinds(schema))
         properties = schema.get("properties")
@@ -114,9 +118,6 @@ class _Maker:
         if isinstance(positions, list):
             shape.positions = [self.shape(p, depth + 1) for p in positions]
         return shape
-
-
-_MEMBERS = ("kinds", "properties", "others", "items", "positions")
 
 
 def _kinds(schema: Mapping[str, Any]) -> frozenset[str] | None:
@@ -136,22 +137,6 @@ def _kinds(schema: Mapping[str, Any]) -> frozenset[str] | None:
             {"number"} if any(kind_of(v) == "integer" for v in values) else set()
         )
     return None
-
-
-def _either(shapes: list[Shape]) -> Shape:
-    """A value of any of the branches: their kinds together (any, if one allows any); the
-    members of the one branch that is an array or an object, when only one is."""
-    if any(s.kinds is None for s in shapes):
-        return ANY
-    kinds = frozenset().union(*(s.kinds or () for s in shapes))
-    objects = [s for s in shapes if s.properties is not None or s.others is not None]
-    arrays = [s for s in shapes if s.items is not None or s.positions is not None]
-    merged = Shape(kinds=kinds)
-    if len(objects) == 1:
-        merged.properties, merged.others = objects[0].properties, objects[0].others
-    if len(arrays) == 1:
-        merged.items, merged.positions = arrays[0].items, arrays[0].positions
-    return merged
 
 
 def _resolve(ref: str, root: Any) -> Any:
@@ -186,6 +171,13 @@ def _check(shape: Shape, value: Any, path: str, budget: list[int], depth: int) -
     kind = kind_of(value)
     if shape.kinds is not None and kind not in shape.kinds:
         return _why(shape.kinds, kind, path)
+    if kind == "string" and shape.kinds is not None and shape.kinds & _PARSED:
+        parsed = _json_text(value)
+        if parsed is not None and parsed in shape.kinds:
+            got = _ARTICLES.get(parsed, parsed)
+            return f"argument {path.lstrip('.')} is JSON text of {got}: send the value itself"
+    if shape.branches is not None:
+        return _one_of(shape.branches, value, path, budget, depth)
     if isinstance(value, dict) and (shape.properties is not None or shape.others is not None):
         named = shape.properties or {}
         for key, member in value.items():
@@ -203,6 +195,40 @@ def _check(shape: Shape, value: Any, path: str, budget: list[int], depth: int) -
                 if found is not None:
                     return found
     return None
+
+
+#: What the SDK's servers make of a string sent where a parameter takes more than strings:
+#: JSON text of an array, an object or null becomes that value (``pre_parse_json``).
+_PARSED = frozenset({"array", "object", "null"})
+
+
+def _json_text(value: str) -> str | None:
+    """The kind of an array, object or null that ``value`` is the JSON text of, or None."""
+    text = value.strip()
+    if not text or text[0] not in "[{n":
+        return None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return kind_of(parsed) if parsed is None or isinstance(parsed, list | dict) else None
+
+
+def _one_of(
+    branches: list[Shape], value: Any, path: str, budget: list[int], depth: int
+) -> str | None:
+    """None when ``value`` fits one of the branches; else why it fits the first branch of its
+    kind (the closest one) least."""
+    kind = kind_of(value)
+    first: str | None = None
+    for branch in branches:
+        if branch.kinds is not None and kind not in branch.kinds:
+            continue
+        found = _check(branch, value, path, budget, depth)
+        if found is None:
+            return None
+        first = first or found
+    return first
 
 
 _ARTICLES = {"null": "null", "array": "an array", "object": "an object", "integer": "an integer"}
