@@ -311,3 +311,30 @@ class TestAllTogether:
         (tmp_path / "rules_test.yaml").write_text("not: [a policy\n")
         (tmp_path / ".hidden.yaml").write_text("not: [a policy\n")
         assert load_policy([tmp_path]).sources == (str(tmp_path / "rules.yaml"),)
+
+
+class TestShadowFiles:
+    """A file in shadow mode decides nothing: it cannot set the one default (which would be
+    enforced), and its mode is part of the policy's revision."""
+
+    def test_a_shadow_file_cannot_set_the_default(self, run: Run) -> None:
+        errors = run(
+            """
+            mode: shadow
+            default: allow
+            tools:
+              write_file: {action: deny}
+            """
+        )
+        assert errors == [
+            "r.yaml:2: default: a file in shadow mode cannot set the default to allow "
+            "(it would be enforced)"
+        ]
+
+    def test_the_files_mode_changes_the_revision(self, tmp_path: Path) -> None:
+        body = 'version: "1"\ntools:\n  echo: {}\n'
+        (tmp_path / "enforced.yaml").write_text(body)
+        (tmp_path / "shadowed.yaml").write_text("mode: shadow\n" + body)
+        enforced = load_policy([str(tmp_path / "enforced.yaml")])
+        shadowed = load_policy([str(tmp_path / "shadowed.yaml")])
+        assert enforced.revision != shadowed.revision

@@ -144,7 +144,10 @@ def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
     elif scope == "session":
         # A caller without a session (every 2026-07-28 call) is keyed by its grant: one
         # bucket shared by every sessionless caller would let one agent drain all of them.
-        value = f"s:{call.session}" if call.session else f"g:{call.identity.grant}"
+        # A session id is the upstream's, and two upstreams (or one that counts from 1) may
+        # hand out the same one: it is a session of one server and one grant.
+        grant = call.identity.grant
+        value = f"s:{call.server or ''}/{grant}/{call.session}" if call.session else f"g:{grant}"
     elif scope == "tool":
         value = f"{call.server}/{call.tool}" if call.server else call.tool
     else:

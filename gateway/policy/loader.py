@@ -116,7 +116,14 @@ class _Loader:
                 version.where, "version", f'unsupported version {version.value!r} (use "1")'
             )
         file_mode = top.choice("mode", ("enforce", "shadow"), "enforce") or "enforce"
-        self._default(top)
+        default = top.get("default")
+        if file_mode != "shadow" or default is None:
+            self._default(top)
+        elif default.value != "deny":
+            # One default decides every unnamed tool: a shadow file's allow would be enforced
+            # (its deny is what the default is anyway, and decides nothing).
+            msg = "a file in shadow mode cannot set the default to allow (it would be enforced)"
+            self.problem(default.where, "default", msg)
         tools = top.get("tools")
         if tools is None:
             return
@@ -165,7 +172,11 @@ class _Loader:
             self.problem(where, path, f"defined twice: here and at {previous}")
             return
         self.entry_where[(server, pattern)] = where
-        self.plain_tools[key] = node.plain()
+        plain = node.plain()
+        if file_mode != "enforce" and isinstance(plain, dict):
+            # The file's mode is part of what the entry means: it belongs in the revision.
+            plain = {"file_mode": file_mode, **plain}
+        self.plain_tools[key] = plain
         action = entry.choice("action", EFFECTS, None)
         rules = tuple(self._rules(entry, path, file_mode))
         built = ToolEntry(

@@ -28,6 +28,11 @@ log = structlog.get_logger("celgate.stdio")
 LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long lines
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
 KILL_GRACE = 2.0
+#: Input a child has not read yet, at most (past it, messages are refused), and how long one
+#: write waits for the pipe to drain: a child that stops reading must not grow the gateway,
+#: nor hold the tasks that write to it.
+MAX_UNWRITTEN = 8 * 1024 * 1024
+SEND_SECONDS = 5.0
 STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
 # A message from the child, and its line as read (passed on as is where nothing changes).
 OnMessage = Callable[[dict[str, Any], bytes], Awaitable[None]]
@@ -186,14 +191,21 @@ class Child:
         return await self.send_line(data)
 
     async def send_line(self, data: bytes) -> bool:
-        """Write one message already in JSON (with no newline in it)."""
+        """Write one message already in JSON (with no newline in it); False when there is no
+        live process to take it, or when the child has stopped reading (its unread input is
+        past ``MAX_UNWRITTEN``: a child busy in a slow tool reads nothing meanwhile). A write
+        waits at most ``SEND_SECONDS`` for the pipe to drain; the message stays queued."""
         proc = self.proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             return False
         data += b"\n"
         try:
+            if proc.stdin.transport.get_write_buffer_size() + len(data) > MAX_UNWRITTEN:
+                log.warning("stdio.child_not_reading", server=self.config.name, child=self.label)
+                return False
             proc.stdin.write(data)
-            await proc.stdin.drain()
+            with anyio.move_on_after(SEND_SECONDS):
+                await proc.stdin.drain()
         except (ConnectionError, OSError):
             return False
         return True
