@@ -268,3 +268,39 @@ class TestSharedProcessListens:
             assert inner in shared.waiting  # open, with no deadline to end it
             answer.close()
             tg.cancel_scope.cancel()
+
+
+async def test_a_child_that_stops_reading_holds_bounded_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that reads nothing (as a single-threaded server does in a slow tool) takes at
+    most ``MAX_UNWRITTEN`` bytes of input; past that a message is refused, not queued, and
+    no write waits longer than ``SEND_SECONDS``."""
+    import sys
+
+    from gateway.upstream import stdio_child
+
+    monkeypatch.setattr(stdio_child, "SEND_SECONDS", 0.05)  # each write's wait, bounded
+    script = (  # answers the gateway's first message, then never reads again
+        "import json, sys, time\n"
+        "first = json.loads(sys.stdin.readline())\n"
+        "answer = {'jsonrpc': '2.0', 'id': first['id'], 'result': {}}\n"
+        "print(json.dumps(answer), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    server = ServerConfig(name="deaf", command=sys.executable, args=("-c", script))
+    upstream = StdioUpstream(server)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(upstream.run)
+            child = upstream.bridge.shared.child
+            await eventually(lambda: child.proc is not None)
+            line = b'"' + b"x" * (1024 * 1024) + b'"'
+            taken = 0
+            while await child.send_line(line):
+                taken += 1
+                assert taken <= stdio_child.MAX_UNWRITTEN // len(line) + 1
+            assert child.proc is not None
+            pending = child.proc.stdin.transport.get_write_buffer_size()  # type: ignore[union-attr]
+            assert pending <= stdio_child.MAX_UNWRITTEN
+            tg.cancel_scope.cancel()
