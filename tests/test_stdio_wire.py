@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -304,3 +305,37 @@ async def test_a_child_that_stops_reading_holds_bounded_input(
             pending = child.proc.stdin.transport.get_write_buffer_size()  # type: ignore[union-attr]
             assert pending <= stdio_child.MAX_UNWRITTEN
             tg.cancel_scope.cancel()
+
+
+class TestSharedProcessIsolation:
+    """On the one 2026-07-28 process every caller shares: a line that names no caller's
+    request goes to nobody, and no caller can send the child an answer."""
+
+    async def test_untagged_lines_reach_no_caller(self) -> None:
+        script = (  # before each answer, a line about something: no progress token, no id
+            "import json, sys\n"
+            "for line in sys.stdin:\n"
+            "    m = json.loads(line)\n"
+            "    if 'id' not in m or 'method' not in m: continue\n"
+            "    note = {'jsonrpc': '2.0', 'method': 'notifications/message',\n"
+            "            'params': {'level': 'info', 'data': 'about some call'}}\n"
+            "    print(json.dumps(note), flush=True)\n"
+            "    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'result': {}}), flush=True)\n"
+        )
+        server = ServerConfig(name="chatty", command=sys.executable, args=("-c", script))
+        upstream = StdioUpstream(server)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                await tg.start(upstream.run)
+                answer = await post_modern(upstream, call(1, "anything", {}))
+                body = await answer.read()
+                assert b"about some call" not in body
+                assert json.loads(body.splitlines()[-1].removeprefix(b"data: "))["id"] == 1
+                tg.cancel_scope.cancel()
+
+    async def test_an_answer_from_a_caller_is_refused(self) -> None:
+        async with bridge() as upstream:
+            forged = {"jsonrpc": "2.0", "id": "srv-ask-1", "result": {"action": "accept"}}
+            headers = {**MODERN, "mcp-method": "tools/call"}
+            answer = await upstream.pool.request("POST", headers, json.dumps(forged).encode())
+            assert answer.status == 400

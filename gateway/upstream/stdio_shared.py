@@ -7,7 +7,8 @@ the HTTP request that asked, and a caller cancels only its own requests.
 A ``subscriptions/listen`` is a request whose answer is a stream: every frame of it (the
 acknowledgement first) names the listen's id in ``_meta["io.modelcontextprotocol/
 subscriptionId"]``, which routes it, whoever else has a call running; it has no deadline (it
-ends when its caller goes away), and it never receives another call's untagged messages.
+ends when its caller goes away). A message that names no caller's request (no progress token,
+no subscription id) is dropped: nobody can tell whose call it is about.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway.upstream.stdio_messages import (
 from gateway.upstream.stdio_wire import Inbox, encode, respond
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import (
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
     UPSTREAM_UNAVAILABLE,
@@ -71,7 +73,13 @@ class SharedLink:
             else:
                 await reply(send, 202, b"")
             return
-        if "id" not in message or "method" not in message:
+        if "method" not in message:
+            # An answer: the shared child sends no requests to answer (see _from_child), and
+            # one caller's answer must not reach a request made for another's call.
+            msg = "the 2026-07-28 era has no server requests to answer"
+            await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
+            return
+        if "id" not in message:
             await self._notify(message)
             await reply(send, 202, b"")
             return
@@ -167,17 +175,22 @@ class SharedLink:
         return expire
 
     async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
+        if "method" in message and "id" in message:
+            # A request to the client: the 2026-07-28 era asks through input_required results,
+            # never mid-call, and on a shared process nobody could tell whose call it is for.
+            refusal = {"jsonrpc": "2.0", "id": message["id"], "error": _NO_REQUESTS}
+            await self.child.send(refusal)
+            return
         if "method" not in message:
             key = message.get("id")
         else:
             key = progress_token(message)
             key = key if key is not None else subscription_id(message)
         inner = str(key) if key is not None and str(key) in self.waiting else None
-        if inner is None and "method" in message:
-            calls = [i for i in self.waiting if i not in self.listens]
-            if len(calls) == 1:
-                inner = calls[0]  # a log line while one call runs
         if inner is None:
+            # Untagged (a log line with no progress token, logging being deprecated in this
+            # era): on a process every caller shares, nothing says whose call it is about,
+            # and a line about one caller's call must never reach another's. Dropped.
             return
         if inner in self.heard:
             self.heard[inner] = time.monotonic()
@@ -206,6 +219,10 @@ class SharedLink:
 
 
 LISTEN = "subscriptions/listen"
+_NO_REQUESTS = {
+    "code": METHOD_NOT_FOUND,
+    "message": "no requests to the client on a shared process",
+}
 SUBSCRIPTION_ID_META_KEY = "io.modelcontextprotocol/subscriptionId"
 
 
