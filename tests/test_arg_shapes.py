@@ -78,6 +78,14 @@ def why(**args: Any) -> str | None:
             {"target": "h:80"},
             "argument target is a string; SAYS null or object",
         ),
+        ({"quotas": {"cpu": "8"}}, "argument quotas.cpu is a string; SAYS integer"),
+        ({"pair": [1, 2]}, "argument pair[1] is an integer; SAYS string"),
+        ({"opts": {"force": "true"}}, "argument opts.force is a string; SAYS boolean"),
+        ({"jobs": [{"name": "a"}, {"force": 1}]}, "argument jobs[1].force is an integer"),
+        ({"jobs": [{"force": "true"}]}, "argument jobs[0].force is a string; SAYS boolean"),
+        ({"opts": {"path": "/"}}, "argument opts fits none of its forms"),
+        ({"branch": "null"}, "argument branch is JSON text of null: send the value itself"),
+        ({"names": '["a", "b"]'}, "argument names is JSON text of an array"),
     ],
 )
 def test_a_type_the_upstream_would_convert_is_refused(args: dict[str, Any], expected: str) -> None:

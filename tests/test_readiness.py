@@ -195,3 +195,40 @@ class TestProbesAreShared:
         assert await recent_health(gateway) == {"up": True} and upstream.probes == 1
         now[0] += 0.02
         assert await recent_health(gateway) == {"up": True} and upstream.probes == 2
+
+
+class TestRelist:
+    async def test_a_tool_the_catalogue_lacks_reads_its_server_again_not_too_often(
+        self, upstream: PeerProcess
+    ) -> None:
+        """A call to a tool the catalogue does not have (one added since, or a server that was
+        down at start) waits for its server's tools to be read again, so the tool's schema is
+        known before it is decided; made-up names read it at most every RELIST_SECONDS."""
+        import asyncio
+        from types import SimpleNamespace
+
+        from gateway.config import ServerConfig
+        from gateway.server.lifecycle import RELIST_SECONDS, relister
+
+        now = [0.0]
+        seen: list[tuple[str, str]] = []
+
+        def observe(server: str, tool: dict[str, Any]) -> tuple[None, str]:
+            seen.append((server, tool["name"]))
+            return None, "same"
+
+        gateway: Any = SimpleNamespace(
+            upstreams={"up": SimpleNamespace(url=upstream.url)},
+            config=SimpleNamespace(servers={"up": ServerConfig(name="up", url=upstream.url)}),
+            observe=observe,
+        )
+        relist = relister(gateway, clock=lambda: now[0])
+        await asyncio.gather(relist("up"), relist("up"), relist("up"))  # one reading, shared
+        assert ("up", "add") in seen
+        read = len(seen)
+        await relist("up")
+        await relist("nowhere")
+        assert len(seen) == read  # not again so soon; an unknown server reads nothing
+        now[0] += RELIST_SECONDS
+        await relist("up")
+        assert len(seen) == 2 * read

@@ -40,6 +40,7 @@ class Shape:
     items: Shape | None = None
     positions: list[Shape] | None = None  # ``prefixItems``: a tuple's items, by position
     branches: list[Shape] | None = None  # ``anyOf``/``oneOf``: a value fits one of them
+    required: frozenset[str] = frozenset()  # an object's: a union's branch lacking one is not it
 
     @property
     def checks_nothing(self) -> bool:
@@ -105,6 +106,9 @@ class _Maker:
                 either.branches = made
             return either
         shape = self.made[id(schema)] = Shape(kinds=_kinds(schema))
+        required = schema.get("required")
+        if isinstance(required, list):
+            shape.required = frozenset(k for k in required if isinstance(k, str))
         properties = schema.get("properties")
         if isinstance(properties, Mapping):
             shape.properties = {k: self.shape(v, depth + 1) for k, v in properties.items()}
@@ -217,12 +221,16 @@ def _json_text(value: str) -> str | None:
 def _one_of(
     branches: list[Shape], value: Any, path: str, budget: list[int], depth: int
 ) -> str | None:
-    """None when ``value`` fits one of the branches; else why it fits the first branch of its
-    kind (the closest one) least."""
+    """None when ``value`` fits one of the branches; else why not. An object fits only a branch
+    whose required fields it has: a server's union takes the branch a value validates as, and
+    a branch it cannot be must not vouch for a value another branch would convert."""
     kind = kind_of(value)
     first: str | None = None
     for branch in branches:
         if branch.kinds is not None and kind not in branch.kinds:
+            continue
+        if isinstance(value, dict) and not branch.required <= value.keys():
+            first = first or f"argument {path.lstrip('.')} fits none of its forms"
             continue
         found = _check(branch, value, path, budget, depth)
         if found is None:

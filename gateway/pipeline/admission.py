@@ -76,6 +76,8 @@ async def admit(
     store, say) as a deny with ``error: internal_error``.
     """
     started = clock()
+    if gw.relist is not None and call.server and (call.server, call.tool) not in gw.catalog:
+        await gw.relist(call.server)  # its schema first (a tool added since, or a start gap)
     decision = check_arg_types(gw, call, check_pin(gw, call, decide(gw.policy, call, gw.now())))
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)

@@ -5,7 +5,7 @@ it from config."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +58,9 @@ class Gateway:
     arg_shapes: dict[tuple[str, str], Shape] = field(default_factory=dict)
     pins: Pins = field(default_factory=Pins)
     extras: dict[str, Any] = field(default_factory=dict)
+    # Reads one server's tools into the catalogue again (set while the gateway runs): a call
+    # to a tool the catalogue does not have waits for it, so its schema is known first.
+    relist: Callable[[str], Awaitable[None]] | None = field(default=None, repr=False)
     # Tools not listed yet, classified by name once per policy (names come from callers:
     # bounded), and the policy the catalogue was classified under (a reload may override a
     # kind or a risk: everything is classified again, once).

@@ -11,6 +11,7 @@ naming any component that has stopped for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,10 +102,11 @@ async def supervise(
             raise
 
 
-async def refresh_catalog(gateway: Gateway) -> int:
-    """Ask every upstream for its tools; returns how many were seen."""
-    urls = {name: up.url for name, up in gateway.upstreams.items()}
-    found = await list_all(gateway.config.servers, urls)
+async def refresh_catalog(gateway: Gateway, only: str | None = None) -> int:
+    """Ask every upstream (or ``only`` that one) for its tools; returns how many were seen."""
+    names = [only] if only is not None else list(gateway.upstreams)
+    urls = {name: gateway.upstreams[name].url for name in names}
+    found = await list_all({n: gateway.config.servers[n] for n in names}, urls)
     seen = 0
     for server, tools in found.items():
         if tools is None:
@@ -190,10 +192,40 @@ async def recent_health(gateway: Gateway) -> dict[str, bool]:
     return await found.get(gateway)
 
 
+#: A call to a tool the catalogue lacks reads its server's tools again, at most this often.
+RELIST_SECONDS = 10.0
+
+
+def relister(
+    gateway: Gateway, clock: Callable[[], float] = time.monotonic
+) -> Callable[[str], Awaitable[None]]:
+    """``gateway.relist``: one server's tools read again, one reading at a time per server
+    (callers meanwhile wait for it), and not again within ``RELIST_SECONDS`` (names come from
+    callers: made-up ones must not make the gateway list an upstream on every call)."""
+    last: dict[str, float] = {}
+    running: dict[str, asyncio.Future[int]] = {}
+
+    async def relist(server: str) -> None:
+        if server not in gateway.upstreams:
+            return
+        pending = running.get(server)
+        if pending is None:
+            if clock() - last.get(server, float("-inf")) < RELIST_SECONDS:
+                return
+            last[server] = clock()
+            pending = running[server] = asyncio.ensure_future(refresh_catalog(gateway, server))
+            pending.add_done_callback(lambda _: running.pop(server, None))
+        with contextlib.suppress(Exception):  # a failed reading is logged by list_all
+            await asyncio.shield(pending)
+
+    return relist
+
+
 @asynccontextmanager
 async def background(gateway: Gateway) -> AsyncIterator[None]:
     # Before serving: which upstreams issue sessions (see HttpUpstream.learn_sessions).
     await asyncio.gather(*(up.learn_sessions() for up in gateway.upstreams.values()))
+    gateway.relist = relister(gateway)
     async with reloading(gateway) as reloader, anyio.create_task_group() as tg:
         tg.start_soon(
             supervise, gateway, "catalog_refresh", _bound(refresh_catalog, gateway), CATALOG_SECONDS
