@@ -338,3 +338,26 @@ class TestShadowFiles:
         enforced = load_policy([str(tmp_path / "enforced.yaml")])
         shadowed = load_policy([str(tmp_path / "shadowed.yaml")])
         assert enforced.revision != shadowed.revision
+
+
+class TestWhatIsRead:
+    """Only a regular file of sane size is read: a FIFO in a rule file's place would hold the
+    reader (and the gateway with it); a huge file would hold it parsing."""
+
+    def test_a_fifo_is_refused_without_blocking(self, tmp_path: Path) -> None:
+        import os
+
+        fifo = tmp_path / "policy.yaml"
+        os.mkfifo(fifo)
+        with pytest.raises(ConfigError) as info:
+            load_policy([str(fifo)])
+        assert "cannot read: not a regular file" in str(info.value)
+
+    def test_a_huge_file_is_refused(self, tmp_path: Path) -> None:
+        from gateway.located import MAX_FILE_BYTES
+
+        big = tmp_path / "policy.yaml"
+        big.write_text('version: "1"\ndefault: deny\n' + "#" * MAX_FILE_BYTES + "\n")
+        with pytest.raises(ConfigError) as info:
+            load_policy([str(big)])
+        assert f"larger than {MAX_FILE_BYTES} bytes" in str(info.value)
