@@ -167,3 +167,17 @@ class TestCatalogCommand:
         }
         assert (rows["list_notes"]["kind"], rows["list_notes"]["effect"]) == ("read", "allow")
         assert rows["run_report"]["effect"] == "conditional"  # allowed for some arguments only
+
+
+def test_the_catalog_table_shows_control_characters_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An upstream names its tools: a name with escape sequences or a line break must not
+    clear the operator's screen or forge a row of the table."""
+    from gateway.cli.catalog import _print_table
+
+    name = "echo\x1b[2J\x1b]0;PWNED\x07\r\nx  delete_everything  read  low  allow"
+    _print_table([{"server": "up", "tool": name, "kind": "read", "risk": "low", "effect": "allow"}])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert len(out.splitlines()) == 2 and "\\x1b[2J" in out

@@ -55,12 +55,23 @@ def catalog_rows(
     return rows
 
 
+def _shown(value: object) -> str:
+    """A cell as the terminal may show it: an upstream names its tools, and a name with
+    control characters (escape sequences, a carriage return) could rewrite the screen or
+    forge a row. They are shown escaped."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_table(rows: list[dict[str, Any]]) -> None:
     cols = ["server", "tool", "kind", "risk", "effect", "why"]
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    cells = [{c: _shown(r.get(c, "")) for c in cols} for r in rows]
+    widths = {c: max(len(c), *(len(r[c]) for r in cells)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols))
-    for row in rows:
-        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in cols).rstrip())
+    for row in cells:
+        print("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
 
 
 def _load(ns: argparse.Namespace) -> tuple[GatewayConfig, CompiledPolicy]:
