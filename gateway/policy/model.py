@@ -161,7 +161,13 @@ class AppliedLimit:
 
     @property
     def key(self) -> str:
-        return f"{self.counter}|{self.scope}={self.scope_value}"
+        return f"{self.counter}|{self.scope}={key_part(self.scope_value)}"
+
+
+def key_part(value: str) -> str:
+    """A scope's value as it goes into a bucket key: ``|`` and ``=`` escaped, since callers
+    choose some values (a tool's name), and ``x|grant=beta`` must not read as beta's bucket."""
+    return value.replace("%", "%25").replace("|", "%7C").replace("=", "%3D")
 
 
 @dataclass(frozen=True, slots=True)
