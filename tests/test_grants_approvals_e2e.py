@@ -368,6 +368,34 @@ class TestValkeyOutage:
         assert not recovered.is_error
         assert _backend_up(gw) == 1.0
 
+    def test_a_held_call_with_the_store_down_is_answered_under_its_id(
+        self, pair: Any, valkey_server: ValkeyProcess
+    ) -> None:
+        """Every error answer to a request carries its id: a store that cannot be reached
+        too (the call is refused, never forwarded)."""
+        gw = pair[0]
+        headers = {
+            "Authorization": f"Bearer {ANALYST_KEY}",
+            "Accept": "application/json, text/event-stream",
+            "Mcp-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "delete_item",
+        }
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        }
+        params = {"name": "delete_item", "arguments": {"id": "store-down"}, "_meta": meta}
+        body = {"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": params}
+        valkey_server.stop()
+        try:
+            answer = httpx.post(gw.url("up"), json=body, headers=headers, timeout=10)
+        finally:
+            valkey_server.start()
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["id"] == 77
+
 
 def _backend_up(gw: Any) -> float:
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

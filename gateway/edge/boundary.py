@@ -43,7 +43,7 @@ async def serve(
     except Exception as exc:  # the boundary: logged in full here, never shown to the client
         log.exception(event, path=incoming.path, method=incoming.method)
         if not started:
-            await reply(send, *error_reply(exc))
+            await reply(send, *error_reply(exc, incoming.msg_id))
 
 
 def check_guard(gw: Gateway, incoming: Incoming) -> None:

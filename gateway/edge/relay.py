@@ -107,6 +107,7 @@ class Relay:
             if exc.code == rpc.METHOD_NOT_FOUND and modern:
                 exc.status = 404  # 2026-07-28 answers an unknown method with 404 over HTTP
             raise
+        incoming.msg_id = rpc.echo_id(message.msg_id)
         check_routing_headers(incoming, message)
         initializing = message.method == "initialize"
         needs_session = not modern and not initializing

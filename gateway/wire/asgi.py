@@ -27,7 +27,16 @@ class BodyCut(BadMessage):
 class Incoming:
     """The parts of an HTTP request the relay reads; header names lowercased."""
 
-    __slots__ = ("client_ip", "headers", "method", "path", "raw_headers", "receive", "repeated")
+    __slots__ = (
+        "client_ip",
+        "headers",
+        "method",
+        "msg_id",
+        "path",
+        "raw_headers",
+        "receive",
+        "repeated",
+    )
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
@@ -46,6 +55,7 @@ class Incoming:
         client = scope.get("client")
         self.client_ip: str | None = client[0] if client else None
         self.receive = receive
+        self.msg_id: Any = None  # the request's id once its body is read: every error carries it
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
