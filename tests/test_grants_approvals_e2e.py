@@ -381,12 +381,10 @@ class TestValkeyOutage:
             "Mcp-Method": "tools/call",
             "Mcp-Name": "delete_item",
         }
-        meta = {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-        }
-        params = {"name": "delete_item", "arguments": {"id": "store-down"}, "_meta": meta}
+        from tests.test_stdio_wire import MODERN_META
+
+        args = {"id": "store-down"}
+        params = {"name": "delete_item", "arguments": args, "_meta": MODERN_META}
         body = {"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": params}
         valkey_server.stop()
         try:

@@ -283,11 +283,11 @@ async def test_a_child_that_stops_reading_holds_bounded_input(
 
     monkeypatch.setattr(stdio_child, "SEND_SECONDS", 0.05)  # each write's wait, bounded
     script = (  # answers the gateway's first message, then never reads again
-        "import json, sys, time\n"
+        "import json, sys, threading\n"
         "first = json.loads(sys.stdin.readline())\n"
         "answer = {'jsonrpc': '2.0', 'id': first['id'], 'result': {}}\n"
         "print(json.dumps(answer), flush=True)\n"
-        "time.sleep(120)\n"
+        "threading.Event().wait()\n"
     )
     server = ServerConfig(name="deaf", command=sys.executable, args=("-c", script))
     upstream = StdioUpstream(server)

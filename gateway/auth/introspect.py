@@ -52,21 +52,17 @@ class Introspector:
                 return kept[0]
             del self.refused[digest]
         pending = self.asking.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = self.asking[digest] = asyncio.get_running_loop().create_future()
-        try:
-            async with self.slots:
-                result = await self._ask(token)
-            if isinstance(result, str) and result not in _TRANSIENT:
-                self._refuse(digest, result)
-            pending.set_result(result)
-        except BaseException as exc:
-            pending.set_exception(exc)
-            pending.exception()  # retrieved here: a future nobody else awaits stays quiet
-            raise
-        finally:
-            del self.asking[digest]
+        if pending is None:
+            # A task of its own: one caller going away must not cancel the others' answer.
+            pending = self.asking[digest] = asyncio.ensure_future(self._asked(token, digest))
+            pending.add_done_callback(lambda _: self.asking.pop(digest, None))
+        return await asyncio.shield(pending)
+
+    async def _asked(self, token: str, digest: bytes) -> Verified | str:
+        async with self.slots:
+            result = await self._ask(token)
+        if isinstance(result, str) and result not in _TRANSIENT:
+            self._refuse(digest, result)
         return result
 
     def _refuse(self, digest: bytes, reason: str) -> None:
