@@ -16,6 +16,7 @@ from gateway.inventory.discovery import list_all
 from gateway.inventory.pins import write_pins
 from gateway.policy import ANONYMOUS, Call, CompiledPolicy, Identity, ToolInfo, decide, load_policy
 from gateway.policy.visibility import visible
+from gateway.printable import printable
 
 
 def _identity(config: GatewayConfig, grant: str | None) -> Identity:
@@ -55,19 +56,10 @@ def catalog_rows(
     return rows
 
 
-def _shown(value: object) -> str:
-    """A cell as the terminal may show it: an upstream names its tools, and a name with
-    control characters (escape sequences, a carriage return) could rewrite the screen or
-    forge a row. They are shown escaped."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    # An upstream names its tools: a name with control characters is shown escaped.
     cols = ["server", "tool", "kind", "risk", "effect", "why"]
-    cells = [{c: _shown(r.get(c, "")) for c in cols} for r in rows]
+    cells = [{c: printable(r.get(c, "")) for c in cols} for r in rows]
     widths = {c: max(len(c), *(len(r[c]) for r in cells)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols))
     for row in cells:

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
+from gateway.upstream.stdio_child import StderrLog
 
 LIST_TIMEOUT = 15.0
 
@@ -25,10 +28,35 @@ def _target(server: ServerConfig, url: str | None) -> Any:
             return url
         http = create_mcp_http_client(headers=dict(server.headers))
         return streamable_http_client(url, http_client=http)
+    return _stdio_logged(server)
+
+
+@contextlib.asynccontextmanager
+async def _stdio_logged(server: ServerConfig) -> AsyncIterator[Any]:
+    """The SDK's stdio transport to a process of the server's own (for its list), with the
+    child's stderr read into ``stdio.stderr`` log lines as a serving child's is, never into
+    the gateway's stderr raw (where a child could forge the gateway's log lines)."""
     assert server.command is not None
-    return StdioServerParameters(
+    params = StdioServerParameters(
         command=server.command, args=list(server.args), env=server.env or None, cwd=server.cwd
     )
+    read_fd, write_fd = os.pipe()
+    errlog = os.fdopen(write_fd, "w")
+    stream = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    drain = asyncio.ensure_future(StderrLog(server.name, f"{server.name}[catalog]").drain(stream))
+    try:
+        async with stdio_client(params, errlog=errlog) as streams:
+            errlog.close()  # the child holds its own copy: its exit ends the stream
+            yield streams
+    finally:
+        errlog.close()
+        await asyncio.wait({drain}, timeout=1.0)
+        drain.cancel()
+        transport.close()
 
 
 async def list_tools(server: ServerConfig, url: str | None = None) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import structlog
 from mcp.client.stdio import get_default_environment
 
 from gateway.config import ServerConfig
+from gateway.printable import printable
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -33,6 +34,10 @@ KILL_GRACE = 2.0
 #: nor hold the tasks that write to it.
 MAX_UNWRITTEN = 8 * 1024 * 1024
 SEND_SECONDS = 5.0
+#: A child's stderr becomes the gateway's log lines (``stdio.stderr``): each line cut at this
+#: many characters, and at most this many lines a second (the rest counted, then dropped).
+STDERR_LINE = 4096
+STDERR_LINES_PER_SECOND = 50
 STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
 # A message from the child, and its line as read (passed on as is where nothing changes).
 OnMessage = Callable[[dict[str, Any], bytes], Awaitable[None]]
@@ -53,6 +58,7 @@ class Child:
         self.on_exit: Callable[[], Awaitable[None]] | None = None
         self.on_start: Callable[[], Awaitable[None]] | None = None
         self.proc: asyncio.subprocess.Process | None = None
+        self.stderr_task: asyncio.Task[None] | None = None
         self.ready = anyio.Event()
         self.stopping = False
         self.restarts = 0
@@ -74,6 +80,7 @@ class Child:
             *self.config.args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             env=env,
             cwd=self.config.cwd,
             start_new_session=True,
@@ -95,12 +102,16 @@ class Child:
             else:
                 level = log.debug if self.failures else log.info
                 level("stdio.started", server=self.label, pid=self.proc.pid)
+                assert self.proc.stderr is not None
+                drain = StderrLog(self.config.name, self.label).drain(self.proc.stderr)
+                self.stderr_task = asyncio.create_task(drain)
                 if self.on_start is not None:
                     await self.on_start()
                 self.ready.set()
                 await self._read(self.proc)
                 self.ready = anyio.Event()
                 code = await self._reap(self.proc)
+                await self._end_stderr()
                 if self.on_exit is not None:
                     await self.on_exit()
                 if self.stopping:
@@ -175,6 +186,17 @@ class Child:
         proc = self.proc
         if proc is not None and proc.returncode is None:
             await self._reap(proc)
+        await self._end_stderr()
+
+    async def _end_stderr(self) -> None:
+        """Once the process is gone: log what its stderr still holds, for a second at most
+        (a grandchild may hold the pipe open), then stop reading it."""
+        task, self.stderr_task = self.stderr_task, None
+        if task is None:
+            return
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({task}, timeout=1.0)
+        task.cancel()
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> int | None:
         with anyio.CancelScope(shield=True):
@@ -239,3 +261,57 @@ def spawn_error(exc: OSError, command: str | None) -> str:
 def kill_group(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+class StderrLog:
+    """A child's stderr as the gateway's own log lines: each line one ``stdio.stderr`` event
+    naming its server and child process, control characters escaped, cut at ``STDERR_LINE``
+    characters, at most ``STDERR_LINES_PER_SECOND`` lines a second (then one
+    ``stdio.stderr_dropped`` with the count). A child can neither forge the gateway's log
+    lines nor flood them, and its stderr is always read to the end: a child whose stderr pipe
+    fills up stops."""
+
+    def __init__(
+        self, server: str, child: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.fields = {"server": server, "child": child}
+        self.clock = clock
+        self.window = -1.0
+        self.logged = self.dropped = 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        partial = bytearray()
+        while chunk := await stream.read(65536):
+            lines = chunk.split(b"\n")
+            for piece in lines[:-1]:
+                self._take(partial, piece)
+                self.line(bytes(partial))
+                partial.clear()
+            self._take(partial, lines[-1])
+        if partial:
+            self.line(bytes(partial))
+        self._flush_dropped()
+
+    @staticmethod
+    def _take(partial: bytearray, piece: bytes) -> None:
+        room = STDERR_LINE * 4 - len(partial)  # UTF-8: at most four bytes a character
+        if room > 0:
+            partial += piece[:room]
+
+    def line(self, raw: bytes) -> None:
+        now = self.clock()
+        if now - self.window >= 1.0:
+            self._flush_dropped()
+            self.window, self.logged = now, 0
+        if self.logged >= STDERR_LINES_PER_SECOND:
+            self.dropped += 1
+            return
+        self.logged += 1
+        text = raw.decode(errors="replace").rstrip("\r")
+        cut = {"cut": True} if len(text) > STDERR_LINE or len(raw) >= STDERR_LINE * 4 else {}
+        log.info("stdio.stderr", **self.fields, line=printable(text[:STDERR_LINE]), **cut)
+
+    def _flush_dropped(self) -> None:
+        if self.dropped:
+            log.warning("stdio.stderr_dropped", **self.fields, lines=self.dropped)
+            self.dropped = 0
