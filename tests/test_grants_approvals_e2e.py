@@ -372,8 +372,10 @@ class TestValkeyOutage:
         self, pair: Any, valkey_server: ValkeyProcess
     ) -> None:
         """Every error answer to a request carries its id: a store that cannot be reached
-        too (the call is refused, never forwarded)."""
+        too (the call is refused, never forwarded). The outage is logged as it starts and as
+        it ends, never with a traceback per call."""
         gw = pair[0]
+        tracebacks = gw.log_path.read_text().count("Traceback")
         headers = {
             "Authorization": f"Bearer {ANALYST_KEY}",
             "Accept": "application/json, text/event-stream",
@@ -388,11 +390,22 @@ class TestValkeyOutage:
         body = {"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": params}
         valkey_server.stop()
         try:
-            answer = httpx.post(gw.url("up"), json=body, headers=headers, timeout=10)
+            answers = [
+                httpx.post(gw.url("up"), json={**body, "id": 77 + n}, headers=headers, timeout=10)
+                for n in range(3)
+            ]
         finally:
             valkey_server.start()
-        assert answer.status_code == 503, answer.text
-        assert answer.json()["id"] == 77
+        assert [a.status_code for a in answers] == [503] * 3, answers[0].text
+        assert [a.json()["id"] for a in answers] == [77, 78, 79]
+        assert len(gw.records("approvals.backend_down")) == 1
+        assert gw.log_path.read_text().count("Traceback") == tracebacks
+        denied = gw.wait_records(3, where=lambda r: r.get("error") == "internal_error")
+        assert [r["effect"] for r in denied[-3:]] == ["deny"] * 3
+        params["arguments"] = {"id": "store-back"}
+        again = httpx.post(gw.url("up"), json=body, headers=headers, timeout=10)
+        assert again.status_code == 200, again.text
+        assert gw.wait_records(1, "approvals.backend_recovered")
 
 
 def _backend_up(gw: Any) -> float:

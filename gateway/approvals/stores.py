@@ -30,7 +30,7 @@ from gateway.approvals.service import (
 )
 from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError, BackendUnavailable
-from gateway.ratelimit.client import BACKEND_ERRORS, valkey_client
+from gateway.ratelimit.client import BACKEND_ERRORS, Outage, valkey_client
 from gateway.ratelimit.factory import valkey_url
 
 # KEYS: request, match, index, pending of the grant, pending of all
@@ -200,6 +200,7 @@ class ValkeyApprovalStore:
         self.client = backend
         self.prefix = prefix
         self.clock = clock
+        self.outage = Outage(component="approvals")  # logged as it starts and ends, not per call
         self.script = self.client.register_script(_TRANSITION)
         self.queue = self.client.register_script(_CREATE)
 
@@ -214,9 +215,13 @@ class ValkeyApprovalStore:
 
     async def _do(self, coro: Any) -> Any:
         try:
-            return await coro
+            answer = await coro
         except BACKEND_ERRORS as exc:
+            self.outage.failed(exc)
             raise BackendUnavailable("approval backend unavailable") from exc
+        if self.outage.since is not None:
+            self.outage.recovered()
+        return answer
 
     async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
         now = self.clock()

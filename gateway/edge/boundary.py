@@ -1,7 +1,8 @@
 """What both MCP faces (the relay and ``/mcp``) do first and last, written once: the error
-boundary (a refusal answered with its own message; anything else logged in full here and
-answered as an internal error, never shown), the Host and Origin guard, the caller's
-credentials, and a JSON body read within its bound."""
+boundary (a refusal answered with its own message; a store's outage answered 503, logged by
+the store; anything else logged in full here and answered as an internal error, never
+shown), the Host and Origin guard, the caller's credentials, and a JSON body read within its
+bound."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from gateway.auth.identity import refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.replies import error_reply
+from gateway.errors import BackendUnavailable
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
@@ -40,6 +42,11 @@ async def serve(
     except BadMessage as exc:
         if not started:
             await reply(send, *error_reply(exc))
+    except BackendUnavailable as exc:
+        # An outage of a shared store: its store logs it as it starts, lasts and ends (the
+        # call's decision record says so too), not a traceback per call.
+        if not started:
+            await reply(send, *error_reply(exc, incoming.msg_id))
     except Exception as exc:  # the boundary: logged in full here, never shown to the client
         log.exception(event, path=incoming.path, method=incoming.method)
         if not started:

@@ -9,9 +9,12 @@ would be picked there by the URL's scheme. Foreign errors are mapped to the gate
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from valkey.asyncio import BlockingConnectionPool, Valkey
 from valkey.asyncio.connection import SSLConnection, ValkeySSLContext, parse_url
 from valkey.asyncio.retry import Retry
@@ -20,6 +23,8 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ValkeyError
 
 from gateway.errors import BackendUnavailable
+
+log = structlog.get_logger(__name__)
 
 #: What a Valkey call can raise when the server is down, slow, refuses or answers an error.
 BACKEND_ERRORS = (ValkeyError, OSError)
@@ -91,3 +96,55 @@ def check_url(url: str) -> None:
             min_version=opts.get("ssl_min_version"),
             ciphers=opts.get("ssl_ciphers"),
         ).get()
+
+
+class Outage:
+    """Logs a Valkey outage (the limiter's, the approval store's) as it starts, while it lasts
+    and when it ends, not once per call: during an outage every call fails the same way, and
+    each decision record already says so (``backend_error``, ``internal_error``). ``clock``
+    and ``logger`` are injectable for tests."""
+
+    REMIND = 30.0  # seconds between "still down" records
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+        component: str = "ratelimit",
+    ) -> None:
+        self.component = component  # the events' prefix: ratelimit, approvals
+        self.clock = clock
+        self.log = logger or log
+        self.since: float | None = None  # when the current outage began
+        self.calls = 0  # calls that failed in it
+        self._reminded = 0.0
+        self._last_error = ""
+
+    def failed(self, exc: BaseException) -> None:
+        now = self.clock()
+        error, detail = type(exc).__name__, str(exc)
+        self.calls += 1
+        if self.since is None:
+            self.since = self._reminded = now
+            self._last_error = error
+            self.log.error(f"{self.component}.backend_down", error=error, detail=detail)
+        elif now - self._reminded >= self.REMIND or error != self._last_error:
+            self._reminded = now
+            self._last_error = error
+            self.log.error(
+                f"{self.component}.backend_still_down",
+                error=error,
+                detail=detail,
+                down_s=round(now - self.since, 1),
+                failed_calls=self.calls,
+            )
+
+    def recovered(self) -> None:
+        assert self.since is not None
+        self.log.warning(
+            f"{self.component}.backend_recovered",
+            down_s=round(self.clock() - self.since, 1),
+            failed_calls=self.calls,
+        )
+        self.since = None
+        self.calls = 0

@@ -19,7 +19,6 @@ to end, it is within 0.1 ms per call of the hand-written RESP layer it replaced 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any
@@ -41,7 +40,7 @@ from gateway.ratelimit.base import (
     state,
     unique,
 )
-from gateway.ratelimit.client import BACKEND_ERRORS, unavailable, valkey_client
+from gateway.ratelimit.client import BACKEND_ERRORS, Outage, unavailable, valkey_client
 
 DEFAULT_PREFIX = "celgate:rl:"
 SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
@@ -185,51 +184,6 @@ class ValkeyRateLimiter:
                 if value is not None:  # expired between SCAN and MGET
                     found.append((key.decode()[len(self._prefix) :], _level(value, now_ms)))
         return sorted(found)
-
-
-class Outage:
-    """Logs a Valkey outage as it starts, while it lasts and when it ends, not once per call:
-    during an outage every limited call fails the same way, and each decision record already
-    says so (``backend_error``). ``clock`` and ``logger`` are injectable for tests."""
-
-    REMIND = 30.0  # seconds between "still down" records
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, logger: Any = None) -> None:
-        self.clock = clock
-        self.log = logger or log
-        self.since: float | None = None  # when the current outage began
-        self.calls = 0  # calls that failed in it
-        self._reminded = 0.0
-        self._last_error = ""
-
-    def failed(self, exc: BaseException) -> None:
-        now = self.clock()
-        error, detail = type(exc).__name__, str(exc)
-        self.calls += 1
-        if self.since is None:
-            self.since = self._reminded = now
-            self._last_error = error
-            self.log.error("ratelimit.backend_down", error=error, detail=detail)
-        elif now - self._reminded >= self.REMIND or error != self._last_error:
-            self._reminded = now
-            self._last_error = error
-            self.log.error(
-                "ratelimit.backend_still_down",
-                error=error,
-                detail=detail,
-                down_s=round(now - self.since, 1),
-                failed_calls=self.calls,
-            )
-
-    def recovered(self) -> None:
-        assert self.since is not None
-        self.log.warning(
-            "ratelimit.backend_recovered",
-            down_s=round(self.clock() - self.since, 1),
-            failed_calls=self.calls,
-        )
-        self.since = None
-        self.calls = 0
 
 
 def _level(value: bytes, now_ms: float) -> float:
