@@ -16,7 +16,7 @@ from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import HeldStream, accepts_sse
 from gateway.edge.replies import denial
-from gateway.pipeline.admission import admit, timed_upstream
+from gateway.pipeline.admission import Admission, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.wire import jsonrpc as rpc
@@ -33,14 +33,18 @@ async def call_through(
     fwd: Forward,
     identity: Identity,
     version: str | None,
+    admission: Admission | None = None,
 ) -> None:
+    """Decide ``call`` (unless ``admission`` says it was decided already), then forward it
+    or answer its refusal."""
     fwd.params = param_headers(gw, incoming, call, version, message)
     held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
     face = ElicitFace(gw, message, version, identity, held)
     fwd.body = face.upstream_body(fwd.body)
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None
     hold = held.hold if held is not None else None
-    admission = await admit(gw, call, hold=hold, elicit=elicit)
+    if admission is None:
+        admission = await admit(gw, call, hold=hold, elicit=elicit)
     if held is not None and held.opened:
         await held.answer(gw, call, fwd, admission)
         return

@@ -78,7 +78,7 @@ async def admit(
     started = clock()
     if gw.relist is not None and call.server and (call.server, call.tool) not in gw.catalog:
         await gw.relist(call.server)  # its schema first (a tool added since, or a start gap)
-    decision = check_arg_types(gw, call, check_pin(gw, call, decide(gw.policy, call, gw.now())))
+    decision = verdict(gw, call)
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
     try:
@@ -106,6 +106,12 @@ async def admit(
         _record(gw, call, decision, decision_id, clock() - started, timer.waited)
         raise
     return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
+
+
+def verdict(gw: Gateway, call: Call) -> Decision:
+    """The policy's decision on ``call`` with its pin and its arguments' types checked: what
+    ``admit`` starts from, with nothing taken (no limits, no approval) and nothing recorded."""
+    return check_arg_types(gw, call, check_pin(gw, call, decide(gw.policy, call, gw.now())))
 
 
 async def _approve(

@@ -45,7 +45,9 @@ from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import accepts_sse, event
 from gateway.edge.inband import check_id, is_gateway_id
+from gateway.edge.replies import denial
 from gateway.edge.routing import check_routing_headers
+from gateway.pipeline.admission import Admission, admit, verdict
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
@@ -254,6 +256,20 @@ class Handshake:
                 await reply(send, 200, rpc.result_body(msg_id, result))
                 return
             raise unknown(message)
+        admission = None
+        if message.method == "tools/call" and server not in session.links:
+            # Refused outright: decided and answered before this session's link to the
+            # server is opened (a denied call starts no upstream session, no stdio process).
+            call = tool_call(
+                self.gw, incoming, message, server, changed["name"], identity, session.sid
+            )
+            if verdict(self.gw, call).effect == "deny":
+                admission = await admit(self.gw, call)
+                if not admission.allowed:
+                    decision, version = admission.decision, incoming.header("mcp-protocol-version")
+                    body = denial(msg_id, decision, admission.decision_id, version)
+                    await reply(send, 200, body)
+                    return
         link = await self.links.link(session, server)
         if link is None:
             status, msg = session.refused.pop(server, (502, f"upstream {server!r} is unavailable"))
@@ -265,7 +281,8 @@ class Handshake:
             self.gw, incoming, server, message, changed, body, view, link.sid, identity.grant
         )
         if message.method == "tools/call":
-            await self._call(incoming, send, session, identity, message, fwd, changed["name"])
+            tool = changed["name"]
+            await self._call(incoming, send, session, identity, message, fwd, tool, admission)
             return
         await self._forward(incoming, send, session, message, fwd)
 
@@ -278,6 +295,7 @@ class Handshake:
         message: Message,
         fwd: Forward,
         tool: str,
+        admission: Admission | None,
     ) -> None:
         gw = self.gw
         server = fwd.upstream.name
@@ -285,7 +303,7 @@ class Handshake:
         version = incoming.header("mcp-protocol-version")
         key = session.track(message.msg_id, server)
         try:
-            await call_through(gw, incoming, send, message, call, fwd, identity, version)
+            await call_through(gw, incoming, send, message, call, fwd, identity, version, admission)
         finally:
             if key is not None:
                 session.inflight.pop(key, None)

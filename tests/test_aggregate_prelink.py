@@ -1,0 +1,72 @@
+"""On ``/mcp`` (handshake era), a call the policy refuses outright is answered before the
+session's link to its server is opened: it starts no upstream session and no stdio process.
+A call that is allowed opens the link, as before; each call has one decision record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
+from tests.test_stdio_bridge import stdio_server
+
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with run_gateway(tmp_path_factory.mktemp("prelink"), POLICY, {"st": stdio_server()}) as gw:
+        yield gw
+
+
+def session_children(gw: GatewayProcess) -> int:
+    """stdio processes started for client sessions (not the shared one, not the catalogue's)."""
+    return sum(1 for r in gw.records("stdio.started") if r["server"] != "st[shared]")
+
+
+def post(http: httpx.Client, body: dict[str, Any], sid: str | None = None) -> httpx.Response:
+    headers = dict(HEADERS)
+    if sid is not None:
+        headers |= {"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    return http.post("/mcp", json=body, headers=headers)
+
+
+def call(msg_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    params = {"name": name, "arguments": arguments}
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
+
+
+def opened(http: httpx.Client) -> str:
+    sid = post(http, initialize_body("prelink")).headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert post(http, note, sid).status_code == 202
+    return sid
+
+
+def test_a_denied_first_call_opens_no_upstream_session(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.base, timeout=20) as http:
+        opened(http)  # the first session links to every server, to learn what each offers
+        sid = opened(http)
+        before = session_children(gateway)
+
+        denied = post(http, call(2, "st__delete_item", {"id": "x"}), sid).json()
+        assert denied["id"] == 2 and denied["result"]["isError"] is True
+        assert "celgate refused this call" in denied["result"]["content"][0]["text"]
+        records = gateway.wait_records(1, where=lambda r: r.get("tool") == "delete_item")
+        assert [(r["effect"], r["server"]) for r in records] == [("deny", "st")]
+        assert session_children(gateway) == before
+
+        allowed = post(http, call(3, "st__echo", {"text": "opens the link"}), sid).json()
+        assert allowed["result"]["content"][0]["text"] == "opens the link"
+        assert session_children(gateway) == before + 1
+        echoed = gateway.wait_records(1, where=lambda r: r.get("tool") == "echo")
+        assert [r["effect"] for r in echoed] == ["allow"]
+
+        again = post(http, call(4, "st__delete_item", {"id": "y"}), sid).json()
+        assert again["result"]["isError"] is True  # refused on an open link too
+        refused = gateway.wait_records(2, where=lambda r: r.get("tool") == "delete_item")
+        assert [r["effect"] for r in refused] == ["deny", "deny"]
