@@ -394,6 +394,30 @@ class TestConsoleSessions:
         finally:
             await client.aclose()
 
+    async def test_a_sign_out_between_a_read_and_its_refresh_stays_signed_out(
+        self, valkey_db: ValkeyProcess
+    ) -> None:
+        """Replica B reads the session, replica A signs it out, then B refreshes its expiry:
+        the refresh must not bring the session back (the order is forced here)."""
+        client, other = valkey_client(valkey_db.url), valkey_client(valkey_db.url)
+        try:
+            replica_a, replica_b = make_sessions(other, "race:"), make_sessions(client, "race:")
+            session_id, _ = await replica_a.open("ann")
+            refresh = client.set
+
+            async def signed_out_first(*args: Any, **kwargs: Any) -> Any:
+                await replica_a.close(session_id)
+                return await refresh(*args, **kwargs)
+
+            client.set = signed_out_first  # type: ignore[method-assign]
+            assert await replica_b.get(session_id) is None
+            client.set = refresh  # type: ignore[method-assign]
+            assert await client.keys("race:cs:*") == []
+            assert await replica_a.get(session_id) is None
+        finally:
+            await client.aclose()
+            await other.aclose()
+
     async def test_valkey_down_is_refused_never_signed_in(self) -> None:
         client = valkey_client(f"valkey://127.0.0.1:{free_port()}/0", timeout=0.2)
         try:

@@ -136,8 +136,9 @@ class ConsoleSessions:
 
 class ValkeyConsoleSessions:
     """Console sessions shared by every replica through Valkey: one JSON value per session,
-    rewritten with a fresh expiry on each use, so Valkey drops it at its idle or absolute
-    deadline. The deadlines are also checked here against ``clock``."""
+    rewritten with a fresh expiry on each use (never recreated: a signed-out session stays
+    out), so Valkey drops it at its idle or absolute deadline. The deadlines are also checked
+    here against ``clock``."""
 
     def __init__(
         self, client: Valkey, prefix: str = "celgate:cs:", clock: Callable[[], float] = time.time
@@ -163,16 +164,22 @@ class ValkeyConsoleSessions:
                 await self._do(self.client.delete(key))
             return None
         session.seen = now
-        await self._put(key, session)
+        # Rewritten only if still there (XX): a sign-out on another replica between this
+        # read and this write must not bring the session back.
+        if not await self._put(key, session, existing=True):
+            return None
         return session
 
     async def close(self, session_id: str | None) -> None:
         if session_id and len(session_id) <= MAX_ID_CHARS:
             await self._do(self.client.delete(self.prefix + _key(session_id)))
 
-    async def _put(self, key: str, session: ConsoleSession) -> None:
+    async def _put(self, key: str, session: ConsoleSession, existing: bool = False) -> bool:
+        """Store ``session`` with its expiry; with ``existing``, only over a stored one
+        (False when it is gone)."""
         ttl = max(1, math.ceil(session.expires() - self.clock()))
-        await self._do(self.client.set(key, json.dumps(asdict(session)), ex=ttl))
+        value = json.dumps(asdict(session))
+        return bool(await self._do(self.client.set(key, value, ex=ttl, xx=existing)))
 
     async def _do(self, pending: object) -> object:
         try:
