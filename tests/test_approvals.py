@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -63,6 +64,26 @@ class TestApprovalService:
         assert passed.effect == "allow" and passed.approval_id == first.approval_id
         again = await svc.resolve(CALL, held(), "d3")
         assert again.effect == "require_approval" and again.approval_id != first.approval_id
+
+    async def test_identical_calls_at_once_share_one_request(self, service: Any) -> None:
+        """Four identical held calls whose look-ups all run before any of them creates: one
+        request, which all four name (two replicas would race the same way)."""
+        svc, _ = service
+        find = svc.store.find
+
+        async def interleaved(match: str) -> Any:
+            found = await find(match)
+            await asyncio.sleep(0)  # every caller looks before any creates
+            return found
+
+        svc.store.find = interleaved
+        results = await asyncio.gather(*(svc.resolve(CALL, held(), f"d{n}") for n in range(4)))
+        assert {r.error for r in results} == {"approval_pending"}
+        assert len({r.approval_id for r in results}) == 1
+        assert [r.status for r in await svc.store.list()] == ["pending"]
+        await svc.decide(results[0].approval_id, True, "alice", None)
+        passed = await svc.resolve(CALL, held(), "d9")
+        assert passed.effect == "allow" and passed.approval_id == results[0].approval_id
 
     async def test_other_arguments_are_another_request(self, service: Any) -> None:
         svc, _ = service

@@ -37,8 +37,11 @@ from gateway.telemetry.audit import args_digest
 
 Status = Literal["pending", "approved", "denied", "used", "expired"]
 Tick = Callable[[float], Awaitable[None]]
-Admission = Literal["ok", "grant_full", "total_full"]
+#: ``exists``: an identical call (same match) already has a request, made meanwhile by
+#: another caller or replica; the caller then uses that one.
+Admission = Literal["ok", "grant_full", "total_full", "exists"]
 POLL_SECONDS = 0.25
+CREATE_TRIES = 3  # a request looked up, found made meanwhile, then gone: try so many times
 KEEP_SECONDS = 86400.0  # decided requests stay listable for a day
 GRACE_SECONDS = 60.0  # an undecided request is listed as expired this long, then evicted
 KEEP_DECIDED = 5000  # at most this many decided requests are kept for the listing
@@ -133,14 +136,20 @@ class ApprovalService:
         settings = decision.approval or Approval()
         match = match_key(call, decision.revision)
         request = await self._current(match)
-        if request is not None and request.status == "approved":
-            return await self._consume(request, decision)
-        if request is not None and request.status == "denied":
-            return _refused(decision, request)
-        if request is None:
+        for _ in range(CREATE_TRIES):
+            if request is not None:
+                break
             request, admission = await self._create(call, decision, match, settings)
-            if request is None:
+            if admission == "exists":  # made meanwhile for an identical call: use that one
+                request = await self._current(match)
+            elif request is None:
                 return _queue_full(decision, call, admission, self.caps)
+        if request is None:  # identical calls kept racing on a request going stale
+            raise ApprovalError("no approval request could be made for this call")
+        if request.status == "approved":
+            return await self._consume(request, decision)
+        if request.status == "denied":
+            return _refused(decision, request)
         if settings.mode == "retry":
             return _pending(decision, request)
         return await self._wait(request, decision, tick)
@@ -178,6 +187,8 @@ class ApprovalService:
             expires=now + settings.timeout,
         )
         admission = await self.store.create(request, self.caps)
+        if admission == "exists":
+            return None, admission
         if admission != "ok":
             self.on_event("queue_full")
             return None, admission

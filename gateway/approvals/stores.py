@@ -33,11 +33,13 @@ from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.ratelimit.client import BACKEND_ERRORS, Outage, valkey_client
 from gateway.ratelimit.factory import valkey_url
 
+# A call with a request already (its match key is there) gets 'exists', never a second one.
 # KEYS: request, match, index, pending of the grant, pending of all
 # ARGV: request JSON, id, created, expires, now, per-grant cap, total cap, request TTL,
 #       match TTL, index size (the index of recent requests keeps the newest so many)
 _CREATE = """
 local now = tonumber(ARGV[5])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then return 'grant_full' end
@@ -100,6 +102,8 @@ class MemoryApprovalStore:
 
     async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
         self._sweep()
+        if request.match in self.matches:
+            return "exists"
         now = self.clock()
         live = [r for r in self.pending.values() if r.expires > now]
         if sum(1 for r in live if r.grant == request.grant) >= caps.max_pending_per_grant:
