@@ -33,6 +33,7 @@ tools:
   echo:
     limits:
       - {counter: echo_rate, window: minute, max: 3, scope: grant}
+      - {counter: echo_session, window: minute, max: 5, scope: session}
   add:
     limits:
       - {counter: add_burst, window: hour, max: 30, scope: global}
@@ -454,7 +455,13 @@ class TestOperatorCommands:
         out = capsys.readouterr().out
         assert "refilled 1 bucket(s)" in out and "echo_rate|grant=analyst-bot" in out
         assert main(["limits", "show", "--grant", "analyst-bot", "--url", one.base]) == 0
-        assert "echo_rate|grant=analyst-bot" not in capsys.readouterr().out
+        shown = capsys.readouterr().out
+        assert "echo_rate|grant=analyst-bot" not in shown
+        assert "echo_session|session=" in shown  # its sessions' buckets are the grant's too
+        assert main(["limits", "reset", "--grant", "analyst-bot", "--url", two.base]) == 0
+        assert "echo_session|session=" in capsys.readouterr().out
+        assert main(["limits", "show", "--grant", "intern-bot", "--url", one.base]) == 0
+        assert "echo_session" not in capsys.readouterr().out
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         vague = httpx.post(one.base + "/admin/limits/reset", json={}, headers=auth, timeout=5)
         assert vague.status_code == 400 and "name a grant or a counter" in vague.text

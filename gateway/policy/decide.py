@@ -30,6 +30,7 @@ from gateway.policy.model import (
     Rule,
     ShadowResult,
     ToolEntry,
+    session_value,
 )
 
 # (engine, variable, key) -> (the object the value was made from, the converted value).
@@ -142,12 +143,9 @@ def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
     elif scope == "agent":
         value = call.identity.agent
     elif scope == "session":
-        # A caller without a session (every 2026-07-28 call) is keyed by its grant: one
-        # bucket shared by every sessionless caller would let one agent drain all of them.
-        # A session id is the upstream's, and two upstreams (or one that counts from 1) may
-        # hand out the same one: it is a session of one server and one grant.
-        grant = call.identity.grant
-        value = f"s:{call.server or ''}/{grant}/{call.session}" if call.session else f"g:{grant}"
+        # A caller without a session is keyed by its grant: one bucket shared by every
+        # sessionless caller would let one agent drain all of them.
+        value = session_value(call.server, call.identity.grant, call.session)
     elif scope == "tool":
         value = f"{call.server}/{call.tool}" if call.server else call.tool
     else:

@@ -170,6 +170,39 @@ def key_part(value: str) -> str:
     return value.replace("%", "%25").replace("|", "%7C").replace("=", "%3D")
 
 
+def _unescaped(part: str) -> str:
+    """``key_part`` undone (``%25`` last: every ``%`` it leaves starts one of the three)."""
+    return part.replace("%3D", "=").replace("%7C", "|").replace("%25", "%")
+
+
+def session_value(server: str | None, grant: str, session: str | None) -> str:
+    """A ``scope: session`` bucket's value: the session of one server and one grant (a
+    session id is the upstream's, and two upstreams may hand out the same one); a caller
+    without a session (every 2026-07-28 call) is keyed by its grant. ``/`` in the grant is
+    escaped, so that the grant can be read back (:func:`bucket_grant`)."""
+    if not session:
+        return f"g:{grant}"
+    kept = grant.replace("%", "%25").replace("/", "%2F")
+    return f"s:{server or ''}/{kept}/{session}"
+
+
+def bucket_grant(key: str) -> str | None:
+    """The grant whose bucket ``key`` (``counter|scope=value``, as stored) is: a
+    ``scope: grant`` bucket's, or a ``scope: session`` one's; None for other scopes."""
+    scope, _, part = key.rpartition("|")[2].partition("=")
+    value = _unescaped(part)
+    if scope == "grant":
+        return value
+    if scope != "session":
+        return None
+    if value.startswith("g:"):
+        return value[2:]
+    pieces = value.split("/", 2)
+    if not value.startswith("s:") or len(pieces) != 3:
+        return None
+    return pieces[1].replace("%2F", "/").replace("%25", "%")
+
+
 @dataclass(frozen=True, slots=True)
 class LimitState:
     """What the limiter said: remaining tokens per counter, and when to retry if refused."""

@@ -27,7 +27,7 @@ from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.inventory.catalog import classify, override_for
 from gateway.pipeline.gateway import Gateway
-from gateway.policy.model import LimitSpec, key_part
+from gateway.policy.model import LimitSpec, bucket_grant
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
 from gateway.server.console.login import sessions_of
@@ -199,11 +199,7 @@ def admin_router(gateway: Gateway) -> Router:
         if data.grant is None and data.counter is None and not data.all:
             raise HTTPException("name a grant or a counter, or say all: true", status_code=400)
         rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))
-        keys = [
-            key
-            for key, _ in rows
-            if data.grant is None or key.endswith(f"|grant={key_part(data.grant)}")
-        ]
+        keys = [key for key, _ in _of_grant(rows, data.grant)]
         refilled = await _backend(gateway.limiter.reset(keys))
         log.warning("admin.limits_reset", grant=data.grant, counter=data.counter, refilled=refilled)
         return {"refilled": refilled, "keys": keys}
@@ -246,10 +242,10 @@ def _service(gateway: Gateway) -> Any:
 
 
 def _of_grant(rows: list[tuple[str, float]], grant: str | None) -> list[tuple[str, float]]:
-    """The buckets scoped to ``grant`` (all of them for None)."""
+    """The buckets of ``grant``, its own and its sessions' (all of them for None)."""
     if grant is None:
         return rows
-    return [r for r in rows if r[0].endswith(f"|grant={key_part(grant)}")]
+    return [r for r in rows if bucket_grant(r[0]) == grant]
 
 
 async def _backend(coro: Any) -> Any:

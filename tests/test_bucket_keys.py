@@ -1,0 +1,34 @@
+"""Whose a stored bucket is, read back from its key: the admin API's per-grant view and reset
+cover a grant's own buckets and its sessions' (``scope: session``), and nobody else's."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.policy.model import bucket_grant, key_part, session_value
+
+GRANTS = ["alpha", "a/b", "a", "x|grant=beta", "p%2Fq", "g:x", "s:up/a/1"]
+
+
+@pytest.mark.parametrize("grant", GRANTS)
+@pytest.mark.parametrize("session", [None, "1", "s/1/x", "%2F"])
+def test_a_session_bucket_is_its_grants(grant: str, session: str | None) -> None:
+    key = f"c|session={key_part(session_value('up', grant, session))}"
+    assert bucket_grant(key) == grant
+
+
+@pytest.mark.parametrize("grant", GRANTS)
+def test_a_grant_bucket_is_its_grants(grant: str) -> None:
+    assert bucket_grant(f"counter|with|bars|grant={key_part(grant)}") == grant
+
+
+def test_a_grant_is_not_the_owner_of_a_longer_grants_sessions() -> None:
+    key = f"c|session={key_part(session_value('up', 'a/b', '7'))}"
+    assert bucket_grant(key) == "a/b" != "a"
+
+
+@pytest.mark.parametrize(
+    "key", ["c|tool=up/x%7Cgrant%3Dbeta", "c|agent=alpha", "c|global=*", "c|session=zz", "c"]
+)
+def test_other_scopes_belong_to_no_grant(key: str) -> None:
+    assert bucket_grant(key) is None
