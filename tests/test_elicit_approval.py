@@ -334,7 +334,7 @@ class TestTokens:
 
     def test_a_state_is_bound_to_the_call_revision_and_expiry(self) -> None:
         call = Call("t", {"a": 1}, "up", Identity("g1"))
-        state = inband.issue_state(self.KEY, call, "rev1", 1000.0)
+        state = inband.issue_state(self.KEY, call, "rev1", 1000.0, epoch="e1")
         assert isinstance(inband.check_state(self.KEY, state, call, "rev1", 999.0), inband.State)
         other_grant = Call("t", {"a": 1}, "up", Identity("g2"))
         assert (
@@ -346,8 +346,8 @@ class TestTokens:
 
     def test_a_continuation_carries_its_approval_and_the_upstreams_state(self) -> None:
         call = Call("ask_user", {"question": "q"}, "up", Identity("g1"))
-        plain = inband.issue_state(self.KEY, call, "rev1", 1000.0)
-        carried = inband.issue_state(self.KEY, call, "rev1", 1000.0, "elc_x", "theirs")
+        plain = inband.issue_state(self.KEY, call, "rev1", 1000.0, epoch="e1")
+        carried = inband.issue_state(self.KEY, call, "rev1", 1000.0, "elc_x", "theirs", epoch="e1")
         checked = inband.check_state(self.KEY, carried, call, "rev1", 999.0)
         assert isinstance(checked, inband.State)
         assert (checked.approval, checked.upstream) == ("elc_x", "theirs")
@@ -363,17 +363,40 @@ class TestSingleUse:
 
     async def _contract(self, store: Any) -> None:
         token = f"elicit:{time.time_ns()}"
-        assert await store.consume_once(token, 60) is True
-        assert await store.consume_once(token, 60) is False
-        assert await store.consume_once(token + "-other", 60) is True
+        epoch = await store.current_epoch()
+        assert epoch and await store.current_epoch() == epoch
+        assert await store.consume_once(token, 60, epoch) is True
+        assert await store.consume_once(token, 60, epoch) is False
+        assert await store.consume_once(token + "-other", 60, epoch) is True
+        assert await store.consume_once(token + "-elsewhere", 60, "not-the-epoch") is False
 
     async def test_memory(self) -> None:
         await self._contract(MemoryApprovalStore())
+        issued_by = await MemoryApprovalStore().current_epoch()  # a former process's store
+        assert await MemoryApprovalStore().consume_once("elicit:x", 60, issued_by) is False
 
     async def test_valkey(self, valkey_db: ValkeyProcess) -> None:
-        store = ValkeyApprovalStore(valkey_db.url)
+        store, replica = ValkeyApprovalStore(valkey_db.url), ValkeyApprovalStore(valkey_db.url)
         try:
             await self._contract(store)
+            assert await replica.current_epoch() == store.epoch  # one epoch for all replicas
+        finally:
+            await store.close()
+            await replica.close()
+
+    async def test_valkey_that_lost_its_data_refuses_every_earlier_state(
+        self, valkey_db: ValkeyProcess
+    ) -> None:
+        """A Valkey restarted without persistence has lost the single-use marks: the states
+        issued before must not become usable again (the red team replayed one that way)."""
+        store = ValkeyApprovalStore(valkey_db.url)
+        try:
+            before = await store.current_epoch()
+            await store.client.flushdb()  # what a restart without persistence leaves
+            assert await store.consume_once("elicit:issued-before", 60, before) is False
+            after = store.epoch  # learned from that refusal
+            assert after != before
+            assert await store.consume_once("elicit:issued-after", 60, after) is True
         finally:
             await store.close()
 

@@ -12,7 +12,9 @@ listed as expired) and is then evicted; decided ones are kept a day for the list
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -53,6 +55,24 @@ for i = 4, 5 do
   if redis.call('TTL', KEYS[i]) < tonumber(ARGV[9]) then redis.call('EXPIRE', KEYS[i], ARGV[9]) end
 end
 return 'ok'
+"""
+
+# In-band approval states carry the store's epoch: a random value kept in Valkey with no
+# expiry. Valkey restarted without persistence has none; the first to ask makes a new one, so
+# the states issued before (and their single-use marks, lost too) can never be used again.
+# KEYS: epoch; ARGV: a fresh epoch, set if there is none
+_EPOCH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then redis.call('SET', KEYS[1], ARGV[1]); epoch = ARGV[1] end
+return epoch
+"""
+# KEYS: epoch, the token's single-use mark; ARGV: the state's epoch, a fresh epoch, TTL
+_ONCE = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then redis.call('SET', KEYS[1], ARGV[2]); epoch = ARGV[2] end
+if epoch ~= ARGV[1] then return {0, epoch} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return {1, epoch} end
+return {0, epoch}
 """
 
 # KEYS: request, pending of its grant, pending of all
@@ -99,6 +119,7 @@ class MemoryApprovalStore:
         self.pending: dict[str, ApprovalRequest] = {}  # by id; a subset of ``requests``
         self.swept = float("-inf")
         self.used: dict[str, float] = {}  # single-use tokens, until they expire
+        self.epoch = _fresh_epoch()  # this process's: a later one's store refuses its states
 
     async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
         self._sweep()
@@ -146,9 +167,15 @@ class MemoryApprovalStore:
     async def forget_match(self, match: str) -> None:
         self.matches.pop(match, None)
 
-    async def consume_once(self, token: str, ttl: float) -> bool:
+    async def current_epoch(self) -> str:
+        return self.epoch
+
+    async def consume_once(self, token: str, ttl: float, epoch: str) -> bool:
         """True the first time ``token`` (an in-band approval's nonce) is used, within ``ttl``
-        seconds; False on any replay (``gateway.edge.inband``)."""
+        seconds, under this store's epoch (a state a former process issued is not, whatever
+        the signing key); False on any replay (``gateway.edge.inband``)."""
+        if not hmac.compare_digest(epoch, self.epoch):
+            return False
         now = self.clock()
         if len(self.used) > 4 * KEEP_DECIDED:
             self.used = {k: until for k, until in self.used.items() if until > now}
@@ -206,6 +233,10 @@ class ValkeyApprovalStore:
         self.clock = clock
         self.outage = Outage(component="approvals")  # logged as it starts and ends, not per call
         self.script = self.client.register_script(_TRANSITION)
+        self.epoch_script = self.client.register_script(_EPOCH)
+        self.once_script = self.client.register_script(_ONCE)
+        self._epoch = f"{prefix}epoch"
+        self.epoch = ""  # as last seen; asked for on first use
         self.queue = self.client.register_script(_CREATE)
 
     def _req(self, approval_id: str) -> str:
@@ -282,11 +313,21 @@ class ValkeyApprovalStore:
     async def forget_match(self, match: str) -> None:
         await self._do(self.client.delete(self._match(match)))
 
-    async def consume_once(self, token: str, ttl: float) -> bool:
-        """One ``SET NX`` shared by every replica: only the first use of ``token`` wins."""
-        key = f"{self.prefix}once:{token}"
-        done = self.client.set(key, b"1", nx=True, ex=max(1, int(ttl) + 1))
-        return bool(await self._do(done))
+    async def current_epoch(self) -> str:
+        """The store's epoch (made on first use, and again after Valkey lost its data)."""
+        if not self.epoch:
+            found = await self._do(self.epoch_script(keys=[self._epoch], args=[_fresh_epoch()]))
+            self.epoch = found.decode()
+        return self.epoch
+
+    async def consume_once(self, token: str, ttl: float, epoch: str) -> bool:
+        """One ``SET NX`` shared by every replica, under the store's epoch: only the first use
+        of ``token`` wins, and a token issued before Valkey lost its data never does."""
+        keys = [self._epoch, f"{self.prefix}once:{token}"]
+        args: list[str | int] = [epoch, _fresh_epoch(), max(1, int(ttl) + 1)]
+        won, current = await self._do(self.once_script(keys=keys, args=args))
+        self.epoch = current.decode()
+        return bool(won)
 
     async def list(self) -> list[ApprovalRequest]:
         """Every live pending request, and the newest 200 of the rest."""
@@ -301,6 +342,10 @@ class ValkeyApprovalStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _fresh_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 def _evict_at(request: ApprovalRequest) -> float:

@@ -170,9 +170,13 @@ class ElicitFace:
     async def _stateless(self, call: Call, decision: Decision) -> Decision:
         key = self.gw.signer.key
         now = time.time()
+        store = self.gw.approvals.store if self.gw.approvals is not None else None
+        if not isinstance(store, inband.OnceStore):
+            return _refused(decision, "approval_unavailable")
         if not self.ours:
             timeout = decision.approval.timeout if decision.approval else 300.0
-            state = inband.issue_state(key, call, decision.revision, now + timeout)
+            epoch = await store.current_epoch()
+            state = inband.issue_state(key, call, decision.revision, now + timeout, epoch=epoch)
             self.pending = {"inputRequests": {INPUT_KEY: self._request(call, decision)}}
             self.pending["requestState"] = state
             reason = f"asking the user in the client: {decision.reason}"
@@ -180,11 +184,9 @@ class ElicitFace:
         checked = inband.check_state(key, str(self.state), call, decision.revision, now)
         if isinstance(checked, str):
             return _refused(decision, checked)
-        store = self.gw.approvals.store if self.gw.approvals is not None else None
-        if not isinstance(store, inband.OnceStore):
-            return _refused(decision, "approval_unavailable")
-        if not await store.consume_once("elicit:" + checked.nonce, checked.expires - now + 1):
-            return _refused(decision, "approval_replayed")
+        ttl = checked.expires - now + 1
+        if not await store.consume_once("elicit:" + checked.nonce, ttl, checked.epoch):
+            return _refused(decision, "approval_replayed")  # used, or issued before a reset
         if checked.approval is not None:  # the approved call, answering its upstream's question
             reason = f"approved in the client by its user ({checked.approval}), continuing"
             return replace(decision, effect="allow", reason=reason, approval_id=checked.approval)
@@ -203,9 +205,13 @@ class ElicitFace:
         timeout = decision.approval.timeout if decision.approval else 300.0
         key, revision = self.gw.signer.key, decision.revision
 
+        store = self.gw.approvals.store if self.gw.approvals is not None else None
+        # The store's epoch as its last use (this call's own, a moment ago) saw it.
+        epoch = store.epoch if isinstance(store, inband.OnceStore) else ""
+
         def wrap(upstream: str | None) -> str:
             expires = time.time() + timeout
-            return inband.issue_state(key, call, revision, expires, approval, upstream)
+            return inband.issue_state(key, call, revision, expires, approval, upstream, epoch=epoch)
 
         return Continuing(view, wrap)
 

@@ -79,6 +79,7 @@ class State:
     expires: float
     approval: str | None = None
     upstream: str | None = None
+    epoch: str = ""  # the approval store's, when issued: a store that lost its state refuses
 
 
 #: An upstream's own ``requestState`` longer than this is not carried in the gateway's.
@@ -106,12 +107,18 @@ def issue_state(
     expires: float,
     approval: str | None = None,
     upstream: str | None = None,
+    *,
+    epoch: str,
 ) -> str:
     """A state bound to ``call``: a question's, or with ``approval`` a continuation's (the
-    approved call goes on without being asked again, carrying ``upstream``'s state)."""
+    approved call goes on without being asked again, carrying ``upstream``'s state). ``epoch``
+    is the approval store's (``OnceStore.epoch``): a state is used at most once, and a store
+    that lost what it knew (a Valkey restarted without persistence) has a new epoch, so the
+    states issued before cannot be used again."""
     payload: dict[str, Any] = {
         "n": secrets.token_urlsafe(16),
         "e": round(expires, 3),
+        "p": epoch,
         **_binding(call, revision),
     }
     if approval is not None:
@@ -131,7 +138,7 @@ def check_state(
         return "approval_state_invalid"
     try:
         payload = json.loads(base64.urlsafe_b64decode(body.encode()))
-        nonce, expires = str(payload["n"]), float(payload["e"])
+        nonce, expires, epoch = str(payload["n"]), float(payload["e"]), str(payload["p"])
         bound = {k: payload[k] for k in ("g", "s", "t", "d", "r")}
         approval, upstream = payload.get("a"), payload.get("u")
     except (ValueError, KeyError, TypeError):
@@ -140,7 +147,7 @@ def check_state(
         return "approval_state_mismatch"
     if now >= expires:
         return "approval_expired"
-    return State(nonce, expires, approval, upstream)
+    return State(nonce, expires, approval, upstream, epoch)
 
 
 def upstream_state(key: bytes, token: str) -> str | None:
@@ -158,9 +165,14 @@ def upstream_state(key: bytes, token: str) -> str | None:
 
 @runtime_checkable
 class OnceStore(Protocol):
-    """The approval store's single-use check (``gateway.approvals.stores``)."""
+    """The approval store's single-use check (``gateway.approvals.stores``): ``epoch`` is the
+    store's as last seen (a state is issued under it), ``current_epoch`` asks for it."""
 
-    async def consume_once(self, token: str, ttl: float) -> bool: ...
+    epoch: str
+
+    async def current_epoch(self) -> str: ...
+
+    async def consume_once(self, token: str, ttl: float, epoch: str) -> bool: ...
 
 
 # ----------------------------------------------------------------- process-local parts
