@@ -333,6 +333,19 @@ class TestAmbiguousHeads:
         assert _status(answer) == 400, answer
         _assert_not_forwarded(gateway, call_log, text)
 
+    @pytest.mark.parametrize("target", ["/mcp/up", "/mcp", "/admin/approvals", "/metrics"])
+    def test_two_authorization_headers_are_400(
+        self, gateway: GatewayProcess, call_log: Path, target: str
+    ) -> None:
+        """The caller's credentials are one value: a proxy that adds its own without taking
+        the client's off must not leave the client's (read first) in force."""
+        text = _marker()
+        extra = ("Authorization: Bearer cgk_first", "Authorization: Bearer cgk_second")
+        data = _request(gateway, _call(text), target=target, extra=extra)
+        answer = _exchange(gateway, data)
+        assert _status(answer) == 400 and b"more than one Authorization header" in answer
+        _assert_not_forwarded(gateway, call_log, text)
+
     def test_an_absolute_target_for_another_authority_is_400(
         self, gateway: GatewayProcess, call_log: Path
     ) -> None:

@@ -83,16 +83,28 @@ def head_refusal(
     """Why a parsed head is refused, or None; header names lower case, as uvicorn gives them.
 
     Each is a head that two readers may take for two different requests (RFC 9112 3.2, 3.2.2,
-    6.1; RFC 9110 7.2): the Host and Origin guards read one value, so a second is not the
-    guard's to pick; a transfer coding the parser does not undo would leave the body coded
-    while it is read as JSON; an absolute-form target's authority replaces Host, which the
-    guard would otherwise check in its place.
+    6.1; RFC 9110 7.2, 11.6.2): the Host and Origin guards and the caller's credentials read
+    one value, so a second is not theirs to pick (a proxy that adds its own credential
+    without removing the client's would otherwise leave the client's first); a transfer
+    coding the parser does not undo would leave the body coded while it is read as JSON; an
+    absolute-form target's authority replaces Host, which the guard would otherwise check in
+    its place.
     """
-    hosts = [value.strip() for name, value in headers if name == b"host"]
+    hosts: list[bytes] = []
+    origins = credentials = 0
+    for name, value in headers:
+        if name == b"host":
+            hosts.append(value.strip())
+        elif name == b"origin":
+            origins += 1
+        elif name == b"authorization":
+            credentials += 1
     if len(hosts) > 1:
         return 400, "more than one Host header"
-    if sum(name == b"origin" for name, _ in headers) > 1:
+    if origins > 1:
         return 400, "more than one Origin header"
+    if credentials > 1:
+        return 400, "more than one Authorization header"
     refused = _coding_refusal(headers, version)
     if refused is None and not _target_ok(target, method, hosts[0] if hosts else None):
         refused = 400, "request target is not on this server"
