@@ -341,6 +341,10 @@ class TestTokens:
             inband.check_state(self.KEY, state, other_grant, "rev1", 0) == "approval_state_mismatch"
         )
         assert inband.check_state(self.KEY, state, call, "rev2", 0) == "approval_state_mismatch"
+        other_user = Call("t", {"a": 1}, "up", Identity("g1", "another user of g1"))
+        assert (
+            inband.check_state(self.KEY, state, other_user, "rev1", 0) == "approval_state_mismatch"
+        )
         assert inband.check_state(self.KEY, state, call, "rev1", 1000.0) == "approval_expired"
         assert inband.check_state(b"x" * 32, state, call, "rev1", 0) == "approval_state_invalid"
 

@@ -106,8 +106,12 @@ class ApprovalStore(Protocol):
 
 
 def match_key(call: Call, revision: str) -> str:
+    """Which calls one approval covers: the same grant and agent (the users of one OAuth
+    client share a grant; an operator approves what one of them asked), server, tool,
+    arguments and policy revision."""
+    identity = call.identity
     parts = "\x00".join(
-        [call.identity.grant, call.server or "", call.tool, args_digest(call.args), revision]
+        [identity.owner, call.server or "", call.tool, args_digest(call.args), revision]
     )
     return hashlib.sha256(parts.encode()).hexdigest()
 

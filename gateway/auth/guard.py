@@ -95,44 +95,44 @@ class SessionSigner:
         # 4,096 heads' worth of bytes).
         self._recent_mac = lru_cache(maxsize=4096)(self._compute_mac)
 
-    def _mac(self, server: str, grant: str, sid: str) -> str:
+    def _mac(self, server: str, owner: str, sid: str) -> str:
         if len(sid) > MAX_CACHED_ID:
-            return self._compute_mac(server, grant, sid)
-        return self._recent_mac(server, grant, sid)
+            return self._compute_mac(server, owner, sid)
+        return self._recent_mac(server, owner, sid)
 
-    def _compute_mac(self, server: str, grant: str, sid: str) -> str:
-        msg = f"{server}\x00{grant}\x00{sid}".encode()
+    def _compute_mac(self, server: str, owner: str, sid: str) -> str:
+        msg = f"{server}\x00{owner}\x00{sid}".encode()
         digest = hmac.new(self.key, msg, hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(digest).decode()
 
-    def wrap(self, server: str, grant: str, sid: str) -> str:
-        return f"{sid}.{self._mac(server, grant, sid)}"
+    def wrap(self, server: str, owner: str, sid: str) -> str:
+        return f"{sid}.{self._mac(server, owner, sid)}"
 
-    def unwrap(self, server: str, grant: str, presented: str) -> str | None:
-        """The upstream id, or None when the presented id was not issued here for this grant."""
+    def unwrap(self, server: str, owner: str, presented: str) -> str | None:
+        """The upstream id, or None when the presented id was not issued here for this owner."""
         sid, dot, mac = presented.strip().rpartition(".")
         if not dot or not sid:
             return None
-        if not hmac.compare_digest(mac, self._mac(server, grant, sid)):
+        if not hmac.compare_digest(mac, self._mac(server, owner, sid)):
             return None
         return sid
 
-    def wrap_event(self, server: str, grant: str, session: str | None, event_id: str) -> str:
-        """An SSE event id bound to (server, grant, session), as ``<id>.<mac>``."""
-        return f"{event_id}.{self._event_mac(server, grant, session or '', event_id)}"
+    def wrap_event(self, server: str, owner: str, session: str | None, event_id: str) -> str:
+        """An SSE event id bound to (server, owner, session), as ``<id>.<mac>``."""
+        return f"{event_id}.{self._event_mac(server, owner, session or '', event_id)}"
 
     def unwrap_event(
-        self, server: str, grant: str, session: str | None, presented: str
+        self, server: str, owner: str, session: str | None, presented: str
     ) -> str | None:
         """The upstream's event id, or None when it was not given to this caller."""
         event_id, dot, mac = presented.strip().rpartition(".")
         if not dot or not event_id:
             return None
-        if not hmac.compare_digest(mac, self._event_mac(server, grant, session or "", event_id)):
+        if not hmac.compare_digest(mac, self._event_mac(server, owner, session or "", event_id)):
             return None
         return event_id
 
-    def _event_mac(self, server: str, grant: str, session: str, event_id: str) -> str:
-        msg = f"event\x00{server}\x00{grant}\x00{session}\x00{event_id}".encode()
+    def _event_mac(self, server: str, owner: str, session: str, event_id: str) -> str:
+        msg = f"event\x00{server}\x00{owner}\x00{session}\x00{event_id}".encode()
         digest = hmac.new(self.key, msg, hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(digest).decode()

@@ -38,12 +38,12 @@ class ClientView:
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         raw = event_id.decode("utf-8", "replace")
-        wrapped = self.gw.signer.wrap_event(self.server, self.identity.grant, self.session, raw)
+        wrapped = self.gw.signer.wrap_event(self.server, self.identity.owner, self.session, raw)
         return wrapped.encode()
 
     def unwrap_event_id(self, presented: str) -> str | None:
-        grant = self.identity.grant
-        return self.gw.signer.unwrap_event(self.server, grant, self.session, presented)
+        owner = self.identity.owner
+        return self.gw.signer.unwrap_event(self.server, owner, self.session, presented)
 
     def wants(self, data: bytes) -> bool:
         """Only what could hold a tools list is read (a key spelled with escapes is too)."""

@@ -226,7 +226,7 @@ class ElicitFace:
         held = self.held
         assert held is not None and fwd.session_id is not None
         key, server = self.gw.signer.key, fwd.upstream.name
-        msg_id, nonce = inband.mint_id(key, server, self.identity.grant, fwd.session_id)
+        msg_id, nonce = inband.mint_id(key, server, self.identity.owner, fwd.session_id)
         waiters = inband.in_band(self.gw.extras).waiters
         future = waiters.expect(nonce)
         request = {"jsonrpc": "2.0", "id": msg_id, **self._request(call, decision)}
@@ -291,7 +291,7 @@ async def deliver(
     """A client's answer to the gateway's own request: to the waiting call, never upstream."""
     nonce = None
     if session is not None:
-        nonce = inband.check_id(gw.signer.key, str(msg.msg_id), server, identity.grant, session)
+        nonce = inband.check_id(gw.signer.key, str(msg.msg_id), server, identity.owner, session)
     if nonce is None or not inband.in_band(gw.extras).waiters.deliver(nonce, dict(msg.raw)):
         body = error_body(None, INVALID_REQUEST, "no request of this gateway waits for this answer")
         await reply(send, 404, body)

@@ -4,10 +4,11 @@ Two kinds of token, both HMAC-SHA256 with the session secret (``gw.signer.key``)
 its own domain label so one can never stand for the other or for a session id:
 
 - the id of the gateway's own ``elicitation/create`` request (2025-11-25), bound to server,
-  grant, session and a random nonce: ``celgate-<nonce>.<mac>``. Only the caller that was asked
-  can answer it, and it cannot be guessed;
-- the ``requestState`` of an ``input_required`` answer (2026-07-28), bound to grant, server,
-  tool, argument digest, policy revision and expiry: ``celgate.v1.<payload>.<mac>``. It is
+  grant and agent (``Identity.owner``), session and a random nonce:
+  ``celgate-<nonce>.<mac>``. Only the caller that was asked can answer it, and it cannot be
+  guessed;
+- the ``requestState`` of an ``input_required`` answer (2026-07-28), bound to grant, agent,
+  server, tool, argument digest, policy revision and expiry: ``celgate.v1.<payload>.<mac>``. It is
   used once: its nonce is consumed in the approval store (memory, or Valkey for every replica).
 
 ``Waiters`` (2025-11-25 only) is where a held call waits for its answer: process memory. With
@@ -51,18 +52,18 @@ def is_gateway_id(msg_id: Any) -> bool:
     return isinstance(msg_id, str) and msg_id.startswith(ID_PREFIX)
 
 
-def mint_id(key: bytes, server: str, grant: str, session: str) -> tuple[str, str]:
+def mint_id(key: bytes, server: str, owner: str, session: str) -> tuple[str, str]:
     """A fresh request id and its nonce."""
     nonce = secrets.token_urlsafe(16)
-    return f"{ID_PREFIX}{nonce}.{_mac(key, 'elicit-id', server, grant, session, nonce)}", nonce
+    return f"{ID_PREFIX}{nonce}.{_mac(key, 'elicit-id', server, owner, session, nonce)}", nonce
 
 
-def check_id(key: bytes, msg_id: str, server: str, grant: str, session: str) -> str | None:
-    """The nonce of an id minted here for this server, grant and session; else None."""
+def check_id(key: bytes, msg_id: str, server: str, owner: str, session: str) -> str | None:
+    """The nonce of an id minted here for this server, owner and session; else None."""
     nonce, dot, mac = msg_id.removeprefix(ID_PREFIX).rpartition(".")
     if not dot or not nonce:
         return None
-    expected = _mac(key, "elicit-id", server, grant, session, nonce)
+    expected = _mac(key, "elicit-id", server, owner, session, nonce)
     return nonce if hmac.compare_digest(mac, expected) else None
 
 
@@ -93,6 +94,7 @@ def is_gateway_state(value: Any) -> bool:
 def _binding(call: Call, revision: str) -> dict[str, str]:
     return {
         "g": call.identity.grant,
+        "a": call.identity.agent,
         "s": call.server or "",
         "t": call.tool,
         "d": args_digest(call.args),
@@ -119,7 +121,7 @@ def issue_state(
         "n": secrets.token_urlsafe(16),
         "e": round(expires, 3),
         "p": epoch,
-        **_binding(call, revision),
+        "b": _binding(call, revision),  # apart: no field of it can read as "a" or "u"
     }
     if approval is not None:
         payload["a"] = approval
@@ -139,7 +141,7 @@ def check_state(
     try:
         payload = json.loads(base64.urlsafe_b64decode(body.encode()))
         nonce, expires, epoch = str(payload["n"]), float(payload["e"]), str(payload["p"])
-        bound = {k: payload[k] for k in ("g", "s", "t", "d", "r")}
+        bound = payload["b"]
         approval, upstream = payload.get("a"), payload.get("u")
     except (ValueError, KeyError, TypeError):
         return "approval_state_invalid"  # cannot happen with a valid MAC, but fail closed

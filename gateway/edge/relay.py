@@ -73,7 +73,7 @@ class Relay:
                 msg = "Bad Request: Mcp-Session-Id is required"
                 raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
             return None
-        sid = self.gw.signer.unwrap(upstream.name, identity.grant, presented)
+        sid = self.gw.signer.unwrap(upstream.name, identity.owner, presented)
         if sid is None:
             raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404, msg_id=msg_id)
         return sid
@@ -119,7 +119,7 @@ class Relay:
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
         view = ClientView(self.gw, upstream.name, identity, session)
         fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.grant)
-        fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.grant, sid)
+        fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
         if message.method == "tools/call" and message.is_request:
             await self._call(incoming, send, fwd, message, identity)
             return

@@ -131,6 +131,13 @@ class Identity:
     roles: tuple[str, ...] = ()
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def owner(self) -> str:
+        """Whose a session, an event id or an in-band question is: the grant and, within it,
+        the agent (the users of one OAuth client share a grant, never each other's sessions).
+        Length-prefixed, so no two (grant, agent) pairs read the same."""
+        return f"{len(self.grant)}:{self.grant}{self.agent}"
+
 
 ANONYMOUS = Identity()
 

@@ -8,7 +8,7 @@
 // rotation is a new issuer object at the same URL, with a new key):
 //   POST /_rotate            the signing key is replaced (kid k1 -> k2 -> ...)
 //   GET  /_stats             {"jwks": n, "metadata": n, "introspect": n} requests served so far
-//   POST /_token             a token for {"client", "ttl", "iss", "resource"} (json body)
+//   POST /_token             a token for {"client", "ttl", "iss", "resource", "sub"} (json body)
 //   POST /_opaque            an opaque token for {"client", "resource", "ttl"}, for introspection
 //   POST /introspect         RFC 7662 over the opaque tokens issued here (basic auth required)
 import http from "node:http";
@@ -58,6 +58,7 @@ async function newService() {
     if (body.resource) token.payload.aud = body.resource;
     if (body.ttl !== undefined) token.payload.exp = token.payload.iat + Number(body.ttl);
     if (body.iss) token.payload.iss = body.iss;
+    if (body.sub) token.payload.sub = body.sub; // a user of the client, for /_token only
   });
   return svc;
 }

@@ -128,7 +128,7 @@ class Handshake:
         if presented is None:
             msg = "Bad Request: Mcp-Session-Id is required"
             raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
-        sid = self.gw.signer.unwrap(AGGREGATE_KEY, identity.grant, presented)
+        sid = self.gw.signer.unwrap(AGGREGATE_KEY, identity.owner, presented)
         session = self.sessions.get(sid, identity.grant) if sid is not None else None
         if session is None:
             raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404, msg_id=msg_id)
@@ -164,7 +164,7 @@ class Handshake:
         instructions = joined_instructions(known)
         if instructions is not None:
             result["instructions"] = instructions
-        wrapped = self.gw.signer.wrap(AGGREGATE_KEY, identity.grant, session.sid)
+        wrapped = self.gw.signer.wrap(AGGREGATE_KEY, identity.owner, session.sid)
         body = rpc.result_body(message.msg_id, result)
         await reply(send, 200, body, extra=[(b"mcp-session-id", wrapped.encode())])
 
@@ -176,10 +176,10 @@ class Handshake:
         """The client's answer to a server's request: to that server, under its own id; or
         to the gateway's own question (an in-band approval), never to a server."""
         if is_gateway_id(message.msg_id):
-            key, grant = self.gw.signer.key, identity.grant
+            key, owner = self.gw.signer.key, identity.owner
             for server, open_link in session.links.items():
                 sid = open_link.sid
-                if sid is not None and check_id(key, message.msg_id, server, grant, sid):
+                if sid is not None and check_id(key, message.msg_id, server, owner, sid):
                     await deliver(self.gw, send, server, identity, sid, message)
                     return
         found = session.answered(message.msg_id)
