@@ -487,6 +487,33 @@ class TestTokenChecksOnAClock:
         lacking = await auth.authenticate(issuer.sign(clock), "/mcp/up")
         assert isinstance(lacking, Refusal) and "azp" in lacking.description
 
+    async def test_a_claim_cel_cannot_hold_is_left_out_not_a_deny_for_all(
+        self, tmp_path: Path
+    ) -> None:
+        """An int past 64 bits in one claim no rule reads made every rule reading ``agent``
+        fail (cel.bad_value: a deny for every call of the token)."""
+        from datetime import UTC, datetime
+
+        from gateway.auth.settings import ClaimMap
+        from gateway.policy import Call, decide, load_policy
+
+        clock, issuer = Clock(), FakeIssuer()
+        mapping = ClaimMap(grant="azp", agent="sub", roles="roles", attrs={"account": "account"})
+        auth = authority(clock, issuer, claims=mapping)
+        big = 12345678901234567890
+        token = issuer.sign(
+            clock, azp="bot", roles=["reader"], account=big, nested={"n": [1, big]}, small=7
+        )
+        agent = await auth.authenticate(token, "/mcp/up")
+        assert isinstance(agent, Agent)
+        assert "account" not in agent.claims and "nested" not in agent.claims
+        assert agent.claims["small"] == 7 and "account" not in agent.attrs
+        path = tmp_path / "p.yaml"
+        path.write_text(POLICY)
+        now = datetime(2026, 11, 30, tzinfo=UTC)
+        decision = decide(load_policy([path]), Call("echo", {}, "up", agent), now)
+        assert decision.effect == "allow" and decision.rule == "readers"
+
 
 class TestConfigErrors:
     """Each problem at its file:line, all reported together."""

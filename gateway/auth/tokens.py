@@ -91,8 +91,31 @@ def agent_of(claims: Mapping[str, Any], mapping: ClaimMap, auth: AuthMethod) -> 
         elif raw is not None:
             return f"the {mapping.roles} claim is not a list of roles"
     attrs = {name: claim(claims, path) for name, path in mapping.attrs.items()}
-    attrs = {k: v for k, v in attrs.items() if v is not None}
-    return Agent(ids[0], ids[1], roles, attrs, auth=auth, claims=dict(claims))
+    attrs = {k: v for k, v in attrs.items() if v is not None and cel_readable(v)}
+    readable = {k: v for k, v in claims.items() if cel_readable(v)}
+    return Agent(ids[0], ids[1], roles, attrs, auth=auth, claims=readable)
+
+
+#: CEL's ints are 64-bit; JSON's are not.
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def cel_readable(value: Any, depth: int = 0) -> bool:
+    """Whether a claim's value can be a CEL value. One that cannot (an int past 64 bits,
+    nesting past 32 levels) is left out of ``agent.claims`` and ``agent.attrs``: kept, it
+    would make every rule that reads ``agent`` fail (a deny for all the token's calls, over a
+    claim no rule reads); left out, a rule that reads it finds no such claim."""
+    if isinstance(value, bool | str | float) or value is None:
+        return True
+    if isinstance(value, int):
+        return _INT64[0] <= value <= _INT64[1]
+    if depth >= 32:
+        return False
+    if isinstance(value, list):
+        return all(cel_readable(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(cel_readable(item, depth + 1) for item in value.values())
+    return False
 
 
 class TokenAuthority:
