@@ -316,18 +316,49 @@ def capped(
 
 
 class TestConnectionCap:
-    """Past max_connections a new connection is answered 503 and closed; the rest go on."""
+    """At max_connections a new connection takes the place of the one that has waited longest
+    with no request in progress (a head never finished, or idle between requests); only when
+    every connection has a request under way is it answered 503 and closed."""
 
-    def test_over_the_cap_refused_existing_ones_continue(self, capped: GatewayProcess) -> None:
+    def test_heads_never_finished_cannot_keep_anyone_out(self, capped: GatewayProcess) -> None:
+        """The red team's lockout: every place taken by a connection sending half a head."""
+        kept = [
+            _connect(capped.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            for _ in range(20)
+        ]
+        try:
+            for _ in range(5):
+                assert _status(_healthz_once(capped.port)) == 200
+            _until(lambda: not still_open(kept[0]), time.monotonic() + 5)  # the oldest went
+            assert still_open(kept[-1])
+        finally:
+            close_all(kept)
+
+    def test_idle_connections_give_way_oldest_first(self, capped: GatewayProcess) -> None:
         kept: list[socket.socket] = []
         try:
-            refused = _fill(capped.port, kept, attempts=30)
-            assert refused is not None and len(kept) <= 20
-            assert _status(refused) == 503
-            for sock in kept[:3]:  # existing connections still serve requests
-                sock.sendall(HEALTHZ)
-                assert _status(sock.recv(65536)) == 200
-            assert _status(request(capped.port, HEALTHZ)[1]) in (503, None)
+            for _ in range(20):
+                sock, reply = request(capped.port, HEALTHZ)
+                assert _status(reply) == 200
+                kept.append(sock)
+            sock, reply = request(capped.port, HEALTHZ)
+            kept.append(sock)
+            assert _status(reply) == 200
+            _until(lambda: not still_open(kept[0]), time.monotonic() + 5)
+            kept[-2].sendall(HEALTHZ)  # a later one still serves
+            assert _status(kept[-2].recv(65536)) == 200
+        finally:
+            close_all(kept)
+
+    def test_when_every_request_is_under_way_a_new_one_is_503(self, capped: GatewayProcess) -> None:
+        busy = (
+            b"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        kept = [_connect(capped.port, busy) for _ in range(20)]
+        try:
+            _until(lambda: _status(_healthz_once(capped.port)) == 503, time.monotonic() + 5)
+            assert all(still_open(sock) for sock in kept)  # requests under way are never cut
         finally:
             close_all(kept)
         _until(lambda: _status(_healthz_once(capped.port)) == 200, time.monotonic() + 10)
@@ -337,22 +368,19 @@ class TestConnectionCap:
         try:
             async with client(capped.url("up")) as c:
                 assert not (await c.call_tool("echo", {"text": "before"})).is_error
-                assert _fill(capped.port, kept, attempts=30) is not None
+                half = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                kept = [_connect(capped.port, half) for _ in range(30)]
                 result = await c.call_tool("echo", {"text": "at the cap"})
                 assert not result.is_error and "at the cap" in text_of(result)
         finally:
             close_all(kept)
 
 
-def _fill(port: int, kept: list[socket.socket], attempts: int) -> bytes | None:
-    """Open kept-alive connections until one is refused; the refusal's bytes."""
-    for _ in range(attempts):
-        sock, reply = request(port, HEALTHZ)
-        if _status(reply) != 200:
-            sock.close()
-            return reply
-        kept.append(sock)
-    return None
+def _connect(port: int, raw: bytes) -> socket.socket:
+    """A new connection that has sent ``raw`` (part of a request) and waits."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(raw)
+    return sock
 
 
 def _healthz_once(port: int) -> bytes:

@@ -31,6 +31,7 @@ import asyncio
 import enum
 import http
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -151,6 +152,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
         self._refused = False  # over the connection cap: never joined the server's set
+        self._quiet_since = 0.0  # since when no request of its own is in progress
         self._stage = _Stage.HEAD
         self._head_bytes = 0
         self._refusal: Refusal | None = None  # why the parser was stopped, to answer it
@@ -164,13 +166,35 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
     # Connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if len(self.connections) >= self.limits.max_connections:
+        if len(self.connections) >= self.limits.max_connections and not self._make_room():
             self._refused = True
             transport.write(_plain_response(503, "too many connections"))  # type: ignore[attr-defined]
             transport.close()
             return
+        self._quiet_since = time.monotonic()
         super().connection_made(transport)
         self._arm(self.limits.head_timeout, self._head_timed_out)
+
+    def _make_room(self) -> bool:
+        """At the connection cap: close the connection that has waited longest with no
+        request of its own in progress (a head not yet whole, or idle between requests), if
+        any. Connections that never send a whole head must not keep everyone else out: they
+        go first, and a client whose request is under way is never cut."""
+        waiting = [c for c in self.connections if isinstance(c, GuardedHttpProtocol) and c._idle()]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c._quiet_since)
+        oldest.transport.close()
+        oldest._quiet_since = float("inf")  # closing: not chosen again while it goes
+        return True
+
+    def _idle(self) -> bool:
+        cycle = self.cycle
+        return self._stage is not _Stage.BODY and (cycle is None or cycle.response_complete)
+
+    def on_response_complete(self) -> None:
+        self._quiet_since = time.monotonic()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
