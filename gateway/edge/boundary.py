@@ -51,6 +51,9 @@ async def serve(
         log.exception(event, path=incoming.path, method=incoming.method)
         if not started:
             await reply(send, *error_reply(exc, incoming.msg_id))
+    finally:
+        if incoming.release is not None:  # the caller's place among its grant's requests
+            incoming.release()
 
 
 def check_guard(gw: Gateway, incoming: Incoming) -> None:
@@ -69,6 +72,14 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
         await reply(send, status, body, extra=challenge)
         return None
+    if not gw.in_progress.begin(identity.grant):
+        cap = gw.config.security.max_requests_per_grant
+        message = f"more than {cap} requests of this grant in progress: try again later"
+        body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
+        await reply(send, 429, body, extra=[(b"retry-after", b"1")])
+        return None
+    grant = identity.grant
+    incoming.release = lambda: gw.in_progress.done(grant)  # when the request ends
     return identity
 
 

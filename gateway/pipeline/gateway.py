@@ -36,6 +36,31 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class InProgress:
+    """How many requests each grant has in progress, at most ``cap`` each: one grant's
+    streams and held calls cannot take every connection the gateway has."""
+
+    __slots__ = ("cap", "counts")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.counts: dict[str, int] = {}
+
+    def begin(self, grant: str) -> bool:
+        count = self.counts.get(grant, 0)
+        if count >= self.cap:
+            return False
+        self.counts[grant] = count + 1
+        return True
+
+    def done(self, grant: str) -> None:
+        count = self.counts.get(grant, 0) - 1
+        if count > 0:
+            self.counts[grant] = count
+        else:
+            self.counts.pop(grant, None)
+
+
 @dataclass
 class Gateway:
     """Policy, upstreams, identity, limits, approvals and records of one gateway process."""
@@ -66,6 +91,11 @@ class Gateway:
     # kind or a risk: everything is classified again, once).
     unlisted: dict[tuple[str, str], ToolInfo] = field(default_factory=dict, repr=False)
     classified_under: CompiledPolicy | None = field(default=None, repr=False)
+    # MCP requests in progress per grant (security.max_requests_per_grant)
+    in_progress: InProgress = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.in_progress = InProgress(self.config.security.max_requests_per_grant)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
         """What CEL sees as ``tool``; a tool not listed yet is classified by its name."""

@@ -35,11 +35,13 @@ class Incoming:
         "path",
         "raw_headers",
         "receive",
+        "release",
         "repeated",
     )
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
+        self.release: Callable[[], None] | None = None  # run when the request ends
         self.path: str = scope["path"]
         self.raw_headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         headers: dict[str, str] = {}

@@ -1,0 +1,91 @@
+"""``security.max_requests_per_grant``: one grant's requests in progress at once (held calls,
+streams) are capped per replica, so one grant cannot hold every connection the gateway has.
+Past the cap its next request is 429 with ``Retry-After``; other grants go on, and the grant's
+places come back as its requests end."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import PeerProcess, http_upstream
+from tests.servers.test_servers_smoke import eventually
+from tests.test_stdio_wire import MODERN_META
+
+HOG, OTHER = "cgk_in-progress-hog-0123456789", "cgk_in-progress-other-0123456789"
+CAP = 3
+POLICY = """
+version: "1"
+default: deny
+tools:
+  slow_progress: {action: allow}
+  echo: {action: allow}
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    grants = {
+        name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+        for name, key in (("hog", HOG), ("other", OTHER))
+    }
+    security = {"max_requests_per_grant": CAP}
+    up: PeerProcess
+    with http_upstream() as up:
+        servers = {"up": {"url": up.url}}
+        directory = tmp_path_factory.mktemp("in-progress")
+        with run_gateway(directory, POLICY, servers, grants=grants, security=security) as gw:
+            yield gw
+
+
+def headers(key: str, tool: str) -> dict[str, str]:
+    return {
+        "authorization": f"Bearer {key}",
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
+
+
+def body(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    params = {"name": tool, "arguments": arguments, "_meta": MODERN_META}
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+
+
+async def test_one_grant_past_its_cap_is_429_others_go_on(gateway: GatewayProcess) -> None:
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
+
+        async def slow() -> int:
+            arguments = {"steps": 2, "delay_ms": 1500}
+            answer = await http.post(
+                "/mcp/up",
+                json=body("slow_progress", arguments),
+                headers=headers(HOG, "slow_progress"),
+            )
+            return answer.status_code
+
+        async def echo(key: str) -> httpx.Response:
+            return await http.post(
+                "/mcp/up", json=body("echo", {"text": "hi"}), headers=headers(key, "echo")
+            )
+
+        def hanging() -> int:
+            return len(gateway.records()) - before
+
+        before = len(gateway.records())
+        held = [asyncio.ensure_future(slow()) for _ in range(CAP)]
+        await eventually(lambda: hanging() == CAP, 20)  # all decided and under way
+        over = await echo(HOG)
+        assert over.status_code == 429 and over.headers["retry-after"] == "1"
+        assert f"more than {CAP} requests of this grant" in over.json()["error"]["message"]
+        assert (await echo(OTHER)).status_code == 200
+        assert await asyncio.gather(*held) == [200] * CAP
+        assert (await echo(HOG)).status_code == 200  # its places came back as they ended
