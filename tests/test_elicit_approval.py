@@ -332,6 +332,21 @@ class TestTokens:
         assert inband.check_id(b"x" * 32, msg_id, "up", "g1", "s1") is None
         assert inband.check_id(self.KEY, "celgate-guess.mac", "up", "g1", "s1") is None
 
+    def test_tokens_with_text_of_any_kind_are_refused_never_an_error(self) -> None:
+        """``hmac.compare_digest`` raises on a str that is not ASCII: a caller's header or
+        id with an "é" in its MAC was a 500 (and, for a state, no decision record)."""
+        from gateway.auth.guard import SessionSigner
+
+        call = Call("t", {"a": 1}, "up", Identity("g1"))
+        for odd in ("é", "\udc80", "\x00", "🙂"):
+            assert inband.check_id(self.KEY, f"celgate-x.{odd}", "up", "g1", "s1") is None
+            state = f"celgate.v1.e30.{odd}"
+            assert inband.check_state(self.KEY, state, call, "r", 0) == "approval_state_invalid"
+            assert inband.upstream_state(self.KEY, state) is None
+            signer = SessionSigner("0123456789abcdef")
+            assert signer.unwrap("up", "g1", f"sid.{odd}") is None
+            assert signer.unwrap_event("up", "g1", None, f"1.{odd}") is None
+
     def test_a_state_is_bound_to_the_call_revision_and_expiry(self) -> None:
         call = Call("t", {"a": 1}, "up", Identity("g1"))
         state = inband.issue_state(self.KEY, call, "rev1", 1000.0, epoch="e1")

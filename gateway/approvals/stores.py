@@ -12,7 +12,6 @@ listed as expired) and is then evicted; decided ones are kept a day for the list
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 import time
@@ -30,6 +29,7 @@ from gateway.approvals.service import (
     ApprovalRequest,
     Status,
 )
+from gateway.auth.guard import same_text
 from gateway.config.sections import ApprovalsConfig
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.ratelimit.client import BACKEND_ERRORS, Outage, valkey_client
@@ -174,7 +174,7 @@ class MemoryApprovalStore:
         """True the first time ``token`` (an in-band approval's nonce) is used, within ``ttl``
         seconds, under this store's epoch (a state a former process issued is not, whatever
         the signing key); False on any replay (``gateway.edge.inband``)."""
-        if not hmac.compare_digest(epoch, self.epoch):
+        if not same_text(epoch, self.epoch):
             return False
         now = self.clock()
         if len(self.used) > 4 * KEEP_DECIDED:

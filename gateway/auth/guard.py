@@ -81,6 +81,14 @@ def _port_ok(parts: SplitResult) -> bool:
         return False
 
 
+def same_text(presented: str, expected: str) -> bool:
+    """``hmac.compare_digest`` for text of any kind: on two strings it raises for one that is
+    not ASCII, and a caller's header or id may be anything (a 500 where a refusal is due)."""
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 #: Session ids longer than this are checked without being remembered.
 MAX_CACHED_ID = 256
 
@@ -113,7 +121,7 @@ class SessionSigner:
         sid, dot, mac = presented.strip().rpartition(".")
         if not dot or not sid:
             return None
-        if not hmac.compare_digest(mac, self._mac(server, owner, sid)):
+        if not same_text(mac, self._mac(server, owner, sid)):
             return None
         return sid
 
@@ -128,7 +136,7 @@ class SessionSigner:
         event_id, dot, mac = presented.strip().rpartition(".")
         if not dot or not event_id:
             return None
-        if not hmac.compare_digest(mac, self._event_mac(server, owner, session or "", event_id)):
+        if not same_text(mac, self._event_mac(server, owner, session or "", event_id)):
             return None
         return event_id
 

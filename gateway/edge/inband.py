@@ -31,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from gateway.auth.guard import same_text
 from gateway.policy.model import Call
 from gateway.telemetry.audit import args_digest
 
@@ -64,7 +65,7 @@ def check_id(key: bytes, msg_id: str, server: str, owner: str, session: str) -> 
     if not dot or not nonce:
         return None
     expected = _mac(key, "elicit-id", server, owner, session, nonce)
-    return nonce if hmac.compare_digest(mac, expected) else None
+    return nonce if same_text(mac, expected) else None
 
 
 # ------------------------------------------------------------- 2026-07-28: requestState
@@ -136,7 +137,7 @@ def check_state(
 ) -> State | StateProblem:
     """The state if it was issued here for exactly this call and has not expired."""
     body, dot, mac = token.removeprefix(STATE_PREFIX).rpartition(".")
-    if not dot or not hmac.compare_digest(mac, _mac(key, "elicit-state", body)):
+    if not dot or not same_text(mac, _mac(key, "elicit-state", body)):
         return "approval_state_invalid"
     try:
         payload = json.loads(base64.urlsafe_b64decode(body.encode()))
@@ -156,7 +157,7 @@ def upstream_state(key: bytes, token: str) -> str | None:
     """The upstream's own state a continuation issued here carries, or None (no such state,
     or not one of ours: the call is decided, and refused, before anything is forwarded)."""
     body, dot, mac = token.removeprefix(STATE_PREFIX).rpartition(".")
-    if not dot or not hmac.compare_digest(mac, _mac(key, "elicit-state", body)):
+    if not dot or not same_text(mac, _mac(key, "elicit-state", body)):
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(body.encode())).get("u")
