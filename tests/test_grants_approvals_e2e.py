@@ -18,7 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.identity import hash_key
 from gateway.cli import main
-from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
+from tests.gateway_proc import (
+    GatewayProcess,
+    calls_in,
+    client,
+    decision_of,
+    initialize_body,
+    run_gateway,
+    text_of,
+)
 from tests.peers import PeerProcess
 from tests.valkey_server import ValkeyProcess
 
@@ -221,6 +229,56 @@ class TestWaitApproval:
                 if found:
                     return str(found[0])
                 await anyio.sleep(0.05)
+
+    @pytest.mark.parametrize("path", ["/mcp/up", "/mcp"])
+    async def test_a_held_call_its_client_cancels_is_withdrawn(
+        self, pair: Any, call_log: Path, path: str
+    ) -> None:
+        """notifications/cancelled for a call held here ends its wait and withdraws its
+        request: approving it afterwards runs nothing (the upstream never saw the call, so
+        the cancel forwarded there had stopped nothing)."""
+        one, two = pair
+        name = "write_file" if path == "/mcp/up" else "up__write_file"
+        target = f"/tmp/cancelled-{len(path)}.txt"
+        base = {
+            "authorization": f"Bearer {ANALYST_KEY}",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+        }
+        async with httpx.AsyncClient(base_url=one.base, timeout=20) as http:
+            opened = await http.post(path, json=initialize_body("cancels"), headers=base)
+            session = {
+                **base,
+                "mcp-session-id": opened.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            await http.post(path, json=note, headers=session)
+            args = {"path": target, "content": "x"}
+            call = {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": args},
+            }
+
+            async def held() -> str:
+                async with http.stream("POST", path, json=call, headers=session) as answer:
+                    return (await answer.aread()).decode()
+
+            task = asyncio.create_task(held())
+            approval_id = await self._pending_id(two, "write_file")
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+            cancel["params"] = {"requestId": 7}  # type: ignore[assignment]
+            assert (await http.post(path, json=cancel, headers=session)).status_code == 202
+            with anyio.fail_after(15):
+                got = await task
+        assert '"result"' not in got
+        listed = admin(two, "GET", "/admin/approvals").json()
+        [request] = [r for r in listed if r["id"] == approval_id]
+        assert (request["status"], request["decided_by"]) == ("denied", "client")
+        assert admin(two, "POST", f"/admin/approvals/{approval_id}/approve").status_code == 409
+        assert not any(x["arguments"].get("path") == target for x in calls_in(call_log))
 
     @pytest.mark.parametrize("mode", ["legacy", "auto"])
     async def test_held_call_goes_through_once_approved(

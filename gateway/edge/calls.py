@@ -14,7 +14,7 @@ from mcp.shared.inbound import (
 
 from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import HeldStream, accepts_sse
+from gateway.edge.held import HeldStream, accepts_sse, held_key
 from gateway.edge.replies import denial
 from gateway.pipeline.admission import Admission, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
@@ -38,7 +38,10 @@ async def call_through(
     """Decide ``call`` (unless ``admission`` says it was decided already), then forward it
     or answer its refusal."""
     fwd.params = param_headers(gw, incoming, call, version, message)
-    held = HeldStream(incoming, send, message) if accepts_sse(incoming) else None
+    held = None
+    if accepts_sse(incoming):
+        key = held_key(incoming, identity, message.msg_id)
+        held = HeldStream(incoming, send, message, gw, call, key)
     face = ElicitFace(gw, message, version, identity, held)
     fwd.body = face.upstream_body(fwd.body)
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None

@@ -9,10 +9,13 @@ the wire.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
+from gateway.approvals.service import match_key
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
@@ -21,9 +24,10 @@ from gateway.edge.forward import (
     watching_disconnect,
 )
 from gateway.edge.replies import denial
+from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.pipeline.admission import Admission, Wait, timed_upstream
 from gateway.pipeline.gateway import Gateway
-from gateway.policy.model import Call, Decision
+from gateway.policy.model import Call, Decision, Identity
 from gateway.upstream.h1 import H1Response
 from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import Message
@@ -69,22 +73,83 @@ class _Keepalive:
         await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
+HeldKey = tuple[str, str, str, str]
+
+
+class HeldCalls:
+    """Calls held for approval in this process, by endpoint, caller (``Identity.owner``),
+    session and request id: a handshake-era client's ``notifications/cancelled`` naming one
+    ends its wait (a held call never reached its upstream, so forwarding the cancel there
+    stopped nothing, and an approval given later ran the call the client had cancelled)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[HeldKey, asyncio.Event] = {}
+
+    def cancel(self, key: HeldKey | None) -> bool:
+        """End the held call ``key`` names; False when none waits under it."""
+        found = self.waiting.get(key) if key is not None else None
+        if found is None:
+            return False
+        found.set()
+        return True
+
+
+def held_calls(extras: MutableMapping[str, Any]) -> HeldCalls:
+    found = extras.get("held_calls")
+    if not isinstance(found, HeldCalls):
+        found = extras["held_calls"] = HeldCalls()
+    return found
+
+
+def held_key(incoming: Incoming, identity: Identity, msg_id: Any) -> HeldKey | None:
+    """Who may cancel a held call, and under which id: the same caller, on the same endpoint
+    and session (ids are the caller's own); None without a session (2026-07-28 clients
+    cancel by closing the stream)."""
+    session = incoming.header("mcp-session-id")
+    if session is None:
+        return None
+    return (incoming.path, identity.owner, session, json.dumps(msg_id))
+
+
+def cancels_held(gw: Gateway, incoming: Incoming, identity: Identity, message: Message) -> bool:
+    """Whether ``message`` is its caller's ``notifications/cancelled`` for one of its own
+    calls held here, which it then ends."""
+    if message.method != "notifications/cancelled" or message.kind != "notification":
+        return False
+    key = held_key(incoming, identity, message.params.get("requestId"))
+    return held_calls(gw.extras).cancel(key)
+
+
 class HeldStream:
     """The relay's ``hold`` for a client that takes SSE (see ``gateway.pipeline.admission.admit``).
 
     ``hold`` opens the stream and keeps it alive while the approval waits; after ``admit``,
     ``answer`` writes the denial or the upstream's answer into it and closes it. A client
-    that goes away ends the wait; the call is then recorded as still held.
+    that goes away ends the wait; the call is then recorded as still held. A client that
+    cancels it (``notifications/cancelled``) ends the wait too, and its approval request is
+    withdrawn: approving it later runs nothing.
     """
 
-    __slots__ = ("gone", "incoming", "message", "opened", "send")
+    __slots__ = ("call", "cancelled", "gone", "gw", "incoming", "key", "message", "opened", "send")
 
-    def __init__(self, incoming: Incoming, send: Send, message: Message) -> None:
+    def __init__(
+        self,
+        incoming: Incoming,
+        send: Send,
+        message: Message,
+        gw: Gateway | None = None,
+        call: Call | None = None,
+        key: HeldKey | None = None,
+    ) -> None:
         self.incoming = incoming
         self.send = send
         self.message = message
         self.opened = False
         self.gone = False
+        self.gw = gw
+        self.call = call
+        self.key = key
+        self.cancelled = False
 
     async def open(self) -> None:
         """Start the SSE answer (once)."""
@@ -113,13 +178,51 @@ class HeldStream:
         await self.open()
         tick = _Keepalive(self.send, self.message, "waiting for a human to approve this call")
         final: Decision | None = None
+        registry = held_calls(self.gw.extras) if self.gw is not None else None
+        stop = asyncio.Event()
 
         async def work() -> None:
             nonlocal final
-            final = await wait(tick)
+            waiting = asyncio.ensure_future(wait(tick))
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                if not waiting.done():
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiting
+            if waiting.done() and not waiting.cancelled():
+                final = waiting.result()
 
-        await self.watching(work())
+        if registry is not None and self.key is not None:
+            registry.waiting[self.key] = stop
+        try:
+            await self.watching(work())
+        finally:
+            if registry is not None and self.key is not None:
+                registry.waiting.pop(self.key, None)
+        if final is None and stop.is_set():  # cancelled by its client: no answer is due
+            self.cancelled = self.gone = True
+            await self._withdraw(decision)
         return decision if final is None else final
+
+    async def _withdraw(self, decision: Decision) -> None:
+        """The cancelled call's approval request, refused on its client's behalf (and
+        forgotten, so that the same call asked again is a new request)."""
+        gw = self.gw
+        approvals = gw.approvals if gw is not None else None
+        call = self.call
+        if approvals is None or call is None:
+            return
+        match = match_key(call, decision.revision)
+        with contextlib.suppress(ApprovalError, BackendUnavailable):
+            request = await approvals.store.find(match)
+            if request is not None and request.status == "pending":
+                note = "cancelled by its client"
+                await approvals.store.transition(request.id, "pending", "denied", "client", note)
+            await approvals.store.forget_match(match)
 
     async def answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:
         if not self.gone:

@@ -16,13 +16,14 @@ from gateway.edge.calls import call_through, tool_name
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, forward
+from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.routing import check_routing_headers, stateless_era
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.upstream.http import HttpUpstream
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Receive, Scope, Send
+from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message
 
 
@@ -117,6 +118,9 @@ class Relay:
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
+        if cancels_held(self.gw, incoming, identity, message):
+            await reply(send, 202, b"")  # a call held here: the upstream never saw it
+            return
         view = ClientView(self.gw, upstream.name, identity, session)
         fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.grant)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)

@@ -43,7 +43,7 @@ from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import accepts_sse, event
+from gateway.edge.held import accepts_sse, cancels_held, event
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial
 from gateway.edge.routing import check_routing_headers
@@ -92,6 +92,8 @@ class Handshake:
         session = self._session(incoming, identity, message.msg_id)
         if message.kind == "response":
             await self._answer(send, session, identity, message)
+        elif cancels_held(self.gw, incoming, identity, message):
+            await reply(send, 202, b"")  # a call held here: no server saw it
         elif message.kind == "notification":
             await self._notify(send, session, message, body)
         else:
