@@ -35,7 +35,13 @@ RANK = {
 #: The embedded demo upstream stands alone: it imports nothing else of gateway, and nothing
 #: of gateway imports it (it is started as ``python -m gateway.demo``).
 ALONE = {"demo"}
-ROOT_MODULES = {"__init__": "base", "errors": "base", "located": "base", "config": "config"}
+ROOT_MODULES = {
+    "__init__": "base",
+    "errors": "base",
+    "located": "base",
+    "printable": "base",
+    "config": "config",
+}
 
 
 def module_name(path: Path) -> str:

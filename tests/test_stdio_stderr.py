@@ -14,8 +14,8 @@ from pathlib import Path
 
 import structlog
 
+from gateway.telemetry.childlog import STDERR_LINE, STDERR_LINES_PER_SECOND, StderrLog
 from gateway.upstream import stdio_child
-from gateway.upstream.stdio_child import STDERR_LINE, STDERR_LINES_PER_SECOND, StderrLog
 from tests.gateway_proc import client, run_gateway, text_of
 from tests.peers import REPO_ROOT
 from tests.servers.test_servers_smoke import eventually

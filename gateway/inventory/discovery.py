@@ -16,7 +16,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
-from gateway.upstream.stdio_child import StderrLog
+from gateway.telemetry.childlog import StderrLog
 
 LIST_TIMEOUT = 15.0
 

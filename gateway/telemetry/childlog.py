@@ -1,0 +1,73 @@
+"""A child process's stderr as the gateway's own log lines (stdio upstreams, and the process
+the tool catalogue is read from)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gateway.printable import printable
+
+log = structlog.get_logger("celgate.stdio")
+
+#: A child's stderr becomes the gateway's log lines (``stdio.stderr``): each line cut at this
+#: many characters, and at most this many lines a second (the rest counted, then dropped).
+STDERR_LINE = 4096
+STDERR_LINES_PER_SECOND = 50
+
+
+class StderrLog:
+    """A child's stderr as the gateway's own log lines: each line one ``stdio.stderr`` event
+    naming its server and child process, control characters escaped, cut at ``STDERR_LINE``
+    characters, at most ``STDERR_LINES_PER_SECOND`` lines a second (then one
+    ``stdio.stderr_dropped`` with the count). A child can neither forge the gateway's log
+    lines nor flood them, and its stderr is always read to the end: a child whose stderr pipe
+    fills up stops."""
+
+    def __init__(
+        self, server: str, child: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.fields = {"server": server, "child": child}
+        self.clock = clock
+        self.window = -1.0
+        self.logged = self.dropped = 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        partial = bytearray()
+        while chunk := await stream.read(65536):
+            lines = chunk.split(b"\n")
+            for piece in lines[:-1]:
+                self._take(partial, piece)
+                self.line(bytes(partial))
+                partial.clear()
+            self._take(partial, lines[-1])
+        if partial:
+            self.line(bytes(partial))
+        self._flush_dropped()
+
+    @staticmethod
+    def _take(partial: bytearray, piece: bytes) -> None:
+        room = STDERR_LINE * 4 - len(partial)  # UTF-8: at most four bytes a character
+        if room > 0:
+            partial += piece[:room]
+
+    def line(self, raw: bytes) -> None:
+        now = self.clock()
+        if now - self.window >= 1.0:
+            self._flush_dropped()
+            self.window, self.logged = now, 0
+        if self.logged >= STDERR_LINES_PER_SECOND:
+            self.dropped += 1
+            return
+        self.logged += 1
+        text = raw.decode(errors="replace").rstrip("\r")
+        cut = {"cut": True} if len(text) > STDERR_LINE or len(raw) >= STDERR_LINE * 4 else {}
+        log.info("stdio.stderr", **self.fields, line=printable(text[:STDERR_LINE]), **cut)
+
+    def _flush_dropped(self) -> None:
+        if self.dropped:
+            log.warning("stdio.stderr_dropped", **self.fields, lines=self.dropped)
+            self.dropped = 0
