@@ -62,6 +62,9 @@ tools:
     action: require_approval
     reason: writing files needs a human
     approval: {mode: wait, timeout: 60}
+  ask_user:
+    action: require_approval
+    approval: {mode: wait, timeout: 60}
   slow_progress:
     limits:
       - {counter: slow_open, window: minute, max: 100, scope: grant, failure_mode: open}
@@ -279,6 +282,34 @@ class TestWaitApproval:
         assert (request["status"], request["decided_by"]) == ("denied", "client")
         assert admin(two, "POST", f"/admin/approvals/{approval_id}/approve").status_code == 409
         assert not any(x["arguments"].get("path") == target for x in calls_in(call_log))
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_an_approved_tool_that_asks_the_client_is_approved_once(
+        self, pair: Any, call_log: Path, mode: str
+    ) -> None:
+        """Approved by an operator, the tool asks the client for input (2026-07-28:
+        ``input_required``, then a retry with the answer): the retry goes on under the same
+        approval, never held for a second one."""
+        one, two = pair
+        question = f"favourite colour, {mode}?"
+
+        async def answer(_ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            return types.ElicitResult(action="accept", content={"answer": f"blue-{mode}"})
+
+        async with client(
+            one.url("up"), key=ANALYST_KEY, mode=mode, elicitation_callback=answer
+        ) as c:
+            task = asyncio.create_task(c.call_tool("ask_user", {"question": question}))
+            approval_id = await self._pending_id(two, "ask_user")
+            admin(two, "POST", f"/admin/approvals/{approval_id}/approve")
+            with anyio.fail_after(15):
+                result = await task
+        assert not result.is_error and text_of(result) == f"blue-{mode}", text_of(result)
+        held = [r for r in admin(two, "GET", "/admin/approvals").json() if r["tool"] == "ask_user"]
+        assert [(r["id"], r["status"]) for r in held if r["id"] == approval_id] == [
+            (approval_id, "used")
+        ]
+        assert not [r for r in held if r["status"] == "pending"]
 
     @pytest.mark.parametrize("mode", ["legacy", "auto"])
     async def test_held_call_goes_through_once_approved(

@@ -47,7 +47,9 @@ async def call_through(
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None
     hold = held.hold if held is not None else None
     if admission is None:
-        admission = await admit(gw, call, hold=hold, elicit=elicit)
+        admission = await admit(gw, call, hold=hold, elicit=elicit, resume=face.resumes)
+    if admission.allowed:  # an approved call's upstream may ask for input: carried on
+        fwd.view = await face.continuing(fwd.view, call, admission.decision)
     if held is not None and held.opened:
         await held.answer(gw, call, fwd, admission)
         return
@@ -59,7 +61,6 @@ async def call_through(
         body = denial(message.msg_id, admission.decision, admission.decision_id, version)
         await reply(send, 200, body)
         return
-    fwd.view = face.continuing(fwd.view, call, admission.decision)
     async with timed_upstream(gw, call):
         await forward(incoming, send, fwd)
 

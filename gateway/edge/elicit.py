@@ -122,6 +122,9 @@ class ElicitFace:
         self.modern = version in MODERN_VERSIONS
         self.state = message.params.get("requestState")
         self.ours = inband.is_gateway_state(self.state)
+        # A continuation of a call already approved (in the client or by an operator), whose
+        # upstream asked the client for input: decided by its state, never asked again.
+        self.resumes = self.modern and self.ours and inband.continues(gw.signer.key, self.state)
         self.pending: dict[str, Any] | None = None  # the input_required result to answer with
 
     def available(self, fwd: Forward) -> bool:
@@ -188,26 +191,27 @@ class ElicitFace:
         if not await store.consume_once("elicit:" + checked.nonce, ttl, checked.epoch):
             return _refused(decision, "approval_replayed")  # used, or issued before a reset
         if checked.approval is not None:  # the approved call, answering its upstream's question
-            reason = f"approved in the client by its user ({checked.approval}), continuing"
+            reason = f"approved ({checked.approval}), continuing after its upstream asked for input"
             return replace(decision, effect="allow", reason=reason, approval_id=checked.approval)
         responses = self.message.params.get("inputResponses")
         answer = responses.get(INPUT_KEY) if isinstance(responses, dict) else None
         return answered(decision, answer, "elc_" + checked.nonce[:16])
 
-    def continuing(self, view: View | None, call: Call, decision: Decision) -> View | None:
+    async def continuing(self, view: View | None, call: Call, decision: Decision) -> View | None:
         """The view an approved 2026-07-28 call's answer passes: when the upstream asks the
         client for input (``input_required``), its ``requestState`` is carried inside one of
         the gateway's, bound to this call and this approval, so the retry with the client's
         answer goes on without asking the human again (and only that retry: used once)."""
-        approval = decision.approval_id or ""
-        if not (self.modern and decision.allowed and approval.startswith("elc_")):
+        approval = decision.approval_id or ""  # asked in the client, or by an operator
+        if not (self.modern and decision.allowed and approval):
             return view
         timeout = decision.approval.timeout if decision.approval else 300.0
         key, revision = self.gw.signer.key, decision.revision
 
         store = self.gw.approvals.store if self.gw.approvals is not None else None
-        # The store's epoch as its last use (this call's own, a moment ago) saw it.
-        epoch = store.epoch if isinstance(store, inband.OnceStore) else ""
+        if not isinstance(store, inband.OnceStore):
+            return view  # nothing could check the state: the retry is asked again
+        epoch = await store.current_epoch()  # known after its first use: no round trip
 
         def wrap(upstream: str | None) -> str:
             expires = time.time() + timeout

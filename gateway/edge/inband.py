@@ -153,16 +153,30 @@ def check_state(
     return State(nonce, expires, approval, upstream, epoch)
 
 
-def upstream_state(key: bytes, token: str) -> str | None:
-    """The upstream's own state a continuation issued here carries, or None (no such state,
-    or not one of ours: the call is decided, and refused, before anything is forwarded)."""
+def continues(key: bytes, token: Any) -> bool:
+    """Whether ``token`` is a continuation's state issued here (one naming an approval)."""
+    payload = _payload(key, token)
+    return payload is not None and isinstance(payload.get("a"), str)
+
+
+def _payload(key: bytes, token: Any) -> dict[str, Any] | None:
+    if not isinstance(token, str):
+        return None
     body, dot, mac = token.removeprefix(STATE_PREFIX).rpartition(".")
     if not dot or not same_text(mac, _mac(key, "elicit-state", body)):
         return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(body.encode())).get("u")
-    except (ValueError, AttributeError):
+        payload = json.loads(base64.urlsafe_b64decode(body.encode()))
+    except ValueError:
         return None
+    return payload if isinstance(payload, dict) else None
+
+
+def upstream_state(key: bytes, token: str) -> str | None:
+    """The upstream's own state a continuation issued here carries, or None (no such state,
+    or not one of ours: the call is decided, and refused, before anything is forwarded)."""
+    payload = _payload(key, token)
+    value = payload.get("u") if payload is not None else None
     return value if isinstance(value, str) else None
 
 

@@ -64,6 +64,7 @@ async def admit(
     hold: Hold | None = None,
     elicit: Elicit | None = None,
     clock: Clock = time.perf_counter,
+    resume: bool = False,
 ) -> Admission:
     """Decide, check the pin, resolve an approval, take the limits, then record once.
 
@@ -82,7 +83,10 @@ async def admit(
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
     try:
-        if _in_band(decision):
+        # ``resume``: the call continues one already approved (its state says which, and is
+        # checked and used once by ``elicit``), whatever mode its approval was given in.
+        resumed = resume and elicit is not None and decision.effect == "require_approval"
+        if _in_band(decision) or resumed:
             if elicit is None:
                 decision = _fallback(decision)
             else:  # asked (or still being asked) at the client: no out-of-band request
