@@ -323,6 +323,15 @@ class TestTokens:
 
     KEY = b"k" * 32
 
+    def test_one_grant_opening_sessions_pushes_out_only_its_own(self) -> None:
+        known = inband.ClientCapabilities(size=3)
+        known.remember("up", "victim", "v1", True)
+        for n in range(100):
+            known.remember("up", "attacker", f"a{n}", True)
+        assert known.elicits("up", "victim", "v1")
+        assert known.elicits("up", "attacker", "a99") and not known.elicits("up", "attacker", "a0")
+        assert not known.elicits("up", "victim", "a99") and not known.elicits("up", "victim", None)
+
     def test_an_answer_id_is_bound_to_server_grant_and_session(self) -> None:
         msg_id, nonce = inband.mint_id(self.KEY, "up", "g1", "s1")
         assert inband.is_gateway_id(msg_id)

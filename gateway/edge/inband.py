@@ -219,20 +219,25 @@ class Waiters:
 
 
 class ClientCapabilities:
-    """Whether each session's client declared elicitation at ``initialize`` (bounded)."""
+    """Whether each session's client declared elicitation at ``initialize``: at most ``size``
+    sessions per grant, the least recently opened going first. One grant opening sessions
+    by the thousand pushes out only its own (before, one list for all grants let it push
+    every other grant's sessions back to the out-of-band fallback)."""
 
     def __init__(self, size: int = 10_000) -> None:
-        self._known: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
+        self._known: dict[str, OrderedDict[tuple[str, str], bool]] = {}
         self._size = size
 
     def remember(self, server: str, grant: str, session: str, elicits: bool) -> None:
-        self._known[(server, grant, session)] = elicits
-        self._known.move_to_end((server, grant, session))
-        while len(self._known) > self._size:
-            self._known.popitem(last=False)
+        known = self._known.setdefault(grant, OrderedDict())
+        known[(server, session)] = elicits
+        known.move_to_end((server, session))
+        while len(known) > self._size:
+            known.popitem(last=False)
 
     def elicits(self, server: str, grant: str, session: str | None) -> bool:
-        return session is not None and self._known.get((server, grant, session), False)
+        known = self._known.get(grant)
+        return session is not None and known is not None and known.get((server, session), False)
 
 
 @dataclass(slots=True)
