@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +29,7 @@ default: deny
 tools:
   slow_progress: {action: allow}
   echo: {action: allow}
+  hang: {action: allow}
 """
 
 
@@ -89,3 +93,28 @@ async def test_one_grant_past_its_cap_is_429_others_go_on(gateway: GatewayProces
         assert (await echo(OTHER)).status_code == 200
         assert await asyncio.gather(*held) == [200] * CAP
         assert (await echo(HOG)).status_code == 200  # its places came back as they ended
+
+
+def test_a_client_gone_before_the_answer_gives_its_place_back(gateway: GatewayProcess) -> None:
+    """A call whose upstream never answers, its client gone: the request ends at once (not
+    after servers.X.timeout), and its place among the grant's requests comes back."""
+    sent = json.dumps(body("hang", {})).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers(HOG, "hang").items())
+    raw = (
+        f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}"
+        f"Content-Length: {len(sent)}\r\n\r\n"
+    ).encode() + sent
+    before = len(gateway.records())
+    gone = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(CAP)]
+    for sock in gone:
+        sock.sendall(raw)
+    gateway.wait_records(before + CAP)  # all decided and sent upstream
+    echo = body("echo", {"text": "hi"})
+    url = gateway.url("up")
+    assert httpx.post(url, json=echo, headers=headers(HOG, "echo")).status_code == 429
+    for sock in gone:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+    assert answer.json()["result"]["content"][0]["text"] == "hi"

@@ -128,10 +128,20 @@ def sse_error(fwd: Forward, what: str = "failed while answering") -> bytes:
 async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | None:
     """Relay one request; returns the upstream response (already released) or None if down."""
     upstream = fwd.upstream
-    try:
-        resp = await upstream.pool.request(
-            incoming.method, request_headers(incoming, fwd), fwd.body
+    asked: list[H1Response] = []
+
+    async def ask() -> None:
+        asked.append(
+            await upstream.pool.request(incoming.method, request_headers(incoming, fwd), fwd.body)
         )
+
+    try:
+        # A client that goes away before the upstream's head ends the request there too (and
+        # gives back its place among its grant's requests), not after servers.X.timeout.
+        await watching_disconnect(incoming.receive, ask())
+        if not asked:
+            return None
+        resp = asked[0]
     except TimeoutError:  # no head within servers.X.timeout; the connection was dropped
         message = f"upstream {upstream.name!r} did not answer in time"
         await reply(send, 504, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
