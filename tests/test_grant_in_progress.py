@@ -1,7 +1,8 @@
-"""``security.max_requests_per_grant``: one grant's requests in progress at once (held calls,
-streams) are capped per replica, so one grant cannot hold every connection the gateway has.
-Past the cap its next request is 429 with ``Retry-After``; other grants go on, and the grant's
-places come back as its requests end."""
+"""``security.max_requests_per_agent``: one agent's requests in progress at once (held calls,
+streams) are capped per replica, so one client cannot hold every connection the gateway has.
+Past the cap its next request is 429 with ``Retry-After``; others go on, and its places come
+back as its requests end (or its client goes away). Per agent of a grant: two users of one
+OAuth client count apart (``tests/test_oauth_same_client.py``)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest()}
         for name, key in (("hog", HOG), ("other", OTHER))
     }
-    security = {"max_requests_per_grant": CAP}
+    security = {"max_requests_per_agent": CAP}
     up: PeerProcess
     with http_upstream() as up:
         servers = {"up": {"url": up.url}}
@@ -89,7 +90,7 @@ async def test_one_grant_past_its_cap_is_429_others_go_on(gateway: GatewayProces
         await eventually(lambda: hanging() == CAP, 20)  # all decided and under way
         over = await echo(HOG)
         assert over.status_code == 429 and over.headers["retry-after"] == "1"
-        assert f"more than {CAP} requests of this grant" in over.json()["error"]["message"]
+        assert f"more than {CAP} requests of this agent" in over.json()["error"]["message"]
         assert (await echo(OTHER)).status_code == 200
         assert await asyncio.gather(*held) == [200] * CAP
         assert (await echo(HOG)).status_code == 200  # its places came back as they ended

@@ -8,6 +8,7 @@ alice (the console showed it as alice's).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,11 @@ def gw(auth: AuthServer, call_log: Path, tmp_path_factory: Any) -> Iterator[Gate
     with http_upstream(log_path=call_log) as up:
         settings = {**OAUTH, "issuer": auth.url}
         directory = tmp_path_factory.mktemp("same-client")
-        with oauth_gateway(directory, POLICY, {"up": {"url": up.url}}, settings, admin=admin) as g:
+        security = {"max_requests_per_agent": 2}
+        servers = {"up": {"url": up.url}}
+        with oauth_gateway(
+            directory, POLICY, servers, settings, admin=admin, security=security
+        ) as g:
             yield g
 
 
@@ -139,3 +144,24 @@ def test_an_approval_is_the_users_it_was_asked_for(
         ("alice", "require_approval"),
         ("alice", "allow"),
     ]
+
+
+async def test_one_user_holding_streams_leaves_another_users_places(
+    gw: GatewayProcess, auth: AuthServer
+) -> None:
+    """``max_requests_per_agent`` counts each user of a grant apart: bob's open streams use
+    bob's places, never alice's."""
+    alice, bob = bearer(auth, gw, "alice"), bearer(auth, gw, "bob")
+    async with httpx.AsyncClient(base_url=gw.base, timeout=20) as http:
+        with httpx.Client(base_url=gw.base, timeout=20) as sync:
+            bobs = [session(sync, "/mcp/up", bob) for _ in range(2)]
+        async with contextlib.AsyncExitStack() as streams:
+            for headers in bobs:  # bob's two places, held by a GET stream on each session
+                held = await streams.enter_async_context(
+                    http.stream("GET", "/mcp/up", headers=headers)
+                )
+                assert held.status_code == 200
+            refused = await http.post("/mcp/up", json=initialize_body("bob"), headers=bob)
+            assert refused.status_code == 429 and "of this agent" in refused.text
+            opened = await http.post("/mcp/up", json=initialize_body("alice"), headers=alice)
+            assert opened.status_code == 200, opened.text

@@ -259,7 +259,7 @@ class _ConfigLoader(Reader):
             allowed_hosts=self.str_list(sub, "allowed_hosts"),
             allowed_origins=self.str_list(sub, "allowed_origins"),
             max_body_bytes=sub.positive_int("max_body_bytes"),
-            max_requests_per_grant=sub.positive_int("max_requests_per_grant"),
+            max_requests_per_agent=sub.positive_int("max_requests_per_agent"),
             **{
                 name: sub.positive_int(name) if whole else sub.positive_number(name)
                 for name, whole in _CONNECTION_LIMITS.items()

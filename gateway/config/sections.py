@@ -95,9 +95,9 @@ class SecurityConfig:
     body_timeout: float = 30.0  # seconds for a whole body, from the end of its head
     keepalive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
     max_connections: int = 1000  # open client connections, SSE streams included
-    # MCP requests of one grant in progress at once (streams and held calls included), per
-    # replica: past it 429, so that one grant cannot hold every connection.
-    max_requests_per_grant: int = 256
+    # MCP requests of one agent (of one grant) in progress at once, streams and held calls
+    # included, per replica: past it 429, so that no one client holds every connection.
+    max_requests_per_agent: int = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,14 +72,14 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
         await reply(send, status, body, extra=challenge)
         return None
-    if not gw.in_progress.begin(identity.grant):
-        cap = gw.config.security.max_requests_per_grant
-        message = f"more than {cap} requests of this grant in progress: try again later"
+    owner = identity.owner  # one user of a grant cannot take another's places
+    if not gw.in_progress.begin(owner):
+        cap = gw.config.security.max_requests_per_agent
+        message = f"more than {cap} requests of this agent in progress: try again later"
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
         await reply(send, 429, body, extra=[(b"retry-after", b"1")])
         return None
-    grant = identity.grant
-    incoming.release = lambda: gw.in_progress.done(grant)  # when the request ends
+    incoming.release = lambda: gw.in_progress.done(owner)  # when the request ends
     return identity
 
 

@@ -37,8 +37,9 @@ def utcnow() -> datetime:
 
 
 class InProgress:
-    """How many requests each grant has in progress, at most ``cap`` each: one grant's
-    streams and held calls cannot take every connection the gateway has."""
+    """How many requests each caller (``Identity.owner``: a grant's agent) has in progress,
+    at most ``cap`` each: one caller's streams and held calls cannot take every connection
+    the gateway has, nor another user's places in a grant they share."""
 
     __slots__ = ("cap", "counts")
 
@@ -46,19 +47,19 @@ class InProgress:
         self.cap = cap
         self.counts: dict[str, int] = {}
 
-    def begin(self, grant: str) -> bool:
-        count = self.counts.get(grant, 0)
+    def begin(self, owner: str) -> bool:
+        count = self.counts.get(owner, 0)
         if count >= self.cap:
             return False
-        self.counts[grant] = count + 1
+        self.counts[owner] = count + 1
         return True
 
-    def done(self, grant: str) -> None:
-        count = self.counts.get(grant, 0) - 1
+    def done(self, owner: str) -> None:
+        count = self.counts.get(owner, 0) - 1
         if count > 0:
-            self.counts[grant] = count
+            self.counts[owner] = count
         else:
-            self.counts.pop(grant, None)
+            self.counts.pop(owner, None)
 
 
 @dataclass
@@ -91,11 +92,11 @@ class Gateway:
     # kind or a risk: everything is classified again, once).
     unlisted: dict[tuple[str, str], ToolInfo] = field(default_factory=dict, repr=False)
     classified_under: CompiledPolicy | None = field(default=None, repr=False)
-    # MCP requests in progress per grant (security.max_requests_per_grant)
+    # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.in_progress = InProgress(self.config.security.max_requests_per_grant)
+        self.in_progress = InProgress(self.config.security.max_requests_per_agent)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
         """What CEL sees as ``tool``; a tool not listed yet is classified by its name."""
