@@ -5,6 +5,7 @@ bounded. The gateway and the MCP upstream are real processes; the attackers are 
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 import urllib.request
@@ -315,6 +316,19 @@ def capped(
     )
 
 
+@pytest.fixture(scope="module")
+def capped_keyed(
+    upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """The capped gateway with keys: a request without one is answered 401 at once."""
+    grants = {"bot": {"key_sha256": hashlib.sha256(b"cgk_capped-key-0123456789").hexdigest()}}
+    security = {"max_connections": 20, "keepalive_timeout": 60, "head_timeout": 60}
+    directory = tmp_path_factory.mktemp("gw")
+    servers = {"up": {"url": upstream.url}}
+    with run_gateway(directory, POLICY, servers, security=security, grants=grants) as gw:
+        yield gw
+
+
 class TestConnectionCap:
     """At max_connections a new connection takes the place of the one that has waited longest
     with no request in progress (a head never finished, or idle between requests); only when
@@ -362,6 +376,22 @@ class TestConnectionCap:
         finally:
             close_all(kept)
         _until(lambda: _status(_healthz_once(capped.port)) == 200, time.monotonic() + 10)
+
+    def test_bodies_trickling_after_a_refusal_cannot_keep_anyone_out(
+        self, capped_keyed: GatewayProcess
+    ) -> None:
+        """No credentials, a long body sent a byte at a time: answered 401 at once, the
+        connection then waits for nothing of its own, and gives way like a half head."""
+        slow = (
+            b"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{"
+        )
+        kept = [_connect(capped_keyed.port, slow) for _ in range(20)]
+        try:
+            for _ in range(5):
+                assert _status(_healthz_once(capped_keyed.port)) == 200
+        finally:
+            close_all(kept)
 
     async def test_an_open_mcp_session_goes_on_at_the_cap(self, capped: GatewayProcess) -> None:
         kept: list[socket.socket] = []

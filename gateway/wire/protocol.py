@@ -177,9 +177,10 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def _make_room(self) -> bool:
         """At the connection cap: close the connection that has waited longest with no
-        request of its own in progress (a head not yet whole, or idle between requests), if
-        any. Connections that never send a whole head must not keep everyone else out: they
-        go first, and a client whose request is under way is never cut."""
+        request of its own in progress (a head not yet whole, idle between requests, or a
+        body still coming for a request already answered), if any. Connections that never
+        send a whole request must not keep everyone else out: they go first, and a client
+        whose request is under way is never cut."""
         waiting = [c for c in self.connections if isinstance(c, GuardedHttpProtocol) and c._idle()]
         if not waiting:
             return False
@@ -189,8 +190,10 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         return True
 
     def _idle(self) -> bool:
+        """No request of its own in progress: none yet, or its last one answered (even with
+        its body still trickling in, as after a 401 to a request with no credentials)."""
         cycle = self.cycle
-        return self._stage is not _Stage.BODY and (cycle is None or cycle.response_complete)
+        return cycle is None or cycle.response_complete
 
     def on_response_complete(self) -> None:
         self._quiet_since = time.monotonic()
