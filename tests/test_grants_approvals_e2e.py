@@ -233,16 +233,17 @@ class TestWaitApproval:
                     return str(found[0])
                 await anyio.sleep(0.05)
 
+    @pytest.mark.parametrize("accept", ["application/json, text/event-stream", "application/json"])
     @pytest.mark.parametrize("path", ["/mcp/up", "/mcp"])
     async def test_a_held_call_its_client_cancels_is_withdrawn(
-        self, pair: Any, call_log: Path, path: str
+        self, pair: Any, call_log: Path, path: str, accept: str
     ) -> None:
         """notifications/cancelled for a call held here ends its wait and withdraws its
         request: approving it afterwards runs nothing (the upstream never saw the call, so
         the cancel forwarded there had stopped nothing)."""
         one, two = pair
         name = "write_file" if path == "/mcp/up" else "up__write_file"
-        target = f"/tmp/cancelled-{len(path)}.txt"
+        target = f"/tmp/cancelled-{len(path)}-{len(accept)}.txt"
         base = {
             "authorization": f"Bearer {ANALYST_KEY}",
             "content-type": "application/json",
@@ -265,8 +266,9 @@ class TestWaitApproval:
                 "params": {"name": name, "arguments": args},
             }
 
-            async def held() -> str:
-                async with http.stream("POST", path, json=call, headers=session) as answer:
+            async def held() -> str:  # held on a stream, or as a JSON answer to come
+                asks = {**session, "accept": accept}
+                async with http.stream("POST", path, json=call, headers=asks) as answer:
                     return (await answer.aread()).decode()
 
             task = asyncio.create_task(held())
@@ -276,7 +278,7 @@ class TestWaitApproval:
             assert (await http.post(path, json=cancel, headers=session)).status_code == 202
             with anyio.fail_after(15):
                 got = await task
-        assert '"result"' not in got
+        assert "wrote" not in got
         listed = admin(two, "GET", "/admin/approvals").json()
         [request] = [r for r in listed if r["id"] == approval_id]
         assert (request["status"], request["decided_by"]) == ("denied", "client")

@@ -14,7 +14,7 @@ from mcp.shared.inbound import (
 
 from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import HeldStream, accepts_sse, held_key
+from gateway.edge.held import Cancellable, HeldKey, HeldStream, accepts_sse, held_key
 from gateway.edge.replies import denial
 from gateway.pipeline.admission import Admission, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
@@ -38,14 +38,16 @@ async def call_through(
     """Decide ``call`` (unless ``admission`` says it was decided already), then forward it
     or answer its refusal."""
     fwd.params = param_headers(gw, incoming, call, version, message)
-    held = None
-    if accepts_sse(incoming):
-        key = held_key(incoming, identity, message.msg_id)
-        held = HeldStream(incoming, send, message, gw, call, key)
+
+    def key() -> HeldKey:  # made only for a call that is held
+        return held_key(incoming, identity, message.msg_id)
+
+    held = HeldStream(incoming, send, message, gw, call, key) if accepts_sse(incoming) else None
     face = ElicitFace(gw, message, version, identity, held)
     fwd.body = face.upstream_body(fwd.body)
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None
-    hold = held.hold if held is not None else None
+    # A call held in wait mode may be cancelled by its client, on a stream or not.
+    hold = held.hold if held is not None else Cancellable(gw, call, key).hold
     if admission is None:
         admission = await admit(gw, call, hold=hold, elicit=elicit, resume=face.resumes)
     if admission.allowed:  # an approved call's upstream may ask for input: carried on

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
 from gateway.approvals.service import match_key
@@ -78,20 +78,30 @@ HeldKey = tuple[str, str, str, str]
 
 class HeldCalls:
     """Calls held for approval in this process, by endpoint, caller (``Identity.owner``),
-    session and request id: a handshake-era client's ``notifications/cancelled`` naming one
-    ends its wait (a held call never reached its upstream, so forwarding the cancel there
-    stopped nothing, and an approval given later ran the call the client had cancelled)."""
+    session (none for a client without one) and request id: a client's
+    ``notifications/cancelled`` naming one ends its wait (a held call never reached its
+    upstream, so forwarding the cancel there stopped nothing, and an approval given later
+    ran the call the client had cancelled). Two held calls under one key both end."""
 
     def __init__(self) -> None:
-        self.waiting: dict[HeldKey, asyncio.Event] = {}
+        self.waiting: dict[HeldKey, set[asyncio.Event]] = {}
 
-    def cancel(self, key: HeldKey | None) -> bool:
-        """End the held call ``key`` names; False when none waits under it."""
-        found = self.waiting.get(key) if key is not None else None
-        if found is None:
-            return False
-        found.set()
-        return True
+    def add(self, key: HeldKey, stop: asyncio.Event) -> None:
+        self.waiting.setdefault(key, set()).add(stop)
+
+    def remove(self, key: HeldKey, stop: asyncio.Event) -> None:
+        found = self.waiting.get(key)
+        if found is not None:
+            found.discard(stop)
+            if not found:
+                del self.waiting[key]
+
+    def cancel(self, key: HeldKey) -> bool:
+        """End the held calls ``key`` names; False when none waits under it."""
+        found = self.waiting.get(key)
+        for stop in found or ():
+            stop.set()
+        return bool(found)
 
 
 def held_calls(extras: MutableMapping[str, Any]) -> HeldCalls:
@@ -101,13 +111,10 @@ def held_calls(extras: MutableMapping[str, Any]) -> HeldCalls:
     return found
 
 
-def held_key(incoming: Incoming, identity: Identity, msg_id: Any) -> HeldKey | None:
+def held_key(incoming: Incoming, identity: Identity, msg_id: Any) -> HeldKey:
     """Who may cancel a held call, and under which id: the same caller, on the same endpoint
-    and session (ids are the caller's own); None without a session (2026-07-28 clients
-    cancel by closing the stream)."""
-    session = incoming.header("mcp-session-id")
-    if session is None:
-        return None
+    and session, or with no session for a client that has none (ids are the caller's own)."""
+    session = incoming.header("mcp-session-id") or ""
     return (incoming.path, identity.owner, session, json.dumps(msg_id))
 
 
@@ -118,6 +125,71 @@ def cancels_held(gw: Gateway, incoming: Incoming, identity: Identity, message: M
         return False
     key = held_key(incoming, identity, message.params.get("requestId"))
     return held_calls(gw.extras).cancel(key)
+
+
+class Cancellable:
+    """A call held for approval (``wait`` mode) that its client may cancel: registered in
+    ``HeldCalls`` under its key while it waits; cancelled, the wait ends and its approval
+    request is withdrawn (refused on the client's behalf, and forgotten, so that the same
+    call asked again is a new request). The ``hold`` of a client that takes no SSE (the
+    call waits, then is answered as JSON); ``HeldStream`` runs one inside its stream."""
+
+    __slots__ = ("call", "cancelled", "gw", "key")
+
+    def __init__(
+        self, gw: Gateway | None, call: Call | None, key: Callable[[], HeldKey] | None
+    ) -> None:
+        self.gw = gw
+        self.call = call
+        self.key = key
+        self.cancelled = False
+
+    async def hold(self, decision: Decision, wait: Wait) -> Decision:
+        final = await self.run(decision, wait, None)
+        return decision if final is None else final
+
+    async def run(self, decision: Decision, wait: Wait, tick: Any) -> Decision | None:
+        """The decision once waited for; None when the wait was cancelled (by the client,
+        or by its going away)."""
+        registry = held_calls(self.gw.extras) if self.gw is not None else None
+        stop = asyncio.Event()
+        key = self.key() if self.key is not None and registry is not None else None
+        if registry is not None and key is not None:
+            registry.add(key, stop)
+        waiting = asyncio.ensure_future(wait(tick))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if registry is not None and key is not None:
+                registry.remove(key, stop)
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()
+        if stop.is_set():
+            self.cancelled = True
+            await self._withdraw(decision)
+        return None
+
+    async def _withdraw(self, decision: Decision) -> None:
+        """The cancelled call's approval request, refused on its client's behalf (and
+        forgotten, so that the same call asked again is a new request)."""
+        gw = self.gw
+        approvals = gw.approvals if gw is not None else None
+        call = self.call
+        if approvals is None or call is None:
+            return
+        match = match_key(call, decision.revision)
+        with contextlib.suppress(ApprovalError, BackendUnavailable):
+            request = await approvals.store.find(match)
+            if request is not None and request.status == "pending":
+                note = "cancelled by its client"
+                await approvals.store.transition(request.id, "pending", "denied", "client", note)
+            await approvals.store.forget_match(match)
 
 
 class HeldStream:
@@ -139,7 +211,7 @@ class HeldStream:
         message: Message,
         gw: Gateway | None = None,
         call: Call | None = None,
-        key: HeldKey | None = None,
+        key: Callable[[], HeldKey] | None = None,
     ) -> None:
         self.incoming = incoming
         self.send = send
@@ -178,51 +250,16 @@ class HeldStream:
         await self.open()
         tick = _Keepalive(self.send, self.message, "waiting for a human to approve this call")
         final: Decision | None = None
-        registry = held_calls(self.gw.extras) if self.gw is not None else None
-        stop = asyncio.Event()
+        waiting = Cancellable(self.gw, self.call, self.key)
 
         async def work() -> None:
             nonlocal final
-            waiting = asyncio.ensure_future(wait(tick))
-            stopped = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopped.cancel()
-                if not waiting.done():
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiting
-            if waiting.done() and not waiting.cancelled():
-                final = waiting.result()
+            final = await waiting.run(decision, wait, tick)
 
-        if registry is not None and self.key is not None:
-            registry.waiting[self.key] = stop
-        try:
-            await self.watching(work())
-        finally:
-            if registry is not None and self.key is not None:
-                registry.waiting.pop(self.key, None)
-        if final is None and stop.is_set():  # cancelled by its client: no answer is due
+        await self.watching(work())
+        if waiting.cancelled:  # by its client: no answer is due
             self.cancelled = self.gone = True
-            await self._withdraw(decision)
         return decision if final is None else final
-
-    async def _withdraw(self, decision: Decision) -> None:
-        """The cancelled call's approval request, refused on its client's behalf (and
-        forgotten, so that the same call asked again is a new request)."""
-        gw = self.gw
-        approvals = gw.approvals if gw is not None else None
-        call = self.call
-        if approvals is None or call is None:
-            return
-        match = match_key(call, decision.revision)
-        with contextlib.suppress(ApprovalError, BackendUnavailable):
-            request = await approvals.store.find(match)
-            if request is not None and request.status == "pending":
-                note = "cancelled by its client"
-                await approvals.store.transition(request.id, "pending", "denied", "client", note)
-            await approvals.store.forget_match(match)
 
     async def answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:
         if not self.gone:

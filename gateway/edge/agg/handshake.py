@@ -265,7 +265,10 @@ class Handshake:
             call = tool_call(
                 self.gw, incoming, message, server, changed["name"], identity, session.sid
             )
-            if verdict(self.gw, call).effect == "deny":
+            gw = self.gw
+            if gw.relist is not None and (server, call.tool) not in gw.catalog:
+                await gw.relist(server)  # decided on the schema admit would see
+            if verdict(gw, call).effect == "deny":
                 admission = await admit(self.gw, call)
                 if not admission.allowed:
                     decision, version = admission.decision, incoming.header("mcp-protocol-version")
