@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from tests.gateway_proc import (
     text_of,
 )
 from tests.peers import PeerProcess
+from tests.test_stdio_wire import MODERN_META
 from tests.valkey_server import ValkeyProcess
 
 ANALYST_KEY = "cgk_test-analyst-key-0123456789"
@@ -284,6 +287,34 @@ class TestWaitApproval:
         assert (request["status"], request["decided_by"]) == ("denied", "client")
         assert admin(two, "POST", f"/admin/approvals/{approval_id}/approve").status_code == 409
         assert not any(x["arguments"].get("path") == target for x in calls_in(call_log))
+
+    async def test_a_json_client_gone_while_held_ends_its_wait(self, pair: Any) -> None:
+        """A held call answered as JSON has no stream to watch: its client going away ends
+        the wait all the same (recorded as still held; the request stays for a retry)."""
+        one, two = pair
+        target = "/tmp/held-then-gone.txt"
+        args = {"path": target, "content": "x"}
+        params = {"name": "write_file", "arguments": args, "_meta": MODERN_META}
+        sent = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params})
+        head = (
+            f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{one.port}\r\n"
+            f"Authorization: Bearer {ANALYST_KEY}\r\nContent-Type: application/json\r\n"
+            "Accept: application/json\r\nMcp-Protocol-Version: 2026-07-28\r\n"
+            "Mcp-Method: tools/call\r\nMcp-Name: write_file\r\n"
+            f"Content-Length: {len(sent)}\r\n\r\n"
+        )
+        sock = socket.create_connection(("127.0.0.1", one.port))
+        try:
+            sock.sendall(head.encode() + sent.encode())
+            approval_id = await self._pending_id(two, "write_file")
+        finally:
+            sock.close()
+
+        def held(record: dict[str, Any]) -> bool:
+            return record.get("tool") == "write_file" and record["effect"] == "require_approval"
+
+        assert one.wait_records(1, where=held, within=10)
+        admin(two, "POST", f"/admin/approvals/{approval_id}/deny")  # not left for later tests
 
     @pytest.mark.parametrize("mode", ["legacy", "auto"])
     async def test_an_approved_tool_that_asks_the_client_is_approved_once(

@@ -25,7 +25,7 @@ from gateway.edge.forward import (
 )
 from gateway.edge.replies import denial
 from gateway.errors import ApprovalError, BackendUnavailable
-from gateway.pipeline.admission import Admission, Wait, timed_upstream
+from gateway.pipeline.admission import Admission, Hold, Wait, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
 from gateway.upstream.h1 import H1Response
@@ -147,6 +147,20 @@ class Cancellable:
     async def hold(self, decision: Decision, wait: Wait) -> Decision:
         final = await self.run(decision, wait, None)
         return decision if final is None else final
+
+    def watched(self, incoming: Incoming) -> Hold:
+        """``hold`` that also ends when the client goes away (no stream watches it)."""
+
+        async def hold(decision: Decision, wait: Wait) -> Decision:
+            final = [decision]
+
+            async def work() -> None:
+                final[0] = await self.hold(decision, wait)
+
+            await watching_disconnect(incoming.receive, work())
+            return final[0]
+
+        return hold
 
     async def run(self, decision: Decision, wait: Wait, tick: Any) -> Decision | None:
         """The decision once waited for; None when the wait was cancelled (by the client,
