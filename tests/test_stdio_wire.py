@@ -39,11 +39,14 @@ INIT = {
 
 
 @contextlib.asynccontextmanager
-async def bridge(**config: Any) -> AsyncIterator[StdioUpstream]:
-    command, args = stdio_upstream_command()
-    server = ServerConfig(
-        name="st", command=command, args=tuple(args), env={"PYTHONPATH": str(REPO_ROOT)}, **config
-    )
+async def bridge(script: str | None = None, **config: Any) -> AsyncIterator[StdioUpstream]:
+    """The bridge to the test upstream, or with ``script`` to a child running that Python."""
+    if script is None:
+        command, args = stdio_upstream_command()
+        env = {"PYTHONPATH": str(REPO_ROOT)}
+        server = ServerConfig(name="st", command=command, args=tuple(args), env=env, **config)
+    else:
+        server = ServerConfig(name="inline", command=sys.executable, args=("-c", script))
     upstream = StdioUpstream(server)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
@@ -277,7 +280,6 @@ async def test_a_child_that_stops_reading_holds_bounded_input(
     """A child that reads nothing (as a single-threaded server does in a slow tool) takes at
     most ``MAX_UNWRITTEN`` bytes of input; past that a message is refused, not queued, and
     no write waits longer than ``SEND_SECONDS``."""
-    import sys
 
     from gateway.upstream import stdio_child
 
@@ -289,22 +291,17 @@ async def test_a_child_that_stops_reading_holds_bounded_input(
         "print(json.dumps(answer), flush=True)\n"
         "threading.Event().wait()\n"
     )
-    server = ServerConfig(name="deaf", command=sys.executable, args=("-c", script))
-    upstream = StdioUpstream(server)
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            await tg.start(upstream.run)
-            child = upstream.bridge.shared.child
-            await eventually(lambda: child.proc is not None)
-            line = b'"' + b"x" * (1024 * 1024) + b'"'
-            taken = 0
-            while await child.send_line(line):
-                taken += 1
-                assert taken <= stdio_child.MAX_UNWRITTEN // len(line) + 1
-            assert child.proc is not None
-            pending = child.proc.stdin.transport.get_write_buffer_size()  # type: ignore[union-attr]
-            assert pending <= stdio_child.MAX_UNWRITTEN
-            tg.cancel_scope.cancel()
+    async with bridge(script) as upstream:
+        child = upstream.bridge.shared.child
+        await eventually(lambda: child.proc is not None)
+        line = b'"' + b"x" * (1024 * 1024) + b'"'
+        taken = 0
+        while await child.send_line(line):
+            taken += 1
+            assert taken <= stdio_child.MAX_UNWRITTEN // len(line) + 1
+        assert child.proc is not None
+        pending = child.proc.stdin.transport.get_write_buffer_size()  # type: ignore[union-attr]
+        assert pending <= stdio_child.MAX_UNWRITTEN
 
 
 class TestSharedProcessIsolation:
@@ -322,16 +319,11 @@ class TestSharedProcessIsolation:
             "    print(json.dumps(note), flush=True)\n"
             "    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'result': {}}), flush=True)\n"
         )
-        server = ServerConfig(name="chatty", command=sys.executable, args=("-c", script))
-        upstream = StdioUpstream(server)
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                await tg.start(upstream.run)
-                answer = await post_modern(upstream, call(1, "anything", {}))
-                body = await answer.read()
-                assert b"about some call" not in body
-                assert json.loads(body.splitlines()[-1].removeprefix(b"data: "))["id"] == 1
-                tg.cancel_scope.cancel()
+        async with bridge(script) as upstream:
+            answer = await post_modern(upstream, call(1, "anything", {}))
+            body = await answer.read()
+            assert b"about some call" not in body
+            assert json.loads(body.splitlines()[-1].removeprefix(b"data: "))["id"] == 1
 
     async def test_an_answer_from_a_caller_is_refused(self) -> None:
         async with bridge() as upstream:

@@ -136,11 +136,10 @@ def check_state(
     key: bytes, token: str, call: Call, revision: str, now: float
 ) -> State | StateProblem:
     """The state if it was issued here for exactly this call and has not expired."""
-    body, dot, mac = token.removeprefix(STATE_PREFIX).rpartition(".")
-    if not dot or not same_text(mac, _mac(key, "elicit-state", body)):
+    payload = _payload(key, token)
+    if payload is None:
         return "approval_state_invalid"
     try:
-        payload = json.loads(base64.urlsafe_b64decode(body.encode()))
         nonce, expires, epoch = str(payload["n"]), float(payload["e"]), str(payload["p"])
         bound = payload["b"]
         approval, upstream = payload.get("a"), payload.get("u")

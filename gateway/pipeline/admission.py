@@ -77,8 +77,7 @@ async def admit(
     store, say) as a deny with ``error: internal_error``.
     """
     started = clock()
-    if gw.relist is not None and call.server and (call.server, call.tool) not in gw.catalog:
-        await gw.relist(call.server)  # its schema first (a tool added since, or a start gap)
+    await schema_read(gw, call)
     decision = verdict(gw, call)
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
@@ -110,6 +109,13 @@ async def admit(
         _record(gw, call, decision, decision_id, clock() - started, timer.waited)
         raise
     return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
+
+
+async def schema_read(gw: Gateway, call: Call) -> None:
+    """Read the call's server's tools again first when the catalogue lacks its tool (one
+    added since, or a start gap): its schema is then known to ``verdict``."""
+    if gw.relist is not None and call.server and (call.server, call.tool) not in gw.catalog:
+        await gw.relist(call.server)
 
 
 def verdict(gw: Gateway, call: Call) -> Decision:

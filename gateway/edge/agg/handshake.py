@@ -47,7 +47,7 @@ from gateway.edge.held import accepts_sse, cancels_held, event
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial
 from gateway.edge.routing import check_routing_headers
-from gateway.pipeline.admission import Admission, admit, verdict
+from gateway.pipeline.admission import Admission, admit, schema_read, verdict
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
@@ -266,8 +266,7 @@ class Handshake:
                 self.gw, incoming, message, server, changed["name"], identity, session.sid
             )
             gw = self.gw
-            if gw.relist is not None and (server, call.tool) not in gw.catalog:
-                await gw.relist(server)  # decided on the schema admit would see
+            await schema_read(gw, call)  # decided on the schema admit would see
             if verdict(gw, call).effect == "deny":
                 admission = await admit(self.gw, call)
                 if not admission.allowed:
