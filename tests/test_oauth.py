@@ -155,9 +155,22 @@ class TestProtectedResourceMetadata:
         root = httpx.get(f"{gw.base}/.well-known/oauth-protected-resource").json()
         assert root["resource"] == gw.base
 
-    def test_no_document_for_what_is_not_an_endpoint(self, gw: GatewayProcess) -> None:
+    def test_a_name_no_server_has_gets_a_document_alike(self, gw: GatewayProcess) -> None:
+        """Without credentials, nobody can tell which server names exist: a name no server has
+        reads as a server with no scopes of its own."""
+        known = httpx.get(f"{gw.base}/.well-known/oauth-protected-resource/mcp/up").json()
         resp = httpx.get(f"{gw.base}/.well-known/oauth-protected-resource/mcp/nope")
-        assert resp.status_code == 404
+        assert resp.status_code == 200
+        doc = resp.json()
+        assert doc["resource"] == gw.url("nope")
+        assert {k: v for k, v in doc.items() if k not in ("resource", "resource_name")} == {
+            k: v for k, v in known.items() if k not in ("resource", "resource_name")
+        }
+
+    def test_no_document_for_what_cannot_be_an_endpoint(self, gw: GatewayProcess) -> None:
+        for rest in ("mcp/a/b", "mcp/-x", "other"):
+            resp = httpx.get(f"{gw.base}/.well-known/oauth-protected-resource/{rest}")
+            assert resp.status_code == 404, rest
 
 
 class TestChallenges:
@@ -170,6 +183,28 @@ class TestChallenges:
         meta = f"{gw.base}/.well-known/oauth-protected-resource/mcp/up"
         assert params == {"resource_metadata": meta, "scope": "mcp"}  # no error code: 3.1
         assert resp.json()["error"]["code"] == -32600
+
+    def test_a_server_that_does_not_exist_is_challenged_alike(self, gw: GatewayProcess) -> None:
+        """The 404 comes only after authentication: a caller without a credential, or with a
+        bad one, cannot list the servers behind the gateway."""
+        for token in (None, "not-a-token"):
+            known, unknown = call(gw.url("up"), token), call(gw.url("nope"), token)
+            assert known.status_code == unknown.status_code == 401
+            assert known.json() == unknown.json()
+            params = challenge(unknown)
+            assert params["resource_metadata"].endswith("/oauth-protected-resource/mcp/nope")
+            assert {k: v for k, v in params.items() if k != "resource_metadata"} == {
+                k: v for k, v in challenge(known).items() if k != "resource_metadata"
+            }
+
+    def test_an_authenticated_caller_learns_the_server_does_not_exist(
+        self, gw: GatewayProcess, auth: AuthServer
+    ) -> None:
+        resp = call(gw.url("nope"), auth.token("reader", resource=gw.base))
+        assert resp.status_code == 404
+        assert "no MCP server named" in resp.json()["error"]["message"]
+        resp = call(gw.url("nope"), KEY)
+        assert resp.status_code == 404
 
     def test_the_aggregate_challenges_alike(self, gw: GatewayProcess) -> None:
         resp = call(f"{gw.base}/mcp")

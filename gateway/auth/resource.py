@@ -9,6 +9,7 @@ metadata of ``<base>/mcp/github`` is at ``<base>/.well-known/oauth-protected-res
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.auth.settings import OAuthConfig
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 AGGREGATE = "/mcp"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what a server's name may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +34,32 @@ class Endpoint:
 def endpoints(config: OAuthConfig, servers: list[str]) -> dict[str, Endpoint]:
     """Every protected endpoint by path; ``/mcp`` needs every server's scopes, since it reaches
     every server."""
-    base = config.resource
     every = set(config.scopes).union(*config.server_scopes.values())
-    out: dict[str, Endpoint] = {}
-    for path, scopes in [(AGGREGATE, every)] + [
-        (f"{AGGREGATE}/{name}", {*config.scopes, *config.server_scopes.get(name, ())})
-        for name in servers
-    ]:
-        resource = base + path
-        accepted = frozenset({resource, base, *config.audience})
-        out[path] = Endpoint(
-            path, resource, base + WELL_KNOWN + path, tuple(sorted(scopes)), accepted
-        )
+    out = {AGGREGATE: _endpoint(config, AGGREGATE, every)}
+    for name in servers:
+        path = f"{AGGREGATE}/{name}"
+        out[path] = _endpoint(config, path, {*config.scopes, *config.server_scopes.get(name, ())})
     return out
+
+
+def endpoint_at(config: OAuthConfig, known: dict[str, Endpoint], path: str) -> Endpoint | None:
+    """The endpoint at ``path``. Any ``/mcp/<name>`` a server could have has one, whether or
+    not such a server exists: the one it would have with no scopes of its own. So a caller
+    without credentials gets the same challenge and metadata for every name, and cannot list
+    the servers behind the gateway by probing (the 404 comes only after authentication)."""
+    found = known.get(path)
+    if found is not None or not path.startswith(AGGREGATE + "/"):
+        return found
+    if _NAME.fullmatch(path[len(AGGREGATE) + 1 :]) is None:
+        return None  # never a server's path: nothing to hide
+    return _endpoint(config, path, set(config.scopes))
+
+
+def _endpoint(config: OAuthConfig, path: str, scopes: set[str]) -> Endpoint:
+    base = config.resource
+    resource = base + path
+    accepted = frozenset({resource, base, *config.audience})
+    return Endpoint(path, resource, base + WELL_KNOWN + path, tuple(sorted(scopes)), accepted)
 
 
 def metadata(config: OAuthConfig, endpoint: Endpoint | None) -> dict[str, Any]:
@@ -89,5 +104,5 @@ def document_at(
     path = "/" + rest.strip("/") if rest.strip("/") else ""
     if not path:
         return metadata(config, None)
-    endpoint = known.get(path)
+    endpoint = endpoint_at(config, known, path)
     return metadata(config, endpoint) if endpoint is not None else None

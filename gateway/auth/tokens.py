@@ -22,7 +22,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from gateway.auth.agent import Agent, AuthMethod
 from gateway.auth.jwks import Clock, Fetch, KeySource
-from gateway.auth.resource import Endpoint, endpoints
+from gateway.auth.resource import Endpoint, endpoint_at, endpoints
 from gateway.auth.settings import ClaimMap, OAuthConfig
 
 log = structlog.get_logger("celgate.oauth")
@@ -141,7 +141,7 @@ class TokenAuthority:
         self.introspector: Any = None  # gateway.auth.introspect.Introspector, when configured
 
     def endpoint(self, path: str) -> Endpoint | None:
-        return self.endpoints.get(path.rstrip("/"))
+        return endpoint_at(self.config, self.endpoints, path.rstrip("/"))
 
     async def authenticate(self, token: str, path: str) -> Agent | Refusal:
         endpoint = self.endpoint(path)

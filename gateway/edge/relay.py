@@ -38,10 +38,11 @@ class Relay:
 
     async def _handle(self, incoming: Incoming, send: Send) -> None:
         check_guard(self.gw, incoming)
-        upstream = self._upstream(incoming)
-        identity = await caller(self.gw, incoming, send, "/mcp/" + upstream.name)
-        if identity is None:
+        name = incoming.path.strip("/")  # mounted at /mcp: the path is what follows
+        identity = await caller(self.gw, incoming, send, "/mcp/" + name)
+        if identity is None:  # refused alike whether or not the server exists
             return
+        upstream = self._upstream(name)
         if incoming.method == "POST":
             await self._post(incoming, send, upstream, identity)
         elif incoming.method in ("GET", "DELETE"):
@@ -49,8 +50,7 @@ class Relay:
         else:
             raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
 
-    def _upstream(self, incoming: Incoming) -> HttpUpstream:
-        name = incoming.path.strip("/")  # mounted at /mcp: the path is what follows
+    def _upstream(self, name: str) -> HttpUpstream:
         upstream = self.gw.upstreams.get(name)
         if upstream is None:
             raise BadMessage(rpc.INVALID_REQUEST, f"no MCP server named {name!r}", status=404)
