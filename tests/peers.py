@@ -271,6 +271,14 @@ def start_ts_upstream(extra_env: Mapping[str, str] | None = None) -> PeerProcess
     return start_process(argv, port=port, url=f"http://{HOST}:{port}/mcp", extra_env=extra_env)
 
 
+def start_ts_tasks_upstream() -> PeerProcess:
+    """The TypeScript SDK's task support, stateless (tests/peers_ts/tasks_server.mjs): one task
+    store for every caller, as a server behind a gateway sees one caller."""
+    port = free_port()
+    argv = [str(NODE), str(TS_DIR / "tasks_server.mjs"), str(TS_SDK), str(port)]
+    return start_process(argv, port=port, url=f"http://{HOST}:{port}/mcp")
+
+
 def ts_client(url: str, key: str | None, calls: list[dict[str, Any]]) -> dict[str, Any]:
     """Run the TypeScript SDK client once: list tools, make ``calls``; what it handed back."""
     argv = [str(NODE), str(TS_DIR / "client.mjs"), str(TS_SDK), url, key or "-", json.dumps(calls)]

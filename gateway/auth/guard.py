@@ -140,7 +140,27 @@ class SessionSigner:
             return None
         return event_id
 
+    def wrap_task(self, server: str, owner: str, task_id: str) -> str:
+        """An upstream's task id bound to (server, owner), as ``<id>.<mac>``: every agent
+        behind the gateway reaches the upstream as one client, which cannot keep their tasks
+        apart, so the gateway does."""
+        return f"{task_id}.{self._task_mac(server, owner, task_id)}"
+
+    def unwrap_task(self, server: str, owner: str, presented: str) -> str | None:
+        """The upstream's task id, or None when the presented one was not given to this owner."""
+        task_id, dot, mac = presented.rpartition(".")
+        if not dot or not task_id:
+            return None
+        if not same_text(mac, self._task_mac(server, owner, task_id)):
+            return None
+        return task_id
+
+    def _task_mac(self, server: str, owner: str, task_id: str) -> str:
+        return self._tagged_mac("task", server, owner, task_id)
+
     def _event_mac(self, server: str, owner: str, session: str, event_id: str) -> str:
-        msg = f"event\x00{server}\x00{owner}\x00{session}\x00{event_id}".encode()
-        digest = hmac.new(self.key, msg, hashlib.sha256).digest()[:18]
+        return self._tagged_mac("event", server, owner, session, event_id)
+
+    def _tagged_mac(self, *parts: str) -> str:
+        digest = hmac.new(self.key, "\x00".join(parts).encode(), hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(digest).decode()

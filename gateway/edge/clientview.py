@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.edge.tasks import bind_tasks
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
@@ -45,18 +46,24 @@ class ClientView:
         owner = self.identity.owner
         return self.gw.signer.unwrap_event(self.server, owner, self.session, presented)
 
+    def wrap_task_id(self, task_id: str) -> str:
+        return self.gw.signer.wrap_task(self.server, self.identity.owner, task_id)
+
     def wants(self, data: bytes) -> bool:
-        """Only what could hold a tools list is read (a key spelled with escapes is too)."""
-        return b'"tools"' in data or b"\\u" in data
+        """Only what could hold a tools list or a task id is read (a key spelled with escapes
+        is too)."""
+        return b'"tools"' in data or b'"task' in data or b"\\u" in data
 
     def filter(self, message: Any) -> Any | None:
         """The message as this caller may see it, or None when it is fine as it is."""
         if not isinstance(message, dict):
             return None
-        result = message.get("result")
+        bound = bind_tasks(message, self.wrap_task_id)  # task ids: this caller's own
+        shown = bound if bound is not None else message
+        result = shown.get("result")
         if not isinstance(result, dict) or "tools" not in result:
-            return None
-        return {**message, "result": self._tools_result(result)}
+            return bound
+        return {**shown, "result": self._tools_result(result)}
 
     def _tools_result(self, result: dict[str, Any]) -> dict[str, Any]:
         tools = result["tools"]

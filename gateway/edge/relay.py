@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcp.shared.inbound import encode_header_value
+
 from gateway.edge.boundary import caller, check_guard, json_body, serve
 from gateway.edge.calls import call_through, tool_name
 from gateway.edge.clientview import ClientView
@@ -19,6 +21,7 @@ from gateway.edge.forward import Forward, forward
 from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.routing import check_routing_headers, stateless_era
+from gateway.edge.tasks import names_tasks, upstream_request
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.upstream.http import HttpUpstream
@@ -127,6 +130,10 @@ class Relay:
         if message.method == "tools/call" and message.is_request:
             await self._call(incoming, send, fwd, message, identity)
             return
+        if names_tasks(message):  # only this caller's tasks, by the upstream's own ids
+            fwd.body, named = upstream_request(self.gw, upstream.name, identity, message)
+            if named is not None and incoming.header("mcp-name") is not None:
+                fwd.params = {"mcp-name": encode_header_value(named)}
         resp = await forward(incoming, send, fwd)
         if initializing and resp is not None and resp.status < 400:
             upstream.stateful = "mcp-session-id" in resp.headers

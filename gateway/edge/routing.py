@@ -35,6 +35,17 @@ def stateless_era(incoming: Incoming, value: Any) -> bool:
     return version is not None and version not in rpc.HANDSHAKE_VERSIONS
 
 
+#: The params field ``Mcp-Name`` repeats, by method (tasks: SEP-2663).
+_NAMED_BY = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/result": "taskId",
+    "tasks/cancel": "taskId",
+}
+
+
 def check_routing_headers(incoming: Incoming, message: Message) -> None:
     """``Mcp-Method`` and ``Mcp-Name`` are trusted only when they say what the body says."""
     for header in ("mcp-method", "mcp-name", "mcp-protocol-version"):
@@ -46,12 +57,7 @@ def check_routing_headers(incoming: Incoming, message: Message) -> None:
         raise BadMessage(
             rpc.HEADER_MISMATCH, "Mcp-Method header does not match the body", msg_id=message.msg_id
         )
-    name = incoming.header("mcp-name")
-    if name is not None and message.method in ("tools/call", "prompts/get", "resources/read"):
-        key = "uri" if message.method == "resources/read" else "name"
-        if decode_header_value(name) != message.params.get(key):
-            raise BadMessage(
-                rpc.HEADER_MISMATCH,
-                "Mcp-Name header does not match the body",
-                msg_id=message.msg_id,
-            )
+    name, key = incoming.header("mcp-name"), _NAMED_BY.get(message.method or "")
+    if name is not None and key and decode_header_value(name) != message.params.get(key):
+        msg = "Mcp-Name header does not match the body"
+        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=message.msg_id)

@@ -40,9 +40,11 @@ class AggView:
                 return self._cancelled(message)
             return None
         shown = self.inner.filter(message)
-        if shown is None:
-            return None
-        tools = shown["result"]["tools"]
+        if shown is None or not isinstance(shown.get("result"), dict):
+            return shown
+        tools = shown["result"].get("tools")
+        if not isinstance(tools, list):
+            return shown
         renamed = [{**t, "name": self.names.outward(server, t["name"])} for t in tools]
         return {**shown, "result": {**shown["result"], "tools": renamed}}
 

@@ -1,0 +1,130 @@
+"""Tasks (2025-11-25's ``tasks/*``, and the task ids of the 2026-07-28 tasks extension) kept
+apart per agent.
+
+Every agent behind the gateway reaches an upstream as one client. A server keeps tasks per
+client at best (a stateless one keeps one store for every caller), so through the gateway
+any agent would see every other agent's tasks, and read any task's result by its id. So a
+task id an upstream sends is bound to the server and the agent (``<id>.<mac>``, as session
+and event ids are), wherever the protocol carries one; a request that names a task goes
+upstream only with an id given to this caller, unwrapped. ``tasks/list`` is refused, and its
+capability not shown: the upstream's list holds every agent's tasks, and the gateway cannot
+tell whose each one is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Identity
+from gateway.wire import jsonrpc as rpc
+from gateway.wire.jsonrpc import BadMessage, Message
+
+RELATED_TASK = "io.modelcontextprotocol/related-task"
+#: Requests that name one task by ``taskId``.
+NAMED_TASK = frozenset({"tasks/get", "tasks/result", "tasks/cancel"})
+TASKS_LIST = "tasks/list"
+LISTEN = "subscriptions/listen"
+
+Wrap = Callable[[str], str]
+
+
+def names_tasks(message: Message) -> bool:
+    """Whether this request must have its task ids checked and unwrapped (or be refused)."""
+    method = message.method
+    if not message.is_request:
+        return False
+    if method in NAMED_TASK or method == TASKS_LIST:
+        return True
+    wanted = message.params.get("notifications") if method == LISTEN else None
+    return isinstance(wanted, Mapping) and "taskIds" in wanted
+
+
+def upstream_request(
+    gw: Gateway, server: str, identity: Identity, message: Message
+) -> tuple[bytes, str | None]:
+    """The body to send upstream for a request ``names_tasks`` took, with the upstream's own
+    task ids, and the one task it names (for ``Mcp-Name``). Raises BadMessage for
+    ``tasks/list`` and for an id not given to this caller."""
+    params = message.params
+    if message.method == TASKS_LIST:
+        msg = "tasks/list is not served through celgate: read a task by the id its call returned"
+        raise BadMessage(rpc.METHOD_NOT_FOUND, msg, status=200, msg_id=message.msg_id)
+
+    def own(presented: Any) -> str:
+        raw = None
+        if isinstance(presented, str):
+            raw = gw.signer.unwrap_task(server, identity.owner, presented)
+        if raw is None:  # the same answer for a task of another agent and for no task at all
+            raise BadMessage(rpc.INVALID_PARAMS, "task not found", 200, message.msg_id)
+        return raw
+
+    named = None
+    if message.method in NAMED_TASK:
+        named = own(params.get("taskId"))
+        changed = {**params, "taskId": named}
+    else:  # subscriptions/listen naming tasks to follow
+        wanted = params["notifications"]
+        ids = wanted["taskIds"]
+        if not isinstance(ids, list):
+            raise BadMessage(rpc.INVALID_PARAMS, "taskIds must be a list", 200, message.msg_id)
+        changed = {**params, "notifications": {**wanted, "taskIds": [own(i) for i in ids]}}
+    out = {**message.raw, "params": changed}
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode(), named
+
+
+def bind_tasks(message: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
+    """An upstream's message with every task id it carries bound to the caller (and a
+    ``tasks/list`` capability or answer taken out); None when it carries none."""
+    out = None
+    result = message.get("result")
+    if isinstance(result, dict):
+        bound = _bound_result(result, wrap)
+        if bound is not None:
+            out = {**message, "result": bound}
+    params = message.get("params")
+    if isinstance(params, dict):
+        method = message.get("method")
+        status = isinstance(method, str) and method.startswith("notifications/tasks/")
+        bound = _bound_part(params, wrap, own_id=status)
+        if bound is not None:
+            out = {**(out or message), "params": bound}
+    return out
+
+
+def _bound_result(result: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
+    # A Task (tasks/get, tasks/cancel) has its id at the top; a CreateTaskResult under "task".
+    out = _bound_part(result, wrap, own_id="status" in result)
+    task = result.get("task")
+    if isinstance(task, dict):
+        inner = _with_id(task, wrap)
+        if inner is not None:
+            out = {**(out or result), "task": inner}
+    if isinstance(result.get("tasks"), list):  # a list of every agent's tasks: none shown
+        out = {**(out or result), "tasks": []}
+    caps = result.get("capabilities")
+    if isinstance(caps, dict) and isinstance(caps.get("tasks"), dict) and "list" in caps["tasks"]:
+        shown = {k: v for k, v in caps["tasks"].items() if k != "list"}
+        out = {**(out or result), "capabilities": {**caps, "tasks": shown}}
+    return out
+
+
+def _bound_part(part: dict[str, Any], wrap: Wrap, *, own_id: bool) -> dict[str, Any] | None:
+    """``part`` with its own ``taskId`` (when it is a task) and the related task in its
+    ``_meta`` bound; None when neither is there."""
+    out = _with_id(part, wrap) if own_id else None
+    meta = part.get("_meta")
+    if isinstance(meta, dict) and isinstance(meta.get(RELATED_TASK), dict):
+        related = _with_id(meta[RELATED_TASK], wrap)
+        if related is not None:
+            out = {**(out or part), "_meta": {**meta, RELATED_TASK: related}}
+    return out
+
+
+def _with_id(obj: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
+    task_id = obj.get("taskId")
+    if not isinstance(task_id, str):
+        return None
+    return {**obj, "taskId": wrap(task_id)}
