@@ -505,3 +505,39 @@ class TestApprovalsListText:
         assert 'args: {"id": "note-taxes\\u001b[2J"}' in stdout
         assert "\x1b" not in stdout
         deny_all(desk)
+
+    async def test_reordering_and_invisible_characters_are_shown_escaped(
+        self, desk: GatewayProcess
+    ) -> None:
+        """A bidi override made ``ls /tmp/cache\u202e; rm -rf ~ #`` print as a harmless ``ls``;
+        C1 controls (``\x9b`` is a terminal's CSI) went to the terminal as they were."""
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            await agent.call_tool("delete_item", {"id": "ls /tmp/cache\u202e; rm -rf ~ #\x9b2J"})
+        argv = [sys.executable, "-m", "gateway.cli", "approvals", "list", "--url", desk.base]
+        with anyio.fail_after(60):
+            done = await anyio.run_process([*argv, "--token", ADMIN_TOKEN], check=False)
+        stdout = done.stdout.decode()
+        assert done.returncode == 0, done.stderr.decode()
+        assert 'args: {"id": "ls /tmp/cache\\u202e; rm -rf ~ #\\x9b2J"}' in stdout
+        assert "\u202e" not in stdout and "\x9b" not in stdout
+        deny_all(desk)
+
+    async def test_a_tool_name_with_a_control_character_is_refused(
+        self, desk: GatewayProcess
+    ) -> None:
+        """Under a glob such as ``delete_*`` an agent picks the name: one that erased its own
+        row and drew a harmless one in the approver's terminal was held. No tool has such a
+        name: the call is refused before policy, and nothing is held."""
+        before = {r["id"] for r in pending(desk)}
+        for name in ("delete_x\r\x1b[2Kfake", "delete_\u202eeman", "delete_\u200b"):
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}
+            headers = {
+                "authorization": f"Bearer {BOT_KEY}",
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/call",
+            }
+            body["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+            resp = httpx.post(desk.url("up"), json=body, headers=headers, timeout=10)
+            assert resp.json()["error"]["code"] == -32602, name
+        assert {r["id"] for r in pending(desk)} == before

@@ -105,6 +105,26 @@ async def sign_in(page: Any, gw: GatewayProcess, token: str = ADMIN_TOKEN) -> No
 
 
 class TestApproveInTheBrowser:
+    async def test_a_bidi_override_is_shown_not_obeyed(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """An argument holding a right-to-left override read, on the card, as a harmless ``ls``
+        followed by a comment (``ls /tmp/cache# ~ fr- mr ;``). Each character that reorders
+        or hides text is now shown as its escape, so the card reads as the call is."""
+        from playwright.async_api import expect
+
+        sneaky = "ls /tmp/cache\u202e; rm -rf ~ #\u202c\u200b"
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            held = await agent.call_tool("delete_item", {"id": sneaky})
+            approval_id = decision_of(held)["approval_id"]
+            await sign_in(page, gateway)
+            card = page.locator(f'article[data-approval-id="{approval_id}"]')
+            await expect(card.locator("pre.args")).to_have_text(
+                '{\n  "id": "ls /tmp/cache\\u202e; rm -rf ~ #\\u202c\\u200b"\n}'
+            )
+            await card.locator("button.deny").click()
+            await expect(card).to_have_count(0)
+
     async def test_operator_sees_the_arguments_and_approves(
         self, gateway: GatewayProcess, page: Any, call_log: Path
     ) -> None:

@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gateway.printable import printable
+
 DEFAULT_URL = "http://127.0.0.1:8787"
 ADMIN_REALM = 'realm="celgate-admin"'
 TIMEOUT_SECONDS = 10.0
@@ -130,7 +132,7 @@ def _approvals(ns: argparse.Namespace) -> int:
         raise SystemExit(f"celgate: approvals {ns.action} needs an approval ID")
     body = {"by": ns.by, "note": ns.note}
     result = admin.call("POST", f"/admin/approvals/{ns.id}/{ns.action}", body)
-    print(f"{result['id']}: {result['status']} by {result['decided_by']}")
+    print(printable(f"{result['id']}: {result['status']} by {result['decided_by']}"))
     return 0
 
 
@@ -141,20 +143,20 @@ def _list_approvals(admin: AdminClient, ns: argparse.Namespace) -> int:
         return 0
     if not items:
         print("no approval requests" if ns.all else "no pending approval requests")
-    for r in items:
+    for r in items:  # agents name tools and give values: each shown escaped, on its own row
         target = f"{r['server']}/{r['tool']}"
-        print(f"{r['id']}  {r['status']:<8} {r['grant']} -> {target}  {r['reason']}")
+        print(printable(f"{r['id']}  {r['status']:<8} {r['grant']} -> {target}  {r['reason']}"))
         print(f"    args: {_args_line(r.get('args'))}")
     return 0
 
 
 ARGS_CHARS = 300  # of the arguments on one line; --json shows the whole stored copy
-_CONTROLS = {i: " " for i in (*range(32), *range(127, 160))}
 
 
 def _args_line(args: Any) -> str:
-    text = json.dumps(args, ensure_ascii=False, separators=(", ", ": "))
-    text = text.translate(_CONTROLS)  # a value must not drive the operator's terminal
+    # A value must not drive the operator's terminal, nor reorder what is shown (bidi
+    # overrides), nor hide in characters that draw nothing: each of those is shown escaped.
+    text = printable(json.dumps(args, ensure_ascii=False, separators=(", ", ": ")))
     if len(text) > ARGS_CHARS:
         return text[:ARGS_CHARS] + f"... ({len(text) - ARGS_CHARS} more characters; --json)"
     return text
@@ -169,13 +171,13 @@ def _limits(ns: argparse.Namespace) -> int:
         result = admin.call("POST", "/admin/limits/reset", body)
         print(f"refilled {result['refilled']} bucket(s)")
         for key in result["keys"]:
-            print(f"  {key}")
+            print(f"  {printable(key)}")  # a tool-scoped key holds an agent's tool name
         return 0
     rows = admin.call("GET", "/admin/limits" + (f"?grant={ns.grant}" if ns.grant else ""))
     if not rows:
         print("every bucket is full (no recent calls under a limit)")
     for row in rows:
-        print(f"{row['key']}  remaining {row['remaining']}")
+        print(f"{printable(row['key'])}  remaining {row['remaining']}")
     return 0
 
 

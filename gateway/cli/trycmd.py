@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+from gateway.printable import printable
+
 DEFAULT_URL = "http://127.0.0.1:8787/mcp/demo"
 TIMEOUT_SECONDS = 10.0
 
@@ -31,12 +33,12 @@ async def _try(url: str, key: str | None) -> None:
         tools = await client.list_tools()
         print(f"tools this agent may call ({len(tools.tools)}):")
         for tool in tools.tools:
-            print(f"  - {tool.name}")
+            print(f"  - {printable(tool.name)}")
         for name, args in (("list_notes", {}), ("delete_note", {"id": "1"})):
             result = await client.call_tool(name, args)
             text = " ".join(getattr(c, "text", "") for c in result.content)
             verdict = "REFUSED" if result.is_error else "ok"
-            print(f"\ncall {name}({json.dumps(args)}): {verdict}\n  {text[:300]}")
+            print(f"\ncall {name}({json.dumps(args)}): {verdict}\n  {printable(text[:300])}")
 
 
 _PING = {"jsonrpc": "2.0", "id": 0, "method": "ping"}

@@ -79,6 +79,9 @@ def tool_name(name: object, msg_id: object) -> str:
     if len(name) > MAX_TOOL_NAME:
         msg = f"a tool name is at most {MAX_TOOL_NAME} characters"
         raise BadMessage(rpc.INVALID_PARAMS, msg, 200, msg_id)
+    if not name.isprintable():  # a control, bidi or invisible character: no tool's name
+        msg = "a tool name cannot hold control or invisible characters"
+        raise BadMessage(rpc.INVALID_PARAMS, msg, 200, msg_id)
     return name
 
 

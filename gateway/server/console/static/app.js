@@ -14,9 +14,22 @@ let tab = "approvals";
 
 const $ = (id) => document.getElementById(id);
 
+// Characters that draw nothing or reorder what follows them: controls (tab and newline aside),
+// bidi embeddings, overrides and isolates, zero-width and other invisible format characters,
+// tag characters. A value holding one could show the approver another call than the one held
+// ("ls /tmp/cache\u202e; rm -rf ~ #" reads as a harmless ls), so each is shown as its escape.
+const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\u{e0000}-\u{e0fff}]/gu;
+
+function shown(text) {
+  return String(text).replace(HIDDEN, (c) => {
+    const hex = c.codePointAt(0).toString(16).padStart(4, "0");
+    return hex.length > 4 ? `\\u{${hex}}` : `\\u${hex}`;
+  });
+}
+
 function node(tag, text, className) {
   const el = document.createElement(tag);
-  if (text !== undefined && text !== null) el.textContent = String(text);
+  if (text !== undefined && text !== null) el.textContent = shown(text);
   if (className) el.className = className;
   return el;
 }
