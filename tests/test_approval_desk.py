@@ -489,6 +489,15 @@ class TestSecretArguments:
         assert "rules.yaml:9" in text and "tools.u.secret_args" in text
 
 
+async def approvals_list(gw: GatewayProcess) -> str:
+    """What ``celgate approvals list`` prints for the operator."""
+    argv = [sys.executable, "-m", "gateway.cli", "approvals", "list", "--url", gw.base]
+    with anyio.fail_after(60):
+        done = await anyio.run_process([*argv, "--token", ADMIN_TOKEN], check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return str(done.stdout.decode())
+
+
 class TestApprovalsListText:
     async def test_two_deletes_of_different_notes_look_different(
         self, desk: GatewayProcess
@@ -496,11 +505,7 @@ class TestApprovalsListText:
         async with client(desk.url("up"), key=BOT_KEY) as agent:
             await agent.call_tool("delete_item", {"id": "note-groceries"})
             await agent.call_tool("delete_item", {"id": "note-taxes\u001b[2J"})
-        argv = [sys.executable, "-m", "gateway.cli", "approvals", "list", "--url", desk.base]
-        with anyio.fail_after(60):
-            done = await anyio.run_process([*argv, "--token", ADMIN_TOKEN], check=False)
-        stdout = done.stdout.decode()
-        assert done.returncode == 0, done.stderr.decode()
+        stdout = await approvals_list(desk)
         assert 'args: {"id": "note-groceries"}' in stdout
         assert 'args: {"id": "note-taxes\\u001b[2J"}' in stdout
         assert "\x1b" not in stdout
@@ -513,11 +518,7 @@ class TestApprovalsListText:
         C1 controls (``\x9b`` is a terminal's CSI) went to the terminal as they were."""
         async with client(desk.url("up"), key=BOT_KEY) as agent:
             await agent.call_tool("delete_item", {"id": "ls /tmp/cache\u202e; rm -rf ~ #\x9b2J"})
-        argv = [sys.executable, "-m", "gateway.cli", "approvals", "list", "--url", desk.base]
-        with anyio.fail_after(60):
-            done = await anyio.run_process([*argv, "--token", ADMIN_TOKEN], check=False)
-        stdout = done.stdout.decode()
-        assert done.returncode == 0, done.stderr.decode()
+        stdout = await approvals_list(desk)
         assert 'args: {"id": "ls /tmp/cache\\u202e; rm -rf ~ #\\x9b2J"}' in stdout
         assert "\u202e" not in stdout and "\x9b" not in stdout
         deny_all(desk)

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from urllib.parse import SplitResult, urlsplit
 
@@ -118,12 +118,7 @@ class SessionSigner:
 
     def unwrap(self, server: str, owner: str, presented: str) -> str | None:
         """The upstream id, or None when the presented id was not issued here for this owner."""
-        sid, dot, mac = presented.strip().rpartition(".")
-        if not dot or not sid:
-            return None
-        if not same_text(mac, self._mac(server, owner, sid)):
-            return None
-        return sid
+        return _checked(presented.strip(), lambda sid: self._mac(server, owner, sid))
 
     def wrap_event(self, server: str, owner: str, session: str | None, event_id: str) -> str:
         """An SSE event id bound to (server, owner, session), as ``<id>.<mac>``."""
@@ -133,12 +128,11 @@ class SessionSigner:
         self, server: str, owner: str, session: str | None, presented: str
     ) -> str | None:
         """The upstream's event id, or None when it was not given to this caller."""
-        event_id, dot, mac = presented.strip().rpartition(".")
-        if not dot or not event_id:
-            return None
-        if not same_text(mac, self._event_mac(server, owner, session or "", event_id)):
-            return None
-        return event_id
+
+        def mac_of(event_id: str) -> str:
+            return self._event_mac(server, owner, session or "", event_id)
+
+        return _checked(presented.strip(), mac_of)
 
     def wrap_task(self, server: str, owner: str, task_id: str) -> str:
         """An upstream's task id bound to (server, owner), as ``<id>.<mac>``: every agent
@@ -148,12 +142,7 @@ class SessionSigner:
 
     def unwrap_task(self, server: str, owner: str, presented: str) -> str | None:
         """The upstream's task id, or None when the presented one was not given to this owner."""
-        task_id, dot, mac = presented.rpartition(".")
-        if not dot or not task_id:
-            return None
-        if not same_text(mac, self._task_mac(server, owner, task_id)):
-            return None
-        return task_id
+        return _checked(presented, lambda task_id: self._task_mac(server, owner, task_id))
 
     def _task_mac(self, server: str, owner: str, task_id: str) -> str:
         return self._tagged_mac("task", server, owner, task_id)
@@ -164,3 +153,11 @@ class SessionSigner:
     def _tagged_mac(self, *parts: str) -> str:
         digest = hmac.new(self.key, "\x00".join(parts).encode(), hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(digest).decode()
+
+
+def _checked(presented: str, mac_of: Callable[[str], str]) -> str | None:
+    """The id inside ``<id>.<mac>``, or None when the MAC is not the one ``mac_of`` gives it."""
+    inner, dot, mac = presented.rpartition(".")
+    if not dot or not inner or not same_text(mac, mac_of(inner)):
+        return None
+    return inner
