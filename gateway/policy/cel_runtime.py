@@ -170,11 +170,26 @@ def _in(item: Any, container: Any) -> Any:
     return evaluation.operator_in(item, container)
 
 
+def _contains(text: Any, fragment: Any) -> Any:
+    """CEL's ``contains()``, a string function only. cel-python hands it to the container, so
+    on a list it tested membership: ``args.command.contains("rm")`` was false for
+    ``["rm -rf /"]``, and a deny rule written for a string let the list through."""
+    if isinstance(text, CELEvalError):
+        return text
+    if isinstance(fragment, CELEvalError):
+        return fragment
+    if not isinstance(text, celtypes.StringType) or not isinstance(fragment, celtypes.StringType):
+        kinds = f"{type(text).__name__}.contains({type(fragment).__name__})"
+        return CELEvalError("no such overload", TypeError, (kinds,))
+    return celtypes.BoolType(fragment in text)
+
+
 #: cel-python's functions the transpiled code calls, and ours in their place. Its comparison
 #: operators (``bool_lt`` and the rest) wrap ``operator.lt`` in a new decorated function on
 #: every call; the same wrapper made once gives the same result.
 _SWAPPED: dict[str, Callable[..., Any]] = {
     "function_matches": _matches,
+    "function_contains": _contains,
     "function_size": _size,
     "operator_in": _in,
     **{
