@@ -80,8 +80,21 @@ class TestPins:
         assert pins.observe("up", v2) == "changed"
         why = pins.refusal("up", "echo")
         assert why is not None and "changed since it was pinned" in why
-        pins.pinned[("up", "echo")] = tool_digest(v2)  # what `celgate pins update` records
+        pins.repinned({("up", "echo"): tool_digest(v2)})  # `celgate pins update`, reloaded
+        assert pins.refusal("up", "echo") is None
         assert pins.observe("up", v2) == "same"
+
+    def test_showing_the_pinned_definition_again_does_not_reopen(self) -> None:
+        pins = Pins(None)
+        v1 = {"name": "echo", "description": "one"}
+        v2 = {"name": "echo", "description": "two"}
+        pins.observe("up", v1)
+        assert pins.observe("up", v2) == "changed"
+        assert pins.observe("up", v1) == "changed"
+        assert pins.refusal("up", "echo") is not None
+        pins.repinned({("up", "add"): "sha256:other"})  # another tool's pin: still refused
+        assert pins.refusal("up", "echo") is not None
+        pins.repinned({("up", "echo"): tool_digest(v1)})  # the operator pins what is shown now
         assert pins.refusal("up", "echo") is None
 
     def test_accepting_changes_is_a_setting(self) -> None:

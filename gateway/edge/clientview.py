@@ -3,8 +3,10 @@
 A tools list is recognised by its content (a result with ``tools``), wherever it arrives: the
 answer to a POST, a GET stream, a resumed stream, whatever id the upstream echoed (an upstream
 that rounds or retypes ids must not get a whole list through). It is filtered to what this
-caller could ever be allowed to call, each kept tool gets its risk and kind under ``_meta``,
-and a public cache hint becomes private (the list is per caller).
+caller could ever be allowed to call (in its session, as its calls are decided), each kept tool
+gets its risk and kind under ``_meta``, and a public cache hint becomes private (the list is per
+caller). A tool whose pin refuses it is not listed, and a name is listed once: what an agent
+reads of a tool is the one definition the gateway checked.
 
 SSE event ids are bound to (server, grant, session) the way session ids are, so a
 ``Last-Event-ID`` from one grant cannot replay another grant's events.
@@ -69,14 +71,18 @@ class ClientView:
         tools = result["tools"]
         kept: list[dict[str, Any]] = []
         if isinstance(tools, list):
-            policy = self.gw.policy
-            now = self.gw.now()
+            gw, server, who, session = self.gw, self.server, self.identity, self.session
+            policy, now = gw.policy, gw.now()
+            seen: set[str] = set()
             for tool in tools:
                 if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                     continue
-                info, _ = self.gw.observe(self.server, tool)
+                info, _ = gw.observe(server, tool)  # every definition, so any change is seen
                 name = tool["name"]
-                call = Call(tool=name, server=self.server, identity=self.identity, info=info)
+                if name in seen or gw.pins.refusal(server, name) is not None:
+                    continue  # one definition per name, and none the pins refuse
+                seen.add(name)
+                call = Call(tool=name, server=server, identity=who, session=session, info=info)
                 if visible(policy, call, now):
                     meta = tool.get("_meta")
                     meta = meta if isinstance(meta, dict) else {}

@@ -41,13 +41,22 @@ def tool_digest(tool: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """A pinned tool seen with another definition: ``seen`` the last one that differed,
+    ``latest`` the last one seen at all (the pinned one again, after a revert)."""
+
     pinned: str
     seen: str
+    latest: str
 
 
 @dataclass
 class Pins:
-    """Pinned digests per (server, tool), what changed, and where the file is."""
+    """Pinned digests per (server, tool), what changed, and where the file is.
+
+    A change stays until the operator pins what the server now shows (``celgate pins update``
+    and a reload): an upstream that shows the pinned definition again, once more in the same
+    list, on a later page or in any other answer, does not reopen the tool it changed.
+    """
 
     path: Path | None = None
     accept_changes: bool = False
@@ -74,13 +83,25 @@ class Pins:
             self.pinned[key] = digest
             log.debug("pins.first_seen", server=server, tool=name, digest=digest)
             return "new"
+        change = self.changed.get(key)
         if pinned != digest:
-            if key not in self.changed or self.changed[key].seen != digest:
+            if change is None or change.seen != digest:
                 log.warning("pins.changed", server=server, tool=name, pinned=pinned, seen=digest)
-            self.changed[key] = Change(pinned, digest)
+            self.changed[key] = Change(pinned, digest, digest)
             return "changed"
-        self.changed.pop(key, None)
-        return "same"
+        if change is None:
+            return "same"
+        self.changed[key] = Change(pinned, change.seen, digest)
+        return "changed"
+
+    def repinned(self, fresh: Mapping[tuple[str, str], str]) -> None:
+        """Take the pins file as read again: a changed tool whose new pin is a definition it
+        was seen with is trusted again (the next listing checks it once more)."""
+        self.pinned.update(fresh)
+        for key, digest in fresh.items():
+            change = self.changed.get(key)
+            if change is not None and digest in (change.seen, change.latest):
+                del self.changed[key]
 
     def refusal(self, server: str, tool: str) -> str | None:
         """Why a call must be refused (the definition changed), or None."""

@@ -127,12 +127,7 @@ class Reloader:
         if config.pins.file is None:
             return
         fresh = Pins.load(config.pins.file, config.pins.accept_changes)
-        self.gw.pins.pinned.update(fresh.pinned)
-        # A re-pinned tool is trusted again; it is re-checked on the next listing.
-        for key, digest in fresh.pinned.items():
-            change = self.gw.pins.changed.get(key)
-            if change is not None and change.seen == digest:
-                del self.gw.pins.changed[key]
+        self.gw.pins.repinned(fresh.pinned)
 
     def changed(self) -> bool:
         now = _snapshot(self.paths + self.pin_paths)

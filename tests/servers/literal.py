@@ -12,6 +12,11 @@ ids as a JavaScript ``JSON.parse`` peer would (rounded through a double, written
 ``string`` echoes them as strings. A gateway that filters ``tools/list`` by the echoed id lets
 the whole list through to such a peer's callers.
 
+``LITERAL_SCRIPT`` names a JSON file read again on every request, for an upstream that changes
+what it says while the gateway runs: ``pages`` (a list of pages of tools; ``tools/list`` is
+paged with cursors ``"1"``, ``"2"``...) replaces ``TOOLS``, and ``call_extra`` is merged into
+every ``tools/call`` result.
+
     python -m tests.servers.literal --port 9000
 """
 
@@ -57,6 +62,24 @@ def _echo_id(msg_id: Any) -> Any:
     return msg_id
 
 
+def _script() -> dict[str, Any]:
+    path = os.environ.get("LITERAL_SCRIPT")
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as file:
+        script: dict[str, Any] = json.load(file)
+    return script
+
+
+def _tools_page(cursor: Any) -> dict[str, Any]:
+    pages = _script().get("pages") or [TOOLS]
+    index = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+    page: dict[str, Any] = {"tools": pages[min(index, len(pages) - 1)], "cacheScope": "public"}
+    if index + 1 < len(pages):
+        page["nextCursor"] = str(index + 1)
+    return page
+
+
 def run(method: str, params: dict[str, Any], notification: bool) -> dict[str, Any] | None:
     """The result of one method, or None when the method is unknown."""
     if method == "initialize":
@@ -73,11 +96,12 @@ def run(method: str, params: dict[str, Any], notification: bool) -> dict[str, An
             "resultType": "complete",
         }
     if method == "tools/list":
-        return {"tools": TOOLS, "cacheScope": "public"}
+        return _tools_page(params.get("cursor"))
     if method == "tools/call":
         _log_call(params, notification)
         text = json.dumps(params.get("arguments"))
-        return {"content": [{"type": "text", "text": text}], "isError": False}
+        extra = _script().get("call_extra") or {}
+        return {"content": [{"type": "text", "text": text}], "isError": False, **extra}
     if method == "ping" or method.startswith("notifications/"):
         return {}
     return None

@@ -362,14 +362,14 @@ class Handshake:
         positions = decode_cursor(message.params.get("cursor"), self.gw.upstreams, message.msg_id)
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         results = await self._answers(session, method, each, message.params.get("_meta"))
-        page = self.catalogue.page(method, identity, results)
+        page = self.catalogue.page(method, identity, results, session.sid)
         await answer(incoming, send, rpc.result_body(message.msg_id, page))
 
     async def _learn_resources(self, session: AggSession, identity: Identity, meta: Any) -> None:
         for method in ("resources/list", "resources/templates/list"):
             each: dict[str, dict[str, Any]] = {s: {} for s in self.gw.upstreams}
             results = await self._answers(session, method, each, meta)
-            self.catalogue.page(method, identity, results)
+            self.catalogue.page(method, identity, results, session.sid)
 
     async def _everywhere(self, send: Send, session: AggSession, message: Message) -> None:
         """``logging/setLevel``: every server is told; answered once any one took it."""

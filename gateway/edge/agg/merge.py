@@ -76,10 +76,11 @@ class Catalogue:
         method: str,
         identity: Identity,
         results: Mapping[str, Mapping[str, Any]],
+        session: str | None = None,
     ) -> dict[str, Any]:
         """One merged page of ``method`` from each server's page (tools through the caller's
-        view, names made outward); ``nextCursor`` carries the servers with more to give.
-        A name that would not route back to the tool listed is left out."""
+        view in its ``session``, names made outward); ``nextCursor`` carries the servers with
+        more to give. A name that would not route back to the tool listed is left out."""
         key, kind = LISTS[method]
         lists = {
             server: [i for i in result.get(key) or [] if isinstance(i, dict)]
@@ -100,7 +101,8 @@ class Catalogue:
         positions: dict[str, str] = {}
         for server, listed in lists.items():
             if kind == "tool":
-                shown = ClientView(self.gw, server, identity).filter({"result": {"tools": listed}})
+                view = ClientView(self.gw, server, identity, session)
+                shown = view.filter({"result": {"tools": listed}})
                 listed = shown["result"]["tools"] if shown is not None else listed
             for item in listed:
                 shown_item = self._outward(server, item, kind)
