@@ -204,6 +204,19 @@ def start_demo_server(
     )
 
 
+@contextlib.contextmanager
+def literal_upstream(extra_env: Mapping[str, str] | None = None) -> Iterator[PeerProcess]:
+    """``tests.servers.literal`` on a free port (its settings in ``extra_env``)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.literal", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}/mcp"
+    peer = start_process(argv, port=port, url=url, extra_env=extra_env)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
 def stdio_upstream_command() -> tuple[str, list[str]]:
     """(command, args) running the test upstream over stdio (configs, StdioServerParameters)."""
     return sys.executable, ["-m", "tests.servers.upstream", "--stdio"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ import yaml
 from tests.gateway_proc import GatewayProcess, calls_in, run_gateway
 from tests.peers import (
     PeerProcess,
-    free_port,
     http_upstream,
-    start_process,
+    literal_upstream,
     start_ts_upstream,
     stdio_upstream_command,
     ts_sdk_ready,
@@ -50,16 +48,8 @@ def _key(upstream: str, era: str) -> str:
     return f"key-{upstream}-{era}-0123456789abcdef"
 
 
-@contextlib.contextmanager
-def _literal(log: Path, id_mode: str = "") -> Iterator[PeerProcess]:
-    port = free_port()
-    env = {"UPSTREAM_CALL_LOG": str(log), "LITERAL_ID_MODE": id_mode}
-    argv = [sys.executable, "-m", "tests.servers.literal", "--port", str(port)]
-    peer = start_process(argv, port=port, url=f"http://127.0.0.1:{port}/mcp", extra_env=env)
-    try:
-        yield peer
-    finally:
-        peer.stop()
+def _literal(log: Path, id_mode: str = "") -> contextlib.AbstractContextManager[PeerProcess]:
+    return literal_upstream({"UPSTREAM_CALL_LOG": str(log), "LITERAL_ID_MODE": id_mode})
 
 
 class Corpus:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from gateway.inventory.pins import tool_digest
 from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway
-from tests.peers import PeerProcess, free_port, start_process
+from tests.peers import PeerProcess, literal_upstream
 from tests.test_reload_pins_e2e import pins_update
 
 SCHEMA = {"type": "object"}
@@ -33,16 +32,11 @@ POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {}\n  add: {}\n'
 
 @contextlib.contextmanager
 def _literal(tmp: Path) -> Iterator[tuple[PeerProcess, Path, Path]]:
-    port = free_port()
     script, log = tmp / "script.json", tmp / "calls.jsonl"
     script.write_text(json.dumps({"pages": [[ORIG, ADD]]}))
-    argv = [sys.executable, "-m", "tests.servers.literal", "--port", str(port)]
     env = {"UPSTREAM_CALL_LOG": str(log), "LITERAL_SCRIPT": str(script)}
-    peer = start_process(argv, port=port, url=f"http://127.0.0.1:{port}/mcp", extra_env=env)
-    try:
+    with literal_upstream(env) as peer:
         yield peer, script, log
-    finally:
-        peer.stop()
 
 
 @pytest.fixture

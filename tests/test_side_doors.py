@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway.wire.sse import DROP, SseRewriter, filtered
 from tests.gateway_proc import GatewayProcess, calls_in, run_gateway
-from tests.peers import PeerProcess, free_port, start_process
+from tests.peers import PeerProcess, literal_upstream
 
 KEY_A = "key-grant-a-0123456789abcdef"
 KEY_B = "key-grant-b-0123456789abcdef"
@@ -254,16 +253,8 @@ class TestSseRewriter:
 # --------------------------------------------------------------------------- fuzz
 
 
-@contextlib.contextmanager
-def _literal(log: Path) -> Iterator[PeerProcess]:
-    port = free_port()
-    argv = [sys.executable, "-m", "tests.servers.literal", "--port", str(port)]
-    env = {"UPSTREAM_CALL_LOG": str(log)}
-    peer = start_process(argv, port=port, url=f"http://127.0.0.1:{port}/mcp", extra_env=env)
-    try:
-        yield peer
-    finally:
-        peer.stop()
+def _literal(log: Path) -> contextlib.AbstractContextManager[PeerProcess]:
+    return literal_upstream({"UPSTREAM_CALL_LOG": str(log)})
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import Cancellable, HeldKey, HeldStream, accepts_sse, held_key
 from gateway.edge.replies import denial
+from gateway.edge.toolnames import name_problem
 from gateway.pipeline.admission import Admission, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -67,21 +68,12 @@ async def call_through(
         await forward(incoming, send, fwd)
 
 
-#: A tool name past this is refused before any policy: MCP recommends 128 characters at most,
-#: and the name is in every record kept (500 in memory) and in every line logged.
-MAX_TOOL_NAME = 1024
-
-
 def tool_name(name: object, msg_id: object) -> str:
     """The ``name`` of a ``tools/call``, refused (invalid params) when it is not a name."""
-    if not isinstance(name, str) or not name:
-        raise BadMessage(rpc.INVALID_PARAMS, "tools/call needs a tool name", 200, msg_id)
-    if len(name) > MAX_TOOL_NAME:
-        msg = f"a tool name is at most {MAX_TOOL_NAME} characters"
-        raise BadMessage(rpc.INVALID_PARAMS, msg, 200, msg_id)
-    if not name.isprintable():  # a control, bidi or invisible character: no tool's name
-        msg = "a tool name cannot hold control or invisible characters"
-        raise BadMessage(rpc.INVALID_PARAMS, msg, 200, msg_id)
+    problem = name_problem(name)
+    if problem is not None:
+        raise BadMessage(rpc.INVALID_PARAMS, problem, 200, msg_id)
+    assert isinstance(name, str)
     return name
 
 

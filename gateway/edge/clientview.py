@@ -14,12 +14,15 @@ SSE event ids are bound to (server, grant, session) the way session ids are, so 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gateway.edge.tasks import bind_tasks
+from gateway.edge.toolnames import name_problem
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
+from gateway.telemetry.audit import log
 
 #: Where a listed tool carries its risk and kind (MCP ``_meta`` keys are reverse-DNS prefixed).
 RISK_KEY = "io.celgate/risk"
@@ -79,8 +82,8 @@ class ClientView:
                     continue
                 info, _ = gw.observe(server, tool)  # every definition, so any change is seen
                 name = tool["name"]
-                if name in seen or gw.pins.refusal(server, name) is not None:
-                    continue  # one definition per name, and none the pins refuse
+                if name in seen or name_problem(name) or gw.pins.refusal(server, name):
+                    continue  # one definition per name, callable, and none the pins refuse
                 seen.add(name)
                 call = Call(tool=name, server=server, identity=who, session=session, info=info)
                 if visible(policy, call, now):
@@ -88,7 +91,27 @@ class ClientView:
                     meta = meta if isinstance(meta, dict) else {}
                     risk = {RISK_KEY: info.risk, KIND_KEY: info.kind}
                     kept.append({**tool, "_meta": {**meta, **risk}})
-        out = {**result, "tools": kept}
+        out = {**result, "tools": _readable(kept, self.server)}
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
         return out
+
+
+def _readable(tools: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
+    """The tools whose definitions are Unicode text: a lone surrogate (``"\\ud83d"``, half an
+    emoji cut by a JavaScript server) is valid JSON that strict clients refuse, and one such
+    tool would make a whole list, on ``/mcp`` every server's, unreadable to them."""
+    try:
+        json.dumps(tools, ensure_ascii=False).encode()
+        return tools
+    except UnicodeEncodeError:
+        pass
+    kept = []
+    for tool in tools:
+        try:
+            json.dumps(tool, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            log.warning("tools.not_unicode", server=server, tool=ascii(tool.get("name"))[:200])
+            continue
+        kept.append(tool)
+    return kept

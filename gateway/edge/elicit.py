@@ -41,6 +41,7 @@ from gateway.wire.jsonrpc import (
     MODERN_VERSIONS,
     Message,
     error_body,
+    json_bytes,
 )
 from gateway.wire.sse import View
 
@@ -156,7 +157,7 @@ class ElicitFace:
             responses.pop(INPUT_KEY, None)
             if not responses:
                 params.pop("inputResponses")
-        return json.dumps(value, ensure_ascii=False).encode()
+        return json_bytes(value)
 
     def elicitor(self, call: Call, fwd: Forward) -> Elicit:
         """The pipeline's ``elicit`` for this call, bound to it."""
@@ -241,7 +242,7 @@ class ElicitFace:
         async def ask() -> None:
             nonlocal answer
             await held.open()
-            await held.write(event(json.dumps(request, ensure_ascii=False).encode()))
+            await held.write(event(json_bytes(request)))
             with anyio.move_on_after(timeout):
                 answer = await future
 

@@ -17,7 +17,7 @@ from gateway.errors import UpstreamIOError
 from gateway.telemetry.audit import log
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
-from gateway.wire.asgi import Incoming, Receive, Send, reply, wants_json
+from gateway.wire.asgi import Incoming, Receive, Send, media_type, reply, wants_json
 from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
 from gateway.wire.sse import (
     DROP,
@@ -177,7 +177,8 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
     if isinstance(fwd.view, ClientView) and fwd.view.session is None:
         sid = resp.headers.get("mcp-session-id")  # an initialize: events belong to the new one
         fwd.view.session = sid.strip() if sid is not None else None
-    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+    media = media_type(resp.headers.get("content-type"))
+    if media == "text/event-stream":
         start = {"type": "http.response.start", "status": resp.status}
         start["headers"] = _response_headers(resp, fwd)
         # An answer that comes alone may go as JSON (the client's choice of the two the
@@ -191,11 +192,13 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
         )
         await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd, start, alone))
     else:
-        await _relay_whole(send, resp, fwd)
+        await _relay_whole(send, resp, fwd, media == "application/json")
 
 
-async def _relay_whole(send: Send, resp: H1Response, fwd: Forward) -> None:
-    """Anything but a stream: read whole (bounded), passed through the view if JSON."""
+async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, is_json: bool) -> None:
+    """Anything but a stream: read whole (bounded), passed through the view if JSON. A body
+    of any other type (or charset) is not relayed: the gateway has not read it as the caller
+    would, so its status goes on with an error of the gateway's own."""
     try:
         body = await read_bounded(resp)
     except UPSTREAM_ERRORS:
@@ -203,6 +206,12 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward) -> None:
         return
     if body is None:
         await _unavailable(send, fwd)
+        return
+    if body.strip() and not is_json:
+        log.warning("upstream.unreadable_answer", server=fwd.upstream.name, status=resp.status)
+        message = f"upstream {fwd.upstream.name!r} answered with a body that is not UTF-8 JSON"
+        status = resp.status if resp.status >= 400 else 502
+        await reply(send, status, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
         return
     if fwd.view is not None and body:
         changed = filtered(body, fwd.view)

@@ -29,7 +29,7 @@ from gateway.pipeline.admission import Admission, Hold, Wait, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
 from gateway.upstream.h1 import H1Response
-from gateway.wire.asgi import Incoming, Send
+from gateway.wire.asgi import Incoming, Send, media_type
 from gateway.wire.jsonrpc import Message
 from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
 
@@ -307,7 +307,8 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
 async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
     """The upstream's answer into the held stream, through the caller's view either way."""
     assert fwd.view is not None
-    is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+    media = media_type(resp.headers.get("content-type"))
+    is_sse = media == "text/event-stream"
     try:
         if is_sse:
             rewriter = SseRewriter(fwd.view)
@@ -318,7 +319,7 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
             return
         body = await resp.read()
         changed = filtered(body, fwd.view)
-        if changed is DROP:
+        if changed is DROP or (body.strip() and media != "application/json"):
             await _send_error(send, fwd)
         elif body.strip():
             out = event(changed if changed is not None else body)

@@ -13,14 +13,13 @@ tell whose each one is.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.jsonrpc import BadMessage, Message
+from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 #: Requests that name one task by ``taskId``.
@@ -72,7 +71,7 @@ def upstream_request(
             raise BadMessage(rpc.INVALID_PARAMS, "taskIds must be a list", 200, message.msg_id)
         changed = {**params, "notifications": {**wanted, "taskIds": [own(i) for i in ids]}}
     out = {**message.raw, "params": changed}
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode(), named
+    return json_bytes(out, (",", ":")), named
 
 
 def bind_tasks(message: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:

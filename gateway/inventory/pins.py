@@ -36,7 +36,8 @@ def tool_digest(tool: Mapping[str, Any]) -> str:
     picked = {k: _clean(tool.get(k)) for k in _FIELDS}
     picked = {k: v for k, v in picked.items() if v not in (None, {}, "")}
     canonical = json.dumps(picked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: a lone surrogate (valid JSON, no UTF-8) still has a digest of its own
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,14 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_json_fallback)
 
 
 def _render_json(event_dict: Any, **_: Any) -> bytes:
-    return _ENCODER.encode(event_dict)
+    try:
+        return _ENCODER.encode(event_dict)
+    except UnicodeEncodeError:  # a lone surrogate a peer sent: written escaped, never lost
+        return _escaped(event_dict)
+
+
+def _escaped(fields: Any) -> bytes:
+    return json.dumps(fields, default=repr, separators=(",", ":")).encode()
 
 
 _SINK: LineSink | None = None
@@ -95,7 +102,11 @@ class _RecordWriter:
     def write(self, fields: dict[str, Any], stamp: str) -> None:
         context = structlog.contextvars.get_contextvars()
         line = bytearray()
-        _ENCODER.encode_into({**context, **fields} if context else fields, line)
+        record = {**context, **fields} if context else fields
+        try:
+            _ENCODER.encode_into(record, line)
+        except UnicodeEncodeError:
+            line = bytearray(_escaped(record))
         del line[-1]  # the closing brace: the fields are never empty
         line += self._TAIL
         line += stamp.encode()  # digits and punctuation only: nothing to escape
@@ -152,7 +163,7 @@ def args_digest(args: Mapping[str, Any]) -> str:
 
 
 def _digest(canonical: str) -> str:
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class _UtcClock:

@@ -75,6 +75,7 @@ class HttpUpstream:
         self.url = config.url
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
+        self.timeout = config.timeout
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
         # Whether requests carry the caller's grant (GRANT_HEADER): only an upstream in this
         # process (a stdio bridge, which counts processes per grant), never one on a network.

@@ -93,15 +93,26 @@ class Incoming:
 def is_json_type(content_type: str | None) -> bool:
     """``application/json``, with no charset or UTF-8 (JSON between systems is UTF-8: a body
     the upstream would read in another charset is not one this gateway has read)."""
+    return media_type(content_type) == "application/json"
+
+
+def is_sse_type(content_type: str | None) -> bool:
+    """``text/event-stream``, with no charset or UTF-8 (the only one SSE has)."""
+    return media_type(content_type) == "text/event-stream"
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The media type, lower case, when the charset is UTF-8 or not given; None for any other
+    charset (a peer reading the body in it would read what this gateway did not)."""
     media, _, params = (content_type or "").partition(";")
-    if media.strip().lower() != "application/json":
-        return False
     charsets = [
         value.strip().strip('"').lower()
         for name, _, value in (param.partition("=") for param in params.split(";"))
         if name.strip().lower() == "charset"
     ]
-    return all(charset in ("utf-8", "utf8") for charset in charsets)
+    if not all(charset in ("utf-8", "utf8") for charset in charsets):
+        return None
+    return media.strip().lower()
 
 
 def accepts(incoming: Incoming) -> tuple[bool, bool]:

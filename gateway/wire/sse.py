@@ -15,9 +15,13 @@ from typing import Any, Protocol
 
 import msgspec
 
+from gateway.wire.jsonrpc import json_bytes
+
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
 EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 LINE = re.compile(rb"\r\n|\r|\n")
+
+BOM = b"\xef\xbb\xbf"
 
 #: An upstream that never ends an event would make the rewriter hold its bytes forever.
 MAX_EVENT_BYTES = 32 * 1024 * 1024
@@ -60,8 +64,9 @@ def rewrite_event(event: bytes, view: View) -> bytes:
                 out.append(b"")
         elif name == b"id":
             out.append(b"id: " + view.wrap_event_id(value) if value else b"id:")
-        else:
+        elif name in _PASSED_FIELDS:
             out.append(line)
+        # any other field is left out: clients ignore it, unless they read it otherwise
     if data_at >= 0:
         out[data_at] = b"data: " + b"\ndata: ".join(data)
         changed = filtered(b"\n".join(data), view)
@@ -74,11 +79,31 @@ def rewrite_event(event: bytes, view: View) -> bytes:
 
 DROP = b"\x00drop"
 
+#: The fields an event passes on besides ``data`` and ``id``: its type, the reconnection
+#: delay, and comments (a line beginning with a colon has an empty field name).
+_PASSED_FIELDS = frozenset({b"event", b"retry", b""})
+
+
+def not_utf8(data: bytes) -> bool:
+    """Whether JSON bytes are anything but UTF-8 as the gateway reads them. A NUL byte is never
+    in JSON text, and is how a UTF-16 or UTF-32 body looks to a parser that guesses the
+    encoding (as Python's json does for bytes): such a body hides its keys from ``wants``."""
+    if b"\x00" in data:
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
 
 def filtered(data: bytes, view: View) -> bytes | None:
     """A message's bytes rewritten by the view; None when they stay as they came, ``DROP``
-    when they might hold something to filter but cannot be read strictly (not JSON, nested
-    too deeply, duplicate keys): another parser could still read a tools list in them."""
+    when they might hold something to filter but cannot be read strictly (not UTF-8, not
+    JSON, nested too deeply, duplicate keys): another parser could still read a tools list in
+    them."""
+    if not_utf8(data):
+        return DROP
     if not view.wants(data):
         return None
     try:
@@ -95,7 +120,7 @@ def filtered(data: bytes, view: View) -> bytes | None:
         changed = view.filter(message)
         if changed is None:
             return None
-    return json.dumps(changed, ensure_ascii=False).encode()
+    return json_bytes(changed)
 
 
 def has_data(event: bytes) -> bool:
@@ -156,8 +181,8 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class SseRewriter:
-    """Feed chunks in, get the bytes to send on at once.
+class SseEvents:
+    """Chunks of a stream in, its whole events out.
 
     The bytes of an event not yet ended are kept as the pieces they came in, and each chunk is
     searched once, with the last few bytes before it (an event's end may straddle two chunks):
@@ -165,14 +190,11 @@ class SseRewriter:
     square of its size, and one large event would hold up every other caller's events.
     """
 
-    def __init__(self, view: View) -> None:
-        self.view = view
+    def __init__(self) -> None:
         self._pending: list[bytes] = []  # the event not yet ended, as it came
         self._pending_bytes = 0
         self._tail = b""  # its last bytes, where the next chunk's event end may begin
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self.rewrite(self.split(chunk))
+        self._head: bytes | None = b""  # the stream's first bytes, until a BOM is ruled out
 
     @property
     def pending_bytes(self) -> int:
@@ -181,6 +203,13 @@ class SseRewriter:
 
     def split(self, chunk: bytes) -> list[bytes]:
         """The events ``chunk`` completes, as they came (each with its closing blank line)."""
+        if self._head is not None:  # a stream may begin with a BOM, which clients skip
+            head = self._head + chunk
+            if len(head) < len(BOM) and BOM.startswith(head):
+                self._head = head
+                return []
+            self._head = None
+            chunk = head.removeprefix(BOM)
         # The pending bytes hold no event end, and one is at most 4 bytes long: any end found
         # now begins at most 3 bytes before the chunk, and none can end before the chunk.
         window = self._tail + chunk
@@ -204,12 +233,29 @@ class SseRewriter:
             self._pending_bytes += len(window) - new
         self._tail = window[max(start, len(window) - 3) :]
 
-    def rewrite(self, events: list[bytes]) -> bytes:
-        """Events from ``split`` as the caller receives them."""
-        return b"".join([rewrite_event(event, self.view) for event in events])
-
     def close(self) -> bytes:
         """An event left without its closing blank line is dropped: it was never dispatched
         (a client discards it too), and passing it unfiltered would be a way around the view."""
         self._pending, self._pending_bytes, self._tail = [], 0, b""
         return b""
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The data of one whole event (its ``data`` lines joined), or None when it has none."""
+    data = [value for name, value in map(_field, LINE.split(event)) if name == b"data"]
+    return b"\n".join(data) if data else None
+
+
+class SseRewriter(SseEvents):
+    """Feed chunks in, get the bytes to send on at once, each event through the view."""
+
+    def __init__(self, view: View) -> None:
+        super().__init__()
+        self.view = view
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self.rewrite(self.split(chunk))
+
+    def rewrite(self, events: list[bytes]) -> bytes:
+        """Events from ``split`` as the caller receives them."""
+        return b"".join([rewrite_event(event, self.view) for event in events])

@@ -15,7 +15,10 @@ the whole list through to such a peer's callers.
 ``LITERAL_SCRIPT`` names a JSON file read again on every request, for an upstream that changes
 what it says while the gateway runs: ``pages`` (a list of pages of tools; ``tools/list`` is
 paged with cursors ``"1"``, ``"2"``...) replaces ``TOOLS``, and ``call_extra`` is merged into
-every ``tools/call`` result.
+every ``tools/call`` result. ``list_as`` sends ``tools/list`` answers in another dress: ``sse``
+(a stream), ``sse-bom`` (a stream that opens with a byte-order mark), ``sse-utf16`` (a stream
+declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as UTF-16LE) or
+``json-utf16-bare`` (UTF-16LE with no charset, which Python's ``json`` still reads).
 
     python -m tests.servers.literal --port 9000
 """
@@ -152,7 +155,29 @@ class Handler(BaseHTTPRequestHandler):
             error = {"code": -32601, "message": "Method not found"}
             self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "error": error})
             return
-        self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "result": result})
+        answer = {"jsonrpc": "2.0", "id": msg_id, "result": result}
+        dress = _script().get("list_as") if message["method"] == "tools/list" else None
+        if dress:
+            self._dressed(dress, json.dumps(answer))
+            return
+        self._answer(200, answer)
+
+    def _dressed(self, dress: str, text: str) -> None:
+        content_type, body = {
+            "sse": ("text/event-stream", f"data: {text}\n\n".encode()),
+            "sse-bom": ("text/event-stream", f"\ufeffdata: {text}\n\n".encode()),
+            "sse-utf16": (
+                "text/event-stream; charset=utf-16le",
+                f"data: {text}\n\n".encode("utf-16-le"),
+            ),
+            "json-utf16": ("application/json; charset=utf-16le", text.encode("utf-16-le")),
+            "json-utf16-bare": ("application/json", text.encode("utf-16-le")),
+        }[dress]
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 def main() -> None:

@@ -612,6 +612,23 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
         ) -> str:
             return f"region {region}"
 
+    if os.environ.get("UPSTREAM_LIST_ASKS"):  # tools/list asks the client first (elicitation)
+
+        async def list_asking(
+            ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+        ) -> types.ListToolsResult:
+            schema = {"type": "object", "properties": {"set": {"type": "string"}}}
+            try:
+                answer = await ctx.session.elicit_form(
+                    "Which tools?", schema, related_request_id=ctx.request_id
+                )
+                call_log.write({"event": "list_asked", "answer": answer.action})
+            except Exception as exc:  # refused by the peer: listed all the same
+                call_log.write({"event": "list_asked", "refused": str(exc)})
+            return types.ListToolsResult(tools=await server.list_tools())
+
+        lowlevel.add_request_handler("tools/list", types.PaginatedRequestParams, list_asking)
+
     @server.tool(description="Never answers until cancelled")
     async def hang() -> str:
         try:

@@ -53,7 +53,7 @@ from gateway.policy import Identity
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
-from gateway.wire.jsonrpc import BadMessage, Message
+from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 
 #: What a session keeps of the client's initialize (replayed to each upstream it opens).
 MAX_CLIENT_BYTES = 64 * 1024
@@ -189,7 +189,7 @@ class Handshake:
         if found is None or link is None:
             msg = "no request of this id is waiting for an answer"
             raise BadMessage(rpc.INVALID_REQUEST, msg, status=400)
-        body = json.dumps({**message.raw, "id": found[1]}, ensure_ascii=False).encode()
+        body = json_bytes({**message.raw, "id": found[1]})
         upstream = self.gw.upstreams[link.server]
         status = await post_once(upstream, None, body, link.version, link.sid)
         await reply(send, 202 if 200 <= status < 300 else 502, b"")

@@ -30,8 +30,8 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Send, reply
-from gateway.wire.jsonrpc import Message
+from gateway.wire.asgi import Incoming, Send, is_sse_type, reply
+from gateway.wire.jsonrpc import Message, json_bytes
 from gateway.wire.sse import LINE, SseRewriter, StreamTooLarge, rewrite_event
 
 ACK = "notifications/subscriptions/acknowledged"
@@ -142,7 +142,7 @@ async def _pump(
 ) -> None:
     upstream = gw.upstreams[server.name]
     params = {**message.params, "notifications": wanted}
-    body = json.dumps({**message.raw, "params": params}, ensure_ascii=False).encode()
+    body = json_bytes({**message.raw, "params": params})
     fwd = Forward(upstream, None, body, message.msg_id)
     view = ClientView(gw, server.name, identity)
     try:
@@ -152,7 +152,7 @@ async def _pump(
         return
     server.resp = resp
     try:
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+        if not is_sse_type(resp.headers.get("content-type")):
             server.refusal = _refusal(resp.status, await read_bounded(resp), message)
             return
         events = SseRewriter(view)  # its split only: each event is filtered in _one_event
@@ -218,7 +218,7 @@ def _ack(message: Message, honoured: list[dict[str, Any]]) -> bytes:
                 merged[key] = [*merged.get(key, []), *value]
     meta = {SUBSCRIPTION_ID_KEY: message.msg_id}
     note = {"jsonrpc": "2.0", "method": ACK, "params": {"notifications": merged, "_meta": meta}}
-    return event(json.dumps(note, ensure_ascii=False).encode())
+    return event(json_bytes(note))
 
 
 def _unavailable(message: Message) -> bytes:

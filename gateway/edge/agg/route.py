@@ -4,7 +4,6 @@ name changes; otherwise forwarded byte for byte)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mcp.shared.inbound import encode_header_value
@@ -17,7 +16,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming
-from gateway.wire.jsonrpc import BadMessage, Message
+from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 from gateway.wire.sse import View
 
 
@@ -63,7 +62,7 @@ def routed(
     upstream = gw.upstreams[server]
     if any(message.params.get(k) != v for k, v in changed.items()):
         value = {**message.raw, "params": {**message.params, **changed}}
-        body = json.dumps(value, ensure_ascii=False).encode()
+        body = json_bytes(value)
         if "mcp-name" in incoming.headers and "name" in changed:
             incoming.headers["mcp-name"] = encode_header_value(changed["name"])
     else:

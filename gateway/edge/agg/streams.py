@@ -19,7 +19,7 @@ from gateway.edge.forward import UPSTREAM_ERRORS, Forward, forward, watching_dis
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Send
+from gateway.wire.asgi import Incoming, Send, is_sse_type
 from gateway.wire.jsonrpc import BadMessage
 from gateway.wire.sse import SseRewriter, StreamTooLarge
 
@@ -107,7 +107,7 @@ async def _pump(
     except (*UPSTREAM_ERRORS, TimeoutError):
         return
     try:
-        if resp.status != 200 or "text/event-stream" not in resp.headers.get("content-type", ""):
+        if resp.status != 200 or not is_sse_type(resp.headers.get("content-type")):
             return
         rewriter = SseRewriter(face.view(session, link.server, identity))
         async for chunk in resp.iter_chunks():

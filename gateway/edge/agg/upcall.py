@@ -4,14 +4,17 @@ forwards are), the answer read as JSON or as the SSE event that carries it."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from typing import Any
 
 from gateway.edge.forward import UPSTREAM_ERRORS, read_bounded
+from gateway.upstream.h1_response import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.sse import LINE
+from gateway.wire.asgi import is_json_type, is_sse_type
+from gateway.wire.sse import SseEvents, StreamTooLarge, event_data, not_utf8
 
 #: The ids the aggregate's own requests carry upstream (never seen by a client): each one
 #: new, as two requests in flight on one upstream session must not share an id.
@@ -96,7 +99,8 @@ async def exchange(
     session: str | None = None,
     grant: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The upstream's answer and the HTTP headers it came with."""
+    """The upstream's answer and the HTTP headers it came with, within the server's
+    ``timeout`` (``servers.X.timeout``) for the whole of it."""
     headers = _headers(upstream, method, version, session, grant)
     msg_id = f"{UPCALL_ID}-{next(_numbers)}"
     body = body_of(method, params, version, meta, msg_id)
@@ -105,20 +109,57 @@ async def exchange(
     except (*UPSTREAM_ERRORS, TimeoutError) as exc:
         raise UpcallFailed(f"upstream {upstream.name!r} is unavailable") from exc
     try:
-        data = await read_bounded(resp)
-    except UPSTREAM_ERRORS as exc:
+        async with asyncio.timeout(upstream.timeout):
+            message = await _answer(upstream, resp, msg_id, version, session, grant)
+    except TimeoutError as exc:
+        raise UpcallFailed(f"upstream {upstream.name!r} did not answer in time") from exc
+    except (*UPSTREAM_ERRORS, StreamTooLarge) as exc:
         raise UpcallFailed(f"upstream {upstream.name!r} failed while answering") from exc
     finally:
         resp.close()
-    if data is None:
-        raise UpcallFailed(f"upstream {upstream.name!r} answered too much")
-    sse = resp.headers.get("content-type", "").startswith("text/event-stream")
-    for message in _messages(data, sse):
-        if isinstance(message, dict) and message.get("id") == msg_id:
-            if resp.status in (429, 503):
-                raise UpcallRefused(resp.status, _error_text(message, upstream.name))
-            return message, dict(resp.headers)
-    raise UpcallFailed(f"upstream {upstream.name!r} gave no answer (HTTP {resp.status})")
+    if message is None:
+        raise UpcallFailed(f"upstream {upstream.name!r} gave no answer (HTTP {resp.status})")
+    if resp.status in (429, 503):
+        raise UpcallRefused(resp.status, _error_text(message, upstream.name))
+    return message, dict(resp.headers)
+
+
+async def _answer(
+    upstream: HttpUpstream,
+    resp: H1Response,
+    msg_id: str,
+    version: str,
+    session: str | None,
+    grant: str | None,
+) -> dict[str, Any] | None:
+    """The answer to ``msg_id`` in a JSON body or a stream (read up to the answer). A request
+    the server makes of the client meanwhile is refused at once: the aggregate's own requests
+    have no client to ask, and a server left waiting would never answer."""
+    content_type = resp.headers.get("content-type")
+    if not is_sse_type(content_type):
+        data = await read_bounded(resp)
+        if data is None:
+            raise UpcallFailed(f"upstream {upstream.name!r} answered too much")
+        message = _loads(data) if is_json_type(content_type) else None
+        return message if isinstance(message, dict) and message.get("id") == msg_id else None
+    events = SseEvents()
+    async for chunk in resp.iter_chunks():
+        for event in events.split(chunk):
+            data = event_data(event)
+            message = _loads(data) if data is not None else None
+            if not isinstance(message, dict):
+                continue
+            if message.get("id") == msg_id and "method" not in message:
+                return message
+            if "method" in message and "id" in message:
+                error = rpc.error_body(message["id"], rpc.METHOD_NOT_FOUND, _NO_CLIENT)
+                await post_once(upstream, None, error, version, session, grant=grant)
+    return None
+
+
+#: What a server that asks something of the client during one of the aggregate's own
+#: requests (a merged list, say) is told.
+_NO_CLIENT = "the gateway answers this request itself: there is no client to ask"
 
 
 async def post_once(
@@ -145,24 +186,12 @@ async def post_once(
     return resp.status
 
 
-def _messages(data: bytes, sse: bool) -> list[Any]:
-    if not sse:
-        return [_loads(data)]
-    out: list[Any] = []
-    event: list[bytes] = []
-    for line in [*LINE.split(data), b""]:
-        if line.startswith(b"data:"):
-            event.append(line[5:].removeprefix(b" "))
-        elif not line and event:
-            out.append(_loads(b"\n".join(event)))
-            event = []
-    return out
-
-
 def _loads(data: bytes) -> Any:
+    if not_utf8(data):
+        return None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

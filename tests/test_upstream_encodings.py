@@ -1,0 +1,171 @@
+"""Upstream answers the caller's view must read as the caller would: a tools list sent as a
+stream with a byte-order mark, declared in another charset, or written in UTF-16 is filtered
+or refused, never passed on unread; a tool whose definition is not Unicode text is left out
+rather than making a whole list unreadable; and a server that asks the client something
+while the aggregate lists its tools is answered, not left waiting with every caller's list.
+Real gateway processes; the hand-written literal server and the SDK test upstream."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import types
+
+from gateway.wire.sse import DROP, SseRewriter, filtered
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway
+from tests.peers import http_upstream, literal_upstream
+
+MODERN = "2026-07-28"
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {}\n  "odd*": {}\n'
+TOOLS = [
+    {"name": "echo", "description": "Echoes", "inputSchema": {"type": "object"}},
+    {"name": "secret_tool", "description": "Not for agents", "inputSchema": {"type": "object"}},
+]
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
+    tmp = tmp_path_factory.mktemp("encodings")
+    script = tmp / "script.json"
+    script.write_text(json.dumps({"pages": [TOOLS]}))
+    with (
+        literal_upstream({"LITERAL_SCRIPT": str(script)}) as lit,
+        run_gateway(tmp, POLICY, {"lit": {"url": lit.url}}) as gw,
+    ):
+        yield gw, script
+
+
+def _list(gw: GatewayProcess, path: str) -> httpx.Response:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/list",
+    }
+    return httpx.post(gw.base + path, json=body, headers=headers, timeout=10)
+
+
+def _as_a_client_reads(resp: httpx.Response) -> str:
+    """The answer's text, decoded the way a lenient client would (the declared charset, else
+    whatever Python's json guesses)."""
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        return json.dumps(json.loads(resp.content))
+    return resp.text
+
+
+@pytest.mark.parametrize("dress", ["sse", "sse-bom", "sse-utf16", "json-utf16", "json-utf16-bare"])
+@pytest.mark.parametrize("path", ["/mcp/lit", "/mcp"])
+def test_a_list_in_any_dress_is_filtered_or_refused(
+    rig: tuple[GatewayProcess, Path], dress: str, path: str
+) -> None:
+    gw, script = rig
+    script.write_text(json.dumps({"pages": [TOOLS], "list_as": dress}))
+    try:
+        resp = _list(gw, path)
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        assert "secret_tool" not in _as_a_client_reads(resp)
+    assert "secret_tool" not in resp.content.decode("utf-16-le", "replace")
+    if dress in ("sse", "sse-bom"):  # read as clients read it, filtered, served
+        assert resp.status_code == 200 and "echo" in resp.text
+
+
+def test_a_tool_that_is_not_unicode_is_left_out(rig: tuple[GatewayProcess, Path]) -> None:
+    gw, script = rig
+    cut = {"name": "echo", "description": "half an emoji \ud83d", "inputSchema": {}}
+    script.write_text(json.dumps({"pages": [[cut, TOOLS[1]]]}))
+    try:
+        for path in ("/mcp/lit", "/mcp"):
+            resp = _list(gw, path)
+            assert resp.status_code == 200
+            data = resp.text.split("data: ")[-1] if "data: " in resp.text else resp.text
+            assert json.loads(data)["result"]["tools"] == []
+            resp.content.decode()  # strict UTF-8, as pydantic reads it
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+
+
+def test_a_name_no_call_could_use_is_not_listed(rig: tuple[GatewayProcess, Path]) -> None:
+    gw, script = rig
+    odd = [
+        {"name": name, "description": "d", "inputSchema": {"type": "object"}}
+        for name in ("odd\x1b[2Jx", "odd\u202eevil", "odd\u200b", "odd" + "x" * 2000, "oddly")
+    ]
+    script.write_text(json.dumps({"pages": [odd]}))
+    try:
+        for path, name in (("/mcp/lit", "oddly"), ("/mcp", "lit__oddly")):
+            resp = _list(gw, path)
+            data = resp.text.split("data: ")[-1] if "data: " in resp.text else resp.text
+            assert [t["name"] for t in json.loads(data)["result"]["tools"]] == [name]
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+
+
+class TestStreams:
+    """The stream reader, by itself."""
+
+    class View:
+        def wants(self, data: bytes) -> bool:
+            return b'"tools"' in data
+
+        def filter(self, message: Any) -> Any:
+            tools = [t for t in message["result"]["tools"] if t["name"] == "echo"]
+            return {**message, "result": {"tools": tools}}
+
+        def wrap_event_id(self, event_id: bytes) -> bytes:
+            return event_id
+
+    LIST = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}}).encode()
+
+    @pytest.mark.parametrize("cut", [1, 2, 3, 5])
+    def test_a_byte_order_mark_is_skipped_wherever_the_chunk_ends(self, cut: int) -> None:
+        stream = b"\xef\xbb\xbfdata: " + self.LIST + b"\n\n"
+        rewriter = SseRewriter(self.View())
+        out = rewriter.feed(stream[:cut]) + rewriter.feed(stream[cut:])
+        assert out.startswith(b"data: ") and b"secret_tool" not in out and b"echo" in out
+
+    def test_fields_nobody_knows_are_left_out(self) -> None:
+        stream = b"\xef\xbb\xbfdata: x\n\n" + b"Data: " + self.LIST + b"\nevent: message\n\n"
+        out = SseRewriter(self.View()).feed(stream)
+        assert b"secret_tool" not in out and b"event: message" in out
+
+    @pytest.mark.parametrize(
+        "data", [LIST.decode().encode("utf-16-le"), LIST + b"\x00", b"\xff\xfe" + LIST]
+    )
+    def test_bytes_that_are_not_utf8_json_are_dropped(self, data: bytes) -> None:
+        assert filtered(data, self.View()) is DROP
+
+
+async def test_a_server_asking_during_a_merged_list_is_answered(tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    env = {"UPSTREAM_LIST_ASKS": "1", "UPSTREAM_CALL_LOG": str(log)}
+
+    async def accept(ctx: Any, params: Any) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"set": "all"})
+
+    with (
+        http_upstream(extra_env=env) as asks,
+        http_upstream() as plain,
+        run_gateway(tmp_path, POLICY, {"ask": {"url": asks.url}, "web": {"url": plain.url}}) as gw,
+    ):
+        async with client(gw.base + "/mcp", mode="legacy", elicitation_callback=accept) as c:
+            with anyio.fail_after(20):
+                listed = {t.name for t in (await c.list_tools()).tools}
+        assert {"ask__echo", "web__echo"} <= listed
+        # the merged list's question was refused at once (the gateway's own listing at start,
+        # which declares no elicitation, is refused by the server's SDK itself)
+        asked = [r for r in calls_in(log) if r.get("event") == "list_asked"]
+        assert "there is no client to ask" in asked[-1]["refused"]
