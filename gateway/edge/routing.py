@@ -32,6 +32,10 @@ def stateless_era(incoming: Incoming, value: Any) -> bool:
         msg = "Mcp-Protocol-Version header does not match the body's protocol version"
         raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
     version = stated if stated is not None else header
+    if version is not None and not isinstance(version, str):  # read before classify checks it
+        msg = "the _meta protocol version must be a string"
+        msg_id = value.get("id") if isinstance(value, dict) else None
+        raise BadMessage(rpc.INVALID_PARAMS, msg, msg_id=rpc.echo_id(msg_id))
     return version is not None and version not in rpc.HANDSHAKE_VERSIONS
 
 

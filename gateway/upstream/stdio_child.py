@@ -23,6 +23,7 @@ from mcp.client.stdio import get_default_environment
 
 from gateway.config import ServerConfig
 from gateway.telemetry.childlog import StderrLog
+from gateway.wire.jsonrpc import json_bytes
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -173,8 +174,13 @@ class Child:
                     "stdio.not_json", server=self.label, line=line[:200].decode(errors="replace")
                 )
                 continue
-            if isinstance(message, dict):
+            if not isinstance(message, dict):
+                continue
+            try:
                 await self.on_message(message, line.rstrip(b"\r\n"))
+            except Exception as exc:  # one bad message is dropped; the reader goes on
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("stdio.message_failed", server=self.label, error=error)
 
     async def reap(self) -> None:
         """Once stopped: wait for the process to exit (SIGKILL after ``KILL_GRACE``), even
@@ -205,7 +211,7 @@ class Child:
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Write one message; False when there is no live process to take it."""
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        data = json_bytes(message, (",", ":"))
         return await self.send_line(data)
 
     async def send_line(self, data: bytes) -> bool:

@@ -68,6 +68,12 @@ class Deadline:
         self.timer.cancel()
 
 
+def keyable(value: Any) -> bool:
+    """Whether an id or a progress token from a child can be one of ours: absent, a string
+    or a number (a list or an object there would fail as a key, and is no id)."""
+    return value is None or isinstance(value, str | int | float)
+
+
 def progress_token(message: dict[str, Any]) -> Any:
     params = message.get("params")
     if not isinstance(params, dict):

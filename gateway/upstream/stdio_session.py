@@ -24,6 +24,7 @@ from gateway.upstream.stdio_events import EventLog
 from gateway.upstream.stdio_messages import (
     Deadline,
     cancelled,
+    keyable,
     progress_token,
     too_slow,
     unavailable,
@@ -307,6 +308,9 @@ class SessionLink:
 
     async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
         msg_id = message.get("id")
+        if not keyable(msg_id) or not keyable(progress_token(message)):
+            log.warning("stdio.bad_id", server=self.name, method=str(message.get("method"))[:100])
+            return  # an id or a token no request of ours could have: nobody's message
         if "method" not in message:  # an answer
             if isinstance(msg_id, str) and msg_id in self.replaying:
                 self.replaying.discard(msg_id)

@@ -20,7 +20,7 @@ import anyio
 
 from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
-from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR
+from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR, json_bytes
 from gateway.wire.jsonrpc import error_body as rpc_error
 
 Item = tuple[dict[str, Any], bytes]  # a message, and its JSON text as it goes on the wire
@@ -119,7 +119,7 @@ async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], byt
 
 
 def encode(message: dict[str, Any]) -> Item:
-    return message, json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    return message, json_bytes(message, (",", ":"))
 
 
 def event(body: bytes) -> bytes:

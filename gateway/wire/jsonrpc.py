@@ -186,6 +186,32 @@ def _check_id(value: Mapping[str, Any]) -> Any:
     return msg_id
 
 
+def _is_token(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _check_tokens(method: str, params: Mapping[str, Any], msg_id: Any) -> None:
+    """What the gateway keys its own tables by, besides the id, must be what MCP says it is:
+    a progress token or a cancelled request's id is a string or an integer, the ``_meta``
+    protocol version a string (a list or an object there is no key for anything)."""
+    meta = params.get("_meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadMessage(INVALID_PARAMS, "_meta must be an object", msg_id=msg_id)
+    meta = meta or {}
+    if "progressToken" in meta and not _is_token(meta["progressToken"]):
+        msg = "progressToken must be a string or an integer"
+        raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
+    version = meta.get(PROTOCOL_VERSION_META_KEY)
+    if version is not None and not isinstance(version, str):
+        msg = "the _meta protocol version must be a string"
+        raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
+    named = {"notifications/cancelled": "requestId", "notifications/progress": "progressToken"}
+    field = named.get(method)
+    if field is not None and field in params and not _is_token(params[field]):
+        msg = f"{field} must be a string or an integer"
+        raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
+
+
 def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message:
     """Check the envelope of one message and say what it is; refuse every other shape.
 
@@ -214,6 +240,7 @@ def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message
         params = {}
     if not isinstance(params, dict):
         raise BadMessage(INVALID_REQUEST, "params must be an object", msg_id=msg_id)
+    _check_tokens(method, params, msg_id)
     if "id" not in value:
         if not method.startswith(NOTIFICATION_PREFIX):
             msg = f"{method!r} without an id: only notifications/* may omit the id"
@@ -252,5 +279,14 @@ def error_body(msg_id: Any, code: int, message: str, data: Any = None) -> bytes:
 
 
 def result_body(msg_id: Any, result: Mapping[str, Any]) -> bytes:
-    payload = {"jsonrpc": "2.0", "id": msg_id, "result": result}
-    return json.dumps(payload, ensure_ascii=False).encode()
+    return json_bytes({"jsonrpc": "2.0", "id": msg_id, "result": result})
+
+
+def json_bytes(value: Any, separators: tuple[str, str] | None = None) -> bytes:
+    """JSON text in UTF-8 for a peer. A string holding a lone surrogate (JSON allows the
+    escape ``\\ud83d``, a JavaScript peer writes one for half an emoji, UTF-8 has no such
+    character) is written escaped, as it came, rather than failing the whole answer."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=separators).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=separators).encode()

@@ -1,0 +1,91 @@
+"""A stdio MCP server, hand-written, that puts odd things in its messages when a call's
+``text`` asks: ``oddid`` (an answer whose id is a list, before the real one), ``oddreq`` (a
+request whose id is an object), ``oddtok`` (progress whose token is a list), ``sur`` (an
+answer holding a lone surrogate). Any other text is echoed. Both eras.
+
+    python -m tests.servers.odd_stdio
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+TOOLS = [
+    {
+        "name": "echo",
+        "description": "Echoes, oddly on request",
+        "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+    }
+]
+
+
+SERVER = {"capabilities": {"tools": {}}, "serverInfo": {"name": "odd", "version": "1"}}
+
+
+def write(message: dict[str, Any] | bytes) -> None:
+    data = message if isinstance(message, bytes) else json.dumps(message).encode()
+    sys.stdout.buffer.write(data + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def answer(msg_id: Any, result: dict[str, Any]) -> None:
+    write({"jsonrpc": "2.0", "id": msg_id, "result": {**result, "resultType": "complete"}})
+
+
+def call(msg_id: Any, params: dict[str, Any]) -> None:
+    text = str((params.get("arguments") or {}).get("text", ""))
+    token = (params.get("_meta") or {}).get("progressToken")
+    if text == "oddid":
+        write({"jsonrpc": "2.0", "id": [msg_id], "result": {}})
+    elif text == "oddreq":
+        write({"jsonrpc": "2.0", "id": {"k": 1}, "method": "roots/list"})
+    elif text == "oddtok":
+        progress = {"progressToken": [token], "progress": 1}
+        write({"jsonrpc": "2.0", "method": "notifications/progress", "params": progress})
+    elif text == "sur":
+        head = b'{"jsonrpc":"2.0","id":' + json.dumps(msg_id).encode()
+        write(
+            head
+            + b',"result":{"content":[{"type":"text","text":"x\\ud800y"}],"resultType":"complete"}}'
+        )
+        return
+    content = [{"type": "text", "text": f"echo: {text}"}]
+    answer(msg_id, {"content": content, "isError": False})
+
+
+def main() -> None:
+    for line in sys.stdin.buffer:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        method, msg_id = message.get("method"), message.get("id")
+        params = message.get("params") or {}
+        if method is None or "id" not in message:
+            continue
+        if method == "initialize":
+            version = params.get("protocolVersion", "2025-11-25")
+            info = {"name": "odd", "version": "1"}
+            answer(
+                msg_id,
+                {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info},
+            )
+        elif method == "server/discover":
+            info = {"name": "odd", "version": "1"}
+            versions = ["2026-07-28"]
+            answer(
+                msg_id,
+                {"supportedVersions": versions, "capabilities": {"tools": {}}, "serverInfo": info},
+            )
+        elif method == "tools/list":
+            answer(msg_id, {"tools": TOOLS, "cacheScope": "private", "ttlMs": 0})
+        elif method == "tools/call":
+            call(msg_id, params)
+        else:
+            write({"jsonrpc": "2.0", "id": msg_id, "error": {"code": -32601, "message": "no"}})
+
+
+if __name__ == "__main__":
+    main()

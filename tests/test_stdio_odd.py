@@ -1,0 +1,85 @@
+"""A stdio server's odd message (an id or a progress token that is a list or an object, a
+lone surrogate in an answer) costs at most the call it belongs to: every stdio server, that
+one included, goes on serving. A real gateway process; ``tests.servers.odd_stdio``."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway, text_of
+from tests.peers import REPO_ROOT
+
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {}\n'
+ODD = {
+    "command": sys.executable,
+    "args": ["-m", "tests.servers.odd_stdio"],
+    "env": {"PYTHONPATH": str(REPO_ROOT)},
+}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("stdio-odd")
+    with run_gateway(tmp, POLICY, {"x": ODD, "y": ODD}) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+@pytest.mark.parametrize("trigger", ["oddid", "oddreq", "oddtok", "sur"])
+async def test_an_odd_message_does_not_stop_the_stdio_servers(
+    gw: GatewayProcess, trigger: str, mode: str
+) -> None:
+    async with client(gw.url("x"), mode=mode) as c:
+        try:
+            odd = await c.call_tool("echo", {"text": trigger})
+        except Exception:
+            odd = None
+        if trigger != "sur":  # the odd message is dropped, the real answer comes
+            assert odd is not None and text_of(odd) == f"echo: {trigger}"
+        after = await c.call_tool("echo", {"text": "plain"})
+        assert text_of(after) == "echo: plain"
+    async with client(gw.url("y"), mode=mode) as c:
+        assert text_of(await c.call_tool("echo", {"text": "plain"})) == "echo: plain"
+    with urllib.request.urlopen(f"{gw.base}/readyz", timeout=5) as ready:
+        assert ready.status == 200
+
+
+def _post(gw: GatewayProcess, path: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    base = {"accept": "application/json, text/event-stream", **headers}
+    return httpx.post(gw.base + path, json=body, headers=base, timeout=10)
+
+
+@pytest.mark.parametrize("path", ["/mcp/x", "/mcp"])
+@pytest.mark.parametrize(
+    ("meta", "params", "method"),
+    [
+        ({"io.modelcontextprotocol/protocolVersion": {}}, {}, "tools/list"),
+        ({"io.modelcontextprotocol/protocolVersion": [1]}, {}, "tools/list"),
+        ({"progressToken": [1]}, {"name": "echo", "arguments": {}}, "tools/call"),
+        ({"progressToken": {"a": 1}}, {"name": "echo", "arguments": {}}, "tools/call"),
+        ({"progressToken": True}, {"name": "echo", "arguments": {}}, "tools/call"),
+        ({}, {"requestId": {"a": 1}}, "notifications/cancelled"),
+    ],
+)
+def test_a_client_token_that_is_no_key_is_refused(
+    gw: GatewayProcess, path: str, meta: dict[str, Any], params: dict[str, Any], method: str
+) -> None:
+    """A token or version that is a list or an object is invalid params (400), never a 500
+    or a stale entry in the gateway's tables."""
+    opened = _post(gw, path, initialize_body("odd"))
+    session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+    session["mcp-protocol-version"] = "2025-11-25"
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": {**params, "_meta": meta}}
+    if not method.startswith("notifications/"):
+        body["id"] = 3
+    if "protocolVersion" in str(meta):
+        session = {}  # the version is read from _meta alone
+    refused = _post(gw, path, body, **session)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == -32602
