@@ -4,14 +4,18 @@ one included, goes on serving. A real gateway process; ``tests.servers.odd_stdio
 
 from __future__ import annotations
 
+import inspect
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.cli.run import run_command
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway, text_of
 from tests.peers import REPO_ROOT
 
@@ -83,3 +87,29 @@ def test_a_client_token_that_is_no_key_is_refused(
     refused = _post(gw, path, body, **session)
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["code"] == -32602
+
+
+def test_the_gateway_is_not_dumpable() -> None:
+    """``celgate run`` makes its /proc files root's and refuses ptrace: a stdio server of the
+    same user cannot read its environment (the admin token) or its memory."""
+    code = (
+        "import ctypes; from gateway.cli.run import not_dumpable; libc = ctypes.CDLL(None); "
+        "before = libc.prctl(3, 0, 0, 0, 0); not_dumpable(); "
+        "print(before, libc.prctl(3, 0, 0, 0, 0))"  # PR_GET_DUMPABLE
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "0"]
+    assert "not_dumpable()" in inspect.getsource(run_command)
+
+
+async def test_a_message_larger_than_the_pipe_bound_reaches_an_idle_server(
+    tmp_path: Path,
+) -> None:
+    """The bound on a stdio server's unread input refuses messages past it while it is busy;
+    one message bigger than the bound (the body limit allows it) still goes to an idle one."""
+    big = "x" * (10 * 1024 * 1024)
+    security = {"max_body_bytes": 32 * 1024 * 1024}
+    with run_gateway(tmp_path, POLICY, {"x": ODD}, security=security) as gw:
+        async with client(gw.url("x"), mode="legacy") as c:
+            answer = await c.call_tool("echo", {"text": big})
+    assert text_of(answer) == f"echo: {big}"

@@ -224,7 +224,8 @@ class Child:
             return False
         data += b"\n"
         try:
-            if proc.stdin.transport.get_write_buffer_size() + len(data) > MAX_UNWRITTEN:
+            unwritten = proc.stdin.transport.get_write_buffer_size()
+            if unwritten and unwritten + len(data) > MAX_UNWRITTEN:  # one message always goes
                 log.warning("stdio.child_not_reading", server=self.config.name, child=self.label)
                 return False
             proc.stdin.write(data)

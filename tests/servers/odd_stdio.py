@@ -1,7 +1,8 @@
 """A stdio MCP server, hand-written, that puts odd things in its messages when a call's
 ``text`` asks: ``oddid`` (an answer whose id is a list, before the real one), ``oddreq`` (a
 request whose id is an object), ``oddtok`` (progress whose token is a list), ``sur`` (an
-answer holding a lone surrogate). Any other text is echoed. Both eras.
+answer holding a lone surrogate), ``parent`` (what it can read of the gateway's environment
+through ``/proc``). Any other text is echoed. Both eras.
 
     python -m tests.servers.odd_stdio
 """
@@ -9,6 +10,7 @@ answer holding a lone surrogate). Any other text is echoed. Both eras.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -44,6 +46,12 @@ def call(msg_id: Any, params: dict[str, Any]) -> None:
     elif text == "oddtok":
         progress = {"progressToken": [token], "progress": 1}
         write({"jsonrpc": "2.0", "method": "notifications/progress", "params": progress})
+    elif text == "parent":
+        try:
+            with open(f"/proc/{os.getppid()}/environ", "rb") as file:
+                text = file.read().decode(errors="replace")
+        except OSError as exc:
+            text = f"refused: {type(exc).__name__}"
     elif text == "sur":
         head = b'{"jsonrpc":"2.0","id":' + json.dumps(msg_id).encode()
         write(
