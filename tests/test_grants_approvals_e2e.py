@@ -16,6 +16,7 @@ import anyio
 import httpx
 import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.identity import hash_key
@@ -528,6 +529,22 @@ class TestValkeyOutage:
         params["arguments"] = {"id": "store-back"}
         again = httpx.post(gw.url("up"), json=body, headers=headers, timeout=10)
         assert again.status_code == 200, again.text
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_a_held_stream_with_the_store_down_ends_with_an_answer(
+        self, pair: Any, valkey_server: ValkeyProcess, mode: str
+    ) -> None:
+        """A wait-mode call opens its stream before the store is asked: a store that cannot
+        be reached then is answered on that stream, under the call's id, not by cutting it."""
+        gw = pair[0]
+        async with client(gw.url("up"), key=ANALYST_KEY, mode=mode) as c:
+            valkey_server.stop()
+            try:
+                with pytest.raises(MCPError) as refused:
+                    await c.call_tool("write_file", {"path": f"/tmp/{mode}", "content": "x"})
+            finally:
+                valkey_server.start()
+        assert "unavailable" in str(refused.value)
         assert gw.wait_records(1, "approvals.backend_recovered")
 
 

@@ -6,6 +6,7 @@ bound."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,39 @@ from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, is_json_type, reply
 from gateway.wire.jsonrpc import BadMessage
+from gateway.wire.sse import message_event
+
+
+class _Answer:
+    """What has gone back so far: after an error, the client is still answered. Before the
+    head, with the error's status and body; on a stream already open (a held call, say), with
+    the error as its last event, so no client is left with a stream that ends in nothing."""
+
+    __slots__ = ("_send", "ended", "started", "streaming")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = self.streaming = self.ended = False
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = message.get("headers") or []
+            self.streaming = any(
+                k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                for k, v in headers
+            )
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.ended = True
+        await self._send(message)
+
+    async def fail(self, exc: BaseException, msg_id: Any) -> None:
+        if not self.started:
+            await reply(self._send, *error_reply(exc, msg_id))
+        elif self.streaming and not self.ended:
+            _, body = error_reply(exc, msg_id)
+            with contextlib.suppress(OSError):  # the client may be gone: nothing to tell
+                await self._send({"type": "http.response.body", "body": message_event(body)})
 
 
 async def serve(
@@ -30,27 +64,18 @@ async def serve(
 ) -> None:
     """Run ``handle`` inside the boundary; ``event`` names its internal errors in the log."""
     incoming = Incoming(scope, receive)
-    started = False
-
-    async def tracking_send(message: Any) -> None:
-        nonlocal started
-        started = started or message["type"] == "http.response.start"
-        await send(message)
-
+    answer = _Answer(send)
     try:
-        await handle(incoming, tracking_send)
+        await handle(incoming, answer.send)
     except BadMessage as exc:
-        if not started:
-            await reply(send, *error_reply(exc))
+        await answer.fail(exc, None)
     except BackendUnavailable as exc:
         # An outage of a shared store: its store logs it as it starts, lasts and ends (the
         # call's decision record says so too), not a traceback per call.
-        if not started:
-            await reply(send, *error_reply(exc, incoming.msg_id))
+        await answer.fail(exc, incoming.msg_id)
     except Exception as exc:  # the boundary: logged in full here, never shown to the client
         log.exception(event, path=incoming.path, method=incoming.method)
-        if not started:
-            await reply(send, *error_reply(exc, incoming.msg_id))
+        await answer.fail(exc, incoming.msg_id)
     finally:
         if incoming.release is not None:  # the caller's place among its grant's requests
             incoming.release()

@@ -30,7 +30,7 @@ import anyio
 from gateway.approvals.service import preview_args
 from gateway.edge import inband
 from gateway.edge.forward import Forward
-from gateway.edge.held import HeldStream, event
+from gateway.edge.held import HeldStream
 from gateway.edge.replies import input_required
 from gateway.pipeline.admission import Elicit, Tick
 from gateway.pipeline.gateway import Gateway
@@ -44,6 +44,7 @@ from gateway.wire.jsonrpc import (
     json_bytes,
 )
 from gateway.wire.sse import View
+from gateway.wire.sse import message_event as event
 
 #: The key of the gateway's question in ``inputRequests`` / ``inputResponses`` (2026-07-28).
 INPUT_KEY = "celgate-approval"

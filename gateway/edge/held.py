@@ -32,17 +32,13 @@ from gateway.upstream.h1 import H1Response
 from gateway.wire.asgi import Incoming, Send, media_type
 from gateway.wire.jsonrpc import Message
 from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
+from gateway.wire.sse import message_event as event
 
 KEEPALIVE_SECONDS = 5.0
 
 
 def accepts_sse(incoming: Incoming) -> bool:
     return "text/event-stream" in (incoming.header("accept") or "")
-
-
-def event(data: bytes) -> bytes:
-    """One SSE ``message`` event carrying a JSON-RPC message."""
-    return b"event: message\ndata: " + data + b"\n\n"
 
 
 class _Keepalive:

@@ -22,6 +22,7 @@ from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR, json_bytes
 from gateway.wire.jsonrpc import error_body as rpc_error
+from gateway.wire.sse import message_event as event
 
 Item = tuple[dict[str, Any], bytes]  # a message, and its JSON text as it goes on the wire
 Headers = list[tuple[bytes, bytes]]
@@ -120,10 +121,6 @@ async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], byt
 
 def encode(message: dict[str, Any]) -> Item:
     return message, json_bytes(message, (",", ":"))
-
-
-def event(body: bytes) -> bytes:
-    return b"event: message\ndata: " + body + b"\n\n"
 
 
 async def open_stream(send: Send, headers: Headers, first: bytes = b"") -> None:

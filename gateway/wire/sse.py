@@ -79,6 +79,12 @@ def rewrite_event(event: bytes, view: View) -> bytes:
 
 DROP = b"\x00drop"
 
+
+def message_event(data: bytes) -> bytes:
+    """One SSE ``message`` event carrying a JSON-RPC message."""
+    return b"event: message\ndata: " + data + b"\n\n"
+
+
 #: The fields an event passes on besides ``data`` and ``id``: its type, the reconnection
 #: delay, and comments (a line beginning with a colon has an empty field name).
 _PASSED_FIELDS = frozenset({b"event", b"retry", b""})

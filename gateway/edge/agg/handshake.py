@@ -43,7 +43,7 @@ from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import accepts_sse, cancels_held, event
+from gateway.edge.held import accepts_sse, cancels_held
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial
 from gateway.edge.routing import check_routing_headers
@@ -54,6 +54,7 @@ from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
+from gateway.wire.sse import message_event as event
 
 #: What a session keeps of the client's initialize (replayed to each upstream it opens).
 MAX_CLIENT_BYTES = 64 * 1024

@@ -25,7 +25,6 @@ from gateway.edge.forward import (
     request_headers,
     watching_disconnect,
 )
-from gateway.edge.held import event
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.upstream.h1 import H1Response
@@ -33,6 +32,7 @@ from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, is_sse_type, reply
 from gateway.wire.jsonrpc import Message, json_bytes
 from gateway.wire.sse import LINE, SseRewriter, StreamTooLarge, rewrite_event
+from gateway.wire.sse import message_event as event
 
 ACK = "notifications/subscriptions/acknowledged"
 SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
