@@ -65,6 +65,18 @@ class TestApprovalService:
         again = await svc.resolve(CALL, held(), "d3")
         assert again.effect == "require_approval" and again.approval_id != first.approval_id
 
+    async def test_a_released_approval_passes_once_more(self, service: Any) -> None:
+        """What a call that used an approval and then did not run gives back (both stores)."""
+        svc, _ = service
+        first = await svc.resolve(CALL, held(), "d1")
+        await svc.decide(first.approval_id, True, "alice", None)
+        assert (await svc.resolve(CALL, held(), "d2")).effect == "allow"
+        await svc.release(first.approval_id)
+        passed = await svc.resolve(CALL, held(), "d3")
+        assert passed.effect == "allow" and passed.approval_id == first.approval_id
+        again = await svc.resolve(CALL, held(), "d4")
+        assert again.effect == "require_approval" and again.approval_id != first.approval_id
+
     async def test_identical_calls_at_once_share_one_request(self, service: Any) -> None:
         """Four identical held calls whose look-ups all run before any of them creates: one
         request, which all four name (two replicas would race the same way)."""

@@ -50,6 +50,11 @@ tools:
     action: require_approval
     reason: deleting needs a human
     approval: {mode: retry, timeout: 600}
+  purge:
+    action: require_approval
+    approval: {mode: retry, timeout: 7200}
+    limits:
+      - {counter: purges, window: hour, max: 1, scope: grant}
 """
 
 
@@ -102,6 +107,25 @@ async def operator(gw: Gateway, clock: Clock, seconds: float, approve: bool = Tr
 
 
 class TestAdmit:
+    async def test_an_approval_a_limit_refuses_is_kept(self, gw: Gateway, clock: Clock) -> None:
+        """An approved call the limit refuses never runs: its approval is not used up, and the
+        identical call passes on it once the bucket refills."""
+        assert gw.approvals is not None
+        assert (await admit(gw, call_of("purge", t="a"))).decision.error == "approval_pending"
+        await operator(gw, clock, 1.0)
+        assert (await admit(gw, call_of("purge", t="a"))).allowed  # the hour's one token
+        held = await admit(gw, call_of("purge", t="b"))
+        await operator(gw, clock, 1.0)
+        refused = await admit(gw, call_of("purge", t="b"))
+        assert refused.decision.error == "rate_limited"
+        statuses = {r.id: r.status for r in await gw.approvals.list()}
+        assert statuses[held.decision.approval_id] == "approved"
+        clock.now += 3600
+        passed = await admit(gw, call_of("purge", t="b"))
+        assert passed.allowed and passed.decision.approval_id == held.decision.approval_id
+        again = await admit(gw, call_of("purge", t="b"))
+        assert again.decision.error == "approval_pending"
+
     async def test_a_wait_is_timed_apart_from_the_decision(self, gw: Gateway, clock: Clock) -> None:
         """Approved after 42 injected seconds: the wait is the approval's, not the decision's;
         limits are taken after the approval, and the call is recorded once, allowed."""

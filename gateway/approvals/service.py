@@ -30,10 +30,10 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from gateway.config.sections import ApprovalsConfig
-from gateway.errors import ApprovalError
+from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.policy.model import Approval, Call, Decision
 from gateway.policy.secrets import mask_args
-from gateway.telemetry.audit import args_digest
+from gateway.telemetry.audit import args_digest, log
 
 Status = Literal["pending", "approved", "denied", "used", "expired"]
 Tick = Callable[[float], Awaitable[None]]
@@ -208,6 +208,16 @@ class ApprovalService:
         self.on_event("used")
         reason = f"approved by {used.decided_by or 'an operator'} ({used.id})"
         return replace(decision, effect="allow", reason=reason, approval_id=used.id)
+
+    async def release(self, approval_id: str) -> None:
+        """Make an approval that was used by a call that then did not run (a limit refused
+        it) usable again, once. A store that cannot be reached leaves it used (logged)."""
+        try:
+            await self.store.transition(approval_id, "used", "approved", None, None)
+        except (ApprovalError, BackendUnavailable) as exc:
+            log.warning("approvals.not_released", id=approval_id, error=type(exc).__name__)
+            return
+        self.on_event("released")
 
     async def _wait(
         self, request: ApprovalRequest, decision: Decision, tick: Tick | None

@@ -90,9 +90,17 @@ async def admit(
                 decision = _fallback(decision)
             else:  # asked (or still being asked) at the client: no out-of-band request
                 decision = await timer.run(elicit(decision, timer.ticking(None)))
+        approved: str | None = None
         if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
             decision = await _approve(gw, call, decision, decision_id, hold, timer)
-        decision = await apply_limits(gw, decision)
+            approved = decision.approval_id if decision.allowed else None
+        try:
+            decision = await apply_limits(gw, decision)
+        finally:
+            if approved and gw.approvals and not decision.allowed:
+                # A limit refused the approved call (or failed): it never runs, so the
+                # operator's approval stays for the identical call made again.
+                await gw.approvals.release(approved)
     except Exception as exc:
         # A failure on the way (a store, an elicitation): the call goes no further, and its
         # record says so rather than showing the decision as far as it got (an allow, say).
