@@ -38,9 +38,11 @@ def _refusal(decision: Decision, result: LimitResult) -> str | None:
     limit = next((lim for lim in decision.limits if lim.counter == result.refused_by), None)
     if limit is None:
         return f"rate limit {result.refused_by} exceeded"
+    # A token bucket: a burst of ``max``, then ``max`` per window (not "at most max in any
+    # window": a full bucket and its refill together admit up to twice that in one window).
     return (
-        f"rate limit {limit.counter!r} exceeded: at most {limit.max} calls per "
-        f"{limit.window:g} s ({limit.scope} {limit.scope_value})"
+        f"rate limit {limit.counter!r} exceeded: a bucket of {limit.max} calls, refilled at "
+        f"{limit.max} per {limit.window:g} s ({limit.scope} {limit.scope_value})"
     )
 
 
