@@ -4,6 +4,7 @@ one included, goes on serving. A real gateway process; ``tests.servers.odd_stdio
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from gateway.cli.run import run_command
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway, text_of
@@ -113,3 +116,35 @@ async def test_a_message_larger_than_the_pipe_bound_reaches_an_idle_server(
         async with client(gw.url("x"), mode="legacy") as c:
             answer = await c.call_tool("echo", {"text": big})
     assert text_of(answer) == f"echo: {big}"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie, unreaped
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_server_that_exits_is_restarted_though_its_helper_holds_stdout(
+    tmp_path: Path,
+) -> None:
+    """A stdio server that started a helper (sharing its stdout) and exited is seen to exit:
+    its group, the helper with it, is killed, and the server is started again."""
+    pid_file = tmp_path / "helper.pid"
+    odd = {**ODD, "env": {**ODD["env"], "ODD_HELPER_PID": str(pid_file)}}  # type: ignore[dict-item]
+    with run_gateway(tmp_path, POLICY, {"x": odd}) as gw:
+        async with client(gw.url("x"), mode="auto") as c:
+            with pytest.raises(Exception):  # noqa: B017  the server died mid-call
+                await c.call_tool("echo", {"text": "helper"})
+        helper = int(pid_file.read_text())
+        with anyio.fail_after(20):
+            while True:  # until the server is back (a restart after its backoff)
+                with contextlib.suppress(MCPError):
+                    async with client(gw.url("x"), mode="auto") as c:
+                        answer = await c.call_tool("echo", {"text": "plain"})
+                    if not answer.is_error:
+                        break
+                await anyio.sleep(0.1)
+        assert text_of(answer) == "echo: plain"
+        assert _gone(helper)

@@ -30,6 +30,7 @@ log = structlog.get_logger("celgate.stdio")
 LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long lines
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
 KILL_GRACE = 2.0
+EXIT_DRAIN = 1.0  # what a child's stdout still holds once it has exited is read this long
 #: Input a child has not read yet, at most (past it, messages are refused), and how long one
 #: write waits for the pipe to drain: a child that stops reading must not grow the gateway,
 #: nor hold the tasks that write to it.
@@ -105,7 +106,7 @@ class Child:
                 if self.on_start is not None:
                     await self.on_start()
                 self.ready.set()
-                await self._read(self.proc)
+                await self._read_while_alive(self.proc)
                 self.ready = anyio.Event()
                 code = await self._reap(self.proc)
                 await self._end_stderr()
@@ -153,6 +154,25 @@ class Child:
         if running and not self.failures:
             return True, None
         return False, self.last_error or "not started yet"
+
+    async def _read_while_alive(self, proc: asyncio.subprocess.Process) -> None:
+        """Read the child's messages until its stdout ends or the child exits. A process it
+        started (a helper sharing its stdout) would keep the pipe open after it exits, and the
+        server would never be seen to stop, nor be restarted: once the child is gone its whole
+        group is killed, and what the pipe still holds is read for a second at most."""
+        reader = asyncio.create_task(self._read(proc))
+        exited = asyncio.create_task(proc.wait())
+        try:
+            await asyncio.wait({reader, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                kill_group(proc)
+                await asyncio.wait({reader}, timeout=EXIT_DRAIN)
+        finally:
+            for task in (reader, exited):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -245,7 +265,10 @@ class Child:
         """Close stdin (a polite stdio server exits on EOF), then SIGTERM the group."""
         self.stopping = True
         proc = self.proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
+            return
+        if proc.returncode is not None:  # gone, but not what it started (its group)
+            kill_group(proc)
             return
         if proc.stdin is not None:
             proc.stdin.close()

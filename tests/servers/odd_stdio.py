@@ -2,7 +2,8 @@
 ``text`` asks: ``oddid`` (an answer whose id is a list, before the real one), ``oddreq`` (a
 request whose id is an object), ``oddtok`` (progress whose token is a list), ``sur`` (an
 answer holding a lone surrogate), ``parent`` (what it can read of the gateway's environment
-through ``/proc``). Any other text is echoed. Both eras.
+through ``/proc``), ``helper`` (starts a helper that shares its stdout, writes the helper's
+pid to the file ``ODD_HELPER_PID`` names, and exits). Any other text is echoed. Both eras.
 
     python -m tests.servers.odd_stdio
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -52,6 +54,11 @@ def call(msg_id: Any, params: dict[str, Any]) -> None:
                 text = file.read().decode(errors="replace")
         except OSError as exc:
             text = f"refused: {type(exc).__name__}"
+    elif text == "helper":
+        helper = subprocess.Popen(["sleep", "300"])  # stdout inherited: the pipe stays open
+        with open(os.environ["ODD_HELPER_PID"], "w", encoding="utf-8") as file:
+            file.write(str(helper.pid))
+        os._exit(3)
     elif text == "sur":
         head = b'{"jsonrpc":"2.0","id":' + json.dumps(msg_id).encode()
         write(
