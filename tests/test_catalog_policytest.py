@@ -64,6 +64,11 @@ class TestClassification:
         assert (info.kind, info.risk) == ("read", "high")
 
 
+def _file(pinned: dict[tuple[str, str], str]) -> Pins:
+    """The pins file as read: its pins, and a digest of its text."""
+    return Pins(pinned=pinned, source=str(sorted(pinned.items())))
+
+
 class TestPins:
     def test_digest_covers_the_definition_only(self) -> None:
         tool = {"name": "echo", "description": "Echoes", "inputSchema": {"type": "object"}}
@@ -80,7 +85,7 @@ class TestPins:
         assert pins.observe("up", v2) == "changed"
         why = pins.refusal("up", "echo")
         assert why is not None and "changed since it was pinned" in why
-        pins.repinned({("up", "echo"): tool_digest(v2)})  # `celgate pins update`, reloaded
+        pins.repinned(_file({("up", "echo"): tool_digest(v2)}))  # `celgate pins update`
         assert pins.refusal("up", "echo") is None
         assert pins.observe("up", v2) == "same"
 
@@ -92,10 +97,15 @@ class TestPins:
         assert pins.observe("up", v2) == "changed"
         assert pins.observe("up", v1) == "changed"
         assert pins.refusal("up", "echo") is not None
-        pins.repinned({("up", "add"): "sha256:other"})  # another tool's pin: still refused
+        pins.repinned(_file({("up", "add"): "sha256:other"}))  # another tool's pin: refused
         assert pins.refusal("up", "echo") is not None
-        pins.repinned({("up", "echo"): tool_digest(v1)})  # the operator pins what is shown now
+        pinned_again = _file({("up", "echo"): tool_digest(v1)})
+        pins.repinned(pinned_again)  # the operator pins what is shown now
         assert pins.refusal("up", "echo") is None
+        pins.observe("up", v2)
+        pins.observe("up", v1)  # changed, then reverted
+        pins.repinned(pinned_again)  # the same file read again (a reload of the rules)
+        assert pins.refusal("up", "echo") is not None
 
     def test_accepting_changes_is_a_setting(self) -> None:
         pins = Pins(None, accept_changes=True)

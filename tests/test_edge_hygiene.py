@@ -435,11 +435,15 @@ class TestAnswerHeaders:
         assert "refused the gateway's credentials" in error["message"]
         assert gateway.wait_records(1, "upstream.unauthorized")
 
-    def test_an_upstream_403_carries_no_challenge(self, gateway: GatewayProcess) -> None:
+    def test_an_upstream_403_is_not_the_gateways_refusal(self, gateway: GatewayProcess) -> None:
+        """A client reads a 403 as its own sign-in problem (the Inspector asks to
+        authenticate again): the upstream's refusal of the gateway is a gateway error."""
         answer = _exchange(gateway, _request(gateway, _call("403"), target="/mcp/hostile"))
-        assert _status(answer) == 403, answer
+        assert _status(answer) == 502, answer
         for name in HOSTILE:
             assert name.lower() not in _headers(answer), name
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        assert "refused the gateway's credentials (HTTP 403)" in error["message"]
 
 
 class _Answer:

@@ -65,7 +65,19 @@ def _as_a_client_reads(resp: httpx.Response) -> str:
     return resp.text
 
 
-@pytest.mark.parametrize("dress", ["sse", "sse-bom", "sse-utf16", "json-utf16", "json-utf16-bare"])
+@pytest.mark.parametrize(
+    "dress",
+    [
+        "sse",
+        "sse-bom",
+        "sse-params",
+        "sse-utf16",
+        "sse-charset-star",
+        "sse-two-types",
+        "json-utf16",
+        "json-utf16-bare",
+    ],
+)
 @pytest.mark.parametrize("path", ["/mcp/lit", "/mcp"])
 def test_a_list_in_any_dress_is_filtered_or_refused(
     rig: tuple[GatewayProcess, Path], dress: str, path: str
@@ -79,8 +91,13 @@ def test_a_list_in_any_dress_is_filtered_or_refused(
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         assert "secret_tool" not in _as_a_client_reads(resp)
     assert "secret_tool" not in resp.content.decode("utf-16-le", "replace")
-    if dress in ("sse", "sse-bom"):  # read as clients read it, filtered, served
+    if dress in ("sse", "sse-bom", "sse-params"):  # read as clients read it, filtered, served
         assert resp.status_code == 200 and "echo" in resp.text
+    else:  # refused: a type or charset another reader could read otherwise
+        assert resp.status_code == 502 or "echo" not in resp.text
+    # one Content-Type, the one the gateway read the body as, with nothing a client could
+    # read otherwise
+    assert resp.headers.get_list("content-type") in (["text/event-stream"], ["application/json"])
 
 
 def test_a_tool_that_is_not_unicode_is_left_out(rig: tuple[GatewayProcess, Path]) -> None:

@@ -54,7 +54,6 @@ _FORWARD_REQUEST = frozenset(
 # own. Mcp-Session-Id goes back wrapped (see _response_headers); cache-control is made private.
 _PASS_RESPONSE = frozenset(
     {
-        "content-type",
         "cache-control",
         "content-language",
         "mcp-protocol-version",
@@ -98,8 +97,28 @@ def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
 Header = tuple[bytes, bytes]
 
 
-def _response_headers(resp: H1Response, fwd: Forward) -> list[Header]:
+def answer_media(resp: H1Response) -> str | None:
+    """The media type of an upstream's answer, as the gateway reads its body: one
+    Content-Type, UTF-8 or no charset; None for anything else (two headers a client may join
+    into a third type, a charset in any spelling but UTF-8)."""
+    values = [value for name, value in resp.raw_headers if name.lower() == b"content-type"]
+    if len(values) != 1:
+        return None
+    return media_type(values[0].decode("latin-1"))
+
+
+#: The one Content-Type a relayed answer carries: the type the gateway read the body as,
+#: with no parameter a client could read otherwise.
+_CONTENT_TYPES = {
+    "text/event-stream": b"text/event-stream",
+    "application/json": b"application/json",
+}
+
+
+def _response_headers(resp: H1Response, fwd: Forward, media: str | None) -> list[Header]:
     out: list[Header] = []
+    if media in _CONTENT_TYPES:
+        out.append((b"content-type", _CONTENT_TYPES[media]))
     for name, value in resp.raw_headers:
         key = name.decode("latin-1").lower()
         if key not in _PASS_RESPONSE:
@@ -150,8 +169,8 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
         await _unavailable(send, fwd)
         return None
     try:
-        if resp.status == 401:
-            await _upstream_unauthorized(send, fwd)
+        if resp.status in (401, 403):
+            await _upstream_unauthorized(send, fwd, resp.status)
         else:
             await _relay(incoming, send, resp, fwd)
     finally:
@@ -159,13 +178,14 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
     return resp
 
 
-async def _upstream_unauthorized(send: Send, fwd: Forward) -> None:
-    """An upstream's 401 refuses the credentials the gateway sends it (the caller's never
-    travel), which no caller can mend: relayed, it would read as the gateway's own challenge
-    and send an OAuth client to sign in again here, or where the upstream's challenge points.
-    Answered 502, and logged for the operator, whose configuration it is."""
-    log.warning("upstream.unauthorized", server=fwd.upstream.name)
-    message = f"upstream {fwd.upstream.name!r} refused the gateway's credentials"
+async def _upstream_unauthorized(send: Send, fwd: Forward, status: int) -> None:
+    """An upstream's 401 or 403 refuses the credentials the gateway sends it (the caller's
+    never travel), which no caller can mend: relayed, it would read as the gateway's own
+    challenge or refusal and send a client to sign in again here (the Inspector does, for a
+    403), or where the upstream's challenge points. Answered 502, and logged for the
+    operator, whose configuration it is."""
+    log.warning("upstream.unauthorized", server=fwd.upstream.name, status=status)
+    message = f"upstream {fwd.upstream.name!r} refused the gateway's credentials (HTTP {status})"
     await reply(send, 502, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
 
 
@@ -177,10 +197,10 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
     if isinstance(fwd.view, ClientView) and fwd.view.session is None:
         sid = resp.headers.get("mcp-session-id")  # an initialize: events belong to the new one
         fwd.view.session = sid.strip() if sid is not None else None
-    media = media_type(resp.headers.get("content-type"))
+    media = answer_media(resp)
     if media == "text/event-stream":
         start = {"type": "http.response.start", "status": resp.status}
-        start["headers"] = _response_headers(resp, fwd)
+        start["headers"] = _response_headers(resp, fwd, media)
         # An answer that comes alone may go as JSON (the client's choice of the two the
         # protocol allows): a stream costs both ends more, and the SDK's client drops the
         # connection of every stream it stops reading at the answer.
@@ -192,10 +212,10 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
         )
         await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd, start, alone))
     else:
-        await _relay_whole(send, resp, fwd, media == "application/json")
+        await _relay_whole(send, resp, fwd, media)
 
 
-async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, is_json: bool) -> None:
+async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | None) -> None:
     """Anything but a stream: read whole (bounded), passed through the view if JSON. A body
     of any other type (or charset) is not relayed: the gateway has not read it as the caller
     would, so its status goes on with an error of the gateway's own."""
@@ -207,7 +227,7 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, is_json: bool
     if body is None:
         await _unavailable(send, fwd)
         return
-    if body.strip() and not is_json:
+    if body.strip() and media != "application/json":
         log.warning("upstream.unreadable_answer", server=fwd.upstream.name, status=resp.status)
         message = f"upstream {fwd.upstream.name!r} answered with a body that is not UTF-8 JSON"
         status = resp.status if resp.status >= 400 else 502
@@ -220,7 +240,7 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, is_json: bool
             return
         if changed is not None:
             body = changed
-    headers = _response_headers(resp, fwd)
+    headers = _response_headers(resp, fwd, media if body.strip() else None)
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -19,6 +19,7 @@ from gateway.approvals.service import match_key
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
+    answer_media,
     request_headers,
     sse_error,
     watching_disconnect,
@@ -29,7 +30,7 @@ from gateway.pipeline.admission import Admission, Hold, Wait, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
 from gateway.upstream.h1 import H1Response
-from gateway.wire.asgi import Incoming, Send, media_type
+from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import Message
 from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.wire.sse import message_event as event
@@ -303,7 +304,7 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
 async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
     """The upstream's answer into the held stream, through the caller's view either way."""
     assert fwd.view is not None
-    media = media_type(resp.headers.get("content-type"))
+    media = answer_media(resp)
     is_sse = media == "text/event-stream"
     try:
         if is_sse:

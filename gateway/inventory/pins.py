@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,15 @@ class Pins:
     accept_changes: bool = False
     pinned: dict[tuple[str, str], str] = field(default_factory=dict)
     changed: dict[tuple[str, str], Change] = field(default_factory=dict)
+    source: str = ""  # a digest of the file as last read: a reload of the same file is no news
 
     @classmethod
     def load(cls, path: Path | None, accept_changes: bool = False) -> Pins:
         pins = cls(path, accept_changes)
         if path is not None and path.exists():
-            data = yaml.safe_load(path.read_text()) or {}
+            raw = path.read_bytes()
+            pins.source = hashlib.sha256(raw).hexdigest()
+            data = yaml.safe_load(raw) or {}
             for server, tools in (data.get("servers") or {}).items():
                 for tool, digest in (tools or {}).items():
                     pins.pinned[(str(server), str(tool))] = str(digest)
@@ -95,11 +99,16 @@ class Pins:
         self.changed[key] = Change(pinned, change.seen, digest)
         return "changed"
 
-    def repinned(self, fresh: Mapping[tuple[str, str], str]) -> None:
-        """Take the pins file as read again: a changed tool whose new pin is a definition it
-        was seen with is trusted again (the next listing checks it once more)."""
-        self.pinned.update(fresh)
-        for key, digest in fresh.items():
+    def repinned(self, fresh: Pins) -> None:
+        """Take the pins file as read again: when it changed (``celgate pins update`` writes
+        it anew every time), a changed tool whose new pin is a definition it was seen with is
+        trusted again (the next listing checks it once more). The same file read again (a
+        reload of the rules) trusts nothing again."""
+        if fresh.source == self.source:
+            return
+        self.source = fresh.source
+        self.pinned.update(fresh.pinned)
+        for key, digest in fresh.pinned.items():
             change = self.changed.get(key)
             if change is not None and digest in (change.seen, change.latest):
                 del self.changed[key]
@@ -125,5 +134,6 @@ def write_pins(path: Path, tools: Mapping[str, list[dict[str, Any]]]) -> int:
         for server, items in sorted(tools.items())
     }
     header = "# celgate tool pins: `celgate pins update` rewrites this file. Commit it.\n"
+    header += f"# updated {datetime.now(UTC).isoformat(timespec='seconds')}\n"  # new each time
     path.write_text(header + yaml.safe_dump({"servers": servers}, sort_keys=True))
     return sum(len(v) for v in servers.values())

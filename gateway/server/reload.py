@@ -127,7 +127,7 @@ class Reloader:
         if config.pins.file is None:
             return
         fresh = Pins.load(config.pins.file, config.pins.accept_changes)
-        self.gw.pins.repinned(fresh.pinned)
+        self.gw.pins.repinned(fresh)
 
     def changed(self) -> bool:
         now = _snapshot(self.paths + self.pin_paths)

@@ -96,22 +96,17 @@ def is_json_type(content_type: str | None) -> bool:
     return media_type(content_type) == "application/json"
 
 
-def is_sse_type(content_type: str | None) -> bool:
-    """``text/event-stream``, with no charset or UTF-8 (the only one SSE has)."""
-    return media_type(content_type) == "text/event-stream"
-
-
 def media_type(content_type: str | None) -> str | None:
     """The media type, lower case, when the charset is UTF-8 or not given; None for any other
     charset (a peer reading the body in it would read what this gateway did not)."""
     media, _, params = (content_type or "").partition(";")
-    charsets = [
-        value.strip().strip('"').lower()
-        for name, _, value in (param.partition("=") for param in params.split(";"))
-        if name.strip().lower() == "charset"
-    ]
-    if not all(charset in ("utf-8", "utf8") for charset in charsets):
-        return None
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        name = name.strip().lower()
+        if "*" in name:  # an RFC 2231 parameter (charset*=utf-8''utf-7): read otherwise
+            return None
+        if name == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return None
     return media.strip().lower()
 
 

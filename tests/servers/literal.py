@@ -18,7 +18,9 @@ paged with cursors ``"1"``, ``"2"``...) replaces ``TOOLS``, and ``call_extra`` i
 every ``tools/call`` result. ``list_as`` sends ``tools/list`` answers in another dress: ``sse``
 (a stream), ``sse-bom`` (a stream that opens with a byte-order mark), ``sse-utf16`` (a stream
 declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as UTF-16LE) or
-``json-utf16-bare`` (UTF-16LE with no charset, which Python's ``json`` still reads).
+``json-utf16-bare`` (UTF-16LE with no charset, which Python's ``json`` still reads),
+``sse-charset-star`` (a charset in RFC 2231 spelling), ``sse-two-types`` (two Content-Type
+headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8 charset).
 
     python -m tests.servers.literal --port 9000
 """
@@ -172,9 +174,19 @@ class Handler(BaseHTTPRequestHandler):
             ),
             "json-utf16": ("application/json; charset=utf-16le", text.encode("utf-16-le")),
             "json-utf16-bare": ("application/json", text.encode("utf-16-le")),
+            "sse-charset-star": (
+                "text/event-stream; charset*=utf-8''utf-7",
+                f"data: {text}\n\n".encode(),
+            ),
+            "sse-two-types": (
+                "text/event-stream; x=y\na/b; charset=utf-7",
+                f"data: {text}\n\n".encode(),
+            ),
+            "sse-params": ('Text/Event-Stream; Charset="UTF-8"', f"data: {text}\n\n".encode()),
         }[dress]
         self.send_response(200)
-        self.send_header("content-type", content_type)
+        for one in content_type.split("\n"):  # two lines: two Content-Type headers
+            self.send_header("content-type", one)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

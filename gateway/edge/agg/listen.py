@@ -21,6 +21,7 @@ from gateway.edge.clientview import ClientView
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
+    answer_media,
     read_bounded,
     request_headers,
     watching_disconnect,
@@ -29,7 +30,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Send, is_sse_type, reply
+from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import Message, json_bytes
 from gateway.wire.sse import LINE, SseRewriter, StreamTooLarge, rewrite_event
 from gateway.wire.sse import message_event as event
@@ -152,7 +153,7 @@ async def _pump(
         return
     server.resp = resp
     try:
-        if not is_sse_type(resp.headers.get("content-type")):
+        if answer_media(resp) != "text/event-stream":
             server.refusal = _refusal(resp.status, await read_bounded(resp), message)
             return
         events = SseRewriter(view)  # its split only: each event is filtered in _one_event

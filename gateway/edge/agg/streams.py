@@ -15,11 +15,17 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from gateway.edge.agg.sessions import AggSession, Link
-from gateway.edge.forward import UPSTREAM_ERRORS, Forward, forward, watching_disconnect
+from gateway.edge.forward import (
+    UPSTREAM_ERRORS,
+    Forward,
+    answer_media,
+    forward,
+    watching_disconnect,
+)
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import Incoming, Send, is_sse_type
+from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import BadMessage
 from gateway.wire.sse import SseRewriter, StreamTooLarge
 
@@ -107,7 +113,7 @@ async def _pump(
     except (*UPSTREAM_ERRORS, TimeoutError):
         return
     try:
-        if resp.status != 200 or not is_sse_type(resp.headers.get("content-type")):
+        if resp.status != 200 or answer_media(resp) != "text/event-stream":
             return
         rewriter = SseRewriter(face.view(session, link.server, identity))
         async for chunk in resp.iter_chunks():

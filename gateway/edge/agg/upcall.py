@@ -9,11 +9,10 @@ import itertools
 import json
 from typing import Any
 
-from gateway.edge.forward import UPSTREAM_ERRORS, read_bounded
+from gateway.edge.forward import UPSTREAM_ERRORS, answer_media, read_bounded
 from gateway.upstream.h1_response import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.asgi import is_json_type, is_sse_type
 from gateway.wire.sse import SseEvents, StreamTooLarge, event_data, not_utf8
 
 #: The ids the aggregate's own requests carry upstream (never seen by a client): each one
@@ -135,12 +134,12 @@ async def _answer(
     """The answer to ``msg_id`` in a JSON body or a stream (read up to the answer). A request
     the server makes of the client meanwhile is refused at once: the aggregate's own requests
     have no client to ask, and a server left waiting would never answer."""
-    content_type = resp.headers.get("content-type")
-    if not is_sse_type(content_type):
+    media = answer_media(resp)
+    if media != "text/event-stream":
         data = await read_bounded(resp)
         if data is None:
             raise UpcallFailed(f"upstream {upstream.name!r} answered too much")
-        message = _loads(data) if is_json_type(content_type) else None
+        message = _loads(data) if media == "application/json" else None
         return message if isinstance(message, dict) and message.get("id") == msg_id else None
     events = SseEvents()
     async for chunk in resp.iter_chunks():
