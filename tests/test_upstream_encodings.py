@@ -17,6 +17,7 @@ import anyio
 import httpx
 import pytest
 from mcp import types
+from mcp.shared.exceptions import MCPError
 
 from gateway.wire.sse import DROP, SseRewriter, filtered
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway
@@ -186,3 +187,18 @@ async def test_a_server_asking_during_a_merged_list_is_answered(tmp_path: Path) 
         # which declares no elicitation, is refused by the server's SDK itself)
         asked = [r for r in calls_in(log) if r.get("event") == "list_asked"]
         assert "there is no client to ask" in asked[-1]["refused"]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_merged_list_no_server_gave_is_an_error(
+    rig: tuple[GatewayProcess, Path], mode: str
+) -> None:
+    """Not an empty list, which would read as "the policy allows nothing"."""
+    gw, script = rig
+    script.write_text(json.dumps({"pages": [TOOLS], "list_as": "json-utf16"}))
+    try:
+        async with client(gw.base + "/mcp", mode=mode) as c:
+            with pytest.raises(MCPError, match="no server behind /mcp answered"):
+                await c.list_tools()
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))

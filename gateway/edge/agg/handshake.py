@@ -32,6 +32,7 @@ from gateway.edge.agg.merge import (
     decode_cursor,
     joined_instructions,
     merge_capabilities,
+    no_server_answered,
 )
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
@@ -363,6 +364,9 @@ class Handshake:
         positions = decode_cursor(message.params.get("cursor"), self.gw.upstreams, message.msg_id)
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         results = await self._answers(session, method, each, message.params.get("_meta"))
+        if method == "tools/list" and each and not results:
+            await reply(send, 502, no_server_answered(message))
+            return
         page = self.catalogue.page(method, identity, results, session.sid)
         await answer(incoming, send, rpc.result_body(message.msg_id, page))
 

@@ -17,7 +17,7 @@ from gateway.edge.clientview import ClientView
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.jsonrpc import BadMessage
+from gateway.wire.jsonrpc import BadMessage, Message
 
 log = structlog.get_logger(__name__)
 
@@ -201,3 +201,11 @@ def merge_discover(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if instructions is not None:
         out["instructions"] = instructions
     return out
+
+
+def no_server_answered(message: Message) -> bytes:
+    """The error for a merged answer no server gave: a tools list of none would read as
+    "the policy allows nothing". When only some fail, the others' tools are listed (the
+    failures are logged as ``aggregate.upstream_failed``)."""
+    msg = "no server behind /mcp answered"
+    return rpc.error_body(message.msg_id, rpc.UPSTREAM_UNAVAILABLE, msg)

@@ -20,7 +20,13 @@ from mcp.shared.inbound import (
 )
 
 from gateway.edge.agg.listen import listen
-from gateway.edge.agg.merge import LISTS, Catalogue, decode_cursor, merge_discover
+from gateway.edge.agg.merge import (
+    LISTS,
+    Catalogue,
+    decode_cursor,
+    merge_discover,
+    no_server_answered,
+)
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
 from gateway.edge.agg.upcall import UpcallFailed, upcall
@@ -134,8 +140,7 @@ class Stateless:
                 status = 400 if error.get("code") == rpc.INVALID_PARAMS else 200
                 await reply(send, status, json.dumps(payload).encode())
                 return
-        msg = "no server behind /mcp answered"
-        await reply(send, 502, rpc.error_body(message.msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
+        await reply(send, 502, no_server_answered(message))
 
     async def _list(self, send: Send, message: Message, version: str, identity: Identity) -> None:
         method = message.method
@@ -144,6 +149,9 @@ class Stateless:
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         answers = await self._each(method, each, version, message.params.get("_meta"))
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
+        if method == "tools/list" and each and not results:
+            await reply(send, 502, no_server_answered(message))
+            return
         page = self.catalogue.page(method, identity, results)
         result = {**page, "resultType": "complete", "cacheScope": "private", "ttlMs": 0}
         await reply(send, 200, rpc.result_body(message.msg_id, result))
