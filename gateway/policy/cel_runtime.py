@@ -94,10 +94,16 @@ def _matches(text: Any, pattern: Any) -> Any:
 
 
 def _size(container: Any) -> Any:
-    """CEL ``size()`` as cel-python's, without the debug log line it formats on every call."""
-    if container is None:
-        return celtypes.IntType(0)
+    """CEL ``size()`` of a string, bytes, a list or a map, without the debug line cel-python
+    formats on every call. Of null it is an error, as CEL says (cel-python's 0 made
+    ``size(args.x) > 3`` false for an ``x`` sent as null, and a deny rule let it through)."""
+    if container is None or isinstance(container, CELEvalError):
+        return container if container is not None else _no_size()
     return celtypes.IntType(len(container))
+
+
+def _no_size() -> CELEvalError:
+    return CELEvalError("no such overload", TypeError, ("size(null)",))
 
 
 #: Iterations of the macros (``all``, ``exists``, ``exists_one``, ``map``, ``filter``) one
