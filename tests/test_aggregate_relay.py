@@ -19,6 +19,7 @@ import httpx
 import mcp_types as types
 import pytest
 
+from gateway.edge.agg import merge
 from gateway.edge.agg.merge import Catalogue, decode_cursor, encode_cursor
 from gateway.edge.agg.names import Names
 from gateway.wire.jsonrpc import BadMessage
@@ -247,6 +248,29 @@ class TestMergedPages:
         catalogue.page("resources/templates/list", None, templates)  # type: ignore[arg-type]
         assert catalogue.owner("mem://a/42") == "a"
         assert catalogue.owner("mem://elsewhere") is None
+
+    def test_a_uri_two_servers_claim_goes_to_neither(self) -> None:
+        """Who answers a URI never depends on what some caller got a server to list: an
+        exact URI under another server's template, or listed by two, is routed nowhere."""
+        catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
+        catalogue.learn_uri("a", {"uriTemplate": "test://template/{id}/data"})
+        catalogue.learn_uri("a", {"uri": "test://both"})
+        assert catalogue.owner("test://template/42/data") == "a"
+        catalogue.learn_uri("b", {"uri": "test://template/42/data"})  # b claims a's URI
+        catalogue.learn_uri("b", {"uri": "test://both"})
+        catalogue.learn_uri("a", {"uri": "test://both"})  # listed again: still nobody's
+        assert catalogue.owner("test://template/42/data") is None
+        assert catalogue.owner("test://both") is None
+        assert catalogue.owner("test://template/43/data") == "a"
+
+    def test_a_full_table_forgets_the_oldest_not_the_newest(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(merge, "MAX_OWNED", 3)
+        catalogue = Catalogue(None, Names({"a": "a"}, "__"))  # type: ignore[arg-type]
+        for n in range(5):
+            catalogue.learn_uri("a", {"uri": f"mem://{n}"})
+        assert [catalogue.owner(f"mem://{n}") for n in range(5)] == [None, None, "a", "a", "a"]
 
 
 def test_an_oversized_client_description_opens_no_session(gateway: GatewayProcess) -> None:

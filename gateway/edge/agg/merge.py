@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +30,10 @@ LISTS: dict[str, tuple[str, str | None]] = {
     "resources/templates/list": ("resourceTemplates", None),
 }
 MAX_CURSOR_CHARS = 16 * 1024
-MAX_OWNED = 100_000  # resource URIs remembered for routing
+MAX_OWNED = 100_000  # resource URIs remembered for routing (the oldest learned go first)
+MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
+#: The owner of a URI (or a template head) two servers claim: routed to neither.
+AMBIGUOUS = ""
 #: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
 
@@ -67,8 +71,8 @@ class Catalogue:
     def __init__(self, gw: Gateway, names: Names) -> None:
         self.gw = gw
         self.names = names
-        self.resource_owner: dict[str, str] = {}
-        self.templates: dict[str, str] = {}  # a URI template's literal head -> its server
+        self.resource_owner: OrderedDict[str, str] = OrderedDict()
+        self.templates: OrderedDict[str, str] = OrderedDict()  # a template's literal head
         self.unroutable: set[tuple[str, str]] = set()  # names not shown, each logged once
 
     def page(
@@ -134,25 +138,42 @@ class Catalogue:
         return {**item, "name": outward}
 
     def learn_uri(self, server: str, item: Mapping[str, Any]) -> None:
-        if len(self.resource_owner) + len(self.templates) >= MAX_OWNED:
-            return
         uri = item.get("uri")
         if isinstance(uri, str):
-            self.resource_owner.setdefault(uri, server)
+            _claim(self.resource_owner, uri, server, MAX_OWNED)
         template = item.get("uriTemplate")
         if isinstance(template, str):
             head = template.split("{", 1)[0]
             if head:
-                self.templates.setdefault(head, server)
+                _claim(self.templates, head, server, MAX_TEMPLATES)
 
     def owner(self, uri: str) -> str | None:
         """The server that listed ``uri``, or whose template's literal head it starts with
-        (the longest head wins)."""
-        server = self.resource_owner.get(uri)
-        if server is not None:
-            return server
+        (the longest head wins); None when two servers claim it (listed by both, or listed
+        by one and under the other's template): which one answers must never depend on what
+        some caller got a server to list."""
+        exact = self.resource_owner.get(uri)
         heads = [h for h in self.templates if uri.startswith(h)]
-        return self.templates[max(heads, key=len)] if heads else None
+        by_template = self.templates[max(heads, key=len)] if heads else None
+        if AMBIGUOUS in (exact, by_template):
+            return None
+        if exact is not None and by_template is not None and exact != by_template:
+            return None
+        return exact or by_template
+
+
+def _claim(owners: OrderedDict[str, str], key: str, server: str, cap: int) -> None:
+    """``server`` lists ``key``: its owner, unless another server did too (then nobody's).
+    Past ``cap`` the oldest learned is forgotten (learned again from the lists when next
+    asked for), never the newest refused."""
+    known = owners.get(key)
+    if known is None:
+        owners[key] = server
+        if len(owners) > cap:
+            owners.popitem(last=False)
+    elif known not in (server, AMBIGUOUS):
+        owners[key] = AMBIGUOUS
+        log.warning("aggregate.uri_collision", uri=key[:200], servers=sorted((known, server)))
 
 
 def merge_capabilities(
