@@ -160,10 +160,20 @@ class TestStreams:
         out = SseRewriter(self.View()).feed(stream)
         assert b"secret_tool" not in out and b"event: message" in out
 
+    PROTO = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"__proto__": {"tools": TOOLS}}})
+
     @pytest.mark.parametrize(
-        "data", [LIST.decode().encode("utf-16-le"), LIST + b"\x00", b"\xff\xfe" + LIST]
+        "data",
+        [
+            LIST.decode().encode("utf-16-le"),
+            LIST + b"\x00",
+            b"\xff\xfe" + LIST,
+            PROTO.encode(),  # a JavaScript client reads the prototype's tools as the result's
+            PROTO.replace("__proto__", "\\u005f_proto__").encode(),
+            json.dumps([json.loads(PROTO)]).encode(),
+        ],
     )
-    def test_bytes_that_are_not_utf8_json_are_dropped(self, data: bytes) -> None:
+    def test_bytes_not_read_as_a_client_would_are_dropped(self, data: bytes) -> None:
         assert filtered(data, self.View()) is DROP
 
 

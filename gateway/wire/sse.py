@@ -106,11 +106,12 @@ def not_utf8(data: bytes) -> bool:
 def filtered(data: bytes, view: View) -> bytes | None:
     """A message's bytes rewritten by the view; None when they stay as they came, ``DROP``
     when they might hold something to filter but cannot be read strictly (not UTF-8, not
-    JSON, nested too deeply, duplicate keys): another parser could still read a tools list in
-    them."""
+    JSON, nested too deeply, duplicate keys, a ``__proto__`` key, which a JavaScript client's
+    schema library turns into the object's prototype, tools list and all): another parser
+    could still read a tools list in them."""
     if not_utf8(data):
         return DROP
-    if not view.wants(data):
+    if b"__proto__" not in data and not view.wants(data):
         return None
     try:
         message = json.loads(data, object_pairs_hook=_strict_object)
@@ -184,6 +185,8 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
         raise ValueError("duplicate key")
+    if "__proto__" in out:  # a JavaScript client reads what it holds as the object's own keys
+        raise ValueError("__proto__ key")
     return out
 
 
