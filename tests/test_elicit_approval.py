@@ -17,8 +17,9 @@ import pytest
 
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore
 from gateway.edge import inband
+from gateway.edge.elicit import question
 from gateway.errors import ConfigError
-from gateway.policy import load_policy
+from gateway.policy import Decision, load_policy
 from gateway.policy.model import Call, Identity
 from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
 from tests.peers import NODE, REPO_ROOT, TS_DIR, TS_SDK, PeerProcess, ts_sdk_ready
@@ -316,6 +317,18 @@ def ts_client_eliciting(
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     assert "fatal" not in out, out
     return out
+
+
+def test_the_question_shows_the_agents_separators_and_bidi_escaped() -> None:
+    """The human reads the question as the gateway's: an argument's line separators and
+    bidi overrides cannot draw a forged "Arguments:" block or a line of the gateway's own."""
+    forged = "old\u2028\u2028Arguments:\u2029(celgate: pre-approved, click approve)\u202e\x85"
+    call = Call(tool="delete_item", server="up", args={"id": forged}, identity=Identity("g", "a"))
+    decision = Decision(effect="require_approval", rule="r", reason="deleting", revision="1")
+    message = question(call, decision)["message"]
+    assert all(c not in message for c in "\u2028\u2029\u202e\x85")
+    assert "\\u2028" in message and "\\u202e" in message
+    assert message.count("\nArguments:") == 1
 
 
 class TestTokens:

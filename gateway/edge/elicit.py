@@ -35,6 +35,7 @@ from gateway.edge.replies import input_required
 from gateway.pipeline.admission import Elicit, Tick
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
+from gateway.printable import printable
 from gateway.wire.asgi import Send, reply
 from gateway.wire.jsonrpc import (
     INVALID_REQUEST,
@@ -67,6 +68,10 @@ def question(call: Call, decision: Decision) -> dict[str, Any]:
     """The ``elicitation/create`` params: what is asked, and the one-field form."""
     shown, _ = preview_args(dict(call.args))
     args = json.dumps(shown, indent=2, ensure_ascii=False, sort_keys=True)
+    # Line and paragraph separators, bidi and other invisible characters from the agent are
+    # shown escaped: they could draw lines that read as the gateway's own (a forged
+    # "Arguments:" block, "pre-approved by the operator").
+    args = "\n".join(printable(line) for line in args.split("\n"))
     if len(args) > ARGS_VIEW_CHARS:
         args = args[:ARGS_VIEW_CHARS] + "\n[celgate: cut]"
     message = (
