@@ -408,6 +408,19 @@ class TestIntrospection:
                 good = auth.opaque("reader", resource=gw.url("up"))
                 assert call(gw.url("up"), good).status_code == 200  # others unaffected
 
+    def test_celgates_own_secrets_are_never_sent_to_the_issuer(
+        self, ready: None, sink: tuple[str, list[dict[str, str]]], tmp_path: Path
+    ) -> None:
+        """A rotated-out agent key or the admin token presented as a bearer is refused here:
+        the issuer's introspection endpoint never sees it."""
+        with auth_server(CLIENTS) as auth:
+            extra = {"introspection": {"client_id": "celgate", "client_secret": "s3cret"}}
+            with _start(tmp_path, auth, sink[0], **extra) as gw:
+                before = auth.stats()["introspect"]
+                for secret in ("cgk_" + "k" * 43, "cga_" + "a" * 43):
+                    assert call(gw.url("up"), secret).status_code == 401
+                assert auth.stats()["introspect"] == before
+
 
 # ----------------------------------------------------------------------------- unit level
 

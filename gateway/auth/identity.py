@@ -22,6 +22,9 @@ from gateway.auth.tokens import Refusal, TokenAuthority
 from gateway.policy.model import Identity
 
 KEY_PREFIX = "cgk_"
+#: What celgate's own secrets begin with: agent keys and admin tokens (``celgate keys new``,
+#: ``celgate admin-token new``).
+OWN_PREFIXES = (KEY_PREFIX, "cga_")
 #: What a 401 says about how to authenticate: agents on the MCP endpoints, operators on admin.
 AGENT_CHALLENGE = 'Bearer realm="celgate", error="invalid_token"'
 ADMIN_CHALLENGE = 'Bearer realm="celgate-admin"'
@@ -94,6 +97,10 @@ class Authenticator:
             return Refusal(401, "", "missing bearer credentials", endpoint)
         if oauth is None:
             return Refusal(401, "invalid_token", "invalid bearer key", None)
+        if token.startswith(OWN_PREFIXES):
+            # A key or admin token of celgate's own making (one rotated out, the operator's):
+            # never the issuer's to see, so never sent to its introspection endpoint.
+            return Refusal(401, "invalid_token", "unknown celgate key", endpoint)
         return await oauth.authenticate(token, path)
 
     async def close(self) -> None:

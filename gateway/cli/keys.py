@@ -12,8 +12,9 @@ import hashlib
 import secrets
 import sys
 
-AGENT_PREFIX = "cgk_"
-ADMIN_PREFIX = "cga_"
+from gateway.auth.identity import OWN_PREFIXES
+
+AGENT_PREFIX, ADMIN_PREFIX = OWN_PREFIXES
 
 
 def sha256_hex(secret: str) -> str:
