@@ -10,6 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.edge.agg.sessions import Sessions
+from gateway.policy import Identity
+from gateway.wire.jsonrpc import BadMessage
 from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
 from tests.peers import PeerProcess, http_upstream
 from tests.test_stdio_bridge import stdio_server
@@ -97,3 +100,16 @@ def test_caps_are_checked_at_load(tmp_path: Path) -> None:
     assert "celgate.yaml:5: servers.b.prefix: prefix 'a' is also servers.a's" in text
     assert "celgate.yaml:7: aggregate.max_sessions_per_grant" in text
     assert "celgate.yaml:8: aggregate.max_sessions: must be" in text
+
+
+def test_one_user_of_a_grant_cannot_hold_the_places_of_the_others() -> None:
+    """The users of one OAuth client share a grant: each has its own sessions' places."""
+    sessions = Sessions(max_total=100, max_per_grant=2, idle_seconds=60)
+    mallory, alice = Identity("ide", "mallory"), Identity("ide", "alice")
+    held = [sessions.create("ide", {}, "2025-11-25", mallory.owner) for _ in range(2)]
+    with pytest.raises(BadMessage) as refused:
+        sessions.create("ide", {}, "2025-11-25", mallory.owner)
+    assert refused.value.status == 429
+    assert sessions.create("ide", {}, "2025-11-25", alice.owner).grant == "ide"
+    sessions.drop(held[0].sid)  # a place given back is the owner's again
+    sessions.create("ide", {}, "2025-11-25", mallory.owner)

@@ -161,8 +161,9 @@ class TestApprovalService:
         assert (await svc.list())[0].status == "expired"
 
 
-def call_of(grant: str, **args: Any) -> Call:
-    return Call(tool="delete_note", server="notes", args=args, identity=Identity(grant, grant))
+def call_of(grant: str, agent: str | None = None, **args: Any) -> Call:
+    identity = Identity(grant, agent or grant)
+    return Call(tool="delete_note", server="notes", args=args, identity=identity)
 
 
 class TestWhatTheApproverSees:
@@ -225,7 +226,7 @@ class TestPendingCaps:
             assert queued.error == "approval_pending"
         full = await svc.resolve(call_of("g1", note_id=99), held(), "d9")
         assert full.effect == "deny" and full.error == "approval_queue_full"
-        assert "grant g1 already has 3 calls waiting" in full.reason
+        assert "agent g1 of grant g1 already has 3 calls waiting" in full.reason
         assert full.approval_id is None
         assert len(await svc.list()) == 3
         # the same call again still finds its own request: no new place is needed
@@ -233,6 +234,21 @@ class TestPendingCaps:
         assert again.error == "approval_pending"
         other = await svc.resolve(call_of("g2", note_id=99), held(), "d11")
         assert other.error == "approval_pending"
+
+    async def test_one_user_of_a_grant_cannot_fill_the_queue_of_the_others(
+        self, service: Any
+    ) -> None:
+        """The users of one OAuth client share a grant: each has places of its own."""
+        svc, _ = service
+        for i in range(3):
+            await svc.resolve(call_of("ide", "mallory", note_id=i), held(), f"d{i}")
+        full = await svc.resolve(call_of("ide", "mallory", note_id=9), held(), "d9")
+        assert full.error == "approval_queue_full"
+        alice = await svc.resolve(call_of("ide", "alice", note_id=1), held(), "d10")
+        assert alice.error == "approval_pending"
+        await svc.decide(alice.approval_id, False, "ops", None)  # a decision frees her place
+        again = await svc.resolve(call_of("ide", "alice", note_id=2), held(), "d11")
+        assert again.error == "approval_pending"
 
     async def test_the_gateway_cap_holds_across_grants(self, service: Any) -> None:
         svc, _ = service

@@ -76,6 +76,12 @@ class ApprovalRequest:
     note: str | None = None
     decided_at: float | None = None
 
+    @property
+    def owner(self) -> str:
+        """Whose place in the queue it takes: the grant and, within it, the agent (one user of
+        an OAuth client cannot fill the queue its other users share), as ``Identity.owner``."""
+        return f"{len(self.grant)}:{self.grant}{self.agent}"
+
     def live_status(self, now: float) -> Status:
         if self.status in ("pending", "approved") and now >= self.expires:
             return "expired"
@@ -263,7 +269,8 @@ def _queue_full(
     decision: Decision, call: Call, admission: Admission, caps: ApprovalsConfig
 ) -> Decision:
     if admission == "grant_full":
-        whose = f"grant {call.identity.grant} already has {caps.max_pending_per_grant}"
+        who = call.identity
+        whose = f"agent {who.agent} of grant {who.grant} already has {caps.max_pending_per_grant}"
     else:
         whose = f"the gateway already has {caps.max_pending}"
     reason = (

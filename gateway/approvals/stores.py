@@ -36,8 +36,8 @@ from gateway.ratelimit.client import BACKEND_ERRORS, Outage, valkey_client
 from gateway.ratelimit.factory import valkey_url
 
 # A call with a request already (its match key is there) gets 'exists', never a second one.
-# KEYS: request, match, index, pending of the grant, pending of all
-# ARGV: request JSON, id, created, expires, now, per-grant cap, total cap, request TTL,
+# KEYS: request, match, index, pending of the owner (grant and agent), pending of all
+# ARGV: request JSON, id, created, expires, now, per-owner cap, total cap, request TTL,
 #       match TTL, index size (the index of recent requests keeps the newest so many)
 _CREATE = """
 local now = tonumber(ARGV[5])
@@ -127,7 +127,7 @@ class MemoryApprovalStore:
             return "exists"
         now = self.clock()
         live = [r for r in self.pending.values() if r.expires > now]
-        if sum(1 for r in live if r.grant == request.grant) >= caps.max_pending_per_grant:
+        if sum(1 for r in live if r.owner == request.owner) >= caps.max_pending_per_grant:
             return "grant_full"
         if len(live) >= caps.max_pending:
             return "total_full"
@@ -245,8 +245,9 @@ class ValkeyApprovalStore:
     def _match(self, match: str) -> str:
         return f"{self.prefix}match:{match}"
 
-    def _pending(self, grant: str | None = None) -> str:
-        return f"{self.prefix}pending" + ("" if grant is None else f":{grant}")
+    def _pending(self, owner: str | None = None) -> str:
+        """The pending set of all, or of one owner (grant and agent)."""
+        return f"{self.prefix}pending" + ("" if owner is None else f":of:{owner}")
 
     async def _do(self, coro: Any) -> Any:
         try:
@@ -264,7 +265,7 @@ class ValkeyApprovalStore:
             self._req(request.id),
             self._match(request.match),
             f"{self.prefix}index",
-            self._pending(request.grant),
+            self._pending(request.owner),
             self._pending(),
         ]
         args: list[str | int] = [
@@ -296,13 +297,13 @@ class ValkeyApprovalStore:
     async def transition(
         self, approval_id: str, before: Status, after: Status, by: str | None, note: str | None
     ) -> ApprovalRequest:
-        grant = ""
-        if before == "pending":  # to take it off its grant's pending set (a grant never changes)
+        owner = ""
+        if before == "pending":  # to take it off its owner's pending set (which never changes)
             current = await self.get(approval_id)
-            grant = current.grant if current is not None else ""
+            owner = current.owner if current is not None else ""
         keep = str(int(KEEP_SECONDS)) if before == "pending" else ""
         args = [before, after, repr(self.clock()), by or "", note or "", keep]
-        keys = [self._req(approval_id), self._pending(grant), self._pending()]
+        keys = [self._req(approval_id), self._pending(owner), self._pending()]
         outcome, payload = await self._do(self.script(keys=keys, args=args))
         if outcome != b"ok":
             raise _conflict(approval_id, before, payload.decode() or "missing")

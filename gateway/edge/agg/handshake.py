@@ -154,7 +154,7 @@ class Handshake:
         if len(json.dumps(client)) > MAX_CLIENT_BYTES:  # held for the session's whole life
             msg = f"capabilities and clientInfo together over {MAX_CLIENT_BYTES} bytes"
             raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
-        session = self.sessions.create(identity.grant, client, version)
+        session = self.sessions.create(identity.grant, client, version, identity.owner)
         # The first session to each server tells what it offers; later ones open on first use.
         missing = [name for name in self.gw.upstreams if name not in self.links.known]
         await asyncio.gather(*(self.links.link(session, name) for name in missing))

@@ -53,6 +53,7 @@ class AggSession:
     upcalls: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ours -> (server, id)
     upcall_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # reverse
     counter: int = 0
+    owner: str = ""  # the grant and agent it counts against (Identity.owner)
     streaming: bool = False  # a GET stream is open
     on_link: Callable[[Link], None] | None = None  # a GET stream's hook for new links
     stop: Callable[[], None] | None = None  # ends the GET stream (the session is closing)
@@ -103,22 +104,28 @@ class Sessions:
         self.table: dict[str, AggSession] = {}
         self.per_grant: dict[str, int] = {}
 
-    def create(self, grant: str, client: dict[str, Any], version: str) -> AggSession:
+    def create(
+        self, grant: str, client: dict[str, Any], version: str, owner: str | None = None
+    ) -> AggSession:
+        """A new session of ``grant``, counted against ``owner`` (the grant and, within it,
+        the agent: one user of an OAuth client cannot take the places its other users
+        share)."""
         if len(self.table) >= self.max_total:
             cap = self.max_total
             msg = f"/mcp holds {cap} sessions (aggregate.max_sessions): close one first"
             raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
-        held = self.per_grant.get(grant, 0)
+        owner = owner or grant
+        held = self.per_grant.get(owner, 0)
         if held >= self.max_per_grant:
             msg = (
-                f"grant {grant!r} holds {self.max_per_grant} sessions on /mcp "
+                f"this agent of grant {grant!r} holds {self.max_per_grant} sessions on /mcp "
                 f"(aggregate.max_sessions_per_grant): close one (DELETE) first"
             )
             raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
         sid = secrets.token_urlsafe(18)
-        session = AggSession(sid, grant, client, version, time.monotonic())
+        session = AggSession(sid, grant, client, version, time.monotonic(), owner=owner)
         self.table[sid] = session
-        self.per_grant[grant] = held + 1
+        self.per_grant[owner] = held + 1
         return session
 
     def get(self, sid: str, grant: str) -> AggSession | None:
@@ -131,11 +138,11 @@ class Sessions:
     def drop(self, sid: str) -> AggSession | None:
         session = self.table.pop(sid, None)
         if session is not None:
-            left = self.per_grant.get(session.grant, 1) - 1
+            left = self.per_grant.get(session.owner, 1) - 1
             if left > 0:
-                self.per_grant[session.grant] = left
+                self.per_grant[session.owner] = left
             else:
-                self.per_grant.pop(session.grant, None)
+                self.per_grant.pop(session.owner, None)
         return session
 
     def idle(self, now: float) -> list[AggSession]:
