@@ -16,6 +16,7 @@ import anyio
 import httpx
 import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.gateway_proc import (
     GatewayProcess,
@@ -137,6 +138,10 @@ class TestAggregate:
         async with agg(gateway) as c:
             prompts = {p.name for p in (await c.list_prompts()).prompts}
             resources = (await c.list_resources()).resources
+            # both servers list it: /mcp cannot say whose it is, so it reads neither's
+            with pytest.raises(MCPError, match="more than one server lists"):
+                await c.read_resource(str(resources[0].uri))
+        async with client(gateway.url("web"), KEY) as c:
             read = await c.read_resource(str(resources[0].uri))
         assert {"web__test_simple_prompt", "st__test_simple_prompt"} <= prompts
         assert read.contents
