@@ -20,6 +20,7 @@ import pytest
 from tests.authserver import AuthServer, auth_server, auth_server_ready, oauth_gateway
 from tests.gateway_proc import GatewayProcess, calls_in, initialize_body
 from tests.peers import http_upstream
+from tests.test_stdio_bridge import stdio_server
 from tests.test_stdio_wire import MODERN_META
 
 POLICY = """
@@ -58,7 +59,10 @@ def gw(auth: AuthServer, call_log: Path, tmp_path_factory: Any) -> Iterator[Gate
         settings = {**OAUTH, "issuer": auth.url}
         directory = tmp_path_factory.mktemp("same-client")
         security = {"max_requests_per_agent": 2}
-        servers = {"up": {"url": up.url}}
+        servers = {
+            "up": {"url": up.url},
+            "st": stdio_server(max_processes=50, max_processes_per_grant=2),
+        }
         with oauth_gateway(
             directory, POLICY, servers, settings, admin=admin, security=security
         ) as g:
@@ -165,3 +169,15 @@ async def test_one_user_holding_streams_leaves_another_users_places(
             assert refused.status_code == 429 and "of this agent" in refused.text
             opened = await http.post("/mcp/up", json=initialize_body("alice"), headers=alice)
             assert opened.status_code == 200, opened.text
+
+
+def test_one_user_cannot_end_anothers_stdio_process(auth: AuthServer, gw: GatewayProcess) -> None:
+    """A stdio server's processes are counted per user of the client: at the cap, the
+    caller's own idle session gives way, never another user's."""
+    alice, mallory = bearer(auth, gw, "alice"), bearer(auth, gw, "mallory")
+    with httpx.Client(base_url=gw.base, timeout=30) as http:
+        hers = session(http, "/mcp/st", alice)
+        for _ in range(3):  # past the cap: mallory's own oldest gives way each time
+            session(http, "/mcp/st", mallory)
+        ping = http.post("/mcp/st", json=rpc(9, "ping"), headers=hers)
+        assert ping.status_code == 200, ping.text

@@ -75,7 +75,9 @@ class Forward:
     view: View | None = None  # every message back passes the caller's view
     wrap_session: Callable[[str], str] | None = None
     last_event_id: str | None = None  # the upstream's own event id (already unwrapped)
-    grant: str | None = None  # the caller's, for an upstream in this process (its quotas)
+    # whose call it is (Identity.owner: the grant and agent), for an upstream in this
+    # process (a stdio bridge's quotas: one user of an OAuth client cannot end another's)
+    grant: str | None = None
     params: dict[str, str] | None = None  # Mcp-Param-* headers, made here from the body
 
 

@@ -88,7 +88,7 @@ class Relay:
         """GET (the server's stream, or a resumed one) and DELETE: no body, the same view."""
         session = self._session(incoming, upstream, identity, required=True)
         view = ClientView(self.gw, upstream.name, identity, session)
-        fwd = Forward(upstream, session, None, view=view, grant=identity.grant)
+        fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
         presented = incoming.header("last-event-id")
@@ -125,7 +125,7 @@ class Relay:
             await reply(send, 202, b"")  # a call held here: the upstream never saw it
             return
         view = ClientView(self.gw, upstream.name, identity, session)
-        fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.grant)
+        fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
         if message.method == "tools/call" and message.is_request:
             await self._call(incoming, send, fwd, message, identity)

@@ -159,8 +159,8 @@ class StdioBridge:
         await self.shared.handle(incoming, send, message)
 
     def _evict_idle(self, grant: str) -> None:
-        """At a cap, the grant's own least recently used session with no call in flight gives
-        way (never another grant's)."""
+        """At a cap, the caller's own least recently used session with no call in flight gives
+        way (never another's: ``grant`` is the caller's grant and agent, Identity.owner)."""
         idle = [
             link for link in self.sessions.values() if link.grant == grant and not link.in_flight
         ]
@@ -184,7 +184,7 @@ class StdioBridge:
             self._evict_idle(grant)
         if self._held_by(grant) >= config.max_processes_per_grant:
             return 429, (
-                f"grant {grant!r} holds {config.max_processes_per_grant} processes of stdio "
+                f"this agent holds {config.max_processes_per_grant} processes of stdio "
                 f"server {config.name!r}, all busy (max_processes_per_grant): end a session first"
             )
         if len(self.sessions) >= config.max_processes:
@@ -205,7 +205,7 @@ class StdioBridge:
         refused = self._refusal(grant)
         if refused is not None:
             status, msg = refused
-            log.warning("stdio.at_capacity", server=self.config.name, grant=grant, detail=msg)
+            log.warning("stdio.at_capacity", server=self.config.name, owner=grant, detail=msg)
             await reply(send, status, rpc_error(message.get("id"), UPSTREAM_UNAVAILABLE, msg))
             return
         if self._tg is None:  # not running (yet, or any more)

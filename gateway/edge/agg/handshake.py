@@ -284,7 +284,7 @@ class Handshake:
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
         fwd = routed(
-            self.gw, incoming, server, message, changed, body, view, link.sid, identity.grant
+            self.gw, incoming, server, message, changed, body, view, link.sid, identity.owner
         )
         if message.method == "tools/call":
             tool = changed["name"]

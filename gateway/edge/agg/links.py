@@ -45,7 +45,7 @@ class Links:
         params = {"protocolVersion": session.version, **session.client}
         try:
             answer, headers = await exchange(
-                upstream, "initialize", params, session.version, grant=session.grant
+                upstream, "initialize", params, session.version, grant=session.owner
             )
             result = answer.get("result")
             if not isinstance(result, dict):

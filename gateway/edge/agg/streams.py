@@ -50,7 +50,7 @@ async def resumed_stream(
             incoming.headers["mcp-protocol-version"] = link.version
             upstream = face.gw.upstreams[server]
             fwd = Forward(
-                upstream, link.sid, None, view=view, last_event_id=event_id, grant=session.grant
+                upstream, link.sid, None, view=view, last_event_id=event_id, grant=session.owner
             )
             await forward(incoming, send, fwd)
             return
