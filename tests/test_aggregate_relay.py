@@ -263,14 +263,26 @@ class TestMergedPages:
         assert catalogue.owner("test://both") is None
         assert catalogue.owner("test://template/43/data") == "a"
 
-    def test_a_full_table_forgets_the_oldest_not_the_newest(
+    def test_a_full_table_forgets_the_servers_own_oldest(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """A server listing a flood pushes out only its own claims: never another server's
+        claim to a URI it then lists unopposed (which would make it that URI's owner)."""
         monkeypatch.setattr(merge, "MAX_OWNED", 3)
-        catalogue = Catalogue(None, Names({"a": "a"}, "__"))  # type: ignore[arg-type]
-        for n in range(5):
-            catalogue.learn_uri("a", {"uri": f"mem://{n}"})
-        assert [catalogue.owner(f"mem://{n}") for n in range(5)] == [None, None, "a", "a", "a"]
+        catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
+        catalogue.learn_uri("a", {"uri": "test://static-text"})
+        catalogue.learn_uri("b", {"uri": "test://static-text"})  # b claims a's URI...
+        for n in range(5):  # ...then floods, so its own claim would go first
+            catalogue.learn_uri("b", {"uri": f"mem://{n}"})
+        assert catalogue.owner("test://static-text") == "a"
+        assert [catalogue.owner(f"mem://{n}") for n in range(5)] == [None, None, "b", "b", "b"]
+
+    def test_two_servers_templates_that_both_fit_go_to_neither(self) -> None:
+        catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
+        catalogue.learn_uri("a", {"uriTemplate": "file:///{+path}"})
+        catalogue.learn_uri("b", {"uriTemplate": "file:///home/alice/{name}"})
+        assert catalogue.owner("file:///home/alice/notes.txt") is None
+        assert catalogue.owner("file:///etc/hosts") == "a"
 
 
 def test_an_oversized_client_description_opens_no_session(gateway: GatewayProcess) -> None:
@@ -281,3 +293,17 @@ def test_an_oversized_client_description_opens_no_session(gateway: GatewayProces
     refused = httpx.post(f"{gateway.base}/mcp", json=init, headers=headers, timeout=30)
     assert "mcp-session-id" not in refused.headers
     assert "over 65536 bytes" in refused.json()["error"]["message"]
+
+
+def test_a_listen_asks_only_the_one_owner_of_each_resource() -> None:
+    """A URI two servers claim, or none, is asked of no server: each would otherwise learn
+    what the caller watches, and could send news of it."""
+    from gateway.edge.agg.listen import _for_server
+
+    catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
+    catalogue.learn_uri("a", {"uri": "alpha://doc"})
+    catalogue.learn_uri("a", {"uri": "alpha://own"})
+    catalogue.learn_uri("b", {"uri": "alpha://doc"})
+    wanted = {"resourceSubscriptions": ["alpha://doc", "alpha://own", "nobody://x"]}
+    assert _for_server(catalogue, "a", wanted) == {"resourceSubscriptions": ["alpha://own"]}
+    assert _for_server(catalogue, "b", wanted) == {}

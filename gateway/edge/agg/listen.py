@@ -59,14 +59,10 @@ async def listen(
     message: Message,
     identity: Identity,
 ) -> None:
-    wanted = message.params.get("notifications")
-    wanted = wanted if isinstance(wanted, dict) else {}
     servers = [_Server(name) for name in gw.upstreams]
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
     pumps = [
-        asyncio.ensure_future(
-            _pump(gw, incoming, message, _for_server(catalogue, s.name, wanted), s, identity, queue)
-        )
+        asyncio.ensure_future(_pump(gw, incoming, message, catalogue, s, identity, queue))
         for s in servers
     ]
     try:
@@ -121,11 +117,13 @@ async def _end_when_all_done(
 
 
 def _for_server(catalogue: Catalogue, server: str, wanted: dict[str, Any]) -> dict[str, Any]:
-    """The filter one server is asked for: only the resources it has (or is not known not to)."""
+    """The filter one server is asked for: only the resources it alone owns. A URI that no
+    server or two servers claim is asked of none: sent to all, every server would learn
+    what the caller watches, and any could answer for it."""
     uris = wanted.get("resourceSubscriptions")
     if not isinstance(uris, list):
         return wanted
-    mine = [u for u in uris if isinstance(u, str) and catalogue.owner(u) in (server, None)]
+    mine = [u for u in uris if isinstance(u, str) and catalogue.owner(u) == server]
     out = {k: v for k, v in wanted.items() if k != "resourceSubscriptions"}
     if mine:
         out["resourceSubscriptions"] = mine
@@ -136,11 +134,13 @@ async def _pump(
     gw: Gateway,
     incoming: Incoming,
     message: Message,
-    wanted: dict[str, Any],
+    catalogue: Catalogue,
     server: _Server,
     identity: Identity,
     queue: asyncio.Queue[bytes | None],
 ) -> None:
+    asked = message.params.get("notifications")
+    wanted = _for_server(catalogue, server.name, asked if isinstance(asked, dict) else {})
     upstream = gw.upstreams[server.name]
     params = {**message.params, "notifications": wanted}
     body = json_bytes({**message.raw, "params": params})
@@ -159,7 +159,7 @@ async def _pump(
         events = SseRewriter(view)  # its split only: each event is filtered in _one_event
         async for chunk in resp.iter_chunks():
             for raw in events.split(chunk):
-                await _one_event(raw, server, view, queue)
+                await _one_event(raw, server, view, queue, catalogue)
             if events.pending_bytes > MAX_PENDING_BYTES:
                 raise StreamTooLarge("an SSE event too large")
     except (*UPSTREAM_ERRORS, StreamTooLarge):
@@ -187,7 +187,11 @@ def _refusal(status: int, data: bytes | None, message: Message) -> tuple[int, by
 
 
 async def _one_event(
-    raw: bytes, server: _Server, view: ClientView, queue: asyncio.Queue[bytes | None]
+    raw: bytes,
+    server: _Server,
+    view: ClientView,
+    queue: asyncio.Queue[bytes | None],
+    catalogue: Catalogue,
 ) -> None:
     data = b"\n".join(
         line[5:].removeprefix(b" ") for line in LINE.split(raw) if line.startswith(b"data:")
@@ -204,6 +208,11 @@ async def _one_event(
         return
     if isinstance(value, dict) and ("result" in value or "error" in value):
         return  # the end of this server's stream; the client's ends when all have
+    if isinstance(value, dict) and value.get("method") == "notifications/resources/updated":
+        params = value.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if not isinstance(uri, str) or catalogue.owner(uri) != server.name:
+            return  # news of a resource this server does not own, alone: not its to give
     out = rewrite_event(raw, view)
     if out:
         await queue.put(out)

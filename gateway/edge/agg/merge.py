@@ -30,10 +30,8 @@ LISTS: dict[str, tuple[str, str | None]] = {
     "resources/templates/list": ("resourceTemplates", None),
 }
 MAX_CURSOR_CHARS = 16 * 1024
-MAX_OWNED = 100_000  # resource URIs remembered for routing (the oldest learned go first)
+MAX_OWNED = 100_000  # resource URIs remembered for routing, per server (its oldest go first)
 MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
-#: The owner of a URI (or a template head) two servers claim: routed to neither.
-AMBIGUOUS = ""
 #: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
 
@@ -71,8 +69,8 @@ class Catalogue:
     def __init__(self, gw: Gateway, names: Names) -> None:
         self.gw = gw
         self.names = names
-        self.resource_owner: OrderedDict[str, str] = OrderedDict()
-        self.templates: OrderedDict[str, str] = OrderedDict()  # a template's literal head
+        self.uris = Claims(MAX_OWNED)  # resource URIs -> the servers that listed them
+        self.templates = Claims(MAX_TEMPLATES)  # URI templates' literal heads, likewise
         self.unroutable: set[tuple[str, str]] = set()  # names not shown, each logged once
 
     def page(
@@ -140,40 +138,59 @@ class Catalogue:
     def learn_uri(self, server: str, item: Mapping[str, Any]) -> None:
         uri = item.get("uri")
         if isinstance(uri, str):
-            _claim(self.resource_owner, uri, server, MAX_OWNED)
+            self.uris.claim(uri, server)
         template = item.get("uriTemplate")
         if isinstance(template, str):
             head = template.split("{", 1)[0]
             if head:
-                _claim(self.templates, head, server, MAX_TEMPLATES)
+                self.templates.claim(head, server)
 
     def owner(self, uri: str) -> str | None:
-        """The server that listed ``uri``, or whose template's literal head it starts with
-        (the longest head wins); None when two servers claim it (listed by both, or listed
-        by one and under the other's template): which one answers must never depend on what
-        some caller got a server to list."""
-        exact = self.resource_owner.get(uri)
-        heads = [h for h in self.templates if uri.startswith(h)]
-        by_template = self.templates[max(heads, key=len)] if heads else None
-        if AMBIGUOUS in (exact, by_template):
-            return None
-        if exact is not None and by_template is not None and exact != by_template:
-            return None
-        return exact or by_template
+        """The one server that listed ``uri`` or has a template whose literal head it starts
+        with; None when none does, or when two servers claim it (both list it, one lists it
+        under the other's template, or two servers' templates both fit): which one answers
+        must never depend on what some caller got a server to list."""
+        claimants = set(self.uris.of(uri))
+        for head in self.templates.keys_with_prefix_of(uri):
+            claimants |= self.templates.of(head)
+        return next(iter(claimants)) if len(claimants) == 1 else None
 
 
-def _claim(owners: OrderedDict[str, str], key: str, server: str, cap: int) -> None:
-    """``server`` lists ``key``: its owner, unless another server did too (then nobody's).
-    Past ``cap`` the oldest learned is forgotten (learned again from the lists when next
-    asked for), never the newest refused."""
-    known = owners.get(key)
-    if known is None:
-        owners[key] = server
-        if len(owners) > cap:
-            owners.popitem(last=False)
-    elif known not in (server, AMBIGUOUS):
-        owners[key] = AMBIGUOUS
-        log.warning("aggregate.uri_collision", uri=key[:200], servers=sorted((known, server)))
+class Claims:
+    """Keys (URIs, template heads) and the servers that listed each. Each server's claims
+    are bounded on their own (``cap`` each): past it the server's own oldest claim is
+    forgotten, so one server listing a flood of URIs can push out only its own, never
+    another server's claim to a URI it then lists unopposed."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.by_key: dict[str, set[str]] = {}
+        self.by_server: dict[str, OrderedDict[str, None]] = {}
+
+    def claim(self, key: str, server: str) -> None:
+        mine = self.by_server.setdefault(server, OrderedDict())
+        if key in mine:
+            return
+        mine[key] = None
+        servers = self.by_key.setdefault(key, set())
+        if servers and server not in servers:
+            log.warning(
+                "aggregate.uri_collision", uri=key[:200], servers=sorted(servers | {server})
+            )
+        servers.add(server)
+        if len(mine) > self.cap:
+            old, _ = mine.popitem(last=False)
+            left = self.by_key.get(old)
+            if left is not None:
+                left.discard(server)
+                if not left:
+                    del self.by_key[old]
+
+    def of(self, key: str) -> set[str]:
+        return self.by_key.get(key, set())
+
+    def keys_with_prefix_of(self, text: str) -> list[str]:
+        return [key for key in self.by_key if text.startswith(key)]
 
 
 def merge_capabilities(
