@@ -277,6 +277,13 @@ class TestMergedPages:
         assert catalogue.owner("test://static-text") == "a"
         assert [catalogue.owner(f"mem://{n}") for n in range(5)] == [None, None, "b", "b", "b"]
 
+    def test_a_uri_past_the_bound_is_not_learned(self) -> None:
+        catalogue = Catalogue(None, Names({"a": "a"}, "__"))  # type: ignore[arg-type]
+        long = "mem://" + "x" * merge.MAX_URI_CHARS
+        catalogue.learn_uri("a", {"uri": long})
+        catalogue.learn_uri("a", {"uriTemplate": long + "{id}"})
+        assert catalogue.owner(long) is None and not catalogue.uris.by_key
+
     def test_two_servers_templates_that_both_fit_go_to_neither(self) -> None:
         catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
         catalogue.learn_uri("a", {"uriTemplate": "file:///{+path}"})

@@ -516,3 +516,23 @@ class TestListenRefusals:
         assert answer.json()["id"] == "L1"
         for name in HOSTILE:
             assert name.lower() not in answer.headers, name
+
+    def test_a_listen_naming_too_many_resources_is_refused(self, alone: Any) -> None:
+        """Each named resource is looked up for each server on the shared event loop."""
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        }
+        uris = [f"test://r/{n}" for n in range(1001)]
+        params = {"notifications": {"resourceSubscriptions": uris}, "_meta": meta}
+        body = {"jsonrpc": "2.0", "id": "L2", "method": "subscriptions/listen", "params": params}
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "subscriptions/listen",
+        }
+        answer = httpx.post(f"{alone.base}/mcp", json=body, headers=headers, timeout=10)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == -32602
+        assert "at most 1000 resources" in answer.json()["error"]["message"]

@@ -19,6 +19,7 @@ import pytest
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
+from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.wire.sse import DROP, SseRewriter, filtered
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway
 from tests.peers import http_upstream, literal_upstream
@@ -210,5 +211,25 @@ async def test_a_merged_list_no_server_gave_is_an_error(
         async with client(gw.base + "/mcp", mode=mode) as c:
             with pytest.raises(MCPError, match="no server behind /mcp answered"):
                 await c.list_tools()
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+
+
+def test_a_page_of_more_tools_than_the_bound_is_shown_empty(
+    rig: tuple[GatewayProcess, Path],
+) -> None:
+    """Each listed tool is digested and decided on the loop every caller shares: a page past
+    ``MAX_LISTED_TOOLS`` (100,000 held it for seconds) is shown empty, and logged."""
+    gw, script = rig
+    many = [
+        {"name": f"odd{n}", "description": "d", "inputSchema": {"type": "object"}}
+        for n in range(MAX_LISTED_TOOLS + 1)
+    ]
+    script.write_text(json.dumps({"pages": [many]}))
+    try:
+        resp = _list(gw, "/mcp/lit")
+        data = resp.text.split("data: ")[-1] if "data: " in resp.text else resp.text
+        assert json.loads(data)["result"]["tools"] == []
+        assert gw.wait_records(1, "tools.too_many")
     finally:
         script.write_text(json.dumps({"pages": [TOOLS]}))

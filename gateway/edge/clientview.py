@@ -24,6 +24,10 @@ from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
 
+#: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
+#: servers page long lists; a few hundred tools is already a large server.
+MAX_LISTED_TOOLS = 5000
+
 #: Where a listed tool carries its risk and kind (MCP ``_meta`` keys are reverse-DNS prefixed).
 RISK_KEY = "io.celgate/risk"
 KIND_KEY = "io.celgate/kind"
@@ -73,6 +77,11 @@ class ClientView:
     def _tools_result(self, result: dict[str, Any]) -> dict[str, Any]:
         tools = result["tools"]
         kept: list[dict[str, Any]] = []
+        if isinstance(tools, list) and len(tools) > MAX_LISTED_TOOLS:
+            # Each tool is digested, classified and decided on the event loop every caller
+            # shares: a list of 100,000 held it for seconds. Such a page is shown as empty.
+            log.warning("tools.too_many", server=self.server, tools=len(tools))
+            tools = []
         if isinstance(tools, list):
             gw, server, who, session = self.gw, self.server, self.identity, self.session
             policy, now = gw.policy, gw.now()

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.inventory.discovery import list_all
 from gateway.pipeline.gateway import Gateway
 from gateway.server.reload import exception_fields, reloading
@@ -111,6 +112,9 @@ async def refresh_catalog(gateway: Gateway, only: str | None = None) -> int:
     for server, tools in found.items():
         if tools is None:
             continue
+        if len(tools) > MAX_LISTED_TOOLS:  # each is digested and classified on the loop
+            log.warning("tools.too_many", server=server, tools=len(tools))
+            tools = tools[:MAX_LISTED_TOOLS]
         pins = Counter(gateway.observe(server, tool)[1] for tool in tools)
         seen += len(tools)
         log.info(

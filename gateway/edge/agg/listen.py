@@ -31,7 +31,7 @@ from gateway.policy import Identity
 from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
-from gateway.wire.jsonrpc import Message, json_bytes
+from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 from gateway.wire.sse import LINE, SseRewriter, StreamTooLarge, rewrite_event
 from gateway.wire.sse import message_event as event
 
@@ -39,6 +39,9 @@ ACK = "notifications/subscriptions/acknowledged"
 SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
 ACK_SECONDS = 10.0  # how long the servers' acknowledgements are waited for
 QUEUE_EVENTS = 64
+#: Resources one listen may name: each is looked up for each server (every template head),
+#: on the event loop every caller shares.
+MAX_SUBSCRIPTIONS = 1000
 MAX_PENDING_BYTES = 1024 * 1024  # an event not ended within this is a broken stream
 
 
@@ -59,6 +62,11 @@ async def listen(
     message: Message,
     identity: Identity,
 ) -> None:
+    wanted = message.params.get("notifications")
+    uris = wanted.get("resourceSubscriptions") if isinstance(wanted, dict) else None
+    if isinstance(uris, list) and len(uris) > MAX_SUBSCRIPTIONS:
+        msg = f"a listen names at most {MAX_SUBSCRIPTIONS} resources"
+        raise BadMessage(rpc.INVALID_PARAMS, msg, msg_id=message.msg_id)
     servers = [_Server(name) for name in gw.upstreams]
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
     pumps = [

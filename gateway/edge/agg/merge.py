@@ -32,6 +32,7 @@ LISTS: dict[str, tuple[str, str | None]] = {
 MAX_CURSOR_CHARS = 16 * 1024
 MAX_OWNED = 100_000  # resource URIs remembered for routing, per server (its oldest go first)
 MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
+MAX_URI_CHARS = 4096  # a longer URI (or head) is not learned: /mcp cannot route to it
 #: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
 
@@ -168,6 +169,8 @@ class Claims:
         self.by_server: dict[str, OrderedDict[str, None]] = {}
 
     def claim(self, key: str, server: str) -> None:
+        if len(key) > MAX_URI_CHARS:  # no routing by it: kept, it would be memory for good
+            return
         mine = self.by_server.setdefault(server, OrderedDict())
         if key in mine:
             return
