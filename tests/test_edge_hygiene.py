@@ -497,20 +497,24 @@ class TestListenRefusals:
             yield gw
 
     @pytest.mark.parametrize(("wanted", "status"), [("toolsListChanged", 502), ("other", 400)])
-    def test_only_the_error_comes_back(self, alone: Any, wanted: str, status: int) -> None:
+    @staticmethod
+    def listen(gw: Any, notifications: dict[str, Any], msg_id: str) -> httpx.Response:
         meta = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
             "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
         }
-        params = {"notifications": {wanted: True}, "_meta": meta}
-        body = {"jsonrpc": "2.0", "id": "L1", "method": "subscriptions/listen", "params": params}
+        params = {"notifications": notifications, "_meta": meta}
+        body = {"jsonrpc": "2.0", "id": msg_id, "method": "subscriptions/listen", "params": params}
         headers = {
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": "2026-07-28",
             "mcp-method": "subscriptions/listen",
         }
-        answer = httpx.post(f"{alone.base}/mcp", json=body, headers=headers, timeout=10)
+        return httpx.post(f"{gw.base}/mcp", json=body, headers=headers, timeout=10)
+
+    def test_only_the_error_comes_back(self, alone: Any, wanted: str, status: int) -> None:
+        answer = self.listen(alone, {wanted: True}, "L1")
         assert answer.status_code == status, answer.text
         assert "secret_tool" not in answer.text and "result" not in answer.json()
         assert answer.json()["id"] == "L1"
@@ -519,20 +523,8 @@ class TestListenRefusals:
 
     def test_a_listen_naming_too_many_resources_is_refused(self, alone: Any) -> None:
         """Each named resource is looked up for each server on the shared event loop."""
-        meta = {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-        }
         uris = [f"test://r/{n}" for n in range(1001)]
-        params = {"notifications": {"resourceSubscriptions": uris}, "_meta": meta}
-        body = {"jsonrpc": "2.0", "id": "L2", "method": "subscriptions/listen", "params": params}
-        headers = {
-            "accept": "application/json, text/event-stream",
-            "mcp-protocol-version": "2026-07-28",
-            "mcp-method": "subscriptions/listen",
-        }
-        answer = httpx.post(f"{alone.base}/mcp", json=body, headers=headers, timeout=10)
+        answer = self.listen(alone, {"resourceSubscriptions": uris}, "L2")
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["code"] == -32602
         assert "at most 1000 resources" in answer.json()["error"]["message"]
