@@ -496,7 +496,6 @@ class TestListenRefusals:
         with run_gateway(tmp_path_factory.mktemp("gw-listen"), POLICY, servers) as gw:
             yield gw
 
-    @pytest.mark.parametrize(("wanted", "status"), [("toolsListChanged", 502), ("other", 400)])
     @staticmethod
     def listen(gw: Any, notifications: dict[str, Any], msg_id: str) -> httpx.Response:
         meta = {
@@ -513,6 +512,7 @@ class TestListenRefusals:
         }
         return httpx.post(f"{gw.base}/mcp", json=body, headers=headers, timeout=10)
 
+    @pytest.mark.parametrize(("wanted", "status"), [("toolsListChanged", 502), ("other", 400)])
     def test_only_the_error_comes_back(self, alone: Any, wanted: str, status: int) -> None:
         answer = self.listen(alone, {wanted: True}, "L1")
         assert answer.status_code == status, answer.text
