@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.inventory import pins as pins_module
 from gateway.inventory.catalog import classify, tool_info
 from gateway.inventory.pins import Pins, tool_digest
 from gateway.policy import load_policy
@@ -106,6 +107,21 @@ class TestPins:
         pins.observe("up", v1)  # changed, then reverted
         pins.repinned(pinned_again)  # the same file read again (a reload of the rules)
         assert pins.refusal("up", "echo") is not None
+
+    def test_pins_held_in_memory_are_bounded_per_server(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A server that renames its tools on every list cannot grow them without bound; a
+        pin already held is never let go (its changes are still refused)."""
+        monkeypatch.setattr(pins_module, "MAX_FIRST_SEEN", 2)
+        pins = Pins(None)
+        v1, v2 = {"name": "echo", "description": "one"}, {"name": "echo", "description": "two"}
+        assert pins.observe("up", v1) == "new"
+        for n in range(5):
+            pins.observe("up", {"name": f"t{n}"})
+        assert len(pins.pinned) == 2
+        assert pins.observe("up", v2) == "changed" and pins.refusal("up", "echo") is not None
+        assert pins.observe("other", v1) == "new" and ("other", "echo") in pins.pinned
 
     def test_accepting_changes_is_a_setting(self) -> None:
         pins = Pins(None, accept_changes=True)

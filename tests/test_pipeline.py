@@ -24,6 +24,7 @@ from gateway.approvals.service import ApprovalService
 from gateway.approvals.stores import MemoryApprovalStore
 from gateway.auth.identity import hash_key
 from gateway.config import load_config
+from gateway.pipeline import gateway as gateway_module
 from gateway.pipeline.admission import Admission, Tick, Wait, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Decision, Identity
@@ -104,6 +105,22 @@ async def operator(gw: Gateway, clock: Clock, seconds: float, approve: bool = Tr
         await anyio.lowlevel.checkpoint()
     clock.now += seconds
     await gw.approvals.decide(pending[0].id, approve, "ops", None)
+
+
+def test_the_catalogue_of_one_server_is_bounded(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_KNOWN_TOOLS`` a server's least recently listed tool is forgotten (read
+    again with its list when next called), whatever names the server invents."""
+    monkeypatch.setattr(gateway_module, "MAX_KNOWN_TOOLS", 3)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    for n in range(6):
+        gw.observe("up", {"name": f"t{n}", "inputSchema": schema})
+    gw.observe("up", {"name": "t3", "inputSchema": schema})  # listed again: kept longest
+    gw.observe("up", {"name": "t6", "inputSchema": schema})
+    kept = sorted(name for server, name in gw.catalog if server == "up")
+    assert kept == ["t3", "t5", "t6"]
+    assert sorted(name for _, name in gw.arg_shapes) == ["t3", "t5", "t6"]
 
 
 class TestAdmit:

@@ -22,6 +22,9 @@ import yaml
 from gateway.telemetry.audit import log
 
 _FIELDS = ("name", "description", "inputSchema", "annotations")
+#: Tools of one server pinned in memory on first sight, at most: an upstream renaming its
+#: tools on every list would otherwise grow the pins without bound.
+MAX_FIRST_SEEN = 20_000
 
 
 def _clean(value: Any) -> Any:
@@ -65,6 +68,7 @@ class Pins:
     pinned: dict[tuple[str, str], str] = field(default_factory=dict)
     changed: dict[tuple[str, str], Change] = field(default_factory=dict)
     source: str = ""  # a digest of the file as last read: a reload of the same file is no news
+    first_seen: dict[str, int] = field(default_factory=dict)  # pins held in memory, per server
 
     @classmethod
     def load(cls, path: Path | None, accept_changes: bool = False) -> Pins:
@@ -85,6 +89,10 @@ class Pins:
         digest = tool_digest(tool)
         pinned = self.pinned.get(key)
         if pinned is None:
+            first = self.first_seen.get(server, 0)
+            if first >= MAX_FIRST_SEEN:  # a pin of the file, or one held, is never let go
+                return "new"  # but a server past so many new names gets no more in memory
+            self.first_seen[server] = first + 1
             self.pinned[key] = digest
             log.debug("pins.first_seen", server=server, tool=name, digest=digest)
             return "new"

@@ -5,6 +5,7 @@ it from config."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,10 @@ from gateway.upstream.http import HttpUpstream
 
 #: Tool names not listed by any upstream whose classification is kept (callers choose them).
 MAX_UNLISTED = 1024
+#: Tools of one server the catalogue keeps (kind, risk, argument shapes); past it the least
+#: recently listed is forgotten (read again with the server's list when it is next called):
+#: an upstream that renames its tools on every list would otherwise grow it without bound.
+MAX_KNOWN_TOOLS = 20_000
 #: Of names up to this long (MCP's longest recommended tool name): 1,024 names of a body's
 #: size each would be gigabytes.
 MAX_CACHED_NAME = 128
@@ -92,6 +97,8 @@ class Gateway:
     # kind or a risk: everything is classified again, once).
     unlisted: dict[tuple[str, str], ToolInfo] = field(default_factory=dict, repr=False)
     classified_under: CompiledPolicy | None = field(default=None, repr=False)
+    # Each server's listed tool names, least recently listed first (MAX_KNOWN_TOOLS)
+    known_tools: dict[str, OrderedDict[str, None]] = field(default_factory=dict, repr=False)
     # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
 
@@ -118,12 +125,22 @@ class Gateway:
             tool = {"name": name, "annotations": info.annotations}
             self.catalog[(server, name)] = catalog_info(self.policy, server, tool)
 
+    def _remember(self, server: str, name: str) -> None:
+        names = self.known_tools.setdefault(server, OrderedDict())
+        names[name] = None
+        names.move_to_end(name)
+        if len(names) > MAX_KNOWN_TOOLS:
+            old, _ = names.popitem(last=False)
+            for table in (self.catalog, self.arg_shapes, self.param_schemas):
+                table.pop((server, old), None)
+
     def observe(self, server: str, tool: dict[str, Any]) -> tuple[ToolInfo, str]:
         """Record a tool definition seen on the wire: its risk, and its pin (new, same or
         changed)."""
         info = catalog_info(self.policy, server, tool)
         name = str(tool.get("name", ""))
         self.catalog[(server, name)] = info
+        self._remember(server, name)
         schema = tool.get("inputSchema")
         shape = shape_of(schema)
         if shape is not None:
