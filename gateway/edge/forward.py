@@ -217,6 +217,11 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
         await _relay_whole(send, resp, fwd, media)
 
 
+def unreadable(body: bytes, media: str | None) -> bool:
+    """Whether a whole answer has a body the gateway does not relay: anything but JSON."""
+    return bool(body.strip()) and media != "application/json"
+
+
 async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | None) -> None:
     """Anything but a stream: read whole (bounded), passed through the view if JSON. A body
     of any other type (or charset) is not relayed: the gateway has not read it as the caller
@@ -229,7 +234,7 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
     if body is None:
         await _unavailable(send, fwd)
         return
-    if body.strip() and media != "application/json":
+    if unreadable(body, media):
         log.warning("upstream.unreadable_answer", server=fwd.upstream.name, status=resp.status)
         message = f"upstream {fwd.upstream.name!r} answered with a body that is not UTF-8 JSON"
         status = resp.status if resp.status >= 400 else 502

@@ -22,6 +22,7 @@ from gateway.edge.forward import (
     answer_media,
     request_headers,
     sse_error,
+    unreadable,
     watching_disconnect,
 )
 from gateway.edge.replies import denial
@@ -316,7 +317,7 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
             return
         body = await resp.read()
         changed = filtered(body, fwd.view)
-        if changed is DROP or (body.strip() and media != "application/json"):
+        if changed is DROP or unreadable(body, media):
             await _send_error(send, fwd)
         elif body.strip():
             out = event(changed if changed is not None else body)

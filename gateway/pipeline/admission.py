@@ -98,8 +98,9 @@ async def admit(
             decision = await apply_limits(gw, decision)
         finally:
             if approved and gw.approvals and not decision.allowed:
-                # A limit refused the approved call (or failed): it never runs, so the
-                # operator's approval stays for the identical call made again.
+                # A limit refused the approved call (a limiter backend that fails refuses
+                # too): it never runs, so the operator's approval stays for the identical
+                # call made again.
                 await gw.approvals.release(approved)
     except Exception as exc:
         # A failure on the way (a store, an elicitation): the call goes no further, and its

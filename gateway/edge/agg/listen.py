@@ -32,7 +32,7 @@ from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
-from gateway.wire.sse import LINE, SseRewriter, StreamTooLarge, rewrite_event
+from gateway.wire.sse import SseRewriter, StreamTooLarge, event_data, rewrite_event
 from gateway.wire.sse import message_event as event
 
 ACK = "notifications/subscriptions/acknowledged"
@@ -201,9 +201,7 @@ async def _one_event(
     queue: asyncio.Queue[bytes | None],
     catalogue: Catalogue,
 ) -> None:
-    data = b"\n".join(
-        line[5:].removeprefix(b" ") for line in LINE.split(raw) if line.startswith(b"data:")
-    )
+    data = event_data(raw)
     try:
         value = json.loads(data) if data else None
     except ValueError:
