@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from gateway.auth.agent import Agent
 from gateway.auth.http import IssuerHttp
-from gateway.auth.resource import challenge
+from gateway.auth.resource import AGGREGATE, challenge
 from gateway.auth.settings import GrantConfig, OAuthConfig
 from gateway.auth.tokens import Refusal, TokenAuthority
 from gateway.policy.model import Identity
@@ -62,6 +62,9 @@ class Authenticator:
     anonymous: bool = False
     oauth: TokenAuthority | None = None
     http: IssuerHttp | None = None
+    #: The endpoints a key with ``servers`` may use, by grant: ``/mcp/<name>`` for each
+    #: server it names, and ``/mcp`` too when it names every server.
+    reach: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def from_grants(
@@ -70,12 +73,14 @@ class Authenticator:
         anonymous: bool,
         oauth: TokenAuthority | None = None,
         http: IssuerHttp | None = None,
+        servers: Collection[str] = (),
     ) -> Authenticator:
         table: dict[str, Identity] = {
             g.key_sha256: Agent(grant=g.id, agent=g.agent, roles=g.roles, attrs=g.attrs)
             for g in grants.values()
         }
-        return cls(table, anonymous, oauth, http)
+        reach = {g.id: _endpoints_of(g.servers, servers) for g in grants.values() if g.servers}
+        return cls(table, anonymous, oauth, http, reach)
 
     def authenticate(self, authorization: str | None) -> Identity | None:
         """A configured key (or anonymous access): no tokens, no I/O (the admin API asks)."""
@@ -89,6 +94,9 @@ class Authenticator:
         one: a key, then a token; a token's refusal names the endpoint's metadata."""
         found = self.authenticate(authorization)
         if found is not None:
+            allowed = None if found is ANONYMOUS_LOCAL else self.reach.get(found.grant)
+            if allowed is not None and path.rstrip("/") not in allowed:
+                return Refusal(403, "insufficient_scope", "this key may not reach " + path, None)
             return found
         oauth = self.oauth
         endpoint = oauth.endpoint(path) if oauth is not None else None
@@ -108,6 +116,13 @@ class Authenticator:
             await self.http.close()
 
 
+def _endpoints_of(named: Collection[str], every: Collection[str]) -> frozenset[str]:
+    paths = {AGGREGATE + "/" + name for name in named}
+    if set(every) <= set(named):
+        paths.add(AGGREGATE)
+    return frozenset(paths)
+
+
 def build_authenticator(
     grants: Mapping[str, GrantConfig],
     anonymous: bool,
@@ -116,18 +131,21 @@ def build_authenticator(
 ) -> Authenticator:
     """Keys from ``grants``; tokens too when the config has an ``oauth`` section."""
     if oauth_config is None:
-        return Authenticator.from_grants(grants, anonymous)
+        return Authenticator.from_grants(grants, anonymous, servers=servers)
     http = IssuerHttp()
     oauth = TokenAuthority(oauth_config, servers, http.get)
     if oauth_config.introspection is not None:
         from gateway.auth.introspect import Introspector
 
         oauth.introspector = Introspector(oauth_config.introspection, oauth, http.post_form)
-    return Authenticator.from_grants(grants, anonymous, oauth, http)
+    return Authenticator.from_grants(grants, anonymous, oauth, http, servers)
 
 
 def refusal_answer(refusal: Refusal) -> tuple[int, str, list[tuple[bytes, bytes]]]:
     """Status, JSON-RPC error message and ``WWW-Authenticate`` of a refused caller."""
+    if refusal.endpoint is None and refusal.status == 403:  # a key that may not come here
+        value = 'Bearer realm="celgate", error="insufficient_scope"'
+        return 403, refusal.description, [(b"www-authenticate", value.encode())]
     if refusal.endpoint is None:
         value = AGENT_CHALLENGE
     elif refusal.error:

@@ -278,3 +278,6 @@ class GrantConfig:
     agent: str
     roles: tuple[str, ...] = ()
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: The servers this key may reach (``/mcp/<name>``; ``/mcp`` only when it names them
+    #: all); None: every server.
+    servers: tuple[str, ...] | None = None

@@ -211,11 +211,20 @@ class _ConfigLoader(Reader):
         self.out["grants"] = grants
 
     def _grant(self, gid: str, sub: Fields) -> GrantConfig:
-        sub.check_known({"key_sha256", "agent", "roles", "attrs"})
+        sub.check_known({"key_sha256", "agent", "roles", "attrs", "servers"})
         digest = self.digest(sub, "key_sha256")
         attrs = sub.get("attrs")
         if attrs is not None and not isinstance(attrs.value, dict):
             self.err(attrs.where, f"grants.{gid}.attrs", "must be a mapping")
+        reach = self.str_list(sub, "servers")
+        known = self.out.get("servers") or {}
+        unknown = sorted(set(reach or ()) - set(known))
+        if known and unknown:  # (no usable servers section: that problem is noted already)
+            msg = f"names no configured server: {', '.join(unknown)}"
+            self.err(sub.where("servers"), f"grants.{gid}.servers", msg)
+        elif reach == ():
+            msg = "names no server: leave it out to reach every server"
+            self.err(sub.where("servers"), f"grants.{gid}.servers", msg)
         return build(
             GrantConfig,
             id=gid,
@@ -223,6 +232,7 @@ class _ConfigLoader(Reader):
             agent=sub.string("agent") or gid,
             roles=self.str_list(sub, "roles"),
             attrs=attrs.plain() if attrs is not None and isinstance(attrs.value, dict) else None,
+            servers=reach,
         )
 
     def _admin(self, top: Fields) -> None:
