@@ -29,7 +29,7 @@ class TestClassification:
             ("execute_query", None, "execute", "high"),
             ("runReport", None, "execute", "high"),
             ("frobnicate", None, "execute", "high"),  # unknown is never harmless
-            ("write_query", None, "write", "medium"),  # not low risk without annotations
+            ("write_query", None, "execute", "high"),  # the riskier verb of two counts
         ],
     )
     def test_name_verbs(self, name: str, annotations: dict | None, kind: str, risk: str) -> None:

@@ -35,6 +35,7 @@ from gateway.edge.replies import input_required
 from gateway.pipeline.admission import Elicit, Tick
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
+from gateway.policy.secrets import mask_args
 from gateway.printable import printable
 from gateway.wire.asgi import Send, reply
 from gateway.wire.jsonrpc import (
@@ -66,7 +67,7 @@ ARGS_VIEW_CHARS = 4000  # of the arguments shown in the question
 
 def question(call: Call, decision: Decision) -> dict[str, Any]:
     """The ``elicitation/create`` params: what is asked, and the one-field form."""
-    shown, _ = preview_args(dict(call.args))
+    shown, _ = preview_args(mask_args(dict(call.args), decision.secret_args))
     args = json.dumps(shown, indent=2, ensure_ascii=False, sort_keys=True)
     # Line and paragraph separators, bidi and other invisible characters from the agent are
     # shown escaped: they could draw lines that read as the gateway's own (a forged

@@ -1,8 +1,10 @@
 """Risk catalogue: every upstream tool gets a ``kind`` and a ``risk``.
 
-In order of authority: the operator's override in the policy (``risk:``/``kind:`` on the
-tool's entry), the tool's MCP annotations, then the verb its name starts with. A tool we know
-nothing about is ``execute``/``high``: unknown is never treated as harmless.
+In order of authority: the operator's override in the policy (``risk:`` and ``kind:``, each
+from the most specific enforced entry that sets it; a shadow entry only tries rules), the
+tool's MCP annotations, then the verbs in its name (the riskiest one: ``find_and_delete`` is a
+delete). A tool we know nothing about is ``execute``/``high``: unknown is never treated as
+harmless.
 """
 
 from __future__ import annotations
@@ -32,13 +34,20 @@ class Classified:
     why: str
 
 
+#: The riskier of two verbs in one name wins: a name that reads and deletes is a delete.
+_RANK = {"read": 0, "write": 1, "execute": 2, "delete": 3}
+
+
 def _name_verb(name: str) -> str | None:
-    words = [w.lower() for w in _WORD.findall(name)]
-    for word in words:
+    """The riskiest kind any word of ``name`` names (a verb anywhere: ``repo_list`` reads),
+    or None when no word is a known verb."""
+    found: str | None = None
+    for word in _WORD.findall(name):
+        word = word.lower()
         for kind, verbs in _VERBS:
-            if word in verbs:
-                return kind
-    return None
+            if word in verbs and (found is None or _RANK[kind] > _RANK[found]):
+                found = kind
+    return found
 
 
 def from_annotations(annotations: Mapping[str, Any]) -> Classified | None:
@@ -77,10 +86,17 @@ def classify(
 
 
 def override_for(policy: CompiledPolicy, server: str, tool: str) -> tuple[str | None, str | None]:
-    for entry in candidates(policy, server, tool):
-        if entry.kind or entry.risk:
-            return entry.kind, entry.risk
-    return None, None
+    """The ``kind:`` and the ``risk:`` the policy gives the tool, each from the most specific
+    enforced entry that sets it (``"vault/*": {risk: high}`` keeps ``vault/read_secret:
+    {kind: read}`` high). A shadow entry's are not taken: trying rules changes nothing."""
+    kind: str | None = None
+    risk: str | None = None
+    for entry in candidates(policy, server, tool):  # most specific first
+        if entry.mode == "shadow":
+            continue
+        kind = kind or entry.kind
+        risk = risk or entry.risk
+    return kind, risk
 
 
 def tool_info(policy: CompiledPolicy, server: str, tool: Mapping[str, Any]) -> ToolInfo:

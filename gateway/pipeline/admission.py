@@ -77,7 +77,7 @@ async def admit(
     store, say) as a deny with ``error: internal_error``.
     """
     started = clock()
-    await schema_read(gw, call)
+    call = await schema_read(gw, call)
     decision = verdict(gw, call)
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
@@ -120,11 +120,15 @@ async def admit(
     return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
 
 
-async def schema_read(gw: Gateway, call: Call) -> None:
-    """Read the call's server's tools again first when the catalogue lacks its tool (one
-    added since, or a start gap): its schema is then known to ``verdict``."""
-    if gw.relist is not None and call.server and (call.server, call.tool) not in gw.catalog:
-        await gw.relist(call.server)
+async def schema_read(gw: Gateway, call: Call) -> Call:
+    """``call``, after reading its server's tools again when the catalogue lacks its tool
+    (one added since, or a start gap): its schema is then known to ``verdict``, and its kind
+    and risk (by its annotations, not only its name) to the rules."""
+    server = call.server
+    if gw.relist is None or not server or (server, call.tool) in gw.catalog:
+        return call
+    await gw.relist(server)
+    return replace(call, info=gw.tool_info(server, call.tool))
 
 
 def verdict(gw: Gateway, call: Call) -> Decision:

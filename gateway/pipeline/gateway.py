@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,7 +112,7 @@ class Gateway:
         known = self.catalog.get((server, tool)) or self.unlisted.get((server, tool))
         if known is not None:
             return known
-        known = catalog_info(self.policy, server, {"name": tool})
+        known = replace(catalog_info(self.policy, server, {"name": tool}), listed=False)
         if len(self.unlisted) < MAX_UNLISTED and len(tool) <= MAX_CACHED_NAME:
             self.unlisted[(server, tool)] = known
         return known

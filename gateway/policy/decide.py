@@ -32,6 +32,7 @@ from gateway.policy.model import (
     ToolEntry,
     session_value,
 )
+from gateway.policy.secrets import secret_paths
 
 # (engine, variable, key) -> (the object the value was made from, the converted value).
 # A hit counts only if that object is the very one the call carries, so an id reused after
@@ -136,6 +137,10 @@ class Context:
         return {"time": self.now.isoformat(), "ip": call.client_ip}
 
 
+#: The one ``scope: tool`` bucket of a server's names it does not list (``ToolInfo.listed``).
+UNLISTED_TOOL = "<unlisted>"
+
+
 def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
     scope = spec.scope
     if scope == "grant":
@@ -147,7 +152,8 @@ def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
         # sessionless caller would let one agent drain all of them.
         value = session_value(call.server, call.identity.grant, call.session)
     elif scope == "tool":
-        value = f"{call.server}/{call.tool}" if call.server else call.tool
+        tool = call.tool if call.info.listed else UNLISTED_TOOL
+        value = f"{call.server}/{tool}" if call.server else tool
     else:
         value = "*"
     return AppliedLimit(spec.counter, scope, value, spec.max, spec.window, spec.failure_mode)
@@ -180,8 +186,12 @@ class _Decider:
         if entry is not None and effect != "deny":
             limits = tuple(_bind(spec, self.call) for spec in entry.limits)
         approval = None
+        secret: tuple[str, ...] = ()
         if effect == "require_approval":
             approval = (rule.approval if rule else None) or (entry.approval if entry else None)
+            # What a held call's request keeps is masked as its record is: by every entry
+            # that matches the tool, not only the one that decided.
+            secret = secret_paths(self.policy, self.call.server, self.call.tool)
         return Decision(
             effect=effect,
             rule=label,
@@ -192,7 +202,7 @@ class _Decider:
             approval=approval,
             shadow=tuple(self.shadow),
             decided_at=self.ctx.now,
-            secret_args=entry.secret_args if entry else (),
+            secret_args=secret,
         )
 
     def error(self, exc: PolicyEvalError, label: str, entry: ToolEntry) -> Decision:

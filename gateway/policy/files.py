@@ -27,7 +27,7 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
         path = Path(raw)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                name = child.name
+                name = child.name.lower()  # Deny.YAML is a rule file too
                 wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
                 hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
                 if child.is_file() and wanted and not hidden:

@@ -120,6 +120,10 @@ class ToolInfo:
     risk: str = "unknown"
     kind: str = "unknown"
     annotations: Mapping[str, Any] = field(default_factory=dict)
+    #: False for a name its server has not listed (made up, or not listed yet): a ``scope:
+    #: tool`` limit keys every such name of a server to one bucket, so names a caller makes
+    #: up cannot grow the limiter without bound.
+    listed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +244,8 @@ class Decision:
     shadow: tuple[ShadowResult, ...] = ()
     decided_at: datetime | None = None
     approval_id: str | None = None
-    # The deciding entry's ``secret_args``: masked in what an approval request keeps.
+    # A held call's secret argument paths (every matching entry's ``secret_args``): masked in
+    # what its approval request keeps.
     secret_args: tuple[str, ...] = ()
 
     @property

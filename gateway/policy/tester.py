@@ -41,8 +41,8 @@ def find_test_files(paths: list[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(p for p in sorted(path.rglob("*")) if p.name.endswith(TEST_SUFFIXES))
-        elif path.name.endswith(TEST_SUFFIXES):
+            out.extend(p for p in sorted(path.rglob("*")) if p.name.lower().endswith(TEST_SUFFIXES))
+        elif path.name.lower().endswith(TEST_SUFFIXES):
             out.append(path)
     return out
 

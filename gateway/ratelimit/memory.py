@@ -4,13 +4,18 @@ There is no ``await`` between reading and writing a bucket, so the whole check-a
 synchronously on the event loop and no lock is needed. Full buckets carry no information (a
 missing bucket *is* a full one), so they are dropped: on access, and by a sweep at most once
 per ``sweep_interval`` seconds, which keeps the dict bounded by the buckets that are actually
-draining.
+draining. Past ``MAX_BUCKETS`` draining ones (sessions without end, say), the tenth that will
+be full soonest is let go: each of those gives its key at most what it would have regained by
+its ``full_at``, and memory stays bounded.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
+
+import structlog
 
 from gateway.ratelimit.base import (
     EPSILON,
@@ -26,6 +31,10 @@ from gateway.ratelimit.base import (
 )
 
 Clock = Callable[[], float]
+log = structlog.get_logger("celgate.ratelimit")
+
+#: Draining buckets held at most (about 300 bytes each, with its key).
+MAX_BUCKETS = 200_000
 
 # Per key: [tokens, stamp, full_at, max, window]. A list, not a dataclass: this is the hot path
 # and list indexing is the cheapest mutable record in CPython.
@@ -35,11 +44,18 @@ _TOKENS, _STAMP, _FULL_AT, _MAX, _WINDOW = range(5)
 class MemoryRateLimiter:
     """In-process token buckets with an injectable clock (``time.monotonic`` by default)."""
 
-    def __init__(self, clock: Clock | None = None, *, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        sweep_interval: float = 1.0,
+        max_buckets: int = MAX_BUCKETS,
+    ) -> None:
         self._clock: Clock = clock or time.monotonic
         self._buckets: dict[str, list[float]] = {}
         self._sweep_interval = sweep_interval
         self._next_sweep = self._clock() + sweep_interval
+        self._max_buckets = max_buckets
 
     def __len__(self) -> int:
         """Buckets currently held (full ones may linger until the next sweep)."""
@@ -127,4 +143,20 @@ class MemoryRateLimiter:
     def _store(self, bucket: Bucket, tokens: float, now: float) -> None:
         """Record ``tokens`` at ``now`` with the instant the bucket will be full again."""
         full_at = now + (bucket.max - tokens) * bucket.window / bucket.max
-        self._buckets[bucket.key] = [tokens, now, full_at, bucket.max, bucket.window]
+        buckets = self._buckets
+        if len(buckets) >= self._max_buckets and bucket.key not in buckets:
+            self._make_room(now)
+        buckets[bucket.key] = [tokens, now, full_at, bucket.max, bucket.window]
+
+    def _make_room(self, now: float) -> None:
+        """At the cap: full buckets go, then (if that was not enough) the tenth of the rest
+        that will be full soonest (one pass, so the next ones come at no cost)."""
+        count = max(1, self._max_buckets // 10)
+        short = count - self.sweep(now)
+        if short <= 0:
+            return
+        buckets = self._buckets
+        soonest = heapq.nsmallest(short, buckets.items(), key=lambda item: item[1][_FULL_AT])
+        for key, _ in soonest:
+            del buckets[key]
+        log.warning("limits.memory_full", held=len(buckets), let_go=len(soonest))

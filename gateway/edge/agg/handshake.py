@@ -268,7 +268,7 @@ class Handshake:
                 self.gw, incoming, message, server, changed["name"], identity, session.sid
             )
             gw = self.gw
-            await schema_read(gw, call)  # decided on the schema admit would see
+            call = await schema_read(gw, call)  # decided on what admit would see
             if verdict(gw, call).effect == "deny":
                 admission = await admit(self.gw, call)
                 if not admission.allowed:
