@@ -337,14 +337,27 @@ class _Preview:
     def mapping(self, value: dict[Any, Any], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         items = list(value.items())
+        shown = 0
         for key, item in items[:PREVIEW_ITEMS]:
             if self.budget <= 0:
                 break
             name = self.string(str(key))  # before the value, which may spend the budget
+            if name in out or name == CUT:  # two keys cut to one name (or one named as the
+                # marker of keys not shown): neither hides the other
+                name = self._unique(name, out)
             out[name] = self.value(item, depth + 1)
-        if len(out) < len(items):
-            out[CUT] = self.cut(f"{len(items) - len(out)} more keys not shown")
+            shown += 1
+        if shown < len(items):
+            out[CUT] = self.cut(f"{len(items) - shown} more keys not shown")
         return out
+
+    def _unique(self, name: str, taken: dict[str, Any]) -> str:
+        """``name`` marked as the gateway's renaming (``#2``, ``#3``...) until no key has it."""
+        self.truncated = True
+        n = 2
+        while f"{name} {CUT} #{n}" in taken:
+            n += 1
+        return f"{name} {CUT} #{n}"
 
     def sequence(self, value: list[Any], depth: int) -> list[Any]:
         out: list[Any] = []

@@ -124,12 +124,19 @@ def _client(ns: argparse.Namespace) -> AdminClient:
     return AdminClient(gateway_url(ns), token)
 
 
+#: What ``ApprovalService`` makes: ``apr_`` and URL-safe base64.
+APPROVAL_ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
+
+
 def _approvals(ns: argparse.Namespace) -> int:
     admin = _client(ns)
     if ns.action == "list":
         return _list_approvals(admin, ns)
     if not ns.id:
         raise SystemExit(f"celgate: approvals {ns.action} needs an approval ID")
+    if APPROVAL_ID.fullmatch(ns.id) is None:  # pasted from anywhere: never a path of its own
+        shown = printable(ns.id[:80])
+        raise SystemExit(f"celgate: {shown!r} is not an approval ID (apr_ then A-Z a-z 0-9 _ -)")
     body = {"by": ns.by, "note": ns.note}
     result = admin.call("POST", f"/admin/approvals/{ns.id}/{ns.action}", body)
     print(printable(f"{result['id']}: {result['status']} by {result['decided_by']}"))

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from litestar import Litestar, Request, Response, Router, asgi, get
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
@@ -24,9 +25,12 @@ from gateway.edge.relay import Relay
 from gateway.pipeline.gateway import Gateway
 from gateway.server.admin import admin_router
 from gateway.server.console import console_handlers
+from gateway.server.console.feed import FEED_PATH, StalledWrites
 from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.lifecycle import background, readiness
 from gateway.upstream.stdio import running_bridges
+
+log = structlog.get_logger("celgate.console")
 
 
 class EdgeApp:
@@ -59,7 +63,21 @@ class EdgeApp:
                 scope["path"] = "/"  # as mounted: nothing follows /mcp
                 await self.aggregate(scope, receive, send)  # type: ignore[arg-type]
                 return
+            if path == FEED_PATH:
+                await _live_stream(self.litestar, scope, receive, send)
+                return
         await self.litestar(scope, receive, send)
+
+
+async def _live_stream(app: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
+    """The console's live feed, cut when its reader stops reading (its place is freed)."""
+    writes = StalledWrites(send)
+    try:
+        await app(scope, receive, writes)
+    except Exception:
+        if not writes.stalled:
+            raise
+        log.info("console.stream_cut", reason="the reader stopped reading")
 
 
 Refusal = tuple[int, str, dict[str, str]]

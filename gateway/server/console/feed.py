@@ -3,30 +3,62 @@
 ``DecisionFeed`` takes the place of ``DecisionLog.recent`` (a bounded deque): every record
 appended is also pushed to each subscriber's own bounded buffer. A subscriber that falls
 behind loses its oldest records and is told how many (``dropped``), so a slow page never holds
-memory or slows the relay. At most ``MAX_STREAMS`` subscribers at once.
+memory or slows the relay. At most ``MAX_STREAMS`` subscribers at once; a page that stops
+reading altogether (a closed laptop) is cut after ``WRITE_SECONDS`` of a write that cannot go
+out (``StalledWrites``), so it gives its place back.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
+from litestar.types import Message, Send
 
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.secrets import mask_args, secret_paths
 
 BUFFER = 256  # records one subscriber may have waiting
 MAX_STREAMS = 8
+FEED_PATH = "/console/events"
+#: How long one write to a live stream may wait for its reader before the stream is cut.
+WRITE_SECONDS = 10.0
 Record = dict[str, Any]
+Clock = Callable[[], float]
+
+
+class StalledWrites:
+    """The ``send`` of one live stream, each write bounded by ``seconds``; ``stalled`` once
+    one was not taken in time (the stream is then ended by the error the write raises)."""
+
+    def __init__(self, send: Send, seconds: float = WRITE_SECONDS) -> None:
+        self.send = send
+        self.seconds = seconds
+        self.stalled = False
+
+    async def __call__(self, message: Message) -> None:
+        with anyio.move_on_after(self.seconds):
+            await self.send(message)
+            return
+        self.stalled = True
+        raise ConnectionError("the reader of a live stream stopped reading")
+
+
+#: A subscriber that has not come for its records for this long (a stream that never started,
+#: or one stuck writing) gives its place to a new one when every place is taken.
+STALE_SECONDS = 60.0
 
 
 class Subscriber:
-    def __init__(self, limit: int = BUFFER) -> None:
+    def __init__(self, now: float, limit: int = BUFFER) -> None:
         self.buffer: deque[Record] = deque(maxlen=limit)
         self.dropped = 0
         self.event = anyio.Event()
+        self.seen = now  # when it last came for its records
+        self.gone = False  # its place was given to another: its stream ends
 
     def push(self, record: Record) -> None:
         if len(self.buffer) == self.buffer.maxlen:
@@ -46,13 +78,19 @@ class Subscriber:
         self.dropped = 0
         return items, dropped
 
+    def came(self, now: float) -> None:
+        self.seen = now
+
 
 class DecisionFeed(deque[Record]):
     """A bounded deque of records that also feeds subscribers."""
 
-    def __init__(self, items: Iterable[Record], maxlen: int | None) -> None:
+    def __init__(
+        self, items: Iterable[Record], maxlen: int | None, clock: Clock = time.monotonic
+    ) -> None:
         super().__init__(items, maxlen)
         self.subscribers: set[Subscriber] = set()
+        self.clock = clock
 
     def append(self, record: Record) -> None:
         super().append(record)
@@ -60,10 +98,17 @@ class DecisionFeed(deque[Record]):
             subscriber.push(record)
 
     def subscribe(self) -> Subscriber | None:
-        """A new subscriber, or None when ``MAX_STREAMS`` are already listening."""
+        """A new subscriber, or None when ``MAX_STREAMS`` are listening (those that have not
+        come for their records in ``STALE_SECONDS`` are let go first)."""
+        now = self.clock()
+        if len(self.subscribers) >= MAX_STREAMS:
+            for stale in [s for s in self.subscribers if now - s.seen > STALE_SECONDS]:
+                stale.gone = True
+                stale.event.set()
+                self.subscribers.discard(stale)
         if len(self.subscribers) >= MAX_STREAMS:
             return None
-        subscriber = Subscriber()
+        subscriber = Subscriber(now)
         self.subscribers.add(subscriber)
         return subscriber
 

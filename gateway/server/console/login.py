@@ -180,6 +180,9 @@ async def _stream(
             yield _message(gateway, record)
         while await _still_signed_in(gateway, cookie):
             records, dropped = await subscriber.take(KEEPALIVE_SECONDS)
+            subscriber.came(feed.clock())
+            if subscriber.gone:  # its place went to a newer stream: it was stuck too long
+                return
             if dropped:
                 yield ServerSentEventMessage(data=json.dumps({"dropped": dropped}), event="gap")
             for record in records:

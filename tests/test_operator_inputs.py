@@ -1,0 +1,150 @@
+"""What operators paste and look at: an approval ID from anywhere is only ever that ID (never
+another path of the admin API), two argument keys cut to one preview name both stay in view,
+and the console's live feed gives back the place of a page that stopped reading."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from litestar import Litestar, get
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from gateway.approvals.service import CUT, preview_args
+from gateway.cli import main
+from gateway.server.console.feed import MAX_STREAMS, STALE_SECONDS, DecisionFeed, StalledWrites
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        type(self).seen.append(self.path)
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"id": "apr_x", "status": "denied", "decided_by": "erin"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def admin_api() -> Iterator[str]:
+    _Recorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("pasted", ["apr_X/approve?", "apr_A/../apr_B", "apr_x#", "../x", "apr_"])
+def test_a_pasted_id_that_is_no_approval_id_goes_nowhere(
+    admin_api: str, pasted: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main(["approvals", "deny", pasted, "--url", admin_api, "--token", "cga_t"])
+    assert "is not an approval ID" in str(ended.value)
+    assert _Recorder.seen == []
+
+
+def test_an_approval_id_reaches_its_own_path(admin_api: str) -> None:
+    assert main(["approvals", "deny", "apr_Ab-9_z", "--url", admin_api, "--token", "cga_t"]) == 0
+    assert _Recorder.seen == ["/admin/approvals/apr_Ab-9_z/deny"]
+
+
+class TestPreview:
+    def test_keys_cut_to_one_name_are_both_shown(self) -> None:
+        same = "p" * 5000
+        shown, truncated = preview_args({same + "a": "harmless", same + "b": "rm -rf /"})
+        assert truncated
+        assert sorted(shown.values(), key=str) == ["harmless", "rm -rf /"]
+
+    def test_a_key_named_as_the_marker_is_not_taken_for_it(self) -> None:
+        shown, _ = preview_args({CUT: "drop table users", "a": 1})
+        assert "drop table users" in shown.values() and shown["a"] == 1
+
+
+class TestLiveFeedPlaces:
+    def test_a_page_that_stopped_coming_gives_its_place(self) -> None:
+        now = [0.0]
+        feed = DecisionFeed([], 100, clock=lambda: now[0])
+        stuck = [feed.subscribe() for _ in range(MAX_STREAMS)]
+        assert feed.subscribe() is None  # every place taken, all of them fresh
+        now[0] += STALE_SECONDS / 2
+        live = stuck[0]
+        assert live is not None
+        live.came(now[0])  # this one keeps coming for its records
+        now[0] += STALE_SECONDS / 2 + 1
+        newcomer = feed.subscribe()
+        assert newcomer is not None
+        assert live in feed.subscribers and not live.gone
+        assert all(s is not None and s.gone for s in stuck[1:])
+        assert len(feed.subscribers) == 2
+
+    async def test_a_write_nobody_takes_ends_the_stream(self) -> None:
+        """Through Litestar's own SSE response: the stuck write is cut and the stream's
+        generator is closed (where the real one gives back its place)."""
+        closed: list[bool] = []
+
+        async def records() -> Any:
+            try:
+                while True:
+                    yield ServerSentEventMessage(data="x" * 100, event="decision")
+                    await anyio.lowlevel.checkpoint()
+            finally:
+                closed.append(True)
+
+        @get("/events")
+        async def events() -> ServerSentEvent:
+            return ServerSentEvent(records())
+
+        app = Litestar([events])
+        stuck = asyncio.Event()  # never set: a reader that stopped reading
+        sent = 0
+
+        async def receive() -> Any:
+            await stuck.wait()
+
+        async def send(message: Any) -> None:
+            nonlocal sent
+            sent += 1
+            if sent > 3:
+                await stuck.wait()
+
+        writes = StalledWrites(send, seconds=0.05)
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/events",
+            "raw_path": b"/events",
+            "query_string": b"",
+            "headers": [],
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("127.0.0.1", 1),
+            "client": ("127.0.0.1", 2),
+            "root_path": "",
+            "asgi": {"version": "3.0"},
+        }
+        raised = False
+        try:
+            await app(scope, receive, writes)  # type: ignore[arg-type]
+        except Exception:  # Litestar wraps it; the edge app catches it (app._live_stream)
+            raised = True
+        assert raised and writes.stalled
+        gc.collect()  # as the edge app's frame letting go of the error does
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        assert closed == [True]
