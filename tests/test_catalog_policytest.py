@@ -9,9 +9,9 @@ import pytest
 
 from gateway.cli import main
 from gateway.inventory import pins as pins_module
-from gateway.inventory.catalog import classify, tool_info
 from gateway.inventory.pins import Pins, tool_digest
 from gateway.policy import load_policy
+from gateway.policy.risk import classify, tool_info
 from tests.peers import demo_server
 
 

@@ -7,19 +7,22 @@ request masks what any matching entry marks secret."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.cli import main
 from gateway.config import load_config
-from gateway.inventory.catalog import classify, override_for, tool_info
 from gateway.pipeline.admission import admit
 from gateway.policy import Call, Identity, decide
 from gateway.policy.loader import load_policy, rule_files
 from gateway.policy.model import CompiledPolicy
+from gateway.policy.risk import classify, override_for, tool_info
 from gateway.policy.secrets import SECRET, mask_args
+from gateway.policy.tester import run_file
 from gateway.ratelimit.base import Bucket
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.server.build import build_gateway
@@ -166,3 +169,37 @@ def test_a_held_calls_request_masks_what_any_matching_entry_marks_secret(
     assert decision.effect == "require_approval"
     assert decision.secret_args == ("content",)
     assert mask_args({"content": "s3cret"}, decision.secret_args) == {"content": SECRET}
+
+
+class TestOfflineAgreesWithTheGateway:
+    """``celgate decide`` and policy test files classify a tool as the gateway does."""
+
+    def decided(self, tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+        (tmp_path / "gate.yaml").write_text(GATE)
+        assert main(["decide", str(tmp_path / "gate.yaml"), "--server", "up", *argv]) == 0
+        return str(json.loads(capsys.readouterr().out)["effect"])
+
+    def test_decide_classifies_by_name_and_annotations(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert self.decided(tmp_path, capsys, "--tool", "delete_item") == "require_approval"
+        assert self.decided(tmp_path, capsys, "--tool", "list_items") == "allow"
+        read_only = '{"readOnlyHint": true}'
+        assert self.decided(tmp_path, capsys, "--tool", "echo", "--annotations", read_only) == (
+            "allow"
+        )
+        assert self.decided(tmp_path, capsys, "--tool", "echo") == "require_approval"
+        assert self.decided(tmp_path, capsys, "--tool", "echo", "--risk", "low") == "allow"
+
+    def test_policy_tests_classify_as_the_gateway_does(self, tmp_path: Path) -> None:
+        (tmp_path / "gate.yaml").write_text(GATE)
+        (tmp_path / "gate_test.yaml").write_text(
+            "cases:\n"
+            "  - {tool: delete_item, server: up, expect: {effect: require_approval}}\n"
+            "  - {tool: list_items, server: up, expect: {effect: allow}}\n"
+            "  - {tool: echo, server: up, annotations: {readOnlyHint: true},"
+            " expect: {effect: allow}}\n"
+            "  - {tool: delete_item, server: up, risk: low, expect: {effect: allow}}\n"
+        )
+        count, failures = run_file(tmp_path / "gate_test.yaml", {})
+        assert (count, failures) == (4, [])

@@ -11,10 +11,10 @@ from typing import Any
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
-from gateway.inventory.catalog import classify, override_for
 from gateway.inventory.discovery import list_all
 from gateway.inventory.pins import write_pins
 from gateway.policy import ANONYMOUS, Call, CompiledPolicy, Identity, ToolInfo, decide, load_policy
+from gateway.policy.risk import classify, override_for
 from gateway.policy.visibility import visible
 from gateway.printable import printable
 

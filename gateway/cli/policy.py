@@ -79,15 +79,17 @@ def _policy_and_identity(ns: argparse.Namespace) -> tuple[CompiledPolicy, Identi
             raise SystemExit("celgate: decide needs a rule path, or --config")
         return load_policy([ns.path]), _flag_identity(ns)
     from gateway.config import load_config
+    from gateway.policy.engines import get_engine
 
     config = load_config(ns.config)
     paths = [ns.path] if ns.path else list(config.policy)
     identity = _config_identity(ns, config) if ns.grant != "anonymous" else _flag_identity(ns)
-    return load_policy(paths), identity
+    return load_policy(paths, get_engine(config.cel.engine)), identity
 
 
 def _decide(ns: argparse.Namespace) -> int:
-    from gateway.policy import Call, ToolInfo, decide
+    from gateway.policy import Call, decide
+    from gateway.policy.risk import tool_info
 
     try:
         policy, identity = _policy_and_identity(ns)
@@ -99,11 +101,20 @@ def _decide(ns: argparse.Namespace) -> int:
         args=_json_object(ns.args, "--args"),
         identity=identity,
         session=ns.session,
-        info=ToolInfo(risk=ns.risk, kind=ns.kind),
+        # Classified as the gateway classifies a listed tool (overrides, annotations, name);
+        # --risk and --kind replace what that gives.
+        info=tool_info(policy, ns.server or "", _definition(ns), risk=ns.risk, kind=ns.kind),
     )
     now = datetime.fromisoformat(ns.now) if ns.now else datetime.now(UTC)
     print(json.dumps(decide(policy, call, now).to_dict(), indent=2, ensure_ascii=False))
     return 0
+
+
+def _definition(ns: argparse.Namespace) -> dict[str, object]:
+    definition: dict[str, object] = {"name": ns.tool}
+    if ns.annotations is not None:
+        definition["annotations"] = _json_object(ns.annotations, "--annotations")
+    return definition
 
 
 def _test(ns: argparse.Namespace) -> int:
@@ -147,8 +158,11 @@ def _configure_decide(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roles", help="comma-separated roles (default: the grant's)")
     parser.add_argument("--attrs", help="grant attributes as a JSON object (default: the grant's)")
     parser.add_argument("--session")
-    parser.add_argument("--risk", default="unknown", help="tool.risk as CEL sees it")
-    parser.add_argument("--kind", default="unknown", help="tool.kind as CEL sees it")
+    parser.add_argument(
+        "--annotations", help="the tool's MCP annotations as a JSON object (risk and kind)"
+    )
+    parser.add_argument("--risk", help="tool.risk as CEL sees it (default: as classified)")
+    parser.add_argument("--kind", help="tool.kind as CEL sees it (default: as classified)")
     parser.add_argument("--now", help="ISO 8601 time to decide at (default: now)")
     parser.set_defaults(func=_decide)
 

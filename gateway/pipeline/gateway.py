@@ -17,10 +17,10 @@ from gateway.approvals.service import ApprovalService
 from gateway.auth.guard import HostGuard, SessionSigner
 from gateway.auth.identity import Authenticator
 from gateway.config import GatewayConfig
-from gateway.inventory.catalog import tool_info as catalog_info
 from gateway.inventory.pins import Pins
 from gateway.inventory.shapes import Shape, shape_of
 from gateway.policy import CompiledPolicy, ToolInfo
+from gateway.policy.risk import tool_info as catalog_info
 from gateway.ratelimit.base import RateLimiter
 from gateway.telemetry.audit import DecisionLog, flush_logs
 from gateway.telemetry.metrics import Metrics

@@ -8,20 +8,21 @@ policy under test is the folder the file sits in, or the files its ``policy:`` n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
-from gateway.policy import Call, CompiledPolicy, Decision, Identity, ToolInfo, decide, load_policy
+from gateway.policy import Call, CompiledPolicy, Decision, Identity, decide, load_policy
 from gateway.policy.loader import TEST_SUFFIXES
+from gateway.policy.risk import tool_info
 from gateway.policy.schema import Fields
 
 _CASE = {
     "name", "tool", "server", "args", "grant", "agent", "roles", "attrs", "session",
-    "risk", "kind", "now", "expect",
+    "risk", "kind", "annotations", "now", "expect",
 }  # fmt: skip
 _EXPECT = {"effect", "rule", "error", "reason_contains"}
 DEFAULT_NOW = "2026-01-05T10:00:00+00:00"  # a Monday morning, so time rules are predictable
@@ -31,9 +32,14 @@ DEFAULT_NOW = "2026-01-05T10:00:00+00:00"  # a Monday morning, so time rules are
 class Case:
     name: str
     where: SourceLocation
-    call: Call
+    call: Call  # its ``info`` is classified against the policy when the case runs
     now: datetime
     expect: dict[str, Any]
+    #: The tool as the case gives it: its annotations, and a ``risk`` or ``kind`` that
+    #: replaces what the gateway's classification would say.
+    definition: dict[str, Any]
+    risk: str | None = None
+    kind: str | None = None
 
 
 def find_test_files(paths: list[str]) -> list[Path]:
@@ -66,7 +72,6 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
         roles=tuple(plain.get("roles") or ()),
         attrs=dict(plain.get("attrs") or {}),
     )
-    info = ToolInfo(risk=str(plain.get("risk", "unknown")), kind=str(plain.get("kind", "unknown")))
     args = plain.get("args") or {}
     if tool is None or not isinstance(args, dict):
         if not isinstance(args, dict):
@@ -78,11 +83,22 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
         args=args,
         identity=identity,
         session=plain.get("session"),
-        info=info,
     )
     now = datetime.fromisoformat(str(plain.get("now", DEFAULT_NOW)))
     name = str(plain.get("name", f"case {index + 1}"))
-    return Case(name, node.where, call, now.astimezone(UTC), expect.plain())
+    annotations = plain.get("annotations")
+    definition = {"name": tool, "annotations": annotations if isinstance(annotations, dict) else {}}
+    risk, kind = plain.get("risk"), plain.get("kind")
+    return Case(
+        name,
+        node.where,
+        call,
+        now.astimezone(UTC),
+        expect.plain(),
+        definition,
+        None if risk is None else str(risk),
+        None if kind is None else str(kind),
+    )
 
 
 def load_cases(path: Path) -> tuple[list[Case], list[str] | None]:
@@ -130,7 +146,9 @@ def run_file(path: Path, cache: dict[tuple[str, ...], CompiledPolicy]) -> tuple[
     policy = cache[key]
     failures = []
     for case in cases:
-        why = failure(case, decide(policy, case.call, case.now))
+        server = case.call.server or ""
+        info = tool_info(policy, server, case.definition, risk=case.risk, kind=case.kind)
+        why = failure(case, decide(policy, replace(case.call, info=info), case.now))
         if why is not None:
             failures.append(f"{case.where}: {case.name}: {why}")
     return len(cases), failures

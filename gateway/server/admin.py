@@ -25,9 +25,9 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.errors import ApprovalError, BackendUnavailable
-from gateway.inventory.catalog import classify, override_for
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import LimitSpec, bucket_grant
+from gateway.policy.risk import classify, override_for
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
 from gateway.server.console.login import sessions_of

@@ -1,4 +1,5 @@
-"""Risk catalogue: every upstream tool gets a ``kind`` and a ``risk``.
+"""Risk catalogue: every upstream tool gets a ``kind`` and a ``risk`` (the gateway on each tool
+it lists, ``celgate decide`` and policy tests alike).
 
 In order of authority: the operator's override in the policy (``risk:`` and ``kind:``, each
 from the most specific enforced entry that sets it; a shadow entry only tries rules), the
@@ -99,9 +100,17 @@ def override_for(policy: CompiledPolicy, server: str, tool: str) -> tuple[str | 
     return kind, risk
 
 
-def tool_info(policy: CompiledPolicy, server: str, tool: Mapping[str, Any]) -> ToolInfo:
+def tool_info(
+    policy: CompiledPolicy,
+    server: str,
+    tool: Mapping[str, Any],
+    risk: str | None = None,
+    kind: str | None = None,
+) -> ToolInfo:
+    """What CEL sees as ``tool`` for one tool definition; ``risk`` and ``kind`` (a policy
+    test's, ``celgate decide --risk``) replace what the classification gives."""
     name = str(tool.get("name", ""))
     annotations = tool.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
     found = classify(name, annotations, override_for(policy, server, name))
-    return ToolInfo(risk=found.risk, kind=found.kind, annotations=annotations)
+    return ToolInfo(risk=risk or found.risk, kind=kind or found.kind, annotations=annotations)
