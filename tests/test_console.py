@@ -330,6 +330,22 @@ class TestSecretArguments:
         await card.locator("button.deny").click()
         await expect(card).to_have_count(0)
 
+    async def test_integers_past_two_to_the_53_are_shown_exactly(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """JavaScript reads 9007199254740993 as ...992: the card shows the server's text."""
+        from playwright.async_api import expect
+
+        args = {"id": "snowflake", "n": 9007199254740993, "huge": int("9" * 400)}
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            approval_id = decision_of(await agent.call_tool("delete_item", args))["approval_id"]
+        await sign_in(page, gateway)
+        card = page.locator(f'article[data-approval-id="{approval_id}"]')
+        await expect(card.locator("pre.args")).to_contain_text('"n": 9007199254740993')
+        await expect(card.locator("pre.args")).to_contain_text('"huge": ' + "9" * 400)
+        await card.locator("button.deny").click()
+        await expect(card).to_have_count(0)
+
 
 class TestScreenshots:
     async def test_main_pages(self, gateway: GatewayProcess, page: Any, tmp_path: Path) -> None:

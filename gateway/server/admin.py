@@ -8,6 +8,7 @@ OpenAPI schema (``/openapi``). The console (``gateway.server.console``) is a pag
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 
+from gateway.approvals.service import ApprovalRequest
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.pipeline.gateway import Gateway
@@ -149,12 +151,13 @@ def admin_router(gateway: Gateway) -> Router:
     @get(
         "/approvals",
         summary="Approval requests, newest first, with the held call's arguments (long values "
-        "cut, marked '[celgate: cut]'; args_digest binds the exact call)",
+        "cut, marked '[celgate: cut]'; args_digest binds the exact call) and args_text, the "
+        "same as JSON text (integers past 2**53 exact, whatever reads it)",
     )
     async def approvals(status: str | None = None) -> list[dict[str, Any]]:
         service = _service(gateway)
         items = await _backend(service.list())
-        return [r.to_dict() for r in items if status is None or r.status == status]
+        return [_approval_view(r) for r in items if status is None or r.status == status]
 
     @post(
         "/approvals/{approval_id:str}/approve",
@@ -233,6 +236,13 @@ def admin_router(gateway: Gateway) -> Router:
         tags=["admin"],
         cache_control=CacheControlHeader(no_store=True),
     )
+
+
+def _approval_view(request: ApprovalRequest) -> dict[str, Any]:
+    """A request as the API shows it, with its arguments as JSON text too: a page that parses
+    ``args`` reads 9007199254740993 as ...992, and two different calls would look the same."""
+    text = json.dumps(request.args, indent=2, ensure_ascii=False, default=str)
+    return {**request.to_dict(), "args_text": text}
 
 
 def _service(gateway: Gateway) -> Any:

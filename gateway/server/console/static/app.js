@@ -100,12 +100,14 @@ function card(item) {
   fact("requested", "", "age");
   fact("expires", "", "expires");
   article.append(facts);
-  article.append(node("pre", JSON.stringify(item.args, null, 2), "args"));
+  // The server's text: JSON.parse would round integers past 2**53 (two calls would look alike)
+  const args = item.args_text ?? JSON.stringify(item.args, null, 2);
+  article.append(node("pre", args, "args"));
   if (item.args_truncated) {
     article.append(node("p", "Long values are cut where marked [celgate: cut]; the approval "
       + `binds the exact arguments (${item.args_digest}).`, "cut"));
   }
-  if (JSON.stringify(item.args).includes("[celgate: secret]")) {
+  if (args.includes("[celgate: secret]")) {
     article.append(node("p", "Fields the policy marks secret are masked; the approval binds "
       + "their real values.", "cut"));
   }
