@@ -13,15 +13,18 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import mcp_types as types
 import pytest
 
+from gateway.auth.guard import SessionSigner
 from gateway.edge.agg import merge
 from gateway.edge.agg.merge import Catalogue, decode_cursor, encode_cursor
 from gateway.edge.agg.names import Names
+from gateway.policy import Identity
 from gateway.wire.jsonrpc import BadMessage
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, http_upstream
@@ -223,29 +226,45 @@ class TestMergedPages:
 
     def test_cursor_round_trip_and_refusals(self) -> None:
         servers = {"a": 1, "b": 2}
-        cursor = encode_cursor({"a": "page-2"})
+        signer = SessionSigner("k")
+        sealed = {"signer": signer, "method": "tools/list", "owner": "bot"}
+        cursor = encode_cursor({"a": "page-2"}, **sealed)
         assert cursor is not None
-        assert decode_cursor(cursor, servers, 1) == {"a": "page-2"}
-        assert decode_cursor(None, servers, 1) == {"a": None, "b": None}
-        assert encode_cursor({}) is None
-        forged = encode_cursor({"z": "x"})
-        for bad in ("not base64 at all!", forged, 7, "e30"):
+        assert decode_cursor(cursor, servers, 1, **sealed) == {"a": "page-2"}
+        assert decode_cursor(None, servers, 1, **sealed) == {"a": None, "b": None}
+        assert encode_cursor({}, **sealed) is None
+        forged = encode_cursor({"z": "x"}, **sealed)
+        unsealed = cursor.rpartition(".")[0]
+        for bad in ("not base64 at all!", forged, 7, "e30", unsealed):
             with pytest.raises(BadMessage):
-                decode_cursor(bad, servers, 1)
+                decode_cursor(bad, servers, 1, **sealed)
+        for other in ({"owner": "other"}, {"method": "prompts/list"}):
+            with pytest.raises(BadMessage):
+                decode_cursor(cursor, servers, 1, **{**sealed, **other})  # type: ignore[arg-type]
+        with pytest.raises(BadMessage):
+            decode_cursor(
+                cursor, servers, 1, SessionSigner("another replica's"), "tools/list", "bot"
+            )
 
     def test_page_renames_and_carries_positions(self) -> None:
         names = Names({"a": "a", "b": ""}, "__")
-        catalogue = Catalogue(None, names)  # type: ignore[arg-type]  # no tools: no gateway
+        signer = SessionSigner("k")
+        gw = SimpleNamespace(signer=signer)  # no tools listed: no view, only the seal
+        catalogue = Catalogue(gw, names)  # type: ignore[arg-type]
         results = {
             "a": {"prompts": [{"name": "p1"}], "nextCursor": "a2"},
             "b": {"prompts": [{"name": "q1"}]},
         }
-        page = catalogue.page("prompts/list", None, results)  # type: ignore[arg-type]
+        page = catalogue.page("prompts/list", Identity(), results)
         assert [p["name"] for p in page["prompts"]] == ["a__p1", "q1"]
-        assert decode_cursor(page["nextCursor"], {"a": 1, "b": 1}, 1) == {"a": "a2"}
+        owner = Identity().owner
+        positions = decode_cursor(
+            page["nextCursor"], {"a": 1, "b": 1}, 1, signer, "prompts/list", owner
+        )
+        assert positions == {"a": "a2"}
         assert names.inward("prompt", "q1") == ("b", "q1")
         templates = {"a": {"resourceTemplates": [{"uriTemplate": "mem://a/{id}"}]}}
-        catalogue.page("resources/templates/list", None, templates)  # type: ignore[arg-type]
+        catalogue.page("resources/templates/list", Identity(), templates)
         assert catalogue.owner("mem://a/42") == "a"
         assert catalogue.owner("mem://elsewhere") is None
 

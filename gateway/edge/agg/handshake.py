@@ -361,7 +361,11 @@ class Handshake:
     ) -> None:
         method = message.method
         assert method is not None
-        positions = decode_cursor(message.params.get("cursor"), self.gw.upstreams, message.msg_id)
+        gw = self.gw
+        cursor = message.params.get("cursor")
+        positions = decode_cursor(
+            cursor, gw.upstreams, message.msg_id, gw.signer, method, identity.owner
+        )
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         results = await self._answers(session, method, each, message.params.get("_meta"))
         if method == "tools/list" and each and not results:

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from gateway.auth.guard import SessionSigner
 from gateway.edge.agg.names import Names
 from gateway.edge.clientview import ClientView
 from gateway.pipeline.gateway import Gateway
@@ -30,6 +31,7 @@ LISTS: dict[str, tuple[str, str | None]] = {
     "resources/templates/list": ("resourceTemplates", None),
 }
 MAX_CURSOR_CHARS = 16 * 1024
+_CURSOR = "cursor\x00"  # what a list cursor's MAC binds besides the list and the caller
 MAX_OWNED = 100_000  # resource URIs remembered for routing, per server (its oldest go first)
 MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
 MAX_URI_CHARS = 4096  # a longer URI (or head) is not learned: /mcp cannot route to it
@@ -37,24 +39,39 @@ MAX_URI_CHARS = 4096  # a longer URI (or head) is not learned: /mcp cannot route
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
 
 
-def encode_cursor(positions: Mapping[str, str]) -> str | None:
-    """The merged list's ``nextCursor``: each unfinished server's own cursor."""
+def encode_cursor(
+    positions: Mapping[str, str], signer: SessionSigner, method: str, owner: str
+) -> str | None:
+    """The merged list's ``nextCursor``: each unfinished server's own cursor, sealed for this
+    list and this caller (``<base64 JSON>.<MAC>``)."""
     if not positions:
         return None
     raw = json.dumps(dict(positions), separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return signer.wrap(_CURSOR + method, owner, base64.urlsafe_b64encode(raw).decode().rstrip("="))
 
 
-def decode_cursor(cursor: Any, servers: Mapping[str, Any], msg_id: Any) -> dict[str, str | None]:
+def decode_cursor(
+    cursor: Any,
+    servers: Mapping[str, Any],
+    msg_id: Any,
+    signer: SessionSigner,
+    method: str,
+    owner: str,
+) -> dict[str, str | None]:
     """Where each server's next page starts: None for its first page (no cursor given), or
-    the positions a cursor of ours carries (a cursor not ours is refused, never guessed at)."""
+    the positions a cursor of ours carries. A cursor not made here, for this list and this
+    caller, is refused, never guessed at: a caller cannot choose which servers' pages are
+    read, nor what cursor a server gets."""
     if cursor is None:
         return dict.fromkeys(servers)
     bad = BadMessage(rpc.INVALID_PARAMS, "invalid cursor", status=200, msg_id=msg_id)
     if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS:
         raise bad
+    inner = signer.unwrap(_CURSOR + method, owner, cursor)
+    if inner is None:
+        raise bad
     try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = json.loads(base64.urlsafe_b64decode(inner + "=" * (-len(inner) % 4)))
     except (ValueError, binascii.Error) as exc:
         raise bad from exc
     if not isinstance(value, dict) or not value:
@@ -115,7 +132,7 @@ class Catalogue:
             if isinstance(cursor, str) and cursor:
                 positions[server] = cursor
         out: dict[str, Any] = {key: items}
-        cursor = encode_cursor(positions)
+        cursor = encode_cursor(positions, self.gw.signer, method, identity.owner)
         if cursor is not None:
             out["nextCursor"] = cursor
         return out

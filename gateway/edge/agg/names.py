@@ -5,9 +5,10 @@ Routing a name back goes by the longest non-empty prefix that fits (the config r
 prefix that begins with another's and the separator); a name no prefix fits goes to the
 server with an empty prefix, or, when several have one, to the server that listed it (learned
 from each server's whole list, never from what one caller may see). A name two servers with
-an empty prefix both list is ambiguous: it is shown to nobody and routed nowhere, and each
-one is logged once (``aggregate.name_collision``), so one server's new tool cannot take
-another's calls, nor take the list down for everyone.
+an empty prefix both list, on the same page or on any two pages read at any time, is
+ambiguous from then on: it is shown to nobody and routed nowhere, and each one is logged once
+(``aggregate.name_collision``), so one server's new tool cannot take another's calls, nor
+take the list down for everyone.
 """
 
 from __future__ import annotations
@@ -53,13 +54,16 @@ class Names:
 
     def learn(self, kind: str, listed: Iterable[tuple[str, str]]) -> None:
         """Record who owns each name of the servers with an empty prefix, from (server,
-        outward name) pairs of their whole lists; a name two of them list is ambiguous."""
+        outward name) pairs of one page of their lists; a name two of them list (here, or
+        one here and the other on a page learned before) is ambiguous for good."""
         seen: dict[str, str] = {}
         for server, name in listed:
-            if self.prefixes[server]:
+            if self.prefixes[server] or (kind, name) in self.ambiguous:
                 continue
             other = seen.setdefault(name, server)
-            if other != server and (kind, name) not in self.ambiguous:
+            if other == server:  # a name owned already (learned from an earlier page) counts
+                other = self._owner.get((kind, name), server)
+            if other != server:
                 self.ambiguous.add((kind, name))
                 self._owner.pop((kind, name), None)
                 log.error(

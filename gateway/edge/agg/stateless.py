@@ -145,7 +145,11 @@ class Stateless:
     async def _list(self, send: Send, message: Message, version: str, identity: Identity) -> None:
         method = message.method
         assert method is not None
-        positions = decode_cursor(message.params.get("cursor"), self.gw.upstreams, message.msg_id)
+        gw = self.gw
+        cursor = message.params.get("cursor")
+        positions = decode_cursor(
+            cursor, gw.upstreams, message.msg_id, gw.signer, method, identity.owner
+        )
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         answers = await self._each(method, each, version, message.params.get("_meta"))
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
