@@ -8,6 +8,7 @@ config's file:line errors.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -511,6 +512,71 @@ class TestTokenChecksOnAClock:
         clock.now += 31
         assert isinstance(await auth.authenticate(third, "/mcp/up"), Agent)
         assert issuer.jwks_fetches == 3
+
+    async def test_a_key_swapped_under_the_same_kid_is_picked_up(self) -> None:
+        """The issuer replaces key ``a`` by a new key also called ``a``: new tokens pass
+        after one refetch, and those of the key withdrawn are refused from then on."""
+        clock, issuer = Clock(), FakeIssuer()
+        auth = authority(clock, issuer, jwks_cooldown=30)
+        old = issuer.sign(clock)
+        assert isinstance(await auth.authenticate(old, "/mcp/up"), Agent)
+        issuer.keys[0] = RSAKey.generate_key(2048, parameters={"kid": "a", "alg": "RS256"})
+        fresh = issuer.sign(clock, sub="agent-2")
+        assert isinstance(await auth.authenticate(fresh, "/mcp/up"), Agent)
+        assert issuer.jwks_fetches == 2
+        refused = await auth.authenticate(old, "/mcp/up")  # kept no longer: checked again
+        assert isinstance(refused, Refusal) and refused.description == "bad signature"
+        forged = issuer.sign(clock, sub="agent-3")[:-8] + "AAAAAAAA"
+        for _ in range(20):  # forged signatures: no refetch within the cooldown
+            assert isinstance(await auth.authenticate(forged, "/mcp/up"), Refusal)
+        assert issuer.jwks_fetches == 2
+
+    async def test_a_key_swapped_in_a_set_without_kids_is_picked_up(self) -> None:
+        clock, issuer = Clock(), FakeIssuer()
+        issuer.keys = [RSAKey.generate_key(2048, parameters={"alg": "RS256"})]
+        auth = authority(clock, issuer)
+
+        def unnamed(sub: str) -> str:
+            body = {"iss": ISSUER, "aud": f"{BASE}/mcp/up", "sub": sub, "scope": "mcp"}
+            body["exp"] = int(clock.now) + 300
+            return jwt.encode({"alg": "RS256"}, body, issuer.keys[0])
+
+        assert isinstance(await auth.authenticate(unnamed("one"), "/mcp/up"), Agent)
+        issuer.keys = [RSAKey.generate_key(2048, parameters={"alg": "RS256"})]
+        assert isinstance(await auth.authenticate(unnamed("two"), "/mcp/up"), Agent)
+
+    async def test_a_flood_of_new_opaque_tokens_is_told_busy_not_queued(self) -> None:
+        """8 questions at the issuer and 64 waiting: the next new token is answered at once
+        (503, nothing kept), and is asked about normally once places are free."""
+        from gateway.auth.introspect import BUSY, MAX_IN_FLIGHT, MAX_WAITING, Introspector
+        from gateway.auth.settings import IntrospectionConfig
+
+        clock, issuer = Clock(), FakeIssuer()
+        auth = authority(clock, issuer)
+        release = asyncio.Event()
+        asked: list[str] = []
+
+        async def post(url: str, form: dict[str, str], _: tuple[str, str]) -> tuple[int, bytes]:
+            asked.append(form["token"])
+            await release.wait()
+            return 200, json.dumps({"active": False}).encode()
+
+        config = IntrospectionConfig("gw", "secret", endpoint=f"{ISSUER}/introspect")
+        auth.introspector = Introspector(config, auth, post)
+        flood = [
+            asyncio.ensure_future(auth.authenticate(f"junk-{i}", "/mcp/up"))
+            for i in range(MAX_IN_FLIGHT + MAX_WAITING)
+        ]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        refused = await auth.authenticate("a-real-users-token", "/mcp/up")
+        assert isinstance(refused, Refusal)
+        assert (refused.status, refused.description) == (503, BUSY)
+        release.set()
+        await asyncio.gather(*flood)
+        assert len(asked) == MAX_IN_FLIGHT + MAX_WAITING
+        again = await auth.authenticate("a-real-users-token", "/mcp/up")
+        assert isinstance(again, Refusal) and again.description == "token not active"
 
     async def test_a_symmetric_key_in_the_jwks_is_never_used(self) -> None:
         clock, issuer = Clock(), FakeIssuer()

@@ -7,7 +7,10 @@ refused: the gateway cannot tell the token was minted for it.
 Anyone may present a token, so what one presented token can make the issuer do is bounded: a
 token the issuer refused is refused again without asking for ``REFUSED_SECONDS`` (kept by its
 SHA-256, at most ``MAX_REFUSED``), the same token presented again while it is being asked about
-waits for that one answer, and at most ``MAX_IN_FLIGHT`` questions are open at once.
+waits for that one answer, and at most ``MAX_IN_FLIGHT`` questions are open at once, with at
+most ``MAX_WAITING`` more waiting for a place: past that a new token is answered "introspection
+busy" (503, kept nowhere) at once, so a flood of made-up tokens cannot make a real user's
+first call wait behind all of them.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ Post = Callable[[str, dict[str, str], tuple[str, str]], Awaitable[tuple[int, byt
 REFUSED_SECONDS = 30.0
 MAX_REFUSED = 4096
 MAX_IN_FLIGHT = 8
+MAX_WAITING = 64
+BUSY = "introspection busy"
 #: Reasons that say nothing of the token (the issuer was not reached): never kept.
-_TRANSIENT = frozenset({"introspection failed", "no introspection endpoint"})
+_TRANSIENT = frozenset({"introspection failed", "no introspection endpoint", BUSY})
 
 
 class Introspector:
@@ -41,6 +46,7 @@ class Introspector:
         self.refused: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self.asking: dict[bytes, asyncio.Future[Verified | str]] = {}
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.waiting = 0  # questions waiting for one of the slots
 
     async def check(self, token: str) -> Verified | str:
         """The issuer's word on ``token``: a refusal kept a while, one question at a time for
@@ -59,8 +65,17 @@ class Introspector:
         return await asyncio.shield(pending)
 
     async def _asked(self, token: str, digest: bytes) -> Verified | str:
-        async with self.slots:
+        if self.slots.locked() and self.waiting >= MAX_WAITING:
+            return BUSY
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
             result = await self._ask(token)
+        finally:
+            self.slots.release()
         if isinstance(result, str) and result not in _TRANSIENT:
             self._refuse(digest, result)
         return result

@@ -1,8 +1,10 @@
 """The issuer's signing keys: fetched from its metadata, cached, refetched on an unknown ``kid``.
 
 A token whose ``kid`` is known is checked with no network call. An unknown ``kid`` (the issuer
-rotated its keys) refetches the key set, at most once per ``cooldown`` seconds: a flood of
-made-up ``kid`` values costs the issuer one request per cooldown, not one per token. A key set
+rotated its keys) refetches the key set, and so does a signature that fails with a key held (a
+new key under the same ``kid``, or a one-key set without kids), at most once per ``cooldown``
+seconds: a flood of made-up ``kid`` values or forged signatures costs the issuer one request
+per cooldown, not one per token. Any change of a key's material counts as a new set. A key set
 older than ``max_age`` is refreshed in the background while the old one keeps serving. A key
 that leaves the set is no longer trusted from the refresh on.
 
@@ -64,6 +66,7 @@ class KeySource:
         self.clock = clock
         self.keys: KeySet | None = None
         self.kids: frozenset[str] = frozenset()
+        self.material: frozenset[str] = frozenset()  # each usable key, as canonical JSON
         self.jwks_uri = config.jwks_uri
         self.metadata: dict[str, Any] = {}
         self.fetched_at = 0.0
@@ -91,6 +94,18 @@ class KeySource:
         except KeySetUnavailable:
             return None
         return self._lookup(self.keys, kid) if self.keys is not None else None
+
+    async def changed_on_refetch(self) -> bool:
+        """Fetch the set again (unless the cooldown forbids) and say whether it changed: a
+        signature that fails with a held key may be a rotation under the same ``kid``."""
+        if self.keys is None or not self._may_refetch():
+            return False
+        before = self.generation
+        try:
+            await self.refresh()
+        except KeySetUnavailable:
+            return False
+        return self.generation != before
 
     def _may_refetch(self) -> bool:
         now = self.clock()
@@ -145,9 +160,12 @@ class KeySource:
         except (JoseError, ValueError, TypeError) as exc:
             raise KeySetUnavailable(f"the JWKS does not read: {type(exc).__name__}") from None
         kids = frozenset(str(k["kid"]) for k in usable if "kid" in k)
-        if kids != self.kids or self.keys is None:
+        # A key swapped under the same kid (or under none) changes the set too.
+        material = frozenset(json.dumps(k, sort_keys=True) for k in usable)
+        if material != self.material or self.keys is None:
             self.generation += 1
         self.keys, self.kids, self.fetched_at = keys, kids, self.clock()
+        self.material = material
         log.info("oauth.jwks_loaded", issuer=self.config.issuer, kids=sorted(kids))
 
     async def discovered(self, name: str) -> str | None:

@@ -21,6 +21,7 @@ from joserfc.errors import ClaimError, ExpiredTokenError, JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
 from gateway.auth.agent import Agent, AuthMethod
+from gateway.auth.introspect import BUSY
 from gateway.auth.jwks import Clock, Fetch, KeySource
 from gateway.auth.resource import Endpoint, endpoint_at, endpoints
 from gateway.auth.settings import ClaimMap, OAuthConfig
@@ -146,6 +147,9 @@ class TokenAuthority:
     async def authenticate(self, token: str, path: str) -> Agent | Refusal:
         endpoint = self.endpoint(path)
         verified = await self.verify(token)
+        if verified == BUSY:  # nothing said of the token: the caller tries again shortly
+            log.warning("oauth.introspection_busy", path=path)
+            return Refusal(503, "temporarily_unavailable", verified, endpoint)
         if isinstance(verified, str):
             log.info("oauth.refused", path=path, reason=verified)
             return Refusal(401, "invalid_token", verified, endpoint)
@@ -212,13 +216,10 @@ class TokenAuthority:
         if alg not in self.config.algorithms:
             return "signature algorithm not allowed"
         kid = header.get("kid")
-        key = await self.keys.key_for(kid if isinstance(kid, str) else None)
-        if key is None:
-            return "unknown signing key"
-        if key.alg is not None and key.alg != alg:
-            return "signature algorithm does not match the key"
+        claims = await self._signed(token, alg, kid if isinstance(kid, str) else None)
+        if isinstance(claims, str):
+            return claims
         try:
-            claims = jwt.decode(token, key, algorithms=[alg]).claims
             self.registry.validate(claims)
         except ExpiredTokenError:
             return "token expired"
@@ -227,6 +228,25 @@ class TokenAuthority:
         except (JoseError, ValueError, TypeError):
             return "bad signature"
         return self.verified_of(claims, "token")
+
+    async def _signed(
+        self, token: str, alg: str, kid: str | None, again: bool = True
+    ) -> dict[str, Any] | str:
+        """The token's claims once its signature checks with the key it names, or why not. A
+        signature that fails with a key held may be the issuer's new key under the same
+        ``kid`` (or under none): the set is fetched again (at most once per cooldown) and the
+        token checked once more with what it holds then."""
+        key = await self.keys.key_for(kid)
+        if key is None:
+            return "unknown signing key"
+        if key.alg is not None and key.alg != alg:
+            return "signature algorithm does not match the key"
+        try:
+            return dict(jwt.decode(token, key, algorithms=[alg]).claims)
+        except (JoseError, ValueError, TypeError):
+            if again and await self.keys.changed_on_refetch():
+                return await self._signed(token, alg, kid, again=False)
+            return "bad signature"
 
     def verified_of(self, claims: Mapping[str, Any], auth: AuthMethod) -> Verified | str:
         agent = agent_of(claims, self.config.claims, auth)
