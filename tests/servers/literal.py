@@ -21,6 +21,7 @@ declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as 
 ``json-utf16-bare`` (UTF-16LE with no charset, which Python's ``json`` still reads),
 ``sse-charset-star`` (a charset in RFC 2231 spelling), ``sse-two-types`` (two Content-Type
 headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8 charset).
+``results`` maps a method to the result answered as is (``{"tools/list": {"tools": 5}}``).
 
     python -m tests.servers.literal --port 9000
 """
@@ -85,8 +86,11 @@ def _tools_page(cursor: Any) -> dict[str, Any]:
     return page
 
 
-def run(method: str, params: dict[str, Any], notification: bool) -> dict[str, Any] | None:
+def run(method: str, params: dict[str, Any], notification: bool) -> Any:
     """The result of one method, or None when the method is unknown."""
+    given = (_script().get("results") or {}).get(method)
+    if given is not None:  # whatever the script says, however odd
+        return given
     if method == "initialize":
         return {
             "protocolVersion": params.get("protocolVersion", "2025-11-25"),

@@ -51,7 +51,9 @@ class Links:
             if not isinstance(result, dict):
                 raise UpcallFailed(f"upstream {server!r} refused initialize")
             agreed = result.get("protocolVersion")
-            version = agreed if agreed in rpc.HANDSHAKE_VERSIONS else session.version
+            version = session.version
+            if isinstance(agreed, str) and agreed in rpc.HANDSHAKE_VERSIONS:  # else: ours
+                version = agreed
             sid = headers.get("mcp-session-id")
             link = Link(server, sid.strip() if sid else None, version)
             self.known[server] = result

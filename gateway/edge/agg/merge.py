@@ -102,10 +102,13 @@ class Catalogue:
         view in its ``session``, names made outward); ``nextCursor`` carries the servers with
         more to give. A name that would not route back to the tool listed is left out."""
         key, kind = LISTS[method]
-        lists = {
-            server: [i for i in result.get(key) or [] if isinstance(i, dict)]
-            for server, result in results.items()
-        }
+        lists: dict[str, list[dict[str, Any]]] = {}
+        for server, result in results.items():
+            listed = result.get(key)
+            if not isinstance(listed, list):  # one server's odd answer is that server's loss
+                log.warning("aggregate.upstream_malformed", server=server, method=method)
+                continue
+            lists[server] = [i for i in listed if isinstance(i, dict)]
         if kind is not None:
             # Who owns a name is learned from each server's whole list, never from what this
             # caller may see: routing and collisions must not depend on the caller.
@@ -236,8 +239,17 @@ def merge_capabilities(
 
 
 def joined_instructions(results: Mapping[str, Mapping[str, Any]]) -> str | None:
-    notes = [f"{n}: {r['instructions']}" for n, r in results.items() if r.get("instructions")]
+    notes = [
+        f"{n}: {r['instructions']}"
+        for n, r in results.items()
+        if isinstance(r.get("instructions"), str) and r["instructions"]
+    ]
     return "\n\n".join(notes) if notes else None
+
+
+def _ttl(value: Any) -> int:
+    """A server's ``ttlMs``: a whole number of milliseconds, anything else as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def merge_discover(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -245,14 +257,15 @@ def merge_discover(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     each under its server's name, the versions every server supports."""
     versions: list[str] | None = None
     for result in results.values():
-        theirs = [v for v in result.get("supportedVersions") or [] if isinstance(v, str)]
+        offered = result.get("supportedVersions")
+        theirs = [v for v in offered if isinstance(v, str)] if isinstance(offered, list) else []
         versions = theirs if versions is None else [v for v in versions if v in theirs]
     out: dict[str, Any] = {
         "capabilities": merge_capabilities([r.get("capabilities") for r in results.values()]),
         "supportedVersions": versions or [],
         "resultType": "complete",
         "cacheScope": "private",
-        "ttlMs": min(int(r.get("ttlMs") or 0) for r in results.values()),
+        "ttlMs": min(_ttl(r.get("ttlMs")) for r in results.values()),
         "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "celgate", "version": "1"}},
     }
     instructions = joined_instructions(results)
