@@ -19,6 +19,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.cli.run import run_command
+from gateway.telemetry.childlog import STDERR_LINES_PER_SECOND
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway, text_of
 from tests.peers import REPO_ROOT
 
@@ -55,6 +56,16 @@ async def test_an_odd_message_does_not_stop_the_stdio_servers(
         assert text_of(await c.call_tool("echo", {"text": "plain"})) == "echo: plain"
     with urllib.request.urlopen(f"{gw.base}/readyz", timeout=5) as ready:
         assert ready.status == 200
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_junk_on_stdout_is_logged_a_few_lines_a_second(gw: GatewayProcess, mode: str) -> None:
+    """500 lines that are no message, at once: at most 50 become log lines (as stderr's)."""
+    before = len(gw.records("stdio.not_json"))
+    async with client(gw.url("x"), mode=mode) as c:
+        assert text_of(await c.call_tool("echo", {"text": "junk"})) == "echo: junk"
+    logged = len(gw.records("stdio.not_json")) - before
+    assert 1 <= logged <= STDERR_LINES_PER_SECOND * 2  # a second's window may end mid-burst
 
 
 def _post(gw: GatewayProcess, path: str, body: dict[str, Any], **headers: str) -> httpx.Response:

@@ -19,6 +19,41 @@ STDERR_LINE = 4096
 STDERR_LINES_PER_SECOND = 50
 
 
+class LogBudget:
+    """At most ``per_second`` log lines a second of one kind: ``allow`` says whether the next
+    may be written; the rest are counted, then told as one ``dropped_event`` line."""
+
+    def __init__(
+        self,
+        dropped_event: str,
+        fields: dict[str, str],
+        per_second: int = STDERR_LINES_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dropped_event = dropped_event
+        self.fields = fields
+        self.per_second = per_second
+        self.clock = clock
+        self.window = -1.0
+        self.logged = self.dropped = 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        if now - self.window >= 1.0:
+            self.flush()
+            self.window, self.logged = now, 0
+        if self.logged >= self.per_second:
+            self.dropped += 1
+            return False
+        self.logged += 1
+        return True
+
+    def flush(self) -> None:
+        if self.dropped:
+            log.warning(self.dropped_event, **self.fields, lines=self.dropped)
+            self.dropped = 0
+
+
 class StderrLog:
     """A child's stderr as the gateway's own log lines: each line one ``stdio.stderr`` event
     naming its server and child process, control characters escaped, cut at ``STDERR_LINE``
@@ -31,9 +66,7 @@ class StderrLog:
         self, server: str, child: str, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.fields = {"server": server, "child": child}
-        self.clock = clock
-        self.window = -1.0
-        self.logged = self.dropped = 0
+        self.budget = LogBudget("stdio.stderr_dropped", self.fields, clock=clock)
 
     async def drain(self, stream: asyncio.StreamReader) -> None:
         partial = bytearray()
@@ -46,7 +79,7 @@ class StderrLog:
             self._take(partial, lines[-1])
         if partial:
             self.line(bytes(partial))
-        self._flush_dropped()
+        self.budget.flush()
 
     @staticmethod
     def _take(partial: bytearray, piece: bytes) -> None:
@@ -55,19 +88,8 @@ class StderrLog:
             partial += piece[:room]
 
     def line(self, raw: bytes) -> None:
-        now = self.clock()
-        if now - self.window >= 1.0:
-            self._flush_dropped()
-            self.window, self.logged = now, 0
-        if self.logged >= STDERR_LINES_PER_SECOND:
-            self.dropped += 1
+        if not self.budget.allow():
             return
-        self.logged += 1
         text = raw.decode(errors="replace").rstrip("\r")
         cut = {"cut": True} if len(text) > STDERR_LINE or len(raw) >= STDERR_LINE * 4 else {}
         log.info("stdio.stderr", **self.fields, line=printable(text[:STDERR_LINE]), **cut)
-
-    def _flush_dropped(self) -> None:
-        if self.dropped:
-            log.warning("stdio.stderr_dropped", **self.fields, lines=self.dropped)
-            self.dropped = 0

@@ -10,8 +10,8 @@ by a ``receive`` that yields the body once and then waits for the answer to be c
 
 * the head is the caller's as soon as ``http.response.start`` is sent, within ``head_timeout``
   (else ``UpstreamTimeout``, and the app task is cancelled);
-* body chunks are queued as sent, never joined; a sender more than ``_PAUSE_AT`` chunks ahead
-  of its reader waits until the reader has caught up;
+* body chunks are queued as sent, never joined; a sender more than ``_PAUSE_AT`` chunks or
+  ``_PAUSE_BYTES`` ahead of its reader waits until the reader has caught up;
 * an answer closed before it was whole cancels the app task (that is how a caller's
   going away reaches the bridge); closed whole, the app finishes on its own;
 * an app that raises, or returns without a whole answer, fails the answer with
@@ -37,6 +37,8 @@ log = structlog.get_logger("celgate.inproc")
 # A reader this many chunks behind pauses its sender until it is down to _RESUME_AT.
 _PAUSE_AT = 64
 _RESUME_AT = 8
+# ... or this many bytes behind, whatever the count.
+_PAUSE_BYTES = 4 * 1024 * 1024
 # Never taken from the caller: this transport frames the request itself.
 _OWN = frozenset({b"host", b"content-length"})
 
@@ -88,9 +90,17 @@ class AsgiResponse(H1Response):
             self.complete = True
             self._chunks.append(None)
         self._wake()
-        while len(self._chunks) >= _PAUSE_AT and not self._released:
+        while self._far_ahead() and not self._released:
             self._room = asyncio.get_running_loop().create_future()
             await self._room
+
+    def _far_ahead(self) -> bool:
+        """Whether the reader is ``_PAUSE_AT`` chunks or ``_PAUSE_BYTES`` behind (a stdio
+        server's events come one per chunk, each up to a message's size)."""
+        chunks = self._chunks
+        if len(chunks) >= _PAUSE_AT:
+            return True
+        return sum(len(c) for c in chunks if c is not None) > _PAUSE_BYTES
 
     def fail(self, error: BaseException) -> None:
         if not self._released:  # nobody would ever retrieve it

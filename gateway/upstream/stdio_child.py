@@ -22,7 +22,8 @@ import structlog
 from mcp.client.stdio import get_default_environment
 
 from gateway.config import ServerConfig
-from gateway.telemetry.childlog import StderrLog
+from gateway.printable import printable
+from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.wire.jsonrpc import json_bytes
 
 log = structlog.get_logger("celgate.stdio")
@@ -57,6 +58,9 @@ class Child:
         self.on_start: Callable[[], Awaitable[None]] | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_task: asyncio.Task[None] | None = None
+        # Lines of its stdout that are no message of ours are logged like its stderr: a few a
+        # second, then a count (a child printing junk in a loop cannot flood the log).
+        self.junk = LogBudget("stdio.junk_dropped", {"server": label})
         self.ready = anyio.Event()
         self.stopping = False
         self.restarts = 0
@@ -190,9 +194,9 @@ class Child:
             try:
                 message = json.loads(line)
             except ValueError:
-                log.warning(
-                    "stdio.not_json", server=self.label, line=line[:200].decode(errors="replace")
-                )
+                if self.junk.allow():
+                    text = printable(line[:200].decode(errors="replace"))
+                    log.warning("stdio.not_json", server=self.label, line=text)
                 continue
             if not isinstance(message, dict):
                 continue

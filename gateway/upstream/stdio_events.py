@@ -19,20 +19,62 @@ from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 RETRY_MS = 1000
 
 
-class EventLog:
-    """The last ``max_events`` SSE events of one session, each under the stream it was on."""
+#: What one session's log keeps for replay at most, and every log of the process together.
+#: An event that would pass either is not kept (a resumed stream goes on without it), and a
+#: log over them forgets its oldest first: a server (or an agent) making big events cannot
+#: make the gateway hold them after they were sent.
+MAX_LOG_BYTES = 8 * 1024 * 1024
+MAX_ALL_LOG_BYTES = 128 * 1024 * 1024
 
-    def __init__(self, max_events: int = 2000) -> None:
+
+class EventLog:
+    """The last ``max_events`` SSE events of one session, each under the stream it was on,
+    within ``MAX_LOG_BYTES`` (and ``MAX_ALL_LOG_BYTES`` for all logs)."""
+
+    held_by_all = 0  # bytes kept by every log of the process
+
+    def __init__(self, max_events: int = 2000, max_bytes: int = MAX_LOG_BYTES) -> None:
         self._events: OrderedDict[str, tuple[Hashable, bytes | None]] = OrderedDict()
         self._ids = itertools.count(1)
         self._max = max_events
+        self._max_bytes = max_bytes
+        self.held = 0
 
     def _store(self, stream: Hashable, framed: bytes | None) -> str:
         event_id = str(next(self._ids))
         self._events[event_id] = (stream, framed)
         while len(self._events) > self._max:
-            self._events.popitem(last=False)
+            self._forget_oldest()
         return event_id
+
+    def _keep(self, event_id: str, stream: Hashable, framed: bytes) -> None:
+        """Keep ``framed`` for replay if it fits, forgetting this log's oldest to make room."""
+        size = len(framed)
+        if size > self._max_bytes or size > MAX_ALL_LOG_BYTES:
+            return
+        while self._events and (
+            self.held + size > self._max_bytes or EventLog.held_by_all + size > MAX_ALL_LOG_BYTES
+        ):
+            if next(iter(self._events)) == event_id:
+                break  # only this event is left to forget: it is not kept
+            self._forget_oldest()
+        if self.held + size > self._max_bytes or EventLog.held_by_all + size > MAX_ALL_LOG_BYTES:
+            return
+        self._events[event_id] = (stream, framed)
+        self.held += size
+        EventLog.held_by_all += size
+
+    def _forget_oldest(self) -> None:
+        _, (_, framed) = self._events.popitem(last=False)
+        if framed is not None:
+            self.held -= len(framed)
+            EventLog.held_by_all -= len(framed)
+
+    def clear(self) -> None:
+        """Forget every event (the session ended): their bytes go back to the process."""
+        EventLog.held_by_all -= self.held
+        self.held = 0
+        self._events.clear()
 
     def priming(self, stream: Hashable) -> bytes:
         """An event with an id and no data: a client can resume a stream cut before its
@@ -44,7 +86,7 @@ class EventLog:
         """One message as an SSE event with an id of its own, kept for replay."""
         event_id = self._store(stream, None)
         framed = f"id: {event_id}\nevent: message\n".encode() + b"data: " + body + b"\n\n"
-        self._events[event_id] = (stream, framed)
+        self._keep(event_id, stream, framed)
         return framed
 
     def stream_of(self, event_id: str) -> Hashable | None:

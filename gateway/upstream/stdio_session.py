@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from gateway.printable import printable
 from gateway.upstream.stdio_child import Child, log
 from gateway.upstream.stdio_events import EventLog
 from gateway.upstream.stdio_messages import (
@@ -125,6 +126,7 @@ class SessionLink:
         self.in_flight.clear()
         if self.get_stream is not None:
             self.get_stream.close()
+        self.events.clear()
 
     # --- HTTP, from the bridge
 
@@ -309,7 +311,9 @@ class SessionLink:
     async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
         msg_id = message.get("id")
         if not keyable(msg_id) or not keyable(progress_token(message)):
-            log.warning("stdio.bad_id", server=self.name, method=str(message.get("method"))[:100])
+            if self.child.junk.allow():
+                method = printable(str(message.get("method"))[:100])
+                log.warning("stdio.bad_id", server=self.name, method=method)
             return  # an id or a token no request of ours could have: nobody's message
         if "method" not in message:  # an answer
             if isinstance(msg_id, str) and msg_id in self.replaying:

@@ -36,6 +36,8 @@ HEAD_AFTER = 1.0
 #: Messages an inbox keeps beyond its answer; past this, while nobody reads them (the caller
 #: went away), notifications are dropped. The answer never is.
 BACKLOG = 256
+INBOX_BYTES = 8 * 1024 * 1024  # waiting in one inbox at most (the answer itself excepted)
+ALL_INBOX_BYTES = 256 * 1024 * 1024  # ... and in every inbox together
 
 
 class Inbox:
@@ -46,18 +48,40 @@ class Inbox:
     answer. Here a message leaves the inbox only when it is taken, with no await between.
     """
 
-    __slots__ = ("_waiter", "closed", "items")
+    __slots__ = ("_waiter", "closed", "held", "items")
+
+    #: Bytes waiting in every inbox of the process.
+    held_by_all = 0
 
     def __init__(self) -> None:
         self.items: deque[Item] = deque()
         self.closed = False
+        self.held = 0
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, item: Item, final: bool = False) -> None:
-        if self.closed or (not final and len(self.items) >= BACKLOG):
+        """Queue ``item``; a message other than the answer (``final``) is dropped when the
+        reader is ``BACKLOG`` messages, ``INBOX_BYTES`` or (all inboxes) ``ALL_INBOX_BYTES``
+        behind: a server cannot make the gateway hold what an agent does not read."""
+        if self.closed:
+            return
+        size = len(item[1])
+        if not final and (
+            len(self.items) >= BACKLOG
+            or self.held + size > INBOX_BYTES
+            or Inbox.held_by_all + size > ALL_INBOX_BYTES
+        ):
             return
         self.items.append(item)
+        self.held += size
+        Inbox.held_by_all += size
         self._wake()
+
+    def _taken(self, item: Item) -> Item:
+        size = len(item[1])
+        self.held -= size
+        Inbox.held_by_all -= size
+        return item
 
     def close(self) -> None:
         self.closed = True
@@ -86,7 +110,11 @@ class Inbox:
                 if self.closed:
                     raise anyio.EndOfStream
                 return None
-        return self.items.popleft()
+        return self._taken(self.items.popleft())
+
+    def __del__(self) -> None:
+        # An inbox let go with messages in it (its request ended): their bytes are free.
+        Inbox.held_by_all -= self.held
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

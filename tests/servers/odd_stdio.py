@@ -3,7 +3,8 @@
 request whose id is an object), ``oddtok`` (progress whose token is a list), ``sur`` (an
 answer holding a lone surrogate), ``parent`` (what it can read of the gateway's environment
 through ``/proc``), ``helper`` (starts a helper that shares its stdout, writes the helper's
-pid to the file ``ODD_HELPER_PID`` names, and exits). Any other text is echoed. Both eras.
+pid to the file ``ODD_HELPER_PID`` names, and exits), ``junk`` (500 lines that are not JSON
+first). Any other text is echoed. Both eras.
 
     python -m tests.servers.odd_stdio
 """
@@ -45,6 +46,9 @@ def call(msg_id: Any, params: dict[str, Any]) -> None:
         write({"jsonrpc": "2.0", "id": [msg_id], "result": {}})
     elif text == "oddreq":
         write({"jsonrpc": "2.0", "id": {"k": 1}, "method": "roots/list"})
+    elif text == "junk":  # lines that are no message, in a burst
+        for i in range(500):
+            write(f"not json {i}".encode())
     elif text == "oddtok":
         progress = {"progressToken": [token], "progress": 1}
         write({"jsonrpc": "2.0", "method": "notifications/progress", "params": progress})
