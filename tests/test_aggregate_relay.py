@@ -24,6 +24,7 @@ from gateway.auth.guard import SessionSigner
 from gateway.edge.agg import merge
 from gateway.edge.agg.merge import Catalogue, decode_cursor, encode_cursor
 from gateway.edge.agg.names import Names
+from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.policy import Identity
 from gateway.wire.jsonrpc import BadMessage
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
@@ -267,6 +268,18 @@ class TestMergedPages:
         catalogue.page("resources/templates/list", Identity(), templates)
         assert catalogue.owner("mem://a/42") == "a"
         assert catalogue.owner("mem://elsewhere") is None
+
+    def test_a_page_too_long_to_show_is_not_learned_from(self) -> None:
+        """A server listing 5,001 prompts in one page: shown as none, as the relay shows such
+        a tools page, and no name of it is learned (each was, on the loop all callers share)."""
+        names = Names({"a": "", "b": "b"}, "__")
+        catalogue = Catalogue(SimpleNamespace(signer=SessionSigner("k")), names)  # type: ignore[arg-type]
+        huge = [{"name": f"p{i}"} for i in range(MAX_LISTED_TOOLS + 1)]
+        results = {"a": {"prompts": huge}, "b": {"prompts": [{"name": "q"}]}}
+        page = catalogue.page("prompts/list", Identity(), results)
+        assert [p["name"] for p in page["prompts"]] == ["b__q"]
+        assert names.inward("prompt", "p1") == ("a", "p1")  # the lone bare server, not learned
+        assert ("prompt", "p1") not in names._owner
 
     def test_a_uri_two_servers_claim_goes_to_neither(self) -> None:
         """Who answers a URI never depends on what some caller got a server to list: an

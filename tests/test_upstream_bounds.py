@@ -155,6 +155,26 @@ class TestSseSplit:
         with pytest.raises(StreamTooLarge):
             rewriter.split(b"b")
 
+    def test_events_not_ended_of_every_stream_share_one_budget(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each stream under its own cap, together over the process's: the one whose event
+        grows past it fails; what a stream held goes back when it ends, ends its event, or
+        is let go."""
+        monkeypatch.setattr(sse, "MAX_ALL_PENDING_BYTES", 2500)
+        before = sse.SseEvents.held_by_all
+        streams = [SseRewriter(PassView()) for _ in range(3)]
+        streams[0].split(b"data: " + b"a" * 994)
+        streams[1].split(b"data: " + b"b" * 994)
+        with pytest.raises(StreamTooLarge):
+            streams[2].split(b"data: " + b"c" * 994)
+        assert streams[0].split(b"\n\n") == [b"data: " + b"a" * 994 + b"\n\n"]
+        streams[1].close()
+        streams.clear()
+        assert sse.SseEvents.held_by_all == before
+        fresh = SseRewriter(PassView())
+        assert fresh.split(b"data: " + b"d" * 2000) == []  # room again
+
     def test_close_drops_an_event_never_ended(self) -> None:
         rewriter = SseRewriter(PassView())
         assert rewriter.feed(b"data: half") == b""

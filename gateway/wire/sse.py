@@ -25,10 +25,15 @@ BOM = b"\xef\xbb\xbf"
 
 #: An upstream that never ends an event would make the rewriter hold its bytes forever.
 MAX_EVENT_BYTES = 32 * 1024 * 1024
+#: What the events not yet ended of every stream may hold together: past it, the stream whose
+#: event grows fails (as one over ``MAX_EVENT_BYTES`` does), so upstreams that start large
+#: events and never end them cannot hold ``MAX_EVENT_BYTES`` per stream on every connection.
+MAX_ALL_PENDING_BYTES = 256 * 1024 * 1024
 
 
 class StreamTooLarge(Exception):
-    """An SSE event grew past ``MAX_EVENT_BYTES`` without ending."""
+    """An SSE event grew past ``MAX_EVENT_BYTES`` (or every stream's past
+    ``MAX_ALL_PENDING_BYTES``) without ending."""
 
 
 class View(Protocol):
@@ -199,6 +204,8 @@ class SseEvents:
     square of its size, and one large event would hold up every other caller's events.
     """
 
+    held_by_all = 0  # the pending bytes of every stream of the process
+
     def __init__(self) -> None:
         self._pending: list[bytes] = []  # the event not yet ended, as it came
         self._pending_bytes = 0
@@ -228,24 +235,35 @@ class SseEvents:
         while (match := EVENT_END.search(window, start)) is not None:
             self._pending.append(window[max(start, known) : match.end()])
             out.append(b"".join(self._pending))
-            self._pending, self._pending_bytes = [], 0
+            self._drop_pending()
             start = match.end()
         self._keep(window, max(start, known), start)
         if self._pending_bytes > MAX_EVENT_BYTES:
             raise StreamTooLarge(f"an SSE event over {MAX_EVENT_BYTES} bytes")
+        if SseEvents.held_by_all > MAX_ALL_PENDING_BYTES:
+            raise StreamTooLarge(f"SSE events not ended over {MAX_ALL_PENDING_BYTES} bytes")
         return out
+
+    def _drop_pending(self) -> None:
+        SseEvents.held_by_all -= self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+
+    def __del__(self) -> None:  # a stream let go mid-event: its bytes are free
+        SseEvents.held_by_all -= self._pending_bytes
 
     def _keep(self, window: bytes, new: int, start: int) -> None:
         """Keep ``window[new:]``, the rest of an event that began at ``window[start]``."""
         if new < len(window):
             self._pending.append(window[new:])
             self._pending_bytes += len(window) - new
+            SseEvents.held_by_all += len(window) - new
         self._tail = window[max(start, len(window) - 3) :]
 
     def close(self) -> bytes:
         """An event left without its closing blank line is dropped: it was never dispatched
         (a client discards it too), and passing it unfiltered would be a way around the view."""
-        self._pending, self._pending_bytes, self._tail = [], 0, b""
+        self._drop_pending()
+        self._tail = b""
         return b""
 
 

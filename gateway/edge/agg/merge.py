@@ -15,7 +15,7 @@ import structlog
 
 from gateway.auth.guard import SessionSigner
 from gateway.edge.agg.names import Names
-from gateway.edge.clientview import ClientView
+from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
@@ -108,6 +108,9 @@ class Catalogue:
             if not isinstance(listed, list):  # one server's odd answer is that server's loss
                 log.warning("aggregate.upstream_malformed", server=server, method=method)
                 continue
+            if kind is not None and len(listed) > MAX_LISTED_TOOLS:  # as the relay shows it
+                log.warning("tools.too_many", server=server, method=method, items=len(listed))
+                listed = []  # (learned from, item by item, on the loop every caller shares)
             lists[server] = [i for i in listed if isinstance(i, dict)]
         if kind is not None:
             # Who owns a name is learned from each server's whole list, never from what this
