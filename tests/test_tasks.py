@@ -147,10 +147,13 @@ def test_a_mismatched_mcp_name_is_refused(gw: GatewayProcess) -> None:
 
 
 def test_a_task_call_is_decided_by_policy(gw: GatewayProcess) -> None:
-    """Denied before it reaches the upstream: no task was made, the reason is the answer."""
-    answer = Agent(gw, ALICE).keep("forbidden")["result"]
-    assert answer["isError"] is True and "task" not in answer
-    assert "that note is not for keeping" in answer["content"][0]["text"]
+    """Denied before it reaches the upstream: no task was made. The refusal is a JSON-RPC
+    error with the reason (a tool result read as the task asked for: the TypeScript SDK
+    threw a schema error and the reason was lost), the decision under ``data``."""
+    error = Agent(gw, ALICE).keep("forbidden")["error"]
+    assert error["code"] == -32003
+    assert "that note is not for keeping" in error["message"]
+    assert error["data"]["io.celgate/decision"]["effect"] == "deny"
     decisions = [r for r in gw.records() if r["tool"] == "keep" and r["effect"] == "deny"]
     assert decisions
 
@@ -171,12 +174,14 @@ def test_listen_names_only_own_tasks_and_every_id_is_bound() -> None:
         {"method": "subscriptions/listen", "params": {"notifications": {"taskIds": [mine]}}}
     )
     assert names_tasks(listen)
-    body, _ = upstream_request(gw, "t", alice, listen)
+    body, _, followed = upstream_request(gw, "t", alice, listen)
+    assert body is not None
     assert json.loads(body)["params"]["notifications"]["taskIds"] == ["u-1"]
+    assert followed == {"u-1"}
     with pytest.raises(BadMessage):
         upstream_request(gw, "t", bob, listen)
     plain = _message({"method": "subscriptions/listen", "params": {"notifications": {}}})
-    assert not names_tasks(plain)
+    assert upstream_request(gw, "t", bob, plain) == (None, None, frozenset())  # hears none
 
     def wrap(task_id: str) -> str:
         return signer.wrap_task("t", alice.owner, task_id)

@@ -15,7 +15,7 @@ from mcp.shared.inbound import (
 from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
 from gateway.edge.held import Cancellable, HeldKey, HeldStream, accepts_sse, held_key
-from gateway.edge.replies import denial
+from gateway.edge.replies import denial, is_task_call
 from gateway.edge.toolnames import name_problem
 from gateway.pipeline.admission import Admission, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
@@ -61,7 +61,8 @@ async def call_through(
         await reply(send, 200, body)
         return
     if not admission.allowed:
-        body = denial(message.msg_id, admission.decision, admission.decision_id, version)
+        task = is_task_call(message.params)
+        body = denial(message.msg_id, admission.decision, admission.decision_id, version, task)
         await reply(send, 200, body)
         return
     async with timed_upstream(gw, call):

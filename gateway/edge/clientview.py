@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.edge.tasks import bind_tasks
+from gateway.edge.tasks import bind_tasks, is_task_notification, task_of
 from gateway.edge.toolnames import name_problem
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
+from gateway.wire.sse import DROP
 
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
@@ -36,7 +37,7 @@ KIND_KEY = "io.celgate/kind"
 class ClientView:
     """One caller's view of one upstream (``session`` may be learned from ``initialize``)."""
 
-    __slots__ = ("gw", "identity", "server", "session")
+    __slots__ = ("followed", "gw", "identity", "server", "session")
 
     def __init__(
         self, gw: Gateway, server: str, identity: Identity, session: str | None = None
@@ -45,6 +46,10 @@ class ClientView:
         self.server = server
         self.identity = identity
         self.session = session
+        #: On a ``subscriptions/listen`` stream: the upstream's ids of the tasks it follows
+        #: (this caller's, checked); a task notification about any other is dropped. None
+        #: elsewhere (a handshake-era session's streams are this caller's alone).
+        self.followed: frozenset[str] | None = None
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         raw = event_id.decode("utf-8", "replace")
@@ -67,6 +72,13 @@ class ClientView:
         """The message as this caller may see it, or None when it is fine as it is."""
         if not isinstance(message, dict):
             return None
+        followed = self.followed
+        if (
+            followed is not None
+            and is_task_notification(message.get("method"))
+            and task_of(message) not in followed  # a task of another caller, or none named
+        ):
+            return DROP
         bound = bind_tasks(message, self.wrap_task_id)  # task ids: this caller's own
         shown = bound if bound is not None else message
         result = shown.get("result")

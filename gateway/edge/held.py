@@ -25,7 +25,7 @@ from gateway.edge.forward import (
     unreadable,
     watching_disconnect,
 )
-from gateway.edge.replies import denial
+from gateway.edge.replies import denial, is_task_call
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.pipeline.admission import Admission, Hold, Wait, timed_upstream
 from gateway.pipeline.gateway import Gateway
@@ -282,7 +282,9 @@ class HeldStream:
         if not admission.allowed:
             message = self.message
             version = message.protocol_version or self.incoming.header("mcp-protocol-version")
-            body = denial(message.msg_id, admission.decision, admission.decision_id, version)
+            decision, decision_id = admission.decision, admission.decision_id
+            task = is_task_call(message.params)
+            body = denial(message.msg_id, decision, decision_id, version, task)
             await self.send({"type": "http.response.body", "body": event(body), "more_body": True})
             return
         async with timed_upstream(gw, call):

@@ -131,7 +131,8 @@ class Relay:
             await self._call(incoming, send, fwd, message, identity)
             return
         if names_tasks(message):  # only this caller's tasks, by the upstream's own ids
-            fwd.body, named = upstream_request(self.gw, upstream.name, identity, message)
+            sent, named, view.followed = upstream_request(self.gw, upstream.name, identity, message)
+            fwd.body = sent if sent is not None else fwd.body
             if named is not None and incoming.header("mcp-name") is not None:
                 fwd.params = {"mcp-name": encode_header_value(named)}
         resp = await forward(incoming, send, fwd)

@@ -10,6 +10,7 @@ on an error result, and would show a schema error instead of the reason.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
@@ -67,9 +68,22 @@ def tool_result(
     return result_body(msg_id, result)
 
 
-def denial(msg_id: Any, decision: Decision, decision_id: str, version: str | None) -> bytes:
+def denial(
+    msg_id: Any, decision: Decision, decision_id: str, version: str | None, task: bool = False
+) -> bytes:
+    """The refusal of a call. A task-augmented call (``params.task``) gets a JSON-RPC error
+    with the reason and the decision under ``data``: its client reads the answer as the
+    task it asked to create, and a tool result would read as a broken server, reason lost."""
     payload = decision_payload(decision, decision_id)
+    if task:
+        data = {DECISION_KEY: payload}
+        return rpc.error_body(msg_id, rpc.POLICY_REFUSED, denial_text(decision), data)
     return tool_result(msg_id, denial_text(decision), payload, version)
+
+
+def is_task_call(params: Mapping[str, Any]) -> bool:
+    """Whether a ``tools/call`` asks to run as a task (2025-11-25 task augmentation)."""
+    return isinstance(params.get("task"), dict)
 
 
 def input_required(

@@ -47,6 +47,7 @@ _NAMED_BY = {
     "tasks/get": "taskId",
     "tasks/result": "taskId",
     "tasks/cancel": "taskId",
+    "tasks/update": "taskId",
 }
 
 

@@ -22,10 +22,15 @@ from gateway.wire import jsonrpc as rpc
 from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
-#: Requests that name one task by ``taskId``.
-NAMED_TASK = frozenset({"tasks/get", "tasks/result", "tasks/cancel"})
+#: Requests that name one task by ``taskId`` (``tasks/update`` answers a task's question);
+#: any other request whose params carry a ``taskId`` (a method of ``relay.extra_methods``)
+#: is taken the same way.
+NAMED_TASK = frozenset({"tasks/get", "tasks/result", "tasks/cancel", "tasks/update"})
 TASKS_LIST = "tasks/list"
 LISTEN = "subscriptions/listen"
+#: Task notifications: 2025-11-25's ``notifications/tasks/status``, and the tasks extension's
+#: ``notifications/tasks`` (which may carry a finished task's result).
+TASK_NOTIFICATIONS = "notifications/tasks"
 
 Wrap = Callable[[str], str]
 
@@ -35,18 +40,35 @@ def names_tasks(message: Message) -> bool:
     method = message.method
     if not message.is_request:
         return False
-    if method in NAMED_TASK or method == TASKS_LIST:
+    if method in NAMED_TASK or method == TASKS_LIST or "taskId" in message.params:
         return True
-    wanted = message.params.get("notifications") if method == LISTEN else None
-    return isinstance(wanted, Mapping) and "taskIds" in wanted
+    return method == LISTEN  # the tasks it follows: only this caller's, and only those named
+
+
+def is_task_notification(method: Any) -> bool:
+    return isinstance(method, str) and (
+        method == TASK_NOTIFICATIONS or method.startswith(TASK_NOTIFICATIONS + "/")
+    )
+
+
+def task_of(message: Mapping[str, Any]) -> str | None:
+    """The upstream's id of the task a task notification is about, if it says."""
+    params = message.get("params")
+    if not isinstance(params, Mapping):
+        return None
+    task = params.get("task")
+    found = task.get("taskId") if isinstance(task, Mapping) else params.get("taskId")
+    return found if isinstance(found, str) else None
 
 
 def upstream_request(
     gw: Gateway, server: str, identity: Identity, message: Message
-) -> tuple[bytes, str | None]:
-    """The body to send upstream for a request ``names_tasks`` took, with the upstream's own
-    task ids, and the one task it names (for ``Mcp-Name``). Raises BadMessage for
-    ``tasks/list`` and for an id not given to this caller."""
+) -> tuple[bytes | None, str | None, frozenset[str] | None]:
+    """The body to send upstream for a request ``names_tasks`` took (None: as it came), with
+    the upstream's own
+    task ids, the one task it names (for ``Mcp-Name``) and, for a listen, the upstream's ids
+    of the tasks it follows (none when it names none). Raises BadMessage for ``tasks/list``
+    and for an id not given to this caller."""
     params = message.params
     if message.method == TASKS_LIST:
         msg = "tasks/list is not served through celgate: read a task by the id its call returned"
@@ -61,17 +83,23 @@ def upstream_request(
         return raw
 
     named = None
-    if message.method in NAMED_TASK:
+    followed: frozenset[str] | None = None
+    if message.method != LISTEN:  # a request naming one task
         named = own(params.get("taskId"))
         changed = {**params, "taskId": named}
-    else:  # subscriptions/listen naming tasks to follow
-        wanted = params["notifications"]
-        ids = wanted["taskIds"]
+    else:
+        wanted = params.get("notifications")
+        ids = wanted.get("taskIds") if isinstance(wanted, Mapping) else None
+        if ids is None:  # following no task of its own: told of none (the body goes as is)
+            return None, None, frozenset()
         if not isinstance(ids, list):
             raise BadMessage(rpc.INVALID_PARAMS, "taskIds must be a list", 200, message.msg_id)
-        changed = {**params, "notifications": {**wanted, "taskIds": [own(i) for i in ids]}}
+        raw = [own(i) for i in ids]
+        followed = frozenset(raw)
+        assert isinstance(wanted, Mapping)
+        changed = {**params, "notifications": {**wanted, "taskIds": raw}}
     out = {**message.raw, "params": changed}
-    return json_bytes(out, (",", ":")), named
+    return json_bytes(out, (",", ":")), named, followed
 
 
 def bind_tasks(message: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
@@ -85,9 +113,13 @@ def bind_tasks(message: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
             out = {**message, "result": bound}
     params = message.get("params")
     if isinstance(params, dict):
-        method = message.get("method")
-        status = isinstance(method, str) and method.startswith("notifications/tasks/")
+        status = is_task_notification(message.get("method"))
         bound = _bound_part(params, wrap, own_id=status)
+        task = params.get("task")
+        if status and isinstance(task, dict):  # the extension's: the task under "task"
+            inner = _with_id(task, wrap)
+            if inner is not None:
+                bound = {**(bound or params), "task": inner}
         if bound is not None:
             out = {**(out or message), "params": bound}
     return out

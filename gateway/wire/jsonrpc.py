@@ -21,6 +21,7 @@ INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 UPSTREAM_UNAVAILABLE = -32001  # server-defined range: the upstream is down or failed
 SESSION_NOT_FOUND = -32002
+POLICY_REFUSED = -32003  # a task-augmented call the policy refused (edge/replies.denial)
 
 MODERN_VERSIONS = frozenset({"2026-07-28"})
 #: Versions of the handshake era (initialize, Mcp-Session-Id).
@@ -133,6 +134,7 @@ CLIENT_REQUEST_METHODS = frozenset(
         "tasks/result",
         "tasks/list",
         "tasks/cancel",
+        "tasks/update",
     }
 )
 NOTIFICATION_PREFIX = "notifications/"

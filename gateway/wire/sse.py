@@ -41,7 +41,8 @@ class View(Protocol):
         """Whether a message's bytes could be something this view changes (read only then)."""
 
     def filter(self, message: Any) -> Any | None:
-        """The message the caller may see, or None when it may see it unchanged."""
+        """The message the caller may see, None when it may see it unchanged, or ``DROP``
+        when it is not for this caller."""
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         """The event id the caller is given for the upstream's ``event_id``."""
@@ -128,10 +129,13 @@ def filtered(data: bytes, view: View) -> bytes | None:
             return None
         pairs = zip(items, message, strict=True)
         changed: Any = [new if new is not None else old for new, old in pairs]
+        changed = [item for item in changed if item is not DROP]  # dropped by the view
+        if not changed:
+            return DROP
     else:
         changed = view.filter(message)
-        if changed is None:
-            return None
+        if changed is None or changed is DROP:  # (the view's DROP: not for this caller)
+            return changed
     return json_bytes(changed)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.sessions import AggSession
 from gateway.edge.clientview import ClientView
+from gateway.edge.tasks import is_task_notification
+from gateway.wire.sse import DROP
 
 
 class AggView:
@@ -38,6 +40,8 @@ class AggView:
                 return {**message, "id": self.session.outward_upcall(server, message["id"])}
             if method == "notifications/cancelled":
                 return self._cancelled(message)
+            if is_task_notification(method):  # tasks are not served on /mcp: whose is it?
+                return DROP
             return None
         shown = self.inner.filter(message)
         if shown is None or not isinstance(shown.get("result"), dict):

@@ -1,0 +1,130 @@
+"""Tasks of the 2026-07-28 tasks extension through the relay, to a stateless server that keeps
+one store for every caller: a ``subscriptions/listen`` carries only the task notifications of
+the tasks its caller named (their ids bound to it), never another agent's task and result;
+``tasks/update`` is known, its task id checked and unwrapped like ``tasks/get``'s."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import PeerProcess, free_port, start_process
+
+ALICE = "cgk_tasks-stateless-alice-0123456789"
+BOB = "cgk_tasks-stateless-bob-0123456789ab"
+VERSION = "2026-07-28"
+TASKS = "io.modelcontextprotocol/tasks"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProcess]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("tasks-stateless") / "upstream.log"
+    argv = [sys.executable, "-m", "tests.servers.tasks_stateless", "--port", str(port)]
+    peer = start_process(
+        argv, port=port, url=f"http://127.0.0.1:{port}/mcp", extra_env={"TASKS_LOG": str(log)}
+    )
+    peer.log = log  # type: ignore[attr-defined]
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    grants = {
+        "alice": {"key_sha256": hashlib.sha256(ALICE.encode()).hexdigest()},
+        "bob": {"key_sha256": hashlib.sha256(BOB.encode()).hexdigest()},
+    }
+    folder = tmp_path_factory.mktemp("tasks-stateless-gw")
+    policy = 'version: "1"\ndefault: deny\ntools:\n  keep: {}\n'
+    with run_gateway(folder, policy, {"t": {"url": upstream.url}}, grants=grants) as gateway:
+        yield gateway
+
+
+def post(
+    gw: GatewayProcess, key: str, method: str, params: dict[str, Any], **headers: str
+) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS: {}}},
+    }
+    body = {"jsonrpc": "2.0", "id": 5, "method": method, "params": {**params, "_meta": meta}}
+    sent = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": VERSION,
+        "authorization": f"Bearer {key}",
+        **headers,
+    }
+    answer = httpx.post(gw.url("t"), json=body, headers=sent, timeout=10)
+    if answer.headers.get("content-type", "").startswith("text/event-stream"):
+        lines = [ln[5:] for ln in answer.text.splitlines() if ln.startswith("data:")]
+        return answer, [json.loads(line) for line in lines if line.strip()]
+    return answer, [answer.json()] if answer.text.strip() else []
+
+
+def new_task(gw: GatewayProcess, key: str, note: str) -> str:
+    _, messages = post(gw, key, "tools/call", {"name": "keep", "arguments": {"note": note}})
+    task_id = messages[-1]["result"]["taskId"]
+    assert isinstance(task_id, str) and "." in task_id  # bound to its caller
+    return task_id
+
+
+def task_notes(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if str(m.get("method", "")).startswith("notifications/tasks")]
+
+
+def test_a_listen_naming_no_task_is_told_of_none(gw: GatewayProcess) -> None:
+    new_task(gw, ALICE, "alice-secret-42")
+    answer, messages = post(gw, BOB, "subscriptions/listen", {"notifications": {"tasks": True}})
+    assert answer.status_code == 200 and messages[-1].get("result") is not None
+    assert task_notes(messages) == []
+    assert "alice-secret-42" not in answer.text
+
+
+def test_a_listen_hears_only_the_tasks_it_named_under_their_bound_ids(
+    gw: GatewayProcess,
+) -> None:
+    mine = new_task(gw, ALICE, "mine")
+    new_task(gw, BOB, "bobs")
+    _, messages = post(gw, ALICE, "subscriptions/listen", {"notifications": {"taskIds": [mine]}})
+    notes = task_notes(messages)
+    assert [n["params"]["taskId"] for n in notes] == [mine]
+    assert notes[0]["params"]["result"]["content"][0]["text"] == "note: mine"
+
+
+def test_tasks_update_is_known_and_kept_to_its_callers_task(
+    gw: GatewayProcess, upstream: PeerProcess
+) -> None:
+    task = new_task(gw, ALICE, "asks")
+    raw = task.rpartition(".")[0]
+    responses = {"confirm": {"action": "accept"}}
+    answer, messages = post(
+        gw,
+        ALICE,
+        "tasks/update",
+        {"taskId": task, "inputResponses": responses},
+        **{"mcp-name": task},
+    )
+    assert answer.status_code == 200 and "result" in messages[-1]
+    for presented in (raw, task):  # the upstream's id, or alice's bound id: not bob's task
+        _, refused = post(gw, BOB, "tasks/update", {"taskId": presented, "inputResponses": {}})
+        assert refused[-1]["error"]["message"] == "task not found"
+    _, mismatch = post(gw, ALICE, "tasks/update", {"taskId": task}, **{"mcp-name": "other"})
+    assert mismatch[-1]["error"]["code"] == -32020
+    updates = [
+        json.loads(line)
+        for line in Path(upstream.log).read_text().splitlines()  # type: ignore[attr-defined]
+        if '"tasks/update"' in line
+    ]
+    assert [u["params"]["taskId"] for u in updates] == [raw]  # one, alice's, unwrapped
