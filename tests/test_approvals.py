@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals.service import CUT, ApprovalService, preview_args
+from gateway.approvals.service import APPROVED_USE_SECONDS, CUT, ApprovalService, preview_args
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
 from gateway.config import ApprovalsConfig
 from gateway.errors import ApprovalError
@@ -105,6 +105,18 @@ class TestApprovalService:
         result = await svc.resolve(other, held(), "d2")
         assert result.effect == "require_approval"
         assert result.approval_id != first.approval_id
+
+    async def test_an_approval_given_at_the_last_moment_stays_usable(self, service: Any) -> None:
+        """Approved 80 ms before the request's end: usable for its timeout (a minute at most)
+        from the approval (both stores; the call 0.25 s later was told approval_expired)."""
+        svc, clock = service
+        first = await svc.resolve(CALL, held(timeout=60.0), "d1")
+        clock.now += 60.0 - 0.08
+        approved = await svc.decide(first.approval_id, True, "alice", None)
+        assert approved.expires == pytest.approx(clock.now + APPROVED_USE_SECONDS)
+        clock.now += 0.25
+        passed = await svc.resolve(CALL, held(timeout=60.0), "d2")
+        assert passed.effect == "allow" and passed.approval_id == first.approval_id
 
     async def test_expired_request_cannot_be_approved(self, service: Any) -> None:
         svc, clock = service

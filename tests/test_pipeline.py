@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.approvals import stores
 from gateway.approvals.service import ApprovalService
 from gateway.approvals.stores import MemoryApprovalStore
 from gateway.auth.identity import hash_key
@@ -28,6 +29,7 @@ from gateway.pipeline import gateway as gateway_module
 from gateway.pipeline.admission import Admission, Tick, Wait, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Decision, Identity
+from gateway.policy.loader import load_policy
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.server.build import build_gateway
 from gateway.telemetry.audit import args_digest
@@ -230,6 +232,74 @@ class TestAdmit:
         (record,) = gw.decisions.recent
         assert record["effect"] == "require_approval" and record["approval_wait_ms"] == 3000.0
         assert not result
+
+    @pytest.mark.parametrize(
+        ("now_says", "effect"),
+        [("action: deny\n    reason: writing is now forbidden", "deny"), ("{}", "allow")],
+    )
+    async def test_a_reload_while_held_decides_the_approved_call_again(
+        self, gw: Gateway, clock: Clock, tmp_path: Path, now_says: str, effect: str
+    ) -> None:
+        """The operator tightens the rule while a call waits, then approves the old request:
+        the call is decided again under the rules now in force (it ran under the old one)."""
+        folder = tmp_path / "reloaded"
+        folder.mkdir()
+        (folder / "p.yaml").write_text(f'version: "1"\ntools:\n  write_file:\n    {now_says}\n')
+        newer = load_policy([folder])
+
+        async def reload_then_approve() -> None:
+            assert gw.approvals is not None
+            while not await gw.approvals.list():
+                await anyio.lowlevel.checkpoint()
+            gw.policy = newer
+            await operator(gw, clock, 1.0)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reload_then_approve)
+                admission = await admit(gw, call_of("write_file", path="/tmp/r"), clock=clock)
+        assert admission.decision.effect == effect
+        assert admission.decision.revision == newer.revision
+        if effect == "deny":
+            assert "the policy changed while the call was held" in admission.decision.reason
+            assert "writing is now forbidden" in admission.decision.reason
+
+    async def test_an_approval_given_just_before_the_end_is_usable(
+        self, gw: Gateway, clock: Clock
+    ) -> None:
+        """Approved 80 ms before its request's timeout, found by the next poll after it: the
+        call runs (it was answered approval_expired)."""
+
+        async def late_operator() -> None:
+            await operator(gw, clock, 600.0 - 0.08)
+            clock.now += 0.25  # the held call's next poll comes after the timeout
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(late_operator)
+                admission = await admit(gw, call_of("write_file", path="/tmp/late"), clock=clock)
+        assert admission.allowed
+
+    async def test_a_flood_of_withdrawn_requests_keeps_an_unused_approval(
+        self, gw: Gateway, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past the decided requests kept, what an agent's own cancelled calls made goes
+        first, and an approval not used yet stays until it expires."""
+        monkeypatch.setattr(stores, "KEEP_DECIDED", 5)
+        assert gw.approvals is not None
+        store = gw.approvals.store
+        held = await admit(gw, call_of("purge", t="kept"))
+        await gw.approvals.decide(held.decision.approval_id or "", True, "ops", None)
+        for i in range(12):
+            flood = await admit(gw, call_of("delete_item", id=f"f{i}"))
+            await store.transition(
+                flood.decision.approval_id or "", "pending", "denied", "client", None
+            )
+            clock.now += 2.0  # each sweep runs (at most once a second)
+        approved = await store.get(held.decision.approval_id or "")
+        assert approved is not None and approved.status == "approved"
+        passed = await admit(gw, call_of("purge", t="kept"))
+        assert passed.allowed
 
     async def test_timed_upstream_records_every_forward(self, gw: Gateway, clock: Clock) -> None:
         call = call_of("echo", text="x")

@@ -45,6 +45,10 @@ CREATE_TRIES = 3  # a request looked up, found made meanwhile, then gone: try so
 KEEP_SECONDS = 86400.0  # decided requests stay listable for a day
 GRACE_SECONDS = 60.0  # an undecided request is listed as expired this long, then evicted
 KEEP_DECIDED = 5000  # at most this many decided requests are kept for the listing
+#: An approval given near its request's end stays usable this long after it was given (or
+#: its timeout, if shorter): approved 80 ms before the end, the held call (polling) found
+#: it expired.
+APPROVED_USE_SECONDS = 60.0
 
 # What a request keeps of the call's arguments: enough for a human to tell two calls apart.
 PREVIEW_STRING = 2000  # characters of one string value

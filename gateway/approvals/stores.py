@@ -22,6 +22,7 @@ from typing import Any
 from valkey.asyncio import Valkey
 
 from gateway.approvals.service import (
+    APPROVED_USE_SECONDS,
     GRACE_SECONDS,
     KEEP_DECIDED,
     KEEP_SECONDS,
@@ -76,7 +77,8 @@ return {0, epoch}
 """
 
 # KEYS: request, pending of its grant, pending of all
-# ARGV: before, after, now, decided_by, note, TTL from now on ('' keeps it)
+# ARGV: before, after, now, decided_by, note, TTL from now on ('' keeps it), the seconds an
+# approval stays usable at least (APPROVED_USE_SECONDS)
 _TRANSITION = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing', ''} end
@@ -89,6 +91,11 @@ end
 if status ~= ARGV[1] then return {'conflict', status} end
 req.status = ARGV[2]
 req.decided_at = now
+local window = tonumber(req.expires) - tonumber(req.created)
+local usable_until = now + math.min(tonumber(ARGV[7]), window)
+if ARGV[1] == 'pending' and ARGV[2] == 'approved' and tonumber(req.expires) < usable_until then
+  req.expires = usable_until
+end
 if ARGV[4] ~= '' then req.decided_by = ARGV[4] end
 if ARGV[5] ~= '' then req.note = ARGV[5] end
 local out = cjson.encode(req)
@@ -153,12 +160,16 @@ class MemoryApprovalStore:
         actual = request.live_status(now)
         if actual != before:
             raise _conflict(approval_id, before, actual)
+        expires = request.expires
+        if before == "pending" and after == "approved":
+            expires = max(expires, now + min(APPROVED_USE_SECONDS, expires - request.created))
         changed = replace(
             request,
             status=after,
             decided_at=now,
             decided_by=by or request.decided_by,
             note=note or request.note,
+            expires=expires,
         )
         self.requests[approval_id] = changed
         self.pending.pop(approval_id, None)
@@ -203,9 +214,15 @@ class MemoryApprovalStore:
             if _evict_at(request) <= now:
                 self._drop(request)
         decided = [r for r in self.requests.values() if r.id not in self.pending]
-        decided.sort(key=lambda r: r.decided_at or r.created, reverse=True)
+        # Past the newest KEEP_DECIDED, the first to go are those their own client withdrew
+        # (an agent can make as many as it likes); an approval not used yet is never let go
+        # before it expires: an agent's flood of cancelled calls must not undo an operator.
+        decided.sort(key=lambda r: (r.decided_by != "client", r.decided_at or r.created))
+        decided.reverse()
         for rank, request in enumerate(decided):
-            if rank >= KEEP_DECIDED or (request.decided_at or 0) + KEEP_SECONDS <= now:
+            usable = request.status == "approved" and request.expires > now
+            old = (request.decided_at or 0) + KEEP_SECONDS <= now
+            if old or (rank >= KEEP_DECIDED and not usable):
                 self._drop(request)
 
     def _drop(self, request: ApprovalRequest) -> None:
@@ -302,7 +319,8 @@ class ValkeyApprovalStore:
             current = await self.get(approval_id)
             owner = current.owner if current is not None else ""
         keep = str(int(KEEP_SECONDS)) if before == "pending" else ""
-        args = [before, after, repr(self.clock()), by or "", note or "", keep]
+        now = repr(self.clock())
+        args = [before, after, now, by or "", note or "", keep, repr(APPROVED_USE_SECONDS)]
         keys = [self._req(approval_id), self._pending(owner), self._pending()]
         outcome, payload = await self._do(self.script(keys=keys, args=args))
         if outcome != b"ok":

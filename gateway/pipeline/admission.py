@@ -92,7 +92,10 @@ async def admit(
                 decision = await timer.run(elicit(decision, timer.ticking(None)))
         approved: str | None = None
         if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
+            held_under = decision.revision
             decision = await _approve(gw, call, decision, decision_id, hold, timer)
+            if decision.allowed and gw.policy.revision != held_under:
+                decision = _decided_again(gw, call, decision)
             approved = decision.approval_id if decision.allowed else None
         try:
             decision = await apply_limits(gw, decision)
@@ -118,6 +121,17 @@ async def admit(
         _record(gw, call, decision, decision_id, clock() - started, timer.waited)
         raise
     return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
+
+
+def _decided_again(gw: Gateway, call: Call, approved: Decision) -> Decision:
+    """An approved call whose policy was reloaded while it waited: the rules now in force
+    decide it again. One they now deny is denied (the operator tightened them meanwhile);
+    one they allow or hold runs on its approval, under their limits."""
+    fresh = verdict(gw, call)
+    if fresh.effect == "deny":
+        reason = f"the policy changed while the call was held: {fresh.reason}"
+        return replace(fresh, reason=reason, approval_id=approved.approval_id)
+    return replace(approved, limits=fresh.limits, revision=fresh.revision)
 
 
 async def schema_read(gw: Gateway, call: Call) -> Call:
