@@ -6,19 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import http.server
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from litestar import Litestar, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from gateway.approvals.service import CUT, preview_args
 from gateway.cli import main
-from gateway.server.console.feed import MAX_STREAMS, STALE_SECONDS, DecisionFeed, StalledWrites
+from gateway.config import load_config
+from gateway.server.app import build_app
+from gateway.server.build import build_gateway
+from gateway.server.console import feed as feed_module
+from gateway.server.console.feed import (
+    MAX_STREAMS,
+    STALE_SECONDS,
+    DecisionFeed,
+    StalledWrites,
+    install_feed,
+)
+from tests.gateway_proc import write_config
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -148,3 +162,57 @@ class TestLiveFeedPlaces:
         for _ in range(3):
             await anyio.lowlevel.checkpoint()
         assert closed == [True]
+
+
+async def test_a_stream_cut_mid_write_gives_its_place_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's own live feed, in process: a page that signs in, opens the feed and then
+    takes no write is cut, and its place is free at once (its generator is never closed, so
+    its own ``finally`` never ran: eight such pages shut the feed for every operator)."""
+    monkeypatch.setattr(feed_module, "WRITE_SECONDS", 0.05)
+    token = "cga_operator-inputs-admin-token-0123"
+    servers = {"up": {"url": "http://127.0.0.1:9/mcp"}}
+    admin = {"token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+    config = write_config(tmp_path, 'version: "1"\ndefault: deny\n', servers, 8787, admin=admin)
+    gateway = build_gateway(load_config(config))
+    app = build_app(gateway)
+    origin = "http://127.0.0.1:8787"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=origin) as http:
+        signed = await http.post(
+            "/console/login", json={"token": token, "operator": "erin"}, headers={"Origin": origin}
+        )
+        assert signed.status_code == 200
+        cookie = signed.cookies["celgate_console"]
+    feed = install_feed(gateway)
+    gateway.decisions.recent.append({"event": "policy.decision", "tool": "x"})  # a backlog
+    stuck = asyncio.Event()
+
+    async def receive() -> Any:
+        await stuck.wait()
+
+    async def send(message: Any) -> None:
+        await stuck.wait()  # the reader stopped reading: no write is ever taken
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/console/events",
+        "raw_path": b"/console/events",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1:8787"),
+            (b"cookie", f"celgate_console={cookie}".encode()),
+        ],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8787),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+        "asgi": {"version": "3.0"},
+    }
+    with anyio.fail_after(10):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert feed.subscribers == set()
+    await gateway.close()

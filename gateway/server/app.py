@@ -25,7 +25,8 @@ from gateway.edge.relay import Relay
 from gateway.pipeline.gateway import Gateway
 from gateway.server.admin import admin_router
 from gateway.server.console import console_handlers
-from gateway.server.console.feed import FEED_PATH, StalledWrites
+from gateway.server.console import feed as feed_module
+from gateway.server.console.feed import FEED_PATH, FEED_PLACE, StalledWrites
 from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.lifecycle import background, readiness
 from gateway.upstream.stdio import running_bridges
@@ -71,13 +72,18 @@ class EdgeApp:
 
 async def _live_stream(app: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
     """The console's live feed, cut when its reader stops reading (its place is freed)."""
-    writes = StalledWrites(send)
+    writes = StalledWrites(send, feed_module.WRITE_SECONDS)
     try:
         await app(scope, receive, writes)
     except Exception:
         if not writes.stalled:
             raise
         log.info("console.stream_cut", reason="the reader stopped reading")
+    finally:
+        place: Any = scope.get(FEED_PLACE)
+        if place is not None:  # given back however the stream ended
+            feed, subscriber = place
+            feed.unsubscribe(subscriber)
 
 
 Refusal = tuple[int, str, dict[str, str]]

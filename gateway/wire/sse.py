@@ -28,7 +28,7 @@ MAX_EVENT_BYTES = 32 * 1024 * 1024
 #: What the events not yet ended of every stream may hold together: past it, the stream whose
 #: event grows fails (as one over ``MAX_EVENT_BYTES`` does), so upstreams that start large
 #: events and never end them cannot hold ``MAX_EVENT_BYTES`` per stream on every connection.
-MAX_ALL_PENDING_BYTES = 256 * 1024 * 1024
+MAX_ALL_PENDING_BYTES = 128 * 1024 * 1024
 
 
 class StreamTooLarge(Exception):

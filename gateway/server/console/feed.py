@@ -24,6 +24,8 @@ from gateway.policy.secrets import mask_args, secret_paths
 BUFFER = 256  # records one subscriber may have waiting
 MAX_STREAMS = 8
 FEED_PATH = "/console/events"
+#: The scope key under which a live stream's place is kept: (feed, subscriber).
+FEED_PLACE = "celgate.feed_place"
 #: How long one write to a live stream may wait for its reader before the stream is cut.
 WRITE_SECONDS = 10.0
 Record = dict[str, Any]
@@ -113,6 +115,8 @@ class DecisionFeed(deque[Record]):
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.gone = True  # its stream, if it ever goes on, ends
+        subscriber.event.set()
         self.subscribers.discard(subscriber)
 
 

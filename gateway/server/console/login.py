@@ -20,7 +20,13 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from gateway.auth.identity import token_matches
 from gateway.pipeline.gateway import Gateway
-from gateway.server.console.feed import DecisionFeed, install_feed, masked, matches
+from gateway.server.console.feed import (
+    FEED_PLACE,
+    DecisionFeed,
+    install_feed,
+    masked,
+    matches,
+)
 from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.console.sessions import (
     COOKIE,
@@ -160,6 +166,9 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         if subscriber is None:
             return _json({"detail": "too many live streams open"}, 503)
         cookie = request.cookies.get(COOKIE)
+        # The edge app gives the place back when the response ends, however it ends (a
+        # stream cut mid-write leaves its generator unclosed): app._live_stream.
+        request.scope[FEED_PLACE] = (feed, subscriber)  # type: ignore[literal-required]
         stream = _stream(gateway, feed, subscriber, filters, cookie)
         return ServerSentEvent(stream, headers=_NO_STORE)
 
