@@ -35,6 +35,24 @@ from gateway.server.console.feed import (
 from tests.gateway_proc import write_config
 
 
+def get_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI ``GET`` as a server gives it to an app."""
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers,
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8787),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+        "asgi": {"version": "3.0"},
+    }
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
 
@@ -138,20 +156,7 @@ class TestLiveFeedPlaces:
                 await stuck.wait()
 
         writes = StalledWrites(send, seconds=0.05)
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": "/events",
-            "raw_path": b"/events",
-            "query_string": b"",
-            "headers": [],
-            "http_version": "1.1",
-            "scheme": "http",
-            "server": ("127.0.0.1", 1),
-            "client": ("127.0.0.1", 2),
-            "root_path": "",
-            "asgi": {"version": "3.0"},
-        }
+        scope = get_scope("/events", [])
         raised = False
         try:
             await app(scope, receive, writes)  # type: ignore[arg-type]
@@ -195,23 +200,8 @@ async def test_a_stream_cut_mid_write_gives_its_place_back(
     async def send(message: Any) -> None:
         await stuck.wait()  # the reader stopped reading: no write is ever taken
 
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/console/events",
-        "raw_path": b"/console/events",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1:8787"),
-            (b"cookie", f"celgate_console={cookie}".encode()),
-        ],
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("127.0.0.1", 8787),
-        "client": ("127.0.0.1", 5000),
-        "root_path": "",
-        "asgi": {"version": "3.0"},
-    }
+    cookies = [(b"host", b"127.0.0.1:8787"), (b"cookie", f"celgate_console={cookie}".encode())]
+    scope = get_scope("/console/events", cookies)
     with anyio.fail_after(10):
         await app(scope, receive, send)  # type: ignore[arg-type]
     assert feed.subscribers == set()
