@@ -30,7 +30,9 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
                 name = child.name.lower()  # Deny.YAML is a rule file too
                 wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
                 hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-                if child.is_file() and wanted and not hidden:
+                # Not only regular files: a dangling symlink, a FIFO or a socket named as a
+                # rule file is listed, and refused when read (its rules are not dropped).
+                if wanted and not hidden and not child.is_dir():
                     out.append((child, str(child), child.relative_to(path).as_posix()))
         else:
             out.append((path, str(path), path.name))

@@ -36,16 +36,23 @@ SETTLE_SECONDS = 0.25
 #: next change).
 READ_ATTEMPTS = 5
 
-Snapshot = dict[str, tuple[int, int]]
+Snapshot = dict[str, tuple[int, int, int, int]]
 
 
 def _snapshot(paths: list[Path]) -> Snapshot:
-    """(mtime_ns, size) of every rule file now, by path: the file set itself counts too."""
+    """What tells each rule file's version now, by path (the file set itself counts too):
+    its mtime, size, inode and ctime. ``cp -p``, ``rsync -a`` or an unpacked archive keep
+    the source's mtime, and a new version may have the old size; the inode of a file renamed
+    into place, and the ctime of one written, change whatever the tools set. A file that
+    cannot be read (a dangling link) is listed too, so it is noticed."""
     out: Snapshot = {}
     for path, _ in rule_files(paths):
-        with suppress(OSError):
+        try:
             st = path.stat()
-            out[str(path)] = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            out[str(path)] = (-1, -1, -1, -1)
+            continue
+        out[str(path)] = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
     return out
 
 
