@@ -211,3 +211,15 @@ class TestAnonymousAccess:
             f"{path}:5: anonymous: anonymous access is for local use: listen on loopback, "
             "not 0.0.0.0"
         ]
+
+    def test_anonymous_is_not_behind_a_proxy(self, tmp_path: Path) -> None:
+        path = tmp_path / "celgate.yaml"
+        (tmp_path / "p.yaml").write_text("default: deny\n")
+        path.write_text(
+            "listen: {host: 127.0.0.1, port: 8787, trusted_proxies: [127.0.0.1]}\n"
+            "policy: p.yaml\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\nanonymous: true\n"
+        )
+        assert problems(path) == [
+            f"{path}:5: anonymous: anonymous access is for local use: not behind a proxy "
+            "(listen.trusted_proxies)"
+        ]

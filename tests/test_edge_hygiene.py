@@ -396,6 +396,29 @@ class TestHostPort:
         _assert_not_forwarded(gateway, call_log, text)
 
 
+class TestAnonymousIsLocal:
+    """Keyless access is for processes on this host: a request a proxy passed on is refused
+    (a proxy on the same host sent remote callers in as local ones)."""
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "X-Forwarded-For: 203.0.113.9",
+            "Forwarded: for=203.0.113.9",
+            "X-Real-IP: 203.0.113.9",
+            "Via: 1.1 nginx",
+        ],
+    )
+    def test_a_proxied_request_is_refused(
+        self, gateway: GatewayProcess, call_log: Path, header: str
+    ) -> None:
+        text = _marker()
+        answer = _exchange(gateway, _request(gateway, _call(text), extra=(header,)))
+        assert _status(answer) == 401, answer
+        assert b"came through a proxy" in answer
+        _assert_not_forwarded(gateway, call_log, text)
+
+
 # ---------------------------------------------------------------------- answer headers
 
 

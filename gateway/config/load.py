@@ -326,6 +326,9 @@ class _ConfigLoader(Reader):
         if anonymous and host not in LOOPBACK_HOSTS:
             msg = f"anonymous access is for local use: listen on loopback, not {host}"
             self.err(top.where("anonymous"), "anonymous", msg)
+        elif anonymous and self.out.get("listen", ListenConfig()).trusted_proxies:
+            msg = "anonymous access is for local use: not behind a proxy (listen.trusted_proxies)"
+            self.err(top.where("anonymous"), "anonymous", msg)
         no_grants = not self.out.get("grants") and "grants" not in top.node.value
         if not anonymous and no_grants and "oauth" not in top.node.value:
             msg = "no grants: give agents keys (`celgate keys new`), or `anonymous: true` locally"

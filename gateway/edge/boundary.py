@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.auth.identity import refusal_answer
+from gateway.auth.identity import ANONYMOUS_LOCAL, refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.replies import error_reply
 from gateway.errors import BackendUnavailable
@@ -89,9 +89,19 @@ def check_guard(gw: Gateway, incoming: Incoming) -> None:
         raise BadMessage(rpc.INVALID_REQUEST, "Origin not allowed", status=403)
 
 
+#: Headers a proxy adds to say whom it passes a request on for.
+_PROXIED = ("x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host", "via")
+
+
 async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> Identity | None:
     """Who is calling ``resource``; None once refused (401/403 with its challenge, answered)."""
     identity = await gw.auth.resolve(incoming.header("authorization"), resource)
+    if identity is ANONYMOUS_LOCAL and any(incoming.header(h) is not None for h in _PROXIED):
+        # Keyless access is for processes on this host: a request a proxy passed on came
+        # from elsewhere (a proxy on this host would make every caller local).
+        msg = "anonymous access is for local callers: this request came through a proxy"
+        await reply(send, 401, rpc.error_body(None, rpc.INVALID_REQUEST, msg))
+        return None
     if isinstance(identity, Refusal):
         status, message, challenge = refusal_answer(identity)
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
