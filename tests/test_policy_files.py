@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.inventory.pins import Pins
 from gateway.policy import Call, decide
 from gateway.policy.loader import load_policy, rule_files
 from gateway.server.reload import _snapshot
@@ -71,3 +72,44 @@ def test_a_file_renamed_into_place_with_the_old_mtime_is_seen(folder: Path) -> N
     os.utime(fresh, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     fresh.rename(rule)
     assert _snapshot([folder]) != before
+
+
+class TestPinsFile:
+    """The pins file is read as rule files are: a FIFO in its place held the whole gateway
+    at reload, and conflict markers from a merge ended ``celgate run`` with a traceback."""
+
+    @pytest.mark.parametrize(
+        ("text", "says"),
+        [
+            ("<<<<<<< HEAD\nservers: {}\n=======\nservers: {a: {}}\n>>>>>>> b\n", "pins.yaml:"),
+            ("- one\n- two\n", "`servers:` must map"),
+            ("servers: 3\n", "`servers:` must map"),
+            ("servers: {up: [x]}\n", "servers.up must map tools"),
+            ("servers: {up: {echo: {a: 1}}}\n", "servers.up.echo must be a digest"),
+        ],
+    )
+    def test_what_is_no_pins_file_is_refused_with_its_place(
+        self, tmp_path: Path, text: str, says: str
+    ) -> None:
+        path = tmp_path / "pins.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            Pins.load(path)
+        assert f"{path}:" in str(caught.value) and says in str(caught.value)
+
+    @pytest.mark.parametrize("kind", ["fifo", "dangling link"])
+    def test_what_is_no_regular_file_is_refused_at_once(self, tmp_path: Path, kind: str) -> None:
+        path = tmp_path / "pins.yaml"
+        if kind == "fifo":
+            os.mkfifo(path)  # read with blocking, this waited for a writer forever
+        else:
+            path.symlink_to(tmp_path / "gone" / "pins.yaml")
+        with pytest.raises(ConfigError) as caught:
+            Pins.load(path)
+        assert f"{path}:1: pins: cannot read" in str(caught.value)
+
+    def test_a_pins_file_not_there_yet_is_no_pins(self, tmp_path: Path) -> None:
+        assert Pins.load(tmp_path / "pins.yaml").pinned == {}
+        written = tmp_path / "written.yaml"
+        written.write_text("servers:\n  up:\n    echo: sha256:abc\n")
+        assert Pins.load(written).pinned == {("up", "echo"): "sha256:abc"}

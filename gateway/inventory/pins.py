@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.telemetry.audit import log
 
 _FIELDS = ("name", "description", "inputSchema", "annotations")
@@ -72,14 +75,17 @@ class Pins:
 
     @classmethod
     def load(cls, path: Path | None, accept_changes: bool = False) -> Pins:
+        """The pins file's pins (none when the file is not there yet: ``celgate pins update``
+        writes it). A file that cannot be read or is not a pins file (a merge left conflict
+        markers in it, a FIFO or a link to nothing in its place) raises ConfigError with
+        file:line, at start or on reload (where the pins held keep serving)."""
         pins = cls(path, accept_changes)
-        if path is not None and path.exists():
-            raw = path.read_bytes()
-            pins.source = hashlib.sha256(raw).hexdigest()
-            data = yaml.safe_load(raw) or {}
-            for server, tools in (data.get("servers") or {}).items():
-                for tool, digest in (tools or {}).items():
-                    pins.pinned[(str(server), str(tool))] = str(digest)
+        if path is None or not (path.exists() or path.is_symlink()):
+            return pins
+        raw = _read_pins_file(path)
+        pins.source = hashlib.sha256(raw).hexdigest()
+        for (server, tool), digest in _pins_in(path, raw).items():
+            pins.pinned[(server, tool)] = digest
         return pins
 
     def observe(self, server: str, tool: Mapping[str, Any]) -> str:
@@ -145,3 +151,59 @@ def write_pins(path: Path, tools: Mapping[str, list[dict[str, Any]]]) -> int:
     header += f"# updated {datetime.now(UTC).isoformat(timespec='seconds')}\n"  # new each time
     path.write_text(header + yaml.safe_dump({"servers": servers}, sort_keys=True))
     return sum(len(v) for v in servers.values())
+
+
+#: A pins file holds a line per tool: tens of thousands fit well under this.
+MAX_PINS_BYTES = 16 * 1024 * 1024
+
+
+def _refused(path: Path, line: int, message: str) -> ConfigError:
+    return ConfigError([Problem(SourceLocation(str(path), line), "pins", message)])
+
+
+def _read_pins_file(path: Path) -> bytes:
+    """The file's bytes, opened without blocking (a FIFO in its place held the whole gateway
+    at reload), from a regular file only, at most ``MAX_PINS_BYTES``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _refused(path, 1, "cannot read: not a regular file")
+            raw = file.read(MAX_PINS_BYTES + 1)
+    except OSError as exc:
+        raise _refused(path, 1, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PINS_BYTES:
+        raise _refused(path, 1, f"cannot read: larger than {MAX_PINS_BYTES} bytes")
+    return raw
+
+
+def _pins_in(path: Path, raw: bytes) -> dict[tuple[str, str], str]:
+    """``servers: {<server>: {<tool>: <digest>}}``, every key and digest a string."""
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        why = getattr(exc, "problem", None) or exc
+        raise _refused(path, line, f"not a pins file: {why}") from None
+    except (ValueError, RecursionError):
+        raise _refused(path, 1, "not a pins file") from None
+    if data is None:
+        return {}
+    servers = data.get("servers") if isinstance(data, dict) else None
+    if servers is None and isinstance(data, dict) and "servers" not in data:
+        return {}
+    if not isinstance(servers, dict):
+        raise _refused(path, 1, "not a pins file: `servers:` must map servers to their tools")
+    out: dict[tuple[str, str], str] = {}
+    for server, tools in servers.items():
+        if tools is None:
+            continue
+        if not isinstance(tools, dict):
+            raise _refused(path, 1, f"not a pins file: servers.{server} must map tools to pins")
+        for tool, digest in tools.items():
+            if not isinstance(digest, str):
+                msg = f"not a pins file: servers.{server}.{tool} must be a digest"
+                raise _refused(path, 1, msg)
+            out[(str(server), str(tool))] = digest
+    return out
