@@ -80,6 +80,9 @@ class TestConfigErrors:
             ("valkeys://h:6380/0?ssl_cert_reqs=sometimes", "Certificate Requirements"),
             ("valkeys://h:6380/0?ssl_ca_certs=missing-ca.pem", "No such file"),
             ("http://user:hunter2@h/0", "unknown backend 'http://user:***@h/0'"),
+            ("valkey://user:hunter2[x@h/0", "does not read as a URL"),
+            ("valkeys://h:6380/0?ssl_ca_cert=ca.pem", "unknown option ssl_ca_cert"),
+            ("valkey://h:6379/0?ssl_check_host_name=false", "unknown option ssl_check_host_name"),
         ],
     )
     def test_valkey_url_is_read_at_load(self, tmp_path: Path, url: str, problem: str) -> None:
@@ -121,11 +124,14 @@ class TestConfigErrors:
             assert load_config(path, env={}).limits.backend == url
 
     def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
-        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        base = (
+            "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+            f"grants: {{bot: {{key_sha256: '{'a' * 64}'}}}}\n"  # anonymous is never proxied
+        )
         listen = "listen: {host: 127.0.0.1, port: 8787, trusted_proxies: [%s]}\n"
         path = write(tmp_path, base + listen % "'10.0.0.0/8', lb.example")
         assert problems(path) == [
-            f"{path}:4: listen.trusted_proxies: 'lb.example' is not an IP address or network"
+            f"{path}:5: listen.trusted_proxies: 'lb.example' is not an IP address or network"
         ]
         path = write(tmp_path, base + listen % "'10.0.0.0/8', '127.0.0.1'")
         assert load_config(path, env={}).listen.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")

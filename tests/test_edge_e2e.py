@@ -13,6 +13,7 @@ import anyio
 import httpx
 import pytest
 
+from gateway.auth.identity import hash_key
 from tests.gateway_proc import (
     OPERATOR,
     GatewayProcess,
@@ -341,10 +342,17 @@ class TestBadInput:
             'version: "1"\ndefault: deny\ntools:\n  echo:\n    rules:\n'
             "      - when: 'request.ip == \"203.0.113.9\"'\n        action: allow\n"
         )
-        extra = {"listen": {"trusted_proxies": ["127.0.0.0/8"]}} if trusted else {}
+        key = "cgk_forwarded-for-test-0123456789"
+        extra: dict[str, Any] = {"grants": {"lb": {"key_sha256": hash_key(key)}}}
+        if trusted:
+            extra["listen"] = {"trusted_proxies": ["127.0.0.0/8"]}
         with run_gateway(tmp_path, policy, {"up": {"url": upstream.url}}, **extra) as gw:
             body = call_body("echo", {"text": "xff"})
-            resp = raw_post(gw, body, mcp_session_id=_session(gw), x_forwarded_for="203.0.113.9")
+            auth = f"Bearer {key}"
+            sid = _session(gw, authorization=auth)
+            resp = raw_post(
+                gw, body, mcp_session_id=sid, x_forwarded_for="203.0.113.9", authorization=auth
+            )
             assert resp.status_code == 200
             expected = "allow" if trusted else "deny"
             assert [r["effect"] for r in gw.wait_records(1)] == [expected]
@@ -357,7 +365,7 @@ class TestBadInput:
         assert "still here" in text_of(result)
 
 
-def _session(gw: GatewayProcess) -> str:
+def _session(gw: GatewayProcess, **headers: str) -> str:
     init = {
         "jsonrpc": "2.0",
         "id": 0,
@@ -368,7 +376,7 @@ def _session(gw: GatewayProcess) -> str:
             "clientInfo": {"name": "raw", "version": "0"},
         },
     }
-    resp = raw_post(gw, json.dumps(init))
+    resp = raw_post(gw, json.dumps(init), **headers)
     assert resp.status_code == 200, resp.text
     return resp.headers["mcp-session-id"]
 

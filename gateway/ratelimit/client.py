@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
+from valkey._parsers.url_parser import URL_QUERY_ARGUMENT_PARSERS
 from valkey.asyncio import BlockingConnectionPool, Valkey
 from valkey.asyncio.connection import SSLConnection, ValkeySSLContext, parse_url
 from valkey.asyncio.retry import Retry
@@ -76,11 +77,28 @@ def client_defaults(url: str) -> dict[str, Any]:
     return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": cert_reqs != "none"}
 
 
+#: The query options of a Valkey URL celgate takes: what the ``valkey`` package parses, and
+#: the TLS ones its client builds a context from.
+URL_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_min_version",
+    "ssl_ciphers",
+    "client_name",
+}
+
+
 def check_url(url: str) -> None:
     """Raise ValueError (or the ``valkey`` package's errors, or OSError for a missing CA
     file) for a URL the client could not use; builds the TLS context it would build."""
     opts = parse_url(url)
     parts = urlsplit(url)
+    unknown = sorted(set(parse_qs(parts.query, keep_blank_values=True)) - URL_OPTIONS)
+    if unknown:  # a misspelt option (ssl_ca_cert=) would be passed on, and do nothing
+        raise ValueError(f"unknown option {', '.join(unknown)}")
     database = parts.path.strip("/")
     if parts.scheme != "unix" and database and not database.isdigit():
         raise ValueError(f"the database must be a number, not {database!r}")

@@ -68,16 +68,16 @@ def backend_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         password = parts.password
-    except ValueError:
-        parts, password = None, None
+    except ValueError:  # (a password holding "[" or "]"): nothing of it can be shown
+        return f"the backend URL does not read as a URL ({_EXPECTED})"
 
     def redact(text: str) -> str:
         return text.replace(password, "***") if password else text
 
-    scheme = parts.scheme.lower() if parts else ""
+    scheme = parts.scheme.lower()
     if scheme not in ("valkey", "valkeys", "unix"):
         return f"unknown backend {redact(url)!r} ({_EXPECTED})"
-    if scheme != "unix" and not (parts and parts.hostname):
+    if scheme != "unix" and not parts.hostname:
         return f"{redact(url)!r} has no host ({_EXPECTED})"
     try:
         check_url(url)
