@@ -75,6 +75,25 @@ class TestConfigErrors:
     @pytest.mark.parametrize(
         ("url", "problem"),
         [
+            ("http://127.0.0.1:70000/mcp", "is not a URL the gateway can reach"),
+            ("http://127.0.0.1:80a/mcp", "is not a URL the gateway can reach"),
+            ("http://[::1/mcp", "is not a URL the gateway can reach"),
+            ("http:///mcp", "names no host"),
+            ("https://:443/mcp", "names no host"),
+            ("http://127.0.0.1:0/mcp", "port 0 is no port"),
+            ("https://bot:s3cret@h.example/mcp", "must not hold credentials"),
+        ],
+    )
+    def test_an_upstream_url_is_read_at_load(self, tmp_path: Path, url: str, problem: str) -> None:
+        """Each ended celgate run with a traceback, or failed only when called."""
+        path = write(tmp_path, f"policy: rules/\nservers:\n  up: {{url: '{url}'}}\n")
+        [found] = problems(path)
+        assert found.startswith(f"{path}:3: servers.up.url: ") and problem in found
+        assert "s3cret" not in found
+
+    @pytest.mark.parametrize(
+        ("url", "problem"),
+        [
             ("valkey://127.0.0.1:notaport/0", "Port could not be cast to integer value"),
             ("valkey://127.0.0.1:6379/zero", "the database must be a number"),
             ("valkeys://h:6380/0?ssl_cert_reqs=sometimes", "Certificate Requirements"),
@@ -122,6 +141,15 @@ class TestConfigErrors:
         ):
             path = write(tmp_path, base + f"limits: {{backend: '{url}'}}\n")
             assert load_config(path, env={}).limits.backend == url
+
+    @pytest.mark.parametrize("secret", ["change-me-to-at-least-16-characters", "a" * 32])
+    def test_a_placeholder_session_secret_is_refused(self, tmp_path: Path, secret: str) -> None:
+        """deploy/example.env's value was taken: every session, event and task id's MAC
+        was keyed by a published string."""
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        path = write(tmp_path, base + f"sessions: {{secret: '{secret}'}}\n")
+        [found] = problems(path)
+        assert found.startswith(f"{path}:4: sessions.secret: a placeholder")
 
     def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
         base = (

@@ -60,7 +60,7 @@ def deploy_env(**values: str) -> dict[str, str]:
         "CELGATE_LIMITS_BACKEND": "memory",
         "CELGATE_AGENT_KEY_SHA256": hashlib.sha256(KEY.encode()).hexdigest(),
         "CELGATE_ADMIN_TOKEN_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
-        "CELGATE_SESSION_SECRET": "s" * 32,
+        "CELGATE_SESSION_SECRET": "container-test-session-secret-0123456789",
         **values,
     }
 

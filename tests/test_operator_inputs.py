@@ -206,3 +206,14 @@ async def test_a_stream_cut_mid_write_gives_its_place_back(
         await app(scope, receive, send)  # type: ignore[arg-type]
     assert feed.subscribers == set()
     await gateway.close()
+
+
+@pytest.mark.parametrize("port", ["70000", "-5", "80a"])
+def test_run_refuses_a_port_that_is_none_in_one_line(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each ended in an OverflowError traceback."""
+    with pytest.raises(SystemExit) as ended:
+        main(["run", "--port", port])
+    assert ended.value.code == 2
+    assert f"{port!r} is not a port (0 to 65535)" in capsys.readouterr().err

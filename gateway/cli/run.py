@@ -179,6 +179,13 @@ def _raise_fd_limit(max_connections: int) -> None:
         )
 
 
+def _port(text: str) -> int:
+    """``--port``: a whole number from 0 to 65535 (0: any free port), or one line saying so."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return int(text)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The gateway's listening socket, bound now (uvicorn listens on it), or one line saying
     why not."""
@@ -246,7 +253,7 @@ def _with_port(config: GatewayConfig, port: int) -> GatewayConfig:
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="gateway config file (YAML)")
-    parser.add_argument("--port", type=int, help="override listen.port")
+    parser.add_argument("--port", type=_port, help="override listen.port")
     parser.add_argument(
         "--json-logs", action="store_true", default=None, help="JSON log lines even on a TTY"
     )

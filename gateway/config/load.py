@@ -282,6 +282,11 @@ class _ConfigLoader(Reader):
             secret = sub.string("secret")
             if secret is not None and len(secret) < 16:
                 self.err(sub.where("secret"), "sessions.secret", "use at least 16 characters")
+            elif secret is not None and ("change-me" in secret.lower() or len(set(secret)) < 8):
+                # deploy/example.env's placeholder, or the like: every MAC would be public
+                msg = 'a placeholder: make one with python -c "import secrets; '
+                msg += 'print(secrets.token_urlsafe(32))"'
+                self.err(sub.where("secret"), "sessions.secret", msg)
             self.out["sessions"] = build(SessionsConfig, secret=secret)
 
     def _pins(self, top: Fields) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.config.read import Reader, build
 from gateway.config.sections import ServerConfig
@@ -62,10 +63,29 @@ def _server(read: Reader, name: str, node: Node) -> ServerConfig | None:
     return _stdio_server(read, name, sub) if is_stdio else _http_server(read, name, sub)
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an upstream's (read as the relay's client will read it)."""
+    if not url.startswith(("http://", "https://")):
+        return "must be an http:// or https:// URL"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not one, or out of range
+    except ValueError as exc:
+        return f"is not a URL the gateway can reach: {exc}"
+    if not parts.hostname:
+        return "names no host"
+    if port == 0:
+        return "port 0 is no port"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials: give them in headers (Authorization: ...)"
+    return None
+
+
 def _http_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
     url = sub.string("url") or ""
-    if not url.startswith(("http://", "https://")):
-        read.err(sub.where("url"), f"{sub.path}.url", "must be an http:// or https:// URL")
+    problem = url_problem(url)
+    if problem is not None:
+        read.err(sub.where("url"), f"{sub.path}.url", problem)
     ca_file = sub.string("ca_file")
     ca_path: str | None = None
     if ca_file:
