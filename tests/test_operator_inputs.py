@@ -8,7 +8,11 @@ import asyncio
 import gc
 import hashlib
 import http.server
+import os
+import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,10 @@ from gateway.server.console.feed import (
     StalledWrites,
     install_feed,
 )
-from tests.gateway_proc import write_config
+from tests.gateway_proc import wait_healthy, write_config
+from tests.peers import free_port, start_process
+
+SERVERS = {"up": {"url": "http://127.0.0.1:9/mcp"}}
 
 
 def get_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -217,3 +224,23 @@ def test_run_refuses_a_port_that_is_none_in_one_line(
         main(["run", "--port", port])
     assert ended.value.code == 2
     assert f"{port!r} is not a port (0 to 65535)" in capsys.readouterr().err
+
+
+def test_a_sighup_before_the_reloader_is_up_ends_nothing(tmp_path: Path) -> None:
+    """A SIGHUP between the banner and the first request (a config sidecar, ExecReload)
+    killed celgate run: now it is ignored until the reloader takes it."""
+    port = free_port()
+    config = write_config(tmp_path, 'version: "1"\ndefault: deny\n', SERVERS, port)
+    log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)]
+    peer = start_process(argv, port=None, url="", log_path=log)
+    try:
+        deadline = time.monotonic() + 20
+        while "serving on" not in log.read_text() and time.monotonic() < deadline:
+            assert peer.alive(), log.read_text()
+            time.sleep(0.01)  # polling the child's output, not waiting for time to pass
+        os.kill(peer.pid, signal.SIGHUP)
+        wait_healthy(port, peer)
+        assert peer.alive()
+    finally:
+        peer.stop()

@@ -67,12 +67,19 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> Non
     raise SystemExit("celgate: the demo server did not start within 20 s")
 
 
+def _ends_with_parent() -> None:
+    """In the demo server's process: SIGTERM when the gateway dies, however it dies (it was
+    left running, orphaned, with no policy in front of it). Linux only."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def demo_upstream() -> Iterator[str]:
     """Start the packaged demo MCP server as a local Streamable HTTP process."""
     port = _free_port()
     cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, preexec_fn=_ends_with_parent)  # (no thread runs yet)
     try:
         _wait_port(port, proc, time.monotonic() + 20)
         yield f"http://127.0.0.1:{port}/mcp"
@@ -222,6 +229,9 @@ def run_command(ns: argparse.Namespace) -> int:
     # Ctrl-C ends the run with 130 even when started where SIGINT is ignored (a background
     # job of a non-interactive shell): uvicorn restores the handler it found, then re-raises.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A SIGHUP (a config sidecar, systemd's ExecReload, a closed terminal) before the
+    # reloader's own handler is in place reloads nothing, rather than ending the run.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if ns.config is None:
         return _run_demo(ns.port or DEMO_PORT)
     try:
