@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.cli.catalog import _identity, catalog_rows
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.policy.loader import load_policy
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway
 from tests.peers import http_upstream
 
@@ -98,3 +100,19 @@ def test_a_server_no_config_names_is_refused_at_load(tmp_path: Path) -> None:
 def test_an_empty_list_is_refused_at_load(tmp_path: Path) -> None:
     problems = config_problems(tmp_path, {"key_sha256": digest(NARROW), "servers": []})
     assert "leave it out to reach every server" in problems
+
+
+def test_the_catalogue_shows_what_a_grants_key_can_reach(tmp_path: Path) -> None:
+    """``celgate catalog --grant`` said 'allow' for servers the key never reaches (403)."""
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "policy: rules.yaml\nservers:\n  web: {url: 'http://127.0.0.1:9/mcp'}\n"
+        "  ops: {url: 'http://127.0.0.1:9/mcp'}\n"
+        f"grants:\n  bot: {{key_sha256: '{digest(NARROW)}', servers: [web]}}\n"
+    )
+    (tmp_path / "rules.yaml").write_text('version: "1"\ndefault: allow\n')
+    config = load_config(path, env={})
+    tools = {"web": [{"name": "echo"}], "ops": [{"name": "echo"}]}
+    rows = catalog_rows(config, load_policy(config.policy), tools, _identity(config, "bot"))
+    effects = {row["server"]: row["effect"] for row in rows}
+    assert effects == {"web": "allow", "ops": "deny (servers)"}

@@ -14,6 +14,7 @@ from gateway.errors import ConfigError
 from gateway.inventory.discovery import list_all
 from gateway.inventory.pins import write_pins
 from gateway.policy import ANONYMOUS, Call, CompiledPolicy, Identity, ToolInfo, decide, load_policy
+from gateway.policy.engines import get_engine
 from gateway.policy.risk import classify, override_for
 from gateway.policy.visibility import visible
 from gateway.printable import printable
@@ -41,6 +42,8 @@ def _effect(policy: CompiledPolicy, call: Call) -> str:
 def catalog_rows(
     config: GatewayConfig, policy: CompiledPolicy, tools: dict[str, Any], identity: Identity
 ) -> list[dict[str, Any]]:
+    found_grant = config.grants.get(identity.grant) if identity is not ANONYMOUS else None
+    reach = found_grant.servers if found_grant is not None else None
     rows = []
     for server, items in sorted(tools.items()):
         if items is None:
@@ -52,6 +55,9 @@ def catalog_rows(
             info = ToolInfo(found.risk, found.kind, tool.get("annotations") or {})
             call = Call(tool=name, server=server, identity=identity, info=info)
             row = {"server": server, "tool": name, "kind": found.kind, "risk": found.risk}
+            if reach is not None and server not in reach:  # the key never reaches it (403)
+                rows.append({**row, "why": "grant's servers", "effect": "deny (servers)"})
+                continue
             rows.append({**row, "why": found.why, "effect": _effect(policy, call)})
     return rows
 
@@ -69,7 +75,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def _load(ns: argparse.Namespace) -> tuple[GatewayConfig, CompiledPolicy]:
     try:
         config = load_config(ns.config)
-        return config, load_policy(config.policy)
+        return config, load_policy(config.policy, get_engine(config.cel.engine))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
