@@ -115,8 +115,20 @@ class TestCompose:
 
     def test_limits_go_to_the_valkey_service(self) -> None:
         svc = compose()["services"]["celgate"]
-        assert svc["environment"]["CELGATE_LIMITS_BACKEND"].startswith("valkey://valkey:")
+        backend = svc["environment"]["CELGATE_LIMITS_BACKEND"]
+        assert backend.startswith("valkey://:${CELGATE_VALKEY_PASSWORD:?")
+        assert backend.endswith("}@valkey:6379/0")
         assert svc["depends_on"]["valkey"]["condition"] == "service_healthy"
+
+    def test_valkey_takes_a_password_and_only_celgate_reaches_it(self) -> None:
+        """Valkey holds the console's sessions: any container that reached it unauthenticated
+        could write one, and approve held calls with no admin token."""
+        services = compose()["services"]
+        command = services["valkey"]["command"]
+        assert command[command.index("--requirepass") + 1].startswith("${CELGATE_VALKEY_PASSWORD:?")
+        on_state = {name for name, svc in services.items() if "state" in svc.get("networks", [])}
+        assert on_state == {"celgate", "valkey"}
+        assert services["valkey"]["networks"] == ["state"]
 
     def test_every_variable_of_the_config_is_set_by_compose(self) -> None:
         used = set(re.findall(r"\$\{(\w+)\}", (DEPLOY / "config.yaml").read_text()))
