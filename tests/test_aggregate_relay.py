@@ -22,6 +22,7 @@ import pytest
 
 from gateway.auth.guard import SessionSigner
 from gateway.edge.agg import merge
+from gateway.edge.agg import names as names_module
 from gateway.edge.agg.merge import Catalogue, decode_cursor, encode_cursor
 from gateway.edge.agg.names import Names
 from gateway.edge.clientview import MAX_LISTED_TOOLS
@@ -246,6 +247,28 @@ class TestMergedPages:
             decode_cursor(
                 cursor, servers, 1, SessionSigner("another replica's"), "tools/list", "bot"
             )
+
+    def test_a_merged_cursor_is_always_one_it_takes_back(self) -> None:
+        """One server's 17,000-character cursor made a merged cursor the gateway refused as
+        its own: that server's later pages are its loss, the others page on."""
+        sealed = {"signer": SessionSigner("k"), "method": "tools/list", "owner": "bot"}
+        servers = {f"s{i}": 1 for i in range(40)}
+        positions = {name: "c" * merge.MAX_SERVER_CURSOR for name in servers}
+        positions["s0"] = "x" * 17_000
+        cursor = encode_cursor(positions, **sealed)
+        assert cursor is not None
+        back = decode_cursor(cursor, servers, 1, **sealed)
+        assert "s0" not in back and len(back) == 39
+
+    def test_names_no_call_could_use_are_not_learned_and_names_are_bounded(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(names_module, "MAX_OWNED_NAMES", 100)
+        names = Names({"a": "", "b": ""}, "__")
+        names.learn("tool", [("a", "x" * 2000), ("a", "bad\x00name"), ("a", "ok")])
+        assert set(names._owner) == {("tool", "ok")}
+        names.learn("tool", [("b", f"n{i}") for i in range(500)])
+        assert len(names._owner) == 100 and ("tool", "n499") in names._owner
 
     def test_page_renames_and_carries_positions(self) -> None:
         names = Names({"a": "a", "b": ""}, "__")

@@ -125,6 +125,8 @@ class TestConfigErrors:
             ("timeout_ms: 1.5", "limits.timeout_ms: must be a whole number"),
             ("key_prefix: 'has space'", "limits.key_prefix: must be 1 to 64 letters"),
             ("key_prefix: 'glob*'", "limits.key_prefix: must be 1 to 64 letters"),
+            ("key_prefix: 'prod:rl:'", "limits.key_prefix: must not hold rl:, ap: or cs:"),
+            ("key_prefix: 'x.ap:'", "limits.key_prefix: must not hold rl:, ap: or cs:"),
             ("key_prefix: ''", "limits.key_prefix: must be 1 to 64 letters"),
             ("key_prefix: 7", "limits.key_prefix: must be 1 to 64 letters"),
         ):

@@ -604,6 +604,14 @@ class TestOperatorCommands:
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         vague = httpx.post(one.base + "/admin/limits/reset", json={}, headers=auth, timeout=5)
         assert vague.status_code == 400 and "name a grant or a counter" in vague.text
+        for empty in ({"counter": ""}, {"grant": ""}):  # read as every bucket of every grant
+            nothing = httpx.post(one.base + "/admin/limits/reset", json=empty, headers=auth)
+            assert nothing.status_code == 400 and "named by nothing" in nothing.text
+        with pytest.raises(SystemExit, match="name something"):
+            main(["limits", "reset", "--grant", "analyst-bot", "--counter", "", "--url", two.base])
+        # A grant name is a query value: "x&grant=analyst-bot" names no grant, not analyst's
+        assert main(["limits", "show", "--grant", "x&grant=analyst-bot", "--url", one.base]) == 0
+        assert "analyst-bot" not in capsys.readouterr().out
         agent = {"Authorization": f"Bearer {ANALYST_KEY}"}
         as_agent = httpx.post(one.base + "/admin/limits/reset", json={"all": 1}, headers=agent)
         assert as_agent.status_code == 403  # an agent key is never an admin token

@@ -264,6 +264,35 @@ class TestAdmit:
             assert "the policy changed while the call was held" in admission.decision.reason
             assert "writing is now forbidden" in admission.decision.reason
 
+    async def test_a_reload_that_raises_a_tools_risk_denies_the_held_call(
+        self, gw: Gateway, clock: Clock, tmp_path: Path
+    ) -> None:
+        """The tightening is the tool's risk: the re-decision reads it under the new rules
+        (it kept the risk worked out when the call was held, and the call ran)."""
+        folder = tmp_path / "risky"
+        folder.mkdir()
+        (folder / "p.yaml").write_text(
+            'version: "1"\ntools:\n  "write_*": {risk: high}\n  up/write_file:\n'
+            "    rules:\n      - {when: 'tool.risk == \"high\"', action: deny}\n"
+            "      - {action: require_approval}\n"
+        )
+        newer = load_policy([folder])
+        read_only = {"name": "write_file", "annotations": {"readOnlyHint": True}}
+        gw.observe("up", read_only)  # listed: read/low under the rules it is held under
+
+        async def reload_then_approve() -> None:
+            assert gw.approvals is not None
+            while not await gw.approvals.list():
+                await anyio.lowlevel.checkpoint()
+            gw.policy = newer
+            await operator(gw, clock, 1.0)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reload_then_approve)
+                admission = await admit(gw, call_of("write_file", path="/tmp/k"), clock=clock)
+        assert admission.decision.effect == "deny"
+
     async def test_an_approval_given_just_before_the_end_is_usable(
         self, gw: Gateway, clock: Clock
     ) -> None:

@@ -318,3 +318,25 @@ class TestConnections:
             result = await lim.acquire([B])
             assert result.admitted and not result.backend_error
         await lim.close()
+
+
+async def test_a_valkey_that_may_evict_keys_is_logged_at_start(valkey_db: ValkeyProcess) -> None:
+    """Under memory pressure, volatile-lru (a managed service's default) evicted a drained
+    bucket (its calls admitted again) and an approval's single-use mark (run again)."""
+    from structlog.testing import capture_logs
+
+    from gateway.ratelimit.client import check_eviction, valkey_client
+
+    client = valkey_client(valkey_db.url, timeout=2)
+    try:
+        with capture_logs() as quiet:
+            await check_eviction(client)
+        assert not [e for e in quiet if e["event"] == "limits.valkey_evicts"]
+        await client.config_set("maxmemory-policy", "volatile-lru")
+        with capture_logs() as logs:
+            await check_eviction(client)
+        [found] = [e for e in logs if e["event"] == "limits.valkey_evicts"]
+        assert found["maxmemory_policy"] == "volatile-lru" and "noeviction" in found["fix"]
+    finally:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.aclose()

@@ -110,7 +110,7 @@ async def test_a_tool_first_seen_on_a_call_is_decided_by_its_annotations(gw: Any
 
     gw.relist = relist
     call = Call("get_report", server="up", info=gw.tool_info("up", "get_report"))
-    assert call.info.kind == "read"  # by its name alone, before the reading
+    assert (call.info.kind, call.info.risk) == ("execute", "high")  # not listed: never harmless
     admission = await admit(gw, call)
     assert relisted == ["up"]
     assert admission.decision.effect == "require_approval"

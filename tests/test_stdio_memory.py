@@ -85,6 +85,19 @@ class TestInbox:
         assert Inbox.held_by_all == before
 
 
+def test_a_servers_request_is_kept_whatever_other_inboxes_hold(monkeypatch: Any) -> None:
+    """One agent's unread calls filled the shared budget, and another caller's elicitation
+    request was dropped: its call waited to its timeout."""
+    monkeypatch.setattr(stdio_wire, "ALL_INBOX_BYTES", 2 * MiB)
+    hog = Inbox()
+    hog.put(({"jsonrpc": "2.0", "method": "notifications/message"}, b"x" * (2 * MiB)))
+    victim = Inbox()
+    victim.put(({"jsonrpc": "2.0", "method": "notifications/progress"}, b"p" * 100))
+    asks = {"jsonrpc": "2.0", "id": 1, "method": "elicitation/create"}
+    victim.put((asks, b"q" * 100))
+    assert [item[0].get("method") for item in victim.items] == ["elicitation/create"]
+
+
 async def test_an_in_process_answer_pauses_its_sender_by_bytes() -> None:
     """Ten chunks of 1 MiB, nobody reading: the app waits after about 4 MiB."""
     sent = 0

@@ -175,6 +175,21 @@ class TestSseSplit:
         fresh = SseRewriter(PassView())
         assert fresh.split(b"data: " + b"d" * 2000) == []  # room again
 
+    def test_over_the_budget_the_stream_holding_most_fails(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One upstream's unending event held most of the budget, and each other stream that
+        grew past it failed: now that one fails (its bytes let go at once), the others go on."""
+        monkeypatch.setattr(sse, "MAX_ALL_PENDING_BYTES", 2500)
+        hog, other = SseRewriter(PassView()), SseRewriter(PassView())
+        hog.split(b"data: " + b"h" * 2000)
+        other.split(b"data: " + b"o" * 400)
+        assert other.split(b"o" * 400) == []  # over the budget: the hog's event is let go
+        assert hog.pending_bytes == 0
+        assert other.split(b"\n\n") == [b"data: " + b"o" * 800 + b"\n\n"]
+        with pytest.raises(StreamTooLarge):
+            hog.split(b"h")
+
     def test_close_drops_an_event_never_ended(self) -> None:
         rewriter = SseRewriter(PassView())
         assert rewriter.feed(b"data: half") == b""

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from gateway.printable import printable
 
@@ -172,6 +173,8 @@ def _args_line(args: Any) -> str:
 def _limits(ns: argparse.Namespace) -> int:
     admin = _client(ns)
     if ns.action == "reset":
+        if ns.grant == "" or ns.counter == "":
+            raise SystemExit("celgate: --grant and --counter name something (or use --all)")
         if not (ns.grant or ns.counter or ns.all):
             raise SystemExit("celgate: limits reset needs --grant, --counter or --all")
         body = {"grant": ns.grant, "counter": ns.counter, "all": ns.all}
@@ -180,7 +183,8 @@ def _limits(ns: argparse.Namespace) -> int:
         for key in result["keys"]:
             print(f"  {printable(key)}")  # a tool-scoped key holds an agent's tool name
         return 0
-    rows = admin.call("GET", "/admin/limits" + (f"?grant={ns.grant}" if ns.grant else ""))
+    query = "?" + urlencode({"grant": ns.grant}) if ns.grant else ""  # ci+bot, a&b=c
+    rows = admin.call("GET", "/admin/limits" + query)
     if not rows:
         print("every bucket is full (no recent calls under a limit)")
     for row in rows:

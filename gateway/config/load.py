@@ -32,6 +32,7 @@ from gateway.policy.schema import Fields
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")
+_KEY_PARTS = ("rl:", "ap:", "cs:")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _TOP = {
@@ -187,11 +188,19 @@ class _ConfigLoader(Reader):
         )
 
     def _key_prefix(self, sub: Fields) -> str | None:
+        """``limits.key_prefix``, which every Valkey key of this deployment begins with."""
         node = sub.get("key_prefix")
         if node is None:
             return None
-        if isinstance(node.value, str) and _KEY_PREFIX.fullmatch(node.value):
-            return node.value
+        value = node.value
+        if isinstance(value, str) and _KEY_PREFIX.fullmatch(value):
+            # "prod:" scans prod:rl:*, which holds the keys of "prod:rl:" too: no prefix may
+            # hold a part its keys are made of, so no deployment's keys fall in another's.
+            if not any(part in value for part in _KEY_PARTS):
+                return value
+            msg = "must not hold rl:, ap: or cs: (the parts celgate's keys are made of)"
+            self.err(node.where, "limits.key_prefix", msg)
+            return None
         msg = "must be 1 to 64 letters, digits or _ . : - { } (no spaces or globs)"
         self.err(node.where, "limits.key_prefix", msg)
         return None

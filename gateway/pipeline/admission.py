@@ -127,6 +127,7 @@ def _decided_again(gw: Gateway, call: Call, approved: Decision) -> Decision:
     """An approved call whose policy was reloaded while it waited: the rules now in force
     decide it again. One they now deny is denied (the operator tightened them meanwhile);
     one they allow or hold runs on its approval, under their limits."""
+    call = replace(call, info=gw.tool_info(call.server or "", call.tool))  # kind, risk now
     fresh = verdict(gw, call)
     if fresh.effect == "deny":
         reason = f"the policy changed while the call was held: {fresh.reason}"

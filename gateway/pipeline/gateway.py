@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,13 +106,13 @@ class Gateway:
         self.in_progress = InProgress(self.config.security.max_requests_per_agent)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
-        """What CEL sees as ``tool``; a tool not listed yet is classified by its name."""
+        """What CEL sees as ``tool``; a tool not listed yet is execute/high (policy aside)."""
         if self.classified_under is not self.policy:
             self._classify_again()
         known = self.catalog.get((server, tool)) or self.unlisted.get((server, tool))
         if known is not None:
             return known
-        known = replace(catalog_info(self.policy, server, {"name": tool}), listed=False)
+        known = catalog_info(self.policy, server, {"name": tool}, listed=False)
         if len(self.unlisted) < MAX_UNLISTED and len(tool) <= MAX_CACHED_NAME:
             self.unlisted[(server, tool)] = known
         return known

@@ -69,12 +69,14 @@ def classify(
     name: str,
     annotations: Mapping[str, Any] | None,
     override: tuple[str | None, str | None] = (None, None),
+    by_name: bool = True,
 ) -> Classified:
-    """Kind and risk of one tool, with the reason that decided them."""
+    """Kind and risk of one tool, with the reason that decided them (``by_name``: whether its
+    name's verbs may say, which a name its server never listed may not)."""
     kind_o, risk_o = override
     base = from_annotations(annotations or {})
     if base is None:
-        verb = _name_verb(name)
+        verb = _name_verb(name) if by_name else None
         if verb is not None:
             base = Classified(verb, _RISK_OF_KIND[verb], f"name verb ({verb})")
         else:
@@ -106,11 +108,17 @@ def tool_info(
     tool: Mapping[str, Any],
     risk: str | None = None,
     kind: str | None = None,
+    listed: bool = True,
 ) -> ToolInfo:
     """What CEL sees as ``tool`` for one tool definition; ``risk`` and ``kind`` (a policy
-    test's, ``celgate decide --risk``) replace what the classification gives."""
+    test's, ``celgate decide --risk``) replace what the classification gives. A tool its
+    server has not listed (``listed`` False: made up, or added since the last reading) is
+    ``execute``/``high`` unless the policy says otherwise: its name is a caller's word, and
+    its annotations are not known yet."""
     name = str(tool.get("name", ""))
     annotations = tool.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
-    found = classify(name, annotations, override_for(policy, server, name))
-    return ToolInfo(risk=risk or found.risk, kind=kind or found.kind, annotations=annotations)
+    found = classify(name, annotations, override_for(policy, server, name), by_name=listed)
+    return ToolInfo(
+        risk=risk or found.risk, kind=kind or found.kind, annotations=annotations, listed=listed
+    )

@@ -166,3 +166,26 @@ class Outage:
         )
         self.since = None
         self.calls = 0
+
+
+async def check_eviction(client: Any) -> None:
+    """Log, at start, a Valkey that may evict keys under memory pressure: a bucket evicted is
+    a full one (a drained budget refilled), an approval's single-use mark evicted lets the
+    approval run again. Only ``maxmemory-policy noeviction`` keeps them (docs/deploy.md).
+    A server that does not answer ``CONFIG GET`` (a managed one) is logged as unchecked."""
+    try:
+        answer = await client.config_get("maxmemory-policy")
+    except Exception as exc:  # refused (ACL, a managed service), or down: say so, go on
+        log.warning("limits.eviction_unchecked", error=type(exc).__name__,
+                    fix="make sure Valkey's maxmemory-policy is noeviction")  # fmt: skip
+        return
+    policy = answer.get("maxmemory-policy") if isinstance(answer, dict) else None
+    if isinstance(policy, bytes):
+        policy = policy.decode(errors="replace")
+    if policy != "noeviction":
+        log.error(
+            "limits.valkey_evicts",
+            maxmemory_policy=policy,
+            fix="set maxmemory-policy noeviction: an evicted bucket is a refilled one, an "
+            "evicted approval mark lets an approved call run again",
+        )

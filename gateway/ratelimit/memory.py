@@ -5,8 +5,10 @@ synchronously on the event loop and no lock is needed. Full buckets carry no inf
 missing bucket *is* a full one), so they are dropped: on access, and by a sweep at most once
 per ``sweep_interval`` seconds, which keeps the dict bounded by the buckets that are actually
 draining. Past ``MAX_BUCKETS`` draining ones (sessions without end, say), the tenth that will
-be full soonest is let go: each of those gives its key at most what it would have regained by
-its ``full_at``, and memory stays bounded.
+be full soonest is let go (logged ``limits.memory_full``): memory stays bounded, and each of
+those keys has its whole budget again at once, early by as little as any held bucket is (a
+caller who makes 200,000 buckets of its own can so refill one it drained: use Valkey for
+limits that must hold against that).
 """
 
 from __future__ import annotations

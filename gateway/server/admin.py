@@ -199,6 +199,8 @@ def admin_router(gateway: Gateway) -> Router:
         status_code=200,
     )
     async def limits_reset(data: LimitsResetBody) -> dict[str, Any]:
+        if data.grant == "" or data.counter == "":  # an empty name read as "every one"
+            raise HTTPException("a grant or a counter named by nothing", status_code=400)
         if data.grant is None and data.counter is None and not data.all:
             raise HTTPException("name a grant or a counter, or say all: true", status_code=400)
         rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))

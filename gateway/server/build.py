@@ -50,4 +50,6 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     approvals = ApprovalService(store, on_event=gateway.metrics.approval, caps=config.approvals)
     gateway.approvals = approvals
     gateway.extras["console_sessions"] = make_sessions(valkey, limits.key_prefix)
+    if valkey is not None:
+        gateway.extras["valkey"] = valkey
     return gateway

@@ -24,6 +24,7 @@ import anyio
 from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.inventory.discovery import list_all
 from gateway.pipeline.gateway import Gateway
+from gateway.ratelimit.client import check_eviction
 from gateway.server.reload import exception_fields, reloading
 from gateway.telemetry.audit import log
 
@@ -229,6 +230,9 @@ def relister(
 async def background(gateway: Gateway) -> AsyncIterator[None]:
     # Before serving: which upstreams issue sessions (see HttpUpstream.learn_sessions).
     await asyncio.gather(*(up.learn_sessions() for up in gateway.upstreams.values()))
+    valkey = gateway.extras.get("valkey")
+    if valkey is not None:
+        await check_eviction(valkey)
     gateway.relist = relister(gateway)
     async with reloading(gateway) as reloader, anyio.create_task_group() as tg:
         tg.start_soon(

@@ -61,15 +61,19 @@ class Inbox:
 
     def put(self, item: Item, final: bool = False) -> None:
         """Queue ``item``; a message other than the answer (``final``) is dropped when the
-        reader is ``BACKLOG`` messages, ``INBOX_BYTES`` or (all inboxes) ``ALL_INBOX_BYTES``
-        behind: a server cannot make the gateway hold what an agent does not read."""
+        reader is ``BACKLOG`` messages, ``INBOX_BYTES`` or (all inboxes, notifications only)
+        ``ALL_INBOX_BYTES`` behind: a server cannot make the gateway hold what an agent does
+        not read."""
         if self.closed:
             return
         size = len(item[1])
+        # A server's request (an id and a method: elicitation, sampling) is never dropped for
+        # what other inboxes hold: its caller's call would wait for it to its timeout.
+        asks = "id" in item[0] and "method" in item[0]
         if not final and (
             len(self.items) >= BACKLOG
             or self.held + size > INBOX_BYTES
-            or Inbox.held_by_all + size > ALL_INBOX_BYTES
+            or (not asks and Inbox.held_by_all + size > ALL_INBOX_BYTES)
         ):
             return
         self.items.append(item)

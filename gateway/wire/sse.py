@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from typing import Any, Protocol
 
 import msgspec
@@ -209,10 +210,13 @@ class SseEvents:
     """
 
     held_by_all = 0  # the pending bytes of every stream of the process
+    _open: weakref.WeakSet[SseEvents] = weakref.WeakSet()  # every stream, for _make_room
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []  # the event not yet ended, as it came
         self._pending_bytes = 0
+        self._failed = False  # its event was let go to make room: it fails at its next chunk
+        SseEvents._open.add(self)
         self._tail = b""  # its last bytes, where the next chunk's event end may begin
         self._head: bytes | None = b""  # the stream's first bytes, until a BOM is ruled out
 
@@ -223,6 +227,8 @@ class SseEvents:
 
     def split(self, chunk: bytes) -> list[bytes]:
         """The events ``chunk`` completes, as they came (each with its closing blank line)."""
+        if self._failed:
+            raise StreamTooLarge("its SSE event was let go: every stream's were over budget")
         if self._head is not None:  # a stream may begin with a BOM, which clients skip
             head = self._head + chunk
             if len(head) < len(BOM) and BOM.startswith(head):
@@ -245,8 +251,18 @@ class SseEvents:
         if self._pending_bytes > MAX_EVENT_BYTES:
             raise StreamTooLarge(f"an SSE event over {MAX_EVENT_BYTES} bytes")
         if SseEvents.held_by_all > MAX_ALL_PENDING_BYTES:
-            raise StreamTooLarge(f"SSE events not ended over {MAX_ALL_PENDING_BYTES} bytes")
+            self._make_room()
         return out
+
+    def _make_room(self) -> None:
+        """Every stream's pending bytes over the budget: the stream holding the most fails
+        (this one at once; another at its next chunk, its bytes let go now), not whichever
+        grew last (one upstream's unending events failed every other server's streams)."""
+        largest = max(SseEvents._open, key=lambda s: s._pending_bytes, default=self)
+        if largest is self or largest._pending_bytes <= self._pending_bytes:
+            raise StreamTooLarge(f"SSE events not ended over {MAX_ALL_PENDING_BYTES} bytes")
+        largest._drop_pending()
+        largest._failed = True
 
     def _drop_pending(self) -> None:
         SseEvents.held_by_all -= self._pending_bytes

@@ -30,7 +30,10 @@ LISTS: dict[str, tuple[str, str | None]] = {
     "resources/list": ("resources", None),
     "resources/templates/list": ("resourceTemplates", None),
 }
-MAX_CURSOR_CHARS = 16 * 1024
+#: One server's cursor kept in a merged cursor at most, and a merged cursor taken back at
+#: most (every server's, base64, sealed: a few hundred servers' worth).
+MAX_SERVER_CURSOR = 4096
+MAX_CURSOR_CHARS = 2 * 1024 * 1024
 _CURSOR = "cursor\x00"  # what a list cursor's MAC binds besides the list and the caller
 MAX_OWNED = 100_000  # resource URIs remembered for routing, per server (its oldest go first)
 MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
@@ -43,10 +46,18 @@ def encode_cursor(
     positions: Mapping[str, str], signer: SessionSigner, method: str, owner: str
 ) -> str | None:
     """The merged list's ``nextCursor``: each unfinished server's own cursor, sealed for this
-    list and this caller (``<base64 JSON>.<MAC>``)."""
-    if not positions:
+    list and this caller (``<base64 JSON>.<MAC>``). A server's cursor over
+    ``MAX_SERVER_CURSOR`` characters is left out (its later pages are that server's loss,
+    logged), so the merged cursor is always one ``decode_cursor`` takes back."""
+    kept = {}
+    for server, cursor in positions.items():
+        if len(cursor) > MAX_SERVER_CURSOR:
+            log.warning("aggregate.cursor_too_long", server=server, chars=len(cursor))
+            continue
+        kept[server] = cursor
+    if not kept:
         return None
-    raw = json.dumps(dict(positions), separators=(",", ":")).encode()
+    raw = json.dumps(kept, separators=(",", ":")).encode()
     return signer.wrap(_CURSOR + method, owner, base64.urlsafe_b64encode(raw).decode().rstrip("="))
 
 

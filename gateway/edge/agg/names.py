@@ -17,7 +17,12 @@ from collections.abc import Iterable, Mapping
 
 import structlog
 
+from gateway.edge.toolnames import MAX_TOOL_NAME
+
 log = structlog.get_logger(__name__)
+#: Names of servers with an empty prefix remembered for routing, at most (of every kind); a
+#: name no call could use (too long, control characters) is not learned.
+MAX_OWNED_NAMES = 100_000
 
 
 class Names:
@@ -60,6 +65,8 @@ class Names:
         for server, name in listed:
             if self.prefixes[server] or (kind, name) in self.ambiguous:
                 continue
+            if len(name) > MAX_TOOL_NAME or not name.isprintable():
+                continue  # no caller could name it (edge/toolnames): nothing to route
             other = seen.setdefault(name, server)
             if other == server:  # a name owned already (learned from an earlier page) counts
                 other = self._owner.get((kind, name), server)
@@ -75,4 +82,9 @@ class Names:
                 )
         for name, server in seen.items():
             if (kind, name) not in self.ambiguous:
+                self._owner.pop((kind, name), None)  # learned again: the newest
                 self._owner[(kind, name)] = server
+        while len(self._owner) > MAX_OWNED_NAMES:  # the least recently listed go first
+            del self._owner[next(iter(self._owner))]
+        while len(self.ambiguous) > MAX_OWNED_NAMES:
+            self.ambiguous.pop()
