@@ -91,6 +91,14 @@ async def test_one_grant_past_its_cap_is_429_others_go_on(gateway: GatewayProces
         over = await echo(HOG)
         assert over.status_code == 429 and over.headers["retry-after"] == "1"
         assert f"more than {CAP} requests of this agent" in over.json()["error"]["message"]
+        # A notification takes no place: a cancel passes at the cap (refused, the calls it
+        # would end kept the places, and a TypeScript SDK host was locked out for good).
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                  "params": {"requestId": 99, "_meta": MODERN_META}}  # fmt: skip
+        note = {**headers(HOG, "echo"), "mcp-method": "notifications/cancelled"}
+        note.pop("mcp-name")
+        passed = await http.post("/mcp/up", json=cancel, headers=note)
+        assert passed.status_code == 202, passed.text
         assert (await echo(OTHER)).status_code == 200
         assert await asyncio.gather(*held) == [200] * CAP
         assert (await echo(HOG)).status_code == 200  # its places came back as they ended

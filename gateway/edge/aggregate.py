@@ -19,7 +19,7 @@ from gateway.edge.agg.handshake import Handshake
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.stateless import Stateless
-from gateway.edge.boundary import caller, check_guard, json_body, serve
+from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
 from gateway.edge.routing import stateless_era
 from gateway.pipeline.gateway import Gateway
 from gateway.wire import jsonrpc as rpc
@@ -72,6 +72,8 @@ class Aggregate:
             raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
         read = await json_body(self.gw, incoming)
         value = rpc.parse_body(read)
+        if not await place_for(self.gw, incoming, send, identity, value):
+            return
         if stateless_era(incoming, value):
             await self.stateless.post(incoming, send, identity, read, value)
         else:

@@ -107,15 +107,33 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
         await reply(send, status, body, extra=challenge)
         return None
+    if incoming.method == "POST":
+        return identity  # its place is taken once its body shows a request (place_for)
+    return identity if await _take_place(gw, incoming, send, identity) else None
+
+
+async def place_for(
+    gw: Gateway, incoming: Incoming, send: Send, identity: Identity, value: Any
+) -> bool:
+    """A POST's place among its caller's requests in progress, once its body is read: a
+    notification or an answer takes none (it ends at once), so a ``notifications/cancelled``
+    passes when its caller is at the cap (refused, the calls it would end kept the places
+    for good). False once refused (429, answered)."""
+    if isinstance(value, dict) and ("id" not in value or "method" not in value):
+        return True
+    return await _take_place(gw, incoming, send, identity)
+
+
+async def _take_place(gw: Gateway, incoming: Incoming, send: Send, identity: Identity) -> bool:
     owner = identity.owner  # one user of a grant cannot take another's places
     if not gw.in_progress.begin(owner):
         cap = gw.config.security.max_requests_per_agent
         message = f"more than {cap} requests of this agent in progress: try again later"
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
         await reply(send, 429, body, extra=[(b"retry-after", b"1")])
-        return None
+        return False
     incoming.release = lambda: gw.in_progress.done(owner)  # when the request ends
-    return identity
+    return True
 
 
 async def json_body(gw: Gateway, incoming: Incoming) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 from mcp.shared.inbound import encode_header_value
 
-from gateway.edge.boundary import caller, check_guard, json_body, serve
+from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_name
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver, remember_client
@@ -104,6 +104,8 @@ class Relay:
     ) -> None:
         body = await json_body(self.gw, incoming)
         value = rpc.parse_body(body)
+        if not await place_for(self.gw, incoming, send, identity, value):
+            return
         modern = stateless_era(incoming, value)
         try:
             message = rpc.classify(value, self.gw.config.relay.extra_methods)
