@@ -382,6 +382,21 @@ def _session(gw: GatewayProcess, **headers: str) -> str:
 
 
 class TestUpstreamFailure:
+    async def test_a_silent_upstream_ends_the_call_with_an_error(self, tmp_path: Path) -> None:
+        """2025-11-25: a tool that never answers (its stream open, keep-alives only) held the
+        caller for good; past servers.X.timeout with no message, the call ends in an error
+        the client reads, and the gateway serves on."""
+        policy = POLICY + "  hang: {action: allow}\n"
+        with (
+            http_upstream() as up,
+            run_gateway(tmp_path, policy, {"up": {"url": up.url, "timeout": 1}}) as gw,
+        ):
+            async with client(gw.url("up"), mode="legacy") as c:
+                with anyio.fail_after(20), pytest.raises(BaseException) as caught:
+                    await c.call_tool("hang", {})
+                assert "sent nothing for 1 s" in repr(caught.value)
+                assert text_of(await c.call_tool("echo", {"text": "after"})) == "after"
+
     async def test_upstream_killed_mid_call_gives_an_error_not_a_hang(self, tmp_path: Path) -> None:
         with (
             http_upstream() as up,

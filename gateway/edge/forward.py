@@ -212,7 +212,13 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
             and incoming.method == "POST"
             and wants_json(incoming)
         )
-        await watching_disconnect(incoming.receive, _relay_sse(send, resp, fwd, start, alone))
+        # A request's stream ends when its upstream sends no message (keep-alives aside) for
+        # servers.X.timeout: a stuck tool held its caller (and its place) for good.
+        silence = (
+            fwd.upstream.timeout if fwd.msg_id is not None and incoming.method == "POST" else None
+        )
+        relay = _relay_sse(send, resp, fwd, start, alone, silence)
+        await watching_disconnect(incoming.receive, relay)
     else:
         await _relay_whole(send, resp, fwd, media)
 
@@ -289,7 +295,12 @@ HOLD_SECONDS = 1.0
 
 
 async def _relay_sse(
-    send: Send, resp: H1Response, fwd: Forward, start: dict[str, Any], alone: bool
+    send: Send,
+    resp: H1Response,
+    fwd: Forward,
+    start: dict[str, Any],
+    alone: bool,
+    silence: float | None = None,
 ) -> None:
     """The stream, event by event through the caller's view.
 
@@ -314,18 +325,33 @@ async def _relay_sse(
                 return
         await _flush(send, pending, rewriter.rewrite(held))
         pending, held = None, []
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
         while not ended:
-            chunk = await resp.next_chunk()
+            deadline = None if silence is None else heard + silence
+            async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
+                chunk = await resp.next_chunk()
             if chunk is None:
                 break
             data = rewriter.feed(chunk)
             if data:
+                if _carries_message(data):
+                    heard = loop.time()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+    except TimeoutError:
+        log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
+        what = f"sent nothing for {silence:g} s: the call is ended here"
+        await _flush(send, pending, sse_error(fwd, what))
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
         tail = sse_error(fwd) if fwd.msg_id is not None else b""
         await _flush(send, pending, rewriter.rewrite(held) + tail)
     await send({"type": "http.response.body", "body": rewriter.close()})
+
+
+def _carries_message(events: bytes) -> bool:
+    """Whether relayed events hold a message (a ``data`` line), not only keep-alives."""
+    return events.startswith(b"data:") or b"\ndata:" in events
 
 
 def _alone(held: list[bytes], msg_id: Any, quiet: bool = False) -> bytes | None:

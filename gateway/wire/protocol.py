@@ -153,6 +153,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
         self._refused = False  # over the connection cap: never joined the server's set
         self._quiet_since = 0.0  # since when no request of its own is in progress
+        self._served = False  # whether one of its requests was answered (a client, kept alive)
         self._stage = _Stage.HEAD
         self._head_bytes = 0
         self._refusal: Refusal | None = None  # why the parser was stopped, to answer it
@@ -178,13 +179,15 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
     def _make_room(self) -> bool:
         """At the connection cap: close the connection that has waited longest with no
         request of its own in progress (a head not yet whole, idle between requests, or a
-        body still coming for a request already answered), if any. Connections that never
-        send a whole request must not keep everyone else out: they go first, and a client
-        whose request is under way is never cut."""
+        body still coming for a request already answered), if any; one never answered before
+        one that was. Connections that never send a whole request must not keep everyone
+        else out: they go first, and a client whose request is under way is never cut."""
         waiting = [c for c in self.connections if isinstance(c, GuardedHttpProtocol) and c._idle()]
         if not waiting:
             return False
-        oldest = min(waiting, key=lambda c: c._quiet_since)
+        # Never served first: an MCP client's kept-alive connection, idle between its calls,
+        # was closed under it for 30 half heads that came after it.
+        oldest = min(waiting, key=lambda c: (c._served, c._quiet_since))
         oldest.transport.close()
         oldest._quiet_since = float("inf")  # closing: not chosen again while it goes
         return True
@@ -197,6 +200,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._quiet_since = time.monotonic()
+        self._served = True
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
