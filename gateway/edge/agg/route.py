@@ -125,7 +125,7 @@ def unknown(message: Message) -> BadMessage:
         what = "no server behind /mcp has the prompt or resource this completion refers to"
     else:
         what = (
-            f"unknown resource {params.get('uri')!r} (or one more than one server lists: "
+            f"unknown resource {params.get('uri')!r} (or one that more than one server lists: "
             "read it through /mcp/<server>)"
         )
     return BadMessage(rpc.INVALID_PARAMS, what, status=200, msg_id=message.msg_id)
