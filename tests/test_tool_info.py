@@ -56,7 +56,7 @@ def test_a_listed_tool_follows_a_reloaded_override(tmp_path: Path) -> None:
 def test_an_unlisted_tool_is_classified_once_per_policy(tmp_path: Path) -> None:
     gw = gateway_at(tmp_path)
     first = gw.tool_info("up", "list_orders")
-    assert (first.kind, first.risk) == ("read", "low")  # by its name's verb
+    assert (first.kind, first.risk) == ("execute", "high")  # not listed: never by its name
     assert gw.tool_info("up", "list_orders") is first  # not classified again
     reload_with(gw, tmp_path, AFTER)
     again = gw.tool_info("up", "list_orders")
