@@ -236,25 +236,27 @@ class TestAnonymousAccess:
             "or `anonymous: true` locally"
         ]
 
-    def test_anonymous_is_loopback_only(self, tmp_path: Path) -> None:
+    @staticmethod
+    def anonymous_behind(tmp_path: Path, listen: str) -> Path:
+        """A config serving anonymous callers, listening as ``listen`` says."""
         path = tmp_path / "celgate.yaml"
         (tmp_path / "p.yaml").write_text("default: deny\n")
         path.write_text(
-            "listen: {host: 0.0.0.0, port: 8787}\npolicy: p.yaml\n"
+            f"listen: {listen}\npolicy: p.yaml\n"
             "servers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\nanonymous: true\n"
         )
+        return path
+
+    def test_anonymous_is_loopback_only(self, tmp_path: Path) -> None:
+        path = self.anonymous_behind(tmp_path, "{host: 0.0.0.0, port: 8787}")
         assert problems(path) == [
             f"{path}:5: anonymous: anonymous access is for local use: listen on loopback, "
             "not 0.0.0.0"
         ]
 
     def test_anonymous_is_not_behind_a_proxy(self, tmp_path: Path) -> None:
-        path = tmp_path / "celgate.yaml"
-        (tmp_path / "p.yaml").write_text("default: deny\n")
-        path.write_text(
-            "listen: {host: 127.0.0.1, port: 8787, trusted_proxies: [127.0.0.1]}\n"
-            "policy: p.yaml\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\nanonymous: true\n"
-        )
+        listen = "{host: 127.0.0.1, port: 8787, trusted_proxies: [127.0.0.1]}"
+        path = self.anonymous_behind(tmp_path, listen)
         assert problems(path) == [
             f"{path}:5: anonymous: anonymous access is for local use: not behind a proxy "
             "(listen.trusted_proxies)"

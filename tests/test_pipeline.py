@@ -28,7 +28,7 @@ from gateway.config import load_config
 from gateway.pipeline import gateway as gateway_module
 from gateway.pipeline.admission import Admission, Tick, Wait, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
-from gateway.policy import Call, Decision, Identity
+from gateway.policy import Call, CompiledPolicy, Decision, Identity
 from gateway.policy.loader import load_policy
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.server.build import build_gateway
@@ -107,6 +107,25 @@ async def operator(gw: Gateway, clock: Clock, seconds: float, approve: bool = Tr
         await anyio.lowlevel.checkpoint()
     clock.now += seconds
     await gw.approvals.decide(pending[0].id, approve, "ops", None)
+
+
+async def held_then_reloaded(
+    gw: Gateway, clock: Clock, newer: CompiledPolicy, call: Call
+) -> Admission:
+    """``call`` held in wait mode; meanwhile the rules become ``newer``, then an operator
+    approves."""
+
+    async def reload_then_approve() -> None:
+        assert gw.approvals is not None
+        while not await gw.approvals.list():
+            await anyio.lowlevel.checkpoint()
+        gw.policy = newer
+        await operator(gw, clock, 1.0)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reload_then_approve)
+            return await admit(gw, call, clock=clock)
 
 
 def test_the_catalogue_of_one_server_is_bounded(
@@ -246,18 +265,7 @@ class TestAdmit:
         folder.mkdir()
         (folder / "p.yaml").write_text(f'version: "1"\ntools:\n  write_file:\n    {now_says}\n')
         newer = load_policy([folder])
-
-        async def reload_then_approve() -> None:
-            assert gw.approvals is not None
-            while not await gw.approvals.list():
-                await anyio.lowlevel.checkpoint()
-            gw.policy = newer
-            await operator(gw, clock, 1.0)
-
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reload_then_approve)
-                admission = await admit(gw, call_of("write_file", path="/tmp/r"), clock=clock)
+        admission = await held_then_reloaded(gw, clock, newer, call_of("write_file", path="/tmp/r"))
         assert admission.decision.effect == effect
         assert admission.decision.revision == newer.revision
         if effect == "deny":
@@ -279,18 +287,7 @@ class TestAdmit:
         newer = load_policy([folder])
         read_only = {"name": "write_file", "annotations": {"readOnlyHint": True}}
         gw.observe("up", read_only)  # listed: read/low under the rules it is held under
-
-        async def reload_then_approve() -> None:
-            assert gw.approvals is not None
-            while not await gw.approvals.list():
-                await anyio.lowlevel.checkpoint()
-            gw.policy = newer
-            await operator(gw, clock, 1.0)
-
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reload_then_approve)
-                admission = await admit(gw, call_of("write_file", path="/tmp/k"), clock=clock)
+        admission = await held_then_reloaded(gw, clock, newer, call_of("write_file", path="/tmp/k"))
         assert admission.decision.effect == "deny"
 
     async def test_an_approval_given_just_before_the_end_is_usable(

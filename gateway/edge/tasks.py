@@ -65,10 +65,9 @@ def upstream_request(
     gw: Gateway, server: str, identity: Identity, message: Message
 ) -> tuple[bytes | None, str | None, frozenset[str] | None]:
     """The body to send upstream for a request ``names_tasks`` took (None: as it came), with
-    the upstream's own
-    task ids, the one task it names (for ``Mcp-Name``) and, for a listen, the upstream's ids
-    of the tasks it follows (none when it names none). Raises BadMessage for ``tasks/list``
-    and for an id not given to this caller."""
+    the upstream's own task ids; the one task it names (for ``Mcp-Name``); and, for a listen,
+    the upstream's ids of the tasks it follows (none when it names none). Raises BadMessage
+    for ``tasks/list`` and for an id not given to this caller."""
     params = message.params
     if message.method == TASKS_LIST:
         msg = "tasks/list is not served through celgate: read a task by the id its call returned"

@@ -127,8 +127,7 @@ def _decided_again(gw: Gateway, call: Call, approved: Decision) -> Decision:
     """An approved call whose policy was reloaded while it waited: the rules now in force
     decide it again. One they now deny is denied (the operator tightened them meanwhile);
     one they allow or hold runs on its approval, under their limits."""
-    call = replace(call, info=gw.tool_info(call.server or "", call.tool))  # kind, risk now
-    fresh = verdict(gw, call)
+    fresh = verdict(gw, _classified(gw, call))  # its kind and risk under these rules too
     if fresh.effect == "deny":
         reason = f"the policy changed while the call was held: {fresh.reason}"
         return replace(fresh, reason=reason, approval_id=approved.approval_id)
@@ -143,7 +142,12 @@ async def schema_read(gw: Gateway, call: Call) -> Call:
     if gw.relist is None or not server or (server, call.tool) in gw.catalog:
         return call
     await gw.relist(server)
-    return replace(call, info=gw.tool_info(server, call.tool))
+    return _classified(gw, call)
+
+
+def _classified(gw: Gateway, call: Call) -> Call:
+    """``call`` with what CEL sees as ``tool`` as the catalogue and the policy say now."""
+    return replace(call, info=gw.tool_info(call.server or "", call.tool))
 
 
 def verdict(gw: Gateway, call: Call) -> Decision:

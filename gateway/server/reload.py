@@ -122,6 +122,8 @@ class Reloader:
         self._result(why, True, policy.revision, [])
         try:
             self._reload_pins()
+        except ConfigError as exc:  # the pins held keep serving
+            log.error("pins.reload_failed", why=why, problems=[str(p) for p in exc.problems])
         except Exception as exc:
             log.error("pins.reload_failed", why=why, **exception_fields(exc))
         if self.gw.metrics is not None:
