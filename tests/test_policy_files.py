@@ -6,15 +6,21 @@ rules dropped: a held tool ran with no human), and a new version with the old mt
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
+from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.inventory.pins import Pins
-from gateway.policy import Call, decide
+from gateway.policy import Call, CompiledPolicy, decide
 from gateway.policy.loader import load_policy, rule_files
-from gateway.server.reload import _snapshot
+from gateway.server.build import build_gateway
+from gateway.server.reload import Reloader, _snapshot
+from tests.gateway_proc import write_config
 
 BASE = 'version: "1"\ndefault: allow\n'
 HOLD = 'version: "1"\ntools:\n  delete_note: {action: require_approval}\n'
@@ -113,3 +119,33 @@ class TestPinsFile:
         written = tmp_path / "written.yaml"
         written.write_text("servers:\n  up:\n    echo: sha256:abc\n")
         assert Pins.load(written).pinned == {("up", "echo"): "sha256:abc"}
+
+
+async def test_a_reload_compiles_off_the_event_loop(tmp_path: Path) -> None:
+    """Rules compile at about a millisecond each: a reload run on the event loop stopped every
+    call for as long (a second for a thousand rules). The loop keeps turning while it loads,
+    and the new policy is in place once ``reload`` returns."""
+    config = write_config(tmp_path, BASE, {"up": {"url": "http://127.0.0.1:9/mcp"}}, 9)
+    gateway = build_gateway(load_config(config))
+    reloader = Reloader(gateway)
+    loop_turned = threading.Event()
+    load = reloader.load_stable
+
+    def waits_for_the_loop() -> CompiledPolicy:
+        if not loop_turned.wait(10):
+            raise AssertionError("the event loop stood still while the rules loaded")
+        return load()
+
+    reloader.load_stable = waits_for_the_loop  # type: ignore[method-assign]
+    (tmp_path / "policy.yaml").write_text(BASE + "tools:\n  delete_note: {action: deny}\n")
+    async with anyio.create_task_group() as tg:
+        outcome: list[bool] = []
+
+        async def reload() -> None:
+            outcome.append(await reloader.reload("test"))
+
+        tg.start_soon(reload)
+        await anyio.lowlevel.checkpoint()
+        loop_turned.set()
+    assert outcome == [True]
+    assert decide(gateway.policy, Call(server="up", tool="delete_note")).effect == "deny"

@@ -214,7 +214,7 @@ def admin_router(gateway: Gateway) -> Router:
         reloader = gateway.extras.get("reloader")
         if reloader is None:
             raise NotFoundException("reload is not running")
-        ok = reloader.reload("admin API")
+        ok = await reloader.reload("admin API")
         return {"reloaded": ok, "revision": gateway.policy.revision}
 
     handlers = [
