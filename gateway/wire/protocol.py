@@ -287,6 +287,14 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._parsing_head = True
         super().on_message_begin()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # A chunked body's trailer fields come through here too, and uvicorn adds them to
+        # the list that is the request's headers: an Authorization, or an X-Forwarded-For,
+        # sent after the body would have been read as if in the head (past a proxy that
+        # checked the head). Only the head's fields are headers; trailers are dropped.
+        if self._stage is _Stage.HEAD:
+            super().on_header(name, value)
+
     def on_chunk_header(self) -> None:
         self._in_trailers = True  # until body bytes follow: only the last chunk has none
 

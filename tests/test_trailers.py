@@ -1,0 +1,94 @@
+"""A chunked request body's trailer fields are not request headers.
+
+uvicorn's httptools protocol adds trailer fields to the very list that becomes the request's
+headers, and a request that arrives in one piece is parsed whole before the app starts: an
+agent key or the admin token sent after the body authenticated it (past a front proxy that
+checked the head), and a client behind a trusted proxy set ``request.ip`` with its own
+``X-Forwarded-For`` trailer, passing a rule keyed on the address."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_proc import OPERATOR, GatewayProcess, initialize_body, run_gateway
+from tests.peers import http_upstream
+
+KEY = "cgk_trailers-0123456789abcdefghij"
+ADMIN = "celgate-test-operator"
+OFFICE = "203.0.113.5"
+POLICY = f"""version: "1"
+default: deny
+tools:
+  echo:
+    rules:
+      - {{id: office, when: "request.ip == '{OFFICE}'", action: allow}}
+    action: deny
+    reason: only from the office
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    grants = {"alice": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}
+    folder = tmp_path_factory.mktemp("trailers")
+    listen = {"trusted_proxies": ["127.0.0.1"]}
+    with (
+        http_upstream(stateless=True) as up,
+        run_gateway(
+            folder, POLICY, {"up": {"url": up.url}}, grants=grants, admin=OPERATOR, listen=listen
+        ) as gateway,
+    ):
+        yield gateway
+
+
+def chunked(port: int, path: str, body: bytes, head: list[str], trailer: str) -> tuple[int, str]:
+    """One request whose body is chunked with ``trailer`` after it; the status and body."""
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines += ["Accept: application/json, text/event-stream", "Transfer-Encoding: chunked"]
+    lines += ["Connection: close", *head]
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    raw += b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + trailer.encode() + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head_part, _, rest = reply.partition(b"\r\n\r\n")
+    return int(head_part[9:12]), rest.decode("utf-8", "replace")
+
+
+def call_body() -> bytes:
+    params = {"name": "echo", "arguments": {"text": "from the trailer"}}
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+    ).encode()
+
+
+def test_a_key_sent_as_a_trailer_authenticates_nothing(gw: GatewayProcess) -> None:
+    body = json.dumps(initialize_body("trailer")).encode()
+    status, _ = chunked(gw.port, "/mcp/up", body, [], f"Authorization: Bearer {KEY}")
+    assert status == 401
+    status, _ = chunked(gw.port, "/mcp/up", body, [f"Authorization: Bearer {KEY}"], "X-T: 1")
+    assert status == 200  # a chunked body with a trailer still works
+
+
+def test_the_admin_token_sent_as_a_trailer_is_no_token(gw: GatewayProcess) -> None:
+    status, text = chunked(gw.port, "/admin/reload", b"{}", [], f"Authorization: Bearer {ADMIN}")
+    assert status == 401 and "reloaded" not in text
+
+
+def test_a_trailer_forwarded_for_does_not_set_the_address(
+    gw: GatewayProcess, tmp_path: Path
+) -> None:
+    head = [f"Authorization: Bearer {KEY}", "Mcp-Protocol-Version: 2025-11-25"]
+    proxied = [*head, "X-Forwarded-For: 198.51.100.7"]  # the proxy names the real client
+    status, text = chunked(gw.port, "/mcp/up", call_body(), proxied, f"X-Forwarded-For: {OFFICE}")
+    assert status == 200 and "only from the office" in text
+    decision = gw.records("policy.decision")[-1]
+    assert decision["effect"] == "deny"
