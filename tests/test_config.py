@@ -13,6 +13,7 @@ from gateway.policy import Call, Identity, decide
 from gateway.server.build import build_gateway
 
 GOOD_KEY = hash_key("cgk_example")
+ADMIN_KEY = hash_key("celgate-admin-example")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -190,12 +191,12 @@ class TestConfigErrors:
             tmp_path,
             "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
             f"grants:\n  bot: {{key_sha256: {GOOD_KEY}, roles: [a], attrs: {{team: x}}}}\n"
-            f"admin: {{token_sha256: {GOOD_KEY}}}\n",
+            f"admin: {{token_sha256: {ADMIN_KEY}}}\n",
         )
         config = load_config(path, env={})
         assert config.grants["bot"].roles == ("a",)
         assert config.grants["bot"].attrs == {"team": "x"}
-        assert config.admin.token_sha256 == GOOD_KEY
+        assert config.admin.token_sha256 == ADMIN_KEY
 
 
 class TestEngineByConfig:

@@ -4,6 +4,9 @@ method, before anything is read or forwarded; ``/mcp`` only when it names every 
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +119,43 @@ def test_the_catalogue_shows_what_a_grants_key_can_reach(tmp_path: Path) -> None
     rows = catalog_rows(config, load_policy(config.policy), tools, _identity(config, "bot"))
     effects = {row["server"]: row["effect"] for row in rows}
     assert effects == {"web": "allow", "ops": "deny (servers)"}
+
+
+def test_decide_says_what_the_gateway_answers_a_grant_outside_its_servers(tmp_path: Path) -> None:
+    """``celgate decide --grant`` said 'allow' for a server the grant's key never reaches."""
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "policy: rules.yaml\nservers:\n  web: {url: 'http://127.0.0.1:9/mcp'}\n"
+        "  ops: {url: 'http://127.0.0.1:9/mcp'}\n"
+        f"grants:\n  bot: {{key_sha256: '{digest(NARROW)}', servers: [web]}}\n"
+    )
+    (tmp_path / "rules.yaml").write_text('version: "1"\ndefault: allow\n')
+    argv = [sys.executable, "-m", "gateway.cli", "decide", "--config", str(path), "--grant", "bot"]
+
+    def effect(server: str) -> str:
+        out = subprocess.run([*argv, "--server", server, "--tool", "drop"], capture_output=True)
+        return str(json.loads(out.stdout)["effect"])
+
+    assert effect("ops") == "deny (servers)"
+    assert effect("web") == "allow"
+
+
+def test_one_key_in_two_grants_is_refused_at_load(tmp_path: Path) -> None:
+    """The grant written last won, silently: a key meant for some servers reached all."""
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "policy: rules.yaml\nservers:\n  web: {url: 'http://127.0.0.1:9/mcp'}\n"
+        f"grants:\n  narrow: {{key_sha256: '{digest(NARROW)}', servers: [web]}}\n"
+        f"  again: {{key_sha256: '{digest(NARROW)}'}}\n"
+        f"admin: {{token_sha256: '{digest(NARROW)}'}}\n"
+    )
+    (tmp_path / "rules.yaml").write_text('version: "1"\ndefault: allow\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    found = [str(p) for p in caught.value.problems]
+    assert found == [
+        f"{path}:6: grants.again.key_sha256: the same key as grants.narrow (line 5): one key, "
+        "one grant",
+        f"{path}:7: admin.token_sha256: is an agent's key (a grant's key_sha256): the admin "
+        "token must be its own",
+    ]

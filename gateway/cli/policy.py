@@ -71,20 +71,25 @@ def _config_identity(ns: argparse.Namespace, config: GatewayConfig) -> Identity:
     return Identity(grant=found.id, agent=ns.agent or found.agent, roles=roles, attrs=attrs)
 
 
-def _policy_and_identity(ns: argparse.Namespace) -> tuple[CompiledPolicy, Identity]:
+def _policy_and_identity(
+    ns: argparse.Namespace,
+) -> tuple[CompiledPolicy, Identity, tuple[str, ...] | None]:
+    """The policy, the caller, and the servers its grant reaches (None: every one)."""
     from gateway.policy import load_policy
 
     if ns.config is None:
         if ns.path is None:
             raise SystemExit("celgate: decide needs a rule path, or --config")
-        return load_policy([ns.path]), _flag_identity(ns)
+        return load_policy([ns.path]), _flag_identity(ns), None
     from gateway.config import load_config
     from gateway.policy.engines import get_engine
 
     config = load_config(ns.config)
     paths = [ns.path] if ns.path else list(config.policy)
     identity = _config_identity(ns, config) if ns.grant != "anonymous" else _flag_identity(ns)
-    return load_policy(paths, get_engine(config.cel.engine)), identity
+    found = config.grants.get(ns.grant)
+    reach = found.servers if found is not None else None
+    return load_policy(paths, get_engine(config.cel.engine)), identity, reach
 
 
 def _decide(ns: argparse.Namespace) -> int:
@@ -92,9 +97,15 @@ def _decide(ns: argparse.Namespace) -> int:
     from gateway.policy.risk import tool_info
 
     try:
-        policy, identity = _policy_and_identity(ns)
+        policy, identity, reach = _policy_and_identity(ns)
     except ConfigError as exc:
         return _report(exc, "config or policy" if ns.config else "policy")
+    if reach is not None and ns.server is not None and ns.server not in reach:
+        # The gateway answers 403 insufficient_scope before any rule is read (as catalog says).
+        reason = f"grant {identity.grant!r} reaches only: {', '.join(reach)}"
+        out = {"effect": "deny (servers)", "reason": reason, "rule": None}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
     call = Call(
         tool=ns.tool,
         server=ns.server,

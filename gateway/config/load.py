@@ -213,10 +213,20 @@ class _ConfigLoader(Reader):
             self.err(node.where, "grants", "must be a mapping of grant ids to grants")
             return
         grants: dict[str, GrantConfig] = {}
+        by_digest: dict[str, tuple[str, SourceLocation]] = {}
         for gid, gnode in node.value.items():
             sub = Fields(gnode, f"grants.{gid}", self.problems)
-            if sub.ok:
-                grants[gid] = self._grant(gid, sub)
+            if not sub.ok:
+                continue
+            grants[gid] = grant = self._grant(gid, sub)
+            where = sub.where("key_sha256")
+            first = by_digest.setdefault(grant.key_sha256, (gid, where))
+            if grant.key_sha256 and first[0] != gid:
+                # One key read as two grants: the one written last won, silently, and a key
+                # meant to reach some servers (or to hold some roles) reached all of them.
+                other, line = first[0], first[1].line
+                msg = f"the same key as grants.{other} (line {line}): one key, one grant"
+                self.err(where, f"grants.{gid}.key_sha256", msg)
         self.out["grants"] = grants
 
     def _grant(self, gid: str, sub: Fields) -> GrantConfig:
@@ -248,6 +258,10 @@ class _ConfigLoader(Reader):
         sub = self.section(top, "admin", AdminConfig)
         if sub is not None:
             token = self.digest(sub, "token_sha256")
+            keys = {grant.key_sha256 for grant in (self.out.get("grants") or {}).values()}
+            if token is not None and token in keys:  # the operator's credential is its own
+                msg = "is an agent's key (a grant's key_sha256): the admin token must be its own"
+                self.err(sub.where("token_sha256"), "admin.token_sha256", msg)
             metrics_public = self.flag(sub, "metrics_public")
             self.out["admin"] = build(
                 AdminConfig, token_sha256=token, metrics_public=metrics_public
