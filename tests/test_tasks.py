@@ -18,9 +18,11 @@ import httpx
 import pytest
 
 from gateway.auth.guard import SessionSigner
+from gateway.edge.clientview import ClientView
 from gateway.edge.tasks import RELATED_TASK, bind_tasks, names_tasks, upstream_request
 from gateway.policy import Identity
 from gateway.wire.jsonrpc import BadMessage, classify
+from gateway.wire.sse import DROP
 from tests.gateway_proc import GatewayProcess, run_gateway
 from tests.peers import PeerProcess, start_ts_tasks_upstream, ts_sdk_ready
 
@@ -202,3 +204,40 @@ def test_listen_names_only_own_tasks_and_every_id_is_bound() -> None:
     # a tool's own output that happens to hold a "taskId" is left as the tool wrote it
     output = {"jsonrpc": "2.0", "id": 3, "result": {"structuredContent": {"taskId": "x"}}}
     assert bind_tasks(output, wrap) is None
+
+
+def test_a_stream_speaks_only_of_the_tasks_its_request_named_or_made() -> None:
+    """Every message back is read for task ids: only those the request proved its caller's
+    (or the one its call made) are bound; a question or notice tagged with another task is
+    dropped, and an answer naming one becomes an error (bound, its id would read it)."""
+    signer = SessionSigner("k" * 32)
+    gw: Any = SimpleNamespace(signer=signer)
+    alice = Identity(grant="alice", agent="alice")
+
+    def tagged(task_id: str, **message: Any) -> dict[str, Any]:
+        return {
+            "jsonrpc": "2.0",
+            **message,
+            "params": {"_meta": {RELATED_TASK: {"taskId": task_id}}},
+        }
+
+    getting = ClientView(gw, "t", alice)
+    getting.tasks = frozenset({"u-1"})
+    asked = getting.filter(tagged("u-1", id=7, method="elicitation/create"))
+    assert asked["params"]["_meta"][RELATED_TASK]["taskId"] == signer.wrap_task(
+        "t", alice.owner, "u-1"
+    )
+    assert getting.filter(tagged("u-2", id=8, method="elicitation/create")) is DROP
+    assert getting.filter(tagged("u-2", method="notifications/message")) is DROP
+    other = {"jsonrpc": "2.0", "id": 5, "result": {"taskId": "u-2", "status": "completed"}}
+    assert getting.filter(other)["error"]["code"] == -32603
+
+    calling = ClientView(gw, "t", alice)
+    calling.creates = True
+    made = {"jsonrpc": "2.0", "id": 5, "result": {"taskId": "u-3", "status": "working",
+            "_meta": {RELATED_TASK: {"taskId": "u-3"}}}}  # fmt: skip
+    shown = calling.filter(made)
+    bound = signer.wrap_task("t", alice.owner, "u-3")
+    assert shown["result"]["taskId"] == bound
+    assert shown["result"]["_meta"][RELATED_TASK]["taskId"] == bound
+    assert calling.filter(tagged("u-1", method="notifications/message")) is DROP

@@ -1,6 +1,8 @@
 """Tasks of the 2026-07-28 tasks extension through the relay, to a stateless server that keeps
 one store for every caller: a ``subscriptions/listen`` carries only the task notifications of
-the tasks its caller named (their ids bound to it), never another agent's task and result;
+the tasks its caller named (their ids bound to it), never another agent's task and result,
+nor any other message tagged with another agent's task (its id bound to the listener would
+read that task);
 ``tasks/update`` is known, its task id checked and unwrapped like ``tasks/get``'s."""
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ALICE = "cgk_tasks-stateless-alice-0123456789"
 BOB = "cgk_tasks-stateless-bob-0123456789ab"
 VERSION = "2026-07-28"
 TASKS = "io.modelcontextprotocol/tasks"
+RELATED = "io.modelcontextprotocol/related-task"
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +104,23 @@ def test_a_listen_hears_only_the_tasks_it_named_under_their_bound_ids(
     notes = task_notes(messages)
     assert [n["params"]["taskId"] for n in notes] == [mine]
     assert notes[0]["params"]["result"]["content"][0]["text"] == "note: mine"
+
+
+def related(messages: list[dict[str, Any]]) -> list[str]:
+    """The task ids the messages' ``related-task`` tags name."""
+    tags = [m.get("params", {}).get("_meta", {}).get(RELATED) for m in messages]
+    return [tag["taskId"] for tag in tags if isinstance(tag, dict)]
+
+
+def test_no_message_about_another_agents_task_reaches_a_listen(gw: GatewayProcess) -> None:
+    """The server tags a log line with each task (``related-task``), another agent's too: had
+    it passed, its id bound to bob would have read alice's task with ``tasks/get``."""
+    new_task(gw, ALICE, "alice-secret-7")
+    mine = new_task(gw, BOB, "bobs-own")
+    _, heard = post(gw, BOB, "subscriptions/listen", {"notifications": {}})
+    assert related(heard) == [] and "alice-secret-7" not in json.dumps(heard)
+    _, own = post(gw, BOB, "subscriptions/listen", {"notifications": {"taskIds": [mine]}})
+    assert related(own) == [mine]  # its own task's line, under its bound id
 
 
 def test_tasks_update_is_known_and_kept_to_its_callers_task(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.edge.tasks import bind_tasks, is_task_notification, task_of
+from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
 from gateway.edge.toolnames import name_problem
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -37,7 +37,7 @@ KIND_KEY = "io.celgate/kind"
 class ClientView:
     """One caller's view of one upstream (``session`` may be learned from ``initialize``)."""
 
-    __slots__ = ("followed", "gw", "identity", "server", "session")
+    __slots__ = ("created", "creates", "gw", "identity", "server", "session", "tasks")
 
     def __init__(
         self, gw: Gateway, server: str, identity: Identity, session: str | None = None
@@ -46,10 +46,14 @@ class ClientView:
         self.server = server
         self.identity = identity
         self.session = session
-        #: On a ``subscriptions/listen`` stream: the upstream's ids of the tasks it follows
-        #: (this caller's, checked); a task notification about any other is dropped. None
-        #: elsewhere (a handshake-era session's streams are this caller's alone).
-        self.followed: frozenset[str] | None = None
+        #: The upstream's ids of the tasks this stream may speak of: those its request named
+        #: (checked as this caller's: a ``tasks/*`` request's one, a listen's followed ones).
+        #: A message about any other task is dropped (an answer becomes an error). None on
+        #: a handshake-era session's own streams (GET, a resumed stream): this caller's alone.
+        self.tasks: frozenset[str] | None = frozenset()
+        #: The request is a ``tools/call``: its answer may make a task (bound, and then known).
+        self.creates = False
+        self.created: set[str] = set()
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         raw = event_id.decode("utf-8", "replace")
@@ -63,6 +67,15 @@ class ClientView:
     def wrap_task_id(self, task_id: str) -> str:
         return self.gw.signer.wrap_task(self.server, self.identity.owner, task_id)
 
+    def _known_task_id(self, task_id: str) -> str:
+        if self.tasks is not None and task_id not in self.tasks and task_id not in self.created:
+            raise ForeignTask(task_id)
+        return self.wrap_task_id(task_id)
+
+    def _created_task_id(self, task_id: str) -> str:
+        self.created.add(task_id)
+        return self.wrap_task_id(task_id)
+
     def wants(self, data: bytes) -> bool:
         """Only what could hold a tools list or a task id is read (a key spelled with escapes
         is too)."""
@@ -72,14 +85,23 @@ class ClientView:
         """The message as this caller may see it, or None when it is fine as it is."""
         if not isinstance(message, dict):
             return None
-        followed = self.followed
+        tasks = self.tasks
+        asks_or_tells = "method" in message
         if (
-            followed is not None
+            tasks is not None
             and is_task_notification(message.get("method"))
-            and task_of(message) not in followed  # a task of another caller, or none named
+            and task_of(message) not in tasks  # a task of another caller, or none named
         ):
             return DROP
-        bound = bind_tasks(message, self.wrap_task_id)  # task ids: this caller's own
+        created = self._created_task_id if self.creates and not asks_or_tells else None
+        try:  # task ids: this caller's own
+            bound = bind_tasks(message, self._known_task_id, created)
+        except ForeignTask:
+            log.warning("tasks.foreign", server=self.server, grant=self.identity.grant)
+            if asks_or_tells:
+                return DROP
+            error = {"code": -32603, "message": "the server answered with a task not yours"}
+            return {"jsonrpc": "2.0", "id": message.get("id"), "error": error}
         shown = bound if bound is not None else message
         result = shown.get("result")
         if not isinstance(result, dict) or "tools" not in result:

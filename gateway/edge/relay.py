@@ -88,6 +88,7 @@ class Relay:
         """GET (the server's stream, or a resumed one) and DELETE: no body, the same view."""
         session = self._session(incoming, upstream, identity, required=True)
         view = ClientView(self.gw, upstream.name, identity, session)
+        view.tasks = None  # a handshake-era session's own stream
         fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
@@ -130,10 +131,11 @@ class Relay:
         fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
         if message.method == "tools/call" and message.is_request:
+            view.creates = True
             await self._call(incoming, send, fwd, message, identity)
             return
         if names_tasks(message):  # only this caller's tasks, by the upstream's own ids
-            sent, named, view.followed = upstream_request(self.gw, upstream.name, identity, message)
+            sent, named, view.tasks = upstream_request(self.gw, upstream.name, identity, message)
             fwd.body = sent if sent is not None else fwd.body
             if named is not None and incoming.header("mcp-name") is not None:
                 fwd.params = {"mcp-name": encode_header_value(named)}

@@ -35,6 +35,12 @@ TASK_NOTIFICATIONS = "notifications/tasks"
 Wrap = Callable[[str], str]
 
 
+class ForeignTask(Exception):
+    """An upstream's message speaks of a task this caller was never given (a server that
+    keeps one store for every caller tags a log line, or a question, with another agent's
+    task): bound for this caller, its id would read the other agent's task."""
+
+
 def names_tasks(message: Message) -> bool:
     """Whether this request must have its task ids checked and unwrapped (or be refused)."""
     method = message.method
@@ -63,10 +69,11 @@ def task_of(message: Mapping[str, Any]) -> str | None:
 
 def upstream_request(
     gw: Gateway, server: str, identity: Identity, message: Message
-) -> tuple[bytes | None, str | None, frozenset[str] | None]:
+) -> tuple[bytes | None, str | None, frozenset[str]]:
     """The body to send upstream for a request ``names_tasks`` took (None: as it came), with
-    the upstream's own task ids; the one task it names (for ``Mcp-Name``); and, for a listen,
-    the upstream's ids of the tasks it follows (none when it names none). Raises BadMessage
+    the upstream's own task ids; the one task it names (for ``Mcp-Name``); and the upstream's
+    ids of the tasks its answer may speak of: that one, or those a listen follows (none when
+    it names none). Raises BadMessage
     for ``tasks/list`` and for an id not given to this caller."""
     params = message.params
     if message.method == TASKS_LIST:
@@ -82,9 +89,9 @@ def upstream_request(
         return raw
 
     named = None
-    followed: frozenset[str] | None = None
     if message.method != LISTEN:  # a request naming one task
         named = own(params.get("taskId"))
+        followed = frozenset({named})
         changed = {**params, "taskId": named}
     else:
         wanted = params.get("notifications")
@@ -101,13 +108,18 @@ def upstream_request(
     return json_bytes(out, (",", ":")), named, followed
 
 
-def bind_tasks(message: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
+def bind_tasks(
+    message: dict[str, Any], wrap: Wrap, created: Wrap | None = None
+) -> dict[str, Any] | None:
     """An upstream's message with every task id it carries bound to the caller (and a
-    ``tasks/list`` capability or answer taken out); None when it carries none."""
+    ``tasks/list`` capability or answer taken out); None when it carries none. ``created``
+    binds the id of a task an answer makes (its result is the task, or has it under
+    ``task``); ``wrap`` every other id (it raises ``ForeignTask`` for one the caller may not
+    hear of)."""
     out = None
     result = message.get("result")
     if isinstance(result, dict):
-        bound = _bound_result(result, wrap)
+        bound = _bound_result(result, wrap, created or wrap)
         if bound is not None:
             out = {**message, "result": bound}
     params = message.get("params")
@@ -124,14 +136,16 @@ def bind_tasks(message: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
     return out
 
 
-def _bound_result(result: dict[str, Any], wrap: Wrap) -> dict[str, Any] | None:
-    # A Task (tasks/get, tasks/cancel) has its id at the top; a CreateTaskResult under "task".
-    out = _bound_part(result, wrap, own_id="status" in result)
+def _bound_result(result: dict[str, Any], wrap: Wrap, created: Wrap) -> dict[str, Any] | None:
+    # A Task (tasks/get, tasks/cancel, a call's task) has its id at the top; a 2025-11-25
+    # CreateTaskResult under "task". Those first: the _meta may name the task just made.
+    own = _with_id(result, created) if "status" in result else None
     task = result.get("task")
-    if isinstance(task, dict):
-        inner = _with_id(task, wrap)
-        if inner is not None:
-            out = {**(out or result), "task": inner}
+    inner = _with_id(task, created) if isinstance(task, dict) else None
+    out = _bound_part(own or result, wrap, own_id=False)
+    out = out or own
+    if inner is not None:
+        out = {**(out or result), "task": inner}
     if isinstance(result.get("tasks"), list):  # a list of every agent's tasks: none shown
         out = {**(out or result), "tasks": []}
     caps = result.get("capabilities")

@@ -2,7 +2,8 @@
 store for every caller (a gateway's agents reach it as one client), ``tools/call`` of ``keep``
 makes a task that waits for input, ``tasks/update`` records the answer, ``tasks/get`` tells a
 task with its result, and ``subscriptions/listen`` sends ``notifications/tasks`` (result
-inline) for the tasks it names, or for every task when it names none. Every request is
+inline), and a log line tagged with the task (``related-task``), for the tasks it names, or for
+every task when it names none. Every request is
 written to ``TASKS_LOG`` (one JSON line).
 
     python -m tests.servers.tasks_stateless --port 9000
@@ -98,6 +99,9 @@ class Handler(BaseHTTPRequestHandler):
             if named is None or task_id in named:
                 status = {"taskId": task_id, "status": "completed", "result": _done(task_id)}
                 events.append({"jsonrpc": "2.0", "method": "notifications/tasks", "params": status})
+                meta = {"io.modelcontextprotocol/related-task": {"taskId": task_id}}
+                line = {"level": "info", "data": f"working on {task_id}", "_meta": meta}
+                events.append({"jsonrpc": "2.0", "method": "notifications/message", "params": line})
         events.append({"jsonrpc": "2.0", "id": msg_id, "result": {"resultType": "complete"}})
         data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
         self.send_response(200)

@@ -283,6 +283,7 @@ class Handshake:
             return
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
+        view.inner.creates = message.method == "tools/call"  # its answer may make a task
         fwd = routed(
             self.gw, incoming, server, message, changed, body, view, link.sid, identity.owner
         )

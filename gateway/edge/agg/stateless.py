@@ -186,6 +186,7 @@ class Stateless:
                 return
             raise unknown(message)
         view = ClientView(self.gw, server, identity)
+        view.creates = message.method == "tools/call"  # its answer may make a task
         fwd = routed(self.gw, incoming, server, message, changed, body, view)
         if message.method != "tools/call":
             await forward(incoming, send, fwd)
