@@ -127,3 +127,28 @@ def test_a_client_gone_before_the_answer_gives_its_place_back(gateway: GatewayPr
     while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 200:
         assert time.monotonic() < deadline, answer.text
     assert answer.json()["result"]["content"][0]["text"] == "hi"
+
+
+def test_bodies_still_coming_count_against_the_cap(gateway: GatewayProcess) -> None:
+    """A request's place is taken once its body shows a request (a cancel at the cap passes),
+    but a body sent a byte at a time held a connection past every cap: one agent's slow
+    bodies took all of them, and other grants were answered 503. They count too."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers(HOG, "echo").items())
+    raw = (
+        f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}"
+        "Content-Length: 1000\r\n\r\n{"
+    ).encode()
+    slow = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(CAP)]
+    for sock in slow:
+        sock.sendall(raw)
+    echo = body("echo", {"text": "hi"})
+    url = gateway.url("up")
+    deadline = time.monotonic() + 10
+    while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 429:
+        assert time.monotonic() < deadline, "slow bodies took no place"
+    assert httpx.post(url, json=echo, headers=headers(OTHER, "echo")).status_code == 200
+    for sock in slow:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 200:
+        assert time.monotonic() < deadline, answer.text

@@ -14,7 +14,7 @@ from gateway.auth.identity import ANONYMOUS_LOCAL, refusal_answer
 from gateway.auth.tokens import Refusal
 from gateway.edge.replies import error_reply
 from gateway.errors import BackendUnavailable
-from gateway.pipeline.gateway import Gateway
+from gateway.pipeline.gateway import Gateway, InProgress
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
@@ -108,7 +108,10 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
         await reply(send, status, body, extra=challenge)
         return None
     if incoming.method == "POST":
-        return identity  # its place is taken once its body shows a request (place_for)
+        # Its place among the requests in progress is taken once its body shows a request
+        # (place_for); while the body comes, it holds one among the caller's bodies being
+        # read: a body sent a byte at a time held a connection each, past every cap.
+        return identity if await _take_place(gw, incoming, send, identity, gw.reading) else None
     return identity if await _take_place(gw, incoming, send, identity) else None
 
 
@@ -119,20 +122,32 @@ async def place_for(
     notification or an answer takes none (it ends at once), so a ``notifications/cancelled``
     passes when its caller is at the cap (refused, the calls it would end kept the places
     for good). False once refused (429, answered)."""
+    if incoming.release is not None:  # its body is read: that place is given back
+        incoming.release()
+        incoming.release = None
     if isinstance(value, dict) and ("id" not in value or "method" not in value):
         return True
     return await _take_place(gw, incoming, send, identity)
 
 
-async def _take_place(gw: Gateway, incoming: Incoming, send: Send, identity: Identity) -> bool:
+async def _take_place(
+    gw: Gateway,
+    incoming: Incoming,
+    send: Send,
+    identity: Identity,
+    places: InProgress | None = None,
+) -> bool:
+    """A place among ``places`` (the requests in progress unless said), given back when the
+    request ends; False once refused (429, answered)."""
+    places = gw.in_progress if places is None else places
     owner = identity.owner  # one user of a grant cannot take another's places
-    if not gw.in_progress.begin(owner):
+    if not places.begin(owner):
         cap = gw.config.security.max_requests_per_agent
         message = f"more than {cap} requests of this agent in progress: try again later"
         body = rpc.error_body(None, rpc.INVALID_REQUEST, message)
         await reply(send, 429, body, extra=[(b"retry-after", b"1")])
         return False
-    incoming.release = lambda: gw.in_progress.done(owner)  # when the request ends
+    incoming.release = lambda: places.done(owner)  # when the request ends
     return True
 
 

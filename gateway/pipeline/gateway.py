@@ -101,9 +101,12 @@ class Gateway:
     known_tools: dict[str, OrderedDict[str, None]] = field(default_factory=dict, repr=False)
     # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
+    reading: InProgress = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_progress = InProgress(self.config.security.max_requests_per_agent)
+        #: POSTs whose bodies are still coming, per caller, under the same cap.
+        self.reading = InProgress(self.config.security.max_requests_per_agent)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
         """What CEL sees as ``tool``; a tool not listed yet is execute/high (policy aside)."""
