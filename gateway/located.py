@@ -92,9 +92,10 @@ def _kind(value: Any) -> str:
 
 
 class _Walker:
-    def __init__(self, file: str, problems: list[Problem]) -> None:
+    def __init__(self, file: str, problems: list[Problem], text_checked: bool = True) -> None:
         self.file = file
         self.problems = problems
+        self.text_checked = text_checked  # JSON's strings are checked as JSON reads them
         self.values = 0
         self._scalars = yaml.SafeLoader("")
 
@@ -142,6 +143,9 @@ class _Walker:
         if not isinstance(value, _SCALARS):
             message = f"{_kind(value)} is not allowed here (quote it to make it a string)"
             self.problem(node, shown, message)
+            return None
+        if self.text_checked and isinstance(value, str) and not _is_text(value):  # "\\ud83d"
+            self.problem(node, shown, "a string that is no Unicode text (a lone surrogate)")
             return None
         return value
 
@@ -202,7 +206,9 @@ def _compose(text: str) -> yaml.Node | None:
     return node
 
 
-def parse_text(text: str, file: str, problems: list[Problem]) -> Node | None:
+def parse_text(
+    text: str, file: str, problems: list[Problem], *, text_checked: bool = True
+) -> Node | None:
     """Parse YAML or JSON text; every problem is added to ``problems``.
 
     None when the text does not parse (or expands past ``MAX_VALUES``); a Node otherwise,
@@ -220,7 +226,7 @@ def parse_text(text: str, file: str, problems: list[Problem]) -> Node | None:
     if root is None:
         return Node({}, SourceLocation(file, 1))
     try:
-        return _Walker(file, problems).walk(root, "")
+        return _Walker(file, problems, text_checked).walk(root, "")
     except _Stop:
         return None
     except RecursionError:
@@ -237,7 +243,7 @@ def parse_file(path: Path, problems: list[Problem], display: str | None = None) 
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problems.append(Problem(SourceLocation(name, 1), "", f"cannot read: {reason}"))
         return None
-    return parse_source(text, path.suffix == ".json", name, problems)
+    return parse_source(text, path.suffix.lower() == ".json", name, problems)
 
 
 #: A config or rule file is a few kilobytes; past this it is refused, not parsed (parsing runs
@@ -264,10 +270,14 @@ def _read_regular(path: Path) -> str:
 
 
 def parse_source(text: str, is_json: bool, file: str, problems: list[Problem]) -> Node | None:
-    """Parse text already read; ``is_json`` adds the strict JSON parser's check."""
+    """Parse text already read. JSON (``is_json``) is parsed by the strict JSON parser too,
+    and its values are that parser's: PyYAML gives the lines only. Read as YAML, JSON means
+    other things: ``"\\ud83d\\udca5"`` (one emoji, as ``json.dump`` writes it) became two
+    lone surrogates, a raw U+0085 inside a string a folded line break, ``1e5`` a string; a
+    rule matching the emoji never matched."""
     if is_json:
         try:
-            json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
             problems.append(
                 Problem(SourceLocation(file, exc.lineno), "", f"invalid JSON: {exc.msg}")
@@ -277,4 +287,46 @@ def parse_source(text: str, is_json: bool, file: str, problems: list[Problem]) -
             reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             problems.append(Problem(SourceLocation(file, 1), "", f"invalid JSON: {reason}"))
             return None
+        node = parse_text(text, file, problems, text_checked=False)
+        return None if node is None else _json_values(node, value, problems)
     return parse_text(text, file, problems)
+
+
+def _json_values(node: Node, value: Any, problems: list[Problem]) -> Node:
+    """``node`` (PyYAML's reading, for its lines) with the JSON parser's keys and values. The
+    two readings have the same shape, item for item and key for key in order (a duplicate
+    key is refused by the walker); a string that is no Unicode text (a lone surrogate) is a
+    problem, as anywhere else."""
+    if isinstance(node.value, dict) and isinstance(value, dict):
+        out: dict[str, Node] = {}
+        lines: dict[str, int] = {}
+        if len(value) != len(node.value):  # keys alike only as JSON reads them ("\\ud83d\\udca5")
+            problems.append(Problem(node.where, "", "duplicate key (as the JSON parser reads it)"))
+        pairs = zip(node.value.items(), value.items(), strict=False)
+        for (key, child), (json_key, json_child) in pairs:
+            _unicode(json_key, node.where, problems)
+            out[json_key] = _json_values(child, json_child, problems)
+            lines[json_key] = node.key_lines.get(key, node.where.line)
+        return Node(out, node.where, lines)
+    if isinstance(node.value, list) and isinstance(value, list):
+        items = [_json_values(c, v, problems) for c, v in zip(node.value, value, strict=True)]
+        return Node(items, node.where)
+    if isinstance(value, (dict, list)) or isinstance(node.value, (dict, list)):
+        problems.append(Problem(node.where, "", "the JSON parser reads this value otherwise"))
+        return Node(None, node.where)
+    _unicode(value, node.where, problems)
+    return Node(value, node.where)
+
+
+def _unicode(value: Any, where: SourceLocation, problems: list[Problem]) -> None:
+    if isinstance(value, str) and not _is_text(value):
+        msg = "a string that is no Unicode text (a lone surrogate)"
+        problems.append(Problem(where, "", msg))
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -5,6 +5,7 @@ rules dropped: a held tool ran with no human), and a new version with the old mt
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -14,8 +15,9 @@ import anyio.lowlevel
 import pytest
 
 from gateway.config import load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Problem
 from gateway.inventory.pins import Pins
+from gateway.located import parse_source
 from gateway.policy import Call, CompiledPolicy, decide
 from gateway.policy.loader import load_policy, rule_files
 from gateway.server.build import build_gateway
@@ -149,3 +151,49 @@ async def test_a_reload_compiles_off_the_event_loop(tmp_path: Path) -> None:
         loop_turned.set()
     assert outcome == [True]
     assert decide(gateway.policy, Call(server="up", tool="delete_note")).effect == "deny"
+
+
+def _json_rules(folder: Path, name: str, entry: dict[str, object]) -> Path:
+    """A JSON rule file as ``json.dump`` writes it (ASCII, with escapes)."""
+    path = folder / name
+    path.write_text(json.dumps({"version": "1", "default": "deny", "tools": {"note": entry}}))
+    return path
+
+
+def test_a_json_rule_file_means_what_the_json_parser_reads(tmp_path: Path) -> None:
+    """JSON files were read by PyYAML: ``json.dump``'s ``"\\ud83d\\udca5"`` (one emoji) became
+    two lone surrogates, so a rule denying the emoji never matched and the call ran; a raw
+    U+0085 in a string folded to a space; ``1e3`` was the string "1e3"."""
+    rules = [
+        {"when": 'args.text.contains("\U0001f4a5")', "action": "deny", "reason": "no bombs"},
+        {"when": 'args.text == "a\x85   b"', "action": "deny", "reason": "next line"},
+    ]
+    path = _json_rules(tmp_path, "rules.json", {"rules": rules, "action": "allow"})
+    assert "\\ud83d\\udca5" in path.read_text()
+    policy = load_policy([path])
+
+    def effect(**args: object) -> str:
+        return decide(policy, Call("note", server="s", args=args)).effect
+
+    assert effect(text="\U0001f4a5", size=1) == "deny"
+    assert effect(text="a\x85   b", size=1) == "deny"
+    assert effect(text="plain", size=1) == "allow"
+    problems: list[Problem] = []
+    node = parse_source('{"n": 1e3, "m": 5}', True, "n.json", problems)
+    assert node is not None and node.plain() == {"n": 1000.0, "m": 5} and problems == []
+
+
+@pytest.mark.parametrize("suffix", [".json", ".JSON", ".yaml"])
+def test_a_string_that_is_no_unicode_text_is_refused(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"rules{suffix}"
+    text = '{"version": "1", "tools": {"note": {"action": "deny", "reason": "half \\ud83d"}}}'
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="no Unicode text"):
+        load_policy([path])
+
+
+def test_a_json_file_with_an_upper_case_suffix_is_parsed_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "RULES.JSON"
+    path.write_text('{"version": "1", "tools": {"note": {"action": "allow",}}}')  # YAML takes it
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_policy([path])
