@@ -10,6 +10,7 @@ on an error result, and would show a schema error instead of the reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +39,7 @@ def decision_payload(decision: Decision, decision_id: str) -> dict[str, Any]:
     if state is not None and state.refused_by is not None:
         out["counter"] = state.refused_by
         if state.retry_after is not None:
-            out["retry_after"] = round(state.retry_after, 3)
+            out["retry_after"] = rounded_up(state.retry_after, 3)
     return out
 
 
@@ -46,8 +47,15 @@ def denial_text(decision: Decision) -> str:
     text = f"celgate refused this call: {decision.reason} (rule: {decision.rule})."
     state = decision.limit_state
     if state is not None and state.retry_after is not None:
-        text += f" Retry after {state.retry_after:.1f} s."
+        text += f" Retry after {rounded_up(state.retry_after, 1):.1f} s."
     return text
+
+
+def rounded_up(seconds: float, places: int) -> float:
+    """A wait told to a caller, never shorter than the true one: one that waits what it was
+    told is not refused again ("Retry after 1.8 s." for 1.838 s was; "0.0 s." for 0.027 s)."""
+    scale = 10.0**places
+    return max(1, math.ceil(round(seconds * scale, 6))) / scale
 
 
 def tool_result(
