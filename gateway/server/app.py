@@ -29,6 +29,7 @@ from gateway.server.console import feed as feed_module
 from gateway.server.console.feed import FEED_PATH, FEED_PLACE, StalledWrites
 from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.lifecycle import background, readiness
+from gateway.server.reload import exception_fields
 from gateway.upstream.stdio import running_bridges
 
 log = structlog.get_logger("celgate.console")
@@ -139,6 +140,17 @@ def _operator_guard(gateway: Gateway) -> Any:
     return guard
 
 
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The admin API's and the console's unexpected errors: logged here (Litestar logs
+    nothing with its logging off), answered without detail. A body nested past the JSON
+    decoder's depth (msgspec's RecursionError) is the caller's error, answered 400."""
+    if isinstance(exc, RecursionError):
+        content = {"status_code": 400, "detail": "the body is nested too deeply"}
+        return Response(content, status_code=400)
+    log.error("admin.internal_error", path=request.url.path, **exception_fields(exc))
+    return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
+
+
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> EdgeApp:
     relay = Relay(gateway)
     aggregate = Aggregate(gateway)
@@ -213,5 +225,6 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         lifespan=[lifespan],
         openapi_config=openapi,
         logging_config=None,
+        exception_handlers={500: _internal_error},
     )
     return EdgeApp(litestar, relay, gateway, aggregate)
