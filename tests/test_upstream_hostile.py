@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 
 from gateway.auth.identity import hash_key
 from tests.gateway_proc import GatewayProcess, run_gateway
-from tests.peers import PeerProcess, free_port, start_process
+from tests.peers import NODE, TS_DIR, TS_SDK, PeerProcess, free_port, start_process, ts_sdk_ready
 
 KEY_A = "cgk_hostile-agent-a-0123456789"
 KEY_B = "cgk_hostile-agent-b-0123456789"
@@ -161,7 +162,8 @@ class TestInterimAnswers:
 
 
 class TestSentOnce:
-    """A call whose connection dies after the write is not sent again: the agent gets a 502."""
+    """A call whose connection dies after the write is not sent again: the agent gets an
+    error (-32001, with HTTP 200: every client reads it)."""
 
     async def test_connection_closed_after_the_write(
         self, gateway: GatewayProcess, logs: dict[str, Path]
@@ -170,7 +172,7 @@ class TestSentOnce:
         status, reply = await post(gateway, "closing", listing, KEY_A)  # a connection to reuse
         assert status == 200 and [t["name"] for t in reply["result"]["tools"]] == ["echo"]
         status, reply = await post(gateway, "closing", call("once-1", "approved once"), KEY_A)
-        assert status == 502
+        assert status == 200
         assert reply["id"] == "once-1"
         assert reply["error"] == {
             "code": -32001,
@@ -202,7 +204,7 @@ class TestHeadTimeout:
             status, reply = await hung
         elapsed = time.monotonic() - started
         assert HEAD_TIMEOUT * 0.9 <= elapsed < HEAD_TIMEOUT + 4
-        assert status == 504
+        assert status == 200  # a JSON-RPC error every client reads
         assert reply["id"] == "late-1"
         assert reply["error"] == {
             "code": -32001,
@@ -210,7 +212,31 @@ class TestHeadTimeout:
         }
         async with asyncio.timeout(HEAD_TIMEOUT + 5):
             status, reply = await post(gateway, "hanging", call("late-2", "x"), KEY_A)
-        assert (status, reply["id"]) == (504, "late-2")
+        assert (status, reply["id"]) == (200, "late-2")
         calls = [r for r in seen(logs["hanging"]) if r["rpc"] == "tools/call"]
         assert [r["id"] for r in calls] == ["late-1", "late-2"]
         assert calls[0]["conn"] != calls[1]["conn"]  # the timed-out connection was dropped
+
+
+class TestClientsReadIt:
+    """The TypeScript SDK (and the Inspector with it) reads a JSON-RPC error only with HTTP
+    200: sent with 504 (or 502), it raised a transport error carrying the raw JSON, and a host
+    could not tell an upstream's failure from a broken connection to the gateway."""
+
+    def test_the_ts_client_reads_an_upstream_timeout_as_an_mcp_error(
+        self, gateway: GatewayProcess
+    ) -> None:
+        missing = ts_sdk_ready()
+        if missing is not None:
+            pytest.skip(missing)
+        calls = [{"name": "echo", "arguments": {"text": "x"}}]
+        argv = [str(NODE), str(TS_DIR / "client.mjs"), str(TS_SDK), gateway.url("hanging")]
+        done = subprocess.run(
+            [*argv, KEY_A, json.dumps(calls), "accept"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert "fatal" not in out, out
+        error = out["calls"][0]["error"]
+        assert error["code"] == -32001, error
+        assert "upstream 'hanging' did not answer in time" in error["message"]

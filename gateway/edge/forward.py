@@ -18,7 +18,7 @@ from gateway.telemetry.audit import log
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, media_type, reply, wants_json
-from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body
+from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body, upstream_failure_status
 from gateway.wire.sse import (
     DROP,
     SseRewriter,
@@ -136,7 +136,13 @@ def _response_headers(resp: H1Response, fwd: Forward, media: str | None) -> list
 
 async def _unavailable(send: Send, fwd: Forward) -> None:
     message = f"upstream {fwd.upstream.name!r} is unavailable"
-    await reply(send, 502, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+    await _failed(send, fwd, 502, message)
+
+
+async def _failed(send: Send, fwd: Forward, status: int, message: str) -> None:
+    """The upstream failed this request: a JSON-RPC error every client reads."""
+    status = upstream_failure_status(fwd.msg_id, status)
+    await reply(send, status, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
 
 
 def sse_error(fwd: Forward, what: str = "failed while answering") -> bytes:
@@ -164,8 +170,7 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
             return None
         resp = asked[0]
     except TimeoutError:  # no head within servers.X.timeout; the connection was dropped
-        message = f"upstream {upstream.name!r} did not answer in time"
-        await reply(send, 504, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+        await _failed(send, fwd, 504, f"upstream {upstream.name!r} did not answer in time")
         return None
     except UPSTREAM_ERRORS:
         await _unavailable(send, fwd)
@@ -188,7 +193,7 @@ async def _upstream_unauthorized(send: Send, fwd: Forward, status: int) -> None:
     operator, whose configuration it is."""
     log.warning("upstream.unauthorized", server=fwd.upstream.name, status=status)
     message = f"upstream {fwd.upstream.name!r} refused the gateway's credentials (HTTP {status})"
-    await reply(send, 502, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+    await _failed(send, fwd, 502, message)
 
 
 #: A JSON answer is read whole to pass the caller's view; past this it is refused.
@@ -243,8 +248,7 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
     if unreadable(body, media):
         log.warning("upstream.unreadable_answer", server=fwd.upstream.name, status=resp.status)
         message = f"upstream {fwd.upstream.name!r} answered with a body that is not UTF-8 JSON"
-        status = resp.status if resp.status >= 400 else 502
-        await reply(send, status, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
+        await _failed(send, fwd, resp.status if resp.status >= 400 else 502, message)
         return
     if fwd.view is not None and body:
         changed = filtered(body, fwd.view)

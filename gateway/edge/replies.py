@@ -116,9 +116,11 @@ def error_reply(exc: BaseException, msg_id: Any = None) -> tuple[int, bytes]:
         return exc.status, rpc.error_body(exc.msg_id, exc.code, exc.message)
     if isinstance(exc, UpstreamTimeout):
         message = "upstream did not answer in time"
-        return 504, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, message)
+        status = rpc.upstream_failure_status(msg_id, 504)
+        return status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, message)
     if isinstance(exc, UpstreamError):
-        return 502, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, "upstream is unavailable")
+        status = rpc.upstream_failure_status(msg_id, 502)
+        return status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, "upstream is unavailable")
     if isinstance(exc, BackendUnavailable):
         return 503, rpc.error_body(msg_id, rpc.INTERNAL_ERROR, "backend unavailable")
     return 500, rpc.error_body(msg_id, rpc.INTERNAL_ERROR, "internal error")

@@ -37,6 +37,7 @@ from gateway.wire.jsonrpc import (
     METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
     UPSTREAM_UNAVAILABLE,
+    upstream_failure_status,
 )
 from gateway.wire.jsonrpc import error_body as rpc_error
 
@@ -58,10 +59,10 @@ class SharedLink:
 
     async def handle(self, incoming: Incoming, send: Send, message: dict[str, Any]) -> None:
         if not self.child.ready.is_set() and not await self.child.wait_ready(10.0):
+            msg_id = message.get("id")
+            status = upstream_failure_status(msg_id, 502)
             await reply(
-                send,
-                502,
-                rpc_error(message.get("id"), UPSTREAM_UNAVAILABLE, "stdio server is not running"),
+                send, status, rpc_error(msg_id, UPSTREAM_UNAVAILABLE, "stdio server is not running")
             )
             return
         if message.get("method") in _HANDSHAKE_ONLY:

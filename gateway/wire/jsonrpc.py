@@ -280,6 +280,16 @@ def error_body(msg_id: Any, code: int, message: str, data: Any = None) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": msg_id, "error": error}).encode()
 
 
+def upstream_failure_status(msg_id: Any, status: int) -> int:
+    """The HTTP status of a JSON-RPC error the gateway writes when an upstream failed (down,
+    late, refusing the gateway's credentials, answering nonsense): 200 when it answers a
+    request, so every client reads the error (the TypeScript SDK takes any other status for
+    a failed transport and never reads the body); ``status`` when there is no request to
+    answer (a GET stream, a notification), or when it is a 4xx the client must act on (an
+    upstream's 404 for a session it lost: the client starts a new one)."""
+    return 200 if msg_id is not None and status >= 500 else status
+
+
 def result_body(msg_id: Any, result: Mapping[str, Any]) -> bytes:
     return json_bytes({"jsonrpc": "2.0", "id": msg_id, "result": result})
 

@@ -279,6 +279,7 @@ class Handshake:
         link = await self.links.link(session, server)
         if link is None:
             status, msg = session.refused.pop(server, (502, f"upstream {server!r} is unavailable"))
+            status = rpc.upstream_failure_status(msg_id, status)
             await reply(send, status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
             return
         incoming.headers["mcp-protocol-version"] = link.version
