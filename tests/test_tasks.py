@@ -18,6 +18,9 @@ import httpx
 import pytest
 
 from gateway.auth.guard import SessionSigner
+from gateway.edge.agg.names import Names
+from gateway.edge.agg.sessions import AggSession
+from gateway.edge.agg.view import AggView
 from gateway.edge.clientview import ClientView
 from gateway.edge.tasks import RELATED_TASK, bind_tasks, names_tasks, upstream_request
 from gateway.policy import Identity
@@ -241,3 +244,22 @@ def test_a_stream_speaks_only_of_the_tasks_its_request_named_or_made() -> None:
     assert shown["result"]["taskId"] == bound
     assert shown["result"]["_meta"][RELATED_TASK]["taskId"] == bound
     assert calling.filter(tagged("u-1", method="notifications/message")) is DROP
+
+
+def test_a_message_that_asks_and_answers_at_once_is_dropped_on_every_face() -> None:
+    """A server's message with a ``method`` and a ``result`` (a tools list naming a hidden
+    tool inside a progress notice, say) is no JSON-RPC shape: on ``/mcp`` it passed as sent,
+    past the tool filter, because only answers went through the caller's view."""
+    gw: Any = SimpleNamespace(signer=SessionSigner("k" * 32))
+    alice = Identity(grant="alice", agent="alice")
+    hidden = {"tools": [{"name": "secret", "inputSchema": {"type": "object"}}]}
+    session = AggSession("s", "alice", {}, "2025-11-25", 0.0)
+    for message in (
+        {"jsonrpc": "2.0", "method": "notifications/progress", "result": hidden},
+        {"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage", "result": hidden},
+        {"jsonrpc": "2.0", "id": 6, "method": "x/y", "error": {"code": 1, "message": "m"}},
+    ):
+        relay = ClientView(gw, "t", alice)
+        assert relay.filter(message) is DROP
+        aggregate = AggView(ClientView(gw, "t", alice), Names({"t": "t"}, "__"), session)
+        assert aggregate.filter(message) is DROP

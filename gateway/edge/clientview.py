@@ -87,6 +87,8 @@ class ClientView:
             return None
         tasks = self.tasks
         asks_or_tells = "method" in message
+        if asks_or_tells and ("result" in message or "error" in message):
+            return DROP  # a request (or notice) and an answer at once: no shape to pass on
         if (
             tasks is not None
             and is_task_notification(message.get("method"))

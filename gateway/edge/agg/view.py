@@ -36,13 +36,18 @@ class AggView:
         method = message.get("method")
         server = self.inner.server
         if isinstance(method, str):
+            if is_task_notification(method):  # tasks are not served on /mcp: whose is it?
+                return DROP
+            inner = self.inner.filter(message)  # the caller's view first (task ids, shapes)
+            if inner is DROP:
+                return DROP
+            message = inner if inner is not None else message
             if "id" in message:  # the server asks the client: under an id of ours
                 return {**message, "id": self.session.outward_upcall(server, message["id"])}
             if method == "notifications/cancelled":
-                return self._cancelled(message)
-            if is_task_notification(method):  # tasks are not served on /mcp: whose is it?
-                return DROP
-            return None
+                cancelled = self._cancelled(message)
+                return cancelled if cancelled is not None else inner
+            return inner
         shown = self.inner.filter(message)
         if shown is None or not isinstance(shown.get("result"), dict):
             return shown
