@@ -220,7 +220,7 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
         # A request's stream ends when its upstream sends no message (keep-alives aside) for
         # servers.X.timeout: a stuck tool held its caller (and its place) for good.
         silence = (
-            fwd.upstream.timeout if fwd.msg_id is not None and incoming.method == "POST" else None
+            fwd.upstream.silence if fwd.msg_id is not None and incoming.method == "POST" else None
         )
         relay = _relay_sse(send, resp, fwd, start, alone, silence)
         await watching_disconnect(incoming.receive, relay)

@@ -76,6 +76,9 @@ class HttpUpstream:
         self.headers = dict(config.headers)
         self.connect_timeout = min(config.timeout, 10.0)
         self.timeout = config.timeout
+        #: How long a request's stream may go without a message before the relay ends it
+        #: (None: the upstream keeps that deadline itself).
+        self.silence: float | None = config.timeout
         self.stateful: bool | None = None  # learned from initialize: does it issue sessions?
         # Whether requests carry the caller's grant (GRANT_HEADER): only an upstream in this
         # process (a stdio bridge, which counts processes per grant), never one on a network.

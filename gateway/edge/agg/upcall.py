@@ -99,7 +99,8 @@ async def exchange(
     grant: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The upstream's answer and the HTTP headers it came with, within the server's
-    ``timeout`` (``servers.X.timeout``) for the whole of it."""
+    ``timeout`` (``servers.X.timeout``) for the whole of it (a stdio bridge keeps that
+    deadline itself, from its child's first output: a cold start is not silence)."""
     headers = _headers(upstream, method, version, session, grant)
     msg_id = f"{UPCALL_ID}-{next(_numbers)}"
     body = body_of(method, params, version, meta, msg_id)
@@ -108,7 +109,8 @@ async def exchange(
     except (*UPSTREAM_ERRORS, TimeoutError) as exc:
         raise UpcallFailed(f"upstream {upstream.name!r} is unavailable") from exc
     try:
-        async with asyncio.timeout(upstream.timeout):
+        deadline = upstream.timeout if upstream.silence is not None else None
+        async with asyncio.timeout(deadline):
             message = await _answer(upstream, resp, msg_id, version, session, grant)
     except TimeoutError as exc:
         raise UpcallFailed(f"upstream {upstream.name!r} did not answer in time") from exc
