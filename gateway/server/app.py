@@ -3,6 +3,8 @@ metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +33,7 @@ from gateway.server.console.origin import admin_throttle, refusal
 from gateway.server.lifecycle import background, readiness
 from gateway.server.reload import exception_fields
 from gateway.upstream.stdio import running_bridges
+from gateway.wire.asgi import reply
 
 log = structlog.get_logger("celgate.console")
 
@@ -53,6 +56,7 @@ class EdgeApp:
         self.relay = relay
         self.gateway = gateway
         self.aggregate = aggregate
+        self._signing_in = 0  # sign-in bodies being read now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
@@ -68,7 +72,78 @@ class EdgeApp:
             if path == FEED_PATH:
                 await _live_stream(self.litestar, scope, receive, send)
                 return
+            if path == LOGIN_PATH and scope["method"] == "POST":
+                await self._sign_in(scope, receive, send)
+                return
         await self.litestar(scope, receive, send)
+
+    async def _sign_in(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The console's sign-in, the one page that reads a body before any credential: the
+        body is read here first, small (``MAX_SIGN_IN_BYTES``), soon (``SIGN_IN_SECONDS``)
+        and a few at a time in all (``MAX_SIGN_INS_READING``). Read by Litestar, a body sent
+        a byte at a time held a connection each, never evicted, until no agent got in, and
+        each could hold 10 MB."""
+        if self._signing_in >= MAX_SIGN_INS_READING:
+            await _plain(send, 503, "too many sign-ins under way: try again", b"5")
+            return
+        self._signing_in += 1
+        try:
+            body = await _small_body(scope, receive)
+        finally:
+            self._signing_in -= 1
+        if isinstance(body, tuple):
+            await _plain(send, *body)
+            return
+        given = False
+
+        async def replay() -> Any:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.litestar(scope, replay, send)
+
+
+#: The console's sign-in: its body (a token and a name) and how it may arrive.
+LOGIN_PATH = "/console/login"
+MAX_SIGN_IN_BYTES = 4096
+SIGN_IN_SECONDS = 5.0
+MAX_SIGN_INS_READING = 16
+
+
+async def _small_body(scope: Scope, receive: Receive) -> bytes | tuple[int, str, bytes | None]:
+    """The request's body, or the refusal to answer (status, text, Retry-After)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and (not value.isdigit() or int(value) > MAX_SIGN_IN_BYTES):
+            return 413, "the body is too large", None
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(SIGN_IN_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return 400, "the client went away", None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_SIGN_IN_BYTES:
+                    return 413, "the body is too large", None
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        return 408, "the body came too slowly", None
+
+
+async def _plain(send: Send, status: int, text: str, retry_after: bytes | None) -> None:
+    """A refusal as the console's page reads one (``detail``), and the connection closed."""
+    extra = [(b"connection", b"close")]
+    if retry_after is not None:
+        extra.append((b"retry-after", retry_after))
+    body = json.dumps({"status_code": status, "detail": text}).encode()
+    await reply(send, status, body, extra=extra)  # type: ignore[arg-type]
 
 
 async def _live_stream(app: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
@@ -226,5 +301,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Edge
         openapi_config=openapi,
         logging_config=None,
         exception_handlers={500: _internal_error},
+        # Operator bodies are small (a note, a name); the sign-in's is bounded before this.
+        request_max_body_size=64 * 1024,
     )
     return EdgeApp(litestar, relay, gateway, aggregate)
