@@ -21,6 +21,7 @@ ends in a ``Node`` or in problems, never in an exception:
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -143,6 +144,9 @@ class _Walker:
         if not isinstance(value, _SCALARS):
             message = f"{_kind(value)} is not allowed here (quote it to make it a string)"
             self.problem(node, shown, message)
+            return None
+        if isinstance(value, float) and not math.isfinite(value):  # .nan, .inf, 1e999
+            self.problem(node, shown, f"{node.value!r} is not a finite number")
             return None
         if self.text_checked and isinstance(value, str) and not _is_text(value):  # "\\ud83d"
             self.problem(node, shown, "a string that is no Unicode text (a lone surrogate)")
@@ -277,7 +281,7 @@ def parse_source(text: str, is_json: bool, file: str, problems: list[Problem]) -
     rule matching the emoji never matched."""
     if is_json:
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             problems.append(
                 Problem(SourceLocation(file, exc.lineno), "", f"invalid JSON: {exc.msg}")
@@ -290,6 +294,11 @@ def parse_source(text: str, is_json: bool, file: str, problems: list[Problem]) -
         node = parse_text(text, file, problems, text_checked=False)
         return None if node is None else _json_values(node, value, problems)
     return parse_text(text, file, problems)
+
+
+def _not_json(constant: str) -> Any:
+    """Python's JSON parser takes NaN, Infinity and -Infinity, which JSON does not have."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _json_values(node: Node, value: Any, problems: list[Problem]) -> Node:
@@ -315,6 +324,9 @@ def _json_values(node: Node, value: Any, problems: list[Problem]) -> Node:
         problems.append(Problem(node.where, "", "the JSON parser reads this value otherwise"))
         return Node(None, node.where)
     _unicode(value, node.where, problems)
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 (NaN: refused above)
+        problems.append(Problem(node.where, "", f"{value!r} is not a finite number"))
+        return Node(None, node.where)
     return Node(value, node.where)
 
 

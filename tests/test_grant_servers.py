@@ -159,3 +159,16 @@ def test_one_key_in_two_grants_is_refused_at_load(tmp_path: Path) -> None:
         f"{path}:7: admin.token_sha256: is an agent's key (a grant's key_sha256): the admin "
         "token must be its own",
     ]
+
+
+def test_a_digest_with_a_final_newline_is_no_digest(tmp_path: Path) -> None:
+    """``$`` matches before a final newline: "<hex>\\n" passed as a digest, a second copy of a
+    key that the one-key-one-grant check did not see."""
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "policy: rules.yaml\nservers:\n  web: {url: 'http://127.0.0.1:9/mcp'}\n"
+        f'grants:\n  narrow: {{key_sha256: "{digest(NARROW)}\\n"}}\n'
+    )
+    (tmp_path / "rules.yaml").write_text('version: "1"\ndefault: allow\n')
+    with pytest.raises(ConfigError, match="64 lowercase hex"):
+        load_config(path, env={})

@@ -197,3 +197,25 @@ def test_a_json_file_with_an_upper_case_suffix_is_parsed_as_json(tmp_path: Path)
     path.write_text('{"version": "1", "tools": {"note": {"action": "allow",}}}')  # YAML takes it
     with pytest.raises(ConfigError, match="invalid JSON"):
         load_policy([path])
+
+
+@pytest.mark.parametrize(
+    ("suffix", "value"),
+    [
+        (".json", "NaN"),
+        (".json", "Infinity"),
+        (".json", "1e999"),
+        (".yaml", ".nan"),
+        (".yaml", ".inf"),
+        (".yaml", "1.0e+999"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, suffix: str, value: str) -> None:
+    """NaN passed every "positive number" check (NaN <= 0 is false) and stopped the gateway
+    at its first timer; 1e999 made a window that never refills."""
+    path = tmp_path / f"rules{suffix}"
+    limit = f'{{"rate": 1, "window": {value}}}'
+    path.write_text(f'{{"version": "1", "tools": {{"note": {{"limit": {limit}}}}}}}')
+    with pytest.raises(ConfigError) as caught:
+        load_policy([path])
+    assert any("finite" in str(p) or "not JSON" in str(p) for p in caught.value.problems)

@@ -31,7 +31,7 @@ from gateway.located import Node, parse_file
 from gateway.policy.schema import Fields
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}\Z")
 _KEY_PARTS = ("rl:", "ap:", "cs:")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 

@@ -96,7 +96,7 @@ class Reader:
     def digest(self, sub: Fields, name: str) -> str | None:
         """A required SHA-256 digest, as 64 lowercase hex characters."""
         value = sub.string(name, required=True)
-        if value is not None and not _HEX64.match(value):
+        if value is not None and not _HEX64.fullmatch(value):  # ("$" passes a final newline)
             self.err(sub.where(name), f"{sub.path}.{name}", "must be 64 lowercase hex characters")
             return None
         return value

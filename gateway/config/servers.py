@@ -13,7 +13,7 @@ from gateway.config.sections import ServerConfig
 from gateway.located import Node
 from gateway.policy.schema import Fields
 
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _HTTP_SERVER = {"url", "headers", "timeout", "ca_file", "prefix"}
 _STDIO_SERVER = {
     "command",
@@ -27,7 +27,7 @@ _STDIO_SERVER = {
     "prefix",
 }
 # A tool or prompt name prefix on /mcp (``<prefix><sep><name>``); empty: names as they are.
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}\Z")
 
 
 def read_servers(read: Reader, top: Fields) -> dict[str, ServerConfig] | None:
