@@ -244,6 +244,9 @@ def test_a_stream_speaks_only_of_the_tasks_its_request_named_or_made() -> None:
     assert shown["result"]["taskId"] == bound
     assert shown["result"]["_meta"][RELATED_TASK]["taskId"] == bound
     assert calling.filter(tagged("u-1", method="notifications/message")) is DROP
+    status = {"jsonrpc": "2.0", "method": "notifications/tasks/status",
+              "params": {"taskId": "u-3", "status": "completed"}}  # fmt: skip
+    assert calling.filter(status)["params"]["taskId"] == bound  # the task it made
 
 
 def test_a_message_that_asks_and_answers_at_once_is_dropped_on_every_face() -> None:

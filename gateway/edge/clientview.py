@@ -93,6 +93,7 @@ class ClientView:
             tasks is not None
             and is_task_notification(message.get("method"))
             and task_of(message) not in tasks  # a task of another caller, or none named
+            and task_of(message) not in self.created
         ):
             return DROP
         created = self._created_task_id if self.creates and not asks_or_tells else None
