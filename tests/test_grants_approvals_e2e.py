@@ -289,18 +289,22 @@ class TestWaitApproval:
         assert admin(two, "POST", f"/admin/approvals/{approval_id}/approve").status_code == 409
         assert not any(x["arguments"].get("path") == target for x in calls_in(call_log))
 
-    async def test_a_json_client_gone_while_held_ends_its_wait(self, pair: Any) -> None:
+    @pytest.mark.parametrize("accept", ["application/json", "application/json, text/event-stream"])
+    async def test_a_client_gone_while_held_ends_its_wait(self, pair: Any, accept: str) -> None:
         """A held call answered as JSON has no stream to watch: its client going away ends
-        the wait all the same (recorded as still held; the request stays for a retry)."""
+        the wait all the same (recorded as still held). In the 2026-07-28 era closing the
+        request is how a client cancels (there is no ``notifications/cancelled``): its
+        approval request is withdrawn, as a cancel withdraws it in the handshake era, and
+        an operator is not left approving a call nobody waits for."""
         one, two = pair
-        target = "/tmp/held-then-gone.txt"
+        target = f"/tmp/held-then-gone-{len(accept)}.txt"
         args = {"path": target, "content": "x"}
         params = {"name": "write_file", "arguments": args, "_meta": MODERN_META}
         sent = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params})
         head = (
             f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{one.port}\r\n"
             f"Authorization: Bearer {ANALYST_KEY}\r\nContent-Type: application/json\r\n"
-            "Accept: application/json\r\nMcp-Protocol-Version: 2026-07-28\r\n"
+            f"Accept: {accept}\r\nMcp-Protocol-Version: 2026-07-28\r\n"
             "Mcp-Method: tools/call\r\nMcp-Name: write_file\r\n"
             f"Content-Length: {len(sent)}\r\n\r\n"
         )
@@ -315,7 +319,14 @@ class TestWaitApproval:
             return record.get("tool") == "write_file" and record["effect"] == "require_approval"
 
         assert one.wait_records(1, where=held, within=10)
-        admin(two, "POST", f"/admin/approvals/{approval_id}/deny")  # not left for later tests
+        with anyio.fail_after(15):
+            while True:
+                listed = admin(two, "GET", "/admin/approvals").json()
+                [request] = [r for r in listed if r["id"] == approval_id]
+                if request["status"] != "pending":
+                    break
+                await anyio.sleep(0.05)
+        assert (request["status"], request["decided_by"]) == ("denied", "client")
 
     @pytest.mark.parametrize("mode", ["legacy", "auto"])
     async def test_an_approved_tool_that_asks_the_client_is_approved_once(

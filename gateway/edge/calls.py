@@ -48,7 +48,8 @@ async def call_through(
     fwd.body = face.upstream_body(fwd.body)
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None
     # A call held in wait mode may be cancelled by its client, on a stream or not.
-    hold = held.hold if held is not None else Cancellable(gw, call, key).watched(incoming)
+    modern = version in MODERN_VERSIONS
+    hold = held.hold if held is not None else Cancellable(gw, call, key).watched(incoming, modern)
     if admission is None:
         admission = await admit(gw, call, hold=hold, elicit=elicit, resume=face.resumes)
     if admission.allowed:  # an approved call's upstream may ask for input: carried on

@@ -32,7 +32,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
 from gateway.upstream.h1 import H1Response
 from gateway.wire.asgi import Incoming, Send
-from gateway.wire.jsonrpc import Message
+from gateway.wire.jsonrpc import MODERN_VERSIONS, Message
 from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
 from gateway.wire.sse import message_event as event
 
@@ -146,19 +146,33 @@ class Cancellable:
         final = await self.run(decision, wait, None)
         return decision if final is None else final
 
-    def watched(self, incoming: Incoming) -> Hold:
-        """``hold`` that also ends when the client goes away (no stream watches it)."""
+    def watched(self, incoming: Incoming, modern: bool = False) -> Hold:
+        """``hold`` that also ends when the client goes away (no stream watches it); in the
+        2026-07-28 era (``modern``) its going away cancels the call (see ``gone``)."""
 
         async def hold(decision: Decision, wait: Wait) -> Decision:
             final = [decision]
+            done = False
 
             async def work() -> None:
+                nonlocal done
                 final[0] = await self.hold(decision, wait)
+                done = True
 
             await watching_disconnect(incoming.receive, work())
+            if not done and modern:
+                await self.gone(decision)
             return final[0]
 
         return hold
+
+    async def gone(self, decision: Decision) -> None:
+        """The client went away from a held call in the 2026-07-28 era, which has no
+        ``notifications/cancelled``: closing the request is how a client cancels it. Its
+        approval request is withdrawn as on a cancel (a handshake-era client that goes away
+        may come back for its call, and it stays held)."""
+        self.cancelled = True
+        await self._withdraw(decision)
 
     async def run(self, decision: Decision, wait: Wait, tick: Any) -> Decision | None:
         """The decision once waited for; None when the wait was cancelled (by the client,
@@ -209,7 +223,8 @@ class HeldStream:
 
     ``hold`` opens the stream and keeps it alive while the approval waits; after ``admit``,
     ``answer`` writes the denial or the upstream's answer into it and closes it. A client
-    that goes away ends the wait; the call is then recorded as still held. A client that
+    that goes away ends the wait; the call is then recorded as still held (in the 2026-07-28
+    era, where closing the request is how a client cancels, it is withdrawn). A client that
     cancels it (``notifications/cancelled``) ends the wait too, and its approval request is
     withdrawn: approving it later runs nothing.
     """
@@ -269,6 +284,9 @@ class HeldStream:
             final = await waiting.run(decision, wait, tick)
 
         await self.watching(work())
+        version = self.message.protocol_version or self.incoming.header("mcp-protocol-version")
+        if self.gone and not waiting.cancelled and version in MODERN_VERSIONS:
+            await waiting.gone(decision)
         if waiting.cancelled:  # by its client: no answer is due
             self.cancelled = self.gone = True
         return decision if final is None else final
