@@ -154,10 +154,27 @@ class TestConfigErrors:
         [found] = problems(path)
         assert found.startswith(f"{path}:4: sessions.secret: a placeholder")
 
+    def test_a_placeholder_digest_is_refused(self, tmp_path: Path) -> None:
+        """deploy/example.env's zeros were taken: a grant no key matches served, and with
+        the admin token's zeros too the first error blamed the two for being alike."""
+        zeros = "0" * 64
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        path = write(
+            tmp_path,
+            base
+            + f"grants: {{bot: {{key_sha256: '{zeros}'}}}}\nadmin: {{token_sha256: '{zeros}'}}\n",
+        )
+        found = problems(path)
+        assert [p.split(": ", 2)[1] for p in found] == [
+            "grants.bot.key_sha256",
+            "admin.token_sha256",
+        ]
+        assert all("a placeholder" in p for p in found)
+
     def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
         base = (
             "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
-            f"grants: {{bot: {{key_sha256: '{'a' * 64}'}}}}\n"  # anonymous is never proxied
+            f"grants: {{bot: {{key_sha256: '{GOOD_KEY}'}}}}\n"  # anonymous is never proxied
         )
         listen = "listen: {host: 127.0.0.1, port: 8787, trusted_proxies: [%s]}\n"
         path = write(tmp_path, base + listen % "'10.0.0.0/8', lb.example")

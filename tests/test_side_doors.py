@@ -182,7 +182,10 @@ class TestOperatorPages:
     def test_open_when_the_operator_says_so(self, upstream: PeerProcess, tmp_path: Path) -> None:
         servers = {"up": {"url": upstream.url}}
         with run_gateway(
-            tmp_path, POLICY, servers, admin={"metrics_public": True, "token_sha256": "0" * 64}
+            tmp_path,
+            POLICY,
+            servers,
+            admin={"metrics_public": True, "token_sha256": hashlib.sha256(b"open").hexdigest()},
         ) as gw:
             assert httpx.get(gw.base + "/metrics", timeout=5).status_code == 200
             assert httpx.get(gw.base + "/openapi/openapi.json", timeout=5).status_code == 200

@@ -99,6 +99,11 @@ class Reader:
         if value is not None and not _HEX64.fullmatch(value):  # ("$" passes a final newline)
             self.err(sub.where(name), f"{sub.path}.{name}", "must be 64 lowercase hex characters")
             return None
+        if value is not None and len(set(value)) < 8:  # a SHA-256 digest has about 16
+            # deploy/example.env's zeros, or the like: a grant no key matches, or worse
+            msg = "a placeholder: `celgate keys new` or `celgate admin-token new` prints one"
+            self.err(sub.where(name), f"{sub.path}.{name}", msg)
+            return None
         return value
 
     @staticmethod
