@@ -96,3 +96,7 @@ class KeySetUnavailable(GatewayError):
 
 class ApprovalError(GatewayError):
     """An approval request is unknown, expired, already used or already decided."""
+
+
+class ApprovalNotFound(ApprovalError):
+    """No approval request has that id (answered 404, not as a conflict)."""

@@ -618,6 +618,14 @@ class TestOperatorCommands:
         for empty in ({"counter": ""}, {"grant": ""}):  # read as every bucket of every grant
             nothing = httpx.post(one.base + "/admin/limits/reset", json=empty, headers=auth)
             assert nothing.status_code == 400 and "named by nothing" in nothing.text
+        typo = httpx.post(
+            one.base + "/admin/limits/reset", json={"counter": "echo_rte"}, headers=auth
+        )
+        assert (
+            typo.status_code == 404 and "no counter 'echo_rte'" in typo.text
+        )  # refilled 0, said ok
+        with pytest.raises(SystemExit, match="404"):
+            main(["approvals", "approve", "apr_nosuchrequest", "--url", two.base])
         with pytest.raises(SystemExit, match="name something"):
             main(["limits", "reset", "--grant", "analyst-bot", "--counter", "", "--url", two.base])
         # A grant name is a query value: "x&grant=analyst-bot" names no grant, not analyst's

@@ -32,7 +32,7 @@ from gateway.approvals.service import (
 )
 from gateway.auth.guard import same_text
 from gateway.config.sections import ApprovalsConfig
-from gateway.errors import ApprovalError, BackendUnavailable
+from gateway.errors import ApprovalError, ApprovalNotFound, BackendUnavailable
 from gateway.ratelimit.client import BACKEND_ERRORS, Outage, valkey_client
 from gateway.ratelimit.factory import valkey_url
 
@@ -114,7 +114,7 @@ return {'ok', out}
 
 def _conflict(approval_id: str, before: Status, actual: str) -> ApprovalError:
     if actual == "missing":
-        return ApprovalError(f"approval {approval_id} not found")
+        return ApprovalNotFound(f"approval {approval_id} not found")
     return ApprovalError(f"approval {approval_id} is {actual}, not {before}")
 
 

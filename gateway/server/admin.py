@@ -26,7 +26,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.approvals.service import ApprovalRequest
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
-from gateway.errors import ApprovalError, BackendUnavailable
+from gateway.errors import ApprovalError, ApprovalNotFound, BackendUnavailable
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import LimitSpec, bucket_grant
 from gateway.policy.risk import classify, override_for
@@ -203,6 +203,11 @@ def admin_router(gateway: Gateway) -> Router:
             raise HTTPException("a grant or a counter named by nothing", status_code=400)
         if data.grant is None and data.counter is None and not data.all:
             raise HTTPException("name a grant or a counter, or say all: true", status_code=400)
+        counters = {lim.counter for entry in gateway.policy.entries for lim in entry.limits}
+        if data.counter is not None and data.counter not in counters:  # a typo refilled nothing
+            known = ", ".join(sorted(counters)) or "none"
+            msg = f"no counter {data.counter!r} in the policy (counters: {known})"
+            raise HTTPException(msg, status_code=404)
         rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))
         keys = [key for key, _ in _of_grant(rows, data.grant)]
         refilled = await _backend(gateway.limiter.reset(keys))
@@ -330,7 +335,8 @@ async def _decide(
     try:
         request = await _backend(service.decide(approval_id, approve, by, note))
     except ApprovalError as exc:
-        raise HTTPException(str(exc), status_code=409) from exc
+        status = 404 if isinstance(exc, ApprovalNotFound) else 409
+        raise HTTPException(str(exc), status_code=status) from exc
     log.info(
         "approval.decided",
         approval_id=request.id,
