@@ -319,3 +319,16 @@ class TestDecideWithConfig:
     def test_unknown_grant(self, config: Path) -> None:
         argv = ["decide", "--config", str(config), "--grant", "nobody", "--tool", "report"]
         assert "no grant 'nobody'" in one_line_error(celgate(*argv))
+
+
+def test_catalog_says_why_a_server_could_not_be_asked(tmp_path: Path) -> None:
+    """A stdio command that is not installed printed 'redshift  -' and exit 2, the cause only
+    as an exception's type in a log line."""
+    (tmp_path / "p.yaml").write_text('version: "1"\ndefault: deny\n')
+    config = tmp_path / "celgate.yaml"
+    servers = {"redshift": {"command": "celgate-test-no-such-command"}}
+    config.write_text(json.dumps({"policy": "p.yaml", "anonymous": True, "servers": servers}))
+    out = celgate("catalog", "--config", str(config))
+    assert out.returncode == 2
+    assert "cannot list the tools of redshift" in out.stderr
+    assert "celgate-test-no-such-command" in out.stderr

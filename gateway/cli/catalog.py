@@ -84,7 +84,9 @@ def _load(ns: argparse.Namespace) -> tuple[GatewayConfig, CompiledPolicy]:
 def catalog_command(ns: argparse.Namespace) -> int:
     config, policy = _load(ns)
     identity = _identity(config, ns.grant)
-    tools = asyncio.run(list_all(config.servers))
+    errors: dict[str, str] = {}
+    tools = asyncio.run(list_all(config.servers, errors=errors))
+    _say_why(errors)
     rows = catalog_rows(config, policy, tools, identity)
     if ns.json:
         print(json.dumps(rows, indent=2))
@@ -98,7 +100,9 @@ def pins_command(ns: argparse.Namespace) -> int:
     target = Path(ns.out) if ns.out else config.pins.file
     if target is None:
         raise SystemExit("celgate: set `pins: {file: ...}` in the config, or pass --out")
-    tools = asyncio.run(list_all(config.servers))
+    errors: dict[str, str] = {}
+    tools = asyncio.run(list_all(config.servers, errors=errors))
+    _say_why(errors)
     down = [name for name, items in tools.items() if items is None]
     if down:
         print(f"celgate: cannot list tools of {', '.join(down)}; pins unchanged", file=sys.stderr)
@@ -123,3 +127,8 @@ def _configure_pins(parser: argparse.ArgumentParser) -> None:
 
 
 PARSERS = {"catalog": _configure_catalog, "pins": _configure_pins}
+
+
+def _say_why(errors: dict[str, str]) -> None:
+    for server, reason in sorted(errors.items()):
+        print(f"celgate: cannot list the tools of {server}: {printable(reason)}", file=sys.stderr)

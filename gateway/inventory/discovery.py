@@ -75,9 +75,12 @@ async def list_tools(server: ServerConfig, url: str | None = None) -> list[dict[
 
 
 async def list_all(
-    servers: Mapping[str, ServerConfig], urls: Mapping[str, str] | None = None
+    servers: Mapping[str, ServerConfig],
+    urls: Mapping[str, str] | None = None,
+    errors: dict[str, str] | None = None,
 ) -> dict[str, list[dict[str, Any]] | None]:
-    """Tools per server; None for a server that could not be asked (logged)."""
+    """Tools per server; None for a server that could not be asked (logged, and its reason
+    put in ``errors`` when given: a command that is not installed, say)."""
     urls = urls or {}
 
     async def one(name: str) -> list[dict[str, Any]] | None:
@@ -85,9 +88,23 @@ async def list_all(
             async with asyncio.timeout(LIST_TIMEOUT):
                 return await list_tools(servers[name], urls.get(name))
         except Exception as exc:  # any failure of one upstream: logged, others go on
-            log.warning("catalog.list_failed", server=name, error=type(exc).__name__)
+            reason = _reason(exc)
+            log.warning("catalog.list_failed", server=name, error=type(exc).__name__, detail=reason)
+            if errors is not None:
+                errors[name] = reason
             return None
 
     names = list(servers)
     results = await asyncio.gather(*(one(n) for n in names))
     return dict(zip(names, results, strict=True))
+
+
+def _reason(exc: BaseException) -> str:
+    """What an operator reads of why a server could not be asked (the innermost error of a
+    task group's, which says "unhandled errors in a TaskGroup")."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {LIST_TIMEOUT:g} s"
+    text = str(exc).strip() or type(exc).__name__
+    return text[:300]
