@@ -222,6 +222,17 @@ class TestTry:
         assert "list_notes" in out.stdout
         assert "call delete_note" in out.stdout
 
+    def test_on_the_aggregate_the_demo_is_called_by_its_names_there(
+        self, keyed: GatewayProcess
+    ) -> None:
+        """On ``/mcp`` the demo's tools are ``demo__list_notes``...: ``try`` called
+        ``list_notes``, and showed the upstream's "unknown tool" as a refusal."""
+        out = celgate("try", keyed.base + "/mcp", env={"CELGATE_KEY": AGENT_KEY})
+        assert out.returncode == 0, out.stderr
+        assert "call demo__list_notes({}): ok" in out.stdout
+        assert "call demo__delete_note" in out.stdout
+        assert "\\n" not in out.stdout  # text shown as lines, not escaped
+
 
 class TestAdminCommands:
     """Which gateway: --url, --config, CELGATE_URL; a clear line when it is not one."""

@@ -34,11 +34,45 @@ async def _try(url: str, key: str | None) -> None:
         print(f"tools this agent may call ({len(tools.tools)}):")
         for tool in tools.tools:
             print(f"  - {printable(tool.name)}")
-        for name, args in (("list_notes", {}), ("delete_note", {"id": "1"})):
-            result = await client.call_tool(name, args)
+        calls = _demo_calls([tool.name for tool in tools.tools])
+        if not calls:
+            print(f"\nno calls made: `celgate try` calls the demo's {' and '.join(DEMO_CALLS)}")
+        for name, args in calls:
+            shown = f"call {printable(name)}({json.dumps(args)})"
+            try:
+                result = await client.call_tool(name, args, read_timeout_seconds=CALL_SECONDS)
+            except Exception as exc:
+                if "timed out" not in str(exc):
+                    raise
+                print(f"\n{shown}: no answer within {CALL_SECONDS:g} s")
+                print("  a call held in `mode: wait` waits for an operator: approve it while")
+                print(
+                    "  `celgate try` waits (the console, or `celgate approvals list` / `approve`)"
+                )
+                continue
             text = " ".join(getattr(c, "text", "") for c in result.content)
             verdict = "REFUSED" if result.is_error else "ok"
-            print(f"\ncall {name}({json.dumps(args)}): {verdict}\n  {printable(text[:300])}")
+            lines = "\n  ".join(printable(line) for line in text[:300].splitlines())
+            print(f"\n{shown}: {verdict}\n  {lines}")
+
+
+#: The demo server's tools that ``try`` calls, with their arguments (on ``/mcp`` under the
+#: server's prefix, ``demo__list_notes``).
+DEMO_CALLS = {"list_notes": {}, "delete_note": {"id": "1"}}
+#: How long a call may take before ``try`` says it is waiting (a call held in ``wait`` mode).
+CALL_SECONDS = 30.0
+
+
+def _demo_calls(names: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The demo's calls under the names this endpoint gives them (its ``list_notes`` listed:
+    the demo is behind it; ``delete_note`` is called even when hidden, to show the refusal).
+    None for any other server: ``try`` cannot know what its tools do."""
+    first = next(iter(DEMO_CALLS))
+    listed = [n for n in names if n == first or n.endswith("__" + first)]
+    if not listed:
+        return []
+    prefix = listed[0][: -len(first)]
+    return [(prefix + tool, args) for tool, args in DEMO_CALLS.items()]
 
 
 _PING = {"jsonrpc": "2.0", "id": 0, "method": "ping"}
