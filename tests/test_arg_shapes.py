@@ -4,12 +4,17 @@ refuses and allows, and the bound on what one call can make it look at."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
 
 from gateway.inventory.shapes import MAX_CHECKED, MAX_DEPTH, TooManyValues, mismatch, shape_of
+from gateway.pipeline.enforce import check_arg_types
+from gateway.policy import Call, decide, load_policy
 
 
 class Target(BaseModel):
@@ -150,3 +155,29 @@ def test_what_one_call_makes_it_look_at_is_bounded() -> None:
     assert shape is not None
     with pytest.raises(TooManyValues):
         mismatch(shape, deep)
+
+
+def test_a_condition_that_failed_on_a_mistyped_argument_gives_the_arguments_reason() -> None:
+    """``add(a="5")`` under a rule on ``args.a`` was refused with ``cel.type_error`` ("a
+    condition could not be evaluated"): the docs promise the types are checked before any
+    rule, with a reason naming the argument. A plain denial by a rule stands."""
+    policy = (
+        'version: "1"\ntools:\n  add:\n    rules:\n      - {when: "args.a > 3", action: allow}\n'
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "p.yaml"
+        path.write_text(policy)
+        compiled = load_policy([path])
+    gw: Any = SimpleNamespace(arg_shapes={("s", "add"): shape_of(ADD_SCHEMA)})
+    mistyped = Call("add", server="s", args={"a": "5"})
+    decided = decide(compiled, mistyped)
+    assert decided.error is not None and decided.error.startswith("cel.")
+    checked = check_arg_types(gw, mistyped, decided)
+    assert (checked.error, checked.rule) == ("argument_type", "schema")
+    assert "argument a is a string" in checked.reason
+    plain = Call("add", server="s", args={"a": 1})
+    refused = decide(compiled, plain)
+    assert check_arg_types(gw, plain, refused) == refused
+
+
+ADD_SCHEMA = {"type": "object", "properties": {"a": {"type": "number"}}}

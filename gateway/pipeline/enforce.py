@@ -61,8 +61,11 @@ def check_pin(gw: Gateway, call: Call, decision: Decision) -> Decision:
 def check_arg_types(gw: Gateway, call: Call, decision: Decision) -> Decision:
     """An argument whose JSON type its tool's ``inputSchema`` does not allow is refused,
     whatever the rules say: the upstream would convert it (``"true"`` to ``true``) and run
-    a call the rules never saw (``gateway.inventory.shapes``)."""
-    if decision.effect == "deny":
+    a call the rules never saw (``gateway.inventory.shapes``). A denial stands, except one
+    because a condition could not be evaluated (``cel.*``, often from that very argument's
+    type): the argument's reason names what to mend, as the docs promise ("before any
+    rule"), where the engine's says only that a condition failed."""
+    if decision.effect == "deny" and not (decision.error or "").startswith("cel."):
         return decision
     shape = gw.arg_shapes.get((call.server or "", call.tool))
     if shape is None:
