@@ -103,12 +103,11 @@ class TestRedshiftReadOnly:
     @pytest.mark.parametrize(
         "sql",
         [
-            "select 1; drop table t",
-            "DROP TABLE t",
             "delete from t",
             "selectx from t",
             "insert into t select 1",
             "update t set a = 1",
+            "select * into sales_copy from sales",  # creates a table
             "",
         ],
     )
@@ -116,6 +115,20 @@ class TestRedshiftReadOnly:
         d = self._query(policy, sql)
         assert (d.effect, d.rule, d.limits) == ("deny", "no-writes", ())
         assert "read-only SQL" in d.reason
+
+    @pytest.mark.parametrize(
+        "sql", ["select 1; drop table t", "DROP TABLE t", "alter table sales drop column qty"]
+    )
+    @pytest.mark.parametrize("roles", [(), ("dba",)])
+    def test_drops_truncates_and_grants_are_refused_to_everyone(
+        self, policy: CompiledPolicy, sql: str, roles: tuple[str, ...]
+    ) -> None:
+        """The file says so ("for anyone, ever"); a DBA's were held for approval."""
+        identity = Identity(grant="g", agent="g", roles=roles)
+        d = _decide(
+            policy, "execute_query", server="redshift", args={"sql": sql}, identity=identity
+        )
+        assert (d.effect, d.rule) == ("deny", "no-drop-truncate-grant")
 
     def test_sql_missing_fails_closed(self, policy: CompiledPolicy) -> None:
         d = _decide(policy, "execute_query", server="redshift", args={"query": "select 1"})
