@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
@@ -50,6 +51,7 @@ class _Keepalive:
         self.token = meta.get("progressToken") if isinstance(meta, dict) else None
         self.hint = approval_hint
         self.last = 0.0
+        self.told = 0.0  # the last progress value sent under the client's token
 
     async def __call__(self, elapsed: float) -> None:
         if elapsed - self.last < KEEPALIVE_SECONDS:
@@ -67,8 +69,46 @@ class _Keepalive:
                     "message": f"{self.hint} ({elapsed:.0f} s)",
                 },
             }
+            self.told = round(elapsed, 1)
             chunk = event(json.dumps(note).encode())
         await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+class _ProgressAfterWait:
+    """The view of an approved call's answer when the wait told its client progress: the
+    upstream's own progress under that token starts again from nothing, and a value that
+    goes down breaks the protocol's rule (progress increases) and a host's progress bar. Its
+    values (and total) come after the wait's: ``offset`` more."""
+
+    __slots__ = ("inner", "offset", "token")
+
+    def __init__(self, inner: Any, token: Any, offset: float) -> None:
+        self.inner = inner
+        self.token = token
+        self.offset = offset
+
+    def wants(self, data: bytes) -> bool:
+        return b"progress" in data or (self.inner is not None and self.inner.wants(data))
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        return self.inner.wrap_event_id(event_id) if self.inner is not None else event_id
+
+    def filter(self, message: Any) -> Any | None:
+        shown = self.inner.filter(message) if self.inner is not None else None
+        if shown is DROP:
+            return DROP
+        current = shown if shown is not None else message
+        if not isinstance(current, dict) or current.get("method") != "notifications/progress":
+            return shown
+        params = current.get("params")
+        if not isinstance(params, dict) or params.get("progressToken") != self.token:
+            return shown
+        moved = dict(params)
+        for field in ("progress", "total"):
+            value = params.get(field)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                moved[field] = value + self.offset
+        return {**current, "params": moved}
 
 
 HeldKey = tuple[str, str, str, str]
@@ -229,7 +269,18 @@ class HeldStream:
     withdrawn: approving it later runs nothing.
     """
 
-    __slots__ = ("call", "cancelled", "gone", "gw", "incoming", "key", "message", "opened", "send")
+    __slots__ = (
+        "call",
+        "cancelled",
+        "gone",
+        "gw",
+        "incoming",
+        "key",
+        "message",
+        "opened",
+        "send",
+        "tick",
+    )
 
     def __init__(
         self,
@@ -249,6 +300,7 @@ class HeldStream:
         self.call = call
         self.key = key
         self.cancelled = False
+        self.tick: _Keepalive | None = None  # the wait's keep-alive, once it held
 
     async def open(self) -> None:
         """Start the SSE answer (once)."""
@@ -275,7 +327,9 @@ class HeldStream:
 
     async def hold(self, decision: Decision, wait: Wait) -> Decision:
         await self.open()
-        tick = _Keepalive(self.send, self.message, "waiting for a human to approve this call")
+        tick = self.tick = _Keepalive(
+            self.send, self.message, "waiting for a human to approve this call"
+        )
         final: Decision | None = None
         waiting = Cancellable(self.gw, self.call, self.key)
 
@@ -305,6 +359,9 @@ class HeldStream:
             body = denial(message.msg_id, decision, decision_id, version, task)
             await self.send({"type": "http.response.body", "body": event(body), "more_body": True})
             return
+        tick = self.tick
+        if tick is not None and tick.told:  # the wait told progress: the upstream's follows it
+            fwd.view = _ProgressAfterWait(fwd.view, tick.token, math.floor(tick.told) + 1)
         async with timed_upstream(gw, call):
             await _forward_into_stream(self.incoming, self.send, fwd)
 
