@@ -163,6 +163,15 @@ class TestPolicyTests:
         assert f"FAIL {tmp_path / 'policy_test.yaml'}:6: wrong expectation: expected effect" in out
         assert "1 passed, 1 failed" in out
 
+    def test_a_test_file_that_does_not_load_counts_one_failure(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """It printed "-1 passed, 1 failed"."""
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        (tmp_path / "broken_test.yaml").write_text("cases: [{tool: x, expect: {colour: red}}]\n")
+        assert main(["test", str(tmp_path)]) == 1
+        assert "FAILED: 0 passed, 1 failed, in 1 file(s)" in capsys.readouterr().out
+
     def test_all_passing_exits_zero(self, tmp_path: Path) -> None:
         (tmp_path / "policy.yaml").write_text(POLICY)
         (tmp_path / "more_test.yaml").write_text(

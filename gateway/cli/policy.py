@@ -140,8 +140,9 @@ def _test(ns: argparse.Namespace) -> int:
     for path in files:
         try:
             count, failures = run_file(Path(path), cache)
-        except ConfigError as exc:
+        except ConfigError as exc:  # the file (or its policy) did not load: one failure
             print(exc)
+            total += 1
             failed += 1
             continue
         total += count
