@@ -9,6 +9,7 @@ session leave no process behind; a client cancels its own request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -143,6 +144,25 @@ class TestAnswers:
             resumed = await upstream.pool.request("GET", headers)
             sent = [json.loads(data) for _, data in await events(resumed, until=4) if data]
             assert sent[-1]["id"] == 4 and "result" in sent[-1]
+
+    async def test_a_finished_stream_resumed_stays_open_until_the_session_ends(self) -> None:
+        """As the SDK's own server keeps it: the TypeScript client resumes a stream that ended
+        with an error (not a result); ended at once, it tried again, then a plain GET (409),
+        then reported the connection lost."""
+        async with bridge() as upstream:
+            sid = await opened(upstream)
+            message = call(5, "test_tool_with_progress", {}, progressToken="f")
+            got = await events(await post(upstream, message, sid), until=5)
+            last = got[-1][0]
+            assert last is not None and json.loads(got[-1][1])["id"] == 5  # ended
+            headers = {"accept": "text/event-stream", "mcp-session-id": sid, "last-event-id": last}
+            resumed = await upstream.pool.request("GET", headers)
+            reading = asyncio.create_task(_all_chunks(resumed))
+            answer = await post(upstream, call(6, "echo", {"text": "meanwhile"}), sid)
+            assert json.loads(await answer.read())["id"] == 6
+            assert not reading.done()  # still open, with nothing to say
+            assert (await upstream.pool.request("DELETE", {"mcp-session-id": sid})).status == 200
+            assert await asyncio.wait_for(reading, 10) == []
 
     async def test_an_event_id_not_ours_replays_nothing(self) -> None:
         async with bridge() as upstream:
@@ -331,3 +351,7 @@ class TestSharedProcessIsolation:
             headers = {**MODERN, "mcp-method": "tools/call"}
             answer = await upstream.pool.request("POST", headers, json.dumps(forged).encode())
             assert answer.status == 400
+
+
+async def _all_chunks(answer: AsgiResponse) -> list[bytes]:
+    return [chunk async for chunk in answer.iter_chunks()]

@@ -257,6 +257,13 @@ class SessionLink:
         if pending is not None and not pending.reading:
             await self._respond(send, stream, pending, True, False)
             return
+        if stream is not None and stream != GET_STREAM:
+            # A request's stream that has ended, resumed: kept open (nothing more will come)
+            # until the client leaves or the session ends, as the SDK's own server keeps it.
+            # The TypeScript client takes a stream that ended with an error (not a result)
+            # for one cut short and resumes it; ended at once, it tried again, then a plain
+            # GET (409: its own was open), then reported the connection lost.
+            await self.ended.wait()
         await send({"type": "http.response.body", "body": b""})
 
     # --- to the child
