@@ -4,6 +4,7 @@ metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,7 +57,8 @@ class EdgeApp:
         self.relay = relay
         self.gateway = gateway
         self.aggregate = aggregate
-        self._signing_in = 0  # sign-in bodies being read now
+        # Sign-in bodies being read now, oldest first (each one's signal to give way).
+        self._signing_in: dict[asyncio.Event, None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
@@ -72,7 +74,7 @@ class EdgeApp:
             if path == FEED_PATH:
                 await _live_stream(self.litestar, scope, receive, send)
                 return
-            if path == LOGIN_PATH and scope["method"] == "POST":
+            if scope["method"] == "POST" and _as_routed(path) == LOGIN_PATH:
                 await self._sign_in(scope, receive, send)
                 return
         await self.litestar(scope, receive, send)
@@ -83,14 +85,18 @@ class EdgeApp:
         and a few at a time in all (``MAX_SIGN_INS_READING``). Read by Litestar, a body sent
         a byte at a time held a connection each, never evicted, until no agent got in, and
         each could hold 10 MB."""
-        if self._signing_in >= MAX_SIGN_INS_READING:
-            await _plain(send, 503, "too many sign-ins under way: try again", b"5")
-            return
-        self._signing_in += 1
+        if len(self._signing_in) >= MAX_SIGN_INS_READING:
+            # The one read longest gives way (at most SIGN_IN_SECONDS old): slow bodies kept
+            # renewed cannot shut every operator out, whose body comes whole at once.
+            oldest = next(iter(self._signing_in))
+            oldest.set()
+            self._signing_in.pop(oldest, None)
+        displaced = asyncio.Event()
+        self._signing_in[displaced] = None
         try:
-            body = await _small_body(scope, receive)
+            body = await _small_body(scope, receive, displaced)
         finally:
-            self._signing_in -= 1
+            self._signing_in.pop(displaced, None)
         if isinstance(body, tuple):
             await _plain(send, *body)
             return
@@ -113,8 +119,33 @@ SIGN_IN_SECONDS = 5.0
 MAX_SIGN_INS_READING = 16
 
 
-async def _small_body(scope: Scope, receive: Receive) -> bytes | tuple[int, str, bytes | None]:
-    """The request's body, or the refusal to answer (status, text, Retry-After)."""
+def _as_routed(path: str) -> str:
+    """A path as Litestar routes it (repeated and trailing slashes do not count):
+    ``/console/login/`` and ``//console//login`` reach the sign-in too."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
+async def _small_body(
+    scope: Scope, receive: Receive, displaced: asyncio.Event
+) -> bytes | tuple[int, str, bytes | None]:
+    """The request's body, or the refusal to answer (status, text, Retry-After);
+    ``displaced`` ends the read (a newer sign-in took its place)."""
+    reading = asyncio.ensure_future(_read_small(scope, receive))
+    giving_way = asyncio.ensure_future(displaced.wait())
+    try:
+        await asyncio.wait({reading, giving_way}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        giving_way.cancel()
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+    if reading.done() and not reading.cancelled():
+        return reading.result()
+    return 503, "too many sign-ins under way: try again", b"5"
+
+
+async def _read_small(scope: Scope, receive: Receive) -> bytes | tuple[int, str, bytes | None]:
     for name, value in scope["headers"]:
         if name == b"content-length" and (not value.isdigit() or int(value) > MAX_SIGN_IN_BYTES):
             return 413, "the body is too large", None
