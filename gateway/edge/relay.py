@@ -114,7 +114,9 @@ class Relay:
             if exc.code == rpc.METHOD_NOT_FOUND and modern:
                 exc.status = 404  # 2026-07-28 answers an unknown method with 404 over HTTP
             raise
-        incoming.msg_id = rpc.echo_id(message.msg_id)
+        # The id an error answers with: a request's (a client's answer to a server's request
+        # is no request: its failure is an HTTP status, never a JSON-RPC error read as sent).
+        incoming.msg_id = rpc.echo_id(message.msg_id) if message.is_request else None
         check_routing_headers(incoming, message)
         initializing = message.method == "initialize"
         needs_session = not modern and not initializing
@@ -128,7 +130,8 @@ class Relay:
             await reply(send, 202, b"")  # a call held here: the upstream never saw it
             return
         view = ClientView(self.gw, upstream.name, identity, session)
-        fwd = Forward(upstream, session, body, message.msg_id, view, grant=identity.owner)
+        msg_id = message.msg_id if message.is_request else None
+        fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
         if message.method == "tools/call" and message.is_request:
             view.creates = True

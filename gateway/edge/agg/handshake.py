@@ -83,7 +83,7 @@ class Handshake:
         self, incoming: Incoming, send: Send, identity: Identity, body: bytes, value: Any
     ) -> None:
         message = rpc.classify(value, self.gw.config.relay.extra_methods)
-        incoming.msg_id = rpc.echo_id(message.msg_id)
+        incoming.msg_id = rpc.echo_id(message.msg_id) if message.is_request else None
         check_routing_headers(incoming, message)
         if message.method == "initialize" and message.is_request:
             if incoming.header("mcp-session-id") is not None:

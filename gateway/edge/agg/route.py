@@ -67,7 +67,8 @@ def routed(
             incoming.headers["mcp-name"] = encode_header_value(changed["name"])
     else:
         body = original
-    return Forward(upstream, session, body, message.msg_id, view, grant=grant)
+    msg_id = message.msg_id if message.is_request else None  # (an answer's failure: a status)
+    return Forward(upstream, session, body, msg_id, view, grant=grant)
 
 
 #: What ``target`` routes: the methods of one server, by name, by URI, or by either.

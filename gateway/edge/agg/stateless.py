@@ -63,7 +63,7 @@ class Stateless:
             if exc.code == rpc.METHOD_NOT_FOUND:
                 exc.status = 404
             raise
-        incoming.msg_id = rpc.echo_id(message.msg_id)
+        incoming.msg_id = rpc.echo_id(message.msg_id) if message.is_request else None
         if message.kind != "request":
             await reply(send, 202, b"")  # cancellation is closing the stream in this era
             return
