@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,15 @@ class TestConfigErrors:
             "admin.token_sha256",
         ]
         assert all("a placeholder" in p for p in found)
+
+    @pytest.mark.parametrize("secret", [b"", b"\n"])
+    def test_the_digest_of_nothing_is_refused(self, tmp_path: Path, secret: bytes) -> None:
+        """``printf %s "$TOKEN" | sha256sum`` with $TOKEN unset (or ``echo``'s newline)."""
+        empty = hashlib.sha256(secret).hexdigest()
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        path = write(tmp_path, base + f"grants: {{bot: {{key_sha256: '{empty}'}}}}\n")
+        [found] = problems(path)
+        assert "the digest of an empty secret" in found
 
     def test_trusted_proxies_are_addresses_or_networks(self, tmp_path: Path) -> None:
         base = (

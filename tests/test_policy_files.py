@@ -219,3 +219,19 @@ def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, suffix: str, val
     with pytest.raises(ConfigError) as caught:
         load_policy([path])
     assert any("finite" in str(p) or "not JSON" in str(p) for p in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{"limits": [{"counter": "c", "window": 1.0e+308, "max": 1}]}',
+        '{"action": "require_approval", "approval": {"timeout": 1.0e+308}}',
+    ],
+)
+def test_a_window_or_timeout_past_a_year_is_refused(tmp_path: Path, entry: str) -> None:
+    """A window of 1e308 s is finite: the wait told to a refused caller overflowed, and
+    every refusal became an internal error."""
+    path = tmp_path / "rules.json"
+    path.write_text(f'{{"version": "1", "tools": {{"note": {entry}}}}}')
+    with pytest.raises(ConfigError, match="at most 31622400 s"):
+        load_policy([path])

@@ -6,6 +6,7 @@ and ``build`` leaves such fields out, so a section's defaults are its dataclass'
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import fields
@@ -17,6 +18,8 @@ from gateway.policy.schema import Fields
 
 T = TypeVar("T")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: SHA-256 of "" and of a newline: what hashing an unset variable gives (printf, echo).
+_DIGESTS_OF_NOTHING = frozenset(hashlib.sha256(s).hexdigest() for s in (b"", b"\n"))
 
 
 def build(cls: type[T], **given: Any) -> T:
@@ -102,6 +105,10 @@ class Reader:
         if value is not None and len(set(value)) < 8:  # a SHA-256 digest has about 16
             # deploy/example.env's zeros, or the like: a grant no key matches, or worse
             msg = "a placeholder: `celgate keys new` or `celgate admin-token new` prints one"
+            self.err(sub.where(name), f"{sub.path}.{name}", msg)
+            return None
+        if value in _DIGESTS_OF_NOTHING:  # `printf %s "$TOKEN" | sha256sum`, $TOKEN unset
+            msg = "the digest of an empty secret (a variable that was not set?)"
             self.err(sub.where(name), f"{sub.path}.{name}", msg)
             return None
         return value

@@ -55,7 +55,13 @@ def rounded_up(seconds: float, places: int) -> float:
     """A wait told to a caller, never shorter than the true one: one that waits what it was
     told is not refused again ("Retry after 1.8 s." for 1.838 s was; "0.0 s." for 0.027 s)."""
     scale = 10.0**places
-    return max(1, math.ceil(round(seconds * scale, 6))) / scale
+    if not math.isfinite(seconds * scale):  # a window of 1e308 s: "a very long time"
+        return float(MAX_TOLD_SECONDS)
+    return min(MAX_TOLD_SECONDS, max(1, math.ceil(round(seconds * scale, 6))) / scale)
+
+
+#: The longest wait a caller is told (ten years): past it, a number no client can use.
+MAX_TOLD_SECONDS = 315_360_000
 
 
 def tool_result(

@@ -57,6 +57,8 @@ _ENTRY = {
 _RULE = {"id", "when", "action", "reason", "mode", "approval", "description"}
 _LIMIT = {"counter", "window", "max", "scope", "failure_mode"}
 _APPROVAL = {"mode", "timeout", "fallback"}
+#: The longest window or approval timeout, in seconds (a year).
+MAX_SECONDS = 366 * 86400
 _RISKS = ("low", "medium", "high")
 _KINDS = ("read", "write", "delete", "execute")
 #: Longer tool keys are refused: MCP tool names are short, and glob overlap checks recurse.
@@ -296,6 +298,9 @@ class _Loader:
         if isinstance(value, str) and value in WINDOWS:
             return WINDOWS[value]
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            if value > MAX_SECONDS:  # 1e308 s overflowed the wait told to a refused caller
+                self.problem(node.where, f"{path}.window", f"at most {MAX_SECONDS} s (a year)")
+                return None
             return float(value)
         words = "|".join(WINDOWS)
         self.problem(
@@ -334,6 +339,12 @@ class _Loader:
         sub.check_known(_APPROVAL)
         mode = sub.choice("mode", ("wait", "retry", "elicit"), "wait")
         timeout = sub.positive_number("timeout")
+        if timeout is not None and timeout > MAX_SECONDS:
+            where = sub.get("timeout")
+            assert where is not None
+            msg = f"at most {MAX_SECONDS} s (a year)"
+            self.problem(where.where, f"{path}.approval.timeout", msg)
+            timeout = None
         fallback = sub.choice("fallback", ("wait", "retry"), "retry")
         given = sub.get("fallback")
         if given is not None and mode != "elicit":
