@@ -22,6 +22,8 @@ declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as 
 ``sse-charset-star`` (a charset in RFC 2231 spelling), ``sse-two-types`` (two Content-Type
 headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8 charset).
 ``results`` maps a method to the result answered as is (``{"tools/list": {"tools": 5}}``).
+``instructions_for_client`` makes ``initialize`` answer instructions naming the session's client
+(``clientInfo.name``), as a server whose instructions depend on the session would.
 
     python -m tests.servers.literal --port 9000
 """
@@ -92,11 +94,15 @@ def run(method: str, params: dict[str, Any], notification: bool) -> Any:
     if given is not None:  # whatever the script says, however odd
         return given
     if method == "initialize":
-        return {
+        result = {
             "protocolVersion": params.get("protocolVersion", "2025-11-25"),
             "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": {"name": "literal", "version": "1.0.0"},
         }
+        if _script().get("instructions_for_client"):  # what this session's client said
+            info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
+            result["instructions"] = f"session of {info.get('name')}"
+        return result
     if method == "server/discover":
         return {
             "supportedVersions": ["2026-07-28"],

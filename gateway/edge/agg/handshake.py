@@ -155,9 +155,11 @@ class Handshake:
             msg = f"capabilities and clientInfo together over {MAX_CLIENT_BYTES} bytes"
             raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
         session = self.sessions.create(identity.grant, client, version, identity.owner)
-        # The first session to each server tells what it offers; later ones open on first use.
-        missing = [name for name in self.gw.upstreams if name not in self.links.known]
-        await asyncio.gather(*(self.links.link(session, name) for name in missing))
+        # What each server offers is what it told the gateway's own neutral session (learned
+        # at start, and again here for a server that was down then): never what it told
+        # another client's session, whose clientInfo (and user) it may have answered.
+        if any(name not in self.links.known for name in self.gw.upstreams):
+            await self.links.learn()
         known = {n: r for n, r in self.links.known.items() if n in self.gw.upstreams}
         caps = [r.get("capabilities") for r in known.values()]
         result: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """The upstream sessions of handshake-era ``/mcp`` sessions: opened per server on first use
-with the client's own capabilities and client info (what the first one answers is what
-``initialize`` tells later clients), ended with the client's session or after it idled."""
+with the client's own capabilities and client info, ended with the client's session or after
+it idled. What ``initialize`` tells every client a server offers (capabilities, instructions)
+is what it told a session of the gateway's own (``learn``), never another client's."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class Links:
                 version = agreed
             sid = headers.get("mcp-session-id")
             link = Link(server, sid.strip() if sid else None, version)
-            self.known[server] = result
+            # (Not kept as what the server offers every client: this answer is to one
+            # client's session, its clientInfo, its user; learn() asks with the gateway's own.)
             done = body_of("notifications/initialized", {}, version, None, None)
             await post_once(upstream, "notifications/initialized", done, version, link.sid)
         except UpcallRefused as exc:
