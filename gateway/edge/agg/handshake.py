@@ -280,8 +280,13 @@ class Handshake:
                     return
         link = await self.links.link(session, server)
         if link is None:
-            status, msg = session.refused.pop(server, (502, f"upstream {server!r} is unavailable"))
-            status = rpc.upstream_failure_status(msg_id, status)
+            refused = session.refused.pop(server, None)  # full (429, 503): its own status
+            if refused is None:
+                refused = (
+                    rpc.upstream_failure_status(msg_id, 502),
+                    f"upstream {server!r} is unavailable",
+                )
+            status, msg = refused
             await reply(send, status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
             return
         incoming.headers["mcp-protocol-version"] = link.version
