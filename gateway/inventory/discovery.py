@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -59,19 +60,42 @@ async def _stdio_logged(server: ServerConfig) -> AsyncIterator[Any]:
         transport.close()
 
 
+#: What one server's list may bring into the catalogue: pages, tools and bytes (past any, the
+#: tools read so far are kept and ``catalog.list_too_long`` is logged). A server that answered
+#: every page with a new cursor had the gateway hold 1.6 GiB for the read's 15 s, again at
+#: every refresh, and whenever an agent called a name the catalogue lacked.
+MAX_PAGES = 200
+MAX_TOOLS = 5000
+MAX_LIST_BYTES = 32 * 1024 * 1024
+
+
 async def list_tools(server: ServerConfig, url: str | None = None) -> list[dict[str, Any]]:
-    """The server's tools as wire JSON (camelCase), following pagination."""
+    """The server's tools as wire JSON (camelCase), following pagination within bounds."""
     async with Client(_target(server, url), mode="legacy", cache=None) as client:
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
-        while True:
+        seen: set[str] = set()
+        size = 0
+        for _ in range(MAX_PAGES):
             page = await client.list_tools(cursor=cursor) if cursor else await client.list_tools()
-            tools.extend(
-                t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in page.tools
-            )
+            for tool in page.tools:
+                wire = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
+                size += len(json.dumps(wire))
+                if len(tools) >= MAX_TOOLS or size > MAX_LIST_BYTES:
+                    return _cut(server, tools, "tools or bytes")
+                tools.append(wire)
             cursor = page.next_cursor
             if not cursor:
                 return tools
+            if cursor in seen:  # a server going round in circles
+                return _cut(server, tools, "a cursor given twice")
+            seen.add(cursor)
+        return _cut(server, tools, "pages")
+
+
+def _cut(server: ServerConfig, tools: list[dict[str, Any]], why: str) -> list[dict[str, Any]]:
+    log.warning("catalog.list_too_long", server=server.name, tools=len(tools), past=why)
+    return tools
 
 
 async def list_all(

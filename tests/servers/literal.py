@@ -22,8 +22,10 @@ declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as 
 ``sse-charset-star`` (a charset in RFC 2231 spelling), ``sse-two-types`` (two Content-Type
 headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8 charset).
 ``results`` maps a method to the result answered as is (``{"tools/list": {"tools": 5}}``).
-``instructions_for_client`` makes ``initialize`` answer instructions naming the session's client
-(``clientInfo.name``), as a server whose instructions depend on the session would.
+``endless`` (``{"per_page": 50, "cursor": "next"}``, or ``"same"``) pages ``tools/list`` for
+ever, each page naming the next (or the same cursor again). ``instructions_for_client`` makes
+``initialize`` answer instructions naming the session's client (``clientInfo.name``), as a
+server whose instructions depend on the session would.
 
     python -m tests.servers.literal --port 9000
 """
@@ -80,8 +82,16 @@ def _script() -> dict[str, Any]:
 
 
 def _tools_page(cursor: Any) -> dict[str, Any]:
-    pages = _script().get("pages") or [TOOLS]
     index = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+    endless = _script().get("endless")
+    if endless:  # {"per_page": n, "cursor": "next" or "same"}: pages that never end
+        tools = [
+            {"name": f"t{index}_{n}", "inputSchema": {"type": "object"}}
+            for n in range(endless["per_page"])
+        ]
+        following = str(index + 1) if endless.get("cursor") == "next" else "1"
+        return {"tools": tools, "nextCursor": following}
+    pages = _script().get("pages") or [TOOLS]
     page: dict[str, Any] = {"tools": pages[min(index, len(pages) - 1)], "cacheScope": "public"}
     if index + 1 < len(pages):
         page["nextCursor"] = str(index + 1)
