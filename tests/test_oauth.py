@@ -30,7 +30,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from gateway.auth.agent import Agent
-from gateway.auth.settings import OAuthConfig
+from gateway.auth.introspect import Introspector
+from gateway.auth.settings import IntrospectionConfig, OAuthConfig
 from gateway.auth.tokens import Refusal, TokenAuthority, Verified
 from gateway.config import load_config
 from gateway.errors import ConfigError
@@ -681,3 +682,48 @@ class TestConfigErrors:
         )
         config = load_config(path).oauth
         assert config is not None and config.issuer == "http://localhost:9000/"
+
+
+class TestIntrospectionAnswersOnAClock:
+    """An issuer's introspection endpoint, in memory: what its answers are taken for."""
+
+    @staticmethod
+    def introspecting(clock: Clock, answer: dict[str, Any], max_cache: float) -> Any:
+        issuer = FakeIssuer()
+        config = IntrospectionConfig("celgate", "s3cret", f"{ISSUER}/introspect", max_cache)
+        auth = authority(clock, issuer, leeway=30, introspection=config)
+        asked: list[str] = []
+
+        async def post(url: str, form: dict[str, str], creds: tuple[str, str]) -> tuple[int, bytes]:
+            asked.append(form["token"])
+            return 200, json.dumps(answer).encode()
+
+        auth.introspector = Introspector(config, auth, post)
+        return auth, asked
+
+    async def test_an_answer_is_kept_max_cache_seconds_not_plus_leeway(self) -> None:
+        """``max_cache: 2`` with the default leeway kept a revoked token for 32 s."""
+        clock = Clock()
+        answer = {"active": True, "aud": f"{BASE}/mcp/up", "sub": "a", "scope": "mcp",
+                  "exp": int(clock.now) + 3600, "iss": ISSUER}  # fmt: skip
+        auth, asked = self.introspecting(clock, answer, max_cache=2)
+        assert isinstance(await auth.authenticate("opaque-1", "/mcp/up"), Agent)
+        clock.now += 1
+        assert isinstance(await auth.authenticate("opaque-1", "/mcp/up"), Agent)
+        assert len(asked) == 1  # kept
+        answer["active"] = False  # revoked at the issuer
+        clock.now += 1.5  # past max_cache, well within the leeway
+        refused = await auth.authenticate("opaque-1", "/mcp/up")
+        assert isinstance(refused, Refusal) and len(asked) == 2
+
+    @pytest.mark.parametrize(
+        "kind", [{"token_use": "refresh_token"}, {"token_type": "refresh_token"}]
+    )
+    async def test_a_refresh_token_is_no_bearer_token(self, kind: dict[str, str]) -> None:
+        """RFC 7662 answers for refresh tokens too (Ory Hydra says so in ``token_use``)."""
+        clock = Clock()
+        answer = {"active": True, "aud": f"{BASE}/mcp/up", "sub": "a", "scope": "mcp",
+                  "exp": int(clock.now) + 3600, "iss": ISSUER, **kind}  # fmt: skip
+        auth, _ = self.introspecting(clock, answer, max_cache=60)
+        refused = await auth.authenticate("refresh-1", "/mcp/up")
+        assert isinstance(refused, Refusal) and "refresh token" in refused.description

@@ -16,6 +16,7 @@ first call wait behind all of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections import OrderedDict
@@ -35,6 +36,11 @@ MAX_WAITING = 64
 BUSY = "introspection busy"
 #: Reasons that say nothing of the token (the issuer was not reached): never kept.
 _TRANSIENT = frozenset({"introspection failed", "no introspection endpoint", BUSY})
+
+
+#: Where introspection answers say what kind of token it is (RFC 7662 ``token_type``,
+#: Ory Hydra's ``token_use``).
+_TOKEN_KIND = ("token_type", "token_use")
 
 
 class Introspector:
@@ -109,6 +115,10 @@ class Introspector:
             return "invalid iss claim"
         if "aud" not in answer:
             return "introspection names no audience"
+        if any("refresh" in str(answer.get(field, "")).lower() for field in _TOKEN_KIND):
+            # RFC 7662 answers for refresh tokens too (Hydra does): one of those, leaked,
+            # would serve for weeks with no client secret. Only access tokens are bearer.
+            return "a refresh token is not an access token"
         now = authority.clock()
         horizon = now + self.config.max_cache
         exp = answer.get("exp")
@@ -120,7 +130,8 @@ class Introspector:
         accepted = set().union(*(e.audiences for e in authority.endpoints.values()))
         if not verified.audiences & accepted:
             return "token is for another resource"
-        return verified
+        # Asked again after max_cache, to the second: a revoked token is not kept longer.
+        return dataclasses.replace(verified, kept_until=horizon)
 
     async def _discover(self) -> str | None:
         keys = self.authority.keys

@@ -40,6 +40,9 @@ class Verified:
     not_before: float
     audiences: frozenset[str]
     scopes: frozenset[str]
+    #: Until when the proof may be used without asking again (an introspection answer's
+    #: ``max_cache``), with no leeway: the leeway is for the issuer's clock, not this one's.
+    kept_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,12 @@ class TokenAuthority:
             self.verified.clear()  # keys left the set: what they signed is checked again
             self._generation = self.keys.generation
         known = self.verified.get(token)
-        if known is not None and self.clock() <= known.expires + self.config.leeway:
+        now = self.clock()
+        if (
+            known is not None
+            and now <= known.expires + self.config.leeway
+            and (known.kept_until is None or now < known.kept_until)
+        ):
             return known
         self.verified.pop(token, None)  # expired: checked again (and refused, or re-introspected)
         if len(token) > MAX_TOKEN:
