@@ -28,6 +28,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from structlog.testing import capture_logs
 
 from gateway.auth.agent import Agent
 from gateway.auth.introspect import Introspector
@@ -727,3 +728,14 @@ class TestIntrospectionAnswersOnAClock:
         auth, _ = self.introspecting(clock, answer, max_cache=60)
         refused = await auth.authenticate("refresh-1", "/mcp/up")
         assert isinstance(refused, Refusal) and "refresh token" in refused.description
+
+
+async def test_a_good_token_shown_where_it_does_not_reach_is_logged() -> None:
+    """Only tokens that failed to verify were logged: an agent probing other endpoints with
+    its own token left no trace."""
+    clock, issuer = Clock(), FakeIssuer()
+    auth = authority(clock, issuer)
+    with capture_logs() as logs:
+        refused = await auth.authenticate(issuer.sign(clock), "/mcp")
+    assert isinstance(refused, Refusal)
+    assert [e["reason"] for e in logs if e["event"] == "oauth.refused"] == [refused.description]

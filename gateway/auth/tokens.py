@@ -156,7 +156,10 @@ class TokenAuthority:
         if isinstance(verified, str):
             log.info("oauth.refused", path=path, reason=verified)
             return Refusal(401, "invalid_token", verified, endpoint)
-        return self.admit(verified, endpoint)
+        admitted = self.admit(verified, endpoint)
+        if isinstance(admitted, Refusal):  # a good token shown where it does not reach
+            log.info("oauth.refused", path=path, reason=admitted.description)
+        return admitted
 
     def admit(self, token: Verified, endpoint: Endpoint | None) -> Agent | Refusal:
         """The endpoint-dependent checks, on every call (a kept token may have expired)."""
