@@ -157,6 +157,38 @@ class TestNothingListens:
         assert not unix, found
 
 
+class TestOneMessageOneLine:
+    async def test_a_carriage_return_smuggles_no_call_into_the_child(
+        self, gateway: GatewayProcess, call_log: Path
+    ) -> None:
+        """A raw CR is whitespace between JSON tokens to the gateway, and a line break to the
+        SDK's stdio reader: the client's bytes went to the child as "one line" (no LF in
+        them), and a denied ``tools/call`` between two CRs in a notification ran, with no
+        decision. What reaches a child is written anew."""
+        url = gateway.url("st")
+        opened = await _post(url, _rpc("initialize", 1, INITIALIZE))
+        session = {
+            "mcp-session-id": opened.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        await _post(url, _rpc("notifications/initialized", None, {}), **session)
+        smuggled = _rpc("tools/call", 7777, {"name": "delete_item", "arguments": {"id": "cr"}})
+        body = b'{"jsonrpc":"2.0","method":"notifications/x","params":{"p":\r' + smuggled + b"\r}}"
+        assert (await _post(url, body, **session)).status_code == 202
+        echo = _rpc("tools/call", 2, {"name": "echo", "arguments": {"text": "after the CR"}})
+        answer = await _post(url, echo, **session)
+        assert "after the CR" in answer.text  # the child read on, in order, past the notice
+        ran = [r.get("arguments") for r in calls_in(call_log)]
+        assert {"text": "after the CR"} in ran and {"id": "cr"} not in ran
+
+
+INITIALIZE = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "cr", "version": "1"},
+}
+
+
 async def _modern_cancel(gateway: GatewayProcess, request_id: str) -> int:
     params = {"requestId": request_id, "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}
     body = _rpc("notifications/cancelled", None, params)

@@ -24,7 +24,6 @@ from mcp.client.stdio import get_default_environment
 from gateway.config import ServerConfig
 from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
-from gateway.wire.jsonrpc import json_bytes
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -234,8 +233,10 @@ class Child:
         return proc.returncode
 
     async def send(self, message: dict[str, Any]) -> bool:
-        """Write one message; False when there is no live process to take it."""
-        data = json_bytes(message, (",", ":"))
+        """Write one message, one line: ASCII JSON, so nothing in it reads as a line break to
+        any reader (a raw U+2028, U+2029 or U+0085 does to Python's ``str.splitlines``);
+        False when there is no live process to take it."""
+        data = json.dumps(message, separators=(",", ":")).encode()
         return await self.send_line(data)
 
     async def send_line(self, data: bytes) -> bool:

@@ -279,10 +279,11 @@ class SessionLink:
         await self._to_child(message, body)
 
     async def _to_child(self, message: dict[str, Any], body: bytes | None) -> bool:
+        """The message, written anew (never the client's bytes: a raw carriage return
+        between JSON tokens is whitespace to the gateway's parser and a line break to the
+        SDK's stdio reader, which then ran the ``tools/call`` smuggled between two)."""
         if not self.child.ready.is_set():
             await self.child.wait_ready(10.0)
-        if body is not None and b"\n" not in body:
-            return await self.child.send_line(body)  # as the client wrote it: one line
         return await self.child.send(message)
 
     def _end_cancelled(self, message: dict[str, Any]) -> None:
