@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.policy import Call, decide, load_policy
 from gateway.policy.secrets import SECRET
 from tests.gateway_proc import GatewayProcess, client, run_gateway
 from tests.peers import http_upstream
@@ -42,3 +43,22 @@ async def test_secret_values_never_reach_the_log(gateway: GatewayProcess) -> Non
         "auth": {"key": SECRET, "user": "ann"},
     }
     assert "hunter2" not in gateway.peer.output() and "k-123" not in gateway.peer.output()
+
+
+@pytest.mark.parametrize("mode", ["enforce", "shadow"])
+def test_the_engines_message_does_not_carry_a_secret(tmp_path: Path, mode: str) -> None:
+    """A secret of the wrong type under a rule on it: cel-python's message names the operand
+    (``StringType('hunter2...')``), and ``error_detail`` went to the log, ``/admin/decisions``
+    and the live feed unmasked."""
+    rules = tmp_path / "p.yaml"
+    rules.write_text(
+        'version: "1"\ntools:\n  login:\n    secret_args: [password]\n    rules:\n'
+        f"      - {{when: 'args.password > 5', action: deny, mode: {mode}}}\n"
+        "    action: allow\n"
+    )
+    policy = load_policy([rules])
+    call = Call("login", server="s", args={"password": "hunter2-TOPSECRET-991"})
+    decision = decide(policy, call)
+    seen = repr(decision)
+    assert "TOPSECRET" not in seen
+    assert (decision.error or decision.shadow[0].error or "").startswith("cel.")

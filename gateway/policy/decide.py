@@ -32,7 +32,7 @@ from gateway.policy.model import (
     ToolEntry,
     session_value,
 )
-from gateway.policy.secrets import secret_paths
+from gateway.policy.secrets import mask_args, secret_paths
 
 # (engine, variable, key) -> (the object the value was made from, the converted value).
 # A hit counts only if that object is the very one the call carries, so an id reused after
@@ -207,7 +207,18 @@ class _Decider:
 
     def error(self, exc: PolicyEvalError, label: str, entry: ToolEntry) -> Decision:
         reason = f"policy condition {label} could not be evaluated ({exc.code}); denied"
-        return _with_error(self.make("deny", label, reason, entry), exc)
+        decision = self.make("deny", label, reason, entry)
+        detail = self.detail(exc)
+        return replace(decision, error=exc.code, expression=exc.expression, error_detail=detail)
+
+    def detail(self, exc: PolicyEvalError) -> str:
+        """The engine's message, for the record; withheld when the call carries a secret
+        argument: the engine writes operands into it (``StringType('hunter2')``), and the
+        record, ``/admin/decisions`` and the live feed would show what they mask."""
+        paths = secret_paths(self.policy, self.call.server, self.call.tool)
+        if paths and mask_args(self.call.args, paths) != self.call.args:
+            return f"{exc.code} (the engine's message is withheld: the call has secret arguments)"
+        return exc.detail
 
     def default(self, entry: ToolEntry | None) -> Decision:
         policy = self.policy
@@ -222,7 +233,7 @@ class _Decider:
                 holds = rule.when is None or rule.when.evaluate(self.ctx.activation(rule.when))
             except PolicyEvalError as exc:
                 if rule.mode == "shadow":
-                    self.shadow.append(ShadowResult(rule.label, "deny", exc.detail, exc.code))
+                    self.shadow.append(ShadowResult(rule.label, "deny", self.detail(exc), exc.code))
                     continue
                 return self.error(exc, rule.label, entry)
             if not holds:
@@ -248,10 +259,6 @@ class _Decider:
                 continue
             return decision
         return self.default(None)
-
-
-def _with_error(decision: Decision, exc: PolicyEvalError) -> Decision:
-    return replace(decision, error=exc.code, expression=exc.expression, error_detail=exc.detail)
 
 
 def decide(
