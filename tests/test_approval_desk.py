@@ -457,13 +457,18 @@ class TestLiveStream:
 
 
 class TestSecretArguments:
-    async def test_marked_fields_are_masked_and_the_digest_covers_the_real_values(
+    async def test_marked_fields_are_masked_and_the_approval_binds_the_real_values(
         self, desk: GatewayProcess
     ) -> None:
+        """The digest shown is of what is shown (the masked arguments: a digest of the real
+        ones beside the other values gave a short secret to whoever hashed guesses); the
+        approval binds the real ones: another password is another request."""
         args = {"id": "acct", "password": "hunter2", "auth": {"token": "tok-123", "user": "u"}}
         async with client(desk.url("up"), key=BOT_KEY) as agent:
             held = await agent.call_tool("delete_item", args)
-        approval_id = decision_of(held)["approval_id"]
+            approval_id = decision_of(held)["approval_id"]
+            other = await agent.call_tool("delete_item", {**args, "password": "hunter3"})
+            assert decision_of(other)["approval_id"] != approval_id
         listing = admin(desk, "GET", "/admin/approvals?status=pending")
         assert "hunter2" not in listing.text and "tok-123" not in listing.text
         (row,) = [r for r in listing.json() if r["id"] == approval_id]
@@ -472,7 +477,7 @@ class TestSecretArguments:
             "password": "[celgate: secret]",
             "auth": {"token": "[celgate: secret]", "user": "u"},
         }
-        assert row["args_digest"] == args_digest(args)
+        assert row["args_digest"] == args_digest(row["args"]) != args_digest(args)
         deny_all(desk)
 
     def test_a_bad_path_is_a_load_error_with_file_and_line(self, tmp_path: Path) -> None:

@@ -3,13 +3,16 @@ masked in the decision record written to the log, as in a held call and the cons
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.policy import Call, decide, load_policy
-from gateway.policy.secrets import SECRET
+from gateway.policy.secrets import SECRET, mask_args
+from gateway.telemetry.audit import DecisionLog, args_digest
 from tests.gateway_proc import GatewayProcess, client, run_gateway
 from tests.peers import http_upstream
 
@@ -62,3 +65,23 @@ def test_the_engines_message_does_not_carry_a_secret(tmp_path: Path, mode: str) 
     seen = repr(decision)
     assert "TOPSECRET" not in seen
     assert (decision.error or decision.shadow[0].error or "").startswith("cel.")
+
+
+def test_the_digest_shown_beside_masked_arguments_is_of_the_masked_ones() -> None:
+    """An unkeyed sha256 of the real arguments, shown beside every other value, gave a 4-digit
+    PIN to anyone who hashed ten thousand guesses. The approval's match still binds the real
+    arguments; what is shown is a digest of what is shown."""
+    call = Call("login", server="s", args={"user": "ann", "pin": "4821"})
+    record = DecisionLog().record("d1", call, decide(load_policy_text(), call), 0.1, ("pin",))
+    masked = mask_args(call.args, ("pin",))
+    assert record["args_digest"] == args_digest(masked) != args_digest(call.args)
+    plain = Call("login", server="s", args={"user": "ann"})
+    record = DecisionLog().record("d2", plain, decide(load_policy_text(), plain), 0.1, ("pin",))
+    assert record["args_digest"] == args_digest(plain.args)  # no secret in it: as it is
+
+
+def load_policy_text() -> Any:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "p.yaml"
+        path.write_text('version: "1"\ntools:\n  login: {secret_args: [pin]}\n')
+        return load_policy([path])

@@ -182,7 +182,8 @@ class ApprovalService:
         self, call: Call, decision: Decision, match: str, settings: Approval
     ) -> tuple[ApprovalRequest | None, Admission]:
         now = self.clock()
-        args, truncated = preview_args(mask_args(call.args, decision.secret_args))
+        masked = mask_args(call.args, decision.secret_args)
+        args, truncated = preview_args(masked)
         request = ApprovalRequest(
             id="apr_" + secrets.token_urlsafe(9),
             match=match,
@@ -190,7 +191,9 @@ class ApprovalService:
             agent=call.identity.agent,
             server=call.server or "",
             tool=call.tool,
-            args_digest=args_digest(call.args),
+            # shown beside the other values: of the masked arguments (the match binds the
+            # real ones), or a short secret would be found by hashing guesses
+            args_digest=args_digest(masked),
             args=args,
             args_truncated=truncated,
             revision=decision.revision,

@@ -223,6 +223,12 @@ class DecisionLog:
     ) -> dict[str, Any]:
         stamp = _CLOCK.iso()
         canonical = _CANONICAL.encode(call.args)
+        shown = mask_args(dict(call.args), secret) if secret else None
+        if shown == call.args:
+            shown = None  # no secret in this call: its arguments as they are
+        # A digest of the real arguments beside the others' values would give a short secret
+        # (a PIN) to whoever hashes guesses: with a secret in the call, the masked ones'.
+        digested = canonical if shown is None else _CANONICAL.encode(shown)
         fields: dict[str, Any] = {
             "decision_id": decision_id,
             "time": stamp,
@@ -233,7 +239,7 @@ class DecisionLog:
             "session": call.session,
             "server": call.server,
             "tool": call.tool,
-            "args_digest": _digest(canonical),
+            "args_digest": _digest(digested),
             "effect": decision.effect,
             "rule": decision.rule,
             "reason": decision.reason,
@@ -241,7 +247,7 @@ class DecisionLog:
             "latency_ms": round(latency_ms, 3),
         }
         if self.log_arguments:  # the values a rule marks secret never reach the log
-            fields["args"] = mask_args(dict(call.args), secret) if secret else dict(call.args)
+            fields["args"] = shown if shown is not None else dict(call.args)
         if decision.error:
             fields["error"] = decision.error
         if decision.error_detail:
