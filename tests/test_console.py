@@ -110,20 +110,22 @@ class TestApproveInTheBrowser:
     ) -> None:
         """An argument holding a right-to-left override read, on the card, as a harmless ``ls``
         followed by a comment (``ls /tmp/cache# ~ fr- mr ;``). Each character that reorders
-        or hides text is now shown as its escape, so the card reads as the call is."""
+        or hides text is now shown as its escape, so the card reads as the call is (the
+        combining grapheme joiner and the Arabic number sign drew nothing too)."""
         from playwright.async_api import expect
 
-        sneaky = "ls /tmp/cache\u202e; rm -rf ~ #\u202c\u200b"
+        sneaky = "ls /tmp/cache\u202e; rm -rf ~ #\u202c\u200b staging\u034f-db\u0600"
         async with client(gateway.url("up"), key=AGENT_KEY) as agent:
             held = await agent.call_tool("delete_item", {"id": sneaky})
             approval_id = decision_of(held)["approval_id"]
             await sign_in(page, gateway)
             card = page.locator(f'article[data-approval-id="{approval_id}"]')
             await expect(card.locator("pre.args")).to_have_text(
-                '{\n  "id": "ls /tmp/cache\\u202e; rm -rf ~ #\\u202c\\u200b"\n}'
+                '{\n  "id": "ls /tmp/cache\\u202e; rm -rf ~ #\\u202c\\u200b '
+                'staging\\u034f-db\\u0600"\n}'
             )
             await card.locator("button.deny").click()
-            await expect(card).to_have_count(0)
+            await expect(card.locator(".settled-note")).to_contain_text(" by carol")
 
     async def test_operator_sees_the_arguments_and_approves(
         self, gateway: GatewayProcess, page: Any, call_log: Path
@@ -145,7 +147,7 @@ class TestApproveInTheBrowser:
             await card.locator("button.approve").click()
             status = page.locator("#status")
             await expect(status).to_have_text(f"{approval_id} (up/delete_item): approved by carol")
-            await expect(card).to_have_count(0)
+            await expect(card.locator(".settled-note")).to_contain_text(" by carol")
             (cookie,) = await page.context.cookies()
             assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
                 "celgate_console",
@@ -328,7 +330,39 @@ class TestSecretArguments:
         await expect(card.locator("pre.args")).to_contain_text('"user": "ann"')
         assert "s3cret-value" not in (await page.content())
         await card.locator("button.deny").click()
-        await expect(card).to_have_count(0)
+        await expect(card.locator(".settled-note")).to_contain_text(" by carol")
+
+    async def test_a_card_that_leaves_the_desk_stays_in_place_until_dismissed(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """A card removed at once let the one below slide under the pointer: an agent that
+        withdrew a harmless held call could have the operator's click on its "Approve"
+        approve the dangerous call queued below it. It stays, settled, with no buttons."""
+        from playwright.async_api import expect
+
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            first = decision_of(await agent.call_tool("delete_item", {"id": "harmless"}))
+            second = decision_of(await agent.call_tool("delete_item", {"id": "production-db"}))
+        await page.clock.install()  # the page's timers and Date.now: run on by the test
+        await sign_in(page, gateway)
+        top = page.locator(f'article[data-approval-id="{first["approval_id"]}"]')
+        below = page.locator(f'article[data-approval-id="{second["approval_id"]}"]')
+        await expect(below.locator("button.approve")).to_be_visible()
+        placed = await below.bounding_box()
+        elsewhere = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        url = f"{gateway.base}/admin/approvals/{first['approval_id']}/deny"
+        assert httpx.post(url, json={}, headers=elsewhere).status_code == 201
+        await page.clock.run_for(3500)  # the desk's next refresh
+        await expect(top.locator(".settled-note")).to_contain_text("no longer pending")
+        await expect(top.locator("button.approve")).to_have_count(0)
+        assert await below.bounding_box() == placed  # nothing moved under the pointer
+        await top.locator("button.dismiss").click()
+        await expect(top).to_have_count(0)
+        await below.locator("button.deny").click()  # at once: taken for a slip, ignored
+        await page.clock.run_for(1000)  # the desk has been still for a second
+        await expect(below.locator(".settled-note")).to_have_count(0)
+        await below.locator("button.deny").click()
+        await expect(below.locator(".settled-note")).to_contain_text("denied by carol")
 
     async def test_integers_past_two_to_the_53_are_shown_exactly(
         self, gateway: GatewayProcess, page: Any
@@ -344,7 +378,7 @@ class TestSecretArguments:
         await expect(card.locator("pre.args")).to_contain_text('"n": 9007199254740993')
         await expect(card.locator("pre.args")).to_contain_text('"huge": ' + "9" * 400)
         await card.locator("button.deny").click()
-        await expect(card).to_have_count(0)
+        await expect(card.locator(".settled-note")).to_contain_text(" by carol")
 
 
 class TestScreenshots:
@@ -374,7 +408,7 @@ class TestScreenshots:
             await page.screenshot(path=str(out / "console-system.png"), full_page=True)
             await page.click("button[data-tab=approvals]")
             await card.locator("button.deny").click()
-            await expect(card).to_have_count(0)
+            await expect(card.locator(".settled-note")).to_contain_text(" by carol")
         names = sorted(p.name for p in out.glob("console-*.png"))
         assert names == [
             "console-approvals.png",

@@ -18,7 +18,10 @@ const $ = (id) => document.getElementById(id);
 // bidi embeddings, overrides and isolates, zero-width and other invisible format characters,
 // tag characters. A value holding one could show the approver another call than the one held
 // ("ls /tmp/cache\u202e; rm -rf ~ #" reads as a harmless ls), so each is shown as its escape.
-const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\u{e0000}-\u{e0fff}]/gu;
+// Beside the list, every format character (Cf: Arabic number signs, Egyptian hieroglyph
+// controls...) and every default-ignorable one (the combining grapheme joiner, Mongolian
+// variation selectors, musical symbol formatting...): "staging\u034f-db" drew as staging-db.
+const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\u{e0000}-\u{e0fff}\p{Cf}\p{Default_Ignorable_Code_Point}]/gu;
 
 function shown(text) {
   return String(text).replace(HIDDEN, (c) => {
@@ -119,11 +122,37 @@ function card(item) {
   const approve = node("button", "Approve", "approve");
   const deny = node("button", "Deny", "deny");
   approve.type = deny.type = "button";
-  approve.addEventListener("click", () => decide(item, true, note.value, article));
-  deny.addEventListener("click", () => decide(item, false, note.value, article));
+  approve.addEventListener("click", () => steady() && decide(item, true, note.value, article));
+  deny.addEventListener("click", () => steady() && decide(item, false, note.value, article));
   actions.append(note, approve, deny);
   article.append(actions);
   return article;
+}
+
+// A card never moves under the operator's pointer: one that leaves the desk (decided here or
+// elsewhere, expired, withdrawn by its agent) stays where it is, settled, until dismissed; a
+// click just after the desk changed is not taken (a card removed at once let the one below
+// slide under a click meant for it: a harmless call's "Approve" approved the next one).
+let changedAt = 0;
+let deskShown = false; // the desk's first render is no change under a pointer
+const STEADY_MS = 700;
+
+function steady() {
+  return Date.now() - changedAt >= STEADY_MS;
+}
+
+function settle(article, text) {
+  if (article.classList.contains("settled")) return;
+  article.classList.add("settled");
+  changedAt = Date.now();
+  const actions = article.querySelector(".actions");
+  const dismiss = node("button", "Dismiss", "dismiss");
+  dismiss.type = "button";
+  dismiss.addEventListener("click", () => {
+    changedAt = Date.now();
+    article.remove();
+  });
+  actions.replaceChildren(node("span", text, "settled-note"), dismiss);
 }
 
 function showPending(items) {
@@ -135,6 +164,7 @@ function showPending(items) {
     if (!article) {
       article = card(item);
       box.append(article);
+      if (deskShown) changedAt = Date.now();
     }
     article.querySelector(".age").textContent =
       `${when(item.created)} (${span(Date.now() / 1000 - item.created)} ago)`;
@@ -142,8 +172,11 @@ function showPending(items) {
       `${when(item.expires)} (${relative(item.expires)})`;
   }
   for (const article of [...box.children]) {
-    if (!seen.has(article.dataset.approvalId)) article.remove();
+    if (!seen.has(article.dataset.approvalId)) {
+      settle(article, "no longer pending: decided elsewhere, expired or withdrawn");
+    }
   }
+  deskShown = true;
   $("pending-count").textContent = items.length ? `(${items.length})` : "";
   $("no-pending").hidden = items.length > 0;
 }
@@ -155,7 +188,7 @@ async function decide(item, approve, note, article) {
     const result = await call("POST",
       `/admin/approvals/${encodeURIComponent(item.id)}/${verb}`, { note: note || null });
     say(`${result.id} (${item.server}/${item.tool}): ${result.status} by ${result.decided_by}`);
-    article.remove();
+    settle(article, `${result.status} by ${result.decided_by}`);
   } catch (err) {
     for (const button of article.querySelectorAll("button")) button.disabled = false;
     handle(err);
