@@ -455,6 +455,33 @@ class TestLiveStream:
             "deny",
         )
 
+    async def test_a_stream_signed_out_while_it_waits_tells_nothing_more(
+        self, desk: GatewayProcess
+    ) -> None:
+        """The session was checked before each wait, not after: a record that came in the
+        15 s after sign-out (idle expiry, eviction) still reached the page, arguments too."""
+        response = login(desk)
+        csrf = response.json()["csrf"]
+        lines: list[str] = []
+        async with (
+            httpx.AsyncClient(base_url=desk.base, cookies=response.cookies) as http,
+            http.stream("GET", "/console/events", timeout=10) as stream,
+        ):
+            lines_in = stream.aiter_lines()
+            out = await http.post(
+                "/console/logout", headers={"Origin": desk.base, "X-CSRF-Token": csrf}
+            )
+            assert out.status_code == 200
+            async with client(desk.url("up"), key=OTHER_KEY) as other:
+                await other.call_tool("called_after_sign_out", {})  # a denial, recorded
+            with anyio.fail_after(10):
+                async for line in lines_in:
+                    lines.append(line)
+                    if line.startswith("event: signed-out"):
+                        break
+        assert "event: signed-out" in lines
+        assert not any("called_after_sign_out" in line for line in lines), lines
+
 
 class TestSecretArguments:
     async def test_marked_fields_are_masked_and_the_approval_binds_the_real_values(

@@ -192,6 +192,8 @@ async def _stream(
             subscriber.came(feed.clock())
             if subscriber.gone:  # its place went to a newer stream: it was stuck too long
                 return
+            if (records or dropped) and not await _still_signed_in(gateway, cookie):
+                break  # signed out while it waited: what came meanwhile is not this page's
             if dropped:
                 yield ServerSentEventMessage(data=json.dumps({"dropped": dropped}), event="gap")
             for record in records:
