@@ -108,11 +108,7 @@ def test_a_client_gone_before_the_answer_gives_its_place_back(gateway: GatewayPr
     """A call whose upstream never answers, its client gone: the request ends at once (not
     after servers.X.timeout), and its place among the grant's requests comes back."""
     sent = json.dumps(body("hang", {})).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers(HOG, "hang").items())
-    raw = (
-        f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}"
-        f"Content-Length: {len(sent)}\r\n\r\n"
-    ).encode() + sent
+    raw = raw_head(gateway, "hang", len(sent)) + sent
     before = len(gateway.records())
     gone = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(CAP)]
     for sock in gone:
@@ -123,32 +119,43 @@ def test_a_client_gone_before_the_answer_gives_its_place_back(gateway: GatewayPr
     assert httpx.post(url, json=echo, headers=headers(HOG, "echo")).status_code == 429
     for sock in gone:
         sock.close()
-    deadline = time.monotonic() + 10
-    while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 200:
-        assert time.monotonic() < deadline, answer.text
-    assert answer.json()["result"]["content"][0]["text"] == "hi"
+    assert served_again(gateway)["result"]["content"][0]["text"] == "hi"
 
 
 def test_bodies_still_coming_count_against_the_cap(gateway: GatewayProcess) -> None:
     """A request's place is taken once its body shows a request (a cancel at the cap passes),
     but a body sent a byte at a time held a connection past every cap: one agent's slow
     bodies took all of them, and other grants were answered 503. They count too."""
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers(HOG, "echo").items())
-    raw = (
-        f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}"
-        "Content-Length: 1000\r\n\r\n{"
-    ).encode()
+    raw = raw_head(gateway, "echo", 1000) + b"{"
     slow = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(CAP)]
     for sock in slow:
         sock.sendall(raw)
     echo = body("echo", {"text": "hi"})
     url = gateway.url("up")
     deadline = time.monotonic() + 10
-    while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 429:
+    while httpx.post(url, json=echo, headers=headers(HOG, "echo")).status_code != 429:
         assert time.monotonic() < deadline, "slow bodies took no place"
     assert httpx.post(url, json=echo, headers=headers(OTHER, "echo")).status_code == 200
     for sock in slow:
         sock.close()
+    served_again(gateway)
+
+
+def raw_head(gateway: GatewayProcess, tool: str, length: int) -> bytes:
+    """The head of HOG's ``tools/call`` of ``tool`` whose body is ``length`` bytes."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers(HOG, tool).items())
+    return (
+        f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def served_again(gateway: GatewayProcess) -> Any:
+    """HOG's echo once its places have come back (within 10 s): the answer's JSON."""
+    echo = body("echo", {"text": "hi"})
     deadline = time.monotonic() + 10
-    while (answer := httpx.post(url, json=echo, headers=headers(HOG, "echo"))).status_code != 200:
+    while (
+        answer := httpx.post(gateway.url("up"), json=echo, headers=headers(HOG, "echo"))
+    ).status_code != 200:
         assert time.monotonic() < deadline, answer.text
+    return answer.json()

@@ -105,8 +105,8 @@ def test_an_empty_list_is_refused_at_load(tmp_path: Path) -> None:
     assert "leave it out to reach every server" in problems
 
 
-def test_the_catalogue_shows_what_a_grants_key_can_reach(tmp_path: Path) -> None:
-    """``celgate catalog --grant`` said 'allow' for servers the key never reaches (403)."""
+def narrow_bot_config(tmp_path: Path) -> Path:
+    """A config whose grant ``bot`` reaches ``web`` only, of ``web`` and ``ops``."""
     path = tmp_path / "celgate.yaml"
     path.write_text(
         "policy: rules.yaml\nservers:\n  web: {url: 'http://127.0.0.1:9/mcp'}\n"
@@ -114,6 +114,12 @@ def test_the_catalogue_shows_what_a_grants_key_can_reach(tmp_path: Path) -> None
         f"grants:\n  bot: {{key_sha256: '{digest(NARROW)}', servers: [web]}}\n"
     )
     (tmp_path / "rules.yaml").write_text('version: "1"\ndefault: allow\n')
+    return path
+
+
+def test_the_catalogue_shows_what_a_grants_key_can_reach(tmp_path: Path) -> None:
+    """``celgate catalog --grant`` said 'allow' for servers the key never reaches (403)."""
+    path = narrow_bot_config(tmp_path)
     config = load_config(path, env={})
     tools = {"web": [{"name": "echo"}], "ops": [{"name": "echo"}]}
     rows = catalog_rows(config, load_policy(config.policy), tools, _identity(config, "bot"))
@@ -123,13 +129,7 @@ def test_the_catalogue_shows_what_a_grants_key_can_reach(tmp_path: Path) -> None
 
 def test_decide_says_what_the_gateway_answers_a_grant_outside_its_servers(tmp_path: Path) -> None:
     """``celgate decide --grant`` said 'allow' for a server the grant's key never reaches."""
-    path = tmp_path / "celgate.yaml"
-    path.write_text(
-        "policy: rules.yaml\nservers:\n  web: {url: 'http://127.0.0.1:9/mcp'}\n"
-        "  ops: {url: 'http://127.0.0.1:9/mcp'}\n"
-        f"grants:\n  bot: {{key_sha256: '{digest(NARROW)}', servers: [web]}}\n"
-    )
-    (tmp_path / "rules.yaml").write_text('version: "1"\ndefault: allow\n')
+    path = narrow_bot_config(tmp_path)
     argv = [sys.executable, "-m", "gateway.cli", "decide", "--config", str(path), "--grant", "bot"]
 
     def effect(server: str) -> str:

@@ -67,8 +67,13 @@ class ClientView:
     def wrap_task_id(self, task_id: str) -> str:
         return self.gw.signer.wrap_task(self.server, self.identity.owner, task_id)
 
+    def _may_hear_of(self, task_id: str | None) -> bool:
+        """Whether this stream may speak of the upstream's task ``task_id``."""
+        tasks = self.tasks
+        return tasks is None or task_id in tasks or task_id in self.created
+
     def _known_task_id(self, task_id: str) -> str:
-        if self.tasks is not None and task_id not in self.tasks and task_id not in self.created:
+        if not self._may_hear_of(task_id):
             raise ForeignTask(task_id)
         return self.wrap_task_id(task_id)
 
@@ -85,15 +90,11 @@ class ClientView:
         """The message as this caller may see it, or None when it is fine as it is."""
         if not isinstance(message, dict):
             return None
-        tasks = self.tasks
         asks_or_tells = "method" in message
         if asks_or_tells and ("result" in message or "error" in message):
             return DROP  # a request (or notice) and an answer at once: no shape to pass on
-        if (
-            tasks is not None
-            and is_task_notification(message.get("method"))
-            and task_of(message) not in tasks  # a task of another caller, or none named
-            and task_of(message) not in self.created
+        if is_task_notification(message.get("method")) and not self._may_hear_of(
+            task_of(message)  # a task of another caller, or none named
         ):
             return DROP
         created = self._created_task_id if self.creates and not asks_or_tells else None

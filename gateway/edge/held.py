@@ -188,7 +188,7 @@ class Cancellable:
 
     def watched(self, incoming: Incoming, modern: bool = False) -> Hold:
         """``hold`` that also ends when the client goes away (no stream watches it); in the
-        2026-07-28 era (``modern``) its going away cancels the call (see ``gone``)."""
+        2026-07-28 era (``modern``) its going away cancels the call (``client_left``)."""
 
         async def hold(decision: Decision, wait: Wait) -> Decision:
             final = [decision]
@@ -201,12 +201,12 @@ class Cancellable:
 
             await watching_disconnect(incoming.receive, work())
             if not done and modern:
-                await self.gone(decision)
+                await self.client_left(decision)
             return final[0]
 
         return hold
 
-    async def gone(self, decision: Decision) -> None:
+    async def client_left(self, decision: Decision) -> None:
         """The client went away from a held call in the 2026-07-28 era, which has no
         ``notifications/cancelled``: closing the request is how a client cancels it. Its
         approval request is withdrawn as on a cancel (a handshake-era client that goes away
@@ -340,7 +340,7 @@ class HeldStream:
         await self.watching(work())
         version = self.message.protocol_version or self.incoming.header("mcp-protocol-version")
         if self.gone and not waiting.cancelled and version in MODERN_VERSIONS:
-            await waiting.gone(decision)
+            await waiting.client_left(decision)
         if waiting.cancelled:  # by its client: no answer is due
             self.cancelled = self.gone = True
         return decision if final is None else final

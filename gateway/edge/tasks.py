@@ -73,8 +73,8 @@ def upstream_request(
     """The body to send upstream for a request ``names_tasks`` took (None: as it came), with
     the upstream's own task ids; the one task it names (for ``Mcp-Name``); and the upstream's
     ids of the tasks its answer may speak of: that one, or those a listen follows (none when
-    it names none). Raises BadMessage
-    for ``tasks/list`` and for an id not given to this caller."""
+    it names none). Raises BadMessage for ``tasks/list`` and for an id not given to this
+    caller."""
     params = message.params
     if message.method == TASKS_LIST:
         msg = "tasks/list is not served through celgate: read a task by the id its call returned"
