@@ -85,3 +85,17 @@ def load_policy_text() -> Any:
         path = Path(folder) / "p.yaml"
         path.write_text('version: "1"\ntools:\n  login: {secret_args: [pin]}\n')
         return load_policy([path])
+
+
+async def test_a_secret_is_digested_masked_with_arguments_not_logged(tmp_path: Path) -> None:
+    """``audit.log_arguments`` off (the default): the record shows no arguments, but its
+    ``args_digest`` of a call whose only argument is a 4-digit PIN gave the PIN away to ten
+    thousand hashes just the same."""
+    args = {"text": "visible", "token": "4821"}
+    with http_upstream() as up, run_gateway(tmp_path, POLICY, {"up": {"url": up.url}}) as gw:
+        async with client(gw.url("up"), mode="auto") as c:
+            await c.call_tool("echo", args)
+        record = gw.wait_records(1, where=lambda r: r.get("tool") == "echo")[0]
+    assert "args" not in record
+    assert record["args_digest"] == args_digest(mask_args(args, ("token", "auth.key")))
+    assert record["args_digest"] != args_digest(args)

@@ -232,7 +232,9 @@ def _record(
 ) -> Admission:
     latency = max(elapsed - (wait or 0.0), 0.0)
     log = gw.decisions
-    secret = secret_paths(gw.policy, call.server, call.tool) if log.log_arguments else ()
+    # Always: without the arguments in the record, a digest of a call whose one argument is
+    # a short secret (a PIN) still gives it to whoever hashes guesses.
+    secret = secret_paths(gw.policy, call.server, call.tool)
     if wait is None:
         log.record(decision_id, call, decision, latency * 1000, secret)
     else:
