@@ -67,6 +67,11 @@ def _finite(text: str) -> float:
     return value
 
 
+# Made once: ``json.loads`` with hooks builds a decoder on every call.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_not_json, parse_float=_finite
+)
+
 # A \uD800-\uDFFF escape: a surrogate, paired (fine) or lone (not text: refused).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -78,9 +83,7 @@ def parse_body(body: bytes) -> Any:
     take it)."""
     try:
         text = body.decode("utf-8")
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_not_json, parse_float=_finite
-        )
+        value = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise BadMessage(PARSE_ERROR, "body is not UTF-8") from None
     except json.JSONDecodeError as exc:
