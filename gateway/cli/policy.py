@@ -1,7 +1,9 @@
 """Offline policy commands: ``check``, ``decide`` and ``test``. No server, no network.
 
-``decide --config`` reads the gateway config for the grant's roles and attrs (and its policy
-when no rule path is given), so a decision is made as the running gateway would make it.
+``check --config`` loads the policy as that gateway would and says which entries name a server
+it does not serve. ``decide --config`` reads the gateway config for the grant's roles and attrs
+(and its policy when no rule path is given), so a decision is made as the running gateway would
+make it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Problem
 from gateway.policy import CompiledPolicy, Identity
 
 if TYPE_CHECKING:
@@ -30,10 +32,25 @@ def _report(exc: ConfigError, what: str = "policy") -> int:
 def _check(ns: argparse.Namespace) -> int:
     from gateway.policy import load_policy
 
+    told: list[Problem] = []
     try:
-        policy = load_policy(ns.paths)
+        if ns.config is None:
+            if not ns.paths:
+                raise SystemExit("celgate: check needs rule paths, or --config")
+            policy = load_policy(ns.paths)
+        else:  # as the gateway of that config loads it: its engine, and its servers
+            from gateway.config import load_config
+            from gateway.policy.engines import get_engine
+            from gateway.policy.servers import check_servers
+
+            config = load_config(ns.config)
+            paths = ns.paths or list(config.policy)
+            policy = load_policy(paths, get_engine(config.cel.engine))
+            told = check_servers(policy, config.servers)
     except ConfigError as exc:
-        return _report(exc)
+        return _report(exc, "config or policy" if ns.config else "policy")
+    for problem in told:
+        print(f"warning: {problem}", file=sys.stderr)
     entries = len(policy.entries)
     rules = sum(len(e.rules) for e in policy.entries)
     limits = sum(len(e.limits) for e in policy.entries)
@@ -155,7 +172,12 @@ def _test(ns: argparse.Namespace) -> int:
 
 
 def _configure_check(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", help="rule files or folders")
+    parser.add_argument("paths", nargs="*", help="rule files or folders (default: --config's)")
+    parser.add_argument(
+        "--config",
+        help="gateway config: its policy (unless paths are given), CEL engine and servers "
+        "(an entry naming a server it does not have is said)",
+    )
     parser.set_defaults(func=_check)
 
 

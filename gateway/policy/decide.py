@@ -267,6 +267,15 @@ def decide(
     now: datetime | None = None,
     engine: Engine | None = None,
 ) -> Decision:
-    """Decide one call. ``now`` is passed in so that time-based rules are testable."""
-    when = now if now is not None else datetime.now(UTC)
+    """Decide one call. ``now`` is passed in so that time-based rules are testable; it is
+    taken in UTC, as the gateway takes it (``request.time`` is its text, so the same instant
+    with another offset would compare otherwise), and a time without an offset is UTC."""
+    when = datetime.now(UTC) if now is None else now if now.tzinfo is UTC else as_utc(now)
     return _Decider(policy, call, when, engine or policy.engine).run()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a time without an offset is taken as UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

@@ -3,6 +3,8 @@ limits, approvals, records), then handed to the app and the background component
 
 from __future__ import annotations
 
+import structlog
+
 from gateway.approvals.service import ApprovalService
 from gateway.approvals.stores import make_store
 from gateway.auth.guard import HostGuard, SessionSigner
@@ -12,6 +14,7 @@ from gateway.inventory.pins import Pins
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import load_policy
 from gateway.policy.engines import get_engine
+from gateway.policy.servers import check_servers
 from gateway.ratelimit.factory import make_limiter, shared_client
 from gateway.server.console.sessions import make_sessions
 from gateway.telemetry.audit import DecisionLog
@@ -19,10 +22,14 @@ from gateway.telemetry.metrics import Metrics
 from gateway.upstream.http import HttpUpstream
 from gateway.upstream.stdio import StdioUpstream
 
+log = structlog.get_logger("celgate")
+
 
 def build_gateway(config: GatewayConfig) -> Gateway:
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
     policy = load_policy(config.policy, get_engine(config.cel.engine))
+    for problem in check_servers(policy, config.servers):
+        log.warning("policy.unknown_server", problem=str(problem))
     limits = config.limits
     valkey = shared_client(limits.backend, timeout_ms=limits.timeout_ms)  # one pool, or None
     upstreams = {

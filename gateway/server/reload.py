@@ -32,6 +32,7 @@ from gateway.errors import ConfigError
 from gateway.inventory.pins import Pins
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import CompiledPolicy, load_policy, rule_files
+from gateway.policy.servers import check_servers
 from gateway.telemetry.audit import log
 
 WATCH_SECONDS = 1.0
@@ -92,13 +93,17 @@ class Reloader:
         self._signalled.add(task)
         task.add_done_callback(self._signalled.discard)
 
-    def _result(self, why: str, ok: bool, revision: str, problems: list[str]) -> None:
+    def _result(
+        self, why: str, ok: bool, revision: str, problems: list[str], told: list[str] | None = None
+    ) -> None:
         self.last = {
             "ok": ok,
             "why": why,
             "at": time.time(),
             "revision": revision,
             "problems": problems,
+            # loaded, but said: an entry naming a server this gateway does not serve
+            "warnings": told or [],
         }
 
     def load_stable(self) -> CompiledPolicy:
@@ -127,6 +132,7 @@ class Reloader:
         old = self.gw.policy.revision
         try:
             policy = await anyio.to_thread.run_sync(self.load_stable)
+            told = [str(p) for p in check_servers(policy, self.gw.config.servers)]
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]
             log.error("policy.reload_failed", why=why, revision=old, problems=problems)
@@ -137,7 +143,9 @@ class Reloader:
             self._result(why, False, old, [f"{type(exc).__name__}: {exc}"])
             return False
         self.gw.policy = policy
-        self._result(why, True, policy.revision, [])
+        self._result(why, True, policy.revision, [], told)
+        for problem in told:
+            log.warning("policy.unknown_server", why=why, problem=problem)
         try:
             await self._reload_pins()
         except ConfigError as exc:  # the pins held keep serving

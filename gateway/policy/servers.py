@@ -1,0 +1,49 @@
+"""The servers a policy's entries name, checked against the servers a gateway serves.
+
+An entry whose server part (``Demo/delete_note``, ``redshfit/*``) names no configured server
+matches nothing, and whatever it says (a deny, an approval, a limit, a secret) silently does
+nothing while a broader entry or the default decides. A name that differs from a configured
+one only in case is a typo: refused. Another unknown name is told (a folder of rules may be
+shared by gateways that serve different servers), with the closest configured name if any.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection
+
+from gateway.errors import ConfigError, Problem
+from gateway.policy.model import CompiledPolicy
+
+
+def unknown_servers(
+    policy: CompiledPolicy, servers: Collection[str]
+) -> tuple[list[Problem], list[Problem]]:
+    """``(refused, told)``: entries naming a configured server in another case, and entries
+    naming a server the config does not have."""
+    folded = {name.casefold(): name for name in servers}
+    refused: list[Problem] = []
+    told: list[Problem] = []
+    for entry in policy.entries:
+        server = entry.server
+        if server is None or server in servers:
+            continue
+        same = folded.get(server.casefold())
+        if same is not None:
+            message = f"no server {server!r}; the config's is {same!r} (names match exactly)"
+            refused.append(Problem(entry.where, entry.key, message))
+            continue
+        message = f"no server {server!r} in the config: this entry matches no call"
+        close = difflib.get_close_matches(server, list(servers), n=1, cutoff=0.75)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        told.append(Problem(entry.where, entry.key, message))
+    return refused, told
+
+
+def check_servers(policy: CompiledPolicy, servers: Collection[str]) -> list[Problem]:
+    """The unknown server names to tell; ``ConfigError`` for those refused."""
+    refused, told = unknown_servers(policy, servers)
+    if refused:
+        raise ConfigError(refused)
+    return told
