@@ -505,6 +505,11 @@ class TestSecretArguments:
             "auth": {"token": "[celgate: secret]", "user": "u"},
         }
         assert row["args_digest"] == args_digest(row["args"]) != args_digest(args)
+        # The match key hashes the real arguments with grant, agent, server, tool and revision,
+        # all shown beside it: hashing guesses of a PIN against it finds the PIN.
+        assert "match" not in row
+        denied = admin(desk, "POST", f"/admin/approvals/{approval_id}/deny")
+        assert denied.status_code == 201 and "match" not in denied.json()
         deny_all(desk)
 
     def test_a_bad_path_is_a_load_error_with_file_and_line(self, tmp_path: Path) -> None:
