@@ -555,9 +555,14 @@ class TestApprovalsListText:
         C1 controls (``\x9b`` is a terminal's CSI) went to the terminal as they were."""
         async with client(desk.url("up"), key=BOT_KEY) as agent:
             await agent.call_tool("delete_item", {"id": "ls /tmp/cache\u202e; rm -rf ~ #\x9b2J"})
+            # Characters that draw nothing yet are printable to Python: a payload after one
+            # visible letter (variation selectors), a combining grapheme joiner, a filler.
+            await agent.call_tool("delete_item", {"id": "A\ufe01\ufe02 b\u034fc \u3164 \U000e0041"})
         stdout = await approvals_list(desk)
         assert 'args: {"id": "ls /tmp/cache\\u202e; rm -rf ~ #\\x9b2J"}' in stdout
         assert "\u202e" not in stdout and "\x9b" not in stdout
+        assert 'args: {"id": "A\\ufe01\\ufe02 b\\u034fc \\u3164 \\U000e0041"}' in stdout
+        assert not any(c in stdout for c in "\ufe01\u034f\u3164\U000e0041")
         deny_all(desk)
 
     async def test_a_tool_name_with_a_control_character_is_refused(
@@ -567,7 +572,8 @@ class TestApprovalsListText:
         row and drew a harmless one in the approver's terminal was held. No tool has such a
         name: the call is refused before policy, and nothing is held."""
         before = {r["id"] for r in pending(desk)}
-        for name in ("delete_x\r\x1b[2Kfake", "delete_\u202eeman", "delete_\u200b"):
+        names = ("delete_x\r\x1b[2Kfake", "delete_\u202eeman", "delete_\u200b", "delete_\u034f")
+        for name in (*names, "delete_x\ufe0f", "delete_\u3164"):
             body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}
             headers = {
                 "authorization": f"Bearer {BOT_KEY}",

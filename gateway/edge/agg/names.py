@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import structlog
 
 from gateway.edge.toolnames import MAX_TOOL_NAME
+from gateway.printable import visible
 
 log = structlog.get_logger(__name__)
 #: Names of servers with an empty prefix remembered for routing, at most (of every kind); a
@@ -65,7 +66,7 @@ class Names:
         for server, name in listed:
             if self.prefixes[server] or (kind, name) in self.ambiguous:
                 continue
-            if len(name) > MAX_TOOL_NAME or not name.isprintable():
+            if len(name) > MAX_TOOL_NAME or not visible(name):
                 continue  # no caller could name it (edge/toolnames): nothing to route
             other = seen.setdefault(name, server)
             if other == server:  # a name owned already (learned from an earlier page) counts
