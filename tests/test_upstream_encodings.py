@@ -215,6 +215,32 @@ async def test_a_merged_list_no_server_gave_is_an_error(
         script.write_text(json.dumps({"pages": [TOOLS]}))
 
 
+def test_a_merged_list_no_server_gave_is_read_by_every_client(
+    rig: tuple[GatewayProcess, Path],
+) -> None:
+    """Answered 502, the TypeScript SDK and the Inspector took it for a broken transport and
+    never read the error: -32001 under HTTP 200, in both eras, as every upstream failure."""
+    gw, script = rig
+    script.write_text(json.dumps({"pages": [TOOLS], "list_as": "json-utf16"}))
+    try:
+        modern = _list(gw, "/mcp")
+        assert modern.status_code == 200 and modern.json()["error"]["code"] == -32001
+        info = {"name": "raw", "version": "1"}
+        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": info}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+        accept = {"accept": "application/json, text/event-stream"}
+        with httpx.Client(base_url=gw.base, headers=accept, timeout=10) as http:
+            session = http.post("/mcp", json=init).headers["mcp-session-id"]
+            headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert http.post("/mcp", json=done, headers=headers).status_code == 202
+            listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            legacy = http.post("/mcp", json=listed, headers=headers)
+        assert legacy.status_code == 200 and '"code":-32001' in legacy.text.replace(" ", "")
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+
+
 def test_a_page_of_more_tools_than_the_bound_is_shown_empty(
     rig: tuple[GatewayProcess, Path],
 ) -> None:

@@ -32,7 +32,7 @@ from gateway.edge.agg.merge import (
     decode_cursor,
     joined_instructions,
     merge_capabilities,
-    no_server_answered,
+    none_answered,
 )
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
@@ -378,7 +378,7 @@ class Handshake:
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         results = await self._answers(session, method, each, message.params.get("_meta"))
         if method == "tools/list" and each and not results:
-            await reply(send, 502, no_server_answered(message))
+            await none_answered(send, message)
             return
         page = self.catalogue.page(method, identity, results, session.sid)
         await answer(incoming, send, rpc.result_body(message.msg_id, page))

@@ -78,7 +78,8 @@ async def listen(
         honoured = [s.honoured for s in servers if s.honoured is not None]
         if not honoured:
             refusals = [s.refusal for s in servers if s.refusal is not None]
-            status, body = refusals[0] if refusals else (502, _unavailable(message))
+            failed = rpc.upstream_failure_status(message.msg_id, 502)
+            status, body = refusals[0] if refusals else (failed, _unavailable(message))
             await reply(send, status, body)
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]

@@ -19,6 +19,7 @@ from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
+from gateway.wire.asgi import Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message
 
 log = structlog.get_logger(__name__)
@@ -288,9 +289,11 @@ def merge_discover(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def no_server_answered(message: Message) -> bytes:
+async def none_answered(send: Send, message: Message) -> None:
     """The error for a merged answer no server gave: a tools list of none would read as
     "the policy allows nothing". When only some fail, the others' tools are listed (the
-    failures are logged as ``aggregate.upstream_failed``)."""
+    failures are logged as ``aggregate.upstream_failed``). A request's is read by every
+    client: JSON-RPC -32001 under HTTP 200, as any upstream failure."""
     msg = "no server behind /mcp answered"
-    return rpc.error_body(message.msg_id, rpc.UPSTREAM_UNAVAILABLE, msg)
+    body = rpc.error_body(message.msg_id, rpc.UPSTREAM_UNAVAILABLE, msg)
+    await reply(send, rpc.upstream_failure_status(message.msg_id, 502), body)

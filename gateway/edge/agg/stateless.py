@@ -25,7 +25,7 @@ from gateway.edge.agg.merge import (
     Catalogue,
     decode_cursor,
     merge_discover,
-    no_server_answered,
+    none_answered,
 )
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
@@ -140,7 +140,7 @@ class Stateless:
                 status = 400 if error.get("code") == rpc.INVALID_PARAMS else 200
                 await reply(send, status, json.dumps(payload).encode())
                 return
-        await reply(send, 502, no_server_answered(message))
+        await none_answered(send, message)
 
     async def _list(self, send: Send, message: Message, version: str, identity: Identity) -> None:
         method = message.method
@@ -154,7 +154,7 @@ class Stateless:
         answers = await self._each(method, each, version, message.params.get("_meta"))
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
         if method == "tools/list" and each and not results:
-            await reply(send, 502, no_server_answered(message))
+            await none_answered(send, message)
             return
         page = self.catalogue.page(method, identity, results)
         result = {**page, "resultType": "complete", "cacheScope": "private", "ttlMs": 0}
