@@ -99,3 +99,17 @@ async def test_a_secret_is_digested_masked_with_arguments_not_logged(tmp_path: P
     assert "args" not in record
     assert record["args_digest"] == args_digest(mask_args(args, ("token", "auth.key")))
     assert record["args_digest"] != args_digest(args)
+
+
+def test_a_flat_argument_named_with_a_dot_is_masked_by_its_name() -> None:
+    """``secret_args: [db.password]`` went into ``db`` and masked nothing when the tool takes
+    a flat ``"db.password"`` (as many do: ``aws.secret_access_key``); the value showed on the
+    desk and in the records."""
+    args = {"db.password": "hunter2", "db": {"password": "s3", "user": "ann"}, "x": [{"a.b": 1}]}
+    masked = mask_args(args, ("db.password", "x.a.b"))
+    assert masked == {
+        "db.password": SECRET,
+        "db": {"password": SECRET, "user": "ann"},
+        "x": [{"a.b": SECRET}],
+    }
+    assert args["db.password"] == "hunter2"  # a copy: the call keeps its real values

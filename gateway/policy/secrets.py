@@ -31,7 +31,12 @@ def mask_args(args: Any, paths: tuple[str, ...]) -> Any:
 def _mask(value: Any, path: list[str]) -> Any:
     if isinstance(value, list | tuple):
         return [_mask(item, path) for item in value]
-    if not isinstance(value, Mapping) or path[0] not in value:
+    if not isinstance(value, Mapping):
+        return value
+    whole = ".".join(path)
+    if len(path) > 1 and whole in value:  # a flat argument whose name holds a dot
+        value = {**value, whole: SECRET}  # (``db.password``): masked by that name too
+    if path[0] not in value:
         return value
     head, rest = path[0], path[1:]
     inner = SECRET if not rest else _mask(value[head], rest)
