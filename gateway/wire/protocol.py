@@ -15,7 +15,12 @@ any client is authenticated, this protocol bounds what one connection may cost:
   its head: otherwise 408 and close;
 - an idle kept-alive connection closes after ``keepalive_timeout`` (uvicorn's own timer);
 - past ``max_connections`` open connections (long SSE streams count), a new connection is
-  answered 503 and closed at once.
+  answered 503 and closed at once;
+- requests pipelined behind one in progress wait unread-from (no more of the connection is
+  read until they are answered: uvicorn read on after every answer, and one connection of
+  tiny pipelined requests queued half a million of them, 1.2 GiB); more than
+  ``MAX_PIPELINED`` waiting at once (within what one read gave) close the connection, with
+  no answer (one out of order would be read as an earlier request's).
 
 A head whose framing or addressing the application would read otherwise than a proxy or the
 client meant is refused before the application sees it (:func:`head_refusal`): a transfer
@@ -53,6 +58,11 @@ class ConnectionLimits(Protocol):
     def keepalive_timeout(self) -> float: ...
     @property
     def max_connections(self) -> int: ...
+
+
+#: Requests that may wait behind the one in progress on one connection (no MCP client
+#: pipelines: each waits for its answer, or opens another connection).
+MAX_PIPELINED = 16
 
 
 class _Stage(enum.Enum):
@@ -163,6 +173,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._held = bytearray()  # a head received in part, before the parser sees it
         self._parsing_head = False  # the parser holds part of a (pipelined) head
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
+        self._overflow = False  # more requests pipelined than may wait: closed, unanswered
 
     # Connection
 
@@ -201,7 +212,9 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._quiet_since = time.monotonic()
         self._served = True
-        super().on_response_complete()
+        super().on_response_complete()  # reads on, and starts the next pipelined request
+        if self.pipeline:  # more are waiting: read nothing more until they are answered
+            self.flow.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
@@ -274,7 +287,10 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
                 self._cut_body(431, "request trailers too large")
 
     def send_400_response(self, msg: str) -> None:
-        if self._refusal is not None:  # the parser was stopped here, not by a parse error
+        if self._overflow:  # an answer now would be read as an earlier request's
+            self._disarm()
+            self.transport.close()
+        elif self._refusal is not None:  # the parser was stopped here, not by a parse error
             self._close_with(*self._refusal)
         else:
             super().send_400_response(msg)
@@ -305,6 +321,9 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:  # (only requests behind one in progress wait)
+            self._overflow = True
+            raise _Refused
         # Counted once the head is whole (it is held whole before parsing, within
         # max_head_bytes, so counting each header as parsed would bound nothing more).
         if len(self.headers) > self.limits.max_headers:
