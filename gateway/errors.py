@@ -64,10 +64,18 @@ class ConfigError(GatewayError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+#: Characters of an engine's message kept (``error_detail`` in a record): the engine writes
+#: operands into it, and an argument of 4 MB made every record, log line and the 500 kept
+#: for the admin API 4 MB (2 GB held).
+MAX_DETAIL = 500
+
+
 class PolicyEvalError(GatewayError):
     """A CEL program could not produce a boolean for this call."""
 
     def __init__(self, code: str, expression: str, detail: str) -> None:
+        if len(detail) > MAX_DETAIL:
+            detail = f"{detail[:MAX_DETAIL]}... [cut: {len(detail) - MAX_DETAIL} characters]"
         self.code = code
         self.expression = expression
         self.detail = detail

@@ -275,6 +275,20 @@ class TestWhatAgentsSee:
         detail = getattr(decision, "error_detail", None)
         assert detail and decision.to_dict()["error_detail"] == detail
 
+    @pytest.mark.parametrize("mode", ["enforce", "shadow"])
+    def test_an_engine_message_is_kept_cut(self, tmp_path: Path, mode: str) -> None:
+        """The engine writes the operand into its message: an argument of 4 MB where a rule
+        wanted a string made every record, log line and kept record (500 of them) 4 MB."""
+        rule = f"{{when: 'args.sql.matches(\"x\")', action: deny, mode: {mode}}}"
+        rules = f"tools:\n  t:\n    rules:\n      - {rule}\n    action: allow\n"
+        (tmp_path / "r.yaml").write_text(rules, encoding="utf-8")
+        huge = {"sql": {"k": "x" * 1_000_000}}
+        decision = decide(load_policy([tmp_path]), Call(tool="t", args=huge))
+        assert len(str(decision.to_dict())) < 5000  # a shadow rule keeps its code alone
+        if mode == "enforce":
+            detail = decision.error_detail
+            assert detail is not None and len(detail) < 600 and "[cut:" in detail
+
     def test_failing_fixed_condition_hides_the_tool(self, tmp_path: Path) -> None:
         rules = (
             "tools:\n  t:\n    rules:\n      - {when: 'agent.attrs.team == \"x\"', action: allow}\n"
