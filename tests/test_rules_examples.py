@@ -186,14 +186,14 @@ class TestDailyCap:
         assert d.allowed and len(d.limits) == 2
 
     def test_update_without_owner(self, policy: CompiledPolicy) -> None:
-        # has(args.owner) is false: the rule does not hold (and is not an error).
+        # Leaving the owner out let any agent update any note: refused (and not an error).
         d = _decide(policy, "update_note", args={"text": "x"}, identity=Identity(agent="bot"))
-        assert (d.effect, d.error) == ("allow", None)
+        assert (d.effect, d.error, d.limits) == ("deny", None, ())
 
     def test_update_someone_elses_note(self, policy: CompiledPolicy) -> None:
         d = _decide(policy, "update_note", args={"owner": "alice"}, identity=Identity(agent="bot"))
-        assert (d.effect, d.rule, d.limits) == ("deny", "own-notes-only", ())
-        assert d.reason == "agents may only update their own notes"
+        assert (d.effect, d.limits) == ("deny", ())
+        assert d.reason == "agents may only update their own notes (give owner, your agent name)"
 
     def test_admin_updates_any_note(self, policy: CompiledPolicy) -> None:
         admin = Identity(agent="root", roles=("admin",))

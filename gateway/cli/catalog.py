@@ -36,7 +36,20 @@ def _effect(policy: CompiledPolicy, call: Call) -> str:
         return "conditional" if visible(policy, call) else "deny"
     if decision.effect == "deny" and visible(policy, call):
         return "conditional"
+    if decision.effect != "deny" and _other_effects(policy, decision.entry, decision.effect):
+        return "conditional"  # allowed (or held) as called bare; other arguments decide otherwise
     return decision.effect
+
+
+def _other_effects(policy: CompiledPolicy, key: str | None, effect: str) -> bool:
+    """Whether the deciding entry has conditions, and a way to another effect (a rule, or
+    what it falls back to when none holds)."""
+    entry = next((e for e in policy.entries if e.key == key), None)
+    rules = [r for r in entry.rules if r.mode == "enforce"] if entry is not None else []
+    if entry is None or not any(r.when is not None for r in rules):
+        return False
+    effects = {r.action for r in rules} | {entry.action or policy.default}
+    return bool(effects - {effect})
 
 
 def catalog_rows(
