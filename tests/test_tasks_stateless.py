@@ -148,3 +148,20 @@ def test_tasks_update_is_known_and_kept_to_its_callers_task(
         if '"tasks/update"' in line
     ]
     assert [u["params"]["taskId"] for u in updates] == [raw]  # one, alice's, unwrapped
+
+
+def test_a_stream_with_no_session_speaks_of_no_callers_task(gw: GatewayProcess) -> None:
+    """An upstream that keeps no sessions has one stream for every caller: the relay took a
+    GET without a session for a session's own stream, bound every task id it carried to the
+    listener, and bob read alice's task result with one of them."""
+    alice_task = new_task(gw, ALICE, "alice-secret-99")
+    for version in ("2025-11-25", VERSION):
+        headers = {
+            "accept": "text/event-stream",
+            "mcp-protocol-version": version,
+            "authorization": f"Bearer {BOB}",
+        }
+        heard = httpx.get(gw.url("t"), headers=headers, timeout=10)
+        assert heard.status_code == 200
+        assert "alice-secret-99" not in heard.text and "taskId" not in heard.text
+        assert alice_task.split(".")[0] not in heard.text

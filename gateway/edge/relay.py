@@ -88,11 +88,17 @@ class Relay:
         """GET (the server's stream, or a resumed one) and DELETE: no body, the same view."""
         session = self._session(incoming, upstream, identity, required=True)
         view = ClientView(self.gw, upstream.name, identity, session)
-        view.tasks = None  # a handshake-era session's own stream
-        fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
         presented = incoming.header("last-event-id")
+        if session is not None:
+            view.tasks = None  # a handshake-era session's own stream
+        else:
+            # No session (an upstream that keeps none): its stream is every caller's, and
+            # speaks of no task but one the resumed request of this caller made (a listener
+            # heard each agent's task ids bound to itself, and read their results).
+            view.creates = presented is not None
+        fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if presented is not None:
             event_id = view.unwrap_event_id(presented)
             if event_id is None:  # not an event this caller was given: nothing to replay

@@ -3,8 +3,8 @@ store for every caller (a gateway's agents reach it as one client), ``tools/call
 makes a task that waits for input, ``tasks/update`` records the answer, ``tasks/get`` tells a
 task with its result, and ``subscriptions/listen`` sends ``notifications/tasks`` (result
 inline), and a log line tagged with the task (``related-task``), for the tasks it names, or for
-every task when it names none. Every request is
-written to ``TASKS_LOG`` (one JSON line).
+every task when it names none; ``GET`` is a stream of every task's status (one for every
+caller). Every request is written to ``TASKS_LOG`` (one JSON line).
 
     python -m tests.servers.tasks_stateless --port 9000
 """
@@ -91,6 +91,23 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data.encode())
+
+    def do_GET(self) -> None:
+        """The server's own stream, one for every caller (it keeps no sessions): the status of
+        every task, each with a log line tagged with it, then the stream ends."""
+        events = []
+        for task_id in list(_store):
+            status = {"taskId": task_id, "status": "completed", "result": _done(task_id)}
+            events.append({"jsonrpc": "2.0", "method": "notifications/tasks", "params": status})
+            meta = {"io.modelcontextprotocol/related-task": {"taskId": task_id}}
+            line = {"level": "info", "data": f"working on {task_id}", "_meta": meta}
+            events.append({"jsonrpc": "2.0", "method": "notifications/message", "params": line})
+        data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _listen(self, params: dict[str, Any], msg_id: Any) -> None:
         named = (params.get("notifications") or {}).get("taskIds")
