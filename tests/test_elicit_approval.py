@@ -15,6 +15,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 
+from gateway.approvals import stores
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore
 from gateway.edge import inband
 from gateway.edge.elicit import question
@@ -415,6 +416,27 @@ class TestSingleUse:
         await self._contract(MemoryApprovalStore())
         issued_by = await MemoryApprovalStore().current_epoch()  # a former process's store
         assert await MemoryApprovalStore().consume_once("elicit:x", 60, issued_by) is False
+
+    async def test_memory_marks_expire_and_are_bounded(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Marks were kept in a dict rebuilt whole on every answer past 20,000 of them (6 ms
+        an answer at 40,000, for every agent) and never bounded."""
+        now = [0.0]
+        store = MemoryApprovalStore(clock=lambda: now[0])
+        epoch = await store.current_epoch()
+        for i in range(1000):  # ten answers a second, each state good for a second
+            now[0] = i / 10
+            assert await store.consume_once(f"elicit:{i}", 1.0, epoch) is True
+            assert len(store.used) <= 11
+        assert await store.consume_once("elicit:999", 1.0, epoch) is False  # still a replay
+        monkeypatch.setattr(stores, "MAX_ONCE_MARKS", len(store.used) + 1)
+        assert await store.consume_once("elicit:last-room", 1.0, epoch) is True
+        assert await store.consume_once("elicit:no-room", 1.0, epoch) is False  # refused
+        assert await store.consume_once("elicit:999", 1.0, epoch) is False  # never forgotten
+        now[0] += 2  # all expired: room again
+        assert await store.consume_once("elicit:no-room", 1.0, epoch) is True
+        assert len(store.used) == 1
 
     async def test_valkey(self, valkey_db: ValkeyProcess) -> None:
         store, replica = ValkeyApprovalStore(valkey_db.url), ValkeyApprovalStore(valkey_db.url)

@@ -12,6 +12,7 @@ listed as expired) and is then evicted; decided ones are kept a day for the list
 
 from __future__ import annotations
 
+import heapq
 import json
 import secrets
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
+import structlog
 from valkey.asyncio import Valkey
 
 from gateway.approvals.service import (
@@ -118,6 +120,14 @@ def _conflict(approval_id: str, before: Status, actual: str) -> ApprovalError:
     return ApprovalError(f"approval {approval_id} is {actual}, not {before}")
 
 
+log = structlog.get_logger("celgate.approvals")
+
+#: Single-use marks of in-band approvals held at once (about 200 bytes each). Each is an answer
+#: a human gave, kept until its state expires; past this many a new answer is refused rather
+#: than an unexpired mark forgotten (which would let that answer be replayed).
+MAX_ONCE_MARKS = 250_000
+
+
 class MemoryApprovalStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -126,6 +136,7 @@ class MemoryApprovalStore:
         self.pending: dict[str, ApprovalRequest] = {}  # by id; a subset of ``requests``
         self.swept = float("-inf")
         self.used: dict[str, float] = {}  # single-use tokens, until they expire
+        self._expiry: list[tuple[float, str]] = []  # (until, token), the soonest first
         self.epoch = _fresh_epoch()  # this process's: a later one's store refuses its states
 
     async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
@@ -188,11 +199,18 @@ class MemoryApprovalStore:
         if not same_text(epoch, self.epoch):
             return False
         now = self.clock()
-        if len(self.used) > 4 * KEEP_DECIDED:
-            self.used = {k: until for k, until in self.used.items() if until > now}
-        if self.used.get(token, float("-inf")) > now:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:  # the marks that expired, soonest first
+            until, old = heapq.heappop(expiry)
+            if self.used.get(old) == until:
+                del self.used[old]
+        if token in self.used:
             return False
-        self.used[token] = now + ttl
+        if len(self.used) >= MAX_ONCE_MARKS:  # refused, never forgotten early: a replay
+            log.warning("approvals.once_full", marks=len(self.used))
+            return False
+        self.used[token] = until = now + ttl
+        heapq.heappush(expiry, (until, token))
         return True
 
     async def list(self) -> list[ApprovalRequest]:
