@@ -214,6 +214,12 @@ def bucket_grant(key: str) -> str | None:
     return pieces[1].replace("%2F", "/").replace("%25", "%")
 
 
+def bucket_agent(key: str) -> str | None:
+    """The agent whose ``scope: agent`` bucket ``key`` is; None for other scopes."""
+    scope, _, part = key.rpartition("|")[2].partition("=")
+    return _unescaped(part) if scope == "agent" else None
+
+
 @dataclass(frozen=True, slots=True)
 class LimitState:
     """What the limiter said: remaining tokens per counter, and when to retry if refused."""

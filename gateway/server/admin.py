@@ -28,7 +28,7 @@ from gateway.approvals.service import ApprovalRequest
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.errors import ApprovalError, ApprovalNotFound, BackendUnavailable
 from gateway.pipeline.gateway import Gateway
-from gateway.policy.model import LimitSpec, bucket_grant
+from gateway.policy.model import LimitSpec, bucket_agent, bucket_grant
 from gateway.policy.risk import classify, override_for
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
@@ -190,7 +190,7 @@ def admin_router(gateway: Gateway) -> Router:
 
     @get("/limits", summary="Rate-limit buckets that are not full, and their tokens")
     async def limits(request: Request[Any, Any, Any], grant: str | None = None) -> list[Any]:
-        rows = _of_grant(await _backend(gateway.limiter.scan("")), grant)
+        rows = _of_grant(gateway, await _backend(gateway.limiter.scan("")), grant)
         return [{"key": key, "remaining": round(tokens, 3)} for key, tokens in rows]
 
     @post(
@@ -209,7 +209,7 @@ def admin_router(gateway: Gateway) -> Router:
             msg = f"no counter {data.counter!r} in the policy (counters: {known})"
             raise HTTPException(msg, status_code=404)
         rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))
-        keys = [key for key, _ in _of_grant(rows, data.grant)]
+        keys = [key for key, _ in _of_grant(gateway, rows, data.grant)]
         refilled = await _backend(gateway.limiter.reset(keys))
         log.warning("admin.limits_reset", grant=data.grant, counter=data.counter, refilled=refilled)
         return {"refilled": refilled, "keys": keys}
@@ -258,11 +258,16 @@ def _service(gateway: Gateway) -> Any:
     return gateway.approvals
 
 
-def _of_grant(rows: list[tuple[str, float]], grant: str | None) -> list[tuple[str, float]]:
-    """The buckets of ``grant``, its own and its sessions' (all of them for None)."""
+def _of_grant(
+    gateway: Gateway, rows: list[tuple[str, float]], grant: str | None
+) -> list[tuple[str, float]]:
+    """The buckets of ``grant`` (all of them for None): its own, its sessions', and its key's
+    agent's (``scope: agent``; an OAuth grant's agents are not known ahead, their buckets are
+    reached by counter)."""
     if grant is None:
         return rows
-    return [r for r in rows if bucket_grant(r[0]) == grant]
+    agents = {g.agent for g in gateway.config.grants.values() if g.id == grant}
+    return [r for r in rows if bucket_grant(r[0]) == grant or bucket_agent(r[0]) in agents]
 
 
 async def _backend(coro: Any) -> Any:
