@@ -283,10 +283,12 @@ class TestAdminToken:
         assert digest.split()[-1] == sha(token)
 
     def test_env_form(self) -> None:
-        lines = dict(
-            ln.split("=", 1) for ln in celgate("admin-token", "new", "--env").stdout.split()
-        )
-        assert lines["CELGATE_ADMIN_TOKEN_SHA256"] == sha(lines["CELGATE_ADMIN_TOKEN"])
+        """The token is for the operators' shell, the hash for the gateway's .env: pasted
+        whole into .env, the lines must not put the token there as a variable."""
+        out = celgate("admin-token", "new", "--env")
+        name, digest = out.stdout.strip().split("=", 1)  # `>> .env` appends this line alone
+        token = out.stderr.split("export CELGATE_ADMIN_TOKEN=", 1)[1].split()[0]
+        assert name == "CELGATE_ADMIN_TOKEN_SHA256" and digest == sha(token)
 
     def test_hash_of_echoed_token_drops_the_newline(self) -> None:
         out = celgate("admin-token", "hash", stdin="tok\n")

@@ -37,8 +37,12 @@ def _keys_new(ns: argparse.Namespace) -> int:
 
 def _admin_token_new(ns: argparse.Namespace) -> int:
     token, digest = new_secret(ADMIN_PREFIX)
-    if ns.env:
-        print(f"CELGATE_ADMIN_TOKEN={token}")
+    if ns.env:  # `>> .env` takes the hash alone; the token is for the operators' shell
+        print(
+            "for your shell, shown once (never in the gateway's .env):\n"
+            f"  export CELGATE_ADMIN_TOKEN={token}",
+            file=sys.stderr,
+        )
         print(f"CELGATE_ADMIN_TOKEN_SHA256={digest}")
         return 0
     print(f"admin token (shown once; operators export CELGATE_ADMIN_TOKEN): {token}")
@@ -67,7 +71,9 @@ def _configure_admin_token(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="token_action", required=True)
     new = sub.add_parser("new", help="print a new admin token once, and its token_sha256 line")
     new.add_argument(
-        "--env", action="store_true", help="print CELGATE_ADMIN_TOKEN= and _SHA256= lines"
+        "--env",
+        action="store_true",
+        help="print an export CELGATE_ADMIN_TOKEN= line for the shell and a _SHA256= line for .env",
     )
     new.set_defaults(func=_admin_token_new)
     digest = sub.add_parser("hash", help="print the token_sha256 line of an existing token")
