@@ -204,6 +204,12 @@ class TestConfigErrors:
         config = load_config(path, env={"TOKEN": "s3cret"})
         assert config.servers["up"].headers == {"Authorization": "Bearer s3cret"}
 
+    def test_a_value_whose_variable_is_not_set_is_that_problem_alone(self, tmp_path: Path) -> None:
+        """Each unset variable was followed by "must be a non-empty string, not ''" and "must
+        be an http:// or https:// URL": a variable that is not set is never an empty value."""
+        path = write(tmp_path, "policy: rules/\nservers:\n  up: {url: '${UP_URL}'}\n")
+        assert problems(path) == [f"{path}:3: environment variable UP_URL is not set"]
+
     def test_paths_are_relative_to_the_file(self, tmp_path: Path) -> None:
         path = write(tmp_path, "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n")
         config = load_config(path, env={})

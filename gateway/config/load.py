@@ -75,10 +75,13 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayC
     if root is None:
         raise ConfigError(problems)
     _expand(root, dict(os.environ) if env is None else env, problems)
+    unset = list(problems)  # parsed whole: only variables that are not set so far
     loader = _ConfigLoader(file.resolve().parent, problems)
     loader.load(root)
     if problems:
-        raise ConfigError(problems)
+        # A value with a variable that is not set is that problem, not also an empty value.
+        where = {p.where for p in unset}
+        raise ConfigError([p for p in problems if p in unset or p.where not in where])
     return GatewayConfig(source=display, **loader.out)
 
 
