@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import UpstreamIOError, UpstreamTimeout
-from gateway.upstream.h1 import H1Pool
+from gateway.upstream.h1 import MAX_IDLE_SECONDS, H1Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -94,6 +94,19 @@ class TestH1Pool:
             await resp.read()
             resp.close()
         assert len(requests) == 5 and state.connections == 1
+
+    async def test_a_connection_idle_past_the_bound_is_not_used(self, serve: Serve) -> None:
+        """An upstream closes a connection idle for its own timeout (uvicorn's: 5 s): a
+        request written into that close failed (-32001) though the upstream was up."""
+        now = [0.0]
+        requests: list[bytes] = []
+        state, pool = await serve(keep_alive_json(requests), clock=lambda: now[0])
+        for wait in (0.0, MAX_IDLE_SECONDS - 0.5, MAX_IDLE_SECONDS + 0.5):
+            now[0] += wait
+            resp = await pool.request("POST", {}, b"{}")
+            await resp.read()
+            resp.close()
+        assert len(requests) == 3 and state.connections == 2  # the third on a new connection
 
     async def test_chunked_stream_arrives_chunk_by_chunk(self, serve: Serve) -> None:
         release = asyncio.Event()

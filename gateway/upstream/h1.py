@@ -13,9 +13,11 @@ One connection carries answers for many agents in turn, so it trusts the upstrea
   an error: the connection is dropped.
 * A connection goes back to the pool only after a whole final answer with no byte after it;
   a byte (or an end of stream) on an idle connection marks it dead.
-* A request is written once. An idle connection is checked before the write; once the bytes
-  are written, a failure reaches the caller as ``UpstreamIOError`` and is never retried:
-  the upstream may have run the call.
+* A request is written once. An idle connection is checked before the write, and one idle
+  for ``MAX_IDLE_SECONDS`` is not used (servers close idle connections after a few seconds,
+  uvicorn's after 5: a request written as the upstream closed it failed, unsent or not);
+  once the bytes are written, a failure reaches the caller as ``UpstreamIOError`` and is
+  never retried: the upstream may have run the call.
 * The answer's head must come within ``head_timeout``; after it, a stream may idle.
 * Hop-by-hop headers (RFC 9110 7.6.1) are never written, and are taken out of the answer's
   headers (the connection's own, and any named in its ``Connection`` header).
@@ -32,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import select
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -47,6 +50,9 @@ __all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "H1Pool", "H1Response"]
 #: Bounds on an answer's head; real servers send a few hundred bytes and a dozen headers.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
+#: A pooled connection idle longer than this is closed, not used: under most upstreams' own
+#: idle timeout (uvicorn's and Node's are 5 s), so the gateway never writes into a close.
+MAX_IDLE_SECONDS = 4.0
 
 
 class _Stop(Exception):
@@ -67,6 +73,7 @@ class _Conn(asyncio.Protocol):
         self.fields_left = MAX_HEADERS
         self.in_trailers = False  # a chunk header came with no body after it: maybe the last
         self.quiet = False  # this piece has carried no body yet
+        self.idle_since = 0.0  # when it went back to the pool
 
     def begin(self, response: H1Response) -> None:
         """A fresh parser and fresh bounds for the exchange of ``response``."""
@@ -226,7 +233,9 @@ class H1Pool:
         *,
         ca_file: str | None = None,
         head_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"
@@ -257,15 +266,17 @@ class H1Pool:
         return conn
 
     def _idle_conn(self) -> _Conn | None:
+        stale = self.clock() - MAX_IDLE_SECONDS
         while self.idle:
             conn = self.idle.pop()
-            if conn.reusable():
+            if conn.idle_since > stale and conn.reusable():
                 return conn
             conn.abort()
         return None
 
     def release(self, conn: _Conn) -> None:
         if len(self.idle) < self.max_idle:
+            conn.idle_since = self.clock()
             self.idle.append(conn)
         else:
             conn.abort()
