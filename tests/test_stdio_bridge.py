@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import mcp_types as types
 import pytest
 
@@ -229,6 +230,22 @@ class TestProcesses:
             await c.call_tool("echo", {"text": "x"})
             during = children(gateway.peer.pid)
         await eventually(lambda: bool(during - children(gateway.peer.pid)), 10)
+
+    def test_an_ended_session_answers_the_request_by_its_id(self, gateway: GatewayProcess) -> None:
+        """404 "Session not found" with ``id: null`` (a replica that never had the session
+        answers so too): a client could not tie the error to its request."""
+        info = {"name": "raw", "version": "1"}
+        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": info}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+        accept = {"accept": "application/json, text/event-stream"}
+        with httpx.Client(headers=accept, timeout=10) as http:
+            session = http.post(gateway.url("st"), json=init).headers["mcp-session-id"]
+            headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+            assert http.delete(gateway.url("st"), headers=headers).status_code < 300
+            listed = {"jsonrpc": "2.0", "id": 7, "method": "tools/list"}
+            gone = http.post(gateway.url("st"), json=listed, headers=headers)
+        assert gone.status_code == 404
+        assert gone.json()["id"] == 7 and gone.json()["error"]["code"] == -32002
 
     async def test_sigterm_leaves_no_orphans(self, tmp_path: Path) -> None:
         with run_gateway(tmp_path, POLICY, {"st": stdio_server()}) as gw:

@@ -50,9 +50,9 @@ from gateway.upstream.stdio_child import KILL_GRACE, LINE_LIMIT, kill_group, log
 from gateway.upstream.stdio_events import MemoryEvents
 from gateway.upstream.stdio_session import SessionLink
 from gateway.upstream.stdio_shared import SharedLink
-from gateway.upstream.stdio_wire import read_post
+from gateway.upstream.stdio_wire import read_post, session_not_found
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
-from gateway.wire.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND, UPSTREAM_UNAVAILABLE
+from gateway.wire.jsonrpc import INVALID_REQUEST, UPSTREAM_UNAVAILABLE
 from gateway.wire.jsonrpc import error_body as rpc_error
 
 __all__ = [
@@ -119,7 +119,7 @@ class StdioBridge:
         if sid is not None:
             link = self.sessions.get(sid)
             if link is None:
-                await reply(send, 404, rpc_error(None, SESSION_NOT_FOUND, "Session not found"))
+                await session_not_found(incoming, send)
                 return
             await link.handle(incoming, send)
             return

@@ -37,9 +37,10 @@ from gateway.upstream.stdio_wire import (
     open_stream,
     read_post,
     respond,
+    session_not_found,
 )
 from gateway.wire.asgi import Incoming, Send, accepts, prefers_sse, reply
-from gateway.wire.jsonrpc import INVALID_REQUEST, SESSION_NOT_FOUND
+from gateway.wire.jsonrpc import INVALID_REQUEST
 from gateway.wire.jsonrpc import error_body as rpc_error
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class SessionLink:
         self.serving += 1
         try:
             if self.ended.is_set():
-                await reply(send, 404, rpc_error(None, SESSION_NOT_FOUND, "Session not found"))
+                await session_not_found(incoming, send, message)
             elif incoming.method == "POST":
                 await self._post(incoming, send, message, body)
             elif incoming.method == "GET":

@@ -20,7 +20,7 @@ import anyio
 
 from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
-from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR, json_bytes
+from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SESSION_NOT_FOUND, json_bytes
 from gateway.wire.jsonrpc import error_body as rpc_error
 from gateway.wire.sse import message_event as event
 
@@ -149,6 +149,23 @@ async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], byt
         status, code, msg = 400, PARSE_ERROR, "Parse error: one JSON-RPC message per request"
     await reply(send, status, rpc_error(None, code, msg))
     return None
+
+
+async def session_not_found(
+    incoming: Incoming, send: Send, message: dict[str, Any] | None = None
+) -> None:
+    """404 "Session not found", answering a POSTed request by its id (``message``: the
+    POST's, when read already), as a session the gateway itself does not know is answered: a
+    client reads the error as its request's, and starts a new session."""
+    if message is None and incoming.method == "POST":
+        body = await incoming.body(LINE_LIMIT)
+        try:
+            message = json.loads(body) if body else None
+        except ValueError:
+            message = None
+    request = isinstance(message, dict) and "method" in message
+    msg_id = message.get("id") if request and isinstance(message, dict) else None
+    await reply(send, 404, rpc_error(msg_id, SESSION_NOT_FOUND, "Session not found"))
 
 
 def encode(message: dict[str, Any]) -> Item:
