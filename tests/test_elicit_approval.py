@@ -438,6 +438,20 @@ class TestSingleUse:
         assert await store.consume_once("elicit:no-room", 1.0, epoch) is True
         assert len(store.used) == 1
 
+    async def test_one_agent_fills_only_its_own_share_of_marks(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Any agent with an elicit tool can answer its own questions: with one cap for all,
+        it filled the store and every other agent's approval was refused for as long as the
+        marks lived (the approval's timeout: up to a year)."""
+        monkeypatch.setattr(stores, "MAX_ONCE_MARKS_EACH", 3)
+        store = MemoryApprovalStore(clock=lambda: 0.0)
+        epoch = await store.current_epoch()
+        for n in range(3):
+            assert await store.consume_once(f"elicit:m{n}", 60, epoch, "7:mallorym") is True
+        assert await store.consume_once("elicit:m3", 60, epoch, "7:mallorym") is False
+        assert await store.consume_once("elicit:a0", 60, epoch, "5:alicea") is True
+
     async def test_valkey(self, valkey_db: ValkeyProcess) -> None:
         store, replica = ValkeyApprovalStore(valkey_db.url), ValkeyApprovalStore(valkey_db.url)
         try:

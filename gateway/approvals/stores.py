@@ -126,6 +126,9 @@ log = structlog.get_logger("celgate.approvals")
 #: a human gave, kept until its state expires; past this many a new answer is refused rather
 #: than an unexpired mark forgotten (which would let that answer be replayed).
 MAX_ONCE_MARKS = 250_000
+#: ... and by one owner (a grant's agent): one agent answering its own questions fills its
+#: share, not everyone's.
+MAX_ONCE_MARKS_EACH = 5_000
 
 
 class MemoryApprovalStore:
@@ -136,7 +139,8 @@ class MemoryApprovalStore:
         self.pending: dict[str, ApprovalRequest] = {}  # by id; a subset of ``requests``
         self.swept = float("-inf")
         self.used: dict[str, float] = {}  # single-use tokens, until they expire
-        self._expiry: list[tuple[float, str]] = []  # (until, token), the soonest first
+        self._expiry: list[tuple[float, str, str]] = []  # (until, token, owner), soonest first
+        self._owned: dict[str, int] = {}  # marks held per owner
         self.epoch = _fresh_epoch()  # this process's: a later one's store refuses its states
 
     async def create(self, request: ApprovalRequest, caps: ApprovalsConfig) -> Admission:
@@ -192,25 +196,33 @@ class MemoryApprovalStore:
     async def current_epoch(self) -> str:
         return self.epoch
 
-    async def consume_once(self, token: str, ttl: float, epoch: str) -> bool:
+    async def consume_once(self, token: str, ttl: float, epoch: str, owner: str = "") -> bool:
         """True the first time ``token`` (an in-band approval's nonce) is used, within ``ttl``
         seconds, under this store's epoch (a state a former process issued is not, whatever
-        the signing key); False on any replay (``gateway.edge.inband``)."""
+        the signing key); False on any replay (``gateway.edge.inband``), and past the marks
+        an ``owner`` (a grant's agent) may hold, or all may."""
         if not same_text(epoch, self.epoch):
             return False
         now = self.clock()
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:  # the marks that expired, soonest first
-            until, old = heapq.heappop(expiry)
+            until, old, whose = heapq.heappop(expiry)
             if self.used.get(old) == until:
                 del self.used[old]
+                self._owned[whose] -= 1
+                if not self._owned[whose]:
+                    del self._owned[whose]
         if token in self.used:
             return False
-        if len(self.used) >= MAX_ONCE_MARKS:  # refused, never forgotten early: a replay
-            log.warning("approvals.once_full", marks=len(self.used))
+        # Refused, never an unexpired mark forgotten (its answer could be used again); one
+        # agent at its share refuses only its own answers.
+        owned = self._owned.get(owner, 0)
+        if owned >= MAX_ONCE_MARKS_EACH or len(self.used) >= MAX_ONCE_MARKS:
+            log.warning("approvals.once_full", owner=owner, owned=owned, marks=len(self.used))
             return False
         self.used[token] = until = now + ttl
-        heapq.heappush(expiry, (until, token))
+        self._owned[owner] = owned + 1
+        heapq.heappush(expiry, (until, token, owner))
         return True
 
     async def list(self) -> list[ApprovalRequest]:
@@ -357,7 +369,7 @@ class ValkeyApprovalStore:
             self.epoch = found.decode()
         return self.epoch
 
-    async def consume_once(self, token: str, ttl: float, epoch: str) -> bool:
+    async def consume_once(self, token: str, ttl: float, epoch: str, owner: str = "") -> bool:
         """One ``SET NX`` shared by every replica, under the store's epoch: only the first use
         of ``token`` wins, and a token issued before Valkey lost its data never does."""
         keys = [self._epoch, f"{self.prefix}once:{token}"]

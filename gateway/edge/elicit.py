@@ -196,7 +196,8 @@ class ElicitFace:
         if isinstance(checked, str):
             return _refused(decision, checked)
         ttl = checked.expires - now + 1
-        if not await store.consume_once("elicit:" + checked.nonce, ttl, checked.epoch):
+        token = "elicit:" + checked.nonce  # used once, whatever the answer (a decline too)
+        if not await store.consume_once(token, ttl, checked.epoch, call.identity.owner):
             return _refused(decision, "approval_replayed")  # used, or issued before a reset
         if checked.approval is not None:  # the approved call, answering its upstream's question
             reason = f"approved ({checked.approval}), continuing after its upstream asked for input"
