@@ -48,3 +48,24 @@ def test_a_large_body_that_fails_to_parse_leaves_the_collector_running() -> None
     except Exception as exc:  # the parser's refusal
         assert "invalid JSON" in str(exc)
     assert gc.isenabled()
+
+
+def test_every_parse_of_a_peers_json_pauses_the_collector() -> None:
+    """A stdio server's bridge parsed the relay's body again, with the collector running: a
+    body of tiny lists to /mcp/<stdio server> held the loop 2.1 s where the relay took 0.3."""
+    from gateway.wire.jsonrpc import loads
+
+    body = _call([[] for _ in range(200_000)])
+    runs = 0
+
+    def counted(phase: str, _info: dict[str, Any]) -> None:
+        nonlocal runs
+        runs += phase == "start"
+
+    gc.callbacks.append(counted)
+    try:
+        loads(body)
+        loads(body.decode(), object_pairs_hook=dict)
+    finally:
+        gc.callbacks.remove(counted)
+    assert runs == 0 and gc.isenabled()

@@ -45,6 +45,7 @@ from gateway.wire.jsonrpc import (
     error_body,
     json_bytes,
 )
+from gateway.wire.jsonrpc import loads as json_loads
 from gateway.wire.sse import View
 from gateway.wire.sse import message_event as event
 
@@ -153,7 +154,7 @@ class ElicitFace:
         upstream's own state back in place, for a continuation)."""
         if not self.ours or body is None:
             return body
-        value = json.loads(body)
+        value = json_loads(body)
         params = value["params"]
         params.pop("requestState", None)
         carried = inband.upstream_state(self.gw.signer.key, str(self.state))

@@ -15,10 +15,11 @@ from it. A schema part this does not understand checks nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from gateway.wire.jsonrpc import loads as json_loads
 
 #: Nesting followed into a schema, parts of one schema made into shapes (a schema comes from
 #: an upstream: references that branch could otherwise make billions), and values looked at
@@ -212,7 +213,7 @@ def _json_text(value: str) -> str | None:
     if not text or text[0] not in "[{n":
         return None
     try:
-        parsed = json.loads(text)
+        parsed = json_loads(text)
     except (ValueError, RecursionError):
         return None
     return kind_of(parsed) if parsed is None or isinstance(parsed, list | dict) else None

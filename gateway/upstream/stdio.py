@@ -27,7 +27,6 @@ requests between them, and ``StdioUpstream``, the relay's view of it.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -54,6 +53,7 @@ from gateway.upstream.stdio_wire import read_post, session_not_found
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, UPSTREAM_UNAVAILABLE
 from gateway.wire.jsonrpc import error_body as rpc_error
+from gateway.wire.jsonrpc import loads as json_loads
 
 __all__ = [
     "BRIDGE_AUTHORITY",
@@ -140,7 +140,7 @@ class StdioBridge:
     async def _modern(self, incoming: Incoming, send: Send) -> None:
         body = await incoming.body(LINE_LIMIT)
         try:
-            message = json.loads(body or b"")
+            message = json_loads(body or b"")
         except ValueError:
             message = None
         if not isinstance(message, dict):

@@ -24,6 +24,7 @@ from mcp.client.stdio import get_default_environment
 from gateway.config import ServerConfig
 from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
+from gateway.wire.jsonrpc import loads as json_loads
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -191,7 +192,7 @@ class Child:
             if self.failures:
                 self._recovered()  # it speaks: the streak is over
             try:
-                message = json.loads(line)
+                message = json_loads(line)
             except ValueError:
                 if self.junk.allow():
                     text = printable(line[:200].decode(errors="replace"))

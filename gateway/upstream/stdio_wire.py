@@ -10,7 +10,6 @@ message and its JSON text, in a request's ``Inbox``; this module frames them.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SESSION_NOT_FOUND, json_bytes
 from gateway.wire.jsonrpc import error_body as rpc_error
+from gateway.wire.jsonrpc import loads as json_loads
 from gateway.wire.sse import message_event as event
 
 Item = tuple[dict[str, Any], bytes]  # a message, and its JSON text as it goes on the wire
@@ -141,7 +141,7 @@ async def read_post(incoming: Incoming, send: Send) -> tuple[dict[str, Any], byt
         status, code, msg = 413, INVALID_REQUEST, "Payload Too Large"
     else:
         try:
-            message = json.loads(body)
+            message = json_loads(body)
         except ValueError:
             message = None
         if isinstance(message, dict) and message.get("jsonrpc") == "2.0":
@@ -160,7 +160,7 @@ async def session_not_found(
     if message is None and incoming.method == "POST":
         body = await incoming.body(LINE_LIMIT)
         try:
-            message = json.loads(body) if body else None
+            message = json_loads(body) if body else None
         except ValueError:
             message = None
     request = isinstance(message, dict) and "method" in message

@@ -102,6 +102,19 @@ def parse_body(body: bytes) -> Any:
 GC_PAUSE_CHARS = 64 * 1024
 
 
+def loads(data: str | bytes, **options: Any) -> Any:
+    """``json.loads``, a large text with the garbage collector paused (see ``_decoded``): for
+    every JSON a peer sends that is parsed on the loop (an upstream's answers, a stdio
+    child's lines, the bridge's copy of a body)."""
+    if len(data) < GC_PAUSE_CHARS or not gc.isenabled():
+        return json.loads(data, **options)
+    gc.disable()
+    try:
+        return json.loads(data, **options)
+    finally:
+        gc.enable()
+
+
 def _decoded(text: str) -> Any:
     """``text`` parsed; a large one with the garbage collector paused. Python's collector runs
     every 700 new containers and walks every young one: a body of nothing but tiny lists and

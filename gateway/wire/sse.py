@@ -9,7 +9,6 @@ they came. Line ends may be CRLF, LF or CR, and an event may arrive split across
 
 from __future__ import annotations
 
-import json
 import re
 import weakref
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 import msgspec
 
 from gateway.wire.jsonrpc import json_bytes
+from gateway.wire.jsonrpc import loads as json_loads
 
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
 EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
@@ -121,7 +121,7 @@ def filtered(data: bytes, view: View) -> bytes | None:
     if b"__proto__" not in data and not view.wants(data):
         return None
     try:
-        message = json.loads(data, object_pairs_hook=_strict_object)
+        message = json_loads(data, object_pairs_hook=_strict_object)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return DROP
     if isinstance(message, list):  # a batch of answers: each one on its own

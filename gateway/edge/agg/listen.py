@@ -11,7 +11,6 @@ to listen is left out; when all refuse, the client gets the first refusal as it 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
+from gateway.wire.jsonrpc import loads as json_loads
 from gateway.wire.sse import SseRewriter, StreamTooLarge, event_data, rewrite_event
 from gateway.wire.sse import message_event as event
 
@@ -183,7 +183,7 @@ def _refusal(status: int, data: bytes | None, message: Message) -> tuple[int, by
     view has read), with the upstream's 4xx status; an upstream's 401 (it refused the
     gateway's credentials) or anything else is the server being unavailable."""
     try:
-        error = json.loads(data).get("error") if data is not None else None
+        error = json_loads(data).get("error") if data is not None else None
     except (ValueError, AttributeError):
         error = None
     if not isinstance(error, dict) or not 400 <= status < 500 or status == 401:
@@ -204,7 +204,7 @@ async def _one_event(
 ) -> None:
     data = event_data(raw)
     try:
-        value = json.loads(data) if data else None
+        value = json_loads(data) if data else None
     except ValueError:
         value = None
     if isinstance(value, dict) and value.get("method") == ACK and not server.acked.is_set():

@@ -13,6 +13,7 @@ from gateway.edge.forward import UPSTREAM_ERRORS, answer_media, read_bounded
 from gateway.upstream.h1_response import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire import jsonrpc as rpc
+from gateway.wire.jsonrpc import loads as json_loads
 from gateway.wire.sse import SseEvents, StreamTooLarge, event_data, not_utf8
 
 #: The ids the aggregate's own requests carry upstream (never seen by a client): each one
@@ -191,7 +192,7 @@ def _loads(data: bytes) -> Any:
     if not_utf8(data):
         return None
     try:
-        return json.loads(data)
+        return json_loads(data)
     except (ValueError, RecursionError):
         return None
 
