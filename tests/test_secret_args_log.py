@@ -113,3 +113,9 @@ def test_a_flat_argument_named_with_a_dot_is_masked_by_its_name() -> None:
         "x": [{"a.b": SECRET}],
     }
     assert args["db.password"] == "hunter2"  # a copy: the call keeps its real values
+    # Every way the dots split into names: ``"db.conn"`` then ``password`` was missed.
+    split = {"db.conn": {"password": "a"}, "db": {"conn.password": "b", "conn": {"password": "c"}}}
+    assert mask_args(split, ("db.conn.password",)) == {
+        "db.conn": {"password": SECRET},
+        "db": {"conn.password": SECRET, "conn": {"password": SECRET}},
+    }

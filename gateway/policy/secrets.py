@@ -33,11 +33,12 @@ def _mask(value: Any, path: list[str]) -> Any:
         return [_mask(item, path) for item in value]
     if not isinstance(value, Mapping):
         return value
-    whole = ".".join(path)
-    if len(path) > 1 and whole in value:  # a flat argument whose name holds a dot
-        value = {**value, whole: SECRET}  # (``db.password``): masked by that name too
-    if path[0] not in value:
-        return value
-    head, rest = path[0], path[1:]
-    inner = SECRET if not rest else _mask(value[head], rest)
-    return {**value, head: inner}
+    # Each way the path's dots may split into names: ``db.conn.password`` is ``db`` then
+    # ``conn`` then ``password``, or a flat ``"db.conn.password"``, or ``"db.conn"`` then
+    # ``password``... (tools name arguments with dots).
+    for cut in range(1, len(path) + 1):
+        name = ".".join(path[:cut])
+        if name in value:
+            rest = path[cut:]
+            value = {**value, name: SECRET if not rest else _mask(value[name], rest)}
+    return value
