@@ -193,6 +193,12 @@ class TestConfigErrors:
         ]
         path = write(tmp_path, base + listen % "'10.0.0.0/8', '127.0.0.1'")
         assert load_config(path, env={}).listen.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+        # uvicorn reads a network with host bits as no address: every caller was the proxy.
+        path = write(tmp_path, base + listen % "'127.0.0.1/8', '::1'")
+        assert problems(path) == [
+            f"{path}:5: listen.trusted_proxies: '127.0.0.1/8' has host bits set: write "
+            "127.0.0.0/8 or the address alone"
+        ]
 
     def test_missing_environment_variable_is_an_error(self, tmp_path: Path) -> None:
         path = write(

@@ -146,10 +146,20 @@ class _ConfigLoader(Reader):
         host = sub.string("host")
         proxies = self.str_list(sub, "trusted_proxies")
         for proxy in proxies or ():
+            # As uvicorn, which applies the list, reads it: what it cannot read it keeps as
+            # text that matches no peer, and every caller would be seen as the proxy.
             try:
-                ipaddress.ip_network(proxy, strict=False)
+                if "/" in proxy:
+                    ipaddress.ip_network(proxy)
+                else:
+                    ipaddress.ip_address(proxy)
             except ValueError:
-                msg = f"{proxy!r} is not an IP address or network"
+                try:
+                    network = ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    msg = f"{proxy!r} is not an IP address or network"
+                else:
+                    msg = f"{proxy!r} has host bits set: write {network} or the address alone"
                 self.err(sub.where("trusted_proxies"), "listen.trusted_proxies", msg)
         port = sub.positive_int("port")
         if port is not None and port > 65535:
