@@ -717,6 +717,22 @@ class TestIntrospectionAnswersOnAClock:
         refused = await auth.authenticate("opaque-1", "/mcp/up")
         assert isinstance(refused, Refusal) and len(asked) == 2
 
+    async def test_a_key_set_change_keeps_what_introspection_proved(self) -> None:
+        """A forged token with a made-up ``kid`` loads the key set: that flushed every kept
+        token, the introspected ones too (no key signed them), each asked of the issuer again
+        (and refused as busy while the issuer was flooded)."""
+        clock = Clock()
+        answer = {"active": True, "aud": f"{BASE}/mcp/up", "sub": "a", "scope": "mcp",
+                  "exp": int(clock.now) + 3600, "iss": ISSUER}  # fmt: skip
+        auth, asked = self.introspecting(clock, answer, max_cache=600)
+        assert isinstance(await auth.authenticate("opaque-1", "/mcp/up"), Agent)
+        issuer = FakeIssuer()
+        forged = issuer.sign(clock, key=0)  # signed by a key the gateway's issuer has not
+        assert isinstance(await auth.authenticate(forged, "/mcp/up"), Refusal)
+        assert auth.keys.generation > 0  # the key set was loaded
+        assert isinstance(await auth.authenticate("opaque-1", "/mcp/up"), Agent)
+        assert asked == ["opaque-1"]  # kept: not asked again
+
     @pytest.mark.parametrize(
         "kind", [{"token_use": "refresh_token"}, {"token_type": "refresh_token"}]
     )

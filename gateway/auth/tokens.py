@@ -183,8 +183,7 @@ class TokenAuthority:
     async def verify(self, token: str) -> Verified | str:
         """The token's proof, or the reason it proves nothing."""
         if self.keys.generation != self._generation:
-            self.verified.clear()  # keys left the set: what they signed is checked again
-            self._generation = self.keys.generation
+            self._keys_changed()
         known = self.verified.get(token)
         now = self.clock()
         if (
@@ -208,8 +207,7 @@ class TokenAuthority:
 
     def _keep(self, token: str, verified: Verified) -> None:
         if self.keys.generation != self._generation:  # the set changed while it was checked
-            self.verified.clear()
-            self._generation = self.keys.generation
+            self._keys_changed()
         if len(self.verified) >= MAX_VERIFIED:
             now = self.clock()
             for old in [t for t, v in self.verified.items() if v.expires < now]:
@@ -217,6 +215,14 @@ class TokenAuthority:
             while len(self.verified) >= MAX_VERIFIED:
                 del self.verified[next(iter(self.verified))]  # the oldest kept
         self.verified[token] = verified
+
+    def _keys_changed(self) -> None:
+        """Keys left the set: what they signed is checked again. What the issuer vouched for
+        by introspection no key signed, and stays (a forged token's unknown ``kid`` loads the
+        key set: it flushed every user's introspected token, each then asked of the issuer
+        again, and refused as busy while it was flooded)."""
+        self.verified = {t: v for t, v in self.verified.items() if v.agent.auth == "introspection"}
+        self._generation = self.keys.generation
 
     async def _jwt(self, token: str) -> Verified | str:
         try:
