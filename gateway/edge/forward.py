@@ -238,7 +238,11 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
     of any other type (or charset) is not relayed: the gateway has not read it as the caller
     would, so its status goes on with an error of the gateway's own."""
     try:
-        body = await read_bounded(resp)
+        body = await read_bounded(resp, fwd.upstream.silence)
+    except TimeoutError:
+        log.warning("upstream.silent", server=fwd.upstream.name, seconds=fwd.upstream.silence)
+        await _failed(send, fwd, 504, f"upstream {fwd.upstream.name!r} did not answer in time")
+        return
     except UPSTREAM_ERRORS:
         await _unavailable(send, fwd)
         return
@@ -275,18 +279,33 @@ class _Held:
     total = 0
 
 
-async def read_bounded(resp: H1Response) -> bytes | None:
-    """The whole answer, or None past its own cap or past what all answers may hold."""
+async def read_bounded(resp: H1Response, silence: float | None = None) -> bytes | None:
+    """The whole answer, or None past its own cap or past what all answers may hold;
+    ``TimeoutError`` when ``silence`` seconds pass with no byte of it (a body that stalls or
+    drips held its caller, and its place under ``max_requests_per_agent``, for good)."""
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in resp.iter_chunks():
-            size += len(chunk)
-            _Held.total += len(chunk)
-            if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
-                log.warning("upstream.answer_too_large", size=size, held=_Held.total)
-                return None
-            chunks.append(chunk)
+        if resp.complete:  # most answers came whole with their head: no timer
+            async for chunk in resp.iter_chunks():
+                chunks.append(chunk)
+                size += len(chunk)
+                _Held.total += len(chunk)
+        else:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout_at(None if silence is None else loop.time() + silence) as cm:
+                async for chunk in resp.iter_chunks():
+                    size += len(chunk)
+                    _Held.total += len(chunk)
+                    if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
+                        log.warning("upstream.answer_too_large", size=size, held=_Held.total)
+                        return None
+                    chunks.append(chunk)
+                    if silence is not None:
+                        cm.reschedule(loop.time() + silence)
+        if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
+            log.warning("upstream.answer_too_large", size=size, held=_Held.total)
+            return None
         return b"".join(chunks)
     finally:
         _Held.total -= size

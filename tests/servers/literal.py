@@ -25,7 +25,9 @@ headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8
 ``endless`` (``{"per_page": 50, "cursor": "next"}``, or ``"same"``) pages ``tools/list`` for
 ever, each page naming the next (or the same cursor again). ``instructions_for_client`` makes
 ``initialize`` answer instructions naming the session's client (``clientInfo.name``), as a
-server whose instructions depend on the session would.
+server whose instructions depend on the session would. ``stall`` maps a method to an answer
+whose head comes and whose body never ends: ``"json"`` (a Content-Length past the half that
+is sent) or ``"notice"`` (a 202 declaring 10 bytes and sending none).
 
     python -m tests.servers.literal --port 9000
 """
@@ -167,6 +169,10 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(202)  # an answer to a request of ours (we send none), or junk
             return
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        stall = (_script().get("stall") or {}).get(message["method"])
+        if stall:
+            self._stalled(stall, message.get("id"))
+            return
         notification = "id" not in message
         result = run(message["method"], params, notification)
         if notification:
@@ -183,6 +189,18 @@ class Handler(BaseHTTPRequestHandler):
             self._dressed(dress, json.dumps(answer))
             return
         self._answer(200, answer)
+
+    def _stalled(self, how: str, msg_id: Any) -> None:
+        body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": {}}).encode()
+        self.send_response(202 if how == "notice" else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(10 if how == "notice" else len(body)))
+        self.end_headers()
+        if how != "notice":
+            self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.rfile.read(1)  # until the gateway gives up and closes (or the process ends)
+        self.close_connection = True
 
     def _dressed(self, dress: str, text: str) -> None:
         content_type, body = {

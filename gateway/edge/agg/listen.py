@@ -163,7 +163,8 @@ async def _pump(
     server.resp = resp
     try:
         if answer_media(resp) != "text/event-stream":
-            server.refusal = _refusal(resp.status, await read_bounded(resp), message)
+            data = await read_bounded(resp, upstream.silence)
+            server.refusal = _refusal(resp.status, data, message)
             return
         events = SseRewriter(view)  # its split only: each event is filtered in _one_event
         async for chunk in resp.iter_chunks():
@@ -171,7 +172,7 @@ async def _pump(
                 await _one_event(raw, server, view, queue, catalogue)
             if events.pending_bytes > MAX_PENDING_BYTES:
                 raise StreamTooLarge("an SSE event too large")
-    except (*UPSTREAM_ERRORS, StreamTooLarge):
+    except (*UPSTREAM_ERRORS, StreamTooLarge, TimeoutError):
         pass
     finally:
         server.acked.set()

@@ -139,7 +139,7 @@ async def _answer(
     have no client to ask, and a server left waiting would never answer."""
     media = answer_media(resp)
     if media != "text/event-stream":
-        data = await read_bounded(resp)
+        data = await read_bounded(resp)  # within exchange's deadline for the whole answer
         if data is None:
             raise UpcallFailed(f"upstream {upstream.name!r} answered too much")
         message = _loads(data) if media == "application/json" else None
@@ -173,15 +173,17 @@ async def post_once(
     verb: str = "POST",
     grant: str | None = None,
 ) -> int:
-    """Send a notification, an answer or a DELETE; the upstream's HTTP status (0: down)."""
+    """Send a notification, an answer or a DELETE; the upstream's HTTP status (0: down, or
+    its answer's body stalled past ``servers.X.timeout`` of silence: one server's unended
+    202 held /mcp's link opening, every caller's merged list, and the idle reaper)."""
     headers = _headers(upstream, method, version, session, grant)
     try:
         resp = await upstream.pool.request(verb, headers, body if verb == "POST" else None)
     except (*UPSTREAM_ERRORS, TimeoutError):
         return 0
     try:
-        await read_bounded(resp)
-    except UPSTREAM_ERRORS:
+        await read_bounded(resp, upstream.silence)
+    except (*UPSTREAM_ERRORS, TimeoutError):
         return 0
     finally:
         resp.close()
