@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 
+from gateway.inventory import shapes
 from gateway.inventory.shapes import MAX_CHECKED, MAX_DEPTH, TooManyValues, mismatch, shape_of
 from gateway.pipeline.enforce import check_arg_types
 from gateway.policy import Call, decide, load_policy
@@ -140,6 +141,30 @@ def test_a_schema_whose_references_branch_is_made_in_bounded_work() -> None:
     node = {"type": "object", "properties": {f"p{i}": {"$ref": "#/$defs/N"} for i in range(10)}}
     shape = shape_of({"$defs": {"N": node}, **node})
     assert shape is not None and mismatch(shape, {"p1": {"p2": "not an object"}}) is not None
+
+
+def test_a_reference_path_is_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 400-step path that refers to itself, named by 1,000 properties (29 KB of schema):
+    each hop of each property walked the path again, ten seconds of the loop every caller
+    shares at each ``tools/list``."""
+    path = "#/" + "/".join(["a"] * 400)
+    root: dict[str, Any] = {"type": "object", "s": {"$ref": path}}
+    leaf = root
+    for _ in range(400):
+        leaf["a"] = {}
+        leaf = leaf["a"]
+    leaf["$ref"] = path
+    root["properties"] = {f"p{i}": {"$ref": "#/s"} for i in range(1000)}
+    walked: list[str] = []
+    resolve = shapes._resolve
+
+    def counted(ref: str, schema: Any) -> Any:
+        walked.append(ref)
+        return resolve(ref, schema)
+
+    monkeypatch.setattr(shapes, "_resolve", counted)
+    shape_of(root)
+    assert sorted(walked) == [path, "#/s"]
 
 
 def test_what_one_call_makes_it_look_at_is_bounded() -> None:

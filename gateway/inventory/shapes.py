@@ -84,6 +84,7 @@ class _Maker:
     def __init__(self, root: Any) -> None:
         self.root = root
         self.made: dict[int, Shape] = {}
+        self.refs: dict[str, Any] = {}  # each reference resolved once
         self.left = MAX_PARTS
 
     def shape(self, schema: Any, depth: int) -> Shape:
@@ -91,7 +92,17 @@ class _Maker:
             return ANY
         ref = schema.get("$ref")
         if isinstance(ref, str):
-            return self.shape(_resolve(ref, self.root), depth + 1)
+            # Each hop costs a part, and a path is walked once per schema: a 400-step path
+            # that refers to itself, named by 1,000 properties, walked every hop of every
+            # one (ten seconds of the loop every caller shares, at each tools/list).
+            self.left -= 1
+            if self.left < 0:
+                return ANY
+            if ref not in self.refs:
+                self.refs[ref] = _resolve(ref, self.root)
+            target = self.refs[ref]
+            known = self.made.get(id(target)) if isinstance(target, Mapping) else None
+            return known if known is not None else self.shape(target, depth + 1)
         known = self.made.get(id(schema))
         if known is not None:
             return known
