@@ -1,0 +1,66 @@
+"""A stdio child's stdout, read in chunks: lines as they end, and what unended lines hold
+bounded, each and all together (sixteen children each writing 60 MiB with no newline pinned
+1.2 GiB of the gateway, and a line over the limit stopped the reading for good)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.config.sections import ServerConfig
+from gateway.upstream import stdio_child
+from gateway.upstream.stdio_child import Child
+
+
+async def _nothing(_message: dict[str, object], _raw: bytes) -> None:
+    return None
+
+
+def _child() -> Child:
+    return Child(ServerConfig("st", command="true"), "st", _nothing)
+
+
+async def _lines(reader: asyncio.StreamReader, child: Child) -> list[bytes]:
+    return [line async for line in child._lines(reader)]
+
+
+async def test_lines_come_whole_across_chunks_and_the_last_one_unended() -> None:
+    reader = asyncio.StreamReader()
+    for piece in (b'{"a":1}\n{"b"', b":2}\n\n{", b'"c":3}'):
+        reader.feed_data(piece)
+    reader.feed_eof()
+    assert await _lines(reader, _child()) == [b'{"a":1}\n', b'{"b":2}\n', b"\n", b'{"c":3}']
+    assert stdio_child._Unended.total == 0
+
+
+async def test_a_line_past_the_limit_is_dropped_and_reading_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stdio_child, "LINE_LIMIT", 10)
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"x" * 8)
+    reader.feed_data(b"y" * 8 + b"z\n" + b'{"ok":1}\n')
+    reader.feed_eof()
+    assert await _lines(reader, _child()) == [b'{"ok":1}\n']
+    assert stdio_child._Unended.total == 0
+
+
+async def test_what_all_unended_lines_hold_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stdio_child, "MAX_ALL_PENDING_LINES", 20)
+    first, second = asyncio.StreamReader(), asyncio.StreamReader()
+    first.feed_data(b"a" * 15)  # unended, and held
+    holder = _child()._lines(first)
+    pending = asyncio.ensure_future(anext(holder))
+    await asyncio.sleep(0)  # the first child's line is read and held (no time passes)
+    assert stdio_child._Unended.total == 15
+    second.feed_data(b"b" * 10)  # would take all past the bound: dropped to its end
+    reading = asyncio.ensure_future(_lines(second, _child()))
+    await asyncio.sleep(0)  # (no time passes: the reader takes what was fed so far)
+    second.feed_data(b'b\n{"ok":2}\n')
+    second.feed_eof()
+    assert await reading == [b'{"ok":2}\n']
+    first.feed_data(b"\n")
+    assert await pending == b"a" * 15 + b"\n"
+    await holder.aclose()
+    assert stdio_child._Unended.total == 0
