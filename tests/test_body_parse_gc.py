@@ -69,3 +69,26 @@ def test_every_parse_of_a_peers_json_pauses_the_collector() -> None:
     finally:
         gc.callbacks.remove(counted)
     assert runs == 0 and gc.isenabled()
+
+
+def test_an_answers_head_builds_no_huge_id() -> None:
+    """Whether a stream's first event is the whole answer was decided by decoding its id and
+    method as any JSON: an id of 4 MiB of tiny lists was built with the collector running
+    (two seconds of the shared loop at every answer)."""
+    from gateway.wire.sse import answer_alone
+
+    huge = json.dumps([[] for _ in range(200_000)])
+    event = f'data: {{"jsonrpc":"2.0","id":{huge},"result":{{}}}}'.encode()
+    runs = 0
+
+    def counted(phase: str, _info: dict[str, Any]) -> None:
+        nonlocal runs
+        runs += phase == "start"
+
+    gc.callbacks.append(counted)
+    try:
+        assert answer_alone(event, 5) is None
+    finally:
+        gc.callbacks.remove(counted)
+    assert runs == 0
+    assert answer_alone(b'data: {"jsonrpc":"2.0","id":5,"result":{}}', 5) is not None

@@ -27,7 +27,7 @@ META = {
 @pytest.fixture(scope="module")
 def stalling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProcess]:
     script = tmp_path_factory.mktemp("stall") / "script.json"
-    stall = {"tools/call": "json", "notifications/initialized": "notice"}
+    stall = {"tools/call": "json", "notifications/initialized": "notice", "ping": "drip"}
     script.write_text(json.dumps({"stall": stall}))
     with literal_upstream({"LITERAL_SCRIPT": str(script)}) as peer:
         yield peer
@@ -70,3 +70,17 @@ async def test_one_servers_unended_notice_does_not_hold_the_merged_list(
     async with client(gw.base + "/mcp", mode="legacy") as c:
         names = {t.name for t in (await c.list_tools()).tools}
     assert "ok__echo" in names
+
+
+def test_a_dripping_json_answer_ends_in_an_error(gw: GatewayProcess) -> None:
+    """A space a second kept a per-chunk deadline from ever firing: an answer read whole must
+    be whole within ``servers.X.timeout`` of its head."""
+    body = {"jsonrpc": "2.0", "id": 9, "method": "ping", "params": {"_meta": META}}
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "ping",
+    }
+    answer = httpx.post(gw.url("st"), json=body, headers=headers, timeout=20)
+    assert answer.status_code == 200, answer.text
+    assert "did not answer in time" in answer.json()["error"]["message"]

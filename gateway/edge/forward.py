@@ -279,10 +279,11 @@ class _Held:
     total = 0
 
 
-async def read_bounded(resp: H1Response, silence: float | None = None) -> bytes | None:
+async def read_bounded(resp: H1Response, within: float | None = None) -> bytes | None:
     """The whole answer, or None past its own cap or past what all answers may hold;
-    ``TimeoutError`` when ``silence`` seconds pass with no byte of it (a body that stalls or
-    drips held its caller, and its place under ``max_requests_per_agent``, for good)."""
+    ``TimeoutError`` when it is not whole ``within`` seconds of its head (a body that stalled,
+    or dripped a byte a second, held its caller and its place under
+    ``max_requests_per_agent`` for good)."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -292,8 +293,7 @@ async def read_bounded(resp: H1Response, silence: float | None = None) -> bytes 
                 size += len(chunk)
                 _Held.total += len(chunk)
         else:
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout_at(None if silence is None else loop.time() + silence) as cm:
+            async with asyncio.timeout(within):
                 async for chunk in resp.iter_chunks():
                     size += len(chunk)
                     _Held.total += len(chunk)
@@ -301,8 +301,6 @@ async def read_bounded(resp: H1Response, silence: float | None = None) -> bytes 
                         log.warning("upstream.answer_too_large", size=size, held=_Held.total)
                         return None
                     chunks.append(chunk)
-                    if silence is not None:
-                        cm.reschedule(loop.time() + silence)
         if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
             log.warning("upstream.answer_too_large", size=size, held=_Held.total)
             return None

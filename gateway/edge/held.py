@@ -21,6 +21,7 @@ from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
     answer_media,
+    read_bounded,
     request_headers,
     sse_error,
     unreadable,
@@ -31,6 +32,7 @@ from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.pipeline.admission import Admission, Hold, Wait, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
+from gateway.telemetry.audit import log
 from gateway.upstream.h1 import H1Response
 from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import MODERN_VERSIONS, Message
@@ -384,21 +386,35 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
     assert fwd.view is not None
     media = answer_media(resp)
     is_sse = media == "text/event-stream"
+    silence = fwd.upstream.silence
     try:
         if is_sse:
             rewriter = SseRewriter(fwd.view)
-            async for chunk in resp.iter_chunks():
-                data = rewriter.feed(chunk)
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            loop = asyncio.get_running_loop()
+            # As the relay's streams: servers.X.timeout with nothing passed on ends the call.
+            async with asyncio.timeout_at(None if silence is None else loop.time() + silence) as cm:
+                async for chunk in resp.iter_chunks():
+                    data = rewriter.feed(chunk)
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                        if silence is not None:
+                            cm.reschedule(loop.time() + silence)
             return
-        body = await resp.read()
+        # As the relay's answers read whole: bounded, and whole within servers.X.timeout.
+        body = await read_bounded(resp, silence)
+        if body is None:
+            await _send_error(send, fwd)
+            return
         changed = filtered(body, fwd.view)
         if changed is DROP or unreadable(body, media):
             await _send_error(send, fwd)
         elif body.strip():
             out = event(changed if changed is not None else body)
             await send({"type": "http.response.body", "body": out, "more_body": True})
+    except TimeoutError:
+        log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
+        body = sse_error(fwd, "did not answer in time")
+        await send({"type": "http.response.body", "body": body, "more_body": True})
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         await _send_error(send, fwd)
 

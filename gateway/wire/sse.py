@@ -171,19 +171,25 @@ def answer_alone(event: bytes, msg_id: Any) -> bytes | None:
         head = _ANSWER_HEAD.decode(joined)
     except msgspec.DecodeError:
         return None
-    if head.method is not msgspec.UNSET:
+    if head.method is not msgspec.UNSET or len(head.id) > MAX_ID_BYTES:
         return None
-    if type(head.id) is not type(msg_id) or head.id != msg_id:  # 1 is not True
+    answered = msgspec.json.decode(head.id) if head.id else None
+    if type(answered) is not type(msg_id) or answered != msg_id:  # 1 is not True
         return None
     final = (head.result is msgspec.UNSET) != (head.error is msgspec.UNSET)
     return joined if final else None
 
 
-class _AnswerHead(msgspec.Struct):
-    """What tells an answer from the rest; the result itself is skipped, not built."""
+#: An answer's id is a request's, which is short; a longer one answers no request of ours.
+MAX_ID_BYTES = 1024
 
-    id: Any = None
-    method: Any = msgspec.UNSET
+
+class _AnswerHead(msgspec.Struct):
+    """What tells an answer from the rest; nothing is built but a short id (an id or method
+    of 4 MiB of tiny lists, built with the collector running, held the loop two seconds)."""
+
+    id: msgspec.Raw = msgspec.Raw(b"")
+    method: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 

@@ -27,7 +27,8 @@ ever, each page naming the next (or the same cursor again). ``instructions_for_c
 ``initialize`` answer instructions naming the session's client (``clientInfo.name``), as a
 server whose instructions depend on the session would. ``stall`` maps a method to an answer
 whose head comes and whose body never ends: ``"json"`` (a Content-Length past the half that
-is sent) or ``"notice"`` (a 202 declaring 10 bytes and sending none).
+is sent), ``"drip"`` (a chunked JSON body sending a space every 0.2 s, never ending) or
+``"notice"`` (a 202 declaring 10 bytes and sending none).
 
     python -m tests.servers.literal --port 9000
 """
@@ -38,6 +39,7 @@ import argparse
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -191,6 +193,9 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(200, answer)
 
     def _stalled(self, how: str, msg_id: Any) -> None:
+        if how == "drip":
+            self._drip()
+            return
         body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": {}}).encode()
         self.send_response(202 if how == "notice" else 200)
         self.send_header("content-type", "application/json")
@@ -201,6 +206,19 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.rfile.read(1)  # until the gateway gives up and closes (or the process ends)
         self.close_connection = True
+
+    def _drip(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        try:
+            while True:  # until the gateway gives up and closes
+                self.wfile.write(b"1\r\n \r\n")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            self.close_connection = True
 
     def _dressed(self, dress: str, text: str) -> None:
         content_type, body = {

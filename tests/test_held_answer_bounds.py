@@ -1,0 +1,86 @@
+"""An approved held call's answer goes to its client through the held stream, read as the
+relay reads one: whole within ``servers.X.timeout`` of its head, and within the answer caps
+(a head then half a body held the approved caller past its own timeout; a 200 MiB answer was
+buffered whole and relayed). The upstream is a real socket server; the pool is the gateway's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.edge import forward as forward_module
+from gateway.edge.forward import Forward
+from gateway.edge.held import _pipe
+from gateway.upstream.h1 import H1Pool
+
+
+class PassAll:
+    def wants(self, data: bytes) -> bool:
+        return False
+
+    def wrap_event_id(self, event_id: bytes) -> bytes:
+        return event_id
+
+    def filter(self, message: Any) -> Any:
+        return None
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[H1Pool, list[bytes]]]:
+    bodies: list[bytes] = []  # what each answer's body is; b"STALL": half of one, then nothing
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = bodies.pop(0)
+        whole = b'{"jsonrpc":"2.0","id":1,"result":{}}' if body == b"STALL" else body
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b"content-length: %d\r\n\r\n" % len(whole))
+        writer.write(whole[: len(whole) // 2] if body == b"STALL" else whole)
+        await writer.drain()
+        await reader.read()  # until the gateway closes
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield H1Pool(f"http://127.0.0.1:{port}/mcp"), bodies
+    server.close()
+
+
+async def _piped(pool: H1Pool, silence: float) -> str:
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    upstream: Any = SimpleNamespace(name="up", silence=silence)
+    fwd = Forward(upstream, None, b"{}", 1, PassAll(), grant="g")
+    resp = await pool.request("POST", {}, b"{}")
+    try:
+        await _pipe(send, resp, fwd)
+    finally:
+        resp.close()
+    return b"".join(m.get("body", b"") for m in sent).decode()
+
+
+async def test_a_stalled_answer_ends_after_the_servers_timeout(
+    upstream: tuple[H1Pool, list[bytes]],
+) -> None:
+    pool, bodies = upstream
+    bodies.append(b"STALL")
+    told = await _piped(pool, 0.3)
+    assert "did not answer in time" in told and '"id": 1' in told.replace('"id":1', '"id": 1')
+
+
+async def test_an_answer_past_the_cap_is_an_error_not_relayed(
+    upstream: tuple[H1Pool, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, bodies = upstream
+    monkeypatch.setattr(forward_module, "MAX_JSON_ANSWER_BYTES", 1000)
+    result = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"x": "y" * 5000}}).encode()
+    bodies.append(result)
+    told = await _piped(pool, 5)
+    assert "is unavailable" in told and "yyyy" not in told
