@@ -347,7 +347,8 @@ async def _relay_sse(
         await _flush(send, pending, rewriter.rewrite(held))
         pending, held = None, []
         loop = asyncio.get_running_loop()
-        heard = loop.time()
+        heard = turn = loop.time()
+        chunks = 0
         while not ended:
             deadline = None if silence is None else heard + silence
             async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
@@ -359,6 +360,12 @@ async def _relay_sse(
                 if _carries_message(data):
                     heard = loop.time()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+            chunks += 1
+            if chunks % FAIR_CHUNKS == 0 or loop.time() - turn > FAIR_SECONDS:
+                # A stream whose chunks are all there already never waits: one upstream
+                # flooding a fast reader held every other caller's calls for seconds.
+                await asyncio.sleep(0)
+                turn = loop.time()
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
@@ -368,6 +375,11 @@ async def _relay_sse(
         tail = sse_error(fwd) if fwd.msg_id is not None else b""
         await _flush(send, pending, rewriter.rewrite(held) + tail)
     await send({"type": "http.response.body", "body": rewriter.close()})
+
+
+#: A stream relayed gives the loop a turn after this many chunks, or this long, at most.
+FAIR_CHUNKS = 16
+FAIR_SECONDS = 0.005
 
 
 def _carries_message(events: bytes) -> bool:
