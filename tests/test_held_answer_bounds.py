@@ -35,14 +35,20 @@ async def upstream() -> AsyncIterator[tuple[H1Pool, list[bytes]]]:
     bodies: list[bytes] = []  # what each answer's body is; b"STALL": half of one, then nothing
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        body = bodies.pop(0)
-        whole = b'{"jsonrpc":"2.0","id":1,"result":{}}' if body == b"STALL" else body
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
-        writer.write(b"content-length: %d\r\n\r\n" % len(whole))
-        writer.write(whole[: len(whole) // 2] if body == b"STALL" else whole)
-        await writer.drain()
-        await reader.read()  # until the gateway closes
+        while True:  # keep-alive: the next request on the same connection
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            body = bodies.pop(0)
+            whole = b'{"jsonrpc":"2.0","id":1,"result":{}}' if body == b"STALL" else body
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+            writer.write(b"content-length: %d\r\n\r\n" % len(whole))
+            writer.write(whole[: len(whole) // 2] if body == b"STALL" else whole)
+            await writer.drain()
+            if body == b"STALL":
+                await reader.read()  # until the gateway closes
+                return
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -84,3 +90,46 @@ async def test_an_answer_past_the_cap_is_an_error_not_relayed(
     bodies.append(result)
     told = await _piped(pool, 5)
     assert "is unavailable" in told and "yyyy" not in told
+
+
+async def test_answers_being_sent_count_against_what_all_may_hold(
+    upstream: tuple[H1Pool, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget counted answers only while they arrived: 24 answers of 30 MiB being
+    rewritten and sent at once took the gateway to 1 GiB. An answer is held until sent."""
+    from gateway.edge.forward import _relay_whole
+
+    pool, bodies = upstream
+    monkeypatch.setattr(forward_module, "HELD_ALONE_BYTES", 100)
+    monkeypatch.setattr(forward_module, "MAX_HELD_ANSWER_BYTES", 8_000)
+    result = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"x": "y" * 5000}}).encode()
+    bodies.extend([result, result, result])
+    upstream_stub: Any = SimpleNamespace(name="up", silence=5)
+    release = asyncio.Event()
+    told: list[list[Any]] = [[], [], []]
+
+    def sender(n: int, wait: bool) -> Any:
+        async def send(message: Any) -> None:
+            told[n].append(message)
+            if wait and message["type"] == "http.response.body":
+                await release.wait()  # a client slow to take it
+
+        return send
+
+    async def relay(n: int, wait: bool) -> None:
+        fwd = Forward(upstream_stub, None, b"{}", 1, PassAll(), grant="g")
+        resp = await pool.request("POST", {}, b"{}")
+        try:
+            await _relay_whole(sender(n, wait), resp, fwd, "application/json")
+        finally:
+            resp.close()
+
+    first = asyncio.ensure_future(relay(0, True))
+    while not told[0] or told[0][-1]["type"] != "http.response.body":
+        await asyncio.sleep(0)  # until the first answer is being sent (no time passes)
+    await relay(1, False)  # 5 KiB more would pass what all may hold while the first is sent
+    assert b"is unavailable" in told[1][-1]["body"]
+    release.set()
+    await first
+    await relay(2, False)
+    assert b"yyyy" in told[2][-1]["body"]
