@@ -474,6 +474,7 @@ class _Answer:
 
     def __init__(self, chunks: int, size: int, gate: Any) -> None:
         self.chunks, self.size, self.gate = chunks, size, gate
+        self.complete = False  # still arriving
 
     async def iter_chunks(self) -> Any:
         import asyncio
