@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from typing import Any
 
 from gateway.wire.jsonrpc import GC_PAUSE_CHARS, parse_body
 
 
-def _collections_during(body: bytes) -> int:
+def _collections_during(work: Callable[[], object]) -> int:
+    """How many collections the garbage collector ran while ``work`` ran."""
     runs = 0
 
     def counted(phase: str, _info: dict[str, Any]) -> None:
@@ -21,7 +23,7 @@ def _collections_during(body: bytes) -> int:
 
     gc.callbacks.append(counted)
     try:
-        parse_body(body)
+        work()
     finally:
         gc.callbacks.remove(counted)
     return runs
@@ -37,7 +39,7 @@ def _call(arguments: object) -> bytes:
 def test_no_collection_runs_while_a_large_body_is_parsed() -> None:
     body = _call([[] for _ in range(200_000)])
     assert len(body) > GC_PAUSE_CHARS
-    assert _collections_during(body) == 0
+    assert _collections_during(lambda: parse_body(body)) == 0
     assert gc.isenabled()  # and it runs again after
 
 
@@ -56,19 +58,9 @@ def test_every_parse_of_a_peers_json_pauses_the_collector() -> None:
     from gateway.wire.jsonrpc import loads
 
     body = _call([[] for _ in range(200_000)])
-    runs = 0
-
-    def counted(phase: str, _info: dict[str, Any]) -> None:
-        nonlocal runs
-        runs += phase == "start"
-
-    gc.callbacks.append(counted)
-    try:
-        loads(body)
-        loads(body.decode(), object_pairs_hook=dict)
-    finally:
-        gc.callbacks.remove(counted)
-    assert runs == 0 and gc.isenabled()
+    assert _collections_during(lambda: loads(body)) == 0
+    assert _collections_during(lambda: loads(body.decode(), object_pairs_hook=dict)) == 0
+    assert gc.isenabled()
 
 
 def test_an_answers_head_builds_no_huge_id() -> None:
@@ -79,16 +71,6 @@ def test_an_answers_head_builds_no_huge_id() -> None:
 
     huge = json.dumps([[] for _ in range(200_000)])
     event = f'data: {{"jsonrpc":"2.0","id":{huge},"result":{{}}}}'.encode()
-    runs = 0
-
-    def counted(phase: str, _info: dict[str, Any]) -> None:
-        nonlocal runs
-        runs += phase == "start"
-
-    gc.callbacks.append(counted)
-    try:
-        assert answer_alone(event, 5) is None
-    finally:
-        gc.callbacks.remove(counted)
-    assert runs == 0
+    assert _collections_during(lambda: answer_alone(event, 5)) == 0
+    assert answer_alone(event, 5) is None
     assert answer_alone(b'data: {"jsonrpc":"2.0","id":5,"result":{}}', 5) is not None

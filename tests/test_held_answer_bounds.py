@@ -20,6 +20,8 @@ from gateway.upstream.h1 import H1Pool
 
 
 class PassAll:
+    """A caller's view that reads nothing and changes nothing."""
+
     def wants(self, data: bytes) -> bool:
         return False
 

@@ -9,17 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from gateway.edge.forward import FAIR_CHUNKS, Forward, _relay_sse
-
-
-class PassAll:
-    def wants(self, data: bytes) -> bool:
-        return False
-
-    def wrap_event_id(self, event_id: bytes) -> bytes:
-        return event_id
-
-    def filter(self, message: Any) -> Any:
-        return None
+from tests.test_held_answer_bounds import PassAll
 
 
 class Flood:

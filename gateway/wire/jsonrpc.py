@@ -10,7 +10,7 @@ import gc
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -103,28 +103,28 @@ GC_PAUSE_CHARS = 64 * 1024
 
 
 def loads(data: str | bytes, **options: Any) -> Any:
-    """``json.loads``, a large text with the garbage collector paused (see ``_decoded``): for
-    every JSON a peer sends that is parsed on the loop (an upstream's answers, a stdio
+    """``json.loads``, a large text with the garbage collector paused (see ``_gc_paused``):
+    for every JSON a peer sends that is parsed on the loop (an upstream's answers, a stdio
     child's lines, the bridge's copy of a body)."""
-    if len(data) < GC_PAUSE_CHARS or not gc.isenabled():
-        return json.loads(data, **options)
-    gc.disable()
-    try:
-        return json.loads(data, **options)
-    finally:
-        gc.enable()
+    return _gc_paused(len(data), json.loads, data, **options)
 
 
 def _decoded(text: str) -> Any:
-    """``text`` parsed; a large one with the garbage collector paused. Python's collector runs
-    every 700 new containers and walks every young one: a body of nothing but tiny lists and
-    objects (``[[],[],...]``) cost 0.5 to 1.2 s of CPU a MiB on the loop every caller shares,
-    five to twelve times the same size in numbers; paused, about 0.1 s."""
-    if len(text) < GC_PAUSE_CHARS or not gc.isenabled():
-        return _DECODER.decode(text)
+    """A request body's text parsed, by the decoder made at import."""
+    return _gc_paused(len(text), _DECODER.decode, text)
+
+
+def _gc_paused(size: int, parse: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """``parse(*args, **options)``, with the garbage collector paused when ``size`` is large.
+    Python's collector runs every 700 new containers and walks every young one: a body of
+    nothing but tiny lists and objects (``[[],[],...]``) cost 0.5 to 1.2 s of CPU a MiB on
+    the loop every caller shares, five to twelve times the same size in numbers; paused,
+    about 0.1 s."""
+    if size < GC_PAUSE_CHARS or not gc.isenabled():
+        return parse(*args, **options)
     gc.disable()
     try:
-        return _DECODER.decode(text)
+        return parse(*args, **options)
     finally:
         gc.enable()
 

@@ -95,13 +95,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """The server's own stream, one for every caller (it keeps no sessions): the status of
         every task, each with a log line tagged with it, then the stream ends."""
-        events = []
-        for task_id in list(_store):
-            status = {"taskId": task_id, "status": "completed", "result": _done(task_id)}
-            events.append({"jsonrpc": "2.0", "method": "notifications/tasks", "params": status})
-            meta = {"io.modelcontextprotocol/related-task": {"taskId": task_id}}
-            line = {"level": "info", "data": f"working on {task_id}", "_meta": meta}
-            events.append({"jsonrpc": "2.0", "method": "notifications/message", "params": line})
+        self._events(_task_events(None))
+
+    def _listen(self, params: dict[str, Any], msg_id: Any) -> None:
+        named = (params.get("notifications") or {}).get("taskIds")
+        events = [{"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged"}]
+        events += _task_events(named)
+        events.append({"jsonrpc": "2.0", "id": msg_id, "result": {"resultType": "complete"}})
+        self._events(events)
+
+    def _events(self, events: list[dict[str, Any]]) -> None:
         data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -109,23 +112,19 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _listen(self, params: dict[str, Any], msg_id: Any) -> None:
-        named = (params.get("notifications") or {}).get("taskIds")
-        events = [{"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged"}]
-        for task_id in list(_store):
-            if named is None or task_id in named:
-                status = {"taskId": task_id, "status": "completed", "result": _done(task_id)}
-                events.append({"jsonrpc": "2.0", "method": "notifications/tasks", "params": status})
-                meta = {"io.modelcontextprotocol/related-task": {"taskId": task_id}}
-                line = {"level": "info", "data": f"working on {task_id}", "_meta": meta}
-                events.append({"jsonrpc": "2.0", "method": "notifications/message", "params": line})
-        events.append({"jsonrpc": "2.0", "id": msg_id, "result": {"resultType": "complete"}})
-        data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+
+def _task_events(named: list[str] | None) -> list[dict[str, Any]]:
+    """Each task's status (result inline) and a log line tagged with it: of the tasks named,
+    or of every task when none are."""
+    events: list[dict[str, Any]] = []
+    for task_id in list(_store):
+        if named is None or task_id in named:
+            status = {"taskId": task_id, "status": "completed", "result": _done(task_id)}
+            events.append({"jsonrpc": "2.0", "method": "notifications/tasks", "params": status})
+            meta = {"io.modelcontextprotocol/related-task": {"taskId": task_id}}
+            line = {"level": "info", "data": f"working on {task_id}", "_meta": meta}
+            events.append({"jsonrpc": "2.0", "method": "notifications/message", "params": line})
+    return events
 
 
 def main() -> None:
