@@ -461,6 +461,32 @@ class TestSingleUse:
             await store.close()
             await replica.close()
 
+    async def test_valkey_one_agent_fills_only_its_own_share_of_marks(
+        self, valkey_db: ValkeyProcess, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """In Valkey the marks had no bound by agent: one agent answering its own questions
+        (elicit trusts the client) wrote a key an answer for as long as the states lived."""
+        monkeypatch.setattr(stores, "MAX_ONCE_MARKS_EACH", 3)
+        now = [1000.0]
+        store = ValkeyApprovalStore(valkey_db.url, prefix="share:", clock=lambda: now[0])
+        other = ValkeyApprovalStore(valkey_db.url, prefix="share:", clock=lambda: now[0])
+        try:
+            epoch = await store.current_epoch()
+            for n in range(3):
+                assert await store.consume_once(f"elicit:m{n}", 60, epoch, "7:mallorym")
+            # at its share on every replica, and a replay is still a replay
+            assert await other.consume_once("elicit:m3", 60, epoch, "7:mallorym") is False
+            assert await store.consume_once("elicit:m0", 60, epoch, "7:mallorym") is False
+            assert await other.consume_once("elicit:a0", 60, epoch, "5:alicea") is True
+            now[0] += 61  # its marks expired: room again
+            assert await store.consume_once("elicit:m3", 60, epoch, "7:mallorym") is True
+            held = await store.client.zcard("share:once-owner:7:mallorym")
+            assert held == 1
+            assert 0 < await store.client.ttl("share:once-owner:7:mallorym") <= 61
+        finally:
+            await store.close()
+            await other.close()
+
     async def test_valkey_that_lost_its_data_refuses_every_earlier_state(
         self, valkey_db: ValkeyProcess
     ) -> None:

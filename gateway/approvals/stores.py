@@ -69,13 +69,22 @@ local epoch = redis.call('GET', KEYS[1])
 if not epoch then redis.call('SET', KEYS[1], ARGV[1]); epoch = ARGV[1] end
 return epoch
 """
-# KEYS: epoch, the token's single-use mark; ARGV: the state's epoch, a fresh epoch, TTL
+# KEYS: epoch, the token's single-use mark, the marks its owner holds (a sorted set of
+# tokens by expiry); ARGV: the state's epoch, a fresh epoch, TTL, now, the owner's share.
+# A replay is 0, an owner at its share 2 (refused, never a live mark forgotten).
 _ONCE = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then redis.call('SET', KEYS[1], ARGV[2]); epoch = ARGV[2] end
 if epoch ~= ARGV[1] then return {0, epoch} end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return {1, epoch} end
-return {0, epoch}
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0, epoch} end
+local now = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return {2, epoch} end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), KEYS[2])
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+redis.call('EXPIRE', KEYS[3], math.max(1, math.ceil(tonumber(last[2]) - now)))
+return {1, epoch}
 """
 
 # KEYS: request, pending of its grant, pending of all
@@ -370,13 +379,20 @@ class ValkeyApprovalStore:
         return self.epoch
 
     async def consume_once(self, token: str, ttl: float, epoch: str, owner: str = "") -> bool:
-        """One ``SET NX`` shared by every replica, under the store's epoch: only the first use
-        of ``token`` wins, and a token issued before Valkey lost its data never does."""
-        keys = [self._epoch, f"{self.prefix}once:{token}"]
-        args: list[str | int] = [epoch, _fresh_epoch(), max(1, int(ttl) + 1)]
+        """One mark shared by every replica, under the store's epoch: only the first use of
+        ``token`` wins, a token issued before Valkey lost its data never does, and an
+        ``owner`` (a grant's agent) holds at most ``MAX_ONCE_MARKS_EACH`` live marks (one
+        agent answering its own questions fills its share, not Valkey)."""
+        owned = f"{self.prefix}once-owner:{owner}"
+        keys = [self._epoch, f"{self.prefix}once:{token}", owned]
+        now = repr(self.clock())
+        args: list[str | int] = [epoch, _fresh_epoch(), max(1, int(ttl) + 1), now]
+        args.append(MAX_ONCE_MARKS_EACH)
         won, current = await self._do(self.once_script(keys=keys, args=args))
         self.epoch = current.decode()
-        return bool(won)
+        if won == 2:
+            log.warning("approvals.once_full", owner=owner, owned=MAX_ONCE_MARKS_EACH)
+        return bool(won == 1)
 
     async def list(self) -> list[ApprovalRequest]:
         """Every live pending request, and the newest 200 of the rest."""
