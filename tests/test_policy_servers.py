@@ -137,3 +137,28 @@ def test_decide_now_with_an_offset(tmp_path: Path, capsys: pytest.CaptureFixture
     argv = ["decide", str(path), "--tool", "report", "--now", "2026-12-01T13:00:00+02:00"]
     assert main(argv) == 0
     assert '"effect": "allow"' in capsys.readouterr().out
+
+
+CUT_OFF = """\
+default: deny
+tools:
+  report:
+    rules:
+      - {when: 'request.time < "2026-12-01T17:00:00.000000+00:00"', action: allow}
+      - {when: 'size(request.time) == 32', action: allow}
+"""
+
+
+@pytest.mark.parametrize("micros", [0, 1])
+def test_request_time_has_its_six_digits_on_a_whole_second_too(tmp_path: Path, micros: int) -> None:
+    """``request.time`` is written as the docs show it (``...00.123456+00:00``): on a whole
+    second ``isoformat`` wrote no fraction, ``'+'`` sorts before ``'.'``, and a cut-off
+    written in that shape allowed the call at exactly its second (the first rule here); a
+    rule checking the shape (the second) denied every whole second."""
+    cut_off, shape = CUT_OFF.splitlines(keepends=True)[-2:]
+    at = datetime(2026, 12, 1, 17, 0, 0, micros, tzinfo=UTC)
+    path = tmp_path / "r.yaml"
+    path.write_text(CUT_OFF.replace(shape, ""))
+    assert decide(load_policy([path]), Call(tool="report"), at).effect == "deny"
+    path.write_text(CUT_OFF.replace(cut_off, ""))
+    assert decide(load_policy([path]), Call(tool="report"), at).effect == "allow"

@@ -134,7 +134,9 @@ class Context:
         if name == "session":
             return {"id": call.session}
         # request
-        return {"time": self.now.isoformat(), "ip": call.client_ip}
+        # always six digits of fraction: a whole second wrote none, and a cut-off compared as
+        # text ("...17:00:00.000000+00:00") allowed the call at exactly that second
+        return {"time": self.now.isoformat(timespec="microseconds"), "ip": call.client_ip}
 
 
 #: The one ``scope: tool`` bucket of a server's names it does not list (``ToolInfo.listed``).
