@@ -37,7 +37,17 @@ KIND_KEY = "io.celgate/kind"
 class ClientView:
     """One caller's view of one upstream (``session`` may be learned from ``initialize``)."""
 
-    __slots__ = ("created", "creates", "gw", "identity", "server", "session", "tasks")
+    __slots__ = (
+        "cacheable",
+        "created",
+        "creates",
+        "gw",
+        "identity",
+        "modern",
+        "server",
+        "session",
+        "tasks",
+    )
 
     def __init__(
         self, gw: Gateway, server: str, identity: Identity, session: str | None = None
@@ -54,6 +64,13 @@ class ClientView:
         #: The request is a ``tools/call``: its answer may make a task (bound, and then known).
         self.creates = False
         self.created: set[str] = set()
+        #: The caller speaks 2026-07-28, where every result names its ``resultType``: one an
+        #: upstream sent without it is ``complete`` (what the SDKs read of an older server),
+        #: told as such (the TypeScript SDK and the Inspector refuse a result without it).
+        self.modern = False
+        #: ... and the request is one whose result carries ``ttlMs`` and ``cacheScope`` (also
+        #: required): one left out is 0 and ``private`` (not kept, not shared).
+        self.cacheable = False
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         raw = event_id.decode("utf-8", "replace")
@@ -84,7 +101,13 @@ class ClientView:
     def wants(self, data: bytes) -> bool:
         """Only what could hold a tools list or a task id is read (a key spelled with escapes
         is too)."""
-        return b'"tools"' in data or b'"task' in data or b"\\u" in data
+        if b'"tools"' in data or b'"task' in data or b"\\u" in data:
+            return True
+        if not self.modern or b'"result"' not in data:
+            return False
+        if b'"resultType"' not in data:
+            return True
+        return self.cacheable and (b'"ttlMs"' not in data or b'"cacheScope"' not in data)
 
     def filter(self, message: Any) -> Any | None:
         """The message as this caller may see it, or None when it is fine as it is."""
@@ -108,9 +131,28 @@ class ClientView:
             return {"jsonrpc": "2.0", "id": message.get("id"), "error": error}
         shown = bound if bound is not None else message
         result = shown.get("result")
-        if not isinstance(result, dict) or "tools" not in result:
+        if not isinstance(result, dict):
+            return bound
+        if self.modern and not asks_or_tells:
+            told = self._told(result)
+            if told is not result:
+                result = told
+                bound = shown = {**shown, "result": result}
+        if "tools" not in result:
             return bound
         return {**shown, "result": self._tools_result(result)}
+
+    def _told(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A 2026-07-28 result with what that revision requires of it and it left out."""
+        missing: dict[str, Any] = {}
+        if "resultType" not in result:
+            missing["resultType"] = "complete"
+        if self.cacheable and result.get("resultType", "complete") == "complete":
+            if "ttlMs" not in result:
+                missing["ttlMs"] = 0
+            if "cacheScope" not in result:
+                missing["cacheScope"] = "private"
+        return {**result, **missing} if missing else result
 
     def _tools_result(self, result: dict[str, Any]) -> dict[str, Any]:
         tools = result["tools"]

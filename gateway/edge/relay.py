@@ -88,6 +88,7 @@ class Relay:
         """GET (the server's stream, or a resumed one) and DELETE: no body, the same view."""
         session = self._session(incoming, upstream, identity, required=True)
         view = ClientView(self.gw, upstream.name, identity, session)
+        view.modern = incoming.header("mcp-protocol-version") in rpc.MODERN_VERSIONS
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
         presented = incoming.header("last-event-id")
@@ -136,6 +137,8 @@ class Relay:
             await reply(send, 202, b"")  # a call held here: the upstream never saw it
             return
         view = ClientView(self.gw, upstream.name, identity, session)
+        view.modern = modern and _version(message, incoming) in rpc.MODERN_VERSIONS
+        view.cacheable = message.method in rpc.CACHEABLE_METHODS and message.is_request
         msg_id = message.msg_id if message.is_request else None
         fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
@@ -162,8 +165,12 @@ class Relay:
         identity: Identity,
     ) -> None:
         call = _call_of(message, fwd, identity, incoming, self.gw)
-        version = message.protocol_version or incoming.header("mcp-protocol-version")
+        version = _version(message, incoming)
         await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
+
+
+def _version(message: Message, incoming: Incoming) -> str | None:
+    return message.protocol_version or incoming.header("mcp-protocol-version")
 
 
 def _call_of(

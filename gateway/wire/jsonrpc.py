@@ -27,6 +27,17 @@ POLICY_REFUSED = -32003  # a task-augmented call the policy refused (edge/replie
 MODERN_VERSIONS = frozenset({"2026-07-28"})
 #: Versions of the handshake era (initialize, Mcp-Session-Id).
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+#: The methods whose 2026-07-28 results carry ``ttlMs`` and ``cacheScope``.
+CACHEABLE_METHODS = frozenset(
+    {
+        "prompts/list",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "server/discover",
+        "tools/list",
+    }
+)
 PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 
 

@@ -187,6 +187,8 @@ class Stateless:
             raise unknown(message)
         view = ClientView(self.gw, server, identity)
         view.creates = message.method == "tools/call"  # its answer may make a task
+        view.modern = version in rpc.MODERN_VERSIONS
+        view.cacheable = message.method in rpc.CACHEABLE_METHODS
         fwd = routed(self.gw, incoming, server, message, changed, body, view)
         if message.method != "tools/call":
             await forward(incoming, send, fwd)

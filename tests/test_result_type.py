@@ -1,0 +1,114 @@
+"""A 2026-07-28 client reads every result the gateway relays: each names its ``resultType``.
+
+In 2026-07-28 a server MUST name every result's ``resultType``; the SDKs read a missing one as
+``complete`` only from servers of earlier revisions, and the TypeScript SDK (the Inspector's)
+refuses the result otherwise ("missing required resultType"). An upstream that answers
+2026-07-28 requests without it (the literal test server, as many hand-written servers do) had
+every answer relayed as it came, and the Inspector could read none of them through the
+gateway; nor lists without ``ttlMs``. The gateway speaks 2026-07-28 to its client: a result
+without ``resultType`` is ``complete``, told as such, and a list without freshness hints is
+not to be kept (``ttlMs`` 0, ``private``); a handshake-era client's answers are left as they
+came.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import CACHE, NODE, REPO_ROOT, PeerProcess, literal_upstream
+
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {}\n  "lit__echo": {}\n'
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+}
+INSPECTOR = (
+    CACHE / "inspector/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
+)
+
+
+@pytest.fixture(scope="module")
+def literal() -> Iterator[PeerProcess]:
+    with literal_upstream() as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def gw(literal: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    folder: Path = tmp_path_factory.mktemp("gw")
+    with run_gateway(folder, POLICY, {"lit": {"url": literal.url}}) as gateway:
+        yield gateway
+
+
+def _modern(url: str, method: str, params: dict[str, Any], name: str | None = None) -> Any:
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**params, "_meta": META}}
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": method,
+    }
+    if name is not None:
+        headers["mcp-name"] = name
+    answer = httpx.post(url, json=body, headers=headers, timeout=20)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_upstream_itself_leaves_result_type_out(literal: PeerProcess) -> None:
+    """What makes the rest of this file mean something."""
+    answer = _modern(literal.url, "tools/call", {"name": "echo", "arguments": {"t": 1}}, "echo")
+    assert "resultType" not in answer["result"]
+
+
+@pytest.mark.parametrize("face", ["relay", "aggregate"])
+def test_a_call_result_names_its_result_type(gw: GatewayProcess, face: str) -> None:
+    url, name = (gw.url("lit"), "echo") if face == "relay" else (gw.base + "/mcp", "lit__echo")
+    answer = _modern(url, "tools/call", {"name": name, "arguments": {"t": 1}}, name)
+    result = answer["result"]
+    assert result["resultType"] == "complete"
+    assert result["content"] == [{"type": "text", "text": '{"t": 1}'}]  # the rest as it came
+    assert answer["id"] == 7
+
+
+def test_a_filtered_list_and_an_empty_result_name_it_too(gw: GatewayProcess) -> None:
+    listed = _modern(gw.url("lit"), "tools/list", {})["result"]
+    assert listed["resultType"] == "complete"
+    # a list's freshness hints are required too: 0 (not kept) where left out; public is
+    # private (the list is this caller's)
+    assert listed["ttlMs"] == 0 and listed["cacheScope"] == "private"
+    assert [t["name"] for t in listed["tools"]] == ["echo"]
+    assert _modern(gw.url("lit"), "ping", {})["result"] == {"resultType": "complete"}
+
+
+def test_a_handshake_era_answer_is_left_as_it_came(gw: GatewayProcess) -> None:
+    params = {"name": "echo", "arguments": {"t": 1}}
+    body = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": params}
+    headers = {"accept": "application/json, text/event-stream"}
+    headers["mcp-protocol-version"] = "2025-11-25"
+    answer = httpx.post(gw.url("lit"), json=body, headers=headers, timeout=20)
+    assert answer.status_code == 200, answer.text
+    assert "resultType" not in answer.json()["result"]
+
+
+@pytest.mark.skipif(not INSPECTOR.exists(), reason="scripts/install_node.sh not run")
+@pytest.mark.parametrize("face", ["relay", "aggregate"])
+def test_the_inspector_reads_the_relayed_call(gw: GatewayProcess, face: str) -> None:
+    url, name = (gw.url("lit"), "echo") if face == "relay" else (gw.base + "/mcp", "lit__echo")
+    argv = [str(NODE), str(INSPECTOR), "--cli", url, "--transport", "http"]
+    argv += ["--protocol-era", "modern", "--format", "json", "--method", "tools/call"]
+    argv += ["--tool-name", name, "--tool-args-json", '{"t": 2}']
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
+    out = done.stdout.strip()
+    assert out.startswith("{"), done.stderr[-500:]
+    answer = json.loads(out)
+    assert "error" not in answer, answer
+    assert answer["result"]["content"] == [{"type": "text", "text": '{"t": 2}'}]
