@@ -27,8 +27,6 @@ def test_a_grant_is_not_the_owner_of_a_longer_grants_sessions() -> None:
     assert bucket_grant(key) == "a/b" != "a"
 
 
-@pytest.mark.parametrize(
-    "key", ["c|tool=up/x%7Cgrant%3Dbeta", "c|agent=alpha", "c|global=*", "c|session=zz", "c"]
-)
+@pytest.mark.parametrize("key", ["c|tool=up/x%7Cgrant%3Dbeta", "c|global=*", "c|session=zz", "c"])
 def test_other_scopes_belong_to_no_grant(key: str) -> None:
     assert bucket_grant(key) is None

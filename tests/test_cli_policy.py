@@ -99,7 +99,7 @@ class TestDecide:
             {
                 "counter": "q",
                 "scope": "agent",
-                "key": "q|agent=bot",
+                "key": "q|agent=key-1/bot",
                 "max": 10,
                 "window": 60.0,
                 "failure_mode": "closed",

@@ -98,7 +98,7 @@ class TestRedshiftReadOnly:
     def test_reads_allowed(self, policy: CompiledPolicy, sql: str) -> None:
         d = self._query(policy, sql)
         assert (d.effect, d.rule) == ("allow", "read-only-sql")
-        assert [lim.key for lim in d.limits] == ["redshift_queries|agent=anonymous"]
+        assert [lim.key for lim in d.limits] == ["redshift_queries|agent=anonymous/anonymous"]
 
     @pytest.mark.parametrize(
         "sql",
@@ -176,7 +176,7 @@ class TestDailyCap:
         d = _decide(policy, "create_note", identity=Identity(grant="k", agent="bot"))
         assert d.allowed
         assert [lim.key for lim in d.limits] == [
-            "writes_per_agent_day|agent=bot",
+            "writes_per_agent_day|agent=k/bot",
             "writes_global_burst|global=*",
         ]
         assert [(lim.max, lim.window) for lim in d.limits] == [(200, 86400.0), (20, 10.0)]

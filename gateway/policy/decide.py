@@ -30,6 +30,7 @@ from gateway.policy.model import (
     Rule,
     ShadowResult,
     ToolEntry,
+    agent_value,
     session_value,
 )
 from gateway.policy.secrets import mask_args, secret_paths
@@ -148,7 +149,7 @@ def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
     if scope == "grant":
         value = call.identity.grant
     elif scope == "agent":
-        value = call.identity.agent
+        value = agent_value(call.identity.grant, call.identity.agent)
     elif scope == "session":
         # A caller without a session is keyed by its grant: one bucket shared by every
         # sessionless caller would let one agent drain all of them.

@@ -193,17 +193,37 @@ def session_value(server: str | None, grant: str, session: str | None) -> str:
     escaped, so that the grant can be read back (:func:`bucket_grant`)."""
     if not session:
         return f"g:{grant}"
-    kept = grant.replace("%", "%25").replace("/", "%2F")
-    return f"s:{server or ''}/{kept}/{session}"
+    return f"s:{server or ''}/{_grant_part(grant)}/{session}"
+
+
+def agent_value(grant: str, agent: str) -> str:
+    """A ``scope: agent`` bucket's value: the agent within its grant. Keyed by the agent's
+    name alone, a key's agent and an OAuth user whose claim reads the same (or an agent of
+    another grant) drew from one bucket: one could empty the other's."""
+    return f"{_grant_part(grant)}/{agent}"
+
+
+def _grant_part(grant: str) -> str:
+    """A grant as the first part of a value, ``/`` escaped (read back by
+    :func:`bucket_grant`)."""
+    return grant.replace("%", "%25").replace("/", "%2F")
+
+
+def _grant_of_part(part: str) -> str:
+    return part.replace("%2F", "/").replace("%25", "%")
 
 
 def bucket_grant(key: str) -> str | None:
     """The grant whose bucket ``key`` (``counter|scope=value``, as stored) is: a
-    ``scope: grant`` bucket's, or a ``scope: session`` one's; None for other scopes."""
+    ``scope: grant`` bucket's, a ``scope: agent`` one's (an agent of that grant) or a
+    ``scope: session`` one's; None for other scopes."""
     scope, _, part = key.rpartition("|")[2].partition("=")
     value = _unescaped(part)
     if scope == "grant":
         return value
+    if scope == "agent":
+        grant, slash, _ = value.partition("/")
+        return _grant_of_part(grant) if slash else None
     if scope != "session":
         return None
     if value.startswith("g:"):
@@ -211,13 +231,7 @@ def bucket_grant(key: str) -> str | None:
     pieces = value.split("/", 2)
     if not value.startswith("s:") or len(pieces) != 3:
         return None
-    return pieces[1].replace("%2F", "/").replace("%25", "%")
-
-
-def bucket_agent(key: str) -> str | None:
-    """The agent whose ``scope: agent`` bucket ``key`` is; None for other scopes."""
-    scope, _, part = key.rpartition("|")[2].partition("=")
-    return _unescaped(part) if scope == "agent" else None
+    return _grant_of_part(pieces[1])
 
 
 @dataclass(frozen=True, slots=True)

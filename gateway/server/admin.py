@@ -28,7 +28,7 @@ from gateway.approvals.service import ApprovalRequest
 from gateway.auth.identity import ADMIN_CHALLENGE, bearer, token_matches
 from gateway.errors import ApprovalError, ApprovalNotFound, BackendUnavailable
 from gateway.pipeline.gateway import Gateway
-from gateway.policy.model import LimitSpec, bucket_agent, bucket_grant
+from gateway.policy.model import LimitSpec, bucket_grant
 from gateway.policy.risk import classify, override_for
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
@@ -261,13 +261,11 @@ def _service(gateway: Gateway) -> Any:
 def _of_grant(
     gateway: Gateway, rows: list[tuple[str, float]], grant: str | None
 ) -> list[tuple[str, float]]:
-    """The buckets of ``grant`` (all of them for None): its own, its sessions', and its key's
-    agent's (``scope: agent``; an OAuth grant's agents are not known ahead, their buckets are
-    reached by counter)."""
+    """The buckets of ``grant`` (all of them for None): its own, its agents' (``scope:
+    agent``, an OAuth grant's users too) and its sessions'."""
     if grant is None:
         return rows
-    agents = {g.agent for g in gateway.config.grants.values() if g.id == grant}
-    return [r for r in rows if bucket_grant(r[0]) == grant or bucket_agent(r[0]) in agents]
+    return [r for r in rows if bucket_grant(r[0]) == grant]
 
 
 async def _backend(coro: Any) -> Any:
