@@ -61,6 +61,8 @@ _CONNECTION_LIMITS = {
     "body_timeout": False,
     "keepalive_timeout": False,
     "max_connections": True,
+    "send_timeout": False,
+    "max_unsent_bytes": True,
 }
 
 

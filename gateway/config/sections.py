@@ -95,6 +95,12 @@ class SecurityConfig:
     body_timeout: float = 30.0  # seconds for a whole body, from the end of its head
     keepalive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
     max_connections: int = 1000  # open client connections, SSE streams included
+    # A client that reads nothing of what it was sent (its connection's unsent bytes past the
+    # transport's high-water mark growing no smaller) for this long is cut ...
+    send_timeout: float = 30.0
+    # ... and what all such clients leave unread is at most this (past it, the connection
+    # that stopped reading first is cut).
+    max_unsent_bytes: int = 256 * 1024 * 1024
     # MCP requests of one agent (of one grant) in progress at once, streams and held calls
     # included, per replica: past it 429, so that no one client holds every connection.
     max_requests_per_agent: int = 256

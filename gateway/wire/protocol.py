@@ -16,6 +16,11 @@ any client is authenticated, this protocol bounds what one connection may cost:
 - an idle kept-alive connection closes after ``keepalive_timeout`` (uvicorn's own timer);
 - past ``max_connections`` open connections (long SSE streams count), a new connection is
   answered 503 and closed at once;
+- what a client leaves unread is bounded in time and in all: a connection whose unsent bytes
+  (past the transport's high-water mark) grow no smaller for ``send_timeout`` is cut, and
+  when all such connections hold more than ``max_unsent_bytes``, the one that stopped
+  reading first is cut (an answer is handed to the transport whole, and a caller that never
+  read its socket held it there: 48 answers of 30 MiB, 1.7 GiB);
 - requests pipelined behind one in progress wait unread-from (no more of the connection is
   read until they are answered: uvicorn read on after every answer, and one connection of
   tiny pipelined requests queued half a million of them, 1.2 GiB); more than
@@ -40,7 +45,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
+import structlog
+
 from gateway.wire.coalesce import CoalescingHttpToolsProtocol
+
+log = structlog.get_logger("celgate.edge")
 
 
 class ConnectionLimits(Protocol):
@@ -58,6 +67,19 @@ class ConnectionLimits(Protocol):
     def keepalive_timeout(self) -> float: ...
     @property
     def max_connections(self) -> int: ...
+    @property
+    def send_timeout(self) -> float: ...
+    @property
+    def max_unsent_bytes(self) -> int: ...
+
+
+class _Unsent:
+    """What connections whose writing is paused (their client reads slower than they are
+    written to, or not at all) hold unsent, in all, and those connections, the first to stop
+    reading first (one event loop: no lock)."""
+
+    total = 0
+    paused: ClassVar[dict[GuardedHttpProtocol, None]] = {}
 
 
 #: Requests that may wait behind the one in progress on one connection (no MCP client
@@ -174,6 +196,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._parsing_head = False  # the parser holds part of a (pipelined) head
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
         self._overflow = False  # more requests pipelined than may wait: closed, unanswered
+        self._unsent = 0  # bytes counted in _Unsent.total while writing is paused
+        self._stall: asyncio.TimerHandle | None = None  # send_timeout, while paused
 
     # Connection
 
@@ -199,7 +223,10 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         # Never served first: an MCP client's kept-alive connection, idle between its calls,
         # was closed under it for 30 half heads that came after it.
         oldest = min(waiting, key=lambda c: (c._served, c._quiet_since))
-        oldest.transport.close()
+        if oldest.transport.get_write_buffer_size():
+            oldest.transport.abort()  # close() would keep what its client has not read
+        else:
+            oldest.transport.close()
         oldest._quiet_since = float("inf")  # closing: not chosen again while it goes
         return True
 
@@ -220,7 +247,58 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         if self._refused:
             return
         self._disarm()
+        self._forget_unsent()
         super().connection_lost(exc)
+
+    # What the client has not read
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._refused or self in _Unsent.paused:
+            return
+        _Unsent.paused[self] = None
+        self._count_unsent()
+        self._stall = self.loop.call_later(self.limits.send_timeout, self._check_stall)
+        budget = self.limits.max_unsent_bytes
+        while _Unsent.total > budget and _Unsent.paused:
+            first = next(iter(_Unsent.paused))  # the one that stopped reading first
+            first._cut_unread("client.unread_budget", total=_Unsent.total)
+
+    def resume_writing(self) -> None:
+        self._forget_unsent()
+        super().resume_writing()
+
+    def _count_unsent(self) -> int:
+        """Count what is unsent now; returns what was counted before."""
+        before = self._unsent
+        self._unsent = self.transport.get_write_buffer_size()
+        _Unsent.total += self._unsent - before
+        return before
+
+    def _check_stall(self) -> None:
+        """``send_timeout`` after writing paused, and after every check since: cut unless
+        the client read some of it meanwhile."""
+        self._stall = None
+        if self not in _Unsent.paused:
+            return
+        before = self._count_unsent()
+        if self._unsent >= before:
+            self._cut_unread("client.unread", seconds=self.limits.send_timeout)
+            return
+        self._stall = self.loop.call_later(self.limits.send_timeout, self._check_stall)
+
+    def _cut_unread(self, event: str, **fields: Any) -> None:
+        log.warning(event, unsent=self._unsent, client=_peer(self.client), **fields)
+        self._forget_unsent()
+        self.transport.abort()  # close() would wait for the client to read it all
+
+    def _forget_unsent(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if _Unsent.paused.pop(self, 0) is None:  # (its value is None: it was there)
+            _Unsent.total -= self._unsent
+        self._unsent = 0
 
     # Feeding the parser
 
@@ -388,6 +466,10 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             return
         self.transport.write(_plain_response(status, text))
         self.transport.close()
+
+
+def _peer(client: Any) -> str | None:
+    return f"{client[0]}:{client[1]}" if client else None
 
 
 def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpProtocol]:
