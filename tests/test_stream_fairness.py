@@ -5,10 +5,12 @@ made the relay wait, and every other caller's calls stood still for seconds."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 from gateway.edge.forward import FAIR_CHUNKS, Forward, _relay_sse
+from gateway.edge.held import _pipe
 from tests.test_held_answer_bounds import PassAll
 
 
@@ -25,6 +27,10 @@ class Flood:
         self.left -= 1
         notice = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}'
         return b"data: " + notice + b"\n\n"
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
 
 
 async def test_a_flood_lets_other_callers_run_while_it_is_relayed() -> None:
@@ -44,3 +50,117 @@ async def test_a_flood_lets_other_callers_run_while_it_is_relayed() -> None:
     await relayed
     assert turns >= 50
     assert len(sent) > 50 * FAIR_CHUNKS
+
+
+class Pings(Flood):
+    """A stream of keep-alives only, each after a short wait (a comment resets nothing)."""
+
+    async def next_chunk(self) -> bytes | None:
+        await asyncio.sleep(0.02)  # the upstream's pace, not the test's wait
+        return b": ping\n\n"
+
+
+def _held(silence: float | None) -> tuple[Forward, list[Any], Any]:
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    upstream: Any = SimpleNamespace(name="up", silence=silence)
+    fwd = Forward(upstream, None, None, 1, PassAll(), grant="g")
+    return fwd, sent, send
+
+
+async def test_an_approved_held_calls_flood_lets_other_callers_run() -> None:
+    """The held stream (an approved call's answer) had its own loop, with no turn: four
+    such calls held another agent's call for 17 s."""
+    fwd, sent, send = _held(None)
+    flood: Any = Flood(50 * FAIR_CHUNKS)
+    flood.raw_headers = [(b"content-type", b"text/event-stream")]
+    piped = asyncio.ensure_future(_pipe(send, flood, fwd))
+    turns = 0
+    while not piped.done():
+        turns += 1
+        await asyncio.sleep(0)
+    await piped
+    assert turns >= 50
+    assert len(sent) >= 50 * FAIR_CHUNKS
+
+
+async def test_an_approved_held_call_of_keep_alives_ends_after_the_servers_timeout() -> None:
+    """Its deadline was reset by anything passed on, a comment too: a ping every half
+    second kept the approved call (and its caller's place) open for good."""
+    fwd, sent, send = _held(0.3)
+    pings: Any = Pings(0)
+    pings.raw_headers = [(b"content-type", b"text/event-stream")]
+    async with asyncio.timeout(10):  # (the old code: never)
+        await _pipe(send, pings, fwd)
+    told = b"".join(m.get("body", b"") for m in sent).decode()
+    assert "sent nothing" in told or "did not answer in time" in told
+
+
+class Sse(Flood):
+    """A flood of notices as an upstream's event stream, then (``last``) one more event."""
+
+    def __init__(self, chunks: int, last: bytes = b"") -> None:
+        super().__init__(chunks)
+        self.status = 200
+        self.raw_headers = [(b"content-type", b"text/event-stream")]
+        self.last = last
+
+    async def next_chunk(self) -> bytes | None:
+        chunk = await super().next_chunk()
+        if chunk is None and self.last:
+            chunk, self.last = b"data: " + self.last + b"\n\n", b""
+        return chunk
+
+    def close(self) -> None:
+        return None
+
+
+async def _turns_while(work: Any) -> int:
+    task = asyncio.ensure_future(work)
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0)
+    await task
+    return turns
+
+
+async def test_a_flood_before_an_aggregate_upcalls_answer_lets_other_callers_run() -> None:
+    """/mcp's own requests (a merged list) read a server's stream to the answer: 200,000
+    notices before it, each parsed whole with no turn, held another agent's call 11 s."""
+    from gateway.edge.agg.upcall import _answer
+
+    answer = b'{"jsonrpc":"2.0","id":"agg-1","result":{"tools":[]}}'
+    resp: Any = Sse(50 * FAIR_CHUNKS, answer)
+    upstream: Any = SimpleNamespace(name="up")
+    found: list[Any] = []
+
+    async def read() -> None:
+        found.append(await _answer(upstream, resp, "agg-1", "2025-11-25", None, "g"))
+
+    assert await _turns_while(read()) >= 50
+    assert found == [{"jsonrpc": "2.0", "id": "agg-1", "result": {"tools": []}}]
+
+
+async def test_a_flood_on_the_aggregates_merged_stream_lets_other_callers_run() -> None:
+    """/mcp's merged GET stream rewrote a server's flood with no turn: 6 s for another's
+    call."""
+    from gateway.edge.agg.streams import _pump
+
+    resp: Any = Sse(50 * FAIR_CHUNKS)
+
+    async def request(*_: Any) -> Any:
+        return resp
+
+    upstream = SimpleNamespace(headers={}, pool=SimpleNamespace(request=request))
+    face: Any = SimpleNamespace(
+        gw=SimpleNamespace(upstreams={"up": upstream}), view=lambda *_: PassAll()
+    )
+    link: Any = SimpleNamespace(server="up", version="2025-11-25", sid="s")
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    session: Any = None
+    assert await _turns_while(_pump(face, session, None, link, queue)) >= 50  # type: ignore[arg-type]
+    assert queue.qsize() >= 50 * FAIR_CHUNKS

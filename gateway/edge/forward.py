@@ -8,7 +8,8 @@ response is released in a ``finally`` with no ``await`` in it, so cancellation c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,26 +368,10 @@ async def _relay_sse(
                 return
         await _flush(send, pending, rewriter.rewrite(held))
         pending, held = None, []
-        loop = asyncio.get_running_loop()
-        heard = turn = loop.time()
-        chunks = 0
-        while not ended:
-            deadline = None if silence is None else heard + silence
-            async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
-                chunk = await resp.next_chunk()
-            if chunk is None:
-                break
-            data = rewriter.feed(chunk)
-            if data:
-                if _carries_message(data):
-                    heard = loop.time()
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            chunks += 1
-            if chunks % FAIR_CHUNKS == 0 or loop.time() - turn > FAIR_SECONDS:
-                # A stream whose chunks are all there already never waits: one upstream
-                # flooding a fast reader held every other caller's calls for seconds.
-                await asyncio.sleep(0)
-                turn = loop.time()
+        if not ended:
+            async with contextlib.aclosing(relayed_events(resp, rewriter, silence)) as events:
+                async for data in events:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
@@ -401,6 +386,49 @@ async def _relay_sse(
 #: A stream relayed gives the loop a turn after this many chunks, or this long, at most.
 FAIR_CHUNKS = 16
 FAIR_SECONDS = 0.005
+
+
+class Turns:
+    """Gives the event loop a turn every ``FAIR_CHUNKS`` chunks read, or ``FAIR_SECONDS``: a
+    stream whose chunks are all there already never waits, and one upstream flooding it held
+    every other caller's calls for seconds."""
+
+    __slots__ = ("_chunks", "_loop", "_turn")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._turn = self._loop.time()
+        self._chunks = 0
+
+    async def after_chunk(self) -> None:
+        self._chunks += 1
+        if self._chunks % FAIR_CHUNKS == 0 or self._loop.time() - self._turn > FAIR_SECONDS:
+            await asyncio.sleep(0)
+            self._turn = self._loop.time()
+
+
+async def relayed_events(
+    resp: H1Response, rewriter: SseRewriter, silence: float | None
+) -> AsyncGenerator[bytes, None]:
+    """An upstream's stream, as the caller's view rewrites it, chunk by chunk: ``TimeoutError``
+    once ``silence`` seconds pass with no message (keep-alives and comments reset nothing:
+    a ping every half second held an approved call for good), with the loop's turns
+    (:class:`Turns`)."""
+    loop = asyncio.get_running_loop()
+    heard = loop.time()
+    turns = Turns()
+    while True:
+        deadline = None if silence is None else heard + silence
+        async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
+            chunk = await resp.next_chunk()
+        if chunk is None:
+            return
+        data = rewriter.feed(chunk)
+        if data:
+            if _carries_message(data):
+                heard = loop.time()
+            yield data
+        await turns.after_chunk()
 
 
 def _carries_message(events: bytes) -> bool:

@@ -22,6 +22,7 @@ from gateway.edge.forward import (
     Forward,
     answer_media,
     read_bounded,
+    relayed_events,
     request_headers,
     sse_error,
     unreadable,
@@ -389,16 +390,12 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
     silence = fwd.upstream.silence
     try:
         if is_sse:
-            rewriter = SseRewriter(fwd.view)
-            loop = asyncio.get_running_loop()
-            # As the relay's streams: servers.X.timeout with nothing passed on ends the call.
-            async with asyncio.timeout_at(None if silence is None else loop.time() + silence) as cm:
-                async for chunk in resp.iter_chunks():
-                    data = rewriter.feed(chunk)
-                    if data:
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-                        if silence is not None:
-                            cm.reschedule(loop.time() + silence)
+            # As the relay's streams: servers.X.timeout with no message ends the call, and a
+            # flood gives the other callers their turns.
+            events = relayed_events(resp, SseRewriter(fwd.view), silence)
+            async with contextlib.aclosing(events):
+                async for data in events:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
             return
         # As the relay's answers read whole: bounded, and whole within servers.X.timeout.
         body = await read_bounded(resp, silence)

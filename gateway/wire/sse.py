@@ -184,6 +184,15 @@ def answer_alone(event: bytes, msg_id: Any) -> bytes | None:
 MAX_ID_BYTES = 1024
 
 
+def carries_id(data: bytes) -> bool:
+    """Whether a message's JSON names an id (a request or an answer, not a notice), read
+    without building any of it."""
+    try:
+        return bool(_ANSWER_HEAD.decode(data).id)
+    except msgspec.DecodeError:
+        return False
+
+
 class _AnswerHead(msgspec.Struct):
     """What tells an answer from the rest; nothing is built but a short id (an id or method
     of 4 MiB of tiny lists, built with the collector running, held the loop two seconds)."""

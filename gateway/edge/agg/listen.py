@@ -20,6 +20,7 @@ from gateway.edge.clientview import ClientView
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
+    Turns,
     answer_media,
     read_bounded,
     request_headers,
@@ -167,11 +168,13 @@ async def _pump(
             server.refusal = _refusal(resp.status, data, message)
             return
         events = SseRewriter(view)  # its split only: each event is filtered in _one_event
+        turns = Turns()  # a server flooding its listen held every other caller's calls
         async for chunk in resp.iter_chunks():
             for raw in events.split(chunk):
                 await _one_event(raw, server, view, queue, catalogue)
             if events.pending_bytes > MAX_PENDING_BYTES:
                 raise StreamTooLarge("an SSE event too large")
+            await turns.after_chunk()
     except (*UPSTREAM_ERRORS, StreamTooLarge, TimeoutError):
         pass
     finally:

@@ -18,6 +18,7 @@ from gateway.edge.agg.sessions import AggSession, Link
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
+    Turns,
     answer_media,
     forward,
     watching_disconnect,
@@ -116,10 +117,12 @@ async def _pump(
         if resp.status != 200 or answer_media(resp) != "text/event-stream":
             return
         rewriter = SseRewriter(face.view(session, link.server, identity))
+        turns = Turns()  # a server flooding its stream held every other caller's calls
         async for chunk in resp.iter_chunks():
             data = rewriter.feed(chunk)
             if data:
                 await queue.put(data)
+            await turns.after_chunk()
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         log.warning("aggregate.stream_ended", server=link.server)
     finally:

@@ -9,12 +9,12 @@ import itertools
 import json
 from typing import Any
 
-from gateway.edge.forward import UPSTREAM_ERRORS, answer_media, read_bounded
+from gateway.edge.forward import UPSTREAM_ERRORS, Turns, answer_media, read_bounded
 from gateway.upstream.h1_response import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.jsonrpc import loads as json_loads
-from gateway.wire.sse import SseEvents, StreamTooLarge, event_data, not_utf8
+from gateway.wire.sse import SseEvents, StreamTooLarge, carries_id, event_data, not_utf8
 
 #: The ids the aggregate's own requests carry upstream (never seen by a client): each one
 #: new, as two requests in flight on one upstream session must not share an id.
@@ -145,10 +145,14 @@ async def _answer(
         message = _loads(data) if media == "application/json" else None
         return message if isinstance(message, dict) and message.get("id") == msg_id else None
     events = SseEvents()
+    turns = Turns()  # 200,000 notices before a list held every other caller's calls
     async for chunk in resp.iter_chunks():
+        await turns.after_chunk()
         for event in events.split(chunk):
             data = event_data(event)
-            message = _loads(data) if data is not None else None
+            if data is None or not carries_id(data):  # a notice: nothing to read in it
+                continue
+            message = _loads(data)
             if not isinstance(message, dict):
                 continue
             if message.get("id") == msg_id and "method" not in message:
