@@ -15,7 +15,7 @@ import pytest
 
 from gateway.edge import forward as forward_module
 from gateway.edge.forward import Forward
-from gateway.edge.held import _pipe
+from gateway.edge.held import _forward_into_stream, _pipe
 from gateway.upstream.h1 import H1Pool
 
 
@@ -43,6 +43,9 @@ async def upstream() -> AsyncIterator[tuple[H1Pool, list[bytes]]]:
             except asyncio.IncompleteReadError:
                 return
             body = bodies.pop(0)
+            if body == b"LATE":  # no head at all: the tool still runs
+                await reader.read()
+                return
             whole = b'{"jsonrpc":"2.0","id":1,"result":{}}' if body == b"STALL" else body
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
             writer.write(b"content-length: %d\r\n\r\n" % len(whole))
@@ -81,6 +84,30 @@ async def test_a_stalled_answer_ends_after_the_servers_timeout(
     bodies.append(b"STALL")
     told = await _piped(pool, 0.3)
     assert "did not answer in time" in told and '"id": 1' in told.replace('"id":1', '"id": 1')
+
+
+async def test_an_approved_call_whose_head_is_late_did_not_answer_in_time(
+    upstream: tuple[H1Pool, list[bytes]],
+) -> None:
+    """A 2026-07-28 upstream sends its JSON answer's head when the tool ends: an approved
+    held call past servers.X.timeout was told the upstream "is unavailable" (the call had
+    reached it and the tool ran: an agent told so may run it again), and nothing logged."""
+    pool, bodies = upstream
+    late = H1Pool(f"http://127.0.0.1:{pool.port}/mcp", head_timeout=0.3)
+    bodies.append(b"LATE")
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    upstream_stub: Any = SimpleNamespace(
+        name="up", silence=0.3, pool=late, headers={}, takes_grant=False
+    )
+    fwd = Forward(upstream_stub, None, b"{}", 1, PassAll(), grant="g")
+    incoming: Any = SimpleNamespace(headers={})
+    await _forward_into_stream(incoming, send, fwd)
+    told = b"".join(m.get("body", b"") for m in sent).decode()
+    assert "did not answer in time" in told and "unavailable" not in told
 
 
 async def test_an_answer_past_the_cap_is_an_error_not_relayed(

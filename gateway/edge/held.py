@@ -373,6 +373,11 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
     upstream = fwd.upstream
     try:
         resp = await upstream.pool.request("POST", request_headers(incoming, fwd), fwd.body)
+    except TimeoutError:  # the call reached the upstream, whose head did not come in time
+        log.warning("upstream.silent", server=upstream.name, seconds=upstream.silence)
+        body = sse_error(fwd, "did not answer in time")
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        return
     except UPSTREAM_ERRORS:
         await _send_error(send, fwd)
         return
