@@ -117,6 +117,38 @@ def test_a_tool_that_is_not_unicode_is_left_out(rig: tuple[GatewayProcess, Path]
         script.write_text(json.dumps({"pages": [TOOLS]}))
 
 
+def _strict(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is no JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_tool_with_a_number_past_a_double_is_left_out_and_never_a_rug_pull(
+    rig: tuple[GatewayProcess, Path],
+) -> None:
+    """``1e999`` is valid JSON read as infinity: relayed in a list it was written
+    ``Infinity``, which no strict client reads (one tool made the whole list unreadable),
+    and the catalogue's first sight (the SDK's client writes it as null) and a list's had two
+    digests: a false ``pins.changed`` for a tool that never changed, at every list."""
+    gw, script = rig
+    odd = {"name": "odd_inf", "inputSchema": {"type": "object", "maximum": "@INF@"}}
+    plain = {"name": "odd_plain", "inputSchema": {"type": "object"}}
+    script.write_text(json.dumps({"pages": [[odd, plain]], "raw_replace": [['"@INF@"', "1e999"]]}))
+    changed_before = len(gw.records("pins.changed"))
+    try:
+        for path, kept in (("/mcp/lit", "odd_plain"), ("/mcp", "lit__odd_plain")):
+            for _ in range(2):
+                resp = _list(gw, path)
+                assert resp.status_code == 200
+                data = resp.text.split("data: ")[-1] if "data: " in resp.text else resp.text
+                assert [t["name"] for t in _strict(data)["result"]["tools"]] == [kept]
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+    assert len(gw.records("pins.changed")) == changed_before
+    assert gw.records("tools.not_json")
+
+
 def test_a_name_no_call_could_use_is_not_listed(rig: tuple[GatewayProcess, Path]) -> None:
     gw, script = rig
     odd = [

@@ -187,20 +187,25 @@ class ClientView:
 
 
 def _readable(tools: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
-    """The tools whose definitions are Unicode text: a lone surrogate (``"\\ud83d"``, half an
-    emoji cut by a JavaScript server) is valid JSON that strict clients refuse, and one such
-    tool would make a whole list, on ``/mcp`` every server's, unreadable to them."""
+    """The tools whose definitions are Unicode text and JSON: a lone surrogate
+    (``"\\ud83d"``, half an emoji cut by a JavaScript server) is valid JSON that strict
+    clients refuse, a number past a double's range (``1e999``) is read as infinity and would
+    be written ``Infinity``, which is no JSON; one such tool would make a whole list, on
+    ``/mcp`` every server's, unreadable to them."""
     try:
-        json.dumps(tools, ensure_ascii=False).encode()
+        json.dumps(tools, ensure_ascii=False, allow_nan=False).encode()
         return tools
-    except UnicodeEncodeError:
+    except (UnicodeEncodeError, ValueError):
         pass
     kept = []
     for tool in tools:
         try:
-            json.dumps(tool, ensure_ascii=False).encode()
+            json.dumps(tool, ensure_ascii=False, allow_nan=False).encode()
         except UnicodeEncodeError:
             log.warning("tools.not_unicode", server=server, tool=ascii(tool.get("name"))[:200])
+            continue
+        except ValueError:
+            log.warning("tools.not_json", server=server, tool=ascii(tool.get("name"))[:200])
             continue
         kept.append(tool)
     return kept

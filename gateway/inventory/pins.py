@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 from collections.abc import Mapping
@@ -31,10 +32,16 @@ MAX_FIRST_SEEN = 20_000
 
 
 def _clean(value: Any) -> Any:
+    """``None`` dropped from objects; a number past a double's range (``1e999``, read as
+    infinity) is ``None`` too: the SDK's client (the catalogue's first sight) writes it so,
+    and the same definition seen on a list had another digest: a false rug-pull, every list."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if v is not None}
+        cleaned = {k: _clean(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v is not None}
     if isinstance(value, list):
         return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

@@ -28,7 +28,9 @@ ever, each page naming the next (or the same cursor again). ``instructions_for_c
 server whose instructions depend on the session would. ``stall`` maps a method to an answer
 whose head comes and whose body never ends: ``"json"`` (a Content-Length past the half that
 is sent), ``"drip"`` (a chunked JSON body sending a space every 0.2 s, never ending) or
-``"notice"`` (a 202 declaring 10 bytes and sending none).
+``"notice"`` (a 202 declaring 10 bytes and sending none). ``raw_replace`` (pairs of texts)
+rewrites every JSON answer's text as written, for what ``json.dumps`` cannot write
+(``[["\\"@INF@\\"", "1e999"]]``).
 
     python -m tests.servers.literal --port 9000
 """
@@ -143,7 +145,10 @@ class Handler(BaseHTTPRequestHandler):
         return
 
     def _answer(self, status: int, payload: Any = None) -> None:
-        body = b"" if payload is None else json.dumps(payload).encode()
+        text = "" if payload is None else json.dumps(payload)
+        for was, now in _script().get("raw_replace") or []:  # what json.dumps cannot write
+            text = text.replace(was, now)
+        body = text.encode()
         self.send_response(status)
         if payload is not None:
             self.send_header("content-type", "application/json")
