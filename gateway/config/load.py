@@ -63,6 +63,7 @@ _CONNECTION_LIMITS = {
     "max_connections": True,
     "send_timeout": False,
     "max_unsent_bytes": True,
+    "max_bodies_bytes": True,
 }
 
 
@@ -313,6 +314,11 @@ class _ConfigLoader(Reader):
                 for name, whole in _CONNECTION_LIMITS.items()
             },
         )
+        built = self.out["security"]
+        if built is not None and built.max_bodies_bytes < 16 * built.max_body_bytes:
+            # one agent's share (a quarter) must hold one body at four times its bytes
+            msg = f"at least 16 times max_body_bytes ({16 * built.max_body_bytes})"
+            self.err(sub.where("max_bodies_bytes"), "security.max_bodies_bytes", msg)
 
     def _sessions(self, top: Fields) -> None:
         sub = self.section(top, "sessions", SessionsConfig)

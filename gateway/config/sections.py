@@ -101,6 +101,9 @@ class SecurityConfig:
     # ... and what all such clients leave unread is at most this (past it, the connection
     # that stopped reading first is cut).
     max_unsent_bytes: int = 256 * 1024 * 1024
+    # What the request bodies in progress may hold in all (bodies over 64 KiB, counted at four
+    # times their bytes: their text, their parse); one agent at most a quarter of it.
+    max_bodies_bytes: int = 512 * 1024 * 1024
     # MCP requests of one agent (of one grant) in progress at once, streams and held calls
     # included, per replica: past it 429, so that no one client holds every connection.
     max_requests_per_agent: int = 256

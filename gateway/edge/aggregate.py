@@ -70,7 +70,9 @@ class Aggregate:
             return
         if incoming.method != "POST":
             raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
-        read = await json_body(self.gw, incoming)
+        read = await json_body(self.gw, incoming, send, identity)
+        if read is None:
+            return
         value = rpc.parse_body(read)
         if not await place_for(self.gw, incoming, send, identity, value):
             return

@@ -79,6 +79,8 @@ async def serve(
     finally:
         if incoming.release is not None:  # the caller's place among its grant's requests
             incoming.release()
+        for release in incoming.released:  # what its body held
+            release()
 
 
 def check_guard(gw: Gateway, incoming: Incoming) -> None:
@@ -151,12 +153,29 @@ async def _take_place(
     return True
 
 
-async def json_body(gw: Gateway, incoming: Incoming) -> bytes:
-    """A POST's body: JSON only (415), within ``security.max_body_bytes`` (413)."""
+async def json_body(
+    gw: Gateway, incoming: Incoming, send: Send, identity: Identity
+) -> bytes | None:
+    """A POST's body: JSON only (415), within ``security.max_body_bytes`` (413), and within
+    what bodies in progress may hold (``security.max_bodies_bytes``: 429 past the caller's
+    share, 503 past all, each to try again in a second; None once answered so)."""
     if not is_json_type(incoming.header("content-type")):
         msg = "Content-Type must be application/json (UTF-8)"
         raise BadMessage(rpc.INVALID_REQUEST, msg, status=415)
     body = await incoming.body(gw.config.security.max_body_bytes)
     if body is None:
         raise BadMessage(rpc.INVALID_REQUEST, "request body too large", status=413)
+    bodies, owner = gw.bodies, identity.owner
+    cost = bodies.cost(len(body))
+    if cost:
+        over = bodies.take(owner, cost)
+        if over is not None:
+            log.warning("request.bodies_full", grant=identity.grant, over=over, size=len(body))
+            whose = "this agent's" if over == "agent" else "all"
+            msg = f"{whose} large requests in progress hold what they may: try again later"
+            status = 429 if over == "agent" else 503
+            body = rpc.error_body(None, rpc.INVALID_REQUEST, msg)
+            await reply(send, status, body, extra=[(b"retry-after", b"1")])
+            return None
+        incoming.released.append(lambda: bodies.give(owner, cost))
     return body

@@ -110,7 +110,9 @@ class Relay:
     async def _post(
         self, incoming: Incoming, send: Send, upstream: HttpUpstream, identity: Identity
     ) -> None:
-        body = await json_body(self.gw, incoming)
+        body = await json_body(self.gw, incoming, send, identity)
+        if body is None:
+            return
         value = rpc.parse_body(body)
         if not await place_for(self.gw, incoming, send, identity, value):
             return

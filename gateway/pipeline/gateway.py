@@ -67,6 +67,47 @@ class InProgress:
             self.counts.pop(owner, None)
 
 
+class HeldBodies:
+    """What the request bodies in progress hold, counted at ``BODY_FACTOR`` times their bytes
+    (the bytes, their text, their parse, the copy sent on): at most ``cap`` in all, and a
+    quarter of it per caller (``Identity.owner``). One agent's requests in progress, each
+    holding a body of up to ``max_body_bytes``, took the gateway to gigabytes."""
+
+    __slots__ = ("cap", "owned", "total")
+
+    #: Bodies smaller than this are not counted (every call has one; together they are
+    #: bounded by the requests in progress).
+    SMALL = 64 * 1024
+    BODY_FACTOR = 4
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.total = 0
+        self.owned: dict[str, int] = {}
+
+    def cost(self, size: int) -> int:
+        return 0 if size < self.SMALL else size * self.BODY_FACTOR
+
+    def take(self, owner: str, cost: int) -> str | None:
+        """None when ``cost`` is taken; else whose share it would pass: ``agent`` or ``all``."""
+        held = self.owned.get(owner, 0)
+        if held + cost > self.cap // 4:
+            return "agent"
+        if self.total + cost > self.cap:
+            return "all"
+        self.owned[owner] = held + cost
+        self.total += cost
+        return None
+
+    def give(self, owner: str, cost: int) -> None:
+        self.total -= cost
+        held = self.owned.get(owner, 0) - cost
+        if held > 0:
+            self.owned[owner] = held
+        else:
+            self.owned.pop(owner, None)
+
+
 @dataclass
 class Gateway:
     """Policy, upstreams, identity, limits, approvals and records of one gateway process."""
@@ -102,9 +143,11 @@ class Gateway:
     # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
     reading: InProgress = field(init=False, repr=False)
+    bodies: HeldBodies = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_progress = InProgress(self.config.security.max_requests_per_agent)
+        self.bodies = HeldBodies(self.config.security.max_bodies_bytes)
         #: POSTs whose bodies are still coming, per caller, under the same cap.
         self.reading = InProgress(self.config.security.max_requests_per_agent)
 
