@@ -45,7 +45,7 @@ HOSTILE = {
 }
 # What describes the message, and still reaches the caller.
 DESCRIBING = {
-    "Cache-Control": "public, max-age=60",
+    "Cache-Control": "PUBLIC, max-age=60, S-Maxage=600",  # directives in any case
     "Content-Language": "en",
     "Mcp-Protocol-Version": "2025-11-25",
     "Retry-After": "7",
@@ -433,7 +433,8 @@ class TestAnswerHeaders:
         assert headers["content-language"] == ["en"]
         assert headers["mcp-protocol-version"] == ["2025-11-25"]
         assert headers["retry-after"] == ["7"]
-        assert headers["cache-control"] == ["private, max-age=60"]  # per caller
+        # per caller: no shared cache may keep it (a proxy kept one agent's list for all)
+        assert headers["cache-control"] == ["private, max-age=60"]
 
     def test_a_json_answer(self, gateway: GatewayProcess) -> None:
         answer = _exchange(gateway, _request(gateway, _call("json"), target="/mcp/hostile"))

@@ -127,12 +127,28 @@ def _response_headers(resp: H1Response, fwd: Forward, media: str | None) -> list
         if key not in _PASS_RESPONSE:
             continue
         if key == "cache-control":
-            value = value.replace(b"public", b"private")  # what a caller sees is per caller
+            value = _private(value)  # what a caller sees is per caller
         out.append((name, value))
     sid = resp.headers.get("mcp-session-id")
     if sid is not None and fwd.wrap_session is not None:
         out.append((b"mcp-session-id", fwd.wrap_session(sid.strip()).encode()))
     return out
+
+
+#: Cache-Control directives that let a shared cache keep an answer (read in any case).
+_SHARED_CACHE = (b"public", b"s-maxage", b"private")
+
+
+def _private(value: bytes) -> bytes:
+    """An upstream's Cache-Control as a caller gets it: ``private`` first, and nothing that
+    lets a shared cache keep it (``public``, ``s-maxage``; directives are read in any case:
+    ``PUBLIC`` passed as it came, and a proxy kept one agent's filtered list for everyone)."""
+    kept = [
+        part.strip()
+        for part in value.split(b",")
+        if part.strip() and part.split(b"=")[0].strip().lower() not in _SHARED_CACHE
+    ]
+    return b", ".join([b"private", *kept])
 
 
 async def _unavailable(send: Send, fwd: Forward) -> None:
