@@ -64,6 +64,9 @@ SCHEMA: dict[str, Any] = {
     "required": ["approve"],
 }
 ARGS_VIEW_CHARS = 4000  # of the arguments shown in the question
+#: How long an allowed call's client has to answer its upstream's question and retry as the
+#: same call (an approved call's: its approval's timeout).
+CONTINUE_SECONDS = 300.0
 
 
 def question(call: Call, decision: Decision) -> dict[str, Any]:
@@ -200,28 +203,35 @@ class ElicitFace:
         token = "elicit:" + checked.nonce  # used once, whatever the answer (a decline too)
         if not await store.consume_once(token, ttl, checked.epoch, call.identity.owner):
             return _refused(decision, "approval_replayed")  # used, or issued before a reset
-        if checked.approval is not None:  # the approved call, answering its upstream's question
+        if checked.approval:  # the approved call, answering its upstream's question
             reason = f"approved ({checked.approval}), continuing after its upstream asked for input"
             return replace(decision, effect="allow", reason=reason, approval_id=checked.approval)
+        if checked.approval is not None:  # an allowed call, answering its upstream's question
+            if not decision.allowed:
+                return _refused(decision, "approval_state_mismatch")
+            reason = f"{decision.reason}, continuing after its upstream asked for input"
+            return replace(decision, reason=reason)
         responses = self.message.params.get("inputResponses")
         answer = responses.get(INPUT_KEY) if isinstance(responses, dict) else None
         return answered(decision, answer, "elc_" + checked.nonce[:16])
 
     async def continuing(self, view: View | None, call: Call, decision: Decision) -> View | None:
-        """The view an approved 2026-07-28 call's answer passes: when the upstream asks the
+        """The view an allowed 2026-07-28 call's answer passes: when the upstream asks the
         client for input (``input_required``), its ``requestState`` is carried inside one of
-        the gateway's, bound to this call and this approval, so the retry with the client's
-        answer goes on without asking the human again (and only that retry: used once)."""
-        approval = decision.approval_id or ""  # asked in the client, or by an operator
-        if not (self.modern and decision.allowed and approval):
+        the gateway's, bound to this call (and its approval, if it had one), so the retry
+        with the client's answer goes on as the same call: not asked about again, and its
+        limits not taken again (each round took a token: a limit of one refused the round
+        after the user had answered). Used once."""
+        if not (self.modern and decision.allowed):
             return view
-        timeout = decision.approval.timeout if decision.approval else 300.0
+        approval = decision.approval_id or ""  # asked in the client, or by an operator
+        timeout = decision.approval.timeout if decision.approval else CONTINUE_SECONDS
         key, revision = self.gw.signer.key, decision.revision
 
         store = self.gw.approvals.store if self.gw.approvals is not None else None
         if not isinstance(store, inband.OnceStore):
-            return view  # nothing could check the state: the retry is asked again
-        epoch = await store.current_epoch()  # known after its first use: no round trip
+            return view  # nothing could check the state: the retry is a call of its own
+        epoch = store.epoch or await store.current_epoch()  # a round trip only the first time
 
         def wrap(upstream: str | None) -> str:
             expires = time.time() + timeout

@@ -84,7 +84,7 @@ async def admit(
     try:
         # ``resume``: the call continues one already approved (its state says which, and is
         # checked and used once by ``elicit``), whatever mode its approval was given in.
-        resumed = resume and elicit is not None and decision.effect == "require_approval"
+        resumed = resume and elicit is not None and decision.effect != "deny"
         if _in_band(decision) or resumed:
             if elicit is None:
                 decision = _fallback(decision)
@@ -98,7 +98,8 @@ async def admit(
                 decision = _decided_again(gw, call, decision)
             approved = decision.approval_id if decision.allowed else None
         try:
-            decision = await apply_limits(gw, decision)
+            if not (resumed and decision.allowed):  # a continuation: its first round took them
+                decision = await apply_limits(gw, decision)
         finally:
             if approved and gw.approvals and not decision.allowed:
                 # A limit refused the approved call (a limiter backend that fails refuses

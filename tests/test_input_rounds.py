@@ -1,0 +1,105 @@
+"""Under 2026-07-28, a tool that asks its client for input answers ``input_required``, and the
+client sends the same ``tools/call`` again with the answer: one call in two rounds. Each round
+was decided as a call of its own and took a token from the tool's limits: with a limit of
+one, the round after the user had answered was refused (``rate_limited``), and an approved
+call's continuation too, after the human had approved it. The gateway now carries the
+upstream's ``requestState`` inside its own, bound to the call, and the retry goes on as the
+same call: decided again (a deny still denies), its limits not taken again, used once.
+Real gateway, the SDK test upstream (its ``ask_user`` tool asks through ``input_required``),
+the SDK's client in both eras."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import types
+
+from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
+from tests.peers import PeerProcess
+
+KEY = "input-rounds-key-0123456789abcdef"
+OTHER = "input-rounds-other-0123456789abcd"  # a grant of its own: a token of its own
+POLICY = """
+version: "1"
+default: deny
+tools:
+  plain/ask_user:
+    limits:
+      - {counter: asks, window: hour, max: 1, scope: grant}
+  held/ask_user:
+    action: require_approval
+    approval: {mode: elicit, timeout: 120}
+    limits:
+      - {counter: held_asks, window: hour, max: 1, scope: grant}
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    grants = {
+        name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+        for name, key in (("agent", KEY), ("other", OTHER))
+    }
+    servers = {"plain": {"url": upstream.url}, "held": {"url": upstream.url}}
+    folder: Path = tmp_path_factory.mktemp("rounds")
+    with run_gateway(folder, POLICY, servers, grants=grants) as gateway:
+        yield gateway
+
+
+def _answering(asked: list[str]) -> Any:
+    async def callback(_ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        ours = params.message.startswith("celgate holds")
+        asked.append("approval" if ours else "tool")
+        content: dict[str, Any] = {"approve": True} if ours else {"answer": "blue"}
+        return types.ElicitResult(action="accept", content=content)
+
+    return callback
+
+
+@pytest.mark.parametrize(
+    ("server", "questions"), [("plain", ["tool"]), ("held", ["approval", "tool"])]
+)
+async def test_a_call_in_rounds_takes_its_limit_once(
+    gw: GatewayProcess, server: str, questions: list[str]
+) -> None:
+    asked: list[str] = []
+    async with client(
+        gw.url(server), KEY, mode="2026-07-28", elicitation_callback=_answering(asked)
+    ) as c:
+        result = await c.call_tool("ask_user", {"question": "colour?"})
+        assert not result.is_error and text_of(result) == "blue", text_of(result)
+        assert asked == questions
+        again = await c.call_tool("ask_user", {"question": "colour again?"})
+    assert again.is_error and "rate_limited" in str(again.meta)  # the next call is counted
+    records = [r for r in gw.records() if r["server"] == server]
+    continued = [r for r in records if "continuing after its upstream" in r["reason"]]
+    assert len(continued) == 1 and continued[0]["effect"] == "allow"
+    assert "limits" not in continued[0]  # its first round took them
+
+
+async def test_a_continuation_is_used_once_and_bound_to_its_call(gw: GatewayProcess) -> None:
+    """The state that carries the upstream's is the gateway's: another call's arguments, or
+    the same state twice, are refused before the upstream sees anything."""
+    async with client(gw.url("plain"), OTHER, mode="2026-07-28") as c:
+        first = await c.session.call_tool(
+            "ask_user", {"question": "bound?"}, allow_input_required=True
+        )
+        assert isinstance(first, types.InputRequiredResult), first
+        state = first.request_state
+        assert state and state.startswith("celgate.v1.")
+        answers = {
+            key: {"action": "accept", "content": {"answer": "x"}} for key in first.input_requests
+        }
+        moved = await c.session.call_tool(
+            "ask_user",
+            {"question": "another"},
+            input_responses=answers,
+            request_state=state,
+            allow_input_required=True,
+        )
+        assert isinstance(moved, types.CallToolResult) and moved.is_error
+        assert "approval_state_mismatch" in str(moved.meta)
