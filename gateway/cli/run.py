@@ -222,8 +222,27 @@ def not_dumpable() -> None:
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
+#: glibc's ``mallopt`` parameter, and the size from which a block is mapped on its own.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def large_blocks_returned() -> bool:
+    """Have every block of 128 KiB or more mapped on its own, so that freeing it gives it
+    back to the system (glibc; elsewhere False and nothing changes). glibc raises that
+    threshold as large blocks are freed, up to 32 MiB, and keeps the blocks under it in its
+    heap: after a burst of large bodies and answers the gateway kept hundreds of MiB it no
+    longer used (a container's memory limit counts them). Measured: 100 echoes of 3.9 MiB,
+    745 MiB held after the burst, 566 MiB with this."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_command(ns: argparse.Namespace) -> int:
     not_dumpable()
+    large_blocks_returned()
     configure_logging(json_logs=ns.json_logs)
     signal.signal(signal.SIGTERM, _terminated)
     # Ctrl-C ends the run with 130 even when started where SIGINT is ignored (a background
