@@ -182,6 +182,31 @@ class TestCel:
             "(declared: agent, args, now, request, session, tool)"
         ]
 
+    @pytest.mark.parametrize(
+        ("when", "said"),
+        [
+            ('"admin" in agent.rolez', "agent has no field 'rolez'"),
+            ('tool.nmae == "x"', "tool has no field 'nmae'"),
+            ('request.tiem < "2026"', "request has no field 'tiem'"),
+            ("has(session.idd)", "session has no field 'idd'"),
+        ],
+    )
+    def test_a_field_the_context_has_not(self, run: Run, when: str, said: str) -> None:
+        """A misspelled field of a fixed map loaded, and the condition failed on every call
+        (cel.missing_key): the tool hidden from every list and every call denied."""
+        errors = run(f"tools:\n  t:\n    rules:\n      - {{when: '{when}', action: allow}}\n")
+        assert len(errors) == 1 and errors[0].startswith("r.yaml:4: tools.t.rules[0].when: CEL:")
+        assert said in errors[0] and "its fields:" in errors[0]
+
+    def test_open_maps_and_macro_variables_take_any_field(self, tmp_path: Path) -> None:
+        path = tmp_path / "ok.yaml"
+        path.write_text(
+            'tools:\n  t:\n    rules:\n      - {when: \'agent.attrs.team == "a" && '
+            'agent.claims.acr == "mfa" && tool.annotations.readOnlyHint && '
+            "args.l.all(tool, tool.anything > 0) && args.whatever == 1', action: allow}\n"
+        )
+        assert load_policy([path]).exact[(None, "t")].rules[0].when is not None
+
     def test_macro_variables_are_not_undeclared(self, tmp_path: Path) -> None:
         path = tmp_path / "ok.yaml"
         path.write_text(

@@ -57,15 +57,9 @@ def _names(tree: Tree[Token]) -> tuple[set[str], set[str], set[str]]:
 
 def _args_ident(member: Any) -> Any:
     """The ``ident args`` node when ``member`` is the bare name ``args``, else None."""
-    if not isinstance(member, Tree) or member.data != "member" or len(member.children) != 1:
+    if _bare_ident(member) != "args":
         return None
-    primary = member.children[0]
-    if not isinstance(primary, Tree) or primary.data != "primary":
-        return None
-    ident = primary.children[0]
-    if isinstance(ident, Tree) and ident.data == "ident" and str(ident.children[0]) == "args":
-        return ident
-    return None
+    return member.children[0].children[0]
 
 
 def args_fields(tree: Tree[Token]) -> frozenset[str] | None:
@@ -254,13 +248,55 @@ def parse(expr: str) -> Tree[Token]:
 
 def free_variables(tree: Tree[Token]) -> frozenset[str]:
     """The context variables an expression reads; CelCompileError for a name the context does
-    not have or a function the engine does not know."""
-    free, _, calls = _names(tree)
+    not have, a field that one of its fixed maps (``tool``, ``agent``, ``session``,
+    ``request``) has not, or a function the engine does not know."""
+    free, bound, calls = _names(tree)
     unknown_vars = sorted(free - CONTEXT_VARIABLES)
     if unknown_vars:
         declared = ", ".join(sorted(CONTEXT_VARIABLES))
         raise CelCompileError(f"undeclared variable {unknown_vars[0]!r} (declared: {declared})")
+    _check_fields(tree, bound)
     unknown_calls = sorted(calls - _FUNCTIONS)
     if unknown_calls:
         raise CelCompileError(f"unknown function {unknown_calls[0]!r}")
     return frozenset(free)
+
+
+#: The fields of the context's fixed maps (``args``, ``agent.attrs``, ``agent.claims`` and
+#: ``tool.annotations`` are open: their own keys are the caller's or the server's).
+CONTEXT_FIELDS: dict[str, frozenset[str]] = {
+    "tool": frozenset({"name", "server", "risk", "kind", "annotations"}),
+    "agent": frozenset({"id", "grant", "roles", "attrs", "claims"}),
+    "session": frozenset({"id"}),
+    "request": frozenset({"time", "ip"}),
+}
+
+
+def _check_fields(tree: Tree[Token], bound: set[str]) -> None:
+    """A field selected on ``tool``, ``agent``, ``session`` or ``request`` must be one they
+    have: a misspelled one (``agent.rolez``) loaded, and the condition failed on every call
+    (``cel.missing_key``): the tool hidden from every list, every call denied."""
+    for node in tree.iter_subtrees():
+        if node.data != "member_dot":
+            continue
+        name = _bare_ident(node.children[0])
+        fields = CONTEXT_FIELDS.get(name or "")
+        if fields is None or name in bound:  # a macro's own variable of that name
+            continue
+        field = str(node.children[1])
+        if field not in fields:
+            known = ", ".join(sorted(fields))
+            raise CelCompileError(f"{name} has no field {field!r} (its fields: {known})")
+
+
+def _bare_ident(member: Any) -> str | None:
+    """The name when ``member`` is a bare identifier, else None."""
+    if not isinstance(member, Tree) or member.data != "member" or len(member.children) != 1:
+        return None
+    primary = member.children[0]
+    if not isinstance(primary, Tree) or primary.data != "primary":
+        return None
+    ident = primary.children[0]
+    if isinstance(ident, Tree) and ident.data == "ident":
+        return str(ident.children[0])
+    return None
