@@ -139,7 +139,7 @@ class TestConfigErrors:
     def test_usable_valkey_urls_load(self, tmp_path: Path) -> None:
         base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
         for url in (
-            "valkey://u:p@127.0.0.1:6379/3",
+            "valkey://u:Kq7-zP2w-Tn9x@127.0.0.1:6379/3",
             "valkeys://127.0.0.1:6380/0?ssl_cert_reqs=none",
             "unix:///run/valkey.sock?db=2",
         ):
@@ -154,6 +154,17 @@ class TestConfigErrors:
         path = write(tmp_path, base + f"sessions: {{secret: '{secret}'}}\n")
         [found] = problems(path)
         assert found.startswith(f"{path}:4: sessions.secret: a placeholder")
+
+    @pytest.mark.parametrize("password", ["change-me", "sekret", "aaaaaaaaaaaa"])
+    def test_a_placeholder_valkey_password_is_refused(self, tmp_path: Path, password: str) -> None:
+        """deploy/example.env's CELGATE_VALKEY_PASSWORD was taken as it was, unsaid: Valkey
+        holds the approvals and the console's sign-ins."""
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        url = f"valkey://:{password}@127.0.0.1:6379/0"
+        path = write(tmp_path, base + f"limits: {{backend: '{url}'}}\n")
+        [found] = problems(path)
+        assert found.startswith(f"{path}:4: limits.backend: the password is a placeholder")
+        assert password not in found.replace("a placeholder", "")
 
     def test_a_placeholder_digest_is_refused(self, tmp_path: Path) -> None:
         """deploy/example.env's zeros were taken: a grant no key matches served, and with

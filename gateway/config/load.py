@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.auth.settings import GrantConfig, parse_oauth
 from gateway.config.model import GatewayConfig
@@ -196,6 +197,9 @@ class _ConfigLoader(Reader):
         problem = _backend_problem(backend) if backend is not None else None
         if problem:
             self.err(sub.where("backend"), "limits.backend", problem)
+        elif backend is not None and _weak_password(backend):
+            # deploy/example.env's, left as it was: Valkey holds approvals and sign-ins
+            self.err(sub.where("backend"), "limits.backend", "the password is " + _PLACEHOLDER)
         self.out["limits"] = build(
             LimitsConfig,
             backend=backend,
@@ -326,11 +330,9 @@ class _ConfigLoader(Reader):
             secret = sub.string("secret")
             if secret is not None and len(secret) < 16:
                 self.err(sub.where("secret"), "sessions.secret", "use at least 16 characters")
-            elif secret is not None and ("change-me" in secret.lower() or len(set(secret)) < 8):
+            elif secret is not None and _placeholder(secret):
                 # deploy/example.env's placeholder, or the like: every MAC would be public
-                msg = 'a placeholder: make one with python -c "import secrets; '
-                msg += 'print(secrets.token_urlsafe(32))"'
-                self.err(sub.where("secret"), "sessions.secret", msg)
+                self.err(sub.where("secret"), "sessions.secret", _PLACEHOLDER)
             self.out["sessions"] = build(SessionsConfig, secret=secret)
 
     def _pins(self, top: Fields) -> None:
@@ -401,6 +403,24 @@ _REMOVED_LIMITS = {
     "busy_poll_us": "no longer a setting: the Valkey client does not poll for replies "
     "(issue 19); delete this line"
 }
+
+
+_PLACEHOLDER = 'a placeholder: make one with python -c "import secrets; '
+_PLACEHOLDER += 'print(secrets.token_urlsafe(32))"'
+
+
+def _placeholder(secret: str) -> bool:
+    """A secret left as an example gave it (``change-me``), or one of few characters."""
+    return "change-me" in secret.lower() or len(set(secret)) < 8
+
+
+def _weak_password(url: str) -> bool:
+    """Whether a backend URL's password (if it has one) is a placeholder."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return False
+    return password is not None and _placeholder(password)
 
 
 def _backend_problem(url: str) -> str | None:
