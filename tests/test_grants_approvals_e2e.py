@@ -629,8 +629,14 @@ class TestOperatorCommands:
         with pytest.raises(SystemExit, match="name something"):
             main(["limits", "reset", "--grant", "analyst-bot", "--counter", "", "--url", two.base])
         # A grant name is a query value: "x&grant=analyst-bot" names no grant, not analyst's
-        assert main(["limits", "show", "--grant", "x&grant=analyst-bot", "--url", one.base]) == 0
-        assert "analyst-bot" not in capsys.readouterr().out
+        with pytest.raises(SystemExit, match="404"):
+            main(["limits", "show", "--grant", "x&grant=analyst-bot", "--url", one.base])
+        assert "remaining" not in capsys.readouterr().out
+        # a grant the config has not (a typo) is said, not "refilled 0" while it stays limited
+        misspelt = {"grant": "analyst_bot", "counter": "echo_rate"}
+        refused = httpx.post(one.base + "/admin/limits/reset", json=misspelt, headers=auth)
+        assert refused.status_code == 404 and "no grant 'analyst_bot'" in refused.text
+        assert "analyst-bot" in refused.text  # the grants it has
         agent = {"Authorization": f"Bearer {ANALYST_KEY}"}
         as_agent = httpx.post(one.base + "/admin/limits/reset", json={"all": 1}, headers=agent)
         assert as_agent.status_code == 403  # an agent key is never an admin token

@@ -190,6 +190,7 @@ def admin_router(gateway: Gateway) -> Router:
 
     @get("/limits", summary="Rate-limit buckets that are not full, and their tokens")
     async def limits(request: Request[Any, Any, Any], grant: str | None = None) -> list[Any]:
+        _check_grant(gateway, grant)
         rows = _of_grant(gateway, await _backend(gateway.limiter.scan("")), grant)
         return [{"key": key, "remaining": round(tokens, 3)} for key, tokens in rows]
 
@@ -208,6 +209,7 @@ def admin_router(gateway: Gateway) -> Router:
             known = ", ".join(sorted(counters)) or "none"
             msg = f"no counter {data.counter!r} in the policy (counters: {known})"
             raise HTTPException(msg, status_code=404)
+        _check_grant(gateway, data.grant)
         rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))
         keys = [key for key, _ in _of_grant(gateway, rows, data.grant)]
         refilled = await _backend(gateway.limiter.reset(keys))
@@ -256,6 +258,18 @@ def _service(gateway: Gateway) -> Any:
     if gateway.approvals is None:
         raise NotFoundException("approvals are not enabled")
     return gateway.approvals
+
+
+def _check_grant(gateway: Gateway, grant: str | None) -> None:
+    """404 for a grant the config has not (a typo refilled nothing and said so: "refilled 0"
+    while the agent stayed limited); with OAuth, grants come from tokens and any name goes."""
+    config = gateway.config
+    if grant is None or config.oauth is not None:
+        return
+    known = {g.id for g in config.grants.values()} | {"anonymous"}
+    if grant not in known:
+        names = ", ".join(sorted(known))
+        raise HTTPException(f"no grant {grant!r} in the config (grants: {names})", status_code=404)
 
 
 def _of_grant(
