@@ -1,8 +1,9 @@
 # celgate: build the wheel in one stage, install it into a clean slim image in the next.
 #   docker build -t celgate .
-#   docker run --rm -p 127.0.0.1:8787:8787 --env-file .env \
-#     -e CELGATE_DEMO_URL=http://host.docker.internal:9000/mcp -e CELGATE_LIMITS_BACKEND=memory \
-#     -v "$PWD/deploy:/etc/celgate:ro" celgate        (docs/deploy.md; compose.yaml sets both)
+#   docker run --rm -p 127.0.0.1:8787:8787 --network celgate-demo --env-file .env \
+#     -e CELGATE_DEMO_URL=http://demo:9000/mcp -e CELGATE_LIMITS_BACKEND=memory \
+#     -v "$PWD/deploy:/etc/celgate:ro" celgate
+#   (docs/deploy.md starts the demo server on that network; compose.yaml does it all)
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN pip install --no-cache-dir build==1.2.2
