@@ -189,6 +189,44 @@ class TestPolicyTests:
             capsys.readouterr().out
         )
 
+    @pytest.mark.parametrize(
+        ("line", "said"),
+        [
+            ("roles: admin", "cases[0].roles: must be a list of names"),
+            ("attrs: [team]", "cases[0].attrs: must be a mapping"),
+            ("now: monday", "cases[0].now: must be an ISO 8601 time"),
+            ("risk: hihg", "cases[0].risk: unknown value 'hihg' (use low | medium | high)"),
+            ("kind: reed", "cases[0].kind: unknown value 'reed'"),
+        ],
+    )
+    def test_a_case_field_of_the_wrong_shape_names_its_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, said: str
+    ) -> None:
+        """roles: admin was read as the roles a, d, m, i, n (the case failed, no hint); a
+        time or attrs of the wrong shape ended celgate test in a traceback; a misspelt risk
+        or kind matched no rule, unsaid."""
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        case = f"cases:\n  - tool: query\n    {line}\n    expect: {{effect: deny}}\n"
+        (tmp_path / "bad_test.yaml").write_text(case)
+        assert main(["test", str(tmp_path)]) == 1
+        assert f"{tmp_path / 'bad_test.yaml'}:3: {said}" in capsys.readouterr().out
+
+    def test_an_expectation_of_nothing_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``expect: {}`` checked nothing and passed."""
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        (tmp_path / "empty_test.yaml").write_text("cases:\n  - tool: query\n    expect: {}\n")
+        assert main(["test", str(tmp_path)]) == 1
+        assert "cases[0].expect: says nothing to check" in capsys.readouterr().out
+
+    def test_decide_says_what_is_wrong_with_its_time_and_risk(self, tmp_path: Path) -> None:
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        with pytest.raises(SystemExit, match="not an ISO 8601 time"):
+            main(["decide", str(tmp_path), "--tool", "query", "--now", "monday"])
+        with pytest.raises(SystemExit):  # argparse: invalid choice, said on stderr
+            main(["decide", str(tmp_path), "--tool", "query", "--risk", "hihg"])
+
     def test_shipped_rules_pass_their_tests(self) -> None:
         rules = Path(__file__).resolve().parent.parent / "rules"
         assert main(["test", str(rules)]) == 0

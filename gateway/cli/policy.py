@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, Problem
 from gateway.policy import CompiledPolicy, Identity
+from gateway.policy.model import KINDS, RISKS
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -123,6 +124,7 @@ def _decide(ns: argparse.Namespace) -> int:
         out = {"effect": "deny (servers)", "reason": reason, "rule": None}
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
+    now = _now(ns.now)
     call = Call(
         tool=ns.tool,
         server=ns.server,
@@ -133,9 +135,19 @@ def _decide(ns: argparse.Namespace) -> int:
         # --risk and --kind replace what that gives.
         info=tool_info(policy, ns.server or "", _definition(ns), risk=ns.risk, kind=ns.kind),
     )
-    now = datetime.fromisoformat(ns.now) if ns.now else datetime.now(UTC)
     print(json.dumps(decide(policy, call, now).to_dict(), indent=2, ensure_ascii=False))
     return 0
+
+
+def _now(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"--now: {text!r} is not an ISO 8601 time (2026-01-05T10:00:00Z)"
+        ) from None
 
 
 def _definition(ns: argparse.Namespace) -> dict[str, object]:
@@ -195,8 +207,12 @@ def _configure_decide(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--annotations", help="the tool's MCP annotations as a JSON object (risk and kind)"
     )
-    parser.add_argument("--risk", help="tool.risk as CEL sees it (default: as classified)")
-    parser.add_argument("--kind", help="tool.kind as CEL sees it (default: as classified)")
+    parser.add_argument(
+        "--risk", choices=RISKS, help="tool.risk as CEL sees it (default: as classified)"
+    )
+    parser.add_argument(
+        "--kind", choices=KINDS, help="tool.kind as CEL sees it (default: as classified)"
+    )
     parser.add_argument("--now", help="ISO 8601 time to decide at (default: now)")
     parser.set_defaults(func=_decide)
 

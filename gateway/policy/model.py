@@ -18,6 +18,9 @@ Mode = Literal["enforce", "shadow"]
 ApprovalMode = Literal["wait", "retry", "elicit"]
 #: Out-of-band mode for an ``elicit`` approval when the client cannot be asked in band.
 FallbackMode = Literal["wait", "retry"]
+#: The values ``tool.risk`` and ``tool.kind`` take (gateway.policy.risk).
+RISKS = ("low", "medium", "high")
+KINDS = ("read", "write", "delete", "execute")
 
 EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
 SCOPES: tuple[Scope, ...] = ("grant", "agent", "session", "tool", "global")

@@ -17,6 +17,7 @@ from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy import Call, CompiledPolicy, Decision, Identity, decide, load_policy
 from gateway.policy.loader import TEST_SUFFIXES
+from gateway.policy.model import KINDS, RISKS
 from gateway.policy.risk import tool_info
 from gateway.policy.schema import Fields
 
@@ -65,18 +66,39 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
         return None
     Fields(expect, f"cases[{index}].expect", problems).check_known(_EXPECT)
     plain = node.plain()
+    before = len(problems)
+
+    def bad(name: str, message: str) -> None:
+        found = fields.get(name)
+        problems.append(Problem((found or node).where, f"cases[{index}].{name}", message))
+
+    if not set(expect.value) & _EXPECT:  # an empty expect checked nothing, and passed
+        bad("expect", f"says nothing to check (give one of {', '.join(sorted(_EXPECT))})")
+    roles = plain.get("roles") or []
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        bad("roles", "must be a list of names (roles: admin was read as a, d, m, i, n)")
+    attrs = plain.get("attrs") or {}
+    if not isinstance(attrs, dict):
+        bad("attrs", "must be a mapping")
+    args = plain.get("args") or {}
+    if not isinstance(args, dict):
+        bad("args", "must be a mapping")
+    for name, known in (("risk", RISKS), ("kind", KINDS)):
+        value = plain.get(name)
+        if value is not None and value not in known:
+            bad(name, f"unknown value {value!r} (use {' | '.join(known)})")
+    now = _time(plain.get("now", DEFAULT_NOW))
+    if now is None:
+        bad("now", "must be an ISO 8601 time (2026-01-05T10:00:00+00:00)")
+    if tool is None or now is None or len(problems) > before:
+        return None
     grant = str(plain.get("grant", "anonymous"))
     identity = Identity(
         grant=grant,
         agent=str(plain.get("agent", grant)),
-        roles=tuple(plain.get("roles") or ()),
-        attrs=dict(plain.get("attrs") or {}),
+        roles=tuple(roles),
+        attrs=dict(attrs),
     )
-    args = plain.get("args") or {}
-    if tool is None or not isinstance(args, dict):
-        if not isinstance(args, dict):
-            problems.append(Problem(node.where, f"cases[{index}].args", "must be a mapping"))
-        return None
     call = Call(
         tool=tool,
         server=plain.get("server"),
@@ -84,7 +106,6 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
         identity=identity,
         session=plain.get("session"),
     )
-    now = datetime.fromisoformat(str(plain.get("now", DEFAULT_NOW)))
     name = str(plain.get("name", f"case {index + 1}"))
     annotations = plain.get("annotations")
     definition = {"name": tool, "annotations": annotations if isinstance(annotations, dict) else {}}
@@ -99,6 +120,15 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
         None if risk is None else str(risk),
         None if kind is None else str(kind),
     )
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):  # YAML reads an unquoted timestamp as one
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def load_cases(path: Path) -> tuple[list[Case], list[str] | None]:
