@@ -290,6 +290,41 @@ class TestSignIn:
                 policy.write_text(good)
                 assert (await http.post("/admin/reload")).json()["reloaded"] is True
 
+    async def test_a_warning_and_a_shadow_rule_are_shown(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """An entry naming a server the gateway does not serve loads and matches nothing: it
+        was said in the log and in /admin/policy after a reload, never on the console (nor
+        at all, from start). A shadow rule's would-be answer, the point of trying one on live
+        traffic, was only in the records."""
+        from playwright.async_api import expect
+
+        policy = gateway.log_path.parent / "policy.yaml"
+        good = policy.read_text()
+        extra = "  nosuchserver/drop_table: {action: deny}\n"
+        extra += "  tried_out:\n    mode: shadow\n    action: allow\n"
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=gateway.base, headers=bearer, timeout=10) as http:
+            try:
+                policy.write_text(good + extra)
+                assert (await http.post("/admin/reload")).json()["reloaded"] is True
+                warnings = (await http.get("/admin/policy")).json()["warnings"]
+                assert warnings and "nosuchserver" in warnings[0]
+                await sign_in(page, gateway)
+                await page.click("button[data-tab=system]")
+                await expect(page.locator("#policy-warnings li")).to_contain_text("nosuchserver")
+                await page.click("button[data-tab=decisions]")
+                await expect(page.locator("#stream-state")).to_have_text("(live)")
+                async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+                    await agent.call_tool("tried_out", {"x": 1})
+                row = page.locator("#decisions tbody tr", has_text="up/tried_out").first
+                await expect(row).to_contain_text("deny")  # enforced: the default
+                await expect(row.locator("td.shadowed")).to_contain_text("would allow")
+            finally:
+                policy.write_text(good)
+                assert (await http.post("/admin/reload")).json()["reloaded"] is True
+        assert page.problems == []
+
 
 class TestLiveDecisions:
     async def test_decisions_stream_in_filtered_by_effect(

@@ -58,6 +58,20 @@ def test_the_gateway_does_not_start_on_a_case_variant(tmp_path: Path) -> None:
         build_gateway(load_config(config))
 
 
+async def test_the_warnings_of_the_policy_in_force_are_kept_for_the_console(
+    tmp_path: Path,
+) -> None:
+    """From start (they were in the log only) and from each reload that loads."""
+    from gateway.server.admin import _policy_view
+
+    text = f"default: deny\ntools:\n  {ALLOW}  github/delete_note: {{action: deny}}\n"
+    gateway = build_gateway(load_config(write_config(tmp_path, text, SERVERS, 9)))
+    assert ["no server 'github'" in w for w in _policy_view(gateway)["warnings"]] == [True]
+    (tmp_path / "policy.yaml").write_text(f"default: deny\ntools:\n  {ALLOW}")
+    assert await Reloader(gateway).reload("test") is True
+    assert _policy_view(gateway)["warnings"] == []
+
+
 async def test_a_reload_with_a_case_variant_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, f"default: deny\ntools:\n  {ALLOW}", SERVERS, 9)
     gateway = build_gateway(load_config(config))

@@ -135,6 +135,9 @@ def _policy_view(gateway: Gateway) -> dict[str, Any]:
         "default": policy.default,
         "entries": entries,
         "last_reload": getattr(reloader, "last", None),
+        # what the policy in force loaded with but is said (an entry naming a server this
+        # gateway does not serve: it matches nothing), since start or its reload
+        "warnings": list(gateway.extras.get("policy_warnings", [])),
     }
 
 

@@ -28,8 +28,9 @@ log = structlog.get_logger("celgate")
 def build_gateway(config: GatewayConfig) -> Gateway:
     """Load the policy and wire the parts; raises ConfigError on a bad policy."""
     policy = load_policy(config.policy, get_engine(config.cel.engine))
-    for problem in check_servers(policy, config.servers):
-        log.warning("policy.unknown_server", problem=str(problem))
+    told = [str(problem) for problem in check_servers(policy, config.servers)]
+    for problem in told:
+        log.warning("policy.unknown_server", problem=problem)
     limits = config.limits
     valkey = shared_client(limits.backend, timeout_ms=limits.timeout_ms)  # one pool, or None
     upstreams = {
@@ -50,6 +51,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             config.security.allowed_hosts, config.security.allowed_origins, config.listen.host
         ),
     )
+    gateway.extras["policy_warnings"] = told  # the console shows them (admin /policy)
     gateway.pins = Pins.load(config.pins.file, config.pins.accept_changes)
     gateway.metrics = Metrics()
     gateway.metrics.set_policy(policy.revision)

@@ -144,6 +144,7 @@ class Reloader:
             return False
         self.gw.policy = policy
         self._result(why, True, policy.revision, [], told)
+        self.gw.extras["policy_warnings"] = told  # of the policy in force, from now on
         for problem in told:
             log.warning("policy.unknown_server", why=why, problem=problem)
         try:

@@ -209,8 +209,13 @@ function showDecided(items) {
 function decisionRow(r) {
   const effect = node("td", r.error ? `${r.effect} (${r.error})` : r.effect,
     `effect-${r.effect}`);
+  // What a rule in shadow mode would have done: the point of trying one on live traffic.
+  const shadows = (r.shadow || []).map((s) =>
+    `shadow ${s.rule}: would ${s.would_effect}${s.error ? ` (${s.error})` : ""}`);
+  const reason = shadows.length
+    ? node("td", [r.reason, ...shadows].join("\n"), "shadowed") : r.reason;
   const tr = row([new Date(r.time).toLocaleTimeString(), r.grant, `${r.server || ""}/${r.tool}`,
-    effect, r.rule, r.reason]);
+    effect, r.rule, reason]);
   tr.dataset.decisionId = r.decision_id;
   return tr;
 }
@@ -277,6 +282,8 @@ function showPolicy(policy) {
     list.append(node("dd", value, name === "last reload" && last && !last.ok ? "down" : ""));
   }
   $("reload-problems").replaceChildren(...(last ? last.problems : []).map((p) => node("li", p)));
+  // Loaded, but matching nothing (an entry naming a server this gateway does not serve).
+  $("policy-warnings").replaceChildren(...(policy.warnings || []).map((w) => node("li", w)));
 }
 
 function showCounters(counters) {
