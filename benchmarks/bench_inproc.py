@@ -58,7 +58,11 @@ HEADERS = [
 async def echo_upstream(scope: Any, receive: Any, send: Any) -> None:
     message = json.loads((await receive())["body"])
     text = message["params"]["arguments"]["text"]
-    result = {"content": [{"type": "text", "text": text}], "isError": False}
+    result = {
+        "content": [{"type": "text", "text": text}],
+        "isError": False,
+        "resultType": "complete",
+    }
     out = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": head})
