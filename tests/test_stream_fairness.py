@@ -164,3 +164,36 @@ async def test_a_flood_on_the_aggregates_merged_stream_lets_other_callers_run() 
     session: Any = None
     assert await _turns_while(_pump(face, session, None, link, queue)) >= 50  # type: ignore[arg-type]
     assert queue.qsize() >= 50 * FAIR_CHUNKS
+
+
+async def test_a_merged_stream_holds_what_its_client_has_not_read_within_its_bytes() -> None:
+    """/mcp's merged GET stream queued 64 chunks of up to 32 MiB each for a client that read
+    nothing (two such streams took the gateway to 1 GiB, outside every budget): the servers'
+    pumps now wait once the queue holds its bytes."""
+    from gateway.edge.agg.streams import ChunkQueue, _pump
+
+    resp: Any = Sse(50)
+    big = b"x" * 1000
+
+    async def next_big() -> bytes | None:
+        chunk = await Sse.next_chunk(resp)
+        return None if chunk is None else b"data: " + big + b"\n\n"
+
+    resp.next_chunk = next_big
+
+    async def request(*_: Any) -> Any:
+        return resp
+
+    upstream = SimpleNamespace(headers={}, pool=SimpleNamespace(request=request))
+    face: Any = SimpleNamespace(
+        gw=SimpleNamespace(upstreams={"up": upstream}), view=lambda *_: PassAll()
+    )
+    link: Any = SimpleNamespace(server="up", version="2025-11-25", sid="s")
+    queue = ChunkQueue(64, max_bytes=5000)
+    pump = asyncio.ensure_future(_pump(face, None, None, link, queue))  # type: ignore[arg-type]
+    for _ in range(200):  # every turn the pump could want
+        await asyncio.sleep(0)
+    assert not pump.done() and queue.qsize() <= 6  # 5,000 bytes and one chunk more
+    while not pump.done():  # a client reading: the rest comes
+        await queue.get()
+        await asyncio.sleep(0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.edge.agg.merge import Catalogue
+from gateway.edge.agg.streams import ChunkQueue
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
@@ -69,7 +70,7 @@ async def listen(
         msg = f"a listen names at most {MAX_SUBSCRIPTIONS} resources"
         raise BadMessage(rpc.INVALID_PARAMS, msg, msg_id=message.msg_id)
     servers = [_Server(name) for name in gw.upstreams]
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
+    queue = ChunkQueue(QUEUE_EVENTS)
     pumps = [
         asyncio.ensure_future(_pump(gw, incoming, message, catalogue, s, identity, queue))
         for s in servers

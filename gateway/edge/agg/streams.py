@@ -34,6 +34,32 @@ if TYPE_CHECKING:
     from gateway.edge.agg.handshake import Handshake
 
 QUEUE_EVENTS = 64
+#: What one client's merged stream holds waiting to be sent, at most (and one chunk more):
+#: a client that read nothing held 64 chunks of up to 32 MiB each, outside every budget.
+QUEUE_BYTES = 4 * 1024 * 1024
+
+
+class ChunkQueue(asyncio.Queue[bytes | None]):
+    """The chunks waiting for one client, bounded in chunks and in bytes: the servers' pumps
+    wait while it is full (a client slow to read holds the servers back, not the gateway's
+    memory)."""
+
+    def __init__(self, maxsize: int = QUEUE_EVENTS, max_bytes: int = QUEUE_BYTES) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def _put(self, item: bytes | None) -> None:
+        super()._put(item)
+        self.bytes += len(item or b"")
+
+    def _get(self) -> bytes | None:
+        item: bytes | None = super()._get()
+        self.bytes -= len(item or b"")
+        return item
+
+    def full(self) -> bool:
+        return self.bytes >= self.max_bytes or super().full()
 
 
 async def resumed_stream(
@@ -61,7 +87,7 @@ async def resumed_stream(
 async def merged_stream(
     face: Handshake, incoming: Incoming, send: Send, session: AggSession, identity: Identity
 ) -> None:
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
+    queue = ChunkQueue()
     pumps: list[asyncio.Task[None]] = []
 
     def attach(link: Link) -> None:
