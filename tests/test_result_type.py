@@ -37,8 +37,12 @@ INSPECTOR = (
 
 
 @pytest.fixture(scope="module")
-def literal() -> Iterator[PeerProcess]:
-    with literal_upstream() as peer:
+def literal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProcess]:
+    """Its call results hold the word ``resultType`` (a column of the tool's output), never
+    as the result's own key: the word anywhere in an answer let it pass unread."""
+    script = tmp_path_factory.mktemp("lit") / "script.json"
+    script.write_text(json.dumps({"call_extra": {"structuredContent": {"resultType": "col"}}}))
+    with literal_upstream({"LITERAL_SCRIPT": str(script)}) as peer:
         yield peer
 
 
@@ -76,6 +80,7 @@ def test_a_call_result_names_its_result_type(gw: GatewayProcess, face: str) -> N
     result = answer["result"]
     assert result["resultType"] == "complete"
     assert result["content"] == [{"type": "text", "text": '{"t": 1}'}]  # the rest as it came
+    assert result["structuredContent"] == {"resultType": "col"}
     assert answer["id"] == 7
 
 
@@ -112,3 +117,22 @@ def test_the_inspector_reads_the_relayed_call(gw: GatewayProcess, face: str) -> 
     answer = json.loads(out)
     assert "error" not in answer, answer
     assert answer["result"]["content"] == [{"type": "text", "text": '{"t": 2}'}]
+
+
+@pytest.mark.parametrize(
+    ("data", "keys"),
+    [
+        (b'{"id":1,"result":{"resultType":"complete","ttlMs":0}}', (True, True, False)),
+        (b'{"id":1,"result":{"content":[],"x":{"resultType":1,"cacheScope":2}}}', (False,) * 3),
+        (b'{"id":1,"result":{"r\\u0065sultType":"complete"}}', (True, False, False)),
+        (b'{"id":1,"error":{"code":1}}', None),
+        (b'{"id":1,"result":[1]}', None),
+        (b"[1, 2]", None),
+    ],
+)
+def test_the_results_own_keys_are_read_without_building_it(
+    data: bytes, keys: tuple[bool, bool, bool] | None
+) -> None:
+    from gateway.wire.sse import result_keys
+
+    assert result_keys(data) == keys

@@ -23,7 +23,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
-from gateway.wire.sse import DROP
+from gateway.wire.sse import DROP, result_keys
 
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
@@ -107,7 +107,11 @@ class ClientView:
             return False
         if b'"resultType"' not in data:
             return True
-        return self.cacheable and (b'"ttlMs"' not in data or b'"cacheScope"' not in data)
+        keys = result_keys(data)  # the words may be anywhere: is it the result's own key?
+        if keys is None:
+            return True  # not one message with a result object: read it whole
+        told, ttl, scope = keys
+        return not told or (self.cacheable and not (ttl and scope))
 
     def filter(self, message: Any) -> Any | None:
         """The message as this caller may see it, or None when it is fine as it is."""

@@ -184,6 +184,36 @@ def answer_alone(event: bytes, msg_id: Any) -> bytes | None:
 MAX_ID_BYTES = 1024
 
 
+class _ResultOf(msgspec.Struct):
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+class _ResultKeys(msgspec.Struct):
+    resultType: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET  # (the wire's names)
+    ttlMs: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    cacheScope: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_RESULT_OF = msgspec.json.Decoder(_ResultOf)
+_RESULT_KEYS = msgspec.json.Decoder(_ResultKeys)
+
+
+def result_keys(data: bytes) -> tuple[bool, bool, bool] | None:
+    """Whether a message's result names ``resultType``, ``ttlMs`` and ``cacheScope`` among its
+    own keys (the words anywhere else in it say nothing: a tool's output with a column named
+    ``resultType``), read without building any of it; None when it holds no result object
+    or does not read as one message."""
+    try:
+        result = _RESULT_OF.decode(data).result
+        if result is msgspec.UNSET:
+            return None
+        keys = _RESULT_KEYS.decode(result)
+    except msgspec.DecodeError:
+        return None
+    unset = msgspec.UNSET
+    return keys.resultType is not unset, keys.ttlMs is not unset, keys.cacheScope is not unset
+
+
 def carries_id(data: bytes) -> bool:
     """Whether a message's JSON names an id (a request or an answer, not a notice), read
     without building any of it."""
