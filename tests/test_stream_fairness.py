@@ -145,6 +145,19 @@ async def test_a_flood_before_an_aggregate_upcalls_answer_lets_other_callers_run
     assert found == [{"jsonrpc": "2.0", "id": "agg-1", "result": {"tools": []}}]
 
 
+def _merged(resp: Any) -> tuple[Any, Any]:
+    """The aggregate's face and a server's link, as _pump reads them, over ``resp``."""
+
+    async def request(*_: Any) -> Any:
+        return resp
+
+    upstream = SimpleNamespace(headers={}, pool=SimpleNamespace(request=request))
+    face = SimpleNamespace(
+        gw=SimpleNamespace(upstreams={"up": upstream}), view=lambda *_: PassAll()
+    )
+    return face, SimpleNamespace(server="up", version="2025-11-25", sid="s")
+
+
 async def test_a_flood_on_the_aggregates_merged_stream_lets_other_callers_run() -> None:
     """/mcp's merged GET stream rewrote a server's flood with no turn: 6 s for another's
     call."""
@@ -152,14 +165,7 @@ async def test_a_flood_on_the_aggregates_merged_stream_lets_other_callers_run() 
 
     resp: Any = Sse(50 * FAIR_CHUNKS)
 
-    async def request(*_: Any) -> Any:
-        return resp
-
-    upstream = SimpleNamespace(headers={}, pool=SimpleNamespace(request=request))
-    face: Any = SimpleNamespace(
-        gw=SimpleNamespace(upstreams={"up": upstream}), view=lambda *_: PassAll()
-    )
-    link: Any = SimpleNamespace(server="up", version="2025-11-25", sid="s")
+    face, link = _merged(resp)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     session: Any = None
     assert await _turns_while(_pump(face, session, None, link, queue)) >= 50  # type: ignore[arg-type]
@@ -181,14 +187,7 @@ async def test_a_merged_stream_holds_what_its_client_has_not_read_within_its_byt
 
     resp.next_chunk = next_big
 
-    async def request(*_: Any) -> Any:
-        return resp
-
-    upstream = SimpleNamespace(headers={}, pool=SimpleNamespace(request=request))
-    face: Any = SimpleNamespace(
-        gw=SimpleNamespace(upstreams={"up": upstream}), view=lambda *_: PassAll()
-    )
-    link: Any = SimpleNamespace(server="up", version="2025-11-25", sid="s")
+    face, link = _merged(resp)
     queue = ChunkQueue(64, max_bytes=5000)
     pump = asyncio.ensure_future(_pump(face, None, None, link, queue))  # type: ignore[arg-type]
     for _ in range(200):  # every turn the pump could want
