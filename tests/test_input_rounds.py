@@ -11,17 +11,30 @@ the SDK's client in both eras."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from mcp import types
 
 from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
-from tests.peers import PeerProcess
+from tests.peers import PeerProcess, literal_upstream
 
 KEY = "input-rounds-key-0123456789abcdef"
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+}
+HEADERS = {
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2026-07-28",
+    "mcp-method": "tools/call",
+    "mcp-name": "echo",
+}
 OTHER = "input-rounds-other-0123456789abcd"  # a grant of its own: a token of its own
 POLICY = """
 version: "1"
@@ -76,7 +89,7 @@ async def test_a_call_in_rounds_takes_its_limit_once(
         again = await c.call_tool("ask_user", {"question": "colour again?"})
     assert again.is_error and "rate_limited" in str(again.meta)  # the next call is counted
     records = [r for r in gw.records() if r["server"] == server]
-    continued = [r for r in records if "continuing after its upstream" in r["reason"]]
+    continued = [r for r in records if "(round 2) after its upstream asked" in r["reason"]]
     assert len(continued) == 1 and continued[0]["effect"] == "allow"
     assert "limits" not in continued[0]  # its first round took them
 
@@ -103,3 +116,48 @@ async def test_a_continuation_is_used_once_and_bound_to_its_call(gw: GatewayProc
         )
         assert isinstance(moved, types.CallToolResult) and moved.is_error
         assert "approval_state_mismatch" in str(moved.meta)
+
+
+@pytest.fixture(scope="module")
+def asking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway in front of an upstream whose tool asks for more input at every round."""
+    folder = tmp_path_factory.mktemp("asking")
+    script = folder / "script.json"
+    script.write_text(json.dumps({"ask_always": True}))
+    policy = (
+        'version: "1"\ndefault: deny\ntools:\n  echo:\n    limits:\n'
+        "      - {counter: echoes, window: hour, max: 1, scope: grant}\n"
+    )
+    with (
+        literal_upstream({"LITERAL_SCRIPT": str(script)}) as peer,
+        run_gateway(folder, policy, {"lit": {"url": peer.url}}) as gateway,
+    ):
+        yield gateway
+
+
+def test_one_admission_runs_at_most_ten_rounds(asking: GatewayProcess) -> None:
+    """One token ran the tool upstream for as many rounds as the upstream kept asking (200
+    rounds, 201 runs, a limit of one an hour): an admission now goes on for ten rounds, all
+    within its first round's expiry; the next retry is a call of its own."""
+    state: str | None = None
+    seen: list[str] = []
+    for _ in range(12):
+        params: dict[str, Any] = {"name": "echo", "arguments": {"x": 1}, "_meta": META}
+        if state is not None:
+            params["requestState"] = state
+            params["inputResponses"] = {"more": {"action": "accept", "content": {}}}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+        answer = httpx.post(asking.url("lit"), json=body, headers=HEADERS, timeout=20).json()
+        result = answer["result"]
+        if result.get("resultType") != "input_required":
+            seen.append("refused: " + str(result.get("_meta")))
+            break
+        state = result["requestState"]
+        seen.append("ours" if state.startswith("celgate.v1.") else "upstream's")
+    assert seen[:9] == ["ours"] * 9
+    assert seen[9] == "upstream's"  # the tenth round's: passed as it came
+    assert seen[10].startswith("refused") and "rate_limited" in seen[10]
+    reasons = [r["reason"] for r in asking.records() if r["tool"] == "echo"]
+    first = asking.records()[0]["decision_id"]
+    assert f"continuing {first} (round 2)" in reasons[1]
+    assert f"continuing {first} (round 10)" in reasons[9]

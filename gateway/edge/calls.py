@@ -53,7 +53,7 @@ async def call_through(
     if admission is None:
         admission = await admit(gw, call, hold=hold, elicit=elicit, resume=face.resumes)
     if admission.allowed:  # an approved call's upstream may ask for input: carried on
-        fwd.view = await face.continuing(fwd.view, call, admission.decision)
+        fwd.view = await face.continuing(fwd.view, call, admission.decision, admission.decision_id)
     if held is not None and held.opened:
         await held.answer(gw, call, fwd, admission)
         return

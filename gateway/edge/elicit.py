@@ -67,6 +67,8 @@ ARGS_VIEW_CHARS = 4000  # of the arguments shown in the question
 #: How long an allowed call's client has to answer its upstream's question and retry as the
 #: same call (an approved call's: its approval's timeout).
 CONTINUE_SECONDS = 300.0
+#: Rounds one admission runs at most, the first included (the SDKs stop at 10 of their own).
+MAX_ROUNDS = 10
 
 
 def question(call: Call, decision: Decision) -> dict[str, Any]:
@@ -138,6 +140,8 @@ class ElicitFace:
         # upstream asked the client for input: decided by its state, never asked again.
         self.resumes = self.modern and self.ours and inband.continues(gw.signer.key, self.state)
         self.pending: dict[str, Any] | None = None  # the input_required result to answer with
+        #: The call this one continues, once its state is checked (its round, its expiry).
+        self.continued: inband.State | None = None
 
     def available(self, fwd: Forward) -> bool:
         """Whether this client can be asked in band."""
@@ -203,29 +207,45 @@ class ElicitFace:
         token = "elicit:" + checked.nonce  # used once, whatever the answer (a decline too)
         if not await store.consume_once(token, ttl, checked.epoch, call.identity.owner):
             return _refused(decision, "approval_replayed")  # used, or issued before a reset
+        if checked.approval is not None:
+            self.continued = checked
+            went = f"continuing {checked.origin or 'a call'} (round {checked.rounds + 1})"
         if checked.approval:  # the approved call, answering its upstream's question
-            reason = f"approved ({checked.approval}), continuing after its upstream asked for input"
+            reason = f"approved ({checked.approval}), {went} after its upstream asked for input"
             return replace(decision, effect="allow", reason=reason, approval_id=checked.approval)
         if checked.approval is not None:  # an allowed call, answering its upstream's question
             if not decision.allowed:
                 return _refused(decision, "approval_state_mismatch")
-            reason = f"{decision.reason}, continuing after its upstream asked for input"
+            reason = f"{decision.reason}, {went} after its upstream asked for input"
             return replace(decision, reason=reason)
         responses = self.message.params.get("inputResponses")
         answer = responses.get(INPUT_KEY) if isinstance(responses, dict) else None
         return answered(decision, answer, "elc_" + checked.nonce[:16])
 
-    async def continuing(self, view: View | None, call: Call, decision: Decision) -> View | None:
+    async def continuing(
+        self, view: View | None, call: Call, decision: Decision, decision_id: str
+    ) -> View | None:
         """The view an allowed 2026-07-28 call's answer passes: when the upstream asks the
         client for input (``input_required``), its ``requestState`` is carried inside one of
         the gateway's, bound to this call (and its approval, if it had one), so the retry
         with the client's answer goes on as the same call: not asked about again, and its
         limits not taken again (each round took a token: a limit of one refused the round
-        after the user had answered). Used once."""
+        after the user had answered). Used once; a call goes on so for ``MAX_ROUNDS`` rounds
+        at most, within its first round's expiry (one token, or one approval, ran a tool
+        upstream for as many rounds as the upstream asked); past them the retry is a call of
+        its own."""
         if not (self.modern and decision.allowed):
             return view
+        before = self.continued
+        rounds = before.rounds + 1 if before is not None else 1
+        if rounds >= MAX_ROUNDS:  # this is the last round one admission runs
+            return view
+        origin = before.origin if before is not None and before.origin else decision_id
         approval = decision.approval_id or ""  # asked in the client, or by an operator
-        timeout = decision.approval.timeout if decision.approval else CONTINUE_SECONDS
+        timeout = CONTINUE_SECONDS
+        if decision.approval is not None:  # within its own timeout too
+            timeout = min(timeout, decision.approval.timeout)
+        chain_ends = before.expires if before is not None else time.time() + timeout
         key, revision = self.gw.signer.key, decision.revision
 
         store = self.gw.approvals.store if self.gw.approvals is not None else None
@@ -234,8 +254,17 @@ class ElicitFace:
         epoch = store.epoch or await store.current_epoch()  # a round trip only the first time
 
         def wrap(upstream: str | None) -> str:
-            expires = time.time() + timeout
-            return inband.issue_state(key, call, revision, expires, approval, upstream, epoch=epoch)
+            return inband.issue_state(
+                key,
+                call,
+                revision,
+                chain_ends,  # never later than the first round's
+                approval,
+                upstream,
+                epoch=epoch,
+                rounds=rounds,
+                origin=origin,
+            )
 
         return Continuing(view, wrap)
 

@@ -82,6 +82,10 @@ class State:
     approval: str | None = None
     upstream: str | None = None
     epoch: str = ""  # the approval store's, when issued: a store that lost its state refuses
+    #: A continuation's place in its call: how many rounds went before (the first: 1), and
+    #: the decision that admitted the call (its record took the limits).
+    rounds: int = 0
+    origin: str = ""
 
 
 #: An upstream's own ``requestState`` longer than this is not carried in the gateway's.
@@ -112,6 +116,8 @@ def issue_state(
     upstream: str | None = None,
     *,
     epoch: str,
+    rounds: int = 0,
+    origin: str = "",
 ) -> str:
     """A state bound to ``call``: a question's, or with ``approval`` a continuation's (the
     approved call goes on without being asked again, carrying ``upstream``'s state). ``epoch``
@@ -126,6 +132,8 @@ def issue_state(
     }
     if approval is not None:
         payload["a"] = approval
+        payload["k"] = rounds
+        payload["o"] = origin
         if upstream is not None:
             payload["u"] = upstream
     body = base64.urlsafe_b64encode(json.dumps(payload, sort_keys=True).encode()).decode()
@@ -143,13 +151,14 @@ def check_state(
         nonce, expires, epoch = str(payload["n"]), float(payload["e"]), str(payload["p"])
         bound = payload["b"]
         approval, upstream = payload.get("a"), payload.get("u")
+        rounds, origin = int(payload.get("k", 0)), str(payload.get("o", ""))
     except (ValueError, KeyError, TypeError):
         return "approval_state_invalid"  # cannot happen with a valid MAC, but fail closed
     if bound != _binding(call, revision):
         return "approval_state_mismatch"
     if now >= expires:
         return "approval_expired"
-    return State(nonce, expires, approval, upstream, epoch)
+    return State(nonce, expires, approval, upstream, epoch, rounds, origin)
 
 
 def continues(key: bytes, token: Any) -> bool:

@@ -30,7 +30,8 @@ whose head comes and whose body never ends: ``"json"`` (a Content-Length past th
 is sent), ``"drip"`` (a chunked JSON body sending a space every 0.2 s, never ending) or
 ``"notice"`` (a 202 declaring 10 bytes and sending none). ``raw_replace`` (pairs of texts)
 rewrites every JSON answer's text as written, for what ``json.dumps`` cannot write
-(``[["\\"@INF@\\"", "1e999"]]``).
+(``[["\\"@INF@\\"", "1e999"]]``). ``ask_always`` answers every ``tools/call`` with
+``input_required`` (a tool that asks for more input at every round).
 
     python -m tests.servers.literal --port 9000
 """
@@ -130,6 +131,14 @@ def run(method: str, params: dict[str, Any], notification: bool) -> Any:
         return _tools_page(params.get("cursor"))
     if method == "tools/call":
         _log_call(params, notification)
+        if _script().get("ask_always"):  # every call, every round: more input wanted
+            asked = {"method": "elicitation/create", "params": {"message": "more?"}}
+            state = f"up-{len(str(params.get('requestState', '')))}"
+            return {
+                "resultType": "input_required",
+                "inputRequests": {"more": asked},
+                "requestState": state,
+            }
         text = json.dumps(params.get("arguments"))
         extra = _script().get("call_extra") or {}
         return {"content": [{"type": "text", "text": text}], "isError": False, **extra}
