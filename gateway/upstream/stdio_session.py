@@ -82,7 +82,9 @@ class SessionLink:
         self.in_flight: dict[Any, Pending] = {}
         self.asking: set[Any] = set()  # the child's own requests the client has not answered
         self.tokens: dict[Any, Any] = {}
-        self.handshake: list[dict[str, Any]] = []
+        #: The session's initialize and notifications/initialized, the last of each: what a
+        #: restarted child is told again (every copy was kept: 1 MiB a message, unbounded).
+        self.handshake: dict[str, dict[str, Any]] = {}
         self.replaying: set[str] = set()
         self.get_stream: Inbox | None = None
         self.events = EventLog()
@@ -172,7 +174,8 @@ class SessionLink:
             await reply(send, 202, b"", extra=self.headers)
             return
         if method == "initialize":
-            self.handshake.append(message)
+            self.handshake.pop("notifications/initialized", None)  # a new handshake begins
+            self.handshake["initialize"] = message
         pending = self._begin(msg_id, message)
         if await self._to_child(message, body):
             pending.heard = time.monotonic()  # the clock starts once the child has it
@@ -189,7 +192,7 @@ class SessionLink:
     def _begin(self, msg_id: Any, message: dict[str, Any]) -> Pending:
         old = self.in_flight.pop(msg_id, None)
         if old is not None:  # the same id again: the earlier answer could not be told apart
-            old.inbox.close()
+            self._done(old)  # its token and its deadline too (each kept what it was sent)
         pending = self.in_flight[msg_id] = Pending(progress_token(message))
         if pending.token is not None:
             self.tokens[pending.token] = msg_id
@@ -274,7 +277,7 @@ class SessionLink:
         if method is None:  # the client's answer to one of the child's requests
             self.asking.discard(message.get("id"))
         elif method == "notifications/initialized":
-            self.handshake.append(message)
+            self.handshake[method] = message
         elif method == "notifications/cancelled":
             self._end_cancelled(message)
         await self._to_child(message, body)
@@ -375,7 +378,7 @@ class SessionLink:
         """A restarted child gets the session's initialize again; its answer is swallowed."""
         if self.child.restarts == 0:
             return
-        for message in self.handshake:
+        for message in list(self.handshake.values()):  # initialize first
             if "id" in message:
                 message = {**message, "id": f"celgate-replay-{uuid.uuid4().hex}"}
                 self.replaying.add(message["id"])

@@ -234,8 +234,15 @@ def _check_id(value: Mapping[str, Any]) -> Any:
     return msg_id
 
 
+#: A progress token or a cancelled request's id, at most this many characters (the gateway
+#: keeps them while their request is in progress: a 1 MiB token a request was kept as much).
+MAX_TOKEN_CHARS = 1024
+
+
 def _is_token(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    if isinstance(value, str):
+        return len(value) <= MAX_TOKEN_CHARS
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_tokens(method: str, params: Mapping[str, Any], msg_id: Any) -> None:
@@ -247,7 +254,7 @@ def _check_tokens(method: str, params: Mapping[str, Any], msg_id: Any) -> None:
         raise BadMessage(INVALID_PARAMS, "_meta must be an object", msg_id=msg_id)
     meta = meta or {}
     if "progressToken" in meta and not _is_token(meta["progressToken"]):
-        msg = "progressToken must be a string or an integer"
+        msg = f"progressToken must be a string (at most {MAX_TOKEN_CHARS}) or an integer"
         raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
     version = meta.get(PROTOCOL_VERSION_META_KEY)
     if version is not None and not isinstance(version, str):
@@ -256,7 +263,7 @@ def _check_tokens(method: str, params: Mapping[str, Any], msg_id: Any) -> None:
     named = {"notifications/cancelled": "requestId", "notifications/progress": "progressToken"}
     field = named.get(method)
     if field is not None and field in params and not _is_token(params[field]):
-        msg = f"{field} must be a string or an integer"
+        msg = f"{field} must be a string (at most {MAX_TOKEN_CHARS}) or an integer"
         raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
 
 

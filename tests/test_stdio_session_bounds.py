@@ -1,0 +1,79 @@
+"""What one handshake-era stdio session keeps is bounded by what it is, not by what its client
+sends: its initialize and notifications/initialized once each (a client sending either again
+and again, 1 MiB each, grew the gateway a MiB a message), and a progress token only while
+its request is in progress (a request id used again left the earlier one's token and deadline
+behind, each token as long as the client liked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from gateway.upstream.stdio_session import SessionLink
+from gateway.wire.jsonrpc import MAX_TOKEN_CHARS, BadMessage, classify
+from tests.gateway_proc import write_config
+from tests.peers import stdio_upstream_command
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> SessionLink:
+    command, args = stdio_upstream_command()
+    servers = {"st": {"command": command, "args": args}}
+    config = load_config(write_config(tmp_path, "default: deny\n", servers, 9))
+    link = SessionLink(SimpleNamespace(config=config.servers["st"]), "s" * 16, "g")  # type: ignore[arg-type]
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> bool:  # the child, not started: what it gets
+        sent.append(message)
+        return True
+
+    link.child.ready.set()
+    link.child.send = send  # type: ignore[method-assign]
+    return link
+
+
+def _message(method: str, msg_id: Any = None, **meta: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": {"_meta": meta}}
+    if msg_id is not None:
+        message["id"] = msg_id
+    return message
+
+
+async def test_the_handshake_is_kept_once(link: SessionLink) -> None:
+    link.handshake["initialize"] = _message("initialize", 1)
+    for n in range(50):
+        await link._notify(_message("notifications/initialized", pad=n), None)
+    assert list(link.handshake) == ["initialize", "notifications/initialized"]
+    assert link.handshake["notifications/initialized"]["params"]["_meta"] == {"pad": 49}
+
+
+async def test_an_id_used_again_leaves_nothing_of_the_earlier_request(link: SessionLink) -> None:
+    for n in range(50):
+        link._begin(1, _message("tools/call", 1, progressToken=f"token-{n}"))
+    assert link.tokens == {"token-49": 1}
+    assert list(link.in_flight) == [1]
+
+
+@pytest.mark.parametrize("where", ["meta", "progress", "cancelled"])
+def test_a_token_past_its_length_is_refused(where: str) -> None:
+    token = "t" * (MAX_TOKEN_CHARS + 1)
+    if where == "meta":
+        message = _message("tools/call", 1, progressToken=token)
+        message["params"]["name"] = "x"
+    elif where == "progress":
+        message = {"jsonrpc": "2.0", "method": "notifications/progress"}
+        message["params"] = {"progressToken": token, "progress": 1}
+    else:
+        message = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+        message["params"] = {"requestId": token}
+    with pytest.raises(BadMessage, match="at most 1024"):
+        classify(message)
+    short = token[:MAX_TOKEN_CHARS]
+    classify(
+        _message("tools/call", 1, progressToken=short)
+        | {"params": {"name": "x", "_meta": {"progressToken": short}}}
+    )
