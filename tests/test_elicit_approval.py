@@ -378,7 +378,11 @@ class TestTokens:
         assert (
             inband.check_state(self.KEY, state, other_grant, "rev1", 0) == "approval_state_mismatch"
         )
-        assert inband.check_state(self.KEY, state, call, "rev2", 0) == "approval_state_mismatch"
+        # the same call under another policy: said so (it read "issued for another call")
+        assert inband.check_state(self.KEY, state, call, "rev2", 0) == "approval_policy_changed"
+        assert (
+            inband.check_state(self.KEY, state, other_grant, "rev2", 0) == "approval_state_mismatch"
+        )
         other_user = Call("t", {"a": 1}, "up", Identity("g1", "another user of g1"))
         assert (
             inband.check_state(self.KEY, state, other_user, "rev1", 0) == "approval_state_mismatch"

@@ -110,8 +110,11 @@ def _refused(decision: Decision, code: str) -> Decision:
     reasons = {
         "approval_state_invalid": "the approval state was not issued by this gateway",
         "approval_state_mismatch": "the approval state was issued for another call",
+        "approval_policy_changed": "the policy changed since this state was issued: call again",
         "approval_expired": "the approval question expired before it was answered",
-        "approval_replayed": "this approval was already used: ask again",
+        "approval_replayed": (
+            "this state was already used, or issued before the approval store was reset: call again"
+        ),
         "approval_unavailable": "approvals are not available on this gateway",
     }
     return replace(decision, effect="deny", reason=reasons[code], error=code)

@@ -37,7 +37,12 @@ from gateway.telemetry.audit import args_digest
 
 ID_PREFIX = "celgate-"
 STATE_PREFIX = "celgate.v1."
-StateProblem = Literal["approval_state_invalid", "approval_state_mismatch", "approval_expired"]
+StateProblem = Literal[
+    "approval_state_invalid",
+    "approval_state_mismatch",
+    "approval_policy_changed",
+    "approval_expired",
+]
 
 
 def _mac(key: bytes, label: str, *parts: str) -> str:
@@ -154,8 +159,11 @@ def check_state(
         rounds, origin = int(payload.get("k", 0)), str(payload.get("o", ""))
     except (ValueError, KeyError, TypeError):
         return "approval_state_invalid"  # cannot happen with a valid MAC, but fail closed
-    if bound != _binding(call, revision):
-        return "approval_state_mismatch"
+    expected = _binding(call, revision)
+    if bound != expected:
+        # the same call under another policy revision: not another call
+        same_call = isinstance(bound, dict) and {**bound, "r": revision} == expected
+        return "approval_policy_changed" if same_call else "approval_state_mismatch"
     if now >= expires:
         return "approval_expired"
     return State(nonce, expires, approval, upstream, epoch, rounds, origin)
