@@ -208,7 +208,7 @@ class TestRelist:
         from types import SimpleNamespace
 
         from gateway.config import ServerConfig
-        from gateway.server.lifecycle import RELIST_SECONDS, relister
+        from gateway.server.lifecycle import RELIST_MAX_SECONDS, RELIST_SECONDS, relister
 
         now = [0.0]
         seen: list[tuple[str, str]] = []
@@ -232,3 +232,15 @@ class TestRelist:
         now[0] += RELIST_SECONDS
         await relist("up")
         assert len(seen) == 2 * read
+        # Nothing new in that reading: the next waits twice as long (a made-up name started
+        # a stdio server anew every 10 s for good)
+        now[0] += RELIST_SECONDS
+        await relist("up")
+        assert len(seen) == 2 * read
+        now[0] += RELIST_SECONDS
+        await relist("up")
+        assert len(seen) == 3 * read
+        for _ in range(10):
+            now[0] += RELIST_MAX_SECONDS
+            await relist("up")
+        assert len(seen) == 13 * read  # never less often than RELIST_MAX_SECONDS

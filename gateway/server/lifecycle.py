@@ -197,8 +197,11 @@ async def recent_health(gateway: Gateway) -> dict[str, bool]:
     return await found.get(gateway)
 
 
-#: A call to a tool the catalogue lacks reads its server's tools again, at most this often.
+#: A call to a tool the catalogue lacks reads its server's tools again, at most this often,
+#: and half as often each time a reading found no tool it did not know, down to once in
+#: ``RELIST_MAX_SECONDS`` (a made-up name started a stdio server anew every 10 s).
 RELIST_SECONDS = 10.0
+RELIST_MAX_SECONDS = 320.0
 
 
 def relister(
@@ -208,18 +211,30 @@ def relister(
     (callers meanwhile wait for it), and not again within ``RELIST_SECONDS`` (names come from
     callers: made-up ones must not make the gateway list an upstream on every call)."""
     last: dict[str, float] = {}
+    every: dict[str, float] = {}  # each server's interval now
     running: dict[str, asyncio.Future[int]] = {}
+
+    def names(server: str) -> set[str]:
+        return {name for (where, name) in getattr(gateway, "catalog", {}) if where == server}
 
     async def relist(server: str) -> None:
         if server not in gateway.upstreams:
             return
         pending = running.get(server)
         if pending is None:
-            if clock() - last.get(server, float("-inf")) < RELIST_SECONDS:
+            if clock() - last.get(server, float("-inf")) < every.get(server, RELIST_SECONDS):
                 return
             last[server] = clock()
+            known = names(server)
             pending = running[server] = asyncio.ensure_future(refresh_catalog(gateway, server))
-            pending.add_done_callback(lambda _: running.pop(server, None))
+
+            def done(_: object) -> None:
+                running.pop(server, None)
+                found_new = bool(names(server) - known) or server not in every
+                interval = every.get(server, RELIST_SECONDS) * 2
+                every[server] = RELIST_SECONDS if found_new else min(interval, RELIST_MAX_SECONDS)
+
+            pending.add_done_callback(done)
         with contextlib.suppress(Exception):  # a failed reading is logged by list_all
             await asyncio.shield(pending)
 
