@@ -77,3 +77,29 @@ def test_a_token_past_its_length_is_refused(where: str) -> None:
         _message("tools/call", 1, progressToken=short)
         | {"params": {"name": "x", "_meta": {"progressToken": short}}}
     )
+
+
+@pytest.mark.parametrize(
+    "method", ["notifications/roots/list_changed", "notifications/progress", "notifications/x"]
+)
+async def test_no_callers_notice_reaches_the_process_every_caller_shares(
+    tmp_path: Path, method: str
+) -> None:
+    """One 2026-07-28 process serves every caller: one caller's notice (roots changed, a
+    progress notice naming the gateway's own guessable ids) spoke to it for all of them."""
+    from gateway.upstream.stdio_shared import SharedLink
+
+    command, args = stdio_upstream_command()
+    servers = {"st": {"command": command, "args": args}}
+    config = load_config(write_config(tmp_path, "default: deny\n", servers, 9))
+    shared = SharedLink(config.servers["st"])
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> bool:
+        sent.append(message)
+        return True
+
+    shared.child.send = send  # type: ignore[method-assign]
+    params = {"progressToken": "c1", "progress": 1} if method.endswith("progress") else {}
+    await shared._notify({"jsonrpc": "2.0", "method": method, "params": params})
+    assert sent == []

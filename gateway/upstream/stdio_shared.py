@@ -152,12 +152,17 @@ class SharedLink:
         ``notifications/cancelled`` names a request id of the sender's own; the ids the child
         knows are ours, and a notification's exchange has no request of its own to map one to.
         So it is dropped: a caller cancels by closing its request's stream (as the 2026 wire
-        says), which cancels that request's own inner id (``_call``), never another's.
+        says), which cancels that request's own inner id (``_call``), never another's. Any
+        other notice is dropped too (below).
         """
-        if message.get("method") == "notifications/cancelled":
+        method = message.get("method")
+        if method == "notifications/cancelled":
             log.debug("stdio.cancel_dropped", server=self.name)
             return
-        await self.child.send(message)
+        # One process serves every caller: a caller's notice (roots changed, a progress
+        # token of the gateway's own ids) would speak to it for all of them. The 2026-07-28
+        # wire gives a client no notice a server needs here; none reaches the child.
+        log.debug("stdio.notice_dropped", server=self.name, method=str(method)[:100])
 
     def _last_sign(self, inner: str) -> Callable[[], float | None]:
         def last_sign() -> float | None:
