@@ -456,7 +456,7 @@ class FakeIssuer:
             return 200, json.dumps({"keys": keys}).encode()
         return 404, b""
 
-    def sign(self, clock: Clock, key: int = 0, **claims: Any) -> str:
+    def sign(self, clock: Clock, key: int = 0, header_typ: str | None = None, **claims: Any) -> str:
         body = {
             "iss": ISSUER,
             "aud": f"{BASE}/mcp/up",
@@ -466,7 +466,10 @@ class FakeIssuer:
             **claims,
         }
         signer = self.keys[key]
-        return jwt.encode({"alg": "RS256", "kid": signer.kid}, body, signer)
+        header = {"alg": "RS256", "kid": signer.kid}
+        if header_typ is not None:
+            header["typ"] = header_typ
+        return jwt.encode(header, body, signer)
 
 
 def authority(clock: Clock, issuer: FakeIssuer, **config: Any) -> TokenAuthority:
@@ -744,6 +747,44 @@ class TestIntrospectionAnswersOnAClock:
         auth, _ = self.introspecting(clock, answer, max_cache=60)
         refused = await auth.authenticate("refresh-1", "/mcp/up")
         assert isinstance(refused, Refusal) and "refresh token" in refused.description
+
+
+@pytest.mark.parametrize(
+    ("typ", "claims", "said"),
+    [
+        (None, {"token_use": "refresh"}, "refresh token"),
+        (None, {"token_type": "refresh_token"}, "refresh token"),
+        (None, {"typ": "Refresh"}, "refresh token"),  # Keycloak's spelling
+        (None, {"token_use": "id"}, "ID token"),
+        ("refresh+jwt", {}, "typ header"),
+        ("logout+jwt", {}, "typ header"),
+    ],
+)
+async def test_a_signed_token_that_is_no_access_token_is_refused(
+    typ: str | None, claims: dict[str, str], said: str
+) -> None:
+    """A JWT refresh token (or an ID token) signed by the issuer served as a bearer token for
+    its whole life: the check was only on introspection answers."""
+    clock, issuer = Clock(), FakeIssuer()
+    auth = authority(clock, issuer)
+    refused = await auth.authenticate(issuer.sign(clock, header_typ=typ, **claims), "/mcp/up")
+    assert isinstance(refused, Refusal) and said in refused.description
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "at+jwt", "application/at+jwt"])
+async def test_an_access_token_by_any_of_its_types_is_taken(typ: str | None) -> None:
+    clock, issuer = Clock(), FakeIssuer()
+    token = issuer.sign(clock, header_typ=typ, token_type="Bearer")
+    assert isinstance(await authority(clock, issuer).authenticate(token, "/mcp/up"), Agent)
+
+
+async def test_an_audience_of_the_wrong_shape_is_refused_not_a_failure() -> None:
+    """``aud: [endpoint, {"x": 1}]`` passed the library's check and then made every request
+    with it a 500."""
+    clock, issuer = Clock(), FakeIssuer()
+    token = issuer.sign(clock, aud=[f"{BASE}/mcp/up", {"x": 1}])
+    refused = await authority(clock, issuer).authenticate(token, "/mcp/up")
+    assert isinstance(refused, Refusal) and "aud" in refused.description
 
 
 async def test_a_good_token_shown_where_it_does_not_reach_is_logged() -> None:

@@ -122,6 +122,26 @@ def cel_readable(value: Any, depth: int = 0) -> bool:
     return False
 
 
+#: A JWT's ``typ`` header an access token may carry (RFC 9068's, the plain one's).
+ACCESS_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+#: Claims by which issuers say what kind of token one is (Cognito's ``token_use``, Hydra's
+#: and others' ``token_type``, Keycloak's ``typ``).
+TOKEN_KIND_CLAIMS = ("token_use", "token_type", "typ")
+
+
+def not_access(claims: Mapping[str, Any]) -> str | None:
+    """Why a token is not an access token by what it says of itself, or None: a refresh
+    token, leaked, would serve for weeks as a bearer token, and an ID token is the client's
+    proof of a sign-in, not a grant to call anything (both were taken as access tokens)."""
+    for field in TOKEN_KIND_CLAIMS:
+        said = str(claims.get(field, "")).lower()
+        if "refresh" in said:
+            return "a refresh token is not an access token"
+        if said in ("id", "id_token", "idtoken"):
+            return "an ID token is not an access token"
+    return None
+
+
 class TokenAuthority:
     """Verifies bearer tokens for the endpoints of one gateway."""
 
@@ -232,6 +252,9 @@ class TokenAuthority:
         alg = header.get("alg")
         if alg not in self.config.algorithms:
             return "signature algorithm not allowed"
+        kind = header.get("typ")
+        if kind is not None and str(kind).lower() not in ACCESS_TYPES:
+            return "not an access token (its typ header)"  # refresh+jwt, a logout token...
         kid = header.get("kid")
         claims = await self._signed(token, alg, kid if isinstance(kid, str) else None)
         if isinstance(claims, str):
@@ -266,10 +289,17 @@ class TokenAuthority:
             return "bad signature"
 
     def verified_of(self, claims: Mapping[str, Any], auth: AuthMethod) -> Verified | str:
+        refused = not_access(claims)
+        if refused is not None:
+            return refused
         agent = agent_of(claims, self.config.claims, auth)
         if isinstance(agent, str):
             return agent
         aud = claims.get("aud")
+        if aud is not None and not (
+            isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+        ):
+            return "invalid aud claim"  # (an object in the list answered 500)
         audiences = frozenset([aud] if isinstance(aud, str) else aud or ())
         expires = claims.get("exp")
         not_before = claims.get("nbf", 0)
