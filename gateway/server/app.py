@@ -71,7 +71,7 @@ class EdgeApp:
                 scope["path"] = "/"  # as mounted: nothing follows /mcp
                 await self.aggregate(scope, receive, send)  # type: ignore[arg-type]
                 return
-            if path == FEED_PATH:
+            if _as_routed(path) == FEED_PATH:  # every spelling Litestar routes there
                 await _live_stream(self.litestar, scope, receive, send)
                 return
             if scope["method"] == "POST" and _as_routed(path) == LOGIN_PATH:
