@@ -100,3 +100,35 @@ async def test_one_agents_large_bodies_in_progress_are_bounded(gw: GatewayProces
         again = await _call(c, gw, "alice", 4)
         assert again.status_code == 200 and "did not answer in time" in again.text
     assert gw.records("request.bodies_full")
+
+
+async def test_a_body_still_arriving_holds_its_share(gw: GatewayProcess) -> None:
+    """The budget was charged once a body was whole: 200 bodies of 4 MiB, each stopped 10
+    bytes short of its end, held 800 MiB and were never refused. A declared body takes its
+    share before it is read."""
+    import socket
+
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+         "params": {"name": "echo", "arguments": {"text": ARG}}}
+    ).encode()  # fmt: skip
+    head = (
+        f"POST /mcp/up HTTP/1.1\r\nhost: 127.0.0.1:{gw.port}\r\n"
+        f"authorization: Bearer {KEYS['alice']}\r\ncontent-type: application/json\r\n"
+        "accept: application/json, text/event-stream\r\nmcp-protocol-version: 2025-11-25\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", gw.port)) as stalled:
+        stalled.sendall(head + body[:-10])  # and then nothing
+        async with httpx.AsyncClient() as c:
+            refused = await _call(c, gw, "alice", 2)
+            assert refused.status_code == 429, refused.text
+            assert (await _call(c, gw, "bob", 3)).status_code == 200  # another's share
+    # the stalled request ended with its connection: its share is given back
+    async with httpx.AsyncClient() as c:
+        for _ in range(100):
+            again = await _call(c, gw, "alice", 4)
+            if again.status_code == 200:
+                break
+            await asyncio.sleep(0.05)  # (the gateway notices the closed connection)
+    assert again.status_code == 200 and "did not answer in time" in again.text

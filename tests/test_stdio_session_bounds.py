@@ -103,3 +103,12 @@ async def test_no_callers_notice_reaches_the_process_every_caller_shares(
     params = {"progressToken": "c1", "progress": 1} if method.endswith("progress") else {}
     await shared._notify({"jsonrpc": "2.0", "method": method, "params": params})
     assert sent == []
+
+
+def test_an_id_past_its_length_is_refused() -> None:
+    """A request is kept by its id while in progress (and past its client, until the server
+    answers): 300 abandoned calls with ids of 1 MiB held 300 MiB."""
+    long_id = "i" * (MAX_TOKEN_CHARS + 1)
+    with pytest.raises(BadMessage, match="id longer than 1024"):
+        classify({"jsonrpc": "2.0", "id": long_id, "method": "ping"})
+    assert classify({"jsonrpc": "2.0", "id": long_id[:-1], "method": "ping"}).msg_id

@@ -70,11 +70,13 @@ class Incoming:
             return 2
         return 1 if name in self.headers else 0
 
-    async def body(self, limit: int) -> bytes | None:
-        """The whole body, or None when it is larger than ``limit`` bytes; raises
+    async def body(self, limit: int, grow: Callable[[int], bool] | None = None) -> bytes | None:
+        """The whole body, or None when it is larger than ``limit`` bytes or ``grow`` (told
+        the size it is declared or has reached so far) says no more; raises
         :class:`BodyCut` when the client disconnects before the body has ended."""
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        size = int(declared) if declared is not None and declared.isdigit() else 0
+        if size > limit or (size and grow is not None and not grow(size)):
             return None
         chunks: list[bytes] = []
         size = 0
@@ -84,7 +86,7 @@ class Incoming:
                 raise BodyCut
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
+            if size > limit or (grow is not None and chunk and not grow(size)):
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -231,6 +231,8 @@ def _check_id(value: Mapping[str, Any]) -> Any:
         raise BadMessage(INVALID_REQUEST, "id must be a string or an integer")
     if isinstance(msg_id, int) and abs(msg_id) > MAX_SAFE_ID:
         raise BadMessage(INVALID_REQUEST, "integer id out of range (|id| must be below 2**53)")
+    if isinstance(msg_id, str) and len(msg_id) > MAX_TOKEN_CHARS:  # kept while in progress
+        raise BadMessage(INVALID_REQUEST, f"id longer than {MAX_TOKEN_CHARS} characters")
     return msg_id
 
 
