@@ -79,8 +79,8 @@ async def serve(
     finally:
         if incoming.release is not None:  # the caller's place among its grant's requests
             incoming.release()
-        for release in incoming.released:  # what its body held
-            release()
+        if incoming.body_release is not None:  # what its body held
+            incoming.body_release()
 
 
 def check_guard(gw: Gateway, incoming: Incoming) -> None:
@@ -179,7 +179,7 @@ async def json_body(
         held = cost
         return True
 
-    incoming.released.append(lambda: bodies.give(owner, held))
+    incoming.body_release = lambda: bodies.give(owner, held)
     body = await incoming.body(gw.config.security.max_body_bytes, grow)
     if over is not None:
         log.warning("request.bodies_full", grant=identity.grant, over=over, size=held)

@@ -28,6 +28,7 @@ class Incoming:
     """The parts of an HTTP request the relay reads; header names lowercased."""
 
     __slots__ = (
+        "body_release",
         "client_ip",
         "headers",
         "method",
@@ -36,14 +37,13 @@ class Incoming:
         "raw_headers",
         "receive",
         "release",
-        "released",
         "repeated",
     )
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
         self.release: Callable[[], None] | None = None  # run when the request ends
-        self.released: list[Callable[[], None]] = []  # and these (what its body holds)
+        self.body_release: Callable[[], None] | None = None  # and this: what its body holds
         self.path: str = scope["path"]
         self.raw_headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         headers: dict[str, str] = {}
