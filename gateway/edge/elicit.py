@@ -192,8 +192,10 @@ class ElicitFace:
     async def _stateless(self, call: Call, decision: Decision) -> Decision:
         key = self.gw.signer.key
         now = time.time()
-        store = self.gw.approvals.store if self.gw.approvals is not None else None
-        if not isinstance(store, inband.OnceStore):
+        store = inband.once_store(
+            self.gw.approvals.store if self.gw.approvals is not None else None
+        )
+        if store is None:
             return _refused(decision, "approval_unavailable")
         if not self.ours:
             timeout = decision.approval.timeout if decision.approval else 300.0
@@ -251,8 +253,10 @@ class ElicitFace:
         chain_ends = before.expires if before is not None else time.time() + timeout
         key, revision = self.gw.signer.key, decision.revision
 
-        store = self.gw.approvals.store if self.gw.approvals is not None else None
-        if not isinstance(store, inband.OnceStore):
+        store = inband.once_store(
+            self.gw.approvals.store if self.gw.approvals is not None else None
+        )
+        if store is None:
             return view  # nothing could check the state: the retry is a call of its own
         epoch = store.epoch or await store.current_epoch()  # a round trip only the first time
 
