@@ -157,6 +157,26 @@ def start_process(
     return peer
 
 
+@contextlib.contextmanager
+def raw_upstream(misbehave: str, log: Path) -> Iterator[PeerProcess]:
+    """``python -m tests.servers.raw_upstream`` told to ``misbehave`` (see its doc), logging
+    every request it reads to ``log`` (its output beside it, ``.out``); stopped at the end."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.raw_upstream", "--port", str(port)]
+    env = {"RAW_UPSTREAM_MISBEHAVE": misbehave, "RAW_UPSTREAM_LOG": str(log)}
+    peer = start_process(
+        argv,
+        port=port,
+        url=f"http://{HOST}:{port}/mcp",
+        extra_env=env,
+        log_path=log.with_suffix(".out"),
+    )
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
 def start_http_upstream(
     port: int | None = None,
     extra_env: Mapping[str, str] | None = None,

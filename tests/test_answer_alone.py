@@ -22,11 +22,11 @@ import pytest
 
 from gateway.wire.sse import answer_alone, has_data
 from tests.gateway_proc import initialize_body, run_gateway
-from tests.peers import http_upstream
+from tests.peers import http_upstream, raw_upstream
 from tests.servers.raw_upstream import chunk
 from tests.test_h1 import Serve, read_request, until
 from tests.test_h1 import serve as serve
-from tests.test_upstream_hostile import raw_upstream, seen
+from tests.test_upstream_hostile import seen
 
 ANSWER = b'{"jsonrpc":"2.0","id":7,"result":{"content":[]}}'
 
@@ -212,7 +212,7 @@ def streaming(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with contextlib.ExitStack() as stack:
         servers = {}
         for how in STREAMING:
-            peer = stack.enter_context(raw_upstream(how, how, logs[how]))
+            peer = stack.enter_context(raw_upstream(how, logs[how]))
             servers[how] = {"url": peer.url}
         policy = 'version: "1"\ndefault: allow\n'
         yield stack.enter_context(run_gateway(directory, policy, servers)), logs

@@ -118,7 +118,34 @@ async def test_an_answer_past_the_cap_is_an_error_not_relayed(
     result = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"x": "y" * 5000}}).encode()
     bodies.append(result)
     told = await _piped(pool, 5)
-    assert "is unavailable" in told and "yyyy" not in told
+    # said as it is: the same call will never fit (not "unavailable", an outage to retry)
+    assert "answered more than 1000 bytes" in told and "yyyy" not in told
+
+
+async def test_a_relayed_answer_past_the_cap_says_so(
+    upstream: tuple[H1Pool, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 70 MB answer was told as "upstream 'big' is unavailable", the words of an outage:
+    agents retried a call that can never fit, operators looked for a dead server."""
+    from gateway.edge.forward import _relay_whole
+
+    pool, bodies = upstream
+    monkeypatch.setattr(forward_module, "MAX_JSON_ANSWER_BYTES", 1000)
+    bodies.append(json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"x": "y" * 5000}}).encode())
+    told: list[Any] = []
+
+    async def send(message: Any) -> None:
+        told.append(message)
+
+    fwd = Forward(SimpleNamespace(name="big", silence=5), None, b"{}", 1, PassAll(), grant="g")
+    resp = await pool.request("POST", {}, b"{}")
+    try:
+        await _relay_whole(send, resp, fwd, "application/json")
+    finally:
+        resp.close()
+    error = json.loads(told[-1]["body"])["error"]
+    assert (told[0]["status"], error["code"]) == (200, -32001)
+    assert error["message"] == "upstream 'big' answered more than 1000 bytes"
 
 
 async def test_answers_being_sent_count_against_what_all_may_hold(
@@ -157,7 +184,7 @@ async def test_answers_being_sent_count_against_what_all_may_hold(
     while not told[0] or told[0][-1]["type"] != "http.response.body":
         await asyncio.sleep(0)  # until the first answer is being sent (no time passes)
     await relay(1, False)  # 5 KiB more would pass what all may hold while the first is sent
-    assert b"is unavailable" in told[1][-1]["body"]
+    assert b"held too many answers: try again" in told[1][-1]["body"]
     release.set()
     await first
     await relay(2, False)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 
 from gateway.auth.identity import hash_key
 from tests.gateway_proc import GatewayProcess, run_gateway
-from tests.peers import NODE, TS_DIR, TS_SDK, PeerProcess, free_port, start_process, ts_sdk_ready
+from tests.peers import NODE, TS_DIR, TS_SDK, raw_upstream, ts_sdk_ready
 
 KEY_A = "cgk_hostile-agent-a-0123456789"
 KEY_B = "cgk_hostile-agent-b-0123456789"
@@ -46,7 +45,7 @@ def gateway(
     with contextlib.ExitStack() as stack:
         servers: dict[str, Any] = {}
         for name, misbehave in UPSTREAMS.items():
-            peer = stack.enter_context(raw_upstream(name, misbehave, logs[name]))
+            peer = stack.enter_context(raw_upstream(misbehave, logs[name]))
             servers[name] = {"url": peer.url, "timeout": HEAD_TIMEOUT if name == "hanging" else 10}
         grants = {
             "agent-a": {"key_sha256": hash_key(KEY_A)},
@@ -54,21 +53,6 @@ def gateway(
         }
         directory = tmp_path_factory.mktemp("gw-hostile")
         yield stack.enter_context(run_gateway(directory, POLICY, servers, grants=grants))
-
-
-@contextlib.contextmanager
-def raw_upstream(name: str, misbehave: str, log: Path) -> Iterator[PeerProcess]:
-    port = free_port()
-    argv = [sys.executable, "-m", "tests.servers.raw_upstream", "--port", str(port)]
-    env = {"RAW_UPSTREAM_MISBEHAVE": misbehave, "RAW_UPSTREAM_LOG": str(log)}
-    output = log.with_suffix(".out")
-    peer = start_process(
-        argv, port=port, url=f"http://127.0.0.1:{port}/mcp", extra_env=env, log_path=output
-    )
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 def seen(log: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ SSE event ids are bound to (server, grant, session) the way session ids are, so 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
@@ -23,7 +24,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
-from gateway.wire.sse import DROP, result_keys
+from gateway.wire.sse import DROP, NO_ID, NOT_AN_ANSWER, answered_id, result_keys
 
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
@@ -34,16 +35,47 @@ RISK_KEY = "io.celgate/risk"
 KIND_KEY = "io.celgate/kind"
 
 
+IdCheck = Callable[[Any], bool]
+
+
+def no_id(_: Any) -> bool:
+    return False
+
+
+def any_id(_: Any) -> bool:
+    return True
+
+
+def same_id(wanted: Any) -> IdCheck:
+    """A check passing ``wanted`` alone, of its own JSON type (``1`` is not ``"1"``, nor
+    ``true``)."""
+    if wanted is None:
+        return no_id
+
+    def fits(value: Any) -> bool:
+        return type(value) is type(wanted) and value == wanted
+
+    return fits
+
+
+def progress_token(params: Any) -> Any:
+    """The ``progressToken`` a request's params name, or None."""
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
 class ClientView:
     """One caller's view of one upstream (``session`` may be learned from ``initialize``)."""
 
     __slots__ = (
+        "answers",
         "cacheable",
         "created",
         "creates",
         "gw",
         "identity",
         "modern",
+        "progress",
         "server",
         "session",
         "tasks",
@@ -71,6 +103,18 @@ class ClientView:
         #: ... and the request is one whose result carries ``ttlMs`` and ``cacheScope`` (also
         #: required): one left out is 0 and ``private`` (not kept, not shared).
         self.cacheable = False
+        #: The answers (results and errors) this stream may carry, by their id: a request's
+        #: stream its own answer alone; a server's GET stream, a listen, none (an upstream
+        #: that answered with another request's id ended that request for its client: a call
+        #: held here for approval read as done, another server's answer on ``/mcp`` replaced).
+        self.answers: IdCheck = no_id
+        #: The progress tokens this stream may speak of: a request's own, on its stream.
+        self.progress: IdCheck = no_id
+
+    def for_request(self, msg_id: Any, params: Any) -> None:
+        """This stream is the answer to the request ``msg_id`` (with ``params``)."""
+        self.answers = same_id(msg_id)
+        self.progress = same_id(progress_token(params))
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         raw = event_id.decode("utf-8", "replace")
@@ -101,8 +145,11 @@ class ClientView:
     def wants(self, data: bytes) -> bool:
         """Only what could hold a tools list or a task id is read (a key spelled with escapes
         is too)."""
-        if b'"tools"' in data or b'"task' in data or b"\\u" in data:
+        if b'"tools"' in data or b'"task' in data or b"\\u" in data or b"progress" in data:
             return True
+        answered = answered_id(data)
+        if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
+            return True  # not an answer this stream carries: read, to be dropped
         if not self.modern or b'"result"' not in data:
             return False
         if b'"resultType"' not in data:
@@ -120,6 +167,14 @@ class ClientView:
         asks_or_tells = "method" in message
         if asks_or_tells and ("result" in message or "error" in message):
             return DROP  # a request (or notice) and an answer at once: no shape to pass on
+        if not asks_or_tells and not self.answers(message.get("id")):
+            log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
+            return DROP
+        if message.get("method") == "notifications/progress" and not self.progress(
+            progress_of(message)
+        ):
+            log.warning("upstream.foreign_progress", server=self.server, grant=self.identity.grant)
+            return DROP
         if is_task_notification(message.get("method")) and not self._may_hear_of(
             task_of(message)  # a task of another caller, or none named
         ):
@@ -188,6 +243,12 @@ class ClientView:
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
         return out
+
+
+def progress_of(message: dict[str, Any]) -> Any:
+    """The token a ``notifications/progress`` names, or None."""
+    params = message.get("params")
+    return params.get("progressToken") if isinstance(params, dict) else None
 
 
 def _readable(tools: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+import json
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,13 @@ from gateway.telemetry.audit import log
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, media_type, reply, wants_json
-from gateway.wire.jsonrpc import UPSTREAM_UNAVAILABLE, error_body, upstream_failure_status
+from gateway.wire.jsonrpc import (
+    MODERN_VERSIONS,
+    UPSTREAM_UNAVAILABLE,
+    error_body,
+    json_bytes,
+    upstream_failure_status,
+)
 from gateway.wire.sse import (
     DROP,
     SseRewriter,
@@ -80,6 +88,67 @@ class Forward:
     # process (a stdio bridge's quotas: one user of an OAuth client cannot end another's)
     grant: str | None = None
     params: dict[str, str] | None = None  # Mcp-Param-* headers, made here from the body
+    sent_headers: dict[str, str] | None = None  # as the request went upstream
+    # The gateway's own upstream session (``/mcp``'s link): a 404 for it (the upstream
+    # restarted, and lost it) opens another, once, and the request goes again on it.
+    relink: Callable[[], Awaitable[str | None]] | None = None
+
+
+#: Requests the gateway ended itself (no answer in time), by (server, owner, session, id):
+#: a stream of theirs resumed later brings no answer (its client was told the call ended).
+_ENDED: OrderedDict[tuple[str, str | None, str | None, str], None] = OrderedDict()
+MAX_ENDED = 4096
+_CANCELS: set[asyncio.Future[None]] = set()
+
+
+def _ended_key(
+    server: str, owner: str | None, session: str | None, msg_id: Any
+) -> tuple[str, str | None, str | None, str]:
+    return server, owner, session, json.dumps(msg_id)
+
+
+def ended_here(server: str, owner: str | None, session: str | None) -> Callable[[Any], bool]:
+    """The answers a resumed stream of this session may carry: any but to a request the
+    gateway ended (``end_upstream_call``)."""
+    return lambda msg_id: _ended_key(server, owner, session, msg_id) not in _ENDED
+
+
+def end_upstream_call(fwd: Forward, why: str) -> None:
+    """The gateway told its client this request ended (no answer in time): its upstream is
+    told so too (``notifications/cancelled``, in the background) and an answer it sends
+    later on a resumed stream is dropped. The tool went on running upstream, and its late
+    answer reached a client that had been told the call was over (one that calls again
+    runs the tool twice). A 2026-07-28 upstream is told by its connection closing."""
+    if fwd.msg_id is None or fwd.sent_headers is None:
+        return
+    _ENDED[_ended_key(fwd.upstream.name, fwd.grant, fwd.session_id, fwd.msg_id)] = None
+    while len(_ENDED) > MAX_ENDED:
+        _ENDED.popitem(last=False)
+    if fwd.sent_headers.get("mcp-protocol-version") in MODERN_VERSIONS:
+        return
+    headers = {
+        k: v
+        for k, v in fwd.sent_headers.items()
+        if k not in ("mcp-method", "mcp-name", "last-event-id") and not k.startswith("mcp-param-")
+    }
+    params = {"requestId": fwd.msg_id, "reason": f"celgate: {why}"}
+    body = json_bytes({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
+    task = asyncio.ensure_future(_tell(fwd.upstream, headers, body))
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
+
+
+async def _tell(upstream: HttpUpstream, headers: dict[str, str], body: bytes) -> None:
+    try:
+        resp = await upstream.pool.request("POST", headers, body)
+    except (*UPSTREAM_ERRORS, TimeoutError):
+        return
+    try:
+        await read_bounded(resp, upstream.silence)
+    except (*UPSTREAM_ERRORS, TimeoutError):
+        pass
+    finally:
+        resp.close()
 
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
@@ -156,6 +225,22 @@ async def _unavailable(send: Send, fwd: Forward) -> None:
     await _failed(send, fwd, 502, message)
 
 
+def too_large_words(why: list[str]) -> str:
+    """What an upstream did, for an answer ``read_bounded`` would not hold (``why``)."""
+    if "large" in why:  # the same call will never fit: not "unavailable", an outage to retry
+        cap = MAX_JSON_ANSWER_BYTES
+        told = f"{cap // 1048576} MiB" if cap % 1048576 == 0 else f"{cap} bytes"
+        return f"answered more than {told}"
+    return "answered while the gateway held too many answers: try again"
+
+
+async def _too_large(send: Send, fwd: Forward, alone: bool) -> None:
+    """An answer the gateway would not hold: over its own cap (``alone``), or over what every
+    answer being read may hold at once (a moment's load: 503 where no request is answered)."""
+    words = too_large_words(["large"] if alone else [])
+    await _failed(send, fwd, 502 if alone else 503, f"upstream {fwd.upstream.name!r} {words}")
+
+
 async def _failed(send: Send, fwd: Forward, status: int, message: str) -> None:
     """The upstream failed this request: a JSON-RPC error every client reads."""
     status = upstream_failure_status(fwd.msg_id, status)
@@ -175,9 +260,8 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
     asked: list[H1Response] = []
 
     async def ask() -> None:
-        asked.append(
-            await upstream.pool.request(incoming.method, request_headers(incoming, fwd), fwd.body)
-        )
+        fwd.sent_headers = request_headers(incoming, fwd)
+        asked.append(await upstream.pool.request(incoming.method, fwd.sent_headers, fwd.body))
 
     try:
         # A client that goes away before the upstream's head ends the request there too (and
@@ -186,7 +270,25 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
         if not asked:
             return None
         resp = asked[0]
+        if resp.status == 404 and fwd.relink is not None and fwd.session_id is not None:
+            resp.close()
+            relink, fwd.relink = fwd.relink, None
+            sid = await relink()
+            if sid is None:  # never the upstream's 404: the client's own session lives on
+                await _failed(send, fwd, 502, f"upstream {upstream.name!r} lost its session")
+                return None
+            fwd.session_id, asked[:] = sid, []
+            log.info("aggregate.relinked", server=upstream.name)
+            await watching_disconnect(incoming.receive, ask())
+            if not asked:
+                return None
+            resp = asked[0]
+            if resp.status == 404:
+                resp.close()
+                await _failed(send, fwd, 502, f"upstream {upstream.name!r} lost its session")
+                return None
     except TimeoutError:  # no head within servers.X.timeout; the connection was dropped
+        end_upstream_call(fwd, "no answer in time")
         await _failed(send, fwd, 504, f"upstream {upstream.name!r} did not answer in time")
         return None
     except UPSTREAM_ERRORS:
@@ -254,17 +356,19 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
     """Anything but a stream: read whole (bounded), passed through the view if JSON. A body
     of any other type (or charset) is not relayed: the gateway has not read it as the caller
     would, so its status goes on with an error of the gateway's own."""
+    why: list[str] = []
     try:
-        body = await read_bounded(resp, fwd.upstream.silence)
+        body = await read_bounded(resp, fwd.upstream.silence, why)
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=fwd.upstream.silence)
+        end_upstream_call(fwd, "no answer in time")
         await _failed(send, fwd, 504, f"upstream {fwd.upstream.name!r} did not answer in time")
         return
     except UPSTREAM_ERRORS:
         await _unavailable(send, fwd)
         return
     if body is None:
-        await _unavailable(send, fwd)
+        await _too_large(send, fwd, "large" in why)
         return
     if unreadable(body, media):
         log.warning("upstream.unreadable_answer", server=fwd.upstream.name, status=resp.status)
@@ -280,7 +384,7 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
         held = len(body) * (PARSED_FACTOR + 1 if reading else 1)
         if _Held.total + held > MAX_HELD_ANSWER_BYTES:
             log.warning("upstream.answer_too_large", size=len(body), held=_Held.total)
-            await _unavailable(send, fwd)
+            await _too_large(send, fwd, False)
             return
     _Held.total += held
     try:
@@ -317,13 +421,24 @@ class _Held:
     total = 0
 
 
-async def read_bounded(resp: H1Response, within: float | None = None) -> bytes | None:
-    """The whole answer, or None past its own cap or past what all answers may hold;
-    ``TimeoutError`` when it is not whole ``within`` seconds of its head (a body that stalled,
-    or dripped a byte a second, held its caller and its place under
-    ``max_requests_per_agent`` for good)."""
+async def read_bounded(
+    resp: H1Response, within: float | None = None, why: list[str] | None = None
+) -> bytes | None:
+    """The whole answer, or None past its own cap or past what all answers may hold (which
+    of the two is appended to ``why``, "large" or "busy"); ``TimeoutError`` when it is not
+    whole ``within`` seconds of its head (a body that stalled, or dripped a byte a second,
+    held its caller and its place under ``max_requests_per_agent`` for good)."""
     chunks: list[bytes] = []
     size = 0
+
+    def over() -> bool:
+        if size <= MAX_JSON_ANSWER_BYTES and _Held.total <= MAX_HELD_ANSWER_BYTES:
+            return False
+        log.warning("upstream.answer_too_large", size=size, held=_Held.total)
+        if why is not None:
+            why.append("large" if size > MAX_JSON_ANSWER_BYTES else "busy")
+        return True
+
     try:
         if resp.complete:  # most answers came whole with their head: no timer
             async for chunk in resp.iter_chunks():
@@ -335,14 +450,10 @@ async def read_bounded(resp: H1Response, within: float | None = None) -> bytes |
                 async for chunk in resp.iter_chunks():
                     size += len(chunk)
                     _Held.total += len(chunk)
-                    if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
-                        log.warning("upstream.answer_too_large", size=size, held=_Held.total)
+                    if over():
                         return None
                     chunks.append(chunk)
-        if size > MAX_JSON_ANSWER_BYTES or _Held.total > MAX_HELD_ANSWER_BYTES:
-            log.warning("upstream.answer_too_large", size=size, held=_Held.total)
-            return None
-        return b"".join(chunks)
+        return None if over() else b"".join(chunks)
     finally:
         _Held.total -= size
 
@@ -391,6 +502,7 @@ async def _relay_sse(
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
+        end_upstream_call(fwd, f"nothing for {silence:g} s")
         await _flush(send, pending, sse_error(fwd, what))
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.

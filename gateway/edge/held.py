@@ -21,10 +21,12 @@ from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
     answer_media,
+    end_upstream_call,
     read_bounded,
     relayed_events,
     request_headers,
     sse_error,
+    too_large_words,
     unreadable,
     watching_disconnect,
 )
@@ -372,9 +374,11 @@ class HeldStream:
 async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> None:
     upstream = fwd.upstream
     try:
-        resp = await upstream.pool.request("POST", request_headers(incoming, fwd), fwd.body)
+        fwd.sent_headers = request_headers(incoming, fwd)
+        resp = await upstream.pool.request("POST", fwd.sent_headers, fwd.body)
     except TimeoutError:  # the call reached the upstream, whose head did not come in time
         log.warning("upstream.silent", server=upstream.name, seconds=upstream.silence)
+        end_upstream_call(fwd, "no answer in time")
         body = sse_error(fwd, "did not answer in time")
         await send({"type": "http.response.body", "body": body, "more_body": True})
         return
@@ -403,9 +407,10 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
             return
         # As the relay's answers read whole: bounded, and whole within servers.X.timeout.
-        body = await read_bounded(resp, silence)
+        why: list[str] = []
+        body = await read_bounded(resp, silence, why)
         if body is None:
-            await _send_error(send, fwd)
+            await _send_error(send, fwd, too_large_words(why))
             return
         changed = filtered(body, fwd.view)
         if changed is DROP or unreadable(body, media):
@@ -415,12 +420,13 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
             await send({"type": "http.response.body", "body": out, "more_body": True})
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
+        end_upstream_call(fwd, "no answer in time")
         body = sse_error(fwd, "did not answer in time")
         await send({"type": "http.response.body", "body": body, "more_body": True})
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         await _send_error(send, fwd)
 
 
-async def _send_error(send: Send, fwd: Forward) -> None:
-    body = sse_error(fwd, "is unavailable")
+async def _send_error(send: Send, fwd: Forward, what: str = "is unavailable") -> None:
+    body = sse_error(fwd, what)
     await send({"type": "http.response.body", "body": body, "more_body": True})

@@ -15,9 +15,9 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_name
-from gateway.edge.clientview import ClientView
+from gateway.edge.clientview import ClientView, any_id
 from gateway.edge.elicit import deliver, remember_client
-from gateway.edge.forward import Forward, forward
+from gateway.edge.forward import Forward, ended_here, forward
 from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.routing import check_routing_headers, stateless_era
@@ -94,11 +94,18 @@ class Relay:
         presented = incoming.header("last-event-id")
         if session is not None:
             view.tasks = None  # a handshake-era session's own stream
+            # The progress of this session's requests; a resumed stream, a request's answer.
+            view.progress = any_id
+            if presented is not None:  # but not one the gateway ended (told its client so)
+                view.answers = ended_here(upstream.name, identity.owner, session)
         else:
             # No session (an upstream that keeps none): its stream is every caller's, and
             # speaks of no task but one the resumed request of this caller made (a listener
             # heard each agent's task ids bound to itself, and read their results).
             view.creates = presented is not None
+            if presented is not None:  # the rest of this caller's request's stream
+                view.progress = any_id
+                view.answers = ended_here(upstream.name, identity.owner, None)
         fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if presented is not None:
             event_id = view.unwrap_event_id(presented)
@@ -141,6 +148,8 @@ class Relay:
         view = ClientView(self.gw, upstream.name, identity, session)
         view.modern = modern and _version(message, incoming) in rpc.MODERN_VERSIONS
         view.cacheable = message.method in rpc.CACHEABLE_METHODS and message.is_request
+        if message.is_request:
+            view.for_request(message.msg_id, message.params)
         msg_id = message.msg_id if message.is_request else None
         fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)

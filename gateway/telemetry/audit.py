@@ -140,6 +140,8 @@ def configure_logging(*, json_logs: bool | None = None, level: int = logging.INF
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # ``log.exception``'s traceback as text (the JSON renderer wrote "exc_info": true)
+            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

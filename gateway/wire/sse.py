@@ -214,6 +214,30 @@ def result_keys(data: bytes) -> tuple[bool, bool, bool] | None:
     return keys.resultType is not unset, keys.ttlMs is not unset, keys.cacheScope is not unset
 
 
+#: ``answered_id`` of a message that is no answer, and of one whose id is unreadable (too
+#: long to be a request's, or the message not JSON: it is read strictly, and refused, later).
+NOT_AN_ANSWER: Any = object()
+NO_ID: Any = object()
+
+
+def answered_id(data: bytes) -> Any:
+    """The id a message answers (a result or an error, with no method), read without
+    building the rest of it: ``NOT_AN_ANSWER`` for anything else, ``NO_ID`` when it cannot
+    be told."""
+    if b'"result"' not in data and b'"error"' not in data:
+        return NOT_AN_ANSWER  # (a key spelled with escapes is read whole: see ``wants``)
+    try:
+        head = _ANSWER_HEAD.decode(data)
+    except msgspec.DecodeError:
+        return NO_ID
+    unset = msgspec.UNSET
+    if head.method is not unset or (head.result is unset and head.error is unset):
+        return NOT_AN_ANSWER
+    if len(head.id) > MAX_ID_BYTES:
+        return NO_ID
+    return msgspec.json.decode(head.id) if head.id else None
+
+
 def carries_id(data: bytes) -> bool:
     """Whether a message's JSON names an id (a request or an answer, not a notice), read
     without building any of it."""

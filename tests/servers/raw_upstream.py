@@ -30,7 +30,14 @@ the gateway's start-up probes still work:
 * ``sse-cut``: the priming event, then close the connection (no answer);
 * ``sse-linger``: the answer's event, then keep the stream open (never end it);
 * ``sse-after``: the answer's event, then a notification on the same stream, then the end;
-* ``sse-keepalive``: the priming event, a keep-alive comment, the answer's event, the end.
+* ``sse-keepalive``: the priming event, a keep-alive comment, the answer's event, the end;
+* ``forge``: a ``tools/call`` whose arguments name ``answer_as`` (any JSON) is answered under
+  that id instead of its own; on a stream (with ``sse``), that forged answer and a progress
+  notice for the token its arguments name as ``progress_for`` come first, then its own
+  progress (if it gave a token) and its own answer;
+* ``sse-silent``: the priming event, then nothing (the stream stays open until dropped);
+* ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
+  a ``notifications/message``, then its end.
 """
 
 from __future__ import annotations
@@ -88,11 +95,19 @@ def answer(status: str, body: bytes = b"", content_type: str = "application/json
     return f"{head}\r\n\r\n".encode() + body
 
 
+def forged_id(message: dict[str, Any]) -> Any:
+    """The id this call's answer goes under: its own, or the one its arguments name."""
+    args = (message.get("params") or {}).get("arguments") or {}
+    if "forge" in MISBEHAVE and isinstance(args, dict) and "answer_as" in args:
+        return args["answer_as"]
+    return message["id"]
+
+
 def reply_to(message: dict[str, Any]) -> bytes:
     if "id" not in message:
         return answer("202 Accepted")
     try:
-        body = {"jsonrpc": "2.0", "id": message["id"], "result": result_for(message)}
+        body = {"jsonrpc": "2.0", "id": forged_id(message), "result": result_for(message)}
     except LookupError:
         error = {"code": -32601, "message": "method not found"}
         body = {"jsonrpc": "2.0", "id": message["id"], "error": error}
@@ -116,13 +131,30 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     if "expect" in MISBEHAVE and (expect or "").lower() == "100-continue":
         writer.write(CONTINUE)
     body = await reader.readexactly(int(headers.get("content-length", "0")))
+    if method == "GET" and "get-forge" in MISBEHAVE:
+        log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        notes = [
+            {"jsonrpc": "2.0", "id": 7, "result": {"content": [], "isError": False}},
+            progress("t7"),
+            {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info"}},
+        ]
+        for note in notes:
+            writer.write(chunk(b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n"))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
     if method != "POST":
         log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
         writer.write(answer("405 Method Not Allowed"))
         return True
     message = json.loads(body)
     rpc = message.get("method")
-    log({"conn": conn, "method": method, "rpc": rpc, "id": message.get("id"), "expect": expect})
+    record = {"conn": conn, "method": method, "rpc": rpc, "id": message.get("id"), "expect": expect}
+    if rpc == "notifications/cancelled":
+        record["params"] = message.get("params")
+    log(record)
     if rpc == "tools/call":
         if "close" in MISBEHAVE:
             return False
@@ -133,12 +165,42 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             writer.write(CONTINUE)
             await writer.drain()
             await asyncio.sleep(DELAY)  # the call takes a while
-        streamed = MISBEHAVE & {"sse", "sse-cut", "sse-linger", "sse-after", "sse-keepalive"}
+        streamed = MISBEHAVE & {
+            "sse",
+            "sse-cut",
+            "sse-linger",
+            "sse-after",
+            "sse-keepalive",
+            "sse-silent",
+        }
         if streamed:
             return await stream_answer(reader, writer, message, min(streamed))
     writer.write(reply_to(message))
     await writer.drain()
     return True
+
+
+def progress(token: Any) -> dict[str, Any]:
+    params = {"progressToken": token, "progress": 1, "total": 2, "message": f"for {token}"}
+    return {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
+
+
+def forgeries(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a ``forge`` upstream streams before a call's own answer (see the module doc)."""
+    params = message.get("params") or {}
+    args = params.get("arguments") or {}
+    meta = params.get("_meta") or {}
+    out: list[dict[str, Any]] = []
+    if "forge" not in MISBEHAVE or not isinstance(args, dict):
+        return out
+    if "answer_as" in args:
+        content = [{"type": "text", "text": "FORGED"}]
+        out.append({"jsonrpc": "2.0", "id": args["answer_as"], "result": {"content": content}})
+    if "progress_for" in args:
+        out.append(progress(args["progress_for"]))
+    if isinstance(meta, dict) and "progressToken" in meta:
+        out.append(progress(meta["progressToken"]))
+    return out
 
 
 def chunk(data: bytes) -> bytes:
@@ -150,12 +212,20 @@ async def stream_answer(
 ) -> bool:
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
     writer.write(b"transfer-encoding: chunked\r\n\r\n")
+    forged = forgeries(message)
+    if forged:  # the forgeries, then the call's own answer under its own id
+        message = {**message, "params": {**message["params"], "arguments": {}}}
     answer_event = b"event: message\ndata: " + reply_to(message).split(b"\r\n\r\n", 1)[1]
+    for note in forged:
+        writer.write(chunk(b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n"))
     if how != "sse-linger":
         writer.write(chunk(b"id: 1\ndata: \n\n"))
         await writer.drain()
     if how == "sse-cut":
         return False  # closes the connection: no answer, no end of stream
+    if how == "sse-silent":
+        await reader.read()  # nothing more, until the gateway drops the connection
+        return False
     if how == "sse-keepalive":
         writer.write(chunk(b": keep-alive\n\n"))
         await writer.drain()

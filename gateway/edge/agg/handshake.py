@@ -292,9 +292,16 @@ class Handshake:
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
         view.inner.creates = message.method == "tools/call"  # its answer may make a task
+        view.inner.for_request(message.msg_id, message.params)
         fwd = routed(
             self.gw, incoming, server, message, changed, body, view, link.sid, identity.owner
         )
+
+        async def relink() -> str | None:
+            assert link is not None
+            return await self.links.relink(session, link)
+
+        fwd.relink = relink
         if message.method == "tools/call":
             tool = changed["name"]
             await self._call(incoming, send, session, identity, message, fwd, tool, admission)
@@ -316,22 +323,20 @@ class Handshake:
         server = fwd.upstream.name
         call = tool_call(gw, incoming, message, server, tool, identity, session.sid)
         version = incoming.header("mcp-protocol-version")
-        key = session.track(message.msg_id, server)
+        done = session.track(message.msg_id, server, message.params)
         try:
             await call_through(gw, incoming, send, message, call, fwd, identity, version, admission)
         finally:
-            if key is not None:
-                session.inflight.pop(key, None)
+            done()
 
     async def _forward(
         self, incoming: Incoming, send: Send, session: AggSession, message: Message, fwd: Forward
     ) -> None:
-        key = session.track(message.msg_id, fwd.upstream.name)
+        done = session.track(message.msg_id, fwd.upstream.name, message.params)
         try:
             await forward(incoming, send, fwd)
         finally:
-            if key is not None:
-                session.inflight.pop(key, None)
+            done()
 
     # ------------------------------------------------------------------ every server
 

@@ -82,6 +82,17 @@ class Links:
             session.on_link(link)
         return link
 
+    async def relink(self, session: AggSession, lost: Link) -> str | None:
+        """A new upstream session in place of ``lost``, which its server no longer knows (it
+        restarted): the upstream's 404 would have told the client that its ``/mcp`` session
+        was gone, and kept every later call to that server failing. Its session id, or None
+        when none could be opened."""
+        if session.links.get(lost.server) is lost:
+            del session.links[lost.server]
+            log.warning("aggregate.link_lost", server=lost.server)
+        link = await self.link(session, lost.server)
+        return link.sid if link is not None else None
+
     async def learn(self) -> None:
         """At start: what each server offers, from a session opened for that alone and ended
         at once, so that the first client's ``initialize`` need not wait for every server

@@ -15,7 +15,7 @@ import structlog
 
 from gateway.auth.guard import SessionSigner
 from gateway.edge.agg.names import Names
-from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView
+from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView, any_id
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
@@ -140,6 +140,7 @@ class Catalogue:
         for server, listed in lists.items():
             if kind == "tool":
                 view = ClientView(self.gw, server, identity, session)
+                view.answers = any_id  # the servers' answers, already read as such
                 shown = view.filter({"result": {"tools": listed}})
                 listed = shown["result"]["tools"] if shown is not None else listed
             for item in listed:

@@ -44,12 +44,12 @@ class AggView:
             message = inner if inner is not None else message
             if "id" in message:  # the server asks the client: under an id of ours
                 return {**message, "id": self.session.outward_upcall(server, message["id"])}
-            if method == "notifications/cancelled":
+            if method == "notifications/cancelled":  # of a request of this server's alone
                 cancelled = self._cancelled(message)
-                return cancelled if cancelled is not None else inner
+                return cancelled if cancelled is not None else DROP
             return inner
         shown = self.inner.filter(message)
-        if shown is None or not isinstance(shown.get("result"), dict):
+        if shown is None or shown is DROP or not isinstance(shown.get("result"), dict):
             return shown
         tools = shown["result"].get("tools")
         if not isinstance(tools, list):

@@ -1,0 +1,68 @@
+"""``/mcp`` keeps a server usable after that server restarts.
+
+``/mcp`` owns its client's session and one upstream session per server (its links). An HTTP
+upstream that restarted no longer knows the link's session and answers 404. That 404 was
+passed to the client as is: it told the client its whole ``/mcp`` session was gone (every
+server's), and as the SDKs do not start a new one on their own, every later call to that
+server failed for the life of the session. Now the gateway opens a new link, once, and sends
+the request again on it; a server that still cannot be reached is the call's -32001 error.
+
+A real SDK server (``tests.servers.upstream``) stopped and started again on the same port; a
+real gateway process; the SDK's client, in the handshake era (the one with sessions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from gateway.auth.identity import hash_key
+from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
+from tests.peers import PeerProcess, free_port, start_http_upstream
+
+KEY = "cgk_aggregate-relink-agent-0123456789"
+POLICY = 'version: "1"\ndefault: allow\n'
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def upstream(port: int) -> Iterator[list[PeerProcess]]:
+    running = [start_http_upstream(port)]
+    try:
+        yield running
+    finally:
+        for peer in running:
+            peer.stop()
+
+
+@pytest.fixture
+def gateway(upstream: list[PeerProcess], tmp_path: Path) -> Iterator[GatewayProcess]:
+    servers = {"up": {"url": upstream[0].url}}
+    grants = {"agent": {"key_sha256": hash_key(KEY)}}
+    with run_gateway(tmp_path, POLICY, servers, grants=grants) as gw:
+        yield gw
+
+
+async def test_a_restarted_server_gets_a_new_link(
+    gateway: GatewayProcess, upstream: list[PeerProcess], port: int
+) -> None:
+    async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
+        assert text_of(await sdk.call_tool("up__echo", {"text": "before"})) == "before"
+        upstream[0].stop()
+        upstream[0] = start_http_upstream(port)  # the same server, its sessions forgotten
+        assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"
+        assert text_of(await sdk.call_tool("up__echo", {"text": "again"})) == "again"
+        tools = await sdk.list_tools()
+        assert "up__echo" in [t.name for t in tools.tools]
+        # a server gone for good: the call's error, never a 404 for the /mcp session
+        upstream[0].stop()
+        with pytest.raises(MCPError) as caught:
+            await sdk.call_tool("up__echo", {"text": "gone"})
+        assert caught.value.error.code == -32001

@@ -1,0 +1,110 @@
+"""A call the gateway ends itself is ended upstream too.
+
+When an upstream sends nothing for ``servers.X.timeout`` (no head, a stalled body, a silent
+stream), the gateway answers its client that the call ended. The tool went on running
+upstream: its side effects happened anyway, and its late answer reached the client on a
+resumed stream (one that called again ran the tool twice). Now a handshake-era upstream is
+sent ``notifications/cancelled`` for it, and a resumed stream drops that request's answer.
+
+The upstreams are ``tests.servers.raw_upstream`` processes (``hang``: no head ever;
+``sse-silent``: a priming event, then nothing), behind a real gateway process with a short
+``servers.X.timeout``; what they were sent is read from their logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.auth.identity import hash_key
+from gateway.edge.forward import Forward, end_upstream_call, ended_here
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import raw_upstream
+
+KEY = "cgk_ended-calls-agent-0123456789"
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
+UPSTREAMS = {"hanging": "hang", "silent": "sse-silent"}
+HEADERS = {
+    "authorization": f"Bearer {KEY}",
+    "accept": "application/json, text/event-stream",
+    "content-type": "application/json",
+}
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("ended-upstreams")
+    return {name: directory / f"{name}.jsonl" for name in UPSTREAMS}
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    logs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: {"url": stack.enter_context(raw_upstream(how, logs[name])).url, "timeout": 0.5}
+            for name, how in UPSTREAMS.items()
+        }
+        grants = {"agent": {"key_sha256": hash_key(KEY)}}
+        directory = tmp_path_factory.mktemp("gw-ended")
+        yield stack.enter_context(run_gateway(directory, POLICY, servers, grants=grants))
+
+
+def call(msg_id: Any) -> dict[str, Any]:
+    params = {"name": "echo", "arguments": {"text": "hi"}}
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
+
+
+def _seen(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def cancelled(log: Path, msg_id: Any) -> dict[str, Any]:
+    """The ``notifications/cancelled`` the upstream was sent for ``msg_id`` (waited for)."""
+    async with asyncio.timeout(20):
+        while True:
+            for record in _seen(log):
+                params = record.get("params") or {}
+                if record["rpc"] == "notifications/cancelled" and params["requestId"] == msg_id:
+                    return record
+            await asyncio.sleep(0.05)  # polling for the upstream's log line, not for time
+
+
+async def test_no_head_in_time_is_cancelled_upstream(
+    gateway: GatewayProcess, logs: dict[str, Path]
+) -> None:
+    async with httpx.AsyncClient(timeout=20) as http:
+        resp = await http.post(f"{gateway.base}/mcp/hanging", json=call("h-1"), headers=HEADERS)
+    assert resp.json()["error"]["message"] == "upstream 'hanging' did not answer in time"
+    record = await cancelled(logs["hanging"], "h-1")
+    assert record["params"]["reason"].startswith("celgate: ")
+
+
+async def test_a_silent_stream_is_cancelled_upstream(
+    gateway: GatewayProcess, logs: dict[str, Path]
+) -> None:
+    async with httpx.AsyncClient(timeout=20) as http:
+        resp = await http.post(f"{gateway.base}/mcp/silent", json=call(41), headers=HEADERS)
+    assert "the call is ended here" in resp.text
+    await cancelled(logs["silent"], 41)
+
+
+def test_a_resumed_stream_brings_no_answer_to_an_ended_call() -> None:
+    """In process: the check a resumed stream's view uses (``relay._stream``)."""
+    upstream: Any = type("U", (), {"name": "up"})()
+    fwd = Forward(upstream, "sid-1", b"{}", 9, grant="g/a")
+    fwd.sent_headers = {"mcp-protocol-version": "2026-07-28"}  # no notice sent: none needed
+    carries = ended_here("up", "g/a", "sid-1")
+    assert carries(9)
+    end_upstream_call(fwd, "test")
+    assert not carries(9)
+    assert carries("9") and carries(10)  # only that request's (by id and its JSON type)
+    assert ended_here("up", "g/b", "sid-1")(9)  # and only in its own session

@@ -1,0 +1,171 @@
+"""An upstream's answer reaches a client only as the answer to the request it came back on.
+
+Clients match answers to requests by id. An upstream that answered one request under another
+request's id (a guess: clients number their requests in order) ended that other request for
+its client: a call the gateway held for approval read as done before anyone approved it, and
+on ``/mcp`` one server's answer replaced another server's. So a request's stream carries its
+own answer alone (another is dropped; a JSON answer under another id becomes -32001 under the
+request's own), a server's GET stream carries no answer at all, and progress is heard only of
+a request of that stream's own (on ``/mcp``: of a request routed to that server).
+
+The upstreams are ``tests.servers.raw_upstream`` processes told to forge (``forge``: the call's
+``answer_as`` argument is the id it answers under, ``progress_for`` a token it tells progress
+of), on real gateway processes; the clients are raw HTTP and the SDK's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from gateway.auth.identity import hash_key
+from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway
+from tests.peers import raw_upstream
+
+KEY = "cgk_foreign-answers-agent-0123456789"
+MODERN = "2026-07-28"
+POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
+UPSTREAMS = {"forge": "forge", "forgesse": "forge,sse", "getter": "get-forge"}
+HEADERS = {
+    "authorization": f"Bearer {KEY}",
+    "accept": "application/json, text/event-stream",
+    "content-type": "application/json",
+}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("foreign-answers")
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: {"url": stack.enter_context(raw_upstream(how, directory / f"{name}.jsonl")).url}
+            for name, how in UPSTREAMS.items()
+        }
+        grants = {"agent": {"key_sha256": hash_key(KEY)}}
+        yield stack.enter_context(run_gateway(directory, POLICY, servers, grants=grants))
+
+
+def call(msg_id: Any, name: str = "echo", token: Any = None, **args: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": {"text": "hi", **args}}
+    if token is not None:
+        params["_meta"] = {"progressToken": token}
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
+
+
+def modern(message: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    params = message["params"]
+    return {**message, "params": {**params, "_meta": {**params.get("_meta", {}), **meta}}}
+
+
+def messages(resp: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an answer, JSON or a stream."""
+    if resp.headers["content-type"].startswith("application/json"):
+        return [resp.json()]
+    out = []
+    for event in resp.text.replace("\r\n", "\n").split("\n\n"):
+        data = [line[5:].strip() for line in event.split("\n") if line.startswith("data:")]
+        if data and "".join(data):
+            out.append(json.loads("".join(data)))
+    return out
+
+
+def post(gw: GatewayProcess, path: str, message: Any, **headers: str) -> httpx.Response:
+    url = f"{gw.base}{path}"
+    return httpx.post(url, json=message, headers={**HEADERS, **headers}, timeout=20)
+
+
+def refused(found: list[dict[str, Any]], msg_id: Any) -> None:
+    """The one message is the request's own -32001: the forged answer never reached it."""
+    assert len(found) == 1, found
+    assert found[0]["id"] == msg_id and type(found[0]["id"]) is type(msg_id)
+    assert found[0]["error"]["code"] == -32001
+    assert "FORGED" not in json.dumps(found)
+
+
+class TestRelay:
+    def test_a_json_answer_under_another_id_is_the_requests_error(
+        self, gateway: GatewayProcess
+    ) -> None:
+        refused(messages(post(gateway, "/mcp/forge", call("c-2", answer_as="c-1"))), "c-2")
+        # the same number as another type is another id (a client matches 5 and "5" apart)
+        refused(messages(post(gateway, "/mcp/forge", call(5, answer_as="5"))), 5)
+        refused(messages(post(gateway, "/mcp/forge", call(6, answer_as=None))), 6)
+        honest = messages(post(gateway, "/mcp/forge", call("c-3")))
+        assert honest[0]["id"] == "c-3" and honest[0]["result"]["content"][0]["text"] == "c-3 hi"
+
+    def test_a_stream_carries_its_own_answer_and_progress_alone(
+        self, gateway: GatewayProcess
+    ) -> None:
+        message = call("s-2", token="mine", answer_as="s-1", progress_for="theirs")
+        found = messages(post(gateway, "/mcp/forgesse", message))
+        answers = [m for m in found if "method" not in m]
+        tokens = [m["params"]["progressToken"] for m in found if m.get("method")]
+        assert [a["id"] for a in answers] == ["s-2"]
+        assert answers[0]["result"]["content"][0]["text"].startswith("s-2")
+        assert tokens == ["mine"]  # its own progress passes; another request's is dropped
+
+    def test_a_2026_caller_is_kept_the_same(self, gateway: GatewayProcess) -> None:
+        message = modern(call("m-2", answer_as="m-1"))
+        headers = {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"}
+        resp = post(gateway, "/mcp/forge", message, **headers)
+        refused(messages(resp), "m-2")
+
+    def test_a_get_stream_carries_no_answer_and_no_unknown_progress(
+        self, gateway: GatewayProcess
+    ) -> None:
+        assert post(gateway, "/mcp/getter", initialize_body("raw")).status_code == 200
+        resp = httpx.get(
+            f"{gateway.base}/mcp/getter",
+            headers={**HEADERS, "accept": "text/event-stream"},
+            timeout=20,
+        )
+        found = messages(resp)
+        # the upstream keeps no session: its stream is everyone's, and tells no progress
+        assert [m.get("method") for m in found] == ["notifications/message"]
+
+
+class TestAggregate:
+    def session(self, gateway: GatewayProcess) -> dict[str, str]:
+        resp = post(gateway, "/mcp", initialize_body("raw", msg_id=0))
+        assert resp.status_code == 200
+        return {"mcp-session-id": resp.headers["mcp-session-id"]}
+
+    def test_one_server_cannot_answer_for_another(self, gateway: GatewayProcess) -> None:
+        sid = self.session(gateway)
+        resp = post(gateway, "/mcp", call(12, "forge__echo", answer_as=11), **sid)
+        refused(messages(resp), 12)
+        message = call(13, "forgesse__echo", token="own", answer_as=11, progress_for="other")
+        found = messages(post(gateway, "/mcp", message, **sid))
+        assert [m["id"] for m in found if "method" not in m] == [13]
+        assert [m["params"]["progressToken"] for m in found if m.get("method")] == ["own"]
+
+    def test_2026_callers_too(self, gateway: GatewayProcess) -> None:
+        message = modern(call("x-2", "forge__echo", answer_as="x-1"))
+        headers = {"mcp-protocol-version": MODERN, "mcp-method": "tools/call"}
+        resp = post(gateway, "/mcp", message, **headers, **{"mcp-name": "forge__echo"})
+        refused(messages(resp), "x-2")
+
+
+class TestSdkClient:
+    """The SDK's client reads the refusal as its own call's error, in both eras."""
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_the_forged_answer_is_an_error(self, gateway: GatewayProcess, mode: str) -> None:
+        async with client(f"{gateway.base}/mcp", KEY, mode=mode) as sdk:
+            # an id of an earlier request (the initialize's): never its call's answer
+            with pytest.raises(MCPError) as caught:
+                await sdk.call_tool("forge__echo", {"text": "hi", "answer_as": 0})
+            assert caught.value.error.code == -32001
+            result = await sdk.call_tool("forgesse__echo", {"text": "hi"})
+            assert not result.is_error
