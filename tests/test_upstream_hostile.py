@@ -29,7 +29,13 @@ KEY_A = "cgk_hostile-agent-a-0123456789"
 KEY_B = "cgk_hostile-agent-b-0123456789"
 HEAD_TIMEOUT = 1.0
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
-UPSTREAMS = {"normal": "", "cont": "continue,expect", "closing": "close", "hanging": "hang"}
+UPSTREAMS = {
+    "normal": "",
+    "cont": "continue,expect",
+    "closing": "close",
+    "hanging": "hang",
+    "longsid": "long-sid",
+}
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +230,20 @@ class TestClientsReadIt:
         error = out["calls"][0]["error"]
         assert error["code"] == -32001, error
         assert "upstream 'hanging' did not answer in time" in error["message"]
+
+
+class TestSessionIds:
+    async def test_an_unusable_session_id_is_not_passed_on(self, gateway: GatewayProcess) -> None:
+        """A 5,000-character session id (wrapped, larger still) made every later request of
+        its client too large to read (431): the upstream's initialize is its error."""
+        init = {
+            "jsonrpc": "2.0",
+            "id": "init-1",
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {}},
+        }
+        status, reply = await post(gateway, "longsid", init, KEY_A)
+        assert (status, reply["id"], reply["error"]["code"]) == (200, "init-1", -32001)
+        assert reply["error"]["message"] == "upstream 'longsid' gave an unusable session id"
+        status, reply = await post(gateway, "normal", init, KEY_A)  # the others as they were
+        assert status == 200 and "result" in reply

@@ -319,7 +319,23 @@ async def _upstream_unauthorized(send: Send, fwd: Forward, status: int) -> None:
 MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
 
 
+#: The longest upstream session id passed on (wrapped, it grows by a third): the protocol
+#: allows any visible ASCII, and a 60 KB one made every later request of its client 431.
+MAX_SESSION_ID_CHARS = 1024
+
+
+def usable_session_id(sid: str) -> bool:
+    """Whether an upstream's session id is one the gateway passes on: 1 to
+    ``MAX_SESSION_ID_CHARS`` visible ASCII characters (0x21 to 0x7E), as the protocol says."""
+    return 0 < len(sid) <= MAX_SESSION_ID_CHARS and all("!" <= c <= "~" for c in sid)
+
+
 async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward) -> None:
+    sid = resp.headers.get("mcp-session-id")
+    if sid is not None and not usable_session_id(sid.strip()):
+        log.warning("upstream.bad_session_id", server=fwd.upstream.name, length=len(sid))
+        await _failed(send, fwd, 502, f"upstream {fwd.upstream.name!r} gave an unusable session id")
+        return
     if isinstance(fwd.view, ClientView) and fwd.view.session is None:
         sid = resp.headers.get("mcp-session-id")  # an initialize: events belong to the new one
         fwd.view.session = sid.strip() if sid is not None else None

@@ -36,6 +36,7 @@ the gateway's start-up probes still work:
   notice for the token its arguments name as ``progress_for`` come first, then its own
   progress (if it gave a token) and its own answer;
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped);
+* ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
   a ``notifications/message``, then its end.
 """
@@ -175,7 +176,10 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         }
         if streamed:
             return await stream_answer(reader, writer, message, min(streamed))
-    writer.write(reply_to(message))
+    out = reply_to(message)
+    if rpc == "initialize" and "long-sid" in MISBEHAVE:
+        out = out.replace(b"\r\n", b"\r\nmcp-session-id: " + b"s" * 5000 + b"\r\n", 1)
+    writer.write(out)
     await writer.drain()
     return True
 

@@ -13,6 +13,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
 from gateway.edge.agg.upcall import UpcallFailed, UpcallRefused, body_of, exchange, post_once
+from gateway.edge.forward import usable_session_id
 from gateway.edge.inband import in_band
 from gateway.pipeline.gateway import Gateway
 from gateway.telemetry.audit import log
@@ -56,6 +57,8 @@ class Links:
             if isinstance(agreed, str) and agreed in rpc.HANDSHAKE_VERSIONS:  # else: ours
                 version = agreed
             sid = headers.get("mcp-session-id")
+            if sid is not None and not usable_session_id(sid.strip()):
+                raise UpcallFailed(f"upstream {server!r} gave an unusable session id")
             link = Link(server, sid.strip() if sid else None, version)
             # (Not kept as what the server offers every client: this answer is to one
             # client's session, its clientInfo, its user; learn() asks with the gateway's own.)
