@@ -18,13 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from gateway.auth.guard import SessionSigner
 from gateway.auth.identity import hash_key
+from gateway.edge.clientview import ClientView
+from gateway.policy import Identity
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway
 from tests.peers import raw_upstream
 
@@ -101,6 +105,10 @@ class TestRelay:
         # the same number as another type is another id (a client matches 5 and "5" apart)
         refused(messages(post(gateway, "/mcp/forge", call(5, answer_as="5"))), 5)
         refused(messages(post(gateway, "/mcp/forge", call(6, answer_as=None))), 6)
+        # an answer that names a method too (even null): the SDK read it as the answer
+        for method in (None, 7, "x"):
+            message = call("c-4", answer_as="c-1", with_method=method)
+            refused(messages(post(gateway, "/mcp/forge", message)), "c-4")
         honest = messages(post(gateway, "/mcp/forge", call("c-3")))
         assert honest[0]["id"] == "c-3" and honest[0]["result"]["content"][0]["text"] == "c-3 hi"
 
@@ -169,3 +177,37 @@ class TestSdkClient:
             assert caught.value.error.code == -32001
             result = await sdk.call_tool("forgesse__echo", {"text": "hi"})
             assert not result.is_error
+
+
+class TestResumedStreams:
+    """A stream resumed from an event id carries what that event's stream could: its
+    request's answer and progress, or (a server's GET stream) no answer and no progress.
+    A resumed GET stream carried any answer: a call held here read as done."""
+
+    def view(self, owner: str = "agent") -> ClientView:
+        gw: Any = SimpleNamespace(signer=SessionSigner("k" * 64))
+        return ClientView(gw, "up", Identity(grant=owner, agent=owner), "sid-1")
+
+    def test_a_requests_stream(self) -> None:
+        given = self.view()
+        given.for_request(5, {"_meta": {"progressToken": "t"}})
+        event_id = given.wrap_event_id(b"e.1").decode()
+        resumed = self.view()
+        assert resumed.unwrap_event_id(event_id) == "e.1"
+        assert resumed.answers(5) and not resumed.answers("5") and not resumed.answers(6)
+        assert resumed.progress("t") and not resumed.progress("u")
+        assert self.view("other").unwrap_event_id(event_id) is None  # another caller's
+
+    def test_a_request_with_no_token_hears_no_progress(self) -> None:
+        given = self.view()
+        given.for_request("r-1", {})
+        resumed = self.view()
+        assert resumed.unwrap_event_id(given.wrap_event_id(b"e").decode()) == "e"
+        assert resumed.answers("r-1") and not resumed.progress(None)
+
+    def test_a_servers_stream(self) -> None:
+        event_id = self.view().wrap_event_id(b"e-2").decode()
+        resumed = self.view()
+        assert resumed.unwrap_event_id(event_id) == "e-2"
+        assert not any(resumed.answers(i) for i in (0, 1, "e-2", None))
+        assert not resumed.progress(0)

@@ -225,6 +225,7 @@ def test_a_stream_speaks_only_of_the_tasks_its_request_named_or_made() -> None:
         }
 
     getting = ClientView(gw, "t", alice)
+    getting.for_request(5, {})  # the stream of request 5
     getting.tasks = frozenset({"u-1"})
     asked = getting.filter(tagged("u-1", id=7, method="elicitation/create"))
     assert asked["params"]["_meta"][RELATED_TASK]["taskId"] == signer.wrap_task(
@@ -236,6 +237,7 @@ def test_a_stream_speaks_only_of_the_tasks_its_request_named_or_made() -> None:
     assert getting.filter(other)["error"]["code"] == -32603
 
     calling = ClientView(gw, "t", alice)
+    calling.for_request(5, {})
     calling.creates = True
     made = {"jsonrpc": "2.0", "id": 5, "result": {"taskId": "u-3", "status": "working",
             "_meta": {RELATED_TASK: {"taskId": "u-3"}}}}  # fmt: skip

@@ -14,6 +14,7 @@ SSE event ids are bound to (server, grant, session) the way session ids are, so 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,10 @@ def any_id(_: Any) -> bool:
     return True
 
 
+def both(first: IdCheck, second: IdCheck) -> IdCheck:
+    return lambda value: first(value) and second(value)
+
+
 def same_id(wanted: Any) -> IdCheck:
     """A check passing ``wanted`` alone, of its own JSON type (``1`` is not ``"1"``, nor
     ``true``)."""
@@ -56,6 +61,19 @@ def same_id(wanted: Any) -> IdCheck:
         return type(value) is type(wanted) and value == wanted
 
     return fits
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def _same_digest(digest: str) -> IdCheck:
+    return lambda value: _digest(value) == digest
+
+
+#: The tag of a stream's event ids that is no request's (a server's GET stream, a listen).
+NO_REQUEST = "g"
+NO_TOKEN = "-" * 16  # (in a request's tag: it named no progress token)
 
 
 def progress_token(params: Any) -> Any:
@@ -78,6 +96,7 @@ class ClientView:
         "progress",
         "server",
         "session",
+        "tag",
         "tasks",
     )
 
@@ -108,22 +127,42 @@ class ClientView:
         #: that answered with another request's id ended that request for its client: a call
         #: held here for approval read as done, another server's answer on ``/mcp`` replaced).
         self.answers: IdCheck = no_id
-        #: The progress tokens this stream may speak of: a request's own, on its stream.
+        #: The progress tokens this stream may speak of: a request's own, on its stream
+        #: (a server's GET stream tells none: a call held here has no progress upstream).
         self.progress: IdCheck = no_id
+        #: What the ids of this stream's events are bound to besides the caller: the
+        #: request (digests of its id and token) or none, so that a stream resumed from one
+        #: of them carries what that request's stream could, and nothing else.
+        self.tag = NO_REQUEST
 
     def for_request(self, msg_id: Any, params: Any) -> None:
         """This stream is the answer to the request ``msg_id`` (with ``params``)."""
+        token = progress_token(params)
         self.answers = same_id(msg_id)
-        self.progress = same_id(progress_token(params))
+        self.progress = same_id(token)
+        self.tag = "r" + _digest(msg_id) + (_digest(token) if token is not None else NO_TOKEN)
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
-        raw = event_id.decode("utf-8", "replace")
+        raw = f"{event_id.decode('utf-8', 'replace')}.{self.tag}"
         wrapped = self.gw.signer.wrap_event(self.server, self.identity.owner, self.session, raw)
         return wrapped.encode()
 
     def unwrap_event_id(self, presented: str) -> str | None:
+        """The upstream's event id inside one this caller was given, or None; this view then
+        carries what the stream it came from could (its request's answer and progress)."""
         owner = self.identity.owner
-        return self.gw.signer.unwrap_event(self.server, owner, self.session, presented)
+        inner = self.gw.signer.unwrap_event(self.server, owner, self.session, presented)
+        raw, dot, tag = (inner or "").rpartition(".")
+        if not dot:
+            return None
+        if tag == NO_REQUEST:
+            self.answers = self.progress = no_id
+        elif len(tag) == 33 and tag[0] == "r":
+            self.answers = _same_digest(tag[1:17])
+            self.progress = no_id if tag[17:] == NO_TOKEN else _same_digest(tag[17:])
+        else:
+            return None
+        return raw
 
     def wrap_task_id(self, task_id: str) -> str:
         return self.gw.signer.wrap_task(self.server, self.identity.owner, task_id)

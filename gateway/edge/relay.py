@@ -15,7 +15,7 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_name
-from gateway.edge.clientview import ClientView, any_id
+from gateway.edge.clientview import ClientView, both
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, ended_here, forward
 from gateway.edge.held import cancels_held
@@ -94,24 +94,20 @@ class Relay:
         presented = incoming.header("last-event-id")
         if session is not None:
             view.tasks = None  # a handshake-era session's own stream
-            # The progress of this session's requests; a resumed stream, a request's answer.
-            view.progress = any_id
-            if presented is not None:  # but not one the gateway ended (told its client so)
-                view.answers = ended_here(upstream.name, identity.owner, session)
         else:
             # No session (an upstream that keeps none): its stream is every caller's, and
             # speaks of no task but one the resumed request of this caller made (a listener
             # heard each agent's task ids bound to itself, and read their results).
             view.creates = presented is not None
-            if presented is not None:  # the rest of this caller's request's stream
-                view.progress = any_id
-                view.answers = ended_here(upstream.name, identity.owner, None)
         fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if presented is not None:
+            # The rest of the stream that event was on: its request's answer (unless the
+            # gateway ended that request, and told its client so) and progress, or nothing.
             event_id = view.unwrap_event_id(presented)
             if event_id is None:  # not an event this caller was given: nothing to replay
                 raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID not recognised", status=400)
             fwd.last_event_id = event_id
+            view.answers = both(view.answers, ended_here(upstream.name, identity.owner, session))
         await forward(incoming, send, fwd)
 
     async def _post(

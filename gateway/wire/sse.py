@@ -231,8 +231,10 @@ def answered_id(data: bytes) -> Any:
     except msgspec.DecodeError:
         return NO_ID
     unset = msgspec.UNSET
-    if head.method is not unset or (head.result is unset and head.error is unset):
+    if head.result is unset and head.error is unset:
         return NOT_AN_ANSWER
+    if head.method is not unset:  # a method (even null) and an answer: read whole, dropped
+        return NO_ID
     if len(head.id) > MAX_ID_BYTES:
         return NO_ID
     return msgspec.json.decode(head.id) if head.id else None

@@ -32,7 +32,8 @@ the gateway's start-up probes still work:
 * ``sse-after``: the answer's event, then a notification on the same stream, then the end;
 * ``sse-keepalive``: the priming event, a keep-alive comment, the answer's event, the end;
 * ``forge``: a ``tools/call`` whose arguments name ``answer_as`` (any JSON) is answered under
-  that id instead of its own; on a stream (with ``sse``), that forged answer and a progress
+  that id instead of its own (with a ``method`` too when they name ``with_method``); on a
+  stream (with ``sse``), that forged answer and a progress
   notice for the token its arguments name as ``progress_for`` come first, then its own
   progress (if it gave a token) and its own answer;
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped);
@@ -109,6 +110,9 @@ def reply_to(message: dict[str, Any]) -> bytes:
         return answer("202 Accepted")
     try:
         body = {"jsonrpc": "2.0", "id": forged_id(message), "result": result_for(message)}
+        args = (message.get("params") or {}).get("arguments") or {}
+        if "forge" in MISBEHAVE and isinstance(args, dict) and "with_method" in args:
+            body["method"] = args["with_method"]  # an answer that also names a method
     except LookupError:
         error = {"code": -32601, "message": "method not found"}
         body = {"jsonrpc": "2.0", "id": message["id"], "error": error}

@@ -323,7 +323,7 @@ class Handshake:
         server = fwd.upstream.name
         call = tool_call(gw, incoming, message, server, tool, identity, session.sid)
         version = incoming.header("mcp-protocol-version")
-        done = session.track(message.msg_id, server, message.params)
+        done = session.track(message.msg_id, server)
         try:
             await call_through(gw, incoming, send, message, call, fwd, identity, version, admission)
         finally:
@@ -332,7 +332,7 @@ class Handshake:
     async def _forward(
         self, incoming: Incoming, send: Send, session: AggSession, message: Message, fwd: Forward
     ) -> None:
-        done = session.track(message.msg_id, fwd.upstream.name, message.params)
+        done = session.track(message.msg_id, fwd.upstream.name)
         try:
             await forward(incoming, send, fwd)
         finally:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.edge.clientview import progress_token
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.jsonrpc import BadMessage
 
@@ -51,7 +50,6 @@ class AggSession:
     # servers that refused a link for now (a quota): the status and message, for the caller
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     inflight: dict[str, str] = field(default_factory=dict)  # request id (JSON) -> server
-    tokens: dict[str, str] = field(default_factory=dict)  # progress token (JSON) -> server
     upcalls: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ours -> (server, id)
     upcall_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # reverse
     counter: int = 0
@@ -88,44 +86,22 @@ class AggSession:
             self.upcall_ids.pop((found[0], json.dumps(found[1])), None)
         return found
 
-    def track(self, msg_id: Any, server: str, params: Any = None) -> Callable[[], None]:
-        """Note a request routed to ``server`` (its id, its progress token) until the
-        returned callable is called: what that server's streams may answer, and tell the
-        progress of (another server's answer under its id would end it for the client)."""
+    def track(self, msg_id: Any, server: str) -> Callable[[], None]:
+        """Note a request routed to ``server`` (a client's cancel of it goes there) until the
+        returned callable is called."""
         key = json.dumps(msg_id)
         if len(self.inflight) >= MAX_INFLIGHT or key in self.inflight:
-            return _nothing  # not noted: that server's streams carry nothing of it
+            return _nothing  # not noted: a cancel of it reaches no server
         self.inflight[key] = server
-        token = progress_token(params)
-        told = json.dumps(token) if token is not None else None
-        if told is not None and (len(told) > MAX_TOKEN_CHARS or told in self.tokens):
-            told = None
-        if told is not None:
-            self.tokens[told] = server
 
         def done() -> None:
             self.inflight.pop(key, None)
-            if told is not None:
-                self.tokens.pop(told, None)
 
         return done
-
-    def answers_of(self, server: str) -> Callable[[Any], bool]:
-        """Which answers ``server``'s streams may carry: to requests routed to it."""
-        return lambda msg_id: self.inflight.get(json.dumps(msg_id)) == server
-
-    def progress_of(self, server: str) -> Callable[[Any], bool]:
-        """Which progress tokens ``server``'s streams may speak of: its requests'."""
-        return lambda token: self.tokens.get(json.dumps(token)) == server
 
 
 def _nothing() -> None:
     return None
-
-
-#: A progress token longer than this (as JSON) is not noted: its progress is heard only on
-#: its request's own stream.
-MAX_TOKEN_CHARS = 1024
 
 
 class Sessions:

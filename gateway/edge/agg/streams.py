@@ -73,9 +73,7 @@ async def resumed_stream(
     for server, link in session.links.items():
         view = face.view(session, server, identity)
         event_id = view.inner.unwrap_event_id(presented)
-        if event_id is not None:  # the rest of a request's stream: requests routed there
-            view.inner.answers = session.answers_of(server)
-            view.inner.progress = session.progress_of(server)
+        if event_id is not None:  # the rest of that event's stream (unwrap_event_id)
             incoming.headers["mcp-protocol-version"] = link.version
             upstream = face.gw.upstreams[server]
             fwd = Forward(
@@ -144,9 +142,7 @@ async def _pump(
     try:
         if resp.status != 200 or answer_media(resp) != "text/event-stream":
             return
-        view = face.view(session, link.server, identity)
-        view.inner.progress = session.progress_of(link.server)  # answers: none (the default)
-        rewriter = SseRewriter(view)
+        rewriter = SseRewriter(face.view(session, link.server, identity))  # no answers
         turns = Turns()  # a server flooding its stream held every other caller's calls
         async for chunk in resp.iter_chunks():
             data = rewriter.feed(chunk)
