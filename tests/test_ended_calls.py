@@ -86,6 +86,36 @@ async def test_no_head_in_time_is_cancelled_upstream(
     assert resp.json()["error"]["message"] == "upstream 'hanging' did not answer in time"
     record = await cancelled(logs["hanging"], "h-1")
     assert record["params"]["reason"].startswith("celgate: ")
+    # the call's record says "allow"; one line tied to it says what became of it
+    (decision,) = gateway.wait_records(1, where=lambda r: r["server"] == "hanging")
+    assert decision["effect"] == "allow"
+    (failed,) = gateway.wait_records(1, "call.upstream_failed")
+    assert failed["decision_id"] == decision["decision_id"]
+    assert (failed["server"], failed["tool"], failed["grant"]) == ("hanging", "echo", "agent")
+    assert failed["reason"] == "upstream 'hanging' did not answer in time"
+
+
+async def test_library_lines_are_json(gateway: GatewayProcess) -> None:
+    """uvicorn wrote "Invalid HTTP request received." as plain text into the JSON log, once
+    for every connection any client opened with a bad head; now a JSON line, at most ten a
+    second for one message, the rest counted."""
+    for _ in range(30):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nx-bad: a\x01b\r\n\r\n")
+        await reader.read()  # the gateway's 400, then its close
+        writer.close()
+    lines = await asyncio.to_thread(_settled_lines, gateway)
+    # (the start-up banner is on stdout, which this file holds too; the log is stderr's)
+    assert not [line for line in lines if "Invalid HTTP" in line and not line.startswith("{")]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    invalid = [r for r in records if r.get("logger") == "uvicorn.error"]
+    assert invalid and len(invalid) <= 20  # ten a second: the test may straddle a second
+    assert invalid[0]["event"] == "Invalid HTTP request received."
+
+
+def _settled_lines(gateway: GatewayProcess) -> list[str]:
+    text = gateway.log_path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
 
 
 async def test_a_silent_stream_is_cancelled_upstream(

@@ -151,6 +151,9 @@ def serve(config: GatewayConfig, sock: socket.socket) -> int:
         ws="none",
         timeout_keep_alive=math.ceil(config.security.keepalive_timeout),
         log_level="warning",
+        # uvicorn's own handlers wrote plain text into the JSON log (configure_logging
+        # routes every library's lines through the gateway's sink instead).
+        log_config=None,
         access_log=False,
         server_header=False,
         # request.ip (visible to CEL) is the socket's peer unless that peer is a proxy the

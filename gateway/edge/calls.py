@@ -20,6 +20,7 @@ from gateway.edge.toolnames import name_problem
 from gateway.pipeline.admission import Admission, admit, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
+from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import MODERN_VERSIONS, BadMessage, Message
@@ -56,6 +57,7 @@ async def call_through(
         fwd.view = await face.continuing(fwd.view, call, admission.decision, admission.decision_id)
     if held is not None and held.opened:
         await held.answer(gw, call, fwd, admission)
+        _failed_upstream(fwd, call, admission)
         return
     if face.pending is not None and not admission.allowed:
         body = face.answer_body(message.msg_id, admission.decision, admission.decision_id)
@@ -68,6 +70,22 @@ async def call_through(
         return
     async with timed_upstream(gw, call):
         await forward(incoming, send, fwd)
+    _failed_upstream(fwd, call, admission)
+
+
+def _failed_upstream(fwd: Forward, call: Call, admission: Admission) -> None:
+    """An allowed call its upstream failed (down, late, gone mid-answer): one line tied to
+    its decision record, which says only that it was allowed."""
+    if fwd.failure is not None and admission.allowed:
+        log.warning(
+            "call.upstream_failed",
+            decision_id=admission.decision_id,
+            grant=call.identity.grant,
+            agent=call.identity.agent,
+            server=call.server,
+            tool=call.tool,
+            reason=fwd.failure,
+        )
 
 
 def tool_name(name: object, msg_id: object) -> str:

@@ -92,6 +92,9 @@ class Forward:
     # The gateway's own upstream session (``/mcp``'s link): a 404 for it (the upstream
     # restarted, and lost it) opens another, once, and the request goes again on it.
     relink: Callable[[], Awaitable[str | None]] | None = None
+    # What the gateway told the client of the upstream's failure, if it failed this request
+    # (a call's decision record said only "allow": ``call.upstream_failed`` says the rest).
+    failure: str | None = None
 
 
 #: Requests the gateway ended itself (no answer in time), by (server, owner, session, id):
@@ -243,6 +246,7 @@ async def _too_large(send: Send, fwd: Forward, alone: bool) -> None:
 
 async def _failed(send: Send, fwd: Forward, status: int, message: str) -> None:
     """The upstream failed this request: a JSON-RPC error every client reads."""
+    fwd.failure = message
     status = upstream_failure_status(fwd.msg_id, status)
     await reply(send, status, error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message))
 
@@ -250,6 +254,7 @@ async def _failed(send: Send, fwd: Forward, status: int, message: str) -> None:
 def sse_error(fwd: Forward, what: str = "failed while answering") -> bytes:
     """An SSE event carrying the JSON-RPC error for the request the upstream left unanswered."""
     message = f"upstream {fwd.upstream.name!r} {what}"
+    fwd.failure = message
     data = error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message).decode()
     return f"event: message\ndata: {data}\n\n".encode()
 

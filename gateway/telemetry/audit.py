@@ -114,6 +114,53 @@ class _RecordWriter:
         self._sink.write(line)  # type: ignore[arg-type]  # joined with bytes by the sink
 
 
+class _StdlibLines(logging.Handler):
+    """What libraries log through ``logging`` (uvicorn's "Invalid HTTP request received.",
+    one a connection any client can make), as JSON lines on the same sink: they were plain
+    text in the middle of the JSON stream. One message (by logger and text) is written at
+    most ``PER_SECOND`` times a second; the rest are counted, and the next one written says
+    how many were left out."""
+
+    PER_SECOND = 10
+
+    def __init__(self, sink: LineSink) -> None:
+        super().__init__(logging.INFO)
+        self.sink = sink
+        self._second = -1
+        self._counts: dict[tuple[str, str], int] = {}
+        self._left_out: dict[tuple[str, str], int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            key = (record.name, str(record.msg)[:200])
+            second = int(record.created)
+            if second != self._second:
+                self._second, self._counts = second, {}
+            if key not in self._counts and len(self._counts) >= 1000:
+                key = ("*", "*")  # many messages in one second: counted together
+            if key not in self._left_out and len(self._left_out) >= 1000:
+                self._left_out.clear()
+            seen = self._counts.get(key, 0) + 1
+            self._counts[key] = seen
+            if seen > self.PER_SECOND:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return
+            fields: dict[str, Any] = {
+                "event": record.getMessage(),
+                "logger": record.name,
+                "level": record.levelname.lower(),
+                "timestamp": _CLOCK.iso()[:-6] + "Z",
+            }
+            left_out = self._left_out.pop(key, 0)
+            if left_out:
+                fields["left_out"] = left_out
+            if record.exc_info:
+                fields["exception"] = logging.Formatter().formatException(record.exc_info)
+            self.sink.write(_render_json(fields) + b"\n")
+        except Exception:  # a log line must never take a request down
+            self.handleError(record)
+
+
 def flush_logs() -> None:
     """Flush what the log stream still buffers (at shutdown)."""
     if _SINK is not None:
@@ -148,6 +195,13 @@ def configure_logging(*, json_logs: bool | None = None, level: int = logging.INF
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibLines)]:
+        root.removeHandler(handler)
+    if as_json and _SINK is not None:  # libraries' lines as JSON too (uvicorn's, asyncio's)
+        root.addHandler(_StdlibLines(_SINK))
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
     # Libraries log every request at INFO; the decision record is the log.
     for noisy in ("httpx", "httpx2", "httpcore", "aiohttp.access", "uvicorn.access", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
