@@ -70,6 +70,12 @@ async def test_a_name_two_servers_offer_is_nobodys(gateway: GatewayProcess, mode
             assert refused.is_error and "no tool named 'x'" in text_of(refused)
     collisions = gateway.records("aggregate.name_collision")
     assert [(r["kind"], r["name"]) for r in collisions] == [("tool", "x")]  # logged once
+    # refused before any policy, and recorded all the same (names probed were in no log)
+    routed = gateway.wait_records(2, where=lambda r: r["tool"] == "x")
+    assert len(routed) >= 2 and {r["grant"] for r in routed} == {"alice", "bob"}
+    assert {(r["server"], r["effect"], r["rule"], r["error"]) for r in routed} == {
+        ("", "deny", "route", "no_tool")
+    }
 
 
 async def test_each_server_stays_reachable_on_its_own_endpoint(gateway: GatewayProcess) -> None:

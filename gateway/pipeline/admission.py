@@ -223,6 +223,16 @@ class _WaitTimer:
         return self._seconds if self._ticked else None
 
 
+def refused_unrouted(gw: Gateway, call: Call, reason: str) -> Admission:
+    """A ``tools/call`` refused before any policy could read it (on ``/mcp``: a name no
+    server has), recorded as a deny all the same: an agent probing for tool names was in
+    neither the log nor the metrics."""
+    decision = Decision(
+        effect="deny", rule="route", reason=reason, revision=gw.policy.revision, error="no_tool"
+    )
+    return _record(gw, call, decision, new_decision_id(), 0.0, None)
+
+
 def _record(
     gw: Gateway,
     call: Call,

@@ -35,7 +35,7 @@ from gateway.edge.agg.merge import (
     none_answered,
 )
 from gateway.edge.agg.names import Names
-from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
+from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown, unrouted
 from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
 from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
@@ -256,6 +256,7 @@ class Handshake:
         msg_id = message.msg_id
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # a tool error the model reads
+                unrouted(self.gw, incoming, message, identity, session.sid)
                 name = message.params.get("name")
                 text = f"no tool named {name!r} on /mcp"
                 result = {"content": [{"type": "text", "text": text}], "isError": True}

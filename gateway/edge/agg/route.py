@@ -12,12 +12,32 @@ from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.calls import tool_name
 from gateway.edge.forward import Forward
+from gateway.edge.toolnames import name_problem
+from gateway.pipeline.admission import refused_unrouted
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming
 from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 from gateway.wire.sse import View
+
+
+def unrouted(
+    gw: Gateway, incoming: Incoming, message: Message, identity: Identity, session: str | None
+) -> None:
+    """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unrouted``)."""
+    name = message.params.get("name")
+    tool = name if isinstance(name, str) and name_problem(name) is None else "<not a name>"
+    args = message.params.get("arguments")
+    call = Call(
+        tool=tool,
+        args=args if isinstance(args, dict) else {},
+        server="",
+        identity=identity,
+        session=session,
+        client_ip=incoming.client_ip,
+    )
+    refused_unrouted(gw, call, f"no tool named {tool!r} on /mcp")
 
 
 def tool_call(

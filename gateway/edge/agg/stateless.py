@@ -28,7 +28,7 @@ from gateway.edge.agg.merge import (
     none_answered,
 )
 from gateway.edge.agg.names import Names
-from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown
+from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown, unrouted
 from gateway.edge.agg.upcall import UpcallFailed, upcall
 from gateway.edge.calls import call_through
 from gateway.edge.clientview import ClientView
@@ -179,6 +179,7 @@ class Stateless:
             server, changed = target(self.names, self.catalogue, servers, message)
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # as the handshake era: a tool error to read
+                unrouted(self.gw, incoming, message, identity, None)
                 text = f"no tool named {message.params.get('name')!r} on /mcp"
                 result = {"content": [{"type": "text", "text": text}], "isError": True}
                 result["resultType"] = "complete"
