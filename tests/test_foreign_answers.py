@@ -196,6 +196,9 @@ class TestResumedStreams:
         assert resumed.unwrap_event_id(event_id) == "e.1"
         assert resumed.answers(5) and not resumed.answers("5") and not resumed.answers(6)
         assert resumed.progress("t") and not resumed.progress("u")
+        again = self.view()  # resumed from an event of the resumed stream: the same request's
+        assert again.unwrap_event_id(resumed.wrap_event_id(b"e.2").decode()) == "e.2"
+        assert again.answers(5) and not again.answers(6) and again.progress("t")
         assert self.view("other").unwrap_event_id(event_id) is None  # another caller's
 
     def test_a_request_with_no_token_hears_no_progress(self) -> None:

@@ -158,6 +158,7 @@ class ClientView:
         if tag == NO_REQUEST:
             self.answers = self.progress = no_id
         elif len(tag) == 33 and tag[0] == "r":
+            self.tag = tag  # its events are that request's still (resumed again, the same)
             self.answers = _same_digest(tag[1:17])
             self.progress = no_id if tag[17:] == NO_TOKEN else _same_digest(tag[17:])
         else:
@@ -206,7 +207,7 @@ class ClientView:
         asks_or_tells = "method" in message
         if asks_or_tells and ("result" in message or "error" in message):
             return DROP  # a request (or notice) and an answer at once: no shape to pass on
-        if not asks_or_tells and not self.answers(message.get("id")):
+        if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
             return DROP
         if message.get("method") == "notifications/progress" and not self.progress(
@@ -239,6 +240,17 @@ class ClientView:
         if "tools" not in result:
             return bound
         return {**shown, "result": self._tools_result(result)}
+
+    def _refuses(self, message: dict[str, Any]) -> bool:
+        """Whether ``message`` is an upstream's refusal of an exchange that is no request (a
+        GET, a DELETE, a notification: an error of no id, as a 405 or a 400 carries), which
+        no client can read as the answer to any request of its own."""
+        return (
+            self.tag == NO_REQUEST
+            and message.get("id") is None
+            and "error" in message
+            and "result" not in message
+        )
 
     def _told(self, result: dict[str, Any]) -> dict[str, Any]:
         """A 2026-07-28 result with what that revision requires of it and it left out."""
