@@ -283,6 +283,12 @@ class TestWaitApproval:
             with anyio.fail_after(15):
                 got = await task
         assert "wrote" not in got
+
+        def withdrawn(record: dict[str, Any]) -> bool:
+            return record.get("approval_id") == approval_id
+
+        [record] = one.wait_records(1, where=withdrawn, within=10)
+        assert record["error"] == "approval_withdrawn"
         listed = admin(two, "GET", "/admin/approvals").json()
         [request] = [r for r in listed if r["id"] == approval_id]
         assert (request["status"], request["decided_by"]) == ("denied", "client")
@@ -316,9 +322,13 @@ class TestWaitApproval:
             sock.close()
 
         def held(record: dict[str, Any]) -> bool:
-            return record.get("tool") == "write_file" and record["effect"] == "require_approval"
+            return record.get("approval_id") == approval_id
 
-        assert one.wait_records(1, where=held, within=10)
+        # recorded as held still, tied to the request the desk shows, and saying what became
+        # of it (the record named no approval, and read as the rule's plain hold)
+        [record] = one.wait_records(1, where=held, within=10)
+        assert (record["effect"], record["error"]) == ("require_approval", "approval_withdrawn")
+        assert record["reason"].startswith("withdrawn by its client")
         with anyio.fail_after(15):
             while True:
                 listed = admin(two, "GET", "/admin/approvals").json()

@@ -149,9 +149,15 @@ class ApprovalService:
         self.on_event = on_event or (lambda _event: None)
 
     async def resolve(
-        self, call: Call, decision: Decision, decision_id: str, tick: Tick | None = None
+        self,
+        call: Call,
+        decision: Decision,
+        decision_id: str,
+        tick: Tick | None = None,
+        waits_on: Callable[[str], None] | None = None,
     ) -> Decision:
-        """The decision after approval: allowed once approved, else a clear denial."""
+        """The decision after approval: allowed once approved, else a clear denial.
+        ``waits_on`` is told the request's id when the call is to wait for it."""
         settings = decision.approval or Approval()
         match = match_key(call, decision.revision)
         request = await self._current(match)
@@ -171,6 +177,8 @@ class ApprovalService:
             return _refused(decision, request)
         if settings.mode == "retry":
             return _pending(decision, request)
+        if waits_on is not None:
+            waits_on(request.id)
         return await self._wait(request, decision, tick)
 
     async def _current(self, match: str) -> ApprovalRequest | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.pipeline.enforce import apply_limits, check_arg_types, check_pin
 from gateway.policy import Call, Decision, decide
 from gateway.policy.secrets import secret_paths
-from gateway.telemetry.audit import new_decision_id
+from gateway.telemetry.audit import log, new_decision_id
 
 if TYPE_CHECKING:
     from gateway.pipeline.gateway import Gateway
@@ -81,6 +81,7 @@ async def admit(
     decision = verdict(gw, call)
     decision_id = new_decision_id()
     timer = _WaitTimer(clock)
+    waited_on: list[str] = []  # the approval request a held call waits for, once it does
     try:
         # ``resume``: the call continues one already approved (its state says which, and is
         # checked and used once by ``elicit``), whatever mode its approval was given in.
@@ -93,7 +94,9 @@ async def admit(
         approved: str | None = None
         if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
             held_under = decision.revision
-            decision = await _approve(gw, call, decision, decision_id, hold, timer)
+            decision = await _approve(gw, call, decision, decision_id, hold, timer, waited_on)
+            if waited_on and decision.effect == "require_approval":  # its caller went away
+                decision = _withdrawn(decision, waited_on[-1], decision_id)
             if decision.allowed and gw.policy.revision != held_under:
                 decision = _decided_again(gw, call, decision)
             approved = decision.approval_id if decision.allowed else None
@@ -119,9 +122,19 @@ async def admit(
         _record(gw, call, failed, decision_id, clock() - started, timer.waited)
         raise
     except BaseException:  # cancelled (the caller went away): recorded as far as it got
+        if waited_on and decision.effect == "require_approval":  # withdrawn while it waited
+            decision = _withdrawn(decision, waited_on[-1], decision_id)
         _record(gw, call, decision, decision_id, clock() - started, timer.waited)
         raise
     return _record(gw, call, decision, decision_id, clock() - started, timer.waited)
+
+
+def _withdrawn(decision: Decision, approval_id: str, decision_id: str) -> Decision:
+    """A held call its client gave up on while it waited: its record names the approval
+    request (the desk shows it), and says so; it was recorded as the rule's plain hold."""
+    log.info("approval.withdrawn", approval_id=approval_id, decision_id=decision_id)
+    reason = f"withdrawn by its client while it waited for approval {approval_id}"
+    return replace(decision, reason=reason, approval_id=approval_id, error="approval_withdrawn")
 
 
 def _decided_again(gw: Gateway, call: Call, approved: Decision) -> Decision:
@@ -164,12 +177,15 @@ async def _approve(
     decision_id: str,
     hold: Hold | None,
     timer: _WaitTimer,
+    waited_on: list[str],
 ) -> Decision:
     approvals = gw.approvals
     assert approvals is not None
 
     async def wait(tick: Tick | None) -> Decision:
-        return await timer.run(approvals.resolve(call, decision, decision_id, timer.ticking(tick)))
+        ticking = timer.ticking(tick)
+        resolving = approvals.resolve(call, decision, decision_id, ticking, waited_on.append)
+        return await timer.run(resolving)
 
     mode = decision.approval.mode if decision.approval else "wait"
     if hold is not None and mode == "wait":
