@@ -15,6 +15,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.telemetry.audit import args_digest
 from tests.gateway_proc import GatewayProcess, client, decision_of, run_gateway, text_of
 from tests.peers import REPO_ROOT
 
@@ -76,6 +77,12 @@ async def test_a_name_two_servers_offer_is_nobodys(gateway: GatewayProcess, mode
     assert {(r["server"], r["effect"], r["rule"], r["error"]) for r in routed} == {
         ("", "deny", "route", "no_tool")
     }
+    # without its arguments: no entry's secret_args are known for a name no server has (a
+    # password was logged in clear, and digested unmasked)
+    async with client(url, ALICE, mode=mode) as alice:
+        await alice.call_tool("login", {"password": "hunter2-SECRET"})
+    [login] = gateway.wait_records(1, where=lambda r: r["tool"] == "login")[-1:]
+    assert login["args_digest"] == args_digest({}) and "args" not in login
 
 
 async def test_each_server_stays_reachable_on_its_own_endpoint(gateway: GatewayProcess) -> None:

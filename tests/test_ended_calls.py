@@ -25,7 +25,7 @@ import pytest
 
 from gateway.auth.identity import hash_key
 from gateway.edge.forward import Forward, end_upstream_call, ended_here
-from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
 from tests.peers import raw_upstream
 
 KEY = "cgk_ended-calls-agent-0123456789"
@@ -125,6 +125,29 @@ async def test_a_silent_stream_is_cancelled_upstream(
         resp = await http.post(f"{gateway.base}/mcp/silent", json=call(41), headers=HEADERS)
     assert "the call is ended here" in resp.text
     await cancelled(logs["silent"], 41)
+
+
+@pytest.mark.parametrize("path", ["/mcp/silent", "/mcp"])
+async def test_a_resumed_stream_brings_no_late_answer(gateway: GatewayProcess, path: str) -> None:
+    """The TypeScript SDK resumes a stream that ended without a result (the gateway's error
+    is none): the upstream's late answer was passed on /mcp (wave 30)."""
+    headers = dict(HEADERS)
+    name = "echo" if path == "/mcp/silent" else "silent__echo"
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
+        if path == "/mcp":
+            opened = await http.post(path, json=initialize_body("resumes"), headers=headers)
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        message = {**call(71), "params": {"name": name, "arguments": {"text": "hi"}}}
+        ended = await http.post(path, json=message, headers=headers)
+        assert "the call is ended here" in ended.text
+        event_id = next(
+            line[3:].strip() for line in ended.text.splitlines() if line.startswith("id:")
+        )
+        resumed = await http.get(
+            path, headers={**headers, "accept": "text/event-stream", "last-event-id": event_id}
+        )
+    assert resumed.status_code == 200
+    assert "data:" not in resumed.text  # the late answer (id 71) was dropped
 
 
 def test_a_resumed_stream_brings_no_answer_to_an_ended_call() -> None:

@@ -36,7 +36,8 @@ the gateway's start-up probes still work:
   stream (with ``sse``), that forged answer and a progress
   notice for the token its arguments name as ``progress_for`` come first, then its own
   progress (if it gave a token) and its own answer;
-* ``sse-silent``: the priming event, then nothing (the stream stays open until dropped);
+* ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
+  with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
   a ``notifications/message``, then its end.
@@ -57,6 +58,7 @@ DELAY = int(os.environ.get("RAW_UPSTREAM_DELAY_MS", "20")) / 1000
 LOG = os.environ.get("RAW_UPSTREAM_LOG")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _conn_ids = itertools.count(1)
+SILENT: list[dict[str, Any]] = []  # the calls ``sse-silent`` left unanswered
 
 ECHO = {
     "name": "echo",
@@ -136,6 +138,16 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     if "expect" in MISBEHAVE and (expect or "").lower() == "100-continue":
         writer.write(CONTINUE)
     body = await reader.readexactly(int(headers.get("content-length", "0")))
+    if method == "GET" and "sse-silent" in MISBEHAVE and "last-event-id" in headers:
+        log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        if SILENT:  # the call it never answered in time, answered now
+            late = reply_to(SILENT[-1]).split(b"\r\n\r\n", 1)[1]
+            writer.write(chunk(b"id: 9\nevent: message\ndata: " + late + b"\n\n"))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
     if method == "GET" and "get-forge" in MISBEHAVE:
         log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
@@ -232,6 +244,7 @@ async def stream_answer(
     if how == "sse-cut":
         return False  # closes the connection: no answer, no end of stream
     if how == "sse-silent":
+        SILENT.append(message)
         await reader.read()  # nothing more, until the gateway drops the connection
         return False
     if how == "sse-keepalive":

@@ -28,10 +28,11 @@ def unrouted(
     """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unrouted``)."""
     name = message.params.get("name")
     tool = name if isinstance(name, str) and name_problem(name) is None else "<not a name>"
-    args = message.params.get("arguments")
+    # Without its arguments: no entry's secret_args are known for a name no server has
+    # (a server down, a tool not yet listed), and a password was logged in clear.
     call = Call(
         tool=tool,
-        args=args if isinstance(args, dict) else {},
+        args={},
         server="",
         identity=identity,
         session=session,

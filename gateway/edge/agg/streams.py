@@ -15,11 +15,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from gateway.edge.agg.sessions import AggSession, Link
+from gateway.edge.clientview import both
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
     Turns,
     answer_media,
+    ended_here,
     forward,
     watching_disconnect,
 )
@@ -73,7 +75,10 @@ async def resumed_stream(
     for server, link in session.links.items():
         view = face.view(session, server, identity)
         event_id = view.inner.unwrap_event_id(presented)
-        if event_id is not None:  # the rest of that event's stream (unwrap_event_id)
+        if event_id is not None:  # the rest of that event's stream (unwrap_event_id), but
+            # not an answer to a request the gateway ended (and told its client so)
+            ended = ended_here(server, session.owner, link.sid)
+            view.inner.answers = both(view.inner.answers, ended)
             incoming.headers["mcp-protocol-version"] = link.version
             upstream = face.gw.upstreams[server]
             fwd = Forward(
