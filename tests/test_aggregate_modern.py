@@ -121,13 +121,19 @@ class TestModernEra:
     async def test_a_tool_name_past_1024_characters_is_refused(
         self, gateway: GatewayProcess
     ) -> None:
-        """Before any policy: such a name is in no catalogue, and would be in every record."""
+        """Before any policy: such a name is in no catalogue, and would be in every record
+        (recorded as a deny all the same, under no name of its own)."""
         before = len(gateway.records())
         async with agg(gateway, mode="auto") as c:
             with pytest.raises(MCPError, match="at most 1024 characters"):
                 await c.call_tool("web__" + "e" * 1025, {"text": "x"})
             await c.call_tool("web__echo", {"text": "after"})
-        assert [r["tool"] for r in gateway.wait_records(before + 1)[before:]] == ["echo"]
+        records = gateway.wait_records(before + 2)[before:]
+        assert [(r["tool"], r["effect"]) for r in records] == [
+            ("<not a name>", "deny"),
+            ("echo", "allow"),
+        ]
+        assert (records[0]["rule"], records[0]["error"]) == ("params", "bad_params")
 
     def test_mcp_name_header_must_match_the_prefixed_name(self, gateway: GatewayProcess) -> None:
         body = {

@@ -123,6 +123,22 @@ class TestRelay:
         assert answers[0]["result"]["content"][0]["text"].startswith("s-2")
         assert tokens == ["mine"]  # its own progress passes; another request's is dropped
 
+    def test_calls_refused_before_any_policy_are_recorded(self, gateway: GatewayProcess) -> None:
+        """A name that is none, or arguments that are no object, are invalid params: they
+        were in no record (an agent probing so was not seen). Now a deny, without them."""
+        before = len(gateway.records())
+        bad_args = {**call("p-1"), "params": {"name": "echo", "arguments": [1]}}
+        bad_name = {**call("p-2"), "params": {"name": "ec\u0007ho", "arguments": {}}}
+        for message in (bad_args, bad_name):
+            found = messages(post(gateway, "/mcp/forge", message))
+            assert found[0]["error"]["code"] == -32602
+        records = gateway.wait_records(before + 2)[before:]
+        assert [(r["tool"], r["rule"], r["error"]) for r in records] == [
+            ("echo", "params", "bad_params"),
+            ("<not a name>", "params", "bad_params"),
+        ]
+        assert {(r["server"], r["effect"]) for r in records} == {("forge", "deny")}
+
     def test_a_2026_caller_is_kept_the_same(self, gateway: GatewayProcess) -> None:
         message = modern(call("m-2", answer_as="m-1"))
         headers = {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"}

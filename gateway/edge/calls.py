@@ -6,6 +6,8 @@ shape; an admitted call forwarded, its upstream time measured."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp.shared.inbound import (
     mcp_param_headers,
     validate_mcp_param_headers,
@@ -17,7 +19,7 @@ from gateway.edge.forward import Forward, forward
 from gateway.edge.held import Cancellable, HeldKey, HeldStream, accepts_sse, held_key
 from gateway.edge.replies import denial, is_task_call
 from gateway.edge.toolnames import name_problem
-from gateway.pipeline.admission import Admission, admit, timed_upstream
+from gateway.pipeline.admission import Admission, admit, refused_unread, timed_upstream
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.telemetry.audit import log
@@ -86,6 +88,46 @@ def _failed_upstream(fwd: Forward, call: Call, admission: Admission) -> None:
             tool=call.tool,
             reason=fwd.failure,
         )
+
+
+def tool_call(
+    gw: Gateway,
+    incoming: Incoming,
+    message: Message,
+    server: str,
+    tool: object,
+    identity: Identity,
+    session: str | None = None,
+) -> Call:
+    """The call a ``tools/call`` to ``server``'s ``tool`` is (its real name, not ``/mcp``'s),
+    or ``BadMessage`` (invalid params) when its name is none or its arguments no object:
+    recorded as a deny (rule ``params``), as an agent probing with such calls would
+    otherwise be in no record."""
+    args: Any = message.params.get("arguments", {})
+    try:
+        name = tool_name(tool, message.msg_id)
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            msg = "arguments must be an object"
+            raise BadMessage(rpc.INVALID_PARAMS, msg, 200, message.msg_id)
+    except BadMessage as exc:
+        shown = tool if isinstance(tool, str) and name_problem(tool) is None else "<not a name>"
+        refused = Call(
+            tool=shown, server=server, identity=identity, session=session,
+            client_ip=incoming.client_ip,
+        )  # fmt: skip
+        refused_unread(gw, refused, exc.message, rule="params", error="bad_params")
+        raise
+    return Call(
+        tool=name,
+        args=args,
+        server=server,
+        identity=identity,
+        session=session,
+        client_ip=incoming.client_ip,
+        info=gw.tool_info(server, name),
+    )
 
 
 def tool_name(name: object, msg_id: object) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
-from gateway.edge.calls import call_through, tool_name
+from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView, both
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, ended_here, forward
@@ -183,20 +183,5 @@ def _version(message: Message, incoming: Incoming) -> str | None:
 def _call_of(
     message: Message, fwd: Forward, identity: Identity, incoming: Incoming, gw: Gateway
 ) -> Call:
-    params = message.params
-    name = tool_name(params.get("name"), message.msg_id)
-    args: Any = params.get("arguments", {})
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise BadMessage(rpc.INVALID_PARAMS, "arguments must be an object", 200, message.msg_id)
-    server = fwd.upstream.name
-    return Call(
-        tool=name,
-        args=args,
-        server=server,
-        identity=identity,
-        session=fwd.session_id,
-        client_ip=incoming.client_ip,
-        info=gw.tool_info(server, name),
-    )
+    tool = message.params.get("name")
+    return tool_call(gw, incoming, message, fwd.upstream.name, tool, identity, fwd.session_id)

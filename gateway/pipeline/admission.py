@@ -239,12 +239,15 @@ class _WaitTimer:
         return self._seconds if self._ticked else None
 
 
-def refused_unrouted(gw: Gateway, call: Call, reason: str) -> Admission:
-    """A ``tools/call`` refused before any policy could read it (on ``/mcp``: a name no
-    server has), recorded as a deny all the same: an agent probing for tool names was in
-    neither the log nor the metrics."""
+def refused_unread(
+    gw: Gateway, call: Call, reason: str, rule: str = "route", error: str = "no_tool"
+) -> Admission:
+    """A ``tools/call`` refused before any policy could read it (on ``/mcp``, a name no
+    server has; anywhere, a name that is none, or arguments that are no object), recorded
+    as a deny all the same: an agent probing for tool names was in neither the log nor the
+    metrics. ``call`` carries no arguments: no entry's ``secret_args`` are known for it."""
     decision = Decision(
-        effect="deny", rule="route", reason=reason, revision=gw.policy.revision, error="no_tool"
+        effect="deny", rule=rule, reason=reason, revision=gw.policy.revision, error=error
     )
     return _record(gw, call, decision, new_decision_id(), 0.0, None)
 

@@ -35,12 +35,12 @@ from gateway.edge.agg.merge import (
     none_answered,
 )
 from gateway.edge.agg.names import Names
-from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown, unrouted
+from gateway.edge.agg.route import ROUTED, by_uri, routed, target, unknown, unrouted
 from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
 from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
 from gateway.edge.agg.view import AggView
-from gateway.edge.calls import call_through
+from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward

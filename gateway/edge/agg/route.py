@@ -10,10 +10,9 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
-from gateway.edge.calls import tool_name
 from gateway.edge.forward import Forward
 from gateway.edge.toolnames import name_problem
-from gateway.pipeline.admission import refused_unrouted
+from gateway.pipeline.admission import refused_unread
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.wire import jsonrpc as rpc
@@ -25,7 +24,7 @@ from gateway.wire.sse import View
 def unrouted(
     gw: Gateway, incoming: Incoming, message: Message, identity: Identity, session: str | None
 ) -> None:
-    """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unrouted``)."""
+    """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unread``)."""
     name = message.params.get("name")
     tool = name if isinstance(name, str) and name_problem(name) is None else "<not a name>"
     # Without its arguments: no entry's secret_args are known for a name no server has
@@ -38,34 +37,7 @@ def unrouted(
         session=session,
         client_ip=incoming.client_ip,
     )
-    refused_unrouted(gw, call, f"no tool named {tool!r} on /mcp")
-
-
-def tool_call(
-    gw: Gateway,
-    incoming: Incoming,
-    message: Message,
-    server: str,
-    tool: str,
-    identity: Identity,
-    session: str | None = None,
-) -> Call:
-    """The call a ``tools/call`` to ``server``'s ``tool`` is (its real name, not ours)."""
-    tool = tool_name(tool, message.msg_id)
-    args: Any = message.params.get("arguments", {})
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise BadMessage(rpc.INVALID_PARAMS, "arguments must be an object", 200, message.msg_id)
-    return Call(
-        tool=tool,
-        args=args,
-        server=server,
-        identity=identity,
-        session=session,
-        client_ip=incoming.client_ip,
-        info=gw.tool_info(server, tool),
-    )
+    refused_unread(gw, call, f"no tool named {tool!r} on /mcp")
 
 
 def routed(

@@ -28,9 +28,9 @@ from gateway.edge.agg.merge import (
     none_answered,
 )
 from gateway.edge.agg.names import Names
-from gateway.edge.agg.route import ROUTED, by_uri, routed, target, tool_call, unknown, unrouted
+from gateway.edge.agg.route import ROUTED, by_uri, routed, target, unknown, unrouted
 from gateway.edge.agg.upcall import UpcallFailed, upcall
-from gateway.edge.calls import call_through
+from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
 from gateway.edge.routing import check_routing_headers
