@@ -29,6 +29,7 @@ from gateway.auth.guard import SessionSigner
 from gateway.auth.identity import hash_key
 from gateway.edge.clientview import ClientView
 from gateway.policy import Identity
+from gateway.wire.sse import DROP
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway
 from tests.peers import raw_upstream
 
@@ -223,6 +224,16 @@ class TestResumedStreams:
         resumed = self.view()
         assert resumed.unwrap_event_id(given.wrap_event_id(b"e").decode()) == "e"
         assert resumed.answers("r-1") and not resumed.progress(None)
+
+    def test_an_upstreams_refusal_of_the_exchange_passes(self) -> None:
+        """An error of no id (a 404 for a session the upstream ended, a 400) answers no
+        request a client could match: it passes with its status (a 404 became a 200, and
+        the client never learned its session was gone)."""
+        view = self.view()
+        view.for_request(5, {})
+        refusal = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "gone"}}
+        assert view.filter(refusal) is None
+        assert view.filter({**refusal, "result": {}}) is DROP  # never with a result
 
     def test_a_servers_stream(self) -> None:
         event_id = self.view().wrap_event_id(b"e-2").decode()

@@ -242,15 +242,10 @@ class ClientView:
         return {**shown, "result": self._tools_result(result)}
 
     def _refuses(self, message: dict[str, Any]) -> bool:
-        """Whether ``message`` is an upstream's refusal of an exchange that is no request (a
-        GET, a DELETE, a notification: an error of no id, as a 405 or a 400 carries), which
-        no client can read as the answer to any request of its own."""
-        return (
-            self.tag == NO_REQUEST
-            and message.get("id") is None
-            and "error" in message
-            and "result" not in message
-        )
+        """Whether ``message`` is an upstream's refusal of the exchange itself (an error of
+        no id, as a 400, a 404 for a session it ended or a 405 carries), which no client can
+        read as the answer to any request of its own: it passes, with its status."""
+        return message.get("id") is None and "error" in message and "result" not in message
 
     def _told(self, result: dict[str, Any]) -> dict[str, Any]:
         """A 2026-07-28 result with what that revision requires of it and it left out."""
