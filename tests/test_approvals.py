@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals.service import APPROVED_USE_SECONDS, CUT, ApprovalService, preview_args
+from gateway.approvals.service import (
+    APPROVED_USE_SECONDS,
+    CLIENT,
+    CUT,
+    GRACE_SECONDS,
+    ApprovalService,
+    preview_args,
+)
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
 from gateway.config import ApprovalsConfig
 from gateway.errors import ApprovalError
@@ -332,3 +339,43 @@ class TestStoreFromBackend:
             assert [r.status for r in await svc.list()] == ["pending"]
             assert first.approval_id
             await store.close()
+
+
+class TestValkeyKeys:
+    """What the Valkey store keeps, and how long: read from Valkey itself."""
+
+    @pytest.fixture
+    async def valkey_store(self, valkey_db: ValkeyProcess) -> AsyncIterator[Any]:
+        clock = Clock()
+        store = ValkeyApprovalStore(valkey_db.url, prefix="test:keys:", clock=clock)
+        yield ApprovalService(store, clock=clock, poll_seconds=0), store, clock
+        await store.close()
+
+    async def test_an_approval_keeps_its_match_key_while_usable(self, valkey_store: Any) -> None:
+        """The match key lived until the request's first expiry: approved in its last
+        seconds, the identical call made within the approval's window found no approval and
+        made a new request (retry mode, two replicas on one Valkey)."""
+        svc, store, clock = valkey_store
+        first = await svc.resolve(CALL, held(timeout=5.0), "d1")
+        request = await store.get(first.approval_id)
+        key = store._match(request.match)
+        await store.client.expire(key, 1)  # as if its five seconds had nearly passed
+        clock.now += 4.9
+        await svc.decide(first.approval_id, True, "alice", None)
+        assert await store.client.ttl(key) >= 5  # usable for the approval's window
+        clock.now += 3.0
+        passed = await svc.resolve(CALL, held(timeout=5.0), "d2")
+        assert passed.effect == "allow" and passed.approval_id == first.approval_id
+
+    async def test_a_withdrawn_request_is_kept_briefly(self, valkey_store: Any) -> None:
+        """Withdrawn by its client, a request is decided by nobody: it was kept a day, with
+        its arguments, and one agent cancelling held calls in a loop filled Valkey."""
+        svc, store, _ = valkey_store
+        first = await svc.resolve(CALL, held(), "d1")
+        await store.transition(first.approval_id, "pending", "denied", CLIENT, "cancelled")
+        assert 0 < await store.client.ttl(store._req(first.approval_id)) <= GRACE_SECONDS
+        decided = await svc.resolve(
+            Call(tool="t", server="db", args={}, identity=CALL.identity), held(), "d2"
+        )
+        await svc.decide(decided.approval_id, False, "alice", None)  # an operator's: a day
+        assert await store.client.ttl(store._req(decided.approval_id)) > GRACE_SECONDS

@@ -49,6 +49,8 @@ KEEP_DECIDED = 5000  # at most this many decided requests are kept for the listi
 #: its timeout, if shorter): approved 80 ms before the end, the held call (polling) found
 #: it expired.
 APPROVED_USE_SECONDS = 60.0
+#: Who "decided" a request its client withdrew (a cancel, or gone while it waited).
+CLIENT = "client"
 
 # What a request keeps of the call's arguments: enough for a human to tell two calls apart.
 PREVIEW_STRING = 2000  # characters of one string value

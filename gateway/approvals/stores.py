@@ -25,6 +25,7 @@ from valkey.asyncio import Valkey
 
 from gateway.approvals.service import (
     APPROVED_USE_SECONDS,
+    CLIENT,
     GRACE_SECONDS,
     KEEP_DECIDED,
     KEEP_SECONDS,
@@ -87,9 +88,12 @@ redis.call('EXPIRE', KEYS[3], math.max(1, math.ceil(tonumber(last[2]) - now)))
 return {1, epoch}
 """
 
-# KEYS: request, pending of its grant, pending of all
+# KEYS: request, pending of its grant, pending of all, its match key
 # ARGV: before, after, now, decided_by, note, TTL from now on ('' keeps it), the seconds an
 # approval stays usable at least (APPROVED_USE_SECONDS)
+# An approval (given, or given back) keeps its match key as long as it is usable: an identical
+# call finds it there (retry mode), and the key's first lifetime ended at the request's first
+# expiry, so an approval given near the end was never found (a new request made instead).
 _TRANSITION = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing', ''} end
@@ -118,6 +122,9 @@ end
 if ARGV[1] == 'pending' then
   redis.call('ZREM', KEYS[2], req.id)
   redis.call('ZREM', KEYS[3], req.id)
+end
+if ARGV[2] == 'approved' and redis.call('GET', KEYS[4]) == req.id then
+  redis.call('EXPIRE', KEYS[4], math.max(1, math.ceil(tonumber(req.expires) - now) + 1))
 end
 return {'ok', out}
 """
@@ -256,7 +263,7 @@ class MemoryApprovalStore:
         # Past the newest KEEP_DECIDED, the first to go are those their own client withdrew
         # (an agent can make as many as it likes); an approval not used yet is never let go
         # before it expires: an agent's flood of cancelled calls must not undo an operator.
-        decided.sort(key=lambda r: (r.decided_by != "client", r.decided_at or r.created))
+        decided.sort(key=lambda r: (r.decided_by != CLIENT, r.decided_at or r.created))
         decided.reverse()
         for rank, request in enumerate(decided):
             usable = request.status == "approved" and request.expires > now
@@ -353,14 +360,19 @@ class ValkeyApprovalStore:
     async def transition(
         self, approval_id: str, before: Status, after: Status, by: str | None, note: str | None
     ) -> ApprovalRequest:
-        owner = ""
-        if before == "pending":  # to take it off its owner's pending set (which never changes)
+        owner = match = ""
+        if before == "pending" or after == "approved":  # its owner's pending set, its match
             current = await self.get(approval_id)
             owner = current.owner if current is not None else ""
+            match = current.match if current is not None else ""
         keep = str(int(KEEP_SECONDS)) if before == "pending" else ""
+        if after == "denied" and by == CLIENT:
+            # withdrawn by its client: nobody decides it, and one agent cancelling held calls
+            # in a loop kept a day of them (with their arguments) in Valkey
+            keep = str(int(GRACE_SECONDS))
         now = repr(self.clock())
         args = [before, after, now, by or "", note or "", keep, repr(APPROVED_USE_SECONDS)]
-        keys = [self._req(approval_id), self._pending(owner), self._pending()]
+        keys = [self._req(approval_id), self._pending(owner), self._pending(), self._match(match)]
         outcome, payload = await self._do(self.script(keys=keys, args=args))
         if outcome != b"ok":
             raise _conflict(approval_id, before, payload.decode() or "missing")

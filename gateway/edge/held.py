@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
-from gateway.approvals.service import match_key
+from gateway.approvals.service import CLIENT, match_key
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
@@ -259,7 +259,7 @@ class Cancellable:
             request = await approvals.store.find(match)
             if request is not None and request.status == "pending":
                 note = "cancelled by its client"
-                await approvals.store.transition(request.id, "pending", "denied", "client", note)
+                await approvals.store.transition(request.id, "pending", "denied", CLIENT, note)
             await approvals.store.forget_match(match)
 
 
