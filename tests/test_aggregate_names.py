@@ -80,9 +80,12 @@ async def test_a_name_two_servers_offer_is_nobodys(gateway: GatewayProcess, mode
     # without its arguments: no entry's secret_args are known for a name no server has (a
     # password was logged in clear, and digested unmasked)
     async with client(url, ALICE, mode=mode) as alice:
-        await alice.call_tool("login", {"password": "hunter2-SECRET"})
+        answered = await alice.call_tool("login", {"password": "hunter2-SECRET"})
     [login] = gateway.wait_records(1, where=lambda r: r["tool"] == "login")[-1:]
     assert login["args_digest"] == args_digest({}) and "args" not in login
+    # answered as every refusal is: its decision (and the record's id) in _meta
+    told = decision_of(answered)
+    assert (told["decision_id"], told["error"]) == (login["decision_id"], "no_tool")
 
 
 async def test_each_server_stays_reachable_on_its_own_endpoint(gateway: GatewayProcess) -> None:

@@ -249,7 +249,7 @@ def refused_unread(
     decision = Decision(
         effect="deny", rule=rule, reason=reason, revision=gw.policy.revision, error=error
     )
-    return _record(gw, call, decision, new_decision_id(), 0.0, None)
+    return _record(gw, call, decision, new_decision_id(), 0.0, None, args_omitted=True)
 
 
 def _record(
@@ -259,17 +259,16 @@ def _record(
     decision_id: str,
     elapsed: float,
     wait: float | None,
+    **extra: Any,
 ) -> Admission:
     latency = max(elapsed - (wait or 0.0), 0.0)
     log = gw.decisions
     # Always: without the arguments in the record, a digest of a call whose one argument is
     # a short secret (a PIN) still gives it to whoever hashes guesses.
     secret = secret_paths(gw.policy, call.server, call.tool)
-    if wait is None:
-        log.record(decision_id, call, decision, latency * 1000, secret)
-    else:
-        wait_ms = round(wait * 1000, 3)
-        log.record(decision_id, call, decision, latency * 1000, secret, approval_wait_ms=wait_ms)
+    if wait is not None:
+        extra["approval_wait_ms"] = round(wait * 1000, 3)
+    log.record(decision_id, call, decision, latency * 1000, secret, **extra)
     metrics = gw.metrics
     if metrics is not None:
         known = (call.server or "", call.tool) in gw.catalog

@@ -325,6 +325,8 @@ class DecisionLog:
             fields["shadow"] = [s.to_dict() for s in decision.shadow]
         if extra:
             fields.update(extra)
+            if extra.get("args_omitted") and "args" in fields:  # not read: not "none given"
+                fields["args"] = {"omitted": "refused before its arguments were read"}
         kept = fields
         if "args" in fields and len(canonical) > MAX_KEPT_ARGS:  # the line has them all
             kept = {**fields, "args": {"omitted": f"{len(canonical)} characters of JSON"}}

@@ -256,11 +256,10 @@ class Handshake:
         msg_id = message.msg_id
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # a tool error the model reads
-                unrouted(self.gw, incoming, message, identity, session.sid)
-                name = message.params.get("name")
-                text = f"no tool named {name!r} on /mcp"
-                result = {"content": [{"type": "text", "text": text}], "isError": True}
-                await reply(send, 200, rpc.result_body(msg_id, result))
+                nowhere = unrouted(self.gw, incoming, message, identity, session.sid)
+                version = incoming.header("mcp-protocol-version")
+                body = denial(msg_id, nowhere.decision, nowhere.decision_id, version)
+                await reply(send, 200, body)  # a tool error, its decision in _meta
                 return
             raise unknown(message)
         admission = None

@@ -12,7 +12,7 @@ from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.forward import Forward
 from gateway.edge.toolnames import name_problem
-from gateway.pipeline.admission import refused_unread
+from gateway.pipeline.admission import Admission, refused_unread
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.wire import jsonrpc as rpc
@@ -23,7 +23,7 @@ from gateway.wire.sse import View
 
 def unrouted(
     gw: Gateway, incoming: Incoming, message: Message, identity: Identity, session: str | None
-) -> None:
+) -> Admission:
     """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unread``)."""
     name = message.params.get("name")
     tool = name if isinstance(name, str) and name_problem(name) is None else "<not a name>"
@@ -37,7 +37,7 @@ def unrouted(
         session=session,
         client_ip=incoming.client_ip,
     )
-    refused_unread(gw, call, f"no tool named {tool!r} on /mcp")
+    return refused_unread(gw, call, f"no tool named {tool!r} on /mcp")
 
 
 def routed(

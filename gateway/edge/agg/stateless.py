@@ -33,6 +33,7 @@ from gateway.edge.agg.upcall import UpcallFailed, upcall
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
+from gateway.edge.replies import denial
 from gateway.edge.routing import check_routing_headers
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
@@ -179,11 +180,9 @@ class Stateless:
             server, changed = target(self.names, self.catalogue, servers, message)
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # as the handshake era: a tool error to read
-                unrouted(self.gw, incoming, message, identity, None)
-                text = f"no tool named {message.params.get('name')!r} on /mcp"
-                result = {"content": [{"type": "text", "text": text}], "isError": True}
-                result["resultType"] = "complete"
-                await reply(send, 200, rpc.result_body(msg_id, result))
+                nowhere = unrouted(self.gw, incoming, message, identity, None)
+                body = denial(msg_id, nowhere.decision, nowhere.decision_id, version)
+                await reply(send, 200, body)  # a tool error, its decision in _meta
                 return
             raise unknown(message)
         view = ClientView(self.gw, server, identity)
