@@ -275,6 +275,11 @@ def _innermost(exc: BaseException) -> tuple[str, str]:
 
 def eval_error(source: str, exc: BaseException) -> PolicyEvalError:
     message, kind = _innermost(exc)
+    if "overflow" in message:  # as cel-google says it (cel-python's was cel.error)
+        return PolicyEvalError("cel.arithmetic", source, message)
+    if "ParserError" in repr(exc.args)[:2000]:  # a string no timestamp or duration reads:
+        # a value CEL cannot take (cel-python's was cel.missing_key, under a KeyError)
+        return PolicyEvalError("cel.bad_value", source, "a value that does not parse")
     if kind in {"KeyError", "IndexError"} or ("no such" in message and "member" in message):
         return PolicyEvalError("cel.missing_key", source, message)
     if kind in {"TypeError", "AttributeError"} or "overload" in message:
