@@ -179,6 +179,18 @@ class TestPolicyTests:
         )
         assert main(["test", str(tmp_path)]) == 0
 
+    def test_a_json_test_file_is_a_test_not_a_rule_file(self, tmp_path: Path) -> None:
+        """The docs name ``.json`` test files: one was read as a rule file instead, and the
+        whole folder failed to load (the gateway refused to start, and every reload)."""
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        cases = {"cases": [{"tool": "other", "expect": {"effect": "deny", "rule": "default"}}]}
+        (tmp_path / "more_test.json").write_text(json.dumps(cases))
+        assert main(["check", str(tmp_path)]) == 0
+        assert main(["test", str(tmp_path)]) == 0
+        cases["cases"][0]["expect"]["effect"] = "allow"
+        (tmp_path / "more_test.json").write_text(json.dumps(cases))
+        assert main(["test", str(tmp_path)]) == 1
+
     def test_bad_test_file_names_the_line(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

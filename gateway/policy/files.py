@@ -11,7 +11,7 @@ from gateway.policy.cel import CelCompileError
 
 RULE_SUFFIXES = (".yaml", ".yml", ".json")
 #: Policy test files live beside rules (``celgate test``) and are not rules themselves.
-TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
+TEST_SUFFIXES = ("_test.yaml", "_test.yml", "_test.json", ".test.yaml", ".test.yml", ".test.json")
 
 
 def rule_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
