@@ -176,3 +176,25 @@ def test_request_time_has_its_six_digits_on_a_whole_second_too(tmp_path: Path, m
     assert decide(load_policy([path]), Call(tool="report"), at).effect == "deny"
     path.write_text(CUT_OFF.replace(cut_off, ""))
     assert decide(load_policy([path]), Call(tool="report"), at).effect == "allow"
+
+
+def test_approval_settings_that_hold_nothing_are_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``drop_table: {approval: {mode: wait}}`` reads as "held" and allows: said at check,
+    load and reload, as an unknown server is."""
+    text = (
+        "default: deny\n"
+        "tools:\n"
+        "  drop_table: {action: allow, approval: {mode: wait, timeout: 600}}\n"
+        "  query:\n"
+        "    rules:\n"
+        "      - {id: ok, action: allow, approval: {mode: retry}}\n"
+        "  deploy: {action: require_approval, approval: {mode: wait}}\n"
+    )
+    (tmp_path / "policy.yaml").write_text(text)
+    assert main(["check", str(tmp_path / "policy.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: policy.yaml:3: drop_table: approval settings, but no require_approval" in err
+    assert "query: approval settings on a rule whose action is allow" in err
+    assert "deploy" not in err  # it holds: its settings are used

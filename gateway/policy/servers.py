@@ -41,9 +41,31 @@ def unknown_servers(
     return refused, told
 
 
+def idle_approvals(policy: CompiledPolicy) -> list[Problem]:
+    """``approval:`` settings that hold nothing: on a rule whose action is not
+    ``require_approval``, or on an entry none of whose actions is (``drop_table: {approval:
+    {mode: wait}}`` reads as "held", and allows)."""
+    told: list[Problem] = []
+    for entry in policy.entries:
+        for rule in entry.rules:
+            if rule.approval is not None and rule.action != "require_approval":
+                message = (
+                    f"approval settings on a rule whose action is {rule.action}: no call waits"
+                )
+                told.append(Problem(rule.where, entry.key, message))
+        holds = entry.action == "require_approval" or any(
+            rule.action == "require_approval" for rule in entry.rules
+        )
+        if entry.approval is not None and not holds:
+            message = "approval settings, but no require_approval here: no call waits"
+            told.append(Problem(entry.where, entry.key, message))
+    return told
+
+
 def check_servers(policy: CompiledPolicy, servers: Collection[str]) -> list[Problem]:
-    """The unknown server names to tell; ``ConfigError`` for those refused."""
+    """What to tell of a policy's entries (unknown server names, approval settings that hold
+    nothing); ``ConfigError`` for the names refused."""
     refused, told = unknown_servers(policy, servers)
     if refused:
         raise ConfigError(refused)
-    return told
+    return told + idle_approvals(policy)

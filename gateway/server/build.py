@@ -30,7 +30,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     policy = load_policy(config.policy, get_engine(config.cel.engine))
     told = [str(problem) for problem in check_servers(policy, config.servers)]
     for problem in told:
-        log.warning("policy.unknown_server", problem=problem)
+        log.warning("policy.warning", problem=problem)
     limits = config.limits
     valkey = shared_client(limits.backend, timeout_ms=limits.timeout_ms)  # one pool, or None
     upstreams = {

@@ -146,7 +146,7 @@ class Reloader:
         self._result(why, True, policy.revision, [], told)
         self.gw.extras["policy_warnings"] = told  # of the policy in force, from now on
         for problem in told:
-            log.warning("policy.unknown_server", why=why, problem=problem)
+            log.warning("policy.warning", why=why, problem=problem)
         try:
             await self._reload_pins()
         except ConfigError as exc:  # the pins held keep serving
