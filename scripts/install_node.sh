@@ -20,6 +20,11 @@ case "$(uname -s)-$(uname -m)" in
 esac
 command -v npm >/dev/null || { echo "install_node.sh: npm is required" >&2; exit 2; }
 
+# Test workers may call this at once (pytest -n): one installs, the others wait for it.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.install.lock"
+flock 9
+
 if [[ -x "$NODE_BIN" ]] && "$NODE_BIN" --version | grep -q "^v$NODE_MAJOR\."; then
   echo "node: $("$NODE_BIN" --version) already at $NODE_BIN"
 else
