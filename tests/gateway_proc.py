@@ -102,7 +102,7 @@ def write_config(
     return path
 
 
-def wait_healthy(port: int, proc: PeerProcess, deadline: float = 20.0) -> None:
+def wait_healthy(port: int, proc: PeerProcess, deadline: float = 60.0) -> None:
     end = time.monotonic() + deadline
     url = f"http://127.0.0.1:{port}/healthz"
     while time.monotonic() < end:

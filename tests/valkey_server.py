@@ -65,7 +65,7 @@ class ValkeyProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         """Start the server (no-op if running) and wait until it answers PING."""
         if self.running:
             return

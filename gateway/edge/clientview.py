@@ -94,6 +94,7 @@ class ClientView:
         "identity",
         "modern",
         "progress",
+        "request",
         "server",
         "session",
         "tag",
@@ -134,16 +135,29 @@ class ClientView:
         #: request (digests of its id and token) or none, so that a stream resumed from one
         #: of them carries what that request's stream could, and nothing else.
         self.tag = NO_REQUEST
+        #: The request's id and progress token, until its tag is first needed (most answers
+        #: go as JSON and need none: two digests a call saved).
+        self.request: tuple[Any, Any] | None = None
 
     def for_request(self, msg_id: Any, params: Any) -> None:
         """This stream is the answer to the request ``msg_id`` (with ``params``)."""
         token = progress_token(params)
         self.answers = same_id(msg_id)
         self.progress = same_id(token)
-        self.tag = "r" + _digest(msg_id) + (_digest(token) if token is not None else NO_TOKEN)
+        self.request = (msg_id, token)
+
+    def event_tag(self) -> str:
+        """What this stream's event ids are bound to (``tag``, made from the request's id
+        and token the first time it is asked for)."""
+        request = self.request
+        if request is not None:
+            msg_id, token = request
+            self.tag = "r" + _digest(msg_id) + (_digest(token) if token is not None else NO_TOKEN)
+            self.request = None
+        return self.tag
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
-        raw = f"{event_id.decode('utf-8', 'replace')}.{self.tag}"
+        raw = f"{event_id.decode('utf-8', 'replace')}.{self.event_tag()}"
         wrapped = self.gw.signer.wrap_event(self.server, self.identity.owner, self.session, raw)
         return wrapped.encode()
 
@@ -159,6 +173,7 @@ class ClientView:
             self.answers = self.progress = no_id
         elif len(tag) == 33 and tag[0] == "r":
             self.tag = tag  # its events are that request's still (resumed again, the same)
+            self.request = None
             self.answers = _same_digest(tag[1:17])
             self.progress = no_id if tag[17:] == NO_TOKEN else _same_digest(tag[17:])
         else:
