@@ -12,9 +12,22 @@ GRANTS = ["alpha", "a/b", "a", "x|grant=beta", "p%2Fq", "g:x", "s:up/a/1"]
 
 @pytest.mark.parametrize("grant", GRANTS)
 @pytest.mark.parametrize("session", [None, "1", "s/1/x", "%2F"])
-def test_a_session_bucket_is_its_grants(grant: str, session: str | None) -> None:
-    key = f"c|session={key_part(session_value('up', grant, session))}"
+@pytest.mark.parametrize("agent", ["", "u1", "a/b", "x|grant=beta"])
+def test_a_session_bucket_is_its_grants(grant: str, session: str | None, agent: str) -> None:
+    key = f"c|session={key_part(session_value('up', grant, session, agent))}"
     assert bucket_grant(key) == grant
+
+
+def test_sessionless_callers_of_one_grant_have_buckets_of_their_own() -> None:
+    """Two users of one OAuth client (one grant, two agents), in the 2026-07-28 era: one
+    bucket of the grant's let one user empty the other's (red-team wave 32)."""
+    mallory, victim = (session_value("up", "app", None, agent) for agent in ("mallory", "v"))
+    assert mallory != victim
+    assert session_value("up", "app", None, "v") == victim  # one agent's calls: one bucket
+
+
+def test_a_sessionless_bucket_stored_before_agents_is_still_its_grants() -> None:
+    assert bucket_grant("c|session=g:alpha") == "alpha"
 
 
 @pytest.mark.parametrize("grant", GRANTS)

@@ -28,6 +28,9 @@ version: "1"
 default: deny
 tools:
   echo: {action: allow}
+  test_simple_text:
+    action: allow
+    limits: [{counter: per_session, max: 2, window: hour, scope: session}]
   delete_item:
     action: require_approval
     reason: deleting needs a human
@@ -150,6 +153,28 @@ def test_an_approval_is_the_users_it_was_asked_for(
     ]
 
 
+def test_one_user_cannot_empty_anothers_session_bucket(
+    gw: GatewayProcess, auth: AuthServer
+) -> None:
+    """2026-07-28 calls have no session: ``scope: session`` keyed them by the grant, so one
+    user of the client emptied every other user's bucket (red-team wave 32)."""
+    alice, bob = bearer(auth, gw, "alice"), bearer(auth, gw, "bob")
+    modern = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}
+    body = rpc(1, "tools/call", name="test_simple_text", arguments={}, _meta=MODERN_META)
+    with httpx.Client(base_url=gw.base, timeout=20) as http:
+
+        def error(headers: dict[str, str]) -> str | None:
+            sent = {**headers, **modern, "mcp-name": "test_simple_text"}
+            answer = http.post("/mcp/up", json=body, headers=sent)
+            assert answer.status_code == 200, answer.text
+            decision = answer.json()["result"].get("_meta", {}).get("io.celgate/decision", {})
+            return decision.get("error")
+
+        assert [error(alice) for _ in range(3)] == [None, None, "rate_limited"]
+        assert error(bob) is None
+
+
+@pytest.mark.asyncio
 async def test_one_user_holding_streams_leaves_another_users_places(
     gw: GatewayProcess, auth: AuthServer
 ) -> None:

@@ -26,7 +26,7 @@ from gateway.ratelimit import (
     make_limiter,
 )
 from gateway.ratelimit.valkey import DEFAULT_PREFIX
-from tests.valkey_server import ValkeyProcess
+from tests.valkey_server import PATIENT, ValkeyProcess
 
 
 class FakeClock:
@@ -80,7 +80,7 @@ def _valkey_harness(server: ValkeyProcess) -> Harness:
         ttl = int(sync.pttl(DEFAULT_PREFIX + key))
         return None if ttl < 0 else float(ttl)
 
-    return Harness("valkey", ValkeyRateLimiter(server.url), asyncio.sleep, ttl_ms)
+    return Harness("valkey", ValkeyRateLimiter(server.url, timeout=PATIENT), asyncio.sleep, ttl_ms)
 
 
 @pytest.fixture(params=["memory", "valkey"])

@@ -14,7 +14,7 @@ import valkey
 from gateway.errors import BackendUnavailable
 from gateway.ratelimit import Bucket, ValkeyRateLimiter
 from gateway.ratelimit.valkey import SCRIPT_SHA, Outage
-from tests.valkey_server import HOST, ValkeyProcess
+from tests.valkey_server import HOST, PATIENT, ValkeyProcess
 
 CLOSED = Bucket("closed_c", "closed_c|grant=a", max=5, window=60.0, failure_mode="closed")
 OPEN = Bucket("open_c", "open_c|grant=a", max=5, window=60.0, failure_mode="open")
@@ -22,7 +22,7 @@ OPEN = Bucket("open_c", "open_c|grant=a", max=5, window=60.0, failure_mode="open
 
 @pytest.fixture
 async def limiter(valkey_db: ValkeyProcess) -> AsyncIterator[ValkeyRateLimiter]:
-    lim = ValkeyRateLimiter(valkey_db.url)
+    lim = ValkeyRateLimiter(valkey_db.url, timeout=PATIENT)
     yield lim
     await lim.close()
 
@@ -101,7 +101,7 @@ class TestOutage:
             lim = ValkeyRateLimiter(f"valkey://{HOST}:{silent.getsockname()[1]}/0", timeout=5)
             pool = lim._client.connection_pool
             task = asyncio.ensure_future(lim.acquire([CLOSED]))
-            for _ in range(50):  # until the exchange is in flight
+            for _ in range(1000):  # until the exchange is in flight (a busy machine: seconds)
                 await asyncio.sleep(0.01)
                 if pool._in_use_connections:  # type: ignore[attr-defined]
                     break
@@ -136,7 +136,7 @@ class TestStorage:
     async def test_custom_prefix(
         self, valkey_db: ValkeyProcess, sync_client: valkey.Valkey
     ) -> None:
-        lim = ValkeyRateLimiter(valkey_db.url, prefix="other:")
+        lim = ValkeyRateLimiter(valkey_db.url, prefix="other:", timeout=PATIENT)
         await lim.acquire([CLOSED])
         assert sync_client.keys("*") == [b"other:closed_c|grant=a"]
         assert await lim.scan() == [("closed_c|grant=a", pytest.approx(4.0, abs=0.01))]
@@ -180,7 +180,7 @@ import asyncio, sys
 from gateway.ratelimit import Bucket, ValkeyRateLimiter
 
 async def main(url):
-    lim = ValkeyRateLimiter(url)
+    lim = ValkeyRateLimiter(url, timeout=10.0)  # tests.valkey_server.PATIENT
     b = Bucket("burst", "burst|global", max=30, window=3600.0)
     await lim.load()
     print("ready", flush=True)

@@ -24,7 +24,7 @@ from gateway.policy.model import Approval
 from gateway.ratelimit import Bucket, ValkeyRateLimiter, make_limiter
 from gateway.ratelimit.client import valkey_client
 from gateway.ratelimit.factory import shared_client
-from tests.valkey_server import HOST, ValkeyProcess, running_valkey
+from tests.valkey_server import HOST, PATIENT, ValkeyProcess, running_valkey
 
 B = Bucket("c", "c|grant=a", max=5, window=60.0)
 OPEN = Bucket("o", "o|grant=a", max=5, window=60.0, failure_mode="open")
@@ -61,7 +61,7 @@ def unix_server() -> Iterator[tuple[ValkeyProcess, Path]]:
 
 
 async def _admits(url: str, bucket: Bucket = B) -> ValkeyRateLimiter:
-    lim = ValkeyRateLimiter(url)
+    lim = ValkeyRateLimiter(url, timeout=PATIENT)
     result = await lim.acquire([bucket])
     assert result.admitted and not result.backend_error, result
     return lim
@@ -106,7 +106,7 @@ class TestCredentials:
         """The user may only touch celgate:rl:*; another prefix is refused by the server,
         which the limiter treats as the backend failing (closed denies, open admits)."""
         url = f"valkey://limiter:limiter-secret@{HOST}:{guarded.port}/0"
-        lim = ValkeyRateLimiter(url, prefix="elsewhere:")
+        lim = ValkeyRateLimiter(url, prefix="elsewhere:", timeout=PATIENT)
         closed, opened = await lim.acquire([B]), await lim.acquire([OPEN])
         await lim.close()
         assert (closed.admitted, closed.backend_error) == (False, True)
@@ -246,7 +246,7 @@ class TestTLS:
         unverified connection, and operator commands fail too."""
         authority, _ = ca
         async with tls_relay(_server_context(authority, HOST), valkey_db.port) as port:
-            lim = ValkeyRateLimiter(f"valkeys://{HOST}:{port}/0")
+            lim = ValkeyRateLimiter(f"valkeys://{HOST}:{port}/0", timeout=PATIENT)
             result = await lim.acquire([B])
             assert (result.admitted, result.backend_error) == (False, True)
             with pytest.raises(BackendUnavailable):
@@ -260,7 +260,7 @@ class TestTLS:
         context = _server_context(authority, "cache.internal.example")
         async with tls_relay(context, valkey_db.port) as port:
             url = f"valkeys://{HOST}:{port}/0?ssl_ca_certs={pem}"
-            lim = ValkeyRateLimiter(url)
+            lim = ValkeyRateLimiter(url, timeout=PATIENT)
             result = await lim.acquire([B])
             assert (result.admitted, result.backend_error) == (False, True)
             with pytest.raises(BackendUnavailable):
@@ -274,7 +274,7 @@ class TestTLS:
 class TestConnections:
     async def test_bounded_and_exact(self, valkey_db: ValkeyProcess) -> None:
         """200 concurrent calls over at most 2 connections: queued, none lost, exactly max."""
-        lim = ValkeyRateLimiter(valkey_db.url, max_connections=2)
+        lim = ValkeyRateLimiter(valkey_db.url, max_connections=2, timeout=PATIENT)
         b = Bucket("q", "q|global", max=50, window=3600.0)
         results = await asyncio.gather(*(lim.acquire([b]) for _ in range(200)))
         assert sum(r.admitted for r in results) == 50

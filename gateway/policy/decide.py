@@ -151,9 +151,11 @@ def _bind(spec: LimitSpec, call: Call) -> AppliedLimit:
     elif scope == "agent":
         value = agent_value(call.identity.grant, call.identity.agent)
     elif scope == "session":
-        # A caller without a session is keyed by its grant: one bucket shared by every
-        # sessionless caller would let one agent drain all of them.
-        value = session_value(call.server, call.identity.grant, call.session)
+        # A caller without a session is keyed by its grant and agent: one bucket shared by
+        # every sessionless caller (or every user of one OAuth client) would let one drain
+        # all of them.
+        identity = call.identity
+        value = session_value(call.server, identity.grant, call.session, identity.agent)
     elif scope == "tool":
         tool = call.tool if call.info.listed else UNLISTED_TOOL
         value = f"{call.server}/{tool}" if call.server else tool

@@ -189,13 +189,15 @@ def _unescaped(part: str) -> str:
     return part.replace("%3D", "=").replace("%7C", "|").replace("%25", "%")
 
 
-def session_value(server: str | None, grant: str, session: str | None) -> str:
+def session_value(server: str | None, grant: str, session: str | None, agent: str = "") -> str:
     """A ``scope: session`` bucket's value: the session of one server and one grant (a
     session id is the upstream's, and two upstreams may hand out the same one); a caller
-    without a session (every 2026-07-28 call) is keyed by its grant. ``/`` in the grant is
-    escaped, so that the grant can be read back (:func:`bucket_grant`)."""
+    without a session (every 2026-07-28 call) is keyed by its grant and agent, as
+    ``scope: agent`` is (keyed by the grant alone, one user of an OAuth client emptied every
+    other user's bucket). ``/`` in the grant is escaped, so that the grant can be read back
+    (:func:`bucket_grant`)."""
     if not session:
-        return f"g:{grant}"
+        return f"g:{_grant_part(grant)}/{agent}"
     return f"s:{server or ''}/{_grant_part(grant)}/{session}"
 
 
@@ -230,7 +232,8 @@ def bucket_grant(key: str) -> str | None:
     if scope != "session":
         return None
     if value.startswith("g:"):
-        return value[2:]
+        grant, slash, _ = value[2:].partition("/")
+        return _grant_of_part(grant) if slash else value[2:]  # (or as stored before the agent)
     pieces = value.split("/", 2)
     if not value.startswith("s:") or len(pieces) != 3:
         return None
