@@ -18,6 +18,7 @@ on first use, with the client's own capabilities and client info. Each message i
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -35,7 +36,15 @@ from gateway.edge.agg.merge import (
     none_answered,
 )
 from gateway.edge.agg.names import Names
-from gateway.edge.agg.route import ROUTED, by_uri, routed, target, unknown, unrouted
+from gateway.edge.agg.route import (
+    ROUTED,
+    by_uri,
+    named_uri,
+    routed,
+    target,
+    unknown,
+    unrouted,
+)
 from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
 from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
@@ -237,8 +246,11 @@ class Handshake:
                 raise BadMessage(rpc.METHOD_NOT_FOUND, msg, status=200, msg_id=message.msg_id)
             servers = len(self.gw.upstreams)
             server, changed = target(self.names, self.catalogue, servers, message)
-            if server is None and by_uri(message):
-                await self._learn_resources(session, identity, message.params.get("_meta"))
+            uri = named_uri(message) if server is None and by_uri(message) else None
+            if uri is not None:
+                meta = message.params.get("_meta")
+                learn = functools.partial(self._learn_resources, session, identity, meta)
+                await self.catalogue.relearn(uri, learn)
                 server, changed = target(self.names, self.catalogue, servers, message)
             await self._routed(incoming, send, session, identity, message, body, server, changed)
 

@@ -4,11 +4,13 @@ each server's own), one set of capabilities, one ``server/discover`` result. Bot
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -38,6 +40,12 @@ MAX_CURSOR_CHARS = 2 * 1024 * 1024
 _CURSOR = "cursor\x00"  # what a list cursor's MAC binds besides the list and the caller
 MAX_OWNED = 100_000  # resource URIs remembered for routing, per server (its oldest go first)
 MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
+#: A URI no server is known to have makes ``/mcp`` read every server's resource lists again,
+#: at most this often, and half as often each time a reading learned nothing new, down to
+#: once in ``RELEARN_MAX_SECONDS`` (as ``tools/list`` on unknown tool names): URIs come from
+#: callers, and each made-up one re-read every server's whole lists.
+RELEARN_SECONDS = 10.0
+RELEARN_MAX_SECONDS = 320.0
 MAX_URI_CHARS = 4096  # a longer URI (or head) is not learned: /mcp cannot route to it
 #: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
@@ -96,12 +104,44 @@ def decode_cursor(
 class Catalogue:
     """The names and resource owners ``/mcp`` learned from the lists it merged."""
 
-    def __init__(self, gw: Gateway, names: Names) -> None:
+    def __init__(
+        self, gw: Gateway, names: Names, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.gw = gw
         self.names = names
         self.uris = Claims(MAX_OWNED)  # resource URIs -> the servers that listed them
         self.templates = Claims(MAX_TEMPLATES)  # URI templates' literal heads, likewise
         self.unroutable: set[tuple[str, str]] = set()  # names not shown, each logged once
+        self.clock = clock
+        self._relearnt = float("-inf")  # when the lists were last read for an unknown URI
+        self._relearn_every = RELEARN_SECONDS
+        self._relearning: asyncio.Future[None] | None = None
+
+    async def relearn(self, uri: str | None, learn: Callable[[], Awaitable[None]]) -> None:
+        """``learn`` (every server's resource lists read again, and learned from) for a
+        ``uri`` no server is known to have: one reading at a time (callers meanwhile wait for
+        it), none within the interval of the last one (``RELEARN_SECONDS``, doubled while
+        readings learn nothing), none for a URI two servers claim (that is final)."""
+        if uri is not None and self.claimants(uri):
+            return
+        running = self._relearning
+        if running is None:
+            if self.clock() - self._relearnt < self._relearn_every:
+                return
+            self._relearnt = self.clock()
+            before = self.uris.added + self.templates.added
+            running = self._relearning = asyncio.ensure_future(learn())
+
+            def done(finished: asyncio.Future[None]) -> None:
+                self._relearning = None
+                if not finished.cancelled():
+                    finished.exception()  # (each waiter is told it; none may be left)
+                learned = self.uris.added + self.templates.added > before
+                doubled = min(self._relearn_every * 2, RELEARN_MAX_SECONDS)
+                self._relearn_every = RELEARN_SECONDS if learned else doubled
+
+            running.add_done_callback(done)
+        await asyncio.shield(running)
 
     def page(
         self,
@@ -187,10 +227,15 @@ class Catalogue:
         with; None when none does, or when two servers claim it (both list it, one lists it
         under the other's template, or two servers' templates both fit): which one answers
         must never depend on what some caller got a server to list."""
+        claimants = self.claimants(uri)
+        return next(iter(claimants)) if len(claimants) == 1 else None
+
+    def claimants(self, uri: str) -> set[str]:
+        """The servers that listed ``uri`` or have a template it fits."""
         claimants = set(self.uris.of(uri))
         for head in self.templates.keys_with_prefix_of(uri):
             claimants |= self.templates.of(head)
-        return next(iter(claimants)) if len(claimants) == 1 else None
+        return claimants
 
 
 class Claims:
@@ -203,6 +248,7 @@ class Claims:
         self.cap = cap
         self.by_key: dict[str, set[str]] = {}
         self.by_server: dict[str, OrderedDict[str, None]] = {}
+        self.added = 0  # claims made, ever (whether a reading learned anything)
 
     def claim(self, key: str, server: str) -> None:
         if len(key) > MAX_URI_CHARS:  # no routing by it: kept, it would be memory for good
@@ -211,6 +257,7 @@ class Claims:
         if key in mine:
             return
         mine[key] = None
+        self.added += 1
         servers = self.by_key.setdefault(key, set())
         if servers and server not in servers:
             log.warning(

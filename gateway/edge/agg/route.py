@@ -94,15 +94,24 @@ def target(
             name = ref.get("name")
             parts = names.inward("prompt", name) if isinstance(name, str) else None
             return (parts[0], {"ref": {**ref, "name": parts[1]}}) if parts else (None, {})
-        uri = ref.get("uri") if isinstance(ref, dict) else None
-    else:
-        uri = params.get("uri")
-    if not isinstance(uri, str):
+    uri = named_uri(message)
+    if uri is None:
         return None, {}
     owner = catalogue.owner(uri)
     if owner is None and servers == 1:
         owner = next(iter(catalogue.gw.upstreams))
     return owner, {}
+
+
+def named_uri(message: Message) -> str | None:
+    """The resource URI a routed request names (a completion's ``ref``), or None."""
+    params = message.params
+    if message.method == "completion/complete":
+        ref = params.get("ref")
+        uri = ref.get("uri") if isinstance(ref, dict) else None
+    else:
+        uri = params.get("uri")
+    return uri if isinstance(uri, str) else None
 
 
 def by_uri(message: Message) -> bool:

@@ -10,6 +10,7 @@ first, recorded with the server and the tool's real name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -28,7 +29,15 @@ from gateway.edge.agg.merge import (
     none_answered,
 )
 from gateway.edge.agg.names import Names
-from gateway.edge.agg.route import ROUTED, by_uri, routed, target, unknown, unrouted
+from gateway.edge.agg.route import (
+    ROUTED,
+    by_uri,
+    named_uri,
+    routed,
+    target,
+    unknown,
+    unrouted,
+)
 from gateway.edge.agg.upcall import UpcallFailed, upcall
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
@@ -175,8 +184,11 @@ class Stateless:
         msg_id = message.msg_id
         servers = len(self.gw.upstreams)
         server, changed = target(self.names, self.catalogue, servers, message)
-        if server is None and by_uri(message):
-            await self._learn_resources(identity, version, message.params.get("_meta"))
+        uri = named_uri(message) if server is None and by_uri(message) else None
+        if uri is not None:
+            meta = message.params.get("_meta")
+            learn = functools.partial(self._learn_resources, identity, version, meta)
+            await self.catalogue.relearn(uri, learn)
             server, changed = target(self.names, self.catalogue, servers, message)
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # as the handshake era: a tool error to read
