@@ -487,7 +487,8 @@ class TestRecordsAndMetrics:
         assert [(s.labels, s.value) for s in health] == [({"server": "up"}, 1.0)]
         assert "celgate_upstream_seconds" in families
         approvals = families["celgate_approvals"].samples
-        assert any(s.labels.get("event") == "requested" for s in approvals)
+        requested = [s for s in approvals if s.labels.get("event") == "requested"]
+        assert any(s.name == "celgate_approvals_total" and s.value >= 1 for s in requested)
         timed = families["celgate_limiter_seconds"].samples
         assert next(s.value for s in timed if s.name == "celgate_limiter_seconds_count") >= 1
         assert families["celgate_limiter_backend_up"].samples[0].value == 1.0

@@ -13,6 +13,12 @@ _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 _SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _HUMAN = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
+#: The values of ``celgate_limiter{result}`` and ``celgate_approvals{event}``, each shown at 0
+#: from the start: a series that appears only at its first event cannot be alerted on
+#: (``increase()`` misses that first one, and "absent" reads as "never happened").
+LIMITER_RESULTS = ("admitted", "refused", "backend_error", "failed_open")
+APPROVAL_EVENTS = ("requested", "approved", "denied", "used", "released", "expired", "queue_full")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -43,6 +49,8 @@ class Metrics:
         self.limiter_results = Counter(
             "celgate_limiter", "rate-limiter outcomes", ["result"], registry=reg
         )
+        for result in LIMITER_RESULTS:
+            self.limiter_results.labels(result)
         self.limiter_seconds = Histogram(
             "celgate_limiter_seconds",
             "time to take a call's tokens (a Valkey round trip with that backend)",
@@ -56,6 +64,8 @@ class Metrics:
         )
         self._backend_up: bool | None = None
         self.approvals = Counter("celgate_approvals", "approval events", ["event"], registry=reg)
+        for event in APPROVAL_EVENTS:
+            self.approvals.labels(event)
         self.upstream_up = Gauge(
             "celgate_upstream_up",
             "1 when the upstream answered its last probe",
