@@ -12,13 +12,14 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.gateway_proc import GatewayProcess, run_gateway
-from tests.peers import PeerProcess, http_upstream
+from tests.peers import PeerProcess, http_upstream, raw_upstream
 from tests.servers.test_servers_smoke import eventually
 from tests.test_stdio_wire import MODERN_META
 
@@ -159,3 +160,66 @@ def served_again(gateway: GatewayProcess) -> Any:
     ).status_code != 200:
         assert time.monotonic() < deadline, answer.text
     return answer.json()
+
+
+@pytest.fixture(scope="module")
+def slow_notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
+    """A gateway in front of a server that never takes a notification (its 202 never comes)."""
+    directory = tmp_path_factory.mktemp("slow-notes")
+    grants = {
+        name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+        for name, key in (("hog", HOG), ("other", OTHER))
+    }
+    log = directory / "up.jsonl"
+    with raw_upstream("notes-hang", log) as up:
+        servers = {"up": {"url": up.url, "timeout": 60}}
+        security = {"max_requests_per_agent": CAP}
+        with run_gateway(directory, POLICY, servers, grants=grants, security=security) as gw:
+            yield gw, log
+
+
+async def test_notifications_waiting_on_their_server_hold_places(
+    slow_notes: tuple[GatewayProcess, Path],
+) -> None:
+    """A notification is passed on and waits for its server's 202: it took no place, and
+    one agent kept a thousand in progress against a slow server, each holding a connection,
+    until no one else could connect (red-team wave 32). Now notifications count under the
+    cap apart from requests (so a cancel still passes when the requests are at the cap)."""
+    gateway, log = slow_notes
+
+    def sent_on() -> int:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return sum(1 for line in lines if json.loads(line)["rpc"] == "notifications/cancelled")
+
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+              "params": {"requestId": 99, "_meta": MODERN_META}}  # fmt: skip
+
+    def note(key: str) -> dict[str, str]:
+        sent = {**headers(key, "echo"), "mcp-method": "notifications/cancelled"}
+        sent.pop("mcp-name")
+        return sent
+
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=60) as http:
+        waiting = [
+            asyncio.ensure_future(http.post("/mcp/up", json=cancel, headers=note(HOG)))
+            for _ in range(CAP)
+        ]
+        await eventually(lambda: sent_on() == CAP, 20)  # each passed on, waiting for its 202
+        over = await http.post("/mcp/up", json=cancel, headers=note(HOG))
+        assert over.status_code == 429, over.text
+        assert f"more than {CAP} requests of this agent" in over.json()["error"]["message"]
+        echo = await http.post(
+            "/mcp/up", json=body("echo", {"text": "hi"}), headers=headers(HOG, "echo")
+        )
+        assert echo.status_code == 200, echo.text  # its requests' places are its own
+        others = asyncio.ensure_future(http.post("/mcp/up", json=cancel, headers=note(OTHER)))
+        await eventually(lambda: sent_on() == CAP + 1, 20)  # another agent's passes
+        for task in [*waiting, others]:
+            task.cancel()
+        await asyncio.gather(*waiting, others, return_exceptions=True)
+
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=60) as http:
+        again = asyncio.ensure_future(http.post("/mcp/up", json=cancel, headers=note(HOG)))
+        await eventually(lambda: sent_on() == CAP + 2, 20)  # the places came back
+        again.cancel()
+        await asyncio.gather(again, return_exceptions=True)

@@ -120,15 +120,18 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
 async def place_for(
     gw: Gateway, incoming: Incoming, send: Send, identity: Identity, value: Any
 ) -> bool:
-    """A POST's place among its caller's requests in progress, once its body is read: a
-    notification or an answer takes none (it ends at once), so a ``notifications/cancelled``
-    passes when its caller is at the cap (refused, the calls it would end kept the places
-    for good). False once refused (429, answered)."""
+    """A POST's place among its caller's requests in progress, once its body is read. A
+    notification or an answer takes one among its caller's notices instead (under the same
+    cap), so a ``notifications/cancelled`` passes when its caller's requests are at the cap
+    (refused, the calls it would end kept the places for good); it took none at all, and
+    one agent kept a thousand in progress against a slow upstream, each waiting for its
+    202 with a connection held, until no one else could connect. False once refused (429,
+    answered)."""
     if incoming.release is not None:  # its body is read: that place is given back
         incoming.release()
         incoming.release = None
     if isinstance(value, dict) and ("id" not in value or "method" not in value):
-        return True
+        return await _take_place(gw, incoming, send, identity, gw.notices)
     return await _take_place(gw, incoming, send, identity)
 
 

@@ -143,6 +143,7 @@ class Gateway:
     # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
     reading: InProgress = field(init=False, repr=False)
+    notices: InProgress = field(init=False, repr=False)
     bodies: HeldBodies = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +151,9 @@ class Gateway:
         self.bodies = HeldBodies(self.config.security.max_bodies_bytes)
         #: POSTs whose bodies are still coming, per caller, under the same cap.
         self.reading = InProgress(self.config.security.max_requests_per_agent)
+        #: Notifications and answers being passed on, per caller, under the same cap (apart
+        #: from requests: a cancel passes when its caller's requests are at the cap).
+        self.notices = InProgress(self.config.security.max_requests_per_agent)
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
         """What CEL sees as ``tool``; a tool not listed yet is execute/high (policy aside)."""

@@ -17,8 +17,8 @@ It serves JSON (never SSE), stateless (no session ids), on any path:
 ``{"conn": n, "method": "POST", "rpc": "tools/call", "id": ..., "expect": ...}`` (``conn``
 numbers the TCP connections from 1; ``expect`` is the request's Expect header or null).
 
-``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect`` touch ``tools/call`` only, so
-the gateway's start-up probes still work:
+``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect`` and ``notes-hang`` touch
+``tools/call`` only, so the gateway's start-up probes still work:
 
 * ``expect``: honour ``Expect: 100-continue`` (send ``100 Continue`` before reading the body);
 * ``continue``: send ``100 Continue`` first, then the answer ``RAW_UPSTREAM_DELAY_MS`` later
@@ -36,6 +36,7 @@ the gateway's start-up probes still work:
   stream (with ``sse``), that forged answer and a progress
   notice for the token its arguments name as ``progress_for`` come first, then its own
   progress (if it gave a token) and its own answer;
+* ``notes-hang``: never answer a POSTed notification (``notifications/*``);
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
@@ -172,6 +173,9 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     if rpc == "notifications/cancelled":
         record["params"] = message.get("params")
     log(record)
+    if rpc is not None and rpc.startswith("notifications/") and "notes-hang" in MISBEHAVE:
+        await reader.read()  # a notification never taken: until the gateway gives up on us
+        return False
     if rpc == "tools/call":
         if "close" in MISBEHAVE:
             return False
