@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import yaml
@@ -165,17 +166,19 @@ class _CountingUpstream:
     def __init__(self) -> None:
         self.probes = 0
         self.release: Any = None
+        self.healthy = True
 
     async def probe(self) -> bool:
         self.probes += 1
         await self.release.wait()
-        return True
+        return self.healthy
 
 
 class TestProbesAreShared:
     async def test_many_asking_at_once_or_soon_after_make_one_round(self) -> None:
-        """Anyone may ask /readyz: callers at once share one round of probes, and a round
-        answers for a second; after that, the next caller starts a new one."""
+        """Anyone may ask /readyz: callers at once share the first round of probes, and a
+        round answers for a second; after that, the next caller is answered from it at once
+        and starts a new one, which the callers after it are answered from."""
         import asyncio
         from types import SimpleNamespace
 
@@ -194,7 +197,43 @@ class TestProbesAreShared:
         now[0] += HEALTH_FRESH_SECONDS - 0.01
         assert await recent_health(gateway) == {"up": True} and upstream.probes == 1
         now[0] += 0.02
-        assert await recent_health(gateway) == {"up": True} and upstream.probes == 2
+        upstream.release = asyncio.Event()  # the next round's probe hangs until released
+        upstream.healthy = False
+        with anyio.fail_after(5):  # (callers waited for the round under way)
+            answered = [await recent_health(gateway) for _ in range(50)]
+        assert answered == [{"up": True}] * 50  # at once, from the last round
+        for _ in range(10):  # the round under way gets to its probe
+            await asyncio.sleep(0)
+        assert upstream.probes == 2  # one new round, under way
+        upstream.release.set()
+        for _ in range(100):  # until the round has ended (a few turns of the loop)
+            await asyncio.sleep(0)
+        assert await recent_health(gateway) == {"up": False} and upstream.probes == 2
+
+    async def test_a_round_that_never_ends_holds_no_caller(self) -> None:
+        """With an upstream whose probe hangs, every caller after the first round is
+        answered at once: callers held for a round kept a thousand connections busy and
+        honest clients were refused (red-team wave 32)."""
+        import asyncio
+        from types import SimpleNamespace
+
+        from gateway.server.lifecycle import HEALTH_FRESH_SECONDS, _RecentHealth, recent_health
+
+        now = [100.0]
+        upstream = _CountingUpstream()
+        upstream.release = asyncio.Event()
+        upstream.release.set()
+        gateway: Any = SimpleNamespace(upstreams={"up": upstream}, metrics=None, extras={})
+        gateway.extras["recent_health"] = _RecentHealth(lambda: now[0])
+        assert await recent_health(gateway) == {"up": True}
+        upstream.release = asyncio.Event()  # never set: every later probe hangs
+        now[0] += HEALTH_FRESH_SECONDS * 5
+        with anyio.fail_after(5):
+            assert [await recent_health(gateway) for _ in range(20)] == [{"up": True}] * 20
+            for _ in range(10):  # the round under way gets to its probe, and hangs there
+                await asyncio.sleep(0)
+            assert [await recent_health(gateway) for _ in range(20)] == [{"up": True}] * 20
+        assert upstream.probes == 2
 
 
 class TestRelist:

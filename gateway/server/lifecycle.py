@@ -166,8 +166,13 @@ HEALTH_FRESH_SECONDS = 1.0
 
 
 class _RecentHealth:
-    """The last round of probes and when it ended, and the round under way: callers meanwhile
-    share it, so upstreams see at most one round a second however many ask."""
+    """The last round of probes and when it ended, and the round under way. A caller is
+    answered from the last round at once; when it is older than ``HEALTH_FRESH_SECONDS`` a
+    new round starts, which the next callers are answered from (upstreams see at most one
+    round a second however many ask). Only the first round is waited for. Every caller used
+    to wait for a round under way: with one upstream that never answers (2 s a probe),
+    anyone without a key held a thousand connections busy on ``/readyz`` that way, none of
+    them idle enough to give way, and honest clients were refused (red-team wave 32)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
@@ -176,21 +181,23 @@ class _RecentHealth:
         self.round: asyncio.Future[dict[str, bool]] | None = None
 
     async def get(self, gateway: Gateway) -> dict[str, bool]:
-        if self.round is not None:
+        if self.round is None and self.clock() - self.at >= HEALTH_FRESH_SECONDS:
+            self.round = asyncio.ensure_future(check_upstreams(gateway))
+            self.round.add_done_callback(self._ended)
+        if self.at == float("-inf") and self.round is not None:  # none yet: the first
             return await asyncio.shield(self.round)
-        if self.clock() - self.at < HEALTH_FRESH_SECONDS:
-            return self.health
-        self.round = asyncio.ensure_future(check_upstreams(gateway))
-        try:
-            self.health = await asyncio.shield(self.round)
-            self.at = self.clock()
-        finally:
-            self.round = None
         return self.health
+
+    def _ended(self, done: asyncio.Future[dict[str, bool]]) -> None:
+        self.round = None
+        if done.cancelled() or done.exception() is not None:
+            return  # (told to the callers of a first round; a later one: the last stands)
+        self.health = done.result()
+        self.at = self.clock()
 
 
 async def recent_health(gateway: Gateway) -> dict[str, bool]:
-    """Each upstream's health from a round of probes at most ``HEALTH_FRESH_SECONDS`` old."""
+    """Each upstream's health from the last round of probes (see ``_RecentHealth``)."""
     found = gateway.extras.get("recent_health")
     if not isinstance(found, _RecentHealth):
         found = gateway.extras["recent_health"] = _RecentHealth(time.monotonic)
