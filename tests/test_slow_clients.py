@@ -305,6 +305,27 @@ class TestBodyAndKeepAlive:
         assert closed and rest == b""
         assert time.monotonic() - started >= KEEPALIVE_TIMEOUT * 0.9
 
+    def test_a_connection_answered_before_its_body_came_is_closed_once_idle(
+        self, quick: GatewayProcess
+    ) -> None:
+        """A refusal given before the body is read (415 here; a 401 for a request with no
+        key is another), then the body, then nothing: the body's bytes cancelled the
+        keep-alive deadline and nothing set it again, so the connection stayed open with no
+        deadline at all (red-team wave 32)."""
+        body = b'{"jsonrpc": "2.0"}'
+        head = (
+            b"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        sock, reply = request(quick.port, head)
+        with sock:
+            assert _status(reply) == 415, reply
+            sock.sendall(body)
+            started = time.monotonic()
+            rest, closed = read_all(sock, started + KEEPALIVE_TIMEOUT + 10)
+        assert closed and rest == b"", rest
+        assert time.monotonic() - started < KEEPALIVE_TIMEOUT + 10
+
 
 @pytest.fixture(scope="module")
 def patient(

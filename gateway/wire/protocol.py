@@ -422,6 +422,19 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._stage = _Stage.DONE
         self._disarm()
         super().on_message_complete()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and not self.pipeline
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):
+            # Answered before its body was whole (a 401, a 415): the body's bytes cancelled
+            # the keep-alive deadline the answer set, and nothing else would set it again.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # Deadlines
 
