@@ -58,6 +58,23 @@ def test_the_gateway_does_not_start_on_a_case_variant(tmp_path: Path) -> None:
         build_gateway(load_config(config))
 
 
+def test_decide_with_the_config_refuses_what_the_gateway_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``celgate decide --config`` decided a policy the gateway would not start on, as if
+    its entries for ``Demo`` were in force; and it says what the gateway warns of."""
+    policy = f"default: deny\ntools:\n  {ALLOW}  Demo/test_simple_text: {{action: deny}}\n"
+    config = write_config(tmp_path, policy, SERVERS, 9)
+    argv = ["decide", "--config", str(config), "--tool", "test_simple_text", "--server", "demo"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no server 'Demo'; the config's is 'demo'" in err and "rejected" in err
+    policy = f"default: deny\ntools:\n  {ALLOW}  github/delete_note: {{action: deny}}\n"
+    config = write_config(tmp_path, policy, SERVERS, 9)
+    assert main(["decide", "--config", str(config), "--tool", "delete_note"]) == 0
+    assert "warning: " in capsys.readouterr().err
+
+
 async def test_the_warnings_of_the_policy_in_force_are_kept_for_the_console(
     tmp_path: Path,
 ) -> None:

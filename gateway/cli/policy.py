@@ -104,13 +104,19 @@ def _policy_and_identity(
         return load_policy([ns.path]), _flag_identity(ns), None
     from gateway.config import load_config
     from gateway.policy.engines import get_engine
+    from gateway.policy.servers import check_servers
 
     config = load_config(ns.config)
     paths = [ns.path] if ns.path else list(config.policy)
     identity = _config_identity(ns, config) if ns.grant != "anonymous" else _flag_identity(ns)
     found = config.grants.get(ns.grant)
     reach = found.servers if found is not None else None
-    return load_policy(paths, get_engine(config.cel.engine)), identity, reach
+    policy = load_policy(paths, get_engine(config.cel.engine))
+    # As the gateway loads it: a policy it would refuse (an entry naming a server in another
+    # case) is refused here too, never decided as if it ran.
+    for problem in check_servers(policy, config.servers):
+        print(f"warning: {problem}", file=sys.stderr)
+    return policy, identity, reach
 
 
 def _decide(ns: argparse.Namespace) -> int:
