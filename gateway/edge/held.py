@@ -177,7 +177,7 @@ class Cancellable:
     call asked again is a new request). The ``hold`` of a client that takes no SSE (the
     call waits, then is answered as JSON); ``HeldStream`` runs one inside its stream."""
 
-    __slots__ = ("call", "cancelled", "gw", "key")
+    __slots__ = ("call", "cancelled", "gw", "key", "registered")
 
     def __init__(
         self, gw: Gateway | None, call: Call | None, key: Callable[[], HeldKey] | None
@@ -186,6 +186,27 @@ class Cancellable:
         self.call = call
         self.key = key
         self.cancelled = False
+        #: Where its cancel is looked for, once registered: the key and the event it sets.
+        self.registered: tuple[HeldKey, asyncio.Event] | None = None
+
+    def register(self) -> asyncio.Event:
+        """Registered in ``HeldCalls`` (once): before its client can know the call is held
+        (a held stream's head), so that a cancel sent at once finds it. It was registered
+        only once the wait began, and a cancel in between was lost."""
+        if self.registered is not None:
+            return self.registered[1]
+        stop = asyncio.Event()
+        registry = held_calls(self.gw.extras) if self.gw is not None else None
+        key = self.key() if self.key is not None and registry is not None else None
+        if registry is not None and key is not None:
+            registry.add(key, stop)
+            self.registered = (key, stop)
+        return stop
+
+    def unregister(self) -> None:
+        if self.registered is not None and self.gw is not None:
+            held_calls(self.gw.extras).remove(*self.registered)
+            self.registered = None
 
     async def hold(self, decision: Decision, wait: Wait) -> Decision:
         final = await self.run(decision, wait, None)
@@ -222,19 +243,14 @@ class Cancellable:
     async def run(self, decision: Decision, wait: Wait, tick: Any) -> Decision | None:
         """The decision once waited for; None when the wait was cancelled (by the client,
         or by its going away)."""
-        registry = held_calls(self.gw.extras) if self.gw is not None else None
-        stop = asyncio.Event()
-        key = self.key() if self.key is not None and registry is not None else None
-        if registry is not None and key is not None:
-            registry.add(key, stop)
+        stop = self.register()
         waiting = asyncio.ensure_future(wait(tick))
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            if registry is not None and key is not None:
-                registry.remove(key, stop)
+            self.unregister()
             if not waiting.done():
                 waiting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -331,18 +347,22 @@ class HeldStream:
         self.gone = not done
 
     async def hold(self, decision: Decision, wait: Wait) -> Decision:
-        await self.open()
-        tick = self.tick = _Keepalive(
-            self.send, self.message, "waiting for a human to approve this call"
-        )
         final: Decision | None = None
         waiting = Cancellable(self.gw, self.call, self.key)
+        waiting.register()  # before the head: the client may cancel as soon as it has it
+        try:
+            await self.open()
+            tick = self.tick = _Keepalive(
+                self.send, self.message, "waiting for a human to approve this call"
+            )
 
-        async def work() -> None:
-            nonlocal final
-            final = await waiting.run(decision, wait, tick)
+            async def work() -> None:
+                nonlocal final
+                final = await waiting.run(decision, wait, tick)
 
-        await self.watching(work())
+            await self.watching(work())
+        finally:
+            waiting.unregister()
         version = self.message.protocol_version or self.incoming.header("mcp-protocol-version")
         if self.gone and not waiting.cancelled and version in MODERN_VERSIONS:
             await waiting.client_left(decision)
