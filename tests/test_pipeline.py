@@ -272,6 +272,39 @@ class TestAdmit:
             assert "the policy changed while the call was held" in admission.decision.reason
             assert "writing is now forbidden" in admission.decision.reason
 
+    async def test_a_tool_changed_while_held_is_refused_once_approved(
+        self, gw: Gateway, clock: Clock
+    ) -> None:
+        """The server changes the tool while its call waits (here its schema, so that the
+        call's arguments no longer fit; a pin refuses a changed tool the same way): once
+        approved the call is decided again, refused as a call to that tool is now, and its
+        approval is overruled (the desk read "used", and the call ran on the changed tool:
+        only a reload decided a held call again; red-team wave 33)."""
+        as_string = {"type": "object", "properties": {"path": {"type": "string"}}}
+        gw.observe("up", {"name": "write_file", "inputSchema": as_string})
+
+        async def change_then_approve() -> None:
+            assert gw.approvals is not None
+            while not await gw.approvals.list():
+                await anyio.lowlevel.checkpoint()
+            as_number = {"type": "object", "properties": {"path": {"type": "integer"}}}
+            gw.observe("up", {"name": "write_file", "inputSchema": as_number})
+            await operator(gw, clock, 1.0)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(change_then_approve)
+                admission = await admit(gw, call_of("write_file", path="/tmp/z"), clock=clock)
+        decision = admission.decision
+        assert decision.effect == "deny" and decision.approval_id
+        assert "what it calls changed while the call was held" in decision.reason
+        assert gw.approvals is not None
+        (request,) = await gw.approvals.list()
+        assert (request.status, request.decided_by) == ("denied", "policy")
+        assert sample(gw, "celgate_approvals_total", {"event": "overruled"}) == 1.0
+        (record,) = gw.decisions.recent
+        assert record["effect"] == "deny" and record["approval_id"] == decision.approval_id
+
     async def test_a_reload_that_raises_a_tools_risk_denies_the_held_call(
         self, gw: Gateway, clock: Clock, tmp_path: Path
     ) -> None:

@@ -51,6 +51,8 @@ KEEP_DECIDED = 5000  # at most this many decided requests are kept for the listi
 APPROVED_USE_SECONDS = 60.0
 #: Who "decided" a request its client withdrew (a cancel, or gone while it waited).
 CLIENT = "client"
+#: Who refused an approved call the policy in force then denied (``decided_by``).
+POLICY = "policy"
 
 # What a request keeps of the call's arguments: enough for a human to tell two calls apart.
 PREVIEW_STRING = 2000  # characters of one string value
@@ -236,6 +238,18 @@ class ApprovalService:
         self.on_event("used")
         reason = f"approved by {used.decided_by or 'an operator'} ({used.id})"
         return replace(decision, effect="allow", reason=reason, approval_id=used.id)
+
+    async def overrule(self, approval_id: str, reason: str) -> None:
+        """An approval used by a call the policy in force then refused (decided again once
+        approved: a reload, a tool changed against its pin): denied, by ``policy``, with the
+        reason. The desk showed it ``used``, which an operator reads as "it ran". A store
+        that cannot be reached leaves it used (logged)."""
+        try:
+            await self.store.transition(approval_id, "used", "denied", POLICY, reason[:500])
+        except (ApprovalError, BackendUnavailable) as exc:
+            log.warning("approvals.not_overruled", id=approval_id, error=type(exc).__name__)
+            return
+        self.on_event("overruled")
 
     async def release(self, approval_id: str) -> None:
         """Make an approval that was used by a call that then did not run (a limit refused

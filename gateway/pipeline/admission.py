@@ -97,8 +97,11 @@ async def admit(
             decision = await _approve(gw, call, decision, decision_id, hold, timer, waited_on)
             if waited_on and decision.effect == "require_approval":  # its caller went away
                 decision = _withdrawn(decision, waited_on[-1], decision_id)
-            if decision.allowed and gw.policy.revision != held_under:
-                decision = _decided_again(gw, call, decision)
+            if decision.allowed:  # decided again, with its pin and argument types
+                again = _decided_again(gw, call, decision, held_under)
+                if not again.allowed and decision.approval_id:
+                    await gw.approvals.overrule(decision.approval_id, again.reason)
+                decision = again
             approved = decision.approval_id if decision.allowed else None
         try:
             if not (resumed and decision.allowed):  # a continuation: its first round took them
@@ -137,13 +140,16 @@ def _withdrawn(decision: Decision, approval_id: str, decision_id: str) -> Decisi
     return replace(decision, reason=reason, approval_id=approval_id, error="approval_withdrawn")
 
 
-def _decided_again(gw: Gateway, call: Call, approved: Decision) -> Decision:
-    """An approved call whose policy was reloaded while it waited: the rules now in force
-    decide it again. One they now deny is denied (the operator tightened them meanwhile);
-    one they allow or hold runs on its approval, under their limits."""
+def _decided_again(gw: Gateway, call: Call, approved: Decision, held_under: str) -> Decision:
+    """An approved call, decided again as it would be now: the rules in force, its tool's
+    pin, its arguments' types (a tool its server changed while the call waited is refused
+    as any call to it is now; only a reload used to decide it again, and a held call ran on
+    a tool its pin refused). One now denied is denied (its approval overruled); one the
+    rules allow or hold runs on its approval, under their limits."""
     fresh = verdict(gw, _classified(gw, call))  # its kind and risk under these rules too
     if fresh.effect == "deny":
-        reason = f"the policy changed while the call was held: {fresh.reason}"
+        changed = "the policy" if gw.policy.revision != held_under else "what it calls"
+        reason = f"{changed} changed while the call was held: {fresh.reason}"
         return replace(fresh, reason=reason, approval_id=approved.approval_id)
     return replace(approved, limits=fresh.limits, revision=fresh.revision)
 

@@ -17,7 +17,16 @@ _HUMAN = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 #: from the start: a series that appears only at its first event cannot be alerted on
 #: (``increase()`` misses that first one, and "absent" reads as "never happened").
 LIMITER_RESULTS = ("admitted", "refused", "backend_error", "failed_open")
-APPROVAL_EVENTS = ("requested", "approved", "denied", "used", "released", "expired", "queue_full")
+APPROVAL_EVENTS = (
+    "requested",
+    "approved",
+    "denied",
+    "used",
+    "released",
+    "overruled",
+    "expired",
+    "queue_full",
+)
 
 
 class Metrics:
