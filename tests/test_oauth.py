@@ -583,6 +583,40 @@ class TestTokenChecksOnAClock:
         again = await auth.authenticate("a-real-users-token", "/mcp/up")
         assert isinstance(again, Refusal) and again.description == "token not active"
 
+    async def test_callers_sharing_a_few_tokens_wait_in_bounded_numbers(self) -> None:
+        """A thousand requests sharing a few made-up tokens made a few questions, but each
+        request waited for its answer, and none of their connections gave way to honest
+        clients (red-team wave 33): at most MAX_CALLERS wait; the next is told busy at once."""
+        from gateway.auth.introspect import BUSY, MAX_CALLERS, Introspector
+        from gateway.auth.settings import IntrospectionConfig
+
+        clock, issuer = Clock(), FakeIssuer()
+        auth = authority(clock, issuer)
+        release = asyncio.Event()
+        asked: list[str] = []
+
+        async def post(url: str, form: dict[str, str], _: tuple[str, str]) -> tuple[int, bytes]:
+            asked.append(form["token"])
+            await release.wait()
+            return 200, json.dumps({"active": False}).encode()
+
+        config = IntrospectionConfig("gw", "secret", endpoint=f"{ISSUER}/introspect")
+        auth.introspector = Introspector(config, auth, post)
+        shared = [
+            asyncio.ensure_future(auth.authenticate(f"junk-{i % 4}", "/mcp/up"))
+            for i in range(MAX_CALLERS)
+        ]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(asked) == 4  # four questions for all of them
+        refused = await auth.authenticate("junk-0", "/mcp/up")
+        assert isinstance(refused, Refusal)
+        assert (refused.status, refused.description) == (503, BUSY)
+        release.set()
+        answers = await asyncio.gather(*shared)
+        assert all(isinstance(a, Refusal) and a.description == "token not active" for a in answers)
+        assert auth.introspector.callers == 0
+
     async def test_a_symmetric_key_in_the_jwks_is_never_used(self) -> None:
         clock, issuer = Clock(), FakeIssuer()
         auth = authority(clock, issuer)

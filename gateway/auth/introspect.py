@@ -10,7 +10,9 @@ SHA-256, at most ``MAX_REFUSED``), the same token presented again while it is be
 waits for that one answer, and at most ``MAX_IN_FLIGHT`` questions are open at once, with at
 most ``MAX_WAITING`` more waiting for a place: past that a new token is answered "introspection
 busy" (503, kept nowhere) at once, so a flood of made-up tokens cannot make a real user's
-first call wait behind all of them.
+first call wait behind all of them. At most ``MAX_CALLERS`` requests wait for answers at once,
+whatever their tokens: a thousand connections sharing a few made-up tokens each waited for
+one answer, none of them idle enough to give way to an honest client.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ REFUSED_SECONDS = 30.0
 MAX_REFUSED = 4096
 MAX_IN_FLIGHT = 8
 MAX_WAITING = 64
+MAX_CALLERS = 256
 BUSY = "introspection busy"
 #: Reasons that say nothing of the token (the issuer was not reached): never kept.
 _TRANSIENT = frozenset({"introspection failed", "no introspection endpoint", BUSY})
@@ -52,6 +55,7 @@ class Introspector:
         self.asking: dict[bytes, asyncio.Future[Verified | str]] = {}
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.waiting = 0  # questions waiting for one of the slots
+        self.callers = 0  # requests waiting for an answer (several may share one question)
 
     async def check(self, token: str) -> Verified | str:
         """The issuer's word on ``token``: a refusal kept a while, one question at a time for
@@ -62,12 +66,18 @@ class Introspector:
             if self.authority.clock() < kept[1]:
                 return kept[0]
             del self.refused[digest]
+        if self.callers >= MAX_CALLERS:
+            return BUSY
         pending = self.asking.get(digest)
         if pending is None:
             # A task of its own: one caller going away must not cancel the others' answer.
             pending = self.asking[digest] = asyncio.ensure_future(self._asked(token, digest))
             pending.add_done_callback(lambda _: self.asking.pop(digest, None))
-        return await asyncio.shield(pending)
+        self.callers += 1
+        try:
+            return await asyncio.shield(pending)
+        finally:
+            self.callers -= 1
 
     async def _asked(self, token: str, digest: bytes) -> Verified | str:
         if self.slots.locked() and self.waiting >= MAX_WAITING:
