@@ -44,12 +44,15 @@ PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 class BadMessage(Exception):
     """A body the relay refuses, with the JSON-RPC code and HTTP status to answer it with."""
 
-    def __init__(self, code: int, message: str, status: int = 400, msg_id: Any = None) -> None:
+    def __init__(
+        self, code: int, message: str, status: int = 400, msg_id: Any = None, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.msg_id = msg_id
+        self.close = close  # the connection ends with the answer (a refusal before any caller)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
