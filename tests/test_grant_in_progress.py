@@ -223,3 +223,46 @@ async def test_notifications_waiting_on_their_server_hold_places(
         await eventually(lambda: sent_on() == CAP + 2, 20)  # the places came back
         again.cancel()
         await asyncio.gather(again, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "host", "status"),
+    [("cgk_not-a-key-0123456789", "127.0.0.1", 401), (HOG, "evil.example", 421)],
+)
+def test_a_refusal_before_any_caller_ends_its_connection(
+    gateway: GatewayProcess, key: str, host: str, status: int
+) -> None:
+    """A wrong key (or a foreign Host): answered, and the connection closed, the requests
+    queued behind it never read. A client without a key kept one request queued behind each
+    refusal on a thousand connections, none of them ever idle, so none gave way to an honest
+    client at max_connections (red-team wave 33)."""
+    from tests.slow_peers import read_all
+
+    sent = json.dumps(body("echo", {"text": "hi"})).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers(key, "echo").items())
+    one = (
+        f"POST /mcp/up HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(sent)}\r\n\r\n"
+    ).encode() + sent
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(one * 3)  # pipelined
+        reply, closed = read_all(sock, time.monotonic() + 10)
+    assert closed, reply
+    assert reply.count(b"HTTP/1.1 ") == 1 and reply.startswith(b"HTTP/1.1 %d" % status), reply
+    assert b"connection: close" in reply.lower()
+
+
+def test_an_agents_notices_are_a_few_not_another_full_pool(tmp_path: Any) -> None:
+    """With a pool of notices as large as the requests' one agent held three times
+    max_requests_per_agent in connections (requests, bodies, notices), and two ordinary keys
+    filled max_connections (red-team wave 33): notices are 32 at most."""
+    from gateway.config import load_config
+    from gateway.server.build import build_gateway
+    from tests.gateway_proc import write_config
+
+    servers = {"up": {"url": "http://127.0.0.1:9/mcp"}}
+    for cap, notices in ((256, 32), (3, 3)):
+        security = {"max_requests_per_agent": cap}
+        gw = build_gateway(
+            load_config(write_config(tmp_path, POLICY, servers, 9, security=security))
+        )
+        assert (gw.in_progress.cap, gw.notices.cap) == (cap, notices)

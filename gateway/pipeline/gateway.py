@@ -36,6 +36,10 @@ MAX_KNOWN_TOOLS = 20_000
 #: size each would be gigabytes.
 MAX_CACHED_NAME = 128
 
+#: Notifications and answers to server requests one agent may have on their way upstream
+#: at once (each waits for its server's 202).
+NOTICES = 32
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -151,9 +155,10 @@ class Gateway:
         self.bodies = HeldBodies(self.config.security.max_bodies_bytes)
         #: POSTs whose bodies are still coming, per caller, under the same cap.
         self.reading = InProgress(self.config.security.max_requests_per_agent)
-        #: Notifications and answers being passed on, per caller, under the same cap (apart
-        #: from requests: a cancel passes when its caller's requests are at the cap).
-        self.notices = InProgress(self.config.security.max_requests_per_agent)
+        #: Notifications and answers being passed on, per caller, apart from requests (a
+        #: cancel passes when its caller's requests are at the cap), a few at once: a pool
+        #: as large as the requests' let one agent hold three times the cap in connections.
+        self.notices = InProgress(min(self.config.security.max_requests_per_agent, NOTICES))
 
     def tool_info(self, server: str, tool: str) -> ToolInfo:
         """What CEL sees as ``tool``; a tool not listed yet is execute/high (policy aside)."""
