@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -174,3 +175,57 @@ def test_made_up_uris_do_not_each_reread_every_servers_lists(
             unknown(http.post("/mcp", json=read(100 + i), headers=session))
     # one reading (two lists from each of two servers) at most, for twenty made-up URIs
     assert lists_read(directory) - before <= 4
+
+
+class _Silent:
+    """A server that takes connections and never answers: what a hung upstream looks like."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+async def test_initialize_does_not_wait_for_nor_reask_a_hung_server(tmp_path: Path) -> None:
+    """A server that hung at start was asked again by every ``/mcp`` initialize, each
+    waiting for its whole timeout (red-team wave 33): now each client is told what is known
+    at once, and the server is asked again in the background, at most once in 10 s."""
+    silent = _Silent()
+    try:
+        with raw_upstream("", tmp_path / "one.jsonl") as up:
+            servers = {
+                "one": {"url": up.url},
+                "hung": {"url": f"http://127.0.0.1:{silent.port}/mcp", "timeout": 30},
+            }
+            grants = {"agent": {"key_sha256": hash_key(KEY)}}
+            with run_gateway(tmp_path, POLICY, servers, grants=grants) as gw:
+                async with httpx.AsyncClient(base_url=gw.base, timeout=60) as http:
+
+                    async def initialize() -> httpx.Response:
+                        body = initialize_body("relearn")
+                        return await http.post("/mcp", json=body, headers=HEADERS)
+
+                    before = len(silent.accepted)
+                    with anyio.fail_after(15):  # (it took 30 s, the hung server's timeout)
+                        opened = await asyncio.gather(*(initialize() for _ in range(20)))
+                assert [r.status_code for r in opened] == [200] * 20
+                # one asking again (a health probe may come meanwhile), not one per client
+                assert len(silent.accepted) - before <= 4
+    finally:
+        silent.close()

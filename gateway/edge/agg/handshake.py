@@ -165,10 +165,10 @@ class Handshake:
             raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
         session = self.sessions.create(identity.grant, client, version, identity.owner)
         # What each server offers is what it told the gateway's own neutral session (learned
-        # at start, and again here for a server that was down then): never what it told
-        # another client's session, whose clientInfo (and user) it may have answered.
-        if any(name not in self.links.known for name in self.gw.upstreams):
-            await self.links.learn()
+        # at start, and asked again in the background for a server that was down then):
+        # never what it told another client's session, whose clientInfo (and user) it may
+        # have answered. This client is told what is known now.
+        self.links.relearn()
         known = {n: r for n, r in self.links.known.items() if n in self.gw.upstreams}
         caps = [r.get("capabilities") for r in known.values()]
         result: dict[str, Any] = {

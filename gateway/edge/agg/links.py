@@ -11,6 +11,7 @@ from typing import Any
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
+from gateway.edge.agg.gate import Gate
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
 from gateway.edge.agg.upcall import UpcallFailed, UpcallRefused, body_of, exchange, post_once
 from gateway.edge.forward import usable_session_id
@@ -29,6 +30,21 @@ class Links:
         self.gw = gw
         self.sessions = sessions
         self.known: dict[str, dict[str, Any]] = {}  # each server's initialize result
+        self.gate = Gate()  # when servers not learned yet are asked again
+
+    def relearn(self) -> None:
+        """Servers not learned yet (down, or hung, at start) asked again, in the background,
+        through the gate: every client's ``initialize`` waited for them (a hung server's
+        whole timeout each time), and each asked again, however many came."""
+        if all(name in self.known for name in self.gw.upstreams):
+            return
+
+        async def read() -> bool:
+            before = len(self.known)
+            await self.learn()
+            return len(self.known) > before
+
+        self.gate.start(read)
 
     async def link(self, session: AggSession, server: str) -> Link | None:
         """This session's upstream session with ``server``, opened once on first use
@@ -99,7 +115,7 @@ class Links:
     async def learn(self) -> None:
         """At start: what each server offers, from a session opened for that alone and ended
         at once, so that the first client's ``initialize`` need not wait for every server
-        (a server down now is asked again by the first session that needs it)."""
+        (a server down now is asked again later, see ``relearn``)."""
 
         async def one(server: str) -> None:
             upstream = self.gw.upstreams[server]

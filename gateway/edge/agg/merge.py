@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from gateway.auth.guard import SessionSigner
+from gateway.edge.agg.gate import FIRST_SECONDS, MOST_SECONDS, Gate
 from gateway.edge.agg.names import Names
 from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView, any_id
 from gateway.pipeline.gateway import Gateway
@@ -41,11 +42,11 @@ _CURSOR = "cursor\x00"  # what a list cursor's MAC binds besides the list and th
 MAX_OWNED = 100_000  # resource URIs remembered for routing, per server (its oldest go first)
 MAX_TEMPLATES = 10_000  # URI templates' literal heads, likewise
 #: A URI no server is known to have makes ``/mcp`` read every server's resource lists again,
-#: at most this often, and half as often each time a reading learned nothing new, down to
-#: once in ``RELEARN_MAX_SECONDS`` (as ``tools/list`` on unknown tool names): URIs come from
-#: callers, and each made-up one re-read every server's whole lists.
-RELEARN_SECONDS = 10.0
-RELEARN_MAX_SECONDS = 320.0
+#: at most every ``RELEARN_SECONDS``, doubled while readings learn nothing new, up to
+#: ``RELEARN_MAX_SECONDS`` (as ``tools/list`` on unknown tool names): URIs come from callers,
+#: and each made-up one re-read every server's whole lists.
+RELEARN_SECONDS = FIRST_SECONDS
+RELEARN_MAX_SECONDS = MOST_SECONDS
 MAX_URI_CHARS = 4096  # a longer URI (or head) is not learned: /mcp cannot route to it
 #: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
@@ -112,10 +113,7 @@ class Catalogue:
         self.uris = Claims(MAX_OWNED)  # resource URIs -> the servers that listed them
         self.templates = Claims(MAX_TEMPLATES)  # URI templates' literal heads, likewise
         self.unroutable: set[tuple[str, str]] = set()  # names not shown, each logged once
-        self.clock = clock
-        self._relearnt = float("-inf")  # when the lists were last read for an unknown URI
-        self._relearn_every = RELEARN_SECONDS
-        self._relearning: asyncio.Future[None] | None = None
+        self.gate = Gate(clock=clock)  # when the lists may be read again for unknown URIs
 
     async def relearn(self, uri: str | None, learn: Callable[[], Awaitable[None]]) -> None:
         """``learn`` (every server's resource lists read again, and learned from) for a
@@ -124,24 +122,15 @@ class Catalogue:
         readings learn nothing), none for a URI two servers claim (that is final)."""
         if uri is not None and self.claimants(uri):
             return
-        running = self._relearning
-        if running is None:
-            if self.clock() - self._relearnt < self._relearn_every:
-                return
-            self._relearnt = self.clock()
+
+        async def read() -> bool:
             before = self.uris.added + self.templates.added
-            running = self._relearning = asyncio.ensure_future(learn())
+            await learn()
+            return self.uris.added + self.templates.added > before
 
-            def done(finished: asyncio.Future[None]) -> None:
-                self._relearning = None
-                if not finished.cancelled():
-                    finished.exception()  # (each waiter is told it; none may be left)
-                learned = self.uris.added + self.templates.added > before
-                doubled = min(self._relearn_every * 2, RELEARN_MAX_SECONDS)
-                self._relearn_every = RELEARN_SECONDS if learned else doubled
-
-            running.add_done_callback(done)
-        await asyncio.shield(running)
+        running = self.gate.start(read)
+        if running is not None:
+            await asyncio.shield(running)
 
     def page(
         self,
