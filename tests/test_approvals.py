@@ -14,6 +14,8 @@ from gateway.approvals.service import (
     CLIENT,
     CUT,
     GRACE_SECONDS,
+    PREVIEW_BUDGET,
+    PREVIEW_NODE,
     ApprovalService,
     preview_args,
 )
@@ -232,6 +234,25 @@ class TestPreview:
         assert f"{CUT} nested deeper than this is not shown" in text
         assert preview["wide"][CUT] == f"{CUT} 30 more keys not shown"
         assert "more keys not shown" in str(preview["many"].get(CUT))
+
+    def test_containers_spend_the_budget_too(self) -> None:
+        """Lists 50 wide and 4 deep, empty at the bottom (1.25 million of them in a 3.8 MB
+        body): the budget counted characters only, so the preview copied every one, 90 MB
+        kept a pending request (red-team wave 33)."""
+        nested: Any = []
+        for _ in range(4):
+            nested = [nested] * 50
+        preview, cut = preview_args({"x": nested})
+        assert cut
+
+        def nodes(value: Any) -> int:
+            if isinstance(value, list):
+                return 1 + sum(nodes(v) for v in value)
+            if isinstance(value, dict):
+                return 1 + sum(nodes(v) for v in value.values())
+            return 1
+
+        assert nodes(preview) <= PREVIEW_BUDGET // PREVIEW_NODE + 60
 
 
 class TestPendingCaps:

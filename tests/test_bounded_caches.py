@@ -86,3 +86,20 @@ def test_large_arguments_stay_in_the_log_line_not_in_memory() -> None:
     assert kept_small["args"] == {"text": "hi"}
     assert "omitted" in kept_big["args"] and big_text not in str(kept_big)
     assert kept_big["args_digest"] == written["args_digest"] == args_digest(big.args)
+
+
+def test_arguments_of_many_small_containers_stay_in_the_log_line_not_in_memory() -> None:
+    """64 KiB of ``[],`` is 21,000 lists: 1.4 MB kept per record, 728 MiB for 500 denied
+    calls (red-team wave 33). Records keep arguments of at most MAX_KEPT_CONTAINERS."""
+    from gateway.telemetry.audit import MAX_KEPT_CONTAINERS
+
+    log = DecisionLog(log_arguments=True)
+    decision = Decision(effect="deny", rule="default", reason="no", revision="r")
+    lists = [[] for _ in range(MAX_KEPT_CONTAINERS + 1)]
+    call = Call(tool="echo", server="up", args={"x": lists}, identity=Identity("bot", "bot"))
+    written = log.record("d1", call, decision, 0.1)
+    assert written["args"] == {"x": lists}  # the line has them
+    (kept,) = log.recent
+    assert "omitted" in kept["args"]
+    fewer = Call(tool="echo", server="up", args={"x": [[]] * 10}, identity=call.identity)
+    assert log.record("d2", fewer, decision, 0.1)["args"] == log.recent[-1]["args"]

@@ -255,6 +255,9 @@ def new_decision_id() -> str:
 #: live feed: 500 of them) hold arguments up to this many characters of JSON; larger ones are
 #: in the log line only (500 bodies of 4 MB would be 2 GB held).
 MAX_KEPT_ARGS = 64 * 1024
+#: ... and of at most this many objects and lists (counted as their brackets, strings'
+#: included: over, never under): 64 KiB of ``[],`` is 21,000 lists, 1.4 MB kept a record.
+MAX_KEPT_CONTAINERS = 1000
 
 
 class DecisionLog:
@@ -324,7 +327,10 @@ class DecisionLog:
             if extra.get("args_omitted") and "args" in fields:  # not read: not "none given"
                 fields["args"] = {"omitted": "refused before its arguments were read"}
         kept = fields
-        if "args" in fields and len(canonical) > MAX_KEPT_ARGS:  # the line has them all
+        if "args" in fields and (
+            len(canonical) > MAX_KEPT_ARGS
+            or canonical.count("[") + canonical.count("{") > MAX_KEPT_CONTAINERS
+        ):  # the line has them all
             kept = {**fields, "args": {"omitted": f"{len(canonical)} characters of JSON"}}
         self.recent.append(kept)
         writer = _WRITER

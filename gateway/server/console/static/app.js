@@ -327,6 +327,19 @@ async function refresh() {
   }
 }
 
+// One round of listings at a time: a slow answer (a long desk) does not pile more up behind
+// it every REFRESH_MS.
+let polling = false;
+async function poll() {
+  if (polling) return;
+  polling = true;
+  try {
+    await refresh();
+  } finally {
+    polling = false;
+  }
+}
+
 function handle(err) {
   if (err instanceof Refused) {
     signOut(`Signed out: ${err.message}`);
@@ -373,7 +386,7 @@ function enter() {
   $("who").textContent = `signed in as ${session.operator}`;
   show(tab);
   clearInterval(timer);
-  timer = setInterval(refresh, REFRESH_MS);
+  timer = setInterval(poll, REFRESH_MS);
 }
 
 function signOut(message) {
