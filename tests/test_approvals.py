@@ -388,6 +388,32 @@ class TestValkeyKeys:
         passed = await svc.resolve(CALL, held(timeout=5.0), "d2")
         assert passed.effect == "allow" and passed.approval_id == first.approval_id
 
+    async def test_in_memory_a_withdrawn_request_is_kept_briefly_without_its_arguments(
+        self,
+    ) -> None:
+        """An agent cancelling held calls in a loop kept every one's preview in memory (they
+        leave the pending set, so its cap never filled) until 5,000 decided ones (red-team
+        wave 33): withdrawn, a request keeps no arguments, and goes after a minute."""
+        from gateway.approvals.service import KEEP_SECONDS
+
+        clock = Clock()
+        store = MemoryApprovalStore(clock)
+        svc = ApprovalService(store, clock=clock, poll_seconds=0)
+        big = Call(tool="t", server="db", args={"x": "y" * 5000}, identity=CALL.identity)
+        first = await svc.resolve(big, held(), "d1")
+        await store.transition(first.approval_id, "pending", "denied", CLIENT, "cancelled")
+        withdrawn = await store.get(first.approval_id)
+        assert withdrawn is not None and "y" * 100 not in json.dumps(withdrawn.args)
+        other = Call(tool="u", server="db", args={}, identity=CALL.identity)
+        decided = await svc.resolve(other, held(), "d2")
+        await svc.decide(decided.approval_id, False, "alice", None)  # an operator's: a day
+        clock.now += GRACE_SECONDS + 2
+        await svc.resolve(
+            Call(tool="v", server="db", args={}, identity=CALL.identity), held(), "d3"
+        )
+        assert await store.get(first.approval_id) is None
+        assert await store.get(decided.approval_id) is not None and GRACE_SECONDS < KEEP_SECONDS
+
     async def test_a_withdrawn_request_is_kept_briefly(self, valkey_store: Any) -> None:
         """Withdrawn by its client, a request is decided by nobody: it was kept a day, with
         its arguments, and one agent cancelling held calls in a loop filled Valkey."""

@@ -39,6 +39,10 @@ from gateway.errors import ApprovalError, ApprovalNotFound, BackendUnavailable
 from gateway.ratelimit.client import BACKEND_ERRORS, Outage, valkey_client
 from gateway.ratelimit.factory import valkey_url
 
+#: What a request its client withdrew keeps of its arguments in memory (an agent cancelling
+#: held calls in a loop kept every one's preview, past the per-agent pending cap).
+WITHDRAWN_ARGS = {"omitted": "withdrawn by its client"}
+
 # A call with a request already (its match key is there) gets 'exists', never a second one.
 # KEYS: request, match, index, pending of the owner (grant and agent), pending of all
 # ARGV: request JSON, id, created, expires, now, per-owner cap, total cap, request TTL,
@@ -202,6 +206,8 @@ class MemoryApprovalStore:
             note=note or request.note,
             expires=expires,
         )
+        if after == "denied" and by == CLIENT:  # withdrawn: no one will read its arguments
+            changed = replace(changed, args=WITHDRAWN_ARGS, args_truncated=True)
         self.requests[approval_id] = changed
         self.pending.pop(approval_id, None)
         return changed
@@ -267,7 +273,8 @@ class MemoryApprovalStore:
         decided.reverse()
         for rank, request in enumerate(decided):
             usable = request.status == "approved" and request.expires > now
-            old = (request.decided_at or 0) + KEEP_SECONDS <= now
+            kept = GRACE_SECONDS if request.decided_by == CLIENT else KEEP_SECONDS  # as Valkey
+            old = (request.decided_at or 0) + kept <= now
             if old or (rank >= KEEP_DECIDED and not usable):
                 self._drop(request)
 
