@@ -305,6 +305,34 @@ class TestAdmit:
         (record,) = gw.decisions.recent
         assert record["effect"] == "deny" and record["approval_id"] == decision.approval_id
 
+    async def test_a_call_approved_in_band_after_a_reload_is_decided_again(
+        self, gw: Gateway, clock: Clock, tmp_path: Path
+    ) -> None:
+        """``mode: elicit`` in the handshake era: the client's human is asked on the call's
+        own stream; the operator reloads the rule to deny meanwhile, then the human says
+        yes. The call ran (only desk approvals were decided again; red-team wave 34)."""
+        from dataclasses import replace
+
+        asked, denied = tmp_path / "asked", tmp_path / "denied"
+        for folder, rule in (
+            (asked, "action: require_approval\n    approval: {mode: elicit, timeout: 60}"),
+            (denied, "action: deny\n    reason: no more writing"),
+        ):
+            folder.mkdir()
+            (folder / "p.yaml").write_text(f'version: "1"\ntools:\n  write_file:\n    {rule}\n')
+        gw.policy = load_policy([asked])
+        newer = load_policy([denied])
+
+        async def elicit(decision: Decision, tick: Any) -> Decision:
+            assert decision.effect == "require_approval"
+            gw.policy = newer  # reloaded while the human reads the question
+            return replace(decision, effect="allow", reason="approved by the client's human")
+
+        admission = await admit(gw, call_of("write_file", path="/tmp/i"), elicit=elicit)
+        assert admission.decision.effect == "deny"
+        assert "the policy changed while the call was held" in admission.decision.reason
+        assert admission.decision.revision == newer.revision
+
     async def test_a_reload_that_raises_a_tools_risk_denies_the_held_call(
         self, gw: Gateway, clock: Clock, tmp_path: Path
     ) -> None:

@@ -90,7 +90,10 @@ async def admit(
             if elicit is None:
                 decision = _fallback(decision)
             else:  # asked (or still being asked) at the client: no out-of-band request
+                asked_under = decision.revision
                 decision = await timer.run(elicit(decision, timer.ticking(None)))
+                if decision.allowed and not resumed:  # approved on the stream it waited on
+                    decision = _decided_again(gw, call, decision, asked_under)
         approved: str | None = None
         if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
             held_under = decision.revision
