@@ -162,7 +162,7 @@ class TestSupervision:
         async with client(gateway.url("st"), mode="legacy") as c:
             await c.call_tool("echo", {"text": "before"})
             before = children(gateway.peer.pid)
-            victim = max(before)  # the newest process: this session's
+            victim = newest(before)  # this session's
             os.kill(victim, signal.SIGKILL)
             with anyio.fail_after(20):
                 assert await _until_ok(c) == "back"
@@ -175,6 +175,17 @@ class TestSupervision:
 def _discovered(gw: GatewayProcess) -> bool:
     """The start-up sessions (the session probe, then tool discovery) have come and gone."""
     return bool(gw.records("catalog.refreshed")) and not children_busy(gw)
+
+
+def newest(pids: set[int]) -> int:
+    """The process started last (by its start time: pids wrap around, and the highest was
+    once the oldest)."""
+
+    def started(pid: int) -> int:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+
+    return max(pids, key=started)
 
 
 def children_busy(gw: GatewayProcess) -> bool:
