@@ -172,16 +172,23 @@ def serve(config: GatewayConfig, sock: socket.socket) -> int:
 
 # Descriptors beyond client connections: upstream connections, stdio servers, logs, Valkey.
 FD_RESERVE = 256
+#: The soft descriptor limit asked for at least (up to the hard limit): a client connection
+#: may hold one upstream connection per server (a ``/mcp`` listen, a merged GET), so
+#: ``max_connections`` plus a fixed reserve ran out (one agent's 256 listens on five servers
+#: took every descriptor under a soft limit of 1,024; red-team wave 33).
+FD_WANTED = 65536
 
 
 def _raise_fd_limit(max_connections: int) -> None:
-    """Let the process hold ``max_connections`` clients: raise the soft descriptor limit."""
+    """Let the process hold ``max_connections`` clients and their upstream connections:
+    raise the soft descriptor limit (to ``FD_WANTED`` or more, within the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + FD_RESERVE
+    need = max_connections + FD_RESERVE
+    want = max(need, FD_WANTED)
     if soft != resource.RLIM_INFINITY and soft < want:
         soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    if soft != resource.RLIM_INFINITY and soft < want:
+    if soft != resource.RLIM_INFINITY and soft < need:
         print(
             f"  WARNING: security.max_connections is {max_connections} but this process may "
             f"open only {soft} files; lower it or raise the limit (ulimit -n)",
