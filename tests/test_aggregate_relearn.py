@@ -25,6 +25,7 @@ from gateway.edge.agg.merge import RELEARN_MAX_SECONDS, RELEARN_SECONDS, Catalog
 from gateway.edge.agg.names import Names
 from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
 from tests.peers import raw_upstream
+from tests.test_stdio_wire import MODERN_META
 
 KEY = "cgk_aggregate-relearn-agent-0123456789"
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
@@ -32,11 +33,6 @@ HEADERS = {
     "authorization": f"Bearer {KEY}",
     "accept": "application/json, text/event-stream",
     "content-type": "application/json",
-}
-MODERN_META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
 }
 
 

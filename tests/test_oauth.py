@@ -477,6 +477,27 @@ def authority(clock: Clock, issuer: FakeIssuer, **config: Any) -> TokenAuthority
     return TokenAuthority(settings, ["up"], issuer.fetch, clock)
 
 
+def held_introspection() -> tuple[Any, asyncio.Event, list[str]]:
+    """An authority whose issuer answers every introspection "not active", each held until
+    ``release`` is set; the tokens asked about, in ``asked``."""
+    from gateway.auth.introspect import Introspector
+    from gateway.auth.settings import IntrospectionConfig
+
+    clock, issuer = Clock(), FakeIssuer()
+    auth = authority(clock, issuer)
+    release = asyncio.Event()
+    asked: list[str] = []
+
+    async def post(url: str, form: dict[str, str], _: tuple[str, str]) -> tuple[int, bytes]:
+        asked.append(form["token"])
+        await release.wait()
+        return 200, json.dumps({"active": False}).encode()
+
+    config = IntrospectionConfig("gw", "secret", endpoint=f"{ISSUER}/introspect")
+    auth.introspector = Introspector(config, auth, post)
+    return auth, release, asked
+
+
 class TestTokenChecksOnAClock:
     async def test_exp_and_nbf_with_leeway(self) -> None:
         clock, issuer = Clock(), FakeIssuer()
@@ -553,21 +574,9 @@ class TestTokenChecksOnAClock:
     async def test_a_flood_of_new_opaque_tokens_is_told_busy_not_queued(self) -> None:
         """8 questions at the issuer and 64 waiting: the next new token is answered at once
         (503, nothing kept), and is asked about normally once places are free."""
-        from gateway.auth.introspect import BUSY, MAX_IN_FLIGHT, MAX_WAITING, Introspector
-        from gateway.auth.settings import IntrospectionConfig
+        from gateway.auth.introspect import BUSY, MAX_IN_FLIGHT, MAX_WAITING
 
-        clock, issuer = Clock(), FakeIssuer()
-        auth = authority(clock, issuer)
-        release = asyncio.Event()
-        asked: list[str] = []
-
-        async def post(url: str, form: dict[str, str], _: tuple[str, str]) -> tuple[int, bytes]:
-            asked.append(form["token"])
-            await release.wait()
-            return 200, json.dumps({"active": False}).encode()
-
-        config = IntrospectionConfig("gw", "secret", endpoint=f"{ISSUER}/introspect")
-        auth.introspector = Introspector(config, auth, post)
+        auth, release, asked = held_introspection()
         flood = [
             asyncio.ensure_future(auth.authenticate(f"junk-{i}", "/mcp/up"))
             for i in range(MAX_IN_FLIGHT + MAX_WAITING)
@@ -587,21 +596,9 @@ class TestTokenChecksOnAClock:
         """A thousand requests sharing a few made-up tokens made a few questions, but each
         request waited for its answer, and none of their connections gave way to honest
         clients (red-team wave 33): at most MAX_CALLERS wait; the next is told busy at once."""
-        from gateway.auth.introspect import BUSY, MAX_CALLERS, Introspector
-        from gateway.auth.settings import IntrospectionConfig
+        from gateway.auth.introspect import BUSY, MAX_CALLERS
 
-        clock, issuer = Clock(), FakeIssuer()
-        auth = authority(clock, issuer)
-        release = asyncio.Event()
-        asked: list[str] = []
-
-        async def post(url: str, form: dict[str, str], _: tuple[str, str]) -> tuple[int, bytes]:
-            asked.append(form["token"])
-            await release.wait()
-            return 200, json.dumps({"active": False}).encode()
-
-        config = IntrospectionConfig("gw", "secret", endpoint=f"{ISSUER}/introspect")
-        auth.introspector = Introspector(config, auth, post)
+        auth, release, asked = held_introspection()
         shared = [
             asyncio.ensure_future(auth.authenticate(f"junk-{i % 4}", "/mcp/up"))
             for i in range(MAX_CALLERS)
@@ -615,7 +612,7 @@ class TestTokenChecksOnAClock:
         release.set()
         answers = await asyncio.gather(*shared)
         assert all(isinstance(a, Refusal) and a.description == "token not active" for a in answers)
-        assert auth.introspector.callers == 0
+        assert auth.introspector is not None and auth.introspector.callers == 0
 
     async def test_a_symmetric_key_in_the_jwks_is_never_used(self) -> None:
         clock, issuer = Clock(), FakeIssuer()
