@@ -5,7 +5,9 @@ are kept (a tool past them is an unlisted one: execute, high risk)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import pytest
 from gateway.config.model import ServerConfig
 from gateway.inventory import discovery
 from tests.peers import literal_upstream
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("cursor", "expected"), [("next", discovery.MAX_TOOLS), ("same", 100)])
@@ -23,3 +27,43 @@ async def test_a_list_that_never_ends_is_cut(tmp_path: Path, cursor: str, expect
         tools = await discovery.list_tools(ServerConfig(name="endless", url=up.url))
     assert len(tools) == expected  # "same": the first page, and the second once
     assert len({t["name"] for t in tools}) == len(tools)
+
+
+# The gateway's own reading of a server's tools went through the SDK's client, which reads a
+# page whole and parses it before any bound above is looked at: one page of 1 GiB took the
+# gateway from 110 MiB to 3 GiB (red-team wave 35), at start, at every refresh and whenever an
+# agent called a name the catalogue lacked. A page is now read within MAX_ANSWER_BYTES (made
+# small here), compressed answers are refused, and a stdio server's lines are bounded alike.
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+async def test_a_page_past_its_bound_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
+) -> None:
+    monkeypatch.setattr(discovery, "MAX_ANSWER_BYTES", 1 << 20)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"big_list": {"mib": 4, "gzip": compressed}}))
+    errors: dict[str, str] = {}
+    with literal_upstream({"LITERAL_SCRIPT": str(script)}) as up:
+        servers = {"big": ServerConfig(name="big", url=up.url)}
+        found = await discovery.list_all(servers, errors=errors)
+        assert found == {"big": None}
+        script.write_text(json.dumps({"big_list": {"mib": 0}}))  # a page within the bound
+        assert [t["name"] for t in (await discovery.list_all(servers))["big"] or []] == ["big"]
+    assert "compressed" in errors["big"] if compressed else "past" in errors["big"]
+
+
+async def test_a_stdio_line_past_its_bound_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discovery, "MAX_ANSWER_BYTES", 1 << 20)
+    server = ServerConfig(
+        name="odd",
+        command=sys.executable,
+        args=["-m", "tests.servers.odd_stdio"],
+        env={"ODD_BIG_LIST_MIB": "4"},
+        cwd=str(ROOT),
+    )
+    errors: dict[str, str] = {}
+    assert await discovery.list_all({"odd": server}, errors=errors) == {"odd": None}
+    small = dataclasses.replace(server, env={})
+    found = await discovery.list_all({"odd": small})
+    assert [t["name"] for t in found["odd"] or []] == ["echo"]

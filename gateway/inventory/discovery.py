@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import anyio
+import httpx2
+import mcp_types
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+from mcp.shared.message import SessionMessage
 
 from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
 from gateway.telemetry.childlog import StderrLog
+from gateway.upstream.stdio_child import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
 
 LIST_TIMEOUT = 15.0
 
@@ -25,39 +29,138 @@ LIST_TIMEOUT = 15.0
 def _target(server: ServerConfig, url: str | None) -> Any:
     url = None if server.is_stdio else url or server.url  # stdio: its own process, no bridge
     if url is not None:
-        if not server.headers:
-            return url
-        http = create_mcp_http_client(headers=dict(server.headers))
-        return streamable_http_client(url, http_client=http)
-    return _stdio_logged(server)
+        return streamable_http_client(url, http_client=_bounded_http(server))
+    return _stdio_bounded(server)
+
+
+class AnswerRefused(Exception):
+    """An answer to the gateway's own reading of a server's tools that it will not read: past
+    ``MAX_ANSWER_BYTES``, or compressed (its size unknown until it is inflated)."""
+
+
+def _bounded_http(server: ServerConfig) -> httpx2.AsyncClient:
+    """The SDK's HTTP client as ``create_mcp_http_client`` makes it, on a transport that
+    stops any answer past ``MAX_ANSWER_BYTES`` (the SDK reads a page whole and parses it
+    before any of the bounds below is looked at: a page of 1 GiB took the gateway to 3 GiB)
+    and asks for no compression (a small gzip body inflates past any bound)."""
+    headers = {**dict(server.headers), "Accept-Encoding": "identity"}
+    timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=_BoundedTransport())
+
+
+class _BoundedTransport(httpx2.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        coding = response.headers.get("content-encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            await response.aclose()
+            raise AnswerRefused(f"an answer compressed ({coding[:40]}) though none was asked")
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_BoundedStream(response.stream),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _BoundedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._inner:
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise AnswerRefused(f"an answer past {MAX_ANSWER_BYTES} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @contextlib.asynccontextmanager
-async def _stdio_logged(server: ServerConfig) -> AsyncIterator[Any]:
-    """The SDK's stdio transport to a process of the server's own (for its list), with the
-    child's stderr read into ``stdio.stderr`` log lines as a serving child's is, never into
-    the gateway's stderr raw (where a child could forge the gateway's log lines)."""
+async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
+    """A stdio transport for the SDK's client to a process of the server's own (for its
+    list), in its own process group, whose lines are read within ``MAX_ANSWER_BYTES`` (the
+    SDK's own transport holds a line however long it grows), and whose stderr becomes
+    ``stdio.stderr`` log lines as a serving child's does, never the gateway's stderr raw
+    (where a child could forge the gateway's log lines)."""
     assert server.command is not None
-    params = StdioServerParameters(
-        command=server.command, args=list(server.args), env=server.env or None, cwd=server.cwd
+    proc = await asyncio.create_subprocess_exec(
+        server.command,
+        *server.args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**get_default_environment(), **server.env},
+        cwd=server.cwd,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+        limit=READ_CHUNK,  # read in chunks: no line is held by the stream
     )
-    read_fd, write_fd = os.pipe()
-    errlog = os.fdopen(write_fd, "w")
-    stream = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    drain = asyncio.ensure_future(
+        StderrLog(server.name, f"{server.name}[catalog]").drain(proc.stderr)
     )
-    drain = asyncio.ensure_future(StderrLog(server.name, f"{server.name}[catalog]").drain(stream))
+    to_client, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, from_client = anyio.create_memory_object_stream[SessionMessage](0)
+
+    async def read() -> None:
+        pending = bytearray()
+        async with to_client:
+            while chunk := await stdout.read(READ_CHUNK):
+                pending += chunk
+                while (end := pending.find(b"\n")) >= 0:
+                    line = bytes(pending[:end])
+                    del pending[: end + 1]
+                    try:
+                        message = mcp_types.jsonrpc_message_adapter.validate_json(line)
+                    except ValueError:
+                        continue  # not a message: the list's answer is what is waited for
+                    await to_client.send(SessionMessage(message))
+                if len(pending) > MAX_ANSWER_BYTES:  # the client sees the stream end
+                    log.warning("catalog.line_too_long", server=server.name, held=len(pending))
+                    return
+
+    async def write() -> None:
+        async with from_client:
+            async for sent in from_client:
+                data = sent.message.model_dump_json(by_alias=True, exclude_unset=True)
+                stdin.write(data.encode() + b"\n")
+                await stdin.drain()
+
     try:
-        async with stdio_client(params, errlog=errlog) as streams:
-            errlog.close()  # the child holds its own copy: its exit ends the stream
-            yield streams
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read)
+            tasks.start_soon(write)
+            try:
+                yield read_stream, write_stream
+            finally:
+                tasks.cancel_scope.cancel()
     finally:
-        errlog.close()
-        await asyncio.wait({drain}, timeout=1.0)
-        drain.cancel()
-        transport.close()
+        with anyio.CancelScope(shield=True):
+            stdin.close()
+            with anyio.move_on_after(KILL_GRACE):
+                await proc.wait()
+            kill_group(proc)  # and whatever it started
+            # A pipe the reader stopped reading (a line past the bound) is never read to its
+            # end, and the process is not waited for until its pipes are closed.
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+            await proc.wait()
+            await asyncio.wait({drain}, timeout=1.0)
+            drain.cancel()
 
 
 #: What one server's list may bring into the catalogue: pages, tools and bytes (past any, the
@@ -67,6 +170,9 @@ async def _stdio_logged(server: ServerConfig) -> AsyncIterator[Any]:
 MAX_PAGES = 200
 MAX_TOOLS = 5000
 MAX_LIST_BYTES = 32 * 1024 * 1024
+#: One answer (a page), as bytes before it is parsed: a page up to the list's bound, and its
+#: envelope.
+MAX_ANSWER_BYTES = MAX_LIST_BYTES + 1024 * 1024
 
 
 async def list_tools(server: ServerConfig, url: str | None = None) -> list[dict[str, Any]]:

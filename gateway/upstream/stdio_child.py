@@ -55,7 +55,7 @@ STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this 
 OnMessage = Callable[[dict[str, Any], bytes], Awaitable[None]]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -99,7 +99,7 @@ class Child:
             env=env,
             cwd=self.config.cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             limit=READ_CHUNK,  # read in chunks (``_lines``): no line is held by the stream
         )
 

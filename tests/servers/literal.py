@@ -31,7 +31,9 @@ is sent), ``"drip"`` (a chunked JSON body sending a space every 0.2 s, never end
 ``"notice"`` (a 202 declaring 10 bytes and sending none). ``raw_replace`` (pairs of texts)
 rewrites every JSON answer's text as written, for what ``json.dumps`` cannot write
 (``[["\\"@INF@\\"", "1e999"]]``). ``ask_always`` answers every ``tools/call`` with
-``input_required`` (a tool that asks for more input at every round).
+``input_required`` (a tool that asks for more input at every round). ``big_list``
+(``{"mib": 40}``, with ``"gzip": true`` to send it compressed) answers ``tools/list`` with one
+tool whose description is that many MiB.
 
     python -m tests.servers.literal --port 9000
 """
@@ -39,6 +41,8 @@ rewrites every JSON answer's text as written, for what ``json.dumps`` cannot wri
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import json
 import os
 import threading
@@ -200,11 +204,30 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "error": error})
             return
         answer = {"jsonrpc": "2.0", "id": msg_id, "result": result}
+        big = _script().get("big_list") if message["method"] == "tools/list" else None
+        if big:
+            self._big(msg_id, big)
+            return
         dress = _script().get("list_as") if message["method"] == "tools/list" else None
         if dress:
             self._dressed(dress, json.dumps(answer))
             return
         self._answer(200, answer)
+
+    def _big(self, msg_id: Any, big: dict[str, Any]) -> None:
+        text = "x" * (big["mib"] << 20)
+        tool = {"name": "big", "description": text, "inputSchema": {"type": "object"}}
+        answer = {"jsonrpc": "2.0", "id": msg_id, "result": {"tools": [tool]}}
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if big.get("gzip"):
+            body = gzip.compress(body)
+            self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the reader may stop early
+            self.wfile.write(body)
 
     def _stalled(self, how: str, msg_id: Any) -> None:
         if how == "drip":

@@ -4,7 +4,8 @@ request whose id is an object), ``oddtok`` (progress whose token is a list), ``s
 answer holding a lone surrogate), ``parent`` (what it can read of the gateway's environment
 through ``/proc``), ``helper`` (starts a helper that shares its stdout, writes the helper's
 pid to the file ``ODD_HELPER_PID`` names, and exits), ``junk`` (500 lines that are not JSON
-first). Any other text is echoed. Both eras.
+first). Any other text is echoed. Both eras. ``ODD_BIG_LIST_MIB``: ``tools/list`` is
+answered with one tool whose description is that many MiB.
 
     python -m tests.servers.odd_stdio
 """
@@ -99,7 +100,9 @@ def main() -> None:
                 {"supportedVersions": versions, "capabilities": {"tools": {}}, "serverInfo": info},
             )
         elif method == "tools/list":
-            answer(msg_id, {"tools": TOOLS, "cacheScope": "private", "ttlMs": 0})
+            big = int(os.environ.get("ODD_BIG_LIST_MIB", "0"))
+            tools = [{**TOOLS[0], "description": "x" * (big << 20)}] if big else TOOLS
+            answer(msg_id, {"tools": tools, "cacheScope": "private", "ttlMs": 0})
         elif method == "tools/call":
             call(msg_id, params)
         else:
