@@ -43,3 +43,12 @@ def test_a_grant_is_not_the_owner_of_a_longer_grants_sessions() -> None:
 @pytest.mark.parametrize("key", ["c|tool=up/x%7Cgrant%3Dbeta", "c|global=*", "c|session=zz", "c"])
 def test_other_scopes_belong_to_no_grant(key: str) -> None:
     assert bucket_grant(key) is None
+
+
+def test_a_session_bucket_is_its_agents_too() -> None:
+    """An upstream may hand two clients one session id: two users of one OAuth client then
+    drew from one bucket (red-team wave 35). The agent is escaped as the grant is, so no
+    (agent, session) pair reads as another."""
+    alice, bob = (session_value("up", "app", "shared-1", agent) for agent in ("alice", "bob"))
+    assert alice != bob
+    assert session_value("up", "app", "b/c", "a") != session_value("up", "app", "c", "a/b")

@@ -346,6 +346,21 @@ class TestTokens:
         assert known.elicits("up", "attacker", "a99") and not known.elicits("up", "attacker", "a0")
         assert not known.elicits("up", "victim", "a99") and not known.elicits("up", "victim", None)
 
+    def test_what_a_client_can_do_is_its_owners(self) -> None:
+        """Kept per owner (a grant's agent): an upstream handing every client one session
+        id let bob's ``initialize`` say what alice's client could do, and one user opening
+        sessions pushed out the others' (red-team wave 35). Owners are capped too."""
+        alice, bob = (Identity(grant="app", agent=a).owner for a in ("alice", "bob"))
+        known = inband.ClientCapabilities(size=3, owners=2)
+        known.remember("up", alice, "shared-1", True)
+        known.remember("up", bob, "shared-1", False)
+        assert known.elicits("up", alice, "shared-1") and not known.elicits("up", bob, "shared-1")
+        for n in range(100):
+            known.remember("up", bob, f"b{n}", True)
+        assert known.elicits("up", alice, "shared-1")
+        known.remember("up", "third", "t", True)  # alice is the least recently active
+        assert not known.elicits("up", alice, "shared-1") and known.elicits("up", bob, "b99")
+
     def test_an_answer_id_is_bound_to_server_grant_and_session(self) -> None:
         msg_id, nonce = inband.mint_id(self.KEY, "up", "g1", "s1")
         assert inband.is_gateway_id(msg_id)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.authserver import AuthServer, auth_server, auth_server_ready, oauth_gateway
 from tests.gateway_proc import GatewayProcess, calls_in, initialize_body
-from tests.peers import http_upstream
+from tests.peers import http_upstream, raw_upstream
 from tests.test_stdio_bridge import stdio_server
 from tests.test_stdio_wire import MODERN_META
 
@@ -31,6 +31,9 @@ tools:
   test_simple_text:
     action: allow
     limits: [{counter: per_session, max: 2, window: hour, scope: session}]
+  one/echo:
+    action: allow
+    limits: [{counter: one_session, max: 2, window: hour, scope: session}]
   delete_item:
     action: require_approval
     reason: deleting needs a human
@@ -58,13 +61,17 @@ def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gw(auth: AuthServer, call_log: Path, tmp_path_factory: Any) -> Iterator[GatewayProcess]:
     admin = {"token_sha256": hashlib.sha256(ADMIN.encode()).hexdigest()}
-    with http_upstream(log_path=call_log) as up:
+    directory = tmp_path_factory.mktemp("same-client")
+    with (
+        http_upstream(log_path=call_log) as up,
+        raw_upstream("one-sid", directory / "one.jsonl") as one,
+    ):
         settings = {**OAUTH, "issuer": auth.url}
-        directory = tmp_path_factory.mktemp("same-client")
         security = {"max_requests_per_agent": 2}
         servers = {
             "up": {"url": up.url},
             "st": stdio_server(max_processes=50, max_processes_per_grant=2),
+            "one": {"url": one.url},
         }
         with oauth_gateway(
             directory, POLICY, servers, settings, admin=admin, security=security
@@ -172,6 +179,29 @@ def test_one_user_cannot_empty_anothers_session_bucket(
 
         assert [error(alice) for _ in range(3)] == [None, None, "rate_limited"]
         assert error(bob) is None
+
+
+def test_users_given_one_upstream_session_id_keep_buckets_of_their_own(
+    gw: GatewayProcess, auth: AuthServer
+) -> None:
+    """An upstream that hands every client the one session id (``one-sid``): each user's
+    gateway session is their own, and so is its ``scope: session`` bucket (it was keyed by
+    the grant and the upstream's id: alice's calls emptied bob's, red-team wave 35)."""
+    alice, bob = bearer(auth, gw, "alice"), bearer(auth, gw, "bob")
+    with httpx.Client(base_url=gw.base, timeout=20) as http:
+        alices, bobs = session(http, "/mcp/one", alice), session(http, "/mcp/one", bob)
+        assert alices["mcp-session-id"] != bobs["mcp-session-id"]
+
+        def error(headers: dict[str, str], n: int) -> str | None:
+            body = rpc(n, "tools/call", name="echo", arguments={"text": f"call {n}"})
+            answer = http.post("/mcp/one", json=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            result = answer.json()["result"]
+            decision = result.get("_meta", {}).get("io.celgate/decision", {})
+            return decision.get("error")
+
+        assert [error(alices, n) for n in range(3)] == [None, None, "rate_limited"]
+        assert error(bobs, 3) is None
 
 
 @pytest.mark.asyncio

@@ -157,7 +157,7 @@ class ElicitFace:
         if self.held is None:  # the question travels on the call's SSE stream
             return False
         clients = inband.in_band(self.gw.extras).clients
-        return clients.elicits(fwd.upstream.name, self.identity.grant, fwd.session_id)
+        return clients.elicits(fwd.upstream.name, self.identity.owner, fwd.session_id)
 
     def upstream_body(self, body: bytes | None) -> bytes | None:
         """The body the upstream gets: without the gateway's own state and answer (with the
@@ -368,4 +368,4 @@ def remember_client(
         return
     caps = msg.params.get("capabilities")
     elicits = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
-    inband.in_band(gw.extras).clients.remember(server, identity.grant, session, elicits)
+    inband.in_band(gw.extras).clients.remember(server, identity.owner, session, elicits)

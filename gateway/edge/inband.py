@@ -250,23 +250,32 @@ class Waiters:
 
 class ClientCapabilities:
     """Whether each session's client declared elicitation at ``initialize``: at most ``size``
-    sessions per grant, the least recently opened going first. One grant opening sessions
-    by the thousand pushes out only its own (before, one list for all grants let it push
-    every other grant's sessions back to the out-of-band fallback)."""
+    sessions per owner (a grant's agent), the least recently opened going first, and at most
+    ``owners`` owners, the least recently active going first. One owner opening sessions by
+    the thousand pushes out only its own (before, one list for all grants let it push every
+    other grant's sessions back to the out-of-band fallback; then one list per grant let one
+    user of an OAuth client push out the others', and an upstream handing every client one
+    session id let one user's ``initialize`` say what another's client could do)."""
 
-    def __init__(self, size: int = 10_000) -> None:
-        self._known: dict[str, OrderedDict[tuple[str, str], bool]] = {}
+    def __init__(self, size: int = 10_000, owners: int = 10_000) -> None:
+        self._known: OrderedDict[str, OrderedDict[tuple[str, str], bool]] = OrderedDict()
         self._size = size
+        self._owners = owners
 
-    def remember(self, server: str, grant: str, session: str, elicits: bool) -> None:
-        known = self._known.setdefault(grant, OrderedDict())
+    def remember(self, server: str, owner: str, session: str, elicits: bool) -> None:
+        known = self._known.get(owner)
+        if known is None:
+            known = self._known[owner] = OrderedDict()
+        self._known.move_to_end(owner)
         known[(server, session)] = elicits
         known.move_to_end((server, session))
         while len(known) > self._size:
             known.popitem(last=False)
+        while len(self._known) > self._owners:
+            self._known.popitem(last=False)
 
-    def elicits(self, server: str, grant: str, session: str | None) -> bool:
-        known = self._known.get(grant)
+    def elicits(self, server: str, owner: str, session: str | None) -> bool:
+        known = self._known.get(owner)
         return session is not None and known is not None and known.get((server, session), False)
 
 

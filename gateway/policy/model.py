@@ -195,10 +195,12 @@ def session_value(server: str | None, grant: str, session: str | None, agent: st
     without a session (every 2026-07-28 call) is keyed by its grant and agent, as
     ``scope: agent`` is (keyed by the grant alone, one user of an OAuth client emptied every
     other user's bucket). ``/`` in the grant is escaped, so that the grant can be read back
-    (:func:`bucket_grant`)."""
+    (:func:`bucket_grant`). A session's bucket names its agent too (escaped as the grant
+    is): an upstream that hands every client one session id had the users of one OAuth
+    client draw from one bucket (red-team wave 35)."""
     if not session:
         return f"g:{_grant_part(grant)}/{agent}"
-    return f"s:{server or ''}/{_grant_part(grant)}/{session}"
+    return f"s:{server or ''}/{_grant_part(grant)}/{_grant_part(agent)}/{session}"
 
 
 def agent_value(grant: str, agent: str) -> str:

@@ -40,6 +40,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
+* ``one-sid``: every ``initialize`` is answered with the one session id ``shared-1`` (as a
+  server behind a proxy that pins one session may);
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
   a ``notifications/message``, then its end.
 """
@@ -197,6 +199,8 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         if streamed:
             return await stream_answer(reader, writer, message, min(streamed))
     out = reply_to(message)
+    if rpc == "initialize" and "one-sid" in MISBEHAVE:
+        out = out.replace(b"\r\n", b"\r\nmcp-session-id: shared-1\r\n", 1)
     if rpc == "initialize" and "long-sid" in MISBEHAVE:
         out = out.replace(b"\r\n", b"\r\nmcp-session-id: " + b"s" * 5000 + b"\r\n", 1)
     writer.write(out)

@@ -96,7 +96,7 @@ class Links:
         if link.sid is not None:  # in-band approvals ask a client that takes elicitation
             caps = session.client.get("capabilities")
             elicits = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
-            in_band(self.gw.extras).clients.remember(server, session.grant, link.sid, elicits)
+            in_band(self.gw.extras).clients.remember(server, session.owner, link.sid, elicits)
         if session.on_link is not None:
             session.on_link(link)
         return link
