@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,32 @@ class TestPolicyTests:
             main(["decide", str(tmp_path), "--tool", "query", "--now", "monday"])
         with pytest.raises(SystemExit):  # argparse: invalid choice, said on stderr
             main(["decide", str(tmp_path), "--tool", "query", "--risk", "hihg"])
+
+    def test_a_time_without_offset_is_utc_wherever_the_tests_run(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """As the gateway and ``decide --now`` read it: ``celgate test`` took it as the
+        machine's local time, so one test file passed in CI and failed on a laptop in
+        New York (red-team wave 35)."""
+        (tmp_path / "policy.yaml").write_text(
+            "version: '1'\ndefault: deny\ntools:\n  query:\n    rules:\n"
+            "      - {id: office, when: 'now.getHours() >= 9 && now.getHours() < 17',"
+            " action: allow}\n"
+        )
+        case = '  - {{tool: query, now: "2026-01-05T{at}", expect: {{effect: {effect}}}}}\n'
+        (tmp_path / "hours_test.yaml").write_text(
+            "cases:\n"
+            + case.format(at="08:30:00", effect="deny")
+            + case.format(at="16:30:00", effect="allow")
+        )
+        try:
+            for zone in ("America/New_York", "Asia/Tokyo", "UTC"):
+                monkeypatch.setenv("TZ", zone)
+                time.tzset()
+                assert main(["test", str(tmp_path)]) == 0, zone
+        finally:
+            monkeypatch.undo()
+            time.tzset()
 
     def test_shipped_rules_pass_their_tests(self) -> None:
         rules = Path(__file__).resolve().parent.parent / "rules"

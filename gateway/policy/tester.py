@@ -9,13 +9,14 @@ policy under test is the folder the file sits in, or the files its ``policy:`` n
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy import Call, CompiledPolicy, Decision, Identity, decide, load_policy
+from gateway.policy.decide import as_utc
 from gateway.policy.loader import TEST_SUFFIXES
 from gateway.policy.model import KINDS, RISKS
 from gateway.policy.risk import tool_info
@@ -114,7 +115,7 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
         name,
         node.where,
         call,
-        now.astimezone(UTC),
+        as_utc(now),  # without an offset: UTC, as `decide --now` and the gateway read it
         expect.plain(),
         definition,
         None if risk is None else str(risk),
