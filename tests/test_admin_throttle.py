@@ -4,7 +4,9 @@ and one more try comes back every few seconds (the clock injected here, no waiti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from tests.gateway_proc import GatewayProcess, run_gateway
 from tests.peers import PeerProcess, http_upstream
 
 TOKEN = "cga_throttle-test-admin-token"
+AGENT_KEY = "cgk_throttle-test-agent-key"
 
 
 class TestThrottle:
@@ -49,7 +52,9 @@ def upstream() -> Iterator[PeerProcess]:
 def gateway(upstream: PeerProcess, tmp_path: Path) -> Iterator[GatewayProcess]:
     admin = {"token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
     policy = 'version: "1"\ndefault: allow\n'
-    with run_gateway(tmp_path, policy, {"up": {"url": upstream.url}}, admin=admin) as gw:
+    grants = {"bot": {"key_sha256": hashlib.sha256(AGENT_KEY.encode()).hexdigest()}}
+    servers = {"up": {"url": upstream.url}}
+    with run_gateway(tmp_path, policy, servers, admin=admin, grants=grants) as gw:
         yield gw
 
 
@@ -71,3 +76,37 @@ def test_the_right_token_is_not_counted(gateway: GatewayProcess) -> None:
     with httpx.Client(base_url=gateway.base, timeout=10) as http:
         right = {"authorization": f"Bearer {TOKEN}"}
         assert all(http.get("/admin/policy", headers=right).status_code == 200 for _ in range(15))
+
+
+def test_agent_keys_tried_on_the_admin_api_are_counted(gateway: GatewayProcess) -> None:
+    """An agent's key is a wrong admin token: it was refused (403) without being counted, so
+    keys could be tried on ``/admin`` at any rate."""
+    with httpx.Client(base_url=gateway.base, timeout=10) as http:
+        agent = {"authorization": f"Bearer {AGENT_KEY}"}
+        assert {http.get("/admin/policy", headers=agent).status_code for _ in range(10)} == {403}
+        held = http.get("/admin/policy", headers={"authorization": f"Bearer {TOKEN}"})
+        assert held.status_code == 429
+
+
+def _answers_on_one_connection(gateway: GatewayProcess, path: str, token: str) -> bytes:
+    """Two requests sent at once on one connection, and all it reads until the gateway
+    closes it, or both are answered (or 10 s pass)."""
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+    request = (head + f"Authorization: Bearer {token}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request * 2)
+        read = b""
+        with contextlib.suppress(TimeoutError):
+            while read.count(b"HTTP/1.1 ") < 2 and (chunk := sock.recv(65536)):
+                read += chunk
+    return read
+
+
+@pytest.mark.parametrize("path", ["/admin/policy", "/metrics"])
+def test_a_refused_operator_request_ends_its_connection(gateway: GatewayProcess, path: str) -> None:
+    """As the MCP endpoints' refusals of who is calling do: a guesser may not keep one
+    connection to try token after token on."""
+    read = _answers_on_one_connection(gateway, path, "cga_wrong")
+    assert read.count(b"HTTP/1.1 401") == 1 and b"connection: close" in read.lower()
+    kept = _answers_on_one_connection(gateway, "/healthz", "anything")
+    assert kept.count(b"HTTP/1.1 200") == 2  # what is answered keeps its connection

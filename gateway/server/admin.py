@@ -33,7 +33,7 @@ from gateway.policy.risk import classify, override_for
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
 from gateway.server.console.login import sessions_of
-from gateway.server.console.origin import admin_throttle, refusal
+from gateway.server.console.origin import CLOSE, admin_throttle, refusal
 from gateway.server.console.sessions import COOKIE, SessionStoreDown, csrf_problem
 from gateway.server.lifecycle import readiness
 
@@ -66,13 +66,13 @@ def _guard(gateway: Gateway) -> Any:
         headers = connection.headers
         refused = refusal(gateway, headers.get("host"), headers.get("origin"))
         if refused is not None:  # DNS rebinding, or a page of another site
-            raise HTTPException(refused[1], status_code=refused[0])
+            raise HTTPException(refused[1], status_code=refused[0], headers=CLOSE)
         token = bearer(connection.headers.get("authorization"))
         client = connection.client.host if connection.client else None
         if token is not None:
             wait = throttle.wait(client)
             if wait is not None:  # too many wrong tokens from here: not even checked
-                retry = {"Retry-After": str(int(wait) + 1)}
+                retry = {"Retry-After": str(int(wait) + 1), **CLOSE}
                 raise HTTPException(
                     "too many wrong tokens: try later", status_code=429, headers=retry
                 )
@@ -80,12 +80,13 @@ def _guard(gateway: Gateway) -> Any:
             return
         if token is None and await _console_session(gateway, connection):
             return
-        if token is not None and gateway.auth.authenticate(f"Bearer {token}") is not None:
-            raise PermissionDeniedException("agent keys cannot use the admin API")
-        if token is not None:
+        if token is not None:  # an agent's key is a wrong admin token too: counted
             throttle.failed(client)
-            raise NotAuthorizedException("invalid admin token", headers=_CHALLENGE)
-        raise NotAuthorizedException("admin token required", headers=_CHALLENGE)
+            if gateway.auth.authenticate(f"Bearer {token}") is not None:
+                msg = "agent keys cannot use the admin API"
+                raise PermissionDeniedException(msg, headers=CLOSE)
+            raise NotAuthorizedException("invalid admin token", headers={**_CHALLENGE, **CLOSE})
+        raise NotAuthorizedException("admin token required", headers={**_CHALLENGE, **CLOSE})
 
     return guard
 

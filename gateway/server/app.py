@@ -30,7 +30,7 @@ from gateway.server.admin import admin_router
 from gateway.server.console import console_handlers
 from gateway.server.console import feed as feed_module
 from gateway.server.console.feed import FEED_PATH, FEED_PLACE, StalledWrites
-from gateway.server.console.origin import admin_throttle, refusal
+from gateway.server.console.origin import CLOSE, admin_throttle, refusal
 from gateway.server.lifecycle import background, readiness
 from gateway.server.reload import exception_fields
 from gateway.upstream.stdio import running_bridges
@@ -206,6 +206,16 @@ def operator_refusal(
     ``admin.metrics_public`` says the network they are served on is trusted, with wrong
     tokens counted and throttled by the one count the admin API and the console's sign-in
     share. With no admin token configured the pages are closed."""
+    found = _operator_refusal(gateway, request)
+    if found is None:
+        return None
+    status, text, headers = found
+    return status, text, {**headers, **CLOSE}  # a client refused goes: no keep-alive to retry on
+
+
+def _operator_refusal(
+    gateway: Gateway, request: ASGIConnection[Any, Any, Any, Any]
+) -> Refusal | None:
     headers = request.headers
     refused = refusal(gateway, headers.get("host"), headers.get("origin"))
     if refused is not None:

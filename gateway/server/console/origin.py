@@ -13,6 +13,11 @@ from urllib.parse import urlsplit
 from gateway.auth.throttle import FailureThrottle
 from gateway.pipeline.gateway import Gateway
 
+#: On every refusal of who is asking (a wrong or missing token, a foreign Host or Origin, too
+#: many wrong tokens): the connection ends with the answer, as the MCP endpoints' do, so a
+#: guesser opens a connection a guess rather than trying on one kept alive.
+CLOSE = {"Connection": "close"}
+
 
 def refusal(gateway: Gateway, host: str | None, origin: str | None) -> tuple[int, str] | None:
     """(status, message) when the request must be refused, else None."""
