@@ -165,3 +165,47 @@ def test_a_stream_with_no_session_speaks_of_no_callers_task(gw: GatewayProcess) 
         assert heard.status_code == 200
         assert "alice-secret-99" not in heard.text and "taskId" not in heard.text
         assert alice_task.split(".")[0] not in heard.text
+
+
+def test_a_sessions_own_stream_speaks_of_no_task_it_did_not_make(
+    tmp_path: Path,
+) -> None:
+    """A server may tell every task on any session's GET stream (one store for all, or one
+    session id for every client): the relay took a session's GET for that caller's alone
+    and bound every task id on it to the listener, and bob (another grant, or another user
+    of one OAuth client) read alice's task result with one (red-team wave 35)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.tasks_stateless", "--port", str(port)]
+    env = {"TASKS_SESSION_ID": "shared-1"}
+    url = f"http://127.0.0.1:{port}/mcp"
+    grants = {
+        "alice": {"key_sha256": hashlib.sha256(ALICE.encode()).hexdigest()},
+        "bob": {"key_sha256": hashlib.sha256(BOB.encode()).hexdigest()},
+    }
+    policy = 'version: "1"\ndefault: deny\ntools:\n  keep: {}\n'
+    peer = start_process(argv, port=port, url=url, extra_env=env)
+    try:
+        with run_gateway(tmp_path, policy, {"t": {"url": url}}, grants=grants) as gw:
+            new_task(gw, ALICE, "alice-secret-77")
+            bobs = {
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+                "authorization": f"Bearer {BOB}",
+            }
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "bob", "version": "1"}}}  # fmt: skip
+            opened = httpx.post(gw.url("t"), json=init, headers=bobs, timeout=10)
+            assert opened.status_code == 200, opened.text
+            session = {
+                "authorization": f"Bearer {BOB}",
+                "accept": "text/event-stream",
+                "mcp-session-id": opened.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            heard = httpx.get(gw.url("t"), headers=session, timeout=10)
+            assert heard.status_code == 200
+            assert "alice-secret-77" not in heard.text and "taskId" not in heard.text
+            assert "working on" not in heard.text  # nor a line tagged with her task
+    finally:
+        peer.stop()

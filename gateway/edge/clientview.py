@@ -110,8 +110,8 @@ class ClientView:
         self.session = session
         #: The upstream's ids of the tasks this stream may speak of: those its request named
         #: (checked as this caller's: a ``tasks/*`` request's one, a listen's followed ones).
-        #: A message about any other task is dropped (an answer becomes an error). None on
-        #: a handshake-era session's own streams (GET, a resumed stream): this caller's alone.
+        #: A message about any other task is dropped (an answer becomes an error). None:
+        #: every task (no face sets it so: an upstream may tell any task on any stream).
         self.tasks: frozenset[str] | None = frozenset()
         #: The request is a ``tools/call``: its answer may make a task (bound, and then known).
         self.creates = False

@@ -92,13 +92,12 @@ class Relay:
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
         presented = incoming.header("last-event-id")
-        if session is not None:
-            view.tasks = None  # a handshake-era session's own stream
-        else:
-            # No session (an upstream that keeps none): its stream is every caller's, and
-            # speaks of no task but one the resumed request of this caller made (a listener
-            # heard each agent's task ids bound to itself, and read their results).
-            view.creates = presented is not None
+        # A stream speaks of no task but one the resumed request of this caller made. Without
+        # a session (an upstream that keeps none) the stream is every caller's; with one, the
+        # upstream may still tell any task on it (one store for every client, or one session
+        # id handed to all): a listener heard others' task ids bound to itself, and read
+        # their results (red-team waves 28 and 35). Its client polls its own (tasks/get).
+        view.creates = presented is not None
         fwd = Forward(upstream, session, None, view=view, grant=identity.owner)
         if presented is not None:
             # The rest of the stream that event was on: its request's answer (unless the

@@ -4,7 +4,9 @@ makes a task that waits for input, ``tasks/update`` records the answer, ``tasks/
 task with its result, and ``subscriptions/listen`` sends ``notifications/tasks`` (result
 inline), and a log line tagged with the task (``related-task``), for the tasks it names, or for
 every task when it names none; ``GET`` is a stream of every task's status (one for every
-caller). Every request is written to ``TASKS_LOG`` (one JSON line).
+caller). Every request is written to ``TASKS_LOG`` (one JSON line). ``TASKS_SESSION_ID``:
+a 2025-11-25 ``initialize`` is answered with that one session id, whoever asks (a server
+behind a proxy that pins one session), and its GET stream is still every task's.
 
     python -m tests.servers.tasks_stateless --port 9000
 """
@@ -46,6 +48,10 @@ def result_of(method: str, params: dict[str, Any]) -> dict[str, Any]:
         info = {"name": "tasks-stateless", "version": "1"}
         return {**complete, "supportedVersions": [VERSION], "capabilities": capabilities,
                 "serverInfo": info}  # fmt: skip
+    if method == "initialize":
+        capabilities = {"tools": {}, "tasks": {"requests": {"tools": {"call": {}}}}}
+        info = {"name": "tasks-stateless", "version": "1"}
+        return {"protocolVersion": "2025-11-25", "capabilities": capabilities, "serverInfo": info}
     if method == "tools/list":
         return {**complete, "tools": TOOLS, "ttlMs": 0, "cacheScope": "private"}
     if method == "tools/call":
@@ -89,6 +95,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
+        if method == "initialize" and os.environ.get("TASKS_SESSION_ID"):
+            self.send_header("mcp-session-id", os.environ["TASKS_SESSION_ID"])
         self.end_headers()
         self.wfile.write(data.encode())
 
