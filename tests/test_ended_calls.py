@@ -30,7 +30,7 @@ from tests.peers import raw_upstream
 
 KEY = "cgk_ended-calls-agent-0123456789"
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
-UPSTREAMS = {"hanging": "hang", "silent": "sse-silent"}
+UPSTREAMS = {"hanging": "hang", "silent": "sse-silent", "mute": "sse-silent,resume-silent"}
 HEADERS = {
     "authorization": f"Bearer {KEY}",
     "accept": "application/json, text/event-stream",
@@ -148,6 +148,33 @@ async def test_a_resumed_stream_brings_no_late_answer(gateway: GatewayProcess, p
         )
     assert resumed.status_code == 200
     assert "data:" not in resumed.text  # the late answer (id 71) was dropped
+
+
+@pytest.mark.parametrize("path", ["/mcp/mute", "/mcp"])
+async def test_a_resumed_stream_that_stays_silent_ends(gateway: GatewayProcess, path: str) -> None:
+    """The TypeScript SDK resumes the stream of every call it gives up on (timed out, or
+    stopped by its user), and the SDK's server then sends nothing on it, ever: each resumed
+    stream held one of its agent's places for good, until every request of that agent was
+    429 (red-team wave 35). It ends after ``servers.X.timeout`` of silence, as a request's
+    stream does, with no error of its own (it answers no request)."""
+    headers = dict(HEADERS)
+    name = "echo" if path == "/mcp/mute" else "mute__echo"
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
+        if path == "/mcp":
+            opened = await http.post(path, json=initialize_body("resumes"), headers=headers)
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        message = {**call(72), "params": {"name": name, "arguments": {"text": "hi"}}}
+        ended = await http.post(path, json=message, headers=headers)
+        assert "the call is ended here" in ended.text
+        event_id = next(
+            line[3:].strip() for line in ended.text.splitlines() if line.startswith("id:")
+        )
+        resumed = await http.get(
+            path, headers={**headers, "accept": "text/event-stream", "last-event-id": event_id}
+        )  # ends (or the client's 20 s read timeout fails the test)
+        assert resumed.status_code == 200 and "data:" not in resumed.text
+        if path == "/mcp":  # a DELETE passes even at the cap: it gives places back
+            assert (await http.delete(path, headers=headers)).status_code < 300
 
 
 def test_a_resumed_stream_brings_no_answer_to_an_ended_call() -> None:

@@ -224,6 +224,9 @@ async def test_one_user_holding_streams_leaves_another_users_places(
             assert refused.status_code == 429 and "of this agent" in refused.text
             opened = await http.post("/mcp/up", json=initialize_body("alice"), headers=alice)
             assert opened.status_code == 200, opened.text
+            # At his cap, bob can still end a session (it gives places back): it was 429.
+            ended = await http.delete("/mcp/up", headers=bobs[0])
+            assert ended.status_code < 300, ended.text
 
 
 def test_one_user_cannot_end_anothers_stdio_process(auth: AuthServer, gw: GatewayProcess) -> None:

@@ -120,7 +120,10 @@ async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> 
         # (place_for); while the body comes, it holds one among the caller's bodies being
         # read: a body sent a byte at a time held a connection each, past every cap.
         return identity if await _take_place(gw, incoming, send, identity, gw.reading) else None
-    return identity if await _take_place(gw, incoming, send, identity) else None
+    # A DELETE ends a session (and what it holds): it passes among the caller's notices, so
+    # that a client at its cap can still give its places back (it was 429 too).
+    places = gw.notices if incoming.method == "DELETE" else None
+    return identity if await _take_place(gw, incoming, send, identity, places) else None
 
 
 async def place_for(

@@ -358,10 +358,12 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
             and wants_json(incoming)
         )
         # A request's stream ends when its upstream sends no message (keep-alives aside) for
-        # servers.X.timeout: a stuck tool held its caller (and its place) for good.
-        silence = (
-            fwd.upstream.silence if fwd.msg_id is not None and incoming.method == "POST" else None
-        )
+        # servers.X.timeout: a stuck tool held its caller (and its place) for good. So does a
+        # resumed one (GET with Last-Event-ID): the TypeScript SDK resumes the stream of every
+        # call it gave up on, and each held one of its agent's places until none was left.
+        request = fwd.msg_id is not None and incoming.method == "POST"
+        resumed = incoming.method == "GET" and fwd.last_event_id is not None
+        silence = fwd.upstream.silence if request or resumed else None
         relay = _relay_sse(send, resp, fwd, start, alone, silence)
         await watching_disconnect(incoming.receive, relay)
     else:
@@ -524,7 +526,8 @@ async def _relay_sse(
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
         end_upstream_call(fwd, f"nothing for {silence:g} s")
-        await _flush(send, pending, sse_error(fwd, what))
+        # A resumed stream answers no request of its own: it ends, with no error to misread.
+        await _flush(send, pending, sse_error(fwd, what) if fwd.msg_id is not None else b"")
     except (*UPSTREAM_ERRORS, StreamTooLarge):
         # The upstream died mid-stream: tell the waiting request instead of leaving it hanging.
         tail = sse_error(fwd) if fwd.msg_id is not None else b""

@@ -40,6 +40,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
+* ``resume-silent``: a GET with ``Last-Event-ID`` is a stream that sends nothing and never
+  ends (the SDK's server resuming the stream of a call its client cancelled);
 * ``one-sid``: every ``initialize`` is answered with the one session id ``shared-1`` (as a
   server behind a proxy that pins one session may);
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
@@ -141,6 +143,13 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     if "expect" in MISBEHAVE and (expect or "").lower() == "100-continue":
         writer.write(CONTINUE)
     body = await reader.readexactly(int(headers.get("content-length", "0")))
+    if method == "GET" and "resume-silent" in MISBEHAVE and "last-event-id" in headers:
+        log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # nothing, until the gateway drops the connection
+        return False
     if method == "GET" and "sse-silent" in MISBEHAVE and "last-event-id" in headers:
         log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
