@@ -37,6 +37,7 @@ RANK = {
 ALONE = {"demo"}
 ROOT_MODULES = {
     "__init__": "base",
+    "children": "base",
     "errors": "base",
     "located": "base",
     "printable": "base",

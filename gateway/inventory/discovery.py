@@ -18,10 +18,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.shared.message import SessionMessage
 
+from gateway.children import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
 from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
 from gateway.telemetry.childlog import StderrLog
-from gateway.upstream.stdio_child import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
 
 LIST_TIMEOUT = 15.0
 

@@ -42,10 +42,11 @@ from mcp.shared.inbound import (
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
+from gateway.children import KILL_GRACE, kill_group
 from gateway.config import ServerConfig
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.upstream.inproc import AsgiPool
-from gateway.upstream.stdio_child import KILL_GRACE, LINE_LIMIT, kill_group, log
+from gateway.upstream.stdio_child import LINE_LIMIT, log
 from gateway.upstream.stdio_events import MemoryEvents
 from gateway.upstream.stdio_session import SessionLink
 from gateway.upstream.stdio_shared import SharedLink

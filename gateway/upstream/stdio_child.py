@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ import anyio
 import structlog
 from mcp.client.stdio import get_default_environment
 
+from gateway.children import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
 from gateway.config import ServerConfig
 from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
@@ -33,7 +33,6 @@ LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long
 #: a line of 60 MiB that never ended pinned 1.2 GiB. Past it (or past ``LINE_LIMIT``), the
 #: line that grows is dropped, up to its end, and the child read on.
 MAX_ALL_PENDING_LINES = 128 * 1024 * 1024
-READ_CHUNK = 256 * 1024
 
 
 class _Unended:
@@ -43,7 +42,6 @@ class _Unended:
 
 
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
-KILL_GRACE = 2.0
 EXIT_DRAIN = 1.0  # what a child's stdout still holds once it has exited is read this long
 #: Input a child has not read yet, at most (past it, messages are refused), and how long one
 #: write waits for the pipe to drain: a child that stops reading must not grow the gateway,
@@ -53,11 +51,6 @@ SEND_SECONDS = 5.0
 STARTUP_GRACE = 30.0  # a cold start (imports) is not a request's silence; this long at most
 # A message from the child, and its line as read (passed on as is where nothing changes).
 OnMessage = Callable[[dict[str, Any], bytes], Awaitable[None]]
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Child:
@@ -349,8 +342,3 @@ def spawn_error(exc: OSError, command: str | None) -> str:
     text = exc.strerror or str(exc) or type(exc).__name__
     filename = exc.filename or command
     return f"{text}: {filename!r}" if filename else text
-
-
-def kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
