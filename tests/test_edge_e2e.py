@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import httpx
+import mcp_types as types
 import pytest
 
 from gateway.auth.identity import hash_key
@@ -396,6 +397,34 @@ class TestUpstreamFailure:
                     await c.call_tool("hang", {})
                 assert "sent nothing for 1 s" in repr(caught.value)
                 assert text_of(await c.call_tool("echo", {"text": "after"})) == "after"
+
+    @pytest.mark.parametrize("face", ["relay", "aggregate"])
+    async def test_a_person_answering_the_server_is_not_silence(
+        self, tmp_path: Path, face: str
+    ) -> None:
+        """2025-11-25: while the client is being asked (elicitation), the clock stops. The
+        call was ended after servers.X.timeout of a person's thinking (red-team wave 35).
+        The answer here is given only once a ``hang`` call, begun after the question came,
+        has been ended by that same timeout: at least that long was taken to answer."""
+        policy = POLICY + "  hang: {action: allow}\n"
+        with (
+            http_upstream() as up,
+            run_gateway(tmp_path, policy, {"up": {"url": up.url, "timeout": 1}}) as gw,
+        ):
+            url = gw.url("up") if face == "relay" else f"{gw.base}/mcp"
+            prefix = "" if face == "relay" else "up__"
+
+            async def answer_later(context: Any, params: Any) -> types.ElicitResult:
+                async with client(url, mode="legacy") as other:
+                    with anyio.fail_after(20), pytest.raises(BaseException) as ended:
+                        await other.call_tool(prefix + "hang", {})
+                assert "sent nothing for 1 s" in repr(ended.value)
+                return types.ElicitResult(action="accept", content={"answer": "slow-blue"})
+
+            async with client(url, mode="legacy", elicitation_callback=answer_later) as c:
+                with anyio.fail_after(30):
+                    result = await c.call_tool(prefix + "ask_user", {"question": "colour?"})
+            assert not result.is_error and "slow-blue" in text_of(result)
 
     async def test_upstream_killed_mid_call_gives_an_error_not_a_hang(self, tmp_path: Path) -> None:
         with (

@@ -34,6 +34,7 @@ from gateway.wire.sse import (
     StreamTooLarge,
     View,
     answer_alone,
+    asks,
     filtered,
     has_data,
 )
@@ -516,10 +517,12 @@ async def _relay_sse(
             if data is not None:
                 await _answer_json(send, resp, fwd, data, start["headers"])
                 return
-        await _flush(send, pending, rewriter.rewrite(held))
+        first = rewriter.rewrite(held)
+        await _flush(send, pending, first)
         pending, held = None, []
         if not ended:
-            async with contextlib.aclosing(relayed_events(resp, rewriter, silence)) as events:
+            relayed = relayed_events(resp, rewriter, silence, asking=asks(first))
+            async with contextlib.aclosing(relayed) as events:
                 async for data in events:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
     except TimeoutError:
@@ -560,17 +563,20 @@ class Turns:
 
 
 async def relayed_events(
-    resp: H1Response, rewriter: SseRewriter, silence: float | None
+    resp: H1Response, rewriter: SseRewriter, silence: float | None, asking: bool = False
 ) -> AsyncGenerator[bytes, None]:
     """An upstream's stream, as the caller's view rewrites it, chunk by chunk: ``TimeoutError``
     once ``silence`` seconds pass with no message (keep-alives and comments reset nothing:
     a ping every half second held an approved call for good), with the loop's turns
-    (:class:`Turns`)."""
+    (:class:`Turns`). While the client is being asked something (the server's last message
+    was a request: elicitation, sampling, roots), the clock stops until the server's next
+    message: a person may be answering (the call was ended after servers.X.timeout of their
+    thinking, red-team wave 35), as on the stdio bridge."""
     loop = asyncio.get_running_loop()
     heard = loop.time()
     turns = Turns()
     while True:
-        deadline = None if silence is None else heard + silence
+        deadline = None if silence is None or asking else heard + silence
         async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
             chunk = await resp.next_chunk()
         if chunk is None:
@@ -579,6 +585,7 @@ async def relayed_events(
         if data:
             if _carries_message(data):
                 heard = loop.time()
+                asking = asks(data)
             yield data
         await turns.after_chunk()
 

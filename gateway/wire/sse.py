@@ -249,6 +249,24 @@ def carries_id(data: bytes) -> bool:
         return False
 
 
+def asks(events: bytes) -> bool:
+    """Whether whole events (as relayed) hold a request of the server's to the client (a
+    method and an id: elicitation, sampling, roots), read without building any of it."""
+    if b'"method"' not in events or b'"id"' not in events:
+        return False
+    for event in EVENT_END.split(events):
+        data = event_data(event) if event.strip() else None
+        if data is None:
+            continue
+        try:
+            head = _ANSWER_HEAD.decode(data)
+        except msgspec.DecodeError:
+            continue
+        if head.method is not msgspec.UNSET and head.id not in (b"", b"null"):
+            return True
+    return False
+
+
 class _AnswerHead(msgspec.Struct):
     """What tells an answer from the rest; nothing is built but a short id (an id or method
     of 4 MiB of tiny lists, built with the collector running, held the loop two seconds)."""
