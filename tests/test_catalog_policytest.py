@@ -124,6 +124,21 @@ class TestPins:
         assert pins.observe("up", v2) == "changed" and pins.refusal("up", "echo") is not None
         assert pins.observe("other", v1) == "new" and ("other", "echo") in pins.pinned
 
+    def test_a_pin_read_again_is_checked_against_what_was_last_seen(self) -> None:
+        """The pins file rolled back to the reviewed definition while the server shows
+        another: refused at once, not after some caller lists tools (red-team wave 35);
+        pinning what it shows opens it again."""
+        v0 = {"name": "echo", "description": "reviewed"}
+        v1 = {"name": "echo", "description": "unreviewed"}
+        pins = Pins(None)
+        assert pins.observe("up", v1) == "new" and pins.refusal("up", "echo") is None
+        pins.repinned(Pins(None, pinned={("up", "echo"): tool_digest(v0)}, source="a"))
+        assert pins.refusal("up", "echo") is not None
+        pins.repinned(Pins(None, pinned={("up", "echo"): tool_digest(v1)}, source="b"))
+        assert pins.refusal("up", "echo") is None
+        pins.repinned(Pins(None, pinned={("other", "echo"): tool_digest(v0)}, source="c"))
+        assert pins.refusal("other", "echo") is None  # never seen: the next listing checks it
+
     def test_accepting_changes_is_a_setting(self) -> None:
         pins = Pins(None, accept_changes=True)
         pins.observe("up", {"name": "echo", "description": "one"})

@@ -79,6 +79,8 @@ class Pins:
     changed: dict[tuple[str, str], Change] = field(default_factory=dict)
     source: str = ""  # a digest of the file as last read: a reload of the same file is no news
     first_seen: dict[str, int] = field(default_factory=dict)  # pins held in memory, per server
+    #: The digest each pinned tool was last seen with (checked against pins read again).
+    last_seen: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None, accept_changes: bool = False) -> Pins:
@@ -107,8 +109,10 @@ class Pins:
                 return "new"  # but a server past so many new names gets no more in memory
             self.first_seen[server] = first + 1
             self.pinned[key] = digest
+            self.last_seen[key] = digest
             log.debug("pins.first_seen", server=server, tool=name, digest=digest)
             return "new"
+        self.last_seen[key] = digest
         change = self.changed.get(key)
         if pinned != digest:
             if change is None or change.seen != digest:
@@ -123,8 +127,10 @@ class Pins:
     def repinned(self, fresh: Pins) -> None:
         """Take the pins file as read again: when it changed (``celgate pins update`` writes
         it anew every time), a changed tool whose new pin is a definition it was seen with is
-        trusted again (the next listing checks it once more). The same file read again (a
-        reload of the rules) trusts nothing again."""
+        trusted again (the next listing checks it once more). A tool last seen with another
+        definition than its new pin is refused at once (a pins file rolled back to the
+        reviewed one ran the unreviewed definition until some caller listed tools, red-team
+        wave 35). The same file read again (a reload of the rules) trusts nothing again."""
         if fresh.source == self.source:
             return
         self.source = fresh.source
@@ -133,6 +139,14 @@ class Pins:
             change = self.changed.get(key)
             if change is not None and digest in (change.seen, change.latest):
                 del self.changed[key]
+                continue
+            seen = self.last_seen.get(key)
+            if seen is None or seen == digest:
+                continue
+            if change is None:
+                server, tool = key
+                log.warning("pins.changed", server=server, tool=tool, pinned=digest, seen=seen)
+            self.changed[key] = Change(digest, seen if change is None else change.seen, seen)
 
     def refusal(self, server: str, tool: str) -> str | None:
         """Why a call must be refused (the definition changed), or None."""
