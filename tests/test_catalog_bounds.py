@@ -67,3 +67,18 @@ async def test_a_stdio_line_past_its_bound_is_not_read(monkeypatch: pytest.Monke
     small = dataclasses.replace(server, env={})
     found = await discovery.list_all({"odd": small})
     assert [t["name"] for t in found["odd"] or []] == ["echo"]
+
+
+async def test_a_page_of_too_many_objects_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within its bytes, a page of ``{},`` is 350 bytes a bracket once the SDK has read it:
+    33 MiB took the gateway to 3.8 GiB (red-team wave 35). Objects and lists are counted."""
+    monkeypatch.setattr(discovery, "MAX_ANSWER_CONTAINERS", 1000)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"endless": {"per_page": 600, "cursor": "next"}}))
+    errors: dict[str, str] = {}
+    with literal_upstream({"LITERAL_SCRIPT": str(script)}) as up:
+        servers = {"many": ServerConfig(name="many", url=up.url)}
+        assert await discovery.list_all(servers, errors=errors) == {"many": None}
+    assert "objects and lists" in errors["many"]

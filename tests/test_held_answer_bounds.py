@@ -156,6 +156,7 @@ async def test_answers_being_sent_count_against_what_all_may_hold(
     from gateway.edge.forward import _relay_whole
 
     pool, bodies = upstream
+    monkeypatch.setattr(forward_module, "HELD_COUNTED_BYTES", 100)
     monkeypatch.setattr(forward_module, "HELD_ALONE_BYTES", 100)
     monkeypatch.setattr(forward_module, "MAX_HELD_ANSWER_BYTES", 8_000)
     result = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"x": "y" * 5000}}).encode()
@@ -189,3 +190,42 @@ async def test_answers_being_sent_count_against_what_all_may_hold(
     await first
     await relay(2, False)
     assert b"yyyy" in told[2][-1]["body"]
+
+
+class ReadsAll(PassAll):
+    """A caller's view that reads every answer (as one with a tools list is)."""
+
+    def wants(self, data: bytes) -> bool:
+        return True
+
+
+async def test_an_answer_of_many_small_objects_is_charged_for_them(
+    upstream: tuple[H1Pool, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``{},`` is 3 bytes, and some 64 once parsed: an answer was charged three times its
+    bytes, and 33 MiB of them parsed to 0.9 GiB (red-team wave 35). Each object or list is
+    charged ``CONTAINER_BYTES`` when that is more."""
+    from gateway.edge.forward import _relay_whole
+
+    pool, bodies = upstream
+    monkeypatch.setattr(forward_module, "HELD_COUNTED_BYTES", 100)
+    monkeypatch.setattr(forward_module, "HELD_ALONE_BYTES", 100)
+    monkeypatch.setattr(forward_module, "MAX_HELD_ANSWER_BYTES", 100_000)
+    many = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{}] * 3000}}).encode()
+    assert len(many) * (forward_module.PARSED_FACTOR + 1) < 100_000  # by its bytes: it fits
+    few = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [], "x": "y" * 9000}})
+    bodies.extend([many, few.encode()])
+    told: list[list[Any]] = [[], []]
+    for n in range(2):
+
+        async def send(message: Any, n: int = n) -> None:
+            told[n].append(message)
+
+        fwd = Forward(SimpleNamespace(name="up", silence=5), None, b"{}", 1, ReadsAll(), grant="g")
+        resp = await pool.request("POST", {}, b"{}")
+        try:
+            await _relay_whole(send, resp, fwd, "application/json")
+        finally:
+            resp.close()
+    assert b"held too many answers: try again" in told[0][-1]["body"]
+    assert b"yyyy" in told[1][-1]["body"]

@@ -22,6 +22,7 @@ from gateway.children import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
 from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
 from gateway.telemetry.childlog import StderrLog
+from gateway.wire.jsonrpc import count_containers
 
 LIST_TIMEOUT = 15.0
 
@@ -76,15 +77,22 @@ class _BoundedStream(httpx2.AsyncByteStream):
         self._inner = inner
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
+        size = containers = 0
         async for chunk in self._inner:
             size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise AnswerRefused(f"an answer past {MAX_ANSWER_BYTES} bytes")
+            containers += count_containers(chunk)
+            if size > MAX_ANSWER_BYTES or containers > MAX_ANSWER_CONTAINERS:
+                raise AnswerRefused(_too_much(size, containers))
             yield chunk
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _too_much(size: int, containers: int) -> str:
+    if size > MAX_ANSWER_BYTES:
+        return f"an answer past {MAX_ANSWER_BYTES} bytes"
+    return f"an answer of more than {MAX_ANSWER_CONTAINERS} objects and lists"
 
 
 @contextlib.asynccontextmanager
@@ -123,6 +131,9 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
                 while (end := pending.find(b"\n")) >= 0:
                     line = bytes(pending[:end])
                     del pending[: end + 1]
+                    if count_containers(line) > MAX_ANSWER_CONTAINERS:
+                        log.warning("catalog.line_too_long", server=server.name, held=len(line))
+                        return
                     try:
                         message = mcp_types.jsonrpc_message_adapter.validate_json(line)
                     except ValueError:
@@ -173,6 +184,10 @@ MAX_LIST_BYTES = 32 * 1024 * 1024
 #: One answer (a page), as bytes before it is parsed: a page up to the list's bound, and its
 #: envelope.
 MAX_ANSWER_BYTES = MAX_LIST_BYTES + 1024 * 1024
+#: ... and as objects and lists (counted as their opening brackets, strings' too): the SDK's
+#: client builds each as a pydantic model and a dict, some 350 bytes each (33 MiB of ``{},``
+#: took the gateway to 3.8 GiB, red-team wave 35): half a million is under 200 MB.
+MAX_ANSWER_CONTAINERS = 500_000
 
 
 async def list_tools(server: ServerConfig, url: str | None = None) -> list[dict[str, Any]]:

@@ -105,6 +105,8 @@ def parse_body(body: bytes) -> Any:
         raise BadMessage(PARSE_ERROR, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except RecursionError:
         raise BadMessage(PARSE_ERROR, "JSON nested too deeply") from None
+    except TooManyContainers as exc:
+        raise BadMessage(PARSE_ERROR, str(exc)) from None
     except ValueError:  # an integer of more digits than Python converts (4,300)
         raise BadMessage(PARSE_ERROR, "a number has too many digits") from None
     if _SURROGATE_ESCAPE.search(body) is not None and not _all_text(value):
@@ -128,13 +130,38 @@ def _decoded(text: str) -> Any:
     return _gc_paused(len(text), _DECODER.decode, text)
 
 
+#: Objects and lists one JSON text parsed on the loop may hold, at most (counted as the
+#: brackets that open them, strings' included: over, never under). Each is a Python object
+#: of 60 bytes or more: 33 MiB of ``{},`` parsed to 0.9 GiB, within every byte bound
+#: (red-team wave 35). A million is about 100 MB at most.
+MAX_PARSED_CONTAINERS = 1_000_000
+
+
+class TooManyContainers(ValueError):
+    """A JSON text of more objects and lists than one parse may build."""
+
+
+def count_containers(data: str | bytes) -> int:
+    """The brackets that may open an object or a list in ``data`` (strings' counted too)."""
+    if isinstance(data, str):
+        return data.count("{") + data.count("[")
+    return data.count(b"{") + data.count(b"[")
+
+
 def _gc_paused(size: int, parse: Callable[..., Any], *args: Any, **options: Any) -> Any:
     """``parse(*args, **options)``, with the garbage collector paused when ``size`` is large.
     Python's collector runs every 700 new containers and walks every young one: a body of
     nothing but tiny lists and objects (``[[],[],...]``) cost 0.5 to 1.2 s of CPU a MiB on
     the loop every caller shares, five to twelve times the same size in numbers; paused,
-    about 0.1 s."""
-    if size < GC_PAUSE_CHARS or not gc.isenabled():
+    about 0.1 s. A large text is refused (:class:`TooManyContainers`, a ``ValueError`` as
+    invalid JSON is) when it could hold more than ``MAX_PARSED_CONTAINERS``."""
+    if size < GC_PAUSE_CHARS:
+        return parse(*args, **options)
+    if size > MAX_PARSED_CONTAINERS and count_containers(args[0]) > MAX_PARSED_CONTAINERS:
+        raise TooManyContainers(
+            f"the JSON holds more than {MAX_PARSED_CONTAINERS} objects and lists"
+        )
+    if not gc.isenabled():
         return parse(*args, **options)
     gc.disable()
     try:

@@ -1,0 +1,21 @@
+"""What one JSON text parsed on the loop may build: its objects and lists are counted first."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.wire import jsonrpc
+from gateway.wire.jsonrpc import BadMessage
+
+
+def test_json_of_too_many_objects_and_lists_is_refused_before_it_is_built() -> None:
+    """Each is a Python object of 60 bytes or more: 33 MiB of ``{},`` parsed to 0.9 GiB,
+    within every byte bound (red-team wave 35). Counted by their brackets, strings' too."""
+    many = b"[" + b"{}," * (jsonrpc.MAX_PARSED_CONTAINERS + 1) + b"{}]"
+    with pytest.raises(jsonrpc.TooManyContainers):
+        jsonrpc.loads(many)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":' + many + b"}}"
+    with pytest.raises(BadMessage, match="objects and lists"):
+        jsonrpc.parse_body(body)
+    fine = b"[" + b"1," * (jsonrpc.MAX_PARSED_CONTAINERS + 1) + b"1]"  # as long, no objects
+    assert len(jsonrpc.loads(fine)) == jsonrpc.MAX_PARSED_CONTAINERS + 2
