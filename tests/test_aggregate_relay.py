@@ -339,6 +339,17 @@ class TestMergedPages:
         catalogue.learn_uri("a", {"uriTemplate": long + "{id}"})
         assert catalogue.owner(long) is None and not catalogue.uris.by_key
 
+    @pytest.mark.parametrize("template", ["d{rest}", "doc://{rest}", "doc:{x}", "x://host{p}"])
+    def test_a_template_wider_than_an_origin_claims_nothing(self, template: str) -> None:
+        """A head of one letter made its server the one owner of every URI beginning with
+        it that no other server had listed yet (another agent's reads taken, red-team wave
+        35): a head must name the scheme and the authority, up to the path."""
+        catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
+        catalogue.learn_uri("b", {"uriTemplate": template})
+        assert catalogue.owner("doc://reports/q4") is None and not catalogue.templates.by_key
+        catalogue.learn_uri("a", {"uriTemplate": "doc://reports/{name}"})
+        assert catalogue.owner("doc://reports/q4") == "a"
+
     def test_two_servers_templates_that_both_fit_go_to_neither(self) -> None:
         catalogue = Catalogue(None, Names({"a": "a", "b": "b"}, "__"))  # type: ignore[arg-type]
         catalogue.learn_uri("a", {"uriTemplate": "file:///{+path}"})

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -112,6 +113,7 @@ class Catalogue:
         self.names = names
         self.uris = Claims(MAX_OWNED)  # resource URIs -> the servers that listed them
         self.templates = Claims(MAX_TEMPLATES)  # URI templates' literal heads, likewise
+        self.short_heads: set[tuple[str, str]] = set()  # template heads too wide to learn (logged)
         self.unroutable: set[tuple[str, str]] = set()  # names not shown, each logged once
         self.gate = Gate(clock=clock)  # when the lists may be read again for unknown URIs
 
@@ -208,8 +210,11 @@ class Catalogue:
         template = item.get("uriTemplate")
         if isinstance(template, str):
             head = template.split("{", 1)[0]
-            if head:
+            if _whole_origin(head):
                 self.templates.claim(head, server)
+            elif len(self.short_heads) < MAX_OWNED and (server, head) not in self.short_heads:
+                self.short_heads.add((server, head))
+                log.warning("aggregate.template_too_wide", server=server, head=head[:128])
 
     def owner(self, uri: str) -> str | None:
         """The one server that listed ``uri`` or has a template whose literal head it starts
@@ -225,6 +230,18 @@ class Catalogue:
         for head in self.templates.keys_with_prefix_of(uri):
             claimants |= self.templates.of(head)
         return claimants
+
+
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(//[^/?#]*/|[^/?#{]+[/:])")
+
+
+def _whole_origin(head: str) -> bool:
+    """Whether a template's literal head names at least its scheme and authority, up to the
+    path (``doc://host/``, ``file:///``, ``urn:x:``): a head of one letter (``d{rest}``) made
+    its server the one owner of every URI beginning with it that no other had listed yet,
+    another agent's reads included (red-team wave 35). A wider head is not learned: the URIs
+    it would route are routed by what servers list."""
+    return _ORIGIN.match(head) is not None
 
 
 class Claims:
