@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -46,6 +47,14 @@ async def upstream() -> AsyncIterator[tuple[H1Pool, list[bytes]]]:
             if body == b"LATE":  # no head at all: the tool still runs
                 await reader.read()
                 return
+            if body == b"DRIP":  # the head, then a body in chunks of one byte each
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(b"transfer-encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)  # (the peer's pace: the head came alone)
+                writer.write(DRIP_WIRE)  # made before anything is measured
+                await writer.drain()
+                continue
             whole = b'{"jsonrpc":"2.0","id":1,"result":{}}' if body == b"STALL" else body
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
             writer.write(b"content-length: %d\r\n\r\n" % len(whole))
@@ -229,3 +238,27 @@ async def test_an_answer_of_many_small_objects_is_charged_for_them(
             resp.close()
     assert b"held too many answers: try again" in told[0][-1]["body"]
     assert b"yyyy" in told[1][-1]["body"]
+
+
+DRIPPED = 100_000
+_WHOLE = b'{"jsonrpc":"2.0","id":1,"result":{"x":"' + b"y" * DRIPPED + b'"}}'
+DRIP_WIRE = b"".join(b"1\r\n%c\r\n" % byte for byte in _WHOLE) + b"0\r\n\r\n"
+
+
+async def test_a_body_in_tiny_chunks_is_held_as_its_bytes(
+    upstream: tuple[H1Pool, list[bytes]],
+) -> None:
+    """Each chunk was kept as an object of its own in a list (some 90 bytes for one byte):
+    16 MiB sent a byte a chunk took the gateway to 1.5 GiB (red-team wave 35)."""
+    pool, bodies = upstream
+    bodies.append(b"DRIP")
+    resp = await pool.request("POST", {}, b"{}")
+    try:
+        tracemalloc.start()
+        body = await forward_module.read_bounded(resp, 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        resp.close()
+    assert body is not None and body.count(b"y") == DRIPPED
+    assert peak < 8 * DRIPPED  # a list of 100,000 one-byte objects alone is 4 MB

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 # A slow reader pauses the socket rather than letting chunks pile up without bound.
 _PAUSE_AT = 64
+#: Chunks under ``_SMALL`` bytes that arrive while others wait unread are gathered into one
+#: of at most ``_GATHER``: a body sent a byte a chunk was a queue of one object a byte (some
+#: 130 bytes each: 16 MiB of them took the gateway to 1.5 GiB, red-team wave 35).
+_SMALL = 4096
+_GATHER = 64 * 1024
 _RESUME_AT = 8
 
 
@@ -34,7 +39,7 @@ class H1Response:
         self.close_delimited = False  # no length given: the body ends with the connection
         self.complete = False
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._chunks: deque[bytes | None] = deque()
+        self._chunks: deque[bytes | bytearray | None] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._released = False
@@ -70,7 +75,14 @@ class H1Response:
             if chunk is None:
                 self._stop_discarding()
             return
-        self._chunks.append(chunk)
+        if chunk is not None and len(chunk) < _SMALL:
+            tail = self._chunks[-1] if self._chunks else None
+            if isinstance(tail, bytearray) and len(tail) < _GATHER:
+                tail += chunk  # the reader was woken for the tail already
+                return
+            self._chunks.append(bytearray(chunk))
+        else:
+            self._chunks.append(chunk)
         if len(self._chunks) >= _PAUSE_AT:
             self.conn.pause()
         self._wake()
@@ -110,7 +122,7 @@ class H1Response:
                 chunk = self._chunks.popleft()
                 if len(self._chunks) <= _RESUME_AT:
                     self._drained()
-                return chunk
+                return bytes(chunk) if isinstance(chunk, bytearray) else chunk
             if self._error is not None:
                 raise self._error
             self._waiter = asyncio.get_running_loop().create_future()

@@ -57,7 +57,7 @@ class AsgiResponse(H1Response):
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()  # the app's receive() answers http.disconnect after it
         self.task: asyncio.Task[None] | None = None
-        self._chunks: deque[bytes | None] = deque()
+        self._chunks: deque[bytes | bytearray | None] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
