@@ -202,26 +202,59 @@ async def test_initialize_does_not_wait_for_nor_reask_a_hung_server(tmp_path: Pa
     """A server that hung at start was asked again by every ``/mcp`` initialize, each
     waiting for its whole timeout (red-team wave 33): now each client is told what is known
     at once, and the server is asked again in the background, at most once in 10 s."""
+    with beside_a_hung_server(tmp_path, 30) as (gw, silent):
+        async with httpx.AsyncClient(base_url=gw.base, timeout=60) as http:
+
+            async def initialize() -> httpx.Response:
+                body = initialize_body("relearn")
+                return await http.post("/mcp", json=body, headers=HEADERS)
+
+            before = len(silent.accepted)
+            with anyio.fail_after(15):  # (it took 30 s, the hung server's timeout)
+                opened = await asyncio.gather(*(initialize() for _ in range(20)))
+        assert [r.status_code for r in opened] == [200] * 20
+        # one asking again (a health probe may come meanwhile), not one per client
+        assert len(silent.accepted) - before <= 4
+
+
+@contextlib.contextmanager
+def beside_a_hung_server(
+    tmp_path: Path, timeout: float
+) -> Iterator[tuple[GatewayProcess, _Silent]]:
+    """A gateway in front of a server that answers (``one``) and one that is hung."""
     silent = _Silent()
     try:
         with raw_upstream("", tmp_path / "one.jsonl") as up:
             servers = {
                 "one": {"url": up.url},
-                "hung": {"url": f"http://127.0.0.1:{silent.port}/mcp", "timeout": 30},
+                "hung": {"url": f"http://127.0.0.1:{silent.port}/mcp", "timeout": timeout},
             }
             grants = {"agent": {"key_sha256": hash_key(KEY)}}
             with run_gateway(tmp_path, POLICY, servers, grants=grants) as gw:
-                async with httpx.AsyncClient(base_url=gw.base, timeout=60) as http:
-
-                    async def initialize() -> httpx.Response:
-                        body = initialize_body("relearn")
-                        return await http.post("/mcp", json=body, headers=HEADERS)
-
-                    before = len(silent.accepted)
-                    with anyio.fail_after(15):  # (it took 30 s, the hung server's timeout)
-                        opened = await asyncio.gather(*(initialize() for _ in range(20)))
-                assert [r.status_code for r in opened] == [200] * 20
-                # one asking again (a health probe may come meanwhile), not one per client
-                assert len(silent.accepted) - before <= 4
+                yield gw, silent
     finally:
         silent.close()
+
+
+async def test_a_server_whose_link_failed_is_not_waited_for_again(tmp_path: Path) -> None:
+    """A server hung after start (its link could not be opened in time): every ``/mcp``
+    session's first list waited for it again, its whole timeout each (a mute stdio server
+    made every client's tools/list take 60 s, red-team wave 35). Once a link failed, callers
+    skip it and it is asked again in the background, at most once an interval."""
+    with beside_a_hung_server(tmp_path, 2) as (gw, silent):
+        async with httpx.AsyncClient(base_url=gw.base, timeout=60) as http:
+
+            async def listed() -> list[str]:
+                body = initialize_body("skips")
+                opened = await http.post("/mcp", json=body, headers=HEADERS)
+                ours = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+                ask = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+                answer = await http.post("/mcp", json=ask, headers=ours)
+                return [t["name"] for t in answer.json()["result"]["tools"]]
+
+            assert await listed() == ["one__echo"]  # the link to hung failed here
+            before = len(silent.accepted)
+            lists = await asyncio.gather(*(listed() for _ in range(8)))
+        assert lists == [["one__echo"]] * 8
+        # one reading in the background (a health probe may come meanwhile)
+        assert len(silent.accepted) - before <= 3

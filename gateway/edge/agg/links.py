@@ -31,6 +31,10 @@ class Links:
         self.sessions = sessions
         self.known: dict[str, dict[str, Any]] = {}  # each server's initialize result
         self.gate = Gate()  # when servers not learned yet are asked again
+        #: Servers whose last link could not be opened (down, or hung): no caller waits for
+        #: one again until it answers a reading in the background, through its own gate (a
+        #: hung stdio server made every /mcp session's first list wait its whole timeout).
+        self.failing: dict[str, Gate] = {}
 
     def relearn(self) -> None:
         """Servers not learned yet (down, or hung, at start) asked again, in the background,
@@ -53,6 +57,10 @@ class Links:
         if found is not None:
             return found
         pending = session.opening.get(server)
+        failing = self.failing.get(server)
+        if pending is None and failing is not None:
+            failing.start(lambda: self._learn_one(server))  # when due: in the background
+            return None
         if pending is None:
             pending = asyncio.ensure_future(self._open(session, server))
             session.opening[server] = pending
@@ -86,9 +94,11 @@ class Links:
             return None
         except UpcallFailed as exc:
             log.warning("aggregate.upstream_down", server=server, error=str(exc))
+            self._failed(server)
             return None
         finally:
             session.opening.pop(server, None)
+        self.failing.pop(server, None)
         if session.sid not in self.sessions.table:  # closed while this was opening
             await self._end_link(link)
             return None
@@ -112,31 +122,42 @@ class Links:
         link = await self.link(session, lost.server)
         return link.sid if link is not None else None
 
+    def _failed(self, server: str) -> None:
+        """A link to ``server`` could not be opened: callers skip it until a reading in the
+        background gets an answer (the first due at once, then 10 s doubling to 320 s)."""
+        if server not in self.failing:
+            gate = self.failing[server] = Gate()
+            gate.last = gate.clock() - gate.every  # the first reading is due now
+
     async def learn(self) -> None:
         """At start: what each server offers, from a session opened for that alone and ended
         at once, so that the first client's ``initialize`` need not wait for every server
         (a server down now is asked again later, see ``relearn``)."""
+        await asyncio.gather(
+            *(self._learn_one(s) for s in self.gw.upstreams if s not in self.known)
+        )
 
-        async def one(server: str) -> None:
-            upstream = self.gw.upstreams[server]
-            version = LATEST_HANDSHAKE_VERSION
-            params: dict[str, Any] = {
-                "protocolVersion": version,
-                "capabilities": {},
-                "clientInfo": {"name": "celgate", "version": "1"},
-            }
-            try:
-                answer, headers = await exchange(upstream, "initialize", params, version)
-            except UpcallFailed:
-                return
-            result = answer.get("result")
-            if isinstance(result, dict):
-                self.known.setdefault(server, result)
-            sid = headers.get("mcp-session-id")
-            if sid:
-                await post_once(upstream, None, b"", version, sid.strip(), verb="DELETE")
-
-        await asyncio.gather(*(one(s) for s in self.gw.upstreams if s not in self.known))
+    async def _learn_one(self, server: str) -> bool:
+        """Ask ``server`` what it offers (kept if not known yet); whether it answered."""
+        upstream = self.gw.upstreams[server]
+        version = LATEST_HANDSHAKE_VERSION
+        params: dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "celgate", "version": "1"},
+        }
+        try:
+            answer, headers = await exchange(upstream, "initialize", params, version)
+        except UpcallFailed:
+            return False
+        result = answer.get("result")
+        if isinstance(result, dict):
+            self.known.setdefault(server, result)
+            self.failing.pop(server, None)
+        sid = headers.get("mcp-session-id")
+        if sid:
+            await post_once(upstream, None, b"", version, sid.strip(), verb="DELETE")
+        return isinstance(result, dict)
 
     async def close(self, session: AggSession) -> None:
         """End the session and every upstream session it opened."""
