@@ -13,7 +13,14 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from gateway.edge.agg.gate import Gate
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
-from gateway.edge.agg.upcall import UpcallFailed, UpcallRefused, body_of, exchange, post_once
+from gateway.edge.agg.upcall import (
+    UpcallDown,
+    UpcallFailed,
+    UpcallRefused,
+    body_of,
+    exchange,
+    post_once,
+)
 from gateway.edge.forward import usable_session_id
 from gateway.edge.inband import in_band
 from gateway.pipeline.gateway import Gateway
@@ -94,7 +101,8 @@ class Links:
             return None
         except UpcallFailed as exc:
             log.warning("aggregate.upstream_down", server=server, error=str(exc))
-            self._failed(server)
+            if isinstance(exc, UpcallDown):  # not one a caller's own parameters made fail
+                self._failed(server)
             return None
         finally:
             session.opening.pop(server, None)

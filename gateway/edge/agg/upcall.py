@@ -26,6 +26,11 @@ class UpcallFailed(Exception):
     """The upstream did not answer this request usefully (down, timed out, not JSON-RPC)."""
 
 
+class UpcallDown(UpcallFailed):
+    """The server could not be reached, or gave no whole answer in time: the server's own
+    state, whatever the request (one a caller's parameters made it refuse is not)."""
+
+
 class UpcallRefused(UpcallFailed):
     """The upstream answered 429 or 503: full for now (its message says which setting), not
     down. ``/mcp`` passes the status and the message on."""
@@ -108,15 +113,15 @@ async def exchange(
     try:
         resp = await upstream.pool.request("POST", headers, body)
     except (*UPSTREAM_ERRORS, TimeoutError) as exc:
-        raise UpcallFailed(f"upstream {upstream.name!r} is unavailable") from exc
+        raise UpcallDown(f"upstream {upstream.name!r} is unavailable") from exc
     try:
         deadline = upstream.timeout if upstream.silence is not None else None
         async with asyncio.timeout(deadline):
             message = await _answer(upstream, resp, msg_id, version, session, grant)
     except TimeoutError as exc:
-        raise UpcallFailed(f"upstream {upstream.name!r} did not answer in time") from exc
+        raise UpcallDown(f"upstream {upstream.name!r} did not answer in time") from exc
     except (*UPSTREAM_ERRORS, StreamTooLarge) as exc:
-        raise UpcallFailed(f"upstream {upstream.name!r} failed while answering") from exc
+        raise UpcallDown(f"upstream {upstream.name!r} failed while answering") from exc
     finally:
         resp.close()
     if message is None:
