@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 
 from gateway.edge import forward as forward_module
 from gateway.edge.forward import Forward
 from gateway.edge.held import _forward_into_stream, _pipe
 from gateway.upstream.h1 import H1Pool
+from gateway.wire.sse import SseRewriter
 
 
 class PassAll:
@@ -46,6 +48,14 @@ async def upstream() -> AsyncIterator[tuple[H1Pool, list[bytes]]]:
             body = bodies.pop(0)
             if body == b"LATE":  # no head at all: the tool still runs
                 await reader.read()
+                return
+            if body == b"ASK":  # a stream: a question to the client, then nothing ever
+                asked = {"jsonrpc": "2.0", "id": 9, "method": "elicitation/create"}
+                event = b"event: message\ndata: " + json.dumps(asked).encode() + b"\n\n"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                writer.write(b"content-length: 100000\r\n\r\n" + event)
+                await writer.drain()
+                await reader.read()  # until the gateway closes
                 return
             if body == b"DRIP":  # the head, then a body in chunks of one byte each
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
@@ -262,3 +272,24 @@ async def test_a_body_in_tiny_chunks_is_held_as_its_bytes(
         resp.close()
     assert body is not None and body.count(b"y") == DRIPPED
     assert peak < 8 * DRIPPED  # a list of 100,000 one-byte objects alone is 4 MB
+
+
+async def test_a_tool_that_asked_then_stalled_is_ended_in_time(
+    upstream: tuple[H1Pool, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the client is being asked, the silence allowed is ``ASKING_SECONDS`` (a person
+    answering), never more: the clock stopped until the server spoke again, and a tool that
+    asked once and stalled held its caller's place for good (red-team wave 36)."""
+    monkeypatch.setattr(forward_module, "ASKING_SECONDS", 0.5)
+    pool, bodies = upstream
+    bodies.append(b"ASK")
+    resp = await pool.request("POST", {}, b"{}")
+    rewriter = SseRewriter(ReadsAll())
+    heard: list[bytes] = []
+    try:
+        with anyio.fail_after(10), pytest.raises(TimeoutError):
+            async for data in forward_module.relayed_events(resp, rewriter, 0.1):
+                heard.append(data)
+    finally:
+        resp.close()
+    assert b"elicitation/create" in b"".join(heard)

@@ -19,3 +19,13 @@ def test_json_of_too_many_objects_and_lists_is_refused_before_it_is_built() -> N
         jsonrpc.parse_body(body)
     fine = b"[" + b"1," * (jsonrpc.MAX_PARSED_CONTAINERS + 1) + b"1]"  # as long, no objects
     assert len(jsonrpc.loads(fine)) == jsonrpc.MAX_PARSED_CONTAINERS + 2
+
+
+def test_brackets_inside_strings_are_not_objects() -> None:
+    """A tool returning a data file as text (``[[1.5,2.5],...]``, one string) was refused,
+    and another agent's stored note of brackets made every read of the store fail (red-team
+    wave 36): brackets are counted again without strings' contents when over."""
+    data = '"' + "[[1.5,2.5]," * (jsonrpc.MAX_PARSED_CONTAINERS // 2) + '\\" {[ escaped"'
+    text = ('{"jsonrpc":"2.0","id":1,"result":{"text":' + data + "}}").encode()
+    assert jsonrpc.count_containers(text) > jsonrpc.MAX_PARSED_CONTAINERS
+    assert jsonrpc.loads(text)["result"]["text"].endswith('" {[ escaped')

@@ -550,6 +550,10 @@ async def _relay_sse(
     await send({"type": "http.response.body", "body": rewriter.close()})
 
 
+#: The silence allowed on a request's stream while the client is being asked something (a
+#: person answering), when ``servers.X.timeout`` is less.
+ASKING_SECONDS = 300.0
+
 #: A stream relayed gives the loop a turn after this many chunks, or this long, at most.
 FAIR_CHUNKS = 16
 FAIR_SECONDS = 0.005
@@ -581,14 +585,16 @@ async def relayed_events(
     once ``silence`` seconds pass with no message (keep-alives and comments reset nothing:
     a ping every half second held an approved call for good), with the loop's turns
     (:class:`Turns`). While the client is being asked something (the server's last message
-    was a request: elicitation, sampling, roots), the clock stops until the server's next
-    message: a person may be answering (the call was ended after servers.X.timeout of their
-    thinking, red-team wave 35), as on the stdio bridge."""
+    was a request: elicitation, sampling, roots), the silence allowed is ``ASKING_SECONDS``
+    if that is more: a person may be answering (the call was ended after servers.X.timeout
+    of their thinking, red-team wave 35), but a tool that asked once and then stalled held
+    its caller's place for good (red-team wave 36)."""
     loop = asyncio.get_running_loop()
     heard = loop.time()
     turns = Turns()
     while True:
-        deadline = None if silence is None or asking else heard + silence
+        allowed = max(silence, ASKING_SECONDS) if asking and silence is not None else silence
+        deadline = None if allowed is None else heard + allowed
         async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
             chunk = await resp.next_chunk()
         if chunk is None:

@@ -148,6 +148,22 @@ def count_containers(data: str | bytes) -> int:
     return data.count(b"{") + data.count(b"[")
 
 
+# A JSON string, escapes and all (atomic: linear however long).
+_STRING_TEXT = re.compile(r'"(?>[^"\\]+|\\.)*"', re.DOTALL)
+_STRING_BYTES = re.compile(rb'"(?>[^"\\]+|\\.)*"', re.DOTALL)
+
+
+def _over_containers(data: str | bytes) -> bool:
+    """Whether ``data`` opens more than ``MAX_PARSED_CONTAINERS`` objects and lists: counted
+    fast with strings' brackets too, and, only when that count is over, again without
+    what is inside strings (a data file of ``[[1.5,2.5],...]`` sent as text is one string)."""
+    if count_containers(data) <= MAX_PARSED_CONTAINERS:
+        return False
+    if isinstance(data, str):
+        return count_containers(_STRING_TEXT.sub("", data)) > MAX_PARSED_CONTAINERS
+    return count_containers(_STRING_BYTES.sub(b"", data)) > MAX_PARSED_CONTAINERS
+
+
 def _gc_paused(size: int, parse: Callable[..., Any], *args: Any, **options: Any) -> Any:
     """``parse(*args, **options)``, with the garbage collector paused when ``size`` is large.
     Python's collector runs every 700 new containers and walks every young one: a body of
@@ -157,7 +173,7 @@ def _gc_paused(size: int, parse: Callable[..., Any], *args: Any, **options: Any)
     invalid JSON is) when it could hold more than ``MAX_PARSED_CONTAINERS``."""
     if size < GC_PAUSE_CHARS:
         return parse(*args, **options)
-    if size > MAX_PARSED_CONTAINERS and count_containers(args[0]) > MAX_PARSED_CONTAINERS:
+    if size > MAX_PARSED_CONTAINERS and _over_containers(args[0]):
         raise TooManyContainers(
             f"the JSON holds more than {MAX_PARSED_CONTAINERS} objects and lists"
         )

@@ -250,10 +250,12 @@ def carries_id(data: bytes) -> bool:
 
 
 def asks(events: bytes) -> bool:
-    """Whether whole events (as relayed) hold a request of the server's to the client (a
-    method and an id: elicitation, sampling, roots), read without building any of it."""
+    """Whether the last message of whole events (as relayed) is a request of the server's
+    to the client (a method and an id: elicitation, sampling, roots), read without building
+    any of it."""
     if b'"method"' not in events or b'"id"' not in events:
         return False
+    asking = False
     for event in EVENT_END.split(events):
         data = event_data(event) if event.strip() else None
         if data is None:
@@ -261,10 +263,10 @@ def asks(events: bytes) -> bool:
         try:
             head = _ANSWER_HEAD.decode(data)
         except msgspec.DecodeError:
+            asking = False
             continue
-        if head.method is not msgspec.UNSET and head.id not in (b"", b"null"):
-            return True
-    return False
+        asking = head.method is not msgspec.UNSET and head.id not in (b"", b"null")
+    return asking
 
 
 class _AnswerHead(msgspec.Struct):
