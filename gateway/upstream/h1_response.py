@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 # A slow reader pauses the socket rather than letting chunks pile up without bound.
 _PAUSE_AT = 64
-#: Chunks under ``_SMALL`` bytes that arrive while others wait unread are gathered into one
-#: of at most ``_GATHER``: a body sent a byte a chunk was a queue of one object a byte (some
-#: 130 bytes each: 16 MiB of them took the gateway to 1.5 GiB, red-team wave 35).
+#: Chunks under ``_SMALL`` bytes that arrive while ``_GATHER_AT`` others wait unread are
+#: gathered into one of at most ``_GATHER``: a body sent a byte a chunk was a queue of one
+#: object a byte (some 130 bytes each: 16 MiB of them took the gateway to 1.5 GiB, red-team
+#: wave 35). Below that, chunks keep their bounds (a stream's answer told from what follows).
 _SMALL = 4096
 _GATHER = 64 * 1024
+_GATHER_AT = 16
 _RESUME_AT = 8
 
 
@@ -75,8 +77,8 @@ class H1Response:
             if chunk is None:
                 self._stop_discarding()
             return
-        if chunk is not None and len(chunk) < _SMALL:
-            tail = self._chunks[-1] if self._chunks else None
+        if chunk is not None and len(chunk) < _SMALL and len(self._chunks) >= _GATHER_AT:
+            tail = self._chunks[-1]
             if isinstance(tail, bytearray) and len(tail) < _GATHER:
                 tail += chunk  # the reader was woken for the tail already
                 return
