@@ -139,6 +139,27 @@ class TestPins:
         pins.repinned(Pins(None, pinned={("other", "echo"): tool_digest(v0)}, source="c"))
         assert pins.refusal("other", "echo") is None  # never seen: the next listing checks it
 
+    def test_a_pin_ahead_of_the_server_opens_once_the_server_shows_it(self) -> None:
+        """Upgraded, then pinned before anyone listed it (a stdio server's running process
+        still shows the old one): the tool stayed refused after the server showed the pin,
+        until a second ``pins update`` (red-team wave 36). Only the pin ever opens it."""
+        v1 = {"name": "echo", "description": "one"}
+        v2 = {"name": "echo", "description": "two"}
+        pins = Pins(None)
+        pins.observe("up", v1)
+        pins.repinned(Pins(None, pinned={("up", "echo"): tool_digest(v2)}, source="a"))
+        refused = pins.refusal("up", "echo")
+        assert refused is not None and "is not the one pinned" in refused
+        assert pins.observe("up", v1) == "changed"  # the old process, listed again
+        assert pins.observe("up", {**v1, "description": "three"}) == "changed"
+        assert pins.refusal("up", "echo") is not None  # another definition: a change
+        assert pins.observe("up", v2) == "changed"  # ... which the pin showing does not end
+        pins = Pins(None)
+        pins.observe("up", v1)
+        pins.repinned(Pins(None, pinned={("up", "echo"): tool_digest(v2)}, source="b"))
+        pins.observe("up", v1)
+        assert pins.observe("up", v2) == "same" and pins.refusal("up", "echo") is None
+
     def test_accepting_changes_is_a_setting(self) -> None:
         pins = Pins(None, accept_changes=True)
         pins.observe("up", {"name": "echo", "description": "one"})

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -30,7 +31,12 @@ from tests.peers import raw_upstream
 
 KEY = "cgk_ended-calls-agent-0123456789"
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
-UPSTREAMS = {"hanging": "hang", "silent": "sse-silent", "mute": "sse-silent,resume-silent"}
+UPSTREAMS = {
+    "hanging": "hang",
+    "silent": "sse-silent",
+    "mute": "sse-silent,resume-silent",
+    "deleting": "delete-stream",
+}
 HEADERS = {
     "authorization": f"Bearer {KEY}",
     "accept": "application/json, text/event-stream",
@@ -175,6 +181,16 @@ async def test_a_resumed_stream_that_stays_silent_ends(gateway: GatewayProcess, 
         assert resumed.status_code == 200 and "data:" not in resumed.text
         if path == "/mcp":  # a DELETE passes even at the cap: it gives places back
             assert (await http.delete(path, headers=headers)).status_code < 300
+
+
+async def test_a_delete_answered_with_an_endless_stream_ends(gateway: GatewayProcess) -> None:
+    """An upstream answered DELETE with a stream of keep-alives that never ended: each held
+    a connection and a place among its caller's notices (where its cancels go) for good
+    (red-team wave 36). It ends after ``servers.X.timeout`` with no message."""
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
+        with anyio.fail_after(15):
+            ended = await http.delete("/mcp/deleting", headers=HEADERS)
+    assert ended.status_code == 200 and "data:" not in ended.text
 
 
 def test_a_resumed_stream_brings_no_answer_to_an_ended_call() -> None:

@@ -363,9 +363,12 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
         # servers.X.timeout: a stuck tool held its caller (and its place) for good. So does a
         # resumed one (GET with Last-Event-ID): the TypeScript SDK resumes the stream of every
         # call it gave up on, and each held one of its agent's places until none was left.
-        request = fwd.msg_id is not None and incoming.method == "POST"
+        # A DELETE answered as a stream, likewise: keep-alives held it (a place among its
+        # caller's notices, and a connection) for good (red-team wave 36). Only a GET with
+        # nothing to resume (a server's own stream) may be quiet for as long as it likes.
         resumed = incoming.method == "GET" and fwd.last_event_id is not None
-        silence = fwd.upstream.silence if request or resumed else None
+        listen = incoming.method == "GET" and not resumed
+        silence = None if listen else fwd.upstream.silence
         relay = _relay_sse(send, resp, fwd, start, alone, silence)
         await watching_disconnect(incoming.receive, relay)
     else:

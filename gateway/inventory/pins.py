@@ -62,6 +62,10 @@ class Change:
     pinned: str
     seen: str
     latest: str
+    #: Made by a pins file read again, not by a listing: the pin is ahead of what was last
+    #: seen (a server upgraded and pinned before anyone listed it), and a listing that shows
+    #: the pin ends it.
+    ahead: bool = False
 
 
 @dataclass
@@ -117,9 +121,14 @@ class Pins:
         if pinned != digest:
             if change is None or change.seen != digest:
                 log.warning("pins.changed", server=server, tool=name, pinned=pinned, seen=digest)
-            self.changed[key] = Change(pinned, digest, digest)
+            # still the definition the pin is ahead of (a process not yet restarted): ahead
+            ahead = change is not None and change.ahead and digest == change.seen
+            self.changed[key] = Change(pinned, digest, digest, ahead=ahead)
             return "changed"
         if change is None:
+            return "same"
+        if change.ahead:  # the server now shows what the file pins: nothing changed
+            del self.changed[key]
             return "same"
         self.changed[key] = Change(pinned, change.seen, digest)
         return "changed"
@@ -146,7 +155,9 @@ class Pins:
             if change is None:
                 server, tool = key
                 log.warning("pins.changed", server=server, tool=tool, pinned=digest, seen=seen)
-            self.changed[key] = Change(digest, seen if change is None else change.seen, seen)
+                self.changed[key] = Change(digest, seen, seen, ahead=True)
+            else:
+                self.changed[key] = Change(digest, change.seen, seen, ahead=change.ahead)
 
     def refusal(self, server: str, tool: str) -> str | None:
         """Why a call must be refused (the definition changed), or None."""
@@ -155,6 +166,12 @@ class Pins:
         change = self.changed.get((server, tool))
         if change is None:
             return None
+        if change.ahead:
+            return (
+                f"the definition of {server}/{tool} last seen ({change.seen[:19]}…) is not "
+                f"the one pinned ({change.pinned[:19]}…); it is refused until the server "
+                "shows the pinned one (a listing of its tools), or `celgate pins update`"
+            )
         return (
             f"the definition of {server}/{tool} changed since it was pinned "
             f"(pinned {change.pinned[:19]}…, now {change.seen[:19]}…); "

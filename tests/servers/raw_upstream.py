@@ -42,6 +42,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
 * ``resume-silent``: a GET with ``Last-Event-ID`` is a stream that sends nothing and never
   ends (the SDK's server resuming the stream of a call its client cancelled);
+* ``delete-stream``: a DELETE is answered with a stream of keep-alive comments that never
+  ends (one every 0.2 s);
 * ``one-sid``: every ``initialize`` is answered with the one session id ``shared-1`` (as a
   server behind a proxy that pins one session may);
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
@@ -160,6 +162,14 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+    if method == "DELETE" and "delete-stream" in MISBEHAVE:
+        log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        while True:  # until the gateway drops the connection
+            writer.write(chunk(b": keep-alive\n\n"))
+            await writer.drain()
+            await asyncio.sleep(0.2)
     if method == "GET" and "get-forge" in MISBEHAVE:
         log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
