@@ -133,25 +133,32 @@ async def test_a_silent_stream_is_cancelled_upstream(
     await cancelled(logs["silent"], 41)
 
 
+async def _ended_then_resumed(
+    http: httpx.AsyncClient, path: str, server: str, msg_id: int
+) -> tuple[httpx.Response, dict[str, str]]:
+    """A call to ``server``'s echo at ``path`` that the gateway ends (its upstream is silent),
+    then its stream resumed from the event id it gave: (the resumed answer, the headers)."""
+    headers = dict(HEADERS)
+    name = "echo" if path == f"/mcp/{server}" else f"{server}__echo"
+    if path == "/mcp":
+        opened = await http.post(path, json=initialize_body("resumes"), headers=headers)
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+    message = {**call(msg_id), "params": {"name": name, "arguments": {"text": "hi"}}}
+    ended = await http.post(path, json=message, headers=headers)
+    assert "the call is ended here" in ended.text
+    event_id = next(line[3:].strip() for line in ended.text.splitlines() if line.startswith("id:"))
+    resumed = await http.get(
+        path, headers={**headers, "accept": "text/event-stream", "last-event-id": event_id}
+    )
+    return resumed, headers
+
+
 @pytest.mark.parametrize("path", ["/mcp/silent", "/mcp"])
 async def test_a_resumed_stream_brings_no_late_answer(gateway: GatewayProcess, path: str) -> None:
     """The TypeScript SDK resumes a stream that ended without a result (the gateway's error
     is none): the upstream's late answer was passed on /mcp (wave 30)."""
-    headers = dict(HEADERS)
-    name = "echo" if path == "/mcp/silent" else "silent__echo"
     async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
-        if path == "/mcp":
-            opened = await http.post(path, json=initialize_body("resumes"), headers=headers)
-            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-        message = {**call(71), "params": {"name": name, "arguments": {"text": "hi"}}}
-        ended = await http.post(path, json=message, headers=headers)
-        assert "the call is ended here" in ended.text
-        event_id = next(
-            line[3:].strip() for line in ended.text.splitlines() if line.startswith("id:")
-        )
-        resumed = await http.get(
-            path, headers={**headers, "accept": "text/event-stream", "last-event-id": event_id}
-        )
+        resumed, _ = await _ended_then_resumed(http, path, "silent", 71)
     assert resumed.status_code == 200
     assert "data:" not in resumed.text  # the late answer (id 71) was dropped
 
@@ -163,21 +170,9 @@ async def test_a_resumed_stream_that_stays_silent_ends(gateway: GatewayProcess, 
     stream held one of its agent's places for good, until every request of that agent was
     429 (red-team wave 35). It ends after ``servers.X.timeout`` of silence, as a request's
     stream does, with no error of its own (it answers no request)."""
-    headers = dict(HEADERS)
-    name = "echo" if path == "/mcp/mute" else "mute__echo"
     async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
-        if path == "/mcp":
-            opened = await http.post(path, json=initialize_body("resumes"), headers=headers)
-            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-        message = {**call(72), "params": {"name": name, "arguments": {"text": "hi"}}}
-        ended = await http.post(path, json=message, headers=headers)
-        assert "the call is ended here" in ended.text
-        event_id = next(
-            line[3:].strip() for line in ended.text.splitlines() if line.startswith("id:")
-        )
-        resumed = await http.get(
-            path, headers={**headers, "accept": "text/event-stream", "last-event-id": event_id}
-        )  # ends (or the client's 20 s read timeout fails the test)
+        # ends (or the client's 20 s read timeout fails the test)
+        resumed, headers = await _ended_then_resumed(http, path, "mute", 72)
         assert resumed.status_code == 200 and "data:" not in resumed.text
         if path == "/mcp":  # a DELETE passes even at the cap: it gives places back
             assert (await http.delete(path, headers=headers)).status_code < 300

@@ -110,9 +110,9 @@ class ClientView:
         self.session = session
         #: The upstream's ids of the tasks this stream may speak of: those its request named
         #: (checked as this caller's: a ``tasks/*`` request's one, a listen's followed ones).
-        #: A message about any other task is dropped (an answer becomes an error). None:
-        #: every task (no face sets it so: an upstream may tell any task on any stream).
-        self.tasks: frozenset[str] | None = frozenset()
+        #: A message about any other task is dropped (an answer becomes an error): an
+        #: upstream may tell any task on any stream, a session's own GET included.
+        self.tasks: frozenset[str] = frozenset()
         #: The request is a ``tools/call``: its answer may make a task (bound, and then known).
         self.creates = False
         self.created: set[str] = set()
@@ -185,8 +185,7 @@ class ClientView:
 
     def _may_hear_of(self, task_id: str | None) -> bool:
         """Whether this stream may speak of the upstream's task ``task_id``."""
-        tasks = self.tasks
-        return tasks is None or task_id in tasks or task_id in self.created
+        return task_id in self.tasks or task_id in self.created
 
     def _known_task_id(self, task_id: str) -> str:
         if not self._may_hear_of(task_id):
