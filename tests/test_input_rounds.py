@@ -161,3 +161,40 @@ def test_one_admission_runs_at_most_ten_rounds(asking: GatewayProcess) -> None:
     first = asking.records()[0]["decision_id"]
     assert f"continuing {first} (round 2)" in reasons[1]
     assert f"continuing {first} (round 10)" in reasons[9]
+
+
+def test_a_continuation_state_is_carried_only_for_its_call(tmp_path: Path) -> None:
+    """The upstream's state inside the gateway's went back upstream on any call that carried
+    it, checked or not: a handshake-era request (whose state nothing checks) replayed one
+    call's upstream state onto other calls, other tools and other servers, as often as it
+    liked (red-team wave 37). Now it is put back only for the call it was issued for, once
+    its state is checked and used up; elsewhere the upstream gets no state at all."""
+    calls = tmp_path / "calls.jsonl"
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"ask_always": True}))
+    env = {"LITERAL_SCRIPT": str(script), "UPSTREAM_CALL_LOG": str(calls)}
+    with (
+        literal_upstream(env) as peer,
+        run_gateway(tmp_path, 'version: "1"\ndefault: allow\n', {"a": {"url": peer.url}}) as gw,
+    ):
+        params: dict[str, Any] = {"name": "echo", "arguments": {"x": 1}, "_meta": META}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+        answer = httpx.post(gw.url("a"), json=body, headers=HEADERS, timeout=20).json()
+        state = answer["result"]["requestState"]
+        assert state.startswith("celgate.v1.")
+        legacy = {**HEADERS, "mcp-protocol-version": "2025-11-25", "mcp-name": "add"}
+        for _ in range(2):  # another tool, the handshake era, twice
+            params = {"name": "add", "arguments": {"y": 2}, "requestState": state}
+            body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+            httpx.post(gw.url("a"), json=body, headers=legacy, timeout=20).raise_for_status()
+        params = {"name": "echo", "arguments": {"x": 1}, "_meta": META, "requestState": state}
+        params["inputResponses"] = {"more": {"action": "accept", "content": {}}}
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}
+        httpx.post(gw.url("a"), json=body, headers=HEADERS, timeout=20).raise_for_status()
+    seen = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [(r["tool"], r.get("requestState")) for r in seen] == [
+        ("echo", None),
+        ("add", None),
+        ("add", None),
+        ("echo", "up-0"),  # its own continuation: the upstream's state, back in place
+    ]

@@ -48,7 +48,6 @@ async def call_through(
 
     held = HeldStream(incoming, send, message, gw, call, key) if accepts_sse(incoming) else None
     face = ElicitFace(gw, message, version, identity, held)
-    fwd.body = face.upstream_body(fwd.body)
     elicit = face.elicitor(call, fwd) if face.available(fwd) else None
     # A call held in wait mode may be cancelled by its client, on a stream or not.
     modern = version in MODERN_VERSIONS
@@ -57,6 +56,7 @@ async def call_through(
         admission = await admit(gw, call, hold=hold, elicit=elicit, resume=face.resumes)
     if admission.allowed:  # an approved call's upstream may ask for input: carried on
         fwd.view = await face.continuing(fwd.view, call, admission.decision, admission.decision_id)
+        fwd.body = face.upstream_body(fwd.body)
     if held is not None and held.opened:
         await held.answer(gw, call, fwd, admission)
         _failed_upstream(fwd, call, admission)

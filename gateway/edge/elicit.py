@@ -160,16 +160,21 @@ class ElicitFace:
         return clients.elicits(fwd.upstream.name, self.identity.owner, fwd.session_id)
 
     def upstream_body(self, body: bytes | None) -> bytes | None:
-        """The body the upstream gets: without the gateway's own state and answer (with the
-        upstream's own state back in place, for a continuation)."""
+        """The body the upstream gets, once the call is decided: without the gateway's own
+        state and answer, and with the upstream's own state back in place only for a
+        continuation whose state was checked against this call and used up (``_stateless``).
+        It was put back for any call that carried a state of the gateway's: a handshake-era
+        request, whose state nothing checked, replayed one call's upstream state onto other
+        tools and servers, as often as it liked (red-team wave 37)."""
         if not self.ours or body is None:
             return body
         value = json_loads(body)
         params = value["params"]
         params.pop("requestState", None)
-        carried = inband.upstream_state(self.gw.signer.key, str(self.state))
-        if carried is not None:
-            params["requestState"] = carried
+        if self.continued is not None:
+            carried = inband.upstream_state(self.gw.signer.key, str(self.state))
+            if carried is not None:
+                params["requestState"] = carried
         responses = params.get("inputResponses")
         if isinstance(responses, dict):
             responses.pop(INPUT_KEY, None)

@@ -67,6 +67,8 @@ def _log_call(params: dict[str, Any], notification: bool) -> None:
         "notification": notification,
         "pid": os.getpid(),
     }
+    if "requestState" in params:
+        record["requestState"] = params["requestState"]
     with _lock, open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, default=str) + "\n")
         fh.flush()
