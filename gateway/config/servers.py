@@ -14,7 +14,15 @@ from gateway.located import Node
 from gateway.policy.schema import Fields
 
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_HTTP_SERVER = {"url", "headers", "timeout", "ca_file", "prefix"}
+_HTTP_SERVER = {
+    "url",
+    "headers",
+    "timeout",
+    "ca_file",
+    "prefix",
+    "max_sessions",
+    "max_sessions_per_grant",
+}
 _STDIO_SERVER = {
     "command",
     "args",
@@ -101,6 +109,8 @@ def _http_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
         headers=read.str_map(sub, "headers"),
         timeout=sub.positive_number("timeout"),
         ca_file=ca_path,
+        max_sessions=sub.positive_int("max_sessions"),
+        max_sessions_per_grant=sub.positive_int("max_sessions_per_grant"),
     )
 
 

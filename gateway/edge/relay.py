@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
@@ -28,6 +29,8 @@ from gateway.upstream.http import HttpUpstream
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message
+
+log = structlog.get_logger("celgate.relay")
 
 
 class Relay:
@@ -78,6 +81,12 @@ class Relay:
                 raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
             return None
         sid = self.gw.signer.unwrap(upstream.name, identity.owner, presented)
+        table = upstream.sessions
+        if sid is not None and table is not None:
+            if table.was_ended(identity.owner, sid):  # to make room for its caller's newer
+                sid = None
+            else:
+                upstream.end_sessions(table.used(identity.owner, sid))
         if sid is None:
             raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404, msg_id=msg_id)
         return sid
@@ -107,7 +116,9 @@ class Relay:
                 raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID not recognised", status=400)
             fwd.last_event_id = event_id
             view.answers = both(view.answers, ended_here(upstream.name, identity.owner, session))
-        await forward(incoming, send, fwd)
+        resp = await forward(incoming, send, fwd)
+        if incoming.method == "DELETE" and resp is not None:
+            _ended(upstream, identity, session, resp.status)
 
     async def _post(
         self, incoming: Incoming, send: Send, upstream: HttpUpstream, identity: Identity
@@ -152,15 +163,31 @@ class Relay:
             view.creates = True
             await self._call(incoming, send, fwd, message, identity)
             return
+        if (
+            initializing
+            and upstream.sessions is not None
+            and upstream.sessions.full_for(identity.owner)
+        ):
+            log.warning("relay.at_capacity", server=upstream.name, owner=identity.owner)
+            msg = f"upstream {upstream.name!r} holds its most sessions (servers.X.max_sessions)"
+            status = rpc.upstream_failure_status(message.msg_id, 503)
+            raise BadMessage(rpc.UPSTREAM_UNAVAILABLE, msg, status=status, msg_id=message.msg_id)
         if names_tasks(message):  # only this caller's tasks, by the upstream's own ids
             sent, named, view.tasks = upstream_request(self.gw, upstream.name, identity, message)
             fwd.body = sent if sent is not None else fwd.body
             if named is not None and incoming.header("mcp-name") is not None:
                 fwd.params = {"mcp-name": encode_header_value(named)}
         resp = await forward(incoming, send, fwd)
-        if initializing and resp is not None and resp.status < 400:
+        if resp is None:
+            return
+        if initializing and resp.status < 400:
             upstream.stateful = "mcp-session-id" in resp.headers
             remember_client(self.gw, upstream.name, identity, view.session, message)
+            made = resp.headers.get("mcp-session-id")
+            if upstream.sessions is not None and made is not None and fwd.failure is None:
+                upstream.end_sessions(upstream.sessions.used(identity.owner, made.strip()))
+        elif resp.status == 404:
+            _ended(upstream, identity, session, resp.status)
 
     async def _call(
         self,
@@ -173,6 +200,13 @@ class Relay:
         call = _call_of(message, fwd, identity, incoming, self.gw)
         version = _version(message, incoming)
         await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
+
+
+def _ended(upstream: HttpUpstream, identity: Identity, session: str | None, status: int) -> None:
+    """A session its client ended (DELETE), or one the upstream no longer knows (404), is
+    no longer counted against its caller (``servers.X.max_sessions_per_grant``)."""
+    if upstream.sessions is not None and session is not None and (status < 300 or status == 404):
+        upstream.sessions.ended(identity.owner, session)
 
 
 def _version(message: Message, incoming: Incoming) -> str | None:

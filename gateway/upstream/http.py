@@ -17,6 +17,7 @@ import structlog
 from gateway.config import ServerConfig
 from gateway.errors import UpstreamIOError
 from gateway.upstream.h1 import H1Pool, H1Response
+from gateway.upstream.sessions import SessionTable
 
 
 class Pool(Protocol):
@@ -61,6 +62,10 @@ def probe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: Sessions being ended upstream at once (``HttpUpstream.end_sessions``).
+MAX_ENDING = 64
+
+
 #: The caller's grant, on requests to an upstream in this process (never a client's header:
 #: the relay forwards only an allow-list of those).
 GRANT_HEADER = "x-celgate-grant"
@@ -84,6 +89,12 @@ class HttpUpstream:
         # process (a stdio bridge, which counts processes per grant), never one on a network.
         self.takes_grant = False
         self.health = UpstreamHealth()
+        #: Handshake-era sessions callers hold here through the relay (None: not counted,
+        #: as for a stdio bridge, which counts its processes).
+        self.sessions: SessionTable | None = SessionTable(
+            config.max_sessions, config.max_sessions_per_grant
+        )
+        self._ending: set[asyncio.Task[None]] = set()
         # servers.X.timeout bounds every request's wait for its answer's head (relay, probe,
         # learn_sessions); a stream may then idle.
         self.pool: Pool = H1Pool(
@@ -157,13 +168,33 @@ class HttpUpstream:
                 if response.status < 400 and self.stateful is None:
                     self.stateful = sid is not None
                 if sid is not None:
-                    ended = await self.pool.request(
-                        "DELETE", {**self.headers, "mcp-session-id": sid}
-                    )
-                    ended.close()
+                    await self._delete(sid)
         except (UpstreamIOError, TimeoutError, OSError):
             return None
         return self.stateful
+
+    async def _delete(self, sid: str) -> None:
+        ended = await self.pool.request("DELETE", {**self.headers, "mcp-session-id": sid})
+        ended.close()
+
+    def end_sessions(self, sids: list[str]) -> None:
+        """Tell the upstream these sessions are over: a DELETE each, in the background, at
+        most ``MAX_ENDING`` at once (past that a session is only forgotten here, and the
+        upstream keeps it until it ends it itself)."""
+        for sid in sids:
+            if len(self._ending) >= MAX_ENDING:
+                log.warning("upstream.session_not_ended", server=self.name)
+                continue
+            task = asyncio.ensure_future(self._end(sid))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    async def _end(self, sid: str) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._delete(sid)
+        except (UpstreamIOError, TimeoutError, OSError) as exc:
+            log.info("upstream.session_not_ended", server=self.name, error=probe_error(exc))
 
     async def close(self) -> None:
         self.pool.close()

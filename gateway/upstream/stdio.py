@@ -231,6 +231,7 @@ class StdioUpstream(HttpUpstream):
         super().__init__(replace(config, url=BRIDGE_URL, headers={}))
         self.bridge = StdioBridge(config)
         self.takes_grant = True
+        self.sessions = None  # the bridge counts its processes (max_processes*)
         # The bridge keeps each request's silence deadline, from the child's first output
         # after a (re)start: a cold start longer than the timeout is not silence.
         self.silence = None

@@ -46,6 +46,9 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
   ends (one every 0.2 s);
 * ``one-sid``: every ``initialize`` is answered with the one session id ``shared-1`` (as a
   server behind a proxy that pins one session may);
+* ``sessions``: every ``initialize`` is answered with a new session id (``s-1``, ``s-2``...);
+  a DELETE ends the session it names (200, logged with ``sid``); a POST naming a session
+  that was never made or was ended is answered 404 (logged with ``sid``);
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
   a ``notifications/message``, then its end.
 """
@@ -66,6 +69,8 @@ LOG = os.environ.get("RAW_UPSTREAM_LOG")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _conn_ids = itertools.count(1)
 SILENT: list[dict[str, Any]] = []  # the calls ``sse-silent`` left unanswered
+_session_ids = itertools.count(1)
+LIVE: set[str] = set()  # ``sessions``: the ids made and not yet ended
 
 ECHO = {
     "name": "echo",
@@ -170,6 +175,14 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             writer.write(chunk(b": keep-alive\n\n"))
             await writer.drain()
             await asyncio.sleep(0.2)
+    if "sessions" in MISBEHAVE and method in ("DELETE", "POST") and "mcp-session-id" in headers:
+        sid = headers["mcp-session-id"]
+        known = sid in LIVE
+        if method == "DELETE" or not known:
+            log({"conn": conn, "method": method, "rpc": None, "sid": sid, "known": known})
+            LIVE.discard(sid)
+            writer.write(answer("200 OK" if known else "404 Not Found"))
+            return True
     if method == "GET" and "get-forge" in MISBEHAVE:
         log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
@@ -220,6 +233,10 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     out = reply_to(message)
     if rpc == "initialize" and "one-sid" in MISBEHAVE:
         out = out.replace(b"\r\n", b"\r\nmcp-session-id: shared-1\r\n", 1)
+    if rpc == "initialize" and "sessions" in MISBEHAVE:
+        sid = f"s-{next(_session_ids)}"
+        LIVE.add(sid)
+        out = out.replace(b"\r\n", f"\r\nmcp-session-id: {sid}\r\n".encode(), 1)
     if rpc == "initialize" and "long-sid" in MISBEHAVE:
         out = out.replace(b"\r\n", b"\r\nmcp-session-id: " + b"s" * 5000 + b"\r\n", 1)
     writer.write(out)
