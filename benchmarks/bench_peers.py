@@ -252,8 +252,12 @@ def stack(ns: argparse.Namespace, failed: dict[str, str]) -> Iterator[list[Targe
         ]
         # The aggregate keeps 64 sessions per grant by default: raised to hold --sessions.
         room = {"aggregate": {"max_sessions_per_grant": ns.sessions + 64, "max_sessions": 10**5}}
-        allow = _celgate(tree, folder / "allow", ALLOW, {"up": {"url": up.url}}, st, **room)
-        cel = _celgate(tree, folder / "cel", CEL_LIMIT, {"up": {"url": up.url}}, st)
+        # So does the relay, per upstream (256 an agent), in revisions that count them.
+        server: dict[str, Any] = {"url": up.url}
+        if "max_sessions_per_grant" in (tree / "gateway/config/servers.py").read_text():
+            server.update(max_sessions_per_grant=ns.sessions + 64, max_sessions=10**5)
+        allow = _celgate(tree, folder / "allow", ALLOW, {"up": server}, st, **room)
+        cel = _celgate(tree, folder / "cel", CEL_LIMIT, {"up": server}, st)
         # Its own process: each legacy session on a stdio relay is a child process of its own.
         # One legacy session is one process: the defaults (16 in all, 8 a grant) would evict.
         cap = ns.clients + 1
