@@ -6,6 +6,7 @@ shape; an admitted call forwarded, its upstream time measured."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from mcp.shared.inbound import (
@@ -21,7 +22,8 @@ from gateway.edge.replies import denial, is_task_call
 from gateway.edge.toolnames import name_problem
 from gateway.pipeline.admission import Admission, admit, refused_unread, timed_upstream
 from gateway.pipeline.gateway import Gateway
-from gateway.policy import Call, Identity
+from gateway.policy import Call, Decision, Identity
+from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply
@@ -38,10 +40,12 @@ async def call_through(
     identity: Identity,
     version: str | None,
     admission: Admission | None = None,
+    where: str | None = None,
 ) -> None:
     """Decide ``call`` (unless ``admission`` says it was decided already), then forward it
-    or answer its refusal."""
-    fwd.params = param_headers(gw, incoming, call, version, message)
+    or answer its refusal. ``where``: the endpoint the caller called, as its refusals name
+    it (``/mcp/<server>`` unless said)."""
+    fwd.params, unchecked = param_headers(gw, incoming, call, version, message)
 
     def key() -> HeldKey:  # made only for a call that is held
         return held_key(incoming, identity, message.msg_id)
@@ -54,6 +58,8 @@ async def call_through(
     hold = held.hold if held is not None else Cancellable(gw, call, key).watched(incoming, modern)
     if admission is None:
         admission = await admit(gw, call, hold=hold, elicit=elicit, resume=face.resumes)
+    if admission.allowed and unchecked is not None:  # never: the policy refuses it whatever
+        raise BadMessage(rpc.HEADER_MISMATCH, unchecked, msg_id=message.msg_id)
     if admission.allowed:  # an approved call's upstream may ask for input: carried on
         fwd.view = await face.continuing(fwd.view, call, admission.decision, admission.decision_id)
         fwd.body = face.upstream_body(fwd.body)
@@ -67,12 +73,32 @@ async def call_through(
         return
     if not admission.allowed:
         task = is_task_call(message.params)
-        body = denial(message.msg_id, admission.decision, admission.decision_id, version, task)
+        shown = told(gw, call, admission.decision, message, where or f"/mcp/{call.server}")
+        body = denial(message.msg_id, shown, admission.decision_id, version, task)
         await reply(send, 200, body)
         return
     async with timed_upstream(gw, call):
         await forward(incoming, send, fwd)
     _failed_upstream(fwd, call, admission)
+
+
+def told(gw: Gateway, call: Call, decision: Decision, message: Message, where: str) -> Decision:
+    """A refusal as its caller is told it. A tool the policy refuses this caller whatever
+    its arguments is one its ``tools/list`` does not show: its refusal is told exactly as a
+    name no server has is (``/mcp``'s, ``aggregate.route``), the decision itself kept for the
+    record. A hidden tool was told apart from a missing one by the rule that refused it, by
+    the argument-type reason that replaced a condition's failure (a guessed argument of the
+    wrong type read its schema), and on ``/mcp`` by being routed at all (red-team wave 37)."""
+    if decision.effect != "deny" or visible(gw.policy, call, gw.now()):
+        return decision
+    name = message.params.get("name")
+    return Decision(
+        effect="deny",
+        rule="route",
+        reason=f"no tool named {name!r} on {where}",
+        revision=decision.revision,
+        error="no_tool",
+    )
 
 
 def _failed_upstream(fwd: Forward, call: Call, admission: Admission) -> None:
@@ -141,20 +167,28 @@ def tool_name(name: object, msg_id: object) -> str:
 
 def param_headers(
     gw: Gateway, incoming: Incoming, call: Call, version: str | None, message: Message
-) -> dict[str, str] | None:
+) -> tuple[dict[str, str] | None, str | None]:
     """The ``Mcp-Param-*`` headers (SEP-2243) the upstream gets for a tool whose schema
     declares them: made here from the body's arguments, never the client's copied (so header
     and body cannot differ upstream). A 2026-07-28 client's own must agree with its body, as
-    the server would check: a mismatch is refused before any policy is looked at."""
+    the server would check: a mismatch is refused (and recorded) before any policy is looked
+    at, unless the policy refuses the caller the tool whatever its arguments: then that
+    refusal answers, as for a tool not there, and the mismatch is returned unchecked (the
+    call must not go ahead on it). This check told a hidden tool's declared headers, and so
+    its existence (red-team wave 37)."""
     schema = gw.param_schemas.get((call.server or "", call.tool))
     if schema is None:
-        return None
+        return None, None
     sent = {k: v for k, v in incoming.headers.items() if k.startswith("mcp-param-")}
+    problem: str | None = None
     if any(k in incoming.repeated for k in sent):
-        msg = "an Mcp-Param header given twice"
-        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=message.msg_id)
-    if version in MODERN_VERSIONS or sent:
+        problem = "an Mcp-Param header given twice"
+    elif version in MODERN_VERSIONS or sent:
         refused = validate_mcp_param_headers(schema, call.args, sent)
-        if refused is not None:
-            raise BadMessage(rpc.HEADER_MISMATCH, refused.message, msg_id=message.msg_id)
-    return mcp_param_headers(x_mcp_header_map(schema), call.args)
+        problem = refused.message if refused is not None else None
+    if problem is None:
+        return mcp_param_headers(x_mcp_header_map(schema), call.args), None
+    if not visible(gw.policy, call, gw.now()):
+        return None, problem
+    refused_unread(gw, replace(call, args={}), problem, rule="params", error="header_mismatch")
+    raise BadMessage(rpc.HEADER_MISMATCH, problem, msg_id=message.msg_id)

@@ -49,7 +49,7 @@ from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
 from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
 from gateway.edge.agg.view import AggView
-from gateway.edge.calls import call_through, tool_call
+from gateway.edge.calls import call_through, told, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward
@@ -286,7 +286,8 @@ class Handshake:
             if verdict(gw, call).effect == "deny":
                 admission = await admit(self.gw, call)
                 if not admission.allowed:
-                    decision, version = admission.decision, incoming.header("mcp-protocol-version")
+                    decision = told(gw, call, admission.decision, message, "/mcp")
+                    version = incoming.header("mcp-protocol-version")
                     body = denial(msg_id, decision, admission.decision_id, version)
                     await reply(send, 200, body)
                     return
@@ -337,7 +338,9 @@ class Handshake:
         version = incoming.header("mcp-protocol-version")
         done = session.track(message.msg_id, server)
         try:
-            await call_through(gw, incoming, send, message, call, fwd, identity, version, admission)
+            await call_through(
+                gw, incoming, send, message, call, fwd, identity, version, admission, "/mcp"
+            )
         finally:
             done()
 

@@ -207,7 +207,9 @@ class Stateless:
             await forward(incoming, send, fwd)
             return
         call = tool_call(self.gw, incoming, message, server, changed["name"], identity)
-        await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
+        await call_through(
+            self.gw, incoming, send, message, call, fwd, identity, version, where="/mcp"
+        )
 
     async def _learn_resources(self, identity: Identity, version: str, meta: Any) -> None:
         for method in ("resources/list", "resources/templates/list"):
