@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from gateway.errors import BackendUnavailable
 from gateway.pipeline.enforce import apply_limits, check_arg_types, check_pin
 from gateway.policy import Call, Decision, decide
 from gateway.policy.secrets import secret_paths
@@ -72,9 +73,9 @@ async def admit(
     ``hold`` when the face gives one; in ``elicit`` mode the face asks the client's human
     (``elicit``), or, when it cannot (no such face, a client without elicitation), the rule's
     ``fallback`` mode applies. Without an approval service a held call stays held.
-    If the call is interrupted the record still gets written and the exception goes on: a
-    cancelled call (the caller went away) with the decision as far as it got, a failure (a
-    store, say) as a deny with ``error: internal_error``.
+    If the call is interrupted the record still gets written: a cancelled call (the caller
+    went away) with the decision as far as it got, and the cancellation goes on; a failure
+    (a store, say) is a deny with ``error: internal_error``, returned as any refusal is.
     """
     started = clock()
     call = await schema_read(gw, call)
@@ -118,15 +119,23 @@ async def admit(
     except Exception as exc:
         # A failure on the way (a store, an elicitation): the call goes no further, and its
         # record says so rather than showing the decision as far as it got (an allow, say).
+        # Its caller is told as every refusal is, a tool error under HTTP 200: a 503 read as
+        # a broken transport to the TypeScript SDK and the Inspector, which never read why
+        # (red-team wave 37). An outage of a shared store is logged by its store.
+        reason = "the gateway failed while deciding this call"
+        if isinstance(exc, BackendUnavailable):
+            reason = "a store this call needs (approvals) is unavailable: try again later"
+        else:
+            log.exception("admission.failed", server=call.server, tool=call.tool)
         failed = replace(
             decision,
             effect="deny",
-            reason="the gateway failed while deciding this call",
+            reason=reason,
             error="internal_error",
             error_detail=type(exc).__name__,
+            limits=(),
         )
-        _record(gw, call, failed, decision_id, clock() - started, timer.waited)
-        raise
+        return _record(gw, call, failed, decision_id, clock() - started, timer.waited)
     except BaseException:  # cancelled (the caller went away): recorded as far as it got
         if waited_on and decision.effect == "require_approval":  # withdrawn while it waited
             decision = _withdrawn(decision, waited_on[-1], decision_id)
