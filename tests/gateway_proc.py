@@ -149,6 +149,15 @@ def decision_of(result: types.CallToolResult) -> dict[str, Any]:
     return part
 
 
+def hidden_refusal(gw: GatewayProcess, result: types.CallToolResult) -> dict[str, Any]:
+    """A refusal of a tool hidden from its caller: told as a name no server has (rule
+    ``route``, error ``no_tool``); returns its decision record, which keeps what decided."""
+    told = decision_of(result)
+    assert result.is_error and (told["rule"], told["error"]) == ("route", "no_tool"), told
+    (record,) = gw.wait_records(1, where=lambda r: r["decision_id"] == told["decision_id"])
+    return record
+
+
 def calls_in(log: Path) -> list[dict[str, Any]]:
     """The tools/call requests the test upstream wrote to its ``UPSTREAM_CALL_LOG``."""
     if not log.exists():

@@ -25,6 +25,7 @@ from tests.gateway_proc import (
     calls_in,
     client,
     decision_of,
+    hidden_refusal,
     initialize_body,
     run_gateway,
     text_of,
@@ -142,7 +143,7 @@ class TestRolesAndAttributes:
             names = {t.name for t in (await c.list_tools()).tools}
             refused = await c.call_tool("execute_query", {"sql": "select 'intern'"})
         assert not ok.is_error
-        assert refused.is_error and celgate_part(refused)["rule"] == "others-refused"
+        assert hidden_refusal(pair[0], refused)["rule"] == "others-refused"
         sqls = [c["arguments"].get("sql") for c in calls_in(call_log)]
         assert "select 'analyst'" in sqls and "select 'intern'" not in sqls
         # the role condition is fixed for this caller: the intern never sees the tool
