@@ -23,3 +23,14 @@ def die_with_parent() -> None:  # runs in the child between fork and exec
 def kill_group(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """The gateway's ends of a child's pipes, closed. A process the child started in a
+    session of its own (``setsid``: out of reach of ``kill_group``) holds their other ends,
+    and the gateway kept its own open for as long as that helper lived: two descriptors
+    for every session of such a server (red-team wave 37). Closing the subprocess transport
+    also lets ``proc.wait`` return when a pipe was never read to its end."""
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()

@@ -36,6 +36,7 @@ UPSTREAMS = {
     "silent": "sse-silent",
     "mute": "sse-silent,resume-silent",
     "deleting": "delete-stream",
+    "streaming": "sse",
 }
 HEADERS = {
     "authorization": f"Bearer {KEY}",
@@ -153,29 +154,57 @@ async def _ended_then_resumed(
     return resumed, headers
 
 
+def _gets(log: Path) -> int:
+    return sum(1 for record in _seen(log) if record["method"] == "GET")
+
+
 @pytest.mark.parametrize("path", ["/mcp/silent", "/mcp"])
-async def test_a_resumed_stream_brings_no_late_answer(gateway: GatewayProcess, path: str) -> None:
+async def test_a_resumed_stream_of_an_ended_call_is_refused(
+    gateway: GatewayProcess, logs: dict[str, Path], path: str
+) -> None:
     """The TypeScript SDK resumes a stream that ended without a result (the gateway's error
-    is none): the upstream's late answer was passed on /mcp (wave 30)."""
+    is none): the upstream's late answer was passed on /mcp (wave 30), and each resumed
+    stream then held a place of its agent's until it had been silent for servers.X.timeout,
+    resumed again each time it ended, for good (red-team wave 37). Resuming the stream of a
+    call the gateway ended is refused at once (405, which that client takes without trying
+    again), and never reaches the upstream."""
     async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
+        before = _gets(logs["silent"])
         resumed, _ = await _ended_then_resumed(http, path, "silent", 71)
-    assert resumed.status_code == 200
-    assert "data:" not in resumed.text  # the late answer (id 71) was dropped
+    assert resumed.status_code == 405
+    assert "cancelled or ended" in resumed.json()["error"]["message"]
+    assert _gets(logs["silent"]) == before
 
 
-@pytest.mark.parametrize("path", ["/mcp/mute", "/mcp"])
-async def test_a_resumed_stream_that_stays_silent_ends(gateway: GatewayProcess, path: str) -> None:
-    """The TypeScript SDK resumes the stream of every call it gives up on (timed out, or
-    stopped by its user), and the SDK's server then sends nothing on it, ever: each resumed
-    stream held one of its agent's places for good, until every request of that agent was
-    429 (red-team wave 35). It ends after ``servers.X.timeout`` of silence, as a request's
-    stream does, with no error of its own (it answers no request)."""
+@pytest.mark.parametrize("path", ["/mcp/streaming", "/mcp"])
+async def test_a_resumed_stream_of_a_cancelled_call_is_refused(
+    gateway: GatewayProcess, logs: dict[str, Path], path: str
+) -> None:
+    """A call its client cancelled (``notifications/cancelled``): resuming its stream brings
+    nothing more, and is refused at once; a call not cancelled resumes as before."""
+    headers = {**HEADERS, "accept": "text/event-stream, application/json"}  # a stream, please
+    name = "echo" if path != "/mcp" else "streaming__echo"
     async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
-        # ends (or the client's 20 s read timeout fails the test)
-        resumed, headers = await _ended_then_resumed(http, path, "mute", 72)
-        assert resumed.status_code == 200 and "data:" not in resumed.text
-        if path == "/mcp":  # a DELETE passes even at the cap: it gives places back
-            assert (await http.delete(path, headers=headers)).status_code < 300
+        if path == "/mcp":
+            opened = await http.post(path, json=initialize_body("cancels"), headers=headers)
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        events = []
+        for msg_id in (81, 82):
+            message = {**call(msg_id), "params": {"name": name, "arguments": {"text": "hi"}}}
+            answered = await http.post(path, json=message, headers=headers)
+            lines = answered.text.splitlines()
+            events.append(next(line[3:].strip() for line in lines if line.startswith("id:")))
+        cancel = {"method": "notifications/cancelled", "params": {"requestId": 82}}
+        sent = await http.post(path, json={"jsonrpc": "2.0", **cancel}, headers=headers)
+        assert sent.status_code == 202
+        resumed = []
+        for event_id in events:
+            before = _gets(logs["streaming"])
+            asked = {**headers, "accept": "text/event-stream", "last-event-id": event_id}
+            resp = await http.get(path, headers=asked)
+            resumed.append((resp.status_code, _gets(logs["streaming"]) - before))
+    # 81: passed upstream (whose GET is 405, as this test server answers every GET); 82: not
+    assert resumed == [(405, 1), (405, 0)]
 
 
 async def test_a_delete_answered_with_an_endless_stream_ends(gateway: GatewayProcess) -> None:

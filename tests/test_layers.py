@@ -41,6 +41,7 @@ ROOT_MODULES = {
     "errors": "base",
     "located": "base",
     "printable": "base",
+    "turns": "base",
     "config": "config",
 }
 

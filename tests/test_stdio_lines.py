@@ -64,3 +64,32 @@ async def test_what_all_unended_lines_hold_is_bounded(monkeypatch: pytest.Monkey
     assert await pending == b"a" * 15 + b"\n"
     await holder.aclose()
     assert stdio_child._Unended.total == 0
+
+
+async def test_a_childs_pipes_are_closed_though_a_helper_it_started_holds_them(
+    tmp_path: object,
+) -> None:
+    """A process the child started in a session of its own (``setsid``, out of reach of
+    ``kill_group``) holds the other ends of its pipes: the gateway kept its own ends open
+    as long as that helper lived, two descriptors for every session (red-team wave 37)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from gateway.children import close_pipes
+
+    pidfile = Path(str(tmp_path)) / "helper.pid"
+    script = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & exit 0"
+    before = len(os.listdir("/proc/self/fd"))
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await proc.wait()
+        close_pipes(proc)
+        await asyncio.sleep(0)  # the transport closes its pipes on the loop's next turn
+        assert len(os.listdir("/proc/self/fd")) <= before
+    finally:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await asyncio.sleep(0.01)  # the helper writing its pid, not time passing
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)

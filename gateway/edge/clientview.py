@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
 from gateway.edge.toolnames import name_problem
+from gateway.inventory.pins import too_deep
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
@@ -63,8 +64,13 @@ def same_id(wanted: Any) -> IdCheck:
     return fits
 
 
-def _digest(value: Any) -> str:
+def id_digest(value: Any) -> str:
+    """What a stream's event ids say of its request's id (or progress token): 16 hex digits
+    of the sha256 of its JSON (so 9 and "9" differ)."""
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
+
+
+_digest = id_digest
 
 
 def _same_digest(digest: str) -> IdCheck:
@@ -180,6 +186,12 @@ class ClientView:
             return None
         return raw
 
+    def resumed_request(self) -> str | None:
+        """The digest of the id of the request whose stream a ``Last-Event-ID`` resumed
+        (``unwrap_event_id``), or None for a stream of no request's."""
+        tag = self.tag
+        return tag[1:17] if len(tag) == 33 and tag[0] == "r" else None
+
     def wrap_task_id(self, task_id: str) -> str:
         return self.gw.signer.wrap_task(self.server, self.identity.owner, task_id)
 
@@ -287,6 +299,9 @@ class ClientView:
             seen: set[str] = set()
             for tool in tools:
                 if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                    continue
+                if too_deep(tool):
+                    log.warning("tools.too_deep", server=server, tool=ascii(tool["name"])[:200])
                     continue
                 info, _ = gw.observe(server, tool)  # every definition, so any change is seen
                 name = tool["name"]

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.edge.clientview import ClientView
+from gateway.edge.clientview import ClientView, id_digest
 from gateway.errors import UpstreamIOError
 from gateway.telemetry.audit import log
+from gateway.turns import Turns
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire.asgi import Incoming, Receive, Send, media_type, reply, wants_json
 from gateway.wire.jsonrpc import (
+    INVALID_REQUEST,
     MODERN_VERSIONS,
     UPSTREAM_UNAVAILABLE,
+    BadMessage,
     count_containers,
     error_body,
     json_bytes,
@@ -99,23 +101,47 @@ class Forward:
     failure: str | None = None
 
 
-#: Requests the gateway ended itself (no answer in time), by (server, owner, session, id):
-#: a stream of theirs resumed later brings no answer (its client was told the call ended).
+#: Requests that are over without their answer, by (server, owner, session, digest of the
+#: id): ended by the gateway (no answer in time, its client told so) or cancelled by their
+#: client. A resumed stream of theirs brings no answer, and one resumed again after it ended
+#: is refused at once (``over``).
 _ENDED: OrderedDict[tuple[str, str | None, str | None, str], None] = OrderedDict()
 MAX_ENDED = 4096
 _CANCELS: set[asyncio.Future[None]] = set()
 
 
-def _ended_key(
-    server: str, owner: str | None, session: str | None, msg_id: Any
-) -> tuple[str, str | None, str | None, str]:
-    return server, owner, session, json.dumps(msg_id)
+def request_over(server: str, owner: str | None, session: str | None, msg_id: Any) -> None:
+    """The request ``msg_id`` of this caller's session is over without its answer."""
+    _ENDED[(server, owner, session, id_digest(msg_id))] = None
+    while len(_ENDED) > MAX_ENDED:
+        _ENDED.popitem(last=False)
+
+
+def over(server: str, owner: str | None, session: str | None, digest: str | None) -> bool:
+    """Whether the request of this digest (``ClientView.resumed_request``) is over."""
+    return digest is not None and (server, owner, session, digest) in _ENDED
 
 
 def ended_here(server: str, owner: str | None, session: str | None) -> Callable[[Any], bool]:
     """The answers a resumed stream of this session may carry: any but to a request the
-    gateway ended (``end_upstream_call``)."""
-    return lambda msg_id: _ended_key(server, owner, session, msg_id) not in _ENDED
+    gateway ended (``end_upstream_call``) or its client cancelled."""
+    return lambda msg_id: (server, owner, session, id_digest(msg_id)) not in _ENDED
+
+
+#: A stream resumed (GET with ``Last-Event-ID``) for a request that is over is answered
+#: with this status at once: the TypeScript SDK resumes the stream of every call it gave up
+#: on (after cancelling it), and resumes again each time the stream ends (after
+#: ``servers.X.timeout`` of silence), for good: each held a place of its agent's, and a few
+#: such calls locked the agent out (red-team wave 37). 405 is the protocol's "no stream
+#: here", which that client takes without trying again.
+OVER_STATUS = 405
+
+
+def refuse_over(server: str, owner: str | None, session: str | None, view: ClientView) -> None:
+    """Refuse (``OVER_STATUS``) resuming the stream of a request that is over."""
+    if over(server, owner, session, view.resumed_request()):
+        msg = "the request of this stream was cancelled or ended: nothing more will come"
+        raise BadMessage(INVALID_REQUEST, msg, status=OVER_STATUS)
 
 
 def end_upstream_call(fwd: Forward, why: str) -> None:
@@ -126,9 +152,7 @@ def end_upstream_call(fwd: Forward, why: str) -> None:
     runs the tool twice). A 2026-07-28 upstream is told by its connection closing."""
     if fwd.msg_id is None or fwd.sent_headers is None:
         return
-    _ENDED[_ended_key(fwd.upstream.name, fwd.grant, fwd.session_id, fwd.msg_id)] = None
-    while len(_ENDED) > MAX_ENDED:
-        _ENDED.popitem(last=False)
+    request_over(fwd.upstream.name, fwd.grant, fwd.session_id, fwd.msg_id)
     if fwd.sent_headers.get("mcp-protocol-version") in MODERN_VERSIONS:
         return
     headers = {
@@ -556,29 +580,6 @@ async def _relay_sse(
 #: The silence allowed on a request's stream while the client is being asked something (a
 #: person answering), when ``servers.X.timeout`` is less.
 ASKING_SECONDS = 300.0
-
-#: A stream relayed gives the loop a turn after this many chunks, or this long, at most.
-FAIR_CHUNKS = 16
-FAIR_SECONDS = 0.005
-
-
-class Turns:
-    """Gives the event loop a turn every ``FAIR_CHUNKS`` chunks read, or ``FAIR_SECONDS``: a
-    stream whose chunks are all there already never waits, and one upstream flooding it held
-    every other caller's calls for seconds."""
-
-    __slots__ = ("_chunks", "_loop", "_turn")
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._turn = self._loop.time()
-        self._chunks = 0
-
-    async def after_chunk(self) -> None:
-        self._chunks += 1
-        if self._chunks % FAIR_CHUNKS == 0 or self._loop.time() - self._turn > FAIR_SECONDS:
-            await asyncio.sleep(0)
-            self._turn = self._loop.time()
 
 
 async def relayed_events(

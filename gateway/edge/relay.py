@@ -18,7 +18,7 @@ from gateway.edge.boundary import caller, check_guard, json_body, place_for, ser
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView, both
 from gateway.edge.elicit import deliver, remember_client
-from gateway.edge.forward import Forward, ended_here, forward
+from gateway.edge.forward import Forward, ended_here, forward, refuse_over, request_over
 from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.routing import check_routing_headers, stateless_era
@@ -114,6 +114,7 @@ class Relay:
             event_id = view.unwrap_event_id(presented)
             if event_id is None:  # not an event this caller was given: nothing to replay
                 raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID not recognised", status=400)
+            refuse_over(upstream.name, identity.owner, session, view)
             fwd.last_event_id = event_id
             view.answers = both(view.answers, ended_here(upstream.name, identity.owner, session))
         resp = await forward(incoming, send, fwd)
@@ -148,6 +149,11 @@ class Relay:
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
+        if message.method == "notifications/cancelled" and not message.is_request:
+            # its stream, resumed, is refused at once (forward.refuse_over)
+            cancelled = message.params.get("requestId")
+            if cancelled is not None:
+                request_over(upstream.name, identity.owner, session, cancelled)
         if cancels_held(self.gw, incoming, identity, message):
             await reply(send, 202, b"")  # a call held here: the upstream never saw it
             return

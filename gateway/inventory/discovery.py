@@ -18,10 +18,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.shared.message import SessionMessage
 
-from gateway.children import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
+from gateway.children import KILL_GRACE, READ_CHUNK, close_pipes, die_with_parent, kill_group
 from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
 from gateway.telemetry.childlog import StderrLog
+from gateway.turns import Turns
 from gateway.wire.jsonrpc import count_containers
 
 LIST_TIMEOUT = 15.0
@@ -125,12 +126,16 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
 
     async def read() -> None:
         pending = bytearray()
+        turns = Turns()  # a child flooding its stdout held the loop (red-team wave 37)
         async with to_client:
             while chunk := await stdout.read(READ_CHUNK):
                 pending += chunk
                 while (end := pending.find(b"\n")) >= 0:
                     line = bytes(pending[:end])
                     del pending[: end + 1]
+                    await turns.after_chunk()
+                    if line.isspace() or not line:
+                        continue
                     if count_containers(line) > MAX_ANSWER_CONTAINERS:
                         log.warning("catalog.line_too_long", server=server.name, held=len(line))
                         return
@@ -166,9 +171,7 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
             kill_group(proc)  # and whatever it started
             # A pipe the reader stopped reading (a line past the bound) is never read to its
             # end, and the process is not waited for until its pipes are closed.
-            transport = getattr(proc, "_transport", None)
-            if transport is not None:
-                transport.close()
+            close_pipes(proc)
             await proc.wait()
             await asyncio.wait({drain}, timeout=1.0)
             drain.cancel()

@@ -31,6 +31,31 @@ _FIELDS = ("name", "description", "inputSchema", "annotations")
 MAX_FIRST_SEEN = 20_000
 
 
+#: A tool definition nested deeper than this (objects and lists) is left out of every list
+#: and every reading: each is walked by functions that recurse (digest, classification,
+#: argument shapes), and one server's tool of 700 levels made ``tools/list`` fail with an
+#: internal error, on ``/mcp`` for every server (red-team wave 37).
+MAX_DEFINITION_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_DEFINITION_DEPTH) -> bool:
+    """Whether ``value`` holds objects or lists nested deeper than ``limit`` (walked without
+    recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _clean(value: Any) -> Any:
     """``None`` dropped from objects; a number past a double's range (``1e999``, read as
     infinity) is ``None`` too: the SDK's client (the catalogue's first sight) writes it so,

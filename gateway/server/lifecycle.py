@@ -23,6 +23,7 @@ import anyio
 
 from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.inventory.discovery import list_all
+from gateway.inventory.pins import too_deep
 from gateway.pipeline.gateway import Gateway
 from gateway.ratelimit.client import check_eviction
 from gateway.server.reload import exception_fields, reloading
@@ -116,6 +117,10 @@ async def refresh_catalog(gateway: Gateway, only: str | None = None) -> int:
         if len(tools) > MAX_LISTED_TOOLS:  # each is digested and classified on the loop
             log.warning("tools.too_many", server=server, tools=len(tools))
             tools = tools[:MAX_LISTED_TOOLS]
+        deep = [tool for tool in tools if too_deep(tool)]
+        if deep:  # left out, as the lists callers get leave them out
+            log.warning("tools.too_deep", server=server, tools=len(deep))
+            tools = [tool for tool in tools if not too_deep(tool)]
         pins = Counter(gateway.observe(server, tool)[1] for tool in tools)
         seen += len(tools)
         log.info(

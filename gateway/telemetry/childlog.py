@@ -10,6 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.printable import printable
+from gateway.turns import Turns
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -70,7 +71,9 @@ class StderrLog:
 
     async def drain(self, stream: asyncio.StreamReader) -> None:
         partial = bytearray()
+        turns = Turns()  # a child flooding its stderr held the loop (red-team wave 37)
         while chunk := await stream.read(65536):
+            await turns.after_chunk()
             lines = chunk.split(b"\n")
             for piece in lines[:-1]:
                 self._take(partial, piece)
@@ -88,7 +91,7 @@ class StderrLog:
             partial += piece[:room]
 
     def line(self, raw: bytes) -> None:
-        if not self.budget.allow():
+        if not raw or raw.isspace() or not self.budget.allow():  # a blank line says nothing
             return
         text = raw.decode(errors="replace").rstrip("\r")
         cut = {"cut": True} if len(text) > STDERR_LINE or len(raw) >= STDERR_LINE * 4 else {}

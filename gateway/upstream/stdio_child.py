@@ -20,10 +20,11 @@ import anyio
 import structlog
 from mcp.client.stdio import get_default_environment
 
-from gateway.children import KILL_GRACE, READ_CHUNK, die_with_parent, kill_group
+from gateway.children import KILL_GRACE, READ_CHUNK, close_pipes, die_with_parent, kill_group
 from gateway.config import ServerConfig
 from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
+from gateway.turns import Turns
 from gateway.wire.jsonrpc import loads as json_loads
 
 log = structlog.get_logger("celgate.stdio")
@@ -120,6 +121,7 @@ class Child:
                 self.ready = anyio.Event()
                 code = await self._reap(self.proc)
                 await self._end_stderr()
+                close_pipes(self.proc)
                 if self.on_exit is not None:
                     await self.on_exit()
                 if self.stopping:
@@ -234,6 +236,9 @@ class Child:
             await lines.aclose()
 
     async def _read_lines(self, lines: AsyncIterator[bytes]) -> None:
+        # A child flooding its stdout (blank lines at 64 KiB/s) kept the loop in this reader,
+        # every line there already: every other caller's calls took 20 s (red-team wave 37).
+        turns = Turns()
         while True:
             try:
                 line = await anext(lines)
@@ -242,9 +247,12 @@ class Child:
             except OSError as exc:  # a broken pipe
                 log.error("stdio.read_failed", server=self.label, error=str(exc))
                 return
+            await turns.after_chunk()
             self.warm_at = min(self.warm_at, time.monotonic())
             if self.failures:
                 self._recovered()  # it speaks: the streak is over
+            if line.isspace():  # a blank line: nothing to parse, nothing to say
+                continue
             try:
                 message = json_loads(line)
             except ValueError:
@@ -267,6 +275,8 @@ class Child:
         if proc is not None and proc.returncode is None:
             await self._reap(proc)
         await self._end_stderr()
+        if proc is not None:
+            close_pipes(proc)
 
     async def _end_stderr(self) -> None:
         """Once the process is gone: log what its stderr still holds, for a second at most

@@ -263,11 +263,16 @@ class SessionLink:
             return
         if stream is not None and stream != GET_STREAM:
             # A request's stream that has ended, resumed: kept open (nothing more will come)
-            # until the client leaves or the session ends, as the SDK's own server keeps it.
-            # The TypeScript client takes a stream that ended with an error (not a result)
-            # for one cut short and resumes it; ended at once, it tried again, then a plain
-            # GET (409: its own was open), then reported the connection lost.
-            await self.ended.wait()
+            # until the client leaves or the session ends, as the SDK's own server keeps it,
+            # but for servers.X.timeout at most, as the relay ends every resumed stream that
+            # is silent that long: each held a place of its agent's, and the TypeScript
+            # client resumes the stream of every call it gives up on (red-team wave 37; the
+            # relay refuses resuming a cancelled request's stream at once). That client
+            # takes a stream that ended with an error (not a result) for one cut short and
+            # resumes it; ended at once, it tried again, then a plain GET (409: its own was
+            # open), then reported the connection lost.
+            with anyio.move_on_after(self.bridge.config.timeout):
+                await self.ended.wait()
         await send({"type": "http.response.body", "body": b""})
 
     # --- to the child

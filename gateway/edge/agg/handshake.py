@@ -52,7 +52,7 @@ from gateway.edge.agg.view import AggView
 from gateway.edge.calls import call_through, told, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
-from gateway.edge.forward import Forward, forward
+from gateway.edge.forward import Forward, forward, request_over
 from gateway.edge.held import accepts_sse, cancels_held
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial
@@ -216,6 +216,8 @@ class Handshake:
             rid = message.params.get("requestId")
             owner = session.inflight.get(json.dumps(rid))
             links = [session.links[owner]] if owner in session.links else []
+            for link in links:  # its stream, resumed, is refused at once (refuse_over)
+                request_over(link.server, session.owner, link.sid, rid)
         await asyncio.gather(
             *(
                 post_once(self.gw.upstreams[link.server], method, body, link.version, link.sid)

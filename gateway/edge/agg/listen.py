@@ -21,7 +21,6 @@ from gateway.edge.clientview import ClientView
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
-    Turns,
     answer_media,
     read_bounded,
     request_headers,
@@ -29,6 +28,7 @@ from gateway.edge.forward import (
 )
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
+from gateway.turns import Turns
 from gateway.upstream.h1 import H1Response
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send, reply

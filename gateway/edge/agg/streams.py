@@ -19,14 +19,15 @@ from gateway.edge.clientview import both
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
-    Turns,
     answer_media,
     ended_here,
     forward,
+    refuse_over,
     watching_disconnect,
 )
 from gateway.policy import Identity
 from gateway.telemetry.audit import log
+from gateway.turns import Turns
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import BadMessage
@@ -77,6 +78,7 @@ async def resumed_stream(
         event_id = view.inner.unwrap_event_id(presented)
         if event_id is not None:  # the rest of that event's stream (unwrap_event_id), but
             # not an answer to a request the gateway ended (and told its client so)
+            refuse_over(server, session.owner, link.sid, view.inner)
             ended = ended_here(server, session.owner, link.sid)
             view.inner.answers = both(view.inner.answers, ended)
             incoming.headers["mcp-protocol-version"] = link.version

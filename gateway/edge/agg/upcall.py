@@ -9,7 +9,8 @@ import itertools
 import json
 from typing import Any
 
-from gateway.edge.forward import UPSTREAM_ERRORS, Turns, answer_media, read_bounded
+from gateway.edge.forward import UPSTREAM_ERRORS, answer_media, read_bounded
+from gateway.turns import Turns
 from gateway.upstream.h1_response import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire import jsonrpc as rpc
