@@ -66,3 +66,20 @@ async def test_a_restarted_server_gets_a_new_link(
         with pytest.raises(MCPError) as caught:
             await sdk.call_tool("up__echo", {"text": "gone"})
         assert caught.value.error.code == -32001
+
+
+async def test_a_server_met_down_while_it_restarted_is_linked_again_at_once(
+    gateway: GatewayProcess, upstream: list[PeerProcess], port: int
+) -> None:
+    """A session that met the server down (another's link failed meanwhile) marked it
+    failing: after it was back, the first session's call failed "lost its session", and
+    new sessions skipped it, until a reading in the background answered (red-team wave
+    37). Its 404 says it is up: the link is opened again at once."""
+    async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
+        assert text_of(await sdk.call_tool("up__echo", {"text": "before"})) == "before"
+        upstream[0].stop()
+        async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as other:
+            with pytest.raises(MCPError):  # its link cannot be opened: marked failing
+                await other.call_tool("up__echo", {"text": "down"})
+        upstream[0] = start_http_upstream(port)
+        assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"

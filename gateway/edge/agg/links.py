@@ -30,6 +30,12 @@ from gateway.wire import jsonrpc as rpc
 REAP_SECONDS = 30.0
 
 
+#: How often a server whose link failed is read again in the background (a throwaway
+#: ``initialize``): soon after, then doubling to at most this while it stays down.
+FAILING_FIRST = 2.0
+FAILING_MOST = 30.0
+
+
 class Links:
     """Every session's links to the upstreams, and what each server said it offers."""
 
@@ -127,14 +133,19 @@ class Links:
         if session.links.get(lost.server) is lost:
             del session.links[lost.server]
             log.warning("aggregate.link_lost", server=lost.server)
+        # Its 404 says it is up again: were it skipped as failing (a session met it down
+        # while it restarted), the call failed "lost its session" until a reading in the
+        # background answered (red-team wave 37).
+        self.failing.pop(lost.server, None)
         link = await self.link(session, lost.server)
         return link.sid if link is not None else None
 
     def _failed(self, server: str) -> None:
         """A link to ``server`` could not be opened: callers skip it until a reading in the
-        background gets an answer (the first due at once, then 10 s doubling to 320 s)."""
+        background gets an answer (the first due at once, then ``FAILING_FIRST`` doubling to
+        ``FAILING_MOST``: a server back after a long outage was skipped for up to 320 s)."""
         if server not in self.failing:
-            gate = self.failing[server] = Gate()
+            gate = self.failing[server] = Gate(FAILING_FIRST, FAILING_MOST)
             gate.last = gate.clock() - gate.every  # the first reading is due now
 
     async def learn(self) -> None:
