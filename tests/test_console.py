@@ -279,7 +279,9 @@ class TestSignIn:
         async with httpx.AsyncClient(base_url=gateway.base, headers=bearer, timeout=10) as http:
             try:
                 policy.write_text(good + "  bad_entry:\n    action: maybe\n")
-                assert (await http.post("/admin/reload")).json()["reloaded"] is False
+                refused = await http.post("/admin/reload")
+                assert refused.status_code == 409 and refused.json()["reloaded"] is False
+                assert any("tools.bad_entry.action" in p for p in refused.json()["problems"])
                 await sign_in(page, gateway)
                 await page.click("button[data-tab=system]")
                 await expect(page.locator("#policy")).to_contain_text("refused (")

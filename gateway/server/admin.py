@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from litestar import Request, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import (
@@ -221,12 +221,18 @@ def admin_router(gateway: Gateway) -> Router:
         return {"refilled": refilled, "keys": keys}
 
     @post("/reload", summary="Reload the rule files now (as SIGHUP does)")
-    async def reload() -> dict[str, Any]:
+    async def reload() -> Response[dict[str, Any]]:
+        """201 when the rules were loaded; 409 with each problem (``file:line``) when they
+        were refused and the old ones keep serving (a 201 saying ``reloaded: false`` read
+        as success to scripts that check the status)."""
         reloader = gateway.extras.get("reloader")
         if reloader is None:
             raise NotFoundException("reload is not running")
         ok = await reloader.reload("admin API")
-        return {"reloaded": ok, "revision": gateway.policy.revision}
+        body: dict[str, Any] = {"reloaded": ok, "revision": gateway.policy.revision}
+        if not ok:
+            body["problems"] = list((reloader.last or {}).get("problems") or [])
+        return Response(body, status_code=201 if ok else 409)
 
     handlers = [
         health,
