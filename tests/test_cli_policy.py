@@ -204,5 +204,7 @@ class TestConsoleScript:
         )
         assert dec.returncode == 0, dec.stderr
         assert json.loads(dec.stdout)["limits"][0]["key"] == "createcodeconnection_rate|grant=g"
+        # a grant's roles and attrs are the config's: without it, say they are none
+        assert "grant 'g' is decided with no roles and no attrs" in dec.stderr
         version = subprocess.run([celgate, "--version"], capture_output=True, text=True, timeout=60)
         assert version.stdout.strip() == f"celgate {__version__}"

@@ -101,6 +101,14 @@ def _policy_and_identity(
     if ns.config is None:
         if ns.path is None:
             raise SystemExit("celgate: decide needs a rule path, or --config")
+        if ns.grant != "anonymous" and ns.roles is None and ns.attrs is None:
+            # A grant's roles and attrs are in the config: without it, a rule on them
+            # ("deny interns") read as allow, and nothing said why (red-team wave 37).
+            print(
+                f"warning: no --config: grant {ns.grant!r} is decided with no roles and no "
+                "attrs (give --config to use the grant's, or --roles/--attrs)",
+                file=sys.stderr,
+            )
         return load_policy([ns.path]), _flag_identity(ns), None
     from gateway.config import load_config
     from gateway.policy.engines import get_engine
