@@ -209,6 +209,24 @@ class TestPolicyTests:
         assert main(["test", str(tmp_path)]) == 1
         assert "FAILED: 0 passed, 1 failed, in 1 file(s)" in capsys.readouterr().out
 
+    def test_a_broken_case_is_one_failure_and_the_others_still_run(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One case's typo counted the whole file as one failure: a real regression beside
+        it was neither run nor named (red-team wave 37)."""
+        (tmp_path / "policy.yaml").write_text(POLICY)
+        (tmp_path / "policy_test.yaml").write_text(
+            "cases:\n"
+            "  - {name: typo, tool: query, expect: {efect: deny}}\n"
+            "  - {name: regression, tool: query, args: {sql: drop t}, expect: {effect: allow}}\n"
+            "  - {name: fine, tool: query, args: {sql: select 1}, expect: {effect: allow}}\n"
+        )
+        assert main(["test", str(tmp_path)]) == 1
+        out = capsys.readouterr().out
+        assert "cases[0].expect.efect: unknown field" in out
+        assert "regression: expected effect 'allow'" in out
+        assert "FAILED: 1 passed, 2 failed, in 1 file(s)" in out
+
     def test_all_passing_exits_zero(self, tmp_path: Path) -> None:
         (tmp_path / "policy.yaml").write_text(POLICY)
         (tmp_path / "more_test.yaml").write_text(

@@ -132,11 +132,16 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
-def load_cases(path: Path) -> tuple[list[Case], list[str] | None]:
-    """The cases of one test file and the policy paths it names (None: its folder)."""
+def load_cases(path: Path) -> tuple[list[Case], list[str] | None, list[list[Problem]]]:
+    """The cases of one test file that load, the policy paths it names (None: its folder),
+    and the problems of each case that does not load. A problem of the file itself (it does
+    not parse, an unknown key at its top) is ``ConfigError``; a broken case is one failure
+    of its own, and the others still run: one case's typo counted the whole file as one
+    failure, a real regression beside it neither run nor named (red-team wave 37)."""
     problems: list[Problem] = []
     root = parse_file(path, problems)
     cases: list[Case] = []
+    broken: list[list[Problem]] = []
     policy: list[str] | None = None
     if root is not None:
         top = Fields(root, "", problems)
@@ -147,12 +152,15 @@ def load_cases(path: Path) -> tuple[list[Case], list[str] | None]:
             policy = [str(path.parent / p) for p in (raw if isinstance(raw, list) else [raw])]
         items = top.get("cases")
         for i, item in enumerate(items.value if items and isinstance(items.value, list) else []):
-            case = _case(item, i, problems)
-            if case is not None:
+            own: list[Problem] = []
+            case = _case(item, i, own)
+            if own:
+                broken.append(own)
+            elif case is not None:
                 cases.append(case)
     if problems:
         raise ConfigError(problems)
-    return cases, policy
+    return cases, policy, broken
 
 
 def failure(case: Case, decision: Decision) -> str | None:
@@ -168,18 +176,21 @@ def failure(case: Case, decision: Decision) -> str | None:
 
 
 def run_file(path: Path, cache: dict[tuple[str, ...], CompiledPolicy]) -> tuple[int, list[str]]:
-    """Run one test file: (cases run, failure lines)."""
-    cases, named = load_cases(path)
+    """Run one test file: (cases run or broken, failure lines)."""
+    cases, named, broken = load_cases(path)
     policy_paths = named or [str(path.parent)]
     key = tuple(policy_paths)
     if key not in cache:
         cache[key] = load_policy(policy_paths)
     policy = cache[key]
-    failures = []
+    failures = [
+        "; ".join(str(p) for p in sorted(own, key=lambda p: (p.where.line, p.field)))
+        for own in broken
+    ]
     for case in cases:
         server = case.call.server or ""
         info = tool_info(policy, server, case.definition, risk=case.risk, kind=case.kind)
         why = failure(case, decide(policy, replace(case.call, info=info), case.now))
         if why is not None:
             failures.append(f"{case.where}: {case.name}: {why}")
-    return len(cases), failures
+    return len(cases) + len(broken), failures
