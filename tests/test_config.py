@@ -64,6 +64,19 @@ class TestConfigErrors:
             f"{p}:11: frobnicate: unknown field",
         ]
 
+    def test_rule_file_errors_are_told_with_the_configs(self, tmp_path: Path) -> None:
+        """A rule file's errors waited until the config was clean: the operator mended one
+        round, then learned of the next (red-team wave 37)."""
+        path = write(
+            tmp_path, "listen: {port: 70000}\npolicy: rules/\nservers: {up: {url: 'ftp://x'}}\n"
+        )
+        (tmp_path / "rules" / "p.yaml").write_text(
+            "tools:\n  echo:\n    limits: [{counter: c, window: hour, max: 0}]\n"
+        )
+        found = problems(path)
+        assert f"{path}:1: listen.port: 70000 is not a TCP port" in found
+        assert any(f.startswith(f"{tmp_path / 'rules' / 'p.yaml'}:3") for f in found), found
+
     def test_busy_poll_is_gone_with_a_located_reason(self, tmp_path: Path) -> None:
         """The setting served the hand-written Valkey layer (removed): a file that still has it
         is refused at its line, saying why, not as a bare unknown field."""

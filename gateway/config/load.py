@@ -85,8 +85,23 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayC
     if problems:
         # A value with a variable that is not set is that problem, not also an empty value.
         where = {p.where for p in unset}
-        raise ConfigError([p for p in problems if p in unset or p.where not in where])
+        shown = [p for p in problems if p in unset or p.where not in where]
+        raise ConfigError(shown + _policy_problems(loader.out.get("policy")))
     return GatewayConfig(source=display, **loader.out)
+
+
+def _policy_problems(paths: tuple[Path, ...] | None) -> list[Problem]:
+    """The rule files' problems, told with the config's: an operator mending the config
+    learned of the rules' only once it was clean (red-team wave 37)."""
+    if not paths or not all(path.exists() for path in paths):
+        return []
+    from gateway.policy import load_policy
+
+    try:
+        load_policy([str(path) for path in paths])
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
 
 
 def _expand(node: Node, env: dict[str, str], problems: list[Problem]) -> None:
