@@ -49,7 +49,12 @@ def opened(http: httpx.Client) -> str:
 
 def test_a_denied_first_call_opens_no_upstream_session(gateway: GatewayProcess) -> None:
     with httpx.Client(base_url=gateway.base, timeout=20) as http:
-        opened(http)  # the first session links to every server, to learn what each offers
+        # Another session lists first: every server is learned, and its link to st open,
+        # before this one starts (a reading in the background started a child later, under
+        # load, and was counted as the denied call's).
+        first = opened(http)
+        listed = post(http, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, first).json()
+        assert "st__echo" in [tool["name"] for tool in listed["result"]["tools"]]
         sid = opened(http)
         before = session_children(gateway)
 
