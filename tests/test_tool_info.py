@@ -69,3 +69,28 @@ def test_names_kept_are_bounded(tmp_path: Path) -> None:
         assert gw.tool_info("up", f"made_up_{n}").kind == "execute"
     assert len(gw.unlisted) == MAX_UNLISTED
     assert gw.tool_info("up", f"made_up_{MAX_UNLISTED + 10}").risk == "high"  # still answered
+
+
+def test_a_callers_list_cannot_make_a_tool_do_less(tmp_path: Path) -> None:
+    """An upstream may show each session its own definitions (by its client's name, or a
+    toolset it enabled): one client's list decided how another's calls were classified,
+    and lowered a tool held for approval to one allowed (red-team wave 38). The gateway's
+    own reading decides; between callers' lists the riskier definition stays."""
+    gw = gateway_at(tmp_path)
+    wipe = {"name": "wipe", "annotations": {"destructiveHint": True}}
+    calm = {"name": "wipe", "annotations": {"readOnlyHint": True}}
+    gw.observe("up", wipe, own=True)
+    gw.observe("up", calm)  # an attacker's session lists it as read-only
+    assert (gw.tool_info("up", "wipe").kind, gw.tool_info("up", "wipe").risk) == (
+        "delete",
+        "high",
+    )
+    # a tool the gateway's reading has not seen: callers' lists, the riskier one kept
+    gw.observe("up", {**calm, "name": "toolset_tool"})
+    assert gw.tool_info("up", "toolset_tool").kind == "read"
+    gw.observe("up", {**wipe, "name": "toolset_tool"})
+    gw.observe("up", {**calm, "name": "toolset_tool"})
+    assert gw.tool_info("up", "toolset_tool").kind == "delete"
+    # the gateway's own reading replaces what it saw before (a server's upgrade)
+    gw.observe("up", calm, own=True)
+    assert gw.tool_info("up", "wipe").kind == "read"

@@ -112,6 +112,20 @@ class HeldBodies:
             self.owned.pop(owner, None)
 
 
+#: Kinds and risks from the least to the most a tool may do.
+_KIND_RANK = {"read": 0, "write": 1, "delete": 2, "execute": 3}
+_RISK_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+def _riskier(info: ToolInfo, known: ToolInfo | None) -> bool:
+    """Whether ``info`` is to replace ``known`` (none yet, or one that may do less)."""
+    if known is None or not known.listed:
+        return True
+    mine = (_RISK_RANK.get(info.risk, 3), _KIND_RANK.get(info.kind, 4))
+    theirs = (_RISK_RANK.get(known.risk, 3), _KIND_RANK.get(known.kind, 4))
+    return mine > theirs
+
+
 @dataclass
 class Gateway:
     """Policy, upstreams, identity, limits, approvals and records of one gateway process."""
@@ -144,6 +158,9 @@ class Gateway:
     classified_under: CompiledPolicy | None = field(default=None, repr=False)
     # Each server's listed tool names, least recently listed first (MAX_KNOWN_TOOLS)
     known_tools: dict[str, OrderedDict[str, None]] = field(default_factory=dict, repr=False)
+    # Tools whose definition the gateway's own reading gave (``observe(..., own=True)``):
+    # a caller's list never replaces what that reading learned of them.
+    read_here: set[tuple[str, str]] = field(default_factory=set, repr=False)
     # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
     reading: InProgress = field(init=False, repr=False)
@@ -188,13 +205,27 @@ class Gateway:
             old, _ = names.popitem(last=False)
             for table in (self.catalog, self.arg_shapes, self.param_schemas):
                 table.pop((server, old), None)
+            self.read_here.discard((server, old))
 
-    def observe(self, server: str, tool: dict[str, Any]) -> tuple[ToolInfo, str]:
+    def observe(self, server: str, tool: dict[str, Any], own: bool = False) -> tuple[ToolInfo, str]:
         """Record a tool definition seen on the wire: its risk, and its pin (new, same or
-        changed)."""
+        changed). ``own``: the gateway's own reading of the server's tools (at start, every
+        five minutes, on an unknown name), which alone decides a tool's kind, risk and
+        argument schemas once it has seen it. A caller's list (``own`` False) only adds
+        tools that reading has not seen, and between callers the riskier definition stays:
+        an upstream that shows each session its own definitions (by its client's name, or
+        a toolset it enabled) let one client's list decide how another's calls were
+        classified, and lower a tool held for approval to one allowed (red-team wave 38).
+        Every definition still goes to the pins: one that differs is a change, refused."""
         info = catalog_info(self.policy, server, tool)
         name = str(tool.get("name", ""))
-        self.catalog[(server, name)] = info
+        key = (server, name)
+        if own:
+            self.read_here.add(key)
+        elif key in self.read_here or not _riskier(info, self.catalog.get(key)):
+            self._remember(server, name)
+            return self.catalog[key], self.pins.observe(server, tool)
+        self.catalog[key] = info
         self._remember(server, name)
         schema = tool.get("inputSchema")
         shape = shape_of(schema)

@@ -121,7 +121,7 @@ async def refresh_catalog(gateway: Gateway, only: str | None = None) -> int:
         if deep:  # left out, as the lists callers get leave them out
             log.warning("tools.too_deep", server=server, tools=len(deep))
             tools = [tool for tool in tools if not too_deep(tool)]
-        pins = Counter(gateway.observe(server, tool)[1] for tool in tools)
+        pins = Counter(gateway.observe(server, tool, own=True)[1] for tool in tools)
         seen += len(tools)
         log.info(
             "catalog.refreshed",
