@@ -94,3 +94,25 @@ def test_a_callers_list_cannot_make_a_tool_do_less(tmp_path: Path) -> None:
     # the gateway's own reading replaces what it saw before (a server's upgrade)
     gw.observe("up", calm, own=True)
     assert gw.tool_info("up", "wipe").kind == "read"
+
+
+def test_an_unlisted_variant_of_a_listed_or_named_tool_is_refused(tmp_path: Path) -> None:
+    """Under ``default: allow`` a deny of ``wipe_records`` let ``WIPE_RECORDS``,
+    ``wipe_records `` and ``wipe-records`` through to a server that matches names loosely
+    (red-team wave 38): a name its server has not listed that folds to a listed one, or to
+    one the policy names, is refused as a name no server has."""
+    from gateway.pipeline.admission import verdict
+    from gateway.policy import Call
+
+    gw = gateway_at(tmp_path)
+    reload_with(
+        gw, tmp_path, 'version: "1"\ndefault: allow\ntools:\n  up/wipe_records: {action: deny}\n'
+    )
+    gw.observe("up", {"name": "list_orders"}, own=True)
+    variants = ("WIPE_RECORDS", "wipe_records ", "wipe-records", "\uff37ipe_records", "LIST-ORDERS")
+    for name in variants:
+        decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
+        assert (decision.effect, decision.error) == ("deny", "no_tool"), name
+    for name in ("list_orders", "other_tool"):  # listed, or like nothing: the rules decide
+        decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
+        assert decision.effect == "allow", name

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BackendUnavailable
-from gateway.pipeline.enforce import apply_limits, check_arg_types, check_pin
+from gateway.pipeline.enforce import apply_limits, check_arg_types, check_pin, check_variant
 from gateway.policy import Call, Decision, decide
 from gateway.policy.secrets import secret_paths
 from gateway.telemetry.audit import log, new_decision_id
@@ -185,7 +185,8 @@ def _classified(gw: Gateway, call: Call) -> Call:
 def verdict(gw: Gateway, call: Call) -> Decision:
     """The policy's decision on ``call`` with its pin and its arguments' types checked: what
     ``admit`` starts from, with nothing taken (no limits, no approval) and nothing recorded."""
-    return check_arg_types(gw, call, check_pin(gw, call, decide(gw.policy, call, gw.now())))
+    decided = check_pin(gw, call, decide(gw.policy, call, gw.now()))
+    return check_arg_types(gw, call, check_variant(gw, call, decided))
 
 
 async def _approve(

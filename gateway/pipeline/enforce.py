@@ -7,6 +7,7 @@ tokens, and a denied call takes none either.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import replace
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -79,6 +80,27 @@ def check_arg_types(gw: Gateway, call: Call, decision: Decision) -> Decision:
     return replace(
         decision, effect="deny", rule="schema", reason=why, error="argument_type", limits=()
     )
+
+
+def fold(name: str) -> str:
+    """A tool name as a server that matches names loosely may read it: NFKC, case-folded,
+    trimmed, ``-`` read as ``_``."""
+    return unicodedata.normalize("NFKC", name).casefold().strip().replace("-", "_")
+
+
+def check_variant(gw: Gateway, call: Call, decision: Decision) -> Decision:
+    """A name its server has not listed that differs from a listed tool, or from a tool the
+    policy names, only in case, width, spacing or ``-``/``_`` is refused, whatever the rules
+    say: under ``default: allow`` a deny of ``wipe_records`` let ``WIPE_RECORDS`` and
+    ``wipe_records `` through to a server that matches names loosely (red-team wave 38).
+    Told as a name no server has."""
+    if call.info.listed or decision.effect == "deny":
+        return decision
+    server = call.server or ""
+    if fold(call.tool) not in gw.folded_names(server):
+        return decision
+    reason = f"no tool named {call.tool!r} is listed by server {server!r}"
+    return replace(decision, effect="deny", rule="route", reason=reason, error="no_tool", limits=())
 
 
 async def apply_limits(gw: Gateway, decision: Decision) -> Decision:
