@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
 from gateway.edge.toolnames import name_problem
-from gateway.inventory.pins import too_deep
+from gateway.inventory.pins import too_deep, unreadable_definition
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
@@ -297,11 +297,13 @@ class ClientView:
             gw, server, who, session = self.gw, self.server, self.identity, self.session
             policy, now = gw.policy, gw.now()
             seen: set[str] = set()
+            deep: list[str] = []
             for tool in tools:
                 if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                     continue
                 if too_deep(tool):
-                    log.warning("tools.too_deep", server=server, tool=ascii(tool["name"])[:200])
+                    deep.append(tool["name"])
+                    gw.pins.observe(server, unreadable_definition(tool["name"]))
                     continue
                 info, _ = gw.observe(server, tool)  # every definition, so any change is seen
                 name = tool["name"]
@@ -314,6 +316,9 @@ class ClientView:
                     meta = meta if isinstance(meta, dict) else {}
                     risk = {RISK_KEY: info.risk, KIND_KEY: info.kind}
                     kept.append({**tool, "_meta": {**meta, **risk}})
+            if deep:  # one line a list: a list of 5,000 wrote 5,000 (red-team wave 38)
+                names = [ascii(name)[:100] for name in deep[:5]]
+                log.warning("tools.too_deep", server=server, tools=len(deep), first=names)
         out = {**result, "tools": _readable(kept, self.server)}
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"

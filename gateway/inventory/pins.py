@@ -56,6 +56,15 @@ def too_deep(value: Any, limit: int = MAX_DEFINITION_DEPTH) -> bool:
     return False
 
 
+def unreadable_definition(name: str) -> dict[str, Any]:
+    """What the pins are shown for a tool whose definition is left out (``too_deep``): a
+    definition of its own, so a pinned tool changed into one is a change, refused, and one
+    first seen so is pinned as such. An upstream that turned a pinned tool's definition
+    into one nested too deep changed it unseen: the pins were never shown it, and calls ran
+    the new tool (red-team wave 38)."""
+    return {"name": name, "inputSchema": {"x-celgate": "definition nested too deep to read"}}
+
+
 def _clean(value: Any) -> Any:
     """``None`` dropped from objects; a number past a double's range (``1e999``, read as
     infinity) is ``None`` too: the SDK's client (the catalogue's first sight) writes it so,

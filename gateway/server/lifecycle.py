@@ -23,7 +23,7 @@ import anyio
 
 from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.inventory.discovery import list_all
-from gateway.inventory.pins import too_deep
+from gateway.inventory.pins import too_deep, unreadable_definition
 from gateway.pipeline.gateway import Gateway
 from gateway.ratelimit.client import check_eviction
 from gateway.server.reload import exception_fields, reloading
@@ -118,8 +118,10 @@ async def refresh_catalog(gateway: Gateway, only: str | None = None) -> int:
             log.warning("tools.too_many", server=server, tools=len(tools))
             tools = tools[:MAX_LISTED_TOOLS]
         deep = [tool for tool in tools if too_deep(tool)]
-        if deep:  # left out, as the lists callers get leave them out
+        if deep:  # left out, as the lists callers get leave them out; a change to the pins
             log.warning("tools.too_deep", server=server, tools=len(deep))
+            for tool in deep:
+                gateway.pins.observe(server, unreadable_definition(str(tool.get("name", ""))))
             tools = [tool for tool in tools if not too_deep(tool)]
         pins = Counter(gateway.observe(server, tool, own=True)[1] for tool in tools)
         seen += len(tools)
