@@ -101,31 +101,41 @@ class Forward:
     failure: str | None = None
 
 
-#: Requests that are over without their answer, by (server, owner, session, digest of the
-#: id): ended by the gateway (no answer in time, its client told so) or cancelled by their
-#: client. A resumed stream of theirs brings no answer, and one resumed again after it ended
-#: is refused at once (``over``).
-_ENDED: OrderedDict[tuple[str, str | None, str | None, str], None] = OrderedDict()
-MAX_ENDED = 4096
+#: Requests that are over without their answer, per caller (owner), by (server, session,
+#: digest of the id): ended by the gateway (no answer in time, its client told so) or
+#: cancelled by their client. A resumed stream of theirs brings no answer, and one resumed
+#: again after it ended is refused at once (``over``). Kept per caller, ``MAX_OVER`` each,
+#: the callers least recently heard of given up past ``MAX_OVER_OWNERS``: one list for all
+#: let one agent push every other's out with made-up cancels (red-team wave 38).
+_ENDED: OrderedDict[str | None, OrderedDict[tuple[str, str | None, str], None]] = OrderedDict()
+MAX_OVER = 1024
+MAX_OVER_OWNERS = 10_000
 _CANCELS: set[asyncio.Future[None]] = set()
 
 
 def request_over(server: str, owner: str | None, session: str | None, msg_id: Any) -> None:
     """The request ``msg_id`` of this caller's session is over without its answer."""
-    _ENDED[(server, owner, session, id_digest(msg_id))] = None
-    while len(_ENDED) > MAX_ENDED:
-        _ENDED.popitem(last=False)
+    mine = _ENDED.get(owner)
+    if mine is None:
+        mine = _ENDED[owner] = OrderedDict()
+        while len(_ENDED) > MAX_OVER_OWNERS:
+            _ENDED.popitem(last=False)
+    _ENDED.move_to_end(owner)
+    mine[(server, session, id_digest(msg_id))] = None
+    while len(mine) > MAX_OVER:
+        mine.popitem(last=False)
 
 
 def over(server: str, owner: str | None, session: str | None, digest: str | None) -> bool:
     """Whether the request of this digest (``ClientView.resumed_request``) is over."""
-    return digest is not None and (server, owner, session, digest) in _ENDED
+    mine = _ENDED.get(owner)
+    return digest is not None and mine is not None and (server, session, digest) in mine
 
 
 def ended_here(server: str, owner: str | None, session: str | None) -> Callable[[Any], bool]:
     """The answers a resumed stream of this session may carry: any but to a request the
     gateway ended (``end_upstream_call``) or its client cancelled."""
-    return lambda msg_id: (server, owner, session, id_digest(msg_id)) not in _ENDED
+    return lambda msg_id: not over(server, owner, session, id_digest(msg_id))
 
 
 #: A stream resumed (GET with ``Last-Event-ID``) for a request that is over is answered
