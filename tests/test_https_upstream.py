@@ -75,6 +75,7 @@ def test_an_unverified_certificate_is_refused(
 
 def test_ca_file_must_exist_and_needs_https(tmp_path: Path) -> None:
     (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "p.yaml").write_text('version: "1"\ndefault: deny\n')
     path = tmp_path / "celgate.yaml"
     path.write_text(
         "anonymous: true\npolicy: rules/\nservers:\n"

@@ -37,9 +37,11 @@ class ServerConfig:
     max_processes_per_grant: int = 8  # stdio: of those, at most this many for one grant
     idle_timeout: float = 600.0
     # http: handshake-era sessions held through the relay (gateway.upstream.sessions), per
-    # replica: in all (a new one past it is refused), and per caller (its oldest is ended)
+    # replica: in all and per caller (a new one past either is refused), and the seconds
+    # one may go without a request before it is ended upstream
     max_sessions: int = 4096
     max_sessions_per_grant: int = 256
+    session_idle: float = 3600.0
     ca_file: str | None = None  # https:// upstreams: trust this CA bundle, not the system's
     prefix: str | None = None  # names on /mcp: ``<prefix><sep><name>``; None: the server's name
 

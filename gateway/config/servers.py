@@ -22,6 +22,7 @@ _HTTP_SERVER = {
     "prefix",
     "max_sessions",
     "max_sessions_per_grant",
+    "session_idle",
 }
 _STDIO_SERVER = {
     "command",
@@ -111,6 +112,7 @@ def _http_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
         ca_file=ca_path,
         max_sessions=sub.positive_int("max_sessions"),
         max_sessions_per_grant=sub.positive_int("max_sessions_per_grant"),
+        session_idle=sub.positive_number("session_idle"),
     )
 
 

@@ -9,6 +9,8 @@ a key or a session learns nothing of the policy. Everything but ``tools/call`` a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -81,12 +83,6 @@ class Relay:
                 raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
             return None
         sid = self.gw.signer.unwrap(upstream.name, identity.owner, presented)
-        table = upstream.sessions
-        if sid is not None and table is not None:
-            if table.was_ended(identity.owner, sid):  # to make room for its caller's newer
-                sid = None
-            else:
-                upstream.end_sessions(table.used(identity.owner, sid))
         if sid is None:
             raise BadMessage(rpc.SESSION_NOT_FOUND, "Session not found", status=404, msg_id=msg_id)
         return sid
@@ -117,7 +113,8 @@ class Relay:
             refuse_over(upstream.name, identity.owner, session, view)
             fwd.last_event_id = event_id
             view.answers = both(view.answers, ended_here(upstream.name, identity.owner, session))
-        resp = await forward(incoming, send, fwd)
+        with _in_use(upstream, identity, session):
+            resp = await forward(incoming, send, fwd)
         if incoming.method == "DELETE" and resp is not None:
             _ended(upstream, identity, session, resp.status)
 
@@ -165,19 +162,26 @@ class Relay:
         msg_id = message.msg_id if message.is_request else None
         fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
+        if initializing:
+            _room_for(upstream, identity, message)
+        with _in_use(upstream, identity, session):
+            await self._forward(incoming, send, upstream, identity, message, view, fwd)
+
+    async def _forward(
+        self,
+        incoming: Incoming,
+        send: Send,
+        upstream: HttpUpstream,
+        identity: Identity,
+        message: Message,
+        view: ClientView,
+        fwd: Forward,
+    ) -> None:
+        session, initializing = fwd.session_id, message.method == "initialize"
         if message.method == "tools/call" and message.is_request:
             view.creates = True
             await self._call(incoming, send, fwd, message, identity)
             return
-        if (
-            initializing
-            and upstream.sessions is not None
-            and upstream.sessions.full_for(identity.owner)
-        ):
-            log.warning("relay.at_capacity", server=upstream.name, owner=identity.owner)
-            msg = f"upstream {upstream.name!r} holds its most sessions (servers.X.max_sessions)"
-            status = rpc.upstream_failure_status(message.msg_id, 503)
-            raise BadMessage(rpc.UPSTREAM_UNAVAILABLE, msg, status=status, msg_id=message.msg_id)
         if names_tasks(message):  # only this caller's tasks, by the upstream's own ids
             sent, named, view.tasks = upstream_request(self.gw, upstream.name, identity, message)
             fwd.body = sent if sent is not None else fwd.body
@@ -191,7 +195,7 @@ class Relay:
             remember_client(self.gw, upstream.name, identity, view.session, message)
             made = resp.headers.get("mcp-session-id")
             if upstream.sessions is not None and made is not None and fwd.failure is None:
-                upstream.end_sessions(upstream.sessions.used(identity.owner, made.strip()))
+                upstream.sessions.opened(identity.owner, made.strip())
         elif resp.status == 404:
             _ended(upstream, identity, session, resp.status)
 
@@ -206,6 +210,42 @@ class Relay:
         call = _call_of(message, fwd, identity, incoming, self.gw)
         version = _version(message, incoming)
         await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
+
+
+def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> None:
+    """Refuse a new session past the server's caps (idle ones ended first)."""
+    table = upstream.sessions
+    if table is None:
+        return
+    upstream.end_sessions([sid for _, sid in table.idle_ones()])
+    refused = table.refusal(identity.owner)
+    if refused is None:
+        return
+    status, setting = refused
+    log.warning("relay.at_capacity", server=upstream.name, owner=identity.owner, cap=setting)
+    if setting == "max_sessions":
+        msg = f"upstream {upstream.name!r} holds its most sessions (servers.X.{setting})"
+    else:
+        msg = (
+            f"this agent holds its most sessions of upstream {upstream.name!r} "
+            f"(servers.X.{setting}): end one (DELETE) first"
+        )
+    status = rpc.upstream_failure_status(message.msg_id, status)
+    raise BadMessage(rpc.UPSTREAM_UNAVAILABLE, msg, status=status, msg_id=message.msg_id)
+
+
+@contextlib.contextmanager
+def _in_use(upstream: HttpUpstream, identity: Identity, session: str | None) -> Iterator[None]:
+    """A request (or stream) in progress on ``session``: it is not idle meanwhile."""
+    table = upstream.sessions
+    if table is None or session is None:
+        yield
+        return
+    table.began(identity.owner, session)
+    try:
+        yield
+    finally:
+        table.done(identity.owner, session)
 
 
 def _ended(upstream: HttpUpstream, identity: Identity, session: str | None, status: int) -> None:

@@ -4,82 +4,115 @@ The relay keeps no state of its own per session (the id it hands out is the upst
 signed), so nothing bounded how many sessions one agent made an upstream hold: one agent
 opened 3,000 and never ended them (red-team wave 33), and the upstream kept them all. Now
 each replica counts the sessions it sees per caller (``Identity.owner``: the grant and the
-agent), made here or presented here, and:
+agent), made here or presented here:
 
-- past ``servers.X.max_sessions_per_grant`` for one caller, its least recently used session
-  is ended (a DELETE upstream) and forgotten: a caller that never ends its sessions loses
-  its oldest one, and only its own;
-- past ``servers.X.max_sessions`` in all, a new session is refused to a caller that holds
-  none to give up (503): the upstream's memory is bounded by the operator's number.
+- a new session past ``servers.X.max_sessions_per_grant`` for one caller is refused (429),
+  past ``servers.X.max_sessions`` in all too (503): no session in use is ever ended to make
+  room (one that was broke its client's running call, and neither SDK opens another);
+- a session with no request for ``servers.X.session_idle`` seconds (none in progress, no
+  stream open) is ended upstream (a DELETE) and no longer counted, as a stdio server's
+  sessions end after their ``idle_timeout``: a client that left its sessions behind (a
+  crash, or a client that never sends DELETE) does not hold its places for good.
 
-A session ended here is answered 404 ("Session not found") when presented again, as the
-upstream itself answers an ended one, so a client opens another. The count is per replica.
+A session its client ends (DELETE), or that its upstream no longer knows (404), gives its
+place back at once. The count is per replica.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-
-#: Sessions ended here, remembered so that one presented again is not counted anew.
-MAX_ENDED = 16384
+from collections.abc import Callable
+from dataclasses import dataclass
 
 Key = tuple[str, str]  # (owner, the upstream's session id)
+
+
+@dataclass(slots=True)
+class _Use:
+    last: float  # when a request last began or ended on it
+    busy: int = 0  # requests (streams included) in progress on it
 
 
 class SessionTable:
     """Sessions by caller, least recently used first."""
 
-    def __init__(self, max_sessions: int, max_per_owner: int) -> None:
+    def __init__(
+        self,
+        max_sessions: int,
+        max_per_owner: int,
+        idle: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
-        self.max_per_owner = max_per_owner
-        self._by_owner: dict[str, OrderedDict[str, None]] = {}
-        self._count = 0
-        self._ended: OrderedDict[Key, None] = OrderedDict()
+        self.max_per_owner = min(max_per_owner, max_sessions)
+        self.idle = idle
+        self.clock = clock
+        self._uses: OrderedDict[Key, _Use] = OrderedDict()
+        self._per_owner: dict[str, int] = {}
 
     @property
     def count(self) -> int:
-        return self._count
+        return len(self._uses)
 
     def held_by(self, owner: str) -> int:
-        held = self._by_owner.get(owner)
-        return 0 if held is None else len(held)
+        return self._per_owner.get(owner, 0)
 
-    def full_for(self, owner: str) -> bool:
-        """Whether a new session of ``owner``'s would be past ``max_sessions`` with none of
-        its own to give up."""
-        return self._count >= self.max_sessions and not self.held_by(owner)
+    def refusal(self, owner: str) -> tuple[int, str] | None:
+        """Why a new session of ``owner``'s may not be made now (status, the setting), or
+        None when it may."""
+        if self.held_by(owner) >= self.max_per_owner:
+            return 429, "max_sessions_per_grant"
+        if self.count >= self.max_sessions:
+            return 503, "max_sessions"
+        return None
 
-    def was_ended(self, owner: str, sid: str) -> bool:
-        return (owner, sid) in self._ended
+    def began(self, owner: str, sid: str) -> None:
+        """A request (or stream) begins on a session made or presented here."""
+        key = (owner, sid)
+        use = self._uses.get(key)
+        if use is None:
+            use = self._uses[key] = _Use(self.clock())
+            self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+        use.busy += 1
+        use.last = self.clock()
+        self._uses.move_to_end(key)
 
-    def used(self, owner: str, sid: str) -> list[str]:
-        """A session made or presented now: most recently used. Returns the sessions of
-        ``owner`` ended to make room (the upstream is to be told)."""
-        held = self._by_owner.get(owner)
-        if held is None:
-            held = self._by_owner[owner] = OrderedDict()
-        if sid in held:
-            held.move_to_end(sid)
-            return []
-        held[sid] = None
-        self._count += 1
-        ended: list[str] = []
-        while len(held) > self.max_per_owner or (self._count > self.max_sessions and len(held) > 1):
-            old, _ = held.popitem(last=False)
-            self._count -= 1
-            self._remember(owner, old)
-            ended.append(old)
-        return ended
+    def done(self, owner: str, sid: str) -> None:
+        """A request (or stream) on it is over."""
+        use = self._uses.get((owner, sid))
+        if use is not None:
+            use.busy = max(use.busy - 1, 0)
+            use.last = self.clock()
+            self._uses.move_to_end((owner, sid))
+
+    def opened(self, owner: str, sid: str) -> None:
+        """A session made here (its ``initialize`` answered)."""
+        self.began(owner, sid)
+        self.done(owner, sid)
 
     def ended(self, owner: str, sid: str) -> None:
         """The session is over (its client's DELETE, or the upstream no longer knows it)."""
-        held = self._by_owner.get(owner)
-        if held is not None and held.pop(sid, 0) is None:
-            self._count -= 1
-            if not held:
-                del self._by_owner[owner]
+        if self._uses.pop((owner, sid), None) is not None:
+            self._forget(owner)
 
-    def _remember(self, owner: str, sid: str) -> None:
-        self._ended[(owner, sid)] = None
-        while len(self._ended) > MAX_ENDED:
-            self._ended.popitem(last=False)
+    def idle_ones(self) -> list[Key]:
+        """The sessions idle past ``idle`` (nothing in progress), no longer counted: the
+        upstream is to be told."""
+        now, out = self.clock(), []
+        for key, use in list(self._uses.items()):
+            if now - use.last < self.idle:
+                break  # least recently used first: the rest are younger
+            if use.busy:
+                continue
+            del self._uses[key]
+            self._forget(key[0])
+            out.append(key)
+        return out
+
+    def _forget(self, owner: str) -> None:
+        left = self._per_owner.get(owner, 0) - 1
+        if left > 0:
+            self._per_owner[owner] = left
+        else:
+            self._per_owner.pop(owner, None)

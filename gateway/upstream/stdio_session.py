@@ -251,13 +251,23 @@ class SessionLink:
     async def _resume(self, last: str, send: Send) -> None:
         """Replay a stream's events after ``last``; then go on with it if it is still live."""
         stream = self.events.stream_of(last)
+        replay = list(self.events.after(last))
+        pending = self.in_flight.get(stream) if stream is not None else None
+        if stream is not None and stream != GET_STREAM and pending is None and not replay:
+            # A request's stream that is over (answered, cancelled, or ended by the gateway
+            # for silence) with nothing left to replay: 405 at once, as the relay answers
+            # for a request that is over (forward.refuse_over). Held open, the TypeScript
+            # client's stream ended later and it reported a broken connection (a plain GET,
+            # 409 while its own was open; red-team wave 38).
+            msg = "the request of this stream was cancelled or ended: nothing more will come"
+            await reply(send, 405, rpc_error(None, INVALID_REQUEST, msg))
+            return
         await open_stream(send, self.headers)
-        for framed in self.events.after(last):
+        for framed in replay:
             await send({"type": "http.response.body", "body": framed, "more_body": True})
         if stream == GET_STREAM and self.get_stream is None:
             await self._serve_get(send)
             return
-        pending = self.in_flight.get(stream) if stream is not None else None
         if pending is not None and not pending.reading:
             await self._respond(send, stream, pending, True, False)
             return
