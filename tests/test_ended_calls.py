@@ -228,3 +228,17 @@ def test_a_resumed_stream_brings_no_answer_to_an_ended_call() -> None:
     assert not carries(9)
     assert carries("9") and carries(10)  # only that request's (by id and its JSON type)
     assert ended_here("up", "g/b", "sid-1")(9)  # and only in its own session
+
+
+def test_one_callers_cancels_never_push_out_anothers() -> None:
+    """One list for every caller let one agent's 4,200 made-up cancels push another's out,
+    and its resumed streams were forwarded and held again (red-team wave 38)."""
+    from gateway.edge.clientview import id_digest
+    from gateway.edge.forward import MAX_OVER, over, request_over
+
+    request_over("up", "g/victim", "s-v", 7)
+    for n in range(MAX_OVER * 3):
+        request_over("up", "g/flood", "s-f", f"made-up-{n}")
+    assert over("up", "g/victim", "s-v", id_digest(7))
+    assert not over("up", "g/flood", "s-f", id_digest("made-up-0"))  # its own oldest gave way
+    assert not over("up", "g/other", "s-v", id_digest(7))

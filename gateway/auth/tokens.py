@@ -67,11 +67,18 @@ def claim(claims: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def spaced(raw: str) -> list[str]:
+    """A space-separated claim's parts, split on U+0020 only (RFC 6749's scope syntax):
+    ``str.split()`` also split on NBSP, U+3000 and the like, so one role or group named
+    ``intern\u00a0admin`` was the roles ``intern`` and ``admin`` (red-team wave 38)."""
+    return [part for part in raw.split(" ") if part]
+
+
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     """``scope`` (RFC 9068, space-separated) or ``scp`` (a list, as some IdPs write it)."""
     raw = claims.get("scope", claims.get("scp"))
     if isinstance(raw, str):
-        return frozenset(raw.split())
+        return frozenset(spaced(raw))
     if isinstance(raw, list):
         return frozenset(s for s in raw if isinstance(s, str))
     return frozenset()
@@ -89,7 +96,7 @@ def agent_of(claims: Mapping[str, Any], mapping: ClaimMap, auth: AuthMethod) -> 
     if mapping.roles is not None:
         raw = claim(claims, mapping.roles)
         if isinstance(raw, str):
-            roles = tuple(raw.split())
+            roles = tuple(spaced(raw))
         elif isinstance(raw, list) and all(isinstance(r, str) for r in raw):
             roles = tuple(raw)
         elif raw is not None:
