@@ -252,7 +252,7 @@ class TestRelist:
         now = [0.0]
         seen: list[tuple[str, str]] = []
 
-        def observe(server: str, tool: dict[str, Any]) -> tuple[None, str]:
+        def observe(server: str, tool: dict[str, Any], own: bool = False) -> tuple[None, str]:
             seen.append((server, tool["name"]))
             return None, "same"
 

@@ -113,6 +113,8 @@ def test_an_unlisted_variant_of_a_listed_or_named_tool_is_refused(tmp_path: Path
     for name in variants:
         decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
         assert (decision.effect, decision.error) == ("deny", "no_tool"), name
+    named = verdict(gw, Call(tool="wipe_records", server="up", info=gw.tool_info("up", "x")))
+    assert named.error != "no_tool"  # the name itself: its own entry decides
     for name in ("list_orders", "other_tool"):  # listed, or like nothing: the rules decide
         decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
         assert decision.effect == "allow", name

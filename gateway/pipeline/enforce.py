@@ -96,10 +96,10 @@ def check_variant(gw: Gateway, call: Call, decision: Decision) -> Decision:
     Told as a name no server has."""
     if call.info.listed or decision.effect == "deny":
         return decision
-    server = call.server or ""
-    if fold(call.tool) not in gw.folded_names(server):
+    names, folds = gw.folded_names(call.server or "")
+    if call.tool in names or fold(call.tool) not in folds:  # itself, or like none
         return decision
-    reason = f"no tool named {call.tool!r} is listed by server {server!r}"
+    reason = f"no tool named {call.tool!r} is listed by server {call.server or ''!r}"
     return replace(decision, effect="deny", rule="route", reason=reason, error="no_tool", limits=())
 
 

@@ -162,7 +162,9 @@ class Gateway:
     # a caller's list never replaces what that reading learned of them.
     read_here: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _names_added: int = field(default=0, repr=False)
-    _folded: dict[str, tuple[Any, frozenset[str]]] = field(default_factory=dict, repr=False)
+    _folded: dict[str, tuple[Any, tuple[frozenset[str], frozenset[str]]]] = field(
+        default_factory=dict, repr=False
+    )
     # MCP requests in progress per agent of a grant (security.max_requests_per_agent)
     in_progress: InProgress = field(init=False, repr=False)
     reading: InProgress = field(init=False, repr=False)
@@ -199,9 +201,9 @@ class Gateway:
             tool = {"name": name, "annotations": info.annotations}
             self.catalog[(server, name)] = catalog_info(self.policy, server, tool)
 
-    def folded_names(self, server: str) -> frozenset[str]:
+    def folded_names(self, server: str) -> tuple[frozenset[str], frozenset[str]]:
         """The names ``server`` listed and the tool names the policy gives (its own or any
-        server's), folded (``enforce.fold``): kept until either changes."""
+        server's), as they are and folded (``enforce.fold``): kept until either changes."""
         key = (server, self.policy, len(self.known_tools.get(server, ())), self._names_added)
         cached = self._folded.get(server)
         if cached is not None and cached[0] == key:
@@ -210,9 +212,9 @@ class Gateway:
 
         names = [*self.known_tools.get(server, ())]
         names += [tool for (where, tool) in self.policy.exact if where in (None, server)]
-        folded = frozenset(fold(name) for name in names)
-        self._folded[server] = (key, folded)
-        return folded
+        found = (frozenset(names), frozenset(fold(name) for name in names))
+        self._folded[server] = (key, found)
+        return found
 
     def _remember(self, server: str, name: str) -> None:
         names = self.known_tools.setdefault(server, OrderedDict())
