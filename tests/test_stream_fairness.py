@@ -199,17 +199,6 @@ async def test_a_merged_stream_holds_what_its_client_has_not_read_within_its_byt
         await asyncio.sleep(0)
 
 
-async def _turns_given_while(work: Any) -> int:
-    """How many turns another task got while ``work`` ran (one step each turn)."""
-    task = asyncio.ensure_future(work)
-    turns = 0
-    while not task.done():
-        turns += 1
-        await asyncio.sleep(0)
-    await task
-    return turns
-
-
 async def test_a_stdio_childs_flood_of_blank_lines_lets_other_callers_run() -> None:
     """A stdio server writing blank lines (64 KiB/s) kept the loop in its reader, every line
     there already: every other caller's calls took 20 s, /healthz 17 s (red-team wave 37)."""
@@ -225,7 +214,7 @@ async def test_a_stdio_childs_flood_of_blank_lines_lets_other_callers_run() -> N
     reader = asyncio.StreamReader(limit=1 << 20)
     reader.feed_data(b"\n" * 500_000 + b"  \r\n" * 1000 + b'{"jsonrpc":"2.0","method":"x"}\n')
     reader.feed_eof()
-    turns = await _turns_given_while(child._read_lines(child._lines(reader)))
+    turns = await _turns_while(child._read_lines(child._lines(reader)))
     assert turns >= 500_000 // FAIR_CHUNKS // 2  # a turn every 16 lines at most (or 5 ms)
     assert heard == [b'{"jsonrpc":"2.0","method":"x"}']  # blank lines: nothing to hear
 
@@ -237,5 +226,5 @@ async def test_a_stdio_childs_stderr_flood_lets_other_callers_run() -> None:
     for _ in range(64):
         reader.feed_data(b"\n" * 65536)
     reader.feed_eof()
-    turns = await _turns_given_while(StderrLog("st", "st[1]").drain(reader))
+    turns = await _turns_while(StderrLog("st", "st[1]").drain(reader))
     assert turns >= 64 // FAIR_CHUNKS

@@ -70,11 +70,8 @@ def id_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
 
 
-_digest = id_digest
-
-
 def _same_digest(digest: str) -> IdCheck:
-    return lambda value: _digest(value) == digest
+    return lambda value: id_digest(value) == digest
 
 
 #: The tag of a stream's event ids that is no request's (a server's GET stream, a listen).
@@ -158,7 +155,9 @@ class ClientView:
         request = self.request
         if request is not None:
             msg_id, token = request
-            self.tag = "r" + _digest(msg_id) + (_digest(token) if token is not None else NO_TOKEN)
+            self.tag = (
+                "r" + id_digest(msg_id) + (id_digest(token) if token is not None else NO_TOKEN)
+            )
             self.request = None
         return self.tag
 

@@ -7,12 +7,12 @@ tokens, and a denied call takes none either.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import replace
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gateway.inventory.shapes import MAX_CHECKED, TooManyValues, mismatch
+from gateway.policy.matching import fold
 from gateway.policy.model import Call, Decision, LimitState
 from gateway.ratelimit.base import Bucket, LimitResult
 
@@ -80,12 +80,6 @@ def check_arg_types(gw: Gateway, call: Call, decision: Decision) -> Decision:
     return replace(
         decision, effect="deny", rule="schema", reason=why, error="argument_type", limits=()
     )
-
-
-def fold(name: str) -> str:
-    """A tool name as a server that matches names loosely may read it: NFKC, case-folded,
-    trimmed, ``-`` read as ``_``."""
-    return unicodedata.normalize("NFKC", name).casefold().strip().replace("-", "_")
 
 
 def check_variant(gw: Gateway, call: Call, decision: Decision) -> Decision:

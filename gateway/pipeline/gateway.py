@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.inventory.pins import Pins
 from gateway.inventory.shapes import Shape, shape_of
 from gateway.policy import CompiledPolicy, ToolInfo
+from gateway.policy.matching import fold
 from gateway.policy.risk import tool_info as catalog_info
 from gateway.ratelimit.base import RateLimiter
 from gateway.telemetry.audit import DecisionLog, flush_logs
@@ -204,12 +205,10 @@ class Gateway:
     def folded_names(self, server: str) -> tuple[frozenset[str], frozenset[str]]:
         """The names ``server`` listed and the tool names the policy gives (its own or any
         server's), as they are and folded (``enforce.fold``): kept until either changes."""
-        key = (server, self.policy, len(self.known_tools.get(server, ())), self._names_added)
+        key = (self.policy, self._names_added)  # a name listed anew (or dropped) adds one
         cached = self._folded.get(server)
         if cached is not None and cached[0] == key:
             return cached[1]
-        from gateway.pipeline.enforce import fold
-
         names = [*self.known_tools.get(server, ())]
         names += [tool for (where, tool) in self.policy.exact if where in (None, server)]
         found = (frozenset(names), frozenset(fold(name) for name in names))

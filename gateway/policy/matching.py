@@ -9,6 +9,7 @@ order never depends on file order. Globs know ``*`` (any run) and ``?`` (one cha
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from functools import cache
 
@@ -46,6 +47,12 @@ def globs_overlap(a: str, b: str) -> bool:
         return False
 
     return meet(0, 0)
+
+
+def fold(name: str) -> str:
+    """A tool name as a server that matches names loosely may read it: NFKC, case-folded,
+    trimmed, ``-`` read as ``_``."""
+    return unicodedata.normalize("NFKC", name).casefold().strip().replace("-", "_")
 
 
 def candidates(policy: CompiledPolicy, server: str | None, tool: str) -> Iterator[ToolEntry]:
