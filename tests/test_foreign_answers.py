@@ -160,6 +160,45 @@ class TestRelay:
         assert [m.get("method") for m in found] == ["notifications/message"]
 
 
+TRACEBACK = 'Traceback (most recent call last):\n  File "/srv/secret-app/handlers.py", line 42'
+
+
+class TestWhatIsNoMessage:
+    """An upstream's event data or JSON body that is no JSON message (a crashing server's
+    traceback) is not passed on: it named the server's files to the agent, and the SDK's
+    client, failing to parse it, failed the call whose own answer came next (red-team wave
+    39). Refused in both eras, on a stream (the event dropped, the answer kept) and whole
+    (the request's -32001)."""
+
+    @pytest.mark.parametrize("junk", [TRACEBACK, "plain words", '"a string"', "{not json"])
+    def test_on_a_stream_the_event_is_dropped(self, gateway: GatewayProcess, junk: str) -> None:
+        for message, headers in (
+            (call("j-1", junk=junk), {}),
+            (
+                modern(call("j-2", junk=junk)),
+                {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"},
+            ),
+        ):
+            resp = post(gateway, "/mcp/forgesse", message, **headers)
+            assert "handlers.py" not in resp.text and junk not in resp.text
+            found = messages(resp)  # every message the client gets is JSON
+            assert [m["id"] for m in found] == [message["id"]]
+            assert found[0]["result"]["content"][0]["text"] == f"{message['id']} "
+
+    def test_whole_it_is_the_requests_error(self, gateway: GatewayProcess) -> None:
+        resp = post(gateway, "/mcp/forge", call("j-3", junk=TRACEBACK))
+        assert "handlers.py" not in resp.text
+        refused(messages(resp), "j-3")
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_the_sdk_reads_the_calls_own_answer(
+        self, gateway: GatewayProcess, mode: str
+    ) -> None:
+        async with client(f"{gateway.base}/mcp", KEY, mode=mode) as sdk:
+            result = await sdk.call_tool("forgesse__echo", {"text": "hi", "junk": TRACEBACK})
+            assert not result.is_error and "handlers.py" not in str(result)
+
+
 class TestAggregate:
     def session(self, gateway: GatewayProcess) -> dict[str, str]:
         resp = post(gateway, "/mcp", initialize_body("raw", msg_id=0))

@@ -180,7 +180,9 @@ async def test_a_merged_stream_holds_what_its_client_has_not_read_within_its_byt
     from gateway.edge.agg.streams import ChunkQueue, _pump
 
     resp: Any = Sse(50)
-    big = b"x" * 1000
+    big = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"%s"}}' % (
+        b"x" * 1000
+    )
 
     async def next_big() -> bytes | None:
         chunk = await Sse.next_chunk(resp)

@@ -119,7 +119,7 @@ def filtered(data: bytes, view: View) -> bytes | None:
     if not_utf8(data):
         return DROP
     if b"__proto__" not in data and not view.wants(data):
-        return None
+        return None if is_message_text(data) else DROP
     try:
         message = json_loads(data, object_pairs_hook=_strict_object)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -138,6 +138,27 @@ def filtered(data: bytes, view: View) -> bytes | None:
         if changed is None or changed is DROP:  # (the view's DROP: not for this caller)
             return changed
     return json_bytes(changed)
+
+
+def is_message_text(data: bytes) -> bool:
+    """Whether ``data`` is the JSON text of one object (a message) or one array (a batch),
+    checked without building it. The bytes the view does not read were passed as they came:
+    a crashing server's traceback (file paths and all) in an event reached the agent, and the
+    SDK's client, failing to parse it, failed the call whose answer came next (red-team wave
+    39). Empty data (a priming event) is no message and passes."""
+    if not data:
+        return True
+    if _OPENS_MESSAGE.match(data) is None:
+        return False
+    try:
+        _ANY_JSON.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+_OPENS_MESSAGE = re.compile(rb"[ \t\r\n]*[{\[]")
+_ANY_JSON = msgspec.json.Decoder(msgspec.Raw)
 
 
 def has_data(event: bytes) -> bool:

@@ -51,6 +51,10 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
   that was never made or was ended is answered 404 (logged with ``sid``);
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
   a ``notifications/message``, then its end.
+
+With ``forge``, a call whose arguments name ``junk`` (text) has that text as the data of an
+event before its answer (with ``sse``), or as its whole JSON body (without): what a crashing
+server prints (a traceback) where a message belongs.
 """
 
 from __future__ import annotations
@@ -119,9 +123,20 @@ def forged_id(message: dict[str, Any]) -> Any:
     return message["id"]
 
 
+def junk_of(message: dict[str, Any]) -> bytes | None:
+    """The text a ``forge`` call's arguments name as ``junk``, if any."""
+    args = (message.get("params") or {}).get("arguments") or {}
+    if "forge" in MISBEHAVE and isinstance(args, dict) and isinstance(args.get("junk"), str):
+        return str(args["junk"]).encode()
+    return None
+
+
 def reply_to(message: dict[str, Any]) -> bytes:
     if "id" not in message:
         return answer("202 Accepted")
+    junk = junk_of(message)
+    if junk is not None:
+        return answer("200 OK", junk)
     try:
         body = {"jsonrpc": "2.0", "id": forged_id(message), "result": result_for(message)}
         args = (message.get("params") or {}).get("arguments") or {}
@@ -277,11 +292,14 @@ async def stream_answer(
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
     writer.write(b"transfer-encoding: chunked\r\n\r\n")
     forged = forgeries(message)
-    if forged:  # the forgeries, then the call's own answer under its own id
+    junk = junk_of(message)
+    if forged or junk is not None:  # the forgeries, then the call's own answer, its own id
         message = {**message, "params": {**message["params"], "arguments": {}}}
     answer_event = b"event: message\ndata: " + reply_to(message).split(b"\r\n\r\n", 1)[1]
     for note in forged:
         writer.write(chunk(b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n"))
+    if junk is not None:
+        writer.write(chunk(b"event: message\ndata: " + junk + b"\n\n"))
     if how != "sse-linger":
         writer.write(chunk(b"id: 1\ndata: \n\n"))
         await writer.drain()
