@@ -113,7 +113,7 @@ class TestConfigErrors:
             ("valkey://127.0.0.1:6379/zero", "the database must be a number"),
             ("valkeys://h:6380/0?ssl_cert_reqs=sometimes", "Certificate Requirements"),
             ("valkeys://h:6380/0?ssl_ca_certs=missing-ca.pem", "No such file"),
-            ("http://user:hunter2@h/0", "unknown backend 'http://user:***@h/0'"),
+            ("http://user:hunter2@h/0", "unknown backend 'http://***@h/0'"),
             ("valkey://user:hunter2[x@h/0", "does not read as a URL"),
             ("valkeys://h:6380/0?ssl_ca_cert=ca.pem", "unknown option ssl_ca_cert"),
             ("valkey://h:6379/0?ssl_check_host_name=false", "unknown option ssl_check_host_name"),
@@ -178,6 +178,36 @@ class TestConfigErrors:
         [found] = problems(path)
         assert found.startswith(f"{path}:4: limits.backend: the password is a placeholder")
         assert password not in found.replace("a placeholder", "")
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "valkey://:Zq9S/ECRETpw@127.0.0.1:6379/0",  # base64's "/" cuts the authority short
+            "valkey://:Zq9S#ECRETpw@127.0.0.1:6379/0",
+            "valkey://:Zq9S?ECRETpw@127.0.0.1:6379/0",
+            "valkey://Zq9SECRETpw@127.0.0.1:6379/zz",  # the password given as the user
+            "redis://:Zq9SECRETpw@127.0.0.1:6379/0",
+            "valkey:Zq9SECRETpw@127.0.0.1",
+            "valkey://user:Zq9S/ECRETpw@127.0.0.1:6379/0",  # "Zq9S" read as the port
+        ],
+    )
+    def test_a_backend_url_refused_never_shows_its_password(self, tmp_path: Path, url: str) -> None:
+        """A URL the parser read as having no password (a raw "/", "#" or "?" in it, or no
+        colon before it) was shown whole in the error, password and all, in `celgate check`
+        and in the logs of `celgate run` (red-team wave 39)."""
+        base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
+        path = write(tmp_path, base + f"limits: {{backend: '{url}'}}\n")
+        [found] = problems(path)
+        assert found.startswith(f"{path}:4: limits.backend:")
+        assert "ECRET" not in found and "Zq9S" not in found and "127.0.0.1" in found, found
+
+    def test_an_upstream_url_refused_never_shows_its_port_words(self, tmp_path: Path) -> None:
+        """An upstream URL whose password held a "/" read as a port: the parser's words
+        quoted it."""
+        url = "http://user:Zq9SECRET/pw@127.0.0.1:1/mcp"
+        path = write(tmp_path, f"policy: rules/\nservers:\n  up: {{url: '{url}'}}\n")
+        [found] = problems(path)
+        assert "servers.up.url" in found and "ECRET" not in found, found
 
     def test_a_placeholder_digest_is_refused(self, tmp_path: Path) -> None:
         """deploy/example.env's zeros were taken: a grant no key matches served, and with

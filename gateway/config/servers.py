@@ -79,8 +79,8 @@ def url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         port = parts.port  # raises for a port that is not one, or out of range
-    except ValueError as exc:
-        return f"is not a URL the gateway can reach: {exc}"
+    except ValueError:  # its words quote the port, which may be a password cut short
+        return "is not a URL the gateway can reach (a port that is no number, or out of range)"
     if not parts.hostname:
         return "names no host"
     if port == 0:

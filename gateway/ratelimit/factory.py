@@ -62,25 +62,49 @@ def valkey_url(url: str, what: str) -> str | None:
 def backend_problem(url: str) -> str | None:
     """Why ``url`` is not a usable backend (scheme, host, port, db, TLS options, CA files), or
     None. Valkey URLs are read exactly as the limiter will read them. A password in the URL
-    never appears in the message."""
+    never appears in the message, however badly it is written."""
     if url in MEMORY:
         return None
     try:
         parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # (a password holding "[" or "]"): nothing of it can be shown
+        parts.password  # noqa: B018 (a password holding "[" or "]" raises here)
+    except ValueError:  # nothing of it can be shown
         return f"the backend URL does not read as a URL ({_EXPECTED})"
-
-    def redact(text: str) -> str:
-        return text.replace(password, "***") if password else text
-
     scheme = parts.scheme.lower()
     if scheme not in ("valkey", "valkeys", "unix"):
-        return f"unknown backend {redact(url)!r} ({_EXPECTED})"
+        return f"unknown backend {shown_backend(url)!r} ({_EXPECTED})"
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:  # cut short: its words
+        return f"{shown_backend(url)!r} is not a usable Valkey URL: {_ESCAPED}"  # are secret
     if scheme != "unix" and not parts.hostname:
-        return f"{redact(url)!r} has no host ({_EXPECTED})"
+        return f"{shown_backend(url)!r} has no host ({_EXPECTED})"
     try:
         check_url(url)
     except (ValueError, OSError, ValkeyError) as exc:
-        return f"{redact(url)!r} is not a usable Valkey URL: {redact(str(exc))}"
+        why = _without_secrets(str(exc), url)
+        return f"{shown_backend(url)!r} is not a usable Valkey URL: {why}"
     return None
+
+
+_ESCAPED = "a /, ? or # in a password must be percent-encoded"
+
+
+def shown_backend(url: str) -> str:
+    """``url`` as a message may show it: whatever stands before its last ``@`` after the
+    scheme (a user, a password, however written) is ``***``. A password holding a raw ``/``,
+    ``?`` or ``#`` (as ``openssl rand -base64`` makes) cuts the URL's authority short, so the
+    parsed password was none and the whole URL was shown (red-team wave 39)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """``text`` with the user information of ``url`` (and either part of it) replaced."""
+    secret = urlsplit(url).netloc.rpartition("@")[0]
+    for part in sorted({secret, *secret.split(":", 1)}, key=len, reverse=True):
+        if part:
+            text = text.replace(part, "***")
+    return text
