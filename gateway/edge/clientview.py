@@ -1,8 +1,9 @@
 """What one caller may see of what an upstream sends: every message back passes through here.
 
-A tools list is recognised by its content (a result with ``tools``), wherever it arrives: the
-answer to a POST, a GET stream, a resumed stream, whatever id the upstream echoed (an upstream
-that rounds or retypes ids must not get a whole list through). It is filtered to what this
+A tools list is the answer to a ``tools/list``, or any result with ``tools`` on a stream whose
+request is not known here (a resumed stream): such a result is filtered, though only the
+answer to a ``tools/list`` adds to the catalogue and the pins; the ``tools`` key of another
+request's result is that result's own content, passed as it is. A list is filtered to what this
 caller could ever be allowed to call (in its session, as its calls are decided), each kept tool
 gets its risk and kind under ``_meta``, and a public cache hint becomes private (the list is per
 caller). A tool whose pin refuses it is not listed, and a name is listed once: what an agent
@@ -95,6 +96,7 @@ class ClientView:
         "creates",
         "gw",
         "identity",
+        "method",
         "modern",
         "progress",
         "request",
@@ -141,9 +143,17 @@ class ClientView:
         #: The request's id and progress token, until its tag is first needed (most answers
         #: go as JSON and need none: two digests a call saved).
         self.request: tuple[Any, Any] | None = None
+        #: The method of the request this stream answers, when known. Only the answer to a
+        #: ``tools/list`` tells the gateway what tools a server has: any result holding a
+        #: ``tools`` key (a tool's own output) fed the catalogue and the pins, and one
+        #: allowed call's result made a tool the server never listed "read" and "low" for
+        #: every caller, or marked a pinned tool changed (red-team wave 39).
+        self.method: str | None = None
 
-    def for_request(self, msg_id: Any, params: Any) -> None:
-        """This stream is the answer to the request ``msg_id`` (with ``params``)."""
+    def for_request(self, msg_id: Any, params: Any, method: str | None = None) -> None:
+        """This stream is the answer to the request ``msg_id`` (with ``params``), a
+        ``method`` request."""
+        self.method = method
         token = progress_token(params)
         self.answers = same_id(msg_id)
         self.progress = same_id(token)
@@ -262,8 +272,8 @@ class ClientView:
             if told is not result:
                 result = told
                 bound = shown = {**shown, "result": result}
-        if "tools" not in result:
-            return bound
+        if "tools" not in result or self.method not in (None, "tools/list"):
+            return bound  # (another request's result: its "tools" are its own content)
         return {**shown, "result": self._tools_result(result)}
 
     def _refuses(self, message: dict[str, Any]) -> bool:
@@ -292,6 +302,8 @@ class ClientView:
             # shares: a list of 100,000 held it for seconds. Such a page is shown as empty.
             log.warning("tools.too_many", server=self.server, tools=len(tools))
             tools = []
+        # What a stream of no known request carries (resumed) is filtered but teaches nothing.
+        listing = self.method == "tools/list"
         if isinstance(tools, list):
             gw, server, who, session = self.gw, self.server, self.identity, self.session
             policy, now = gw.policy, gw.now()
@@ -302,10 +314,14 @@ class ClientView:
                     continue
                 if too_deep(tool):
                     deep.append(tool["name"])
-                    gw.pins.observe(server, unreadable_definition(tool["name"]))
+                    if listing:
+                        gw.pins.observe(server, unreadable_definition(tool["name"]))
                     continue
-                info, _ = gw.observe(server, tool)  # every definition, so any change is seen
                 name = tool["name"]
+                if listing:  # every definition, so any change is seen
+                    info, _ = gw.observe(server, tool)
+                else:
+                    info = gw.tool_info(server, name)
                 if name in seen or name_problem(name) or gw.pins.refusal(server, name):
                     continue  # one definition per name, callable, and none the pins refuse
                 seen.add(name)

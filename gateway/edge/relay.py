@@ -158,7 +158,7 @@ class Relay:
         view.modern = modern and _version(message, incoming) in rpc.MODERN_VERSIONS
         view.cacheable = message.method in rpc.CACHEABLE_METHODS and message.is_request
         if message.is_request:
-            view.for_request(message.msg_id, message.params)
+            view.for_request(message.msg_id, message.params, message.method)
         msg_id = message.msg_id if message.is_request else None
         fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)

@@ -307,7 +307,7 @@ class Handshake:
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
         view.inner.creates = message.method == "tools/call"  # its answer may make a task
-        view.inner.for_request(message.msg_id, message.params)
+        view.inner.for_request(message.msg_id, message.params, message.method)
         fwd = routed(
             self.gw, incoming, server, message, changed, body, view, link.sid, identity.owner
         )

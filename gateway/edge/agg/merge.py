@@ -172,6 +172,7 @@ class Catalogue:
             if kind == "tool":
                 view = ClientView(self.gw, server, identity, session)
                 view.answers = any_id  # the servers' answers, already read as such
+                view.method = "tools/list"
                 shown = view.filter({"result": {"tools": listed}})
                 listed = shown["result"]["tools"] if shown is not None else listed
             for item in listed:

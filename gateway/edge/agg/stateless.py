@@ -201,7 +201,7 @@ class Stateless:
         view.creates = message.method == "tools/call"  # its answer may make a task
         view.modern = version in rpc.MODERN_VERSIONS
         view.cacheable = message.method in rpc.CACHEABLE_METHODS
-        view.for_request(message.msg_id, message.params)
+        view.for_request(message.msg_id, message.params, message.method)
         fwd = routed(self.gw, incoming, server, message, changed, body, view)
         if message.method != "tools/call":
             await forward(incoming, send, fwd)
