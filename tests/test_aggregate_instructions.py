@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.edge.agg.merge import MAX_INSTRUCTIONS
 from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
 from tests.peers import literal_upstream
 
@@ -56,3 +58,31 @@ def test_one_agents_session_does_not_write_anothers_instructions(gw: GatewayProc
     _, seen = initialize(gw, BOB, "bob")
     assert "alice-secret" not in json.dumps(seen)
     assert "session of celgate" in seen["instructions"]  # the gateway's own session's answer
+
+
+def test_what_a_server_offers_is_told_within_bounds(tmp_path: Path) -> None:
+    """A server's 40 MiB of instructions (or of one capability) went whole into every
+    client's ``initialize`` answer: one agent looping initialize held the loop for seconds
+    (red-team wave 39). Each server's instructions are cut, a heavy capability is told
+    without its details, the others as they are."""
+    huge = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"tools": {"listChanged": True}, "prompts": {"x": "y" * 100_000}},
+        "serverInfo": {"name": "literal", "version": "1"},
+        "instructions": "Use the tools well. " + "z" * 1_000_000,
+    }
+    (tmp_path / "script.json").write_text(json.dumps({"results": {"initialize": huge}}))
+    grants = {"alice": {"key_sha256": hashlib.sha256(ALICE.encode()).hexdigest()}}
+    with (
+        literal_upstream({"LITERAL_SCRIPT": str(tmp_path / "script.json")}) as up,
+        run_gateway(
+            tmp_path, 'version: "1"\ndefault: allow\n', {"lit": {"url": up.url}}, grants=grants
+        ) as gw,
+    ):
+        _, result = initialize(gw, ALICE, "alice")
+        assert result["instructions"].startswith("lit: Use the tools well. zzz")
+        assert len(result["instructions"]) < MAX_INSTRUCTIONS + 100
+        assert "[cut by celgate" in result["instructions"]
+        assert result["capabilities"]["tools"] == {"listChanged": True}
+        assert result["capabilities"]["prompts"] == {}
+        assert gw.records("aggregate.instructions_cut")

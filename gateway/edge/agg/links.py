@@ -12,6 +12,7 @@ from typing import Any
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from gateway.edge.agg.gate import Gate
+from gateway.edge.agg.merge import MAX_INSTRUCTIONS, cut_instructions
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
 from gateway.edge.agg.upcall import (
     UpcallDown,
@@ -26,6 +27,7 @@ from gateway.edge.inband import in_band
 from gateway.pipeline.gateway import Gateway
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
+from gateway.wire.jsonrpc import json_bytes
 
 REAP_SECONDS = 30.0
 
@@ -171,7 +173,7 @@ class Links:
             return False
         result = answer.get("result")
         if isinstance(result, dict):
-            self.known.setdefault(server, result)
+            self.known.setdefault(server, _kept(server, result))
             self.failing.pop(server, None)
         sid = headers.get("mcp-session-id")
         if sid:
@@ -199,3 +201,30 @@ class Links:
             await asyncio.sleep(REAP_SECONDS)
             for session in self.sessions.idle(time.monotonic()):
                 await self.close(session)
+
+
+#: What one capability of a server's may weigh (bytes of JSON) in what ``/mcp`` tells every
+#: client: past it the capability is told without its details (``{}``).
+MAX_CAPABILITY_BYTES = 4096
+
+
+def _kept(server: str, result: dict[str, Any]) -> dict[str, Any]:
+    """What ``/mcp`` keeps of a server's ``initialize`` result for every client's: its
+    capabilities (each bounded) and instructions (cut): what a server answered once was
+    rewritten into every client's answer, however large (red-team wave 39)."""
+    kept: dict[str, Any] = {}
+    instructions = result.get("instructions")
+    if isinstance(instructions, str):
+        if len(instructions) > MAX_INSTRUCTIONS:
+            log.warning("aggregate.instructions_cut", server=server, size=len(instructions))
+        kept["instructions"] = cut_instructions(instructions)
+    caps = result.get("capabilities")
+    if isinstance(caps, dict):
+        bounded: dict[str, Any] = {}
+        for name, value in list(caps.items())[:64]:
+            if len(json_bytes(value)) > MAX_CAPABILITY_BYTES:
+                log.warning("aggregate.capability_cut", server=server, capability=name[:100])
+                value = {}
+            bounded[str(name)[:100]] = value
+        kept["capabilities"] = bounded
+    return kept

@@ -308,13 +308,26 @@ def merge_capabilities(
     return out
 
 
+#: What ``/mcp`` tells its clients of one server's ``instructions`` (characters). A server's
+#: 40 MiB of instructions were joined into every client's ``initialize`` answer: one agent
+#: looping initialize and DELETE held the loop for seconds (red-team wave 39).
+MAX_INSTRUCTIONS = 16 * 1024
+
+
 def joined_instructions(results: Mapping[str, Mapping[str, Any]]) -> str | None:
     notes = [
-        f"{n}: {r['instructions']}"
+        f"{n}: {cut_instructions(r['instructions'])}"
         for n, r in results.items()
         if isinstance(r.get("instructions"), str) and r["instructions"]
     ]
     return "\n\n".join(notes) if notes else None
+
+
+def cut_instructions(text: str) -> str:
+    """A server's instructions, at most ``MAX_INSTRUCTIONS`` characters of them."""
+    if len(text) <= MAX_INSTRUCTIONS:
+        return text
+    return text[:MAX_INSTRUCTIONS] + f" [cut by celgate: {len(text) - MAX_INSTRUCTIONS} more]"
 
 
 def _ttl(value: Any) -> int:
