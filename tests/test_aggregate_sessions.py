@@ -113,3 +113,23 @@ def test_one_user_of_a_grant_cannot_hold_the_places_of_the_others() -> None:
     assert sessions.create("ide", {}, "2025-11-25", alice.owner).grant == "ide"
     sessions.drop(held[0].sid)  # a place given back is the owner's again
     sessions.create("ide", {}, "2025-11-25", mallory.owner)
+
+
+def test_at_its_cap_an_agents_long_idle_session_gives_way() -> None:
+    """The TypeScript SDK and the Inspector never send DELETE: their agent was refused every
+    new /mcp session once it had opened its cap's worth within the idle timeout (red-team
+    wave 39). Its own session idle a minute, with nothing in flight and no stream, gives
+    way; a busy one, a young one or another agent's never does."""
+    sessions = Sessions(max_total=100, max_per_grant=3, idle_seconds=600)
+    mallory, alice = Identity("ide", "mallory"), Identity("ide", "alice")
+    other = sessions.create("ide", {}, "2025-11-25", alice.owner)
+    held = [sessions.create("ide", {}, "2025-11-25", mallory.owner) for _ in range(3)]
+    start = held[0].last_used
+    assert sessions.stale_of(mallory.owner, start + 30) is None  # all young
+    held[0].streaming = True
+    held[1].inflight["1"] = "up"
+    held[2].last_used = start + 50
+    other.last_used = start - 500
+    assert sessions.stale_of(mallory.owner, start + 100) is None  # busy, or not idle a minute
+    assert sessions.stale_of(mallory.owner, start + 111) is held[2]
+    assert sessions.stale_of(alice.owner, start + 1000) is None  # alice is under her cap

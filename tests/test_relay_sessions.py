@@ -126,3 +126,29 @@ def test_an_idle_session_is_ended_and_a_busy_one_never() -> None:
     table.ended("c", "9")  # twice: counted once
     assert table.count == 0 and table.held_by("c") == 0
     assert SessionTable(max_sessions=3, max_per_owner=256, idle=1.0).max_per_owner == 3
+
+
+def test_at_its_cap_a_callers_long_idle_session_gives_way() -> None:
+    """The TypeScript SDK and the Inspector never end their sessions (no DELETE): an agent
+    using them was refused every new session once it had opened its cap's worth within
+    ``session_idle`` (red-team wave 39). Its own session idle a minute gives way; one in use
+    (a call, a stream), one younger, or another caller's never does."""
+    now = [0.0]
+    table = SessionTable(max_sessions=10, max_per_owner=3, idle=3600.0, clock=lambda: now[0])
+    table.opened("a", "1")
+    table.opened("b", "2")  # another caller's, older than a's second
+    now[0] = 10.0
+    table.opened("a", "3")
+    table.began("a", "1")  # a's oldest is in use (its GET stream open)
+    table.opened("a", "4")
+    now[0] = 30.0
+    assert table.give_way("a") is None  # all younger than a minute, or busy
+    now[0] = 100.0
+    assert table.give_way("b") is None  # b is not at its cap
+    assert table.give_way("a") == "3"  # a's own, idle, least recently used
+    assert table.held_by("a") == 2 and table.refusal("a") is None
+    table.opened("a", "5")
+    assert table.give_way("a") == "4"
+    table.opened("a", "6")
+    assert table.give_way("a") is None  # "5" and "6" were just used, "1" is busy
+    assert table.held_by("b") == 1  # never another's

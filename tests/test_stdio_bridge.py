@@ -23,6 +23,7 @@ from tests.gateway_proc import (
     calls_in,
     client,
     hidden_refusal,
+    initialize_body,
     run_gateway,
     text_of,
 )
@@ -220,19 +221,24 @@ async def _until_ok(c: Any) -> str:
 
 class TestProcesses:
     async def test_session_cap(self, tmp_path: Path) -> None:
-        """At ``max_processes`` an idle session gives way; busy ones are never evicted."""
+        """At ``max_processes`` an idle session gives way; busy ones (a request in progress,
+        a GET stream open) are never evicted."""
         servers = {"st": stdio_server(max_processes=1)}
         policy = POLICY + "  hang: {action: allow}\n"
+        accept = {"accept": "application/json, text/event-stream"}
         with run_gateway(tmp_path, policy, servers) as gw:
             # The gateway's own start-up sessions hold the one slot for a moment.
             await eventually(lambda: _discovered(gw), 20)
-            async with client(gw.url("st"), mode="legacy") as first:
-                await first.call_tool("echo", {"text": "one"})
+            async with httpx.AsyncClient(headers=accept, timeout=20) as http:
+                opened = await http.post(gw.url("st"), json=initialize_body("first"))
+                first = {"mcp-session-id": opened.headers["mcp-session-id"]}
+                echo = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
+                echo["params"] = {"name": "echo", "arguments": {"text": "one"}}
+                assert (await http.post(gw.url("st"), json=echo, headers=first)).is_success
                 async with client(gw.url("st"), mode="legacy") as second:
                     assert text_of(await second.call_tool("echo", {"text": "two"})) == "two"
-                    with pytest.raises(Exception) as gone:
-                        await first.call_tool("echo", {"text": "evicted?"})
-                    assert "Session not found" in str(gone.value)
+                    gone = await http.post(gw.url("st"), json=echo, headers=first)
+                    assert gone.status_code == 404 and "Session not found" in gone.text
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(second.call_tool, "hang", {})
                         await anyio.sleep(0.5)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.config import load_config
+from gateway.upstream.stdio import StdioBridge
 from gateway.upstream.stdio_session import SessionLink
 from gateway.wire.jsonrpc import MAX_TOKEN_CHARS, BadMessage, classify
 from tests.gateway_proc import write_config
@@ -112,3 +113,27 @@ def test_an_id_past_its_length_is_refused() -> None:
     with pytest.raises(BadMessage, match="id longer than 1024"):
         classify({"jsonrpc": "2.0", "id": long_id, "method": "ping"})
     assert classify({"jsonrpc": "2.0", "id": long_id[:-1], "method": "ping"}).msg_id
+
+
+def test_a_session_in_use_at_the_gateway_never_gives_way(tmp_path: Path) -> None:
+    """At ``max_processes_per_grant`` the caller's least recently used idle session gives
+    way to its new one. A session whose call was held for approval (not yet at the
+    process) or whose client kept its GET stream open read as idle and was ended: the
+    approved call then ran nothing, and neither SDK opens another session (red-team wave
+    39). Now the relay marks its session in use for as long as it holds the request."""
+    command, args = stdio_upstream_command()
+    servers = {"st": {"command": command, "args": args, "max_processes_per_grant": 2}}
+    config = load_config(write_config(tmp_path, "default: deny\n", servers, 9))
+    bridge = StdioBridge(config.servers["st"])
+    held, streaming, idle = (SessionLink(bridge, sid * 16, "g") for sid in "hsi")
+    for link in (held, idle):
+        link.last_used = 0.0  # long idle by the clock
+        bridge.sessions[link.session_id] = link
+    with bridge.in_use("g", held.session_id), bridge.in_use("other", idle.session_id):
+        assert bridge._refusal("g") is None  # room made: the idle one gave way
+        assert set(bridge.sessions) == {held.session_id}
+        streaming.serving = 1  # its GET stream is being answered
+        bridge.sessions[streaming.session_id] = streaming
+        status, why = bridge._refusal("g") or (0, "")
+        assert status == 429 and "all busy" in why  # nothing else may give way
+    assert held.serving == 0 and held.last_used > 0  # used just now

@@ -217,7 +217,12 @@ def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> N
     table = upstream.sessions
     if table is None:
         return
-    upstream.end_sessions([sid for _, sid in table.idle_ones()])
+    ending = [sid for _, sid in table.idle_ones()]
+    given = table.give_way(identity.owner)
+    if given is not None:
+        log.info("relay.session_given_way", server=upstream.name, owner=identity.owner)
+        ending.append(given)
+    upstream.end_sessions(ending)
     refused = table.refusal(identity.owner)
     if refused is None:
         return
@@ -238,8 +243,12 @@ def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> N
 def _in_use(upstream: HttpUpstream, identity: Identity, session: str | None) -> Iterator[None]:
     """A request (or stream) in progress on ``session``: it is not idle meanwhile."""
     table = upstream.sessions
-    if table is None or session is None:
+    if session is None:
         yield
+        return
+    if table is None:  # a stdio server's: its bridge keeps the session's process meanwhile
+        with upstream.in_use(identity.owner, session):
+            yield
         return
     table.began(identity.owner, session)
     try:

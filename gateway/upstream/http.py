@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -176,6 +177,11 @@ class HttpUpstream:
     async def _delete(self, sid: str) -> None:
         ended = await self.pool.request("DELETE", {**self.headers, "mcp-session-id": sid})
         ended.close()
+
+    def in_use(self, owner: str, sid: str) -> AbstractContextManager[None]:
+        """A request of ``owner``'s in progress on session ``sid``, as the upstream should know
+        (a stdio server's bridge; an HTTP upstream's sessions are counted in ``sessions``)."""
+        return nullcontext()
 
     def end_sessions(self, sids: list[str]) -> None:
         """Tell the upstream these sessions are over: a DELETE each, in the background, at

@@ -6,9 +6,13 @@ opened 3,000 and never ended them (red-team wave 33), and the upstream kept them
 each replica counts the sessions it sees per caller (``Identity.owner``: the grant and the
 agent), made here or presented here:
 
-- a new session past ``servers.X.max_sessions_per_grant`` for one caller is refused (429),
-  past ``servers.X.max_sessions`` in all too (503): no session in use is ever ended to make
-  room (one that was broke its client's running call, and neither SDK opens another);
+- a new session past ``servers.X.max_sessions_per_grant`` for one caller ends that caller's
+  own least recently used session idle for ``GIVE_WAY_SECONDS`` (nothing in progress, no
+  stream open), else is refused (429); past ``servers.X.max_sessions`` in all it is refused
+  (503): no session in use is ever ended to make room (one that was broke its client's
+  running call, and neither SDK opens another). The TypeScript SDK and the Inspector never
+  end their sessions (no DELETE): an agent using them was refused every new session once
+  it had opened its cap's worth within ``session_idle`` (red-team wave 39);
 - a session with no request for ``servers.X.session_idle`` seconds (none in progress, no
   stream open) is ended upstream (a DELETE) and no longer counted, as a stdio server's
   sessions end after their ``idle_timeout``: a client that left its sessions behind (a
@@ -26,6 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 Key = tuple[str, str]  # (owner, the upstream's session id)
+
+#: How long a caller's session must have been idle (nothing in progress, no stream open) to
+#: give way to the same caller's new one at its cap: one just opened, whose client has not
+#: yet sent its next request, keeps its place.
+GIVE_WAY_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -65,6 +74,21 @@ class SessionTable:
             return 429, "max_sessions_per_grant"
         if self.count >= self.max_sessions:
             return 503, "max_sessions"
+        return None
+
+    def give_way(self, owner: str) -> str | None:
+        """At ``owner``'s cap: its least recently used session idle ``GIVE_WAY_SECONDS``,
+        no longer counted (the upstream is to be told), or None."""
+        if self.held_by(owner) < self.max_per_owner:
+            return None
+        now = self.clock()
+        for key, use in self._uses.items():
+            if now - use.last < GIVE_WAY_SECONDS:
+                return None  # least recently used first: the rest are younger
+            if key[0] == owner and not use.busy:
+                del self._uses[key]
+                self._forget(owner)
+                return key[1]
         return None
 
     def began(self, owner: str, sid: str) -> None:

@@ -27,9 +27,10 @@ requests between them, and ``StdioUpstream``, the relay's view of it.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -159,11 +160,33 @@ class StdioBridge:
                 return
         await self.shared.handle(incoming, send, message)
 
+    @contextmanager
+    def in_use(self, grant: str, sid: str) -> Iterator[None]:
+        """A request of ``grant``'s on session ``sid`` in progress at the gateway (decided,
+        held for approval, its stream open), whether or not it has reached the process yet:
+        the session is not idle meanwhile."""
+        link = self.sessions.get(sid)
+        if link is None or link.grant != grant:
+            yield
+            return
+        link.serving += 1
+        try:
+            yield
+        finally:
+            link.serving -= 1
+            link.last_used = time.monotonic()
+
     def _evict_idle(self, grant: str) -> None:
-        """At a cap, the caller's own least recently used session with no call in flight gives
-        way (never another's: ``grant`` is the caller's grant and agent, Identity.owner)."""
+        """At a cap, the caller's own least recently used session with nothing in progress
+        gives way (never another's: ``grant`` is the caller's grant and agent,
+        Identity.owner). Nothing in progress: no request being answered or held at the
+        gateway, no stream open. A session whose client kept its GET stream open, or whose
+        call waited for approval, was ended (that call's approval then ran nothing): neither
+        SDK opens another session (red-team wave 39)."""
         idle = [
-            link for link in self.sessions.values() if link.grant == grant and not link.in_flight
+            link
+            for link in self.sessions.values()
+            if link.grant == grant and not link.in_flight and not link.serving
         ]
         if not idle:
             return
@@ -244,6 +267,9 @@ class StdioUpstream(HttpUpstream):
             head_timeout=config.timeout + BRIDGE_DEADLINE_SLACK,
         )
         self.pool = pool
+
+    def in_use(self, owner: str, sid: str) -> AbstractContextManager[None]:
+        return self.bridge.in_use(owner, sid)
 
     async def probe(self, wait: float = 2.0) -> bool:
         """Up while its shared process runs: a command that cannot start, or one that keeps

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from typing import Any
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
@@ -163,6 +164,10 @@ class Handshake:
         if len(json.dumps(client)) > MAX_CLIENT_BYTES:  # held for the session's whole life
             msg = f"capabilities and clientInfo together over {MAX_CLIENT_BYTES} bytes"
             raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
+        stale = self.sessions.stale_of(identity.owner, time.monotonic())
+        if stale is not None:
+            log.info("aggregate.session_given_way", owner=identity.owner)
+            await self.links.close(stale)
         session = self.sessions.create(identity.grant, client, version, identity.owner)
         # What each server offers is what it told the gateway's own neutral session (learned
         # at start, and asked again in the background for a server that was down then):

@@ -104,6 +104,10 @@ def _nothing() -> None:
     return None
 
 
+#: How long a session must have been idle to give way to its caller's new one at its cap.
+GIVE_WAY_SECONDS = 60.0
+
+
 class Sessions:
     """Every live handshake-era session on ``/mcp``, with the caps."""
 
@@ -137,6 +141,22 @@ class Sessions:
         self.table[sid] = session
         self.per_grant[owner] = held + 1
         return session
+
+    def stale_of(self, owner: str, now: float) -> AggSession | None:
+        """At ``owner``'s cap, its least recently used session idle ``GIVE_WAY_SECONDS``
+        (nothing in flight, no stream open), which gives way to its new one: the TypeScript
+        SDK and the Inspector never end their sessions (no DELETE), and an agent using them
+        was refused every new session once it had opened its cap's worth within
+        ``idle_seconds`` (red-team wave 39)."""
+        if self.per_grant.get(owner, 0) < self.max_per_grant:
+            return None
+        horizon = now - GIVE_WAY_SECONDS
+        stale = [
+            s
+            for s in self.table.values()
+            if s.owner == owner and s.last_used < horizon and not s.inflight and not s.streaming
+        ]
+        return min(stale, key=lambda s: s.last_used) if stale else None
 
     def get(self, sid: str, grant: str) -> AggSession | None:
         session = self.table.get(sid)
