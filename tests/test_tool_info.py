@@ -110,6 +110,19 @@ def test_an_unlisted_variant_of_a_listed_or_named_tool_is_refused(tmp_path: Path
     )
     gw.observe("up", {"name": "list_orders"}, own=True)
     variants = ("WIPE_RECORDS", "wipe_records ", "wipe-records", "\uff37ipe_records", "LIST-ORDERS")
+    # and what NFKC and case alone missed (red-team wave 39): the dotless i, which upper-cases
+    # to I; inner spaces and other separators; accents, composed or combining; zero width
+    variants += (
+        "w\u0131pe_records",
+        "wipe records",
+        "wipe.records",
+        "wipeRecords",
+        "wipe__records",
+        "_wipe_records",
+        "w\u00edpe_records",
+        "wi\u0301pe_records",
+        "wipe\u200brecords",
+    )
     for name in variants:
         decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
         assert (decision.effect, decision.error) == ("deny", "no_tool"), name

@@ -50,9 +50,17 @@ def globs_overlap(a: str, b: str) -> bool:
 
 
 def fold(name: str) -> str:
-    """A tool name as a server that matches names loosely may read it: NFKC, case-folded,
-    trimmed, ``-`` read as ``_``."""
-    return unicodedata.normalize("NFKC", name).casefold().strip().replace("-", "_")
+    """A tool name as a server that matches names loosely may read it: compatibility forms
+    decomposed and accents dropped (``wípe`` is ``wipe``), case folded both ways (the dotless
+    ``\\u0131`` upper-cases to ``I``), and only letters and digits kept (``wipe records``,
+    ``wipe.records``, ``wipeRecords`` and ``wipe_records`` are one). NFKC, case and the ends'
+    spaces alone let ``w\\u0131pe_records`` and ``wipe records`` reach a server comparing names
+    with ``equalsIgnoreCase`` or stripping separators (red-team wave 39). A name of no
+    letter or digit is its own."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    letters = "".join(c for c in decomposed if not unicodedata.combining(c))
+    folded = "".join(c for c in letters.upper().lower().casefold() if c.isalnum())
+    return folded or name
 
 
 def candidates(policy: CompiledPolicy, server: str | None, tool: str) -> Iterator[ToolEntry]:
