@@ -152,3 +152,19 @@ def test_at_its_cap_a_callers_long_idle_session_gives_way() -> None:
     table.opened("a", "6")
     assert table.give_way("a") is None  # "5" and "6" were just used, "1" is busy
     assert table.held_by("b") == 1  # never another's
+
+
+def test_a_session_being_made_holds_its_place() -> None:
+    """Counted only once made, 60 initializes sent at once all passed a cap of 5 (red-team
+    wave 39): each holds its place from before it is sent until it is answered."""
+    table = SessionTable(max_sessions=3, max_per_owner=2, idle=60.0, clock=lambda: 0.0)
+    table.making("a")
+    table.making("a")
+    assert table.refusal("a") == (429, "max_sessions_per_grant")
+    table.making("b")
+    assert table.refusal("c") == (503, "max_sessions")
+    table.opened("a", "1")  # one made
+    table.made("a")
+    table.made("a")  # the other not (refused upstream): its place is free again
+    table.made("b")
+    assert table.refusal("a") is None and table.held_by("a") == 1 and table.count == 1

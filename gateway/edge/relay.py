@@ -162,9 +162,7 @@ class Relay:
         msg_id = message.msg_id if message.is_request else None
         fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
-        if initializing:
-            _room_for(upstream, identity, message)
-        with _in_use(upstream, identity, session):
+        with _in_use(upstream, identity, session), _making(upstream, identity, message):
             await self._forward(incoming, send, upstream, identity, message, view, fwd)
 
     async def _forward(
@@ -210,6 +208,22 @@ class Relay:
         call = _call_of(message, fwd, identity, incoming, self.gw)
         version = _version(message, incoming)
         await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
+
+
+@contextlib.contextmanager
+def _making(upstream: HttpUpstream, identity: Identity, message: Message) -> Iterator[None]:
+    """An ``initialize`` holds a place under the server's caps from before it is sent until
+    it is answered (and its session, if made, counted): refused when there is none."""
+    table = upstream.sessions
+    if message.method != "initialize" or table is None:
+        yield
+        return
+    _room_for(upstream, identity, message)
+    table.making(identity.owner)
+    try:
+        yield
+    finally:
+        table.made(identity.owner)
 
 
 def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> None:
