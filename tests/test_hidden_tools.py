@@ -24,7 +24,7 @@ import pytest
 
 from gateway.auth.identity import hash_key
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway
-from tests.peers import http_upstream
+from tests.peers import http_upstream, literal_upstream
 
 FINANCE = "cgk_hidden-tools-finance-0123456789"
 OTHER = "cgk_hidden-tools-other-01234567890"
@@ -164,3 +164,70 @@ async def test_the_record_keeps_what_decided_and_visible_tools_keep_their_reason
         assert resp.status_code == 400 and resp.json()["error"]["code"] == -32020
     refused = gw.wait_records(1, where=lambda r: r.get("error") == "header_mismatch")
     assert refused[0]["grant"] == "finance" and refused[0]["rule"] == "params"
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """``/mcp`` with two servers of no prefix: their names are the servers' own, and a name
+    neither lists is routed to neither."""
+    folder: Path = tmp_path_factory.mktemp("hidden-bare")
+    grants = {"other": {"key_sha256": hash_key(OTHER)}}
+    with (
+        http_upstream() as up,
+        literal_upstream({}) as lit,
+        run_gateway(
+            folder,
+            POLICY,
+            {"up": {"url": up.url, "prefix": ""}, "lit": {"url": lit.url, "prefix": ""}},
+            grants=grants,
+        ) as gw,
+    ):
+        yield gw
+
+
+def _shape(resp: httpx.Response) -> tuple[int, Any]:
+    """What an agent can compare of two refusals: the status, and the JSON-RPC error's
+    code or the tool error's rule and error."""
+    text = resp.text
+    if resp.headers["content-type"].startswith("text/event-stream"):
+        text = next(
+            line[5:] for line in text.splitlines() if line.startswith("data:") and "{" in line
+        )
+    answer = httpx.Response(200, content=text).json()
+    if "error" in answer:
+        return resp.status_code, answer["error"]["code"]
+    decision = answer["result"]["_meta"][DECISION]
+    return resp.status_code, (decision["rule"], decision["error"])
+
+
+@pytest.mark.parametrize("era", ["2025-11-25", MODERN])
+def test_on_mcp_with_no_prefix_odd_calls_tell_nothing_either(
+    bare: GatewayProcess, era: str
+) -> None:
+    """A name no server has was routed nowhere and refused as a tool error before its
+    arguments or its task were looked at, where a hidden tool's call with arguments that
+    are no object was -32602 and a task-augmented one -32003 (red-team wave 39)."""
+    url = bare.base + "/mcp"
+    with httpx.Client(timeout=20) as http:
+        listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+        listing_headers = {**headers(OTHER, MODERN, "x"), "mcp-method": "tools/list"}
+        del listing_headers["mcp-name"]
+        listed = http.post(url, json=listing, headers=listing_headers)
+        assert "tools" in listed.json()["result"]  # the servers' names are learned
+        for args, extra in (([1], {}), ("text", {}), ({}, {"task": {"ttl": 60000}})):
+            shapes = set()
+            for name in ("execute_query", "no_such_tool"):
+                params: dict[str, Any] = {"name": name, "arguments": args, **extra}
+                if era == MODERN:
+                    params["_meta"] = META
+                    sid = None
+                else:
+                    init = initialize_body("bare")
+                    sid = http.post(url, json=init, headers=headers(OTHER, era, name)).headers[
+                        "mcp-session-id"
+                    ]
+                body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
+                shapes.add(
+                    _shape(http.post(url, json=body, headers=headers(OTHER, era, name, sid)))
+                )
+            assert len(shapes) == 1, (args, extra, shapes)

@@ -129,6 +129,29 @@ def tool_call(
     or ``BadMessage`` (invalid params) when its name is none or its arguments no object:
     recorded as a deny (rule ``params``), as an agent probing with such calls would
     otherwise be in no record."""
+    name, args = checked_params(gw, incoming, message, server, tool, identity, session)
+    return Call(
+        tool=name,
+        args=args,
+        server=server,
+        identity=identity,
+        session=session,
+        client_ip=incoming.client_ip,
+        info=gw.tool_info(server, name),
+    )
+
+
+def checked_params(
+    gw: Gateway,
+    incoming: Incoming,
+    message: Message,
+    server: str,
+    tool: object,
+    identity: Identity,
+    session: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The name and arguments of a ``tools/call``, or ``BadMessage`` (invalid params,
+    recorded) when its name is none or its arguments no object."""
     args: Any = message.params.get("arguments", {})
     try:
         name = tool_name(tool, message.msg_id)
@@ -145,15 +168,7 @@ def tool_call(
         )  # fmt: skip
         refused_unread(gw, refused, exc.message, rule="params", error="bad_params")
         raise
-    return Call(
-        tool=name,
-        args=args,
-        server=server,
-        identity=identity,
-        session=session,
-        client_ip=incoming.client_ip,
-        info=gw.tool_info(server, name),
-    )
+    return name, args
 
 
 def tool_name(name: object, msg_id: object) -> str:

@@ -56,7 +56,7 @@ from gateway.edge.elicit import deliver
 from gateway.edge.forward import Forward, forward, request_over
 from gateway.edge.held import accepts_sse, cancels_held
 from gateway.edge.inband import check_id, is_gateway_id
-from gateway.edge.replies import denial
+from gateway.edge.replies import denial, is_task_call
 from gateway.edge.routing import check_routing_headers
 from gateway.pipeline.admission import Admission, admit, schema_read, verdict
 from gateway.pipeline.gateway import Gateway
@@ -277,7 +277,8 @@ class Handshake:
             if message.method == "tools/call":  # a tool error the model reads
                 nowhere = unrouted(self.gw, incoming, message, identity, session.sid)
                 version = incoming.header("mcp-protocol-version")
-                body = denial(msg_id, nowhere.decision, nowhere.decision_id, version)
+                task = is_task_call(message.params)  # as a routed one: -32003
+                body = denial(msg_id, nowhere.decision, nowhere.decision_id, version, task)
                 await reply(send, 200, body)  # a tool error, its decision in _meta
                 return
             raise unknown(message)
@@ -295,7 +296,8 @@ class Handshake:
                 if not admission.allowed:
                     decision = told(gw, call, admission.decision, message, "/mcp")
                     version = incoming.header("mcp-protocol-version")
-                    body = denial(msg_id, decision, admission.decision_id, version)
+                    task = is_task_call(message.params)
+                    body = denial(msg_id, decision, admission.decision_id, version, task)
                     await reply(send, 200, body)
                     return
         link = await self.links.link(session, server)

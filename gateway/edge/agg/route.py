@@ -10,8 +10,8 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
+from gateway.edge.calls import checked_params
 from gateway.edge.forward import Forward
-from gateway.edge.toolnames import name_problem
 from gateway.pipeline.admission import Admission, refused_unread
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
@@ -24,9 +24,12 @@ from gateway.wire.sse import View
 def unrouted(
     gw: Gateway, incoming: Incoming, message: Message, identity: Identity, session: str | None
 ) -> Admission:
-    """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unread``)."""
+    """Record a ``tools/call`` whose name no server on ``/mcp`` has (``refused_unread``). A
+    name that is none, or arguments that are no object, are invalid params first (raised,
+    recorded), as they are for a name routed to a server: a hidden tool of a server with no
+    prefix was told apart from a missing name by them (red-team wave 39)."""
     name = message.params.get("name")
-    tool = name if isinstance(name, str) and name_problem(name) is None else "<not a name>"
+    tool, _ = checked_params(gw, incoming, message, "", name, identity, session)
     # Without its arguments: no entry's secret_args are known for a name no server has
     # (a server down, a tool not yet listed), and a password was logged in clear.
     call = Call(

@@ -42,7 +42,7 @@ from gateway.edge.agg.upcall import UpcallFailed, upcall
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
-from gateway.edge.replies import denial
+from gateway.edge.replies import denial, is_task_call
 from gateway.edge.routing import check_routing_headers
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
@@ -193,7 +193,8 @@ class Stateless:
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # as the handshake era: a tool error to read
                 nowhere = unrouted(self.gw, incoming, message, identity, None)
-                body = denial(msg_id, nowhere.decision, nowhere.decision_id, version)
+                task = is_task_call(message.params)  # as a routed one: -32003
+                body = denial(msg_id, nowhere.decision, nowhere.decision_id, version, task)
                 await reply(send, 200, body)  # a tool error, its decision in _meta
                 return
             raise unknown(message)
