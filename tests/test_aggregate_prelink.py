@@ -75,3 +75,30 @@ def test_a_denied_first_call_opens_no_upstream_session(gateway: GatewayProcess) 
         assert again["result"]["isError"] is True  # refused on an open link too
         refused = gateway.wait_records(2, where=lambda r: r.get("tool") == "delete_item")
         assert [r["effect"] for r in refused] == ["deny", "deny"]
+
+
+MUTE = "import time; print('starting', flush=True); time.sleep(3600)"
+
+
+def test_a_mute_stdio_server_is_skipped_after_one_session_met_it(tmp_path: Any) -> None:
+    """A stdio server that starts and never answers: its bridge answers -32001 after the
+    server's timeout, which ``/mcp`` read as a refusal of the request, not as the server
+    being down, so every new session waited that timeout again (red-team wave 39). The
+    first session to meet it marks it failing; later ones skip it until a reading in the
+    background gets an answer."""
+    import sys
+
+    servers = {
+        "st": stdio_server(),
+        "mute": {"command": sys.executable, "args": ["-c", MUTE], "timeout": 1},
+    }
+    with (
+        run_gateway(tmp_path, POLICY, servers) as gw,
+        httpx.Client(base_url=gw.base, timeout=30) as http,
+    ):
+        listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        for _ in range(3):
+            listed = post(http, listing, opened(http)).json()
+            assert "st__echo" in [tool["name"] for tool in listed["result"]["tools"]]
+        down = [r for r in gw.records("aggregate.upstream_down") if r["server"] == "mute"]
+        assert len(down) == 1, down

@@ -129,6 +129,12 @@ async def exchange(
         raise UpcallFailed(f"upstream {upstream.name!r} gave no answer (HTTP {resp.status})")
     if resp.status in (429, 503):
         raise UpcallRefused(resp.status, _error_text(message, upstream.name))
+    error = message.get("error")
+    if isinstance(error, dict) and error.get("code") == rpc.UPSTREAM_UNAVAILABLE:
+        # what a stdio server's bridge answers for a child that is down or did not answer
+        # in time: the server's state, not this request's (a link opened to a mute stdio
+        # server read as refused, and every /mcp session waited its timeout again; wave 39)
+        raise UpcallDown(f"upstream {upstream.name!r} is unavailable")
     return message, dict(resp.headers)
 
 
