@@ -192,9 +192,9 @@ class TestSseSplit:
 
     def test_close_drops_an_event_never_ended(self) -> None:
         rewriter = SseRewriter(PassView())
-        assert rewriter.feed(b"data: half") == b""
+        assert rewriter.feed(b'data: {"half":1}') == b""
         assert rewriter.close() == b""
-        assert rewriter.feed(b"\n\ndata: next\n\n") == b"data: next\n\n"
+        assert rewriter.feed(b'\n\ndata: {"next":1}\n\n') == b'data: {"next":1}\n\n'
 
 
 # -- H1Pool: bounded heads --------------------------------------------------------------
