@@ -167,7 +167,8 @@ class Handshake:
         stale = self.sessions.stale_of(identity.owner, time.monotonic())
         if stale is not None:
             log.info("aggregate.session_given_way", owner=identity.owner)
-            await self.links.close(stale)
+            self.sessions.drop(stale.sid)  # its place now; its links end in the background
+            self.links.close_soon(stale)
         session = self.sessions.create(identity.grant, client, version, identity.owner)
         # What each server offers is what it told the gateway's own neutral session (learned
         # at start, and asked again in the background for a server that was down then):

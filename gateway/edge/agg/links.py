@@ -50,6 +50,7 @@ class Links:
         #: one again until it answers a reading in the background, through its own gate (a
         #: hung stdio server made every /mcp session's first list wait its whole timeout).
         self.failing: dict[str, Gate] = {}
+        self._closing: set[asyncio.Future[None]] = set()  # sessions given way, ending
 
     def relearn(self) -> None:
         """Servers not learned yet (down, or hung, at start) asked again, in the background,
@@ -188,6 +189,13 @@ class Links:
         links = list(session.links.values())
         session.links.clear()
         await asyncio.gather(*(self._end_link(link) for link in links))
+
+    def close_soon(self, session: AggSession) -> None:
+        """End ``session`` now (its place is free at once) and its upstream sessions in the
+        background: a caller's new session does not wait on the servers' DELETEs."""
+        task = asyncio.ensure_future(self.close(session))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _end_link(self, link: Link) -> None:
         if link.sid is not None:
