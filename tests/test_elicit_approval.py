@@ -4,6 +4,7 @@ TypeScript SDK client (2025-11-25), each answering the gateway's question as tol
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -404,6 +405,10 @@ class TestTokens:
         )
         assert inband.check_state(self.KEY, state, call, "rev1", 1000.0) == "approval_expired"
         assert inband.check_state(b"x" * 32, state, call, "rev1", 0) == "approval_state_invalid"
+        # readable by its agent, it holds no plain revision: an unkeyed digest of the policy
+        # let an agent check its guesses of hidden tools and rule constants (wave 40)
+        payload = state.removeprefix(inband.STATE_PREFIX).rpartition(".")[0]
+        assert "rev1" not in base64.urlsafe_b64decode(payload + "==").decode()
 
     def test_a_continuation_carries_its_approval_and_the_upstreams_state(self) -> None:
         call = Call("ask_user", {"question": "q"}, "up", Identity("g1"))

@@ -101,14 +101,16 @@ def is_gateway_state(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(STATE_PREFIX)
 
 
-def _binding(call: Call, revision: str) -> dict[str, str]:
+def _binding(key: bytes, call: Call, revision: str) -> dict[str, str]:
     return {
         "g": call.identity.grant,
         "a": call.identity.agent,
         "s": call.server or "",
         "t": call.tool,
         "d": args_digest(call.args),
-        "r": revision,
+        # keyed: the state is readable, and the revision, an unkeyed digest of the policy,
+        # let an agent check its guesses of hidden tools and rule constants (wave 40)
+        "r": _mac(key, "revision", revision),
     }
 
 
@@ -133,7 +135,7 @@ def issue_state(
         "n": secrets.token_urlsafe(16),
         "e": round(expires, 3),
         "p": epoch,
-        "b": _binding(call, revision),  # apart: no field of it can read as "a" or "u"
+        "b": _binding(key, call, revision),  # apart: no field of it can read as "a" or "u"
     }
     if approval is not None:
         payload["a"] = approval
@@ -159,10 +161,10 @@ def check_state(
         rounds, origin = int(payload.get("k", 0)), str(payload.get("o", ""))
     except (ValueError, KeyError, TypeError):
         return "approval_state_invalid"  # cannot happen with a valid MAC, but fail closed
-    expected = _binding(call, revision)
+    expected = _binding(key, call, revision)
     if bound != expected:
         # the same call under another policy revision: not another call
-        same_call = isinstance(bound, dict) and {**bound, "r": revision} == expected
+        same_call = isinstance(bound, dict) and {**bound, "r": expected["r"]} == expected
         return "approval_policy_changed" if same_call else "approval_state_mismatch"
     if now >= expires:
         return "approval_expired"

@@ -28,7 +28,9 @@ def decision_payload(decision: Decision, decision_id: str) -> dict[str, Any]:
         "effect": decision.effect,
         "rule": decision.rule,
         "reason": decision.reason,
-        "revision": decision.revision,
+        # no policy revision: an unkeyed digest of the policy, it let an agent check guesses
+        # of hidden tools' names and rule constants offline (red-team wave 40); the record
+        # has it, by ``decision_id``
         "decision_id": decision_id,
     }
     if decision.error:
