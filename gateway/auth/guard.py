@@ -11,12 +11,17 @@ state, and one grant cannot ride another grant's session.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import os
 import secrets
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from urllib.parse import SplitResult, urlsplit
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -93,6 +98,9 @@ def same_text(presented: str, expected: str) -> bool:
 MAX_CACHED_ID = 256
 
 
+_NONCE = 12  # bytes of an AES-GCM nonce, random for every seal
+
+
 class SessionSigner:
     """Wraps upstream session ids as ``<id>.<mac>`` and checks them on the way back."""
 
@@ -102,6 +110,8 @@ class SessionSigner:
         # of a sane length only (callers present them: a cache of long ones would hold
         # 4,096 heads' worth of bytes).
         self._recent_mac = lru_cache(maxsize=4096)(self._compute_mac)
+        seal_key = hmac.new(self.key, b"celgate seal", hashlib.sha256).digest()
+        self._aead = AESGCM(seal_key)
 
     def _mac(self, server: str, owner: str, sid: str) -> str:
         if len(sid) > MAX_CACHED_ID:
@@ -149,6 +159,23 @@ class SessionSigner:
 
     def _event_mac(self, server: str, owner: str, session: str, event_id: str) -> str:
         return self._tagged_mac("event", server, owner, session, event_id)
+
+    def seal(self, label: str, owner: str, text: str) -> str:
+        """``text`` encrypted (AES-GCM) and bound to ``label`` and ``owner``: what its holder
+        may hold but not read (an upstream's list cursor may name the last tool of its page,
+        a tool hidden from this caller: red-team wave 40)."""
+        nonce = os.urandom(_NONCE)
+        sealed = self._aead.encrypt(nonce, text.encode(), f"{label}\x00{owner}".encode())
+        return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+
+    def unseal(self, label: str, owner: str, presented: str) -> str | None:
+        """The text ``seal`` sealed for ``label`` and ``owner``, or None for anything else."""
+        try:
+            raw = base64.urlsafe_b64decode(presented + "=" * (-len(presented) % 4))
+            opened = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], f"{label}\x00{owner}".encode())
+            return opened.decode()
+        except (ValueError, binascii.Error, InvalidTag, UnicodeDecodeError):
+            return None
 
     def _tagged_mac(self, *parts: str) -> str:
         digest = hmac.new(self.key, "\x00".join(parts).encode(), hashlib.sha256).digest()[:18]

@@ -337,7 +337,39 @@ class ClientView:
         out = {**result, "tools": _readable(kept, self.server)}
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
+        cursor = out.get("nextCursor")
+        if isinstance(cursor, str):  # sealed: it may name a tool of the page hidden here
+            sealed = seal_cursor(self.gw, self.server, self.identity.owner, cursor)
+            if sealed is None:
+                out.pop("nextCursor")
+            else:
+                out["nextCursor"] = sealed
         return out
+
+
+#: An upstream's list cursor this long at most is carried (sealed) to its caller; a longer
+#: one ends the list there (logged).
+MAX_UPSTREAM_CURSOR = 4096
+_TOOLS_CURSOR = "tools-cursor\x00"
+
+
+def seal_cursor(gw: Gateway, server: str, owner: str, cursor: str) -> str | None:
+    """An upstream's ``tools/list`` cursor as its caller holds it: sealed (``SessionSigner.
+    seal``) for this server and caller. A server paging by name (base64 of the page's last
+    tool, a common way) told every caller the name of a tool hidden from it (red-team wave
+    40). None for a cursor past ``MAX_UPSTREAM_CURSOR``."""
+    if len(cursor) > MAX_UPSTREAM_CURSOR:
+        log.warning("tools.cursor_too_long", server=server, chars=len(cursor))
+        return None
+    return gw.signer.seal(_TOOLS_CURSOR + server, owner, cursor)
+
+
+def unsealed_cursor(gw: Gateway, server: str, owner: str, cursor: object) -> str | None:
+    """The upstream's cursor a caller's ``tools/list`` cursor holds, or None for one not
+    sealed here for this server and caller."""
+    if not isinstance(cursor, str) or len(cursor) > 2 * MAX_UPSTREAM_CURSOR:
+        return None
+    return gw.signer.unseal(_TOOLS_CURSOR + server, owner, cursor)
 
 
 def progress_of(message: dict[str, Any]) -> Any:

@@ -18,7 +18,7 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_call
-from gateway.edge.clientview import ClientView, both
+from gateway.edge.clientview import ClientView, both, unsealed_cursor
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import Forward, ended_here, forward, refuse_over, request_over
 from gateway.edge.held import cancels_held
@@ -185,6 +185,8 @@ class Relay:
             fwd.body = sent if sent is not None else fwd.body
             if named is not None and incoming.header("mcp-name") is not None:
                 fwd.params = {"mcp-name": encode_header_value(named)}
+        if message.method == "tools/list" and message.params.get("cursor") is not None:
+            fwd.body = _upstream_cursor(self.gw, upstream, identity, message)
         resp = await forward(incoming, send, fwd)
         if resp is None:
             return
@@ -224,6 +226,18 @@ def _making(upstream: HttpUpstream, identity: Identity, message: Message) -> Ite
         yield
     finally:
         table.made(identity.owner)
+
+
+def _upstream_cursor(
+    gw: Gateway, upstream: HttpUpstream, identity: Identity, message: Message
+) -> bytes:
+    """A ``tools/list`` request as its upstream is to see it: with the server's own cursor
+    in place of the sealed one its caller was given (``clientview.seal_cursor``); a cursor
+    not given to this caller for this server is refused, never passed on."""
+    cursor = unsealed_cursor(gw, upstream.name, identity.owner, message.params.get("cursor"))
+    if cursor is None:
+        raise BadMessage(rpc.INVALID_PARAMS, "invalid cursor", status=200, msg_id=message.msg_id)
+    return rpc.json_bytes({**message.raw, "params": {**message.params, "cursor": cursor}})
 
 
 def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> None:

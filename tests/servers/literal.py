@@ -21,7 +21,9 @@ declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as 
 ``json-utf16-bare`` (UTF-16LE with no charset, which Python's ``json`` still reads),
 ``sse-charset-star`` (a charset in RFC 2231 spelling), ``sse-two-types`` (two Content-Type
 headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8 charset).
-``results`` maps a method to the result answered as is (``{"tools/list": {"tools": 5}}``).
+``cursor_names`` (true) makes each page's cursor name the page's last tool (``"1:add"``),
+as a server paging by name does. ``results`` maps a method to the result answered as is
+(``{"tools/list": {"tools": 5}}``).
 ``endless`` (``{"per_page": 50, "cursor": "next"}``, or ``"same"``) pages ``tools/list`` for
 ever, each page naming the next (or the same cursor again). ``instructions_for_client`` makes
 ``initialize`` answer instructions naming the session's client (``clientInfo.name``), as a
@@ -95,7 +97,8 @@ def _script() -> dict[str, Any]:
 
 
 def _tools_page(cursor: Any) -> dict[str, Any]:
-    index = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+    head = cursor.partition(":")[0] if isinstance(cursor, str) else ""
+    index = int(head) if head.isdigit() else 0
     endless = _script().get("endless")
     if endless:  # {"per_page": n, "cursor": "next" or "same"}: pages that never end
         tools = [
@@ -108,6 +111,8 @@ def _tools_page(cursor: Any) -> dict[str, Any]:
     page: dict[str, Any] = {"tools": pages[min(index, len(pages) - 1)], "cacheScope": "public"}
     if index + 1 < len(pages):
         page["nextCursor"] = str(index + 1)
+        if _script().get("cursor_names") and page["tools"]:  # "1:<the page's last name>"
+            page["nextCursor"] += ":" + str(page["tools"][-1].get("name"))
     return page
 
 

@@ -5,8 +5,6 @@ each server's own), one set of capabilities, one ``server/discover`` result. Bot
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import re
 import time
@@ -56,8 +54,10 @@ SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions"
 def encode_cursor(
     positions: Mapping[str, str], signer: SessionSigner, method: str, owner: str
 ) -> str | None:
-    """The merged list's ``nextCursor``: each unfinished server's own cursor, sealed for this
-    list and this caller (``<base64 JSON>.<MAC>``). A server's cursor over
+    """The merged list's ``nextCursor``: each unfinished server's own cursor, sealed (read by
+    no one but this gateway) for this list and this caller: a server's cursor may name the
+    last tool of its page, one hidden from this caller (red-team wave 40). A server's cursor
+    over
     ``MAX_SERVER_CURSOR`` characters is left out (its later pages are that server's loss,
     logged), so the merged cursor is always one ``decode_cursor`` takes back."""
     kept = {}
@@ -68,8 +68,7 @@ def encode_cursor(
         kept[server] = cursor
     if not kept:
         return None
-    raw = json.dumps(kept, separators=(",", ":")).encode()
-    return signer.wrap(_CURSOR + method, owner, base64.urlsafe_b64encode(raw).decode().rstrip("="))
+    return signer.seal(_CURSOR + method, owner, json.dumps(kept, separators=(",", ":")))
 
 
 def decode_cursor(
@@ -89,12 +88,12 @@ def decode_cursor(
     bad = BadMessage(rpc.INVALID_PARAMS, "invalid cursor", status=200, msg_id=msg_id)
     if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS:
         raise bad
-    inner = signer.unwrap(_CURSOR + method, owner, cursor)
+    inner = signer.unseal(_CURSOR + method, owner, cursor)
     if inner is None:
         raise bad
     try:
-        value = json.loads(base64.urlsafe_b64decode(inner + "=" * (-len(inner) % 4)))
-    except (ValueError, binascii.Error) as exc:
+        value = json.loads(inner)
+    except ValueError as exc:
         raise bad from exc
     if not isinstance(value, dict) or not value:
         raise bad
