@@ -124,7 +124,7 @@ def head_refusal(
     its place.
     """
     hosts: list[bytes] = []
-    origins = credentials = 0
+    origins = credentials = upgrades = 0
     for name, value in headers:
         if name == b"host":
             hosts.append(value.strip())
@@ -132,6 +132,14 @@ def head_refusal(
             origins += 1
         elif name == b"authorization":
             credentials += 1
+        elif name == b"upgrade" or (name == b"connection" and _names_upgrade(value)):
+            upgrades += 1
+    if upgrades:
+        # The parser reads what follows an upgrade's head as the new protocol's, not as its
+        # body: uvicorn, serving no upgrade, answered the head and read a body arriving
+        # later as a request of its own, one a proxy framing by Content-Length never saw
+        # (red-team wave 40). No upgrade is served here.
+        return 400, "protocol upgrades are not served"
     if len(hosts) > 1:
         return 400, "more than one Host header"
     if origins > 1:
@@ -142,6 +150,10 @@ def head_refusal(
     if refused is None and not _target_ok(target, method, hosts[0] if hosts else None):
         refused = 400, "request target is not on this server"
     return refused
+
+
+def _names_upgrade(connection: bytes) -> bool:
+    return any(token.strip().lower() == b"upgrade" for token in connection.split(b","))
 
 
 def _coding_refusal(headers: Sequence[tuple[bytes, bytes]], version: str) -> Refusal | None:
