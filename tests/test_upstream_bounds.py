@@ -89,7 +89,9 @@ def sample_stream(ends: list[bytes]) -> bytes:
     events = []
     for n, size in enumerate([0, 1, 3, 70, 4095, 4096, 4097, 70_000]):
         for end in ends:
-            body = json.dumps({"n": n, "text": "x" * size}).encode()
+            params = {"n": n, "text": "x" * size}
+            body = json.dumps({"jsonrpc": "2.0", "method": "notifications/x", "params": params})
+            body = body.encode()
             events.append(b"id: %d\nevent: message\ndata: %s%s" % (n, body, end))
     return b"".join(events) + b"data: an event never ended"
 
@@ -192,9 +194,10 @@ class TestSseSplit:
 
     def test_close_drops_an_event_never_ended(self) -> None:
         rewriter = SseRewriter(PassView())
-        assert rewriter.feed(b'data: {"half":1}') == b""
+        half, note = b'{"jsonrpc":"2.0","method":"a"}', b'{"jsonrpc":"2.0","method":"b"}'
+        assert rewriter.feed(b"data: " + half) == b""
         assert rewriter.close() == b""
-        assert rewriter.feed(b'\n\ndata: {"next":1}\n\n') == b'data: {"next":1}\n\n'
+        assert rewriter.feed(b"\n\ndata: " + note + b"\n\n") == b"data: " + note + b"\n\n"
 
 
 # -- H1Pool: bounded heads --------------------------------------------------------------

@@ -116,10 +116,10 @@ def filtered(data: bytes, view: View) -> bytes | None:
     JSON, nested too deeply, duplicate keys, a ``__proto__`` key, which a JavaScript client's
     schema library turns into the object's prototype, tools list and all): another parser
     could still read a tools list in them."""
-    if not_utf8(data):
+    if not_utf8(data) or not is_message_text(data):
         return DROP
     if b"__proto__" not in data and not view.wants(data):
-        return None if is_message_text(data) else DROP
+        return None
     try:
         message = json_loads(data, object_pairs_hook=_strict_object)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -141,24 +141,66 @@ def filtered(data: bytes, view: View) -> bytes | None:
 
 
 def is_message_text(data: bytes) -> bool:
-    """Whether ``data`` is the JSON text of one object (a message) or one array (a batch),
-    checked without building it. The bytes the view does not read were passed as they came:
-    a crashing server's traceback (file paths and all) in an event reached the agent, and the
-    SDK's client, failing to parse it, failed the call whose answer came next (red-team wave
-    39). Empty data (a priming event) is no message and passes."""
+    """Whether ``data`` is the JSON text of one JSON-RPC message (a request or notice: a
+    method; an answer: a result or an error, and an id) or a batch of them, checked without
+    building it. The bytes the view does not read were passed as they came: a crashing
+    server's traceback (file paths and all) in an event reached the agent, and the SDK's
+    client, failing to parse it, failed the call whose answer came next (red-team wave 39);
+    so did ``{}``, ``[]`` or a server's own JSON log object (wave 40). Empty data (a priming
+    event) is no message and passes."""
     if not data:
         return True
-    if _OPENS_MESSAGE.match(data) is None:
+    opens = _OPENS_MESSAGE.match(data)
+    if opens is None:
         return False
     try:
-        _ANY_JSON.decode(data)
+        if data[opens.end() - 1 : opens.end()] == b"[":
+            batch = _BATCH.decode(data)
+            return bool(batch) and all(_is_message(item) for item in batch)
+        return _is_message(_SHAPE.decode(data))
     except msgspec.DecodeError:
+        pass
+    # msgspec refuses an escaped lone surrogate (half an emoji a JavaScript server cut), which
+    # is JSON: read by the parser the rest of the gateway uses, whose views deal with it
+    try:
+        value = json_loads(data)
+    except (ValueError, RecursionError):
         return False
-    return True
+    if isinstance(value, list):
+        return bool(value) and all(_is_message_value(item) for item in value)
+    return _is_message_value(value)
+
+
+def _is_message_value(value: Any) -> bool:
+    if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
+        return False
+    if "method" in value:
+        return True
+    return ("result" in value) != ("error" in value) and "id" in value
+
+
+class _Shape(msgspec.Struct):
+    """What makes a JSON object a JSON-RPC message, nothing built."""
+
+    jsonrpc: msgspec.Raw = msgspec.Raw(b"")
+    id: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    method: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+def _is_message(shape: _Shape) -> bool:
+    if bytes(shape.jsonrpc) != b'"2.0"':
+        return False
+    if shape.method is not msgspec.UNSET:
+        return True
+    answered = (shape.result is msgspec.UNSET) != (shape.error is msgspec.UNSET)
+    return answered and shape.id is not msgspec.UNSET
 
 
 _OPENS_MESSAGE = re.compile(rb"[ \t\r\n]*[{\[]")
-_ANY_JSON = msgspec.json.Decoder(msgspec.Raw)
+_SHAPE = msgspec.json.Decoder(_Shape)
+_BATCH = msgspec.json.Decoder(list[_Shape])
 
 
 def has_data(event: bytes) -> bool:
