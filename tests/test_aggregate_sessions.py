@@ -133,3 +133,17 @@ def test_at_its_cap_an_agents_long_idle_session_gives_way() -> None:
     assert sessions.stale_of(mallory.owner, start + 100) is None  # busy, or not idle a minute
     assert sessions.stale_of(mallory.owner, start + 111) is held[2]
     assert sessions.stale_of(alice.owner, start + 1000) is None  # alice is under her cap
+
+
+def test_a_session_is_idle_from_the_end_of_its_last_request() -> None:
+    """From its start, a session whose call waited minutes for approval was closed by the
+    idle sweep, or gave way at its agent's cap, right after its answer (red-team wave 40)."""
+    sessions = Sessions(max_total=10, max_per_grant=1, idle_seconds=40)
+    session = sessions.create("g", {}, "2025-11-25", "g")
+    start = session.last_used
+    with session.using():  # a call held for approval, minutes long
+        assert sessions.idle(start + 600) == []
+        assert sessions.stale_of("g", start + 600) is None
+    ended = session.last_used
+    assert sessions.idle(ended + 39) == [] and sessions.stale_of("g", ended + 30) is None
+    assert sessions.idle(ended + 41) == [session]

@@ -102,14 +102,15 @@ class Handshake:
             await self._initialize(send, message, identity)
             return
         session = self._session(incoming, identity, message.msg_id)
-        if message.kind == "response":
-            await self._answer(send, session, identity, message)
-        elif cancels_held(self.gw, incoming, identity, message):
-            await reply(send, 202, b"")  # a call held here: no server saw it
-        elif message.kind == "notification":
-            await self._notify(send, session, message, body)
-        else:
-            await self._request(incoming, send, session, identity, message, body)
+        with session.using():
+            if message.kind == "response":
+                await self._answer(send, session, identity, message)
+            elif cancels_held(self.gw, incoming, identity, message):
+                await reply(send, 202, b"")  # a call held here: no server saw it
+            elif message.kind == "notification":
+                await self._notify(send, session, message, body)
+            else:
+                await self._request(incoming, send, session, identity, message, body)
 
     async def stream(self, incoming: Incoming, send: Send, identity: Identity) -> None:
         """GET (the servers' own streams, merged, or one of them resumed) and DELETE."""
@@ -124,13 +125,14 @@ class Handshake:
         if incoming.count("last-event-id") > 1:
             raise BadMessage(rpc.INVALID_REQUEST, "Last-Event-ID given twice")
         presented = incoming.header("last-event-id")
-        if presented is not None:
-            await resumed_stream(self, incoming, send, session, identity, presented)
-            return
-        if session.streaming:
-            msg = "Conflict: only one stream per session"
-            raise BadMessage(rpc.INVALID_REQUEST, msg, status=409)
-        await merged_stream(self, incoming, send, session, identity)
+        with session.using():
+            if presented is not None:
+                await resumed_stream(self, incoming, send, session, identity, presented)
+                return
+            if session.streaming:
+                msg = "Conflict: only one stream per session"
+                raise BadMessage(rpc.INVALID_REQUEST, msg, status=409)
+            await merged_stream(self, incoming, send, session, identity)
 
     def view(self, session: AggSession, server: str, identity: Identity) -> AggView:
         return AggView(ClientView(self.gw, server, identity, session.sid), self.names, session)

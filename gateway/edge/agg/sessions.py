@@ -12,10 +12,11 @@ hold is a few small tables, bounded here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,10 @@ class AggSession:
     counter: int = 0
     owner: str = ""  # the grant and agent it counts against (Identity.owner)
     streaming: bool = False  # a GET stream is open
+    #: Requests and streams of the client's in progress on it, of any kind: its idle time
+    #: counts from when the last one ended. From when it began, a session whose call waited
+    #: minutes for approval was closed, or gave way, right after its answer (red-team wave 40).
+    busy: int = 0
     on_link: Callable[[Link], None] | None = None  # a GET stream's hook for new links
     stop: Callable[[], None] | None = None  # ends the GET stream (the session is closing)
 
@@ -85,6 +90,16 @@ class AggSession:
         if found is not None:
             self.upcall_ids.pop((found[0], json.dumps(found[1])), None)
         return found
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """A request or stream of the client's in progress on this session."""
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            self.last_used = time.monotonic()
 
     def track(self, msg_id: Any, server: str) -> Callable[[], None]:
         """Note a request routed to ``server`` (a client's cancel of it goes there) until the
@@ -154,7 +169,9 @@ class Sessions:
         stale = [
             s
             for s in self.table.values()
-            if s.owner == owner and s.last_used < horizon and not s.inflight and not s.streaming
+            if s.owner == owner
+            and s.last_used < horizon
+            and not (s.inflight or s.streaming or s.busy)
         ]
         return min(stale, key=lambda s: s.last_used) if stale else None
 
@@ -181,5 +198,5 @@ class Sessions:
         return [
             s
             for s in self.table.values()
-            if s.last_used < horizon and not s.inflight and not s.streaming
+            if s.last_used < horizon and not s.inflight and not s.streaming and not s.busy
         ]
