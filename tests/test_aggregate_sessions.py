@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.edge.agg.sessions import GIVE_WAY_SECONDS as GRACE
 from gateway.edge.agg.sessions import Sessions
 from gateway.policy import Identity
 from gateway.wire.jsonrpc import BadMessage
@@ -118,20 +119,20 @@ def test_one_user_of_a_grant_cannot_hold_the_places_of_the_others() -> None:
 def test_at_its_cap_an_agents_long_idle_session_gives_way() -> None:
     """The TypeScript SDK and the Inspector never send DELETE: their agent was refused every
     new /mcp session once it had opened its cap's worth within the idle timeout (red-team
-    wave 39). Its own session idle a minute, with nothing in flight and no stream, gives
-    way; a busy one, a young one or another agent's never does."""
+    wave 39). Its own session idle GIVE_WAY_SECONDS, with nothing in flight and no stream,
+    gives way; a busy one, a young one or another agent's never does."""
     sessions = Sessions(max_total=100, max_per_grant=3, idle_seconds=600)
     mallory, alice = Identity("ide", "mallory"), Identity("ide", "alice")
     other = sessions.create("ide", {}, "2025-11-25", alice.owner)
     held = [sessions.create("ide", {}, "2025-11-25", mallory.owner) for _ in range(3)]
     start = held[0].last_used
-    assert sessions.stale_of(mallory.owner, start + 30) is None  # all young
+    assert sessions.stale_of(mallory.owner, start + GRACE / 2) is None  # all young
     held[0].streaming = True
     held[1].inflight["1"] = "up"
-    held[2].last_used = start + 50
+    held[2].last_used = start + GRACE * 5 / 6
     other.last_used = start - 500
-    assert sessions.stale_of(mallory.owner, start + 100) is None  # busy, or not idle a minute
-    assert sessions.stale_of(mallory.owner, start + 111) is held[2]
+    assert sessions.stale_of(mallory.owner, start + GRACE * 5 / 3) is None  # busy or young
+    assert sessions.stale_of(mallory.owner, start + GRACE * 111 / 60) is held[2]
     assert sessions.stale_of(alice.owner, start + 1000) is None  # alice is under her cap
 
 
@@ -145,5 +146,5 @@ def test_a_session_is_idle_from_the_end_of_its_last_request() -> None:
         assert sessions.idle(start + 600) == []
         assert sessions.stale_of("g", start + 600) is None
     ended = session.last_used
-    assert sessions.idle(ended + 39) == [] and sessions.stale_of("g", ended + 30) is None
+    assert sessions.idle(ended + 39) == [] and sessions.stale_of("g", ended + GRACE / 2) is None
     assert sessions.idle(ended + 41) == [session]

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from gateway.auth.identity import hash_key
+from gateway.upstream.sessions import GIVE_WAY_SECONDS as GRACE
 from gateway.upstream.sessions import SessionTable
 from tests.gateway_proc import GatewayProcess, initialize_body, run_gateway
 from tests.peers import raw_upstream
@@ -131,19 +132,19 @@ def test_an_idle_session_is_ended_and_a_busy_one_never() -> None:
 def test_at_its_cap_a_callers_long_idle_session_gives_way() -> None:
     """The TypeScript SDK and the Inspector never end their sessions (no DELETE): an agent
     using them was refused every new session once it had opened its cap's worth within
-    ``session_idle`` (red-team wave 39). Its own session idle a minute gives way; one in use
+    ``session_idle`` (red-team wave 39). Its own session idle GIVE_WAY_SECONDS gives way; one in use
     (a call, a stream), one younger, or another caller's never does."""
     now = [0.0]
     table = SessionTable(max_sessions=10, max_per_owner=3, idle=3600.0, clock=lambda: now[0])
     table.opened("a", "1")
     table.opened("b", "2")  # another caller's, older than a's second
-    now[0] = 10.0
+    now[0] = GRACE / 6
     table.opened("a", "3")
     table.began("a", "1")  # a's oldest is in use (its GET stream open)
     table.opened("a", "4")
-    now[0] = 30.0
-    assert table.give_way("a") is None  # all younger than a minute, or busy
-    now[0] = 100.0
+    now[0] = GRACE / 2
+    assert table.give_way("a") is None  # all younger than the grace, or busy
+    now[0] = GRACE * 5 / 3
     assert table.give_way("b") is None  # b is not at its cap
     assert table.give_way("a") == "3"  # a's own, idle, least recently used
     assert table.held_by("a") == 2 and table.refusal("a") is None

@@ -28,6 +28,7 @@ from gateway.edge.tasks import names_tasks, upstream_request
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.upstream.http import HttpUpstream
+from gateway.upstream.sessions import GIVE_WAY_SECONDS
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message
@@ -261,7 +262,8 @@ def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> N
     else:
         msg = (
             f"this agent holds its most sessions of upstream {upstream.name!r} "
-            f"(servers.X.{setting}): end one (DELETE) first"
+            f"(servers.X.{setting}), all in use or used in the last {GIVE_WAY_SECONDS:g} s: "
+            "end one (DELETE), or try again once one has been idle that long"
         )
     status = rpc.upstream_failure_status(message.msg_id, status)
     raise BadMessage(rpc.UPSTREAM_UNAVAILABLE, msg, status=status, msg_id=message.msg_id)

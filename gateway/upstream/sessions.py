@@ -34,7 +34,7 @@ Key = tuple[str, str]  # (owner, the upstream's session id)
 #: How long a caller's session must have been idle (nothing in progress, no stream open) to
 #: give way to the same caller's new one at its cap: one just opened, whose client has not
 #: yet sent its next request, keeps its place.
-GIVE_WAY_SECONDS = 60.0
+GIVE_WAY_SECONDS = 10.0
 
 
 @dataclass(slots=True)

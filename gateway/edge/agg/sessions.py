@@ -120,7 +120,7 @@ def _nothing() -> None:
 
 
 #: How long a session must have been idle to give way to its caller's new one at its cap.
-GIVE_WAY_SECONDS = 60.0
+GIVE_WAY_SECONDS = 10.0
 
 
 class Sessions:
@@ -148,7 +148,9 @@ class Sessions:
         if held >= self.max_per_grant:
             msg = (
                 f"this agent of grant {grant!r} holds {self.max_per_grant} sessions on /mcp "
-                f"(aggregate.max_sessions_per_grant): close one (DELETE) first"
+                f"(aggregate.max_sessions_per_grant), all in use or used in the last "
+                f"{GIVE_WAY_SECONDS:g} s: close one (DELETE), or try again once one has "
+                "been idle that long"
             )
             raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
         sid = secrets.token_urlsafe(18)
