@@ -294,16 +294,31 @@ class ClientView:
                 missing["cacheScope"] = "private"
         return {**result, **missing} if missing else result
 
+    def _check_pinned(self, tools: list[Any]) -> None:
+        """The pinned tools of a page too long to read, shown to their pins (each name
+        looked up; only a pinned one is digested)."""
+        pins, server = self.gw.pins, self.server
+        pinned = _pinned_names(self.gw, server)
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if not isinstance(name, str) or name not in pinned:
+                continue
+            pins.observe(server, unreadable_definition(name) if too_deep(tool) else tool)
+
     def _tools_result(self, result: dict[str, Any]) -> dict[str, Any]:
         tools = result["tools"]
         kept: list[dict[str, Any]] = []
-        if isinstance(tools, list) and len(tools) > MAX_LISTED_TOOLS:
-            # Each tool is digested, classified and decided on the event loop every caller
-            # shares: a list of 100,000 held it for seconds. Such a page is shown as empty.
-            log.warning("tools.too_many", server=self.server, tools=len(tools))
-            tools = []
         # What a stream of no known request carries (resumed) is filtered but teaches nothing.
         listing = self.method == "tools/list"
+        if isinstance(tools, list) and len(tools) > MAX_LISTED_TOOLS:
+            # Each tool is digested, classified and decided on the event loop every caller
+            # shares: a list of 100,000 held it for seconds. Such a page is shown as empty;
+            # its pinned tools are still checked against their pins (a server that padded
+            # its list past the bound changed a pinned tool unseen: red-team wave 40).
+            log.warning("tools.too_many", server=self.server, tools=len(tools))
+            if listing:
+                self._check_pinned(tools)
+            tools = []
         if isinstance(tools, list):
             gw, server, who, session = self.gw, self.server, self.identity, self.session
             policy, now = gw.policy, gw.now()
@@ -370,6 +385,10 @@ def unsealed_cursor(gw: Gateway, server: str, owner: str, cursor: object) -> str
     if not isinstance(cursor, str) or len(cursor) > 2 * MAX_UPSTREAM_CURSOR:
         return None
     return gw.signer.unseal(_TOOLS_CURSOR + server, owner, cursor)
+
+
+def _pinned_names(gw: Gateway, server: str) -> set[str]:
+    return {tool for (where, tool) in gw.pins.pinned if where == server}
 
 
 def progress_of(message: dict[str, Any]) -> Any:

@@ -88,6 +88,10 @@ def tool_digest(tool: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+#: What a change says was seen of a pinned tool a cut reading did not reach.
+UNREAD = "unread"
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """A pinned tool seen with another definition: ``seen`` the last one that differed,
@@ -193,6 +197,22 @@ class Pins:
             else:
                 self.changed[key] = Change(digest, change.seen, seen, ahead=change.ahead)
 
+    def unread(self, server: str, read: set[str]) -> int:
+        """A reading of ``server``'s tools was cut (past 5,000 tools, 200 pages, 32 MiB):
+        each pinned tool it did not reach is refused until a listing shows its pinned
+        definition (as a pin ahead of what was seen). A server that padded its list past the
+        cut changed a pinned tool unseen, and calls ran the new definition (red-team wave
+        40). How many were marked."""
+        marked = 0
+        for key, pinned in self.pinned.items():
+            if key[0] != server or key[1] in read or key in self.changed:
+                continue
+            self.changed[key] = Change(pinned, UNREAD, UNREAD, ahead=True)
+            marked += 1
+        if marked:
+            log.warning("pins.unread", server=server, tools=marked)
+        return marked
+
     def refusal(self, server: str, tool: str) -> str | None:
         """Why a call must be refused (the definition changed), or None."""
         if self.accept_changes:
@@ -200,6 +220,11 @@ class Pins:
         change = self.changed.get((server, tool))
         if change is None:
             return None
+        if change.seen == UNREAD:
+            return (
+                f"the definition of {server}/{tool} was not in the server's last reading (its "
+                "list was cut); it is refused until a listing shows the pinned one"
+            )
         if change.ahead:
             return (
                 f"the definition of {server}/{tool} last seen ({change.seen[:19]}…) is not "

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 from gateway.edge.clientview import MAX_LISTED_TOOLS
-from gateway.inventory.discovery import list_all
+from gateway.inventory.discovery import CutList, list_all
 from gateway.inventory.pins import too_deep, unreadable_definition
 from gateway.pipeline.gateway import Gateway
 from gateway.ratelimit.client import check_eviction
@@ -114,9 +114,12 @@ async def refresh_catalog(gateway: Gateway, only: str | None = None) -> int:
     for server, tools in found.items():
         if tools is None:
             continue
+        cut = isinstance(tools, CutList)
         if len(tools) > MAX_LISTED_TOOLS:  # each is digested and classified on the loop
             log.warning("tools.too_many", server=server, tools=len(tools))
-            tools = tools[:MAX_LISTED_TOOLS]
+            tools, cut = tools[:MAX_LISTED_TOOLS], True
+        if cut:  # a pinned tool past the cut is unverified: refused until a listing shows it
+            gateway.pins.unread(server, {str(tool.get("name", "")) for tool in tools})
         deep = [tool for tool in tools if too_deep(tool)]
         if deep:  # left out, as the lists callers get leave them out; a change to the pins
             log.warning("tools.too_deep", server=server, tools=len(deep))
