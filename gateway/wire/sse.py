@@ -158,6 +158,8 @@ def is_message_text(data: bytes) -> bool:
             batch = _BATCH.decode(data)
             return bool(batch) and all(_is_message(item) for item in batch)
         return _is_message(_SHAPE.decode(data))
+    except RecursionError:  # nested past what any parser here reads
+        return False
     except msgspec.DecodeError:
         pass
     # msgspec refuses an escaped lone surrogate (half an emoji a JavaScript server cut), which
