@@ -17,7 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.wire.sse import DROP, SseRewriter, filtered
+from gateway.wire.sse import (
+    DROP,
+    NO_ID,
+    SseRewriter,
+    answer_alone,
+    answered_id,
+    carries_id,
+    filtered,
+)
 from tests.gateway_proc import GatewayProcess, calls_in, run_gateway
 from tests.peers import PeerProcess, literal_upstream
 
@@ -239,6 +247,14 @@ class TestSseRewriter:
     def test_unreadable_tools_data_is_dropped(self, data: bytes) -> None:
         assert filtered(data, _View()) is DROP
         assert b"secret" not in self._run([b"id: 1\ndata: " + data + b"\n\n"])
+
+    def test_an_answer_nested_past_the_parsers_depth_is_no_answer(self) -> None:
+        """msgspec raises RecursionError, not a decode error, past its depth: an upstream's
+        answer so deep failed the request it came on with an internal error (wave 40)."""
+        deep = b'{"jsonrpc":"2.0","id":1,"result":{"x":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+        assert answered_id(deep) is NO_ID and not carries_id(deep)
+        assert answer_alone(b"event: message\ndata: " + deep, 1) is None
+        assert filtered(deep, _View()) is DROP
 
     def test_an_event_left_unfinished_is_not_passed_on(self) -> None:
         assert self._run([b"data: " + LIST]) == b""

@@ -234,7 +234,7 @@ def answer_alone(event: bytes, msg_id: Any) -> bytes | None:
     joined = b"\n".join(data)
     try:
         head = _ANSWER_HEAD.decode(joined)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if head.method is not msgspec.UNSET or len(head.id) > MAX_ID_BYTES:
         return None
@@ -273,7 +273,7 @@ def result_keys(data: bytes) -> tuple[bool, bool, bool] | None:
         if result is msgspec.UNSET:
             return None
         keys = _RESULT_KEYS.decode(result)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     unset = msgspec.UNSET
     return keys.resultType is not unset, keys.ttlMs is not unset, keys.cacheScope is not unset
@@ -293,7 +293,7 @@ def answered_id(data: bytes) -> Any:
         return NOT_AN_ANSWER  # (a key spelled with escapes is read whole: see ``wants``)
     try:
         head = _ANSWER_HEAD.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return NO_ID
     unset = msgspec.UNSET
     if head.result is unset and head.error is unset:
@@ -310,7 +310,7 @@ def carries_id(data: bytes) -> bool:
     without building any of it."""
     try:
         return bool(_ANSWER_HEAD.decode(data).id)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
 
 
@@ -327,7 +327,7 @@ def asks(events: bytes) -> bool:
             continue
         try:
             head = _ANSWER_HEAD.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             asking = False
             continue
         asking = head.method is not msgspec.UNSET and head.id not in (b"", b"null")
