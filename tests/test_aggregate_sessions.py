@@ -39,7 +39,8 @@ def gateway(web: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "bot": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()},
         "other": {"key_sha256": hashlib.sha256(OTHER.encode()).hexdigest()},
     }
-    aggregate = {"max_sessions_per_grant": CAP, "max_sessions": 1000}
+    # (no give-way within the test: 200 sessions may take more than its 10 s under load)
+    aggregate = {"max_sessions_per_grant": CAP, "max_sessions": 1000, "give_way": 3600}
     with run_gateway(
         directory, 'version: "1"\ndefault: allow\n', servers, grants=grants, aggregate=aggregate
     ) as gw:

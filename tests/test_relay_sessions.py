@@ -51,7 +51,13 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gateway(log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     with raw_upstream("sessions", log) as up:
-        server = {"url": up.url, "max_sessions_per_grant": 3, "max_sessions": 5}
+        # (no give-way within the test: its sessions are all refused past the cap)
+        server = {
+            "url": up.url,
+            "max_sessions_per_grant": 3,
+            "max_sessions": 5,
+            "session_give_way": 3600,
+        }
         grants = {name: {"key_sha256": hash_key(key)} for name, key in KEYS.items()}
         directory = tmp_path_factory.mktemp("gw-relay-sessions")
         with run_gateway(directory, POLICY, {"up": server}, grants=grants) as gw:

@@ -371,6 +371,7 @@ class _ConfigLoader(Reader):
                 ),
                 max_sessions=self.whole(sub, "max_sessions", 1, 10_000_000, "sessions"),
                 idle_timeout=sub.positive_number("idle_timeout"),
+                give_way=sub.positive_number("give_way"),
             )
 
     def _cel(self, top: Fields) -> None:

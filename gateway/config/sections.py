@@ -42,6 +42,8 @@ class ServerConfig:
     max_sessions: int = 4096
     max_sessions_per_grant: int = 256
     session_idle: float = 3600.0
+    # at its cap, a caller's session idle this long gives way to its new one
+    session_give_way: float = 10.0
     ca_file: str | None = None  # https:// upstreams: trust this CA bundle, not the system's
     prefix: str | None = None  # names on /mcp: ``<prefix><sep><name>``; None: the server's name
 
@@ -141,6 +143,8 @@ class AggregateConfig:
     max_sessions_per_grant: int = 64
     max_sessions: int = 1024
     idle_timeout: float = 600.0
+    # at its cap, an agent's session unused this long gives way to its new one
+    give_way: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

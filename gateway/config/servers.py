@@ -23,6 +23,7 @@ _HTTP_SERVER = {
     "max_sessions",
     "max_sessions_per_grant",
     "session_idle",
+    "session_give_way",
 }
 _STDIO_SERVER = {
     "command",
@@ -113,6 +114,7 @@ def _http_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
         max_sessions=sub.positive_int("max_sessions"),
         max_sessions_per_grant=sub.positive_int("max_sessions_per_grant"),
         session_idle=sub.positive_number("session_idle"),
+        session_give_way=sub.positive_number("session_give_way"),
     )
 
 

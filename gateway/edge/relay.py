@@ -28,7 +28,6 @@ from gateway.edge.tasks import names_tasks, upstream_request
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.upstream.http import HttpUpstream
-from gateway.upstream.sessions import GIVE_WAY_SECONDS
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Receive, Scope, Send, reply
 from gateway.wire.jsonrpc import BadMessage, Message
@@ -262,7 +261,7 @@ def _room_for(upstream: HttpUpstream, identity: Identity, message: Message) -> N
     else:
         msg = (
             f"this agent holds its most sessions of upstream {upstream.name!r} "
-            f"(servers.X.{setting}), all in use or used in the last {GIVE_WAY_SECONDS:g} s: "
+            f"(servers.X.{setting}), all in use or used in the last {table.give_way_after:g} s: "
             "end one (DELETE), or try again once one has been idle that long"
         )
     status = rpc.upstream_failure_status(message.msg_id, status)

@@ -93,7 +93,10 @@ class HttpUpstream:
         #: Handshake-era sessions callers hold here through the relay (None: not counted,
         #: as for a stdio bridge, which counts its processes).
         self.sessions: SessionTable | None = SessionTable(
-            config.max_sessions, config.max_sessions_per_grant, config.session_idle
+            config.max_sessions,
+            config.max_sessions_per_grant,
+            config.session_idle,
+            give_way=config.session_give_way,
         )
         self._ending: set[asyncio.Task[None]] = set()
         # servers.X.timeout bounds every request's wait for its answer's head (relay, probe,

@@ -52,7 +52,9 @@ class SessionTable:
         max_per_owner: int,
         idle: float,
         clock: Callable[[], float] = time.monotonic,
+        give_way: float = GIVE_WAY_SECONDS,
     ) -> None:
+        self.give_way_after = give_way
         self.max_sessions = max_sessions
         self.max_per_owner = min(max_per_owner, max_sessions)
         self.idle = idle
@@ -99,13 +101,13 @@ class SessionTable:
         self._making_total = max(self._making_total - 1, 0)
 
     def give_way(self, owner: str) -> str | None:
-        """At ``owner``'s cap: its least recently used session idle ``GIVE_WAY_SECONDS``,
+        """At ``owner``'s cap: its least recently used session idle ``give_way`` seconds,
         no longer counted (the upstream is to be told), or None."""
         if self._placed(owner) < self.max_per_owner:
             return None
         now = self.clock()
         for key, use in self._uses.items():
-            if now - use.last < GIVE_WAY_SECONDS:
+            if now - use.last < self.give_way_after:
                 return None  # least recently used first: the rest are younger
             if key[0] == owner and not use.busy:
                 del self._uses[key]

@@ -84,6 +84,7 @@ class Handshake:
             config.aggregate.max_sessions,
             config.aggregate.max_sessions_per_grant,
             config.aggregate.idle_timeout,
+            config.aggregate.give_way,
         )
         self.links = Links(gw, self.sessions)
 

@@ -126,7 +126,14 @@ GIVE_WAY_SECONDS = 10.0
 class Sessions:
     """Every live handshake-era session on ``/mcp``, with the caps."""
 
-    def __init__(self, max_total: int, max_per_grant: int, idle_seconds: float) -> None:
+    def __init__(
+        self,
+        max_total: int,
+        max_per_grant: int,
+        idle_seconds: float,
+        give_way: float = GIVE_WAY_SECONDS,
+    ) -> None:
+        self.give_way = give_way
         self.max_total = max_total
         self.max_per_grant = max_per_grant
         self.idle_seconds = idle_seconds
@@ -149,7 +156,7 @@ class Sessions:
             msg = (
                 f"this agent of grant {grant!r} holds {self.max_per_grant} sessions on /mcp "
                 f"(aggregate.max_sessions_per_grant), all in use or used in the last "
-                f"{GIVE_WAY_SECONDS:g} s: close one (DELETE), or try again once one has "
+                f"{self.give_way:g} s: close one (DELETE), or try again once one has "
                 "been idle that long"
             )
             raise BadMessage(rpc.INVALID_REQUEST, msg, status=429)
@@ -160,14 +167,14 @@ class Sessions:
         return session
 
     def stale_of(self, owner: str, now: float) -> AggSession | None:
-        """At ``owner``'s cap, its least recently used session idle ``GIVE_WAY_SECONDS``
+        """At ``owner``'s cap, its least recently used session idle ``give_way`` seconds
         (nothing in flight, no stream open), which gives way to its new one: the TypeScript
         SDK and the Inspector never end their sessions (no DELETE), and an agent using them
         was refused every new session once it had opened its cap's worth within
         ``idle_seconds`` (red-team wave 39)."""
         if self.per_grant.get(owner, 0) < self.max_per_grant:
             return None
-        horizon = now - GIVE_WAY_SECONDS
+        horizon = now - self.give_way
         stale = [
             s
             for s in self.table.values()
