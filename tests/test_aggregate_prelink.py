@@ -77,7 +77,8 @@ def test_a_denied_first_call_opens_no_upstream_session(gateway: GatewayProcess) 
         assert [r["effect"] for r in refused] == ["deny", "deny"]
 
 
-MUTE = "import time; print('starting', flush=True); time.sleep(3600)"
+# starts, then reads what it is sent and never answers (until its stdin is closed)
+MUTE = "import sys; print('starting', flush=True); sys.stdin.read()"
 
 
 def test_a_mute_stdio_server_is_skipped_after_one_session_met_it(tmp_path: Any) -> None:

@@ -65,7 +65,6 @@ class SessionTable:
         #: holds its place. Counted only once made, 60 initializes sent at once all passed a
         #: cap of 5 (red-team wave 39).
         self._making: dict[str, int] = {}
-        self._making_total = 0
 
     @property
     def count(self) -> int:
@@ -79,7 +78,7 @@ class SessionTable:
         None when it may."""
         if self._placed(owner) >= self.max_per_owner:
             return 429, "max_sessions_per_grant"
-        if self.count + self._making_total >= self.max_sessions:
+        if self.count + sum(self._making.values()) >= self.max_sessions:
             return 503, "max_sessions"
         return None
 
@@ -89,16 +88,10 @@ class SessionTable:
     def making(self, owner: str) -> None:
         """A session of ``owner``'s is being made: its place is held until ``made``."""
         self._making[owner] = self._making.get(owner, 0) + 1
-        self._making_total += 1
 
     def made(self, owner: str) -> None:
         """The session ``making`` held a place for is made (then ``opened``) or not."""
-        left = self._making.get(owner, 0) - 1
-        if left > 0:
-            self._making[owner] = left
-        else:
-            self._making.pop(owner, None)
-        self._making_total = max(self._making_total - 1, 0)
+        _one_less(self._making, owner)
 
     def give_way(self, owner: str) -> str | None:
         """At ``owner``'s cap: its least recently used session idle ``give_way`` seconds,
@@ -159,8 +152,13 @@ class SessionTable:
         return out
 
     def _forget(self, owner: str) -> None:
-        left = self._per_owner.get(owner, 0) - 1
-        if left > 0:
-            self._per_owner[owner] = left
-        else:
-            self._per_owner.pop(owner, None)
+        _one_less(self._per_owner, owner)
+
+
+def _one_less(counts: dict[str, int], owner: str) -> None:
+    """One fewer for ``owner``; none left, no entry."""
+    left = counts.get(owner, 0) - 1
+    if left > 0:
+        counts[owner] = left
+    else:
+        counts.pop(owner, None)
