@@ -25,6 +25,8 @@ BOB = "cgk_tasks-stateless-bob-0123456789ab"
 VERSION = "2026-07-28"
 TASKS = "io.modelcontextprotocol/tasks"
 RELATED = "io.modelcontextprotocol/related-task"
+LISTEN = "subscriptions/listen"
+ACK = "notifications/subscriptions/acknowledged"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,12 @@ def gw(upstream: PeerProcess, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def post(
-    gw: GatewayProcess, key: str, method: str, params: dict[str, Any], **headers: str
+    gw: GatewayProcess,
+    key: str,
+    method: str,
+    params: dict[str, Any],
+    url: str | None = None,
+    **headers: str,
 ) -> tuple[httpx.Response, list[dict[str, Any]]]:
     meta = {
         "io.modelcontextprotocol/protocolVersion": VERSION,
@@ -69,7 +76,7 @@ def post(
         "authorization": f"Bearer {key}",
         **headers,
     }
-    answer = httpx.post(gw.url("t"), json=body, headers=sent, timeout=10)
+    answer = httpx.post(url or gw.url("t"), json=body, headers=sent, timeout=10)
     if answer.headers.get("content-type", "").startswith("text/event-stream"):
         lines = [ln[5:] for ln in answer.text.splitlines() if ln.startswith("data:")]
         return answer, [json.loads(line) for line in lines if line.strip()]
@@ -121,6 +128,50 @@ def test_no_message_about_another_agents_task_reaches_a_listen(gw: GatewayProces
     assert related(heard) == [] and "alice-secret-7" not in json.dumps(heard)
     _, own = post(gw, BOB, "subscriptions/listen", {"notifications": {"taskIds": [mine]}})
     assert related(own) == [mine]  # its own task's line, under its bound id
+
+
+def listens_sent(upstream: PeerProcess) -> list[dict[str, Any]]:
+    """The filters of the listens the server was sent so far."""
+    lines = upstream.log.read_text().splitlines()  # type: ignore[attr-defined]
+    sent = [json.loads(line) for line in lines]
+    return [m["params"]["notifications"] for m in sent if m["method"] == "subscriptions/listen"]
+
+
+def aggregate(gw: GatewayProcess, key: str, method: str, params: dict[str, Any]) -> Any:
+    return post(gw, key, method, params, f"{gw.base}/mcp", **{"mcp-method": method})
+
+
+def test_a_listen_on_mcp_names_no_task_and_asks_servers_only_what_it_knows(
+    gw: GatewayProcess, upstream: PeerProcess
+) -> None:
+    """``/mcp`` routes no task: a listen's ``taskIds`` went to every server as given (the
+    relay checks each is the caller's own), and the server's acknowledgement told bob
+    whether alice's task existed (red-team wave 41). Other keys it does not know are not
+    sent on, and only what was asked comes back acknowledged."""
+    alice_task = new_task(gw, ALICE, "alice-secret-41")
+    raw = alice_task.rpartition(".")[0]
+    before = len(listens_sent(upstream))
+    for named in ([raw], ["task-999"], [alice_task]):
+        answer, messages = aggregate(gw, BOB, LISTEN, {"notifications": {"taskIds": named}})
+        assert messages[-1]["error"]["code"] == -32602, answer.text
+        assert "tasks are not followed on /mcp" in messages[-1]["error"]["message"]
+    assert len(listens_sent(upstream)) == before  # none of them reached the server
+    asked = {"toolsListChanged": True, "tasks": True, "x-watch": {"all": True}}
+    answer, messages = aggregate(gw, BOB, LISTEN, {"notifications": asked})
+    assert listens_sent(upstream)[-1] == {"toolsListChanged": True}
+    acks = [m for m in messages if m.get("method") == ACK]
+    assert [a["params"]["notifications"] for a in acks] == [{"toolsListChanged": True}]
+    assert "alice-secret-41" not in answer.text
+
+
+def test_discover_on_mcp_offers_no_tasks(gw: GatewayProcess) -> None:
+    """The server offers the tasks extension; ``/mcp`` serves no ``tasks/*`` (404 there), so
+    its merged ``server/discover`` does not offer it (red-team wave 41); the relay does."""
+    _, merged = aggregate(gw, BOB, "server/discover", {})
+    capabilities = merged[-1]["result"]["capabilities"]
+    assert "extensions" not in capabilities and capabilities["tools"] == {}
+    _, relayed = post(gw, BOB, "server/discover", {})
+    assert TASKS in relayed[-1]["result"]["capabilities"]["extensions"]
 
 
 def test_tasks_update_is_known_and_kept_to_its_callers_task(

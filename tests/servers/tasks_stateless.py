@@ -1,9 +1,10 @@
 """A stateless 2026-07-28 MCP server with the tasks extension (SEP-2663), by hand: one task
 store for every caller (a gateway's agents reach it as one client), ``tools/call`` of ``keep``
 makes a task that waits for input, ``tasks/update`` records the answer, ``tasks/get`` tells a
-task with its result, and ``subscriptions/listen`` sends ``notifications/tasks`` (result
-inline), and a log line tagged with the task (``related-task``), for the tasks it names, or for
-every task when it names none; ``GET`` is a stream of every task's status (one for every
+task with its result, and ``subscriptions/listen`` acknowledges what it was asked (of the
+tasks named, those it has) and sends ``notifications/tasks`` (result inline), and a log line
+tagged with the task (``related-task``), for the tasks it names, or for every task when it
+names none; ``GET`` is a stream of every task's status (one for every
 caller). Every request is written to ``TASKS_LOG`` (one JSON line). ``TASKS_SESSION_ID``:
 a 2025-11-25 ``initialize`` is answered with that one session id, whoever asks (a server
 behind a proxy that pins one session), and its GET stream is still every task's.
@@ -106,8 +107,15 @@ class Handler(BaseHTTPRequestHandler):
         self._events(_task_events(None))
 
     def _listen(self, params: dict[str, Any], msg_id: Any) -> None:
-        named = (params.get("notifications") or {}).get("taskIds")
-        events = [{"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged"}]
+        asked = params.get("notifications") or {}
+        named = asked.get("taskIds")
+        honoured = dict(asked)  # all it was asked, of the tasks those it has
+        if isinstance(named, list):
+            honoured["taskIds"] = [i for i in named if i in _store]
+        ack = {"notifications": honoured}
+        events = [
+            {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": ack}
+        ]
         events += _task_events(named)
         events.append({"jsonrpc": "2.0", "id": msg_id, "result": {"resultType": "complete"}})
         self._events(events)

@@ -12,7 +12,7 @@ from typing import Any
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from gateway.edge.agg.gate import Gate
-from gateway.edge.agg.merge import MAX_INSTRUCTIONS, cut_instructions
+from gateway.edge.agg.merge import MAX_INSTRUCTIONS, bounded_capabilities, cut_instructions
 from gateway.edge.agg.sessions import AggSession, Link, Sessions
 from gateway.edge.agg.upcall import (
     UpcallDown,
@@ -27,7 +27,6 @@ from gateway.edge.inband import in_band
 from gateway.pipeline.gateway import Gateway
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
-from gateway.wire.jsonrpc import json_bytes
 
 REAP_SECONDS = 30.0
 
@@ -211,11 +210,6 @@ class Links:
                 await self.close(session)
 
 
-#: What one capability of a server's may weigh (bytes of JSON) in what ``/mcp`` tells every
-#: client: past it the capability is told without its details (``{}``).
-MAX_CAPABILITY_BYTES = 4096
-
-
 def _kept(server: str, result: dict[str, Any]) -> dict[str, Any]:
     """What ``/mcp`` keeps of a server's ``initialize`` result for every client's: its
     capabilities (each bounded) and instructions (cut): what a server answered once was
@@ -228,11 +222,5 @@ def _kept(server: str, result: dict[str, Any]) -> dict[str, Any]:
         kept["instructions"] = cut_instructions(instructions)
     caps = result.get("capabilities")
     if isinstance(caps, dict):
-        bounded: dict[str, Any] = {}
-        for name, value in list(caps.items())[:64]:
-            if len(json_bytes(value)) > MAX_CAPABILITY_BYTES:
-                log.warning("aggregate.capability_cut", server=server, capability=name[:100])
-                value = {}
-            bounded[str(name)[:100]] = value
-        kept["capabilities"] = bounded
+        kept["capabilities"] = bounded_capabilities(server, caps)
     return kept

@@ -45,6 +45,12 @@ QUEUE_EVENTS = 64
 #: on the event loop every caller shares.
 MAX_SUBSCRIPTIONS = 1000
 MAX_PENDING_BYTES = 1024 * 1024  # an event not ended within this is a broken stream
+#: The kinds of news a listen on ``/mcp`` may ask for (``SubscriptionFilter``): the list
+#: changes, each a flag, and resources by URI. Any other key (an extension's, ``taskIds`` of
+#: the tasks extension) is not passed to the servers: ``/mcp`` routes no task, and a key it
+#: has not classified asks a server for news it cannot check.
+FLAGS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
+RESOURCES = "resourceSubscriptions"
 
 
 @dataclass
@@ -52,6 +58,7 @@ class _Server:
     name: str
     resp: H1Response | None = None
     honoured: dict[str, Any] | None = None
+    asked: dict[str, Any] = field(default_factory=dict)  # the filter this server was sent
     refusal: tuple[int, bytes] | None = None
     acked: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -65,7 +72,12 @@ async def listen(
     identity: Identity,
 ) -> None:
     wanted = message.params.get("notifications")
-    uris = wanted.get("resourceSubscriptions") if isinstance(wanted, dict) else None
+    if isinstance(wanted, dict) and wanted.get("taskIds") is not None:
+        # Sent on, the other agents' task ids reached the servers unchecked, and a server's
+        # acknowledgement told whether each existed (red-team wave 41).
+        msg = "tasks are not followed on /mcp: listen on /mcp/<server> with the task's id"
+        raise BadMessage(rpc.INVALID_PARAMS, msg, status=200, msg_id=message.msg_id)
+    uris = wanted.get(RESOURCES) if isinstance(wanted, dict) else None
     if isinstance(uris, list) and len(uris) > MAX_SUBSCRIPTIONS:
         msg = f"a listen names at most {MAX_SUBSCRIPTIONS} resources"
         raise BadMessage(rpc.INVALID_PARAMS, msg, msg_id=message.msg_id)
@@ -128,16 +140,16 @@ async def _end_when_all_done(
 
 
 def _for_server(catalogue: Catalogue, server: str, wanted: dict[str, Any]) -> dict[str, Any]:
-    """The filter one server is asked for: only the resources it alone owns. A URI that no
-    server or two servers claim is asked of none: sent to all, every server would learn
-    what the caller watches, and any could answer for it."""
-    uris = wanted.get("resourceSubscriptions")
-    if not isinstance(uris, list):
-        return wanted
-    mine = [u for u in uris if isinstance(u, str) and catalogue.owner(u) == server]
-    out = {k: v for k, v in wanted.items() if k != "resourceSubscriptions"}
-    if mine:
-        out["resourceSubscriptions"] = mine
+    """The filter one server is asked for: the list-change flags asked (true or false, as
+    given), and only the resources it alone owns; nothing else. A URI that no server or two
+    servers claim is asked of none: sent to all, every server would learn what the caller
+    watches, and any could answer for it."""
+    out = {k: wanted[k] for k in FLAGS if isinstance(wanted.get(k), bool)}
+    uris = wanted.get(RESOURCES)
+    if isinstance(uris, list):
+        mine = [u for u in uris if isinstance(u, str) and catalogue.owner(u) == server]
+        if mine:
+            out[RESOURCES] = mine
     return out
 
 
@@ -152,6 +164,7 @@ async def _pump(
 ) -> None:
     asked = message.params.get("notifications")
     wanted = _for_server(catalogue, server.name, asked if isinstance(asked, dict) else {})
+    server.asked = wanted
     upstream = gw.upstreams[server.name]
     params = {**message.params, "notifications": wanted}
     body = json_bytes({**message.raw, "params": params})
@@ -215,7 +228,7 @@ async def _one_event(
     if isinstance(value, dict) and value.get("method") == ACK and not server.acked.is_set():
         params = value.get("params")
         notes = params.get("notifications") if isinstance(params, dict) else None
-        server.honoured = notes if isinstance(notes, dict) else {}
+        server.honoured = _honoured(server.asked, notes if isinstance(notes, dict) else {})
         server.acked.set()
         return
     if isinstance(value, dict) and ("result" in value or "error" in value):
@@ -228,6 +241,20 @@ async def _one_event(
     out = rewrite_event(raw, view)
     if out:
         await queue.put(out)
+
+
+def _honoured(asked: dict[str, Any], told: dict[str, Any]) -> dict[str, Any]:
+    """What a server says it honours, of what it was asked: a flag it was asked for, and
+    resources it was asked about. Its acknowledgement went to the client as it came, keys
+    and URIs of its own choosing included."""
+    out: dict[str, Any] = {k: told[k] for k in FLAGS if k in asked and told.get(k) is True}
+    uris = told.get(RESOURCES)
+    if isinstance(uris, list):
+        mine = set(asked.get(RESOURCES, ()))
+        kept = [u for u in uris if isinstance(u, str) and u in mine]
+        if kept:
+            out[RESOURCES] = list(dict.fromkeys(kept))
+    return out
 
 
 def _ack(message: Message, honoured: list[dict[str, Any]]) -> bytes:

@@ -22,7 +22,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Send, reply
-from gateway.wire.jsonrpc import BadMessage, Message
+from gateway.wire.jsonrpc import BadMessage, Message, json_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +49,12 @@ RELEARN_MAX_SECONDS = MOST_SECONDS
 MAX_URI_CHARS = 4096  # a longer URI (or head) is not learned: /mcp cannot route to it
 #: The capabilities ``/mcp`` can serve for the servers behind it (``tasks`` is not routed).
 SERVED_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
+#: ... and in the 2026-07-28 era (no ``logging/setLevel``, no tasks, no extension: a server's
+#: ``io.modelcontextprotocol/tasks`` was offered on ``/mcp``, where ``tasks/*`` is 404).
+SERVED_CAPABILITIES_MODERN = ("tools", "prompts", "resources", "completions")
+#: What one capability of a server's may weigh (bytes of JSON) in what ``/mcp`` tells a
+#: client: past it the capability is told without its details (``{}``).
+MAX_CAPABILITY_BYTES = 4096
 
 
 def encode_cursor(
@@ -334,16 +340,37 @@ def _ttl(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def bounded_capabilities(server: str, caps: dict[Any, Any]) -> dict[str, Any]:
+    """A server's capabilities as ``/mcp`` may repeat them: 64 at most, each of at most
+    ``MAX_CAPABILITY_BYTES`` (past it, ``{}``); what a server answered was rewritten into
+    every client's answer, however large (red-team wave 39)."""
+    bounded: dict[str, Any] = {}
+    for name, value in list(caps.items())[:64]:
+        if len(json_bytes(value)) > MAX_CAPABILITY_BYTES:
+            log.warning("aggregate.capability_cut", server=server, capability=str(name)[:100])
+            value = {}
+        bounded[str(name)[:100]] = value
+    return bounded
+
+
 def merge_discover(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One ``server/discover`` result for every server: capabilities joined, instructions
-    each under its server's name, the versions every server supports."""
+    """One ``server/discover`` result for every server: the capabilities ``/mcp`` serves in
+    this era joined (each bounded), instructions each under its server's name (cut), the
+    versions every server supports."""
     versions: list[str] | None = None
     for result in results.values():
         offered = result.get("supportedVersions")
         theirs = [v for v in offered if isinstance(v, str)] if isinstance(offered, list) else []
         versions = theirs if versions is None else [v for v in versions if v in theirs]
     out: dict[str, Any] = {
-        "capabilities": merge_capabilities([r.get("capabilities") for r in results.values()]),
+        "capabilities": merge_capabilities(
+            [
+                bounded_capabilities(name, caps)
+                for name, r in results.items()
+                if isinstance(caps := r.get("capabilities"), dict)
+            ],
+            SERVED_CAPABILITIES_MODERN,
+        ),
         "supportedVersions": versions or [],
         "resultType": "complete",
         "cacheScope": "private",
