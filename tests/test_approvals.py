@@ -254,6 +254,20 @@ class TestPreview:
 
         assert nodes(preview) <= PREVIEW_BUDGET // PREVIEW_NODE + 60
 
+    def test_long_integers_spend_the_budget_by_their_digits(self) -> None:
+        """An integer cost one node whatever its length: 960 integers of 4,299 digits were
+        kept whole, 4 MB a preview, and one listing of six took 13 s on the loop (red-team
+        wave 41). Now their digits are spent; one too long for what is left is cut whole."""
+        big = int("7" * 1000)
+        preview, cut = preview_args({"id": "note-1", "nums": [[big] * 48] * 20})
+        assert cut and len(json.dumps(preview)) < PREVIEW_BUDGET + 4000
+        assert preview["id"] == "note-1" and preview["nums"][0][0] == big  # shown exactly
+        assert f"{CUT} an integer of 1000 digits not shown" in json.dumps(preview)
+        huge = 7**5000  # past what a request may carry (from a store, say): never converted
+        assert preview_args({"n": huge})[0]["n"].startswith(f"{CUT} an integer of 4226 digits")
+        fine = {"n": 2**63, "m": -(10**30), "f": 1.5, "b": True}
+        assert preview_args(fine) == (fine, False)
+
 
 class TestPendingCaps:
     """Past the cap (3 per grant, 5 in all here) a held call is refused and nothing queued;

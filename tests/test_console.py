@@ -417,6 +417,34 @@ class TestSecretArguments:
         await card.locator("button.deny").click()
         await expect(card.locator(".settled-note")).to_contain_text(" by carol")
 
+    async def test_every_argument_is_in_sight_above_approve(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """The agent orders its arguments: three long harmless ones first pushed
+        ``"path": "/"`` below the end of a box 24rem high, the card marked nothing as cut,
+        and Approve sat right under it (red-team wave 41). The card names every argument up
+        front, and the box is as tall as what it shows."""
+        from playwright.async_api import expect
+
+        args = {
+            "id": "tidy",
+            **{name: "harmless words " * 132 for name in ("comment", "context", "ticket")},
+            "path": "/",
+            "recursive": True,
+        }
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            approval_id = decision_of(await agent.call_tool("delete_item", args))["approval_id"]
+        await sign_in(page, gateway)
+        card = page.locator(f'article[data-approval-id="{approval_id}"]')
+        names = "id, comment, context, ticket, path, recursive"
+        await expect(card.locator("dd.arg-names")).to_have_text(names)
+        box = card.locator("pre.args")
+        await expect(box).to_contain_text('"path": "/"')
+        hidden = await box.evaluate("e => e.scrollHeight - e.clientHeight")
+        assert hidden <= 1  # nothing scrolled out of the box's sight
+        await card.locator("button.deny").click()
+        await expect(card.locator(".settled-note")).to_contain_text(" by carol")
+
 
 class TestScreenshots:
     async def test_main_pages(self, gateway: GatewayProcess, page: Any, tmp_path: Path) -> None:

@@ -100,6 +100,13 @@ function card(item) {
   fact("grant", item.grant);
   fact("agent", item.agent);
   fact("rule", `${item.rule}: ${item.reason}`);
+  // Every top-level argument named up front: the box below shows them all (it has no
+  // height of its own, so none is scrolled out of sight under Approve), but an agent picks
+  // their order, and three long harmless ones first pushed "path": "/" far down.
+  if (item.args && typeof item.args === "object" && !Array.isArray(item.args)) {
+    const names = Object.keys(item.args);
+    fact("arguments", names.length ? names.join(", ") : "(none)", "arg-names");
+  }
   fact("requested", "", "age");
   fact("expires", "", "expires");
   article.append(facts);
