@@ -15,6 +15,7 @@ of), on real gateway processes; the clients are raw HTTP and the SDK's own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -211,6 +212,71 @@ class TestWhatIsNoMessage:
         async with client(f"{gateway.base}/mcp", KEY, mode=mode) as sdk:
             result = await sdk.call_tool("forgesse__echo", {"text": "hi", "junk": TRACEBACK})
             assert not result.is_error and "handlers.py" not in str(result)
+
+
+NOTE = (
+    '{"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": 1}}'
+)
+NOT_ANSWERS = [
+    NOTE,
+    '{"jsonrpc": "2.0", "id": "srv-1", "method": "evil/unclassified", "params": {}}',
+    '[{"jsonrpc": "2.0", "id": "w-1", "result": {"content": []}}]',
+]
+MODERN_HEADERS = {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"}
+
+
+class TestWhatIsNoAnswer:
+    """A notice, a server's request or a batch given as a call's JSON answer was passed on as
+    the answer: the unknown method reached the agent unclassified, and the Python and
+    TypeScript SDKs waited for the call's answer for good (red-team wave 41). It is the
+    request's -32001, in both eras and on ``/mcp``; on a stream, a batch is one event a
+    message, each through the view."""
+
+    @pytest.mark.parametrize("junk", NOT_ANSWERS)
+    def test_whole_it_is_the_requests_error(self, gateway: GatewayProcess, junk: str) -> None:
+        refused(messages(post(gateway, "/mcp/forge", call("w-1", junk=junk))), "w-1")
+        message = modern(call("w-2", junk=junk))
+        refused(messages(post(gateway, "/mcp/forge", message, **MODERN_HEADERS)), "w-2")
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_the_sdk_is_told_and_does_not_wait(
+        self, gateway: GatewayProcess, mode: str
+    ) -> None:
+        async with client(f"{gateway.base}/mcp", KEY, mode=mode) as sdk:
+            for junk in NOT_ANSWERS:
+                with pytest.raises(MCPError, match="unavailable"):
+                    await asyncio.wait_for(sdk.call_tool("forge__echo", {"junk": junk}), 20)
+
+    def test_a_batch_on_a_stream_comes_one_message_an_event(self, gateway: GatewayProcess) -> None:
+        junk = f"[{NOTE}, {NOTE}]"
+        found = messages(post(gateway, "/mcp/forgesse", call("w-3", junk=junk)))
+        assert [m.get("method") for m in found] == ["notifications/message"] * 2 + [None]
+        assert found[-1]["id"] == "w-3" and "result" in found[-1]
+
+    def test_nan_and_a_lone_surrogate_are_mended(self, gateway: GatewayProcess) -> None:
+        """The TypeScript SDK failed on ``NaN`` (no JSON), the Python SDK on a lone
+        surrogate: null (as the Python SDK's servers write it) and U+FFFD reach both."""
+        answer = (
+            '{"jsonrpc": "2.0", "id": "w-4", "result": {"content": [{"type": "text", '
+            '"text": "half \\ud83d"}], "structuredContent": {"score": NaN, "n": -Infinity}}}'
+        )
+        whole = strict(post(gateway, "/mcp/forge", call("w-4", junk=answer)))
+        assert whole[0]["result"]["content"][0]["text"] == "half \ufffd"
+        assert whole[0]["result"]["structuredContent"] == {"score": None, "n": None}
+        note = NOTE.replace('"data": 1', '"data": [NaN, "\\udc00"]')
+        streamed = strict(post(gateway, "/mcp/forgesse", call("w-5", junk=note)))
+        assert streamed[0]["params"]["data"] == [None, "\ufffd"]
+        assert streamed[-1]["id"] == "w-5"
+
+
+def strict(resp: httpx.Response) -> list[dict[str, Any]]:
+    """The messages of an answer, read as strictly as a JavaScript client and as UTF-8."""
+    if resp.headers["content-type"].startswith("application/json"):
+        texts = [resp.content]
+    else:
+        lines = resp.content.split(b"\n")
+        texts = [line[6:] for line in lines if line.startswith(b"data: ") and line[6:].strip()]
+    return [json.loads(t.decode("utf-8"), parse_constant=pytest.fail) for t in texts]
 
 
 class TestAggregate:

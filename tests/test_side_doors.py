@@ -259,6 +259,61 @@ class TestSseRewriter:
     def test_an_event_left_unfinished_is_not_passed_on(self) -> None:
         assert self._run([b"data: " + LIST]) == b""
 
+    @pytest.mark.parametrize(
+        ("given", "passed"),
+        [(b"0", b"retry: 1000"), (b"250", b"retry: 1000"), (b"5000", b"retry: 5000"),
+         (b"9" * 40, b"retry: 3600000"), (b"-1", None), (b"soon", None)],
+    )  # fmt: skip
+    def test_the_reconnection_delay_asked_of_a_client_is_bounded(
+        self, given: bytes, passed: bytes | None
+    ) -> None:
+        """``retry: 0`` on a stream that ended without its answer: the Python SDK resumed it
+        at once, for good, 138 times a second through the gateway (red-team wave 41)."""
+        out = self._run([b"id: 1\nretry: " + given + b"\ndata: \n\n"])
+        retries = [line for line in out.split(b"\n") if line.startswith(b"retry")]
+        assert retries == ([passed] if passed else [])
+
+    def test_a_batch_on_a_stream_is_one_event_a_message(self) -> None:
+        """A batch (2025-03-26) in one event failed the Python SDK's call: each message is
+        its own event, through the view, the event's id with the last."""
+        note = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":1}}'
+        batch = b"[" + note + b"," + LIST + b"]"
+        out = self._run([b"id: 9\nevent: message\ndata: " + batch + b"\n\n"])
+        events = [e for e in out.split(b"\n\n") if e]
+        assert len(events) == 2 and b"id: bound-9" in events[1] and b"id:" not in events[0]
+        data = [json.loads(e.split(b"data: ", 1)[1]) for e in events]
+        assert data[0]["method"] == "notifications/message"
+        assert [t["name"] for t in data[1]["result"]["tools"]] == ["echo"]
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info"}}',
+            b'{"jsonrpc":"2.0","id":"srv-1","method":"evil/unclassified","params":{}}',
+            b'[{"jsonrpc":"2.0","id":1,"result":{}}]',
+        ],
+    )
+    def test_a_requests_whole_answer_is_an_answer(self, data: bytes) -> None:
+        """A notice, a server's request or a batch given as a call's JSON answer was passed
+        on, and both SDKs waited for the call's answer for good (red-team wave 41)."""
+        assert filtered(data, _View(), answer=True) is DROP
+        assert filtered(data, _View()) is not DROP  # on a stream, each has its place
+
+    def test_what_json_and_utf8_have_not_is_mended(self) -> None:
+        """``NaN`` and infinities (the TypeScript SDK failed on them) become null, as the
+        Python SDK's servers write them; a lone surrogate (the Python SDK failed) U+FFFD."""
+        data = (
+            b'{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"a":NaN,"b":[-Infinity,'
+            b'1e999,1.5]},"content":[{"type":"text","text":"x\\ud83dy \\ud83d\\ude00"}]}}'
+        )
+        out = filtered(data, _View(), answer=True)
+        assert isinstance(out, bytes) and out is not DROP
+        strict = json.loads(out.decode("utf-8"), parse_constant=lambda c: pytest.fail(c))
+        assert strict["result"]["structuredContent"] == {"a": None, "b": [None, None, 1.5]}
+        assert strict["result"]["content"][0]["text"] == "x\ufffdy \U0001f600"
+        plain = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"NaN"}]}}'
+        assert json.loads(filtered(plain, _View()) or b"") == json.loads(plain)
+
     def test_data_split_over_lines_is_one_message(self) -> None:
         half = LIST.index(b'{"name":"echo"}')  # a line break is JSON white space here
         out = self._run([b"data: " + LIST[:half] + b"\ndata: " + LIST[half:] + b"\n\n"])

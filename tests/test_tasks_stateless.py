@@ -164,6 +164,32 @@ def test_a_listen_on_mcp_names_no_task_and_asks_servers_only_what_it_knows(
     assert "alice-secret-41" not in answer.text
 
 
+def test_a_servers_odd_acknowledgement_is_not_every_callers_error(
+    upstream: PeerProcess, tmp_path: Path
+) -> None:
+    """A server acknowledging a flag as a list (``toolsListChanged: ["x"]``) beside another's
+    ``true`` made every caller's listen on ``/mcp`` an internal error (red-team wave 41):
+    what a server says it honours counts only as the flags and resources it was asked."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.tasks_stateless", "--port", str(port)]
+    odd = {"notifications": {"toolsListChanged": ["x"], "resourceSubscriptions": True,
+                             "promptsListChanged": True, "taskIds": ["task-1"]}}  # fmt: skip
+    url = f"http://127.0.0.1:{port}/mcp"
+    peer = start_process(argv, port=port, url=url, extra_env={"TASKS_ACK": json.dumps(odd)})
+    grants = {"bob": {"key_sha256": hashlib.sha256(BOB.encode()).hexdigest()}}
+    policy = 'version: "1"\ndefault: deny\ntools:\n  keep: {}\n'
+    servers = {"t": {"url": upstream.url}, "odd": {"url": url}}
+    try:
+        with run_gateway(tmp_path, policy, servers, grants=grants) as gw:
+            asked = {"toolsListChanged": True}
+            answer, messages = aggregate(gw, BOB, LISTEN, {"notifications": asked})
+            assert answer.status_code == 200, answer.text
+            acks = [m["params"]["notifications"] for m in messages if m.get("method") == ACK]
+            assert acks == [asked] and not [m for m in messages if "error" in m]
+    finally:
+        peer.stop()
+
+
 def test_discover_on_mcp_offers_no_tasks(gw: GatewayProcess) -> None:
     """The server offers the tasks extension; ``/mcp`` serves no ``tasks/*`` (404 there), so
     its merged ``server/discover`` does not offer it (red-team wave 41); the relay does."""

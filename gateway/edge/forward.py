@@ -451,8 +451,10 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
     _Held.total += held
     try:
         if fwd.view is not None and body:
-            changed = filtered(body, fwd.view)
+            changed = filtered(body, fwd.view, answer=fwd.msg_id is not None)
             if changed is DROP:
+                if fwd.msg_id is not None:
+                    log.warning("upstream.not_its_answer", server=fwd.upstream.name)
                 await _unavailable(send, fwd)
                 return
             if changed is not None:
@@ -676,7 +678,7 @@ async def _answer_json(
     the stream's response headers but its content type."""
     assert fwd.view is not None
     resp.release_when_done()
-    changed = filtered(data, fwd.view)
+    changed = filtered(data, fwd.view, answer=True)
     if changed is DROP:
         await _unavailable(send, fwd)
         return

@@ -432,7 +432,7 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
         if body is None:
             await _send_error(send, fwd, too_large_words(why))
             return
-        changed = filtered(body, fwd.view)
+        changed = filtered(body, fwd.view, answer=True)
         if changed is DROP or unreadable(body, media):
             await _send_error(send, fwd)
         elif body.strip():

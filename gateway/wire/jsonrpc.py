@@ -419,10 +419,44 @@ def result_body(msg_id: Any, result: Mapping[str, Any]) -> bytes:
 
 
 def json_bytes(value: Any, separators: tuple[str, str] | None = None) -> bytes:
-    """JSON text in UTF-8 for a peer. A string holding a lone surrogate (JSON allows the
-    escape ``\\ud83d``, a JavaScript peer writes one for half an emoji, UTF-8 has no such
-    character) is written escaped, as it came, rather than failing the whole answer."""
+    """JSON text in UTF-8 for a peer, mended (see ``mended``) when it holds what JSON or
+    UTF-8 has not: ``NaN`` or an infinity (a number past a double's range read as one) was
+    written as no JSON parser but Python's reads it, and a lone surrogate escaped as it came,
+    which the Python SDK's client refused with the whole answer."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=separators).encode()
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=separators).encode()
+        return json.dumps(
+            value, ensure_ascii=False, separators=separators, allow_nan=False
+        ).encode()
+    except (UnicodeEncodeError, ValueError):
+        pass
+    return json.dumps(mended(value), ensure_ascii=False, separators=separators).encode()
+
+
+def needs_mending(data: bytes) -> bool:
+    """Whether JSON bytes may hold what ``mended`` mends (a string's ``NaN`` too: then read
+    and written again for nothing), looked for without reading them."""
+    return b"NaN" in data or b"Infinity" in data or _SURROGATE_ESCAPE.search(data) is not None
+
+
+def mended(value: Any) -> Any:
+    """``value`` with ``NaN`` and the infinities as ``null`` (as the Python SDK's servers
+    write them, through pydantic) and each lone surrogate in a string or a key as U+FFFD:
+    what an upstream sent that a client of the other SDK could not read, made readable by
+    both. Depth is bounded by the parser that built ``value``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(k) if isinstance(k, str) else k: mended(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mended(item) for item in value]
+    return value
+
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:  # paired surrogates (as Python's parser leaves them) kept
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from gateway.wire.jsonrpc import json_bytes
+from gateway.wire.jsonrpc import json_bytes, mended, needs_mending
 from gateway.wire.jsonrpc import loads as json_loads
 
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
@@ -71,12 +71,18 @@ def rewrite_event(event: bytes, view: View) -> bytes:
                 out.append(b"")
         elif name == b"id":
             out.append(b"id: " + view.wrap_event_id(value) if value else b"id:")
+        elif name == b"retry":
+            if value.isdigit():  # (another value is ignored by clients: left out)
+                out.append(b"retry: %d" % min(max(int(value[:10]), MIN_RETRY_MS), MAX_RETRY_MS))
         elif name in _PASSED_FIELDS:
             out.append(line)
         # any other field is left out: clients ignore it, unless they read it otherwise
     if data_at >= 0:
+        joined = b"\n".join(data)
+        if _OPENS_BATCH.match(joined):
+            return _batch_events(joined, out, data_at, view)
         out[data_at] = b"data: " + b"\ndata: ".join(data)
-        changed = filtered(b"\n".join(data), view)
+        changed = filtered(joined, view)
         if changed is DROP:
             return b""
         if changed is not None:
@@ -85,6 +91,37 @@ def rewrite_event(event: bytes, view: View) -> bytes:
 
 
 DROP = b"\x00drop"
+
+#: The reconnection delay a stream may ask its client for, in milliseconds: an upstream's
+#: ``retry: 0`` on a stream that ended without its answer had the Python SDK resume it at
+#: once, for good, 138 times a second through the gateway (red-team wave 41).
+MIN_RETRY_MS = 1000
+MAX_RETRY_MS = 3_600_000
+_OPENS_BATCH = re.compile(rb"[ \t\r\n]*\[")
+
+
+def _batch_events(data: bytes, fields: list[bytes], data_at: int, view: View) -> bytes:
+    """An event holding a batch (of the 2025-03-26 revision; no client of a later one reads
+    it: the Python SDK failed the call), as one event for each message, each through the
+    view; the event's other fields go with the last, so a resumption from its id follows
+    them all."""
+    try:
+        batch = json_loads(data, object_pairs_hook=_strict_object)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return b""
+    if not isinstance(batch, list):
+        return b""
+    messages = []
+    for item in batch:
+        text = json_bytes(item)
+        changed = filtered(text, view)
+        if changed is not DROP:
+            messages.append(changed if changed is not None else text)
+    if not messages:
+        return b""
+    last = [*fields[:data_at], b"data: " + messages[-1], *fields[data_at + 1 :]]
+    events = [message_event(m) for m in messages[:-1]]
+    return b"".join(events) + b"\n".join(last) + b"\n\n"
 
 
 def message_event(data: bytes) -> bytes:
@@ -110,23 +147,32 @@ def not_utf8(data: bytes) -> bool:
     return False
 
 
-def filtered(data: bytes, view: View) -> bytes | None:
+def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
     """A message's bytes rewritten by the view; None when they stay as they came, ``DROP``
     when they might hold something to filter but cannot be read strictly (not UTF-8, not
     JSON, nested too deeply, duplicate keys, a ``__proto__`` key, which a JavaScript client's
     schema library turns into the object's prototype, tools list and all): another parser
-    could still read a tools list in them."""
+    could still read a tools list in them. ``answer``: the data is a request's whole answer,
+    so one answer and nothing else (a notice, a server's request or a batch, given as a
+    call's JSON answer, was passed on, and the client waited for its answer for good).
+    A message holding ``NaN`` or an infinity (no JSON: the TypeScript SDK failed on it) or a
+    lone surrogate (the Python SDK failed) is mended (see ``jsonrpc.mended``)."""
     if not_utf8(data) or not is_message_text(data):
         return DROP
-    if b"__proto__" not in data and not view.wants(data):
+    if answer and data and (_OPENS_BATCH.match(data) or answered_id(data) is NOT_AN_ANSWER):
+        return DROP
+    mend = needs_mending(data)
+    if not mend and b"__proto__" not in data and not view.wants(data):
         return None
     try:
         message = json_loads(data, object_pairs_hook=_strict_object)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return DROP
+    if mend:
+        message = mended(message)
     if isinstance(message, list):  # a batch of answers: each one on its own
         items = [view.filter(item) for item in message]
-        if all(item is None for item in items):
+        if not mend and all(item is None for item in items):
             return None
         pairs = zip(items, message, strict=True)
         changed: Any = [new if new is not None else old for new, old in pairs]
@@ -135,8 +181,12 @@ def filtered(data: bytes, view: View) -> bytes | None:
             return DROP
     else:
         changed = view.filter(message)
-        if changed is None or changed is DROP:  # (the view's DROP: not for this caller)
+        if changed is DROP:  # (the view's DROP: not for this caller)
             return changed
+        if changed is None:
+            if not mend:
+                return None
+            changed = message
     return json_bytes(changed)
 
 

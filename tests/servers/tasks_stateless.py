@@ -8,6 +8,7 @@ names none; ``GET`` is a stream of every task's status (one for every
 caller). Every request is written to ``TASKS_LOG`` (one JSON line). ``TASKS_SESSION_ID``:
 a 2025-11-25 ``initialize`` is answered with that one session id, whoever asks (a server
 behind a proxy that pins one session), and its GET stream is still every task's.
+``TASKS_ACK``: the params of every listen's acknowledgement (JSON), whatever was asked.
 
     python -m tests.servers.tasks_stateless --port 9000
 """
@@ -112,7 +113,7 @@ class Handler(BaseHTTPRequestHandler):
         honoured = dict(asked)  # all it was asked, of the tasks those it has
         if isinstance(named, list):
             honoured["taskIds"] = [i for i in named if i in _store]
-        ack = {"notifications": honoured}
+        ack = json.loads(os.environ.get("TASKS_ACK") or "null") or {"notifications": honoured}
         events = [
             {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": ack}
         ]

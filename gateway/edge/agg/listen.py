@@ -223,7 +223,7 @@ async def _one_event(
     data = event_data(raw)
     try:
         value = json_loads(data) if data else None
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past what Python reads: no message)
         value = None
     if isinstance(value, dict) and value.get("method") == ACK and not server.acked.is_set():
         params = value.get("params")
