@@ -185,6 +185,17 @@ class TestRun:
         assert _gone(demo[0])
         assert "Traceback" not in proc.output()
 
+    def test_another_port_tells_the_admin_commands_where(
+        self, demo_run: tuple[PeerProcess, int]
+    ) -> None:
+        """On another port than 8787 the admin commands, left to their default, reached
+        another gateway there (its "refused the admin token") or none (red-team wave 41)."""
+        proc, port = demo_run
+        assert f"  admin CLI:    export CELGATE_URL=http://127.0.0.1:{port}\n" in proc.output()
+        env = {"CELGATE_URL": f"http://127.0.0.1:{port}", "CELGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+        listed = celgate("approvals", "list", env=env)
+        assert listed.returncode == 0, listed.stderr
+
     def test_taken_port_is_said_before_any_banner(self) -> None:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))

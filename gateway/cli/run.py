@@ -28,6 +28,7 @@ from types import FrameType
 import uvicorn
 
 from gateway.auth.identity import hash_key
+from gateway.cli.admin import DEFAULT_URL as ADMIN_URL
 from gateway.config import (
     LOOPBACK_HOSTS,
     AdminConfig,
@@ -118,6 +119,8 @@ def _banner(config: GatewayConfig) -> None:
     first = next(iter(config.servers))
     key = "" if config.anonymous else " --key <agent key>"
     print(f"  try it:       celgate try {base}/mcp/{first}{key}", flush=True)
+    if base != ADMIN_URL:  # the admin commands' default: they reached another gateway, or none
+        print(f"  admin CLI:    export CELGATE_URL={base}", flush=True)
 
 
 def serve(config: GatewayConfig, sock: socket.socket) -> int:
