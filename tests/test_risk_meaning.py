@@ -116,6 +116,31 @@ async def test_a_tool_first_seen_on_a_call_is_decided_by_its_annotations(gw: Any
     assert admission.decision.effect == "require_approval"
 
 
+async def test_a_name_no_entry_names_is_denied_without_reading_again(tmp_path: Path) -> None:
+    """Under ``default: deny`` a name no entry matches is denied whatever its server says:
+    read again, a name no server listed waited for the server, and a hidden one (listed,
+    no entry) was denied at once, so the time told an agent which names exist (wave 40)."""
+    servers = {"up": {"url": "http://127.0.0.1:9/mcp"}}  # never reached: admit does not forward
+    narrow = 'version: "1"\ndefault: deny\ntools:\n  "get_*": {action: allow}\n'
+    gateway = build_gateway(load_config(write_config(tmp_path, narrow, servers, free_port())))
+    relisted: list[str] = []
+
+    async def relist(server: str) -> None:
+        relisted.append(server)
+
+    gateway.relist = relist
+    try:
+        for name in ("wipe_everything", "hidden_but_listed"):
+            call = Call(name, server="up", info=gateway.tool_info("up", name))
+            assert (await admit(gateway, call)).decision.rule == "default"
+        assert relisted == []
+        call = Call("get_new", server="up", info=gateway.tool_info("up", "get_new"))
+        await admit(gateway, call)  # an entry names it: its definition may matter
+        assert relisted == ["up"]
+    finally:
+        await gateway.close()
+
+
 class TestToolScopedBuckets:
     RULES = (
         'version: "1"\ndefault: deny\ntools:\n  "*":\n    action: allow\n'

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import BackendUnavailable
 from gateway.pipeline.enforce import apply_limits, check_arg_types, check_pin, check_variant
 from gateway.policy import Call, Decision, decide
+from gateway.policy.matching import candidates
 from gateway.policy.secrets import secret_paths
 from gateway.telemetry.audit import log, new_decision_id
 
@@ -172,6 +173,12 @@ async def schema_read(gw: Gateway, call: Call) -> Call:
     and risk (by its annotations, not only its name) to the rules."""
     server = call.server
     if gw.relist is None or not server or (server, call.tool) in gw.catalog:
+        return call
+    policy = gw.policy
+    if policy.default == "deny" and next(candidates(policy, server, call.tool), None) is None:
+        # No entry names it: denied whatever its server says of it. Read again, a name no
+        # server lists waited for the server's tools, and a hidden one (listed) did not: the
+        # time told an agent which names exist (red-team wave 40).
         return call
     await gw.relist(server)
     return _classified(gw, call)
