@@ -113,7 +113,9 @@ class TestPins:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A server that renames its tools on every list cannot grow them without bound; a
-        pin already held is never let go (its changes are still refused)."""
+        pin already held is never let go (its changes are still refused). Past the bound a
+        tool with no pin is refused: it could not be pinned, so its changes ran unseen (20,000
+        junk names, then a real tool, red-team wave 42)."""
         monkeypatch.setattr(pins_module, "MAX_FIRST_SEEN", 2)
         pins = Pins(None)
         v1, v2 = {"name": "echo", "description": "one"}, {"name": "echo", "description": "two"}
@@ -121,8 +123,11 @@ class TestPins:
         for n in range(5):
             pins.observe("up", {"name": f"t{n}"})
         assert len(pins.pinned) == 2
+        assert pins.refusal("up", "t0") is None  # pinned before the bound
+        assert "no pin" in str(pins.refusal("up", "t1")) and pins.refusal("up", "deploy")
         assert pins.observe("up", v2) == "changed" and pins.refusal("up", "echo") is not None
         assert pins.observe("other", v1) == "new" and ("other", "echo") in pins.pinned
+        assert pins.refusal("other", "echo") is None
 
     def test_a_pin_read_again_is_checked_against_what_was_last_seen(self) -> None:
         """The pins file rolled back to the reviewed definition while the server shows

@@ -650,6 +650,7 @@ class TestOperatorCommands:
         refused = httpx.post(one.base + "/admin/limits/reset", json=misspelt, headers=auth)
         assert refused.status_code == 404 and "no grant 'analyst_bot'" in refused.text
         assert "analyst-bot" in refused.text  # the grants it has
+        assert "anonymous" not in refused.text  # (not one of them: anonymous is off)
         agent = {"Authorization": f"Bearer {ANALYST_KEY}"}
         as_agent = httpx.post(one.base + "/admin/limits/reset", json={"all": 1}, headers=agent)
         assert as_agent.status_code == 403  # an agent key is never an admin token

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.inventory.pins import tool_digest
 from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway
-from tests.peers import PeerProcess, literal_upstream
+from tests.peers import PeerProcess, literal_upstream, raw_upstream
 from tests.test_reload_pins_e2e import pins_update
 
 SCHEMA = {"type": "object"}
@@ -116,3 +116,25 @@ async def test_the_operator_pins_again_and_it_is_callable(
                 await anyio.sleep(0.05)
         assert "echo" in [t["name"] for t in await _listed(c)]
         assert not (await c.call_tool("echo", {"text": "after review"})).is_error
+
+
+async def test_a_resumed_list_is_checked_against_the_pins(tmp_path: Path) -> None:
+    """A server ends the stream of a ``tools/list`` without its answer and gives the answer,
+    with ``echo`` changed, on the resumed stream: that view knew no request, so its tools
+    were filtered but never shown to the pins, and the agent read and called the changed
+    definition (red-team wave 42). A resumed list is a listing: the change is caught."""
+    log = tmp_path / "raw.jsonl"
+    policy = 'version: "1"\ndefault: deny\ntools:\n  echo: {}\n'
+    with (
+        raw_upstream("list-cut", log) as peer,
+        run_gateway(tmp_path, policy, {"raw": {"url": peer.url}}) as gw,
+    ):
+        async with client(gw.url("raw"), mode="legacy") as c:
+            first = (await c.list_tools()).tools
+            assert [t.name for t in first] == ["echo"]  # pinned on first sight
+            log.with_suffix(".jsonl.cut").write_text("")
+            resumed = (await c.list_tools()).tools  # the answer comes on the resumed stream
+            assert all("id_rsa" not in (t.description or "") for t in resumed)
+            refused = await c.call_tool("echo", {"text": "hi"})
+        assert refused.is_error and decision_of(refused)["rule"] == "pins"
+        assert [r for r in calls_in(log) if r.get("rpc") == "tools/call"] == []

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError, Problem
-from gateway.inventory.pins import Pins
+from gateway.inventory.pins import Pins, tool_digest
 from gateway.located import parse_source
 from gateway.policy import Call, CompiledPolicy, decide
 from gateway.policy.loader import load_policy, rule_files
@@ -151,6 +151,26 @@ async def test_a_reload_compiles_off_the_event_loop(tmp_path: Path) -> None:
         loop_turned.set()
     assert outcome == [True]
     assert decide(gateway.policy, Call(server="up", tool="delete_note")).effect == "deny"
+
+
+async def test_a_pins_rollback_is_taken_while_the_rules_fail_to_load(tmp_path: Path) -> None:
+    """The operator pinned an unreviewed definition by mistake, then rolled the pins file
+    back while a rule file was half edited: the reload was refused for the rules and the
+    pins were never read, so the unreviewed definition kept running (red-team wave 42)."""
+    reviewed = {"name": "echo", "description": "reviewed"}
+    shown = {"name": "echo", "description": "unreviewed"}
+    pins_file = tmp_path / "pins.yaml"
+    servers = {"up": {"url": "http://127.0.0.1:9/mcp"}}
+    config = write_config(tmp_path, BASE, servers, 9, pins={"file": "pins.yaml"})
+    pins_file.write_text(f"servers:\n  up:\n    echo: {tool_digest(shown)}\n")
+    gateway = build_gateway(load_config(config))
+    reloader = Reloader(gateway)
+    gateway.pins.observe("up", shown)
+    assert gateway.pins.refusal("up", "echo") is None  # pinned as shown (the mistake)
+    (tmp_path / "policy.yaml").write_text(BASE + "tools:\n  echo: {action: allow, colour: red}\n")
+    pins_file.write_text(f"servers:\n  up:\n    echo: {tool_digest(reviewed)}\n")
+    assert await reloader.reload("test") is False  # the rules are refused...
+    assert gateway.pins.refusal("up", "echo") is not None  # ...and the pins taken all the same
 
 
 def _json_rules(folder: Path, name: str, entry: dict[str, object]) -> Path:

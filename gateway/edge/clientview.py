@@ -78,6 +78,8 @@ def _same_digest(digest: str) -> IdCheck:
 #: The tag of a stream's event ids that is no request's (a server's GET stream, a listen).
 NO_REQUEST = "g"
 NO_TOKEN = "-" * 16  # (in a request's tag: it named no progress token)
+LISTING = "l"  # a request's tag starts with this for a tools/list, "r" for any other
+REQUEST_KINDS = ("r", LISTING)
 
 
 def progress_token(params: Any) -> Any:
@@ -165,8 +167,9 @@ class ClientView:
         request = self.request
         if request is not None:
             msg_id, token = request
+            kind = LISTING if self.method == "tools/list" else "r"
             self.tag = (
-                "r" + id_digest(msg_id) + (id_digest(token) if token is not None else NO_TOKEN)
+                kind + id_digest(msg_id) + (id_digest(token) if token is not None else NO_TOKEN)
             )
             self.request = None
         return self.tag
@@ -186,9 +189,12 @@ class ClientView:
             return None
         if tag == NO_REQUEST:
             self.answers = self.progress = no_id
-        elif len(tag) == 33 and tag[0] == "r":
+        elif len(tag) == 33 and tag[0] in REQUEST_KINDS:
             self.tag = tag  # its events are that request's still (resumed again, the same)
             self.request = None
+            # A resumed tools/list is a listing (pins and all): read as a stream of no known
+            # request, a changed pinned tool reached the agent unchecked (red-team wave 42).
+            self.method = "tools/list" if tag[0] == LISTING else None
             self.answers = _same_digest(tag[1:17])
             self.progress = no_id if tag[17:] == NO_TOKEN else _same_digest(tag[17:])
         else:
@@ -199,7 +205,7 @@ class ClientView:
         """The digest of the id of the request whose stream a ``Last-Event-ID`` resumed
         (``unwrap_event_id``), or None for a stream of no request's."""
         tag = self.tag
-        return tag[1:17] if len(tag) == 33 and tag[0] == "r" else None
+        return tag[1:17] if len(tag) == 33 and tag[0] in REQUEST_KINDS else None
 
     def wrap_task_id(self, task_id: str) -> str:
         return self.gw.signer.wrap_task(self.server, self.identity.owner, task_id)

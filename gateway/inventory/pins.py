@@ -27,7 +27,9 @@ from gateway.telemetry.audit import log
 
 _FIELDS = ("name", "description", "inputSchema", "annotations")
 #: Tools of one server pinned in memory on first sight, at most: an upstream renaming its
-#: tools on every list would otherwise grow the pins without bound.
+#: tools on every list would otherwise grow the pins without bound. Past it, a tool of that
+#: server with no pin is refused (it cannot be pinned, so a change to it could not be seen:
+#: 20,000 junk names, then a real tool, and its later changes ran unseen, red-team wave 42).
 MAX_FIRST_SEEN = 20_000
 
 
@@ -148,7 +150,7 @@ class Pins:
         if pinned is None:
             first = self.first_seen.get(server, 0)
             if first >= MAX_FIRST_SEEN:  # a pin of the file, or one held, is never let go
-                return "new"  # but a server past so many new names gets no more in memory
+                return "new"  # but a server past so many new names gets no more (refusal)
             self.first_seen[server] = first + 1
             self.pinned[key] = digest
             self.last_seen[key] = digest
@@ -219,6 +221,14 @@ class Pins:
             return None
         change = self.changed.get((server, tool))
         if change is None:
+            if self.first_seen.get(server, 0) >= MAX_FIRST_SEEN and (
+                (server, tool) not in self.pinned
+            ):
+                return (
+                    f"{server} has shown more than {MAX_FIRST_SEEN} tools; {server}/{tool} has "
+                    "no pin and none can be held for it, so it is refused (pin it: "
+                    "`celgate pins update`)"
+                )
             return None
         if change.seen == UNREAD:
             return (

@@ -276,7 +276,7 @@ def _check_grant(gateway: Gateway, grant: str | None) -> None:
     config = gateway.config
     if grant is None or config.oauth is not None:
         return
-    known = {g.id for g in config.grants.values()} | {"anonymous"}
+    known = {g.id for g in config.grants.values()} | ({"anonymous"} if config.anonymous else set())
     if grant not in known:
         names = ", ".join(sorted(known))
         raise HTTPException(f"no grant {grant!r} in the config (grants: {names})", status_code=404)

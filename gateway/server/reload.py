@@ -129,6 +129,10 @@ class Reloader:
             return await self._reload(why)
 
     async def _reload(self, why: str) -> bool:
+        # The pins file first, and whatever the rules do: a rollback of it to the reviewed
+        # pins was ignored while a rule file failed to load (and not tried again until some
+        # file changed), and the unreviewed definition kept running (red-team wave 42).
+        await self._reload_pins_or_keep(why)
         old = self.gw.policy.revision
         try:
             policy = await anyio.to_thread.run_sync(self.load_stable)
@@ -147,16 +151,18 @@ class Reloader:
         self.gw.extras["policy_warnings"] = told  # of the policy in force, from now on
         for problem in told:
             log.warning("policy.warning", why=why, problem=problem)
+        if self.gw.metrics is not None:
+            self.gw.metrics.set_policy(policy.revision)
+        log.info("policy.reloaded", why=why, old_revision=old, revision=policy.revision)
+        return True
+
+    async def _reload_pins_or_keep(self, why: str) -> None:
         try:
             await self._reload_pins()
         except ConfigError as exc:  # the pins held keep serving
             log.error("pins.reload_failed", why=why, problems=[str(p) for p in exc.problems])
         except Exception as exc:
             log.error("pins.reload_failed", why=why, **exception_fields(exc))
-        if self.gw.metrics is not None:
-            self.gw.metrics.set_policy(policy.revision)
-        log.info("policy.reloaded", why=why, old_revision=old, revision=policy.revision)
-        return True
 
     async def _reload_pins(self) -> None:
         config = self.gw.config
