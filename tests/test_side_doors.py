@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from gateway.wire.sse import (
     DROP,
+    MAX_BATCH,
     NO_ID,
     SseRewriter,
     answer_alone,
@@ -284,6 +286,47 @@ class TestSseRewriter:
         data = [json.loads(e.split(b"data: ", 1)[1]) for e in events]
         assert data[0]["method"] == "notifications/message"
         assert [t["name"] for t in data[1]["result"]["tools"]] == ["echo"]
+
+    def test_a_long_batch_or_a_batch_in_a_batch_is_dropped(self) -> None:
+        """A batch is split without being built (one event of 100,000 tiny messages held the
+        loop for 9 s); past 64 messages it is dropped, and a batch in a batch (no client
+        reads one) is left out (red-team wave 42)."""
+        note = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":1}}'
+        many = b"[" + b",".join([note] * (MAX_BATCH + 1)) + b"]"
+        assert self._run([b"id: 1\ndata: " + many + b"\n\n"]) == b""
+        inner = b"[" + note + b"]"
+        out = self._run([b"id: 2\ndata: [" + inner + b"," + note + b"]\n\n"])
+        assert out == b"id: bound-2\ndata: " + note + b"\n\n"
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"[" + b"NaN," * 100_000 + b"0]",  # past what is mended: as it came
+            b"[" + b"9" * 5000 + b',"NaN"]',  # more digits than Python reads
+        ],
+    )
+    def test_what_cannot_be_mended_cheaply_passes_as_it_came(self, data: bytes) -> None:
+        """Mending walks every value: a 30 MiB answer of ``NaN`` held the loop for 13 s, one
+        nested 2,000 deep failed with an internal error, and one with a 5,000-digit integer
+        beside the word "NaN" was refused (red-team wave 42). Such a message is passed as
+        it came, as before mending."""
+        message = b'{"jsonrpc":"2.0","id":1,"result":{"x":' + data + b"}}"
+        assert filtered(message, _View(), answer=True) is None
+
+    @pytest.mark.parametrize("depth", [600, 1250, 2400])
+    def test_deep_nesting_never_fails_the_mending(self, depth: int) -> None:
+        """With the recursion limit cel-python sets (2,500), a message nested 1,250 deep
+        parsed, then failed in the mending: an internal error (red-team wave 42)."""
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(2500)
+        try:
+            for inner in (b"NaN", b'"\\ud800"'):
+                deep = b"[" * depth + inner + b"]" * depth
+                message = b'{"jsonrpc":"2.0","id":1,"result":{"x":' + deep + b"}}"
+                out = filtered(message, _View(), answer=True)
+                assert out is None or out is DROP or json.loads(out)["id"] == 1
+        finally:
+            sys.setrecursionlimit(limit)
 
     @pytest.mark.parametrize(
         "data",

@@ -169,13 +169,16 @@ def test_a_servers_odd_acknowledgement_is_not_every_callers_error(
 ) -> None:
     """A server acknowledging a flag as a list (``toolsListChanged: ["x"]``) beside another's
     ``true`` made every caller's listen on ``/mcp`` an internal error (red-team wave 41):
-    what a server says it honours counts only as the flags and resources it was asked."""
+    what a server says it honours counts only as the flags and resources it was asked. A
+    second acknowledgement went to the client as the server wrote it (wave 42): dropped."""
     port = free_port()
     argv = [sys.executable, "-m", "tests.servers.tasks_stateless", "--port", str(port)]
     odd = {"notifications": {"toolsListChanged": ["x"], "resourceSubscriptions": True,
                              "promptsListChanged": True, "taskIds": ["task-1"]}}  # fmt: skip
+    again = {"notifications": {"resourceSubscriptions": ["file:///etc/shadow"]}}
+    env = {"TASKS_ACK": json.dumps(odd), "TASKS_ACK_AGAIN": json.dumps(again)}
     url = f"http://127.0.0.1:{port}/mcp"
-    peer = start_process(argv, port=port, url=url, extra_env={"TASKS_ACK": json.dumps(odd)})
+    peer = start_process(argv, port=port, url=url, extra_env=env)
     grants = {"bob": {"key_sha256": hashlib.sha256(BOB.encode()).hexdigest()}}
     policy = 'version: "1"\ndefault: deny\ntools:\n  keep: {}\n'
     servers = {"t": {"url": upstream.url}, "odd": {"url": url}}
@@ -186,6 +189,7 @@ def test_a_servers_odd_acknowledgement_is_not_every_callers_error(
             assert answer.status_code == 200, answer.text
             acks = [m["params"]["notifications"] for m in messages if m.get("method") == ACK]
             assert acks == [asked] and not [m for m in messages if "error" in m]
+            assert "shadow" not in answer.text
     finally:
         peer.stop()
 

@@ -429,7 +429,10 @@ def json_bytes(value: Any, separators: tuple[str, str] | None = None) -> bytes:
         ).encode()
     except (UnicodeEncodeError, ValueError):
         pass
-    return json.dumps(mended(value), ensure_ascii=False, separators=separators).encode()
+    try:
+        return json.dumps(mended(value), ensure_ascii=False, separators=separators).encode()
+    except RecursionError:  # nested past what the walk reaches: as it came, escaped
+        return json.dumps(value, separators=separators).encode()
 
 
 def needs_mending(data: bytes) -> bool:

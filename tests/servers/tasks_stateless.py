@@ -8,7 +8,8 @@ names none; ``GET`` is a stream of every task's status (one for every
 caller). Every request is written to ``TASKS_LOG`` (one JSON line). ``TASKS_SESSION_ID``:
 a 2025-11-25 ``initialize`` is answered with that one session id, whoever asks (a server
 behind a proxy that pins one session), and its GET stream is still every task's.
-``TASKS_ACK``: the params of every listen's acknowledgement (JSON), whatever was asked.
+``TASKS_ACK``: the params of every listen's acknowledgement (JSON), whatever was asked;
+``TASKS_ACK_AGAIN``: those of a second acknowledgement, sent after the first.
 
     python -m tests.servers.tasks_stateless --port 9000
 """
@@ -117,6 +118,10 @@ class Handler(BaseHTTPRequestHandler):
         events = [
             {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": ack}
         ]
+        again = json.loads(os.environ.get("TASKS_ACK_AGAIN") or "null")
+        if again is not None:
+            method = "notifications/subscriptions/acknowledged"
+            events.append({"jsonrpc": "2.0", "method": method, "params": again})
         events += _task_events(named)
         events.append({"jsonrpc": "2.0", "id": msg_id, "result": {"resultType": "complete"}})
         self._events(events)

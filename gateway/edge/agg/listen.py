@@ -225,7 +225,9 @@ async def _one_event(
         value = json_loads(data) if data else None
     except (ValueError, RecursionError):  # (nested past what Python reads: no message)
         value = None
-    if isinstance(value, dict) and value.get("method") == ACK and not server.acked.is_set():
+    if isinstance(value, dict) and value.get("method") == ACK:
+        if server.acked.is_set():  # told again: the client was told once, of what it asked
+            return  # (a second one went to it as the server wrote it, red-team wave 42)
         params = value.get("params")
         notes = params.get("notifications") if isinstance(params, dict) else None
         server.honoured = _honoured(server.asked, notes if isinstance(notes, dict) else {})
