@@ -539,6 +539,34 @@ class TestTokenChecksOnAClock:
         assert isinstance(await auth.authenticate(third, "/mcp/up"), Agent)
         assert issuer.jwks_fetches == 3
 
+    async def test_callers_arriving_while_the_keys_load_wait_for_them(self) -> None:
+        """16 honest callers at a fresh gateway: the second spent the cooldown on a fetch of
+        its own and the other 14 were refused "unknown signing key" while the first fetch
+        ran (red-team wave 42); the same after a rotation. They wait for the fetch under
+        way: one fetch, every caller in."""
+        clock, issuer = Clock(), FakeIssuer()
+        auth = authority(clock, issuer, jwks_cooldown=30)
+        gate = asyncio.Event()
+        fetch = issuer.fetch
+
+        async def slow(url: str) -> tuple[int, bytes]:
+            await gate.wait()  # the issuer takes its time: every caller arrives meanwhile
+            return await fetch(url)
+
+        auth.keys.fetch = slow
+        for kid, subject in ((0, "first-load"), (1, "rotated")):
+            if kid:
+                issuer.keys.append(RSAKey.generate_key(2048, parameters={"kid": "b"}))
+            tokens = [issuer.sign(clock, key=kid, sub=f"{subject}-{i}") for i in range(16)]
+            gate.clear()
+            calls = [asyncio.ensure_future(auth.authenticate(t, "/mcp/up")) for t in tokens]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            gate.set()
+            outcomes = await asyncio.gather(*calls)
+            assert all(isinstance(o, Agent) for o in outcomes), outcomes
+        assert issuer.jwks_fetches == 2  # one for the first load, one for the new key
+
     async def test_a_key_swapped_under_the_same_kid_is_picked_up(self) -> None:
         """The issuer replaces key ``a`` by a new key also called ``a``: new tokens pass
         after one refetch, and those of the key withdrawn are refused from then on."""
@@ -787,6 +815,8 @@ class TestIntrospectionAnswersOnAClock:
         (None, {"token_type": "refresh_token"}, "refresh token"),
         (None, {"typ": "Refresh"}, "refresh token"),  # Keycloak's spelling
         (None, {"token_use": "id"}, "ID token"),
+        # RFC 8693's URN, its kind last (wave 42: only the bare names were known)
+        (None, {"token_type": "urn:ietf:params:oauth:token-type:id_token"}, "ID token"),
         ("refresh+jwt", {}, "typ header"),
         ("logout+jwt", {}, "typ header"),
     ],
@@ -807,6 +837,16 @@ async def test_an_access_token_by_any_of_its_types_is_taken(typ: str | None) -> 
     clock, issuer = Clock(), FakeIssuer()
     token = issuer.sign(clock, header_typ=typ, token_type="Bearer")
     assert isinstance(await authority(clock, issuer).authenticate(token, "/mcp/up"), Agent)
+
+
+@pytest.mark.parametrize("iss", [[ISSUER], ["https://evil.example", ISSUER], {"v": ISSUER}])
+async def test_an_issuer_is_one_string(iss: Any) -> None:
+    """The claims library takes a list holding the issuer as the issuer: a token whose
+    ``iss`` names ours beside another was accepted (red-team wave 42). RFC 7519 makes it
+    one string, compared as written."""
+    clock, issuer = Clock(), FakeIssuer()
+    refused = await authority(clock, issuer).authenticate(issuer.sign(clock, iss=iss), "/mcp/up")
+    assert isinstance(refused, Refusal) and refused.description == "invalid iss claim"
 
 
 async def test_an_audience_of_the_wrong_shape_is_refused_not_a_failure() -> None:

@@ -86,6 +86,16 @@ class KeySource:
             found = self._lookup(keys, kid)
             if found is not None:
                 return found
+        if self._lock.locked():
+            # A fetch under way (the first load, or another caller's refetch) may bring this
+            # key: wait for it and look again. Refused at once, 14 of 16 honest callers at a
+            # fresh gateway were told "unknown signing key" while the set was loading, and
+            # the second one spent the cooldown besides (red-team wave 42).
+            async with self._lock:
+                pass
+            found = self._lookup(self.keys, kid) if self.keys is not None else None
+            if found is not None:
+                return found
         if not self._may_refetch():
             log.info("oauth.jwks_refetch_limited", kid=kid)
             return None

@@ -144,7 +144,8 @@ def not_access(claims: Mapping[str, Any]) -> str | None:
         said = str(claims.get(field, "")).lower()
         if "refresh" in said:
             return "a refresh token is not an access token"
-        if said in ("id", "id_token", "idtoken"):
+        # RFC 8693's URN (urn:ietf:params:oauth:token-type:id_token) names its kind last
+        if said.rpartition(":")[2] in ("id", "id_token", "idtoken"):
             return "an ID token is not an access token"
     return None
 
@@ -266,6 +267,8 @@ class TokenAuthority:
         claims = await self._signed(token, alg, kid if isinstance(kid, str) else None)
         if isinstance(claims, str):
             return claims
+        if not isinstance(claims.get("iss"), str):  # one issuer, as written (RFC 7519)
+            return "invalid iss claim"  # (the registry took a list holding ours, and others)
         try:
             self.registry.validate(claims)
         except ExpiredTokenError:
