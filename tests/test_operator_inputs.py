@@ -246,3 +246,31 @@ def test_a_sighup_before_the_reloader_is_up_ends_nothing(tmp_path: Path) -> None
         assert peer.alive()
     finally:
         peer.stop()
+
+
+async def test_a_counters_reset_and_listing_are_its_own_buckets_only(tmp_path: Path) -> None:
+    """Buckets were found by the prefix ``counter|``: resetting counter ``a`` refilled those
+    of a counter named ``a|b`` too, and ``a``'s listing showed them (red-team wave 42)."""
+    from gateway.ratelimit import Bucket
+
+    token = "cga_operator-inputs-admin-token-0124"
+    admin = {"token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+    policy = (
+        'version: "1"\ndefault: deny\ntools:\n'
+        "  echo: {limits: [{counter: a, window: minute, max: 5, scope: grant}]}\n"
+        "  add: {limits: [{counter: 'a|b', window: minute, max: 5, scope: grant}]}\n"
+    )
+    config = write_config(tmp_path, policy, SERVERS, 8787, admin=admin)
+    gateway = build_gateway(load_config(config))
+    for counter in ("a", "a|b"):
+        await gateway.limiter.acquire([Bucket(counter, f"{counter}|grant=g1", 5, 60.0)])
+    app = build_app(gateway)
+    auth = {"Authorization": f"Bearer {token}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8787") as http:
+        listed = (await http.get("/admin/counters", headers=auth)).json()
+        shown = {row["counter"]: [b["key"] for b in row["buckets"]] for row in listed}
+        assert shown == {"a": ["a|grant=g1"], "a|b": ["a|b|grant=g1"]}
+        reset = await http.post("/admin/limits/reset", json={"counter": "a"}, headers=auth)
+        assert reset.json()["keys"] == ["a|grant=g1"]
+    await gateway.close()

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,22 @@ async def test_a_server_that_exits_is_restarted_though_its_helper_holds_stdout(
                 await anyio.sleep(0.1)
         assert text_of(answer) == "echo: plain"
         assert _gone(helper)
+
+
+def test_a_server_that_outlives_sigterm_is_killed_when_its_session_ends(tmp_path: Path) -> None:
+    """A session ended (DELETE, give-way, idle) sent SIGTERM and waited for its process to
+    exit; one that ignored it lived on outside every cap, and an agent repeating initialize
+    and DELETE started processes without bound (red-team wave 42). Killed after the grace."""
+    pid_file = tmp_path / "stubborn.pid"
+    odd = {**ODD, "env": {**ODD["env"], "ODD_PID_FILE": str(pid_file)}}  # type: ignore[dict-item]
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    with run_gateway(tmp_path, POLICY, {"x": odd}) as gw:
+        opened = httpx.post(gw.url("x"), json=initialize_body("raw"), headers=headers, timeout=20)
+        assert opened.status_code == 200, opened.text
+        session = {**headers, "mcp-session-id": opened.headers["mcp-session-id"]}
+        pid = int(pid_file.read_text())
+        assert httpx.delete(gw.url("x"), headers=session, timeout=20).status_code == 200
+        deadline = time.monotonic() + 20  # KILL_GRACE (2 s) after the DELETE, it is gone
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(pid)

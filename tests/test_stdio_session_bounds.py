@@ -6,6 +6,7 @@ behind, each token as long as the client liked)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 
 from gateway.config import load_config
 from gateway.upstream.stdio import StdioBridge
-from gateway.upstream.stdio_session import SessionLink
+from gateway.upstream.stdio_session import MAX_ASKING, SessionLink
+from gateway.upstream.stdio_wire import Inbox
 from gateway.wire.jsonrpc import MAX_TOKEN_CHARS, BadMessage, classify
 from tests.gateway_proc import write_config
 from tests.peers import stdio_upstream_command
@@ -57,6 +59,44 @@ async def test_an_id_used_again_leaves_nothing_of_the_earlier_request(link: Sess
         link._begin(1, _message("tools/call", 1, progressToken=f"token-{n}"))
     assert link.tokens == {"token-49": 1}
     assert list(link.in_flight) == [1]
+
+
+async def test_a_question_asked_of_nobody_stops_no_clock(link: SessionLink) -> None:
+    """A child asking ``roots/list`` right after ``notifications/initialized`` (as
+    server-filesystem does), with no stream open, was kept as "being asked" for good, and
+    every deadline of the session stopped: a call the child never answered hung for ever
+    (red-team wave 42)."""
+    await link._from_child(_message("roots/list", "srv-1"), b"")  # no call, no GET stream
+    assert link.asking == {}
+    link._begin(1, _message("tools/call", 1))
+    assert link._last_sign(1)() < time.monotonic()  # its clock runs
+
+
+async def test_a_question_stops_only_the_clock_of_the_request_it_came_on(
+    link: SessionLink,
+) -> None:
+    link._begin(1, _message("tools/call", 1, progressToken="t1"))
+    link._begin(2, _message("tools/call", 2, progressToken="t2"))
+    asked = _message("sampling/createMessage", "srv-2", progressToken="t1")
+    await link._from_child(asked, b"")
+    assert link.asking["srv-2"][0] == 1
+    now = time.monotonic()
+    assert link._last_sign(1)() >= now  # asked on 1's stream: its clock stands still
+    assert link._last_sign(2)() < now  # 2's runs
+    await link._notify({"jsonrpc": "2.0", "id": "srv-2", "result": {}}, None)
+    assert link.asking == {} and link._last_sign(1)() < now
+
+
+async def test_what_is_kept_of_the_questions_is_bounded(link: SessionLink) -> None:
+    """300 questions with 1 MiB ids, never answered, were 300 MiB held for the session's
+    life (red-team wave 42): ids past ID_CHARS are not kept, nor questions past MAX_ASKING."""
+    link.get_stream = Inbox()
+    for n in range(300):
+        await link._from_child(_message("sampling/createMessage", "x" * (1 << 20) + str(n)), b"")
+    assert link.asking == {}
+    for n in range(300):
+        await link._from_child(_message("sampling/createMessage", f"q-{n}"), b"")
+    assert len(link.asking) == MAX_ASKING
 
 
 @pytest.mark.parametrize("where", ["meta", "progress", "cancelled"])

@@ -215,6 +215,8 @@ def admin_router(gateway: Gateway) -> Router:
             raise HTTPException(msg, status_code=404)
         _check_grant(gateway, data.grant)
         rows = await _backend(gateway.limiter.scan(f"{data.counter}|" if data.counter else ""))
+        if data.counter:
+            rows = _of_counter(rows, data.counter)
         keys = [key for key, _ in _of_grant(gateway, rows, data.grant)]
         refilled = await _backend(gateway.limiter.reset(keys))
         log.warning("admin.limits_reset", grant=data.grant, counter=data.counter, refilled=refilled)
@@ -282,6 +284,13 @@ def _check_grant(gateway: Gateway, grant: str | None) -> None:
         raise HTTPException(f"no grant {grant!r} in the config (grants: {names})", status_code=404)
 
 
+def _of_counter(rows: list[tuple[str, float]], counter: str) -> list[tuple[str, float]]:
+    """The buckets of ``counter`` alone: scanned by the prefix ``counter|``, those of a
+    counter named ``counter|more`` came too (its values are escaped, so the last ``|`` of a
+    key ends its counter's name), and a reset of ``a`` refilled ``a|b``'s (wave 42)."""
+    return [r for r in rows if r[0].rpartition("|")[0] == counter]
+
+
 def _of_grant(
     gateway: Gateway, rows: list[tuple[str, float]], grant: str | None
 ) -> list[tuple[str, float]]:
@@ -339,7 +348,7 @@ async def _counters(gateway: Gateway) -> list[dict[str, Any]]:
             (state,) = await gateway.limiter.peek([Bucket(counter, key, spec.max, spec.window)])
             buckets = [(key, state.remaining)]
         else:
-            buckets = await gateway.limiter.scan(f"{counter}|")
+            buckets = _of_counter(await gateway.limiter.scan(f"{counter}|"), counter)
         rows.append(
             {
                 "counter": counter,

@@ -344,6 +344,16 @@ class Child:
             proc.stdin.close()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
+        # Killed after KILL_GRACE if it is still there: a session ended (DELETE, give-way,
+        # idle) waited for its child to exit, and one that outlived SIGTERM and its stdin's
+        # end lived on, out of every cap (red-team wave 42).
+        with contextlib.suppress(RuntimeError):  # (no loop: the process is ending anyway)
+            asyncio.get_running_loop().call_later(KILL_GRACE, _kill_if_running, proc)
+
+
+def _kill_if_running(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:  # not yet reaped: its pid is still its own
+        kill_group(proc)
 
 
 def spawn_error(exc: OSError, command: str | None) -> str:

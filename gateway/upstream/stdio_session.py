@@ -47,6 +47,16 @@ if TYPE_CHECKING:
     from gateway.upstream.stdio import StdioBridge
 
 GET_STREAM = ("get",)  # the event-log key of the session's GET stream (no request id is a tuple)
+#: Questions of the child's (sampling, elicitation, roots) the client may be answering at once,
+#: each stopping the deadlines of the requests it concerns for ASK_SECONDS at most; an id
+#: longer than ID_CHARS is passed on but not kept.
+MAX_ASKING = 64
+ASK_SECONDS = 600.0
+ID_CHARS = 256
+
+
+def _short_id(msg_id: Any) -> bool:
+    return isinstance(msg_id, int) or (isinstance(msg_id, str) and len(msg_id) <= ID_CHARS)
 
 
 class Pending:
@@ -80,7 +90,9 @@ class SessionLink:
         self.child.on_exit = self._child_exited
         self.child.on_start = self._replay_handshake
         self.in_flight: dict[Any, Pending] = {}
-        self.asking: set[Any] = set()  # the child's own requests the client has not answered
+        #: The child's own requests passed to the client and not answered yet: each with the
+        #: request whose stream carried it (None: the GET stream) and when (``_last_sign``).
+        self.asking: dict[Any, tuple[Any, float]] = {}
         self.tokens: dict[Any, Any] = {}
         #: The session's initialize and notifications/initialized, the last of each: what a
         #: restarted child is told again (every copy was kept: 1 MiB a message, unbounded).
@@ -290,7 +302,7 @@ class SessionLink:
     async def _notify(self, message: dict[str, Any], body: bytes | None) -> None:
         method = message.get("method")
         if method is None:  # the client's answer to one of the child's requests
-            self.asking.discard(message.get("id"))
+            self.asking.pop(message.get("id"), None)
         elif method == "notifications/initialized":
             self.handshake[method] = message
         elif method == "notifications/cancelled":
@@ -318,9 +330,12 @@ class SessionLink:
             pending = self.in_flight.get(msg_id)
             if pending is None:
                 return None
-            # While the client is being asked (a person may be answering), the clock stops.
-            if self.asking:
-                return time.monotonic()
+            # While the client is being asked on this request's stream, or on the session's
+            # (a person may be answering), the clock stops; for ASK_SECONDS at most.
+            now = time.monotonic()
+            for carried, asked_at in self.asking.values():
+                if carried in (None, msg_id) and now - asked_at < ASK_SECONDS:
+                    return now
             return max(pending.heard, self.child.warm_at)
 
         return last_sign
@@ -348,16 +363,21 @@ class SessionLink:
                 return
             self._answer((message, line))
             return
-        if msg_id is not None:
-            self.asking.add(msg_id)
-        pending = self.in_flight.get(self._related(message))
+        related = self._related(message)
+        pending = self.in_flight.get(related)
         if pending is not None:
             pending.heard = time.monotonic()
             pending.inbox.put((message, line))
         elif self.get_stream is not None:
+            related = None
             self.get_stream.put((message, line))
-        else:
+        else:  # asked of nobody: no clock stops for it (one stopped the session's for good)
             log.debug("stdio.no_stream", server=self.name, method=message.get("method"))
+            return
+        # Kept only while few and short: 300 questions of 1 MiB ids, never answered, were
+        # 300 MiB held for the session's life (red-team wave 42).
+        if msg_id is not None and len(self.asking) < MAX_ASKING and _short_id(msg_id):
+            self.asking[msg_id] = (related, time.monotonic())
 
     def _related(self, message: dict[str, Any]) -> Any:
         token = progress_token(message)

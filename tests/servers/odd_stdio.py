@@ -5,7 +5,9 @@ answer holding a lone surrogate), ``parent`` (what it can read of the gateway's 
 through ``/proc``), ``helper`` (starts a helper that shares its stdout, writes the helper's
 pid to the file ``ODD_HELPER_PID`` names, and exits), ``junk`` (500 lines that are not JSON
 first). Any other text is echoed. Both eras. ``ODD_BIG_LIST_MIB``: ``tools/list`` is
-answered with one tool whose description is that many MiB.
+answered with one tool whose description is that many MiB. ``ODD_PID_FILE``: it writes its
+pid there, and then ignores SIGTERM and lives on past the end of its stdin (until a
+SIGKILL), as a server with a shutdown handler that waits may.
 
     python -m tests.servers.odd_stdio
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -76,6 +79,18 @@ def call(msg_id: Any, params: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    stubborn = os.environ.get("ODD_PID_FILE")
+    if stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(stubborn, "w", encoding="utf-8") as file:
+            file.write(str(os.getpid()))
+    serve()
+    if stubborn:
+        while True:
+            signal.pause()  # a signal it does not ignore: SIGKILL
+
+
+def serve() -> None:
     for line in sys.stdin.buffer:
         try:
             message = json.loads(line)
