@@ -298,6 +298,21 @@ class TestSseRewriter:
         out = self._run([b"id: 2\ndata: [" + inner + b"," + note + b"]\n\n"])
         assert out == b"id: bound-2\ndata: " + note + b"\n\n"
 
+    def test_a_batch_over_several_data_lines_comes_one_line_a_message(self) -> None:
+        """A batch written over several ``data:`` lines (legal SSE, joined with line ends)
+        was cut into messages that kept their line ends: the client read ``data: {`` alone
+        (red-team wave 43). A batch msgspec will not read (``NaN``) is mended, not dropped."""
+        note = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":1}}'
+        answer = b'{"jsonrpc":"2.0","id":7,"result":{"content":[],"x":NaN}}'
+        for batch in (b"[\n" + note + b",\n" + answer.replace(b"NaN", b"1") + b"\n]",
+                      b"[" + note + b"," + answer + b"]"):  # fmt: skip
+            lines = b"\n".join(b"data: " + line for line in batch.split(b"\n"))
+            out = self._run([b"id: 3\n" + lines + b"\n\n"])
+            data = [line[6:] for line in out.split(b"\n") if line.startswith(b"data: ")]
+            found = [json.loads(d, parse_constant=pytest.fail) for d in data]
+            assert [m.get("method") for m in found] == ["notifications/message", None]
+            assert found[1]["id"] == 7 and found[1]["result"]["x"] in (1, None)
+
     @pytest.mark.parametrize(
         "data",
         [

@@ -218,3 +218,20 @@ def test_a_server_that_outlives_sigterm_is_killed_when_its_session_ends(tmp_path
         while not _gone(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _gone(pid)
+
+
+async def test_a_helper_that_outlives_sigterm_goes_with_the_gateway(tmp_path: Path) -> None:
+    """The shared process's leader exited on SIGTERM at shutdown, and its group was killed
+    only if the leader had not: a helper in it that ignored SIGTERM outlived the gateway
+    (red-team wave 43)."""
+    pids = tmp_path / "helpers.pids"
+    odd = {**ODD, "env": {**ODD["env"], "ODD_STUBBORN_HELPERS": str(pids)}}  # type: ignore[dict-item]
+    with run_gateway(tmp_path, POLICY, {"x": odd}) as gw:
+        async with client(gw.url("x"), mode="auto") as c:  # the shared process, started
+            assert text_of(await c.call_tool("echo", {"text": "hi"})) == "echo: hi"
+    helpers = [int(line) for line in pids.read_text().split()]
+    assert helpers
+    deadline = time.monotonic() + 20
+    while not all(_gone(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in helpers if not _gone(pid)] == []

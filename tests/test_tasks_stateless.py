@@ -194,6 +194,36 @@ def test_a_servers_odd_acknowledgement_is_not_every_callers_error(
         peer.stop()
 
 
+def test_a_batch_on_a_listen_passes_none_of_its_messages(
+    upstream: PeerProcess, tmp_path: Path
+) -> None:
+    """A second acknowledgement or news of a resource another server owns, each wrapped in a
+    batch of one, skipped the listen's checks and reached the client as the server wrote
+    them (red-team wave 43)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.servers.tasks_stateless", "--port", str(port)]
+    ack = "notifications/subscriptions/acknowledged"
+    again = [
+        {"jsonrpc": "2.0", "method": ack,
+         "params": {"notifications": {"resourceSubscriptions": ["file:///etc/shadow"]}}},
+        {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+         "params": {"uri": "secret://not-its-own"}},
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/mcp"
+    peer = start_process(argv, port=port, url=url, extra_env={"TASKS_ACK_AGAIN": json.dumps(again)})
+    grants = {"bob": {"key_sha256": hashlib.sha256(BOB.encode()).hexdigest()}}
+    policy = 'version: "1"\ndefault: deny\ntools:\n  keep: {}\n'
+    try:
+        with run_gateway(tmp_path, policy, {"odd": {"url": url}}, grants=grants) as gw:
+            asked = {"toolsListChanged": True}
+            answer, messages = aggregate(gw, BOB, LISTEN, {"notifications": asked})
+            assert answer.status_code == 200, answer.text
+            assert [m.get("method") for m in messages if "method" in m] == [ACK]
+            assert "shadow" not in answer.text and "not-its-own" not in answer.text
+    finally:
+        peer.stop()
+
+
 def test_discover_on_mcp_offers_no_tasks(gw: GatewayProcess) -> None:
     """The server offers the tasks extension; ``/mcp`` serves no ``tasks/*`` (404 there), so
     its merged ``server/discover`` does not offer it (red-team wave 41); the relay does."""

@@ -108,8 +108,8 @@ class StdioBridge:
             for child in children:
                 if child.proc is not None:
                     await child.proc.wait()
-        for child in children:
-            if child.proc is not None and child.proc.returncode is None:
+        for child in children:  # the group too: a helper that ignored SIGTERM outlived its
+            if child.proc is not None:  # leader, and the gateway (red-team wave 43)
                 kill_group(child.proc)
         log.info("stdio.stopped", server=self.config.name, processes=len(children))
 

@@ -111,15 +111,18 @@ def _batch_events(data: bytes, fields: list[bytes], data_at: int, view: View) ->
     again); a batch of more than ``MAX_BATCH`` messages, or one in a batch, is dropped: one
     event of 100,000 tiny messages held the loop for 9 s (red-team wave 42)."""
     try:
-        batch = _RAW_BATCH.decode(data)
-    except (msgspec.DecodeError, RecursionError):
+        # A message's line ends (a batch written over several data lines) are whitespace
+        # in JSON, never in a string: one line each, or a client read "data: {" alone.
+        batch = [bytes(raw).replace(b"\n", b" ") for raw in _RAW_BATCH.decode(data)]
+    except msgspec.DecodeError:  # NaN, a lone surrogate: each message mended, if small
+        batch = _read_to_mend(data)
+    except RecursionError:
         return b""
     if len(batch) > MAX_BATCH:
         log.warning("upstream.batch_too_long", messages=len(batch))
         return b""
     messages = []
-    for raw in batch:
-        text = bytes(raw)
+    for text in batch:
         if _OPENS_BATCH.match(text):  # a batch in a batch: no client reads it
             continue
         changed = filtered(text, view)
@@ -135,6 +138,20 @@ def _batch_events(data: bytes, fields: list[bytes], data_at: int, view: View) ->
 #: Messages one batch event may hold (split, each its own event); a longer batch is dropped.
 MAX_BATCH = 64
 _RAW_BATCH = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _read_to_mend(data: bytes) -> list[bytes]:
+    """The messages of a batch msgspec will not read (``NaN``, a lone surrogate), each
+    written again, mended; none when it is too long to mend or cannot be read."""
+    if len(data) > MAX_MENDED_BYTES:
+        return []
+    try:
+        batch = json_loads(data, object_pairs_hook=_strict_object)
+        if not isinstance(batch, list) or len(batch) > MAX_BATCH:
+            return []
+        return [json_bytes(mended(item)) for item in batch]
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return []
 
 
 def message_event(data: bytes) -> bytes:

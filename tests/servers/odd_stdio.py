@@ -7,7 +7,8 @@ pid to the file ``ODD_HELPER_PID`` names, and exits), ``junk`` (500 lines that a
 first). Any other text is echoed. Both eras. ``ODD_BIG_LIST_MIB``: ``tools/list`` is
 answered with one tool whose description is that many MiB. ``ODD_PID_FILE``: it writes its
 pid there, and then ignores SIGTERM and lives on past the end of its stdin (until a
-SIGKILL), as a server with a shutdown handler that waits may.
+SIGKILL), as a server with a shutdown handler that waits may. ``ODD_STUBBORN_HELPERS``: it
+starts a helper in its process group that ignores SIGTERM, and appends its pid to that file.
 
     python -m tests.servers.odd_stdio
 """
@@ -78,7 +79,19 @@ def call(msg_id: Any, params: dict[str, Any]) -> None:
     answer(msg_id, {"content": content, "isError": False})
 
 
+STUBBORN_HELPER = (
+    "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: signal.pause()"
+)
+
+
 def main() -> None:
+    helpers = os.environ.get("ODD_STUBBORN_HELPERS")
+    if helpers:  # a helper in its group that ignores SIGTERM (it exits itself on SIGTERM)
+        helper = subprocess.Popen(
+            [sys.executable, "-c", STUBBORN_HELPER], stdout=subprocess.DEVNULL
+        )
+        with open(helpers, "a", encoding="utf-8") as file:
+            file.write(f"{helper.pid}\n")
     stubborn = os.environ.get("ODD_PID_FILE")
     if stubborn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -9,7 +9,8 @@ caller). Every request is written to ``TASKS_LOG`` (one JSON line). ``TASKS_SESS
 a 2025-11-25 ``initialize`` is answered with that one session id, whoever asks (a server
 behind a proxy that pins one session), and its GET stream is still every task's.
 ``TASKS_ACK``: the params of every listen's acknowledgement (JSON), whatever was asked;
-``TASKS_ACK_AGAIN``: those of a second acknowledgement, sent after the first.
+``TASKS_ACK_AGAIN``: those of a second acknowledgement, sent after the first (a list: those
+messages as one batch event).
 
     python -m tests.servers.tasks_stateless --port 9000
 """
@@ -119,7 +120,9 @@ class Handler(BaseHTTPRequestHandler):
             {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": ack}
         ]
         again = json.loads(os.environ.get("TASKS_ACK_AGAIN") or "null")
-        if again is not None:
+        if isinstance(again, list):  # messages of its own, as one batch event
+            events.append(again)  # type: ignore[arg-type]
+        elif again is not None:
             method = "notifications/subscriptions/acknowledged"
             events.append({"jsonrpc": "2.0", "method": method, "params": again})
         events += _task_events(named)

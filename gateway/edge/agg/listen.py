@@ -225,6 +225,8 @@ async def _one_event(
         value = json_loads(data) if data else None
     except (ValueError, RecursionError):  # (nested past what Python reads: no message)
         value = None
+    if isinstance(value, list) or (value is None and data and data.lstrip()[:1] == b"["):
+        return  # a batch (not of this era): its messages would pass none of the checks here
     if isinstance(value, dict) and value.get("method") == ACK:
         if server.acked.is_set():  # told again: the client was told once, of what it asked
             return  # (a second one went to it as the server wrote it, red-team wave 42)
