@@ -254,6 +254,20 @@ class TestPreview:
 
         assert nodes(preview) <= PREVIEW_BUDGET // PREVIEW_NODE + 60
 
+    def test_every_argument_is_named_past_the_budget(self) -> None:
+        """An agent orders its arguments: nine long harmless ones spent the budget, and
+        ``"path": "/"`` last was neither named nor shown (red-team wave 42). Each of the
+        call's own arguments is named, a short value shown, a long one marked."""
+        args = {f"note{i}": "harmless " * 222 for i in range(9)}
+        args.update({"path": "/", "recursive": True, "extra": "z" * 500, "k" * 300: 1})
+        preview, cut = preview_args(args)
+        assert cut and preview["path"] == "/" and preview["recursive"] is True
+        assert preview["extra"] == f"{CUT} value not shown"
+        assert ("k" * 100 + f"{CUT} 200 more characters") in preview
+        assert len(json.dumps(preview)) < PREVIEW_BUDGET + 4000
+        wide = preview_args({f"a{i}": i for i in range(500)})[0]
+        assert len(wide) == 201 and wide[CUT] == f"{CUT} 300 more keys not shown"
+
     def test_long_integers_spend_the_budget_by_their_digits(self) -> None:
         """An integer cost one node whatever its length: 960 integers of 4,299 digits were
         kept whole, 4 MB a preview, and one listing of six took 13 s on the loop (red-team

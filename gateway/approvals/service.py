@@ -62,6 +62,10 @@ PREVIEW_BUDGET = 16384  # characters of strings, keys and long integers, over th
 #: What each value costs of the budget besides its characters: containers and numbers cost
 #: nothing, and a 4 MB body of nested empty lists was copied whole, 90 MB a request kept.
 PREVIEW_NODE = 8
+#: The call's own arguments (the top level) are each named, past the budget too: this many
+#: at most, each name cut to PREVIEW_TOP_NAME characters once the budget is spent.
+PREVIEW_TOP_KEYS = 200
+PREVIEW_TOP_NAME = 100
 #: An integer of more bits than this (about 1,000 digits, the most a request may carry) is
 #: not shown: it is not converted to text (time that grows with the square of its length).
 PREVIEW_INT_BITS = 3400
@@ -347,6 +351,16 @@ def preview_args(args: Any) -> tuple[Any, bool]:
     return state.value(args, 0), state.truncated
 
 
+def _short(value: Any) -> bool:
+    """A value shown past the preview's budget: a string of ``PREVIEW_TOP_NAME`` characters
+    at most, a small number, a boolean or null."""
+    if isinstance(value, str):
+        return len(value) <= PREVIEW_TOP_NAME
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() <= 64
+    return value is None or isinstance(value, bool | float)
+
+
 class _Preview:
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -398,18 +412,32 @@ class _Preview:
         out: dict[str, Any] = {}
         items = list(value.items())
         shown = 0
-        for key, item in items[:PREVIEW_ITEMS]:
-            if self.budget <= 0:
+        top = depth == 0  # the call's own arguments: each named, its value shown or cut
+        for key, item in items[: PREVIEW_TOP_KEYS if top else PREVIEW_ITEMS]:
+            if self.budget <= 0 and not top:
                 break
-            name = self.string(str(key))  # before the value, which may spend the budget
+            # the name before the value, which may spend the budget
+            name = self.string(str(key)) if not top or self.budget > 0 else self.top_name(key)
             if name in out or name == CUT:  # two keys cut to one name (or one named as the
                 # marker of keys not shown): neither hides the other
                 name = self._unique(name, out)
-            out[name] = self.value(item, depth + 1)
+            if self.budget > 0:
+                out[name] = self.value(item, depth + 1)
+            else:  # past the budget: named all the same, a short value shown (an agent
+                # orders its arguments: long harmless ones first left "path": "/" out)
+                out[name] = item if _short(item) else self.cut("value not shown")
             shown += 1
         if shown < len(items):
             out[CUT] = self.cut(f"{len(items) - shown} more keys not shown")
         return out
+
+    def top_name(self, key: Any) -> str:
+        """An argument's name once the budget is spent: its first ``PREVIEW_TOP_NAME``
+        characters."""
+        name = str(key)
+        if len(name) <= PREVIEW_TOP_NAME:
+            return name
+        return name[:PREVIEW_TOP_NAME] + self.cut(f"{len(name) - PREVIEW_TOP_NAME} more characters")
 
     def _unique(self, name: str, taken: dict[str, Any]) -> str:
         """``name`` marked as the gateway's renaming (``#2``, ``#3``...) until no key has it."""

@@ -107,9 +107,10 @@ def _batch_events(data: bytes, fields: list[bytes], data_at: int, view: View) ->
     """An event holding a batch (of the 2025-03-26 revision; no client of a later one reads
     it: the Python SDK failed the call), as one event for each message, each through the
     view; the event's other fields go with the last, so a resumption from its id follows
-    them all. Each message is cut out of the text as it came (nothing is built or written
-    again); a batch of more than ``MAX_BATCH`` messages, or one in a batch, is dropped: one
-    event of 100,000 tiny messages held the loop for 9 s (red-team wave 42)."""
+    them all. Each message is cut out of the text as it came, nothing built (one that needs
+    mending excepted: ``_read_to_mend``); a batch of more than ``MAX_BATCH`` messages, or
+    one in a batch, is dropped: one event of 100,000 tiny messages held the loop for 9 s
+    (red-team wave 42)."""
     try:
         # A message's line ends (a batch written over several data lines) are whitespace
         # in JSON, never in a string: one line each, or a client read "data: {" alone.
@@ -185,8 +186,9 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
     could still read a tools list in them. ``answer``: the data is a request's whole answer,
     so one answer and nothing else (a notice, a server's request or a batch, given as a
     call's JSON answer, was passed on, and the client waited for its answer for good).
-    A message holding ``NaN`` or an infinity (no JSON: the TypeScript SDK failed on it) or a
-    lone surrogate (the Python SDK failed) is mended (see ``jsonrpc.mended``)."""
+    A message of at most ``MAX_MENDED_BYTES`` holding ``NaN`` or an infinity (no JSON: the
+    TypeScript SDK failed on it) or a lone surrogate (the Python SDK failed) is mended (see
+    ``jsonrpc.mended``)."""
     if not_utf8(data) or not is_message_text(data):
         return DROP
     if answer and data and (_OPENS_BATCH.match(data) or answered_id(data) is NOT_AN_ANSWER):
