@@ -227,8 +227,9 @@ class TestProcesses:
         policy = POLICY + "  hang: {action: allow}\n"
         accept = {"accept": "application/json, text/event-stream"}
         with run_gateway(tmp_path, policy, servers) as gw:
-            # The gateway's own start-up sessions hold the one slot for a moment.
-            await eventually(lambda: _discovered(gw), 20)
+            # The gateway's own start-up sessions hold the one slot for a moment (seconds on a
+            # loaded machine: a child's start is 2 s of imports alone).
+            await eventually(lambda: _discovered(gw), 60)
             async with httpx.AsyncClient(headers=accept, timeout=20) as http:
                 opened = await http.post(gw.url("st"), json=initialize_body("first"))
                 first = {"mcp-session-id": opened.headers["mcp-session-id"]}

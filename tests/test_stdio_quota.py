@@ -53,7 +53,7 @@ async def test_quota_per_grant_and_eviction_of_the_grants_own(tmp_path: Path) ->
     servers = {"st": stdio_server(max_processes=3, max_processes_per_grant=2)}
     grants = {g: {"key_sha256": hashlib.sha256(k.encode()).hexdigest()} for g, k in KEYS.items()}
     with run_gateway(tmp_path, POLICY, servers, grants=grants) as gw:
-        await eventually(lambda: _discovered(gw), 20)
+        await eventually(lambda: _discovered(gw), 60)
         with httpx.Client(base_url=gw.base, timeout=30) as http:
             a1, a2 = _open(http, "a"), _open(http, "a")
             a3 = _open(http, "a")  # a's quota is 2: a's own oldest idle session gives way

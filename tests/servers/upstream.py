@@ -48,7 +48,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
-from gateway.upstream.stdio import MemoryEvents
+from gateway.upstream.stdio_events import MemoryEvents
 
 SERVER_NAME = "celgate-test-upstream"
 CALL_LOG_ENV = "UPSTREAM_CALL_LOG"
