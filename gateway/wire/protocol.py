@@ -10,6 +10,9 @@ any client is authenticated, this protocol bounds what one connection may cost:
   and closed, so no more than that is ever held;
 - more than ``max_headers`` headers: 431 and close; the trailers of a chunked body (which
   httptools holds the same way) count against both limits;
+- a chunked body's chunks must carry ``MIN_CHUNK_AVERAGE`` bytes each on average past its
+  first ``FREE_CHUNKS``: otherwise 400 and close (each chunk is Python callbacks, and one
+  client's 1-byte chunks, 2 MB/s of them, held the event loop for seconds at a time);
 - a head must be complete within ``head_timeout`` of the connection opening or of the first
   byte of the next request on a kept-alive connection, and a body within ``body_timeout`` of
   its head: otherwise 408 and close;
@@ -81,6 +84,12 @@ class _Unsent:
     total = 0
     paused: ClassVar[dict[GuardedHttpProtocol, None]] = {}
 
+
+#: A chunked body's chunks past which each must carry ``MIN_CHUNK_AVERAGE`` body bytes on
+#: average (no MCP client writes a body in pieces this small; a parser callback a byte is
+#: what one client's 1-byte chunks cost every other client: red-team wave 44).
+FREE_CHUNKS = 64
+MIN_CHUNK_AVERAGE = 256
 
 #: Requests that may wait behind the one in progress on one connection (no MCP client
 #: pipelines: each waits for its answer, or opens another connection).
@@ -202,6 +211,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._head_bytes = 0
         self._refusal: Refusal | None = None  # why the parser was stopped, to answer it
         self._body_got = 0  # body bytes the parser gave, this request
+        self._chunks = 0  # chunk headers the parser read, this request
         self._in_trailers = False  # a chunk header without body yet: maybe the last chunk
         self._trailer_bytes = 0
         self._held = bytearray()  # a head received in part, before the parser sees it
@@ -380,6 +390,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         if self._overflow:  # an answer now would be read as an earlier request's
             self._disarm()
             self.transport.close()
+        elif self._refusal is not None and self._stage is _Stage.BODY:
+            self._cut_body(*self._refusal)  # the application may have answered already
         elif self._refusal is not None:  # the parser was stopped here, not by a parse error
             self._close_with(*self._refusal)
         else:
@@ -403,6 +415,11 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_chunk_header(self) -> None:
         self._in_trailers = True  # until body bytes follow: only the last chunk has none
+        self._chunks += 1
+        if self._chunks > FREE_CHUNKS + self._body_got // MIN_CHUNK_AVERAGE:
+            log.warning("client.chunks_too_small", chunks=self._chunks, client=_peer(self.client))
+            self._refusal = 400, "request body chunks too small"
+            raise _Refused  # the parser stops: answered (unless answered) and closed
 
     def on_body(self, body: bytes) -> None:
         self._body_got += len(body)
@@ -454,7 +471,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._stage = _Stage.HEAD
         self._head_bytes = 0
         self._refusal = None
-        self._body_got = self._trailer_bytes = 0
+        self._body_got = self._trailer_bytes = self._chunks = 0
         self._in_trailers = False
 
     def _arm(self, seconds: float, handler: Any) -> None:
