@@ -102,15 +102,17 @@ class CelGoogleEngine:
         return _GoogleProgram(expr, variables, expression)
 
     def convert(self, value: Any) -> Any:
-        _check_ints(value)
+        _check_values(value)
         return value
 
     def timestamp(self, when: datetime) -> Any:
         return when
 
 
-def _check_ints(value: Any, depth: int = 0) -> None:
-    """CEL ints are 64-bit: a larger JSON number cannot be a CEL value (cel.bad_value)."""
+def _check_values(value: Any, depth: int = 0) -> None:
+    """What cel-expr-python cannot hold as it came is no CEL value (cel.bad_value): an int
+    past 64 bits, and a string or a key holding U+0000, which its C++ strings cut there (the
+    rule read ``"ls"`` where the upstream got ``"ls\\x00; rm -rf /"``: red-team wave 44)."""
     if depth > 200:
         raise RecursionError("arguments nested too deeply")
     if isinstance(value, bool):
@@ -118,9 +120,14 @@ def _check_ints(value: Any, depth: int = 0) -> None:
     if isinstance(value, int):
         if not _INT64[0] <= value <= _INT64[1]:
             raise OverflowError(f"{value} does not fit a 64-bit CEL int")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("a string holds U+0000")
     elif isinstance(value, dict):
-        for item in value.values():
-            _check_ints(item, depth + 1)
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                raise ValueError("a key holds U+0000")
+            _check_values(item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
-            _check_ints(item, depth + 1)
+            _check_values(item, depth + 1)

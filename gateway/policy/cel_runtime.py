@@ -319,6 +319,32 @@ _LIBRARY_INT_NEW = celtypes.IntType.__new__
 celtypes.IntType.__new__ = _int_type_new  # type: ignore[method-assign]
 
 
+def _bool_compare(name: str) -> Callable[[Any, Any], Any]:
+    compare = getattr(int, name)
+
+    def method(self: Any, other: Any) -> Any:
+        if not isinstance(other, celtypes.BoolType) and type(other) is not bool:
+            raise TypeError(f"no such overload: {self!r} {type(self)} != {other!r} {type(other)}")
+        return compare(self, other)
+
+    return method
+
+
+def _no_overload(self: Any, other: Any) -> Any:
+    raise TypeError(f"no such overload: {self!r} {type(self)} and {other!r} {type(other)}")
+
+
+# cel-python's BoolType is an int with int's operators: `args.n <= 100` allowed a call with
+# `"n": true`, `true == 1` and `true + 1 == 2` held, where CEL has no such overload and the
+# other engine says cel.type_error (red-team wave 44). A bool compares with a bool only, as
+# IntType compares with IntType, and takes part in no arithmetic.
+for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(celtypes.BoolType, _name, _bool_compare(_name))
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
+    setattr(celtypes.BoolType, f"__{_name}__", _no_overload)
+    setattr(celtypes.BoolType, f"__r{_name}__", _no_overload)
+
+
 def fix_has(source: str) -> str:
     return _HAS_LINE.sub(r"\1celpy.celtypes.BoolType(\2)", source)
 
