@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from gateway.policy import Call, Decision, Identity, ToolInfo, decide, load_policy
+from gateway.policy.visibility import visible
 
 CASES_DIR = Path(__file__).parent / "cases"
 DEFAULT_NOW = "2026-03-14T13:30:00+00:00"  # a Saturday
@@ -110,6 +111,8 @@ def test_case(case: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPa
     call, now = _call(case["call"])
     decision = decide(policy, call, now)
     _check(decision, case["expect"])
+    if decision.effect != "deny":  # a tool a call may reach is listed (tools/list)
+        assert visible(policy, call, now)
     assert decision.revision == policy.revision
     assert decision.decided_at == now
 

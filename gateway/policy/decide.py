@@ -250,7 +250,7 @@ class _Decider:
             return self.make(rule.action, rule.label, rule.reason, entry, rule)
         if entry.action is not None:
             return self.make(entry.action, str(entry.where), entry.reason, entry)
-        if entry.rules:
+        if entry.enforces_rules:
             return self.default(entry)
         return self.make("allow", str(entry.where), entry.reason, entry)
 

@@ -93,6 +93,12 @@ class ToolEntry:
         return self.matcher.fullmatch(tool) is not None
 
     @property
+    def enforces_rules(self) -> bool:
+        """Whether a rule of its own may decide: then a call no rule decides falls to the
+        policy default; an entry of shadow rules only (they never decide) is one with none."""
+        return any(rule.mode != "shadow" for rule in self.rules)
+
+    @property
     def specificity(self) -> tuple[int, int, int]:
         """Sort key, highest first: server-qualified, then exact, then literal characters."""
         literal = sum(1 for ch in self.pattern if ch not in "*?")

@@ -50,7 +50,7 @@ def _may_allow(policy: CompiledPolicy, entry: ToolEntry, ctx: Context) -> bool:
             return True
         if holds is True:
             return False
-    fallback = entry.action or (policy.default if entry.rules else "allow")
+    fallback = entry.action or (policy.default if entry.enforces_rules else "allow")
     return fallback != "deny"
 
 
