@@ -34,6 +34,7 @@ POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
 UPSTREAMS = {
     "hanging": "hang",
     "silent": "sse-silent",
+    "blank": "sse-blank",
     "mute": "sse-silent,resume-silent",
     "deleting": "delete-stream",
     "streaming": "sse",
@@ -132,6 +133,19 @@ async def test_a_silent_stream_is_cancelled_upstream(
         resp = await http.post(f"{gateway.base}/mcp/silent", json=call(41), headers=HEADERS)
     assert "the call is ended here" in resp.text
     await cancelled(logs["silent"], 41)
+
+
+async def test_a_stream_of_blank_lines_is_silence(
+    gateway: GatewayProcess, logs: dict[str, Path]
+) -> None:
+    """Blank lines dispatch nothing: the call is ended after the server's timeout as for a
+    silent stream. They were always there already, so the read never waited and its timeout
+    never fired: the call was open for good, the loop busy splitting 131,072 empty events a
+    chunk (red-team wave 44)."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        resp = await http.post(f"{gateway.base}/mcp/blank", json=call(42), headers=HEADERS)
+    assert "the call is ended here" in resp.text
+    await cancelled(logs["blank"], 42)
 
 
 async def _ended_then_resumed(

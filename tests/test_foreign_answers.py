@@ -221,6 +221,10 @@ NOT_ANSWERS = [
     NOTE,
     '{"jsonrpc": "2.0", "id": "srv-1", "method": "evil/unclassified", "params": {}}',
     '[{"jsonrpc": "2.0", "id": "w-1", "result": {"content": []}}]',
+    # NaN or a lone surrogate stopped the quick read, and these went on mended (wave 44).
+    NOTE.replace('"data": 1', '"data": {"result": NaN}'),
+    '{"jsonrpc": "2.0", "id": "srv-1", "method": "evil/x", "params": {"error": -Infinity}}',
+    '{"jsonrpc": "2.0", "id": "w-1", "method": "sampling/createMessage", "result": "\\ud800"}',
 ]
 MODERN_HEADERS = {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"}
 

@@ -326,7 +326,16 @@ class TestSseRewriter:
         beside the word "NaN" was refused (red-team wave 42). Such a message is passed as
         it came, as before mending."""
         message = b'{"jsonrpc":"2.0","id":1,"result":{"x":' + data + b"}}"
-        assert filtered(message, _View(), answer=True) is None
+        assert filtered(message, _View()) is None
+
+    def test_an_answer_too_large_to_read_for_its_shape_is_refused(self) -> None:
+        """``NaN`` stops the quick read of a whole answer's shape, and one past what is read
+        whole cannot be told from a notice given as the answer (red-team wave 44): refused,
+        as no client would read it anyway."""
+        message = b'{"jsonrpc":"2.0","id":1,"result":{"x":[' + b"NaN," * 100_000 + b"0]}}"
+        assert filtered(message, _View(), answer=True) is DROP
+        digits = b'{"jsonrpc":"2.0","id":1,"result":{"x":[' + b"9" * 5000 + b',"NaN"]}}'
+        assert filtered(digits, _View(), answer=True) is None
 
     @pytest.mark.parametrize("depth", [600, 1250, 2400])
     def test_deep_nesting_never_fails_the_mending(self, depth: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.edge.forward import Forward, _relay_sse
 from gateway.edge.held import _pipe
 from gateway.turns import FAIR_CHUNKS
+from gateway.upstream.h1_response import _PIECE, H1Response
 from tests.test_held_answer_bounds import PassAll
 
 
@@ -230,3 +231,18 @@ async def test_a_stdio_childs_stderr_flood_lets_other_callers_run() -> None:
     reader.feed_eof()
     turns = await _turns_while(StderrLog("st", "st[1]").drain(reader))
     assert turns >= 64 // FAIR_CHUNKS
+
+
+async def test_a_large_chunk_is_handed_out_in_pieces() -> None:
+    """Each piece of a stream is split into events between two turns of the loop: a chunk of
+    256 KiB held 131,072 events to split at once (red-team wave 44). A reader gets 8 KiB at
+    most a read, all of it, in order."""
+    conn = SimpleNamespace(pause=lambda: None, resume=lambda: None)
+    resp = H1Response(conn, None)  # type: ignore[arg-type]  # no socket: fed by hand
+    big = bytes(range(256)) * 1200  # 300 KiB
+    resp.push(big)
+    resp.push(b"tail")
+    resp.push(None)
+    pieces = [piece async for piece in resp.iter_chunks()]
+    assert max(len(piece) for piece in pieces) == _PIECE
+    assert b"".join(pieces) == big + b"tail" and pieces[-1] == b"tail"

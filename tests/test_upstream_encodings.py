@@ -189,7 +189,8 @@ class TestStreams:
         assert out.startswith(b"data: ") and b"secret_tool" not in out and b"echo" in out
 
     def test_fields_nobody_knows_are_left_out(self) -> None:
-        stream = b"\xef\xbb\xbfdata: x\n\n" + b"Data: " + self.LIST + b"\nevent: message\n\n"
+        note = b'data: {"jsonrpc": "2.0", "method": "notifications/x"}\n\n'
+        stream = b"\xef\xbb\xbfdata: x\n\n" + b"Data: " + self.LIST + b"\nevent: message\n" + note
         out = SseRewriter(self.View()).feed(stream)
         assert b"secret_tool" not in out and b"event: message" in out
 

@@ -611,6 +611,10 @@ async def relayed_events(
     while True:
         allowed = max(silence, ASKING_SECONDS) if asking and silence is not None else silence
         deadline = None if allowed is None else heard + allowed
+        if deadline is not None and loop.time() >= deadline:
+            # A timeout fires only while the read waits: an upstream whose keep-alives are
+            # always there already is never waited for (blank lines for good, wave 44).
+            raise TimeoutError
         async with asyncio.timeout_at(deadline):  # a chunk is taken only when returned
             chunk = await resp.next_chunk()
         if chunk is None:

@@ -24,6 +24,10 @@ _SMALL = 4096
 _GATHER = 64 * 1024
 _GATHER_AT = 16
 _RESUME_AT = 8
+#: A reader is handed at most this much of a chunk at a time: each piece of a stream is
+#: split into events and rewritten in one go, between two turns of the loop, and one chunk
+#: of 256 KiB held 131,072 blank events (1.7 s of every caller's time, red-team wave 44).
+_PIECE = 8 * 1024
 
 
 class H1Response:
@@ -42,6 +46,7 @@ class H1Response:
         self.complete = False
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._chunks: deque[bytes | bytearray | None] = deque()
+        self._taken = 0  # what the reader was given of the first chunk (see _PIECE)
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._released = False
@@ -121,10 +126,17 @@ class H1Response:
         Safe to cancel (a timeout around it): a chunk that arrives meanwhile is kept."""
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
+                chunk, taken = self._chunks[0], self._taken
+                if chunk is not None and len(chunk) - taken > _PIECE:
+                    self._taken = taken + _PIECE
+                    return bytes(chunk[taken : taken + _PIECE])
+                self._chunks.popleft()
+                self._taken = 0
                 if len(self._chunks) <= _RESUME_AT:
                     self._drained()
-                return bytes(chunk) if isinstance(chunk, bytearray) else chunk
+                if chunk is not None and (taken or isinstance(chunk, bytearray)):
+                    return bytes(chunk[taken:])
+                return chunk
             if self._error is not None:
                 raise self._error
             self._waiter = asyncio.get_running_loop().create_future()
@@ -144,6 +156,7 @@ class H1Response:
         if self._released or self._discard is not None:
             return
         self._chunks.clear()
+        self._taken = 0
         if self.complete or self._error is not None:
             self.close()
             return

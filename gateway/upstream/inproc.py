@@ -58,6 +58,7 @@ class AsgiResponse(H1Response):
         self.closed = asyncio.Event()  # the app's receive() answers http.disconnect after it
         self.task: asyncio.Task[None] | None = None
         self._chunks: deque[bytes | bytearray | None] = deque()
+        self._taken = 0
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._error: BaseException | None = None

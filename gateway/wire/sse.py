@@ -24,6 +24,16 @@ log = structlog.get_logger(__name__)
 # Two line ends in a row. Atomic groups stop "\r\n" from also counting as "\r" then "\n".
 EVENT_END = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 LINE = re.compile(rb"\r\n|\r|\n")
+#: Whole events that dispatch nothing and set nothing: blank lines, comments, fields no
+#: client reads (all but data, id and retry). A run of them is skipped in one match, its
+#: first comment passed on for it: an upstream's 256 KiB of blank lines was 131,072
+#: events, each split and rewritten in Python, and every other caller waited (red-team
+#: wave 44).
+QUIET_EVENTS = re.compile(
+    rb"(?:(?:(?!(?:data|id|retry)[:\r\n])[^\r\n]++(?>\r\n|\r|\n))*+(?>\r\n|\r|\n))++"
+)
+#: The first comment of such a run, passed on for them all (a keep-alive, as it came).
+_COMMENT = re.compile(rb"(?<![^\r\n]):[^\r\n]*")
 
 BOM = b"\xef\xbb\xbf"
 
@@ -191,10 +201,20 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
     ``jsonrpc.mended``)."""
     if not_utf8(data) or not is_message_text(data):
         return DROP
-    if answer and data and (_OPENS_BATCH.match(data) or answered_id(data) is NOT_AN_ANSWER):
-        return DROP
+    unproven = False  # an answer whose shape the quick read could not tell
+    if answer and data:
+        if _OPENS_BATCH.match(data):
+            return DROP
+        found = answered_id(data)
+        if found is NOT_AN_ANSWER:
+            return DROP
+        # NaN or a lone surrogate stops the quick read: such a notice or request, given as
+        # a call's answer, went on mended (red-team wave 44). Read whole, or refused.
+        unproven = found is NO_ID
+        if unproven and len(data) > MAX_MENDED_BYTES:
+            return DROP
     mend = len(data) <= MAX_MENDED_BYTES and needs_mending(data)
-    read = b"__proto__" in data or view.wants(data)
+    read = unproven or b"__proto__" in data or view.wants(data)
     if not mend and not read:
         return None
     try:
@@ -205,6 +225,8 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
         # Read only to be mended (an integer longer than Python reads, nesting past its
         # depth): passed as it came, as before it was mended.
         return DROP if read else None
+    if unproven and not _is_answer(message):
+        return DROP
     if isinstance(message, list):  # a batch of answers: each one on its own
         items = [view.filter(item) for item in message]
         if not mend and all(item is None for item in items):
@@ -223,6 +245,16 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
                 return None
             changed = message
     return json_bytes(changed)
+
+
+def _is_answer(message: Any) -> bool:
+    """One answer: an id, a result or an error, and no method."""
+    return (
+        isinstance(message, dict)
+        and "id" in message
+        and "method" not in message
+        and ("result" in message or "error" in message)
+    )
 
 
 #: A message is mended (``NaN`` to null, a lone surrogate to U+FFFD) when at most this
@@ -488,12 +520,12 @@ class SseEvents:
         window = self._tail + chunk
         known = len(self._tail)  # window[:known] is already pending
         out: list[bytes] = []
-        start = 0  # where the pending event begins in window
+        start = 0 if self._pending else _past_quiet(window, 0, out)  # where an event begins
         while (match := EVENT_END.search(window, start)) is not None:
             self._pending.append(window[max(start, known) : match.end()])
             out.append(b"".join(self._pending))
             self._drop_pending()
-            start = match.end()
+            start = _past_quiet(window, match.end(), out)
         self._keep(window, max(start, known), start)
         if self._pending_bytes > MAX_EVENT_BYTES:
             raise StreamTooLarge(f"an SSE event over {MAX_EVENT_BYTES} bytes")
@@ -532,6 +564,18 @@ class SseEvents:
         self._drop_pending()
         self._tail = b""
         return b""
+
+
+def _past_quiet(window: bytes, start: int, out: list[bytes]) -> int:
+    """Where the next event that may dispatch something begins, from ``start`` (an event's
+    beginning); the first comment of the quiet events skipped, if any, in ``out``."""
+    run = QUIET_EVENTS.match(window, start)
+    if run is None:
+        return start
+    comment = _COMMENT.search(window, start, run.end())
+    if comment is not None:
+        out.append(comment[0] + b"\n\n")
+    return run.end()
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -39,6 +39,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``notes-hang``: never answer a POSTed notification (``notifications/*``);
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
+* ``sse-blank``: the priming event, then blank lines (64 KiB a chunk) for as long as the
+  gateway reads them: events that dispatch nothing, always there already;
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
 * ``resume-silent``: a GET with ``Last-Event-ID`` is a stream that sends nothing and never
   ends (the SDK's server resuming the stream of a call its client cancelled);
@@ -269,6 +271,7 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             "sse-after",
             "sse-keepalive",
             "sse-silent",
+            "sse-blank",
         }
         if streamed:
             return await stream_answer(reader, writer, message, min(streamed))
@@ -336,6 +339,10 @@ async def stream_answer(
         SILENT.append(message)
         await reader.read()  # nothing more, until the gateway drops the connection
         return False
+    if how == "sse-blank":
+        while True:  # until the gateway drops the connection (ConnectionError)
+            writer.write(chunk(b"\n" * 65536))
+            await writer.drain()
     if how == "sse-keepalive":
         writer.write(chunk(b": keep-alive\n\n"))
         await writer.drain()
