@@ -257,6 +257,27 @@ class TestWhatIsNoAnswer:
         assert [m.get("method") for m in found] == ["notifications/message"] * 2 + [None]
         assert found[-1]["id"] == "w-3" and "result" in found[-1]
 
+    @pytest.mark.parametrize(
+        "junk",
+        [
+            '{"jsonrpc": "2.0", "method": "notifications/evil_custom", "params": {}}',
+            '{"jsonrpc": "2.0", "id": "e-1", "method": "evil/method", "params": {"q": 1}}',
+            '{"jsonrpc": "2.0", "id": "e-2", "method": ["tools/call"], "params": {}}',
+        ],
+    )
+    def test_a_method_no_client_serves_never_reaches_one(
+        self, gateway: GatewayProcess, junk: str
+    ) -> None:
+        """A server's request or notice of a method MCP does not define reached the client,
+        and a TypeScript client's fallback handler answered it back (red-team wave 44): it
+        is dropped, on the relay and on ``/mcp``; the call's answer comes as ever."""
+        found = messages(post(gateway, "/mcp/forgesse", call("w-6", junk=junk)))
+        assert [m.get("id") for m in found] == ["w-6"] and "result" in found[0]
+        session = TestAggregate().session(gateway)
+        message = call("w-7", "forgesse__echo", junk=junk)
+        found = messages(post(gateway, "/mcp", message, **session))
+        assert [m.get("id") for m in found] == ["w-7"] and "result" in found[0]
+
     def test_nan_and_a_lone_surrogate_are_mended(self, gateway: GatewayProcess) -> None:
         """The TypeScript SDK failed on ``NaN`` (no JSON), the Python SDK on a lone
         surrogate: null (as the Python SDK's servers write it) and U+FFFD reach both."""

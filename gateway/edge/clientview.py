@@ -27,7 +27,10 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
-from gateway.wire.sse import DROP, NO_ID, NOT_AN_ANSWER, answered_id, result_keys
+from gateway.wire.jsonrpc import SERVER_METHODS
+from gateway.wire.sse import DROP, NO_ID, NOT_AN_ANSWER, answered_id, method_of, result_keys
+
+_NONE_OR_KNOWN = SERVER_METHODS | {None}
 
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
@@ -228,6 +231,8 @@ class ClientView:
         is too)."""
         if b'"tools"' in data or b'"task' in data or b"\\u" in data or b"progress" in data:
             return True
+        if b'"method"' in data and method_of(data) not in _NONE_OR_KNOWN:
+            return True  # a method no client is known to serve, or one not read so: dropped
         answered = answered_id(data)
         if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
             return True  # not an answer this stream carries: read, to be dropped
@@ -248,6 +253,10 @@ class ClientView:
         asks_or_tells = "method" in message
         if asks_or_tells and ("result" in message or "error" in message):
             return DROP  # a request (or notice) and an answer at once: no shape to pass on
+        method = message.get("method")
+        if asks_or_tells and (not isinstance(method, str) or method not in SERVER_METHODS):
+            log.warning("upstream.unknown_method", server=self.server, grant=self.identity.grant)
+            return DROP  # no method a client is known to serve: not for a client to run
         if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
             return DROP

@@ -253,6 +253,33 @@ CLIENT_REQUEST_METHODS = frozenset(
     }
 )
 NOTIFICATION_PREFIX = "notifications/"
+#: What a server may send a client, in both eras and the spec's extensions: its requests
+#: and its notifications. Anything else is dropped on its way to the client: a server could
+#: otherwise call any handler a client's host registers, past the gateway's classification
+#: (red-team wave 44).
+SERVER_METHODS = frozenset(
+    {
+        "ping",
+        "sampling/createMessage",
+        "elicitation/create",
+        "roots/list",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/message",
+        "notifications/resources/updated",
+        "notifications/resources/list_changed",
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/tasks/status",
+        "notifications/tasks",
+        "notifications/elicitation/complete",
+        "notifications/subscriptions/acknowledged",
+    }
+)
 #: Integer ids a JavaScript peer cannot hold exactly (``JSON.parse`` rounds past 2**53).
 MAX_SAFE_ID = 2**53 - 1
 _ENVELOPE = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})

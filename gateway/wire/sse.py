@@ -428,6 +428,27 @@ def answered_id(data: bytes) -> Any:
     return msgspec.json.decode(head.id) if head.id else None
 
 
+def method_of(data: bytes) -> str | None:
+    """A message's method, read without building the rest of it: None when it names none,
+    ``UNREADABLE_METHOD`` when it names one that is no string or cannot be read so."""
+    try:
+        head = _METHOD_HEAD.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return UNREADABLE_METHOD
+    return head.method
+
+
+#: What ``method_of`` gives for a method it cannot tell: never a method any list holds.
+UNREADABLE_METHOD = "\x00unreadable"
+
+
+class _MethodHead(msgspec.Struct):
+    method: str | None = None
+
+
+_METHOD_HEAD = msgspec.json.Decoder(_MethodHead)
+
+
 def carries_id(data: bytes) -> bool:
     """Whether a message's JSON names an id (a request or an answer, not a notice), read
     without building any of it."""
