@@ -130,11 +130,11 @@ def test_no_message_about_another_agents_task_reaches_a_listen(gw: GatewayProces
     assert related(own) == [mine]  # its own task's line, under its bound id
 
 
-def listens_sent(upstream: PeerProcess) -> list[dict[str, Any]]:
-    """The filters of the listens the server was sent so far."""
+def listens_sent(upstream: PeerProcess, whole: bool = False) -> list[dict[str, Any]]:
+    """The filters of the listens the server was sent so far (``whole``: their params)."""
     lines = upstream.log.read_text().splitlines()  # type: ignore[attr-defined]
-    sent = [json.loads(line) for line in lines]
-    return [m["params"]["notifications"] for m in sent if m["method"] == "subscriptions/listen"]
+    sent = [m["params"] for m in map(json.loads, lines) if m["method"] == "subscriptions/listen"]
+    return sent if whole else [params["notifications"] for params in sent]
 
 
 def aggregate(gw: GatewayProcess, key: str, method: str, params: dict[str, Any]) -> Any:
@@ -157,8 +157,10 @@ def test_a_listen_on_mcp_names_no_task_and_asks_servers_only_what_it_knows(
         assert "tasks are not followed on /mcp" in messages[-1]["error"]["message"]
     assert len(listens_sent(upstream)) == before  # none of them reached the server
     asked = {"toolsListChanged": True, "tasks": True, "x-watch": {"all": True}}
-    answer, messages = aggregate(gw, BOB, LISTEN, {"notifications": asked})
+    extra = {"taskIds": ["task-of-another-agent"], "x-secret": "agent-private"}  # wave 44
+    answer, messages = aggregate(gw, BOB, LISTEN, {"notifications": asked, **extra})
     assert listens_sent(upstream)[-1] == {"toolsListChanged": True}
+    assert set(listens_sent(upstream, whole=True)[-1]) == {"notifications", "_meta"}
     acks = [m for m in messages if m.get("method") == ACK]
     assert [a["params"]["notifications"] for a in acks] == [{"toolsListChanged": True}]
     assert "alice-secret-41" not in answer.text

@@ -166,7 +166,11 @@ async def _pump(
     wanted = _for_server(catalogue, server.name, asked if isinstance(asked, dict) else {})
     server.asked = wanted
     upstream = gw.upstreams[server.name]
-    params = {**message.params, "notifications": wanted}
+    # What the listen asked of this server, and the request's own _meta (its era): nothing
+    # else the caller sent (taskIds and any other key went to every server, wave 44).
+    params: dict[str, Any] = {"notifications": wanted}
+    if "_meta" in message.params:
+        params["_meta"] = message.params["_meta"]
     body = json_bytes({**message.raw, "params": params})
     fwd = Forward(upstream, None, body, message.msg_id)
     view = ClientView(gw, server.name, identity)
