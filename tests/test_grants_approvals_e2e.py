@@ -514,6 +514,30 @@ class TestValkeyOutage:
         assert not recovered.is_error
         assert _backend_up(gw) == 1.0
 
+    async def test_a_replicas_first_modern_calls_in_an_outage_are_served(
+        self, upstream: PeerProcess, valkey_server: ValkeyProcess, tmp_path: Path
+    ) -> None:
+        """A replica that had not yet read the store's epoch asked for it on its first
+        allowed 2026-07-28 call, and with Valkey down refused that call and every other
+        (503), limits or none, ``failure_mode: open`` too (red-team wave 44): such a call
+        goes on, its retry a call of its own."""
+        extra = {
+            "grants": grants(),
+            "limits": {"backend": valkey_server.url},
+            "sessions": {"secret": "shared-secret-for-replicas-0123"},
+        }
+        with run_gateway(tmp_path, POLICY, {"up": {"url": upstream.url}}, **extra) as fresh:
+            valkey_server.stop()
+            try:
+                async with client(fresh.url("up"), key=ANALYST_KEY, mode="auto") as c:
+                    plain = await c.call_tool("calls_seen", {})
+                    opened = await c.call_tool("slow_progress", {"steps": 1, "delay_ms": 1})
+                    closed = await c.call_tool("add", {"a": 1, "b": 2})
+            finally:
+                valkey_server.start()
+        assert not plain.is_error and not opened.is_error
+        assert closed.is_error and "rate limit backend unavailable" in text_of(closed)
+
     def test_a_held_call_with_the_store_down_is_answered_under_its_id(
         self, pair: Any, valkey_server: ValkeyProcess
     ) -> None:
@@ -523,6 +547,7 @@ class TestValkeyOutage:
         it starts and as it ends, never with a traceback per call."""
         gw = pair[0]
         tracebacks = gw.log_path.read_text().count("Traceback")
+        outages = len(gw.records("approvals.backend_down"))
         headers = {
             "Authorization": f"Bearer {ANALYST_KEY}",
             "Accept": "application/json, text/event-stream",
@@ -547,7 +572,7 @@ class TestValkeyOutage:
         assert [a.json()["id"] for a in answers] == [77, 78, 79]
         result = answers[0].json()["result"]
         assert result["isError"] is True and "unavailable" in result["content"][0]["text"]
-        assert len(gw.records("approvals.backend_down")) == 1
+        assert len(gw.records("approvals.backend_down")) == outages + 1
         assert gw.log_path.read_text().count("Traceback") == tracebacks
         denied = gw.wait_records(3, where=lambda r: r.get("error") == "internal_error")
         assert [r["effect"] for r in denied[-3:]] == ["deny"] * 3

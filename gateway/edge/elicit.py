@@ -32,6 +32,7 @@ from gateway.edge import inband
 from gateway.edge.forward import Forward
 from gateway.edge.held import HeldStream
 from gateway.edge.replies import input_required
+from gateway.errors import BackendUnavailable
 from gateway.pipeline.admission import Elicit, Tick
 from gateway.pipeline.gateway import Gateway
 from gateway.policy.model import Call, Decision, Identity
@@ -263,7 +264,14 @@ class ElicitFace:
         )
         if store is None:
             return view  # nothing could check the state: the retry is a call of its own
-        epoch = store.epoch or await store.current_epoch()  # a round trip only the first time
+        epoch = store.epoch
+        if not epoch:  # a round trip only the first time
+            try:
+                epoch = await store.current_epoch()
+            except BackendUnavailable:
+                # No state can be checked now: the retry is a call of its own. A replica's
+                # first call during an outage was refused whole, limits or none (wave 44).
+                return view
 
         def wrap(upstream: str | None) -> str:
             return inband.issue_state(
