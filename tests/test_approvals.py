@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import valkey
 
 from gateway.approvals.service import (
     APPROVED_USE_SECONDS,
@@ -21,7 +22,7 @@ from gateway.approvals.service import (
 )
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
 from gateway.config import ApprovalsConfig
-from gateway.errors import ApprovalError
+from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.policy import Call, Decision, Identity
 from gateway.policy.model import Approval
 from gateway.telemetry.audit import args_digest
@@ -399,6 +400,27 @@ class TestValkeyKeys:
         store = ValkeyApprovalStore(valkey_db.url, prefix="test:keys:", clock=clock)
         yield ApprovalService(store, clock=clock, poll_seconds=0), store, clock
         await store.close()
+
+    async def test_a_store_over_its_memory_cap_queues_nothing(
+        self, valkey_store: Any, valkey_db: ValkeyProcess
+    ) -> None:
+        """Over Valkey's maxmemory (noeviction), a request is refused before anything of it is
+        written: its script began with a command that frees memory, and Valkey then let its
+        writes through (19 requests of 750 KB past a 1.5 MiB cap, red-team wave 44)."""
+        svc, store, _ = valkey_store
+        with valkey.Valkey.from_url(valkey_db.url) as admin:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)  # over it already
+            try:
+                with pytest.raises(BackendUnavailable):
+                    await svc.resolve(CALL, held(), "d1")
+                with pytest.raises(BackendUnavailable):
+                    await store.consume_once("t" * 20, 60, await store.current_epoch(), "g1")
+            finally:
+                admin.config_set("maxmemory", 0)
+        assert await store.list() == []
+        first = await svc.resolve(CALL, held(), "d2")  # room again: queued
+        assert first.error == "approval_pending"
 
     async def test_an_approval_keeps_its_match_key_while_usable(self, valkey_store: Any) -> None:
         """The match key lived until the request's first expiry: approved in its last

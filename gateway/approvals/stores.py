@@ -47,7 +47,10 @@ WITHDRAWN_ARGS = {"omitted": "withdrawn by its client"}
 # KEYS: request, match, index, pending of the owner (grant and agent), pending of all
 # ARGV: request JSON, id, created, expires, now, per-owner cap, total cap, request TTL,
 #       match TTL, index size (the index of recent requests keeps the newest so many)
-_CREATE = """
+# Declared (the first line), so that Valkey over its maxmemory refuses it before it runs: an
+# undeclared script that began with a command freeing memory had its later writes let
+# through, and 19 requests of 750 KB went past a 1.5 MiB cap (red-team wave 44).
+_CREATE = """#!lua
 local now = tonumber(ARGV[5])
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -76,8 +79,9 @@ return epoch
 """
 # KEYS: epoch, the token's single-use mark, the marks its owner holds (a sorted set of
 # tokens by expiry); ARGV: the state's epoch, a fresh epoch, TTL, now, the owner's share.
-# A replay is 0, an owner at its share 2 (refused, never a live mark forgotten).
-_ONCE = """
+# A replay is 0, an owner at its share 2 (refused, never a live mark forgotten). Declared,
+# as _CREATE is, so that a store over its maxmemory refuses it up front.
+_ONCE = """#!lua
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then redis.call('SET', KEYS[1], ARGV[2]); epoch = ARGV[2] end
 if epoch ~= ARGV[1] then return {0, epoch} end
