@@ -401,6 +401,30 @@ class TestValkeyKeys:
         yield ApprovalService(store, clock=clock, poll_seconds=0), store, clock
         await store.close()
 
+    async def test_a_held_call_polls_the_status_not_the_request(self, valkey_store: Any) -> None:
+        """Each wait-mode call re-read and decoded its whole request every 0.25 s: 40 held
+        calls with large arguments slowed every other call on the replica tenfold (red-team
+        wave 44). It polls a small status key; the request is read once it changed."""
+        svc, store, _ = valkey_store
+        reads, polls = [], []
+        read = store.get
+
+        async def counted(approval_id: str) -> Any:
+            reads.append(approval_id)
+            return await read(approval_id)
+
+        store.get = counted
+        ids: list[str] = []
+
+        async def tick(_elapsed: float) -> None:
+            polls.append(_elapsed)
+            if len(polls) == 30:
+                await svc.decide(ids[0], True, "alice", None)
+
+        decision = await svc.resolve(CALL, held("wait"), "d1", tick=tick, waits_on=ids.append)
+        assert decision.effect == "allow" and len(polls) == 30
+        assert len(reads) <= 3  # (before it waits, and once approved; never a poll's)
+
     async def test_a_store_over_its_memory_cap_queues_nothing(
         self, valkey_store: Any, valkey_db: ValkeyProcess
     ) -> None:

@@ -121,6 +121,10 @@ class ApprovalStore(Protocol):
 
     async def get(self, approval_id: str) -> ApprovalRequest | None: ...
 
+    async def still_pending(self, approval_id: str) -> bool:
+        """Whether it is pending, cheaply; False when not known so (then ``get`` it)."""
+        ...
+
     async def find(self, match: str) -> ApprovalRequest | None: ...
 
     async def transition(
@@ -276,6 +280,12 @@ class ApprovalService:
     ) -> Decision:
         started = self.clock()
         while True:
+            now = self.clock()
+            if await self.store.still_pending(request.id) and request.live_status(now) == "pending":
+                if tick is not None:  # (nothing of it changed: it is read whole only then)
+                    await tick(now - started)
+                await anyio.sleep(self.poll_seconds)
+                continue
             current = await self.store.get(request.id)
             now = self.clock()
             status = current.live_status(now) if current is not None else "expired"

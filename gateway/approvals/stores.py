@@ -44,7 +44,8 @@ from gateway.ratelimit.factory import valkey_url
 WITHDRAWN_ARGS = {"omitted": "withdrawn by its client"}
 
 # A call with a request already (its match key is there) gets 'exists', never a second one.
-# KEYS: request, match, index, pending of the owner (grant and agent), pending of all
+# KEYS: request, match, index, pending of the owner (grant and agent), pending of all, the
+# request's status (its own small key: a held call polls it, not the whole request)
 # ARGV: request JSON, id, created, expires, now, per-owner cap, total cap, request TTL,
 #       match TTL, index size (the index of recent requests keeps the newest so many)
 # Declared (the first line), so that Valkey over its maxmemory refuses it before it runs: an
@@ -58,6 +59,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then return 'grant_full' end
 if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'total_full' end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[8])
+redis.call('SET', KEYS[6], 'pending', 'EX', ARGV[8])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[9])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[10]) - 1)
@@ -96,7 +98,7 @@ redis.call('EXPIRE', KEYS[3], math.max(1, math.ceil(tonumber(last[2]) - now)))
 return {1, epoch}
 """
 
-# KEYS: request, pending of its grant, pending of all, its match key
+# KEYS: request, pending of its grant, pending of all, its match key, its status
 # ARGV: before, after, now, decided_by, note, TTL from now on ('' keeps it), the seconds an
 # approval stays usable at least (APPROVED_USE_SECONDS)
 # An approval (given, or given back) keeps its match key as long as it is usable: an identical
@@ -127,6 +129,8 @@ if ARGV[6] == '' then
 else
   redis.call('SET', KEYS[1], out, 'EX', ARGV[6])
 end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then redis.call('SET', KEYS[5], ARGV[2], 'PX', left) end
 if ARGV[1] == 'pending' then
   redis.call('ZREM', KEYS[2], req.id)
   redis.call('ZREM', KEYS[3], req.id)
@@ -184,6 +188,10 @@ class MemoryApprovalStore:
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
         return self.requests.get(approval_id)
+
+    async def still_pending(self, approval_id: str) -> bool:
+        found = self.requests.get(approval_id)
+        return found is not None and found.status == "pending"
 
     async def find(self, match: str) -> ApprovalRequest | None:
         approval_id = self.matches.get(match)
@@ -316,6 +324,9 @@ class ValkeyApprovalStore:
     def _req(self, approval_id: str) -> str:
         return f"{self.prefix}req:{approval_id}"
 
+    def _status(self, approval_id: str) -> str:
+        return f"{self.prefix}status:{approval_id}"
+
     def _match(self, match: str) -> str:
         return f"{self.prefix}match:{match}"
 
@@ -341,6 +352,7 @@ class ValkeyApprovalStore:
             f"{self.prefix}index",
             self._pending(request.owner),
             self._pending(),
+            self._status(request.id),
         ]
         args: list[str | int] = [
             _encode(request),
@@ -361,6 +373,14 @@ class ValkeyApprovalStore:
     async def get(self, approval_id: str) -> ApprovalRequest | None:
         raw = await self._do(self.client.get(self._req(approval_id)))
         return _decode(raw)
+
+    async def still_pending(self, approval_id: str) -> bool:
+        """Whether the request was pending when last decided on, read from its small status
+        key: a held call polls this, not the request (re-reading a large one every 0.25 s for
+        each of 40 held calls slowed every other call tenfold, red-team wave 44). False when
+        it is not known so (then the whole request is read)."""
+        status = await self._do(self.client.get(self._status(approval_id)))
+        return bool(status == b"pending")
 
     async def find(self, match: str) -> ApprovalRequest | None:
         approval_id = await self._do(self.client.get(self._match(match)))
@@ -384,6 +404,7 @@ class ValkeyApprovalStore:
         now = repr(self.clock())
         args = [before, after, now, by or "", note or "", keep, repr(APPROVED_USE_SECONDS)]
         keys = [self._req(approval_id), self._pending(owner), self._pending(), self._match(match)]
+        keys.append(self._status(approval_id))
         outcome, payload = await self._do(self.script(keys=keys, args=args))
         if outcome != b"ok":
             raise _conflict(approval_id, before, payload.decode() or "missing")
