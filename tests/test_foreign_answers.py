@@ -125,6 +125,22 @@ class TestRelay:
         assert answers[0]["result"]["content"][0]["text"].startswith("s-2")
         assert tokens == ["mine"]  # its own progress passes; another request's is dropped
 
+    @pytest.mark.parametrize(
+        "answer",
+        [
+            '{"jsonrpc": "2.0", "id": "s-9", "method": "x", "result": {"content": []}}',
+            '{"jsonrpc": "2.0", "id": "s-9", "result": {"__proto__": {"content": []}}}',
+            '{"jsonrpc": "2.0", "id": "s-9", "result": {"a": NaN, "a": 1}}',
+        ],
+    )
+    def test_an_answer_on_a_stream_no_client_can_read_is_the_requests_error(
+        self, gateway: GatewayProcess, answer: str
+    ) -> None:
+        """The request's answer, on a stream, in a shape the view drops: the stream went on
+        without it, and the TypeScript SDK waited 60 s for it (red-team wave 44). It is the
+        request's -32001 there, and the stream ends."""
+        refused(messages(post(gateway, "/mcp/forgesse", call("s-9", junk=answer))), "s-9")
+
     def test_calls_refused_before_any_policy_are_recorded(self, gateway: GatewayProcess) -> None:
         """A name that is none, or arguments that are no object, are invalid params: they
         were in no record (an agent probing so was not seen). Now a deny, without them."""

@@ -557,7 +557,7 @@ async def _relay_sse(
     out) starts the stream, with the event held first.
     """
     assert fwd.view is not None
-    rewriter = SseRewriter(fwd.view)
+    rewriter = SseRewriter(fwd.view, fwd.msg_id)
     pending: dict[str, Any] | None = start
     held: list[bytes] = []
     ended = False
@@ -569,13 +569,19 @@ async def _relay_sse(
                 await _answer_json(send, resp, fwd, data, start["headers"])
                 return
         first = rewriter.rewrite(held)
+        if rewriter.lost_answer:  # the answer was there, and no client could read it
+            first, ended = first + _unreadable_answer(fwd), True
         await _flush(send, pending, first)
         pending, held = None, []
         if not ended:
             relayed = relayed_events(resp, rewriter, silence, asking=asks(first))
             async with contextlib.aclosing(relayed) as events:
                 async for data in events:
+                    if rewriter.lost_answer:
+                        data += _unreadable_answer(fwd)
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if rewriter.lost_answer:
+                        break
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
@@ -587,6 +593,13 @@ async def _relay_sse(
         tail = sse_error(fwd) if fwd.msg_id is not None else b""
         await _flush(send, pending, rewriter.rewrite(held) + tail)
     await send({"type": "http.response.body", "body": rewriter.close()})
+
+
+def _unreadable_answer(fwd: Forward) -> bytes:
+    """The request's error for an answer its view dropped (no client could read it, or it
+    was not this caller's to read), logged."""
+    log.warning("upstream.unreadable_answer", server=fwd.upstream.name, streamed=True)
+    return sse_error(fwd, "answered with a message no client can read")
 
 
 #: The silence allowed on a request's stream while the client is being asked something (a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -67,8 +68,11 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
     return name, value.removeprefix(b" ") if colon else b""
 
 
-def rewrite_event(event: bytes, view: View) -> bytes:
-    """One whole event (with its closing blank line) as the caller receives it."""
+def rewrite_event(
+    event: bytes, view: View, dropped: Callable[[bytes], None] | None = None
+) -> bytes:
+    """One whole event (with its closing blank line) as the caller receives it; ``dropped``
+    is told the data of a message the view dropped."""
     lines = LINE.split(event)
     data: list[bytes] = []
     out: list[bytes] = []
@@ -97,6 +101,8 @@ def rewrite_event(event: bytes, view: View) -> bytes:
         out[data_at] = b"data: " + b"\ndata: ".join(data)
         changed = filtered(joined, view)
         if changed is DROP:
+            if dropped is not None:
+                dropped(joined)
             return b""
         if changed is not None:
             out[data_at] = b"data: " + changed
@@ -606,15 +612,34 @@ def event_data(event: bytes) -> bytes | None:
 
 
 class SseRewriter(SseEvents):
-    """Feed chunks in, get the bytes to send on at once, each event through the view."""
+    """Feed chunks in, get the bytes to send on at once, each event through the view.
+    ``awaited``: the id of the request whose answer the stream carries; ``lost_answer`` is
+    set once a message the view dropped was that answer (a stream that went on without it
+    left the client waiting for good: red-team wave 44)."""
 
-    def __init__(self, view: View) -> None:
+    def __init__(self, view: View, awaited: Any = None) -> None:
         super().__init__()
         self.view = view
+        self.awaited = awaited
+        self.lost_answer = False
 
     def feed(self, chunk: bytes) -> bytes:
         return self.rewrite(self.split(chunk))
 
     def rewrite(self, events: list[bytes]) -> bytes:
         """Events from ``split`` as the caller receives them."""
-        return b"".join([rewrite_event(event, self.view) for event in events])
+        dropped = self._dropped if self.awaited is not None else None
+        return b"".join([rewrite_event(event, self.view, dropped) for event in events])
+
+    def _dropped(self, data: bytes) -> None:
+        found = answered_id(data)
+        if found is NO_ID and len(data) <= MAX_MENDED_BYTES:  # read as a client would
+            try:
+                message = json_loads(data)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                return
+            if isinstance(message, dict) and ("result" in message or "error" in message):
+                found = message.get("id", NOT_AN_ANSWER)
+        awaited = self.awaited
+        if type(found) is type(awaited) and found == awaited:
+            self.lost_answer = True
