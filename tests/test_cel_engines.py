@@ -27,6 +27,14 @@ DIFFERENCES: dict[str, dict[str, Any]] = {
     # cel-cpp's strings end at U+0000: such a value is refused (cel.bad_value) rather than
     # read cut short. Denied either way.
     "cel_errors/nul-in-a-string-is-read-whole": {"rule": "plain", "error": "cel.bad_value"},
+    # cel-cpp: a bool equals no number (false, by heterogeneous equality); cel-python has no
+    # overload (a deny rule on 0 must not miss false there). A tool's inputSchema types the
+    # argument first on both.
+    "cel_errors/bool-against-a-number-denies": {
+        "effect": "allow",
+        "rule": "default",
+        "error": None,
+    },
 }
 
 

@@ -319,13 +319,31 @@ _LIBRARY_INT_NEW = celtypes.IntType.__new__
 celtypes.IntType.__new__ = _int_type_new  # type: ignore[method-assign]
 
 
-def _bool_compare(name: str) -> Callable[[Any, Any], Any]:
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, celtypes.BoolType) or type(value) is bool
+
+
+def _bool_order(name: str) -> Callable[[Any, Any], Any]:
     compare = getattr(int, name)
 
     def method(self: Any, other: Any) -> Any:
-        if not isinstance(other, celtypes.BoolType) and type(other) is not bool:
+        if not _is_bool(other):
             raise TypeError(f"no such overload: {self!r} {type(self)} != {other!r} {type(other)}")
         return compare(self, other)
+
+    return method
+
+
+def _bool_equality(name: str) -> Callable[[Any, Any], Any]:
+    compare = getattr(int, name)
+    different = name == "__ne__"
+
+    def method(self: Any, other: Any) -> Any:
+        if _is_bool(other):
+            return compare(self, other)
+        if isinstance(other, int | float):  # a number is no bool: no overload, as for ints
+            raise TypeError(f"no such overload: {self!r} {type(self)} != {other!r} {type(other)}")
+        return different  # null, a string, a list: another type, so not equal (as before)
 
     return method
 
@@ -334,15 +352,25 @@ def _no_overload(self: Any, other: Any) -> Any:
     raise TypeError(f"no such overload: {self!r} {type(self)} and {other!r} {type(other)}")
 
 
+def _bool_text(self: Any) -> str:
+    return "true" if self else "false"
+
+
 # cel-python's BoolType is an int with int's operators: `args.n <= 100` allowed a call with
 # `"n": true`, `true == 1` and `true + 1 == 2` held, where CEL has no such overload and the
-# other engine says cel.type_error (red-team wave 44). A bool compares with a bool only, as
-# IntType compares with IntType, and takes part in no arithmetic.
-for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
-    setattr(celtypes.BoolType, _name, _bool_compare(_name))
+# other engine says cel.type_error (red-team wave 44). A bool is ordered against a bool only,
+# equal to no number (no overload: a deny rule `args.level == 0` must not miss `false`), unequal
+# to null, strings and lists, and takes part in no arithmetic. `string(true)` is "true" (it
+# was Python's "True", and a deny rule `string(args.force) == 'true'` let the call through:
+# red-team wave 45).
+for _name in ("__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(celtypes.BoolType, _name, _bool_order(_name))
+for _name in ("__eq__", "__ne__"):
+    setattr(celtypes.BoolType, _name, _bool_equality(_name))
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
     setattr(celtypes.BoolType, f"__{_name}__", _no_overload)
     setattr(celtypes.BoolType, f"__r{_name}__", _no_overload)
+celtypes.BoolType.__str__ = _bool_text  # type: ignore[method-assign]
 
 
 def fix_has(source: str) -> str:
