@@ -115,7 +115,7 @@ def test_a_body_of_one_byte_chunks_is_refused_and_closed(gw: GatewayProcess) -> 
     """Each chunk is parser callbacks in Python: one client's 1-byte chunks (2 MB/s of them)
     held the event loop for seconds, every other client waiting (red-team wave 44)."""
     keyed = [f"Authorization: Bearer {KEY}", "Mcp-Protocol-Version: 2025-11-25"]
-    reply = raw_exchange(gw.port, tiny_chunks("/mcp/up", keyed, 500))
+    reply = raw_exchange(gw.port, tiny_chunks("/mcp/up", keyed, 1000))
     assert reply.startswith(b"HTTP/1.1 400 ") and b"request body chunks too small" in reply
     assert gw.records("client.chunks_too_small")
     # Answered before its body came (405 here): tiny chunks after the answer close the
@@ -124,20 +124,20 @@ def test_a_body_of_one_byte_chunks_is_refused_and_closed(gw: GatewayProcess) -> 
         sock.sendall(tiny_chunks("/healthz", [], 1))
         reply = sock.recv(65536)
         assert reply.startswith(b"HTTP/1.1 405 ")
-        sock.sendall(b"1\r\n \r\n" * 500)
+        sock.sendall(b"1\r\n \r\n" * 1000)
         while chunk := sock.recv(65536):  # the gateway closes it
             reply += chunk
     assert reply.count(b"HTTP/1.1 ") == 1
 
 
-def test_a_body_in_chunks_of_a_few_hundred_bytes_passes(gw: GatewayProcess) -> None:
-    body = json.dumps(initialize_body("chunks", pad="x" * 60_000)).encode()
+def test_a_body_in_chunks_of_a_kilobyte_passes(gw: GatewayProcess) -> None:
+    body = json.dumps(initialize_body("chunks", pad="x" * 400_000)).encode()
     lines = ["POST /mcp/up HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
     lines += ["Accept: application/json, text/event-stream", "Transfer-Encoding: chunked"]
     lines += [f"Authorization: Bearer {KEY}", "Connection: close"]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    for at in range(0, len(body), 300):  # 200 chunks, past the 64 any body may have
-        piece = body[at : at + 300]
+    for at in range(0, len(body), 1100):  # past the 256 chunks any body may have
+        piece = body[at : at + 1100]
         raw += b"%x\r\n" % len(piece) + piece + b"\r\n"
     reply = raw_exchange(gw.port, raw + b"0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200 ") and b'"protocolVersion"' in reply
