@@ -17,6 +17,7 @@ from gateway.approvals.service import (
     GRACE_SECONDS,
     PREVIEW_BUDGET,
     PREVIEW_NODE,
+    REREAD_POLLS,
     ApprovalService,
     preview_args,
 )
@@ -424,6 +425,26 @@ class TestValkeyKeys:
         decision = await svc.resolve(CALL, held("wait"), "d1", tick=tick, waits_on=ids.append)
         assert decision.effect == "allow" and len(polls) == 30
         assert len(reads) <= 3  # (before it waits, and once approved; never a poll's)
+
+    async def test_a_decision_that_left_the_status_key_is_read_all_the_same(
+        self, valkey_store: Any, valkey_db: ValkeyProcess
+    ) -> None:
+        """A replica of an earlier version decides without writing the status key: the held
+        call reads its whole request every REREAD_POLLS polls (it waited out its timeout and
+        was refused, approved, during a rolling upgrade: red-team wave 45)."""
+        svc, _, _ = valkey_store
+        polls: list[float] = []
+        ids: list[str] = []
+
+        async def tick(elapsed: float) -> None:
+            polls.append(elapsed)
+            if len(polls) == 3:
+                await svc.decide(ids[0], True, "alice", None)
+                with valkey.Valkey.from_url(valkey_db.url) as raw:  # as the earlier one left it
+                    raw.set(f"test:keys:status:{ids[0]}", "pending")
+
+        decision = await svc.resolve(CALL, held("wait"), "d1", tick=tick, waits_on=ids.append)
+        assert decision.effect == "allow" and len(polls) < 3 + REREAD_POLLS
 
     async def test_a_store_over_its_memory_cap_queues_nothing(
         self, valkey_store: Any, valkey_db: ValkeyProcess

@@ -35,6 +35,7 @@ UPSTREAMS = {
     "hanging": "hang",
     "silent": "sse-silent",
     "blank": "sse-blank",
+    "drip": "sse-drip",
     "mute": "sse-silent,resume-silent",
     "deleting": "delete-stream",
     "streaming": "sse",
@@ -146,6 +147,15 @@ async def test_a_stream_of_blank_lines_is_silence(
         resp = await http.post(f"{gateway.base}/mcp/blank", json=call(42), headers=HEADERS)
     assert "the call is ended here" in resp.text
     await cancelled(logs["blank"], 42)
+
+
+async def test_a_large_answer_still_arriving_is_no_silence(gateway: GatewayProcess) -> None:
+    """Bytes of an event not yet whole are the server talking: a 400 KB answer sent 8 KiB at
+    a time over more than the server's timeout was ended as silent (red-team wave 45)."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        resp = await http.post(f"{gateway.base}/mcp/drip", json=call(43), headers=HEADERS)
+    assert "the call is ended here" not in resp.text
+    assert '"id": 43' in resp.text and "x" * 1000 in resp.text
 
 
 async def _ended_then_resumed(

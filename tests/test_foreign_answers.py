@@ -140,6 +140,14 @@ class TestRelay:
         without it, and the TypeScript SDK waited 60 s for it (red-team wave 44). It is the
         request's -32001 there, and the stream ends."""
         refused(messages(post(gateway, "/mcp/forgesse", call("s-9", junk=answer))), "s-9")
+        # the last event of its stream, as an answer usually is (wave 45): told all the same
+        last = call("s-9", junk=answer, junk_at="only")
+        found = messages(post(gateway, "/mcp/forgesse", last))
+        refused([m for m in found if "method" not in m], "s-9")
+        # after the answer went on, a second one dropped changes nothing
+        found = messages(post(gateway, "/mcp/forgesse", call("s-9", junk=answer, junk_at="end")))
+        answers = [m for m in found if "method" not in m]
+        assert [m["id"] for m in answers] == ["s-9"] and "result" in answers[0]
 
     def test_calls_refused_before_any_policy_are_recorded(self, gateway: GatewayProcess) -> None:
         """A name that is none, or arguments that are no object, are invalid params: they
@@ -279,6 +287,8 @@ class TestWhatIsNoAnswer:
             '{"jsonrpc": "2.0", "method": "notifications/evil_custom", "params": {}}',
             '{"jsonrpc": "2.0", "id": "e-1", "method": "evil/method", "params": {"q": 1}}',
             '{"jsonrpc": "2.0", "id": "e-2", "method": ["tools/call"], "params": {}}',
+            '{"jsonrpc": "2.0", "method": null, "params": {}}',  # wave 45: went on unread
+            '{"jsonrpc": "2.0", "id": "e-3", "method": null}',
         ],
     )
     def test_a_method_no_client_serves_never_reaches_one(

@@ -149,6 +149,11 @@ def match_key(call: Call, revision: str) -> str:
     return hashlib.sha256(parts.encode()).hexdigest()
 
 
+#: A held call reads its whole request once in this many polls even while its status key
+#: says pending (every 5 s at the default 0.25 s).
+REREAD_POLLS = 20
+
+
 class ApprovalService:
     """Creates, waits on and consumes approvals; the edge calls ``resolve``."""
 
@@ -279,9 +284,17 @@ class ApprovalService:
         self, request: ApprovalRequest, decision: Decision, tick: Tick | None
     ) -> Decision:
         started = self.clock()
+        polls = 0
         while True:
             now = self.clock()
-            if await self.store.still_pending(request.id) and request.live_status(now) == "pending":
+            polls += 1
+            # The whole request every REREAD_POLLS polls all the same: a replica of a version
+            # before the status key decides without writing it (a rolling upgrade).
+            if (
+                polls % REREAD_POLLS
+                and await self.store.still_pending(request.id)
+                and request.live_status(now) == "pending"
+            ):
                 if tick is not None:  # (nothing of it changed: it is read whole only then)
                     await tick(now - started)
                 await anyio.sleep(self.poll_seconds)

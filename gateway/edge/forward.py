@@ -632,11 +632,16 @@ async def relayed_events(
             chunk = await resp.next_chunk()
         if chunk is None:
             return
+        pending = rewriter.pending_bytes
         data = rewriter.feed(chunk)
+        if rewriter.pending_bytes > pending:  # a large event still arriving is no silence
+            heard = loop.time()
         if data:
             if _carries_message(data):
                 heard = loop.time()
                 asking = asks(data)
+            yield data
+        elif rewriter.lost_answer:  # (its events came to nothing: the caller is told so)
             yield data
         await turns.after_chunk()
 

@@ -436,12 +436,15 @@ def answered_id(data: bytes) -> Any:
 
 def method_of(data: bytes) -> str | None:
     """A message's method, read without building the rest of it: None when it names none,
-    ``UNREADABLE_METHOD`` when it names one that is no string or cannot be read so."""
+    ``UNREADABLE_METHOD`` when it names one that is no string (null too: it went on unread,
+    and the Python SDK failed the call) or cannot be read so."""
     try:
         head = _METHOD_HEAD.decode(data)
     except (msgspec.DecodeError, RecursionError):
         return UNREADABLE_METHOD
-    return head.method
+    if head.method is msgspec.UNSET:
+        return None
+    return head.method if head.method is not None else UNREADABLE_METHOD
 
 
 #: What ``method_of`` gives for a method it cannot tell: never a method any list holds.
@@ -449,7 +452,7 @@ UNREADABLE_METHOD = "\x00unreadable"
 
 
 class _MethodHead(msgspec.Struct):
-    method: str | None = None
+    method: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 _METHOD_HEAD = msgspec.json.Decoder(_MethodHead)
@@ -622,16 +625,28 @@ class SseRewriter(SseEvents):
         self.view = view
         self.awaited = awaited
         self.lost_answer = False
+        self.answered = False  # the request's answer went on
 
     def feed(self, chunk: bytes) -> bytes:
         return self.rewrite(self.split(chunk))
 
     def rewrite(self, events: list[bytes]) -> bytes:
         """Events from ``split`` as the caller receives them."""
-        dropped = self._dropped if self.awaited is not None else None
-        return b"".join([rewrite_event(event, self.view, dropped) for event in events])
+        if self.awaited is None:
+            return b"".join([rewrite_event(event, self.view) for event in events])
+        out = []
+        for event in events:
+            shown = rewrite_event(event, self.view, self._dropped)
+            if not self.answered and shown and (b'"result"' in shown or b'"error"' in shown):
+                self.answered = any(
+                    _same_id(answered_id(data), self.awaited) for data in _data_lines(shown)
+                )
+            out.append(shown)
+        return b"".join(out)
 
     def _dropped(self, data: bytes) -> None:
+        if self.answered:  # a second answer, dropped: the first one went on
+            return
         found = answered_id(data)
         if found is NO_ID and len(data) <= MAX_MENDED_BYTES:  # read as a client would
             try:
@@ -640,6 +655,14 @@ class SseRewriter(SseEvents):
                 return
             if isinstance(message, dict) and ("result" in message or "error" in message):
                 found = message.get("id", NOT_AN_ANSWER)
-        awaited = self.awaited
-        if type(found) is type(awaited) and found == awaited:
+        if _same_id(found, self.awaited):
             self.lost_answer = True
+
+
+def _same_id(found: Any, awaited: Any) -> bool:
+    return type(found) is type(awaited) and found == awaited
+
+
+def _data_lines(events: bytes) -> list[bytes]:
+    """The data of each message in rewritten events (one ``data:`` line each)."""
+    return [line[6:] for line in events.split(b"\n") if line.startswith(b"data: ")]

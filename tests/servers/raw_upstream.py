@@ -39,6 +39,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``notes-hang``: never answer a POSTed notification (``notifications/*``);
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
+* ``sse-drip``: the priming event, then a large answer (400 KB more text) 8 KiB at a time,
+  20 pieces a second;
 * ``sse-blank``: the priming event, then blank lines (64 KiB a chunk) for as long as the
   gateway reads them: events that dispatch nothing, always there already;
 * ``long-sid``: ``initialize`` is answered with a session id of 5,000 characters;
@@ -59,7 +61,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
   resumed stream).
 
 With ``forge``, a call whose arguments name ``junk`` (text) has that text as the data of an
-event before its answer (with ``sse``), or as its whole JSON body (without): what a crashing
+event before its answer (with ``sse``; ``junk_at: "only"`` instead of it, ``"end"`` after it),
+or as its whole JSON body (without): what a crashing
 server prints (a traceback) where a message belongs.
 """
 
@@ -272,6 +275,7 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             "sse-keepalive",
             "sse-silent",
             "sse-blank",
+            "sse-drip",
         }
         if streamed:
             return await stream_answer(reader, writer, message, min(streamed))
@@ -323,13 +327,40 @@ async def stream_answer(
     writer.write(b"transfer-encoding: chunked\r\n\r\n")
     forged = forgeries(message)
     junk = junk_of(message)
+    original = message
     if forged or junk is not None:  # the forgeries, then the call's own answer, its own id
         message = {**message, "params": {**message["params"], "arguments": {}}}
     answer_event = b"event: message\ndata: " + reply_to(message).split(b"\r\n\r\n", 1)[1]
+    junk_at = (original.get("params") or {}).get("arguments", {}).get("junk_at")
     for note in forged:
         writer.write(chunk(b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n"))
-    if junk is not None:
+    if junk is not None and junk_at is None:
         writer.write(chunk(b"event: message\ndata: " + junk + b"\n\n"))
+    if junk is not None and junk_at is not None:  # "only": instead of the answer; "end": after
+        note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info"}}
+        events = [b"id: 1\ndata: \n\n", b"data: " + json.dumps(note).encode() + b"\n\n"]
+        if junk_at == "end":
+            events.append(b"id: 2\n" + answer_event + b"\n\n")
+        events.append(b"event: message\ndata: " + junk + b"\n\n")
+        for event in events:  # each its own chunk, as the SDK's server writes them
+            writer.write(chunk(event))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+    if how == "sse-drip":  # the answer's event, a large one, a piece at a time
+        writer.write(chunk(b"id: 1\ndata: \n\n"))
+        big = dict(json.loads(answer_event.split(b"data: ", 1)[1]))
+        big["result"]["content"].append({"type": "text", "text": "x" * 400_000})
+        event = b"id: 2\nevent: message\ndata: " + json.dumps(big).encode() + b"\n\n"
+        for at in range(0, len(event), 8192):
+            writer.write(chunk(event[at : at + 8192]))
+            await writer.drain()
+            await asyncio.sleep(0.05)  # 50 pieces, 2.5 s: longer than the server's timeout
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
     if how != "sse-linger":
         writer.write(chunk(b"id: 1\ndata: \n\n"))
         await writer.drain()
