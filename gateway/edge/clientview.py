@@ -28,7 +28,15 @@ from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
 from gateway.wire.jsonrpc import SERVER_METHODS
-from gateway.wire.sse import DROP, NO_ID, NOT_AN_ANSWER, answered_id, method_of, result_keys
+from gateway.wire.sse import (
+    DROP,
+    NO_ID,
+    NOT_AN_ANSWER,
+    answered_id,
+    method_of,
+    result_keys,
+    same_id_as,
+)
 
 _NONE_OR_KNOWN = SERVER_METHODS | {None}
 
@@ -62,10 +70,7 @@ def same_id(wanted: Any) -> IdCheck:
     if wanted is None:
         return no_id
 
-    def fits(value: Any) -> bool:
-        return type(value) is type(wanted) and value == wanted
-
-    return fits
+    return lambda value: same_id_as(value, wanted)
 
 
 def id_digest(value: Any) -> str:

@@ -327,9 +327,7 @@ def _bool_order(name: str) -> Callable[[Any, Any], Any]:
     compare = getattr(int, name)
 
     def method(self: Any, other: Any) -> Any:
-        if not _is_bool(other):
-            raise TypeError(f"no such overload: {self!r} {type(self)} != {other!r} {type(other)}")
-        return compare(self, other)
+        return compare(self, other) if _is_bool(other) else _no_overload(self, other)
 
     return method
 
@@ -342,7 +340,7 @@ def _bool_equality(name: str) -> Callable[[Any, Any], Any]:
         if _is_bool(other):
             return compare(self, other)
         if isinstance(other, int | float):  # a number is no bool: no overload, as for ints
-            raise TypeError(f"no such overload: {self!r} {type(self)} != {other!r} {type(other)}")
+            return _no_overload(self, other)
         return different  # null, a string, a list: another type, so not equal (as before)
 
     return method

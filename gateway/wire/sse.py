@@ -638,8 +638,9 @@ class SseRewriter(SseEvents):
         for event in events:
             shown = rewrite_event(event, self.view, self._dropped)
             if not self.answered and shown and (b'"result"' in shown or b'"error"' in shown):
+                datas = [event_data(one) for one in EVENT_END.split(shown) if one]
                 self.answered = any(
-                    _same_id(answered_id(data), self.awaited) for data in _data_lines(shown)
+                    same_id_as(answered_id(data), self.awaited) for data in datas if data
                 )
             out.append(shown)
         return b"".join(out)
@@ -655,14 +656,11 @@ class SseRewriter(SseEvents):
                 return
             if isinstance(message, dict) and ("result" in message or "error" in message):
                 found = message.get("id", NOT_AN_ANSWER)
-        if _same_id(found, self.awaited):
+        if same_id_as(found, self.awaited):
             self.lost_answer = True
 
 
-def _same_id(found: Any, awaited: Any) -> bool:
-    return type(found) is type(awaited) and found == awaited
-
-
-def _data_lines(events: bytes) -> list[bytes]:
-    """The data of each message in rewritten events (one ``data:`` line each)."""
-    return [line[6:] for line in events.split(b"\n") if line.startswith(b"data: ")]
+def same_id_as(found: Any, wanted: Any) -> bool:
+    """Whether ``found`` is ``wanted``, of its own JSON type (``1`` is not ``"1"``, nor
+    ``true``)."""
+    return type(found) is type(wanted) and found == wanted
