@@ -867,3 +867,36 @@ async def test_a_good_token_shown_where_it_does_not_reach_is_logged() -> None:
         refused = await auth.authenticate(issuer.sign(clock), "/mcp")
     assert isinstance(refused, Refusal)
     assert [e["reason"] for e in logs if e["event"] == "oauth.refused"] == [refused.description]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": 10**400},
+        {"exp": float("inf")},
+        {"exp": float("nan")},
+        {"exp": True},
+        {"nbf": -(10**400)},
+        {"nbf": float("nan")},
+        {"nbf": float("-inf")},
+    ],
+)
+async def test_a_time_claim_no_float_holds_is_refused(claims: dict[str, Any]) -> None:
+    """An issuer-signed ``exp`` of 1 and 400 zeros answered 500 (the float overflowed),
+    ``1e400`` (infinity) made a token that never expired, and a ``NaN`` ``nbf`` was never
+    "not yet" (red-team wave 46): each is an invalid token."""
+    clock, issuer = Clock(), FakeIssuer()
+    refused = await authority(clock, issuer).authenticate(issuer.sign(clock, **claims), "/mcp/up")
+    assert isinstance(refused, Refusal) and refused.status == 401
+    assert refused.description in ("invalid exp claim", "invalid nbf claim", "token expired")
+
+
+@pytest.mark.parametrize("nbf", [10**400, -(10**400), float("nan")])
+async def test_an_introspected_time_no_float_holds_is_refused(nbf: Any) -> None:
+    """The same numbers in an introspection answer made every call with the token a 500."""
+    clock = Clock()
+    answer = {"active": True, "aud": f"{BASE}/mcp/up", "sub": "a", "scope": "mcp",
+              "exp": int(clock.now) + 3600, "iss": ISSUER, "nbf": nbf}  # fmt: skip
+    auth, _ = TestIntrospectionAnswersOnAClock.introspecting(clock, answer, max_cache=60)
+    refused = await auth.authenticate("opaque-1", "/mcp/up")
+    assert isinstance(refused, Refusal) and refused.description == "invalid nbf claim"

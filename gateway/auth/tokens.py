@@ -10,6 +10,7 @@ its Agent is the same object (which CEL's per-identity conversion cache relies o
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -311,9 +312,25 @@ class TokenAuthority:
         ):
             return "invalid aud claim"  # (an object in the list answered 500)
         audiences = frozenset([aud] if isinstance(aud, str) else aud or ())
-        expires = claims.get("exp")
-        not_before = claims.get("nbf", 0)
-        if not isinstance(expires, int | float) or not isinstance(not_before, int | float):
+        expires = _seconds(claims.get("exp"))
+        if expires is None:
             return "invalid exp claim"
+        not_before = _seconds(claims.get("nbf", 0))
+        if not_before is None:
+            return "invalid nbf claim"
         scopes = scopes_of(claims)
-        return Verified(agent, float(expires), float(not_before), audiences, scopes)
+        return Verified(agent, expires, not_before, audiences, scopes)
+
+
+def _seconds(value: Any) -> float | None:
+    """A time claim (``exp``, ``nbf``) as seconds since the epoch, or None when it is none:
+    not a number (``true`` is none either), or not a finite one a float holds. A huge
+    integer answered 500 (``float()`` overflowed), ``1e400`` read as infinity made a token
+    that never expired, and ``NaN`` compared false with every time: never "not yet"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
