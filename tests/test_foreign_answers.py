@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,8 +47,14 @@ HEADERS = {
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    directory = tmp_path_factory.mktemp("foreign-answers")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the gateway's config and its upstreams' logs (``<name>.jsonl``)."""
+    return tmp_path_factory.mktemp("foreign-answers")
+
+
+@pytest.fixture(scope="module")
+def gateway(logs: Path) -> Iterator[GatewayProcess]:
+    directory = logs
     with contextlib.ExitStack() as stack:
         servers = {
             name: {"url": stack.enter_context(raw_upstream(how, directory / f"{name}.jsonl")).url}
@@ -89,6 +96,20 @@ def messages(resp: httpx.Response) -> list[dict[str, Any]]:
 def post(gw: GatewayProcess, path: str, message: Any, **headers: str) -> httpx.Response:
     url = f"{gw.base}{path}"
     return httpx.post(url, json=message, headers={**HEADERS, **headers}, timeout=20)
+
+
+def _records(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def answered(log: Path, msg_id: Any) -> dict[str, Any]:
+    """The answer the upstream was posted for its own request ``msg_id`` (waited for)."""
+    async with asyncio.timeout(20):
+        while True:
+            for record in _records(log):
+                if record["rpc"] is None and record["id"] == msg_id and "error" in record:
+                    return record
+            await asyncio.sleep(0.05)  # polling for the upstream's log line, not for time
 
 
 def refused(found: list[dict[str, Any]], msg_id: Any) -> None:
@@ -303,6 +324,20 @@ class TestWhatIsNoAnswer:
         message = call("w-7", "forgesse__echo", junk=junk)
         found = messages(post(gateway, "/mcp", message, **session))
         assert [m.get("id") for m in found] == ["w-7"] and "result" in found[0]
+
+    async def test_a_request_no_client_serves_is_answered_to_its_server(
+        self, gateway: GatewayProcess, logs: Path
+    ) -> None:
+        """A server's request of a method no client serves was dropped unanswered, and the
+        server waited for its answer until its own timeout: it is answered "method not
+        found" under its own id, on the relay and on ``/mcp``."""
+        for path, name, asked in (("/mcp/forgesse", "echo", "a-1"), ("/mcp", "forgesse__echo", 7)):
+            junk = json.dumps({"jsonrpc": "2.0", "id": asked, "method": "x/ask", "params": {}})
+            headers = TestAggregate().session(gateway) if path == "/mcp" else {}
+            found = messages(post(gateway, path, call(f"w-{asked}", name, junk=junk), **headers))
+            assert [m.get("id") for m in found] == [f"w-{asked}"]
+            record = await answered(logs / "forgesse.jsonl", asked)
+            assert record["error"]["code"] == -32601 and record["method"] == "POST"
 
     def test_nan_and_a_lone_surrogate_are_mended(self, gateway: GatewayProcess) -> None:
         """The TypeScript SDK failed on ``NaN`` (no JSON), the Python SDK on a lone

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
+from gateway.edge.tell import refuse_server_request
 from gateway.edge.toolnames import name_problem
 from gateway.inventory.pins import too_deep, unreadable_definition
 from gateway.pipeline.gateway import Gateway
@@ -43,6 +44,9 @@ _NONE_OR_KNOWN = SERVER_METHODS | {None}
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
 MAX_LISTED_TOOLS = 5000
+#: A stream's server requests of unknown methods answered to their server (past it: dropped
+#: only, so an upstream's flood costs the gateway no more than its own posts).
+MAX_REFUSED_ASKS = 8
 
 #: Where a listed tool carries its risk and kind (MCP ``_meta`` keys are reverse-DNS prefixed).
 RISK_KEY = "io.celgate/risk"
@@ -109,6 +113,7 @@ class ClientView:
         "method",
         "modern",
         "progress",
+        "refused",
         "request",
         "server",
         "session",
@@ -159,6 +164,9 @@ class ClientView:
         #: allowed call's result made a tool the server never listed "read" and "low" for
         #: every caller, or marked a pinned tool changed (red-team wave 39).
         self.method: str | None = None
+        #: The server's requests of unknown methods this stream answered "method not found"
+        #: (``MAX_REFUSED_ASKS`` at most: the rest are only dropped).
+        self.refused = 0
 
     def for_request(self, msg_id: Any, params: Any, method: str | None = None) -> None:
         """This stream is the answer to the request ``msg_id`` (with ``params``), a
@@ -261,6 +269,7 @@ class ClientView:
         method = message.get("method")
         if asks_or_tells and (not isinstance(method, str) or method not in SERVER_METHODS):
             log.warning("upstream.unknown_method", server=self.server, grant=self.identity.grant)
+            self._refuse_ask(message)
             return DROP  # no method a client is known to serve: not for a client to run
         if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
@@ -295,6 +304,20 @@ class ClientView:
         if "tools" not in result or self.method not in (None, "tools/list"):
             return bound  # (another request's result: its "tools" are its own content)
         return {**shown, "result": self._tools_result(result)}
+
+    def _refuse_ask(self, message: dict[str, Any]) -> None:
+        """A server's request of a method no client serves, dropped here, is answered to
+        the server "method not found", as a client would (it waited for an answer until its
+        own timeout); a handshake-era session's only: a 2026-07-28 server asks nothing on
+        a stream."""
+        msg_id = message.get("id")
+        if msg_id is None or self.modern or self.refused >= MAX_REFUSED_ASKS:
+            return
+        upstream = self.gw.upstreams.get(self.server)
+        if upstream is None or not isinstance(msg_id, str | int) or isinstance(msg_id, bool):
+            return
+        self.refused += 1
+        refuse_server_request(upstream, self.session, self.identity.owner, msg_id)
 
     def _refuses(self, message: dict[str, Any]) -> bool:
         """Whether ``message`` is an upstream's refusal of the exchange itself (an error of

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.edge.clientview import ClientView, id_digest
+from gateway.edge.tell import tell
 from gateway.errors import UpstreamIOError
 from gateway.telemetry.audit import log
 from gateway.turns import Turns
@@ -110,7 +111,6 @@ class Forward:
 _ENDED: OrderedDict[str | None, OrderedDict[tuple[str, str | None, str], None]] = OrderedDict()
 MAX_OVER = 1024
 MAX_OVER_OWNERS = 10_000
-_CANCELS: set[asyncio.Future[None]] = set()
 
 
 def request_over(server: str, owner: str | None, session: str | None, msg_id: Any) -> None:
@@ -172,22 +172,7 @@ def end_upstream_call(fwd: Forward, why: str) -> None:
     }
     params = {"requestId": fwd.msg_id, "reason": f"celgate: {why}"}
     body = json_bytes({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
-    task = asyncio.ensure_future(_tell(fwd.upstream, headers, body))
-    _CANCELS.add(task)
-    task.add_done_callback(_CANCELS.discard)
-
-
-async def _tell(upstream: HttpUpstream, headers: dict[str, str], body: bytes) -> None:
-    try:
-        resp = await upstream.pool.request("POST", headers, body)
-    except (*UPSTREAM_ERRORS, TimeoutError):
-        return
-    try:
-        await read_bounded(resp, upstream.silence)
-    except (*UPSTREAM_ERRORS, TimeoutError):
-        pass
-    finally:
-        resp.close()
+    tell(fwd.upstream, headers, body)
 
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:

@@ -147,7 +147,7 @@ def junk_of(message: dict[str, Any]) -> bytes | None:
 
 
 def reply_to(message: dict[str, Any]) -> bytes:
-    if "id" not in message:
+    if "id" not in message or "method" not in message:  # a notice, or an answer to us
         return answer("202 Accepted")
     junk = junk_of(message)
     if junk is not None:
@@ -246,6 +246,8 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     record = {"conn": conn, "method": method, "rpc": rpc, "id": message.get("id"), "expect": expect}
     if rpc == "notifications/cancelled":
         record["params"] = message.get("params")
+    if rpc is None and "error" in message:  # an answer to a request of ours
+        record["error"] = message["error"]
     log(record)
     if rpc is not None and rpc.startswith("notifications/") and "notes-hang" in MISBEHAVE:
         await reader.read()  # a notification never taken: until the gateway gives up on us
