@@ -152,6 +152,11 @@ class TestRelay:
             '{"jsonrpc": "2.0", "id": "s-9", "method": "x", "result": {"content": []}}',
             '{"jsonrpc": "2.0", "id": "s-9", "result": {"__proto__": {"content": []}}}',
             '{"jsonrpc": "2.0", "id": "s-9", "result": {"a": NaN, "a": 1}}',
+            # in a batch (wave 46): one the view drops, and a batch too long to read at all
+            '[{"jsonrpc": "2.0", "id": "s-9", "method": "x", "result": {"content": []}}]',
+            "["
+            + '{"jsonrpc": "2.0", "method": "notifications/message"}, ' * 64
+            + '{"jsonrpc": "2.0", "id": "s-9", "result": {}}]',
         ],
     )
     def test_an_answer_on_a_stream_no_client_can_read_is_the_requests_error(

@@ -97,7 +97,7 @@ def rewrite_event(
     if data_at >= 0:
         joined = b"\n".join(data)
         if _OPENS_BATCH.match(joined):
-            return _batch_events(joined, out, data_at, view)
+            return _batch_events(joined, out, data_at, view, dropped)
         out[data_at] = b"data: " + b"\ndata: ".join(data)
         changed = filtered(joined, view)
         if changed is DROP:
@@ -119,32 +119,50 @@ MAX_RETRY_MS = 3_600_000
 _OPENS_BATCH = re.compile(rb"[ \t\r\n]*\[")
 
 
-def _batch_events(data: bytes, fields: list[bytes], data_at: int, view: View) -> bytes:
+def _batch_events(
+    data: bytes,
+    fields: list[bytes],
+    data_at: int,
+    view: View,
+    dropped: Callable[[bytes], None] | None = None,
+) -> bytes:
     """An event holding a batch (of the 2025-03-26 revision; no client of a later one reads
     it: the Python SDK failed the call), as one event for each message, each through the
     view; the event's other fields go with the last, so a resumption from its id follows
     them all. Each message is cut out of the text as it came, nothing built (one that needs
     mending excepted: ``_read_to_mend``); a batch of more than ``MAX_BATCH`` messages, or
     one in a batch, is dropped: one event of 100,000 tiny messages held the loop for 9 s
-    (red-team wave 42)."""
+    (red-team wave 42). ``dropped`` is told each message the view dropped, and the whole
+    batch when none of it could be read (too long, or unreadable): it might have held the
+    stream's answer."""
     try:
         # A message's line ends (a batch written over several data lines) are whitespace
         # in JSON, never in a string: one line each, or a client read "data: {" alone.
-        batch = [bytes(raw).replace(b"\n", b" ") for raw in _RAW_BATCH.decode(data)]
+        batch: list[bytes] | None = [
+            bytes(raw).replace(b"\n", b" ") for raw in _RAW_BATCH.decode(data)
+        ]
     except msgspec.DecodeError:  # NaN, a lone surrogate: each message mended, if small
         batch = _read_to_mend(data)
     except RecursionError:
-        return b""
-    if len(batch) > MAX_BATCH:
+        batch = None
+    if batch is not None and len(batch) > MAX_BATCH:
         log.warning("upstream.batch_too_long", messages=len(batch))
+        batch = None
+    if batch is None:
+        if dropped is not None:
+            dropped(data)
         return b""
     messages = []
     for text in batch:
         if _OPENS_BATCH.match(text):  # a batch in a batch: no client reads it
+            if dropped is not None:
+                dropped(text)
             continue
         changed = filtered(text, view)
         if changed is not DROP:
             messages.append(changed if changed is not None else text)
+        elif dropped is not None:
+            dropped(text)
     if not messages:
         return b""
     last = [*fields[:data_at], b"data: " + messages[-1], *fields[data_at + 1 :]]
@@ -157,18 +175,18 @@ MAX_BATCH = 64
 _RAW_BATCH = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-def _read_to_mend(data: bytes) -> list[bytes]:
+def _read_to_mend(data: bytes) -> list[bytes] | None:
     """The messages of a batch msgspec will not read (``NaN``, a lone surrogate), each
-    written again, mended; none when it is too long to mend or cannot be read."""
+    written again, mended; None when it is too long to mend or cannot be read."""
     if len(data) > MAX_MENDED_BYTES:
-        return []
+        return None
     try:
         batch = json_loads(data, object_pairs_hook=_strict_object)
         if not isinstance(batch, list) or len(batch) > MAX_BATCH:
-            return []
+            return None
         return [json_bytes(mended(item)) for item in batch]
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return []
+        return None
 
 
 def message_event(data: bytes) -> bytes:
@@ -647,6 +665,9 @@ class SseRewriter(SseEvents):
 
     def _dropped(self, data: bytes) -> None:
         if self.answered:  # a second answer, dropped: the first one went on
+            return
+        if _OPENS_BATCH.match(data):  # a batch none of which was read: its answer perhaps
+            self.lost_answer = True
             return
         found = answered_id(data)
         if found is NO_ID and len(data) <= MAX_MENDED_BYTES:  # read as a client would
