@@ -262,7 +262,9 @@ class _Decider:
                     ShadowResult(decision.rule, decision.effect, decision.reason, decision.error)
                 )
                 continue
-            return decision
+            if entry.decides:
+                return decision
+            # it only tried rules (each in the shadow list): the next entry decides
         return self.default(None)
 
 

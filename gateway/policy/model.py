@@ -95,8 +95,21 @@ class ToolEntry:
     @property
     def enforces_rules(self) -> bool:
         """Whether a rule of its own may decide: then a call no rule decides falls to the
-        policy default; an entry of shadow rules only (they never decide) is one with none."""
+        policy default."""
         return any(rule.mode != "shadow" for rule in self.rules)
+
+    @property
+    def decides(self) -> bool:
+        """Whether the entry decides a call it matches. A shadow entry never does; nor does
+        one that only tries rules (every rule in shadow mode, and no action, limit or
+        approval of its own): the next entry or the default decides, as without it. Such an
+        entry decided as ``{}`` (allowed): trying a rule on ``delete_note`` under
+        ``"delete_*": {action: require_approval}`` let every call of it through (red-team
+        wave 46)."""
+        if self.mode == "shadow":
+            return False
+        tries_only = bool(self.rules) and not self.enforces_rules
+        return not (tries_only and self.action is None and not self.limits and not self.approval)
 
     @property
     def specificity(self) -> tuple[int, int, int]:

@@ -63,6 +63,6 @@ def visible(
     """Could ``call.tool`` on ``call.server`` be allowed (or approved) for this caller?"""
     ctx = Context(call, now or datetime.now(UTC), engine or policy.engine)
     for entry in candidates(policy, call.server, call.tool):
-        if entry.mode != "shadow":
+        if entry.decides:
             return _may_allow(policy, entry, ctx)
     return policy.default != "deny"
