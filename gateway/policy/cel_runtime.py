@@ -371,6 +371,39 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
 celtypes.BoolType.__str__ = _bool_text  # type: ignore[method-assign]
 
 
+def _refusing_bools(method: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def refusing(self: Any, other: Any) -> Any:
+        return _no_overload(self, other) if _is_bool(other) else method(self, other)
+
+    return refusing
+
+
+# ... and on the right of a number's operator: Python asks the left operand first, and the
+# int's and double's own operators took a bool as 0 or 1 (`1000.0 >= args.amount`, `100u >=
+# args.n`, `1 + args.n == 2` held for `true`: red-team wave 46). Numbers still order and add
+# across int, uint and double as before.
+for _number in (celtypes.IntType, celtypes.UintType, celtypes.DoubleType):
+    for _name in ("lt", "le", "gt", "ge", "add", "sub", "mul", "truediv", "floordiv", "mod"):
+        for _dunder in (f"__{_name}__", f"__r{_name}__"):
+            _method = getattr(_number, _dunder, None)
+            if _method is not None:
+                setattr(_number, _dunder, _refusing_bools(_method))
+# A list indexed by a bool (`args.l[args.b]` read element 1 for `true`) has no overload either.
+celtypes.ListType.__getitem__ = _refusing_bools(list.__getitem__)  # type: ignore[method-assign]
+
+
+def _string_new(cls: Any, source: Any, *args: Any, **kwargs: Any) -> Any:
+    """``string()`` of a list or a map has no overload in CEL; cel-python gave Python's
+    text of it (``[BoolType(True)]``), which a rule could test (red-team wave 46)."""
+    if isinstance(source, list | dict):
+        raise TypeError(f"no such overload: string({type(source).__name__})")
+    return _LIBRARY_STRING_NEW(cls, source, *args, **kwargs)
+
+
+_LIBRARY_STRING_NEW = celtypes.StringType.__new__
+celtypes.StringType.__new__ = _string_new  # type: ignore[method-assign]
+
+
 def fix_has(source: str) -> str:
     return _HAS_LINE.sub(r"\1celpy.celtypes.BoolType(\2)", source)
 
