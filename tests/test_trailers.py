@@ -141,3 +141,20 @@ def test_a_body_in_chunks_of_a_kilobyte_passes(gw: GatewayProcess) -> None:
         raw += b"%x\r\n" % len(piece) + piece + b"\r\n"
     reply = raw_exchange(gw.port, raw + b"0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200 ") and b'"protocolVersion"' in reply
+
+
+def test_the_first_256_chunks_are_free_whatever_their_size(gw: GatewayProcess) -> None:
+    """A body of exactly 256 one-byte chunks was refused: the last chunk (size 0, no body)
+    was counted as the 257th (red-team wave 46). It is free; a 257th of data is not."""
+    body = json.dumps(initialize_body("chunks", pad="x" * 300)).encode()
+    assert 257 < len(body) < 1024
+    lines = ["POST /mcp/up HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines += ["Accept: application/json, text/event-stream", "Transfer-Encoding: chunked"]
+    lines += [f"Authorization: Bearer {KEY}", "Connection: close"]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    for free in (256, 257):
+        pieces = [body[i : i + 1] for i in range(free - 1)] + [body[free - 1 :]]
+        raw = head + b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+        reply = raw_exchange(gw.port, raw)
+        expected = b"HTTP/1.1 200 " if free == 256 else b"HTTP/1.1 400 "
+        assert reply.startswith(expected), (free, reply[:80])

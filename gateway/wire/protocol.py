@@ -416,7 +416,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
     def on_chunk_header(self) -> None:
         self._in_trailers = True  # until body bytes follow: only the last chunk has none
         self._chunks += 1
-        if self._chunks > FREE_CHUNKS + self._body_got // MIN_CHUNK_AVERAGE:
+        # the last chunk (size 0) is no chunk of data: the first FREE_CHUNKS of data are free
+        if self._chunks > FREE_CHUNKS + 1 + self._body_got // MIN_CHUNK_AVERAGE:
             log.warning("client.chunks_too_small", chunks=self._chunks, client=_peer(self.client))
             self._refusal = 400, "request body chunks too small"
             raise _Refused  # the parser stops: answered (unless answered) and closed
