@@ -315,6 +315,12 @@ class TestWhatIsNoAnswer:
             '{"jsonrpc": "2.0", "id": "e-2", "method": ["tools/call"], "params": {}}',
             '{"jsonrpc": "2.0", "method": null, "params": {}}',  # wave 45: went on unread
             '{"jsonrpc": "2.0", "id": "e-3", "method": null}',
+            # a known method in the other kind's shape (wave 46): a notice with an id (the
+            # TypeScript SDK answered it), a request without one
+            '{"jsonrpc": "2.0", "id": "e-4", "method": "notifications/message", "params": {}}',
+            '{"jsonrpc": "2.0", "id": 5, "method": "notifications/tools/list_changed"}',
+            '{"jsonrpc": "2.0", "method": "ping"}',
+            '{"jsonrpc": "2.0", "method": "sampling/createMessage", "params": {}}',
         ],
     )
     def test_a_method_no_client_serves_never_reaches_one(

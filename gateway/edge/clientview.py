@@ -28,7 +28,7 @@ from gateway.pipeline.gateway import Gateway
 from gateway.policy import Call, Identity
 from gateway.policy.visibility import visible
 from gateway.telemetry.audit import log
-from gateway.wire.jsonrpc import SERVER_METHODS
+from gateway.wire.jsonrpc import NOTIFICATION_PREFIX, SERVER_METHODS
 from gateway.wire.sse import (
     DROP,
     NO_ID,
@@ -244,8 +244,12 @@ class ClientView:
         is too)."""
         if b'"tools"' in data or b'"task' in data or b"\\u" in data or b"progress" in data:
             return True
-        if b'"method"' in data and method_of(data) not in _NONE_OR_KNOWN:
-            return True  # a method no client is known to serve, or one not read so: dropped
+        if b'"method"' in data:
+            method = method_of(data)
+            if method not in _NONE_OR_KNOWN:
+                return True  # a method no client is known to serve, or one not read so: dropped
+            if method is not None and method.startswith(NOTIFICATION_PREFIX) == (b'"id"' in data):
+                return True  # perhaps a notice with an id, or a request without: read
         answered = answered_id(data)
         if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
             return True  # not an answer this stream carries: read, to be dropped
@@ -271,6 +275,12 @@ class ClientView:
             log.warning("upstream.unknown_method", server=self.server, grant=self.identity.grant)
             self._refuse_ask(message)
             return DROP  # no method a client is known to serve: not for a client to run
+        if isinstance(method, str) and method.startswith(NOTIFICATION_PREFIX) == ("id" in message):
+            # a notice with an id (a TypeScript client answered it), or a request without one
+            # (no answer could reach the server): no shape MCP gives that method
+            log.warning("upstream.misshapen_message", server=self.server, method=method)
+            self._refuse_ask(message)
+            return DROP
         if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
             return DROP
