@@ -457,3 +457,32 @@ class TestResumedStreams:
         assert resumed.unwrap_event_id(event_id) == "e-2"
         assert not any(resumed.answers(i) for i in (0, 1, "e-2", None))
         assert not resumed.progress(0)
+
+
+@pytest.mark.parametrize(
+    ("asked", "told"),
+    [
+        ({"k": {"method": "evil/x", "params": {}}}, False),
+        ({"k": {"method": "tools/call", "params": {"name": "echo"}}}, False),
+        ({"k": {"method": "elicitation/create", "params": {}}, "j": "x"}, False),
+        ([{"method": "roots/list"}], False),
+        ({"k": {"method": "roots/list"}, "s": {"method": "sampling/createMessage"}}, True),
+    ],
+)
+@pytest.mark.parametrize("path", ["/mcp/forge", "/mcp/forgesse"])
+def test_input_required_asks_only_what_clients_give(
+    gateway: GatewayProcess, path: str, asked: Any, told: bool
+) -> None:
+    """A 2026-07-28 server's ``input_required`` result asked its client anything: ``evil/x``
+    or ``tools/call`` in ``inputRequests`` went on unread, and the Python SDK failed the whole
+    client on them (red-team wave 46). Only sampling, elicitation and roots reach a client;
+    any other is the request's error."""
+    result = {"resultType": "input_required", "inputRequests": asked}
+    junk = json.dumps({"jsonrpc": "2.0", "id": "i-1", "result": result})
+    message = modern(call("i-1", junk=junk, junk_at="only"))
+    found = [m for m in messages(post(gateway, path, message, **MODERN_HEADERS)) if "id" in m]
+    assert [m["id"] for m in found] == ["i-1"]
+    if told:
+        assert found[0]["result"]["inputRequests"] == asked
+    else:
+        assert found[0]["error"]["code"] == -32603 and "input" in found[0]["error"]["message"]

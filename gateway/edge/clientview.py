@@ -100,6 +100,25 @@ def progress_token(params: Any) -> Any:
     return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
+#: What a 2026-07-28 server may ask its client in an ``input_required`` result.
+INPUT_REQUEST_METHODS = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
+
+
+def _asks_what_clients_give(requests: Any) -> bool:
+    """Whether an ``input_required`` result's ``inputRequests`` (absent, or an object of
+    requests) asks only what a client gives: an upstream's ``evil/x`` or ``tools/call`` in
+    them went on unread, and the Python SDK failed the whole client on them (red-team wave
+    46)."""
+    if requests is None:
+        return True
+    if not isinstance(requests, dict):
+        return False
+    return all(
+        isinstance(asked, dict) and asked.get("method") in INPUT_REQUEST_METHODS
+        for asked in requests.values()
+    )
+
+
 class ClientView:
     """One caller's view of one upstream (``session`` may be learned from ``initialize``)."""
 
@@ -255,7 +274,7 @@ class ClientView:
             return True  # not an answer this stream carries: read, to be dropped
         if not self.modern or b'"result"' not in data:
             return False
-        if b'"resultType"' not in data:
+        if b'"resultType"' not in data or b"input_required" in data:
             return True
         keys = result_keys(data)  # the words may be anywhere: is it the result's own key?
         if keys is None:
@@ -307,6 +326,12 @@ class ClientView:
         if not isinstance(result, dict):
             return bound
         if self.modern and not asks_or_tells:
+            if result.get("resultType") == "input_required" and not _asks_what_clients_give(
+                result.get("inputRequests")
+            ):
+                log.warning("upstream.unknown_input_request", server=self.server)
+                error = {"code": -32603, "message": "the server asked for input no client gives"}
+                return {"jsonrpc": "2.0", "id": message.get("id"), "error": error}
             told = self._told(result)
             if told is not result:
                 result = told
