@@ -61,7 +61,10 @@ def gateway(logs: Path) -> Iterator[GatewayProcess]:
             for name, how in UPSTREAMS.items()
         }
         grants = {"agent": {"key_sha256": hash_key(KEY)}}
-        yield stack.enter_context(run_gateway(directory, POLICY, servers, grants=grants))
+        relay = {"extra_server_methods": ["notifications/vendor/said", "vendor/ask"]}
+        yield stack.enter_context(
+            run_gateway(directory, POLICY, servers, grants=grants, relay=relay)
+        )
 
 
 def call(msg_id: Any, name: str = "echo", token: Any = None, **args: Any) -> dict[str, Any]:
@@ -486,3 +489,23 @@ def test_input_required_asks_only_what_clients_give(
         assert found[0]["result"]["inputRequests"] == asked
     else:
         assert found[0]["error"]["code"] == -32603 and "input" in found[0]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "passes"),
+    [
+        ('{"jsonrpc": "2.0", "method": "notifications/vendor/said", "params": {"x": 1}}', True),
+        ('{"jsonrpc": "2.0", "id": "v-1", "method": "vendor/ask", "params": {}}', True),
+        ('{"jsonrpc": "2.0", "id": "v-2", "method": "notifications/vendor/said"}', False),
+        ('{"jsonrpc": "2.0", "method": "vendor/ask"}', False),
+        ('{"jsonrpc": "2.0", "method": "notifications/vendor/other"}', False),
+    ],
+)
+def test_server_methods_the_operator_names_reach_clients(
+    gateway: GatewayProcess, sent: str, passes: bool
+) -> None:
+    """``relay.extra_server_methods``: a server's own notices and requests an operator
+    lets through (MCP's alone reach clients otherwise), each in its kind's shape."""
+    found = messages(post(gateway, "/mcp/forgesse", call("v-0", junk=sent)))
+    assert [m.get("method") for m in found[:-1]] == ([json.loads(sent)["method"]] if passes else [])
+    assert found[-1]["id"] == "v-0" and "result" in found[-1]

@@ -402,7 +402,8 @@ class _ConfigLoader(Reader):
             self.err(top.node.where, "grants", msg)
 
     def _relay(self, top: Fields) -> None:
-        """Request methods the relay does not know are refused unless named here."""
+        """Request methods the relay does not know are refused unless named here, and
+        server methods MCP does not define are dropped unless named here."""
         sub = self.section(top, "relay", RelayConfig)
         if sub is None:
             return
@@ -412,7 +413,15 @@ class _ConfigLoader(Reader):
                 msg = f"{method!r} is not a request method name"
                 self.err(sub.where("extra_methods"), "relay.extra_methods", msg)
         extra = frozenset(methods) if methods is not None else None
-        self.out["relay"] = build(RelayConfig, extra_methods=extra)
+        server = self.str_list(sub, "extra_server_methods")
+        for method in server or ():
+            if not method or method != method.strip() or method.endswith("/"):
+                msg = f"{method!r} is not a method name"
+                self.err(sub.where("extra_server_methods"), "relay.extra_server_methods", msg)
+        from_server = frozenset(server) if server is not None else None
+        self.out["relay"] = build(
+            RelayConfig, extra_methods=extra, extra_server_methods=from_server
+        )
 
 
 _REMOVED_LIMITS = {

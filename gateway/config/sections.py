@@ -157,6 +157,9 @@ class CelConfig:
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     """``relay:``: JSON-RPC request methods the relay forwards beyond the ones it knows
-    (``gateway.wire.jsonrpc.classify``)."""
+    (``gateway.wire.jsonrpc.classify``), and server methods it lets reach clients."""
 
     extra_methods: frozenset[str] = frozenset()
+    #: Methods a server may send its client beyond MCP's own (``jsonrpc.SERVER_METHODS``):
+    #: a name under ``notifications/`` is a notice (no id), any other a request.
+    extra_server_methods: frozenset[str] = frozenset()

@@ -39,8 +39,6 @@ from gateway.wire.sse import (
     same_id_as,
 )
 
-_NONE_OR_KNOWN = SERVER_METHODS | {None}
-
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
 MAX_LISTED_TOOLS = 5000
@@ -265,7 +263,7 @@ class ClientView:
             return True
         if b'"method"' in data:
             method = method_of(data)
-            if method not in _NONE_OR_KNOWN:
+            if method is not None and not self._known(method):
                 return True  # a method no client is known to serve, or one not read so: dropped
             if method is not None and method.startswith(NOTIFICATION_PREFIX) == (b'"id"' in data):
                 return True  # perhaps a notice with an id, or a request without: read
@@ -290,7 +288,7 @@ class ClientView:
         if asks_or_tells and ("result" in message or "error" in message):
             return DROP  # a request (or notice) and an answer at once: no shape to pass on
         method = message.get("method")
-        if asks_or_tells and (not isinstance(method, str) or method not in SERVER_METHODS):
+        if asks_or_tells and not self._known(method):
             log.warning("upstream.unknown_method", server=self.server, grant=self.identity.grant)
             self._refuse_ask(message)
             return DROP  # no method a client is known to serve: not for a client to run
@@ -339,6 +337,13 @@ class ClientView:
         if "tools" not in result or self.method not in (None, "tools/list"):
             return bound  # (another request's result: its "tools" are its own content)
         return {**shown, "result": self._tools_result(result)}
+
+    def _known(self, method: Any) -> bool:
+        """Whether ``method`` is one a client may be sent: MCP's, or the operator's
+        (``relay.extra_server_methods``)."""
+        return isinstance(method, str) and (
+            method in SERVER_METHODS or method in self.gw.config.relay.extra_server_methods
+        )
 
     def _refuse_ask(self, message: dict[str, Any]) -> None:
         """A server's request of a method no client serves, dropped here, is answered to
