@@ -352,6 +352,8 @@ class TestWhatIsNoAnswer:
             assert [m.get("id") for m in found] == [f"w-{asked}"]
             record = await answered(logs / "forgesse.jsonl", asked)
             assert record["error"]["code"] == -32601 and record["method"] == "POST"
+            # on the upstream's own session (it keeps none): never the client's /mcp one
+            assert record["sid"] is None
 
     def test_nan_and_a_lone_surrogate_are_mended(self, gateway: GatewayProcess) -> None:
         """The TypeScript SDK failed on ``NaN`` (no JSON), the Python SDK on a lone

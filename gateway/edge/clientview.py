@@ -136,6 +136,7 @@ class ClientView:
         "session",
         "tag",
         "tasks",
+        "upstream_session",
     )
 
     def __init__(
@@ -184,6 +185,9 @@ class ClientView:
         #: The server's requests of unknown methods this stream answered "method not found"
         #: (``MAX_REFUSED_ASKS`` at most: the rest are only dropped).
         self.refused = 0
+        #: The upstream's own session this stream is on (``session`` on the relay; on
+        #: ``/mcp``, where ``session`` is the client's, its link's): where those go.
+        self.upstream_session = session
 
     def for_request(self, msg_id: Any, params: Any, method: str | None = None) -> None:
         """This stream is the answer to the request ``msg_id`` (with ``params``), a
@@ -357,7 +361,7 @@ class ClientView:
         if upstream is None or not isinstance(msg_id, str | int) or isinstance(msg_id, bool):
             return
         self.refused += 1
-        refuse_server_request(upstream, self.session, self.identity.owner, msg_id)
+        refuse_server_request(upstream, self.upstream_session, self.identity.owner, msg_id)
 
     def _refuses(self, message: dict[str, Any]) -> bool:
         """Whether ``message`` is an upstream's refusal of the exchange itself (an error of

@@ -246,8 +246,9 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     record = {"conn": conn, "method": method, "rpc": rpc, "id": message.get("id"), "expect": expect}
     if rpc == "notifications/cancelled":
         record["params"] = message.get("params")
-    if rpc is None and "error" in message:  # an answer to a request of ours
+    if rpc is None and "error" in message:  # an answer to a request of ours, on a session
         record["error"] = message["error"]
+        record["sid"] = headers.get("mcp-session-id")
     log(record)
     if rpc is not None and rpc.startswith("notifications/") and "notes-hang" in MISBEHAVE:
         await reader.read()  # a notification never taken: until the gateway gives up on us

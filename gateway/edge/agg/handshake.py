@@ -136,7 +136,10 @@ class Handshake:
             await merged_stream(self, incoming, send, session, identity)
 
     def view(self, session: AggSession, server: str, identity: Identity) -> AggView:
-        return AggView(ClientView(self.gw, server, identity, session.sid), self.names, session)
+        inner = ClientView(self.gw, server, identity, session.sid)
+        link = session.links.get(server)
+        inner.upstream_session = link.sid if link is not None else None
+        return AggView(inner, self.names, session)
 
     def _session(self, incoming: Incoming, identity: Identity, msg_id: Any) -> AggSession:
         if incoming.count("mcp-session-id") > 1:
