@@ -11,26 +11,56 @@ import asyncio
 from typing import Any
 
 from gateway.errors import UpstreamIOError
+from gateway.telemetry.audit import log
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
 from gateway.wire.jsonrpc import METHOD_NOT_FOUND, json_bytes
 
 _ERRORS = (UpstreamIOError, asyncio.TimeoutError, OSError)
 #: What is read of the answer to a message told (an upstream answers it 202, no body).
 _MAX_ANSWER = 64 * 1024
+#: Posts in flight to one upstream, and to all: past either, a message is not told (each
+#: holds a connection of its own until answered: an upstream that asked ten unknown things
+#: on every call's stream and never answered the posts held a thousand of the gateway's
+#: file descriptors, and other servers' clients failed: red-team wave 47).
+MAX_TOLD_PER_UPSTREAM = 16
+MAX_TOLD = 128
 _TOLD: set[asyncio.Future[None]] = set()
+_PER_UPSTREAM: dict[str, int] = {}
 
 
-def tell(upstream: HttpUpstream, headers: dict[str, str], body: bytes) -> None:
-    """Post ``body`` to ``upstream`` in the background."""
+def tell(upstream: HttpUpstream, headers: dict[str, str], body: bytes) -> bool:
+    """Post ``body`` to ``upstream`` in the background; False when too many posts are in
+    flight already (nothing is sent)."""
+    name = upstream.name
+    if len(_TOLD) >= MAX_TOLD or _PER_UPSTREAM.get(name, 0) >= MAX_TOLD_PER_UPSTREAM:
+        log.warning("upstream.tell_skipped", server=name, in_flight=len(_TOLD))
+        return False
+    _PER_UPSTREAM[name] = _PER_UPSTREAM.get(name, 0) + 1
     task = asyncio.ensure_future(_post(upstream, headers, body))
     _TOLD.add(task)
-    task.add_done_callback(_TOLD.discard)
+    task.add_done_callback(lambda done: _told(done, name))
+    return True
+
+
+def _told(task: asyncio.Future[None], name: str) -> None:
+    _TOLD.discard(task)
+    left = _PER_UPSTREAM.get(name, 1) - 1
+    if left > 0:
+        _PER_UPSTREAM[name] = left
+    else:
+        _PER_UPSTREAM.pop(name, None)
+
+
+def in_flight(name: str | None = None) -> int:
+    """Posts in flight (to upstream ``name``, or to all)."""
+    return len(_TOLD) if name is None else _PER_UPSTREAM.get(name, 0)
 
 
 def refuse_server_request(
     upstream: HttpUpstream, session: str | None, grant: str | None, msg_id: Any
-) -> None:
-    """Answer the server's request ``msg_id`` (on its session) "method not found"."""
+) -> bool:
+    """Answer the server's request ``msg_id`` (on its session) "method not found" (False:
+    not sent, too many posts in flight)."""
     headers = {
         "content-type": "application/json",
         "accept": "application/json, text/event-stream",
@@ -42,7 +72,7 @@ def refuse_server_request(
     if grant is not None and upstream.takes_grant:
         headers[GRANT_HEADER] = grant
     error = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
-    tell(upstream, headers, json_bytes({"jsonrpc": "2.0", "id": msg_id, "error": error}))
+    return tell(upstream, headers, json_bytes({"jsonrpc": "2.0", "id": msg_id, "error": error}))
 
 
 async def _post(upstream: HttpUpstream, headers: dict[str, str], body: bytes) -> None:

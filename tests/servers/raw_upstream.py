@@ -17,7 +17,7 @@ It serves JSON (never SSE), stateless (no session ids), on any path:
 ``{"conn": n, "method": "POST", "rpc": "tools/call", "id": ..., "expect": ...}`` (``conn``
 numbers the TCP connections from 1; ``expect`` is the request's Expect header or null).
 
-``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect`` and ``notes-hang`` touch
+``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect``, ``notes-hang`` and ``answers-hang`` touch
 ``tools/call`` only, so the gateway's start-up probes still work:
 
 * ``expect``: honour ``Expect: 100-continue`` (send ``100 Continue`` before reading the body);
@@ -37,6 +37,7 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
   notice for the token its arguments name as ``progress_for`` come first, then its own
   progress (if it gave a token) and its own answer;
 * ``notes-hang``: never answer a POSTed notification (``notifications/*``);
+* ``answers-hang``: never answer a POSTed answer (to a request of the server's own);
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
 * ``sse-drip``: the priming event, then a large answer (400 KB more text) 8 KiB at a time,
@@ -250,6 +251,9 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         record["error"] = message["error"]
         record["sid"] = headers.get("mcp-session-id")
     log(record)
+    if rpc is None and "answers-hang" in MISBEHAVE:
+        await reader.read()  # an answer to a request of ours, never taken: until dropped
+        return False
     if rpc is not None and rpc.startswith("notifications/") and "notes-hang" in MISBEHAVE:
         await reader.read()  # a notification never taken: until the gateway gives up on us
         return False
