@@ -287,7 +287,7 @@ class TestMergedPages:
         )
         assert positions == {"a": "a2"}
         assert names.inward("prompt", "q1") == ("b", "q1")
-        templates = {"a": {"resourceTemplates": [{"uriTemplate": "mem://a/{id}"}]}}
+        templates = {"a": {"resourceTemplates": [{"uriTemplate": "mem://a/{id}", "name": "by-id"}]}}
         catalogue.page("resources/templates/list", Identity(), templates)
         assert catalogue.owner("mem://a/42") == "a"
         assert catalogue.owner("mem://elsewhere") is None

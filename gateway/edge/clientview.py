@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from gateway.edge.shapes import well_formed_items
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
 from gateway.edge.tell import refuse_server_request
 from gateway.edge.toolnames import name_problem
@@ -97,6 +98,14 @@ def progress_token(params: Any) -> Any:
     meta = params.get("_meta") if isinstance(params, dict) else None
     return meta.get("progressToken") if isinstance(meta, dict) else None
 
+
+#: The lists besides tools, by request method: the key of their items (each one's shape
+#: checked: ``shapes.well_formed``).
+OTHER_LISTS = {
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
 
 #: What a 2026-07-28 server may ask its client in an ``input_required`` result.
 INPUT_REQUEST_METHODS = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
@@ -262,7 +271,9 @@ class ClientView:
 
     def wants(self, data: bytes) -> bool:
         """Only what could hold a tools list or a task id is read (a key spelled with escapes
-        is too)."""
+        is too), and another list's answer (each item's shape checked)."""
+        if self.method in OTHER_LISTS:
+            return True
         if b'"tools"' in data or b'"task' in data or b"\\u" in data or b"progress" in data:
             return True
         if b'"method"' in data:
@@ -338,6 +349,10 @@ class ClientView:
             if told is not result:
                 result = told
                 bound = shown = {**shown, "result": result}
+        listed = OTHER_LISTS.get(self.method or "") if not asks_or_tells else None
+        if listed is not None and isinstance(result.get(listed), list):
+            items = well_formed_items(listed, readable(result[listed], self.server), self.server)
+            return {**shown, "result": {**result, listed: items}}
         if "tools" not in result or self.method not in (None, "tools/list"):
             return bound  # (another request's result: its "tools" are its own content)
         return {**shown, "result": self._tools_result(result)}
@@ -436,7 +451,7 @@ class ClientView:
             if deep:  # one line a list: a list of 5,000 wrote 5,000 (red-team wave 38)
                 names = [ascii(name)[:100] for name in deep[:5]]
                 log.warning("tools.too_deep", server=server, tools=len(deep), first=names)
-        out = {**result, "tools": _readable(kept, self.server)}
+        out = {**result, "tools": well_formed_items("tools", readable(kept, self.server), server)}
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
         cursor = out.get("nextCursor")
@@ -484,7 +499,7 @@ def progress_of(message: dict[str, Any]) -> Any:
     return params.get("progressToken") if isinstance(params, dict) else None
 
 
-def _readable(tools: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
+def readable(tools: list[Any], server: str) -> list[dict[str, Any]]:
     """The tools whose definitions are Unicode text and JSON: a lone surrogate
     (``"\\ud83d"``, half an emoji cut by a JavaScript server) is valid JSON that strict
     clients refuse, a number past a double's range (``1e999``) is read as infinity and would

@@ -17,7 +17,8 @@ import structlog
 from gateway.auth.guard import SessionSigner
 from gateway.edge.agg.gate import FIRST_SECONDS, MOST_SECONDS, Gate
 from gateway.edge.agg.names import Names
-from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView, any_id
+from gateway.edge.clientview import MAX_LISTED_TOOLS, ClientView, any_id, readable
+from gateway.edge.shapes import well_formed_items
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
 from gateway.wire import jsonrpc as rpc
@@ -159,7 +160,11 @@ class Catalogue:
             if kind is not None and len(listed) > MAX_LISTED_TOOLS:  # as the relay shows it
                 log.warning("tools.too_many", server=server, method=method, items=len(listed))
                 listed = []  # (learned from, item by item, on the loop every caller shares)
-            lists[server] = [i for i in listed if isinstance(i, dict)]
+            lists[server] = (
+                [i for i in listed if isinstance(i, dict)]
+                if kind == "tool"  # (through the caller's view below, which checks them)
+                else well_formed_items(key, readable(listed, server), server)
+            )
         if kind is not None:
             # Who owns a name is learned from each server's whole list, never from what this
             # caller may see: routing and collisions must not depend on the caller.

@@ -1,0 +1,81 @@
+"""An item an upstream lists in a shape MCP does not give it (a tool whose ``inputSchema``
+is no object schema, ``annotations`` that are text, a prompt whose ``arguments`` are text, a
+resource without its ``uri``) made the whole list unreadable to the Python and TypeScript
+SDKs, and on ``/mcp`` every server's list with it (red-team wave 47). Such an item is left
+out (logged ``upstream.misshapen_items``); the rest of the list, and the other servers',
+reach every client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.edge.shapes import well_formed
+from tests.gateway_proc import GatewayProcess, client, run_gateway
+from tests.peers import literal_upstream, ts_client
+
+SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}}
+BAD_TOOLS = [
+    {"name": "b1", "inputSchema": "x"},
+    {"name": "b2"},
+    {"name": "b3", "inputSchema": {"type": "string"}},
+    {"name": "b4", "inputSchema": {"type": "object", "properties": []}},
+    {"name": "b5", "inputSchema": {"type": "object", "required": "text"}},
+    {"name": "b6", "inputSchema": SCHEMA, "annotations": "lie"},
+    {"name": "b7", "inputSchema": SCHEMA, "annotations": {"readOnlyHint": "yes"}},
+    {"name": "b8", "inputSchema": SCHEMA, "title": 5},
+    {"name": "b9", "inputSchema": SCHEMA, "icons": [{}]},
+    {"name": "b10", "inputSchema": SCHEMA, "outputSchema": 5},
+]
+FINE = {"name": "fine", "inputSchema": SCHEMA, "annotations": {"readOnlyHint": True}}
+ODD = {
+    "tools/list": {"tools": [*BAD_TOOLS, FINE]},
+    "prompts/list": {
+        "prompts": [{"name": "p-bad", "arguments": "x"}, {"name": "p-fine", "arguments": []}]
+    },
+    "resources/list": {"resources": [{"name": "r-bad"}, {"name": "r-fine", "uri": "odd://r"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    folder = tmp_path_factory.mktemp("misshapen")
+    (folder / "odd.json").write_text(json.dumps({"results": ODD}))
+    with (
+        literal_upstream() as good,
+        literal_upstream({"LITERAL_SCRIPT": str(folder / "odd.json")}) as odd,
+    ):
+        servers = {"good": {"url": good.url}, "odd": {"url": odd.url}}
+        with run_gateway(folder, 'version: "1"\ndefault: allow\n', servers) as gw:
+            yield gw
+
+
+def test_the_shapes() -> None:
+    assert well_formed("tools", FINE) and not any(well_formed("tools", t) for t in BAD_TOOLS)
+    assert well_formed("tools", {**FINE, "outputSchema": {"type": "object"}})
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+@pytest.mark.parametrize("path", ["/mcp", "/mcp/odd"])
+async def test_the_sdk_reads_the_rest_of_the_lists(
+    gateway: GatewayProcess, mode: str, path: str
+) -> None:
+    prefix = "odd__" if path == "/mcp" else ""
+    async with client(gateway.base + path, mode=mode) as agent:
+        tools = {t.name for t in (await agent.list_tools()).tools}
+        assert f"{prefix}fine" in tools and not {f"{prefix}{t['name']}" for t in BAD_TOOLS} & tools
+        if path == "/mcp":
+            assert "good__echo" in tools
+        prompts = {p.name for p in (await agent.list_prompts()).prompts}
+        assert f"{prefix}p-fine" in prompts and f"{prefix}p-bad" not in prompts
+        resources = {r.name for r in (await agent.list_resources()).resources}
+        assert "r-fine" in resources and "r-bad" not in resources
+    assert gateway.records("upstream.misshapen_items")
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/mcp/odd"])
+def test_the_typescript_sdk_reads_the_tools(gateway: GatewayProcess, path: str) -> None:
+    listed = ts_client(gateway.base + path, None, [])["tools"]
+    assert ("odd__fine" if path == "/mcp" else "fine") in listed
