@@ -17,8 +17,8 @@ It serves JSON (never SSE), stateless (no session ids), on any path:
 ``{"conn": n, "method": "POST", "rpc": "tools/call", "id": ..., "expect": ...}`` (``conn``
 numbers the TCP connections from 1; ``expect`` is the request's Expect header or null).
 
-``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect``, ``notes-hang`` and ``answers-hang`` touch
-``tools/call`` only, so the gateway's start-up probes still work:
+``RAW_UPSTREAM_MISBEHAVE``, comma separated; all but ``expect``, ``notes-hang`` and
+``answers-hang`` touch ``tools/call`` only, so the gateway's start-up probes still work:
 
 * ``expect``: honour ``Expect: 100-continue`` (send ``100 Continue`` before reading the body);
 * ``continue``: send ``100 Continue`` first, then the answer ``RAW_UPSTREAM_DELAY_MS`` later
