@@ -164,6 +164,9 @@ class _Conn(asyncio.Protocol):
         response = self.response
         assert response is not None
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # (the parser takes any three digits): no HTTP status
+            response.fail(UpstreamIOError(f"bad HTTP from upstream: status {status}"))
+            raise _Stop
         if status < 200:
             if status == 101:
                 response.fail(UpstreamIOError("upstream switched protocols (101)"))

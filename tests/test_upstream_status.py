@@ -1,0 +1,50 @@
+"""An upstream answering with a status no HTTP has (``999``, ``099``: the parser takes any
+three digits) was passed on: the ASGI server has no status line for it, the client's
+connection was dropped with no answer, and the Python SDK's whole client died (red-team wave
+47). It is the upstream's failure: the call's -32001, the client and the gateway go on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
+from tests.peers import http_upstream, raw_upstream
+
+CODES = ("999", "099")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    folder: Path = tmp_path_factory.mktemp("status")
+    with contextlib.ExitStack() as stack:
+        servers = {
+            f"s{code}": {
+                "url": stack.enter_context(
+                    raw_upstream(f"status-{code}", folder / f"{code}.jsonl")
+                ).url
+            }
+            for code in CODES
+        }
+        servers["good"] = {"url": stack.enter_context(http_upstream()).url}
+        yield stack.enter_context(run_gateway(folder, 'version: "1"\ndefault: allow\n', servers))
+
+
+@pytest.mark.parametrize("code", CODES)
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_status_no_http_has_is_the_upstreams_failure(
+    gateway: GatewayProcess, code: str, mode: str
+) -> None:
+    async with client(gateway.url(f"s{code}"), mode=mode) as agent:
+        with pytest.raises(MCPError, match="unavailable|failed"):
+            await agent.call_tool("echo", {"text": "hi"})
+        await agent.list_tools()  # the client goes on
+    async with client(gateway.base + "/mcp", mode=mode) as agent:
+        with pytest.raises(MCPError):
+            await agent.call_tool(f"s{code}__echo", {"text": "hi"})
+        assert "hi" in text_of(await agent.call_tool("good__echo", {"text": "hi"}))
+    assert gateway.records("relay.internal_error") == []
