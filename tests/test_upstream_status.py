@@ -40,7 +40,7 @@ async def test_a_status_no_http_has_is_the_upstreams_failure(
     gateway: GatewayProcess, code: str, mode: str
 ) -> None:
     async with client(gateway.url(f"s{code}"), mode=mode) as agent:
-        with pytest.raises(MCPError, match="unavailable|failed"):
+        with pytest.raises(MCPError, match=r"unavailable|failed"):
             await agent.call_tool("echo", {"text": "hi"})
         await agent.list_tools()  # the client goes on
     async with client(gateway.base + "/mcp", mode=mode) as agent:
