@@ -324,6 +324,7 @@ class TestWhatIsNoAnswer:
             '{"jsonrpc": "2.0", "id": 5, "method": "notifications/tools/list_changed"}',
             '{"jsonrpc": "2.0", "method": "ping"}',
             '{"jsonrpc": "2.0", "method": "sampling/createMessage", "params": {}}',
+            '{"jsonrpc": "2.0", "method": "ping", "params": {"_meta": {"id": 1}}}',  # wave 47
         ],
     )
     def test_a_method_no_client_serves_never_reaches_one(

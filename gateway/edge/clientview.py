@@ -35,6 +35,7 @@ from gateway.wire.sse import (
     NO_ID,
     NOT_AN_ANSWER,
     answered_id,
+    carries_id,
     method_of,
     result_keys,
     same_id_as,
@@ -280,8 +281,8 @@ class ClientView:
             method = method_of(data)
             if method is not None and not self._known(method):
                 return True  # a method no client is known to serve, or one not read so: dropped
-            if method is not None and method.startswith(NOTIFICATION_PREFIX) == (b'"id"' in data):
-                return True  # perhaps a notice with an id, or a request without: read
+            if method is not None and method.startswith(NOTIFICATION_PREFIX) == carries_id(data):
+                return True  # a notice with an id, or a request without one: read, dropped
         answered = answered_id(data)
         if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
             return True  # not an answer this stream carries: read, to be dropped
