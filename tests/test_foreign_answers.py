@@ -465,6 +465,9 @@ class TestResumedStreams:
         assert not resumed.progress(0)
 
 
+ELICIT = {"message": "m", "requestedSchema": {"type": "object", "properties": {}}}
+
+
 @pytest.mark.parametrize(
     ("asked", "told"),
     [
@@ -472,7 +475,22 @@ class TestResumedStreams:
         ({"k": {"method": "tools/call", "params": {"name": "echo"}}}, False),
         ({"k": {"method": "elicitation/create", "params": {}}, "j": "x"}, False),
         ([{"method": "roots/list"}], False),
-        ({"k": {"method": "roots/list"}, "s": {"method": "sampling/createMessage"}}, True),
+        ({"k": {"method": "elicitation/create", "params": "junk"}}, False),  # wave 47
+        ({"k": {"method": "sampling/createMessage", "params": {"messages": "x"}}}, False),
+        ({"k": {"method": "roots/list"}}, True),
+        (
+            {
+                "k": {
+                    "method": "elicitation/create",
+                    "params": {
+                        "message": "m",
+                        "requestedSchema": {"type": "object", "properties": {}},
+                    },
+                },
+                "r": {"method": "roots/list"},
+            },
+            True,
+        ),  # fmt: skip
     ],
 )
 @pytest.mark.parametrize("path", ["/mcp/forge", "/mcp/forgesse"])

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from gateway.edge.shapes import well_formed_items
+from gateway.edge.shapes import input_required_readable, well_formed_items
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
 from gateway.edge.tell import refuse_server_request
 from gateway.edge.toolnames import name_problem
@@ -340,8 +340,9 @@ class ClientView:
         if not isinstance(result, dict):
             return bound
         if self.modern and not asks_or_tells:
-            if result.get("resultType") == "input_required" and not _asks_what_clients_give(
-                result.get("inputRequests")
+            if result.get("resultType") == "input_required" and not (
+                _asks_what_clients_give(result.get("inputRequests"))
+                and input_required_readable(result)
             ):
                 log.warning("upstream.unknown_input_request", server=self.server)
                 error = {"code": -32603, "message": "the server asked for input no client gives"}

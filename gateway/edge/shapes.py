@@ -70,3 +70,15 @@ def well_formed_items(key: str, items: list[Any], server: str) -> list[Any]:
             "upstream.misshapen_items", server=server, list=key, items=len(dropped), first=names
         )
     return kept
+
+
+def input_required_readable(result: dict[str, Any]) -> bool:
+    """Whether a 2026-07-28 ``input_required`` result is one the SDKs read: its requests
+    MCP's input requests, whole (an elicitation whose ``params`` were text, or a sampling
+    request whose ``messages`` were, failed the Python SDK's call), its ``requestState``
+    text."""
+    try:
+        types.InputRequiredResult.model_validate(result)
+    except (pydantic.ValidationError, ValueError, TypeError, RecursionError):
+        return False
+    return True
