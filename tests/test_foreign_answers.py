@@ -466,6 +466,7 @@ class TestResumedStreams:
 
 
 ELICIT = {"message": "m", "requestedSchema": {"type": "object", "properties": {}}}
+ROOTS = {"method": "roots/list"}
 
 
 @pytest.mark.parametrize(
@@ -478,19 +479,7 @@ ELICIT = {"message": "m", "requestedSchema": {"type": "object", "properties": {}
         ({"k": {"method": "elicitation/create", "params": "junk"}}, False),  # wave 47
         ({"k": {"method": "sampling/createMessage", "params": {"messages": "x"}}}, False),
         ({"k": {"method": "roots/list"}}, True),
-        (
-            {
-                "k": {
-                    "method": "elicitation/create",
-                    "params": {
-                        "message": "m",
-                        "requestedSchema": {"type": "object", "properties": {}},
-                    },
-                },
-                "r": {"method": "roots/list"},
-            },
-            True,
-        ),  # fmt: skip
+        ({"k": {"method": "elicitation/create", "params": ELICIT}, "r": ROOTS}, True),
     ],
 )
 @pytest.mark.parametrize("path", ["/mcp/forge", "/mcp/forgesse"])
