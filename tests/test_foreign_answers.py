@@ -178,6 +178,32 @@ class TestRelay:
         answers = [m for m in found if "method" not in m]
         assert [m["id"] for m in answers] == ["s-9"] and "result" in answers[0]
 
+    @pytest.mark.parametrize(
+        "batch",
+        [
+            "[" + '{"jsonrpc": "2.0", "method": "notifications/message"}, ' * 64 + "{}]",
+            '[[{"jsonrpc": "2.0", "method": "notifications/message"}]]',
+            '[{"jsonrpc": "2.0", "method": "notifications/message"},',
+        ],
+    )
+    def test_a_batch_not_read_that_names_no_answer_ends_nothing(
+        self, gateway: GatewayProcess, batch: str
+    ) -> None:
+        """A batch too long or too odd to read, naming no answer of the stream's request, is
+        dropped and the stream goes on to its answer (such a batch ended the call with
+        -32001: red-team wave 47)."""
+        found = messages(post(gateway, "/mcp/forgesse", call("s-8", junk=batch)))
+        assert [m.get("id") for m in found] == ["s-8"] and "result" in found[0]
+
+    def test_an_answer_beside_a_batch_not_read_is_answered_once(
+        self, gateway: GatewayProcess
+    ) -> None:
+        answer = '{"jsonrpc": "2.0", "id": "s-7", "result": {"content": []}}'
+        batch = f"[[{answer}], {answer}]"
+        found = messages(post(gateway, "/mcp/forgesse", call("s-7", junk=batch, junk_at="only")))
+        answers = [m for m in found if "method" not in m]
+        assert [m["id"] for m in answers] == ["s-7"] and "result" in answers[0]
+
     def test_calls_refused_before_any_policy_are_recorded(self, gateway: GatewayProcess) -> None:
         """A name that is none, or arguments that are no object, are invalid params: they
         were in no record (an agent probing so was not seen). Now a deny, without them."""

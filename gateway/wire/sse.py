@@ -644,6 +644,7 @@ class SseRewriter(SseEvents):
         self.awaited = awaited
         self.lost_answer = False
         self.answered = False  # the request's answer went on
+        self._awaited_text: re.Pattern[bytes] | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         return self.rewrite(self.split(chunk))
@@ -660,14 +661,19 @@ class SseRewriter(SseEvents):
                 self.answered = any(
                     same_id_as(answered_id(data), self.awaited) for data in datas if data
                 )
+                if self.answered:  # it went on: another copy dropped beside it was no loss
+                    self.lost_answer = False
             out.append(shown)
         return b"".join(out)
 
     def _dropped(self, data: bytes) -> None:
         if self.answered:  # a second answer, dropped: the first one went on
             return
-        if _OPENS_BATCH.match(data):  # a batch none of which was read: its answer perhaps
-            self.lost_answer = True
+        if _OPENS_BATCH.match(data):  # a batch not read: its answer, if it names its id
+            # (a batch of notices alone, too long to read, ended a stream whose answer came
+            # later: red-team wave 47)
+            if self._names_awaited(data):
+                self.lost_answer = True
             return
         found = answered_id(data)
         if found is NO_ID and len(data) <= MAX_MENDED_BYTES:  # read as a client would
@@ -679,6 +685,15 @@ class SseRewriter(SseEvents):
                 found = message.get("id", NOT_AN_ANSWER)
         if same_id_as(found, self.awaited):
             self.lost_answer = True
+
+
+    def _names_awaited(self, data: bytes) -> bool:
+        """Whether the text of ``data`` holds ``"id":`` and the awaited id (spaces allowed),
+        anywhere: a batch too long or too odd to read is not read for it."""
+        if self._awaited_text is None:
+            written = re.escape(json_bytes(self.awaited))
+            self._awaited_text = re.compile(rb'"id"\s*:\s*' + written + rb"(?![0-9.eE])")
+        return self._awaited_text.search(data) is not None
 
 
 def same_id_as(found: Any, wanted: Any) -> bool:
