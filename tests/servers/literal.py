@@ -143,7 +143,11 @@ def run(method: str, params: dict[str, Any], notification: bool) -> Any:
     if method == "tools/call":
         _log_call(params, notification)
         if _script().get("ask_always"):  # every call, every round: more input wanted
-            asked = {"method": "elicitation/create", "params": {"message": "more?"}}
+            schema = {"type": "object", "properties": {}}
+            asked = {
+                "method": "elicitation/create",
+                "params": {"message": "more?", "requestedSchema": schema},
+            }
             state = f"up-{len(str(params.get('requestState', '')))}"
             return {
                 "resultType": "input_required",
