@@ -204,6 +204,18 @@ class TestRelay:
         answers = [m for m in found if "method" not in m]
         assert [m["id"] for m in answers] == ["s-7"] and "result" in answers[0]
 
+    def test_a_stream_that_ends_unanswered_tells_its_request(self, gateway: GatewayProcess) -> None:
+        """A request's stream that ended with no answer and no event id to resume from
+        ended quietly, and the TypeScript SDK waited its whole timeout (red-team wave 47):
+        the request's -32001 ends it. With an event id, the client may resume: no error."""
+        note = '{"jsonrpc": "2.0", "method": "notifications/message", "params": {}}'
+        found = messages(post(gateway, "/mcp/forgesse", call("s-6", junk=note, junk_at="bare")))
+        answers = [m for m in found if "method" not in m]
+        assert [m["id"] for m in answers] == ["s-6"]
+        assert "without answering" in answers[0]["error"]["message"]
+        found = messages(post(gateway, "/mcp/forgesse", call("s-6", junk=note, junk_at="only")))
+        assert [m for m in found if "method" not in m] == []
+
     def test_calls_refused_before_any_policy_are_recorded(self, gateway: GatewayProcess) -> None:
         """A name that is none, or arguments that are no object, are invalid params: they
         were in no record (an agent probing so was not seen). Now a deny, without them."""

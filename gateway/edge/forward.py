@@ -567,6 +567,8 @@ async def _relay_sse(
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if rewriter.lost_answer:
                         break
+        if _ended_unanswered(fwd, rewriter):
+            await send({"type": "http.response.body", "body": _no_answer(fwd), "more_body": True})
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
@@ -578,6 +580,22 @@ async def _relay_sse(
         tail = sse_error(fwd) if fwd.msg_id is not None else b""
         await _flush(send, pending, rewriter.rewrite(held) + tail)
     await send({"type": "http.response.body", "body": rewriter.close()})
+
+
+def _ended_unanswered(fwd: Forward, rewriter: SseRewriter) -> bool:
+    """Whether a request's stream ended with no answer and no event id to resume it from
+    (no answer could come: the TypeScript SDK waited its whole timeout, 60 s, for one)."""
+    return (
+        fwd.msg_id is not None
+        and not rewriter.answered
+        and not rewriter.lost_answer
+        and not rewriter.resumable
+    )
+
+
+def _no_answer(fwd: Forward) -> bytes:
+    log.warning("upstream.stream_unanswered", server=fwd.upstream.name)
+    return sse_error(fwd, "ended its stream without answering")
 
 
 def _unreadable_answer(fwd: Forward) -> bytes:

@@ -645,6 +645,8 @@ class SseRewriter(SseEvents):
         self.lost_answer = False
         self.answered = False  # the request's answer went on
         self._awaited_text: re.Pattern[bytes] | None = None
+        #: An event id was passed on: the client may resume the stream from it.
+        self.resumable = False
 
     def feed(self, chunk: bytes) -> bytes:
         return self.rewrite(self.split(chunk))
@@ -656,6 +658,8 @@ class SseRewriter(SseEvents):
         out = []
         for event in events:
             shown = rewrite_event(event, self.view, self._dropped)
+            if not self.resumable and (shown.startswith(b"id: ") or b"\nid: " in shown):
+                self.resumable = True
             if not self.answered and shown and (b'"result"' in shown or b'"error"' in shown):
                 datas = [event_data(one) for one in EVENT_END.split(shown) if one]
                 self.answered = any(

@@ -63,7 +63,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
   resumed stream).
 
 With ``forge``, a call whose arguments name ``junk`` (text) has that text as the data of an
-event before its answer (with ``sse``; ``junk_at: "only"`` instead of it, ``"end"`` after it),
+event before its answer (with ``sse``; ``junk_at: "only"`` instead of it, ``"bare"`` instead
+of it on a stream with no event id, ``"end"`` after it),
 or as its whole JSON body (without): what a crashing
 server prints (a traceback) where a message belongs.
 """
@@ -352,6 +353,8 @@ async def stream_answer(
     if junk is not None and junk_at is not None:  # "only": instead of the answer; "end": after
         note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info"}}
         events = [b"id: 1\ndata: \n\n", b"data: " + json.dumps(note).encode() + b"\n\n"]
+        if junk_at == "bare":  # as "only", with no event id to resume the stream from
+            events = events[1:]
         if junk_at == "end":
             events.append(b"id: 2\n" + answer_event + b"\n\n")
         events.append(b"event: message\ndata: " + junk + b"\n\n")
