@@ -1,7 +1,9 @@
-"""An upstream answering with a status no HTTP has (``999``, ``099``: the parser takes any
-three digits) was passed on: the ASGI server has no status line for it, the client's
-connection was dropped with no answer, and the Python SDK's whole client died (red-team wave
-47). It is the upstream's failure: the call's -32001, the client and the gateway go on."""
+"""An upstream answering a call with no message (a 202, an empty 200, a redirect) left the
+TypeScript SDK waiting its whole timeout (a 202 is "accepted"). One answering with a status
+no HTTP has (``999``, ``099``: the parser takes any three digits) was passed on: the ASGI
+server has no status line for it, the client's connection was dropped with no answer, and
+the Python SDK's whole client died (red-team wave 47). Each is the upstream's failure: the
+call's -32001, the client and the gateway go on."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
 from tests.peers import http_upstream, raw_upstream
 
 CODES = ("999", "099")
+EMPTY = ("202", "200", "307")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
             }
             for code in CODES
         }
+        for code in EMPTY:
+            log = folder / f"e{code}.jsonl"
+            servers[f"e{code}"] = {
+                "url": stack.enter_context(raw_upstream(f"empty-{code}", log)).url
+            }
         servers["good"] = {"url": stack.enter_context(http_upstream()).url}
         yield stack.enter_context(run_gateway(folder, 'version: "1"\ndefault: allow\n', servers))
 
@@ -48,3 +56,13 @@ async def test_a_status_no_http_has_is_the_upstreams_failure(
             await agent.call_tool(f"s{code}__echo", {"text": "hi"})
         assert "hi" in text_of(await agent.call_tool("good__echo", {"text": "hi"}))
     assert gateway.records("relay.internal_error") == []
+
+
+@pytest.mark.parametrize("code", EMPTY)
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_call_answered_with_no_message_is_told_so(
+    gateway: GatewayProcess, code: str, mode: str
+) -> None:
+    async with client(gateway.url(f"e{code}"), mode=mode) as agent:
+        with pytest.raises(MCPError, match="no message"):
+            await agent.call_tool("echo", {"text": "hi"})

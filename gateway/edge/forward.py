@@ -417,6 +417,14 @@ async def _relay_whole(send: Send, resp: H1Response, fwd: Forward, media: str | 
     if body is None:
         await _too_large(send, fwd, "large" in why)
         return
+    if fwd.msg_id is not None and resp.status < 400 and not body.strip():
+        # A request answered with no message (a 202, an empty 200, a redirect): no answer
+        # could follow, and the TypeScript SDK took a 202 as "accepted" and waited its whole
+        # timeout (red-team wave 47).
+        log.warning("upstream.no_answer", server=fwd.upstream.name, status=resp.status)
+        message = f"upstream {fwd.upstream.name!r} answered the request with no message"
+        await _failed(send, fwd, 502, message)
+        return
     if unreadable(body, media):
         log.warning("upstream.unreadable_answer", server=fwd.upstream.name, status=resp.status)
         message = f"upstream {fwd.upstream.name!r} answered with a body that is not UTF-8 JSON"

@@ -39,6 +39,7 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``notes-hang``: never answer a POSTed notification (``notifications/*``);
 * ``answers-hang``: never answer a POSTed answer (to a request of the server's own);
 * ``status-NNN``: answer a call with HTTP status NNN (``999``, ``099``: none HTTP has);
+* ``empty-NNN``: answer a call with HTTP status NNN and no body (``202``, ``200``, ``307``);
 * ``sse-silent``: the priming event, then nothing (the stream stays open until dropped); a GET
   with ``Last-Event-ID`` then resumes it: the late answer to the last such call, then the end;
 * ``sse-drip``: the priming event, then a large answer (400 KB more text) 8 KiB at a time,
@@ -264,6 +265,11 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
         writer.write(b"transfer-encoding: chunked\r\n\r\n")
         writer.write(chunk(b"id: l1\ndata: \n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+    empty = next((m[6:] for m in MISBEHAVE if m.startswith("empty-")), None)
+    if rpc == "tools/call" and empty is not None:  # e.g. empty-202, empty-200, empty-307
+        writer.write(answer(f"{empty} Empty"))
         await writer.drain()
         return True
     odd_status = next((m[7:] for m in MISBEHAVE if m.startswith("status-")), None)
