@@ -19,6 +19,7 @@ from gateway.errors import ConfigError, Problem
 from gateway.inventory.pins import Pins, tool_digest
 from gateway.located import parse_source
 from gateway.policy import Call, CompiledPolicy, decide
+from gateway.policy.files import labelled_files
 from gateway.policy.loader import load_policy, rule_files
 from gateway.server.build import build_gateway
 from gateway.server.reload import Reloader, _snapshot
@@ -52,6 +53,38 @@ def test_a_rule_file_that_is_no_regular_file_is_refused(
     with pytest.raises(ConfigError) as caught:
         load_policy([folder])
     assert f"{hold}:1: " in str(caught.value)  # "cannot read", or "no such file"
+
+
+def test_a_symlinked_subfolder_is_read(folder: Path, tmp_path: Path) -> None:
+    """A rules folder's symlinked subfolder was skipped without a word (``rglob`` goes into
+    none): under ``default: allow`` its hold was gone (red-team wave 47). It is read, each
+    real folder once (a link back up ends there)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hold.yaml").write_text(HOLD)
+    (folder / "shared").symlink_to(shared)
+    (shared / "up").symlink_to(folder)  # a loop: read once
+    assert [label for _, _, label in labelled_files([folder])] == [
+        "base.yaml",
+        "shared/hold.yaml",
+    ]
+    policy = load_policy([folder])
+    assert decide(policy, Call("delete_note", server="notes")).effect == "require_approval"
+
+
+def test_a_subfolder_that_cannot_be_listed_is_refused(folder: Path) -> None:
+    locked = folder / "locked"
+    locked.mkdir()
+    (locked / "hold.yaml").write_text(HOLD)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("this user reads any folder (root)")
+        with pytest.raises(ConfigError) as caught:
+            load_policy([folder])
+        assert f"{locked}:1: " in str(caught.value)
+    finally:
+        locked.chmod(0o755)
 
 
 def test_a_held_tool_stays_held_while_its_file_is_whole(folder: Path) -> None:

@@ -26,7 +26,10 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
+            found, unlisted = _under(path)
+            for folder in unlisted:  # refused when read: "cannot read: Permission denied"
+                out.append((folder, str(folder), folder.relative_to(path).as_posix()))
+            for child in found:
                 name = child.name.lower()  # Deny.YAML is a rule file too
                 wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
                 hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
@@ -37,6 +40,33 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
         else:
             out.append((path, str(path), path.name))
     return out
+
+
+def _under(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Every path under ``folder``, sorted, symlinked folders followed (each real folder
+    once: a link to a folder above ends there). ``rglob`` went into no symlinked folder, and
+    a rules folder's linked subfolder was dropped without a word: under ``default: allow``
+    its deny rules were gone (red-team wave 47). The folders that cannot be listed come
+    second: each is refused when read as a rule file (its rules are not dropped)."""
+    found: list[Path] = []
+    unlisted: list[Path] = []
+    seen = {folder.resolve()}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            children = list(current.iterdir())
+        except OSError:
+            unlisted.append(current)
+            continue
+        for child in children:
+            found.append(child)
+            if child.is_dir():
+                real = child.resolve()
+                if real not in seen:
+                    seen.add(real)
+                    pending.append(child)
+    return sorted(found), sorted(unlisted)
 
 
 _BLOCK_HEADER = re.compile(r"[|>][0-9+-]*\s*(#.*)?$")
