@@ -156,6 +156,16 @@ class TestHeadSize:
         with sock:
             assert _status(reply) == 200
 
+    def test_a_head_pipelined_behind_a_request_is_bounded_too(self, quick: GatewayProcess) -> None:
+        """A head sent in the same read as the request before it went to the parser
+        uncounted: a 40 KB header passed where alone it was 431 (red-team wave 47)."""
+        big = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * (40 * 1024) + b"\r\n\r\n"
+        with open_slow(quick.port, HEALTHZ + big) as sock:
+            replies, _ = read_all(sock, time.monotonic() + 5)
+        # refused (431, or closed unanswered while the first was still being answered: an
+        # answer then would be read as the first one's), never served, never the first's
+        assert replies.count(b"HTTP/1.1 200") <= 1 and not replies.startswith(b"HTTP/1.1 431")
+
     def test_long_url(self, quick: GatewayProcess) -> None:
         url = b"/healthz?" + b"a" * (40 * 1024)
         sock, reply = request(quick.port, b"GET " + url + b" HTTP/1.1\r\nHost: a\r\n\r\n")
