@@ -113,6 +113,15 @@ class TestDecide:
         assert (out["effect"], out["rule"], out["reason"]) == ("deny", "writes", "read-only")
         assert out["limits"] == []
 
+    @pytest.mark.parametrize(
+        ("args", "said"), [('{"n": ' + "9" * 5000 + "}", "digits"), ("[" * 5000, "deeply")]
+    )
+    def test_arguments_json_cannot_read_is_one_line(self, good: Path, args: str, said: str) -> None:
+        """A 5,000-digit number or lists 5,000 deep ended ``decide`` with a traceback."""
+        with pytest.raises(SystemExit) as caught:
+            main(["decide", str(good), "--tool", "execute_query", "--args", args])
+        assert "--args cannot be read" in str(caught.value) and said in str(caught.value)
+
     def test_approval_mode(self, good: Path, capsys: pytest.CaptureFixture[str]) -> None:
         out = self._decide(capsys, str(good), "--tool", "delete_x")
         assert out["effect"] == "require_approval"
@@ -208,3 +217,15 @@ class TestConsoleScript:
         assert "grant 'g' is decided with no roles and no attrs" in dec.stderr
         version = subprocess.run([celgate, "--version"], capture_output=True, text=True, timeout=60)
         assert version.stdout.strip() == f"celgate {__version__}"
+
+
+@pytest.mark.parametrize("grant", ["bot", "ops #1", "team: a", "x'y\"z"])
+def test_keys_new_prints_config_that_parses(grant: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--grant 'ops #1'`` printed a key YAML reads as a comment (red-team wave 47)."""
+    import yaml
+
+    assert main(["keys", "new", "--grant", grant]) == 0
+    printed = capsys.readouterr().out.split("under `grants:`\n", 1)[1]
+    parsed = yaml.safe_load("grants:\n" + printed)
+    assert list(parsed["grants"]) == [grant]
+    assert len(parsed["grants"][grant]["key_sha256"]) == 64

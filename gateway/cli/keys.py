@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 import secrets
 import sys
 
@@ -31,7 +33,7 @@ def _keys_new(ns: argparse.Namespace) -> int:
     key, digest = new_secret(AGENT_PREFIX)
     print(f"key (shown once, give it to the agent): {key}")
     print("\nadd to the gateway config under `grants:`")
-    print(f"  {ns.grant}:\n    key_sha256: {digest}")
+    print(f"  {_yaml_key(ns.grant)}:\n    key_sha256: {digest}")
     return 0
 
 
@@ -82,3 +84,11 @@ def _configure_admin_token(parser: argparse.ArgumentParser) -> None:
 
 
 PARSERS = {"keys": _configure_keys, "admin-token": _configure_admin_token}
+
+
+def _yaml_key(name: str) -> str:
+    """``name`` as a YAML mapping key: as it is when plain, else quoted (JSON's quoting is
+    YAML's): ``ops #1`` or ``team: a`` printed bare made config lines that do not parse."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        return name
+    return json.dumps(name)

@@ -70,6 +70,9 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SystemExit(f"celgate: {what} is not valid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # 5,000 digits, 5,000 nested lists
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise SystemExit(f"celgate: {what} cannot be read: {reason}") from None
     if not isinstance(value, dict):
         raise SystemExit(f"celgate: {what} must be a JSON object")
     return value

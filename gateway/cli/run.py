@@ -265,20 +265,21 @@ def run_command(ns: argparse.Namespace) -> int:
     # reloader's own handler is in place reloads nothing, rather than ending the run.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if ns.config is None:
-        return _run_demo(ns.port or DEMO_PORT)
+        return _run_demo(DEMO_PORT if ns.port is None else ns.port)
     try:
         config = load_config(ns.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    if ns.port:
+    if ns.port is not None:  # 0: any free port
         config = _with_port(config, ns.port)
     with bind(config.listen.host, config.listen.port) as sock:
-        return serve(config, sock)
+        return serve(_with_port(config, sock.getsockname()[1]), sock)  # (0: the one taken)
 
 
 def _run_demo(port: int) -> int:
     with bind("127.0.0.1", port) as sock:
+        port = sock.getsockname()[1]  # (0: the one taken)
         token = os.environ.get("CELGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
         with demo_upstream() as url:
             config = demo_config(url, port, token)
