@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,13 @@ class _Walker:
             return None
         if self.text_checked and isinstance(value, str) and not _is_text(value):  # "\\ud83d"
             self.problem(node, shown, "a string that is no Unicode text (a lone surrogate)")
+            return None
+        # A CEL condition may name any character (a rule that denies one): not checked.
+        checked = isinstance(value, str) and not path.endswith(".when")
+        control = _CONTROL.search(value) if checked and isinstance(value, str) else None
+        if control is not None:  # written as an escape ("\\x1b[2J"): the reader took it
+            code = f"U+{ord(control[0]):04X}"
+            self.problem(node, shown, f"control character {code} in a string is not allowed")
             return None
         return value
 
@@ -334,6 +342,11 @@ def _unicode(value: Any, where: SourceLocation, problems: list[Problem]) -> None
     if isinstance(value, str) and not _is_text(value):
         msg = "a string that is no Unicode text (a lone surrogate)"
         problems.append(Problem(where, "", msg))
+
+
+#: Control characters a string may not hold, however written (tab and line ends aside): an
+#: escaped one in a reason reached agents as written (a terminal's escape sequence).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _is_text(value: str) -> bool:

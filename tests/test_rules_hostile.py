@@ -36,6 +36,18 @@ CASES: list[tuple[str, str, str | bytes, str]] = [
         "tools:\n  t: {}\n  u\x07: {}\n",
         "r.yaml:3: character U+0007 is not allowed",
     ),
+    (  # written as escapes the reader takes (red-team wave 47): refused all the same
+        "escaped-control-character",
+        "r.yaml",
+        'tools:\n  t: {action: deny, reason: "\\x1b[2J\\x07"}\n',
+        "r.yaml:2: tools.t.reason: control character U+001B in a string is not allowed",
+    ),
+    (
+        "escaped-control-character-json",
+        "r.json",
+        '{"tools": {"t\\u009b": {}}}',
+        "r.json:1: tools: control character U+009B in a string is not allowed",
+    ),
     (
         "impossible-date-key",
         "r.yaml",
