@@ -690,7 +690,6 @@ class SseRewriter(SseEvents):
         if same_id_as(found, self.awaited):
             self.lost_answer = True
 
-
     def _names_awaited(self, data: bytes) -> bool:
         """Whether the text of ``data`` holds ``"id":`` and the awaited id (spaces allowed),
         anywhere: a batch too long or too odd to read is not read for it."""
