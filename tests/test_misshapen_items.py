@@ -28,12 +28,23 @@ BAD_TOOLS = [
     {"name": "b8", "inputSchema": SCHEMA, "title": 5},
     {"name": "b9", "inputSchema": SCHEMA, "icons": [{}]},
     {"name": "b10", "inputSchema": SCHEMA, "outputSchema": 5},
+    # wave 48: what the TypeScript SDK's listing compiles or checks besides
+    {"name": "b11", "inputSchema": {"type": "object", "properties": {"a": 5}}},
+    {"name": "b12", "inputSchema": {"type": "object", "properties": {"a": True}}},
+    {
+        "name": "b13",
+        "inputSchema": SCHEMA,
+        "outputSchema": {"type": "object", "properties": {"a": {"type": "bogus"}}},
+    },
+    {"name": "b14", "inputSchema": SCHEMA, "outputSchema": {"type": "object", "$ref": "#/nope"}},
 ]
 FINE = {"name": "fine", "inputSchema": SCHEMA, "annotations": {"readOnlyHint": True}}
 ODD = {
-    "tools/list": {"tools": [*BAD_TOOLS, FINE]},
+    "tools/list": {"tools": [*BAD_TOOLS, FINE], "nextCursor": 5, "_meta": "x"},
     "prompts/list": {
-        "prompts": [{"name": "p-bad", "arguments": "x"}, {"name": "p-fine", "arguments": []}]
+        "prompts": [{"name": "p-bad", "arguments": "x"}, {"name": "p-fine", "arguments": []}],
+        "_meta": {"progressToken": []},
+        "nextCursor": [],
     },
     "resources/list": {"resources": [{"name": "r-bad"}, {"name": "r-fine", "uri": "odd://r"}]},
 }
@@ -55,6 +66,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 def test_the_shapes() -> None:
     assert well_formed("tools", FINE) and not any(well_formed("tools", t) for t in BAD_TOOLS)
     assert well_formed("tools", {**FINE, "outputSchema": {"type": "object"}})
+    defs = {"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}
+    assert well_formed("tools", {**FINE, "outputSchema": {"type": "object", **defs}})
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from gateway.edge.shapes import input_required_readable, well_formed_items
+from gateway.edge.shapes import input_required_readable, list_result_fields, well_formed_items
 from gateway.edge.tasks import ForeignTask, bind_tasks, is_task_notification, task_of
 from gateway.edge.tell import refuse_server_request
 from gateway.edge.toolnames import name_problem
@@ -354,7 +354,7 @@ class ClientView:
         listed = OTHER_LISTS.get(self.method or "") if not asks_or_tells else None
         if listed is not None and isinstance(result.get(listed), list):
             items = well_formed_items(listed, readable(result[listed], self.server), self.server)
-            return {**shown, "result": {**result, listed: items}}
+            return {**shown, "result": list_result_fields({**result, listed: items})}
         if "tools" not in result or self.method not in (None, "tools/list"):
             return bound  # (another request's result: its "tools" are its own content)
         return {**shown, "result": self._tools_result(result)}
@@ -453,7 +453,9 @@ class ClientView:
             if deep:  # one line a list: a list of 5,000 wrote 5,000 (red-team wave 38)
                 names = [ascii(name)[:100] for name in deep[:5]]
                 log.warning("tools.too_deep", server=server, tools=len(deep), first=names)
-        out = {**result, "tools": well_formed_items("tools", readable(kept, self.server), server)}
+        out = list_result_fields(
+            {**result, "tools": well_formed_items("tools", readable(kept, self.server), server)}
+        )
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
         cursor = out.get("nextCursor")

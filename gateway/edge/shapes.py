@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pydantic
+from jsonschema import Draft202012Validator
 from mcp import types
 
 from gateway.telemetry.audit import log
@@ -24,15 +26,63 @@ _MODELS: dict[str, type[pydantic.BaseModel]] = {
 
 
 def _object_schema(schema: Any) -> bool:
+    """An object schema as the TypeScript SDK takes it: each property's schema an object
+    (``"a": 5`` or ``"a": true`` failed its listing)."""
     if not isinstance(schema, dict) or schema.get("type") != "object":
         return False
     properties = schema.get("properties", {})
     required = schema.get("required", [])
     return (
         isinstance(properties, dict)
+        and all(isinstance(sub, dict) for sub in properties.values())
         and isinstance(required, list)
         and all(isinstance(name, str) for name in required)
     )
+
+
+def _compiles(schema: dict[str, Any]) -> bool:
+    """Whether a JSON Schema is one a validator builds (the TypeScript SDK compiles every
+    tool's ``outputSchema`` when it lists tools, and one that did not compile, a ``type:
+    "bogus"`` or a ``$ref`` to nothing, failed the whole list: red-team wave 48): valid
+    against its meta-schema, each ``$ref`` a pointer into the schema itself."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except (jsonschema.SchemaError, RecursionError, ValueError, TypeError):
+        return False
+    return all(_resolves(schema, ref) for ref in _refs(schema, 0))
+
+
+def _refs(node: Any, depth: int) -> list[str]:
+    if depth > 64:
+        return ["#/too-deep"]
+    found: list[str] = []
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref is not None:
+            found.append(ref if isinstance(ref, str) else "")
+        for value in node.values():
+            found += _refs(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            found += _refs(value, depth + 1)
+    return found
+
+
+def _resolves(schema: dict[str, Any], ref: str) -> bool:
+    if ref == "#":
+        return True
+    if not ref.startswith("#/"):
+        return False  # another document, or an anchor: not fetched, not trusted
+    node: Any = schema
+    for part in ref[2:].split("/"):
+        key = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return True
 
 
 def well_formed(key: str, item: Any) -> bool:
@@ -42,7 +92,10 @@ def well_formed(key: str, item: Any) -> bool:
         return False
     if key == "tools" and not (
         _object_schema(item.get("inputSchema"))
-        and ("outputSchema" not in item or _object_schema(item["outputSchema"]))
+        and (
+            "outputSchema" not in item
+            or (_object_schema(item["outputSchema"]) and _compiles(item["outputSchema"]))
+        )
     ):
         return False
     model = _MODELS.get(key)
@@ -82,3 +135,22 @@ def input_required_readable(result: dict[str, Any]) -> bool:
     except (pydantic.ValidationError, ValueError, TypeError, RecursionError):
         return False
     return True
+
+
+def list_result_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """A list result's own fields as the SDKs read them: a ``nextCursor`` that is no text, or
+    a ``_meta`` that is no object (or names a ``progressToken`` that is no string or
+    integer), made the whole list unreadable (red-team wave 48): left out."""
+    out = result
+    if "nextCursor" in out and not isinstance(out["nextCursor"], str):
+        out = {k: v for k, v in out.items() if k != "nextCursor"}
+    meta = out.get("_meta")
+    if "_meta" in out and (
+        not isinstance(meta, dict)
+        or (
+            "progressToken" in meta
+            and (not isinstance(meta["progressToken"], str | int) or meta["progressToken"] is True)
+        )
+    ):
+        out = {k: v for k, v in out.items() if k != "_meta"}
+    return out
