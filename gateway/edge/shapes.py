@@ -108,11 +108,38 @@ def well_formed(key: str, item: Any) -> bool:
     return True
 
 
+#: Fields whose values are JSON Schemas or free metadata: taken as they are (a schema's
+#: ``"default": null`` means something).
+_AS_THEY_ARE = frozenset({"inputSchema", "outputSchema", "_meta"})
+
+
+def _normalized(value: Any, depth: int = 0) -> Any:
+    """An item as both SDKs read it, nothing meant changed: a field given as ``null`` left
+    out (the TypeScript SDK refused ``"description": null`` and the whole list with it, where
+    the field may only be absent) and a whole number written as a float made an integer
+    (``"size": 1024.0``: JavaScript reads it so, and a strict reading refused it)."""
+    if depth > 32:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: v if k in _AS_THEY_ARE else _normalized(v, depth + 1)
+            for k, v in value.items()
+            if v is not None
+        }
+    if isinstance(value, list):
+        return [_normalized(v, depth + 1) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 def well_formed_items(key: str, items: list[Any], server: str) -> list[Any]:
-    """The items of ``items`` both SDKs read; the others logged (one line a list)."""
+    """The items of ``items`` both SDKs read (``_normalized``); the others logged (one line
+    a list)."""
     kept: list[Any] = []
     dropped: list[Any] = []
     for item in items:
+        item = _normalized(item)
         if well_formed(key, item):
             kept.append(item)
         else:
