@@ -99,10 +99,13 @@ def well_formed(key: str, item: Any) -> bool:
     ):
         return False
     model = _MODELS.get(key)
-    if model is None:
-        return True
+    return model is None or _reads(model, item, strict=True)
+
+
+def _reads(model: type[pydantic.BaseModel], value: Any, *, strict: bool) -> bool:
+    """Whether ``model`` reads ``value``."""
     try:
-        model.model_validate(item, strict=True)
+        model.model_validate(value, strict=strict)
     except (pydantic.ValidationError, ValueError, TypeError, RecursionError):
         return False
     return True
@@ -157,11 +160,7 @@ def input_required_readable(result: dict[str, Any]) -> bool:
     MCP's input requests, whole (an elicitation whose ``params`` were text, or a sampling
     request whose ``messages`` were, failed the Python SDK's call), its ``requestState``
     text."""
-    try:
-        types.InputRequiredResult.model_validate(result)
-    except (pydantic.ValidationError, ValueError, TypeError, RecursionError):
-        return False
-    return True
+    return _reads(types.InputRequiredResult, result, strict=False)
 
 
 def list_result_fields(result: dict[str, Any]) -> dict[str, Any]:
