@@ -15,6 +15,7 @@ import pytest
 from gateway.edge.shapes import well_formed
 from tests.gateway_proc import GatewayProcess, client, run_gateway
 from tests.peers import literal_upstream, ts_client
+from tests.test_output_schemas import AJV_REFUSED
 
 SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}}
 BAD_TOOLS = [
@@ -37,6 +38,11 @@ BAD_TOOLS = [
         "outputSchema": {"type": "object", "properties": {"a": {"type": "bogus"}}},
     },
     {"name": "b14", "inputSchema": SCHEMA, "outputSchema": {"type": "object", "$ref": "#/nope"}},
+    # wave 49: valid against the meta-schema, but no schema Ajv compiles
+    *(
+        {"name": f"b-{name}", "inputSchema": SCHEMA, "outputSchema": {"type": "object", **schema}}
+        for name, schema in AJV_REFUSED.items()
+    ),
 ]
 FINE = {"name": "fine", "inputSchema": SCHEMA, "annotations": {"readOnlyHint": True}}
 # wave 48: nulls where a field may only be absent (the TypeScript SDK refused the list), and

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
 import pydantic
-from jsonschema import Draft202012Validator
 from mcp import types
 
+from gateway.edge.schemas import OutputSchemas
 from gateway.telemetry.audit import log
 
 _MODELS: dict[str, type[pydantic.BaseModel]] = {
@@ -40,61 +39,20 @@ def _object_schema(schema: Any) -> bool:
     )
 
 
-def _compiles(schema: dict[str, Any]) -> bool:
-    """Whether a JSON Schema is one a validator builds (the TypeScript SDK compiles every
-    tool's ``outputSchema`` when it lists tools, and one that did not compile, a ``type:
-    "bogus"`` or a ``$ref`` to nothing, failed the whole list: red-team wave 48): valid
-    against its meta-schema, each ``$ref`` a pointer into the schema itself."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except (jsonschema.SchemaError, RecursionError, ValueError, TypeError):
-        return False
-    return all(_resolves(schema, ref) for ref in _refs(schema, 0))
-
-
-def _refs(node: Any, depth: int) -> list[str]:
-    if depth > 64:
-        return ["#/too-deep"]
-    found: list[str] = []
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if ref is not None:
-            found.append(ref if isinstance(ref, str) else "")
-        for value in node.values():
-            found += _refs(value, depth + 1)
-    elif isinstance(node, list):
-        for value in node:
-            found += _refs(value, depth + 1)
-    return found
-
-
-def _resolves(schema: dict[str, Any], ref: str) -> bool:
-    if ref == "#":
-        return True
-    if not ref.startswith("#/"):
-        return False  # another document, or an anchor: not fetched, not trusted
-    node: Any = schema
-    for part in ref[2:].split("/"):
-        key = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-        else:
-            return False
-    return True
-
-
-def well_formed(key: str, item: Any) -> bool:
+def well_formed(key: str, item: Any, schemas: OutputSchemas | None = None) -> bool:
     """Whether ``item`` of a ``key`` list (``tools``, ``prompts``, ``resources``,
-    ``resourceTemplates``) is one both SDKs read."""
+    ``resourceTemplates``) is one both SDKs read (a tool's ``outputSchema`` checked within
+    the budget of ``schemas``, its list's)."""
     if not isinstance(item, dict):
         return False
     if key == "tools" and not (
         _object_schema(item.get("inputSchema"))
         and (
             "outputSchema" not in item
-            or (_object_schema(item["outputSchema"]) and _compiles(item["outputSchema"]))
+            or (
+                _object_schema(item["outputSchema"])
+                and (schemas or OutputSchemas()).compiles(item["outputSchema"])
+            )
         )
     ):
         return False
@@ -141,12 +99,15 @@ def well_formed_items(key: str, items: list[Any], server: str) -> list[Any]:
     a list)."""
     kept: list[Any] = []
     dropped: list[Any] = []
+    schemas = OutputSchemas()
     for item in items:
         item = _normalized(item)
-        if well_formed(key, item):
+        if well_formed(key, item, schemas):
             kept.append(item)
         else:
             dropped.append(item.get("name") if isinstance(item, dict) else None)
+    if schemas.over_budget:
+        log.warning("tools.schemas_over_budget", server=server, tools=schemas.over_budget)
     if dropped:
         names = [ascii(name)[:100] for name in dropped[:5]]
         log.warning(
