@@ -312,10 +312,14 @@ def start_ts_tasks_upstream() -> PeerProcess:
     return start_process(argv, port=port, url=f"http://{HOST}:{port}/mcp")
 
 
-def ts_client(url: str, key: str | None, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run the TypeScript SDK client once: list tools, make ``calls``; what it handed back."""
+def ts_client(
+    url: str, key: str | None, calls: list[dict[str, Any]], *, resources: bool = False
+) -> dict[str, Any]:
+    """Run the TypeScript SDK client once: list tools (and ``resources``), make ``calls``;
+    what it handed back."""
     argv = [str(NODE), str(TS_DIR / "client.mjs"), str(TS_SDK), url, key or "-", json.dumps(calls)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    env = {**os.environ, "LIST_RESOURCES": "1"} if resources else None
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env)
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return out

@@ -60,6 +60,16 @@ ODD = {
             {"name": "r-bad"},
             {"name": "r-fine", "uri": "odd://r"},
             {"name": "r-big", "uri": "odd://big", "size": 1024.0, "title": None},
+            # wave 49: a lastModified no ISO date and time with its offset
+            *(
+                {"name": f"r-date{n}", "uri": f"odd://d{n}", "annotations": {"lastModified": when}}
+                for n, when in enumerate(["yesterday", "2025-01-01", "2025-01-01T00:00:00", 5])
+            ),
+            {
+                "name": "r-dated",
+                "uri": "odd://dated",
+                "annotations": {"lastModified": "2025-01-01T00:00:00.5+02:00"},
+            },
         ]
     },
 }
@@ -101,12 +111,13 @@ async def test_the_sdk_reads_the_rest_of_the_lists(
         prompts = {p.name for p in (await agent.list_prompts()).prompts}
         assert f"{prefix}p-fine" in prompts and f"{prefix}p-bad" not in prompts
         resources = {r.name for r in (await agent.list_resources()).resources}
-        assert {"r-fine", "r-big"} <= resources and "r-bad" not in resources
+        assert resources == {"r-fine", "r-big", "r-dated"}
     assert gateway.records("upstream.misshapen_items")
 
 
 @pytest.mark.parametrize("path", ["/mcp", "/mcp/odd"])
 def test_the_typescript_sdk_reads_the_tools(gateway: GatewayProcess, path: str) -> None:
-    listed = ts_client(gateway.base + path, None, [])["tools"]
+    out = ts_client(gateway.base + path, None, [], resources=True)
     prefix = "odd__" if path == "/mcp" else ""
-    assert {f"{prefix}fine", f"{prefix}nulls"} <= set(listed)
+    assert {f"{prefix}fine", f"{prefix}nulls"} <= set(out["tools"])
+    assert set(out["resources"]) == {"r-fine", "r-big", "r-dated"}

@@ -8,6 +8,8 @@ such an item is left out, logged, and the rest of the list goes on."""
 
 from __future__ import annotations
 
+import calendar
+import re
 from typing import Any
 
 import pydantic
@@ -56,8 +58,39 @@ def well_formed(key: str, item: Any, schemas: OutputSchemas | None = None) -> bo
         )
     ):
         return False
+    if key in ("resources", "resourceTemplates") and not _dated(item.get("annotations")):
+        return False
     model = _MODELS.get(key)
     return model is None or _reads(model, item, strict=True)
+
+
+#: An ISO 8601 date and time with its offset, as the TypeScript SDK reads a resource's
+#: ``annotations.lastModified`` (``z.iso.datetime({offset: true})``): seconds and their
+#: fraction may be left out, the offset may not.
+_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?"
+    r"(?:Z|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _dated(annotations: Any) -> bool:
+    """Whether a listed resource's ``annotations`` give no ``lastModified`` or one of a date
+    and time with an offset (``"yesterday"``, ``"2025-01-01"`` or ``"2025-01-01T00:00:00"``,
+    which the Python SDK takes as text, failed the TypeScript SDK's whole list: red-team
+    wave 49)."""
+    if not isinstance(annotations, dict) or "lastModified" not in annotations:
+        return True
+    when = annotations["lastModified"]
+    found = _DATETIME.fullmatch(when) if isinstance(when, str) else None
+    if found is None:
+        return False
+    year, month, day = (int(part) for part in found.groups())
+    if not 1 <= month <= 12:
+        return False
+    leap = month == 2 and calendar.isleap(year)
+    return 1 <= day <= _MONTH_DAYS[month - 1] + leap
 
 
 def _reads(model: type[pydantic.BaseModel], value: Any, *, strict: bool) -> bool:

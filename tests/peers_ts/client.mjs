@@ -6,7 +6,8 @@
 //
 // With a fifth argument (accept, reject, decline or cancel) the client declares elicitation
 // and answers every elicitation/create so: accept sends {approve: true}, reject accepts the
-// form with {approve: false}; the questions asked are printed as "elicited".
+// form with {approve: false}; the questions asked are printed as "elicited". With
+// LIST_RESOURCES set it lists resources too ("resources": their names).
 import { pathToFileURL } from "node:url";
 
 const [sdkDir, url, key, callsJson, elicit] = process.argv.slice(2);
@@ -34,6 +35,9 @@ try {
   out.protocolVersion = transport.protocolVersion ?? null;
   const listed = await client.listTools();
   out.tools = listed.tools.map((t) => t.name);
+  if (process.env.LIST_RESOURCES) {
+    out.resources = (await client.listResources()).resources.map((r) => r.name);
+  }
   for (const call of JSON.parse(callsJson || "[]")) {
     try {
       const result = await client.callTool({ name: call.name, arguments: call.arguments ?? {} });
