@@ -557,3 +557,49 @@ def test_server_methods_the_operator_names_reach_clients(
     found = messages(post(gateway, "/mcp/forgesse", call("v-0", junk=sent)))
     assert [m.get("method") for m in found[:-1]] == ([json.loads(sent)["method"]] if passes else [])
     assert found[-1]["id"] == "v-0" and "result" in found[-1]
+
+
+#: Messages of a known method, or answers, whose params, result or error is of no shape a
+#: client reads: relayed, the Python SDK failed the call they came on (red-team wave 49).
+MISSHAPEN = [
+    '{"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": [1]}',
+    '{"jsonrpc": "2.0", "method": "notifications/message", "params": null}',
+    '{"jsonrpc": "2.0", "id": "srv-2", "method": "ping", "params": "t"}',
+]
+MISSHAPEN_ANSWERS = [
+    '{"jsonrpc": "2.0", "id": "m-1", "result": 5}',
+    '{"jsonrpc": "2.0", "id": "m-1", "result": null}',
+    '{"jsonrpc": "2.0", "id": "m-1", "error": "boom"}',
+    '{"jsonrpc": "2.0", "id": "m-1", "error": {"code": 1.5, "message": "x"}}',
+]
+
+
+class TestMisshapenMessages:
+    """A server's message of a known method whose ``params`` are no object is dropped (a
+    request of it answered to its server), and an answer whose ``result`` or ``error`` no
+    client reads is the request's error: the call it came on is answered all the same."""
+
+    @pytest.mark.parametrize("junk", MISSHAPEN)
+    def test_on_a_stream_the_message_is_dropped(self, gateway: GatewayProcess, junk: str) -> None:
+        found = messages(post(gateway, "/mcp/forgesse", call("m-0", junk=junk)))
+        assert [m["id"] for m in found] == ["m-0"] and "result" in found[0]
+
+    @pytest.mark.parametrize("mode", ["legacy", "auto"])
+    async def test_the_sdk_reads_the_calls_answer(self, gateway: GatewayProcess, mode: str) -> None:
+        async with client(f"{gateway.base}/mcp", KEY, mode=mode) as sdk:
+            for junk in MISSHAPEN:
+                result = await asyncio.wait_for(
+                    sdk.call_tool("forgesse__echo", {"text": "hi", "junk": junk}), 20
+                )
+                assert not result.is_error
+
+    @pytest.mark.parametrize("path", ["/mcp/forge", "/mcp/forgesse"])
+    @pytest.mark.parametrize("junk", MISSHAPEN_ANSWERS)
+    def test_an_answer_no_client_reads_is_the_requests_error(
+        self, gateway: GatewayProcess, junk: str, path: str
+    ) -> None:
+        found = messages(post(gateway, path, call("m-1", junk=junk, junk_at="only")))
+        answers = [m for m in found if "method" not in m]
+        assert len(answers) == 1 and answers[0]["id"] == "m-1", found
+        error = answers[0]["error"]
+        assert isinstance(error["code"], int) and isinstance(error["message"], str)

@@ -37,8 +37,10 @@ from gateway.wire.sse import (
     answered_id,
     carries_id,
     method_of,
+    misshapen,
     result_keys,
     same_id_as,
+    shapely,
 )
 
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
@@ -286,6 +288,8 @@ class ClientView:
         answered = answered_id(data)
         if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
             return True  # not an answer this stream carries: read, to be dropped
+        if misshapen(data):
+            return True  # params or a result that is no object: read, refused
         if not self.modern or b'"result"' not in data:
             return False
         if b'"resultType"' not in data or b"input_required" in data:
@@ -317,6 +321,13 @@ class ClientView:
         if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
             return DROP
+        if not shapely(message):  # params, a result or an error of no shape a client reads
+            log.warning("upstream.misshapen_message", server=self.server, method=method)
+            if asks_or_tells:
+                self._refuse_ask(message)
+                return DROP
+            error = {"code": -32603, "message": "the server answered in a shape no client reads"}
+            return {"jsonrpc": "2.0", "id": message.get("id"), "error": error}
         if message.get("method") == "notifications/progress" and not self.progress(
             progress_of(message)
         ):

@@ -518,6 +518,57 @@ class _AnswerHead(msgspec.Struct):
 _ANSWER_HEAD = msgspec.json.Decoder(_AnswerHead)
 
 
+class _ShapeHead(msgspec.Struct):
+    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+class _ErrorShape(msgspec.Struct):
+    code: int
+    message: str
+
+
+_SHAPE_HEAD = msgspec.json.Decoder(_ShapeHead)
+_ERROR_SHAPE = msgspec.json.Decoder(_ErrorShape)
+
+
+def misshapen(data: bytes) -> bool:
+    """Whether a message gives ``params`` or a ``result`` that is no object, or an ``error``
+    that is no object of a whole ``code`` and a text ``message`` (or cannot be read so),
+    read without building it: no client reads such a message (the Python SDK failed the
+    call it came on, or waited for its answer until its timeout)."""
+    if not data:
+        return False
+    try:
+        head = _SHAPE_HEAD.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return False  # no message read so (an empty event's data): the other reads tell
+    if head.error is not msgspec.UNSET:
+        try:
+            _ERROR_SHAPE.decode(head.error)
+        except (msgspec.DecodeError, RecursionError):
+            return True
+    return any(
+        part is not msgspec.UNSET and not bytes(part).startswith(b"{")
+        for part in (head.params, head.result, head.error)
+    )
+
+
+def shapely(message: dict[str, Any]) -> bool:
+    """``misshapen``'s rule on a message read whole: its ``params`` and ``result``, where
+    given, objects, its ``error`` an object of a whole ``code`` and a text ``message``."""
+    error = message.get("error", {"code": 0, "message": ""})
+    return (
+        isinstance(message.get("params", {}), dict)
+        and isinstance(message.get("result", {}), dict)
+        and isinstance(error, dict)
+        and isinstance(error.get("code"), int)
+        and not isinstance(error.get("code"), bool)
+        and isinstance(error.get("message"), str)
+    )
+
+
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
