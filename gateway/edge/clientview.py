@@ -51,6 +51,11 @@ MAX_LISTED_TOOLS = 5000
 MAX_REFUSED_ASKS = 8
 
 #: Where a listed tool carries its risk and kind (MCP ``_meta`` keys are reverse-DNS prefixed).
+#: The ``_meta`` keys only the gateway writes begin so (``replies.DECISION_KEY``, ``RISK_KEY``,
+#: ``KIND_KEY``): an upstream's are taken out of what it sends, so no result of a server can
+#: read as a decision of the gateway's (red-team wave 49).
+OWN_META = "io.celgate"
+_OWN_META_BYTES = OWN_META.encode()
 RISK_KEY = "io.celgate/risk"
 KIND_KEY = "io.celgate/kind"
 
@@ -279,6 +284,8 @@ class ClientView:
             return True
         if b'"tools"' in data or b'"task' in data or b"\\u" in data or b"progress" in data:
             return True
+        if _OWN_META_BYTES in data:
+            return True  # a key only the gateway writes, maybe: read, taken out
         if b'"method"' in data:
             method = method_of(data)
             if method is not None and not self._known(method):
@@ -304,6 +311,14 @@ class ClientView:
         """The message as this caller may see it, or None when it is fine as it is."""
         if not isinstance(message, dict):
             return None
+        unforged = without_own_meta(message)
+        if unforged is not message:  # what only the gateway writes, an upstream wrote
+            log.warning("upstream.forged_meta", server=self.server, grant=self.identity.grant)
+            shown = self._filter(unforged)
+            return unforged if shown is None else shown
+        return self._filter(message)
+
+    def _filter(self, message: dict[str, Any]) -> Any | None:
         asks_or_tells = "method" in message
         if asks_or_tells and ("result" in message or "error" in message):
             return DROP  # a request (or notice) and an answer at once: no shape to pass on
@@ -458,7 +473,7 @@ class ClientView:
                 call = Call(tool=name, server=server, identity=who, session=session, info=info)
                 if visible(policy, call, now):
                     meta = tool.get("_meta")
-                    meta = meta if isinstance(meta, dict) else {}
+                    meta = _others(meta) if isinstance(meta, dict) else {}
                     risk = {RISK_KEY: info.risk, KIND_KEY: info.kind}
                     kept.append({**tool, "_meta": {**meta, **risk}})
             if deep:  # one line a list: a list of 5,000 wrote 5,000 (red-team wave 38)
@@ -506,6 +521,29 @@ def unsealed_cursor(gw: Gateway, server: str, owner: str, cursor: object) -> str
 
 def _pinned_names(gw: Gateway, server: str) -> set[str]:
     return {tool for (where, tool) in gw.pins.pinned if where == server}
+
+
+def without_own_meta(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` without the ``_meta`` keys only the gateway writes, in its ``result``,
+    its ``params`` or its error's ``data`` (``message`` itself when it has none)."""
+    out = message
+    for part in ("result", "params", "error"):
+        body = message.get(part)
+        if not isinstance(body, dict):
+            continue
+        where = "data" if part == "error" else "_meta"
+        meta = body.get(where)
+        if isinstance(meta, dict) and any(_own(key) for key in meta):
+            out = {**out, part: {**body, where: _others(meta)}}
+    return out
+
+
+def _own(key: Any) -> bool:
+    return isinstance(key, str) and key.startswith(OWN_META)
+
+
+def _others(meta: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in meta.items() if not _own(key)}
 
 
 def progress_of(message: dict[str, Any]) -> Any:

@@ -119,8 +119,12 @@ def result_for(message: dict[str, Any]) -> dict[str, Any]:
     if method == "tools/list":
         return {"tools": [ECHO]}
     if method == "tools/call" and params.get("name") == "echo":
-        text = f"{message.get('id')} {params.get('arguments', {}).get('text', '')}"
-        return {"content": [{"type": "text", "text": text}], "isError": False}
+        args = params.get("arguments", {})
+        text = f"{message.get('id')} {args.get('text', '')}"
+        result = {"content": [{"type": "text", "text": text}], "isError": False}
+        if isinstance(args.get("meta"), dict):  # the result's _meta, as the call names it
+            result["_meta"] = args["meta"]
+        return result
     raise LookupError(method)
 
 
