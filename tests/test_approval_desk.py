@@ -115,6 +115,33 @@ class TestWhatTheApproverSees:
         assert row["args"]["id"].endswith("[celgate: cut] 198000 more characters not shown")
         deny_all(desk)
 
+    async def test_a_listing_is_cut_and_trimmed_as_asked(self, desk: GatewayProcess) -> None:
+        """A console polls the desk every 3 s: it asks for what it shows (the pending, the
+        oldest first, their arguments as text; the decided without arguments), not for every
+        request with its arguments twice (red-team wave 49: 34 MB a listing)."""
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            held = [
+                decision_of(await agent.call_tool("delete_item", {"id": f"n-{n}", "big": 2**60}))
+                for n in range(3)
+            ]
+        ids = [h["approval_id"] for h in held]
+        oldest = admin(desk, "GET", "/admin/approvals?status=pending&order=oldest&limit=2")
+        assert oldest.headers["x-total-count"] == "3"
+        assert [r["id"] for r in oldest.json()] == ids[:2]
+        newest = admin(desk, "GET", "/admin/approvals?status=pending&limit=1&args=text").json()
+        assert [r["id"] for r in newest] == ids[2:] and "args" not in newest[0]
+        assert newest[0]["arg_names"] == ["id", "big"]
+        assert json.loads(newest[0]["args_text"]) == {"id": "n-2", "big": 2**60}
+        admin(desk, "POST", f"/admin/approvals/{ids[0]}/deny")
+        decided = admin(desk, "GET", "/admin/approvals?status=decided&args=none").json()
+        assert ids[0] in [r["id"] for r in decided] and ids[1] not in [r["id"] for r in decided]
+        assert not any("args" in r or "args_text" in r for r in decided)
+        both = admin(desk, "GET", "/admin/approvals?status=pending").json()
+        assert all(r["args"] == json.loads(r["args_text"]) for r in both)
+        for bad in ("limit=0", "limit=100000", "args=all", "order=random"):
+            assert admin(desk, "GET", f"/admin/approvals?{bad}").status_code == 400
+        deny_all(desk)
+
 
 class TestPendingCaps:
     async def test_past_the_caps_held_calls_are_refused_and_nothing_is_queued(
