@@ -46,6 +46,9 @@ tools:
     reason: deleting needs a human
     approval: {mode: retry, timeout: 600}
     secret_args: [password, auth.token]
+  write_file:
+    action: require_approval
+    approval: {mode: retry, timeout: 60}
 """
 
 
@@ -138,8 +141,15 @@ class TestWhatTheApproverSees:
         assert not any("args" in r or "args_text" in r for r in decided)
         both = admin(desk, "GET", "/admin/approvals?status=pending").json()
         assert all(r["args"] == json.loads(r["args_text"]) for r in both)
-        for bad in ("limit=0", "limit=100000", "args=all", "order=random"):
+        for bad in ("limit=0", "limit=100000", "args=all", "order=random", "args=text%0a"):
             assert admin(desk, "GET", f"/admin/approvals?{bad}").status_code == 400
+        deny_all(desk)
+        # a later call under a shorter timeout expires first: the desk shows it first
+        async with client(desk.url("up"), key=BOT_KEY) as agent:
+            await agent.call_tool("delete_item", {"id": "slow"})
+            soon = decision_of(await agent.call_tool("write_file", {"path": "p", "content": ""}))
+        url = "/admin/approvals?status=pending&order=expiring&limit=1"
+        assert [r["id"] for r in admin(desk, "GET", url).json()] == [soon["approval_id"]]
         deny_all(desk)
 
 

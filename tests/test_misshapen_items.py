@@ -14,7 +14,7 @@ import pytest
 
 from gateway.edge.shapes import well_formed
 from tests.gateway_proc import GatewayProcess, client, run_gateway
-from tests.peers import literal_upstream, ts_client
+from tests.peers import literal_upstream, ts_client, ts_sdk_ready
 from tests.test_output_schemas import AJV_REFUSED
 
 SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}}
@@ -117,6 +117,8 @@ async def test_the_sdk_reads_the_rest_of_the_lists(
 
 @pytest.mark.parametrize("path", ["/mcp", "/mcp/odd"])
 def test_the_typescript_sdk_reads_the_tools(gateway: GatewayProcess, path: str) -> None:
+    problem = ts_sdk_ready()
+    assert problem is None, problem
     out = ts_client(gateway.base + path, None, [], resources=True)
     prefix = "odd__" if path == "/mcp" else ""
     assert {f"{prefix}fine", f"{prefix}nulls"} <= set(out["tools"])

@@ -6,7 +6,7 @@
 "use strict";
 
 const REFRESH_MS = 3000;
-const PENDING_SHOWN = 200; // cards on the desk at most (the oldest: they expire first)
+const PENDING_SHOWN = 200; // cards on the desk at most (those expiring soonest)
 const MAX_ROWS = 200; // live decisions kept on the page
 let session = null; // {operator, csrf, expires}
 let timer = null;
@@ -191,7 +191,8 @@ function showPending(items) {
   deskShown = true;
   const total = items.total ?? items.length;
   $("pending-count").textContent = total > items.length
-    ? `(${total}: the oldest ${items.length} shown; the rest as these are decided or expire)`
+    ? `(${total}: the ${items.length} expiring soonest shown; the rest as these are decided `
+      + "or expire)"
     : items.length ? `(${items.length})` : "";
   $("no-pending").hidden = items.length > 0;
 }
@@ -324,7 +325,7 @@ async function refresh() {
       // The pending with their arguments as text alone (the page never parses them), the
       // decided without: a desk of 1,000 held calls was 34 MB a listing, twice, every 3 s.
       const [pending, decided] = await Promise.all([
-        call("GET", "/admin/approvals?status=pending&args=text&order=oldest"
+        call("GET", "/admin/approvals?status=pending&args=text&order=expiring"
           + `&limit=${PENDING_SHOWN}`),
         call("GET", "/admin/approvals?status=decided&args=none&limit=20"),
       ]);
