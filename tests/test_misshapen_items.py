@@ -48,8 +48,28 @@ FINE = {"name": "fine", "inputSchema": SCHEMA, "annotations": {"readOnlyHint": T
 # wave 48: nulls where a field may only be absent (the TypeScript SDK refused the list), and
 # a whole number written as a float: mended, not dropped
 NULLS = {"name": "nulls", "inputSchema": SCHEMA, "description": None, "annotations": None}
+# wave 50: a bound past any float (it crashed the check, and the list with it), and an $id
+# the TypeScript SDK fails on (taken out: it changes nothing the schema's own refs mean)
+MENDED = [
+    {
+        "name": "big-bound",
+        "inputSchema": SCHEMA,
+        "outputSchema": {"type": "object", "properties": {"n": {"maximum": 10**400}}},
+    },
+    {
+        "name": "urn-id",
+        "inputSchema": SCHEMA,
+        "outputSchema": {
+            "type": "object",
+            "$id": "urn:x",
+            "$defs": {"n": {"type": "string"}},
+            "properties": {"a": {"$ref": "#/$defs/n"}},
+        },
+    },
+]
+KEPT = {"fine", "nulls", "big-bound", "urn-id"}
 ODD = {
-    "tools/list": {"tools": [*BAD_TOOLS, FINE, NULLS], "nextCursor": 5, "_meta": "x"},
+    "tools/list": {"tools": [*BAD_TOOLS, FINE, NULLS, *MENDED], "nextCursor": 5, "_meta": "x"},
     "prompts/list": {
         "prompts": [{"name": "p-bad", "arguments": "x"}, {"name": "p-fine", "arguments": []}],
         "_meta": {"progressToken": []},
@@ -103,7 +123,7 @@ async def test_the_sdk_reads_the_rest_of_the_lists(
     prefix = "odd__" if path == "/mcp" else ""
     async with client(gateway.base + path, mode=mode) as agent:
         tools = {t.name for t in (await agent.list_tools()).tools}
-        assert {f"{prefix}fine", f"{prefix}nulls"} <= tools and not {
+        assert {f"{prefix}{name}" for name in KEPT} <= tools and not {
             f"{prefix}{t['name']}" for t in BAD_TOOLS
         } & tools
         if path == "/mcp":
@@ -121,5 +141,5 @@ def test_the_typescript_sdk_reads_the_tools(gateway: GatewayProcess, path: str) 
     assert problem is None, problem
     out = ts_client(gateway.base + path, None, [], resources=True)
     prefix = "odd__" if path == "/mcp" else ""
-    assert {f"{prefix}fine", f"{prefix}nulls"} <= set(out["tools"])
+    assert {f"{prefix}{name}" for name in KEPT} <= set(out["tools"])
     assert set(out["resources"]) == {"r-fine", "r-big", "r-dated"}

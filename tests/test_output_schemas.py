@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
 
 from gateway.edge import schemas
 from gateway.edge.schemas import OutputSchemas, compiles, js_unicode_regex
@@ -35,6 +36,39 @@ AJV_REFUSED = {
         "definitions": {"z": {"type": "string"}},
         "properties": {"a": {"$id": "http://other/a", "$ref": "#/definitions/z"}},
     },
+    # wave 50
+    "index of a leading zero": {"allOf": [{}], "properties": {"b": {"$ref": "#/allOf/01"}}},
+    "index of another digit": {"allOf": [{}], "properties": {"b": {"$ref": "#/allOf/\u0661"}}},
+    "encoded slash": {
+        "definitions": {"a": {"b": {}}},
+        "properties": {"x": {"$ref": "#/definitions/a%2Fb"}},
+    },
+    "cycle of refs": {
+        "definitions": {"a": {"$ref": "#/definitions/b"}, "b": {"$ref": "#/definitions/a"}},
+        "properties": {"x": {"$ref": "#/definitions/a"}},
+    },
+    "nullable without a type": {"properties": {"x": {"nullable": True, "allOf": [{}]}}},
+    "surrogate pair in a class": {"properties": {"x": {"pattern": "[\\uD83D\\uDE00-\\uFFFF]"}}},
+}
+#: What the Python SDK refuses at each call (it reads the schema by its own ``$schema``).
+PYTHON_REFUSED = {
+    "draft-04": {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "properties": {"n": {"type": "number", "minimum": 0, "exclusiveMinimum": 5}},
+    },
+    "ref cycle at the root": {"$ref": "#"},
+}
+#: What both read, which an earlier check refused or crashed on (wave 50).
+BOTH_READ = {
+    "a tuple, as the TypeScript SDK's zod writes it": {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "properties": {"t": {"type": "array", "items": [{"type": "string"}, {"type": "number"}]}},
+    },
+    "a huge bound": {"properties": {"n": {"type": "number", "maximum": 10**400}}},
+    "recursion through properties": {
+        "$defs": {"node": {"properties": {"kids": {"items": {"$ref": "#/$defs/node"}}}}},
+        "$ref": "#/$defs/node",
+    },
 }
 PATTERNS = [
     "^[a-z0-9_-]{3,16}$",
@@ -45,6 +79,7 @@ PATTERNS = [
     "(?<=a)b(?!c)",
     "^\\u00e9\\x41[\\-\\]]+$",
 ]
+DRAFTS = ["http://json-schema.org/draft-07/schema#", "http://json-schema.org/draft-04/schema#"]
 ALPHABET = [*list("ab()?:=!<>Pi[]{}12,*+\\dZkxu-^$|./0cBwsS"), "\\d", "{2}", "{1,3}", "(?:"]
 
 
@@ -70,7 +105,7 @@ def _value(rng: random.Random, depth: int) -> Any:
     if pick == 5:
         return rng.choice(["#", "#/properties/a", "#/$defs/n", "#/nope", "#x", "#/properties/a%zz"])
     if pick == 6:
-        return rng.choice(["x", "_a.b", "1x", "http://e/x", "http://e/x#", "#f"])
+        return rng.choice(["x", "_a.b", "1x", "http://e/x", "http://e/x#", "#f", *DRAFTS])
     if pick in (7, 8) and depth < 4:
         return {"a": _schema(rng, depth + 1), "n": _schema(rng, depth + 1)}
     if pick == 9 and depth < 4:
@@ -83,7 +118,7 @@ KEYWORDS = [
     "prefixItems", "allOf", "anyOf", "oneOf", "not", "if", "then", "$defs", "definitions",
     "$ref", "$anchor", "$id", "minimum", "maxLength", "multipleOf", "additionalProperties",
     "dependentRequired", "dependencies", "format", "title", "uniqueItems", "examples",
-    "default", "x-extra", "$dynamicRef", "minItems", "contains",
+    "default", "x-extra", "$dynamicRef", "minItems", "contains", "nullable", "$schema",
 ]  # fmt: skip
 
 
@@ -96,9 +131,10 @@ def _schema(rng: random.Random, depth: int = 0) -> Any:
 
 
 def _meta_valid(schema: Any) -> bool:
+    """As the Python SDK checks a schema: against the meta-schema its ``$schema`` names."""
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except (SchemaError, TypeError, AttributeError):  # (a "$schema" that is no text)
         return False
     return True
 
@@ -122,6 +158,11 @@ def test_what_wave_49_found_is_refused() -> None:
     for name, schema in AJV_REFUSED.items():
         assert _meta_valid(schema), name  # the meta-schema takes each
         assert not compiles({"type": "object", **schema}), name
+    for name, schema in PYTHON_REFUSED.items():
+        assert not compiles({"type": "object", **schema}), name
+    for name, schema in BOTH_READ.items():
+        assert _meta_valid(schema) and compiles({"type": "object", **schema}), name
+    assert not compiles({"type": "object", "properties": {"b": {"$ref": "#/allOf/\u00b2"}}})
     assert all(js_unicode_regex(p) for p in PATTERNS)
     assert not any(js_unicode_regex(p) for p in ["a{", "a++", "(?=a)*", "\\-", "a]", "(?#c)"])
 
@@ -130,6 +171,7 @@ def test_what_is_kept_compiles_in_the_typescript_sdk(tmp_path: Path) -> None:
     problem = ts_sdk_ready()
     assert problem is None, problem
     kept = [s for s in _generated(3000) if compiles(s)]
+    kept += [{"type": "object", **s} for s in BOTH_READ.values()]
     refused = [{"type": "object", **s} for s in AJV_REFUSED.values()]  # the probe works
     rng = random.Random(7)
     patterns = [p for p in (_pattern(rng) for _ in range(4000)) if js_unicode_regex(p)]

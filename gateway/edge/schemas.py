@@ -36,6 +36,8 @@ MAX_DEPTH = 64
 _TYPES = frozenset({"array", "boolean", "integer", "null", "number", "object", "string"})
 _ANCHOR = re.compile(r"[A-Za-z_][-A-Za-z0-9._]*")
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODED_SLASH = re.compile(r"%2[Ff]")
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 #: Keywords whose value is one schema.
 _SCHEMA = frozenset(
@@ -78,7 +80,8 @@ _TEXT = frozenset(
 )
 #: Keywords whose values Ajv does not crawl for identifiers: data, not schemas.
 _INERT = frozenset({"default", "enum", "const", "examples"})
-_BOOLEAN = frozenset({"uniqueItems", "deprecated", "readOnly", "writeOnly"})
+#: (``nullable`` is OpenAPI's, which Ajv knows: true only beside a ``type``.)
+_BOOLEAN = frozenset({"uniqueItems", "deprecated", "readOnly", "writeOnly", "nullable"})
 
 
 class _Refused(Exception):
@@ -89,6 +92,10 @@ class _Refused(Exception):
 #: free): a tool whose schema would go past it is left out, logged. A list of 1,000 tools of
 #: thirty properties each walks about 100,000.
 LIST_NODES = 400_000
+#: Bytes of output schemas one list digests at most (to look their verdicts up): a list of
+#: 45 MB spent 3 s on digests alone (red-team wave 50). 1,000 tools of thirty properties
+#: are 1.5 MB.
+LIST_DIGEST_BYTES = 16 * 1024 * 1024
 #: Verdicts kept, by the digest of a schema's JSON: the same list listed again costs nothing.
 _VERDICTS: OrderedDict[bytes, bool] = OrderedDict()
 MAX_VERDICTS = 8192
@@ -99,17 +106,23 @@ _PATTERNS: dict[str, bool] = {}
 class OutputSchemas:
     """The output schemas of one list, checked within ``LIST_NODES``."""
 
-    def __init__(self, budget: int = LIST_NODES) -> None:
+    def __init__(self, budget: int = LIST_NODES, digest_bytes: int = LIST_DIGEST_BYTES) -> None:
         self.remaining = budget
+        self.digest_bytes = digest_bytes
         self.over_budget = 0
 
     def compiles(self, schema: Any) -> bool:
         """Whether ``schema`` (an ``outputSchema``) is one both SDKs build a validator
         from; False too past the list's budget (that tool is left out this time)."""
+        if self.digest_bytes <= 0:
+            self.over_budget += 1
+            return False
         try:
-            key = hashlib.sha256(json_bytes(schema)).digest()
+            text = json_bytes(schema)
         except (TypeError, ValueError, RecursionError):
             return False
+        self.digest_bytes -= len(text)
+        key = hashlib.sha256(text).digest()
         known = _VERDICTS.get(key)
         if known is not None:
             _VERDICTS.move_to_end(key)
@@ -141,6 +154,7 @@ class _Walk:
         self.refs: list[str] = []
         self.anchors: set[str] = set()
         self.walked: set[int] = set()
+        self.draft: str | None = "2020-12"
 
     def _count(self, depth: int) -> None:
         self.nodes += 1
@@ -149,17 +163,38 @@ class _Walk:
 
     def compiles(self, schema: Any) -> bool:
         try:
+            if isinstance(schema, dict):
+                self.draft = _draft(schema.get("$schema"))
             self.schema(schema, 0, root=True)
             at = 0
+            ended: set[str] = set()  # refs whose chain of "$ref"s ends
             while at < len(self.refs):  # each "$ref" read where it points, as a schema
                 target = _target(schema, self.refs[at])
+                _need(self._chain_ends(schema, self.refs[at], ended))
                 at += 1
                 if isinstance(target, dict) and id(target) not in self.walked:
                     self.schema(target, 0)  # (a pointer into a keyword of no vocabulary)
                 elif not isinstance(target, dict | bool):
                     return False
-        except (_Refused, RecursionError):
-            return False
+        except (_Refused, RecursionError, ValueError, OverflowError, TypeError):
+            return False  # (a number or an index Python cannot take: refused, not raised)
+        return True
+
+    @staticmethod
+    def _chain_ends(schema: dict[str, Any], ref: str, ended: set[str]) -> bool:
+        """Whether following ``ref``, and the ``$ref`` of each schema it points to, ends: a
+        cycle of them (``a`` is ``{"$ref": "#/$defs/a"}``) overflowed Ajv's stack and
+        Python's."""
+        path: list[str] = []
+        while ref not in ended:
+            if ref in path:
+                return False
+            path.append(ref)
+            target = _target(schema, ref)
+            if not (isinstance(target, dict) and isinstance(target.get("$ref"), str)):
+                break
+            ref = target["$ref"]
+        ended.update(path)
         return True
 
     def schema(self, node: Any, depth: int, *, root: bool = False) -> None:
@@ -170,11 +205,18 @@ class _Walk:
             raise _Refused
         self.walked.add(id(node))
         self.nodes += len(node)  # each keyword counts
+        if "nullable" in node:  # Ajv: no "nullable" without a "type", nor false beside "null"
+            kinds = node.get("type")
+            _need(kinds is not None and not (node["nullable"] is False and "null" in str(kinds)))
         for key, value in node.items():
             self.keyword(key, value, depth + 1, root)
 
     def keyword(self, key: str, value: Any, depth: int, root: bool) -> None:
-        if key in _SCHEMA:
+        if key == "items" and isinstance(value, list) and self.draft == "draft-07":
+            _need(value)  # a tuple, as drafts before 2020-12 give it (zod's, in the TS SDK)
+            for sub in value:
+                self.schema(sub, depth + 1)
+        elif key in _SCHEMA:
             self.schema(value, depth)
         elif key in _SCHEMA_LIST:
             _need(isinstance(value, list) and value)
@@ -208,7 +250,8 @@ class _Walk:
         elif key in _NUMBER:
             _need(_number(value))
         elif key in _COUNT:
-            _need(_number(value) and value >= 0 and float(value).is_integer())
+            _need(_number(value) and value >= 0)
+            _need(isinstance(value, int) or value.is_integer())
         elif key in ("required",):
             self.texts(value, depth)
         elif key == "dependentRequired":
@@ -217,8 +260,10 @@ class _Walk:
                 self.texts(sub, depth + 1)
         elif key == "pattern":
             _need(isinstance(value, str) and self.pattern(value))
-        elif key in _TEXT or key == "$schema":
+        elif key in _TEXT:
             _need(isinstance(value, str))
+        elif key == "$schema":  # an older draft's rules, which Python checks by it: refused
+            _need(root and isinstance(value, str) and _draft(value) is not None)
         elif key in _BOOLEAN:
             _need(isinstance(value, bool))
         elif key == "$ref":
@@ -284,13 +329,35 @@ class _Walk:
         self.anchors.add(name)
 
 
+#: The drafts a ``$schema`` may name, as the Python SDK picks its validator by it (and Ajv
+#: reads each as draft-07): 2020-12 (or none, or one not known: the newest) and those whose
+#: ``items`` may be a tuple. Draft-04 and older mean other things by the same words
+#: (``exclusiveMinimum: true``): refused.
+_DRAFTS = {
+    "http://json-schema.org/draft-07/schema": "draft-07",
+    "http://json-schema.org/draft-06/schema": "draft-07",
+    "https://json-schema.org/draft/2019-09/schema": "draft-07",
+    "http://json-schema.org/draft-04/schema": None,
+    "http://json-schema.org/draft-03/schema": None,
+}
+
+
+def _draft(named: Any) -> str | None:
+    if not isinstance(named, str):
+        return "2020-12"
+    uri = named[:-1] if named.endswith("#") else named
+    return _DRAFTS.get(uri, "2020-12")
+
+
 def _need(condition: Any) -> None:
     if not condition:
         raise _Refused
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _python_regex(pattern: str) -> bool:
@@ -312,8 +379,8 @@ def _target(schema: dict[str, Any], ref: str) -> Any:
     ``$dynamicRef`` is not fetched, not trusted."""
     if ref == "#":
         return schema
-    if not ref.startswith("#/") or _PERCENT.search(ref):
-        return _MISSING
+    if not ref.startswith("#/") or _PERCENT.search(ref) or _ENCODED_SLASH.search(ref):
+        return _MISSING  # (an encoded "/": Ajv splits the pointer before it decodes)
     try:
         pointer = unquote(ref[2:], errors="strict")
     except UnicodeDecodeError:
@@ -323,7 +390,7 @@ def _target(schema: dict[str, Any], ref: str) -> Any:
         key = part.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and key in node:
             node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        elif isinstance(node, list) and _INDEX.fullmatch(key) and int(key) < len(node):
             node = node[int(key)]
         else:
             return _MISSING
@@ -450,12 +517,15 @@ def _js_escape(
         j = i + 1
         while j < len(pattern) and pattern[j].isascii() and pattern[j].isdigit():
             j += 1
+        if j - i > 6:
+            return None  # a group numbered past any pattern's
         backrefs.append(int(pattern[i + 1 : j]))
         return j
     if c == "x":
         return i + 4 if _HEX2.fullmatch(pattern[i + 2 : i + 4]) else None
-    if c == "u":
-        return i + 6 if _HEX4.fullmatch(pattern[i + 2 : i + 6]) else None
+    if c == "u":  # (one of a surrogate pair: u joins two into one character, Python not)
+        code = pattern[i + 2 : i + 6]
+        return i + 6 if _HEX4.fullmatch(code) and not 0xD800 <= int(code, 16) <= 0xDFFF else None
     if c == "c":
         letter = pattern[i + 2 : i + 3]
         return i + 3 if letter.isascii() and letter.isalpha() else None
