@@ -43,19 +43,22 @@ MAX_DEFINITION_DEPTH = 64
 def too_deep(value: Any, limit: int = MAX_DEFINITION_DEPTH) -> bool:
     """Whether ``value`` holds objects or lists nested deeper than ``limit`` (walked without
     recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 0)] if isinstance(value, dict | list) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth >= limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item
+        # What JSON gives is a dict or a list exactly: a list of 15,000 numbers is told none
+        # at C speed (1,000 such tools took 5.7 s, walked one by one: red-team wave 50).
+        if _CONTAINERS.isdisjoint(map(type, children)):
+            continue
+        below = depth + 1
+        stack += [(child, below) for child in children if isinstance(child, dict | list)]
     return False
+
+
+_CONTAINERS = frozenset({dict, list})
 
 
 def unreadable_definition(name: str) -> dict[str, Any]:
