@@ -44,6 +44,8 @@ import asyncio
 import enum
 import http
 import re
+import socket
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
@@ -74,6 +76,31 @@ class ConnectionLimits(Protocol):
     def send_timeout(self) -> float: ...
     @property
     def max_unsent_bytes(self) -> int: ...
+
+
+def _drop(transport: asyncio.Transport) -> None:
+    """Close a connection and drop what it has not sent, now: in the gateway's buffer and in
+    the kernel's. abort() alone closes its socket only on a later turn of the event loop, and
+    a client that began reading meanwhile was sent all of it (9.8 MB in 14 ms, as a 12 MB
+    answer's JSON was read for another client); the kernel would also deliver what it holds
+    (a few MB) after close. Writing is shut now, and the close resets the connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            # uvloop's socket object has no shutdown(); one of the same descriptor does
+            # (detached again, so the descriptor stays the transport's to close).
+            own = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+            try:
+                own.shutdown(socket.SHUT_WR)
+            finally:
+                own.detach()
+        except OSError:  # already closed or reset by the client: nothing left to drop
+            pass
+    transport.abort()
+
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops what is queued
 
 
 class _Unsent:
@@ -247,7 +274,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         # was closed under it for 30 half heads that came after it.
         oldest = min(waiting, key=lambda c: (c._served, c._quiet_since))
         if oldest.transport.get_write_buffer_size():
-            oldest.transport.abort()  # close() would keep what its client has not read
+            _drop(oldest.transport)  # close() would keep what its client has not read
         else:
             oldest.transport.close()
         oldest._quiet_since = float("inf")  # closing: not chosen again while it goes
@@ -313,7 +340,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
     def _cut_unread(self, event: str, **fields: Any) -> None:
         log.warning(event, unsent=self._unsent, client=_peer(self.client), **fields)
         self._forget_unsent()
-        self.transport.abort()  # close() would wait for the client to read it all
+        _drop(self.transport)  # close() would wait for the client to read it all
 
     def _forget_unsent(self) -> None:
         if self._stall is not None:
