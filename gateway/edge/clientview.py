@@ -46,6 +46,12 @@ from gateway.wire.sse import (
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
 #: servers page long lists; a few hundred tools is already a large server.
 MAX_LISTED_TOOLS = 5000
+#: A list answer (tools, prompts, resources, templates) of more bytes is shown as empty (its
+#: pinned tools still checked), logged: each value of it is read, checked and written again
+#: on the event loop every caller shares, and one of 45 MB (1,000 tools, 15,000 numbers in
+#: each one's ``_meta``) held it 6 s (red-team wave 50). 1,000 tools of thirty properties
+#: each are 1.8 MB.
+MAX_LIST_ANSWER_BYTES = 16 * 1024 * 1024
 #: A stream's server requests of unknown methods answered to their server (past it: dropped
 #: only, so an upstream's flood costs the gateway no more than its own posts).
 MAX_REFUSED_ASKS = 8
@@ -146,6 +152,7 @@ class ClientView:
         "identity",
         "method",
         "modern",
+        "oversized",
         "progress",
         "refused",
         "request",
@@ -178,6 +185,8 @@ class ClientView:
         #: ... and the request is one whose result carries ``ttlMs`` and ``cacheScope`` (also
         #: required): one left out is 0 and ``private`` (not kept, not shared).
         self.cacheable = False
+        #: The answer to this list request is past ``MAX_LIST_ANSWER_BYTES``: shown empty.
+        self.oversized = False
         #: The answers (results and errors) this stream may carry, by their id: a request's
         #: stream its own answer alone; a server's GET stream, a listen, none (an upstream
         #: that answered with another request's id ended that request for its client: a call
@@ -281,6 +290,10 @@ class ClientView:
         """Only what could hold a tools list or a task id is read (a key spelled with escapes
         is too), and another list's answer (each item's shape checked)."""
         if self.method in OTHER_LISTS:
+            self.oversized = len(data) > MAX_LIST_ANSWER_BYTES
+            return True
+        if self.method == "tools/list" and len(data) > MAX_LIST_ANSWER_BYTES:
+            self.oversized = True
             return True
         if b'"tools"' in data or b'"task' in data or b"\\u" in data or b"progress" in data:
             return True
@@ -379,6 +392,9 @@ class ClientView:
                 bound = shown = {**shown, "result": result}
         listed = OTHER_LISTS.get(self.method or "") if not asks_or_tells else None
         if listed is not None and isinstance(result.get(listed), list):
+            if self.oversized:
+                log.warning("upstream.list_too_large", server=self.server, list=listed)
+                return {**shown, "result": list_result_fields({**result, listed: []})}
             items = well_formed_items(listed, readable(result[listed], self.server), self.server)
             return {**shown, "result": list_result_fields({**result, listed: items})}
         if "tools" not in result or self.method not in (None, "tools/list"):
@@ -440,12 +456,14 @@ class ClientView:
         kept: list[dict[str, Any]] = []
         # What a stream of no known request carries (resumed) is filtered but teaches nothing.
         listing = self.method == "tools/list"
-        if isinstance(tools, list) and len(tools) > MAX_LISTED_TOOLS:
+        if isinstance(tools, list) and (len(tools) > MAX_LISTED_TOOLS or self.oversized):
             # Each tool is digested, classified and decided on the event loop every caller
             # shares: a list of 100,000 held it for seconds. Such a page is shown as empty;
             # its pinned tools are still checked against their pins (a server that padded
             # its list past the bound changed a pinned tool unseen: red-team wave 40).
-            log.warning("tools.too_many", server=self.server, tools=len(tools))
+            log.warning(
+                "tools.too_many", server=self.server, tools=len(tools), oversized=self.oversized
+            )
             if listing:
                 self._check_pinned(tools)
             tools = []
