@@ -1,7 +1,7 @@
 """A list answer past ``clientview.MAX_LIST_ANSWER_BYTES`` is shown as empty, logged: each
 value of a list is read, checked and written again on the event loop every caller shares, and
-one upstream's list of 45 MB held it 6 s (red-team wave 50). The aggregate (``/mcp``) reads
-each server's list its own way (not bounded so yet): the other servers' tools are there."""
+one upstream's list of 45 MB held it 6 s (red-team wave 50). The aggregate (``/mcp``) shows
+that server's part as empty too, without reading it; the other servers' items are there."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ async def test_a_list_too_large_is_shown_empty(gateway: GatewayProcess, mode: st
         assert (await agent.list_prompts()).prompts == []
     async with client(gateway.base + "/mcp", mode=mode) as agent:
         names = {tool.name for tool in (await agent.list_tools()).tools}
-        assert "good__echo" in names
-    assert gateway.records("upstream.list_too_large")
+        assert "good__echo" in names and not any(n.startswith("big") for n in names)
+        prompts = {prompt.name for prompt in (await agent.list_prompts()).prompts}
+        assert not any(n.startswith("big") for n in prompts)
+    cut = gateway.records("upstream.list_too_large")
+    assert {r["list"] for r in cut if "size" in r} == {"tools", "prompts"}  # the aggregate's
+    assert all(r["size"] > MAX_LIST_ANSWER_BYTES for r in cut if "size" in r)
     assert any(r.get("oversized") for r in gateway.records("tools.too_many"))

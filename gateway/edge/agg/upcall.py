@@ -9,6 +9,9 @@ import itertools
 import json
 from typing import Any
 
+import structlog
+
+from gateway.edge.clientview import MAX_LIST_ANSWER_BYTES, OTHER_LISTS
 from gateway.edge.forward import UPSTREAM_ERRORS, answer_media, read_bounded
 from gateway.turns import Turns
 from gateway.upstream.h1_response import H1Response
@@ -21,6 +24,10 @@ from gateway.wire.sse import SseEvents, StreamTooLarge, carries_id, event_data, 
 #: new, as two requests in flight on one upstream session must not share an id.
 UPCALL_ID = "celgate-agg"
 _numbers = itertools.count(1)
+#: The list each list request's answer holds.
+_LISTED = {"tools/list": "tools", **OTHER_LISTS}
+
+log = structlog.get_logger("celgate.aggregate")
 
 
 class UpcallFailed(Exception):
@@ -118,7 +125,7 @@ async def exchange(
     try:
         deadline = upstream.timeout if upstream.silence is not None else None
         async with asyncio.timeout(deadline):
-            message = await _answer(upstream, resp, msg_id, version, session, grant)
+            message = await _answer(upstream, resp, method, msg_id, version, session, grant)
     except TimeoutError as exc:
         raise UpcallDown(f"upstream {upstream.name!r} did not answer in time") from exc
     except (*UPSTREAM_ERRORS, StreamTooLarge) as exc:
@@ -141,6 +148,7 @@ async def exchange(
 async def _answer(
     upstream: HttpUpstream,
     resp: H1Response,
+    method: str,
     msg_id: str,
     version: str,
     session: str | None,
@@ -154,6 +162,8 @@ async def _answer(
         data = await read_bounded(resp)  # within exchange's deadline for the whole answer
         if data is None:
             raise UpcallFailed(f"upstream {upstream.name!r} answered too much")
+        if (emptied := _list_too_large(upstream, method, msg_id, data)) is not None:
+            return emptied
         message = _loads(data) if media == "application/json" else None
         return message if isinstance(message, dict) and message.get("id") == msg_id else None
     events = SseEvents()
@@ -164,6 +174,8 @@ async def _answer(
             data = event_data(event)
             if data is None or not carries_id(data):  # a notice: nothing to read in it
                 continue
+            if (emptied := _list_too_large(upstream, method, msg_id, data)) is not None:
+                return emptied
             message = _loads(data)
             if not isinstance(message, dict):
                 continue
@@ -173,6 +185,19 @@ async def _answer(
                 error = rpc.error_body(message["id"], rpc.METHOD_NOT_FOUND, _NO_CLIENT)
                 await post_once(upstream, None, error, version, session, grant=grant)
     return None
+
+
+def _list_too_large(
+    upstream: HttpUpstream, method: str, msg_id: str, data: bytes | str
+) -> dict[str, Any] | None:
+    """An empty list for a list answer past ``MAX_LIST_ANSWER_BYTES``, as the relay shows
+    one, without reading its JSON (each value of a 45 MB list read and checked on the loop
+    every caller shares held it 6 s); None for any other."""
+    listed = _LISTED.get(method)
+    if listed is None or len(data) <= MAX_LIST_ANSWER_BYTES:
+        return None
+    log.warning("upstream.list_too_large", server=upstream.name, list=listed, size=len(data))
+    return {"jsonrpc": "2.0", "id": msg_id, "result": {listed: []}}
 
 
 #: What a server that asks something of the client during one of the aggregate's own
