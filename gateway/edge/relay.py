@@ -146,6 +146,12 @@ class Relay:
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
+        if message.kind == "response" and session is None:
+            # 2026-07-28 servers ask through input_required results, never a request on the
+            # wire: an answer with no session answers nothing, and went to the server as it
+            # came, unchecked (red-team wave 51)
+            msg = "no request of the server's awaits an answer outside a session"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, status=400)
         if message.method == "notifications/cancelled" and not message.is_request:
             # its stream, resumed, is refused at once (forward.refuse_over)
             cancelled = message.params.get("requestId")
