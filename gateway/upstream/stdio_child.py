@@ -25,7 +25,7 @@ from gateway.config import ServerConfig
 from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.turns import Turns
-from gateway.wire.jsonrpc import loads as json_loads
+from gateway.wire.jsonrpc import loads_line
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -254,7 +254,7 @@ class Child:
             if line.isspace():  # a blank line: nothing to parse, nothing to say
                 continue
             try:
-                message = json_loads(line)
+                message = loads_line(line)
             except ValueError:
                 if self.junk.allow():
                     text = printable(line[:200].decode(errors="replace"))
