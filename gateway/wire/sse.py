@@ -304,7 +304,7 @@ def is_message_text(data: bytes) -> bool:
         if data[opens.end() - 1 : opens.end()] == b"[":
             batch = _BATCH.decode(data)
             return bool(batch) and all(_is_message(item) for item in batch)
-        return _is_message(_SHAPE.decode(data))
+        return _is_message(_head(data))
     except RecursionError:  # nested past what any parser here reads
         return False
     except msgspec.DecodeError:
@@ -338,18 +338,58 @@ class _Shape(msgspec.Struct):
     error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
-def _is_message(shape: _Shape) -> bool:
-    if bytes(shape.jsonrpc) != b'"2.0"':
+def _is_message(shape: _Shape | _Head) -> bool:
+    if shape.jsonrpc != _VERSION:
         return False
     if shape.method is not msgspec.UNSET:
         return True
     answered = (shape.result is msgspec.UNSET) != (shape.error is msgspec.UNSET)
-    return answered and shape.id is not msgspec.UNSET
+    return answered and shape.id is not msgspec.UNSET and bool(shape.id)
 
 
+_VERSION = msgspec.Raw(b'"2.0"')
 _OPENS_MESSAGE = re.compile(rb"[ \t\r\n]*[{\[]")
-_SHAPE = msgspec.json.Decoder(_Shape)
 _BATCH = msgspec.json.Decoder(list[_Shape])
+
+
+class _Head(msgspec.Struct):
+    """One message's members as the quick reads here use them, nothing built: read once a
+    message (``_head``), where each read used to skim the whole message again."""
+
+    jsonrpc: msgspec.Raw = msgspec.Raw(b"")
+    id: msgspec.Raw = msgspec.Raw(b"")  # (empty: none given; a given one never is)
+    method: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+#: The message last read by ``_head`` and what it gave (a ``_Head`` or the error raised),
+#: when it was at most ``_HEAD_KEPT`` bytes: the reads of one message (is it a message, what
+#: does it answer, is it misshapen, what are its result's keys) follow each other with no
+#: await between. Kept by identity, so the same bytes object, never equal other bytes.
+_last_head: tuple[bytes, _Head | Exception] | None = None
+_HEAD_KEPT = 64 * 1024
+
+
+def _head(data: bytes) -> _Head:
+    """``data``'s members; raises msgspec.DecodeError (or RecursionError) when it cannot be
+    read as one JSON object."""
+    global _last_head
+    last = _last_head
+    if last is not None and last[0] is data:
+        read = last[1]
+    else:
+        try:
+            read = _HEAD.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            read = exc
+        if type(data) is bytes and len(data) <= _HEAD_KEPT:  # (never a buffer that may change)
+            _last_head = (data, read)
+    if isinstance(read, Exception):
+        raise read
+    return read
 
 
 def has_data(event: bytes) -> bool:
@@ -396,17 +436,12 @@ def answer_alone(event: bytes, msg_id: Any) -> bytes | None:
 MAX_ID_BYTES = 1024
 
 
-class _ResultOf(msgspec.Struct):
-    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-
-
 class _ResultKeys(msgspec.Struct):
     resultType: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET  # (the wire's names)
     ttlMs: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     cacheScope: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
-_RESULT_OF = msgspec.json.Decoder(_ResultOf)
 _RESULT_KEYS = msgspec.json.Decoder(_ResultKeys)
 
 
@@ -416,7 +451,7 @@ def result_keys(data: bytes) -> tuple[bool, bool, bool] | None:
     ``resultType``), read without building any of it; None when it holds no result object
     or does not read as one message."""
     try:
-        result = _RESULT_OF.decode(data).result
+        result = _head(data).result
         if result is msgspec.UNSET:
             return None
         keys = _RESULT_KEYS.decode(result)
@@ -439,7 +474,7 @@ def answered_id(data: bytes) -> Any:
     if b'"result"' not in data and b'"error"' not in data:
         return NOT_AN_ANSWER  # (a key spelled with escapes is read whole: see ``wants``)
     try:
-        head = _ANSWER_HEAD.decode(data)
+        head = _head(data)
     except (msgspec.DecodeError, RecursionError):
         return NO_ID
     unset = msgspec.UNSET
@@ -457,30 +492,27 @@ def method_of(data: bytes) -> str | None:
     ``UNREADABLE_METHOD`` when it names one that is no string (null too: it went on unread,
     and the Python SDK failed the call) or cannot be read so."""
     try:
-        head = _METHOD_HEAD.decode(data)
+        method = _head(data).method
+        if method is msgspec.UNSET:
+            return None
+        name = _METHOD_NAME.decode(method)
     except (msgspec.DecodeError, RecursionError):
         return UNREADABLE_METHOD
-    if head.method is msgspec.UNSET:
-        return None
-    return head.method if head.method is not None else UNREADABLE_METHOD
+    return name if name is not None else UNREADABLE_METHOD
 
 
 #: What ``method_of`` gives for a method it cannot tell: never a method any list holds.
 UNREADABLE_METHOD = "\x00unreadable"
 
 
-class _MethodHead(msgspec.Struct):
-    method: str | msgspec.UnsetType | None = msgspec.UNSET
-
-
-_METHOD_HEAD = msgspec.json.Decoder(_MethodHead)
+_METHOD_NAME = msgspec.json.Decoder(str | None)
 
 
 def carries_id(data: bytes) -> bool:
     """Whether a message's JSON names an id (a request or an answer, not a notice), read
     without building any of it."""
     try:
-        return bool(_ANSWER_HEAD.decode(data).id)
+        return bool(_head(data).id)
     except (msgspec.DecodeError, RecursionError):
         return False
 
@@ -518,18 +550,11 @@ class _AnswerHead(msgspec.Struct):
 _ANSWER_HEAD = msgspec.json.Decoder(_AnswerHead)
 
 
-class _ShapeHead(msgspec.Struct):
-    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-
-
 class _ErrorShape(msgspec.Struct):
     code: int
     message: str
 
 
-_SHAPE_HEAD = msgspec.json.Decoder(_ShapeHead)
 _ERROR_SHAPE = msgspec.json.Decoder(_ErrorShape)
 
 
@@ -541,7 +566,7 @@ def misshapen(data: bytes) -> bool:
     if not data:
         return False
     try:
-        head = _SHAPE_HEAD.decode(data)
+        head = _head(data)
     except (msgspec.DecodeError, RecursionError):
         return False  # no message read so (an empty event's data): the other reads tell
     if head.error is not msgspec.UNSET:
@@ -549,8 +574,8 @@ def misshapen(data: bytes) -> bool:
             _ERROR_SHAPE.decode(head.error)
         except (msgspec.DecodeError, RecursionError):
             return True
-    return any(
-        part is not msgspec.UNSET and not bytes(part).startswith(b"{")
+    return any(  # (the first byte only: a Raw made bytes is a copy of all of it)
+        part is not msgspec.UNSET and memoryview(part)[:1].tobytes() != b"{"
         for part in (head.params, head.result, head.error)
     )
 
