@@ -5,6 +5,7 @@ bounded, each and all together (sixteen children each writing 60 MiB with no new
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -93,3 +94,31 @@ async def test_a_childs_pipes_are_closed_though_a_helper_it_started_holds_them(
         while not pidfile.exists() or not pidfile.read_text().strip():
             await asyncio.sleep(0.01)  # the helper writing its pid, not time passing
         os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_a_long_line_with_a_method_is_dropped_unbuilt_and_answers_still_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A notice or a request of the child's past ``MAX_NOTICE_LINE`` goes to no client (an
+    inbox holds no more): skimmed, dropped, never built. An unasked line of 60 MiB of
+    numbers was read value by value on the loop every caller shares (red-team wave 51). An
+    answer that long is its request's, and is read."""
+    monkeypatch.setattr(stdio_child, "MAX_NOTICE_LINE", 200)
+    data = ",".join(["0"] * 100)
+    notice = b'{"params":{"data":[%s]},"jsonrpc":"2.0","method":"notifications/message"}'
+    asks = b'{"jsonrpc":"2.0","id":"q","params":{"d":[%s]},"method":"sampling/createMessage"}'
+    answer = b'{"jsonrpc":"2.0","id":1,"result":{"data":[%s]}}'
+    small = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info"}}'
+    got: list[dict[str, object]] = []
+
+    async def collect(message: dict[str, object], _raw: bytes) -> None:
+        got.append(message)
+
+    async def lines() -> AsyncIterator[bytes]:
+        for line in (notice % data.encode(), asks % data.encode(), answer % data.encode(), small):
+            yield line + b"\n"
+
+    child = Child(ServerConfig("st", command="true"), "st", collect)
+    await child._read_lines(lines())
+    assert [m.get("id", m.get("method")) for m in got] == [1, "notifications/message"]
+    assert got[0]["result"] == {"data": [0] * 100}

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 from mcp.client.stdio import get_default_environment
 
@@ -34,6 +35,29 @@ LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; images make long
 #: a line of 60 MiB that never ended pinned 1.2 GiB. Past it (or past ``LINE_LIMIT``), the
 #: line that grows is dropped, up to its end, and the child read on.
 MAX_ALL_PENDING_LINES = 128 * 1024 * 1024
+
+
+#: A message of the child's that answers no request (a notice, a request of its own) and is
+#: longer than this goes to no client (an inbox holds 8 MiB at most, ``stdio_wire``): it is
+#: dropped once its members are skimmed, never built (a line of 60 MiB of numbers, unasked,
+#: was read value by value on the loop every caller shares: red-team wave 51).
+MAX_NOTICE_LINE = 8 * 1024 * 1024
+
+
+class _LineHead(msgspec.Struct):
+    method: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_LINE_HEAD = msgspec.json.Decoder(_LineHead)
+
+
+def _not_an_answer(line: bytes) -> bool:
+    """Whether a line is a message with a method (no answer), skimmed without building it;
+    False for one msgspec cannot read so (read whole later, and refused or passed then)."""
+    try:
+        return _LINE_HEAD.decode(line).method is not msgspec.UNSET
+    except (msgspec.DecodeError, RecursionError):
+        return False
 
 
 class _Unended:
@@ -252,6 +276,10 @@ class Child:
             if self.failures:
                 self._recovered()  # it speaks: the streak is over
             if line.isspace():  # a blank line: nothing to parse, nothing to say
+                continue
+            if len(line) > MAX_NOTICE_LINE and _not_an_answer(line):
+                if self.junk.allow():  # no inbox would take it: never built
+                    log.warning("stdio.message_too_large", server=self.label, size=len(line))
                 continue
             try:
                 message = loads_line(line)
