@@ -141,7 +141,7 @@ async def test_a_flood_before_an_aggregate_upcalls_answer_lets_other_callers_run
     found: list[Any] = []
 
     async def read() -> None:
-        found.append(await _answer(upstream, resp, "agg-1", "2025-11-25", None, "g"))
+        found.append(await _answer(upstream, resp, "tools/list", "agg-1", "2025-11-25", None, "g"))
 
     assert await _turns_while(read()) >= 50
     assert found == [{"jsonrpc": "2.0", "id": "agg-1", "result": {"tools": []}}]
