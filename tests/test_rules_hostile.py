@@ -3,6 +3,7 @@ the field, never another exception (a crash on hot reload would take the gateway
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,23 @@ CASES: list[tuple[str, str, str | bytes, str]] = [
         "r.yaml",
         "tools:\n  " + "a*" * 150 + ": {}\n",
         "r.yaml:2: tools." + "a*" * 150 + ": a key is at most 200 characters",
+    ),
+    *(
+        (
+            f"unseen-key-{label}",
+            "r.json",
+            json.dumps({"default": "allow", "tools": {key: {"action": "deny"}}}),
+            f"r.json:1: tools.{key}: a key holds a character that draws nothing",
+        )
+        for label, key in [
+            ("zero-width", "rm\u200b"),
+            ("nbsp", "rm\u00a0"),
+            ("bidi", "rm\u202e"),
+            ("bom", "\ufeffrm"),
+            ("trailing-space", "rm "),
+            ("server-space", "srv /rm"),
+            ("tool-space", "srv/ rm"),
+        ]
     ),
 ]
 

@@ -38,6 +38,7 @@ from gateway.policy.model import (
     ToolEntry,
 )
 from gateway.policy.schema import Fields
+from gateway.printable import visible
 
 __all__ = ["TEST_SUFFIXES", "load_policy", "rule_files"]
 
@@ -64,6 +65,11 @@ _KINDS = ("read", "write", "delete", "execute")
 #: Longer tool keys are refused: MCP tool names are short, and glob overlap checks recurse.
 MAX_KEY_CHARS = 200
 _NO_BODY = "entry has no body; write {} for allowed with no conditions"
+_UNSEEN_KEY = (
+    "a key holds a character that draws nothing (a zero-width, bidi or non-breaking space) or"
+    " a part of it begins or ends with a space: it reads as another name, and matches no tool"
+    " of that name"
+)
 _EMPTY_FILE = (
     "no `tools` and no `default`: an empty or cut-off rule file is refused "
     "(write `tools: {}` for a file that is meant to be empty)"
@@ -161,6 +167,11 @@ class _Loader:
             return
         if len(key) > MAX_KEY_CHARS:
             self.problem(where, path, f"a key is at most {MAX_KEY_CHARS} characters")
+            return
+        if not visible(key) or any(part != part.strip() for part in key.split("/")):
+            # `rm\u200b` or `rm ` matched no tool the server lists as `rm`: its deny never
+            # applied, under `default: allow` (red-team wave 52), and it reads as `rm`
+            self.problem(where, path, _UNSEEN_KEY)
             return
         if node.value is None:
             self.problem(where, path, _NO_BODY)
