@@ -497,9 +497,10 @@ class ClientView:
             if deep:  # one line a list: a list of 5,000 wrote 5,000 (red-team wave 38)
                 names = [ascii(name)[:100] for name in deep[:5]]
                 log.warning("tools.too_deep", server=server, tools=len(deep), first=names)
-        out = list_result_fields(
-            {**result, "tools": well_formed_items("tools", readable(kept, self.server), server)}
-        )
+        else:  # `tools` no list: nothing a client could read as tools (a 500 before: wave 52)
+            log.warning("upstream.misshapen_message", server=self.server, method=self.method)
+        shown = well_formed_items("tools", readable(kept, self.server), self.server)
+        out = list_result_fields({**result, "tools": shown})
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
         cursor = out.get("nextCursor")
