@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from gateway.wire.sse import (
     DROP,
     MAX_BATCH,
+    MAX_MENDED_BYTES,
     NO_ID,
     SseRewriter,
     answer_alone,
@@ -313,20 +314,29 @@ class TestSseRewriter:
             assert [m.get("method") for m in found] == ["notifications/message", None]
             assert found[1]["id"] == 7 and found[1]["result"]["x"] in (1, None)
 
-    @pytest.mark.parametrize(
-        "data",
-        [
-            b"[" + b"NaN," * 100_000 + b"0]",  # past what is mended: as it came
-            b"[" + b"9" * 5000 + b',"NaN"]',  # more digits than Python reads
-        ],
-    )
-    def test_what_cannot_be_mended_cheaply_passes_as_it_came(self, data: bytes) -> None:
-        """Mending walks every value: a 30 MiB answer of ``NaN`` held the loop for 13 s, one
-        nested 2,000 deep failed with an internal error, and one with a 5,000-digit integer
-        beside the word "NaN" was refused (red-team wave 42). Such a message is passed as
-        it came, as before mending."""
+    def test_what_cannot_be_mended_cheaply_passes_as_it_came(self) -> None:
+        """Mending walks every value: one nested 2,000 deep failed with an internal error,
+        and one with a 5,000-digit integer beside the word "NaN" was refused (red-team wave
+        42). Such a message is passed as it came, as before mending."""
+        data = b"[" + b"9" * 5000 + b',"NaN"]'  # more digits than Python reads
         message = b'{"jsonrpc":"2.0","id":1,"result":{"x":' + data + b"}}"
         assert filtered(message, _View()) is None
+
+    @pytest.mark.parametrize("odd", [b"NaN", b'"\\ud800"'], ids=["nan", "lone-surrogate"])
+    def test_what_no_quick_read_takes_past_the_mending_bound_is_dropped(self, odd: bytes) -> None:
+        """A message past what is mended that msgspec cannot read (``NaN``, a lone
+        surrogate) was passed as it came: the Python SDK failed on a lone surrogate, and on
+        the call whose stream it came on, its own answer good or not (red-team wave 52); the
+        TypeScript SDK on ``NaN``. It is no message any client reads whole: dropped. Python's
+        parser is not run on it either (a 30 MiB answer of ``NaN`` held the loop 13 s)."""
+        for kind in (b'"method":"notifications/message","params"', b'"id":1,"result"'):
+            message = b'{"jsonrpc":"2.0",' + kind + b':{"x":[' + b"1," * 140_000 + odd + b"]}}"
+            assert len(message) > MAX_MENDED_BYTES
+            assert filtered(message, _View()) is DROP
+        rewriter = SseRewriter(_View(), awaited=1)
+        out = rewriter.feed(b"id: 1\ndata: " + message + b"\n\n") + rewriter.close()
+        assert out == b"" or b"ud800" not in out
+        assert rewriter.lost_answer  # the answer it was: the call is told, not left waiting
 
     def test_an_answer_too_large_to_read_for_its_shape_is_refused(self) -> None:
         """``NaN`` stops the quick read of a whole answer's shape, and one past what is read

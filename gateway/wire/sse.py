@@ -308,7 +308,10 @@ def is_message_text(data: bytes) -> bool:
     except RecursionError:  # nested past what any parser here reads
         return False
     except msgspec.DecodeError:
-        pass
+        if len(data) > MAX_MENDED_BYTES:
+            # too long to mend: passed on, the Python SDK failed on it, and on the call whose
+            # stream it came on, its answer good or not (red-team wave 52). Not a message.
+            return False
     # msgspec refuses an escaped lone surrogate (half an emoji a JavaScript server cut), which
     # is JSON: read by the parser the rest of the gateway uses, whose views deal with it
     try:
@@ -756,7 +759,11 @@ class SseRewriter(SseEvents):
                 self.lost_answer = True
             return
         found = answered_id(data)
-        if found is NO_ID and len(data) <= MAX_MENDED_BYTES:  # read as a client would
+        if found is NO_ID and len(data) > MAX_MENDED_BYTES:  # not read: its answer if it names it
+            if self._names_awaited(data):
+                self.lost_answer = True
+            return
+        if found is NO_ID:  # read as a client would
             try:
                 message = json_loads(data)
             except (ValueError, UnicodeDecodeError, RecursionError):
