@@ -119,3 +119,58 @@ def test_past_the_budget_the_first_to_stop_reading_is_cut(by_budget: GatewayProc
     assert _whole_answer(by_budget) == FILLER
     for sock in by_port.values():
         sock.close()
+
+
+def _read_some(sock: socket.socket, size: int) -> int:
+    """Read ``size`` bytes of a connection's answer (the client is reading, then pauses)."""
+    sock.settimeout(20)
+    got = 0
+    while got < size:
+        chunk = sock.recv(min(1 << 16, size - got))
+        assert chunk, "the connection ended"
+        got += len(chunk)
+    return got
+
+
+def test_past_the_budget_a_client_still_reading_is_cut_last(by_budget: GatewayProcess) -> None:
+    """The first to pause was cut whatever it had read since: a client reading its answer
+    was reset for two that read nothing (red-team wave 52). Those that read nothing go
+    first; the reader gets its answer whole."""
+    reader = _unread_call(by_budget, 0)
+    by_budget.wait_records(1)
+    got = _read_some(reader, 1 << 20)  # it reads, after its writing paused
+    idle = []
+    for n in (1, 2):
+        idle.append(_unread_call(by_budget, n))
+        by_budget.wait_records(n + 1)
+    cut = by_budget.wait_records(2, "client.unread_budget", within=20)
+    ports = {int(record["client"].rpartition(":")[2]) for record in cut}
+    assert ports == {sock.getsockname()[1] for sock in idle}
+    assert got + _read_all(reader) > FILLER  # whole: FILLER bytes of filler and its JSON
+    for sock in idle:
+        sock.close()
+
+
+@pytest.fixture
+def capped(big: PeerProcess, tmp_path: Path) -> Iterator[GatewayProcess]:
+    yield from _gateway(tmp_path, big, send_timeout=300, max_connections=8)
+
+
+def test_at_the_connection_cap_a_download_under_way_is_not_closed(capped: GatewayProcess) -> None:
+    """Room is made by closing the connection idle longest; one whose answer was all handed
+    over counted as idle while its client still read it: a 12 MB download was reset for an
+    attacker's kept-alive connections (red-team wave 52). Those with nothing left to send
+    go first."""
+    reader = _unread_call(capped, 0)
+    capped.wait_records(1)
+    got = _read_some(reader, 1 << 20)
+    kept = []
+    for _ in range(12):  # past the cap: each one served, then kept open
+        sock = socket.create_connection(("127.0.0.1", capped.port))
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{capped.port}\r\n\r\n".encode())
+        sock.settimeout(20)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        kept.append(sock)
+    assert got + _read_all(reader) > FILLER
+    for sock in kept:
+        sock.close()

@@ -41,11 +41,14 @@ Writes still go through :class:`CoalescingTransport` (one write per event-loop p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import fcntl
 import http
 import re
 import socket
 import struct
+import termios
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
@@ -100,7 +103,26 @@ def _drop(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+_INT = struct.pack("i", 0)
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops what is queued
+
+
+def _cut_past_budget(budget: int) -> None:
+    """Past ``max_unsent_bytes`` in all: what each paused connection holds is counted again
+    (a client reading drains its own), then, while still past, connections are cut: first
+    those whose client read nothing since writing paused or since its last stall check, the
+    first to stop first, then the others in that order. Cutting the first to pause whatever
+    it had read since cut a client reading its 12 MB answer for two that read nothing
+    (red-team wave 52)."""
+    paused = list(_Unsent.paused)
+    for conn in paused:
+        conn._count_unsent()
+    idle = [conn for conn in paused if conn._undelivered() >= conn._mark]
+    stalled = set(idle)
+    for conn in idle + [conn for conn in paused if conn not in stalled]:
+        if _Unsent.total <= budget:
+            return
+        conn._cut_unread("client.unread_budget", total=_Unsent.total)
 
 
 class _Unsent:
@@ -247,6 +269,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
         self._overflow = False  # more requests pipelined than may wait: closed, unanswered
         self._unsent = 0  # bytes counted in _Unsent.total while writing is paused
+        self._mark = 0  # undelivered when writing paused, or at the last stall check
         self._stall: asyncio.TimerHandle | None = None  # send_timeout, while paused
 
     # Connection
@@ -271,8 +294,12 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         if not waiting:
             return False
         # Never served first: an MCP client's kept-alive connection, idle between its calls,
-        # was closed under it for 30 half heads that came after it.
-        oldest = min(waiting, key=lambda c: (c._served, c._quiet_since))
+        # was closed under it for 30 half heads that came after it. And one whose answer is
+        # still going out last: a client downloading 12 MB was reset for the 20th /healthz
+        # connection an attacker kept open (red-team wave 52); one that stopped reading is
+        # cut by send_timeout and max_unsent_bytes.
+        sent = [c for c in waiting if not c.transport.get_write_buffer_size()]
+        oldest = min(sent or waiting, key=lambda c: (c._served, c._quiet_since))
         if oldest.transport.get_write_buffer_size():
             _drop(oldest.transport)  # close() would keep what its client has not read
         else:
@@ -308,11 +335,10 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             return
         _Unsent.paused[self] = None
         self._count_unsent()
+        self._mark = self._undelivered()
         self._stall = self.loop.call_later(self.limits.send_timeout, self._check_stall)
-        budget = self.limits.max_unsent_bytes
-        while _Unsent.total > budget and _Unsent.paused:
-            first = next(iter(_Unsent.paused))  # the one that stopped reading first
-            first._cut_unread("client.unread_budget", total=_Unsent.total)
+        if _Unsent.total > self.limits.max_unsent_bytes:
+            _cut_past_budget(self.limits.max_unsent_bytes)
 
     def resume_writing(self) -> None:
         self._forget_unsent()
@@ -325,16 +351,29 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         _Unsent.total += self._unsent - before
         return before
 
+    def _undelivered(self) -> int:
+        """What the client has not taken yet: the transport's buffer and the kernel's send
+        queue (what a client reads comes out of the kernel's first: a client that read 1 MiB
+        of its answer had the transport's buffer as full as when it stopped)."""
+        size = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile: the buffer alone
+                size += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _INT))[0]
+        return size
+
     def _check_stall(self) -> None:
         """``send_timeout`` after writing paused, and after every check since: cut unless
         the client read some of it meanwhile."""
         self._stall = None
         if self not in _Unsent.paused:
             return
-        before = self._count_unsent()
-        if self._unsent >= before:
+        self._count_unsent()
+        undelivered = self._undelivered()
+        if undelivered >= self._mark:
             self._cut_unread("client.unread", seconds=self.limits.send_timeout)
             return
+        self._mark = undelivered
         self._stall = self.loop.call_later(self.limits.send_timeout, self._check_stall)
 
     def _cut_unread(self, event: str, **fields: Any) -> None:
