@@ -64,11 +64,12 @@ def test_an_unverified_certificate_is_refused(
             assert resp.status_code == 200  # a JSON-RPC error every client reads
             assert resp.json()["error"]["message"] == "upstream 'up' is unavailable"
         # A client's answer to a server's request is no request: its failure is a status
-        # (a 200 told the TypeScript client its user's answer was delivered).
+        # (a 200 told the TypeScript client its user's answer was delivered). Outside a
+        # session it answers nothing, and is refused before any upstream is tried.
         answer = {"jsonrpc": "2.0", "id": "server-1", "result": {}}
         modern = {**headers, "mcp-protocol-version": "2026-07-28"}
         resp = httpx.post(gw.url("up"), json=answer, headers=modern, timeout=10)
-        assert resp.status_code == 502
+        assert resp.status_code == 400
         assert resp.json()["id"] is None
         assert httpx.get(f"{gw.base}/healthz", timeout=5).status_code == 200
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import time
@@ -101,10 +102,21 @@ class TestOutage:
             lim = ValkeyRateLimiter(f"valkey://{HOST}:{silent.getsockname()[1]}/0", timeout=5)
             pool = lim._client.connection_pool
             task = asyncio.ensure_future(lim.acquire([CLOSED]))
-            for _ in range(1000):  # until the exchange is in flight (a busy machine: seconds)
+            silent.setblocking(False)
+            accepted: socket.socket | None = None
+            heard = b""
+            for _ in range(1000):  # until its command was sent (a busy machine: seconds)
                 await asyncio.sleep(0.01)
-                if pool._in_use_connections:  # type: ignore[attr-defined]
-                    break
+                if accepted is None:
+                    with contextlib.suppress(BlockingIOError):
+                        accepted = silent.accept()[0]
+                        accepted.setblocking(False)
+                if accepted is not None:
+                    with contextlib.suppress(BlockingIOError):
+                        heard += accepted.recv(65536)
+                if heard and pool._in_use_connections:  # type: ignore[attr-defined]
+                    break  # (cancelled while connecting, a connection has no reply to lose)
+            assert heard, "the command never reached the server"
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -112,6 +124,8 @@ class TestOutage:
             assert not any(c.is_connected for c in pool._available_connections)  # type: ignore[attr-defined]
             assert lim._outage.since is None
             await lim.close()
+            if accepted is not None:
+                accepted.close()
 
 
 class TestScriptCache:
