@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway_proc import GatewayProcess, calls_in, run_gateway
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, start_ts_upstream, ts_client, ts_sdk_ready
 
 ADMIN = "admin-token-for-ts-tests-0123456789"
@@ -140,3 +140,21 @@ class TestTypeScriptServerBehindTheGateway:
         assert "write_file" not in out["tools"] and "delete_item" in out["tools"]
         ran = [c["tool"] for c in calls_in(log)]
         assert ran == ["echo"], ran
+
+
+async def test_on_mcp_a_2026_call_to_a_server_of_the_older_era_only_is_no_tool(
+    ts_gw: tuple[GatewayProcess, Path],
+) -> None:
+    """This TypeScript server speaks 2025-11-25 only: a 2026-07-28 client's lists on /mcp leave
+    it out, and its calls were still routed to it: decided and logged as allowed (or held
+    for an approval no one could make good), then refused by the server with its own text
+    (red-team wave 52). It is no tool in that era, as the lists say."""
+    gw, log = ts_gw
+    before, decided = len(calls_in(log)), len(gw.records())
+    async with client(gw.base + "/mcp", KEY, mode="2026-07-28") as agent:
+        refused = await agent.call_tool("ts__echo", {"text": "never"})
+        held = await agent.call_tool("ts__delete_item", {"id": "x"})
+    assert refused.is_error and held.is_error
+    assert "no tool" in text_of(refused)
+    assert all(r["effect"] == "deny" for r in gw.records()[decided:])  # nothing allowed, held
+    assert len(calls_in(log)) == before  # the server heard no call

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from mcp.shared.inbound import (
@@ -38,7 +40,7 @@ from gateway.edge.agg.route import (
     unknown,
     unrouted,
 )
-from gateway.edge.agg.upcall import UpcallFailed, upcall
+from gateway.edge.agg.upcall import UpcallDown, UpcallFailed, UpcallRefused, upcall
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
@@ -56,11 +58,18 @@ REMOVED = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # (``ping``, ``initialize`` and ``logging/setLevel`` are gone too: answered 404 below.)
 
 
+#: A server whose answer to ``server/discover`` was an error (it speaks the handshake era
+#: only) is left out of routed requests this long before it is asked again.
+UNSPOKEN_SECONDS = 60.0
+
+
 class Stateless:
     """The 2026-07-28 face of ``/mcp``."""
 
     def __init__(self, gw: Gateway, names: Names, catalogue: Catalogue) -> None:
         self.gw = gw
+        #: Each server's last answer to ``server/discover``: whether it was a result, when.
+        self.speaks: dict[str, tuple[bool, float]] = {}
         self.names = names
         self.catalogue = catalogue
 
@@ -131,12 +140,34 @@ class Stateless:
     async def _discover(self, send: Send, message: Message, version: str) -> None:
         every: dict[str, dict[str, Any]] = {n: {} for n in self.gw.upstreams}
         answers = await self._each("server/discover", every, version, message.params.get("_meta"))
+        for name, answer in answers.items():
+            self._heard(name, answer)
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
         if not results:
             await self._no_answer(send, message, answers)
             return
         body = rpc.result_body(message.msg_id, merge_discover(results))
         await reply(send, 200, body)
+
+    def _heard(self, server: str, answer: Mapping[str, Any]) -> None:
+        self.speaks[server] = (isinstance(answer.get("result"), dict), time.monotonic())
+
+    async def _speaks_era(self, server: str, version: str, meta: Any) -> bool:
+        """Whether ``server`` speaks this era: its ``server/discover`` is answered (asked once,
+        and again ``UNSPOKEN_SECONDS`` after an error). One that speaks 2025-11-25 only was
+        left out of the lists but still called: a call decided and logged as allowed, or
+        held for an approval, that its server could only refuse (red-team wave 52)."""
+        known = self.speaks.get(server)
+        if known is not None and (known[0] or time.monotonic() - known[1] < UNSPOKEN_SECONDS):
+            return known[0]
+        try:
+            answer = await upcall(self.gw.upstreams[server], "server/discover", {}, version, meta)
+        except (UpcallDown, UpcallRefused):
+            return True  # down or full for now: the request goes on, and is told so itself
+        except UpcallFailed:
+            answer = {}  # no answer it could give in this era
+        self._heard(server, answer)
+        return self.speaks[server][0]
 
     async def _no_answer(
         self, send: Send, message: Message, answers: dict[str, dict[str, Any]]
@@ -190,6 +221,11 @@ class Stateless:
             learn = functools.partial(self._learn_resources, identity, version, meta)
             await self.catalogue.relearn(uri, learn)
             server, changed = target(self.names, self.catalogue, servers, message)
+        if server is not None and server in self.gw.upstreams:
+            meta = message.params.get("_meta")
+            if not await self._speaks_era(server, version, meta):
+                log.warning("aggregate.upstream_failed", server=server, method=message.method)
+                server = None  # left out of this era's lists: no name of it routes either
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # as the handshake era: a tool error to read
                 nowhere = unrouted(self.gw, incoming, message, identity, None)
