@@ -22,6 +22,7 @@ from gateway.wire.sse import (
     DROP,
     MAX_BATCH,
     MAX_MENDED_BYTES,
+    MAX_NOTICE_BYTES,
     NO_ID,
     SseRewriter,
     answer_alone,
@@ -337,6 +338,17 @@ class TestSseRewriter:
         out = rewriter.feed(b"id: 1\ndata: " + message + b"\n\n") + rewriter.close()
         assert out == b"" or b"ud800" not in out
         assert rewriter.lost_answer  # the answer it was: the call is told, not left waiting
+
+    def test_a_notice_longer_than_a_python_client_reads_is_dropped(self) -> None:
+        """The Python SDK's client ends a stream on an event past 1 MiB, and fails the call on
+        it: a 2 MiB log line did (red-team wave 52). A notice or a server's request that long
+        is dropped; an answer that long is the call's, and goes on."""
+        data = b'{"data":"' + b"x" * MAX_NOTICE_BYTES + b'"}'
+        notice = b'{"jsonrpc":"2.0","method":"notifications/message","params":' + data + b"}"
+        answer = b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"structuredContent":' + data
+        answer += b"}}"
+        out = self._run([b"data: " + notice + b"\n\n", b"data: " + answer + b"\n\n"])
+        assert b"notifications/message" not in out and out.count(b"x" * 1000) > 900
 
     def test_an_answer_too_large_to_read_for_its_shape_is_refused(self) -> None:
         """``NaN`` stops the quick read of a whole answer's shape, and one past what is read

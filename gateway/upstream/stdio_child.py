@@ -27,6 +27,7 @@ from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.turns import Turns
 from gateway.wire.jsonrpc import loads_line
+from gateway.wire.sse import MAX_NOTICE_BYTES
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -38,10 +39,11 @@ MAX_ALL_PENDING_LINES = 128 * 1024 * 1024
 
 
 #: A message of the child's that answers no request (a notice, a request of its own) and is
-#: longer than this goes to no client (an inbox holds 8 MiB at most, ``stdio_wire``): it is
-#: dropped once its members are skimmed, never built (a line of 60 MiB of numbers, unasked,
-#: was read value by value on the loop every caller shares: red-team wave 51).
-MAX_NOTICE_LINE = 8 * 1024 * 1024
+#: longer than this goes to no client (``sse.MAX_NOTICE_BYTES``: a stream of the Python SDK's
+#: client ends on it): it is dropped once its members are skimmed, never built (a line of 60
+#: MiB of numbers, unasked, was read value by value on the loop every caller shares:
+#: red-team wave 51).
+MAX_NOTICE_LINE = MAX_NOTICE_BYTES
 
 
 class _LineHead(msgspec.Struct):

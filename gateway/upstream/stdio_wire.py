@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from gateway.upstream.stdio_child import LINE_LIMIT, MAX_NOTICE_LINE
+from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
 from gateway.wire.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SESSION_NOT_FOUND, json_bytes
 from gateway.wire.jsonrpc import error_body as rpc_error
@@ -36,7 +36,7 @@ HEAD_AFTER = 1.0
 #: Messages an inbox keeps beyond its answer; past this, while nobody reads them (the caller
 #: went away), notifications are dropped. The answer never is.
 BACKLOG = 256
-INBOX_BYTES = MAX_NOTICE_LINE  # waiting in one inbox at most (the answer itself excepted)
+INBOX_BYTES = 8 * 1024 * 1024  # waiting in one inbox at most (the answer itself excepted)
 ALL_INBOX_BYTES = 256 * 1024 * 1024  # ... and in every inbox together
 
 

@@ -68,6 +68,21 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
     return name, value.removeprefix(b" ") if colon else b""
 
 
+#: A message on a stream that answers nothing (a notice, a server's request) and is longer
+#: than this is dropped: the Python SDK's client ends a stream on an event past 1 MiB, failing
+#: the call it carried (a log line of 2 MiB did: red-team wave 52).
+MAX_NOTICE_BYTES = 1_000_000
+
+
+def _no_answer(data: bytes) -> bool:
+    """Whether ``data`` is one message with a method (no answer), read quickly; False when it
+    cannot be read so (the view's reading tells)."""
+    try:
+        return _head(data).method is not msgspec.UNSET
+    except (msgspec.DecodeError, RecursionError):
+        return False
+
+
 def rewrite_event(
     event: bytes, view: View, dropped: Callable[[bytes], None] | None = None
 ) -> bytes:
@@ -99,6 +114,8 @@ def rewrite_event(
         if _OPENS_BATCH.match(joined):
             return _batch_events(joined, out, data_at, view, dropped)
         out[data_at] = b"data: " + b"\ndata: ".join(data)
+        if len(joined) > MAX_NOTICE_BYTES and _no_answer(joined):
+            return b""  # a notice or a request no client's stream would survive: dropped
         changed = filtered(joined, view)
         if changed is DROP:
             if dropped is not None:
