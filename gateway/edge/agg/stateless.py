@@ -58,8 +58,8 @@ REMOVED = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # (``ping``, ``initialize`` and ``logging/setLevel`` are gone too: answered 404 below.)
 
 
-#: A server whose answer to ``server/discover`` was an error (it speaks the handshake era
-#: only) is left out of routed requests this long before it is asked again.
+#: A server whose ``tools/list`` in this era failed (it speaks the handshake era only) is
+#: left out of routed requests this long before it is asked again.
 UNSPOKEN_SECONDS = 60.0
 
 
@@ -68,7 +68,7 @@ class Stateless:
 
     def __init__(self, gw: Gateway, names: Names, catalogue: Catalogue) -> None:
         self.gw = gw
-        #: Each server's last answer to ``server/discover``: whether it was a result, when.
+        #: Each server's last ``tools/list`` in this era: whether it gave a result, when.
         self.speaks: dict[str, tuple[bool, float]] = {}
         self.names = names
         self.catalogue = catalogue
@@ -140,8 +140,6 @@ class Stateless:
     async def _discover(self, send: Send, message: Message, version: str) -> None:
         every: dict[str, dict[str, Any]] = {n: {} for n in self.gw.upstreams}
         answers = await self._each("server/discover", every, version, message.params.get("_meta"))
-        for name, answer in answers.items():
-            self._heard(name, answer)
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
         if not results:
             await self._no_answer(send, message, answers)
@@ -153,15 +151,16 @@ class Stateless:
         self.speaks[server] = (isinstance(answer.get("result"), dict), time.monotonic())
 
     async def _speaks_era(self, server: str, version: str, meta: Any) -> bool:
-        """Whether ``server`` speaks this era: its ``server/discover`` is answered (asked once,
-        and again ``UNSPOKEN_SECONDS`` after an error). One that speaks 2025-11-25 only was
-        left out of the lists but still called: a call decided and logged as allowed, or
-        held for an approval, that its server could only refuse (red-team wave 52)."""
+        """Whether ``server`` speaks this era as the merged lists find it: its ``tools/list``
+        gives a result (asked once, and again ``UNSPOKEN_SECONDS`` after a failure). One that
+        speaks 2025-11-25 only was left out of the lists but still called: a call decided
+        and logged as allowed, or held for an approval, that its server could only refuse
+        (red-team wave 52)."""
         known = self.speaks.get(server)
         if known is not None and (known[0] or time.monotonic() - known[1] < UNSPOKEN_SECONDS):
             return known[0]
         try:
-            answer = await upcall(self.gw.upstreams[server], "server/discover", {}, version, meta)
+            answer = await upcall(self.gw.upstreams[server], "tools/list", {}, version, meta)
         except (UpcallDown, UpcallRefused):
             return True  # down or full for now: the request goes on, and is told so itself
         except UpcallFailed:
@@ -193,6 +192,9 @@ class Stateless:
         )
         each = {s: ({"cursor": c} if c else {}) for s, c in positions.items()}
         answers = await self._each(method, each, version, message.params.get("_meta"))
+        if method == "tools/list":
+            for name, answer in answers.items():
+                self._heard(name, answer)
         results = {n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)}
         if method == "tools/list" and each and not results:
             await none_answered(send, message)
