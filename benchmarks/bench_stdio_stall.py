@@ -4,9 +4,11 @@
 
 A stdio server (written here, raw JSON lines) answers a call of ``go`` with ``--lines`` lines
 of ``--mib`` MiB of plain numbers first: a ``notifications/message`` each (``notice``), or
-its answer itself that long (``answer``). Meanwhile another thread asks ``/healthz`` every
-50 ms; the figure is its slowest answer, which is what every other caller waited too. Both
-eras' clients are the SDK's (legacy era: the session bridge; 2026-07-28: the shared one).
+its answer itself that long (``answer``; ``bare``: without the ``resultType`` the 2026-07-28
+era requires, which the gateway adds by reading the answer whole and writing it again).
+Meanwhile another thread asks ``/healthz`` every 50 ms; the figure is its slowest answer,
+which is what every other caller waited too. Both eras' clients are the SDK's (legacy era:
+the session bridge; 2026-07-28: the shared one).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ for line in sys.stdin.buffer:
             result = {"content": [{"type": "text", "text": "done"}], "resultType": "complete"}
         else:
             head = b'{"jsonrpc":"2.0","id":' + json.dumps(i).encode() + b',"result":'
-            write(head + b'{"content":[{"type":"text","text":"done"}],"data":' + numbers() + b"}}")
+            told = b'"resultType":"complete",' if kind == "answer" else b""
+            text = b'"content":[{"type":"text","text":"done"}],"data":'
+            write(head + b"{" + told + text + numbers() + b"}}")
             continue
     else:
         result = {}
@@ -107,7 +111,7 @@ def main() -> None:
         policy = 'version: "1"\ndefault: deny\ntools:\n  go: {}\n'
         with run_gateway(Path(folder), policy, servers) as gw:
             for mode in ("legacy", "auto"):
-                for kind in ("notice", "answer"):
+                for kind in ("notice", "answer", "bare"):
                     worst, took = asyncio.run(measure(gw.url("long"), gw.base, mode, kind))
                     lines = args.lines if kind == "notice" else 1
                     print(

@@ -355,3 +355,24 @@ class TestSharedProcessIsolation:
 
 async def _all_chunks(answer: AsgiResponse) -> list[bytes]:
     return [chunk async for chunk in answer.iter_chunks()]
+
+
+def test_a_long_answer_is_put_under_its_callers_id_as_the_child_wrote_it() -> None:
+    """The shared process's answers carry the gateway's own ids; the caller's is put back.
+    A long answer's result is not encoded again for it (a 60 MiB answer held the loop every
+    caller shares seconds longer): its bytes go on in a new envelope."""
+    result = b'{"content":[{"type":"text","text":"hi"}],"data":[1, 2.5, "\\u00e9"]}'
+    line = b'{"result":' + result + b',"jsonrpc":"2.0","id":"celgate-7"}'
+    text = stdio_wire.answer_text(line, "caller-1")
+    assert text is not None and result in text
+    assert json.loads(text) == {"jsonrpc": "2.0", "id": "caller-1", "result": json.loads(result)}
+    error = b'{"jsonrpc":"2.0","id":"celgate-8","error":{"code":-1,"message":"no"}}'
+    assert json.loads(stdio_wire.answer_text(error, 5) or b"") == {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "error": {"code": -1, "message": "no"},
+    }
+    both = b'{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}'
+    odd = b'{"jsonrpc":"2.0","id":1,"result":{"x":NaN}}'  # encoded again, mended, instead
+    assert stdio_wire.answer_text(both, 1) is None and stdio_wire.answer_text(odd, 1) is None
+    assert stdio_wire.answer_text(b'{"jsonrpc":"2.0","id":1}', 1) is None

@@ -30,9 +30,10 @@ from gateway.upstream.stdio_messages import (
     too_slow,
     unavailable,
 )
-from gateway.upstream.stdio_wire import Inbox, encode, respond
+from gateway.upstream.stdio_wire import Inbox, answer_text, encode, respond
 from gateway.wire.asgi import Incoming, Send, reply
 from gateway.wire.jsonrpc import (
+    FAST_LOADS_BYTES,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
@@ -200,10 +201,11 @@ class SharedLink:
             return
         if inner in self.heard:
             self.heard[inner] = time.monotonic()
-        self._route(inner, message)
+        self._route(inner, message, line)
 
-    def _route(self, inner: str, message: dict[str, Any]) -> None:
-        """To the caller of ``inner``, under the caller's own id and progress token."""
+    def _route(self, inner: str, message: dict[str, Any], line: bytes = b"") -> None:
+        """To the caller of ``inner``, under the caller's own id and progress token; an
+        answer's result or error as the child wrote it (``line``), never encoded again."""
         entry = self.waiting.get(inner)
         if entry is None:
             return
@@ -211,6 +213,11 @@ class SharedLink:
         final = "method" not in message
         if final:
             message = {**message, "id": original_id}
+            # (a long one only: a short one is encoded again, mended as every answer is)
+            text = answer_text(line, original_id) if len(line) > FAST_LOADS_BYTES else None
+            if text is not None:
+                inbox.put((message, text), final)
+                return
         elif token is not None and progress_token(message) is not None:
             message = _with_token(message, token)
         elif subscription_id(message) == inner:

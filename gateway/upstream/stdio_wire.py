@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import msgspec
 
 from gateway.upstream.stdio_child import LINE_LIMIT
 from gateway.wire.asgi import Incoming, Send, accepts, is_json_type, reply
@@ -170,6 +171,32 @@ async def session_not_found(
 
 def encode(message: dict[str, Any]) -> Item:
     return message, json_bytes(message, (",", ":"))
+
+
+class _AnswerParts(msgspec.Struct):
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_ANSWER_PARTS = msgspec.json.Decoder(_AnswerParts)
+
+
+def answer_text(line: bytes, msg_id: Any) -> bytes | None:
+    """A child's answer (its JSON line) under ``msg_id``: its ``result`` or ``error`` as the
+    child wrote it, put in a new envelope, not encoded again (a 60 MiB answer encoded held
+    the loop every caller shares for seconds); None when it is not one answer read so."""
+    try:
+        parts = _ANSWER_PARTS.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if (parts.result is msgspec.UNSET) == (parts.error is msgspec.UNSET):
+        return None
+    key, part = b"result", parts.result
+    if isinstance(parts.error, msgspec.Raw):
+        key, part = b"error", parts.error
+    assert isinstance(part, msgspec.Raw)
+    head = b'{"jsonrpc":"2.0","id":' + json_bytes(msg_id, (",", ":")) + b',"' + key + b'":'
+    return head + bytes(part) + b"}"
 
 
 async def open_stream(send: Send, headers: Headers, first: bytes = b"") -> None:
