@@ -32,6 +32,7 @@ from gateway.telemetry.audit import log
 from gateway.wire.jsonrpc import NOTIFICATION_PREFIX, SERVER_METHODS
 from gateway.wire.sse import (
     DROP,
+    MAX_MENDED_BYTES,
     NO_ID,
     NOT_AN_ANSWER,
     answered_id,
@@ -41,6 +42,7 @@ from gateway.wire.sse import (
     result_keys,
     same_id_as,
     shapely,
+    with_result_type,
 )
 
 #: Tools one list answer (one page) may hold; past it the page is shown empty (logged). MCP
@@ -160,6 +162,7 @@ class ClientView:
         "session",
         "tag",
         "tasks",
+        "untold_only",
         "upstream_session",
     )
 
@@ -187,6 +190,8 @@ class ClientView:
         self.cacheable = False
         #: The answer to this list request is past ``MAX_LIST_ANSWER_BYTES``: shown empty.
         self.oversized = False
+        #: The message ``wants`` last read wants nothing but its ``resultType`` (``splice``).
+        self.untold_only = False
         #: The answers (results and errors) this stream may carry, by their id: a request's
         #: stream its own answer alone; a server's GET stream, a listen, none (an upstream
         #: that answered with another request's id ended that request for its client: a call
@@ -289,6 +294,7 @@ class ClientView:
     def wants(self, data: bytes) -> bool:
         """Only what could hold a tools list or a task id is read (a key spelled with escapes
         is too), and another list's answer (each item's shape checked)."""
+        self.untold_only = False
         if self.method in OTHER_LISTS:
             self.oversized = len(data) > MAX_LIST_ANSWER_BYTES
             return True
@@ -312,13 +318,24 @@ class ClientView:
             return True  # params or a result that is no object: read, refused
         if not self.modern or b'"result"' not in data:
             return False
-        if b'"resultType"' not in data or b"input_required" in data:
+        if b"input_required" in data:
+            return True
+        if b'"resultType"' not in data:
+            self.untold_only = not self.cacheable  # (ttlMs and cacheScope: read, written)
             return True
         keys = result_keys(data)  # the words may be anywhere: is it the result's own key?
         if keys is None:
             return True  # not one message with a result object: read it whole
         told, ttl, scope = keys
         return not told or (self.cacheable and not (ttl and scope))
+
+    def splice(self, data: bytes) -> bytes | None:
+        """A long answer whose only want is the ``resultType`` a 2026-07-28 result must give,
+        with it written in, unread; None for any other (read whole, then). Read and written
+        again, a 60 MiB answer held the loop every caller shares for 11 s."""
+        if not self.untold_only or len(data) <= MAX_MENDED_BYTES:
+            return None
+        return with_result_type(data)
 
     def filter(self, message: Any) -> Any | None:
         """The message as this caller may see it, or None when it is fine as it is."""

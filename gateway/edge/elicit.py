@@ -47,7 +47,7 @@ from gateway.wire.jsonrpc import (
     json_bytes,
 )
 from gateway.wire.jsonrpc import loads as json_loads
-from gateway.wire.sse import View
+from gateway.wire.sse import View, spliced_by
 from gateway.wire.sse import message_event as event
 
 #: The key of the gateway's question in ``inputRequests`` / ``inputResponses`` (2026-07-28).
@@ -340,6 +340,9 @@ class Continuing:
 
     def wants(self, data: bytes) -> bool:
         return b"input_required" in data or (self.inner is not None and self.inner.wants(data))
+
+    def splice(self, data: bytes) -> bytes | None:
+        return None if b"input_required" in data else spliced_by(self.inner, data)
 
     def filter(self, message: Any) -> Any | None:
         changed = self.inner.filter(message) if self.inner is not None else None

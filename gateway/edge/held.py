@@ -39,7 +39,7 @@ from gateway.telemetry.audit import log
 from gateway.upstream.h1 import H1Response
 from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import MODERN_VERSIONS, Message
-from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered
+from gateway.wire.sse import DROP, SseRewriter, StreamTooLarge, filtered, spliced_by
 from gateway.wire.sse import message_event as event
 
 KEEPALIVE_SECONDS = 5.0
@@ -94,6 +94,9 @@ class _ProgressAfterWait:
 
     def wants(self, data: bytes) -> bool:
         return b"progress" in data or (self.inner is not None and self.inner.wants(data))
+
+    def splice(self, data: bytes) -> bytes | None:
+        return None if b"progress" in data else spliced_by(self.inner, data)
 
     def wrap_event_id(self, event_id: bytes) -> bytes:
         return self.inner.wrap_event_id(event_id) if self.inner is not None else event_id

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 import structlog
@@ -72,6 +72,30 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
 #: than this is dropped: the Python SDK's client ends a stream on an event past 1 MiB, failing
 #: the call it carried (a log line of 2 MiB did: red-team wave 52).
 MAX_NOTICE_BYTES = 1_000_000
+
+
+def spliced_by(view: Any, data: bytes) -> bytes | None:
+    """What ``view`` writes into ``data`` without reading it (its ``splice``), if it can."""
+    splice = getattr(view, "splice", None)
+    return cast(bytes | None, splice(data)) if splice is not None else None
+
+
+def with_result_type(data: bytes) -> bytes | None:
+    """One answer's text with ``"resultType":"complete"`` first in its result, written in
+    without reading the rest (the envelope written anew: ``jsonrpc``, ``id``, ``result``);
+    None when it is not one answer of a result object read so."""
+    try:
+        head = _head(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    unset = msgspec.UNSET
+    if head.method is not unset or head.error is not unset or not head.id:
+        return None
+    if not isinstance(head.result, msgspec.Raw) or memoryview(head.result)[:1].tobytes() != b"{":
+        return None
+    rest = bytes(head.result)[1:].lstrip()
+    told = b'"resultType":"complete"' + (b"" if rest.startswith(b"}") else b",")
+    return b'{"jsonrpc":"2.0","id":' + bytes(head.id) + b',"result":{' + told + rest + b"}"
 
 
 def _no_answer(data: bytes) -> bool:
@@ -258,6 +282,10 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
     read = unproven or b"__proto__" in data or view.wants(data)
     if not mend and not read:
         return None
+    if read and not unproven and b"__proto__" not in data:
+        spliced = spliced_by(view, data)  # what a view may write in without reading it
+        if spliced is not None:
+            return spliced
     try:
         message = json_loads(data, object_pairs_hook=_strict_object)
         if mend:

@@ -27,6 +27,9 @@ class AggView:
     def wants(self, data: bytes) -> bool:
         return b'"method"' in data or self.inner.wants(data)
 
+    def splice(self, data: bytes) -> bytes | None:
+        return None if b'"method"' in data else self.inner.splice(data)
+
     def wrap_event_id(self, event_id: bytes) -> bytes:
         return self.inner.wrap_event_id(event_id)
 
