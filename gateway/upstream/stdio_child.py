@@ -17,7 +17,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-import msgspec
 import structlog
 from mcp.client.stdio import get_default_environment
 
@@ -27,7 +26,7 @@ from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.turns import Turns
 from gateway.wire.jsonrpc import loads_line
-from gateway.wire.sse import MAX_NOTICE_BYTES
+from gateway.wire.sse import MAX_NOTICE_BYTES, names_a_method
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -44,22 +43,6 @@ MAX_ALL_PENDING_LINES = 128 * 1024 * 1024
 #: MiB of numbers, unasked, was read value by value on the loop every caller shares:
 #: red-team wave 51).
 MAX_NOTICE_LINE = MAX_NOTICE_BYTES
-
-
-class _LineHead(msgspec.Struct):
-    method: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-
-
-_LINE_HEAD = msgspec.json.Decoder(_LineHead)
-
-
-def _not_an_answer(line: bytes) -> bool:
-    """Whether a line is a message with a method (no answer), skimmed without building it;
-    False for one msgspec cannot read so (read whole later, and refused or passed then)."""
-    try:
-        return _LINE_HEAD.decode(line).method is not msgspec.UNSET
-    except (msgspec.DecodeError, RecursionError):
-        return False
 
 
 class _Unended:
@@ -279,7 +262,7 @@ class Child:
                 self._recovered()  # it speaks: the streak is over
             if line.isspace():  # a blank line: nothing to parse, nothing to say
                 continue
-            if len(line) > MAX_NOTICE_LINE and _not_an_answer(line):
+            if len(line) > MAX_NOTICE_LINE and names_a_method(line):
                 if self.junk.allow():  # no inbox would take it: never built
                     log.warning("stdio.message_too_large", server=self.label, size=len(line))
                 continue

@@ -98,7 +98,7 @@ def with_result_type(data: bytes) -> bytes | None:
     return b'{"jsonrpc":"2.0","id":' + bytes(head.id) + b',"result":{' + told + rest + b"}"
 
 
-def _no_answer(data: bytes) -> bool:
+def names_a_method(data: bytes) -> bool:
     """Whether ``data`` is one message with a method (no answer), read quickly; False when it
     cannot be read so (the view's reading tells)."""
     try:
@@ -138,7 +138,7 @@ def rewrite_event(
         if _OPENS_BATCH.match(joined):
             return _batch_events(joined, out, data_at, view, dropped)
         out[data_at] = b"data: " + b"\ndata: ".join(data)
-        if len(joined) > MAX_NOTICE_BYTES and _no_answer(joined):
+        if len(joined) > MAX_NOTICE_BYTES and names_a_method(joined):
             return b""  # a notice or a request no client's stream would survive: dropped
         changed = filtered(joined, view)
         if changed is DROP:
