@@ -117,6 +117,38 @@ def test_a_tool_that_is_not_unicode_is_left_out(rig: tuple[GatewayProcess, Path]
         script.write_text(json.dumps({"pages": [TOOLS]}))
 
 
+ESCAPED = '"\\u005f_proto__"'
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"__proto__": {"x": 1}},
+        {"inputSchema": {"type": "object", "__proto__": {"type": "string"}}},
+        {"annotations": {"deep": [{"@PROTO@": 1}]}},  # written "\\u005f_proto__"
+    ],
+)
+def test_a_tool_with_a_proto_key_is_never_listed(
+    rig: tuple[GatewayProcess, Path], extra: dict[str, Any]
+) -> None:
+    """A JavaScript client's schema library makes a ``__proto__`` key the object's
+    prototype. The relay refuses such a list whole; ``/mcp`` merged the tool as it came."""
+    gw, script = rig
+    odd = {"name": "echo", "description": "d", "inputSchema": {"type": "object"}, **extra}
+    pages = [[odd, {**odd, "name": "odd_p"}, {**TOOLS[0], "name": "odd1"}]]
+    script.write_text(json.dumps({"pages": pages, "raw_replace": [['"@PROTO@"', ESCAPED]]}))
+    try:
+        for path in ("/mcp/lit", "/mcp"):
+            resp = _list(gw, path)
+            assert "__proto__" not in resp.text and "u005f" not in resp.text
+            data = resp.text.split("data: ")[-1] if "data: " in resp.text else resp.text
+            if path == "/mcp":  # the others are kept
+                assert [t["name"] for t in json.loads(data)["result"]["tools"]] == ["lit__odd1"]
+    finally:
+        script.write_text(json.dumps({"pages": [TOOLS]}))
+    assert gw.records("tools.proto_key")
+
+
 def _strict(text: str) -> Any:
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is no JSON")

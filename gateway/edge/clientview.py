@@ -588,26 +588,39 @@ def progress_of(message: dict[str, Any]) -> Any:
     return params.get("progressToken") if isinstance(params, dict) else None
 
 
+#: How a ``__proto__`` key is written by ``json.dumps`` (a string holding the text has its
+#: quotes escaped, so the bare quote before the colon is a key's end).
+_PROTO_KEY = '__proto__":'
+
+
 def readable(tools: list[Any], server: str) -> list[dict[str, Any]]:
     """The tools whose definitions are Unicode text and JSON: a lone surrogate
     (``"\\ud83d"``, half an emoji cut by a JavaScript server) is valid JSON that strict
     clients refuse, a number past a double's range (``1e999``) is read as infinity and would
     be written ``Infinity``, which is no JSON; one such tool would make a whole list, on
-    ``/mcp`` every server's, unreadable to them."""
+    ``/mcp`` every server's, unreadable to them. A definition with a ``__proto__`` key at any
+    depth is left out too: a JavaScript client's schema library makes it the object's
+    prototype (the relay refuses such a message whole; ``/mcp`` merged it as it came)."""
     try:
-        json.dumps(tools, ensure_ascii=False, allow_nan=False).encode()
-        return tools
+        text = json.dumps(tools, ensure_ascii=False, allow_nan=False)
+        text.encode()
+        if _PROTO_KEY not in text:
+            return tools
     except (UnicodeEncodeError, ValueError):
         pass
     kept = []
     for tool in tools:
         try:
-            json.dumps(tool, ensure_ascii=False, allow_nan=False).encode()
+            text = json.dumps(tool, ensure_ascii=False, allow_nan=False)
+            text.encode()
         except UnicodeEncodeError:
             log.warning("tools.not_unicode", server=server, tool=ascii(tool.get("name"))[:200])
             continue
         except ValueError:
             log.warning("tools.not_json", server=server, tool=ascii(tool.get("name"))[:200])
+            continue
+        if _PROTO_KEY in text:  # a key ending in it, or with a quote before it: left out too
+            log.warning("tools.proto_key", server=server, tool=ascii(tool.get("name"))[:200])
             continue
         kept.append(tool)
     return kept
