@@ -61,6 +61,11 @@ REMOVED = frozenset({"resources/subscribe", "resources/unsubscribe"})
 #: A server whose ``tools/list`` in this era failed (it speaks the handshake era only) is
 #: left out of routed requests this long before it is asked again.
 UNSPOKEN_SECONDS = 60.0
+#: The envelope the gateway asks that with: no client's.
+PROBE_META = {
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "celgate", "version": "probe"},
+}
 
 
 class Stateless:
@@ -148,9 +153,14 @@ class Stateless:
         await reply(send, 200, body)
 
     def _heard(self, server: str, answer: Mapping[str, Any]) -> None:
-        self.speaks[server] = (isinstance(answer.get("result"), dict), time.monotonic())
+        """A caller's merged list proves a server speaks this era when it gives a result;
+        its failure proves nothing: the caller's own ``_meta`` (capabilities that are no
+        object, say) made every server refuse, and one agent's bad envelope left every
+        server unrouted for every agent (red-team wave 53)."""
+        if isinstance(answer.get("result"), dict):
+            self.speaks[server] = (True, time.monotonic())
 
-    async def _speaks_era(self, server: str, version: str, meta: Any) -> bool:
+    async def _speaks_era(self, server: str, version: str) -> bool:
         """Whether ``server`` speaks this era as the merged lists find it: its ``tools/list``
         gives a result (asked once, and again ``UNSPOKEN_SECONDS`` after a failure). One that
         speaks 2025-11-25 only was left out of the lists but still called: a call decided
@@ -159,14 +169,17 @@ class Stateless:
         known = self.speaks.get(server)
         if known is not None and (known[0] or time.monotonic() - known[1] < UNSPOKEN_SECONDS):
             return known[0]
+        # Asked with the gateway's own envelope, never the caller's: what is remembered for
+        # every agent must not be what one caller's parameters made the server answer.
         try:
-            answer = await upcall(self.gw.upstreams[server], "tools/list", {}, version, meta)
+            answer = await upcall(self.gw.upstreams[server], "tools/list", {}, version, PROBE_META)
         except (UpcallDown, UpcallRefused):
             return True  # down or full for now: the request goes on, and is told so itself
         except UpcallFailed:
             answer = {}  # no answer it could give in this era
-        self._heard(server, answer)
-        return self.speaks[server][0]
+        speaks = isinstance(answer.get("result"), dict)
+        self.speaks[server] = (speaks, time.monotonic())
+        return speaks
 
     async def _no_answer(
         self, send: Send, message: Message, answers: dict[str, dict[str, Any]]
@@ -223,11 +236,13 @@ class Stateless:
             learn = functools.partial(self._learn_resources, identity, version, meta)
             await self.catalogue.relearn(uri, learn)
             server, changed = target(self.names, self.catalogue, servers, message)
-        if server is not None and server in self.gw.upstreams:
-            meta = message.params.get("_meta")
-            if not await self._speaks_era(server, version, meta):
-                log.warning("aggregate.upstream_failed", server=server, method=message.method)
-                server = None  # left out of this era's lists: no name of it routes either
+        if (
+            server is not None
+            and server in self.gw.upstreams
+            and not await self._speaks_era(server, version)
+        ):
+            log.warning("aggregate.upstream_failed", server=server, method=message.method)
+            server = None  # left out of this era's lists: no name of it routes either
         if server is None or server not in self.gw.upstreams:
             if message.method == "tools/call":  # as the handshake era: a tool error to read
                 nowhere = unrouted(self.gw, incoming, message, identity, None)
