@@ -37,6 +37,7 @@ from tests.valkey_server import ValkeyProcess
 BOT_KEY = "cgk_desk-bot-key-0123456789"
 OTHER_KEY = "cgk_desk-other-key-0123456789"
 ADMIN_TOKEN = "desk-admin-token-0123456789abcdef"
+CRED = "a-credential-tag"  # what the store compares; the gateway's is credential_tag's
 POLICY = """
 version: "1"
 default: deny
@@ -360,6 +361,48 @@ class TestConsoleLogin:
             assert http.get("/admin/approvals").status_code == 401
             assert http.get("/console/session").json() == {"signed_in": False}
 
+    def test_a_session_ends_with_the_admin_token_it_was_opened_with(
+        self,
+        desk: GatewayProcess,
+        upstream: PeerProcess,
+        valkey_server: ValkeyProcess,
+        tmp_path: Path,
+    ) -> None:
+        """Sessions live in Valkey: a replica with the same token takes them, and one started
+        after the token was rotated (a leaked token's remedy) or removed refuses them. They
+        outlived the rotation for up to twelve hours (red-team wave 53)."""
+        http, csrf = signed_in(desk)
+        limits = {"backend": valkey_server.url, "key_prefix": "desk:"}
+        servers = {"up": {"url": upstream.url}}
+        admins = {
+            "same": {"token_sha256": hash_key(ADMIN_TOKEN)},
+            "rotated": {"token_sha256": hash_key("a-new-admin-token-0123456789abcdef")},
+            "none": None,
+        }
+        seen = {}
+        with http:
+            for name, section in admins.items():
+                extra: dict[str, Any] = {"limits": limits}
+                if section is not None:
+                    extra["admin"] = section
+                folder = tmp_path / name
+                folder.mkdir()
+                with run_gateway(folder, POLICY, servers, **extra) as replica:
+                    cookies = {"celgate_console": http.cookies["celgate_console"]}
+                    read = httpx.get(replica.base + "/admin/policy", cookies=cookies, timeout=10)
+                    state = httpx.get(
+                        replica.base + "/console/session", cookies=cookies, timeout=10
+                    )
+                    headers = {"Origin": replica.base, "X-CSRF-Token": csrf}
+                    act = httpx.post(
+                        replica.base + "/admin/reload", cookies=cookies, headers=headers, timeout=10
+                    )
+                    seen[name] = (read.status_code, state.json()["signed_in"], act.status_code)
+            assert http.get("/admin/approvals").status_code == 200  # its own replica: still in
+        assert seen["same"] == (200, True, 201)
+        assert seen["rotated"][:2] == (401, False) and seen["rotated"][2] in (401, 403)
+        assert seen["none"][:2] in ((401, False), (403, False)) and seen["none"][2] in (401, 403)
+
     def test_the_bearer_header_still_works_and_a_cookie_with_the_token_does_not(
         self, desk: GatewayProcess
     ) -> None:
@@ -388,43 +431,54 @@ class TestConsoleSessions:
 
     async def test_idle_and_absolute_deadlines(self, store: Any) -> None:
         sessions, now = store
-        idle_id, _ = await sessions.open("ann")
-        busy_id, _ = await sessions.open("bob")
+        idle_id, _ = await sessions.open("ann", CRED)
+        busy_id, _ = await sessions.open("bob", CRED)
         now[0] += IDLE_SECONDS - 1
-        assert await sessions.get(busy_id) is not None
+        assert await sessions.get(busy_id, CRED) is not None
         now[0] += 2
-        assert await sessions.get(idle_id) is None  # idle too long
-        assert await sessions.get(busy_id) is not None
+        assert await sessions.get(idle_id, CRED) is None  # idle too long
+        assert await sessions.get(busy_id, CRED) is not None
         while now[0] < 1000.0 + MAX_SECONDS:
-            assert await sessions.get(busy_id) is not None
+            assert await sessions.get(busy_id, CRED) is not None
             now[0] += IDLE_SECONDS / 2
-        assert await sessions.get(busy_id) is None  # past the absolute deadline, however busy
+        assert await sessions.get(busy_id, CRED) is None  # past the absolute deadline, however busy
 
     async def test_a_session_is_its_own_and_closing_ends_it(self, store: Any) -> None:
         sessions, _ = store
-        one, first = await sessions.open("  ann\n  lee ")
-        two, _ = await sessions.open("bob")
-        found = await sessions.get(one)
+        one, first = await sessions.open("  ann\n  lee ", CRED)
+        two, _ = await sessions.open("bob", CRED)
+        found = await sessions.get(one, CRED)
         assert found is not None and found.operator == "ann lee" and found.csrf == first.csrf
         for forged in ("", "x" * 43, one + "x", "x" * 10_000, None):
-            assert await sessions.get(forged) is None
+            assert await sessions.get(forged, CRED) is None
         await sessions.close(one)
-        assert await sessions.get(one) is None and await sessions.get(two) is not None
+        assert await sessions.get(one, CRED) is None and await sessions.get(two, CRED) is not None
+
+    async def test_a_session_is_good_only_with_the_credential_it_was_opened_with(
+        self, store: Any
+    ) -> None:
+        sessions, _ = store
+        one, _ = await sessions.open("ann", CRED)
+        for other in ("another-tag", "", None, CRED.upper()):
+            assert await sessions.get(one, other) is None
 
     async def test_at_most_so_many_the_least_recently_used_ends(self) -> None:
         sessions = ConsoleSessions(clock=lambda: 0.0)
-        ids = [(await sessions.open(f"op{i}"))[0] for i in range(MAX_SESSIONS)]
-        assert await sessions.get(ids[0]) is not None  # now the most recently used
-        await sessions.open("one more")
+        ids = [(await sessions.open(f"op{i}", CRED))[0] for i in range(MAX_SESSIONS)]
+        assert await sessions.get(ids[0], CRED) is not None  # now the most recently used
+        await sessions.open("one more", CRED)
         assert len(sessions.live) == MAX_SESSIONS
-        assert await sessions.get(ids[1]) is None and await sessions.get(ids[0]) is not None
+        assert (
+            await sessions.get(ids[1], CRED) is None
+            and await sessions.get(ids[0], CRED) is not None
+        )
 
     async def test_valkey_holds_only_the_hash_and_forgets_at_the_deadline(
         self, valkey_db: ValkeyProcess
     ) -> None:
         client = valkey_client(valkey_db.url)
         try:
-            session_id, _ = await make_sessions(client, "t:").open("ann")
+            session_id, _ = await make_sessions(client, "t:").open("ann", CRED)
             keys = [k.decode() for k in await client.keys("t:cs:*")]
             assert len(keys) == 1 and session_id not in keys[0]
             assert 0 < await client.ttl(keys[0]) <= IDLE_SECONDS
@@ -439,7 +493,7 @@ class TestConsoleSessions:
         client, other = valkey_client(valkey_db.url), valkey_client(valkey_db.url)
         try:
             replica_a, replica_b = make_sessions(other, "race:"), make_sessions(client, "race:")
-            session_id, _ = await replica_a.open("ann")
+            session_id, _ = await replica_a.open("ann", CRED)
             refresh = client.set
 
             async def signed_out_first(*args: Any, **kwargs: Any) -> Any:
@@ -447,10 +501,10 @@ class TestConsoleSessions:
                 return await refresh(*args, **kwargs)
 
             client.set = signed_out_first  # type: ignore[method-assign]
-            assert await replica_b.get(session_id) is None
+            assert await replica_b.get(session_id, CRED) is None
             client.set = refresh  # type: ignore[method-assign]
             assert await client.keys("race:cs:*") == []
-            assert await replica_a.get(session_id) is None
+            assert await replica_a.get(session_id, CRED) is None
         finally:
             await client.aclose()
             await other.aclose()
@@ -459,9 +513,9 @@ class TestConsoleSessions:
         client = valkey_client(f"valkey://127.0.0.1:{free_port()}/0", timeout=0.2)
         try:
             with pytest.raises(SessionStoreDown):
-                await make_sessions(client).get("x" * 43)
+                await make_sessions(client).get("x" * 43, CRED)
             with pytest.raises(SessionStoreDown):
-                await make_sessions(client).open("ann")
+                await make_sessions(client).open("ann", CRED)
         finally:
             await client.aclose()
 

@@ -34,7 +34,7 @@ from gateway.policy.model import LimitSpec, bucket_grant
 from gateway.policy.risk import classify, override_for
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
-from gateway.server.console.login import sessions_of
+from gateway.server.console.login import session_by_cookie
 from gateway.server.console.origin import CLOSE, admin_throttle, refusal
 from gateway.server.console.sessions import COOKIE, SessionStoreDown, csrf_problem
 from gateway.server.lifecycle import readiness
@@ -100,7 +100,7 @@ async def _console_session(
     a session's request that fails the CSRF checks is refused here, and one that cannot be
     looked up (the shared store down) with 503."""
     try:
-        session = await sessions_of(gateway).get(connection.cookies.get(COOKIE))
+        session = await session_by_cookie(gateway, connection.cookies.get(COOKIE))
     except SessionStoreDown as exc:
         raise HTTPException(str(exc), status_code=503) from exc
     if session is None:

@@ -36,6 +36,7 @@ from gateway.server.console.sessions import (
     SessionStore,
     SessionStoreDown,
     cookie_header,
+    credential_tag,
     csrf_problem,
 )
 
@@ -60,8 +61,18 @@ def sessions_of(gateway: Gateway) -> SessionStore:
     return found
 
 
+def credential_of(gateway: Gateway) -> str | None:
+    """The tag a console session must carry: the admin token in force now."""
+    return credential_tag(gateway.config.admin.token_sha256)
+
+
 async def session_of(gateway: Gateway, request: Request[Any, Any, Any]) -> ConsoleSession | None:
-    return await sessions_of(gateway).get(request.cookies.get(COOKIE))
+    return await session_by_cookie(gateway, request.cookies.get(COOKIE))
+
+
+async def session_by_cookie(gateway: Gateway, cookie: str | None) -> ConsoleSession | None:
+    """The live session of a cookie value, opened with the admin token in force, or None."""
+    return await sessions_of(gateway).get(cookie, credential_of(gateway))
 
 
 def _store_down(exc: SessionStoreDown) -> Response[Any]:
@@ -104,12 +115,15 @@ def login_handlers(gateway: Gateway) -> list[Any]:
             return Response(
                 {"detail": "too many wrong tokens: try later"}, status_code=429, headers=headers
             )
-        if not token_matches(data.token or None, gateway.config.admin.token_sha256):
+        credential = credential_of(gateway)
+        if credential is None or not token_matches(
+            data.token or None, gateway.config.admin.token_sha256
+        ):
             throttle.failed(client)
             log.warning("console.login_refused", client=client)
             return _json({"detail": "invalid admin token"}, 401)
         try:
-            session_id, session = await sessions.open(data.operator)
+            session_id, session = await sessions.open(data.operator, credential)
         except SessionStoreDown as exc:
             return _store_down(exc)
         secure = request.url.scheme == "https" or (
@@ -210,7 +224,7 @@ async def _still_signed_in(gateway: Gateway, cookie: str | None) -> bool:
     """Whether the stream's session lives on; a store that does not answer ends the stream
     (the page reconnects, and is asked to sign in only if the session is really gone)."""
     try:
-        return await sessions_of(gateway).get(cookie) is not None
+        return await session_by_cookie(gateway, cookie) is not None
     except SessionStoreDown:
         return False
 

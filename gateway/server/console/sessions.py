@@ -10,6 +10,11 @@ signed in on one replica is signed in on every replica behind the same load bala
 signing out anywhere ends it everywhere. A console request that cannot reach Valkey is refused
 with 503 (``SessionStoreDown``): never taken as signed in.
 
+A session is also bound to the admin token it was opened with (``credential_tag``, a digest of
+``admin.token_sha256``, never the digest itself): once the token is changed or removed, every
+session opened with the old one is refused. Kept in Valkey, they outlived the restart that
+rotated a leaked token, for up to ``MAX_SECONDS`` (red-team wave 53).
+
 A state-changing request made with the cookie must also carry the session's CSRF token in
 ``X-CSRF-Token`` and an ``Origin`` of the page's own origin (``csrf_problem``): ``SameSite``
 keeps other sites' requests from carrying the cookie, and the header and Origin are checked in
@@ -53,6 +58,7 @@ class ConsoleSession:
     created: float
     seen: float
     ends: float  # the absolute deadline
+    credential: str  # credential_tag of the admin token it was opened with
 
     def expires(self) -> float:
         return min(self.ends, self.seen + IDLE_SECONDS)
@@ -74,10 +80,30 @@ def _key(session_id: str) -> str:
 MAX_ID_CHARS = 128
 
 
-def _new(operator: str, now: float) -> tuple[str, ConsoleSession]:
+def credential_tag(token_sha256: str | None) -> str | None:
+    """What a session keeps of the admin token it was opened with; None (no token: no
+    session is good) without one."""
+    if token_sha256 is None:
+        return None
+    return hashlib.sha256(b"celgate console session\0" + token_sha256.encode()).hexdigest()
+
+
+def _new(operator: str, now: float, credential: str) -> tuple[str, ConsoleSession]:
     session_id = secrets.token_urlsafe(32)
     name = " ".join(operator.split())[:OPERATOR_CHARS] or "console"
-    return session_id, ConsoleSession(name, secrets.token_urlsafe(32), now, now, now + MAX_SECONDS)
+    csrf = secrets.token_urlsafe(32)
+    return session_id, ConsoleSession(name, csrf, now, now, now + MAX_SECONDS, credential)
+
+
+def _good(session: ConsoleSession | None, now: float, credential: str | None) -> bool:
+    """Whether a stored session may still be used: before its deadlines, and opened with
+    the admin token in force now."""
+    return (
+        session is not None
+        and session.expires() > now
+        and credential is not None
+        and hmac.compare_digest(session.credential, credential)
+    )
 
 
 class SessionStoreDown(Exception):
@@ -86,9 +112,11 @@ class SessionStoreDown(Exception):
 
 
 class SessionStore(Protocol):
-    async def open(self, operator: str) -> tuple[str, ConsoleSession]: ...
+    async def open(self, operator: str, credential: str) -> tuple[str, ConsoleSession]: ...
 
-    async def get(self, session_id: str | None) -> ConsoleSession | None: ...
+    async def get(self, session_id: str | None, credential: str | None) -> ConsoleSession | None:
+        """The live session of a cookie value opened with ``credential`` (its idle deadline
+        pushed back), or None."""
 
     async def close(self, session_id: str | None) -> None: ...
 
@@ -101,24 +129,23 @@ class ConsoleSessions:
         self.clock = clock
         self.live: OrderedDict[str, ConsoleSession] = OrderedDict()
 
-    async def open(self, operator: str) -> tuple[str, ConsoleSession]:
+    async def open(self, operator: str, credential: str) -> tuple[str, ConsoleSession]:
         """A new session: its id (for the cookie only) and its state."""
         now = self.clock()
         self._sweep(now)
         while len(self.live) >= MAX_SESSIONS:
             self.live.popitem(last=False)
-        session_id, session = _new(operator, now)
+        session_id, session = _new(operator, now, credential)
         self.live[_key(session_id)] = session
         return session_id, session
 
-    async def get(self, session_id: str | None) -> ConsoleSession | None:
-        """The live session of a cookie value (its idle deadline pushed back), or None."""
+    async def get(self, session_id: str | None, credential: str | None) -> ConsoleSession | None:
         if not session_id or len(session_id) > MAX_ID_CHARS:
             return None
         key = _key(session_id)
         session = self.live.get(key)
         now = self.clock()
-        if session is None or session.expires() <= now:
+        if session is None or not _good(session, now, credential):
             self.live.pop(key, None)
             return None
         session.seen = now
@@ -147,22 +174,22 @@ class ValkeyConsoleSessions:
         self.prefix = prefix
         self.clock = clock
 
-    async def open(self, operator: str) -> tuple[str, ConsoleSession]:
-        session_id, session = _new(operator, self.clock())
+    async def open(self, operator: str, credential: str) -> tuple[str, ConsoleSession]:
+        session_id, session = _new(operator, self.clock(), credential)
         await self._put(self.prefix + _key(session_id), session)
         return session_id, session
 
-    async def get(self, session_id: str | None) -> ConsoleSession | None:
+    async def get(self, session_id: str | None, credential: str | None) -> ConsoleSession | None:
         if not session_id or len(session_id) > MAX_ID_CHARS:
             return None
         key = self.prefix + _key(session_id)
         raw = await self._do(self.client.get(key))
         session = _decode(raw)
         now = self.clock()
-        if session is None or session.expires() <= now:
-            if raw is not None:
-                await self._do(self.client.delete(key))
-            return None
+        if session is None or not _good(session, now, credential):
+            if raw is not None and (session is None or session.expires() <= now):
+                await self._do(self.client.delete(key))  # (a replica of another token's
+            return None  # refusal leaves it to the replicas of its own)
         session.seen = now
         # Rewritten only if still there (XX): a sign-out on another replica between this
         # read and this write must not bring the session back.
@@ -201,6 +228,7 @@ def _decode(raw: object) -> ConsoleSession | None:
             created=float(fields["created"]),
             seen=float(fields["seen"]),
             ends=float(fields["ends"]),
+            credential=str(fields["credential"]),  # one stored before it had none: refused
         )
     except (ValueError, KeyError, TypeError):
         return None
