@@ -26,7 +26,7 @@ from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.turns import Turns
 from gateway.wire.jsonrpc import loads_line
-from gateway.wire.sse import MAX_NOTICE_BYTES, names_a_method
+from gateway.wire.sse import MAX_NOTICE_BYTES, awaited_answer
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -66,10 +66,19 @@ OnMessage = Callable[[dict[str, Any], bytes], Awaitable[None]]
 class Child:
     """One supervised stdio process: JSON lines in and out, restarted with backoff."""
 
-    def __init__(self, config: ServerConfig, label: str, on_message: OnMessage) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        label: str,
+        on_message: OnMessage,
+        awaits: Callable[[Any], bool] = lambda _id: True,
+    ) -> None:
         self.config = config
         self.label = label
         self.on_message = on_message
+        #: Whether an answer with this id would be taken: a long line answering none is
+        #: dropped unbuilt.
+        self.awaits = awaits
         self.on_exit: Callable[[], Awaitable[None]] | None = None
         self.on_start: Callable[[], Awaitable[None]] | None = None
         self.proc: asyncio.subprocess.Process | None = None
@@ -262,8 +271,8 @@ class Child:
                 self._recovered()  # it speaks: the streak is over
             if line.isspace():  # a blank line: nothing to parse, nothing to say
                 continue
-            if len(line) > MAX_NOTICE_LINE and names_a_method(line):
-                if self.junk.allow():  # no inbox would take it: never built
+            if len(line) > MAX_NOTICE_LINE and not awaited_answer(line, self.awaits):
+                if self.junk.allow():  # a notice, a request, an answer no one awaits: unbuilt
                     log.warning("stdio.message_too_large", server=self.label, size=len(line))
                 continue
             try:

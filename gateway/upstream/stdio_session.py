@@ -86,7 +86,8 @@ class SessionLink:
         self.session_id = session_id
         self.grant = grant  # whose process this is (quotas: StdioBridge._refusal)
         self.name = bridge.config.name
-        self.child = Child(bridge.config, f"{self.name}[{session_id[:8]}]", self._from_child)
+        label = f"{self.name}[{session_id[:8]}]"
+        self.child = Child(bridge.config, label, self._from_child, self._awaits)
         self.child.on_exit = self._child_exited
         self.child.on_start = self._replay_handshake
         self.in_flight: dict[Any, Pending] = {}
@@ -349,6 +350,12 @@ class SessionLink:
         return expire
 
     # --- from the child
+
+    def _awaits(self, msg_id: Any) -> bool:
+        """Whether an answer with this id is awaited (a request in flight, a replay)."""
+        if not keyable(msg_id):
+            return False
+        return msg_id in self.in_flight or msg_id in self.replaying
 
     async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
         msg_id = message.get("id")

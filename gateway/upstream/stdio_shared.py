@@ -47,7 +47,7 @@ class SharedLink:
     """The 2026-07-28 era: one process for every stateless request, ids remapped."""
 
     def __init__(self, config: ServerConfig) -> None:
-        self.child = Child(config, f"{config.name}[shared]", self._from_child)
+        self.child = Child(config, f"{config.name}[shared]", self._from_child, self._awaits)
         self.child.on_exit = self._child_exited
         self.child.on_start = self._discover
         self.ids = itertools.count(1)
@@ -180,6 +180,10 @@ class SharedLink:
             self._route(inner, too_slow(self.name, self.timeout, inner))
 
         return expire
+
+    def _awaits(self, msg_id: Any) -> bool:
+        """Whether an answer with this id is awaited by a caller (as ``_from_child`` keys it)."""
+        return msg_id is not None and str(msg_id) in self.waiting
 
     async def _from_child(self, message: dict[str, Any], line: bytes) -> None:
         if "method" in message and "id" in message:
