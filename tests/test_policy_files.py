@@ -288,3 +288,31 @@ def test_a_window_or_timeout_past_a_year_is_refused(tmp_path: Path, entry: str) 
     path.write_text(f'{{"version": "1", "tools": {{"note": {entry}}}}}')
     with pytest.raises(ConfigError, match="at most 31622400 s"):
         load_policy([path])
+
+
+@pytest.mark.parametrize(
+    ("limit", "problem"),
+    [
+        ('"window": 1e-300, "max": 5', "at least 0.001 s"),
+        ('"window": 0.0009, "max": 5', "at least 0.001 s"),
+        ('"window": "second", "max": 1000000000000000000000000000000', "at most 1,000,000,000"),
+        ('"window": 60, "max": 1000000001', "at most 1,000,000,000"),
+    ],
+)
+def test_a_limit_that_could_limit_nothing_is_refused(
+    tmp_path: Path, limit: str, problem: str
+) -> None:
+    """A window of 1e-300 s refills at once and a bucket of 10^30 is never empty: they
+    loaded, and limited nothing (and 10^30 is no whole number in Valkey's doubles)."""
+    path = tmp_path / "rules.json"
+    entry = f'{{"limits": [{{"counter": "c", {limit}}}]}}'
+    path.write_text(f'{{"version": "1", "tools": {{"note": {entry}}}}}')
+    with pytest.raises(ConfigError, match=problem):
+        load_policy([path])
+
+
+def test_the_bounds_of_a_limit_load(tmp_path: Path) -> None:
+    path = tmp_path / "rules.json"
+    entry = '{"limits": [{"counter": "c", "window": 0.001, "max": 1000000000}]}'
+    path.write_text(f'{{"version": "1", "tools": {{"note": {entry}}}}}')
+    load_policy([path])

@@ -60,6 +60,12 @@ _LIMIT = {"counter", "window", "max", "scope", "failure_mode"}
 _APPROVAL = {"mode", "timeout", "fallback"}
 #: The longest window or approval timeout, in seconds (a year).
 MAX_SECONDS = 366 * 86400
+#: The shortest window, in seconds: shorter ones refill so fast that they limit nothing
+#: (``window: 1e-300`` loaded, and its refill rate was infinite).
+MIN_WINDOW = 0.001
+#: The largest bucket: counts stay whole numbers in Valkey's doubles and Lua, and a larger
+#: one limits nothing a caller could reach.
+MAX_TOKENS = 1_000_000_000
 _RISKS = ("low", "medium", "high")
 _KINDS = ("read", "write", "delete", "execute")
 #: Longer tool keys are refused: MCP tool names are short, and glob overlap checks recurse.
@@ -285,6 +291,10 @@ class _Loader:
         fields.check_known(_LIMIT)
         counter = fields.string("counter", required=True)
         maximum = fields.positive_int("max", required=True)
+        if maximum is not None and maximum > MAX_TOKENS:
+            where = getattr(fields.get("max"), "where", item.where)
+            self.problem(where, f"{path}.max", f"at most {MAX_TOKENS:,}, not {maximum:,}")
+            maximum = None
         window = self._window(fields, path)
         scope = fields.choice("scope", SCOPES, "grant")
         failure = fields.choice("failure_mode", ("closed", "open"), "closed")
@@ -311,6 +321,9 @@ class _Loader:
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             if value > MAX_SECONDS:  # 1e308 s overflowed the wait told to a refused caller
                 self.problem(node.where, f"{path}.window", f"at most {MAX_SECONDS} s (a year)")
+                return None
+            if value < MIN_WINDOW:
+                self.problem(node.where, f"{path}.window", f"at least {MIN_WINDOW} s")
                 return None
             return float(value)
         words = "|".join(WINDOWS)
