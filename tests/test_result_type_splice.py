@@ -14,7 +14,13 @@ import pytest
 from gateway.auth.guard import SessionSigner
 from gateway.edge.clientview import ClientView
 from gateway.policy import Identity
-from gateway.wire.sse import MAX_MENDED_BYTES, filtered, with_result_type
+from gateway.wire.sse import (
+    MAX_MENDED_BYTES,
+    filtered,
+    message_event,
+    rewrite_event,
+    with_result_type,
+)
 
 LONG = "x" * (MAX_MENDED_BYTES + 10)
 
@@ -79,3 +85,29 @@ def test_the_field_is_written_first_in_the_result(text: bytes, spliced: bytes | 
     else:
         assert out is not None and out.endswith(b'"result":' + spliced + b"}")
         assert json.loads(out)["result"]["resultType"] == "complete"
+
+
+def test_a_long_answer_over_several_data_lines_goes_on_one(unread: list[Any]) -> None:
+    """An answer written over several ``data:`` lines is one message with line ends in its
+    whitespace; spliced unread, they went into the one ``data:`` line the gateway writes, and
+    a client read ``data: {...`` cut at the first (red-team wave 54)."""
+    text = json.dumps({"content": [{"type": "text", "text": LONG}]}, indent=1)
+    data = b'{"jsonrpc":"2.0","id":1,\n"result":' + text.encode() + b"\r\n}"
+    event = b"event: message\n" + b"".join(b"data: " + line + b"\n" for line in data.split(b"\n"))
+    out = rewrite_event(event + b"\n", _view())
+    lines = out.split(b"\n")
+    assert lines[0] == b"event: message" and lines[1].startswith(b"data: {")
+    assert lines[2:] == [b"", b""]  # one data line, then the event's end
+    message = json.loads(lines[1][len(b"data: ") :])
+    assert message["result"]["resultType"] == "complete"
+    assert message["result"]["content"][0]["text"] == LONG
+    assert unread == []
+
+
+@pytest.mark.parametrize("body", [b'{\n  "jsonrpc": "2.0",\r\n  "id": 1\n}', b"\n{}\r"])
+def test_a_message_event_is_one_data_line(body: bytes) -> None:
+    """What an upstream wrote pretty-printed (an answer read whole, and held for approval)
+    went into the event as it came: ``data: {`` and lines no client reads."""
+    out = message_event(body)
+    assert out.count(b"\n") == 3 and out.endswith(b"\n\n") and b"\r" not in out
+    assert json.loads(out.split(b"\n")[1][len(b"data: ") :]) == json.loads(body)

@@ -15,6 +15,8 @@ from collections.abc import Hashable, Iterator
 import mcp_types as types
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 
+from gateway.wire.sse import one_line
+
 #: The reconnection delay a priming event asks for, in milliseconds.
 RETRY_MS = 1000
 
@@ -85,7 +87,7 @@ class EventLog:
     def framed(self, stream: Hashable, body: bytes) -> bytes:
         """One message as an SSE event with an id of its own, kept for replay."""
         event_id = self._store(stream, None)
-        framed = f"id: {event_id}\nevent: message\n".encode() + b"data: " + body + b"\n\n"
+        framed = f"id: {event_id}\nevent: message\n".encode() + b"data: " + one_line(body) + b"\n\n"
         self._keep(event_id, stream, framed)
         return framed
 

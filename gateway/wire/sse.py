@@ -168,7 +168,7 @@ def rewrite_event(
                 dropped(joined)
             return b""
         if changed is not None:
-            out[data_at] = b"data: " + changed
+            out[data_at] = b"data: " + one_line(changed)
     return b"\n".join(out) + b"\n\n" if out else b""
 
 
@@ -254,7 +254,16 @@ def _read_to_mend(data: bytes) -> list[bytes] | None:
 
 def message_event(data: bytes) -> bytes:
     """One SSE ``message`` event carrying a JSON-RPC message."""
-    return b"event: message\ndata: " + data + b"\n\n"
+    return b"event: message\ndata: " + one_line(data) + b"\n\n"
+
+
+def one_line(data: bytes) -> bytes:
+    """A message for one ``data:`` line. JSON's line ends are whitespace (never in a string):
+    made spaces. Kept, a pretty-printed answer went as ``data: {`` and lines no client reads
+    (red-team wave 54), and what followed a line end would read as other fields."""
+    if b"\n" in data or b"\r" in data:
+        return data.replace(b"\r", b" ").replace(b"\n", b" ")
+    return data
 
 
 #: The fields an event passes on besides ``data`` and ``id``: its type, the reconnection
