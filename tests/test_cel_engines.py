@@ -71,6 +71,13 @@ class TestGoogleEngine:
         with pytest.raises(CelCompileError):
             ENGINE.compile("secrets.key == 1")
 
+    @pytest.mark.parametrize("expr", ['has(.args.cmd) && .args.cmd == "rm"', ".size(args) > 0"])
+    def test_a_leading_dot_is_refused_as_on_cel_python(self, expr: str) -> None:
+        """cel-cpp reads ``.args`` as ``args``; cel-python never bound it. One rule file
+        must mean the same on both engines: refused by both."""
+        with pytest.raises(CelCompileError, match="leading dot"):
+            ENGINE.compile(expr)
+
     def test_syntax_error_has_a_position(self) -> None:
         with pytest.raises(CelCompileError) as info:
             ENGINE.compile("args.x ==\n  (")

@@ -183,6 +183,25 @@ class TestCel:
         ]
 
     @pytest.mark.parametrize(
+        ("when", "name"),
+        [
+            ('has(.args.cmd) && .args.cmd == "rm"', "args"),
+            ("!has(.args.safe)", "args"),
+            ('.agent.id == "x" && args.a == 1', "agent"),
+            ("has(.bogus.x)", "bogus"),
+            (".size(args) > 0", "size"),
+        ],
+    )
+    def test_a_name_with_a_leading_dot(self, run: Run, when: str, name: str) -> None:
+        """CEL's root-scoped ``.args`` loaded and was never bound: ``has(.args.cmd)`` was
+        false on every call, so a deny it guarded never applied (red-team wave 54)."""
+        errors = run(f"tools:\n  t:\n    rules:\n      - {{when: '{when}', action: deny}}\n")
+        assert errors == [
+            f"r.yaml:4: tools.t.rules[0].when: CEL: a name with a leading dot ('.{name}'): "
+            f"write {name!r}"
+        ]
+
+    @pytest.mark.parametrize(
         ("when", "said"),
         [
             ('"admin" in agent.rolez', "agent has no field 'rolez'"),

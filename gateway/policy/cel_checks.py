@@ -220,13 +220,24 @@ def _check_pattern(expr: str, node: Tree[Token]) -> None:
         raise CelCompileError(message) from None
 
 
+def _no_leading_dot(node: Tree[Token]) -> None:
+    """CelCompileError for CEL's root-scoped name (``.args``): cel-python never bound it, so
+    ``has(.args.x)`` was false whatever the call and a deny guarded so never applied, where
+    cel-google read it as ``args`` (red-team wave 54). Refused by both: one rule file means
+    the same on either engine."""
+    if node.data in ("dot_ident", "dot_ident_arg"):
+        name = str(node.children[0])
+        raise CelCompileError(f"a name with a leading dot ('.{name}'): write {name!r}")
+
+
 def pattern_problem(expr: str) -> str | None:
-    """A ``matches()`` regex literal of ``expr`` that does not compile, for engines without
-    that check (cel-cpp compiles patterns when called). None if none, or if cel-python's
-    parser reads the expression differently."""
+    """For engines without cel-python's checks: a ``matches()`` regex literal of ``expr``
+    that does not compile (cel-cpp compiles patterns when called), or a name with a leading
+    dot. None if none, or if cel-python's parser reads the expression differently."""
     try:
         tree = ENV.compile(expr)
         for node in tree.iter_subtrees():
+            _no_leading_dot(node)
             _check_pattern(expr, node)
     except CelCompileError as exc:
         return exc.message
@@ -250,6 +261,8 @@ def free_variables(tree: Tree[Token]) -> frozenset[str]:
     """The context variables an expression reads; CelCompileError for a name the context does
     not have, a field that one of its fixed maps (``tool``, ``agent``, ``session``,
     ``request``) has not, or a function the engine does not know."""
+    for node in tree.iter_subtrees():
+        _no_leading_dot(node)
     free, bound, calls = _names(tree)
     unknown_vars = sorted(free - CONTEXT_VARIABLES)
     if unknown_vars:
