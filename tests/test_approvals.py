@@ -18,6 +18,7 @@ from gateway.approvals.service import (
     PREVIEW_BUDGET,
     PREVIEW_NODE,
     REREAD_POLLS,
+    SETTLING_SECONDS,
     ApprovalService,
     preview_args,
 )
@@ -67,26 +68,48 @@ CALL = Call(tool="drop_table", server="db", args={"table": "t"}, identity=Identi
 
 class TestApprovalService:
     async def test_pending_then_approved_passes_once(self, service: Any) -> None:
-        svc, _ = service
+        svc, clock = service
         first = await svc.resolve(CALL, held(), "d1")
         assert first.effect == "require_approval" and first.error == "approval_pending"
         await svc.decide(first.approval_id, True, "alice", None)
         passed = await svc.resolve(CALL, held(), "d2")
         assert passed.effect == "allow" and passed.approval_id == first.approval_id
+        at_once = await svc.resolve(CALL, held(), "d3")  # it may yet be given back: no new one
+        assert at_once.error == "approval_used" and at_once.approval_id == first.approval_id
+        clock.now += SETTLING_SECONDS
         again = await svc.resolve(CALL, held(), "d3")
         assert again.effect == "require_approval" and again.approval_id != first.approval_id
 
     async def test_a_released_approval_passes_once_more(self, service: Any) -> None:
         """What a call that used an approval and then did not run gives back (both stores)."""
-        svc, _ = service
+        svc, clock = service
         first = await svc.resolve(CALL, held(), "d1")
         await svc.decide(first.approval_id, True, "alice", None)
         assert (await svc.resolve(CALL, held(), "d2")).effect == "allow"
         await svc.release(first.approval_id)
         passed = await svc.resolve(CALL, held(), "d3")
         assert passed.effect == "allow" and passed.approval_id == first.approval_id
+        clock.now += SETTLING_SECONDS
         again = await svc.resolve(CALL, held(), "d4")
         assert again.effect == "require_approval" and again.approval_id != first.approval_id
+
+    async def test_identical_calls_while_one_is_given_back_keep_the_approval(
+        self, service: Any
+    ) -> None:
+        """An approved call a limit refuses gives its approval back; identical calls made
+        between its use and its return forgot it and made new requests, on either replica:
+        the operator's approval orphaned, and one call pending twice (red-team wave 54)."""
+        svc, clock = service
+        first = await svc.resolve(CALL, held(), "d1")
+        await svc.decide(first.approval_id, True, "alice", None)
+        assert (await svc.resolve(CALL, held(), "d2")).effect == "allow"  # used: limit next
+        clock.now += 1.0
+        between = await asyncio.gather(*(svc.resolve(CALL, held(), f"x{n}") for n in range(4)))
+        assert {(d.error, d.approval_id) for d in between} == {("approval_used", first.approval_id)}
+        await svc.release(first.approval_id)  # the limit refused it
+        passed = await svc.resolve(CALL, held(), "d3")
+        assert passed.effect == "allow" and passed.approval_id == first.approval_id
+        assert [r.id for r in await svc.store.list()] == [first.approval_id]  # none made
 
     async def test_identical_calls_at_once_share_one_request(self, service: Any) -> None:
         """Four identical held calls whose look-ups all run before any of them creates: one

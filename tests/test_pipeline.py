@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.approvals import stores
-from gateway.approvals.service import ApprovalService
+from gateway.approvals.service import SETTLING_SECONDS, ApprovalService
 from gateway.approvals.stores import MemoryApprovalStore
 from gateway.auth.identity import hash_key
 from gateway.config import load_config
@@ -161,6 +161,9 @@ class TestAdmit:
         clock.now += 3600
         passed = await admit(gw, call_of("purge", t="b"))
         assert passed.allowed and passed.decision.approval_id == held.decision.approval_id
+        at_once = await admit(gw, call_of("purge", t="b"))  # (it might yet be given back)
+        assert at_once.decision.error == "approval_used"
+        clock.now += SETTLING_SECONDS
         again = await admit(gw, call_of("purge", t="b"))
         assert again.decision.error == "approval_pending"
 

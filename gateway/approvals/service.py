@@ -49,6 +49,11 @@ KEEP_DECIDED = 5000  # at most this many decided requests are kept for the listi
 #: its timeout, if shorter): approved 80 ms before the end, the held call (polling) found
 #: it expired.
 APPROVED_USE_SECONDS = 60.0
+#: A used approval stays its call's this long: an approved call that a limit then refuses
+#: gives its approval back (``release``), and an identical call in between forgot the used
+#: one and made a new request, orphaning the operator's approval (red-team wave 54). Such a
+#: call is told the approval was just used.
+SETTLING_SECONDS = 5.0
 #: Who "decided" a request its client withdrew (a cancel, or gone while it waited).
 CLIENT = "client"
 #: Who refused an approved call the policy in force then denied (``decided_by``).
@@ -131,7 +136,8 @@ class ApprovalStore(Protocol):
         self, approval_id: str, before: Status, after: Status, by: str | None, note: str | None
     ) -> ApprovalRequest: ...
 
-    async def forget_match(self, match: str) -> None: ...
+    async def forget_match(self, match: str, approval_id: str) -> None:
+        """The match key forgotten if it still names ``approval_id``."""
 
     async def list(self) -> list[ApprovalRequest]: ...
 
@@ -196,7 +202,7 @@ class ApprovalService:
             raise ApprovalError("no approval request could be made for this call")
         if request.status == "approved":
             return await self._consume(request, decision)
-        if request.status == "denied":
+        if request.status in ("denied", "used"):
             return _refused(decision, request)
         if settings.mode == "retry":
             return _pending(decision, request)
@@ -208,9 +214,12 @@ class ApprovalService:
         request = await self.store.find(match)
         if request is None:
             return None
-        status = request.live_status(self.clock())
+        now = self.clock()
+        status = request.live_status(now)
+        if status == "used" and now - (request.decided_at or 0.0) < SETTLING_SECONDS:
+            return replace(request, status=status)  # just used: maybe given back (``release``)
         if status in ("used", "expired"):
-            await self.store.forget_match(match)
+            await self.store.forget_match(match, request.id)
             return None
         return replace(request, status=status)
 

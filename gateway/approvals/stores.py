@@ -99,6 +99,14 @@ redis.call('EXPIRE', KEYS[3], math.max(1, math.ceil(tonumber(last[2]) - now)))
 return {1, epoch}
 """
 
+# KEYS: a match key; ARGV: the request it is to stop naming. Another request's (made meanwhile
+# for an identical call) stays: two callers forgetting a used one at once deleted each
+# other's new requests' keys, and one call got two pending requests (red-team wave 54).
+_FORGET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: request, pending of its grant, pending of all, its match key, its status
 # ARGV: before, after, now, decided_by, note, TTL from now on ('' keeps it), the seconds an
 # approval stays usable at least (APPROVED_USE_SECONDS)
@@ -225,8 +233,9 @@ class MemoryApprovalStore:
         self.pending.pop(approval_id, None)
         return changed
 
-    async def forget_match(self, match: str) -> None:
-        self.matches.pop(match, None)
+    async def forget_match(self, match: str, approval_id: str) -> None:
+        if self.matches.get(match) == approval_id:
+            del self.matches[match]
 
     async def current_epoch(self) -> str:
         return self.epoch
@@ -321,6 +330,7 @@ class ValkeyApprovalStore:
         self._epoch = f"{prefix}epoch"
         self.epoch = ""  # as last seen; asked for on first use
         self.queue = self.client.register_script(_CREATE)
+        self.forget_script = self.client.register_script(_FORGET)
 
     def _req(self, approval_id: str) -> str:
         return f"{self.prefix}req:{approval_id}"
@@ -413,8 +423,8 @@ class ValkeyApprovalStore:
         assert request is not None
         return request
 
-    async def forget_match(self, match: str) -> None:
-        await self._do(self.client.delete(self._match(match)))
+    async def forget_match(self, match: str, approval_id: str) -> None:
+        await self._do(self.forget_script(keys=[self._match(match)], args=[approval_id]))
 
     async def current_epoch(self) -> str:
         """The store's epoch (made on first use, and again after Valkey lost its data)."""

@@ -279,7 +279,8 @@ class Cancellable:
             if request is not None and request.status == "pending":
                 note = "cancelled by its client"
                 await approvals.store.transition(request.id, "pending", "denied", CLIENT, note)
-            await approvals.store.forget_match(match)
+            if request is not None:
+                await approvals.store.forget_match(match, request.id)
 
 
 class HeldStream:
