@@ -380,3 +380,31 @@ def test_a_listen_asks_only_the_one_owner_of_each_resource() -> None:
     wanted = {"resourceSubscriptions": ["alpha://doc", "alpha://own", "nobody://x"]}
     assert _for_server(catalogue, "a", wanted) == {"resourceSubscriptions": ["alpha://own"]}
     assert _for_server(catalogue, "b", wanted) == {}
+
+
+def test_news_of_a_resource_passes_only_from_its_owner() -> None:
+    """On a ``/mcp`` session's streams, one server told the client that another server's
+    resource (listed, or under its template) had changed; the 2026-07-28 listen already
+    dropped such news (red-team wave 55)."""
+    from gateway.edge.agg.sessions import AggSession
+    from gateway.edge.agg.view import AggView
+    from gateway.edge.clientview import ClientView
+    from gateway.wire.sse import DROP
+
+    names = Names({"a": "a", "b": "b"}, "__")
+    catalogue = Catalogue(None, names)  # type: ignore[arg-type]
+    catalogue.learn_uri("a", {"uri": "alpha://doc"})
+    catalogue.learn_uri("b", {"uri": "beta://own"})
+    catalogue.learn_uri("a", {"uri": "shared://x"})
+    catalogue.learn_uri("b", {"uri": "shared://x"})
+    gw: Any = SimpleNamespace(signer=SessionSigner("k" * 64))
+    session = AggSession("s", "alice", {}, "2025-11-25", 0.0)
+    view = AggView(ClientView(gw, "b", Identity(grant="g", agent="g")), names, session, catalogue)
+
+    def news(uri: Any) -> dict[str, Any]:
+        params = {"uri": uri} if uri is not None else {}
+        return {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": params}
+
+    for foreign in ("alpha://doc", "shared://x", "nobody://y", None, 5):
+        assert view.filter(news(foreign)) is DROP, foreign
+    assert view.filter(news("beta://own")) is not DROP

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from gateway.auth.guard import SessionSigner
+from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.sessions import AggSession
 from gateway.edge.agg.view import AggView
@@ -266,5 +267,6 @@ def test_a_message_that_asks_and_answers_at_once_is_dropped_on_every_face() -> N
     ):
         relay = ClientView(gw, "t", alice)
         assert relay.filter(message) is DROP
-        aggregate = AggView(ClientView(gw, "t", alice), Names({"t": "t"}, "__"), session)
+        names = Names({"t": "t"}, "__")
+        aggregate = AggView(ClientView(gw, "t", alice), names, session, Catalogue(gw, names))
         assert aggregate.filter(message) is DROP

@@ -139,7 +139,7 @@ class Handshake:
         inner = ClientView(self.gw, server, identity, session.sid)
         link = session.links.get(server)
         inner.upstream_session = link.sid if link is not None else None
-        return AggView(inner, self.names, session)
+        return AggView(inner, self.names, session, self.catalogue)
 
     def _session(self, incoming: Incoming, identity: Identity, msg_id: Any) -> AggSession:
         if incoming.count("mcp-session-id") > 1:

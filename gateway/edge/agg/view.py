@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.sessions import AggSession
 from gateway.edge.clientview import ClientView
@@ -17,12 +18,15 @@ from gateway.wire.sse import DROP
 
 
 class AggView:
-    __slots__ = ("inner", "names", "session")
+    __slots__ = ("catalogue", "inner", "names", "session")
 
-    def __init__(self, inner: ClientView, names: Names, session: AggSession) -> None:
+    def __init__(
+        self, inner: ClientView, names: Names, session: AggSession, catalogue: Catalogue
+    ) -> None:
         self.inner = inner
         self.names = names
         self.session = session
+        self.catalogue = catalogue
 
     def wants(self, data: bytes) -> bool:
         return b'"method"' in data or self.inner.wants(data)
@@ -50,6 +54,8 @@ class AggView:
             if method == "notifications/cancelled":  # of a request of this server's alone
                 cancelled = self._cancelled(message)
                 return cancelled if cancelled is not None else DROP
+            if method == "notifications/resources/updated" and not self._owns(message):
+                return DROP  # news of another server's resource: not this one's to give
             return inner
         shown = self.inner.filter(message)
         if shown is None or shown is DROP or not isinstance(shown.get("result"), dict):
@@ -59,6 +65,14 @@ class AggView:
             return shown
         renamed = [{**t, "name": self.names.outward(server, t["name"])} for t in tools]
         return {**shown, "result": {**shown["result"], "tools": renamed}}
+
+    def _owns(self, message: dict[str, Any]) -> bool:
+        """Whether the resource a notice names is this server's, as ``/mcp`` routes its URI
+        (the 2026-07-28 listen checks the same): one server told a client that another's
+        resource had changed (red-team wave 55)."""
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        return isinstance(uri, str) and self.catalogue.owner(uri) == self.inner.server
 
     def _cancelled(self, message: dict[str, Any]) -> Any | None:
         params = message.get("params")
