@@ -15,10 +15,12 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.wire import protocol
 from tests.gateway_proc import GatewayProcess, run_gateway
 from tests.peers import PeerProcess, literal_upstream
 
@@ -175,3 +177,50 @@ def test_at_the_connection_cap_a_download_under_way_is_not_closed(capped: Gatewa
     assert got + _read_all(reader) > FILLER
     for sock in kept:
         sock.close()
+
+
+class _Paused:
+    """A paused connection as ``_cut_past_budget`` reads it: what it holds, whether (and
+    when) its client was seen reading, and whether it was cut."""
+
+    def __init__(self, name: str, unsent: int, read_at: float | None, reads_now: bool) -> None:
+        self.name, self._unsent, self._read_at = name, unsent, read_at
+        self._seen = 100
+        self.reads_now = reads_now
+        self.cut = False
+
+    def _count_unsent(self) -> int:
+        return self._unsent
+
+    def _observe(self, now: float) -> int:
+        if self.reads_now:
+            self._read_at = now
+        return self._seen
+
+    def _cut_unread(self, event: str, **fields: Any) -> None:
+        self.cut = True
+        protocol._Unsent.paused.pop(self, None)  # type: ignore[call-overload]
+        protocol._Unsent.total -= self._unsent
+
+
+def test_past_the_budget_those_never_seen_reading_go_first_then_the_longest_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client reading in bursts counted as idle from each stall check to its next burst,
+    and as the first to pause it was cut before dozens of connections that never read a
+    byte (red-team wave 55). The order: never seen reading, the first to pause first; then
+    the longest without reading."""
+    conns = [
+        _Paused("bursty", 4, read_at=50.0, reads_now=False),  # read, not since its check
+        _Paused("never-1", 4, read_at=None, reads_now=False),
+        _Paused("reading", 4, read_at=10.0, reads_now=True),  # reading at this moment
+        _Paused("never-2", 4, read_at=None, reads_now=False),
+        _Paused("long-ago", 4, read_at=20.0, reads_now=False),
+    ]
+    monkeypatch.setattr(protocol._Unsent, "paused", dict.fromkeys(conns))
+    monkeypatch.setattr(protocol._Unsent, "total", 20)
+    order = []
+    for budget in (16, 12, 8, 4, 0):  # one more cut each time
+        protocol._cut_past_budget(budget)
+        order += [c.name for c in conns if c.cut and c.name not in order]
+    assert order == ["never-1", "never-2", "long-ago", "bursty", "reading"]

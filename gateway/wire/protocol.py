@@ -110,16 +110,18 @@ _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops 
 def _cut_past_budget(budget: int) -> None:
     """Past ``max_unsent_bytes`` in all: what each paused connection holds is counted again
     (a client reading drains its own), then, while still past, connections are cut: first
-    those whose client read nothing since writing paused or since its last stall check, the
-    first to stop first, then the others in that order. Cutting the first to pause whatever
-    it had read since cut a client reading its 12 MB answer for two that read nothing
-    (red-team wave 52)."""
+    those whose client was never seen reading, the first to stop first, then the others, the
+    longest without reading first. Cutting the first to pause whatever it had read since cut
+    a client reading its 12 MB answer for two that read nothing (red-team wave 52); counting
+    only what it read since its last stall check cut a client that reads in bursts, between
+    two, for dozens that never read a byte (wave 55)."""
     paused = list(_Unsent.paused)
+    now = time.monotonic()
     for conn in paused:
         conn._count_unsent()
-    idle = [conn for conn in paused if conn._undelivered() >= conn._mark]
-    stalled = set(idle)
-    for conn in idle + [conn for conn in paused if conn not in stalled]:
+        conn._observe(now)
+    # never seen reading first (-1.0), then the longest without reading
+    for conn in sorted(paused, key=lambda c: -1.0 if c._read_at is None else c._read_at):
         if _Unsent.total <= budget:
             return
         conn._cut_unread("client.unread_budget", total=_Unsent.total)
@@ -270,6 +272,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         self._overflow = False  # more requests pipelined than may wait: closed, unanswered
         self._unsent = 0  # bytes counted in _Unsent.total while writing is paused
         self._mark = 0  # undelivered when writing paused, or at the last stall check
+        self._seen = 0  # undelivered when last looked at (paused, a check, the budget's)
+        self._read_at: float | None = None  # when its client was last seen reading
         self._stall: asyncio.TimerHandle | None = None  # send_timeout, while paused
 
     # Connection
@@ -335,12 +339,14 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             return
         _Unsent.paused[self] = None
         self._count_unsent()
-        self._mark = self._undelivered()
+        self._mark = self._seen = self._undelivered()
         self._stall = self.loop.call_later(self.limits.send_timeout, self._check_stall)
         if _Unsent.total > self.limits.max_unsent_bytes:
             _cut_past_budget(self.limits.max_unsent_bytes)
 
     def resume_writing(self) -> None:
+        if self in _Unsent.paused:  # its buffer drained: its client read
+            self._read_at = time.monotonic()
         self._forget_unsent()
         super().resume_writing()
 
@@ -362,6 +368,15 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
                 size += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _INT))[0]
         return size
 
+    def _observe(self, now: float) -> int:
+        """What is undelivered now, noting ``now`` as a time its client read if less is
+        than when last looked at."""
+        undelivered = self._undelivered()
+        if undelivered < self._seen:
+            self._read_at = now
+        self._seen = undelivered
+        return undelivered
+
     def _check_stall(self) -> None:
         """``send_timeout`` after writing paused, and after every check since: cut unless
         the client read some of it meanwhile."""
@@ -369,7 +384,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         if self not in _Unsent.paused:
             return
         self._count_unsent()
-        undelivered = self._undelivered()
+        undelivered = self._observe(time.monotonic())
         if undelivered >= self._mark:
             self._cut_unread("client.unread", seconds=self.limits.send_timeout)
             return
