@@ -3,9 +3,11 @@
     python benchmarks/bench_stdio_stall.py [--mib 60] [--lines 3]
 
 A stdio server (written here, raw JSON lines) answers a call of ``go`` with ``--lines`` lines
-of ``--mib`` MiB of plain numbers first: a ``notifications/message`` each (``notice``), or
-its answer itself that long (``answer``; ``bare``: without the ``resultType`` the 2026-07-28
-era requires, which the gateway adds by reading the answer whole and writing it again).
+of ``--mib`` MiB of plain numbers first: a ``notifications/message`` each (``notice``), an
+answer to an id no request has, of numbers like ``1.5`` (``stray``), or its answer itself
+that long (``answer``; ``bare``: without the ``resultType`` the 2026-07-28 era requires,
+which the gateway adds by reading the answer whole and writing it again). ``--kinds`` picks
+some of them (all by default).
 Meanwhile another thread asks ``/healthz`` every 50 ms; the figure is its slowest answer,
 which is what every other caller waited too. Both eras' clients are the SDK's (legacy era:
 the session bridge; 2026-07-28: the shared one).
@@ -56,6 +58,11 @@ for line in sys.stdin.buffer:
                 write(b'{"jsonrpc":"2.0","method":"notifications/message","params":'
                       b'{"level":"info","data":' + numbers() + b"}}")
             result = {"content": [{"type": "text", "text": "done"}], "resultType": "complete"}
+        elif kind == "stray":
+            floats = b"[" + b"1.5," * (MIB * 1024 * 1024 // 4 - 1) + b"1.5]"
+            for _ in range(LINES):
+                write(b'{"jsonrpc":"2.0","id":"nobody","result":{"x":' + floats + b"}}")
+            result = {"content": [{"type": "text", "text": "done"}], "resultType": "complete"}
         else:
             head = b'{"jsonrpc":"2.0","id":' + json.dumps(i).encode() + b',"result":'
             told = b'"resultType":"complete",' if kind == "answer" else b""
@@ -102,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=60)
     parser.add_argument("--lines", type=int, default=3)
+    parser.add_argument("--kinds", default="notice,stray,answer,bare")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "server.py"
@@ -111,9 +119,9 @@ def main() -> None:
         policy = 'version: "1"\ndefault: deny\ntools:\n  go: {}\n'
         with run_gateway(Path(folder), policy, servers) as gw:
             for mode in ("legacy", "auto"):
-                for kind in ("notice", "answer", "bare"):
+                for kind in args.kinds.split(","):
                     worst, took = asyncio.run(measure(gw.url("long"), gw.base, mode, kind))
-                    lines = args.lines if kind == "notice" else 1
+                    lines = args.lines if kind in ("notice", "stray") else 1
                     print(
                         f"{mode:7} {kind:7} {lines} x {args.mib} MiB: /healthz worst "
                         f"{worst:.2f} s, the call {took:.2f} s"
