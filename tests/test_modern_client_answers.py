@@ -9,10 +9,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.auth.guard import SessionSigner
+from gateway.edge.clientview import ClientView
+from gateway.policy import Identity
+from gateway.wire.sse import DROP, filtered
 from tests.gateway_proc import GatewayProcess, run_gateway
 from tests.peers import raw_upstream
 
@@ -82,3 +88,23 @@ def test_an_answer_in_a_session_still_reaches_its_server(
     )
     assert sent.status_code == 202
     assert len(_answers_seen(log)) == 1
+
+
+@pytest.mark.parametrize("modern", [True, False])
+def test_a_server_request_on_a_2026_stream_is_dropped(modern: bool) -> None:
+    """The same era from the other side: a server's request on a 2026-07-28 call's stream
+    went to a client with no session to answer it in (red-team wave 56). Dropped there; a
+    handshake-era session's client still gets it, under the server's id."""
+    relay = SimpleNamespace(extra_server_methods=frozenset())
+    gw: Any = SimpleNamespace(signer=SessionSigner("k" * 64), config=SimpleNamespace(relay=relay))
+    view = ClientView(gw, "up", Identity(grant="a", agent="a"), None)
+    view.modern = modern
+    view.for_request(1, {}, "tools/call")
+    ask = {"jsonrpc": "2.0", "id": 77, "method": "sampling/createMessage", "params": {}}
+    data = json.dumps(ask).encode()
+    assert view.wants(data) or not modern
+    shown = filtered(data, view)
+    if modern:
+        assert shown is DROP
+    else:
+        assert shown is None or (shown is not DROP and json.loads(shown)["id"] == 77)

@@ -311,6 +311,8 @@ class ClientView:
                 return True  # a method no client is known to serve, or one not read so: dropped
             if method is not None and method.startswith(NOTIFICATION_PREFIX) == carries_id(data):
                 return True  # a notice with an id, or a request without one: read, dropped
+            if method is not None and self.modern and carries_id(data):
+                return True  # a request on a 2026-07-28 stream: read, dropped
         answered = answered_id(data)
         if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
             return True  # not an answer this stream carries: read, to be dropped
@@ -362,6 +364,11 @@ class ClientView:
             # (no answer could reach the server): no shape MCP gives that method
             log.warning("upstream.misshapen_message", server=self.server, method=method)
             self._refuse_ask(message)
+            return DROP
+        if asks_or_tells and self.modern and "id" in message:
+            # The 2026-07-28 wire asks a client through input_required results, never on a
+            # stream: a client with no session could not answer it (red-team wave 56).
+            log.warning("upstream.request_on_stream", server=self.server, method=str(method)[:100])
             return DROP
         if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
