@@ -104,6 +104,7 @@ async def test_a_long_line_with_a_method_is_dropped_unbuilt_and_answers_still_co
     numbers was read value by value on the loop every caller shares (red-team wave 51). An
     answer that long is its request's, and is read."""
     monkeypatch.setattr(stdio_child, "MAX_NOTICE_LINE", 200)
+    monkeypatch.setattr(stdio_child, "MAX_UNSKIMMED_LINE", 200)
     data = ",".join(["0"] * 100)
     notice = b'{"params":{"data":[%s]},"jsonrpc":"2.0","method":"notifications/message"}'
     asks = b'{"jsonrpc":"2.0","id":"q","params":{"d":[%s]},"method":"sampling/createMessage"}'
@@ -124,14 +125,18 @@ async def test_a_long_line_with_a_method_is_dropped_unbuilt_and_answers_still_co
     assert got[0]["result"] == {"data": [0] * 100}
 
 
+@pytest.mark.parametrize("notice_limit", [200, 1_000_000])
 async def test_a_long_line_answering_no_request_is_dropped_unbuilt(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, notice_limit: int
 ) -> None:
     """A long line with no method that answers nothing awaited (no id, an id no request has,
     no result or error at all) was built whole only to be dropped: 60 MiB of floats held the
-    loop 1.5 s and the gateway 1.4 GiB (red-team wave 53). Built: only an awaited answer,
-    however its keys are spelled."""
-    monkeypatch.setattr(stdio_child, "MAX_NOTICE_LINE", 200)
+    loop 1.5 s and the gateway 1.4 GiB (red-team wave 53), and below the notices' limit,
+    eight children's stray lines of 999,000 bytes slowed every other call 90 times (wave 57).
+    Built: only an awaited answer, however its keys are spelled; and a notice below the
+    notices' limit."""
+    monkeypatch.setattr(stdio_child, "MAX_NOTICE_LINE", notice_limit)
+    monkeypatch.setattr(stdio_child, "MAX_UNSKIMMED_LINE", 200)
     data = ",".join(["1.5"] * 100).encode()
     lines_in = [
         b'{"jsonrpc":"2.0","x":[%s]}' % data,  # nothing at all
@@ -140,6 +145,7 @@ async def test_a_long_line_answering_no_request_is_dropped_unbuilt(
         b'{"jsonrpc":"2.0","id":[1],"result":{"x":[%s]}}' % data,  # no id could be this
         b'{"jsonrpc":"2.0","id":1,"res\\u0075lt":{"x":[%s]}}' % data,  # awaited: built
         b'{"jsonrpc":"2.0","id":"s","result":{"x":[%s]}}' % data,  # awaited: built
+        b'{"jsonrpc":"2.0","method":"notifications/message","params":{"d":[%s]}}' % data,
     ]
     got: list[dict[str, object]] = []
     asked: list[object] = []
@@ -157,6 +163,7 @@ async def test_a_long_line_answering_no_request_is_dropped_unbuilt(
 
     child = Child(ServerConfig("st", command="true"), "st", collect, awaits)
     await child._read_lines(lines())
-    assert [m["id"] for m in got] == [1, "s"]
+    notices = [] if notice_limit == 200 else ["notifications/message"]
+    assert [m.get("id", m.get("method")) for m in got] == [1, "s", *notices]
     assert got[0]["result"] == {"x": [1.5] * 100}
     assert asked == [7, None, [1], 1, "s"]  # each id asked about, none built to be
