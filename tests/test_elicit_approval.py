@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 
@@ -94,6 +95,39 @@ class TestThroughTheAggregate:
             assert text_of(result) == f"deleted {item}"
         else:
             assert result.is_error and decision_of(result)["error"] == "approval_declined"
+
+
+async def test_a_call_cancelled_while_its_user_is_asked_never_runs(
+    gw: GatewayProcess, call_log: Path
+) -> None:
+    """A call its client cancels while its user is asked (handshake era: the question on the
+    call's stream) ends there, as a call held in wait mode does: the user's later approval
+    runs nothing. It was not registered as cancellable, and ran upstream (red-team wave
+    57)."""
+    item = "py-cancelled-while-asked"
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def callback(_ctx: Any, _params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.set()
+        await release.wait()
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    async with client(gw.url("up"), KEY, mode="legacy", elicitation_callback=callback) as c:
+        with anyio.fail_after(20), anyio.CancelScope() as scope:
+
+            async def cancel_once_asked() -> None:
+                await asked.wait()
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_once_asked)
+                await c.call_tool("delete_item", {"id": item})
+        release.set()  # the user approves, after the call was cancelled
+        after = await c.call_tool("echo", {"text": "after"})
+    assert not after.is_error
+    [record] = gw.wait_records(1, where=lambda r: r.get("args_digest") == _digest({"id": item}))
+    assert record["effect"] != "allow"
+    assert reached(call_log, item) == 0
 
 
 @pytest.mark.parametrize("era", ERAS)

@@ -19,6 +19,7 @@ A client that cannot be asked (no elicitation capability, no SSE) gets the rule'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import anyio
 from gateway.approvals.service import preview_args
 from gateway.edge import inband
 from gateway.edge.forward import Forward
-from gateway.edge.held import HeldStream
+from gateway.edge.held import Cancellable, HeldStream
 from gateway.edge.replies import input_required
 from gateway.errors import BackendUnavailable
 from gateway.pipeline.admission import Elicit, Tick
@@ -306,19 +307,33 @@ class ElicitFace:
         timeout = decision.approval.timeout if decision.approval else 300.0
         started = time.monotonic()
         answer: dict[str, Any] | None = None
+        # Its client may cancel it while its user is asked, as in wait mode: the call was
+        # not registered, and one cancelled and then approved ran upstream (red-team wave 57)
+        waiting = Cancellable(self.gw, held.call, held.key)
+        stop = waiting.register()
 
         async def ask() -> None:
             nonlocal answer
             await held.open()
             await held.write(event(json_bytes(request)))
             with anyio.move_on_after(timeout):
-                answer = await future
+                stopped = asyncio.ensure_future(stop.wait())
+                either: set[asyncio.Future[Any]] = {future, stopped}
+                try:
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if future.done() and not stop.is_set():
+                    answer = future.result()
 
         try:
             await held.watching(ask())
         finally:
             waiters.forget(nonce)
+            waiting.unregister()
         await tick(time.monotonic() - started)
+        if stop.is_set():  # cancelled by its client: no answer is due, nothing runs
+            held.cancelled = held.gone = True
         if held.gone:
             return decision  # still held: the caller went away first
         if answer is None:
