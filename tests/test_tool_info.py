@@ -131,3 +131,26 @@ def test_an_unlisted_variant_of_a_listed_or_named_tool_is_refused(tmp_path: Path
     for name in ("list_orders", "other_tool"):  # listed, or like nothing: the rules decide
         decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
         assert decision.effect == "allow", name
+
+
+def test_an_unlisted_variant_of_a_glob_is_refused(tmp_path: Path) -> None:
+    """The same for a deny or an approval written with a glob: ``DELETE_ALL``, ``Delete-All``
+    and ``PURGE_CACHE`` reached a loose server under ``delete_*: deny`` and ``purge_*:
+    require_approval`` (red-team wave 57). What the glob matches itself, and what folds to
+    nothing like it, are decided by the rules."""
+    from gateway.pipeline.admission import verdict
+    from gateway.policy import Call
+
+    gw = gateway_at(tmp_path)
+    policy = (
+        'version: "1"\ndefault: allow\ntools:\n  up/delete_*: {action: deny}\n'
+        "  wipe_?: {action: deny}\n  purge_*: {action: require_approval}\n"
+    )
+    reload_with(gw, tmp_path, policy)
+    for name in ("DELETE_ALL", "Delete-All", "deleteAll", "delete all", "WIPE-X", "PURGE_CACHE"):
+        decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
+        assert (decision.effect, decision.error) == ("deny", "no_tool"), name
+    ruled = (("delete_all", "deny"), ("purge_x", "require_approval"), ("echo", "allow"))
+    for name, effect in ruled:
+        decision = verdict(gw, Call(tool=name, server="up", info=gw.tool_info("up", name)))
+        assert decision.effect == effect and decision.error != "no_tool", name

@@ -12,7 +12,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gateway.inventory.shapes import MAX_CHECKED, TooManyValues, mismatch
-from gateway.policy.matching import fold
+from gateway.policy.matching import fold, folded_glob
 from gateway.policy.model import Call, Decision, LimitState
 from gateway.ratelimit.base import Bucket, LimitResult
 
@@ -91,10 +91,25 @@ def check_variant(gw: Gateway, call: Call, decision: Decision) -> Decision:
     if call.info.listed or decision.effect == "deny":
         return decision
     names, folds = gw.folded_names(call.server or "")
-    if call.tool in names or fold(call.tool) not in folds:  # itself, or like none
-        return decision
+    if call.tool in names:
+        return decision  # itself
+    if fold(call.tool) not in folds and not _like_a_glob(gw, call):
+        return decision  # like none
     reason = f"no tool named {call.tool!r} is listed by server {call.server or ''!r}"
     return replace(decision, effect="deny", rule="route", reason=reason, error="no_tool", limits=())
+
+
+def _like_a_glob(gw: Gateway, call: Call) -> bool:
+    """Whether the name is one a glob of the policy does not match, read as a loose server
+    reads names, it does: ``DELETE_ALL`` or ``delete-all`` under ``delete_*`` (a deny or an
+    approval written with a glob was skipped by another spelling: red-team wave 57)."""
+    folded = fold(call.tool)
+    return any(
+        glob.server in (None, call.server)
+        and not glob.matches(call.tool)
+        and folded_glob(glob.pattern).fullmatch(folded) is not None
+        for glob in gw.policy.globs
+    )
 
 
 async def apply_limits(gw: Gateway, decision: Decision) -> Decision:

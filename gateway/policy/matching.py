@@ -57,10 +57,21 @@ def fold(name: str) -> str:
     spaces alone let ``w\\u0131pe_records`` and ``wipe records`` reach a server comparing names
     with ``equalsIgnoreCase`` or stripping separators (red-team wave 39). A name of no
     letter or digit is its own."""
-    decomposed = unicodedata.normalize("NFKD", name)
+    return _folded(name) or name
+
+
+def _folded(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
     letters = "".join(c for c in decomposed if not unicodedata.combining(c))
-    folded = "".join(c for c in letters.upper().lower().casefold() if c.isalnum())
-    return folded or name
+    return "".join(c for c in letters.upper().lower().casefold() if c.isalnum())
+
+
+@cache
+def folded_glob(pattern: str) -> re.Pattern[str]:
+    """A glob as ``fold`` reads names: its literal runs folded, each wildcard any run (a
+    ``?`` too: what it stood for may be a separator, which folding drops)."""
+    runs = re.split(r"[*?]+", pattern)
+    return re.compile(".*".join(re.escape(_folded(run)) for run in runs), re.DOTALL)
 
 
 def candidates(policy: CompiledPolicy, server: str | None, tool: str) -> Iterator[ToolEntry]:
