@@ -26,7 +26,7 @@ from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.turns import Turns
 from gateway.wire.jsonrpc import loads_line
-from gateway.wire.sse import MAX_NOTICE_BYTES, awaited_answer, names_a_method
+from gateway.wire.sse import MAX_NOTICE_BYTES, wanted_line
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -275,7 +275,9 @@ class Child:
                 self._recovered()  # it speaks: the streak is over
             if line.isspace():  # a blank line: nothing to parse, nothing to say
                 continue
-            if len(line) > MAX_UNSKIMMED_LINE and self._unwanted(line):
+            if len(line) > MAX_UNSKIMMED_LINE and not wanted_line(
+                line, self.awaits, MAX_NOTICE_LINE
+            ):
                 if self.junk.allow():  # a notice, a request, an answer no one awaits: unbuilt
                     log.warning("stdio.message_too_large", server=self.label, size=len(line))
                 continue
@@ -293,13 +295,6 @@ class Child:
             except Exception as exc:  # one bad message is dropped; the reader goes on
                 error = f"{type(exc).__name__}: {exc}"[:300]
                 log.error("stdio.message_failed", server=self.label, error=error)
-
-    def _unwanted(self, line: bytes) -> bool:
-        """Whether a long line is dropped unbuilt: an answer no one awaits, or anything else
-        past ``MAX_NOTICE_LINE``, which no client's stream could carry."""
-        if awaited_answer(line, self.awaits):
-            return False
-        return len(line) > MAX_NOTICE_LINE or not names_a_method(line)
 
     async def reap(self) -> None:
         """Once stopped: wait for the process to exit (SIGKILL after ``KILL_GRACE``), even

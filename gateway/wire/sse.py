@@ -107,9 +107,10 @@ def names_a_method(data: bytes) -> bool:
         return False
 
 
-def awaited_answer(data: bytes, awaited: Callable[[Any], bool]) -> bool:
-    """Whether ``data`` may be an answer ``awaited`` takes (a result or an error, no method,
-    under an id it awaits), read quickly; True when it cannot be read so (the whole read
+def wanted_line(data: bytes, awaited: Callable[[Any], bool], notice_limit: int) -> bool:
+    """Whether a long message is read whole, told by one quick read of its members: an
+    answer ``awaited`` takes (a result or an error under an id it awaits), a notice or a
+    request of at most ``notice_limit`` bytes, or one that cannot be read so (the whole read
     tells). A long line that answers nothing was built whole only to be dropped: seconds of
     the loop every caller shares, and 1 GiB for 60 MiB of floats."""
     try:
@@ -117,9 +118,9 @@ def awaited_answer(data: bytes, awaited: Callable[[Any], bool]) -> bool:
     except (msgspec.DecodeError, RecursionError):
         return True
     unset = msgspec.UNSET
-    if head.method is not unset or (head.result is unset and head.error is unset):
-        return False
-    if not head.id:
+    if head.method is not unset:
+        return len(data) <= notice_limit
+    if (head.result is unset and head.error is unset) or not head.id:
         return False
     if len(head.id) > MAX_ID_BYTES:
         return False
@@ -201,9 +202,7 @@ def _batch_events(
     try:
         # A message's line ends (a batch written over several data lines) are whitespace
         # in JSON, never in a string: one line each, or a client read "data: {" alone.
-        batch: list[bytes] | None = [
-            bytes(raw).replace(b"\n", b" ") for raw in _RAW_BATCH.decode(data)
-        ]
+        batch: list[bytes] | None = [one_line(bytes(raw)) for raw in _RAW_BATCH.decode(data)]
     except msgspec.DecodeError:  # NaN, a lone surrogate: each message mended, if small
         batch = _read_to_mend(data)
     except RecursionError:
