@@ -244,6 +244,14 @@ class TestTry:
         assert "call demo__delete_note" in out.stdout
         assert "\\n" not in out.stdout  # text shown as lines, not escaped
 
+    def test_no_url_reaches_the_gateway_celgate_url_names(self, keyed: GatewayProcess) -> None:
+        """``celgate run`` on another port prints ``export CELGATE_URL=...``: a bare ``try``
+        reaches that gateway's ``/mcp`` (it tried the default port, where nothing was)."""
+        env = {"CELGATE_KEY": AGENT_KEY, "CELGATE_URL": keyed.base + "/"}
+        out = celgate("try", env=env)
+        assert out.returncode == 0, out.stderr
+        assert "call demo__list_notes({}): ok" in out.stdout
+
 
 class TestAdminCommands:
     """Which gateway: --url, --config, CELGATE_URL; a clear line when it is not one."""

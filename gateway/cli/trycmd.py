@@ -128,23 +128,36 @@ def _status_line(status: int, url: str, key: str | None) -> str:
     return f"celgate: {url} answered HTTP {status}"
 
 
+def target_url(given: str | None) -> str:
+    """The endpoint ``try`` reaches: the URL given, else ``$CELGATE_URL`` (the base URL that
+    ``celgate run`` prints for the admin CLI) at its aggregated ``/mcp``, which serves every
+    server, else the embedded demo's ``DEFAULT_URL``."""
+    if given:
+        return given
+    base = os.environ.get("CELGATE_URL", "").strip().rstrip("/")
+    return f"{base}/mcp" if base else DEFAULT_URL
+
+
 def try_command(ns: argparse.Namespace) -> int:
     key = ns.key or os.environ.get("CELGATE_KEY") or None
-    line = preflight(ns.url, key)
+    url = target_url(ns.url)
+    line = preflight(url, key)
     if line is not None:
         raise SystemExit(line)
     try:
-        asyncio.run(_try(ns.url, key))
+        asyncio.run(_try(url, key))
     except Exception as exc:  # the MCP client's failures, read and named in one line
-        line = explain(exc, ns.url, key)
+        line = explain(exc, url, key)
         if line is None:
-            line = f"celgate: try {ns.url} failed: {type(exc).__name__}: {exc}"
+            line = f"celgate: try {url} failed: {type(exc).__name__}: {exc}"
         raise SystemExit(line) from None
     return 0
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", nargs="?", default=DEFAULT_URL)
+    parser.add_argument(
+        "url", nargs="?", help=f"an MCP endpoint (default: $CELGATE_URL/mcp, else {DEFAULT_URL})"
+    )
     parser.add_argument("--key", help="agent key, sent as Authorization: Bearer ($CELGATE_KEY)")
     parser.set_defaults(func=try_command)
 
