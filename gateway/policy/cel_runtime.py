@@ -224,6 +224,10 @@ def runner(source: str) -> Callable[[Vars], Any]:
         if library in text:
             text = text.replace(f"celpy.evaluation.{library}(", f"_cel_{library}(")
             namespace[f"_cel_{library}"] = ours
+    for kind, convert in _CONVERSIONS.items():
+        if kind in text:
+            text = text.replace(f"celpy.celtypes.{kind}(", f"_cel_to_{kind}(")
+            namespace[f"_cel_to_{kind}"] = convert
     exec(compile(text, "<cel>", "exec"), namespace)
     fn: Callable[[Vars], Any] = namespace["_cel"]
     return fn
@@ -402,6 +406,85 @@ def _string_new(cls: Any, source: Any, *args: Any, **kwargs: Any) -> Any:
 
 _LIBRARY_STRING_NEW = celtypes.StringType.__new__
 celtypes.StringType.__new__ = _string_new  # type: ignore[method-assign]
+
+
+#: What CEL's ``bool(string)`` reads (as cel-cpp does); cel-python took any integer text
+#: (``bool("5")``, ``bool(" 7 ")``) as an int.
+_BOOL_TEXTS = {
+    **dict.fromkeys(("1", "t", "true", "TRUE", "True"), True),
+    **dict.fromkeys(("0", "f", "false", "FALSE", "False"), False),
+}
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_UINT_TEXT = re.compile(r"[0-9]+")
+
+
+def _no_conversion(name: str, source: Any) -> TypeError:
+    kind = "null" if source is None else type(source).__name__.removesuffix("Type").lower()
+    return TypeError(f"no such overload: {name}({kind})")
+
+
+def _integer(name: str, text: re.Pattern[str], kind: type) -> Callable[[Any], Any]:
+    """CEL's ``int()`` or ``uint()``: of a number, a timestamp or a decimal string. Of null
+    cel-python gave 0 and of a bool 0 or 1, so ``int(args.n) <= 100`` allowed ``"n": null``
+    (red-team wave 58); of ``" 7 "``, ``"1_0"`` or ``"0x10"`` a number, where CEL has none."""
+
+    def convert(source: Any) -> Any:
+        if type(source) is int:  # a literal, every evaluation: the quick way
+            return kind(source)
+        if source is None or _is_bool(source):
+            raise _no_conversion(name, source)
+        if isinstance(source, str) and not text.fullmatch(source):
+            raise ValueError(f"{name}({source[:40]!r}): not a decimal integer")
+        return kind(source)
+
+    return convert
+
+
+_to_int = _integer("int", _INT_TEXT, celtypes.IntType)
+_to_uint = _integer("uint", _UINT_TEXT, celtypes.UintType)
+
+
+def _to_double(source: Any) -> Any:
+    """CEL's ``double()``: of a number or a numeric string; null was 0.0, a bool 0.0 or 1.0."""
+    if type(source) is float:
+        return celtypes.DoubleType(source)
+    if source is None or _is_bool(source):
+        raise _no_conversion("double", source)
+    if isinstance(source, str) and (source != source.strip() or "_" in source):
+        raise ValueError(f"double({source[:40]!r}): not a number")
+    return celtypes.DoubleType(source)
+
+
+def _to_string(source: Any) -> Any:
+    """CEL's ``string()``: of null there is none (cel-python gave ``"None"``)."""
+    if source is None:
+        raise _no_conversion("string", source)
+    return celtypes.StringType(source)
+
+
+def _to_bool(source: Any) -> Any:
+    """CEL's ``bool()``: of a bool, or of a string CEL reads as one. cel-python gave false
+    for null and a value for any number or integer text."""
+    if _is_bool(source):
+        return celtypes.BoolType(bool(source))
+    if isinstance(source, str):
+        read = _BOOL_TEXTS.get(str(source))
+        if read is None:
+            raise TypeError(f"no such overload: bool({source[:40]!r})")
+        return celtypes.BoolType(read)
+    raise _no_conversion("bool", source)
+
+
+#: The type conversions the transpiled code calls (``int(x)`` is ``IntType(x)`` there, as is
+#: each literal), and ours in their place: the library's constructors also serve the library
+#: itself, which may build a 0 from None, so they are swapped in our expressions only.
+_CONVERSIONS: dict[str, Callable[[Any], Any]] = {
+    "IntType": _to_int,
+    "UintType": _to_uint,
+    "DoubleType": _to_double,
+    "StringType": _to_string,
+    "BoolType": _to_bool,
+}
 
 
 def fix_has(source: str) -> str:
