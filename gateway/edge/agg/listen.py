@@ -174,6 +174,7 @@ async def _pump(
     body = json_bytes({**message.raw, "params": params})
     fwd = Forward(upstream, None, body, message.msg_id)
     view = ClientView(gw, server.name, identity)
+    view.modern = True  # a listen is of this era only: a server's request on it is dropped
     try:
         resp = await upstream.pool.request("POST", request_headers(incoming, fwd), body)
     except (*UPSTREAM_ERRORS, TimeoutError):
