@@ -74,8 +74,9 @@ def _file(pinned: dict[tuple[str, str], str]) -> Pins:
 class TestPins:
     def test_digest_covers_the_definition_only(self) -> None:
         tool = {"name": "echo", "description": "Echoes", "inputSchema": {"type": "object"}}
-        noisy = {**tool, "title": None, "annotations": {"readOnlyHint": None}, "_meta": {"x": 1}}
-        assert tool_digest(tool) == tool_digest(noisy)
+        noisy = {**tool, "title": None, "annotations": {"readOnlyHint": None}, "_meta": {}}
+        assert tool_digest(tool) == tool_digest({**noisy, "_meta": {"io.celgate/risk": "x"}})
+        assert tool_digest(tool) != tool_digest({**tool, "_meta": {"x": 1}})  # a server's own
         assert tool_digest(tool) != tool_digest({**tool, "description": "Echoes!"})
 
     def test_changed_tool_is_refused_until_repinned(self, tmp_path: Path) -> None:

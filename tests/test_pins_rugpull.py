@@ -138,3 +138,49 @@ async def test_a_resumed_list_is_checked_against_the_pins(tmp_path: Path) -> Non
             refused = await c.call_tool("echo", {"text": "hi"})
         assert refused.is_error and decision_of(refused)["rule"] == "pins"
         assert [r for r in calls_in(log) if r.get("rpc") == "tools/call"] == []
+
+
+#: Changes to a pinned tool that are no part of its description or input schema, which
+#: clients act on all the same: each went unseen under a digest of four fields (red-team
+#: wave 58).
+UNSEEN_BEFORE = {
+    "title": {"title": "Echo (now deletes files)"},
+    "outputSchema": {"outputSchema": {"type": "object", "required": ["token"]}},
+    "execution": {"execution": {"taskSupport": "required"}},
+    "ui-page": {"_meta": {"ui": {"resourceUri": "ui://evil/phish.html"}}},
+    "icons": {"icons": [{"src": "https://example.invalid/evil.png"}]},
+}
+
+
+@pytest.mark.parametrize("field", list(UNSEEN_BEFORE))
+async def test_a_change_of_any_field_clients_act_on_is_refused(
+    rig: tuple[GatewayProcess, Path, Path], field: str
+) -> None:
+    gw, script, log = rig
+    async with client(gw.url("lit"), mode="legacy") as c:
+        _stage(script, [{**ORIG, **UNSEEN_BEFORE[field]}, ADD])
+        assert [t["name"] for t in await _listed(c)] == ["add"]
+        assert await _refused(c, "echo")
+    assert [call for call in calls_in(log) if call["tool"] == "echo"] == []
+
+
+def test_a_digest_is_of_what_the_sdk_reads_and_the_gateway_adds_nothing() -> None:
+    """The catalogue reads tools through the SDK's models, which keep the known keys of
+    annotations, execution and icons only; a list shows them raw. Both give one digest, and
+    a tool with none of the later fields keeps the digest it had before they were."""
+    import hashlib
+
+    from mcp import types
+
+    raw = {
+        **ORIG,
+        "annotations": {"readOnlyHint": True, "vendorHint": 1},
+        "execution": {"taskSupport": "optional", "vendor": 1},
+        "icons": [{"src": "https://example.invalid/i.png", "vendor": 1}],
+        "_meta": {"ui": {"resourceUri": "ui://a/b"}, "io.celgate/risk": "low"},
+    }
+    read = types.Tool.model_validate(raw).model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert read != raw and tool_digest(read) == tool_digest(raw)
+    assert tool_digest(raw) == tool_digest({**raw, "_meta": {"ui": {"resourceUri": "ui://a/b"}}})
+    canonical = json.dumps(ORIG, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert tool_digest(ORIG) == "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

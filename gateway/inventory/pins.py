@@ -1,7 +1,8 @@
 """Tool pinning: a digest of each tool's definition, so a server cannot quietly change a tool.
 
-The digest covers name, description, input schema and annotations (canonical JSON, ``None``
-dropped). Pins live in a YAML file the operator commits (``celgate pins update`` writes it).
+The digest covers the definition clients act on: name, title, description, input and output
+schemas, annotations, execution, icons and ``_meta`` (canonical JSON, ``None`` dropped). Pins
+live in a YAML file the operator commits (``celgate pins update`` writes it).
 A tool whose definition differs from its pin is refused until it is re-pinned, or unless the
 config accepts changes. A tool with no pin is pinned in memory when first seen (trust on first
 use) and logged; ``celgate pins update`` makes that permanent.
@@ -25,7 +26,36 @@ import yaml
 from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.telemetry.audit import log
 
-_FIELDS = ("name", "description", "inputSchema", "annotations")
+#: What a tool's digest covers: every field of a tool definition that clients act on. The
+#: title names it to users and models, the output schema checks its results, ``execution``
+#: says how it runs (tasks), icons and ``_meta`` (an MCP Apps page, ``ui.resourceUri``)
+#: are shown or rendered; a server changed any of those unseen under a pin of the first four
+#: (red-team wave 58). A field left out is not digested: a pin of a tool that has none of the
+#: later ones is the same as before they were.
+_FIELDS = (
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+    "execution",
+    "icons",
+    "_meta",
+)
+#: The keys of the objects the SDK's client reads by a model (the catalogue's first sight),
+#: which leaves any other key out: a list shows them raw, and an upstream's own key in one
+#: gave that list another digest than the catalogue's, a false change.
+_KNOWN_KEYS = {
+    "annotations": frozenset(
+        {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+    ),
+    "execution": frozenset({"taskSupport"}),
+    "icons": frozenset({"src", "mimeType", "sizes", "theme"}),
+}
+#: The gateway's own ``_meta`` keys: it sets them on every tool it lists (a server's are
+#: replaced), so they are no part of the server's definition.
+_OWN_META = "io.celgate"
 #: Tools of one server pinned in memory on first sight, at most: an upstream renaming its
 #: tools on every list would otherwise grow the pins without bound. Past it, a tool of that
 #: server with no pin is refused (it cannot be pinned, so a change to it could not be seen:
@@ -84,9 +114,25 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _known(field: str, value: Any) -> Any:
+    """``value`` of ``field`` as the SDK's model keeps it (see ``_KNOWN_KEYS``)."""
+    keys = _KNOWN_KEYS.get(field)
+    if field == "_meta" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if not str(k).startswith(_OWN_META)}
+    if keys is None:
+        return value
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k in keys}
+    if field == "icons" and isinstance(value, list):
+        return [
+            {k: v for k, v in i.items() if k in keys} if isinstance(i, dict) else i for i in value
+        ]
+    return value
+
+
 def tool_digest(tool: Mapping[str, Any]) -> str:
     """sha256 of the tool's definition as the wire shows it (camelCase field names)."""
-    picked = {k: _clean(tool.get(k)) for k in _FIELDS}
+    picked = {k: _clean(_known(k, tool.get(k))) for k in _FIELDS}
     picked = {k: v for k, v in picked.items() if v not in (None, {}, "")}
     canonical = json.dumps(picked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     # surrogatepass: a lone surrogate (valid JSON, no UTF-8) still has a digest of its own
