@@ -125,6 +125,30 @@ async def test_a_long_line_with_a_method_is_dropped_unbuilt_and_answers_still_co
     assert got[0]["result"] == {"data": [0] * 100}
 
 
+async def _read_awaiting(
+    lines_in: list[bytes], awaited: tuple[object, ...]
+) -> tuple[list[dict[str, object]], list[object]]:
+    """A child's reader over ``lines_in``: the messages it built, and the ids it asked
+    about (the requests awaiting ``awaited``)."""
+    got: list[dict[str, object]] = []
+    asked: list[object] = []
+
+    async def collect(message: dict[str, object], _raw: bytes) -> None:
+        got.append(message)
+
+    def awaits(msg_id: object) -> bool:
+        asked.append(msg_id)
+        return msg_id in awaited
+
+    async def lines() -> AsyncIterator[bytes]:
+        for line in lines_in:
+            yield line + b"\n"
+
+    child = Child(ServerConfig("st", command="true"), "st", collect, awaits)
+    await child._read_lines(lines())
+    return got, asked
+
+
 @pytest.mark.parametrize("notice_limit", [200, 1_000_000])
 async def test_a_long_line_answering_no_request_is_dropped_unbuilt(
     monkeypatch: pytest.MonkeyPatch, notice_limit: int
@@ -147,23 +171,34 @@ async def test_a_long_line_answering_no_request_is_dropped_unbuilt(
         b'{"jsonrpc":"2.0","id":"s","result":{"x":[%s]}}' % data,  # awaited: built
         b'{"jsonrpc":"2.0","method":"notifications/message","params":{"d":[%s]}}' % data,
     ]
-    got: list[dict[str, object]] = []
-    asked: list[object] = []
-
-    async def collect(message: dict[str, object], _raw: bytes) -> None:
-        got.append(message)
-
-    def awaits(msg_id: object) -> bool:
-        asked.append(msg_id)
-        return msg_id in (1, "s")
-
-    async def lines() -> AsyncIterator[bytes]:
-        for line in lines_in:
-            yield line + b"\n"
-
-    child = Child(ServerConfig("st", command="true"), "st", collect, awaits)
-    await child._read_lines(lines())
+    got, asked = await _read_awaiting(lines_in, (1, "s"))
     notices = [] if notice_limit == 200 else ["notifications/message"]
     assert [m.get("id", m.get("method")) for m in got] == [1, "s", *notices]
     assert got[0]["result"] == {"x": [1.5] * 100}
     assert asked == [7, None, [1], 1, "s"]  # each id asked about, none built to be
+
+
+async def test_a_long_line_msgspec_cannot_read_is_told_by_what_it_would_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stray long line that msgspec's quick read refuses (one ``NaN``, a lone surrogate's
+    escape, bytes after the message) was built whole, as if the quick read could not tell:
+    40 MiB lines ending in ``NaN`` cost the gateway 400 MB and other callers a second each
+    (red-team wave 58). Such tokens are read as null for the quick read only: a stray line
+    is dropped unbuilt, an awaited answer is still built (Python's parser reads ``NaN``), and
+    a line no parser reads is dropped."""
+    monkeypatch.setattr(stdio_child, "MAX_UNSKIMMED_LINE", 200)
+    data = ",".join(["1.5"] * 100).encode()
+    lines_in = [
+        b'{"jsonrpc":"2.0","id":7,"result":{"x":[%s,NaN]}}' % data,  # an id no request has
+        b'{"jsonrpc":"2.0","id":8,"result":{"x":[%s,-Infinity]}}' % data,
+        b'{"jsonrpc":"2.0","id":9,"result":{"x":[%s],"t":"\\ud800"}}' % data,
+        b'{"jsonrpc":"2.0","id":1,"result":{"x":[%s]}} trailing' % data,  # no parser reads it
+        b'{"jsonrpc":"2.0","id":2,"result":{"x":[%s,NaN],"t":"\\\\ud800"}}' % data,  # awaited
+        b'{"jsonrpc":"2.0","method":"notifications/message","params":{"d":[%s,NaN]}}' % data,
+    ]
+    got, asked = await _read_awaiting(lines_in, (1, 2))
+    assert [m.get("id", m.get("method")) for m in got] == [2, "notifications/message"]
+    assert asked == [7, 8, 9, 2]  # the trailing bytes: no message, so no id asked about
+    result = got[0]["result"]
+    assert isinstance(result, dict) and result["t"] == "\\ud800" and len(result["x"]) == 101

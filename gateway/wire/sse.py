@@ -115,8 +115,17 @@ def wanted_line(data: bytes, awaited: Callable[[Any], bool], notice_limit: int) 
     the loop every caller shares, and 1 GiB for 60 MiB of floats."""
     try:
         head = _head(data)
-    except (msgspec.DecodeError, RecursionError):
+    except RecursionError:
         return True
+    except msgspec.DecodeError:
+        # What Python's parser reads and msgspec does not (NaN, Infinity, a lone surrogate's
+        # escape) is read as null or a space here, only to tell what the message is; what
+        # neither reads (bytes after the message) is no message: one such token made a
+        # stray line of 40 MiB be built whole, every time (red-team wave 58).
+        try:
+            head = _HEAD.decode(_PYTHON_ONLY.sub(_readable, data))
+        except (msgspec.DecodeError, RecursionError):
+            return False
     unset = msgspec.UNSET
     if head.method is not unset:
         return len(data) <= notice_limit
@@ -128,6 +137,14 @@ def wanted_line(data: bytes, awaited: Callable[[Any], bool], notice_limit: int) 
         return awaited(msgspec.json.decode(head.id))
     except msgspec.DecodeError:
         return True
+
+
+#: The tokens Python's JSON parser reads and msgspec's does not.
+_PYTHON_ONLY = re.compile(rb"-?Infinity|NaN|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _readable(token: re.Match[bytes]) -> bytes:
+    return b"\\u0020" if token[0][:1] == b"\\" else b"null"
 
 
 def rewrite_event(
