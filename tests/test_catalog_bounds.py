@@ -69,6 +69,23 @@ async def test_a_stdio_line_past_its_bound_is_not_read(monkeypatch: pytest.Monke
     assert [t["name"] for t in found["odd"] or []] == ["echo"]
 
 
+@pytest.mark.parametrize(("kib", "listed"), [(1, ["echo", "pinged"]), (100, ["echo"])])
+async def test_a_long_line_the_list_does_not_await_is_not_read(kib: int, listed: list[str]) -> None:
+    """A stdio server's stray long lines (a 16 MiB log notice) were each validated whole by
+    the SDK's models: 4 s of the loop and 1.3 GB, at every refresh (red-team wave 58). Past
+    64 KiB only an answer the list awaits is read: a server's padded ``ping`` is never seen
+    (so never answered), a short one is."""
+    server = ServerConfig(
+        name="odd",
+        command=sys.executable,
+        args=["-m", "tests.servers.odd_stdio"],
+        env={"ODD_LIST_PINGS_KIB": str(kib)},
+        cwd=str(ROOT),
+    )
+    found = await discovery.list_all({"odd": server})
+    assert [t["name"] for t in found["odd"] or []] == listed
+
+
 async def test_a_page_of_too_many_objects_is_not_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,9 @@ from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
 from gateway.telemetry.childlog import StderrLog
 from gateway.turns import Turns
+from gateway.upstream.stdio_child import MAX_UNSKIMMED_LINE
 from gateway.wire.jsonrpc import count_containers
+from gateway.wire.sse import wanted_line
 
 LIST_TIMEOUT = 15.0
 
@@ -123,6 +125,7 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
     )
     to_client, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, from_client = anyio.create_memory_object_stream[SessionMessage](0)
+    asked: set[Any] = set()  # the ids of the client's requests not yet answered
 
     async def read() -> None:
         pending = bytearray()
@@ -136,6 +139,13 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
                     await turns.after_chunk()
                     if line.isspace() or not line:
                         continue
+                    # A long line is built only as an answer the client awaits: the list
+                    # needs no notice, and a stray 16 MiB log line was validated whole (4 s
+                    # of the loop, 1.3 GB), at every refresh (red-team wave 58).
+                    if len(line) > MAX_UNSKIMMED_LINE and not wanted_line(
+                        line, asked.__contains__, 0
+                    ):
+                        continue
                     if count_containers(line) > MAX_ANSWER_CONTAINERS:
                         log.warning("catalog.line_too_long", server=server.name, held=len(line))
                         return
@@ -143,6 +153,8 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
                         message = mcp_types.jsonrpc_message_adapter.validate_json(line)
                     except ValueError:
                         continue  # not a message: the list's answer is what is waited for
+                    if isinstance(message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+                        asked.discard(message.id)
                     await to_client.send(SessionMessage(message))
                 if len(pending) > MAX_ANSWER_BYTES:  # the client sees the stream end
                     log.warning("catalog.line_too_long", server=server.name, held=len(pending))
@@ -151,6 +163,8 @@ async def _stdio_bounded(server: ServerConfig) -> AsyncIterator[Any]:
     async def write() -> None:
         async with from_client:
             async for sent in from_client:
+                if isinstance(sent.message, mcp_types.JSONRPCRequest):
+                    asked.add(sent.message.id)
                 data = sent.message.model_dump_json(by_alias=True, exclude_unset=True)
                 stdin.write(data.encode() + b"\n")
                 await stdin.drain()

@@ -9,6 +9,8 @@ answered with one tool whose description is that many MiB. ``ODD_PID_FILE``: it 
 pid there, and then ignores SIGTERM and lives on past the end of its stdin (until a
 SIGKILL), as a server with a shutdown handler that waits may. ``ODD_STUBBORN_HELPERS``: it
 starts a helper in its process group that ignores SIGTERM, and appends its pid to that file.
+``ODD_LIST_PINGS_KIB``: before answering ``tools/list`` it sends a ``ping`` padded to that
+many KiB and waits up to two seconds for its answer; answered, it lists a tool ``pinged`` too.
 
     python -m tests.servers.odd_stdio
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -42,6 +45,18 @@ def write(message: dict[str, Any] | bytes) -> None:
 
 def answer(msg_id: Any, result: dict[str, Any]) -> None:
     write({"jsonrpc": "2.0", "id": msg_id, "result": {**result, "resultType": "complete"}})
+
+
+def pinged(kib: int) -> bool:
+    """Whether a ``ping`` of ``kib`` KiB was answered within two seconds."""
+    write({"jsonrpc": "2.0", "id": "p1", "method": "ping", "params": {"pad": "x" * (kib << 10)}})
+    ready, _, _ = select.select([sys.stdin.buffer], [], [], 2.0)
+    if not ready:
+        return False
+    try:
+        return json.loads(sys.stdin.buffer.readline()).get("id") == "p1"
+    except ValueError:
+        return False
 
 
 def call(msg_id: Any, params: dict[str, Any]) -> None:
@@ -130,6 +145,9 @@ def serve() -> None:
         elif method == "tools/list":
             big = int(os.environ.get("ODD_BIG_LIST_MIB", "0"))
             tools = [{**TOOLS[0], "description": "x" * (big << 20)}] if big else TOOLS
+            pad = int(os.environ.get("ODD_LIST_PINGS_KIB", "0"))
+            if pad and pinged(pad):
+                tools = [*tools, {**TOOLS[0], "name": "pinged"}]
             answer(msg_id, {"tools": tools, "cacheScope": "private", "ttlMs": 0})
         elif method == "tools/call":
             call(msg_id, params)
