@@ -303,6 +303,18 @@ class TestBadInput:
         assert resp.status_code == 400
         assert "deleting" not in resp.text
 
+    @pytest.mark.parametrize("method", ["PUT", "PATCH", "OPTIONS"])
+    @pytest.mark.parametrize("path", ["/mcp/up", "/mcp"])
+    def test_a_method_not_allowed_names_those_that_are(
+        self, gateway: GatewayProcess, method: str, path: str
+    ) -> None:
+        """A 405 says which methods the path takes (RFC 9110 15.5.6: Allow is a MUST);
+        the gateway's own 405s had none (red-team wave 58)."""
+        resp = httpx.request(method, gateway.base + path, timeout=10)
+        assert resp.status_code == 405
+        assert resp.headers["allow"] == "GET, POST, DELETE"
+        assert resp.json()["error"]["code"] == -32600
+
     def test_foreign_host_is_refused(self, gateway: GatewayProcess) -> None:
         resp = raw_post(gateway, call_body("echo", {}), host="evil.example.com")
         assert resp.status_code == 421

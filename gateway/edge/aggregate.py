@@ -19,7 +19,7 @@ from gateway.edge.agg.handshake import Handshake
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.names import Names
 from gateway.edge.agg.stateless import Stateless
-from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
+from gateway.edge.boundary import ALLOWED, caller, check_guard, json_body, place_for, serve
 from gateway.edge.routing import stateless_era
 from gateway.pipeline.gateway import Gateway
 from gateway.wire import jsonrpc as rpc
@@ -64,12 +64,12 @@ class Aggregate:
             return
         if incoming.method in ("GET", "DELETE"):
             version = incoming.header("mcp-protocol-version")
-            if version is not None and version not in HANDSHAKE_VERSIONS:
-                raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
+            if version is not None and version not in HANDSHAKE_VERSIONS:  # no streams there
+                raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", 405, allow="POST")
             await self.handshake.stream(incoming, send, identity)
             return
         if incoming.method != "POST":
-            raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
+            raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", 405, allow=ALLOWED)
         read = await json_body(self.gw, incoming, send, identity)
         if read is None:
             return

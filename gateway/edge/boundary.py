@@ -48,8 +48,11 @@ class _Answer:
 
     async def fail(self, exc: BaseException, msg_id: Any) -> None:
         if not self.started:
-            closing = [_CLOSE] if isinstance(exc, BadMessage) and exc.close else None
-            await reply(self._send, *error_reply(exc, msg_id), extra=closing)
+            extra: list[tuple[bytes, bytes]] = []
+            if isinstance(exc, BadMessage):
+                extra += [_CLOSE] if exc.close else []
+                extra += [(b"allow", exc.allow.encode())] if exc.allow else []
+            await reply(self._send, *error_reply(exc, msg_id), extra=extra or None)
         elif self.streaming and not self.ended:
             _, body = error_reply(exc, msg_id)
             with contextlib.suppress(OSError):  # the client may be gone: nothing to tell
@@ -99,6 +102,8 @@ _PROXIED = ("x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host", "vi
 #: never idle, so none gave way to an honest client (red-team wave 33); one that gets its
 #: credential right opens a new connection.
 _CLOSE = (b"connection", b"close")
+#: The methods an MCP endpoint takes, as a 405 names them.
+ALLOWED = "GET, POST, DELETE"
 
 
 async def caller(gw: Gateway, incoming: Incoming, send: Send, resource: str) -> Identity | None:

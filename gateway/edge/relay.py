@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from mcp.shared.inbound import encode_header_value
 
-from gateway.edge.boundary import caller, check_guard, json_body, place_for, serve
+from gateway.edge.boundary import ALLOWED, caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView, both, unsealed_cursor
 from gateway.edge.elicit import deliver, remember_client
@@ -56,7 +56,7 @@ class Relay:
         elif incoming.method in ("GET", "DELETE"):
             await self._stream(incoming, send, upstream, identity)
         else:
-            raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", status=405)
+            raise BadMessage(rpc.INVALID_REQUEST, "method not allowed", 405, allow=ALLOWED)
 
     def _upstream(self, name: str) -> HttpUpstream:
         upstream = self.gw.upstreams.get(name)

@@ -47,7 +47,13 @@ class BadMessage(Exception):
     """A body the relay refuses, with the JSON-RPC code and HTTP status to answer it with."""
 
     def __init__(
-        self, code: int, message: str, status: int = 400, msg_id: Any = None, close: bool = False
+        self,
+        code: int,
+        message: str,
+        status: int = 400,
+        msg_id: Any = None,
+        close: bool = False,
+        allow: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -55,6 +61,7 @@ class BadMessage(Exception):
         self.status = status
         self.msg_id = msg_id
         self.close = close  # the connection ends with the answer (a refusal before any caller)
+        self.allow = allow  # a 405's Allow header: the methods the path takes (RFC 9110)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
