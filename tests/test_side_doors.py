@@ -236,6 +236,33 @@ class TestSseRewriter:
         assert b"secret" not in out and b"echo" in out
         assert b"id: bound-5\n" in out and b": ping" in out
 
+    def test_long_fields_go_on_short_and_other_event_types_as_messages(self) -> None:
+        """A 2 MiB comment, event id or event type went on as it came, and the Python SDK
+        ended the stream on a line past 1 MiB: the answer behind it was lost; an answer under
+        an event type no client reads was lost too (red-team wave 58)."""
+        long = b"x" * (2 << 20)
+        stream = (
+            b": "
+            + long
+            + b"\n\n"  # a comment alone (a keep-alive)
+            + b": "
+            + long
+            + b"\nid: "
+            + long
+            + b"\nevent: "
+            + long
+            + b"\ndata: "
+            + LIST
+            + b"\n\n"
+            + b"event: reply\nid: 7\ndata: "
+            + LIST
+            + b"\n\n"
+        )
+        out = self._run([stream])
+        assert len(out) < 1000 and out.count(b"echo") == 2 and b"secret" not in out
+        assert out.startswith(b":\n\n") and b"event: reply" not in out
+        assert out.count(b"id: bound-") == 1 and b"id: bound-7\n" in out
+
     def test_a_key_spelled_with_escapes_is_still_a_tools_list(self) -> None:
         escaped = LIST.replace(b'"tools"', b'"tool\\u0073"')
         assert b"secret" not in self._run([b"data: " + escaped + b"\n\n"])

@@ -166,12 +166,16 @@ def rewrite_event(
                 data_at = len(out)
                 out.append(b"")
         elif name == b"id":
-            out.append(b"id: " + view.wrap_event_id(value) if value else b"id:")
+            if len(value) <= MAX_EVENT_ID_BYTES:  # (a longer one: no resumption from it)
+                out.append(b"id: " + view.wrap_event_id(value) if value else b"id:")
         elif name == b"retry":
             if value.isdigit():  # (another value is ignored by clients: left out)
                 out.append(b"retry: %d" % min(max(int(value[:10]), MIN_RETRY_MS), MAX_RETRY_MS))
-        elif name in _PASSED_FIELDS:
-            out.append(line)
+        elif name == b"event":
+            if value == b"message":  # another type's data went to no client's reader, and
+                out.append(line)  # an answer under it was lost (it goes as a message now)
+        elif not name:
+            out.append(keep_alive(line))
         # any other field is left out: clients ignore it, unless they read it otherwise
     if data_at >= 0:
         joined = b"\n".join(data)
@@ -284,7 +288,17 @@ def one_line(data: bytes) -> bytes:
 
 #: The fields an event passes on besides ``data`` and ``id``: its type, the reconnection
 #: delay, and comments (a line beginning with a colon has an empty field name).
-_PASSED_FIELDS = frozenset({b"event", b"retry", b""})
+#: An upstream's event id past this is not passed on (the client would send it back as
+#: ``Last-Event-ID``), nor a comment line past ``MAX_COMMENT_BYTES`` as it came: a 2 MiB
+#: one ended the Python SDK's stream (its limit is 1 MiB a line), and the answer behind it
+#: was lost (red-team wave 58).
+MAX_EVENT_ID_BYTES = 1024
+MAX_COMMENT_BYTES = 256
+
+
+def keep_alive(comment: bytes) -> bytes:
+    """A comment line as it goes on: as it came when short, else an empty one."""
+    return comment if len(comment) <= MAX_COMMENT_BYTES else b":"
 
 
 def not_utf8(data: bytes) -> bool:
@@ -793,7 +807,7 @@ def _past_quiet(window: bytes, start: int, out: list[bytes]) -> int:
         return start
     comment = _COMMENT.search(window, start, run.end())
     if comment is not None:
-        out.append(comment[0] + b"\n\n")
+        out.append(keep_alive(comment[0]) + b"\n\n")
     return run.end()
 
 
