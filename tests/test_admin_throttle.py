@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from gateway.auth.throttle import FailureThrottle
+from gateway.cli.keys import ADMIN_PREFIX, new_secret
 from tests.gateway_proc import GatewayProcess, run_gateway
 from tests.peers import PeerProcess, http_upstream
 
@@ -110,3 +111,31 @@ def test_a_refused_operator_request_ends_its_connection(gateway: GatewayProcess,
     assert read.count(b"HTTP/1.1 401") == 1 and b"connection: close" in read.lower()
     kept = _answers_on_one_connection(gateway, "/healthz", "anything")
     assert kept.count(b"HTTP/1.1 200") == 2  # what is answered keeps its connection
+
+
+def test_a_generated_token_is_checked_however_many_guesses_came(
+    upstream: PeerProcess, tmp_path: Path
+) -> None:
+    """Any client sharing the operator's address (an agent on the same host, a proxy) kept
+    the operator out for good with one wrong token every six seconds: the right token was
+    refused unchecked (red-team wave 58). A token of the form ``celgate admin-token new``
+    makes (256 random bits) is always checked; guesses of any other form are still held."""
+    generated, digest = new_secret(ADMIN_PREFIX)
+    servers, admin = {"up": {"url": upstream.url}}, {"token_sha256": digest}
+    with (
+        run_gateway(tmp_path, 'version: "1"\ndefault: deny\n', servers, admin=admin) as gw,
+        httpx.Client(base_url=gw.base, timeout=10) as http,
+    ):
+        wrong = {"authorization": "Bearer guess"}
+        assert {http.get("/admin/policy", headers=wrong).status_code for _ in range(10)} == {401}
+        assert http.get("/admin/policy", headers=wrong).status_code == 429
+        right = {"authorization": f"Bearer {generated}"}
+        assert http.get("/admin/policy", headers=right).status_code == 200
+        assert http.get("/metrics", headers=right).status_code == 200
+        login = http.post("/console/login", json={"token": generated}, headers={"origin": gw.base})
+        assert login.status_code == 200, login.text
+        other, _ = new_secret(ADMIN_PREFIX)  # of the form, but not it: refused, and counted
+        assert (
+            http.get("/admin/policy", headers={"authorization": f"Bearer {other}"}).status_code
+            == 401
+        )

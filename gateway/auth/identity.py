@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,16 @@ ADMIN_CHALLENGE = 'Bearer realm="celgate-admin"'
 ANONYMOUS_LOCAL = Agent(
     grant="anonymous", agent="anonymous", roles=("anonymous",), auth="anonymous"
 )
+
+
+#: An admin token as ``celgate admin-token new`` makes it: its prefix and 256 random bits.
+_GENERATED_ADMIN_TOKEN = re.compile(r"cga_[A-Za-z0-9_-]{43}")
+
+
+def generated_admin_token(token: str | None) -> bool:
+    """Whether ``token`` has the form of one ``celgate admin-token new`` makes: no one
+    guesses such a token, so a throttle of wrong guesses need not keep it out."""
+    return token is not None and _GENERATED_ADMIN_TOKEN.fullmatch(token) is not None
 
 
 def hash_key(key: str) -> str:

@@ -15,7 +15,6 @@ import errno
 import math
 import os
 import resource
-import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ import uvicorn
 
 from gateway.auth.identity import hash_key
 from gateway.cli.admin import DEFAULT_URL as ADMIN_URL
+from gateway.cli.keys import ADMIN_PREFIX, new_secret
 from gateway.config import (
     LOOPBACK_HOSTS,
     AdminConfig,
@@ -280,7 +280,8 @@ def run_command(ns: argparse.Namespace) -> int:
 def _run_demo(port: int) -> int:
     with bind("127.0.0.1", port) as sock:
         port = sock.getsockname()[1]  # (0: the one taken)
-        token = os.environ.get("CELGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+        # (generated as `celgate admin-token new` makes them: always checked, see AdminThrottle)
+        token = os.environ.get("CELGATE_ADMIN_TOKEN") or new_secret(ADMIN_PREFIX)[0]
         with demo_upstream() as url:
             config = demo_config(url, port, token)
             if "CELGATE_ADMIN_TOKEN" not in os.environ:

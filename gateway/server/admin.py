@@ -72,7 +72,7 @@ def _guard(gateway: Gateway) -> Any:
         token = bearer(connection.headers.get("authorization"))
         client = connection.client.host if connection.client else None
         if token is not None:
-            wait = throttle.wait(client)
+            wait = throttle.wait_for(client, token)
             if wait is not None:  # too many wrong tokens from here: not even checked
                 retry = {"Retry-After": str(int(wait) + 1), **CLOSE}
                 raise HTTPException(

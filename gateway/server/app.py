@@ -227,7 +227,7 @@ def _operator_refusal(
     client = request.client.host if request.client else None
     throttle = admin_throttle(gateway)
     if token is not None:
-        wait = throttle.wait(client)
+        wait = throttle.wait_for(client, token)
         if wait is not None:  # too many wrong tokens from here: not even checked
             return 429, "too many wrong tokens: try later", {"Retry-After": str(int(wait) + 1)}
     if token_matches(token, config.admin.token_sha256):

@@ -108,7 +108,7 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         if refused is not None:
             return refused
         client = request.client.host if request.client else None
-        wait = throttle.wait(client)
+        wait = throttle.wait_for(client, data.token or None)
         if wait is not None:  # too many wrong tokens from here: not even checked
             log.warning("console.login_throttled", client=client)
             headers = {"Retry-After": str(int(wait) + 1)}
