@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 import msgspec
 import structlog
 
-from gateway.wire.jsonrpc import json_bytes, mended, needs_mending
+from gateway.wire.jsonrpc import FAST_LOADS_BYTES, json_bytes, mended, needs_mending
 from gateway.wire.jsonrpc import loads as json_loads
 
 log = structlog.get_logger(__name__)
@@ -118,12 +118,16 @@ def wanted_line(data: bytes, awaited: Callable[[Any], bool], notice_limit: int) 
     except RecursionError:
         return True
     except msgspec.DecodeError:
-        # What Python's parser reads and msgspec does not (NaN, Infinity, a lone surrogate's
-        # escape) is read as null or a space here, only to tell what the message is; what
-        # neither reads (bytes after the message) is no message: one such token made a
-        # stray line of 40 MiB be built whole, every time (red-team wave 58).
+        # One token msgspec refuses made a stray line of 40 MiB be built whole, every time
+        # (red-team wave 58). Past FAST_LOADS_BYTES the whole read is msgspec's too, so the
+        # line is no message; below, what Python's parser reads and msgspec does not (NaN,
+        # Infinity, a lone surrogate's escape) is read as a number or a space here, only to
+        # tell what the message is; what neither reads (bytes after it) is no message.
+        readable = _python_only_read(data) if len(data) <= FAST_LOADS_BYTES else None
+        if readable is None:
+            return False
         try:
-            head = _HEAD.decode(_PYTHON_ONLY.sub(_readable, data))
+            head = _HEAD.decode(readable)
         except (msgspec.DecodeError, RecursionError):
             return False
     unset = msgspec.UNSET
@@ -139,12 +143,18 @@ def wanted_line(data: bytes, awaited: Callable[[Any], bool], notice_limit: int) 
         return True
 
 
-#: The tokens Python's JSON parser reads and msgspec's does not.
-_PYTHON_ONLY = re.compile(rb"-?Infinity|NaN|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+#: A lone surrogate's escape (or half of a pair), which msgspec refuses and Python reads.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _readable(token: re.Match[bytes]) -> bytes:
-    return b"\\u0020" if token[0][:1] == b"\\" else b"null"
+def _python_only_read(data: bytes) -> bytes | None:
+    """``data`` with what Python's JSON parser reads and msgspec's does not written as what
+    msgspec reads (of the same length: ``NaN`` a number, a surrogate's escape a space's),
+    or None when it holds none of those."""
+    read = data.replace(b"NaN", b"0.0") if b"NaN" in data else data
+    read = read.replace(b"Infinity", b"0.000000") if b"Infinity" in read else read
+    read = _SURROGATE.sub(rb"\\u0020", read) if b"\\u" in read else read
+    return None if read is data else read
 
 
 def rewrite_event(
