@@ -234,6 +234,22 @@ class TestHeadsInPieces:
                 sock.sendall(bytes([byte]))
             assert _status(sock.recv(65536)) == 200
 
+    @pytest.mark.parametrize("split", [0, 1, 2], ids=["whole", "LF|LF", "LF LF|"])
+    def test_a_head_ended_by_bare_line_feeds_is_refused_at_once(
+        self, quick: GatewayProcess, split: int
+    ) -> None:
+        """A head whose lines end with a bare LF never ended for the gateway, which looked
+        for CRLF CRLF: the client waited for the head timeout (red-team wave 58). It is
+        refused at once, however the blank line was cut."""
+        head = HEALTHZ.replace(b"\r\n", b"\n")
+        cut = len(head) - split if split else len(head)
+        with open_slow(quick.port, head[:cut]) as sock:
+            if split:
+                assert still_open(sock)
+                sock.sendall(head[cut:])
+            reply = sock.recv(65536)
+        assert _status(reply) == 400 and b"CRLF" in reply
+
     def test_pipelined_requests_the_second_cut_short(self, quick: GatewayProcess) -> None:
         with open_slow(quick.port, HEALTHZ + HEALTHZ[:12]) as sock:
             sock.sendall(HEALTHZ[12:])

@@ -446,7 +446,13 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
             self._held += data
             buf = self._held
         self._head_bytes = len(buf)
-        if buf.find(b"\r\n\r\n", start, limit) >= 0:
+        end = buf.find(b"\r\n\r\n", start, limit)
+        bare = buf.find(b"\n\n", start, limit if end < 0 else end)
+        if bare >= 0:  # a blank line of a bare LF: no head this reads ends there, and the
+            # client waited for the head timeout (10 s) for an answer; refused at once
+            self._close_with(400, "request head lines must end with CRLF")
+            return None
+        if end >= 0:
             self._held = bytearray()
             return buf
         if len(buf) >= limit:
