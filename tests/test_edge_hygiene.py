@@ -58,7 +58,8 @@ DESCRIBING = {
 
 class _Hostile(BaseHTTPRequestHandler):
     """An MCP-ish upstream (JSON, stateless) whose every tool answer carries ``HOSTILE``
-    headers; ``echo`` with text ``401``, ``403`` or ``sse`` answers that way instead."""
+    headers; ``echo`` with text ``401``, ``403``, ``302``, ``307`` (a stream) or ``sse``
+    answers that way instead."""
 
     protocol_version = "HTTP/1.1"
 
@@ -90,6 +91,10 @@ class _Hostile(BaseHTTPRequestHandler):
         body = _rpc(message["id"], {"content": [{"type": "text", "text": text}]})
         if text in ("401", "403"):
             self._answer(int(text), body, HOSTILE)
+        elif text in ("302", "307"):  # a redirect that carries the answer all the same
+            event = b"event: message\ndata: " + body + b"\n\n"
+            media = "text/event-stream" if text == "307" else "application/json"
+            self._answer(int(text), event if text == "307" else body, HOSTILE, media)
         elif text == "sse":
             event = b"event: message\ndata: " + body + b"\n\n"
             self._answer(200, event, {**HOSTILE, **DESCRIBING}, "text/event-stream")
@@ -521,6 +526,18 @@ class TestAnswerHeaders:
             assert name.lower() not in _headers(answer), name
         error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
         assert "refused the gateway's credentials (HTTP 403)" in error["message"]
+
+    @pytest.mark.parametrize("status", ["302", "307"])
+    def test_an_upstream_redirect_is_a_gateway_error(
+        self, gateway: GatewayProcess, status: str
+    ) -> None:
+        """A 3xx carrying the answer went on as a 3xx with no Location (never passed on),
+        which a fetch client (the TypeScript SDK) takes as a failure (red-team wave 58)."""
+        answer = _exchange(gateway, _request(gateway, _call(status), target="/mcp/hostile"))
+        assert _status(answer) == 200, answer
+        assert "location" not in _headers(answer)
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        assert f"answered HTTP {status}" in error["message"]
 
 
 class _Answer:

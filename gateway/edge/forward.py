@@ -323,6 +323,13 @@ async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | 
     try:
         if resp.status in (401, 403):
             await _upstream_unauthorized(send, fwd, resp.status)
+        elif not (200 <= resp.status < 300 or 400 <= resp.status < 600):
+            # A redirect (its Location is never passed on) or a status no client reads: with
+            # an answer in its body it went on as a 302 with nowhere to go, which a fetch
+            # client (the TypeScript SDK) takes as a failure (red-team wave 58).
+            log.warning("upstream.odd_status", server=upstream.name, status=resp.status)
+            message = f"upstream {upstream.name!r} answered HTTP {resp.status}"
+            await _failed(send, fwd, 502, message)
         else:
             await _relay(incoming, send, resp, fwd)
     finally:
