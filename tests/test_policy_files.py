@@ -55,6 +55,24 @@ def test_a_rule_file_that_is_no_regular_file_is_refused(
     assert f"{hold}:1: " in str(caught.value)  # "cannot read", or "no such file"
 
 
+@pytest.mark.parametrize("name", ["guard.test.yaml", "load_test.yaml", "ab.test.json"])
+def test_rules_in_a_file_named_as_a_test_are_read(folder: Path, name: str) -> None:
+    """A file named as a policy test was skipped as one whatever it held: under ``default:
+    allow`` a ``guard.test.yaml`` of deny rules was dropped without a word, ``celgate check``
+    said ok and the tool ran (red-team wave 58). Rules are read as rules; test files (their
+    ``cases``) are still left to ``celgate test``."""
+    from gateway.policy.tester import find_test_files
+
+    deny = {"version": "1", "tools": {"delete_note": {"action": "deny"}}}
+    text = json.dumps(deny) if name.endswith(".json") else HOLD.replace("require_approval", "deny")
+    (folder / name).write_text(text)
+    (folder / "base_test.yaml").write_text("policy: base.yaml\ncases: []\n")
+    assert sorted(Path(d).name for _, d in rule_files([folder])) == sorted(["base.yaml", name])
+    call = Call(tool="delete_note", server="demo", identity=None)
+    assert decide(load_policy([folder]), call, None).effect == "deny"
+    assert [p.name for p in find_test_files([str(folder)])] == ["base_test.yaml"]
+
+
 def test_a_symlinked_subfolder_is_read(folder: Path, tmp_path: Path) -> None:
     """A rules folder's symlinked subfolder was skipped without a word (``rglob`` goes into
     none): under ``default: allow`` its hold was gone (red-team wave 47). It is read, each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,7 +32,9 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
                 out.append((folder, str(folder), folder.relative_to(path).as_posix()))
             for child in found:
                 name = child.name.lower()  # Deny.YAML is a rule file too
-                wanted = name.endswith(RULE_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
+                wanted = name.endswith(RULE_SUFFIXES) and (
+                    not name.endswith(TEST_SUFFIXES) or holds_rules(child)
+                )
                 hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
                 # Not only regular files: a dangling symlink, a FIFO or a socket named as a
                 # rule file is listed, and refused when read (its rules are not dropped).
@@ -40,6 +43,31 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
         else:
             out.append((path, str(path), path.name))
     return out
+
+
+#: A top-level key of a rule file that no policy test file has (those have ``policy``,
+#: ``cases`` and ``description``), at the start of a line (YAML) or in a JSON object.
+_RULE_KEYS = frozenset({"version", "default", "tools", "mode"})
+_RULES_KEY = re.compile(rb'^["\']?(version|default|tools|mode)["\']?[ \t]*:', re.MULTILINE)
+
+
+def holds_rules(path: Path) -> bool:
+    """Whether a file named as a policy test (``guard.test.yaml``, ``load_test.yaml``) holds
+    rules: it was skipped as a test file without a word, and its deny rules with it
+    (red-team wave 58); read as rules, it loads, or is refused with ``file:line``."""
+    try:
+        head = path.read_bytes()
+    except OSError:
+        return False  # (a test file it stays; celgate test says it cannot be read)
+    if path.name.lower().endswith(".json"):
+        try:
+            value = json.loads(head)
+        except ValueError:
+            return False
+        return isinstance(value, dict) and bool(
+            {"version", "default", "tools", "mode"} & set(value)
+        )
+    return _RULES_KEY.search(head) is not None
 
 
 def _under(folder: Path) -> tuple[list[Path], list[Path]]:

@@ -17,6 +17,7 @@ from gateway.errors import ConfigError, Problem, SourceLocation
 from gateway.located import Node, parse_file
 from gateway.policy import Call, CompiledPolicy, Decision, Identity, decide, load_policy
 from gateway.policy.decide import as_utc
+from gateway.policy.files import holds_rules
 from gateway.policy.loader import TEST_SUFFIXES
 from gateway.policy.model import KINDS, RISKS
 from gateway.policy.risk import tool_info
@@ -49,7 +50,8 @@ def find_test_files(paths: list[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(p for p in sorted(path.rglob("*")) if p.name.lower().endswith(TEST_SUFFIXES))
+            named = (p for p in sorted(path.rglob("*")) if p.name.lower().endswith(TEST_SUFFIXES))
+            out.extend(p for p in named if not holds_rules(p))  # (loaded as rules instead)
         elif path.name.lower().endswith(TEST_SUFFIXES):
             out.append(path)
     return out
