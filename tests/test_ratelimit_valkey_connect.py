@@ -340,3 +340,29 @@ async def test_a_valkey_that_may_evict_keys_is_logged_at_start(valkey_db: Valkey
     finally:
         await client.config_set("maxmemory-policy", "noeviction")
         await client.aclose()
+
+
+async def test_a_replica_clock_apart_from_valkeys_is_logged_at_start(
+    valkey_db: ValkeyProcess,
+) -> None:
+    """Approvals are stamped and judged by each replica's clock: one an hour ahead kept an
+    approval usable on the others for that hour (red-team wave 58). Start says so."""
+    import time
+
+    from structlog.testing import capture_logs
+
+    from gateway.ratelimit.client import check_clock, valkey_client
+
+    client = valkey_client(valkey_db.url, timeout=2)
+    try:
+        with capture_logs() as quiet:
+            skew = await check_clock(client)
+        assert skew is not None and abs(skew) < 1.0
+        assert not [e for e in quiet if e["event"] == "limits.clock_skew"]
+        with capture_logs() as logs:
+            skew = await check_clock(client, clock=lambda: time.time() + 3600)
+        assert skew is not None and 3599 < skew < 3601
+        [found] = [e for e in logs if e["event"] == "limits.clock_skew"]
+        assert 3599 < found["skew_s"] < 3601 and "NTP" in found["fix"]
+    finally:
+        await client.aclose()

@@ -189,3 +189,30 @@ async def check_eviction(client: Any) -> None:
             fix="set maxmemory-policy noeviction: an evicted bucket is a refilled one, an "
             "evicted approval mark lets an approved call run again",
         )
+
+
+#: How far a replica's clock may be from Valkey's before start says so: approvals, in-band
+#: once-marks and console sessions are stamped and judged by each replica's own clock.
+MAX_CLOCK_SKEW_SECONDS = 1.0
+
+
+async def check_clock(client: Any, clock: Callable[[], float] = time.time) -> float | None:
+    """Log, at start, a replica whose clock is more than ``MAX_CLOCK_SKEW_SECONDS`` from
+    Valkey's (``limits.clock_skew``): an approval given on a replica an hour ahead stayed
+    usable for that hour on the others (red-team wave 58). The skew in seconds, or None when
+    Valkey did not tell its time (``limits.clock_unchecked``)."""
+    try:
+        seconds, micros = await client.time()
+    except (ValkeyError, OSError) as exc:  # refused (ACL without +time), or down: go on
+        log.warning("limits.clock_unchecked", error=type(exc).__name__,
+                    fix="keep every replica's clock in sync with Valkey's (NTP)")  # fmt: skip
+        return None
+    skew = clock() - (int(seconds) + int(micros) / 1_000_000)
+    if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
+        log.error(
+            "limits.clock_skew",
+            skew_s=round(skew, 3),
+            fix="keep every replica's clock in sync (NTP): approvals, in-band approvals and "
+            "console sessions are timed by each replica's own clock",
+        )
+    return skew

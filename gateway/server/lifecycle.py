@@ -25,7 +25,7 @@ from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.inventory.discovery import CutList, list_all
 from gateway.inventory.pins import too_deep, unreadable_definition
 from gateway.pipeline.gateway import Gateway
-from gateway.ratelimit.client import check_eviction
+from gateway.ratelimit.client import check_clock, check_eviction
 from gateway.server.reload import exception_fields, reloading
 from gateway.telemetry.audit import log
 
@@ -265,6 +265,7 @@ async def background(gateway: Gateway) -> AsyncIterator[None]:
     valkey = gateway.extras.get("valkey")
     if valkey is not None:
         await check_eviction(valkey)
+        await check_clock(valkey)
     gateway.relist = relister(gateway)
     async with reloading(gateway) as reloader, anyio.create_task_group() as tg:
         tg.start_soon(
