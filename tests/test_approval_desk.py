@@ -310,7 +310,17 @@ class TestConsoleLogin:
     def test_the_session_reads_and_acts_with_csrf_and_origin(self, desk: GatewayProcess) -> None:
         http, csrf = signed_in(desk)
         with http:
-            assert http.get("/admin/approvals").status_code == 200
+            token = {"X-CSRF-Token": csrf}
+            assert http.get("/admin/approvals", headers=token).status_code == 200
+            # The cookie alone (every port of the host has it: red-team wave 58) reads
+            # nothing, and is not told the token.
+            assert http.get("/admin/approvals").status_code == 403
+            assert (
+                http.get("/admin/approvals", headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+            )
+            assert http.get("/console/session").json() == {"signed_in": False}
+            told = http.get("/console/session", headers=token).json()
+            assert told["signed_in"] and told["operator"] == "erin"
             url = "/admin/approvals/apr_unknown/approve"
             checks = {
                 "no csrf": http.post(url, json={}, headers={"Origin": desk.base}),
@@ -389,16 +399,23 @@ class TestConsoleLogin:
                 folder.mkdir()
                 with run_gateway(folder, POLICY, servers, **extra) as replica:
                     cookies = {"celgate_console": http.cookies["celgate_console"]}
-                    read = httpx.get(replica.base + "/admin/policy", cookies=cookies, timeout=10)
+                    token = {"X-CSRF-Token": csrf}
+                    read = httpx.get(
+                        replica.base + "/admin/policy", cookies=cookies, headers=token, timeout=10
+                    )
                     state = httpx.get(
-                        replica.base + "/console/session", cookies=cookies, timeout=10
+                        replica.base + "/console/session",
+                        cookies=cookies,
+                        headers=token,
+                        timeout=10,
                     )
                     headers = {"Origin": replica.base, "X-CSRF-Token": csrf}
                     act = httpx.post(
                         replica.base + "/admin/reload", cookies=cookies, headers=headers, timeout=10
                     )
                     seen[name] = (read.status_code, state.json()["signed_in"], act.status_code)
-            assert http.get("/admin/approvals").status_code == 200  # its own replica: still in
+            still = http.get("/admin/approvals", headers={"X-CSRF-Token": csrf})
+            assert still.status_code == 200  # its own replica: still in
         assert seen["same"] == (200, True, 201)
         assert seen["rotated"][:2] == (401, False) and seen["rotated"][2] in (401, 403)
         assert seen["none"][:2] in ((401, False), (403, False)) and seen["none"][2] in (401, 403)
@@ -524,10 +541,14 @@ class TestLiveStream:
     async def test_the_stream_needs_a_session_and_filters(self, desk: GatewayProcess) -> None:
         bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         assert httpx.get(desk.base + "/console/events", headers=bearer).status_code == 401
-        cookies = login(desk).cookies
+        response = login(desk)
+        cookies, csrf = response.cookies, response.json()["csrf"]
         seen: list[dict[str, Any]] = []
         async with httpx.AsyncClient(base_url=desk.base, cookies=cookies, timeout=10) as http:
             query = {"grant": "other", "tool": "up/not_in_policy", "effect": "deny"}
+            # the cookie alone (sent to every port of the host) opens no stream
+            assert (await http.get("/console/events", params=query)).status_code == 403
+            query["csrf"] = csrf  # (an EventSource sends no header: the page puts it here)
             async with http.stream("GET", "/console/events", params=query) as stream:
                 assert stream.headers["content-type"].startswith("text/event-stream")
                 async with client(desk.url("up"), key=BOT_KEY) as bot:
@@ -556,7 +577,7 @@ class TestLiveStream:
         lines: list[str] = []
         async with (
             httpx.AsyncClient(base_url=desk.base, cookies=response.cookies) as http,
-            http.stream("GET", "/console/events", timeout=10) as stream,
+            http.stream("GET", "/console/events", params={"csrf": csrf}, timeout=10) as stream,
         ):
             lines_in = stream.aiter_lines()
             out = await http.post(

@@ -246,6 +246,52 @@ class TestSignIn:
         await expect(page.locator("#desk")).to_be_hidden()
         assert page.problems == []
 
+    async def test_a_page_on_another_port_gets_the_cookie_and_nothing_with_it(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """Browsers send a cookie to every port of its host: a page on another port of
+        127.0.0.1 (any local listener the operator opens) had the session's cookie, read its
+        CSRF token from /console/session and approved a held call (red-team wave 58). The
+        token is the page's alone (its origin's sessionStorage): the cookie opens nothing."""
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from playwright.async_api import expect
+
+        got: list[str] = []
+
+        class Other(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                got.append(self.headers.get("cookie") or "")
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            await sign_in(page, gateway)
+            await expect(page.locator("#who")).to_have_text("signed in as carol")
+            await page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        finally:
+            other.shutdown()
+        cookie = next(c for c in got if "celgate_console=" in c)  # sent there: not ours to stop
+        headers = {"cookie": cookie}
+        async with httpx.AsyncClient(base_url=gateway.base, headers=headers, timeout=10) as http:
+            assert (await http.get("/console/session")).json() == {"signed_in": False}
+            assert (await http.get("/admin/approvals")).status_code == 403
+            forged = {"origin": gateway.base, "x-csrf-token": "guess"}
+            approve = await http.post("/admin/approvals/apr_x/approve", headers=forged)
+            assert approve.status_code == 403
+            assert (await http.get("/console/events")).status_code == 403
+        await page.goto(gateway.base + "/console")  # the console's own page: still in
+        await expect(page.locator("#desk")).to_be_visible()
+        assert page.problems == []
+
     async def test_upstreams_policy_limits_and_tools_are_shown(
         self, gateway: GatewayProcess, upstream: PeerProcess, page: Any
     ) -> None:

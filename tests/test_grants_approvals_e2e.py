@@ -212,7 +212,7 @@ class TestConsoleAcrossReplicas:
         args = {"id": "item-console"}
         async with client(one.url("up"), key=ANALYST_KEY) as c:
             approval_id = celgate_part(await c.call_tool("delete_item", args))["approval_id"]
-            seen = httpx.get(two.base + "/console/session", headers=cookie, timeout=10).json()
+            seen = httpx.get(two.base + "/console/session", headers=csrf, timeout=10).json()
             assert seen["signed_in"] and seen["operator"] == "erin"
             url = f"{two.base}/admin/approvals/{approval_id}/approve"
             unsafe = httpx.post(url, headers=cookie, json={}, timeout=10)

@@ -142,8 +142,12 @@ def login_handlers(gateway: Gateway) -> list[Any]:
             session = await session_of(gateway, request)
         except SessionStoreDown as exc:
             return _store_down(exc)
-        # 200 either way: the page asks on every load, and a 401 would read as an error.
-        return _json({"signed_in": False} if session is None else session.view())
+        # 200 either way: the page asks on every load, and a 401 would read as an error. A
+        # session's token is never told to the cookie alone (any port of the host has it):
+        # the page presents the token it was given at sign-in, or signs in again.
+        if session is None or csrf_problem(session, "GET", request.headers, None) is not None:
+            return _json({"signed_in": False})
+        return _json(session.view())
 
     @post("/console/logout", include_in_schema=False, status_code=200)
     async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -175,6 +179,11 @@ def login_handlers(gateway: Gateway) -> list[Any]:
             return _store_down(exc)
         if session is None:
             return _json({"detail": "sign in to the console first"}, 401)
+        # (an EventSource sends no header of the page's: the token comes in the query)
+        token = request.query_params.get("csrf") or ""
+        problem = csrf_problem(session, "GET", request.headers, None, token=token)
+        if problem is not None:
+            return _json({"detail": problem}, 403)
         filters = {k: v for k in FILTERS if (v := request.query_params.get(k))}
         subscriber = feed.subscribe()
         if subscriber is None:

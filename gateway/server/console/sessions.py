@@ -244,18 +244,27 @@ def make_sessions(
 
 
 def csrf_problem(
-    session: ConsoleSession, method: str, headers: Mapping[str, str], host: str | None
+    session: ConsoleSession,
+    method: str,
+    headers: Mapping[str, str],
+    host: str | None,
+    token: str | None = None,
 ) -> str | None:
-    """Why a cookie-authenticated request must be refused as cross-site, or None."""
+    """Why a cookie-authenticated request must be refused, or None. Every one carries the
+    session's CSRF token (``token``, else the header), reads included: browsers send a
+    cookie to every port of its host, so a page on another port of 127.0.0.1 had the cookie,
+    read the token from ``/console/session`` and approved held calls with it (red-team wave
+    58). The token is given once, at sign-in, to the console's own page, which keeps it in
+    its origin's storage. An action must also come from that page (Origin, Sec-Fetch-Site)."""
+    presented = token if token is not None else headers.get(CSRF_HEADER) or ""
+    if not hmac.compare_digest(presented.encode(), session.csrf.encode()):
+        return "missing or wrong CSRF token (sign in to the console again)"
     if method.upper() in SAFE_METHODS:
         return None
     if headers.get("sec-fetch-site") not in (None, "same-origin"):
         return "a console action must come from the console's own page"
     if not _same_origin(headers.get("origin"), host):
         return "a console action needs the Origin of the console's own page"
-    token = headers.get(CSRF_HEADER) or ""
-    if not hmac.compare_digest(token.encode(), session.csrf.encode()):
-        return "missing or wrong CSRF token"
     return None
 
 

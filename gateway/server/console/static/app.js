@@ -1,6 +1,8 @@
 // celgate console: a page over the admin API. The admin token is posted once to
-// /console/login; from then on the browser holds only an HttpOnly session cookie, and this
-// script holds the session's CSRF token in memory (asked for again after a reload). Every value
+// /console/login; from then on the browser holds an HttpOnly session cookie, and this script
+// the session's CSRF token, sent with every request, reads included. The token is kept in this
+// tab's sessionStorage (so a reload keeps the session), which belongs to this page's origin
+// alone: the browser sends the cookie to every port of the host, never the token. Every value
 // from the gateway is written with textContent, never parsed as HTML (the page's
 // Content-Security-Policy requires Trusted Types, so an innerHTML assignment would throw).
 "use strict";
@@ -9,6 +11,7 @@ const REFRESH_MS = 3000;
 const PENDING_SHOWN = 200; // cards on the desk at most (those expiring soonest)
 const MAX_ROWS = 200; // live decisions kept on the page
 let session = null; // {operator, csrf, expires}
+const KEPT = "celgate-console-csrf"; // sessionStorage key of the session's CSRF token
 let timer = null;
 let stream = null;
 let tab = "approvals";
@@ -71,7 +74,8 @@ class Refused extends Error {}
 async function call(method, path, body) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET" && session) headers["X-CSRF-Token"] = session.csrf;
+  const token = session ? session.csrf : sessionStorage.getItem(KEPT);
+  if (token) headers["X-CSRF-Token"] = token;
   const resp = await fetch(path, {
     method,
     headers,
@@ -244,6 +248,7 @@ function openStream() {
     if (value) query.set(name, value);
   }
   $("decisions").tBodies[0].replaceChildren();
+  query.set("csrf", session.csrf); // an EventSource sends no header of the page's
   stream = new EventSource(`/console/events?${query}`);
   stream.addEventListener("open", () => { $("stream-state").textContent = "(live)"; });
   stream.addEventListener("error", () => { $("stream-state").textContent = "(reconnecting)"; });
@@ -387,6 +392,7 @@ async function signIn(event) {
   $("token").value = "";
   try {
     session = await call("POST", "/console/login", body);
+    sessionStorage.setItem(KEPT, session.csrf);
   } catch (err) {
     session = null;
     say(err instanceof Refused ? `Refused: ${err.message}` : `Could not sign in: ${err.message}`,
@@ -412,6 +418,7 @@ function signOut(message) {
   clearInterval(timer);
   closeStream();
   session = null;
+  sessionStorage.removeItem(KEPT);
   $("pending").replaceChildren();
   $("desk").hidden = true;
   $("tabs").hidden = true;
@@ -443,7 +450,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   try {
     const current = await call("GET", "/console/session");
     if (current.signed_in) {
-      session = current;
+      session = { ...current, csrf: sessionStorage.getItem(KEPT) };
       enter();
     }
   } catch (err) {
