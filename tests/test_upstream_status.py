@@ -64,5 +64,7 @@ async def test_a_call_answered_with_no_message_is_told_so(
     gateway: GatewayProcess, code: str, mode: str
 ) -> None:
     async with client(gateway.url(f"e{code}"), mode=mode) as agent:
-        with pytest.raises(MCPError, match="no message"):
+        # (a 307 is a redirect, whose Location is never passed on: red-team wave 58)
+        told = "answered HTTP 307" if code == "307" else "no message"
+        with pytest.raises(MCPError, match=told):
             await agent.call_tool("echo", {"text": "hi"})

@@ -23,9 +23,8 @@ from gateway.config import ServerConfig
 from gateway.telemetry.audit import log
 from gateway.telemetry.childlog import StderrLog
 from gateway.turns import Turns
-from gateway.upstream.stdio_child import MAX_UNSKIMMED_LINE
 from gateway.wire.jsonrpc import count_containers
-from gateway.wire.sse import wanted_line
+from gateway.wire.sse import MAX_UNSKIMMED_LINE, wanted_line
 
 LIST_TIMEOUT = 15.0
 

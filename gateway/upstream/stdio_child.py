@@ -26,7 +26,7 @@ from gateway.printable import printable
 from gateway.telemetry.childlog import LogBudget, StderrLog
 from gateway.turns import Turns
 from gateway.wire.jsonrpc import loads_line
-from gateway.wire.sse import MAX_NOTICE_BYTES, wanted_line
+from gateway.wire.sse import MAX_NOTICE_BYTES, MAX_UNSKIMMED_LINE, wanted_line
 
 log = structlog.get_logger("celgate.stdio")
 
@@ -43,10 +43,6 @@ MAX_ALL_PENDING_LINES = 128 * 1024 * 1024
 #: MiB of numbers, unasked, was read value by value on the loop every caller shares:
 #: red-team wave 51).
 MAX_NOTICE_LINE = MAX_NOTICE_BYTES
-#: A line longer than this that names no method is skimmed first, and dropped unbuilt when it
-#: answers no request awaited: eight children writing stray answers of 999,000 bytes (each
-#: 0.1 s of Python's parser) made every other caller's calls 90 times slower (wave 57).
-MAX_UNSKIMMED_LINE = 64 * 1024
 
 
 class _Unended:
