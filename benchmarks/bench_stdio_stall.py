@@ -4,7 +4,8 @@
 
 A stdio server (written here, raw JSON lines) answers a call of ``go`` with ``--lines`` lines
 of ``--mib`` MiB of plain numbers first: a ``notifications/message`` each (``notice``), an
-answer to an id no request has, of numbers like ``1.5`` (``stray``), or its answer itself
+answer to an id no request has, of numbers like ``1.5`` (``stray``; ``straynan``: ending
+in a ``NaN``, which msgspec's quick read refuses), or its answer itself
 that long (``answer``; ``bare``: without the ``resultType`` the 2026-07-28 era requires,
 which the gateway adds by reading the answer whole and writing it again). ``--kinds`` picks
 some of them (all by default).
@@ -58,8 +59,9 @@ for line in sys.stdin.buffer:
                 write(b'{"jsonrpc":"2.0","method":"notifications/message","params":'
                       b'{"level":"info","data":' + numbers() + b"}}")
             result = {"content": [{"type": "text", "text": "done"}], "resultType": "complete"}
-        elif kind == "stray":
-            floats = b"[" + b"1.5," * (MIB * 1024 * 1024 // 4 - 1) + b"1.5]"
+        elif kind in ("stray", "straynan"):
+            last = b"NaN]" if kind == "straynan" else b"1.5]"
+            floats = b"[" + b"1.5," * (MIB * 1024 * 1024 // 4 - 1) + last
             for _ in range(LINES):
                 write(b'{"jsonrpc":"2.0","id":"nobody","result":{"x":' + floats + b"}}")
             result = {"content": [{"type": "text", "text": "done"}], "resultType": "complete"}
@@ -121,7 +123,7 @@ def main() -> None:
             for mode in ("legacy", "auto"):
                 for kind in args.kinds.split(","):
                     worst, took = asyncio.run(measure(gw.url("long"), gw.base, mode, kind))
-                    lines = args.lines if kind in ("notice", "stray") else 1
+                    lines = args.lines if kind in ("notice", "stray", "straynan") else 1
                     print(
                         f"{mode:7} {kind:7} {lines} x {args.mib} MiB: /healthz worst "
                         f"{worst:.2f} s, the call {took:.2f} s"
