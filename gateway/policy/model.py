@@ -101,15 +101,21 @@ class ToolEntry:
     @property
     def decides(self) -> bool:
         """Whether the entry decides a call it matches. A shadow entry never does; nor does
-        one that only tries rules (every rule in shadow mode, and no action, limit or
-        approval of its own): the next entry or the default decides, as without it. Such an
-        entry decided as ``{}`` (allowed): trying a rule on ``delete_note`` under
+        one that only tries rules (every rule in shadow mode) or only says how a hold waits
+        (``approval:``), with no action or limit of its own: the next entry or the default
+        decides, as without it. Such an entry decided as ``{}`` (allowed): trying a rule on
+        ``delete_note`` under
         ``"delete_*": {action: require_approval}`` let every call of it through (red-team
         wave 46)."""
         if self.mode == "shadow":
             return False
-        tries_only = bool(self.rules) and not self.enforces_rules
-        return not (tries_only and self.action is None and not self.limits and not self.approval)
+        if self.action is not None or self.limits or self.enforces_rules:
+            return True
+        # Rules only tried, or approval settings alone (how a hold waits, with nothing that
+        # holds): ``{approval: {mode: retry}}`` under ``"delete_*": {action:
+        # require_approval}`` decided as ``{}`` and let the call run unapproved (red-team
+        # wave 59). ``{}`` itself is "allowed, no conditions".
+        return not self.rules and self.approval is None
 
     @property
     def specificity(self) -> tuple[int, int, int]:

@@ -57,7 +57,9 @@ def idle_approvals(policy: CompiledPolicy) -> list[Problem]:
             rule.action == "require_approval" for rule in entry.rules
         )
         if entry.approval is not None and not holds:
-            message = "approval settings, but no require_approval here: no call waits"
+            message = "approval settings, but no require_approval here: no call waits" + (
+                "" if entry.decides else ", and the entry decides nothing (the next does)"
+            )
             told.append(Problem(entry.where, entry.key, message))
     return told
 
