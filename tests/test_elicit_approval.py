@@ -130,6 +130,38 @@ async def test_a_call_cancelled_while_its_user_is_asked_never_runs(
     assert reached(call_log, item) == 0
 
 
+async def test_a_hold_made_an_operators_while_its_user_is_asked_waits_for_one(
+    upstream: PeerProcess, call_log: Path, tmp_path: Path
+) -> None:
+    """A reload during the question moved ``delete_item`` from the client's own approval to
+    an operator's: the user's approve then ran the call on the client's word, where a new
+    call would wait for an operator (handshake era; red-team wave 59). It is held for an
+    operator now, as a new call is."""
+    grants = {"agent": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}
+    item = "py-tightened-while-asked"
+    stricter = POLICY.replace(
+        "approval: {mode: elicit, timeout: 120}", "approval: {mode: retry}", 1
+    )
+    assert stricter != POLICY
+    with run_gateway(tmp_path, POLICY, {"up": {"url": upstream.url}}, grants=grants) as gw:
+
+        async def callback(_ctx: Any, _params: types.ElicitRequestParams) -> types.ElicitResult:
+            reloads = len(gw.records("policy.reloaded"))
+            (tmp_path / "policy.new").write_text(stricter)
+            (tmp_path / "policy.new").rename(tmp_path / "policy.yaml")
+            with anyio.fail_after(20):
+                while len(gw.records("policy.reloaded")) <= reloads:
+                    await anyio.sleep(0.05)
+            return types.ElicitResult(action="accept", content={"approve": True})
+
+        async with client(gw.url("up"), KEY, mode="legacy", elicitation_callback=callback) as c:
+            result = await c.call_tool("delete_item", {"id": item})
+    assert result.is_error
+    assert decision_of(result)["effect"] == "require_approval", text_of(result)
+    assert decision_of(result)["approval_id"].startswith("apr_")  # an operator's request
+    assert reached(call_log, item) == 0
+
+
 @pytest.mark.parametrize("era", ERAS)
 class TestPythonClient:
     async def test_accept_reaches_the_upstream_once(

@@ -95,7 +95,7 @@ async def admit(
                 asked_under = decision.revision
                 decision = await timer.run(elicit(decision, timer.ticking(None)))
                 if decision.allowed and not resumed:  # approved on the stream it waited on
-                    decision = _decided_again(gw, call, decision, asked_under)
+                    decision = _decided_again(gw, call, decision, asked_under, by_client=True)
         approved: str | None = None
         if decision.effect == "require_approval" and gw.approvals and not _in_band(decision):
             held_under = decision.revision
@@ -153,17 +153,24 @@ def _withdrawn(decision: Decision, approval_id: str, decision_id: str) -> Decisi
     return replace(decision, reason=reason, approval_id=approval_id, error="approval_withdrawn")
 
 
-def _decided_again(gw: Gateway, call: Call, approved: Decision, held_under: str) -> Decision:
+def _decided_again(
+    gw: Gateway, call: Call, approved: Decision, held_under: str, by_client: bool = False
+) -> Decision:
     """An approved call, decided again as it would be now: the rules in force, its tool's
     pin, its arguments' types (a tool its server changed while the call waited is refused
     as any call to it is now; only a reload used to decide it again, and a held call ran on
     a tool its pin refused). One now denied is denied (its approval overruled); one the
-    rules allow or hold runs on its approval, under their limits."""
+    rules allow or hold runs on its approval, under their limits. An approval its client
+    gave (``by_client``, mode ``elicit``) is no operator's: a call the rules now hold for
+    an operator is held so, as a new call would be (a reload from elicit to wait during the
+    question ran the call on the client's word: red-team wave 59)."""
     fresh = verdict(gw, _classified(gw, call))  # its kind and risk under these rules too
     if fresh.effect == "deny":
         changed = "the policy" if gw.policy.revision != held_under else "what it calls"
         reason = f"{changed} changed while the call was held: {fresh.reason}"
         return replace(fresh, reason=reason, approval_id=approved.approval_id)
+    if by_client and fresh.effect == "require_approval" and not _in_band(fresh):
+        return fresh
     return replace(approved, limits=fresh.limits, revision=fresh.revision)
 
 
