@@ -61,9 +61,16 @@ class AggView:
         if shown is None or shown is DROP or not isinstance(shown.get("result"), dict):
             return shown
         tools = shown["result"].get("tools")
-        if not isinstance(tools, list):
+        # Only a listing's tools (as the caller's view reads them): the "tools" of another
+        # request's result are its own content, passed as it is. They were renamed too, and
+        # items that were no objects failed the call with an internal error (red-team wave 59).
+        if not isinstance(tools, list) or self.inner.method not in (None, "tools/list"):
             return shown
-        renamed = [{**t, "name": self.names.outward(server, t["name"])} for t in tools]
+        renamed = [
+            {**t, "name": self.names.outward(server, t["name"])}
+            for t in tools
+            if isinstance(t, dict) and isinstance(t.get("name"), str)
+        ]
         return {**shown, "result": {**shown["result"], "tools": renamed}}
 
     def _owns(self, message: dict[str, Any]) -> bool:
