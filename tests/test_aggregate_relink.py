@@ -83,3 +83,19 @@ async def test_a_server_met_down_while_it_restarted_is_linked_again_at_once(
                 await other.call_tool("up__echo", {"text": "down"})
         upstream[0] = start_http_upstream(port)
         assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"
+
+
+async def test_a_list_after_the_restart_gets_a_new_link(
+    gateway: GatewayProcess, upstream: list[PeerProcess], port: int
+) -> None:
+    """Only a call opened a new link: after the restart, every list of the session left
+    the server out (one server behind ``/mcp``: every ``tools/list`` failed), and its tools,
+    no longer listed, were not called (red-team wave 59). A list links again too."""
+    async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
+        before = [t.name for t in (await sdk.list_tools()).tools]
+        assert "up__echo" in before
+        upstream[0].stop()
+        upstream[0] = start_http_upstream(port)  # the same server, its sessions forgotten
+        assert [t.name for t in (await sdk.list_tools()).tools] == before
+        assert [t.name for t in (await sdk.list_tools()).tools] == before
+        assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"

@@ -48,7 +48,7 @@ from gateway.edge.agg.route import (
 )
 from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
-from gateway.edge.agg.upcall import UpcallFailed, post_once, upcall
+from gateway.edge.agg.upcall import UpcallFailed, UpcallGone, post_once, upcall
 from gateway.edge.agg.view import AggView
 from gateway.edge.calls import call_through, told, tool_call
 from gateway.edge.clientview import ClientView
@@ -378,19 +378,28 @@ class Handshake:
         left out, logged)."""
 
         async def one(server: str, params: dict[str, Any]) -> dict[str, Any] | None:
-            link = await self.links.link(session, server)
-            if link is None:
-                return None
             upstream = self.gw.upstreams[server]
-            try:
-                answer = await upcall(
-                    upstream, method, params, link.version, meta, session=link.sid
-                )
-            except UpcallFailed:
-                log.warning("aggregate.upstream_failed", server=server, method=method)
-                return None
-            result = answer.get("result")
-            return result if isinstance(result, dict) else None
+            for relinked in (False, True):
+                link = await self.links.link(session, server)
+                if link is None:
+                    return None
+                try:
+                    answer = await upcall(
+                        upstream, method, params, link.version, meta, session=link.sid
+                    )
+                except UpcallGone:
+                    # It restarted: a link is opened again at once, as a call's is. Lists
+                    # left the server out for the rest of the session, and only a call to
+                    # one of its tools (no longer listed) relinked (red-team wave 59).
+                    if relinked or await self.links.relink(session, link) is None:
+                        break
+                    continue
+                except UpcallFailed:
+                    break
+                result = answer.get("result")
+                return result if isinstance(result, dict) else None
+            log.warning("aggregate.upstream_failed", server=server, method=method)
+            return None
 
         names = list(each)
         results = await asyncio.gather(*(one(n, each[n]) for n in names))

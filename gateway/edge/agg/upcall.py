@@ -39,6 +39,11 @@ class UpcallDown(UpcallFailed):
     state, whatever the request (one a caller's parameters made it refuse is not)."""
 
 
+class UpcallGone(UpcallFailed):
+    """The upstream answered 404 to a request in its session: it no longer knows the session
+    (it restarted), and a new link may be opened in its place (``Links.relink``)."""
+
+
 class UpcallRefused(UpcallFailed):
     """The upstream answered 429 or 503: full for now (its message says which setting), not
     down. ``/mcp`` passes the status and the message on."""
@@ -132,6 +137,8 @@ async def exchange(
         raise UpcallDown(f"upstream {upstream.name!r} failed while answering") from exc
     finally:
         resp.close()
+    if resp.status == 404 and session is not None:
+        raise UpcallGone(f"upstream {upstream.name!r} no longer knows its session")
     if message is None:
         raise UpcallFailed(f"upstream {upstream.name!r} gave no answer (HTTP {resp.status})")
     if resp.status in (429, 503):
