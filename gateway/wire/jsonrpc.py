@@ -10,8 +10,10 @@ import gc
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import msgspec
@@ -84,11 +86,27 @@ def _not_json(name: str) -> Any:
 
 def _finite(text: str) -> float:
     """A number with a fraction or an exponent, refused past a double's range (``1e999``
-    would be read as infinity here, and as anything at all by another parser)."""
+    would be read as infinity here, and as anything at all by another parser), and refused
+    when it says more than a double holds: rules and the approval's digest read the double,
+    and the upstream the text as sent, which a parser of exact decimals reads as another
+    value (``100.000000000000001`` passed ``args.amount > 100.0`` as 100.0, and ``1e-400``
+    was 0: red-team wave 59)."""
     value = float(text)
     if math.isinf(value):
         raise BadMessage(PARSE_ERROR, "a number is out of range")
+    # Up to 16 characters with a point or an exponent: at most 15 digits, which a double
+    # holds exactly, unless it is (or fell to) zero or a subnormal number.
+    if len(text) <= 16 and abs(value) >= _SMALLEST_NORMAL:
+        return value
+    shortest = repr(value)  # as JSON encoders write a double (most often the text itself)
+    if shortest != text and Decimal(text) != Decimal(shortest):
+        raise BadMessage(
+            PARSE_ERROR, "a number has more precision than a double holds (write it shorter)"
+        )
     return value
+
+
+_SMALLEST_NORMAL = sys.float_info.min
 
 
 #: Digits an integer in a request may have. Python converts up to 4,300, in time that grows
