@@ -144,6 +144,48 @@ class TestAnswers:
             sent = [json.loads(data) for _, data in await events(resumed, until=4) if data]
             assert sent[-1]["id"] == 4 and "result" in sent[-1]
 
+    async def test_an_answer_that_came_while_its_client_was_away_is_replayed(self) -> None:
+        """The client's connection dropped after a progress event; the answer came before it
+        resumed, into an inbox no one read: the resumed stream was told "nothing more will
+        come", of a call that had run (red-team wave 59). The answer is kept for the
+        replay. The child answers ``slow`` only once ``go`` comes, and ``go`` after it."""
+        script = (
+            "import json, sys\n"
+            "held = None\n"
+            "def out(m): print(json.dumps({'jsonrpc': '2.0', **m}), flush=True)\n"
+            "for line in sys.stdin:\n"
+            "    m = json.loads(line)\n"
+            "    if 'id' not in m: continue\n"
+            "    if m['method'] == 'initialize':\n"
+            "        info = {'name': 'x', 'version': '1'}\n"
+            "        out({'id': m['id'], 'result': {'protocolVersion': '2025-11-25',\n"
+            "             'capabilities': {'tools': {}}, 'serverInfo': info}})\n"
+            "    elif m['params'].get('name') == 'slow':\n"
+            "        held = m['id']\n"
+            "        token = m['params']['_meta']['progressToken']\n"
+            "        out({'method': 'notifications/progress',\n"
+            "             'params': {'progressToken': token, 'progress': 1}})\n"
+            "    else:\n"
+            "        out({'id': held, 'result': {'content': [{'type': 'text', 'text': 'done'}]}})\n"
+            "        out({'id': m['id'], 'result': {'content': []}})\n"
+        )
+        async with bridge(script) as upstream:
+            sid = await opened(upstream)
+            answer = await post(upstream, call(4, "slow", {}, progressToken="p"), sid)
+            async with contextlib.aclosing(answer.iter_chunks()) as chunks:
+                text = ""
+                while "progress" not in text:  # the priming event, then the progress
+                    text += (await anext(chunks)).decode()
+            answer.close()  # the connection drops
+            last = text.rsplit("id: ", 1)[1].split("\n", 1)[0]
+            go = await post(upstream, call(5, "go", {}), sid)
+            assert json.loads(await go.read())["id"] == 5  # the held answer was read first
+            headers = {"accept": "text/event-stream", "mcp-session-id": sid, "last-event-id": last}
+            resumed = await upstream.pool.request("GET", headers)
+            assert resumed.status == 200
+            sent = [json.loads(data) for _, data in await events(resumed, until=4) if data]
+            assert sent[-1]["id"] == 4 and sent[-1]["result"]["content"][0]["text"] == "done"
+
     async def test_a_finished_stream_resumed_is_refused_at_once(self) -> None:
         """The TypeScript client resumes a stream that ended with an error (not a result),
         and the stream of every call it gave up on: held open (as the SDK's own server

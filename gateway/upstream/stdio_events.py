@@ -91,6 +91,10 @@ class EventLog:
         self._keep(event_id, stream, framed)
         return framed
 
+    def has_stream(self, stream: Hashable) -> bool:
+        """Whether an event of ``stream`` was sent (a client may resume it)."""
+        return any(where == stream for where, _ in self._events.values())
+
     def stream_of(self, event_id: str) -> Hashable | None:
         entry = self._events.get(event_id)
         return None if entry is None else entry[0]

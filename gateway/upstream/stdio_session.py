@@ -397,9 +397,17 @@ class SessionLink:
 
     def _answer(self, item: Item) -> None:
         """The answer goes on its request's stream, which then ends (once only)."""
-        pending = self.in_flight.pop(item[0].get("id"), None)
+        msg_id = item[0].get("id")
+        pending = self.in_flight.pop(msg_id, None)
         if pending is not None:  # else answered already (cancelled, expired, child died)
             pending.inbox.put(item, final=True)
+            if not pending.reading and self.events.has_stream(msg_id):
+                # Its client left the stream (a dropped connection) and may resume it: what
+                # was waiting for it, the answer last, goes to the stream's log for the
+                # replay. It was lost, and the resumed stream told "nothing more will come"
+                # of a call that had run (red-team wave 59).
+                for waiting in pending.inbox.drain():
+                    self.events.framed(msg_id, waiting[1])
             self._done(pending)
 
     def _done(self, pending: Pending) -> None:
