@@ -82,3 +82,32 @@ def test_a_line_nested_too_deeply_is_no_json_not_a_crash(size: int) -> None:
     ``ValueError`` only, and went down with the line."""
     with pytest.raises(ValueError):
         jsonrpc.loads_line(b"[" * size + b"]" * size)
+
+
+def test_other_spellings_of_mcps_parameters_are_refused() -> None:
+    """The SDKs' models read ``request_id`` as ``requestId`` (pydantic, by field name), the
+    gateway only MCP's own: a cancel so spelled reached the server unseen by the gateway's
+    bookkeeping (red-team wave 59). Every such field of ``mcp_types``' params is refused; an
+    operator's own method (``relay.extra_methods``) keeps its parameters as they are."""
+    import inspect
+
+    import mcp_types
+    import pydantic
+
+    aliased = {
+        name
+        for model_name, model in vars(mcp_types).items()
+        if inspect.isclass(model) and issubclass(model, pydantic.BaseModel)
+        if model_name.endswith("Params")
+        for name, field in model.model_fields.items()
+        if (field.alias or name) != name
+    }
+    assert aliased <= set(jsonrpc.OTHER_SPELLINGS)
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"request_id": 1}}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "meta": {}}}
+    for message, spelled in ((cancel, "requestId"), (call, "_meta")):
+        with pytest.raises(BadMessage, match=f"write {spelled}") as caught:
+            jsonrpc.classify(message)
+        assert caught.value.code == jsonrpc.INVALID_PARAMS
+    vendor = {"jsonrpc": "2.0", "id": 2, "method": "vendor/x", "params": {"request_id": 1}}
+    assert jsonrpc.classify(vendor, frozenset({"vendor/x"})).params == {"request_id": 1}

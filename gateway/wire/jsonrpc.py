@@ -421,6 +421,43 @@ def _check_tokens(method: str, params: Mapping[str, Any], msg_id: Any) -> None:
         raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
 
 
+#: The other spellings of MCP's parameters that the SDKs' models also read (pydantic, by
+#: field name): the gateway reads MCP's own (``requestId``, ``_meta``), a server built on
+#: such a model the other too. A cancel spelled ``request_id`` reached the server unseen by
+#: the gateway's own bookkeeping (red-team wave 59); such a request is refused.
+OTHER_SPELLINGS = {
+    "meta": "_meta",
+    "request_id": "requestId",
+    "task_id": "taskId",
+    "request_state": "requestState",
+    "input_responses": "inputResponses",
+    "progress_token": "progressToken",
+    "protocol_version": "protocolVersion",
+    "client_info": "clientInfo",
+    "elicitation_id": "elicitationId",
+    "uri_template": "uriTemplate",
+    "model_preferences": "modelPreferences",
+    "system_prompt": "systemPrompt",
+    "include_context": "includeContext",
+    "max_tokens": "maxTokens",
+    "stop_sequences": "stopSequences",
+    "tool_choice": "toolChoice",
+    "requested_schema": "requestedSchema",
+    "created_at": "createdAt",
+    "last_updated_at": "lastUpdatedAt",
+    "poll_interval": "pollInterval",
+    "status_message": "statusMessage",
+}
+
+
+def _check_spelling(params: Mapping[str, Any], msg_id: Any) -> None:
+    if OTHER_SPELLINGS.keys().isdisjoint(params):
+        return
+    other = next(k for k in params if k in OTHER_SPELLINGS)
+    msg = f"params.{other} is not MCP's spelling: write {OTHER_SPELLINGS[other]}"
+    raise BadMessage(INVALID_PARAMS, msg, msg_id=msg_id)
+
+
 def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message:
     """Check the envelope of one message and say what it is; refuse every other shape.
 
@@ -450,6 +487,8 @@ def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message
     if not isinstance(params, dict):
         raise BadMessage(INVALID_REQUEST, "params must be an object", msg_id=msg_id)
     _check_tokens(method, params, msg_id)
+    if method not in extra_methods:
+        _check_spelling(params, msg_id)
     if "id" not in value:
         if not method.startswith(NOTIFICATION_PREFIX):
             msg = f"{method!r} without an id: only notifications/* may omit the id"
