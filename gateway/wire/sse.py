@@ -280,7 +280,7 @@ def _read_to_mend(data: bytes) -> list[bytes] | None:
     if len(data) > MAX_MENDED_BYTES:
         return None
     try:
-        batch = json_loads(data, object_pairs_hook=_strict_object)
+        batch = json_loads(data, object_pairs_hook=strict_object)
         if not isinstance(batch, list) or len(batch) > MAX_BATCH:
             return None
         return [json_bytes(mended(item)) for item in batch]
@@ -364,7 +364,7 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
         if spliced is not None:
             return spliced
     try:
-        message = json_loads(data, object_pairs_hook=_strict_object)
+        message = json_loads(data, object_pairs_hook=strict_object)
         if mend:
             message = mended(message)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -719,7 +719,9 @@ def shapely(message: dict[str, Any]) -> bool:
     )
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as ``json`` reads it, refused (ValueError) with a duplicate key or a
+    ``__proto__`` key."""
     out = dict(pairs)
     if len(out) != len(pairs):
         raise ValueError("duplicate key")

@@ -23,7 +23,7 @@ declared and written as UTF-16LE), ``json-utf16`` (JSON declared and written as 
 headers) or ``sse-params`` (a stream declared in mixed case, with a quoted UTF-8 charset).
 ``cursor_names`` (true) makes each page's cursor name the page's last tool (``"1:add"``),
 as a server paging by name does. ``results`` maps a method to the result answered as is
-(``{"tools/list": {"tools": 5}}``).
+(``{"tools/list": {"tools": 5}}``), ``errors`` to an error answered as is.
 ``endless`` (``{"per_page": 50, "cursor": "next"}``, or ``"same"``) pages ``tools/list`` for
 ever, each page naming the next (or the same cursor again). ``instructions_for_client`` makes
 ``initialize`` answer instructions naming the session's client (``clientInfo.name``), as a
@@ -210,6 +210,10 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(202)
             return
         msg_id = _echo_id(message["id"])
+        given = (_script().get("errors") or {}).get(message["method"])
+        if given is not None:  # the error the script says, however odd
+            self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "error": given})
+            return
         if result is None:
             error = {"code": -32601, "message": "Method not found"}
             self._answer(200, {"jsonrpc": "2.0", "id": msg_id, "error": error})

@@ -351,7 +351,13 @@ def bounded_capabilities(server: str, caps: dict[Any, Any]) -> dict[str, Any]:
     every client's answer, however large (red-team wave 39)."""
     bounded: dict[str, Any] = {}
     for name, value in list(caps.items())[:64]:
-        if len(json_bytes(value)) > MAX_CAPABILITY_BYTES:
+        written = json_bytes(value)
+        if name == "__proto__" or b'__proto__":' in written:
+            # A JavaScript client reads such a key as its object's prototype: one server's
+            # went into every /mcp client's capabilities, in both eras (red-team wave 60).
+            log.warning("aggregate.capability_proto", server=server, capability=str(name)[:100])
+            continue
+        if len(written) > MAX_CAPABILITY_BYTES:
             log.warning("aggregate.capability_cut", server=server, capability=str(name)[:100])
             value = {}
         bounded[str(name)[:100]] = value
