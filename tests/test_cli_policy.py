@@ -219,9 +219,12 @@ class TestConsoleScript:
         assert version.stdout.strip() == f"celgate {__version__}"
 
 
-@pytest.mark.parametrize("grant", ["bot", "ops #1", "team: a", "x'y\"z"])
+@pytest.mark.parametrize(
+    "grant", ["bot", "ops #1", "team: a", "x'y\"z", "yes", "null", "123", "1.0", "0x10", "off"]
+)
 def test_keys_new_prints_config_that_parses(grant: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--grant 'ops #1'`` printed a key YAML reads as a comment (red-team wave 47)."""
+    """``--grant 'ops #1'`` printed a key YAML reads as a comment (red-team wave 47), and
+    ``yes``, ``null`` or ``123`` keys YAML reads as no text (wave 60)."""
     import yaml
 
     assert main(["keys", "new", "--grant", grant]) == 0

@@ -14,6 +14,8 @@ import re
 import secrets
 import sys
 
+import yaml
+
 from gateway.auth.identity import OWN_PREFIXES
 
 AGENT_PREFIX, ADMIN_PREFIX = OWN_PREFIXES
@@ -87,8 +89,10 @@ PARSERS = {"keys": _configure_keys, "admin-token": _configure_admin_token}
 
 
 def _yaml_key(name: str) -> str:
-    """``name`` as a YAML mapping key: as it is when plain, else quoted (JSON's quoting is
-    YAML's): ``ops #1`` or ``team: a`` printed bare made config lines that do not parse."""
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+    """``name`` as a YAML mapping key: as it is when plain and YAML reads it back as that
+    text, else quoted (JSON's quoting is YAML's): ``ops #1`` or ``team: a`` printed bare made
+    config lines that do not parse, and ``yes``, ``null`` or ``123`` keys that are no text
+    (the gateway refused them)."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) and yaml.safe_load(name) == name:
         return name
     return json.dumps(name)
