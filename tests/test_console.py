@@ -292,6 +292,26 @@ class TestSignIn:
         await expect(page.locator("#desk")).to_be_visible()
         assert page.problems == []
 
+    async def test_a_sign_in_elsewhere_signs_this_page_out(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """Another tab's sign-in replaces the session the cookie names: this page's token
+        then matched nothing, and its desk kept failing ("could not reach the admin API")
+        without ever offering the sign-in its message asked for (red-team wave 60)."""
+        from playwright.async_api import expect
+
+        await sign_in(page, gateway)
+        await expect(page.locator("#who")).to_have_text("signed in as carol")
+        status = await page.evaluate(
+            """async (token) => (await fetch("/console/login", {method: "POST",
+                headers: {"Content-Type": "application/json"},
+                body: JSON.stringify({token, operator: "dave"})})).status""",
+            ADMIN_TOKEN,
+        )
+        assert status == 200  # the cookie now names dave's session, which this page lacks
+        await expect(page.locator("#login")).to_be_visible(timeout=15_000)
+        await expect(page.locator("#desk")).to_be_hidden()
+
     async def test_upstreams_policy_limits_and_tools_are_shown(
         self, gateway: GatewayProcess, upstream: PeerProcess, page: Any
     ) -> None:

@@ -86,6 +86,11 @@ async function call(method, path, body) {
   });
   const detail = await resp.clone().json().catch(() => ({}));
   if (resp.status === 401) throw new Refused(detail.detail || "refused (401)");
+  // The session's token no longer matches (a sign-in in another tab replaced the session):
+  // signed out here too, not a desk whose every request fails.
+  if (resp.status === 403 && /CSRF token/.test(detail.detail || "")) {
+    throw new Refused(detail.detail);
+  }
   if (!resp.ok) throw new Error(detail.detail || `${resp.status} ${resp.statusText}`);
   const out = await resp.json();
   const total = resp.headers.get("x-total-count");
