@@ -79,6 +79,17 @@ class TestRiskAndKind:
             ("repo_list", "read", "low"),
             ("listAndUpdateRows", "write", "medium"),
             ("frobnicate", "execute", "high"),
+            # A read word beside a risky verb the lists lacked read as a read, and a file
+            # that allows reads ran it with no human (red-team wave 60).
+            ("grant_read_access", "write", "medium"),
+            ("find_and_replace", "write", "medium"),
+            ("mark_as_read", "write", "medium"),
+            ("list_and_cancel_jobs", "execute", "high"),
+            ("clear_search_history", "delete", "high"),
+            ("kill_list", "delete", "high"),
+            # ... and a joined action the lists do not know is unknown, never the read
+            ("fetch_and_merge", "execute", "high"),
+            ("get_and_frobnicate", "execute", "high"),
         ],
     )
     def test_the_riskiest_verb_of_a_name_counts(self, name: str, kind: str, risk: str) -> None:

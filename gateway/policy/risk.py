@@ -20,10 +20,39 @@ from gateway.policy.model import CompiledPolicy, ToolInfo
 
 _VERBS: tuple[tuple[str, frozenset[str]], ...] = (
     ("read", frozenset({"list", "get", "describe", "search", "read", "show", "find", "fetch"})),
-    ("write", frozenset({"create", "update", "put", "set", "write", "add", "insert", "edit"})),
-    ("delete", frozenset({"delete", "drop", "remove", "terminate", "reset", "destroy", "purge"})),
-    ("execute", frozenset({"execute", "run", "invoke", "query", "exec", "call", "eval"})),
-)
+    (
+        "write",
+        frozenset(
+            {
+                "create", "update", "put", "set", "write", "add", "insert", "edit",
+                "replace", "overwrite", "send", "publish", "grant", "revoke", "approve",
+                "transfer", "pay", "rename", "upload", "assign", "mark",
+            }
+        ),
+    ),
+    (
+        "delete",
+        frozenset(
+            {
+                "delete", "drop", "remove", "terminate", "reset", "destroy", "purge",
+                "wipe", "erase", "unlink", "truncate", "clear", "kill", "uninstall",
+            }
+        ),
+    ),
+    (
+        "execute",
+        frozenset(
+            {
+                "execute", "run", "invoke", "query", "exec", "call", "eval",
+                "restart", "shutdown", "reboot", "stop", "cancel", "deploy", "trigger",
+                "scale", "launch", "migrate",
+            }
+        ),
+    ),
+)  # fmt: skip
+#: Words that join two actions in one name (``find_and_replace``): each part must name a
+#: known verb, or the name is unknown (``fetch_and_merge`` read as a fetch, red-team wave 60).
+_JOINERS = frozenset({"and", "then", "or"})
 _RISK_OF_KIND = {"read": "low", "write": "medium", "delete": "high", "execute": "high"}
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
@@ -41,13 +70,21 @@ _RANK = {"read": 0, "write": 1, "execute": 2, "delete": 3}
 
 def _name_verb(name: str) -> str | None:
     """The riskiest kind any word of ``name`` names (a verb anywhere: ``repo_list`` reads),
-    or None when no word is a known verb."""
+    or None when no word is a known verb, or when a part of a joined name names none (each
+    action of ``get_and_<anything>`` must be known: the unknown one may be the risky one)."""
     found: str | None = None
-    for word in _WORD.findall(name):
+    part: str | None = None
+    for word in [*_WORD.findall(name), "and"]:
         word = word.lower()
+        if word in _JOINERS:
+            if part is None:
+                return None  # a part of the name that names no known action
+            found = part if found is None or _RANK[part] > _RANK[found] else found
+            part = None
+            continue
         for kind, verbs in _VERBS:
-            if word in verbs and (found is None or _RANK[kind] > _RANK[found]):
-                found = kind
+            if word in verbs and (part is None or _RANK[kind] > _RANK[part]):
+                part = kind
     return found
 
 
