@@ -22,6 +22,8 @@ from mcp.shared.inbound import (
     classify_inbound_request,
 )
 
+from gateway.edge.agg.gate import Gate
+from gateway.edge.agg.links import FAILING_FIRST, FAILING_MOST
 from gateway.edge.agg.listen import listen
 from gateway.edge.agg.merge import (
     LISTS,
@@ -75,6 +77,11 @@ class Stateless:
         self.gw = gw
         #: Each server's last ``tools/list`` in this era: whether it gave a result, when.
         self.speaks: dict[str, tuple[bool, float]] = {}
+        #: Servers met down (unreachable, or no answer in their timeout): left out of merged
+        #: answers until a reading in the background gets one, as the handshake era's links
+        #: do (``Links.failing``). A hung server made every 2026-07-28 list and discover, of
+        #: every agent, wait its whole timeout (red-team wave 60).
+        self.failing: dict[str, Gate] = {}
         self.names = names
         self.catalogue = catalogue
 
@@ -127,13 +134,15 @@ class Stateless:
     ) -> dict[str, dict[str, Any]]:
         """Each named server's answer to ``method`` with its params (servers that fail are
         left out, logged)."""
-        names = list(each)
+        names = [n for n in each if not self._skipped(n, version)]
         upstreams = self.gw.upstreams
         jobs = [upcall(upstreams[n], method, each[n], version, meta) for n in names]
         out: dict[str, dict[str, Any]] = {}
         for name, answer in zip(
             names, await asyncio.gather(*jobs, return_exceptions=True), strict=True
         ):
+            if isinstance(answer, UpcallDown):
+                self._down(name)
             if isinstance(answer, UpcallFailed):
                 log.warning("aggregate.upstream_failed", server=name, method=method)
             elif isinstance(answer, BaseException):
@@ -141,6 +150,32 @@ class Stateless:
             else:
                 out[name] = answer
         return out
+
+    def _skipped(self, server: str, version: str) -> bool:
+        """Whether ``server`` is left out for now (met down); a reading in the background
+        asks it again when due."""
+        gate = self.failing.get(server)
+        if gate is None:
+            return False
+        gate.start(lambda: self._answers(server, version))
+        return True
+
+    def _down(self, server: str) -> None:
+        if server not in self.failing:
+            gate = self.failing[server] = Gate(FAILING_FIRST, FAILING_MOST)
+            gate.last = gate.clock()  # the first reading in FAILING_FIRST seconds
+
+    async def _answers(self, server: str, version: str) -> bool:
+        """Whether ``server`` answers now (with the gateway's own envelope); then it is no
+        longer left out."""
+        try:
+            await upcall(self.gw.upstreams[server], "tools/list", {}, version, PROBE_META)
+        except UpcallDown:
+            return False
+        except UpcallFailed:
+            pass  # it answered, if not with a list: it is up
+        self.failing.pop(server, None)
+        return True
 
     async def _discover(self, send: Send, message: Message, version: str) -> None:
         every: dict[str, dict[str, Any]] = {n: {} for n in self.gw.upstreams}

@@ -1,0 +1,65 @@
+"""A server met down is left out of ``/mcp``'s merged answers in the 2026-07-28 era too, until a
+reading in the background gets an answer: a hung server made every list and discover, of every
+agent, wait its whole timeout (red-team wave 60). The handshake era's links already did so.
+
+A real gateway process, a real upstream (``tests.servers.literal``), and a server that takes
+connections and never answers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_proc import GatewayProcess, run_gateway
+from tests.peers import literal_upstream
+from tests.test_aggregate_odd_server import post
+
+
+@pytest.fixture
+def hung() -> Iterator[str]:
+    """A server that accepts connections and never answers (until the test ends)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+@pytest.fixture
+def gateway(hung: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+    with literal_upstream() as good:
+        servers = {"good": {"url": good.url}, "hung": {"url": hung, "timeout": 1}}
+        with run_gateway(tmp_path, 'version: "1"\ndefault: allow\n', servers) as gw:
+            yield gw
+
+
+def test_a_hung_server_is_waited_for_once(gateway: GatewayProcess) -> None:
+    for method in ("tools/list", "tools/list", "server/discover", "prompts/list"):
+        answer = post(gateway, method)
+        assert answer.status_code == 200, answer.text
+    names = [t["name"] for t in post(gateway, "tools/list").json()["result"]["tools"]]
+    assert "good__echo" in names
+    failed = [r for r in gateway.records("aggregate.upstream_failed") if r.get("server") == "hung"]
+    assert len(failed) == 1, json.dumps(failed)  # the first list met it; the rest left it out
