@@ -11,7 +11,7 @@ to listen is left out; when all refuse, the client gets the first refusal as it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,11 @@ async def listen(
     send: Send,
     message: Message,
     identity: Identity,
+    skipped: Collection[str] = (),
+    silent: Callable[[str], None] | None = None,
 ) -> None:
+    """``skipped``: servers met down, left out; ``silent`` is told each server that did not
+    acknowledge within ``ACK_SECONDS`` (a hung one made every listen wait them: wave 60)."""
     wanted = message.params.get("notifications")
     if isinstance(wanted, dict) and wanted.get("taskIds") is not None:
         # Sent on, the other agents' task ids reached the servers unchecked, and a server's
@@ -81,7 +85,7 @@ async def listen(
     if isinstance(uris, list) and len(uris) > MAX_SUBSCRIPTIONS:
         msg = f"a listen names at most {MAX_SUBSCRIPTIONS} resources"
         raise BadMessage(rpc.INVALID_PARAMS, msg, msg_id=message.msg_id)
-    servers = [_Server(name) for name in gw.upstreams]
+    servers = [_Server(name) for name in gw.upstreams if name not in skipped]
     queue = ChunkQueue(QUEUE_EVENTS)
     pumps = [
         asyncio.ensure_future(_pump(gw, incoming, message, catalogue, s, identity, queue))
@@ -89,6 +93,9 @@ async def listen(
     ]
     try:
         await _acknowledged(servers)
+        for server in servers:
+            if silent is not None and not server.acked.is_set():
+                silent(server.name)
         honoured = [s.honoured for s in servers if s.honoured is not None]
         if not honoured:
             refusals = [s.refusal for s in servers if s.refusal is not None]

@@ -120,7 +120,10 @@ class Stateless:
         elif method in LISTS:
             await self._list(send, message, version, identity)
         elif method == "subscriptions/listen":
-            await listen(self.gw, self.catalogue, incoming, send, message, identity)
+            skipped = {n for n in self.gw.upstreams if self._skipped(n, version)}
+            await listen(
+                self.gw, self.catalogue, incoming, send, message, identity, skipped, self._down
+            )
         elif method in ROUTED and method not in REMOVED:
             await self._routed(incoming, send, message, identity, version, body)
         else:
