@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.edge.agg.merge import Catalogue
 from gateway.edge.agg.streams import ChunkQueue
+from gateway.edge.agg.upcall import told_error
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
@@ -218,11 +219,8 @@ def _refusal(status: int, data: bytes | None, message: Message) -> tuple[int, by
         error = None
     if not isinstance(error, dict) or not 400 <= status < 500 or status == 401:
         return None
-    code = error.get("code")
-    text = error.get("message")
-    code = code if isinstance(code, int) and not isinstance(code, bool) else rpc.INTERNAL_ERROR
-    text = text[:300] if isinstance(text, str) else "the upstream refused to listen"
-    return status, rpc.error_body(message.msg_id, code, text)
+    told = told_error(error, "the upstream refused to listen")
+    return status, rpc.error_body(message.msg_id, told["code"], told["message"])
 
 
 async def _one_event(

@@ -42,7 +42,7 @@ from gateway.edge.agg.route import (
     unknown,
     unrouted,
 )
-from gateway.edge.agg.upcall import UpcallDown, UpcallFailed, UpcallRefused, upcall
+from gateway.edge.agg.upcall import UpcallDown, UpcallFailed, UpcallRefused, told_error, upcall
 from gateway.edge.calls import call_through, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
@@ -226,7 +226,7 @@ class Stateless:
         names the versions there are), or 502 when none answered at all."""
         for answer in answers.values():
             if isinstance(answer.get("error"), dict):
-                error = _told_error(answer["error"])
+                error = told_error(answer["error"], "the server refused the request")
                 payload = {"jsonrpc": "2.0", "id": message.msg_id, "error": error}
                 status = 400 if error["code"] == rpc.INVALID_PARAMS else 200
                 await reply(send, status, json.dumps(payload).encode())
@@ -310,23 +310,6 @@ class Stateless:
                 n: a["result"] for n, a in answers.items() if isinstance(a.get("result"), dict)
             }
             self.catalogue.page(method, identity, results)
-
-
-def _told_error(error: dict[str, Any]) -> dict[str, Any]:
-    """A server's error as ``/mcp`` tells it (no view read it): its integer code, its
-    message cut short, and of its data only the protocol versions an unsupported version's
-    error names. The error went on whole, a forged ``io.celgate`` key and all (red-team
-    wave 60)."""
-    code, text, data = error.get("code"), error.get("message"), error.get("data")
-    told: dict[str, Any] = {
-        "code": code if type(code) is int else rpc.INTERNAL_ERROR,
-        "message": text[:300] if isinstance(text, str) else "the server refused the request",
-    }
-    if isinstance(data, dict):
-        versions = data.get("supported")
-        if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
-            told["data"] = {"supported": [v[:40] for v in versions[:20]]}
-    return told
 
 
 def _version(incoming: Incoming, message: Message) -> str:

@@ -249,5 +249,22 @@ def _loads(data: bytes) -> Any:
 
 def _error_text(message: dict[str, Any], server: str) -> str:
     error = message.get("error")
-    text = error.get("message") if isinstance(error, dict) else None
-    return text[:300] if isinstance(text, str) else f"upstream {server!r} is full"
+    told = told_error(error if isinstance(error, dict) else {}, f"upstream {server!r} is full")
+    return str(told["message"])
+
+
+def told_error(error: dict[str, Any], otherwise: str) -> dict[str, Any]:
+    """A server's error as ``/mcp`` tells it (no view read it): its integer code, its
+    message cut short (``otherwise`` when it has none), and of its data only the protocol
+    versions an unsupported version's error names. The error went on whole, a forged
+    ``io.celgate`` key and all (red-team wave 60)."""
+    code, text, data = error.get("code"), error.get("message"), error.get("data")
+    told: dict[str, Any] = {
+        "code": code if type(code) is int else rpc.INTERNAL_ERROR,
+        "message": text[:300] if isinstance(text, str) else otherwise,
+    }
+    if isinstance(data, dict):
+        versions = data.get("supported")
+        if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
+            told["data"] = {"supported": [v[:40] for v in versions[:20]]}
+    return told
