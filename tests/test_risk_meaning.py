@@ -22,6 +22,7 @@ from gateway.policy.loader import load_policy, rule_files
 from gateway.policy.model import CompiledPolicy
 from gateway.policy.risk import classify, override_for, tool_info
 from gateway.policy.secrets import SECRET, mask_args
+from gateway.policy.servers import entry_warnings
 from gateway.policy.tester import run_file
 from gateway.ratelimit.base import Bucket
 from gateway.ratelimit.memory import MemoryRateLimiter
@@ -69,6 +70,46 @@ class TestRiskAndKind:
         assert (info.kind, info.risk) == ("read", "high")
         other = tool_info(policy, "vault", {"name": "list_keys"})
         assert (other.kind, other.risk) == ("read", "high")  # the glob's risk, the verb's kind
+
+    def test_an_entry_that_only_describes_a_tool_decides_nothing(self, tmp_path: Path) -> None:
+        """``purge_notes: {risk: high}`` (or ``secret_args``, ``kind``) beside ``"*"`` rules
+        that hold high-risk tools decided as ``{}``: the tool ran unapproved, and raising its
+        risk loosened the policy (red-team wave 61). The rules under ``"*"`` decide it now,
+        reading the risk it sets; ``celgate check`` tells of one nothing else decides."""
+        rules = (
+            'version: "1"\ndefault: deny\ntools:\n  "*":\n    rules:\n'
+            "      - {id: hold, when: 'tool.risk == \"high\"', action: require_approval}\n"
+            "      - {id: reads, when: 'tool.kind == \"read\"', action: allow}\n"
+            "  notes/purge_notes: {risk: high}\n"
+            "  notes/sign_in: {secret_args: [password], kind: write}\n"
+            "  notes/list_notes: {kind: read, risk: low}\n"
+            "  other/drop_all: {reason: never}\n"
+        )
+        policy = policy_of(tmp_path, **{"r.yaml": rules})
+        effects = {}
+        for server, name in (
+            ("notes", "purge_notes"),
+            ("notes", "sign_in"),
+            ("notes", "list_notes"),
+            ("other", "drop_all"),
+        ):
+            info = tool_info(policy, server, {"name": name})
+            decision = decide(policy, Call(name, server=server, info=info))
+            effects[name] = (decision.effect, decision.rule)
+        assert effects == {
+            "purge_notes": ("require_approval", "hold"),
+            "sign_in": ("deny", "default"),  # a write of no high risk: no rule holds
+            "list_notes": ("allow", "reads"),
+            "drop_all": ("require_approval", "hold"),  # unknown verb: execute/high
+        }
+        told = [str(problem) for problem in entry_warnings(policy)]
+        assert told == []  # "*" decides each of them
+        (tmp_path / "alone").mkdir()
+        alone = policy_of(
+            tmp_path / "alone", **{"r.yaml": "default: deny\ntools:\n  x: {risk: low}\n"}
+        )
+        told = [str(problem) for problem in entry_warnings(alone)]
+        assert len(told) == 1 and "only describes the tool" in told[0] and "(deny)" in told[0]
 
     @pytest.mark.parametrize(
         ("name", "kind", "risk"),

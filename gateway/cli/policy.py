@@ -39,9 +39,9 @@ def _check(ns: argparse.Namespace) -> int:
             if not ns.paths:
                 raise SystemExit("celgate: check needs rule paths, or --config")
             policy = load_policy(ns.paths)
-            from gateway.policy.servers import idle_approvals
+            from gateway.policy.servers import entry_warnings
 
-            told = idle_approvals(policy)
+            told = entry_warnings(policy)
         else:  # as the gateway of that config loads it: its engine, and its servers
             from gateway.config import load_config
             from gateway.policy.engines import get_engine

@@ -101,21 +101,39 @@ class ToolEntry:
     @property
     def decides(self) -> bool:
         """Whether the entry decides a call it matches. A shadow entry never does; nor does
-        one that only tries rules (every rule in shadow mode) or only says how a hold waits
-        (``approval:``), with no action or limit of its own: the next entry or the default
-        decides, as without it. Such an entry decided as ``{}`` (allowed): trying a rule on
-        ``delete_note`` under
+        one that only tries rules (every rule in shadow mode) or only describes the tool
+        (``approval:``, ``risk:``, ``kind:``, ``secret_args:``, ``reason:``), with no action or
+        limit of its own: the next entry or the default decides, as without it. Such an
+        entry decided as ``{}`` (allowed): trying a rule on ``delete_note`` under
         ``"delete_*": {action: require_approval}`` let every call of it through (red-team
         wave 46)."""
         if self.mode == "shadow":
             return False
         if self.action is not None or self.limits or self.enforces_rules:
             return True
-        # Rules only tried, or approval settings alone (how a hold waits, with nothing that
-        # holds): ``{approval: {mode: retry}}`` under ``"delete_*": {action:
-        # require_approval}`` decided as ``{}`` and let the call run unapproved (red-team
-        # wave 59). ``{}`` itself is "allowed, no conditions".
-        return not self.rules and self.approval is None
+        # Rules only tried, or settings that only describe the tool (how a hold waits, its
+        # risk or kind, its secret arguments, a reason with nothing it is the reason of):
+        # ``{approval: {mode: retry}}`` under ``"delete_*": {action: require_approval}``
+        # (red-team wave 59), and ``purge_notes: {risk: high}`` or ``sign_in:
+        # {secret_args: [password]}`` beside ``"*"`` rules holding high-risk tools (wave
+        # 61), decided as ``{}`` and let the call run unapproved. ``{}`` itself (a
+        # ``description`` at most) is "allowed, no conditions".
+        return not self.describes_only
+
+    @property
+    def describes_only(self) -> bool:
+        """Whether the entry says things of the tool (``risk``, ``kind``, ``secret_args``,
+        ``approval``, ``reason``, rules only tried) and nothing of whether it may run."""
+        if self.action is not None or self.limits or self.enforces_rules:
+            return False
+        return bool(
+            self.rules
+            or self.approval is not None
+            or self.risk is not None
+            or self.kind is not None
+            or self.secret_args
+            or self.reason is not None
+        )
 
     @property
     def specificity(self) -> tuple[int, int, int]:

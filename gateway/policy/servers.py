@@ -13,6 +13,7 @@ import difflib
 from collections.abc import Collection
 
 from gateway.errors import ConfigError, Problem
+from gateway.policy.matching import candidates
 from gateway.policy.model import CompiledPolicy
 
 
@@ -64,10 +65,33 @@ def idle_approvals(policy: CompiledPolicy) -> list[Problem]:
     return told
 
 
+def describing_only(policy: CompiledPolicy) -> list[Problem]:
+    """Entries naming one tool that only describe it (``risk``, ``kind``, ``secret_args``,
+    ``approval``, ``reason``) while no other entry decides its calls: the policy default does,
+    which an author who wrote ``purge: {risk: high}`` may not expect."""
+    told: list[Problem] = []
+    for entry in policy.entries:
+        if entry.is_glob or entry.mode == "shadow" or not entry.describes_only:
+            continue
+        if any(other.decides for other in candidates(policy, entry.server, entry.pattern)):
+            continue
+        message = (
+            "this entry only describes the tool (no action, rule or limit) and no other "
+            f"entry decides it: the default ({policy.default}) does"
+        )
+        told.append(Problem(entry.where, entry.key, message))
+    return told
+
+
+def entry_warnings(policy: CompiledPolicy) -> list[Problem]:
+    """What to tell of a policy's entries whatever servers it serves."""
+    return idle_approvals(policy) + describing_only(policy)
+
+
 def check_servers(policy: CompiledPolicy, servers: Collection[str]) -> list[Problem]:
     """What to tell of a policy's entries (unknown server names, approval settings that hold
     nothing); ``ConfigError`` for the names refused."""
     refused, told = unknown_servers(policy, servers)
     if refused:
         raise ConfigError(refused)
-    return told + idle_approvals(policy)
+    return told + entry_warnings(policy)
