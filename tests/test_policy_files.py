@@ -55,8 +55,23 @@ def test_a_rule_file_that_is_no_regular_file_is_refused(
     assert f"{hold}:1: " in str(caught.value)  # "cannot read", or "no such file"
 
 
-@pytest.mark.parametrize("name", ["guard.test.yaml", "load_test.yaml", "ab.test.json"])
-def test_rules_in_a_file_named_as_a_test_are_read(folder: Path, name: str) -> None:
+DENY_FLOW = "{tools: {delete_note: {action: deny}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [
+        ("guard.test.yaml", "block"),
+        ("load_test.yaml", "block"),
+        ("ab.test.json", "json"),
+        # The keys were looked for at a line's start: in flow style, indented, or after a
+        # byte-order mark, they were missed and the file skipped (red-team wave 61).
+        ("guard_test.yaml", "flow"),
+        ("wipe.test.yaml", "bom"),
+        ("in.test.yml", "indented"),
+    ],
+)
+def test_rules_in_a_file_named_as_a_test_are_read(folder: Path, name: str, layout: str) -> None:
     """A file named as a policy test was skipped as one whatever it held: under ``default:
     allow`` a ``guard.test.yaml`` of deny rules was dropped without a word, ``celgate check``
     said ok and the tool ran (red-team wave 58). Rules are read as rules; test files (their
@@ -64,13 +79,29 @@ def test_rules_in_a_file_named_as_a_test_are_read(folder: Path, name: str) -> No
     from gateway.policy.tester import find_test_files
 
     deny = {"version": "1", "tools": {"delete_note": {"action": "deny"}}}
-    text = json.dumps(deny) if name.endswith(".json") else HOLD.replace("require_approval", "deny")
-    (folder / name).write_text(text)
+    block = HOLD.replace("require_approval", "deny")
+    text = {
+        "json": json.dumps(deny),
+        "block": block,
+        "flow": DENY_FLOW,
+        "bom": "\ufeff" + block,
+        "indented": "".join("  " + line + "\n" for line in block.splitlines()),
+    }[layout]
+    (folder / name).write_text(text, encoding="utf-8")
     (folder / "base_test.yaml").write_text("policy: base.yaml\ncases: []\n")
     assert sorted(Path(d).name for _, d in rule_files([folder])) == sorted(["base.yaml", name])
     call = Call(tool="delete_note", server="demo", identity=None)
     assert decide(load_policy([folder]), call, None).effect == "deny"
     assert [p.name for p in find_test_files([str(folder)])] == ["base_test.yaml"]
+
+
+def test_a_file_named_as_a_test_that_does_not_parse_is_refused(folder: Path) -> None:
+    """What a test-named file that does not parse holds is not known: it is refused with its
+    line, never skipped."""
+    (folder / "guard_test.yaml").write_text("{tools: {delete_note: {action: deny}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy([folder])
+    assert "guard_test.yaml:" in str(caught.value)
 
 
 def test_a_symlinked_subfolder_is_read(folder: Path, tmp_path: Path) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.located import Node
+from gateway.errors import Problem
+from gateway.located import Node, parse_file
 from gateway.policy.cel import CelCompileError
 
 RULE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -48,26 +48,22 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
 #: A top-level key of a rule file that no policy test file has (those have ``policy``,
 #: ``cases`` and ``description``), at the start of a line (YAML) or in a JSON object.
 _RULE_KEYS = frozenset({"version", "default", "tools", "mode"})
-_RULES_KEY = re.compile(rb'^["\']?(version|default|tools|mode)["\']?[ \t]*:', re.MULTILINE)
+_RULES_KEYS = frozenset({"version", "default", "tools", "mode"})
 
 
 def holds_rules(path: Path) -> bool:
     """Whether a file named as a policy test (``guard.test.yaml``, ``load_test.yaml``) holds
     rules: it was skipped as a test file without a word, and its deny rules with it
-    (red-team wave 58); read as rules, it loads, or is refused with ``file:line``."""
-    try:
-        head = path.read_bytes()
-    except OSError:
-        return False  # (a test file it stays; celgate test says it cannot be read)
-    if path.name.lower().endswith(".json"):
-        try:
-            value = json.loads(head)
-        except ValueError:
-            return False
-        return isinstance(value, dict) and bool(
-            {"version", "default", "tools", "mode"} & set(value)
-        )
-    return _RULES_KEY.search(head) is not None
+    (red-team wave 58); read as rules, it loads, or is refused with ``file:line``. The file
+    is parsed, as the loader parses it: a line-start pattern missed the same keys in flow
+    style (``{tools: ...}``), indented, or after a byte-order mark (wave 61). A file that
+    does not parse, or cannot be read, is read as rules too, and so refused: what it holds
+    is not known."""
+    problems: list[Problem] = []
+    root = parse_file(path, problems)
+    if root is None:
+        return bool(problems)  # (an empty file holds nothing)
+    return isinstance(root.value, dict) and bool(_RULES_KEYS & set(root.value))
 
 
 def _under(folder: Path) -> tuple[list[Path], list[Path]]:
