@@ -22,7 +22,12 @@ from gateway.approvals.service import (
     ApprovalService,
     preview_args,
 )
-from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore, make_store
+from gateway.approvals.stores import (
+    WITHDRAWN_ARGS,
+    MemoryApprovalStore,
+    ValkeyApprovalStore,
+    make_store,
+)
 from gateway.config import ApprovalsConfig
 from gateway.errors import ApprovalError, BackendUnavailable
 from gateway.policy import Call, Decision, Identity
@@ -534,11 +539,19 @@ class TestValkeyKeys:
 
     async def test_a_withdrawn_request_is_kept_briefly(self, valkey_store: Any) -> None:
         """Withdrawn by its client, a request is decided by nobody: it was kept a day, with
-        its arguments, and one agent cancelling held calls in a loop filled Valkey."""
+        its arguments, and one agent cancelling held calls in a loop filled Valkey; then a
+        minute, still with its arguments (170 MiB of them, red-team wave 61). It keeps none,
+        as in memory."""
         svc, store, _ = valkey_store
-        first = await svc.resolve(CALL, held(), "d1")
+        big = Call(tool="t", server="db", args={"x": "y" * 5000}, identity=CALL.identity)
+        first = await svc.resolve(big, held(), "d1")
         await store.transition(first.approval_id, "pending", "denied", CLIENT, "cancelled")
         assert 0 < await store.client.ttl(store._req(first.approval_id)) <= GRACE_SECONDS
+        raw = await store.client.get(store._req(first.approval_id))
+        assert b"y" * 100 not in raw and len(raw) < 1000
+        withdrawn = await store.get(first.approval_id)
+        assert withdrawn is not None and withdrawn.args == WITHDRAWN_ARGS
+        assert withdrawn.args_truncated and withdrawn.status == "denied"
         decided = await svc.resolve(
             Call(tool="t", server="db", args={}, identity=CALL.identity), held(), "d2"
         )
