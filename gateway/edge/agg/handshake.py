@@ -48,7 +48,7 @@ from gateway.edge.agg.route import (
 )
 from gateway.edge.agg.sessions import AggSession, Sessions
 from gateway.edge.agg.streams import merged_stream, resumed_stream
-from gateway.edge.agg.upcall import UpcallFailed, UpcallGone, post_once, upcall
+from gateway.edge.agg.upcall import UpcallDown, UpcallFailed, UpcallGone, post_once, upcall
 from gateway.edge.agg.view import AggView
 from gateway.edge.calls import call_through, told, tool_call
 from gateway.edge.clientview import ClientView
@@ -379,6 +379,8 @@ class Handshake:
 
         async def one(server: str, params: dict[str, Any]) -> dict[str, Any] | None:
             upstream = self.gw.upstreams[server]
+            if self.links.skipped(server):  # met down: asked again in the background
+                return None
             for relinked in (False, True):
                 link = await self.links.link(session, server)
                 if link is None:
@@ -394,6 +396,9 @@ class Handshake:
                     if relinked or await self.links.relink(session, link) is None:
                         break
                     continue
+                except UpcallDown:
+                    self.links.met_down(server)
+                    break
                 except UpcallFailed:
                     break
                 result = answer.get("result")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
@@ -21,6 +22,7 @@ from gateway.edge.agg.upcall import (
     body_of,
     exchange,
     post_once,
+    upcall,
 )
 from gateway.edge.forward import usable_session_id
 from gateway.edge.inband import in_band
@@ -72,9 +74,7 @@ class Links:
         if found is not None:
             return found
         pending = session.opening.get(server)
-        failing = self.failing.get(server)
-        if pending is None and failing is not None:
-            failing.start(lambda: self._learn_one(server))  # when due: in the background
+        if pending is None and self.skipped(server):
             return None
         if pending is None:
             pending = asyncio.ensure_future(self._open(session, server))
@@ -102,7 +102,11 @@ class Links:
             # (Not kept as what the server offers every client: this answer is to one
             # client's session, its clientInfo, its user; learn() asks with the gateway's own.)
             done = body_of("notifications/initialized", {}, version, None, None)
-            await post_once(upstream, "notifications/initialized", done, version, link.sid)
+            status = await post_once(upstream, "notifications/initialized", done, version, link.sid)
+            if status == 0:  # down, or silent past its timeout: this session's first list
+                # waited for it, and every new session's again (red-team wave 61)
+                self._end_soon(link)
+                raise UpcallDown(f"upstream {server!r} did not take notifications/initialized")
         except UpcallRefused as exc:
             log.warning("aggregate.upstream_full", server=server, error=str(exc))
             session.refused[server] = (exc.status, str(exc))
@@ -142,6 +146,23 @@ class Links:
         link = await self.link(session, lost.server)
         return link.sid if link is not None else None
 
+    def skipped(self, server: str) -> bool:
+        """Whether ``server`` is left out for now (met down); a reading in the background
+        (when due) asks it again, a list in a session of its own."""
+        failing = self.failing.get(server)
+        if failing is None:
+            return False
+        failing.start(lambda: self._learn_one(server, probe=True))
+        return True
+
+    def met_down(self, server: str) -> None:
+        """A session's link to ``server`` gave no answer in time (or could not be reached):
+        the merged lists of every session skip it until a reading in the background gets
+        one. Only a link that could not be opened was so marked: a server that opened links
+        and then hung made every list, of every session, wait its whole timeout, every time
+        (red-team wave 61)."""
+        self._failed(server)
+
     def _failed(self, server: str) -> None:
         """A link to ``server`` could not be opened: callers skip it until a reading in the
         background gets an answer (the first due at once, then ``FAILING_FIRST`` doubling to
@@ -158,8 +179,10 @@ class Links:
             *(self._learn_one(s) for s in self.gw.upstreams if s not in self.known)
         )
 
-    async def _learn_one(self, server: str) -> bool:
-        """Ask ``server`` what it offers (kept if not known yet); whether it answered."""
+    async def _learn_one(self, server: str, probe: bool = False) -> bool:
+        """Ask ``server`` what it offers (kept if not known yet); whether it answered (and,
+        with ``probe``, answered a ``tools/list`` too: a server whose lists hang answers
+        ``initialize`` all the same)."""
         upstream = self.gw.upstreams[server]
         version = LATEST_HANDSHAKE_VERSION
         params: dict[str, Any] = {
@@ -172,13 +195,33 @@ class Links:
         except UpcallFailed:
             return False
         result = answer.get("result")
+        sid = headers.get("mcp-session-id")
+        sid = sid.strip() if sid else None
+        answered = isinstance(result, dict)
+        if answered and probe:
+            answered = await self._lists(server, version, sid)
         if isinstance(result, dict):
             self.known.setdefault(server, _kept(server, result))
+        if answered:
             self.failing.pop(server, None)
-        sid = headers.get("mcp-session-id")
         if sid:
-            await post_once(upstream, None, b"", version, sid.strip(), verb="DELETE")
-        return isinstance(result, dict)
+            await post_once(upstream, None, b"", version, sid, verb="DELETE")
+        return answered
+
+    async def _lists(self, server: str, version: str, sid: str | None) -> bool:
+        """Whether ``server`` answers a ``tools/list`` (any answer: it is up) in the session
+        ``sid`` just opened."""
+        upstream = self.gw.upstreams[server]
+        done = body_of("notifications/initialized", {}, version, None, None)
+        if await post_once(upstream, "notifications/initialized", done, version, sid) == 0:
+            return False
+        try:
+            await upcall(upstream, "tools/list", {}, version, session=sid)
+        except UpcallDown:
+            return False
+        except UpcallFailed:
+            pass  # it answered, if not with a list
+        return True
 
     async def close(self, session: AggSession) -> None:
         """End the session and every upstream session it opened."""
@@ -192,7 +235,14 @@ class Links:
     def close_soon(self, session: AggSession) -> None:
         """End ``session`` now (its place is free at once) and its upstream sessions in the
         background: a caller's new session does not wait on the servers' DELETEs."""
-        task = asyncio.ensure_future(self.close(session))
+        self._background(self.close(session))
+
+    def _end_soon(self, link: Link) -> None:
+        """End ``link`` in the background (its server may be slow to take the DELETE too)."""
+        self._background(self._end_link(link))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
