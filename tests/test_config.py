@@ -361,11 +361,14 @@ def test_relay_method_lists(tmp_path: Path) -> None:
     """``relay.extra_methods`` (client requests) and ``relay.extra_server_methods`` (what a
     server may send its client beyond MCP's own) are read, and names that are none refused."""
     base = "policy: rules/\nservers:\n  up: {url: 'http://127.0.0.1:1/mcp'}\n"
-    good = "relay: {extra_methods: [vendor/ask], extra_server_methods: [notifications/v/x, v/y]}\n"
+    good = (
+        "relay: {extra_methods: [vendor/ask, notifications/vendor/told],"
+        " extra_server_methods: [notifications/v/x, v/y]}\n"
+    )
     relay = load_config(write(tmp_path, base + good), env={}).relay
-    assert relay.extra_methods == {"vendor/ask"}
+    assert relay.extra_methods == {"vendor/ask", "notifications/vendor/told"}
     assert relay.extra_server_methods == {"notifications/v/x", "v/y"}
-    bad = "relay: {extra_server_methods: [' v/y', '', 'v/'], extra_methods: [notifications/x]}\n"
+    bad = "relay: {extra_server_methods: [' v/y', '', 'v/'], extra_methods: [notifications/]}\n"
     found = problems(write(tmp_path, base + bad))
     assert sum("relay.extra_server_methods:" in p for p in found) == 3
     assert sum("relay.extra_methods:" in p for p in found) == 1

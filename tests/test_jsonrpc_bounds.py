@@ -111,3 +111,21 @@ def test_other_spellings_of_mcps_parameters_are_refused() -> None:
         assert caught.value.code == jsonrpc.INVALID_PARAMS
     vendor = {"jsonrpc": "2.0", "id": 2, "method": "vendor/x", "params": {"request_id": 1}}
     assert jsonrpc.classify(vendor, frozenset({"vendor/x"})).params == {"request_id": 1}
+
+
+def test_only_the_notifications_a_client_may_send_are_classified() -> None:
+    """A client's ``notifications/evil/run`` was passed on to its server (on ``/mcp``, to
+    every server): only MCP's client notifications are forwarded, and an operator's own
+    (``relay.extra_methods``) as notices only (red-team wave 62)."""
+    for method in sorted(jsonrpc.CLIENT_NOTIFICATION_METHODS):
+        assert jsonrpc.classify({"jsonrpc": "2.0", "method": method}).kind == "notification"
+    for method in ("notifications/evil/run", "notifications/tools/list_changed"):
+        with pytest.raises(BadMessage, match="unknown notification") as caught:
+            jsonrpc.classify({"jsonrpc": "2.0", "method": method, "params": {}})
+        assert caught.value.code == jsonrpc.METHOD_NOT_FOUND and caught.value.status == 400
+    own = frozenset({"notifications/vendor/told"})
+    told = jsonrpc.classify({"jsonrpc": "2.0", "method": "notifications/vendor/told"}, own)
+    assert told.kind == "notification"
+    with pytest.raises(BadMessage) as caught:  # a notice's name is no request's
+        jsonrpc.classify({"jsonrpc": "2.0", "id": 1, "method": "notifications/vendor/told"}, own)
+    assert caught.value.code == jsonrpc.METHOD_NOT_FOUND

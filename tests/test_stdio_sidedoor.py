@@ -173,7 +173,8 @@ class TestOneMessageOneLine:
         }
         await _post(url, _rpc("notifications/initialized", None, {}), **session)
         smuggled = _rpc("tools/call", 7777, {"name": "delete_item", "arguments": {"id": "cr"}})
-        body = b'{"jsonrpc":"2.0","method":"notifications/x","params":{"p":\r' + smuggled + b"\r}}"
+        note = b'{"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{"p":\r'
+        body = note + smuggled + b"\r}}"
         assert (await _post(url, body, **session)).status_code == 202
         echo = _rpc("tools/call", 2, {"name": "echo", "arguments": {"text": "after the CR"}})
         answer = await _post(url, echo, **session)

@@ -402,15 +402,16 @@ class _ConfigLoader(Reader):
             self.err(top.node.where, "grants", msg)
 
     def _relay(self, top: Fields) -> None:
-        """Request methods the relay does not know are refused unless named here, and
-        server methods MCP does not define are dropped unless named here."""
+        """Client methods the relay does not know (requests, and notices under
+        ``notifications/``) are refused unless named here, and server methods MCP does not
+        define are dropped unless named here."""
         sub = self.section(top, "relay", RelayConfig)
         if sub is None:
             return
         methods = self.str_list(sub, "extra_methods")
         for method in methods or ():
-            if not method or method.startswith("notifications/") or method != method.strip():
-                msg = f"{method!r} is not a request method name"
+            if not method or method != method.strip() or method.endswith("/"):
+                msg = f"{method!r} is not a method name"
                 self.err(sub.where("extra_methods"), "relay.extra_methods", msg)
         extra = frozenset(methods) if methods is not None else None
         server = self.str_list(sub, "extra_server_methods")

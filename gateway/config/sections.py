@@ -159,6 +159,8 @@ class RelayConfig:
     """``relay:``: JSON-RPC request methods the relay forwards beyond the ones it knows
     (``gateway.wire.jsonrpc.classify``), and server methods it lets reach clients."""
 
+    #: Methods a client may send beyond MCP's own (``jsonrpc.CLIENT_REQUEST_METHODS`` and
+    #: ``CLIENT_NOTIFICATION_METHODS``): a name under ``notifications/`` is a notice (no id).
     extra_methods: frozenset[str] = frozenset()
     #: Methods a server may send its client beyond MCP's own (``jsonrpc.SERVER_METHODS``):
     #: a name under ``notifications/`` is a notice (no id), any other a request.

@@ -309,6 +309,18 @@ CLIENT_REQUEST_METHODS = frozenset(
     }
 )
 NOTIFICATION_PREFIX = "notifications/"
+#: What a client may notify a server of, in both eras (the spec's ``ClientNotification``):
+#: any other ``notifications/*`` a client sent was passed on (on ``/mcp``, to every server),
+#: a shape nobody classified (red-team wave 62). ``relay.extra_methods`` adds others.
+CLIENT_NOTIFICATION_METHODS = frozenset(
+    {
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+        "notifications/tasks/status",
+    }
+)
 #: What a server may send a client, in both eras and the spec's extensions: its requests
 #: and its notifications. Anything else is dropped on its way to the client: a server could
 #: otherwise call any handler a client's host registers, past the gateway's classification
@@ -493,8 +505,12 @@ def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message
         if not method.startswith(NOTIFICATION_PREFIX):
             msg = f"{method!r} without an id: only notifications/* may omit the id"
             raise BadMessage(INVALID_REQUEST, msg)
+        if method not in CLIENT_NOTIFICATION_METHODS and method not in extra_methods:
+            raise BadMessage(METHOD_NOT_FOUND, f"unknown notification {method!r}", status=400)
         return Message(value, method, None, params, "notification")
-    if method not in CLIENT_REQUEST_METHODS and method not in extra_methods:
+    if method not in CLIENT_REQUEST_METHODS and (
+        method not in extra_methods or method.startswith(NOTIFICATION_PREFIX)
+    ):
         raise BadMessage(METHOD_NOT_FOUND, "Method not found", status=200, msg_id=msg_id)
     return Message(value, method, msg_id, params, "request")
 
