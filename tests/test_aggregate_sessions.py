@@ -149,3 +149,25 @@ def test_a_session_is_idle_from_the_end_of_its_last_request() -> None:
     ended = session.last_used
     assert sessions.idle(ended + 39) == [] and sessions.stale_of("g", ended + GRACE / 2) is None
     assert sessions.idle(ended + 41) == [session]
+
+
+def test_a_clients_progress_on_a_servers_request_is_that_servers_alone() -> None:
+    """A client's ``notifications/progress`` on a server's request (its progress token) went
+    to every server of the ``/mcp`` session (red-team wave 62): it goes to the server whose
+    request named the token, and to none when two servers' requests named the same one, or
+    once that request is answered."""
+    sessions = Sessions(max_total=10, max_per_grant=10, idle_seconds=60)
+    session = sessions.create("g", {}, "2025-11-25", "g/a")
+    ours = session.outward_upcall("a", 0, "tok-a")
+    session.outward_upcall("b", 0, "tok-b")
+    assert ours != session.outward_upcall("b", 1)  # each server's id 0 is its own
+    assert (session.progress_of("tok-a"), session.progress_of("tok-b")) == ("a", "b")
+    assert session.progress_of("tok-c") is None and session.progress_of(True) is None
+    session.outward_upcall("b", 2, "tok-a")  # b names a's token too: whose it is, unknown
+    assert session.progress_of("tok-a") is None
+    assert session.answered(session.known_upcall("b", 0)) == ("b", 0)
+    assert session.progress_of("tok-b") is None  # answered: its progress is over
+    for i in range(300):  # the oldest pushed out take their tokens with them
+        session.outward_upcall("a", 100 + i, 1000 + i)
+    assert session.progress_of(1000) is None and session.progress_of(1299) == "a"
+    assert len(session.upcall_tokens) <= 256

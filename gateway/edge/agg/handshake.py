@@ -58,6 +58,7 @@ from gateway.edge.held import accepts_sse, cancels_held
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial, is_task_call
 from gateway.edge.routing import check_routing_headers
+from gateway.edge.tasks import is_task_notification
 from gateway.pipeline.admission import Admission, admit, schema_read, verdict
 from gateway.pipeline.gateway import Gateway
 from gateway.policy import Identity
@@ -220,16 +221,26 @@ class Handshake:
         await reply(send, 202 if 200 <= status < 300 else 502, b"")
 
     async def _notify(self, send: Send, session: AggSession, message: Message, body: bytes) -> None:
+        """A client's notice, to the servers it is of: a cancel of one of its requests, or
+        progress on a server's request, to that server alone (progress on one server's
+        request went to every server, red-team wave 62)."""
         method = message.method
+        assert method is not None
         links = list(session.links.values())
-        if method == "notifications/initialized":
-            links = []  # each upstream session had its own
+        if method == "notifications/initialized" or is_task_notification(method):
+            links = []  # each upstream session had its own; tasks are not served on /mcp
         elif method == "notifications/cancelled":
             rid = message.params.get("requestId")
             owner = session.inflight.get(json.dumps(rid))
             links = [session.links[owner]] if owner in session.links else []
             for link in links:  # its stream, resumed, is refused at once (refuse_over)
                 request_over(link.server, session.owner, link.sid, rid)
+            # (A cancel names a request its sender made: one naming a server's request, sent
+            # on with the server's id, would name a request of the server's own namespace,
+            # the client's call that has that id. It goes to none: the client answers it.)
+        elif method == "notifications/progress":
+            server = session.progress_of(message.params.get("progressToken"))
+            links = [session.links[server]] if server in session.links else []
         await asyncio.gather(
             *(
                 post_once(self.gw.upstreams[link.server], method, body, link.version, link.sid)

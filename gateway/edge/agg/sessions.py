@@ -53,6 +53,9 @@ class AggSession:
     inflight: dict[str, str] = field(default_factory=dict)  # request id (JSON) -> server
     upcalls: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ours -> (server, id)
     upcall_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # reverse
+    #: A progress token (JSON) of servers' requests -> our id for each request -> its server
+    #: (two servers' requests may name one token: whose progress it is is then unknown).
+    upcall_tokens: dict[str, dict[str, str]] = field(default_factory=dict)
     counter: int = 0
     owner: str = ""  # the grant and agent it counts against (Identity.owner)
     streaming: bool = False  # a GET stream is open
@@ -63,8 +66,10 @@ class AggSession:
     on_link: Callable[[Link], None] | None = None  # a GET stream's hook for new links
     stop: Callable[[], None] | None = None  # ends the GET stream (the session is closing)
 
-    def outward_upcall(self, server: str, upstream_id: Any) -> str:
-        """The id the client sees for a server's request (the same id again for a repeat)."""
+    def outward_upcall(self, server: str, upstream_id: Any, token: Any = None) -> str:
+        """The id the client sees for a server's request (the same id again for a repeat);
+        ``token``, the request's progress token, if it has one: the client's progress on it
+        goes to that server alone."""
         key = (server, json.dumps(upstream_id))
         known = self.upcall_ids.get(key)
         if known is not None:
@@ -72,12 +77,19 @@ class AggSession:
         self.counter += 1
         ours = f"{UPCALL_PREFIX}{self.counter}"
         if len(self.upcalls) >= MAX_UPCALLS:
-            oldest = next(iter(self.upcalls))
-            server_old, id_old = self.upcalls.pop(oldest)
-            self.upcall_ids.pop((server_old, json.dumps(id_old)), None)
+            self.answered(next(iter(self.upcalls)))
         self.upcalls[ours] = (server, upstream_id)
         self.upcall_ids[key] = ours
+        if isinstance(token, str | int) and not isinstance(token, bool):
+            self.upcall_tokens.setdefault(json.dumps(token), {})[ours] = server
         return ours
+
+    def progress_of(self, token: Any) -> str | None:
+        """The server whose request the client's progress on ``token`` is of, if one alone's."""
+        if not isinstance(token, str | int) or isinstance(token, bool):
+            return None
+        servers = set(self.upcall_tokens.get(json.dumps(token), {}).values())
+        return servers.pop() if len(servers) == 1 else None
 
     def known_upcall(self, server: str, upstream_id: Any) -> str | None:
         return self.upcall_ids.get((server, json.dumps(upstream_id)))
@@ -89,6 +101,10 @@ class AggSession:
         found = self.upcalls.pop(ours, None)
         if found is not None:
             self.upcall_ids.pop((found[0], json.dumps(found[1])), None)
+            for token in [t for t, each in self.upcall_tokens.items() if ours in each]:
+                del self.upcall_tokens[token][ours]
+                if not self.upcall_tokens[token]:
+                    del self.upcall_tokens[token]
         return found
 
     @contextlib.contextmanager

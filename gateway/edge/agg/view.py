@@ -50,7 +50,8 @@ class AggView:
                 return DROP
             message = inner if inner is not None else message
             if "id" in message:  # the server asks the client: under an id of ours
-                return {**message, "id": self.session.outward_upcall(server, message["id"])}
+                ours = self.session.outward_upcall(server, message["id"], _token(message))
+                return {**message, "id": ours}
             if method == "notifications/cancelled":  # of a request of this server's alone
                 cancelled = self._cancelled(message)
                 return cancelled if cancelled is not None else DROP
@@ -89,3 +90,10 @@ class AggView:
         if ours is None:
             return None
         return {**message, "params": {**params, "requestId": ours}}
+
+
+def _token(message: dict[str, Any]) -> Any:
+    """A request's progress token (``params._meta.progressToken``), if it names one."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
