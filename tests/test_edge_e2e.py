@@ -332,6 +332,31 @@ class TestBadInput:
         resp = raw_post(gateway, call_body("echo", {}), mcp_method="tools/list")
         assert resp.json()["error"]["code"] == -32020
 
+    @pytest.mark.parametrize("path", ["/mcp/up", "/mcp"])
+    def test_a_body_naming_the_stateless_era_needs_the_header(
+        self, gateway: GatewayProcess, path: str
+    ) -> None:
+        """Servers pick the era by ``Mcp-Protocol-Version`` alone: a body whose ``_meta``
+        named 2026-07-28 with no header was relayed as that era, and ran on the upstream's
+        2025-03-26 path (red-team wave 62); ``/mcp`` refused it. Both refuse it."""
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        }
+        params = {"name": "echo", "arguments": {"text": "x"}, "_meta": meta}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "mcp-method": "tools/call",
+            "mcp-name": "echo" if path == "/mcp/up" else "up__echo",
+        }
+        if path == "/mcp":
+            body["params"] = {**params, "name": "up__echo"}
+        resp = httpx.post(gateway.base + path, json=body, headers=headers, timeout=10)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == -32020
+
     def test_unknown_server(self, gateway: GatewayProcess) -> None:
         resp = httpx.post(f"{gateway.base}/mcp/nope", content=b"{}", timeout=5)
         assert resp.status_code == 404

@@ -20,7 +20,8 @@ def stateless_era(incoming: Incoming, value: Any) -> bool:
     """Whether a request is of the stateless era (2026-07-28 or any version the handshake era
     does not know): it needs no session, and what the upstream would answer differently (a
     missing ``_meta``, an unsupported version) is the upstream's to answer. A ``_meta``
-    version that contradicts the ``Mcp-Protocol-Version`` header is refused here."""
+    version that contradicts the ``Mcp-Protocol-Version`` header, or names this era without
+    it, is refused here."""
     header = incoming.header("mcp-protocol-version")
     stated = None
     if isinstance(value, dict) and isinstance(value.get("params"), dict):
@@ -30,6 +31,13 @@ def stateless_era(incoming: Incoming, value: Any) -> bool:
     if stated is not None and header is not None and stated != header:
         msg_id = value.get("id") if isinstance(value, dict) else None
         msg = "Mcp-Protocol-Version header does not match the body's protocol version"
+        raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
+    if header is None and stated is not None and stated not in rpc.HANDSHAKE_VERSIONS:
+        # Servers pick the era by the header alone (the SDK's, and the stdio bridge): taken
+        # as 2026-07-28 here, the request ran on the upstream's 2025-03-26 path, answered in
+        # the other era's shape (red-team wave 62). /mcp refused it already.
+        msg_id = value.get("id") if isinstance(value, dict) else None
+        msg = "Mcp-Protocol-Version header is required: the body's _meta names a version"
         raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
     version = stated if stated is not None else header
     if version is not None and not isinstance(version, str):  # read before classify checks it
