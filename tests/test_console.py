@@ -7,6 +7,7 @@ installs both): there a missing browser is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -245,6 +246,45 @@ class TestSignIn:
         await expect(page.locator("#login")).to_be_visible()
         await expect(page.locator("#desk")).to_be_hidden()
         assert page.problems == []
+
+    async def test_a_signed_out_page_keeps_nothing_it_was_shown(
+        self, gateway: GatewayProcess, page: Any
+    ) -> None:
+        """Signed out, the page kept the live decisions, upstreams, policy, counters and
+        tools in its DOM, and a listing answered after sign-out drew held calls' arguments
+        back onto the desk (red-team wave 62). Sign-out empties the desk, and an answer
+        asked for before it is not drawn."""
+        from playwright.async_api import expect
+
+        args = {"id": "wire-transfer-4711"}
+        async with client(gateway.url("up"), key=AGENT_KEY) as agent:
+            await agent.call_tool("delete_item", args)
+            await sign_in(page, gateway)
+            await expect(page.locator("#pending")).to_contain_text("wire-transfer-4711")
+            for tab in ("system", "tools", "decisions", "approvals"):
+                await page.click(f"button[data-tab={tab}]")
+            await expect(page.locator("#upstreams tbody tr")).to_have_count(1)
+            asked, released = asyncio.Event(), asyncio.Event()
+
+            async def slow(route: Any) -> None:
+                asked.set()
+                await released.wait()
+                await route.continue_()
+
+            await page.route("**/admin/approvals?status=pending*", slow)
+            listing = asyncio.ensure_future(page.evaluate("refresh()"))  # a listing under way
+            await asked.wait()
+            await page.click("#sign-out")  # ...when the operator signs out
+            await expect(page.locator("#login")).to_be_visible()
+            released.set()
+            await listing  # its answer came, after sign-out
+            text = await page.evaluate("document.getElementById('desk').textContent")
+            assert "wire-transfer-4711" not in text and "up/" not in text
+            for table in ("pending", "decided", "decisions", "upstreams", "counters", "tools"):
+                rows = await page.locator(f"#{table} tbody tr, #{table} article").count()
+                assert rows == 0, table
+            assert await page.locator("#policy").inner_text() == ""
+            assert await page.locator("#revision").inner_text() == ""
 
     async def test_a_page_on_another_port_gets_the_cookie_and_nothing_with_it(
         self, gateway: GatewayProcess, page: Any

@@ -15,6 +15,9 @@ const KEPT = "celgate-console-csrf"; // sessionStorage key of the session's CSRF
 let timer = null;
 let stream = null;
 let tab = "approvals";
+// Counts sign-ins and sign-outs: an answer asked for under an older one is not drawn (a
+// listing that came back after sign-out wrote held calls' arguments back into the page).
+let epoch = 0;
 
 const $ = (id) => document.getElementById(id);
 
@@ -278,9 +281,10 @@ function closeStream() {
 
 // --- upstreams, policy, limits, tools ---
 
-async function showHealth() {
-  if (!session) return; // signed out while a refresh was under way: nothing to ask
+async function showHealth(asked) {
+  if (!session || asked !== epoch) return; // signed out while a refresh was under way
   const body = await call("GET", "/admin/health");
+  if (asked !== epoch) return;
   const details = body.upstream_health || {};
   const rows = Object.entries(body.upstreams || {}).map(([name, state]) => {
     const d = details[name] || {};
@@ -330,7 +334,9 @@ function showTools(tools) {
 }
 
 async function refresh() {
+  const asked = epoch;
   try {
+    if (!session) return;
     if (tab === "approvals") {
       // The pending with their arguments as text alone (the page never parses them), the
       // decided without: a desk of 1,000 held calls was 34 MB a listing, twice, every 3 s.
@@ -339,20 +345,24 @@ async function refresh() {
           + `&limit=${PENDING_SHOWN}`),
         call("GET", "/admin/approvals?status=decided&args=none&limit=20"),
       ]);
+      if (asked !== epoch) return;
       showPending(pending);
       showDecided(decided);
     } else if (tab === "system") {
       const [policy, counters] = await Promise.all([
         call("GET", "/admin/policy"), call("GET", "/admin/counters"),
       ]);
+      if (asked !== epoch) return;
       showPolicy(policy);
       showCounters(counters);
     } else if (tab === "tools") {
-      showTools(await call("GET", "/admin/tools"));
+      const tools = await call("GET", "/admin/tools");
+      if (asked !== epoch) return;
+      showTools(tools);
     }
-    await showHealth();
+    await showHealth(asked);
   } catch (err) {
-    handle(err);
+    if (asked === epoch) handle(err);
   }
 }
 
@@ -409,6 +419,7 @@ async function signIn(event) {
 }
 
 function enter() {
+  epoch += 1;
   $("login").hidden = true;
   $("desk").hidden = false;
   $("tabs").hidden = false;
@@ -420,17 +431,31 @@ function enter() {
 }
 
 function signOut(message) {
+  epoch += 1;
   clearInterval(timer);
   closeStream();
   session = null;
   sessionStorage.removeItem(KEPT);
-  $("pending").replaceChildren();
+  forget();
   $("desk").hidden = true;
   $("tabs").hidden = true;
   $("sign-out").hidden = true;
   $("who").textContent = "";
   $("login").hidden = false;
   say(message || "", Boolean(message));
+}
+
+// Everything the desk was shown goes with the session: a signed-out page kept the live
+// decisions, upstreams, policy, counters and tools, readable in its DOM (red-team wave 62).
+function forget() {
+  $("pending").replaceChildren();
+  $("pending-count").textContent = "";
+  for (const id of ["decided", "decisions", "upstreams", "counters", "tools"]) {
+    $(id).tBodies[0].replaceChildren();
+  }
+  for (const id of ["policy", "reload-problems", "policy-warnings"]) $(id).replaceChildren();
+  for (const id of ["readiness", "revision", "stream-state"]) $(id).textContent = "";
+  deskShown = false;
 }
 
 async function logOut() {
