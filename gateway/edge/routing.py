@@ -32,7 +32,7 @@ def stateless_era(incoming: Incoming, value: Any) -> bool:
         msg_id = value.get("id") if isinstance(value, dict) else None
         msg = "Mcp-Protocol-Version header does not match the body's protocol version"
         raise BadMessage(rpc.HEADER_MISMATCH, msg, msg_id=rpc.echo_id(msg_id))
-    if header is None and stated is not None and stated not in rpc.HANDSHAKE_VERSIONS:
+    if header is None and isinstance(stated, str) and stated not in rpc.HANDSHAKE_VERSIONS:
         # Servers pick the era by the header alone (the SDK's, and the stdio bridge): taken
         # as 2026-07-28 here, the request ran on the upstream's 2025-03-26 path, answered in
         # the other era's shape (red-team wave 62). /mcp refused it already.
