@@ -48,23 +48,28 @@ async def test_a_line_past_the_limit_is_dropped_and_reading_goes_on(
 
 
 async def test_what_all_unended_lines_hold_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound the longest unended line is dropped, whoever's: the line that grew was,
+    and one server's lines that never ended made every other stdio server's answers longer
+    than one read dropped (red-team wave 62)."""
     monkeypatch.setattr(stdio_child, "MAX_ALL_PENDING_LINES", 20)
     first, second = asyncio.StreamReader(), asyncio.StreamReader()
-    first.feed_data(b"a" * 15)  # unended, and held
+    first.feed_data(b"a" * 15)  # unended, and held (a server that never ends its line)
     holder = _child()._lines(first)
     pending = asyncio.ensure_future(anext(holder))
     await asyncio.sleep(0)  # the first child's line is read and held (no time passes)
     assert stdio_child._Unended.total == 15
-    second.feed_data(b"b" * 10)  # would take all past the bound: dropped to its end
+    second.feed_data(b"b" * 10)  # takes all past the bound: the longest (the first) goes
     reading = asyncio.ensure_future(_lines(second, _child()))
     await asyncio.sleep(0)  # (no time passes: the reader takes what was fed so far)
+    assert stdio_child._Unended.total == 10
     second.feed_data(b'b\n{"ok":2}\n')
     second.feed_eof()
-    assert await reading == [b'{"ok":2}\n']
-    first.feed_data(b"\n")
-    assert await pending == b"a" * 15 + b"\n"
+    assert await reading == [b"b" * 11 + b"\n", b'{"ok":2}\n']
+    first.feed_data(b'aaa\n{"ok":1}\n')  # the first's line is dropped to its end
+    assert await pending == b'{"ok":1}\n'
     await holder.aclose()
     assert stdio_child._Unended.total == 0
+    assert not stdio_child._Unended.lines
 
 
 async def test_a_childs_pipes_are_closed_though_a_helper_it_started_holds_them(

@@ -29,6 +29,16 @@ class TestReplayLog:
         log.clear()
         assert log.held == 0
 
+    def test_an_event_framed_after_the_session_ended_is_not_kept(self) -> None:
+        """A ``respond`` still under way when its session ended framed what was left, and
+        the log kept it: its bytes counted for the process, never given back."""
+        before = EventLog.held_by_all
+        log = EventLog(max_bytes=4 * MiB)
+        log.framed("s", b"x" * MiB)
+        log.clear()
+        log.framed("s", b"y" * MiB)
+        assert log.held == 0 and EventLog.held_by_all == before
+
     def test_an_event_larger_than_a_log_is_sent_but_not_kept(self) -> None:
         log = EventLog(max_bytes=MiB)
         small = log.framed("s", b"a")

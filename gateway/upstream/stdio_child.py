@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import structlog
@@ -46,9 +46,42 @@ MAX_NOTICE_LINE = MAX_NOTICE_BYTES
 
 
 class _Unended:
-    """Bytes held right now by children's lines not yet ended (one event loop: no lock)."""
+    """One child's line not yet ended; the class, what every child's hold right now (one
+    event loop: no lock). Past ``MAX_ALL_PENDING_LINES`` the longest is dropped, whoever's:
+    the line that grew was, and one server's 64 MiB lines that never ended made every other
+    stdio server's answers over one read (64 KiB) dropped (red-team wave 62)."""
 
     total = 0
+    lines: ClassVar[set[_Unended]] = set()
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.pending = bytearray()
+        self.dropping = False  # to the line's end
+
+    def add(self, data: bytes) -> None:
+        self.pending += data
+        _Unended.total += len(data)
+
+    def clear(self) -> None:
+        _Unended.total -= len(self.pending)
+        self.pending.clear()
+
+    def drop(self) -> None:
+        log.error(
+            "stdio.line_dropped",
+            server=self.label,
+            held=len(self.pending),
+            all_held=_Unended.total,
+        )
+        self.clear()
+        self.dropping = True
+
+    @classmethod
+    def over(cls) -> None:
+        """Past the budget: the longest lines are dropped until it holds."""
+        while cls.total > MAX_ALL_PENDING_LINES and cls.lines:
+            max(cls.lines, key=lambda line: len(line.pending)).drop()
 
 
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER = 0.2, 10.0, 30.0
@@ -205,45 +238,38 @@ class Child:
                         await task
 
     async def _lines(self, stdout: asyncio.StreamReader) -> AsyncGenerator[bytes, None]:
-        """The child's lines, each with its newline; one past ``LINE_LIMIT``, or growing
-        while all unended lines hold ``MAX_ALL_PENDING_LINES``, is dropped to its end."""
-        pending = bytearray()
-        dropping = False
+        """The child's lines, each with its newline; one past ``LINE_LIMIT``, or the longest
+        held while all unended lines hold ``MAX_ALL_PENDING_LINES``, is dropped to its end."""
+        line = _Unended(self.label)
+        _Unended.lines.add(line)
         try:
             while chunk := await stdout.read(READ_CHUNK):
                 start = 0
                 while (end := chunk.find(b"\n", start)) >= 0:
-                    if len(pending) + end + 1 - start > LINE_LIMIT and not dropping:
-                        log.error("stdio.line_dropped", server=self.label, held=len(pending))
-                        dropping = True
-                    if not dropping:
+                    if len(line.pending) + end + 1 - start > LINE_LIMIT and not line.dropping:
+                        log.error("stdio.line_dropped", server=self.label, held=len(line.pending))
+                        line.dropping = True
+                    if not line.dropping:
                         yield (
-                            bytes(pending + chunk[start : end + 1])
-                            if pending
+                            bytes(line.pending + chunk[start : end + 1])
+                            if line.pending
                             else chunk[start : end + 1]
                         )
-                    _Unended.total -= len(pending)
-                    pending.clear()
-                    dropping = False
+                    line.clear()
+                    line.dropping = False
                     start = end + 1
                 rest = chunk[start:]
-                if rest and not dropping:
-                    pending += rest
-                    _Unended.total += len(rest)
-                    if len(pending) > LINE_LIMIT or _Unended.total > MAX_ALL_PENDING_LINES:
-                        log.error(
-                            "stdio.line_dropped",
-                            server=self.label,
-                            held=len(pending),
-                            all_held=_Unended.total,
-                        )
-                        _Unended.total -= len(pending)
-                        pending.clear()
-                        dropping = True
-            if pending:  # the last line, unended when the child closed its stdout
-                yield bytes(pending)
+                if rest and not line.dropping:
+                    line.add(rest)
+                    if len(line.pending) > LINE_LIMIT:
+                        line.drop()
+                    else:
+                        _Unended.over()
+            if line.pending:  # the last line, unended when the child closed its stdout
+                yield bytes(line.pending)
         finally:
-            _Unended.total -= len(pending)
+            line.clear()
+            _Unended.lines.discard(line)
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

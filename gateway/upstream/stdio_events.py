@@ -41,6 +41,7 @@ class EventLog:
         self._max = max_events
         self._max_bytes = max_bytes
         self.held = 0
+        self.ended = False  # cleared for good: nothing is kept after
 
     def _store(self, stream: Hashable, framed: bytes | None) -> str:
         event_id = str(next(self._ids))
@@ -52,7 +53,7 @@ class EventLog:
     def _keep(self, event_id: str, stream: Hashable, framed: bytes) -> None:
         """Keep ``framed`` for replay if it fits, forgetting this log's oldest to make room."""
         size = len(framed)
-        if size > self._max_bytes or size > MAX_ALL_LOG_BYTES:
+        if self.ended or size > self._max_bytes or size > MAX_ALL_LOG_BYTES:
             return
         while self._events and (
             self.held + size > self._max_bytes or EventLog.held_by_all + size > MAX_ALL_LOG_BYTES
@@ -73,7 +74,10 @@ class EventLog:
             EventLog.held_by_all -= len(framed)
 
     def clear(self) -> None:
-        """Forget every event (the session ended): their bytes go back to the process."""
+        """Forget every event (the session ended): their bytes go back to the process, and
+        an answer framed after (a ``respond`` still under way) is not kept: its bytes were
+        counted for the process and never given back."""
+        self.ended = True
         EventLog.held_by_all -= self.held
         self.held = 0
         self._events.clear()
