@@ -250,8 +250,8 @@ def parse_file(path: Path, problems: list[Problem], display: str | None = None) 
     """Read and parse one file; a JSON file is also checked by the strict JSON parser."""
     name = display or str(path)
     try:
-        text = _read_regular(path)
-    except (OSError, UnicodeDecodeError, _NotARuleFile) as exc:
+        text = read_regular(path)
+    except (OSError, UnicodeDecodeError, NotARuleFile) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problems.append(Problem(SourceLocation(name, 1), "", f"cannot read: {reason}"))
         return None
@@ -263,21 +263,21 @@ def parse_file(path: Path, problems: list[Problem], display: str | None = None) 
 MAX_FILE_BYTES = 1024 * 1024
 
 
-class _NotARuleFile(Exception):
+class NotARuleFile(Exception):
     pass
 
 
-def _read_regular(path: Path) -> str:
+def read_regular(path: Path) -> str:
     """A regular file's text, opened without blocking (a FIFO put in a file's place would
     hold the reader, and so the gateway, until someone writes to it), at most
     ``MAX_FILE_BYTES``."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _NotARuleFile("not a regular file")
+            raise NotARuleFile("not a regular file")
         data = file.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise _NotARuleFile(f"larger than {MAX_FILE_BYTES} bytes")
+        raise NotARuleFile(f"larger than {MAX_FILE_BYTES} bytes")
     return data.decode("utf-8")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gateway.errors import Problem
-from gateway.located import Node, parse_file
+from gateway.located import Node, NotARuleFile, parse_source, read_regular
 from gateway.policy.cel import CelCompileError
 
 RULE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -49,6 +49,7 @@ def labelled_files(paths: Iterable[str | Path]) -> list[tuple[Path, str, str]]:
 #: ``cases`` and ``description``), at the start of a line (YAML) or in a JSON object.
 _RULE_KEYS = frozenset({"version", "default", "tools", "mode"})
 _RULES_KEYS = frozenset({"version", "default", "tools", "mode"})
+_RULES_WORD = re.compile(r"""["']?\b(version|default|tools|mode)\b["']?\s*:""")
 
 
 def holds_rules(path: Path) -> bool:
@@ -57,12 +58,17 @@ def holds_rules(path: Path) -> bool:
     (red-team wave 58); read as rules, it loads, or is refused with ``file:line``. The file
     is parsed, as the loader parses it: a line-start pattern missed the same keys in flow
     style (``{tools: ...}``), indented, or after a byte-order mark (wave 61). A file that
-    does not parse, or cannot be read, is read as rules too, and so refused: what it holds
-    is not known."""
+    does not parse is read as rules too, and so refused, when one of those keys is in it
+    (``{tools: {x: {action: deny}}`` with a brace missing); one that cannot be read stays a
+    test file (``celgate test`` says it cannot be read)."""
+    try:
+        text = read_regular(path)
+    except (OSError, UnicodeDecodeError, NotARuleFile):
+        return False
     problems: list[Problem] = []
-    root = parse_file(path, problems)
+    root = parse_source(text, path.suffix.lower() == ".json", str(path), problems)
     if root is None:
-        return bool(problems)  # (an empty file holds nothing)
+        return bool(problems) and _RULES_WORD.search(text) is not None
     return isinstance(root.value, dict) and bool(_RULES_KEYS & set(root.value))
 
 
