@@ -60,6 +60,25 @@ class TestFields:
             "r.yaml:9: tools.t.limits[0].scpoe: unknown field (did you mean 'scope'?)",
         ]
 
+    def test_an_empty_list_is_refused(self, run: Run) -> None:
+        """``delete_note: {rules: []}`` (a placeholder) beside ``"*"`` holding every call
+        decided as ``{}``: allowed, no conditions (red-team wave 63)."""
+        errors = run(
+            """
+            tools:
+              "*": {action: require_approval}
+              delete_note: {rules: []}
+              purge_notes: {limits: []}
+              wipe_notes: {secret_args: []}
+            """
+        )
+        told = "an empty list: remove it (write {} for allowed, no conditions)"
+        assert errors == [
+            f"r.yaml:3: tools.delete_note.rules: {told}",
+            f"r.yaml:4: tools.purge_notes.limits: {told}",
+            f"r.yaml:5: tools.wipe_notes.secret_args: {told}",
+        ]
+
     def test_wrong_types(self, run: Run) -> None:
         errors = run(
             """

@@ -217,6 +217,14 @@ class _Loader:
         )
         self.entries[(server, pattern)] = built
 
+    def _empty(self, node: Node, path: str) -> None:
+        """An empty list says nothing: beside a glob that holds or denies, ``delete_note:
+        {rules: []}`` (a placeholder) decided as ``{}``, allowed with no conditions
+        (red-team wave 63). Refused: ``{}`` is how to say that."""
+        self.problem(
+            node.where, path, "an empty list: remove it (write {} for allowed, no conditions)"
+        )
+
     def _rules(self, entry: Fields, path: str, file_mode: str) -> Iterable[Rule]:
         node = entry.get("rules")
         if node is None:
@@ -224,6 +232,8 @@ class _Loader:
         if not isinstance(node.value, list):
             self.problem(node.where, f"{path}.rules", "must be a list of rules")
             return
+        if not node.value:
+            self._empty(node, f"{path}.rules")
         for i, item in enumerate(node.value):
             rule = self._rule(item, f"{path}.rules[{i}]", file_mode)
             if rule is not None:
@@ -279,6 +289,8 @@ class _Loader:
         if not isinstance(node.value, list):
             self.problem(node.where, f"{path}.limits", "must be a list of limits")
             return
+        if not node.value:
+            self._empty(node, f"{path}.limits")
         for i, item in enumerate(node.value):
             spec = self._limit(item, f"{path}.limits[{i}]")
             if spec is not None:
@@ -340,6 +352,8 @@ class _Loader:
         if not isinstance(node.value, list):
             self.problem(node.where, f"{path}.secret_args", "must be a list of argument paths")
             return ()
+        if not node.value:
+            self._empty(node, f"{path}.secret_args")
         out: list[str] = []
         for i, item in enumerate(node.value):
             value = item.value
