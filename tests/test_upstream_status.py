@@ -19,6 +19,7 @@ from tests.peers import http_upstream, raw_upstream
 
 CODES = ("999", "099")
 EMPTY = ("202", "200", "307")
+ANSWERED = ("202", "205")  # the answer, under a status that says there is none
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
                     raw_upstream(f"status-{code}", folder / f"{code}.jsonl")
                 ).url
             }
-            for code in CODES
+            for code in CODES + ANSWERED
         }
         for code in EMPTY:
             log = folder / f"e{code}.jsonl"
@@ -68,3 +69,17 @@ async def test_a_call_answered_with_no_message_is_told_so(
         told = "answered HTTP 307" if code == "307" else "no message"
         with pytest.raises(MCPError, match=told):
             await agent.call_tool("echo", {"text": "hi"})
+
+
+@pytest.mark.parametrize("code", ANSWERED)
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_an_answer_under_a_no_answer_status_is_read(
+    gateway: GatewayProcess, code: str, mode: str
+) -> None:
+    """An answer sent with a 202 (or 205) went on so: the Python SDK failed the call, the
+    TypeScript SDK dropped the body and waited out its timeout, though the tool ran
+    (red-team wave 63). It is relayed as a 200."""
+    async with client(gateway.url(f"s{code}"), mode=mode) as agent:
+        assert "hi" in text_of(await agent.call_tool("echo", {"text": "hi"}))
+    async with client(gateway.base + "/mcp", mode=mode) as agent:
+        assert "hi" in text_of(await agent.call_tool(f"s{code}__echo", {"text": "hi"}))
