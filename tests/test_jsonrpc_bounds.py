@@ -129,3 +129,23 @@ def test_only_the_notifications_a_client_may_send_are_classified() -> None:
     with pytest.raises(BadMessage) as caught:  # a notice's name is no request's
         jsonrpc.classify({"jsonrpc": "2.0", "id": 1, "method": "notifications/vendor/told"}, own)
     assert caught.value.code == jsonrpc.METHOD_NOT_FOUND
+
+
+def test_a_client_request_may_not_take_an_id_of_the_gateways() -> None:
+    """The gateway's own requests to a server (``celgate-agg-...`` for a merged list) share
+    the caller's session: a ``tools/call`` under such an id was given the answer to the
+    gateway's ``tools/list``, every tool the policy hides (red-team wave 63). A request, or
+    a cancel naming one, is refused; an answer to a request of the gateway's carries one."""
+    call = {"jsonrpc": "2.0", "id": "celgate-agg-6", "method": "tools/call", "params": {}}
+    cancel = {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": "celgate-agg-6"},
+    }
+    for message in (call, cancel):
+        with pytest.raises(BadMessage, match="the gateway's own") as caught:
+            jsonrpc.classify(message)
+        assert caught.value.code == jsonrpc.INVALID_REQUEST
+    answer = {"jsonrpc": "2.0", "id": "celgate-x.mac", "result": {"action": "accept"}}
+    assert jsonrpc.classify(answer).kind == "response"
+    assert jsonrpc.classify({**call, "id": "my-celgate-1"}).kind == "request"

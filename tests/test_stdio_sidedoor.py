@@ -183,6 +183,38 @@ class TestOneMessageOneLine:
         assert {"text": "after the CR"} in ran and {"id": "cr"} not in ran
 
 
+class TestOneAnswerOneRequest:
+    async def test_an_id_in_progress_is_not_taken_again(
+        self, gateway: GatewayProcess, call_log: Path
+    ) -> None:
+        """A second request under the id of one in progress took the child's answer to the
+        first: the gateway's own merged ``tools/list`` answered a call that took its id, with
+        every tool the policy hides (red-team wave 63). The second is refused."""
+        url = gateway.url("st")
+        opened = await _post(url, _rpc("initialize", 1, INITIALIZE))
+        session = {
+            "mcp-session-id": opened.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        await _post(url, _rpc("notifications/initialized", None, {}), **session)
+        hangs = sum(1 for c in calls_in(call_log) if c.get("tool") == "hang")
+        async with anyio.create_task_group() as tg:
+            first = _rpc("tools/call", 5, {"name": "hang", "arguments": {}})
+            tg.start_soon(lambda: _post(url, first, **session))  # answered when cancelled
+            await eventually(
+                lambda: sum(1 for c in calls_in(call_log) if c.get("tool") == "hang") > hangs, 10
+            )
+            again = _rpc("tools/call", 5, {"name": "echo", "arguments": {"text": "twice"}})
+            refused = await _post(url, again, **session)
+            assert refused.status_code == 400, refused.text
+            assert "in progress" in refused.json()["error"]["message"]
+            cancel = _rpc("notifications/cancelled", None, {"requestId": 5})
+            await _post(url, cancel, **session)
+            tg.cancel_scope.cancel()
+        ran = [c.get("arguments") for c in calls_in(call_log)]
+        assert {"text": "twice"} not in ran
+
+
 INITIALIZE = {
     "protocolVersion": "2025-11-25",
     "capabilities": {},

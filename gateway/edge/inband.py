@@ -34,8 +34,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from gateway.auth.guard import same_text
 from gateway.policy.model import Call
 from gateway.telemetry.audit import args_digest
+from gateway.wire.jsonrpc import RESERVED_ID_PREFIX
 
-ID_PREFIX = "celgate-"
+ID_PREFIX = RESERVED_ID_PREFIX
 STATE_PREFIX = "celgate.v1."
 StateProblem = Literal[
     "approval_state_invalid",

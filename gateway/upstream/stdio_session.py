@@ -186,6 +186,13 @@ class SessionLink:
             await self._notify(message, body)  # with the child before the client goes on
             await reply(send, 202, b"", extra=self.headers)
             return
+        if msg_id in self.in_flight:
+            # The same id again while the first is under way: the child's one answer went to
+            # the later request, whatever asked first (the gateway's own merged list's answer
+            # to a call that took its id, red-team wave 63). The later one is refused.
+            error = rpc_error(msg_id, INVALID_REQUEST, "a request with this id is in progress")
+            await reply(send, 400, error, extra=self.headers)
+            return
         if method == "initialize":
             self.handshake.pop("notifications/initialized", None)  # a new handshake begins
             self.handshake["initialize"] = message

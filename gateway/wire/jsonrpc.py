@@ -386,6 +386,16 @@ def echo_id(value: Any) -> Any:
     return value if not isinstance(value, int) or abs(value) <= MAX_SAFE_ID else None
 
 
+#: Ids of requests the gateway makes itself (to servers, and to clients: in-band approvals).
+#: A client's request may not take one; a client's answer to one of the gateway's requests
+#: carries one.
+RESERVED_ID_PREFIX = "celgate-"
+
+
+def _reserved(msg_id: Any) -> bool:
+    return isinstance(msg_id, str) and msg_id.startswith(RESERVED_ID_PREFIX)
+
+
 def _check_id(value: Mapping[str, Any]) -> Any:
     """The message's id, which must survive a round trip through any JSON peer unchanged."""
     if "id" not in value:
@@ -501,6 +511,14 @@ def classify(value: Any, extra_methods: frozenset[str] = frozenset()) -> Message
     _check_tokens(method, params, msg_id)
     if method not in extra_methods:
         _check_spelling(params, msg_id)
+    if _reserved(value.get("id")) or (
+        method == "notifications/cancelled" and _reserved(params.get("requestId"))
+    ):
+        # The gateway's own requests to a server (its merged lists, probes) are under these
+        # ids: a call that took one was given the answer to the gateway's tools/list, every
+        # tool its policy hides (red-team wave 63).
+        msg = f"ids starting with {RESERVED_ID_PREFIX!r} are the gateway's own"
+        raise BadMessage(INVALID_REQUEST, msg, msg_id=msg_id)
     if "id" not in value:
         if not method.startswith(NOTIFICATION_PREFIX):
             msg = f"{method!r} without an id: only notifications/* may omit the id"

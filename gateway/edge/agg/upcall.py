@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 from typing import Any
 
 import structlog
@@ -24,6 +25,8 @@ from gateway.wire.sse import SseEvents, StreamTooLarge, carries_id, event_data, 
 #: new, as two requests in flight on one upstream session must not share an id.
 UPCALL_ID = "celgate-agg"
 _numbers = itertools.count(1)
+#: Each process's own: its requests' ids are no guess (clients may not use the prefix either).
+_NONCE = secrets.token_urlsafe(9)
 #: The list each list request's answer holds.
 _LISTED = {"tools/list": "tools", **OTHER_LISTS}
 
@@ -121,7 +124,7 @@ async def exchange(
     ``timeout`` (``servers.X.timeout``) for the whole of it (a stdio bridge keeps that
     deadline itself, from its child's first output: a cold start is not silence)."""
     headers = _headers(upstream, method, version, session, grant)
-    msg_id = f"{UPCALL_ID}-{next(_numbers)}"
+    msg_id = f"{UPCALL_ID}-{_NONCE}-{next(_numbers)}"
     body = body_of(method, params, version, meta, msg_id)
     try:
         resp = await upstream.pool.request("POST", headers, body)
