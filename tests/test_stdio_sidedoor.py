@@ -157,6 +157,17 @@ class TestNothingListens:
         assert not unix, found
 
 
+async def _opened(url: str) -> dict[str, str]:
+    """A handshake-era session's headers, its handshake done."""
+    opened = await _post(url, _rpc("initialize", 1, INITIALIZE))
+    session = {
+        "mcp-session-id": opened.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
+    await _post(url, _rpc("notifications/initialized", None, {}), **session)
+    return session
+
+
 class TestOneMessageOneLine:
     async def test_a_carriage_return_smuggles_no_call_into_the_child(
         self, gateway: GatewayProcess, call_log: Path
@@ -166,12 +177,7 @@ class TestOneMessageOneLine:
         them), and a denied ``tools/call`` between two CRs in a notification ran, with no
         decision. What reaches a child is written anew."""
         url = gateway.url("st")
-        opened = await _post(url, _rpc("initialize", 1, INITIALIZE))
-        session = {
-            "mcp-session-id": opened.headers["mcp-session-id"],
-            "mcp-protocol-version": "2025-11-25",
-        }
-        await _post(url, _rpc("notifications/initialized", None, {}), **session)
+        session = await _opened(url)
         smuggled = _rpc("tools/call", 7777, {"name": "delete_item", "arguments": {"id": "cr"}})
         note = b'{"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{"p":\r'
         body = note + smuggled + b"\r}}"
@@ -191,12 +197,7 @@ class TestOneAnswerOneRequest:
         first: the gateway's own merged ``tools/list`` answered a call that took its id, with
         every tool the policy hides (red-team wave 63). The second is refused."""
         url = gateway.url("st")
-        opened = await _post(url, _rpc("initialize", 1, INITIALIZE))
-        session = {
-            "mcp-session-id": opened.headers["mcp-session-id"],
-            "mcp-protocol-version": "2025-11-25",
-        }
-        await _post(url, _rpc("notifications/initialized", None, {}), **session)
+        session = await _opened(url)
         hangs = sum(1 for c in calls_in(call_log) if c.get("tool") == "hang")
         async with anyio.create_task_group() as tg:
             first = _rpc("tools/call", 5, {"name": "hang", "arguments": {}})
