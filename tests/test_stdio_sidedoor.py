@@ -212,6 +212,10 @@ class TestOneAnswerOneRequest:
             cancel = _rpc("notifications/cancelled", None, {"requestId": 5})
             await _post(url, cancel, **session)
             tg.cancel_scope.cancel()
+        # Cancelled, its answer may come yet: a request under its id would take it (a late
+        # tools/list, whole, as a call's result: red-team wave 64). MCP forbids the reuse.
+        refused = await _post(url, again, **session)
+        assert refused.status_code == 400 and "cancelled" in refused.text, refused.text
         ran = [c.get("arguments") for c in calls_in(call_log)]
         assert {"text": "twice"} not in ran
 

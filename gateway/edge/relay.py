@@ -18,9 +18,16 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import ALLOWED, caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_call
-from gateway.edge.clientview import ClientView, both, unsealed_cursor
+from gateway.edge.clientview import ClientView, both, id_digest, unsealed_cursor
 from gateway.edge.elicit import deliver, remember_client
-from gateway.edge.forward import Forward, ended_here, forward, refuse_over, request_over
+from gateway.edge.forward import (
+    Forward,
+    ended_here,
+    forward,
+    over,
+    refuse_over,
+    request_over,
+)
 from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
 from gateway.edge.routing import check_routing_headers, stateless_era
@@ -143,6 +150,17 @@ class Relay:
         session = self._session(
             incoming, upstream, identity, required=needs_session, msg_id=message.msg_id
         )
+        if (
+            message.is_request
+            and session is not None
+            and over(upstream.name, identity.owner, session, id_digest(message.msg_id))
+        ):
+            # An id its client cancelled, or the gateway ended, in this session: the server
+            # may answer it yet, and gives that answer to the new request (its streams are
+            # by id): a late tools/list, whole, as a call's result (red-team wave 64). MCP
+            # forbids reusing an id in a session; it is refused.
+            msg = "this request id was used in this session by a request that was cancelled"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's

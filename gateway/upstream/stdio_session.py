@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ GET_STREAM = ("get",)  # the event-log key of the session's GET stream (no reque
 #: each stopping the deadlines of the requests it concerns for ASK_SECONDS at most; an id
 #: longer than ID_CHARS is passed on but not kept.
 MAX_ASKING = 64
+MAX_ABANDONED, ABANDONED_SECONDS = 256, 600.0
 ASK_SECONDS = 600.0
 ID_CHARS = 256
 
@@ -99,6 +101,12 @@ class SessionLink:
         #: restarted child is told again (every copy was kept: 1 MiB a message, unbounded).
         self.handshake: dict[str, dict[str, Any]] = {}
         self.replaying: set[str] = set()
+        #: Requests the child was sent that ended without its answer (cancelled, or past
+        #: their deadline), and when: the child may answer yet, and a new request under the
+        #: same id would take that answer (a late tools/list, unfiltered, as a call's result:
+        #: red-team wave 64). Such an id is refused until the answer comes (it is dropped),
+        #: for ``ABANDONED_SECONDS`` at most; the newest ``MAX_ABANDONED`` are kept.
+        self.abandoned: OrderedDict[Any, float] = OrderedDict()
         self.get_stream: Inbox | None = None
         self.events = EventLog()
         self.headers = [(b"mcp-session-id", session_id.encode())]
@@ -186,11 +194,13 @@ class SessionLink:
             await self._notify(message, body)  # with the child before the client goes on
             await reply(send, 202, b"", extra=self.headers)
             return
-        if msg_id in self.in_flight:
-            # The same id again while the first is under way: the child's one answer went to
-            # the later request, whatever asked first (the gateway's own merged list's answer
-            # to a call that took its id, red-team wave 63). The later one is refused.
-            error = rpc_error(msg_id, INVALID_REQUEST, "a request with this id is in progress")
+        if msg_id in self.in_flight or self._unanswered(msg_id):
+            # The same id again while the first is under way (or the child may still answer
+            # it): the child's one answer went to the later request, whatever asked first
+            # (the gateway's own merged list's answer to a call that took its id, red-team
+            # wave 63). The later one is refused.
+            msg = "a request with this id is in progress, or ended before its answer came"
+            error = rpc_error(msg_id, INVALID_REQUEST, msg)
             await reply(send, 400, error, extra=self.headers)
             return
         if method == "initialize":
@@ -332,6 +342,28 @@ class SessionLink:
         pending = self.in_flight.pop(request_id, None) if request_id is not None else None
         if pending is not None:
             self._done(pending)
+            self._abandon(request_id)
+
+    def _abandon(self, msg_id: Any) -> None:
+        """``msg_id`` ended without the child's answer, which may still come."""
+        now = time.monotonic()
+        self.abandoned.pop(msg_id, None)
+        self.abandoned[msg_id] = now
+        while self.abandoned and (
+            len(self.abandoned) > MAX_ABANDONED
+            or now - next(iter(self.abandoned.values())) > ABANDONED_SECONDS
+        ):
+            self.abandoned.popitem(last=False)
+
+    def _unanswered(self, msg_id: Any) -> bool:
+        """Whether ``msg_id`` ended without its answer recently (the child may answer yet)."""
+        at = self.abandoned.get(msg_id)
+        if at is None:
+            return False
+        if time.monotonic() - at > ABANDONED_SECONDS:
+            del self.abandoned[msg_id]
+            return False
+        return True
 
     def _last_sign(self, msg_id: Any) -> Callable[[], float | None]:
         def last_sign() -> float | None:
@@ -353,6 +385,7 @@ class SessionLink:
             timeout = self.bridge.config.timeout
             await self.child.send(cancelled(msg_id, f"no answer within {timeout:g} s"))
             self._answer(encode(too_slow(self.name, timeout, msg_id)))
+            self._abandon(msg_id)
 
         return expire
 
@@ -375,6 +408,8 @@ class SessionLink:
             if isinstance(msg_id, str) and msg_id in self.replaying:
                 self.replaying.discard(msg_id)
                 return
+            if self.abandoned.pop(msg_id, None) is not None:
+                return  # its request ended without it (cancelled, or too late): nobody's
             self._answer((message, line))
             return
         related = self._related(message)
@@ -430,6 +465,7 @@ class SessionLink:
             self._answer(encode(unavailable(msg_id, why)))
         self.tokens.clear()
         self.asking.clear()
+        self.abandoned.clear()  # a new process answers none of the old one's requests
 
     async def _replay_handshake(self) -> None:
         """A restarted child gets the session's initialize again; its answer is swallowed."""
