@@ -235,8 +235,12 @@ async def _one_event(
         value = json_loads(data) if data else None
     except (ValueError, RecursionError):  # (nested past what Python reads: no message)
         value = None
-    if isinstance(value, list) or (value is None and data and data.lstrip()[:1] == b"["):
-        return  # a batch (not of this era): its messages would pass none of the checks here
+    if data and not isinstance(value, dict):
+        # A batch (not of this era), or a message Python does not read (an integer of 5,000
+        # digits, which a JavaScript client reads): it passed none of the checks here, and
+        # a forged acknowledgement or news of another server's resource reached the
+        # TypeScript SDK as written (red-team wave 64). Dropped.
+        return
     if isinstance(value, dict) and value.get("method") == ACK:
         if server.acked.is_set():  # told again: the client was told once, of what it asked
             return  # (a second one went to it as the server wrote it, red-team wave 42)
