@@ -17,6 +17,7 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from tests.gateway_proc import client, initialize_body, run_gateway, text_of
 from tests.peers import HOST, start_http_upstream
+from tests.servers.test_servers_smoke import eventually
 
 POLICY = 'version: "1"\ndefault: deny\ntools:\n  echo: {action: allow}\n'
 
@@ -43,6 +44,12 @@ async def test_calls_reach_an_https_upstream_that_the_ca_vouches_for(
     ca_file, url = ca_and_upstream
     servers = {"up": {"url": url, "ca_file": str(ca_file)}}
     with run_gateway(tmp_path, POLICY, servers) as gw:
+        # The gateway's own reading of the server's tools verifies it by the same CA: it
+        # used the system's store alone, and never read a private-CA server (red-team wave
+        # 63: pins could not be updated, every tool read as high risk).
+        await eventually(lambda: bool(gw.records("catalog.refreshed")), 20)
+        (read,) = [r for r in gw.records("catalog.refreshed") if r["server"] == "up"]
+        assert read["tools"] > 0 and not gw.records("catalog.list_failed")
         async with client(gw.url("up"), mode="legacy") as c:
             names = [t.name for t in (await c.list_tools()).tools]
             result = await c.call_tool("echo", {"text": "over tls"})
@@ -83,9 +90,15 @@ def test_ca_file_must_exist_and_needs_https(tmp_path: Path) -> None:
         "  a: {url: 'https://127.0.0.1:1/mcp', ca_file: missing.pem}\n"
         "  b: {url: 'http://127.0.0.1:1/mcp', ca_file: missing.pem}\n"
     )
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    path.write_text(path.read_text() + "  c: {url: 'https://127.0.0.1:1/mcp', ca_file: junk.pem}\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path, env={})
-    assert [str(p) for p in caught.value.problems] == [
+    problems = [str(p) for p in caught.value.problems]
+    assert problems[:2] == [
         f"{path}:4: servers.a.ca_file: missing.pem: no such file",
         f"{path}:5: servers.b.ca_file: only applies to https:// URLs",
     ]
+    # A file of no certificate was "ok" here, and failed `celgate run` with a traceback.
+    assert len(problems) == 3
+    assert problems[2].startswith(f"{path}:6: servers.c.ca_file: junk.pem: no PEM CA certificate")

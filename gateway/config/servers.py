@@ -4,6 +4,7 @@ prefixes they take on the aggregate ``/mcp``."""
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -104,6 +105,13 @@ def _http_server(read: Reader, name: str, sub: Fields) -> ServerConfig:
             read.err(sub.where("ca_file"), f"{sub.path}.ca_file", "only applies to https:// URLs")
         elif not Path(ca_path).is_file():
             read.err(sub.where("ca_file"), f"{sub.path}.ca_file", f"{ca_file}: no such file")
+        else:
+            try:  # read now, as the relay will: a file of no certificate failed at start
+                ssl.create_default_context(cafile=ca_path)
+            except (ssl.SSLError, OSError) as exc:
+                why = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+                msg = f"{ca_file}: no PEM CA certificate could be read ({why})"
+                read.err(sub.where("ca_file"), f"{sub.path}.ca_file", msg)
     return build(
         ServerConfig,
         name=name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -48,12 +49,19 @@ def _bounded_http(server: ServerConfig) -> httpx2.AsyncClient:
     and asks for no compression (a small gzip body inflates past any bound)."""
     headers = {**dict(server.headers), "Accept-Encoding": "identity"}
     timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
-    return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=_BoundedTransport())
+    # The server's own CA, as the relay verifies it: without it a server behind a private CA
+    # was never read (pins could not be updated, every tool of it read as high risk until an
+    # agent listed it: red-team wave 63).
+    verify: ssl.SSLContext | bool = True
+    if server.ca_file:
+        verify = ssl.create_default_context(cafile=server.ca_file)
+    transport = _BoundedTransport(verify)
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=transport)
 
 
 class _BoundedTransport(httpx2.AsyncBaseTransport):
-    def __init__(self) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
+    def __init__(self, verify: ssl.SSLContext | bool = True) -> None:
+        self._inner = httpx2.AsyncHTTPTransport(verify=verify)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
