@@ -208,6 +208,21 @@ class TestRun:
         assert out.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("approve", "--url", "http://127.0.0.1:1", "--token", "t", "apr_abc"),
+        ("deny", "--note", "why", "apr_abc", "--url", "http://127.0.0.1:1", "--token", "t"),
+        ("--url", "http://127.0.0.1:1", "--token", "t", "approve", "apr_abc"),
+    ],
+)
+def test_an_approval_id_is_read_wherever_the_options_are(args: tuple[str, ...]) -> None:
+    """``approve --url U ID`` was refused ("unrecognized arguments: ID"): the command's own
+    usage put the options first (red-team wave 63). Each form reaches for the gateway."""
+    line = one_line_error(celgate("approvals", *args))
+    assert line == "celgate: no gateway at http://127.0.0.1:1 (nothing answers there)"
+
+
 class TestTry:
     """``celgate try``: one line for a missing key or no gateway; ``--key`` and CELGATE_KEY."""
 

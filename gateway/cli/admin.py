@@ -192,24 +192,37 @@ def _limits(ns: argparse.Namespace) -> int:
     return 0
 
 
-def add_gateway_args(parser: argparse.ArgumentParser) -> None:
+def add_gateway_args(parser: argparse.ArgumentParser, *, inner: bool = False) -> None:
+    """``--url``/``--config`` and ``--token``; ``inner``: on a subcommand, given there or
+    before it (a subcommand's own default would overwrite what was given before it)."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if inner else {}
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--url", help=f"the gateway's base URL (default: $CELGATE_URL, {DEFAULT_URL})"
+        "--url", help=f"the gateway's base URL (default: $CELGATE_URL, {DEFAULT_URL})", **extra
     )
-    where.add_argument("--config", help="reach the gateway at this config file's listen address")
-    parser.add_argument("--token", help="admin token (default: $CELGATE_ADMIN_TOKEN)")
+    where.add_argument(
+        "--config", help="reach the gateway at this config file's listen address", **extra
+    )
+    parser.add_argument("--token", help="admin token (default: $CELGATE_ADMIN_TOKEN)", **extra)
 
 
 def _configure_approvals(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["list", "approve", "deny"])
-    parser.add_argument("id", nargs="?")
-    parser.add_argument("--by", default=os.environ.get("USER", "admin"))
-    parser.add_argument("--note")
-    parser.add_argument("--all", action="store_true", help="list decided requests too")
-    parser.add_argument("--json", action="store_true")
+    """``list``, ``approve ID``, ``deny ID``, each a subcommand of its own: with ``action``
+    and ``id`` two positionals of one parser, an option between them (``approve --url U
+    ID``) left the ID unread, an error (red-team wave 63)."""
     add_gateway_args(parser)
-    parser.set_defaults(func=_approvals)
+    parser.set_defaults(func=_approvals, id=None, by=None, note=None, all=False, json=False)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the pending requests (--all: decided too)")
+    listing.add_argument("--all", action="store_true", help="list decided requests too")
+    listing.add_argument("--json", action="store_true")
+    add_gateway_args(listing, inner=True)
+    for verb in ("approve", "deny"):
+        deciding = actions.add_parser(verb, help=f"{verb} the request of this ID")
+        deciding.add_argument("id", metavar="ID")
+        deciding.add_argument("--by", default=os.environ.get("USER", "admin"))
+        deciding.add_argument("--note")
+        add_gateway_args(deciding, inner=True)
 
 
 def _configure_limits(parser: argparse.ArgumentParser) -> None:
