@@ -223,6 +223,29 @@ def test_an_approval_id_is_read_wherever_the_options_are(args: tuple[str, ...]) 
     assert line == "celgate: no gateway at http://127.0.0.1:1 (nothing answers there)"
 
 
+def test_an_ipv6_listen_address_is_written_as_urls_write_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``listen: {host: "::1"}`` printed ``http://::1:8787``, a URL nothing parses, and
+    ``celgate try`` on it died with a traceback (red-team wave 63). No socket is opened."""
+    from gateway.cli.run import _banner
+    from gateway.config import load_config
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "p.yaml").write_text('version: "1"\ndefault: deny\n')
+    path = tmp_path / "celgate.yaml"
+    path.write_text(
+        "anonymous: true\npolicy: rules/\nlisten: {host: '::1', port: 8799}\n"
+        "servers:\n  demo: {url: 'http://127.0.0.1:1/mcp'}\n"
+    )
+    _banner(load_config(path, env={}))
+    out = capsys.readouterr().out
+    assert "celgate try http://[::1]:8799/mcp/demo" in out
+    assert "export CELGATE_URL=http://[::1]:8799" in out
+    line = one_line_error(celgate("try", "http://::1:8799/mcp/demo"))
+    assert line.startswith("celgate: 'http://::1:8799/mcp/demo' is no URL")
+
+
 class TestTry:
     """``celgate try``: one line for a missing key or no gateway; ``--key`` and CELGATE_KEY."""
 

@@ -81,6 +81,8 @@ class AdminClient:
             )
         except httpx.ConnectError:
             raise SystemExit(f"celgate: no gateway at {self.url} (nothing answers there)") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise SystemExit(f"celgate: {self.url!r} is no gateway URL: {exc}") from None
         except httpx.HTTPError as exc:
             why = str(exc) or type(exc).__name__
             raise SystemExit(f"celgate: no answer from {self.url}: {why}") from None

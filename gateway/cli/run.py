@@ -106,7 +106,9 @@ def demo_config(upstream_url: str, port: int, admin_token: str | None = None) ->
 
 
 def _banner(config: GatewayConfig) -> None:
-    base = f"http://{config.listen.host}:{config.listen.port}"
+    host = config.listen.host
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    base = f"http://{host}:{config.listen.port}"
     print(f"celgate {config.source}: serving on {base}", flush=True)
     for name in config.servers:
         print(f"  MCP endpoint  {base}/mcp/{name}", flush=True)

@@ -87,6 +87,8 @@ def preflight(url: str, key: str | None) -> str | None:
         headers["Authorization"] = f"Bearer {key}"
     try:
         resp = httpx.post(url, json=_PING, headers=headers, timeout=TIMEOUT_SECONDS)
+    except httpx.InvalidURL as exc:  # (an IPv6 address written without its brackets)
+        return f"celgate: {url!r} is no URL: {exc}"
     except httpx.HTTPError as exc:
         return explain(exc, url, key) or f"celgate: no answer from {url}: {exc}"
     if resp.status_code in (401, 404):
