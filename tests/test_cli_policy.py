@@ -160,6 +160,11 @@ class TestDecide:
         with pytest.raises(SystemExit, match="--args must be a JSON object"):
             main(["decide", str(good), "--tool", "t", "--args", "[1]"])
 
+    def test_a_time_past_year_9999_in_utc_is_refused(self, good: Path) -> None:
+        """It failed with ``OverflowError`` from deep in the decision (red-team wave 63)."""
+        with pytest.raises(SystemExit, match="years 1 to 9999 in UTC"):
+            main(["decide", str(good), "--tool", "t", "--now", "9999-12-31T23:59:59-10:00"])
+
     def test_bad_policy(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         bad = tmp_path / "bad.yaml"
         bad.write_text(_BAD)

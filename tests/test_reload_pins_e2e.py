@@ -28,6 +28,7 @@ from tests.gateway_proc import (
     hidden_refusal,
     run_gateway,
     text_of,
+    write_config,
 )
 from tests.peers import REPO_ROOT, http_upstream
 
@@ -101,6 +102,34 @@ class TestHotReload:
 def pins_update(config: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "gateway.cli", "pins", "update", "--config", str(config)]
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_pins_that_cannot_be_written_are_one_line(tmp_path: Path) -> None:
+    """A pins file whose folder is missing, or a folder in its place, failed ``celgate pins
+    update`` with a traceback; the file is written beside and renamed into place (a watching
+    gateway never reads it half written), nothing else left in its folder (red-team wave 63)."""
+    with http_upstream() as up:
+        config = write_config(tmp_path, ALLOW, {"up": {"url": up.url}}, 9, pins={"file": "p.yaml"})
+        (tmp_path / "folder.yaml").mkdir()
+        for out in ("missing/p.yaml", "folder.yaml"):
+            cmd = [sys.executable, "-m", "gateway.cli", "pins", "update", "--config", str(config)]
+            done = subprocess.run(
+                [*cmd, "--out", str(tmp_path / out)],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+            assert (
+                done.stderr.strip()
+                .splitlines()[-1]
+                .startswith(f"celgate: cannot write {tmp_path / out}: ")
+            )
+        before = set(os.listdir(tmp_path))
+        assert pins_update(config).returncode == 0
+        assert set(os.listdir(tmp_path)) == before | {"p.yaml"}
+        assert "echo: sha256:" in (tmp_path / "p.yaml").read_text()
 
 
 class TestPinning:

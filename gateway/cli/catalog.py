@@ -120,7 +120,11 @@ def pins_command(ns: argparse.Namespace) -> int:
     if down:
         print(f"celgate: cannot list tools of {', '.join(down)}; pins unchanged", file=sys.stderr)
         return 1
-    count = write_pins(target, {k: v for k, v in tools.items() if v is not None})
+    try:
+        count = write_pins(target, {k: v for k, v in tools.items() if v is not None})
+    except OSError as exc:  # no such folder, a folder in its place, read-only...
+        why = exc.strerror or type(exc).__name__
+        raise SystemExit(f"celgate: cannot write {target}: {why}; pins unchanged") from None
     print(f"pinned {count} tools in {target}")
     return 0
 

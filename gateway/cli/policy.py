@@ -160,13 +160,18 @@ def _decide(ns: argparse.Namespace) -> int:
 
 
 def _now(text: str | None) -> datetime:
+    from gateway.policy.decide import as_utc
+
     if not text:
         return datetime.now(UTC)
     try:
-        return datetime.fromisoformat(text)
-    except ValueError:
+        value = datetime.fromisoformat(text)
+        as_utc(value)
+        return value
+    except (ValueError, OverflowError):  # (9999-12-31T23:59:59-10:00 is past year 9999 in UTC)
         raise SystemExit(
-            f"--now: {text!r} is not an ISO 8601 time (2026-01-05T10:00:00Z)"
+            f"--now: {text!r} is not an ISO 8601 time of years 1 to 9999 in UTC "
+            "(2026-01-05T10:00:00Z)"
         ) from None
 
 

@@ -10,11 +10,13 @@ use) and logged; ``celgate pins update`` makes that permanent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -305,7 +307,22 @@ def write_pins(path: Path, tools: Mapping[str, list[dict[str, Any]]]) -> int:
     }
     header = "# celgate tool pins: `celgate pins update` rewrites this file. Commit it.\n"
     header += f"# updated {datetime.now(UTC).isoformat(timespec='seconds')}\n"  # new each time
-    path.write_text(header + yaml.safe_dump({"servers": servers}, sort_keys=True))
+    text = header + yaml.safe_dump({"servers": servers}, sort_keys=True)
+    # Written beside it and renamed into place: a gateway watching the file (hot reload)
+    # never reads it half written. Raises OSError when the folder cannot take it.
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
+        else:
+            os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return sum(len(v) for v in servers.values())
 
 

@@ -126,12 +126,13 @@ def _case(node: Node, index: int, problems: list[Problem]) -> Case | None:
 
 
 def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):  # YAML reads an unquoted timestamp as one
-        return value
+    """The case's time; None when it is none, or none in UTC (past year 9999 there)."""
     try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
+        found = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        as_utc(found)  # (YAML reads an unquoted timestamp as a datetime)
+    except (ValueError, OverflowError):
         return None
+    return found
 
 
 def load_cases(path: Path) -> tuple[list[Case], list[str] | None, list[list[Problem]]]:
