@@ -163,6 +163,18 @@ def _python_only_read(data: bytes) -> bytes | None:
     return None if read is data else read
 
 
+def event_id(event: bytes) -> bytes | None:
+    """The id field of one whole event, as it came; None when it has none (or one too long
+    to resume from)."""
+    found = None
+    for line in LINE.split(event):
+        if line[:2] == b"id":
+            name, value = _field(line)
+            if name == b"id" and len(value) <= MAX_EVENT_ID_BYTES:
+                found = value
+    return found
+
+
 def rewrite_event(
     event: bytes, view: View, dropped: Callable[[bytes], None] | None = None
 ) -> bytes:

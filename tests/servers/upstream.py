@@ -629,6 +629,19 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
 
         lowlevel.add_request_handler("tools/list", types.PaginatedRequestParams, list_asking)
 
+    if os.environ.get("UPSTREAM_GET_STREAM_TOOLS"):  # the session's own (GET) stream
+        # (SEP-1699: a server may end its GET stream at any time; its client reconnects.)
+
+        @server.tool(description="Ends this session's GET stream")
+        async def drop_stream(ctx: Context) -> str:
+            await ctx.close_standalone_sse_stream()
+            return "dropped"
+
+        @server.tool(description="Sends tools/list_changed on this session's GET stream")
+        async def announce(ctx: Context) -> str:
+            await ctx.session.send_tool_list_changed()
+            return "announced"
+
     @server.tool(description="Never answers until cancelled")
     async def hang() -> str:
         try:

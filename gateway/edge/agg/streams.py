@@ -31,7 +31,7 @@ from gateway.turns import Turns
 from gateway.wire import jsonrpc as rpc
 from gateway.wire.asgi import Incoming, Send
 from gateway.wire.jsonrpc import BadMessage
-from gateway.wire.sse import SseRewriter, StreamTooLarge
+from gateway.wire.sse import SseRewriter, StreamTooLarge, event_id
 
 if TYPE_CHECKING:
     from gateway.edge.agg.handshake import Handshake
@@ -126,6 +126,11 @@ async def merged_stream(
             pump.cancel()
 
 
+#: A server's own stream that ended is opened again (resumed from its last event) after
+#: this long, doubling while it fails or ends at once, to ``REOPEN_MOST``.
+REOPEN_FIRST, REOPEN_MOST = 0.5, 30.0
+
+
 async def _pump(
     face: Handshake,
     session: AggSession,
@@ -133,6 +138,32 @@ async def _pump(
     link: Link,
     queue: asyncio.Queue[bytes | None],
 ) -> None:
+    """The server's own stream, into the merged one, for as long as the session holds this
+    link: opened again when it ends (resumed from its last event, after the server's retry
+    time or a backoff). Once ended it was never read again, and every later message of the
+    server's to the client (list changes, resource news, its own requests) was lost for
+    the rest of the session (red-team wave 64). A 404 (the session is gone: a relink opens
+    a new link, and a stream with it) or another refusal ends it for good."""
+    last: list[bytes | None] = [None]
+    wait = REOPEN_FIRST
+    while session.sid in face.sessions.table and session.links.get(link.server) is link:
+        heard, again = await _read_stream(face, session, identity, link, queue, last)
+        if not again:
+            return
+        wait = REOPEN_FIRST if heard else min(wait * 2, REOPEN_MOST)
+        await asyncio.sleep(wait)
+        log.info("aggregate.stream_reopened", server=link.server)
+
+
+async def _read_stream(
+    face: Handshake,
+    session: AggSession,
+    identity: Identity,
+    link: Link,
+    queue: asyncio.Queue[bytes | None],
+    last: list[bytes | None],
+) -> tuple[bool, bool]:
+    """One GET of the server's stream: (whether an event came, whether to open it again)."""
     upstream = face.gw.upstreams[link.server]
     headers = {
         "accept": "text/event-stream",
@@ -142,17 +173,26 @@ async def _pump(
     }
     if link.sid is not None:
         headers["mcp-session-id"] = link.sid
+    if last[0] is not None:
+        headers["last-event-id"] = last[0].decode("latin-1")
     try:
         resp = await upstream.pool.request("GET", headers, None)
     except (*UPSTREAM_ERRORS, TimeoutError):
-        return
+        return False, True  # down for now: tried again later
+    heard = False
     try:
         if resp.status != 200 or answer_media(resp) != "text/event-stream":
-            return
+            return False, resp.status >= 500
         rewriter = SseRewriter(face.view(session, link.server, identity))  # no answers
         turns = Turns()  # a server flooding its stream held every other caller's calls
         async for chunk in resp.iter_chunks():
-            data = rewriter.feed(chunk)
+            events = rewriter.split(chunk)
+            for event in events:
+                found = event_id(event)
+                if found:
+                    last[0] = found
+            heard = heard or bool(events)
+            data = rewriter.rewrite(events)
             if data:
                 await queue.put(data)
             await turns.after_chunk()
@@ -160,3 +200,4 @@ async def _pump(
         log.warning("aggregate.stream_ended", server=link.server)
     finally:
         resp.close()
+    return heard, True
