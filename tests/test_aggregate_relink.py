@@ -20,7 +20,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.auth.identity import hash_key
-from tests.gateway_proc import GatewayProcess, client, run_gateway, text_of
+from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, free_port, start_http_upstream
 
 KEY = "cgk_aggregate-relink-agent-0123456789"
@@ -99,3 +99,36 @@ async def test_a_list_after_the_restart_gets_a_new_link(
         assert [t.name for t in (await sdk.list_tools()).tools] == before
         assert [t.name for t in (await sdk.list_tools()).tools] == before
         assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"
+
+
+@pytest.mark.filterwarnings("ignore:.*2026-07-28")  # handshake-era calls, on purpose
+async def test_a_new_link_is_told_what_the_client_set_up(
+    upstream: list[PeerProcess], port: int, tmp_path: Path
+) -> None:
+    """A relink hid the server's restart from the client, and what it had set up there (its
+    subscriptions, its log level) was gone without a word (red-team wave 64): the new link
+    is told again."""
+    log = tmp_path / "calls.jsonl"
+    upstream[0].stop()
+    upstream[0] = start_http_upstream(
+        port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
+    )
+    servers = {"up": {"url": upstream[0].url}}
+    grants = {"agent": {"key_sha256": hash_key(KEY)}}
+    (tmp_path / "gw").mkdir()
+    with run_gateway(tmp_path / "gw", POLICY, servers, grants=grants) as gateway:
+        async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
+            await sdk.subscribe_resource("test://static/doc")
+            await sdk.set_logging_level("warning")
+            pid = upstream[0].pid
+            upstream[0].stop()
+            upstream[0] = start_http_upstream(
+                port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
+            )
+            assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"
+    again = [
+        (r["event"], r.get("uri") or r.get("level"))
+        for r in calls_in(log)
+        if "event" in r and r["pid"] != pid  # told the restarted server
+    ]
+    assert ("subscribed", "test://static/doc") in again and ("set_level", "warning") in again

@@ -229,6 +229,7 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
         ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
         log_levels[_conn_key(getattr(ctx.request, "headers", None))] = params.level
+        call_log.write({"event": "set_level", "level": params.level, "pid": os.getpid()})
         return types.EmptyResult()
 
     subscriptions: set[str] = set()
@@ -237,6 +238,7 @@ def build_server(call_log_path: str | None = None, log_level: str = "WARNING") -
         ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
         subscriptions.add(str(params.uri))
+        call_log.write({"event": "subscribed", "uri": str(params.uri), "pid": os.getpid()})
         return types.EmptyResult()
 
     async def unsubscribe(

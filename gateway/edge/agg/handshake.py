@@ -277,6 +277,8 @@ class Handshake:
                 learn = functools.partial(self._learn_resources, session, identity, meta)
                 await self.catalogue.relearn(uri, learn)
                 server, changed = target(self.names, self.catalogue, servers, message)
+            if server is not None and method in ("resources/subscribe", "resources/unsubscribe"):
+                session.subscription(server, method, message.params.get("uri"))
             await self._routed(incoming, send, session, identity, message, body, server, changed)
 
     async def _routed(
@@ -455,6 +457,7 @@ class Handshake:
         method = message.method
         assert method is not None
         params = {k: v for k, v in message.params.items() if k != "_meta"}
+        session.log_level = params.get("level")  # told again to a server's new link
         each = dict.fromkeys(self.gw.upstreams, params)
         results = await self._answers(session, method, each, message.params.get("_meta"))
         if not results:

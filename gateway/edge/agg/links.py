@@ -31,6 +31,7 @@ from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
 
 REAP_SECONDS = 30.0
+RESTORE_AT_ONCE = 8  # requests telling a new link what the client set up, at once
 
 
 #: How often a server whose link failed is read again in the background (a throwaway
@@ -144,7 +145,31 @@ class Links:
         # background answered (red-team wave 37).
         self.failing.pop(lost.server, None)
         link = await self.link(session, lost.server)
-        return link.sid if link is not None else None
+        if link is None:
+            return None
+        await self._restore(session, link)
+        return link.sid
+
+    async def _restore(self, session: AggSession, link: Link) -> None:
+        """Tell a new link what the client set up on the lost one: its log level, and the
+        resources it subscribed to (a server that does not take one is not asked again)."""
+        upstream = self.gw.upstreams[link.server]
+        asks: list[tuple[str, dict[str, Any]]] = []
+        if session.log_level is not None:
+            asks.append(("logging/setLevel", {"level": session.log_level}))
+        for uri in list(session.subscribed.get(link.server, {})):
+            asks.append(("resources/subscribe", {"uri": uri}))
+
+        few = asyncio.Semaphore(RESTORE_AT_ONCE)
+
+        async def one(method: str, params: dict[str, Any]) -> None:
+            async with few:
+                try:
+                    await upcall(upstream, method, params, link.version, session=link.sid)
+                except UpcallFailed:
+                    log.warning("aggregate.restore_failed", server=link.server, method=method)
+
+        await asyncio.gather(*(one(method, params) for method, params in asks))
 
     def skipped(self, server: str) -> bool:
         """Whether ``server`` is left out for now (met down); a reading in the background

@@ -25,6 +25,7 @@ from gateway.wire.jsonrpc import BadMessage
 
 #: Server-to-client requests one session keeps waiting for answers (the oldest is forgotten).
 MAX_UPCALLS = 256
+MAX_SUBSCRIBED = 1000
 #: Client requests one session tracks for cancellation.
 MAX_INFLIGHT = 1024
 UPCALL_PREFIX = "agg-"
@@ -56,6 +57,12 @@ class AggSession:
     #: A progress token (JSON) of servers' requests -> our id for each request -> its server
     #: (two servers' requests may name one token: whose progress it is is then unknown).
     upcall_tokens: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: What the client set up on each server's session, told again on a new link (a
+    #: relink, after the server restarted): a relink hid the restart, and the client's
+    #: subscriptions and log level were gone without a word (red-team wave 64). The URIs
+    #: it subscribed to, ``MAX_SUBSCRIBED`` a server at most (the oldest forgotten first).
+    subscribed: dict[str, dict[str, None]] = field(default_factory=dict)
+    log_level: Any = None  # the last logging/setLevel's level
     counter: int = 0
     owner: str = ""  # the grant and agent it counts against (Identity.owner)
     streaming: bool = False  # a GET stream is open
@@ -90,6 +97,17 @@ class AggSession:
             return None
         servers = set(self.upcall_tokens.get(json.dumps(token), {}).values())
         return servers.pop() if len(servers) == 1 else None
+
+    def subscription(self, server: str, method: str, uri: Any) -> None:
+        """A ``resources/subscribe`` (or ``unsubscribe``) of ``uri`` routed to ``server``."""
+        if not isinstance(uri, str):
+            return
+        mine = self.subscribed.setdefault(server, {})
+        mine.pop(uri, None)
+        if method == "resources/subscribe":
+            mine[uri] = None
+            while len(mine) > MAX_SUBSCRIBED:
+                del mine[next(iter(mine))]
 
     def known_upcall(self, server: str, upstream_id: Any) -> str | None:
         return self.upcall_ids.get((server, json.dumps(upstream_id)))
