@@ -310,7 +310,7 @@ class ElicitFace:
         # Its client may cancel it while its user is asked, as in wait mode: the call was
         # not registered, and one cancelled and then approved ran upstream (red-team wave 57)
         waiting = Cancellable(self.gw, held.call, held.key)
-        stop = waiting.register()
+        stop = waiting.register(decision)
 
         async def ask() -> None:
             nonlocal answer

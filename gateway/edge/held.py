@@ -131,6 +131,20 @@ class HeldCalls:
 
     def __init__(self) -> None:
         self.waiting: dict[HeldKey, set[asyncio.Event]] = {}
+        #: How many held calls wait on each approval request (by its match key): identical
+        #: calls of one agent in two sessions share one, and one's cancel withdrew it from
+        #: under the other (refused, never asked of the operator: red-team wave 64).
+        self.sharing: dict[str, int] = {}
+
+    def join(self, match: str) -> None:
+        self.sharing[match] = self.sharing.get(match, 0) + 1
+
+    def leave(self, match: str) -> None:
+        left = self.sharing.get(match, 0) - 1
+        if left > 0:
+            self.sharing[match] = left
+        else:
+            self.sharing.pop(match, None)
 
     def add(self, key: HeldKey, stop: asyncio.Event) -> None:
         self.waiting.setdefault(key, set()).add(stop)
@@ -180,7 +194,7 @@ class Cancellable:
     call asked again is a new request). The ``hold`` of a client that takes no SSE (the
     call waits, then is answered as JSON); ``HeldStream`` runs one inside its stream."""
 
-    __slots__ = ("call", "cancelled", "gw", "key", "registered")
+    __slots__ = ("call", "cancelled", "gw", "key", "registered", "sharing")
 
     def __init__(
         self, gw: Gateway | None, call: Call | None, key: Callable[[], HeldKey] | None
@@ -191,11 +205,13 @@ class Cancellable:
         self.cancelled = False
         #: Where its cancel is looked for, once registered: the key and the event it sets.
         self.registered: tuple[HeldKey, asyncio.Event] | None = None
+        self.sharing: str | None = None  # the match key it is counted under, while held
 
-    def register(self) -> asyncio.Event:
+    def register(self, decision: Decision) -> asyncio.Event:
         """Registered in ``HeldCalls`` (once): before its client can know the call is held
         (a held stream's head), so that a cancel sent at once finds it. It was registered
-        only once the wait began, and a cancel in between was lost."""
+        only once the wait began, and a cancel in between was lost. Counted among the held
+        calls waiting on its approval request too."""
         if self.registered is not None:
             return self.registered[1]
         stop = asyncio.Event()
@@ -204,12 +220,19 @@ class Cancellable:
         if registry is not None and key is not None:
             registry.add(key, stop)
             self.registered = (key, stop)
+            if self.call is not None:
+                self.sharing = match_key(self.call, decision.revision)
+                registry.join(self.sharing)
         return stop
 
     def unregister(self) -> None:
         if self.registered is not None and self.gw is not None:
-            held_calls(self.gw.extras).remove(*self.registered)
+            registry = held_calls(self.gw.extras)
+            registry.remove(*self.registered)
             self.registered = None
+            if self.sharing is not None:
+                registry.leave(self.sharing)
+                self.sharing = None
 
     async def hold(self, decision: Decision, wait: Wait) -> Decision:
         final = await self.run(decision, wait, None)
@@ -246,7 +269,7 @@ class Cancellable:
     async def run(self, decision: Decision, wait: Wait, tick: Any) -> Decision | None:
         """The decision once waited for; None when the wait was cancelled (by the client,
         or by its going away)."""
-        stop = self.register()
+        stop = self.register(decision)
         waiting = asyncio.ensure_future(wait(tick))
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -267,13 +290,17 @@ class Cancellable:
 
     async def _withdraw(self, decision: Decision) -> None:
         """The cancelled call's approval request, refused on its client's behalf (and
-        forgotten, so that the same call asked again is a new request)."""
+        forgotten, so that the same call asked again is a new request); kept while another
+        held call of this process waits on it (the same call of the same agent, in another
+        session: its wait goes on). Another replica's waits are not known here."""
         gw = self.gw
         approvals = gw.approvals if gw is not None else None
         call = self.call
-        if approvals is None or call is None:
+        if gw is None or approvals is None or call is None:
             return
         match = match_key(call, decision.revision)
+        if held_calls(gw.extras).sharing.get(match):
+            return
         with contextlib.suppress(ApprovalError, BackendUnavailable):
             request = await approvals.store.find(match)
             if request is not None and request.status == "pending":
@@ -353,7 +380,7 @@ class HeldStream:
     async def hold(self, decision: Decision, wait: Wait) -> Decision:
         final: Decision | None = None
         waiting = Cancellable(self.gw, self.call, self.key)
-        waiting.register()  # before the head: the client may cancel as soon as it has it
+        waiting.register(decision)  # before the head: the client may cancel once it has it
         try:
             await self.open()
             tick = self.tick = _Keepalive(
