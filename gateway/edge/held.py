@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
@@ -134,17 +135,15 @@ class HeldCalls:
         #: How many held calls wait on each approval request (by its match key): identical
         #: calls of one agent in two sessions share one, and one's cancel withdrew it from
         #: under the other (refused, never asked of the operator: red-team wave 64).
-        self.sharing: dict[str, int] = {}
+        self.sharing: Counter[str] = Counter()
 
     def join(self, match: str) -> None:
-        self.sharing[match] = self.sharing.get(match, 0) + 1
+        self.sharing[match] += 1
 
     def leave(self, match: str) -> None:
-        left = self.sharing.get(match, 0) - 1
-        if left > 0:
-            self.sharing[match] = left
-        else:
-            self.sharing.pop(match, None)
+        self.sharing[match] -= 1
+        if self.sharing[match] <= 0:
+            del self.sharing[match]
 
     def add(self, key: HeldKey, stop: asyncio.Event) -> None:
         self.waiting.setdefault(key, set()).add(stop)
