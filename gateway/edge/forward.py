@@ -132,6 +132,12 @@ def over(server: str, owner: str | None, session: str | None, digest: str | None
     return digest is not None and mine is not None and (server, session, digest) in mine
 
 
+def was_over(server: str, owner: str | None, session: str | None, msg_id: Any) -> bool:
+    """Whether the request ``msg_id`` of this caller's session is over without its answer
+    (its id is then no new request's); no digest is made for a caller with none over."""
+    return owner in _ENDED and over(server, owner, session, id_digest(msg_id))
+
+
 def ended_here(server: str, owner: str | None, session: str | None) -> Callable[[Any], bool]:
     """The answers a resumed stream of this session may carry: any but to a request the
     gateway ended (``end_upstream_call``) or its client cancelled."""

@@ -18,15 +18,15 @@ from mcp.shared.inbound import encode_header_value
 
 from gateway.edge.boundary import ALLOWED, caller, check_guard, json_body, place_for, serve
 from gateway.edge.calls import call_through, tool_call
-from gateway.edge.clientview import ClientView, both, id_digest, unsealed_cursor
+from gateway.edge.clientview import ClientView, both, unsealed_cursor
 from gateway.edge.elicit import deliver, remember_client
 from gateway.edge.forward import (
     Forward,
     ended_here,
     forward,
-    over,
     refuse_over,
     request_over,
+    was_over,
 )
 from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
@@ -153,7 +153,7 @@ class Relay:
         if (
             message.is_request
             and session is not None
-            and over(upstream.name, identity.owner, session, id_digest(message.msg_id))
+            and was_over(upstream.name, identity.owner, session, message.msg_id)
         ):
             # An id its client cancelled, or the gateway ended, in this session: the server
             # may answer it yet, and gives that answer to the new request (its streams are
