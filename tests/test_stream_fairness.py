@@ -148,7 +148,9 @@ async def test_a_flood_before_an_aggregate_upcalls_answer_lets_other_callers_run
 
 
 def _merged(resp: Any) -> tuple[Any, Any]:
-    """The aggregate's face and a server's link, as _pump reads them, over ``resp``."""
+    """The aggregate's face and a server's link, as ``_read_stream`` reads them (one GET of
+    the server's stream, which ``_pump`` opens again while its session lives), over
+    ``resp``."""
 
     async def request(*_: Any) -> Any:
         return resp
@@ -163,14 +165,15 @@ def _merged(resp: Any) -> tuple[Any, Any]:
 async def test_a_flood_on_the_aggregates_merged_stream_lets_other_callers_run() -> None:
     """/mcp's merged GET stream rewrote a server's flood with no turn: 6 s for another's
     call."""
-    from gateway.edge.agg.streams import _pump
+    from gateway.edge.agg.streams import _read_stream
 
     resp: Any = Sse(50 * FAIR_CHUNKS)
 
     face, link = _merged(resp)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     session: Any = None
-    assert await _turns_while(_pump(face, session, None, link, queue)) >= 50  # type: ignore[arg-type]
+    read = _read_stream(face, session, None, link, queue, [None])  # type: ignore[arg-type]
+    assert await _turns_while(read) >= 50
     assert queue.qsize() >= 50 * FAIR_CHUNKS
 
 
@@ -178,7 +181,7 @@ async def test_a_merged_stream_holds_what_its_client_has_not_read_within_its_byt
     """/mcp's merged GET stream queued 64 chunks of up to 32 MiB each for a client that read
     nothing (two such streams took the gateway to 1 GiB, outside every budget): the servers'
     pumps now wait once the queue holds its bytes."""
-    from gateway.edge.agg.streams import ChunkQueue, _pump
+    from gateway.edge.agg.streams import ChunkQueue, _read_stream
 
     resp: Any = Sse(50)
     big = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"%s"}}' % (
@@ -193,7 +196,8 @@ async def test_a_merged_stream_holds_what_its_client_has_not_read_within_its_byt
 
     face, link = _merged(resp)
     queue = ChunkQueue(64, max_bytes=5000)
-    pump = asyncio.ensure_future(_pump(face, None, None, link, queue))  # type: ignore[arg-type]
+    read = _read_stream(face, None, None, link, queue, [None])  # type: ignore[arg-type]
+    pump = asyncio.ensure_future(read)
     for _ in range(200):  # every turn the pump could want
         await asyncio.sleep(0)
     assert not pump.done() and queue.qsize() <= 6  # 5,000 bytes and one chunk more
