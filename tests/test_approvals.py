@@ -19,6 +19,7 @@ from gateway.approvals.service import (
     PREVIEW_NODE,
     REREAD_POLLS,
     SETTLING_SECONDS,
+    WAITER_SECONDS,
     ApprovalService,
     preview_args,
 )
@@ -429,6 +430,26 @@ class TestValkeyKeys:
         store = ValkeyApprovalStore(valkey_db.url, prefix="test:keys:", clock=clock)
         yield ApprovalService(store, clock=clock, poll_seconds=0), store, clock
         await store.close()
+
+    async def test_held_calls_waiting_on_a_request_are_known_to_every_replica(
+        self, valkey_store: Any, valkey_db: ValkeyProcess
+    ) -> None:
+        """A cancel on one replica withdrew the request an identical held call of the same
+        agent still waited on at another (red-team wave 65): each waiting call marks the
+        request in the store while it waits, its mark ending by itself if its replica
+        stops marking it."""
+        svc, store, clock = valkey_store
+        first = await svc.resolve(CALL, held(), "d1")
+        other = ValkeyApprovalStore(valkey_db.url, prefix="test:keys:", clock=clock)  # a replica
+        try:
+            await store.mark_waiting(first.approval_id, "a", clock.now + WAITER_SECONDS)
+            await other.mark_waiting(first.approval_id, "b", clock.now + 5)
+            assert await other.waiting(first.approval_id, clock.now) == 2
+            await store.unmark_waiting(first.approval_id, "a")
+            assert await store.waiting(first.approval_id, clock.now) == 1
+            assert await store.waiting(first.approval_id, clock.now + 6) == 0  # b's mark ended
+        finally:
+            await other.close()
 
     async def test_a_held_call_polls_the_status_not_the_request(self, valkey_store: Any) -> None:
         """Each wait-mode call re-read and decoded its whole request every 0.25 s: 40 held

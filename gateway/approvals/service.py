@@ -20,6 +20,7 @@ that expires is evicted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -141,6 +142,16 @@ class ApprovalStore(Protocol):
 
     async def list(self) -> list[ApprovalRequest]: ...
 
+    async def mark_waiting(self, approval_id: str, token: str, until: float) -> None:
+        """A held call (``token``) waits on the request until ``until`` at least (marked
+        again before then while it waits)."""
+
+    async def unmark_waiting(self, approval_id: str, token: str) -> None: ...
+
+    async def waiting(self, approval_id: str, now: float) -> int:
+        """How many held calls, of every replica, wait on the request now."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -158,6 +169,9 @@ def match_key(call: Call, revision: str) -> str:
 #: A held call reads its whole request once in this many polls even while its status key
 #: says pending (every 5 s at the default 0.25 s).
 REREAD_POLLS = 20
+#: A waiting call's mark lasts this long unless marked again (a replica that stopped
+#: leaves marks that end by themselves).
+WAITER_SECONDS = 30.0
 
 
 class ApprovalService:
@@ -292,9 +306,29 @@ class ApprovalService:
     async def _wait(
         self, request: ApprovalRequest, decision: Decision, tick: Tick | None
     ) -> Decision:
-        started = self.clock()
+        """Marked as waiting on the request meanwhile, in the store: a cancel of an identical
+        call elsewhere (another session, another replica) withdraws it only when no call
+        waits on it any more (one replica's cancel refused another's wait: red-team wave
+        65)."""
+        token = secrets.token_hex(8)
+        with contextlib.suppress(BackendUnavailable):
+            await self.store.mark_waiting(request.id, token, self.clock() + WAITER_SECONDS)
+        try:
+            return await self._waited(request, decision, tick, token)
+        finally:
+            with contextlib.suppress(BackendUnavailable):
+                await self.store.unmark_waiting(request.id, token)
+
+    async def _waited(
+        self, request: ApprovalRequest, decision: Decision, tick: Tick | None, token: str
+    ) -> Decision:
+        started = marked = self.clock()
         polls = 0
         while True:
+            if self.clock() - marked > WAITER_SECONDS / 3:  # still waiting: marked again
+                marked = self.clock()
+                with contextlib.suppress(BackendUnavailable):
+                    await self.store.mark_waiting(request.id, token, marked + WAITER_SECONDS)
             now = self.clock()
             polls += 1
             # The whole request every REREAD_POLLS polls all the same: a replica of a version

@@ -180,6 +180,8 @@ class MemoryApprovalStore:
         self.clock = clock
         self.requests: dict[str, ApprovalRequest] = {}
         self.matches: dict[str, str] = {}
+        #: Held calls waiting on each request, each until when (``mark_waiting``).
+        self.waiters: dict[str, dict[str, float]] = {}
         self.pending: dict[str, ApprovalRequest] = {}  # by id; a subset of ``requests``
         self.swept = float("-inf")
         self.used: dict[str, float] = {}  # single-use tokens, until they expire
@@ -243,6 +245,19 @@ class MemoryApprovalStore:
     async def forget_match(self, match: str, approval_id: str) -> None:
         if self.matches.get(match) == approval_id:
             del self.matches[match]
+
+    async def mark_waiting(self, approval_id: str, token: str, until: float) -> None:
+        self.waiters.setdefault(approval_id, {})[token] = until
+
+    async def unmark_waiting(self, approval_id: str, token: str) -> None:
+        marks = self.waiters.get(approval_id)
+        if marks is not None:
+            marks.pop(token, None)
+            if not marks:
+                del self.waiters[approval_id]
+
+    async def waiting(self, approval_id: str, now: float) -> int:
+        return sum(1 for until in self.waiters.get(approval_id, {}).values() if until > now)
 
     async def current_epoch(self) -> str:
         return self.epoch
@@ -435,6 +450,25 @@ class ValkeyApprovalStore:
 
     async def forget_match(self, match: str, approval_id: str) -> None:
         await self._do(self.forget_script(keys=[self._match(match)], args=[approval_id]))
+
+    def _waiters(self, approval_id: str) -> str:
+        """The held calls waiting on a request, of every replica: a sorted set of tokens,
+        each scored with when its mark ends."""
+        return f"{self.prefix}waiters:{approval_id}"
+
+    async def mark_waiting(self, approval_id: str, token: str, until: float) -> None:
+        key = self._waiters(approval_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(key, {token: until})
+        pipe.expire(key, int(KEEP_SECONDS))
+        await self._do(pipe.execute())
+
+    async def unmark_waiting(self, approval_id: str, token: str) -> None:
+        await self._do(self.client.zrem(self._waiters(approval_id), token))
+
+    async def waiting(self, approval_id: str, now: float) -> int:
+        count = await self._do(self.client.zcount(self._waiters(approval_id), f"({now!r}", "+inf"))
+        return int(count)
 
     async def current_epoch(self) -> str:
         """The store's epoch (made on first use, and again after Valkey lost its data)."""

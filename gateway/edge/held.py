@@ -290,8 +290,8 @@ class Cancellable:
     async def _withdraw(self, decision: Decision) -> None:
         """The cancelled call's approval request, refused on its client's behalf (and
         forgotten, so that the same call asked again is a new request); kept while another
-        held call of this process waits on it (the same call of the same agent, in another
-        session: its wait goes on). Another replica's waits are not known here."""
+        held call waits on it (the same call of the same agent, in another session, of this
+        process or, by its mark in the store, of another replica): its wait goes on."""
         gw = self.gw
         approvals = gw.approvals if gw is not None else None
         call = self.call
@@ -302,6 +302,8 @@ class Cancellable:
             return
         with contextlib.suppress(ApprovalError, BackendUnavailable):
             request = await approvals.store.find(match)
+            if request is not None and await approvals.store.waiting(request.id, approvals.clock()):
+                return  # another replica's held call waits on it: its wait goes on
             if request is not None and request.status == "pending":
                 note = "cancelled by its client"
                 await approvals.store.transition(request.id, "pending", "denied", CLIENT, note)
