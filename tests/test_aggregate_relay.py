@@ -30,7 +30,7 @@ from gateway.policy import Identity
 from gateway.wire.jsonrpc import BadMessage
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, http_upstream
-from tests.servers.test_servers_smoke import elicitation_answering, sampling_answering
+from tests.servers.test_servers_smoke import elicitation_answering, eventually, sampling_answering
 from tests.test_stdio_bridge import stdio_server
 
 KEY = "cgk_aggregate-relay-key"
@@ -192,6 +192,30 @@ async def test_server_requests_come_under_our_ids_and_answers_go_back(
         assert final is not None and final["result"]["content"][0]["text"] == "from raw"
         again = await http.post("/mcp", json=answer, headers=headers)
         assert again.status_code == 400  # answered once: nothing waits for it any more
+
+
+async def test_an_id_cancelled_on_a_link_is_not_taken_again(
+    gateway: GatewayProcess, logs: dict[str, Path]
+) -> None:
+    """A request under the id of one the client cancelled would take the server's late
+    answer to it (the server's streams are by id), as on the relay (red-team wave 64)."""
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=30) as http:
+        headers = await _open(http)
+        hangs = sum(1 for c in calls_in(logs["web"]) if c.get("tool") == "hang")
+        body = {"jsonrpc": "2.0", "id": 41, "method": "tools/call"}
+        body["params"] = {"name": "web__hang", "arguments": {}}
+        call = asyncio.ensure_future(http.post("/mcp", json=body, headers=headers))
+        await eventually(
+            lambda: sum(1 for c in calls_in(logs["web"]) if c.get("tool") == "hang") > hangs, 20
+        )
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+        cancel["params"] = {"requestId": 41}
+        assert (await http.post("/mcp", json=cancel, headers=headers)).status_code == 202
+        again = {**body, "params": {"name": "web__echo", "arguments": {"text": "again"}}}
+        refused = await http.post("/mcp", json=again, headers=headers)
+        assert refused.status_code == 400 and "cancelled" in refused.text, refused.text
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
 
 
 async def test_one_merged_stream_per_session_ended_by_delete(gateway: GatewayProcess) -> None:

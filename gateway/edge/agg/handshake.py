@@ -53,7 +53,7 @@ from gateway.edge.agg.view import AggView
 from gateway.edge.calls import call_through, told, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
-from gateway.edge.forward import Forward, forward, request_over
+from gateway.edge.forward import Forward, forward, request_over, was_over
 from gateway.edge.held import accepts_sse, cancels_held
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial, is_task_call
@@ -331,6 +331,12 @@ class Handshake:
             status, msg = refused
             await reply(send, status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
             return
+        if was_over(server, session.owner, link.sid, msg_id):
+            # An id the client cancelled (or the gateway ended) on this server's link: the
+            # server may answer it yet, and gives that answer to the new request, as on the
+            # relay (red-team wave 64). MCP forbids reusing an id in a session.
+            msg = "this request id was used in this session by a request that was cancelled"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
         view.inner.creates = message.method == "tools/call"  # its answer may make a task
