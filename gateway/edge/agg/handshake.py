@@ -331,10 +331,11 @@ class Handshake:
             status, msg = refused
             await reply(send, status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
             return
-        if was_over(server, session.owner, link.sid, msg_id):
-            # An id the client cancelled (or the gateway ended) on this server's link: the
-            # server may answer it yet, and gives that answer to the new request, as on the
-            # relay (red-team wave 64). MCP forbids reusing an id in a session.
+        if link.sid is not None and was_over(server, session.owner, link.sid, msg_id):
+            # An id the client cancelled (or the gateway ended) on this server's link (one
+            # with a session: without one, ids are no session's): the server may answer it
+            # yet, and gives that answer to the new request, as on the relay (red-team wave
+            # 64). MCP forbids reusing an id in a session.
             msg = "this request id was used in this session by a request that was cancelled"
             raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
         incoming.headers["mcp-protocol-version"] = link.version
