@@ -7,13 +7,13 @@ A real gateway process, the test upstream over HTTP, raw HTTP clients in the han
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 import httpx
 
-from tests.gateway_proc import calls_in, run_gateway
+from gateway.auth.identity import hash_key
+from tests.gateway_proc import calls_in, initialize_body, run_gateway
 from tests.peers import http_upstream
 
 KEY = "cgk_held-sessions-agent-0123456789"
@@ -29,22 +29,8 @@ tools:
 HEADERS = {"accept": "application/json, text/event-stream", "authorization": f"Bearer {KEY}"}
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 async def _session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "held", "version": "1"},
-        },
-    }
-    opened = await http.post(url, json=init, headers=HEADERS)
+    opened = await http.post(url, json=initialize_body("held", msg_id=0), headers=HEADERS)
     headers = {
         **HEADERS,
         "mcp-session-id": opened.headers["mcp-session-id"],
@@ -69,8 +55,8 @@ async def test_one_sessions_cancel_leaves_the_others_wait(tmp_path: Any) -> None
             tmp_path,
             POLICY,
             {"up": {"url": up.url}},
-            grants={"bot": {"key_sha256": _sha(KEY)}},
-            admin={"token_sha256": _sha(ADMIN)},
+            grants={"bot": {"key_sha256": hash_key(KEY)}},
+            admin={"token_sha256": hash_key(ADMIN)},
         ) as gw,
     ):
         url, admin = gw.url("up"), {"authorization": f"Bearer {ADMIN}"}
