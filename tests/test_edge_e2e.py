@@ -262,9 +262,14 @@ class TestBadInput:
         resp = raw_post(gateway, call_body("echo", {}), content_type=content_type)
         assert resp.status_code == 415
 
-    def test_utf8_named_is_json(self, gateway: GatewayProcess) -> None:
+    @pytest.mark.parametrize(
+        "content_type",
+        ['application/json; charset="UTF-8"', "Application/JSON", "APPLICATION/json"],
+    )
+    def test_utf8_named_is_json(self, gateway: GatewayProcess, content_type: str) -> None:
+        """Media types are case-insensitive: what the gateway read as JSON reaches the server
+        as application/json (the SDK's server refused "Application/JSON" with 415)."""
         body = call_body("echo", {"text": "h\u00e9"})
-        content_type = 'application/json; charset="UTF-8"'
         resp = raw_post(gateway, body, content_type=content_type, mcp_session_id=_session(gateway))
         assert resp.status_code == 200 and "h\u00e9" in resp.text
 

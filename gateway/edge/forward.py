@@ -21,7 +21,7 @@ from gateway.telemetry.audit import log
 from gateway.turns import Turns
 from gateway.upstream.h1 import H1Response
 from gateway.upstream.http import GRANT_HEADER, HttpUpstream
-from gateway.wire.asgi import Incoming, Receive, Send, media_type, reply, wants_json
+from gateway.wire.asgi import Incoming, Receive, Send, is_json_type, media_type, reply, wants_json
 from gateway.wire.jsonrpc import (
     INVALID_REQUEST,
     MODERN_VERSIONS,
@@ -183,6 +183,10 @@ def end_upstream_call(fwd: Forward, why: str) -> None:
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
     headers = {k: v for k, v in incoming.headers.items() if k in _FORWARD_REQUEST}
+    if is_json_type(headers.get("content-type")):
+        # The body was read as UTF-8 JSON; it goes as that, spelled as every server reads it
+        # (media types are case-insensitive, but an SDK server refused "Application/JSON").
+        headers["content-type"] = "application/json"
     headers["accept-encoding"] = "identity"  # a compressed stream cannot be rewritten
     if fwd.session_id is not None:
         headers["mcp-session-id"] = fwd.session_id
