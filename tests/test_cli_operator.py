@@ -320,6 +320,12 @@ class TestAdminCommands:
         assert f"{url} is not a celgate gateway" in line
         assert "invalid admin token" not in line
 
+    def test_an_mcp_endpoint_is_not_the_base_url(self, keyed: GatewayProcess) -> None:
+        url = keyed.url("demo")
+        line = one_line_error(celgate("approvals", "list", "--url", url, "--token", ADMIN_TOKEN))
+        assert f"{url} is an MCP endpoint, not a gateway's base URL" in line
+        assert "jsonrpc" not in line  # not the endpoint's answer as a dict
+
     def test_wrong_token(self, keyed: GatewayProcess) -> None:
         out = celgate("limits", "show", "--url", keyed.base, "--token", "cga_wrong")
         assert "refused the admin token" in one_line_error(out)

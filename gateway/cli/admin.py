@@ -98,6 +98,12 @@ class AdminClient:
                 f"(HTTP {resp.status_code}: {detail}); "
                 "is CELGATE_ADMIN_TOKEN the one of this gateway's admin.token_sha256?"
             )
+        if isinstance(body, dict) and "jsonrpc" in body:  # a path under an MCP endpoint
+            raise SystemExit(
+                f"celgate: {self.url} is an MCP endpoint, not a gateway's base URL ({what} "
+                f"answered HTTP {resp.status_code}); name the base (http://HOST:PORT) with "
+                "--url, CELGATE_URL or --config"
+            )
         if body is None or (resp.status_code == 404 and detail == "Not Found"):
             raise SystemExit(
                 f"celgate: {self.url} is not a celgate gateway ({what} answered "
