@@ -31,7 +31,7 @@ from gateway.auth.guard import SessionSigner
 from gateway.auth.identity import hash_key
 from gateway.edge.clientview import ClientView
 from gateway.policy import Identity
-from gateway.wire.sse import DROP
+from gateway.wire.sse import DROP, filtered
 from tests.gateway_proc import GatewayProcess, client, initialize_body, run_gateway
 from tests.peers import raw_upstream
 
@@ -494,6 +494,30 @@ class TestResumedStreams:
         refusal = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "gone"}}
         assert view.filter(refusal) is None
         assert view.filter({**refusal, "result": {}}) is DROP  # never with a result
+
+    def test_a_resumed_calls_result_is_its_own_content(self) -> None:
+        """A call's result holding a ``tools`` key, on a resumed stream, was read as a
+        listing: cut to what the caller may call and marked with risks (red-team wave 66)."""
+        given = self.view()
+        given.for_request(5, {}, "tools/call")
+        resumed = self.view()
+        assert resumed.unwrap_event_id(given.wrap_event_id(b"e").decode()) == "e"
+        tools = [{"name": "hidden_tool", "inputSchema": {}}, {"name": "echo"}]
+        answer = {"jsonrpc": "2.0", "id": 5, "result": {"content": [], "tools": tools}}
+        assert resumed.filter(answer) in (None, answer)
+
+    @pytest.mark.parametrize(
+        "method", ["tools/list", "prompts/list", "resources/list", "resources/templates/list"]
+    )
+    def test_a_resumed_list_is_read_as_that_list(self, method: str) -> None:
+        """A resumed prompts or resources list had its items go unchecked (read as no known
+        request's), and its priming event was dropped, id and all: no stream could resume."""
+        given = self.view()
+        given.for_request(5, {}, method)
+        resumed = self.view()
+        assert resumed.unwrap_event_id(given.wrap_event_id(b"e").decode()) == "e"
+        assert resumed.method == method
+        assert filtered(b"", resumed) is None  # a priming event passes, to be resumed from
 
     def test_a_servers_stream(self) -> None:
         event_id = self.view().wrap_event_id(b"e-2").decode()

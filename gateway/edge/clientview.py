@@ -105,8 +105,22 @@ def _same_digest(digest: str) -> IdCheck:
 #: The tag of a stream's event ids that is no request's (a server's GET stream, a listen).
 NO_REQUEST = "g"
 NO_TOKEN = "-" * 16  # (in a request's tag: it named no progress token)
-LISTING = "l"  # a request's tag starts with this for a tools/list, "r" for any other
-REQUEST_KINDS = ("r", LISTING)
+#: A request's tag starts with its kind: a list's own letter, "r" for any other request.
+#: A stream resumed from its events is read as the same request's: a resumed tools/list as a
+#: listing (pins and all), the other lists with their items checked, and any other request's
+#: result as its own content (read as "no known request", a call's result holding a "tools"
+#: key was cut to what the caller may call; red-team wave 66).
+KIND_OF_METHOD = {
+    "tools/list": "l",
+    "prompts/list": "p",
+    "resources/list": "s",
+    "resources/templates/list": "t",
+}
+METHOD_OF_KIND = {kind: method for method, kind in KIND_OF_METHOD.items()}
+#: The method a resumed stream of any other request is read as: no list, yet no None (a
+#: stream of no known request).
+OTHER_REQUEST = ""
+REQUEST_KINDS = ("r", *METHOD_OF_KIND)
 
 
 def progress_token(params: Any) -> Any:
@@ -235,7 +249,7 @@ class ClientView:
         request = self.request
         if request is not None:
             msg_id, token = request
-            kind = LISTING if self.method == "tools/list" else "r"
+            kind = KIND_OF_METHOD.get(self.method or "", "r")
             self.tag = (
                 kind + id_digest(msg_id) + (id_digest(token) if token is not None else NO_TOKEN)
             )
@@ -262,7 +276,7 @@ class ClientView:
             self.request = None
             # A resumed tools/list is a listing (pins and all): read as a stream of no known
             # request, a changed pinned tool reached the agent unchecked (red-team wave 42).
-            self.method = "tools/list" if tag[0] == LISTING else None
+            self.method = METHOD_OF_KIND.get(tag[0], OTHER_REQUEST)
             self.answers = _same_digest(tag[1:17])
             self.progress = no_id if tag[17:] == NO_TOKEN else _same_digest(tag[17:])
         else:

@@ -355,6 +355,8 @@ def filtered(data: bytes, view: View, answer: bool = False) -> bytes | None:
     ``jsonrpc.mended``)."""
     if not_utf8(data) or not is_message_text(data):
         return DROP
+    if not data:
+        return None  # a priming event: no message, its id the client's to resume from
     unproven = False  # an answer whose shape the quick read could not tell
     if answer and data:
         if _OPENS_BATCH.match(data):
