@@ -197,7 +197,14 @@ class _Loader:
             plain = {"file_mode": file_mode, **plain}
         self.plain_tools[key] = plain
         action = entry.choice("action", EFFECTS, None)
-        rules = tuple(self._rules(entry, path, file_mode))
+        mode = entry.choice("mode", ("enforce", "shadow"), file_mode) or file_mode
+        # A rule with no mode of its own is tried as its entry is: in an entry that names its
+        # mode, as part of it (an entry marked `enforce` in a shadow file enforced its allow
+        # while its deny rules stayed in shadow, and the call they named ran: red-team wave
+        # 66; a shadow entry's rules are tried as that entry would decide); else as its file.
+        rules = tuple(
+            self._rules(entry, path, file_mode if entry.get("mode") is None else "enforce")
+        )
         built = ToolEntry(
             key=key,
             server=server,
@@ -211,7 +218,7 @@ class _Loader:
             approval=self._approval(entry, path),
             risk=entry.choice("risk", _RISKS, None),
             kind=entry.choice("kind", _KINDS, None),
-            mode=entry.choice("mode", ("enforce", "shadow"), file_mode),  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]
             matcher=glob_regex(pattern) if is_glob(pattern) else None,
             secret_args=self._secret_args(entry, path),
         )
@@ -225,7 +232,7 @@ class _Loader:
             node.where, path, "an empty list: remove it (write {} for allowed, no conditions)"
         )
 
-    def _rules(self, entry: Fields, path: str, file_mode: str) -> Iterable[Rule]:
+    def _rules(self, entry: Fields, path: str, entry_mode: str) -> Iterable[Rule]:
         node = entry.get("rules")
         if node is None:
             return
@@ -235,11 +242,11 @@ class _Loader:
         if not node.value:
             self._empty(node, f"{path}.rules")
         for i, item in enumerate(node.value):
-            rule = self._rule(item, f"{path}.rules[{i}]", file_mode)
+            rule = self._rule(item, f"{path}.rules[{i}]", entry_mode)
             if rule is not None:
                 yield rule
 
-    def _rule(self, item: Node, path: str, file_mode: str) -> Rule | None:
+    def _rule(self, item: Node, path: str, entry_mode: str) -> Rule | None:
         fields = Fields(item, path, self.problems)
         if not fields.ok:
             return None
@@ -259,7 +266,7 @@ class _Loader:
             id=rule_id,
             when=self._condition(fields, path),
             reason=fields.string("reason"),
-            mode=fields.choice("mode", ("enforce", "shadow"), file_mode),  # type: ignore[arg-type]
+            mode=fields.choice("mode", ("enforce", "shadow"), entry_mode),  # type: ignore[arg-type]
             approval=self._approval(fields, path),
         )
 
