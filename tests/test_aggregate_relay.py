@@ -411,9 +411,9 @@ def test_news_of_a_resource_passes_only_from_its_owner() -> None:
     resource (listed, or under its template) had changed; the 2026-07-28 listen already
     dropped such news (red-team wave 55)."""
     from gateway.edge.agg.sessions import AggSession
-    from gateway.edge.agg.view import AggView
+    from gateway.edge.agg.view import AggView, RoutedView
     from gateway.edge.clientview import ClientView
-    from gateway.wire.sse import DROP
+    from gateway.wire.sse import DROP, filtered
 
     names = Names({"a": "a", "b": "b"}, "__")
     catalogue = Catalogue(None, names)  # type: ignore[arg-type]
@@ -432,6 +432,14 @@ def test_news_of_a_resource_passes_only_from_its_owner() -> None:
     for foreign in ("alpha://doc", "shared://x", "nobody://y", None, 5):
         assert view.filter(news(foreign)) is DROP, foreign
     assert view.filter(news("beta://own")) is not DROP
+    # A 2026-07-28 request's stream (no session, no AggView): read and checked the same
+    # (a call's stream from one server passed news of another's resource: red-team wave 66).
+    routed = RoutedView(gw, "b", Identity(grant="g", agent="g"), catalogue)
+    routed.modern = True
+    routed.for_request(3, {}, "tools/call")
+    for foreign in ("alpha://doc", "shared://x", "nobody://y", None, 5):
+        assert filtered(json.dumps(news(foreign)).encode(), routed) is DROP, foreign
+    assert filtered(json.dumps(news("beta://own")).encode(), routed) is None
 
 
 def test_the_tools_of_a_calls_result_are_its_own_content() -> None:

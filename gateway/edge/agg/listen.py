@@ -251,11 +251,9 @@ async def _one_event(
         return
     if isinstance(value, dict) and ("result" in value or "error" in value):
         return  # the end of this server's stream; the client's ends when all have
-    if isinstance(value, dict) and value.get("method") == "notifications/resources/updated":
-        params = value.get("params")
-        uri = params.get("uri") if isinstance(params, dict) else None
-        if not isinstance(uri, str) or catalogue.owner(uri) != server.name:
-            return  # news of a resource this server does not own, alone: not its to give
+    news = isinstance(value, dict) and value.get("method") == "notifications/resources/updated"
+    if news and not catalogue.owns_news(server.name, value):
+        return  # news of a resource this server does not own, alone: not its to give
     out = rewrite_event(raw, view)
     if out:
         await queue.put(out)

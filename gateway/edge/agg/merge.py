@@ -235,6 +235,14 @@ class Catalogue:
         claimants = self.claimants(uri)
         return next(iter(claimants)) if len(claimants) == 1 else None
 
+    def owns_news(self, server: str, message: Any) -> bool:
+        """Whether the resource a ``notifications/resources/updated`` names is ``server``'s
+        alone, as ``/mcp`` routes its URI: one server told a client that another's resource
+        had changed (red-team waves 55 and 66)."""
+        params = message.get("params") if isinstance(message, dict) else None
+        uri = params.get("uri") if isinstance(params, dict) else None
+        return isinstance(uri, str) and self.owner(uri) == server
+
     def claimants(self, uri: str) -> set[str]:
         """The servers that listed ``uri`` or have a template it fits."""
         claimants = set(self.uris.of(uri))

@@ -43,8 +43,8 @@ from gateway.edge.agg.route import (
     unrouted,
 )
 from gateway.edge.agg.upcall import UpcallDown, UpcallFailed, UpcallRefused, told_error, upcall
+from gateway.edge.agg.view import RoutedView
 from gateway.edge.calls import call_through, tool_call
-from gateway.edge.clientview import ClientView
 from gateway.edge.forward import forward
 from gateway.edge.replies import denial, is_task_call
 from gateway.edge.routing import check_routing_headers
@@ -289,7 +289,7 @@ class Stateless:
                 await reply(send, 200, body)  # a tool error, its decision in _meta
                 return
             raise unknown(message)
-        view = ClientView(self.gw, server, identity)
+        view = RoutedView(self.gw, server, identity, self.catalogue)
         view.creates = message.method == "tools/call"  # its answer may make a task
         view.modern = version in rpc.MODERN_VERSIONS
         view.cacheable = message.method in rpc.CACHEABLE_METHODS

@@ -14,7 +14,11 @@ from gateway.edge.agg.names import Names
 from gateway.edge.agg.sessions import AggSession
 from gateway.edge.clientview import ClientView
 from gateway.edge.tasks import is_task_notification
+from gateway.pipeline.gateway import Gateway
+from gateway.policy import Identity
 from gateway.wire.sse import DROP
+
+RESOURCE_NEWS = "notifications/resources/updated"
 
 
 class AggView:
@@ -55,7 +59,7 @@ class AggView:
             if method == "notifications/cancelled":  # of a request of this server's alone
                 cancelled = self._cancelled(message)
                 return cancelled if cancelled is not None else DROP
-            if method == "notifications/resources/updated" and not self._owns(message):
+            if method == RESOURCE_NEWS and not self.catalogue.owns_news(server, message):
                 return DROP  # news of another server's resource: not this one's to give
             return inner
         shown = self.inner.filter(message)
@@ -74,14 +78,6 @@ class AggView:
         ]
         return {**shown, "result": {**shown["result"], "tools": renamed}}
 
-    def _owns(self, message: dict[str, Any]) -> bool:
-        """Whether the resource a notice names is this server's, as ``/mcp`` routes its URI
-        (the 2026-07-28 listen checks the same): one server told a client that another's
-        resource had changed (red-team wave 55)."""
-        params = message.get("params")
-        uri = params.get("uri") if isinstance(params, dict) else None
-        return isinstance(uri, str) and self.catalogue.owner(uri) == self.inner.server
-
     def _cancelled(self, message: dict[str, Any]) -> Any | None:
         params = message.get("params")
         if not isinstance(params, dict) or "requestId" not in params:
@@ -97,3 +93,28 @@ def _token(message: dict[str, Any]) -> Any:
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+class RoutedView(ClientView):
+    """A 2026-07-28 client's view of one server's answer to a request ``/mcp`` routed to it:
+    the relay's, and news of a resource only from the server that owns it (as the handshake
+    era and the listen check; a call's stream from one server told the client another's
+    resource had changed: red-team wave 66)."""
+
+    __slots__ = ("catalogue",)
+
+    def __init__(self, gw: Gateway, server: str, identity: Identity, catalogue: Catalogue) -> None:
+        super().__init__(gw, server, identity)
+        self.catalogue = catalogue
+
+    def wants(self, data: bytes) -> bool:
+        return b"resources/updated" in data or super().wants(data)
+
+    def filter(self, message: Any) -> Any | None:
+        if (
+            isinstance(message, dict)
+            and message.get("method") == RESOURCE_NEWS
+            and not self.catalogue.owns_news(self.server, message)
+        ):
+            return DROP
+        return super().filter(message)
