@@ -65,6 +65,17 @@ async def upstream() -> AsyncIterator[tuple[H1Pool, list[bytes]]]:
                 writer.write(DRIP_WIRE)  # made before anything is measured
                 await writer.drain()
                 continue
+            if body == b"GONE":  # a server that restarted: the session is not found
+                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+                continue
+            if body == b"NOTICE":  # a stream of a notice and no answer, then its end
+                told = {"jsonrpc": "2.0", "method": "notifications/message", "params": {}}
+                event = b"event: message\ndata: " + json.dumps(told).encode() + b"\n\n"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                writer.write(b"content-length: %d\r\n\r\n" % len(event) + event)
+                await writer.drain()
+                continue
             whole = b'{"jsonrpc":"2.0","id":1,"result":{}}' if body == b"STALL" else body
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
             writer.write(b"content-length: %d\r\n\r\n" % len(whole))
@@ -123,10 +134,59 @@ async def test_an_approved_call_whose_head_is_late_did_not_answer_in_time(
         name="up", silence=0.3, pool=late, headers={}, takes_grant=False
     )
     fwd = Forward(upstream_stub, None, b"{}", 1, PassAll(), grant="g")
-    incoming: Any = SimpleNamespace(headers={})
+    incoming: Any = SimpleNamespace(headers={}, method="POST")
     await _forward_into_stream(incoming, send, fwd)
     told = b"".join(m.get("body", b"") for m in sent).decode()
     assert "did not answer in time" in told and "unavailable" not in told
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"", "answered the request with no message"),
+        (b"NOTICE", "ended its stream without answering"),
+    ],
+)
+async def test_an_approved_call_with_no_answer_is_told_so(
+    upstream: tuple[H1Pool, list[bytes]], body: bytes, words: str
+) -> None:
+    """An empty answer or a stream with no answer (or only another id's): the held
+    stream ended with no answer for the call, and the TypeScript SDK waited its whole
+    timeout for one (red-team wave 66). The relay's errors, on the held stream."""
+    pool, bodies = upstream
+    bodies.append(body)
+    told = await _piped(pool, 5)
+    assert words in told and "-32001" in told
+
+
+async def test_an_approved_call_opens_the_session_a_restart_lost(
+    upstream: tuple[H1Pool, list[bytes]],
+) -> None:
+    """On ``/mcp`` a server that restarted while a call was held answered it 404: the
+    approved call failed ("unavailable") where an allowed one opened a new link and ran
+    (red-team wave 66). Asked as the relay asks: once relinked, the call runs."""
+    pool, bodies = upstream
+    bodies.extend([b"GONE", b'{"jsonrpc":"2.0","id":1,"result":{"ran":true}}'])
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    relinked: list[str] = []
+
+    async def relink() -> str:
+        relinked.append("sid-2")
+        return "sid-2"
+
+    upstream_stub: Any = SimpleNamespace(
+        name="up", silence=5, pool=pool, headers={}, takes_grant=False
+    )
+    fwd = Forward(upstream_stub, "sid-1", b"{}", 1, PassAll(), grant="g")
+    fwd.relink = relink
+    await _forward_into_stream(SimpleNamespace(headers={}, method="POST"), send, fwd)
+    told = b"".join(m.get("body", b"") for m in sent).decode()
+    assert relinked == ["sid-2"] and fwd.session_id == "sid-2"
+    assert '"ran":true' in told and "error" not in told
 
 
 async def test_an_answer_past_the_cap_is_an_error_not_relayed(

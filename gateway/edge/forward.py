@@ -284,7 +284,11 @@ async def _failed(send: Send, fwd: Forward, status: int, message: str) -> None:
 
 def sse_error(fwd: Forward, what: str = "failed while answering") -> bytes:
     """An SSE event carrying the JSON-RPC error for the request the upstream left unanswered."""
-    message = f"upstream {fwd.upstream.name!r} {what}"
+    return sse_failure(fwd, f"upstream {fwd.upstream.name!r} {what}")
+
+
+def sse_failure(fwd: Forward, message: str) -> bytes:
+    """An SSE event carrying the JSON-RPC error ``message`` for the request."""
     fwd.failure = message
     data = error_body(fwd.msg_id, UPSTREAM_UNAVAILABLE, message).decode()
     return f"event: message\ndata: {data}\n\n".encode()
@@ -292,81 +296,93 @@ def sse_error(fwd: Forward, what: str = "failed while answering") -> bytes:
 
 async def forward(incoming: Incoming, send: Send, fwd: Forward) -> H1Response | None:
     """Relay one request; returns the upstream response (already released) or None if down."""
-    upstream = fwd.upstream
-    asked: list[H1Response] = []
-
-    async def ask() -> None:
-        fwd.sent_headers = request_headers(incoming, fwd)
-        asked.append(await upstream.pool.request(incoming.method, fwd.sent_headers, fwd.body))
-
-    try:
-        # A client that goes away before the upstream's head ends the request there too (and
-        # gives back its place among its grant's requests), not after servers.X.timeout.
-        await watching_disconnect(incoming.receive, ask())
-        if not asked:
-            return None
-        resp = asked[0]
-        if resp.status == 404 and fwd.relink is not None and fwd.session_id is not None:
-            resp.close()
-            relink, fwd.relink = fwd.relink, None
-            sid = await relink()
-            if sid is None:  # never the upstream's 404: the client's own session lives on
-                await _failed(send, fwd, 502, f"upstream {upstream.name!r} lost its session")
-                return None
-            fwd.session_id, asked[:] = sid, []
-            log.info("aggregate.relinked", server=upstream.name)
-            await watching_disconnect(incoming.receive, ask())
-            if not asked:
-                return None
-            resp = asked[0]
-            if resp.status == 404:
-                resp.close()
-                await _failed(send, fwd, 502, f"upstream {upstream.name!r} lost its session")
-                return None
-    except TimeoutError:  # no head within servers.X.timeout; the connection was dropped
-        end_upstream_call(fwd, "no answer in time")
-        await _failed(send, fwd, 504, f"upstream {upstream.name!r} did not answer in time")
-        return None
-    except UPSTREAM_ERRORS:
-        await _unavailable(send, fwd)
+    resp, failure = await asked(incoming, fwd)
+    if resp is None:
+        if failure is not None:
+            await _failed(send, fwd, *failure)
         return None
     try:
-        if resp.status in (401, 403):
-            await _upstream_unauthorized(send, fwd, resp.status)
-        elif not (200 <= resp.status < 300 or 400 <= resp.status < 600):
-            # A redirect (its Location is never passed on) or a status no client reads: with
-            # an answer in its body it went on as a 302 with nowhere to go, which a fetch
-            # client (the TypeScript SDK) takes as a failure (red-team wave 58).
-            log.warning("upstream.odd_status", server=upstream.name, status=resp.status)
-            message = f"upstream {upstream.name!r} answered HTTP {resp.status}"
-            await _failed(send, fwd, 502, message)
-        else:
-            if fwd.msg_id is not None and resp.status in NO_ANSWER_STATUSES:
-                # A request's answer under a status no client reads as one: the Python SDK
-                # fails the call on a 202, the TypeScript SDK drops its body and waits out
-                # its timeout, though the tool ran (red-team wave 63). Sent as 200, what the
-                # caller's view lets through of it (an empty one is refused as before).
-                log.warning("upstream.odd_status", server=upstream.name, status=resp.status)
-                resp.status = 200
-            await _relay(incoming, send, resp, fwd)
+        await _relay(incoming, send, resp, fwd)
     finally:
         resp.close()
     return resp
 
 
+async def asked(
+    incoming: Incoming, fwd: Forward, watch: bool = True
+) -> tuple[H1Response | None, tuple[int, str] | None]:
+    """The upstream's answer to the request, its head read and its status one to relay; or
+    no answer, and what to tell the caller (a status and a message; None when the caller
+    went away). The relay and an approved held call both ask this way: a held call that
+    asked otherwise lost its session to a server's restart, and relayed a redirect.
+    ``watch``: a client that goes away before the upstream's head ends the request there
+    too (and gives back its place among its grant's requests), not after servers.X.timeout
+    (a held call's stream watches for itself)."""
+    upstream = fwd.upstream
+    got: list[H1Response] = []
+
+    async def ask() -> None:
+        fwd.sent_headers = request_headers(incoming, fwd)
+        got.append(await upstream.pool.request(incoming.method, fwd.sent_headers, fwd.body))
+
+    async def asking() -> H1Response | None:
+        got.clear()
+        await (watching_disconnect(incoming.receive, ask()) if watch else ask())
+        return got[0] if got else None
+
+    lost = f"upstream {upstream.name!r} lost its session"
+    try:
+        resp = await asking()
+        if resp is None:
+            return None, None
+        if resp.status == 404 and fwd.relink is not None and fwd.session_id is not None:
+            resp.close()
+            relink, fwd.relink = fwd.relink, None
+            sid = await relink()
+            if sid is None:  # never the upstream's 404: the client's own session lives on
+                return None, (502, lost)
+            fwd.session_id = sid
+            log.info("aggregate.relinked", server=upstream.name)
+            resp = await asking()
+            if resp is None:
+                return None, None
+            if resp.status == 404:
+                resp.close()
+                return None, (502, lost)
+    except TimeoutError:  # no head within servers.X.timeout; the connection was dropped
+        end_upstream_call(fwd, "no answer in time")
+        return None, (504, f"upstream {upstream.name!r} did not answer in time")
+    except UPSTREAM_ERRORS:
+        return None, (502, f"upstream {upstream.name!r} is unavailable")
+    if resp.status in (401, 403):
+        # An upstream's 401 or 403 refuses the credentials the gateway sends it (the
+        # caller's never travel), which no caller can mend: relayed, it would read as the
+        # gateway's own challenge or refusal and send a client to sign in again here (the
+        # Inspector does, for a 403), or where the upstream's challenge points. Answered 502,
+        # and logged for the operator, whose configuration it is.
+        resp.close()
+        log.warning("upstream.unauthorized", server=upstream.name, status=resp.status)
+        words = f"refused the gateway's credentials (HTTP {resp.status})"
+        return None, (502, f"upstream {upstream.name!r} {words}")
+    if not (200 <= resp.status < 300 or 400 <= resp.status < 600):
+        # A redirect (its Location is never passed on) or a status no client reads: with an
+        # answer in its body it went on as a 302 with nowhere to go, which a fetch client
+        # (the TypeScript SDK) takes as a failure (red-team wave 58).
+        resp.close()
+        log.warning("upstream.odd_status", server=upstream.name, status=resp.status)
+        return None, (502, f"upstream {upstream.name!r} answered HTTP {resp.status}")
+    if fwd.msg_id is not None and resp.status in NO_ANSWER_STATUSES:
+        # A request's answer under a status no client reads as one: the Python SDK fails the
+        # call on a 202, the TypeScript SDK drops its body and waits out its timeout, though
+        # the tool ran (red-team wave 63). Sent as 200, what the caller's view lets through
+        # of it (an empty one is refused as before).
+        log.warning("upstream.odd_status", server=upstream.name, status=resp.status)
+        resp.status = 200
+    return resp, None
+
+
 #: 2xx statuses that say "no answer here" to a client (202 Accepted, 205 Reset Content).
 NO_ANSWER_STATUSES = frozenset({202, 205})
-
-
-async def _upstream_unauthorized(send: Send, fwd: Forward, status: int) -> None:
-    """An upstream's 401 or 403 refuses the credentials the gateway sends it (the caller's
-    never travel), which no caller can mend: relayed, it would read as the gateway's own
-    challenge or refusal and send a client to sign in again here (the Inspector does, for a
-    403), or where the upstream's challenge points. Answered 502, and logged for the
-    operator, whose configuration it is."""
-    log.warning("upstream.unauthorized", server=fwd.upstream.name, status=status)
-    message = f"upstream {fwd.upstream.name!r} refused the gateway's credentials (HTTP {status})"
-    await _failed(send, fwd, 502, message)
 
 
 #: A JSON answer is read whole to pass the caller's view; past this it is refused.
@@ -591,7 +607,7 @@ async def _relay_sse(
                 return
         first = rewriter.rewrite(held)
         if rewriter.lost_answer:  # the answer was there, and no client could read it
-            first, ended = first + _unreadable_answer(fwd), True
+            first, ended = first + unreadable_answer(fwd), True
         await _flush(send, pending, first)
         pending, held = None, []
         if not ended:
@@ -599,12 +615,12 @@ async def _relay_sse(
             async with contextlib.aclosing(relayed) as events:
                 async for data in events:
                     if rewriter.lost_answer:
-                        data += _unreadable_answer(fwd)
+                        data += unreadable_answer(fwd)
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if rewriter.lost_answer:
                         break
-        if _ended_unanswered(fwd, rewriter):
-            await send({"type": "http.response.body", "body": _no_answer(fwd), "more_body": True})
+        if ended_unanswered(fwd, rewriter):
+            await send({"type": "http.response.body", "body": no_answer(fwd), "more_body": True})
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         what = f"sent nothing for {silence:g} s: the call is ended here"
@@ -618,7 +634,7 @@ async def _relay_sse(
     await send({"type": "http.response.body", "body": rewriter.close()})
 
 
-def _ended_unanswered(fwd: Forward, rewriter: SseRewriter) -> bool:
+def ended_unanswered(fwd: Forward, rewriter: SseRewriter) -> bool:
     """Whether a request's stream ended with no answer and no event id to resume it from
     (no answer could come: the TypeScript SDK waited its whole timeout, 60 s, for one)."""
     return (
@@ -629,12 +645,12 @@ def _ended_unanswered(fwd: Forward, rewriter: SseRewriter) -> bool:
     )
 
 
-def _no_answer(fwd: Forward) -> bytes:
+def no_answer(fwd: Forward) -> bytes:
     log.warning("upstream.stream_unanswered", server=fwd.upstream.name)
     return sse_error(fwd, "ended its stream without answering")
 
 
-def _unreadable_answer(fwd: Forward) -> bytes:
+def unreadable_answer(fwd: Forward) -> bytes:
     """The request's error for an answer its view dropped (no client could read it, or it
     was not this caller's to read), logged."""
     log.warning("upstream.unreadable_answer", server=fwd.upstream.name, streamed=True)

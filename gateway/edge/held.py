@@ -22,13 +22,17 @@ from gateway.edge.forward import (
     UPSTREAM_ERRORS,
     Forward,
     answer_media,
+    asked,
     end_upstream_call,
+    ended_unanswered,
+    no_answer,
     read_bounded,
     relayed_events,
-    request_headers,
     sse_error,
+    sse_failure,
     too_large_words,
     unreadable,
+    unreadable_answer,
     watching_disconnect,
 )
 from gateway.edge.replies import denial, is_task_call
@@ -424,18 +428,13 @@ class HeldStream:
 
 
 async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> None:
-    upstream = fwd.upstream
-    try:
-        fwd.sent_headers = request_headers(incoming, fwd)
-        resp = await upstream.pool.request("POST", fwd.sent_headers, fwd.body)
-    except TimeoutError:  # the call reached the upstream, whose head did not come in time
-        log.warning("upstream.silent", server=upstream.name, seconds=upstream.silence)
-        end_upstream_call(fwd, "no answer in time")
-        body = sse_error(fwd, "did not answer in time")
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        return
-    except UPSTREAM_ERRORS:
-        await _send_error(send, fwd)
+    """The approved call, asked as the relay asks (a session the server lost is opened again
+    on ``/mcp``, a status no client reads is an error), its answer into the held stream."""
+    resp, failure = await asked(incoming, fwd, watch=False)  # (the held stream watches)
+    if resp is None:
+        if failure is not None:
+            body = sse_failure(fwd, failure[1])
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         return
     try:
         await _pipe(send, resp, fwd)
@@ -444,7 +443,9 @@ async def _forward_into_stream(incoming: Incoming, send: Send, fwd: Forward) -> 
 
 
 async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
-    """The upstream's answer into the held stream, through the caller's view either way."""
+    """The upstream's answer into the held stream, through the caller's view either way, and
+    an error when it holds no answer the client can read (a held stream that ended with
+    none left the TypeScript SDK waiting its whole timeout)."""
     assert fwd.view is not None
     media = answer_media(resp)
     is_sse = media == "text/event-stream"
@@ -453,10 +454,18 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
         if is_sse:
             # As the relay's streams: servers.X.timeout with no message ends the call, and a
             # flood gives the other callers their turns.
-            events = relayed_events(resp, SseRewriter(fwd.view), silence)
+            rewriter = SseRewriter(fwd.view, fwd.msg_id)
+            events = relayed_events(resp, rewriter, silence)
             async with contextlib.aclosing(events):
                 async for data in events:
+                    if rewriter.lost_answer:
+                        data += unreadable_answer(fwd)
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if rewriter.lost_answer:
+                        return
+            if ended_unanswered(fwd, rewriter):
+                tail = no_answer(fwd)
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
             return
         # As the relay's answers read whole: bounded, and whole within servers.X.timeout.
         why: list[str] = []
@@ -470,6 +479,9 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
         elif body.strip():
             out = event(changed if changed is not None else body)
             await send({"type": "http.response.body", "body": out, "more_body": True})
+        else:
+            log.warning("upstream.no_answer", server=fwd.upstream.name, status=resp.status)
+            await _send_error(send, fwd, "answered the request with no message")
     except TimeoutError:
         log.warning("upstream.silent", server=fwd.upstream.name, seconds=silence)
         end_upstream_call(fwd, "no answer in time")
