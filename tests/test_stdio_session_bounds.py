@@ -6,6 +6,7 @@ behind, each token as long as the client liked)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -177,3 +178,37 @@ def test_a_session_in_use_at_the_gateway_never_gives_way(tmp_path: Path) -> None
         status, why = bridge._refusal("g") or (0, "")
         assert status == 429 and "all busy" in why  # nothing else may give way
     assert held.serving == 0 and held.last_used > 0  # used just now
+
+
+async def test_a_request_answered_while_it_waited_for_the_process_is_never_sent(
+    link: SessionLink,
+) -> None:
+    """A request that came while the process was dying waited for the next one; the dying
+    one's exit answered it "exited before answering", and it was sent to the next process
+    anyway: it ran after its client was told it had not, and its id was free for another
+    request to take its late answer (red-team wave 66)."""
+    import anyio
+
+    link.child.ready = anyio.Event()  # the process's output ended: not ready
+    sent: list[dict[str, Any]] = []
+
+    async def to_child(message: dict[str, Any]) -> bool:
+        sent.append(message)
+        return True
+
+    link.child.send = to_child  # type: ignore[method-assign]
+    told: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        told.append(message)
+
+    accept = "application/json, text/event-stream"
+    incoming: Any = SimpleNamespace(header=lambda name: accept if name == "accept" else None)
+    posted = asyncio.ensure_future(link._post(incoming, send, _message("tools/list", 50), None))
+    while 50 not in link.in_flight:  # until it waits for the process
+        await asyncio.sleep(0)
+    await link._child_exited()  # the dying process's requests are answered
+    link.child.ready.set()  # the next process is ready
+    await posted
+    assert sent == []
+    assert b"exited before answering" in b"".join(m.get("body", b"") for m in told)

@@ -207,7 +207,15 @@ class SessionLink:
             self.handshake.pop("notifications/initialized", None)  # a new handshake begins
             self.handshake["initialize"] = message
         pending = self._begin(msg_id, message)
-        if await self._to_child(message, body):
+        if not self.child.ready.is_set():
+            await self.child.wait_ready(10.0)
+        if self.in_flight.get(msg_id) is not pending:
+            # Answered while it waited for the process ("exited before answering": the one
+            # it would have gone to died), so never sent: it ran on the restarted process
+            # after its client was told it had not, and its id was free again for another
+            # request to take its late answer, a whole unfiltered list (red-team wave 66).
+            pass
+        elif await self.child.send(message):
             pending.heard = time.monotonic()  # the clock starts once the child has it
             pending.clock = Deadline(
                 self.bridge.config.timeout, self._last_sign(msg_id), self._expire(msg_id)
