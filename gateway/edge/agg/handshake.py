@@ -233,7 +233,11 @@ class Handshake:
             rid = message.params.get("requestId")
             owner = session.inflight.get(json.dumps(rid))
             links = [session.links[owner]] if owner in session.links else []
-            for link in links:  # its stream, resumed, is refused at once (refuse_over)
+            # Its stream, resumed, is refused at once (refuse_over), as on the relay: on the
+            # link it went to, or on every link when no request of the session is under that
+            # id now (answered just before the cancel came: whether the resume was refused
+            # hung on which came first).
+            for link in links or (list(session.links.values()) if rid is not None else []):
                 request_over(link.server, session.owner, link.sid, rid)
             # (A cancel names a request its sender made: one naming a server's request, sent
             # on with the server's id, would name a request of the server's own namespace,
