@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 from gateway.auth.identity import hash_key
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway, text_of
 from tests.peers import PeerProcess, free_port, start_http_upstream
+from tests.servers.test_servers_smoke import eventually
 
 KEY = "cgk_aggregate-relink-agent-0123456789"
 POLICY = 'version: "1"\ndefault: allow\n'
@@ -132,3 +133,35 @@ async def test_a_new_link_is_told_what_the_client_set_up(
         if "event" in r and r["pid"] != pid  # told the restarted server
     ]
     assert ("subscribed", "test://static/doc") in again and ("set_level", "warning") in again
+
+
+@pytest.mark.filterwarnings("ignore:.*2026-07-28")  # handshake-era calls, on purpose
+async def test_a_client_that_only_listens_gets_a_new_link(
+    upstream: list[PeerProcess], port: int, tmp_path: Path
+) -> None:
+    """The merged GET stream met the restarted server's 404 and gave it up: a client that
+    only listened (list changes, log messages, resource news) lost that server without a
+    word, and the server never heard the client's log level again (red-team wave 67). The
+    stream's 404 opens a new link, told what the client set up, and reads its stream."""
+    log = tmp_path / "calls.jsonl"
+    upstream[0].stop()
+    upstream[0] = start_http_upstream(
+        port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
+    )
+    servers = {"up": {"url": upstream[0].url}}
+    grants = {"agent": {"key_sha256": hash_key(KEY)}}
+    (tmp_path / "gw").mkdir()
+    with run_gateway(tmp_path / "gw", POLICY, servers, grants=grants) as gateway:
+        async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
+            await sdk.set_logging_level("warning")  # (its GET stream is open meanwhile)
+            pid = upstream[0].pid
+            upstream[0].stop()
+            upstream[0] = start_http_upstream(
+                port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
+            )
+
+            def told_again() -> bool:
+                levels = [r.get("level") for r in calls_in(log) if r["pid"] != pid]
+                return "warning" in levels
+
+            await eventually(told_again, within=20)  # with no request of the client's

@@ -171,3 +171,20 @@ def test_a_clients_progress_on_a_servers_request_is_that_servers_alone() -> None
         session.outward_upcall("a", 100 + i, 1000 + i)
     assert session.progress_of(1000) is None and session.progress_of(1299) == "a"
     assert len(session.upcall_tokens) <= 256
+
+
+def test_a_lost_links_requests_die_with_it() -> None:
+    """A server that restarted asks its new link's first question under the id its old
+    link's had: it took the old question's id here, and the client's answer to the old
+    question (a consent) went to the new one (red-team wave 67). A relink forgets the lost
+    link's requests: an answer to one is refused, and the new question has an id of its own."""
+    sessions = Sessions(max_total=10, max_per_grant=10, idle_seconds=60)
+    session = sessions.create("g", {}, "2025-11-25", "g/a")
+    old = session.outward_upcall("a", 0, "tok")
+    other = session.outward_upcall("b", 0)
+    session.forget_upcalls("a")
+    new = session.outward_upcall("a", 0)
+    assert new != old and session.answered(old) is None
+    assert session.progress_of("tok") is None
+    assert session.answered(other) == ("b", 0)  # another server's are its own
+    assert session.answered(new) == ("a", 0)

@@ -139,6 +139,7 @@ class Links:
         when none could be opened."""
         if session.links.get(lost.server) is lost:
             del session.links[lost.server]
+            session.forget_upcalls(lost.server)  # a late answer to one is refused (400)
             log.warning("aggregate.link_lost", server=lost.server)
         # Its 404 says it is up again: were it skipped as failing (a session met it down
         # while it restarted), the call failed "lost its session" until a reading in the

@@ -109,6 +109,13 @@ class AggSession:
             while len(mine) > MAX_SUBSCRIBED:
                 del mine[next(iter(mine))]
 
+    def forget_upcalls(self, server: str) -> None:
+        """``server``'s link is gone (it restarted): its requests died with it. A new link's
+        first request has the ids the old one's had, and took their ids here: the client's
+        answer to the old question (a consent) went to the new one (red-team wave 67)."""
+        for ours in [o for o, (named, _) in self.upcalls.items() if named == server]:
+            self.answered(ours)
+
     def known_upcall(self, server: str, upstream_id: Any) -> str | None:
         return self.upcall_ids.get((server, json.dumps(upstream_id)))
 

@@ -142,8 +142,8 @@ async def _pump(
     link: opened again when it ends (resumed from its last event, after the server's retry
     time or a backoff). Once ended it was never read again, and every later message of the
     server's to the client (list changes, resource news, its own requests) was lost for
-    the rest of the session (red-team wave 64). A 404 (the session is gone: a relink opens
-    a new link, and a stream with it) or another refusal ends it for good."""
+    the rest of the session (red-team wave 64). A 404 (the session is gone) opens a new
+    link, whose own stream is read; another refusal ends it for good."""
     last: list[bytes | None] = [None]
     wait = REOPEN_FIRST
     while session.sid in face.sessions.table and session.links.get(link.server) is link:
@@ -181,6 +181,14 @@ async def _read_stream(
         return False, True  # down for now: tried again later
     heard = False
     try:
+        if resp.status == 404 and link.sid is not None:
+            resp.close()
+            if session.links.get(link.server) is link:
+                # The server no longer knows the session (it restarted): a link is opened in
+                # its place, told what the client set up, and its stream read (``on_link``).
+                # A client that only listened lost the server without a word (red-team wave 67).
+                await face.links.relink(session, link)
+            return False, False
         if resp.status != 200 or answer_media(resp) != "text/event-stream":
             return False, resp.status >= 500
         rewriter = SseRewriter(face.view(session, link.server, identity))  # no answers
