@@ -13,6 +13,7 @@ real gateway process; the SDK's client, in the handshake era (the one with sessi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,28 @@ async def test_a_list_after_the_restart_gets_a_new_link(
         assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"
 
 
+def _restart_logging(upstream: list[PeerProcess], port: int, log: Path) -> None:
+    """The server stopped and started again on ``port``, its calls logged to ``log``."""
+    upstream[0].stop()
+    upstream[0] = start_http_upstream(
+        port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
+    )
+
+
+@contextlib.contextmanager
+def _logged_gateway(
+    upstream: list[PeerProcess], port: int, tmp_path: Path
+) -> Iterator[tuple[GatewayProcess, Path]]:
+    """A gateway in front of the server, restarted to log its calls."""
+    log = tmp_path / "calls.jsonl"
+    _restart_logging(upstream, port, log)
+    servers = {"up": {"url": upstream[0].url}}
+    grants = {"agent": {"key_sha256": hash_key(KEY)}}
+    (tmp_path / "gw").mkdir()
+    with run_gateway(tmp_path / "gw", POLICY, servers, grants=grants) as gateway:
+        yield gateway, log
+
+
 @pytest.mark.filterwarnings("ignore:.*2026-07-28")  # handshake-era calls, on purpose
 async def test_a_new_link_is_told_what_the_client_set_up(
     upstream: list[PeerProcess], port: int, tmp_path: Path
@@ -109,23 +132,12 @@ async def test_a_new_link_is_told_what_the_client_set_up(
     """A relink hid the server's restart from the client, and what it had set up there (its
     subscriptions, its log level) was gone without a word (red-team wave 64): the new link
     is told again."""
-    log = tmp_path / "calls.jsonl"
-    upstream[0].stop()
-    upstream[0] = start_http_upstream(
-        port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
-    )
-    servers = {"up": {"url": upstream[0].url}}
-    grants = {"agent": {"key_sha256": hash_key(KEY)}}
-    (tmp_path / "gw").mkdir()
-    with run_gateway(tmp_path / "gw", POLICY, servers, grants=grants) as gateway:
+    with _logged_gateway(upstream, port, tmp_path) as (gateway, log):
         async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
             await sdk.subscribe_resource("test://static/doc")
             await sdk.set_logging_level("warning")
             pid = upstream[0].pid
-            upstream[0].stop()
-            upstream[0] = start_http_upstream(
-                port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
-            )
+            _restart_logging(upstream, port, log)
             assert text_of(await sdk.call_tool("up__echo", {"text": "after"})) == "after"
     again = [
         (r["event"], r.get("uri") or r.get("level"))
@@ -143,22 +155,11 @@ async def test_a_client_that_only_listens_gets_a_new_link(
     only listened (list changes, log messages, resource news) lost that server without a
     word, and the server never heard the client's log level again (red-team wave 67). The
     stream's 404 opens a new link, told what the client set up, and reads its stream."""
-    log = tmp_path / "calls.jsonl"
-    upstream[0].stop()
-    upstream[0] = start_http_upstream(
-        port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
-    )
-    servers = {"up": {"url": upstream[0].url}}
-    grants = {"agent": {"key_sha256": hash_key(KEY)}}
-    (tmp_path / "gw").mkdir()
-    with run_gateway(tmp_path / "gw", POLICY, servers, grants=grants) as gateway:
+    with _logged_gateway(upstream, port, tmp_path) as (gateway, log):
         async with client(f"{gateway.base}/mcp", KEY, mode="legacy") as sdk:
             await sdk.set_logging_level("warning")  # (its GET stream is open meanwhile)
             pid = upstream[0].pid
-            upstream[0].stop()
-            upstream[0] = start_http_upstream(
-                port, log_path=None, extra_env={"UPSTREAM_CALL_LOG": str(log)}
-            )
+            _restart_logging(upstream, port, log)
 
             def told_again() -> bool:
                 levels = [r.get("level") for r in calls_in(log) if r["pid"] != pid]
