@@ -446,17 +446,28 @@ class TestConsoleSessions:
         yield make_sessions(client, "t:", clock=lambda: now[0]), now
         await client.aclose()
 
+    @staticmethod
+    async def used(sessions: Any, session_id: str) -> bool:
+        """A request of the session that passed the CSRF checks: read, then renewed."""
+        found = await sessions.get(session_id, CRED)
+        return found is not None and await sessions.renew(session_id, found)
+
     async def test_idle_and_absolute_deadlines(self, store: Any) -> None:
         sessions, now = store
         idle_id, _ = await sessions.open("ann", CRED)
         busy_id, _ = await sessions.open("bob", CRED)
+        read_id, _ = await sessions.open("cy", CRED)
         now[0] += IDLE_SECONDS - 1
-        assert await sessions.get(busy_id, CRED) is not None
+        assert await self.used(sessions, busy_id)
+        # only read (a request refused for want of the CSRF token): no use of the session;
+        # it kept an abandoned session alive for its 12 hours (red-team wave 67)
+        assert await sessions.get(read_id, CRED) is not None
         now[0] += 2
         assert await sessions.get(idle_id, CRED) is None  # idle too long
-        assert await sessions.get(busy_id, CRED) is not None
+        assert await sessions.get(read_id, CRED) is None
+        assert await self.used(sessions, busy_id)
         while now[0] < 1000.0 + MAX_SECONDS:
-            assert await sessions.get(busy_id, CRED) is not None
+            assert await self.used(sessions, busy_id)
             now[0] += IDLE_SECONDS / 2
         assert await sessions.get(busy_id, CRED) is None  # past the absolute deadline, however busy
 
@@ -482,7 +493,7 @@ class TestConsoleSessions:
     async def test_at_most_so_many_the_least_recently_used_ends(self) -> None:
         sessions = ConsoleSessions(clock=lambda: 0.0)
         ids = [(await sessions.open(f"op{i}", CRED))[0] for i in range(MAX_SESSIONS)]
-        assert await sessions.get(ids[0], CRED) is not None  # now the most recently used
+        assert await self.used(sessions, ids[0])  # now the most recently used
         await sessions.open("one more", CRED)
         assert len(sessions.live) == MAX_SESSIONS
         assert (
@@ -518,7 +529,8 @@ class TestConsoleSessions:
                 return await refresh(*args, **kwargs)
 
             client.set = signed_out_first  # type: ignore[method-assign]
-            assert await replica_b.get(session_id, CRED) is None
+            found = await replica_b.get(session_id, CRED)
+            assert found is not None and not await replica_b.renew(session_id, found)
             client.set = refresh  # type: ignore[method-assign]
             assert await client.keys("race:cs:*") == []
             assert await replica_a.get(session_id, CRED) is None

@@ -34,7 +34,7 @@ from gateway.policy.model import LimitSpec, bucket_grant
 from gateway.policy.risk import classify, override_for
 from gateway.ratelimit.base import Bucket
 from gateway.server.console.feed import masked
-from gateway.server.console.login import session_by_cookie
+from gateway.server.console.login import renewed, session_by_cookie
 from gateway.server.console.origin import CLOSE, admin_throttle, refusal
 from gateway.server.console.sessions import COOKIE, SessionStoreDown, csrf_problem
 from gateway.server.lifecycle import readiness
@@ -110,6 +110,11 @@ async def _console_session(
     if problem is not None:
         log.warning("console.csrf_refused", operator=session.operator, reason=problem)
         raise PermissionDeniedException(problem)
+    try:
+        if not await renewed(gateway, connection.cookies.get(COOKIE), session):
+            return False  # signed out meanwhile (on another replica)
+    except SessionStoreDown as exc:
+        raise HTTPException(str(exc), status_code=503) from exc
     connection.state["console_operator"] = session.operator
     return True
 

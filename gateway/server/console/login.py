@@ -71,8 +71,15 @@ async def session_of(gateway: Gateway, request: Request[Any, Any, Any]) -> Conso
 
 
 async def session_by_cookie(gateway: Gateway, cookie: str | None) -> ConsoleSession | None:
-    """The live session of a cookie value, opened with the admin token in force, or None."""
+    """The live session of a cookie value, opened with the admin token in force, or None
+    (not renewed: ``renewed``, once the request passed the CSRF checks)."""
     return await sessions_of(gateway).get(cookie, credential_of(gateway))
+
+
+async def renewed(gateway: Gateway, cookie: str | None, session: ConsoleSession) -> bool:
+    """The session's use, by a request that passed the CSRF checks: its idle deadline
+    pushed back. False when it is gone meanwhile (signed out on another replica)."""
+    return await sessions_of(gateway).renew(cookie, session)
 
 
 def _store_down(exc: SessionStoreDown) -> Response[Any]:
@@ -147,6 +154,11 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         # the page presents the token it was given at sign-in, or signs in again.
         if session is None or csrf_problem(session, "GET", request.headers, None) is not None:
             return _json({"signed_in": False})
+        try:
+            if not await renewed(gateway, request.cookies.get(COOKIE), session):
+                return _json({"signed_in": False})
+        except SessionStoreDown as exc:
+            return _store_down(exc)
         return _json(session.view())
 
     @post("/console/logout", include_in_schema=False, status_code=200)
@@ -184,6 +196,11 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         problem = csrf_problem(session, "GET", request.headers, None, token=token)
         if problem is not None:
             return _json({"detail": problem}, 403)
+        try:
+            if not await renewed(gateway, request.cookies.get(COOKIE), session):
+                return _json({"detail": "sign in to the console first"}, 401)
+        except SessionStoreDown as exc:
+            return _store_down(exc)
         filters = {k: v for k in FILTERS if (v := request.query_params.get(k))}
         subscriber = feed.subscribe()
         if subscriber is None:
@@ -233,7 +250,9 @@ async def _still_signed_in(gateway: Gateway, cookie: str | None) -> bool:
     """Whether the stream's session lives on; a store that does not answer ends the stream
     (the page reconnects, and is asked to sign in only if the session is really gone)."""
     try:
-        return await session_by_cookie(gateway, cookie) is not None
+        session = await session_by_cookie(gateway, cookie)
+        # (its requests passed the checks when the stream opened: reading it is its use)
+        return session is not None and await renewed(gateway, cookie, session)
     except SessionStoreDown:
         return False
 

@@ -115,8 +115,14 @@ class SessionStore(Protocol):
     async def open(self, operator: str, credential: str) -> tuple[str, ConsoleSession]: ...
 
     async def get(self, session_id: str | None, credential: str | None) -> ConsoleSession | None:
-        """The live session of a cookie value opened with ``credential`` (its idle deadline
-        pushed back), or None."""
+        """The live session of a cookie value opened with ``credential``, or None. Its idle
+        deadline is not pushed back: only a request that passes the CSRF checks is the
+        session's use (``renew``). A refused one pushed it back, and the cookie alone (any
+        port of the host has it) kept an abandoned session alive for its 12 hours
+        (red-team wave 67)."""
+
+    async def renew(self, session_id: str | None, session: ConsoleSession) -> bool:
+        """The session was used: its idle deadline pushed back. False when it is gone."""
 
     async def close(self, session_id: str | None) -> None: ...
 
@@ -148,9 +154,15 @@ class ConsoleSessions:
         if session is None or not _good(session, now, credential):
             self.live.pop(key, None)
             return None
-        session.seen = now
-        self.live.move_to_end(key)
         return session
+
+    async def renew(self, session_id: str | None, session: ConsoleSession) -> bool:
+        key = _key(session_id or "")
+        if self.live.get(key) is not session:
+            return False
+        session.seen = self.clock()
+        self.live.move_to_end(key)
+        return True
 
     async def close(self, session_id: str | None) -> None:
         if session_id:
@@ -190,12 +202,15 @@ class ValkeyConsoleSessions:
             if raw is not None and (session is None or session.expires() <= now):
                 await self._do(self.client.delete(key))  # (a replica of another token's
             return None  # refusal leaves it to the replicas of its own)
-        session.seen = now
-        # Rewritten only if still there (XX): a sign-out on another replica between this
-        # read and this write must not bring the session back.
-        if not await self._put(key, session, existing=True):
-            return None
         return session
+
+    async def renew(self, session_id: str | None, session: ConsoleSession) -> bool:
+        if not session_id or len(session_id) > MAX_ID_CHARS:
+            return False
+        session.seen = self.clock()
+        # Rewritten only if still there (XX): a sign-out on another replica between the
+        # read and this write must not bring the session back.
+        return await self._put(self.prefix + _key(session_id), session, existing=True)
 
     async def close(self, session_id: str | None) -> None:
         if session_id and len(session_id) <= MAX_ID_CHARS:
