@@ -21,11 +21,11 @@ from gateway.approvals import stores
 from gateway.approvals.stores import MemoryApprovalStore, ValkeyApprovalStore
 from gateway.edge import inband
 from gateway.edge.elicit import question
-from gateway.errors import ConfigError
+from gateway.errors import BackendUnavailable, ConfigError
 from gateway.policy import Decision, load_policy
 from gateway.policy.model import Call, Identity
 from tests.gateway_proc import GatewayProcess, calls_in, client, decision_of, run_gateway, text_of
-from tests.peers import NODE, REPO_ROOT, TS_DIR, TS_SDK, PeerProcess, ts_sdk_ready
+from tests.peers import NODE, REPO_ROOT, TS_DIR, TS_SDK, PeerProcess, free_port, ts_sdk_ready
 from tests.valkey_server import ValkeyProcess
 
 KEY = "elicit-agent-key-0123456789abcdef"
@@ -592,6 +592,44 @@ class TestSingleUse:
             assert await store.consume_once("elicit:issued-after", 60, after) is True
         finally:
             await store.close()
+
+    async def test_a_replica_that_only_issues_states_learns_the_new_epoch(
+        self, valkey_db: ValkeyProcess
+    ) -> None:
+        """Replica B asks the questions, replica A checks the answers: B read the epoch once,
+        and after Valkey lost its data issued every state under the dead one, each refused
+        where it was answered, for good (red-team wave 67). B reads it again within
+        ``EPOCH_FRESH_SECONDS``, on its injected clock."""
+        now = [1000.0]
+        issuer = ValkeyApprovalStore(valkey_db.url, prefix="fresh:", clock=lambda: now[0])
+        checker = ValkeyApprovalStore(valkey_db.url, prefix="fresh:", clock=lambda: now[0])
+        try:
+            before = await issuer.current_epoch()
+            await issuer.client.flushdb()  # what a restart without persistence leaves
+            assert await checker.consume_once("elicit:old", 60, before) is False
+            assert await issuer.current_epoch() == before  # (read within the second)
+            assert await issuer.current_epoch(fresh=True) == checker.epoch  # a question's
+            now[0] += stores.EPOCH_FRESH_SECONDS
+            after = await issuer.current_epoch()
+            assert after != before and after == checker.epoch
+            assert await checker.consume_once("elicit:new", 60, after) is True
+        finally:
+            await issuer.close()
+            await checker.close()
+
+    async def test_a_store_that_does_not_answer_keeps_the_epoch_last_read(self) -> None:
+        now = [1000.0]
+        down = ValkeyApprovalStore(
+            f"valkey://127.0.0.1:{free_port()}/0", timeout=0.2, clock=lambda: now[0]
+        )
+        try:
+            with pytest.raises(BackendUnavailable):  # none read yet: no state can be issued
+                await down.current_epoch()
+            down.epoch = "last-read"
+            now[0] += stores.EPOCH_FRESH_SECONDS
+            assert await down.current_epoch() == "last-read"
+        finally:
+            await down.close()
 
 
 class TestPolicyFile:

@@ -259,7 +259,7 @@ class MemoryApprovalStore:
     async def waiting(self, approval_id: str, now: float) -> int:
         return sum(1 for until in self.waiters.get(approval_id, {}).values() if until > now)
 
-    async def current_epoch(self) -> str:
+    async def current_epoch(self, fresh: bool = False) -> str:
         return self.epoch
 
     async def consume_once(self, token: str, ttl: float, epoch: str, owner: str = "") -> bool:
@@ -351,6 +351,7 @@ class ValkeyApprovalStore:
         self.once_script = self.client.register_script(_ONCE)
         self._epoch = f"{prefix}epoch"
         self.epoch = ""  # as last seen; asked for on first use
+        self.epoch_read_at = 0.0  # when (``clock``)
         self.queue = self.client.register_script(_CREATE)
         self.forget_script = self.client.register_script(_FORGET)
 
@@ -470,10 +471,23 @@ class ValkeyApprovalStore:
         count = await self._do(self.client.zcount(self._waiters(approval_id), f"({now!r}", "+inf"))
         return int(count)
 
-    async def current_epoch(self) -> str:
-        """The store's epoch (made on first use, and again after Valkey lost its data)."""
-        if not self.epoch:
-            found = await self._do(self.epoch_script(keys=[self._epoch], args=[_fresh_epoch()]))
+    async def current_epoch(self, fresh: bool = False) -> str:
+        """The store's epoch (made on first use, and again after Valkey lost its data), read
+        again once ``EPOCH_FRESH_SECONDS`` old, or now (``fresh``: a question asked, rare).
+        Read once only, a replica that issued states but never checked one kept the epoch
+        Valkey had lost: every state it issued was refused wherever answered, for good
+        (red-team wave 67). A store that does not answer leaves the epoch last read (asked
+        again ``EPOCH_FRESH_SECONDS`` later), or none."""
+        now = self.clock()
+        stale = not 0 <= now - self.epoch_read_at < EPOCH_FRESH_SECONDS
+        if not self.epoch or stale or fresh:
+            self.epoch_read_at = now
+            try:
+                found = await self._do(self.epoch_script(keys=[self._epoch], args=[_fresh_epoch()]))
+            except BackendUnavailable:
+                if not self.epoch:
+                    raise
+                return self.epoch
             self.epoch = found.decode()
         return self.epoch
 
@@ -488,7 +502,7 @@ class ValkeyApprovalStore:
         args: list[str | int] = [epoch, _fresh_epoch(), max(1, int(ttl) + 1), now]
         args.append(MAX_ONCE_MARKS_EACH)
         won, current = await self._do(self.once_script(keys=keys, args=args))
-        self.epoch = current.decode()
+        self.epoch, self.epoch_read_at = current.decode(), self.clock()
         if won == 2:
             log.warning("approvals.once_full", owner=owner, owned=MAX_ONCE_MARKS_EACH)
         return bool(won == 1)
@@ -507,6 +521,10 @@ class ValkeyApprovalStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+#: How long a replica issues in-band approval states under the epoch it last read.
+EPOCH_FRESH_SECONDS = 1.0
 
 
 def _fresh_epoch() -> str:

@@ -206,7 +206,7 @@ class ElicitFace:
             return _refused(decision, "approval_unavailable")
         if not self.ours:
             timeout = decision.approval.timeout if decision.approval else 300.0
-            epoch = await store.current_epoch()
+            epoch = await store.current_epoch(fresh=True)  # (Valkey may have lost it)
             state = inband.issue_state(key, call, decision.revision, now + timeout, epoch=epoch)
             self.pending = {"inputRequests": {INPUT_KEY: self._request(call, decision)}}
             self.pending["requestState"] = state
@@ -265,14 +265,12 @@ class ElicitFace:
         )
         if store is None:
             return view  # nothing could check the state: the retry is a call of its own
-        epoch = store.epoch
-        if not epoch:  # a round trip only the first time
-            try:
-                epoch = await store.current_epoch()
-            except BackendUnavailable:
-                # No state can be checked now: the retry is a call of its own. A replica's
-                # first call during an outage was refused whole, limits or none (wave 44).
-                return view
+        try:  # (a round trip at most once a second: EPOCH_FRESH_SECONDS)
+            epoch = await store.current_epoch()
+        except BackendUnavailable:
+            # No state can be checked now: the retry is a call of its own. A replica's
+            # first call during an outage was refused whole, limits or none (wave 44).
+            return view
 
         def wrap(upstream: str | None) -> str:
             return inband.issue_state(
