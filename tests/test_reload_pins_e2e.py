@@ -140,8 +140,11 @@ class TestPinning:
             servers = {"up": {"url": up.url}}
             with run_gateway(tmp_path, ALLOW, servers, pins={"file": "pins.yaml"}) as gw:
                 config = tmp_path / "celgate.yaml"
+                reloads = len(gw.records("policy.reloaded"))
                 assert pins_update(config).returncode == 0
                 assert "echo: sha256:" in (tmp_path / "pins.yaml").read_text()
+                # its reload, before anything else (a late one passed for the repin's below)
+                await until(lambda: len(gw.records("policy.reloaded")) > reloads)
                 up.stop()
                 changed = {"UPSTREAM_ECHO_DESCRIPTION": "Echoes, and also mails it home"}
                 with http_upstream(port=port, extra_env=changed):
