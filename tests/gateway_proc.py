@@ -123,16 +123,30 @@ def run_gateway(
     env: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> Iterator[GatewayProcess]:
-    port = free_port()
-    config = write_config(directory, policy, servers, port, **extra)
-    log_path = directory / f"gateway-{port}.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "run", "--config", str(config), "--json-logs"]
-    peer = start_process(cmd, port=None, url="", extra_env=env, log_path=log_path)
+    for attempt in range(PORT_TRIES):
+        # (a free port found here may be taken by another process before the gateway binds
+        # it: another port, then, rather than a failed test)
+        port = free_port()
+        config = write_config(directory, policy, servers, port, **dict(extra))
+        log_path = directory / f"gateway-{port}.log"
+        cmd = [sys.executable, "-m", "gateway.cli", "run", "--config", str(config), "--json-logs"]
+        peer = start_process(cmd, port=None, url="", extra_env=env, log_path=log_path)
+        try:
+            wait_healthy(port, peer)
+        except RuntimeError:
+            peer.stop()
+            if attempt + 1 < PORT_TRIES and _PORT_TAKEN in peer.output():
+                continue
+            raise
+        break
     try:
-        wait_healthy(port, peer)
         yield GatewayProcess(peer, port, log_path)
     finally:
         peer.stop()
+
+
+PORT_TRIES = 3
+_PORT_TAKEN = "the port is already in use"
 
 
 def text_of(result: types.CallToolResult) -> str:
