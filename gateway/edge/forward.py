@@ -183,7 +183,8 @@ def end_upstream_call(fwd: Forward, why: str) -> None:
 
 def request_headers(incoming: Incoming, fwd: Forward) -> dict[str, str]:
     headers = {k: v for k, v in incoming.headers.items() if k in _FORWARD_REQUEST}
-    if is_json_type(headers.get("content-type")):
+    given = headers.get("content-type")
+    if given is not None and given != "application/json" and is_json_type(given):
         # The body was read as UTF-8 JSON; it goes as that, spelled as every server reads it
         # (media types are case-insensitive, but an SDK server refused "Application/JSON").
         headers["content-type"] = "application/json"
