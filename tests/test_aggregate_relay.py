@@ -439,6 +439,8 @@ def test_news_of_a_resource_passes_only_from_its_owner() -> None:
     routed.for_request(3, {}, "tools/call")
     for foreign in ("alpha://doc", "shared://x", "nobody://y", None, 5):
         assert filtered(json.dumps(news(foreign)).encode(), routed) is DROP, foreign
+        escaped = json.dumps(news(foreign)).replace("/", "\\/")  # the same to any parser
+        assert filtered(escaped.encode(), routed) is DROP, foreign
     assert filtered(json.dumps(news("beta://own")).encode(), routed) is None
 
 
