@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from tests.gateway_proc import GatewayProcess, run_gateway
-from tests.peers import http_upstream
+from tests.peers import http_upstream, raw_upstream
 from tests.test_aggregate_relay import JSON_SSE, KEY, _init
 
 POLICY = 'version: "1"\ndefault: allow\n'
@@ -64,3 +65,32 @@ async def test_a_server_stream_that_ends_is_read_again(gateway: GatewayProcess) 
             with anyio.fail_after(15):  # the stream is opened again, from its last event
                 assert await anext(methods) == "notifications/tools/list_changed"
     assert gateway.records("aggregate.stream_reopened")
+
+
+async def test_a_server_whose_every_get_is_404_is_not_relinked(tmp_path: Path) -> None:
+    """A server that serves no GET at all (404 for each, its sessions alive) was taken for
+    one that restarted: each 404 opened a new link, whose GET was 404 again, with no pause
+    (15,000 sessions in 5 s from one listening client, red-team wave 68). A ``ping`` in the
+    session tells them apart: alive, the server has no stream, as for a 405."""
+    log = tmp_path / "up.jsonl"
+    with raw_upstream("sessions,get-404", log) as up:
+        grants = {"bot": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}
+        with run_gateway(tmp_path, POLICY, {"up": {"url": up.url}}, grants=grants) as gw:
+            async with httpx.AsyncClient(base_url=gw.base, timeout=30) as http:
+                base = {"authorization": f"Bearer {KEY}", "accept": JSON_SSE}
+                opened = await http.post("/mcp", json=_init(), headers=base)
+                headers = {**base, "mcp-session-id": opened.headers["mcp-session-id"]}
+                body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+                body["params"] = {"name": "up__echo", "arguments": {"text": "hi"}}
+                assert "hi" in (await http.post("/mcp", json=body, headers=headers)).text
+                opens = _initializes(log)
+                stream = {**headers, "accept": "text/event-stream"}
+                async with http.stream("GET", "/mcp", headers=stream):
+                    assert gw.wait_records(1, "aggregate.no_stream", within=20)
+            assert gw.records("aggregate.link_lost") == []
+            assert _initializes(log) == opens
+
+
+def _initializes(log: Path) -> int:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum(1 for line in lines if json.loads(line).get("rpc") == "initialize")

@@ -56,6 +56,8 @@ numbers the TCP connections from 1; ``expect`` is the request's Expect header or
 * ``sessions``: every ``initialize`` is answered with a new session id (``s-1``, ``s-2``...);
   a DELETE ends the session it names (200, logged with ``sid``); a POST naming a session
   that was never made or was ended is answered 404 (logged with ``sid``);
+* ``get-404``: every GET is answered 404 (a server with a POST route alone, as an Express
+  app's default answers), its sessions alive all along;
 * ``get-forge``: GET is a stream holding an answer (id 7), a progress notice (token ``t7``) and
   a ``notifications/message``, then its end;
 * ``list-cut``: once a file ``<log>.cut`` exists beside its log, a ``tools/list`` is a
@@ -247,7 +249,8 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         return True
     if method != "POST":
         log({"conn": conn, "method": method, "rpc": None, "id": None, "expect": expect})
-        writer.write(answer("405 Method Not Allowed"))
+        refused = "404 Not Found" if "get-404" in MISBEHAVE else "405 Method Not Allowed"
+        writer.write(answer(refused))
         return True
     message = json.loads(body)
     rpc = message.get("method")

@@ -15,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from gateway.edge.agg.sessions import AggSession, Link
+from gateway.edge.agg.upcall import UpcallFailed, UpcallGone, upcall
 from gateway.edge.clientview import both
 from gateway.edge.forward import (
     UPSTREAM_ERRORS,
@@ -35,6 +36,7 @@ from gateway.wire.sse import SseRewriter, StreamTooLarge, event_id
 
 if TYPE_CHECKING:
     from gateway.edge.agg.handshake import Handshake
+    from gateway.upstream.http import HttpUpstream
 
 QUEUE_EVENTS = 64
 #: What one client's merged stream holds waiting to be sent, at most (and one chunk more):
@@ -183,11 +185,13 @@ async def _read_stream(
     try:
         if resp.status == 404 and link.sid is not None:
             resp.close()
-            if session.links.get(link.server) is link:
+            if session.links.get(link.server) is link and await _session_gone(upstream, link):
                 # The server no longer knows the session (it restarted): a link is opened in
                 # its place, told what the client set up, and its stream read (``on_link``).
                 # A client that only listened lost the server without a word (red-team wave 67).
                 await face.links.relink(session, link)
+            else:  # a server whose GET is 404 alone serves no stream: as a 405
+                log.info("aggregate.no_stream", server=link.server, status=404)
             return False, False
         if resp.status != 200 or answer_media(resp) != "text/event-stream":
             return False, resp.status >= 500
@@ -209,3 +213,18 @@ async def _read_stream(
     finally:
         resp.close()
     return heard, True
+
+
+async def _session_gone(upstream: HttpUpstream, link: Link) -> bool:
+    """Whether a server whose GET in the link's session was 404 no longer knows the session
+    (a ``ping`` in it is 404 too). A server that serves no GET at all (404 for every one: an
+    Express app with only a POST route) is no restarted one: each relink opened a session,
+    whose GET was 404 again, in a loop with no pause (15,000 sessions in 5 s, red-team wave
+    68)."""
+    try:
+        await upcall(upstream, "ping", {}, link.version, session=link.sid)
+    except UpcallGone:
+        return True
+    except UpcallFailed:
+        return False
+    return False
