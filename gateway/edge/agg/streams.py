@@ -189,7 +189,11 @@ async def _read_stream(
                 # The server no longer knows the session (it restarted): a link is opened in
                 # its place, told what the client set up, and its stream read (``on_link``).
                 # A client that only listened lost the server without a word (red-team wave 67).
-                await face.links.relink(session, link)
+                # After a pause: a server that forgets every session at once is not asked
+                # for new ones as fast as it can answer.
+                await asyncio.sleep(REOPEN_FIRST)
+                if session.links.get(link.server) is link:
+                    await face.links.relink(session, link)
             else:  # a server whose GET is 404 alone serves no stream: as a 405
                 log.info("aggregate.no_stream", server=link.server, status=404)
             return False, False
