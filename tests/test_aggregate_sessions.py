@@ -188,3 +188,20 @@ def test_a_lost_links_requests_die_with_it() -> None:
     assert session.progress_of("tok") is None
     assert session.answered(other) == ("b", 0)  # another server's are its own
     assert session.answered(new) == ("a", 0)
+
+
+def test_an_id_in_progress_is_no_new_requests() -> None:
+    """Two requests of a ``/mcp`` session under one id (1 or "1": a server's streams are by
+    the id's text): the server's answer to the first went to the second (red-team wave 68).
+    The second is refused while the first is in progress."""
+    from gateway.wire.jsonrpc import BadMessage
+
+    sessions = Sessions(max_total=10, max_per_grant=10, idle_seconds=60)
+    session = sessions.create("g", {}, "2025-11-25", "g/a")
+    done = session.track(1, "a")
+    for again in (1, "1"):
+        with pytest.raises(BadMessage) as refused:
+            session.track(again, "b")
+        assert "in progress" in refused.value.message
+    done()
+    session.track("1", "b")()  # once it is over, the id is free (cancels aside)

@@ -264,5 +264,60 @@ def test_one_callers_cancels_never_push_out_anothers() -> None:
     for n in range(MAX_OVER * 3):
         request_over("up", "g/flood", "s-f", f"made-up-{n}")
     assert over("up", "g/victim", "s-v", id_digest(7))
-    assert not over("up", "g/flood", "s-f", id_digest("made-up-0"))  # its own oldest gave way
     assert not over("up", "g/other", "s-v", id_digest(7))
+    assert not over("up", "g/victim", "s-v", id_digest(8))
+
+
+def test_a_session_that_cancelled_past_what_is_kept_refuses_every_id() -> None:
+    """An agent cancelled 1,300 made-up ids in its session to push a real one out, then sent
+    a call under it: a cancelled tools/list's late answer came back as the call's result
+    (red-team wave 68). Its oldest, forgotten while fresh, make the session one that cannot
+    tell its cancelled ids apart: every request of it is refused, and no other session's."""
+    from gateway.edge.forward import MAX_OVER, request_over, was_over
+
+    request_over("up", "g/flooder", "s-1", 100)  # the real one
+    for n in range(MAX_OVER + 10):
+        request_over("up", "g/flooder", "s-1", f"made-up-{n}")
+    assert was_over("up", "g/flooder", "s-1", 100)
+    assert was_over("up", "g/flooder", "s-1", "never-used")  # none can be told apart
+    assert not was_over("up", "g/flooder", "s-2", 100)  # a new session starts clean
+
+
+async def test_an_id_in_progress_or_left_is_no_new_requests(tmp_path: Path) -> None:
+    """A server's streams are by the id's text: a second request of a session under an id
+    in progress (1 or "1"), or under the id of one its client went away from, took the first
+    one's answer when it came, a slow tools/list whole as a call's result (red-team wave
+    68). Both are refused; another session may use the id."""
+    log = tmp_path / "up.jsonl"
+    with raw_upstream("sessions,sse-silent", log) as up:
+        grants = {"agent": {"key_sha256": hash_key(KEY)}}
+        servers = {"up": {"url": up.url, "timeout": 30}}
+        with run_gateway(tmp_path, POLICY, servers, grants=grants) as gw:
+            async with httpx.AsyncClient(base_url=gw.base, timeout=20) as http:
+                sessions = []
+                for name in ("first", "second"):
+                    made = await http.post("/mcp/up", json=initialize_body(name), headers=HEADERS)
+                    sessions.append({**HEADERS, "mcp-session-id": made.headers["mcp-session-id"]})
+                mine, other = sessions
+                first = asyncio.ensure_future(http.post("/mcp/up", json=call(5), headers=mine))
+                async with asyncio.timeout(20):  # until the upstream has it
+                    while not any(r.get("rpc") == "tools/call" for r in _seen(log)):
+                        await asyncio.sleep(0.05)
+                for again in (5, "5"):
+                    refused = await http.post("/mcp/up", json=call(again), headers=mine)
+                    assert refused.status_code == 400
+                    assert "in progress" in refused.json()["error"]["message"]
+                first.cancel()  # the client goes away, its request still with the server
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+                async with asyncio.timeout(20):  # until the gateway has seen it go
+                    while True:
+                        again = await http.post("/mcp/up", json=call(5), headers=mine)
+                        if "cancelled" in again.text:
+                            break
+                        assert "in progress" in again.text, again.text
+                        await asyncio.sleep(0.05)
+                assert again.status_code == 400
+                listed = {"jsonrpc": "2.0", "id": 5, "method": "tools/list"}
+                theirs = await http.post("/mcp/up", json=listed, headers=other)
+                assert theirs.status_code == 200 and "echo" in theirs.text

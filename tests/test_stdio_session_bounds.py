@@ -212,3 +212,20 @@ async def test_a_request_answered_while_it_waited_for_the_process_is_never_sent(
     await posted
     assert sent == []
     assert b"exited before answering" in b"".join(m.get("body", b"") for m in told)
+
+
+def test_no_abandoned_id_is_forgotten_while_its_process_lives(link: SessionLink) -> None:
+    """The newest 256 ids that ended without their answer were kept, the oldest forgotten:
+    an agent cancelled 260 pings to push a cancelled tools/list's id out, then took that
+    list's late answer, whole, as a call's result (red-team wave 68). None is forgotten;
+    past the bound, the session's process is ended (and started again) instead."""
+    from gateway.upstream.stdio_session import MAX_ABANDONED
+
+    restarts: list[bool] = []
+    link.child.restart = lambda: restarts.append(True)  # type: ignore[method-assign]
+    link._abandon(100)
+    for n in range(MAX_ABANDONED - 1):
+        link._abandon(f"ping-{n}")
+    assert restarts == [] and link._unanswered(100)
+    link._abandon("one-more")
+    assert restarts == [True] and link._unanswered(100)  # until the process's exit clears it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -103,39 +104,67 @@ class Forward:
 
 
 #: Requests that are over without their answer, per caller (owner), by (server, session,
-#: digest of the id): ended by the gateway (no answer in time, its client told so) or
-#: cancelled by their client. A resumed stream of theirs brings no answer, and one resumed
-#: again after it ended is refused at once (``over``). Kept per caller, ``MAX_OVER`` each,
-#: the callers least recently heard of given up past ``MAX_OVER_OWNERS``: one list for all
-#: let one agent push every other's out with made-up cancels (red-team wave 38).
-_ENDED: OrderedDict[str | None, OrderedDict[tuple[str, str | None, str], None]] = OrderedDict()
+#: digest of the id), with when: ended by the gateway (no answer in time, its client told
+#: so), cancelled by their client, or left by it. A resumed stream of theirs brings no
+#: answer, and one resumed again after it ended is refused at once (``over``); a new request
+#: under the id is refused (``was_over``). Kept per caller, ``MAX_OVER`` each, the callers
+#: least recently heard of given up past ``MAX_OVER_OWNERS``: one list for all let one agent
+#: push every other's out with made-up cancels (red-team wave 38).
+_ENDED: OrderedDict[str | None, OrderedDict[tuple[str, str | None, str], float]] = OrderedDict()
 MAX_OVER = 1024
 MAX_OVER_OWNERS = 10_000
+#: An entry forgotten younger than this (pushed out by newer ones) leaves its session unable
+#: to tell its cancelled ids apart: the session is then ``lossy``, and refuses every request.
+#: An agent flooded its own list with cancels, and a cancelled tools/list's late answer came
+#: back as a new call's result under the forgotten id (red-team wave 68).
+OVER_KEEP_SECONDS = 3600.0
+_LOSSY: OrderedDict[tuple[str | None, str, str | None], None] = OrderedDict()
+MAX_LOSSY = 10_000
 
 
 def request_over(server: str, owner: str | None, session: str | None, msg_id: Any) -> None:
     """The request ``msg_id`` of this caller's session is over without its answer."""
+    now = time.monotonic()
     mine = _ENDED.get(owner)
     if mine is None:
         mine = _ENDED[owner] = OrderedDict()
         while len(_ENDED) > MAX_OVER_OWNERS:
-            _ENDED.popitem(last=False)
+            gone, theirs = _ENDED.popitem(last=False)
+            for key, at in theirs.items():
+                _forgotten(gone, key, at, now)
     _ENDED.move_to_end(owner)
-    mine[(server, session, id_digest(msg_id))] = None
+    key = (server, session, id_digest(msg_id))
+    mine.pop(key, None)
+    mine[key] = now
     while len(mine) > MAX_OVER:
-        mine.popitem(last=False)
+        old, at = mine.popitem(last=False)
+        _forgotten(owner, old, at, now)
+
+
+def _forgotten(owner: str | None, key: tuple[str, str | None, str], at: float, now: float) -> None:
+    server, session, _ = key
+    if session is not None and now - at < OVER_KEEP_SECONDS:
+        _LOSSY[(owner, server, session)] = None
+        while len(_LOSSY) > MAX_LOSSY:
+            _LOSSY.popitem(last=False)
 
 
 def over(server: str, owner: str | None, session: str | None, digest: str | None) -> bool:
     """Whether the request of this digest (``ClientView.resumed_request``) is over."""
     mine = _ENDED.get(owner)
-    return digest is not None and mine is not None and (server, session, digest) in mine
+    if digest is not None and mine is not None and (server, session, digest) in mine:
+        return True
+    return bool(_LOSSY) and (owner, server, session) in _LOSSY
 
 
 def was_over(server: str, owner: str | None, session: str | None, msg_id: Any) -> bool:
     """Whether the request ``msg_id`` of this caller's session is over without its answer
-    (its id is then no new request's); no digest is made for a caller with none over."""
-    return owner in _ENDED and over(server, owner, session, id_digest(msg_id))
+    (its id is then no new request's), or the session cannot tell (``lossy``); no digest is
+    made for a caller with none over."""
+    if _LOSSY and (owner, server, session) in _LOSSY:
+        return True
+    mine = _ENDED.get(owner)
+    return mine is not None and (server, session, id_digest(msg_id)) in mine
 
 
 def ended_here(server: str, owner: str | None, session: str | None) -> Callable[[Any], bool]:
@@ -158,6 +187,15 @@ def refuse_over(server: str, owner: str | None, session: str | None, view: Clien
     if over(server, owner, session, view.resumed_request()):
         msg = "the request of this stream was cancelled or ended: nothing more will come"
         raise BadMessage(INVALID_REQUEST, msg, status=OVER_STATUS)
+
+
+def left_unanswered(fwd: Forward) -> None:
+    """The client went away from a request of its session that reached the upstream: the
+    upstream may answer it yet, and gives that answer to a later request under the same id
+    (an SDK server's streams are by id), a late tools/list whole as a call's result. Its id
+    is over, as a cancelled one's."""
+    if fwd.msg_id is not None and fwd.session_id is not None and fwd.sent_headers is not None:
+        request_over(fwd.upstream.name, fwd.grant, fwd.session_id, fwd.msg_id)
 
 
 def end_upstream_call(fwd: Forward, why: str) -> None:
@@ -328,7 +366,10 @@ async def asked(
 
     async def asking() -> H1Response | None:
         got.clear()
-        await (watching_disconnect(incoming.receive, ask()) if watch else ask())
+        if watch and await watching_disconnect(incoming.receive, ask()):
+            left_unanswered(fwd)
+        elif not watch:
+            await ask()
         return got[0] if got else None
 
     lost = f"upstream {upstream.name!r} lost its session"
@@ -434,7 +475,8 @@ async def _relay(incoming: Incoming, send: Send, resp: H1Response, fwd: Forward)
         listen = incoming.method == "GET" and not resumed
         silence = None if listen else fwd.upstream.silence
         relay = _relay_sse(send, resp, fwd, start, alone, silence)
-        await watching_disconnect(incoming.receive, relay)
+        if await watching_disconnect(incoming.receive, relay):
+            left_unanswered(fwd)
     else:
         await _relay_whole(send, resp, fwd, media)
 
@@ -773,8 +815,9 @@ async def _answer_json(
 WATCH_AFTER_SECONDS = 0.05
 
 
-async def watching_disconnect(receive: Receive, work: Any) -> None:
-    """Run ``work`` until it ends or the client goes away (then the upstream is dropped).
+async def watching_disconnect(receive: Receive, work: Any) -> bool:
+    """Run ``work`` until it ends or the client goes away (then the upstream is dropped);
+    whether the client went away.
 
     A plain asyncio watcher task, not a task group, started only once the work has run for
     ``WATCH_AFTER_SECONDS``: this runs on every streamed answer, and a task group (or even a
@@ -810,3 +853,4 @@ async def watching_disconnect(receive: Receive, work: Any) -> None:
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
+    return gone

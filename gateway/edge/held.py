@@ -25,6 +25,7 @@ from gateway.edge.forward import (
     asked,
     end_upstream_call,
     ended_unanswered,
+    left_unanswered,
     no_answer,
     read_bounded,
     relayed_events,
@@ -408,7 +409,9 @@ class HeldStream:
 
     async def answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:
         if not self.gone:
-            await watching_disconnect(self.incoming.receive, self._answer(gw, call, fwd, admission))
+            answering = self._answer(gw, call, fwd, admission)
+            if await watching_disconnect(self.incoming.receive, answering):
+                left_unanswered(fwd)  # (when it had gone upstream)
         await self.send({"type": "http.response.body", "body": b""})
 
     async def _answer(self, gw: Gateway, call: Call, fwd: Forward, admission: Admission) -> None:

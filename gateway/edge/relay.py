@@ -159,8 +159,38 @@ class Relay:
             # may answer it yet, and gives that answer to the new request (its streams are
             # by id): a late tools/list, whole, as a call's result (red-team wave 64). MCP
             # forbids reusing an id in a session; it is refused.
-            msg = "this request id was used in this session by a request that was cancelled"
+            msg = (
+                "this request id was used in this session by a request that was cancelled "
+                "(or the session cancelled too many to tell them apart: open a new one)"
+            )
             raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
+        live = None
+        if message.is_request and session is not None:
+            live = (upstream.name, identity.owner, session, str(message.msg_id))
+            if live in _LIVE:
+                # Two requests of one session under one id (1 and "1" alike: a server's
+                # streams are by the id's text): the server's answer to the first went to
+                # the second, a slow tools/list whole as a call's result.
+                msg = "a request with this id is in progress in this session"
+                raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
+            _LIVE.add(live)
+        try:
+            await self._message(incoming, send, upstream, identity, message, body, session, modern)
+        finally:
+            if live is not None:
+                _LIVE.discard(live)
+
+    async def _message(
+        self,
+        incoming: Incoming,
+        send: Send,
+        upstream: HttpUpstream,
+        identity: Identity,
+        message: Message,
+        body: bytes,
+        session: str | None,
+        modern: bool,
+    ) -> None:
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
@@ -234,6 +264,11 @@ class Relay:
         call = _call_of(message, fwd, identity, incoming, self.gw)
         version = _version(message, incoming)
         await call_through(self.gw, incoming, send, message, call, fwd, identity, version)
+
+
+#: The requests of handshake-era sessions in progress here: (server, owner, session, the id
+#: as text). One entry a request, for as long as it is handled.
+_LIVE: set[tuple[str, str, str, str]] = set()
 
 
 @contextlib.contextmanager

@@ -381,6 +381,13 @@ class Child:
             return True
         return False
 
+    def restart(self) -> None:
+        """End the running process (its group, at once); ``run`` starts it again, as after a
+        crash, and its exit answers what it had in flight."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            kill_group(proc)
+
     def stop(self) -> None:
         """Close stdin (a polite stdio server exits on EOF), then SIGTERM the group."""
         self.stopping = True

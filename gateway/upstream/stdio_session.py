@@ -52,7 +52,7 @@ GET_STREAM = ("get",)  # the event-log key of the session's GET stream (no reque
 #: each stopping the deadlines of the requests it concerns for ASK_SECONDS at most; an id
 #: longer than ID_CHARS is passed on but not kept.
 MAX_ASKING = 64
-MAX_ABANDONED, ABANDONED_SECONDS = 256, 600.0
+MAX_ABANDONED = 256
 ASK_SECONDS = 600.0
 ID_CHARS = 256
 
@@ -104,8 +104,11 @@ class SessionLink:
         #: Requests the child was sent that ended without its answer (cancelled, or past
         #: their deadline), and when: the child may answer yet, and a new request under the
         #: same id would take that answer (a late tools/list, unfiltered, as a call's result:
-        #: red-team wave 64). Such an id is refused until the answer comes (it is dropped),
-        #: for ``ABANDONED_SECONDS`` at most; the newest ``MAX_ABANDONED`` are kept.
+        #: red-team wave 64). Such an id is refused until the answer comes (it is dropped) or
+        #: the process that had it exits. None is forgotten while its process lives: past
+        #: ``MAX_ABANDONED`` the process is ended (and started again) instead. The oldest
+        #: were forgotten, and an agent that cancelled 260 pings pushed a cancelled list's id
+        #: out, then took its answer (red-team wave 68).
         self.abandoned: OrderedDict[Any, float] = OrderedDict()
         self.get_stream: Inbox | None = None
         self.events = EventLog()
@@ -354,24 +357,15 @@ class SessionLink:
 
     def _abandon(self, msg_id: Any) -> None:
         """``msg_id`` ended without the child's answer, which may still come."""
-        now = time.monotonic()
         self.abandoned.pop(msg_id, None)
-        self.abandoned[msg_id] = now
-        while self.abandoned and (
-            len(self.abandoned) > MAX_ABANDONED
-            or now - next(iter(self.abandoned.values())) > ABANDONED_SECONDS
-        ):
-            self.abandoned.popitem(last=False)
+        self.abandoned[msg_id] = time.monotonic()
+        if len(self.abandoned) > MAX_ABANDONED:
+            log.warning("stdio.too_many_abandoned", server=self.name, abandoned=MAX_ABANDONED)
+            self.child.restart()  # its exit answers what is in flight, and clears the list
 
     def _unanswered(self, msg_id: Any) -> bool:
-        """Whether ``msg_id`` ended without its answer recently (the child may answer yet)."""
-        at = self.abandoned.get(msg_id)
-        if at is None:
-            return False
-        if time.monotonic() - at > ABANDONED_SECONDS:
-            del self.abandoned[msg_id]
-            return False
-        return True
+        """Whether ``msg_id`` ended without its answer (the child may answer yet)."""
+        return msg_id in self.abandoned
 
     def _last_sign(self, msg_id: Any) -> Callable[[], float | None]:
         def last_sign() -> float | None:

@@ -231,7 +231,7 @@ class Handshake:
             links = []  # each upstream session had its own; tasks are not served on /mcp
         elif method == "notifications/cancelled":
             rid = message.params.get("requestId")
-            owner = session.inflight.get(json.dumps(rid))
+            owner = session.inflight.get(str(rid))
             links = [session.links[owner]] if owner in session.links else []
             # Its stream, resumed, is refused at once (refuse_over), as on the relay: on the
             # link it went to, or on every link when no request of the session is under that
@@ -340,7 +340,10 @@ class Handshake:
             # with a session: without one, ids are no session's): the server may answer it
             # yet, and gives that answer to the new request, as on the relay (red-team wave
             # 64). MCP forbids reusing an id in a session.
-            msg = "this request id was used in this session by a request that was cancelled"
+            msg = (
+                "this request id was used in this session by a request that was cancelled "
+                "(or the session cancelled too many to tell them apart: open a new one)"
+            )
             raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)

@@ -51,7 +51,7 @@ class AggSession:
     opening: dict[str, asyncio.Future[Link | None]] = field(default_factory=dict)
     # servers that refused a link for now (a quota): the status and message, for the caller
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
-    inflight: dict[str, str] = field(default_factory=dict)  # request id (JSON) -> server
+    inflight: dict[str, str] = field(default_factory=dict)  # request id (as text) -> server
     upcalls: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ours -> (server, id)
     upcall_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # reverse
     #: A progress token (JSON) of servers' requests -> our id for each request -> its server
@@ -145,8 +145,13 @@ class AggSession:
     def track(self, msg_id: Any, server: str) -> Callable[[], None]:
         """Note a request routed to ``server`` (a client's cancel of it goes there) until the
         returned callable is called."""
-        key = json.dumps(msg_id)
-        if len(self.inflight) >= MAX_INFLIGHT or key in self.inflight:
+        key = str(msg_id)  # (the id's text: how servers key their streams)
+        if key in self.inflight:
+            # Two requests of the session under one id (1 and "1" alike: a server's streams
+            # are by the id's text): the server's answer to the first went to the second.
+            msg = "a request with this id is in progress in this session"
+            raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
+        if len(self.inflight) >= MAX_INFLIGHT:
             return _nothing  # not noted: a cancel of it reaches no server
         self.inflight[key] = server
 
