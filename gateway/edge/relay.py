@@ -164,33 +164,6 @@ class Relay:
                 "(or the session cancelled too many to tell them apart: open a new one)"
             )
             raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
-        live = None
-        if message.is_request and session is not None:
-            live = (upstream.name, identity.owner, session, str(message.msg_id))
-            if live in _LIVE:
-                # Two requests of one session under one id (1 and "1" alike: a server's
-                # streams are by the id's text): the server's answer to the first went to
-                # the second, a slow tools/list whole as a call's result.
-                msg = "a request with this id is in progress in this session"
-                raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
-            _LIVE.add(live)
-        try:
-            await self._message(incoming, send, upstream, identity, message, body, session, modern)
-        finally:
-            if live is not None:
-                _LIVE.discard(live)
-
-    async def _message(
-        self,
-        incoming: Incoming,
-        send: Send,
-        upstream: HttpUpstream,
-        identity: Identity,
-        message: Message,
-        body: bytes,
-        session: str | None,
-        modern: bool,
-    ) -> None:
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's
@@ -216,7 +189,11 @@ class Relay:
         msg_id = message.msg_id if message.is_request else None
         fwd = Forward(upstream, session, body, msg_id, view, grant=identity.owner)
         fwd.wrap_session = lambda sid: self.gw.signer.wrap(upstream.name, identity.owner, sid)
-        with _in_use(upstream, identity, session), _making(upstream, identity, message):
+        with (
+            _in_use(upstream, identity, session),
+            _making(upstream, identity, message),
+            _one_of_its_id(upstream, identity, session, message),
+        ):
             await self._forward(incoming, send, upstream, identity, message, view, fwd)
 
     async def _forward(
@@ -269,6 +246,27 @@ class Relay:
 #: The requests of handshake-era sessions in progress here: (server, owner, session, the id
 #: as text). One entry a request, for as long as it is handled.
 _LIVE: set[tuple[str, str, str, str]] = set()
+
+
+@contextlib.contextmanager
+def _one_of_its_id(
+    upstream: HttpUpstream, identity: Identity, session: str | None, message: Message
+) -> Iterator[None]:
+    """A request of a session, the only one under its id while it is handled: with two (1
+    and "1" alike: a server's streams are by the id's text), the server's answer to the first
+    went to the second, a slow tools/list whole as a call's result (red-team wave 68)."""
+    if not message.is_request or session is None:
+        yield
+        return
+    live = (upstream.name, identity.owner, session, str(message.msg_id))
+    if live in _LIVE:
+        msg = "a request with this id is in progress in this session"
+        raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
+    _LIVE.add(live)
+    try:
+        yield
+    finally:
+        _LIVE.discard(live)
 
 
 @contextlib.contextmanager
