@@ -94,6 +94,29 @@ def test_a_filtered_list_and_an_empty_result_name_it_too(gw: GatewayProcess) -> 
     assert _modern(gw.url("lit"), "ping", {})["result"] == {"resultType": "complete"}
 
 
+def test_freshness_hints_no_client_reads_are_mended(tmp_path: Path) -> None:
+    """A ``ttlMs`` of 1.5 or a ``cacheScope`` of "shared" made the SDKs (and the Inspector)
+    fail to read the whole list on the relay; ``/mcp`` mended them (red-team wave 68). And a
+    filtered tools list kept for the server's hour went on showing a tool a reload hid:
+    the relay's is never to be kept, as ``/mcp``'s."""
+    script = tmp_path / "script.json"
+    odd = {"ttlMs": 1.5, "cacheScope": "shared"}
+    tools = [{"name": "echo", "inputSchema": {"type": "object"}}]
+    results = {
+        "tools/list": {"tools": tools, "ttlMs": 3_600_000, "cacheScope": "public"},
+        "prompts/list": {"prompts": [], **odd},
+        "resources/list": {"resources": [], "ttlMs": "60000", "cacheScope": None},
+    }
+    script.write_text(json.dumps({"results": results}))
+    with (
+        literal_upstream({"LITERAL_SCRIPT": str(script)}) as up,
+        run_gateway(tmp_path, POLICY, {"lit": {"url": up.url}}) as gw,
+    ):
+        for method in results:
+            result = _modern(gw.url("lit"), method, {})["result"]
+            assert (result["ttlMs"], result["cacheScope"]) == (0, "private"), method
+
+
 def test_a_handshake_era_answer_is_left_as_it_came(gw: GatewayProcess) -> None:
     params = {"name": "echo", "arguments": {"t": 1}}
     body = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": params}
@@ -123,6 +146,17 @@ def test_the_inspector_reads_the_relayed_call(gw: GatewayProcess, face: str) -> 
     ("data", "keys"),
     [
         (b'{"id":1,"result":{"resultType":"complete","ttlMs":0}}', (True, True, False)),
+        (
+            b'{"id":1,"result":{"resultType":"complete","ttlMs":60000,"cacheScope":"public"}}',
+            (True, True, True),
+        ),
+        # values no client reads (the SDKs failed the whole result): to be read and mended
+        (
+            b'{"id":1,"result":{"resultType":"x","ttlMs":1.5,"cacheScope":"shared"}}',
+            (True,) + (False,) * 2,
+        ),
+        (b'{"id":1,"result":{"ttlMs":-1,"cacheScope":null}}', (False,) * 3),
+        (b'{"id":1,"result":{"ttlMs":"60000","cacheScope":"PUBLIC"}}', (False,) * 3),
         (b'{"id":1,"result":{"content":[],"x":{"resultType":1,"cacheScope":2}}}', (False,) * 3),
         (b'{"id":1,"result":{"r\\u0065sultType":"complete"}}', (True, False, False)),
         (b'{"id":1,"error":{"code":1}}', None),

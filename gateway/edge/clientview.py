@@ -472,9 +472,10 @@ class ClientView:
         if "resultType" not in result:
             missing["resultType"] = "complete"
         if self.cacheable and result.get("resultType", "complete") == "complete":
-            if "ttlMs" not in result:
+            # missing, or of a value no client reads (the SDKs failed the whole result)
+            if not whole_ms(result.get("ttlMs")):
                 missing["ttlMs"] = 0
-            if "cacheScope" not in result:
+            if result.get("cacheScope") not in ("public", "private"):
                 missing["cacheScope"] = "private"
         return {**result, **missing} if missing else result
 
@@ -541,6 +542,11 @@ class ClientView:
         out = list_result_fields({**result, "tools": shown})
         if out.get("cacheScope") == "public":
             out["cacheScope"] = "private"
+        if "ttlMs" in out:
+            # What this caller may call is the policy's now: a list kept for the server's
+            # time (an hour) went on showing a tool a reload hid, and hiding one it allowed
+            # (red-team wave 68). As /mcp's: never to be kept.
+            out["ttlMs"] = 0
         cursor = out.get("nextCursor")
         if isinstance(cursor, str):  # sealed: it may name a tool of the page hidden here
             sealed = seal_cursor(self.gw, self.server, self.identity.owner, cursor)
@@ -645,3 +651,8 @@ def readable(tools: list[Any], server: str) -> list[dict[str, Any]]:
             continue
         kept.append(tool)
     return kept
+
+
+def whole_ms(value: Any) -> bool:
+    """Whether ``value`` is a ``ttlMs`` clients read: a whole number of milliseconds, >= 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**15

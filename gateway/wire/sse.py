@@ -585,10 +585,12 @@ _RESULT_KEYS = msgspec.json.Decoder(_ResultKeys)
 
 
 def result_keys(data: bytes) -> tuple[bool, bool, bool] | None:
-    """Whether a message's result names ``resultType``, ``ttlMs`` and ``cacheScope`` among its
-    own keys (the words anywhere else in it say nothing: a tool's output with a column named
-    ``resultType``), read without building any of it; None when it holds no result object
-    or does not read as one message."""
+    """Whether a message's result names ``resultType``, and ``ttlMs`` and ``cacheScope`` with
+    values a client reads (a whole number of milliseconds, ``public`` or ``private``: a
+    ``ttlMs`` of 1.5 or a ``cacheScope`` of "shared" failed the SDKs' reading of the whole
+    list, red-team wave 68), among its own keys (the words anywhere else in it say nothing:
+    a tool's output with a column named ``resultType``), read without building any of it;
+    None when it holds no result object or does not read as one message."""
     try:
         result = _head(data).result
         if result is msgspec.UNSET:
@@ -596,8 +598,14 @@ def result_keys(data: bytes) -> tuple[bool, bool, bool] | None:
         keys = _RESULT_KEYS.decode(result)
     except (msgspec.DecodeError, RecursionError):
         return None
-    unset = msgspec.UNSET
-    return keys.resultType is not unset, keys.ttlMs is not unset, keys.cacheScope is not unset
+    ttl, scope = keys.ttlMs, keys.cacheScope
+    ttl_read = isinstance(ttl, msgspec.Raw) and _WHOLE_MS.fullmatch(bytes(ttl)) is not None
+    scope_read = isinstance(scope, msgspec.Raw) and bytes(scope) in _SCOPES
+    return keys.resultType is not msgspec.UNSET, ttl_read, scope_read
+
+
+_WHOLE_MS = re.compile(rb"0|[1-9][0-9]{0,14}")
+_SCOPES = (b'"public"', b'"private"')
 
 
 #: ``answered_id`` of a message that is no answer, and of one whose id is unreadable (too
