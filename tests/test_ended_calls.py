@@ -321,3 +321,26 @@ async def test_an_id_in_progress_or_left_is_no_new_requests(tmp_path: Path) -> N
                 listed = {"jsonrpc": "2.0", "id": 5, "method": "tools/list"}
                 theirs = await http.post("/mcp/up", json=listed, headers=other)
                 assert theirs.status_code == 200 and "echo" in theirs.text
+
+
+def test_a_client_that_leaves_after_its_answer_leaves_no_id_over() -> None:
+    """Clients drop a stream once they have read its answer: each such call's id counted
+    as one left unanswered, and a busy agent's session would fill what is kept and refuse
+    every request. Only a request whose answer has not come is over when its client goes."""
+    from gateway.edge.forward import left_unanswered, was_over
+    from gateway.wire.sse import SseRewriter
+
+    upstream: Any = type("U", (), {"name": "up"})()
+    view: Any = type("V", (), {"wants": lambda self, data: False})()
+    for n, answering in enumerate([True, "answered", "not yet"]):
+        fwd = Forward(upstream, "sid-left", b"{}", n, grant="g/left")
+        fwd.sent_headers = {}
+        if isinstance(answering, str):
+            rewriter = SseRewriter(view, n)
+            if answering == "answered":
+                rewriter.answered = True
+            fwd.answering = rewriter
+        else:
+            fwd.answering = answering
+        left_unanswered(fwd)
+    assert [was_over("up", "g/left", "sid-left", n) for n in range(3)] == [False, False, True]

@@ -101,6 +101,9 @@ class Forward:
     # What the gateway told the client of the upstream's failure, if it failed this request
     # (a call's decision record said only "allow": ``call.upstream_failed`` says the rest).
     failure: str | None = None
+    # The answer being relayed: a stream's rewriter (it knows whether the answer came), or
+    # True for one read whole (its head came: the answer is in it). See ``left_unanswered``.
+    answering: SseRewriter | bool = False
 
 
 #: Requests that are over without their answer, per caller (owner), by (server, session,
@@ -194,8 +197,12 @@ def left_unanswered(fwd: Forward) -> None:
     upstream may answer it yet, and gives that answer to a later request under the same id
     (an SDK server's streams are by id), a late tools/list whole as a call's result. Its id
     is over, as a cancelled one's."""
-    if fwd.msg_id is not None and fwd.session_id is not None and fwd.sent_headers is not None:
-        request_over(fwd.upstream.name, fwd.grant, fwd.session_id, fwd.msg_id)
+    if fwd.msg_id is None or fwd.session_id is None or fwd.sent_headers is None:
+        return
+    answering = fwd.answering
+    if answering is True or (isinstance(answering, SseRewriter) and answering.answered):
+        return  # its answer came: none is left to come (a client drops a stream once read)
+    request_over(fwd.upstream.name, fwd.grant, fwd.session_id, fwd.msg_id)
 
 
 def end_upstream_call(fwd: Forward, why: str) -> None:
@@ -637,7 +644,7 @@ async def _relay_sse(
     out) starts the stream, with the event held first.
     """
     assert fwd.view is not None
-    rewriter = SseRewriter(fwd.view, fwd.msg_id)
+    rewriter = fwd.answering = SseRewriter(fwd.view, fwd.msg_id)
     pending: dict[str, Any] | None = start
     held: list[bytes] = []
     ended = False
@@ -646,6 +653,7 @@ async def _relay_sse(
             ended, quiet = await _hold(resp, rewriter, held)
             data = _alone(held, fwd.msg_id, quiet)
             if data is not None:
+                fwd.answering = True  # (the answer came)
                 await _answer_json(send, resp, fwd, data, start["headers"])
                 return
         first = rewriter.rewrite(held)

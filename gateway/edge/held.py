@@ -457,7 +457,7 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
         if is_sse:
             # As the relay's streams: servers.X.timeout with no message ends the call, and a
             # flood gives the other callers their turns.
-            rewriter = SseRewriter(fwd.view, fwd.msg_id)
+            rewriter = fwd.answering = SseRewriter(fwd.view, fwd.msg_id)
             events = relayed_events(resp, rewriter, silence)
             async with contextlib.aclosing(events):
                 async for data in events:
@@ -471,6 +471,7 @@ async def _pipe(send: Send, resp: H1Response, fwd: Forward) -> None:
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
             return
         # As the relay's answers read whole: bounded, and whole within servers.X.timeout.
+        fwd.answering = True
         why: list[str] = []
         body = await read_bounded(resp, silence, why)
         if body is None:
