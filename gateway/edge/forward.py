@@ -120,7 +120,7 @@ MAX_OVER_OWNERS = 10_000
 #: to tell its cancelled ids apart: the session is then ``lossy``, and refuses every request.
 #: An agent flooded its own list with cancels, and a cancelled tools/list's late answer came
 #: back as a new call's result under the forgotten id (red-team wave 68).
-OVER_KEEP_SECONDS = 3600.0
+OVER_KEEP_SECONDS = 600.0
 _LOSSY: OrderedDict[tuple[str | None, str, str | None], None] = OrderedDict()
 MAX_LOSSY = 10_000
 
