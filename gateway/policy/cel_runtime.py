@@ -281,9 +281,11 @@ def eval_error(source: str, exc: BaseException) -> PolicyEvalError:
     message, kind = _innermost(exc)
     if "overflow" in message:  # as cel-google says it (cel-python's was cel.error)
         return PolicyEvalError("cel.arithmetic", source, message)
-    if "ParserError" in repr(exc.args)[:2000]:  # a string no timestamp or duration reads:
-        # a value CEL cannot take (cel-python's was cel.missing_key, under a KeyError)
-        return PolicyEvalError("cel.bad_value", source, "a value that does not parse")
+    told = repr(exc.args)[:2000]
+    if "BadCelValue" in told or "ParserError" in told:  # a string no timestamp or duration
+        # reads: a value CEL cannot take (cel-python's was cel.missing_key, under a KeyError)
+        what = "a value that does not parse (a timestamp is RFC 3339, with its offset)"
+        return PolicyEvalError("cel.bad_value", source, what)
     if kind in {"KeyError", "IndexError"} or ("no such" in message and "member" in message):
         return PolicyEvalError("cel.missing_key", source, message)
     if kind in {"TypeError", "AttributeError"} or "overload" in message:
@@ -475,6 +477,42 @@ def _to_bool(source: Any) -> Any:
     raise _no_conversion("bool", source)
 
 
+#: What CEL's ``timestamp(string)`` reads: RFC 3339, its offset required. cel-python read
+#: anything pendulum parses: a time with no offset as UTC, a date alone, a time of today, ISO
+#: weeks; a change freeze on ``timestamp(args.run_at)`` let a deploy at a local time inside
+#: it through, where cel-google refused the rule's input (red-team wave 69).
+_RFC3339 = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?"
+    r"(?:([Zz])|([+-][0-9]{2}):?([0-9]{2}))"
+)
+#: What ``duration(string)`` reads: a sign, then numbers each with a unit CEL has (h, m, s,
+#: ms, us, ns); cel-python also read ``d`` (days), an error on cel-google.
+_DURATION = re.compile(r"[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(h|ms|m|s|us|µs|ns))+")
+
+
+class BadCelValue(ValueError):
+    """A value CEL cannot take (``cel.bad_value``), as cel-google reports it."""
+
+
+def _to_timestamp(source: Any, *args: Any, **kwargs: Any) -> Any:
+    if not isinstance(source, str):
+        return celtypes.TimestampType(source, *args, **kwargs)
+    read = _RFC3339.fullmatch(source)
+    if read is None:
+        raise BadCelValue(f"timestamp({source[:40]!r}): not an RFC 3339 time with its offset")
+    # what cel-google reads too (a lower-case T or Z, any digits of a second, an offset with
+    # no colon), written as the library parses it
+    day, time_of_day, fraction, zulu, hours, minutes = read.groups()
+    offset = "Z" if zulu else f"{hours}:{minutes}"
+    return celtypes.TimestampType(f"{day}T{time_of_day}{(fraction or '')[:10]}{offset}")
+
+
+def _to_duration(source: Any, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(source, str) and not _DURATION.fullmatch(source):
+        raise BadCelValue(f"duration({source[:40]!r}): not a duration (h, m, s, ms, us, ns)")
+    return celtypes.DurationType(source, *args, **kwargs)
+
+
 #: The type conversions the transpiled code calls (``int(x)`` is ``IntType(x)`` there, as is
 #: each literal), and ours in their place: the library's constructors also serve the library
 #: itself, which may build a 0 from None, so they are swapped in our expressions only.
@@ -484,6 +522,8 @@ _CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "DoubleType": _to_double,
     "StringType": _to_string,
     "BoolType": _to_bool,
+    "TimestampType": _to_timestamp,
+    "DurationType": _to_duration,
 }
 
 
