@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.gateway_proc import GatewayProcess, run_gateway, wait_healthy
@@ -195,6 +196,37 @@ class TestRun:
         env = {"CELGATE_URL": f"http://127.0.0.1:{port}", "CELGATE_ADMIN_TOKEN": ADMIN_TOKEN}
         listed = celgate("approvals", "list", env=env)
         assert listed.returncode == 0, listed.stderr
+
+    def test_the_demo_server_answers_the_gateway_alone(
+        self, demo_run: tuple[PeerProcess, int]
+    ) -> None:
+        """The demo server's loopback port took calls from any local process, with no key
+        and no policy: a delete the demo's rules hold for approval ran (red-team wave 69).
+        It answers only requests bearing the secret the gateway alone was given."""
+        proc, port = demo_run
+        (child,) = _children(proc.pid)
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        direct = f"http://127.0.0.1:{int(argv[argv.index(b'--port') + 1])}/mcp"
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        headers = {"accept": "application/json, text/event-stream"}
+        assert httpx.post(direct, json=body, headers=headers, timeout=10).status_code == 401
+        tried = celgate("try", f"http://127.0.0.1:{port}/mcp/demo")
+        assert tried.returncode == 0, tried.stdout + tried.stderr
+
+    def test_an_admin_token_set_empty_is_made_and_told(self, tmp_path: Path) -> None:
+        """``CELGATE_ADMIN_TOKEN=`` (set, empty) made a token and never told it: the held
+        delete of the README's tour could not be approved (red-team wave 69)."""
+        port = free_port()
+        argv = [sys.executable, "-m", "gateway.cli", "run", "--port", str(port)]
+        proc = start_process(
+            argv, port=None, url="", extra_env={"CELGATE_ADMIN_TOKEN": ""},
+            log_path=tmp_path / "run.log",
+        )  # fmt: skip
+        try:
+            wait_healthy(port, proc)
+            assert "admin token for this run: export CELGATE_ADMIN_TOKEN=cga_" in proc.output()
+        finally:
+            proc.stop()
 
     def test_taken_port_is_said_before_any_banner(self) -> None:
         with socket.socket() as taken:

@@ -15,6 +15,7 @@ import errno
 import math
 import os
 import resource
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ from gateway.config import (
     ServerConfig,
     load_config,
 )
+from gateway.demo.server import SECRET_ENV
 from gateway.errors import ConfigError
 from gateway.telemetry.audit import configure_logging
 
@@ -76,14 +78,18 @@ def _ends_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def demo_upstream() -> Iterator[str]:
-    """Start the packaged demo MCP server as a local Streamable HTTP process."""
+def demo_upstream() -> Iterator[tuple[str, str]]:
+    """Start the packaged demo MCP server as a local Streamable HTTP process: its URL, and
+    the secret it takes only requests bearing (the gateway's alone: its loopback port is
+    every local process's to reach, and went round the policy, red-team wave 69)."""
     port = _free_port()
+    secret = secrets.token_urlsafe(32)
     cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, preexec_fn=_ends_with_parent)  # (no thread runs yet)
+    env = {**os.environ, SECRET_ENV: secret}
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_ends_with_parent)  # (no thread runs yet)
     try:
         _wait_port(port, proc, time.monotonic() + 20)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}/mcp", secret
     finally:
         proc.terminate()
         try:
@@ -93,13 +99,16 @@ def demo_upstream() -> Iterator[str]:
             proc.wait()
 
 
-def demo_config(upstream_url: str, port: int, admin_token: str | None = None) -> GatewayConfig:
+def demo_config(
+    upstream_url: str, port: int, admin_token: str | None = None, secret: str | None = None
+) -> GatewayConfig:
     digest = hash_key(admin_token) if admin_token else None
+    headers = {"authorization": f"Bearer {secret}"} if secret else {}
     return GatewayConfig(
         source="<embedded default>",
         listen=ListenConfig(port=port),
         policy=(rules_dir() / "demo.yaml",),
-        servers={"demo": ServerConfig("demo", url=upstream_url)},
+        servers={"demo": ServerConfig("demo", url=upstream_url, headers=headers)},
         anonymous=True,
         admin=AdminConfig(token_sha256=digest),
     )
@@ -283,10 +292,13 @@ def _run_demo(port: int) -> int:
     with bind("127.0.0.1", port) as sock:
         port = sock.getsockname()[1]  # (0: the one taken)
         # (generated as `celgate admin-token new` makes them: always checked, see AdminThrottle)
-        token = os.environ.get("CELGATE_ADMIN_TOKEN") or new_secret(ADMIN_PREFIX)[0]
-        with demo_upstream() as url:
-            config = demo_config(url, port, token)
-            if "CELGATE_ADMIN_TOKEN" not in os.environ:
+        given = os.environ.get("CELGATE_ADMIN_TOKEN")
+        token = given or new_secret(ADMIN_PREFIX)[0]
+        with demo_upstream() as (url, secret):
+            config = demo_config(url, port, token, secret)
+            if given:
+                print("  admin token:  $CELGATE_ADMIN_TOKEN's, as set", flush=True)
+            else:  # (unset, or set empty: a token was made, and is told)
                 print(f"  admin token for this run: export CELGATE_ADMIN_TOKEN={token}")
             return serve(config, sock)
 

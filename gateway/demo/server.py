@@ -13,9 +13,11 @@ State lives in the process and is lost on exit; each server built by
 
 from __future__ import annotations
 
+import hmac
 import itertools
+import os
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
@@ -151,9 +153,34 @@ def build_demo_server(*, seed: bool = True) -> MCPServer:
     return server
 
 
+#: The environment variable naming a secret every request must present as its bearer token
+#: (``celgate run`` sets one the gateway alone knows): the demo's port is on loopback, where
+#: every local process reaches it, and went round the gateway's policy (red-team wave 69).
+SECRET_ENV = "CELGATE_DEMO_SECRET"
+
+
+def _guarded(app: Any, secret: str) -> Any:
+    """``app``, answering 401 to any HTTP request without ``Authorization: Bearer secret``."""
+    wanted = f"Bearer {secret}".encode()
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(given, wanted):
+                headers = [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")]
+                await send({"type": "http.response.start", "status": 401, "headers": headers})
+                await send({"type": "http.response.body", "body": b"unauthorized\n"})
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
 def _config(host: str, port: int, log_level: str) -> uvicorn.Config:
     app = build_demo_server().streamable_http_app(streamable_http_path=MCP_PATH, host=host)
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+    secret = os.environ.get(SECRET_ENV)
+    served = _guarded(app, secret) if secret else app
+    return uvicorn.Config(served, host=host, port=port, log_level=log_level, lifespan="on")
 
 
 async def serve_async(
