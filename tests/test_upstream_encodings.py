@@ -226,6 +226,18 @@ class TestStreams:
         out = SseRewriter(self.View()).feed(stream)
         assert b"secret_tool" not in out and b"event: message" in out
 
+    @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x1c", "\x0b", "\x0c"])
+    def test_a_comment_holding_a_line_break_of_some_readers_goes_empty(self, sep: str) -> None:
+        """A reader that splits lines as Python's ``splitlines`` does (httpx-sse 0.4.1, the
+        MCP Python SDK 1.x's) read a comment's text past such a character as a message no
+        view had seen: a tools list naming a hidden tool (red-team wave 69). A comment goes
+        on as it came only when it is printable ASCII."""
+        smuggled = (": " + sep + "data: " + self.LIST.decode() + "\n\n").encode()
+        view = self.View()
+        out = SseRewriter(view).feed(smuggled + b"data: " + self.LIST + b"\n\n")
+        assert b"secret_tool" not in out and out.startswith(b":\n")
+        assert SseRewriter(view).feed(b": keep-alive\n\n") == b": keep-alive\n\n"
+
     PROTO = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"__proto__": {"tools": TOOLS}}})
 
     @pytest.mark.parametrize(

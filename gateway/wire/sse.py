@@ -325,8 +325,17 @@ MAX_COMMENT_BYTES = 256
 
 
 def keep_alive(comment: bytes) -> bytes:
-    """A comment line as it goes on: as it came when short, else an empty one."""
-    return comment if len(comment) <= MAX_COMMENT_BYTES else b":"
+    """A comment line as it goes on: as it came when short and of printable ASCII alone,
+    else an empty one. A reader that splits lines as Python's ``splitlines`` does (httpx-sse
+    0.4.0 and 0.4.1, the MCP Python SDK 1.x's) broke a comment at a U+2028, a U+0085 or a
+    0x1C in it, and read what followed as a message no view had seen: a tools list naming a
+    hidden tool (red-team wave 69)."""
+    if len(comment) <= MAX_COMMENT_BYTES and _PRINTABLE_COMMENT.fullmatch(comment):
+        return comment
+    return b":"
+
+
+_PRINTABLE_COMMENT = re.compile(rb":[\x20-\x7e]*")
 
 
 def not_utf8(data: bytes) -> bool:
