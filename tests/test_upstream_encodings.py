@@ -20,7 +20,7 @@ from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from gateway.edge.clientview import MAX_LISTED_TOOLS
-from gateway.wire.sse import DROP, SseRewriter, filtered
+from gateway.wire.sse import DROP, SseRewriter, filtered, one_line
 from tests.gateway_proc import GatewayProcess, calls_in, client, run_gateway
 from tests.peers import http_upstream, literal_upstream
 
@@ -237,6 +237,23 @@ class TestStreams:
         out = SseRewriter(view).feed(smuggled + b"data: " + self.LIST + b"\n\n")
         assert b"secret_tool" not in out and out.startswith(b":\n")
         assert SseRewriter(view).feed(b": keep-alive\n\n") == b": keep-alive\n\n"
+
+    @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85"])
+    def test_no_line_break_of_some_readers_goes_on_in_data_or_an_id(self, sep: str) -> None:
+        """JSON holds U+2028, U+2029 and U+0085 raw in its strings; a reader splitting as
+        ``splitlines`` does read what a string held past two of them as an event of its own,
+        and an event id holding one as fields of the upstream's making (red-team wave 69)."""
+        smuggle = sep * 2 + "data: " + self.LIST.decode() + sep * 2
+        content = [{"type": "text", "text": smuggle}]
+        call = {"jsonrpc": "2.0", "id": 2, "result": {"content": content}}
+        stream = (
+            "id: e" + sep + "data: x\ndata: " + json.dumps(call, ensure_ascii=False) + "\n\n"
+        ).encode()
+        out = SseRewriter(self.View()).feed(stream)
+        assert sep.encode() not in out and b"id:" not in out
+        data = json.loads(out.split(b"data: ", 1)[1])
+        assert data["result"]["content"][0]["text"] == smuggle  # the same text, escaped
+        assert sep.encode() not in one_line(json.dumps(call, ensure_ascii=False).encode())
 
     PROTO = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"__proto__": {"tools": TOOLS}}})
 

@@ -170,7 +170,7 @@ def event_id(event: bytes) -> bytes | None:
     for line in LINE.split(event):
         if line[:2] == b"id":
             name, value = _field(line)
-            if name == b"id" and len(value) <= MAX_EVENT_ID_BYTES:
+            if name == b"id" and resumable_id(value):
                 found = value
     return found
 
@@ -194,8 +194,10 @@ def rewrite_event(
                 data_at = len(out)
                 out.append(b"")
         elif name == b"id":
-            if len(value) <= MAX_EVENT_ID_BYTES:  # (a longer one: no resumption from it)
-                out.append(b"id: " + view.wrap_event_id(value) if value else b"id:")
+            if not value:
+                out.append(b"id:")
+            elif resumable_id(value):  # (another: no resumption from it)
+                out.append(b"id: " + view.wrap_event_id(value))
         elif name == b"retry":
             if value.isdigit():  # (another value is ignored by clients: left out)
                 out.append(b"retry: %d" % min(max(int(value[:10]), MIN_RETRY_MS), MAX_RETRY_MS))
@@ -209,7 +211,7 @@ def rewrite_event(
         joined = b"\n".join(data)
         if _OPENS_BATCH.match(joined):
             return _batch_events(joined, out, data_at, view, dropped)
-        out[data_at] = b"data: " + b"\ndata: ".join(data)
+        out[data_at] = no_other_breaks(b"data: " + b"\ndata: ".join(data))
         if len(joined) > MAX_NOTICE_BYTES and names_a_method(joined):
             return b""  # a notice or a request no client's stream would survive: dropped
         changed = filtered(joined, view)
@@ -310,7 +312,26 @@ def one_line(data: bytes) -> bytes:
     made spaces. Kept, a pretty-printed answer went as ``data: {`` and lines no client reads
     (red-team wave 54), and what followed a line end would read as other fields."""
     if b"\n" in data or b"\r" in data:
-        return data.replace(b"\r", b" ").replace(b"\n", b" ")
+        data = data.replace(b"\r", b" ").replace(b"\n", b" ")
+    return no_other_breaks(data)
+
+
+#: The characters Python's ``splitlines`` also ends a line at that JSON holds raw (in its
+#: strings alone): U+2028, U+2029, U+0085. A reader splitting so (httpx-sse 0.4.1, the
+#: Python SDK 1.x's) read what a string held past two of them as an event of its own, a
+#: message no view had seen (red-team wave 69). Written as JSON's escapes: the same text.
+_OTHER_BREAKS = (
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+    (b"\xc2\x85", b"\\u0085"),
+)
+
+
+def no_other_breaks(data: bytes) -> bytes:
+    """``data`` (JSON text) with no character any reader ends a line at."""
+    if b"\xe2\x80" in data or b"\xc2\x85" in data:
+        for raw, escaped in _OTHER_BREAKS:
+            data = data.replace(raw, escaped)
     return data
 
 
@@ -322,6 +343,17 @@ def one_line(data: bytes) -> bytes:
 #: was lost (red-team wave 58).
 MAX_EVENT_ID_BYTES = 1024
 MAX_COMMENT_BYTES = 256
+
+
+def resumable_id(value: bytes) -> bool:
+    """Whether an upstream's event id goes on (wrapped, it is the client's to resume from):
+    at most ``MAX_EVENT_ID_BYTES`` of printable ASCII. One holding a U+2028 or a 0x1C broke
+    the line for readers that split as ``splitlines`` does, and what followed read as a
+    message of the upstream's own making (red-team wave 69, as for comments)."""
+    return len(value) <= MAX_EVENT_ID_BYTES and _PRINTABLE_ID.fullmatch(value) is not None
+
+
+_PRINTABLE_ID = re.compile(rb"[\x20-\x7e]+")
 
 
 def keep_alive(comment: bytes) -> bytes:
