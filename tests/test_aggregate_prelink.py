@@ -4,6 +4,7 @@ A call that is allowed opens the link, as before; each call has one decision rec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,3 +104,28 @@ def test_a_mute_stdio_server_is_skipped_after_one_session_met_it(tmp_path: Any) 
             assert "st__echo" in [tool["name"] for tool in listed["result"]["tools"]]
         down = [r for r in gw.records("aggregate.upstream_down") if r["server"] == "mute"]
         assert len(down) == 1, down
+
+
+async def test_a_call_cancelled_while_its_link_opens_is_never_sent(
+    gateway: GatewayProcess,
+) -> None:
+    """A cancel that came while ``/mcp`` opened the session's link to its server (a stdio
+    child starting) found no server and no held call, and the call was sent once the link
+    was open, and ran (red-team wave 69). It is answered as cancelled, and never sent."""
+    async with httpx.AsyncClient(base_url=gateway.base, timeout=20) as http:
+        made = await http.post("/mcp", json=initialize_body("cancel-early"), headers=HEADERS)
+        sid = made.headers["mcp-session-id"]
+        headers = {**HEADERS, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post("/mcp", json=note, headers=headers)).status_code == 202
+        before = len(gateway.records("policy.decision"))
+        sent = asyncio.ensure_future(
+            http.post("/mcp", json=call(7, "st__echo", {"text": "cancelled"}), headers=headers)
+        )
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+        cancel["params"] = {"requestId": 7, "reason": "the user changed their mind"}
+        assert (await http.post("/mcp", json=cancel, headers=headers)).status_code == 202
+        answer = (await sent).json()
+    assert "cancelled by its client before it was sent" in answer["error"]["message"]
+    (record,) = gateway.wait_records(before + 1)[before:]  # decided (allowed), not sent
+    assert record["tool"] == "echo" and record["effect"] == "allow"

@@ -48,3 +48,35 @@ async def test_a_cancel_taken_with_the_streams_head_ends_the_wait() -> None:
     assert found == [True]  # the cancel found the call
     assert held.cancelled and returned is decision
     assert held_calls(gw.extras).waiting == {}  # and nothing is left registered
+
+
+async def test_a_cancel_before_the_call_is_held_ends_it_before_any_wait() -> None:
+    """A cancel that came while the call was being decided (or while ``/mcp`` opened its
+    server's link, a stdio server's start) found nothing held: the call was held anyway,
+    shown to the operator, and ran once approved (red-team wave 69). Kept a while, it ends
+    the hold before any approval request is made."""
+    gw: Any = SimpleNamespace(extras={}, approvals=None)
+    scope = {"method": "POST", "path": "/mcp", "headers": [], "client": ("127.0.0.1", 1)}
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    incoming = Incoming(scope, receive)
+    message = rpc.classify(json.loads(json.dumps(BODY)))
+    key = held_key(incoming, Identity("bot", "bot"), message.msg_id)
+    assert held_calls(gw.extras).cancel(key) is False  # nothing held yet: kept
+    assert held_calls(gw.extras).cancelled_early(key)
+    waited: list[bool] = []
+
+    async def wait(_tick: Any) -> Decision:
+        waited.append(True)  # an approval request would be made here
+        return Decision("allow", "r", "approved", "rev")
+
+    async def send(_event: dict[str, Any]) -> None:
+        pass
+
+    held = HeldStream(incoming, send, message, gw, None, lambda: key)
+    decision = Decision("require_approval", "r", "held", "rev")
+    returned = await asyncio.wait_for(held.hold(decision, wait), 10)
+    assert waited == [] and held.cancelled and returned is decision

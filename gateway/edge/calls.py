@@ -17,7 +17,14 @@ from mcp.shared.inbound import (
 
 from gateway.edge.elicit import ElicitFace
 from gateway.edge.forward import Forward, forward
-from gateway.edge.held import Cancellable, HeldKey, HeldStream, accepts_sse, held_key
+from gateway.edge.held import (
+    Cancellable,
+    HeldKey,
+    HeldStream,
+    accepts_sse,
+    held_calls,
+    held_key,
+)
 from gateway.edge.replies import denial, is_task_call
 from gateway.edge.toolnames import name_problem
 from gateway.pipeline.admission import Admission, admit, refused_unread, timed_upstream
@@ -76,6 +83,13 @@ async def call_through(
         shown = told(gw, call, admission.decision, message, where or f"/mcp/{call.server}")
         body = denial(message.msg_id, shown, admission.decision_id, version, task)
         await reply(send, 200, body)
+        return
+    registry = held_calls(gw.extras)
+    if registry.early and registry.cancelled_early(key()):
+        # Cancelled by its client while it was decided (or while /mcp opened its server's
+        # link): never sent (one was, and ran, red-team wave 69).
+        msg = "the request was cancelled by its client before it was sent"
+        await reply(send, 200, rpc.error_body(message.msg_id, rpc.INVALID_REQUEST, msg))
         return
     async with timed_upstream(gw, call):
         await forward(incoming, send, fwd)

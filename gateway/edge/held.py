@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import json
 import math
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
@@ -137,6 +138,11 @@ class HeldCalls:
 
     def __init__(self) -> None:
         self.waiting: dict[HeldKey, set[asyncio.Event]] = {}
+        #: Cancels that found no held call, and when: the call may not be held or sent yet
+        #: (being decided, or waiting for ``/mcp`` to open its server's link, a stdio
+        #: server's start): one such was held and approved, or sent, though its client had
+        #: cancelled it (red-team wave 69). ``EARLY_SECONDS`` each, ``MAX_EARLY`` at most.
+        self.early: OrderedDict[HeldKey, float] = OrderedDict()
         #: How many held calls wait on each approval request (by its match key): identical
         #: calls of one agent in two sessions share one, and one's cancel withdrew it from
         #: under the other (refused, never asked of the operator: red-team wave 64).
@@ -161,11 +167,30 @@ class HeldCalls:
                 del self.waiting[key]
 
     def cancel(self, key: HeldKey) -> bool:
-        """End the held calls ``key`` names; False when none waits under it."""
+        """End the held calls ``key`` names; False when none waits under it (the cancel is
+        kept a while, for a call not held or sent yet: ``cancelled_early``)."""
         found = self.waiting.get(key)
         for stop in found or ():
             stop.set()
+        if not found:
+            now = time.monotonic()
+            self.early.pop(key, None)
+            self.early[key] = now
+            while self.early and (
+                len(self.early) > MAX_EARLY or now - next(iter(self.early.values())) > EARLY_SECONDS
+            ):
+                self.early.popitem(last=False)
         return bool(found)
+
+    def cancelled_early(self, key: HeldKey) -> bool:
+        """Whether the call ``key`` names was cancelled before it was held or sent."""
+        at = self.early.get(key)
+        return at is not None and time.monotonic() - at <= EARLY_SECONDS
+
+
+#: How long a cancel that found no held call is kept, and how many such at most.
+EARLY_SECONDS = 120.0
+MAX_EARLY = 10_000
 
 
 def held_calls(extras: MutableMapping[str, Any]) -> HeldCalls:
@@ -224,6 +249,8 @@ class Cancellable:
         if registry is not None and key is not None:
             registry.add(key, stop)
             self.registered = (key, stop)
+            if registry.early and registry.cancelled_early(key):
+                stop.set()  # cancelled while it was being decided: its wait ends at once
             if self.call is not None:
                 self.sharing = match_key(self.call, decision.revision)
                 registry.join(self.sharing)
@@ -274,6 +301,10 @@ class Cancellable:
         """The decision once waited for; None when the wait was cancelled (by the client,
         or by its going away)."""
         stop = self.register(decision)
+        if stop.is_set():  # cancelled before it was held: no request is made for it
+            self.cancelled = True
+            self.unregister()
+            return None
         waiting = asyncio.ensure_future(wait(tick))
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -285,11 +316,12 @@ class Cancellable:
                 waiting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiting
-        if waiting.done() and not waiting.cancelled():
-            return waiting.result()
-        if stop.is_set():
+        if stop.is_set():  # (a wait that finished while it was being ended: the cancel wins)
             self.cancelled = True
             await self._withdraw(decision)
+            return None
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()
         return None
 
     async def _withdraw(self, decision: Decision) -> None:
