@@ -149,3 +149,22 @@ def test_a_client_request_may_not_take_an_id_of_the_gateways() -> None:
     answer = {"jsonrpc": "2.0", "id": "celgate-x.mac", "result": {"action": "accept"}}
     assert jsonrpc.classify(answer).kind == "response"
     assert jsonrpc.classify({**call, "id": "my-celgate-1"}).kind == "request"
+
+
+def test_numbers_read_the_slow_way_are_bounded_and_zeros_are_not_among_them() -> None:
+    """Zeros and numbers below a double's normal range were each read exactly (``repr``
+    and two ``Decimal``s): a body of a million held every other caller 0.7 s (red-team wave
+    69). An exact zero is read at once; past ``MAX_SLOW_NUMBERS`` of the others, refused."""
+    cap = jsonrpc.MAX_SLOW_NUMBERS
+
+    def body(number: str, count: int) -> bytes:
+        return ('{"a": [' + ",".join([number] * count) + "]}").encode()
+
+    for zero in ("0e0", "-0.0", "0.000E+5", "0.0"):
+        assert jsonrpc.parse_body(body(zero, cap * 3))["a"][0] == 0.0
+    assert len(jsonrpc.parse_body(body("5e-324", cap))["a"]) == cap
+    with pytest.raises(BadMessage, match="numbers with long fractions"):
+        jsonrpc.parse_body(body("5e-324", cap + 1))
+    assert len(jsonrpc.parse_body(body("5e-324", cap))["a"]) == cap  # counted per body
+    with pytest.raises(BadMessage, match="more precision"):
+        jsonrpc.parse_body(b'{"a": 1e-400}')  # (no zero: a number that fell to one)

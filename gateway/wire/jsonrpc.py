@@ -98,6 +98,14 @@ def _finite(text: str) -> float:
     # holds exactly, unless it is (or fell to) zero or a subnormal number.
     if len(text) <= 16 and abs(value) >= _SMALLEST_NORMAL:
         return value
+    if value == 0.0 and text.lstrip("-0.")[:1] in _ZERO_ENDS:  # an exact zero (0e0, -0.00)
+        return value
+    _SLOW_READS[0] += 1
+    if _SLOW_READS[0] > MAX_SLOW_NUMBERS:
+        # Each costs microseconds more than the same bytes of any JSON: a body of a million
+        # held every other caller 0.7 s (red-team wave 69). No client sends so many.
+        msg = f"more than {MAX_SLOW_NUMBERS} numbers with long fractions or below 1e-307"
+        raise BadMessage(PARSE_ERROR, msg)
     shortest = repr(value)  # as JSON encoders write a double (most often the text itself)
     if shortest != text and Decimal(text) != Decimal(shortest):
         raise BadMessage(
@@ -107,6 +115,11 @@ def _finite(text: str) -> float:
 
 
 _SMALLEST_NORMAL = sys.float_info.min
+_ZERO_ENDS = ("", "e", "E")  # what follows a zero's digits: nothing, or its exponent
+#: Numbers of one text ``_finite`` reads the slow way (zeros aside), at most; counted in
+#: ``_SLOW_READS`` from the start of each parse (``_decoded``: one at a time, on the loop).
+MAX_SLOW_NUMBERS = 10_000
+_SLOW_READS = [0]
 
 
 #: Digits an integer in a request may have. Python converts up to 4,300, in time that grows
@@ -206,6 +219,7 @@ _FAST_DECODE = msgspec.json.Decoder().decode
 def _decoded(text: str) -> Any:
     """A request body's text parsed, by the decoder made at import."""
     decoder = _DIGITS_DECODER if _LONG_DIGITS.search(text) else _DECODER
+    _SLOW_READS[0] = 0
     return _gc_paused(len(text), decoder.decode, text)
 
 
