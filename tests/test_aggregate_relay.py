@@ -292,7 +292,14 @@ class TestMergedPages:
         names.learn("tool", [("a", "x" * 2000), ("a", "bad\x00name"), ("a", "ok")])
         assert set(names._owner) == {("tool", "ok")}
         names.learn("tool", [("b", f"n{i}") for i in range(500)])
-        assert len(names._owner) == 100 and ("tool", "n499") in names._owner
+        assert len(names._owner) == 101 and ("tool", "n499") in names._owner
+        # One server's flood (of prompts, or tools) forgets its own names alone: a's "ok"
+        # stays a's, and b listing it later makes it ambiguous, never b's (red-team wave 70:
+        # b took a's tool, and its calls, arguments and all).
+        names.learn("prompt", [("b", f"p{i}") for i in range(500)])
+        assert names.inward("tool", "ok") == ("a", "ok")
+        names.learn("tool", [("b", "ok")])
+        assert names.inward("tool", "ok") is None
 
     def test_page_renames_and_carries_positions(self) -> None:
         names = Names({"a": "a", "b": ""}, "__")

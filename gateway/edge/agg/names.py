@@ -21,8 +21,11 @@ from gateway.edge.toolnames import MAX_TOOL_NAME
 from gateway.printable import visible
 
 log = structlog.get_logger(__name__)
-#: Names of servers with an empty prefix remembered for routing, at most (of every kind); a
-#: name no call could use (too long, control characters) is not learned.
+#: Names of a server with an empty prefix remembered for routing, at most, of each kind (its
+#: own least recently listed are forgotten first: one table for all let one server's flood
+#: of prompts push out another's tool, then list that tool as its own and take its calls,
+#: arguments and all, red-team wave 70); a name no call could use (too long, control
+#: characters) is not learned. Ambiguous names are kept up to the same number.
 MAX_OWNED_NAMES = 100_000
 
 
@@ -38,6 +41,8 @@ class Names:
         )
         self._bare = [s for s, p in self.prefixes.items() if not p]
         self._owner: dict[tuple[str, str], str] = {}
+        #: Each server's names of each kind in ``_owner``, least recently listed first.
+        self._owned: dict[tuple[str, str], dict[str, None]] = {}
         self.ambiguous: set[tuple[str, str]] = set()
 
     def outward(self, server: str, name: str) -> str:
@@ -63,6 +68,7 @@ class Names:
         outward name) pairs of one page of their lists; a name two of them list (here, or
         one here and the other on a page learned before) is ambiguous for good."""
         seen: dict[str, str] = {}
+        collided: set[str] = set()
         for server, name in listed:
             if self.prefixes[server] or (kind, name) in self.ambiguous:
                 continue
@@ -72,8 +78,10 @@ class Names:
             if other == server:  # a name owned already (learned from an earlier page) counts
                 other = self._owner.get((kind, name), server)
             if other != server:
-                self.ambiguous.add((kind, name))
-                self._owner.pop((kind, name), None)
+                if len(self.ambiguous) < MAX_OWNED_NAMES:  # (past it: owned by neither)
+                    self.ambiguous.add((kind, name))
+                collided.add(name)
+                self._disown(kind, name)
                 log.error(
                     "aggregate.name_collision",
                     kind=kind,
@@ -82,10 +90,20 @@ class Names:
                     fix="give one of them a prefix (servers.<name>.prefix)",
                 )
         for name, server in seen.items():
-            if (kind, name) not in self.ambiguous:
-                self._owner.pop((kind, name), None)  # learned again: the newest
-                self._owner[(kind, name)] = server
-        while len(self._owner) > MAX_OWNED_NAMES:  # the least recently listed go first
-            del self._owner[next(iter(self._owner))]
-        while len(self.ambiguous) > MAX_OWNED_NAMES:
-            self.ambiguous.pop()
+            if name in collided or (kind, name) in self.ambiguous:
+                continue
+            if self._owner.get((kind, name), server) != server:
+                continue
+            self._owner[(kind, name)] = server
+            mine = self._owned.setdefault((server, kind), {})
+            mine.pop(name, None)  # learned again: the newest
+            mine[name] = None
+            while len(mine) > MAX_OWNED_NAMES:  # its own least recently listed go first
+                oldest = next(iter(mine))
+                del mine[oldest]
+                self._owner.pop((kind, oldest), None)
+
+    def _disown(self, kind: str, name: str) -> None:
+        owner = self._owner.pop((kind, name), None)
+        if owner is not None:
+            self._owned.get((owner, kind), {}).pop(name, None)
