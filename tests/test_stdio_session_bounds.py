@@ -156,7 +156,7 @@ def test_an_id_past_its_length_is_refused() -> None:
     assert classify({"jsonrpc": "2.0", "id": long_id[:-1], "method": "ping"}).msg_id
 
 
-def test_a_session_in_use_at_the_gateway_never_gives_way(tmp_path: Path) -> None:
+async def test_a_session_in_use_at_the_gateway_never_gives_way(tmp_path: Path) -> None:
     """At ``max_processes_per_grant`` the caller's least recently used idle session gives
     way to its new one. A session whose call was held for approval (not yet at the
     process) or whose client kept its GET stream open read as idle and was ended: the
@@ -170,12 +170,13 @@ def test_a_session_in_use_at_the_gateway_never_gives_way(tmp_path: Path) -> None
     for link in (held, idle):
         link.last_used = 0.0  # long idle by the clock
         bridge.sessions[link.session_id] = link
+    idle.reaped.set()  # (its process, never started here, is gone at once)
     with bridge.in_use("g", held.session_id), bridge.in_use("other", idle.session_id):
-        assert bridge._refusal("g") is None  # room made: the idle one gave way
+        assert await bridge._refusal("g") is None  # room made: the idle one gave way
         assert set(bridge.sessions) == {held.session_id}
         streaming.serving = 1  # its GET stream is being answered
         bridge.sessions[streaming.session_id] = streaming
-        status, why = bridge._refusal("g") or (0, "")
+        status, why = await bridge._refusal("g") or (0, "")
         assert status == 429 and "all busy" in why  # nothing else may give way
     assert held.serving == 0 and held.last_used > 0  # used just now
 
@@ -229,3 +230,21 @@ def test_no_abandoned_id_is_forgotten_while_its_process_lives(link: SessionLink)
     assert restarts == [] and link._unanswered(100)
     link._abandon("one-more")
     assert restarts == [True] and link._unanswered(100)  # until the process's exit clears it
+
+
+async def test_a_process_still_exiting_counts_against_the_caps(tmp_path: Path) -> None:
+    """An ended session's process, given its grace to exit, was no one's: one agent opening
+    and ending sessions in a loop ran 77 processes under max_processes 4 (red-team wave 70).
+    It counts until it is reaped; a place made by giving way waits for it to exit."""
+    command, args = stdio_upstream_command()
+    servers = {"st": {"command": command, "args": args, "max_processes": 2}}
+    config = load_config(write_config(tmp_path, "default: deny\n", servers, 9))
+    bridge = StdioBridge(config.servers["st"])
+    ending, busy = SessionLink(bridge, "e" * 16, "g"), SessionLink(bridge, "b" * 16, "g")
+    bridge.running[ending.session_id] = ending  # ended (DELETE), its process still exiting
+    bridge.sessions[busy.session_id] = busy
+    busy.serving = 1
+    status, why = await bridge._refusal("other") or (0, "")
+    assert status == 503 and "max_processes=2" in why
+    del bridge.running[ending.session_id]  # reaped
+    assert await bridge._refusal("other") is None

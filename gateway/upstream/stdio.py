@@ -83,6 +83,11 @@ class StdioBridge:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.sessions: dict[str, SessionLink] = {}
+        #: Sessions whose process may still live, ended ones among them until it is reaped:
+        #: what the caps count. Counted as sessions, the processes of ended ones (given 2 s
+        #: to exit) were no one's, and one agent opening and ending sessions in a loop ran 77
+        #: processes under max_processes 4 (red-team wave 70).
+        self.running: dict[str, SessionLink] = {}
         self.shared = SharedLink(config)
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -176,7 +181,7 @@ class StdioBridge:
             link.serving -= 1
             link.last_used = time.monotonic()
 
-    def _evict_idle(self, grant: str) -> None:
+    def _evict_idle(self, grant: str) -> SessionLink | None:
         """At a cap, the caller's own least recently used session with nothing in progress
         gives way (never another's: ``grant`` is the caller's grant and agent,
         Identity.owner). Nothing in progress: no request being answered or held at the
@@ -189,29 +194,38 @@ class StdioBridge:
             if link.grant == grant and not link.in_flight and not link.serving
         ]
         if not idle:
-            return
+            return None
         victim = min(idle, key=lambda link: link.last_used)
         self.sessions.pop(victim.session_id, None)
         log.info("stdio.session_evicted", server=self.config.name, session=victim.session_id)
         victim.end()
+        return victim
+
+    def _live(self) -> dict[str, SessionLink]:
+        """The sessions whose process may live: open ones, and ended ones not yet reaped."""
+        return {**self.running, **self.sessions}
 
     def _held_by(self, grant: str) -> int:
-        return sum(1 for link in self.sessions.values() if link.grant == grant)
+        return sum(1 for link in self._live().values() if link.grant == grant)
 
-    def _refusal(self, grant: str) -> tuple[int, str] | None:
+    async def _refusal(self, grant: str) -> tuple[int, str] | None:
         """Room for one more process of ``grant``, making it from the grant's own idle
-        sessions if need be; else why not."""
+        sessions if need be (waiting, ``KILL_GRACE`` and a second at most, for the process
+        given way to exit); else why not."""
         config = self.config
-        if self._held_by(grant) >= config.max_processes_per_grant:
-            self._evict_idle(grant)
-        if len(self.sessions) >= config.max_processes:
-            self._evict_idle(grant)
+        full = len(self._live()) >= config.max_processes
+        if full or self._held_by(grant) >= config.max_processes_per_grant:
+            victim = self._evict_idle(grant)  # (its own: one frees a place under both caps)
+            if victim is not None:
+                with anyio.move_on_after(KILL_GRACE + 1.0):
+                    await victim.reaped.wait()
         if self._held_by(grant) >= config.max_processes_per_grant:
             return 429, (
                 f"this agent holds {config.max_processes_per_grant} processes of stdio "
-                f"server {config.name!r}, all busy (max_processes_per_grant): end a session first"
+                f"server {config.name!r}, all busy or still exiting (max_processes_per_grant): "
+                "end a session first"
             )
-        if len(self.sessions) >= config.max_processes:
+        if len(self._live()) >= config.max_processes:
             return 503, f"stdio server {config.name!r} is at max_processes={config.max_processes}"
         return None
 
@@ -226,7 +240,7 @@ class StdioBridge:
             await reply(send, 400, rpc_error(None, INVALID_REQUEST, msg))
             return
         grant = incoming.header(GRANT_HEADER) or ""
-        refused = self._refusal(grant)
+        refused = await self._refusal(grant)
         if refused is not None:
             status, msg = refused
             log.warning("stdio.at_capacity", server=self.config.name, owner=grant, detail=msg)

@@ -116,9 +116,13 @@ class SessionLink:
         self.serving = 0  # HTTP requests being answered (an open GET stream among them)
         self.last_used = time.monotonic()
         self.ended = anyio.Event()
+        self.reaped = anyio.Event()  # its process is gone (``run`` has ended)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the child until the session ends (DELETE, eviction, idle), then stop it."""
+        """Run the child until the session ends (DELETE, eviction, idle), then stop it;
+        counted among the bridge's running sessions until its process is reaped."""
+        running = getattr(self.bridge, "running", {})
+        running[self.session_id] = self
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.child.run)
@@ -127,7 +131,11 @@ class SessionLink:
                 self.end()  # the group waits for the child to exit
         finally:
             self.end()
-            await self.child.reap()  # cancelled (the bridge is stopping): no orphan, no zombie
+            try:
+                await self.child.reap()  # cancelled (the bridge stops): no orphan, no zombie
+            finally:
+                running.pop(self.session_id, None)
+                self.reaped.set()
 
     async def _until_idle(self) -> None:
         idle_timeout = self.bridge.config.idle_timeout
