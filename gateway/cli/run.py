@@ -38,7 +38,6 @@ from gateway.config import (
     ServerConfig,
     load_config,
 )
-from gateway.demo.server import SECRET_ENV
 from gateway.errors import ConfigError
 from gateway.telemetry.audit import configure_logging
 
@@ -75,6 +74,11 @@ def _ends_with_parent() -> None:
     left running, orphaned, with no policy in front of it). Linux only."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+#: The variable the demo server reads its secret from (``gateway.demo.server.SECRET_ENV``;
+#: the demo stands alone, neither importing nor imported by the rest of gateway).
+SECRET_ENV = "CELGATE_DEMO_SECRET"
 
 
 @contextlib.contextmanager
