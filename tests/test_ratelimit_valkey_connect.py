@@ -366,3 +366,35 @@ async def test_a_replica_clock_apart_from_valkeys_is_logged_at_start(
         assert 3599 < found["skew_s"] < 3601 and "NTP" in found["fix"]
     finally:
         await client.aclose()
+
+
+async def test_a_user_the_acl_refuses_is_logged_at_start(valkey_db: ValkeyProcess) -> None:
+    """A URL naming database 1 under an ACL without +select: every limited and held call was
+    refused, and nothing said why until the first one was (red-team wave 70)."""
+    from urllib.parse import urlsplit
+
+    from structlog.testing import capture_logs
+
+    from gateway.ratelimit.client import check_access, valkey_client
+
+    admin = valkey_client(valkey_db.url, timeout=2)
+    rights = ["~celgate:*", "+@read", "+@write", "+@scripting", "+@transaction", "+time"]
+    await admin.acl_setuser("cgtest", enabled=True, passwords=["+pw"], commands=rights[1:],
+                            keys=["celgate:*"], reset=True)  # fmt: skip
+    where = urlsplit(valkey_db.url)
+    try:
+        for db, allowed in ((0, True), (1, False)):
+            url = f"valkey://cgtest:pw@{where.hostname}:{where.port}/{db}"
+            client = valkey_client(url, timeout=2)
+            try:
+                with capture_logs() as logs:
+                    assert await check_access(client) is allowed
+            finally:
+                await client.aclose()
+            refused = [e for e in logs if e["event"] == "limits.valkey_refused"]
+            assert bool(refused) is not allowed
+            if refused:
+                assert "+select" in refused[0]["fix"]
+    finally:
+        await admin.acl_deluser("cgtest")
+        await admin.aclose()

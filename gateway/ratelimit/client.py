@@ -20,8 +20,8 @@ from valkey.asyncio import BlockingConnectionPool, Valkey
 from valkey.asyncio.connection import SSLConnection, ValkeySSLContext, parse_url
 from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
+from valkey.exceptions import AuthenticationError, NoPermissionError, ValkeyError
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import ValkeyError
 
 from gateway.errors import BackendUnavailable
 
@@ -166,6 +166,24 @@ class Outage:
         )
         self.since = None
         self.calls = 0
+
+
+async def check_access(client: Any) -> bool:
+    """Log, at start, a Valkey that refuses this gateway's connections (its user, its
+    password, or a database other than 0 its ACL may not ``SELECT``): every limited and
+    every held call would be refused, and only their refusals told why (red-team wave 70).
+    Whether it answered; one that is down for now is only warned of."""
+    try:
+        await client.time()  # (a command the documented rights allow: PING is not among them)
+    except (NoPermissionError, AuthenticationError) as exc:
+        log.error("limits.valkey_refused", error=type(exc).__name__, detail=str(exc)[:300],
+                  fix="give the user the rights docs/deploy.md names (+select for a "
+                  "database other than 0), or its password")  # fmt: skip
+        return False
+    except (ValkeyError, OSError) as exc:
+        log.warning("limits.valkey_unreachable", error=type(exc).__name__)
+        return False
+    return True
 
 
 async def check_eviction(client: Any) -> None:

@@ -25,7 +25,7 @@ from gateway.edge.clientview import MAX_LISTED_TOOLS
 from gateway.inventory.discovery import CutList, list_all
 from gateway.inventory.pins import too_deep, unreadable_definition
 from gateway.pipeline.gateway import Gateway
-from gateway.ratelimit.client import check_clock, check_eviction
+from gateway.ratelimit.client import check_access, check_clock, check_eviction
 from gateway.server.reload import exception_fields, reloading
 from gateway.telemetry.audit import log
 
@@ -263,7 +263,7 @@ async def background(gateway: Gateway) -> AsyncIterator[None]:
     # Before serving: which upstreams issue sessions (see HttpUpstream.learn_sessions).
     await asyncio.gather(*(up.learn_sessions() for up in gateway.upstreams.values()))
     valkey = gateway.extras.get("valkey")
-    if valkey is not None:
+    if valkey is not None and await check_access(valkey):
         await check_eviction(valkey)
         await check_clock(valkey)
     gateway.relist = relister(gateway)
