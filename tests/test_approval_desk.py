@@ -606,6 +606,31 @@ class TestLiveStream:
         assert "event: signed-out" in lines
         assert not any("called_after_sign_out" in line for line in lines), lines
 
+    async def test_each_record_once_and_a_store_that_stalls_signs_no_one_out(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The backlog was read after the stream began: a record made in between came twice
+        (red-team wave 70). And a session store that did not answer ended the stream with
+        ``signed-out``, which signs the page out, the session alive (red-team wave 70)."""
+        from gateway.server.console import login as login_module
+        from gateway.server.console.feed import DecisionFeed
+
+        feed = DecisionFeed([{"decision_id": "old"}], 100)
+        subscriber = feed.subscribe()
+        assert subscriber is not None
+        subscriber.backlog = list(feed)  # as the endpoint takes it, subscribing
+        feed.append({"decision_id": "new"})  # made as the stream began
+        answers: list[bool | None] = [True, True, None]
+
+        async def still_signed_in(gateway: Any, cookie: Any) -> bool | None:
+            return answers.pop(0)
+
+        monkeypatch.setattr(login_module, "_still_signed_in", still_signed_in)
+        monkeypatch.setattr(login_module, "_message", lambda gw, r: r["decision_id"])
+        sent = [m async for m in login_module._stream(None, feed, subscriber, {}, "c")]  # type: ignore[arg-type]
+        assert [m for m in sent if isinstance(m, str)] == ["old", "new"]
+        assert not [m for m in sent if getattr(m, "event", None) == "signed-out"]
+
 
 class TestSecretArguments:
     async def test_marked_fields_are_masked_and_the_approval_binds_the_real_values(

@@ -61,6 +61,8 @@ class Subscriber:
         self.event = anyio.Event()
         self.seen = now  # when it last came for its records
         self.gone = False  # its place was given to another: its stream ends
+        #: The records before it, taken as it subscribed (sent first, then let go).
+        self.backlog: list[Record] = []
 
     def push(self, record: Record) -> None:
         if len(self.buffer) == self.buffer.maxlen:

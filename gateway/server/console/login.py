@@ -202,9 +202,11 @@ def login_handlers(gateway: Gateway) -> list[Any]:
         except SessionStoreDown as exc:
             return _store_down(exc)
         filters = {k: v for k in FILTERS if (v := request.query_params.get(k))}
-        subscriber = feed.subscribe()
+        backlog = [r for r in list(feed) if matches(r, filters)][-BACKLOG:]
+        subscriber = feed.subscribe()  # (with the backlog just taken: no await between)
         if subscriber is None:
             return _json({"detail": "too many live streams open"}, 503)
+        subscriber.backlog = backlog
         cookie = request.cookies.get(COOKIE)
         # The edge app gives the place back when the response ends, however it ends (a
         # stream cut mid-write leaves its generator unclosed): app._live_stream.
@@ -222,18 +224,24 @@ async def _stream(
     filters: dict[str, str],
     cookie: str | None,
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """The backlog, then each new record; ends when the session does."""
+    """The backlog (``subscriber.backlog``, taken as it subscribed: taken later, a record
+    made in between came twice, red-team wave 70), then each new record; ends when the
+    session does (``signed-out``), or, unsaid, when the session store does not answer (the
+    page reconnects, and is asked to sign in only if the session is really gone: a moment's
+    stall of Valkey signed every console out, red-team wave 70)."""
     try:
-        backlog = [r for r in list(feed) if matches(r, filters)][-BACKLOG:]
-        for record in backlog:
+        for record in subscriber.backlog:
             yield _message(gateway, record)
-        while await _still_signed_in(gateway, cookie):
+        subscriber.backlog = []
+        while (live := await _still_signed_in(gateway, cookie)) is True:
             records, dropped = await subscriber.take(KEEPALIVE_SECONDS)
             subscriber.came(feed.clock())
             if subscriber.gone:  # its place went to a newer stream: it was stuck too long
                 return
-            if (records or dropped) and not await _still_signed_in(gateway, cookie):
-                break  # signed out while it waited: what came meanwhile is not this page's
+            if records or dropped:
+                live = await _still_signed_in(gateway, cookie)
+                if live is not True:
+                    break  # signed out while it waited: what came meanwhile is not this page's
             if dropped:
                 yield ServerSentEventMessage(data=json.dumps({"dropped": dropped}), event="gap")
             for record in records:
@@ -241,20 +249,20 @@ async def _stream(
                     yield _message(gateway, record)
             if not records and not dropped:
                 yield ServerSentEventMessage(comment="keep-alive")
-        yield ServerSentEventMessage(data="{}", event="signed-out")
+        if live is False:
+            yield ServerSentEventMessage(data="{}", event="signed-out")
     finally:
         feed.unsubscribe(subscriber)
 
 
-async def _still_signed_in(gateway: Gateway, cookie: str | None) -> bool:
-    """Whether the stream's session lives on; a store that does not answer ends the stream
-    (the page reconnects, and is asked to sign in only if the session is really gone)."""
+async def _still_signed_in(gateway: Gateway, cookie: str | None) -> bool | None:
+    """Whether the stream's session lives on; None when the store does not answer."""
     try:
         session = await session_by_cookie(gateway, cookie)
         # (its requests passed the checks when the stream opened: reading it is its use)
         return session is not None and await renewed(gateway, cookie, session)
     except SessionStoreDown:
-        return False
+        return None
 
 
 def _message(gateway: Gateway, record: dict[str, Any]) -> ServerSentEventMessage:
