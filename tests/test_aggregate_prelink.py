@@ -129,3 +129,22 @@ async def test_a_call_cancelled_while_its_link_opens_is_never_sent(
     assert "cancelled by its client before it was sent" in answer["error"]["message"]
     (record,) = gateway.wait_records(before + 1)[before:]  # decided (allowed), not sent
     assert record["tool"] == "echo" and record["effect"] == "allow"
+
+
+def test_a_hidden_tools_call_is_refused_as_a_missing_ones_whatever_its_id(
+    gateway: GatewayProcess,
+) -> None:
+    """Once the link was open, a hidden tool's call under an id of the session's that is in
+    progress or cancelled was refused for its id, a missing tool's as no tool: an agent told
+    which hidden names exist (red-team wave 71). The policy answers first."""
+    with httpx.Client(base_url=gateway.base, timeout=20) as http:
+        sid = opened(http)
+        assert "link" in post(http, call(1, "st__echo", {"text": "link"}), sid).text
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+        cancel["params"] = {"requestId": 9}
+        assert post(http, cancel, sid).status_code == 202  # id 9: over on every link
+        hidden = post(http, call(9, "st__delete_item", {"id": "x"}), sid).json()
+        missing = post(http, call(9, "st__no_such_tool", {}), sid).json()
+    for answer in (hidden, missing):
+        assert answer["result"]["isError"] is True
+        assert answer["result"]["_meta"]["io.celgate/decision"]["rule"] == "route"

@@ -307,9 +307,11 @@ class Handshake:
                 return
             raise unknown(message)
         admission = None
-        if message.method == "tools/call" and server not in session.links:
+        if message.method == "tools/call":
             # Refused outright: decided and answered before this session's link to the
-            # server is opened (a denied call starts no upstream session, no stdio process).
+            # server is opened (a denied call starts no upstream session, no stdio process),
+            # and before any check of its id (a hidden tool's call under an id in progress
+            # was refused for its id, a missing one's as no tool: red-team wave 71).
             call = tool_call(
                 self.gw, incoming, message, server, changed["name"], identity, session.sid
             )
