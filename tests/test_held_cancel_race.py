@@ -56,7 +56,8 @@ async def test_a_cancel_before_the_call_is_held_ends_it_before_any_wait() -> Non
     shown to the operator, and ran once approved (red-team wave 69). Kept a while, it ends
     the hold before any approval request is made."""
     gw: Any = SimpleNamespace(extras={}, approvals=None)
-    scope = {"method": "POST", "path": "/mcp", "headers": [], "client": ("127.0.0.1", 1)}
+    headers = [(b"mcp-session-id", b"s-1")]
+    scope = {"method": "POST", "path": "/mcp", "headers": headers, "client": ("127.0.0.1", 1)}
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()
@@ -67,6 +68,10 @@ async def test_a_cancel_before_the_call_is_held_ends_it_before_any_wait() -> Non
     key = held_key(incoming, Identity("bot", "bot"), message.msg_id)
     assert held_calls(gw.extras).cancel(key) is False  # nothing held yet: kept
     assert held_calls(gw.extras).cancelled_early(key)
+    # Without a session ids are no session's: another client of the agent may use it anew.
+    sessionless = (key[0], key[1], "", key[3])
+    assert held_calls(gw.extras).cancel(sessionless) is False
+    assert not held_calls(gw.extras).cancelled_early(sessionless)
     waited: list[bool] = []
 
     async def wait(_tick: Any) -> Decision:

@@ -172,7 +172,7 @@ class HeldCalls:
         found = self.waiting.get(key)
         for stop in found or ():
             stop.set()
-        if not found:
+        if not found and key[2]:  # (ids are a session's own: without one, no later call's)
             now = time.monotonic()
             self.early.pop(key, None)
             self.early[key] = now
