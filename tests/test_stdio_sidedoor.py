@@ -12,6 +12,7 @@ a call the child never answers gets an error after ``servers.X.timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -155,6 +156,24 @@ class TestNothingListens:
         assert ports == {gateway.port}, found
         assert listening(gateway.peer.pid)[0] == {gateway.port}
         assert not unix, found
+
+    async def test_no_childs_stdio_can_be_opened_again_through_proc(
+        self, gateway: GatewayProcess
+    ) -> None:
+        """A stdio server runs as the gateway's user: with its siblings' stdin and stdout
+        pipes, it could open ``/proc/<pid>/fd/0`` of another and write calls no policy saw,
+        or read another agent's answers. The children's stdio are sockets (uvloop's
+        socketpairs), which Linux does not open again through ``/proc`` (red-team wave 71
+        found it held by that alone: this keeps it so)."""
+        async with client(gateway.url("st"), mode="legacy") as legacy:
+            await legacy.call_tool("echo", {"text": "a child"})
+            kids = children(gateway.peer.pid)
+            assert kids
+            for pid in kids:
+                for fd in (0, 1):
+                    with contextlib.suppress(FileNotFoundError):  # (a child just gone)
+                        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        assert not target.startswith("pipe:"), (pid, fd, target)
 
 
 async def _opened(url: str) -> dict[str, str]:
