@@ -248,3 +248,20 @@ async def test_a_process_still_exiting_counts_against_the_caps(tmp_path: Path) -
     assert status == 503 and "max_processes=2" in why
     del bridge.running[ending.session_id]  # reaped
     assert await bridge._refusal("other") is None
+
+
+def test_a_later_request_under_an_id_is_no_part_of_the_earlier_ones_stream(
+    link: SessionLink,
+) -> None:
+    """Streams were kept by the id alone: once a call was answered, a tools/list under its
+    id added its events to the call's stream, and resuming the call's stream replayed the
+    list whole, hidden tools and all (red-team wave 72). Each request has a stream of its own."""
+    call = link._begin(5, _message("tools/call", 5))
+    primed = link.events.priming(call.stream).split(b"\n", 1)[0].removeprefix(b"id: ").decode()
+    answer = b'{"jsonrpc":"2.0","id":5,"result":{"content":[]}}'
+    link._answer(({"id": 5}, answer))  # its client away: kept for the stream's resumption
+    listing = link._begin(5, _message("tools/list", 5))
+    assert listing.stream != call.stream
+    link.events.framed(listing.stream, b'{"jsonrpc":"2.0","id":5,"result":{"tools":[]}}')
+    replayed = list(link.events.after(primed))
+    assert len(replayed) == 1 and b"content" in replayed[0]  # the call's answer alone

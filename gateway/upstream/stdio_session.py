@@ -11,6 +11,7 @@ get a JSON-RPC error at once.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections import OrderedDict
@@ -61,12 +62,20 @@ def _short_id(msg_id: Any) -> bool:
     return isinstance(msg_id, int) or (isinstance(msg_id, str) and len(msg_id) <= ID_CHARS)
 
 
+_REQUESTS = itertools.count(1)
+
+
 class Pending:
     """One request in flight: the stream its answer goes out on, and its deadline."""
 
-    __slots__ = ("clock", "heard", "inbox", "reading", "token")
+    __slots__ = ("clock", "heard", "inbox", "reading", "stream", "token")
 
-    def __init__(self, token: Any) -> None:
+    def __init__(self, token: Any, msg_id: Any = None) -> None:
+        #: Its events' stream in the session's log: this request's alone. Keyed by the id
+        #: alone, a later request under the id (once this one was answered) added its events
+        #: to this one's stream, and resuming the call's stream replayed a later tools/list
+        #: whole, hidden tools and all (red-team wave 72).
+        self.stream = (msg_id, next(_REQUESTS))
         self.inbox = Inbox()
         self.token = token
         self.heard = time.monotonic()  # the child's last sign of life for it
@@ -236,13 +245,13 @@ class SessionLink:
         version = incoming.header("mcp-protocol-version") or _offered(message)
         sse = accepts(incoming)[1]
         prime = version >= "2025-11-25"
-        await self._respond(send, msg_id, pending, sse, prime, prefers_sse(incoming))
+        await self._respond(send, pending.stream, pending, sse, prime, prefers_sse(incoming))
 
     def _begin(self, msg_id: Any, message: dict[str, Any]) -> Pending:
         old = self.in_flight.pop(msg_id, None)
         if old is not None:  # the same id again: the earlier answer could not be told apart
             self._done(old)  # its token and its deadline too (each kept what it was sent)
-        pending = self.in_flight[msg_id] = Pending(progress_token(message))
+        pending = self.in_flight[msg_id] = Pending(progress_token(message), msg_id)
         if pending.token is not None:
             self.tokens[pending.token] = msg_id
         return pending
@@ -301,7 +310,11 @@ class SessionLink:
         """Replay a stream's events after ``last``; then go on with it if it is still live."""
         stream = self.events.stream_of(last)
         replay = list(self.events.after(last))
-        pending = self.in_flight.get(stream) if stream is not None else None
+        pending = None
+        if isinstance(stream, tuple) and len(stream) == 2:  # a request's (GET_STREAM has one)
+            pending = self.in_flight.get(stream[0])
+            if pending is not None and pending.stream != stream:
+                pending = None  # a later request under the same id: not this stream's
         if stream is not None and stream != GET_STREAM and pending is None and not replay:
             # A request's stream that is over (answered, cancelled, or ended by the gateway
             # for silence) with nothing left to replay: 405 at once, as the relay answers
@@ -453,13 +466,13 @@ class SessionLink:
         pending = self.in_flight.pop(msg_id, None)
         if pending is not None:  # else answered already (cancelled, expired, child died)
             pending.inbox.put(item, final=True)
-            if not pending.reading and self.events.has_stream(msg_id):
+            if not pending.reading and self.events.has_stream(pending.stream):
                 # Its client left the stream (a dropped connection) and may resume it: what
                 # was waiting for it, the answer last, goes to the stream's log for the
                 # replay. It was lost, and the resumed stream told "nothing more will come"
                 # of a call that had run (red-team wave 59).
                 for waiting in pending.inbox.drain():
-                    self.events.framed(msg_id, waiting[1])
+                    self.events.framed(pending.stream, waiting[1])
             self._done(pending)
 
     def _done(self, pending: Pending) -> None:
