@@ -519,6 +519,19 @@ class TestResumedStreams:
         assert resumed.method == method
         assert filtered(b"", resumed) is None  # a priming event passes, to be resumed from
 
+    def test_a_resumed_streams_one_answer_is_its_last(self) -> None:
+        """An upstream's event store keyed by the request's id replayed, on a call's
+        resumed stream, a later tools/list under the same id: it went to the agent whole, as
+        the call's result (red-team wave 72). One answer a resumed stream, read: no more."""
+        given = self.view()
+        given.for_request(5, {}, "tools/call")
+        resumed = self.view()
+        assert resumed.unwrap_event_id(given.wrap_event_id(b"e").decode()) == "e"
+        first = {"jsonrpc": "2.0", "id": 5, "result": {"content": []}}
+        later = {"jsonrpc": "2.0", "id": 5, "result": {"tools": [{"name": "hidden"}]}}
+        assert filtered(json.dumps(first).encode(), resumed) is None
+        assert filtered(json.dumps(later).encode(), resumed) is DROP
+
     def test_a_servers_stream(self) -> None:
         event_id = self.view().wrap_event_id(b"e-2").decode()
         resumed = self.view()

@@ -168,6 +168,7 @@ class ClientView:
         "identity",
         "method",
         "modern",
+        "once",
         "oversized",
         "progress",
         "refused",
@@ -192,6 +193,10 @@ class ClientView:
         #: A message about any other task is dropped (an answer becomes an error): an
         #: upstream may tell any task on any stream, a session's own GET included.
         self.tasks: frozenset[str] = frozenset()
+        #: A request's stream resumed: one answer at most is its (an upstream's event store
+        #: keyed by the request's id replayed a later request's under the same id: a
+        #: tools/list whole, as the call's result; red-team wave 72). Every answer is read.
+        self.once = False
         #: The request is a ``tools/call``: its answer may make a task (bound, and then known).
         self.creates = False
         self.created: set[str] = set()
@@ -278,6 +283,7 @@ class ClientView:
             # request, a changed pinned tool reached the agent unchecked (red-team wave 42).
             self.method = METHOD_OF_KIND.get(tag[0], OTHER_REQUEST)
             self.answers = _same_digest(tag[1:17])
+            self.once = True
             self.progress = no_id if tag[17:] == NO_TOKEN else _same_digest(tag[17:])
         else:
             return None
@@ -328,8 +334,10 @@ class ClientView:
             if method is not None and self.modern and carries_id(data):
                 return True  # a request on a 2026-07-28 stream: read, dropped
         answered = answered_id(data)
-        if answered is not NOT_AN_ANSWER and (answered is NO_ID or not self.answers(answered)):
-            return True  # not an answer this stream carries: read, to be dropped
+        if answered is not NOT_AN_ANSWER and (
+            answered is NO_ID or self.once or not self.answers(answered)
+        ):
+            return True  # not an answer this stream carries (or its one, resumed): read
         if misshapen(data):
             return True  # params or a result that is no object: read, refused
         if not self.modern or b'"result"' not in data:
@@ -387,6 +395,8 @@ class ClientView:
         if not asks_or_tells and not self.answers(message.get("id")) and not self._refuses(message):
             log.warning("upstream.foreign_answer", server=self.server, grant=self.identity.grant)
             return DROP
+        if not asks_or_tells and self.once and self.answers(message.get("id")):
+            self.answers = no_id  # its one answer: any after it is another request's
         if not shapely(message):  # params, a result or an error of no shape a client reads
             log.warning("upstream.misshapen_message", server=self.server, method=method)
             if asks_or_tells:
