@@ -649,3 +649,22 @@ class TestPolicyFile:
         problems = [str(p) for p in info.value.problems]
         assert any(":4:" in p and "fallback applies to mode: elicit only" in p for p in problems)
         assert any(":7:" in p and "unknown value 'later' (use wait | retry)" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("caps", "asked"),
+    [
+        ({"elicitation": {}}, True),  # MCP reads {} as form
+        ({"elicitation": {"form": {}}}, True),
+        ({"elicitation": {"form": {}, "url": {}}}, True),
+        ({"elicitation": {"url": {}}}, False),  # url alone: a form is refused
+        ({"elicitation": True}, False),
+        ({}, False),
+        (None, False),
+    ],
+)
+def test_only_a_client_that_takes_forms_is_asked_in_band(caps: Any, asked: bool) -> None:
+    """A client that declared URL-mode elicitation alone was asked the gateway's form
+    question, refused it, and its call could never be approved: every retry was told the
+    question was dismissed (red-team wave 72). It gets the rule's fallback."""
+    assert inband.takes_forms(caps) is asked

@@ -153,9 +153,7 @@ class ElicitFace:
         if self.modern:
             meta = self.message.params.get("_meta")
             caps = meta.get(CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
-            return self.ours or (
-                isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
-            )
+            return self.ours or inband.takes_forms(caps)
         if self.held is None:  # the question travels on the call's SSE stream
             return False
         clients = inband.in_band(self.gw.extras).clients
@@ -395,6 +393,5 @@ def remember_client(
     """At ``initialize`` (2025-11-25): whether this session's client takes elicitation."""
     if session is None:
         return
-    caps = msg.params.get("capabilities")
-    elicits = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+    elicits = inband.takes_forms(msg.params.get("capabilities"))
     inband.in_band(gw.extras).clients.remember(server, identity.owner, session, elicits)

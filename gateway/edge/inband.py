@@ -251,6 +251,17 @@ class Waiters:
         return True
 
 
+def takes_forms(caps: Any) -> bool:
+    """Whether a client's capabilities say it takes a form-mode elicitation (the gateway's
+    approval question): ``elicitation`` an object naming ``form``, or naming neither
+    ``form`` nor ``url`` (as MCP reads ``{}``). A client that named ``url`` alone was asked
+    a form anyway, refused it, and its call could never be approved (red-team wave 72)."""
+    elicitation = caps.get("elicitation") if isinstance(caps, dict) else None
+    if not isinstance(elicitation, dict):
+        return False
+    return "form" in elicitation or "url" not in elicitation
+
+
 class ClientCapabilities:
     """Whether each session's client declared elicitation at ``initialize``: at most ``size``
     sessions per owner (a grant's agent), the least recently opened going first, and at most

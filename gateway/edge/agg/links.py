@@ -25,7 +25,7 @@ from gateway.edge.agg.upcall import (
     upcall,
 )
 from gateway.edge.forward import usable_session_id
-from gateway.edge.inband import in_band
+from gateway.edge.inband import in_band, takes_forms
 from gateway.pipeline.gateway import Gateway
 from gateway.telemetry.audit import log
 from gateway.wire import jsonrpc as rpc
@@ -125,8 +125,7 @@ class Links:
             return None
         session.links[server] = link
         if link.sid is not None:  # in-band approvals ask a client that takes elicitation
-            caps = session.client.get("capabilities")
-            elicits = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+            elicits = takes_forms(session.client.get("capabilities"))
             in_band(self.gw.extras).clients.remember(server, session.owner, link.sid, elicits)
         if session.on_link is not None:
             session.on_link(link)
