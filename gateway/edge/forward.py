@@ -170,6 +170,19 @@ def was_over(server: str, owner: str | None, session: str | None, msg_id: Any) -
     return mine is not None and (server, session, id_digest(msg_id)) in mine
 
 
+def refuse_reused(server: str, owner: str | None, session: str | None, msg_id: Any) -> None:
+    """Refuse a request under an id its client cancelled (or the gateway ended) in this
+    session (``was_over``): the server may answer that one yet, and gives its answer to the
+    new request (its streams are by id): a late tools/list, whole, as a call's result
+    (red-team wave 64). MCP forbids reusing an id in a session."""
+    if was_over(server, owner, session, msg_id):
+        msg = (
+            "this request id was used in this session by a request that was cancelled "
+            "(or the session cancelled too many to tell them apart: open a new one)"
+        )
+        raise BadMessage(INVALID_REQUEST, msg, msg_id=msg_id)
+
+
 def ended_here(server: str, owner: str | None, session: str | None) -> Callable[[Any], bool]:
     """The answers a resumed stream of this session may carry: any but to a request the
     gateway ended (``end_upstream_call``) or its client cancelled."""
@@ -373,10 +386,10 @@ async def asked(
 
     async def asking() -> H1Response | None:
         got.clear()
-        if watch and await watching_disconnect(incoming.receive, ask()):
-            left_unanswered(fwd)
-        elif not watch:
+        if not watch:
             await ask()
+        elif await watching_disconnect(incoming.receive, ask()):
+            left_unanswered(fwd)
         return got[0] if got else None
 
     lost = f"upstream {upstream.name!r} lost its session"

@@ -25,8 +25,8 @@ from gateway.edge.forward import (
     ended_here,
     forward,
     refuse_over,
+    refuse_reused,
     request_over,
-    was_over,
 )
 from gateway.edge.held import cancels_held
 from gateway.edge.inband import is_gateway_id
@@ -150,20 +150,8 @@ class Relay:
         session = self._session(
             incoming, upstream, identity, required=needs_session, msg_id=message.msg_id
         )
-        if (
-            message.is_request
-            and session is not None
-            and was_over(upstream.name, identity.owner, session, message.msg_id)
-        ):
-            # An id its client cancelled, or the gateway ended, in this session: the server
-            # may answer it yet, and gives that answer to the new request (its streams are
-            # by id): a late tools/list, whole, as a call's result (red-team wave 64). MCP
-            # forbids reusing an id in a session; it is refused.
-            msg = (
-                "this request id was used in this session by a request that was cancelled "
-                "(or the session cancelled too many to tell them apart: open a new one)"
-            )
-            raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=message.msg_id)
+        if message.is_request and session is not None:
+            refuse_reused(upstream.name, identity.owner, session, message.msg_id)
         if message.kind == "response" and is_gateway_id(message.msg_id):
             await deliver(self.gw, send, upstream.name, identity, session, message)
             return  # an answer to the gateway's own request (elicit.py), never the upstream's

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +117,7 @@ class SessionLink:
         #: ``MAX_ABANDONED`` the process is ended (and started again) instead. The oldest
         #: were forgotten, and an agent that cancelled 260 pings pushed a cancelled list's id
         #: out, then took its answer (red-team wave 68).
-        self.abandoned: OrderedDict[Any, float] = OrderedDict()
+        self.abandoned: set[Any] = set()
         self.get_stream: Inbox | None = None
         self.events = EventLog()
         self.headers = [(b"mcp-session-id", session_id.encode())]
@@ -130,7 +129,7 @@ class SessionLink:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the child until the session ends (DELETE, eviction, idle), then stop it;
         counted among the bridge's running sessions until its process is reaped."""
-        running = getattr(self.bridge, "running", {})
+        running = self.bridge.running
         running[self.session_id] = self
         try:
             async with anyio.create_task_group() as tg:
@@ -378,8 +377,7 @@ class SessionLink:
 
     def _abandon(self, msg_id: Any) -> None:
         """``msg_id`` ended without the child's answer, which may still come."""
-        self.abandoned.pop(msg_id, None)
-        self.abandoned[msg_id] = time.monotonic()
+        self.abandoned.add(msg_id)
         if len(self.abandoned) > MAX_ABANDONED:
             log.warning("stdio.too_many_abandoned", server=self.name, abandoned=MAX_ABANDONED)
             self.child.restart()  # its exit answers what is in flight, and clears the list
@@ -431,7 +429,8 @@ class SessionLink:
             if isinstance(msg_id, str) and msg_id in self.replaying:
                 self.replaying.discard(msg_id)
                 return
-            if self.abandoned.pop(msg_id, None) is not None:
+            if msg_id in self.abandoned:
+                self.abandoned.discard(msg_id)
                 return  # its request ended without it (cancelled, or too late): nobody's
             self._answer((message, line))
             return

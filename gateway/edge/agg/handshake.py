@@ -53,7 +53,7 @@ from gateway.edge.agg.view import AggView
 from gateway.edge.calls import call_through, told, tool_call
 from gateway.edge.clientview import ClientView
 from gateway.edge.elicit import deliver
-from gateway.edge.forward import Forward, forward, request_over, was_over
+from gateway.edge.forward import Forward, forward, refuse_reused, request_over, was_over
 from gateway.edge.held import accepts_sse, cancels_held
 from gateway.edge.inband import check_id, is_gateway_id
 from gateway.edge.replies import denial, is_task_call
@@ -307,11 +307,13 @@ class Handshake:
                 return
             raise unknown(message)
         admission = None
-        if message.method == "tools/call":
+        if message.method == "tools/call" and (
+            server not in session.links or _id_taken(session, server, msg_id)
+        ):
             # Refused outright: decided and answered before this session's link to the
             # server is opened (a denied call starts no upstream session, no stdio process),
-            # and before any check of its id (a hidden tool's call under an id in progress
-            # was refused for its id, a missing one's as no tool: red-team wave 71).
+            # and before its id is refused (a hidden tool's call under an id in progress or
+            # cancelled was refused for its id, a missing one's as no tool: red-team wave 71).
             call = tool_call(
                 self.gw, incoming, message, server, changed["name"], identity, session.sid
             )
@@ -337,16 +339,8 @@ class Handshake:
             status, msg = refused
             await reply(send, status, rpc.error_body(msg_id, rpc.UPSTREAM_UNAVAILABLE, msg))
             return
-        if link.sid is not None and was_over(server, session.owner, link.sid, msg_id):
-            # An id the client cancelled (or the gateway ended) on this server's link (one
-            # with a session: without one, ids are no session's): the server may answer it
-            # yet, and gives that answer to the new request, as on the relay (red-team wave
-            # 64). MCP forbids reusing an id in a session.
-            msg = (
-                "this request id was used in this session by a request that was cancelled "
-                "(or the session cancelled too many to tell them apart: open a new one)"
-            )
-            raise BadMessage(rpc.INVALID_REQUEST, msg, msg_id=msg_id)
+        if link.sid is not None:  # (without a session on the link, ids are no session's)
+            refuse_reused(server, session.owner, link.sid, msg_id)
         incoming.headers["mcp-protocol-version"] = link.version
         view = self.view(session, server, identity)
         view.inner.creates = message.method == "tools/call"  # its answer may make a task
@@ -490,3 +484,16 @@ async def answer(incoming: Incoming, send: Send, body: bytes) -> None:
         await reply(send, 200, body)
         return
     await reply(send, 200, event(body), content_type=b"text/event-stream")
+
+
+def _id_taken(session: AggSession, server: str, msg_id: Any) -> bool:
+    """Whether a request's id would be refused: one in progress in the session, or over on
+    the server's link (``refuse_reused``)."""
+    if str(msg_id) in session.inflight:
+        return True
+    link = session.links.get(server)
+    return (
+        link is not None
+        and link.sid is not None
+        and was_over(server, session.owner, link.sid, msg_id)
+    )
